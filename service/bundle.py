@@ -1,0 +1,127 @@
+"""The model store: `models/<name>/<version>/` bundles, published atomically, listed, resolved."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.features import Preprocess
+
+MODEL_FILE = "model.onnx"
+PREPROCESS_FILE = "preprocess.json"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "model_card.md"
+REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
+DEFAULT_MODELS_DIR = "models"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, incomplete or unreadable."""
+
+
+def models_dir(explicit: str | Path | None = None) -> Path:
+    """The store root: the explicit path, else $TABSERVE_MODELS_DIR, else ./models."""
+    return Path(explicit or os.environ.get("TABSERVE_MODELS_DIR") or DEFAULT_MODELS_DIR)
+
+
+def check_name(name: str) -> str:
+    """Refuse model names that are not safe directory names."""
+    if not _NAME.match(name):
+        raise BundleError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    return name
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """One published bundle on disk."""
+
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The bundle's preprocess.json."""
+        return Preprocess.load(self.path / PREPROCESS_FILE)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The bundle's metrics.json."""
+        doc: dict[str, Any] = json.loads((self.path / METRICS_FILE).read_text())
+        return doc
+
+
+def versions(root: Path, name: str) -> list[int]:
+    """Published versions of a model, ascending (temporary directories are invisible)."""
+    model_dir = root / name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def iter_bundles(root: Path) -> Iterator[BundleRef]:
+    """Every published bundle under the store root, by name then version."""
+    if not root.is_dir():
+        return
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
+        for version in versions(root, model_dir.name):
+            yield BundleRef(model_dir.name, version, model_dir / str(version))
+
+
+def resolve(root: Path, spec: str) -> BundleRef:
+    """`name`, `name@version` or a bundle directory → a BundleRef."""
+    path = Path(spec)
+    if (path / MODEL_FILE).is_file():
+        return BundleRef(path.parent.name, int(path.name) if path.name.isdigit() else 0, path)
+    name, _, wanted = spec.partition("@")
+    found = versions(root, name)
+    if not found:
+        raise BundleError(f"no model named {name!r} in {root}")
+    version = int(wanted) if wanted else found[-1]
+    if version not in found:
+        raise BundleError(f"model {name!r} has no version {version} (has {found})")
+    return BundleRef(name, version, root / name / str(version))
+
+
+def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
+    """Write a bundle into a temporary directory, then rename it into place as the next version.
+
+    A reader sees a whole bundle or none: `write` fills a hidden temporary directory; if it raises,
+    the directory is removed and nothing is published.
+    """
+    model_dir = root / check_name(name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        write(staging)
+        missing = [f for f in REQUIRED_FILES if not (staging / f).is_file()]
+        if missing:
+            raise BundleError(f"bundle is missing {', '.join(missing)}")
+        staging.chmod(0o755)
+        return _rename_into_place(model_dir, name, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:
+    # NOTE: rename(2) onto an existing non-empty directory fails, so two concurrent publishers
+    # cannot both take the same version: the loser retries with the next number.
+    while True:
+        version = (versions(model_dir.parent, name) or [0])[-1] + 1
+        target = model_dir / str(version)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if target.exists():
+                continue
+            raise
+        return BundleRef(name, version, target)

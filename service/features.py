@@ -1,0 +1,268 @@
+"""The bundle's feature contract: raw records → `num`/`cat` arrays (numpy only).
+
+This is the one place where raw values (JSON objects, CSV cells, DataFrame columns) become model
+inputs. Training builds its tensors through it and the service scores through it, so training and
+serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+FORMAT_VERSION = 1
+Task = Literal["binary", "multiclass", "regression"]
+Label = str | int | float | bool
+
+# NOTE: spreadsheets and exports write "missing" in many ways; for a *numeric* column all of these
+# mean "no value". Categorical columns only treat blanks as missing ("none" is a real level there).
+NUMERIC_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a"})
+
+
+class EncodingError(ValueError):
+    """A raw value that cannot be encoded; names the record and the field."""
+
+    def __init__(self, row: int, field_name: str, reason: str) -> None:
+        super().__init__(f"record {row}, field '{field_name}': {reason}")
+        self.row, self.field, self.reason = row, field_name, reason
+
+
+def parse_number(value: Any) -> float:
+    """One raw value → float (NaN for missing); raises ValueError with a reason otherwise."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got a boolean ({value})")
+    if isinstance(value, int | float | np.integer | np.floating):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lower() in NUMERIC_MISSING:
+            return math.nan
+        try:
+            number = float(text.replace(",", "")) if _is_grouped(text) else float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    else:
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if math.isinf(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _is_grouped(text: str) -> bool:
+    """True for thousands-grouped numbers such as '1,234.5' (never for '1,5')."""
+    head, _, _ = text.partition(".")
+    groups = head.lstrip("+-").split(",")
+    return len(groups) > 1 and groups[0].isdigit() and all(
+        len(g) == 3 and g.isdigit() for g in groups[1:]
+    )
+
+
+def category_key(value: Any) -> str | None:
+    """One raw value → the vocabulary key (stripped text), or None when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, dict | list):
+        raise ValueError(f"expected a category (text), got {type(value).__name__}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # NOTE: JSON 2.0 and CSV "2" name the same level
+    text = str(value).strip()
+    return text or None
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    """A numeric input: imputed with `median_`, standardized with `mean_`/`std_` inside the graph."""
+
+    name: str
+    mean_: float
+    std_: float
+    median_: float
+    min_: float
+    max_: float
+    kind: Literal["numeric"] = "numeric"
+
+    def to_json(self) -> dict[str, Any]:
+        """The preprocess.json entry."""
+        return {
+            "name": self.name, "kind": self.kind, "mean": self.mean_, "std": self.std_,
+            "median": self.median_, "min": self.min_, "max": self.max_,
+        }
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical input: index into `vocab_` plus one; 0 is missing or unseen."""
+
+    name: str
+    vocab_: tuple[str, ...]
+    kind: Literal["categorical"] = "categorical"
+    index_: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index_", {v: i + 1 for i, v in enumerate(self.vocab_)})
+
+    @property
+    def cardinality(self) -> int:
+        """Embedding rows: the vocabulary plus the missing/unseen bucket."""
+        return len(self.vocab_) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The preprocess.json entry."""
+        return {"name": self.name, "kind": self.kind, "vocab": list(self.vocab_)}
+
+
+Feature = NumericFeature | CategoricalFeature
+
+
+@dataclass
+class Encoded:
+    """Model inputs for a batch plus what went wrong per row (row index → message)."""
+
+    num: np.ndarray
+    cat: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+    warnings: dict[int, list[str]] = field(default_factory=dict)
+
+    def warn(self, row: int, message: str) -> None:
+        """Attach a per-record warning."""
+        self.warnings.setdefault(row, []).append(message)
+
+
+@dataclass
+class Preprocess:
+    """Everything needed to turn raw records into model inputs and outputs back into answers."""
+
+    task: Task
+    target: str
+    labels: list[Label]
+    features: list[Feature]
+    id_columns: list[str] = field(default_factory=list)
+    positive: Label | None = None
+    threshold: float | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def numeric(self) -> list[NumericFeature]:
+        """Numeric features in `num` column order."""
+        return [f for f in self.features if isinstance(f, NumericFeature)]
+
+    @property
+    def categorical(self) -> list[CategoricalFeature]:
+        """Categorical features in `cat` column order."""
+        return [f for f in self.features if isinstance(f, CategoricalFeature)]
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the ONNX output."""
+        return 1 if self.task == "regression" else len(self.labels)
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
+        """Column-wise raw values → `num` float32[N, n_num] and `cat` int64[N, n_cat]."""
+        enc = Encoded(
+            num=np.empty((n_rows, len(self.numeric)), dtype=np.float32),
+            cat=np.zeros((n_rows, len(self.categorical)), dtype=np.int64),
+        )
+        for j, feat in enumerate(self.numeric):
+            enc.num[:, j] = _encode_numeric(feat.name, columns.get(feat.name), n_rows, enc)
+        for j, cfeat in enumerate(self.categorical):
+            enc.cat[:, j] = _encode_categorical(cfeat, columns.get(cfeat.name), n_rows, enc)
+        return enc
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> Encoded:
+        """JSON-style records → model inputs; absent or null fields are missing."""
+        names = [f.name for f in self.features]
+        columns = {name: [r.get(name) for r in records] for name in names}
+        return self.encode_columns(columns, len(records))
+
+    def to_json(self) -> dict[str, Any]:
+        """The preprocess.json document."""
+        return {
+            "format_version": FORMAT_VERSION, "task": self.task, "target": self.target,
+            "labels": self.labels, "positive": self.positive, "threshold": self.threshold,
+            "target_mean": self.target_mean, "target_std": self.target_std,
+            "id_columns": self.id_columns, "features": [f.to_json() for f in self.features],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Preprocess:
+        """Parse a preprocess.json document (refuses unknown format versions)."""
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported preprocess format_version {doc.get('format_version')!r}")
+        return cls(
+            task=doc["task"], target=doc["target"], labels=list(doc["labels"]),
+            features=[_feature_from_json(f) for f in doc["features"]],
+            id_columns=list(doc.get("id_columns", [])), positive=doc.get("positive"),
+            threshold=doc.get("threshold"), target_mean=float(doc.get("target_mean", 0.0)),
+            target_std=float(doc.get("target_std", 1.0)),
+        )
+
+    def save(self, path: Path) -> None:
+        """Write preprocess.json."""
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Preprocess:
+        """Read preprocess.json."""
+        return cls.from_json(json.loads(path.read_text()))
+
+
+def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
+    if doc["kind"] == "numeric":
+        return NumericFeature(
+            doc["name"], float(doc["mean"]), float(doc["std"]), float(doc["median"]),
+            float(doc["min"]), float(doc["max"]),
+        )
+    if doc["kind"] == "categorical":
+        return CategoricalFeature(doc["name"], tuple(doc["vocab"]))
+    raise ValueError(f"unknown feature kind {doc['kind']!r}")
+
+
+def _encode_numeric(name: str, values: Iterable[Any] | None, n: int, enc: Encoded) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan, dtype=np.float32)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        return _finite_or_errors(name, values.astype(np.float64), enc)
+    out = np.empty(n, dtype=np.float64)
+    for i, value in enumerate(values):
+        try:
+            out[i] = parse_number(value)
+        except ValueError as exc:
+            out[i] = np.nan
+            enc.errors.setdefault(i, str(EncodingError(i, name, str(exc))))
+    return out.astype(np.float32)
+
+
+def _finite_or_errors(name: str, values: np.ndarray, enc: Encoded) -> np.ndarray:
+    for i in np.flatnonzero(np.isinf(values)):
+        enc.errors.setdefault(int(i), str(EncodingError(int(i), name, "expected a finite number")))
+    return np.where(np.isinf(values), np.nan, values).astype(np.float32)
+
+
+def _encode_categorical(
+    feat: CategoricalFeature, values: Iterable[Any] | None, n: int, enc: Encoded
+) -> np.ndarray:
+    out = np.zeros(n, dtype=np.int64)
+    if values is None:
+        return out
+    for i, value in enumerate(values):
+        try:
+            key = category_key(value)
+        except ValueError as exc:
+            enc.errors.setdefault(i, str(EncodingError(i, feat.name, str(exc))))
+            continue
+        if key is None:
+            continue
+        index = feat.index_.get(key, 0)
+        if index == 0:
+            enc.warn(i, f"field '{feat.name}': unseen level {key!r} scored as missing")
+        out[i] = index
+    return out

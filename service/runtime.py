@@ -1,0 +1,71 @@
+"""ONNX Runtime sessions: CUDA execution provider where it can run, CPU otherwise, read back."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import onnxruntime as ort
+
+log = logging.getLogger("tabserve.runtime")
+
+Device = Literal["auto", "cuda", "cpu"]
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+CPU: Device = "cpu"
+_preloaded = False
+
+
+class ProviderError(RuntimeError):
+    """The requested device cannot be used."""
+
+
+def _preload_cuda_dlls() -> None:
+    """Load CUDA/cuDNN from pip wheels where onnxruntime offers it (1.21+); harmless otherwise."""
+    global _preloaded
+    if not _preloaded and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - a failed preload just means no CUDA
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    _preloaded = True
+
+
+def providers_for(device: Device, available: list[str] | None = None) -> list[str]:
+    """Execution providers to ask for: CUDA first when allowed and built in, CPU always last."""
+    available = ort.get_available_providers() if available is None else available
+    if device == "cpu":
+        return [CPU_EP]
+    if CUDA_EP in available:
+        return [CUDA_EP, CPU_EP]
+    if device == "cuda":
+        raise ProviderError("device=cuda but this onnxruntime build has no CUDAExecutionProvider")
+    return [CPU_EP]
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Quiet (errors only), fully optimised graph; `threads` 0 lets ORT choose."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    return opts
+
+
+def create_session(path: Path | str, device: Device = "auto", threads: int = 0) -> ort.InferenceSession:
+    """A session on the best allowed provider; strict `cuda` refuses to fall back to CPU."""
+    wanted = providers_for(device)
+    if CUDA_EP in wanted:
+        _preload_cuda_dlls()
+    session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=wanted)
+    active = active_provider(session)
+    if device == "cuda" and active != CUDA_EP:
+        raise ProviderError(f"device=cuda but the session runs on {active}: the CUDA EP cannot start")
+    if CUDA_EP in wanted and active != CUDA_EP:
+        log.warning("CUDA execution provider unavailable; %s runs on CPU", Path(path).parent)
+    return session
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The provider the session actually runs on (read back, never assumed)."""
+    return str(session.get_providers()[0])

@@ -1,0 +1,104 @@
+"""The `tabserve` command: train, list models (serve and score join later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service import bundle
+
+app = typer.Typer(help="Train, serve and score tabular business models.", no_args_is_help=True)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+ModelsDir = Annotated[
+    Path | None, typer.Option("--models-dir", help="Model store (default $TABSERVE_MODELS_DIR or ./models).")
+]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="CSV file to train on.")],
+    target: Annotated[str, typer.Option(help="Column to predict.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file's stem).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML or YAML file with training settings.")] = None,
+    models_dir: ModelsDir = None,
+    task: Annotated[str | None, typer.Option(help="auto | binary | multiclass | regression.")] = None,
+    positive: Annotated[str | None, typer.Option(help="Positive class of a binary target.")] = None,
+    id_column: Annotated[list[str] | None, typer.Option(help="Identifier column (repeatable).")] = None,
+    drop: Annotated[list[str] | None, typer.Option(help="Column to leave out (repeatable).")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Hidden layer sizes, e.g. 128,64.")] = None,
+    activation: Annotated[str | None, typer.Option(help="relu | leaky_relu | gelu | tanh | sigmoid.")] = None,
+    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm")] = None,
+    dropout: Annotated[float | None, typer.Option()] = None,
+    linear_skip: Annotated[bool | None, typer.Option("--linear-skip/--no-linear-skip")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Upper bound; early stopping ends sooner.")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
+    class_weight: Annotated[str | None, typer.Option(help="none | balanced.")] = None,
+    ensemble: Annotated[int | None, typer.Option(help="k-fold ensemble members (1: one model).")] = None,
+    threshold_rule: Annotated[str | None, typer.Option(help="f1 | youden | accuracy | a number.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    plots: Annotated[bool | None, typer.Option("--plots/--no-plots", help="PNG plots in the bundle.")] = None,
+) -> None:
+    """Train an MLP on a CSV and publish it as the next version of a model bundle."""
+    from training.progress import run_training
+
+    overrides: dict[str, Any] = dict(
+        data=str(data), target=target, name=name, models_dir=str(models_dir) if models_dir else None,
+        task=task, positive=positive, id_columns=id_column or None, drop=drop or None,
+        hidden=[int(h) for h in _csv_list(hidden) or []] or None, activation=activation,
+        batch_norm=batch_norm, dropout=dropout, linear_skip=linear_skip, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+        class_weight=class_weight, ensemble=ensemble, threshold_rule=threshold_rule, seed=seed,
+        report_plots=plots,
+    )
+    try:
+        run_training(config, overrides, console)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+
+
+@app.command("models")
+def list_models(models_dir: ModelsDir = None) -> None:
+    """List the bundles in the model store."""
+    root = bundle.models_dir(models_dir)
+    table = Table("name", "version", "task", "key metric", "created", title=f"models in {root}")
+    for ref in bundle.iter_bundles(root):
+        try:
+            m = ref.metrics
+        except (OSError, ValueError) as exc:
+            table.add_row(ref.name, str(ref.version), "[red]unreadable[/]", str(exc)[:40], "")
+            continue
+        key = m.get("key_metric", "")
+        value = m.get("test", {}).get(key)
+        shown = f"{key} {value:.4f}" if isinstance(value, float) else key
+        table.add_row(ref.name, str(ref.version), m.get("task", "?"), shown, m.get("created", ""))
+    if not table.row_count:
+        console.print(f"no models in {root}; train one with `tabserve train`")
+        return
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

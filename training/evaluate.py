@@ -1,0 +1,138 @@
+"""Metrics, the decision threshold, and the linear baseline every model is compared with."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from service.features import Encoded, Preprocess
+
+
+def monitor_metric(task: str, y: np.ndarray, out: np.ndarray) -> float:
+    """The per-epoch validation metric shown to the user: ROC AUC, accuracy or RMSE."""
+    if task == "binary":
+        return _safe_auc(y, out[:, 1])
+    if task == "multiclass":
+        return float(np.mean(out.argmax(axis=1) == y))
+    return float(np.sqrt(np.mean((out[:, 0] - y) ** 2)))
+
+
+def _safe_auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed rate − mean predicted| over equal-width probability bins, weighted by count."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(float(y[mask].mean()) - float(p[mask].mean()))
+    return float(ece)
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
+    """The positive-class probability cut-off, chosen on validation predictions by `rule`."""
+    try:
+        return float(rule)
+    except ValueError:
+        pass
+    if rule == "f1":
+        precision, recall, thr = skm.precision_recall_curve(y, p)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        return float(thr[int(np.argmax(f1[:-1]))])
+    fpr, tpr, thr = skm.roc_curve(y, p)
+    if rule == "youden":
+        score = tpr - fpr
+    elif rule == "accuracy":
+        pos = float(np.mean(y))
+        score = tpr * pos + (1 - fpr) * (1 - pos)
+    else:
+        raise ValueError(f"threshold rule must be f1, youden, accuracy or a number, not {rule!r}")
+    return float(np.clip(thr[int(np.argmax(score))], 0.0, 1.0))
+
+
+def classification_metrics(
+    task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None
+) -> dict[str, float]:
+    """Binary: ROC/PR AUC, log loss, Brier, accuracy, F1, ECE; multiclass: accuracy, macro F1, log loss."""
+    labels = list(range(probs.shape[1]))
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    if task == "multiclass":
+        pred = probs.argmax(axis=1)
+        return {
+            "accuracy": float(np.mean(pred == y)),
+            "macro_f1": float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
+            "log_loss": float(skm.log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)),
+        }
+    p = probs[:, 1]
+    pred = p >= (0.5 if threshold is None else threshold)
+    return {
+        "roc_auc": _safe_auc(y, p),
+        "pr_auc": float(skm.average_precision_score(y, p)),
+        "log_loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, p)),
+        "accuracy": float(np.mean(pred == y)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "ece": expected_calibration_error(y, p),
+    }
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² in the target's own units."""
+    return {
+        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "mae": float(skm.mean_absolute_error(y, pred)),
+        "r2": float(skm.r2_score(y, pred)),
+    }
+
+
+def task_metrics(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """The task's full metric set from model outputs (probabilities or values)."""
+    if pre.task == "regression":
+        return regression_metrics(y, out[:, 0])
+    return classification_metrics(pre.task, y, out, pre.threshold)
+
+
+KEY_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "rmse"}
+
+
+def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
+    """Imputed, standardized numerics plus one-hot categories: the baseline's inputs."""
+    med = np.array([f.median_ for f in pre.numeric], dtype=np.float64)
+    mean = np.array([f.mean_ for f in pre.numeric], dtype=np.float64)
+    std = np.array([f.std_ for f in pre.numeric], dtype=np.float64)
+    num = np.where(np.isnan(enc.num), med, enc.num)
+    parts = [(num - mean) / std]
+    for j, feat in enumerate(pre.categorical):
+        parts.append(np.eye(feat.cardinality)[enc.cat[:, j]])
+    return np.hstack(parts)
+
+
+class Baseline:
+    """Logistic regression (classification) or least squares (regression) on the same encoding."""
+
+    def __init__(self, pre: Preprocess) -> None:
+        self.pre = pre
+        self.model: LogisticRegression | LinearRegression = (
+            LinearRegression() if pre.task == "regression" else LogisticRegression(max_iter=2000)
+        )
+
+    def fit(self, enc: Encoded, y: np.ndarray) -> Baseline:
+        """Fit on the development rows."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model.fit(design_matrix(self.pre, enc), y)
+        return self
+
+    def predict(self, enc: Encoded) -> np.ndarray:
+        """Class probabilities [N, k] or values [N, 1]."""
+        x = design_matrix(self.pre, enc)
+        if isinstance(self.model, LinearRegression):
+            return np.asarray(self.model.predict(x)).reshape(-1, 1)
+        return np.asarray(self.model.predict_proba(x))

@@ -1,0 +1,115 @@
+"""The network: imputation + standardization in the graph, embeddings, deep MLP beside a linear path."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from service.features import Preprocess
+from training.config import TrainConfig
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+class Normalize(nn.Module):
+    """Raw `num` (NaN = missing) → median-imputed, standardized values, from preprocess stats."""
+
+    def __init__(self, pre: Preprocess) -> None:
+        super().__init__()
+        feats = pre.numeric
+        self.register_buffer("median_", torch.tensor([f.median_ for f in feats], dtype=torch.float32))
+        self.register_buffer("mean_", torch.tensor([f.mean_ for f in feats], dtype=torch.float32))
+        self.register_buffer("std_", torch.tensor([f.std_ for f in feats], dtype=torch.float32))
+
+    def forward(self, num: torch.Tensor) -> torch.Tensor:
+        filled = torch.where(torch.isnan(num), self.median_, num)
+        return (filled - self.mean_) / self.std_
+
+
+def n_logits(task: str, n_classes: int) -> int:
+    """One logit for binary (sigmoid) and regression, one per class for multiclass (softmax)."""
+    return n_classes if task == "multiclass" else 1
+
+
+def embedding_dim(cardinality: int, cap: int) -> int:
+    """fastai's rule of thumb (1.6·n^0.56), capped: small vocabularies get small embeddings."""
+    return max(1, min(cap, round(1.6 * cardinality**0.56)))
+
+
+class TabularMLP(nn.Module):
+    """Logits from normalized numerics and category indices: deep MLP + optional linear path."""
+
+    def __init__(self, pre: Preprocess, cfg: TrainConfig) -> None:
+        super().__init__()
+        cards = [f.cardinality for f in pre.categorical]
+        n_num, n_out = len(pre.numeric), n_logits(pre.task, len(pre.labels))
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(c, embedding_dim(c, cfg.max_embedding_dim)) for c in cards
+        )
+        width = n_num + sum(e.embedding_dim for e in self.embeddings)
+        self.deep = _mlp(width, cfg, n_out)
+        self.linear_skip = cfg.linear_skip
+        if cfg.linear_skip:
+            # NOTE: the wide path is logistic regression on one-hot categories (an n_out-wide
+            # embedding is exactly a one-hot weight matrix) and the numerics.
+            self.wide_num = nn.Linear(n_num, n_out) if n_num else None
+            self.wide_cat = nn.ModuleList(nn.Embedding(c, n_out) for c in cards)
+            for emb in self.wide_cat:
+                nn.init.zeros_(emb.weight)
+
+    def forward(self, x: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        parts = [x] + [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
+        out: torch.Tensor = self.deep(torch.cat(parts, dim=1))
+        if self.linear_skip:
+            if self.wide_num is not None:
+                out = out + self.wide_num(x)
+            for i, emb in enumerate(self.wide_cat):
+                out = out + emb(cat[:, i])
+        return out
+
+
+def _mlp(width: int, cfg: TrainConfig, n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in cfg.hidden:
+        layers.append(nn.Linear(width, size))
+        if cfg.batch_norm:
+            layers.append(nn.BatchNorm1d(size))
+        layers.append(_ACTIVATIONS[cfg.activation]())
+        if cfg.dropout:
+            layers.append(nn.Dropout(cfg.dropout))
+        width = size
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class Scorer(nn.Module):
+    """The exported graph: raw `num`/`cat` → averaged member outputs (probabilities or values)."""
+
+    def __init__(self, pre: Preprocess, members: list[TabularMLP]) -> None:
+        super().__init__()
+        self.normalize = Normalize(pre)
+        self.members = nn.ModuleList(members)
+        self.task = pre.task
+        self.register_buffer("target_mean", torch.tensor(pre.target_mean, dtype=torch.float32))
+        self.register_buffer("target_std", torch.tensor(pre.target_std, dtype=torch.float32))
+
+    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(num)
+        outs = [to_output(m(x, cat), self.task) for m in self.members]
+        out = torch.stack(outs).mean(dim=0)
+        if self.task == "regression":
+            out = out * self.target_std + self.target_mean
+        return out
+
+
+def to_output(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Logits → class probabilities (binary: [1 - p, p]) or standardized regression values."""
+    if task == "binary":
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    if task == "multiclass":
+        return torch.softmax(logits, dim=1)
+    return logits

@@ -1,0 +1,204 @@
+"""One training run, top to bottom: CSV → schema → split → fit → evaluate → export → publish."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from service import bundle
+from service.features import Encoded, Preprocess
+from training import data as D
+from training import export, report
+from training.config import TrainConfig
+from training.evaluate import KEY_METRIC, Baseline, choose_threshold, task_metrics
+from training.model import Normalize, Scorer, TabularMLP
+from training.train import EpochCallback, History, Tensors, fit_member
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """The data after schema inference and target encoding, with its split and preprocessing."""
+
+    df: pd.DataFrame
+    schema: D.Schema
+    target: D.Target
+    split: D.Split
+    pre: Preprocess
+    enc: Encoded
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: metrics for the model and the baseline, and the published bundle."""
+
+    pre: Preprocess
+    metrics: dict[str, Any]
+    histories: list[History] = field(default_factory=list)
+    bundle: bundle.BundleRef | None = None
+
+
+def prepare(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = print) -> Prepared:
+    """Read, infer, split and fit preprocessing on the non-test rows (the training rows only)."""
+    df = D.read_csv(cfg.data)
+    df, target = D.encode_target(df, cfg)
+    if target.dropped_missing:
+        say(f"dropped {target.dropped_missing} rows with a missing target")
+    schema = D.infer_schema(df, cfg)
+    for col, why in schema.dropped.items():
+        say(f"column {col!r} left out: {why}")
+    split = D.split_rows(target, cfg, test_rows)
+    fit_rows = split.dev if cfg.ensemble > 1 else split.folds[0][0]
+    pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
+    enc = pre.encode_columns(D.columns_of(df), len(df))
+    if enc.errors:
+        raise D.DataError(next(iter(enc.errors.values())))
+    return Prepared(df, schema, target, split, pre, enc)
+
+
+def _tensors(prep: Prepared) -> Tensors:
+    pre, y = prep.pre, prep.target.y
+    x = Normalize(pre)(torch.from_numpy(prep.enc.num))
+    if pre.task == "regression":
+        yt = torch.from_numpy(((y - pre.target_mean) / pre.target_std).astype(np.float32))
+    else:
+        yt = torch.from_numpy(y)
+    return Tensors(x, torch.from_numpy(prep.enc.cat), yt)
+
+
+def fit_ensemble(
+    prep: Prepared, cfg: TrainConfig, on_epoch: EpochCallback | None = None
+) -> tuple[Scorer, list[History], np.ndarray, np.ndarray]:
+    """One member per fold; returns the scorer, curves and out-of-fold validation outputs."""
+    torch.use_deterministic_algorithms(True)
+    data = _tensors(prep)
+    members, histories, val_rows, val_out = [], [], [], []
+    for i, (tr, va) in enumerate(prep.split.folds):
+        model, hist = fit_member(
+            prep.pre, cfg, data.rows(torch.from_numpy(tr)), data.rows(torch.from_numpy(va)),
+            seed=cfg.seed * 1000 + i, on_epoch=on_epoch,
+        )
+        members.append(model)
+        histories.append(hist)
+        val_rows.append(va)
+        val_out.append(_scorer_output(Scorer(prep.pre, [model]), prep.enc, va))
+    return Scorer(prep.pre, members).eval(), histories, np.concatenate(val_rows), np.concatenate(val_out)
+
+
+def _scorer_output(scorer: Scorer, enc: Encoded, rows: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = scorer.eval()(torch.from_numpy(enc.num[rows]), torch.from_numpy(enc.cat[rows]))
+    return out.numpy()
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    test_rows: np.ndarray | None = None,
+    publish: bool = True,
+    on_epoch: EpochCallback | None = None,
+    say: Say = print,
+) -> TrainResult:
+    """The whole run; publishes the bundle only when the ONNX export matches PyTorch."""
+    started = time.perf_counter()
+    prep = prepare(cfg, test_rows, say)
+    pre, y, split = prep.pre, prep.target.y, prep.split
+    scorer, histories, val_rows, val_out = fit_ensemble(prep, cfg, on_epoch)
+    if pre.task == "binary":
+        pre.threshold = choose_threshold(y[val_rows], val_out[:, 1], cfg.threshold_rule)
+    test_out = _scorer_output(scorer, prep.enc, split.test)
+    base = _baseline(prep, cfg)
+    metrics = {
+        "task": pre.task,
+        "key_metric": KEY_METRIC[pre.task],
+        "test": task_metrics(pre, y[split.test], test_out),
+        "validation": task_metrics(pre, y[val_rows], val_out),
+        "baseline": "linear regression" if pre.task == "regression" else "logistic regression",
+        "baseline_test": base,
+        "members": [{"best_epoch": h.best_epoch, "epochs": len(h.val_loss)} for h in histories],
+    }
+    result = TrainResult(pre, metrics, histories)
+    if publish:
+        doc = _describe(prep, cfg, metrics, started)
+        write = _bundle_writer(prep, cfg, scorer, histories, test_out, doc)
+        result.bundle = bundle.publish(bundle.models_dir(cfg.models_dir), cfg.name, write)
+    metrics["train_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _baseline(prep: Prepared, cfg: TrainConfig) -> dict[str, float]:
+    """Fit the linear baseline on the development rows and score the test rows."""
+    pre, y, split = prep.pre, prep.target.y, prep.split
+    dev_enc, test_enc = _rows(prep.enc, split.dev), _rows(prep.enc, split.test)
+    model = Baseline(pre).fit(dev_enc, y[split.dev])
+    base_pre = replace(pre)
+    if pre.task == "binary":
+        base_pre.threshold = choose_threshold(y[split.dev], model.predict(dev_enc)[:, 1], cfg.threshold_rule)
+    return task_metrics(base_pre, y[split.test], model.predict(test_enc))
+
+
+def _rows(enc: Encoded, rows: np.ndarray) -> Encoded:
+    return Encoded(enc.num[rows], enc.cat[rows])
+
+
+def _describe(prep: Prepared, cfg: TrainConfig, metrics: dict[str, Any], started: float) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    metrics["train_seconds"] = time.perf_counter() - started
+    return {
+        "preprocess": prep.pre.to_json(),
+        "metrics": metrics,
+        "config": asdict(cfg),
+        "data": {
+            "file": Path(cfg.data).name,
+            "sha256": D.file_sha256(cfg.data),
+            "rows": len(prep.df) + prep.target.dropped_missing,
+            "dropped_missing_target": prep.target.dropped_missing,
+            "train_rows": len(prep.split.dev),
+            "test_rows": len(prep.split.test),
+            "dropped_columns": prep.schema.dropped,
+        },
+        "versions": {
+            "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        },
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _bundle_writer(
+    prep: Prepared, cfg: TrainConfig, scorer: Scorer, histories: list[History],
+    test_out: np.ndarray, doc: dict[str, Any],
+) -> Callable[[Path], None]:
+    test = prep.split.test
+
+    def write(out: Path) -> None:
+        onnx_path = out / bundle.MODEL_FILE
+        export.export_onnx(scorer, prep.pre, onnx_path)
+        tol = export.PARITY_TOL * (prep.pre.target_std if prep.pre.task == "regression" else 1.0)
+        doc["metrics"]["onnx_parity_max_abs_diff"] = export.check_parity(
+            scorer, onnx_path, prep.enc.num[test], prep.enc.cat[test], tol
+        )
+        prep.pre.save(out / bundle.PREPROCESS_FILE)
+        metrics_doc = {**doc["metrics"], **{k: doc[k] for k in ("config", "data", "versions", "created")}}
+        (out / bundle.METRICS_FILE).write_text(json.dumps(metrics_doc, indent=2, default=str) + "\n")
+        plots = (
+            report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out)
+            if cfg.report_plots else []
+        )
+        report.write_model_card(out, cfg.name, doc["created"], doc, plots)
+
+    return write

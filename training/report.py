@@ -1,0 +1,96 @@
+"""The human side of a bundle: PNG plots and a markdown model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.bundle import CARD_FILE
+from service.features import Preprocess
+from training.train import History
+
+
+def write_plots(
+    out: Path, histories: list[History], pre: Preprocess, y: np.ndarray, probs: np.ndarray
+) -> list[str]:
+    """Loss curves for every task; ROC and calibration for binary. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = ["loss_curves.png"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, h in enumerate(histories):
+        ax.plot(h.train_loss, color=f"C{i}", alpha=0.5, label=f"member {i} train")
+        ax.plot(h.val_loss, color=f"C{i}", ls="--", label=f"member {i} validation")
+        ax.axvline(h.best_epoch, color=f"C{i}", lw=0.5)
+    ax.set(xlabel="epoch", ylabel="loss", title="Training curves (dashed: validation)")
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, out / files[0])
+    if pre.task == "binary":
+        files += [_roc_plot(out, y, probs[:, 1], plt), _calibration_plot(out, y, probs[:, 1], plt)]
+    plt.close("all")
+    return files
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _roc_plot(out: Path, y: np.ndarray, p: np.ndarray, plt: Any) -> str:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label="model")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test split)")
+    ax.legend()
+    _save(fig, out / "roc.png")
+    return "roc.png"
+
+
+def _calibration_plot(out: Path, y: np.ndarray, p: np.ndarray, plt: Any) -> str:
+    edges = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
+    mids = [(p[which == b].mean(), y[which == b].mean()) for b in range(10) if (which == b).any()]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(*zip(*mids, strict=True), marker="o", label="model")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect")
+    ax.set(xlabel="mean predicted probability", ylabel="observed rate", title="Calibration (test)")
+    ax.legend()
+    _save(fig, out / "calibration.png")
+    return "calibration.png"
+
+
+def write_model_card(out: Path, name: str, version_hint: str, doc: dict[str, Any], plots: list[str]) -> None:
+    """model_card.md: what the model predicts, from which data, how well, against the baseline."""
+    pre, data, m = doc["preprocess"], doc["data"], doc["metrics"]
+    lines = [
+        f"# Model card: {name} ({version_hint})",
+        "",
+        f"Predicts **{pre['target']}** ({pre['task']}) from {len(pre['features'])} features.",
+        "",
+        "## Data",
+        f"- file: `{data['file']}` (sha256 `{data['sha256'][:16]}…`), {data['rows']} rows "
+        f"({data['dropped_missing_target']} dropped for a missing target)",
+        f"- split: {data['train_rows']} development rows (train + validation), "
+        f"{data['test_rows']} test rows, seed {doc['config']['seed']}",
+        f"- features: {', '.join(f['name'] for f in pre['features'])}",
+        f"- left out: {', '.join(f'{k} ({v})' for k, v in data['dropped_columns'].items()) or 'none'}",
+    ]
+    if pre["task"] == "binary":
+        lines.append(
+            f"- positive class: `{pre['positive']}`; decision threshold {pre['threshold']:.4f} "
+            f"(rule: {doc['config']['threshold_rule']}, chosen on validation)"
+        )
+    lines += ["", "## Test metrics", "", "| metric | model | baseline |", "|---|---|---|"]
+    for key, value in m["test"].items():
+        lines.append(f"| {key} | {value:.4f} | {m['baseline_test'].get(key, float('nan')):.4f} |")
+    lines += ["", f"Baseline: {m['baseline']}. Training took {m['train_seconds']:.1f} s.", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    (out / CARD_FILE).write_text("\n".join(lines) + "\n")

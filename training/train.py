@@ -1,0 +1,136 @@
+"""The training loop: shuffled mini-batches, AdamW, LR on plateau, early stopping on validation."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.features import Preprocess
+from training.config import TrainConfig
+from training.evaluate import monitor_metric
+from training.model import TabularMLP, to_output
+
+EpochCallback = Callable[[int, int, float, float, float], None]
+
+
+@dataclass
+class Tensors:
+    """One split as model inputs: normalized numerics, category indices, targets."""
+
+    x: torch.Tensor
+    cat: torch.Tensor
+    y: torch.Tensor
+
+    def rows(self, idx: torch.Tensor) -> Tensors:
+        """A subset of rows."""
+        return Tensors(self.x[idx], self.cat[idx], self.y[idx])
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class History:
+    """Per-epoch curves of one member and where its best (restored) weights came from."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def loss_function(pre: Preprocess, cfg: TrainConfig, y: torch.Tensor) -> nn.Module:
+    """BCE-with-logits, cross-entropy or MSE by task; 'balanced' weights classes inversely."""
+    if pre.task == "regression":
+        return nn.MSELoss()
+    counts = torch.bincount(y, minlength=len(pre.labels)).double().clamp(min=1)
+    if pre.task == "binary":
+        pos_weight = counts[0] / counts[1] if cfg.class_weight == "balanced" else torch.tensor(1.0)
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight.float())
+    weight = (counts.sum() / (len(counts) * counts)).float() if cfg.class_weight == "balanced" else None
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+def _loss(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "binary":
+        return loss_fn(logits[:, 0], y.float())  # type: ignore[no-any-return]
+    if task == "regression":
+        return loss_fn(logits[:, 0], y)  # type: ignore[no-any-return]
+    return loss_fn(logits, y)  # type: ignore[no-any-return]
+
+
+def fit_member(
+    pre: Preprocess, cfg: TrainConfig, train: Tensors, val: Tensors, seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[TabularMLP, History]:
+    """Train one network; stop when validation has not improved for `patience` epochs."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = TabularMLP(pre, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 3))
+    loss_fn = loss_function(pre, cfg, train.y)
+    # NOTE: validation is judged on the unweighted loss: class weights are a training device only
+    val_loss_fn = loss_function(pre, replace(cfg, class_weight="none"), train.y)
+    hist, best_loss, best_state = History(), float("inf"), copy.deepcopy(model.state_dict())
+    for epoch in range(cfg.epochs):
+        train_loss = _train_epoch(model, opt, loss_fn, train, cfg.batch_size, gen, pre.task)
+        val_loss, val_metric = evaluate_member(model, val, pre, val_loss_fn)
+        sched.step(val_loss)
+        hist.train_loss.append(train_loss)
+        hist.val_loss.append(val_loss)
+        hist.val_metric.append(val_metric)
+        if on_epoch:
+            on_epoch(seed, epoch, train_loss, val_loss, val_metric)
+        if val_loss < best_loss - 1e-6:
+            best_loss, hist.best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - hist.best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    return model.eval(), hist
+
+
+def _train_epoch(
+    model: TabularMLP, opt: torch.optim.Optimizer, loss_fn: nn.Module, data: Tensors,
+    batch_size: int, gen: torch.Generator, task: str,
+) -> float:
+    model.train()
+    order = torch.randperm(len(data), generator=gen)
+    total, seen = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            continue  # NOTE: BatchNorm cannot normalize a batch of one row
+        batch = data.rows(idx)
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(loss_fn, model(batch.x, batch.cat), batch.y, task)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate_member(
+    model: TabularMLP, data: Tensors, pre: Preprocess, loss_fn: nn.Module
+) -> tuple[float, float]:
+    """Validation loss and the task's monitor metric."""
+    model.eval()
+    logits = model(data.x, data.cat)
+    val_loss = float(_loss(loss_fn, logits, data.y, pre.task))
+    out = to_output(logits, pre.task).numpy()
+    return val_loss, monitor_metric(pre.task, data.y.numpy(), out)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Tensors, task: str) -> np.ndarray:
+    """Member outputs: probabilities, or standardized values for regression."""
+    model.eval()
+    return to_output(model(data.x, data.cat), task).numpy()
