@@ -60,9 +60,7 @@ def _is_grouped(text: str) -> bool:
     """True for thousands-grouped numbers such as '1,234.5' (never for '1,5')."""
     head, _, _ = text.partition(".")
     groups = head.lstrip("+-").split(",")
-    return len(groups) > 1 and groups[0].isdigit() and all(
-        len(g) == 3 and g.isdigit() for g in groups[1:]
-    )
+    return len(groups) > 1 and groups[0].isdigit() and all(len(g) == 3 and g.isdigit() for g in groups[1:])
 
 
 def category_key(value: Any) -> str | None:
@@ -92,8 +90,13 @@ class NumericFeature:
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json entry."""
         return {
-            "name": self.name, "kind": self.kind, "mean": self.mean_, "std": self.std_,
-            "median": self.median_, "min": self.min_, "max": self.max_,
+            "name": self.name,
+            "kind": self.kind,
+            "mean": self.mean_,
+            "std": self.std_,
+            "median": self.median_,
+            "min": self.min_,
+            "max": self.max_,
         }
 
 
@@ -186,10 +189,16 @@ class Preprocess:
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json document."""
         return {
-            "format_version": FORMAT_VERSION, "task": self.task, "target": self.target,
-            "labels": self.labels, "positive": self.positive, "threshold": self.threshold,
-            "target_mean": self.target_mean, "target_std": self.target_std,
-            "id_columns": self.id_columns, "features": [f.to_json() for f in self.features],
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "target": self.target,
+            "labels": self.labels,
+            "positive": self.positive,
+            "threshold": self.threshold,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "id_columns": self.id_columns,
+            "features": [f.to_json() for f in self.features],
         }
 
     @classmethod
@@ -198,10 +207,14 @@ class Preprocess:
         if doc.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported preprocess format_version {doc.get('format_version')!r}")
         return cls(
-            task=doc["task"], target=doc["target"], labels=list(doc["labels"]),
+            task=doc["task"],
+            target=doc["target"],
+            labels=list(doc["labels"]),
             features=[_feature_from_json(f) for f in doc["features"]],
-            id_columns=list(doc.get("id_columns", [])), positive=doc.get("positive"),
-            threshold=doc.get("threshold"), target_mean=float(doc.get("target_mean", 0.0)),
+            id_columns=list(doc.get("id_columns", [])),
+            positive=doc.get("positive"),
+            threshold=doc.get("threshold"),
+            target_mean=float(doc.get("target_mean", 0.0)),
             target_std=float(doc.get("target_std", 1.0)),
         )
 
@@ -218,8 +231,12 @@ class Preprocess:
 def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
     if doc["kind"] == "numeric":
         return NumericFeature(
-            doc["name"], float(doc["mean"]), float(doc["std"]), float(doc["median"]),
-            float(doc["min"]), float(doc["max"]),
+            doc["name"],
+            float(doc["mean"]),
+            float(doc["std"]),
+            float(doc["median"]),
+            float(doc["min"]),
+            float(doc["max"]),
         )
     if doc["kind"] == "categorical":
         return CategoricalFeature(doc["name"], tuple(doc["vocab"]))

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from service import bundle
 
@@ -21,7 +22,8 @@ ModelsDir = Annotated[
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """One line on stderr, exit status 2."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message.replace("\n", " ")), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -60,12 +62,28 @@ def train(
     from training.progress import run_training
 
     overrides: dict[str, Any] = dict(
-        data=str(data), target=target, name=name, models_dir=str(models_dir) if models_dir else None,
-        task=task, positive=positive, id_columns=id_column or None, drop=drop or None,
-        hidden=[int(h) for h in _csv_list(hidden) or []] or None, activation=activation,
-        batch_norm=batch_norm, dropout=dropout, linear_skip=linear_skip, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-        class_weight=class_weight, ensemble=ensemble, threshold_rule=threshold_rule, seed=seed,
+        data=str(data),
+        target=target,
+        name=name,
+        models_dir=str(models_dir) if models_dir else None,
+        task=task,
+        positive=positive,
+        id_columns=id_column or None,
+        drop=drop or None,
+        hidden=[int(h) for h in _csv_list(hidden) or []] or None,
+        activation=activation,
+        batch_norm=batch_norm,
+        dropout=dropout,
+        linear_skip=linear_skip,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        class_weight=class_weight,
+        ensemble=ensemble,
+        threshold_rule=threshold_rule,
+        seed=seed,
         report_plots=plots,
     )
     try:

@@ -38,6 +38,7 @@ class TrainConfig:
     batch_norm: bool = True  # stabilises training on unevenly scaled inputs
     dropout: float = 0.3  # small data sets overfit quickly; 0.3 measured best on both bundled sets
     linear_skip: bool = True  # a wide (logistic) path beside the deep one: tabular data is often near-linear
+    linear_init: bool = True  # start the linear path at a fitted logistic regression (see BENCHMARKS.md)
     max_embedding_dim: int = 8  # embeddings wider than this only add variance on business data
     # --- optimisation ---
     epochs: int = 200  # an upper bound: early stopping usually ends far sooner

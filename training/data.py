@@ -26,7 +26,8 @@ from training.config import TrainConfig
 
 POSITIVE_WORDS = ("yes", "y", "true", "t", "1", "bad", "churn", "default", "positive", "fraud")
 MAX_CLASSES = 50
-_ID_NAME = re.compile(r"(^|[_\s-])(id|key|number|no|index|uuid)$|id$", re.IGNORECASE)
+ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid"})
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 class DataError(ValueError):
@@ -145,7 +146,13 @@ def _looks_like_id(col: str, column: pd.Series, present: list[str], distinct: in
         return True  # NOTE: a distinct text per row (customerID) carries no learnable signal
     values = numeric_values(column)
     integral = values is not None and bool(np.all(np.mod(values[~np.isnan(values)], 1) == 0))
-    return integral and bool(_ID_NAME.search(col))
+    return integral and _named_like_id(col)
+
+
+def _named_like_id(col: str) -> bool:
+    """'customerID', 'RowNumber', 'loan_no', 'Index' — the last word of the name says identifier."""
+    words = _WORD.findall(col)
+    return bool(words) and words[-1].lower() in ID_WORDS
 
 
 def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Target]:
@@ -250,9 +257,7 @@ def split_rows(target: Target, cfg: TrainConfig, test: np.ndarray | None = None)
     rows = np.arange(len(target.y))
     strat = target.y if target.task != "regression" else None
     if test is None:
-        dev, test = train_test_split(
-            rows, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=strat
-        )
+        dev, test = train_test_split(rows, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=strat)
     else:
         dev = np.setdiff1d(rows, test)
     return Split(np.sort(dev), np.sort(test), _folds(dev, target, cfg))
@@ -261,9 +266,7 @@ def split_rows(target: Target, cfg: TrainConfig, test: np.ndarray | None = None)
 def _folds(dev: np.ndarray, target: Target, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     strat = target.y[dev] if target.task != "regression" else None
     if cfg.ensemble == 1:
-        tr, va = train_test_split(
-            dev, test_size=cfg.val_fraction, random_state=cfg.seed, stratify=strat
-        )
+        tr, va = train_test_split(dev, test_size=cfg.val_fraction, random_state=cfg.seed, stratify=strat)
         return [(np.sort(tr), np.sort(va))]
     if strat is None:
         strat = np.zeros(len(dev), dtype=np.int64)
@@ -290,8 +293,12 @@ def _fit_numeric(col: str, values: np.ndarray) -> NumericFeature:
     std = float(finite.std())
     # NOTE: zero variance guarded: a constant column standardizes to 0, never to inf/NaN
     return NumericFeature(
-        col, float(finite.mean()), std if std > 1e-12 else 1.0, float(np.median(finite)),
-        float(finite.min()), float(finite.max()),
+        col,
+        float(finite.mean()),
+        std if std > 1e-12 else 1.0,
+        float(np.median(finite)),
+        float(finite.min()),
+        float(finite.max()),
     )
 
 

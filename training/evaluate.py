@@ -102,16 +102,32 @@ def task_metrics(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> dict[str, f
 KEY_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "rmse"}
 
 
+def one_hot_design(x: np.ndarray, cat: np.ndarray, cardinalities: list[int]) -> np.ndarray:
+    """Normalized numerics plus one-hot categories (column 0 of each block: missing/unseen)."""
+    parts = [np.asarray(x, dtype=np.float64)]
+    parts += [np.eye(card)[cat[:, j]] for j, card in enumerate(cardinalities)]
+    return np.hstack(parts)
+
+
 def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
     """Imputed, standardized numerics plus one-hot categories: the baseline's inputs."""
     med = np.array([f.median_ for f in pre.numeric], dtype=np.float64)
     mean = np.array([f.mean_ for f in pre.numeric], dtype=np.float64)
     std = np.array([f.std_ for f in pre.numeric], dtype=np.float64)
-    num = np.where(np.isnan(enc.num), med, enc.num)
-    parts = [(num - mean) / std]
-    for j, feat in enumerate(pre.categorical):
-        parts.append(np.eye(feat.cardinality)[enc.cat[:, j]])
-    return np.hstack(parts)
+    x = (np.where(np.isnan(enc.num), med, enc.num) - mean) / std
+    return one_hot_design(x, enc.cat, [f.cardinality for f in pre.categorical])
+
+
+def linear_model(task: str) -> LogisticRegression | LinearRegression:
+    """The classical reference: L2 logistic regression (C=1), or least squares for regression."""
+    return LinearRegression() if task == "regression" else LogisticRegression(max_iter=2000)
+
+
+def fit_linear(model: LogisticRegression | LinearRegression, x: np.ndarray, y: np.ndarray) -> None:
+    """Fit quietly (lbfgs convergence chatter is not the user's concern)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y)
 
 
 class Baseline:
@@ -119,15 +135,11 @@ class Baseline:
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
-        self.model: LogisticRegression | LinearRegression = (
-            LinearRegression() if pre.task == "regression" else LogisticRegression(max_iter=2000)
-        )
+        self.model = linear_model(pre.task)
 
     def fit(self, enc: Encoded, y: np.ndarray) -> Baseline:
         """Fit on the development rows."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.model.fit(design_matrix(self.pre, enc), y)
+        fit_linear(self.model, design_matrix(self.pre, enc), y)
         return self
 
     def predict(self, enc: Encoded) -> np.ndarray:

@@ -32,9 +32,14 @@ def export_onnx(scorer: Scorer, pre: Preprocess, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NOTE: the TorchScript exporter warns it is deprecated
         torch.onnx.export(
-            scorer, (num, cat), buf, input_names=["num", "cat"], output_names=["output"],
+            scorer,
+            (num, cat),
+            buf,
+            input_names=["num", "cat"],
+            output_names=["output"],
             dynamic_axes={"num": {0: "batch"}, "cat": {0: "batch"}, "output": {0: "batch"}},
-            opset_version=OPSET, dynamo=False,
+            opset_version=OPSET,
+            dynamo=False,
         )
     model = onnx.load_from_string(buf.getvalue())
     model.doc_string = f"tabserve {pre.task} model for target {pre.target!r}"

@@ -9,7 +9,10 @@ from service.features import Preprocess
 from training.config import TrainConfig
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
 
@@ -55,8 +58,9 @@ class TabularMLP(nn.Module):
         if cfg.linear_skip:
             # NOTE: the wide path is logistic regression on one-hot categories (an n_out-wide
             # embedding is exactly a one-hot weight matrix) and the numerics.
-            self.wide_num = nn.Linear(n_num, n_out) if n_num else None
+            self.wide_num = nn.Linear(n_num, n_out, bias=False) if n_num else None
             self.wide_cat = nn.ModuleList(nn.Embedding(c, n_out) for c in cards)
+            self.wide_bias = nn.Parameter(torch.zeros(n_out))
             for emb in self.wide_cat:
                 nn.init.zeros_(emb.weight)
 
@@ -64,11 +68,33 @@ class TabularMLP(nn.Module):
         parts = [x] + [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
         out: torch.Tensor = self.deep(torch.cat(parts, dim=1))
         if self.linear_skip:
+            out = out + self.wide_bias
             if self.wide_num is not None:
                 out = out + self.wide_num(x)
             for i, emb in enumerate(self.wide_cat):
                 out = out + emb(cat[:, i])
         return out
+
+    @torch.no_grad()
+    def warm_start(self, coef: torch.Tensor, intercept: torch.Tensor) -> None:
+        """Set the linear path to a fitted linear model and silence the deep path's output.
+
+        Training then starts exactly at the linear model and the deep path only has to learn
+        what it misses; early stopping keeps the linear solution if the network adds nothing.
+        `coef` is [n_out, n_num + sum(cardinalities)] over the one-hot design.
+        """
+        n_num = self.wide_num.in_features if self.wide_num is not None else 0
+        if self.wide_num is not None:
+            self.wide_num.weight.copy_(coef[:, :n_num])
+        start = n_num
+        for emb in self.wide_cat:
+            emb.weight.copy_(coef[:, start : start + emb.num_embeddings].T)
+            start += emb.num_embeddings
+        self.wide_bias.copy_(intercept)
+        head = self.deep[-1]
+        assert isinstance(head, nn.Linear)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
 
 def _mlp(width: int, cfg: TrainConfig, n_out: int) -> nn.Sequential:

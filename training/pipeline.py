@@ -21,7 +21,7 @@ from training import data as D
 from training import export, report
 from training.config import TrainConfig
 from training.evaluate import KEY_METRIC, Baseline, choose_threshold, task_metrics
-from training.model import Normalize, Scorer, TabularMLP
+from training.model import Normalize, Scorer
 from training.train import EpochCallback, History, Tensors, fit_member
 
 Say = Callable[[str], None]
@@ -86,8 +86,12 @@ def fit_ensemble(
     members, histories, val_rows, val_out = [], [], [], []
     for i, (tr, va) in enumerate(prep.split.folds):
         model, hist = fit_member(
-            prep.pre, cfg, data.rows(torch.from_numpy(tr)), data.rows(torch.from_numpy(va)),
-            seed=cfg.seed * 1000 + i, on_epoch=on_epoch,
+            prep.pre,
+            cfg,
+            data.rows(torch.from_numpy(tr)),
+            data.rows(torch.from_numpy(va)),
+            seed=cfg.seed * 1000 + i,
+            on_epoch=on_epoch,
         )
         members.append(model)
         histories.append(hist)
@@ -171,8 +175,10 @@ def _describe(prep: Prepared, cfg: TrainConfig, metrics: dict[str, Any], started
             "dropped_columns": prep.schema.dropped,
         },
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -180,8 +186,12 @@ def _describe(prep: Prepared, cfg: TrainConfig, metrics: dict[str, Any], started
 
 
 def _bundle_writer(
-    prep: Prepared, cfg: TrainConfig, scorer: Scorer, histories: list[History],
-    test_out: np.ndarray, doc: dict[str, Any],
+    prep: Prepared,
+    cfg: TrainConfig,
+    scorer: Scorer,
+    histories: list[History],
+    test_out: np.ndarray,
+    doc: dict[str, Any],
 ) -> Callable[[Path], None]:
     test = prep.split.test
 
@@ -197,7 +207,8 @@ def _bundle_writer(
         (out / bundle.METRICS_FILE).write_text(json.dumps(metrics_doc, indent=2, default=str) + "\n")
         plots = (
             report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out)
-            if cfg.report_plots else []
+            if cfg.report_plots
+            else []
         )
         report.write_model_card(out, cfg.name, doc["created"], doc, plots)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from service.features import Preprocess
 from training.config import TrainConfig
-from training.evaluate import monitor_metric
+from training.evaluate import fit_linear, linear_model, monitor_metric, one_hot_design
 from training.model import TabularMLP, to_output
 
 EpochCallback = Callable[[int, int, float, float, float], None]
@@ -65,13 +65,19 @@ def _loss(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor, task: str) 
 
 
 def fit_member(
-    pre: Preprocess, cfg: TrainConfig, train: Tensors, val: Tensors, seed: int,
+    pre: Preprocess,
+    cfg: TrainConfig,
+    train: Tensors,
+    val: Tensors,
+    seed: int,
     on_epoch: EpochCallback | None = None,
 ) -> tuple[TabularMLP, History]:
     """Train one network; stop when validation has not improved for `patience` epochs."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = TabularMLP(pre, cfg)
+    if cfg.linear_skip and cfg.linear_init:
+        _warm_start(model, pre, train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 3))
     loss_fn = loss_function(pre, cfg, train.y)
@@ -96,9 +102,25 @@ def fit_member(
     return model.eval(), hist
 
 
+def _warm_start(model: TabularMLP, pre: Preprocess, train: Tensors) -> None:
+    """Fit the linear reference on this member's training rows and start the network from it."""
+    cards = [f.cardinality for f in pre.categorical]
+    design = one_hot_design(train.x.numpy(), train.cat.numpy(), cards)
+    linear = linear_model(pre.task)
+    fit_linear(linear, design, train.y.numpy())
+    coef = np.atleast_2d(linear.coef_)
+    intercept = np.atleast_1d(linear.intercept_)
+    model.warm_start(torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32))
+
+
 def _train_epoch(
-    model: TabularMLP, opt: torch.optim.Optimizer, loss_fn: nn.Module, data: Tensors,
-    batch_size: int, gen: torch.Generator, task: str,
+    model: TabularMLP,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    data: Tensors,
+    batch_size: int,
+    gen: torch.Generator,
+    task: str,
 ) -> float:
     model.train()
     order = torch.randperm(len(data), generator=gen)

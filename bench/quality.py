@@ -1,0 +1,96 @@
+"""Quality bar: MLP vs logistic regression on both bundled data sets over 5 seeded 80/20 splits.
+
+    python bench/quality.py                      # both data sets, 5 seeds, default config
+    python bench/quality.py --set dropout=0.2    # try a setting (repeatable)
+    python bench/quality.py --only telco --seeds 3
+
+Each seed draws one stratified 80/20 outer split; the MLP trains (and early-stops) inside the 80,
+the baseline (logistic regression, fitted in the same run on the same 80) is scored on the same 20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from training import data as D
+from training.config import build_config
+from training.pipeline import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {
+    "telco": (ROOT / "data/telco_churn.csv", "Churn"),
+    "german": (ROOT / "data/german_credit.csv", "creditability"),
+}
+
+
+def outer_split(cfg_kwargs: dict, seed: int) -> np.ndarray:
+    """The test rows of seed's stratified 80/20 split (the same for every configuration)."""
+    cfg = build_config(**cfg_kwargs)
+    _df, target = D.encode_target(D.read_csv(cfg.data), cfg)
+    rows = np.arange(len(target.y))
+    _, test = train_test_split(rows, test_size=0.2, random_state=seed, stratify=target.y)
+    return np.sort(test)
+
+
+def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
+    path, target = DATASETS[name]
+    out: dict[str, list[float]] = {k: [] for k in ("auc", "ll", "base_auc", "base_ll", "secs")}
+    for seed in range(seeds):
+        kwargs = dict(data=str(path), target=target, seed=seed, report_plots=False, **overrides)
+        test = outer_split(kwargs, seed)
+        started = time.perf_counter()
+        result = train(build_config(**kwargs), test_rows=test, publish=False, say=lambda _: None)
+        out["secs"].append(time.perf_counter() - started)
+        m = result.metrics
+        out["auc"].append(m["test"]["roc_auc"])
+        out["ll"].append(m["test"]["log_loss"])
+        out["base_auc"].append(m["baseline_test"]["roc_auc"])
+        out["base_ll"].append(m["baseline_test"]["log_loss"])
+        print(
+            f"  {name} seed {seed}: MLP AUC {out['auc'][-1]:.4f} LL {out['ll'][-1]:.4f} | "
+            f"LR AUC {out['base_auc'][-1]:.4f} LL {out['base_ll'][-1]:.4f} | {out['secs'][-1]:.1f} s",
+            flush=True,
+        )
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--only", choices=sorted(DATASETS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    rows = []
+    for name in [args.only] if args.only else list(DATASETS):
+        r = run(name, args.seeds, overrides)
+        rows.append((name, r))
+    print("\n| data | MLP AUC | MLP log loss | LR AUC | LR log loss | MLP − LR AUC | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        gap = np.mean(r["auc"]) - np.mean(r["base_auc"])
+        print(
+            f"| {name} | {_ms(r['auc'])} | {_ms(r['ll'])} | {_ms(r['base_auc'])} | "
+            f"{_ms(r['base_ll'])} | {gap:+.4f} | {np.mean(r['secs']):.1f} |"
+        )
+
+
+def _value(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The encoding contract: raw values → num/cat, missing and unseen handling, errors name the field."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service.features import CategoricalFeature, NumericFeature, Preprocess, parse_number
+
+
+def make_preprocess() -> Preprocess:
+    """A two-feature binary contract built in code."""
+    return Preprocess(
+        task="binary",
+        target="y",
+        labels=["no", "yes"],
+        positive="yes",
+        threshold=0.5,
+        features=[
+            NumericFeature("charges", 50.0, 10.0, 45.0, 0.0, 100.0),
+            CategoricalFeature("plan", ("basic", "gold")),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (3, 3.0),
+        ("3.5", 3.5),
+        (" 7 ", 7.0),
+        ("1,234.5", 1234.5),
+        ("", math.nan),
+        (None, math.nan),
+        ("NA", math.nan),
+        ("?", math.nan),
+        (2.0, 2.0),
+    ],
+)
+def test_parse_number(raw: object, expected: float) -> None:
+    got = parse_number(raw)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", True, "inf", [1], "1,5"])
+def test_parse_number_rejects(raw: object) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        parse_number(raw)
+
+
+def test_missing_and_unseen_categories_go_to_index_zero_with_a_warning() -> None:
+    pre = make_preprocess()
+    enc = pre.encode_records(
+        [
+            {"charges": 1, "plan": "gold"},
+            {"plan": None},
+            {"charges": "2", "plan": "platinum"},
+            {"charges": None, "plan": "  basic "},
+        ]
+    )
+    assert enc.cat[:, 0].tolist() == [2, 0, 0, 1]
+    assert np.isnan(enc.num[1, 0]) and np.isnan(enc.num[3, 0])
+    assert enc.num[2, 0] == 2.0
+    assert list(enc.warnings) == [2]
+    assert "plan" in enc.warnings[2][0] and "platinum" in enc.warnings[2][0]
+    assert not enc.errors
+
+
+def test_wrong_types_name_record_and_field() -> None:
+    pre = make_preprocess()
+    enc = pre.encode_records(
+        [
+            {"charges": 1, "plan": "gold"},
+            {"charges": "lots", "plan": "gold"},
+            {"charges": 3, "plan": {"a": 1}},
+        ]
+    )
+    assert set(enc.errors) == {1, 2}
+    assert "record 1" in enc.errors[1] and "'charges'" in enc.errors[1]
+    assert "record 2" in enc.errors[2] and "'plan'" in enc.errors[2]
+
+
+def test_preprocess_json_round_trip(tmp_path) -> None:
+    pre = make_preprocess()
+    pre.save(tmp_path / "p.json")
+    again = Preprocess.load(tmp_path / "p.json")
+    assert again.to_json() == pre.to_json()
+    assert again.categorical[0].index_ == {"basic": 1, "gold": 2}

@@ -1,0 +1,90 @@
+"""The `tabserve` command as a user runs it: a real subprocess on the real data sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service import bundle
+from tests.conftest import GERMAN, write_csv
+
+QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots"]
+
+
+def tabserve(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script's module with a given model store."""
+    env = {**os.environ, "TABSERVE_MODELS_DIR": str(store), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_train_then_list(tmp_path: Path) -> None:
+    run = tabserve(
+        "train",
+        "--data",
+        str(GERMAN),
+        "--target",
+        "creditability",
+        "--name",
+        "credit",
+        *QUICK_FLAGS,
+        store=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "published credit version 1" in run.stdout
+    assert "roc_auc" in run.stdout and "logistic regression" in run.stdout
+    assert "member 1:" in run.stdout
+    listed = tabserve("models", store=tmp_path)
+    assert listed.returncode == 0
+    assert "credit" in listed.stdout and "roc_auc" in listed.stdout
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('[train]\nhidden = [16]\nactivation = "tanh"\nepochs = 2\nensemble = 1\n')
+    run = tabserve(
+        "train",
+        "--data",
+        str(GERMAN),
+        "--target",
+        "creditability",
+        "--config",
+        str(cfg),
+        "--no-plots",
+        "--dropout",
+        "0.1",
+        store=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    config = bundle.resolve(tmp_path, "german_credit").metrics["config"]
+    assert config["hidden"] == [16] and config["activation"] == "tanh" and config["dropout"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "missing.csv", "--target", "y"], "not found"),
+        (["--data", str(GERMAN), "--target", "nope"], "target column 'nope' not in the data"),
+        (["--data", str(GERMAN), "--target", "creditability", "--activation", "swish"], "activation"),
+    ],
+)
+def test_bad_input_one_line_error_nonzero_exit(tmp_path: Path, args: list[str], message: str) -> None:
+    run = tabserve("train", *args, "--name", "bad", *QUICK_FLAGS, store=tmp_path)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert bundle.versions(tmp_path, "bad") == []
+
+
+def test_one_class_target_publishes_nothing(tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "one.csv", ["a", "b", "y"], [[i, i % 3, "yes"] for i in range(40)])
+    run = tabserve(
+        "train", "--data", str(data), "--target", "y", "--name", "one", *QUICK_FLAGS, store=tmp_path
+    )
+    assert run.returncode == 2 and "one class" in run.stderr
+    assert not (tmp_path / "one").exists() or bundle.versions(tmp_path, "one") == []

@@ -1,0 +1,114 @@
+"""Schema inference, target handling and bad inputs, on the real data sets and small built CSVs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import GERMAN, TELCO, quick_config, write_csv
+from training import data as D
+
+
+def _prepare(path: Path, target: str, tmp_path: Path, **kw: object):
+    from training.pipeline import prepare
+
+    return prepare(quick_config(path, target, tmp_path, **kw), say=lambda _: None)
+
+
+def test_telco_schema_blank_numeric_and_identifier(tmp_path: Path) -> None:
+    prep = _prepare(TELCO, "Churn", tmp_path)
+    assert "TotalCharges" in prep.schema.numeric  # 11 blank strings, still numeric
+    assert "customerID" in prep.schema.id_columns
+    assert "customerID" not in prep.schema.features
+    assert set(prep.schema.categorical) >= {"Contract", "PaymentMethod", "gender"}
+    total = prep.schema.numeric.index("TotalCharges")
+    assert np.isnan(prep.enc.num[:, total]).sum() == 11
+    assert prep.target.labels == ["No", "Yes"] and prep.pre.positive == "Yes"
+
+
+def test_german_positive_class_is_bad(tmp_path: Path) -> None:
+    prep = _prepare(GERMAN, "creditability", tmp_path)
+    assert prep.pre.task == "binary"
+    assert prep.pre.labels == ["good", "bad"]
+    assert prep.target.y.mean() == pytest.approx(0.3)
+
+
+def test_positive_override(tmp_path: Path) -> None:
+    prep = _prepare(GERMAN, "creditability", tmp_path, positive="good")
+    assert prep.pre.labels == ["bad", "good"]
+    with pytest.raises(D.DataError, match="not a target class"):
+        _prepare(GERMAN, "creditability", tmp_path, positive="excellent")
+
+
+def test_task_auto_regression_and_multiclass(tmp_path: Path) -> None:
+    reg = _prepare(GERMAN, "credit_amount", tmp_path)
+    assert reg.pre.task == "regression" and reg.pre.target_std > 0
+    multi = _prepare(GERMAN, "housing", tmp_path)
+    assert multi.pre.task == "multiclass" and len(multi.pre.labels) == 3
+
+
+def _messy_rows(n: int, seed: int = 0) -> list[list[object]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        plan = rng.choice(["basic", "premium", "gold"])
+        padded = rng.choice([plan, f" {plan}", f"{plan}  "])  # stray whitespace in levels
+        charge = "" if i % 10 == 0 else f"{rng.uniform(10, 100):.2f}"  # blanks in a numeric
+        rows.append([f"C{i:05d}", i + 1, padded, charge, "same", rng.choice(["yes", "no"])])
+    return rows
+
+
+def test_whitespace_levels_blank_numbers_ids_constants(tmp_path: Path) -> None:
+    header = ["customer", "RowNumber", "plan", "charges", "region", "churned"]
+    path = write_csv(tmp_path / "messy.csv", header, _messy_rows(200))
+    prep = _prepare(path, "churned", tmp_path)
+    plan = next(f for f in prep.pre.categorical if f.name == "plan")
+    assert plan.vocab_ == ("basic", "gold", "premium")
+    assert prep.schema.numeric == ["charges"]
+    assert prep.schema.id_columns == ["customer", "RowNumber"]
+    assert prep.schema.dropped["region"] == "constant"
+    assert prep.pre.positive == "yes"
+
+
+def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = _messy_rows(120)
+    for row in rows[:7]:
+        row[-1] = ""
+    path = write_csv(tmp_path / "t.csv", ["customer", "RowNumber", "plan", "charges", "region", "y"], rows)
+    prep = _prepare(path, "y", tmp_path)
+    assert prep.target.dropped_missing == 7
+    assert len(prep.target.y) == 113
+
+
+def test_id_column_flag_passes_through(tmp_path: Path) -> None:
+    prep = _prepare(TELCO, "Churn", tmp_path, id_columns=["customerID"])
+    assert prep.pre.id_columns == ["customerID"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "nope.csv", "not found"),
+        (lambda p: _write(p / "empty.csv", b""), "empty"),
+        (lambda p: _write(p / "bin.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00"), "not a CSV"),
+        (lambda p: _write(p / "head.csv", b"a,b,y\n"), "no data rows"),
+        (lambda p: write_csv(p / "nt.csv", ["a", "b"], [[1, 2]] * 30), "target column 'y' not in"),
+        (lambda p: write_csv(p / "one.csv", ["a", "y"], [[i, "yes"] for i in range(30)]), "one class"),
+        (
+            lambda p: write_csv(p / "nan.csv", ["a", "b", "y"], [[i % 3, "", i % 2] for i in range(30)]),
+            "no values",
+        ),
+    ],
+)
+def test_bad_inputs_raise_one_clear_error(tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(D.DataError, match=message) as info:
+        _prepare(make(tmp_path), "y", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path

@@ -1,0 +1,121 @@
+"""ONNX export: parity with PyTorch, dynamic batch, no train/serve skew, reproducibility, atomic publish."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from service import bundle
+from service.features import Preprocess
+from tests.conftest import GERMAN, TELCO, quick_config
+from training import export
+from training.pipeline import fit_ensemble, prepare, train
+
+
+def _telco_prepared(tmp_path: Path):
+    return prepare(quick_config(TELCO, "Churn", tmp_path), say=lambda _: None)
+
+
+def test_bundle_layout_and_checker(churn_bundle: bundle.BundleRef) -> None:
+    for name in (*bundle.REQUIRED_FILES, bundle.CARD_FILE):
+        assert (churn_bundle.path / name).is_file()
+    model = onnx.load(churn_bundle.path / bundle.MODEL_FILE)
+    onnx.checker.check_model(model, full_check=True)
+    inputs = {i.name: i for i in model.graph.input}
+    assert set(inputs) == {"num", "cat"}
+    assert inputs["num"].type.tensor_type.shape.dim[0].dim_param == "batch"
+    metrics = churn_bundle.metrics
+    assert metrics["onnx_parity_max_abs_diff"] <= export.PARITY_TOL
+    assert set(metrics["test"]) >= {"roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "f1", "ece"}
+    assert 0 < churn_bundle.preprocess.threshold < 1
+
+
+@pytest.mark.parametrize("batch", [1, 7, 4096])
+def test_onnx_matches_pytorch_at_batch(tmp_path: Path, batch: int) -> None:
+    prep = _telco_prepared(tmp_path)
+    scorer, *_ = fit_ensemble(prep, quick_config(TELCO, "Churn", tmp_path))
+    path = tmp_path / "m.onnx"
+    export.export_onnx(scorer, prep.pre, path)
+    rows = np.arange(batch) % len(prep.df)
+    num, cat = prep.enc.num[rows], prep.enc.cat[rows]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"num": num, "cat": cat}
+    )[0]
+    with torch.no_grad():
+        want = scorer(torch.from_numpy(num), torch.from_numpy(cat)).numpy()
+    assert got.shape == (batch, 2)
+    assert np.max(np.abs(got - want)) <= 1e-5
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+
+
+def _records_from_csv(path: Path, limit: int) -> list[dict[str, object]]:
+    """Rows as a JSON client would send them: numbers as numbers, the rest as text."""
+    with path.open(newline="") as fh:
+        rows = [row for _, row in zip(range(limit), csv.DictReader(fh), strict=False)]
+    return [{k: _jsonish(v) for k, v in row.items()} for row in rows]
+
+
+def _jsonish(value: str) -> object:
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        return value
+
+
+def test_no_skew_between_training_and_service_encoding(tmp_path: Path) -> None:
+    prep = _telco_prepared(tmp_path)  # training path: pandas, every cell read as text
+    records = _records_from_csv(TELCO, len(prep.df))  # service path: JSON-typed records
+    saved = Preprocess.from_json(json.loads(json.dumps(prep.pre.to_json())))
+    served = saved.encode_records(records)
+    np.testing.assert_array_equal(served.num, prep.enc.num)  # NaN == NaN here
+    np.testing.assert_array_equal(served.cat, prep.enc.cat)
+    assert not served.errors and not served.warnings
+
+
+def test_same_seed_same_metrics_and_model(tmp_path: Path) -> None:
+    cfg = dict(models_dir=tmp_path, ensemble=2, epochs=3)
+    a = train(quick_config(GERMAN, "creditability", **cfg), publish=False, say=lambda _: None)
+    b = train(quick_config(GERMAN, "creditability", **cfg), publish=False, say=lambda _: None)
+    assert a.metrics["test"] == b.metrics["test"]
+    assert a.pre.threshold == b.pre.threshold
+    c = train(quick_config(GERMAN, "creditability", seed=1, **cfg), publish=False, say=lambda _: None)
+    assert c.metrics["test"] != a.metrics["test"]
+
+
+def test_failed_export_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export, "PARITY_TOL", -1.0)  # NOTE: no real graph can meet this
+    with pytest.raises(export.ExportError, match="differs from PyTorch"):
+        train(quick_config(GERMAN, "creditability", tmp_path, name="credit"), say=lambda _: None)
+    assert bundle.versions(tmp_path, "credit") == []
+    assert list((tmp_path / "credit").iterdir()) == []  # no staging directory left behind
+
+
+def test_retraining_publishes_the_next_version(tmp_path: Path) -> None:
+    for _ in range(2):
+        train(quick_config(GERMAN, "creditability", tmp_path, name="credit", ensemble=1), say=lambda _: None)
+    assert bundle.versions(tmp_path, "credit") == [1, 2]
+    doc = json.loads((tmp_path / "credit" / "2" / bundle.METRICS_FILE).read_text())
+    assert doc["data"]["sha256"] and doc["config"]["ensemble"] == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "task", "width"), [("credit_amount", "regression", 1), ("housing", "multiclass", 3)]
+)
+def test_other_tasks_export_and_match(tmp_path: Path, target: str, task: str, width: int) -> None:
+    result = train(quick_config(GERMAN, target, tmp_path, name=task), say=lambda _: None)
+    assert result.pre.task == task and result.bundle is not None
+    session = ort.InferenceSession(
+        str(result.bundle.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
+    prep = prepare(quick_config(GERMAN, target, tmp_path), say=lambda _: None)
+    out = session.run(None, {"num": prep.enc.num[:5], "cat": prep.enc.cat[:5]})[0]
+    assert out.shape == (5, width)
+    key = "rmse" if task == "regression" else "log_loss"
+    assert result.metrics["test"][key] > 0 and key in result.metrics["baseline_test"]
