@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 from typing import Literal
@@ -31,16 +32,37 @@ def _preload_cuda_dlls() -> None:
     _preloaded = True
 
 
-def providers_for(device: Device, available: list[str] | None = None) -> list[str]:
-    """Execution providers to ask for: CUDA first when allowed and built in, CPU always last."""
-    available = ort.get_available_providers() if available is None else available
+def cuda_devices() -> int:
+    """How many CUDA devices the driver reports (0 when there is no driver or no GPU)."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def providers_for(device: Device, available: list[str] | None = None, gpus: int | None = None) -> list[str]:
+    """Execution providers to ask for: CUDA first when allowed, built in and a GPU exists; CPU last.
+
+    NOTE: asking onnxruntime-gpu for CUDA on a machine without a GPU makes it print a CUDA library
+    error for every session; checking the driver first keeps `auto` quiet there.
+    """
     if device == "cpu":
         return [CPU_EP]
-    if CUDA_EP in available:
-        return [CUDA_EP, CPU_EP]
-    if device == "cuda":
-        raise ProviderError("device=cuda but this onnxruntime build has no CUDAExecutionProvider")
-    return [CPU_EP]
+    available = ort.get_available_providers() if available is None else available
+    if CUDA_EP not in available:
+        if device == "cuda":
+            raise ProviderError("device=cuda but this onnxruntime build has no CUDAExecutionProvider")
+        return [CPU_EP]
+    gpus = cuda_devices() if gpus is None else gpus
+    if gpus == 0:
+        if device == "cuda":
+            raise ProviderError("device=cuda but no CUDA device is visible (no driver or no GPU)")
+        return [CPU_EP]
+    return [CUDA_EP, CPU_EP]
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
@@ -62,8 +84,21 @@ def create_session(path: Path | str, device: Device = "auto", threads: int = 0) 
     if device == "cuda" and active != CUDA_EP:
         raise ProviderError(f"device=cuda but the session runs on {active}: the CUDA EP cannot start")
     if CUDA_EP in wanted and active != CUDA_EP:
-        log.warning("CUDA execution provider unavailable; %s runs on CPU", Path(path).parent)
+        log.warning("CUDA execution provider failed to start; %s runs on %s", Path(path).parent, active)
     return session
+
+
+def describe_device(device: Device) -> str:
+    """One log line saying which provider `device` resolves to here, and why."""
+    try:
+        wanted = providers_for(device)
+    except ProviderError as exc:
+        return str(exc)
+    if wanted[0] == CUDA_EP:
+        return f"device={device}: CUDAExecutionProvider ({cuda_devices()} GPU(s)), CPU fallback"
+    if device == "cpu":
+        return "device=cpu: CPUExecutionProvider"
+    return "device=auto: no usable CUDA device or provider found; serving on CPUExecutionProvider"
 
 
 def active_provider(session: ort.InferenceSession) -> str:

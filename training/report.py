@@ -24,8 +24,8 @@ def write_plots(
     files = ["loss_curves.png"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, h in enumerate(histories):
-        ax.plot(h.train_loss, color=f"C{i}", alpha=0.5, label=f"member {i} train")
-        ax.plot(h.val_loss, color=f"C{i}", ls="--", label=f"member {i} validation")
+        ax.plot(h.train_loss, color=f"C{i}", alpha=0.5, label=f"member {i + 1} train")
+        ax.plot(h.val_loss, color=f"C{i}", ls="--", label=f"member {i + 1} validation")
         ax.axvline(h.best_epoch, color=f"C{i}", lw=0.5)
     ax.set(xlabel="epoch", ylabel="loss", title="Training curves (dashed: validation)")
     ax.legend(fontsize=6, ncol=2)

@@ -1,0 +1,34 @@
+"""Service settings: one object, from `TABSERVE_*` environment variables or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything `tabserve serve` can be told; each default says why."""
+
+    model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="ignore")
+
+    models_dir: Path = Path("models")  # the store `tabserve train` publishes to
+    default_model: str | None = None  # served at POST /predict (None: the only model, or first by name)
+    host: str = "127.0.0.1"  # loopback unless told otherwise: exposing a port is a deliberate act
+    port: int = 8000
+    workers: int = 1  # processes; each loads every model (the service is stateless)
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when it can really run, else CPU
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 lets ORT pick (one per core)
+    batching: bool = True  # gather concurrent requests into one ONNX Runtime call
+    max_batch_size: int = Field(
+        1024, ge=1
+    )  # rows per ORT call; past ~1k rows the call costs more than it saves
+    max_delay_ms: float = Field(0.0, ge=0)  # extra wait for a fuller batch; 0: whatever queued meanwhile
+    max_queue: int = Field(2048, ge=1)  # pending requests per model before 503 (bounded latency)
+    max_records: int = Field(10_000, ge=1)  # records per request
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # request body limit
+    poll_interval_s: float = Field(2.0, ge=0)  # how often to look for new versions; 0 turns polling off
+    admin_token: str | None = None  # POST /admin/* needs `Authorization: Bearer <token>`; None disables
+    log_level: str = "info"
