@@ -22,9 +22,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when it can really run, else CPU
     threads: int = 0  # ONNX Runtime intra-op threads; 0 lets ORT pick (one per core)
     batching: bool = True  # gather concurrent requests into one ONNX Runtime call
-    max_batch_size: int = Field(
-        1024, ge=1
-    )  # rows per ORT call; past ~1k rows the call costs more than it saves
+    max_batch_size: int = Field(1024, ge=1)  # rows per ORT call; past ~1k rows the call costs more than it saves
     max_delay_ms: float = Field(0.0, ge=0)  # extra wait for a fuller batch; 0: whatever queued meanwhile
     max_queue: int = Field(2048, ge=1)  # pending requests per model before 503 (bounded latency)
     max_records: int = Field(10_000, ge=1)  # records per request

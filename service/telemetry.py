@@ -15,9 +15,7 @@ class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "tabserve_requests", "Requests by route and status", ["route", "status"], registry=r
-        )
+        self.requests = Counter("tabserve_requests", "Requests by route and status", ["route", "status"], registry=r)
         self.latency = Histogram(
             "tabserve_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
@@ -32,9 +30,7 @@ class Telemetry:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            "tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r
-        )
+        self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
             "tabserve_model_info",
             "Loaded model versions (1 = current)",

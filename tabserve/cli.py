@@ -113,6 +113,52 @@ def list_models(models_dir: ModelsDir = None) -> None:
     console.print(table)
 
 
+@app.command()
+def serve(
+    models: Annotated[Path | None, typer.Option("--models", "--models-dir", help="Model store to serve.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cuda | cpu.")] = None,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads (0: ORT decides).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    batching: Annotated[bool | None, typer.Option("--batching/--no-batching")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Rows per ONNX Runtime call.")] = None,
+    max_delay_ms: Annotated[float | None, typer.Option(help="Extra wait for a fuller batch.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Queued requests per model before 503.")] = None,
+    max_records: Annotated[int | None, typer.Option(help="Records per request.")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit.")] = None,
+    poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between store scans (0: off).")] = None,
+    admin_token: Annotated[str | None, typer.Option(help="Token for POST /admin/reload.")] = None,
+    default_model: Annotated[str | None, typer.Option(help="Model behind POST /predict.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error.")] = None,
+) -> None:
+    """Serve every bundle in the model store over HTTP (flags override TABSERVE_* variables)."""
+    from service.server import run_server
+
+    flags = dict(
+        models_dir=models,
+        host=host,
+        port=port,
+        device=device,
+        threads=threads,
+        workers=workers,
+        batching=batching,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        max_queue=max_queue,
+        max_records=max_records,
+        max_body_bytes=max_body_bytes,
+        poll_interval_s=poll_interval_s,
+        admin_token=admin_token,
+        default_model=default_model,
+        log_level=log_level,
+    )
+    try:
+        run_server({k: v for k, v in flags.items() if v is not None})
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

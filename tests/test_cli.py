@@ -83,8 +83,6 @@ def test_bad_input_one_line_error_nonzero_exit(tmp_path: Path, args: list[str], 
 
 def test_one_class_target_publishes_nothing(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "one.csv", ["a", "b", "y"], [[i, i % 3, "yes"] for i in range(40)])
-    run = tabserve(
-        "train", "--data", str(data), "--target", "y", "--name", "one", *QUICK_FLAGS, store=tmp_path
-    )
+    run = tabserve("train", "--data", str(data), "--target", "y", "--name", "one", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 2 and "one class" in run.stderr
     assert not (tmp_path / "one").exists() or bundle.versions(tmp_path, "one") == []

@@ -57,9 +57,7 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
     return float(np.clip(thr[int(np.argmax(score))], 0.0, 1.0))
 
 
-def classification_metrics(
-    task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None
-) -> dict[str, float]:
+def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict[str, float]:
     """Binary: ROC/PR AUC, log loss, Brier, accuracy, F1, ECE; multiclass: accuracy, macro F1, log loss."""
     labels = list(range(probs.shape[1]))
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)

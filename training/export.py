@@ -12,6 +12,7 @@ import torch
 
 from service.features import Preprocess
 from service.runtime import CPU, create_session
+from training.fuse import FusedScorer
 from training.model import Scorer
 
 OPSET = 17
@@ -24,15 +25,15 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(scorer: Scorer, pre: Preprocess, path: Path) -> None:
-    """Trace with a batch of 2 (so no axis is specialised to 1) and write model.onnx."""
-    scorer.eval()
+    """Fuse the ensemble, trace with a batch of 2 (no axis specialised to 1), write model.onnx."""
+    fused = FusedScorer(scorer.eval()).eval()
     num = torch.zeros(2, len(pre.numeric), dtype=torch.float32)
     cat = torch.zeros(2, len(pre.categorical), dtype=torch.int64)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NOTE: the TorchScript exporter warns it is deprecated
         torch.onnx.export(
-            scorer,
+            fused,
             (num, cat),
             buf,
             input_names=["num", "cat"],

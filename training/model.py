@@ -49,9 +49,7 @@ class TabularMLP(nn.Module):
         super().__init__()
         cards = [f.cardinality for f in pre.categorical]
         n_num, n_out = len(pre.numeric), n_logits(pre.task, len(pre.labels))
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(c, embedding_dim(c, cfg.max_embedding_dim)) for c in cards
-        )
+        self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim(c, cfg.max_embedding_dim)) for c in cards)
         width = n_num + sum(e.embedding_dim for e in self.embeddings)
         self.deep = _mlp(width, cfg, n_out)
         self.linear_skip = cfg.linear_skip

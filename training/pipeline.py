@@ -63,7 +63,7 @@ def prepare(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = pr
     pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
     enc = pre.encode_columns(D.columns_of(df), len(df))
     if enc.errors:
-        raise D.DataError(next(iter(enc.errors.values())))
+        raise D.DataError(str(next(iter(enc.errors.values()))))
     return Prepared(df, schema, target, split, pre, enc)
 
 
@@ -205,11 +205,7 @@ def _bundle_writer(
         prep.pre.save(out / bundle.PREPROCESS_FILE)
         metrics_doc = {**doc["metrics"], **{k: doc[k] for k in ("config", "data", "versions", "created")}}
         (out / bundle.METRICS_FILE).write_text(json.dumps(metrics_doc, indent=2, default=str) + "\n")
-        plots = (
-            report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out)
-            if cfg.report_plots
-            else []
-        )
+        plots = report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out) if cfg.report_plots else []
         report.write_model_card(out, cfg.name, doc["created"], doc, plots)
 
     return write

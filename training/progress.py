@@ -32,16 +32,12 @@ def run_training(config_file: Path | None, overrides: dict[str, Any], console: C
 
     def on_epoch(member: int, epoch: int, train_loss: float, val_loss: float, metric: float) -> None:
         if member not in bars:
-            bars[member] = progress.add_task(
-                f"member {len(bars) + 1}/{cfg.ensemble}", total=cfg.epochs, stats=""
-            )
+            bars[member] = progress.add_task(f"member {len(bars) + 1}/{cfg.ensemble}", total=cfg.epochs, stats="")
         stats = f"train loss {train_loss:.4f}  val loss {val_loss:.4f}  {metric:.4f}"
         progress.update(bars[member], completed=epoch + 1, stats=stats)
 
     with progress:
-        result = train(
-            cfg, on_epoch=on_epoch, say=lambda msg: console.print(f"  {msg}", markup=False, soft_wrap=True)
-        )
+        result = train(cfg, on_epoch=on_epoch, say=lambda msg: console.print(f"  {msg}", markup=False, soft_wrap=True))
     _print_members(result, console)
     _print_summary(result, console)
     return result

@@ -12,9 +12,7 @@ from service.features import Preprocess
 from training.train import History
 
 
-def write_plots(
-    out: Path, histories: list[History], pre: Preprocess, y: np.ndarray, probs: np.ndarray
-) -> list[str]:
+def write_plots(out: Path, histories: list[History], pre: Preprocess, y: np.ndarray, probs: np.ndarray) -> list[str]:
     """Loss curves for every task; ROC and calibration for binary. Returns the file names."""
     import matplotlib
 

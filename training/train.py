@@ -140,9 +140,7 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def evaluate_member(
-    model: TabularMLP, data: Tensors, pre: Preprocess, loss_fn: nn.Module
-) -> tuple[float, float]:
+def evaluate_member(model: TabularMLP, data: Tensors, pre: Preprocess, loss_fn: nn.Module) -> tuple[float, float]:
     """Validation loss and the task's monitor metric."""
     model.eval()
     logits = model(data.x, data.cat)

@@ -78,8 +78,8 @@ def test_wrong_types_name_record_and_field() -> None:
         ]
     )
     assert set(enc.errors) == {1, 2}
-    assert "record 1" in enc.errors[1] and "'charges'" in enc.errors[1]
-    assert "record 2" in enc.errors[2] and "'plan'" in enc.errors[2]
+    assert (enc.errors[1].row, enc.errors[1].field) == (1, "charges")
+    assert str(enc.errors[2]).startswith("record 2, field 'plan':")
 
 
 def test_preprocess_json_round_trip(tmp_path) -> None:

@@ -45,9 +45,7 @@ def test_onnx_matches_pytorch_at_batch(tmp_path: Path, batch: int) -> None:
     export.export_onnx(scorer, prep.pre, path)
     rows = np.arange(batch) % len(prep.df)
     num, cat = prep.enc.num[rows], prep.enc.cat[rows]
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"num": num, "cat": cat}
-    )[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"num": num, "cat": cat})[0]
     with torch.no_grad():
         want = scorer(torch.from_numpy(num), torch.from_numpy(cat)).numpy()
     assert got.shape == (batch, 2)
@@ -111,9 +109,7 @@ def test_retraining_publishes_the_next_version(tmp_path: Path) -> None:
 def test_other_tasks_export_and_match(tmp_path: Path, target: str, task: str, width: int) -> None:
     result = train(quick_config(GERMAN, target, tmp_path, name=task), say=lambda _: None)
     assert result.pre.task == task and result.bundle is not None
-    session = ort.InferenceSession(
-        str(result.bundle.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(result.bundle.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"])
     prep = prepare(quick_config(GERMAN, target, tmp_path), say=lambda _: None)
     out = session.run(None, {"num": prep.enc.num[:5], "cat": prep.enc.cat[:5]})[0]
     assert out.shape == (5, width)

@@ -1,0 +1,57 @@
+"""Model metadata: what is loaded, its features, task, version, metrics and provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from service.api.deps import StoreDep
+from service.api.schema import example_record, feature_doc
+from service.store import LoadedModel, ModelNotFound
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def summary(model: LoadedModel) -> dict[str, Any]:
+    """The short description used in listings."""
+    key = model.metrics.get("key_metric")
+    return {
+        "name": model.name,
+        "version": model.version,
+        "task": model.pre.task,
+        "target": model.pre.target,
+        "provider": model.provider,
+        "key_metric": key,
+        "test_score": model.metrics.get("test", {}).get(key),
+        "created": model.metrics.get("created"),
+    }
+
+
+@router.get("")
+def list_models(store: StoreDep) -> dict[str, Any]:
+    """Every served model (current versions) and which one /predict uses."""
+    return {
+        "default": store.default_name,
+        "models": [summary(m) for m in sorted(store.current.values(), key=lambda m: m.name)],
+    }
+
+
+@router.get("/{name}", responses={404: {}})
+def get_model(name: str, store: StoreDep) -> dict[str, Any]:
+    """Features, task, version, labels, threshold, test metrics, provider and an example record."""
+    try:
+        model = store.get(name)
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    pre = model.pre
+    return {
+        **summary(model),
+        "labels": pre.labels,
+        "positive": pre.positive,
+        "threshold": pre.threshold,
+        "id_columns": pre.id_columns,
+        "features": feature_doc(pre),
+        "metrics": {"test": model.metrics.get("test"), "baseline_test": model.metrics.get("baseline_test")},
+        "example": {"records": [example_record(pre)]},
+    }

@@ -1,0 +1,72 @@
+"""A bundle's feature schema as a JSON-schema request body and an example record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.features import NumericFeature, Preprocess
+
+
+def feature_doc(pre: Preprocess) -> list[dict[str, Any]]:
+    """Features in input order with their type and training statistics or levels."""
+    docs = []
+    for f in pre.features:
+        if isinstance(f, NumericFeature):
+            docs.append(
+                {
+                    "name": f.name,
+                    "kind": "numeric",
+                    "type": "number",
+                    "median": f.median_,
+                    "mean": f.mean_,
+                    "std": f.std_,
+                    "min": f.min_,
+                    "max": f.max_,
+                }
+            )
+        else:
+            docs.append({"name": f.name, "kind": "categorical", "type": "string", "levels": list(f.vocab_)})
+    return docs
+
+
+def example_record(pre: Preprocess) -> dict[str, Any]:
+    """A plausible record: each numeric at its training median, each category at its first level."""
+    record: dict[str, Any] = {col: "example-id" for col in pre.id_columns}
+    for f in pre.features:
+        if isinstance(f, NumericFeature):
+            record[f.name] = round(f.median_, 4)
+        else:
+            record[f.name] = f.vocab_[0] if f.vocab_ else None
+    return record
+
+
+def record_schema(pre: Preprocess) -> dict[str, Any]:
+    """JSON schema of one record: every feature with its type and allowed levels."""
+    props: dict[str, Any] = {col: {"description": "identifier; passed through to the answer"} for col in pre.id_columns}
+    for f in pre.features:
+        if isinstance(f, NumericFeature):
+            props[f.name] = {
+                "type": ["number", "string", "null"],
+                "description": f"numeric (numbers or numeric strings); trained on [{f.min_:g}, {f.max_:g}]; "
+                f"null or absent → imputed with the median {f.median_:g}",
+            }
+        else:
+            levels = ", ".join(repr(v) for v in f.vocab_[:50]) + (" …" if len(f.vocab_) > 50 else "")
+            props[f.name] = {
+                "type": ["string", "null"],
+                "description": f"categorical, one of: {levels}. Other levels are scored as unseen "
+                "(with a warning); null or absent means missing",
+                "examples": list(f.vocab_[:5]),
+            }
+    return {"type": "object", "properties": props, "additionalProperties": True}
+
+
+def request_schema(pre: Preprocess, max_records: int) -> dict[str, Any]:
+    """The predict request body."""
+    return {
+        "type": "object",
+        "required": ["records"],
+        "properties": {
+            "records": {"type": "array", "minItems": 1, "maxItems": max_records, "items": record_schema(pre)}
+        },
+    }

@@ -1,0 +1,89 @@
+"""The app factory: `create_app(settings)` wires the store, batchers, routes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from time import perf_counter
+from typing import Any
+
+from fastapi import FastAPI
+
+from service.api import admin, health, metrics, models, openapi
+from service.api.predict import PredictEndpoint
+from service.runtime import describe_device, providers_for
+from service.settings import Settings
+from service.store import ModelStore
+from service.telemetry import Telemetry
+
+log = logging.getLogger("tabserve")
+
+
+class RequestMetrics:
+    """Counts every non-predict request by route template and status (predict counts its own)."""
+
+    def __init__(self, app: Any, telemetry: Telemetry) -> None:
+        self.app, self.telemetry = app, telemetry
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = perf_counter(), [500]
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.telemetry.request(route, status[0], perf_counter() - started)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A FastAPI app serving every bundle in settings.models_dir."""
+    settings = settings or Settings()
+    telemetry = Telemetry()
+    store = ModelStore(settings, telemetry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        providers_for(settings.device)  # NOTE: device=cuda with no usable CUDA fails the start here
+        log.info(describe_device(settings.device))
+        loader = asyncio.create_task(_load_then_poll(store, settings))
+        yield
+        loader.cancel()
+
+    app = FastAPI(
+        title="tabserve",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Tabular business predictions served by ONNX Runtime.",
+    )
+    app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
+    for router in (health.router, models.router, admin.router, metrics.router):
+        app.include_router(router)
+    openapi.install(app, store, settings.max_records)
+    app.add_middleware(RequestMetrics, telemetry=telemetry)
+    app.add_middleware(PredictEndpoint, store=store, settings=settings, telemetry=telemetry)
+    return app
+
+
+async def _load_then_poll(store: ModelStore, settings: Settings) -> None:
+    report = await store.refresh()
+    if not store.current:
+        log.warning("no loadable bundles in %s yet; not ready until one is published", settings.models_dir)
+    elif report.failed:
+        log.warning("some bundles were refused: %s", report.failed)
+    if settings.poll_interval_s > 0:
+        await store.poll()
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` and multi-worker runs: settings from TABSERVE_* variables."""
+    return create_app(Settings())

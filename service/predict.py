@@ -1,0 +1,87 @@
+"""Scoring JSON records: validate, encode, batch, answer. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.features import Encoded, Preprocess
+from service.store import LoadedModel
+
+
+class RequestError(ValueError):
+    """A request that cannot be scored; `details` name the record and the field."""
+
+    def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details or []
+
+    def to_json(self) -> dict[str, Any]:
+        """The error body."""
+        doc: dict[str, Any] = {"error": self.message}
+        if self.details:
+            doc["details"] = self.details
+        return doc
+
+
+def records_of(doc: Any, max_records: int) -> list[dict[str, Any]]:
+    """The `records` list of a request body, checked for shape and size."""
+    if not isinstance(doc, dict) or "records" not in doc:
+        raise RequestError(422, 'body must be a JSON object with a "records" list')
+    records = doc["records"]
+    if not isinstance(records, list):
+        raise RequestError(422, '"records" must be a list of objects')
+    if not records:
+        raise RequestError(422, f'"records" is empty: send 1 to {max_records} records')
+    if len(records) > max_records:
+        raise RequestError(413, f"{len(records)} records in one request; the limit is {max_records}")
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
+    if bad:
+        details = [{"record": i, "field": None, "message": "expected an object"} for i in bad[:20]]
+        raise RequestError(422, f"record {bad[0]} is not a JSON object", details)
+    return records
+
+
+def encode(pre: Preprocess, records: Sequence[dict[str, Any]]) -> Encoded:
+    """Records → model inputs; any unparsable value fails the request, naming record and field."""
+    enc = pre.encode_records(records)
+    if enc.errors:
+        errors = [enc.errors[row] for row in sorted(enc.errors)]
+        details = [{"record": e.row, "field": e.field, "message": e.reason} for e in errors[:100]]
+        raise RequestError(422, str(errors[0]), details)
+    return enc
+
+
+def answers(pre: Preprocess, out: np.ndarray, records: Sequence[dict[str, Any]], enc: Encoded) -> list[dict[str, Any]]:
+    """One answer per record: label and probability / class probabilities / value, ids, warnings."""
+    rows = out.tolist()
+    if pre.task == "binary":
+        neg, pos, t = pre.labels[0], pre.labels[1], pre.threshold if pre.threshold is not None else 0.5
+        result = [{"label": pos if r[1] >= t else neg, "probability": r[1]} for r in rows]
+    elif pre.task == "multiclass":
+        names = [str(label) for label in pre.labels]
+        result = [
+            {"label": pre.labels[int(np.argmax(r))], "probabilities": dict(zip(names, r, strict=True))} for r in rows
+        ]
+    else:
+        result = [{"value": r[0]} for r in rows]
+    for col in pre.id_columns:
+        for answer, record in zip(result, records, strict=True):
+            if col in record:
+                answer[col] = record[col]
+    for row, messages in enc.warnings.items():
+        result[row]["warnings"] = messages
+    return result
+
+
+async def predict(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score records through the model's batcher; the answer names the model and version."""
+    enc = encode(model.pre, records)
+    out = await model.batcher.predict(enc.num, enc.cat)
+    return {
+        "model": model.name,
+        "version": model.version,
+        "predictions": answers(model.pre, out, records, enc),
+    }

@@ -1,0 +1,50 @@
+"""Running the app under uvicorn (one process, or several workers sharing nothing but the store)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.runtime import ProviderError, providers_for
+from service.settings import Settings
+
+
+def settings_from(flags: dict[str, Any]) -> Settings:
+    """Settings from flags over TABSERVE_* variables; a bad value is one clear error."""
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def run_server(flags: dict[str, Any]) -> None:
+    """Validate settings, check the device, then serve until interrupted."""
+    settings = settings_from(flags)
+    try:
+        providers_for(settings.device)
+    except ProviderError as exc:
+        raise RuntimeError(str(exc)) from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        timeout_graceful_shutdown=10,
+    )
+    if settings.workers > 1:
+        # NOTE: workers are separate processes; they rebuild the same Settings from the environment.
+        for key, value in settings.model_dump(exclude_none=True).items():
+            os.environ[f"TABSERVE_{key.upper()}"] = str(value)
+        uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+        return
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), **common)

@@ -1,0 +1,180 @@
+"""Loaded models: every bundle in the store, newest version current, hot reload without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service import bundle
+from service.batching import AdaptiveBatcher
+from service.features import Preprocess
+from service.runtime import active_provider, create_session
+from service.settings import Settings
+from service.telemetry import Telemetry
+
+log = logging.getLogger("tabserve.store")
+
+
+class ModelNotFound(LookupError):
+    """No loaded model answers to that name (or version)."""
+
+
+@dataclass
+class LoadedModel:
+    """One bundle in memory: its contract, its ORT session (provider read back) and its batcher."""
+
+    ref: bundle.BundleRef
+    pre: Preprocess
+    metrics: dict[str, Any]
+    session: ort.InferenceSession
+    provider: str
+    batcher: AdaptiveBatcher
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        """Model name."""
+        return self.ref.name
+
+    @property
+    def version(self) -> int:
+        """Bundle version."""
+        return self.ref.version
+
+
+def _check_io(session: ort.InferenceSession, pre: Preprocess) -> None:
+    names = {i.name: i for i in session.get_inputs()}
+    if set(names) != {"num", "cat"}:
+        raise bundle.BundleError(f"model.onnx inputs are {sorted(names)}, expected num and cat")
+    widths = (names["num"].shape[1], names["cat"].shape[1])
+    if widths != (len(pre.numeric), len(pre.categorical)):
+        raise bundle.BundleError(f"model.onnx input widths {widths} disagree with preprocess.json")
+
+
+def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) -> LoadedModel:
+    """Read, open and warm up a bundle; raises on anything broken (the caller keeps the old one)."""
+    pre, metrics = ref.preprocess, ref.metrics
+    session = create_session(ref.path / bundle.MODEL_FILE, settings.device, settings.threads)
+    _check_io(session, pre)
+
+    def run(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run(None, {"num": num, "cat": cat})[0]
+        return out
+
+    for rows in (1, min(64, settings.max_batch_size)):  # NOTE: warm-up: first calls allocate
+        out = run(
+            np.full((rows, len(pre.numeric)), np.nan, np.float32),
+            np.zeros((rows, len(pre.categorical)), np.int64),
+        )
+        if out.shape != (rows, pre.n_outputs) or not np.all(np.isfinite(out)):
+            raise bundle.BundleError(f"warm-up output {out.shape} is not {(rows, pre.n_outputs)} finite values")
+    batcher = AdaptiveBatcher(
+        run,
+        max_batch_size=settings.max_batch_size,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue=settings.max_queue,
+        enabled=settings.batching,
+        on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
+    )
+    return LoadedModel(ref, pre, metrics, session, active_provider(session), batcher)
+
+
+@dataclass
+class ReloadReport:
+    """What one scan of the store did."""
+
+    loaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """For POST /admin/reload."""
+        return {"loaded": self.loaded, "failed": self.failed}
+
+
+class ModelStore:
+    """Current version per model name; new versions swap in atomically, broken ones are refused."""
+
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
+        self.settings, self.telemetry = settings, telemetry
+        self.current: dict[str, LoadedModel] = {}
+        self.failed: dict[tuple[str, int], str] = {}
+        self.ready = False
+        self._lock = asyncio.Lock()
+
+    def get(self, name: str | None = None) -> LoadedModel:
+        """The current version of `name` (None: the default model)."""
+        name = name or self.default_name
+        model = self.current.get(name) if name else None
+        if model is None:
+            raise ModelNotFound(f"no model named {name!r} (serving: {', '.join(sorted(self.current)) or 'none'})")
+        return model
+
+    @property
+    def default_name(self) -> str | None:
+        """settings.default_model, else the only model, else the first by name."""
+        if self.settings.default_model:
+            return self.settings.default_model
+        return min(self.current) if self.current else None
+
+    async def refresh(self) -> ReloadReport:
+        """Load every version newer than the current one; swap each in once it is warm."""
+        async with self._lock:
+            report = ReloadReport()
+            for ref in self._newest_unloaded():
+                try:
+                    model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
+                except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
+                    self._refuse(ref, exc, report)
+                    continue
+                self._swap(model)
+                report.loaded.append(f"{ref.name}@{ref.version}")
+            self.ready = bool(self.current)
+            return report
+
+    def _newest_unloaded(self) -> list[bundle.BundleRef]:
+        newest: dict[str, bundle.BundleRef] = {}
+        for ref in bundle.iter_bundles(self.settings.models_dir):
+            if (ref.name, ref.version) not in self.failed:
+                newest[ref.name] = ref
+        return [
+            ref for name, ref in newest.items() if name not in self.current or ref.version > self.current[name].version
+        ]
+
+    def _refuse(self, ref: bundle.BundleRef, exc: Exception, report: ReloadReport) -> None:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        self.failed[(ref.name, ref.version)] = message
+        report.failed[f"{ref.name}@{ref.version}"] = message
+        self.telemetry.reloads.labels("failed").inc()
+        kept = self.current.get(ref.name)
+        log.error(
+            "refusing bundle %s: %s (still serving %s)",
+            ref.path,
+            message,
+            f"version {kept.version}" if kept else "nothing for this name",
+        )
+
+    def _swap(self, model: LoadedModel) -> None:
+        old = self.current.get(model.name)
+        self.current[model.name] = model  # NOTE: one dict assignment: requests see old or new
+        self.telemetry.reloads.labels("loaded").inc()
+        self.telemetry.model_info.labels(model.name, str(model.version), model.provider).set(1)
+        self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)
+        if old is not None:
+            old.batcher.close()  # in-flight requests finish on the session they started on
+            self.telemetry.model_info.labels(old.name, str(old.version), old.provider).set(0)
+        log.info("serving %s version %d on %s", model.name, model.version, model.provider)
+
+    async def poll(self) -> None:
+        """Look for new versions every poll_interval_s, forever."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("model store scan failed")

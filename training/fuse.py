@@ -1,0 +1,137 @@
+"""Fuse a trained ensemble into one compact graph for export: same outputs, ~25 ONNX nodes.
+
+The trained Scorer runs each member separately, with one Gather per categorical feature and a
+BatchNorm per layer: hundreds of tiny ONNX nodes whose per-node overhead dominates inference.
+Exported instead, exactly equivalent up to float rounding:
+- BatchNorm (eval) is folded into the Linear before it;
+- an embedding followed by the first Linear is linear, so each level's contribution to the first
+  hidden layer is precomputed: one table row per (feature, level), for all members at once;
+- the linear ("wide") path's per-level weights join that table as extra columns;
+- the members' hidden layers run side by side as one block-diagonal matrix per layer.
+The export parity check compares this graph against the unfused PyTorch Scorer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.model import Normalize, Scorer, TabularMLP
+
+# NOTE: up to this many (feature, level) rows the table is applied as a multi-hot MatMul (fast,
+# small); beyond it (free-text-like vocabularies) as Gather + ReduceSum (memory ∝ features).
+ONEHOT_MAX_LEVELS = 2048
+
+Layer = tuple[torch.Tensor, torch.Tensor]
+
+
+def fold_layers(seq: nn.Sequential) -> tuple[list[Layer], type[nn.Module] | None]:
+    """Linear(+BatchNorm) pairs → (W [in, out], b [out]) with BatchNorm folded in; the activation."""
+    layers: list[Layer] = []
+    act: type[nn.Module] | None = None
+    for module in seq:
+        if isinstance(module, nn.Linear):
+            layers.append((module.weight.detach().T.clone(), module.bias.detach().clone()))
+        elif isinstance(module, nn.BatchNorm1d):
+            w, b = layers[-1]
+            scale = module.weight.detach() / torch.sqrt(module.running_var + module.eps)
+            layers[-1] = (w * scale, (b - module.running_mean) * scale + module.bias.detach())
+        elif not isinstance(module, nn.Dropout):
+            act = type(module)
+    return layers, act
+
+
+def _first_layer(member: TabularMLP, w1: torch.Tensor, n_num: int, cards: list[int]) -> torch.Tensor:
+    """[n_num + sum(cards), h1]: numeric rows of W1, then each level's embedding pushed through W1."""
+    rows, src = [w1[:n_num]], n_num
+    for emb in member.embeddings:
+        d = emb.embedding_dim
+        rows.append(emb.weight.detach() @ w1[src : src + d])
+        src += d
+    return torch.cat(rows)
+
+
+def _wide_rows(member: TabularMLP, n_num: int, n_out: int) -> torch.Tensor:
+    """[n_num + sum(cards), n_out]: the linear path's weights over the same rows."""
+    num = member.wide_num.weight.detach().T if member.wide_num is not None else torch.zeros(n_num, n_out)
+    return torch.cat([num] + [emb.weight.detach() for emb in member.wide_cat])
+
+
+class FusedScorer(nn.Module):
+    """The ensemble as a few dense matrices; inputs and outputs exactly as Scorer's."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        super().__init__()
+        members: list[TabularMLP] = list(scorer.members)  # type: ignore[arg-type]
+        self.normalize: Normalize = scorer.normalize
+        self.task, self.n_members = scorer.task, len(members)
+        self.register_buffer("target_mean", scorer.target_mean.clone())
+        self.register_buffer("target_std", scorer.target_std.clone())
+        cards = [e.num_embeddings for e in members[0].embeddings]
+        self.n_num, self.n_cat = int(self.normalize.mean_.numel()), len(cards)
+        folded = [fold_layers(m.deep) for m in members]
+        act = folded[0][1]
+        self.act = act() if act is not None else nn.Identity()
+        layers = [[f[0][i] for f in folded] for i in range(len(folded[0][0]))]
+        self.n_out = layers[-1][0][0].shape[1]
+        self.hidden = self.n_members * layers[0][0][0].shape[1]
+        self.linear_skip = members[0].linear_skip
+        self._build_input(members, layers[0], cards)
+        self.weights = nn.ParameterList(_frozen(torch.block_diag(*[w for w, _ in layer])) for layer in layers[1:])
+        self.biases = nn.ParameterList(_frozen(torch.cat([b for _, b in layer])) for layer in layers[1:])
+
+    def _build_input(self, members: list[TabularMLP], first: list[Layer], cards: list[int]) -> None:
+        """One matrix over [numerics, levels] → [first hidden layer of every member | wide logits]."""
+        cols = [_first_layer(m, w, self.n_num, cards) for m, (w, _) in zip(members, first, strict=True)]
+        bias = [b for _, b in first]
+        if self.linear_skip:
+            cols += [_wide_rows(m, self.n_num, self.n_out) for m in members]
+            bias += [m.wide_bias.detach() for m in members]
+        table = torch.cat(cols, dim=1)
+        self.register_buffer("w_num", table[: self.n_num].contiguous())
+        self.register_buffer("w_levels", table[self.n_num :].contiguous())
+        self.register_buffer("bias", torch.cat(bias))
+        offsets = torch.tensor([sum(cards[:j]) for j in range(len(cards))], dtype=torch.int64)
+        self.register_buffer("offsets", offsets)
+        self.multi_hot = sum(cards) <= ONEHOT_MAX_LEVELS
+        feature_of = torch.repeat_interleave(torch.arange(len(cards)), torch.tensor(cards, dtype=torch.int64))
+        # NOTE: spreading each feature's index over its levels' columns is a 0/1 MatMul, which ORT
+        # runs far faster than a Gather along axis 1; indices are small integers, exact in float32.
+        self.register_buffer("spread", nn.functional.one_hot(feature_of, len(cards)).T.to(torch.float32))
+        self.register_buffer(
+            "level_of", torch.cat([torch.arange(c) for c in cards]).to(torch.float32) if cards else torch.zeros(0)
+        )
+        self.register_buffer("average", torch.full((self.n_members, 1), 1.0 / self.n_members))
+
+    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        z = self.bias
+        if self.n_num:
+            z = z + self.normalize(num) @ self.w_num
+        if self.n_cat:
+            z = z + self._levels(cat)
+        h = z[:, : self.hidden]
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = self.act(h) @ w + b
+        if self.linear_skip:
+            h = h + z[:, self.hidden :]
+        return self._output(h)
+
+    def _levels(self, cat: torch.Tensor) -> torch.Tensor:
+        if self.multi_hot:
+            # NOTE: column c of the multi-hot matrix is 1 where its feature's index equals its level
+            hot = ((cat.to(torch.float32) @ self.spread) == self.level_of).to(torch.float32)
+            return hot @ self.w_levels
+        return self.w_levels[cat + self.offsets].sum(dim=1)
+
+    def _output(self, logits: torch.Tensor) -> torch.Tensor:
+        """[N, members × n_out] logits → averaged probabilities or values (means as MatMuls)."""
+        if self.task == "binary":
+            p = torch.sigmoid(logits) @ self.average
+            return torch.cat([1 - p, p], dim=1)
+        if self.task == "multiclass":
+            return torch.softmax(logits.reshape(-1, self.n_members, self.n_out), dim=2).mean(dim=1)
+        return (logits @ self.average) * self.target_std + self.target_mean
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.contiguous(), requires_grad=False)
