@@ -1,0 +1,162 @@
+"""Hot reload under load, broken bundles, the queue limit, and the execution-provider logic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import bundle
+from service.runtime import CPU_EP, CUDA_EP, ProviderError, cuda_devices, providers_for
+from tests.service.conftest import copy_store, republish, running_server, telco_records, wait_until
+
+
+async def _hammer(url: str, stop: asyncio.Event, seen: list[tuple[int, int]]) -> None:
+    records = telco_records(3)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        while not stop.is_set():
+            r = await client.post("/predict", json={"records": records})
+            seen.append((r.status_code, r.json().get("version", -1)))
+
+
+def test_new_version_swaps_in_under_load_with_zero_failures(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store) as server:
+
+        async def main() -> list[tuple[int, int]]:
+            stop, seen = asyncio.Event(), []
+            clients = [asyncio.create_task(_hammer(server.url, stop, seen)) for _ in range(16)]
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(republish, store, churn_bundle)  # what a re-run of `train` does
+            deadline = time.monotonic() + 20
+            while not any(v == 2 for _, v in seen[-50:]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*clients)
+            return seen
+
+        seen = asyncio.run(main())
+    statuses = {s for s, _ in seen}
+    assert statuses == {200}, f"failed requests during reload: {statuses}"
+    versions = [v for _, v in seen]
+    assert versions[0] == 1 and versions[-1] == 2 and len(seen) > 100
+    assert versions.index(2) > 0 and all(v == 2 for v in versions[versions.index(2) + 32 :])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: (p / bundle.MODEL_FILE).write_bytes(b"this is not onnx"),
+        lambda p: (p / bundle.PREPROCESS_FILE).write_text("{ not json"),
+        lambda p: (p / bundle.PREPROCESS_FILE).unlink(),
+    ],
+    ids=["corrupt-onnx", "bad-json", "missing-file"],
+)
+def test_broken_bundle_is_refused_and_old_version_keeps_serving(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, damage: object
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--admin-token", "t", "--poll-interval-s", "0") as server:
+        broken = store / "churn" / "2"
+        broken.mkdir()
+        for item in churn_bundle.path.iterdir():
+            (broken / item.name).write_bytes(item.read_bytes())
+        damage(broken)  # type: ignore[operator]
+        report = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()
+        assert list(report["failed"]) == ["churn@2"] and report["current"] == {"churn": 1}
+        r = httpx.post(server.url + "/predict", json={"records": telco_records(2)})
+        assert r.status_code == 200 and r.json()["version"] == 1
+        assert "refusing bundle" in server.output()
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'tabserve_reloads_total{outcome="failed"} 1.0' in metrics
+
+
+def test_full_queue_answers_503_with_retry_after(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    flags = ("--max-queue", "2", "--max-delay-ms", "300", "--max-batch-size", "100000")
+    with running_server(store, *flags) as server:
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                calls = [client.post("/predict", json={"records": telco_records(1)}) for _ in range(12)]
+                return await asyncio.gather(*calls)
+
+        responses = asyncio.run(main())
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+def test_batching_off_still_answers(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--no-batching") as server:
+        r = httpx.post(server.url + "/predict", json={"records": telco_records(3)})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+        assert "tabserve_batch_rows_count" in httpx.get(server.url + "/metrics").text
+
+
+def test_empty_store_is_live_but_not_ready_until_a_bundle_appears(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = tmp_path / "models"
+    store.mkdir()
+    with running_server(store, ready=False) as server:
+        assert httpx.get(server.url + "/health/ready").status_code == 503
+        assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).status_code == 503
+        republish(store, churn_bundle)
+        wait_until(server, "/health/ready")
+        assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).status_code == 200
+
+
+def test_provider_selection() -> None:
+    both = [CUDA_EP, CPU_EP]
+    assert providers_for("cpu", both, gpus=1) == [CPU_EP]
+    assert providers_for("auto", both, gpus=1) == [CUDA_EP, CPU_EP]
+    assert providers_for("auto", both, gpus=0) == [CPU_EP]
+    assert providers_for("auto", [CPU_EP], gpus=1) == [CPU_EP]
+    with pytest.raises(ProviderError, match="no CUDA device"):
+        providers_for("cuda", both, gpus=0)
+    with pytest.raises(ProviderError, match="no CUDAExecutionProvider"):
+        providers_for("cuda", [CPU_EP], gpus=1)
+
+
+@pytest.mark.skipif(cuda_devices() > 0, reason="this machine has a GPU: strict cuda starts")
+def test_strict_cuda_refuses_to_start_without_a_gpu(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(tmp_path), "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert run.returncode == 2
+    assert "device=cuda" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(cuda_devices() > 0, reason="this machine has a GPU")
+def test_auto_device_starts_quietly_on_cpu(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--device", "auto") as server:
+        ready = httpx.get(server.url + "/health/ready").json()
+        log = server.output()
+    assert ready["models"]["churn"]["provider"] == CPU_EP
+    assert log.count("serving on CPUExecutionProvider") == 1
+    assert "libcublas" not in log and "Failed to load" not in log
+
+
+@pytest.mark.skipif(cuda_devices() == 0, reason="needs a CUDA GPU (runs on the device machine)")
+def test_cuda_provider_is_really_used(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--device", "cuda") as server:
+        ready = httpx.get(server.url + "/health/ready").json()
+        assert ready["models"]["churn"]["provider"] == CUDA_EP
+        r = httpx.post(server.url + "/predict", json={"records": telco_records(64)})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 64
