@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from time import perf_counter
 from typing import Any
 
@@ -45,6 +45,21 @@ class RequestMetrics:
             self.telemetry.request(route, status[0], perf_counter() - started)
 
 
+class TabserveApp(FastAPI):
+    """FastAPI, with the predict routes answered before FastAPI's own middleware stack runs."""
+
+    predict_endpoint: PredictEndpoint | None = None
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        endpoint = self.predict_endpoint
+        if endpoint is not None:
+            name = endpoint.route(scope)
+            if name is not False:
+                await endpoint.handle(scope, receive, send, name)  # type: ignore[arg-type]
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A FastAPI app serving every bundle in settings.models_dir."""
     settings = settings or Settings()
@@ -59,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         loader.cancel()
 
-    app = FastAPI(
+    app = TabserveApp(
         title="tabserve",
         version="0.1.0",
         lifespan=lifespan,
@@ -70,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     openapi.install(app, store, settings.max_records)
     app.add_middleware(RequestMetrics, telemetry=telemetry)
-    app.add_middleware(PredictEndpoint, store=store, settings=settings, telemetry=telemetry)
+    app.predict_endpoint = PredictEndpoint(store, settings, telemetry)
     return app
 
 

@@ -13,6 +13,7 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,12 +159,12 @@ class Preprocess:
     target_mean: float = 0.0
     target_std: float = 1.0
 
-    @property
+    @cached_property
     def numeric(self) -> list[NumericFeature]:
         """Numeric features in `num` column order."""
         return [f for f in self.features if isinstance(f, NumericFeature)]
 
-    @property
+    @cached_property
     def categorical(self) -> list[CategoricalFeature]:
         """Categorical features in `cat` column order."""
         return [f for f in self.features if isinstance(f, CategoricalFeature)]
@@ -192,17 +193,23 @@ class Preprocess:
         with map(dict.get, ...) so the per-value work runs in C; anything off the fast path goes
         through the same _number / _level as encode_columns, so both give identical arrays.
         """
-        enc = Encoded(num=np.empty(0, np.float32), cat=np.empty(0, np.int64))
-        n, num_feats, cat_feats = len(records), self.numeric, self.categorical
-        num_names = [f.name for f in num_feats]
-        flat = _flat_values(records, num_names)
+        nums, cats = self._fields
+        enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
+        flat = nums.flat(records)
         if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
-            k = len(num_names)
-            flat = [_number(p // k, num_names[p % k], v, enc) for p, v in enumerate(flat)]
-        enc.num = _finite_or_errors(num_names, _float_matrix(flat).reshape(n, len(num_names)), enc)
-        codes = _codes(_flat_values(records, [f.name for f in cat_feats]), cat_feats, enc)
-        enc.cat = codes.reshape(n, len(cat_feats))
+            k, names = nums.k, nums.names
+            flat = [_number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
+        enc.num = _finite_or_errors(nums.names, _float_matrix(flat).reshape(len(records), nums.k), enc)
+        enc.cat = _codes(cats.flat(records), self.categorical, self._indexes, enc).reshape(len(records), cats.k)
         return enc
+
+    @cached_property
+    def _fields(self) -> tuple[_Fields, _Fields]:
+        return _Fields([f.name for f in self.numeric]), _Fields([f.name for f in self.categorical])
+
+    @cached_property
+    def _indexes(self) -> list[dict[str, int]]:
+        return [f.index_ for f in self.categorical]
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json document."""
@@ -262,6 +269,8 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
 
 
 _PLAIN_NUMBER_TYPES = frozenset({float, int, type(None)})
+_F32_MAX = float(np.finfo(np.float32).max)
+_EMPTY_NUM, _EMPTY_CAT = np.empty(0, np.float32), np.empty(0, np.int64)
 
 
 def _number(row: int, name: str, value: Any, enc: Encoded) -> float:
@@ -286,28 +295,33 @@ def _level(row: int, feat: CategoricalFeature, value: Any, index: dict[str, int]
     return found
 
 
-def _flat_values(records: Sequence[Mapping[str, Any]], names: list[str]) -> list[Any]:
-    """Row-major values of `names` across records (None where a record lacks the field)."""
-    if not names:
-        return []
-    getter = operator.itemgetter(*names)
-    try:
-        got = list(map(getter, records))
-    except KeyError:  # some record lacks a field: it is missing, not an error
-        return [r.get(name) for r in records for name in names]
-    return got if len(names) == 1 else list(itertools.chain.from_iterable(got))
+class _Fields:
+    """Pulls named fields out of many records at C speed: row-major, flat, None where absent."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names, self.k = names, len(names)
+        self._get = operator.itemgetter(*names) if names else None
+
+    def flat(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
+        if self._get is None:
+            return []
+        try:
+            got = list(map(self._get, records))
+        except KeyError:  # some record lacks a field: it is missing, not an error
+            return [r.get(name) for r in records for name in self.names]
+        return got if self.k == 1 else list(itertools.chain.from_iterable(got))
 
 
-def _codes(flat: list[Any], feats: list[CategoricalFeature], enc: Encoded) -> np.ndarray:
+def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded) -> np.ndarray:
     """Row-major raw levels → vocabulary indices (0: missing or unseen, with a warning)."""
     try:
-        codes = list(map(dict.get, itertools.cycle([f.index_ for f in feats]), flat))
+        codes = list(map(dict.get, itertools.cycle(indexes), flat))
     except TypeError:  # an unhashable value (a list or an object) somewhere
         codes = [None] * len(flat)
     if None in codes:
         k = len(feats)
         codes = [
-            c if c is not None else _level(p // k, feats[p % k], flat[p], feats[p % k].index_, enc)
+            c if c is not None else _level(p // k, feats[p % k], flat[p], indexes[p % k], enc)
             for p, c in enumerate(codes)
         ]
     return np.array(codes, dtype=np.int64)
@@ -350,14 +364,14 @@ def _plain_numbers(values: Sequence[Any]) -> np.ndarray | None:
 
 def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.ndarray:
     """float64 [N, k] → float32, recording ±inf (or values too large for float32) as errors."""
-    with np.errstate(over="ignore"):
-        out = values.astype(np.float32)
-    bad = np.isinf(out)
-    if bad.any():
-        for i, j in zip(*np.nonzero(bad), strict=True):
-            enc.errors.setdefault(int(i), EncodingError(int(i), names[j], "expected a finite number"))
-        out[bad] = np.nan
-    return out
+    too_big = np.abs(values) > _F32_MAX  # NOTE: NaN compares False: missing values pass
+    if not too_big.any():
+        return values.astype(np.float32)
+    for i, j in zip(*np.nonzero(too_big), strict=True):
+        enc.errors.setdefault(int(i), EncodingError(int(i), names[j], "expected a finite number"))
+    values = values.copy()
+    values[too_big] = np.nan
+    return values.astype(np.float32)
 
 
 def _encode_categorical(feat: CategoricalFeature, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:

@@ -29,4 +29,5 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # request body limit
     poll_interval_s: float = Field(2.0, ge=0)  # how often to look for new versions; 0 turns polling off
     admin_token: str | None = None  # POST /admin/* needs `Authorization: Bearer <token>`; None disables
+    proxy_headers: bool = False  # trust X-Forwarded-* (behind a proxy you run); off costs nothing per request
     log_level: str = "info"

@@ -1,63 +1,104 @@
-"""Prometheus metrics, one registry per app (so tests and workers never share state by accident)."""
+"""Prometheus metrics, one registry per app (so tests and workers never share state by accident).
+
+NOTE: prometheus_client's labelled Counter/Histogram cost several microseconds per update (label
+lookup, locks, a linear bucket scan), a sizeable share of a single-row request. The per-request
+and per-batch series are therefore kept in plain counters here and turned into Prometheus metric
+families only when /metrics is scraped (a custom collector); rare events use the client directly.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
-class Telemetry:
-    """The service's metrics; labelled children are cached because label lookup is the slow part."""
+class Histogram:
+    """Counts per bucket (`le` semantics) and a sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts as Prometheus buckets, +Inf last."""
+        out, total = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
+class Telemetry(Collector):
+    """The service's metrics. Request series are written on the event loop; batch series under a lock."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("tabserve_requests", "Requests by route and status", ["route", "status"], registry=r)
-        self.latency = Histogram(
-            "tabserve_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.rows = Counter("tabserve_rows_scored", "Rows scored", ["model"], registry=r)
-        self.batch_rows = Histogram(
-            "tabserve_batch_rows", "Rows per ONNX Runtime call", ["model"], buckets=BATCH_BUCKETS, registry=r
-        )
-        self.inference = Histogram(
-            "tabserve_inference_seconds",
-            "ONNX Runtime call time",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._requests: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._rows: dict[str, int] = {}
+        self._batch_rows: dict[str, Histogram] = {}
+        self._inference: dict[str, Histogram] = {}
+        self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
-            "tabserve_model_info",
-            "Loaded model versions (1 = current)",
-            ["model", "version", "provider"],
-            registry=r,
+            "tabserve_model_info", "Loaded model versions (1 = current)", ["model", "version", "provider"], registry=r
         )
         self.reloads = Counter("tabserve_reloads", "Bundle loads by outcome", ["outcome"], registry=r)
-        self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
-
-    def _child(self, metric: MetricWrapperBase, *labels: str) -> MetricWrapperBase:
-        key = (str(id(metric)), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        r.register(self)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        self._child(self.requests, route, str(status)).inc()  # type: ignore[attr-defined]
-        self._child(self.latency, route).observe(seconds)  # type: ignore[attr-defined]
+        key = (route, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        hist = self._latency.get(route)
+        if hist is None:
+            hist = self._latency[route] = Histogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
 
     def batch(self, model: str, rows: int, seconds: float) -> None:
-        """One ONNX Runtime call."""
-        self._child(self.rows, model).inc(rows)  # type: ignore[attr-defined]
-        self._child(self.batch_rows, model).observe(rows)  # type: ignore[attr-defined]
-        self._child(self.inference, model).observe(seconds)  # type: ignore[attr-defined]
+        """One ONNX Runtime call (called from inference threads)."""
+        with self._lock:
+            self._rows[model] = self._rows.get(model, 0) + rows
+            self._batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
+            self._inference.setdefault(model, Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus families built from the plain counters at scrape time."""
+        requests = CounterMetricFamily("tabserve_requests", "Requests by route and status", labels=["route", "status"])
+        for (route, status), n in list(self._requests.items()):
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        yield _histograms("tabserve_request_seconds", "Request latency", "route", self._latency)
+        with self._lock:
+            rows = CounterMetricFamily("tabserve_rows_scored", "Rows scored", labels=["model"])
+            for model, n in self._rows.items():
+                rows.add_metric([model], n)
+            yield rows
+            yield _histograms("tabserve_batch_rows", "Rows per ONNX Runtime call", "model", self._batch_rows)
+            yield _histograms("tabserve_inference_seconds", "ONNX Runtime call time", "model", self._inference)
 
     def exposition(self) -> bytes:
         """The Prometheus text format."""
         return generate_latest(self.registry)
+
+
+def _histograms(name: str, doc: str, label: str, series: dict[str, Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for value, hist in list(series.items()):
+        family.add_metric([value], hist.buckets(), sum_value=hist.sum)
+    return family

@@ -1,8 +1,9 @@
-"""POST /predict and /models/{name}/predict as a plain ASGI handler in front of FastAPI.
+"""POST /predict and /models/{name}/predict as a plain ASGI handler, ahead of FastAPI's stack.
 
-NOTE: this is the hot path. FastAPI's routing, dependency injection and pydantic validation cost
-more per request than the whole rest of a single-row prediction, so the predict routes decode the
-body with orjson and call the plain scoring code directly. Validation is still complete (see
+NOTE: this is the hot path. FastAPI's middleware stack, routing, dependency injection and pydantic
+validation cost more per request than the whole rest of a single-row prediction, so the app
+(service/app.py) hands these routes straight to PredictEndpoint, which decodes the body with
+orjson and calls the plain scoring code. Validation is still complete (see
 service/predict.py and service/features.py) and /docs still documents these routes per model
 (service/api/openapi.py).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import MutableMapping
 from time import perf_counter
 from typing import Any
 
@@ -26,24 +28,25 @@ log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 
 
 class PredictEndpoint:
-    """ASGI middleware: answers the predict routes itself, passes everything else to the app."""
+    """Answers the predict routes: decode → score (service/predict.py) → encode."""
 
-    def __init__(self, app: Any, store: ModelStore, settings: Settings, telemetry: Telemetry) -> None:
-        self.app, self.store, self.settings, self.telemetry = app, store, settings, telemetry
+    def __init__(self, store: ModelStore, settings: Settings, telemetry: Telemetry) -> None:
+        self.store, self.settings, self.telemetry = store, settings, telemetry
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    def route(self, scope: Scope) -> str | bool | None:
+        """The model name a POST to this path is for (None: the default model); False: not ours."""
         if scope["type"] == "http" and scope["method"] == "POST":
             match = PREDICT_PATH.match(scope["path"])
             if match:
-                await self._handle(scope, receive, send, match["name"])
-                return
-        await self.app(scope, receive, send)
+                return match["name"]
+        return False
 
-    async def _handle(self, scope: Scope, receive: Any, send: Any, name: str | None) -> None:
+    async def handle(self, scope: Scope, receive: Any, send: Any, name: str | None) -> None:
+        """Answer one predict request (never raises: every outcome is a JSON response)."""
         started = perf_counter()
         headers = JSON_HEADERS
         try:
@@ -76,21 +79,17 @@ class PredictEndpoint:
         return await predict(model, records)
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """A request header's value (names are lower-case in ASGI)."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
 def check_json_request(scope: Scope, limit: int) -> None:
     """415 unless the body is declared JSON; 413 when Content-Length is over the limit."""
-    content_type = header(scope, b"content-type") or b""
-    if not content_type.split(b";")[0].strip().lower() == b"application/json":
+    content_type, length = b"", b""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            content_type = value
+        elif key == b"content-length":
+            length = value
+    if content_type != b"application/json" and content_type.split(b";")[0].strip().lower() != b"application/json":
         raise RequestError(415, f"Content-Type must be application/json, not {content_type.decode(errors='replace')!r}")
-    length = header(scope, b"content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length.isdigit() and int(length) > limit:
         raise RequestError(413, f"body of {int(length)} bytes is over the {limit}-byte limit")
 
 

@@ -1,0 +1,233 @@
+"""Serving benchmark: tabserve vs a bare ASGI app and a plain FastAPI + ORT endpoint, with wrk.
+
+    python bench/serve.py                 # ~3 min; needs wrk (apt-get install wrk)
+    python bench/serve.py --duration 10   # longer runs, steadier figures
+
+Every server runs as its own process under uvicorn (1 worker, httptools, uvloop, no access log)
+on loopback; wrk (1 thread) drives it from another process with a Lua POST script. tabserve runs
+with its defaults except ONNX Runtime threads = 1, the same as the plain reference. Figures:
+requests/s, rows/s, p50 and p99 latency, and the ratios the serving issue asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TELCO = ROOT / "data" / "telco_churn.csv"
+NUMERIC = {"SeniorCitizen", "tenure", "MonthlyCharges", "TotalCharges"}
+
+
+@dataclass
+class Result:
+    """One wrk run."""
+
+    server: str
+    conns: int
+    records: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rows(self) -> float:
+        """Rows scored per second."""
+        return self.rps * self.records
+
+
+def telco_body(n: int) -> str:
+    """A predict body with n real telco rows, numbers as JSON numbers."""
+    with TELCO.open(newline="") as fh:
+        rows = [row for _, row in zip(range(n), csv.DictReader(fh), strict=False)]
+    records = []
+    for row in rows:
+        row.pop("Churn")
+        records.append({k: (float(v) if k in NUMERIC and v.strip() else v) for k, v in row.items()})
+    return json.dumps({"records": records})
+
+
+def lua_script(body: str, folder: Path, name: str) -> Path:
+    """A wrk script that POSTs the body as JSON."""
+    path = folder / f"{name}.lua"
+    escaped = body.replace("\\", "\\\\").replace("]]", "] ]")
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{escaped}]]\n'
+    )
+    return path
+
+
+def free_port() -> int:
+    """A port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str], ready_path: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server process and wait until it answers."""
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code in (200, 405):
+                    break
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def uvicorn_cmd(target: str, port: int, factory: bool = False) -> list[str]:
+    """A uvicorn command line with the same settings tabserve serve uses."""
+    cmd = [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--http", "httptools", "--loop", "uvloop"]
+    return [
+        *cmd,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--no-proxy-headers",
+        *(["--factory"] if factory else []),
+    ]
+
+
+def wrk(url: str, script: Path, conns: int, seconds: int) -> tuple[float, float, float, int]:
+    """Requests/s, p50 ms, p99 ms and non-2xx count of one wrk run."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    errors += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return rps, _ms(out, "50%"), _ms(out, "99%"), errors
+
+
+def _ms(out: str, pct: str) -> float:
+    value, unit = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def churn_bundle(models: Path) -> Path:
+    """The newest churn bundle, training one first if the store has none."""
+    from service import bundle
+
+    if not bundle.versions(models, "churn"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tabserve.cli",
+                "train",
+                "--data",
+                str(TELCO),
+                "--target",
+                "Churn",
+                "--name",
+                "churn",
+                "--models-dir",
+                str(models),
+            ],
+            check=True,
+        )
+    return bundle.resolve(models, "churn").path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--conns", default="1,16,64")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get install wrk")
+    path = churn_bundle(args.models)
+    tmp = Path(tempfile.mkdtemp(prefix="tabserve-bench-"))
+    store = tmp / "models"
+    shutil.copytree(path, store / "churn" / "1")
+    scripts = {n: lua_script(telco_body(n), tmp, f"body{n}") for n in (1, 100)}
+    conns = [int(c) for c in args.conns.split(",")]
+    results: list[Result] = []
+    memory: dict[str, float] = {}
+    env = {"TABSERVE_THREADS": "1", "TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1"), "PYTHONPATH": str(ROOT)}
+    tabserve = ["tabserve", "serve", "--models", str(store), "--threads", "1", "--log-level", "warning", "--port"]
+    servers = {
+        "bare ASGI": (lambda port: uvicorn_cmd("bench.refs:bare", port), "/", [1]),
+        "plain FastAPI+ORT": (lambda port: uvicorn_cmd("bench.refs:plain_app", port, factory=True), "/docs", [1, 100]),
+        "tabserve": (lambda port: [*tabserve, str(port)], "/health/ready", [1, 100]),
+        "tabserve no batching": (lambda port: [*tabserve, str(port), "--no-batching"], "/health/ready", [1, 100]),
+    }
+    for name, (make_cmd, ready, sizes) in servers.items():
+        port = free_port()
+        with server(make_cmd(port), port, env, ready) as proc:
+            for n in sizes:
+                wrk(f"http://127.0.0.1:{port}/predict", scripts[n], 16, 1)  # warm-up
+                for c in conns:
+                    rps, p50, p99, errors = wrk(f"http://127.0.0.1:{port}/predict", scripts[n], c, args.duration)
+                    results.append(Result(name, c, n, rps, p50, p99, errors))
+                    print(
+                        f"{name:22s} {c:3d} conns {n:4d} rec: {rps:9.0f} req/s {rps * n:10.0f} rows/s "
+                        f"p50 {p50:6.2f} ms p99 {p99:6.2f} ms errors {errors}",
+                        flush=True,
+                    )
+            memory[name] = rss_mb(proc.pid)
+    report(results, memory, conns)
+
+
+def report(results: list[Result], memory: dict[str, float], conns: list[int]) -> None:
+    """The markdown table and the ratios."""
+    print("\n| server | conns | records/request | req/s | rows/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.server} | {r.conns} | {r.records} | {r.rps:,.0f} | {r.rows:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+        )
+
+    def get(server: str, c: int, n: int) -> Result:
+        return next(r for r in results if r.server == server and r.conns == c and r.records == n)
+
+    c = max(conns)
+    ours, plain, bare = get("tabserve", c, 1), get("plain FastAPI+ORT", c, 1), get("bare ASGI", c, 1)
+    print(f"\nsingle record, {c} connections:")
+    print(f"  tabserve / plain FastAPI+ORT = {ours.rps / plain.rps:.2f}x (required >= 2.5x)")
+    print(f"  tabserve / bare ASGI ceiling = {ours.rps / bare.rps:.2f}x (required >= 0.4x)")
+    print(f"  tabserve p99 = {ours.p99_ms:.2f} ms (required <= 10 ms)")
+    print(f"  batching on / off = {ours.rps / get('tabserve no batching', c, 1).rps:.2f}x")
+    print(
+        f"100-record requests, {c} connections: tabserve {get('tabserve', c, 100).rows:,.0f} rows/s (required >= 300,000); "
+        f"plain {get('plain FastAPI+ORT', c, 100).rows:,.0f} rows/s"
+    )
+    print("resident memory after the runs: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items()))
+
+
+if __name__ == "__main__":
+    main()
