@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,7 +21,7 @@ ModelsDir = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """One line on stderr, exit status 2."""
     err_console.print(Text.assemble(("error: ", "bold red"), message.replace("\n", " ")), soft_wrap=True)
     raise typer.Exit(2)
@@ -59,7 +59,10 @@ def train(
     plots: Annotated[bool | None, typer.Option("--plots/--no-plots", help="PNG plots in the bundle.")] = None,
 ) -> None:
     """Train an MLP on a CSV and publish it as the next version of a model bundle."""
-    from training.progress import run_training
+    try:
+        from training.progress import run_training
+    except ImportError as exc:
+        _fail(f"training needs the train extra (pip install 'tabserve[train]'): {exc}")
 
     overrides: dict[str, Any] = dict(
         data=str(data),
