@@ -1,9 +1,9 @@
 """The two reference servers bench/serve.py measures tabserve against (run under uvicorn).
 
 - `bare`: an ASGI app that reads the body and returns a constant JSON: this machine's HTTP ceiling.
-- `plain_app`: what most people write: FastAPI, a pydantic request model built from the bundle's
-  features, one `session.run` per request (it even borrows tabserve's encoder, so the comparison
-  is about serving, not about encoding).
+- `plain_app`: what most people write: FastAPI, an `async def` endpoint with a pydantic request
+  model built from the bundle's features, one `session.run` per request on the event loop (it
+  even borrows tabserve's encoder, so the comparison is about serving, not about encoding).
 """
 
 import os
@@ -48,7 +48,7 @@ def plain_app() -> Any:
     app = FastAPI()
 
     @app.post("/predict")
-    def predict(body: request_model) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def predict(body: request_model) -> dict[str, Any]:  # type: ignore[valid-type]
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
         enc = pre.encode_records(records)
         probs = session.run(None, {"num": enc.num, "cat": enc.cat})[0]
