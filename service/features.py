@@ -199,7 +199,7 @@ class Preprocess:
         if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
             k, names = nums.k, nums.names
             flat = [_number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
-        enc.num = _finite_or_errors(nums.names, _float_matrix(flat).reshape(len(records), nums.k), enc)
+        enc.num = _float32(nums.names, flat, len(records), enc)
         enc.cat = _codes(cats.flat(records), self.categorical, self._indexes, enc).reshape(len(records), cats.k)
         return enc
 
@@ -360,6 +360,14 @@ def _plain_numbers(values: Sequence[Any]) -> np.ndarray | None:
         return np.array(values, dtype=np.float64)
     except OverflowError:
         return None
+
+
+def _float32(names: list[str], flat: list[Any], n: int, enc: Encoded) -> np.ndarray:
+    """Row-major numbers (None = missing) → float32 [n, k]; values beyond float32 become errors."""
+    # NOTE: for request-sized inputs a Python range check is cheaper than three numpy calls
+    if len(flat) <= 64 and all(v is None or -_F32_MAX <= v <= _F32_MAX for v in flat):
+        return np.array(flat, dtype=np.float32).reshape(n, len(names))
+    return _finite_or_errors(names, _float_matrix(flat).reshape(n, len(names)), enc)
 
 
 def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.ndarray:

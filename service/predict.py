@@ -56,17 +56,17 @@ def encode(pre: Preprocess, records: Sequence[dict[str, Any]]) -> Encoded:
 
 def answers(pre: Preprocess, out: np.ndarray, records: Sequence[dict[str, Any]], enc: Encoded) -> list[dict[str, Any]]:
     """One answer per record: label and probability / class probabilities / value, ids, warnings."""
-    rows = out.tolist()
     if pre.task == "binary":
         neg, pos, t = pre.labels[0], pre.labels[1], pre.threshold if pre.threshold is not None else 0.5
-        result = [{"label": pos if r[1] >= t else neg, "probability": r[1]} for r in rows]
+        result = [{"label": pos if p >= t else neg, "probability": p} for p in out[:, 1].tolist()]
     elif pre.task == "multiclass":
         names = [str(label) for label in pre.labels]
         result = [
-            {"label": pre.labels[int(np.argmax(r))], "probabilities": dict(zip(names, r, strict=True))} for r in rows
+            {"label": pre.labels[int(np.argmax(r))], "probabilities": dict(zip(names, r, strict=True))}
+            for r in out.tolist()
         ]
     else:
-        result = [{"value": r[0]} for r in rows]
+        result = [{"value": v} for v in out[:, 0].tolist()]
     for col in pre.id_columns:
         for answer, record in zip(result, records, strict=True):
             if col in record:

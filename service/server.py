@@ -41,6 +41,7 @@ def run_server(flags: dict[str, Any]) -> None:
         http="httptools",
         loop="uvloop",
         timeout_graceful_shutdown=10,
+        proxy_headers=settings.proxy_headers,
     )
     if settings.workers > 1:
         # NOTE: workers are separate processes; they rebuild the same Settings from the environment.

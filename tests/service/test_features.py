@@ -82,6 +82,16 @@ def test_wrong_types_name_record_and_field() -> None:
     assert str(enc.errors[2]).startswith("record 2, field 'plan':")
 
 
+def test_numbers_beyond_float32_are_errors_not_infinities() -> None:
+    pre = make_preprocess()
+    for enc in (
+        pre.encode_records([{"charges": 1e39}, {"charges": 10**400}, {"charges": 5}]),
+        pre.encode_columns({"charges": [1e39, 10**400, 5]}, 3),
+    ):
+        assert set(enc.errors) == {0, 1} and enc.errors[0].field == "charges"
+        assert "finite" in enc.errors[0].reason and enc.num[2, 0] == 5.0
+
+
 def test_preprocess_json_round_trip(tmp_path) -> None:
     pre = make_preprocess()
     pre.save(tmp_path / "p.json")
