@@ -13,6 +13,7 @@ from service import bundle
 from tests.conftest import GERMAN, write_csv
 
 QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots"]
+GERMAN_ARGS = ["--data", str(GERMAN), "--target", "creditability"]
 
 
 def tabserve(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
@@ -24,17 +25,7 @@ def tabserve(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_train_then_list(tmp_path: Path) -> None:
-    run = tabserve(
-        "train",
-        "--data",
-        str(GERMAN),
-        "--target",
-        "creditability",
-        "--name",
-        "credit",
-        *QUICK_FLAGS,
-        store=tmp_path,
-    )
+    run = tabserve("train", *GERMAN_ARGS, "--name", "credit", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "published credit version 1" in run.stdout
     assert "roc_auc" in run.stdout and "logistic regression" in run.stdout
@@ -47,19 +38,7 @@ def test_train_then_list(tmp_path: Path) -> None:
 def test_config_file_and_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "train.toml"
     cfg.write_text('[train]\nhidden = [16]\nactivation = "tanh"\nepochs = 2\nensemble = 1\n')
-    run = tabserve(
-        "train",
-        "--data",
-        str(GERMAN),
-        "--target",
-        "creditability",
-        "--config",
-        str(cfg),
-        "--no-plots",
-        "--dropout",
-        "0.1",
-        store=tmp_path,
-    )
+    run = tabserve("train", *GERMAN_ARGS, "--config", str(cfg), "--no-plots", "--dropout", "0.1", store=tmp_path)
     assert run.returncode == 0, run.stderr
     config = bundle.resolve(tmp_path, "german_credit").metrics["config"]
     assert config["hidden"] == [16] and config["activation"] == "tanh" and config["dropout"] == 0.1
