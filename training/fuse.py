@@ -97,18 +97,20 @@ class FusedScorer(nn.Module):
         feature_of = torch.repeat_interleave(torch.arange(len(cards)), torch.tensor(cards, dtype=torch.int64))
         # NOTE: spreading each feature's index over its levels' columns is a 0/1 MatMul, which ORT
         # runs far faster than a Gather along axis 1; indices are small integers, exact in float32.
-        self.register_buffer("spread", nn.functional.one_hot(feature_of, len(cards)).T.to(torch.float32))
+        spread = torch.zeros(len(cards), sum(cards))
+        spread[feature_of, torch.arange(sum(cards))] = 1.0
+        self.register_buffer("spread", spread)
         self.register_buffer(
-            "level_of", torch.cat([torch.arange(c) for c in cards]).to(torch.float32) if cards else torch.zeros(0)
+            "level_of", (torch.cat([torch.arange(c) for c in cards]) if cards else torch.zeros(0)).float()
         )
         self.register_buffer("average", torch.full((self.n_members, 1), 1.0 / self.n_members))
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         z = self.bias
-        if self.n_num:
-            z = z + self.normalize(num) @ self.w_num
-        if self.n_cat:
-            z = z + self._levels(cat)
+        # NOTE: an input with no columns still enters the graph (as a zero-width sum), so every
+        # bundle has both `num` and `cat` inputs, as the contract says.
+        z = z + (self.normalize(num) @ self.w_num if self.n_num else num.sum(dim=1, keepdim=True))
+        z = z + (self._levels(cat) if self.n_cat else cat.sum(dim=1, keepdim=True).to(z.dtype))
         h = z[:, : self.hidden]
         for w, b in zip(self.weights, self.biases, strict=True):
             h = self.act(h) @ w + b

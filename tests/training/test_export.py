@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ import torch
 
 from service import bundle
 from service.features import Preprocess
-from tests.conftest import GERMAN, TELCO, quick_config
-from training import export
+from tests.conftest import GERMAN, TELCO, quick_config, write_csv
+from training import export, fuse
 from training.pipeline import fit_ensemble, prepare, train
 
 
@@ -38,7 +39,11 @@ def test_bundle_layout_and_checker(churn_bundle: bundle.BundleRef) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 4096])
-def test_onnx_matches_pytorch_at_batch(tmp_path: Path, batch: int) -> None:
+@pytest.mark.parametrize("onehot_max", [fuse.ONEHOT_MAX_LEVELS, 0], ids=["multi-hot", "gather"])
+def test_onnx_matches_pytorch_at_batch(
+    tmp_path: Path, batch: int, onehot_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fuse, "ONEHOT_MAX_LEVELS", onehot_max)  # NOTE: both ways of reading levels
     prep = _telco_prepared(tmp_path)
     scorer, *_ = fit_ensemble(prep, quick_config(TELCO, "Churn", tmp_path))
     path = tmp_path / "m.onnx"
@@ -115,3 +120,21 @@ def test_other_tasks_export_and_match(tmp_path: Path, target: str, task: str, wi
     assert out.shape == (5, width)
     key = "rmse" if task == "regression" else "log_loss"
     assert result.metrics["test"][key] > 0 and key in result.metrics["baseline_test"]
+
+
+def _one_kind_csv(path: Path, kind: str) -> Path:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(300):
+        a, b = (rng.random(), rng.random()) if kind == "numeric" else (rng.choice("xyz"), rng.choice("pq"))
+        signal = a > 0.6 if kind == "numeric" else a == "x"
+        rows.append([a, b, "yes" if signal or rng.random() < 0.2 else "no"])
+    return write_csv(path, ["a", "b", "y"], rows)
+
+
+@pytest.mark.parametrize("kind", ["numeric", "categorical"])
+def test_only_numeric_or_only_categorical_features_export(tmp_path: Path, kind: str) -> None:
+    data = _one_kind_csv(tmp_path / f"{kind}.csv", kind)
+    result = train(quick_config(data, "y", tmp_path, name=kind), say=lambda _: None)
+    assert result.bundle is not None and result.metrics["onnx_parity_max_abs_diff"] <= export.PARITY_TOL
+    assert len(result.pre.numeric if kind == "numeric" else result.pre.categorical) == 2
