@@ -147,10 +147,3 @@ def evaluate_member(model: TabularMLP, data: Tensors, pre: Preprocess, loss_fn: 
     val_loss = float(_loss(loss_fn, logits, data.y, pre.task))
     out = to_output(logits, pre.task).numpy()
     return val_loss, monitor_metric(pre.task, data.y.numpy(), out)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: Tensors, task: str) -> np.ndarray:
-    """Member outputs: probabilities, or standardized values for regression."""
-    model.eval()
-    return to_output(model(data.x, data.cat), task).numpy()
