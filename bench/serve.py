@@ -189,6 +189,7 @@ def main() -> None:
     for name, (make_cmd, ready, sizes) in servers.items():
         port = free_port()
         with server(make_cmd(port), port, env, ready) as proc:
+            memory[f"{name} (loaded, idle)"] = rss_mb(proc.pid)
             for n in sizes:
                 wrk(f"http://127.0.0.1:{port}/predict", scripts[n], 16, 1)  # warm-up
                 for c in conns:
@@ -199,7 +200,7 @@ def main() -> None:
                         f"p50 {p50:6.2f} ms p99 {p99:6.2f} ms errors {errors}",
                         flush=True,
                     )
-            memory[name] = rss_mb(proc.pid)
+            memory[f"{name} (after the runs)"] = rss_mb(proc.pid)
     report(results, memory, conns)
 
 
@@ -226,7 +227,7 @@ def report(results: list[Result], memory: dict[str, float], conns: list[int]) ->
         f"100-record requests, {c} connections: tabserve {get('tabserve', c, 100).rows:,.0f} rows/s (required >= 300,000); "
         f"plain {get('plain FastAPI+ORT', c, 100).rows:,.0f} rows/s"
     )
-    print("resident memory after the runs: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items()))
+    print("resident memory: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items()))
 
 
 if __name__ == "__main__":
