@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -160,6 +162,63 @@ def serve(
         run_server({k: v for k, v in flags.items() if v is not None})
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Option(help="Model name, name@version, or a bundle directory.")],
+    input: Annotated[Path, typer.Option("--input", help="CSV file to score (.csv or .csv.gz).")],
+    output: Annotated[Path, typer.Option("--output", help="Where to write the scored CSV (.csv or .csv.gz).")],
+    models_dir: ModelsDir = None,
+    keep: Annotated[list[str] | None, typer.Option(help="Input column to copy to the output (repeatable).")] = None,
+    keep_all: Annotated[bool, typer.Option("--keep-all", help="Copy every input column.")] = False,
+    errors: Annotated[Path | None, typer.Option(help="Also write the rows that failed (row, error) here.")] = None,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk (memory stays bounded by this).")] = 65_536,
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+) -> None:
+    """Score a CSV file: one output row per input row, failures kept with the reason in `error`."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from service.scoring.local import Scorer, ScoringError, score_csv
+
+    try:
+        ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        scorer = Scorer(ref, device)  # type: ignore[arg-type]
+        if not input.is_file():
+            raise ScoringError(f"input file not found: {input}")
+        bar = Progress(
+            TextColumn("[cyan]scoring"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[rows]} rows"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        started = time.perf_counter()
+        with bar:
+            task = bar.add_task("score", total=input.stat().st_size, rows="0", rate="")
+
+            def on_chunk(rows: int, position: int) -> None:
+                rate = rows / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=position, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
+
+            summary = score_csv(
+                scorer, input, output, keep=keep, keep_all=keep_all, chunk_rows=chunk_rows, progress=on_chunk
+            )
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    if errors is not None:
+        with errors.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row", "error"])
+            writer.writerows(summary.errors)
+    console.print(
+        f"{ref.name} v{ref.version}: {summary.rows_in:,} rows in, {summary.rows_scored:,} scored, "
+        f"{summary.rows_failed:,} with errors, {summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) → {output}",
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

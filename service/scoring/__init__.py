@@ -1,0 +1,1 @@
+"""Batch scoring of whole files: the same bundle, encoding and runtime as the service."""
