@@ -174,6 +174,15 @@ class Preprocess:
         """Width of the ONNX output."""
         return 1 if self.task == "regression" else len(self.labels)
 
+    def labels_for(self, out: np.ndarray) -> list[Label]:
+        """Predicted labels from class probabilities: the saved threshold on the positive class
+        (binary; 0.5 if none was saved) or the most probable class (multiclass)."""
+        if self.task == "binary":
+            t = self.threshold if self.threshold is not None else 0.5
+            neg, pos = self.labels[0], self.labels[1]
+            return [pos if p >= t else neg for p in out[:, 1].tolist()]
+        return [self.labels[i] for i in out.argmax(axis=1).tolist()]
+
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
         """Column-wise raw values → `num` float32[N, n_num] and `cat` int64[N, n_cat]."""
         enc = Encoded(

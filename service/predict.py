@@ -57,13 +57,14 @@ def encode(pre: Preprocess, records: Sequence[dict[str, Any]]) -> Encoded:
 def answers(pre: Preprocess, out: np.ndarray, records: Sequence[dict[str, Any]], enc: Encoded) -> list[dict[str, Any]]:
     """One answer per record: label and probability / class probabilities / value, ids, warnings."""
     if pre.task == "binary":
-        neg, pos, t = pre.labels[0], pre.labels[1], pre.threshold if pre.threshold is not None else 0.5
-        result = [{"label": pos if p >= t else neg, "probability": p} for p in out[:, 1].tolist()]
+        result = [
+            {"label": label, "probability": p} for label, p in zip(pre.labels_for(out), out[:, 1].tolist(), strict=True)
+        ]
     elif pre.task == "multiclass":
         names = [str(label) for label in pre.labels]
         result = [
-            {"label": pre.labels[int(np.argmax(r))], "probabilities": dict(zip(names, r, strict=True))}
-            for r in out.tolist()
+            {"label": label, "probabilities": dict(zip(names, r, strict=True))}
+            for label, r in zip(pre.labels_for(out), out.tolist(), strict=True)
         ]
     else:
         result = [{"value": v} for v in out[:, 0].tolist()]

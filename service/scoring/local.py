@@ -95,24 +95,23 @@ class Scorer:
             errors[good[k]] = f"row {first_row + good[k]}, field '{err.field}': {err.reason}"
         out = self._run(enc.num, enc.cat) if good else np.empty((0, self.pre.n_outputs), np.float32)
         cells: list[list[Any]] = [[""] * len(prediction_columns(self.pre)) for _ in rows]
-        for k, i in enumerate(good):
-            if i not in errors:
-                cells[i] = self._cells(out[k])
+        for k, values in enumerate(self._cells(out)):
+            if good[k] not in errors:
+                cells[good[k]] = values
         return cells, errors
 
     def _run(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run(None, {"num": num, "cat": cat})[0]
         return out
 
-    def _cells(self, row: np.ndarray) -> list[Any]:
-        pre = self.pre
-        if pre.task == "binary":
-            p = float(row[1])
-            threshold = pre.threshold if pre.threshold is not None else 0.5
-            return [pre.labels[1] if p >= threshold else pre.labels[0], p]
-        if pre.task == "multiclass":
-            return [pre.labels[int(np.argmax(row))], *map(float, row)]
-        return [float(row[0])]
+    def _cells(self, out: np.ndarray) -> list[list[Any]]:
+        """Prediction cells for a block of model outputs."""
+        if self.pre.task == "regression":
+            return [[v] for v in out[:, 0].tolist()]
+        labels = self.pre.labels_for(out)
+        if self.pre.task == "binary":
+            return [[label, p] for label, p in zip(labels, out[:, 1].tolist(), strict=True)]
+        return [[label, *r] for label, r in zip(labels, out.tolist(), strict=True)]
 
 
 def _row_problem(row: list[str], width: int) -> str | None:

@@ -1,0 +1,52 @@
+"""Answers from model outputs, for every task (the plain scoring code, no HTTP)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.features import CategoricalFeature, NumericFeature, Preprocess
+from service.predict import RequestError, answers, encode, records_of
+
+
+def _pre(task: str, labels: list[object], threshold: float | None = None) -> Preprocess:
+    return Preprocess(
+        task=task,  # type: ignore[arg-type]
+        target="y",
+        labels=labels,  # type: ignore[arg-type]
+        threshold=threshold,
+        id_columns=["id"],
+        features=[NumericFeature("x", 0.0, 1.0, 0.0, -1.0, 1.0), CategoricalFeature("c", ("a", "b"))],
+    )
+
+
+def test_binary_uses_the_saved_threshold() -> None:
+    pre = _pre("binary", ["no", "yes"], threshold=0.3)
+    out = np.array([[0.8, 0.2], [0.65, 0.35], [0.1, 0.9]], dtype=np.float32)
+    records = [{"id": 7}, {}, {"id": "z"}]
+    got = answers(pre, out, records, encode(pre, records))
+    assert [a["label"] for a in got] == ["no", "yes", "yes"]
+    assert got[0]["id"] == 7 and "id" not in got[1]
+
+
+def test_multiclass_and_regression_answers() -> None:
+    pre = _pre("multiclass", ["low", "mid", 3])
+    out = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.0, 0.1, 0.9]], dtype=np.float32)
+    records = [{"c": "a"}, {"c": "q"}, {}]
+    got = answers(pre, out, records, encode(pre, records))
+    assert [a["label"] for a in got] == ["mid", "low", 3]
+    assert set(got[0]["probabilities"]) == {"low", "mid", "3"}
+    assert "unseen level 'q'" in got[1]["warnings"][0]
+    reg = _pre("regression", [])
+    values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), [{}, {}], encode(reg, [{}, {}]))
+    assert values == [{"value": 1.5}, {"value": -2.0}]
+
+
+@pytest.mark.parametrize(
+    ("doc", "status"),
+    [({"records": []}, 422), ({"records": {}}, 422), ([], 422), ({"records": [{}] * 11}, 413)],
+)
+def test_request_shape_checks(doc: object, status: int) -> None:
+    with pytest.raises(RequestError) as info:
+        records_of(doc, max_records=10)
+    assert info.value.status == status
