@@ -204,11 +204,7 @@ class Preprocess:
         """
         nums, cats = self._fields
         enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
-        flat = nums.flat(records)
-        if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
-            k, names = nums.k, nums.names
-            flat = [_number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
-        enc.num = _float32(nums.names, flat, len(records), enc)
+        enc.num = _numbers(nums.names, nums.flat(records), len(records), enc)
         enc.cat = _codes(cats.flat(records), self.categorical, self._indexes, enc).reshape(len(records), cats.k)
         return enc
 
@@ -353,22 +349,18 @@ def _clamp(value: Any) -> float:
 def _encode_numeric(name: str, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
     if values is None:
         return np.full(n, np.nan, dtype=np.float32)
-    floats = _plain_numbers(values)
-    if floats is None:
-        floats = np.array([_number(i, name, v, enc) for i, v in enumerate(values)], dtype=np.float64)
-    return _finite_or_errors([name], floats.reshape(n, 1), enc)[:, 0]
-
-
-def _plain_numbers(values: Sequence[Any]) -> np.ndarray | None:
-    """Fast path: a column of only floats, ints and None converts in one numpy call (None → NaN)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
-        return values.astype(np.float64)
-    if not set(map(type, values)) <= _PLAIN_NUMBER_TYPES:
-        return None  # NOTE: text, booleans and the rest take parse_number's slow, exact path
-    try:
-        return np.array(values, dtype=np.float64)
-    except OverflowError:
-        return None
+        return _finite_or_errors([name], values.astype(np.float64).reshape(n, 1), enc)[:, 0]
+    return _numbers([name], list(values), n, enc)[:, 0]
+
+
+def _numbers(names: list[str], flat: list[Any], n: int, enc: Encoded) -> np.ndarray:
+    """Row-major raw values → float32 [n, k]; floats, ints and None convert in one numpy call,
+    anything else (text, booleans, objects) goes through parse_number, errors recorded."""
+    if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
+        k = len(names)
+        flat = [_number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
+    return _float32(names, flat, n, enc)
 
 
 def _float32(names: list[str], flat: list[Any], n: int, enc: Encoded) -> np.ndarray:
@@ -394,14 +386,4 @@ def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.
 def _encode_categorical(feat: CategoricalFeature, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
     if values is None:
         return np.zeros(n, dtype=np.int64)
-    index = feat.index_
-    try:
-        codes: list[int | None] = list(map(index.get, values))  # fast path: exact vocabulary spellings
-    except TypeError:  # an unhashable value (a list or an object) somewhere in the column
-        codes = [None] * n
-    if None in codes:
-        codes = [
-            c if c is not None else _level(i, feat, v, index, enc)
-            for i, (c, v) in enumerate(zip(codes, values, strict=False))
-        ]
-    return np.array(codes, dtype=np.int64)
+    return _codes(list(values), [feat], [feat.index_], enc)
