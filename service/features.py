@@ -174,14 +174,20 @@ class Preprocess:
         """Width of the ONNX output."""
         return 1 if self.task == "regression" else len(self.labels)
 
-    def labels_for(self, out: np.ndarray) -> list[Label]:
-        """Predicted labels from class probabilities: the saved threshold on the positive class
-        (binary; 0.5 if none was saved) or the most probable class (multiclass)."""
+    def label_index(self, out: np.ndarray) -> np.ndarray:
+        """Index into `labels` of each row's predicted label: the saved threshold on the positive
+        class (binary; 0.5 if none was saved) or the most probable class (multiclass)."""
         if self.task == "binary":
             t = self.threshold if self.threshold is not None else 0.5
-            neg, pos = self.labels[0], self.labels[1]
-            return [pos if p >= t else neg for p in out[:, 1].tolist()]
-        return [self.labels[i] for i in out.argmax(axis=1).tolist()]
+            # NOTE: compared in float64, as the answers show the probability (a float32 vs a Python
+            # float would compare in float32 under NumPy 2 and could flip a row at the threshold)
+            return (out[:, 1].astype(np.float64) >= t).astype(np.intp)
+        return np.asarray(out.argmax(axis=1), dtype=np.intp)
+
+    def labels_for(self, out: np.ndarray) -> list[Label]:
+        """Predicted labels from class probabilities (see `label_index`)."""
+        labels = self.labels
+        return [labels[i] for i in self.label_index(out).tolist()]
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
         """Column-wise raw values → `num` float32[N, n_num] and `cat` int64[N, n_cat]."""
@@ -190,9 +196,9 @@ class Preprocess:
             cat=np.zeros((n_rows, len(self.categorical)), dtype=np.int64),
         )
         for j, feat in enumerate(self.numeric):
-            enc.num[:, j] = _encode_numeric(feat.name, columns.get(feat.name), n_rows, enc)
+            enc.num[:, j] = encode_numeric(feat.name, columns.get(feat.name), n_rows, enc)
         for j, cfeat in enumerate(self.categorical):
-            enc.cat[:, j] = _encode_categorical(cfeat, columns.get(cfeat.name), n_rows, enc)
+            enc.cat[:, j] = encode_categorical(cfeat, columns.get(cfeat.name), n_rows, enc)
         return enc
 
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> Encoded:
@@ -286,7 +292,8 @@ def _number(row: int, name: str, value: Any, enc: Encoded) -> float:
         return math.nan
 
 
-def _level(row: int, feat: CategoricalFeature, value: Any, index: dict[str, int], enc: Encoded) -> int:
+def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, int], enc: Encoded) -> int:
+    """One raw level → its code (0: missing, or unseen with a warning; an error if not a level)."""
     try:
         key = category_key(value)
     except ValueError as exc:
@@ -326,7 +333,7 @@ def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[
     if None in codes:
         k = len(feats)
         codes = [
-            c if c is not None else _level(p // k, feats[p % k], flat[p], indexes[p % k], enc)
+            c if c is not None else level_code(p // k, feats[p % k], flat[p], indexes[p % k], enc)
             for p, c in enumerate(codes)
         ]
     return np.array(codes, dtype=np.int64)
@@ -346,7 +353,8 @@ def _clamp(value: Any) -> float:
         return math.inf
 
 
-def _encode_numeric(name: str, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
+def encode_numeric(name: str, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
+    """One column of raw numeric values → float32[n]; None (absent column) is all missing."""
     if values is None:
         return np.full(n, np.nan, dtype=np.float32)
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
@@ -383,7 +391,8 @@ def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.
     return values.astype(np.float32)
 
 
-def _encode_categorical(feat: CategoricalFeature, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
+def encode_categorical(feat: CategoricalFeature, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
+    """One column of raw levels → int64[n] codes; None (absent column) is all missing."""
     if values is None:
         return np.zeros(n, dtype=np.int64)
     return _codes(list(values), [feat], [feat.index_], enc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 from pathlib import Path
@@ -167,58 +168,93 @@ def serve(
 @app.command()
 def score(
     model: Annotated[str, typer.Option(help="Model name, name@version, or a bundle directory.")],
-    input: Annotated[Path, typer.Option("--input", help="CSV file to score (.csv or .csv.gz).")],
-    output: Annotated[Path, typer.Option("--output", help="Where to write the scored CSV (.csv or .csv.gz).")],
+    input: Annotated[
+        Path, typer.Option("--input", help="File to score: .csv, .csv.gz or .parquet (Ray: also a folder or glob).")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", help="Where to write the scores: .csv, .csv.gz or .parquet (Ray: a folder).")
+    ],
     models_dir: ModelsDir = None,
     keep: Annotated[list[str] | None, typer.Option(help="Input column to copy to the output (repeatable).")] = None,
     keep_all: Annotated[bool, typer.Option("--keep-all", help="Copy every input column.")] = False,
     errors: Annotated[Path | None, typer.Option(help="Also write the rows that failed (row, error) here.")] = None,
-    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk (memory stays bounded by this).")] = 65_536,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per block (memory stays bounded by this).")] = 16_384,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+    engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data).")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to connect to (default: start a local Ray).")
+    ] = None,
 ) -> None:
-    """Score a CSV file: one output row per input row, failures kept with the reason in `error`."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from service.scoring.local import Scorer, ScoringError, score_csv
-
+    """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
         ref = bundle.resolve(bundle.models_dir(models_dir), model)
-        scorer = Scorer(ref, device)  # type: ignore[arg-type]
-        if not input.is_file():
-            raise ScoringError(f"input file not found: {input}")
-        bar = Progress(
-            TextColumn("[cyan]scoring"),
-            BarColumn(),
-            DownloadColumn(),
-            TextColumn("{task.fields[rows]} rows"),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        )
-        started = time.perf_counter()
-        with bar:
-            task = bar.add_task("score", total=input.stat().st_size, rows="0", rate="")
+        if engine == "ray":
+            from service.scoring.ray_engine import score_with_ray
 
-            def on_chunk(rows: int, position: int) -> None:
-                rate = rows / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=position, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
-
-            summary = score_csv(
-                scorer, input, output, keep=keep, keep_all=keep_all, chunk_rows=chunk_rows, progress=on_chunk
-            )
+            summary = score_with_ray(ref, str(input), output, keep=keep, keep_all=keep_all, address=ray_address)
+        elif engine == "local":
+            summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device)
+        else:
+            raise ValueError(f"unknown engine {engine!r}: use local or ray")
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))
-    if errors is not None:
-        with errors.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["row", "error"])
-            writer.writerows(summary.errors)
     console.print(
         f"{ref.name} v{ref.version}: {summary.rows_in:,} rows in, {summary.rows_scored:,} scored, "
         f"{summary.rows_failed:,} with errors, {summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) → {output}",
         soft_wrap=True,
     )
+
+
+def _score_local(
+    ref: bundle.BundleRef,
+    input: Path,
+    output: Path,
+    keep: list[str] | None,
+    keep_all: bool,
+    errors: Path | None,
+    chunk_rows: int,
+    device: str,
+) -> Any:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from service.scoring.local import Scorer, ScoringError, score_file
+
+    scorer = Scorer(ref, device)  # type: ignore[arg-type]
+    if not input.is_file():
+        raise ScoringError(f"input file not found: {input}")
+    bar = Progress(
+        TextColumn("[cyan]scoring"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[rows]} rows"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    started = time.perf_counter()
+    with bar, contextlib.ExitStack() as stack:
+        task = bar.add_task("score", total=input.stat().st_size, rows="0", rate="")
+        on_error = None
+        if errors is not None:
+            writer = csv.writer(stack.enter_context(errors.open("w", newline="")))
+            writer.writerow(["row", "error"])
+            on_error = lambda row, message: writer.writerow([row, message])  # noqa: E731
+
+        def on_block(rows: int, position: int) -> None:
+            rate = rows / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=position, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
+
+        return score_file(
+            scorer,
+            input,
+            output,
+            keep=keep,
+            keep_all=keep_all,
+            chunk_rows=chunk_rows,
+            progress=on_block,
+            on_error=on_error,
+        )
 
 
 def main() -> None:

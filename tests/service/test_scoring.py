@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service import bundle
-from service.scoring.local import Scorer, ScoringError, score_csv
+from service.scoring.local import Scorer, ScoringError, score_file
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server, telco_records
 
@@ -34,7 +34,7 @@ def _telco_head(path: Path, n: int) -> Path:
 def test_output_equals_predict_and_keeps_order_across_chunks(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     source = _telco_head(tmp_path / "in.csv", 50)
     out = tmp_path / "out.csv"
-    summary = score_csv(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=7)  # NOTE: many chunk boundaries
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=7)  # NOTE: many chunk boundaries
     assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (50, 50, 0)
     scored = _read(out)
     assert list(scored[0]) == ["customerID", "label", "probability", "error"]
@@ -61,7 +61,7 @@ def test_every_malformed_row_is_still_written_with_its_reason(churn_bundle: bund
     source = tmp_path / "bad.csv"
     source.write_bytes(b"".join(lines))
     out = tmp_path / "out.csv"
-    summary = score_csv(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=4)
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=4)
     scored = _read(out)
     assert len(scored) == summary.rows_in == 12 and summary.rows_failed == 3
     errors = {i: r["error"] for i, r in enumerate(scored) if r["error"]}
@@ -78,7 +78,7 @@ def test_missing_columns_fail_before_any_output(churn_bundle: bundle.BundleRef, 
     source.write_text("customerID,tenure\nx,1\n")
     out = tmp_path / "out.csv"
     with pytest.raises(ScoringError, match="missing 18 column") as info:
-        score_csv(Scorer(churn_bundle, "cpu"), source, out)
+        score_file(Scorer(churn_bundle, "cpu"), source, out)
     assert "Contract" in str(info.value)
     assert not out.exists() and list(tmp_path.iterdir()) == [source]
 
@@ -88,7 +88,7 @@ def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: 
     source = tmp_path / "in.csv.gz"
     source.write_bytes(gzip.compress(plain.read_bytes()))
     out = tmp_path / "out.csv.gz"
-    summary = score_csv(Scorer(churn_bundle, "cpu"), source, out, keep_all=True)
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, out, keep_all=True)
     scored = _read(out)
     assert summary.rows_in == 20 and len(scored) == 20
     assert list(scored[0])[:2] == ["customerID", "gender"] and "Churn" in scored[0] and "probability" in scored[0]
@@ -154,5 +154,5 @@ def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleR
             raise KeyboardInterrupt  # what Ctrl-C does half-way through a file
 
     with pytest.raises(KeyboardInterrupt):
-        score_csv(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=10, progress=interrupt)
+        score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=10, progress=interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
