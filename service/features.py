@@ -353,7 +353,7 @@ def _clamp(value: Any) -> float:
         return math.inf
 
 
-def encode_numeric(name: str, values: Sequence[Any] | None, n: int, enc: Encoded) -> np.ndarray:
+def encode_numeric(name: str, values: Sequence[Any] | np.ndarray | None, n: int, enc: Encoded) -> np.ndarray:
     """One column of raw numeric values → float32[n]; None (absent column) is all missing."""
     if values is None:
         return np.full(n, np.nan, dtype=np.float32)

@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(0.0, ge=0)  # extra wait for a fuller batch; 0: whatever queued meanwhile
     max_queue: int = Field(2048, ge=1)  # pending requests per model before 503 (bounded latency)
     max_records: int = Field(10_000, ge=1)  # records per request
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # request body limit
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # request body limit (JSON routes)
+    max_score_bytes: int = Field(10 * 1024**3, ge=1024)  # CSV upload limit (/score streams: memory stays flat)
     poll_interval_s: float = Field(2.0, ge=0)  # how often to look for new versions; 0 turns polling off
     admin_token: str | None = None  # POST /admin/* needs `Authorization: Bearer <token>`; None disables
     proxy_headers: bool = False  # trust X-Forwarded-* (behind a proxy you run); off costs nothing per request

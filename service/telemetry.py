@@ -77,6 +77,11 @@ class Telemetry(Collector):
             self._batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
             self._inference.setdefault(model, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
+    def rows_scored(self, model: str, rows: int) -> None:
+        """Rows scored outside the batcher (CSV uploads)."""
+        with self._lock:
+            self._rows[model] = self._rows.get(model, 0) + rows
+
     def collect(self) -> Iterator[Metric]:
         """Prometheus families built from the plain counters at scrape time."""
         requests = CounterMetricFamily("tabserve_requests", "Requests by route and status", labels=["route", "status"])

@@ -69,7 +69,7 @@ def _text(value: bytes | None) -> Any:
 def _texts(name: str, column: pa.Array, rows: list[int], enc: Encoded) -> list[Any]:
     """Python values of a column for the exact path; invalid UTF-8 becomes an error and None."""
     if not pa.types.is_string(column.type):
-        return column.to_pylist()
+        return list(column.to_pylist())
     values = [_text(v) for v in column.view(pa.binary()).to_pylist()]
     for row, value in zip(rows, values, strict=True):
         if value is _INVALID:
@@ -154,7 +154,7 @@ def _categorical(feat: CategoricalFeature, column: pa.Array, vocab: pa.Array, n:
         values = _texts(feat.name, column.take(pa.array(rows, pa.int64())), rows, enc)
         for row, value in zip(rows, values, strict=True):
             codes[row] = level_code(row, feat, value, feat.index_, enc)
-    return codes
+    return np.asarray(codes, dtype=np.int64)
 
 
 def mark_rows(enc: Encoded, rows: list[int], field: str, reason: str) -> None:

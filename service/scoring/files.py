@@ -165,7 +165,7 @@ class ParquetSource:
         return []
 
     def position(self) -> int:
-        return self._size * self._done // self._rows
+        return int(self._size * self._done // self._rows)
 
     def close(self) -> None:
         self._file.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pyarrow as pa
 
 from service.bundle import MODEL_FILE, BundleRef
@@ -76,10 +77,12 @@ class Scored:
 class Scorer:
     """One bundle's session and contract, applied to Arrow batches."""
 
-    def __init__(self, ref: BundleRef, device: Device = "auto", threads: int = 1) -> None:
+    def __init__(
+        self, ref: BundleRef, device: Device = "auto", threads: int = 1, session: ort.InferenceSession | None = None
+    ) -> None:
         self.name, self.version = ref.name, ref.version
         self.pre = ref.preprocess
-        self.session = create_session(ref.path / MODEL_FILE, device, threads)
+        self.session = session or create_session(ref.path / MODEL_FILE, device, threads)
         self.names = [f.name for f in self.pre.features]
         self.encoder = ArrowEncoder(self.pre)
         self._labels = pa.array(self.pre.labels)
@@ -245,7 +248,7 @@ def score_stream(
             try:
                 for batch in source.batches(wanted):
                     pending.extend(source.take_invalid())
-                    n, skipped = batch.num_rows, []
+                    n, skipped = batch.num_rows, list[tuple[int, str]]()
                     while pending and pending[0][0] < next_row + n + len(skipped):
                         skipped.append(pending.popleft())
                     positions = np.arange(next_row, next_row + n + len(skipped))

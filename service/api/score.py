@@ -1,0 +1,212 @@
+"""POST /models/{name}/score: a CSV body streamed in, the scored CSV streamed back.
+
+The same scorer as `tabserve score` (service/scoring/local.py) runs on a worker thread; the body
+reaches it through a bounded pipe and its output leaves through another, so neither the upload nor
+the answer is ever held whole (a slow client slows the scorer down instead of filling memory).
+Problems found before the first output byte (missing columns, wrong content type, a body declared
+larger than the limit) are JSON errors; per-row problems are rows with the reason in `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.api.deps import SettingsDep, StoreDep, TelemetryDep
+from service.scoring.files import CsvSink, CsvSource, ScoringError
+from service.scoring.local import Scorer, Summary, score_stream
+from service.store import ModelNotFound
+
+log = logging.getLogger("tabserve.score")
+router = APIRouter(tags=["score"])
+PIPE_CHUNKS = 16  # NOTE: in flight per direction; with ~64 KiB chunks about 1 MiB each way
+_END = b""
+
+
+class Cancelled(Exception):
+    """The other side of a pipe went away."""
+
+
+class BodyPipe:
+    """A blocking binary stream (for the scorer's thread) fed from the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.queue = loop, asyncio.Queue[bytes | BaseException](PIPE_CHUNKS)
+        self._buffer, self._eof = bytearray(), False
+        self._lock = threading.Lock()  # NOTE: Arrow may read from its I/O thread and the caller's
+
+    async def feed(self, request: Request, limit: int) -> None:
+        """Copy the request body into the pipe; an error (too big, disconnect) ends it."""
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ScoringError(f"body is over the {limit}-byte limit")
+                if chunk:
+                    await self.queue.put(chunk)
+            await self.queue.put(_END)
+        except BaseException as exc:  # noqa: BLE001 (handed to the reading thread)
+            await self.queue.put(exc if isinstance(exc, Exception) else Cancelled("request cancelled"))
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            return self._read(size)
+
+    def _read(self, size: int) -> bytes:
+        while not self._eof and (size < 0 or len(self._buffer) < size):
+            item = asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
+            if isinstance(item, BaseException):
+                raise item
+            if item == _END:
+                self._eof = True
+            self._buffer += item
+        n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    def close(self) -> None:
+        """Nothing to release; the feeder ends with the request."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class ResponsePipe:
+    """A blocking binary sink (for the scorer's thread) drained by the streaming response."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.queue = loop, asyncio.Queue[bytes | BaseException | None](PIPE_CHUNKS)
+        self.cancelled = threading.Event()
+
+    def write(self, data: Any) -> int:
+        item = bytes(data)
+        future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return len(item)
+            except TimeoutError:
+                if self.cancelled.is_set():
+                    future.cancel()
+                    raise Cancelled("client went away") from None
+
+    def flush(self) -> None:
+        """Writes are handed over as they come."""
+
+    def close(self) -> None:
+        """The end is signalled by `finish`."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def finish(self, error: BaseException | None) -> None:
+        """End of the answer: None when complete, else the error that cut it short."""
+        if not self.cancelled.is_set():
+            asyncio.run_coroutine_threadsafe(self.queue.put(error), self.loop)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    # NOTE: the status line is gone already: ending the chunked body early is how
+                    # HTTP tells the client the answer is incomplete
+                    raise item
+                yield item
+        finally:
+            self.cancelled.set()
+
+
+class PipeResponse(StreamingResponse):
+    """A streaming response that leaves `receive` alone.
+
+    NOTE: Starlette's StreamingResponse listens for a disconnect by calling `receive()` while it
+    streams, which swallows the request body this endpoint is still reading.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@router.post(
+    "/models/{name}/score",
+    responses={200: {"content": {"text/csv": {}}}, 404: {}, 413: {}, 415: {}, 422: {}},
+    response_class=PipeResponse,
+)
+async def score(
+    name: str,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    telemetry: TelemetryDep,
+    keep: Annotated[list[str] | None, Query(description="Input column to copy to the output (repeatable).")] = None,
+    keep_all: Annotated[bool, Query(description="Copy every input column.")] = False,
+) -> Any:
+    """Score a CSV upload (`Content-Type: text/csv`): one output row per input row, in order, with
+    the id columns (or `keep`), the predictions and `error`; streamed both ways."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("text/csv", "application/csv"):
+        raise HTTPException(415, f"Content-Type must be text/csv, not {content_type or 'missing'!r}")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > settings.max_score_bytes:
+        raise HTTPException(413, f"body of {length} bytes is over the {settings.max_score_bytes}-byte limit")
+    try:
+        model = store.get(name)
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    loop = asyncio.get_running_loop()
+    body, answer = BodyPipe(loop), ResponsePipe(loop)
+    started: asyncio.Future[None] = loop.create_future()
+    feeder = asyncio.create_task(body.feed(request, settings.max_score_bytes))
+    scorer = Scorer(model.ref, session=model.session)
+
+    def settle(error: BaseException | None) -> None:
+        if not started.done():
+            started.set_result(None) if error is None else started.set_exception(error)
+
+    def open_out(schema: Any) -> CsvSink:
+        loop.call_soon_threadsafe(settle, None)
+        return CsvSink(answer, schema)
+
+    def work() -> None:
+        error: BaseException | None = None
+        summary = Summary()
+        try:
+            summary = score_stream(scorer, CsvSource(body, name="body"), open_out, keep=keep, keep_all=keep_all)
+        except BaseException as exc:  # noqa: BLE001 (reported to the client either way)
+            error = exc
+        loop.call_soon_threadsafe(settle, error or RuntimeError("the scorer wrote nothing"))
+        loop.call_soon_threadsafe(feeder.cancel)
+        answer.finish(error)
+        if error is None:
+            telemetry.rows_scored(model.name, summary.rows_scored)
+            log.info(
+                "scored upload: %d rows, %d with errors, %.1f s", summary.rows_in, summary.rows_failed, summary.seconds
+            )
+        elif not isinstance(error, Cancelled):
+            log.warning("upload scoring stopped: %s", error)
+
+    threading.Thread(target=work, name="tabserve-score-upload", daemon=True).start()
+    try:
+        await started
+    except (ScoringError, ValueError) as exc:
+        feeder.cancel()
+        status = 413 if "limit" in str(exc) else 422
+        return JSONResponse({"error": str(exc)}, status_code=status)
+    headers = {"x-tabserve-model": model.name, "x-tabserve-version": str(model.version)}
+    return PipeResponse(answer.chunks(), media_type="text/csv", headers=headers)
