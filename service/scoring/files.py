@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 Format = Literal["csv", "csv.gz", "parquet"]
 HEADER_PROBE = 1 << 16
+ROW = "_tabserve_row"  # 1-based input row number (header not counted)
+UNPARSED = "_tabserve_unparsed"  # why the reader could not split the row; null for good rows
 
 
 class ScoringError(ValueError):
@@ -179,6 +182,69 @@ def open_source(path: Path, chunk_rows: int = 16_384) -> Source:
     raw = pa.OSFile(str(path), "rb")
     stream = pa.CompressedInputStream(raw, "gzip") if fmt == "csv.gz" else raw
     return CsvSource(stream, raw, chunk_rows, name=str(path))
+
+
+def numbered(source: Source, wanted: list[str]) -> Iterator[pa.RecordBatch]:
+    """The source's batches with ROW and UNPARSED added, the rows the reader skipped put back in
+    place (their fields split as far as possible, UNPARSED saying why), so every input row is in
+    the output of whoever consumes this, in input order."""
+    pending: list[tuple[int, str]] = []
+    next_row = 0
+    header = list(source.columns)
+    for batch in source.batches(wanted):
+        pending += source.take_invalid()
+        n = batch.num_rows
+        skipped: list[tuple[int, str]] = []
+        while pending and pending[0][0] < next_row + n + len(skipped):
+            skipped.append(pending.pop(0))
+        yield _with_rows(batch, next_row, skipped, header)
+        next_row += n + len(skipped)
+    pending += source.take_invalid()
+    if pending:  # NOTE: unparsable rows after the last good one
+        empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(c, source.type_of(c)) for c in wanted]))
+        yield _with_rows(empty, next_row, [(next_row + i, why) for i, (_, why) in enumerate(pending)], header)
+
+
+def _with_rows(batch: pa.RecordBatch, first: int, skipped: list[tuple[int, str]], header: list[str]) -> pa.RecordBatch:
+    n = batch.num_rows
+    rows = np.arange(first + 1, first + n + len(skipped) + 1, dtype=np.int64)
+    if not skipped:
+        return _append(batch, rows, pa.nulls(n, pa.string()))
+    bad = {position for position, _ in skipped}
+    good_rows = rows[~np.isin(rows - 1, list(bad))]
+    parts, start = [], 0
+    for position, why in skipped:
+        cut = int(np.searchsorted(good_rows, position + 1))
+        if cut > start:
+            parts.append(
+                _append(batch.slice(start, cut - start), good_rows[start:cut], pa.nulls(cut - start, pa.string()))
+            )
+        start = cut
+        reason, _, text = why.partition("\0")
+        parts.append(_unparsed(batch.schema, header, text, position + 1, reason))
+    if start < n:
+        parts.append(_append(batch.slice(start), good_rows[start:], pa.nulls(n - start, pa.string())))
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+
+
+def _append(batch: pa.RecordBatch, rows: np.ndarray, unparsed: pa.Array) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [*batch.columns, pa.array(rows, pa.int64()), unparsed], names=[*batch.schema.names, ROW, UNPARSED]
+    )
+
+
+def _unparsed(schema: pa.Schema, header: list[str], text: str, row: int, reason: str) -> pa.RecordBatch:
+    """One row the reader skipped: its fields where they can be told apart, and why."""
+    fields = next(csv.reader([text]), [])
+    cells = []
+    for name in schema.names:
+        at = header.index(name) if name in header else -1
+        cells.append(fields[at] if 0 <= at < len(fields) else "")
+    arrays = [
+        pa.array([cell], pa.string()) if pa.types.is_string(schema.field(i).type) else pa.nulls(1, schema.field(i).type)
+        for i, cell in enumerate(cells)
+    ]
+    return _append(pa.RecordBatch.from_arrays(arrays, schema=schema), np.array([row]), pa.array([reason], pa.string()))
 
 
 class Sink(Protocol):

@@ -11,7 +11,6 @@ a truncated file under the output name.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections import deque
@@ -20,7 +19,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -30,7 +28,7 @@ from service.bundle import MODEL_FILE, BundleRef
 from service.features import Preprocess
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
-from service.scoring.files import ScoringError, Sink, Source, format_of, open_sink, open_source
+from service.scoring.files import ROW, UNPARSED, ScoringError, Sink, Source, format_of, numbered, open_sink, open_source
 
 __all__ = ["Scorer", "ScoringError", "Summary", "prediction_columns", "score_file", "score_stream"]
 
@@ -67,9 +65,9 @@ def prediction_columns(pre: Preprocess) -> list[str]:
 
 @dataclass
 class Scored:
-    """One input block scored: output batches in input order and (row number, error) pairs."""
+    """One input block scored: the output rows and (row number, error) pairs."""
 
-    batches: list[pa.RecordBatch]
+    batch: pa.RecordBatch
     errors: list[tuple[int, str]]
     rows: int
 
@@ -111,37 +109,32 @@ class Scorer:
         ]
         return np.concatenate(parts) if parts else np.empty((0, self.pre.n_outputs), np.float32)
 
-    def score_batch(
-        self,
-        batch: pa.RecordBatch,
-        schema: pa.Schema,
-        positions: np.ndarray,
-        skipped: list[tuple[int, str]] = (),  # type: ignore[assignment]
-        header: list[str] = (),  # type: ignore[assignment]
-    ) -> Scored:
-        """Score one block. `positions` are the 0-based input rows of the batch's rows; `skipped`
-        rows (position, reason + raw text) that the reader could not parse are written in place."""
+    def score_batch(self, batch: pa.RecordBatch, schema: pa.Schema) -> Scored:
+        """Score one block of `numbered` rows into the output schema: rows the reader could not
+        split, and rows with a value the contract refuses, get empty predictions and the reason."""
         enc = self.encoder.encode(batch)  # NOTE: checks the UTF-8 of every feature value it reads
-        n_kept = _n_kept(schema, self.pre)
+        n_kept = len(schema) - len(prediction_columns(self.pre)) - 1
         for name in schema.names[:n_kept]:
             if name not in self.names:
                 mark_rows(enc, invalid_utf8_rows(text_column(batch.column(name))), name, NOT_UTF8)
         out = self.predict(enc.num, enc.cat)
+        rows = batch.column(ROW).to_numpy()
+        messages = {r: f"row {rows[r]}, field '{e.field}': {e.reason}" for r, e in enc.errors.items()}
+        unparsed = batch.column(UNPARSED)
+        if unparsed.null_count < batch.num_rows:
+            for r in np.flatnonzero(unparsed.is_valid().to_numpy(zero_copy_only=False)).tolist():
+                messages[r] = f"row {rows[r]}: {unparsed[r].as_py()}"
         failed = np.zeros(batch.num_rows, dtype=bool)
-        failed[list(enc.errors)] = True
-        errors = [
-            (int(positions[r]) + 1, f"row {int(positions[r]) + 1}, field '{e.field}': {e.reason}")
-            for r, e in sorted(enc.errors.items())
-        ]
+        failed[list(messages)] = True
         error_col = pa.nulls(batch.num_rows, pa.string())
-        if errors:
+        if messages:
             texts = np.full(batch.num_rows, None, dtype=object)
-            for (_, message), row in zip(errors, sorted(enc.errors), strict=True):
-                texts[row] = message
+            for r, message in messages.items():
+                texts[r] = message
             error_col = pa.array(texts, pa.string())
         kept = [batch.column(name) for name in schema.names[:n_kept]]
-        good = pa.RecordBatch.from_arrays([*kept, *self._predictions(out, failed), error_col], schema=schema)
-        return self._interleave(good, positions, skipped, header, schema, errors)
+        scored = pa.RecordBatch.from_arrays([*kept, *self._predictions(out, failed), error_col], schema=schema)
+        return Scored(scored, [(int(rows[r]), messages[r]) for r in sorted(messages)], batch.num_rows)
 
     def _predictions(self, out: np.ndarray, failed: np.ndarray) -> list[pa.Array]:
         if self.pre.task == "regression":
@@ -150,49 +143,6 @@ class Scorer:
         if self.pre.task == "binary":
             return [labels, pa.array(out[:, 1].astype(np.float64), mask=failed)]
         return [labels, *(pa.array(out[:, k].astype(np.float64), mask=failed) for k in range(out.shape[1]))]
-
-    def _interleave(
-        self,
-        good: pa.RecordBatch,
-        positions: np.ndarray,
-        skipped: list[tuple[int, str]],
-        header: list[str],
-        schema: pa.Schema,
-        errors: list[tuple[int, str]],
-    ) -> Scored:
-        if not skipped:
-            return Scored([good], errors, good.num_rows)
-        out: list[pa.RecordBatch] = []
-        start = 0
-        for position, reason in skipped:
-            cut = int(np.searchsorted(positions, position))
-            if cut > start:
-                out.append(good.slice(start, cut - start))
-            start = cut
-            message = f"row {position + 1}: {reason.partition(chr(0))[0]}"
-            out.append(_unparsed_row(schema, header, reason.partition(chr(0))[2], message, _n_kept(schema, self.pre)))
-            errors.append((position + 1, message))
-        if start < good.num_rows:
-            out.append(good.slice(start))
-        errors.sort()
-        return Scored(out, errors, good.num_rows + len(skipped))
-
-
-def _n_kept(schema: pa.Schema, pre: Preprocess) -> int:
-    return len(schema) - len(prediction_columns(pre)) - 1
-
-
-def _unparsed_row(schema: pa.Schema, header: list[str], text: str, message: str, n_kept: int) -> pa.RecordBatch:
-    """An output row for an input row the reader could not split into the header's fields."""
-    fields = next(csv.reader([text]), [])
-    cells: list[Any] = []
-    for name in schema.names[:n_kept]:
-        at = header.index(name) if name in header else -1
-        cells.append(fields[at] if 0 <= at < len(fields) else "")
-    arrays = [pa.array([c], schema.field(i).type) for i, c in enumerate(cells)]
-    arrays += [pa.nulls(1, schema.field(i).type) for i in range(n_kept, len(schema) - 1)]
-    arrays.append(pa.array([message], pa.string()))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def kept_columns(source: Source, pre: Preprocess, keep: list[str] | None, keep_all: bool) -> list[str]:
@@ -223,15 +173,11 @@ def score_stream(
     kept = kept_columns(source, scorer.pre, keep, keep_all)
     wanted = list(dict.fromkeys([*kept, *scorer.names]))
     schema = scorer.output_schema([(c, source.type_of(c)) for c in kept])
-    header = list(source.columns)
     workers = workers or min(2, os.cpu_count() or 1)
     sink = open_out(schema)
-    pending: deque[tuple[int, str]] = deque()
-    next_row = 0
 
     def record(scored: Scored) -> None:
-        for batch in scored.batches:
-            sink.write(batch)
+        sink.write(scored.batch)
         summary.rows_in += scored.rows
         summary.rows_failed += len(scored.errors)
         for row, message in scored.errors:
@@ -246,16 +192,8 @@ def score_stream(
         with ThreadPoolExecutor(workers, thread_name_prefix="tabserve-score") as pool:
             inflight: deque[Future[Scored]] = deque()
             try:
-                for batch in source.batches(wanted):
-                    pending.extend(source.take_invalid())
-                    n, skipped = batch.num_rows, list[tuple[int, str]]()
-                    while pending and pending[0][0] < next_row + n + len(skipped):
-                        skipped.append(pending.popleft())
-                    positions = np.arange(next_row, next_row + n + len(skipped))
-                    if skipped:
-                        positions = positions[~np.isin(positions, [p for p, _ in skipped])]
-                    next_row += n + len(skipped)
-                    inflight.append(pool.submit(scorer.score_batch, batch, schema, positions, skipped, header))
+                for batch in numbered(source, wanted):
+                    inflight.append(pool.submit(scorer.score_batch, batch, schema))
                     while len(inflight) > workers:
                         record(inflight.popleft().result())
                 while inflight:
@@ -263,11 +201,6 @@ def score_stream(
             finally:
                 for future in inflight:
                     future.cancel()
-        pending.extend(source.take_invalid())
-        if pending:  # NOTE: unparsable rows after the last good one
-            tail = [(next_row + i, reason) for i, (_, reason) in enumerate(pending)]
-            empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(c, pa.string()) for c in wanted]))
-            record(scorer.score_batch(empty, schema, np.empty(0, np.int64), tail, header))
     finally:
         source.close()
         sink.close()
