@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from service.store import ModelNotFound
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
-PIPE_CHUNKS = 16  # NOTE: in flight per direction; with ~64 KiB chunks about 1 MiB each way
+PIPE_CHUNKS = 16  # NOTE: body chunks in flight to the scorer; with ~64 KiB chunks about 1 MiB
 _END = b""
 
 
@@ -81,26 +82,38 @@ class BodyPipe:
 
 
 class ResponsePipe:
-    """A blocking binary sink (for the scorer's thread) drained by the streaming response."""
+    """The scorer's output (written on its thread) spooled to an unnamed temporary file and read
+    back by the streaming response as it grows.
+
+    NOTE: many HTTP clients (requests, httpx's sync client) send the whole body before reading
+    any of the answer. A bounded in-memory pipe would then stall the scorer, the scorer would stop
+    reading the body, and both ends would wait forever; the spool lets the answer wait on disk
+    (the page cache, mostly) while memory stays flat.
+    """
+
+    READ = 1 << 20
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.queue = loop, asyncio.Queue[bytes | BaseException | None](PIPE_CHUNKS)
+        self.loop, self.ready = loop, asyncio.Event()
         self.cancelled = threading.Event()
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the response ends)
+        self._lock = threading.Lock()
+        self._written = self._read = 0
+        self._done = False
+        self._error: BaseException | None = None
 
     def write(self, data: Any) -> int:
-        item = bytes(data)
-        future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
-        while True:
-            try:
-                future.result(timeout=0.5)
-                return len(item)
-            except TimeoutError:
-                if self.cancelled.is_set():
-                    future.cancel()
-                    raise Cancelled("client went away") from None
+        if self.cancelled.is_set():
+            raise Cancelled("client went away")
+        with self._lock:
+            self._file.seek(self._written)
+            n = self._file.write(data)
+            self._written += n
+        self.loop.call_soon_threadsafe(self.ready.set)
+        return n
 
     def flush(self) -> None:
-        """Writes are handed over as they come."""
+        """Writes are visible to the reader as they land."""
 
     def close(self) -> None:
         """The end is signalled by `finish`."""
@@ -111,22 +124,37 @@ class ResponsePipe:
 
     def finish(self, error: BaseException | None) -> None:
         """End of the answer: None when complete, else the error that cut it short."""
-        if not self.cancelled.is_set():
-            asyncio.run_coroutine_threadsafe(self.queue.put(error), self.loop)
+        with self._lock:
+            self._done, self._error = True, error
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    def _next(self) -> tuple[bytes, bool, BaseException | None]:
+        with self._lock:
+            chunk = b""
+            if self._written > self._read:
+                self._file.seek(self._read)
+                chunk = self._file.read(min(self._written - self._read, self.READ))
+                self._read += len(chunk)
+            return chunk, self._done and self._read == self._written, self._error
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             while True:
-                item = await self.queue.get()
-                if item is None:
+                self.ready.clear()
+                chunk, finished, error = self._next()
+                if chunk:
+                    yield chunk
+                elif finished:
+                    if error is not None:
+                        # NOTE: the status line is gone already: ending the chunked body early is
+                        # how HTTP tells the client the answer is incomplete
+                        raise error
                     return
-                if isinstance(item, BaseException):
-                    # NOTE: the status line is gone already: ending the chunked body early is how
-                    # HTTP tells the client the answer is incomplete
-                    raise item
-                yield item
+                else:
+                    await self.ready.wait()
         finally:
             self.cancelled.set()
+            self._file.close()
 
 
 class PipeResponse(StreamingResponse):

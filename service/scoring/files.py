@@ -149,12 +149,13 @@ class CsvSource:
 class ParquetSource:
     """A Parquet file read row group by row group, only the needed columns."""
 
-    def __init__(self, path: Path, chunk_rows: int = 16_384) -> None:
+    def __init__(self, path: Path | pa.NativeFile, chunk_rows: int = 16_384) -> None:
         self._file = pq.ParquetFile(path)
         self._schema = self._file.schema_arrow
         self.columns = list(self._schema.names)
         self._chunk, self._done = chunk_rows, 0
-        self._size, self._rows = path.stat().st_size, max(self._file.metadata.num_rows, 1)
+        self._size = path.stat().st_size if isinstance(path, Path) else int(path.size())
+        self._rows = max(self._file.metadata.num_rows, 1)
 
     def type_of(self, column: str) -> pa.DataType:
         return self._schema.field(column).type

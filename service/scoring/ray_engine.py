@@ -1,0 +1,182 @@
+"""Batch scoring on Ray Data: the same reader, contract and scorer as `tabserve score`, spread out.
+
+Files (one, a folder, or a glob) are read by Ray tasks through the local engine's own sources, so
+rows the CSV reader cannot split are kept in place exactly as on one machine; an actor pool, each
+actor holding one ONNX Runtime session (a GPU each where the cluster has GPUs), scores the blocks
+with `Scorer.score_batch`; Ray writes the output folder (CSV or Parquet by the output's
+extension), in input order. Needs the optional extra: `pip install 'tabserve[ray]'`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from service.bundle import BundleRef, resolve
+from service.runtime import Device
+from service.scoring.files import ROW, UNPARSED, CsvSource, ParquetSource, ScoringError, format_of, numbered
+from service.scoring.local import Scorer, Summary, kept_columns
+
+try:
+    import ray
+    import ray.data
+    from ray.data.datasource import FileBasedDatasource
+except ImportError as exc:  # pragma: no cover - depends on the extra
+    raise ImportError("the Ray engine needs Ray Data: pip install 'tabserve[ray]'") from exc
+
+INPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def input_files(spec: str) -> list[str]:
+    """A file, every CSV/Parquet file in a folder, or a glob's matches; sorted, never empty."""
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(INPUT_SUFFIXES))
+    elif any(c in spec for c in "*?["):
+        found = sorted(glob.glob(spec))
+    else:
+        found = [spec] if path.is_file() else []
+    if not found:
+        raise ScoringError(f"no input files at {spec}")
+    formats = {format_of(Path(f)) == "parquet" for f in found}
+    if len(formats) > 1:
+        raise ScoringError(f"{spec} mixes CSV and Parquet files; score them separately")
+    return found
+
+
+def _open(path: str, raw: Any, chunk_rows: int) -> CsvSource | ParquetSource:
+    if format_of(Path(path)) == "parquet":
+        return ParquetSource(raw, chunk_rows)
+    return CsvSource(raw, chunk_rows=chunk_rows, name=path)
+
+
+class NumberedSource(FileBasedDatasource):
+    """Ray read tasks over the local engine's sources: `numbered` blocks (rows never dropped)."""
+
+    def __init__(self, paths: list[str], wanted: list[str], chunk_rows: int) -> None:
+        super().__init__(paths)
+        self.wanted, self.chunk_rows = wanted, chunk_rows
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
+        if format_of(Path(path)) == "parquet":
+            f = self._filesystem.open_input_file(path)  # NOTE: Parquet needs random access
+        source = _open(path, f, self.chunk_rows)
+        for batch in numbered(source, self.wanted):
+            yield pa.Table.from_batches([batch])
+
+
+class ScoreActor:
+    """One ONNX Runtime session per actor, scoring blocks into the output schema."""
+
+    def __init__(self, bundle_path: str, device: Device, schema: pa.Schema) -> None:
+        ref = resolve(Path(bundle_path).parent.parent, bundle_path)
+        self.scorer, self.schema = Scorer(ref, device, threads=1), schema
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        batch = table.combine_chunks().to_batches()
+        if not batch:
+            return self.schema.empty_table()
+        return pa.Table.from_batches([self.scorer.score_batch(batch[0], self.schema).batch])
+
+
+def score_with_ray(
+    ref: BundleRef,
+    input: str,
+    output: Path,
+    *,
+    keep: list[str] | None = None,
+    keep_all: bool = False,
+    address: str | None = None,
+    device: Device = "auto",
+    actors: int | None = None,
+    chunk_rows: int = 16_384,
+) -> Summary:
+    """Score `input` (file, folder or glob) into the folder `output` with Ray Data."""
+    started = time.perf_counter()
+    files = input_files(input)
+    fmt = format_of(output)
+    scorer = Scorer(ref, "cpu", threads=1)  # NOTE: only for the header checks and the output schema
+    kept, schema = None, None
+    for path in files:  # NOTE: every file's header is checked before any work
+        with pa.OSFile(path) if fmt == "parquet" else pa.input_stream(path) as raw:
+            source = _open(path, raw, chunk_rows)
+            scorer.check_columns(source.columns)
+            names = kept_columns(source, ref.preprocess, keep, keep_all)
+            if kept is None:
+                kept = names
+                schema = scorer.output_schema([(c, source.type_of(c)) for c in names])
+    assert kept is not None and schema is not None
+    wanted = list(dict.fromkeys([*kept, *scorer.names]))
+
+    if not ray.is_initialized():
+        cpus = None if address else min(2, os.cpu_count() or 1)
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # NOTE: output rows in input order
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    gpus = resources.get("GPU", 0) if device != "cpu" else 0
+    local = address is None
+    pool = actors or (1 if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
+    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows))
+    scored = blocks.map_batches(
+        ScoreActor,
+        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema),
+        batch_format="pyarrow",
+        batch_size=None,
+        concurrency=pool,
+        # NOTE: on a small local Ray an actor pool holding every CPU starves the read tasks
+        num_cpus=0.5 if local else 1,
+        num_gpus=1 if gpus else 0,
+    )
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if fmt == "parquet":
+            scored.write_parquet(str(tmp))
+        else:
+            scored.write_csv(
+                str(tmp),
+                arrow_csv_args_fn=lambda: {"write_options": pcsv.WriteOptions(quoting_style="needed")},
+                **({"arrow_open_stream_args": {"compression": "gzip"}} if fmt == "csv.gz" else {}),
+            )
+        summary = _count(tmp, fmt)
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def output_files(folder: Path) -> list[Path]:
+    """The part files Ray wrote, in output order."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_")))
+
+
+def _count(folder: Path, fmt: str) -> Summary:
+    """Rows and errors in what was written (read back: Ray's writers report nothing)."""
+    summary = Summary()
+    for part in output_files(folder):
+        if fmt == "parquet":
+            errors = pq.read_table(part, columns=["error"]).column("error")
+        else:
+            opts = pcsv.ConvertOptions(include_columns=["error"], column_types={"error": pa.string()})
+            errors = pcsv.read_csv(part, convert_options=opts).column("error")
+        summary.rows_in += len(errors)
+        summary.rows_failed += len(errors) - errors.null_count - errors.to_pylist().count("")
+    summary.rows_scored = summary.rows_in - summary.rows_failed
+    return summary
+
+
+__all__ = ["ROW", "UNPARSED", "input_files", "output_files", "score_with_ray"]
