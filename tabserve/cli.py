@@ -1,4 +1,4 @@
-"""The `tabserve` command: train, list models (serve and score join later)."""
+"""The `tabserve` command: train, list models, serve, score files."""
 
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ def serve(
     max_delay_ms: Annotated[float | None, typer.Option(help="Extra wait for a fuller batch.")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Queued requests per model before 503.")] = None,
     max_records: Annotated[int | None, typer.Option(help="Records per request.")] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit.")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit (JSON routes).")] = None,
+    max_score_bytes: Annotated[int | None, typer.Option(help="CSV upload limit (POST /models/{name}/score).")] = None,
     poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between store scans (0: off).")] = None,
     admin_token: Annotated[str | None, typer.Option(help="Token for POST /admin/reload.")] = None,
     default_model: Annotated[str | None, typer.Option(help="Model behind POST /predict.")] = None,
@@ -154,6 +155,7 @@ def serve(
         max_queue=max_queue,
         max_records=max_records,
         max_body_bytes=max_body_bytes,
+        max_score_bytes=max_score_bytes,
         poll_interval_s=poll_interval_s,
         admin_token=admin_token,
         default_model=default_model,
@@ -191,7 +193,19 @@ def score(
         if engine == "ray":
             from service.scoring.ray_engine import score_with_ray
 
-            summary = score_with_ray(ref, str(input), output, keep=keep, keep_all=keep_all, address=ray_address)
+            summary = score_with_ray(
+                ref,
+                str(input),
+                output,
+                keep=keep,
+                keep_all=keep_all,
+                address=ray_address,
+                device=device,  # type: ignore[arg-type]
+                chunk_rows=chunk_rows,
+            )
+            if errors is not None:
+                with errors.open("w", newline="") as fh:
+                    csv.writer(fh).writerows([("row", "error"), *summary.errors])
         elif engine == "local":
             summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device)
         else:

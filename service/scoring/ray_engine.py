@@ -165,7 +165,7 @@ def output_files(folder: Path) -> list[Path]:
 
 
 def _count(folder: Path, fmt: str) -> Summary:
-    """Rows and errors in what was written (read back: Ray's writers report nothing)."""
+    """Rows and every error in what was written (read back: Ray's writers report nothing)."""
     summary = Summary()
     for part in output_files(folder):
         if fmt == "parquet":
@@ -173,8 +173,12 @@ def _count(folder: Path, fmt: str) -> Summary:
         else:
             opts = pcsv.ConvertOptions(include_columns=["error"], column_types={"error": pa.string()})
             errors = pcsv.read_csv(part, convert_options=opts).column("error")
+        for message in errors.drop_null().to_pylist():
+            if message:
+                row = message.split(",")[0].split(":")[0].removeprefix("row ")
+                summary.errors.append((int(row) if row.isdigit() else 0, message))
         summary.rows_in += len(errors)
-        summary.rows_failed += len(errors) - errors.null_count - errors.to_pylist().count("")
+    summary.rows_failed = len(summary.errors)
     summary.rows_scored = summary.rows_in - summary.rows_failed
     return summary
 
