@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.api import admin, health, metrics, models, openapi, score
+from service.api import admin, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
 from service.runtime import describe_device, providers_for
 from service.settings import Settings
@@ -53,9 +53,9 @@ class TabserveApp(FastAPI):
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         endpoint = self.predict_endpoint
         if endpoint is not None:
-            name = endpoint.route(scope)
-            if name is not False:
-                await endpoint.handle(scope, receive, send, name)  # type: ignore[arg-type]
+            route = endpoint.route(scope)
+            if route is not None:
+                await endpoint.handle(scope, receive, send, route)
                 return
         await super().__call__(scope, receive, send)
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Tabular business predictions served by ONNX Runtime.",
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
-    for router in (health.router, models.router, score.router, admin.router, metrics.router):
+    for router in (health.router, models.router, score.router, protocols.router, admin.router, metrics.router):
         app.include_router(router)
     openapi.install(app, store, settings.max_records)
     app.add_middleware(RequestMetrics, telemetry=telemetry)

@@ -19,6 +19,7 @@ from service.settings import Settings
 from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.store")
+OLDER_KEPT = 4  # older versions kept loaded after a request named them
 
 
 class ModelNotFound(LookupError):
@@ -103,6 +104,7 @@ class ModelStore:
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings, self.telemetry = settings, telemetry
         self.current: dict[str, LoadedModel] = {}
+        self.older: dict[tuple[str, int], LoadedModel] = {}
         self.failed: dict[tuple[str, int], str] = {}
         self.ready = False
         self._lock = asyncio.Lock()
@@ -114,6 +116,32 @@ class ModelStore:
         if model is None:
             raise ModelNotFound(f"no model named {name!r} (serving: {', '.join(sorted(self.current)) or 'none'})")
         return model
+
+    async def get_version(self, name: str | None, version: int | None) -> LoadedModel:
+        """A given version of `name` (None: the current one); older versions still in the store
+        are loaded on first use and kept (the last OLDER_KEPT of them)."""
+        current = self.get(name)
+        if version is None or version == current.version:
+            return current
+        key = (current.name, version)
+        model = self.older.get(key)
+        if model is None:
+            try:
+                ref = bundle.resolve(self.settings.models_dir, f"{current.name}@{version}")
+            except (bundle.BundleError, ValueError, OSError) as exc:
+                raise ModelNotFound(str(exc)) from None
+            try:
+                model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
+            except Exception as exc:  # noqa: BLE001 - a broken old bundle is just not available
+                raise ModelNotFound(f"{current.name} version {version} cannot be loaded: {exc}") from None
+            self.older[key] = model
+            while len(self.older) > OLDER_KEPT:
+                self.older.pop(next(iter(self.older))).batcher.close()
+        return model
+
+    def versions(self, name: str) -> list[int]:
+        """Every version of `name` in the store directory."""
+        return bundle.versions(self.settings.models_dir, name)
 
     @property
     def default_name(self) -> str | None:

@@ -1,4 +1,5 @@
-"""POST /predict and /models/{name}/predict as a plain ASGI handler, ahead of FastAPI's stack.
+"""The scoring routes (POST /predict, /models/{name}/predict, /v2/.../infer, /invocations) as a
+plain ASGI handler, ahead of FastAPI's stack.
 
 NOTE: this is the hot path. FastAPI's middleware stack, routing, dependency injection and pydantic
 validation cost more per request than the whole rest of a single-row prediction, so the app
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -20,63 +22,161 @@ import orjson
 
 from service.batching import QueueFull
 from service.predict import RequestError, predict, records_of
+from service.protocols import mlflow, v2
 from service.settings import Settings
-from service.store import ModelNotFound, ModelStore
+from service.store import LoadedModel, ModelNotFound, ModelStore
 from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
+V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/infer/?$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Scope = MutableMapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Route:
+    """Which scoring front door a request is for."""
+
+    protocol: str  # "native" | "v2" | "mlflow"
+    name: str | None = None
+    version: int | None = None
+
+    @property
+    def template(self) -> str:
+        """The route as metrics name it."""
+        if self.protocol == "v2":
+            return "/v2/models/{name}/infer"
+        if self.protocol == "mlflow":
+            return "/invocations"
+        return "/predict" if self.name is None else "/models/{name}/predict"
+
+
 class PredictEndpoint:
-    """Answers the predict routes: decode → score (service/predict.py) → encode."""
+    """Answers every scoring route (native, KServe V2, MLflow): decode → the same validation and
+    batcher (service/predict.py) → encode. The protocols differ only in their codecs."""
 
     def __init__(self, store: ModelStore, settings: Settings, telemetry: Telemetry) -> None:
         self.store, self.settings, self.telemetry = store, settings, telemetry
 
-    def route(self, scope: Scope) -> str | bool | None:
-        """The model name a POST to this path is for (None: the default model); False: not ours."""
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = PREDICT_PATH.match(scope["path"])
+    def route(self, scope: Scope) -> Route | None:
+        """The scoring route a POST is for, or None when it is not one of ours."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path = scope["path"]
+        if path.startswith("/v2/"):
+            match = V2_INFER_PATH.match(path)
             if match:
-                return match["name"]
-        return False
+                version = match["version"]
+                return Route("v2", match["name"], int(version) if version else None)
+            return None
+        if path in ("/invocations", "/invocations/"):
+            return Route("mlflow")
+        match = PREDICT_PATH.match(path)
+        return Route("native", match["name"]) if match else None
 
-    async def handle(self, scope: Scope, receive: Any, send: Any, name: str | None) -> None:
-        """Answer one predict request (never raises: every outcome is a JSON response)."""
+    async def handle(self, scope: Scope, receive: Any, send: Any, route: Route) -> None:
+        """Answer one scoring request (never raises: every outcome is a JSON response)."""
         started = perf_counter()
         headers = JSON_HEADERS
         try:
-            status, body = 200, orjson.dumps(await self._predict(scope, receive, name))
+            if route.protocol == "v2":
+                answer = await self._v2(scope, receive, route)
+            elif route.protocol == "mlflow":
+                answer = await self._mlflow(scope, receive)
+            else:
+                answer = await self._predict(scope, receive, route.name)
+            status, body = 200, orjson.dumps(answer)
         except RequestError as exc:
-            status, body = exc.status, orjson.dumps(exc.to_json())
+            status, body = exc.status, orjson.dumps(_error(route, exc.status, exc.to_json()))
         except QueueFull as exc:
-            status, body = 503, orjson.dumps({"error": f"server busy: {exc}; retry shortly"})
+            status, body = 503, orjson.dumps(_error(route, 503, {"error": f"server busy: {exc}; retry shortly"}))
             headers = [*JSON_HEADERS, (b"retry-after", b"1")]
         except Exception:
             log.exception("prediction failed")
-            status, body = 500, orjson.dumps({"error": "internal error while scoring; see the server log"})
+            doc = {"error": "internal error while scoring; see the server log"}
+            status, body = 500, orjson.dumps(_error(route, 500, doc))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        route = "/predict" if name is None else "/models/{name}/predict"
-        self.telemetry.request(route, status, perf_counter() - started)
+        self.telemetry.request(route.template, status, perf_counter() - started)
+
+    def _model(self, name: str | None) -> LoadedModel:
+        try:
+            return self.store.get(name)
+        except ModelNotFound as exc:
+            raise RequestError(404 if self.store.ready else 503, str(exc)) from None
+
+    async def _model_version(self, name: str | None, version: int | None) -> LoadedModel:
+        if version is None:
+            return self._model(name)
+        try:
+            return await self.store.get_version(name, version)
+        except ModelNotFound as exc:
+            raise RequestError(404 if self.store.ready else 503, str(exc)) from None
 
     async def _predict(self, scope: Scope, receive: Any, name: str | None) -> dict[str, Any]:
         check_json_request(scope, self.settings.max_body_bytes)
         raw = await read_body(receive, self.settings.max_body_bytes)
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(400, f"malformed JSON: {exc}") from None
-        records = records_of(doc, self.settings.max_records)
-        try:
-            model = self.store.get(name)
-        except ModelNotFound as exc:
-            raise RequestError(404 if self.store.ready else 503, str(exc)) from None
-        return await predict(model, records)
+        records = records_of(_json(raw), self.settings.max_records)
+        return await predict(self._model(name), records)
+
+    async def _v2(self, scope: Scope, receive: Any, route: Route) -> dict[str, Any]:
+        headers = dict(scope["headers"])
+        length = headers.get(b"inference-header-content-length")
+        check_length(headers.get(b"content-length", b""), self.settings.max_body_bytes)
+        raw = await read_body(receive, self.settings.max_body_bytes)
+        text, binary = v2.split_binary(raw, int(length) if length and length.isdigit() else None)
+        doc = _json(text)
+        model = await self._model_version(route.name, route.version)
+        v2.check_outputs(model.pre, doc)
+        columns, rows = v2.input_columns(model.pre, doc, binary, self.settings.max_records)
+        enc = v2.encode(model.pre, columns, rows)
+        out = await model.batcher.predict(enc.num, enc.cat)
+        return v2.response(model.pre, model.name, model.version, out, doc, rows)
+
+    async def _mlflow(self, scope: Scope, receive: Any) -> dict[str, Any]:
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        check_length(headers.get(b"content-length", b""), self.settings.max_body_bytes)
+        raw = await read_body(receive, self.settings.max_body_bytes)
+        if content_type == b"text/csv":
+            records = mlflow.records_from_csv(raw)
+        elif content_type == b"application/json":
+            records = mlflow.records_from_json(_json(raw))
+        else:
+            raise RequestError(
+                415, f"Content-Type must be application/json or text/csv, not {content_type.decode(errors='replace')!r}"
+            )
+        records = records_of({"records": records}, self.settings.max_records)
+        answer = await predict(self._model(None), records)
+        return mlflow.predictions(answer["predictions"])
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+
+
+def _error(route: Route, status: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """The error body in the route's protocol: MLflow has its own shape, V2 and native share one."""
+    if route.protocol != "mlflow":
+        return doc
+    code = "BAD_REQUEST" if status < 500 else ("TEMPORARILY_UNAVAILABLE" if status == 503 else "INTERNAL_ERROR")
+    message = doc["error"]
+    if doc.get("details"):
+        message += "; " + "; ".join(
+            f"record {d['record']}, field '{d['field']}': {d['message']}" for d in doc["details"][1:6]
+        )
+    return {"error_code": code, "message": message}
+
+
+def check_length(length: bytes, limit: int) -> None:
+    """413 when a declared Content-Length is over the limit."""
+    if length.isdigit() and int(length) > limit:
+        raise RequestError(413, f"body of {int(length)} bytes is over the {limit}-byte limit")
 
 
 def check_json_request(scope: Scope, limit: int) -> None:
@@ -89,8 +189,7 @@ def check_json_request(scope: Scope, limit: int) -> None:
             length = value
     if content_type != b"application/json" and content_type.split(b";")[0].strip().lower() != b"application/json":
         raise RequestError(415, f"Content-Type must be application/json, not {content_type.decode(errors='replace')!r}")
-    if length.isdigit() and int(length) > limit:
-        raise RequestError(413, f"body of {int(length)} bytes is over the {limit}-byte limit")
+    check_length(length, limit)
 
 
 async def read_body(receive: Any, limit: int) -> bytes:

@@ -1,0 +1,215 @@
+"""Open Inference Protocol (KServe V2) codec: tensors in, tensors out. Knows nothing of HTTP.
+
+A request carries one input tensor per feature (`FP*`/`INT*`/`UINT*` for numeric, `BYTES` for
+categorical; shape `[N]` or `[N, 1]`; data flat or nested, or raw in the binary tensor extension
+that tritonclient uses by default). They become columns for `Preprocess.encode_columns`, the same
+contract and validation as `/predict`; the batcher scores them; the answer is `label` (BYTES),
+`probability` (FP32, positive class) and `probabilities` (FP32 [N, classes]) — or `value` for
+regression.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from service.features import Encoded, Preprocess
+from service.predict import RequestError
+
+NUMERIC_TYPES = {
+    "BOOL": "?",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
+NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
+
+
+def bad(message: str) -> RequestError:
+    """A 400 in the protocol's error shape."""
+    return RequestError(400, message)
+
+
+def split_binary(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
+    """(JSON part, binary part) of a request body (binary tensor extension when a length is given)."""
+    if header_length is None:
+        return body, b""
+    if not 0 < header_length <= len(body):
+        raise bad(f"Inference-Header-Content-Length {header_length} does not fit a {len(body)}-byte body")
+    return body[:header_length], body[header_length:]
+
+
+def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) -> tuple[dict[str, Any], int]:
+    """The request's input tensors → one column per feature, checked against the model."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise bad('request must be a JSON object with a non-empty "inputs" list')
+    kinds = {f.name: f.kind for f in pre.features}
+    columns: dict[str, Any] = {}
+    rows: int | None = None
+    offset = 0
+    for i, tensor in enumerate(doc["inputs"]):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise bad(f"input {i} must be an object with a name, shape, datatype and data")
+        name = tensor["name"]
+        if name not in kinds:
+            raise bad(f"unknown input '{name}'; the model's inputs are: {', '.join(kinds)}")
+        if name in columns:
+            raise bad(f"input '{name}' is given twice")
+        values, offset = _tensor_values(name, kinds[name], tensor, binary, offset)
+        if rows is None:
+            rows = len(values)
+        elif len(values) != rows:
+            raise bad(f"input '{name}' has {len(values)} rows; earlier inputs have {rows}")
+        columns[name] = values
+    missing = [n for n in kinds if n not in columns]
+    if missing:
+        raise bad(f"missing input(s): {', '.join(missing)}")
+    assert rows is not None
+    if rows == 0:
+        raise bad("inputs hold no rows")
+    if rows > max_records:
+        raise RequestError(413, f"{rows} rows in one request; the limit is {max_records}")
+    return columns, rows
+
+
+def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
+    datatype, shape = tensor.get("datatype"), tensor.get("shape")
+    allowed = NUMERIC_FEATURE_TYPES if kind == "numeric" else CATEGORICAL_TYPES
+    if datatype not in allowed:
+        want = "a numeric type (FP32, FP64, INT64, ...)" if kind == "numeric" else "BYTES (or an integer type)"
+        raise bad(f"input '{name}' is {kind}: datatype must be {want}, not {datatype!r}")
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+    ):
+        raise bad(f"input '{name}': shape must be [N] or [N, 1], not {shape!r}")
+    rows = shape[0]
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise bad(f"input '{name}': binary_data_size {size!r} runs past the body")
+        values = _from_binary(name, datatype, binary[offset : offset + size])
+        offset += size
+    else:
+        if "data" not in tensor:
+            raise bad(f"input '{name}' has no data")
+        values = _flatten(name, tensor["data"])
+    if len(values) != rows:
+        raise bad(f"input '{name}': shape {shape} says {rows} values, data holds {len(values)}")
+    return values, offset
+
+
+def _flatten(name: str, data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise bad(f"input '{name}': data must be a list (flat or nested)")
+    if not any(isinstance(v, list) for v in data):
+        return data
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def _from_binary(name: str, datatype: str, raw: bytes) -> Any:
+    if datatype != "BYTES":
+        dtype = np.dtype(NUMERIC_TYPES[datatype])
+        if len(raw) % dtype.itemsize:
+            raise bad(f"input '{name}': {len(raw)} bytes is not a whole number of {datatype} values")
+        return np.frombuffer(raw, dtype=dtype)
+    values, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise bad(f"input '{name}': truncated BYTES element")
+        (length,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + length > len(raw):
+            raise bad(f"input '{name}': truncated BYTES element")
+        try:
+            values.append(raw[at : at + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise bad(f"input '{name}', element {len(values)}: not valid UTF-8") from None
+        at += length
+    return values
+
+
+def encode(pre: Preprocess, columns: dict[str, Any], rows: int) -> Encoded:
+    """Columns → model inputs; an unusable value fails the request naming the input and element."""
+    enc = pre.encode_columns(columns, rows)
+    if enc.errors:
+        first = enc.errors[min(enc.errors)]
+        raise bad(f"input '{first.field}', element {first.row}: {first.reason}")
+    return enc
+
+
+def check_outputs(pre: Preprocess, doc: Any) -> None:
+    """The outputs a request names (if any) must be the model's; checked before any work."""
+    wanted = doc.get("outputs") if isinstance(doc, dict) else None
+    if not wanted:
+        return
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+        raise bad('"outputs" must be a list of objects with a name')
+    known = [o["name"] for o in output_metadata(pre)]
+    unknown = [o["name"] for o in wanted if o["name"] not in known]
+    if unknown:
+        raise bad(f"unknown output(s) {', '.join(unknown)}; the model gives: {', '.join(known)}")
+
+
+def output_metadata(pre: Preprocess) -> list[dict[str, Any]]:
+    """The output tensors a client gets."""
+    if pre.task == "regression":
+        return [{"name": "value", "datatype": "FP32", "shape": [-1]}]
+    outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    if pre.task == "binary":
+        outputs.append({"name": "probability", "datatype": "FP32", "shape": [-1]})
+    outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(pre.labels)]})
+    return outputs
+
+
+def input_metadata(pre: Preprocess) -> list[dict[str, Any]]:
+    """The input tensors a client sends: one per feature, batch axis -1."""
+    return [
+        {"name": f.name, "datatype": "FP64" if f.kind == "numeric" else "BYTES", "shape": [-1]} for f in pre.features
+    ]
+
+
+def response(
+    pre: Preprocess, name: str, version: int, out: np.ndarray, doc: dict[str, Any], rows: int
+) -> dict[str, Any]:
+    """The inference response; only the requested outputs when the request names some."""
+    tensors: dict[str, dict[str, Any]] = {}
+    if pre.task == "regression":
+        tensors["value"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
+    else:
+        labels = [str(label) for label in pre.labels_for(out)]
+        tensors["label"] = {"datatype": "BYTES", "shape": [rows], "data": labels}
+        if pre.task == "binary":
+            tensors["probability"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 1].tolist()}
+        tensors["probabilities"] = {"datatype": "FP32", "shape": [rows, out.shape[1]], "data": out.ravel().tolist()}
+    names = [o["name"] for o in doc.get("outputs") or []] or list(tensors)
+    answer: dict[str, Any] = {
+        "model_name": name,
+        "model_version": str(version),
+        "outputs": [{"name": n, **tensors[n]} for n in names],
+    }
+    if "id" in doc:
+        answer["id"] = doc["id"]
+    return answer
