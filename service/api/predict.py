@@ -89,7 +89,9 @@ class PredictEndpoint:
                 answer = await self._predict(scope, receive, route.name)
             status, body = 200, orjson.dumps(answer)
         except RequestError as exc:
-            status, body = exc.status, orjson.dumps(_error(route, exc.status, exc.to_json()))
+            # NOTE: MLflow answers every bad input with 400 BAD_REQUEST
+            status = 400 if route.protocol == "mlflow" and exc.status == 422 else exc.status
+            body = orjson.dumps(_error(route, status, exc.to_json()))
         except QueueFull as exc:
             status, body = 503, orjson.dumps(_error(route, 503, {"error": f"server busy: {exc}; retry shortly"}))
             headers = [*JSON_HEADERS, (b"retry-after", b"1")]

@@ -98,6 +98,38 @@ def test_unknown_model_is_404(churn_server: Server) -> None:
     assert httpx.get(churn_server.url + "/models/nope").status_code == 404
 
 
+def v2_body(records: list[dict[str, object]]) -> dict[str, object]:
+    """An Open Inference Protocol request for these records: one tensor per feature."""
+    numeric = {"SeniorCitizen", "tenure", "MonthlyCharges", "TotalCharges"}
+    names = [k for k in records[0] if k not in ("customerID", "Churn")]
+    return {
+        "inputs": [
+            {
+                "name": n,
+                "shape": [len(records)],
+                "datatype": "FP64" if n in numeric else "BYTES",
+                "data": [r[n] for r in records],
+            }
+            for n in names
+        ]
+    }
+
+
+async def _ask(client: httpx.AsyncClient, protocol: str, records: list[dict[str, object]]) -> list[float]:
+    """One scoring request in the given protocol; the positive-class probabilities back."""
+    if protocol == "v2":
+        r = await client.post("/v2/models/churn/infer", json=v2_body(records))
+        assert r.status_code == 200, r.text
+        return next(o["data"] for o in r.json()["outputs"] if o["name"] == "probability")
+    if protocol == "mlflow":
+        r = await client.post("/invocations", json={"dataframe_records": records})
+        assert r.status_code == 200, r.text
+        return [p["probability"] for p in r.json()["predictions"]]
+    r = await client.post("/predict", json={"records": records})
+    assert r.status_code == 200, r.text
+    return [p["probability"] for p in r.json()["predictions"]]
+
+
 async def _client(
     url: str, rng: random.Random, pool: list[dict[str, object]], n: int
 ) -> list[tuple[list[dict[str, object]], list[float]]]:
@@ -105,14 +137,13 @@ async def _client(
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         for _ in range(n):
             records = rng.sample(pool, rng.randint(1, 7))
-            r = await client.post("/predict", json={"records": records})
-            assert r.status_code == 200, r.text
-            out.append((records, [p["probability"] for p in r.json()["predictions"]]))
+            protocol = rng.choice(["native", "v2", "mlflow"])  # NOTE: all three share one batcher
+            out.append((records, await _ask(client, protocol, records)))
     return out
 
 
 def test_concurrent_clients_each_get_their_own_answers(churn_server: Server) -> None:
-    pool = telco_records(400)
+    pool = [r for r in telco_records(400) if None not in r.values()]
 
     async def main() -> list[tuple[list[dict[str, object]], list[float]]]:
         results = await asyncio.gather(*[_client(churn_server.url, random.Random(i), pool, 15) for i in range(24)])

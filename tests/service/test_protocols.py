@@ -1,0 +1,167 @@
+"""KServe V2 and MLflow front doors: conformance, and the same answers as /predict."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from service import bundle
+from tests.service.conftest import Server, copy_store, republish, running_server, telco_records
+from tests.service.test_api import v2_body
+
+
+def _records(n: int, start: int = 0) -> list[dict[str, object]]:
+    return [r for r in telco_records(n + 20, start) if None not in r.values()][:n]
+
+
+def _native(server: Server, records: list[dict[str, object]]) -> list[dict[str, object]]:
+    r = httpx.post(server.url + "/predict", json={"records": records})
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def _outputs(answer: dict[str, object]) -> dict[str, object]:
+    return {o["name"]: o for o in answer["outputs"]}  # type: ignore[union-attr, index]
+
+
+def test_v2_server_and_model_metadata(churn_server: Server) -> None:
+    url = churn_server.url
+    assert httpx.get(url + "/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert httpx.get(url + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(url + "/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(url + "/v2/models/churn").json()
+    inputs = {i["name"]: i for i in meta["inputs"]}
+    assert inputs["tenure"] == {"name": "tenure", "datatype": "FP64", "shape": [-1]}
+    assert inputs["Contract"]["datatype"] == "BYTES" and "customerID" not in inputs and len(inputs) == 19
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "probabilities"]
+    assert meta["outputs"][2]["shape"] == [-1, 2] and meta["versions"] == ["1"]
+    assert httpx.get(url + "/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
+    assert httpx.get(url + "/v2/models/churn/versions/1/ready").status_code == 200
+    assert httpx.get(url + "/v2/models/nope").status_code == 404
+    assert "error" in httpx.get(url + "/v2/models/churn/versions/7").json()
+
+
+def test_v2_infer_batch_equals_predict(churn_server: Server) -> None:
+    records = _records(6)
+    body = {"id": "req-42", **v2_body(records)}
+    r = httpx.post(churn_server.url + "/v2/models/churn/infer", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["id"] == "req-42" and answer["model_name"] == "churn" and answer["model_version"] == "1"
+    out = _outputs(answer)
+    native = _native(churn_server, records)
+    assert out["probability"]["shape"] == [6] and out["probability"]["datatype"] == "FP32"
+    assert out["probability"]["data"] == [p["probability"] for p in native]
+    assert out["label"]["data"] == [p["label"] for p in native]
+    probs = np.array(out["probabilities"]["data"]).reshape(out["probabilities"]["shape"])
+    np.testing.assert_allclose(probs[:, 1], out["probability"]["data"])
+
+
+def test_v2_nested_and_flat_inputs_mix(churn_server: Server) -> None:
+    records = _records(3, start=30)
+    body = v2_body(records)
+    for tensor in body["inputs"][::2]:  # type: ignore[index]
+        tensor["shape"] = [3, 1]
+        tensor["data"] = [[v] for v in tensor["data"]]
+    body["outputs"] = [{"name": "probability"}]
+    r = httpx.post(churn_server.url + "/v2/models/churn/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert [o["name"] for o in r.json()["outputs"]] == ["probability"]
+    assert r.json()["outputs"][0]["data"] == [p["probability"] for p in _native(churn_server, records)]
+
+
+def _v2_error(server: Server, body: dict[str, object]) -> str:
+    r = httpx.post(server.url + "/v2/models/churn/infer", json=body)
+    assert r.status_code == 400, r.text
+    return r.json()["error"]
+
+
+def test_v2_errors_name_the_input(churn_server: Server) -> None:
+    good = v2_body(_records(2))
+    inputs = good["inputs"]  # type: ignore[assignment]
+
+    def variant(name: str, **change: object) -> dict[str, object]:
+        return {"inputs": [{**t, **change} if t["name"] == name else t for t in inputs]}
+
+    assert "tenure" in _v2_error(churn_server, variant("tenure", datatype="BYTES"))
+    assert "Contract" in _v2_error(churn_server, variant("Contract", datatype="FP32"))
+    assert "missing input(s): tenure" in _v2_error(
+        churn_server, {"inputs": [t for t in inputs if t["name"] != "tenure"]}
+    )
+    assert "shape" in _v2_error(churn_server, variant("tenure", shape=[2, 2]))
+    assert "data holds 3" in _v2_error(churn_server, variant("tenure", data=[1, 2, 3]))
+    assert "unknown input 'nope'" in _v2_error(churn_server, {"inputs": [*inputs, {**inputs[0], "name": "nope"}]})
+    message = _v2_error(churn_server, variant("tenure", data=[1, "lots"]))
+    assert "input 'tenure', element 1" in message and "lots" in message
+    assert "unknown output" in _v2_error(churn_server, {**good, "outputs": [{"name": "nope"}]})
+    assert "malformed JSON" in httpx.post(churn_server.url + "/v2/models/churn/infer", content=b"{").json()["error"]
+    assert httpx.post(churn_server.url + "/v2/models/nope/infer", json=good).status_code == 404
+
+
+def test_tritonclient_gets_the_same_probabilities(churn_server: Server) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    records = _records(5, start=50)
+    client = http.InferenceServerClient(churn_server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("churn")
+    inputs = []
+    for meta in client.get_model_metadata("churn")["inputs"]:
+        if meta["datatype"] == "BYTES":
+            values = np.array([str(r[meta["name"]]).encode() for r in records], dtype=np.object_)
+        else:
+            values = np.array([r[meta["name"]] for r in records], dtype=np.float64)
+        tensor = http.InferInput(meta["name"], [len(records)], meta["datatype"])
+        tensor.set_data_from_numpy(values)  # NOTE: binary by default: the binary tensor extension
+        inputs.append(tensor)
+    result = client.infer("churn", inputs, request_id="t-1")
+    native = _native(churn_server, records)
+    assert result.get_response()["id"] == "t-1"
+    np.testing.assert_array_equal(result.as_numpy("probability"), np.float32([p["probability"] for p in native]))
+    assert [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")] == [p["label"] for p in native]
+
+
+def test_older_versions_are_addressable(churn_bundle: bundle.BundleRef, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(churn_bundle, tmp_path / "models")
+    republish(store, churn_bundle)
+    records = _records(2)
+    with running_server(store) as server:
+        current = httpx.post(server.url + "/v2/models/churn/infer", json=v2_body(records)).json()
+        older = httpx.post(server.url + "/v2/models/churn/versions/1/infer", json=v2_body(records)).json()
+        meta = httpx.get(server.url + "/v2/models/churn/versions/1").json()
+    assert current["model_version"] == "2" and older["model_version"] == "1"
+    assert _outputs(older)["probability"]["data"] == _outputs(current)["probability"]["data"]  # same weights
+    assert meta["versions"] == ["1", "2"] and meta["parameters"]["version"] == "1"
+
+
+@pytest.mark.parametrize("form", ["dataframe_split", "dataframe_records", "instances", "inputs", "csv"])
+def test_mlflow_invocations_every_input_form(churn_server: Server, form: str) -> None:
+    records = _records(4, start=80)
+    columns = list(records[0])
+    url = churn_server.url + "/invocations"
+    if form == "csv":
+        lines = [",".join(columns)] + [",".join(str(r[c]) for c in columns) for r in records]
+        r = httpx.post(url, content="\n".join(lines), headers={"content-type": "text/csv"})
+    else:
+        payload: object = {
+            "dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in records]},
+            "dataframe_records": records,
+            "instances": records,
+            "inputs": {c: [r[c] for r in records] for c in columns},
+        }[form]
+        r = httpx.post(url, json={form: payload, "params": {}})
+    assert r.status_code == 200, r.text
+    native = _native(churn_server, records)
+    assert r.json() == {"predictions": [{"label": p["label"], "probability": p["probability"]} for p in native]}
+
+
+def test_mlflow_errors_and_health(churn_server: Server) -> None:
+    url = churn_server.url + "/invocations"
+    both = httpx.post(url, json={"instances": _records(1), "inputs": _records(1)})
+    assert both.status_code == 400 and both.json()["error_code"] == "BAD_REQUEST"
+    assert "exactly one of" in both.json()["message"]
+    wrong = httpx.post(url, json={"dataframe_records": [{**_records(1)[0], "tenure": "lots"}]})
+    assert wrong.status_code == 400 and "tenure" in wrong.json()["message"]
+    assert wrong.json()["error_code"] == "BAD_REQUEST"
+    assert httpx.post(url, content=b"x", headers={"content-type": "text/plain"}).json()["error_code"] == "BAD_REQUEST"
+    assert httpx.get(churn_server.url + "/ping").status_code == 200
+    assert httpx.get(churn_server.url + "/health").status_code == 200
