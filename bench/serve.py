@@ -1,6 +1,6 @@
 """Serving benchmark: tabserve vs a bare ASGI app and a plain FastAPI + ORT endpoint, with wrk.
 
-    python bench/serve.py                 # ~3 min; needs wrk (apt-get install wrk)
+    python bench/serve.py                 # ~4 min; needs wrk (apt-get install wrk)
     python bench/serve.py --duration 10   # longer runs, steadier figures
 
 Every server runs as its own process under uvicorn (1 worker, httptools, uvloop, no access log)
@@ -61,6 +61,22 @@ def telco_body(n: int) -> str:
         row.pop("Churn")
         records.append({k: (float(v) if k in NUMERIC and v.strip() else v) for k, v in row.items()})
     return json.dumps({"records": records})
+
+
+def v2_body(body: str) -> str:
+    """The same records as an Open Inference Protocol request (one tensor per feature)."""
+    records = json.loads(body)["records"]
+    names = [k for k in records[0] if k != "customerID"]
+    inputs = [
+        {
+            "name": n,
+            "shape": [len(records)],
+            "datatype": "FP64" if n in NUMERIC else "BYTES",
+            "data": [r[n] for r in records],
+        }
+        for n in names
+    ]
+    return json.dumps({"inputs": inputs})
 
 
 def lua_script(body: str, folder: Path, name: str) -> Path:
@@ -175,25 +191,29 @@ def main() -> None:
     store = tmp / "models"
     shutil.copytree(path, store / "churn" / "1")
     scripts = {n: lua_script(telco_body(n), tmp, f"body{n}") for n in (1, 100)}
+    v2_script = lua_script(v2_body(telco_body(1)), tmp, "v2body1")
     conns = [int(c) for c in args.conns.split(",")]
     results: list[Result] = []
     memory: dict[str, float] = {}
     env = {"TABSERVE_THREADS": "1", "TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1"), "PYTHONPATH": str(ROOT)}
-    tabserve = ["tabserve", "serve", "--models", str(store), "--threads", "1", "--log-level", "warning", "--port"]
+    tabserve = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(store), "--threads", "1", "--log-level", "warning", "--port"]
     servers = {
         "bare ASGI": (lambda port: uvicorn_cmd("bench.refs:bare", port), "/", [1]),
         "plain FastAPI+ORT": (lambda port: uvicorn_cmd("bench.refs:plain_app", port, factory=True), "/docs", [1, 100]),
         "tabserve": (lambda port: [*tabserve, str(port)], "/health/ready", [1, 100]),
+        "tabserve V2 infer": (lambda port: [*tabserve, str(port)], "/health/ready", [1]),
         "tabserve no batching": (lambda port: [*tabserve, str(port), "--no-batching"], "/health/ready", [1, 100]),
     }
     for name, (make_cmd, ready, sizes) in servers.items():
         port = free_port()
+        route = "/v2/models/churn/infer" if "V2" in name else "/predict"
         with server(make_cmd(port), port, env, ready) as proc:
             memory[f"{name} (loaded, idle)"] = rss_mb(proc.pid)
             for n in sizes:
-                wrk(f"http://127.0.0.1:{port}/predict", scripts[n], 16, 1)  # warm-up
+                script = v2_script if "V2" in name else scripts[n]
+                wrk(f"http://127.0.0.1:{port}{route}", script, 16, 1)  # warm-up
                 for c in conns:
-                    rps, p50, p99, errors = wrk(f"http://127.0.0.1:{port}/predict", scripts[n], c, args.duration)
+                    rps, p50, p99, errors = wrk(f"http://127.0.0.1:{port}{route}", script, c, args.duration)
                     results.append(Result(name, c, n, rps, p50, p99, errors))
                     print(
                         f"{name:22s} {c:3d} conns {n:4d} rec: {rps:9.0f} req/s {rps * n:10.0f} rows/s "
@@ -223,6 +243,8 @@ def report(results: list[Result], memory: dict[str, float], conns: list[int]) ->
     print(f"  tabserve / bare ASGI ceiling = {ours.rps / bare.rps:.2f}x (required >= 0.4x)")
     print(f"  tabserve p99 = {ours.p99_ms:.2f} ms (required <= 10 ms)")
     print(f"  batching on / off = {ours.rps / get('tabserve no batching', c, 1).rps:.2f}x")
+    v2 = get("tabserve V2 infer", c, 1)
+    print(f"  KServe V2 infer / predict = {v2.rps / ours.rps:.2f}x (required >= 0.8x), V2 p99 {v2.p99_ms:.2f} ms")
     print(
         f"100-record requests, {c} connections: tabserve {get('tabserve', c, 100).rows:,.0f} rows/s (required >= 300,000); "
         f"plain {get('plain FastAPI+ORT', c, 100).rows:,.0f} rows/s"

@@ -214,6 +214,16 @@ class Preprocess:
         enc.cat = _codes(cats.flat(records), self.categorical, self._indexes, enc).reshape(len(records), cats.k)
         return enc
 
+    def encode_lists(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
+        """Column-wise values (protocol tensors) → model inputs through the record fast path:
+        the columns are interleaved row-major, then encoded exactly as `encode_records` does."""
+        nums, cats = self._fields
+        enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
+        enc.num = _numbers(nums.names, _row_major([columns[n] for n in nums.names]), n_rows, enc)
+        flat = _row_major([columns[n] for n in cats.names])
+        enc.cat = _codes(flat, self.categorical, self._indexes, enc).reshape(n_rows, cats.k)
+        return enc
+
     @cached_property
     def _fields(self) -> tuple[_Fields, _Fields]:
         return _Fields([f.name for f in self.numeric]), _Fields([f.name for f in self.categorical])
@@ -322,6 +332,13 @@ class _Fields:
         except KeyError:  # some record lacks a field: it is missing, not an error
             return [r.get(name) for r in records for name in self.names]
         return got if self.k == 1 else list(itertools.chain.from_iterable(got))
+
+
+def _row_major(columns: list[Sequence[Any]]) -> list[Any]:
+    lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
+    if len(lists) == 1:
+        return list(lists[0])
+    return list(itertools.chain.from_iterable(zip(*lists, strict=True)))
 
 
 def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded) -> np.ndarray:

@@ -14,15 +14,16 @@ import logging
 import tempfile
 import threading
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.deps import SettingsDep, StoreDep, TelemetryDep
-from service.scoring.files import CsvSink, CsvSource, ScoringError
-from service.scoring.local import Scorer, Summary, score_stream
 from service.store import ModelNotFound
+
+if TYPE_CHECKING:
+    from service.scoring.files import CsvSink
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
@@ -49,7 +50,7 @@ class BodyPipe:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ScoringError(f"body is over the {limit}-byte limit")
+                    raise ValueError(f"body is over the {limit}-byte limit")
                 if chunk:
                     await self.queue.put(chunk)
             await self.queue.put(_END)
@@ -197,6 +198,10 @@ async def score(
         model = store.get(name)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
+    # NOTE: imported here: pyarrow costs ~55 MB of resident memory a service without uploads never needs
+    from service.scoring.files import CsvSink, CsvSource, ScoringError
+    from service.scoring.local import Scorer, Summary, score_stream
+
     loop = asyncio.get_running_loop()
     body, answer = BodyPipe(loop), ResponsePipe(loop)
     started: asyncio.Future[None] = loop.create_future()

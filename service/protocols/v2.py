@@ -34,6 +34,7 @@ NUMERIC_TYPES = {
 }
 CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
 NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
+_PLAIN_TYPES = {"numeric": NUMERIC_FEATURE_TYPES, "categorical": CATEGORICAL_TYPES}
 
 
 def bad(message: str) -> RequestError:
@@ -55,18 +56,31 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise bad('request must be a JSON object with a non-empty "inputs" list')
     kinds = {f.name: f.kind for f in pre.features}
+    allowed = {f.name: _PLAIN_TYPES[f.kind] for f in pre.features}
     columns: dict[str, Any] = {}
     rows: int | None = None
     offset = 0
     for i, tensor in enumerate(doc["inputs"]):
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise bad(f"input {i} must be an object with a name, shape, datatype and data")
+        # NOTE: the common case (known name, allowed datatype, shape [N] or [N, 1] matching its
+        # data) is checked inline in a few operations; anything else takes the full check below
+        values = None
+        if type(tensor) is dict and "parameters" not in tensor:
+            types, data = allowed.get(tensor.get("name")), tensor.get("data")  # type: ignore[arg-type]
+            if types is not None and tensor.get("datatype") in types and type(data) is list:
+                if data and type(data[0]) is list:
+                    data = _flatten(tensor["name"], data)
+                shape, n = tensor.get("shape"), len(data)
+                if shape == [n] or shape == [n, 1]:
+                    values = data
+        if values is None:
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+                raise bad(f"input {i} must be an object with a name, shape, datatype and data")
+            if tensor["name"] not in kinds:
+                raise bad(f"unknown input '{tensor['name']}'; the model's inputs are: {', '.join(kinds)}")
+            values, offset = _tensor_values(tensor["name"], kinds[tensor["name"]], tensor, binary, offset)
         name = tensor["name"]
-        if name not in kinds:
-            raise bad(f"unknown input '{name}'; the model's inputs are: {', '.join(kinds)}")
         if name in columns:
             raise bad(f"input '{name}' is given twice")
-        values, offset = _tensor_values(name, kinds[name], tensor, binary, offset)
         if rows is None:
             rows = len(values)
         elif len(values) != rows:
@@ -153,7 +167,7 @@ def _from_binary(name: str, datatype: str, raw: bytes) -> Any:
 
 def encode(pre: Preprocess, columns: dict[str, Any], rows: int) -> Encoded:
     """Columns → model inputs; an unusable value fails the request naming the input and element."""
-    enc = pre.encode_columns(columns, rows)
+    enc = pre.encode_lists(columns, rows)
     if enc.errors:
         first = enc.errors[min(enc.errors)]
         raise bad(f"input '{first.field}', element {first.row}: {first.reason}")
