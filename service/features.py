@@ -165,6 +165,11 @@ class Preprocess:
         return [f for f in self.features if isinstance(f, NumericFeature)]
 
     @cached_property
+    def kinds(self) -> dict[str, str]:
+        """Feature name → "numeric" or "categorical", in feature order."""
+        return {f.name: f.kind for f in self.features}
+
+    @cached_property
     def categorical(self) -> list[CategoricalFeature]:
         """Categorical features in `cat` column order."""
         return [f for f in self.features if isinstance(f, CategoricalFeature)]
@@ -219,8 +224,8 @@ class Preprocess:
         the columns are interleaved row-major, then encoded exactly as `encode_records` does."""
         nums, cats = self._fields
         enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
-        enc.num = _numbers(nums.names, _row_major([columns[n] for n in nums.names]), n_rows, enc)
-        flat = _row_major([columns[n] for n in cats.names])
+        enc.num = _numbers(nums.names, _row_major([columns[n] for n in nums.names], n_rows), n_rows, enc)
+        flat = _row_major([columns[n] for n in cats.names], n_rows)
         enc.cat = _codes(flat, self.categorical, self._indexes, enc).reshape(n_rows, cats.k)
         return enc
 
@@ -334,7 +339,9 @@ class _Fields:
         return got if self.k == 1 else list(itertools.chain.from_iterable(got))
 
 
-def _row_major(columns: list[Sequence[Any]]) -> list[Any]:
+def _row_major(columns: list[Sequence[Any]], n_rows: int) -> list[Any]:
+    if n_rows == 1:  # NOTE: the usual online request: one value per column
+        return [c[0].item() if isinstance(c, np.ndarray) else c[0] for c in columns]
     lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
     if len(lists) == 1:
         return list(lists[0])

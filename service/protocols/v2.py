@@ -55,8 +55,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     """The request's input tensors → one column per feature, checked against the model."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise bad('request must be a JSON object with a non-empty "inputs" list')
-    kinds = {f.name: f.kind for f in pre.features}
-    allowed = {f.name: _PLAIN_TYPES[f.kind] for f in pre.features}
+    kinds = pre.kinds
     columns: dict[str, Any] = {}
     rows: int | None = None
     offset = 0
@@ -65,8 +64,8 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
         # data) is checked inline in a few operations; anything else takes the full check below
         values = None
         if type(tensor) is dict and "parameters" not in tensor:
-            types, data = allowed.get(tensor.get("name")), tensor.get("data")  # type: ignore[arg-type]
-            if types is not None and tensor.get("datatype") in types and type(data) is list:
+            kind, data = kinds.get(tensor.get("name")), tensor.get("data")  # type: ignore[arg-type]
+            if kind is not None and tensor.get("datatype") in _PLAIN_TYPES[kind] and type(data) is list:
                 if data and type(data[0]) is list:
                     data = _flatten(tensor["name"], data)
                 shape, n = tensor.get("shape"), len(data)
@@ -86,7 +85,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
         elif len(values) != rows:
             raise bad(f"input '{name}' has {len(values)} rows; earlier inputs have {rows}")
         columns[name] = values
-    missing = [n for n in kinds if n not in columns]
+    missing = [n for n in kinds if n not in columns] if len(columns) != len(kinds) else []
     if missing:
         raise bad(f"missing input(s): {', '.join(missing)}")
     assert rows is not None
