@@ -196,7 +196,19 @@ def main() -> None:
     results: list[Result] = []
     memory: dict[str, float] = {}
     env = {"TABSERVE_THREADS": "1", "TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1"), "PYTHONPATH": str(ROOT)}
-    tabserve = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(store), "--threads", "1", "--log-level", "warning", "--port"]
+    tabserve = [
+        sys.executable,
+        "-m",
+        "tabserve.cli",
+        "serve",
+        "--models",
+        str(store),
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+        "--port",
+    ]
     servers = {
         "bare ASGI": (lambda port: uvicorn_cmd("bench.refs:bare", port), "/", [1]),
         "plain FastAPI+ORT": (lambda port: uvicorn_cmd("bench.refs:plain_app", port, factory=True), "/docs", [1, 100]),
