@@ -190,8 +190,13 @@ class Preprocess:
         return np.asarray(out.argmax(axis=1), dtype=np.intp)
 
     def labels_for(self, out: np.ndarray) -> list[Label]:
-        """Predicted labels from class probabilities (see `label_index`)."""
+        """Predicted labels from class probabilities (the rule of `label_index`)."""
         labels = self.labels
+        if self.task == "binary" and len(out) <= 64:
+            # NOTE: a request's few rows: the same float64 comparison without numpy's per-call cost
+            t = self.threshold if self.threshold is not None else 0.5
+            neg, pos = labels[0], labels[1]
+            return [pos if p >= t else neg for p in out[:, 1].tolist()]
         return [labels[i] for i in self.label_index(out).tolist()]
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:

@@ -31,6 +31,7 @@ log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
 V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/infer/?$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
+ROUTES_KEPT = 1024  # parsed request paths remembered (the same few paths come again and again)
 
 Scope = MutableMapping[str, Any]
 
@@ -59,12 +60,24 @@ class PredictEndpoint:
 
     def __init__(self, store: ModelStore, settings: Settings, telemetry: Telemetry) -> None:
         self.store, self.settings, self.telemetry = store, settings, telemetry
+        self._routes: dict[str, Route | None] = {}
 
     def route(self, scope: Scope) -> Route | None:
         """The scoring route a POST is for, or None when it is not one of ours."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path = scope["path"]
+        try:
+            return self._routes[path]
+        except KeyError:
+            pass
+        route = self._parse(path)
+        if len(self._routes) < ROUTES_KEPT:  # NOTE: bounded: paths come from clients
+            self._routes[path] = route
+        return route
+
+    @staticmethod
+    def _parse(path: str) -> Route | None:
         if path.startswith("/v2/"):
             match = V2_INFER_PATH.match(path)
             if match:
