@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator, MutableMapping
 from time import perf_counter
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import admin, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
@@ -82,12 +85,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Tabular business predictions served by ONNX Runtime.",
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for router in (health.router, models.router, score.router, protocols.router, admin.router, metrics.router):
         app.include_router(router)
     openapi.install(app, store, settings.max_records)
     app.add_middleware(RequestMetrics, telemetry=telemetry)
     app.predict_endpoint = PredictEndpoint(store, settings, telemetry)
     return app
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Every route answers errors in one shape: {"error": "..."} (as the scoring routes do)."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """A bad path or query parameter: 422 naming it."""
+    details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    return JSONResponse({"error": details[0]["message"] if details else "invalid request", "details": details}, 422)
 
 
 async def _load_then_poll(store: ModelStore, settings: Settings) -> None:

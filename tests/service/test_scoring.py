@@ -331,3 +331,29 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
     distributed = [row for part in parts for row in _read(part)]
     assert (summary.rows_in, summary.rows_failed) == (local.rows_in, local.rows_failed) == (200, 2)
     assert distributed == _read(tmp_path / "local.csv")
+
+
+def test_http_score_body_limit(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    header, rows = TELCO.read_bytes().split(b"\n", 1)
+    big = header + b"\n" + rows * 2  # ≈ 2 MB
+    with running_server(store, "--max-score-bytes", "1000000") as server:
+        url = server.url + "/models/churn/score"
+        declared = httpx.post(url, content=big, headers={"content-type": "text/csv"})
+        assert declared.status_code == 413 and "1000000-byte limit" in declared.json()["error"]
+
+        def chunks() -> Iterator[bytes]:  # NOTE: no Content-Length: the limit is found mid-way
+            yield header + b"\n"
+            yield rows
+            yield rows
+
+        # NOTE: the answer is cut short, never a complete-looking CSV
+        with (
+            pytest.raises(httpx.HTTPError),
+            httpx.stream("POST", url, content=chunks(), headers={"content-type": "text/csv"}) as r,
+        ):
+            assert r.status_code == 200
+            for _ in r.iter_bytes():
+                pass
+        assert httpx.get(server.url + "/models/nope").json()["error"].startswith("no model named 'nope'")
+        assert "upload scoring stopped: body is over the 1000000-byte limit" in server.output()
