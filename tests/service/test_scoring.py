@@ -357,3 +357,35 @@ def test_http_score_body_limit(churn_bundle: bundle.BundleRef, tmp_path: Path) -
                 pass
         assert httpx.get(server.url + "/models/nope").json()["error"].startswith("no model named 'nope'")
         assert "upload scoring stopped: body is over the 1000000-byte limit" in server.output()
+
+
+@pytest.mark.parametrize(("target", "task"), [("housing", "multiclass"), ("credit_amount", "regression")])
+def test_multiclass_and_regression_files(tmp_path: Path, target: str, task: str) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from tests.conftest import GERMAN, quick_config
+    from training.pipeline import train
+
+    result = train(quick_config(GERMAN, target, tmp_path / "models", name=task), say=lambda _: None)
+    assert result.bundle is not None and result.pre.task == task
+    out = tmp_path / "scored.parquet"
+    summary = score_file(Scorer(result.bundle, "cpu"), GERMAN, out, chunk_rows=64)
+    assert summary.rows_in == summary.rows_scored == 1000
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    with GERMAN.open(newline="") as fh:
+        records = list(csv.DictReader(fh))
+    pre = result.pre
+    enc = pre.encode_records(records)
+    session = ort.InferenceSession(str(result.bundle.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"num": enc.num, "cat": enc.cat})[0]
+    if task == "regression":
+        assert table.column_names == ["value", "error"]
+        np.testing.assert_array_equal(table.column("value").to_numpy(), expected[:, 0].astype(np.float64))
+    else:
+        assert table.column_names == ["label", *(f"probability_{label}" for label in pre.labels), "error"]
+        assert table.column("label").to_pylist() == pre.labels_for(expected)
+        for k, label in enumerate(pre.labels):
+            np.testing.assert_array_equal(table.column(f"probability_{label}").to_numpy(), expected[:, k])
