@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from service.bundle import BundleRef, resolve
 from service.runtime import Device
-from service.scoring.files import ROW, UNPARSED, CsvSource, ParquetSource, ScoringError, format_of, numbered
+from service.scoring.files import CsvSource, ParquetSource, ScoringError, format_of, numbered
 from service.scoring.local import Scorer, Summary, kept_columns
 
 try:
@@ -148,6 +148,9 @@ def score_with_ray(
                 arrow_csv_args_fn=lambda: {"write_options": pcsv.WriteOptions(quoting_style="needed")},
                 **({"arrow_open_stream_args": {"compression": "gzip"}} if fmt == "csv.gz" else {}),
             )
+        if fmt == "csv.gz":  # NOTE: Ray names parts by format ("….csv"); these hold gzip
+            for part in output_files(tmp):
+                part.rename(part.with_name(part.name + ".gz"))
         summary = _count(tmp, fmt)
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
@@ -183,4 +186,4 @@ def _count(folder: Path, fmt: str) -> Summary:
     return summary
 
 
-__all__ = ["ROW", "UNPARSED", "input_files", "output_files", "score_with_ray"]
+__all__ = ["input_files", "output_files", "score_with_ray"]

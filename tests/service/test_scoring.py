@@ -308,6 +308,12 @@ def _status_mb(pid: int, key: str) -> float:
     raise AssertionError(f"{key} not in /proc/{pid}/status")
 
 
+def _score_to_rows(ref: bundle.BundleRef, source: Path, work: Path) -> list[dict[str, str]]:
+    out = work.with_suffix(".csv")
+    score_file(Scorer(ref, "cpu"), source, out)
+    return _read(out)
+
+
 def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     pytest.importorskip("ray.data", reason="the Ray extra is not installed")
     import ray
@@ -322,11 +328,24 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
     source = tmp_path / "in.csv"
     source.write_bytes(b"".join(lines))
     local = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "local.csv", keep_all=True, chunk_rows=32)
+    import pandas as pd
+
+    folder = tmp_path / "parts"  # NOTE: a folder of Parquet files (typed columns) → one .csv.gz folder
+    folder.mkdir()
+    frame = pd.read_csv(_telco_head(tmp_path / "clean.csv", 90))
+    frame.iloc[:50].to_parquet(folder / "a.parquet")
+    frame.iloc[50:].to_parquet(folder / "b.parquet")
+    expected = [
+        row for name in ("a", "b") for row in _score_to_rows(churn_bundle, folder / f"{name}.parquet", tmp_path / name)
+    ]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = score_with_ray(churn_bundle, str(source), tmp_path / "ray.csv", keep_all=True, chunk_rows=32)
+        parquet = score_with_ray(churn_bundle, str(folder), tmp_path / "ray_pq.csv.gz")
     finally:
         ray.shutdown()
+    assert parquet.rows_in == 90 and parquet.rows_failed == 0
+    assert [row for part in output_files(tmp_path / "ray_pq.csv.gz") for row in _read(part)] == expected
     parts = output_files(tmp_path / "ray.csv")
     distributed = [row for part in parts for row in _read(part)]
     assert (summary.rows_in, summary.rows_failed) == (local.rows_in, local.rows_failed) == (200, 2)
