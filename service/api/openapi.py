@@ -1,4 +1,5 @@
-"""OpenAPI for the predict routes, generated per model from its bundle (so /docs shows features)."""
+"""OpenAPI for the scoring routes (native, V2, MLflow), generated per model from its bundle (so /docs
+shows features and ready-to-send examples)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api.schema import example_record, request_schema
+from service.protocols import v2
 from service.store import LoadedModel, ModelStore
 
 ERRORS = {
@@ -42,6 +44,44 @@ def _operation(model: LoadedModel, max_records: int, summary: str) -> dict[str, 
     }
 
 
+def _v2_operation(model: LoadedModel) -> dict[str, Any]:
+    """The Open Inference Protocol infer route of a model, with a ready-to-send example."""
+    record = example_record(model.pre)
+    inputs = [{**meta, "shape": [1], "data": [record[meta["name"]]]} for meta in v2.input_metadata(model.pre)]
+    outputs = ", ".join(f"`{o['name']}` ({o['datatype']})" for o in v2.output_metadata(model.pre))
+    return {
+        "post": {
+            "tags": ["KServe V2"],
+            "summary": f"Open Inference Protocol infer with {model.name}",
+            "description": "One input tensor per feature (numeric: FP32/FP64/INT*, categorical: BYTES), "
+            f"shape [N] or [N, 1], data flat or nested, or binary (tensor extension). Outputs: {outputs}. "
+            "Add `/versions/{v}` before `/infer` for an older version.",
+            "requestBody": {"required": True, "content": {"application/json": {"example": {"inputs": inputs}}}},
+            "responses": {"200": {"description": "Output tensors"}, "400": {"description": "Bad request"}},
+        }
+    }
+
+
+def _mlflow_operation(model: LoadedModel) -> dict[str, Any]:
+    """MLflow's scoring route (the default model)."""
+    return {
+        "post": {
+            "tags": ["MLflow"],
+            "summary": f"MLflow scoring protocol with the default model ({model.name})",
+            "description": "Exactly one of `dataframe_split`, `dataframe_records`, `instances`, `inputs` "
+            '(plus optional `params`), or a `text/csv` body. Answers `{"predictions": [...]}`.',
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"example": {"dataframe_records": [example_record(model.pre)]}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {"200": {"description": "One prediction per row"}, "400": {"description": "BAD_REQUEST"}},
+        }
+    }
+
+
 def install(app: FastAPI, store: ModelStore, max_records: int) -> None:
     """Regenerate the OpenAPI document on each request, so reloaded models appear in /docs."""
 
@@ -51,8 +91,10 @@ def install(app: FastAPI, store: ModelStore, max_records: int) -> None:
         default = store.current.get(store.default_name or "")
         if default is not None:
             paths["/predict"] = _operation(default, max_records, f"Predict with the default model ({default.name})")
+            paths["/invocations"] = _mlflow_operation(default)
         for name, model in sorted(store.current.items()):
             paths[f"/models/{name}/predict"] = _operation(model, max_records, f"Predict with {name}")
+            paths[f"/v2/models/{name}/infer"] = _v2_operation(model)
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]

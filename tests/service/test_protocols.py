@@ -165,3 +165,12 @@ def test_mlflow_errors_and_health(churn_server: Server) -> None:
     assert httpx.post(url, content=b"x", headers={"content-type": "text/plain"}).json()["error_code"] == "BAD_REQUEST"
     assert httpx.get(churn_server.url + "/ping").status_code == 200
     assert httpx.get(churn_server.url + "/health").status_code == 200
+
+
+def test_docs_examples_for_v2_and_mlflow_work_as_sent(churn_server: Server) -> None:
+    spec = httpx.get(churn_server.url + "/openapi.json").json()
+    for path in ("/v2/models/churn/infer", "/invocations"):
+        example = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"]
+        r = httpx.post(churn_server.url + path, json=example)
+        assert r.status_code == 200, (path, r.text)
+    assert spec["paths"]["/v2/models/churn/infer"]["post"]["tags"] == ["KServe V2"]
