@@ -124,6 +124,8 @@ def score_with_ray(
     ctx.execution_options.preserve_order = True  # NOTE: output rows in input order
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus = resources.get("GPU", 0) if device != "cpu" else 0
+    if device == "cuda" and not gpus:
+        raise ScoringError("device=cuda, but the Ray cluster has no GPUs (use --device auto or cpu)")
     local = address is None
     pool = actors or (1 if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
     blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows))
