@@ -35,6 +35,10 @@ class Cancelled(Exception):
     """The other side of a pipe went away."""
 
 
+class BodyTooLarge(ValueError):
+    """The upload grew past `max_score_bytes`."""
+
+
 class BodyPipe:
     """A blocking binary stream (for the scorer's thread) fed from the event loop."""
 
@@ -50,7 +54,7 @@ class BodyPipe:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ValueError(f"body is over the {limit}-byte limit")
+                    raise BodyTooLarge(f"body is over the {limit}-byte limit")
                 if chunk:
                     await self.queue.put(chunk)
             await self.queue.put(_END)
@@ -199,7 +203,7 @@ async def score(
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     # NOTE: imported here: pyarrow costs ~55 MB of resident memory a service without uploads never needs
-    from service.scoring.files import CsvSink, CsvSource, ScoringError
+    from service.scoring.files import CsvSink, CsvSource
     from service.scoring.local import Scorer, Summary, score_stream
 
     loop = asyncio.get_running_loop()
@@ -237,9 +241,11 @@ async def score(
     threading.Thread(target=work, name="tabserve-score-upload", daemon=True).start()
     try:
         await started
-    except (ScoringError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure before the first byte is a JSON error
         feeder.cancel()
-        status = 413 if "limit" in str(exc) else 422
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        status = 413 if isinstance(exc, BodyTooLarge) else 422 if isinstance(exc, ValueError) else 500
+        if status == 500:
+            log.error("upload scoring failed: %r", exc)
+        return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
     headers = {"x-tabserve-model": model.name, "x-tabserve-version": str(model.version)}
     return PipeResponse(answer.chunks(), media_type="text/csv", headers=headers)
