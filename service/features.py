@@ -219,20 +219,37 @@ class Preprocess:
         through the same _number / _level as encode_columns, so both give identical arrays.
         """
         nums, cats = self._fields
-        enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
-        enc.num = _numbers(nums.names, nums.flat(records), len(records), enc)
-        enc.cat = _codes(cats.flat(records), self.categorical, self._indexes, enc).reshape(len(records), cats.k)
-        return enc
+        return self.encode_flat(nums.flat(records), cats.flat(records), len(records))
 
     def encode_lists(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
         """Column-wise values (protocol tensors) → model inputs through the record fast path:
         the columns are interleaved row-major, then encoded exactly as `encode_records` does."""
         nums, cats = self._fields
+        return self.encode_flat(
+            _row_major([columns[n] for n in nums.names], n_rows),
+            _row_major([columns[n] for n in cats.names], n_rows),
+            n_rows,
+        )
+
+    def encode_flat(self, numbers: list[Any], levels: list[Any], n_rows: int) -> Encoded:
+        """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs."""
+        nums, cats = self._fields
         enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
-        enc.num = _numbers(nums.names, _row_major([columns[n] for n in nums.names], n_rows), n_rows, enc)
-        flat = _row_major([columns[n] for n in cats.names], n_rows)
-        enc.cat = _codes(flat, self.categorical, self._indexes, enc).reshape(n_rows, cats.k)
+        enc.num = _numbers(nums.names, numbers, n_rows, enc)
+        enc.cat = _codes(levels, self.categorical, self._indexes, enc).reshape(n_rows, cats.k)
         return enc
+
+    @cached_property
+    def codec_cache(self) -> dict[Any, Any]:
+        """Scratch space for protocol codecs (request layouts already checked), kept with the bundle."""
+        return {}
+
+    @cached_property
+    def slots(self) -> dict[str, tuple[bool, int]]:
+        """Feature name → (numeric?, its column in `num` or `cat`)."""
+        out = {f.name: (True, j) for j, f in enumerate(self.numeric)}
+        out.update({f.name: (False, j) for j, f in enumerate(self.categorical)})
+        return out
 
     @cached_property
     def _fields(self) -> tuple[_Fields, _Fields]:

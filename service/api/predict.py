@@ -145,8 +145,7 @@ class PredictEndpoint:
         doc = _json(text)
         model = await self._model_version(route.name, route.version)
         v2.check_outputs(model.pre, doc)
-        columns, rows = v2.input_columns(model.pre, doc, binary, self.settings.max_records)
-        enc = v2.encode(model.pre, columns, rows)
+        enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
         out = await model.batcher.predict(enc.num, enc.cat)
         return v2.response(model.pre, model.name, model.version, out, doc, rows)
 

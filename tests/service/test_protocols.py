@@ -95,6 +95,18 @@ def test_v2_errors_name_the_input(churn_server: Server) -> None:
     message = _v2_error(churn_server, variant("tenure", data=[1, "lots"]))
     assert "input 'tenure', element 1" in message and "lots" in message
     assert "unknown output" in _v2_error(churn_server, {**good, "outputs": [{"name": "nope"}]})
+    one = v2_body(_records(1))["inputs"]  # NOTE: single rows take the remembered-layout fast path
+
+    def single(name: str, **change: object) -> dict[str, object]:
+        return {"inputs": [{**t, **change} if t["name"] == name else t for t in one]}
+
+    assert "input 'tenure', element 0" in _v2_error(churn_server, single("tenure", data=["lots"]))
+    assert "boolean" in _v2_error(churn_server, single("tenure", data=[True]))
+    assert "tenure" in _v2_error(churn_server, single("tenure", datatype="BYTES"))
+    assert "given twice" in _v2_error(churn_server, {"inputs": [*one[:-1], one[0]]})
+    nested = httpx.post(churn_server.url + "/v2/models/churn/infer", json=single("tenure", shape=[1, 1], data=[[3]]))
+    flat = httpx.post(churn_server.url + "/v2/models/churn/infer", json=single("tenure", data=[3]))
+    assert nested.status_code == flat.status_code == 200 and nested.json() == flat.json()
     assert "malformed JSON" in httpx.post(churn_server.url + "/v2/models/churn/infer", content=b"{").json()["error"]
     assert httpx.post(churn_server.url + "/v2/models/nope/infer", json=good).status_code == 404
 
