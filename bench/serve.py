@@ -1,12 +1,15 @@
 """Serving benchmark: tabserve vs a bare ASGI app and a plain FastAPI + ORT endpoint, with wrk.
 
-    python bench/serve.py                 # ~4 min; needs wrk (apt-get install wrk)
+    python bench/serve.py                 # ~5 min; needs wrk (apt-get install wrk)
     python bench/serve.py --duration 10   # longer runs, steadier figures
 
 Every server runs as its own process under uvicorn (1 worker, httptools, uvloop, no access log)
 on loopback; wrk (1 thread) drives it from another process with a Lua POST script. tabserve runs
 with its defaults except ONNX Runtime threads = 1, the same as the plain reference. Figures:
-requests/s, rows/s, p50 and p99 latency, and the ratios the serving issue asks for.
+requests/s, rows/s, p50 and p99 latency, and the ratios the serving issue asks for. The KServe V2
+ratio (protocols issue) comes from --pairs back-to-back predict/V2 runs on the same server process,
+alternating the order (the median counts): two servers measured minutes apart differ by more
+than the 20 % being measured on this shared machine.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,6 +187,7 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=ROOT / "models")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--conns", default="1,16,64")
+    parser.add_argument("--pairs", type=int, default=4, help="interleaved predict/V2 pairs for the V2 ratio")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -232,8 +237,31 @@ def main() -> None:
                         f"p50 {p50:6.2f} ms p99 {p99:6.2f} ms errors {errors}",
                         flush=True,
                     )
+            if name == "tabserve V2 infer":
+                pairs = paired_v2(port, scripts[1], v2_script, max(conns), args.duration, args.pairs)
             memory[f"{name} (after the runs)"] = rss_mb(proc.pid)
     report(results, memory, conns)
+    print(
+        f"KServe V2 / predict, {args.pairs} interleaved pairs on one server, {max(conns)} connections: "
+        f"median {statistics.median(pairs):.2f}x (pairs: {', '.join(f'{r:.2f}' for r in pairs)}; required >= 0.8x)"
+    )
+
+
+def paired_v2(port: int, predict_script: Path, v2_script: Path, conns: int, seconds: int, n: int) -> list[float]:
+    """V2 / predict throughput ratios from back-to-back wrk runs against the same server process,
+    alternating which goes first, so that the machine's drift between runs cancels out."""
+    base = f"http://127.0.0.1:{port}"
+    ratios = []
+    for i in range(n):
+        runs = [("/predict", predict_script), ("/v2/models/churn/infer", v2_script)]
+        order = runs if i % 2 == 0 else runs[::-1]
+        rps = {route: wrk(base + route, script, conns, seconds)[0] for route, script in order}
+        ratios.append(rps["/v2/models/churn/infer"] / rps["/predict"])
+        print(
+            f"pair {i + 1}: predict {rps['/predict']:.0f} req/s, V2 {rps['/v2/models/churn/infer']:.0f} req/s",
+            flush=True,
+        )
+    return ratios
 
 
 def report(results: list[Result], memory: dict[str, float], conns: list[int]) -> None:
@@ -256,7 +284,9 @@ def report(results: list[Result], memory: dict[str, float], conns: list[int]) ->
     print(f"  tabserve p99 = {ours.p99_ms:.2f} ms (required <= 10 ms)")
     print(f"  batching on / off = {ours.rps / get('tabserve no batching', c, 1).rps:.2f}x")
     v2 = get("tabserve V2 infer", c, 1)
-    print(f"  KServe V2 infer / predict = {v2.rps / ours.rps:.2f}x (required >= 0.8x), V2 p99 {v2.p99_ms:.2f} ms")
+    print(
+        f"  KServe V2 infer / predict (separate servers, one run each) = {v2.rps / ours.rps:.2f}x, V2 p99 {v2.p99_ms:.2f} ms"
+    )
     print(
         f"100-record requests, {c} connections: tabserve {get('tabserve', c, 100).rows:,.0f} rows/s (required >= 300,000); "
         f"plain {get('plain FastAPI+ORT', c, 100).rows:,.0f} rows/s"
