@@ -245,13 +245,6 @@ class Preprocess:
         return {}
 
     @cached_property
-    def slots(self) -> dict[str, tuple[bool, int]]:
-        """Feature name → (numeric?, its column in `num` or `cat`)."""
-        out = {f.name: (True, j) for j, f in enumerate(self.numeric)}
-        out.update({f.name: (False, j) for j, f in enumerate(self.categorical)})
-        return out
-
-    @cached_property
     def _fields(self) -> tuple[_Fields, _Fields]:
         return _Fields([f.name for f in self.numeric]), _Fields([f.name for f in self.categorical])
 

@@ -35,7 +35,6 @@ NUMERIC_TYPES = {
 }
 CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
 NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
-_PLAIN_TYPES = {"numeric": NUMERIC_FEATURE_TYPES, "categorical": CATEGORICAL_TYPES}
 
 
 def bad(message: str) -> RequestError:
@@ -61,24 +60,12 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     rows: int | None = None
     offset = 0
     for i, tensor in enumerate(doc["inputs"]):
-        # NOTE: the common case (known name, allowed datatype, shape [N] or [N, 1] matching its
-        # data) is checked inline in a few operations; anything else takes the full check below
-        values = None
-        if type(tensor) is dict and "parameters" not in tensor:
-            kind, data = kinds.get(tensor.get("name")), tensor.get("data")  # type: ignore[arg-type]
-            if kind is not None and tensor.get("datatype") in _PLAIN_TYPES[kind] and type(data) is list:
-                if data and type(data[0]) is list:
-                    data = _flatten(tensor["name"], data)
-                shape, n = tensor.get("shape"), len(data)
-                if shape == [n] or shape == [n, 1]:
-                    values = data
-        if values is None:
-            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-                raise bad(f"input {i} must be an object with a name, shape, datatype and data")
-            if tensor["name"] not in kinds:
-                raise bad(f"unknown input '{tensor['name']}'; the model's inputs are: {', '.join(kinds)}")
-            values, offset = _tensor_values(tensor["name"], kinds[tensor["name"]], tensor, binary, offset)
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise bad(f"input {i} must be an object with a name, shape, datatype and data")
         name = tensor["name"]
+        if name not in kinds:
+            raise bad(f"unknown input '{name}'; the model's inputs are: {', '.join(kinds)}")
+        values, offset = _tensor_values(name, kinds[name], tensor, binary, offset)
         if name in columns:
             raise bad(f"input '{name}' is given twice")
         if rows is None:
@@ -86,7 +73,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
         elif len(values) != rows:
             raise bad(f"input '{name}' has {len(values)} rows; earlier inputs have {rows}")
         columns[name] = values
-    missing = [n for n in kinds if n not in columns] if len(columns) != len(kinds) else []
+    missing = [n for n in kinds if n not in columns]
     if missing:
         raise bad(f"missing input(s): {', '.join(missing)}")
     assert rows is not None
@@ -220,12 +207,12 @@ LAYOUTS_KEPT = 64
 def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any] | None:
     """Pickers of the `num` and `cat` values among the request's inputs, if the layout is valid:
     every feature exactly once, each with a datatype its kind allows."""
-    slots = pre.slots
+    kinds = pre.kinds
     at = {name: i for i, name in enumerate(names)}
-    if len(at) != len(names) or at.keys() != slots.keys():
+    if len(at) != len(names) or at.keys() != kinds.keys():
         return None
     for name, datatype in zip(names, datatypes, strict=True):
-        if datatype not in (NUMERIC_FEATURE_TYPES if slots[name][0] else CATEGORICAL_TYPES):
+        if datatype not in (NUMERIC_FEATURE_TYPES if kinds[name] == "numeric" else CATEGORICAL_TYPES):
             return None
     return _picker([at[f.name] for f in pre.numeric]), _picker([at[f.name] for f in pre.categorical])
 

@@ -90,7 +90,6 @@ class CsvSource:
 
     def __init__(self, stream: Any, raw: Any = None, chunk_rows: int = 16_384, name: str = "input") -> None:
         self._raw = raw if raw is not None else stream
-        self._name = name
         head = b""
         while b"\n" not in head and len(head) < 64 * HEADER_PROBE:
             more = stream.read(HEADER_PROBE)
@@ -256,12 +255,17 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def csv_write_options() -> pcsv.WriteOptions:
+    """How every engine writes CSV: header, strings quoted, nulls empty."""
+    return pcsv.WriteOptions(quoting_style="needed")
+
+
 class CsvSink:
     """CSV out (strings quoted, nulls empty) to a path or a binary stream; gzip by request."""
 
     def __init__(self, target: str | IO[bytes] | pa.NativeFile, schema: pa.Schema, gzip: bool = False) -> None:
         self._out = pa.CompressedOutputStream(target, "gzip") if gzip else target
-        self._writer = pcsv.CSVWriter(self._out, schema, write_options=pcsv.WriteOptions(quoting_style="needed"))
+        self._writer = pcsv.CSVWriter(self._out, schema, write_options=csv_write_options())
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)

@@ -91,6 +91,13 @@ class Scorer:
         if missing:
             raise ScoringError(f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}")
 
+    def plan(self, source: Source, keep: list[str] | None, keep_all: bool) -> tuple[list[str], pa.Schema]:
+        """Check a source's columns before any work; the columns to read and the output schema."""
+        self.check_columns(source.columns)
+        kept = kept_columns(source, self.pre, keep, keep_all)
+        wanted = list(dict.fromkeys([*kept, *self.names]))
+        return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
+
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:
         """Pass-through columns, prediction columns, `error`."""
         fields = [pa.field(name, kind) for name, kind in kept]
@@ -169,10 +176,11 @@ def score_stream(
 ) -> Summary:
     """Score every batch of `source` into the sink `open_out(schema)` gives; rows out == rows in."""
     started, summary = time.perf_counter(), Summary()
-    scorer.check_columns(source.columns)
-    kept = kept_columns(source, scorer.pre, keep, keep_all)
-    wanted = list(dict.fromkeys([*kept, *scorer.names]))
-    schema = scorer.output_schema([(c, source.type_of(c)) for c in kept])
+    try:
+        wanted, schema = scorer.plan(source, keep, keep_all)
+    except BaseException:
+        source.close()
+        raise
     workers = workers or min(2, os.cpu_count() or 1)
     sink = open_out(schema)
 

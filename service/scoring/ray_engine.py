@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from service.bundle import BundleRef, resolve
 from service.runtime import Device
-from service.scoring.files import CsvSource, ParquetSource, ScoringError, format_of, numbered
-from service.scoring.local import Scorer, Summary, kept_columns
+from service.scoring.files import CsvSource, ParquetSource, ScoringError, csv_write_options, format_of, numbered
+from service.scoring.local import Scorer, Summary
 
 try:
     import ray
@@ -105,17 +105,11 @@ def score_with_ray(
     files = input_files(input)
     fmt = format_of(output)
     scorer = Scorer(ref, "cpu", threads=1)  # NOTE: only for the header checks and the output schema
-    kept, schema = None, None
+    plans = []
     for path in files:  # NOTE: every file's header is checked before any work
         with pa.OSFile(path) if fmt == "parquet" else pa.input_stream(path) as raw:
-            source = _open(path, raw, chunk_rows)
-            scorer.check_columns(source.columns)
-            names = kept_columns(source, ref.preprocess, keep, keep_all)
-            if kept is None:
-                kept = names
-                schema = scorer.output_schema([(c, source.type_of(c)) for c in names])
-    assert kept is not None and schema is not None
-    wanted = list(dict.fromkeys([*kept, *scorer.names]))
+            plans.append(scorer.plan(_open(path, raw, chunk_rows), keep, keep_all))
+    wanted, schema = plans[0]
 
     if not ray.is_initialized():
         cpus = None if address else min(2, os.cpu_count() or 1)
@@ -147,7 +141,7 @@ def score_with_ray(
         else:
             scored.write_csv(
                 str(tmp),
-                arrow_csv_args_fn=lambda: {"write_options": pcsv.WriteOptions(quoting_style="needed")},
+                arrow_csv_args_fn=lambda: {"write_options": csv_write_options()},
                 **({"arrow_open_stream_args": {"compression": "gzip"}} if fmt == "csv.gz" else {}),
             )
         if fmt == "csv.gz":  # NOTE: Ray names parts by format ("….csv"); these hold gzip
