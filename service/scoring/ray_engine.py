@@ -107,7 +107,8 @@ def score_with_ray(
     scorer = Scorer(ref, "cpu", threads=1)  # NOTE: only for the header checks and the output schema
     plans = []
     for path in files:  # NOTE: every file's header is checked before any work
-        with pa.OSFile(path) if fmt == "parquet" else pa.input_stream(path) as raw:
+        parquet = format_of(Path(path)) == "parquet"  # NOTE: the input's format; gzip CSV decompressed
+        with pa.OSFile(path) if parquet else pa.input_stream(path) as raw:
             plans.append(scorer.plan(_open(path, raw, chunk_rows), keep, keep_all))
     wanted, schema = plans[0]
 

@@ -342,9 +342,13 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
     try:
         summary = score_with_ray(churn_bundle, str(source), tmp_path / "ray.csv", keep_all=True, chunk_rows=32)
         parquet = score_with_ray(churn_bundle, str(folder), tmp_path / "ray_pq.csv.gz")
+        gz = tmp_path / "in.csv.gz"  # NOTE: the input's format decides how it is opened, not the output's
+        gz.write_bytes(gzip.compress(source.read_bytes()))
+        zipped = score_with_ray(churn_bundle, str(gz), tmp_path / "ray_gz.parquet")
     finally:
         ray.shutdown()
     assert parquet.rows_in == 90 and parquet.rows_failed == 0
+    assert (zipped.rows_in, zipped.rows_failed) == (200, 2)
     assert [row for part in output_files(tmp_path / "ray_pq.csv.gz") for row in _read(part)] == expected
     parts = output_files(tmp_path / "ray.csv")
     distributed = [row for part in parts for row in _read(part)]
