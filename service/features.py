@@ -221,16 +221,6 @@ class Preprocess:
         nums, cats = self._fields
         return self.encode_flat(nums.flat(records), cats.flat(records), len(records))
 
-    def encode_lists(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
-        """Column-wise values (protocol tensors) → model inputs through the record fast path:
-        the columns are interleaved row-major, then encoded exactly as `encode_records` does."""
-        nums, cats = self._fields
-        return self.encode_flat(
-            _row_major([columns[n] for n in nums.names], n_rows),
-            _row_major([columns[n] for n in cats.names], n_rows),
-            n_rows,
-        )
-
     def encode_flat(self, numbers: list[Any], levels: list[Any], n_rows: int) -> Encoded:
         """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs."""
         nums, cats = self._fields
@@ -352,15 +342,6 @@ class _Fields:
         except KeyError:  # some record lacks a field: it is missing, not an error
             return [r.get(name) for r in records for name in self.names]
         return got if self.k == 1 else list(itertools.chain.from_iterable(got))
-
-
-def _row_major(columns: list[Sequence[Any]], n_rows: int) -> list[Any]:
-    if n_rows == 1:  # NOTE: the usual online request: one value per column
-        return [c[0].item() if isinstance(c, np.ndarray) else c[0] for c in columns]
-    lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
-    if len(lists) == 1:
-        return list(lists[0])
-    return list(itertools.chain.from_iterable(zip(*lists, strict=True)))
 
 
 def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded) -> np.ndarray:

@@ -227,7 +227,7 @@ def _picker(positions: list[int]) -> Any:
 
 def encode(pre: Preprocess, columns: dict[str, Any], rows: int) -> Encoded:
     """Columns → model inputs; an unusable value fails the request naming the input and element."""
-    return _checked(pre.encode_lists(columns, rows))
+    return _checked(pre.encode_columns(columns, rows))
 
 
 def _checked(enc: Encoded) -> Encoded:
