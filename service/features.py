@@ -7,6 +7,7 @@ serving cannot drift apart.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
@@ -29,11 +30,27 @@ NUMERIC_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "
 
 
 class EncodingError(ValueError):
-    """A raw value that cannot be encoded; names the record and the field."""
+    """A raw value that cannot be encoded; names the record and the field (None: the record)."""
 
-    def __init__(self, row: int, field_name: str, reason: str) -> None:
-        super().__init__(f"record {row}, field '{field_name}': {reason}")
+    def __init__(self, row: int, field_name: str | None, reason: str) -> None:
+        where = f"record {row}" if field_name is None else f"record {row}, field '{field_name}'"
+        super().__init__(f"{where}: {reason}")
         self.row, self.field, self.reason = row, field_name, reason
+
+
+def _squashed(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def near_miss(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate that is most likely `name` mistyped (case, spacing, punctuation or a close
+    spelling), or None: how a misspelt field or column gets a "did you mean" instead of silence."""
+    squashed = _squashed(name)
+    for candidate in candidates:
+        if _squashed(candidate) == squashed:
+            return candidate
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def parse_number(value: Any) -> float:
@@ -219,7 +236,41 @@ class Preprocess:
         through the same _number / _level as encode_columns, so both give identical arrays.
         """
         nums, cats = self._fields
-        return self.encode_flat(nums.flat(records), cats.flat(records), len(records))
+        try:
+            return self.encode_flat(nums.flat(records), cats.flat(records), len(records))
+        except KeyError:  # NOTE: some record lacks a feature: missing, not an error (but see below)
+            pass
+        enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
+        self._check_absent(records, enc)
+        return enc
+
+    def _check_absent(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:
+        """Absent features are imputed like nulls, except where that is surely a client mistake: a
+        record with none of the features is an error, and an absent feature next to an ignored
+        field that looks like it (`Tenure` for `tenure`) gets a "did you mean" warning."""
+        kinds, known = self.kinds, self._known_fields
+        for row, record in enumerate(records):
+            absent = [name for name in kinds if name not in record]
+            if not absent:
+                continue
+            ignored = [key for key in record if key not in known]
+            if len(absent) == len(kinds):
+                sent = f"; it has only {', '.join(map(repr, ignored[:10]))}" if ignored else ""
+                reason = f"none of the model's {len(kinds)} features is present{sent}"
+                enc.errors.setdefault(row, EncodingError(row, None, reason))
+                continue
+            for name in absent:
+                guess = near_miss(name, ignored) if ignored else None
+                if guess is not None:
+                    enc.warn(
+                        row,
+                        f"field {guess!r} is not a feature and was ignored: did you mean {name!r}? "
+                        f"'{name}' is absent and was scored as missing",
+                    )
+
+    @cached_property
+    def _known_fields(self) -> frozenset[str]:
+        return frozenset([*self.kinds, *self.id_columns])
 
     def encode_flat(self, numbers: list[Any], levels: list[Any], n_rows: int) -> Encoded:
         """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs."""
@@ -335,13 +386,15 @@ class _Fields:
         self._get = operator.itemgetter(*names) if names else None
 
     def flat(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Raises KeyError when a record lacks a field (see `flat_lenient`)."""
         if self._get is None:
             return []
-        try:
-            got = list(map(self._get, records))
-        except KeyError:  # some record lacks a field: it is missing, not an error
-            return [r.get(name) for r in records for name in self.names]
+        got = list(map(self._get, records))
         return got if self.k == 1 else list(itertools.chain.from_iterable(got))
+
+    def flat_lenient(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """As `flat`, with None for absent fields."""
+        return [r.get(name) for r in records for name in self.names]
 
 
 def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded) -> np.ndarray:
@@ -350,12 +403,15 @@ def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[
         codes = list(map(dict.get, itertools.cycle(indexes), flat))
     except TypeError:  # an unhashable value (a list or an object) somewhere
         codes = [None] * len(flat)
-    if None in codes:
-        k = len(feats)
-        codes = [
-            c if c is not None else level_code(p // k, feats[p % k], flat[p], indexes[p % k], enc)
-            for p, c in enumerate(codes)
-        ]
+    try:
+        return np.array(codes, dtype=np.int64)
+    except TypeError:  # NOTE: a None (missing, unseen, not a level); cheaper than `None in codes`
+        pass
+    k = len(feats)
+    codes = [
+        c if c is not None else level_code(p // k, feats[p % k], flat[p], indexes[p % k], enc)
+        for p, c in enumerate(codes)
+    ]
     return np.array(codes, dtype=np.int64)
 
 

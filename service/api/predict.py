@@ -180,7 +180,7 @@ def _error(route: Route, status: int, doc: dict[str, Any]) -> dict[str, Any]:
         return doc
     code = "BAD_REQUEST" if status < 500 else ("TEMPORARILY_UNAVAILABLE" if status == 503 else "INTERNAL_ERROR")
     message = doc["error"]
-    if doc.get("details"):
+    if len(doc.get("details", ())) > 1:  # NOTE: the first detail is the message itself
         message += "; " + "; ".join(
             f"record {d['record']}, field '{d['field']}': {d['message']}" for d in doc["details"][1:6]
         )

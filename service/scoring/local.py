@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pyarrow as pa
 
 from service.bundle import MODEL_FILE, BundleRef
-from service.features import Preprocess
+from service.features import Preprocess, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import ROW, UNPARSED, ScoringError, Sink, Source, format_of, numbered, open_sink, open_source
@@ -89,7 +89,13 @@ class Scorer:
         """Fail before any work when the input lacks feature columns the model needs."""
         missing = [n for n in self.names if n not in columns]
         if missing:
-            raise ScoringError(f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}")
+            unused = [c for c in columns if c not in self.names]
+            guesses = {n: near_miss(n, unused) for n in missing}
+            hints = "; ".join(f"is {g!r} meant to be {n!r}?" for n, g in guesses.items() if g is not None)
+            raise ScoringError(
+                f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}"
+                + (f" ({hints})" if hints else "")
+            )
 
     def plan(self, source: Source, keep: list[str] | None, keep_all: bool) -> tuple[list[str], pa.Schema]:
         """Check a source's columns before any work; the columns to read and the output schema."""

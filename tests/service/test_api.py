@@ -48,6 +48,7 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
         {k: v for k, v in rec.items() if k != "TotalCharges"},
         {**rec, "TotalCharges": None, "Contract": None},
         {**rec, "Contract": "Ten-year"},
+        {**{k: v for k, v in rec.items() if k != "Contract"}, "contract": rec["Contract"]},  # a typo
     ]
     r = httpx.post(churn_server.url + "/predict", json={"records": variants})
     assert r.status_code == 200, r.text
@@ -56,6 +57,10 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
     np.testing.assert_allclose([p["probability"] for p in preds], direct(churn_server, variants)[:, 1], atol=1e-6)
     assert "warnings" not in preds[1] and "warnings" not in preds[2]
     assert "Ten-year" in preds[3]["warnings"][0] and "Contract" in preds[3]["warnings"][0]
+    assert preds[4]["warnings"] == [
+        "field 'contract' is not a feature and was ignored: did you mean 'Contract'? "
+        "'Contract' is absent and was scored as missing"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -64,6 +69,7 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
         (b'{"records": [{"tenure": 1}, {"tenure": "lots"}]}', {}, 422, "record 1, field 'tenure'"),
         (b'{"records": [{"tenure": true}]}', {}, 422, "field 'tenure'"),
         (b'{"records": [{"Contract": {"a": 1}}]}', {}, 422, "field 'Contract'"),
+        (b'{"records": [{"tenure": 1}, {"Tenure": 1}]}', {}, 422, "record 1: none of the model's 19 features"),
         (b'{"records": [{"tenure": 1e999}]}', {}, 400, "malformed JSON"),
         (b'{"records": []}', {}, 422, "empty"),
         (b'{"records": [1, 2]}', {}, 422, "record 0 is not a JSON object"),

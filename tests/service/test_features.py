@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.features import CategoricalFeature, NumericFeature, Preprocess, parse_number
+from service.features import CategoricalFeature, NumericFeature, Preprocess, near_miss, parse_number
 
 
 def make_preprocess() -> Preprocess:
@@ -98,3 +98,31 @@ def test_preprocess_json_round_trip(tmp_path) -> None:
     again = Preprocess.load(tmp_path / "p.json")
     assert again.to_json() == pre.to_json()
     assert again.categorical[0].index_ == {"basic": 1, "gold": 2}
+
+
+def test_absent_features_that_look_like_a_client_mistake_are_reported() -> None:
+    """Absent features are imputed (as null), but never silently when the record shows a typo."""
+    pre = make_preprocess()
+    enc = pre.encode_records(
+        [
+            {"charges": 1, "plan": "gold"},
+            {"Charges": 1, "plan": "gold"},  # wrong case: charges is absent, and a warning says why
+            {"plan": "gold", "note": "x"},  # absent, nothing like it sent: imputed quietly
+            {"Charges": 2, "PLAN": "gold"},  # none of the features: nothing to score
+            {},
+        ]
+    )
+    assert list(enc.warnings) == [1]
+    assert "'Charges' is not a feature" in enc.warnings[1][0] and "did you mean 'charges'" in enc.warnings[1][0]
+    assert sorted(enc.errors) == [3, 4]
+    assert enc.errors[3].field is None and "none of the model's 2 features" in str(enc.errors[3])
+    assert "'Charges'" in str(enc.errors[3]) and str(enc.errors[4]).startswith("record 4:")
+    assert np.isnan(enc.num[1, 0]) and np.isnan(enc.num[2, 0])
+
+
+def test_near_miss_names() -> None:
+    names = ["tenure", "MonthlyCharges", "PaymentMethod"]
+    assert near_miss("monthly_charges", names) == "MonthlyCharges"
+    assert near_miss("Tenure ", names) == "tenure"
+    assert near_miss("tenur", names) == "tenure"
+    assert near_miss("gender", names) is None

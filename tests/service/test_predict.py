@@ -23,7 +23,7 @@ def _pre(task: str, labels: list[object], threshold: float | None = None) -> Pre
 def test_binary_uses_the_saved_threshold() -> None:
     pre = _pre("binary", ["no", "yes"], threshold=0.3)
     out = np.array([[0.8, 0.2], [0.65, 0.35], [0.1, 0.9]], dtype=np.float32)
-    records = [{"id": 7}, {}, {"id": "z"}]
+    records = [{"id": 7, "x": 0.1}, {"x": None}, {"id": "z", "c": "a"}]
     got = answers(pre, out, records, encode(pre, records))
     assert [a["label"] for a in got] == ["no", "yes", "yes"]
     assert got[0]["id"] == 7 and "id" not in got[1]
@@ -32,13 +32,14 @@ def test_binary_uses_the_saved_threshold() -> None:
 def test_multiclass_and_regression_answers() -> None:
     pre = _pre("multiclass", ["low", "mid", 3])
     out = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.0, 0.1, 0.9]], dtype=np.float32)
-    records = [{"c": "a"}, {"c": "q"}, {}]
+    records = [{"c": "a"}, {"c": "q"}, {"x": 2}]
     got = answers(pre, out, records, encode(pre, records))
     assert [a["label"] for a in got] == ["mid", "low", 3]
     assert set(got[0]["probabilities"]) == {"low", "mid", "3"}
     assert "unseen level 'q'" in got[1]["warnings"][0]
     reg = _pre("regression", [])
-    values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), [{}, {}], encode(reg, [{}, {}]))
+    rows = [{"x": 1}, {"c": None}]
+    values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), rows, encode(reg, rows))
     assert values == [{"value": 1.5}, {"value": -2.0}]
 
 
@@ -50,3 +51,14 @@ def test_request_shape_checks(doc: object, status: int) -> None:
     with pytest.raises(RequestError) as info:
         records_of(doc, max_records=10)
     assert info.value.status == status
+
+
+def test_a_record_with_no_feature_is_refused_naming_it() -> None:
+    pre = _pre("binary", ["no", "yes"])
+    with pytest.raises(RequestError) as info:
+        encode(pre, [{"x": 1}, {"id": 3, "X": 1}])
+    assert info.value.status == 422 and info.value.details[0] == {
+        "record": 1,
+        "field": None,
+        "message": "none of the model's 2 features is present; it has only 'X'",
+    }

@@ -173,7 +173,11 @@ def test_mlflow_errors_and_health(churn_server: Server) -> None:
     assert "exactly one of" in both.json()["message"]
     wrong = httpx.post(url, json={"dataframe_records": [{**_records(1)[0], "tenure": "lots"}]})
     assert wrong.status_code == 400 and "tenure" in wrong.json()["message"]
-    assert wrong.json()["error_code"] == "BAD_REQUEST"
+    assert wrong.json()["error_code"] == "BAD_REQUEST" and not wrong.json()["message"].endswith("; ")
+    two = httpx.post(url, json={"dataframe_split": {"columns": ["tenure"], "data": [["lots"], ["many"]]}})
+    assert two.json()["message"].endswith("record 1, field 'tenure': expected a number, got 'many'")
+    typo = httpx.post(url, json={"dataframe_split": {"columns": ["Tenure"], "data": [[5]]}})
+    assert typo.status_code == 400 and "none of the model's 19 features" in typo.json()["message"]
     assert httpx.post(url, content=b"x", headers={"content-type": "text/plain"}).json()["error_code"] == "BAD_REQUEST"
     assert httpx.get(churn_server.url + "/ping").status_code == 200
     assert httpx.get(churn_server.url + "/health").status_code == 200

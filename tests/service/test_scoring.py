@@ -76,11 +76,14 @@ def test_every_malformed_row_is_still_written_with_its_reason(churn_bundle: bund
 
 def test_missing_columns_fail_before_any_output(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     source = tmp_path / "thin.csv"
-    source.write_text("customerID,tenure\nx,1\n")
+    source.write_text("customerID,tenure,monthly_charges,PAYMENT METHOD\nx,1,2,Bank\n")
     out = tmp_path / "out.csv"
     with pytest.raises(ScoringError, match="missing 18 column") as info:
         score_file(Scorer(churn_bundle, "cpu"), source, out)
     assert "Contract" in str(info.value)
+    # near-miss headers are named, so a renamed export is fixed in one go
+    assert "is 'monthly_charges' meant to be 'MonthlyCharges'?" in str(info.value)
+    assert "is 'PAYMENT METHOD' meant to be 'PaymentMethod'?" in str(info.value)
     assert not out.exists() and list(tmp_path.iterdir()) == [source]
 
 
