@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.features import Encoded, Preprocess
+from service.features import Encoded, Preprocess, near_miss
 from service.predict import RequestError
 
 NUMERIC_TYPES = {
@@ -64,7 +64,9 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
             raise bad(f"input {i} must be an object with a name, shape, datatype and data")
         name = tensor["name"]
         if name not in kinds:
-            raise bad(f"unknown input '{name}'; the model's inputs are: {', '.join(kinds)}")
+            guess = near_miss(name, list(kinds))
+            hint = f"did you mean {guess!r}? " if guess else ""
+            raise bad(f"unknown input '{name}'; {hint}the model's inputs are: {', '.join(kinds)}")
         values, offset = _tensor_values(name, kinds[name], tensor, binary, offset)
         if name in columns:
             raise bad(f"input '{name}' is given twice")

@@ -92,6 +92,8 @@ def test_v2_errors_name_the_input(churn_server: Server) -> None:
     assert "shape" in _v2_error(churn_server, variant("tenure", shape=[2, 2]))
     assert "data holds 3" in _v2_error(churn_server, variant("tenure", data=[1, 2, 3]))
     assert "unknown input 'nope'" in _v2_error(churn_server, {"inputs": [*inputs, {**inputs[0], "name": "nope"}]})
+    renamed = {"inputs": [{**t, "name": "Tenure"} if t["name"] == "tenure" else t for t in inputs]}
+    assert "unknown input 'Tenure'; did you mean 'tenure'?" in _v2_error(churn_server, renamed)
     message = _v2_error(churn_server, variant("tenure", data=[1, "lots"]))
     assert "input 'tenure', element 1" in message and "lots" in message
     assert "unknown output" in _v2_error(churn_server, {**good, "outputs": [{"name": "nope"}]})
