@@ -20,7 +20,8 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 ModelsDir = Annotated[
-    Path | None, typer.Option("--models-dir", help="Model store (default $TABSERVE_MODELS_DIR or ./models).")
+    Path | None,
+    typer.Option("--models-dir", "--models", help="Model store (default $TABSERVE_MODELS_DIR or ./models)."),
 ]
 
 

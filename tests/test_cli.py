@@ -48,7 +48,8 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--data", "missing.csv", "--target", "y"], "not found"),
-        (["--data", str(GERMAN), "--target", "nope"], "target column 'nope' not in the data"),
+        (["--data", str(GERMAN), "--target", "nope"], "target column 'nope' is not in the data (columns: "),
+        (["--data", str(GERMAN), "--target", "Creditability"], "did you mean 'creditability'?"),
         (["--data", str(GERMAN), "--target", "creditability", "--activation", "swish"], "activation"),
     ],
 )

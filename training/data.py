@@ -20,6 +20,7 @@ from service.features import (
     NumericFeature,
     Preprocess,
     category_key,
+    near_miss,
     parse_number,
 )
 from training.config import TrainConfig
@@ -108,7 +109,7 @@ def infer_schema(df: pd.DataFrame, cfg: TrainConfig) -> Schema:
     """Classify every non-target column; raises DataError for all-missing or unknown columns."""
     for col in [*cfg.id_columns, *cfg.drop]:
         if col not in df.columns:
-            raise DataError(f"column {col!r} (named in id_columns/drop) is not in the data")
+            raise _missing_column("column (named in id_columns/drop)", col, df)
     schema = Schema(id_columns=list(cfg.id_columns))
     for col in df.columns:
         if col == cfg.target or col in cfg.id_columns:
@@ -158,7 +159,7 @@ def _named_like_id(col: str) -> bool:
 def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Target]:
     """Drop rows without a target, decide the task, encode classes as indices (or floats)."""
     if cfg.target not in df.columns:
-        raise DataError(f"target column {cfg.target!r} not in the data (columns: {_cols(df)})")
+        raise _missing_column("target column", cfg.target, df)
     keys = category_values(df[cfg.target])
     keep = np.array([k is not None for k in keys])
     dropped = int((~keep).sum())
@@ -185,8 +186,18 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
 
 
 def _cols(df: pd.DataFrame) -> str:
-    names = list(df.columns)
-    return ", ".join(names[:12]) + (" …" if len(names) > 12 else "")
+    """The data's columns for an error message: all of them, or both ends of a very wide file
+    (the target is often the last column)."""
+    names = [str(c) for c in df.columns]
+    if len(names) > 40:
+        names = [*names[:20], f"… {len(names) - 25} more …", *names[-5:]]
+    return ", ".join(names)
+
+
+def _missing_column(what: str, name: str, df: pd.DataFrame) -> DataError:
+    guess = near_miss(name, [str(c) for c in df.columns])
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return DataError(f"{what} {name!r} is not in the data{hint} (columns: {_cols(df)})")
 
 
 def _decide_task(requested: str, present: list[str], column: pd.Series) -> str:
