@@ -226,6 +226,7 @@ class Preprocess:
             enc.num[:, j] = encode_numeric(feat.name, columns.get(feat.name), n_rows, enc)
         for j, cfeat in enumerate(self.categorical):
             enc.cat[:, j] = encode_categorical(cfeat, columns.get(cfeat.name), n_rows, enc)
+        self.check_ranges(enc)
         return enc
 
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> Encoded:
@@ -278,7 +279,40 @@ class Preprocess:
         enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
         enc.num = _numbers(nums.names, numbers, n_rows, enc)
         enc.cat = _codes(levels, self.categorical, self._indexes, enc).reshape(n_rows, cats.k)
+        self.check_ranges(enc)
         return enc
+
+    def check_ranges(self, enc: Encoded) -> None:
+        """A per-record warning for each numeric value outside the range seen in training (the
+        model extrapolates there); compared in float32, as the model sees the values."""
+        lo, hi, below, above = self._ranges
+        num = enc.num
+        if num.shape[0] == 1:  # NOTE: a single record: plain Python beats three numpy calls
+            for j, v in enumerate(num[0].tolist()):
+                if v < lo[j]:
+                    enc.warn(0, below[j])
+                elif v > hi[j]:
+                    enc.warn(0, above[j])
+            return
+        low, high = num < self._range_arrays[0], num > self._range_arrays[1]  # NOTE: NaN is neither
+        if not (low.any() or high.any()):
+            return
+        for i, j in zip(*np.nonzero(low | high), strict=True):
+            enc.warn(int(i), below[j] if low[i, j] else above[j])
+
+    @cached_property
+    def _range_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.array([f.min_ for f in self.numeric], dtype=np.float32),
+            np.array([f.max_ for f in self.numeric], dtype=np.float32),
+        )
+
+    @cached_property
+    def _ranges(self) -> tuple[list[float], list[float], list[str], list[str]]:
+        lo, hi = self._range_arrays
+        below = [f"field '{f.name}': below the smallest value seen in training ({f.min_:g})" for f in self.numeric]
+        above = [f"field '{f.name}': above the largest value seen in training ({f.max_:g})" for f in self.numeric]
+        return lo.tolist(), hi.tolist(), below, above
 
     @cached_property
     def codec_cache(self) -> dict[Any, Any]:

@@ -25,6 +25,9 @@ ModelsDir = Annotated[
 ]
 
 
+SHOWN_WARNINGS = 8
+
+
 def _fail(message: str) -> NoReturn:
     """One line on stderr, exit status 2."""
     err_console.print(Text.assemble(("error: ", "bold red"), message.replace("\n", " ")), soft_wrap=True)
@@ -218,6 +221,12 @@ def score(
         f"{summary.rows_failed:,} with errors, {summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) → {output}",
         soft_wrap=True,
     )
+    if summary.warnings:
+        console.print(f"warnings on scored rows ({sum(summary.warnings.values()):,}; the rows are scored):")
+        for message, rows in summary.warnings.most_common(SHOWN_WARNINGS):
+            console.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
+        if len(summary.warnings) > SHOWN_WARNINGS:
+            console.print(f"  … and {len(summary.warnings) - SHOWN_WARNINGS:,} other kinds")
 
 
 def _score_local(

@@ -233,7 +233,12 @@ async def score(
         if error is None:
             telemetry.rows_scored(model.name, summary.rows_scored)
             log.info(
-                "scored upload: %d rows, %d with errors, %.1f s", summary.rows_in, summary.rows_failed, summary.seconds
+                "scored upload: %d rows, %d with errors, %d warnings on scored rows (%s), %.1f s",
+                summary.rows_in,
+                summary.rows_failed,
+                summary.warnings.total(),
+                "; ".join(f"{n} × {text}" for text, n in summary.warnings.most_common(3)) or "none",
+                summary.seconds,
             )
         elif not isinstance(error, Cancelled):
             log.warning("upload scoring stopped: %s", error)

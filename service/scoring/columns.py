@@ -100,6 +100,7 @@ class ArrowEncoder:
         for j, cfeat in enumerate(self.pre.categorical):
             cat[j] = _categorical(cfeat, _array(batch.column(cfeat.name)), self._vocabs[j], n, enc)
         enc.num, enc.cat = np.ascontiguousarray(num.T), np.ascontiguousarray(cat.T)
+        self.pre.check_ranges(enc)
         return enc
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -36,6 +36,8 @@ Progress = Callable[[int, int], None]  # (rows done, bytes read)
 OnError = Callable[[int, str], None]  # (row number, message)
 ORT_ROWS = 1024  # NOTE: ONNX Runtime is ~30 % faster per row at 1k rows than at 16k (cache)
 KEPT_ERRORS = 100
+KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
+OTHER_WARNINGS = "other warnings"
 
 
 @dataclass
@@ -47,6 +49,15 @@ class Summary:
     rows_failed: int = 0
     seconds: float = 0.0
     errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS
+    # NOTE: on scored rows (unseen levels, values outside the training range); text → rows
+    warnings: Counter[str] = field(default_factory=Counter)
+
+    def count_warnings(self, counts: Counter[str]) -> None:
+        """Add a block's warning counts (beyond KEPT_WARNINGS distinct texts, under one entry)."""
+        for message, rows in counts.items():
+            if message not in self.warnings and len(self.warnings) >= KEPT_WARNINGS:
+                message = OTHER_WARNINGS
+            self.warnings[message] += rows
 
     @property
     def rows_per_second(self) -> float:
@@ -70,6 +81,7 @@ class Scored:
     batch: pa.RecordBatch
     errors: list[tuple[int, str]]
     rows: int
+    warnings: Counter[str]
 
 
 class Scorer:
@@ -147,7 +159,8 @@ class Scorer:
             error_col = pa.array(texts, pa.string())
         kept = [batch.column(name) for name in schema.names[:n_kept]]
         scored = pa.RecordBatch.from_arrays([*kept, *self._predictions(out, failed), error_col], schema=schema)
-        return Scored(scored, [(int(rows[r]), messages[r]) for r in sorted(messages)], batch.num_rows)
+        warnings = Counter(w for r, texts in enc.warnings.items() if r not in messages for w in texts)
+        return Scored(scored, [(int(rows[r]), messages[r]) for r in sorted(messages)], batch.num_rows, warnings)
 
     def _predictions(self, out: np.ndarray, failed: np.ndarray) -> list[pa.Array]:
         if self.pre.task == "regression":
@@ -194,6 +207,7 @@ def score_stream(
         sink.write(scored.batch)
         summary.rows_in += scored.rows
         summary.rows_failed += len(scored.errors)
+        summary.count_warnings(scored.warnings)
         for row, message in scored.errors:
             if len(summary.errors) < KEPT_ERRORS:
                 summary.errors.append((row, message))

@@ -49,6 +49,7 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
         {**rec, "TotalCharges": None, "Contract": None},
         {**rec, "Contract": "Ten-year"},
         {**{k: v for k, v in rec.items() if k != "Contract"}, "contract": rec["Contract"]},  # a typo
+        {**rec, "tenure": 500},  # beyond anything seen in training
     ]
     r = httpx.post(churn_server.url + "/predict", json={"records": variants})
     assert r.status_code == 200, r.text
@@ -61,6 +62,7 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
         "field 'contract' is not a feature and was ignored: did you mean 'Contract'? "
         "'Contract' is absent and was scored as missing"
     ]
+    assert preds[5]["warnings"] == ["field 'tenure': above the largest value seen in training (72)"]
 
 
 @pytest.mark.parametrize(

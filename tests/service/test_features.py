@@ -126,3 +126,18 @@ def test_near_miss_names() -> None:
     assert near_miss("Tenure ", names) == "tenure"
     assert near_miss("tenur", names) == "tenure"
     assert near_miss("gender", names) is None
+
+
+def test_values_outside_the_training_range_are_scored_with_a_warning() -> None:
+    pre = make_preprocess()  # charges seen in training: 0 to 100
+    records = [{"charges": 100, "plan": "gold"}, {"charges": 100.5}, {"charges": -1}, {"charges": None}]
+    enc = pre.encode_records(records)
+    assert enc.warnings == {
+        1: ["field 'charges': above the largest value seen in training (100)"],
+        2: ["field 'charges': below the smallest value seen in training (0)"],
+    }
+    assert enc.num[1, 0] == 100.5 and not enc.errors
+    # one record (its own code path) and the column path say the same
+    assert pre.encode_records([records[1]]).warnings == {0: enc.warnings[1]}
+    columns = {"charges": [r.get("charges") for r in records], "plan": [r.get("plan") for r in records]}
+    assert pre.encode_columns(columns, len(records)).warnings == enc.warnings

@@ -25,6 +25,14 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def _telco_head(path: Path, n: int) -> Path:
     with TELCO.open(newline="") as fh:
         lines = [line for _, line in zip(range(n + 1), fh, strict=False)]
@@ -100,7 +108,9 @@ def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: 
 
 def test_cli_scores_and_reports(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     store = copy_store(churn_bundle, tmp_path / "models")
-    source = _telco_head(tmp_path / "in.csv", 30)
+    rows = _read(_telco_head(tmp_path / "head.csv", 30))
+    rows[3]["tenure"], rows[4]["Contract"], rows[5]["Contract"] = "500", "Ten-year", "Ten-year"
+    source = _write(tmp_path / "in.csv", rows)
     out, errs = tmp_path / "scored.csv", tmp_path / "errors.csv"
     run = subprocess.run(
         [
@@ -126,6 +136,10 @@ def test_cli_scores_and_reports(churn_bundle: bundle.BundleRef, tmp_path: Path) 
     )
     assert run.returncode == 0, run.stderr
     assert "30 rows in, 30 scored, 0 with errors" in run.stdout
+    # values the model never saw in training are scored, and the summary says how often
+    assert "warnings on scored rows (3; the rows are scored):" in run.stdout
+    assert "2 × field 'Contract': unseen level 'Ten-year' scored as missing" in run.stdout
+    assert "1 × field 'tenure': above the largest value seen in training (72)" in run.stdout
     assert list(_read(out)[0]) == ["gender", "label", "probability", "error"]
     assert _read(errs) == []
     missing = subprocess.run(

@@ -79,7 +79,8 @@ def test_no_skew_between_training_and_service_encoding(tmp_path: Path) -> None:
     served = saved.encode_records(records)
     np.testing.assert_array_equal(served.num, prep.enc.num)  # NaN == NaN here
     np.testing.assert_array_equal(served.cat, prep.enc.cat)
-    assert not served.errors and not served.warnings
+    assert not served.errors and served.warnings == prep.enc.warnings  # a value or two outside the training range
+    assert all("seen in training" in w for ws in served.warnings.values() for w in ws)
 
 
 def test_same_seed_same_metrics_and_model(tmp_path: Path) -> None:
