@@ -23,6 +23,8 @@ import numpy as np
 FORMAT_VERSION = 1
 Task = Literal["binary", "multiclass", "regression"]
 Label = str | int | float | bool
+# NOTE: what a per-record warning is about (a metrics label: drift shows as out_of_range/unseen_level)
+WarningKind = Literal["unseen_level", "out_of_range", "lookalike_field"]
 
 # NOTE: spreadsheets and exports write "missing" in many ways; for a *numeric* column all of these
 # mean "no value". Categorical columns only treat blanks as missing ("none" is a real level there).
@@ -156,10 +158,15 @@ class Encoded:
     cat: np.ndarray
     errors: dict[int, EncodingError] = field(default_factory=dict)
     warnings: dict[int, list[str]] = field(default_factory=dict)
+    tally: dict[tuple[str, str], int] | None = None  # (field, kind) → warnings, for metrics
 
-    def warn(self, row: int, message: str) -> None:
-        """Attach a per-record warning."""
+    def warn(self, row: int, message: str, field_name: str, kind: WarningKind) -> None:
+        """Attach a per-record warning about one field."""
         self.warnings.setdefault(row, []).append(message)
+        if self.tally is None:
+            self.tally = {}
+        key = (field_name, kind)
+        self.tally[key] = self.tally.get(key, 0) + 1
 
 
 @dataclass
@@ -267,6 +274,8 @@ class Preprocess:
                         row,
                         f"field {guess!r} is not a feature and was ignored: did you mean {name!r}? "
                         f"'{name}' is absent and was scored as missing",
+                        name,
+                        "lookalike_field",
                     )
 
     @cached_property
@@ -286,19 +295,19 @@ class Preprocess:
         """A per-record warning for each numeric value outside the range seen in training (the
         model extrapolates there); compared in float32, as the model sees the values."""
         lo, hi, below, above = self._ranges
-        num = enc.num
+        num, names = enc.num, self._fields[0].names
         if num.shape[0] == 1:  # NOTE: a single record: plain Python beats three numpy calls
             for j, v in enumerate(num[0].tolist()):
                 if v < lo[j]:
-                    enc.warn(0, below[j])
+                    enc.warn(0, below[j], names[j], "out_of_range")
                 elif v > hi[j]:
-                    enc.warn(0, above[j])
+                    enc.warn(0, above[j], names[j], "out_of_range")
             return
         low, high = num < self._range_arrays[0], num > self._range_arrays[1]  # NOTE: NaN is neither
         if not (low.any() or high.any()):
             return
         for i, j in zip(*np.nonzero(low | high), strict=True):
-            enc.warn(int(i), below[j] if low[i, j] else above[j])
+            enc.warn(int(i), below[j] if low[i, j] else above[j], names[j], "out_of_range")
 
     @cached_property
     def _range_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -408,7 +417,7 @@ def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, 
         return 0
     found = index.get(key, 0)
     if found == 0:
-        enc.warn(row, f"field '{feat.name}': unseen level {key!r} scored as missing")
+        enc.warn(row, f"field '{feat.name}': unseen level {key!r} scored as missing", feat.name, "unseen_level")
     return found
 
 

@@ -81,6 +81,8 @@ async def predict(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str
     """Score records through the model's batcher; the answer names the model and version."""
     enc = encode(model.pre, records)
     out = await model.batcher.predict(enc.num, enc.cat)
+    if enc.tally:
+        model.report_warnings(enc.tally)
     return {
         "model": model.name,
         "version": model.version,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ class LoadedModel:
     provider: str
     batcher: AdaptiveBatcher
     loaded_at: float = field(default_factory=time.time)
+    # NOTE: (field, kind) → count of a scored request's input warnings, to the metrics
+    report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
 
     @property
     def name(self) -> str:
@@ -83,7 +86,9 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
         enabled=settings.batching,
         on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
     )
-    return LoadedModel(ref, pre, metrics, session, active_provider(session), batcher)
+    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher)
+    model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
+    return model
 
 
 @dataclass

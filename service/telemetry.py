@@ -53,6 +53,7 @@ class Telemetry(Collector):
         self._rows: dict[str, int] = {}
         self._batch_rows: dict[str, Histogram] = {}
         self._inference: dict[str, Histogram] = {}
+        self._warnings: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
@@ -82,6 +83,15 @@ class Telemetry(Collector):
         with self._lock:
             self._rows[model] = self._rows.get(model, 0) + rows
 
+    def warnings(self, model: str, tally: dict[tuple[str, str], int] | None) -> None:
+        """Per-record warnings of scored input by field and kind (a drift signal); None: none."""
+        if not tally:
+            return
+        with self._lock:
+            for (field, kind), n in tally.items():
+                key = (model, field, kind)
+                self._warnings[key] = self._warnings.get(key, 0) + n
+
     def collect(self) -> Iterator[Metric]:
         """Prometheus families built from the plain counters at scrape time."""
         requests = CounterMetricFamily("tabserve_requests", "Requests by route and status", labels=["route", "status"])
@@ -94,6 +104,15 @@ class Telemetry(Collector):
             for model, n in self._rows.items():
                 rows.add_metric([model], n)
             yield rows
+            warnings = CounterMetricFamily(
+                "tabserve_input_warnings",
+                "Scored values the model did not see in training (unseen_level, out_of_range) or a "
+                "look-alike of an absent feature (lookalike_field)",
+                labels=["model", "field", "kind"],
+            )
+            for labels, n in self._warnings.items():
+                warnings.add_metric(list(labels), n)
+            yield warnings
             yield _histograms("tabserve_batch_rows", "Rows per ONNX Runtime call", "model", self._batch_rows)
             yield _histograms("tabserve_inference_seconds", "ONNX Runtime call time", "model", self._inference)
 

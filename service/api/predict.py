@@ -147,6 +147,8 @@ class PredictEndpoint:
         v2.check_outputs(model.pre, doc)
         enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
         out = await model.batcher.predict(enc.num, enc.cat)
+        if enc.tally:
+            model.report_warnings(enc.tally)
         return v2.response(model.pre, model.name, model.version, out, doc, rows)
 
     async def _mlflow(self, scope: Scope, receive: Any) -> dict[str, Any]:

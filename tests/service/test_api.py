@@ -188,6 +188,17 @@ def test_metrics_move_when_requests_are_served(churn_server: Server) -> None:
     for name in ("tabserve_request_seconds_bucket", "tabserve_inference_seconds_bucket", "tabserve_queue_depth"):
         assert name in after
     assert 'tabserve_requests_total{route="/metrics",status="200"}' in after
+    # drift signal: input warnings by model, field and kind (native and V2 requests alike)
+    rec = telco_records(1)[0]
+    drifted = [{**rec, "tenure": 500}, {**rec, "tenure": -3, "Contract": "Ten-year"}]
+    assert httpx.post(churn_server.url + "/predict", json={"records": drifted}).status_code == 200
+    v2_request = {"inputs": [{**t, "data": [500]} if t["name"] == "tenure" else t for t in v2_body([rec])["inputs"]]}
+    assert httpx.post(churn_server.url + "/v2/models/churn/infer", json=v2_request).status_code == 200
+    final = httpx.get(churn_server.url + "/metrics").text
+    tenure = 'tabserve_input_warnings_total{field="tenure",kind="out_of_range",model="churn"}'
+    contract = 'tabserve_input_warnings_total{field="Contract",kind="unseen_level",model="churn"}'
+    assert _metric(final, tenure) == _metric(after, tenure) + 3
+    assert _metric(final, contract) == _metric(after, contract) + 1
 
 
 def test_health_models_and_docs(churn_server: Server) -> None:
