@@ -149,7 +149,7 @@ class PredictEndpoint:
         out = await model.batcher.predict(enc.num, enc.cat)
         if enc.tally:
             model.report_warnings(enc.tally)
-        return v2.response(model.pre, model.name, model.version, out, doc, rows)
+        return v2.response(model.pre, model.name, model.version, out, doc, rows, enc)
 
     async def _mlflow(self, scope: Scope, receive: Any) -> dict[str, Any]:
         headers = dict(scope["headers"])

@@ -271,9 +271,11 @@ def input_metadata(pre: Preprocess) -> list[dict[str, Any]]:
 
 
 def response(
-    pre: Preprocess, name: str, version: int, out: np.ndarray, doc: dict[str, Any], rows: int
+    pre: Preprocess, name: str, version: int, out: np.ndarray, doc: dict[str, Any], rows: int, enc: Encoded
 ) -> dict[str, Any]:
-    """The inference response; only the requested outputs when the request names some."""
+    """The inference response; only the requested outputs when the request names some. Per-row
+    warnings (unseen levels, values outside the training range) go in the response's `parameters`
+    as one string, since the protocol's parameter values are scalars."""
     tensors: dict[str, dict[str, Any]] = {}
     if pre.task == "regression":
         tensors["value"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
@@ -291,4 +293,7 @@ def response(
     }
     if "id" in doc:
         answer["id"] = doc["id"]
+    if enc.warnings:
+        notes = [f"element {row}: {text}" for row in sorted(enc.warnings) for text in enc.warnings[row]]
+        answer["parameters"] = {"warnings": "; ".join(notes)}
     return answer

@@ -193,7 +193,10 @@ def test_metrics_move_when_requests_are_served(churn_server: Server) -> None:
     drifted = [{**rec, "tenure": 500}, {**rec, "tenure": -3, "Contract": "Ten-year"}]
     assert httpx.post(churn_server.url + "/predict", json={"records": drifted}).status_code == 200
     v2_request = {"inputs": [{**t, "data": [500]} if t["name"] == "tenure" else t for t in v2_body([rec])["inputs"]]}
-    assert httpx.post(churn_server.url + "/v2/models/churn/infer", json=v2_request).status_code == 200
+    v2_answer = httpx.post(churn_server.url + "/v2/models/churn/infer", json=v2_request)
+    assert v2_answer.json()["parameters"] == {
+        "warnings": "element 0: field 'tenure': above the largest value seen in training (72)"
+    }
     final = httpx.get(churn_server.url + "/metrics").text
     tenure = 'tabserve_input_warnings_total{field="tenure",kind="out_of_range",model="churn"}'
     contract = 'tabserve_input_warnings_total{field="Contract",kind="unseen_level",model="churn"}'
