@@ -13,6 +13,7 @@ import asyncio
 import logging
 import tempfile
 import threading
+import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -80,6 +81,49 @@ class BodyPipe:
 
     def close(self) -> None:
         """Nothing to release; the feeder ends with the request."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class Gunzip:
+    """A blocking binary stream that inflates a gzip body as it is read (`Content-Encoding: gzip`;
+    concatenated gzip members, as `cat a.gz b.gz` makes, are one stream)."""
+
+    def __init__(self, raw: BodyPipe) -> None:
+        self.raw, self._buffer, self._eof = raw, bytearray(), False
+        self._inflate, self._in_member = zlib.decompressobj(wbits=31), False
+        self._lock = threading.Lock()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            while not self._eof and (size < 0 or len(self._buffer) < size):
+                data = self.raw.read(1 << 16)
+                if not data:
+                    if self._in_member:
+                        raise ValueError("Content-Encoding gzip: the body ends inside a gzip member (truncated)")
+                    self._eof = True
+                self._inflate_all(data)
+            n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+            out = bytes(self._buffer[:n])
+            del self._buffer[:n]
+            return out
+
+    def _inflate_all(self, data: bytes) -> None:
+        while data:
+            self._in_member = True
+            try:
+                self._buffer += self._inflate.decompress(data)
+            except zlib.error as exc:
+                raise ValueError(f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
+            if not self._inflate.eof:
+                return
+            data, self._in_member = self._inflate.unused_data, False
+            self._inflate = zlib.decompressobj(wbits=31)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     @property
     def closed(self) -> bool:
@@ -195,6 +239,9 @@ async def score(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("text/csv", "application/csv"):
         raise HTTPException(415, f"Content-Type must be text/csv, not {content_type or 'missing'!r}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported: send the CSV as is, or gzip")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > settings.max_score_bytes:
         raise HTTPException(413, f"body of {length} bytes is over the {settings.max_score_bytes}-byte limit")
@@ -224,7 +271,8 @@ async def score(
         error: BaseException | None = None
         summary = Summary()
         try:
-            summary = score_stream(scorer, CsvSource(body, name="body"), open_out, keep=keep, keep_all=keep_all)
+            stream = body if encoding == "identity" else Gunzip(body)
+            summary = score_stream(scorer, CsvSource(stream, name="body"), open_out, keep=keep, keep_all=keep_all)
         except BaseException as exc:  # noqa: BLE001 (reported to the client either way)
             error = exc
         loop.call_soon_threadsafe(settle, error or RuntimeError("the scorer wrote nothing"))

@@ -286,6 +286,17 @@ def test_http_score_streams_and_matches_the_cli(churn_bundle: bundle.BundleRef, 
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
         assert answer.content == (tmp_path / "cli.csv").read_bytes()
 
+        # a gzip upload (two members, as `cat a.gz b.gz` makes) scores to the same answer
+        raw = small.read_bytes()
+        packed = gzip.compress(raw[:5000]) + gzip.compress(raw[5000:])
+        zipped = httpx.post(url, content=packed, headers={"content-type": "text/csv", "content-encoding": "gzip"})
+        assert zipped.status_code == 200 and zipped.content == answer.content
+        for bad, status, needle in [(raw, 422, "not valid gzip"), (packed[:-20], 422, "truncated")]:
+            refused = httpx.post(url, content=bad, headers={"content-type": "text/csv", "content-encoding": "gzip"})
+            assert refused.status_code == status and needle in refused.json()["error"]
+        brotli = httpx.post(url, content=raw, headers={"content-type": "text/csv", "content-encoding": "br"})
+        assert brotli.status_code == 415 and "'br' is not supported" in brotli.json()["error"]
+
         wrong = httpx.post(url, content=b"a,b\n1,2\n", headers={"content-type": "text/csv"})
         assert wrong.status_code == 422 and "missing 19 column" in wrong.json()["error"]
         assert httpx.post(url, content=b"x", headers={"content-type": "application/json"}).status_code == 415
