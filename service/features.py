@@ -245,12 +245,12 @@ class Preprocess:
         """
         nums, cats = self._fields
         try:
-            return self.encode_flat(nums.flat(records), cats.flat(records), len(records))
+            numbers, levels = nums.flat(records), cats.flat(records)
         except KeyError:  # NOTE: some record lacks a feature: missing, not an error (but see below)
-            pass
-        enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
-        self._check_absent(records, enc)
-        return enc
+            enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
+            self._check_absent(records, enc)
+            return enc
+        return self.encode_flat(numbers, levels, len(records))
 
     def _check_absent(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:
         """Absent features are imputed like nulls, except where that is surely a client mistake: a

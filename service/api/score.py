@@ -40,13 +40,41 @@ class BodyTooLarge(ValueError):
     """The upload grew past `max_score_bytes`."""
 
 
-class BodyPipe:
-    """A blocking binary stream (for the scorer's thread) fed from the event loop."""
+class _Stream:
+    """A blocking binary stream for Arrow's reader: bytes come from `_fill`, wait in a buffer and
+    leave through `read` (locked: Arrow may read from its I/O thread and the caller's)."""
+
+    def __init__(self) -> None:
+        self._buffer, self._eof = bytearray(), False
+        self._lock = threading.Lock()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            while not self._eof and (size < 0 or len(self._buffer) < size):
+                self._fill()
+            n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+            out = bytes(self._buffer[:n])
+            del self._buffer[:n]
+            return out
+
+    def _fill(self) -> None:
+        """Add bytes to the buffer, or set `_eof`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release; the feeder ends with the request."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class BodyPipe(_Stream):
+    """The request body, fed from the event loop, read on the scorer's thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.loop, self.queue = loop, asyncio.Queue[bytes | BaseException](PIPE_CHUNKS)
-        self._buffer, self._eof = bytearray(), False
-        self._lock = threading.Lock()  # NOTE: Arrow may read from its I/O thread and the caller's
 
     async def feed(self, request: Request, limit: int) -> None:
         """Copy the request body into the pipe; an error (too big, disconnect) ends it."""
@@ -62,55 +90,30 @@ class BodyPipe:
         except BaseException as exc:  # noqa: BLE001 (handed to the reading thread)
             await self.queue.put(exc if isinstance(exc, Exception) else Cancelled("request cancelled"))
 
-    def read(self, size: int = -1) -> bytes:
-        with self._lock:
-            return self._read(size)
-
-    def _read(self, size: int) -> bytes:
-        while not self._eof and (size < 0 or len(self._buffer) < size):
-            item = asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
-            if isinstance(item, BaseException):
-                raise item
-            if item == _END:
-                self._eof = True
-            self._buffer += item
-        n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return out
-
-    def close(self) -> None:
-        """Nothing to release; the feeder ends with the request."""
-
-    @property
-    def closed(self) -> bool:
-        return False
+    def _fill(self) -> None:
+        item = asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
+        if isinstance(item, BaseException):
+            raise item
+        if item == _END:
+            self._eof = True
+        self._buffer += item
 
 
-class Gunzip:
-    """A blocking binary stream that inflates a gzip body as it is read (`Content-Encoding: gzip`;
-    concatenated gzip members, as `cat a.gz b.gz` makes, are one stream)."""
+class Gunzip(_Stream):
+    """A gzip body inflated as it is read (`Content-Encoding: gzip`; concatenated gzip members,
+    as `cat a.gz b.gz` makes, are one stream)."""
 
     def __init__(self, raw: BodyPipe) -> None:
-        self.raw, self._buffer, self._eof = raw, bytearray(), False
+        super().__init__()
+        self.raw = raw
         self._inflate, self._in_member = zlib.decompressobj(wbits=31), False
-        self._lock = threading.Lock()
 
-    def read(self, size: int = -1) -> bytes:
-        with self._lock:
-            while not self._eof and (size < 0 or len(self._buffer) < size):
-                data = self.raw.read(1 << 16)
-                if not data:
-                    if self._in_member:
-                        raise ValueError("Content-Encoding gzip: the body ends inside a gzip member (truncated)")
-                    self._eof = True
-                self._inflate_all(data)
-            n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
-            out = bytes(self._buffer[:n])
-            del self._buffer[:n]
-            return out
-
-    def _inflate_all(self, data: bytes) -> None:
+    def _fill(self) -> None:
+        data = self.raw.read(1 << 16)
+        if not data:
+            if self._in_member:
+                raise ValueError("Content-Encoding gzip: the body ends inside a gzip member (truncated)")
+            self._eof = True
         while data:
             self._in_member = True
             try:
@@ -121,13 +124,6 @@ class Gunzip:
                 return
             data, self._in_member = self._inflate.unused_data, False
             self._inflate = zlib.decompressobj(wbits=31)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    @property
-    def closed(self) -> bool:
-        return False
 
 
 class ResponsePipe:
