@@ -2,9 +2,10 @@
 
     python bench/serve.py                 # ~5 min; needs wrk (apt-get install wrk)
     python bench/serve.py --duration 10   # longer runs, steadier figures
+    python bench/serve.py --workers 2     # every server with 2 uvicorn workers (the bars are for 1)
 
-Every server runs as its own process under uvicorn (1 worker, httptools, uvloop, no access log)
-on loopback; wrk (1 thread) drives it from another process with a Lua POST script. tabserve runs
+Every server runs as its own process under uvicorn (1 worker unless --workers, httptools, uvloop,
+no access log) on loopback; wrk (1 thread) drives it from another process with a Lua POST script. tabserve runs
 with its defaults except ONNX Runtime threads = 1, the same as the plain reference. Figures:
 requests/s, rows/s, p50 and p99 latency, and the ratios the serving issue asks for. The KServe V2
 ratio (protocols issue) comes from --pairs back-to-back predict/V2 runs on the same server process,
@@ -117,11 +118,13 @@ def server(cmd: list[str], port: int, env: dict[str, str], ready_path: str) -> I
         proc.wait(timeout=15)
 
 
-def uvicorn_cmd(target: str, port: int, factory: bool = False) -> list[str]:
+def uvicorn_cmd(target: str, port: int, workers: int, factory: bool = False) -> list[str]:
     """A uvicorn command line with the same settings tabserve serve uses."""
     cmd = [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--http", "httptools", "--loop", "uvloop"]
     return [
         *cmd,
+        "--workers",
+        str(workers),
         "--no-access-log",
         "--log-level",
         "warning",
@@ -150,11 +153,14 @@ def _ms(out: str, pct: str) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of a process and its children (uvicorn's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for one in [pid, *map(int, children)]:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def churn_bundle(models: Path) -> Path:
@@ -188,6 +194,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--conns", default="1,16,64")
     parser.add_argument("--pairs", type=int, default=4, help="interleaved predict/V2 pairs for the V2 ratio")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for every server (the bars: 1)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -212,11 +219,18 @@ def main() -> None:
         "1",
         "--log-level",
         "warning",
+        "--workers",
+        str(args.workers),
         "--port",
     ]
+    w = args.workers
     servers = {
-        "bare ASGI": (lambda port: uvicorn_cmd("bench.refs:bare", port), "/", [1]),
-        "plain FastAPI+ORT": (lambda port: uvicorn_cmd("bench.refs:plain_app", port, factory=True), "/docs", [1, 100]),
+        "bare ASGI": (lambda port: uvicorn_cmd("bench.refs:bare", port, w), "/", [1]),
+        "plain FastAPI+ORT": (
+            lambda port: uvicorn_cmd("bench.refs:plain_app", port, w, factory=True),
+            "/docs",
+            [1, 100],
+        ),
         "tabserve": (lambda port: [*tabserve, str(port)], "/health/ready", [1, 100]),
         "tabserve V2 infer": (lambda port: [*tabserve, str(port)], "/health/ready", [1]),
         "tabserve no batching": (lambda port: [*tabserve, str(port), "--no-batching"], "/health/ready", [1, 100]),
@@ -240,6 +254,7 @@ def main() -> None:
             if name == "tabserve V2 infer":
                 pairs = paired_v2(port, scripts[1], v2_script, max(conns), args.duration, args.pairs)
             memory[f"{name} (after the runs)"] = rss_mb(proc.pid)
+    print(f"\nuvicorn workers per server: {args.workers}")
     report(results, memory, conns)
     print(
         f"KServe V2 / predict, {args.pairs} interleaved pairs on one server, {max(conns)} connections: "
