@@ -20,6 +20,7 @@ METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
 REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
 DEFAULT_MODELS_DIR = "models"
+RETIRED_SUFFIX = ".retired"  # NOTE: `<version>.retired/`: kept for audit, never served, never renumbered
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -65,6 +66,33 @@ def versions(root: Path, name: str) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def retired_versions(root: Path, name: str) -> list[int]:
+    """Versions of a model taken out of service with `retire`, ascending."""
+    model_dir = root / name
+    if not model_dir.is_dir():
+        return []
+    stems = (p.name.removesuffix(RETIRED_SUFFIX) for p in model_dir.iterdir() if p.name.endswith(RETIRED_SUFFIX))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
+
+
+def retire(root: Path, spec: str) -> BundleRef:
+    """Take a published version out of service (`name`: the newest; `name@version`): its folder is
+    renamed to `<version>.retired`, so the newest remaining version becomes current in every running
+    service (at its next poll or admin reload) and the number is never given to another model."""
+    name, _, wanted = spec.partition("@")
+    found = versions(root, name)
+    if not found:
+        raise BundleError(f"no model named {name!r} in {root}")
+    version = int(wanted) if wanted.isdigit() else found[-1] if not wanted else -1
+    if version not in found:
+        raise BundleError(f"model {name!r} has no published version {wanted!r} (has {found})")
+    if len(found) == 1:
+        raise BundleError(f"{name} version {version} is its only published version: nothing would be left to serve")
+    source = root / name / str(version)
+    os.rename(source, source.with_name(f"{version}{RETIRED_SUFFIX}"))
+    return BundleRef(name, version, source.with_name(f"{version}{RETIRED_SUFFIX}"))
 
 
 def iter_bundles(root: Path) -> Iterator[BundleRef]:
@@ -116,7 +144,7 @@ def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:
     # NOTE: rename(2) onto an existing non-empty directory fails, so two concurrent publishers
     # cannot both take the same version: the loser retries with the next number.
     while True:
-        version = (versions(model_dir.parent, name) or [0])[-1] + 1
+        version = max([0, *versions(model_dir.parent, name), *retired_versions(model_dir.parent, name)]) + 1
         target = model_dir / str(version)
         try:
             os.rename(staging, target)

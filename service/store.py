@@ -171,13 +171,22 @@ class ModelStore:
             return report
 
     def _newest_unloaded(self) -> list[bundle.BundleRef]:
+        """Per name, the newest loadable published version when it is not the one serving: a newer
+        one, or an older one when the current version was retired (or removed) from the store."""
         newest: dict[str, bundle.BundleRef] = {}
+        published: set[tuple[str, int]] = set()
         for ref in bundle.iter_bundles(self.settings.models_dir):
+            published.add((ref.name, ref.version))
             if (ref.name, ref.version) not in self.failed:
                 newest[ref.name] = ref
-        return [
-            ref for name, ref in newest.items() if name not in self.current or ref.version > self.current[name].version
-        ]
+        changed = []
+        for name, ref in newest.items():
+            current = self.current.get(name)
+            if current is None or ref.version > current.version:
+                changed.append(ref)
+            elif (name, current.version) not in published:
+                changed.append(ref)  # NOTE: a rollback: the serving version left the store
+        return changed
 
     def _refuse(self, ref: bundle.BundleRef, exc: Exception, report: ReloadReport) -> None:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -201,6 +210,10 @@ class ModelStore:
         if old is not None:
             old.batcher.close()  # in-flight requests finish on the session they started on
             self.telemetry.model_info.labels(old.name, str(old.version), old.provider).set(0)
+        if old is not None and old.version > model.version:
+            log.warning(
+                "rolled back %s: version %d left the store, serving version %d", model.name, old.version, model.version
+            )
         log.info("serving %s version %d on %s", model.name, model.version, model.provider)
 
     async def poll(self) -> None:

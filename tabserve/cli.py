@@ -121,6 +121,32 @@ def list_models(models_dir: ModelsDir = None) -> None:
         console.print(f"no models in {root}; train one with `tabserve train`")
         return
     console.print(table)
+    names = sorted({ref.name for ref in bundle.iter_bundles(root)})
+    retired = {n: bundle.retired_versions(root, n) for n in names}
+    for name, numbers in retired.items():
+        if numbers:
+            console.print(f"{name}: retired version(s) {', '.join(map(str, numbers))} (kept, never served)")
+
+
+@app.command()
+def retire(
+    model: Annotated[str, typer.Argument(help="name (its newest version) or name@version.")],
+    models_dir: ModelsDir = None,
+) -> None:
+    """Take a model version out of service (roll back): the newest remaining version becomes current
+    in running services at their next poll or `POST /admin/reload`; the folder is kept as
+    `<version>.retired` and its number is never reused (rename it back to restore it)."""
+    root = bundle.models_dir(models_dir)
+    try:
+        ref = bundle.retire(root, model)
+    except (bundle.BundleError, OSError) as exc:
+        _fail(str(exc))
+    current = bundle.versions(root, ref.name)[-1]
+    console.print(
+        f"retired {ref.name} version {ref.version} → {ref.path}; version {current} is now current "
+        "(running services switch at their next poll or POST /admin/reload)",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -50,6 +50,36 @@ def test_new_version_swaps_in_under_load_with_zero_failures(churn_bundle: bundle
     assert versions.index(2) > 0 and all(v == 2 for v in versions[versions.index(2) + 32 :])
 
 
+def test_retire_rolls_back_and_never_reuses_the_number(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    assert republish(store, churn_bundle).version == 2
+    with running_server(store, "--admin-token", "t", "--poll-interval-s", "0") as server:
+        assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()["version"] == 2
+        run = subprocess.run(
+            [sys.executable, "-m", "tabserve.cli", "retire", "churn", "--models", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (
+            run.returncode == 0 and "retired churn version 2" in run.stdout and "version 1 is now current" in run.stdout
+        )
+        assert (store / "churn" / "2.retired" / bundle.MODEL_FILE).is_file() and bundle.versions(store, "churn") == [1]
+        reload = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()
+        assert reload["current"] == {"churn": 1}
+        assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()["version"] == 1
+        assert "rolled back churn: version 2 left the store, serving version 1" in server.output()
+        # the next training run gets a new number: "churn 2" keeps naming the retired model
+        assert republish(store, churn_bundle).version == 3
+        reload = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()
+        assert reload["current"] == {"churn": 3}
+    with pytest.raises(bundle.BundleError, match="no published version '2'"):
+        bundle.retire(store, "churn@2")
+    bundle.retire(store, "churn@1")
+    with pytest.raises(bundle.BundleError, match="only published version"):
+        bundle.retire(store, "churn")
+
+
 @pytest.mark.parametrize(
     "damage",
     [
