@@ -117,14 +117,19 @@ class Scorer:
         return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
 
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:
-        """Pass-through columns, prediction columns, `error`."""
+        """Pass-through columns, prediction columns, `error`; the model that scored them in the
+        schema's metadata (Parquet keeps it, so a scored file says which version produced it)."""
         fields = [pa.field(name, kind) for name, kind in kept]
         if self.pre.task == "regression":
             fields.append(pa.field("value", pa.float64()))
         else:
             fields.append(pa.field("label", self._labels.type))
             fields += [pa.field(name, pa.float64()) for name in prediction_columns(self.pre)[1:]]
-        return pa.schema([*fields, pa.field("error", pa.string())])
+        provenance = {"tabserve.model": self.name, "tabserve.version": str(self.version)}
+        if self.pre.task == "binary":
+            threshold = self.pre.threshold if self.pre.threshold is not None else 0.5
+            provenance["tabserve.threshold"] = repr(threshold)
+        return pa.schema([*fields, pa.field("error", pa.string())], metadata=provenance)
 
     def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         """ONNX Runtime over the rows, a few thousand at a time."""

@@ -256,6 +256,12 @@ def test_parquet_in_and_out_equals_csv(churn_bundle: bundle.BundleRef, tmp_path:
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column_names == ["customerID", "label", "probability", "error"]
     assert table.schema.field("probability").type == "double"
+    provenance = table.schema.metadata  # which model scored the file travels with it
+    assert (
+        provenance[b"tabserve.model"] == b"churn"
+        and provenance[b"tabserve.version"] == str(churn_bundle.version).encode()
+    )
+    assert float(provenance[b"tabserve.threshold"]) == churn_bundle.preprocess.threshold
     expected = _read(tmp_path / "from_csv.csv")
     assert table.column("customerID").to_pylist() == [r["customerID"] for r in expected]
     assert table.column("label").to_pylist() == [r["label"] for r in expected]
