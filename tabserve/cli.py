@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -26,6 +27,7 @@ ModelsDir = Annotated[
 
 
 SHOWN_WARNINGS = 8
+STDIO = "-"  # `--input -` / `--output -`: stdin / stdout
 
 
 def _fail(message: str) -> NoReturn:
@@ -201,10 +203,18 @@ def serve(
 def score(
     model: Annotated[str, typer.Option(help="Model name, name@version, or a bundle directory.")],
     input: Annotated[
-        Path, typer.Option("--input", help="File to score: .csv, .csv.gz or .parquet (Ray: also a folder or glob).")
+        Path,
+        typer.Option(
+            "--input",
+            help="File to score: .csv, .csv.gz or .parquet; - reads CSV (or gzip) from stdin (Ray: a folder or glob).",
+        ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", help="Where to write the scores: .csv, .csv.gz or .parquet (Ray: a folder).")
+        Path,
+        typer.Option(
+            "--output",
+            help="Where to write the scores: .csv, .csv.gz or .parquet; - writes CSV to stdout (Ray: a folder).",
+        ),
     ],
     models_dir: ModelsDir = None,
     keep: Annotated[list[str] | None, typer.Option(help="Input column to copy to the output (repeatable).")] = None,
@@ -221,6 +231,8 @@ def score(
     try:
         ref = bundle.resolve(bundle.models_dir(models_dir), model)
         if engine == "ray":
+            if STDIO in (str(input), str(output)):
+                raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
             from service.scoring.ray_engine import score_with_ray
 
             summary = score_with_ray(
@@ -242,17 +254,18 @@ def score(
             raise ValueError(f"unknown engine {engine!r}: use local or ray")
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))
-    console.print(
+    out = err_console if str(output) == STDIO else console  # NOTE: stdout may be the scores themselves
+    out.print(
         f"{ref.name} v{ref.version}: {summary.rows_in:,} rows in, {summary.rows_scored:,} scored, "
         f"{summary.rows_failed:,} with errors, {summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) → {output}",
         soft_wrap=True,
     )
     if summary.warnings:
-        console.print(f"warnings on scored rows ({sum(summary.warnings.values()):,}; the rows are scored):")
+        out.print(f"warnings on scored rows ({sum(summary.warnings.values()):,}; the rows are scored):")
         for message, rows in summary.warnings.most_common(SHOWN_WARNINGS):
-            console.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
+            out.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
         if len(summary.warnings) > SHOWN_WARNINGS:
-            console.print(f"  … and {len(summary.warnings) - SHOWN_WARNINGS:,} other kinds")
+            out.print(f"  … and {len(summary.warnings) - SHOWN_WARNINGS:,} other kinds")
 
 
 def _score_local(
@@ -267,11 +280,14 @@ def _score_local(
 ) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from service.scoring.local import Scorer, ScoringError, score_file
+    from service.scoring.files import CsvSink, open_source, open_stream
+    from service.scoring.local import Scorer, ScoringError, score_file, score_stream
 
     scorer = Scorer(ref, device)  # type: ignore[arg-type]
-    if not input.is_file():
+    from_stdin = str(input) == STDIO
+    if not from_stdin and not input.is_file():
         raise ScoringError(f"input file not found: {input}")
+    source = open_stream(sys.stdin.buffer, chunk_rows) if from_stdin else open_source(input, chunk_rows)
     bar = Progress(
         TextColumn("[cyan]scoring"),
         BarColumn(),
@@ -284,7 +300,7 @@ def _score_local(
     )
     started = time.perf_counter()
     with bar, contextlib.ExitStack() as stack:
-        task = bar.add_task("score", total=input.stat().st_size, rows="0", rate="")
+        task = bar.add_task("score", total=None if from_stdin else input.stat().st_size, rows="0", rate="")
         on_error = None
         if errors is not None:
             writer = csv.writer(stack.enter_context(errors.open("w", newline="")))
@@ -295,16 +311,10 @@ def _score_local(
             rate = rows / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=position, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
 
-        return score_file(
-            scorer,
-            input,
-            output,
-            keep=keep,
-            keep_all=keep_all,
-            chunk_rows=chunk_rows,
-            progress=on_block,
-            on_error=on_error,
-        )
+        options: dict[str, Any] = {"keep": keep, "keep_all": keep_all, "progress": on_block, "on_error": on_error}
+        if str(output) == STDIO:
+            return score_stream(scorer, source, lambda schema: CsvSink(sys.stdout.buffer, schema), **options)
+        return score_file(scorer, source, output, **options)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ numbers, so the scorer can write them back in place. Formats are chosen by file 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +183,14 @@ def open_source(path: Path, chunk_rows: int = 16_384) -> Source:
     raw = pa.OSFile(str(path), "rb")
     stream = pa.CompressedInputStream(raw, "gzip") if fmt == "csv.gz" else raw
     return CsvSource(stream, raw, chunk_rows, name=str(path))
+
+
+def open_stream(stream: IO[bytes], chunk_rows: int = 16_384, name: str = "stdin") -> CsvSource:
+    """A source for CSV arriving on a binary stream (stdin): plain or gzip, told by its first bytes."""
+    buffered: Any = stream if hasattr(stream, "peek") else io.BufferedReader(stream)
+    if buffered.peek(2)[:2] == b"\x1f\x8b":
+        return CsvSource(gzip.GzipFile(fileobj=buffered, mode="rb"), buffered, chunk_rows, name=name)
+    return CsvSource(buffered, buffered, chunk_rows, name=name)
 
 
 def numbered(source: Source, wanted: list[str]) -> Iterator[pa.RecordBatch]:

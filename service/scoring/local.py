@@ -244,7 +244,7 @@ def score_stream(
 
 def score_file(
     scorer: Scorer,
-    source: Path,
+    source: Path | Source,
     target: Path,
     *,
     keep: list[str] | None = None,
@@ -254,9 +254,10 @@ def score_file(
     on_error: OnError | None = None,
     workers: int = 0,
 ) -> Summary:
-    """Score `source` (CSV, CSV.gz or Parquet) into `target` (format by extension) atomically."""
+    """Score `source` (a CSV, CSV.gz or Parquet file, or an open source) into `target` (format by
+    extension) atomically."""
     fmt = format_of(target)
-    reader = open_source(source, chunk_rows)
+    reader = open_source(source, chunk_rows) if isinstance(source, Path) else source
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         summary = score_stream(

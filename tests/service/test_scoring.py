@@ -163,6 +163,19 @@ def test_cli_scores_and_reports(churn_bundle: bundle.BundleRef, tmp_path: Path) 
     assert missing.returncode == 2 and "no model named 'nope'" in missing.stderr
 
 
+def test_cli_pipes_stdin_to_stdout(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    source = _telco_head(tmp_path / "in.csv", 40)
+    score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "file.csv")
+    command = [sys.executable, "-m", "tabserve.cli", "score", "--model", "churn", "--input", "-", "--output", "-"]
+    env = {**os.environ, "TABSERVE_MODELS_DIR": str(store)}
+    for data in (source.read_bytes(), gzip.compress(source.read_bytes())):  # plain or gzip, told by its bytes
+        run = subprocess.run(command, input=data, capture_output=True, timeout=120, env=env)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == (tmp_path / "file.csv").read_bytes()  # nothing but the scores on stdout
+        assert b"40 rows in, 40 scored, 0 with errors" in run.stderr
+
+
 def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     source = _telco_head(tmp_path / "in.csv", 40)
     out = tmp_path / "out.csv"
