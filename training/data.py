@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import re
@@ -75,6 +76,11 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{p} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        header = [c.strip() for c in next(csv.reader(fh), [])]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
+        raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
     df.columns = [str(c).strip() for c in df.columns]
     if df.empty:
         raise DataError(f"{p} has a header but no data rows")

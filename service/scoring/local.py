@@ -114,6 +114,9 @@ class Scorer:
         self.check_columns(source.columns)
         kept = kept_columns(source, self.pre, keep, keep_all)
         wanted = list(dict.fromkeys([*kept, *self.names]))
+        twice = [name for name in wanted if source.columns.count(name) > 1]
+        if twice:  # NOTE: which of the two holds the value is a guess: refuse rather than pick one
+            raise ScoringError(f"column(s) named more than once in the input's header: {', '.join(twice)}")
         return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
 
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:

@@ -93,6 +93,12 @@ def test_missing_columns_fail_before_any_output(churn_bundle: bundle.BundleRef, 
     assert "is 'monthly_charges' meant to be 'MonthlyCharges'?" in str(info.value)
     assert "is 'PAYMENT METHOD' meant to be 'PaymentMethod'?" in str(info.value)
     assert not out.exists() and list(tmp_path.iterdir()) == [source]
+    lines = _telco_head(tmp_path / "dup.csv", 3).read_text().splitlines()
+    twice = tmp_path / "twice.csv"  # two `tenure` columns: which one is meant is a guess
+    twice.write_text("\n".join([lines[0] + ",tenure", *(line + ",999" for line in lines[1:])]) + "\n")
+    with pytest.raises(ScoringError, match="named more than once in the input's header: tenure"):
+        score_file(Scorer(churn_bundle, "cpu"), twice, out)
+    assert not out.exists()
 
 
 def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

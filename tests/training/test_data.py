@@ -102,6 +102,10 @@ def test_id_column_flag_passes_through(tmp_path: Path) -> None:
         ),
         (lambda p: write_csv(p / "one.csv", ["a", "y"], [[i, "yes"] for i in range(30)]), "one class"),
         (
+            lambda p: write_csv(p / "dup.csv", ["a", "b", "a", "y"], [[i, 1, 2, i % 2] for i in range(30)]),
+            "column(s) named more than once in the header",
+        ),
+        (
             lambda p: write_csv(p / "nan.csv", ["a", "b", "y"], [[i % 3, "", i % 2] for i in range(30)]),
             "no values",
         ),
