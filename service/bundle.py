@@ -85,14 +85,18 @@ def retire(root: Path, spec: str) -> BundleRef:
     found = versions(root, name)
     if not found:
         raise BundleError(f"no model named {name!r} in {root}")
-    version = int(wanted) if wanted.isdigit() else found[-1] if not wanted else -1
-    if version not in found:
+    if not wanted:
+        version = found[-1]
+    elif wanted.isdigit() and int(wanted) in found:
+        version = int(wanted)
+    else:
         raise BundleError(f"model {name!r} has no published version {wanted!r} (has {found})")
     if len(found) == 1:
         raise BundleError(f"{name} version {version} is its only published version: nothing would be left to serve")
     source = root / name / str(version)
-    os.rename(source, source.with_name(f"{version}{RETIRED_SUFFIX}"))
-    return BundleRef(name, version, source.with_name(f"{version}{RETIRED_SUFFIX}"))
+    target = source.with_name(f"{version}{RETIRED_SUFFIX}")
+    os.rename(source, target)
+    return BundleRef(name, version, target)
 
 
 def iter_bundles(root: Path) -> Iterator[BundleRef]:
