@@ -80,9 +80,7 @@ def answers(pre: Preprocess, out: np.ndarray, records: Sequence[dict[str, Any]],
 async def predict(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Score records through the model's batcher; the answer names the model and version."""
     enc = encode(model.pre, records)
-    out = await model.batcher.predict(enc.num, enc.cat)
-    if enc.tally:
-        model.report_warnings(enc.tally)
+    out = await model.infer(enc)
     return {
         "model": model.name,
         "version": model.version,

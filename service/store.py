@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from service import bundle
 from service.batching import AdaptiveBatcher
-from service.features import Preprocess
+from service.features import Encoded, Preprocess
 from service.runtime import active_provider, create_session
 from service.settings import Settings
 from service.telemetry import Telemetry
@@ -45,6 +45,13 @@ class LoadedModel:
     def name(self) -> str:
         """Model name."""
         return self.ref.name
+
+    async def infer(self, enc: Encoded) -> np.ndarray:
+        """Model outputs for encoded rows, through the batcher; their input warnings go to the metrics."""
+        out = await self.batcher.predict(enc.num, enc.cat)
+        if enc.tally:
+            self.report_warnings(enc.tally)
+        return out
 
     @property
     def version(self) -> int:

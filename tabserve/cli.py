@@ -109,7 +109,9 @@ def list_models(models_dir: ModelsDir = None) -> None:
     """List the bundles in the model store."""
     root = bundle.models_dir(models_dir)
     table = Table("name", "version", "task", "key metric", "created", title=f"models in {root}")
+    names: set[str] = set()
     for ref in bundle.iter_bundles(root):
+        names.add(ref.name)
         try:
             m = ref.metrics
         except (OSError, ValueError) as exc:
@@ -123,9 +125,8 @@ def list_models(models_dir: ModelsDir = None) -> None:
         console.print(f"no models in {root}; train one with `tabserve train`")
         return
     console.print(table)
-    names = sorted({ref.name for ref in bundle.iter_bundles(root)})
-    retired = {n: bundle.retired_versions(root, n) for n in names}
-    for name, numbers in retired.items():
+    for name in sorted(names):
+        numbers = bundle.retired_versions(root, name)
         if numbers:
             console.print(f"{name}: retired version(s) {', '.join(map(str, numbers))} (kept, never served)")
 
@@ -261,7 +262,7 @@ def score(
         soft_wrap=True,
     )
     if summary.warnings:
-        out.print(f"warnings on scored rows ({sum(summary.warnings.values()):,}; the rows are scored):")
+        out.print(f"warnings on scored rows ({summary.warnings.total():,}; the rows are scored):")
         for message, rows in summary.warnings.most_common(SHOWN_WARNINGS):
             out.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
         if len(summary.warnings) > SHOWN_WARNINGS:

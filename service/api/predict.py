@@ -146,9 +146,7 @@ class PredictEndpoint:
         model = await self._model_version(route.name, route.version)
         v2.check_outputs(model.pre, doc)
         enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
-        out = await model.batcher.predict(enc.num, enc.cat)
-        if enc.tally:
-            model.report_warnings(enc.tally)
+        out = await model.infer(enc)
         return v2.response(model.pre, model.name, model.version, out, doc, rows, enc)
 
     async def _mlflow(self, scope: Scope, receive: Any) -> dict[str, Any]:
