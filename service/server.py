@@ -25,9 +25,6 @@ def settings_from(flags: dict[str, Any]) -> Settings:
 def run_server(flags: dict[str, Any]) -> None:
     """Validate settings, check the device, then serve until interrupted."""
     settings = settings_from(flags)
-    import sys
-
-    sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
     try:
         providers_for(settings.device)
     except ProviderError as exc:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from service.batching import QueueFull
-from service.predict import RequestError, predict, records_of
+from service.predict import RequestError, predict, prepare, records_of
 from service.protocols import mlflow, v2
 from service.settings import Settings
 from service.store import LoadedModel, ModelNotFound, ModelStore
@@ -132,9 +132,11 @@ class PredictEndpoint:
 
     async def _predict(self, scope: Scope, receive: Any, name: str | None) -> dict[str, Any]:
         check_json_request(scope, self.settings.max_body_bytes)
-        raw = await read_body(receive, self.settings.max_body_bytes)
-        records = records_of(_json(raw), self.settings.max_records)
-        return await predict(self._model(name), records)
+        records = records_of(_json(await read_body(receive, self.settings.max_body_bytes)), self.settings.max_records)
+        model = self._model(name)
+        job = prepare(model.pre, records)
+        del records  # NOTE: freed before the wait for a batch (see Prepared)
+        return await predict(model, job)
 
     async def _v2(self, scope: Scope, receive: Any, route: Route) -> dict[str, Any]:
         headers = dict(scope["headers"])
@@ -144,10 +146,12 @@ class PredictEndpoint:
         text, binary = v2.split_binary(raw, int(length) if length and length.isdigit() else None)
         doc = _json(text)
         model = await self._model_version(route.name, route.version)
-        v2.check_outputs(model.pre, doc)
+        outputs = v2.check_outputs(model.pre, doc)
         enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
+        request_id = doc.get("id", v2.NO_ID)
+        del raw, text, binary, doc  # NOTE: freed before the wait for a batch (see service.predict.Prepared)
         out = await model.infer(enc)
-        return v2.response(model.pre, model.name, model.version, out, doc, rows, enc)
+        return v2.response(model.pre, model.name, model.version, out, outputs, request_id, rows, enc)
 
     async def _mlflow(self, scope: Scope, receive: Any) -> dict[str, Any]:
         headers = dict(scope["headers"])
@@ -163,7 +167,10 @@ class PredictEndpoint:
                 415, f"Content-Type must be application/json or text/csv, not {content_type.decode(errors='replace')!r}"
             )
         records = records_of({"records": records}, self.settings.max_records)
-        answer = await predict(self._model(None), records)
+        model = self._model(None)
+        job = prepare(model.pre, records)
+        del records, raw
+        answer = await predict(model, job)
         return mlflow.predictions(answer["predictions"])
 
 

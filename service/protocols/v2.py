@@ -35,6 +35,7 @@ NUMERIC_TYPES = {
 }
 CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
 NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
+NO_ID = object()  # a request without an "id" (null is an id a client may send and get back)
 
 
 def bad(message: str) -> RequestError:
@@ -239,17 +240,18 @@ def _checked(enc: Encoded) -> Encoded:
     return enc
 
 
-def check_outputs(pre: Preprocess, doc: Any) -> None:
-    """The outputs a request names (if any) must be the model's; checked before any work."""
+def check_outputs(pre: Preprocess, doc: Any) -> list[str] | None:
+    """The outputs a request names (None: all), which must be the model's; checked before any work."""
     wanted = doc.get("outputs") if isinstance(doc, dict) else None
     if not wanted:
-        return
+        return None
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise bad('"outputs" must be a list of objects with a name')
     known = [o["name"] for o in output_metadata(pre)]
     unknown = [o["name"] for o in wanted if o["name"] not in known]
     if unknown:
         raise bad(f"unknown output(s) {', '.join(unknown)}; the model gives: {', '.join(known)}")
+    return [o["name"] for o in wanted]
 
 
 def output_metadata(pre: Preprocess) -> list[dict[str, Any]]:
@@ -271,9 +273,17 @@ def input_metadata(pre: Preprocess) -> list[dict[str, Any]]:
 
 
 def response(
-    pre: Preprocess, name: str, version: int, out: np.ndarray, doc: dict[str, Any], rows: int, enc: Encoded
+    pre: Preprocess,
+    name: str,
+    version: int,
+    out: np.ndarray,
+    outputs: list[str] | None,
+    request_id: Any,
+    rows: int,
+    enc: Encoded,
 ) -> dict[str, Any]:
-    """The inference response; only the requested outputs when the request names some. Per-row
+    """The inference response: the outputs asked for (None: all) and the request's id, echoed
+    unless it is NO_ID. Per-row
     warnings (unseen levels, values outside the training range) go in the response's `parameters`
     as one string, since the protocol's parameter values are scalars."""
     tensors: dict[str, dict[str, Any]] = {}
@@ -285,14 +295,14 @@ def response(
         if pre.task == "binary":
             tensors["probability"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 1].tolist()}
         tensors["probabilities"] = {"datatype": "FP32", "shape": [rows, out.shape[1]], "data": out.ravel().tolist()}
-    names = [o["name"] for o in doc.get("outputs") or []] or list(tensors)
+    names = outputs or list(tensors)
     answer: dict[str, Any] = {
         "model_name": name,
         "model_version": str(version),
         "outputs": [{"name": n, **tensors[n]} for n in names],
     }
-    if "id" in doc:
-        answer["id"] = doc["id"]
+    if request_id is not NO_ID:
+        answer["id"] = request_id
     if enc.warnings:
         notes = [f"element {row}: {text}" for row in sorted(enc.warnings) for text in enc.warnings[row]]
         answer["parameters"] = {"warnings": "; ".join(notes)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.features import CategoricalFeature, NumericFeature, Preprocess
-from service.predict import RequestError, answers, encode, records_of
+from service.predict import RequestError, answers, encode, prepare, records_of
 
 
 def _pre(task: str, labels: list[object], threshold: float | None = None) -> Preprocess:
@@ -24,7 +24,7 @@ def test_binary_uses_the_saved_threshold() -> None:
     pre = _pre("binary", ["no", "yes"], threshold=0.3)
     out = np.array([[0.8, 0.2], [0.65, 0.35], [0.1, 0.9]], dtype=np.float32)
     records = [{"id": 7, "x": 0.1}, {"x": None}, {"id": "z", "c": "a"}]
-    got = answers(pre, out, records, encode(pre, records))
+    got = answers(pre, out, prepare(pre, records))
     assert [a["label"] for a in got] == ["no", "yes", "yes"]
     assert got[0]["id"] == 7 and "id" not in got[1]
 
@@ -33,13 +33,13 @@ def test_multiclass_and_regression_answers() -> None:
     pre = _pre("multiclass", ["low", "mid", 3])
     out = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.0, 0.1, 0.9]], dtype=np.float32)
     records = [{"c": "a"}, {"c": "q"}, {"x": 2}]
-    got = answers(pre, out, records, encode(pre, records))
+    got = answers(pre, out, prepare(pre, records))
     assert [a["label"] for a in got] == ["mid", "low", 3]
     assert set(got[0]["probabilities"]) == {"low", "mid", "3"}
     assert "unseen level 'q'" in got[1]["warnings"][0]
     reg = _pre("regression", [])
     rows = [{"x": 1}, {"c": None}]
-    values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), rows, encode(reg, rows))
+    values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), prepare(reg, rows))
     assert values == [{"value": 1.5}, {"value": -2.0}]
 
 
