@@ -92,7 +92,7 @@ class PredictEndpoint:
     async def handle(self, scope: Scope, receive: Any, send: Any, route: Route) -> None:
         """Answer one scoring request (never raises: every outcome is a JSON response)."""
         started = perf_counter()
-        headers = JSON_HEADERS
+        retry_after: list[tuple[bytes, bytes]] = []
         try:
             if route.protocol == "v2":
                 answer = await self._v2(scope, receive, route)
@@ -107,11 +107,13 @@ class PredictEndpoint:
             body = orjson.dumps(_error(route, status, exc.to_json()))
         except QueueFull as exc:
             status, body = 503, orjson.dumps(_error(route, 503, {"error": f"server busy: {exc}; retry shortly"}))
-            headers = [*JSON_HEADERS, (b"retry-after", b"1")]
+            retry_after = [(b"retry-after", b"1")]
         except Exception:
             log.exception("prediction failed")
             doc = {"error": "internal error while scoring; see the server log"}
             status, body = 500, orjson.dumps(_error(route, 500, doc))
+        # NOTE: with a Content-Length the answer goes out in one piece, not chunked
+        headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *retry_after]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.telemetry.request(route.template, status, perf_counter() - started)

@@ -141,3 +141,29 @@ def test_values_outside_the_training_range_are_scored_with_a_warning() -> None:
     assert pre.encode_records([records[1]]).warnings == {0: enc.warnings[1]}
     columns = {"charges": [r.get("charges") for r in records], "plan": [r.get("plan") for r in records]}
     assert pre.encode_columns(columns, len(records)).warnings == enc.warnings
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"charges": 12.5, "plan": "gold"},  # the plain record: its own fast path
+        {"charges": 7, "plan": "basic", "extra": [1]},
+        {"charges": "12.5", "plan": "gold"},
+        {"charges": None, "plan": None},
+        {"charges": 3.0, "plan": " gold "},
+        {"charges": 3.0, "plan": "platinum"},
+        {"charges": 150, "plan": "gold"},
+        {"charges": 1e39, "plan": "gold"},
+        {"charges": True, "plan": "gold"},
+        {"charges": 2, "plan": ["gold"]},
+        {"plan": "gold"},
+    ],
+)
+def test_a_record_alone_encodes_as_it_does_in_a_batch(record: dict[str, object]) -> None:
+    pre = make_preprocess()
+    batch = pre.encode_records([{"charges": 1, "plan": "basic"}, record])
+    alone = pre.encode_records([record])
+    np.testing.assert_array_equal(alone.num[0], batch.num[1])
+    np.testing.assert_array_equal(alone.cat[0], batch.cat[1])
+    assert alone.warnings.get(0) == batch.warnings.get(1)
+    assert str(alone.errors.get(0)).replace("record 0", "record 1") == str(batch.errors.get(1))
