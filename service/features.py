@@ -255,16 +255,22 @@ class Preprocess:
         return self.encode_flat(numbers, levels, len(records))
 
     def _encode_plain_record(self, record: Mapping[str, Any]) -> Encoded | None:
-        """The common single record (every feature present, numbers as JSON numbers, known levels)
-        in a few C-level calls; None sends anything else down the general path.
+        """One record through `encode_plain`, when it has every feature."""
+        nums, cats = self._fields
+        try:
+            return self.encode_plain(nums.one(record), cats.one(record))
+        except KeyError:
+            return None
+
+    def encode_plain(self, numbers: Sequence[Any], levels: Sequence[Any]) -> Encoded | None:
+        """The common single record — numbers as JSON numbers, known levels, in `num` / `cat`
+        order — in a few C-level calls; None sends anything else down the general path.
 
         NOTE: about half the time of the general path (4 vs 7 µs), for the most frequent request.
         """
-        nums, cats = self._fields
         try:
-            numbers, levels = nums.one(record), cats.one(record)
             codes = list(map(dict.get, self._indexes, levels))
-        except (KeyError, TypeError):  # an absent feature, an unhashable level
+        except TypeError:  # an unhashable level
             return None
         if None in codes:
             return None
