@@ -47,7 +47,11 @@ def records_of(doc: Any, max_records: int) -> list[dict[str, Any]]:
 
 def encode(pre: Preprocess, records: Sequence[dict[str, Any]]) -> Encoded:
     """Records → model inputs; any unparsable value fails the request, naming record and field."""
-    enc = pre.encode_records(records)
+    return checked(pre.encode_records(records))
+
+
+def checked(enc: Encoded) -> Encoded:
+    """Encoded rows, or the 422 naming the record and field of every value that could not be used."""
     if enc.errors:
         errors = [enc.errors[row] for row in sorted(enc.errors)]
         details = [{"record": e.row, "field": e.field, "message": e.reason} for e in errors[:100]]
@@ -72,10 +76,10 @@ class Prepared:
 def prepare(pre: Preprocess, records: Sequence[dict[str, Any]]) -> Prepared:
     """Encode records (errors name record and field) and keep the id columns that pass through."""
     enc = encode(pre, records)
-    return Prepared(enc, [(col, [r.get(col, _ABSENT) for r in records]) for col in pre.id_columns])
+    return Prepared(enc, [(col, [r.get(col, ABSENT) for r in records]) for col in pre.id_columns])
 
 
-_ABSENT = object()
+ABSENT = object()  # an id column a record does not have
 
 
 def answers(pre: Preprocess, out: np.ndarray, job: Prepared) -> list[dict[str, Any]]:
@@ -94,7 +98,7 @@ def answers(pre: Preprocess, out: np.ndarray, job: Prepared) -> list[dict[str, A
         result = [{"value": v} for v in out[:, 0].tolist()]
     for col, values in job.ids:
         for answer, value in zip(result, values, strict=True):
-            if value is not _ABSENT:
+            if value is not ABSENT:
                 answer[col] = value
     for row, messages in job.enc.warnings.items():
         result[row]["warnings"] = messages

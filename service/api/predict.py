@@ -22,7 +22,7 @@ import orjson
 
 from service.batching import QueueFull
 from service.predict import RequestError, predict, prepare, records_of
-from service.protocols import mlflow, v2
+from service.protocols import mlflow, native, v2
 from service.settings import Settings
 from service.store import LoadedModel, ModelNotFound, ModelStore
 from service.telemetry import Telemetry
@@ -134,10 +134,15 @@ class PredictEndpoint:
 
     async def _predict(self, scope: Scope, receive: Any, name: str | None) -> dict[str, Any]:
         check_json_request(scope, self.settings.max_body_bytes)
-        records = records_of(_json(await read_body(receive, self.settings.max_body_bytes)), self.settings.max_records)
+        raw = await read_body(receive, self.settings.max_body_bytes)
         model = self._model(name)
-        job = prepare(model.pre, records)
-        del records  # NOTE: freed before the wait for a batch (see Prepared)
+        fast = native.typed_records(model.pre)
+        job = fast.prepare(raw, self.settings.max_records) if fast is not None else None
+        if job is None:  # NOTE: anything unusual: the general path accepts, warns or explains it
+            records = records_of(_json(raw), self.settings.max_records)
+            job = prepare(model.pre, records)
+            del records
+        del raw  # NOTE: freed before the wait for a batch (see Prepared)
         return await predict(model, job)
 
     async def _v2(self, scope: Scope, receive: Any, route: Route) -> dict[str, Any]:

@@ -153,7 +153,8 @@ def _categorical(feat: CategoricalFeature, column: pa.Array, vocab: pa.Array, n:
         return encode_categorical(feat, column.to_pylist(), n, enc)  # NOTE: 2.0 → "2" etc. as JSON
     found = pc.index_in(column, value_set=vocab)
     if found.null_count == 0:  # NOTE: the usual block: every value a known level, nothing else to check
-        return np.add(found.to_numpy(), 1, dtype=np.int64)
+        known: np.ndarray = np.add(found.to_numpy(), 1, dtype=np.int64)
+        return known
     codes = np.add(found.fill_null(-1).to_numpy(zero_copy_only=False), 1, dtype=np.int64)
     # NOTE: values not found verbatim that are not blank (unseen, padded, ...) take the exact path
     unmatched = pc.and_(pc.is_null(found), pc.not_equal(column, ""))

@@ -1,0 +1,86 @@
+"""The native `/predict` body, decoded straight into typed records when it is the usual request.
+
+`{"records": [...]}` with every feature present, numbers as JSON numbers (or null) and categories
+as known levels (or null) is by far the most common body. For it, msgspec decodes the bytes into
+structs typed from the bundle's schema: numbers arrive as floats, levels as the very string
+objects of the vocabulary (a `Literal` type), nothing else is allocated, and the type checks run
+in C while parsing. Anything else — a field absent, a numeric string, an unseen or padded level,
+a wrong type, too many or no records, malformed JSON — makes the typed decoder give up, and the
+body takes the general path (orjson, `records_of`, `Preprocess.encode_records`), which accepts,
+imputes, warns or explains exactly as before. Both paths give identical model inputs; the tests
+check it.
+
+NOTE: measured in process on 100-record telco bodies: decoding and encoding ≈ 190 µs instead of
+≈ 290 µs, and far fewer short-lived objects (no dict and no string per value).
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from service.features import CategoricalFeature, Preprocess
+from service.predict import ABSENT, Prepared, checked
+
+CACHE_KEY = "native-typed-records"
+
+
+class TypedRecords:
+    """One bundle's typed decoder for `{"records": [...]}` bodies."""
+
+    def __init__(self, pre: Preprocess) -> None:
+        self.pre = pre
+        names = {f.name: f"f{i}" for i, f in enumerate(pre.features)}
+        ids = {col: f"id{j}" for j, col in enumerate(pre.id_columns)}
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+            (names[f.name], _level_type(f) if isinstance(f, CategoricalFeature) else float | None) for f in pre.features
+        ]  # NOTE: required: an absent feature takes the general path (imputed, maybe a warning)
+        fields += [(attr, Any, msgspec.UNSET) for attr in ids.values()]
+        rename = {attr: name for name, attr in [*names.items(), *ids.items()]}
+        record = msgspec.defstruct("Record", fields, rename=rename, gc=False)
+        self._decoder = msgspec.json.Decoder(msgspec.defstruct("Body", [("records", list[record])]))  # type: ignore[valid-type]
+        self._numbers = _flat([names[f.name] for f in pre.numeric])
+        self._levels = _flat([names[f.name] for f in pre.categorical])
+        self._ids = [(col, operator.attrgetter(attr)) for col, attr in ids.items()]
+
+    def prepare(self, raw: bytes, max_records: int) -> Prepared | None:
+        """The body's model inputs and ids, or None when the general path must decide."""
+        try:
+            records = self._decoder.decode(raw).records  # type: ignore[attr-defined]
+        except msgspec.MsgspecError:
+            return None
+        n = len(records)
+        if not 0 < n <= max_records:
+            return None
+        numbers, levels = self._numbers(records), self._levels(records)
+        enc = (self.pre.encode_plain(numbers, levels) if n == 1 else None) or self.pre.encode_flat(numbers, levels, n)
+        ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
+        return Prepared(checked(enc), ids)
+
+
+def typed_records(pre: Preprocess) -> TypedRecords | None:
+    """The bundle's typed decoder (built once, kept with the bundle); None when its schema has a
+    categorical feature with no levels at all (nothing a Literal type could name)."""
+    cache = pre.codec_cache
+    if CACHE_KEY not in cache:
+        usable = all(f.vocab_ for f in pre.categorical)
+        cache[CACHE_KEY] = TypedRecords(pre) if usable else None
+    return cache[CACHE_KEY]  # type: ignore[no-any-return]
+
+
+def _level_type(feature: CategoricalFeature) -> Any:
+    return Literal[feature.vocab_] | None
+
+
+def _flat(attrs: list[str]) -> Callable[[Sequence[Any]], list[Any]]:
+    """Records → their values of these attributes, row-major, in one flat list (C-level calls)."""
+    if not attrs:
+        return lambda records: []
+    get = operator.attrgetter(*attrs)
+    if len(attrs) == 1:
+        return lambda records: list(map(get, records))
+    return lambda records: list(itertools.chain.from_iterable(map(get, records)))
