@@ -7,6 +7,8 @@ Exported instead, exactly equivalent up to float rounding:
 - an embedding followed by the first Linear is linear, so each level's contribution to the first
   hidden layer is precomputed: one table row per (feature, level), for all members at once;
 - the linear ("wide") path's per-level weights join that table as extra columns;
+- the centred numerics (their division by std folded into the weights) join the levels' multi-hot
+  matrix, so one MatMul computes the whole first layer;
 - the members' hidden-to-hidden layers run side by side, one small matrix per member (the input
   split by member, the results concatenated); their output layers as one block-diagonal matrix.
 The export parity check compares this graph against the unfused PyTorch Scorer.
@@ -110,13 +112,21 @@ class FusedScorer(nn.Module):
             "level_of", (torch.cat([torch.arange(c) for c in cards]) if cards else torch.zeros(0)).float()
         )
         self.register_buffer("average", torch.full((self.n_members, 1), 1.0 / self.n_members))
+        scaled = self.w_num / self.normalize.std_.reshape(-1, 1)
+        self.register_buffer("w_input", torch.cat([scaled, self.w_levels]).contiguous())
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         z = self.bias
-        # NOTE: an input with no columns still enters the graph (as a zero-width sum), so every
-        # bundle has both `num` and `cat` inputs, as the contract says.
-        z = z + (self.normalize(num) @ self.w_num if self.n_num else num.sum(dim=1, keepdim=True))
-        z = z + (self._levels(cat) if self.n_cat else cat.sum(dim=1, keepdim=True).to(z.dtype))
+        if self.n_num and self.n_cat and self.multi_hot:
+            # NOTE: centred numerics and the multi-hot levels side by side through one MatMul, the
+            # division by std folded into the numeric rows: measured in ONNX Runtime at 1,024 rows,
+            # a separate K=4 MatMul, its Add and the Div cost ~15 % of the graph's time
+            z = z + torch.cat([self._centred(num), self._multi_hot(cat)], dim=1) @ self.w_input
+        else:
+            # NOTE: an input with no columns still enters the graph (as a zero-width sum), so every
+            # bundle has both `num` and `cat` inputs, as the contract says.
+            z = z + (self.normalize(num) @ self.w_num if self.n_num else num.sum(dim=1, keepdim=True))
+            z = z + (self._levels(cat) if self.n_cat else cat.sum(dim=1, keepdim=True).to(z.dtype))
         h = z[:, : self.hidden]
         m = self.n_members
         for i, b in enumerate(self.biases[:-1]):
@@ -131,10 +141,17 @@ class FusedScorer(nn.Module):
 
     def _levels(self, cat: torch.Tensor) -> torch.Tensor:
         if self.multi_hot:
-            # NOTE: column c of the multi-hot matrix is 1 where its feature's index equals its level
-            hot = ((cat.to(torch.float32) @ self.spread) == self.level_of).to(torch.float32)
-            return hot @ self.w_levels
+            return self._multi_hot(cat) @ self.w_levels
         return self.w_levels[cat + self.offsets].sum(dim=1)
+
+    def _multi_hot(self, cat: torch.Tensor) -> torch.Tensor:
+        """Column c is 1 where its feature's index equals its level."""
+        return ((cat.to(torch.float32) @ self.spread) == self.level_of).to(torch.float32)
+
+    def _centred(self, num: torch.Tensor) -> torch.Tensor:
+        """Median-imputed numerics minus their means (`normalize` without the division)."""
+        norm = self.normalize
+        return torch.where(torch.isnan(num), norm.median_, num) - norm.mean_
 
     def _output(self, logits: torch.Tensor) -> torch.Tensor:
         """[N, members × n_out] logits → averaged probabilities or values (means as MatMuls)."""
