@@ -1,4 +1,4 @@
-"""Fuse a trained ensemble into one compact graph for export: same outputs, ~25 ONNX nodes.
+"""Fuse a trained ensemble into one compact graph for export: same outputs, ~30 ONNX nodes.
 
 The trained Scorer runs each member separately, with one Gather per categorical feature and a
 BatchNorm per layer: hundreds of tiny ONNX nodes whose per-node overhead dominates inference.

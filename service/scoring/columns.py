@@ -82,6 +82,9 @@ class ArrowEncoder:
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
+        # NOTE: numeric columns whose last block needed blanks cleared before Arrow's cast: the
+        # next block goes straight there (a failing cast reads the whole block first)
+        self._padded: set[str] = set()
 
     @cached_property
     def _vocabs(self) -> list[pa.Array]:
@@ -96,7 +99,7 @@ class ArrowEncoder:
         cat = np.empty((len(self.pre.categorical), n), dtype=np.int64)
         enc = Encoded(num=num, cat=cat)
         for j, feat in enumerate(self.pre.numeric):
-            num[j] = _numeric(feat.name, _array(batch.column(feat.name)), n, enc)
+            num[j] = _numeric(feat.name, _array(batch.column(feat.name)), n, enc, self._padded)
         for j, cfeat in enumerate(self.pre.categorical):
             cat[j] = _categorical(cfeat, _array(batch.column(cfeat.name)), self._vocabs[j], n, enc)
         enc.num, enc.cat = np.ascontiguousarray(num.T), np.ascontiguousarray(cat.T)
@@ -110,12 +113,12 @@ def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return text_column(column)
 
 
-def _numeric(name: str, column: pa.Array, n: int, enc: Encoded) -> np.ndarray:
+def _numeric(name: str, column: pa.Array, n: int, enc: Encoded, padded: set[str]) -> np.ndarray:
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return encode_numeric(name, column.to_numpy(zero_copy_only=False), n, enc)
     if pa.types.is_string(kind):  # NOTE: values that parse here are ASCII, so valid UTF-8
-        fast = _parse_numbers(column)
+        fast = _parse_numbers(column, name, padded)
         if fast is not None:
             return encode_numeric(name, fast, n, enc)
     if pa.types.is_null(kind):
@@ -123,14 +126,19 @@ def _numeric(name: str, column: pa.Array, n: int, enc: Encoded) -> np.ndarray:
     return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc)  # NOTE: the exact path decides
 
 
-def _parse_numbers(column: pa.Array) -> np.ndarray | None:
+def _parse_numbers(column: pa.Array, name: str, padded: set[str]) -> np.ndarray | None:
     """Text → float64 with Arrow's parser, or None when any value needs the exact path: one
-    Arrow cannot parse (grouped thousands, '1_000', junk) or that parses to ±inf or NaN."""
+    Arrow cannot parse (grouped thousands, '1_000', junk) or that parses to ±inf or NaN.
+    `padded`: the columns that once needed blanks cleared; they go straight to that step."""
     # NOTE: cheapest first: a clean column; one whose only gaps are blanks; then every missing token
-    nothing = pa.scalar(None, pa.string())
-    try:
-        values = column.cast(pa.float64())
-    except pa.ArrowInvalid:
+    values = None
+    if name not in padded:
+        try:
+            values = column.cast(pa.float64())
+        except pa.ArrowInvalid:
+            padded.add(name)
+    if values is None:
+        nothing = pa.scalar(None, pa.string())
         trimmed = pc.ascii_trim_whitespace(column)
         try:
             values = pc.if_else(pc.equal(trimmed, ""), nothing, trimmed).cast(pa.float64())
