@@ -1,0 +1,69 @@
+"""A/B: the service from two checkouts under the same wrk load, alternating, on this machine.
+
+    python bench/compare.py /path/to/old-checkout .            # single record, 64 connections
+    python bench/compare.py OLD NEW --records 100 --pairs 8    # 100-record requests
+
+On a shared machine, two benchmark runs minutes apart differ by more than most changes being
+measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
+runs A then B or B then A, alternating, 3 s each, so drift cancels out; the median of the B/A
+ratios is the figure. Both serve the same model store (`--models`, the churn bundle by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from serve import ROOT, churn_bundle, free_port, lua_script, server, telco_body, v2_body, wrk
+
+
+def command(checkout: Path, models: Path, port: int) -> list[str]:
+    """`tabserve serve` with the code of `checkout` (it comes first on sys.path)."""
+    start = f"import sys; sys.path.insert(0, {str(checkout)!r}); from tabserve.cli import main; main()"
+    return [
+        *(sys.executable, "-c", start, "serve", "--models", str(models), "--threads", "1"),
+        *("--log-level", "warning", "--port", str(port)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("a", type=Path, help="checkout A (the baseline)")
+    parser.add_argument("b", type=Path, help="checkout B (the change)")
+    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--records", type=int, default=1, help="records per request")
+    parser.add_argument("--v2", action="store_true", help="send KServe V2 requests instead of /predict")
+    parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--seconds", type=int, default=3)
+    args = parser.parse_args()
+    churn_bundle(args.models)
+    body = telco_body(args.records)
+    script = lua_script(v2_body(body) if args.v2 else body, Path(tempfile.mkdtemp(prefix="tabserve-ab-")), "body")
+    route = "/v2/models/churn/infer" if args.v2 else "/predict"
+    urls = {}
+    with contextlib.ExitStack() as stack:
+        for name, checkout in (("A", args.a.resolve()), ("B", args.b.resolve())):
+            port = free_port()
+            stack.enter_context(server(command(checkout, args.models, port), port, {}, "/health/ready"))
+            urls[name] = f"http://127.0.0.1:{port}{route}"
+            wrk(urls[name], script, 16, 1)  # warm-up
+        ratios = []
+        for i in range(args.pairs):
+            order = ["A", "B"] if i % 2 == 0 else ["B", "A"]
+            got = {name: wrk(urls[name], script, args.conns, args.seconds) for name in order}
+            ratios.append(got["B"][0] / got["A"][0])
+            print(
+                f"pair {i + 1}: A {got['A'][0]:,.0f} req/s (p99 {got['A'][2]:.1f} ms), "
+                f"B {got['B'][0]:,.0f} req/s (p99 {got['B'][2]:.1f} ms), B/A {ratios[-1]:.2f}",
+                flush=True,
+            )
+    print(f"{args.records}-record requests, {args.conns} connections: B/A median {statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
