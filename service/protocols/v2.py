@@ -284,9 +284,8 @@ def response(
     enc: Encoded,
 ) -> dict[str, Any]:
     """The inference response: the outputs asked for (None: all) and the request's id, echoed
-    unless it is NO_ID. Per-row
-    warnings (unseen levels, values outside the training range) go in the response's `parameters`
-    as one string, since the protocol's parameter values are scalars."""
+    unless it is NO_ID. Per-row warnings (unseen levels, values outside the training range) go in
+    the response's `parameters` as one string, since the protocol's parameter values are scalars."""
     tensors: dict[str, dict[str, Any]] = {}
     if pre.task == "regression":
         tensors["value"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
