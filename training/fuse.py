@@ -112,12 +112,14 @@ class FusedScorer(nn.Module):
             "level_of", (torch.cat([torch.arange(c) for c in cards]) if cards else torch.zeros(0)).float()
         )
         self.register_buffer("average", torch.full((self.n_members, 1), 1.0 / self.n_members))
-        scaled = self.w_num / self.normalize.std_.reshape(-1, 1)
-        self.register_buffer("w_input", torch.cat([scaled, self.w_levels]).contiguous())
+        self.one_input = bool(self.n_num and self.n_cat and self.multi_hot)
+        if self.one_input:
+            scaled = self.w_num / self.normalize.std_.reshape(-1, 1)
+            self.register_buffer("w_input", torch.cat([scaled, self.w_levels]).contiguous())
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         z = self.bias
-        if self.n_num and self.n_cat and self.multi_hot:
+        if self.one_input:
             # NOTE: centred numerics and the multi-hot levels side by side through one MatMul, the
             # division by std folded into the numeric rows: measured in ONNX Runtime at 1,024 rows,
             # a separate K=4 MatMul, its Add and the Div cost ~15 % of the graph's time
