@@ -1,7 +1,8 @@
 """A/B: the service from two checkouts under the same wrk load, alternating, on this machine.
 
-    python bench/compare.py /path/to/old-checkout .            # single record, 64 connections
-    python bench/compare.py OLD NEW --records 100 --pairs 8    # 100-record requests
+    git worktree add /tmp/old HEAD~3                           # a checkout of the baseline
+    python bench/compare.py /tmp/old .                         # single record, 64 connections
+    python bench/compare.py /tmp/old . --records 100 --pairs 8 # 100-record requests
 
 On a shared machine, two benchmark runs minutes apart differ by more than most changes being
 measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
