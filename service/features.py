@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -358,8 +358,8 @@ class Preprocess:
         return {}
 
     @cached_property
-    def _fields(self) -> tuple[_Fields, _Fields]:
-        return _Fields([f.name for f in self.numeric]), _Fields([f.name for f in self.categorical])
+    def _fields(self) -> tuple[Fields, Fields]:
+        return Fields([f.name for f in self.numeric]), Fields([f.name for f in self.categorical])
 
     @cached_property
     def _indexes(self) -> list[dict[str, int]]:
@@ -451,15 +451,16 @@ def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, 
     return found
 
 
-class _Fields:
-    """Pulls named fields out of many records at C speed: row-major, flat, None where absent."""
+class Fields:
+    """Pulls named fields out of many records at C speed, row-major and flat: keys of dicts, or
+    (with `getter=operator.attrgetter`) attributes of structs."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], getter: Callable[..., Any] = operator.itemgetter) -> None:
         self.names, self.k = names, len(names)
-        self._get = operator.itemgetter(*names) if names else None
+        self._get = getter(*names) if names else None
 
-    def flat(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Raises KeyError when a record lacks a field (see `flat_lenient`)."""
+    def flat(self, records: Sequence[Any]) -> list[Any]:
+        """Raises KeyError (AttributeError) when a record lacks a field (see `flat_lenient`)."""
         if self._get is None:
             return []
         got = list(map(self._get, records))
@@ -473,7 +474,7 @@ class _Fields:
         return (got,) if self.k == 1 else got
 
     def flat_lenient(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """As `flat`, with None for absent fields."""
+        """As `flat` for dicts, with None for absent fields."""
         return [r.get(name) for r in records for name in self.names]
 
 
