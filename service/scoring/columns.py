@@ -82,8 +82,8 @@ class ArrowEncoder:
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
-        # NOTE: numeric columns whose last block needed blanks cleared before Arrow's cast: the
-        # next block goes straight there (a failing cast reads the whole block first)
+        # NOTE: numeric columns that once needed blanks cleared before Arrow's cast: later blocks
+        # go straight there (a failing cast reads the whole block first)
         self._padded: set[str] = set()
 
     @cached_property
