@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -26,12 +27,28 @@ class _Pending:
     future: asyncio.Future[np.ndarray]
 
 
+@dataclass(slots=True)
+class _Job:
+    """One ORT call for the inference thread: the requests it answers and their rows joined."""
+
+    batch: list[_Pending]
+    num: np.ndarray
+    cat: np.ndarray
+    loop: asyncio.AbstractEventLoop
+    batched: bool  # False: a lone request with batching off (it does not hold the batch slot)
+
+
 class AdaptiveBatcher:
-    """Every request gets a future; one task gathers rows, runs the model once, splits the results.
+    """Every request gets a future; batches of them run the model once, and the results are split.
 
     A batch closes at `max_batch_size` rows, or after `max_delay_ms` of waiting for more (0: it
-    takes whatever queued while the previous batch ran). Inference runs on one dedicated thread, so
-    the event loop keeps accepting requests, and the next batch fills while this one runs.
+    takes whatever queued while the previous batch ran). One batch at a time runs on a dedicated
+    inference thread, so the event loop keeps accepting requests and the next batch fills meanwhile.
+
+    NOTE: the hand-offs are a plain queue to the thread and one `call_soon_threadsafe` back per
+    batch, not an executor, an asyncio.Event and a gathering task: measured with
+    `bench/compare.py` (wrk, 64 connections, 8 alternating pairs), single-record requests 1.07×
+    the throughput of that design (median), 100-record requests unchanged (1.00×).
     """
 
     def __init__(
@@ -49,9 +66,11 @@ class AdaptiveBatcher:
         self._delay = max_delay_ms / 1000
         self._pending: deque[_Pending] = deque()
         self._queued_rows = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tabserve-infer")
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is on the inference thread
+        self._flush_due: asyncio.Handle | None = None  # the next batch is arranged
+        self._flush_waits = False  # ... for when the delay is up
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._closed = False
 
     @property
@@ -62,54 +81,45 @@ class AdaptiveBatcher:
     async def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         """Model output rows for these input rows, in order."""
         loop = asyncio.get_running_loop()
-        if not self.enabled or (self._closed and (self._task is None or self._task.done())):
-            return await loop.run_in_executor(self._executor, self._timed_run, num, cat)
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests already queued")
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append(_Pending(num, cat, future))
+        pending = _Pending(num, cat, future)
+        if not self.enabled or self._closed:
+            # NOTE: batching off, or a retired version finishing late requests: one call each
+            self._submit(_Job([pending], num, cat, loop, batched=False))
+            return await future
+        self._pending.append(pending)
         self._queued_rows += len(num)
-        if self._task is None:
-            self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._worker())
-        assert self._wakeup is not None
-        self._wakeup.set()
+        if not self._busy and (self._flush_due is None or self._flush_waits):
+            self._schedule(loop)
         return await future
 
     def close(self) -> None:
-        """Stop taking new batches once the queue is empty (a retired model version)."""
+        """Stop the inference thread once the requests already queued are answered (a retired
+        model version); a request that still arrives later is answered on a thread of its own."""
         self._closed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if not self._busy and not self._pending:
+            self._stop()
 
-    async def _worker(self) -> None:
-        assert self._wakeup is not None
-        while True:
-            if not self._pending:
-                if self._closed:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self._delay and self._queued_rows < self.max_batch_size:
-                await self._wait_for_more()
-            await self._execute(self._take())
-
-    async def _wait_for_more(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._delay
-        while self._queued_rows < self.max_batch_size and not self._closed:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arrange the next batch (nothing runs now): at once — after the callbacks already due,
+        so that requests arriving together go together — or when the delay is up."""
+        full = self._queued_rows >= self.max_batch_size
+        if self._flush_due is not None:
+            if not (full and self._flush_waits):
                 return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+            self._flush_due.cancel()  # NOTE: a waiting batch filled up: no need to wait on
+        self._flush_waits = bool(self._delay) and not full
+        if self._flush_waits:
+            self._flush_due = loop.call_later(self._delay, self._flush, loop)
+        else:
+            self._flush_due = loop.call_soon(self._flush, loop)
 
-    def _take(self) -> list[_Pending]:
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flush_due = None
+        if self._busy or not self._pending:
+            return
         batch = [self._pending.popleft()]
         rows = len(batch[0].num)
         while self._pending and rows + len(self._pending[0].num) <= self.max_batch_size:
@@ -117,28 +127,58 @@ class AdaptiveBatcher:
             batch.append(item)
             rows += len(item.num)
         self._queued_rows -= rows
-        return batch
-
-    async def _execute(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         if len(batch) == 1:
             num, cat = batch[0].num, batch[0].cat
         else:
             num = np.concatenate([p.num for p in batch])
             cat = np.concatenate([p.cat for p in batch])
+        self._busy = True
+        self._submit(_Job(batch, num, cat, loop, batched=True))
+
+    def _submit(self, job: _Job) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            if self._closed and not job.batched:
+                threading.Thread(target=self._answer, args=(job,), daemon=True).start()
+                return
+            self._thread = threading.Thread(target=self._serve, name="tabserve-infer", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    def _serve(self) -> None:
+        """The inference thread: one job at a time until told to stop."""
+        while (job := self._jobs.get()) is not None:
+            self._answer(job)
+
+    def _answer(self, job: _Job) -> None:
         try:
-            out = await loop.run_in_executor(self._executor, self._timed_run, num, cat)
+            out, error = self._timed_run(job.num, job.cat), None
         except Exception as exc:  # noqa: BLE001 - the failure belongs to every request of the batch
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
+            out, error = None, exc
+        job.loop.call_soon_threadsafe(self._done, job, out, error)
+
+    def _done(self, job: _Job, out: np.ndarray | None, error: Exception | None) -> None:
+        """On the event loop: split the output among the batch's requests, then start the next."""
         start = 0
-        for p in batch:
+        for p in job.batch:
             end = start + len(p.num)
             if not p.future.done():  # NOTE: a client that went away cancelled its future
-                p.future.set_result(out[start:end])
+                if error is not None:
+                    p.future.set_exception(error)
+                else:
+                    p.future.set_result(out[start:end])  # type: ignore[index]
             start = end
+        if not job.batched:
+            return
+        self._busy = False
+        if self._pending:
+            self._schedule(job.loop)
+        elif self._closed:
+            self._stop()
 
     def _timed_run(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         if self._on_batch is None:

@@ -1,0 +1,148 @@
+"""The micro-batcher on a real ONNX Runtime session of the churn bundle (no HTTP): batches form,
+answers go back to their own requests, failures stay within their batch, retired batchers finish."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from service import bundle
+from service.batching import AdaptiveBatcher, QueueFull
+from service.runtime import create_session
+from tests.service.conftest import telco_records
+
+Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def model(churn_bundle: bundle.BundleRef) -> tuple[Run, np.ndarray, np.ndarray]:
+    """The bundle's session as a run function, and 64 rows of real encoded telco records."""
+    session = create_session(churn_bundle.path / bundle.MODEL_FILE, "cpu", 1)
+    enc = churn_bundle.preprocess.encode_records(telco_records(64))
+
+    def run(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run(None, {"num": num, "cat": cat})[0]
+        return out
+
+    return run, enc.num, enc.cat
+
+
+def batcher(run: Run, batches: list[int], **settings: object) -> AdaptiveBatcher:
+    options: dict[str, object] = dict(max_batch_size=1024, max_delay_ms=0, max_queue=1000) | settings
+    return AdaptiveBatcher(run, on_batch=lambda rows, _: batches.append(rows), **options)  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    run, num, cat = model
+    expected = run(num, cat)
+    batches: list[int] = []
+
+    async def scenario() -> list[np.ndarray]:
+        b = batcher(run, batches)
+        # NOTE: requests of 1, 2 and 3 rows, all sent at once
+        spans = [(i, i + 1 + i % 3) for i in range(0, 60, 4)]
+        outs = await asyncio.gather(*(b.predict(num[s:e], cat[s:e]) for s, e in spans))
+        return [np.allclose(out, expected[s:e], atol=1e-6) for out, (s, e) in zip(outs, spans, strict=True)]
+
+    assert all(asyncio.run(scenario()))
+    assert sum(batches) == sum(1 + i % 3 for i in range(0, 60, 4))
+    assert len(batches) < 15, batches  # NOTE: 15 requests, far fewer ORT calls
+
+
+def test_max_batch_size_and_max_delay(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    run, num, cat = model
+    batches: list[int] = []
+
+    async def scenario() -> float:
+        b = batcher(run, batches, max_batch_size=8, max_delay_ms=200)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await b.predict(num[:1], cat[:1])  # NOTE: alone: waits the delay for company, then goes
+        waited = loop.time() - started
+        await asyncio.gather(*(b.predict(num[i : i + 1], cat[i : i + 1]) for i in range(20)))
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert waited >= 0.19
+    assert batches[0] == 1 and max(batches) == 8 and sum(batches[1:]) == 20, batches
+
+
+def test_a_failure_reaches_its_batch_only(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    run, num, cat = model
+
+    def run_or_fail(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        if np.isinf(n).any():
+            raise RuntimeError("ORT refused the batch")
+        return run(n, c)
+
+    bad = num[:1].copy()
+    bad[0, 0] = np.inf
+    gate = threading.Event()
+
+    def gated(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return run_or_fail(n, c)
+
+    async def scenario() -> list[object]:
+        b = batcher(gated, [])
+        first = asyncio.ensure_future(b.predict(num[:1], cat[:1]))  # NOTE: holds the thread
+        await asyncio.sleep(0.05)
+        # these queue behind it and form the second batch, with the bad one among them
+        rest = [asyncio.ensure_future(b.predict(n, cat[:1])) for n in (num[1:2], bad, num[2:3])]
+        await asyncio.sleep(0.05)
+        gate.set()
+        second = await asyncio.gather(*rest, return_exceptions=True)
+        after = await b.predict(num[3:4], cat[3:4])  # NOTE: a later batch is not hurt
+        return [await first, *second, after]
+
+    first, *second, after = asyncio.run(scenario())
+    assert isinstance(first, np.ndarray) and isinstance(after, np.ndarray)
+    assert all(isinstance(r, RuntimeError) and "refused" in str(r) for r in second)
+
+
+def test_queue_limit_raises_queue_full(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    run, num, cat = model
+    gate = threading.Event()
+
+    def slow(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return run(n, c)
+
+    async def scenario() -> list[object]:
+        b = batcher(slow, [], max_queue=3)
+        first = asyncio.ensure_future(b.predict(num[:1], cat[:1]))
+        await asyncio.sleep(0.05)  # NOTE: on the thread now; the next three fill the queue
+        queued = [asyncio.ensure_future(b.predict(num[:1], cat[:1])) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await b.predict(num[:1], cat[:1])
+        gate.set()
+        return [await first, *await asyncio.gather(*queued)]
+
+    assert all(isinstance(out, np.ndarray) for out in asyncio.run(scenario()))
+
+
+def test_batching_off_and_a_retired_batcher_still_answer(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    run, num, cat = model
+    expected = run(num[:4], cat[:4])
+    batches: list[int] = []
+
+    async def scenario() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        off = batcher(run, batches, enabled=False)
+        alone = await asyncio.gather(*(off.predict(num[i : i + 1], cat[i : i + 1]) for i in range(4)))
+        retired = batcher(run, [])
+        waiting = [asyncio.ensure_future(retired.predict(num[i : i + 1], cat[i : i + 1])) for i in range(2)]
+        retired.close()  # NOTE: requests already queued are still answered ...
+        answered = await asyncio.gather(*waiting)
+        await asyncio.sleep(0.05)
+        late = await retired.predict(num[2:4], cat[2:4])  # ... and so is one arriving after
+        return alone, [*answered, late]
+
+    alone, retired = asyncio.run(scenario())
+    assert batches == [1, 1, 1, 1]
+    assert np.allclose(np.concatenate(alone), expected, atol=1e-6)
+    assert np.allclose(np.concatenate(retired), expected, atol=1e-6)
