@@ -218,10 +218,14 @@ class Preprocess:
         labels = self.labels
         if self.task == "binary" and len(out) <= 64:
             # NOTE: a request's few rows: the same float64 comparison without numpy's per-call cost
-            t = self.threshold if self.threshold is not None else 0.5
-            neg, pos = labels[0], labels[1]
-            return [pos if p >= t else neg for p in out[:, 1].tolist()]
+            return self.binary_labels(out[:, 1].tolist())
         return [labels[i] for i in self.label_index(out).tolist()]
+
+    def binary_labels(self, probabilities: list[float]) -> list[Label]:
+        """Binary labels from positive-class probabilities as Python floats (the rule of `label_index`)."""
+        t = self.threshold if self.threshold is not None else 0.5
+        neg, pos = self.labels[0], self.labels[1]
+        return [pos if p >= t else neg for p in probabilities]
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
         """Column-wise raw values → `num` float32[N, n_num] and `cat` int64[N, n_cat]."""
@@ -278,7 +282,11 @@ class Preprocess:
             if type(v) not in _PLAIN_NUMBERS or not -_F32_MAX <= v <= _F32_MAX:  # NOTE: also None, NaN
                 return None
         enc = Encoded(np.array([numbers], dtype=np.float32), np.array([codes], dtype=np.int64))
-        self.check_ranges(enc)
+        lo, hi, _, _ = self._ranges
+        # NOTE: within the range as Python numbers is within it in float32 too (the bounds are
+        # float32 values and rounding keeps order); only values outside need the exact check
+        if not (all(map(operator.le, lo, numbers)) and all(map(operator.le, numbers, hi))):
+            self.check_ranges(enc)
         return enc
 
     def _check_absent(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:

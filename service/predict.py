@@ -85,8 +85,10 @@ ABSENT = object()  # an id column a record does not have
 def answers(pre: Preprocess, out: np.ndarray, job: Prepared) -> list[dict[str, Any]]:
     """One answer per record: label and probability / class probabilities / value, ids, warnings."""
     if pre.task == "binary":
+        probabilities = out[:, 1].tolist()
         result = [
-            {"label": label, "probability": p} for label, p in zip(pre.labels_for(out), out[:, 1].tolist(), strict=True)
+            {"label": label, "probability": p}
+            for label, p in zip(pre.binary_labels(probabilities), probabilities, strict=True)
         ]
     elif pre.task == "multiclass":
         names = [str(label) for label in pre.labels]

@@ -153,6 +153,9 @@ def test_values_outside_the_training_range_are_scored_with_a_warning() -> None:
         {"charges": 3.0, "plan": " gold "},
         {"charges": 3.0, "plan": "platinum"},
         {"charges": 150, "plan": "gold"},
+        {"charges": 100.000001, "plan": "gold"},  # above 100, but 100 in float32: no warning
+        {"charges": -1e-46, "plan": "gold"},  # below 0, but -0.0 in float32: no warning
+        {"charges": 100.01, "plan": "gold"},  # above 100 in float32 too
         {"charges": 1e39, "plan": "gold"},
         {"charges": True, "plan": "gold"},
         {"charges": 2, "plan": ["gold"]},
@@ -166,4 +169,6 @@ def test_a_record_alone_encodes_as_it_does_in_a_batch(record: dict[str, object])
     np.testing.assert_array_equal(alone.num[0], batch.num[1])
     np.testing.assert_array_equal(alone.cat[0], batch.cat[1])
     assert alone.warnings.get(0) == batch.warnings.get(1)
+    if record.get("charges") in (100.000001, -1e-46):
+        assert not alone.warnings
     assert str(alone.errors.get(0)).replace("record 0", "record 1") == str(batch.errors.get(1))
