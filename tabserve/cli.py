@@ -6,6 +6,7 @@ import contextlib
 import csv
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -236,19 +237,18 @@ def score(
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
             from service.scoring.ray_engine import score_with_ray
 
-            summary = score_with_ray(
-                ref,
-                str(input),
-                output,
-                keep=keep,
-                keep_all=keep_all,
-                address=ray_address,
-                device=device,  # type: ignore[arg-type]
-                chunk_rows=chunk_rows,
-            )
-            if errors is not None:
-                with errors.open("w", newline="") as fh:
-                    csv.writer(fh).writerows([("row", "error"), *summary.errors])
+            with contextlib.ExitStack() as stack:
+                summary = score_with_ray(
+                    ref,
+                    str(input),
+                    output,
+                    keep=keep,
+                    keep_all=keep_all,
+                    address=ray_address,
+                    device=device,  # type: ignore[arg-type]
+                    chunk_rows=chunk_rows,
+                    on_error=_errors_file(stack, errors),
+                )
         elif engine == "local":
             summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device)
         else:
@@ -302,11 +302,7 @@ def _score_local(
     started = time.perf_counter()
     with bar, contextlib.ExitStack() as stack:
         task = bar.add_task("score", total=None if from_stdin else input.stat().st_size, rows="0", rate="")
-        on_error = None
-        if errors is not None:
-            writer = csv.writer(stack.enter_context(errors.open("w", newline="")))
-            writer.writerow(["row", "error"])
-            on_error = lambda row, message: writer.writerow([row, message])  # noqa: E731
+        on_error = _errors_file(stack, errors)
 
         def on_block(rows: int, position: int) -> None:
             rate = rows / max(time.perf_counter() - started, 1e-9)
@@ -316,6 +312,15 @@ def _score_local(
         if str(output) == STDIO:
             return score_stream(scorer, source, lambda schema: CsvSink(sys.stdout.buffer, schema), **options)
         return score_file(scorer, source, output, **options)
+
+
+def _errors_file(stack: contextlib.ExitStack[Any], path: Path | None) -> Callable[[int, str], None] | None:
+    """`--errors FILE`: a CSV of (row, error), open until the stack closes; None without the flag."""
+    if path is None:
+        return None
+    writer = csv.writer(stack.enter_context(path.open("w", newline="")))
+    writer.writerow(["row", "error"])
+    return lambda row, message: writer.writerow([row, message])
 
 
 def main() -> None:

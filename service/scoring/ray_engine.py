@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from service.bundle import BundleRef, resolve
 from service.runtime import Device
 from service.scoring.files import CsvSource, ParquetSource, ScoringError, csv_write_options, format_of, numbered
-from service.scoring.local import Scorer, Summary
+from service.scoring.local import KEPT_ERRORS, Scorer, Summary
 
 try:
     import ray
@@ -34,6 +37,8 @@ except ImportError as exc:  # pragma: no cover - depends on the extra
     raise ImportError("the Ray engine needs Ray Data: pip install 'tabserve[ray]'") from exc
 
 INPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+FILE = "__tabserve_file__"  # NOTE: with several input files, each row's file (for its error message)
+ROW_IN_MESSAGE = re.compile(r"\brow (\d+)")
 
 
 def input_files(spec: str) -> list[str]:
@@ -60,32 +65,59 @@ def _open(path: str, raw: Any, chunk_rows: int) -> CsvSource | ParquetSource:
 
 
 class NumberedSource(FileBasedDatasource):
-    """Ray read tasks over the local engine's sources: `numbered` blocks (rows never dropped)."""
+    """Ray read tasks over the local engine's sources: `numbered` blocks (rows never dropped);
+    with `name_files`, each row also carries its file's name (row numbers count within a file)."""
 
-    def __init__(self, paths: list[str], wanted: list[str], chunk_rows: int) -> None:
+    def __init__(self, paths: list[str], wanted: list[str], chunk_rows: int, name_files: bool) -> None:
         super().__init__(paths)
-        self.wanted, self.chunk_rows = wanted, chunk_rows
+        self.wanted, self.chunk_rows, self.name_files = wanted, chunk_rows, name_files
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         if format_of(Path(path)) == "parquet":
             f = self._filesystem.open_input_file(path)  # NOTE: Parquet needs random access
         source = _open(path, f, self.chunk_rows)
+        name = pa.scalar(Path(path).name, pa.string())
         for batch in numbered(source, self.wanted):
-            yield pa.Table.from_batches([batch])
+            table = pa.Table.from_batches([batch])
+            yield table.append_column(FILE, pa.repeat(name, table.num_rows)) if self.name_files else table
+
+
+@ray.remote(num_cpus=0)
+class WarningTally:
+    """Warnings on scored rows from every actor, for the run's summary (the local engine's count)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, counts: dict[str, int]) -> None:
+        """A block's warning counts."""
+        self.counts.update(counts)
+
+    def total(self) -> Counter[str]:
+        """Everything counted so far."""
+        return self.counts
 
 
 class ScoreActor:
     """One ONNX Runtime session per actor, scoring blocks into the output schema."""
 
-    def __init__(self, bundle_path: str, device: Device, schema: pa.Schema) -> None:
+    def __init__(self, bundle_path: str, device: Device, schema: pa.Schema, tally: Any) -> None:
         ref = resolve(Path(bundle_path).parent.parent, bundle_path)
-        self.scorer, self.schema = Scorer(ref, device, threads=1), schema
+        self.scorer, self.schema, self.tally = Scorer(ref, device, threads=1), schema, tally
 
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = table.combine_chunks().to_batches()
         if not batch:
             return self.schema.empty_table()
-        return pa.Table.from_batches([self.scorer.score_batch(batch[0], self.schema).batch])
+        scored = self.scorer.score_batch(batch[0], self.schema)
+        if scored.warnings:  # NOTE: waited for, so the driver's count after the run is complete
+            ray.get(self.tally.add.remote(dict(scored.warnings)))
+        out = pa.Table.from_batches([scored.batch])
+        if FILE not in table.column_names:
+            return out
+        # NOTE: "b.csv: row 12, field 'tenure': …" — row numbers count within each file
+        named = pc.binary_join_element_wise(table.column(FILE), out.column("error"), ": ")
+        return out.set_column(out.schema.get_field_index("error"), "error", named)
 
 
 def score_with_ray(
@@ -99,8 +131,10 @@ def score_with_ray(
     device: Device = "auto",
     actors: int | None = None,
     chunk_rows: int = 16_384,
+    on_error: Callable[[int, str], None] | None = None,
 ) -> Summary:
-    """Score `input` (file, folder or glob) into the folder `output` with Ray Data."""
+    """Score `input` (file, folder or glob) into the folder `output` with Ray Data; `on_error`
+    gets (row, message) of every row that failed, as with the local engine."""
     started = time.perf_counter()
     files = input_files(input)
     fmt = format_of(output)
@@ -123,10 +157,11 @@ def score_with_ray(
         raise ScoringError("device=cuda, but the Ray cluster has no GPUs (use --device auto or cpu)")
     local = address is None
     pool = actors or (1 if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
-    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows))
+    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows, name_files=len(files) > 1))
+    tally = WarningTally.remote()  # type: ignore[attr-defined]
     scored = blocks.map_batches(
         ScoreActor,
-        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema),
+        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally),
         batch_format="pyarrow",
         batch_size=None,
         concurrency=pool,
@@ -148,7 +183,8 @@ def score_with_ray(
         if fmt == "csv.gz":  # NOTE: Ray names parts by format ("….csv"); these hold gzip
             for part in output_files(tmp):
                 part.rename(part.with_name(part.name + ".gz"))
-        summary = _count(tmp, fmt)
+        summary = _count(tmp, fmt, on_error)
+        summary.count_warnings(ray.get(tally.total.remote()))
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         os.replace(tmp, output)
@@ -164,8 +200,9 @@ def output_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_")))
 
 
-def _count(folder: Path, fmt: str) -> Summary:
-    """Rows and every error in what was written (read back: Ray's writers report nothing)."""
+def _count(folder: Path, fmt: str, on_error: Callable[[int, str], None] | None) -> Summary:
+    """Rows and errors in what was written (read back: Ray's writers report nothing); the first
+    KEPT_ERRORS messages are kept, as the local engine keeps them, and all go to `on_error`."""
     summary = Summary()
     for part in output_files(folder):
         if fmt == "parquet":
@@ -173,12 +210,17 @@ def _count(folder: Path, fmt: str) -> Summary:
         else:
             opts = pcsv.ConvertOptions(include_columns=["error"], column_types={"error": pa.string()})
             errors = pcsv.read_csv(part, convert_options=opts).column("error")
-        for message in errors.drop_null().to_pylist():
-            if message:
-                row = message.split(",")[0].split(":")[0].removeprefix("row ")
-                summary.errors.append((int(row) if row.isdigit() else 0, message))
         summary.rows_in += len(errors)
-    summary.rows_failed = len(summary.errors)
+        failed = errors.filter(pc.fill_null(pc.not_equal(errors, ""), False))
+        summary.rows_failed += len(failed)
+        kept = max(0, KEPT_ERRORS - len(summary.errors))
+        for message in (failed if on_error is not None else failed.slice(0, kept)).to_pylist():
+            found = ROW_IN_MESSAGE.search(message)
+            row = int(found[1]) if found else 0
+            if len(summary.errors) < KEPT_ERRORS:
+                summary.errors.append((row, message))
+            if on_error is not None:
+                on_error(row, message)
     summary.rows_scored = summary.rows_in - summary.rows_failed
     return summary
 

@@ -378,8 +378,15 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
     fields = lines[20].decode().split(",")
     fields[5] = "lots"
     lines[20] = ",".join(fields).encode()
+    fields = lines[30].decode().split(",")
+    fields[15] = "Decade-long"  # NOTE: an unseen Contract level: scored, with a warning
+    lines[30] = ",".join(fields).encode()
     source = tmp_path / "in.csv"
     source.write_bytes(b"".join(lines))
+    halves = tmp_path / "halves"  # NOTE: two CSV files; one more malformed row, in the second
+    halves.mkdir()
+    (halves / "a.csv").write_bytes(b"".join(lines[:101]))
+    (halves / "b.csv").write_bytes(b"".join([lines[0], *lines[101:151], b"too,few\n", *lines[152:]]))
     local = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "local.csv", keep_all=True, chunk_rows=32)
     import pandas as pd
 
@@ -398,8 +405,19 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
         gz = tmp_path / "in.csv.gz"  # NOTE: the input's format decides how it is opened, not the output's
         gz.write_bytes(gzip.compress(source.read_bytes()))
         zipped = score_with_ray(churn_bundle, str(gz), tmp_path / "ray_gz.parquet")
+        failures: list[tuple[int, str]] = []
+        split = score_with_ray(
+            churn_bundle, str(halves), tmp_path / "halves.csv", on_error=lambda *failure: failures.append(failure)
+        )
     finally:
         ray.shutdown()
+    # several files: row numbers count within each file, and the message names the file
+    assert (split.rows_in, split.rows_failed) == (200, 3)
+    assert [(row, message.split(":")[0]) for row, message in failures] == [(10, "a.csv"), (20, "a.csv"), (51, "b.csv")]
+    assert all(message.startswith(f"{message.split(':')[0]}: row {row}") for row, message in failures)
+    assert split.errors == failures
+    # warnings on scored rows reach the summary, as with the local engine
+    assert summary.warnings == local.warnings and sum(local.warnings.values()) == 1
     assert parquet.rows_in == 90 and parquet.rows_failed == 0
     assert (zipped.rows_in, zipped.rows_failed) == (200, 2)
     assert [row for part in output_files(tmp_path / "ray_pq.csv.gz") for row in _read(part)] == expected
