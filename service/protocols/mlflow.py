@@ -99,9 +99,19 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
 
 
 def predictions(answers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The MLflow answer: one object per row (warnings and ids dropped as MLflow has no place)."""
-    return {
+    """The MLflow answer: one object per row (ids dropped: MLflow has no place for them).
+
+    NOTE: per-row warnings (an unseen level, a value outside the training range) go in a
+    `warnings` list beside `predictions`, `[{"row": i, "warnings": [...]}]`, only when there are
+    any: MLflow's clients read `predictions` alone, so the rows' columns stay what they expect,
+    and nothing the caller sent is ignored without saying so.
+    """
+    doc: dict[str, Any] = {
         "predictions": [
             {k: v for k, v in a.items() if k in ("label", "probability", "probabilities", "value")} for a in answers
         ]
     }
+    noted = [{"row": i, "warnings": a["warnings"]} for i, a in enumerate(answers) if "warnings" in a]
+    if noted:
+        doc["warnings"] = noted
+    return doc

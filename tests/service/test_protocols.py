@@ -168,6 +168,17 @@ def test_mlflow_invocations_every_input_form(churn_server: Server, form: str) ->
     assert r.json() == {"predictions": [{"label": p["label"], "probability": p["probability"]} for p in native]}
 
 
+def test_mlflow_answer_reports_warnings_beside_the_predictions(churn_server: Server) -> None:
+    records = _records(3, start=10)
+    records[1] = {**records[1], "Contract": "Decade-long"}
+    r = httpx.post(churn_server.url + "/invocations", json={"dataframe_records": records})
+    assert r.status_code == 200, r.text
+    native = _native(churn_server, records)
+    assert r.json()["predictions"] == [{"label": p["label"], "probability": p["probability"]} for p in native]
+    assert r.json()["warnings"] == [{"row": 1, "warnings": native[1]["warnings"]}]
+    assert "unseen level 'Decade-long'" in native[1]["warnings"][0]
+
+
 def test_mlflow_errors_and_health(churn_server: Server) -> None:
     url = churn_server.url + "/invocations"
     both = httpx.post(url, json={"instances": _records(1), "inputs": _records(1)})
