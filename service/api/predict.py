@@ -124,9 +124,7 @@ class PredictEndpoint:
         except ModelNotFound as exc:
             raise RequestError(404 if self.store.ready else 503, str(exc)) from None
 
-    async def _model_version(self, name: str | None, version: int | None) -> LoadedModel:
-        if version is None:
-            return self._model(name)
+    async def _model_version(self, name: str | None, version: int) -> LoadedModel:
         try:
             return await self.store.get_version(name, version)
         except ModelNotFound as exc:
@@ -152,7 +150,10 @@ class PredictEndpoint:
         raw = await read_body(receive, self.settings.max_body_bytes)
         text, binary = v2.split_binary(raw, int(length) if length and length.isdigit() else None)
         doc = _json(text)
-        model = await self._model_version(route.name, route.version)
+        if route.version is None:  # NOTE: the usual request: no coroutine for the lookup
+            model = self._model(route.name)
+        else:
+            model = await self._model_version(route.name, route.version)
         outputs = v2.check_outputs(model.pre, doc)
         enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
         request_id = doc.get("id", v2.NO_ID)
