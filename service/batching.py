@@ -65,6 +65,7 @@ class AdaptiveBatcher:
         self.max_batch_size, self.max_queue, self.enabled = max_batch_size, max_queue, enabled
         self._delay = max_delay_ms / 1000
         self._pending: deque[_Pending] = deque()
+        self._alone = 0  # requests sent one by one (batching off, or a retired version) not yet answered
         self._queued_rows = 0
         self._busy = False  # a batch is on the inference thread
         self._flush_due: asyncio.Handle | None = None  # the next batch is arranged
@@ -75,18 +76,19 @@ class AdaptiveBatcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting for a batch."""
-        return len(self._pending)
+        """Requests waiting for a batch (with batching off: sent to the model and not yet answered)."""
+        return len(self._pending) + self._alone
 
     async def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         """Model output rows for these input rows, in order."""
         loop = asyncio.get_running_loop()
-        if len(self._pending) >= self.max_queue:
-            raise QueueFull(f"{len(self._pending)} requests already queued")
+        if len(self._pending) + self._alone >= self.max_queue:
+            raise QueueFull(f"{self.depth} requests already queued")
         future: asyncio.Future[np.ndarray] = loop.create_future()
         pending = _Pending(num, cat, future)
         if not self.enabled or self._closed:
             # NOTE: batching off, or a retired version finishing late requests: one call each
+            self._alone += 1
             self._submit(_Job([pending], num, cat, loop, batched=False))
             return await future
         self._pending.append(pending)
@@ -173,6 +175,7 @@ class AdaptiveBatcher:
                     p.future.set_result(out[start:end])  # type: ignore[index]
             start = end
         if not job.batched:
+            self._alone -= 1
             return
         self._busy = False
         if self._pending:

@@ -104,7 +104,8 @@ def test_a_failure_reaches_its_batch_only(model: tuple[Run, np.ndarray, np.ndarr
     assert all(isinstance(r, RuntimeError) and "refused" in str(r) for r in second)
 
 
-def test_queue_limit_raises_queue_full(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize("batching", [True, False])
+def test_queue_limit_raises_queue_full(model: tuple[Run, np.ndarray, np.ndarray], batching: bool) -> None:
     run, num, cat = model
     gate = threading.Event()
 
@@ -113,15 +114,18 @@ def test_queue_limit_raises_queue_full(model: tuple[Run, np.ndarray, np.ndarray]
         return run(n, c)
 
     async def scenario() -> list[object]:
-        b = batcher(slow, [], max_queue=3)
+        b = batcher(slow, [], max_queue=3, enabled=batching)
         first = asyncio.ensure_future(b.predict(num[:1], cat[:1]))
-        await asyncio.sleep(0.05)  # NOTE: on the thread now; the next three fill the queue
-        queued = [asyncio.ensure_future(b.predict(num[:1], cat[:1])) for _ in range(3)]
+        await asyncio.sleep(0.05)  # NOTE: on the thread now; the next ones fill the queue
+        queued = [asyncio.ensure_future(b.predict(num[:1], cat[:1])) for _ in range(3 if batching else 2)]
         await asyncio.sleep(0)
+        assert b.depth == 3
         with pytest.raises(QueueFull):
             await b.predict(num[:1], cat[:1])
         gate.set()
-        return [await first, *await asyncio.gather(*queued)]
+        answered = [await first, *await asyncio.gather(*queued)]
+        assert b.depth == 0
+        return answered
 
     assert all(isinstance(out, np.ndarray) for out in asyncio.run(scenario()))
 
