@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -161,7 +162,8 @@ class AdaptiveBatcher:
             out, error = self._timed_run(job.num, job.cat), None
         except Exception as exc:  # noqa: BLE001 - the failure belongs to every request of the batch
             out, error = None, exc
-        job.loop.call_soon_threadsafe(self._done, job, out, error)
+        with contextlib.suppress(RuntimeError):  # NOTE: the loop closed meanwhile (shutdown): nobody waits
+            job.loop.call_soon_threadsafe(self._done, job, out, error)
 
     def _done(self, job: _Job, out: np.ndarray | None, error: Exception | None) -> None:
         """On the event loop: split the output among the batch's requests, then start the next."""
