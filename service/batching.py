@@ -36,7 +36,7 @@ class _Job:
     num: np.ndarray
     cat: np.ndarray
     loop: asyncio.AbstractEventLoop
-    batched: bool  # False: a lone request with batching off (it does not hold the batch slot)
+    batched: bool  # False: a request sent alone (batching off, or a retired version): no batch slot
 
 
 class AdaptiveBatcher:
