@@ -247,26 +247,19 @@ class Preprocess:
         with map(dict.get, ...) so the per-value work runs in C; anything off the fast path goes
         through the same _number / _level as encode_columns, so both give identical arrays.
         """
-        if len(records) == 1 and (enc := self._encode_plain_record(records[0])) is not None:
-            return enc
         nums, cats = self._fields
         try:
-            numbers, levels = nums.flat(records), cats.flat(records)
+            if len(records) == 1:  # NOTE: the most frequent request: its fields picked, not flattened
+                numbers, levels = nums.one(records[0]), cats.one(records[0])
+            else:
+                numbers, levels = nums.flat(records), cats.flat(records)
         except KeyError:  # NOTE: some record lacks a feature: missing, not an error (but see below)
             enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
             self._check_absent(records, enc)
             return enc
         return self.encode_flat(numbers, levels, len(records))
 
-    def _encode_plain_record(self, record: Mapping[str, Any]) -> Encoded | None:
-        """One record through `encode_plain`, when it has every feature."""
-        nums, cats = self._fields
-        try:
-            return self.encode_plain(nums.one(record), cats.one(record))
-        except KeyError:
-            return None
-
-    def encode_plain(self, numbers: Sequence[Any], levels: Sequence[Any]) -> Encoded | None:
+    def _encode_plain(self, numbers: Sequence[Any], levels: Sequence[Any]) -> Encoded | None:
         """The common single record — numbers as JSON numbers, known levels, in `num` / `cat`
         order — in a few C-level calls; None sends anything else down the general path.
 
@@ -319,8 +312,11 @@ class Preprocess:
     def _known_fields(self) -> frozenset[str]:
         return frozenset([*self.kinds, *self.id_columns])
 
-    def encode_flat(self, numbers: list[Any], levels: list[Any], n_rows: int) -> Encoded:
-        """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs."""
+    def encode_flat(self, numbers: Sequence[Any], levels: Sequence[Any], n_rows: int) -> Encoded:
+        """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs; a
+        single plain record (every record protocol's most frequent request) takes `_encode_plain`."""
+        if n_rows == 1 and (plain := self._encode_plain(numbers, levels)) is not None:
+            return plain
         nums, cats = self._fields
         enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
         enc.num = _numbers(nums.names, numbers, n_rows, enc)
@@ -486,7 +482,9 @@ class Fields:
         return [r.get(name) for r in records for name in self.names]
 
 
-def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded) -> np.ndarray:
+def _codes(
+    flat: Sequence[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded
+) -> np.ndarray:
     """Row-major raw levels → vocabulary indices (0: missing or unseen, with a warning)."""
     try:
         codes = list(map(dict.get, itertools.cycle(indexes), flat))
@@ -504,7 +502,7 @@ def _codes(flat: list[Any], feats: list[CategoricalFeature], indexes: list[dict[
     return np.array(codes, dtype=np.int64)
 
 
-def _float_matrix(flat: list[Any]) -> np.ndarray:
+def _float_matrix(flat: Sequence[Any]) -> np.ndarray:
     try:
         return np.array(flat, dtype=np.float64)
     except OverflowError:  # NOTE: an int beyond float range; as inf it becomes an error below
@@ -527,7 +525,7 @@ def encode_numeric(name: str, values: Sequence[Any] | np.ndarray | None, n: int,
     return _numbers([name], list(values), n, enc)[:, 0]
 
 
-def _numbers(names: list[str], flat: list[Any], n: int, enc: Encoded) -> np.ndarray:
+def _numbers(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
     """Row-major raw values → float32 [n, k]; floats, ints and None convert in one numpy call,
     anything else (text, booleans, objects) goes through parse_number, errors recorded."""
     if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
@@ -536,7 +534,7 @@ def _numbers(names: list[str], flat: list[Any], n: int, enc: Encoded) -> np.ndar
     return _float32(names, flat, n, enc)
 
 
-def _float32(names: list[str], flat: list[Any], n: int, enc: Encoded) -> np.ndarray:
+def _float32(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
     """Row-major numbers (None = missing) → float32 [n, k]; values beyond float32 become errors."""
     # NOTE: for request-sized inputs a Python range check is cheaper than three numpy calls
     if len(flat) <= 64 and all(v is None or -_F32_MAX <= v <= _F32_MAX for v in flat):

@@ -54,11 +54,11 @@ class TypedRecords:
         n = len(records)
         if not 0 < n <= max_records:
             return None
-        if n == 1:  # NOTE: the single record, the most frequent request, in as few calls as it takes
+        if n == 1:  # NOTE: the most frequent request: its fields picked, not flattened
             numbers, levels = self._numbers.one(records[0]), self._levels.one(records[0])
-            enc = self.pre.encode_plain(numbers, levels) or self.pre.encode_flat(list(numbers), list(levels), 1)
         else:
-            enc = self.pre.encode_flat(self._numbers.flat(records), self._levels.flat(records), n)
+            numbers, levels = self._numbers.flat(records), self._levels.flat(records)
+        enc = self.pre.encode_flat(numbers, levels, n)
         ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
         return Prepared(checked(enc), ids)
 

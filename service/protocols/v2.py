@@ -159,8 +159,7 @@ def encode_request(pre: Preprocess, doc: Any, binary: bytes, max_records: int) -
     """A request's inputs → model inputs and the row count; every check of `input_columns`."""
     single = None if binary else _single_row(pre, doc)
     if single is not None:
-        numbers, levels = single
-        return pre.encode_plain(numbers, levels) or _checked(pre.encode_flat(numbers, levels, 1)), 1
+        return _checked(pre.encode_flat(*single, 1)), 1
     columns, rows = input_columns(pre, doc, binary, max_records)
     return encode(pre, columns, rows), rows
 
