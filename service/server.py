@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from service.http import HttpProtocol
 from service.runtime import ProviderError, providers_for
 from service.settings import Settings
 
@@ -35,7 +36,7 @@ def run_server(flags: dict[str, Any]) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        http="httptools",
+        http=HttpProtocol,
         loop="uvloop",
         timeout_graceful_shutdown=10,
         proxy_headers=settings.proxy_headers,

@@ -1,0 +1,103 @@
+"""The HTTP protocol: each response's writes leave together, nothing held is lost or reordered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+from service.http import HELD_MAX, OneWriteTransport
+from tests.service.conftest import Server, telco_records
+
+
+class Recording(asyncio.Transport):
+    """The socket's side of a transport: what reached it, write by write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_writes_of_one_callback_leave_as_one() -> None:
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        raw = Recording()
+        t = OneWriteTransport(raw, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(bytearray(b"body"))
+        held = list(raw.writes)  # nothing sent while the callback runs
+        await asyncio.sleep(0)
+        first = list(raw.writes)
+        t.write(b"next")
+        await asyncio.sleep(0)
+        return held, first, raw.writes
+
+    held, first, after = asyncio.run(scenario())
+    assert held == []
+    assert first == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    assert after == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next"]
+
+
+def test_big_writes_close_and_abort() -> None:
+    async def scenario() -> tuple[Recording, Recording]:
+        loop = asyncio.get_running_loop()
+        raw, dropped = Recording(), Recording()
+        t = OneWriteTransport(raw, loop)
+        t.write(b"x" * (HELD_MAX - 1))
+        t.write(b"yy")  # past the limit: out at once, with what was held
+        assert raw.writes == [b"x" * (HELD_MAX - 1) + b"yy"]
+        t.writelines([b"a", b"b"])
+        t.close()  # what is held goes out before the close
+        assert raw.writes[1:] == [b"ab"] and raw.closed
+        u = OneWriteTransport(dropped, loop)
+        u.write(b"never sent")
+        u.abort()
+        await asyncio.sleep(0)
+        return raw, dropped
+
+    raw, dropped = asyncio.run(scenario())
+    assert len(raw.writes) == 2  # the flush scheduled by the first write found nothing left
+    assert dropped.writes == [] and dropped.aborted
+
+
+def _exchange(server: Server, payload: bytes) -> bytes:
+    """Send raw bytes to the server and read until it closes the connection."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(payload)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _request(body: bytes, close: bool) -> bytes:
+    head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    return head + b"content-length: %d\r\n%s\r\n" % (len(body), b"connection: close\r\n" if close else b"") + body
+
+
+def test_pipelined_requests_and_connection_close(churn_server: Server) -> None:
+    records = telco_records(3)
+    bodies = [json.dumps({"records": [r]}).encode() for r in records]
+    # NOTE: three requests in one packet; the last asks to close: every answer, in order, then EOF
+    raw = _exchange(churn_server, _request(bodies[0], False) + _request(bodies[1], False) + _request(bodies[2], True))
+    answers = raw.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 3, raw
+    for answer, record in zip(answers, records, strict=True):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"200 OK"), answer
+        assert json.loads(body)["predictions"][0]["customerID"] == record["customerID"]
+    bad = _exchange(churn_server, _request(b'{"records": [}', True))
+    assert bad.startswith(b"HTTP/1.1 400") and b"malformed JSON" in bad
