@@ -149,15 +149,20 @@ class PredictEndpoint:
         check_length(headers.get(b"content-length", b""), self.settings.max_body_bytes)
         raw = await read_body(receive, self.settings.max_body_bytes)
         text, binary = v2.split_binary(raw, int(length) if length and length.isdigit() else None)
-        doc = _json(text)
         if route.version is None:  # NOTE: the usual request: no coroutine for the lookup
             model = self._model(route.name)
         else:
             model = await self._model_version(route.name, route.version)
-        outputs = v2.check_outputs(model.pre, doc)
-        enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
-        request_id = doc.get("id", v2.NO_ID)
-        del raw, text, binary, doc  # NOTE: freed before the wait for a batch (see service.predict.Prepared)
+        single = None if binary else v2.single_row(model.pre, text)
+        if single is not None:
+            enc, rows, request_id, outputs = single.enc, 1, single.request_id, single.outputs
+        else:
+            doc = _json(text)
+            outputs = v2.check_outputs(model.pre, doc)
+            enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
+            request_id = doc.get("id", v2.NO_ID)
+            del doc
+        del raw, text, binary, single  # NOTE: freed before the wait for a batch (see service.predict.Prepared)
         out = await model.infer(enc)
         return v2.response(model.pre, model.name, model.version, out, outputs, request_id, rows, enc)
 

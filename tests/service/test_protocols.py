@@ -106,9 +106,18 @@ def test_v2_errors_name_the_input(churn_server: Server) -> None:
     assert "boolean" in _v2_error(churn_server, single("tenure", data=[True]))
     assert "tenure" in _v2_error(churn_server, single("tenure", datatype="BYTES"))
     assert "given twice" in _v2_error(churn_server, {"inputs": [*one[:-1], one[0]]})
+    assert "unknown output" in _v2_error(churn_server, {"inputs": one, "outputs": [{"name": "nope"}]})
     nested = httpx.post(churn_server.url + "/v2/models/churn/infer", json=single("tenure", shape=[1, 1], data=[[3]]))
     flat = httpx.post(churn_server.url + "/v2/models/churn/infer", json=single("tenure", data=[3]))
     assert nested.status_code == flat.status_code == 200 and nested.json() == flat.json()
+    # NOTE: an id and named outputs on the fast path, against the full path (a nested value sends it there)
+    asked = {"id": "one", "outputs": [{"name": "label"}, {"name": "probability"}]}
+    fast = httpx.post(churn_server.url + "/v2/models/churn/infer", json={**single("tenure", data=[3]), **asked})
+    full = httpx.post(
+        churn_server.url + "/v2/models/churn/infer", json={**single("tenure", shape=[1, 1], data=[[3]]), **asked}
+    )
+    assert fast.status_code == full.status_code == 200 and fast.json() == full.json()
+    assert fast.json()["id"] == "one" and [o["name"] for o in fast.json()["outputs"]] == ["label", "probability"]
     assert "malformed JSON" in httpx.post(churn_server.url + "/v2/models/churn/infer", content=b"{").json()["error"]
     assert httpx.post(churn_server.url + "/v2/models/nope/infer", json=good).status_code == 404
 
