@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -163,24 +163,29 @@ def encode_request(pre: Preprocess, doc: Any, binary: bytes, max_records: int) -
     return encode(pre, columns, rows), rows
 
 
-class _Tensor(msgspec.Struct, gc=False):
-    name: str
-    datatype: str
-    shape: list[int]
-    data: tuple[float | int | str | None]  # NOTE: exactly one plain value
-
-
 class _Output(msgspec.Struct, gc=False):
     name: str
 
 
-class _SingleRow(msgspec.Struct, gc=False):
-    inputs: list[_Tensor]
-    id: Any = msgspec.UNSET
-    outputs: list[_Output] | None = None
-
-
-_SINGLE_ROW = msgspec.json.Decoder(_SingleRow)
+def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:
+    """A bundle's decoder for one-row requests. Names and datatypes are `Literal` types, so they
+    arrive as the same string objects every time (hashes cached: the layout lookup is cheap)."""
+    tensor = msgspec.defstruct(
+        "Tensor",
+        [
+            ("name", Literal[tuple(pre.kinds)]),
+            ("datatype", Literal[(*NUMERIC_TYPES, "BYTES")]),
+            ("shape", list[int]),
+            ("data", tuple[float | int | str | None]),  # NOTE: exactly one plain value
+        ],
+        gc=False,
+    )
+    fields: list[Any] = [
+        ("inputs", list[tensor]),  # type: ignore[valid-type]
+        ("id", Any, msgspec.UNSET),
+        ("outputs", list[_Output] | None, None),
+    ]
+    return msgspec.json.Decoder(msgspec.defstruct("SingleRowRequest", fields, gc=False))
 
 
 @dataclass(slots=True)
@@ -202,8 +207,12 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     --v2, medians of 8 pairs). Clients send the same layout (names and datatypes in the same
     order) every time, so a layout is checked once and remembered with the bundle.
     """
+    cache = pre.codec_cache
+    decoder = cache.get(DECODER_KEY)
+    if decoder is None:
+        decoder = cache[DECODER_KEY] = _single_row_decoder(pre)
     try:
-        request = _SINGLE_ROW.decode(text)
+        request = decoder.decode(text)
     except msgspec.MsgspecError:
         return None
     inputs = request.inputs
@@ -211,7 +220,6 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     if shapes.count([1]) + shapes.count([1, 1]) != len(inputs):
         return None
     key = (tuple(map(_NAME, inputs)), tuple(map(_DATATYPE, inputs)))
-    cache = pre.codec_cache
     layout = cache.get(key)
     if layout is None:
         layout = _layout(pre, key[0], key[1])
@@ -229,6 +237,7 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
 _NAME, _DATATYPE = operator.attrgetter("name"), operator.attrgetter("datatype")
 _SHAPE, _DATA = operator.attrgetter("shape"), operator.attrgetter("data")
 LAYOUTS_KEPT = 64
+DECODER_KEY = "v2-single-row"
 
 
 def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any] | None:
@@ -318,18 +327,23 @@ def response(
     the response's `parameters` as one string, since the protocol's parameter values are scalars."""
     tensors: dict[str, dict[str, Any]] = {}
     if pre.task == "regression":
-        tensors["value"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
+        tensors["value"] = {"name": "value", "datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
     else:
-        labels = [str(label) for label in pre.labels_for(out)]
-        tensors["label"] = {"datatype": "BYTES", "shape": [rows], "data": labels}
+        flat = out.ravel().tolist()  # NOTE: one conversion serves every tensor (this is per request)
         if pre.task == "binary":
-            tensors["probability"] = {"datatype": "FP32", "shape": [rows], "data": out[:, 1].tolist()}
-        tensors["probabilities"] = {"datatype": "FP32", "shape": [rows, out.shape[1]], "data": out.ravel().tolist()}
-    names = outputs or list(tensors)
+            positive = flat[1::2]
+            labels = list(map(str, pre.binary_labels(positive)))
+        else:
+            labels = list(map(str, pre.labels_for(out)))
+        tensors["label"] = {"name": "label", "datatype": "BYTES", "shape": [rows], "data": labels}
+        if pre.task == "binary":
+            tensors["probability"] = {"name": "probability", "datatype": "FP32", "shape": [rows], "data": positive}
+        shape = [rows, out.shape[1]]
+        tensors["probabilities"] = {"name": "probabilities", "datatype": "FP32", "shape": shape, "data": flat}
     answer: dict[str, Any] = {
         "model_name": name,
         "model_version": str(version),
-        "outputs": [{"name": n, **tensors[n]} for n in names],
+        "outputs": list(tensors.values()) if outputs is None else [tensors[n] for n in outputs],
     }
     if request_id is not NO_ID:
         answer["id"] = request_id
