@@ -7,6 +7,7 @@ import pytest
 
 from service.features import CategoricalFeature, NumericFeature, Preprocess
 from service.predict import RequestError, answers, encode, prepare, records_of
+from service.protocols import v2
 
 
 def _pre(task: str, labels: list[object], threshold: float | None = None) -> Preprocess:
@@ -41,6 +42,29 @@ def test_multiclass_and_regression_answers() -> None:
     rows = [{"x": 1}, {"c": None}]
     values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), prepare(reg, rows))
     assert values == [{"value": 1.5}, {"value": -2.0}]
+
+
+def test_v2_answers_for_every_task() -> None:
+    binary = _pre("binary", ["no", "yes"], threshold=float(np.float32(0.35)))
+    out = np.array([[0.8, 0.2], [0.65, 0.35], [0.1, 0.9]], dtype=np.float32)
+    enc = encode(binary, [{"x": 0.1}, {"x": 5}, {"c": "a"}])  # the second is out of range: a warning
+    answer = v2.response(binary, "m", 2, out, None, "r1", 3, enc)
+    tensors = {o["name"]: o for o in answer["outputs"]}
+    assert [o["name"] for o in answer["outputs"]] == ["label", "probability", "probabilities"]
+    assert tensors["label"]["data"] == ["no", "yes", "yes"]  # at the threshold: positive
+    assert tensors["probability"]["data"] == out[:, 1].tolist() and tensors["probability"]["shape"] == [3]
+    assert tensors["probabilities"]["data"] == out.ravel().tolist() and tensors["probabilities"]["shape"] == [3, 2]
+    assert answer["id"] == "r1" and answer["model_version"] == "2" and "element 1" in answer["parameters"]["warnings"]
+    picked = v2.response(binary, "m", 2, out, ["probability", "label"], v2.NO_ID, 3, enc)
+    assert [o["name"] for o in picked["outputs"]] == ["probability", "label"] and "id" not in picked
+    multi = _pre("multiclass", ["low", "mid", 3])
+    out3 = np.array([[0.1, 0.7, 0.2], [0.0, 0.1, 0.9]], dtype=np.float32)
+    tensors = {o["name"]: o for o in v2.response(multi, "m", 1, out3, None, v2.NO_ID, 2, enc)["outputs"]}
+    assert tensors["label"]["data"] == ["mid", "3"] and "probability" not in tensors
+    assert tensors["probabilities"]["shape"] == [2, 3] and tensors["probabilities"]["data"] == out3.ravel().tolist()
+    reg = _pre("regression", [])
+    value = v2.response(reg, "m", 1, np.array([[1.5], [-2.0]], dtype=np.float32), None, v2.NO_ID, 2, enc)
+    assert value["outputs"] == [{"name": "value", "datatype": "FP32", "shape": [2], "data": [1.5, -2.0]}]
 
 
 @pytest.mark.parametrize(
