@@ -50,7 +50,7 @@ class OneWriteTransport:
     def flush(self) -> None:
         """Send what is held, as one write."""
         held, self._held = self._held, None
-        if held:
+        if held and not self._transport.is_closing():  # NOTE: closed meanwhile: as the transport would, drop it
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:

@@ -24,6 +24,9 @@ class Recording(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
     def abort(self) -> None:
         self.aborted = True
 
@@ -64,7 +67,12 @@ def test_big_writes_close_and_abort() -> None:
         u = OneWriteTransport(dropped, loop)
         u.write(b"never sent")
         u.abort()
+        gone = Recording()
+        late = OneWriteTransport(gone, loop)
+        late.write(b"held")
+        gone.close()  # NOTE: closed underneath it before the callback ended: nothing is written
         await asyncio.sleep(0)
+        assert gone.writes == []
         return raw, dropped
 
     raw, dropped = asyncio.run(scenario())
