@@ -68,6 +68,10 @@ class OneWriteTransport:
         self._held = None
         self._transport.abort()
 
+    def is_closing(self) -> bool:
+        """Whether the connection is closing (asked once per response: no `__getattr__` detour)."""
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         """Bytes not yet sent, held here or in the transport."""
         return self._transport.get_write_buffer_size() + (self._size if self._held else 0)
