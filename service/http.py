@@ -3,10 +3,11 @@
 uvicorn writes a response's status line and headers, then its body, as two `transport.write`
 calls, and uvloop sends each at once: two `send` system calls on the socket, and the client is
 woken twice, for a response of a few hundred bytes. Here the connection's transport holds the
-writes made while one callback of the event loop runs and sends them together just after it, so
-the head and body of an answer leave in one system call. Nothing waits longer than that callback
-(the writes are sent before the loop polls for I/O again), a write that already holds 64 KiB goes
-out at once, and closing the connection sends what is held first.
+writes made while one callback of the event loop runs and sends them together in a callback of
+its own (`call_soon`), so the head and body of an answer leave in one system call. Held writes
+go out at the loop's next turn, which does not block for I/O while a callback is ready; a write
+that brings what is held to 64 KiB goes out at once, and closing the connection sends what is
+held first.
 
 NOTE: measured with `bench/compare.py` (wrk, 64 connections): see BENCHMARKS.md.
 """
@@ -32,7 +33,7 @@ class OneWriteTransport:
         self._size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hold `data` until the running callback ends (or enough is held)."""
+        """Hold `data` for the loop's next turn (or send it with what is held, once that is enough)."""
         if self._held is None:
             self._held, self._size = [bytes(data)], len(data)
             self._loop.call_soon(self.flush)
