@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 FORMAT_VERSION = 1
+_T = TypeVar("_T")
 Task = Literal["binary", "multiclass", "regression"]
 Label = str | int | float | bool
 # NOTE: what a per-record warning is about (a metrics label: drift shows as out_of_range/unseen_level)
@@ -360,6 +361,15 @@ class Preprocess:
     def codec_cache(self) -> dict[Any, Any]:
         """Scratch space for protocol codecs (request layouts already checked), kept with the bundle."""
         return {}
+
+    def codec(self, key: str, build: Callable[[Preprocess], _T]) -> _T:
+        """A protocol codec for this bundle, built on first use and kept in `codec_cache`."""
+        cache = self.codec_cache
+        try:
+            return cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            made = cache[key] = build(self)
+            return made
 
     @cached_property
     def _fields(self) -> tuple[Fields, Fields]:

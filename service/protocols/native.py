@@ -66,11 +66,11 @@ class TypedRecords:
 def typed_records(pre: Preprocess) -> TypedRecords | None:
     """The bundle's typed decoder (built once, kept with the bundle); None when its schema has a
     categorical feature with no levels at all (nothing a Literal type could name)."""
-    cache = pre.codec_cache
-    if CACHE_KEY not in cache:
-        usable = all(f.vocab_ for f in pre.categorical)
-        cache[CACHE_KEY] = TypedRecords(pre) if usable else None
-    return cache[CACHE_KEY]  # type: ignore[no-any-return]
+    return pre.codec(CACHE_KEY, _typed_records)
+
+
+def _typed_records(pre: Preprocess) -> TypedRecords | None:
+    return TypedRecords(pre) if all(f.vocab_ for f in pre.categorical) else None
 
 
 def _level_type(feature: CategoricalFeature) -> Any:

@@ -207,12 +207,8 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     --v2, medians of 8 pairs). Clients send the same layout (names and datatypes in the same
     order) every time, so a layout is checked once and remembered with the bundle.
     """
-    cache = pre.codec_cache
-    decoder = cache.get(DECODER_KEY)
-    if decoder is None:
-        decoder = cache[DECODER_KEY] = _single_row_decoder(pre)
     try:
-        request = decoder.decode(text)
+        request = pre.codec(DECODER_KEY, _single_row_decoder).decode(text)
     except msgspec.MsgspecError:
         return None
     inputs = request.inputs
@@ -220,6 +216,7 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     if shapes.count([1]) + shapes.count([1, 1]) != len(inputs):
         return None
     key = (tuple(map(_NAME, inputs)), tuple(map(_DATATYPE, inputs)))
+    cache = pre.codec_cache
     layout = cache.get(key)
     if layout is None:
         layout = _layout(pre, key[0], key[1])
