@@ -480,8 +480,8 @@ class Fields:
         got = list(map(self._get, records))
         return got if self.k == 1 else list(itertools.chain.from_iterable(got))
 
-    def one(self, record: Mapping[str, Any]) -> Sequence[Any]:
-        """The fields of one record in order; raises KeyError when one is absent."""
+    def one(self, record: Any) -> Sequence[Any]:
+        """The fields of one record in order; raises KeyError (AttributeError) when one is absent."""
         if self._get is None:
             return ()
         got = self._get(record)
