@@ -7,6 +7,8 @@ import gzip
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,7 +185,7 @@ def test_cli_pipes_stdin_to_stdout(churn_bundle: bundle.BundleRef, tmp_path: Pat
 
 
 def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
-    source = _telco_head(tmp_path / "in.csv", 40)
+    source = _telco_head(tmp_path / "in.csv", 400)  # NOTE: more blocks than the reader may read ahead
     out = tmp_path / "out.csv"
 
     def interrupt(rows: int, _: int) -> None:
@@ -193,6 +195,27 @@ def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleR
     with pytest.raises(KeyboardInterrupt):
         score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=10, progress=interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    _assert_reader_stops()
+
+
+def test_a_read_error_mid_file_reaches_the_caller(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """The reading thread's failure (here a gzip file cut in half) stops the run with that error
+    and leaves no output file and no thread behind."""
+    packed = gzip.compress(TELCO.read_bytes())
+    source = tmp_path / "in.csv.gz"
+    source.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(OSError, match=r"(?i)truncated"):
+        score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv", chunk_rows=200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv.gz"]
+    _assert_reader_stops()
+
+
+def _assert_reader_stops() -> None:
+    """The read-ahead thread ends once its consumer has stopped."""
+    deadline = time.monotonic() + 10
+    while any(t.name == "tabserve-read" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "tabserve-read" for t in threading.enumerate())
 
 
 def test_arrow_path_equals_the_record_path_value_for_value(churn_bundle: bundle.BundleRef) -> None:
