@@ -139,3 +139,19 @@ def test_only_numeric_or_only_categorical_features_export(tmp_path: Path, kind: 
     result = train(quick_config(data, "y", tmp_path, name=kind), say=lambda _: None)
     assert result.bundle is not None and result.metrics["onnx_parity_max_abs_diff"] <= export.PARITY_TOL
     assert len(result.pre.numeric if kind == "numeric" else result.pre.categorical) == 2
+
+
+@pytest.mark.parametrize("hidden", [[], [8], [16, 8, 4]], ids=["no-hidden", "one-hidden", "three-hidden"])
+@pytest.mark.parametrize("linear_skip", [True, False], ids=["wide", "deep-only"])
+def test_every_architecture_fuses_exactly(tmp_path: Path, hidden: list[int], linear_skip: bool) -> None:
+    """The fused graph's shortcuts (per-member layers, the implied level-0 column, biases moved
+    between layers) hold for any depth, with and without the linear path."""
+    prep = prepare(quick_config(GERMAN, "creditability", tmp_path), say=lambda _: None)
+    cfg = quick_config(GERMAN, "creditability", tmp_path, hidden=hidden, linear_skip=linear_skip, linear_init=False)
+    scorer, *_ = fit_ensemble(prep, cfg)
+    path = tmp_path / "m.onnx"
+    export.export_onnx(scorer, prep.pre, path)
+    missing = prep.enc.cat.copy()
+    missing[::3] = 0  # NOTE: the level-0 column the fused graph leaves implied
+    num, cat = np.concatenate([prep.enc.num, prep.enc.num]), np.concatenate([prep.enc.cat, missing])
+    assert export.check_parity(scorer, path, num, cat, 1e-5) <= 1e-5
