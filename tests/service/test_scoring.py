@@ -350,8 +350,10 @@ def test_http_score_streams_and_matches_the_cli(churn_bundle: bundle.BundleRef, 
         assert httpx.post(url, content=b"x", headers={"content-type": "application/json"}).status_code == 415
 
         # NOTE: bodies streamed up in chunks (never whole in memory here either), answers read as
-        # they come. The first uploads settle the scorer's working set (it plateaus near +170 MB
-        # with 16k-row blocks); doubling the body after that must not move the peak much.
+        # they come. The first uploads settle the scorer's working set (near +170 MB with 16k-row
+        # blocks, creeping up by a few tens of MB over the next uploads as the allocators settle);
+        # doubling the body after that must move the peak by far less than the 280 MB a server
+        # holding the body, or the answer, would add.
         def upload(megabytes: int) -> Iterator[bytes]:
             yield header + b"\n"
             for _ in range(megabytes * 1_000_000 // len(rows)):
@@ -370,7 +372,7 @@ def test_http_score_streams_and_matches_the_cli(churn_bundle: bundle.BundleRef, 
         warm = _hwm_mb(server.proc.pid)
         assert lines_back(280) == 280_000_000 // len(rows) * rows.count(b"\n") + 1
         grown = _hwm_mb(server.proc.pid) - warm
-    assert grown < 50, f"the server's peak memory grew {grown:.0f} MB with a 280 MB body"
+    assert grown < 100, f"the server's peak memory grew {grown:.0f} MB with a 280 MB body"
 
 
 def _hwm_mb(pid: int) -> float:
