@@ -140,14 +140,14 @@ class FusedScorer(nn.Module):
         # split, biased and activated in separate passes.
         self.per_member = self.one_input and out_bias is not None
         if self.one_input:
-            scaled = self.w_num / self.normalize.std_.reshape(-1, 1)
-            w_input = torch.cat([scaled, self.w_levels])
-            self.register_buffer("w_input", w_input.contiguous())
+            w_input = torch.cat([self.w_num / self.normalize.std_.reshape(-1, 1), self.w_levels])
             if self.per_member:
                 self.first = nn.ParameterList(_frozen(w) for w in w_input[:, : self.hidden].split(self.width, dim=1))
                 self.first_bias = nn.ParameterList(_frozen(b) for b in bias_all[: self.hidden].split(self.width))
                 self.register_buffer("w_skip", w_input[:, self.hidden :].contiguous())
                 self.register_buffer("b_skip", bias_all[self.hidden :].contiguous())
+            else:
+                self.register_buffer("w_input", w_input.contiguous())
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         if self.per_member:
@@ -156,21 +156,25 @@ class FusedScorer(nn.Module):
             skip = x @ self.w_skip + self.b_skip if self.linear_skip else None
         else:
             z = self._first_layer(num, cat)
-            hs = list(z[:, : self.hidden].split(self.width, dim=1))
+            first = z[:, : self.hidden]
+            hs = [first] if self.out_weight is None else list(first.split(self.width, dim=1))
             skip = z[:, self.hidden :] if self.linear_skip else None
-        if self.out_weight is None:  # NOTE: no hidden layers: the first layer gives the logits
-            h = z[:, : self.hidden]
-        else:
-            m = self.n_members
-            for i in range(len(self.blocks) // m):
-                layer = zip(hs, self.blocks[i * m : (i + 1) * m], self.block_biases[i * m : (i + 1) * m], strict=True)
-                hs = [self.act(h) @ w + b for h, w, b in layer]
-            h = torch.cat([self.act(h) for h in hs], dim=1) @ self.out_weight
-            if not self.linear_skip:
-                h = h + self.out_bias
+        # NOTE: with no hidden layers the first layer gives the logits
+        h = hs[0] if self.out_weight is None else self._deep(hs)
         if skip is not None:
             h = h + skip
         return self._output(h)
+
+    def _deep(self, hs: list[torch.Tensor]) -> torch.Tensor:
+        """Each member's first-layer output through its hidden layers, then every member's output
+        layer as one block-diagonal MatMul: [N, members × n_out] logits (the wide ones not added)."""
+        m = self.n_members
+        for i in range(len(self.blocks) // m):
+            layer = zip(hs, self.blocks[i * m : (i + 1) * m], self.block_biases[i * m : (i + 1) * m], strict=True)
+            hs = [self.act(h) @ w + b for h, w, b in layer]
+        logits = torch.cat([self.act(h) for h in hs], dim=1) @ self.out_weight
+        # NOTE: with the wide path, the output layers' bias is in the wide logits' already
+        return logits if self.linear_skip else logits + self.out_bias
 
     def _first_layer(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         """[N, hidden + wide logits]: every member's first layer (before its activation) and the
