@@ -155,3 +155,9 @@ def test_every_architecture_fuses_exactly(tmp_path: Path, hidden: list[int], lin
     missing[::3] = 0  # NOTE: the level-0 column the fused graph leaves implied
     num, cat = np.concatenate([prep.enc.num, prep.enc.num]), np.concatenate([prep.enc.cat, missing])
     assert export.check_parity(scorer, path, num, cat, 1e-5) <= 1e-5
+    # an index outside the vocabulary (only an outside ONNX consumer could send one) scores as 0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outside, zero = prep.enc.cat[:50].copy(), prep.enc.cat[:50].copy()
+    outside[:, 0], zero[:, 0] = prep.pre.categorical[0].cardinality, 0
+    got, want = (session.run(None, {"num": prep.enc.num[:50], "cat": c})[0] for c in (outside, zero))
+    np.testing.assert_array_equal(got, want)
