@@ -20,6 +20,45 @@ ERRORS = {
     "422": {"description": "Invalid records: `details` name the record index and field"},
     "503": {"description": "Queue full (Retry-After) or models still loading"},
 }
+# NOTE: what the V2 and MLflow routes answer besides 200 (service/api/predict.py), so a client
+# generated from /openapi.json knows every status it can get
+V2_ERRORS = {
+    "400": {"description": "Malformed JSON, or a tensor that does not fit the model (the error names it)"},
+    "404": {"description": "No such model or version"},
+    "413": {"description": "Too many rows or body too large"},
+    "503": {"description": "Queue full (Retry-After) or models still loading"},
+}
+MLFLOW_ERRORS = {
+    "400": {"description": "BAD_REQUEST: the body or a value cannot be scored (the message names it)"},
+    "404": {"description": "No default model"},
+    "413": {"description": "Too many rows or body too large"},
+    "415": {"description": "Content-Type is neither application/json nor text/csv"},
+    "503": {"description": "Queue full (Retry-After) or models still loading"},
+}
+V2_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"description": "echoed back in the answer"},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string"},
+                    "data": {"type": "array"},
+                    "parameters": {"description": "accepted and ignored"},
+                },
+            },
+        },
+        "outputs": {"type": ["array", "null"], "items": {"type": "object", "required": ["name"]}},
+        "parameters": {"description": "accepted and ignored"},
+    },
+}
 
 
 def _operation(model: LoadedModel, max_records: int, summary: str) -> dict[str, Any]:
@@ -56,8 +95,11 @@ def _v2_operation(model: LoadedModel) -> dict[str, Any]:
             "description": "One input tensor per feature (numeric: FP32/FP64/INT*, categorical: BYTES), "
             f"shape [N] or [N, 1], data flat or nested, or binary (tensor extension). Outputs: {outputs}. "
             "Add `/versions/{v}` before `/infer` for an older version.",
-            "requestBody": {"required": True, "content": {"application/json": {"example": {"inputs": inputs}}}},
-            "responses": {"200": {"description": "Output tensors"}, "400": {"description": "Bad request"}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": V2_REQUEST, "example": {"inputs": inputs}}},
+            },
+            "responses": {"200": {"description": "Output tensors"}, **V2_ERRORS},
         }
     }
 
@@ -73,11 +115,14 @@ def _mlflow_operation(model: LoadedModel) -> dict[str, Any]:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {"example": {"dataframe_records": [example_record(model.pre)]}},
-                    "text/csv": {"schema": {"type": "string"}},
+                    "application/json": {
+                        "schema": {"type": "object", "minProperties": 1},
+                        "example": {"dataframe_records": [example_record(model.pre)]},
+                    },
+                    "text/csv": {"schema": {"type": "string", "minLength": 1}},
                 },
             },
-            "responses": {"200": {"description": "One prediction per row"}, "400": {"description": "BAD_REQUEST"}},
+            "responses": {"200": {"description": "One prediction per row"}, **MLFLOW_ERRORS},
         }
     }
 

@@ -63,8 +63,8 @@ class PredictEndpoint:
         self._routes: dict[str, Route | None] = {}
 
     def route(self, scope: Scope) -> Route | None:
-        """The scoring route a POST is for, or None when it is not one of ours."""
-        if scope["type"] != "http" or scope["method"] != "POST":
+        """The scoring route a request is for (whatever its method), or None when it is not one of ours."""
+        if scope["type"] != "http":
             return None
         path = scope["path"]
         try:
@@ -92,8 +92,14 @@ class PredictEndpoint:
     async def handle(self, scope: Scope, receive: Any, send: Any, route: Route) -> None:
         """Answer one scoring request (never raises: every outcome is a JSON response)."""
         started = perf_counter()
-        retry_after: list[tuple[bytes, bytes]] = []
+        extra: list[tuple[bytes, bytes]] = []
         try:
+            if scope["method"] != "POST":
+                # NOTE: a GET by mistake (curl without -d) should hear "use POST", not "Not Found"
+                extra = [(b"allow", b"POST")]
+                raise RequestError(
+                    405, f"{scope['method']} is not allowed on {scope['path']}: send the request with POST"
+                )
             if route.protocol == "v2":
                 answer = await self._v2(scope, receive, route)
             elif route.protocol == "mlflow":
@@ -107,13 +113,13 @@ class PredictEndpoint:
             body = orjson.dumps(_error(route, status, exc.to_json()))
         except QueueFull as exc:
             status, body = 503, orjson.dumps(_error(route, 503, {"error": f"server busy: {exc}; retry shortly"}))
-            retry_after = [(b"retry-after", b"1")]
+            extra = [(b"retry-after", b"1")]
         except Exception:
             log.exception("prediction failed")
             doc = {"error": "internal error while scoring; see the server log"}
             status, body = 500, orjson.dumps(_error(route, 500, doc))
         # NOTE: with a Content-Length the answer goes out in one piece, not chunked
-        headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *retry_after]
+        headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.telemetry.request(route.template, status, perf_counter() - started)

@@ -53,12 +53,20 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
         else:
             levels = ", ".join(repr(v) for v in f.vocab_[:50]) + (" …" if len(f.vocab_) > 50 else "")
             props[f.name] = {
-                "type": ["string", "null"],
+                # NOTE: numbers and booleans are matched by their text (2.0 and "2" are one level), as
+                # `features.category_key` does; objects and lists are refused (422)
+                "type": ["string", "number", "boolean", "null"],
                 "description": f"categorical, one of: {levels}. Other levels are scored as unseen "
-                "(with a warning); null or absent means missing",
+                "(with a warning); numbers and booleans are matched by their text; null or absent means missing",
                 "examples": list(f.vocab_[:5]),
             }
-    return {"type": "object", "properties": props, "additionalProperties": True}
+    return {
+        "type": "object",
+        "description": "One record. Fields that are not features are ignored; a record with none of the "
+        "model's features is refused (422).",
+        "properties": props,
+        "additionalProperties": True,
+    }
 
 
 def request_schema(pre: Preprocess, max_records: int) -> dict[str, Any]:

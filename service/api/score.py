@@ -220,6 +220,13 @@ class PipeResponse(StreamingResponse):
     "/models/{name}/score",
     responses={200: {"content": {"text/csv": {}}}, 404: {}, 413: {}, 415: {}, 422: {}},
     response_class=PipeResponse,
+    # NOTE: the body is read as a stream (not a declared parameter), so the spec says it here
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 )
 async def score(
     name: str,

@@ -273,11 +273,11 @@ def _checked(enc: Encoded) -> Encoded:
 def check_outputs(pre: Preprocess, doc: Any) -> list[str] | None:
     """The outputs a request names (None: all), which must be the model's; checked before any work."""
     wanted = doc.get("outputs") if isinstance(doc, dict) else None
-    if not wanted:
+    if wanted is None:
         return None
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise bad('"outputs" must be a list of objects with a name')
-    return known_outputs(pre, [o["name"] for o in wanted])
+    return known_outputs(pre, [o["name"] for o in wanted]) if wanted else None
 
 
 def known_outputs(pre: Preprocess, names: list[str] | None) -> list[str] | None:

@@ -90,6 +90,15 @@ def test_bad_requests_get_clear_4xx(
     assert needle in r.json()["error"]
 
 
+@pytest.mark.parametrize("path", ["/predict", "/models/churn/predict", "/v2/models/churn/infer", "/invocations"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_scoring_routes_answer_other_methods_with_405(churn_server: Server, path: str, method: str) -> None:
+    r = httpx.request(method, churn_server.url + path)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    body = r.json()
+    assert f"{method} is not allowed on {path}" in body.get("error", body.get("message", ""))
+
+
 def test_error_details_name_record_and_field(churn_server: Server) -> None:
     records = telco_records(3)
     records[2]["MonthlyCharges"] = "twelve"

@@ -97,6 +97,7 @@ def test_v2_errors_name_the_input(churn_server: Server) -> None:
     message = _v2_error(churn_server, variant("tenure", data=[1, "lots"]))
     assert "input 'tenure', element 1" in message and "lots" in message
     assert "unknown output" in _v2_error(churn_server, {**good, "outputs": [{"name": "nope"}]})
+    assert '"outputs" must be a list' in _v2_error(churn_server, {**good, "outputs": {}})
     one = v2_body(_records(1))["inputs"]  # NOTE: single rows take the remembered-layout fast path
 
     def single(name: str, **change: object) -> dict[str, object]:
@@ -212,3 +213,17 @@ def test_docs_examples_for_v2_and_mlflow_work_as_sent(churn_server: Server) -> N
         r = httpx.post(churn_server.url + path, json=example)
         assert r.status_code == 200, (path, r.text)
     assert spec["paths"]["/v2/models/churn/infer"]["post"]["tags"] == ["KServe V2"]
+
+
+def test_docs_declare_every_request_body_and_status(churn_server: Server) -> None:
+    """Found by schemathesis against /openapi.json: bodies and statuses the routes had but the spec lacked."""
+    spec = httpx.get(churn_server.url + "/openapi.json").json()["paths"]
+    infer, mlflow = spec["/v2/models/churn/infer"]["post"], spec["/invocations"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["required"] == ["inputs"]
+    assert {"400", "404", "413", "503"} <= set(infer["responses"])
+    assert {"400", "413", "415", "503"} <= set(mlflow["responses"])
+    score = spec["/models/{name}/score"]["post"]["requestBody"]
+    assert score["required"] and "text/csv" in score["content"]
+    # every status the spec names for MLflow is one the route gives: 415 for a missing content type
+    r = httpx.post(churn_server.url + "/invocations", content=b"{}")
+    assert r.status_code == 415 and r.json()["error_code"] == "BAD_REQUEST"
