@@ -2,23 +2,34 @@
 #   docker build -t tabserve .
 #   docker run --gpus all -p 8000:8000 -v "$PWD/models:/models:ro" tabserve
 # Without a GPU (or without --gpus) the same image serves on CPU (device=auto falls back, logged once).
-FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
+FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 AS base
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
 
+# The service as a wheel, built where a C compiler is (the optional decoder of /predict bodies,
+# service/protocols/_records.c); the serving image below carries the wheel, not the compiler.
+FROM base AS wheel
+RUN apt-get update && apt-get install -y --no-install-recommends gcc python3-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY service ./service
+COPY tabserve ./tabserve
+RUN pip wheel --no-cache-dir --no-deps -w /wheels .
+
+FROM base
 WORKDIR /app
 # Dependencies first, in their own cached layer: the serving dependencies straight from pyproject.toml.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-# Then the source (service + CLI only; training/ is not copied, so torch can never be imported).
-COPY service ./service
-COPY tabserve ./tabserve
-RUN pip install --no-cache-dir --no-deps . && useradd --create-home --uid 10001 tabserve
+# Then the service (service + CLI only; training/ is not in the wheel, so torch can never be imported).
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels \
+    && python -c "import service.protocols._records" && useradd --create-home --uid 10001 tabserve
 
 USER tabserve
 ENV TABSERVE_MODELS_DIR=/models TABSERVE_HOST=0.0.0.0 TABSERVE_PORT=8000
