@@ -10,7 +10,9 @@ with its defaults except ONNX Runtime threads = 1, the same as the plain referen
 requests/s, rows/s, p50 and p99 latency, and the ratios the serving issue asks for. The KServe V2
 ratio (protocols issue) comes from --pairs back-to-back predict/V2 runs on the same server process,
 alternating the order (the median counts): two servers measured minutes apart differ by more
-than the 20 % being measured on this shared machine.
+than the 20 % being measured on this shared machine. For the same reason the single-record ratios
+to the two references are also measured in --ref-rounds rounds against the three servers running
+side by side, the order rotating (the medians are printed beside the table's ratios).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -195,6 +198,9 @@ def main() -> None:
     parser.add_argument("--conns", default="1,16,64")
     parser.add_argument("--pairs", type=int, default=4, help="interleaved predict/V2 pairs for the V2 ratio")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for every server (the bars: 1)")
+    parser.add_argument(
+        "--ref-rounds", type=int, default=4, help="interleaved rounds of bare / plain / tabserve for the ratios"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -254,12 +260,46 @@ def main() -> None:
             if name == "tabserve V2 infer":
                 pairs = paired_v2(port, scripts[1], v2_script, max(conns), args.duration, args.pairs)
             memory[f"{name} (after the runs)"] = rss_mb(proc.pid)
+    rounds = paired_refs(servers, env, scripts[1], max(conns), args.duration, args.ref_rounds)
     print(f"\nuvicorn workers per server: {args.workers}")
     report(results, memory, conns)
+    for ref, ratios in rounds.items():
+        bar = ">= 0.4x" if ref == "bare ASGI" else ">= 2.5x"
+        print(
+            f"tabserve / {ref}, single record, {args.ref_rounds} interleaved rounds on servers running side by side, "
+            f"{max(conns)} connections: median {statistics.median(ratios):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}; required {bar})"
+        )
     print(
         f"KServe V2 / predict, {args.pairs} interleaved pairs on one server, {max(conns)} connections: "
         f"median {statistics.median(pairs):.2f}x (pairs: {', '.join(f'{r:.2f}' for r in pairs)}; required >= 0.8x)"
     )
+
+
+def paired_refs(
+    servers: dict[str, tuple[Any, str, list[int]]], env: dict[str, str], script: Path, conns: int, seconds: int, n: int
+) -> dict[str, list[float]]:
+    """tabserve's single-record throughput over each reference's, from rounds of back-to-back wrk
+    runs against the three servers running side by side (an idle server costs nothing), the order
+    rotating each round: the ratio of one round is not moved by the machine's drift between the
+    runs minutes apart that the table above compares."""
+    names = ["bare ASGI", "plain FastAPI+ORT", "tabserve"]
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name in names:
+            make_cmd, ready, _ = servers[name]
+            port = free_port()
+            stack.enter_context(server(make_cmd(port), port, env, ready))
+            urls[name] = f"http://127.0.0.1:{port}/predict"
+            wrk(urls[name], script, 16, 1)  # warm-up
+        ratios: dict[str, list[float]] = {"bare ASGI": [], "plain FastAPI+ORT": []}
+        for i in range(n):
+            order = names[i % 3 :] + names[: i % 3]
+            rps = {name: wrk(urls[name], script, conns, seconds)[0] for name in order}
+            for ref in ratios:
+                ratios[ref].append(rps["tabserve"] / rps[ref])
+            print(f"round {i + 1}: " + ", ".join(f"{name} {rps[name]:.0f} req/s" for name in names), flush=True)
+    return ratios
 
 
 def paired_v2(port: int, predict_script: Path, v2_script: Path, conns: int, seconds: int, n: int) -> list[float]:
