@@ -29,7 +29,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Then the service (service + CLI only; training/ is not in the wheel, so torch can never be imported).
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels \
-    && python -c "import service.protocols._records" && useradd --create-home --uid 10001 tabserve
+    && python -c "import service.protocols._records, service.scoring._levels" && useradd --create-home --uid 10001 tabserve
 
 USER tabserve
 ENV TABSERVE_MODELS_DIR=/models TABSERVE_HOST=0.0.0.0 TABSERVE_PORT=8000

@@ -11,6 +11,7 @@ and warnings. Tests check that equality.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -29,8 +30,17 @@ from service.features import (
     level_code,
 )
 
+level_codes: Callable[..., bytearray] | None
+try:  # NOTE: the optional C accelerator (setup.py); without it Arrow's index_in does the lookups
+    from service.scoring import _levels
+
+    level_codes = _levels.level_codes
+except ImportError:  # pragma: no cover - an install without a C compiler
+    level_codes = None
+
 _MISSING_TOKENS = pa.array(sorted(NUMERIC_MISSING))
 NOT_UTF8 = "not valid UTF-8"
+SMALL_VOCAB = 64  # NOTE: up to this many levels the C lookup compares; beyond it index_in's hashing wins
 
 
 def text_column(column: pa.Array) -> pa.Array:
@@ -90,6 +100,15 @@ class ArrowEncoder:
     def _vocabs(self) -> list[pa.Array]:
         return [pa.array(f.vocab_, pa.string()) for f in self.pre.categorical]
 
+    @cached_property
+    def _level_bytes(self) -> list[tuple[bytes, ...] | None]:
+        """Each vocabulary as UTF-8 bytes for the C lookup (None: index_in instead)."""
+        usable = level_codes is not None
+        return [
+            tuple(v.encode() for v in f.vocab_) if usable and len(f.vocab_) <= SMALL_VOCAB else None
+            for f in self.pre.categorical
+        ]
+
     def encode(self, batch: pa.RecordBatch | pa.Table) -> Encoded:
         """A batch holding every feature column → `num`/`cat`; errors and warnings by batch row."""
         n = batch.num_rows
@@ -101,7 +120,9 @@ class ArrowEncoder:
         for j, feat in enumerate(self.pre.numeric):
             num[j] = _numeric(feat.name, _array(batch.column(feat.name)), n, enc, self._padded)
         for j, cfeat in enumerate(self.pre.categorical):
-            cat[j] = _categorical(cfeat, _array(batch.column(cfeat.name)), self._vocabs[j], n, enc)
+            cat[j] = _categorical(
+                cfeat, _array(batch.column(cfeat.name)), self._vocabs[j], n, enc, self._level_bytes[j]
+            )
         enc.num, enc.cat = np.ascontiguousarray(num.T), np.ascontiguousarray(cat.T)
         self.pre.check_ranges(enc)
         return enc
@@ -154,11 +175,21 @@ def _parse_numbers(column: pa.Array, name: str, padded: set[str]) -> np.ndarray 
     return np.asarray(out, dtype=np.float64)
 
 
-def _categorical(feat: CategoricalFeature, column: pa.Array, vocab: pa.Array, n: int, enc: Encoded) -> np.ndarray:
+def _categorical(
+    feat: CategoricalFeature, column: pa.Array, vocab: pa.Array, n: int, enc: Encoded, levels: tuple[bytes, ...] | None
+) -> np.ndarray:
     if not pa.types.is_string(column.type):
         if pa.types.is_null(column.type):
             return encode_categorical(feat, None, n, enc)
         return encode_categorical(feat, column.to_pylist(), n, enc)  # NOTE: 2.0 → "2" etc. as JSON
+    if levels is not None and column.null_count == 0 and level_codes is not None:
+        _, offsets, data = column.buffers()
+        codes = np.frombuffer(level_codes(offsets, data or b"", column.offset, len(column), levels), np.int64)
+        unmatched = codes < 0
+        if unmatched.any():  # NOTE: not a level verbatim and not blank: the exact path decides, as below
+            rows = np.flatnonzero(unmatched).tolist()
+            _exact_codes(feat, column, rows, codes, enc)
+        return codes
     found = pc.index_in(column, value_set=vocab)
     if found.null_count == 0:  # NOTE: the usual block: every value a known level, nothing else to check
         known: np.ndarray = np.add(found.to_numpy(), 1, dtype=np.int64)
@@ -167,11 +198,15 @@ def _categorical(feat: CategoricalFeature, column: pa.Array, vocab: pa.Array, n:
     # NOTE: values not found verbatim that are not blank (unseen, padded, ...) take the exact path
     unmatched = pc.and_(pc.is_null(found), pc.not_equal(column, ""))
     if pc.any(unmatched).as_py():
-        rows = np.flatnonzero(unmatched.to_numpy(zero_copy_only=False)).tolist()
-        values = _texts(feat.name, column.take(pa.array(rows, pa.int64())), rows, enc)
-        for row, value in zip(rows, values, strict=True):
-            codes[row] = level_code(row, feat, value, feat.index_, enc)
+        _exact_codes(feat, column, np.flatnonzero(unmatched.to_numpy(zero_copy_only=False)).tolist(), codes, enc)
     return np.asarray(codes, dtype=np.int64)
+
+
+def _exact_codes(feat: CategoricalFeature, column: pa.Array, rows: list[int], codes: np.ndarray, enc: Encoded) -> None:
+    """Codes of the given rows through the record path (unseen levels warned, bad text an error)."""
+    values = _texts(feat.name, column.take(pa.array(rows, pa.int64())), rows, enc)
+    for row, value in zip(rows, values, strict=True):
+        codes[row] = level_code(row, feat, value, feat.index_, enc)
 
 
 def mark_rows(enc: Encoded, rows: list[int], field: str, reason: str) -> None:
