@@ -12,13 +12,14 @@ from service.api.schema import example_record, request_schema
 from service.protocols import v2
 from service.store import LoadedModel, ModelStore
 
+BUSY = {"503": {"description": "Queue full (Retry-After) or models still loading"}}
 ERRORS = {
     "400": {"description": "Malformed JSON"},
     "404": {"description": "No such model"},
     "413": {"description": "Too many records or body too large"},
     "415": {"description": "Content-Type is not application/json"},
     "422": {"description": "Invalid records: `details` name the record index and field"},
-    "503": {"description": "Queue full (Retry-After) or models still loading"},
+    **BUSY,
 }
 # NOTE: what the V2 and MLflow routes answer besides 200 (service/api/predict.py), so a client
 # generated from /openapi.json knows every status it can get
@@ -26,14 +27,14 @@ V2_ERRORS = {
     "400": {"description": "Malformed JSON, or a tensor that does not fit the model (the error names it)"},
     "404": {"description": "No such model or version"},
     "413": {"description": "Too many rows or body too large"},
-    "503": {"description": "Queue full (Retry-After) or models still loading"},
+    **BUSY,
 }
 MLFLOW_ERRORS = {
     "400": {"description": "BAD_REQUEST: the body or a value cannot be scored (the message names it)"},
     "404": {"description": "No default model"},
     "413": {"description": "Too many rows or body too large"},
     "415": {"description": "Content-Type is neither application/json nor text/csv"},
-    "503": {"description": "Queue full (Retry-After) or models still loading"},
+    **BUSY,
 }
 V2_REQUEST = {
     "type": "object",

@@ -13,8 +13,8 @@
  * Python object per value, pulling them out again and looking levels up, all under the GIL of the
  * event-loop thread (measured: BENCHMARKS.md). Here no object is created per value.
  *
- * Memory safety: every read is bounds-checked against the body's length (the `need`/`peek`
- * helpers); output buffers grow by doubling with overflow checks; nothing is kept between calls.
+ * Memory safety: every read is checked against the end of the body (the cursor's `end`) before it
+ * happens; output buffers grow by doubling with overflow checks; nothing is kept between calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

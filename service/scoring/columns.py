@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - an install without a C compiler
 
 _MISSING_TOKENS = pa.array(sorted(NUMERIC_MISSING))
 NOT_UTF8 = "not valid UTF-8"
-SMALL_VOCAB = 64  # NOTE: up to this many levels the C lookup compares; beyond it index_in's hashing wins
+SMALL_VOCAB = 64  # NOTE: the C lookup scans the levels one by one; larger vocabularies keep index_in's hash table
 
 
 def text_column(column: pa.Array) -> pa.Array:
