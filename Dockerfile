@@ -9,10 +9,11 @@ ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
 
-# The service as a wheel, built where a C compiler is (the optional decoder of /predict bodies,
-# service/protocols/_records.c); the serving image below carries the wheel, not the compiler.
+# The service as a wheel, built where a C compiler is (the optional C accelerators: the /predict
+# body decoder and the scoring level lookup); the serving image below carries the wheel, not the
+# compiler. The import check after installing it fails the build if they were not compiled.
 FROM base AS wheel
-RUN apt-get update && apt-get install -y --no-install-recommends gcc python3-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY service ./service
