@@ -93,4 +93,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_levels",
                                     "Categorical codes of Arrow string columns without the GIL.", -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__levels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__levels(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "MAX_LEVELS", MAX_LEVELS) < 0) Py_CLEAR(m);
+    return m;
+}

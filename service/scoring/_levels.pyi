@@ -3,3 +3,5 @@
 from typing import Any
 
 def level_codes(offsets: Any, data: Any, offset: int, length: int, levels: tuple[bytes, ...]) -> bytearray: ...
+
+MAX_LEVELS: int

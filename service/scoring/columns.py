@@ -31,16 +31,17 @@ from service.features import (
 )
 
 level_codes: Callable[..., bytearray] | None
+# NOTE: the C lookup scans the levels one by one; larger vocabularies keep index_in's hash table
+SMALL_VOCAB = 0
 try:  # NOTE: the optional C accelerator (setup.py); without it Arrow's index_in does the lookups
     from service.scoring import _levels
 
-    level_codes = _levels.level_codes
+    level_codes, SMALL_VOCAB = _levels.level_codes, _levels.MAX_LEVELS
 except ImportError:  # pragma: no cover - an install without a C compiler
     level_codes = None
 
 _MISSING_TOKENS = pa.array(sorted(NUMERIC_MISSING))
 NOT_UTF8 = "not valid UTF-8"
-SMALL_VOCAB = 64  # NOTE: the C lookup scans the levels one by one; larger vocabularies keep index_in's hash table
 
 
 def text_column(column: pa.Array) -> pa.Array:
