@@ -27,7 +27,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(2048, ge=1)  # pending requests per model before 503 (bounded latency)
     max_records: int = Field(10_000, ge=1)  # records per request
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # request body limit (JSON routes)
-    max_score_bytes: int = Field(10 * 1024**3, ge=1024)  # CSV upload limit (/score streams: memory stays flat)
+    max_score_bytes: int = Field(10 * 1024**3, ge=1024)  # CSV upload limit, counted after gzip is inflated
+    max_uploads: int = Field(2, ge=1)  # concurrent CSV uploads (each takes a scoring thread); 503 beyond
+    max_spool_bytes: int = Field(1024**3, ge=1 << 20)  # answer bytes an upload may hold unread on disk
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # a request's head in all (nginx: 32 KiB); 431 beyond
+    max_header_line_bytes: int = Field(8 * 1024, ge=256)  # one header line or the URL (nginx: 8 KiB)
+    max_connections: int = Field(2048, ge=1)  # open connections; more get 503 and are closed (file handles)
+    header_timeout_s: float = Field(10.0, gt=0)  # to send a request's head, from connect or the last answer
+    body_timeout_s: float = Field(30.0, gt=0)  # longest pause while a body is being sent
+    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    request_timeout_s: float = Field(10.0, gt=0)  # queue wait plus inference; 504 beyond (header lowers it)
+    drain_timeout_s: float = Field(10.0, ge=0)  # on SIGTERM: time to answer what was accepted, then exit
+    older_versions: int = Field(4, ge=0)  # older versions loaded on demand by V2 version routes (LRU); 0: off
     poll_interval_s: float = Field(2.0, ge=0)  # how often to look for new versions; 0 turns polling off
     admin_token: str | None = None  # POST /admin/* needs `Authorization: Bearer <token>`; None disables
     proxy_headers: bool = False  # trust X-Forwarded-* (behind a proxy you run); off costs nothing per request
