@@ -1,25 +1,28 @@
-"""uvicorn's httptools protocol, with each response's writes sent in one piece.
+"""uvicorn's httptools protocol with each response's writes sent in one piece, and the limits a
+server exposed to careless or hostile clients needs: a bounded request head, timeouts for idle and
+slow connections, a connection limit that answers 503, and a drain on shutdown that answers what
+was already sent.
 
-uvicorn writes a response's status line and headers, then its body, as two `transport.write`
-calls, and uvloop sends each at once: two `send` system calls on the socket, and the client is
-woken twice, for a response of a few hundred bytes. Here the connection's transport holds the
-writes made while one callback of the event loop runs and sends them together in a callback of
-its own (`call_soon`), so the head and body of an answer leave in one system call. Held writes
-go out at the loop's next turn, which does not block for I/O while a callback is ready; a write
-that brings what is held to 64 KiB goes out at once, and closing the connection sends what is
-held first.
-
-NOTE: measured with `bench/compare.py` (wrk, 64 connections): see BENCHMARKS.md.
+One write per response: uvicorn writes a response's status line and headers, then its body, as
+two `transport.write` calls, and uvloop sends each at once. Here the connection's transport holds
+the writes made while one event-loop callback runs and sends them together at the loop's next
+turn (`call_soon`), which does not block for I/O; a write that brings what is held to 64 KiB goes
+out at once, and closing the connection sends what is held first.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HELD_MAX = 64 * 1024  # bytes held before they go out without waiting for the callback to end
+SWEEP_S = 0.5  # how often deadlines are checked: one timer per process, not one per request
+LINGER_S = 1.0  # after a refusal, unread input is drained this long so the client can read the answer
+DRAIN_IDLE_S = 1.0  # on shutdown, an idle connection waits this long for a request already on its way
 
 
 class OneWriteTransport:
@@ -51,7 +54,7 @@ class OneWriteTransport:
     def flush(self) -> None:
         """Send what is held, as one write."""
         held, self._held = self._held, None
-        if held and not self._transport.is_closing():  # NOTE: closed meanwhile: as the transport would, drop it
+        if held and not self._transport.is_closing():  # closed meanwhile: as the transport would, drop it
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
@@ -81,8 +84,166 @@ class OneWriteTransport:
         return getattr(self._transport, name)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may take (service/settings.py gives each its reason)."""
+
+    max_header_bytes: int = 32 * 1024
+    max_header_line_bytes: int = 8 * 1024
+    max_connections: int = 2048
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits named in the service settings."""
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
+class Refused(Exception):
+    """A request head over a limit: raised inside a parser callback, answered by `_refuse`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+WAITING, HEAD, BODY, BUSY, CLOSING = range(5)  # where a connection is, for its deadline
+
+
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a `OneWriteTransport`."""
+    """uvicorn's httptools protocol on a `OneWriteTransport`, with limits and deadlines.
+
+    Deadlines are plain numbers checked by one sweep of every connection per SWEEP_S, so the
+    request path arms no timer of its own.
+    """
+
+    limits: ClassVar[Limits] = Limits()
+    _sweeping: ClassVar[asyncio.TimerHandle | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state, self._deadline = WAITING, 0.0
+        self._head_bytes = 0
+        self._refusal: Refused | None = None
+        self._draining = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(OneWriteTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._start_sweeping()
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(Refused(503, "too many open connections; retry shortly"))
+            return
+        self._wait_for_request()
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == CLOSING:
+            return  # a refused connection's input is read and dropped until it closes
+        super().data_received(data)
+        if self._state == HEAD:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                limit = self.limits.max_header_bytes
+                self._refuse(Refused(431, f"request head over the {limit}-byte limit"))
+        elif self._state == BODY:
+            self._deadline = self.loop.time() + self.limits.body_timeout_s
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parse error, or ours when a callback refused the head."""
+        refusal, self._refusal = self._refusal, None
+        self._refuse(refusal or Refused(400, msg))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._state, self._head_bytes = HEAD, 0
+        self._deadline = self.loop.time() + self.limits.header_timeout_s
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_header_line_bytes:
+            self._refusal = Refused(414, f"URL over the {self.limits.max_header_line_bytes}-byte limit")
+            raise self._refusal
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > self.limits.max_header_line_bytes:
+            limit = self.limits.max_header_line_bytes
+            self._refusal = Refused(431, f"header {name[:64]!r} over the {limit}-byte limit for one line")
+            raise self._refusal
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._state, self._deadline = BODY, self.loop.time() + self.limits.body_timeout_s
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, with Connection: close, then closed
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._state = BUSY
+
+    def on_response_complete(self) -> None:
+        idle = self._state == BUSY and not self.pipeline  # (uvicorn starts the next pipelined request)
+        super().on_response_complete()
+        if idle and not self.transport.is_closing():
+            self._wait_for_request()
+
+    def shutdown(self) -> None:
+        """Graceful drain: answer what was sent, with Connection: close; idle connections close
+        after a moment in which a request already on its way can still arrive."""
+        self._draining = True
+        if self._state in (WAITING, HEAD):
+            self._deadline = min(self._deadline, self.loop.time() + DRAIN_IDLE_S)
+        elif self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def _wait_for_request(self) -> None:
+        self._state, self._head_bytes = WAITING, 0
+        self._deadline = self.loop.time() + (DRAIN_IDLE_S if self._draining else self.limits.header_timeout_s)
+
+    def _refuse(self, refusal: Refused) -> None:
+        """Answer a refusal and close; the client's unread input is drained meanwhile, so that closing
+        does not reset the connection before the client has read why."""
+        if self.cycle is None or self.cycle.response_complete:
+            body = orjson.dumps({"error": str(refusal)})
+            retry = b"retry-after: 1\r\n" if refusal.status == 503 else b""
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+                % (refusal.status, _REASONS.get(refusal.status, b"Error"), len(body), retry, body)
+            )
+        self._state, self._deadline = CLOSING, self.loop.time() + LINGER_S
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    def _check_deadline(self, now: float) -> None:
+        """Called by the sweep: close a connection whose client took too long."""
+        if now < self._deadline or self._state == BUSY or self.transport.is_closing():
+            return
+        if self._state == BODY and self.flow.read_paused:  # the app is not reading: not the client's fault
+            self._deadline = now + self.limits.body_timeout_s
+        elif self._state == HEAD and not self._draining:
+            self._refuse(Refused(408, f"request head not received within {self.limits.header_timeout_s} s"))
+        else:
+            self.transport.close()
+
+    def _start_sweeping(self) -> None:
+        if HttpProtocol._sweeping is None:
+            HttpProtocol._sweeping = self.loop.call_later(SWEEP_S, _sweep, self.loop, self.connections)
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+_REASONS[503] = b"Service Unavailable"
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+    now = loop.time()
+    for connection in list(connections):
+        if isinstance(connection, HttpProtocol):
+            connection._check_deadline(now)
+    HttpProtocol._sweeping = loop.call_later(SWEEP_S, _sweep, loop, connections) if connections else None
+
+
+def configure(settings: Any) -> None:
+    """Take the connection limits from the service settings (each process, each worker)."""
+    HttpProtocol.limits = Limits.of(settings)

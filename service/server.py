@@ -9,7 +9,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from service.http import HttpProtocol
+from service.http import HttpProtocol, configure
 from service.runtime import ProviderError, providers_for
 from service.settings import Settings
 
@@ -31,6 +31,8 @@ def run_server(flags: dict[str, Any]) -> None:
     except ProviderError as exc:
         raise RuntimeError(str(exc)) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(settings)
+    _raise_file_limit(settings.max_connections)
     common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
@@ -38,7 +40,8 @@ def run_server(flags: dict[str, Any]) -> None:
         access_log=False,
         http=HttpProtocol,
         loop="uvloop",
-        timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
         proxy_headers=settings.proxy_headers,
     )
     if settings.workers > 1:
@@ -50,3 +53,19 @@ def run_server(flags: dict[str, Any]) -> None:
     from service.app import create_app
 
     uvicorn.run(create_app(settings), **common)
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Each connection holds a file handle: take the soft limit up to the hard one, and say so when
+    even that leaves too little room for the connection limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < connections + 256:
+        logging.getLogger("tabserve").warning(
+            "open-file limit %d leaves little room for max_connections=%d: lower it, or raise the limit",
+            hard,
+            connections,
+        )

@@ -42,11 +42,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(store: Path, *flags: str, ready: bool = True) -> Iterator[Server]:
-    """Start `tabserve serve` as a user would and stop it afterwards."""
+def running_server(store: Path, *flags: str, ready: bool = True, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start `tabserve serve` as a user would (settings as flags or TABSERVE_* variables) and stop it afterwards."""
     port = free_port()
     log = store.parent / f"server-{port}.log"
-    env = {**os.environ, "TABSERVE_POLL_INTERVAL_S": "0.2"}
+    env = {**os.environ, "TABSERVE_POLL_INTERVAL_S": "0.2", **(env or {})}
     cmd = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(store), "--port", str(port), *flags]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
