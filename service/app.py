@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Tabular business predictions served by ONNX Runtime.",
+        docs_url=None,  # served by openapi.install_docs, from local assets
+        redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, score.router, protocols.router, admin.router, metrics.router):
         app.include_router(router)
     openapi.install(app, store, settings.max_records)
+    openapi.install_docs(app)
     app.add_middleware(RequestMetrics, telemetry=telemetry)
     app.predict_endpoint = PredictEndpoint(store, settings, telemetry)
     return app

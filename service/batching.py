@@ -21,6 +21,15 @@ class QueueFull(RuntimeError):
     """The model's queue is at its limit; the caller should answer 503 with Retry-After."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """A request not answered within its deadline (queue wait plus inference); the caller answers 504."""
+
+
+def _expire(future: asyncio.Future[np.ndarray], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"not answered within {timeout:g} s"))
+
+
 @dataclass(slots=True)
 class _Pending:
     num: np.ndarray
@@ -80,8 +89,8 @@ class AdaptiveBatcher:
         """Requests waiting for a batch (with batching off: sent to the model and not yet answered)."""
         return len(self._pending) + self._alone
 
-    async def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
-        """Model output rows for these input rows, in order."""
+    async def predict(self, num: np.ndarray, cat: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """Model output rows for these input rows, in order; DeadlineExceeded after `timeout` seconds."""
         loop = asyncio.get_running_loop()
         if len(self._pending) + self._alone >= self.max_queue:
             raise QueueFull(f"{self.depth} requests already queued")
@@ -91,12 +100,18 @@ class AdaptiveBatcher:
             # NOTE: batching off, or a retired version finishing late requests: one call each
             self._alone += 1
             self._submit(_Job([pending], num, cat, loop, batched=False))
+        else:
+            self._pending.append(pending)
+            self._queued_rows += len(num)
+            if not self._busy and (self._flush_due is None or self._flush_waits):
+                self._schedule(loop)
+        if timeout is None:
             return await future
-        self._pending.append(pending)
-        self._queued_rows += len(num)
-        if not self._busy and (self._flush_due is None or self._flush_waits):
-            self._schedule(loop)
-        return await future
+        expiry = loop.call_later(timeout, _expire, future, timeout)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
 
     def close(self) -> None:
         """Stop the inference thread once the requests already queued are answered (a retired
@@ -123,13 +138,21 @@ class AdaptiveBatcher:
         self._flush_due = None
         if self._busy or not self._pending:
             return
-        batch = [self._pending.popleft()]
-        rows = len(batch[0].num)
-        while self._pending and rows + len(self._pending[0].num) <= self.max_batch_size:
-            item = self._pending.popleft()
-            batch.append(item)
+        batch: list[_Pending] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():  # past its deadline, or its client went away: nobody waits for it
+                self._pending.popleft()
+                self._queued_rows -= len(item.num)
+                continue
+            if batch and rows + len(item.num) > self.max_batch_size:
+                break
+            batch.append(self._pending.popleft())
             rows += len(item.num)
         self._queued_rows -= rows
+        if not batch:
+            return
         if len(batch) == 1:
             num, cat = batch[0].num, batch[0].cat
         else:

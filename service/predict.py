@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.features import Encoded, Preprocess
 from service.store import LoadedModel
@@ -76,10 +77,36 @@ class Prepared:
 def prepare(pre: Preprocess, records: Sequence[dict[str, Any]]) -> Prepared:
     """Encode records (errors name record and field) and keep the id columns that pass through."""
     enc = encode(pre, records)
-    return Prepared(enc, [(col, [r.get(col, ABSENT) for r in records]) for col in pre.id_columns])
+    return Prepared(enc, checked_ids([(col, [r.get(col, ABSENT) for r in records]) for col in pre.id_columns]))
 
 
 ABSENT = object()  # an id column a record does not have
+INT_RANGE = range(-(2**63), 2**64)  # what JSON encoders echo exactly
+
+
+def checked_ids(ids: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
+    """The id values, or the 422 naming the first one that could not be echoed exactly."""
+    for col, values in ids:
+        if all(type(v) is str for v in values):  # the usual ids: nothing to check
+            continue
+        for row, value in enumerate(values):
+            problem = unechoable(value)
+            if problem:
+                detail = {"record": row, "field": col, "message": problem}
+                raise RequestError(422, f"record {row}, field '{col}': {problem}", [detail])
+    return ids
+
+
+def unechoable(value: Any) -> str | None:
+    """Why an id value cannot be echoed as it was sent (None: it can)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
+        return "an integer beyond 64 bits cannot be echoed exactly; send the id as a string"
+    if isinstance(value, list | dict):
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            return f"cannot be echoed ({exc}); send the id as a string"
+    return None
 
 
 def answers(pre: Preprocess, out: np.ndarray, job: Prepared) -> list[dict[str, Any]]:
@@ -107,9 +134,9 @@ def answers(pre: Preprocess, out: np.ndarray, job: Prepared) -> list[dict[str, A
     return result
 
 
-async def predict(model: LoadedModel, job: Prepared) -> dict[str, Any]:
+async def predict(model: LoadedModel, job: Prepared, timeout: float | None = None) -> dict[str, Any]:
     """Score a prepared request through the model's batcher; the answer names the model and version."""
-    out = await model.infer(job.enc)
+    out = await model.infer(job.enc, timeout)
     return {
         "model": model.name,
         "version": model.version,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,6 @@ from service.settings import Settings
 from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.store")
-OLDER_KEPT = 4  # older versions kept loaded after a request named them
 
 
 class ModelNotFound(LookupError):
@@ -46,9 +47,9 @@ class LoadedModel:
         """Model name."""
         return self.ref.name
 
-    async def infer(self, enc: Encoded) -> np.ndarray:
+    async def infer(self, enc: Encoded, timeout: float | None = None) -> np.ndarray:
         """Model outputs for encoded rows, through the batcher; their input warnings go to the metrics."""
-        out = await self.batcher.predict(enc.num, enc.cat)
+        out = await self.batcher.predict(enc.num, enc.cat, timeout)
         if enc.tally:
             self.report_warnings(enc.tally)
         return out
@@ -98,6 +99,23 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
     return model
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A bundle version that could not be loaded, and the state of its files then: it is tried
+    again once they change (a bundle copied in by hand is refused until the copy is complete)."""
+
+    message: str
+    files: tuple[tuple[str, int, int], ...]
+
+
+def files_of(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each file in a bundle directory."""
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in path.iterdir() for st in [p.stat()]))
+    except OSError:
+        return ()
+
+
 @dataclass
 class ReloadReport:
     """What one scan of the store did."""
@@ -116,40 +134,70 @@ class ModelStore:
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings, self.telemetry = settings, telemetry
         self.current: dict[str, LoadedModel] = {}
-        self.older: dict[tuple[str, int], LoadedModel] = {}
-        self.failed: dict[tuple[str, int], str] = {}
+        self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
+        self.failed: dict[tuple[str, int], Refusal] = {}
         self.ready = False
         self._lock = asyncio.Lock()
+        self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
 
     def get(self, name: str | None = None) -> LoadedModel:
         """The current version of `name` (None: the default model)."""
+        if not self.current:
+            where = self.settings.models_dir
+            raise ModelNotFound(
+                f"no model is loaded yet: {where} holds no servable bundle (publish one with tabserve train)"
+            )
         name = name or self.default_name
         model = self.current.get(name) if name else None
         if model is None:
-            raise ModelNotFound(f"no model named {name!r} (serving: {', '.join(sorted(self.current)) or 'none'})")
+            raise ModelNotFound(f"no model named {name!r} (serving: {', '.join(sorted(self.current))})")
         return model
 
     async def get_version(self, name: str | None, version: int | None) -> LoadedModel:
-        """A given version of `name` (None: the current one); older versions still in the store
-        are loaded on first use and kept (the last OLDER_KEPT of them)."""
+        """A given version of `name` (None: the current one). Older versions in the store are loaded
+        on first use, once however many requests ask at the same time, and the `older_versions`
+        most recently used are kept."""
         current = self.get(name)
         if version is None or version == current.version:
             return current
         key = (current.name, version)
         model = self.older.get(key)
-        if model is None:
-            try:
-                ref = bundle.resolve(self.settings.models_dir, f"{current.name}@{version}")
-            except (bundle.BundleError, ValueError, OSError) as exc:
-                raise ModelNotFound(str(exc)) from None
+        if model is not None:
+            self.older.move_to_end(key)
+            return model
+        if not self.settings.older_versions:
+            raise ModelNotFound(f"{current.name} serves only its current version ({current.version}) here")
+        found = self.versions(current.name)
+        if version not in found:
+            raise ModelNotFound(f"model {current.name!r} has no version {version} (has {found})")
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load_older(key))
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def _load_older(self, key: tuple[str, int]) -> LoadedModel:
+        """Load an older version from inside the store (never a path a client could name)."""
+        name, version = key
+        ref = bundle.BundleRef(name, version, self.settings.models_dir / name / str(version))
+        refused = self.failed.get(key)
+        if refused is None or refused.files != files_of(ref.path):
             try:
                 model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
             except Exception as exc:  # noqa: BLE001 - a broken old bundle is just not available
-                raise ModelNotFound(f"{current.name} version {version} cannot be loaded: {exc}") from None
-            self.older[key] = model
-            while len(self.older) > OLDER_KEPT:
-                self.older.pop(next(iter(self.older))).batcher.close()
-        return model
+                self._refuse(ref, exc, ReloadReport())
+            else:
+                self.failed.pop(key, None)
+                self.older[key] = model
+                while len(self.older) > self.settings.older_versions:
+                    self.older.popitem(last=False)[1].batcher.close()
+                return model
+        # NOTE: the reason is in the server log and /models; OS error text is not for clients
+        raise ModelNotFound(f"{name} version {version} cannot be loaded (see the server log)")
+
+    def refused(self) -> dict[str, str]:
+        """Versions in the store that could not be loaded, and why."""
+        return {f"{name}@{version}": r.message for (name, version), r in sorted(self.failed.items())}
 
     def versions(self, name: str) -> list[int]:
         """Every version of `name` in the store directory."""
@@ -183,9 +231,13 @@ class ModelStore:
         newest: dict[str, bundle.BundleRef] = {}
         published: set[tuple[str, int]] = set()
         for ref in bundle.iter_bundles(self.settings.models_dir):
-            published.add((ref.name, ref.version))
-            if (ref.name, ref.version) not in self.failed:
+            key = (ref.name, ref.version)
+            published.add(key)
+            refused = self.failed.get(key)
+            if refused is None or refused.files != files_of(ref.path):
                 newest[ref.name] = ref
+        for key in [k for k in self.failed if k not in published]:  # gone from the store: nothing to report
+            del self.failed[key]
         changed = []
         for name, ref in newest.items():
             current = self.current.get(name)
@@ -197,7 +249,7 @@ class ModelStore:
 
     def _refuse(self, ref: bundle.BundleRef, exc: Exception, report: ReloadReport) -> None:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        self.failed[(ref.name, ref.version)] = message
+        self.failed[(ref.name, ref.version)] = Refusal(message, files_of(ref.path))
         report.failed[f"{ref.name}@{ref.version}"] = message
         self.telemetry.reloads.labels("failed").inc()
         kept = self.current.get(ref.name)
@@ -209,6 +261,7 @@ class ModelStore:
         )
 
     def _swap(self, model: LoadedModel) -> None:
+        self.failed.pop((model.name, model.version), None)
         old = self.current.get(model.name)
         self.current[model.name] = model  # NOTE: one dict assignment: requests see old or new
         self.telemetry.reloads.labels("loaded").inc()

@@ -16,12 +16,17 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 async def reload(
     store: StoreDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """Load any new bundle versions now; answers what was loaded and what was refused."""
+    """Load any new bundle versions now; answers what this scan loaded and refused, what serves, and every
+    version still refused (each is tried again once its files change)."""
     if not settings.admin_token:
         raise HTTPException(403, "admin endpoints are disabled: set TABSERVE_ADMIN_TOKEN")
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), settings.admin_token.encode()):
-        raise HTTPException(401, "a valid 'Authorization: Bearer <admin token>' header is required")
+        raise HTTPException(
+            401,
+            "a valid 'Authorization: Bearer <admin token>' header is required",
+            headers={"WWW-Authenticate": 'Bearer realm="tabserve admin"'},
+        )
     report = await store.refresh()
     current = {m.name: m.version for m in store.current.values()}
-    return {**report.to_json(), "current": current}
+    return {**report.to_json(), "current": current, "refused": store.refused()}

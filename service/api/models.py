@@ -30,10 +30,11 @@ def summary(model: LoadedModel) -> dict[str, Any]:
 
 @router.get("")
 def list_models(store: StoreDep) -> dict[str, Any]:
-    """Every served model (current versions) and which one /predict uses."""
+    """Every served model (current versions), which one /predict uses, and the versions refused and why."""
     return {
         "default": store.default_name,
         "models": [summary(m) for m in sorted(store.current.values(), key=lambda m: m.name)],
+        "refused": store.refused(),
     }
 
 

@@ -12,15 +12,17 @@ service/predict.py and service/features.py) and /docs still documents these rout
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
+import msgspec
 import orjson
 
-from service.batching import QueueFull
+from service.batching import DeadlineExceeded, QueueFull
 from service.predict import RequestError, predict, prepare, records_of
 from service.protocols import mlflow, native, v2
 from service.settings import Settings
@@ -30,6 +32,8 @@ from service.telemetry import Telemetry
 log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
 V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/infer/?$")
+NO_SUCH_VERSION = -1  # a version path segment too long to be a version any store holds
+TIMEOUT_HEADER = b"x-request-timeout-ms"  # lowers the request's deadline (never raises it)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 ROUTES_KEPT = 1024  # parsed request paths remembered (the same few paths come again and again)
 
@@ -82,7 +86,9 @@ class PredictEndpoint:
             match = V2_INFER_PATH.match(path)
             if match:
                 version = match["version"]
-                return Route("v2", match["name"], int(version) if version else None)
+                if version is None:
+                    return Route("v2", match["name"])
+                return Route("v2", match["name"], int(version) if len(version) <= 18 else NO_SUCH_VERSION)
             return None
         if path in ("/invocations", "/invocations/"):
             return Route("mlflow")
@@ -114,6 +120,8 @@ class PredictEndpoint:
         except QueueFull as exc:
             status, body = 503, orjson.dumps(_error(route, 503, {"error": f"server busy: {exc}; retry shortly"}))
             extra = [(b"retry-after", b"1")]
+        except DeadlineExceeded as exc:
+            status, body = 504, orjson.dumps(_error(route, 504, {"error": f"deadline exceeded: {exc}"}))
         except Exception:
             log.exception("prediction failed")
             doc = {"error": "internal error while scoring; see the server log"}
@@ -136,8 +144,20 @@ class PredictEndpoint:
         except ModelNotFound as exc:
             raise RequestError(404 if self.store.ready else 503, str(exc)) from None
 
+    def _timeout(self, header: bytes | None) -> float:
+        """The request's deadline in seconds: the setting, or less when the client asks."""
+        if header is None:
+            return self.settings.request_timeout_s
+        try:
+            wanted = float(header) / 1000 if len(header) <= 32 else math.nan
+        except ValueError:
+            wanted = math.nan
+        if not wanted > 0:  # NaN, zero or negative
+            raise RequestError(400, f"{TIMEOUT_HEADER.decode()} must be a positive number of milliseconds")
+        return min(wanted, self.settings.request_timeout_s)
+
     async def _predict(self, scope: Scope, receive: Any, name: str | None) -> dict[str, Any]:
-        check_json_request(scope, self.settings.max_body_bytes)
+        timeout = self._timeout(check_json_request(scope, self.settings.max_body_bytes))
         raw = await read_body(receive, self.settings.max_body_bytes)
         model = self._model(name)
         fast = native.typed_records(model.pre)
@@ -147,14 +167,14 @@ class PredictEndpoint:
             job = prepare(model.pre, records)
             del records
         del raw  # NOTE: freed before the wait for a batch (see Prepared)
-        return await predict(model, job)
+        return await predict(model, job, timeout)
 
     async def _v2(self, scope: Scope, receive: Any, route: Route) -> dict[str, Any]:
         headers = dict(scope["headers"])
-        length = headers.get(b"inference-header-content-length")
+        timeout = self._timeout(headers.get(TIMEOUT_HEADER))
         check_length(headers.get(b"content-length", b""), self.settings.max_body_bytes)
         raw = await read_body(receive, self.settings.max_body_bytes)
-        text, binary = v2.split_binary(raw, int(length) if length and length.isdigit() else None)
+        text, binary = v2.split_binary(raw, v2.header_length(headers.get(b"inference-header-content-length")))
         if route.version is None:  # NOTE: the usual request: no coroutine for the lookup
             model = self._model(route.name)
         else:
@@ -166,14 +186,15 @@ class PredictEndpoint:
             doc = _json(text)
             outputs = v2.check_outputs(model.pre, doc)
             enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
-            request_id = doc.get("id", v2.NO_ID)
+            request_id = v2.checked_id(doc.get("id", v2.NO_ID))
             del doc
         del raw, text, binary, single  # NOTE: freed before the wait for a batch (see service.predict.Prepared)
-        out = await model.infer(enc)
+        out = await model.infer(enc, timeout)
         return v2.response(model.pre, model.name, model.version, out, outputs, request_id, rows, enc)
 
     async def _mlflow(self, scope: Scope, receive: Any) -> dict[str, Any]:
         headers = dict(scope["headers"])
+        timeout = self._timeout(headers.get(TIMEOUT_HEADER))
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         check_length(headers.get(b"content-length", b""), self.settings.max_body_bytes)
         raw = await read_body(receive, self.settings.max_body_bytes)
@@ -189,22 +210,28 @@ class PredictEndpoint:
         model = self._model(None)
         job = prepare(model.pre, records)
         del records, raw
-        answer = await predict(model, job)
+        answer = await predict(model, job, timeout)
         return mlflow.predictions(answer["predictions"])
 
 
 def _json(raw: bytes) -> Any:
+    """The body as Python values. msgspec, not orjson: it keeps integers beyond 64 bits exact, so
+    an id is echoed as sent or refused by name, never silently turned into a float."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
 
 
 def _error(route: Route, status: int, doc: dict[str, Any]) -> dict[str, Any]:
     """The error body in the route's protocol: MLflow has its own shape, V2 and native share one."""
     if route.protocol != "mlflow":
         return doc
-    code = "BAD_REQUEST" if status < 500 else ("TEMPORARILY_UNAVAILABLE" if status == 503 else "INTERNAL_ERROR")
+    code = {503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(
+        status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+    )
     message = doc["error"]
     if len(doc.get("details", ())) > 1:  # NOTE: the first detail is the message itself
         message += "; " + "; ".join(
@@ -215,21 +242,25 @@ def _error(route: Route, status: int, doc: dict[str, Any]) -> dict[str, Any]:
 
 def check_length(length: bytes, limit: int) -> None:
     """413 when a declared Content-Length is over the limit."""
-    if length.isdigit() and int(length) > limit:
-        raise RequestError(413, f"body of {int(length)} bytes is over the {limit}-byte limit")
+    if length.isdigit() and (len(length) > 18 or int(length) > limit):
+        raise RequestError(413, f"body of {length[:40].decode()} bytes is over the {limit}-byte limit")
 
 
-def check_json_request(scope: Scope, limit: int) -> None:
-    """415 unless the body is declared JSON; 413 when Content-Length is over the limit."""
-    content_type, length = b"", b""
+def check_json_request(scope: Scope, limit: int) -> bytes | None:
+    """415 unless the body is declared JSON; 413 when Content-Length is over the limit. Returns the
+    timeout header, if any (read in the same pass over the headers)."""
+    content_type, length, timeout = b"", b"", None
     for key, value in scope["headers"]:
         if key == b"content-type":
             content_type = value
         elif key == b"content-length":
             length = value
+        elif key == TIMEOUT_HEADER:
+            timeout = value
     if content_type != b"application/json" and content_type.split(b";")[0].strip().lower() != b"application/json":
         raise RequestError(415, f"Content-Type must be application/json, not {content_type.decode(errors='replace')!r}")
     check_length(length, limit)
+    return timeout
 
 
 async def read_body(receive: Any, limit: int) -> bytes:

@@ -66,6 +66,7 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
         "model's features is refused (422).",
         "properties": props,
         "additionalProperties": True,
+        "anyOf": [{"required": [f.name]} for f in pre.features],  # at least one feature (null counts)
     }
 
 

@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 
 from service.features import CategoricalFeature, Encoded, Fields, Preprocess
-from service.predict import ABSENT, Prepared, checked
+from service.predict import ABSENT, Prepared, checked, checked_ids
 
 PlainDecoder: type[_records.Decoder] | None
 try:  # NOTE: the optional C accelerator (setup.py); without it every body takes the msgspec path
@@ -67,7 +67,7 @@ class TypedRecords:
                 return self._from_plain(*decoded)
         try:
             records = self._decoder.decode(raw).records  # type: ignore[attr-defined]
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):  # NOTE: a deep id value: the general path explains it
             return None
         n = len(records)
         if not 0 < n <= max_records:
@@ -78,7 +78,7 @@ class TypedRecords:
             numbers, levels = self._numbers.flat(records), self._levels.flat(records)
         enc = self.pre.encode_flat(numbers, levels, n)
         ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
-        return Prepared(checked(enc), ids)
+        return Prepared(checked(enc), checked_ids(ids))
 
     def _from_plain(self, num: bytearray, cat: bytearray, n: int, ids: list[list[Any]]) -> Prepared:
         """The C decoder's arrays as model inputs, with the range warnings every path gives."""

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from service.features import Encoded, Preprocess, near_miss
-from service.predict import RequestError
+from service.predict import RequestError, unechoable
 
 NUMERIC_TYPES = {
     "BOOL": "?",
@@ -43,6 +43,23 @@ NO_ID = object()  # a request without an "id" (null is an id a client may send a
 def bad(message: str) -> RequestError:
     """A 400 in the protocol's error shape."""
     return RequestError(400, message)
+
+
+def header_length(value: bytes | None) -> int | None:
+    """The Inference-Header-Content-Length header as a byte count (None when absent)."""
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise bad(f"Inference-Header-Content-Length must be a byte count, not {value[:40]!r}")
+    return int(value)
+
+
+def checked_id(request_id: Any) -> Any:
+    """The request's id, refused (400) when it could not be echoed exactly."""
+    problem = unechoable(request_id) if request_id is not NO_ID else None
+    if problem:
+        raise bad(f'"id": {problem}')
+    return request_id
 
 
 def split_binary(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
@@ -209,7 +226,7 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     """
     try:
         request = pre.codec(DECODER_KEY, _single_row_decoder).decode(text)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # NOTE: a deep "id": the full path explains it
         return None
     inputs = request.inputs
     shapes = list(map(_SHAPE, inputs))
@@ -227,7 +244,7 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     outputs = None if request.outputs is None else known_outputs(pre, [o.name for o in request.outputs])
     values = [data[0] for data in map(_DATA, inputs)]
     num_at, cat_at = layout
-    request_id = NO_ID if request.id is msgspec.UNSET else request.id
+    request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
     return SingleRow(_checked(pre.encode_flat(num_at(values), cat_at(values), 1)), request_id, outputs)
 
 

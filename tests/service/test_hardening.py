@@ -1,0 +1,171 @@
+"""Client input that used to get a 500, and the store's, deadline's and docs' defences, against a
+real server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import bundle
+from tests.service.conftest import Server, copy_store, running_server, telco_records, wait_until
+from tests.service.test_api import v2_body
+
+V2_INFER = "/v2/models/churn/infer"
+SCORING_ROUTES = ["/predict", "/models/churn/predict"]
+
+
+def post(server: Server, path: str, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(server.url + path, content=body, headers={"content-type": "application/json", **headers})
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("path", SCORING_ROUTES)
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_deeply_nested_id_is_a_4xx(churn_server: Server, path: str, depth: int) -> None:
+    record = json.dumps(telco_records(1)[0])
+    body = record.replace('"customerID": "7590-VHVEG"', f'"customerID": {nested(depth)}')
+    assert body != record
+    answer = post(churn_server, path, b'{"records": [%s]}' % body.encode())
+    assert answer.status_code in (400, 422), answer.text
+    assert "customerID" in answer.text or "nested" in answer.text
+
+
+@pytest.mark.parametrize("path", SCORING_ROUTES)
+def test_id_beyond_64_bits_is_refused_by_name_on_every_decoding_path(churn_server: Server, path: str) -> None:
+    plain = telco_records(1)[0]
+    general = {**plain, "tenure": "1"}  # a numeric string: the general path decodes this one
+    for record in (plain, general):
+        text = json.dumps({"records": [{**record, "customerID": 0}]}).replace(
+            '"customerID": 0', '"customerID": %d' % 10**29
+        )
+        answer = post(churn_server, path, text.encode())
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["details"][0] == {
+            "record": 0,
+            "field": "customerID",
+            "message": "an integer beyond 64 bits cannot be echoed exactly; send the id as a string",
+        }
+    fits = json.dumps({"records": [{**plain, "customerID": 2**64 - 1}]})
+    answer = post(churn_server, path, fits.encode())
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["customerID"] == 2**64 - 1
+
+
+def test_v2_ids_that_cannot_be_echoed_are_400(churn_server: Server) -> None:
+    body = json.dumps(v2_body(telco_records(1)))
+    for value in (str(10**29), nested(300), nested(5000)):
+        answer = post(churn_server, V2_INFER, ('{"id": ' + value + ", " + body[1:]).encode())
+        assert answer.status_code == 400, answer.text
+    answer = post(churn_server, V2_INFER, (f'{{"id": {2**63 - 1}, ' + body[1:]).encode())
+    assert answer.status_code == 200 and answer.json()["id"] == 2**63 - 1
+
+
+def test_huge_numbers_in_paths_and_headers_are_4xx(churn_server: Server) -> None:
+    digits = "9" * 5000
+    body = json.dumps(v2_body(telco_records(1))).encode()
+    answer = post(churn_server, f"/v2/models/churn/versions/{digits}/infer", body)
+    assert answer.status_code == 404 and answer.json()["error"]
+    for path in (f"/v2/models/churn/versions/{digits}", f"/v2/models/churn/versions/{digits}/ready"):
+        assert httpx.get(churn_server.url + path).status_code in (404, 422)
+    answer = post(churn_server, V2_INFER, body, **{"inference-header-content-length": digits})
+    assert answer.status_code == 400 and "Inference-Header-Content-Length" in answer.json()["error"]
+
+
+def test_request_deadline_is_504_and_counted(churn_server: Server) -> None:
+    body = json.dumps({"records": telco_records(200)}).encode()
+    answer = post(churn_server, "/predict", body, **{"x-request-timeout-ms": "0.000001"})
+    assert answer.status_code == 504 and "deadline" in answer.json()["error"]
+    v2 = post(
+        churn_server, V2_INFER, json.dumps(v2_body(telco_records(1))).encode(), **{"x-request-timeout-ms": "1e-9"}
+    )
+    assert v2.status_code == 504
+    assert post(churn_server, "/predict", body, **{"x-request-timeout-ms": "5000"}).status_code == 200
+    for bad in ("soon", "-5", "0", "nan"):
+        answer = post(churn_server, "/predict", body, **{"x-request-timeout-ms": bad})
+        assert answer.status_code == 400 and "x-request-timeout-ms" in answer.json()["error"]
+    metrics = httpx.get(churn_server.url + "/metrics").text
+    assert 'route="/predict",status="504"' in metrics
+
+
+def test_admin_401_says_how_to_authenticate(churn_server: Server) -> None:
+    answer = httpx.post(churn_server.url + "/admin/reload", headers={"authorization": "Bearer wrong"})
+    assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_docs_need_no_cdn(churn_server: Server) -> None:
+    page = httpx.get(churn_server.url + "/docs").text
+    assert "cdn." not in page and "https://" not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert asset in page
+        answer = httpx.get(f"{churn_server.url}/docs/assets/{asset}")
+        assert answer.status_code == 200 and len(answer.content) > 10_000
+
+
+def test_record_schema_says_one_feature_is_needed(churn_server: Server) -> None:
+    spec = httpx.get(churn_server.url + "/openapi.json").json()
+    schema = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    record = schema["properties"]["records"]["items"]
+    assert {"required": ["tenure"]} in record["anyOf"]
+    assert post(churn_server, "/predict", b'{"records": [{}]}').status_code == 422  # as the schema now says
+
+
+def test_empty_store_says_no_model_is_loaded_yet(tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    store.mkdir()
+    with running_server(store, ready=False) as server:
+        answer = post(server, "/predict", json.dumps({"records": telco_records(1)}).encode())
+        assert answer.status_code == 503
+        assert "no model is loaded yet" in answer.json()["error"] and "None" not in answer.json()["error"]
+
+
+def test_v2_versions_resolve_only_inside_the_store(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(churn_bundle.path, tmp_path / "churn@5")  # a bundle beside the server, outside its store
+    store = copy_store(churn_bundle, tmp_path / "models")
+    broken = store / "churn" / "2"
+    shutil.copytree(churn_bundle.path, broken)
+    (broken / bundle.MODEL_FILE).write_bytes(b"not onnx")
+    (store / "churn" / "1").rename(store / "churn" / "3")  # 3 current, 2 broken and older
+    body = json.dumps(v2_body(telco_records(1))).encode()
+    with running_server(store) as server:
+        assert post(server, "/v2/models/churn/versions/5/infer", body).status_code == 404
+        answer = post(server, "/v2/models/churn/versions/2/infer", body)
+        assert answer.status_code == 404
+        assert answer.json()["error"] == "churn version 2 cannot be loaded (see the server log)"
+        assert str(store) not in answer.text
+    with running_server(store, env={"TABSERVE_OLDER_VERSIONS": "0"}) as server:
+        (store / "churn" / "3").rename(store / "churn" / "1")
+        shutil.copytree(store / "churn" / "1", store / "churn" / "3")
+        assert post(server, "/v2/models/churn/versions/1/infer", body).status_code == 404
+
+
+def test_a_half_copied_bundle_is_tried_again_once_complete(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--admin-token", "t") as server:
+        partial = store / "churn" / "2"
+        partial.mkdir()
+        for item in churn_bundle.path.iterdir():
+            if item.name != bundle.MODEL_FILE:
+                shutil.copy2(item, partial / item.name)
+        onnx = (churn_bundle.path / bundle.MODEL_FILE).read_bytes()
+        (partial / bundle.MODEL_FILE).write_bytes(onnx[: len(onnx) // 2])  # the copy is still going on
+        auth = {"authorization": "Bearer t"}
+        reload = httpx.post(server.url + "/admin/reload", headers=auth).json()
+        assert "churn@2" in reload["refused"] and reload["current"] == {"churn": 1}
+        assert "churn@2" in httpx.get(server.url + "/models").json()["refused"]
+        (partial / bundle.MODEL_FILE).write_bytes(onnx)  # ... and now it is complete
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/models/churn").json()["version"] != 2:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        assert httpx.get(server.url + "/models").json()["refused"] == {}
+        wait_until(server, "/health/ready")
