@@ -44,7 +44,7 @@ def test_id_beyond_64_bits_is_refused_by_name_on_every_decoding_path(churn_serve
     general = {**plain, "tenure": "1"}  # a numeric string: the general path decodes this one
     for record in (plain, general):
         text = json.dumps({"records": [{**record, "customerID": 0}]}).replace(
-            '"customerID": 0', '"customerID": %d' % 10**29
+            '"customerID": 0', f'"customerID": {10**29}'
         )
         answer = post(churn_server, path, text.encode())
         assert answer.status_code == 422, answer.text
