@@ -109,7 +109,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
 def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     allowed = NUMERIC_FEATURE_TYPES if kind == "numeric" else CATEGORICAL_TYPES
-    if datatype not in allowed:
+    if not isinstance(datatype, str) or datatype not in allowed:
         want = "a numeric type (FP32, FP64, INT64, ...)" if kind == "numeric" else "BYTES (or an integer type)"
         raise bad(f"input '{name}' is {kind}: datatype must be {want}, not {datatype!r}")
     if (
@@ -119,7 +119,8 @@ def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, 
     ):
         raise bad(f"input '{name}': shape must be [N] or [N, 1], not {shape!r}")
     rows = shape[0]
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    parameters = tensor.get("parameters")
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise bad(f"input '{name}': binary_data_size {size!r} runs past the body")
