@@ -16,9 +16,12 @@ from service.api.schema import example_record, request_schema
 from service.protocols import v2
 from service.store import LoadedModel, ModelStore
 
-BUSY = {"503": {"description": "Queue full (Retry-After) or models still loading"}}
+BUSY = {
+    "503": {"description": "Queue full (Retry-After) or models still loading"},
+    "504": {"description": "Not answered within the request's deadline (request_timeout_s, X-Request-Timeout-Ms)"},
+}
 ERRORS = {
-    "400": {"description": "Malformed JSON"},
+    "400": {"description": "Malformed JSON, or an X-Request-Timeout-Ms that is not a positive number"},
     "404": {"description": "No such model"},
     "413": {"description": "Too many records or body too large"},
     "415": {"description": "Content-Type is not application/json"},
@@ -60,7 +63,10 @@ V2_REQUEST = {
                 },
             },
         },
-        "outputs": {"type": ["array", "null"], "items": {"type": "object", "required": ["name"]}},
+        "outputs": {
+            "type": ["array", "null"],
+            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        },
         "parameters": {"description": "accepted and ignored"},
     },
 }

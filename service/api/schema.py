@@ -6,6 +6,13 @@ from typing import Any
 
 from service.features import NumericFeature, Preprocess
 
+# NOTE: the numeric text `features.parse_number` reads, short enough never to overflow a float:
+# plain or thousands-grouped decimals with an optional exponent, or a missing-value token
+NUMERIC_TEXT = (
+    r"^\s*(?:[-+]?(?:\d{1,200}(?:\.\d{0,200})?|\.\d{1,200}|\d{1,3}(?:,\d{3}){1,60}(?:\.\d{0,200})?)"
+    r"(?:[eE][-+]?\d{1,2})?|(?:[Nn][Aa][Nn]?|[Nn]/[Aa]|[Nn][Uu][Ll][Ll]|[Nn][Oo][Nn][Ee]|\?|--?|#[Nn]/[Aa])?)\s*$"
+)
+
 
 def feature_doc(pre: Preprocess) -> list[dict[str, Any]]:
     """Features in input order with their type and training statistics or levels."""
@@ -46,7 +53,7 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
     for f in pre.features:
         if isinstance(f, NumericFeature):
             props[f.name] = {
-                "type": ["number", "string", "null"],
+                "anyOf": [{"type": ["number", "null"]}, {"type": "string", "pattern": NUMERIC_TEXT}],
                 "description": f"numeric (numbers or numeric strings); trained on [{f.min_:g}, {f.max_:g}]; "
                 f"null or absent → imputed with the median {f.median_:g}",
             }
@@ -71,11 +78,12 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
 
 
 def request_schema(pre: Preprocess, max_records: int) -> dict[str, Any]:
-    """The predict request body."""
-    return {
-        "type": "object",
-        "required": ["records"],
-        "properties": {
-            "records": {"type": "array", "minItems": 1, "maxItems": max_records, "items": record_schema(pre)}
-        },
+    """The predict request body. The record limit is a server setting, answered 413 (declared), not
+    part of the body's shape."""
+    records = {
+        "type": "array",
+        "minItems": 1,
+        "items": record_schema(pre),
+        "description": f"1 to {max_records} records (413 beyond)",
     }
+    return {"type": "object", "required": ["records"], "properties": {"records": records}}
