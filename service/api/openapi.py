@@ -43,33 +43,37 @@ MLFLOW_ERRORS = {
     "415": {"description": "Content-Type is neither application/json nor text/csv"},
     **BUSY,
 }
-V2_REQUEST = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": {"description": "echoed back in the answer"},
-        "inputs": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                    "datatype": {"type": "string"},
-                    "data": {"type": "array"},
-                    "parameters": {"description": "accepted and ignored"},
+
+
+def v2_request(outputs: list[str]) -> dict[str, Any]:
+    """The V2 infer body's schema; `outputs` are the names a request may ask for."""
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"description": "echoed back in the answer"},
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                        "datatype": {"type": "string"},
+                        "data": {"type": "array"},
+                        "parameters": {"description": "accepted and ignored"},
+                    },
                 },
             },
+            "outputs": {
+                "type": ["array", "null"],
+                "items": {"type": "object", "required": ["name"], "properties": {"name": {"enum": outputs}}},
+            },
+            "parameters": {"description": "accepted and ignored"},
         },
-        "outputs": {
-            "type": ["array", "null"],
-            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
-        },
-        "parameters": {"description": "accepted and ignored"},
-    },
-}
+    }
 
 
 def _operation(model: LoadedModel, max_records: int, summary: str) -> dict[str, Any]:
@@ -98,6 +102,7 @@ def _v2_operation(model: LoadedModel) -> dict[str, Any]:
     """The Open Inference Protocol infer route of a model, with a ready-to-send example."""
     record = example_record(model.pre)
     inputs = [{**meta, "shape": [1], "data": [record[meta["name"]]]} for meta in v2.input_metadata(model.pre)]
+    names = [o["name"] for o in v2.output_metadata(model.pre)]
     outputs = ", ".join(f"`{o['name']}` ({o['datatype']})" for o in v2.output_metadata(model.pre))
     return {
         "post": {
@@ -108,7 +113,7 @@ def _v2_operation(model: LoadedModel) -> dict[str, Any]:
             "Add `/versions/{v}` before `/infer` for an older version.",
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": V2_REQUEST, "example": {"inputs": inputs}}},
+                "content": {"application/json": {"schema": v2_request(names), "example": {"inputs": inputs}}},
             },
             "responses": {"200": {"description": "Output tensors"}, **V2_ERRORS},
         }

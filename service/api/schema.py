@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from service.features import NumericFeature, Preprocess
+
+F32_MAX = float(np.finfo(np.float32).max)
 
 # NOTE: the numeric text `features.parse_number` reads, short enough never to overflow a float:
 # plain or thousands-grouped decimals with an optional exponent, or a missing-value token
@@ -53,7 +57,11 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
     for f in pre.features:
         if isinstance(f, NumericFeature):
             props[f.name] = {
-                "anyOf": [{"type": ["number", "null"]}, {"type": "string", "pattern": NUMERIC_TEXT}],
+                "anyOf": [
+                    {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX},  # the model reads float32
+                    {"type": "null"},
+                    {"type": "string", "pattern": NUMERIC_TEXT},
+                ],
                 "description": f"numeric (numbers or numeric strings); trained on [{f.min_:g}, {f.max_:g}]; "
                 f"null or absent → imputed with the median {f.median_:g}",
             }
