@@ -45,8 +45,8 @@ MLFLOW_ERRORS = {
 }
 
 
-def v2_request(outputs: list[str]) -> dict[str, Any]:
-    """The V2 infer body's schema; `outputs` are the names a request may ask for."""
+def v2_request(inputs: list[str], outputs: list[str]) -> dict[str, Any]:
+    """The V2 infer body's schema, with the model's input and output names."""
     return {
         "type": "object",
         "required": ["inputs"],
@@ -59,7 +59,7 @@ def v2_request(outputs: list[str]) -> dict[str, Any]:
                     "type": "object",
                     "required": ["name", "shape", "datatype"],
                     "properties": {
-                        "name": {"type": "string"},
+                        "name": {"enum": inputs},
                         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                         "datatype": {"type": "string"},
                         "data": {"type": "array"},
@@ -113,7 +113,12 @@ def _v2_operation(model: LoadedModel) -> dict[str, Any]:
             "Add `/versions/{v}` before `/infer` for an older version.",
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": v2_request(names), "example": {"inputs": inputs}}},
+                "content": {
+                    "application/json": {
+                        "schema": v2_request([f.name for f in model.pre.features], names),
+                        "example": {"inputs": inputs},
+                    }
+                },
             },
             "responses": {"200": {"description": "Output tensors"}, **V2_ERRORS},
         }

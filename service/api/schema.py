@@ -10,11 +10,11 @@ from service.features import NumericFeature, Preprocess
 
 F32_MAX = float(np.finfo(np.float32).max)
 
-# NOTE: the numeric text `features.parse_number` reads, short enough never to overflow a float:
-# plain or thousands-grouped decimals with an optional exponent, or a missing-value token
+# NOTE: the numeric text `features.parse_number` reads, short enough never to overflow float32 (the model's input):
+# plain decimals with an optional one-digit exponent, thousands-grouped decimals, or a missing-value token
 NUMERIC_TEXT = (
-    r"^\s*(?:[-+]?(?:\d{1,200}(?:\.\d{0,200})?|\.\d{1,200}|\d{1,3}(?:,\d{3}){1,60}(?:\.\d{0,200})?)"
-    r"(?:[eE][-+]?\d{1,2})?|(?:[Nn][Aa][Nn]?|[Nn]/[Aa]|[Nn][Uu][Ll][Ll]|[Nn][Oo][Nn][Ee]|\?|--?|#[Nn]/[Aa])?)\s*$"
+    r"^\s*(?:[-+]?(?:(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})(?:[eE][-+]?\d)?|\d{1,3}(?:,\d{3}){1,6}(?:\.\d{0,20})?)"
+    r"|(?:[Nn][Aa][Nn]?|[Nn]/[Aa]|[Nn][Uu][Ll][Ll]|[Nn][Oo][Nn][Ee]|\?|--?|#[Nn]/[Aa])?)\s*$"
 )
 
 
