@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import admin, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
-from service.http import configure
+from service.http import protocol_for
 from service.runtime import describe_device, providers_for
 from service.settings import Settings
 from service.store import ModelStore
@@ -128,5 +128,5 @@ async def _load_then_poll(store: ModelStore, settings: Settings) -> None:
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` and multi-worker runs: settings from TABSERVE_* variables."""
     settings = Settings()
-    configure(settings)  # each worker is a process of its own: its connections take the same limits
+    protocol_for(settings)  # each worker is a process of its own: its connections take the same limits
     return create_app(settings)

@@ -13,16 +13,26 @@ out at once, and closing the connection sends what is held first.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    MOVED = False
+except ImportError:  # a uvicorn that moved its implementation: `protocol_for` serves with the stock one
+    HttpToolsProtocol = asyncio.Protocol  # type: ignore[misc, assignment]
+    MOVED = True
 
 HELD_MAX = 64 * 1024  # bytes held before they go out without waiting for the callback to end
 SWEEP_S = 0.5  # how often deadlines are checked: one timer per process, not one per request
 LINGER_S = 1.0  # after a refusal, unread input is drained this long so the client can read the answer
 DRAIN_IDLE_S = 1.0  # on shutdown, an idle connection waits this long for a request already on its way
+log = logging.getLogger("tabserve")
 
 
 class OneWriteTransport:
@@ -247,3 +257,46 @@ def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
 def configure(settings: Any) -> None:
     """Take the connection limits from the service settings (each process, each worker)."""
     HttpProtocol.limits = Limits.of(settings)
+
+
+# What HttpProtocol takes from uvicorn's implementation module beyond the asyncio protocol.
+USED = (
+    "data_received",
+    "send_400_response",
+    "shutdown",
+    "on_message_begin",
+    "on_url",
+    "on_header",
+    "on_headers_complete",
+    "on_message_complete",
+    "on_response_complete",
+)
+
+
+def unsupported() -> str | None:
+    """Why HttpProtocol cannot run on the installed uvicorn (None: it can). It subclasses uvicorn's
+    httptools protocol, an implementation module that a uvicorn release may change."""
+    if MOVED:
+        return "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol is gone"
+    missing = [name for name in USED if not callable(getattr(HttpToolsProtocol, name, None))]
+    if missing:
+        return f"uvicorn's HttpToolsProtocol lacks {', '.join(missing)}"
+    from uvicorn.protocols.http.flow_control import FlowControl
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    if "keep_alive" not in inspect.signature(RequestResponseCycle.__init__).parameters:
+        return "uvicorn's RequestResponseCycle takes no keep_alive"
+    if not hasattr(FlowControl(None), "read_paused"):  # type: ignore[arg-type]
+        return "uvicorn's FlowControl keeps no read_paused"
+    return None
+
+
+def protocol_for(settings: Any) -> tuple[type[asyncio.Protocol] | str, dict[str, Any]]:
+    """The HTTP protocol to serve with and the uvicorn options it needs: ours, or uvicorn's stock h11
+    protocol (with its own bound on a request head) when ours cannot run or `settings.http` says so."""
+    reason = "http=stock" if settings.http == "stock" else unsupported()
+    if reason is None:
+        configure(settings)
+        return HttpProtocol, {}
+    log.warning("serving with uvicorn's stock h11 protocol (%s): no connection limit or head timeouts", reason)
+    return "h11", {"h11_max_incomplete_event_size": settings.max_header_bytes}

@@ -9,7 +9,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from service.http import HttpProtocol, configure
+from service.http import protocol_for
 from service.runtime import ProviderError, providers_for
 from service.settings import Settings
 
@@ -31,14 +31,15 @@ def run_server(flags: dict[str, Any]) -> None:
     except ProviderError as exc:
         raise RuntimeError(str(exc)) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    configure(settings)
+    protocol, options = protocol_for(settings)
     _raise_file_limit(settings.max_connections)
     common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        http=HttpProtocol,
+        http=protocol,
+        **options,
         loop="uvloop",
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=settings.drain_timeout_s,

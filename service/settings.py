@@ -10,36 +10,49 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Everything `tabserve serve` can be told; each default says why."""
+    """Everything `tabserve serve` can be told. Each description says why the default is what it is."""
 
     model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="ignore")
 
-    models_dir: Path = Path("models")  # the store `tabserve train` publishes to
-    default_model: str | None = None  # served at POST /predict (None: the only model, or first by name)
-    host: str = "127.0.0.1"  # loopback unless told otherwise: exposing a port is a deliberate act
-    port: int = 8000
-    workers: int = 1  # processes; each loads every model (the service is stateless)
-    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when it can really run, else CPU
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 lets ORT pick (one per core)
-    batching: bool = True  # gather concurrent requests into one ONNX Runtime call
-    max_batch_size: int = Field(1024, ge=1)  # rows per ORT call; past ~1k rows the call costs more than it saves
-    max_delay_ms: float = Field(0.0, ge=0)  # extra wait for a fuller batch; 0: whatever queued meanwhile
-    max_queue: int = Field(2048, ge=1)  # pending requests per model before 503 (bounded latency)
-    max_records: int = Field(10_000, ge=1)  # records per request
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # request body limit (JSON routes)
-    max_score_bytes: int = Field(10 * 1024**3, ge=1024)  # CSV upload limit, counted after gzip is inflated
-    max_uploads: int = Field(2, ge=1)  # concurrent CSV uploads (each takes a scoring thread); 503 beyond
-    max_spool_bytes: int = Field(1024**3, ge=1 << 20)  # answer bytes an upload may hold unread on disk
-    max_header_bytes: int = Field(32 * 1024, ge=1024)  # a request's head in all (nginx: 32 KiB); 431 beyond
-    max_header_line_bytes: int = Field(8 * 1024, ge=256)  # one header line or the URL (nginx: 8 KiB)
-    max_connections: int = Field(2048, ge=1)  # open connections; more get 503 and are closed (file handles)
-    header_timeout_s: float = Field(10.0, gt=0)  # to send a request's head, from connect or the last answer
-    body_timeout_s: float = Field(30.0, gt=0)  # longest pause while a body is being sent
-    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
-    request_timeout_s: float = Field(10.0, gt=0)  # queue wait plus inference; 504 beyond (header lowers it)
-    drain_timeout_s: float = Field(10.0, ge=0)  # on SIGTERM: time to answer what was accepted, then exit
-    older_versions: int = Field(4, ge=0)  # older versions loaded on demand by V2 version routes (LRU); 0: off
-    poll_interval_s: float = Field(2.0, ge=0)  # how often to look for new versions; 0 turns polling off
-    admin_token: str | None = None  # POST /admin/* needs `Authorization: Bearer <token>`; None disables
-    proxy_headers: bool = False  # trust X-Forwarded-* (behind a proxy you run); off costs nothing per request
-    log_level: str = "info"
+    models_dir: Path = Field(Path("models"), description="the store `tabserve train` publishes to")
+    default_model: str | None = Field(
+        None, description="served at POST /predict (None: the only model, or first by name)"
+    )
+    host: str = Field("127.0.0.1", description="loopback unless told otherwise: exposing a port is a deliberate act")
+    port: int = Field(8000, description="TCP port to listen on")
+    workers: int = Field(1, description="processes; each loads every model (the service is stateless)")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it can really run, else CPU")
+    threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 lets ORT pick (one per core)")
+    batching: bool = Field(True, description="gather concurrent requests into one ONNX Runtime call")
+    max_batch_size: int = Field(
+        1024, ge=1, description="rows per ORT call; past ~1k rows the call costs more than it saves"
+    )
+    max_delay_ms: float = Field(0.0, ge=0, description="extra wait for a fuller batch; 0: whatever queued meanwhile")
+    max_queue: int = Field(2048, ge=1, description="pending requests per model before 503 (bounded latency)")
+    max_records: int = Field(10_000, ge=1, description="records per request")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit (JSON routes)")
+    max_score_bytes: int = Field(10 * 1024**3, ge=1024, description="CSV upload limit, counted after gzip is inflated")
+    max_uploads: int = Field(2, ge=1, description="concurrent CSV uploads (each takes a scoring thread); 503 beyond")
+    max_spool_bytes: int = Field(1024**3, ge=1 << 20, description="answer bytes an upload may hold unread on disk")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="a request's head in all (nginx: 32 KiB); 431 beyond")
+    max_header_line_bytes: int = Field(8 * 1024, ge=256, description="one header line or the URL (nginx: 8 KiB)")
+    max_connections: int = Field(2048, ge=1, description="open connections; more get 503 and are closed (file handles)")
+    header_timeout_s: float = Field(10.0, gt=0, description="to send a request's head, from connect or the last answer")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest pause while a body is being sent")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    request_timeout_s: float = Field(10.0, gt=0, description="queue wait plus inference; 504 beyond (header lowers it)")
+    drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM: time to answer what was accepted, then exit")
+    older_versions: int = Field(
+        4, ge=0, description="older versions loaded on demand by V2 version routes (LRU); 0: off"
+    )
+    poll_interval_s: float = Field(2.0, ge=0, description="how often to look for new versions; 0 turns polling off")
+    admin_token: str | None = Field(
+        None, description="POST /admin/* needs `Authorization: Bearer <token>`; None disables"
+    )
+    http: Literal["tabserve", "stock"] = Field(
+        "tabserve", description="tabserve: uvicorn's httptools protocol with our limits; stock: uvicorn's h11 as is"
+    )
+    proxy_headers: bool = Field(
+        False, description="trust X-Forwarded-* (behind a proxy you run); off costs nothing per request"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from pathlib import Path
 
-from service.http import HELD_MAX, OneWriteTransport
-from tests.service.conftest import Server, telco_records
+from service import bundle
+from service.http import HELD_MAX, OneWriteTransport, unsupported
+from tests.service.conftest import Server, copy_store, running_server, telco_records
 
 
 class Recording(asyncio.Transport):
@@ -109,3 +112,22 @@ def test_pipelined_requests_and_connection_close(churn_server: Server) -> None:
         assert json.loads(body)["predictions"][0]["customerID"] == record["customerID"]
     bad = _exchange(churn_server, _request(b'{"records": [}', True))
     assert bad.startswith(b"HTTP/1.1 400") and b"malformed JSON" in bad
+
+
+def test_stock_protocol_serves_when_ours_is_turned_off(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, env={"TABSERVE_HTTP": "stock"}) as server:
+        assert "serving with uvicorn's stock h11 protocol (http=stock)" in server.output()
+        answer = _exchange(server, _request(json.dumps({"records": telco_records(1)}).encode(), True))
+        assert answer.startswith(b"HTTP/1.1 200") and b"server: uvicorn" in answer
+        bomb = b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 1_000_000  # never ends
+        # h11's own bound on an unfinished head: a 400, or the connection reset under the sender
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            assert _exchange(server, bomb).startswith(b"HTTP/1.1 400")
+        assert _exchange(server, b"GET /health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 200"
+        )
+
+
+def test_protocol_check_accepts_the_installed_uvicorn() -> None:
+    assert unsupported() is None
