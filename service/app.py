@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import accelerators
 from service.api import admin, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
 from service.http import protocol_for
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         providers_for(settings.device)  # NOTE: device=cuda with no usable CUDA fails the start here
         log.info(describe_device(settings.device))
+        app.state.accelerators = accelerators.report()
         loader = asyncio.create_task(_load_then_poll(store, settings))
         yield
         loader.cancel()
@@ -88,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
+    app.state.accelerators = accelerators.accelerators()
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for router in (health.router, models.router, score.router, protocols.router, admin.router, metrics.router):

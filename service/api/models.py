@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
 from service.api.deps import StoreDep
 from service.api.schema import example_record, feature_doc
@@ -29,12 +29,14 @@ def summary(model: LoadedModel) -> dict[str, Any]:
 
 
 @router.get("")
-def list_models(store: StoreDep) -> dict[str, Any]:
-    """Every served model (current versions), which one /predict uses, and the versions refused and why."""
+def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
+    """Every served model (current versions), which one /predict uses, the versions refused and why,
+    and which optional C accelerators are built."""
     return {
         "default": store.default_name,
         "models": [summary(m) for m in sorted(store.current.values(), key=lambda m: m.name)],
         "refused": store.refused(),
+        "accelerators": request.app.state.accelerators,
     }
 
 
