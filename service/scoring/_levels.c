@@ -31,8 +31,11 @@ static PyObject *level_codes(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_ssize_t n_levels = PyTuple_GET_SIZE(levels);
     const char *level_text[MAX_LEVELS];
     Py_ssize_t level_len[MAX_LEVELS];
-    if (n_levels > MAX_LEVELS || offset < 0 || length < 0 ||
-        (offset + length + 1) > offsets_view.len / (Py_ssize_t)sizeof(int32_t)) {
+    /* NOTE: offsets [offset, offset + length] must exist; compared without computing offset + length,
+     * which can wrap for huge arguments */
+    Py_ssize_t n_offsets = offsets_view.len / (Py_ssize_t)sizeof(int32_t);
+    if (n_levels > MAX_LEVELS || offset < 0 || length < 0 || n_offsets < 1 || length > n_offsets - 1 ||
+        offset > n_offsets - 1 - length) {
         PyErr_SetString(PyExc_ValueError, "level_codes: too many levels or offsets out of range");
         goto out;
     }
