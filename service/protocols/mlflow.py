@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from typing import Any
 
 from service.predict import RequestError
@@ -51,6 +52,9 @@ def _split(value: Any) -> list[dict[str, Any]]:
     ):
         raise bad('dataframe_split must be {"columns": [...], "data": [[...], ...]} (index optional)')
     columns = value["columns"]
+    for i, name in enumerate(columns):
+        if not isinstance(name, str):
+            raise bad(f"dataframe_split column {i} must be a name (a string), not {name!r}")
     records = []
     for i, row in enumerate(value["data"]):
         if not isinstance(row, list) or len(row) != len(columns):
@@ -84,18 +88,33 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise bad(f"CSV body is not UTF-8: {exc}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    rows = _csv_rows(text)
+    header = next(rows, None)
     if not header:
         raise bad("CSV body is empty")
     records = []
-    for i, row in enumerate(reader):
+    for i, row in enumerate(rows):
         if not row:
             continue
         if len(row) != len(header):
             raise bad(f"CSV row {i}: expected {len(header)} fields, got {len(row)}")
         records.append({k: (v if v.strip() else None) for k, v in zip(header, row, strict=True)})
     return records
+
+
+def _csv_rows(text: str) -> Iterator[list[str]]:
+    """The rows of a CSV text; a row the csv module refuses (a field over its 128 KiB limit) is a 400."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    row = -1  # NOTE: the header; data rows count from 0, as in the other messages
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise bad(f"CSV {'header' if row < 0 else f'row {row}'}: {exc}") from None
+        yield fields
+        row += 1
 
 
 def predictions(answers: list[dict[str, Any]]) -> dict[str, Any]:
