@@ -3,6 +3,10 @@
 A source yields record batches of the columns the scorer asks for, read in bounded blocks; a CSV
 source also reports the rows Arrow could not parse (wrong number of fields) with their record
 numbers, so the scorer can write them back in place. Formats are chosen by file extension.
+
+One CSV record (a line, or several when a quoted field holds line breaks) may be at most
+RECORD_LIMIT bytes: a longer one is reported in place like any malformed row, and never read whole,
+so one bad record neither stops a job nor makes memory grow; a longer header stops the job.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ import pyarrow.parquet as pq
 
 Format = Literal["csv", "csv.gz", "parquet"]
 HEADER_PROBE = 1 << 16
+RECORD_LIMIT = 1 << 20  # bytes in one CSV record; reads are at least twice this, so a record's end is one read away
+LIMIT_TEXT = "1 MiB"
+_OVER_LIMIT = "\x00tabserve: record over the limit, bytes="  # NOTE: the NUL keeps it apart from CSV text
+_SHORT = RECORD_LIMIT // 2  # a newline in every window this long: no line in it is over the limit
+_QUOTE, _COMMA, _LF, _CR = 34, 44, 10, 13
+_NOT_A_QUOTE = 0  # what `_prev` holds after a quote that did not close a quoted field
 ROW = "_tabserve_row"  # 1-based input row number (header not counted)
 UNPARSED = "_tabserve_unparsed"  # why the reader could not split the row; null for good rows
 
@@ -57,79 +67,198 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class _Replay(io.RawIOBase):
-    """A binary stream whose first bytes were already read (to look at the header)."""
+class _Records:
+    """A CSV body (the lines after the header) cut into Arrow buffers of whole records, about a block
+    each; a record over RECORD_LIMIT is dropped as it is read and a marker row with one field more than
+    the header takes its place (Arrow reports it as invalid, `CsvSource` says why).
 
-    def __init__(self, head: bytes, rest: Any) -> None:
-        self._head, self._rest = head, rest
+    Record ends follow Arrow's parser: a line break ends a record outside a quoted field, and a quote
+    opens one only at the start of a field. Blocks without quotes take the fast path (a few `find`s).
+    """
 
-    def readable(self) -> bool:
-        return True
+    def __init__(self, head: bytes, rest: Any, columns: int) -> None:
+        self._rest, self._unread = rest, head
+        self._marker_end = b"," * columns + b"\n"
+        self._held = b""  # the start of a record whose end is not read yet
+        self._quoted = False  # whether the bytes scanned so far end inside a quoted field
+        self._prev = _LF  # the byte before the next one scanned
+        self._dropped = 0  # bytes of an over-long record dropped so far (0: none is being dropped)
 
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            if size < 0 or size >= len(self._head):
-                head, self._head = self._head, b""
-                more = self._rest.read(-1 if size < 0 else size - len(head))
-                return head + (more or b"")
-            head, self._head = self._head[:size], self._head[size:]
-            return head
+    def blocks(self, size: int) -> Iterator[pa.Buffer]:
+        """Buffers of whole records, read `size` bytes at a time, to the end of the input."""
+        while data := self._take(size):
+            pieces = self._drop(data) if self._dropped else self._pass(data)
+            if pieces:
+                yield _arrow_buffer(pieces)
+        tail = self._marker(self._dropped) if self._dropped else self._held
+        if tail:
+            yield _arrow_buffer([tail])
+
+    def _take(self, size: int) -> bytes:
+        if self._unread:
+            data, self._unread = self._unread[:size], self._unread[size:]
+            return data
         return self._rest.read(size) or b""
 
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _pass(self, data: bytes) -> list[Any]:
+        """The whole records of held + data; the rest is held, or dropped once over the limit."""
+        if self._plain(data):
+            last = data.rfind(b"\n")
+            self._prev = data[-1]
+        else:
+            ends = self._ends(data)
+            lengths = np.diff(ends, prepend=-1 - len(self._held)) - 1
+            over = np.flatnonzero(lengths > RECORD_LIMIT)
+            if over.size:
+                return self._cut(data, ends, int(over[0]), int(lengths[over[0]]))
+            last = int(ends[-1]) if ends.size else -1
+        pieces = [self._held, memoryview(data)[: last + 1]] if last >= 0 else []
+        self._held = data[last + 1 :] if last >= 0 else self._held + data
+        if len(self._held) > RECORD_LIMIT:
+            self._dropped, self._held = len(self._held), b""
+        return pieces
+
+    def _plain(self, data: bytes) -> bool:
+        """No quote, and a newline in every `_SHORT` bytes: every line, so every record, is short."""
+        if self._quoted or b'"' in data:
+            return False
+        first = data.find(b"\n", 0, RECORD_LIMIT - len(self._held) + 1)
+        return first >= 0 and all(
+            data.find(b"\n", at, at + _SHORT) >= 0 for at in range(first + 1, len(data) - _SHORT, _SHORT)
+        )
+
+    def _cut(self, data: bytes, ends: np.ndarray, index: int, length: int) -> list[Any]:
+        """The records before the over-long one, then its marker; what follows it is read again."""
+        start = int(ends[index - 1]) + 1 if index else 0
+        pieces = [self._held, memoryview(data)[:start]] if index else []
+        self._unread = data[int(ends[index]) + 1 :] + self._unread
+        self._held, self._quoted, self._prev = b"", False, _LF
+        return [*pieces, self._marker(length)]
+
+    def _drop(self, data: bytes) -> list[Any]:
+        """Skip the rest of an over-long record; its marker once its end is read."""
+        ends = self._ends(data)
+        if not ends.size:
+            self._dropped += len(data)
+            return []
+        self._unread = data[int(ends[0]) + 1 :] + self._unread
+        self._quoted, self._prev = False, _LF
+        return [self._marker(self._dropped + int(ends[0]))]
+
+    def _marker(self, length: int) -> bytes:
+        self._dropped = 0
+        return f"{_OVER_LIMIT}{length}".encode() + self._marker_end
+
+    def _ends(self, data: bytes) -> np.ndarray:
+        """Positions of the line breaks in `data` that end a record; the quote state moves to its end."""
+        arr = np.frombuffer(data, np.uint8)
+        toggles = self._toggles(data, arr)
+        breaks = np.flatnonzero((arr == _LF) | (arr == _CR) if b"\r" in data else arr == _LF)
+        inside = (np.searchsorted(toggles, breaks) + self._quoted) % 2 == 1
+        quoted_after = bool((len(toggles) + self._quoted) % 2)
+        closed_last = data[-1] == _QUOTE and not quoted_after and len(toggles) and toggles[-1] == len(data) - 1
+        self._prev = _NOT_A_QUOTE if data[-1] == _QUOTE and not closed_last else data[-1]
+        self._quoted = quoted_after
+        ends: np.ndarray = breaks[~inside]
+        return ends
+
+    def _toggles(self, data: bytes, arr: np.ndarray) -> np.ndarray:
+        """Positions of the quotes that open or close a quoted field (a doubled quote: both)."""
+        quotes = np.flatnonzero(arr == _QUOTE)
+        opening = quotes[1 if self._quoted else 0 :: 2]
+        if not opening.size:
+            return quotes
+        before = arr[opening - 1]  # NOTE: at 0 this wraps to the last byte; the byte before is `_prev`
+        if opening[0] == 0:
+            before[0] = self._prev
+        at_start = (before == _COMMA) | (before == _LF) | (before == _CR) | (before == _QUOTE)
+        if at_start.all():  # NOTE: every quote pairs as Arrow pairs it (the usual case)
+            return quotes
+        return np.array(self._toggles_exact(data, quotes.tolist()), dtype=np.int64)
+
+    def _toggles_exact(self, data: bytes, quotes: list[int]) -> list[int]:
+        """As `_toggles`, one quote at a time: a quote inside an unquoted field is a plain character."""
+        toggles: list[int] = []
+        quoted = self._quoted
+        for q in quotes:
+            before = data[q - 1] if q else self._prev
+            closed_just_before = before == _QUOTE and (q == 0 or (toggles and toggles[-1] == q - 1))
+            if quoted or before in (_COMMA, _LF, _CR) or closed_just_before:
+                toggles.append(q)
+                quoted = not quoted
+        return toggles
+
+
+def _arrow_buffer(pieces: list[Any]) -> pa.Buffer:
+    """The pieces copied into one buffer Arrow owns: none of Arrow's threads then holds a Python object
+    (one that does when the interpreter exits aborts the process)."""
+    buffer = pa.allocate_buffer(sum(len(piece) for piece in pieces))
+    with memoryview(buffer) as raw, raw.cast("B") as view:
+        at = 0
+        for piece in pieces:
+            view[at : at + len(piece)] = piece
+            at += len(piece)
+    return buffer
 
 
 class CsvSource:
-    """A CSV byte stream (already decompressed) read with Arrow's streaming reader.
+    """A CSV byte stream (already decompressed), parsed by Arrow a block of whole records at a time.
 
     Every column is read as text (the feature contract parses numbers itself, exactly as for JSON);
     bytes are not checked as UTF-8 here, the scorer reports bad rows instead of failing the file.
+    NOTE: each block is parsed with a synchronous `read_csv` on the calling thread rather than Arrow's
+    streaming reader, whose own threads read ahead ~32 blocks and call back into Python.
     """
 
     def __init__(self, stream: Any, raw: Any = None, chunk_rows: int = 16_384, name: str = "input") -> None:
         self._raw = raw if raw is not None else stream
-        head = b""
-        while b"\n" not in head and len(head) < 64 * HEADER_PROBE:
-            more = stream.read(HEADER_PROBE)
-            if not more:
-                break
-            head += more
-        if not head.strip():
-            raise ScoringError(f"{name} is empty")
-        first = head.splitlines()[0] if b"\n" in head else head
-        self.columns = next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])
-        self._stream = _Replay(head, stream)
-        # NOTE: Arrow reads in byte blocks; size them so a block holds about chunk_rows rows
+        head = _header(stream, name)
+        first = head.splitlines()[0]
+        try:
+            self.columns = next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])
+        except csv.Error as exc:
+            raise ScoringError(f"{name}: the header line cannot be read ({exc})") from None
+        body = head[len(first) :]
+        body = body[2:] if body.startswith(b"\r\n") else body[1:]
+        self._records = _Records(body, stream, len(self.columns))
+        # NOTE: reads of about chunk_rows rows, never under twice the record limit (batches are cut to chunk_rows)
         line = max(len(head) / max(head.count(b"\n"), 1), 16.0)
-        self._block = int(min(max(chunk_rows * line, 2 * len(first) + 64, 1024), 1 << 26))
+        self._block = int(min(max(chunk_rows * line, 2 * RECORD_LIMIT), 1 << 26))
+        self._chunk = chunk_rows
         self._invalid: list[tuple[int, str]] = []
+        self._rows_before = self._block_invalid = 0  # data rows before this block; invalid ones in it
 
     def type_of(self, column: str) -> pa.DataType:
         return pa.string()
 
     def _on_invalid(self, row: pcsv.InvalidRow) -> str:
-        # NOTE: `number` is the record number with the header as 1 (known as the reader is serial)
-        index = (row.number - 2) if row.number is not None else -1
-        self._invalid.append((index, f"expected {row.expected_columns} fields, got {row.actual_columns}\0{row.text}"))
+        # NOTE: `number` counts the block's rows from 1 (known as each block is parsed serially)
+        index = self._rows_before + row.number - 1 if row.number is not None else -1
+        reason, text = f"expected {row.expected_columns} fields, got {row.actual_columns}", row.text
+        if _OVER_LIMIT in text:  # NOTE: the marker `_Records` put in place of an over-long record
+            length = int(text.rsplit(_OVER_LIMIT, 1)[1].split(",", 1)[0])
+            reason, text = f"the record is {length:,} bytes, over the {LIMIT_TEXT} limit for one record", ""
+        self._invalid.append((index, f"{reason}\0{text}"))
+        self._block_invalid += 1
         return "skip"
 
     def batches(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
-        reader = pcsv.open_csv(
-            self._stream,
-            read_options=pcsv.ReadOptions(use_threads=False, block_size=self._block),
-            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=self._on_invalid),
-            convert_options=pcsv.ConvertOptions(
-                column_types={c: pa.string() for c in wanted},
-                include_columns=wanted,
-                check_utf8=False,
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+        parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=self._on_invalid)
+        convert = pcsv.ConvertOptions(
+            column_types={c: pa.string() for c in wanted},
+            include_columns=wanted,
+            check_utf8=False,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
         )
-        yield from reader
+        for block in self._records.blocks(self._block):
+            read = pcsv.ReadOptions(use_threads=False, column_names=self.columns, block_size=block.size + 1)
+            self._block_invalid = 0
+            table = pcsv.read_csv(
+                pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
+            )
+            self._rows_before += table.num_rows + self._block_invalid
+            yield from table.to_batches(max_chunksize=self._chunk)
 
     def take_invalid(self) -> list[tuple[int, str]]:
         """Rows skipped since the last call: (0-based data row, 'reason\\0raw text')."""
@@ -144,6 +273,26 @@ class CsvSource:
 
     def close(self) -> None:
         self._raw.close()
+
+
+def _header(stream: Any, name: str) -> bytes:
+    """The first bytes of a CSV stream, up to its header line's end; never more than the record limit."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= RECORD_LIMIT and not any(b"\n" in p or b"\r" in p for p in parts[-1:]):
+        more = stream.read(min(HEADER_PROBE, RECORD_LIMIT + 1 - size))
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    head = b"".join(parts)
+    if not head.strip():
+        raise ScoringError(f"{name} is empty")
+    if len(head.splitlines()[0]) > RECORD_LIMIT:
+        raise ScoringError(
+            f"{name}: the header line is over the {LIMIT_TEXT} limit for one record (or has no line break)"
+        )
+    return head
 
 
 class ParquetSource:
@@ -244,7 +393,10 @@ def _append(batch: pa.RecordBatch, rows: np.ndarray, unparsed: pa.Array) -> pa.R
 
 def _unparsed(schema: pa.Schema, header: list[str], text: str, row: int, reason: str) -> pa.RecordBatch:
     """One row the reader skipped: its fields where they can be told apart, and why."""
-    fields = next(csv.reader([text]), [])
+    try:
+        fields = next(csv.reader([text]), [])
+    except csv.Error:  # NOTE: a field over the csv module's limit: the cells stay empty, the reason says why
+        fields = []
     cells = []
     for name in schema.names:
         at = header.index(name) if name in header else -1
