@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from service import bundle
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store
+from tests.service.test_scoring_hardening import tiny_tmpfs
 
 RECORD_LIMIT = 1 << 20  # the documented limit for one CSV record
 
@@ -67,3 +69,20 @@ def test_score_refuses_a_header_over_the_limit_in_one_line(store: Path, tmp_path
     assert "the header line is over the 1 MiB limit for one record" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "rows.csv", "wide.csv"]
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    with tiny_tmpfs(tmp_path / "full") as mount:
+        yield mount
+
+
+def test_a_full_disk_is_a_one_line_error_every_time(store: Path, tmp_path: Path, full_disk: Path) -> None:
+    """The run must end with the error and status 2, never an abort (SIGABRT, 134) at exit."""
+    source = _telco_file(tmp_path / "in.csv", 200_000)
+    out = full_disk / "out.csv"
+    for attempt in range(10):
+        run = _run(store, "score", "--model", "churn", "--input", str(source), "--output", str(out))
+        assert run.returncode == 2, f"run {attempt}: exit {run.returncode}\n{run.stderr[-2000:]}"
+        assert "No space left on device" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+        assert list(full_disk.iterdir()) == []

@@ -276,12 +276,17 @@ def read_ahead(items: Iterator[_T], depth: int = READ_AHEAD) -> Generator[_T, No
                 if stop.is_set():
                     return
                 ready.put((item, None))
+                if stop.is_set():
+                    return
         except BaseException as exc:  # noqa: BLE001 (raised again in the consumer)
             last = (None, exc)
+        finally:
+            getattr(items, "close", lambda: None)()  # NOTE: the source is let go on the thread that read it
         if not stop.is_set():
             ready.put(last)
 
-    threading.Thread(target=produce, name="tabserve-read", daemon=True).start()
+    producer = threading.Thread(target=produce, name="tabserve-read", daemon=True)
+    producer.start()
     try:
         while True:
             item, error = ready.get()
@@ -296,6 +301,8 @@ def read_ahead(items: Iterator[_T], depth: int = READ_AHEAD) -> Generator[_T, No
         with suppress(queue.Empty):
             while True:
                 ready.get_nowait()
+        # NOTE: it finishes the block in hand; a process that exits while it is inside Arrow aborts
+        producer.join()
 
 
 def score_file(

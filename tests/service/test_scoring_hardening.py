@@ -3,10 +3,13 @@ unread answer, a full disk, crafted arguments to the C lookup. Rows out == rows 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -161,6 +164,40 @@ def test_invocations_refuse_a_huge_csv_field_and_non_text_columns(churn_server: 
     split = {"dataframe_split": {"columns": ["customerID", 7], "data": [["a", 1]]}}
     answer = httpx.post(churn_server.url + "/invocations", json=split)
     assert answer.status_code == 400 and "column 1" in answer.json()["message"]
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(mount: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs at `mount` (needs root and mount(8)); the test is skipped where none can be mounted."""
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    with tiny_tmpfs(tmp_path / "full") as mount:
+        yield mount
+
+
+def test_a_full_disk_stops_the_reading_thread_before_the_error_returns(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, full_disk: Path
+) -> None:
+    """An interpreter that exits while the read-ahead thread is inside Arrow aborts (SIGABRT), so
+    the thread must be gone by the time the error reaches the caller."""
+    header, rows = _telco(100_000)
+    source = tmp_path / "in.csv"
+    source.write_bytes(header + b"".join(rows))
+    for _ in range(3):
+        with pytest.raises(OSError, match="No space left on device"):
+            score_file(Scorer(churn_bundle, "cpu"), source, full_disk / "out.csv", chunk_rows=4096)
+        assert not [t for t in threading.enumerate() if t.name == "tabserve-read"]
+        assert list(full_disk.iterdir()) == []
 
 
 def test_level_codes_refuse_offsets_that_would_wrap() -> None:
