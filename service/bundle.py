@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ CARD_FILE = "model_card.md"
 REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
 DEFAULT_MODELS_DIR = "models"
 RETIRED_SUFFIX = ".retired"  # NOTE: `<version>.retired/`: kept for audit, never served, never renumbered
+STAGING = ".staging-"  # `.staging-<pid>-<random>/`: a bundle being written, invisible to readers
+LEGACY_STAGING_S = 3600  # a staging directory named without a pid counts as abandoned after this
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -127,11 +130,13 @@ def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
     """Write a bundle into a temporary directory, then rename it into place as the next version.
 
     A reader sees a whole bundle or none: `write` fills a hidden temporary directory; if it raises,
-    the directory is removed and nothing is published.
+    the directory is removed and nothing is published. One left by a killed publisher is removed by
+    the next publish.
     """
     model_dir = root / check_name(name)
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    _remove_stale_staging(model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=model_dir))
     try:
         write(staging)
         missing = [f for f in REQUIRED_FILES if not (staging / f).is_file()]
@@ -142,6 +147,34 @@ def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (a temporary named after one that does not is stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # NOTE: another user's process, or no valid id: leave its files alone
+        return True
+    return True
+
+
+def _remove_stale_staging(model_dir: Path) -> None:
+    """Remove staging directories whose publisher died (`kill -9`, a crash): `.staging-<pid>-…` of a
+    process that no longer runs, or an older name without the pid once it is an hour old."""
+    for path in model_dir.glob(f"{STAGING}*"):
+        pid, dash, _ = path.name.removeprefix(STAGING).partition("-")
+        try:
+            stale = not process_alive(int(pid)) if dash and pid.isdecimal() else _age_s(path) > LEGACY_STAGING_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _age_s(path: Path) -> float:
+    return time.time() - path.stat().st_mtime
 
 
 def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:

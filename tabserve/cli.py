@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -247,7 +248,7 @@ def score(
                     address=ray_address,
                     device=device,  # type: ignore[arg-type]
                     chunk_rows=chunk_rows,
-                    on_error=_errors_file(stack, errors),
+                    on_error=stack.enter_context(_errors_file(errors)),
                 )
         elif engine == "local":
             summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device)
@@ -302,7 +303,7 @@ def _score_local(
     started = time.perf_counter()
     with bar, contextlib.ExitStack() as stack:
         task = bar.add_task("score", total=None if from_stdin else input.stat().st_size, rows="0", rate="")
-        on_error = _errors_file(stack, errors)
+        on_error = stack.enter_context(_errors_file(errors))
 
         def on_block(rows: int, position: int) -> None:
             rate = rows / max(time.perf_counter() - started, 1e-9)
@@ -314,13 +315,27 @@ def _score_local(
         return score_file(scorer, source, output, **options)
 
 
-def _errors_file(stack: contextlib.ExitStack[Any], path: Path | None) -> Callable[[int, str], None] | None:
-    """`--errors FILE`: a CSV of (row, error), open until the stack closes; None without the flag."""
+@contextlib.contextmanager
+def _errors_file(path: Path | None) -> Iterator[Callable[[int, str], None] | None]:
+    """`--errors FILE`: a CSV of (row, error), written under a temporary name and renamed when the run
+    succeeds (as the output is), so a killed run leaves no half-written file; None without the flag."""
     if path is None:
-        return None
-    writer = csv.writer(stack.enter_context(path.open("w", newline="")))
-    writer.writerow(["row", "error"])
-    return lambda row, message: writer.writerow([row, message])
+        yield None
+        return
+    from service.scoring.local import remove_stale, temporary
+
+    remove_stale(path)
+    tmp = temporary(path)
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row", "error"])
+            yield lambda row, message: writer.writerow([row, message])
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def main() -> None:

@@ -3,16 +3,19 @@ half-way through, a full disk. Clean exits with one-line errors; nothing half-wr
 
 from __future__ import annotations
 
+import csv
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from service import bundle
-from tests.conftest import TELCO
+from tests.conftest import GERMAN, TELCO
 from tests.service.conftest import copy_store
 from tests.service.test_scoring_hardening import tiny_tmpfs
 
@@ -69,6 +72,88 @@ def test_score_refuses_a_header_over_the_limit_in_one_line(store: Path, tmp_path
     assert "the header line is over the 1 MiB limit for one record" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "rows.csv", "wide.csv"]
+
+
+def _kill_when(proc: subprocess.Popen[bytes], seen: Callable[[], bool]) -> bool:
+    """SIGKILL `proc` as soon as `seen()` is true; False if it ended first."""
+    while proc.poll() is None:
+        if seen():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def test_kill_9_while_scoring_leaves_nothing_under_the_final_names(store: Path, tmp_path: Path) -> None:
+    source = _telco_file(tmp_path / "big.csv", 600_000, bad_every=1000)
+    out, errors = tmp_path / "out.csv", tmp_path / "errors.csv"
+    args = ["score", "--model", "churn", "--input", str(source), "--output", str(out), "--errors", str(errors)]
+    proc = subprocess.Popen(_command(store, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp_out, tmp_errors = tmp_path / f".out.csv.tmp-{proc.pid}", tmp_path / f".errors.csv.tmp-{proc.pid}"
+
+    def scoring() -> bool:  # NOTE: both files open and the output half-way written
+        return tmp_out.exists() and tmp_out.stat().st_size > 1_000_000 and (tmp_errors.exists() or errors.exists())
+
+    assert _kill_when(proc, scoring), "the run ended before it could be killed: make the input bigger"
+    assert not out.exists() and not errors.exists()  # NOTE: nothing half-written under a final name
+    assert tmp_out.exists() and tmp_errors.exists()
+    alive = tmp_path / f".out.csv.tmp-{os.getpid()}"  # NOTE: a live process's temporary is left alone
+    alive.write_text("in use")
+    small = _telco_file(tmp_path / "small.csv", 3000, bad_every=1000)
+    again = _run(
+        store, "score", "--model", "churn", "--input", str(small), "--output", str(out), "--errors", str(errors)
+    )
+    assert again.returncode == 0, again.stderr
+    assert not tmp_out.exists() and not tmp_errors.exists() and alive.exists()
+    assert len(out.read_text().splitlines()) == 3001
+    with errors.open(newline="") as fh:
+        assert list(csv.reader(fh))[1:] == [[str(n), f"row {n}: expected 21 fields, got 2"] for n in (1000, 2000, 3000)]
+
+
+def test_a_failed_score_leaves_no_errors_file(store: Path, tmp_path: Path) -> None:
+    thin = tmp_path / "thin.csv"
+    thin.write_text("a,b\n1,2\n")
+    errors = tmp_path / "errors.csv"
+    run = _run(
+        store,
+        "score",
+        "--model",
+        "churn",
+        "--input",
+        str(thin),
+        "--output",
+        str(tmp_path / "o.csv"),
+        "--errors",
+        str(errors),
+    )
+    assert run.returncode == 2 and "missing" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "thin.csv"]
+
+
+def test_kill_9_while_publishing_leaves_a_staging_dir_the_next_train_removes(tmp_path: Path) -> None:
+    store, model_dir = tmp_path / "models", tmp_path / "models" / "credit"
+    train = ["train", "--data", str(GERMAN), "--target", "creditability", "--name", "credit"]
+    quick = ["--epochs", "2", "--ensemble", "1", "--patience", "1"]
+    for _ in range(5):  # NOTE: the staging directory lives for as long as the bundle takes to write
+        proc = subprocess.Popen(
+            _command(store, *train, *quick, "--plots"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if _kill_when(proc, lambda: model_dir.is_dir() and any(model_dir.glob(".staging-*"))):
+            break
+    else:
+        pytest.fail("every training published before it could be killed")
+    left = [p.name for p in model_dir.glob(".staging-*")]
+    assert len(left) == 1 and left[0].startswith(f".staging-{proc.pid}-"), left
+    old, fresh = model_dir / ".staging-abcd1234", model_dir / ".staging-efgh5678"  # NOTE: names before the pid
+    old.mkdir()
+    fresh.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    alive = model_dir / f".staging-{os.getpid()}-inuse"
+    alive.mkdir()
+    run = _run(store, *train, *quick, "--no-plots")
+    assert run.returncode == 0 and "published credit version" in run.stdout, run.stderr
+    assert sorted(p.name for p in model_dir.glob(".staging-*")) == sorted([fresh.name, alive.name])
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ most a few blocks are in flight, so memory stays bounded whatever the file size.
 cannot be scored (wrong number of fields, invalid UTF-8, an unparsable value) is still written,
 in place, with empty predictions and the reason in `error`.
 Files are written under a temporary name and renamed at the end: an interrupted run never leaves
-a truncated file under the output name.
+a truncated file under the output name, and the next run removes what a killed one left.
 """
 
 from __future__ import annotations
@@ -28,13 +28,22 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
-from service.bundle import MODEL_FILE, BundleRef
+from service.bundle import MODEL_FILE, BundleRef, process_alive
 from service.features import Preprocess, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import ROW, UNPARSED, ScoringError, Sink, Source, format_of, numbered, open_sink, open_source
 
-__all__ = ["Scorer", "ScoringError", "Summary", "prediction_columns", "score_file", "score_stream"]
+__all__ = [
+    "Scorer",
+    "ScoringError",
+    "Summary",
+    "prediction_columns",
+    "remove_stale",
+    "score_file",
+    "score_stream",
+    "temporary",
+]
 
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
 OnError = Callable[[int, str], None]  # (row number, message)
@@ -321,7 +330,8 @@ def score_file(
     extension) atomically."""
     fmt = format_of(target)
     reader = open_source(source, chunk_rows) if isinstance(source, Path) else source
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    remove_stale(target)
+    tmp = temporary(target)
     try:
         summary = score_stream(
             scorer,
@@ -339,3 +349,19 @@ def score_file(
             tmp.unlink()
         raise
     return summary
+
+
+def temporary(target: Path) -> Path:
+    """The hidden name `target` is written under before it is renamed into place (this process's id in it)."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def remove_stale(target: Path) -> None:
+    """Remove the temporaries of `target` that processes which no longer run left (`kill -9`, a crash)."""
+    prefix = f".{target.name}.tmp-"
+    with suppress(OSError):
+        for path in target.parent.iterdir():
+            pid = path.name[len(prefix) :]
+            if path.name.startswith(prefix) and pid.isdecimal() and not process_alive(int(pid)):
+                with suppress(OSError):
+                    path.unlink()
