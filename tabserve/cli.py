@@ -168,7 +168,13 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Queued requests per model before 503.")] = None,
     max_records: Annotated[int | None, typer.Option(help="Records per request.")] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit (JSON routes).")] = None,
-    max_score_bytes: Annotated[int | None, typer.Option(help="CSV upload limit (POST /models/{name}/score).")] = None,
+    max_score_bytes: Annotated[
+        int | None, typer.Option(help="CSV upload limit, counted after gzip is inflated (POST /models/{name}/score).")
+    ] = None,
+    max_uploads: Annotated[int | None, typer.Option(help="CSV uploads scored at once; 503 beyond.")] = None,
+    max_spool_bytes: Annotated[
+        int | None, typer.Option(help="Answer bytes an upload may hold on disk before waiting for its client.")
+    ] = None,
     poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between store scans (0: off).")] = None,
     admin_token: Annotated[str | None, typer.Option(help="Token for POST /admin/reload.")] = None,
     default_model: Annotated[str | None, typer.Option(help="Model behind POST /predict.")] = None,
@@ -191,6 +197,8 @@ def serve(
         max_records=max_records,
         max_body_bytes=max_body_bytes,
         max_score_bytes=max_score_bytes,
+        max_uploads=max_uploads,
+        max_spool_bytes=max_spool_bytes,
         poll_interval_s=poll_interval_s,
         admin_token=admin_token,
         default_model=default_model,

@@ -5,6 +5,8 @@ reaches it through a bounded pipe and its output leaves through another, so neit
 the answer is ever held whole (a slow client slows the scorer down instead of filling memory).
 Problems found before the first output byte (missing columns, wrong content type, a body declared
 larger than the limit) are JSON errors; per-row problems are rows with the reason in `error`.
+At most `max_uploads` uploads are scored at once (503 beyond); `max_score_bytes` counts the body
+after gzip is inflated, and an upload holds a few MB of memory whatever its body inflates to.
 """
 
 from __future__ import annotations
@@ -14,21 +16,26 @@ import logging
 import tempfile
 import threading
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.deps import SettingsDep, StoreDep, TelemetryDep
-from service.store import ModelNotFound
+from service.settings import Settings
+from service.store import LoadedModel, ModelNotFound
+from service.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from service.scoring.files import CsvSink
+    from service.scoring.local import Summary
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
 PIPE_CHUNKS = 16  # NOTE: body chunks in flight to the scorer; with ~64 KiB chunks about 1 MiB
+INFLATE_PIECE = 1 << 16  # most bytes inflated at once (64 KiB of gzip may inflate to 64 MiB)
+RETRY_AFTER_S = 5  # a busy answer's hint: uploads take seconds to minutes, a short wait is enough
 _END = b""
 
 
@@ -41,8 +48,8 @@ class BodyTooLarge(ValueError):
 
 
 class _Stream:
-    """A blocking binary stream for Arrow's reader: bytes come from `_fill`, wait in a buffer and
-    leave through `read` (locked: Arrow may read from its I/O thread and the caller's)."""
+    """A blocking binary stream for the CSV source (read on the scorer's reading thread): bytes come
+    from `_fill`, wait in a buffer and leave through `read`."""
 
     def __init__(self) -> None:
         self._buffer, self._eof = bytearray(), False
@@ -53,7 +60,8 @@ class _Stream:
             while not self._eof and (size < 0 or len(self._buffer) < size):
                 self._fill()
             n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
-            out = bytes(self._buffer[:n])
+            with memoryview(self._buffer) as view:
+                out = bytes(view[:n])
             del self._buffer[:n]
             return out
 
@@ -87,8 +95,16 @@ class BodyPipe(_Stream):
                 if chunk:
                     await self.queue.put(chunk)
             await self.queue.put(_END)
-        except BaseException as exc:  # noqa: BLE001 (handed to the reading thread)
-            await self.queue.put(exc if isinstance(exc, Exception) else Cancelled("request cancelled"))
+        except asyncio.CancelledError:  # NOTE: the scorer has stopped, or will: never wait for it here
+            self._cancel()
+        except Exception as exc:  # noqa: BLE001 (handed to the reading thread, after the chunks before it)
+            await self.queue.put(exc)
+
+    def _cancel(self) -> None:
+        """End the pipe at once: chunks not read yet are dropped."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(Cancelled("request cancelled"))
 
     def _fill(self) -> None:
         item = asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
@@ -101,29 +117,35 @@ class BodyPipe(_Stream):
 
 class Gunzip(_Stream):
     """A gzip body inflated as it is read (`Content-Encoding: gzip`; concatenated gzip members,
-    as `cat a.gz b.gz` makes, are one stream)."""
+    as `cat a.gz b.gz` makes, are one stream), a bounded piece at a time, the inflated bytes counted
+    against the upload limit."""
 
-    def __init__(self, raw: BodyPipe) -> None:
+    def __init__(self, raw: BodyPipe, limit: int) -> None:
         super().__init__()
-        self.raw = raw
-        self._inflate, self._in_member = zlib.decompressobj(wbits=31), False
+        self.raw, self._limit, self._size = raw, limit, 0
+        self._inflate, self._in_member, self._tail = zlib.decompressobj(wbits=31), False, b""
 
     def _fill(self) -> None:
-        data = self.raw.read(1 << 16)
-        if not data:
-            if self._in_member:
-                raise ValueError("Content-Encoding gzip: the body ends inside a gzip member (truncated)")
+        data = self._tail or self.raw.read(1 << 16)
+        if not data and not self._in_member:
             self._eof = True
-        while data:
-            self._in_member = True
-            try:
-                self._buffer += self._inflate.decompress(data)
-            except zlib.error as exc:
-                raise ValueError(f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
-            if not self._inflate.eof:
-                return
-            data, self._in_member = self._inflate.unused_data, False
+            return
+        self._in_member = True
+        try:
+            out = self._inflate.decompress(data, INFLATE_PIECE)
+        except zlib.error as exc:
+            raise ValueError(f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
+        if self._inflate.eof:  # NOTE: a member ended; what follows may be another
+            self._tail, self._in_member = self._inflate.unused_data, False
             self._inflate = zlib.decompressobj(wbits=31)
+        elif not data and not out:
+            raise ValueError("Content-Encoding gzip: the body ends inside a gzip member (truncated)")
+        else:
+            self._tail = self._inflate.unconsumed_tail
+        self._size += len(out)
+        if self._size > self._limit:
+            raise BodyTooLarge(f"body is over the {self._limit}-byte limit (counted after gzip is inflated)")
+        self._buffer += out
 
 
 class ResponsePipe:
@@ -133,29 +155,43 @@ class ResponsePipe:
     NOTE: many HTTP clients (requests, httpx's sync client) send the whole body before reading
     any of the answer. A bounded in-memory pipe would then stall the scorer, the scorer would stop
     reading the body, and both ends would wait forever; the spool lets the answer wait on disk
-    (the page cache, mostly) while memory stays flat.
+    (the page cache, mostly) while memory stays flat. The file starts again whenever the reader has
+    caught up, and it never grows past `limit` bytes (one write past it at most): the writer waits
+    for the reader there, so only an answer larger than `limit` still needs a reading client.
     """
 
     READ = 1 << 20
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, on_closed: Callable[[], None]) -> None:
         self.loop, self.ready = loop, asyncio.Event()
         self.cancelled = threading.Event()
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the response ends)
-        self._lock = threading.Lock()
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close_reader)
+        self._room = threading.Condition()
+        self._limit, self._on_closed = limit, on_closed
         self._written = self._read = 0
         self._done = False
         self._error: BaseException | None = None
 
     def write(self, data: Any) -> int:
-        if self.cancelled.is_set():
-            raise Cancelled("client went away")
-        with self._lock:
+        size = memoryview(data).nbytes
+        with self._room:
+            while self._written and self._written + size > self._limit and self._read < self._written:
+                self._check_reader()
+                self._room.wait(1.0)  # NOTE: woken by the reader; the timeout re-checks for a vanished client
+            self._check_reader()
+            if self._read == self._written:  # NOTE: nothing unread: start the file again
+                self._file.seek(0)
+                self._file.truncate()
+                self._written = self._read = 0
             self._file.seek(self._written)
             n = self._file.write(data)
             self._written += n
         self.loop.call_soon_threadsafe(self.ready.set)
         return n
+
+    def _check_reader(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("client went away")
 
     def flush(self) -> None:
         """Writes are visible to the reader as they land."""
@@ -169,17 +205,29 @@ class ResponsePipe:
 
     def finish(self, error: BaseException | None) -> None:
         """End of the answer: None when complete, else the error that cut it short."""
-        with self._lock:
+        with self._room:
             self._done, self._error = True, error
         self.loop.call_soon_threadsafe(self.ready.set)
 
+    def close_reader(self) -> None:
+        """The answer is read, or will not be: the file goes, a waiting or later write raises Cancelled."""
+        with self._room:
+            if self.cancelled.is_set():
+                return
+            self.cancelled.set()
+            self._room.notify_all()
+            self._file.close()
+        self._on_closed()
+
     def _next(self) -> tuple[bytes, bool, BaseException | None]:
-        with self._lock:
+        with self._room:
             chunk = b""
             if self._written > self._read:
                 self._file.seek(self._read)
                 chunk = self._file.read(min(self._written - self._read, self.READ))
                 self._read += len(chunk)
+                if self._read == self._written:
+                    self._room.notify_all()
             return chunk, self._done and self._read == self._written, self._error
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -198,28 +246,145 @@ class ResponsePipe:
                 else:
                     await self.ready.wait()
         finally:
-            self.cancelled.set()
-            self._file.close()
+            self.close_reader()
 
 
 class PipeResponse(StreamingResponse):
-    """A streaming response that leaves `receive` alone.
+    """A streaming response of a ResponsePipe that leaves `receive` alone.
 
     NOTE: Starlette's StreamingResponse listens for a disconnect by calling `receive()` while it
     streams, which swallows the request body this endpoint is still reading.
     """
 
+    def __init__(self, answer: ResponsePipe, headers: dict[str, str]) -> None:
+        super().__init__(answer.chunks(), media_type="text/csv", headers=headers)
+        self.answer = answer
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.answer.close_reader()  # NOTE: also when the client left before the first chunk
+
+
+class Upload:
+    """One CSV upload: the body pipe in, the scorer on a thread of its own, the answer pipe out.
+
+    It holds one of the app's upload slots until both the scorer has stopped and the answer is read
+    (or abandoned), so the slots bound the scoring threads and the spool files alike.
+    """
+
+    def __init__(
+        self, model: LoadedModel, settings: Settings, telemetry: Telemetry, gzip: bool, slot: threading.BoundedSemaphore
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.model, self.telemetry, self.gzip, self.slot = model, telemetry, gzip, slot
+        self.limit = settings.max_score_bytes
+        self.body = BodyPipe(self.loop)
+        self.answer = ResponsePipe(self.loop, settings.max_spool_bytes, on_closed=self._reader_done)
+        self.started: asyncio.Future[None] = self.loop.create_future()
+        self._open, self._lock = 2, threading.Lock()  # NOTE: the scorer and the answer's reader
+
+    def start(self, request: Request, keep: list[str] | None, keep_all: bool) -> None:
+        """Feed the body to the pipe and start the scorer; `started` settles at its first output byte."""
+        self.feeder = asyncio.create_task(self.body.feed(request, self.limit))
+        work = threading.Thread(target=self._work, args=(keep, keep_all), name="tabserve-score-upload", daemon=True)
+        work.start()
+
+    def _work(self, keep: list[str] | None, keep_all: bool) -> None:
+        # NOTE: imported here: pyarrow costs ~55 MB of resident memory a service without uploads never needs
+        from service.scoring.files import CsvSource
+        from service.scoring.local import Scorer, Summary, score_stream
+
+        error: BaseException | None = None
+        summary = Summary()
+        try:
+            stream = Gunzip(self.body, self.limit) if self.gzip else self.body
+            scorer = Scorer(self.model.ref, session=self.model.session)
+            summary = score_stream(scorer, CsvSource(stream, name="body"), self._open_out, keep=keep, keep_all=keep_all)
+        except BaseException as exc:  # noqa: BLE001 (reported to the client either way)
+            error = exc
+        self.loop.call_soon_threadsafe(self._settle, error or RuntimeError("the scorer wrote nothing"))
+        self.loop.call_soon_threadsafe(self.feeder.cancel)
+        self.answer.finish(error)
+        self._part_done()
+        self._log(summary, error)
+
+    def _open_out(self, schema: Any) -> CsvSink:
+        from service.scoring.files import CsvSink
+
+        self.loop.call_soon_threadsafe(self._settle, None)
+        return CsvSink(self.answer, schema)
+
+    def _settle(self, error: BaseException | None) -> None:
+        if not self.started.done():
+            self.started.set_result(None) if error is None else self.started.set_exception(error)
+
+    def _reader_done(self) -> None:
+        self.feeder.cancel()  # NOTE: nobody reads the answer: stop reading the body too
+        self._part_done()
+
+    def _part_done(self) -> None:
+        """The scorer or the answer's reader is done; the slot goes back after both."""
+        with self._lock:
+            self._open -= 1
+            last = self._open == 0
+        if last:
+            self.slot.release()
+
+    def _log(self, summary: Summary, error: BaseException | None) -> None:
+        if error is None:
+            self.telemetry.rows_scored(self.model.name, summary.rows_scored)
+            log.info(
+                "scored upload: %d rows, %d with errors, %d warnings on scored rows (%s), %.1f s",
+                summary.rows_in,
+                summary.rows_failed,
+                summary.warnings.total(),
+                "; ".join(f"{n} × {text}" for text, n in summary.warnings.most_common(3)) or "none",
+                summary.seconds,
+            )
+        elif not isinstance(error, Cancelled):
+            log.warning("upload scoring stopped: %s", error)
+
+
+def _upload_slots(request: Request, settings: Settings) -> threading.BoundedSemaphore:
+    """The app's upload slots, made at the first upload."""
+    slots: threading.BoundedSemaphore | None = getattr(request.app.state, "upload_slots", None)
+    if slots is None:
+        slots = request.app.state.upload_slots = threading.BoundedSemaphore(settings.max_uploads)
+    return slots
+
+
+def _check_upload(request: Request, settings: Settings) -> bool:
+    """415 or 413 from the headers alone; whether the body is gzip."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("text/csv", "application/csv"):
+        raise HTTPException(415, f"Content-Type must be text/csv, not {content_type or 'missing'!r}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported: send the CSV as is, or gzip")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > settings.max_score_bytes:
+        raise HTTPException(413, f"body of {length} bytes is over the {settings.max_score_bytes}-byte limit")
+    return encoding != "identity"
+
+
+def _refused(exc: Exception) -> JSONResponse:
+    """A failure before the first output byte, as a JSON error."""
+    status = 413 if isinstance(exc, BodyTooLarge) else 422 if isinstance(exc, ValueError) else 500
+    if status == 500:
+        log.error("upload scoring failed: %r", exc)
+    return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
 
 
 @router.post(
     "/models/{name}/score",
-    responses={200: {"content": {"text/csv": {}}}, 404: {}, 413: {}, 415: {}, 422: {}},
+    responses={200: {"content": {"text/csv": {}}}, 404: {}, 413: {}, 415: {}, 422: {}, 503: {}},
     response_class=PipeResponse,
+    status_code=200,  # NOTE: said here: FastAPI looks for it in the response class's __init__ otherwise
     # NOTE: the body is read as a stream (not a declared parameter), so the spec says it here
     openapi_extra={
         "requestBody": {
@@ -239,69 +404,23 @@ async def score(
 ) -> Any:
     """Score a CSV upload (`Content-Type: text/csv`): one output row per input row, in order, with
     the id columns (or `keep`), the predictions and `error`; streamed both ways."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in ("text/csv", "application/csv"):
-        raise HTTPException(415, f"Content-Type must be text/csv, not {content_type or 'missing'!r}")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip"):
-        raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported: send the CSV as is, or gzip")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > settings.max_score_bytes:
-        raise HTTPException(413, f"body of {length} bytes is over the {settings.max_score_bytes}-byte limit")
+    gzip = _check_upload(request, settings)
     try:
         model = store.get(name)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    # NOTE: imported here: pyarrow costs ~55 MB of resident memory a service without uploads never needs
-    from service.scoring.files import CsvSink, CsvSource
-    from service.scoring.local import Scorer, Summary, score_stream
-
-    loop = asyncio.get_running_loop()
-    body, answer = BodyPipe(loop), ResponsePipe(loop)
-    started: asyncio.Future[None] = loop.create_future()
-    feeder = asyncio.create_task(body.feed(request, settings.max_score_bytes))
-    scorer = Scorer(model.ref, session=model.session)
-
-    def settle(error: BaseException | None) -> None:
-        if not started.done():
-            started.set_result(None) if error is None else started.set_exception(error)
-
-    def open_out(schema: Any) -> CsvSink:
-        loop.call_soon_threadsafe(settle, None)
-        return CsvSink(answer, schema)
-
-    def work() -> None:
-        error: BaseException | None = None
-        summary = Summary()
-        try:
-            stream = body if encoding == "identity" else Gunzip(body)
-            summary = score_stream(scorer, CsvSource(stream, name="body"), open_out, keep=keep, keep_all=keep_all)
-        except BaseException as exc:  # noqa: BLE001 (reported to the client either way)
-            error = exc
-        loop.call_soon_threadsafe(settle, error or RuntimeError("the scorer wrote nothing"))
-        loop.call_soon_threadsafe(feeder.cancel)
-        answer.finish(error)
-        if error is None:
-            telemetry.rows_scored(model.name, summary.rows_scored)
-            log.info(
-                "scored upload: %d rows, %d with errors, %d warnings on scored rows (%s), %.1f s",
-                summary.rows_in,
-                summary.rows_failed,
-                summary.warnings.total(),
-                "; ".join(f"{n} × {text}" for text, n in summary.warnings.most_common(3)) or "none",
-                summary.seconds,
-            )
-        elif not isinstance(error, Cancelled):
-            log.warning("upload scoring stopped: %s", error)
-
-    threading.Thread(target=work, name="tabserve-score-upload", daemon=True).start()
+    slot = _upload_slots(request, settings)
+    if not slot.acquire(blocking=False):
+        busy = f"{settings.max_uploads} uploads are being scored already; try again shortly"
+        raise HTTPException(503, busy, headers={"Retry-After": str(RETRY_AFTER_S)})
+    upload = Upload(model, settings, telemetry, gzip, slot)
+    upload.start(request, keep, keep_all)
     try:
-        await started
-    except Exception as exc:  # noqa: BLE001 - every failure before the first byte is a JSON error
-        feeder.cancel()
-        status = 413 if isinstance(exc, BodyTooLarge) else 422 if isinstance(exc, ValueError) else 500
-        if status == 500:
-            log.error("upload scoring failed: %r", exc)
-        return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
+        await upload.started
+    except BaseException as exc:  # NOTE: a failure before the first byte is a JSON error; cancelling, raised
+        upload.answer.close_reader()
+        if not isinstance(exc, Exception):
+            raise
+        return _refused(exc)
     headers = {"x-tabserve-model": model.name, "x-tabserve-version": str(model.version)}
-    return PipeResponse(answer.chunks(), media_type="text/csv", headers=headers)
+    return PipeResponse(upload.answer, headers=headers)

@@ -6,11 +6,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import http.client
+import os
+import socket
 import subprocess
 import sys
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,7 +24,7 @@ import pytest
 from service import bundle
 from service.scoring.local import Scorer, score_file
 from tests.conftest import TELCO
-from tests.service.conftest import Server
+from tests.service.conftest import Server, copy_store, running_server
 from tests.service.test_scoring import _read
 
 CSV = {"content-type": "text/csv"}
@@ -164,6 +170,198 @@ def test_invocations_refuse_a_huge_csv_field_and_non_text_columns(churn_server: 
     split = {"dataframe_split": {"columns": ["customerID", 7], "data": [["a", 1]]}}
     answer = httpx.post(churn_server.url + "/invocations", json=split)
     assert answer.status_code == 400 and "column 1" in answer.json()["message"]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@contextlib.contextmanager
+def _peak_rss(pid: int) -> Iterator[list[float]]:
+    """The highest VmRSS seen (polled) while the block runs, in MB."""
+    peak = [_rss_mb(pid)]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb(pid))
+            time.sleep(0.005)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        poller.join()
+
+
+def _gzip_of(piece: bytes, count: int, head: bytes = b"") -> bytes:
+    """`head`, then `piece` `count` times, gzip-compressed a block at a time (never built whole)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [packer.compress(head)]
+    per_block = max(1, (1 << 20) // len(piece))
+    for start in range(0, count, per_block):
+        out.append(packer.compress(piece * min(per_block, count - start)))
+    return b"".join([*out, packer.flush()])
+
+
+def test_a_gzip_bomb_does_not_grow_the_servers_memory(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """Memory per upload stays a few MB whatever the body inflates to. NOTE: scoring at full speed
+    takes tens of MB for its blocks in flight, and the first uploads settle the allocators, so a
+    bomb that scores is measured against the peak of an upload half its size."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    header, rows = _telco(1)
+    zipped = {**CSV, "content-encoding": "gzip"}
+    zeros = _gzip_of(b"\0", 100_000_000)
+    count = 200_000_000 // len(rows[0])
+    repeated = _gzip_of(rows[0], count, head=header)
+    assert len(zeros) < 200_000 and len(repeated) < 1_000_000  # NOTE: a few hundred times smaller inflated
+    with running_server(store) as server:
+        url, pid = server.url + "/models/churn/score", server.proc.pid
+        assert httpx.post(url, content=header + rows[0] * 200_000, headers=CSV, timeout=120).status_code == 200
+        start = _rss_mb(pid)
+        with _peak_rss(pid) as peak:
+            bomb = httpx.post(url, content=zeros, headers=zipped, timeout=120)
+        assert bomb.status_code == 422 and "has no line break" in bomb.json()["error"]
+        assert peak[0] - start < 64, f"100 MB of gzipped zeros grew the server by {peak[0] - start:.0f} MB"
+        half = _gzip_of(rows[0], count // 2, head=header)
+        with _peak_rss(pid) as half_peak:
+            assert httpx.post(url, content=half, headers=zipped, timeout=300).content.count(b"\n") == count // 2 + 1
+        with _peak_rss(pid) as peak:
+            lines = 0
+            with httpx.stream("POST", url, content=repeated, headers=zipped, timeout=300) as answer:
+                assert answer.status_code == 200
+                for chunk in answer.iter_bytes():
+                    lines += chunk.count(b"\n")
+        assert lines == count + 1
+        grown = peak[0] - half_peak[0]
+        assert grown < 64, f"a 200 MB gzip body of one row peaked {grown:.0f} MB above one of 100 MB"
+
+
+def test_the_upload_limit_counts_bytes_after_gzip_is_inflated(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    header, rows = _telco(1)
+    zipped = {**CSV, "content-encoding": "gzip"}
+    small = _gzip_of(rows[0], 20_000 // len(rows[0]), head=header)  # NOTE: under the limit packed, not inflated
+    large = _gzip_of(rows[0], 3_000_000 // len(rows[0]), head=header)
+    assert len(small) < 1024 and len(large) < 100_000
+    with running_server(store, "--max-score-bytes", "2000") as server:
+        refused = httpx.post(server.url + "/models/churn/score", content=small, headers=zipped)
+        assert refused.status_code == 413 and "counted after gzip is inflated" in refused.json()["error"]
+    with running_server(store, "--max-score-bytes", "1000000") as server:
+        with (
+            pytest.raises(httpx.HTTPError),
+            httpx.stream("POST", server.url + "/models/churn/score", content=large, headers=zipped) as answer,
+        ):
+            assert answer.status_code == 200  # NOTE: past the first output byte the answer is cut short
+            for _ in answer.iter_bytes():
+                pass
+        assert "upload scoring stopped: body is over the 1000000-byte limit" in server.output()
+
+
+class RawUpload:
+    """A chunked CSV upload over a plain socket, sent and read at the pace a test chooses."""
+
+    def __init__(self, server: Server, path: str = "/models/churn/score?keep=customerID") -> None:
+        address = urlsplit(server.url)
+        self.sock = socket.create_connection((address.hostname, address.port), timeout=120)
+        self.sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        self.answer = http.client.HTTPResponse(self.sock)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def end(self) -> None:
+        self.sock.sendall(b"0\r\n\r\n")
+
+    def status(self) -> int:
+        self.answer.begin()
+        return self.answer.status
+
+    def close(self) -> None:
+        self.answer.close()
+        self.sock.close()
+
+
+def test_one_upload_more_than_max_uploads_gets_503(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    header, rows = _telco(2000)
+    body = header + b"".join(rows)
+    monkeypatch.setenv("TABSERVE_MAX_UPLOADS", "2")
+    with running_server(store) as server:
+        held = [RawUpload(server) for _ in range(2)]
+        for upload in held:  # NOTE: a header and enough rows to start answering, then the body pauses
+            upload.send(body[: len(body) // 2])
+            assert upload.status() == 200
+        busy = httpx.post(server.url + "/models/churn/score", content=body, headers=CSV)
+        assert busy.status_code == 503 and busy.headers["retry-after"].isdigit()
+        assert "2 uploads are being scored already" in busy.json()["error"]
+        for upload in held:
+            upload.send(body[len(body) // 2 :])
+            upload.end()
+            assert upload.answer.read().count(b"\n") == len(rows) + 1
+            upload.close()
+        deadline = time.monotonic() + 10  # NOTE: the slots come back once the scorers have stopped
+        while (again := httpx.post(server.url + "/models/churn/score", content=body, headers=CSV)).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert again.status_code == 200 and again.content.count(b"\n") == len(rows) + 1
+
+
+def _spool_bytes(pid: int, spool: Path) -> int:
+    """Bytes in the server's temporary files under `spool` (unnamed files, reached through /proc)."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(str(spool)):
+                total += fd.stat().st_size
+    return total
+
+
+def test_an_unread_answer_stays_under_max_spool_bytes(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))  # NOTE: the server's spool files land here
+    header, rows = _telco(300_000)  # NOTE: every column kept: an answer of ~45 MB, more than socket buffers hold
+    limit = 1 << 20
+    monkeypatch.setenv("TABSERVE_MAX_SPOOL_BYTES", str(limit))
+    with running_server(store) as server:
+        upload = RawUpload(server, "/models/churn/score?keep_all=true")
+
+        def send() -> None:
+            upload.send(header)
+            for start in range(0, len(rows), 2000):
+                upload.send(b"".join(rows[start : start + 2000]))
+            upload.end()
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        assert upload.status() == 200
+        biggest, deadline = 0, time.monotonic() + 4  # NOTE: the client reads nothing for a while
+        while time.monotonic() < deadline:
+            biggest = max(biggest, _spool_bytes(server.proc.pid, spool))
+            time.sleep(0.01)
+        assert 0 < biggest <= limit + (1 << 20), f"{biggest} bytes spooled unread"
+        lines = 0
+        while chunk := upload.answer.read(1 << 16):
+            lines += chunk.count(b"\n")
+            biggest = max(biggest, _spool_bytes(server.proc.pid, spool))
+        sender.join(timeout=60)
+        upload.close()
+    assert lines == len(rows) + 1
+    assert biggest <= limit + (1 << 20), f"{biggest} bytes spooled"
 
 
 @contextlib.contextmanager
