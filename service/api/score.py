@@ -350,12 +350,19 @@ class Upload:
             log.warning("upload scoring stopped: %s", error)
 
 
-def _upload_slots(request: Request, settings: Settings) -> threading.BoundedSemaphore:
-    """The app's upload slots, made at the first upload."""
+def _new_upload(request: Request, model: LoadedModel, settings: Settings, telemetry: Telemetry, gzip: bool) -> Upload:
+    """An upload holding one of the app's `max_uploads` slots (made at the first upload); 503 if none is free."""
     slots: threading.BoundedSemaphore | None = getattr(request.app.state, "upload_slots", None)
     if slots is None:
         slots = request.app.state.upload_slots = threading.BoundedSemaphore(settings.max_uploads)
-    return slots
+    if not slots.acquire(blocking=False):
+        busy = f"{settings.max_uploads} uploads are being scored already; try again shortly"
+        raise HTTPException(503, busy, headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        return Upload(model, settings, telemetry, gzip, slots)
+    except BaseException:
+        slots.release()  # NOTE: no spool file could be made: the slot must not leak
+        raise
 
 
 def _check_upload(request: Request, settings: Settings) -> bool:
@@ -409,11 +416,7 @@ async def score(
         model = store.get(name)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    slot = _upload_slots(request, settings)
-    if not slot.acquire(blocking=False):
-        busy = f"{settings.max_uploads} uploads are being scored already; try again shortly"
-        raise HTTPException(503, busy, headers={"Retry-After": str(RETRY_AFTER_S)})
-    upload = Upload(model, settings, telemetry, gzip, slot)
+    upload = _new_upload(request, model, settings, telemetry, gzip)
     upload.start(request, keep, keep_all)
     try:
         await upload.started
