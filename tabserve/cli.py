@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import os
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -154,60 +156,48 @@ def retire(
     )
 
 
-@app.command()
-def serve(
-    models: Annotated[Path | None, typer.Option("--models", "--models-dir", help="Model store to serve.")] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cuda | cpu.")] = None,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads (0: ORT decides).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    batching: Annotated[bool | None, typer.Option("--batching/--no-batching")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Rows per ONNX Runtime call.")] = None,
-    max_delay_ms: Annotated[float | None, typer.Option(help="Extra wait for a fuller batch.")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Queued requests per model before 503.")] = None,
-    max_records: Annotated[int | None, typer.Option(help="Records per request.")] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit (JSON routes).")] = None,
-    max_score_bytes: Annotated[
-        int | None, typer.Option(help="CSV upload limit, counted after gzip is inflated (POST /models/{name}/score).")
-    ] = None,
-    max_uploads: Annotated[int | None, typer.Option(help="CSV uploads scored at once; 503 beyond.")] = None,
-    max_spool_bytes: Annotated[
-        int | None, typer.Option(help="Answer bytes an upload may hold on disk before waiting for its client.")
-    ] = None,
-    poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between store scans (0: off).")] = None,
-    admin_token: Annotated[str | None, typer.Option(help="Token for POST /admin/reload.")] = None,
-    default_model: Annotated[str | None, typer.Option(help="Model behind POST /predict.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error.")] = None,
-) -> None:
+def _settings_options() -> list[inspect.Parameter]:
+    """One `tabserve serve` option per service setting: flag, type, help and default all come from
+    `Settings` (service/settings.py), so nothing is declared twice. A flag not given leaves the
+    setting to its TABSERVE_* variable or default."""
+    from service.settings import Settings
+
+    options = []
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation
+        choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else ()
+        if kind is bool:
+            flag = f"{flag}/--no-{flag[2:]}"
+        plain = str if choices else next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = field.default if field.default is not None else "none"
+        shown = f"{' | '.join(choices)}: " if choices else ""
+        option = typer.Option(
+            *([flag, "--models"] if name == "models_dir" else [flag]),
+            help=f"{shown}{field.description} (default {default})",
+            show_default=False,
+        )
+        options.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[plain | None, option]
+            )
+        )
+    return options
+
+
+def serve(**flags: Any) -> None:
     """Serve every bundle in the model store over HTTP (flags override TABSERVE_* variables)."""
     from service.server import run_server
 
-    flags = dict(
-        models_dir=models,
-        host=host,
-        port=port,
-        device=device,
-        threads=threads,
-        workers=workers,
-        batching=batching,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-        max_queue=max_queue,
-        max_records=max_records,
-        max_body_bytes=max_body_bytes,
-        max_score_bytes=max_score_bytes,
-        max_uploads=max_uploads,
-        max_spool_bytes=max_spool_bytes,
-        poll_interval_s=poll_interval_s,
-        admin_token=admin_token,
-        default_model=default_model,
-        log_level=log_level,
-    )
     try:
         run_server({k: v for k, v in flags.items() if v is not None})
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
+
+
+serve.__signature__ = inspect.Signature(_settings_options())  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}  # type: ignore[attr-defined]
+app.command()(serve)
 
 
 @app.command()
