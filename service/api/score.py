@@ -17,19 +17,17 @@ import tempfile
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.deps import SettingsDep, StoreDep, TelemetryDep
+from service.scoring.files import CsvSink, CsvSource
+from service.scoring.local import Scorer, Summary, score_stream
 from service.settings import Settings
 from service.store import LoadedModel, ModelNotFound
 from service.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from service.scoring.files import CsvSink
-    from service.scoring.local import Summary
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
@@ -295,16 +293,15 @@ class Upload:
         work.start()
 
     def _work(self, keep: list[str] | None, keep_all: bool) -> None:
-        # NOTE: imported here: pyarrow costs ~55 MB of resident memory a service without uploads never needs
-        from service.scoring.files import CsvSource
-        from service.scoring.local import Scorer, Summary, score_stream
-
         error: BaseException | None = None
         summary = Summary()
         try:
             stream = Gunzip(self.body, self.limit) if self.gzip else self.body
             scorer = Scorer(self.model.ref, session=self.model.session)
-            summary = score_stream(scorer, CsvSource(stream, name="body"), self._open_out, keep=keep, keep_all=keep_all)
+            # NOTE: one scoring thread per upload: the service's own requests keep the other core,
+            # and each upload's working memory stays one block's worth
+            source = CsvSource(stream, name="body")
+            summary = score_stream(scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1)
         except BaseException as exc:  # noqa: BLE001 (reported to the client either way)
             error = exc
         self.loop.call_soon_threadsafe(self._settle, error or RuntimeError("the scorer wrote nothing"))
@@ -314,8 +311,6 @@ class Upload:
         self._log(summary, error)
 
     def _open_out(self, schema: Any) -> CsvSink:
-        from service.scoring.files import CsvSink
-
         self.loop.call_soon_threadsafe(self._settle, None)
         return CsvSink(self.answer, schema)
 
