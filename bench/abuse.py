@@ -1,7 +1,7 @@
 """Abuse benchmark: does `tabserve serve` stay up, answer every request and keep its memory flat
 under overload, slow clients, a header bomb, gzip bombs and a mixed soak with a hot reload?
 
-    python bench/abuse.py                        # five scenarios, ~20 s each, under ~3 min
+    python bench/abuse.py                        # six scenarios, ~20 s each, under ~3 min
     python bench/abuse.py --seconds 5            # a quick check
     python bench/abuse.py --models DIR           # reuse the churn bundle in DIR (else one is trained)
     python bench/abuse.py --only overload,soak   # some scenarios
@@ -14,6 +14,7 @@ process. Every loop ends at the scenario's deadline (in-flight requests get the 
   overload      ~1,000 keep-alive connections sending single-record predicts back to back, --max-queue 64
   slow-clients  idle connections, slowloris heads, slow and stalled bodies beside 16 normal clients,
                 header and body timeouts of 2 s
+  idle-flood    up to 15,000 idle connections at once beside 16 normal clients (server defaults)
   header-bomb   20 connections sending one endless header line (up to 200 MB each) beside 16 normal clients
   gzip-bomb     4 gzip CSV uploads inflating to ~1 GB each (valid rows; zeros without a newline)
                 beside 16 normal clients
@@ -332,6 +333,18 @@ async def slow_clients(port: int, ctx: Context) -> Outcome:
     return Outcome(tally, notes, cuts=cuts)
 
 
+async def idle_flood(port: int, ctx: Context) -> Outcome:
+    """Up to 15,000 idle connections at once beside 16 normal clients: the server holds
+    max_connections of them, answers the others 503, and closes the idle ones at its header timeout."""
+    tally, deadline = Tally(), time.monotonic() + ctx.seconds
+    n = min(15_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1_000)
+    cut = Cut(f"{n:,} idle")
+    await asyncio.gather(
+        *(attack(port, [], 0, deadline, cut) for _ in range(n)), *normal_clients(port, ctx, tally, deadline)
+    )
+    return Outcome(tally, [clients_note(NORMAL_CLIENTS, tally, ctx.seconds), cut.note()], cuts=[cut])
+
+
 def _bytes(data: bytes) -> Iterator[bytes]:
     return (data[i : i + 1] for i in range(len(data)))
 
@@ -394,6 +407,7 @@ Scenario = Callable[[int, Context], Coroutine[Any, Any, Outcome]]  # (port, cont
 SCENARIOS: dict[str, tuple[Scenario, Mapping[str, float]]] = {  # name: (scenario, server settings)
     "overload": (overload, {"max_queue": 64}),
     "slow-clients": (slow_clients, {"header_timeout_s": 2, "body_timeout_s": 2}),
+    "idle-flood": (idle_flood, {}),
     "header-bomb": (header_bomb, {}),
     "gzip-bomb": (gzip_bomb, {}),
     "soak": (soak, {}),
