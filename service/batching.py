@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter
+from time import monotonic, perf_counter
 
 import numpy as np
 
@@ -25,19 +26,24 @@ class DeadlineExceeded(TimeoutError):
     """A request not answered within its deadline (queue wait plus inference); the caller answers 504."""
 
 
-def _expire(future: asyncio.Future[np.ndarray], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"not answered within {timeout:g} s"))
+SWEEP_S = 0.1  # how often requests are checked against their deadlines (no timer per request)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     num: np.ndarray
     cat: np.ndarray
     future: asyncio.Future[np.ndarray]
+    deadline: float  # time.monotonic() after which the request is answered 504 (inf: none)
+    timeout: float
+
+    def expire(self) -> None:
+        """Answer 504 (unless answered already)."""
+        if not self.future.done():
+            self.future.set_exception(DeadlineExceeded(f"not answered within {self.timeout:g} s"))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Job:
     """One ORT call for the inference thread: the requests it answers and their rows joined."""
 
@@ -83,6 +89,8 @@ class AdaptiveBatcher:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._running: set[_Job] = set()  # jobs handed to the inference thread, not yet answered
+        self._sweep: asyncio.TimerHandle | None = None
 
     @property
     def depth(self) -> int:
@@ -95,7 +103,12 @@ class AdaptiveBatcher:
         if len(self._pending) + self._alone >= self.max_queue:
             raise QueueFull(f"{self.depth} requests already queued")
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        pending = _Pending(num, cat, future)
+        if timeout is None:
+            pending = _Pending(num, cat, future, math.inf, math.inf)
+        else:
+            pending = _Pending(num, cat, future, monotonic() + timeout, timeout)
+            if self._sweep is None:
+                self._sweep = loop.call_later(SWEEP_S, self._expire_late, loop)
         if not self.enabled or self._closed:
             # NOTE: batching off, or a retired version finishing late requests: one call each
             self._alone += 1
@@ -105,13 +118,16 @@ class AdaptiveBatcher:
             self._queued_rows += len(num)
             if not self._busy and (self._flush_due is None or self._flush_waits):
                 self._schedule(loop)
-        if timeout is None:
-            return await future
-        expiry = loop.call_later(timeout, _expire, future, timeout)
-        try:
-            return await future
-        finally:
-            expiry.cancel()
+        return await future
+
+    def _expire_late(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Answer 504 to every request past its deadline, queued or in a running batch."""
+        now = monotonic()
+        for pending in [*self._pending, *(p for job in self._running for p in job.batch)]:
+            if pending.deadline <= now:
+                pending.expire()
+        waiting = self._pending or self._running
+        self._sweep = loop.call_later(SWEEP_S, self._expire_late, loop) if waiting else None
 
     def close(self) -> None:
         """Stop the inference thread once the requests already queued are answered (a retired
@@ -139,12 +155,13 @@ class AdaptiveBatcher:
         if self._busy or not self._pending:
             return
         batch: list[_Pending] = []
-        rows = 0
+        rows, now = 0, monotonic()
         while self._pending:
             item = self._pending[0]
-            if item.future.done():  # past its deadline, or its client went away: nobody waits for it
+            if item.future.done() or item.deadline <= now:  # nobody waits for it, or too late
                 self._pending.popleft()
                 self._queued_rows -= len(item.num)
+                item.expire()
                 continue
             if batch and rows + len(item.num) > self.max_batch_size:
                 break
@@ -162,6 +179,7 @@ class AdaptiveBatcher:
         self._submit(_Job(batch, num, cat, loop, batched=True))
 
     def _submit(self, job: _Job) -> None:
+        self._running.add(job)
         if self._thread is None or not self._thread.is_alive():
             if self._closed and not job.batched:
                 threading.Thread(target=self._answer, args=(job,), daemon=True).start()
@@ -190,10 +208,13 @@ class AdaptiveBatcher:
 
     def _done(self, job: _Job, out: np.ndarray | None, error: Exception | None) -> None:
         """On the event loop: split the output among the batch's requests, then start the next."""
-        start = 0
+        self._running.discard(job)
+        start, now = 0, monotonic()
         for p in job.batch:
             end = start + len(p.num)
-            if not p.future.done():  # NOTE: a client that went away cancelled its future
+            if p.deadline < now:  # answered too late: as the sweep would have
+                p.expire()
+            elif not p.future.done():  # NOTE: a client that went away cancelled its future
                 if error is not None:
                     p.future.set_exception(error)
                 else:

@@ -134,7 +134,7 @@ class HttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._state, self._deadline = WAITING, 0.0
-        self._head_bytes = 0
+        self._head_bytes = self._chunk = 0
         self._refusal: Refused | None = None
         self._draining = False
 
@@ -147,8 +147,14 @@ class HttpProtocol(HttpToolsProtocol):
         self._wait_for_request()
 
     def data_received(self, data: bytes) -> None:
-        if self._state == CLOSING:
+        state = self._state
+        if state == CLOSING:
             return  # a refused connection's input is read and dropped until it closes
+        if state in (WAITING, BUSY):  # a request head begins (BUSY: pipelined behind a running one)
+            self._state, self._head_bytes = HEAD, 0
+            if state == BUSY:
+                self._deadline = self.loop.time() + self.limits.header_timeout_s
+        self._chunk = len(data)
         super().data_received(data)
         if self._state == HEAD:
             self._head_bytes += len(data)
@@ -156,40 +162,35 @@ class HttpProtocol(HttpToolsProtocol):
                 limit = self.limits.max_header_bytes
                 self._refuse(Refused(431, f"request head over the {limit}-byte limit"))
         elif self._state == BODY:
-            self._deadline = self.loop.time() + self.limits.body_timeout_s
+            if self.cycle is not None and self.cycle.more_body:
+                self._deadline = self.loop.time() + self.limits.body_timeout_s
+            else:
+                self._state = BUSY
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parse error, or ours when a callback refused the head."""
         refusal, self._refusal = self._refusal, None
         self._refuse(refusal or Refused(400, msg))
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._state, self._head_bytes = HEAD, 0
-        self._deadline = self.loop.time() + self.limits.header_timeout_s
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.limits.max_header_line_bytes:
-            self._refusal = Refused(414, f"URL over the {self.limits.max_header_line_bytes}-byte limit")
-            raise self._refusal
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self.limits.max_header_line_bytes:
-            limit = self.limits.max_header_line_bytes
-            self._refusal = Refused(431, f"header {name[:64]!r} over the {limit}-byte limit for one line")
-            raise self._refusal
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        # NOTE: a head smaller than one line's limit has no line over it: most requests skip the check
+        if self._head_bytes + self._chunk > self.limits.max_header_line_bytes:
+            self._check_lines()
         super().on_headers_complete()
-        self._state, self._deadline = BODY, self.loop.time() + self.limits.body_timeout_s
+        self._state = BODY
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answered, with Connection: close, then closed
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._state = BUSY
+    def _check_lines(self) -> None:
+        """414 for a URL, 431 for a header line, over max_header_line_bytes."""
+        limit = self.limits.max_header_line_bytes
+        if len(self.url) > limit:
+            self._refusal = Refused(414, f"URL over the {limit}-byte limit")
+        for name, value in self.headers:
+            if len(name) + len(value) > limit:
+                self._refusal = Refused(431, f"header {name[:64]!r} over the {limit}-byte limit for one line")
+        if self._refusal is not None:
+            raise self._refusal
 
     def on_response_complete(self) -> None:
         idle = self._state == BUSY and not self.pipeline  # (uvicorn starts the next pipelined request)
@@ -260,17 +261,7 @@ def configure(settings: Any) -> None:
 
 
 # What HttpProtocol takes from uvicorn's implementation module beyond the asyncio protocol.
-USED = (
-    "data_received",
-    "send_400_response",
-    "shutdown",
-    "on_message_begin",
-    "on_url",
-    "on_header",
-    "on_headers_complete",
-    "on_message_complete",
-    "on_response_complete",
-)
+USED = ("data_received", "send_400_response", "shutdown", "on_headers_complete", "on_response_complete")
 
 
 def unsupported() -> str | None:

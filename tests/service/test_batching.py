@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service import bundle
-from service.batching import AdaptiveBatcher, QueueFull
+from service.batching import AdaptiveBatcher, DeadlineExceeded, QueueFull
 from service.runtime import create_session
 from tests.service.conftest import telco_records
 
@@ -150,3 +150,31 @@ def test_batching_off_and_a_retired_batcher_still_answer(model: tuple[Run, np.nd
     assert batches == [1, 1, 1, 1]
     assert np.allclose(np.concatenate(alone), expected, atol=1e-6)
     assert np.allclose(np.concatenate(retired), expected, atol=1e-6)
+
+
+def test_deadlines_answer_504_whether_queued_or_running(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    run, num, cat = model
+    release = threading.Event()
+
+    def slow(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        release.wait(5)  # a stuck inference call, until the test lets it go
+        return run(n, c)
+
+    async def scenario() -> tuple[list[object], float]:
+        b = batcher(slow, [])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        running = asyncio.ensure_future(b.predict(num[:1], cat[:1], timeout=0.2))  # on the stuck call
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(b.predict(num[:2], cat[:2], timeout=0.2))  # waits behind it
+        patient = asyncio.ensure_future(b.predict(num[:3], cat[:3]))  # no deadline: answered at the end
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        took = loop.time() - started
+        release.set()
+        outcomes.append(await patient)
+        return outcomes, took
+
+    (running, queued, patient), took = asyncio.run(scenario())
+    assert isinstance(running, DeadlineExceeded) and isinstance(queued, DeadlineExceeded)
+    assert took < 1.0  # the sweep answered them while the call was still stuck
+    assert np.allclose(patient, run(num[:3], cat[:3]))  # type: ignore[arg-type]
