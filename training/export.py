@@ -12,8 +12,8 @@ import torch
 
 from service.features import Preprocess
 from service.runtime import CPU, create_session
-from training.fuse import FusedScorer
-from training.model import Scorer
+from training.fuse import FusedEnsemble
+from training.model import EnsembleModel
 
 OPSET = 17
 PARITY_TOL = 1e-5  # max |ONNX Runtime − PyTorch| on probabilities (regression: × target std)
@@ -24,9 +24,9 @@ class ExportError(RuntimeError):
     """The exported graph is invalid or disagrees with PyTorch; nothing is published."""
 
 
-def export_onnx(scorer: Scorer, pre: Preprocess, path: Path) -> None:
+def export_onnx(scorer: EnsembleModel, pre: Preprocess, path: Path) -> None:
     """Fuse the ensemble, trace with a batch of 2 (no axis specialised to 1), write model.onnx."""
-    fused = FusedScorer(scorer.eval()).eval()
+    fused = FusedEnsemble(scorer.eval()).eval()
     num = torch.zeros(2, len(pre.numeric), dtype=torch.float32)
     cat = torch.zeros(2, len(pre.categorical), dtype=torch.int64)
     buf = io.BytesIO()
@@ -51,7 +51,7 @@ def export_onnx(scorer: Scorer, pre: Preprocess, path: Path) -> None:
     onnx.save(model, path)
 
 
-def check_parity(scorer: Scorer, path: Path, num: np.ndarray, cat: np.ndarray, tol: float) -> float:
+def check_parity(scorer: EnsembleModel, path: Path, num: np.ndarray, cat: np.ndarray, tol: float) -> float:
     """ONNX Runtime vs PyTorch on the given rows and at batch 1, 7 and 4096; returns max |diff|."""
     session = create_session(path, CPU)
     worst = 0.0

@@ -1,6 +1,6 @@
 """Fuse a trained ensemble into one compact graph for export: same outputs, ~50 ONNX nodes.
 
-The trained Scorer runs each member separately, with one Gather per categorical feature and a
+The trained EnsembleModel runs each member separately, with one Gather per categorical feature and a
 BatchNorm per layer: hundreds of tiny ONNX nodes whose per-node overhead dominates inference.
 Exported instead, exactly equivalent up to float rounding:
 - BatchNorm (eval) is folded into the Linear before it;
@@ -13,7 +13,7 @@ Exported instead, exactly equivalent up to float rounding:
   matrix, so each member's first layer is one MatMul over the same input;
 - the members run side by side, one small matrix per member and layer (ONNX Runtime fuses each
   with its bias and activation), their output layers as one block-diagonal matrix.
-The export parity check compares this graph against the unfused PyTorch Scorer.
+The export parity check compares this graph against the unfused PyTorch EnsembleModel.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.model import Normalize, Scorer, TabularMLP
+from training.model import EnsembleModel, Normalize, TabularMLP
 
 # NOTE: up to this many (feature, level) rows the table is applied as a multi-hot MatMul (fast,
 # small); beyond it (free-text-like vocabularies) as Gather + ReduceSum (memory ∝ features).
@@ -62,10 +62,10 @@ def _wide_rows(member: TabularMLP, n_num: int, n_out: int) -> torch.Tensor:
     return torch.cat([num] + [emb.weight.detach() for emb in member.wide_cat])
 
 
-class FusedScorer(nn.Module):
-    """The ensemble as a few dense matrices; inputs and outputs exactly as Scorer's."""
+class FusedEnsemble(nn.Module):
+    """The ensemble as a few dense matrices; inputs and outputs exactly as EnsembleModel's."""
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: EnsembleModel) -> None:
         super().__init__()
         members: list[TabularMLP] = list(scorer.members)  # type: ignore[arg-type]
         self.normalize: Normalize = scorer.normalize

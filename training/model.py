@@ -109,7 +109,7 @@ def _mlp(width: int, cfg: TrainConfig, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Scorer(nn.Module):
+class EnsembleModel(nn.Module):
     """The exported graph: raw `num`/`cat` → averaged member outputs (probabilities or values)."""
 
     def __init__(self, pre: Preprocess, members: list[TabularMLP]) -> None:

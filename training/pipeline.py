@@ -21,14 +21,14 @@ from training import data as D
 from training import export, report
 from training.config import TrainConfig
 from training.evaluate import KEY_METRIC, Baseline, choose_threshold, task_metrics
-from training.model import Normalize, Scorer
+from training.model import EnsembleModel, Normalize
 from training.train import EpochCallback, History, Tensors, fit_member
 
 Say = Callable[[str], None]
 
 
 @dataclass
-class Prepared:
+class TrainingData:
     """The data after schema inference and target encoding, with its split and preprocessing."""
 
     df: pd.DataFrame
@@ -49,7 +49,7 @@ class TrainResult:
     bundle: bundle.BundleRef | None = None
 
 
-def prepare(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = print) -> Prepared:
+def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = print) -> TrainingData:
     """Read, infer, split and fit preprocessing on the non-test rows (the training rows only)."""
     df = D.read_csv(cfg.data)
     df, target = D.encode_target(df, cfg)
@@ -64,10 +64,10 @@ def prepare(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = pr
     enc = pre.encode_columns(D.columns_of(df), len(df))
     if enc.errors:
         raise D.DataError(str(next(iter(enc.errors.values()))))
-    return Prepared(df, schema, target, split, pre, enc)
+    return TrainingData(df, schema, target, split, pre, enc)
 
 
-def _tensors(prep: Prepared) -> Tensors:
+def _tensors(prep: TrainingData) -> Tensors:
     pre, y = prep.pre, prep.target.y
     x = Normalize(pre)(torch.from_numpy(prep.enc.num))
     if pre.task == "regression":
@@ -78,8 +78,8 @@ def _tensors(prep: Prepared) -> Tensors:
 
 
 def fit_ensemble(
-    prep: Prepared, cfg: TrainConfig, on_epoch: EpochCallback | None = None
-) -> tuple[Scorer, list[History], np.ndarray, np.ndarray]:
+    prep: TrainingData, cfg: TrainConfig, on_epoch: EpochCallback | None = None
+) -> tuple[EnsembleModel, list[History], np.ndarray, np.ndarray]:
     """One member per fold; returns the scorer, curves and out-of-fold validation outputs."""
     torch.use_deterministic_algorithms(True)
     data = _tensors(prep)
@@ -96,11 +96,11 @@ def fit_ensemble(
         members.append(model)
         histories.append(hist)
         val_rows.append(va)
-        val_out.append(_scorer_output(Scorer(prep.pre, [model]), prep.enc, va))
-    return Scorer(prep.pre, members).eval(), histories, np.concatenate(val_rows), np.concatenate(val_out)
+        val_out.append(_scorer_output(EnsembleModel(prep.pre, [model]), prep.enc, va))
+    return EnsembleModel(prep.pre, members).eval(), histories, np.concatenate(val_rows), np.concatenate(val_out)
 
 
-def _scorer_output(scorer: Scorer, enc: Encoded, rows: np.ndarray) -> np.ndarray:
+def _scorer_output(scorer: EnsembleModel, enc: Encoded, rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = scorer.eval()(torch.from_numpy(enc.num[rows]), torch.from_numpy(enc.cat[rows]))
     return out.numpy()
@@ -116,7 +116,7 @@ def train(
 ) -> TrainResult:
     """The whole run; publishes the bundle only when the ONNX export matches PyTorch."""
     started = time.perf_counter()
-    prep = prepare(cfg, test_rows, say)
+    prep = prepare_data(cfg, test_rows, say)
     pre, y, split = prep.pre, prep.target.y, prep.split
     scorer, histories, val_rows, val_out = fit_ensemble(prep, cfg, on_epoch)
     if pre.task == "binary":
@@ -141,7 +141,7 @@ def train(
     return result
 
 
-def _baseline(prep: Prepared, cfg: TrainConfig) -> dict[str, float]:
+def _baseline(prep: TrainingData, cfg: TrainConfig) -> dict[str, float]:
     """Fit the linear baseline on the development rows and score the test rows."""
     pre, y, split = prep.pre, prep.target.y, prep.split
     dev_enc, test_enc = _rows(prep.enc, split.dev), _rows(prep.enc, split.test)
@@ -156,7 +156,7 @@ def _rows(enc: Encoded, rows: np.ndarray) -> Encoded:
     return Encoded(enc.num[rows], enc.cat[rows])
 
 
-def _describe(prep: Prepared, cfg: TrainConfig, metrics: dict[str, Any], started: float) -> dict[str, Any]:
+def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], started: float) -> dict[str, Any]:
     import onnx
     import onnxruntime
 
@@ -186,9 +186,9 @@ def _describe(prep: Prepared, cfg: TrainConfig, metrics: dict[str, Any], started
 
 
 def _bundle_writer(
-    prep: Prepared,
+    prep: TrainingData,
     cfg: TrainConfig,
-    scorer: Scorer,
+    scorer: EnsembleModel,
     histories: list[History],
     test_out: np.ndarray,
     doc: dict[str, Any],

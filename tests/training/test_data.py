@@ -14,9 +14,9 @@ from training import data as D
 
 
 def _prepare(path: Path, target: str, tmp_path: Path, **kw: object):
-    from training.pipeline import prepare
+    from training.pipeline import prepare_data
 
-    return prepare(quick_config(path, target, tmp_path, **kw), say=lambda _: None)
+    return prepare_data(quick_config(path, target, tmp_path, **kw), say=lambda _: None)
 
 
 def test_telco_schema_blank_numeric_and_identifier(tmp_path: Path) -> None:

@@ -17,11 +17,11 @@ from service import bundle
 from service.features import Preprocess
 from tests.conftest import GERMAN, TELCO, quick_config, write_csv
 from training import export, fuse
-from training.pipeline import fit_ensemble, prepare, train
+from training.pipeline import fit_ensemble, prepare_data, train
 
 
 def _telco_prepared(tmp_path: Path):
-    return prepare(quick_config(TELCO, "Churn", tmp_path), say=lambda _: None)
+    return prepare_data(quick_config(TELCO, "Churn", tmp_path), say=lambda _: None)
 
 
 def test_bundle_layout_and_checker(churn_bundle: bundle.BundleRef) -> None:
@@ -116,7 +116,7 @@ def test_other_tasks_export_and_match(tmp_path: Path, target: str, task: str, wi
     result = train(quick_config(GERMAN, target, tmp_path, name=task), say=lambda _: None)
     assert result.pre.task == task and result.bundle is not None
     session = ort.InferenceSession(str(result.bundle.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"])
-    prep = prepare(quick_config(GERMAN, target, tmp_path), say=lambda _: None)
+    prep = prepare_data(quick_config(GERMAN, target, tmp_path), say=lambda _: None)
     out = session.run(None, {"num": prep.enc.num[:5], "cat": prep.enc.cat[:5]})[0]
     assert out.shape == (5, width)
     key = "rmse" if task == "regression" else "log_loss"
@@ -146,7 +146,7 @@ def test_only_numeric_or_only_categorical_features_export(tmp_path: Path, kind: 
 def test_every_architecture_fuses_exactly(tmp_path: Path, hidden: list[int], linear_skip: bool) -> None:
     """The fused graph's shortcuts (per-member layers, the implied level-0 column, biases moved
     between layers) hold for any depth, with and without the linear path."""
-    prep = prepare(quick_config(GERMAN, "creditability", tmp_path), say=lambda _: None)
+    prep = prepare_data(quick_config(GERMAN, "creditability", tmp_path), say=lambda _: None)
     cfg = quick_config(GERMAN, "creditability", tmp_path, hidden=hidden, linear_skip=linear_skip, linear_init=False)
     scorer, *_ = fit_ensemble(prep, cfg)
     path = tmp_path / "m.onnx"
