@@ -129,7 +129,7 @@ class HttpProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[Limits] = Limits()
-    _sweeping: ClassVar[asyncio.TimerHandle | None] = None
+    _sweeps: ClassVar[dict[int, asyncio.TimerHandle]] = {}  # one per server (its set of connections)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -147,13 +147,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._wait_for_request()
 
     def data_received(self, data: bytes) -> None:
-        state = self._state
-        if state == CLOSING:
+        if self._state == CLOSING:
             return  # a refused connection's input is read and dropped until it closes
-        if state in (WAITING, BUSY):  # a request head begins (BUSY: pipelined behind a running one)
-            self._state, self._head_bytes = HEAD, 0
-            if state == BUSY:
-                self._deadline = self.loop.time() + self.limits.header_timeout_s
         self._chunk = len(data)
         super().data_received(data)
         if self._state == HEAD:
@@ -162,35 +157,49 @@ class HttpProtocol(HttpToolsProtocol):
                 limit = self.limits.max_header_bytes
                 self._refuse(Refused(431, f"request head over the {limit}-byte limit"))
         elif self._state == BODY:
-            if self.cycle is not None and self.cycle.more_body:
-                self._deadline = self.loop.time() + self.limits.body_timeout_s
-            else:
-                self._state = BUSY
+            self._deadline = self.loop.time() + self.limits.body_timeout_s
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parse error, or ours when a callback refused the head."""
         refusal, self._refusal = self._refusal, None
         self._refuse(refusal or Refused(400, msg))
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._state != WAITING:  # pipelined, or after an early answer: its own time for the head
+            self._deadline = self.loop.time() + self.limits.header_timeout_s
+        self._state, self._head_bytes = HEAD, 0
+
     def on_headers_complete(self) -> None:
-        # NOTE: a head smaller than one line's limit has no line over it: most requests skip the check
+        # NOTE: a head smaller than one line's limit needs no check: most requests skip it
         if self._head_bytes + self._chunk > self.limits.max_header_line_bytes:
-            self._check_lines()
+            self._check_head()
         super().on_headers_complete()
         self._state = BODY
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answered, with Connection: close, then closed
 
-    def _check_lines(self) -> None:
-        """414 for a URL, 431 for a header line, over max_header_line_bytes."""
-        limit = self.limits.max_header_line_bytes
-        if len(self.url) > limit:
-            self._refusal = Refused(414, f"URL over the {limit}-byte limit")
+    def _check_head(self) -> None:
+        """431 for a head over max_header_bytes or a header line over max_header_line_bytes, 414
+        for a URL over it (the head that ends within one read is only measured here)."""
+        line = self.limits.max_header_line_bytes
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refusal = Refused(431, f"request head over the {self.limits.max_header_bytes}-byte limit")
+        elif len(self.url) > line:
+            self._refusal = Refused(414, f"URL over the {line}-byte limit")
         for name, value in self.headers:
-            if len(name) + len(value) > limit:
-                self._refusal = Refused(431, f"header {name[:64]!r} over the {limit}-byte limit for one line")
+            if self._refusal is None and len(name) + len(value) > line:
+                self._refusal = Refused(431, f"header {name[:64]!r} over the {line}-byte limit for one line")
         if self._refusal is not None:
             raise self._refusal
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete:  # answered before its body ended
+            self._wait_for_request()
+        else:
+            self._state = BUSY
 
     def on_response_complete(self) -> None:
         idle = self._state == BUSY and not self.pipeline  # (uvicorn starts the next pipelined request)
@@ -231,6 +240,8 @@ class HttpProtocol(HttpToolsProtocol):
         """Called by the sweep: close a connection whose client took too long."""
         if now < self._deadline or self._state == BUSY or self.transport.is_closing():
             return
+        if self._state in (WAITING, HEAD) and self.cycle is not None and not self.cycle.response_complete:
+            return  # the server is still answering the request before: the head's time starts after it
         if self._state == BODY and self.flow.read_paused:  # the app is not reading: not the client's fault
             self._deadline = now + self.limits.body_timeout_s
         elif self._state == HEAD and not self._draining:
@@ -239,8 +250,10 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _start_sweeping(self) -> None:
-        if HttpProtocol._sweeping is None:
-            HttpProtocol._sweeping = self.loop.call_later(SWEEP_S, _sweep, self.loop, self.connections)
+        if id(self.connections) not in HttpProtocol._sweeps:
+            HttpProtocol._sweeps[id(self.connections)] = self.loop.call_later(
+                SWEEP_S, _sweep, self.loop, self.connections
+            )
 
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
@@ -252,7 +265,10 @@ def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
     for connection in list(connections):
         if isinstance(connection, HttpProtocol):
             connection._check_deadline(now)
-    HttpProtocol._sweeping = loop.call_later(SWEEP_S, _sweep, loop, connections) if connections else None
+    if connections:
+        HttpProtocol._sweeps[id(connections)] = loop.call_later(SWEEP_S, _sweep, loop, connections)
+    else:
+        del HttpProtocol._sweeps[id(connections)]
 
 
 def configure(settings: Any) -> None:
@@ -261,7 +277,8 @@ def configure(settings: Any) -> None:
 
 
 # What HttpProtocol takes from uvicorn's implementation module beyond the asyncio protocol.
-USED = ("data_received", "send_400_response", "shutdown", "on_headers_complete", "on_response_complete")
+USED: tuple[str, ...] = ("data_received", "send_400_response", "shutdown", "on_message_begin")
+USED += ("on_headers_complete", "on_message_complete", "on_response_complete")
 
 
 def unsupported() -> str | None:

@@ -80,6 +80,29 @@ def test_many_small_headers_over_the_total_get_431(limited: Server) -> None:
         assert read_all(s).startswith(b"HTTP/1.1 431 ")
 
 
+def test_a_head_over_the_limit_in_one_read_gets_431(limited: Server) -> None:
+    head = b"GET /health/live HTTP/1.1\r\nhost: x\r\n" + b"".join(
+        b"x-h%d: %s\r\n" % (i, b"v" * 3000) for i in range(30)
+    )
+    with connect(limited) as s:
+        s.sendall(head + b"\r\n")  # complete, and small enough to arrive in one read
+        assert read_all(s).startswith(b"HTTP/1.1 431 ")
+
+
+def test_the_next_head_after_an_early_answer_is_bounded(limited: Server) -> None:
+    with connect(limited) as s:
+        s.sendall(b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n")  # answered before its body
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 404 "), first
+        s.sendall(b"12345" + b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-pad: ")
+        try:
+            for _ in range(40):  # one header line growing past every limit
+                s.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert read_all(s).startswith(b"HTTP/1.1 431 ")
+
+
 def test_long_header_line_gets_431_and_long_url_414(limited: Server) -> None:
     with connect(limited) as s:
         s.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-long: " + b"v" * 5000 + b"\r\n\r\n")
