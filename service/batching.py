@@ -168,7 +168,9 @@ class AdaptiveBatcher:
             batch.append(self._pending.popleft())
             rows += len(item.num)
         self._queued_rows -= rows
-        if not batch:
+        if not batch:  # every queued request was past its deadline
+            if self._closed:
+                self._stop()
             return
         if len(batch) == 1:
             num, cat = batch[0].num, batch[0].cat

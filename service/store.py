@@ -170,6 +170,8 @@ class ModelStore:
         found = self.versions(current.name)
         if version not in found:
             raise ModelNotFound(f"model {current.name!r} has no version {version} (has {found})")
+        if version > current.version:  # published, not picked up yet: the next scan makes it current
+            raise ModelNotFound(f"{current.name} version {version} is not served yet (serving {current.version})")
         loading = self._loading.get(key)
         if loading is None:
             loading = self._loading[key] = asyncio.ensure_future(self._load_older(key))
@@ -180,12 +182,12 @@ class ModelStore:
         """Load an older version from inside the store (never a path a client could name)."""
         name, version = key
         ref = bundle.BundleRef(name, version, self.settings.models_dir / name / str(version))
-        refused = self.failed.get(key)
-        if refused is None or refused.files != files_of(ref.path):
+        refused, files = self.failed.get(key), files_of(ref.path)
+        if refused is None or refused.files != files:
             try:
                 model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
             except Exception as exc:  # noqa: BLE001 - a broken old bundle is just not available
-                self._refuse(ref, exc, ReloadReport())
+                self._refuse(ref, exc, ReloadReport(), files)
             else:
                 self.failed.pop(key, None)
                 self.older[key] = model
@@ -215,10 +217,11 @@ class ModelStore:
         async with self._lock:
             report = ReloadReport()
             for ref in self._newest_unloaded():
+                files = files_of(ref.path)  # NOTE: before loading: a copy that ends meanwhile is tried again
                 try:
                     model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
                 except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
-                    self._refuse(ref, exc, report)
+                    self._refuse(ref, exc, report, files)
                     continue
                 self._swap(model)
                 report.loaded.append(f"{ref.name}@{ref.version}")
@@ -247,9 +250,11 @@ class ModelStore:
                 changed.append(ref)  # NOTE: a rollback: the serving version left the store
         return changed
 
-    def _refuse(self, ref: bundle.BundleRef, exc: Exception, report: ReloadReport) -> None:
+    def _refuse(
+        self, ref: bundle.BundleRef, exc: Exception, report: ReloadReport, files: tuple[tuple[str, int, int], ...]
+    ) -> None:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        self.failed[(ref.name, ref.version)] = Refusal(message, files_of(ref.path))
+        self.failed[(ref.name, ref.version)] = Refusal(message, files)
         report.failed[f"{ref.name}@{ref.version}"] = message
         self.telemetry.reloads.labels("failed").inc()
         kept = self.current.get(ref.name)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -96,7 +97,10 @@ class BodyPipe(_Stream):
         except asyncio.CancelledError:  # NOTE: the scorer has stopped, or will: never wait for it here
             self._cancel()
         except Exception as exc:  # noqa: BLE001 (handed to the reading thread, after the chunks before it)
-            await self.queue.put(exc)
+            try:
+                await self.queue.put(exc)
+            except asyncio.CancelledError:
+                self._cancel()
 
     def _cancel(self) -> None:
         """End the pipe at once: chunks not read yet are dropped."""
@@ -160,8 +164,11 @@ class ResponsePipe:
 
     READ = 1 << 20
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, on_closed: Callable[[], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, limit: int, on_closed: Callable[[], None], patience_s: float = 30.0
+    ) -> None:
         self.loop, self.ready = loop, asyncio.Event()
+        self._patience = patience_s  # how long a full spool waits for a client that reads nothing
         self.cancelled = threading.Event()
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close_reader)
         self._room = threading.Condition()
@@ -173,9 +180,14 @@ class ResponsePipe:
     def write(self, data: Any) -> int:
         size = memoryview(data).nbytes
         with self._room:
+            read, since = self._read, time.monotonic()
             while self._written and self._written + size > self._limit and self._read < self._written:
                 self._check_reader()
                 self._room.wait(1.0)  # NOTE: woken by the reader; the timeout re-checks for a vanished client
+                if self._read != read:
+                    read, since = self._read, time.monotonic()
+                elif time.monotonic() - since > self._patience:  # a client that sends all before reading
+                    raise Cancelled(f"the client read none of its answer for {self._patience:g} s with the spool full")
             self._check_reader()
             if self._read == self._written:  # NOTE: nothing unread: start the file again
                 self._file.seek(0)
@@ -282,7 +294,9 @@ class Upload:
         self.model, self.telemetry, self.gzip, self.slot = model, telemetry, gzip, slot
         self.limit = settings.max_score_bytes
         self.body = BodyPipe(self.loop)
-        self.answer = ResponsePipe(self.loop, settings.max_spool_bytes, on_closed=self._reader_done)
+        self.answer = ResponsePipe(
+            self.loop, settings.max_spool_bytes, on_closed=self._reader_done, patience_s=settings.body_timeout_s
+        )
         self.started: asyncio.Future[None] = self.loop.create_future()
         self._open, self._lock = 2, threading.Lock()  # NOTE: the scorer and the answer's reader
 

@@ -235,9 +235,9 @@ class CsvSource:
         # NOTE: `number` counts the block's rows from 1 (known as each block is parsed serially)
         index = self._rows_before + row.number - 1 if row.number is not None else -1
         reason, text = f"expected {row.expected_columns} fields, got {row.actual_columns}", row.text
-        if _OVER_LIMIT in text:  # NOTE: the marker `_Records` put in place of an over-long record
-            length = int(text.rsplit(_OVER_LIMIT, 1)[1].split(",", 1)[0])
-            reason, text = f"the record is {length:,} bytes, over the {LIMIT_TEXT} limit for one record", ""
+        length = text.startswith(_OVER_LIMIT) and text[len(_OVER_LIMIT) :].split(",", 1)[0]
+        if length and length.isdigit():  # NOTE: the marker `_Records` put in place of an over-long record
+            reason, text = f"the record is {int(length):,} bytes, over the {LIMIT_TEXT} limit for one record", ""
         self._invalid.append((index, f"{reason}\0{text}"))
         self._block_invalid += 1
         return "skip"

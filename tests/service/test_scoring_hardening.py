@@ -3,6 +3,7 @@ unread answer, a full disk, crafted arguments to the C lookup. Rows out == rows 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import gzip
@@ -417,3 +418,30 @@ def test_level_codes_refuse_offsets_that_would_wrap() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, f"exit {run.returncode}: {run.stderr}"
     assert run.stdout.splitlines() == ["refused ValueError"] * 6
+
+
+def test_a_row_that_looks_like_the_limit_marker_is_an_ordinary_bad_row(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    header, rows = _telco(50)
+    rows[3] = b"\x00tabserve: record over the limit, bytes=many,1,2\n"  # a client's row, wrong field count
+    source = tmp_path / "in.csv"
+    source.write_bytes(header + b"".join(rows))
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv")
+    assert (summary.rows_in, summary.rows_failed) == (50, 1)
+    assert summary.errors[0][1] == "row 4: expected 21 fields, got 4"  # (the marker text holds a comma)
+
+
+def test_a_full_spool_gives_up_on_a_client_that_reads_nothing() -> None:
+    from service.api.score import Cancelled, ResponsePipe
+
+    loop = asyncio.new_event_loop()
+    try:
+        pipe = ResponsePipe(loop, 1 << 20, on_closed=lambda: None, patience_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(Cancelled, match="read none of its answer"):
+            for _ in range(4):
+                pipe.write(b"x" * (1 << 19))  # nobody reads: the third write finds the spool full
+        assert time.monotonic() - started < 5
+    finally:
+        loop.close()
