@@ -118,7 +118,7 @@ async def _load_then_poll(store: ModelStore, settings: Settings) -> None:
     # NOTE: everything alive now (modules, sessions, the app) lives as long as the process: moving
     # it out of the collector's reach keeps full collections short. Without it, request bodies
     # with many small objects (a V2 request holds one dict per feature) set off collections that
-    # walk the whole heap: p99 50 ms instead of 13 ms measured with wrk.
+    # walk the whole heap, which shows in the p99 (BENCHMARKS.md).
     gc.freeze()
     if not store.current:
         log.warning("no loadable bundles in %s yet; not ready until one is published", settings.models_dir)

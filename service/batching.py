@@ -62,9 +62,8 @@ class AdaptiveBatcher:
     inference thread, so the event loop keeps accepting requests and the next batch fills meanwhile.
 
     NOTE: the hand-offs are a plain queue to the thread and one `call_soon_threadsafe` back per
-    batch, not an executor, an asyncio.Event and a gathering task: measured with
-    `bench/compare.py` (wrk, 64 connections, 8 alternating pairs), single-record requests 1.07×
-    the throughput of that design (median), 100-record requests unchanged (1.00×).
+    batch, not an executor, an asyncio.Event and a gathering task: fewer event-loop turns per
+    request (the A/B is in BENCHMARKS.md).
     """
 
     def __init__(

@@ -65,9 +65,8 @@ class Prepared:
     """A request ready for inference: its encoded rows and the id values its answers pass through.
 
     NOTE: it holds nothing else of the request, so the body and the parsed records are freed
-    before the request waits for its batch. Measured with wrk (100-record requests, 64
-    connections): +15–18 % throughput, as 64 requests' worth of parsed records no longer sit in
-    memory between parsing and answering (the allocator keeps reusing the same, cached, memory).
+    before the request waits for its batch: the allocator then keeps reusing the same, cached,
+    memory instead of holding every waiting request's records (BENCHMARKS.md).
     """
 
     enc: Encoded

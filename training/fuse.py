@@ -85,9 +85,8 @@ class FusedEnsemble(nn.Module):
         out_bias = torch.cat([b for _, b in layers[-1]]) if len(layers) > 1 else None
         self._build_input(members, layers[0], cards, out_bias)
         # NOTE: a hidden-to-hidden layer as one matrix per member, not one block-diagonal matrix:
-        # with 5 members 80 % of a block-diagonal matrix is zeros that ONNX Runtime multiplies
-        # anyway (measured at 1,024 rows: the whole graph 673 → 547 µs). The small output layer
-        # stays block-diagonal (one node).
+        # with several members most of a block-diagonal matrix is zeros that ONNX Runtime
+        # multiplies anyway. The small output layer stays block-diagonal (one node).
         self.blocks = nn.ParameterList(_frozen(w) for layer in layers[1:-1] for w, _ in layer)
         self.block_biases = nn.ParameterList(_frozen(b) for layer in layers[1:-1] for _, b in layer)
         self.out_weight = _frozen(torch.block_diag(*[w for w, _ in layers[-1]])) if len(layers) > 1 else None
@@ -117,8 +116,8 @@ class FusedEnsemble(nn.Module):
         level_of = torch.cat([torch.arange(c) for c in cards]) if cards else torch.zeros(0, dtype=torch.int64)
         if self.multi_hot and sum(cards) > len(cards):
             # NOTE: a feature's multi-hot columns sum to one, so its level-0 column is implied: its
-            # row goes into the bias and is taken off the feature's other rows. Measured in ONNX
-            # Runtime at 1,024 rows (telco, 5 members): 56 → 41 level columns, the graph ~12 % faster.
+            # row goes into the bias and is taken off the feature's other rows: one column fewer
+            # per feature in the widest MatMul.
             # An index outside the vocabulary (which only an outside ONNX consumer could send)
             # matches no column, so it now scores exactly as 0, missing or unseen.
             base = levels[offsets]
@@ -137,9 +136,8 @@ class FusedEnsemble(nn.Module):
         self.register_buffer("average", torch.full((self.n_members, 1), 1.0 / self.n_members))
         self.one_input = bool(self.n_num and self.n_cat and self.multi_hot)
         # NOTE: with hidden layers, each member's first layer as a MatMul of its own (ORT fuses it
-        # with its bias and activation) instead of one wide MatMul split afterwards: measured at
-        # 1,024 rows (telco, 5 members), the graph ~12 % faster, as no [N, 165] result is sliced,
-        # split, biased and activated in separate passes.
+        # with its bias and activation) instead of one wide MatMul split afterwards: no wide
+        # result is sliced, split, biased and activated in separate passes.
         self.per_member = self.one_input and out_bias is not None
         if self.one_input:
             w_input = torch.cat([self.w_num / self.normalize.std_.reshape(-1, 1), self.w_levels])
@@ -184,8 +182,8 @@ class FusedEnsemble(nn.Module):
         z = self.bias
         if self.one_input:
             # NOTE: centred numerics and the multi-hot levels side by side through one MatMul, the
-            # division by std folded into the numeric rows: measured in ONNX Runtime at 1,024 rows,
-            # a separate K=4 MatMul, its Add and the Div cost ~15 % of the graph's time
+            # division by std folded into the numeric rows, rather than a separate small MatMul,
+            # its Add and a Div
             return z + torch.cat([self._centred(num), self._multi_hot(cat)], dim=1) @ self.w_input
         # NOTE: an input with no columns still enters the graph (as a zero-width sum), so every
         # bundle has both `num` and `cat` inputs, as the contract says.

@@ -14,8 +14,7 @@ Before msgspec, the optional C decoder (`_records.c`) tries the plainest form of
 features and id columns, no escapes, ids as strings): it fills the `num`/`cat` arrays directly and
 hands anything else back. All three give identical model inputs (tests/service/test_plain_decoder.py).
 
-NOTE: measured in process on 100-record telco bodies: msgspec and the encoder ≈ 200 µs instead of
-≈ 290 µs for the general path; the C decoder ≈ 40 µs (2.0× the throughput under wrk).
+NOTE: each rung is faster than the one after it for the body it accepts (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -94,8 +93,7 @@ class TypedRecords:
 def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
     """The C decoder of plain bodies for this bundle, or None where it is not built.
 
-    NOTE: measured in process on a 100-record telco body: ≈ 40 µs against ≈ 220 µs for msgspec and
-    the encoder (BENCHMARKS.md); it creates no Python object per value.
+    NOTE: it creates no Python object per value, the cost that dominates the other paths.
     """
     if PlainDecoder is None:
         return None

@@ -1,8 +1,8 @@
 """Arrow columns → model inputs, vectorized, with an exact fallback to the record path.
 
 The file scorer (CSV, Parquet, the HTTP upload, Ray actors) sees data as Arrow record batches.
-Encoding them value by value through `service.features` would cost ~1 µs per cell; here each
-column is converted by Arrow compute kernels instead. The contract stays the one in
+Encoding them value by value through `service.features` would cost a Python call per cell; here
+each column is converted by Arrow compute kernels instead. The contract stays the one in
 `service/features.py`: wherever a kernel could disagree with it (a number Arrow cannot parse, a
 level not in the vocabulary, text with surrounding whitespace, a non-string column) the affected
 values go through the record path's own functions, so both paths give identical arrays, errors

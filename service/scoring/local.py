@@ -47,7 +47,7 @@ __all__ = [
 
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
 OnError = Callable[[int, str], None]  # (row number, message)
-ORT_ROWS = 1024  # NOTE: ONNX Runtime is ~30 % faster per row at 1k rows than at 16k (cache)
+ORT_ROWS = 1024  # NOTE: ONNX Runtime is faster per row at 1k rows than at 16k (the cache)
 READ_AHEAD = 1  # blocks the reading thread may have ready before the scorers take them (2 was no faster)
 KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
