@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -10,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from service import bundle
+from service.scoring.local import Scorer, score_file
 from tests.conftest import GERMAN, write_csv
+from tests.service.conftest import copy_store
+from tests.service.test_scoring import _read, _telco_head, _write
 
 QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots"]
 GERMAN_ARGS = ["--data", str(GERMAN), "--target", "creditability"]
@@ -66,3 +70,73 @@ def test_one_class_target_publishes_nothing(tmp_path: Path) -> None:
     run = tabserve("train", "--data", str(data), "--target", "y", "--name", "one", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 2 and "one class" in run.stderr
     assert not (tmp_path / "one").exists() or bundle.versions(tmp_path, "one") == []
+
+
+def test_cli_scores_and_reports(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    rows = _read(_telco_head(tmp_path / "head.csv", 30))
+    rows[3]["tenure"], rows[4]["Contract"], rows[5]["Contract"] = "500", "Ten-year", "Ten-year"
+    source = _write(tmp_path / "in.csv", rows)
+    out, errs = tmp_path / "scored.csv", tmp_path / "errors.csv"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tabserve.cli",
+            "score",
+            "--model",
+            "churn@1",
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--errors",
+            str(errs),
+            "--keep",
+            "gender",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TABSERVE_MODELS_DIR": str(store)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "30 rows in, 30 scored, 0 with errors" in run.stdout
+    # values the model never saw in training are scored, and the summary says how often
+    assert "warnings on scored rows (3; the rows are scored):" in run.stdout
+    assert "2 × field 'Contract': unseen level 'Ten-year' scored as missing" in run.stdout
+    assert "1 × field 'tenure': above the largest value seen in training (72)" in run.stdout
+    assert list(_read(out)[0]) == ["gender", "label", "probability", "error"]
+    assert _read(errs) == []
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tabserve.cli",
+            "score",
+            "--model",
+            "nope",
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TABSERVE_MODELS_DIR": str(store)},
+    )
+    assert missing.returncode == 2 and "no model named 'nope'" in missing.stderr
+
+
+def test_cli_pipes_stdin_to_stdout(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    source = _telco_head(tmp_path / "in.csv", 40)
+    score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "file.csv")
+    command = [sys.executable, "-m", "tabserve.cli", "score", "--model", "churn", "--input", "-", "--output", "-"]
+    env = {**os.environ, "TABSERVE_MODELS_DIR": str(store)}
+    for data in (source.read_bytes(), gzip.compress(source.read_bytes())):  # plain or gzip, told by its bytes
+        run = subprocess.run(command, input=data, capture_output=True, timeout=120, env=env)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == (tmp_path / "file.csv").read_bytes()  # nothing but the scores on stdout
+        assert b"40 rows in, 40 scored, 0 with errors" in run.stderr
