@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        providers_for(settings.device)  # NOTE: device=cuda with no usable CUDA fails the start here
+        providers_for(settings.device)  # device=cuda with no usable CUDA fails the start here
         log.info(describe_device(settings.device))
         app.state.accelerators = accelerators.report()
         loader = asyncio.create_task(_load_then_poll(store, settings))
@@ -115,7 +115,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 async def _load_then_poll(store: ModelStore, settings: Settings) -> None:
     report = await store.refresh()
-    # NOTE: everything alive now (modules, sessions, the app) lives as long as the process: moving
+    # everything alive now (modules, sessions, the app) lives as long as the process: moving
     # it out of the collector's reach keeps full collections short. Without it, request bodies
     # with many small objects (a V2 request holds one dict per feature) set off collections that
     # walk the whole heap, which shows in the p99 (BENCHMARKS.md).

@@ -61,7 +61,7 @@ class AdaptiveBatcher:
     takes whatever queued while the previous batch ran). One batch at a time runs on a dedicated
     inference thread, so the event loop keeps accepting requests and the next batch fills meanwhile.
 
-    NOTE: the hand-offs are a plain queue to the thread and one `call_soon_threadsafe` back per
+    The hand-offs are a plain queue to the thread and one `call_soon_threadsafe` back per
     batch, not an executor, an asyncio.Event and a gathering task: fewer event-loop turns per
     request (the A/B is in BENCHMARKS.md).
     """
@@ -109,7 +109,7 @@ class AdaptiveBatcher:
             if self._sweep is None:
                 self._sweep = loop.call_later(SWEEP_S, self._expire_late, loop)
         if not self.enabled or self._closed:
-            # NOTE: batching off, or a retired version finishing late requests: one call each
+            # batching off, or a retired version finishing late requests: one call each
             self._alone += 1
             self._submit(_Job([pending], num, cat, loop, batched=False))
         else:
@@ -142,7 +142,7 @@ class AdaptiveBatcher:
         if self._flush_due is not None:
             if not (full and self._flush_waits):
                 return
-            self._flush_due.cancel()  # NOTE: a waiting batch filled up: no need to wait on
+            self._flush_due.cancel()  # a waiting batch filled up: no need to wait on
         self._flush_waits = bool(self._delay) and not full
         if self._flush_waits:
             self._flush_due = loop.call_later(self._delay, self._flush, loop)
@@ -204,7 +204,7 @@ class AdaptiveBatcher:
             out, error = self._timed_run(job.num, job.cat), None
         except Exception as exc:  # noqa: BLE001 - the failure belongs to every request of the batch
             out, error = None, exc
-        with contextlib.suppress(RuntimeError):  # NOTE: the loop closed meanwhile (shutdown): nobody waits
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown): nobody waits
             job.loop.call_soon_threadsafe(self._done, job, out, error)
 
     def _done(self, job: _Job, out: np.ndarray | None, error: Exception | None) -> None:
@@ -215,7 +215,7 @@ class AdaptiveBatcher:
             end = start + len(p.num)
             if p.deadline < now:  # answered too late: as the sweep would have
                 p.expire()
-            elif not p.future.done():  # NOTE: a client that went away cancelled its future
+            elif not p.future.done():  # a client that went away cancelled its future
                 if error is not None:
                     p.future.set_exception(error)
                 else:

@@ -21,7 +21,7 @@ METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
 REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
 DEFAULT_MODELS_DIR = "models"
-RETIRED_SUFFIX = ".retired"  # NOTE: `<version>.retired/`: kept for audit, never served, never renumbered
+RETIRED_SUFFIX = ".retired"  # `<version>.retired/`: kept for audit, never served, never renumbered
 STAGING = ".staging-"  # `.staging-<pid>-<random>/`: a bundle being written, invisible to readers
 LEGACY_STAGING_S = 3600  # a staging directory named without a pid counts as abandoned after this
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -155,7 +155,7 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (OSError, OverflowError):  # NOTE: another user's process, or no valid id: leave its files alone
+    except (OSError, OverflowError):  # another user's process, or no valid id: leave its files alone
         return True
     return True
 
@@ -178,7 +178,7 @@ def _age_s(path: Path) -> float:
 
 
 def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:
-    # NOTE: rename(2) onto an existing non-empty directory fails, so two concurrent publishers
+    # rename(2) onto an existing non-empty directory fails, so two concurrent publishers
     # cannot both take the same version: the loser retries with the next number.
     while True:
         version = max([0, *versions(model_dir.parent, name), *retired_versions(model_dir.parent, name)]) + 1

@@ -24,10 +24,10 @@ FORMAT_VERSION = 1
 _T = TypeVar("_T")
 Task = Literal["binary", "multiclass", "regression"]
 Label = str | int | float | bool
-# NOTE: what a per-record warning is about (a metrics label: drift shows as out_of_range/unseen_level)
+# what a per-record warning is about (a metrics label: drift shows as out_of_range/unseen_level)
 WarningKind = Literal["unseen_level", "out_of_range", "lookalike_field"]
 
-# NOTE: spreadsheets and exports write "missing" in many ways; for a *numeric* column all of these
+# spreadsheets and exports write "missing" in many ways; for a *numeric* column all of these
 # mean "no value". Categorical columns only treat blanks as missing ("none" is a real level there).
 NUMERIC_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a"})
 
@@ -96,7 +96,7 @@ def category_key(value: Any) -> str | None:
     if isinstance(value, dict | list):
         raise ValueError(f"expected a category (text), got {type(value).__name__}")
     if isinstance(value, float) and value.is_integer():
-        value = int(value)  # NOTE: JSON 2.0 and CSV "2" name the same level
+        value = int(value)  # JSON 2.0 and CSV "2" name the same level
     text = str(value).strip()
     return text or None
 
@@ -209,7 +209,7 @@ class Preprocess:
         class (binary; 0.5 if none was saved) or the most probable class (multiclass)."""
         if self.task == "binary":
             t = self.threshold if self.threshold is not None else 0.5
-            # NOTE: compared in float64, as the answers show the probability (a float32 vs a Python
+            # compared in float64, as the answers show the probability (a float32 vs a Python
             # float would compare in float32 under NumPy 2 and could flip a row at the threshold)
             return (out[:, 1].astype(np.float64) >= t).astype(np.intp)
         return np.asarray(out.argmax(axis=1), dtype=np.intp)
@@ -218,7 +218,7 @@ class Preprocess:
         """Predicted labels from class probabilities (the rule of `label_index`)."""
         labels = self.labels
         if self.task == "binary" and len(out) <= 64:
-            # NOTE: a request's few rows: the same float64 comparison without numpy's per-call cost
+            # a request's few rows: the same float64 comparison without numpy's per-call cost
             return self.binary_labels(out[:, 1].tolist())
         return [labels[i] for i in self.label_index(out).tolist()]
 
@@ -244,17 +244,17 @@ class Preprocess:
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> Encoded:
         """JSON-style records → model inputs; absent or null fields are missing.
 
-        NOTE: the hot path of every request. Values are pulled out with itemgetter and looked up
+        The hot path of every request. Values are pulled out with itemgetter and looked up
         with map(dict.get, ...) so the per-value work runs in C; anything off the fast path goes
         through the same _number / _level as encode_columns, so both give identical arrays.
         """
         nums, cats = self._fields
         try:
-            if len(records) == 1:  # NOTE: the most frequent request: its fields picked, not flattened
+            if len(records) == 1:  # the most frequent request: its fields picked, not flattened
                 numbers, levels = nums.one(records[0]), cats.one(records[0])
             else:
                 numbers, levels = nums.flat(records), cats.flat(records)
-        except KeyError:  # NOTE: some record lacks a feature: missing, not an error (but see below)
+        except KeyError:  # some record lacks a feature: missing, not an error (but see below)
             enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
             self._check_absent(records, enc)
             return enc
@@ -264,7 +264,7 @@ class Preprocess:
         """The common single record — numbers as JSON numbers, known levels, in `num` / `cat`
         order — in a few C-level calls; None sends anything else down the general path.
 
-        NOTE: the most frequent request, so its fast path is worth its lines.
+        The most frequent request, so its fast path is worth its lines.
         """
         try:
             codes = list(map(dict.get, self._indexes, levels))
@@ -273,11 +273,11 @@ class Preprocess:
         if None in codes:
             return None
         for v in numbers:
-            if type(v) not in _PLAIN_NUMBERS or not -_F32_MAX <= v <= _F32_MAX:  # NOTE: also None, NaN
+            if type(v) not in _PLAIN_NUMBERS or not -_F32_MAX <= v <= _F32_MAX:  # also None, NaN
                 return None
         enc = Encoded(np.array([numbers], dtype=np.float32), np.array([codes], dtype=np.int64))
         lo, hi, _, _ = self._ranges
-        # NOTE: within the range as Python numbers is within it in float32 too (the bounds are
+        # within the range as Python numbers is within it in float32 too (the bounds are
         # float32 values and rounding keeps order); only values outside need the exact check
         if not (all(map(operator.le, lo, numbers)) and all(map(operator.le, numbers, hi))):
             self.check_ranges(enc)
@@ -330,14 +330,14 @@ class Preprocess:
         model extrapolates there); compared in float32, as the model sees the values."""
         lo, hi, below, above = self._ranges
         num, names = enc.num, self._fields[0].names
-        if num.shape[0] == 1:  # NOTE: a single record: plain Python beats three numpy calls
+        if num.shape[0] == 1:  # a single record: plain Python beats three numpy calls
             for j, v in enumerate(num[0].tolist()):
                 if v < lo[j]:
                     enc.warn(0, below[j], names[j], "out_of_range")
                 elif v > hi[j]:
                     enc.warn(0, above[j], names[j], "out_of_range")
             return
-        low, high = num < self._range_arrays[0], num > self._range_arrays[1]  # NOTE: NaN is neither
+        low, high = num < self._range_arrays[0], num > self._range_arrays[1]  # NaN is neither
         if not (low.any() or high.any()):
             return
         for i, j in zip(*np.nonzero(low | high), strict=True):
@@ -502,7 +502,7 @@ def _codes(
         codes = [None] * len(flat)
     try:
         return np.array(codes, dtype=np.int64)
-    except TypeError:  # NOTE: a None (missing, unseen, not a level); cheaper than `None in codes`
+    except TypeError:  # a None (missing, unseen, not a level); cheaper than `None in codes`
         pass
     k = len(feats)
     codes = [
@@ -515,7 +515,7 @@ def _codes(
 def _float_matrix(flat: Sequence[Any]) -> np.ndarray:
     try:
         return np.array(flat, dtype=np.float64)
-    except OverflowError:  # NOTE: an int beyond float range; as inf it becomes an error below
+    except OverflowError:  # an int beyond float range; as inf it becomes an error below
         return np.array([_clamp(v) for v in flat], dtype=np.float64)
 
 
@@ -546,7 +546,7 @@ def _numbers(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.
 
 def _float32(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
     """Row-major numbers (None = missing) → float32 [n, k]; values beyond float32 become errors."""
-    # NOTE: for request-sized inputs a Python range check is cheaper than three numpy calls
+    # for request-sized inputs a Python range check is cheaper than three numpy calls
     if len(flat) <= 64 and all(v is None or -_F32_MAX <= v <= _F32_MAX for v in flat):
         return np.array(flat, dtype=np.float32).reshape(n, len(names))
     return _finite_or_errors(names, _float_matrix(flat).reshape(n, len(names)), enc)
@@ -554,7 +554,7 @@ def _float32(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.
 
 def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.ndarray:
     """float64 [N, k] → float32, recording ±inf (or values too large for float32) as errors."""
-    too_big = np.abs(values) > _F32_MAX  # NOTE: NaN compares False: missing values pass
+    too_big = np.abs(values) > _F32_MAX  # NaN compares False: missing values pass
     if not too_big.any():
         return values.astype(np.float32)
     for i, j in zip(*np.nonzero(too_big), strict=True):

@@ -171,7 +171,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._state, self._head_bytes = HEAD, 0
 
     def on_headers_complete(self) -> None:
-        # NOTE: a head smaller than one line's limit needs no check: most requests skip it
+        # a head smaller than one line's limit needs no check: most requests skip it
         if self._head_bytes + self._chunk > self.limits.max_header_line_bytes:
             self._check_head()
         super().on_headers_complete()

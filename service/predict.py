@@ -64,7 +64,7 @@ def checked(enc: Encoded) -> Encoded:
 class Prepared:
     """A request ready for inference: its encoded rows and the id values its answers pass through.
 
-    NOTE: it holds nothing else of the request, so the body and the parsed records are freed
+    It holds nothing else of the request, so the body and the parsed records are freed
     before the request waits for its batch: the allocator then keeps reusing the same, cached,
     memory instead of holding every waiting request's records (BENCHMARKS.md).
     """

@@ -47,7 +47,7 @@ def cuda_devices() -> int:
 def providers_for(device: Device, available: list[str] | None = None, gpus: int | None = None) -> list[str]:
     """Execution providers to ask for: CUDA first when allowed, built in and a GPU exists; CPU last.
 
-    NOTE: asking onnxruntime-gpu for CUDA on a machine without a GPU makes it print a CUDA library
+    Asking onnxruntime-gpu for CUDA on a machine without a GPU makes it print a CUDA library
     error for every session; checking the driver first keeps `auto` quiet there.
     """
     if device == "cpu":

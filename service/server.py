@@ -46,7 +46,7 @@ def run_server(flags: dict[str, Any]) -> None:
         proxy_headers=settings.proxy_headers,
     )
     if settings.workers > 1:
-        # NOTE: workers are separate processes; they rebuild the same Settings from the environment.
+        # workers are separate processes; they rebuild the same Settings from the environment.
         for key, value in settings.model_dump(exclude_none=True).items():
             os.environ[f"TABSERVE_{key.upper()}"] = str(value)
         uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)

@@ -39,7 +39,7 @@ class LoadedModel:
     provider: str
     batcher: AdaptiveBatcher
     loaded_at: float = field(default_factory=time.time)
-    # NOTE: (field, kind) → count of a scored request's input warnings, to the metrics
+    # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
 
     @property
@@ -79,7 +79,7 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
         out: np.ndarray = session.run(None, {"num": num, "cat": cat})[0]
         return out
 
-    for rows in (1, min(64, settings.max_batch_size)):  # NOTE: warm-up: first calls allocate
+    for rows in (1, min(64, settings.max_batch_size)):  # warm-up: first calls allocate
         out = run(
             np.full((rows, len(pre.numeric)), np.nan, np.float32),
             np.zeros((rows, len(pre.categorical)), np.int64),
@@ -194,7 +194,7 @@ class ModelStore:
                 while len(self.older) > self.settings.older_versions:
                     self.older.popitem(last=False)[1].batcher.close()
                 return model
-        # NOTE: the reason is in the server log and /models; OS error text is not for clients
+        # the reason is in the server log and /models; OS error text is not for clients
         raise ModelNotFound(f"{name} version {version} cannot be loaded (see the server log)")
 
     def refused(self) -> dict[str, str]:
@@ -217,7 +217,7 @@ class ModelStore:
         async with self._lock:
             report = ReloadReport()
             for ref in self._newest_unloaded():
-                files = files_of(ref.path)  # NOTE: before loading: a copy that ends meanwhile is tried again
+                files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
                 try:
                     model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
                 except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
@@ -247,7 +247,7 @@ class ModelStore:
             if current is None or ref.version > current.version:
                 changed.append(ref)
             elif (name, current.version) not in published:
-                changed.append(ref)  # NOTE: a rollback: the serving version left the store
+                changed.append(ref)  # a rollback: the serving version left the store
         return changed
 
     def _refuse(
@@ -268,7 +268,7 @@ class ModelStore:
     def _swap(self, model: LoadedModel) -> None:
         self.failed.pop((model.name, model.version), None)
         old = self.current.get(model.name)
-        self.current[model.name] = model  # NOTE: one dict assignment: requests see old or new
+        self.current[model.name] = model  # one dict assignment: requests see old or new
         self.telemetry.reloads.labels("loaded").inc()
         self.telemetry.model_info.labels(model.name, str(model.version), model.provider).set(1)
         self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)

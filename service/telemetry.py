@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app (so tests and workers never share state by accident).
 
-NOTE: prometheus_client's labelled Counter/Histogram cost several microseconds per update (label
+prometheus_client's labelled Counter/Histogram cost several microseconds per update (label
 lookup, locks, a linear bucket scan), a sizeable share of a single-row request. The per-request
 and per-batch series are therefore kept in plain counters here and turned into Prometheus metric
 families only when /metrics is scraped (a custom collector); rare events use the client directly.

@@ -28,7 +28,7 @@ ERRORS = {
     "422": {"description": "Invalid records: `details` name the record index and field"},
     **BUSY,
 }
-# NOTE: what the V2 and MLflow routes answer besides 200 (service/api/predict.py), so a client
+# what the V2 and MLflow routes answer besides 200 (service/api/predict.py), so a client
 # generated from /openapi.json knows every status it can get
 V2_ERRORS = {
     "400": {"description": "Malformed JSON, or a tensor that does not fit the model (the error names it)"},

@@ -1,7 +1,7 @@
 """The scoring routes (POST /predict, /models/{name}/predict, /v2/.../infer, /invocations) as a
 plain ASGI handler, ahead of FastAPI's stack.
 
-NOTE: this is the hot path. FastAPI's middleware stack, routing, dependency injection and pydantic
+This is the hot path. FastAPI's middleware stack, routing, dependency injection and pydantic
 validation cost more per request than the whole rest of a single-row prediction, so the app
 (service/app.py) hands these routes straight to PredictEndpoint, which decodes the body with
 orjson and calls the plain scoring code. Validation is still complete (see
@@ -76,7 +76,7 @@ class PredictEndpoint:
         except KeyError:
             pass
         route = self._parse(path)
-        if len(self._routes) < ROUTES_KEPT:  # NOTE: bounded: paths come from clients
+        if len(self._routes) < ROUTES_KEPT:  # bounded: paths come from clients
             self._routes[path] = route
         return route
 
@@ -101,7 +101,7 @@ class PredictEndpoint:
         extra: list[tuple[bytes, bytes]] = []
         try:
             if scope["method"] != "POST":
-                # NOTE: a GET by mistake (curl without -d) should hear "use POST", not "Not Found"
+                # a GET by mistake (curl without -d) should hear "use POST", not "Not Found"
                 extra = [(b"allow", b"POST")]
                 raise RequestError(
                     405, f"{scope['method']} is not allowed on {scope['path']}: send the request with POST"
@@ -114,7 +114,7 @@ class PredictEndpoint:
                 answer = await self._predict(scope, receive, route.name)
             status, body = 200, orjson.dumps(answer)
         except RequestError as exc:
-            # NOTE: MLflow answers every bad input with 400 BAD_REQUEST
+            # MLflow answers every bad input with 400 BAD_REQUEST
             status = 400 if route.protocol == "mlflow" and exc.status == 422 else exc.status
             body = orjson.dumps(_error(route, status, exc.to_json()))
         except QueueFull as exc:
@@ -126,7 +126,7 @@ class PredictEndpoint:
             log.exception("prediction failed")
             doc = {"error": "internal error while scoring; see the server log"}
             status, body = 500, orjson.dumps(_error(route, 500, doc))
-        # NOTE: with a Content-Length the answer goes out in one piece, not chunked
+        # with a Content-Length the answer goes out in one piece, not chunked
         headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -162,11 +162,11 @@ class PredictEndpoint:
         model = self._model(name)
         fast = native.typed_records(model.pre)
         job = fast.prepare(raw, self.settings.max_records) if fast is not None else None
-        if job is None:  # NOTE: anything unusual: the general path accepts, warns or explains it
+        if job is None:  # anything unusual: the general path accepts, warns or explains it
             records = records_of(_json(raw), self.settings.max_records)
             job = prepare(model.pre, records)
             del records
-        del raw  # NOTE: freed before the wait for a batch (see Prepared)
+        del raw  # freed before the wait for a batch (see Prepared)
         return await predict(model, job, timeout)
 
     async def _v2(self, scope: Scope, receive: Any, route: Route) -> dict[str, Any]:
@@ -175,7 +175,7 @@ class PredictEndpoint:
         check_length(headers.get(b"content-length", b""), self.settings.max_body_bytes)
         raw = await read_body(receive, self.settings.max_body_bytes)
         text, binary = v2.split_binary(raw, v2.header_length(headers.get(b"inference-header-content-length")))
-        if route.version is None:  # NOTE: the usual request: no coroutine for the lookup
+        if route.version is None:  # the usual request: no coroutine for the lookup
             model = self._model(route.name)
         else:
             model = await self._model_version(route.name, route.version)
@@ -188,7 +188,7 @@ class PredictEndpoint:
             enc, rows = v2.encode_request(model.pre, doc, binary, self.settings.max_records)
             request_id = v2.checked_id(doc.get("id", v2.NO_ID))
             del doc
-        del raw, text, binary, single  # NOTE: freed before the wait for a batch (see service.predict.Prepared)
+        del raw, text, binary, single  # freed before the wait for a batch (see service.predict.Prepared)
         out = await model.infer(enc, timeout)
         return v2.response(model.pre, model.name, model.version, out, outputs, request_id, rows, enc)
 
@@ -233,7 +233,7 @@ def _error(route: Route, status: int, doc: dict[str, Any]) -> dict[str, Any]:
         status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
     )
     message = doc["error"]
-    if len(doc.get("details", ())) > 1:  # NOTE: the first detail is the message itself
+    if len(doc.get("details", ())) > 1:  # the first detail is the message itself
         message += "; " + "; ".join(
             f"record {d['record']}, field '{d['field']}': {d['message']}" for d in doc["details"][1:6]
         )

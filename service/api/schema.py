@@ -10,7 +10,7 @@ from service.features import NumericFeature, Preprocess
 
 F32_MAX = float(np.finfo(np.float32).max)
 
-# NOTE: the numeric text `features.parse_number` reads, short enough never to overflow float32 (the model's input):
+# the numeric text `features.parse_number` reads, short enough never to overflow float32 (the model's input):
 # plain decimals with an optional one-digit exponent, thousands-grouped decimals, or a missing-value token
 NUMERIC_TEXT = (
     r"^\s*(?:[-+]?(?:(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})(?:[eE][-+]?\d)?|\d{1,3}(?:,\d{3}){1,6}(?:\.\d{0,20})?)"
@@ -68,7 +68,7 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
         else:
             levels = ", ".join(repr(v) for v in f.vocab_[:50]) + (" …" if len(f.vocab_) > 50 else "")
             props[f.name] = {
-                # NOTE: numbers and booleans are matched by their text (2.0 and "2" are one level), as
+                # numbers and booleans are matched by their text (2.0 and "2" are one level), as
                 # `features.category_key` does; objects and lists are refused (422)
                 "type": ["string", "number", "boolean", "null"],
                 "description": f"categorical, one of: {levels}. Other levels are scored as unseen "

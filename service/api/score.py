@@ -32,7 +32,7 @@ from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
-PIPE_CHUNKS = 16  # NOTE: body chunks in flight to the scorer; with ~64 KiB chunks about 1 MiB
+PIPE_CHUNKS = 16  # body chunks in flight to the scorer; with ~64 KiB chunks about 1 MiB
 INFLATE_PIECE = 1 << 16  # most bytes inflated at once (64 KiB of gzip may inflate to 64 MiB)
 RETRY_AFTER_S = 5  # a busy answer's hint: uploads take seconds to minutes, a short wait is enough
 _END = b""
@@ -94,7 +94,7 @@ class BodyPipe(_Stream):
                 if chunk:
                     await self.queue.put(chunk)
             await self.queue.put(_END)
-        except asyncio.CancelledError:  # NOTE: the scorer has stopped, or will: never wait for it here
+        except asyncio.CancelledError:  # the scorer has stopped, or will: never wait for it here
             self._cancel()
         except Exception as exc:  # noqa: BLE001 (handed to the reading thread, after the chunks before it)
             try:
@@ -137,7 +137,7 @@ class Gunzip(_Stream):
             out = self._inflate.decompress(data, INFLATE_PIECE)
         except zlib.error as exc:
             raise ValueError(f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
-        if self._inflate.eof:  # NOTE: a member ended; what follows may be another
+        if self._inflate.eof:  # a member ended; what follows may be another
             self._tail, self._in_member = self._inflate.unused_data, False
             self._inflate = zlib.decompressobj(wbits=31)
         elif not data and not out:
@@ -154,7 +154,7 @@ class ResponsePipe:
     """The scorer's output (written on its thread) spooled to an unnamed temporary file and read
     back by the streaming response as it grows.
 
-    NOTE: many HTTP clients (requests, httpx's sync client) send the whole body before reading
+    Many HTTP clients (requests, httpx's sync client) send the whole body before reading
     any of the answer. A bounded in-memory pipe would then stall the scorer, the scorer would stop
     reading the body, and both ends would wait forever; the spool lets the answer wait on disk
     (the page cache, mostly) while memory stays flat. The file starts again whenever the reader has
@@ -183,13 +183,13 @@ class ResponsePipe:
             read, since = self._read, time.monotonic()
             while self._written and self._written + size > self._limit and self._read < self._written:
                 self._check_reader()
-                self._room.wait(1.0)  # NOTE: woken by the reader; the timeout re-checks for a vanished client
+                self._room.wait(1.0)  # woken by the reader; the timeout re-checks for a vanished client
                 if self._read != read:
                     read, since = self._read, time.monotonic()
                 elif time.monotonic() - since > self._patience:  # a client that sends all before reading
                     raise Cancelled(f"the client read none of its answer for {self._patience:g} s with the spool full")
             self._check_reader()
-            if self._read == self._written:  # NOTE: nothing unread: start the file again
+            if self._read == self._written:  # nothing unread: start the file again
                 self._file.seek(0)
                 self._file.truncate()
                 self._written = self._read = 0
@@ -249,7 +249,7 @@ class ResponsePipe:
                     yield chunk
                 elif finished:
                     if error is not None:
-                        # NOTE: the status line is gone already: ending the chunked body early is
+                        # the status line is gone already: ending the chunked body early is
                         # how HTTP tells the client the answer is incomplete
                         raise error
                     return
@@ -262,7 +262,7 @@ class ResponsePipe:
 class PipeResponse(StreamingResponse):
     """A streaming response of a ResponsePipe that leaves `receive` alone.
 
-    NOTE: Starlette's StreamingResponse listens for a disconnect by calling `receive()` while it
+    Starlette's StreamingResponse listens for a disconnect by calling `receive()` while it
     streams, which swallows the request body this endpoint is still reading.
     """
 
@@ -277,7 +277,7 @@ class PipeResponse(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.answer.close_reader()  # NOTE: also when the client left before the first chunk
+            self.answer.close_reader()  # also when the client left before the first chunk
 
 
 class Upload:
@@ -298,7 +298,7 @@ class Upload:
             self.loop, settings.max_spool_bytes, on_closed=self._reader_done, patience_s=settings.body_timeout_s
         )
         self.started: asyncio.Future[None] = self.loop.create_future()
-        self._open, self._lock = 2, threading.Lock()  # NOTE: the scorer and the answer's reader
+        self._open, self._lock = 2, threading.Lock()  # the scorer and the answer's reader
 
     def start(self, request: Request, keep: list[str] | None, keep_all: bool) -> None:
         """Feed the body to the pipe and start the scorer; `started` settles at its first output byte."""
@@ -312,7 +312,7 @@ class Upload:
         try:
             stream = Gunzip(self.body, self.limit) if self.gzip else self.body
             scorer = Scorer(self.model.ref, session=self.model.session)
-            # NOTE: one scoring thread per upload: the service's own requests keep the other core,
+            # one scoring thread per upload: the service's own requests keep the other core,
             # and each upload's working memory stays one block's worth
             source = CsvSource(stream, name="body")
             summary = score_stream(scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1)
@@ -333,7 +333,7 @@ class Upload:
             self.started.set_result(None) if error is None else self.started.set_exception(error)
 
     def _reader_done(self) -> None:
-        self.feeder.cancel()  # NOTE: nobody reads the answer: stop reading the body too
+        self.feeder.cancel()  # nobody reads the answer: stop reading the body too
         self._part_done()
 
     def _part_done(self) -> None:
@@ -370,7 +370,7 @@ def _new_upload(request: Request, model: LoadedModel, settings: Settings, teleme
     try:
         return Upload(model, settings, telemetry, gzip, slots)
     except BaseException:
-        slots.release()  # NOTE: no spool file could be made: the slot must not leak
+        slots.release()  # no spool file could be made: the slot must not leak
         raise
 
 
@@ -400,8 +400,8 @@ def _refused(exc: Exception) -> JSONResponse:
     "/models/{name}/score",
     responses={200: {"content": {"text/csv": {}}}, 404: {}, 413: {}, 415: {}, 422: {}, 503: {}},
     response_class=PipeResponse,
-    status_code=200,  # NOTE: said here: FastAPI looks for it in the response class's __init__ otherwise
-    # NOTE: the body is read as a stream (not a declared parameter), so the spec says it here
+    status_code=200,  # said here: FastAPI looks for it in the response class's __init__ otherwise
+    # the body is read as a stream (not a declared parameter), so the spec says it here
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -429,7 +429,7 @@ async def score(
     upload.start(request, keep, keep_all)
     try:
         await upload.started
-    except BaseException as exc:  # NOTE: a failure before the first byte is a JSON error; cancelling, raised
+    except BaseException as exc:  # a failure before the first byte is a JSON error; cancelling, raised
         upload.answer.close_reader()
         if not isinstance(exc, Exception):
             raise

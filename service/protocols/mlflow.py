@@ -105,7 +105,7 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
 def _csv_rows(text: str) -> Iterator[list[str]]:
     """The rows of a CSV text; a row the csv module refuses (a field over its 128 KiB limit) is a 400."""
     reader = csv.reader(io.StringIO(text, newline=""))
-    row = -1  # NOTE: the header; data rows count from 0, as in the other messages
+    row = -1  # the header; data rows count from 0, as in the other messages
     while True:
         try:
             fields = next(reader)
@@ -120,7 +120,7 @@ def _csv_rows(text: str) -> Iterator[list[str]]:
 def predictions(answers: list[dict[str, Any]]) -> dict[str, Any]:
     """The MLflow answer: one object per row (ids dropped: MLflow has no place for them).
 
-    NOTE: per-row warnings (an unseen level, a value outside the training range) go in a
+    Per-row warnings (an unseen level, a value outside the training range) go in a
     `warnings` list beside `predictions`, `[{"row": i, "warnings": [...]}]`, only when there are
     any: MLflow's clients read `predictions` alone, so the rows' columns stay what they expect,
     and nothing the caller sent is ignored without saying so.

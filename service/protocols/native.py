@@ -14,7 +14,7 @@ Before msgspec, the optional C decoder (`_records.c`) tries the plainest form of
 features and id columns, no escapes, ids as strings): it fills the `num`/`cat` arrays directly and
 hands anything else back. All three give identical model inputs (tests/service/test_plain_decoder.py).
 
-NOTE: each rung is faster than the one after it for the body it accepts (BENCHMARKS.md).
+Each rung is faster than the one after it for the body it accepts (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from service.features import CategoricalFeature, Encoded, Fields, Preprocess
 from service.predict import ABSENT, Prepared, checked, checked_ids
 
 PlainDecoder: type[_records.Decoder] | None
-try:  # NOTE: the optional C accelerator (setup.py); without it every body takes the msgspec path
+try:  # the optional C accelerator (setup.py); without it every body takes the msgspec path
     from service.protocols import _records
 
     PlainDecoder = _records.Decoder
@@ -48,7 +48,7 @@ class TypedRecords:
         ids = {col: f"id{j}" for j, col in enumerate(pre.id_columns)}
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
             (names[f.name], _level_type(f) if isinstance(f, CategoricalFeature) else float | None) for f in pre.features
-        ]  # NOTE: required: an absent feature takes the general path (imputed, maybe a warning)
+        ]  # required: an absent feature takes the general path (imputed, maybe a warning)
         fields += [(attr, Any, msgspec.UNSET) for attr in ids.values()]
         rename = {attr: name for name, attr in [*names.items(), *ids.items()]}
         record = msgspec.defstruct("Record", fields, rename=rename, gc=False)
@@ -66,12 +66,12 @@ class TypedRecords:
                 return self._from_plain(*decoded)
         try:
             records = self._decoder.decode(raw).records  # type: ignore[attr-defined]
-        except (msgspec.MsgspecError, RecursionError):  # NOTE: a deep id value: the general path explains it
+        except (msgspec.MsgspecError, RecursionError):  # a deep id value: the general path explains it
             return None
         n = len(records)
         if not 0 < n <= max_records:
             return None
-        if n == 1:  # NOTE: the most frequent request: its fields picked, not flattened
+        if n == 1:  # the most frequent request: its fields picked, not flattened
             numbers, levels = self._numbers.one(records[0]), self._levels.one(records[0])
         else:
             numbers, levels = self._numbers.flat(records), self._levels.flat(records)
@@ -93,7 +93,7 @@ class TypedRecords:
 def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
     """The C decoder of plain bodies for this bundle, or None where it is not built.
 
-    NOTE: it creates no Python object per value, the cost that dominates the other paths.
+    It creates no Python object per value, the cost that dominates the other paths.
     """
     if PlainDecoder is None:
         return None
@@ -104,7 +104,7 @@ def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
             list(pre.id_columns),
             ABSENT,
         )
-    except ValueError:  # NOTE: a name or level JSON writes escaped, or an id column named as a feature
+    except ValueError:  # a name or level JSON writes escaped, or an id column named as a feature
         return None
 
 

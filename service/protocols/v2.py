@@ -194,7 +194,7 @@ def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:
             ("name", Literal[tuple(pre.kinds)]),
             ("datatype", Literal[(*NUMERIC_TYPES, "BYTES")]),
             ("shape", list[int]),
-            ("data", tuple[float | int | str | None]),  # NOTE: exactly one plain value
+            ("data", tuple[float | int | str | None]),  # exactly one plain value
         ],
         gc=False,
     )
@@ -220,13 +220,13 @@ def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
     decoded into typed structs and straight into `num`/`cat`; None sends the body down the full
     path (orjson, `input_columns`), which accepts it or explains exactly what is wrong.
 
-    NOTE: this is the V2 hot path. The types are checked by msgspec while parsing, cheaper than
+    This is the V2 hot path. The types are checked by msgspec while parsing, cheaper than
     checking the values in Python afterwards. Clients send the same layout (names and datatypes in
     the same order) every time, so a layout is checked once and remembered with the bundle.
     """
     try:
         request = pre.codec(DECODER_KEY, _single_row_decoder).decode(text)
-    except (msgspec.MsgspecError, RecursionError):  # NOTE: a deep "id": the full path explains it
+    except (msgspec.MsgspecError, RecursionError):  # a deep "id": the full path explains it
         return None
     inputs = request.inputs
     shapes = list(map(_SHAPE, inputs))
@@ -343,7 +343,7 @@ def response(
     if pre.task == "regression":
         tensors["value"] = {"name": "value", "datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
     else:
-        flat = out.ravel().tolist()  # NOTE: one conversion serves every tensor (this is per request)
+        flat = out.ravel().tolist()  # one conversion serves every tensor (this is per request)
         if pre.task == "binary":
             positive = flat[1::2]
             labels = list(map(str, pre.binary_labels(positive)))

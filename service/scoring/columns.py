@@ -31,9 +31,9 @@ from service.features import (
 )
 
 level_codes: Callable[..., bytearray] | None
-# NOTE: the C lookup scans the levels one by one; larger vocabularies keep index_in's hash table
+# the C lookup scans the levels one by one; larger vocabularies keep index_in's hash table
 SMALL_VOCAB = 0
-try:  # NOTE: the optional C accelerator (setup.py); without it Arrow's index_in does the lookups
+try:  # the optional C accelerator (setup.py); without it Arrow's index_in does the lookups
     from service.scoring import _levels
 
     level_codes, SMALL_VOCAB = _levels.level_codes, _levels.MAX_LEVELS
@@ -93,7 +93,7 @@ class ArrowEncoder:
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
-        # NOTE: numeric columns that once needed blanks cleared before Arrow's cast: later blocks
+        # numeric columns that once needed blanks cleared before Arrow's cast: later blocks
         # go straight there (a failing cast reads the whole block first)
         self._padded: set[str] = set()
 
@@ -113,7 +113,7 @@ class ArrowEncoder:
     def encode(self, batch: pa.RecordBatch | pa.Table) -> Encoded:
         """A batch holding every feature column → `num`/`cat`; errors and warnings by batch row."""
         n = batch.num_rows
-        # NOTE: filled column by column into [k, n] and transposed once: strided writes into the
+        # filled column by column into [k, n] and transposed once: strided writes into the
         # row-major [n, k] arrays cost more than all the Arrow kernels together
         num = np.empty((len(self.pre.numeric), n), dtype=np.float32)
         cat = np.empty((len(self.pre.categorical), n), dtype=np.int64)
@@ -139,20 +139,20 @@ def _numeric(name: str, column: pa.Array, n: int, enc: Encoded, padded: set[str]
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return encode_numeric(name, column.to_numpy(zero_copy_only=False), n, enc)
-    if pa.types.is_string(kind):  # NOTE: values that parse here are ASCII, so valid UTF-8
+    if pa.types.is_string(kind):  # values that parse here are ASCII, so valid UTF-8
         fast = _parse_numbers(column, name, padded)
         if fast is not None:
             return encode_numeric(name, fast, n, enc)
     if pa.types.is_null(kind):
         return encode_numeric(name, None, n, enc)
-    return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc)  # NOTE: the exact path decides
+    return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc)  # the exact path decides
 
 
 def _parse_numbers(column: pa.Array, name: str, padded: set[str]) -> np.ndarray | None:
     """Text → float64 with Arrow's parser, or None when any value needs the exact path: one
     Arrow cannot parse (grouped thousands, '1_000', junk) or that parses to ±inf or NaN.
     `padded`: the columns that once needed blanks cleared; they go straight to that step."""
-    # NOTE: cheapest first: a clean column; one whose only gaps are blanks; then every missing token
+    # cheapest first: a clean column; one whose only gaps are blanks; then every missing token
     values = None
     if name not in padded:
         try:
@@ -182,21 +182,21 @@ def _categorical(
     if not pa.types.is_string(column.type):
         if pa.types.is_null(column.type):
             return encode_categorical(feat, None, n, enc)
-        return encode_categorical(feat, column.to_pylist(), n, enc)  # NOTE: 2.0 → "2" etc. as JSON
+        return encode_categorical(feat, column.to_pylist(), n, enc)  # 2.0 → "2" etc. as JSON
     if levels is not None and column.null_count == 0 and level_codes is not None:
         _, offsets, data = column.buffers()
         codes = np.frombuffer(level_codes(offsets, data or b"", column.offset, len(column), levels), np.int64)
         unmatched = codes < 0
-        if unmatched.any():  # NOTE: not a level verbatim and not blank: the exact path decides, as below
+        if unmatched.any():  # not a level verbatim and not blank: the exact path decides, as below
             rows = np.flatnonzero(unmatched).tolist()
             _exact_codes(feat, column, rows, codes, enc)
         return codes
     found = pc.index_in(column, value_set=vocab)
-    if found.null_count == 0:  # NOTE: the usual block: every value a known level, nothing else to check
+    if found.null_count == 0:  # the usual block: every value a known level, nothing else to check
         known: np.ndarray = np.add(found.to_numpy(), 1, dtype=np.int64)
         return known
     codes = np.add(found.fill_null(-1).to_numpy(zero_copy_only=False), 1, dtype=np.int64)
-    # NOTE: values not found verbatim that are not blank (unseen, padded, ...) take the exact path
+    # values not found verbatim that are not blank (unseen, padded, ...) take the exact path
     unmatched = pc.and_(pc.is_null(found), pc.not_equal(column, ""))
     if pc.any(unmatched).as_py():
         _exact_codes(feat, column, np.flatnonzero(unmatched.to_numpy(zero_copy_only=False)).tolist(), codes, enc)

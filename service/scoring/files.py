@@ -27,7 +27,7 @@ Format = Literal["csv", "csv.gz", "parquet"]
 HEADER_PROBE = 1 << 16
 RECORD_LIMIT = 1 << 20  # bytes in one CSV record; reads are at least twice this, so a record's end is one read away
 LIMIT_TEXT = "1 MiB"
-_OVER_LIMIT = "\x00tabserve: record over the limit, bytes="  # NOTE: the NUL keeps it apart from CSV text
+_OVER_LIMIT = "\x00tabserve: record over the limit, bytes="  # the NUL keeps it apart from CSV text
 _SHORT = RECORD_LIMIT // 2  # a newline in every window this long: no line in it is over the limit
 _QUOTE, _COMMA, _LF, _CR = 34, 44, 10, 13
 _NOT_A_QUOTE = 0  # what `_prev` holds after a quote that did not close a quoted field
@@ -168,11 +168,11 @@ class _Records:
         opening = quotes[1 if self._quoted else 0 :: 2]
         if not opening.size:
             return quotes
-        before = arr[opening - 1]  # NOTE: at 0 this wraps to the last byte; the byte before is `_prev`
+        before = arr[opening - 1]  # at 0 this wraps to the last byte; the byte before is `_prev`
         if opening[0] == 0:
             before[0] = self._prev
         at_start = (before == _COMMA) | (before == _LF) | (before == _CR) | (before == _QUOTE)
-        if at_start.all():  # NOTE: every quote pairs as Arrow pairs it (the usual case)
+        if at_start.all():  # every quote pairs as Arrow pairs it (the usual case)
             return quotes
         return np.array(self._toggles_exact(data, quotes.tolist()), dtype=np.int64)
 
@@ -206,7 +206,7 @@ class CsvSource:
 
     Every column is read as text (the feature contract parses numbers itself, exactly as for JSON);
     bytes are not checked as UTF-8 here, the scorer reports bad rows instead of failing the file.
-    NOTE: each block is parsed with a synchronous `read_csv` on the calling thread rather than Arrow's
+    Each block is parsed with a synchronous `read_csv` on the calling thread rather than Arrow's
     streaming reader, whose own threads read ahead ~32 blocks and call back into Python.
     """
 
@@ -221,7 +221,7 @@ class CsvSource:
         body = head[len(first) :]
         body = body[2:] if body.startswith(b"\r\n") else body[1:]
         self._records = _Records(body, stream, len(self.columns))
-        # NOTE: reads of about chunk_rows rows, never under twice the record limit (batches are cut to chunk_rows)
+        # reads of about chunk_rows rows, never under twice the record limit (batches are cut to chunk_rows)
         line = max(len(head) / max(head.count(b"\n"), 1), 16.0)
         self._block = int(min(max(chunk_rows * line, 2 * RECORD_LIMIT), 1 << 26))
         self._chunk = chunk_rows
@@ -232,11 +232,11 @@ class CsvSource:
         return pa.string()
 
     def _on_invalid(self, row: pcsv.InvalidRow) -> str:
-        # NOTE: `number` counts the block's rows from 1 (known as each block is parsed serially)
+        # `number` counts the block's rows from 1 (known as each block is parsed serially)
         index = self._rows_before + row.number - 1 if row.number is not None else -1
         reason, text = f"expected {row.expected_columns} fields, got {row.actual_columns}", row.text
         length = text.startswith(_OVER_LIMIT) and text[len(_OVER_LIMIT) :].split(",", 1)[0]
-        if length and length.isdigit():  # NOTE: the marker `_Records` put in place of an over-long record
+        if length and length.isdigit():  # the marker `_Records` put in place of an over-long record
             reason, text = f"the record is {int(length):,} bytes, over the {LIMIT_TEXT} limit for one record", ""
         self._invalid.append((index, f"{reason}\0{text}"))
         self._block_invalid += 1
@@ -258,7 +258,7 @@ class CsvSource:
                 pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
             )
             self._rows_before += table.num_rows + self._block_invalid
-            # NOTE: about chunk_rows per batch, evenly: a block of 16,420 rows is one batch, not
+            # about chunk_rows per batch, evenly: a block of 16,420 rows is one batch, not
             # 16,384 and 36 (each batch has a fixed cost in the scorer)
             pieces = max(1, round(table.num_rows / self._chunk))
             yield from table.to_batches(max_chunksize=-(-table.num_rows // pieces) or 1)
@@ -361,7 +361,7 @@ def numbered(source: Source, wanted: list[str]) -> Iterator[pa.RecordBatch]:
         yield _with_rows(batch, next_row, skipped, header)
         next_row += n + len(skipped)
     pending += source.take_invalid()
-    if pending:  # NOTE: unparsable rows after the last good one
+    if pending:  # unparsable rows after the last good one
         empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(c, source.type_of(c)) for c in wanted]))
         yield _with_rows(empty, next_row, [(next_row + i, why) for i, (_, why) in enumerate(pending)], header)
 
@@ -398,7 +398,7 @@ def _unparsed(schema: pa.Schema, header: list[str], text: str, row: int, reason:
     """One row the reader skipped: its fields where they can be told apart, and why."""
     try:
         fields = next(csv.reader([text]), [])
-    except csv.Error:  # NOTE: a field over the csv module's limit: the cells stay empty, the reason says why
+    except csv.Error:  # a field over the csv module's limit: the cells stay empty, the reason says why
         fields = []
     cells = []
     for name in schema.names:

@@ -47,7 +47,7 @@ __all__ = [
 
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
 OnError = Callable[[int, str], None]  # (row number, message)
-ORT_ROWS = 1024  # NOTE: ONNX Runtime is faster per row at 1k rows than at 16k (the cache)
+ORT_ROWS = 1024  # ONNX Runtime is faster per row at 1k rows than at 16k (the cache)
 READ_AHEAD = 1  # blocks the reading thread may have ready before the scorers take them (2 was no faster)
 KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
@@ -63,7 +63,7 @@ class Summary:
     rows_failed: int = 0
     seconds: float = 0.0
     errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS
-    # NOTE: on scored rows (unseen levels, values outside the training range); text → rows
+    # on scored rows (unseen levels, values outside the training range); text → rows
     warnings: Counter[str] = field(default_factory=Counter)
 
     def count_warnings(self, counts: Counter[str]) -> None:
@@ -129,7 +129,7 @@ class Scorer:
         kept = kept_columns(source, self.pre, keep, keep_all)
         wanted = list(dict.fromkeys([*kept, *self.names]))
         twice = [name for name in wanted if source.columns.count(name) > 1]
-        if twice:  # NOTE: which of the two holds the value is a guess: refuse rather than pick one
+        if twice:  # which of the two holds the value is a guess: refuse rather than pick one
             raise ScoringError(f"column(s) named more than once in the input's header: {', '.join(twice)}")
         return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
 
@@ -159,7 +159,7 @@ class Scorer:
     def score_batch(self, batch: pa.RecordBatch, schema: pa.Schema) -> Scored:
         """Score one block of `numbered` rows into the output schema: rows the reader could not
         split, and rows with a value the contract refuses, get empty predictions and the reason."""
-        enc = self.encoder.encode(batch)  # NOTE: checks the UTF-8 of every feature value it reads
+        enc = self.encoder.encode(batch)  # checks the UTF-8 of every feature value it reads
         n_kept = len(schema) - len(prediction_columns(self.pre)) - 1
         for name in schema.names[:n_kept]:
             if name not in self.names:
@@ -271,9 +271,8 @@ def read_ahead(items: Iterator[_T], depth: int = READ_AHEAD) -> Generator[_T, No
     the consumer; a consumer that stops early (close, an error of its own) stops the thread at its
     next item.
 
-    NOTE: `tabserve score` on the 1 M-row telco file, 5 runs alternating with the code before
-    (2 cores): 949k → 1,033k rows/s (means), as reading no longer stops while the calling thread
-    waits for a result or writes one.
+    Reading then never stops while the calling thread waits for a result or writes one (the A/B
+    is in BENCHMARKS.md).
     """
     ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
     stop = threading.Event()
@@ -290,7 +289,7 @@ def read_ahead(items: Iterator[_T], depth: int = READ_AHEAD) -> Generator[_T, No
         except BaseException as exc:  # noqa: BLE001 (raised again in the consumer)
             last = (None, exc)
         finally:
-            getattr(items, "close", lambda: None)()  # NOTE: the source is let go on the thread that read it
+            getattr(items, "close", lambda: None)()  # the source is let go on the thread that read it
         if not stop.is_set():
             ready.put(last)
 
@@ -306,11 +305,11 @@ def read_ahead(items: Iterator[_T], depth: int = READ_AHEAD) -> Generator[_T, No
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        # NOTE: room for the producer's last put, whatever it was doing when told to stop
+        # room for the producer's last put, whatever it was doing when told to stop
         with suppress(queue.Empty):
             while True:
                 ready.get_nowait()
-        # NOTE: it finishes the block in hand; a process that exits while it is inside Arrow aborts
+        # it finishes the block in hand; a process that exits while it is inside Arrow aborts
         producer.join()
 
 

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the extra
     raise ImportError("the Ray engine needs Ray Data: pip install 'tabserve[ray]'") from exc
 
 INPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
-FILE = "__tabserve_file__"  # NOTE: with several input files, each row's file (for its error message)
+FILE = "__tabserve_file__"  # with several input files, each row's file (for its error message)
 ROW_IN_MESSAGE = re.compile(r"\brow (\d+)")
 
 
@@ -74,7 +74,7 @@ class NumberedSource(FileBasedDatasource):
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         if format_of(Path(path)) == "parquet":
-            f = self._filesystem.open_input_file(path)  # NOTE: Parquet needs random access
+            f = self._filesystem.open_input_file(path)  # Parquet needs random access
         source = _open(path, f, self.chunk_rows)
         name = pa.scalar(Path(path).name, pa.string())
         for batch in numbered(source, self.wanted):
@@ -110,12 +110,12 @@ class ScoreActor:
         if not batch:
             return self.schema.empty_table()
         scored = self.scorer.score_batch(batch[0], self.schema)
-        if scored.warnings:  # NOTE: waited for, so the driver's count after the run is complete
+        if scored.warnings:  # waited for, so the driver's count after the run is complete
             ray.get(self.tally.add.remote(dict(scored.warnings)))
         out = pa.Table.from_batches([scored.batch])
         if FILE not in table.column_names:
             return out
-        # NOTE: "b.csv: row 12, field 'tenure': …" — row numbers count within each file
+        # "b.csv: row 12, field 'tenure': …" — row numbers count within each file
         named = pc.binary_join_element_wise(table.column(FILE), out.column("error"), ": ")
         return out.set_column(out.schema.get_field_index("error"), "error", named)
 
@@ -138,10 +138,10 @@ def score_with_ray(
     started = time.perf_counter()
     files = input_files(input)
     fmt = format_of(output)
-    scorer = Scorer(ref, "cpu", threads=1)  # NOTE: only for the header checks and the output schema
+    scorer = Scorer(ref, "cpu", threads=1)  # only for the header checks and the output schema
     plans = []
-    for path in files:  # NOTE: every file's header is checked before any work
-        parquet = format_of(Path(path)) == "parquet"  # NOTE: the input's format; gzip CSV decompressed
+    for path in files:  # every file's header is checked before any work
+        parquet = format_of(Path(path)) == "parquet"  # the input's format; gzip CSV decompressed
         with pa.OSFile(path) if parquet else pa.input_stream(path) as raw:
             plans.append(scorer.plan(_open(path, raw, chunk_rows), keep, keep_all))
     wanted, schema = plans[0]
@@ -150,7 +150,7 @@ def score_with_ray(
         cpus = None if address else min(2, os.cpu_count() or 1)
         ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # NOTE: output rows in input order
+    ctx.execution_options.preserve_order = True  # output rows in input order
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus = resources.get("GPU", 0) if device != "cpu" else 0
     if device == "cuda" and not gpus:
@@ -165,7 +165,7 @@ def score_with_ray(
         batch_format="pyarrow",
         batch_size=None,
         concurrency=pool,
-        # NOTE: on a small local Ray an actor pool holding every CPU starves the read tasks
+        # on a small local Ray an actor pool holding every CPU starves the read tasks
         num_cpus=0.5 if local else 1,
         num_gpus=1 if gpus else 0,
     )
@@ -180,7 +180,7 @@ def score_with_ray(
                 arrow_csv_args_fn=lambda: {"write_options": csv_write_options()},
                 **({"arrow_open_stream_args": {"compression": "gzip"}} if fmt == "csv.gz" else {}),
             )
-        if fmt == "csv.gz":  # NOTE: Ray names parts by format ("….csv"); these hold gzip
+        if fmt == "csv.gz":  # Ray names parts by format ("….csv"); these hold gzip
             for part in output_files(tmp):
                 part.rename(part.with_name(part.name + ".gz"))
         summary = _count(tmp, fmt, on_error)
