@@ -76,7 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         providers_for(settings.device)  # device=cuda with no usable CUDA fails the start here
         log.info(describe_device(settings.device))
-        app.state.accelerators = accelerators.report()
         loader = asyncio.create_task(_load_then_poll(store, settings))
         yield
         loader.cancel()
@@ -90,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
-    app.state.accelerators = accelerators.accelerators()
+    app.state.accelerators = accelerators.report()  # a missing one is said once, at start
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for router in (health.router, models.router, score.router, protocols.router, admin.router, metrics.router):

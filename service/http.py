@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
@@ -228,7 +229,7 @@ class HttpProtocol(HttpToolsProtocol):
             retry = b"retry-after: 1\r\n" if refusal.status == 503 else b""
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
-                % (refusal.status, _REASONS.get(refusal.status, b"Error"), len(body), retry, body)
+                % (refusal.status, HTTPStatus(refusal.status).phrase.encode(), len(body), retry, body)
             )
         self._state, self._deadline = CLOSING, self.loop.time() + LINGER_S
         if self.transport.can_write_eof():
@@ -254,10 +255,6 @@ class HttpProtocol(HttpToolsProtocol):
             HttpProtocol._sweeps[id(self.connections)] = self.loop.call_later(
                 SWEEP_S, _sweep, self.loop, self.connections
             )
-
-
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
-_REASONS[503] = b"Service Unavailable"
 
 
 def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
