@@ -1,14 +1,4 @@
-"""Score a file or stream on this machine: Arrow batches in, every input row accounted for out.
-
-Reader → encode (service/scoring/columns.py, the bundle's contract) → ONNX Runtime → writer.
-Reading runs on a thread of its own, a block ahead; encoding and inference on a small
-thread pool (Arrow kernels and ONNX Runtime release the GIL); writing on the calling thread. At
-most a few blocks are in flight, so memory stays bounded whatever the file size. A row that
-cannot be scored (wrong number of fields, invalid UTF-8, an unparsable value) is still written,
-in place, with empty predictions and the reason in `error`.
-Files are written under a temporary name and renamed at the end: an interrupted run never leaves
-a truncated file under the output name, and the next run removes what a killed one left.
-"""
+"""Score a file or stream on this machine, in bounded memory: every input row has an output row."""
 
 from __future__ import annotations
 
@@ -47,8 +37,8 @@ __all__ = [
 
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
 OnError = Callable[[int, str], None]  # (row number, message)
-ORT_ROWS = 1024  # ONNX Runtime is faster per row at 1k rows than at 16k (the cache)
-READ_AHEAD = 1  # blocks the reading thread may have ready before the scorers take them (2 was no faster)
+ORT_ROWS = 1024  # rows per ONNX Runtime call: small enough to stay in cache
+READ_AHEAD = 1  # blocks the reading thread may have ready before the scorers take them
 KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
 OTHER_WARNINGS = "other warnings"
@@ -56,18 +46,18 @@ OTHER_WARNINGS = "other warnings"
 
 @dataclass
 class Summary:
-    """What a run did; rows_in == rows_scored + rows_failed, always."""
+    """What a run did; rows_in == rows_scored + rows_failed."""
 
     rows_in: int = 0
     rows_scored: int = 0
     rows_failed: int = 0
     seconds: float = 0.0
     errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS
-    # on scored rows (unseen levels, values outside the training range); text → rows
+    # warnings on scored rows: text → rows
     warnings: Counter[str] = field(default_factory=Counter)
 
     def count_warnings(self, counts: Counter[str]) -> None:
-        """Add a block's warning counts (beyond KEPT_WARNINGS distinct texts, under one entry)."""
+        """Add a block's warning counts, past KEPT_WARNINGS texts under one entry."""
         for message, rows in counts.items():
             if message not in self.warnings and len(self.warnings) >= KEPT_WARNINGS:
                 message = OTHER_WARNINGS
@@ -75,12 +65,12 @@ class Summary:
 
     @property
     def rows_per_second(self) -> float:
-        """Throughput of the whole run."""
+        """Rows in per second."""
         return self.rows_in / self.seconds if self.seconds else 0.0
 
 
 def prediction_columns(pre: Preprocess) -> list[str]:
-    """The columns the model adds: label and probability, class probabilities, or value."""
+    """The columns the model adds."""
     if pre.task == "binary":
         return ["label", "probability"]
     if pre.task == "multiclass":
@@ -90,7 +80,7 @@ def prediction_columns(pre: Preprocess) -> list[str]:
 
 @dataclass
 class Scored:
-    """One input block scored: the output rows and (row number, error) pairs."""
+    """One block scored."""
 
     batch: pa.RecordBatch
     errors: list[tuple[int, str]]
@@ -99,20 +89,25 @@ class Scored:
 
 
 class Scorer:
-    """One bundle's session and contract, applied to Arrow batches."""
+    """One bundle's session and contract (`pre`), applied to Arrow batches."""
 
     def __init__(
-        self, ref: BundleRef, device: Device = "auto", threads: int = 1, session: ort.InferenceSession | None = None
+        self,
+        ref: BundleRef,
+        device: Device = "auto",
+        threads: int = 1,
+        session: ort.InferenceSession | None = None,
+        pre: Preprocess | None = None,
     ) -> None:
         self.name, self.version = ref.name, ref.version
-        self.pre = ref.preprocess
+        self.pre = pre if pre is not None else ref.preprocess
         self.session = session or create_session(ref.path / MODEL_FILE, device, threads)
         self.names = [f.name for f in self.pre.features]
         self.encoder = ArrowEncoder(self.pre)
         self._labels = pa.array(self.pre.labels)
 
     def check_columns(self, columns: list[str]) -> None:
-        """Fail before any work when the input lacks feature columns the model needs."""
+        """Fail early when the input lacks feature columns."""
         missing = [n for n in self.names if n not in columns]
         if missing:
             unused = [c for c in columns if c not in self.names]
@@ -124,7 +119,7 @@ class Scorer:
             )
 
     def plan(self, source: Source, keep: list[str] | None, keep_all: bool) -> tuple[list[str], pa.Schema]:
-        """Check a source's columns before any work; the columns to read and the output schema."""
+        """Check a source's columns; the columns to read and the output schema."""
         self.check_columns(source.columns)
         kept = kept_columns(source, self.pre, keep, keep_all)
         wanted = list(dict.fromkeys([*kept, *self.names]))
@@ -134,8 +129,7 @@ class Scorer:
         return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
 
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:
-        """Pass-through columns, prediction columns, `error`; the model that scored them in the
-        schema's metadata (Parquet keeps it, so a scored file says which version produced it)."""
+        """Kept columns, predictions, `error`; the scoring model in the metadata."""
         fields = [pa.field(name, kind) for name, kind in kept]
         if self.pre.task == "regression":
             fields.append(pa.field("value", pa.float64()))
@@ -149,7 +143,7 @@ class Scorer:
         return pa.schema([*fields, pa.field("error", pa.string())], metadata=provenance)
 
     def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
-        """ONNX Runtime over the rows, a few thousand at a time."""
+        """ONNX Runtime over the rows, ORT_ROWS at a time."""
         parts = [
             self.session.run(None, {"num": num[i : i + ORT_ROWS], "cat": cat[i : i + ORT_ROWS]})[0]
             for i in range(0, len(num), ORT_ROWS)
@@ -157,8 +151,7 @@ class Scorer:
         return np.concatenate(parts) if parts else np.empty((0, self.pre.n_outputs), np.float32)
 
     def score_batch(self, batch: pa.RecordBatch, schema: pa.Schema) -> Scored:
-        """Score one block of `numbered` rows into the output schema: rows the reader could not
-        split, and rows with a value the contract refuses, get empty predictions and the reason."""
+        """Score one `numbered` block; failed rows get empty predictions and the reason."""
         enc = self.encoder.encode(batch)  # checks the UTF-8 of every feature value it reads
         n_kept = len(schema) - len(prediction_columns(self.pre)) - 1
         for name in schema.names[:n_kept]:
@@ -194,7 +187,7 @@ class Scorer:
 
 
 def kept_columns(source: Source, pre: Preprocess, keep: list[str] | None, keep_all: bool) -> list[str]:
-    """The pass-through columns: `--keep`, every column, or the bundle's id columns when present."""
+    """The pass-through columns: `keep`, all, or the id columns present."""
     if keep_all:
         return list(source.columns)
     wanted = keep if keep is not None else pre.id_columns
@@ -215,7 +208,7 @@ def score_stream(
     on_error: OnError | None = None,
     workers: int = 0,
 ) -> Summary:
-    """Score every batch of `source` into the sink `open_out(schema)` gives; rows out == rows in."""
+    """Score `source` into the sink `open_out(schema)` gives; rows out == rows in."""
     started, summary = time.perf_counter(), Summary()
     try:
         wanted, schema = scorer.plan(source, keep, keep_all)
@@ -266,14 +259,7 @@ _DONE = object()
 
 
 def read_ahead(items: Iterator[_T], depth: int = READ_AHEAD) -> Generator[_T, None, None]:
-    """`items` produced on a thread of its own, up to `depth` ahead of the consumer: reading the
-    next block overlaps scoring and writing the ones before it. An error in `items` is raised in
-    the consumer; a consumer that stops early (close, an error of its own) stops the thread at its
-    next item.
-
-    Reading then never stops while the calling thread waits for a result or writes one (the A/B
-    is in BENCHMARKS.md).
-    """
+    """`items` made on a thread of its own, up to `depth` ahead; its errors raise in the consumer."""
     ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
     stop = threading.Event()
 
@@ -325,8 +311,7 @@ def score_file(
     on_error: OnError | None = None,
     workers: int = 0,
 ) -> Summary:
-    """Score `source` (a CSV, CSV.gz or Parquet file, or an open source) into `target` (format by
-    extension) atomically."""
+    """Score `source` into `target` (format by extension) under a temporary name, then rename."""
     fmt = format_of(target)
     reader = open_source(source, chunk_rows) if isinstance(source, Path) else source
     remove_stale(target)
@@ -351,12 +336,12 @@ def score_file(
 
 
 def temporary(target: Path) -> Path:
-    """The hidden name `target` is written under before it is renamed into place (this process's id in it)."""
+    """Where `target` is written before the rename (with this process's id)."""
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
 def remove_stale(target: Path) -> None:
-    """Remove the temporaries of `target` that processes which no longer run left (`kill -9`, a crash)."""
+    """Remove `target`'s temporaries whose processes no longer run."""
     prefix = f".{target.name}.tmp-"
     with suppress(OSError):
         for path in target.parent.iterdir():

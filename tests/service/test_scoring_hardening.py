@@ -433,7 +433,7 @@ def test_a_row_that_looks_like_the_limit_marker_is_an_ordinary_bad_row(
 
 
 def test_a_full_spool_gives_up_on_a_client_that_reads_nothing() -> None:
-    from service.api.score import Cancelled, ResponsePipe
+    from service.scoring.upload import Cancelled, ResponsePipe
 
     loop = asyncio.new_event_loop()
     try:
