@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import accelerators
 from service.api import admin, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
+from service.dataplane import DataPlane
 from service.http import protocol_for
 from service.runtime import describe_device, providers_for
 from service.settings import Settings
@@ -97,7 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app, store, settings.max_records)
     openapi.install_docs(app)
     app.add_middleware(RequestMetrics, telemetry=telemetry)
-    app.predict_endpoint = PredictEndpoint(store, settings, telemetry)
+    app.state.plane = DataPlane(store)
+    app.predict_endpoint = PredictEndpoint(app.state.plane, settings, telemetry)
     return app
 
 

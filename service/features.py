@@ -11,17 +11,15 @@ import difflib
 import itertools
 import json
 import math
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
 FORMAT_VERSION = 1
-_T = TypeVar("_T")
 Task = Literal["binary", "multiclass", "regression"]
 Label = str | int | float | bool
 # what a per-record warning is about (a metrics label: drift shows as out_of_range/unseen_level)
@@ -216,11 +214,9 @@ class Preprocess:
 
     def labels_for(self, out: np.ndarray) -> list[Label]:
         """Predicted labels from class probabilities (the rule of `label_index`)."""
-        labels = self.labels
-        if self.task == "binary" and len(out) <= 64:
-            # a request's few rows: the same float64 comparison without numpy's per-call cost
+        if self.task == "binary" and len(out) <= 64:  # a request's rows: no numpy call
             return self.binary_labels(out[:, 1].tolist())
-        return [labels[i] for i in self.label_index(out).tolist()]
+        return [self.labels[i] for i in self.label_index(out).tolist()]
 
     def binary_labels(self, probabilities: list[float]) -> list[Label]:
         """Binary labels from positive-class probabilities as Python floats (the rule of `label_index`)."""
@@ -229,7 +225,8 @@ class Preprocess:
         return [pos if p >= t else neg for p in probabilities]
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Encoded:
-        """Column-wise raw values → `num` float32[N, n_num] and `cat` int64[N, n_cat]."""
+        """Column-wise raw values → `num` float32[N, n_num] and `cat` int64[N, n_cat]; an absent
+        column is all missing."""
         enc = Encoded(
             num=np.empty((n_rows, len(self.numeric)), dtype=np.float32),
             cat=np.zeros((n_rows, len(self.categorical)), dtype=np.int64),
@@ -242,52 +239,18 @@ class Preprocess:
         return enc
 
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> Encoded:
-        """JSON-style records → model inputs; absent or null fields are missing.
-
-        The hot path of every request. Values are pulled out with itemgetter and looked up
-        with map(dict.get, ...) so the per-value work runs in C; anything off the fast path goes
-        through the same _number / _level as encode_columns, so both give identical arrays.
-        """
-        nums, cats = self._fields
-        try:
-            if len(records) == 1:  # the most frequent request: its fields picked, not flattened
-                numbers, levels = nums.one(records[0]), cats.one(records[0])
-            else:
-                numbers, levels = nums.flat(records), cats.flat(records)
-        except KeyError:  # some record lacks a feature: missing, not an error (but see below)
-            enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
-            self._check_absent(records, enc)
-            return enc
-        return self.encode_flat(numbers, levels, len(records))
-
-    def _encode_plain(self, numbers: Sequence[Any], levels: Sequence[Any]) -> Encoded | None:
-        """The common single record — numbers as JSON numbers, known levels, in `num` / `cat`
-        order — in a few C-level calls; None sends anything else down the general path.
-
-        The most frequent request, so its fast path is worth its lines.
-        """
-        try:
-            codes = list(map(dict.get, self._indexes, levels))
-        except TypeError:  # an unhashable level
-            return None
-        if None in codes:
-            return None
-        for v in numbers:
-            if type(v) not in _PLAIN_NUMBERS or not -_F32_MAX <= v <= _F32_MAX:  # also None, NaN
-                return None
-        enc = Encoded(np.array([numbers], dtype=np.float32), np.array([codes], dtype=np.int64))
-        lo, hi, _, _ = self._ranges
-        # within the range as Python numbers is within it in float32 too (the bounds are
-        # float32 values and rounding keeps order); only values outside need the exact check
-        if not (all(map(operator.le, lo, numbers)) and all(map(operator.le, numbers, hi))):
-            self.check_ranges(enc)
+        """JSON-style records → model inputs: the records as columns (absent or null fields are
+        missing), then `check_absent`. The reference the speed encoders (service/encoders.py) match."""
+        columns = {name: [r.get(name) for r in records] for name in self.kinds}
+        enc = self.encode_columns(columns, len(records))
+        self.check_absent(records, enc)
         return enc
 
-    def _check_absent(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:
+    def check_absent(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:
         """Absent features are imputed like nulls, except where that is surely a client mistake: a
         record with none of the features is an error, and an absent feature next to an ignored
         field that looks like it (`Tenure` for `tenure`) gets a "did you mean" warning."""
-        kinds, known = self.kinds, self._known_fields
+        kinds, known = self.kinds, self.known_fields
         for row, record in enumerate(records):
             absent = [name for name in kinds if name not in record]
             if not absent:
@@ -310,74 +273,35 @@ class Preprocess:
                     )
 
     @cached_property
-    def _known_fields(self) -> frozenset[str]:
+    def known_fields(self) -> frozenset[str]:
+        """Feature and id column names: the fields of a record that are not ignored."""
         return frozenset([*self.kinds, *self.id_columns])
-
-    def encode_flat(self, numbers: Sequence[Any], levels: Sequence[Any], n_rows: int) -> Encoded:
-        """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs; a
-        single plain record (every record protocol's most frequent request) takes `_encode_plain`."""
-        if n_rows == 1 and (plain := self._encode_plain(numbers, levels)) is not None:
-            return plain
-        nums, cats = self._fields
-        enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
-        enc.num = _numbers(nums.names, numbers, n_rows, enc)
-        enc.cat = _codes(levels, self.categorical, self._indexes, enc).reshape(n_rows, cats.k)
-        self.check_ranges(enc)
-        return enc
 
     def check_ranges(self, enc: Encoded) -> None:
         """A per-record warning for each numeric value outside the range seen in training (the
         model extrapolates there); compared in float32, as the model sees the values."""
-        lo, hi, below, above = self._ranges
-        num, names = enc.num, self._fields[0].names
-        if num.shape[0] == 1:  # a single record: plain Python beats three numpy calls
-            for j, v in enumerate(num[0].tolist()):
-                if v < lo[j]:
-                    enc.warn(0, below[j], names[j], "out_of_range")
-                elif v > hi[j]:
-                    enc.warn(0, above[j], names[j], "out_of_range")
-            return
-        low, high = num < self._range_arrays[0], num > self._range_arrays[1]  # NaN is neither
+        lo, hi = self.ranges
+        low, high = enc.num < lo, enc.num > hi  # NaN is neither
         if not (low.any() or high.any()):
             return
+        below, above = self.range_messages
         for i, j in zip(*np.nonzero(low | high), strict=True):
-            enc.warn(int(i), below[j] if low[i, j] else above[j], names[j], "out_of_range")
+            enc.warn(int(i), below[j] if low[i, j] else above[j], self.numeric[j].name, "out_of_range")
 
     @cached_property
-    def _range_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest and largest value of each numeric feature seen in training, as float32."""
         return (
             np.array([f.min_ for f in self.numeric], dtype=np.float32),
             np.array([f.max_ for f in self.numeric], dtype=np.float32),
         )
 
     @cached_property
-    def _ranges(self) -> tuple[list[float], list[float], list[str], list[str]]:
-        lo, hi = self._range_arrays
+    def range_messages(self) -> tuple[list[str], list[str]]:
+        """The out-of-range warnings of each numeric feature: (below, above)."""
         below = [f"field '{f.name}': below the smallest value seen in training ({f.min_:g})" for f in self.numeric]
         above = [f"field '{f.name}': above the largest value seen in training ({f.max_:g})" for f in self.numeric]
-        return lo.tolist(), hi.tolist(), below, above
-
-    @cached_property
-    def codec_cache(self) -> dict[Any, Any]:
-        """Scratch space for protocol codecs (request layouts already checked), kept with the bundle."""
-        return {}
-
-    def codec(self, key: str, build: Callable[[Preprocess], _T]) -> _T:
-        """A protocol codec for this bundle, built on first use and kept in `codec_cache`."""
-        cache = self.codec_cache
-        try:
-            return cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            made = cache[key] = build(self)
-            return made
-
-    @cached_property
-    def _fields(self) -> tuple[Fields, Fields]:
-        return Fields([f.name for f in self.numeric]), Fields([f.name for f in self.categorical])
-
-    @cached_property
-    def _indexes(self) -> list[dict[str, int]]:
-        return [f.index_ for f in self.categorical]
+        return below, above
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json document."""
@@ -437,9 +361,7 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
 
 
 _PLAIN_NUMBER_TYPES = frozenset({float, int, type(None)})
-_PLAIN_NUMBERS = (float, int)
-_F32_MAX = float(np.finfo(np.float32).max)
-_EMPTY_NUM, _EMPTY_CAT = np.empty(0, np.float32), np.empty(0, np.int64)
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _number(row: int, name: str, value: Any, enc: Encoded) -> float:
@@ -465,34 +387,7 @@ def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, 
     return found
 
 
-class Fields:
-    """Pulls named fields out of many records at C speed, row-major and flat: keys of dicts, or
-    (with `getter=operator.attrgetter`) attributes of structs."""
-
-    def __init__(self, names: list[str], getter: Callable[..., Any] = operator.itemgetter) -> None:
-        self.names, self.k = names, len(names)
-        self._get = getter(*names) if names else None
-
-    def flat(self, records: Sequence[Any]) -> list[Any]:
-        """Raises KeyError (AttributeError) when a record lacks a field (see `flat_lenient`)."""
-        if self._get is None:
-            return []
-        got = list(map(self._get, records))
-        return got if self.k == 1 else list(itertools.chain.from_iterable(got))
-
-    def one(self, record: Any) -> Sequence[Any]:
-        """The fields of one record in order; raises KeyError (AttributeError) when one is absent."""
-        if self._get is None:
-            return ()
-        got = self._get(record)
-        return (got,) if self.k == 1 else got
-
-    def flat_lenient(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """As `flat` for dicts, with None for absent fields."""
-        return [r.get(name) for r in records for name in self.names]
-
-
-def _codes(
+def codes_of(
     flat: Sequence[Any], feats: list[CategoricalFeature], indexes: list[dict[str, int]], enc: Encoded
 ) -> np.ndarray:
     """Row-major raw levels → vocabulary indices (0: missing or unseen, with a warning)."""
@@ -532,10 +427,10 @@ def encode_numeric(name: str, values: Sequence[Any] | np.ndarray | None, n: int,
         return np.full(n, np.nan, dtype=np.float32)
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
         return _finite_or_errors([name], values.astype(np.float64).reshape(n, 1), enc)[:, 0]
-    return _numbers([name], list(values), n, enc)[:, 0]
+    return numbers_of([name], list(values), n, enc)[:, 0]
 
 
-def _numbers(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
+def numbers_of(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
     """Row-major raw values → float32 [n, k]; floats, ints and None convert in one numpy call,
     anything else (text, booleans, objects) goes through parse_number, errors recorded."""
     if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
@@ -547,14 +442,14 @@ def _numbers(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.
 def _float32(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
     """Row-major numbers (None = missing) → float32 [n, k]; values beyond float32 become errors."""
     # for request-sized inputs a Python range check is cheaper than three numpy calls
-    if len(flat) <= 64 and all(v is None or -_F32_MAX <= v <= _F32_MAX for v in flat):
+    if len(flat) <= 64 and all(v is None or -F32_MAX <= v <= F32_MAX for v in flat):
         return np.array(flat, dtype=np.float32).reshape(n, len(names))
     return _finite_or_errors(names, _float_matrix(flat).reshape(n, len(names)), enc)
 
 
 def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.ndarray:
     """float64 [N, k] → float32, recording ±inf (or values too large for float32) as errors."""
-    too_big = np.abs(values) > _F32_MAX  # NaN compares False: missing values pass
+    too_big = np.abs(values) > F32_MAX  # NaN compares False: missing values pass
     if not too_big.any():
         return values.astype(np.float32)
     for i, j in zip(*np.nonzero(too_big), strict=True):
@@ -568,4 +463,4 @@ def encode_categorical(feat: CategoricalFeature, values: Sequence[Any] | None, n
     """One column of raw levels → int64[n] codes; None (absent column) is all missing."""
     if values is None:
         return np.zeros(n, dtype=np.int64)
-    return _codes(list(values), [feat], [feat.index_], enc)
+    return codes_of(list(values), [feat], [feat.index_], enc)

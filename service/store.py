@@ -17,6 +17,8 @@ import onnxruntime as ort
 from service import bundle
 from service.batching import AdaptiveBatcher
 from service.features import Encoded, Preprocess
+from service.protocols import codecs_for
+from service.protocols.base import Codec
 from service.runtime import active_provider, create_session
 from service.settings import Settings
 from service.telemetry import Telemetry
@@ -38,6 +40,7 @@ class LoadedModel:
     session: ort.InferenceSession
     provider: str
     batcher: AdaptiveBatcher
+    codecs: dict[str, Codec]  # protocol name → its codec for this model
     loaded_at: float = field(default_factory=time.time)
     # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
@@ -94,7 +97,8 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
         enabled=settings.batching,
         on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
     )
-    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher)
+    codecs = codecs_for(pre, settings.max_records)
+    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher, codecs)
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
     return model
 

@@ -1,1 +1,18 @@
-"""Codecs for the field's protocols (KServe V2, MLflow) in front of the same scorer as /predict."""
+"""The codecs: each protocol's body bytes → `Request`, `Result` → its answer (service/protocols/base.py).
+
+They know the model's contract and the error kinds (service/errors.py), nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from service.features import Preprocess
+from service.protocols.base import Codec
+from service.protocols.mlflow import MlflowCodec
+from service.protocols.native import NativeCodec
+from service.protocols.v2 import V2Codec
+
+
+def codecs_for(pre: Preprocess, max_records: int) -> dict[str, Codec]:
+    """Every protocol's codec for one model, by protocol name (built once per loaded model)."""
+    native = NativeCodec(pre, max_records)
+    return {"native": native, "v2": V2Codec(pre, max_records), "mlflow": MlflowCodec(native)}

@@ -1,10 +1,8 @@
-"""MLflow scoring protocol codec (`POST /invocations`): payload → records, answers → predictions.
+"""MLflow's scoring protocol (`POST /invocations`), as `mlflow models serve` takes it for a pyfunc model.
 
-Accepts what `mlflow models serve` accepts for a pyfunc model: a JSON object with exactly one of
-`dataframe_split`, `dataframe_records`, `instances` or `inputs` (plus optional `params`), or a
-`text/csv` body. Records then go through the same validation and batcher as `/predict`; the
-answer is `{"predictions": [...]}` with one object per row (label and probability, class
-probabilities or value), the shape MLflow gives for a model that returns a DataFrame.
+The body is JSON with exactly one of `dataframe_split`, `dataframe_records`, `instances` or `inputs`
+(plus optional `params`), or CSV. Its rows become native records; the answer is
+`{"predictions": [...]}`, one object per row, as MLflow gives for a model that returns a DataFrame.
 """
 
 from __future__ import annotations
@@ -14,14 +12,43 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
-from service.predict import RequestError
+from service.errors import InputError
+from service.protocols.base import Headers, Request, Result, media_type, parse_json
+from service.protocols.native import NativeCodec, records_of
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+PREDICTION_KEYS = ("label", "probability", "probabilities", "value")
 
 
-def bad(message: str) -> RequestError:
-    """A 400 (rendered in MLflow's error shape by the endpoint)."""
-    return RequestError(400, message)
+class MlflowCodec:
+    """MLflow's protocol for one model, on the native codec's records path."""
+
+    media_types = (b"application/json", b"text/csv")
+
+    def __init__(self, native: NativeCodec) -> None:
+        self.native = native
+
+    def decode(self, body: bytes, headers: Headers) -> Request:
+        """A JSON or CSV body → records → model inputs."""
+        csv_body = media_type(headers) == b"text/csv"
+        records = records_from_csv(body) if csv_body else records_from_json(parse_json(body))
+        return self.native.from_records(records_of({"records": records}, self.native.max_records))
+
+    def encode(self, result: Result) -> dict[str, Any]:
+        """One object per row (ids dropped: MLflow has no place for them). Per-row warnings go in a
+        `warnings` list beside `predictions`, only when there are any: MLflow's clients read
+        `predictions` alone, and nothing the caller sent is ignored without saying so."""
+        answers = self.native.answers(result)
+        doc: dict[str, Any] = {"predictions": [{k: a[k] for k in PREDICTION_KEYS if k in a} for a in answers]}
+        noted = [{"row": i, "warnings": a["warnings"]} for i, a in enumerate(answers) if "warnings" in a]
+        if noted:
+            doc["warnings"] = noted
+        return doc
+
+
+def bad(message: str) -> InputError:
+    """A body MLflow's server would refuse too."""
+    return InputError("malformed", message)
 
 
 def records_from_json(doc: Any) -> list[dict[str, Any]]:
@@ -115,22 +142,3 @@ def _csv_rows(text: str) -> Iterator[list[str]]:
             raise bad(f"CSV {'header' if row < 0 else f'row {row}'}: {exc}") from None
         yield fields
         row += 1
-
-
-def predictions(answers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The MLflow answer: one object per row (ids dropped: MLflow has no place for them).
-
-    Per-row warnings (an unseen level, a value outside the training range) go in a
-    `warnings` list beside `predictions`, `[{"row": i, "warnings": [...]}]`, only when there are
-    any: MLflow's clients read `predictions` alone, so the rows' columns stay what they expect,
-    and nothing the caller sent is ignored without saying so.
-    """
-    doc: dict[str, Any] = {
-        "predictions": [
-            {k: v for k, v in a.items() if k in ("label", "probability", "probabilities", "value")} for a in answers
-        ]
-    }
-    noted = [{"row": i, "warnings": a["warnings"]} for i, a in enumerate(answers) if "warnings" in a]
-    if noted:
-        doc["warnings"] = noted
-    return doc

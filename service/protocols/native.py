@@ -1,49 +1,112 @@
-"""The native `/predict` body, decoded straight into typed records when it is the usual request.
+"""The native protocol: `{"records": [...]}` in, one answer per record out.
 
-`{"records": [...]}` with every feature present, numbers as JSON numbers (or null) and categories
-as known levels (or null) is by far the most common body. For it, msgspec decodes the bytes into
-structs typed from the bundle's schema: numbers arrive as floats, levels as the very string
-objects of the vocabulary (a `Literal` type), nothing else is allocated, and the type checks run
-in C while parsing. Anything else — a field absent, a numeric string, an unseen or padded level,
-a wrong type, too many or no records, malformed JSON — makes the typed decoder give up, and the
-body takes the general path (orjson, `records_of`, `Preprocess.encode_records`), which accepts,
-imputes, warns or explains exactly as before. Both paths give identical model inputs; the tests
-check it.
-
-Before msgspec, the optional C decoder (`_records.c`) tries the plainest form of that body (only
-features and id columns, no escapes, ids as strings): it fills the `num`/`cat` arrays directly and
-hands anything else back. All three give identical model inputs (tests/service/test_plain_decoder.py).
-
-Each rung is faster than the one after it for the body it accepts (BENCHMARKS.md).
+A body is decoded by the first of three rungs that takes it, each faster than the next for what it
+accepts, all giving identical model inputs (tests/service/test_native_codec.py, test_plain_decoder.py):
+the optional C decoder (`_records.c`: plain bodies straight into `num`/`cat`), msgspec structs typed
+from the bundle's schema, then the general path, which accepts, imputes, warns or explains anything.
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
 import numpy as np
 
-from service.features import CategoricalFeature, Encoded, Fields, Preprocess
-from service.predict import ABSENT, Prepared, checked, checked_ids
+from service.encoders import Fields, RecordEncoder
+from service.errors import InputError
+from service.features import CategoricalFeature, Encoded, Preprocess
+from service.protocols.base import ABSENT, Headers, Request, Result, checked, checked_ids, parse_json
 
 PlainDecoder: type[_records.Decoder] | None
-try:  # the optional C accelerator (setup.py); without it every body takes the msgspec path
+try:  # the optional C accelerator (setup.py); without it every body takes the msgspec rung
     from service.protocols import _records
 
     PlainDecoder = _records.Decoder
 except ImportError:  # pragma: no cover - an install without a C compiler
     PlainDecoder = None
 
-CACHE_KEY = "native-typed-records"
+
+class NativeCodec:
+    """The native protocol for one model."""
+
+    media_types = (b"application/json",)
+
+    def __init__(self, pre: Preprocess, max_records: int) -> None:
+        self.pre, self.max_records = pre, max_records
+        self.encoder = RecordEncoder(pre)
+        self.typed = TypedRecords(pre, self.encoder) if all(f.vocab_ for f in pre.categorical) else None
+
+    def decode(self, body: bytes, headers: Headers | None = None) -> Request:
+        """A body → model inputs and ids; errors name the record and the field."""
+        if self.typed is not None:
+            request = self.typed.decode(body, self.max_records)
+            if request is not None:
+                return request
+        return self.from_records(records_of(parse_json(body), self.max_records))
+
+    def from_records(self, records: Sequence[dict[str, Any]]) -> Request:
+        """The general path: checked records → model inputs and the id values that pass through."""
+        enc = checked(self.encoder.encode(records))
+        ids = [(col, [r.get(col, ABSENT) for r in records]) for col in self.pre.id_columns]
+        return Request(enc, checked_ids(ids))
+
+    def encode(self, result: Result) -> dict[str, Any]:
+        """The answer: the model, its version and one prediction per record."""
+        return {"model": result.model, "version": result.version, "predictions": self.answers(result)}
+
+    def answers(self, result: Result) -> list[dict[str, Any]]:
+        """One answer per record: label and probability / class probabilities / value, ids, warnings."""
+        pre, out, request = self.pre, result.out, result.request
+        if pre.task == "binary":
+            probabilities = out[:, 1].tolist()
+            answers = [
+                {"label": label, "probability": p}
+                for label, p in zip(pre.binary_labels(probabilities), probabilities, strict=True)
+            ]
+        elif pre.task == "multiclass":
+            names = [str(label) for label in pre.labels]
+            answers = [
+                {"label": label, "probabilities": dict(zip(names, r, strict=True))}
+                for label, r in zip(pre.labels_for(out), out.tolist(), strict=True)
+            ]
+        else:
+            answers = [{"value": v} for v in out[:, 0].tolist()]
+        for col, values in request.ids:
+            for answer, value in zip(answers, values, strict=True):
+                if value is not ABSENT:
+                    answer[col] = value
+        for row, messages in request.enc.warnings.items():
+            answers[row]["warnings"] = messages
+        return answers
+
+
+def records_of(doc: Any, max_records: int) -> list[dict[str, Any]]:
+    """The `records` list of a request body, checked for shape and size."""
+    if not isinstance(doc, dict) or "records" not in doc:
+        raise InputError("invalid", 'body must be a JSON object with a "records" list')
+    records = doc["records"]
+    if not isinstance(records, list):
+        raise InputError("invalid", '"records" must be a list of objects')
+    if not records:
+        raise InputError("invalid", f'"records" is empty: send 1 to {max_records} records')
+    if len(records) > max_records:
+        raise InputError("too_large", f"{len(records)} records in one request; the limit is {max_records}")
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
+    if bad:
+        details = [{"record": i, "field": None, "message": "expected an object"} for i in bad[:20]]
+        raise InputError("invalid", f"record {bad[0]} is not a JSON object", details)
+    return records
 
 
 class TypedRecords:
-    """One bundle's typed decoder for `{"records": [...]}` bodies."""
+    """The C and msgspec rungs for one model: the usual body (every feature present, numbers as
+    numbers or null, known levels or null) decoded with its types checked while parsing."""
 
-    def __init__(self, pre: Preprocess) -> None:
-        self.pre = pre
+    def __init__(self, pre: Preprocess, encoder: RecordEncoder) -> None:
+        self.pre, self.encoder = pre, encoder
         names = {f.name: f"f{i}" for i, f in enumerate(pre.features)}
         ids = {col: f"id{j}" for j, col in enumerate(pre.id_columns)}
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
@@ -56,14 +119,14 @@ class TypedRecords:
         self._numbers = Fields([names[f.name] for f in pre.numeric], operator.attrgetter)
         self._levels = Fields([names[f.name] for f in pre.categorical], operator.attrgetter)
         self._ids = [(col, operator.attrgetter(attr)) for col, attr in ids.items()]
-        self._plain = plain_decoder(pre)
+        self.plain = plain_decoder(pre)
 
-    def prepare(self, raw: bytes, max_records: int) -> Prepared | None:
+    def decode(self, raw: bytes, max_records: int) -> Request | None:
         """The body's model inputs and ids, or None when the general path must decide."""
-        if self._plain is not None:
-            decoded = self._plain.decode(raw, max_records)
+        if self.plain is not None:
+            decoded = self.plain.decode(raw, max_records)
             if decoded is not None:
-                return self._from_plain(*decoded)
+                return self.from_plain(*decoded)
         try:
             records = self._decoder.decode(raw).records  # type: ignore[attr-defined]
         except (msgspec.MsgspecError, RecursionError):  # a deep id value: the general path explains it
@@ -75,26 +138,23 @@ class TypedRecords:
             numbers, levels = self._numbers.one(records[0]), self._levels.one(records[0])
         else:
             numbers, levels = self._numbers.flat(records), self._levels.flat(records)
-        enc = self.pre.encode_flat(numbers, levels, n)
+        enc = self.encoder.encode_flat(numbers, levels, n)
         ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
-        return Prepared(checked(enc), checked_ids(ids))
+        return Request(checked(enc), checked_ids(ids))
 
-    def _from_plain(self, num: bytearray, cat: bytearray, n: int, ids: list[list[Any]]) -> Prepared:
+    def from_plain(self, num: bytearray, cat: bytearray, n: int, ids: list[list[Any]]) -> Request:
         """The C decoder's arrays as model inputs, with the range warnings every path gives."""
         pre = self.pre
         enc = Encoded(
             np.frombuffer(num, np.float32).reshape(n, len(pre.numeric)),
             np.frombuffer(cat, np.int64).reshape(n, len(pre.categorical)),
         )
-        pre.check_ranges(enc)
-        return Prepared(enc, list(zip(pre.id_columns, ids, strict=True)))
+        self.encoder.check_ranges(enc)
+        return Request(enc, list(zip(pre.id_columns, ids, strict=True)))
 
 
 def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
-    """The C decoder of plain bodies for this bundle, or None where it is not built.
-
-    It creates no Python object per value, the cost that dominates the other paths.
-    """
+    """The C decoder of plain bodies for this model, or None where it is not built or cannot be."""
     if PlainDecoder is None:
         return None
     try:
@@ -106,16 +166,6 @@ def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
         )
     except ValueError:  # a name or level JSON writes escaped, or an id column named as a feature
         return None
-
-
-def typed_records(pre: Preprocess) -> TypedRecords | None:
-    """The bundle's typed decoder (built once, kept with the bundle); None when its schema has a
-    categorical feature with no levels at all (nothing a Literal type could name)."""
-    return pre.codec(CACHE_KEY, _typed_records)
-
-
-def _typed_records(pre: Preprocess) -> TypedRecords | None:
-    return TypedRecords(pre) if all(f.vocab_ for f in pre.categorical) else None
 
 
 def _level_type(feature: CategoricalFeature) -> Any:

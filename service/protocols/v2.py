@@ -1,25 +1,23 @@
-"""Open Inference Protocol (KServe V2) codec: tensors in, tensors out. Knows nothing of HTTP.
+"""The Open Inference Protocol (KServe V2): one input tensor per feature in, tensors out.
 
-A request carries one input tensor per feature (`FP*`/`INT*`/`UINT*` for numeric, `BYTES` for
-categorical; shape `[N]` or `[N, 1]`; data flat or nested, or raw in the binary tensor extension
-that tritonclient uses by default). They become columns for `Preprocess.encode_columns`, the same
-contract and validation as `/predict`; the batcher scores them; the answer is `label` (BYTES),
-`probability` (FP32, positive class) and `probabilities` (FP32 [N, classes]) — or `value` for
-regression.
+Inputs: `FP*`/`INT*`/`UINT*` for numeric features, `BYTES` for categorical; shape `[N]` or `[N, 1]`;
+data flat or nested, or raw in the binary tensor extension. Outputs: `label`, `probability`
+(binary), `probabilities` — or `value` for regression. docs/protocols.md has the details.
 """
 
 from __future__ import annotations
 
 import operator
 import struct
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 import numpy as np
 
+from service.encoders import RecordEncoder
+from service.errors import InputError
 from service.features import Encoded, Preprocess, near_miss
-from service.predict import RequestError, unechoable
+from service.protocols.base import NO_ID, Headers, Request, Result, parse_json, unechoable
 
 NUMERIC_TYPES = {
     "BOOL": "?",
@@ -37,12 +35,11 @@ NUMERIC_TYPES = {
 }
 CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
 NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
-NO_ID = object()  # a request without an "id" (null is an id a client may send and get back)
 
 
-def bad(message: str) -> RequestError:
-    """A 400 in the protocol's error shape."""
-    return RequestError(400, message)
+def bad(message: str) -> InputError:
+    """A request that does not fit the model's inputs."""
+    return InputError("invalid", message)
 
 
 def header_length(value: bytes | None) -> int | None:
@@ -50,12 +47,12 @@ def header_length(value: bytes | None) -> int | None:
     if value is None:
         return None
     if not value.isdigit() or len(value) > 18:
-        raise bad(f"Inference-Header-Content-Length must be a byte count, not {value[:40]!r}")
+        raise InputError("malformed", f"Inference-Header-Content-Length must be a byte count, not {value[:40]!r}")
     return int(value)
 
 
 def checked_id(request_id: Any) -> Any:
-    """The request's id, refused (400) when it could not be echoed exactly."""
+    """The request's id, refused when it could not be echoed exactly."""
     problem = unechoable(request_id) if request_id is not NO_ID else None
     if problem:
         raise bad(f'"id": {problem}')
@@ -102,7 +99,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     if rows == 0:
         raise bad("inputs hold no rows")
     if rows > max_records:
-        raise RequestError(413, f"{rows} rows in one request; the limit is {max_records}")
+        raise InputError("too_large", f"{rows} rows in one request; the limit is {max_records}")
     return columns, rows
 
 
@@ -175,10 +172,98 @@ def _from_binary(name: str, datatype: str, raw: bytes) -> Any:
     return values
 
 
-def encode_request(pre: Preprocess, doc: Any, binary: bytes, max_records: int) -> tuple[Encoded, int]:
-    """A request's inputs → model inputs and the row count; every check of `input_columns`."""
-    columns, rows = input_columns(pre, doc, binary, max_records)
-    return encode(pre, columns, rows), rows
+class V2Codec:
+    """The Open Inference Protocol for one model."""
+
+    media_types = None  # JSON, or JSON followed by binary tensors
+
+    def __init__(self, pre: Preprocess, max_records: int) -> None:
+        self.pre, self.max_records = pre, max_records
+        self.encoder = RecordEncoder(pre)
+        self._single = _single_row_decoder(pre)
+        self._layouts: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any]] = {}
+
+    def decode(self, body: bytes, headers: Headers) -> Request:
+        """A request body (JSON, or JSON then binary tensors) → model inputs, its id and outputs."""
+        text, binary = split_binary(body, header_length(headers.get(b"inference-header-content-length")))
+        single = None if binary else self._single_row(text)
+        if single is not None:
+            return single
+        doc = parse_json(text)
+        outputs = check_outputs(self.pre, doc)
+        columns, rows = input_columns(self.pre, doc, binary, self.max_records)
+        return Request(
+            self._checked(self.pre.encode_columns(columns, rows)), [], checked_id(doc.get("id", NO_ID)), outputs
+        )
+
+    def _single_row(self, text: bytes) -> Request | None:
+        """The usual online request — one plain JSON value per feature tensor, shape [1] or [1, 1] —
+        typed by msgspec while parsing, straight into `num`/`cat`; None sends the body down the full
+        path, which accepts it or explains what is wrong. Clients send the same layout (names and
+        datatypes in one order) every time, so a layout is checked once and remembered."""
+        try:
+            request = self._single.decode(text)
+        except (msgspec.MsgspecError, RecursionError):  # a deep "id": the full path explains it
+            return None
+        inputs = request.inputs
+        shapes = list(map(_SHAPE, inputs))
+        if shapes.count([1]) + shapes.count([1, 1]) != len(inputs):
+            return None
+        key = (tuple(map(_NAME, inputs)), tuple(map(_DATATYPE, inputs)))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = _layout(self.pre, key[0], key[1])
+            if layout is None:
+                return None
+            if len(self._layouts) < LAYOUTS_KEPT:
+                self._layouts[key] = layout
+        outputs = None if request.outputs is None else known_outputs(self.pre, [o.name for o in request.outputs])
+        values = [data[0] for data in map(_DATA, inputs)]
+        num_at, cat_at = layout
+        request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
+        enc = self._checked(self.encoder.encode_flat(num_at(values), cat_at(values), 1))
+        return Request(enc, [], request_id, outputs)
+
+    @staticmethod
+    def _checked(enc: Encoded) -> Encoded:
+        if enc.errors:
+            first = enc.errors[min(enc.errors)]
+            raise bad(f"input '{first.field}', element {first.row}: {first.reason}")
+        return enc
+
+    def encode(self, result: Result) -> dict[str, Any]:
+        """The inference response: the outputs asked for and the request's id. Per-row warnings go
+        in `parameters` as one string (the protocol's parameter values are scalars)."""
+        pre, out, request = self.pre, result.out, result.request
+        rows = len(out)
+        tensors: dict[str, dict[str, Any]] = {}
+        if pre.task == "regression":
+            tensors["value"] = {"name": "value", "datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
+        else:
+            flat = out.ravel().tolist()  # one conversion serves every tensor
+            if pre.task == "binary":
+                positive = flat[1::2]
+                labels = list(map(str, pre.binary_labels(positive)))
+            else:
+                labels = list(map(str, pre.labels_for(out)))
+            tensors["label"] = {"name": "label", "datatype": "BYTES", "shape": [rows], "data": labels}
+            if pre.task == "binary":
+                tensors["probability"] = {"name": "probability", "datatype": "FP32", "shape": [rows], "data": positive}
+            shape = [rows, out.shape[1]]
+            tensors["probabilities"] = {"name": "probabilities", "datatype": "FP32", "shape": shape, "data": flat}
+        outputs = request.outputs
+        answer: dict[str, Any] = {
+            "model_name": result.model,
+            "model_version": str(result.version),
+            "outputs": list(tensors.values()) if outputs is None else [tensors[n] for n in outputs],
+        }
+        if request.id is not NO_ID:
+            answer["id"] = request.id
+        warnings = request.enc.warnings
+        if warnings:
+            notes = [f"element {row}: {text}" for row in sorted(warnings) for text in warnings[row]]
+            answer["parameters"] = {"warnings": "; ".join(notes)}
+        return answer
 
 
 class _Output(msgspec.Struct, gc=False):
@@ -186,7 +271,7 @@ class _Output(msgspec.Struct, gc=False):
 
 
 def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:
-    """A bundle's decoder for one-row requests. Names and datatypes are `Literal` types, so they
+    """A model's decoder of one-row requests. Names and datatypes are `Literal` types, so they
     arrive as the same string objects every time (hashes cached: the layout lookup is cheap)."""
     tensor = msgspec.defstruct(
         "Tensor",
@@ -206,52 +291,9 @@ def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(msgspec.defstruct("SingleRowRequest", fields, gc=False))
 
 
-@dataclass(slots=True)
-class SingleRow:
-    """A one-row request decoded by `single_row`."""
-
-    enc: Encoded
-    request_id: Any  # NO_ID when the request has none
-    outputs: list[str] | None
-
-
-def single_row(pre: Preprocess, text: bytes) -> SingleRow | None:
-    """The usual online request — one plain JSON value per feature tensor, shape [1] or [1, 1] —
-    decoded into typed structs and straight into `num`/`cat`; None sends the body down the full
-    path (orjson, `input_columns`), which accepts it or explains exactly what is wrong.
-
-    This is the V2 hot path. The types are checked by msgspec while parsing, cheaper than
-    checking the values in Python afterwards. Clients send the same layout (names and datatypes in
-    the same order) every time, so a layout is checked once and remembered with the bundle.
-    """
-    try:
-        request = pre.codec(DECODER_KEY, _single_row_decoder).decode(text)
-    except (msgspec.MsgspecError, RecursionError):  # a deep "id": the full path explains it
-        return None
-    inputs = request.inputs
-    shapes = list(map(_SHAPE, inputs))
-    if shapes.count([1]) + shapes.count([1, 1]) != len(inputs):
-        return None
-    key = (tuple(map(_NAME, inputs)), tuple(map(_DATATYPE, inputs)))
-    cache = pre.codec_cache
-    layout = cache.get(key)
-    if layout is None:
-        layout = _layout(pre, key[0], key[1])
-        if layout is None:
-            return None
-        if len(cache) < LAYOUTS_KEPT:
-            cache[key] = layout
-    outputs = None if request.outputs is None else known_outputs(pre, [o.name for o in request.outputs])
-    values = [data[0] for data in map(_DATA, inputs)]
-    num_at, cat_at = layout
-    request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
-    return SingleRow(_checked(pre.encode_flat(num_at(values), cat_at(values), 1)), request_id, outputs)
-
-
 _NAME, _DATATYPE = operator.attrgetter("name"), operator.attrgetter("datatype")
 _SHAPE, _DATA = operator.attrgetter("shape"), operator.attrgetter("data")
 LAYOUTS_KEPT = 64
-DECODER_KEY = "v2-single-row"
 
 
 def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any] | None:
@@ -273,18 +315,6 @@ def _picker(positions: list[int]) -> Any:
         get = operator.itemgetter(*positions)
         return lambda values: list(get(values))
     return lambda values: [values[i] for i in positions]
-
-
-def encode(pre: Preprocess, columns: dict[str, Any], rows: int) -> Encoded:
-    """Columns → model inputs; an unusable value fails the request naming the input and element."""
-    return _checked(pre.encode_columns(columns, rows))
-
-
-def _checked(enc: Encoded) -> Encoded:
-    if enc.errors:
-        first = enc.errors[min(enc.errors)]
-        raise bad(f"input '{first.field}', element {first.row}: {first.reason}")
-    return enc
 
 
 def check_outputs(pre: Preprocess, doc: Any) -> list[str] | None:
@@ -324,44 +354,3 @@ def input_metadata(pre: Preprocess) -> list[dict[str, Any]]:
     return [
         {"name": f.name, "datatype": "FP64" if f.kind == "numeric" else "BYTES", "shape": [-1]} for f in pre.features
     ]
-
-
-def response(
-    pre: Preprocess,
-    name: str,
-    version: int,
-    out: np.ndarray,
-    outputs: list[str] | None,
-    request_id: Any,
-    rows: int,
-    enc: Encoded,
-) -> dict[str, Any]:
-    """The inference response: the outputs asked for (None: all) and the request's id, echoed
-    unless it is NO_ID. Per-row warnings (unseen levels, values outside the training range) go in
-    the response's `parameters` as one string, since the protocol's parameter values are scalars."""
-    tensors: dict[str, dict[str, Any]] = {}
-    if pre.task == "regression":
-        tensors["value"] = {"name": "value", "datatype": "FP32", "shape": [rows], "data": out[:, 0].tolist()}
-    else:
-        flat = out.ravel().tolist()  # one conversion serves every tensor (this is per request)
-        if pre.task == "binary":
-            positive = flat[1::2]
-            labels = list(map(str, pre.binary_labels(positive)))
-        else:
-            labels = list(map(str, pre.labels_for(out)))
-        tensors["label"] = {"name": "label", "datatype": "BYTES", "shape": [rows], "data": labels}
-        if pre.task == "binary":
-            tensors["probability"] = {"name": "probability", "datatype": "FP32", "shape": [rows], "data": positive}
-        shape = [rows, out.shape[1]]
-        tensors["probabilities"] = {"name": "probabilities", "datatype": "FP32", "shape": shape, "data": flat}
-    answer: dict[str, Any] = {
-        "model_name": name,
-        "model_version": str(version),
-        "outputs": list(tensors.values()) if outputs is None else [tensors[n] for n in outputs],
-    }
-    if request_id is not NO_ID:
-        answer["id"] = request_id
-    if enc.warnings:
-        notes = [f"element {row}: {text}" for row in sorted(enc.warnings) for text in enc.warnings[row]]
-        answer["parameters"] = {"warnings": "; ".join(notes)}
-    return answer

@@ -8,16 +8,22 @@ import orjson
 import pytest
 
 from service import bundle
-from service.predict import ABSENT, Prepared, RequestError, prepare, records_of
-from service.protocols.native import typed_records
+from service.errors import InputError
+from service.features import Preprocess
+from service.protocols.base import ABSENT, Request
+from service.protocols.native import NativeCodec, TypedRecords, records_of
 from tests.service.conftest import telco_records
 
 
-def _general(pre, body: bytes) -> Prepared:
-    return prepare(pre, records_of(orjson.loads(body), 1000))
+def _general(pre: Preprocess, body: bytes) -> Request:
+    return NativeCodec(pre, 1000).from_records(records_of(orjson.loads(body), 1000))
 
 
-def _same(a: Prepared, b: Prepared) -> None:
+def typed_records(pre: Preprocess) -> TypedRecords | None:
+    return NativeCodec(pre, 1000).typed
+
+
+def _same(a: Request, b: Request) -> None:
     np.testing.assert_array_equal(a.enc.num, b.enc.num)
     np.testing.assert_array_equal(a.enc.cat, b.enc.cat)
     assert a.enc.num.dtype == b.enc.num.dtype and a.enc.cat.dtype == b.enc.cat.dtype
@@ -38,7 +44,7 @@ def test_plain_bodies_take_the_typed_path_and_match_the_general_one(churn_bundle
     body = orjson.dumps({"records": records, "note": "top-level extras are ignored"})
     fast = typed_records(pre)
     assert fast is not None
-    got = fast.prepare(body, 1000)
+    got = fast.decode(body, 1000)
     assert got is not None, "a plain body must take the typed path"
     _same(got, _general(pre, body))
     assert got.enc.warnings[0] and "TotalCharges" in got.enc.warnings[0][0]
@@ -72,13 +78,13 @@ def _variant(change: dict[str, object] | None = None, drop: str | None = None) -
 )
 def test_everything_unusual_goes_to_the_general_path(churn_bundle: bundle.BundleRef, body: bytes) -> None:
     fast = typed_records(churn_bundle.preprocess)
-    assert fast is not None and fast.prepare(body, 1000) is None
+    assert fast is not None and fast.decode(body, 1000) is None
 
 
 def test_too_many_records_go_to_the_general_path(churn_bundle: bundle.BundleRef) -> None:
     fast = typed_records(churn_bundle.preprocess)
     body = orjson.dumps({"records": telco_records(3, start=10)})
-    assert fast is not None and fast.prepare(body, 2) is None and fast.prepare(body, 3) is not None
+    assert fast is not None and fast.decode(body, 2) is None and fast.decode(body, 3) is not None
 
 
 def test_a_value_beyond_float32_is_the_same_422_on_both_paths(churn_bundle: bundle.BundleRef) -> None:
@@ -86,9 +92,9 @@ def test_a_value_beyond_float32_is_the_same_422_on_both_paths(churn_bundle: bund
     body = _variant({"MonthlyCharges": 1e39})
     fast = typed_records(pre)
     assert fast is not None
-    with pytest.raises(RequestError) as typed_error:
-        fast.prepare(body, 1000)
-    with pytest.raises(RequestError) as general_error:
+    with pytest.raises(InputError) as typed_error:
+        fast.decode(body, 1000)
+    with pytest.raises(InputError) as general_error:
         _general(pre, body)
     assert typed_error.value.to_json() == general_error.value.to_json()
     assert typed_error.value.details[0]["field"] == "MonthlyCharges"

@@ -16,18 +16,19 @@ import pytest
 
 from service import bundle
 from service.features import Preprocess
-from service.predict import ABSENT, Prepared, RequestError, prepare, records_of
+from service.errors import InputError
 from service.protocols import native
+from service.protocols.base import ABSENT, Request
 from tests.service.conftest import telco_records
 
 pytestmark = pytest.mark.skipif(native.PlainDecoder is None, reason="the C accelerator is not built here")
 
 
-def _general(pre: Preprocess, body: bytes) -> Prepared | None:
+def _general(pre: Preprocess, body: bytes) -> Request | None:
     """The general path's answer, or None where it refuses the body (it then explains why)."""
     try:
-        return prepare(pre, records_of(orjson.loads(body), 1000))
-    except (RequestError, orjson.JSONDecodeError):
+        return native.NativeCodec(pre, 1000).from_records(native.records_of(orjson.loads(body), 1000))
+    except (InputError, orjson.JSONDecodeError):
         return None
 
 
@@ -37,7 +38,7 @@ def _check(pre: Preprocess, body: bytes) -> bool:
     decoded = decoder.decode(body, 1000)
     if decoded is None:
         return False
-    got = native.TypedRecords(pre)._from_plain(*decoded)
+    got = native.NativeCodec(pre, 1000).typed.from_plain(*decoded)
     want = _general(pre, body)
     assert want is not None, body
     np.testing.assert_array_equal(got.enc.num, want.enc.num)
@@ -115,9 +116,9 @@ def test_plain_bodies_are_decoded_and_match(churn_bundle: bundle.BundleRef) -> N
     del records[2]["customerID"]  # an id a record lacks
     for n in (1, 2, 100):
         assert _check(pre, orjson.dumps({"records": records[:n]}))
-    fast = native.typed_records(pre)
+    fast = native.NativeCodec(pre, 1000).typed
     assert fast is not None
-    got = fast.prepare(orjson.dumps({"records": records}), 1000)
+    got = fast.decode(orjson.dumps({"records": records}), 1000)
     assert got is not None and got.enc.num.shape == (100, 4) and got.ids[0][1][2] is ABSENT
 
 
@@ -144,4 +145,4 @@ def test_a_bundle_with_a_level_json_must_escape_gets_no_c_decoder(churn_bundle: 
             feature["vocab"] = [*feature["vocab"], 'say "hi"']
             break
     pre = Preprocess.from_json(doc)
-    assert native.plain_decoder(pre) is None and native.typed_records(pre) is not None
+    assert native.plain_decoder(pre) is None and native.NativeCodec(pre, 1000).typed is not None

@@ -1,0 +1,105 @@
+"""What every codec decodes a body into (`Request`) and encodes an answer from (`Result`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import orjson
+
+from service.errors import InputError
+from service.features import Encoded
+
+Headers = Mapping[bytes, bytes]  # lower-case names, as ASGI gives them
+ABSENT = object()  # an id column a record does not have
+NO_ID = object()  # a request without an id of its own (null is an id a client may send)
+INT_RANGE = range(-(2**63), 2**64)  # what JSON encoders echo exactly
+
+
+@dataclass(slots=True)
+class Request:
+    """A decoded request: its model inputs and what its answer passes back.
+
+    It holds nothing else of the body, so the body is freed while the request waits for its batch.
+    """
+
+    enc: Encoded
+    ids: list[tuple[str, list[Any]]] = field(default_factory=list)  # id columns, per record
+    id: Any = NO_ID  # the request's own id (KServe V2)
+    outputs: list[str] | None = None  # the outputs asked for (None: all)
+
+
+@dataclass(slots=True)
+class Result:
+    """A request's model outputs, and the model version that gave them."""
+
+    model: str
+    version: int
+    out: np.ndarray
+    request: Request
+
+
+class Codec(Protocol):
+    """One protocol for one loaded model: body bytes → `Request`, `Result` → answer document."""
+
+    @property
+    def media_types(self) -> tuple[bytes, ...] | None:
+        """The Content-Types it decodes (None: any)."""
+
+    def decode(self, body: bytes, headers: Headers) -> Request: ...
+
+    def encode(self, result: Result) -> dict[str, Any]: ...
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as Python values. msgspec, not orjson: it keeps integers beyond 64 bits exact, so
+    an id is echoed as sent or refused by name, never silently turned into a float."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InputError("malformed", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("malformed", "malformed JSON: nested too deeply") from None
+
+
+def checked(enc: Encoded) -> Encoded:
+    """Encoded rows, or the error naming the record and field of every value that could not be used."""
+    if enc.errors:
+        errors = [enc.errors[row] for row in sorted(enc.errors)]
+        details = [{"record": e.row, "field": e.field, "message": e.reason} for e in errors[:100]]
+        raise InputError("invalid", str(errors[0]), details)
+    return enc
+
+
+def checked_ids(ids: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
+    """The id values, or the error naming the first one that could not be echoed exactly."""
+    for col, values in ids:
+        if all(type(v) is str for v in values):  # the usual ids: nothing to check
+            continue
+        for row, value in enumerate(values):
+            problem = unechoable(value)
+            if problem:
+                detail = {"record": row, "field": col, "message": problem}
+                raise InputError("invalid", f"record {row}, field '{col}': {problem}", [detail])
+    return ids
+
+
+def unechoable(value: Any) -> str | None:
+    """Why an id value cannot be echoed as it was sent (None: it can)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
+        return "an integer beyond 64 bits cannot be echoed exactly; send the id as a string"
+    if isinstance(value, list | dict):
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            return f"cannot be echoed ({exc}); send the id as a string"
+    return None
+
+
+def media_type(headers: Headers) -> bytes:
+    """The Content-Type without its parameters, lower case."""
+    value = headers.get(b"content-type", b"")
+    return value.split(b";")[0].strip().lower()
