@@ -1,5 +1,4 @@
-"""The optional C accelerators (setup.py): which are built. Each speeds up a Python path that gives
-the same answer; without one the service runs, slower, and says so."""
+"""Which optional C accelerators (setup.py) are built; each has a Python path giving the same answer."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ MODULES = {
 
 
 def accelerators() -> dict[str, bool]:
-    """Each accelerator's name and whether it is built."""
+    """Whether each accelerator is built."""
     built = {}
     for name, module in MODULES.items():
         try:
@@ -26,7 +25,7 @@ def accelerators() -> dict[str, bool]:
 
 
 def report() -> dict[str, bool]:
-    """Log one line when an accelerator is missing (an install without a C compiler); the state."""
+    """Warn when one is missing (installed without a C compiler); return the state."""
     built = accelerators()
     missing = [name for name, ok in built.items() if not ok]
     if missing:

@@ -1,4 +1,4 @@
-"""Adaptive micro-batching: concurrent requests become one ONNX Runtime call, split back in order."""
+"""Adaptive micro-batching (docs/service.md#batching)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ BatchHook = Callable[[int, float], None]  # (rows, seconds) of every ORT call
 
 
 class QueueFull(RuntimeError):
-    """The model's queue is at its limit; the caller should answer 503 with Retry-After."""
+    """The model's queue is full: answer 503 with Retry-After."""
 
 
 class DeadlineExceeded(TimeoutError):
-    """A request not answered within its deadline (queue wait plus inference); the caller answers 504."""
+    """Not answered within the deadline (queue wait plus inference): answer 504."""
 
 
 SWEEP_S = 0.1  # how often requests are checked against their deadlines (no timer per request)
@@ -38,14 +38,13 @@ class _Pending:
     timeout: float
 
     def expire(self) -> None:
-        """Answer 504 (unless answered already)."""
         if not self.future.done():
             self.future.set_exception(DeadlineExceeded(f"not answered within {self.timeout:g} s"))
 
 
 @dataclass(slots=True, eq=False)
 class _Job:
-    """One ORT call for the inference thread: the requests it answers and their rows joined."""
+    """One ORT call: the requests it answers and their rows joined."""
 
     batch: list[_Pending]
     num: np.ndarray
@@ -55,15 +54,10 @@ class _Job:
 
 
 class AdaptiveBatcher:
-    """Every request gets a future; batches of them run the model once, and the results are split.
+    """Every request gets a future; a batch of them runs the model once, results split in order.
 
-    A batch closes at `max_batch_size` rows, or after `max_delay_ms` of waiting for more (0: it
-    takes whatever queued while the previous batch ran). One batch at a time runs on a dedicated
-    inference thread, so the event loop keeps accepting requests and the next batch fills meanwhile.
-
-    The hand-offs are a plain queue to the thread and one `call_soon_threadsafe` back per
-    batch, not an executor, an asyncio.Event and a gathering task: fewer event-loop turns per
-    request (the A/B is in BENCHMARKS.md).
+    One batch at a time runs on a dedicated thread, handed over by a plain queue and answered by one
+    `call_soon_threadsafe`: fewer event-loop turns than an executor (BENCHMARKS.md).
     """
 
     def __init__(
@@ -93,11 +87,11 @@ class AdaptiveBatcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting for a batch (with batching off: sent to the model and not yet answered)."""
+        """Requests waiting for a batch (batching off: sent and not yet answered)."""
         return len(self._pending) + self._alone
 
     async def predict(self, num: np.ndarray, cat: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        """Model output rows for these input rows, in order; DeadlineExceeded after `timeout` seconds."""
+        """Output rows for these input rows, in order; DeadlineExceeded after `timeout` s."""
         loop = asyncio.get_running_loop()
         if len(self._pending) + self._alone >= self.max_queue:
             raise QueueFull(f"{self.depth} requests already queued")
@@ -120,7 +114,6 @@ class AdaptiveBatcher:
         return await future
 
     def _expire_late(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Answer 504 to every request past its deadline, queued or in a running batch."""
         now = monotonic()
         for pending in [*self._pending, *(p for job in self._running for p in job.batch)]:
             if pending.deadline <= now:
@@ -129,15 +122,14 @@ class AdaptiveBatcher:
         self._sweep = loop.call_later(SWEEP_S, self._expire_late, loop) if waiting else None
 
     def close(self) -> None:
-        """Stop the inference thread once the requests already queued are answered (a retired
-        model version); a request that still arrives later is answered on a thread of its own."""
+        """Stop the thread once the queue is answered (a retired version); later requests get a thread each."""
         self._closed = True
         if not self._busy and not self._pending:
             self._stop()
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Arrange the next batch (nothing runs now): at once — after the callbacks already due,
-        so that requests arriving together go together — or when the delay is up."""
+        """Arrange the next batch: when the delay is up, or after the callbacks already due (so that
+        requests arriving together go together)."""
         full = self._queued_rows >= self.max_batch_size
         if self._flush_due is not None:
             if not (full and self._flush_waits):
@@ -195,7 +187,6 @@ class AdaptiveBatcher:
             self._thread = None
 
     def _serve(self) -> None:
-        """The inference thread: one job at a time until told to stop."""
         while (job := self._jobs.get()) is not None:
             self._answer(job)
 
@@ -208,7 +199,7 @@ class AdaptiveBatcher:
             job.loop.call_soon_threadsafe(self._done, job, out, error)
 
     def _done(self, job: _Job, out: np.ndarray | None, error: Exception | None) -> None:
-        """On the event loop: split the output among the batch's requests, then start the next."""
+        """On the loop: split the output among the batch's requests; start the next batch."""
         self._running.discard(job)
         start, now = 0, monotonic()
         for p in job.batch:

@@ -1,4 +1,4 @@
-"""The model store: `models/<name>/<version>/` bundles, published atomically, listed, resolved."""
+"""The model store: `models/<name>/<version>/` bundles, published atomically."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ class BundleError(RuntimeError):
 
 
 def models_dir(explicit: str | Path | None = None) -> Path:
-    """The store root: the explicit path, else $TABSERVE_MODELS_DIR, else ./models."""
+    """The store root."""
     return Path(explicit or os.environ.get("TABSERVE_MODELS_DIR") or DEFAULT_MODELS_DIR)
 
 
 def check_name(name: str) -> str:
-    """Refuse model names that are not safe directory names."""
+    """Refuse a name that is not a safe directory name."""
     if not _NAME.match(name):
         raise BundleError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
     return name
@@ -53,18 +53,16 @@ class BundleRef:
 
     @property
     def preprocess(self) -> Preprocess:
-        """The bundle's preprocess.json."""
         return Preprocess.load(self.path / PREPROCESS_FILE)
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """The bundle's metrics.json."""
         doc: dict[str, Any] = json.loads((self.path / METRICS_FILE).read_text())
         return doc
 
 
 def versions(root: Path, name: str) -> list[int]:
-    """Published versions of a model, ascending (temporary directories are invisible)."""
+    """Published versions of a model, ascending."""
     model_dir = root / name
     if not model_dir.is_dir():
         return []
@@ -72,7 +70,7 @@ def versions(root: Path, name: str) -> list[int]:
 
 
 def retired_versions(root: Path, name: str) -> list[int]:
-    """Versions of a model taken out of service with `retire`, ascending."""
+    """Retired versions of a model, ascending."""
     model_dir = root / name
     if not model_dir.is_dir():
         return []
@@ -81,9 +79,8 @@ def retired_versions(root: Path, name: str) -> list[int]:
 
 
 def retire(root: Path, spec: str) -> BundleRef:
-    """Take a published version out of service (`name`: the newest; `name@version`): its folder is
-    renamed to `<version>.retired`, so the newest remaining version becomes current in every running
-    service (at its next poll or admin reload) and the number is never given to another model."""
+    """Take `name` (its newest) or `name@version` out of service: renamed `<version>.retired`, the
+    number is never reused (docs/service.md#rolling-back)."""
     name, _, wanted = spec.partition("@")
     found = versions(root, name)
     if not found:
@@ -103,7 +100,7 @@ def retire(root: Path, spec: str) -> BundleRef:
 
 
 def iter_bundles(root: Path) -> Iterator[BundleRef]:
-    """Every published bundle under the store root, by name then version."""
+    """Every published bundle, by name then version."""
     if not root.is_dir():
         return
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
@@ -127,12 +124,7 @@ def resolve(root: Path, spec: str) -> BundleRef:
 
 
 def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
-    """Write a bundle into a temporary directory, then rename it into place as the next version.
-
-    A reader sees a whole bundle or none: `write` fills a hidden temporary directory; if it raises,
-    the directory is removed and nothing is published. One left by a killed publisher is removed by
-    the next publish.
-    """
+    """Write a bundle into a hidden staging directory, then rename it into place as the next version."""
     model_dir = root / check_name(name)
     model_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(model_dir)
@@ -150,7 +142,7 @@ def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs (a temporary named after one that does not is stale)."""
+    """Whether a process with this id runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -161,8 +153,7 @@ def process_alive(pid: int) -> bool:
 
 
 def _remove_stale_staging(model_dir: Path) -> None:
-    """Remove staging directories whose publisher died (`kill -9`, a crash): `.staging-<pid>-…` of a
-    process that no longer runs, or an older name without the pid once it is an hour old."""
+    """Remove the staging directories of dead publishers (`kill -9`, a crash)."""
     for path in model_dir.glob(f"{STAGING}*"):
         pid, dash, _ = path.name.removeprefix(STAGING).partition("-")
         try:

@@ -1,13 +1,6 @@
-"""uvicorn's httptools protocol with each response's writes sent in one piece, and the limits a
-server exposed to careless or hostile clients needs: a bounded request head, timeouts for idle and
-slow connections, a connection limit that answers 503, and a drain on shutdown that answers what
-was already sent.
+"""uvicorn's httptools protocol with one write per response and the limits a public server needs.
 
-One write per response: uvicorn writes a response's status line and headers, then its body, as
-two `transport.write` calls, and uvloop sends each at once. Here the connection's transport holds
-the writes made while one event-loop callback runs and sends them together at the loop's next
-turn (`call_soon`), which does not block for I/O; a write that brings what is held to 64 KiB goes
-out at once, and closing the connection sends what is held first.
+It subclasses uvicorn internals, which `unsupported` checks at start (docs/design.md).
 """
 
 from __future__ import annotations
@@ -37,7 +30,7 @@ log = logging.getLogger("tabserve")
 
 
 class OneWriteTransport:
-    """A transport that sends the writes of one event-loop callback as one write."""
+    """Sends the writes of one event-loop callback as one write, at the loop's next turn."""
 
     __slots__ = ("_held", "_loop", "_size", "_transport")
 
@@ -47,7 +40,6 @@ class OneWriteTransport:
         self._size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hold `data` for the loop's next turn (or send it with what is held, once that is enough)."""
         if self._held is None:
             self._held, self._size = [bytes(data)], len(data)
             self._loop.call_soon(self.flush)
@@ -58,37 +50,30 @@ class OneWriteTransport:
             self.flush()
 
     def writelines(self, lines: Any) -> None:
-        """As `write`, for several buffers."""
         for data in lines:
             self.write(data)
 
     def flush(self) -> None:
-        """Send what is held, as one write."""
         held, self._held = self._held, None
         if held and not self._transport.is_closing():  # closed meanwhile: as the transport would, drop it
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        """Send what is held, then close."""
         self.flush()
         self._transport.close()
 
     def write_eof(self) -> None:
-        """Send what is held, then half-close."""
         self.flush()
         self._transport.write_eof()
 
     def abort(self) -> None:
-        """Drop what is held and the connection."""
         self._held = None
         self._transport.abort()
 
-    def is_closing(self) -> bool:
-        """Whether the connection is closing (asked once per response: no `__getattr__` detour)."""
+    def is_closing(self) -> bool:  # not left to __getattr__: asked once per response
         return self._transport.is_closing()
 
     def get_write_buffer_size(self) -> int:
-        """Bytes not yet sent, held here or in the transport."""
         return self._transport.get_write_buffer_size() + (self._size if self._held else 0)
 
     def __getattr__(self, name: str) -> Any:
@@ -97,7 +82,7 @@ class OneWriteTransport:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one connection may take (service/settings.py gives each its reason)."""
+    """What one connection may take (reasons: service/settings.py)."""
 
     max_header_bytes: int = 32 * 1024
     max_header_line_bytes: int = 8 * 1024
@@ -107,12 +92,11 @@ class Limits:
 
     @classmethod
     def of(cls, settings: Any) -> Limits:
-        """The limits named in the service settings."""
         return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
 
 class Refused(Exception):
-    """A request head over a limit: raised inside a parser callback, answered by `_refuse`."""
+    """A head over a limit: raised in a parser callback, answered by `_refuse`."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -123,11 +107,7 @@ WAITING, HEAD, BODY, BUSY, CLOSING = range(5)  # where a connection is, for its 
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a `OneWriteTransport`, with limits and deadlines.
-
-    Deadlines are plain numbers checked by one sweep of every connection per SWEEP_S, so the
-    request path arms no timer of its own.
-    """
+    """uvicorn's httptools protocol on a `OneWriteTransport`, with limits and deadlines."""
 
     limits: ClassVar[Limits] = Limits()
     _sweeps: ClassVar[dict[int, asyncio.TimerHandle]] = {}  # one per server (its set of connections)
@@ -181,8 +161,7 @@ class HttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # answered, with Connection: close, then closed
 
     def _check_head(self) -> None:
-        """431 for a head over max_header_bytes or a header line over max_header_line_bytes, 414
-        for a URL over it (the head that ends within one read is only measured here)."""
+        """431/414 for a head, header line or URL over its limit; a head read at once is measured only here."""
         line = self.limits.max_header_line_bytes
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_header_bytes:
@@ -209,8 +188,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._wait_for_request()
 
     def shutdown(self) -> None:
-        """Graceful drain: answer what was sent, with Connection: close; idle connections close
-        after a moment in which a request already on its way can still arrive."""
+        """Drain: answer what was sent (with Connection: close), then close idle connections."""
         self._draining = True
         if self._state in (WAITING, HEAD):
             self._deadline = min(self._deadline, self.loop.time() + DRAIN_IDLE_S)
@@ -222,8 +200,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._deadline = self.loop.time() + (DRAIN_IDLE_S if self._draining else self.limits.header_timeout_s)
 
     def _refuse(self, refusal: Refused) -> None:
-        """Answer a refusal and close; the client's unread input is drained meanwhile, so that closing
-        does not reset the connection before the client has read why."""
+        """Answer the refusal, then half-close (the sweep closes after LINGER_S) or close."""
         if self.cycle is None or self.cycle.response_complete:
             body = orjson.dumps({"error": str(refusal)})
             retry = b"retry-after: 1\r\n" if refusal.status == 503 else b""
@@ -238,7 +215,6 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _check_deadline(self, now: float) -> None:
-        """Called by the sweep: close a connection whose client took too long."""
         if now < self._deadline or self._state == BUSY or self.transport.is_closing():
             return
         if self._state in (WAITING, HEAD) and self.cycle is not None and not self.cycle.response_complete:
@@ -269,7 +245,7 @@ def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
 
 
 def configure(settings: Any) -> None:
-    """Take the connection limits from the service settings (each process, each worker)."""
+    """Set the connection limits (once per process)."""
     HttpProtocol.limits = Limits.of(settings)
 
 
@@ -279,8 +255,7 @@ USED += ("on_headers_complete", "on_message_complete", "on_response_complete")
 
 
 def unsupported() -> str | None:
-    """Why HttpProtocol cannot run on the installed uvicorn (None: it can). It subclasses uvicorn's
-    httptools protocol, an implementation module that a uvicorn release may change."""
+    """Why HttpProtocol cannot run on this uvicorn (None: it can)."""
     if MOVED:
         return "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol is gone"
     missing = [name for name in USED if not callable(getattr(HttpToolsProtocol, name, None))]
@@ -297,8 +272,7 @@ def unsupported() -> str | None:
 
 
 def protocol_for(settings: Any) -> tuple[type[asyncio.Protocol] | str, dict[str, Any]]:
-    """The HTTP protocol to serve with and the uvicorn options it needs: ours, or uvicorn's stock h11
-    protocol (with its own bound on a request head) when ours cannot run or `settings.http` says so."""
+    """Our protocol, or uvicorn's h11 when ours cannot run; with its uvicorn options."""
     reason = "http=stock" if settings.http == "stock" else unsupported()
     if reason is None:
         configure(settings)

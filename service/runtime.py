@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions: CUDA execution provider where it can run, CPU otherwise, read back."""
+"""ONNX Runtime sessions: CUDA where it can really run, else CPU."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ class ProviderError(RuntimeError):
 
 
 def _preload_cuda_dlls() -> None:
-    """Load CUDA/cuDNN from pip wheels where onnxruntime offers it (1.21+); harmless otherwise."""
     global _preloaded
     if not _preloaded and hasattr(ort, "preload_dlls"):
         try:
@@ -33,7 +32,7 @@ def _preload_cuda_dlls() -> None:
 
 
 def cuda_devices() -> int:
-    """How many CUDA devices the driver reports (0 when there is no driver or no GPU)."""
+    """CUDA devices the driver reports (0: no driver or no GPU)."""
     try:
         libcuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
@@ -45,11 +44,7 @@ def cuda_devices() -> int:
 
 
 def providers_for(device: Device, available: list[str] | None = None, gpus: int | None = None) -> list[str]:
-    """Execution providers to ask for: CUDA first when allowed, built in and a GPU exists; CPU last.
-
-    Asking onnxruntime-gpu for CUDA on a machine without a GPU makes it print a CUDA library
-    error for every session; checking the driver first keeps `auto` quiet there.
-    """
+    """Providers to ask for, CPU last; CUDA only with a GPU, or ORT logs an error per session."""
     if device == "cpu":
         return [CPU_EP]
     available = ort.get_available_providers() if available is None else available
@@ -66,16 +61,15 @@ def providers_for(device: Device, available: list[str] | None = None, gpus: int 
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Quiet (errors only), fully optimised graph; `threads` 0 lets ORT choose."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 3  # errors only
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     return opts
 
 
 def create_session(path: Path | str, device: Device = "auto", threads: int = 0) -> ort.InferenceSession:
-    """A session on the best allowed provider; strict `cuda` refuses to fall back to CPU."""
+    """A session on the best allowed provider (`cuda`: no CPU fallback)."""
     wanted = providers_for(device)
     if CUDA_EP in wanted:
         _preload_cuda_dlls()
@@ -89,7 +83,7 @@ def create_session(path: Path | str, device: Device = "auto", threads: int = 0) 
 
 
 def describe_device(device: Device) -> str:
-    """One log line saying which provider `device` resolves to here, and why."""
+    """Which provider `device` resolves to here, and why (a log line)."""
     try:
         wanted = providers_for(device)
     except ProviderError as exc:
@@ -102,5 +96,5 @@ def describe_device(device: Device) -> str:
 
 
 def active_provider(session: ort.InferenceSession) -> str:
-    """The provider the session actually runs on (read back, never assumed)."""
+    # read back, never assumed: the CUDA provider can fail to start
     return str(session.get_providers()[0])

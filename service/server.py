@@ -1,4 +1,4 @@
-"""Running the app under uvicorn (one process, or several workers sharing nothing but the store)."""
+"""Serving the app under uvicorn: one process, or workers sharing only the store."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def settings_from(flags: dict[str, Any]) -> Settings:
 
 
 def run_server(flags: dict[str, Any]) -> None:
-    """Validate settings, check the device, then serve until interrupted."""
+    """Check the settings and device, then serve until interrupted."""
     settings = settings_from(flags)
     try:
         providers_for(settings.device)
@@ -57,8 +57,7 @@ def run_server(flags: dict[str, Any]) -> None:
 
 
 def _raise_file_limit(connections: int) -> None:
-    """Each connection holds a file handle: take the soft limit up to the hard one, and say so when
-    even that leaves too little room for the connection limit."""
+    """Raise the soft open-file limit to the hard one (a handle per connection); warn if too low."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

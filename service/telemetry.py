@@ -1,9 +1,7 @@
 """Prometheus metrics, one registry per app (so tests and workers never share state by accident).
 
-prometheus_client's labelled Counter/Histogram cost several microseconds per update (label
-lookup, locks, a linear bucket scan), a sizeable share of a single-row request. The per-request
-and per-batch series are therefore kept in plain counters here and turned into Prometheus metric
-families only when /metrics is scraped (a custom collector); rare events use the client directly.
+Hot series are plain counters made into metric families at scrape time: far cheaper per request
+than labelled prometheus_client metrics (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -29,12 +27,10 @@ class Histogram:
         self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
 
     def observe(self, value: float) -> None:
-        """Add one observation."""
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative counts as Prometheus buckets, +Inf last."""
         out, total = [], 0
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             total += count
@@ -43,7 +39,7 @@ class Histogram:
 
 
 class Telemetry(Collector):
-    """The service's metrics. Request series are written on the event loop; batch series under a lock."""
+    """The service's metrics: request series written on the event loop, batch series under a lock."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -63,7 +59,6 @@ class Telemetry(Collector):
         r.register(self)
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        """Count one answered request and its latency."""
         key = (route, status)
         self._requests[key] = self._requests.get(key, 0) + 1
         hist = self._latency.get(route)
@@ -84,7 +79,7 @@ class Telemetry(Collector):
             self._rows[model] = self._rows.get(model, 0) + rows
 
     def warnings(self, model: str, tally: dict[tuple[str, str], int] | None) -> None:
-        """Per-record warnings of scored input by field and kind (a drift signal); None: none."""
+        """Input warnings by (field, kind): a drift signal."""
         if not tally:
             return
         with self._lock:
@@ -93,7 +88,6 @@ class Telemetry(Collector):
                 self._warnings[key] = self._warnings.get(key, 0) + n
 
     def collect(self) -> Iterator[Metric]:
-        """Prometheus families built from the plain counters at scrape time."""
         requests = CounterMetricFamily("tabserve_requests", "Requests by route and status", labels=["route", "status"])
         for (route, status), n in list(self._requests.items()):
             requests.add_metric([route, str(status)], n)
@@ -117,7 +111,6 @@ class Telemetry(Collector):
             yield _histograms("tabserve_inference_seconds", "ONNX Runtime call time", "model", self._inference)
 
     def exposition(self) -> bytes:
-        """The Prometheus text format."""
         return generate_latest(self.registry)
 
 

@@ -16,8 +16,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 async def reload(
     store: StoreDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """Load any new bundle versions now; answers what this scan loaded and refused, what serves, and every
-    version still refused (each is tried again once its files change)."""
+    """Load new bundle versions now; answers what was loaded, what serves, and what is refused."""
     if not settings.admin_token:
         raise HTTPException(403, "admin endpoints are disabled: set TABSERVE_ADMIN_TOKEN")
     scheme, _, token = (authorization or "").partition(" ")

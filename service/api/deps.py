@@ -12,19 +12,16 @@ from service.telemetry import Telemetry
 
 
 def get_store(request: Request) -> ModelStore:
-    """The app's model store."""
     store: ModelStore = request.app.state.store
     return store
 
 
 def get_settings(request: Request) -> Settings:
-    """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
 
 
 def get_telemetry(request: Request) -> Telemetry:
-    """The app's metrics."""
     telemetry: Telemetry = request.app.state.telemetry
     return telemetry
 

@@ -12,5 +12,5 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", response_class=Response)
 def metrics(telemetry: TelemetryDep) -> Response:
-    """Requests, latency, rows scored, batch sizes, queue depth, inference time, model versions."""
+    """Prometheus metrics: requests, batches, queues, models and input warnings."""
     return Response(telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)

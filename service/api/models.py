@@ -1,4 +1,4 @@
-"""Model metadata: what is loaded, its features, task, version, metrics and provider."""
+"""Model metadata routes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 def summary(model: LoadedModel) -> dict[str, Any]:
-    """The short description used in listings."""
+    """A model's entry in listings."""
     key = model.metrics.get("key_metric")
     return {
         "name": model.name,
@@ -30,8 +30,7 @@ def summary(model: LoadedModel) -> dict[str, Any]:
 
 @router.get("")
 def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
-    """Every served model (current versions), which one /predict uses, the versions refused and why,
-    and which optional C accelerators are built."""
+    """Served models, the one /predict uses, versions refused and why, and the C accelerators built."""
     return {
         "default": store.default_name,
         "models": [summary(m) for m in sorted(store.current.values(), key=lambda m: m.name)],

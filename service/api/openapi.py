@@ -1,5 +1,4 @@
-"""OpenAPI for the scoring routes (native, V2, MLflow), generated per model from its bundle (so /docs
-shows features and ready-to-send examples)."""
+"""OpenAPI for the scoring routes (native, V2, MLflow), built per model from its bundle for /docs."""
 
 from __future__ import annotations
 
@@ -167,8 +166,7 @@ def install(app: FastAPI, store: ModelStore, max_records: int) -> None:
 
 
 def install_docs(app: FastAPI) -> None:
-    """/docs with Swagger UI served from the installed package, not a CDN (an air-gapped network
-    sees it too); the app is created with docs_url=None and redoc_url=None."""
+    """/docs with Swagger UI from the installed package, not a CDN, so it works offline."""
     assets = "/docs/assets"
     app.mount(assets, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
 

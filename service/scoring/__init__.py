@@ -1,1 +1,1 @@
-"""Batch scoring of whole files: the same bundle, encoding and runtime as the service."""
+"""Batch scoring of files, with the service's bundles, encoding and runtime."""

@@ -1,12 +1,7 @@
-"""Arrow columns → model inputs, vectorized, with an exact fallback to the record path.
+"""Arrow columns → model inputs by Arrow compute kernels, not a Python call per cell.
 
-The file scorer (CSV, Parquet, the HTTP upload, Ray actors) sees data as Arrow record batches.
-Encoding them value by value through `service.features` would cost a Python call per cell; here
-each column is converted by Arrow compute kernels instead. The contract stays the one in
-`service/features.py`: wherever a kernel could disagree with it (a number Arrow cannot parse, a
-level not in the vocabulary, text with surrounding whitespace, a non-string column) the affected
-values go through the record path's own functions, so both paths give identical arrays, errors
-and warnings. Tests check that equality.
+Any value a kernel could read differently from `service/features.py` takes the record path itself,
+so both give the same arrays, errors and warnings (a test checks).
 """
 
 from __future__ import annotations
@@ -45,7 +40,7 @@ NOT_UTF8 = "not valid UTF-8"
 
 
 def text_column(column: pa.Array) -> pa.Array:
-    """Dictionary-encoded or large strings → plain strings; other types unchanged."""
+    """Dictionary or large strings → plain strings; other types unchanged."""
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
@@ -54,7 +49,7 @@ def text_column(column: pa.Array) -> pa.Array:
 
 
 def invalid_utf8_rows(column: pa.Array) -> list[int]:
-    """Rows of a string column whose bytes are not valid UTF-8 (read with check_utf8=False)."""
+    """Rows of a string column that are not valid UTF-8."""
     if not pa.types.is_string(column.type):
         return []
     try:
@@ -68,7 +63,6 @@ _INVALID = object()
 
 
 def _text(value: bytes | None) -> Any:
-    """Raw bytes → str (None stays None), or _INVALID when they are not UTF-8."""
     if value is None:
         return None
     try:
@@ -78,7 +72,7 @@ def _text(value: bytes | None) -> Any:
 
 
 def _texts(name: str, column: pa.Array, rows: list[int], enc: Encoded) -> list[Any]:
-    """Python values of a column for the exact path; invalid UTF-8 becomes an error and None."""
+    """A column's values for the exact path; invalid UTF-8 becomes an error and None."""
     if not pa.types.is_string(column.type):
         return list(column.to_pylist())
     values = [_text(v) for v in column.view(pa.binary()).to_pylist()]
@@ -103,7 +97,7 @@ class ArrowEncoder:
 
     @cached_property
     def _level_bytes(self) -> list[tuple[bytes, ...] | None]:
-        """Each vocabulary as UTF-8 bytes for the C lookup (None: index_in instead)."""
+        """Vocabularies as UTF-8 for the C lookup (None: index_in instead)."""
         usable = level_codes is not None
         return [
             tuple(v.encode() for v in f.vocab_) if usable and len(f.vocab_) <= SMALL_VOCAB else None
@@ -111,7 +105,7 @@ class ArrowEncoder:
         ]
 
     def encode(self, batch: pa.RecordBatch | pa.Table) -> Encoded:
-        """A batch holding every feature column → `num`/`cat`; errors and warnings by batch row."""
+        """A batch's feature columns → `num`/`cat`; errors and warnings by row."""
         n = batch.num_rows
         # filled column by column into [k, n] and transposed once: strided writes into the
         # row-major [n, k] arrays cost more than all the Arrow kernels together
@@ -149,9 +143,7 @@ def _numeric(name: str, column: pa.Array, n: int, enc: Encoded, padded: set[str]
 
 
 def _parse_numbers(column: pa.Array, name: str, padded: set[str]) -> np.ndarray | None:
-    """Text → float64 with Arrow's parser, or None when any value needs the exact path: one
-    Arrow cannot parse (grouped thousands, '1_000', junk) or that parses to ±inf or NaN.
-    `padded`: the columns that once needed blanks cleared; they go straight to that step."""
+    """Text → float64 by Arrow's cast, or None when a value needs the exact path (unparsable, ±inf, NaN)."""
     # cheapest first: a clean column; one whose only gaps are blanks; then every missing token
     values = None
     if name not in padded:
@@ -204,13 +196,13 @@ def _categorical(
 
 
 def _exact_codes(feat: CategoricalFeature, column: pa.Array, rows: list[int], codes: np.ndarray, enc: Encoded) -> None:
-    """Codes of the given rows through the record path (unseen levels warned, bad text an error)."""
+    """Codes of these rows by the record path (unseen levels warned, bad text an error)."""
     values = _texts(feat.name, column.take(pa.array(rows, pa.int64())), rows, enc)
     for row, value in zip(rows, values, strict=True):
         codes[row] = level_code(row, feat, value, feat.index_, enc)
 
 
 def mark_rows(enc: Encoded, rows: list[int], field: str, reason: str) -> None:
-    """Record a row-level problem found outside the features (e.g. in a kept column) as an error."""
+    """Record a row's problem found outside the features (e.g. a kept column) as its error."""
     for row in rows:
         enc.errors.setdefault(row, EncodingError(row, field, reason))

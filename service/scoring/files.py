@@ -1,12 +1,6 @@
 """Where rows come from and go to: CSV (plain or gzip) and Parquet, files or streams, as Arrow batches.
 
-A source yields record batches of the columns the scorer asks for, read in bounded blocks; a CSV
-source also reports the rows Arrow could not parse (wrong number of fields) with their record
-numbers, so the scorer can write them back in place. Formats are chosen by file extension.
-
-One CSV record (a line, or several when a quoted field holds line breaks) may be at most
-RECORD_LIMIT bytes: a longer one is reported in place like any malformed row, and never read whole,
-so one bad record neither stops a job nor makes memory grow; a longer header stops the job.
+Rows the CSV reader cannot split, and records over RECORD_LIMIT, go back in place, never dropped.
 """
 
 from __future__ import annotations
@@ -36,11 +30,10 @@ UNPARSED = "_tabserve_unparsed"  # why the reader could not split the row; null 
 
 
 class ScoringError(ValueError):
-    """The input cannot be scored at all (an unknown format, a missing column, an unreadable header)."""
+    """The input cannot be scored at all (e.g. a missing column)."""
 
 
 def format_of(path: Path) -> Format:
-    """The format a file name asks for: .csv, .csv.gz (.gz) or .parquet (.pq)."""
     name = path.name.lower()
     if name.endswith(".parquet") or name.endswith(".pq"):
         return "parquet"
@@ -68,13 +61,8 @@ class Source(Protocol):
 
 
 class _Records:
-    """A CSV body (the lines after the header) cut into Arrow buffers of whole records, about a block
-    each; a record over RECORD_LIMIT is dropped as it is read and a marker row with one field more than
-    the header takes its place (Arrow reports it as invalid, `CsvSource` says why).
-
-    Record ends follow Arrow's parser: a line break ends a record outside a quoted field, and a quote
-    opens one only at the start of a field. Blocks without quotes take the fast path (a few `find`s).
-    """
+    """A CSV body as Arrow buffers of whole records, their ends found as Arrow's parser finds them; a
+    record over RECORD_LIMIT is dropped as read, a marker row with one field too many in its place."""
 
     def __init__(self, head: bytes, rest: Any, columns: int) -> None:
         self._rest, self._unread = rest, head
@@ -85,7 +73,6 @@ class _Records:
         self._dropped = 0  # bytes of an over-long record dropped so far (0: none is being dropped)
 
     def blocks(self, size: int) -> Iterator[pa.Buffer]:
-        """Buffers of whole records, read `size` bytes at a time, to the end of the input."""
         while data := self._take(size):
             pieces = self._drop(data) if self._dropped else self._pass(data)
             if pieces:
@@ -119,7 +106,7 @@ class _Records:
         return pieces
 
     def _plain(self, data: bytes) -> bool:
-        """No quote, and a newline in every `_SHORT` bytes: every line, so every record, is short."""
+        """The fast path: no quote, and a newline in every `_SHORT` bytes, so every record is short."""
         if self._quoted or b'"' in data:
             return False
         first = data.find(b"\n", 0, RECORD_LIMIT - len(self._held) + 1)
@@ -128,7 +115,7 @@ class _Records:
         )
 
     def _cut(self, data: bytes, ends: np.ndarray, index: int, length: int) -> list[Any]:
-        """The records before the over-long one, then its marker; what follows it is read again."""
+        """The records before the over-long one, then its marker; what follows is read again."""
         start = int(ends[index - 1]) + 1 if index else 0
         pieces = [self._held, memoryview(data)[:start]] if index else []
         self._unread = data[int(ends[index]) + 1 :] + self._unread
@@ -136,7 +123,6 @@ class _Records:
         return [*pieces, self._marker(length)]
 
     def _drop(self, data: bytes) -> list[Any]:
-        """Skip the rest of an over-long record; its marker once its end is read."""
         ends = self._ends(data)
         if not ends.size:
             self._dropped += len(data)
@@ -150,7 +136,7 @@ class _Records:
         return f"{_OVER_LIMIT}{length}".encode() + self._marker_end
 
     def _ends(self, data: bytes) -> np.ndarray:
-        """Positions of the line breaks in `data` that end a record; the quote state moves to its end."""
+        """The line breaks in `data` that end a record; the quote state moves to its end."""
         arr = np.frombuffer(data, np.uint8)
         toggles = self._toggles(data, arr)
         breaks = np.flatnonzero((arr == _LF) | (arr == _CR) if b"\r" in data else arr == _LF)
@@ -163,7 +149,7 @@ class _Records:
         return ends
 
     def _toggles(self, data: bytes, arr: np.ndarray) -> np.ndarray:
-        """Positions of the quotes that open or close a quoted field (a doubled quote: both)."""
+        """The quotes that open or close a quoted field (a doubled quote: both)."""
         quotes = np.flatnonzero(arr == _QUOTE)
         opening = quotes[1 if self._quoted else 0 :: 2]
         if not opening.size:
@@ -190,8 +176,8 @@ class _Records:
 
 
 def _arrow_buffer(pieces: list[Any]) -> pa.Buffer:
-    """The pieces copied into one buffer Arrow owns: none of Arrow's threads then holds a Python object
-    (one that does when the interpreter exits aborts the process)."""
+    """The pieces copied into a buffer Arrow owns: an Arrow thread holding a Python object at exit
+    aborts the process."""
     buffer = pa.allocate_buffer(sum(len(piece) for piece in pieces))
     with memoryview(buffer) as raw, raw.cast("B") as view:
         at = 0
@@ -202,13 +188,8 @@ def _arrow_buffer(pieces: list[Any]) -> pa.Buffer:
 
 
 class CsvSource:
-    """A CSV byte stream (already decompressed), parsed by Arrow a block of whole records at a time.
-
-    Every column is read as text (the feature contract parses numbers itself, exactly as for JSON);
-    bytes are not checked as UTF-8 here, the scorer reports bad rows instead of failing the file.
-    Each block is parsed with a synchronous `read_csv` on the calling thread rather than Arrow's
-    streaming reader, whose own threads read ahead ~32 blocks and call back into Python.
-    """
+    """A decompressed CSV stream, every column as text, parsed by a synchronous `read_csv` per block
+    (Arrow's streaming reader reads far ahead on threads that call back into Python)."""
 
     def __init__(self, stream: Any, raw: Any = None, chunk_rows: int = 16_384, name: str = "input") -> None:
         self._raw = raw if raw is not None else stream
@@ -247,7 +228,7 @@ class CsvSource:
         convert = pcsv.ConvertOptions(
             column_types={c: pa.string() for c in wanted},
             include_columns=wanted,
-            check_utf8=False,
+            check_utf8=False,  # the scorer reports rows that are not UTF-8, not the whole file
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         )
@@ -258,8 +239,7 @@ class CsvSource:
                 pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
             )
             self._rows_before += table.num_rows + self._block_invalid
-            # about chunk_rows per batch, evenly: a block of 16,420 rows is one batch, not
-            # 16,384 and 36 (each batch has a fixed cost in the scorer)
+            # about chunk_rows per batch, evenly, not a full one and a sliver (each has a fixed cost)
             pieces = max(1, round(table.num_rows / self._chunk))
             yield from table.to_batches(max_chunksize=-(-table.num_rows // pieces) or 1)
 
@@ -279,7 +259,7 @@ class CsvSource:
 
 
 def _header(stream: Any, name: str) -> bytes:
-    """The first bytes of a CSV stream, up to its header line's end; never more than the record limit."""
+    """A CSV stream's first bytes, through its header line; at most RECORD_LIMIT."""
     parts: list[bytes] = []
     size = 0
     while size <= RECORD_LIMIT and not any(b"\n" in p or b"\r" in p for p in parts[-1:]):
@@ -299,8 +279,6 @@ def _header(stream: Any, name: str) -> bytes:
 
 
 class ParquetSource:
-    """A Parquet file read row group by row group, only the needed columns."""
-
     def __init__(self, path: Path | pa.NativeFile, chunk_rows: int = 16_384) -> None:
         self._file = pq.ParquetFile(path)
         self._schema = self._file.schema_arrow
@@ -328,7 +306,6 @@ class ParquetSource:
 
 
 def open_source(path: Path, chunk_rows: int = 16_384) -> Source:
-    """A source for a file, by extension."""
     fmt = format_of(path)
     if fmt == "parquet":
         return ParquetSource(path, chunk_rows)
@@ -338,7 +315,7 @@ def open_source(path: Path, chunk_rows: int = 16_384) -> Source:
 
 
 def open_stream(stream: IO[bytes], chunk_rows: int = 16_384, name: str = "stdin") -> CsvSource:
-    """A source for CSV arriving on a binary stream (stdin): plain or gzip, told by its first bytes."""
+    """A CSV source on a binary stream (stdin); gzip is told by its first bytes."""
     buffered: Any = stream if hasattr(stream, "peek") else io.BufferedReader(stream)
     if buffered.peek(2)[:2] == b"\x1f\x8b":
         return CsvSource(gzip.GzipFile(fileobj=buffered, mode="rb"), buffered, chunk_rows, name=name)
@@ -346,9 +323,7 @@ def open_stream(stream: IO[bytes], chunk_rows: int = 16_384, name: str = "stdin"
 
 
 def numbered(source: Source, wanted: list[str]) -> Iterator[pa.RecordBatch]:
-    """The source's batches with ROW and UNPARSED added, the rows the reader skipped put back in
-    place (their fields split as far as possible, UNPARSED saying why), so every input row is in
-    the output of whoever consumes this, in input order."""
+    """The source's batches with ROW and UNPARSED, the rows the reader skipped put back in place."""
     pending: list[tuple[int, str]] = []
     next_row = 0
     header = list(source.columns)
@@ -420,13 +395,11 @@ class Sink(Protocol):
 
 
 def csv_write_options() -> pcsv.WriteOptions:
-    """How every engine writes CSV: header, strings quoted, nulls empty."""
+    """How every engine writes CSV (strings quoted, nulls empty)."""
     return pcsv.WriteOptions(quoting_style="needed")
 
 
 class CsvSink:
-    """CSV out (strings quoted, nulls empty) to a path or a binary stream; gzip by request."""
-
     def __init__(self, target: str | IO[bytes] | pa.NativeFile, schema: pa.Schema, gzip: bool = False) -> None:
         self._out = pa.CompressedOutputStream(target, "gzip") if gzip else target
         self._writer = pcsv.CSVWriter(self._out, schema, write_options=csv_write_options())
@@ -441,8 +414,6 @@ class CsvSink:
 
 
 class ParquetSink:
-    """Parquet out (one row group per written batch or two)."""
-
     def __init__(self, target: str, schema: pa.Schema) -> None:
         self._writer = pq.ParquetWriter(target, schema)
 
@@ -454,7 +425,6 @@ class ParquetSink:
 
 
 def open_sink(path: Path, schema: pa.Schema, fmt: Format) -> Sink:
-    """A sink writing `path` in the given format."""
     if fmt == "parquet":
         return ParquetSink(str(path), schema)
     return CsvSink(str(path), schema, gzip=fmt == "csv.gz")

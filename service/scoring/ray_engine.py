@@ -1,10 +1,6 @@
-"""Batch scoring on Ray Data: the same reader, contract and scorer as `tabserve score`, spread out.
+"""Batch scoring on Ray Data: the local engine's sources, contract and scorer, spread out.
 
-Files (one, a folder, or a glob) are read by Ray tasks through the local engine's own sources, so
-rows the CSV reader cannot split are kept in place exactly as on one machine; an actor pool, each
-actor holding one ONNX Runtime session (a GPU each where the cluster has GPUs), scores the blocks
-with `Scorer.score_batch`; Ray writes the output folder (CSV or Parquet by the output's
-extension), in input order. Needs the optional extra: `pip install 'tabserve[ray]'`.
+Reading through the same sources keeps unsplittable rows in place, as on one machine (docs/scoring.md).
 """
 
 from __future__ import annotations
@@ -42,7 +38,7 @@ ROW_IN_MESSAGE = re.compile(r"\brow (\d+)")
 
 
 def input_files(spec: str) -> list[str]:
-    """A file, every CSV/Parquet file in a folder, or a glob's matches; sorted, never empty."""
+    """A file, a folder's CSV/Parquet files, or a glob's matches; sorted, never empty."""
     path = Path(spec)
     if path.is_dir():
         found = sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(INPUT_SUFFIXES))
@@ -65,8 +61,7 @@ def _open(path: str, raw: Any, chunk_rows: int) -> CsvSource | ParquetSource:
 
 
 class NumberedSource(FileBasedDatasource):
-    """Ray read tasks over the local engine's sources: `numbered` blocks (rows never dropped);
-    with `name_files`, each row also carries its file's name (row numbers count within a file)."""
+    """Ray read tasks giving `numbered` blocks; with `name_files`, each row names its file."""
 
     def __init__(self, paths: list[str], wanted: list[str], chunk_rows: int, name_files: bool) -> None:
         super().__init__(paths)
@@ -84,22 +79,20 @@ class NumberedSource(FileBasedDatasource):
 
 @ray.remote(num_cpus=0)
 class WarningTally:
-    """Warnings on scored rows from every actor, for the run's summary (the local engine's count)."""
+    """Every actor's warning counts, for the run's summary."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
     def add(self, counts: dict[str, int]) -> None:
-        """A block's warning counts."""
         self.counts.update(counts)
 
     def total(self) -> Counter[str]:
-        """Everything counted so far."""
         return self.counts
 
 
 class ScoreActor:
-    """One ONNX Runtime session per actor, scoring blocks into the output schema."""
+    """Scores blocks into the output schema with its own ONNX Runtime session."""
 
     def __init__(self, bundle_path: str, device: Device, schema: pa.Schema, tally: Any) -> None:
         ref = resolve(Path(bundle_path).parent.parent, bundle_path)
@@ -133,8 +126,7 @@ def score_with_ray(
     chunk_rows: int = 16_384,
     on_error: Callable[[int, str], None] | None = None,
 ) -> Summary:
-    """Score `input` (file, folder or glob) into the folder `output` with Ray Data; `on_error`
-    gets (row, message) of every row that failed, as with the local engine."""
+    """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row."""
     started = time.perf_counter()
     files = input_files(input)
     fmt = format_of(output)
@@ -201,8 +193,7 @@ def output_files(folder: Path) -> list[Path]:
 
 
 def _count(folder: Path, fmt: str, on_error: Callable[[int, str], None] | None) -> Summary:
-    """Rows and errors in what was written (read back: Ray's writers report nothing); the first
-    KEPT_ERRORS messages are kept, as the local engine keeps them, and all go to `on_error`."""
+    """Rows and errors read back from the parts (Ray's writers report nothing)."""
     summary = Summary()
     for part in output_files(folder):
         if fmt == "parquet":
