@@ -3,6 +3,7 @@
     git worktree add /tmp/old HEAD~3                           # a checkout of the baseline
     python bench/compare.py /tmp/old .                         # single record, 64 connections
     python bench/compare.py /tmp/old . --records 100 --pairs 8 # 100-record requests
+    python bench/compare.py /tmp/old . --score                 # `tabserve score` of a 1 M-row CSV
 
 On a shared machine, two benchmark runs minutes apart differ by more than most changes being
 measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
@@ -14,19 +15,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from score import build
 from serve import ROOT, churn_bundle, free_port, lua_script, server, telco_body, v2_body, wrk
+
+
+def cli(checkout: Path) -> list[str]:
+    """The `tabserve` command with the code of `checkout` (it comes first on sys.path)."""
+    start = f"import sys; sys.path.insert(0, {str(checkout)!r}); from tabserve.cli import main; main()"
+    return [sys.executable, "-c", start]
 
 
 def command(checkout: Path, models: Path, port: int) -> list[str]:
     """`tabserve serve` with the code of `checkout` (it comes first on sys.path)."""
-    start = f"import sys; sys.path.insert(0, {str(checkout)!r}); from tabserve.cli import main; main()"
     return [
-        *(sys.executable, "-c", start, "serve", "--models", str(models), "--threads", "1"),
+        *cli(checkout),
+        *("serve", "--models", str(models), "--threads", "1"),
         *("--log-level", "warning", "--port", str(port)),
     ]
 
@@ -41,8 +51,13 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--score", action="store_true", help="time `tabserve score` of a CSV instead")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the CSV (--score)")
     args = parser.parse_args()
     churn_bundle(args.models)
+    if args.score:
+        compare_scoring(args)
+        return
     body = telco_body(args.records)
     script = lua_script(v2_body(body) if args.v2 else body, Path(tempfile.mkdtemp(prefix="tabserve-ab-")), "body")
     route = "/v2/models/churn/infer" if args.v2 else "/predict"
@@ -64,6 +79,30 @@ def main() -> None:
                 flush=True,
             )
     print(f"{args.records}-record requests, {args.conns} connections: B/A median {statistics.median(ratios):.2f}")
+
+
+def compare_scoring(args: argparse.Namespace) -> None:
+    """B/A of the rows/s `tabserve score` reports for one CSV, runs alternating as for the service."""
+    work = Path(tempfile.mkdtemp(prefix="tabserve-ab-score-"))
+    source = build(Path("/tmp/tabserve-bench-score") / f"telco_{args.rows}.csv", args.rows)
+    checkouts = {"A": args.a.resolve(), "B": args.b.resolve()}
+
+    def rate(name: str) -> float:
+        cmd = [*cli(checkouts[name]), "score", "--model", "churn", "--input", str(source)]
+        cmd += ["--output", str(work / f"{name}.csv"), "--models-dir", str(args.models)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        found = re.search(r"\(([\d,]+) rows/s\)", out)
+        if not found:
+            raise SystemExit(f"no rows/s in the output of {name}: {out}")
+        return float(found.group(1).replace(",", ""))
+
+    ratios = []
+    for i in range(args.pairs):
+        order = ["A", "B"] if i % 2 == 0 else ["B", "A"]
+        got = {name: rate(name) for name in order}
+        ratios.append(got["B"] / got["A"])
+        print(f"pair {i + 1}: A {got['A']:,.0f} rows/s, B {got['B']:,.0f} rows/s, B/A {ratios[-1]:.2f}", flush=True)
+    print(f"CSV scoring, {args.rows:,} rows: B/A median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from service.api.predict import PredictEndpoint
 from service.dataplane import DataPlane
 from service.http import protocol_for
 from service.runtime import describe_device, providers_for
+from service.scoring.upload import Uploads
 from service.settings import Settings
 from service.store import ModelStore
 from service.telemetry import Telemetry
@@ -98,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app, store, settings.max_records)
     openapi.install_docs(app)
     app.add_middleware(RequestMetrics, telemetry=telemetry)
-    app.state.plane = DataPlane(store)
+    app.state.plane, app.state.uploads = DataPlane(store), Uploads(settings, telemetry)
     app.predict_endpoint = PredictEndpoint(app.state.plane, settings, telemetry)
     return app
 

@@ -1,4 +1,4 @@
-"""Shared route dependencies: the app's store, settings and telemetry."""
+"""Shared route dependencies: the app's store, data plane, upload slots, settings and telemetry."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.dataplane import DataPlane
+from service.scoring.upload import Uploads
 from service.settings import Settings
 from service.store import ModelStore
 from service.telemetry import Telemetry
@@ -14,6 +16,16 @@ from service.telemetry import Telemetry
 def get_store(request: Request) -> ModelStore:
     store: ModelStore = request.app.state.store
     return store
+
+
+def get_plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.plane
+    return plane
+
+
+def get_uploads(request: Request) -> Uploads:
+    uploads: Uploads = request.app.state.uploads
+    return uploads
 
 
 def get_settings(request: Request) -> Settings:
@@ -27,5 +39,7 @@ def get_telemetry(request: Request) -> Telemetry:
 
 
 StoreDep = Annotated[ModelStore, Depends(get_store)]
+PlaneDep = Annotated[DataPlane, Depends(get_plane)]
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]

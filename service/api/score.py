@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.deps import SettingsDep, StoreDep, TelemetryDep
-from service.scoring.upload import BodyTooLarge, ResponsePipe, Uploads, UploadsBusy
+from service.api.deps import PlaneDep, SettingsDep, UploadsDep
+from service.scoring.upload import BodyTooLarge, ResponsePipe, UploadsBusy
 from service.settings import Settings
 from service.store import ModelNotFound
-from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
@@ -34,14 +33,6 @@ class PipeResponse(StreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.answer.close_reader()  # also when the client left before the first chunk
-
-
-def _uploads(request: Request, settings: Settings, telemetry: Telemetry) -> Uploads:
-    """The app's upload slots (made at its first upload)."""
-    uploads: Uploads | None = getattr(request.app.state, "uploads", None)
-    if uploads is None:
-        uploads = request.app.state.uploads = Uploads(settings, telemetry)
-    return uploads
 
 
 def _check_upload(request: Request, settings: Settings) -> bool:
@@ -82,9 +73,9 @@ def _refused(exc: Exception) -> JSONResponse:
 async def score(
     name: str,
     request: Request,
-    store: StoreDep,
+    plane: PlaneDep,
+    uploads: UploadsDep,
     settings: SettingsDep,
-    telemetry: TelemetryDep,
     keep: Annotated[list[str] | None, Query(description="Input column to copy to the output (repeatable).")] = None,
     keep_all: Annotated[bool, Query(description="Copy every input column.")] = False,
 ) -> Any:
@@ -92,7 +83,7 @@ async def score(
     the id columns (or `keep`), the predictions and `error`; streamed both ways."""
     gzip = _check_upload(request, settings)
     try:
-        upload = _uploads(request, settings, telemetry).open(store.get(name), gzip)
+        upload = uploads.open(plane.model(name), gzip)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except UploadsBusy as exc:

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from service import bundle
-from service.features import Preprocess
 from service.errors import InputError
+from service.features import Preprocess
 from service.protocols import native
 from service.protocols.base import ABSENT, Request
 from tests.service.conftest import telco_records

@@ -1,0 +1,68 @@
+"""The request-speed encoder (service/encoders.py) gives exactly what the contract gives
+(`Preprocess.encode_records`): arrays, errors, warnings and their tallies. The real churn bundle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import bundle
+from service.encoders import RecordEncoder
+from service.features import Encoded
+from tests.service.conftest import telco_records
+
+RECORDS = telco_records(40, start=200)
+SAME = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", " 12 ", "1,234.5", "n/a", "One year", " Month-to-month", "Fortnightly", "1e39", "x"]),
+    st.text(max_size=6),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+def _same(a: Encoded, b: Encoded) -> None:
+    np.testing.assert_array_equal(a.num, b.num)
+    np.testing.assert_array_equal(a.cat, b.cat)
+    assert a.num.dtype == b.num.dtype == np.float32 and a.cat.dtype == b.cat.dtype == np.int64
+    assert a.num.shape == b.num.shape and a.cat.shape == b.cat.shape
+    assert {r: str(e) for r, e in a.errors.items()} == {r: str(e) for r, e in b.errors.items()}
+    assert a.warnings == b.warnings and (a.tally or {}) == (b.tally or {})
+
+
+@pytest.mark.parametrize("n", [1, 2, 40])
+def test_real_records_encode_alike(churn_bundle: bundle.BundleRef, n: int) -> None:
+    pre = churn_bundle.preprocess
+    records = [dict(r) for r in RECORDS[:n]]
+    _same(RecordEncoder(pre).encode(records), pre.encode_records(records))
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Real records with fields replaced by odd values, dropped, or misspelt."""
+    records = [dict(r) for r in draw(st.lists(st.sampled_from(RECORDS), min_size=1, max_size=4))]
+    for record in records:
+        for name in draw(st.lists(st.sampled_from(list(RECORDS[0])), max_size=3)):
+            action = draw(st.sampled_from(["value", "drop", "misspell"]))
+            if action == "value":
+                record[name] = draw(odd_values)
+            elif action == "drop":
+                record.pop(name, None)
+            elif name in record:
+                record[name.upper()] = record.pop(name)
+    return records
+
+
+@SAME
+@given(records=mutated())
+def test_odd_records_encode_alike(churn_bundle: bundle.BundleRef, records: list[dict[str, Any]]) -> None:
+    pre = churn_bundle.preprocess
+    _same(RecordEncoder(pre).encode(records), pre.encode_records(records))
