@@ -1,9 +1,5 @@
-"""Request-sized records → model inputs, fast; the same arrays, errors and warnings as the contract
-(`Preprocess.encode_records`), which tests/service/test_encoders.py checks.
-
-Values are pulled out with itemgetter/attrgetter and looked up with map(dict.get, ...), so the
-per-value work runs in C; anything unusual goes through the contract's own per-value rules.
-"""
+"""Request records → model inputs with the per-value work in C (itemgetter, map(dict.get, ...));
+the same arrays, errors and warnings as `Preprocess.encode_records` (tests/service/test_encoders.py)."""
 
 from __future__ import annotations
 
@@ -20,22 +16,21 @@ _PLAIN_NUMBERS = (float, int)
 
 
 class Fields:
-    """Pulls named fields out of many records at C speed, row-major and flat: keys of dicts, or
-    (with `getter=operator.attrgetter`) attributes of structs."""
+    """Named fields of many records, row-major and flat: keys of dicts or (attrgetter) attributes."""
 
     def __init__(self, names: list[str], getter: Callable[..., Any] = operator.itemgetter) -> None:
         self.names, self.k = names, len(names)
         self._get = getter(*names) if names else None
 
     def flat(self, records: Sequence[Any]) -> list[Any]:
-        """Raises KeyError (AttributeError) when a record lacks a field (see `flat_lenient`)."""
+        """Raises KeyError (AttributeError) when a record lacks a field."""
         if self._get is None:
             return []
         got = list(map(self._get, records))
         return got if self.k == 1 else list(itertools.chain.from_iterable(got))
 
     def one(self, record: Any) -> Sequence[Any]:
-        """The fields of one record in order; raises KeyError (AttributeError) when one is absent."""
+        """The fields of one record; raises as `flat`."""
         if self._get is None:
             return ()
         got = self._get(record)
@@ -47,7 +42,7 @@ class Fields:
 
 
 class RecordEncoder:
-    """One model's encoder of request records (built once per loaded model)."""
+    """One model's encoder of request records."""
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
@@ -72,7 +67,7 @@ class RecordEncoder:
         return self.encode_flat(numbers, levels, len(records))
 
     def encode_flat(self, numbers: Sequence[Any], levels: Sequence[Any], n_rows: int) -> Encoded:
-        """Raw values row-major in `num` / `cat` column order (None: missing) → model inputs."""
+        """Raw values row-major in `num` / `cat` order (None: missing) → model inputs."""
         if n_rows == 1 and (plain := self._plain(numbers, levels)) is not None:
             return plain
         pre = self.pre
@@ -83,8 +78,7 @@ class RecordEncoder:
         return enc
 
     def _plain(self, numbers: Sequence[Any], levels: Sequence[Any]) -> Encoded | None:
-        """A single record of JSON numbers and known levels in a few C-level calls; None sends
-        anything else down the general path."""
+        """A single record of JSON numbers and known levels, or None."""
         try:
             codes = list(map(dict.get, self._indexes, levels))
         except TypeError:  # an unhashable level
@@ -102,7 +96,7 @@ class RecordEncoder:
         return enc
 
     def check_ranges(self, enc: Encoded) -> None:
-        """`Preprocess.check_ranges`, in plain Python for a single record (cheaper than numpy there)."""
+        """`Preprocess.check_ranges`, in plain Python for one record (numpy costs more there)."""
         if enc.num.shape[0] != 1:
             self.pre.check_ranges(enc)
             return

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-# malformed: not parsable (JSON, CSV, a header); invalid: parsed, but does not fit the model's
-# contract; too_large: over a size limit; media_type: a body type the protocol does not take
+# malformed: not parsable; invalid: parsed, but does not fit the model; too_large: over a limit;
+# media_type: a body type the protocol does not take
 Kind = Literal["malformed", "invalid", "too_large", "media_type"]
 
 
 class InputError(ValueError):
-    """A request that cannot be scored; `details` name the record and the field."""
+    """A request that cannot be scored; `details` name records and fields."""
 
     def __init__(self, kind: Kind, message: str, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.kind, self.message, self.details = kind, message, details or []
 
     def to_json(self) -> dict[str, Any]:
-        """The error body of the native protocol (others shape their own)."""
+        """The error body."""
         doc: dict[str, Any] = {"error": self.message}
         if self.details:
             doc["details"] = self.details

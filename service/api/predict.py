@@ -1,10 +1,5 @@
-"""The scoring routes (POST /predict, /models/{name}/predict, /v2/.../infer, /invocations) as a
-plain ASGI handler, ahead of FastAPI's stack (it costs more per request than a whole prediction).
-
-Each request goes read → decode (the model's codec) → infer (service/dataplane.py) → encode; this
-module adds only HTTP: paths, headers, limits and the status of each outcome.
-/docs still documents these routes per model (service/api/openapi.py).
-"""
+"""The scoring routes as a plain ASGI handler ahead of FastAPI's stack (which costs more than a
+prediction): read → decode → infer → encode, plus HTTP's paths, headers, limits and statuses."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The read-only routes of the KServe V2 and MLflow protocols (their scoring routes are in
-service/api/predict.py, on the fast path with /predict)."""
+"""The read-only routes of the KServe V2 and MLflow protocols (scoring: service/api/predict.py)."""
 
 from __future__ import annotations
 

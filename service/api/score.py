@@ -15,6 +15,10 @@ from service.store import ModelNotFound
 
 log = logging.getLogger("tabserve.score")
 router = APIRouter(tags=["score"])
+# the body is read as a stream, not a declared parameter, so the spec says it here
+CSV_BODY = {
+    "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}}}
+}
 RETRY_AFTER_S = 5  # uploads take seconds to minutes: a short wait is enough
 
 
@@ -62,13 +66,7 @@ def _refused(exc: Exception) -> JSONResponse:
     responses={200: {"content": {"text/csv": {}}}, 404: {}, 413: {}, 415: {}, 422: {}, 503: {}},
     response_class=PipeResponse,
     status_code=200,  # else FastAPI looks for it in the response class's __init__
-    # the body is read as a stream, not a declared parameter
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
-        }
-    },
+    openapi_extra=CSV_BODY,
 )
 async def score(
     name: str,

@@ -1,7 +1,4 @@
-"""The codecs: each protocol's body bytes → `Request`, `Result` → its answer (service/protocols/base.py).
-
-They know the model's contract and the error kinds (service/errors.py), nothing of HTTP.
-"""
+"""One codec per protocol: body bytes → `Request`, `Result` → answer; no HTTP in them."""
 
 from __future__ import annotations
 
@@ -13,6 +10,6 @@ from service.protocols.v2 import V2Codec
 
 
 def codecs_for(pre: Preprocess, max_records: int) -> dict[str, Codec]:
-    """Every protocol's codec for one model, by protocol name (built once per loaded model)."""
+    """Every protocol's codec for one model, by protocol name."""
     native = NativeCodec(pre, max_records)
     return {"native": native, "v2": V2Codec(pre, max_records), "mlflow": MlflowCodec(native)}

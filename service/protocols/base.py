@@ -21,10 +21,8 @@ INT_RANGE = range(-(2**63), 2**64)  # what JSON encoders echo exactly
 
 @dataclass(slots=True)
 class Request:
-    """A decoded request: its model inputs and what its answer passes back.
-
-    It holds nothing else of the body, so the body is freed while the request waits for its batch.
-    """
+    """A decoded request: model inputs and what the answer passes back (nothing else of the body,
+    which is freed while the request waits for its batch)."""
 
     enc: Encoded
     ids: list[tuple[str, list[Any]]] = field(default_factory=list)  # id columns, per record
@@ -34,7 +32,7 @@ class Request:
 
 @dataclass(slots=True)
 class Result:
-    """A request's model outputs, and the model version that gave them."""
+    """A request's model outputs and the version that gave them."""
 
     model: str
     version: int
@@ -43,7 +41,7 @@ class Result:
 
 
 class Codec(Protocol):
-    """One protocol for one loaded model: body bytes → `Request`, `Result` → answer document."""
+    """One protocol for one loaded model."""
 
     @property
     def media_types(self) -> tuple[bytes, ...] | None:
@@ -55,8 +53,7 @@ class Codec(Protocol):
 
 
 def parse_json(raw: bytes) -> Any:
-    """The body as Python values. msgspec, not orjson: it keeps integers beyond 64 bits exact, so
-    an id is echoed as sent or refused by name, never silently turned into a float."""
+    """The body as Python values; msgspec keeps integers beyond 64 bits exact (never a silent float)."""
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
@@ -66,7 +63,7 @@ def parse_json(raw: bytes) -> Any:
 
 
 def checked(enc: Encoded) -> Encoded:
-    """Encoded rows, or the error naming the record and field of every value that could not be used."""
+    """Encoded rows, or the error naming each value that could not be used."""
     if enc.errors:
         errors = [enc.errors[row] for row in sorted(enc.errors)]
         details = [{"record": e.row, "field": e.field, "message": e.reason} for e in errors[:100]]
@@ -75,7 +72,7 @@ def checked(enc: Encoded) -> Encoded:
 
 
 def checked_ids(ids: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
-    """The id values, or the error naming the first one that could not be echoed exactly."""
+    """The id values, or the error naming the first that cannot be echoed exactly."""
     for col, values in ids:
         if all(type(v) is str for v in values):  # the usual ids: nothing to check
             continue

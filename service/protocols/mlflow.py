@@ -1,9 +1,4 @@
-"""MLflow's scoring protocol (`POST /invocations`), as `mlflow models serve` takes it for a pyfunc model.
-
-The body is JSON with exactly one of `dataframe_split`, `dataframe_records`, `instances` or `inputs`
-(plus optional `params`), or CSV. Its rows become native records; the answer is
-`{"predictions": [...]}`, one object per row, as MLflow gives for a model that returns a DataFrame.
-"""
+"""MLflow's scoring protocol (`POST /invocations`), as `mlflow models serve` takes it (docs/protocols.md)."""
 
 from __future__ import annotations
 
@@ -35,9 +30,8 @@ class MlflowCodec:
         return self.native.from_records(records_of({"records": records}, self.native.max_records))
 
     def encode(self, result: Result) -> dict[str, Any]:
-        """One object per row (ids dropped: MLflow has no place for them). Per-row warnings go in a
-        `warnings` list beside `predictions`, only when there are any: MLflow's clients read
-        `predictions` alone, and nothing the caller sent is ignored without saying so."""
+        """One object per row (MLflow has no place for ids); warnings beside `predictions`, which
+        MLflow's clients read alone."""
         answers = self.native.answers(result)
         doc: dict[str, Any] = {"predictions": [{k: a[k] for k in PREDICTION_KEYS if k in a} for a in answers]}
         noted = [{"row": i, "warnings": a["warnings"]} for i, a in enumerate(answers) if "warnings" in a]

@@ -1,9 +1,8 @@
 """The native protocol: `{"records": [...]}` in, one answer per record out.
 
-A body is decoded by the first of three rungs that takes it, each faster than the next for what it
-accepts, all giving identical model inputs (tests/service/test_native_codec.py, test_plain_decoder.py):
-the optional C decoder (`_records.c`: plain bodies straight into `num`/`cat`), msgspec structs typed
-from the bundle's schema, then the general path, which accepts, imputes, warns or explains anything.
+Three rungs decode a body, each faster than the next for what it takes, all to identical inputs
+(tests/service/test_native_codec.py, test_plain_decoder.py): the optional C decoder, msgspec structs
+typed from the schema, then the general path, which accepts, imputes, warns or explains anything.
 """
 
 from __future__ import annotations
@@ -102,8 +101,7 @@ def records_of(doc: Any, max_records: int) -> list[dict[str, Any]]:
 
 
 class TypedRecords:
-    """The C and msgspec rungs for one model: the usual body (every feature present, numbers as
-    numbers or null, known levels or null) decoded with its types checked while parsing."""
+    """The C and msgspec rungs: the usual body (every feature, numbers, known levels; nulls allowed)."""
 
     def __init__(self, pre: Preprocess, encoder: RecordEncoder) -> None:
         self.pre, self.encoder = pre, encoder

@@ -1,9 +1,5 @@
-"""The Open Inference Protocol (KServe V2): one input tensor per feature in, tensors out.
-
-Inputs: `FP*`/`INT*`/`UINT*` for numeric features, `BYTES` for categorical; shape `[N]` or `[N, 1]`;
-data flat or nested, or raw in the binary tensor extension. Outputs: `label`, `probability`
-(binary), `probabilities` — or `value` for regression. docs/protocols.md has the details.
-"""
+"""The Open Inference Protocol (KServe V2): one input tensor per feature in, tensors out
+(docs/protocols.md)."""
 
 from __future__ import annotations
 
@@ -197,10 +193,8 @@ class V2Codec:
         )
 
     def _single_row(self, text: bytes) -> Request | None:
-        """The usual online request — one plain JSON value per feature tensor, shape [1] or [1, 1] —
-        typed by msgspec while parsing, straight into `num`/`cat`; None sends the body down the full
-        path, which accepts it or explains what is wrong. Clients send the same layout (names and
-        datatypes in one order) every time, so a layout is checked once and remembered."""
+        """One plain value per feature tensor, typed while parsing; None: the full path decides.
+        Clients send one layout every time, so a layout is checked once and remembered."""
         try:
             request = self._single.decode(text)
         except (msgspec.MsgspecError, RecursionError):  # a deep "id": the full path explains it
@@ -232,8 +226,8 @@ class V2Codec:
         return enc
 
     def encode(self, result: Result) -> dict[str, Any]:
-        """The inference response: the outputs asked for and the request's id. Per-row warnings go
-        in `parameters` as one string (the protocol's parameter values are scalars)."""
+        """The outputs asked for and the request's id; warnings in `parameters` as one string
+        (parameter values are scalars)."""
         pre, out, request = self.pre, result.out, result.request
         rows = len(out)
         tensors: dict[str, dict[str, Any]] = {}
@@ -271,8 +265,7 @@ class _Output(msgspec.Struct, gc=False):
 
 
 def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:
-    """A model's decoder of one-row requests. Names and datatypes are `Literal` types, so they
-    arrive as the same string objects every time (hashes cached: the layout lookup is cheap)."""
+    """One-row requests; `Literal` names and datatypes arrive as the same objects (hashes cached)."""
     tensor = msgspec.defstruct(
         "Tensor",
         [
@@ -297,8 +290,7 @@ LAYOUTS_KEPT = 64
 
 
 def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any] | None:
-    """Pickers of the `num` and `cat` values among the request's inputs, if the layout is valid:
-    every feature exactly once, each with a datatype its kind allows."""
+    """Pickers of the `num` and `cat` values, if every feature is there once with a fitting datatype."""
     kinds = pre.kinds
     at = {name: i for i, name in enumerate(names)}
     if len(at) != len(names) or at.keys() != kinds.keys():
