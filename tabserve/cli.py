@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import inspect
 import os
 import sys
@@ -40,72 +41,92 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _csv_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+TRAIN_FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # NOTE: the names users already type
+TRAIN_ALIASES = {"models_dir": ["--models"]}
 
 
-@app.command()
-def train(
-    data: Annotated[Path, typer.Option(help="CSV file to train on.")],
-    target: Annotated[str, typer.Option(help="Column to predict.")],
-    name: Annotated[str | None, typer.Option(help="Model name (default: the file's stem).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML or YAML file with training settings.")] = None,
-    models_dir: ModelsDir = None,
-    task: Annotated[str | None, typer.Option(help="auto | binary | multiclass | regression.")] = None,
-    positive: Annotated[str | None, typer.Option(help="Positive class of a binary target.")] = None,
-    id_column: Annotated[list[str] | None, typer.Option(help="Identifier column (repeatable).")] = None,
-    drop: Annotated[list[str] | None, typer.Option(help="Column to leave out (repeatable).")] = None,
-    hidden: Annotated[str | None, typer.Option(help="Hidden layer sizes, e.g. 128,64.")] = None,
-    activation: Annotated[str | None, typer.Option(help="relu | leaky_relu | gelu | tanh | sigmoid.")] = None,
-    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm")] = None,
-    dropout: Annotated[float | None, typer.Option()] = None,
-    linear_skip: Annotated[bool | None, typer.Option("--linear-skip/--no-linear-skip")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Upper bound; early stopping ends sooner.")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    weight_decay: Annotated[float | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
-    class_weight: Annotated[str | None, typer.Option(help="none | balanced.")] = None,
-    ensemble: Annotated[int | None, typer.Option(help="k-fold ensemble members (1: one model).")] = None,
-    threshold_rule: Annotated[str | None, typer.Option(help="f1 | youden | accuracy | a number.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    plots: Annotated[bool | None, typer.Option("--plots/--no-plots", help="PNG plots in the bundle.")] = None,
-) -> None:
-    """Train an MLP on a CSV and publish it as the next version of a model bundle."""
+def _config_options() -> list[inspect.Parameter]:
+    """One `tabserve train` option per `TrainConfig` field: flag, type, help and default all come from
+    training/config.py, so nothing is declared twice. A flag not given leaves the value to the
+    `--config` file, else the field's default."""
+    from training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    options = []
+    for field in dataclasses.fields(TrainConfig):
+        kind = hints[field.name]
+        flag = TRAIN_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+        default: Any = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        extra: dict[str, Any] = {}
+        plain: Any
+        shown: Any
+        if kind is bool:
+            plain = bool
+            flag, shown = f"{flag}/--no-{flag[2:]}", "on" if default else "off"
+        elif typing.get_origin(kind) is list:
+            plain, shown = list[str], ",".join(map(str, default))
+            if typing.get_args(kind) == (int,):
+                extra["metavar"] = "N,N,…"
+        else:
+            plain, shown = next((t for t in typing.get_args(kind) if t is not type(None)), kind), default
+        help = field.metadata["help"] + ("" if shown in ("", None) else f" (default {shown})")
+        option = typer.Option(flag, *TRAIN_ALIASES.get(field.name, []), help=help, show_default=False, **extra)
+        options.append(
+            inspect.Parameter(
+                field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[plain | None, option]
+            )
+        )
+    config = inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None,
+            typer.Option(help="TOML or YAML file whose keys are these settings' field names; flags win over it"),
+        ],
+    )
+    at = [p.name for p in options].index("name") + 1
+    return [*options[:at], config, *options[at:]]
+
+
+def _int_list(flag: str, values: list[str]) -> list[int]:
+    """`--hidden 128,64` (or `--hidden 128 --hidden 64`) → [128, 64]."""
+    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        _fail(f"{flag} takes whole numbers separated by commas, such as 128,64, not {','.join(values)!r}")
+
+
+def train(config: Path | None = None, **flags: Any) -> None:
+    """Train an MLP on a CSV and publish it as the next version of a model bundle.
+
+    A flag not given leaves the setting to the --config file, else to its default (training/config.py)."""
     try:
         from training.progress import run_training
     except ImportError as exc:
         _fail(f"training needs the train extra (pip install 'tabserve[train]'): {exc}")
+    from training.config import TrainConfig
 
-    overrides: dict[str, Any] = dict(
-        data=str(data),
-        target=target,
-        name=name,
-        models_dir=str(models_dir) if models_dir else None,
-        task=task,
-        positive=positive,
-        id_columns=id_column or None,
-        drop=drop or None,
-        hidden=[int(h) for h in _csv_list(hidden) or []] or None,
-        activation=activation,
-        batch_norm=batch_norm,
-        dropout=dropout,
-        linear_skip=linear_skip,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
-        class_weight=class_weight,
-        ensemble=ensemble,
-        threshold_rule=threshold_rule,
-        seed=seed,
-        report_plots=plots,
-    )
+    hints = typing.get_type_hints(TrainConfig)
+    overrides: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is not None and typing.get_origin(hints[name]) is list:
+            value = (
+                _int_list(TRAIN_FLAGS.get(name, "--" + name.replace("_", "-")), value)
+                if hints[name] == list[int]
+                else list(value)
+            )
+        overrides[name] = value if value != [] else None  # NOTE: an empty repeatable option means "not given"
     try:
         run_training(config, overrides, console)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))
+
+
+train.__signature__ = inspect.Signature(_config_options())  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+app.command()(train)
 
 
 @app.command("models")

@@ -48,6 +48,21 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     assert config["hidden"] == [16] and config["activation"] == "tanh" and config["dropout"] == 0.1
 
 
+def test_train_options_come_from_the_config_fields(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+
+    run = tabserve("train", "--help", store=tmp_path)
+    assert run.returncode == 0, run.stderr
+    renamed = {"id_columns": "--id-column", "report_plots": "--plots"}
+    for field in fields(TrainConfig):
+        assert renamed.get(field.name, "--" + field.name.replace("_", "-")) in run.stdout, field.name
+        assert field.metadata["help"], field.name
+    for flag in ("--config", "--models", "--no-plots", "--no-batch-norm", "(default 32,16)", "(default 0.003)"):
+        assert flag in run.stdout, flag
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

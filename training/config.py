@@ -15,47 +15,70 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used."""
 
 
+def opt(default: Any, help: str) -> Any:
+    """A TrainConfig field with its help: the one place a setting's default and reason live
+    (`tabserve train` builds its options from these). A list field uses `field(default_factory=…,
+    metadata={"help": …})` instead."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run needs; every default says why it is the default."""
 
     # --- data ---
-    data: str = ""  # the CSV to train on
-    target: str = ""  # the column to predict
-    name: str = ""  # model name in the store (default: the CSV's file stem)
-    models_dir: str | None = None  # store root (None: $TABSERVE_MODELS_DIR or ./models)
-    task: str = "auto"  # auto: text/boolean or two-valued → classification, many floats → regression
-    positive: str | None = None  # binary positive class (None: 'yes'/'true'/'1'/'bad'…, else minority)
-    id_columns: list[str] = field(default_factory=list)  # pass through scoring, never features
-    drop: list[str] = field(default_factory=list)  # columns to leave out (leaky or useless ones)
-    test_fraction: float = 0.2  # held out for the final report; 20% is the field's usual choice
-    val_fraction: float = 0.2  # of the rest, for early stopping when ensemble == 1
-    min_category_count: int = 3  # rarer levels share the unseen bucket: too few rows to learn from
-    max_vocab: int = 1000  # most frequent levels kept; keeps free-text columns from exploding
+    data: str = opt("", "CSV file to train on (required)")
+    target: str = opt("", "column to predict (required)")
+    name: str = opt("", "model name in the store (default: the CSV's file stem)")
+    models_dir: str | None = opt(None, "model store (default: $TABSERVE_MODELS_DIR or ./models)")
+    task: str = opt(
+        "auto", f"{' | '.join(TASKS)}; auto: text/boolean or two-valued → classification, many floats → regression"
+    )
+    positive: str | None = opt(
+        None, "positive class of a binary target (default: 'yes'/'true'/'1'/'bad'…, else the minority)"
+    )
+    id_columns: list[str] = field(
+        default_factory=list,
+        metadata={"help": "identifier column, passed through scoring, never a feature (repeatable)"},
+    )
+    drop: list[str] = field(
+        default_factory=list, metadata={"help": "column to leave out, e.g. a leaky or useless one (repeatable)"}
+    )
+    test_fraction: float = opt(0.2, "rows held out for the final report; 20% is the usual choice")
+    val_fraction: float = opt(0.2, "of the rest, rows for early stopping when ensemble is 1")
+    min_category_count: int = opt(3, "a level seen fewer times shares the unseen bucket: too few rows to learn from")
+    max_vocab: int = opt(1000, "most frequent levels kept per column; keeps free-text columns from exploding")
     # --- model ---
-    hidden: list[int] = field(default_factory=lambda: [32, 16])  # as good as 128-64 here, far cheaper to serve
-    activation: str = "relu"  # cheap, well-behaved with BatchNorm
-    batch_norm: bool = True  # stabilises training on unevenly scaled inputs
-    dropout: float = 0.3  # small data sets overfit quickly; 0.3 measured best on both bundled sets
-    linear_skip: bool = True  # a wide (logistic) path beside the deep one: tabular data is often near-linear
-    linear_init: bool = True  # start the linear path at a fitted logistic regression (see BENCHMARKS.md)
-    max_embedding_dim: int = 4  # wider embeddings only added variance on both bundled sets (BENCHMARKS.md)
+    hidden: list[int] = field(
+        default_factory=lambda: [32, 16],
+        metadata={"help": "hidden layer sizes, e.g. 128,64; 32,16 is as good here and far cheaper to serve"},
+    )
+    activation: str = opt("relu", f"{' | '.join(ACTIVATIONS)}; relu: cheap, well-behaved with BatchNorm")
+    batch_norm: bool = opt(True, "BatchNorm layers: stabilise training on unevenly scaled inputs")
+    dropout: float = opt(0.3, "dropout rate; small data sets overfit quickly, 0.3 measured best on both bundled sets")
+    linear_skip: bool = opt(True, "a wide (logistic) path beside the deep one: tabular data is often near-linear")
+    linear_init: bool = opt(True, "start the linear path at a fitted logistic regression (see BENCHMARKS.md)")
+    max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---
-    epochs: int = 200  # an upper bound: early stopping usually ends far sooner
-    batch_size: int = 256  # enough rows per step for stable BatchNorm statistics
-    lr: float = 3e-3  # AdamW's sweet spot for small MLPs
-    weight_decay: float = 1e-3  # AdamW decoupled decay: mild shrinkage, better calibrated outputs
-    patience: int = 12  # epochs without validation improvement before stopping
-    class_weight: str = "none"  # none keeps probabilities calibrated; 'balanced' for rare positives
-    ensemble: int = 5  # k-fold members averaged: uses all non-test rows and cuts variance
-    threshold_rule: str = "f1"  # f1 | youden | accuracy | a fixed number such as 0.5
-    seed: int = 0  # same seed and data → same model and metrics
-    report_plots: bool = True  # PNG plots in the bundle (matplotlib); off saves ~1 s
+    epochs: int = opt(200, "most epochs per member; early stopping usually ends far sooner")
+    batch_size: int = opt(256, "rows per step: enough for stable BatchNorm statistics")
+    lr: float = opt(3e-3, "AdamW learning rate; the sweet spot for small MLPs")
+    weight_decay: float = opt(1e-3, "AdamW decoupled decay: mild shrinkage, better calibrated outputs")
+    patience: int = opt(12, "epochs without validation improvement before stopping")
+    class_weight: str = opt(
+        "none", "none | balanced; none keeps probabilities calibrated, balanced helps rare positives"
+    )
+    ensemble: int = opt(5, "k-fold ensemble members, averaged: all non-test rows used, less variance; 1: one model")
+    threshold_rule: str = opt("f1", "binary decision threshold: f1 | youden | accuracy | a fixed number such as 0.5")
+    seed: int = opt(0, "random seed: same seed and data → same model and metrics")
+    report_plots: bool = opt(True, "PNG plots in the bundle (matplotlib); off saves ~1 s")
 
     def validate(self) -> TrainConfig:
         """Check values that would otherwise fail deep inside training."""
         if not self.data or not self.target:
-            raise ConfigError("both a data file and a target column are required")
+            raise ConfigError(
+                "a data file and a target column are required (--data and --target, or data and target in the config file)"
+            )
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if self.activation not in ACTIVATIONS:
