@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from service import bundle
+from service.encoders import RecordEncoder
 from service.features import NumericFeature, Preprocess
 
 CONSTANT = b'{"predictions":[{"label":"No","probability":0.1}]}'
@@ -45,12 +46,13 @@ def plain_app() -> Any:
     fields.update({c: (str | None, None) for c in pre.id_columns})
     record_model = create_model("Record", **fields)
     request_model = create_model("PredictRequest", records=(list[record_model], ...))  # type: ignore[valid-type]
+    encoder = RecordEncoder(pre)  # tabserve's own request encoder: the reference differs in the serving only
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(body: request_model) -> dict[str, Any]:  # type: ignore[valid-type]
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
-        enc = pre.encode_records(records)
+        enc = encoder.encode(records)
         probs = session.run(None, {"num": enc.num, "cat": enc.cat})[0]
         threshold = pre.threshold or 0.5
         return {

@@ -102,13 +102,15 @@ def naive(model_dir: Path, source: Path, target: Path) -> float:
     import onnxruntime as ort
     import pandas as pd
 
+    from service.encoders import RecordEncoder
     from service.features import Preprocess
 
     started = time.perf_counter()
     pre = Preprocess.load(model_dir / "preprocess.json")
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
-    encoded = [pre.encode_records([row]) for row in frame.to_dict("records")]
+    encoder = RecordEncoder(pre)
+    encoded = [encoder.encode([row]) for row in frame.to_dict("records")]
     num = np.concatenate([e.num for e in encoded])
     cat = np.concatenate([e.cat for e in encoded])
     out = session.run(None, {"num": num, "cat": cat})[0]

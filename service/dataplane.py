@@ -3,7 +3,7 @@ prediction should also pass through (a log, a shadow model) goes here, once."""
 
 from __future__ import annotations
 
-from service.protocols.base import Request, Result
+from service.protocols.base import InferenceRequest, InferenceResult
 from service.store import LoadedModel, ModelStore
 
 
@@ -21,7 +21,9 @@ class DataPlane:
         """A given version; raises ModelNotFound."""
         return await self.store.get_version(name, version)
 
-    async def infer(self, model: LoadedModel, request: Request, timeout: float | None = None) -> Result:
+    async def infer(
+        self, model: LoadedModel, request: InferenceRequest, timeout: float | None = None
+    ) -> InferenceResult:
         """The model's outputs for a request, through its batcher."""
         out = await model.infer(request.enc, timeout)
-        return Result(model.name, model.version, out, request)
+        return InferenceResult(model.name, model.version, out, request)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-# malformed: not parsable; invalid: parsed, but does not fit the model; too_large: over a limit;
-# media_type: a body type the protocol does not take
-Kind = Literal["malformed", "invalid", "too_large", "media_type"]
+# malformed: not parsable, or not the protocol's shape; invalid: does not fit the model;
+# too_large: over a limit
+Kind = Literal["malformed", "invalid", "too_large"]
 
 
 class InputError(ValueError):

@@ -231,8 +231,11 @@ class Preprocess:
             num=np.empty((n_rows, len(self.numeric)), dtype=np.float32),
             cat=np.zeros((n_rows, len(self.categorical)), dtype=np.int64),
         )
-        for j, feat in enumerate(self.numeric):
-            enc.num[:, j] = encode_numeric(feat.name, columns.get(feat.name), n_rows, enc)
+        # every column's text parsed before any range is checked: a record's first error is then
+        # the same whether its values are encoded by column or by record (service/encoders.py)
+        parsed = [parse_column(f.name, columns.get(f.name), enc) for f in self.numeric]
+        for j, (feat, values) in enumerate(zip(self.numeric, parsed, strict=True)):
+            enc.num[:, j] = encode_numeric(feat.name, values, n_rows, enc)
         for j, cfeat in enumerate(self.categorical):
             enc.cat[:, j] = encode_categorical(cfeat, columns.get(cfeat.name), n_rows, enc)
         self.check_ranges(enc)
@@ -421,22 +424,35 @@ def _clamp(value: Any) -> float:
         return math.inf
 
 
+def parse_column(
+    name: str, values: Sequence[Any] | np.ndarray | None, enc: Encoded
+) -> Sequence[Any] | np.ndarray | None:
+    """A column with its text, booleans and objects parsed (errors recorded); numbers, NaN and None as they are."""
+    if values is None or (isinstance(values, np.ndarray) and values.dtype.kind in "fiu"):
+        return values
+    return numbers_parsed([name], values if isinstance(values, list) else list(values), enc)
+
+
 def encode_numeric(name: str, values: Sequence[Any] | np.ndarray | None, n: int, enc: Encoded) -> np.ndarray:
     """One column of raw numeric values → float32[n]; None (absent column) is all missing."""
     if values is None:
         return np.full(n, np.nan, dtype=np.float32)
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
         return _finite_or_errors([name], values.astype(np.float64).reshape(n, 1), enc)[:, 0]
-    return numbers_of([name], list(values), n, enc)[:, 0]
+    return numbers_of([name], values if isinstance(values, list) else list(values), n, enc)[:, 0]
+
+
+def numbers_parsed(names: list[str], flat: Sequence[Any], enc: Encoded) -> Sequence[Any]:
+    """Row-major raw values with every one that is not a number or None parsed by parse_number."""
+    if set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
+        return flat
+    k = len(names)
+    return [v if type(v) in _PLAIN_NUMBER_TYPES else _number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
 
 
 def numbers_of(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
-    """Row-major raw values → float32 [n, k]; floats, ints and None convert in one numpy call,
-    anything else (text, booleans, objects) goes through parse_number, errors recorded."""
-    if not set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
-        k = len(names)
-        flat = [_number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
-    return _float32(names, flat, n, enc)
+    """Row-major raw values → float32 [n, k]: parsed, then values beyond float32 are errors."""
+    return _float32(names, numbers_parsed(names, flat, enc), n, enc)
 
 
 def _float32(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
@@ -453,7 +469,10 @@ def _finite_or_errors(names: list[str], values: np.ndarray, enc: Encoded) -> np.
     if not too_big.any():
         return values.astype(np.float32)
     for i, j in zip(*np.nonzero(too_big), strict=True):
-        enc.errors.setdefault(int(i), EncodingError(int(i), names[j], "expected a finite number"))
+        value = float(values[i, j])
+        within = "" if math.isinf(value) else " within float32's range"
+        reason = f"expected a finite number{within}, got {value!r}"
+        enc.errors.setdefault(int(i), EncodingError(int(i), names[j], reason))
     values = values.copy()
     values[too_big] = np.nan
     return values.astype(np.float32)

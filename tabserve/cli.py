@@ -41,7 +41,7 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-TRAIN_FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # NOTE: the names users already type
+TRAIN_FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # the names users already type
 TRAIN_ALIASES = {"models_dir": ["--models"]}
 
 
@@ -69,8 +69,8 @@ def _config_options() -> list[inspect.Parameter]:
                 extra["metavar"] = "N,N,…"
         else:
             plain, shown = next((t for t in typing.get_args(kind) if t is not type(None)), kind), default
-        help = field.metadata["help"] + ("" if shown in ("", None) else f" (default {shown})")
-        option = typer.Option(flag, *TRAIN_ALIASES.get(field.name, []), help=help, show_default=False, **extra)
+        text = field.metadata["help"] + ("" if shown in ("", None) else f" (default {shown})")
+        option = typer.Option(flag, *TRAIN_ALIASES.get(field.name, []), help=text, show_default=False, **extra)
         options.append(
             inspect.Parameter(
                 field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[plain | None, option]
@@ -117,7 +117,7 @@ def train(config: Path | None = None, **flags: Any) -> None:
                 if hints[name] == list[int]
                 else list(value)
             )
-        overrides[name] = value if value != [] else None  # NOTE: an empty repeatable option means "not given"
+        overrides[name] = value if value != [] else None  # an empty repeatable option means "not given"
     try:
         run_training(config, overrides, console)
     except (ValueError, RuntimeError, OSError) as exc:

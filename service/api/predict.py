@@ -16,7 +16,7 @@ import orjson
 from service.batching import DeadlineExceeded, QueueFull
 from service.dataplane import DataPlane
 from service.errors import InputError
-from service.protocols import mlflow, native, v2
+from service.protocols import MEDIA_TYPES
 from service.settings import Settings
 from service.store import LoadedModel, ModelNotFound
 from service.telemetry import Telemetry
@@ -33,18 +33,20 @@ Scope = MutableMapping[str, Any]
 
 
 @dataclass(frozen=True)
-class Protocol:
+class ScoringProtocol:
     """A scoring protocol as HTTP serves it."""
 
     name: str  # its codec's key (service.protocols.codecs_for)
-    media_types: tuple[bytes, ...] | None  # Content-Types it takes (None: any)
-    invalid_status: int  # for a body that parses but does not fit the model (MLflow and V2 say 400)
+    invalid_status: int  # for a body that does not fit the model (MLflow and V2 say 400)
+
+    @property
+    def media_types(self) -> tuple[bytes, ...] | None:
+        """The Content-Types its codec decodes (None: any)."""
+        return MEDIA_TYPES[self.name]
 
 
-NATIVE = Protocol("native", native.NativeCodec.media_types, 422)
-V2 = Protocol("v2", v2.V2Codec.media_types, 400)
-MLFLOW = Protocol("mlflow", mlflow.MlflowCodec.media_types, 400)
-STATUS = {"malformed": 400, "too_large": 413, "media_type": 415}
+NATIVE, V2, MLFLOW = ScoringProtocol("native", 422), ScoringProtocol("v2", 400), ScoringProtocol("mlflow", 400)
+STATUS = {"malformed": 400, "too_large": 413}
 
 
 class HttpError(Exception):
@@ -59,7 +61,7 @@ class HttpError(Exception):
 class Route:
     """Which scoring front door a request is for."""
 
-    protocol: Protocol
+    protocol: ScoringProtocol
     template: str  # the route as metrics name it
     name: str | None = None
     version: int | None = None
@@ -106,8 +108,8 @@ class PredictEndpoint:
             message = f"{scope['method']} is not allowed on {scope['path']}: send the request with POST"
             raise HttpError(405, message, [(b"allow", b"POST")])
         headers = dict(scope["headers"])
-        timeout = self._timeout(headers.get(TIMEOUT_HEADER))
         check_head(headers, route.protocol.media_types, self.settings.max_body_bytes)
+        timeout = self._timeout(headers.get(TIMEOUT_HEADER))
         body = await read_body(receive, self.settings.max_body_bytes)
         model = await self._model(route)
         codec = model.codecs[route.protocol.name]
@@ -154,7 +156,7 @@ def parse_route(path: str) -> Route | None:
     return Route(NATIVE, "/predict" if match["name"] is None else "/models/{name}/predict", match["name"])
 
 
-def outcome(exc: Exception, protocol: Protocol) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+def outcome(exc: Exception, protocol: ScoringProtocol) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
     """The status, error body and extra headers of a request that did not succeed."""
     if isinstance(exc, InputError):
         return STATUS.get(exc.kind, protocol.invalid_status), exc.to_json(), []

@@ -1,4 +1,4 @@
-"""What every codec decodes a body into (`Request`) and encodes an answer from (`Result`)."""
+"""What every codec decodes a body into (`InferenceRequest`) and encodes an answer from (`InferenceResult`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ INT_RANGE = range(-(2**63), 2**64)  # what JSON encoders echo exactly
 
 
 @dataclass(slots=True)
-class Request:
+class InferenceRequest:
     """A decoded request: model inputs and what the answer passes back (nothing else of the body,
     which is freed while the request waits for its batch)."""
 
@@ -31,13 +31,13 @@ class Request:
 
 
 @dataclass(slots=True)
-class Result:
+class InferenceResult:
     """A request's model outputs and the version that gave them."""
 
     model: str
     version: int
     out: np.ndarray
-    request: Request
+    request: InferenceRequest
 
 
 class Codec(Protocol):
@@ -47,9 +47,9 @@ class Codec(Protocol):
     def media_types(self) -> tuple[bytes, ...] | None:
         """The Content-Types it decodes (None: any)."""
 
-    def decode(self, body: bytes, headers: Headers) -> Request: ...
+    def decode(self, body: bytes, headers: Headers) -> InferenceRequest: ...
 
-    def encode(self, result: Result) -> dict[str, Any]: ...
+    def encode(self, result: InferenceResult) -> dict[str, Any]: ...
 
 
 def parse_json(raw: bytes) -> Any:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from service.errors import InputError
-from service.protocols.base import Headers, Request, Result, media_type, parse_json
+from service.protocols.base import Headers, InferenceRequest, InferenceResult, media_type, parse_json
 from service.protocols.native import NativeCodec, records_of
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -23,13 +23,13 @@ class MlflowCodec:
     def __init__(self, native: NativeCodec) -> None:
         self.native = native
 
-    def decode(self, body: bytes, headers: Headers) -> Request:
+    def decode(self, body: bytes, headers: Headers) -> InferenceRequest:
         """A JSON or CSV body → records → model inputs."""
         csv_body = media_type(headers) == b"text/csv"
         records = records_from_csv(body) if csv_body else records_from_json(parse_json(body))
         return self.native.from_records(records_of({"records": records}, self.native.max_records))
 
-    def encode(self, result: Result) -> dict[str, Any]:
+    def encode(self, result: InferenceResult) -> dict[str, Any]:
         """One object per row (MLflow has no place for ids); warnings beside `predictions`, which
         MLflow's clients read alone."""
         answers = self.native.answers(result)

@@ -17,7 +17,7 @@ import numpy as np
 from service.encoders import Fields, RecordEncoder
 from service.errors import InputError
 from service.features import CategoricalFeature, Encoded, Preprocess
-from service.protocols.base import ABSENT, Headers, Request, Result, checked, checked_ids, parse_json
+from service.protocols.base import ABSENT, Headers, InferenceRequest, InferenceResult, checked, checked_ids, parse_json
 
 PlainDecoder: type[_records.Decoder] | None
 try:  # the optional C accelerator (setup.py); without it every body takes the msgspec rung
@@ -38,7 +38,7 @@ class NativeCodec:
         self.encoder = RecordEncoder(pre)
         self.typed = TypedRecords(pre, self.encoder) if all(f.vocab_ for f in pre.categorical) else None
 
-    def decode(self, body: bytes, headers: Headers | None = None) -> Request:
+    def decode(self, body: bytes, headers: Headers | None = None) -> InferenceRequest:
         """A body → model inputs and ids; errors name the record and the field."""
         if self.typed is not None:
             request = self.typed.decode(body, self.max_records)
@@ -46,17 +46,17 @@ class NativeCodec:
                 return request
         return self.from_records(records_of(parse_json(body), self.max_records))
 
-    def from_records(self, records: Sequence[dict[str, Any]]) -> Request:
+    def from_records(self, records: Sequence[dict[str, Any]]) -> InferenceRequest:
         """The general path: checked records → model inputs and the id values that pass through."""
         enc = checked(self.encoder.encode(records))
         ids = [(col, [r.get(col, ABSENT) for r in records]) for col in self.pre.id_columns]
-        return Request(enc, checked_ids(ids))
+        return InferenceRequest(enc, checked_ids(ids))
 
-    def encode(self, result: Result) -> dict[str, Any]:
+    def encode(self, result: InferenceResult) -> dict[str, Any]:
         """The answer: the model, its version and one prediction per record."""
         return {"model": result.model, "version": result.version, "predictions": self.answers(result)}
 
-    def answers(self, result: Result) -> list[dict[str, Any]]:
+    def answers(self, result: InferenceResult) -> list[dict[str, Any]]:
         """One answer per record: label and probability / class probabilities / value, ids, warnings."""
         pre, out, request = self.pre, result.out, result.request
         if pre.task == "binary":
@@ -119,7 +119,7 @@ class TypedRecords:
         self._ids = [(col, operator.attrgetter(attr)) for col, attr in ids.items()]
         self.plain = plain_decoder(pre)
 
-    def decode(self, raw: bytes, max_records: int) -> Request | None:
+    def decode(self, raw: bytes, max_records: int) -> InferenceRequest | None:
         """The body's model inputs and ids, or None when the general path must decide."""
         if self.plain is not None:
             decoded = self.plain.decode(raw, max_records)
@@ -138,9 +138,9 @@ class TypedRecords:
             numbers, levels = self._numbers.flat(records), self._levels.flat(records)
         enc = self.encoder.encode_flat(numbers, levels, n)
         ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
-        return Request(checked(enc), checked_ids(ids))
+        return InferenceRequest(checked(enc), checked_ids(ids))
 
-    def from_plain(self, num: bytearray, cat: bytearray, n: int, ids: list[list[Any]]) -> Request:
+    def from_plain(self, num: bytearray, cat: bytearray, n: int, ids: list[list[Any]]) -> InferenceRequest:
         """The C decoder's arrays as model inputs, with the range warnings every path gives."""
         pre = self.pre
         enc = Encoded(
@@ -148,7 +148,7 @@ class TypedRecords:
             np.frombuffer(cat, np.int64).reshape(n, len(pre.categorical)),
         )
         self.encoder.check_ranges(enc)
-        return Request(enc, list(zip(pre.id_columns, ids, strict=True)))
+        return InferenceRequest(enc, list(zip(pre.id_columns, ids, strict=True)))
 
 
 def plain_decoder(pre: Preprocess) -> _records.Decoder | None:

@@ -13,7 +13,7 @@ import numpy as np
 from service.encoders import RecordEncoder
 from service.errors import InputError
 from service.features import Encoded, Preprocess, near_miss
-from service.protocols.base import NO_ID, Headers, Request, Result, parse_json, unechoable
+from service.protocols.base import NO_ID, Headers, InferenceRequest, InferenceResult, parse_json, unechoable
 
 NUMERIC_TYPES = {
     "BOOL": "?",
@@ -179,7 +179,7 @@ class V2Codec:
         self._single = _single_row_decoder(pre)
         self._layouts: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any]] = {}
 
-    def decode(self, body: bytes, headers: Headers) -> Request:
+    def decode(self, body: bytes, headers: Headers) -> InferenceRequest:
         """A request body (JSON, or JSON then binary tensors) → model inputs, its id and outputs."""
         text, binary = split_binary(body, header_length(headers.get(b"inference-header-content-length")))
         single = None if binary else self._single_row(text)
@@ -188,11 +188,11 @@ class V2Codec:
         doc = parse_json(text)
         outputs = check_outputs(self.pre, doc)
         columns, rows = input_columns(self.pre, doc, binary, self.max_records)
-        return Request(
+        return InferenceRequest(
             self._checked(self.pre.encode_columns(columns, rows)), [], checked_id(doc.get("id", NO_ID)), outputs
         )
 
-    def _single_row(self, text: bytes) -> Request | None:
+    def _single_row(self, text: bytes) -> InferenceRequest | None:
         """One plain value per feature tensor, typed while parsing; None: the full path decides.
         Clients send one layout every time, so a layout is checked once and remembered."""
         try:
@@ -216,7 +216,7 @@ class V2Codec:
         num_at, cat_at = layout
         request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
         enc = self._checked(self.encoder.encode_flat(num_at(values), cat_at(values), 1))
-        return Request(enc, [], request_id, outputs)
+        return InferenceRequest(enc, [], request_id, outputs)
 
     @staticmethod
     def _checked(enc: Encoded) -> Encoded:
@@ -225,7 +225,7 @@ class V2Codec:
             raise bad(f"input '{first.field}', element {first.row}: {first.reason}")
         return enc
 
-    def encode(self, result: Result) -> dict[str, Any]:
+    def encode(self, result: InferenceResult) -> dict[str, Any]:
         """The outputs asked for and the request's id; warnings in `parameters` as one string
         (parameter values are scalars)."""
         pre, out, request = self.pre, result.out, result.request

@@ -66,3 +66,18 @@ def mutated(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_odd_records_encode_alike(churn_bundle: bundle.BundleRef, records: list[dict[str, Any]]) -> None:
     pre = churn_bundle.preprocess
     _same(RecordEncoder(pre).encode(records), pre.encode_records(records))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"tenure": 1e39, "MonthlyCharges": "x"},  # a range error and a parse error: the same one is kept
+        {"tenure": float("inf"), "MonthlyCharges": "12"},  # text elsewhere in the record
+        {"tenure": 10**400, "Contract": [1]},
+        {"TotalCharges": True, "tenure": -1e39},
+    ],
+)
+def test_a_record_keeps_the_same_first_error(churn_bundle: bundle.BundleRef, changes: dict[str, Any]) -> None:
+    pre = churn_bundle.preprocess
+    records = [dict(RECORDS[0]), {**RECORDS[1], **changes}]
+    _same(RecordEncoder(pre).encode(records), pre.encode_records(records))

@@ -10,12 +10,12 @@ import pytest
 from service import bundle
 from service.errors import InputError
 from service.features import Preprocess
-from service.protocols.base import ABSENT, Request
+from service.protocols.base import ABSENT, InferenceRequest
 from service.protocols.native import NativeCodec, TypedRecords, records_of
 from tests.service.conftest import telco_records
 
 
-def _general(pre: Preprocess, body: bytes) -> Request:
+def _general(pre: Preprocess, body: bytes) -> InferenceRequest:
     return NativeCodec(pre, 1000).from_records(records_of(orjson.loads(body), 1000))
 
 
@@ -23,7 +23,7 @@ def typed_records(pre: Preprocess) -> TypedRecords | None:
     return NativeCodec(pre, 1000).typed
 
 
-def _same(a: Request, b: Request) -> None:
+def _same(a: InferenceRequest, b: InferenceRequest) -> None:
     np.testing.assert_array_equal(a.enc.num, b.enc.num)
     np.testing.assert_array_equal(a.enc.cat, b.enc.cat)
     assert a.enc.num.dtype == b.enc.num.dtype and a.enc.cat.dtype == b.enc.cat.dtype

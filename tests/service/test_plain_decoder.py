@@ -18,13 +18,13 @@ from service import bundle
 from service.errors import InputError
 from service.features import Preprocess
 from service.protocols import native
-from service.protocols.base import ABSENT, Request
+from service.protocols.base import ABSENT, InferenceRequest
 from tests.service.conftest import telco_records
 
 pytestmark = pytest.mark.skipif(native.PlainDecoder is None, reason="the C accelerator is not built here")
 
 
-def _general(pre: Preprocess, body: bytes) -> Request | None:
+def _general(pre: Preprocess, body: bytes) -> InferenceRequest | None:
     """The general path's answer, or None where it refuses the body (it then explains why)."""
     try:
         return native.NativeCodec(pre, 1000).from_records(native.records_of(orjson.loads(body), 1000))

@@ -8,7 +8,7 @@ import pytest
 from service.api.predict import NATIVE, outcome
 from service.errors import InputError
 from service.features import CategoricalFeature, NumericFeature, Preprocess
-from service.protocols.base import NO_ID, Request, Result
+from service.protocols.base import NO_ID, InferenceRequest, InferenceResult
 from service.protocols.native import NativeCodec, records_of
 from service.protocols.v2 import V2Codec
 
@@ -26,15 +26,19 @@ def _pre(task: str, labels: list[object], threshold: float | None = None) -> Pre
 
 def answers(pre: Preprocess, out: np.ndarray, records: list[dict[str, object]]) -> list[dict[str, object]]:
     codec = NativeCodec(pre, 1000)
-    return codec.answers(Result("m", 1, out, codec.from_records(records)))
+    return codec.answers(InferenceResult("m", 1, out, codec.from_records(records)))
 
 
-def encode(pre: Preprocess, records: list[dict[str, object]]) -> Request:
+def encode(pre: Preprocess, records: list[dict[str, object]]) -> InferenceRequest:
     return NativeCodec(pre, 1000).from_records(records)
 
 
-def v2_answer(pre: Preprocess, out: np.ndarray, outputs: list[str] | None, request_id: object, request: Request):
-    return V2Codec(pre, 1000).encode(Result("m", 2, out, Request(request.enc, [], request_id, outputs)))
+def v2_answer(
+    pre: Preprocess, out: np.ndarray, outputs: list[str] | None, request_id: object, request: InferenceRequest
+):
+    return V2Codec(pre, 1000).encode(
+        InferenceResult("m", 2, out, InferenceRequest(request.enc, [], request_id, outputs))
+    )
 
 
 def test_binary_uses_the_saved_threshold() -> None:
