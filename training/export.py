@@ -24,7 +24,7 @@ class ExportError(RuntimeError):
     """The exported graph is invalid or disagrees with PyTorch; nothing is published."""
 
 
-def export_onnx(scorer: EnsembleModel, pre: Preprocess, path: Path) -> None:
+def export_onnx(scorer: EnsembleModel, pre: Preprocess, path: Path) -> FusedEnsemble:
     """Fuse the ensemble, trace with a batch of 2 (no axis specialised to 1), write model.onnx."""
     fused = FusedEnsemble(scorer.eval()).eval()
     num = torch.zeros(2, len(pre.numeric), dtype=torch.float32)
@@ -49,6 +49,7 @@ def export_onnx(scorer: EnsembleModel, pre: Preprocess, path: Path) -> None:
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"onnx.checker rejected the graph: {exc}") from None
     onnx.save(model, path)
+    return fused
 
 
 def check_parity(scorer: EnsembleModel, path: Path, num: np.ndarray, cat: np.ndarray, tol: float) -> float:

@@ -21,6 +21,7 @@ from training import data as D
 from training import export, report
 from training.config import TrainConfig
 from training.evaluate import KEY_METRIC, Baseline, choose_threshold, task_metrics
+from training.explain import write_explainer
 from training.model import EnsembleModel, Normalize
 from training.train import EpochCallback, History, Tensors, fit_member
 
@@ -59,12 +60,17 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     for col, why in schema.dropped.items():
         say(f"column {col!r} left out: {why}")
     split = D.split_rows(target, cfg, test_rows)
-    fit_rows = split.dev if cfg.ensemble > 1 else split.folds[0][0]
+    fit_rows = fit_rows_of(split, cfg)
     pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
     enc = pre.encode_columns(D.columns_of(df), len(df))
     if enc.errors:
         raise D.DataError(str(next(iter(enc.errors.values()))))
     return TrainingData(df, schema, target, split, pre, enc)
+
+
+def fit_rows_of(split: D.Split, cfg: TrainConfig) -> np.ndarray:
+    """The rows preprocessing is fitted on (and explanations are referenced to): never the test rows."""
+    return split.dev if cfg.ensemble > 1 else split.folds[0][0]
 
 
 def _tensors(prep: TrainingData) -> Tensors:
@@ -197,15 +203,19 @@ def _bundle_writer(
 
     def write(out: Path) -> None:
         onnx_path = out / bundle.MODEL_FILE
-        export.export_onnx(scorer, prep.pre, onnx_path)
+        fused = export.export_onnx(scorer, prep.pre, onnx_path)
         tol = export.PARITY_TOL * (prep.pre.target_std if prep.pre.task == "regression" else 1.0)
         doc["metrics"]["onnx_parity_max_abs_diff"] = export.check_parity(
             scorer, onnx_path, prep.enc.num[test], prep.enc.cat[test], tol
         )
         prep.pre.save(out / bundle.PREPROCESS_FILE)
+        fit_rows = fit_rows_of(prep.split, cfg)
+        doc["metrics"]["explanations"] = write_explainer(fused, prep.pre, prep.enc, fit_rows, test, out)
         metrics_doc = {**doc["metrics"], **{k: doc[k] for k in ("config", "data", "versions", "created")}}
         (out / bundle.METRICS_FILE).write_text(json.dumps(metrics_doc, indent=2, default=str) + "\n")
         plots = report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out) if cfg.report_plots else []
+        if cfg.report_plots:
+            plots.append(report.importance_plot(out, doc["metrics"]["explanations"]))
         report.write_model_card(out, cfg.name, doc["created"], doc, plots)
 
     return write

@@ -34,6 +34,22 @@ def write_plots(out: Path, histories: list[History], pre: Preprocess, y: np.ndar
     return files
 
 
+def importance_plot(out: Path, explanations: dict[str, Any]) -> str:
+    """Mean |effect| per feature on the test split, largest on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted(explanations["mean_abs_effect"].items(), key=lambda item: item[1])
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(ranked) + 1.2))
+    ax.barh([name for name, _ in ranked], [value for _, value in ranked])
+    ax.set(xlabel=f"mean |effect| on the {explanations['score']}", title="What moves the score (test split)")
+    _save(fig, out / "importance.png")
+    plt.close(fig)
+    return "importance.png"
+
+
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -90,5 +106,12 @@ def write_model_card(out: Path, name: str, version_hint: str, doc: dict[str, Any
     for key, value in m["test"].items():
         lines.append(f"| {key} | {value:.4f} | {m['baseline_test'].get(key, float('nan')):.4f} |")
     lines += ["", f"Baseline: {m['baseline']}. Training took {m['train_seconds']:.1f} s.", ""]
+    explained = m.get("explanations")
+    if explained:
+        lines += ["## What moves the score", "", f"Effects on the {explained['score']} ({explained['method']}).", ""]
+        lines += ["| feature | mean abs effect | among a record's top 4 reasons |", "|---|---|---|"]
+        ranked = sorted(explained["mean_abs_effect"].items(), key=lambda item: -item[1])
+        lines += [f"| {name} | {value:.4f} | {explained['top4_share'][name]:.0%} |" for name, value in ranked]
+        lines.append("")
     lines += [f"![{p}]({p})" for p in plots]
     (out / CARD_FILE).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,155 @@
+"""Reason codes: each feature's effect on a record's score (from the bundle's `explain.onnx`) and
+the sentences a person reads. docs/explain.md has the method, the reference and a worked example.
+
+The graph gives one effect per feature that sums, with the others, to the score minus the score of
+the training population's mean input. A record's reasons are the features that moved its score most
+toward the outcome explained: the positive class (binary), the predicted class (multiclass) or the
+side of the reference the value fell on (regression).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from service.features import CategoricalFeature, Preprocess
+
+Explain = int | Literal["all"]  # reasons per record, or every feature's effect
+EXPLAIN_OUTPUTS = ["effects", "score", "baseline"]
+
+
+def checked_explain(value: Any, where: str = '"explain"') -> Explain | None:
+    """A request's `explain` value (None or 0: no reasons), or ValueError naming what is wrong."""
+    if value is None or (value == 0 and not isinstance(value, bool)):
+        return None
+    if value == "all":
+        return "all"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
+        return value
+    raise ValueError(f'{where} must be a number of reasons from 1 to 100, or "all"; got {value!r}')
+
+
+@dataclass
+class Effects:
+    """The graph's answer for some rows: effects [N, features] in feature order, the score they
+    explain and its value at the reference, both [N]: effects.sum(1) == score - baseline."""
+
+    effects: np.ndarray
+    score: np.ndarray
+    baseline: np.ndarray
+
+
+class Explainer:
+    """One model's effects and reasons."""
+
+    def __init__(self, pre: Preprocess, session: ort.InferenceSession, stats: dict[str, Any]) -> None:
+        self.pre, self.session, self.stats = pre, session, stats
+        self.names = [f.name for f in pre.features]
+        self._numeric_at = {f.name: j for j, f in enumerate(pre.numeric)}
+        self._categorical = {f.name: f for f in pre.categorical}
+        self._modes = {name: _mode(doc) for name, doc in stats["features"].items() if doc["kind"] == "categorical"}
+
+    def run(self, num: np.ndarray, cat: np.ndarray) -> Effects:
+        """Effects of these rows (ONNX Runtime, on the caller's thread)."""
+        effects, score, baseline = self.session.run(EXPLAIN_OUTPUTS, {"num": num, "cat": cat})
+        return Effects(effects, score, baseline)
+
+    def order(self, found: Effects, k: Explain) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the features to name (indices [N, k]) and which of them to keep: those whose
+        effect points toward the outcome explained (all of them with "all")."""
+        toward = found.effects * self.direction(found)[:, None]
+        n = toward.shape[1] if k == "all" else min(k, toward.shape[1])
+        order = np.argsort(-toward, axis=1, kind="stable")[:, :n]
+        keep = np.take_along_axis(toward, order, axis=1) > 0
+        return order, keep | (k == "all")
+
+    def direction(self, found: Effects) -> np.ndarray:
+        """+1 where a reason raises the score explained, -1 where it lowers it (regression below the reference)."""
+        if self.pre.task != "regression":
+            return np.ones(len(found.score))
+        return np.where(found.score >= found.baseline, 1.0, -1.0)
+
+    def reasons(self, found: Effects, row: int, k: Explain, values: dict[str, Any], label: Any) -> list[dict[str, Any]]:
+        """One record's reasons: field, value as sent, effect and a sentence."""
+        order, keep = self.order(
+            Effects(found.effects[row : row + 1], found.score[row : row + 1], found.baseline[row : row + 1]), k
+        )
+        out = []
+        for j, kept in zip(order[0].tolist(), keep[0].tolist(), strict=True):
+            if not kept:
+                break
+            name, effect = self.names[j], float(found.effects[row, j])
+            value = values.get(name)
+            out.append({"field": name, "value": value, "effect": effect, "text": self.text(name, value, effect, label)})
+        return out
+
+    def text(self, name: str, value: Any, effect: float, label: Any) -> str:
+        """The sentence for one feature's effect on one record."""
+        return f"{self.describe(name, value)}; {self.outcome(effect, label)}"
+
+    def describe(self, name: str, value: Any) -> str:
+        """The value placed against training: `tenure is 1 — lower than 95 % of training records`."""
+        feature = self._categorical.get(name)
+        if feature is not None:
+            return self._describe_level(feature, value)
+        number = _number(value)
+        if number is None:
+            return f"{name} was missing and taken as the typical value"
+        placed = _placed(number, self.stats["features"][name].get("percentiles") or [])
+        return f"{name} is {_shown(number)}" + (f" — {placed}" if placed else "")
+
+    def _describe_level(self, feature: CategoricalFeature, value: Any) -> str:
+        mode = self._modes.get(feature.name)
+        text = None if value is None else str(value).strip()
+        if not text:
+            return f"{feature.name} was missing"
+        if text not in feature.index_:
+            return f"{feature.name} {text!r} was not seen in training and taken as missing"
+        if mode is None or text == mode:
+            return f"{feature.name} is {text} (the most common value in training)"
+        return f"{feature.name} is {text} (most common in training: {mode})"
+
+    def outcome(self, effect: float, label: Any) -> str:
+        """`raises the chance of Churn = Yes`, `lowers the predicted price`."""
+        pre = self.pre
+        verb = "raises" if effect > 0 else "lowers"
+        if pre.task == "regression":
+            return f"{verb} the predicted {pre.target}"
+        explained = pre.labels[1] if pre.task == "binary" else label
+        return f"{verb} the chance of {pre.target} = {explained}"
+
+
+def _mode(doc: dict[str, Any]) -> str | None:
+    levels: dict[str, float] = doc.get("levels") or {}
+    return max(levels, key=lambda level: levels[level]) if levels else None
+
+
+def _number(value: Any) -> float | None:
+    """The value as the model read it (None: missing)."""
+    from service.features import parse_number
+
+    try:
+        number = parse_number(value)
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
+
+
+def _placed(number: float, percentiles: list[float]) -> str:
+    """`lower than 95 % of training records` from the training percentiles (empty: unknown)."""
+    if not percentiles:
+        return ""
+    below = float(np.interp(number, percentiles, np.linspace(0, 100, len(percentiles))))
+    if below >= 50:
+        return f"higher than {round(below)} % of training records"
+    return f"lower than {round(100 - below)} % of training records"

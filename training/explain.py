@@ -1,0 +1,295 @@
+"""Per-feature effects of the fused ensemble, exported as `explain.onnx` beside `model.onnx`.
+
+Method: DeepLIFT's rescale rule (Shrikumar et al. 2017) against one reference, the training
+population's mean input (numerics at their training mean, each categorical at its level
+frequencies). Through the layers, each activation's multiplier is Δoutput / Δinput between the
+record and the reference, so the effects telescope: they sum exactly to the explained score minus
+its value at the reference. Where the members' logits become the score (a mean of probabilities,
+then log-odds or a log probability) the multipliers are the score's gradient integrated along the
+straight path between the two sets of logits (4-point Gauss-Legendre), scaled to sum exactly. A categorical
+feature's effect is the sum over its levels' columns: one effect per feature, never per level.
+docs/explain.md has the reasoning and the comparison with `shap`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from service.features import Encoded, Preprocess
+from training.export import ExportError
+from training.fuse import FusedEnsemble
+
+OPSET = 17
+NODES = 4  # Gauss-Legendre points on [0, 1]: the score is smooth along the path
+PATH = torch.float32  # the path integral's precision
+TINY = 1e-6  # a change in score too small to rescale the integral by
+SMALL = 1e-5  # |Δz| below which an activation's multiplier is its slope (finite difference)
+STEP = 1e-3
+OUTPUTS = ["effects", "score", "baseline"]
+
+
+class Explainer(nn.Module):
+    """`num`, `cat` → effects [N, features] (in `pre.features` order), the score they explain [N]
+    and the score at the reference [N]: effects.sum(1) == score - baseline."""
+
+    def __init__(self, fused: FusedEnsemble, pre: Preprocess, level_freq: list[np.ndarray]) -> None:
+        super().__init__()
+        self.fused, self.task = fused, fused.task
+        self.m, self.n_out = fused.n_members, fused.n_out
+        self.deep_layers = fused.out_weight is not None
+        w_in = torch.cat([fused.w_num / fused.normalize.std_.reshape(-1, 1), fused.w_levels])
+        self.register_buffer("w_in", w_in)
+        feature_of = fused.spread.argmax(dim=0) if fused.spread.numel() else torch.zeros(0, dtype=torch.int64)
+        level_of = fused.level_of.long()
+        ref_levels = torch.tensor(
+            [float(level_freq[j][lv]) for j, lv in zip(feature_of.tolist(), level_of.tolist(), strict=True)],
+            dtype=torch.float32,
+        )
+        self.register_buffer("reference", torch.cat([torch.zeros(fused.n_num), ref_levels]))
+        index = {f.name: i for i, f in enumerate(pre.features)}
+        columns = [index[f.name] for f in pre.numeric] + [index[pre.categorical[j].name] for j in feature_of.tolist()]
+        group = torch.zeros(len(columns), len(pre.features))
+        group[torch.arange(len(columns)), torch.tensor(columns, dtype=torch.int64)] = 1.0
+        self.register_buffer("group", group)
+        nodes, weights = np.polynomial.legendre.leggauss(NODES)
+        self.register_buffer("nodes", torch.tensor((nodes + 1) / 2, dtype=PATH).reshape(1, -1, 1))
+        self.register_buffer("weights", torch.tensor(weights / 2, dtype=PATH).reshape(1, -1, 1))
+        with torch.no_grad():
+            ref_logits, ref_pre = self._forward(self.reference.reshape(1, -1))
+        self.register_buffer("ref_logits", ref_logits.to(PATH))
+        for i, z in enumerate(ref_pre):
+            self.register_buffer(f"ref_pre_{i}", z.detach().clone())
+
+    def _input(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        """[centred numerics | multi-hot levels]: the columns the first layer reads."""
+        parts = []
+        if self.fused.n_num:
+            parts.append(self.fused._centred(num))
+        if self.w_in.shape[0] > self.fused.n_num:
+            parts.append(self.fused._multi_hot(cat))
+        return torch.cat(parts, dim=1)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The members' logits [N, members × n_out] and every activation's input, member by member."""
+        f = self.fused
+        z = x @ self.w_in + f.bias
+        first = z[:, : f.hidden]
+        skip = z[:, f.hidden :] if f.linear_skip else None
+        if not self.deep_layers:
+            logits = first
+            pre: list[torch.Tensor] = []
+        else:
+            hs, pre = list(first.split(f.width, dim=1)), []
+            for i in range(len(f.blocks) // self.m):
+                weights = f.blocks[i * self.m : (i + 1) * self.m]
+                biases = f.block_biases[i * self.m : (i + 1) * self.m]
+                pre += hs
+                hs = [f.act(h) @ w + b for h, w, b in zip(hs, weights, biases, strict=True)]
+            pre += hs
+            logits = torch.cat([f.act(h) for h in hs], dim=1) @ f.out_weight
+            if not f.linear_skip:
+                logits = logits + f.out_bias
+        if skip is not None:
+            logits = logits + skip
+        return logits, pre
+
+    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self._input(num, cat)
+        logits, pre = self._forward(x)
+        mult, score, baseline = self._combine(logits.to(PATH))
+        m_x = self._back(mult.to(torch.float32), pre)
+        effects = (m_x * (x - self.reference)) @ self.group
+        return effects, score.to(torch.float32), baseline.to(torch.float32)
+
+    def _back(self, mult: torch.Tensor, pre: list[torch.Tensor]) -> torch.Tensor:
+        """The logits' multipliers carried back to the input columns (the rescale rule)."""
+        f = self.fused
+        w_skip = self.w_in[:, f.hidden :]
+        m_x = mult @ w_skip.T if f.linear_skip else None
+        if not self.deep_layers:
+            m_first = mult
+        else:
+            refs = [getattr(self, f"ref_pre_{i}") for i in range(len(pre))]
+            m = self.m
+            last = len(pre) - m
+            width_last = pre[last].shape[1]
+            out_blocks = [
+                f.out_weight[j * width_last : (j + 1) * width_last, j * self.n_out : (j + 1) * self.n_out]
+                for j in range(m)
+            ]
+            ms = [mult[:, j * self.n_out : (j + 1) * self.n_out] @ out_blocks[j].T for j in range(m)]
+            ms = [mj * self._rescale(pre[last + j], refs[last + j]) for j, mj in enumerate(ms)]
+            for i in range(len(f.blocks) // m - 1, -1, -1):
+                weights = f.blocks[i * m : (i + 1) * m]
+                ms = [mj @ w.T for mj, w in zip(ms, weights, strict=True)]
+                ms = [mj * self._rescale(pre[i * m + j], refs[i * m + j]) for j, mj in enumerate(ms)]
+            m_first = torch.cat(ms, dim=1)
+        m_deep = m_first @ self.w_in[:, : f.hidden].T
+        return m_deep if m_x is None else m_deep + m_x
+
+    def _rescale(self, z: torch.Tensor, zr: torch.Tensor) -> torch.Tensor:
+        """Δactivation / Δinput between record and reference; the slope where they (nearly) meet."""
+        d = z - zr
+        small = d.abs() < SMALL
+        act = self.fused.act
+        rise = torch.where(small, act(z + STEP) - act(z - STEP), act(z) - act(zr))
+        return rise / torch.where(small, torch.full_like(d, 2 * STEP), d)
+
+    def _combine(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The score's multipliers on each member logit [N, members × n_out], the score and its
+        value at the reference (float64)."""
+        ref = self.ref_logits
+        if self.task == "regression":
+            scale = self.fused.target_std.to(PATH)
+            mean = self.fused.target_mean.to(PATH)
+            mult = torch.ones_like(logits) * scale / self.m
+            score = logits.mean(dim=1) * scale + mean
+            return mult, score, torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
+        if self.task == "binary":
+            path = ref.unsqueeze(1) + self.nodes * (logits - ref).unsqueeze(1)  # [N, nodes, members]
+            mult = (self.weights * _log_odds_slope(path)).sum(dim=1)
+            score = _log_odds(logits)
+            baseline = torch.zeros_like(score) + _log_odds(ref)
+        else:
+            c = self.n_out
+            z = logits.reshape(-1, self.m, c)
+            zr = ref.reshape(1, self.m, c)
+            probs = torch.softmax(z, dim=2).mean(dim=1)
+            k = torch.nn.functional.one_hot(probs.argmax(dim=1), c).to(PATH)  # the predicted class
+            path = zr.unsqueeze(1) + self.nodes.unsqueeze(3) * (z - zr).unsqueeze(1)  # [N, nodes, members, classes]
+            mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=1).reshape(-1, self.m * c)
+            score, baseline = _log_prob(z, k), _log_prob(zr.expand_as(z), k)
+        # the few-point integral is close, not exact, where members disagree far from the reference:
+        # scaled so that the effects sum to the score's change exactly (completeness)
+        linear = (mult * (logits - ref)).sum(dim=1, keepdim=True)
+        change = (score - baseline).unsqueeze(1)
+        scale = torch.where(linear.abs() > TINY, change / torch.where(linear.abs() > TINY, linear, 1.0), 1.0)
+        return mult * scale, score, baseline
+
+
+def _log_odds(z: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 - P)) for P the mean of the members' sigmoids (1 - P as the mean of σ(-z): no cancellation)."""
+    return torch.log(torch.sigmoid(z).mean(dim=-1)) - torch.log(torch.sigmoid(-z).mean(dim=-1))
+
+
+def _log_odds_slope(z: torch.Tensor) -> torch.Tensor:
+    s, t = torch.sigmoid(z), torch.sigmoid(-z)
+    m = z.shape[-1]
+    return s * t / m * (1 / s.mean(dim=-1, keepdim=True) + 1 / t.mean(dim=-1, keepdim=True))
+
+
+def _log_prob(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """log of the predicted class's probability (the members' softmax averaged)."""
+    return torch.log((torch.softmax(z, dim=2).mean(dim=1) * k).sum(dim=1))
+
+
+def _log_prob_slope(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    p = torch.softmax(z, dim=3)  # [N, nodes, members, classes]
+    kk = k.reshape(-1, 1, 1, k.shape[1])
+    p_k = (p * kk).sum(dim=3, keepdim=True)  # each member's probability of the class
+    m = z.shape[2]
+    p_mean = p_k.mean(dim=2, keepdim=True)
+    return p_k * (kk - p) / (m * p_mean)
+
+
+def level_frequencies(pre: Preprocess, enc: Encoded, rows: np.ndarray) -> list[np.ndarray]:
+    """Each categorical feature's share of training rows per code (0: missing or rare)."""
+    freq = []
+    for j, feat in enumerate(pre.categorical):
+        counts = np.bincount(enc.cat[rows, j], minlength=feat.cardinality).astype(np.float64)
+        freq.append(counts / max(counts.sum(), 1.0))
+    return freq
+
+
+def export_explainer(explainer: Explainer, pre: Preprocess, path: Path) -> None:
+    """Trace with a batch of 2 and write explain.onnx (inputs `num`, `cat`, as model.onnx)."""
+    num = torch.zeros(2, len(pre.numeric), dtype=torch.float32)
+    cat = torch.zeros(2, len(pre.categorical), dtype=torch.int64)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns it is deprecated
+        torch.onnx.export(
+            explainer.eval(),
+            (num, cat),
+            buf,
+            input_names=["num", "cat"],
+            output_names=OUTPUTS,
+            dynamic_axes={name: {0: "batch"} for name in ["num", "cat", *OUTPUTS]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    model.doc_string = f"tabserve effects per feature ({pre.task}, target {pre.target!r})"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def reference_stats(pre: Preprocess, enc: Encoded, rows: np.ndarray, freq: list[np.ndarray]) -> dict[str, Any]:
+    """What a reason's text places a value against: each numeric's training percentiles, each
+    categorical's level shares (explain.json)."""
+    features: dict[str, Any] = {}
+    for j, feat in enumerate(pre.numeric):
+        values = enc.num[rows, j].astype(np.float64)
+        values = values[~np.isnan(values)]
+        quantiles = np.quantile(values, np.linspace(0, 1, 101)).tolist() if len(values) else []
+        features[feat.name] = {"kind": "numeric", "mean": feat.mean_, "percentiles": quantiles}
+    for j, cfeat in enumerate(pre.categorical):
+        shares = {level: float(freq[j][i + 1]) for i, level in enumerate(cfeat.vocab_)}
+        features[cfeat.name] = {"kind": "categorical", "missing_or_rare": float(freq[j][0]), "levels": shares}
+    return {
+        "format_version": 1,
+        "method": "DeepLIFT rescale rule; reference: the training population's mean input",
+        "score": {
+            "binary": "log-odds of the positive class",
+            "multiclass": "log probability of the predicted class",
+        }.get(pre.task, "the predicted value"),
+        "features": features,
+    }
+
+
+ADDITIVITY_TOL = 1e-4  # |effects.sum - (score - baseline)|, in the score's units (regression: × target std)
+
+
+def write_explainer(
+    fused: FusedEnsemble, pre: Preprocess, enc: Encoded, fit_rows: np.ndarray, test_rows: np.ndarray, out: Path
+) -> dict[str, Any]:
+    """explain.onnx and explain.json into a bundle being written, checked on the test rows in ONNX
+    Runtime (effects sum to the score's change; the same effects as PyTorch); returns the global
+    view for metrics.json: mean |effect| per feature and how often each is a top-4 reason."""
+    from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE
+    from service.explain import Explainer as Reasons
+    from service.runtime import CPU, create_session
+
+    freq = level_frequencies(pre, enc, fit_rows)
+    explainer = Explainer(fused, pre, freq).eval()
+    export_explainer(explainer, pre, out / EXPLAIN_FILE)
+    stats = reference_stats(pre, enc, fit_rows, freq)
+    (out / EXPLAIN_STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+    reasons = Reasons(pre, create_session(out / EXPLAIN_FILE, CPU), stats)
+    found = reasons.run(np.ascontiguousarray(enc.num[test_rows]), np.ascontiguousarray(enc.cat[test_rows]))
+    with torch.no_grad():
+        expected = explainer(torch.from_numpy(enc.num[test_rows]), torch.from_numpy(enc.cat[test_rows]))[0].numpy()
+    tol = ADDITIVITY_TOL * (max(1.0, pre.target_std) if pre.task == "regression" else 1.0)
+    gap = float(np.max(np.abs(found.effects.sum(axis=1) - (found.score - found.baseline)), initial=0.0))
+    drift = float(np.max(np.abs(found.effects - expected), initial=0.0))
+    if not (gap <= tol and drift <= 100 * tol):
+        raise ExportError(f"explain.onnx: effects miss the score by {gap:.1e}, PyTorch by {drift:.1e} (> {tol:.0e})")
+    order, keep = reasons.order(found, 4)
+    top = np.bincount(order[keep], minlength=len(pre.features)) / max(len(test_rows), 1)
+    mean_abs = np.abs(found.effects).mean(axis=0) if len(test_rows) else np.zeros(len(pre.features))
+    return {
+        "method": stats["method"],
+        "score": stats["score"],
+        "additivity_max_abs_gap": gap,
+        "mean_abs_effect": {f.name: float(v) for f, v in zip(pre.features, mean_abs, strict=True)},
+        "top4_share": {f.name: float(v) for f, v in zip(pre.features, top, strict=True)},
+    }
