@@ -3,8 +3,9 @@ prediction should also pass through (a log, a shadow model) goes here, once."""
 
 from __future__ import annotations
 
+from service.errors import InputError
 from service.protocols.base import InferenceRequest, InferenceResult
-from service.store import LoadedModel, ModelStore
+from service.store import LoadedModel, ModelStore, NoExplainer
 
 
 class DataPlane:
@@ -24,6 +25,12 @@ class DataPlane:
     async def infer(
         self, model: LoadedModel, request: InferenceRequest, timeout: float | None = None
     ) -> InferenceResult:
-        """The model's outputs for a request, through its batcher."""
-        out = await model.infer(request.enc, timeout)
-        return InferenceResult(model.name, model.version, out, request)
+        """The model's outputs for a request, through its batcher (with each feature's effect when
+        the request asks for reasons: a batcher of their own, so other requests pay nothing)."""
+        if request.explain is None:
+            return InferenceResult(model.name, model.version, await model.infer(request.enc, timeout), request)
+        try:
+            out, effects = await model.explain(request.enc, timeout)
+        except NoExplainer as exc:
+            raise InputError("invalid", str(exc)) from None
+        return InferenceResult(model.name, model.version, out, request, effects)

@@ -75,18 +75,22 @@ class Explainer:
             return np.ones(len(found.score))
         return np.where(found.score >= found.baseline, 1.0, -1.0)
 
-    def reasons(self, found: Effects, row: int, k: Explain, values: dict[str, Any], label: Any) -> list[dict[str, Any]]:
-        """One record's reasons: field, value as sent, effect and a sentence."""
-        order, keep = self.order(
-            Effects(found.effects[row : row + 1], found.score[row : row + 1], found.baseline[row : row + 1]), k
-        )
+    def reasons(
+        self, found: Effects, k: Explain, values: list[dict[str, Any]], labels: list[Any]
+    ) -> list[list[dict[str, Any]]]:
+        """Each record's reasons: field, value as sent, effect and a sentence."""
+        order, keep = self.order(found, k)
+        effects = found.effects.tolist()
         out = []
-        for j, kept in zip(order[0].tolist(), keep[0].tolist(), strict=True):
-            if not kept:
-                break
-            name, effect = self.names[j], float(found.effects[row, j])
-            value = values.get(name)
-            out.append({"field": name, "value": value, "effect": effect, "text": self.text(name, value, effect, label)})
+        for row, (picked, kept) in enumerate(zip(order.tolist(), keep.tolist(), strict=True)):
+            record = values[row] if row < len(values) else {}
+            these = []
+            for j in (j for j, ok in zip(picked, kept, strict=True) if ok):
+                name, effect = self.names[j], effects[row][j]
+                value = record.get(name)
+                text = self.text(name, value, effect, labels[row])
+                these.append({"field": name, "value": value, "effect": effect, "text": text})
+            out.append(these)
         return out
 
     def text(self, name: str, value: Any, effect: float, label: Any) -> str:

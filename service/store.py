@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -16,6 +17,7 @@ import onnxruntime as ort
 
 from service import bundle
 from service.batching import AdaptiveBatcher
+from service.explain import Effects, Explainer
 from service.features import Encoded, Preprocess
 from service.protocols import codecs_for
 from service.protocols.base import Codec
@@ -30,6 +32,10 @@ class ModelNotFound(LookupError):
     """No loaded model answers to that name (or version)."""
 
 
+class NoExplainer(LookupError):
+    """Reasons were asked of a bundle that has no explanation graph."""
+
+
 @dataclass
 class LoadedModel:
     """One bundle in memory: its contract, its ORT session (provider read back) and its batcher."""
@@ -41,6 +47,8 @@ class LoadedModel:
     provider: str
     batcher: AdaptiveBatcher
     codecs: dict[str, Codec]  # protocol name → its codec for this model
+    explainer: Explainer | None = None  # None: a bundle from before reason codes
+    explain_batcher: AdaptiveBatcher | None = None  # model and explain graphs together, apart from plain requests
     loaded_at: float = field(default_factory=time.time)
     # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
@@ -56,6 +64,23 @@ class LoadedModel:
         if enc.tally:
             self.report_warnings(enc.tally)
         return out
+
+    async def explain(self, enc: Encoded, timeout: float | None = None) -> tuple[np.ndarray, Effects]:
+        """Model outputs and each feature's effect, through the explaining batcher."""
+        if self.explainer is None or self.explain_batcher is None:
+            raise NoExplainer(f"{self.name} version {self.version} has no explain.onnx: retrain it for reason codes")
+        both = await self.explain_batcher.predict(enc.num, enc.cat, timeout)
+        if enc.tally:
+            self.report_warnings(enc.tally)
+        n_out, n_feat = self.pre.n_outputs, len(self.pre.features)
+        effects = both[:, n_out : n_out + n_feat]
+        return both[:, :n_out], Effects(effects, both[:, n_out + n_feat], both[:, n_out + n_feat + 1])
+
+    def close(self) -> None:
+        """No new batches; in-flight requests finish on the sessions they started on."""
+        self.batcher.close()
+        if self.explain_batcher is not None:
+            self.explain_batcher.close()
 
     @property
     def version(self) -> int:
@@ -89,18 +114,42 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
         )
         if out.shape != (rows, pre.n_outputs) or not np.all(np.isfinite(out)):
             raise bundle.BundleError(f"warm-up output {out.shape} is not {(rows, pre.n_outputs)} finite values")
-    batcher = AdaptiveBatcher(
-        run,
-        max_batch_size=settings.max_batch_size,
-        max_delay_ms=settings.max_delay_ms,
-        max_queue=settings.max_queue,
-        enabled=settings.batching,
-        on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
-    )
-    codecs = codecs_for(pre, settings.max_records)
-    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher, codecs)
+
+    def batcher(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> AdaptiveBatcher:
+        return AdaptiveBatcher(
+            fn,
+            max_batch_size=settings.max_batch_size,
+            max_delay_ms=settings.max_delay_ms,
+            max_queue=settings.max_queue,
+            enabled=settings.batching,
+            on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
+        )
+
+    explainer = load_explainer(ref, pre, settings)
+    codecs = codecs_for(pre, settings.max_records, explainer)
+    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(run), codecs, explainer)
+    if explainer is not None:
+
+        def run_both(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
+            found = explainer.run(num, cat)
+            parts = [run(num, cat), found.effects, found.score[:, None], found.baseline[:, None]]
+            return np.concatenate(parts, axis=1)
+
+        run_both(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
+        model.explain_batcher = batcher(run_both)
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
     return model
+
+
+def load_explainer(ref: bundle.BundleRef, pre: Preprocess, settings: Settings) -> Explainer | None:
+    """The bundle's explanation graph and statistics, or None for a bundle from before them."""
+    path = ref.path / bundle.EXPLAIN_FILE
+    if not path.is_file():
+        return None
+    session = create_session(path, settings.device, settings.threads)
+    _check_io(session, pre)
+    stats = json.loads((ref.path / bundle.EXPLAIN_STATS_FILE).read_text())
+    return Explainer(pre, session, stats)
 
 
 @dataclass(frozen=True)
@@ -196,7 +245,7 @@ class ModelStore:
                 self.failed.pop(key, None)
                 self.older[key] = model
                 while len(self.older) > self.settings.older_versions:
-                    self.older.popitem(last=False)[1].batcher.close()
+                    self.older.popitem(last=False)[1].close()
                 return model
         # the reason is in the server log and /models; OS error text is not for clients
         raise ModelNotFound(f"{name} version {version} cannot be loaded (see the server log)")
@@ -277,7 +326,7 @@ class ModelStore:
         self.telemetry.model_info.labels(model.name, str(model.version), model.provider).set(1)
         self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)
         if old is not None:
-            old.batcher.close()  # in-flight requests finish on the session they started on
+            old.close()  # in-flight requests finish on the session they started on
             self.telemetry.model_info.labels(old.name, str(old.version), old.provider).set(0)
         if old is not None and old.version > model.version:
             log.warning(

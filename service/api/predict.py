@@ -10,13 +10,16 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
 from service.batching import DeadlineExceeded, QueueFull
 from service.dataplane import DataPlane
 from service.errors import InputError
+from service.explain import Explain
 from service.protocols import MEDIA_TYPES
+from service.protocols.base import explain_of
 from service.settings import Settings
 from service.store import LoadedModel, ModelNotFound
 from service.telemetry import Telemetry
@@ -110,10 +113,11 @@ class PredictEndpoint:
         headers = dict(scope["headers"])
         check_head(headers, route.protocol.media_types, self.settings.max_body_bytes)
         timeout = self._timeout(headers.get(TIMEOUT_HEADER))
+        explain = explain_in_query(scope["query_string"]) if scope.get("query_string") else None
         body = await read_body(receive, self.settings.max_body_bytes)
         model = await self._model(route)
         codec = model.codecs[route.protocol.name]
-        request = codec.decode(body, headers)
+        request = codec.decode(body, headers, explain)
         del body  # freed before the wait for a batch
         return codec.encode(await self.plane.infer(model, request, timeout))
 
@@ -154,6 +158,12 @@ def parse_route(path: str) -> Route | None:
     if not match:
         return None
     return Route(NATIVE, "/predict" if match["name"] is None else "/models/{name}/predict", match["name"])
+
+
+def explain_in_query(query: bytes) -> Explain | None:
+    """`?explain=4` (or `all`): reasons asked for in the URL."""
+    values = parse_qs(query.decode("latin-1")).get("explain")
+    return explain_of(values[-1], "?explain") if values else None
 
 
 def outcome(exc: Exception, protocol: ScoringProtocol) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:

@@ -47,7 +47,7 @@ async def _model_doc(store: ModelStore, name: str, version: int | None) -> dict[
         "versions": [str(v) for v in store.versions(model.name)],
         "platform": "onnxruntime_onnx",
         "inputs": v2.input_metadata(model.pre),
-        "outputs": v2.output_metadata(model.pre),
+        "outputs": v2.output_metadata(model.pre, model.explainer is not None),
         "parameters": {"version": str(model.version), "task": model.pre.task, "provider": model.provider},
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.explain import Explainer
 from service.features import Preprocess
 from service.protocols.base import Codec
 from service.protocols.mlflow import MlflowCodec
@@ -16,7 +17,7 @@ MEDIA_TYPES: dict[str, tuple[bytes, ...] | None] = {
 }
 
 
-def codecs_for(pre: Preprocess, max_records: int) -> dict[str, Codec]:
+def codecs_for(pre: Preprocess, max_records: int, explainer: Explainer | None = None) -> dict[str, Codec]:
     """Every protocol's codec for one model, by protocol name."""
-    native = NativeCodec(pre, max_records)
-    return {"native": native, "v2": V2Codec(pre, max_records), "mlflow": MlflowCodec(native)}
+    native = NativeCodec(pre, max_records, explainer)
+    return {"native": native, "v2": V2Codec(pre, max_records, explainer), "mlflow": MlflowCodec(native)}

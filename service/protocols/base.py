@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from service.errors import InputError
+from service.explain import Effects, Explain, checked_explain
 from service.features import Encoded
 
 Headers = Mapping[bytes, bytes]  # lower-case names, as ASGI gives them
@@ -22,12 +23,14 @@ INT_RANGE = range(-(2**63), 2**64)  # what JSON encoders echo exactly
 @dataclass(slots=True)
 class InferenceRequest:
     """A decoded request: model inputs and what the answer passes back (nothing else of the body,
-    which is freed while the request waits for its batch)."""
+    which is freed while the request waits for its batch, unless reasons quote its values)."""
 
     enc: Encoded
     ids: list[tuple[str, list[Any]]] = field(default_factory=list)  # id columns, per record
     id: Any = NO_ID  # the request's own id (KServe V2)
     outputs: list[str] | None = None  # the outputs asked for (None: all)
+    explain: Explain | None = None  # reasons per record (None: none)
+    values: list[dict[str, Any]] | None = None  # the records as sent, when reasons quote them
 
 
 @dataclass(slots=True)
@@ -38,6 +41,7 @@ class InferenceResult:
     version: int
     out: np.ndarray
     request: InferenceRequest
+    effects: Effects | None = None  # each feature's effect, when reasons were asked for
 
 
 class Codec(Protocol):
@@ -47,7 +51,8 @@ class Codec(Protocol):
     def media_types(self) -> tuple[bytes, ...] | None:
         """The Content-Types it decodes (None: any)."""
 
-    def decode(self, body: bytes, headers: Headers) -> InferenceRequest: ...
+    def decode(self, body: bytes, headers: Headers, explain: Explain | None = None) -> InferenceRequest:
+        """A body → model inputs; `explain` (from the URL) asks for reasons as the body can."""
 
     def encode(self, result: InferenceResult) -> dict[str, Any]: ...
 
@@ -94,6 +99,14 @@ def unechoable(value: Any) -> str | None:
         except orjson.JSONEncodeError as exc:
             return f"cannot be echoed ({exc}); send the id as a string"
     return None
+
+
+def explain_of(value: Any, where: str = '"explain"') -> Explain | None:
+    """A request's `explain` value, or the error naming it."""
+    try:
+        return checked_explain(value, where)
+    except ValueError as exc:
+        raise InputError("invalid", str(exc)) from None
 
 
 def media_type(headers: Headers) -> bytes:

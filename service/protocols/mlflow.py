@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from service.errors import InputError
-from service.protocols.base import Headers, InferenceRequest, InferenceResult, media_type, parse_json
+from service.explain import Explain
+from service.protocols.base import Headers, InferenceRequest, InferenceResult, explain_of, media_type, parse_json
 from service.protocols.native import NativeCodec, records_of
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -23,21 +24,40 @@ class MlflowCodec:
     def __init__(self, native: NativeCodec) -> None:
         self.native = native
 
-    def decode(self, body: bytes, headers: Headers) -> InferenceRequest:
-        """A JSON or CSV body → records → model inputs."""
-        csv_body = media_type(headers) == b"text/csv"
-        records = records_from_csv(body) if csv_body else records_from_json(parse_json(body))
-        return self.native.from_records(records_of({"records": records}, self.native.max_records))
+    def decode(self, body: bytes, headers: Headers, explain: Explain | None = None) -> InferenceRequest:
+        """A JSON or CSV body → records → model inputs; `params.explain` asks for reasons."""
+        if media_type(headers) == b"text/csv":
+            records = records_from_csv(body)
+        else:
+            doc = parse_json(body)
+            records = records_from_json(doc)
+            params = doc.get("params")
+            if explain is None and isinstance(params, dict):
+                explain = explain_of(params.get("explain"), '"params.explain"')
+        return self.native.from_records(records_of({"records": records}, self.native.max_records), explain)
 
     def encode(self, result: InferenceResult) -> dict[str, Any]:
         """One object per row (MLflow has no place for ids); warnings beside `predictions`, which
         MLflow's clients read alone."""
         answers = self.native.answers(result)
         doc: dict[str, Any] = {"predictions": [{k: a[k] for k in PREDICTION_KEYS if k in a} for a in answers]}
+        if result.effects is not None:  # reasons as columns, as `tabserve score --explain` writes them
+            for row, answer in zip(doc["predictions"], answers, strict=True):
+                row.update(reason_columns(answer.get("reasons", []), result.request.explain))
         noted = [{"row": i, "warnings": a["warnings"]} for i, a in enumerate(answers) if "warnings" in a]
         if noted:
             doc["warnings"] = noted
         return doc
+
+
+def reason_columns(reasons: list[dict[str, Any]], explain: Explain | None) -> dict[str, Any]:
+    """`reason_1`, `effect_1`, … (or with "all", `effect_<feature>` for every feature)."""
+    if explain == "all":
+        return {f"effect_{r['field']}": r["effect"] for r in reasons}
+    columns: dict[str, Any] = {}
+    for i, reason in enumerate(reasons, start=1):
+        columns[f"reason_{i}"], columns[f"effect_{i}"] = reason["text"], reason["effect"]
+    return columns
 
 
 def bad(message: str) -> InputError:

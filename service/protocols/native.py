@@ -16,8 +16,18 @@ import numpy as np
 
 from service.encoders import Fields, RecordEncoder
 from service.errors import InputError
+from service.explain import Explain, Explainer
 from service.features import CategoricalFeature, Encoded, Preprocess
-from service.protocols.base import ABSENT, Headers, InferenceRequest, InferenceResult, checked, checked_ids, parse_json
+from service.protocols.base import (
+    ABSENT,
+    Headers,
+    InferenceRequest,
+    InferenceResult,
+    checked,
+    checked_ids,
+    explain_of,
+    parse_json,
+)
 
 PlainDecoder: type[_records.Decoder] | None
 try:  # the optional C accelerator (setup.py); without it every body takes the msgspec rung
@@ -33,24 +43,30 @@ class NativeCodec:
 
     media_types = (b"application/json",)
 
-    def __init__(self, pre: Preprocess, max_records: int) -> None:
-        self.pre, self.max_records = pre, max_records
+    def __init__(self, pre: Preprocess, max_records: int, explainer: Explainer | None = None) -> None:
+        self.pre, self.max_records, self.explainer = pre, max_records, explainer
         self.encoder = RecordEncoder(pre)
         self.typed = TypedRecords(pre, self.encoder) if all(f.vocab_ for f in pre.categorical) else None
 
-    def decode(self, body: bytes, headers: Headers | None = None) -> InferenceRequest:
+    def decode(self, body: bytes, headers: Headers | None = None, explain: Explain | None = None) -> InferenceRequest:
         """A body → model inputs and ids; errors name the record and the field."""
-        if self.typed is not None:
+        if self.typed is not None and explain is None and b'"explain"' not in body:  # the typed rungs skip it
             request = self.typed.decode(body, self.max_records)
             if request is not None:
                 return request
-        return self.from_records(records_of(parse_json(body), self.max_records))
+        doc = parse_json(body)
+        records = records_of(doc, self.max_records)
+        if explain is None:
+            explain = explain_of(doc.get("explain"))
+        return self.from_records(records, explain)
 
-    def from_records(self, records: Sequence[dict[str, Any]]) -> InferenceRequest:
+    def from_records(self, records: Sequence[dict[str, Any]], explain: Explain | None = None) -> InferenceRequest:
         """The general path: checked records → model inputs and the id values that pass through."""
         enc = checked(self.encoder.encode(records))
         ids = [(col, [r.get(col, ABSENT) for r in records]) for col in self.pre.id_columns]
-        return InferenceRequest(enc, checked_ids(ids))
+        if explain is None:
+            return InferenceRequest(enc, checked_ids(ids))
+        return InferenceRequest(enc, checked_ids(ids), explain=explain, values=list(records))
 
     def encode(self, result: InferenceResult) -> dict[str, Any]:
         """The answer: the model, its version and one prediction per record."""
@@ -79,6 +95,14 @@ class NativeCodec:
                     answer[col] = value
         for row, messages in request.enc.warnings.items():
             answers[row]["warnings"] = messages
+        if result.effects is not None and self.explainer is not None and request.explain is not None:
+            labels = [a.get("label") for a in answers]
+            reasons = self.explainer.reasons(result.effects, request.explain, request.values or [], labels)
+            for answer, these, score, base in zip(
+                answers, reasons, result.effects.score.tolist(), result.effects.baseline.tolist(), strict=True
+            ):
+                answer["reasons"] = these
+                answer["explanation"] = {"score": score, "reference": base, "of": self.explainer.stats["score"]}
         return answers
 
 

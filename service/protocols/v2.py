@@ -12,8 +12,9 @@ import numpy as np
 
 from service.encoders import RecordEncoder
 from service.errors import InputError
+from service.explain import Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss
-from service.protocols.base import NO_ID, Headers, InferenceRequest, InferenceResult, parse_json, unechoable
+from service.protocols.base import NO_ID, Headers, InferenceRequest, InferenceResult, explain_of, parse_json, unechoable
 
 NUMERIC_TYPES = {
     "BOOL": "?",
@@ -31,6 +32,7 @@ NUMERIC_TYPES = {
 }
 CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
 NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
+ATTRIBUTIONS = "attributions"  # the output of each feature's effect (service/explain.py)
 
 
 def bad(message: str) -> InputError:
@@ -173,24 +175,31 @@ class V2Codec:
 
     media_types = None  # JSON, or JSON followed by binary tensors
 
-    def __init__(self, pre: Preprocess, max_records: int) -> None:
-        self.pre, self.max_records = pre, max_records
+    def __init__(self, pre: Preprocess, max_records: int, explainer: Explainer | None = None) -> None:
+        self.pre, self.max_records, self.explainer = pre, max_records, explainer
+        self.outputs = [o["name"] for o in output_metadata(pre, explainer is not None)]
         self.encoder = RecordEncoder(pre)
         self._single = _single_row_decoder(pre)
         self._layouts: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any]] = {}
 
-    def decode(self, body: bytes, headers: Headers) -> InferenceRequest:
-        """A request body (JSON, or JSON then binary tensors) → model inputs, its id and outputs."""
+    def decode(self, body: bytes, headers: Headers, explain: Explain | None = None) -> InferenceRequest:
+        """A request body (JSON, or JSON then binary tensors) → model inputs, its id and outputs;
+        the `attributions` output, or the `explain` parameter, asks for each feature's effect."""
         text, binary = split_binary(body, header_length(headers.get(b"inference-header-content-length")))
-        single = None if binary else self._single_row(text)
+        plain = not binary and explain is None and b'"explain"' not in text and b'"attributions"' not in text
+        single = self._single_row(text) if plain else None
         if single is not None:
             return single
         doc = parse_json(text)
-        outputs = check_outputs(self.pre, doc)
+        outputs = check_outputs(self.outputs, doc)
+        parameters = doc.get("parameters") if isinstance(doc, dict) else None
+        if explain is None and isinstance(parameters, dict):
+            explain = explain_of(parameters.get("explain"), 'parameter "explain"')
+        if explain is None and outputs is not None and ATTRIBUTIONS in outputs:
+            explain = "all"
         columns, rows = input_columns(self.pre, doc, binary, self.max_records)
-        return InferenceRequest(
-            self._checked(self.pre.encode_columns(columns, rows)), [], checked_id(doc.get("id", NO_ID)), outputs
-        )
+        enc = self._checked(self.pre.encode_columns(columns, rows))
+        return InferenceRequest(enc, [], checked_id(doc.get("id", NO_ID)), outputs, explain)
 
     def _single_row(self, text: bytes) -> InferenceRequest | None:
         """One plain value per feature tensor, typed while parsing; None: the full path decides.
@@ -211,7 +220,7 @@ class V2Codec:
                 return None
             if len(self._layouts) < LAYOUTS_KEPT:
                 self._layouts[key] = layout
-        outputs = None if request.outputs is None else known_outputs(self.pre, [o.name for o in request.outputs])
+        outputs = None if request.outputs is None else known_outputs(self.outputs, [o.name for o in request.outputs])
         values = [data[0] for data in map(_DATA, inputs)]
         num_at, cat_at = layout
         request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
@@ -246,6 +255,15 @@ class V2Codec:
             shape = [rows, out.shape[1]]
             tensors["probabilities"] = {"name": "probabilities", "datatype": "FP32", "shape": shape, "data": flat}
         outputs = request.outputs
+        if result.effects is not None:
+            effects = result.effects.effects
+            data = effects.ravel().tolist()
+            tensors[ATTRIBUTIONS] = {
+                "name": ATTRIBUTIONS,
+                "datatype": "FP32",
+                "shape": list(effects.shape),
+                "data": data,
+            }
         answer: dict[str, Any] = {
             "model_name": result.model,
             "model_version": str(result.version),
@@ -309,35 +327,37 @@ def _picker(positions: list[int]) -> Any:
     return lambda values: [values[i] for i in positions]
 
 
-def check_outputs(pre: Preprocess, doc: Any) -> list[str] | None:
+def check_outputs(known: list[str], doc: Any) -> list[str] | None:
     """The outputs a request names (None: all), which must be the model's; checked before any work."""
     wanted = doc.get("outputs") if isinstance(doc, dict) else None
     if wanted is None:
         return None
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise bad('"outputs" must be a list of objects with a name')
-    return known_outputs(pre, [o["name"] for o in wanted]) if wanted else None
+    return known_outputs(known, [o["name"] for o in wanted]) if wanted else None
 
 
-def known_outputs(pre: Preprocess, names: list[str] | None) -> list[str] | None:
+def known_outputs(known: list[str], names: list[str] | None) -> list[str] | None:
     """Output names a request asks for (None or none: all), which must be the model's."""
     if not names:
         return None
-    known = [o["name"] for o in output_metadata(pre)]
     unknown = [name for name in names if name not in known]
     if unknown:
         raise bad(f"unknown output(s) {', '.join(unknown)}; the model gives: {', '.join(known)}")
     return names
 
 
-def output_metadata(pre: Preprocess) -> list[dict[str, Any]]:
-    """The output tensors a client gets."""
+def output_metadata(pre: Preprocess, explainable: bool = False) -> list[dict[str, Any]]:
+    """The output tensors a client gets (`attributions`: each feature's effect, in input order, on request)."""
     if pre.task == "regression":
-        return [{"name": "value", "datatype": "FP32", "shape": [-1]}]
-    outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
-    if pre.task == "binary":
-        outputs.append({"name": "probability", "datatype": "FP32", "shape": [-1]})
-    outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(pre.labels)]})
+        outputs = [{"name": "value", "datatype": "FP32", "shape": [-1]}]
+    else:
+        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+        if pre.task == "binary":
+            outputs.append({"name": "probability", "datatype": "FP32", "shape": [-1]})
+        outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(pre.labels)]})
+    if explainable:
+        outputs.append({"name": ATTRIBUTIONS, "datatype": "FP32", "shape": [-1, len(pre.features)]})
     return outputs
 
 

@@ -34,7 +34,9 @@ def test_v2_server_and_model_metadata(churn_server: Server) -> None:
     inputs = {i["name"]: i for i in meta["inputs"]}
     assert inputs["tenure"] == {"name": "tenure", "datatype": "FP64", "shape": [-1]}
     assert inputs["Contract"]["datatype"] == "BYTES" and "customerID" not in inputs and len(inputs) == 19
-    assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "probabilities"]
+    # attributions: each feature's effect, sent only when asked for (reason codes)
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "probabilities", "attributions"]
+    assert meta["outputs"][3]["shape"] == [-1, 19]
     assert meta["outputs"][2]["shape"] == [-1, 2] and meta["versions"] == ["1"]
     assert httpx.get(url + "/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
     assert httpx.get(url + "/v2/models/churn/versions/1/ready").status_code == 200
