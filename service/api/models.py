@@ -41,7 +41,8 @@ def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
 
 @router.get("/{name}", responses={404: {}})
 def get_model(name: str, store: StoreDep) -> dict[str, Any]:
-    """Features, task, version, labels, threshold, test metrics, provider and an example record."""
+    """Features, task, version, labels, threshold, test metrics, provider, an example record and
+    what moves the score (mean |effect| per feature)."""
     try:
         model = store.get(name)
     except ModelNotFound as exc:
@@ -56,4 +57,6 @@ def get_model(name: str, store: StoreDep) -> dict[str, Any]:
         "features": feature_doc(pre),
         "metrics": {"test": model.metrics.get("test"), "baseline_test": model.metrics.get("baseline_test")},
         "example": {"records": [example_record(pre)]},
+        # mean |effect| per feature and top-4 shares on the test split (None: a bundle from before reason codes)
+        "explanations": model.metrics.get("explanations") if model.explainer is not None else None,
     }

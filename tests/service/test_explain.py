@@ -1,0 +1,146 @@
+"""Reason codes: the effects add up on every test record for every task of both data sets, every
+route gives the same effects for the same record, and a bad `explain` is refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service import bundle
+from service.explain import Explainer
+from service.features import Preprocess
+from service.runtime import CPU, create_session
+from tests.conftest import GERMAN, TELCO, quick_config
+from tests.service.conftest import running_server, telco_records
+
+TASKS = [
+    (TELCO, "Churn", "binary"),
+    (TELCO, "Contract", "multiclass"),
+    (TELCO, "MonthlyCharges", "regression"),
+    (GERMAN, "creditability", "binary"),
+    (GERMAN, "purpose", "multiclass"),
+    (GERMAN, "credit_amount", "regression"),
+]
+
+
+@pytest.mark.parametrize(("data", "target", "task"), TASKS, ids=[t[1] for t in TASKS])
+def test_effects_add_up_on_every_test_record(tmp_path: Path, data: Path, target: str, task: str) -> None:
+    from training.pipeline import prepare_data, train
+
+    cfg = quick_config(data, target, tmp_path / "models", name="m")
+    result = train(cfg, say=lambda _: None)
+    assert result.bundle is not None and result.pre.task == task
+    prep = prepare_data(cfg, say=lambda _: None)
+    test = prep.split.test
+    ref = result.bundle
+    explainer = Explainer(
+        ref.preprocess,
+        create_session(ref.path / bundle.EXPLAIN_FILE, CPU),
+        json.loads((ref.path / bundle.EXPLAIN_STATS_FILE).read_text()),
+    )
+    found = explainer.run(np.ascontiguousarray(prep.enc.num[test]), np.ascontiguousarray(prep.enc.cat[test]))
+    assert found.effects.shape == (len(test), len(result.pre.features))
+    gap = np.abs(found.effects.sum(axis=1) - (found.score - found.baseline))
+    scale = max(1.0, result.pre.target_std) if task == "regression" else 1.0
+    assert gap.max() <= 1e-4 * scale, f"{target}: effects miss the score by {gap.max():.2e}"
+    assert np.abs(found.effects).sum(axis=1).min() > 0  # not trivially zero
+    session = create_session(ref.path / bundle.MODEL_FILE, CPU)
+    out = session.run(None, {"num": prep.enc.num[test], "cat": prep.enc.cat[test]})[0]
+    if task == "binary":  # the score explained is the model's own log-odds
+        p = out[:, 1].astype(np.float64)
+        np.testing.assert_allclose(found.score, np.log(p) - np.log1p(-p), atol=1e-3)
+    elif task == "regression":
+        np.testing.assert_allclose(found.score, out[:, 0], rtol=1e-5, atol=1e-3 * scale)
+    else:
+        np.testing.assert_allclose(found.score, np.log(out.max(axis=1)), atol=1e-4)
+    assert result.metrics["explanations"]["additivity_max_abs_gap"] <= 1e-4 * scale
+
+
+def _record() -> dict[str, object]:
+    return telco_records(1, start=11)[0]
+
+
+def _v2_body(pre: Preprocess, record: dict[str, object], **extra: object) -> dict[str, object]:
+    inputs = []
+    for f in pre.features:
+        value = record[f.name]
+        datatype = "FP64" if f.kind == "numeric" else "BYTES"
+        inputs.append({"name": f.name, "datatype": datatype, "shape": [1], "data": [value]})
+    return {"inputs": inputs, **extra}
+
+
+def test_every_route_gives_the_same_effects(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    pre = churn_bundle.preprocess
+    record = _record()
+    store = tmp_path / "models"
+    shutil.copytree(churn_bundle.path.parent.parent, store)
+    with running_server(store) as server:
+        native = httpx.post(server.url + "/predict", json={"records": [record], "explain": "all"}).json()
+        query = httpx.post(server.url + "/predict?explain=all", json={"records": [record]}).json()
+        many = httpx.post(server.url + "/predict", json={"records": [record] * 7, "explain": "all"}).json()
+        four = httpx.post(server.url + "/predict", json={"records": [record], "explain": 4}).json()
+        v2 = httpx.post(
+            server.url + "/v2/models/churn/infer", json=_v2_body(pre, record, outputs=[{"name": "attributions"}])
+        ).json()
+        v2_param = httpx.post(
+            server.url + "/v2/models/churn/infer", json=_v2_body(pre, record, parameters={"explain": 4})
+        ).json()
+        mlflow = httpx.post(
+            server.url + "/invocations", json={"dataframe_records": [record], "params": {"explain": "all"}}
+        ).json()
+        model = httpx.get(server.url + "/models/churn").json()
+    answer = native["predictions"][0]
+    effects = {r["field"]: r["effect"] for r in answer["reasons"]}
+    assert set(effects) == {f.name for f in pre.features}
+    assert abs(sum(effects.values()) - (answer["explanation"]["score"] - answer["explanation"]["reference"])) < 1e-4
+    assert {r["field"]: r["effect"] for r in query["predictions"][0]["reasons"]} == effects
+    for other in many["predictions"]:
+        got = {r["field"]: r["effect"] for r in other["reasons"]}
+        assert max(abs(got[k] - effects[k]) for k in effects) < 1e-6  # another batch size
+    top = four["predictions"][0]["reasons"]
+    assert 1 <= len(top) <= 4 and all(r["effect"] > 0 for r in top)
+    assert [r["field"] for r in top] == sorted(effects, key=lambda k: -effects[k])[: len(top)]
+    assert all(r["value"] == record[r["field"]] and r["field"] in r["text"] for r in top)
+    attributions = {o["name"]: o for o in v2["outputs"]}["attributions"]
+    assert attributions["shape"] == [1, len(pre.features)]
+    assert dict(zip([f.name for f in pre.features], attributions["data"], strict=True)) == pytest.approx(
+        effects, abs=1e-6
+    )
+    assert "attributions" in {o["name"] for o in v2_param["outputs"]}
+    row = mlflow["predictions"][0]
+    assert {k[len("effect_") :]: v for k, v in row.items() if k.startswith("effect_")} == pytest.approx(
+        effects, abs=1e-6
+    )
+    assert model["explanations"]["mean_abs_effect"].keys() == effects.keys()
+
+
+@pytest.mark.parametrize("bad", ["abc", -1, 101, True, 0.5, [4], {"n": 4}])
+def test_a_bad_explain_is_refused_naming_it(churn_server, bad: object) -> None:
+    record = _record()
+    got = httpx.post(churn_server.url + "/predict", json={"records": [record], "explain": bad})
+    assert got.status_code == 422 and "explain" in got.json()["error"]
+    query = httpx.post(churn_server.url + "/predict", params={"explain": str(bad)}, json={"records": [record]})
+    assert query.status_code == 422 and "explain" in query.json()["error"]
+    mlflow = httpx.post(
+        churn_server.url + "/invocations", json={"dataframe_records": [record], "params": {"explain": bad}}
+    )
+    assert mlflow.status_code == 400 and "explain" in mlflow.json()["message"]
+
+
+def test_a_bundle_from_before_reason_codes_says_so(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    shutil.copytree(churn_bundle.path.parent.parent, store)
+    for path in store.glob(f"*/*/{bundle.EXPLAIN_FILE}"):
+        path.unlink()
+    with running_server(store) as server:
+        plain = httpx.post(server.url + "/predict", json={"records": [_record()]})
+        asked = httpx.post(server.url + "/predict", json={"records": [_record()], "explain": 4})
+        meta = httpx.get(server.url + "/v2/models/churn").json()
+    assert plain.status_code == 200 and "reasons" not in plain.json()["predictions"][0]
+    assert asked.status_code == 422 and "retrain" in asked.json()["error"]
+    assert "attributions" not in {o["name"] for o in meta["outputs"]}
