@@ -9,6 +9,7 @@ side of the reference the value fell on (regression).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.features import CategoricalFeature, Preprocess
+from service.features import CategoricalFeature, Preprocess, parse_number
 
 Explain = int | Literal["all"]  # reasons per record, or every feature's effect
 EXPLAIN_OUTPUTS = ["effects", "score", "baseline"]
@@ -54,6 +55,9 @@ class Explainer:
         self._numeric_at = {f.name: j for j, f in enumerate(pre.numeric)}
         self._categorical = {f.name: f for f in pre.categorical}
         self._modes = {name: _mode(doc) for name, doc in stats["features"].items() if doc["kind"] == "categorical"}
+        self._percentiles = {
+            n: d.get("percentiles") or [] for n, d in stats["features"].items() if d["kind"] == "numeric"
+        }
 
     def run(self, num: np.ndarray, cat: np.ndarray) -> Effects:
         """Effects of these rows (ONNX Runtime, on the caller's thread)."""
@@ -69,6 +73,23 @@ class Explainer:
         keep = np.take_along_axis(toward, order, axis=1) > 0
         return order, keep | (k == "all")
 
+    def _picked(self, found: Effects, k: Explain) -> list[list[int]]:
+        """`order` as lists of the kept indices; plain Python for a request's few rows (numpy's
+        per-call cost is most of the work there)."""
+        if len(found.score) > 16:
+            order, keep = self.order(found, k)
+            return [
+                [j for j, ok in zip(o, kk, strict=True) if ok]
+                for o, kk in zip(order.tolist(), keep.tolist(), strict=True)
+            ]
+        signs = self.direction(found).tolist()
+        n = len(self.names) if k == "all" else min(k, len(self.names))
+        picked = []
+        for sign, row in zip(signs, found.effects.tolist(), strict=True):
+            ranked = sorted(range(len(row)), key=lambda j: -row[j] * sign)[:n]
+            picked.append(ranked if k == "all" else [j for j in ranked if row[j] * sign > 0])
+        return picked
+
     def direction(self, found: Effects) -> np.ndarray:
         """+1 where a reason raises the score explained, -1 where it lowers it (regression below the reference)."""
         if self.pre.task != "regression":
@@ -79,13 +100,12 @@ class Explainer:
         self, found: Effects, k: Explain, values: list[dict[str, Any]], labels: list[Any]
     ) -> list[list[dict[str, Any]]]:
         """Each record's reasons: field, value as sent, effect and a sentence."""
-        order, keep = self.order(found, k)
         effects = found.effects.tolist()
         out = []
-        for row, (picked, kept) in enumerate(zip(order.tolist(), keep.tolist(), strict=True)):
+        for row, picked in enumerate(self._picked(found, k)):
             record = values[row] if row < len(values) else {}
             these = []
-            for j in (j for j, ok in zip(picked, kept, strict=True) if ok):
+            for j in picked:
                 name, effect = self.names[j], effects[row][j]
                 value = record.get(name)
                 text = self.text(name, value, effect, labels[row])
@@ -105,7 +125,7 @@ class Explainer:
         number = _number(value)
         if number is None:
             return f"{name} was missing and taken as the typical value"
-        placed = _placed(number, self.stats["features"][name].get("percentiles") or [])
+        placed = _placed(number, self._percentiles.get(name, []))
         return f"{name} is {_shown(number)}" + (f" — {placed}" if placed else "")
 
     def _describe_level(self, feature: CategoricalFeature, value: Any) -> str:
@@ -136,8 +156,6 @@ def _mode(doc: dict[str, Any]) -> str | None:
 
 def _number(value: Any) -> float | None:
     """The value as the model read it (None: missing)."""
-    from service.features import parse_number
-
     try:
         number = parse_number(value)
     except ValueError:
@@ -153,7 +171,20 @@ def _placed(number: float, percentiles: list[float]) -> str:
     """`lower than 95 % of training records` from the training percentiles (empty: unknown)."""
     if not percentiles:
         return ""
-    below = float(np.interp(number, percentiles, np.linspace(0, 100, len(percentiles))))
+    below = _below(number, percentiles)
     if below >= 50:
         return f"higher than {round(below)} % of training records"
     return f"lower than {round(100 - below)} % of training records"
+
+
+def _below(number: float, percentiles: list[float]) -> float:
+    """The share of training values below `number`, in %, read off evenly spaced percentiles (as np.interp)."""
+    last = len(percentiles) - 1
+    if number <= percentiles[0]:
+        return 0.0
+    if number >= percentiles[last]:
+        return 100.0
+    i = bisect.bisect_right(percentiles, number) - 1
+    lo, hi = percentiles[i], percentiles[i + 1]
+    within = (number - lo) / (hi - lo) if hi > lo else 0.0
+    return (i + within) * 100 / last

@@ -60,6 +60,19 @@ class Explainer(nn.Module):
         group = torch.zeros(len(columns), len(pre.features))
         group[torch.arange(len(columns)), torch.tensor(columns, dtype=torch.int64)] = 1.0
         self.register_buffer("group", group)
+        self.n_blocks = len(fused.blocks) // self.m if self.deep_layers else 0
+        for i in range(self.n_blocks):  # each hidden layer's members stacked: [members, in, out]
+            layer = range(i * self.m, (i + 1) * self.m)
+            self.register_buffer(f"w_{i}", torch.stack([fused.blocks[j] for j in layer]).detach())
+            self.register_buffer(f"b_{i}", torch.stack([fused.block_biases[j] for j in layer]).detach().unsqueeze(1))
+        if self.deep_layers:
+            assert fused.out_weight is not None
+            last = fused.out_weight.shape[0] // self.m
+            blocks = [
+                fused.out_weight[j * last : (j + 1) * last, j * self.n_out : (j + 1) * self.n_out]
+                for j in range(self.m)
+            ]
+            self.register_buffer("w_out", torch.stack(blocks).detach())
         nodes, weights = np.polynomial.legendre.leggauss(NODES)
         self.register_buffer("nodes", torch.tensor((nodes + 1) / 2, dtype=PATH).reshape(1, -1, 1))
         self.register_buffer("weights", torch.tensor(weights / 2, dtype=PATH).reshape(1, -1, 1))
@@ -79,23 +92,23 @@ class Explainer(nn.Module):
         return torch.cat(parts, dim=1)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The members' logits [N, members × n_out] and every activation's input, member by member."""
+        """The members' logits [N, members × n_out] and each layer's activation input [members, N, width]."""
         f = self.fused
         z = x @ self.w_in + f.bias
         first = z[:, : f.hidden]
         skip = z[:, f.hidden :] if f.linear_skip else None
+        pre: list[torch.Tensor] = []
         if not self.deep_layers:
             logits = first
-            pre: list[torch.Tensor] = []
         else:
-            hs, pre = list(first.split(f.width, dim=1)), []
-            for i in range(len(f.blocks) // self.m):
-                weights = f.blocks[i * self.m : (i + 1) * self.m]
-                biases = f.block_biases[i * self.m : (i + 1) * self.m]
-                pre += hs
-                hs = [f.act(h) @ w + b for h, w, b in zip(hs, weights, biases, strict=True)]
-            pre += hs
-            logits = torch.cat([f.act(h) for h in hs], dim=1) @ f.out_weight
+            # the members side by side as one batched MatMul per layer: the graph's size does not grow with them
+            h = first.reshape(-1, self.m, f.width).transpose(0, 1)
+            for i in range(self.n_blocks):
+                pre.append(h)
+                h = f.act(h) @ getattr(self, f"w_{i}") + getattr(self, f"b_{i}")
+            pre.append(h)
+            out = f.act(h) @ self.w_out  # [members, N, n_out]
+            logits = out.transpose(0, 1).reshape(-1, self.m * self.n_out)
             if not f.linear_skip:
                 logits = logits + f.out_bias
         if skip is not None:
@@ -113,26 +126,15 @@ class Explainer(nn.Module):
     def _back(self, mult: torch.Tensor, pre: list[torch.Tensor]) -> torch.Tensor:
         """The logits' multipliers carried back to the input columns (the rescale rule)."""
         f = self.fused
-        w_skip = self.w_in[:, f.hidden :]
-        m_x = mult @ w_skip.T if f.linear_skip else None
+        m_x = mult @ self.w_in[:, f.hidden :].T if f.linear_skip else None
         if not self.deep_layers:
             m_first = mult
         else:
-            refs = [getattr(self, f"ref_pre_{i}") for i in range(len(pre))]
-            m = self.m
-            last = len(pre) - m
-            width_last = pre[last].shape[1]
-            out_blocks = [
-                f.out_weight[j * width_last : (j + 1) * width_last, j * self.n_out : (j + 1) * self.n_out]
-                for j in range(m)
-            ]
-            ms = [mult[:, j * self.n_out : (j + 1) * self.n_out] @ out_blocks[j].T for j in range(m)]
-            ms = [mj * self._rescale(pre[last + j], refs[last + j]) for j, mj in enumerate(ms)]
-            for i in range(len(f.blocks) // m - 1, -1, -1):
-                weights = f.blocks[i * m : (i + 1) * m]
-                ms = [mj @ w.T for mj, w in zip(ms, weights, strict=True)]
-                ms = [mj * self._rescale(pre[i * m + j], refs[i * m + j]) for j, mj in enumerate(ms)]
-            m_first = torch.cat(ms, dim=1)
+            g = mult.reshape(-1, self.m, self.n_out).transpose(0, 1) @ self.w_out.transpose(1, 2)
+            g = g * self._rescale(pre[-1], getattr(self, f"ref_pre_{self.n_blocks}"))
+            for i in range(self.n_blocks - 1, -1, -1):
+                g = (g @ getattr(self, f"w_{i}").transpose(1, 2)) * self._rescale(pre[i], getattr(self, f"ref_pre_{i}"))
+            m_first = g.transpose(0, 1).reshape(-1, f.hidden)
         m_deep = m_first @ self.w_in[:, : f.hidden].T
         return m_deep if m_x is None else m_deep + m_x
 
