@@ -121,7 +121,13 @@ class Explainer(nn.Module):
         mult, score, baseline = self._combine(logits.to(PATH))
         m_x = self._back(mult.to(torch.float32), pre)
         effects = (m_x * (x - self.reference)) @ self.group
-        return effects, score.to(torch.float32), baseline.to(torch.float32)
+        score = score.to(torch.float32)
+        # an input with no columns still enters the graph (a zero-width sum), as in model.onnx
+        if not self.fused.n_num:
+            score = score + num.sum(dim=1)
+        if not self.fused.n_cat:
+            score = score + cat.sum(dim=1).to(score.dtype)
+        return effects, score, baseline.to(torch.float32)
 
     def _back(self, mult: torch.Tensor, pre: list[torch.Tensor]) -> torch.Tensor:
         """The logits' multipliers carried back to the input columns (the rescale rule)."""
