@@ -1,0 +1,153 @@
+"""Our reason codes against the `shap` package, on the same function and the same reference.
+
+shap sees the model's score (binary: log-odds of the positive class) as a function of one switch
+per feature: on, the feature takes the record's value; off, the reference's, in the columns the
+fused graph's first layer reads (centred numerics; a categorical's multi-hot columns against its
+training level frequencies). Both methods then split score(record) - score(reference) among the
+features: ours with DeepLIFT in `explain.onnx`, shap's Kernel SHAP with Shapley values.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import rankdata
+
+from service import bundle
+from service.explain import Effects
+from service.explain import Explainer as Reasons
+from service.runtime import CPU, create_session
+from tests.conftest import GERMAN, TELCO
+from training.config import build_config
+from training.explain import PATH, Explainer, level_frequencies, write_explainer
+from training.fuse import FusedEnsemble
+from training.pipeline import fit_ensemble, fit_rows_of, prepare_data
+
+ROWS = 200  # test-split records compared per data set
+TOP = 4  # reasons on an adverse-action notice
+EPOCHS = 20  # the default configuration (5 members) with fewer epochs: a few seconds of training
+# coalitions per record: every subset of one or two features (and their complements) and a weighted
+# sample of the rest; how close that comes to exact Shapley values: bench/explain_quality.py
+NSAMPLES = 2048
+
+
+class Explained(NamedTuple):
+    """A trained model's explainers and our effects on ROWS test records."""
+
+    explainer: Explainer  # PyTorch, for its internals
+    reasons: Reasons  # the served one, on explain.onnx
+    effects: Effects  # ONNX Runtime's answer for the records
+    x: np.ndarray  # the records' first-layer input [ROWS, columns]
+    summary: dict[str, Any]  # what the bundle's metrics.json records (over the whole test split)
+
+
+def explained(data: Path, target: str, out: Path, **overrides: Any) -> Explained:
+    """Train with the default configuration (but `overrides`), write explain.onnx as a bundle does
+    and run it on the first ROWS test records."""
+    cfg = build_config(data=str(data), target=target, models_dir=str(out), report_plots=False, **overrides)
+    prep = prepare_data(cfg, say=lambda _: None)
+    scorer, *_ = fit_ensemble(prep, cfg)
+    fused = FusedEnsemble(scorer.eval()).eval()
+    fit_rows, test = fit_rows_of(prep.split, cfg), prep.split.test
+    summary = write_explainer(fused, prep.pre, prep.enc, fit_rows, test, out)
+    stats = json.loads((out / bundle.EXPLAIN_STATS_FILE).read_text())
+    reasons = Reasons(prep.pre, create_session(out / bundle.EXPLAIN_FILE, CPU), stats)
+    rows = test[:ROWS]
+    num, cat = np.ascontiguousarray(prep.enc.num[rows]), np.ascontiguousarray(prep.enc.cat[rows])
+    explainer = Explainer(fused, prep.pre, level_frequencies(prep.pre, prep.enc, fit_rows)).eval()
+    with torch.no_grad():
+        x = explainer._input(torch.from_numpy(num), torch.from_numpy(cat))
+    return Explained(explainer, reasons, reasons.run(num, cat), x.numpy(), summary)
+
+
+def switched(explainer: Explainer, x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """z [K, features] of 0/1 → the score with feature i at the record's value where z_i = 1 and at
+    the reference's where z_i = 0."""
+    ref, record = explainer.reference, torch.from_numpy(x)
+
+    def score(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            on = torch.from_numpy(np.asarray(z, dtype=np.float32)) @ explainer.group.T
+            logits, _ = explainer._forward(ref + on * (record - ref))
+            return explainer._combine(logits.to(PATH))[1].double().numpy()
+
+    return score
+
+
+def shapley(explainer: Explainer, x: np.ndarray, nsamples: int = NSAMPLES) -> np.ndarray:
+    """Kernel SHAP's values [N, features] for each record's switches against all-off (seeded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # shap's colour maps, at import
+        import shap
+
+    n_features = explainer.group.shape[1]
+    off, on = np.zeros((1, n_features)), np.ones((1, n_features))
+    state = np.random.get_state()
+    np.random.seed(0)  # Kernel SHAP samples coalitions with numpy's global generator
+    try:
+        return np.vstack(
+            [
+                shap.KernelExplainer(switched(explainer, row), off).shap_values(
+                    on, nsamples=nsamples, l1_reg=False, silent=True
+                )
+                for row in x
+            ]
+        )
+    finally:
+        np.random.set_state(state)
+
+
+def agreement(reasons: Reasons, ours: Effects, theirs: np.ndarray) -> dict[str, float]:
+    """Top-4 overlap (as `Reasons.order` picks them) and Spearman rank correlation of |effects|."""
+    mine, shaps = reasons.order(ours, TOP)[0], reasons.order(Effects(theirs, ours.score, ours.baseline), TOP)[0]
+    overlap = np.array([len(set(a) & set(b)) for a, b in zip(mine.tolist(), shaps.tolist(), strict=True)])
+    ra, rb = rankdata(np.abs(ours.effects), axis=1), rankdata(np.abs(theirs), axis=1)
+    ra, rb = ra - ra.mean(axis=1, keepdims=True), rb - rb.mean(axis=1, keepdims=True)
+    rho = (ra * rb).sum(axis=1) / np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    return {
+        "records": float(len(overlap)),
+        "top4_mean_overlap": float(overlap.mean()),
+        "top4_3_of_4": float(np.mean(overlap >= 3)),
+        "top4_4_of_4": float(np.mean(overlap == 4)),
+        "top1_same": float(np.mean(mine[:, 0] == shaps[:, 0])),
+        "spearman_median": float(np.median(rho)),
+        "spearman_min": float(rho.min()),
+        "max_abs_diff": float(np.abs(ours.effects - theirs).max()),
+        "mean_abs_effect": float(np.abs(ours.effects).mean()),
+        "additivity_max_gap": float(np.abs(ours.effects.sum(axis=1) - (ours.score - ours.baseline)).max()),
+    }
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: these small matrices gain nothing from two, and on a busy machine
+    two threads wait on each other (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(("data", "target"), [(TELCO, "Churn"), (GERMAN, "creditability")], ids=["telco", "german"])
+def test_reasons_agree_with_shap(tmp_path: Path, data: Path, target: str) -> None:
+    run = explained(data, target, tmp_path, epochs=EPOCHS)
+    ours, n_features = run.effects, run.explainer.group.shape[1]
+    # the switched function is the one ours explains: all on is the record's score, all off the reference's
+    on_off = np.repeat([[1.0], [0.0]], n_features, axis=1)
+    ends = np.array([switched(run.explainer, row)(on_off) for row in run.x])
+    np.testing.assert_allclose(ends, np.stack([ours.score, ours.baseline], axis=1), atol=1e-4)
+    figures = agreement(run.reasons, ours, shapley(run.explainer, run.x))
+    print(data.name, {k: float(f"{v:.4g}") for k, v in figures.items()})
+    assert figures["records"] == ROWS
+    assert figures["additivity_max_gap"] <= 1e-4
+    assert figures["top4_3_of_4"] >= 0.9, figures
+    assert figures["top4_mean_overlap"] >= 3.5, figures
+    assert figures["spearman_median"] >= 0.95, figures
