@@ -248,9 +248,18 @@ def score(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to connect to (default: start a local Ray).")
     ] = None,
+    explain: Annotated[
+        str | None,
+        typer.Option(
+            help="Reason codes: N (1-100) adds reason_1, effect_1 … reason_N, effect_N; all adds effect_<feature> for every feature."
+        ),
+    ] = None,
 ) -> None:
     """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
+        from service.explain import checked_explain
+
+        reasons = checked_explain(explain, "--explain")
         ref = bundle.resolve(bundle.models_dir(models_dir), model)
         if engine == "ray":
             if STDIO in (str(input), str(output)):
@@ -268,9 +277,10 @@ def score(
                     device=device,  # type: ignore[arg-type]
                     chunk_rows=chunk_rows,
                     on_error=stack.enter_context(_errors_file(errors)),
+                    explain=reasons,
                 )
         elif engine == "local":
-            summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device)
+            summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device, reasons)
         else:
             raise ValueError(f"unknown engine {engine!r}: use local or ray")
     except (ValueError, RuntimeError, OSError) as exc:
@@ -298,13 +308,14 @@ def _score_local(
     errors: Path | None,
     chunk_rows: int,
     device: str,
+    explain: Any,
 ) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from service.scoring.files import CsvSink, open_source, open_stream
     from service.scoring.local import Scorer, ScoringError, score_file, score_stream
 
-    scorer = Scorer(ref, device)  # type: ignore[arg-type]
+    scorer = Scorer(ref, device, explain=explain)  # type: ignore[arg-type]
     from_stdin = str(input) == STDIO
     if not from_stdin and not input.is_file():
         raise ScoringError(f"input file not found: {input}")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.deps import PlaneDep, SettingsDep, UploadsDep
+from service.explain import checked_explain
 from service.scoring.upload import BodyTooLarge, ResponsePipe, UploadsBusy
 from service.settings import Settings
 from service.store import ModelNotFound
@@ -76,17 +77,25 @@ async def score(
     settings: SettingsDep,
     keep: Annotated[list[str] | None, Query(description="Input column to copy to the output (repeatable).")] = None,
     keep_all: Annotated[bool, Query(description="Copy every input column.")] = False,
+    explain: Annotated[
+        str | None,
+        Query(description="Reason codes: N (1-100) adds reason_1, effect_1 … per row; `all`, effect_<feature>."),
+    ] = None,
 ) -> Any:
     """Score a CSV upload (`Content-Type: text/csv`): one output row per input row, in order, with
-    the id columns (or `keep`), the predictions and `error`; streamed both ways."""
+    the id columns (or `keep`), the predictions, any reason columns and `error`; streamed both ways."""
     gzip = _check_upload(request, settings)
+    try:
+        reasons = checked_explain(explain, "?explain")
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     try:
         upload = uploads.open(plane.model(name), gzip)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except UploadsBusy as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-    upload.start(request.stream(), keep, keep_all)
+    upload.start(request.stream(), keep, keep_all, reasons)
     try:
         await upload.started
     except BaseException as exc:  # before the first byte: a JSON error; cancelling is raised

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -12,19 +13,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from service.bundle import MODEL_FILE, BundleRef, process_alive
+from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, process_alive
+from service.explain import Effects, Explain, Explainer
 from service.features import Preprocess, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import ROW, UNPARSED, ScoringError, Sink, Source, format_of, numbered, open_sink, open_source
 
 __all__ = [
+    "ReasonColumns",
     "Scorer",
     "ScoringError",
     "Summary",
@@ -38,9 +42,11 @@ __all__ = [
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
 OnError = Callable[[int, str], None]  # (row number, message)
 ORT_ROWS = 1024  # rows per ONNX Runtime call: small enough to stay in cache
+ALIGN_ROWS = 16  # explanation calls start where a row's number modulo this says (ORT_ROWS is a multiple)
 READ_AHEAD = 1  # blocks the reading thread may have ready before the scorers take them
 KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
+KEPT_SENTENCES = 1 << 14  # sentences remembered across blocks, per feature and outcome
 OTHER_WARNINGS = "other warnings"
 
 
@@ -98,9 +104,14 @@ class Scorer:
         threads: int = 1,
         session: ort.InferenceSession | None = None,
         pre: Preprocess | None = None,
+        explain: Explain | None = None,
+        explainer: Explainer | None = None,
     ) -> None:
         self.name, self.version = ref.name, ref.version
         self.pre = pre if pre is not None else ref.preprocess
+        self.reasons: ReasonColumns | None = None
+        if explain is not None:  # before the model's session: a bundle without explain.onnx fails first
+            self.reasons = ReasonColumns(explainer or open_explainer(ref, self.pre, device, threads), explain)
         self.session = session or create_session(ref.path / MODEL_FILE, device, threads)
         self.names = [f.name for f in self.pre.features]
         self.encoder = ArrowEncoder(self.pre)
@@ -140,7 +151,8 @@ class Scorer:
         if self.pre.task == "binary":
             threshold = self.pre.threshold if self.pre.threshold is not None else 0.5
             provenance["tabserve.threshold"] = repr(threshold)
-        return pa.schema([*fields, pa.field("error", pa.string())], metadata=provenance)
+        added = self.reasons.fields() if self.reasons is not None else []
+        return pa.schema([*fields, *added, pa.field("error", pa.string())], metadata=provenance)
 
     def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         """ONNX Runtime over the rows, ORT_ROWS at a time."""
@@ -153,7 +165,8 @@ class Scorer:
     def score_batch(self, batch: pa.RecordBatch, schema: pa.Schema) -> Scored:
         """Score one `numbered` block; failed rows get empty predictions and the reason."""
         enc = self.encoder.encode(batch)  # checks the UTF-8 of every feature value it reads
-        n_kept = len(schema) - len(prediction_columns(self.pre)) - 1
+        n_added = len(self.reasons.fields()) if self.reasons is not None else 0
+        n_kept = len(schema) - len(prediction_columns(self.pre)) - n_added - 1
         for name in schema.names[:n_kept]:
             if name not in self.names:
                 mark_rows(enc, invalid_utf8_rows(text_column(batch.column(name))), name, NOT_UTF8)
@@ -173,17 +186,160 @@ class Scorer:
                 texts[r] = message
             error_col = pa.array(texts, pa.string())
         kept = [batch.column(name) for name in schema.names[:n_kept]]
-        scored = pa.RecordBatch.from_arrays([*kept, *self._predictions(out, failed), error_col], schema=schema)
+        label_index = self.pre.label_index(out) if self.pre.task != "regression" else None
+        added = [] if self.reasons is None else self.reasons.columns(batch, enc.num, enc.cat, label_index, failed)
+        columns = [*kept, *self._predictions(out, label_index, failed), *added, error_col]
+        scored = pa.RecordBatch.from_arrays(columns, schema=schema)
         warnings = Counter(w for r, texts in enc.warnings.items() if r not in messages for w in texts)
         return Scored(scored, [(int(rows[r]), messages[r]) for r in sorted(messages)], batch.num_rows, warnings)
 
-    def _predictions(self, out: np.ndarray, failed: np.ndarray) -> list[pa.Array]:
-        if self.pre.task == "regression":
+    def _predictions(self, out: np.ndarray, label_index: np.ndarray | None, failed: np.ndarray) -> list[pa.Array]:
+        if label_index is None:
             return [pa.array(out[:, 0].astype(np.float64), mask=failed)]
-        labels = self._labels.take(pa.array(self.pre.label_index(out), mask=failed))
+        labels = self._labels.take(pa.array(label_index, mask=failed))
         if self.pre.task == "binary":
             return [labels, pa.array(out[:, 1].astype(np.float64), mask=failed)]
         return [labels, *(pa.array(out[:, k].astype(np.float64), mask=failed) for k in range(out.shape[1]))]
+
+
+def open_explainer(ref: BundleRef, pre: Preprocess, device: Device = "auto", threads: int = 1) -> Explainer:
+    """The bundle's explanation graph and statistics; ScoringError for a bundle from before them."""
+    path = ref.path / EXPLAIN_FILE
+    if not path.is_file():
+        raise ScoringError(f"{ref.name} version {ref.version} has no {EXPLAIN_FILE}: retrain it for reason codes")
+    stats = json.loads((ref.path / EXPLAIN_STATS_FILE).read_text())
+    return Explainer(pre, create_session(path, device, threads), stats)
+
+
+class ReasonColumns:
+    """`explain`: `reason_i`/`effect_i` per row (or `effect_<feature>` with "all"). Each sentence is
+    `Explainer.text`'s, made once per feature, value as read and outcome, not once per row and reason."""
+
+    def __init__(self, explainer: Explainer, explain: Explain) -> None:
+        self.explainer, self.explain = explainer, explain
+        self.k = len(explainer.names) if explain == "all" else min(explain, len(explainer.names))
+        # the outcomes a sentence can end with: per label (multiclass; else one), raises then lowers
+        self._labels = explainer.pre.labels if explainer.pre.task == "multiclass" else [None]
+        # per feature and outcome: value as read → sentence
+        self._sentences: list[dict[Any, str]] = [{} for _ in range(len(explainer.names) * 2 * len(self._labels))]
+
+    def fields(self) -> list[pa.Field]:
+        """The columns added before `error`."""
+        if self.explain == "all":
+            return [pa.field(f"effect_{name}", pa.float64()) for name in self.explainer.names]
+        slots = range(1, self.k + 1)
+        return [
+            pa.field(f"{kind}_{i}", pa.float64() if kind == "effect" else pa.string())
+            for i in slots
+            for kind in ("reason", "effect")
+        ]
+
+    def effects(self, num: np.ndarray, cat: np.ndarray, first: int = 0) -> Effects:
+        """The explanation graph over the rows (the first is input row `first`, 0-based), ORT_ROWS at a time."""
+        # ONNX Runtime's kernels sum a row differently by its place in the call modulo a few rows:
+        # each row goes where its row number puts it, so where blocks are cut (engine, chunk size)
+        # changes no effect
+        lead, n = first % ALIGN_ROWS, len(num)
+        size = -(-(lead + n) // ALIGN_ROWS) * ALIGN_ROWS
+        num, cat = _padded(num, lead, size), _padded(cat, lead, size)
+        parts = [self.explainer.run(num[i : i + ORT_ROWS], cat[i : i + ORT_ROWS]) for i in range(0, size, ORT_ROWS)]
+        if not parts:
+            empty = np.empty(0, np.float32)
+            return Effects(np.empty((0, len(self.explainer.names)), np.float32), empty, empty)
+        outputs = ("effects", "score", "baseline")
+        return Effects(*(np.concatenate([getattr(p, name) for p in parts])[lead : lead + n] for name in outputs))
+
+    def columns(
+        self,
+        batch: pa.RecordBatch,
+        num: np.ndarray,
+        cat: np.ndarray,
+        label_index: np.ndarray | None,
+        failed: np.ndarray,
+    ) -> list[pa.Array]:
+        """A block's added columns; empty cells for failed rows and for reasons past the last one found."""
+        found = self.effects(num, cat, int(batch.column(ROW)[0].as_py()) - 1 if batch.num_rows else 0)
+        if self.explain == "all":
+            return [
+                pa.array(found.effects[:, j].astype(np.float64), mask=failed) for j in range(found.effects.shape[1])
+            ]
+        order, keep = self.order(found)
+        keep &= ~failed[:, None]
+        picked = np.take_along_axis(found.effects, order, axis=1)
+        label = label_index if label_index is not None and len(self._labels) > 1 else np.zeros(len(order), np.intp)
+        outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: effect > 0 raises
+        sentence, texts = self._sentences_of(batch, order, keep, outcome)
+        out = []
+        for i in range(order.shape[1]):
+            empty = ~keep[:, i]
+            out += [
+                texts.take(pa.array(sentence[:, i], mask=empty)),
+                pa.array(picked[:, i].astype(np.float64), mask=empty),
+            ]
+        return out
+
+    def order(self, found: Effects) -> tuple[np.ndarray, np.ndarray]:
+        """`Explainer.order` (the first feature of a tie first) by k passes of argmax, not a sort of every feature."""
+        # effects × ±1 is exact in float32, so the picks equal the float64 comparisons of Explainer.order
+        toward = found.effects * self.explainer.direction(found).astype(np.float32)[:, None]
+        if not np.isfinite(toward).all():  # argmax and argsort would place a NaN differently
+            return self.explainer.order(found, self.k)
+        rows, left = np.arange(len(toward)), toward.copy()
+        order = np.empty((len(toward), self.k), np.intp)
+        for i in range(self.k):
+            order[:, i] = top = left.argmax(axis=1)
+            left[rows, top] = -np.inf
+        return order, np.take_along_axis(toward, order, axis=1) > 0
+
+    def _sentences_of(
+        self, batch: pa.RecordBatch, order: np.ndarray, keep: np.ndarray, outcome: np.ndarray
+    ) -> tuple[np.ndarray, pa.Array]:
+        """Each kept reason's index into the block's distinct sentences, and those sentences."""
+        k, names, n_out = order.shape[1], self.explainer.names, 2 * len(self._labels)
+        at = np.flatnonzero(keep)  # the reasons kept, as positions in order.ravel(), grouped by feature
+        feature = order.ravel()[at].astype(np.uint8 if len(names) < 256 else np.intp)  # uint8 sorts by radix
+        by_feature = np.argsort(feature, kind="stable")
+        at, feature = at[by_feature], feature[by_feature]
+        bounds = np.searchsorted(feature, np.arange(len(names) + 1)).tolist()
+        sentence = np.zeros(order.size, np.int64)
+        texts: list[str] = []
+        for j in (j for j in range(len(names)) if bounds[j] < bounds[j + 1]):
+            where = at[bounds[j] : bounds[j + 1]]
+            values = pc.dictionary_encode(
+                text_column(batch.column(names[j])).take(pa.array(where // k)), null_encoding="encode"
+            )
+            pair = values.indices.to_numpy(zero_copy_only=False).astype(np.int64) * n_out + outcome.ravel()[where]
+            seen = np.zeros(len(values.dictionary) * n_out, bool)
+            seen[pair] = True
+            pairs = np.flatnonzero(seen)
+            number = np.empty(len(seen), np.int64)
+            number[pairs] = np.arange(len(texts), len(texts) + len(pairs))
+            sentence[where] = number[pair]
+            levels = values.dictionary.to_pylist()
+            texts += [self._sentence(j, levels[p // n_out], p % n_out) for p in pairs.tolist()]
+        return sentence.reshape(order.shape), pa.array(texts, pa.string())
+
+    def _sentence(self, j: int, value: Any, outcome: int) -> str:
+        """`Explainer.text` of feature j with this value and outcome (remembered across blocks)."""
+        known = self._sentences[j * 2 * len(self._labels) + outcome]
+        # 1, 1.0 and True are one dict key but may read differently (a level "1" or "1.0")
+        key = value if value is None or type(value) is str else (type(value), value)
+        text = known.get(key)
+        if text is None:
+            if len(known) >= KEPT_SENTENCES:
+                known.clear()
+            effect = 1.0 if outcome % 2 == 0 else -1.0
+            text = known[key] = self.explainer.text(self.explainer.names[j], value, effect, self._labels[outcome // 2])
+        return text
+
+
+def _padded(rows: np.ndarray, lead: int, size: int) -> np.ndarray:
+    """`rows` after `lead` rows of zeros, zeros after them up to `size` rows."""
+    if lead == 0 and len(rows) == size:
+        return rows
+    out = np.zeros((size, rows.shape[1]), rows.dtype)
+    out[lead : lead + len(rows)] = rows
+    return out
 
 
 def kept_columns(source: Source, pre: Preprocess, keep: list[str] | None, keep_all: bool) -> list[str]:

@@ -21,6 +21,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from service.bundle import BundleRef, resolve
+from service.explain import Explain
 from service.runtime import Device
 from service.scoring.files import CsvSource, ParquetSource, ScoringError, csv_write_options, format_of, numbered
 from service.scoring.local import KEPT_ERRORS, Scorer, Summary
@@ -94,9 +95,11 @@ class WarningTally:
 class ScoreActor:
     """Scores blocks into the output schema with its own ONNX Runtime session."""
 
-    def __init__(self, bundle_path: str, device: Device, schema: pa.Schema, tally: Any) -> None:
+    def __init__(
+        self, bundle_path: str, device: Device, schema: pa.Schema, tally: Any, explain: Explain | None
+    ) -> None:
         ref = resolve(Path(bundle_path).parent.parent, bundle_path)
-        self.scorer, self.schema, self.tally = Scorer(ref, device, threads=1), schema, tally
+        self.scorer, self.schema, self.tally = Scorer(ref, device, threads=1, explain=explain), schema, tally
 
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = table.combine_chunks().to_batches()
@@ -125,12 +128,15 @@ def score_with_ray(
     actors: int | None = None,
     chunk_rows: int = 16_384,
     on_error: Callable[[int, str], None] | None = None,
+    explain: Explain | None = None,
 ) -> Summary:
-    """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row."""
+    """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row;
+    `explain` adds reason columns as the local engine does."""
     started = time.perf_counter()
     files = input_files(input)
     fmt = format_of(output)
-    scorer = Scorer(ref, "cpu", threads=1)  # only for the header checks and the output schema
+    # only for the header checks and the output schema (and a bundle without explain.onnx fails here)
+    scorer = Scorer(ref, "cpu", threads=1, explain=explain)
     plans = []
     for path in files:  # every file's header is checked before any work
         parquet = format_of(Path(path)) == "parquet"  # the input's format; gzip CSV decompressed
@@ -153,7 +159,7 @@ def score_with_ray(
     tally = WarningTally.remote()  # type: ignore[attr-defined]
     scored = blocks.map_batches(
         ScoreActor,
-        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally),
+        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally, explain),
         batch_format="pyarrow",
         batch_size=None,
         concurrency=pool,

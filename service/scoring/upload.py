@@ -11,6 +11,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from service.explain import Explain
 from service.scoring.files import CsvSink, CsvSource
 from service.scoring.local import Scorer, Summary, score_stream
 from service.settings import Settings
@@ -250,18 +251,22 @@ class Upload:
         self.started: asyncio.Future[None] = self.loop.create_future()
         self._open, self._lock = 2, threading.Lock()  # the scorer and the answer's reader
 
-    def start(self, chunks: AsyncIterator[bytes], keep: list[str] | None, keep_all: bool) -> None:
+    def start(
+        self, chunks: AsyncIterator[bytes], keep: list[str] | None, keep_all: bool, explain: Explain | None = None
+    ) -> None:
         """Start feeding and scoring; `started` settles at the first output byte."""
         self.feeder = asyncio.create_task(self.body.feed(chunks, self.limit))
-        work = threading.Thread(target=self._work, args=(keep, keep_all), name="tabserve-score-upload", daemon=True)
+        args = (keep, keep_all, explain)
+        work = threading.Thread(target=self._work, args=args, name="tabserve-score-upload", daemon=True)
         work.start()
 
-    def _work(self, keep: list[str] | None, keep_all: bool) -> None:
+    def _work(self, keep: list[str] | None, keep_all: bool, explain: Explain | None) -> None:
         error: BaseException | None = None
         summary = Summary()
         try:
             stream = Gunzip(self.body, self.limit) if self.gzip else self.body
-            scorer = Scorer(self.model.ref, session=self.model.session, pre=self.model.pre)
+            model = self.model  # its explainer: None for a bundle without explain.onnx, refused by Scorer
+            scorer = Scorer(model.ref, session=model.session, pre=model.pre, explain=explain, explainer=model.explainer)
             source = CsvSource(stream, name="body")
             # one scoring thread per upload leaves cores to the service's requests
             summary = score_stream(scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1)
