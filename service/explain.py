@@ -25,12 +25,12 @@ EXPLAIN_OUTPUTS = ["effects", "score", "baseline"]
 
 def checked_explain(value: Any, where: str = '"explain"') -> Explain | None:
     """A request's `explain` value (None or 0: no reasons), or ValueError naming what is wrong."""
-    if value is None or (value == 0 and not isinstance(value, bool)):
-        return None
     if value == "all":
         return "all"
     if isinstance(value, str) and value.isdigit():
         value = int(value)
+    if value is None or (value == 0 and not isinstance(value, bool)):
+        return None
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
         return value
     raise ValueError(f'{where} must be a number of reasons from 1 to 100, or "all"; got {value!r}')

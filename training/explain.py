@@ -67,6 +67,9 @@ class Explainer(nn.Module):
             self.register_buffer(f"b_{i}", torch.stack([fused.block_biases[j] for j in layer]).detach().unsqueeze(1))
         if self.deep_layers:
             assert fused.out_weight is not None
+            first = w_in[:, : fused.hidden].reshape(-1, self.m, fused.width).transpose(0, 1)
+            self.register_buffer("w_first", first.contiguous())  # [members, inputs, width]
+            self.register_buffer("b_first", fused.bias[: fused.hidden].reshape(self.m, 1, fused.width).clone())
             last = fused.out_weight.shape[0] // self.m
             blocks = [
                 fused.out_weight[j * last : (j + 1) * last, j * self.n_out : (j + 1) * self.n_out]
@@ -74,13 +77,14 @@ class Explainer(nn.Module):
             ]
             self.register_buffer("w_out", torch.stack(blocks).detach())
         nodes, weights = np.polynomial.legendre.leggauss(NODES)
-        self.register_buffer("nodes", torch.tensor((nodes + 1) / 2, dtype=PATH).reshape(1, -1, 1))
-        self.register_buffer("weights", torch.tensor(weights / 2, dtype=PATH).reshape(1, -1, 1))
+        self.register_buffer("nodes", torch.tensor((nodes + 1) / 2, dtype=PATH).reshape(-1, 1, 1))
+        self.register_buffer("weights", torch.tensor(weights / 2, dtype=PATH).reshape(-1, 1, 1))
         with torch.no_grad():
             ref_logits, ref_pre = self._forward(self.reference.reshape(1, -1))
         self.register_buffer("ref_logits", ref_logits.to(PATH))
         for i, z in enumerate(ref_pre):
             self.register_buffer(f"ref_pre_{i}", z.detach().clone())
+            self.register_buffer(f"ref_act_{i}", fused.act(z).detach().clone())
 
     def _input(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         """[centred numerics | multi-hot levels]: the columns the first layer reads."""
@@ -94,15 +98,14 @@ class Explainer(nn.Module):
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The members' logits [N, members × n_out] and each layer's activation input [members, N, width]."""
         f = self.fused
-        z = x @ self.w_in + f.bias
-        first = z[:, : f.hidden]
-        skip = z[:, f.hidden :] if f.linear_skip else None
+        skip = x @ self.w_in[:, f.hidden :] + f.bias[f.hidden :] if f.linear_skip else None
         pre: list[torch.Tensor] = []
         if not self.deep_layers:
-            logits = first
+            logits = x @ self.w_in[:, : f.hidden] + f.bias[: f.hidden]
         else:
-            # the members side by side as one batched MatMul per layer: the graph's size does not grow with them
-            h = first.reshape(-1, self.m, f.width).transpose(0, 1)
+            # the members side by side as one batched MatMul per layer, [members, N, width] throughout:
+            # the graph's size does not grow with them, and no large tensor is transposed
+            h = x @ self.w_first + self.b_first
             for i in range(self.n_blocks):
                 pre.append(h)
                 h = f.act(h) @ getattr(self, f"w_{i}") + getattr(self, f"b_{i}")
@@ -133,24 +136,24 @@ class Explainer(nn.Module):
         """The logits' multipliers carried back to the input columns (the rescale rule)."""
         f = self.fused
         m_x = mult @ self.w_in[:, f.hidden :].T if f.linear_skip else None
-        if not self.deep_layers:
-            m_first = mult
-        else:
+        if self.deep_layers:
             g = mult.reshape(-1, self.m, self.n_out).transpose(0, 1) @ self.w_out.transpose(1, 2)
-            g = g * self._rescale(pre[-1], getattr(self, f"ref_pre_{self.n_blocks}"))
+            g = g * self._rescale(pre[-1], self.n_blocks)
             for i in range(self.n_blocks - 1, -1, -1):
-                g = (g @ getattr(self, f"w_{i}").transpose(1, 2)) * self._rescale(pre[i], getattr(self, f"ref_pre_{i}"))
-            m_first = g.transpose(0, 1).reshape(-1, f.hidden)
-        m_deep = m_first @ self.w_in[:, : f.hidden].T
+                g = (g @ getattr(self, f"w_{i}").transpose(1, 2)) * self._rescale(pre[i], i)
+            m_deep = g.transpose(0, 1).reshape(-1, f.hidden) @ self.w_in[:, : f.hidden].T  # one GEMM
+        else:
+            m_deep = mult @ self.w_in[:, : f.hidden].T
         return m_deep if m_x is None else m_deep + m_x
 
-    def _rescale(self, z: torch.Tensor, zr: torch.Tensor) -> torch.Tensor:
+    def _rescale(self, z: torch.Tensor, layer: int) -> torch.Tensor:
         """Δactivation / Δinput between record and reference; the slope where they (nearly) meet."""
-        d = z - zr
-        small = d.abs() < SMALL
         act = self.fused.act
-        rise = torch.where(small, act(z + STEP) - act(z - STEP), act(z) - act(zr))
-        return rise / torch.where(small, torch.full_like(d, 2 * STEP), d)
+        d = z - getattr(self, f"ref_pre_{layer}")
+        ratio = (act(z) - getattr(self, f"ref_act_{layer}")) / d  # inf or NaN where d is 0: not selected
+        relu = isinstance(act, nn.ReLU)
+        slope = (z > 0).to(z.dtype) if relu else (act(z + STEP) - act(z - STEP)) / (2 * STEP)
+        return torch.where(d.abs() < SMALL, slope, ratio)
 
     def _combine(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The score's multipliers on each member logit [N, members × n_out], the score and its
@@ -163,8 +166,9 @@ class Explainer(nn.Module):
             score = logits.mean(dim=1) * scale + mean
             return mult, score, torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
         if self.task == "binary":
-            path = ref.unsqueeze(1) + self.nodes * (logits - ref).unsqueeze(1)  # [N, nodes, members]
-            mult = (self.weights * _log_odds_slope(path)).sum(dim=1)
+            # the path's points first: ONNX Runtime reduces the outermost axis far faster than a middle one
+            path = ref + self.nodes * (logits - ref)  # [nodes, N, members]
+            mult = (self.weights * _log_odds_slope(path)).sum(dim=0)
             score = _log_odds(logits)
             baseline = torch.zeros_like(score) + _log_odds(ref)
         else:
@@ -173,8 +177,8 @@ class Explainer(nn.Module):
             zr = ref.reshape(1, self.m, c)
             probs = torch.softmax(z, dim=2).mean(dim=1)
             k = torch.nn.functional.one_hot(probs.argmax(dim=1), c).to(PATH)  # the predicted class
-            path = zr.unsqueeze(1) + self.nodes.unsqueeze(3) * (z - zr).unsqueeze(1)  # [N, nodes, members, classes]
-            mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=1).reshape(-1, self.m * c)
+            path = zr + self.nodes.unsqueeze(3) * (z - zr)  # [nodes, N, members, classes]
+            mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=0).reshape(-1, self.m * c)
             score, baseline = _log_prob(z, k), _log_prob(zr.expand_as(z), k)
         # the few-point integral is close, not exact, where members disagree far from the reference:
         # scaled so that the effects sum to the score's change exactly (completeness)
@@ -201,8 +205,8 @@ def _log_prob(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def _log_prob_slope(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(z, dim=3)  # [N, nodes, members, classes]
-    kk = k.reshape(-1, 1, 1, k.shape[1])
+    p = torch.softmax(z, dim=3)  # [nodes, N, members, classes]
+    kk = k.reshape(1, -1, 1, k.shape[1])
     p_k = (p * kk).sum(dim=3, keepdim=True)  # each member's probability of the class
     m = z.shape[2]
     p_mean = p_k.mean(dim=2, keepdim=True)
