@@ -61,21 +61,17 @@ class Explainer(nn.Module):
         group[torch.arange(len(columns)), torch.tensor(columns, dtype=torch.int64)] = 1.0
         self.register_buffer("group", group)
         self.n_blocks = len(fused.blocks) // self.m if self.deep_layers else 0
-        for i in range(self.n_blocks):  # each hidden layer's members stacked: [members, in, out]
-            layer = range(i * self.m, (i + 1) * self.m)
-            self.register_buffer(f"w_{i}", torch.stack([fused.blocks[j] for j in layer]).detach())
-            self.register_buffer(f"b_{i}", torch.stack([fused.block_biases[j] for j in layer]).detach().unsqueeze(1))
+        for i in range(self.n_blocks):  # each hidden layer: one matrix per member, and its transpose
+            for j in range(self.m):
+                w = fused.blocks[i * self.m + j].detach()
+                self.register_buffer(f"w_{i}_{j}", w.clone())
+                self.register_buffer(f"wt_{i}_{j}", w.T.contiguous())
+                self.register_buffer(f"b_{i}_{j}", fused.block_biases[i * self.m + j].detach().clone())
         if self.deep_layers:
             assert fused.out_weight is not None
-            first = w_in[:, : fused.hidden].reshape(-1, self.m, fused.width).transpose(0, 1)
-            self.register_buffer("w_first", first.contiguous())  # [members, inputs, width]
-            self.register_buffer("b_first", fused.bias[: fused.hidden].reshape(self.m, 1, fused.width).clone())
-            last = fused.out_weight.shape[0] // self.m
-            blocks = [
-                fused.out_weight[j * last : (j + 1) * last, j * self.n_out : (j + 1) * self.n_out]
-                for j in range(self.m)
-            ]
-            self.register_buffer("w_out", torch.stack(blocks).detach())
+            self.register_buffer("wt_out", fused.out_weight.detach().T.contiguous())
+        self.register_buffer("wt_first", w_in[:, : fused.hidden].T.contiguous())
+        self.register_buffer("wt_skip", w_in[:, fused.hidden :].T.contiguous())
         nodes, weights = np.polynomial.legendre.leggauss(NODES)
         self.register_buffer("nodes", torch.tensor((nodes + 1) / 2, dtype=PATH).reshape(-1, 1, 1))
         self.register_buffer("weights", torch.tensor(weights / 2, dtype=PATH).reshape(-1, 1, 1))
@@ -96,26 +92,29 @@ class Explainer(nn.Module):
         return torch.cat(parts, dim=1)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The members' logits [N, members × n_out] and each layer's activation input [members, N, width]."""
+        """The members' logits [N, members × n_out] and each layer's activation input [N, members × width]."""
         f = self.fused
-        skip = x @ self.w_in[:, f.hidden :] + f.bias[f.hidden :] if f.linear_skip else None
+        z = x @ self.w_in + f.bias
+        first = z[:, : f.hidden]
         pre: list[torch.Tensor] = []
         if not self.deep_layers:
-            logits = x @ self.w_in[:, : f.hidden] + f.bias[: f.hidden]
+            logits = first
         else:
-            # the members side by side as one batched MatMul per layer, [members, N, width] throughout:
-            # the graph's size does not grow with them, and no large tensor is transposed
-            h = x @ self.w_first + self.b_first
+            # 2-D MatMuls only, one per member: ONNX Runtime's batched (3-D) MatMul gives a row
+            # slightly different results at different positions in a batch; these do not
+            h = first
             for i in range(self.n_blocks):
                 pre.append(h)
-                h = f.act(h) @ getattr(self, f"w_{i}") + getattr(self, f"b_{i}")
+                parts = f.act(h).split(h.shape[1] // self.m, dim=1)
+                h = torch.cat(
+                    [p @ getattr(self, f"w_{i}_{j}") + getattr(self, f"b_{i}_{j}") for j, p in enumerate(parts)], 1
+                )
             pre.append(h)
-            out = f.act(h) @ self.w_out  # [members, N, n_out]
-            logits = out.transpose(0, 1).reshape(-1, self.m * self.n_out)
+            logits = f.act(h) @ f.out_weight
             if not f.linear_skip:
                 logits = logits + f.out_bias
-        if skip is not None:
-            logits = logits + skip
+        if f.linear_skip:
+            logits = logits + z[:, f.hidden :]
         return logits, pre
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,16 +134,15 @@ class Explainer(nn.Module):
     def _back(self, mult: torch.Tensor, pre: list[torch.Tensor]) -> torch.Tensor:
         """The logits' multipliers carried back to the input columns (the rescale rule)."""
         f = self.fused
-        m_x = mult @ self.w_in[:, f.hidden :].T if f.linear_skip else None
+        g = mult
         if self.deep_layers:
-            g = mult.reshape(-1, self.m, self.n_out).transpose(0, 1) @ self.w_out.transpose(1, 2)
-            g = g * self._rescale(pre[-1], self.n_blocks)
+            g = (mult @ self.wt_out) * self._rescale(pre[-1], self.n_blocks)
             for i in range(self.n_blocks - 1, -1, -1):
-                g = (g @ getattr(self, f"w_{i}").transpose(1, 2)) * self._rescale(pre[i], i)
-            m_deep = g.transpose(0, 1).reshape(-1, f.hidden) @ self.w_in[:, : f.hidden].T  # one GEMM
-        else:
-            m_deep = mult @ self.w_in[:, : f.hidden].T
-        return m_deep if m_x is None else m_deep + m_x
+                parts = g.split(g.shape[1] // self.m, dim=1)
+                g = torch.cat([p @ getattr(self, f"wt_{i}_{j}") for j, p in enumerate(parts)], 1)
+                g = g * self._rescale(pre[i], i)
+        m_x = g @ self.wt_first
+        return m_x + mult @ self.wt_skip if f.linear_skip else m_x
 
     def _rescale(self, z: torch.Tensor, layer: int) -> torch.Tensor:
         """Δactivation / Δinput between record and reference; the slope where they (nearly) meet."""
