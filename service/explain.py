@@ -168,23 +168,36 @@ def _shown(number: float) -> str:
 
 
 def _placed(number: float, percentiles: list[float]) -> str:
-    """`lower than 95 % of training records` from the training percentiles (empty: unknown)."""
+    """`lower than 95 % of training records` from the training percentiles (empty: unknown); a
+    value many records share (a minimum of 0, say) is placed as such."""
     if not percentiles:
         return ""
-    below = _below(number, percentiles)
-    if below >= 50:
-        return f"higher than {round(below)} % of training records"
-    return f"lower than {round(100 - below)} % of training records"
+    below, at_most = _share(number, percentiles, False), _share(number, percentiles, True)
+    if at_most == 0 or below == 100:
+        return f"{'lower' if at_most == 0 else 'higher'} than any training record"
+    if at_most - below >= 10:
+        return f"the same as {round(at_most - below)} % of training records"
+    if 100 - at_most >= below:
+        return f"lower than {round(100 - at_most)} % of training records"
+    return f"higher than {round(below)} % of training records"
 
 
-def _below(number: float, percentiles: list[float]) -> float:
-    """The share of training values below `number`, in %, read off evenly spaced percentiles (as np.interp)."""
+def _share(number: float, percentiles: list[float], inclusive: bool) -> float:
+    """The share of training values below `number` (or at most `number`), in %, read off evenly
+    spaced percentiles by linear interpolation."""
     last = len(percentiles) - 1
-    if number <= percentiles[0]:
+    if number < percentiles[0]:
         return 0.0
-    if number >= percentiles[last]:
+    if number > percentiles[last]:
         return 100.0
-    i = bisect.bisect_right(percentiles, number) - 1
-    lo, hi = percentiles[i], percentiles[i + 1]
-    within = (number - lo) / (hi - lo) if hi > lo else 0.0
-    return (i + within) * 100 / last
+    if inclusive:
+        i = bisect.bisect_right(percentiles, number) - 1  # the last percentile at or below
+        if percentiles[i] == number or i == last:
+            return i * 100 / last
+        lo, hi = percentiles[i], percentiles[i + 1]
+        return (i + (number - lo) / (hi - lo)) * 100 / last
+    i = bisect.bisect_left(percentiles, number)  # the first percentile at or above
+    if percentiles[i] == number or i == 0:
+        return i * 100 / last
+    lo, hi = percentiles[i - 1], percentiles[i]
+    return (i - 1 + (number - lo) / (hi - lo)) * 100 / last
