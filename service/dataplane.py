@@ -3,6 +3,8 @@ prediction should also pass through (a log, a shadow model) goes here, once."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from service.errors import InputError
 from service.protocols.base import InferenceRequest, InferenceResult
 from service.store import LoadedModel, ModelStore, NoExplainer
@@ -33,4 +35,7 @@ class DataPlane:
             out, effects = await model.explain(request.enc, timeout)
         except NoExplainer as exc:
             raise InputError("invalid", str(exc)) from None
+        if not np.isfinite(effects.effects).all():  # never a silently wrong reason
+            row = int(np.argwhere(~np.isfinite(effects.effects))[0, 0])
+            raise InputError("invalid", f"record {row} could not be explained: its values are too far from training")
         return InferenceResult(model.name, model.version, out, request, effects)

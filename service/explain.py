@@ -17,17 +17,17 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.features import CategoricalFeature, Preprocess, parse_number
+from service.features import CategoricalFeature, Preprocess, category_key, parse_number
 
 Explain = int | Literal["all"]  # reasons per record, or every feature's effect
-EXPLAIN_OUTPUTS = ["effects", "score", "baseline"]
+EXPLAIN_OUTPUTS = ["effects", "score", "baseline", "target"]
 
 
 def checked_explain(value: Any, where: str = '"explain"') -> Explain | None:
     """A request's `explain` value (None or 0: no reasons), or ValueError naming what is wrong."""
     if value == "all":
         return "all"
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if value is None or (value == 0 and not isinstance(value, bool)):
         return None
@@ -44,6 +44,7 @@ class Effects:
     effects: np.ndarray
     score: np.ndarray
     baseline: np.ndarray
+    target: np.ndarray | None = None  # the class whose score is explained (multiclass: the graph's predicted class)
 
 
 class Explainer:
@@ -61,8 +62,8 @@ class Explainer:
 
     def run(self, num: np.ndarray, cat: np.ndarray) -> Effects:
         """Effects of these rows (ONNX Runtime, on the caller's thread)."""
-        effects, score, baseline = self.session.run(EXPLAIN_OUTPUTS, {"num": num, "cat": cat})
-        return Effects(effects, score, baseline)
+        effects, score, baseline, target = self.session.run(EXPLAIN_OUTPUTS, {"num": num, "cat": cat})
+        return Effects(effects, score, baseline, target)
 
     def order(self, found: Effects, k: Explain) -> tuple[np.ndarray, np.ndarray]:
         """Per row, the features to name (indices [N, k]) and which of them to keep: those whose
@@ -113,6 +114,13 @@ class Explainer:
             out.append(these)
         return out
 
+    def explained_labels(self, found: Effects, labels: list[Any]) -> list[Any]:
+        """The class each record's effects explain: multiclass, the graph's own pick (the served
+        label but on a near-tie, which a computation in another order may break the other way)."""
+        if self.pre.task != "multiclass" or found.target is None:
+            return labels
+        return [self.pre.labels[int(i)] for i in found.target.tolist()]
+
     def text(self, name: str, value: Any, effect: float, label: Any) -> str:
         """The sentence for one feature's effect on one record."""
         return f"{self.describe(name, value)}; {self.outcome(effect, label)}"
@@ -130,7 +138,10 @@ class Explainer:
 
     def _describe_level(self, feature: CategoricalFeature, value: Any) -> str:
         mode = self._modes.get(feature.name)
-        text = None if value is None else str(value).strip()
+        try:
+            text = category_key(value)  # as the model read it: 2.0 is level "2"
+        except ValueError:
+            text = None
         if not text:
             return f"{feature.name} was missing"
         if text not in feature.index_:
@@ -172,9 +183,9 @@ def _placed(number: float, percentiles: list[float]) -> str:
     value many records share (a minimum of 0, say) is placed as such."""
     if not percentiles:
         return ""
+    if number < percentiles[0] or number > percentiles[-1]:
+        return f"{'lower' if number < percentiles[0] else 'higher'} than any training record"
     below, at_most = _share(number, percentiles, False), _share(number, percentiles, True)
-    if at_most == 0 or below == 100:
-        return f"{'lower' if at_most == 0 else 'higher'} than any training record"
     if at_most - below >= 10:
         return f"the same as {round(at_most - below)} % of training records"
     if 100 - at_most >= below:

@@ -74,7 +74,8 @@ class LoadedModel:
             self.report_warnings(enc.tally)
         n_out, n_feat = self.pre.n_outputs, len(self.pre.features)
         effects = both[:, n_out : n_out + n_feat]
-        return both[:, :n_out], Effects(effects, both[:, n_out + n_feat], both[:, n_out + n_feat + 1])
+        score, baseline, target = (both[:, n_out + n_feat + i] for i in range(3))
+        return both[:, :n_out], Effects(effects, score, baseline, target.astype(np.int64))
 
     def close(self) -> None:
         """No new batches; in-flight requests finish on the sessions they started on."""
@@ -132,7 +133,8 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
 
         def run_both(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
             found = explainer.run(num, cat)
-            parts = [run(num, cat), found.effects, found.score[:, None], found.baseline[:, None]]
+            extra = [found.score[:, None], found.baseline[:, None], np.asarray(found.target, np.float32)[:, None]]
+            parts = [run(num, cat), found.effects, *extra]
             return np.concatenate(parts, axis=1)
 
         run_both(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
@@ -143,12 +145,17 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
 
 def load_explainer(ref: bundle.BundleRef, pre: Preprocess, settings: Settings) -> Explainer | None:
     """The bundle's explanation graph and statistics, or None for a bundle from before them."""
-    path = ref.path / bundle.EXPLAIN_FILE
+    path, stats_path = ref.path / bundle.EXPLAIN_FILE, ref.path / bundle.EXPLAIN_STATS_FILE
     if not path.is_file():
+        return None
+    if not stats_path.is_file():  # reasons need both; predictions need neither
+        log.warning(
+            "%s version %d: %s without %s, so no reason codes", ref.name, ref.version, path.name, stats_path.name
+        )
         return None
     session = create_session(path, settings.device, settings.threads)
     _check_io(session, pre)
-    stats = json.loads((ref.path / bundle.EXPLAIN_STATS_FILE).read_text())
+    stats = json.loads(stats_path.read_text())
     return Explainer(pre, session, stats)
 
 

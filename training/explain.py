@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ PATH = torch.float32  # the path integral's precision
 TINY = 1e-6  # a change in score too small to rescale the integral by
 SMALL = 1e-5  # |Δz| below which an activation's multiplier is its slope (finite difference)
 STEP = 1e-3
-OUTPUTS = ["effects", "score", "baseline"]
+OUTPUTS = ["effects", "score", "baseline", "target"]  # target: the class whose score is explained
 
 
 class Explainer(nn.Module):
@@ -117,10 +118,12 @@ class Explainer(nn.Module):
             logits = logits + z[:, f.hidden :]
         return logits, pre
 
-    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, num: torch.Tensor, cat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self._input(num, cat)
         logits, pre = self._forward(x)
-        mult, score, baseline = self._combine(logits.to(PATH))
+        mult, score, baseline, target = self._combine(logits.to(PATH))
         m_x = self._back(mult.to(torch.float32), pre)
         effects = (m_x * (x - self.reference)) @ self.group
         score = score.to(torch.float32)
@@ -129,7 +132,7 @@ class Explainer(nn.Module):
             score = score + num.sum(dim=1)
         if not self.fused.n_cat:
             score = score + cat.sum(dim=1).to(score.dtype)
-        return effects, score, baseline.to(torch.float32)
+        return effects, score, baseline.to(torch.float32), target
 
     def _back(self, mult: torch.Tensor, pre: list[torch.Tensor]) -> torch.Tensor:
         """The logits' multipliers carried back to the input columns (the rescale rule)."""
@@ -153,7 +156,7 @@ class Explainer(nn.Module):
         slope = (z > 0).to(z.dtype) if relu else (act(z + STEP) - act(z - STEP)) / (2 * STEP)
         return torch.where(d.abs() < SMALL, slope, ratio)
 
-    def _combine(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _combine(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The score's multipliers on each member logit [N, members × n_out], the score and its
         value at the reference (float64)."""
         ref = self.ref_logits
@@ -162,19 +165,22 @@ class Explainer(nn.Module):
             mean = self.fused.target_mean.to(PATH)
             mult = torch.ones_like(logits) * scale / self.m
             score = logits.mean(dim=1) * scale + mean
-            return mult, score, torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
+            base = torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
+            return mult, score, base, torch.zeros_like(score).to(torch.int64)
         if self.task == "binary":
             # the path's points first: ONNX Runtime reduces the outermost axis far faster than a middle one
             path = ref + self.nodes * (logits - ref)  # [nodes, N, members]
             mult = (self.weights * _log_odds_slope(path)).sum(dim=0)
             score = _log_odds(logits)
             baseline = torch.zeros_like(score) + _log_odds(ref)
+            target = torch.ones_like(score).to(torch.int64)  # the positive class
         else:
             c = self.n_out
             z = logits.reshape(-1, self.m, c)
             zr = ref.reshape(1, self.m, c)
             probs = torch.softmax(z, dim=2).mean(dim=1)
-            k = torch.nn.functional.one_hot(probs.argmax(dim=1), c).to(PATH)  # the predicted class
+            target = probs.argmax(dim=1)  # the predicted class
+            k = torch.nn.functional.one_hot(target, c).to(PATH)
             path = zr + self.nodes.unsqueeze(3) * (z - zr)  # [nodes, N, members, classes]
             mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=0).reshape(-1, self.m * c)
             score, baseline = _log_prob(z, k), _log_prob(zr.expand_as(z), k)
@@ -183,32 +189,37 @@ class Explainer(nn.Module):
         linear = (mult * (logits - ref)).sum(dim=1, keepdim=True)
         change = (score - baseline).unsqueeze(1)
         scale = torch.where(linear.abs() > TINY, change / torch.where(linear.abs() > TINY, linear, 1.0), 1.0)
-        return mult * scale, score, baseline
+        return mult * scale, score, baseline, target
 
 
 def _log_odds(z: torch.Tensor) -> torch.Tensor:
-    """log(P / (1 - P)) for P the mean of the members' sigmoids (1 - P as the mean of σ(-z): no cancellation)."""
-    return torch.log(torch.sigmoid(z).mean(dim=-1)) - torch.log(torch.sigmoid(-z).mean(dim=-1))
+    """log(P / (1 - P)) for P the mean of the members' sigmoids, in log space (finite for any logits)."""
+    return torch.logsumexp(_log_sigmoid(z), dim=-1) - torch.logsumexp(_log_sigmoid(-z), dim=-1)
 
 
 def _log_odds_slope(z: torch.Tensor) -> torch.Tensor:
-    s, t = torch.sigmoid(z), torch.sigmoid(-z)
-    m = z.shape[-1]
-    return s * t / m * (1 / s.mean(dim=-1, keepdim=True) + 1 / t.mean(dim=-1, keepdim=True))
+    """∂ log-odds / ∂ each member's logit: each member's share of P times σ(-z), plus of 1 - P times σ(z)."""
+    up, down = _log_sigmoid(z), _log_sigmoid(-z)
+    return torch.softmax(up, dim=-1) * torch.exp(down) + torch.softmax(down, dim=-1) * torch.exp(up)
+
+
+def _log_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """log σ(z) without overflow or underflow: -softplus(-z)."""
+    return -(torch.relu(-z) + torch.log1p(torch.exp(-z.abs())))
 
 
 def _log_prob(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """log of the predicted class's probability (the members' softmax averaged)."""
-    return torch.log((torch.softmax(z, dim=2).mean(dim=1) * k).sum(dim=1))
+    """log of the predicted class's probability (the members' softmax averaged), in log space."""
+    own = (torch.log_softmax(z, dim=-1) * k.unsqueeze(1)).sum(dim=-1)  # [N, members]
+    return torch.logsumexp(own, dim=1) - math.log(z.shape[1])
 
 
 def _log_prob_slope(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """∂ log P_k / ∂ z[m, c] = w_m (δ_kc - p[m, c]), w_m each member's share of P_k."""
     p = torch.softmax(z, dim=3)  # [nodes, N, members, classes]
     kk = k.reshape(1, -1, 1, k.shape[1])
-    p_k = (p * kk).sum(dim=3, keepdim=True)  # each member's probability of the class
-    m = z.shape[2]
-    p_mean = p_k.mean(dim=2, keepdim=True)
-    return p_k * (kk - p) / (m * p_mean)
+    own = (torch.log_softmax(z, dim=3) * kk).sum(dim=3, keepdim=True)  # log p[m, k]
+    return torch.softmax(own, dim=2) * (kk - p)
 
 
 def level_frequencies(pre: Preprocess, enc: Encoded, rows: np.ndarray) -> list[np.ndarray]:

@@ -96,13 +96,16 @@ class NativeCodec:
         for row, messages in request.enc.warnings.items():
             answers[row]["warnings"] = messages
         if result.effects is not None and self.explainer is not None and request.explain is not None:
-            labels = [a.get("label") for a in answers]
-            reasons = self.explainer.reasons(result.effects, request.explain, request.values or [], labels)
-            for answer, these, score, base in zip(
-                answers, reasons, result.effects.score.tolist(), result.effects.baseline.tolist(), strict=True
+            found, of = result.effects, self.explainer.stats["score"]
+            labels = self.explainer.explained_labels(found, [a.get("label") for a in answers])
+            reasons = self.explainer.reasons(found, request.explain, request.values or [], labels)
+            for answer, these, score, base, label in zip(
+                answers, reasons, found.score.tolist(), found.baseline.tolist(), labels, strict=True
             ):
                 answer["reasons"] = these
-                answer["explanation"] = {"score": score, "reference": base, "of": self.explainer.stats["score"]}
+                answer["explanation"] = {"score": score, "reference": base, "of": of}
+                if pre.task == "multiclass":
+                    answer["explanation"]["class"] = label
         return answers
 
 

@@ -144,3 +144,23 @@ def test_a_bundle_from_before_reason_codes_says_so(churn_bundle: bundle.BundleRe
     assert plain.status_code == 200 and "reasons" not in plain.json()["predictions"][0]
     assert asked.status_code == 422 and "retrain" in asked.json()["error"]
     assert "attributions" not in {o["name"] for o in meta["outputs"]}
+
+
+def test_far_values_are_explained_and_sentences_read_values_as_the_model_does(churn_server) -> None:
+    far = {**_record(), "tenure": 500, "TotalCharges": 1e5, "SeniorCitizen": 1.0}
+    got = httpx.post(churn_server.url + "/predict", json={"records": [far], "explain": "all"})
+    assert got.status_code == 200, got.text
+    answer = got.json()["predictions"][0]
+    effects = [r["effect"] for r in answer["reasons"]]
+    assert all(np.isfinite(effects)) and answer["explanation"]["score"] is not None
+    assert abs(sum(effects) - (answer["explanation"]["score"] - answer["explanation"]["reference"])) < 1e-3
+    texts = {r["field"]: r["text"] for r in answer["reasons"]}
+    assert "higher than any training record" in texts["tenure"]
+    low = {**_record(), "tenure": 0}  # the training minimum: many records share it, none is below
+    texts = {
+        r["field"]: r["text"]
+        for r in httpx.post(churn_server.url + "/predict", json={"records": [low], "explain": "all"}).json()[
+            "predictions"
+        ][0]["reasons"]
+    }
+    assert "than any" not in texts["tenure"]
