@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from score import build
+from score import build, run_cli
 from serve import ROOT, churn_bundle, free_port, lua_script, server, telco_body, v2_body, wrk
 
 
@@ -88,13 +86,7 @@ def compare_scoring(args: argparse.Namespace) -> None:
     checkouts = {"A": args.a.resolve(), "B": args.b.resolve()}
 
     def rate(name: str) -> float:
-        cmd = [*cli(checkouts[name]), "score", "--model", "churn", "--input", str(source)]
-        cmd += ["--output", str(work / f"{name}.csv"), "--models-dir", str(args.models)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        found = re.search(r"\(([\d,]+) rows/s\)", out)
-        if not found:
-            raise SystemExit(f"no rows/s in the output of {name}: {out}")
-        return float(found.group(1).replace(",", ""))
+        return run_cli("churn", args.models, source, work / f"{name}.csv", command=cli(checkouts[name]))[0]
 
     ratios = []
     for i in range(args.pairs):

@@ -11,23 +11,9 @@ Bar (issue 17): explain ≥ 0.3× plain.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
 from pathlib import Path
 
-from score import ROOT, build
-
-
-def run(model: str, models: Path, source: Path, target: Path, extra: list[str]) -> float:
-    """rows/s that one `tabserve score` process reports."""
-    cmd = [sys.executable, "-m", "tabserve.cli", "score", "--model", model, "--models-dir", str(models)]
-    cmd += ["--input", str(source), "--output", str(target), *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    found = re.search(r"\(([\d,]+) rows/s\)", done.stdout)
-    if done.returncode != 0 or not found:
-        raise SystemExit(f"tabserve score failed: {done.stdout}{done.stderr}")
-    return float(found.group(1).replace(",", ""))
+from score import ROOT, build, run_cli
 
 
 def main() -> None:
@@ -47,7 +33,7 @@ def main() -> None:
         first_plain = pair % 2 == 0
         for is_plain in (first_plain, not first_plain):
             extra = [] if is_plain else ["--explain", args.explain]
-            (plain if is_plain else explained).append(run(args.model, args.models, source, target, extra))
+            (plain if is_plain else explained).append(run_cli(args.model, args.models, source, target, extra)[0])
     print(f"{args.rows:,} rows CSV → CSV, {args.pairs} pairs")
     print("plain   rows/s:", ", ".join(f"{r:,.0f}" for r in plain))
     print(f"--explain {args.explain} rows/s:", ", ".join(f"{r:,.0f}" for r in explained))

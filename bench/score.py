@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,18 @@ def read_ceiling(path: Path, repeats: int) -> tuple[float, float]:
     return best, stream
 
 
-def run_cli(model: str, models: Path, source: Path, target: Path) -> tuple[float, float, float]:
-    """(rows/s the CLI reports, wall seconds, peak RSS MB) of one `tabserve score` process."""
-    cmd = [sys.executable, "-m", "tabserve.cli", "score", "--model", model, "--input", str(source)]
-    cmd += ["--output", str(target), "--models-dir", str(models)]
+def run_cli(
+    model: str,
+    models: Path,
+    source: Path,
+    target: Path,
+    extra: Sequence[str] = (),
+    command: Sequence[str] = (sys.executable, "-m", "tabserve.cli"),
+) -> tuple[float, float, float]:
+    """(rows/s the CLI reports, wall seconds, peak RSS MB) of one `tabserve score` process
+    (`command`: how to run `tabserve`, e.g. another checkout's code)."""
+    cmd = [*command, "score", "--model", model, "--input", str(source)]
+    cmd += ["--output", str(target), "--models-dir", str(models), *extra]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0
@@ -80,10 +89,10 @@ def run_cli(model: str, models: Path, source: Path, target: Path) -> tuple[float
         time.sleep(0.02)
     wall = time.perf_counter() - started
     out = proc.stdout.read() if proc.stdout else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"tabserve score failed: {out}")
     found = re.search(r"\(([\d,]+) rows/s\)", out)
-    rate = float(found.group(1).replace(",", "")) if found else float("nan")
+    if proc.returncode != 0 or not found:
+        raise SystemExit(f"tabserve score failed: {out}")
+    rate = float(found.group(1).replace(",", ""))
     return rate, wall, peak / 1024
 
 
