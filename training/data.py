@@ -63,11 +63,14 @@ class Target:
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read every cell as text (types are inferred later, the same way scoring parses them)."""
+    """Read every cell as text (types are inferred later, the same way scoring parses them); a
+    Parquet file (`.parquet`, or the PAR1 magic) is read the same way, each value as its text."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     head = p.open("rb").read(4096)
+    if p.suffix.lower() == ".parquet" or head[:4] == b"PAR1":
+        return _checked_frame(_read_parquet(p), p)
     if b"\x00" in head:
         raise DataError(f"{p} is not a CSV text file (binary content)")
     try:
@@ -82,11 +85,39 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
         raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
     df.columns = [str(c).strip() for c in df.columns]
+    return _checked_frame(df, p)
+
+
+def _checked_frame(df: pd.DataFrame, p: Path) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"{p} has a header but no data rows")
     if df.shape[1] < 2:
         raise DataError(f"{p} has {df.shape[1]} column; need a target and at least one feature")
     return df
+
+
+def _read_parquet(p: Path) -> pd.DataFrame:
+    """Every column as text, nulls as empty cells: what the same data looks like read from a CSV."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{p} is not a readable Parquet file: {exc}") from None
+    names = [str(c).strip() for c in table.column_names]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataError(f"column(s) named more than once in {p}: {', '.join(twice)}")
+    columns = {}
+    for name, column in zip(names, table.columns, strict=True):
+        try:
+            text = pc.cast(column, pa.string())
+        except pa.ArrowException as exc:  # nested values (lists, structs) have no one text
+            raise DataError(f"{p}: column {name!r} ({column.type}) cannot be read as values: {exc}") from None
+        columns[name] = pc.fill_null(text, "").to_numpy(zero_copy_only=False).astype(object)
+    return pd.DataFrame(columns)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -120,3 +120,24 @@ def test_bad_inputs_raise_one_clear_error(tmp_path: Path, make, message: str) ->
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+def test_a_parquet_file_trains_as_its_csv_does(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from training.pipeline import prepare_data
+
+    table = pcsv.read_csv(TELCO)  # typed columns: int64 tenure, double MonthlyCharges, text the rest
+    assert pa.types.is_integer(table.schema.field("tenure").type)
+    pq.write_table(table, tmp_path / "telco.parquet")
+    from_csv = prepare_data(quick_config(TELCO, "Churn", tmp_path / "a"), say=lambda _: None)
+    from_parquet = prepare_data(quick_config(tmp_path / "telco.parquet", "Churn", tmp_path / "b"), say=lambda _: None)
+    assert from_parquet.pre.to_json() == from_csv.pre.to_json()
+    np.testing.assert_array_equal(from_parquet.enc.num, from_csv.enc.num)  # NaN (missing) compares equal
+    np.testing.assert_array_equal(from_parquet.enc.cat, from_csv.enc.cat)
+    nested = pa.table({"x": pa.array([[1], [2]]), "y": pa.array(["a", "b"])})
+    pq.write_table(nested, tmp_path / "nested.parquet")
+    with pytest.raises(D.DataError, match="column 'x'"):
+        D.read_csv(tmp_path / "nested.parquet")
