@@ -55,4 +55,7 @@ class Settings(BaseSettings):
     proxy_headers: bool = Field(
         False, description="trust X-Forwarded-* (behind a proxy you run); off costs nothing per request"
     )
+    monitor_window: int = Field(
+        10_000, ge=100, description="scored records in each model's live drift window (GET /models/{name}/monitor)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")

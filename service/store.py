@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from service import bundle
 from service.batching import AdaptiveBatcher
+from service.drift import Drift
 from service.explain import Effects, Explainer
 from service.features import Encoded, Preprocess
 from service.protocols import codecs_for
@@ -49,6 +50,7 @@ class LoadedModel:
     codecs: dict[str, Codec]  # protocol name → its codec for this model
     explainer: Explainer | None = None  # None: a bundle from before reason codes
     explain_batcher: AdaptiveBatcher | None = None  # model and explain graphs together, apart from plain requests
+    drift: Drift | None = None  # the live drift window (None: a bundle from before drift.json)
     loaded_at: float = field(default_factory=time.time)
     # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
@@ -126,21 +128,36 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
             on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
         )
 
+    drift = load_drift(ref, pre, settings)
+
+    def scored(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
+        out = run(num, cat)
+        if drift is not None:
+            drift.update(num, cat, out)
+        return out
+
     explainer = load_explainer(ref, pre, settings)
     codecs = codecs_for(pre, settings.max_records, explainer)
-    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(run), codecs, explainer)
+    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(scored), codecs, explainer)
+    model.drift = drift
     if explainer is not None:
 
         def run_both(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
             found = explainer.run(num, cat)
             extra = [found.score[:, None], found.baseline[:, None], np.asarray(found.target, np.float32)[:, None]]
-            parts = [run(num, cat), found.effects, *extra]
+            parts = [scored(num, cat), found.effects, *extra]
             return np.concatenate(parts, axis=1)
 
         run_both(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
         model.explain_batcher = batcher(run_both)
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
     return model
+
+
+def load_drift(ref: bundle.BundleRef, pre: Preprocess, settings: Settings) -> Drift | None:
+    """The live drift window, or None for a bundle from before drift.json."""
+    path = ref.path / bundle.DRIFT_FILE
+    return Drift(pre, json.loads(path.read_text()), settings.monitor_window) if path.is_file() else None
 
 
 def load_explainer(ref: bundle.BundleRef, pre: Preprocess, settings: Settings) -> Explainer | None:
@@ -332,6 +349,7 @@ class ModelStore:
         self.telemetry.reloads.labels("loaded").inc()
         self.telemetry.model_info.labels(model.name, str(model.version), model.provider).set(1)
         self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)
+        self.telemetry.drift[model.name] = model.drift  # a new version starts a new window
         if old is not None:
             old.close()  # in-flight requests finish on the session they started on
             self.telemetry.model_info.labels(old.name, str(old.version), old.provider).set(0)

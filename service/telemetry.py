@@ -11,8 +11,10 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from service.drift import Drift
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -50,6 +52,7 @@ class Telemetry(Collector):
         self._batch_rows: dict[str, Histogram] = {}
         self._inference: dict[str, Histogram] = {}
         self._warnings: dict[tuple[str, str, str], int] = {}
+        self.drift: dict[str, Drift | None] = {}  # model → its serving version's drift window
         self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
@@ -109,6 +112,27 @@ class Telemetry(Collector):
             yield warnings
             yield _histograms("tabserve_batch_rows", "Rows per ONNX Runtime call", "model", self._batch_rows)
             yield _histograms("tabserve_inference_seconds", "ONNX Runtime call time", "model", self._inference)
+        yield from self._drift()
+
+    def _drift(self) -> Iterator[Metric]:
+        """PSI of each feature and of the score over each model's window, and missing rates."""
+        feature = GaugeMetricFamily(
+            "tabserve_feature_psi", "PSI of a feature, live window vs training", labels=["model", "field"]
+        )
+        score = GaugeMetricFamily("tabserve_score_psi", "PSI of the score, live window vs training", labels=["model"])
+        missing = GaugeMetricFamily(
+            "tabserve_missing_rate", "Share of missing values in the live window", labels=["model", "field"]
+        )
+        for model, drift in list(self.drift.items()):
+            if drift is None:
+                continue
+            report = drift.report()
+            score.add_metric([model], report["score"]["psi"])
+            for field, doc in report["features"].items():
+                feature.add_metric([model, field], doc["psi"])
+                if "missing_rate" in doc:
+                    missing.add_metric([model, field], doc["missing_rate"])
+        yield from (feature, score, missing)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

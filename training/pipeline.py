@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from service import bundle
+from service.drift import reference_distribution, score_of
 from service.features import Encoded, Preprocess
 from training import data as D
 from training import export, report
@@ -141,7 +142,9 @@ def train(
     result = TrainResult(pre, metrics, histories)
     if publish:
         doc = _describe(prep, cfg, metrics, started)
-        write = _bundle_writer(prep, cfg, scorer, histories, test_out, doc)
+        fit = fit_rows_of(split, cfg)
+        reference = reference_distribution(pre, prep.enc.num[fit], prep.enc.cat[fit], score_of(pre, val_out))
+        write = _bundle_writer(prep, cfg, scorer, histories, test_out, doc, reference)
         result.bundle = bundle.publish(bundle.models_dir(cfg.models_dir), cfg.name, write)
     metrics["train_seconds"] = time.perf_counter() - started
     return result
@@ -198,6 +201,7 @@ def _bundle_writer(
     histories: list[History],
     test_out: np.ndarray,
     doc: dict[str, Any],
+    reference: dict[str, Any],
 ) -> Callable[[Path], None]:
     test = prep.split.test
 
@@ -209,6 +213,7 @@ def _bundle_writer(
             scorer, onnx_path, prep.enc.num[test], prep.enc.cat[test], tol
         )
         prep.pre.save(out / bundle.PREPROCESS_FILE)
+        (out / bundle.DRIFT_FILE).write_text(json.dumps(reference) + "\n")
         fit_rows = fit_rows_of(prep.split, cfg)
         doc["metrics"]["explanations"] = write_explainer(fused, prep.pre, prep.enc, fit_rows, test, out)
         metrics_doc = {**doc["metrics"], **{k: doc[k] for k in ("config", "data", "versions", "created")}}

@@ -39,6 +39,19 @@ def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
     }
 
 
+@router.get("/{name}/monitor", responses={404: {}})
+def monitor(name: str, store: StoreDep) -> dict[str, Any]:
+    """Live drift: PSI of each feature and of the score over the last scored records against training
+    (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act), and each numeric's missing rate."""
+    try:
+        model = store.get(name)
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    if model.drift is None:
+        raise HTTPException(404, f"{model.name} version {model.version} has no drift.json: retrain it for live drift")
+    return {"model": model.name, "version": model.version, **model.drift.report()}
+
+
 @router.get("/{name}", responses={404: {}})
 def get_model(name: str, store: StoreDep) -> dict[str, Any]:
     """Features, task, version, labels, threshold, test metrics, provider, an example record and

@@ -1,0 +1,123 @@
+"""Live drift: how far the records a model scores have moved from its training population.
+
+Training stores each feature's reference distribution in the bundle (`drift.json`: numeric
+deciles and their shares plus the missing share, categorical level shares, the score's deciles).
+Here each batch's rows are counted into the same bins (a few numpy calls per batch, on the
+inference thread) over a sliding window of the last `monitor_window` records, and the population
+stability index (PSI) of each feature and of the score is read off the counts: < 0.1 stable,
+0.1–0.25 moderate, > 0.25 act.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from service.features import Preprocess
+
+SMOOTH = 1e-4  # a share of zero would make PSI infinite; the usual smoothing
+
+
+def score_of(pre: Preprocess, out: np.ndarray) -> np.ndarray:
+    """The one number per row whose distribution is watched: the positive class's probability,
+    the most probable class's, or the value."""
+    if pre.task == "binary":
+        return np.asarray(out[:, 1])
+    return np.asarray(out.max(axis=1) if pre.task == "multiclass" else out[:, 0])
+
+
+def reading(psi: float) -> str:
+    """The usual reading of a PSI."""
+    return "stable" if psi < 0.1 else "moderate" if psi <= 0.25 else "act"
+
+
+class Drift:
+    """One model's drift window: bin counts of the last `window` scored records."""
+
+    def __init__(self, pre: Preprocess, reference: dict[str, Any], window: int) -> None:
+        self.pre, self.window = pre, window
+        features = reference["features"]
+        self._edges = [np.asarray(features[f.name]["edges"], np.float64) for f in pre.numeric]
+        self._score_edges = np.asarray(reference["score"]["edges"], np.float64)
+        # one flat vector of bins: each numeric's (deciles + missing), each categorical's levels, the score's
+        sizes = [len(e) + 2 for e in self._edges] + [f.cardinality for f in pre.categorical]
+        sizes.append(len(self._score_edges) + 1)
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        names = [f.name for f in pre.numeric] + [f.name for f in pre.categorical]
+        self._names = names
+        expected = [features[name]["shares"] for name in names] + [reference["score"]["shares"]]
+        self._expected = [np.asarray(e, np.float64) for e in expected]
+        self._cat_offsets = self._offsets[len(pre.numeric) : len(pre.numeric) + len(pre.categorical)]
+        self._counts = np.zeros(self._offsets[-1], np.int64)
+        self._chunks: deque[tuple[np.ndarray, int]] = deque()
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def update(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray) -> None:
+        """Count a batch of scored rows (called from inference threads)."""
+        n = len(num)
+        if not n:
+            return
+        places = []
+        for j, edges in enumerate(self._edges):
+            values = num[:, j]
+            where = np.searchsorted(edges, values, side="right")
+            places.append(np.where(np.isnan(values), len(edges) + 1, where) + self._offsets[j])
+        if cat.shape[1]:
+            places.append((cat + self._cat_offsets).ravel())
+        score = np.searchsorted(self._score_edges, score_of(self.pre, out), side="right")
+        places.append(score + self._offsets[-2])
+        counts = np.bincount(np.concatenate(places), minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._chunks.append((counts, n))
+            self._rows += n
+            while self._chunks and self._rows - self._chunks[0][1] >= self.window:
+                old, old_n = self._chunks.popleft()
+                self._counts -= old
+                self._rows -= old_n
+
+    def report(self) -> dict[str, Any]:
+        """PSI per feature and of the score over the window, with each numeric's missing rate."""
+        with self._lock:
+            counts, rows = self._counts.copy(), self._rows
+        features: dict[str, Any] = {}
+        psis = []
+        for i, expected in enumerate(self._expected):
+            part = counts[self._offsets[i] : self._offsets[i + 1]]
+            actual = part / rows if rows else np.zeros(len(part))
+            psi = float(np.sum((actual - expected) * np.log((actual + SMOOTH) / (expected + SMOOTH)))) if rows else 0.0
+            psis.append(psi)
+            if i < len(self._names):
+                doc: dict[str, Any] = {"psi": psi, "reading": reading(psi)}
+                if i < len(self._edges):
+                    doc["missing_rate"] = float(actual[-1])
+                features[self._names[i]] = doc
+        score = psis[-1]
+        return {"window_rows": rows, "score": {"psi": score, "reading": reading(score)}, "features": features}
+
+
+def reference_distribution(pre: Preprocess, num: np.ndarray, cat: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """drift.json from training rows: deciles and shares per numeric (the last share: missing),
+    level shares per categorical (code 0: missing or rare), the score's deciles and shares."""
+    features: dict[str, Any] = {}
+    for j, feat in enumerate(pre.numeric):
+        features[feat.name] = _binned(num[:, j])
+    for j, cfeat in enumerate(pre.categorical):
+        counts = np.bincount(cat[:, j], minlength=cfeat.cardinality)
+        features[cfeat.name] = {"shares": (counts / max(len(cat), 1)).tolist()}
+    score = _binned(scores.astype(np.float64))
+    score["shares"] = score["shares"][:-1]  # a score is never missing
+    return {"format_version": 1, "features": features, "score": score}
+
+
+def _binned(values: np.ndarray) -> dict[str, Any]:
+    present = values[~np.isnan(values)]
+    edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9))) if len(present) else np.empty(0)
+    where = np.searchsorted(edges, values, side="right")
+    where = np.where(np.isnan(values), len(edges) + 1, where)
+    counts = np.bincount(where, minlength=len(edges) + 2)
+    return {"edges": edges.tolist(), "shares": (counts / max(len(values), 1)).tolist()}

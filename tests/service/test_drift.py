@@ -1,0 +1,52 @@
+"""Live drift against the real service: records like training's stay stable; one feature shifted
+crosses PSI 0.25 while the others stay under 0.1, in GET /models/{name}/monitor and /metrics."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+
+from service import bundle
+from tests.service.conftest import running_server, telco_records
+
+RECORDS = telco_records(3000, start=1000)
+
+
+def _send(url: str, records: list[dict[str, object]]) -> None:
+    for i in range(0, len(records), 100):
+        assert httpx.post(url + "/predict", json={"records": records[i : i + 100]}).status_code == 200
+
+
+def test_a_shifted_feature_crosses_the_threshold_and_the_others_stay(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = tmp_path / "models"
+    shutil.copytree(churn_bundle.path.parent.parent, store)
+    with running_server(store, env={"TABSERVE_MONITOR_WINDOW": "2000"}) as server:
+        _send(server.url, RECORDS[:2000])
+        before = httpx.get(server.url + "/models/churn/monitor").json()
+        _send(server.url, [{**r, "Contract": "Month-to-month"} for r in RECORDS[:2000]])
+        after = httpx.get(server.url + "/models/churn/monitor").json()
+        metrics = httpx.get(server.url + "/metrics").text
+    assert before["window_rows"] == after["window_rows"] == 2000
+    assert max(doc["psi"] for doc in before["features"].values()) < 0.1, before
+    shifted = after["features"].pop("Contract")
+    assert shifted["psi"] > 0.25 and shifted["reading"] == "act"
+    assert all(doc["psi"] < 0.1 for doc in after["features"].values()), after
+    assert after["score"]["psi"] > before["score"]["psi"]  # month-to-month customers churn more
+    line = next(x for x in metrics.splitlines() if x.startswith('tabserve_feature_psi{field="Contract"'))
+    assert abs(float(line.split()[-1]) - shifted["psi"]) < 1e-9
+    assert 'tabserve_missing_rate{field="TotalCharges",model="churn"}' in metrics
+
+
+def test_a_bundle_without_a_reference_says_so(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    shutil.copytree(churn_bundle.path.parent.parent, store)
+    for path in store.glob(f"*/*/{bundle.DRIFT_FILE}"):
+        path.unlink()
+    with running_server(store) as server:
+        got = httpx.get(server.url + "/models/churn/monitor")
+        assert httpx.post(server.url + "/predict", json={"records": RECORDS[:3]}).status_code == 200
+    assert got.status_code == 404 and "retrain" in got.json()["error"]
