@@ -148,7 +148,7 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
             parts = [scored(num, cat), found.effects, *extra]
             return np.concatenate(parts, axis=1)
 
-        run_both(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
+        explainer.run(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
         model.explain_batcher = batcher(run_both)
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
     return model
