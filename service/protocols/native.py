@@ -50,7 +50,7 @@ class NativeCodec:
 
     def decode(self, body: bytes, headers: Headers | None = None, explain: Explain | None = None) -> InferenceRequest:
         """A body → model inputs and ids; errors name the record and the field."""
-        if self.typed is not None and explain is None and b'"explain"' not in body:  # the typed rungs skip it
+        if self.typed is not None and explain is None:  # the typed rungs hand back a body that asks for reasons
             request = self.typed.decode(body, self.max_records)
             if request is not None:
                 return request
@@ -140,7 +140,9 @@ class TypedRecords:
         fields += [(attr, Any, msgspec.UNSET) for attr in ids.values()]
         rename = {attr: name for name, attr in [*names.items(), *ids.items()]}
         record = msgspec.defstruct("Record", fields, rename=rename, gc=False)
-        self._decoder = msgspec.json.Decoder(msgspec.defstruct("Body", [("records", list[record])]))  # type: ignore[valid-type]
+        # `explain` is read only to hand such a body to the general path (the C rung takes `records` alone)
+        body = msgspec.defstruct("Body", [("records", list[record]), ("explain", Any, msgspec.UNSET)])  # type: ignore[valid-type]
+        self._decoder = msgspec.json.Decoder(body)
         self._numbers = Fields([names[f.name] for f in pre.numeric], operator.attrgetter)
         self._levels = Fields([names[f.name] for f in pre.categorical], operator.attrgetter)
         self._ids = [(col, operator.attrgetter(attr)) for col, attr in ids.items()]
@@ -153,9 +155,12 @@ class TypedRecords:
             if decoded is not None:
                 return self.from_plain(*decoded)
         try:
-            records = self._decoder.decode(raw).records  # type: ignore[attr-defined]
+            typed = self._decoder.decode(raw)
         except (msgspec.MsgspecError, RecursionError):  # a deep id value: the general path explains it
             return None
+        if typed.explain is not msgspec.UNSET:  # type: ignore[attr-defined]
+            return None
+        records = typed.records  # type: ignore[attr-defined]
         n = len(records)
         if not 0 < n <= max_records:
             return None

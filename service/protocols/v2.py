@@ -186,8 +186,7 @@ class V2Codec:
         """A request body (JSON, or JSON then binary tensors) → model inputs, its id and outputs;
         the `attributions` output, or the `explain` parameter, asks for each feature's effect."""
         text, binary = split_binary(body, header_length(headers.get(b"inference-header-content-length")))
-        plain = not binary and explain is None and b'"explain"' not in text and b'"attributions"' not in text
-        single = self._single_row(text) if plain else None
+        single = self._single_row(text) if not binary and explain is None else None
         if single is not None:
             return single
         doc = parse_json(text)
@@ -221,6 +220,8 @@ class V2Codec:
             if len(self._layouts) < LAYOUTS_KEPT:
                 self._layouts[key] = layout
         outputs = None if request.outputs is None else known_outputs(self.outputs, [o.name for o in request.outputs])
+        if request.parameters is not None or (outputs is not None and ATTRIBUTIONS in outputs):
+            return None  # parameters (`explain`) and attributions: the full path reads them
         values = [data[0] for data in map(_DATA, inputs)]
         num_at, cat_at = layout
         request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
@@ -298,6 +299,7 @@ def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:
         ("inputs", list[tensor]),  # type: ignore[valid-type]
         ("id", Any, msgspec.UNSET),
         ("outputs", list[_Output] | None, None),
+        ("parameters", dict[str, Any] | None, None),
     ]
     return msgspec.json.Decoder(msgspec.defstruct("SingleRowRequest", fields, gc=False))
 
