@@ -3,13 +3,12 @@ crosses PSI 0.25 while the others stay under 0.1, in GET /models/{name}/monitor 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
 
 from service import bundle
-from tests.service.conftest import running_server, telco_records
+from tests.service.conftest import copy_store, running_server, telco_records
 
 RECORDS = telco_records(3000, start=1000)
 
@@ -22,8 +21,7 @@ def _send(url: str, records: list[dict[str, object]]) -> None:
 def test_a_shifted_feature_crosses_the_threshold_and_the_others_stay(
     churn_bundle: bundle.BundleRef, tmp_path: Path
 ) -> None:
-    store = tmp_path / "models"
-    shutil.copytree(churn_bundle.path.parent.parent, store)
+    store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store, env={"TABSERVE_MONITOR_WINDOW": "2000"}) as server:
         _send(server.url, RECORDS[:2000])
         before = httpx.get(server.url + "/models/churn/monitor").json()
@@ -42,8 +40,7 @@ def test_a_shifted_feature_crosses_the_threshold_and_the_others_stay(
 
 
 def test_a_bundle_without_a_reference_says_so(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
-    store = tmp_path / "models"
-    shutil.copytree(churn_bundle.path.parent.parent, store)
+    store = copy_store(churn_bundle, tmp_path / "models")
     for path in store.glob(f"*/*/{bundle.DRIFT_FILE}"):
         path.unlink()
     with running_server(store) as server:

@@ -4,7 +4,6 @@ route gives the same effects for the same record, and a bad `explain` is refused
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from service.explain import Explainer
 from service.features import Preprocess
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
-from tests.service.conftest import running_server, telco_records
+from tests.service.conftest import copy_store, running_server, telco_records
 
 TASKS = [
     (TELCO, "Churn", "binary"),
@@ -77,8 +76,7 @@ def _v2_body(pre: Preprocess, record: dict[str, object], **extra: object) -> dic
 def test_every_route_gives_the_same_effects(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     pre = churn_bundle.preprocess
     record = _record()
-    store = tmp_path / "models"
-    shutil.copytree(churn_bundle.path.parent.parent, store)
+    store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store) as server:
         native = httpx.post(server.url + "/predict", json={"records": [record], "explain": "all"}).json()
         query = httpx.post(server.url + "/predict?explain=all", json={"records": [record]}).json()
@@ -133,8 +131,7 @@ def test_a_bad_explain_is_refused_naming_it(churn_server, bad: object) -> None:
 
 
 def test_a_bundle_from_before_reason_codes_says_so(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
-    store = tmp_path / "models"
-    shutil.copytree(churn_bundle.path.parent.parent, store)
+    store = copy_store(churn_bundle, tmp_path / "models")
     for path in store.glob(f"*/*/{bundle.EXPLAIN_FILE}"):
         path.unlink()
     with running_server(store) as server:
