@@ -79,9 +79,7 @@ class Drift:
         n = len(num)
         places = []
         for j, edges in enumerate(self._edges):
-            values = num[:, j]
-            where = np.searchsorted(edges, values, side="right")
-            places.append(np.where(np.isnan(values), len(edges) + 1, where) + self._offsets[j])
+            places.append(_bin(edges, num[:, j]) + self._offsets[j])
         if cat.shape[1]:
             places.append((cat + self._cat_offsets).ravel())
         score = np.searchsorted(self._score_edges, score_of(self.pre, out), side="right")
@@ -133,7 +131,11 @@ def reference_distribution(pre: Preprocess, num: np.ndarray, cat: np.ndarray, sc
 def _binned(values: np.ndarray) -> dict[str, Any]:
     present = values[~np.isnan(values)]
     edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9))) if len(present) else np.empty(0)
-    where = np.searchsorted(edges, values, side="right")
-    where = np.where(np.isnan(values), len(edges) + 1, where)
-    counts = np.bincount(where, minlength=len(edges) + 2)
+    counts = np.bincount(_bin(edges, values), minlength=len(edges) + 2)
     return {"edges": edges.tolist(), "shares": (counts / max(len(values), 1)).tolist()}
+
+
+def _bin(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's bin among the edges; NaN (missing) in the bin after the last: the one rule for
+    training's reference and the live window."""
+    return np.where(np.isnan(values), len(edges) + 1, np.searchsorted(edges, values, side="right"))

@@ -263,7 +263,7 @@ class ReasonColumns:
             return [
                 pa.array(found.effects[:, j].astype(np.float64), mask=failed) for j in range(found.effects.shape[1])
             ]
-        order, keep = self.order(found)
+        order, keep = self.explainer.order(found, self.k)
         keep &= ~failed[:, None]
         picked = np.take_along_axis(found.effects, order, axis=1)
         label = label_index if label_index is not None and len(self._labels) > 1 else np.zeros(len(order), np.intp)
@@ -277,19 +277,6 @@ class ReasonColumns:
                 pa.array(picked[:, i].astype(np.float64), mask=empty),
             ]
         return out
-
-    def order(self, found: Effects) -> tuple[np.ndarray, np.ndarray]:
-        """`Explainer.order` (the first feature of a tie first) by k passes of argmax, not a sort of every feature."""
-        # effects × ±1 is exact in float32, so the picks equal the float64 comparisons of Explainer.order
-        toward = found.effects * self.explainer.direction(found).astype(np.float32)[:, None]
-        if not np.isfinite(toward).all():  # argmax and argsort would place a NaN differently
-            return self.explainer.order(found, self.k)
-        rows, left = np.arange(len(toward)), toward.copy()
-        order = np.empty((len(toward), self.k), np.intp)
-        for i in range(self.k):
-            order[:, i] = top = left.argmax(axis=1)
-            left[rows, top] = -np.inf
-        return order, np.take_along_axis(toward, order, axis=1) > 0
 
     def _sentences_of(
         self, batch: pa.RecordBatch, order: np.ndarray, keep: np.ndarray, outcome: np.ndarray
