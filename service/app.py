@@ -15,8 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitoring.log import PredictionLog
 from service import accelerators
-from service.api import admin, health, metrics, models, openapi, protocols, score
+from service.api import admin, feedback, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
 from service.dataplane import DataPlane
 from service.http import protocol_for
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     telemetry = Telemetry()
     store = ModelStore(settings, telemetry)
+    prediction_log = open_log(settings)
+    telemetry.log = prediction_log.counts if prediction_log is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -81,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loader = asyncio.create_task(_load_then_poll(store, settings))
         yield
         loader.cancel()
+        if prediction_log is not None:  # after the last request is answered: everything accepted is written
+            await asyncio.to_thread(prediction_log.close)
 
     app = TabserveApp(
         title="tabserve",
@@ -94,14 +99,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.accelerators = accelerators.report()  # a missing one is said once, at start
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    for router in (health.router, models.router, score.router, protocols.router, admin.router, metrics.router):
+    for router in (
+        health.router,
+        models.router,
+        feedback.router,
+        score.router,
+        protocols.router,
+        admin.router,
+        metrics.router,
+    ):
         app.include_router(router)
     openapi.install(app, store, settings.max_records)
     openapi.install_docs(app)
     app.add_middleware(RequestMetrics, telemetry=telemetry)
-    app.state.plane, app.state.uploads = DataPlane(store), Uploads(settings, telemetry)
+    app.state.plane, app.state.uploads = DataPlane(store, prediction_log), Uploads(settings, telemetry, prediction_log)
     app.predict_endpoint = PredictEndpoint(app.state.plane, settings, telemetry)
     return app
+
+
+def open_log(settings: Settings) -> PredictionLog | None:
+    """The prediction log the settings ask for (None: off)."""
+    if settings.log is None:
+        return None
+    return PredictionLog(
+        settings.log,
+        sample=settings.log_sample,
+        exclude=settings.log_exclude,
+        flush_s=settings.log_flush_s,
+        rotate_s=settings.log_rotate_s,
+        file_rows=settings.log_file_rows,
+        buffer_rows=settings.log_buffer_rows,
+    )
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from monitoring.log import PredictionLog
 from service.errors import InputError
 from service.protocols.base import InferenceRequest, InferenceResult
 from service.store import LoadedModel, ModelStore, NoExplainer
@@ -13,8 +14,8 @@ from service.store import LoadedModel, ModelStore, NoExplainer
 class DataPlane:
     """Model lookup and inference for every scoring route."""
 
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
+    def __init__(self, store: ModelStore, log: PredictionLog | None = None) -> None:
+        self.store, self.log = store, log
 
     def model(self, name: str | None) -> LoadedModel:
         """The serving version (name None: the default model); raises ModelNotFound."""
@@ -30,7 +31,20 @@ class DataPlane:
         """The model's outputs for a request, through its batcher (with each feature's effect when
         the request asks for reasons: a batcher of their own, so other requests pay nothing)."""
         if request.explain is None:
-            return InferenceResult(model.name, model.version, await model.infer(request.enc, timeout), request)
+            result = InferenceResult(model.name, model.version, await model.infer(request.enc, timeout), request)
+        else:
+            result = await self._explained(model, request, timeout)
+        if self.log is not None:
+            enc = request.enc
+            request_id = request.request_id or (request.id if type(request.id) is str else None)
+            self.log.add(
+                model.name, model.version, model.pre, enc.num, enc.cat, result.out, request.ids,
+                levels=request.levels, request=request_id,
+            )  # fmt: skip
+        return result
+
+    @staticmethod
+    async def _explained(model: LoadedModel, request: InferenceRequest, timeout: float | None) -> InferenceResult:
         try:
             out, effects = await model.explain(request.enc, timeout)
         except NoExplainer as exc:

@@ -30,6 +30,15 @@ def score_of(pre: Preprocess, out: np.ndarray) -> np.ndarray:
     return np.asarray(out.max(axis=1) if pre.task == "multiclass" else out[:, 0])
 
 
+def population_stability(counts: np.ndarray, expected: np.ndarray) -> float:
+    """PSI of observed bin counts against expected shares (0.0 with nothing observed)."""
+    rows = counts.sum()
+    if not rows:
+        return 0.0
+    actual = counts / rows
+    return float(np.sum((actual - expected) * np.log((actual + SMOOTH) / (expected + SMOOTH))))
+
+
 def reading(psi: float) -> str:
     """The usual reading of a PSI."""
     return "stable" if psi < 0.1 else "moderate" if psi <= 0.25 else "act"
@@ -103,7 +112,7 @@ class Drift:
         for i, expected in enumerate(self._expected):
             part = counts[self._offsets[i] : self._offsets[i + 1]]
             actual = part / rows if rows else np.zeros(len(part))
-            psi = float(np.sum((actual - expected) * np.log((actual + SMOOTH) / (expected + SMOOTH)))) if rows else 0.0
+            psi = population_stability(part, expected)
             psis.append(psi)
             if i < len(self._names):
                 doc: dict[str, Any] = {"psi": psi, "reading": reading(psi)}

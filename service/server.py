@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -48,7 +49,7 @@ def run_server(flags: dict[str, Any]) -> None:
     if settings.workers > 1:
         # workers are separate processes; they rebuild the same Settings from the environment.
         for key, value in settings.model_dump(exclude_none=True).items():
-            os.environ[f"TABSERVE_{key.upper()}"] = str(value)
+            os.environ[f"TABSERVE_{key.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
         uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
         return
     from service.app import create_app

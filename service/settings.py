@@ -58,4 +58,17 @@ class Settings(BaseSettings):
     monitor_window: int = Field(
         10_000, ge=100, description="scored records in each model's live drift window (GET /models/{name}/monitor)"
     )
+    log: str | None = Field(
+        None, description="prediction log: a folder (or a URI pyarrow reads) that every scored record is appended to"
+    )
+    log_sample: float = Field(1.0, gt=0, le=1, description="share of requests logged (whole requests)")
+    log_exclude: list[str] = Field(
+        default_factory=list, description="fields never written to the log (PII); repeat the flag for more"
+    )
+    log_flush_s: float = Field(1.0, gt=0, description="log records go to disk this often: what a crash can lose")
+    log_rotate_s: float = Field(600.0, gt=0, description="a log file is closed after this long (or at log_file_rows)")
+    log_file_rows: int = Field(500_000, ge=1, description="rows per log file at most")
+    log_buffer_rows: int = Field(
+        200_000, ge=1, description="records waiting for the log writer; beyond, dropped and counted (never a delay)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")

@@ -9,12 +9,17 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.drift import Drift
+
+if TYPE_CHECKING:
+    from monitoring.accuracy import LiveAccuracy
+    from monitoring.log import LogCounts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -53,6 +58,8 @@ class Telemetry(Collector):
         self._inference: dict[str, Histogram] = {}
         self._warnings: dict[tuple[str, str, str], int] = {}
         self.drift: dict[str, Drift | None] = {}  # model → its serving version's drift window
+        self.log: LogCounts | None = None  # the prediction log's counts, when it is on
+        self.accuracy: dict[str, LiveAccuracy] = {}  # model → its labelled predictions (feedback)
         self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
@@ -113,6 +120,38 @@ class Telemetry(Collector):
             yield _histograms("tabserve_batch_rows", "Rows per ONNX Runtime call", "model", self._batch_rows)
             yield _histograms("tabserve_inference_seconds", "ONNX Runtime call time", "model", self._inference)
         yield from self._drift()
+        yield from self._log()
+        yield from self._accuracy()
+
+    def _accuracy(self) -> Iterator[Metric]:
+        """Live metrics per model and version over the labelled predictions (tabserve_live_auc, …)."""
+        families: dict[str, GaugeMetricFamily] = {}
+        for model, live in list(self.accuracy.items()):
+            for version, report in live.report().items():
+                for key, value in report.items():
+                    if isinstance(value, int | float) and value is not None:
+                        family = families.get(key)
+                        if family is None:
+                            family = families[key] = GaugeMetricFamily(
+                                f"tabserve_live_{key}",
+                                f"Live {key} over labelled predictions",
+                                labels=["model", "version"],
+                            )
+                        family.add_metric([model, version], float(value))
+        yield from families.values()
+
+    def _log(self) -> Iterator[Metric]:
+        """Records the prediction log wrote and dropped (a full buffer: never an error to the client)."""
+        if self.log is None:
+            return
+        written = CounterMetricFamily("tabserve_log_records", "Scored records written to the log", labels=["model"])
+        dropped = CounterMetricFamily(
+            "tabserve_log_dropped", "Scored records the log dropped (its buffer was full)", labels=["model"]
+        )
+        for family, counts in ((written, self.log.written), (dropped, self.log.dropped)):
+            for model, n in list(counts.items()):
+                family.add_metric([model], n)
+        yield from (written, dropped)
 
     def _drift(self) -> Iterator[Metric]:
         """PSI of each feature and of the score over each model's window, and missing rates."""

@@ -31,6 +31,11 @@ ModelsDir = Annotated[
 ]
 
 
+LogDir = Annotated[
+    str | None,
+    typer.Option("--log", help="Prediction log folder (or a URI pyarrow reads): DIR/<model>/date=…/*.parquet."),
+]
+LogExclude = Annotated[list[str] | None, typer.Option(help="A field never written to the log (repeatable).")]
 SHOWN_WARNINGS = 8
 STDIO = "-"  # `--input -` / `--output -`: stdin / stdout
 
@@ -190,8 +195,11 @@ def _settings_options() -> list[inspect.Parameter]:
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else ()
         if kind is bool:
             flag = f"{flag}/--no-{flag[2:]}"
-        plain = str if choices else next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        default = field.default if field.default is not None else "none"
+        if typing.get_origin(kind) is list:
+            plain, default = kind, "none"
+        else:
+            plain = str if choices else next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            default = field.default if field.default is not None else "none"
         shown = f"{' | '.join(choices)}: " if choices else ""
         option = typer.Option(
             *([flag, "--models"] if name == "models_dir" else [flag]),
@@ -211,7 +219,7 @@ def serve(**flags: Any) -> None:
     from service.server import run_server
 
     try:
-        run_server({k: v for k, v in flags.items() if v is not None})
+        run_server({k: v for k, v in flags.items() if v is not None and v != []})
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
 
@@ -254,6 +262,8 @@ def score(
             help="Reason codes: N (1-100) adds reason_1, effect_1 … reason_N, effect_N; all adds effect_<feature> for every feature."
         ),
     ] = None,
+    log: LogDir = None,
+    log_exclude: LogExclude = None,
 ) -> None:
     """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
@@ -280,7 +290,8 @@ def score(
                     explain=reasons,
                 )
         elif engine == "local":
-            summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device, reasons)
+            with _prediction_log(log, log_exclude) as logged:
+                summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device, reasons, logged)
         else:
             raise ValueError(f"unknown engine {engine!r}: use local or ray")
     except (ValueError, RuntimeError, OSError) as exc:
@@ -309,13 +320,14 @@ def _score_local(
     chunk_rows: int,
     device: str,
     explain: Any,
+    log: Any = None,
 ) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from service.scoring.files import CsvSink, open_source, open_stream
     from service.scoring.local import Scorer, ScoringError, score_file, score_stream
 
-    scorer = Scorer(ref, device, explain=explain)  # type: ignore[arg-type]
+    scorer = Scorer(ref, device, explain=explain, log=log)  # type: ignore[arg-type]
     from_stdin = str(input) == STDIO
     if not from_stdin and not input.is_file():
         raise ScoringError(f"input file not found: {input}")
@@ -343,6 +355,155 @@ def _score_local(
         if str(output) == STDIO:
             return score_stream(scorer, source, lambda schema: CsvSink(sys.stdout.buffer, schema), **options)
         return score_file(scorer, source, output, **options)
+
+
+@contextlib.contextmanager
+def _prediction_log(root: str | None, exclude: list[str] | None) -> Iterator[Any]:
+    """`--log DIR`: a prediction log for the scored rows, closed (everything written) at the end."""
+    if root is None:
+        yield None
+        return
+    from monitoring.log import PredictionLog
+
+    log = PredictionLog(root, exclude=exclude or ())
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@app.command()
+def feedback(
+    model: Annotated[str, typer.Option(help="Model name (its serving version's contract checks the outcomes).")],
+    input: Annotated[
+        Path, typer.Option("--input", help="CSV (or JSON {records: [...]}) of id columns and the outcome.")
+    ],
+    log: Annotated[str, typer.Option("--log", help="The prediction log the ids were scored into.")],
+    models_dir: ModelsDir = None,
+    partial: Annotated[bool, typer.Option(help="Store the good records even when some are refused.")] = False,
+) -> None:
+    """Store delayed outcomes beside the prediction log, keyed by the model's id column."""
+    from monitoring.feedback import Feedback, records_of
+    from monitoring.log import LogLocation
+    from service.errors import InputError
+
+    try:
+        ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        media = "application/json" if input.suffix == ".json" else "text/csv"
+        stored = Feedback(LogLocation.of(log), ref.name, ref.preprocess).submit(
+            records_of(input.read_bytes(), media), partial
+        )
+    except InputError as exc:
+        for detail in exc.details[:SHOWN_WARNINGS]:
+            err_console.print(
+                f"  record {detail['record']}, field '{detail['field']}': {detail['message']}", markup=False
+            )
+        _fail(f"nothing stored: {exc} ({len(exc.details) or 1} record(s) refused)")
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored, {len(stored.refused):,} refused")
+    for detail in stored.refused[:SHOWN_WARNINGS]:
+        console.print(f"  record {detail['record']}, field '{detail['field']}': {detail['message']}", markup=False)
+
+
+log_app = typer.Typer(help="The prediction log.", no_args_is_help=True)
+app.add_typer(log_app, name="log")
+
+
+@log_app.command("export")
+def log_export(
+    model: Annotated[str, typer.Option(help="Model name.")],
+    log: Annotated[str, typer.Option("--log", help="The prediction log folder.")],
+    output: Annotated[Path, typer.Option(help="Parquet (or .csv) file to write.")],
+    labelled: Annotated[
+        bool, typer.Option(help="Only records with an outcome, the outcome under the target's name: a training file.")
+    ] = False,
+) -> None:
+    """Write logged records to one file (with --labelled, ready for `tabserve train --data`)."""
+    try:
+        from monitoring.report import LogReader
+
+        rows = LogReader(log, model).export(output, labelled)
+    except ImportError as exc:
+        _fail(f"the log commands need the monitor extra (pip install 'tabserve[monitor]'): {exc}")
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"{rows:,} {'labelled ' if labelled else ''}record(s) of {model} → {output}")
+
+
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Option(help="Model name, or name@version: its training is the reference.")],
+    log: Annotated[str, typer.Option("--log", help="The prediction log folder.")],
+    models_dir: ModelsDir = None,
+    since: Annotated[str | None, typer.Option(help="Only the last span: 30d, 12h, 2w.")] = None,
+    by: Annotated[str, typer.Option(help="Period: day | week | hour.")] = "day",
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML report with plots here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Drift and live accuracy over the whole prediction log: PSI per feature per period against
+    training (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act) and the labelled predictions' metrics."""
+    try:
+        from monitoring.report import PERIODS, LogReader, build_report
+
+        if by not in PERIODS:
+            raise ValueError(f"--by takes {', '.join(PERIODS)}, not {by!r}")
+        ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        report = build_report(LogReader(log, ref.name, ref.preprocess.id_columns), ref, since, by)
+        if json_out is not None:
+            import json
+
+            json_out.write_text(json.dumps(report.to_json(), indent=1))
+        if html is not None:
+            from monitoring.html import write_html
+
+            write_html(report, html)
+    except ImportError as exc:
+        _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    _print_report(report)
+    if html is not None:
+        console.print(f"report → {html}")
+
+
+def _print_report(report: Any, shown: int = 10) -> None:
+    """PSI per field per period (the last `shown` periods), the fields that moved most first; then live metrics."""
+    from service.drift import reading
+
+    periods = report.periods[-shown:]
+    table = Table(
+        "field",
+        *[p[:10] if p.endswith("00:00") else p for p in periods],
+        title=f"PSI of {report.model} v{report.version} against training (rows per period in the last line)",
+    )
+    colour = {"stable": "green", "moderate": "yellow", "act": "bold red"}
+    order = sorted(report.psi, key=lambda name: -max(report.psi[name][-shown:], default=0.0))
+    for name in order:
+        values = report.psi[name][-shown:]
+        table.add_row(name, *[f"[{colour[reading(v)]}]{v:.3f}[/]" for v in values])
+    table.add_row("rows", *[f"{n:,}" for n in report.rows[-shown:]])
+    console.print(table)
+    if report.live:
+        keys = [
+            k
+            for k in ("rows", "auc", "log_loss", "brier", "ece", "positive_rate", "accuracy", "rmse", "mae", "bias")
+            if k in report.live[0]
+        ]
+        live = Table("period", *keys, title="live metrics of labelled predictions")
+        for doc in report.live[-shown:]:
+            live.add_row(
+                doc["period"],
+                *[f"{doc[k]:,}" if k == "rows" else ("-" if doc[k] is None else f"{doc[k]:.4f}") for k in keys],
+            )
+        console.print(live)
+        test = (report.training or {}).get("test") or {}
+        if test:
+            console.print(
+                "training's test split: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
+            )
+    else:
+        console.print("no outcomes yet: post them to /models/<name>/feedback or run `tabserve feedback`")
 
 
 @contextlib.contextmanager

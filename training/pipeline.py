@@ -139,6 +139,8 @@ def train(
         "baseline_test": base,
         "members": [{"best_epoch": h.best_epoch, "epochs": len(h.val_loss)} for h in histories],
     }
+    if pre.task == "binary":  # what live monitoring compares the served population's outcomes with
+        metrics["positive_rate"] = float(np.mean(y[split.dev] == 1))
     result = TrainResult(pre, metrics, histories)
     if publish:
         doc = _describe(prep, cfg, metrics, started)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
-from service.api.deps import StoreDep
+from service.api.deps import StoreDep, TelemetryDep
 from service.api.schema import example_record, feature_doc
 from service.store import LoadedModel, ModelNotFound
 
@@ -40,16 +40,22 @@ def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
 
 
 @router.get("/{name}/monitor", responses={404: {}})
-def monitor(name: str, store: StoreDep) -> dict[str, Any]:
+def monitor(name: str, store: StoreDep, telemetry: TelemetryDep) -> dict[str, Any]:
     """Live drift: PSI of each feature and of the score over the last scored records against training
-    (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act), and each numeric's missing rate."""
+    (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act), each numeric's missing rate; live accuracy per
+    version over the predictions that feedback labelled, beside training's test figures."""
     try:
         model = store.get(name)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     if model.drift is None:
         raise HTTPException(404, f"{model.name} version {model.version} has no drift.json: retrain it for live drift")
-    return {"model": model.name, "version": model.version, **model.drift.report()}
+    live = telemetry.accuracy.get(model.name)
+    accuracy = {
+        "versions": live.report() if live is not None else {},
+        "training": {"test": model.metrics.get("test"), "positive_rate": model.metrics.get("positive_rate")},
+    }
+    return {"model": model.name, "version": model.version, **model.drift.report(), "accuracy": accuracy}
 
 
 @router.get("/{name}", responses={404: {}})

@@ -28,7 +28,8 @@ log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
 V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/infer/?$")
 NO_SUCH_VERSION = -1  # a version path segment too long to be a version any store holds
-TIMEOUT_HEADER = b"x-request-timeout-ms"  # lowers the request's deadline (never raises it)
+TIMEOUT_HEADER = b"x-request-timeout-ms"
+REQUEST_ID_HEADER = b"x-request-id"  # kept in the prediction log (a client's trace id)  # lowers the request's deadline (never raises it)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 ROUTES_KEPT = 1024  # parsed request paths remembered (the same few paths come again and again)
 
@@ -119,6 +120,8 @@ class PredictEndpoint:
         codec = model.codecs[route.protocol.name]
         request = codec.decode(body, headers, explain)
         del body  # freed before the wait for a batch
+        if self.plane.log is not None:
+            request.request_id = request_id(headers.get(REQUEST_ID_HEADER))
         return codec.encode(await self.plane.infer(model, request, timeout))
 
     async def _model(self, route: Route) -> LoadedModel:
@@ -158,6 +161,11 @@ def parse_route(path: str) -> Route | None:
     if not match:
         return None
     return Route(NATIVE, "/predict" if match["name"] is None else "/models/{name}/predict", match["name"])
+
+
+def request_id(header: bytes | None) -> str | None:
+    """A client's request id as the log keeps it (at most 128 characters); None when absent."""
+    return header[:128].decode("latin-1") if header else None
 
 
 def explain_in_query(query: bytes) -> Explain | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,8 @@ class InferenceRequest:
     outputs: list[str] | None = None  # the outputs asked for (None: all)
     explain: Explain | None = None  # reasons per record (None: none)
     values: list[dict[str, Any]] | None = None  # the records as sent, when reasons quote them
+    levels: dict[str, Any] | None = None  # a field's values as sent, where a level was unseen (for the log)
+    request_id: str | None = None  # the client's X-Request-ID (the log's request id)
 
 
 @dataclass(slots=True)
@@ -99,6 +101,15 @@ def unechoable(value: Any) -> str | None:
         except orjson.JSONEncodeError as exc:
             return f"cannot be echoed ({exc}); send the id as a string"
     return None
+
+
+def unseen_levels(enc: Encoded, column: Callable[[str], Any]) -> dict[str, Any] | None:
+    """The values as sent of each field where a level the model never saw was scored as missing
+    (the prediction log keeps the level); None, the usual case, when there was none."""
+    if not enc.tally:
+        return None
+    fields = [name for name, kind in enc.tally if kind == "unseen_level"]
+    return {name: column(name) for name in fields} or None
 
 
 def explain_of(value: Any, where: str = '"explain"') -> Explain | None:

@@ -27,6 +27,7 @@ from service.protocols.base import (
     checked_ids,
     explain_of,
     parse_json,
+    unseen_levels,
 )
 
 PlainDecoder: type[_records.Decoder] | None
@@ -64,9 +65,10 @@ class NativeCodec:
         """The general path: checked records → model inputs and the id values that pass through."""
         enc = checked(self.encoder.encode(records))
         ids = [(col, [r.get(col, ABSENT) for r in records]) for col in self.pre.id_columns]
+        levels = unseen_levels(enc, lambda name: [r.get(name) for r in records])
         if explain is None:
-            return InferenceRequest(enc, checked_ids(ids))
-        return InferenceRequest(enc, checked_ids(ids), explain=explain, values=list(records))
+            return InferenceRequest(enc, checked_ids(ids), levels=levels)
+        return InferenceRequest(enc, checked_ids(ids), explain=explain, values=list(records), levels=levels)
 
     def encode(self, result: InferenceResult) -> dict[str, Any]:
         """The answer: the model, its version and one prediction per record."""

@@ -14,7 +14,16 @@ from service.encoders import RecordEncoder
 from service.errors import InputError
 from service.explain import Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss
-from service.protocols.base import NO_ID, Headers, InferenceRequest, InferenceResult, explain_of, parse_json, unechoable
+from service.protocols.base import (
+    NO_ID,
+    Headers,
+    InferenceRequest,
+    InferenceResult,
+    explain_of,
+    parse_json,
+    unechoable,
+    unseen_levels,
+)
 
 NUMERIC_TYPES = {
     "BOOL": "?",
@@ -198,7 +207,9 @@ class V2Codec:
             explain = "all"
         columns, rows = input_columns(self.pre, doc, binary, self.max_records)
         enc = self._checked(self.pre.encode_columns(columns, rows))
-        return InferenceRequest(enc, [], checked_id(doc.get("id", NO_ID)), outputs, explain)
+        request = InferenceRequest(enc, [], checked_id(doc.get("id", NO_ID)), outputs, explain)
+        request.levels = unseen_levels(enc, columns.get)
+        return request
 
     def _single_row(self, text: bytes) -> InferenceRequest | None:
         """One plain value per feature tensor, typed while parsing; None: the full path decides.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import secrets
 import threading
 import time
 from collections import Counter, deque
@@ -20,9 +21,10 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from monitoring.log import PredictionLog
 from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, process_alive
 from service.explain import Effects, Explain, Explainer
-from service.features import Preprocess, near_miss
+from service.features import Encoded, Preprocess, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import ROW, UNPARSED, ScoringError, Sink, Source, format_of, numbered, open_sink, open_source
@@ -106,8 +108,10 @@ class Scorer:
         pre: Preprocess | None = None,
         explain: Explain | None = None,
         explainer: Explainer | None = None,
+        log: PredictionLog | None = None,
     ) -> None:
         self.name, self.version = ref.name, ref.version
+        self.log, self.log_request = log, f"{self.name}-{secrets.token_hex(4)}"  # one request id per file
         self.pre = pre if pre is not None else ref.preprocess
         self.reasons: ReasonColumns | None = None
         if explain is not None:  # before the model's session: a bundle without explain.onnx fails first
@@ -133,7 +137,8 @@ class Scorer:
         """Check a source's columns; the columns to read and the output schema."""
         self.check_columns(source.columns)
         kept = kept_columns(source, self.pre, keep, keep_all)
-        wanted = list(dict.fromkeys([*kept, *self.names]))
+        logged = [c for c in self.pre.id_columns if c in source.columns] if self.log is not None else []
+        wanted = list(dict.fromkeys([*kept, *self.names, *logged]))
         twice = [name for name in wanted if source.columns.count(name) > 1]
         if twice:  # which of the two holds the value is a guess: refuse rather than pick one
             raise ScoringError(f"column(s) named more than once in the input's header: {', '.join(twice)}")
@@ -186,12 +191,29 @@ class Scorer:
                 texts[r] = message
             error_col = pa.array(texts, pa.string())
         kept = [batch.column(name) for name in schema.names[:n_kept]]
+        if self.log is not None:
+            self._log(batch, enc, out, rows, failed)
         label_index = self.pre.label_index(out) if self.pre.task != "regression" else None
         added = [] if self.reasons is None else self.reasons.columns(batch, enc.num, enc.cat, label_index, failed)
         columns = [*kept, *self._predictions(out, label_index, failed), *added, error_col]
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
         warnings = Counter(w for r, texts in enc.warnings.items() if r not in messages for w in texts)
         return Scored(scored, [(int(rows[r]), messages[r]) for r in sorted(messages)], batch.num_rows, warnings)
+
+    def _log(self, batch: pa.RecordBatch, enc: Encoded, out: np.ndarray, rows: np.ndarray, failed: np.ndarray) -> None:
+        """The scored rows to the prediction log, numbered by their row in the file; waits for room."""
+        assert self.log is not None
+        ok = ~failed
+        keep = pa.array(ok)
+        present = set(batch.schema.names)
+        ids = [
+            (c, batch.column(c).filter(keep).cast(pa.string()).to_pylist()) for c in self.pre.id_columns if c in present
+        ]
+        levels = {f.name: batch.column(f.name).filter(keep) for f in self.pre.categorical}
+        self.log.add(
+            self.name, self.version, self.pre, enc.num[ok], enc.cat[ok], out[ok], ids,
+            levels=levels, request=self.log_request, rows=rows[ok], wait=True,
+        )  # fmt: skip
 
     def _predictions(self, out: np.ndarray, label_index: np.ndarray | None, failed: np.ndarray) -> list[pa.Array]:
         if label_index is None:

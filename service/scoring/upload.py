@@ -11,6 +11,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from monitoring.log import PredictionLog
 from service.explain import Explain
 from service.scoring.files import CsvSink, CsvSource
 from service.scoring.local import Scorer, Summary, score_stream
@@ -239,10 +240,16 @@ class Upload:
     """One upload: body pipe → scorer thread → answer pipe, holding a slot."""
 
     def __init__(
-        self, model: LoadedModel, settings: Settings, telemetry: Telemetry, gzip: bool, release: Callable[[], None]
+        self,
+        model: LoadedModel,
+        settings: Settings,
+        telemetry: Telemetry,
+        gzip: bool,
+        release: Callable[[], None],
+        log: PredictionLog | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.model, self.telemetry, self.gzip, self._release = model, telemetry, gzip, release
+        self.model, self.telemetry, self.gzip, self._release, self.log = model, telemetry, gzip, release, log
         self.limit = settings.max_score_bytes
         self.body = BodyPipe(self.loop)
         self.answer = ResponsePipe(
@@ -266,7 +273,14 @@ class Upload:
         try:
             stream = Gunzip(self.body, self.limit) if self.gzip else self.body
             model = self.model  # its explainer: None for a bundle without explain.onnx, refused by Scorer
-            scorer = Scorer(model.ref, session=model.session, pre=model.pre, explain=explain, explainer=model.explainer)
+            scorer = Scorer(
+                model.ref,
+                session=model.session,
+                pre=model.pre,
+                explain=explain,
+                explainer=model.explainer,
+                log=self.log,
+            )
             source = CsvSource(stream, name="body")
             # one scoring thread per upload leaves cores to the service's requests
             summary = score_stream(scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1)
@@ -316,8 +330,8 @@ class Upload:
 class Uploads:
     """An app's `max_uploads` upload slots."""
 
-    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
-        self.settings, self.telemetry = settings, telemetry
+    def __init__(self, settings: Settings, telemetry: Telemetry, log: PredictionLog | None = None) -> None:
+        self.settings, self.telemetry, self.log = settings, telemetry, log
         self._slots = threading.BoundedSemaphore(settings.max_uploads)
 
     def open(self, model: LoadedModel, gzip: bool) -> Upload:
@@ -325,7 +339,7 @@ class Uploads:
         if not self._slots.acquire(blocking=False):
             raise UploadsBusy(f"{self.settings.max_uploads} uploads are being scored already; try again shortly")
         try:
-            return Upload(model, self.settings, self.telemetry, gzip, self._slots.release)
+            return Upload(model, self.settings, self.telemetry, gzip, self._slots.release, self.log)
         except BaseException:
             self._slots.release()  # no spool file could be made: the slot must not leak
             raise

@@ -1,0 +1,146 @@
+"""Live accuracy: the model's predictions against the outcomes that came back as feedback.
+
+The same functions score the service's live window, `tabserve monitor`'s periods and training's
+test split reading, so a figure means one thing wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.features import Preprocess
+
+if TYPE_CHECKING:
+    from monitoring.feedback import Labelled
+
+ECE_BINS = 10  # equal-width probability bins, the usual choice for expected calibration error
+
+
+def auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney with tied scores sharing their rank); None with one class."""
+    positive = positive.astype(bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), np.float64)
+    sorted_scores = score[order]
+    # ties: every member of a run of equal scores takes the run's mean rank
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(score)]
+    mean_rank = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def ece(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: |mean probability - observed rate| per bin, weighted by the bin's rows."""
+    which = np.minimum((probability * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        rows = which == b
+        total += rows.sum() * abs(float(probability[rows].mean()) - float(positive[rows].mean()))
+    return total / max(len(probability), 1)
+
+
+def calibration(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per probability bin: rows, mean predicted probability and observed positive rate (a reliability diagram)."""
+    which = np.minimum((probability * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in np.unique(which):
+        rows = which == b
+        out.append(
+            {
+                "rows": int(rows.sum()),
+                "predicted": float(probability[rows].mean()),
+                "observed": float(positive[rows].mean()),
+            }
+        )
+    return out
+
+
+def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """AUC (binary), log loss, Brier, ECE and accuracy of class probabilities against true label indices."""
+    n, k = probabilities.shape
+    p = np.clip(probabilities.astype(np.float64), 1e-15, 1.0)
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), truth] = 1.0
+    predicted = probabilities.argmax(axis=1)
+    doc: dict[str, Any] = {
+        "rows": n,
+        "log_loss": float(-np.log(p[np.arange(n), truth]).mean()),
+        "accuracy": float((predicted == truth).mean()),
+    }
+    if k == 2:
+        positive, score = truth == 1, probabilities[:, 1].astype(np.float64)
+        doc["auc"] = auc(positive, score)
+        doc["brier"] = float(((score - positive) ** 2).mean())
+        doc["ece"] = ece(positive, score)
+        doc["positive_rate"] = float(positive.mean())
+        doc["predicted_positive_rate"] = float(score.mean())
+        doc["positive"] = labels[1]
+    else:
+        doc["brier"] = float(((probabilities - onehot) ** 2).sum(axis=1).mean())
+        top = probabilities.max(axis=1).astype(np.float64)
+        doc["ece"] = ece(predicted == truth, top)
+    return doc
+
+
+def regression_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
+    """RMSE, MAE and bias (mean predicted minus actual)."""
+    error = predicted.astype(np.float64) - actual
+    return {
+        "rows": len(actual),
+        "rmse": float(np.sqrt((error**2).mean())),
+        "mae": float(np.abs(error).mean()),
+        "bias": float(error.mean()),
+    }
+
+
+def metrics_of(pre: Preprocess, outputs: np.ndarray, outcomes: list[str]) -> dict[str, Any]:
+    """The task's live metrics for model outputs (as the ONNX graph gives them) and outcome texts."""
+    if pre.task == "regression":
+        return regression_metrics(outputs[:, 0], np.array([float(o) for o in outcomes]))
+    index = {str(label): i for i, label in enumerate(pre.labels)}
+    truth = np.array([index[o] for o in outcomes], np.int64)
+    return classification_metrics(outputs, truth, [str(label) for label in pre.labels])
+
+
+class LiveAccuracy:
+    """One model's labelled predictions, the latest `window` per version (a later label for an id replaces
+    the earlier one), and their metrics."""
+
+    def __init__(self, pre: Preprocess, window: int) -> None:
+        self.pre, self.window = pre, window
+        self._pairs: dict[int, OrderedDict[tuple[Any, ...], tuple[np.ndarray, str]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, version: int, key: tuple[Any, ...], outputs: np.ndarray, outcome: str) -> None:
+        """One prediction (its model outputs) and the outcome that came back for it."""
+        with self._lock:
+            pairs = self._pairs.setdefault(version, OrderedDict())
+            pairs.pop(key, None)
+            pairs[key] = (outputs, outcome)
+            while len(pairs) > self.window:
+                pairs.popitem(last=False)
+
+    def add_all(self, labelled: Iterable[Labelled]) -> None:
+        """Outcomes matched to their predictions (monitoring.feedback)."""
+        for item in labelled:
+            self.add(item.version, item.key, item.outputs, item.outcome)
+
+    def report(self) -> dict[str, Any]:
+        """Metrics per version over its window."""
+        with self._lock:
+            snapshot = {v: list(pairs.values()) for v, pairs in self._pairs.items()}
+        versions = {}
+        for version, pairs in sorted(snapshot.items()):
+            outputs = np.stack([o for o, _ in pairs])
+            versions[str(version)] = metrics_of(self.pre, outputs, [t for _, t in pairs])
+        return versions

@@ -1,0 +1,213 @@
+"""Delayed labels: outcomes sent against the ids of logged predictions, stored beside the log as
+`<root>/<model>/feedback/date=YYYY-MM-DD/*.parquet` (id columns, `_outcome`, `_target`, `_at`).
+
+An outcome joins the latest prediction of its id logged before it; a later outcome for the same id
+replaces an earlier one. That one rule serves the live window, `tabserve monitor` and the export.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+
+from monitoring.log import LogLocation, day_of, read_segment, text_of, write_whole
+from service.errors import InputError
+from service.features import Preprocess, category_key
+
+FEEDBACK = "feedback"
+MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
+_files = itertools.count()
+_tag = secrets.token_hex(4)
+
+
+@dataclass
+class Labelled:
+    """A prediction found in the log with the outcome that came back for it."""
+
+    key: tuple[str, ...]
+    version: int
+    outputs: np.ndarray  # the model's outputs for the record, as the ONNX graph gave them
+    outcome: str
+
+
+@dataclass
+class Stored:
+    """What one submission did: rows stored, the predictions they label, the records refused."""
+
+    stored: int
+    labelled: list[Labelled] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+
+def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
+    """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows)."""
+    if media_type == "text/csv":
+        try:
+            table = pacsv.read_csv(
+                io.BytesIO(body), convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True)
+            )
+        except pa.ArrowInvalid as exc:
+            raise InputError("malformed", f"malformed CSV: {exc}") from None
+        table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+        records: Any = table.to_pylist()
+    elif media_type == "application/json":
+        try:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise InputError("malformed", f"malformed JSON: {exc}") from None
+        records = doc.get("records") if isinstance(doc, dict) else None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise InputError("malformed", 'body must be a JSON object with a "records" list of objects')
+    else:
+        raise InputError("malformed", f"Content-Type must be application/json or text/csv, not {media_type!r}")
+    if not records:
+        raise InputError("invalid", "no feedback records")
+    if len(records) > MAX_RECORDS:
+        raise InputError("too_large", f"{len(records)} records in one call; the limit is {MAX_RECORDS}")
+    return list(records)
+
+
+class Feedback:
+    """One model's feedback: checked against its contract and its log, then stored."""
+
+    def __init__(self, location: LogLocation, model: str, pre: Preprocess) -> None:
+        self.location, self.model, self.pre = location, model, pre
+        self.labels = {str(label) for label in pre.labels}
+
+    def submit(self, records: list[dict[str, Any]], partial: bool = False) -> Stored:
+        """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
+        submission that has bad ones (else nothing is stored and every bad record is named)."""
+        if not self.pre.id_columns:
+            raise InputError(
+                "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
+            )
+        keys, outcomes, refused = self._checked(records)
+        found = self.latest({k for k in keys if k is not None})
+        for i, key in enumerate(keys):
+            if key is not None and key not in found:
+                refused.append(
+                    self._bad(i, self.pre.id_columns[0], f"id {', '.join(key)} was never scored by {self.model}")
+                )
+        refused.sort(key=lambda d: d["record"])
+        if refused and not partial:
+            first = refused[0]
+            raise InputError(
+                "invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused
+            )
+        bad = {d["record"] for d in refused}
+        good = [i for i in range(len(records)) if i not in bad]
+        if good:
+            self._write([keys[i] for i in good], [outcomes[i] for i in good])
+        labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
+        return Stored(len(good), labelled, refused)
+
+    def _checked(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+        """Each record's id key and outcome text (None where the record is bad) and what is wrong."""
+        keys: list[Any] = []
+        outcomes: list[Any] = []
+        refused = []
+        target = self.pre.target
+        for i, record in enumerate(records):
+            key, outcome, problem = None, None, None
+            ids = [text_of(record.get(c)) for c in self.pre.id_columns]
+            missing = [c for c, v in zip(self.pre.id_columns, ids, strict=True) if v is None]
+            if missing:
+                problem = self._bad(i, missing[0], "the id column is missing")
+            elif target not in record or record[target] is None:
+                problem = self._bad(i, target, f"the outcome ({target}) is missing")
+            else:
+                outcome, why = self._outcome(record[target])
+                problem = self._bad(i, target, why) if why else None
+                key = tuple(ids) if not why else None
+            if problem:
+                refused.append(problem)
+                key = None
+            keys.append(key)
+            outcomes.append(outcome)
+        return keys, outcomes, refused
+
+    def _outcome(self, value: Any) -> tuple[str | None, str | None]:
+        """An outcome as text, or why it cannot be one of this model's."""
+        if self.pre.task == "regression":
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return None, f"{value!r} is not a number"
+            return (repr(number), None) if math.isfinite(number) else (None, f"{value!r} is not a finite number")
+        try:
+            text = category_key(value)
+        except ValueError:
+            text = None
+        if text not in self.labels:
+            return None, f"{value!r} is not a label of {self.model} (its labels: {', '.join(sorted(self.labels))})"
+        return text, None
+
+    @staticmethod
+    def _bad(record: int, column: str, message: str) -> dict[str, Any]:
+        return {"record": record, "field": column, "message": message}
+
+    def latest(self, keys: set[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[int, np.ndarray]]:
+        """The version and outputs of each key's latest logged prediction."""
+        if not keys:
+            return {}
+        ids = self.pre.id_columns
+        table = logged(self.location, self.model, ids, [k[0] for k in keys])
+        if not table.num_rows:
+            return {}
+        table = table.sort_by("_at")
+        outputs = outputs_of(self.pre, table)
+        columns = [table.column(c).to_pylist() for c in ids]
+        versions = table.column("_version").to_pylist()
+        found = {}
+        for row, key in enumerate(zip(*columns, strict=True)):
+            if key in keys:  # later rows (later predictions) overwrite earlier ones
+                found[key] = (versions[row], outputs[row])
+        return found
+
+    def _write(self, keys: list[tuple[str, ...]], outcomes: list[str]) -> None:
+        now = time.time()
+        columns = {c: pa.array([k[j] for k in keys], pa.string()) for j, c in enumerate(self.pre.id_columns)}
+        columns["_outcome"] = pa.array(outcomes, pa.string())
+        columns["_target"] = pa.array([self.pre.target] * len(keys), pa.string())
+        columns["_at"] = pa.array(np.full(len(keys), int(now * 1e6), np.int64), pa.timestamp("us", tz="UTC"))
+        folder = f"{self.location.root}/{self.model}/{FEEDBACK}/date={day_of(now)}"
+        write_whole(self.location, pa.table(columns), folder, f"{_tag}-{int(now)}-{next(_files)}.parquet")
+
+
+def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[str]) -> pa.Table:
+    """A model's logged rows whose first id column is one of `first_ids` (Parquet files and live segments)."""
+    wanted = pa.array(sorted(set(first_ids)), pa.string())
+    parts = []
+    files = location.files(model)
+    if files:
+        dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
+        parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
+    for segment in location.segments(model):
+        table = read_segment(segment)
+        if table.num_rows and ids[0] in table.column_names:
+            parts.append(table.filter(ds.field(ids[0]).isin(wanted)))
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def outputs_of(pre: Preprocess, table: pa.Table) -> np.ndarray:
+    """Model outputs (as the ONNX graph gives them) from a log table's output columns."""
+    if pre.task == "regression":
+        return np.asarray(table.column("_value").to_numpy()).reshape(-1, 1)
+    if pre.task == "binary":
+        p = table.column("_probability").to_numpy().astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+    flat = np.asarray(table.column("_probabilities").combine_chunks().flatten().to_numpy())
+    return flat.reshape(-1, len(pre.labels))

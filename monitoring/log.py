@@ -1,0 +1,455 @@
+"""The prediction log: every scored record as Parquet under `<root>/<model>/date=YYYY-MM-DD/`.
+
+A request only appends a reference to its arrays to a bounded queue; a writer thread turns them
+into Arrow and appends them to a hidden Arrow IPC segment per (model, version, day), flushed every
+`flush_s` (what a `kill -9` can lose). A segment becomes one Parquet file, renamed into place
+whole, when it reaches `file_rows` or `rotate_s`, on a new day and on close. A segment a dead
+process left behind is turned into Parquet by the next log opened on that root.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import logging
+import os
+import random
+import secrets
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from service.features import Preprocess, category_key
+
+log = logging.getLogger("tabserve.log")
+SEGMENT = ".arrows"  # hidden (leading dot) while written: Parquet readers skip it
+META = ["_at", "_request", "_row", "_model", "_version"]  # outputs: _label, _probability(ies), _value
+
+
+@dataclass(slots=True)
+class Entry:
+    """One request's scored rows, as the request path hands them over (no copy, no conversion)."""
+
+    model: str
+    version: int
+    pre: Preprocess
+    num: np.ndarray
+    cat: np.ndarray
+    out: np.ndarray
+    ids: Sequence[tuple[str, Sequence[Any]]]
+    levels: dict[str, Any] | None  # raw categorical values where the codes lost one (an unseen level)
+    request: str | None
+    seq: int
+    at: float
+    rows: np.ndarray | None = None  # each row's number in its file (CSV scoring); None: 0..n-1
+
+
+def output_fields(pre: Preprocess) -> list[pa.Field]:
+    """The logged outputs of a model: label and positive-class probability, class probabilities, or value."""
+    if pre.task == "regression":
+        return [pa.field("_value", pa.float32())]
+    label = pa.field("_label", pa.string())
+    if pre.task == "binary":
+        return [label, pa.field("_probability", pa.float32())]
+    return [label, pa.field("_probabilities", pa.list_(pa.float32(), len(pre.labels)))]
+
+
+class LogSchema:
+    """How one model version's scored rows become an Arrow table (excluded fields never become a column)."""
+
+    def __init__(self, pre: Preprocess, exclude: frozenset[str]) -> None:
+        self.pre = pre
+        self.ids = [c for c in pre.id_columns if c not in exclude]
+        self.numeric = [(j, f.name) for j, f in enumerate(pre.numeric) if f.name not in exclude]
+        self.categorical = [(j, f.name) for j, f in enumerate(pre.categorical) if f.name not in exclude]
+        # code 0 (missing or unseen) takes the null at the front
+        self.vocab = [pa.array([None, *f.vocab_], pa.string()) for f in pre.categorical]
+        self.labels = pa.array([str(label) for label in pre.labels], pa.string()) if pre.labels else None
+        fields = [
+            pa.field("_at", pa.timestamp("us", tz="UTC")),
+            pa.field("_request", pa.string()),
+            pa.field("_row", pa.int64()),
+            pa.field("_model", pa.string()),
+            pa.field("_version", pa.int32()),
+            *(pa.field(c, pa.string()) for c in self.ids),
+            *(pa.field(name, pa.float32()) for _, name in self.numeric),
+            *(pa.field(name, pa.string()) for _, name in self.categorical),
+            *output_fields(pre),
+        ]
+        self.schema = pa.schema(fields)
+
+    def table(self, entries: list[Entry], prefix: str) -> pa.Table:
+        """The rows of some requests of this model version, in the order they came."""
+        counts = np.array([len(e.num) for e in entries])
+        n = int(counts.sum())
+        num = np.concatenate([e.num for e in entries]) if self.numeric else None
+        cat = np.concatenate([e.cat for e in entries]) if self.categorical else None
+        out = np.concatenate([e.out for e in entries])
+        rows = np.concatenate([e.rows if e.rows is not None else np.arange(len(e.num)) for e in entries])
+        requests = [e.request if e.request is not None else f"{prefix}{e.seq:x}" for e in entries]
+        at = np.repeat(np.array([int(e.at * 1e6) for e in entries], np.int64), counts)
+        columns: list[pa.Array] = [
+            pa.array(at, pa.timestamp("us", tz="UTC")),
+            pa.array(np.repeat(np.array(requests, object), counts), pa.string()),
+            pa.array(rows, pa.int64()),
+            pa.array(np.full(n, entries[0].model, object), pa.string()),
+            pa.array(np.full(n, entries[0].version, np.int32)),
+        ]
+        columns += [self._ids(col, entries) for col in self.ids]
+        if num is not None:
+            columns += [pa.array(num[:, j], mask=np.isnan(num[:, j])) for j, _ in self.numeric]
+        if cat is not None:
+            columns += [self._levels(j, name, cat[:, j], entries) for j, name in self.categorical]
+        columns += self._outputs(out)
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _ids(self, col: str, entries: list[Entry]) -> pa.Array:
+        values: list[Any] = []
+        for e in entries:
+            found = dict(e.ids).get(col)
+            values.extend(found if found is not None else itertools.repeat(None, len(e.num)))
+        if all(type(v) is str for v in values):
+            return pa.array(values, pa.string())
+        return pa.array([text_of(v) for v in values], pa.string())
+
+    def _levels(self, j: int, name: str, codes: np.ndarray, entries: list[Entry]) -> pa.Array:
+        taken = self.vocab[j].take(pa.array(codes))
+        if not any(e.levels and name in e.levels for e in entries):
+            return taken
+        raw = pa.concat_arrays(
+            [
+                level_texts(e.levels[name]) if e.levels and name in e.levels else pa.nulls(len(e.num), pa.string())
+                for e in entries
+            ]
+        )
+        # where the code is 0 but a level was sent: the level as sent (the model saw "missing")
+        return pc.if_else(pc.is_null(taken), raw, taken)
+
+    def _outputs(self, out: np.ndarray) -> list[pa.Array]:
+        pre = self.pre
+        if pre.task == "regression":
+            return [pa.array(out[:, 0].astype(np.float32))]
+        assert self.labels is not None
+        label = self.labels.take(pa.array(pre.label_index(out)))
+        if pre.task == "binary":
+            return [label, pa.array(out[:, 1].astype(np.float32))]
+        flat = pa.array(np.ascontiguousarray(out, np.float32).ravel())
+        return [label, pa.FixedSizeListArray.from_arrays(flat, len(pre.labels))]
+
+
+def text_of(value: Any) -> str | None:
+    """An id value as text (JSON for anything but a string); None stays missing."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, int | float | bool | list | dict):  # the codecs' "absent" marker
+        return None
+    return orjson.dumps(value).decode()
+
+
+def level_texts(values: Any) -> pa.Array:
+    """Raw categorical values (a list, or an Arrow column) as the level text the model compared
+    (stripped; empty is missing)."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        return text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    texts: list[str | None] = []
+    for v in values:
+        try:
+            texts.append(category_key(v))
+        except ValueError:
+            texts.append(None)
+    return pa.array(texts, pa.string())
+
+
+@dataclass(frozen=True)
+class LogLocation:
+    """Where a log lives: its filesystem and root, and the local folder of its open segments."""
+
+    fs: pafs.FileSystem
+    root: str
+    spool: Path
+
+    @classmethod
+    def of(cls, root: str | Path, spool: Path | None = None) -> LogLocation:
+        """A log root (a local path, or a URI pyarrow understands)."""
+        fs, path = filesystem(root)
+        local = isinstance(fs, pafs.LocalFileSystem)
+        return cls(fs, path, Path(path) if local else spool or Path(tempfile.gettempdir()) / "tabserve-log-spool")
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def files(self, model: str, kind: str = "") -> list[str]:
+        """The whole Parquet files of a model's predictions (kind "") or its feedback (kind "feedback")."""
+        base = f"{self.root}/{model}" + (f"/{kind}" if kind else "")
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(".")
+            and i.path[len(base) + 1 :].startswith("date=")
+        )
+
+    def segments(self, model: str) -> list[Path]:
+        """The segments of a model's predictions still being written (or left by a process that died)."""
+        return sorted((self.spool / model).glob(f"date=*/.*{SEGMENT}"))
+
+
+@dataclass
+class Segment:
+    """The open IPC file of one (model, version, day) and what rotation needs to know."""
+
+    path: Path
+    partition: str  # <model>/date=YYYY-MM-DD, where its Parquet file goes
+    writer: pa.ipc.RecordBatchStreamWriter
+    handle: Any
+    opened: float = field(default_factory=time.monotonic)
+    rows: int = 0
+
+
+@dataclass
+class LogCounts:
+    """What the log has done, for /metrics (records by model)."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+
+
+class PredictionLog:
+    """Appends scored rows to Parquet files under a root (a local path, or a URI pyarrow understands)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        sample: float = 1.0,
+        exclude: Iterable[str] = (),
+        flush_s: float = 1.0,
+        rotate_s: float = 600.0,
+        file_rows: int = 500_000,
+        buffer_rows: int = 200_000,
+        spool: Path | None = None,
+    ) -> None:
+        # segments sit beside the Parquet files on a local root; an object store gets a local spool
+        self.location = LogLocation.of(root, spool)
+        location = self.location
+        self.fs, self.root, self.spool, self.local = location.fs, location.root, location.spool, location.local
+        self.sample, self.exclude = sample, frozenset(exclude)
+        self.flush_s, self.rotate_s, self.file_rows, self.buffer_rows = flush_s, rotate_s, file_rows, buffer_rows
+        self.counts = LogCounts()
+        self.prefix = f"{secrets.token_hex(4)}-"  # request ids this process makes up
+        self._tag = f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(2)}"
+        self._queue: deque[Entry] = deque()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._files = itertools.count()
+        self._schemas: dict[tuple[str, int], LogSchema] = {}
+        self._segments: dict[tuple[str, int, str], Segment] = {}
+        self._wake = threading.Condition()
+        self._wanted = self._done = 0  # flushes asked for and done, for flush() to wait on
+        self._closing = False
+        self.recover()
+        self._thread = threading.Thread(target=self._run, name="tabserve-log", daemon=True)
+        self._thread.start()
+
+    def add(
+        self,
+        model: str,
+        version: int,
+        pre: Preprocess,
+        num: np.ndarray,
+        cat: np.ndarray,
+        out: np.ndarray,
+        ids: Sequence[tuple[str, Sequence[Any]]] = (),
+        *,
+        levels: dict[str, Any] | None = None,
+        request: str | None = None,
+        rows: np.ndarray | None = None,
+        wait: bool = False,
+    ) -> None:
+        """Queue one request's scored rows; never raises. What does not fit is counted as dropped,
+        or (`wait`, for file scoring, which has no client waiting) waits for the writer to make room."""
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return
+        n = len(num)
+        while True:
+            with self._lock:
+                fits = self._queued + n <= self.buffer_rows or (wait and self._queued == 0)
+                if fits and not self._closing:
+                    self._queued += n
+                    at = time.time()
+                    self._queue.append(
+                        Entry(model, version, pre, num, cat, out, ids, levels, request, next(self._seq), at, rows)
+                    )
+                    return
+                if not wait or self._closing:
+                    self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
+                    return
+            with self._wake:
+                self._wanted += 1  # the writer drains now rather than at its next flush
+                self._wake.notify_all()
+                self._wake.wait_for(lambda: self._queued + n <= self.buffer_rows, 1.0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once everything queued before the call is in a segment on disk."""
+        with self._wake:
+            self._wanted += 1
+            goal = self._wanted
+            self._wake.notify_all()
+            self._wake.wait_for(lambda: self._done >= goal or not self._thread.is_alive(), timeout)
+
+    def close(self) -> None:
+        """Write everything accepted, turn every segment into Parquet and stop the writer."""
+        with self._lock:
+            self._closing = True
+        with self._wake:
+            self._wake.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._wanted > self._done or self._closing, self.flush_s)
+                goal, closing = self._wanted, self._closing
+            try:
+                self._write_queued()
+                self._rotate(everything=closing)
+            except Exception:  # the log never takes the service down; it says so
+                log.exception("prediction log: writing failed")
+            with self._wake:
+                self._done = goal
+                self._wake.notify_all()
+            if closing:
+                return
+
+    def _write_queued(self) -> None:
+        with self._lock:
+            entries, self._queue = list(self._queue), deque()
+            self._queued = 0
+        groups: dict[tuple[str, int, str], list[Entry]] = {}
+        for e in entries:
+            groups.setdefault((e.model, e.version, day_of(e.at)), []).append(e)
+        for (model, version, day), group in groups.items():
+            n = sum(len(e.num) for e in group)
+            try:
+                schema = self._schema(model, version, group[0].pre)
+                segment = self._segment(model, version, day, schema.schema)
+                for batch in schema.table(group, self.prefix).to_batches():
+                    segment.writer.write_batch(batch)
+                segment.handle.flush()
+                segment.rows += n
+                self.counts.written[model] = self.counts.written.get(model, 0) + n
+            except Exception:  # one model's failure must not lose the others'
+                log.exception("prediction log: %d records of %s could not be written", n, model)
+                self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
+
+    def _schema(self, model: str, version: int, pre: Preprocess) -> LogSchema:
+        key = (model, version)
+        if key not in self._schemas:
+            self._schemas[key] = LogSchema(pre, self.exclude)
+        return self._schemas[key]
+
+    def _segment(self, model: str, version: int, day: str, schema: pa.Schema) -> Segment:
+        key = (model, version, day)
+        segment = self._segments.get(key)
+        if segment is None:
+            partition = f"{model}/date={day}"
+            folder = self.spool / partition
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f".v{version}-{self._tag}-{next(self._files)}{SEGMENT}"
+            handle = open(path, "wb")  # noqa: SIM115 - open for the segment's life, closed on rotation
+            fcntl.flock(handle, fcntl.LOCK_EX)  # held while alive: recovery leaves a live segment alone
+            segment = Segment(path, partition, pa.ipc.new_stream(handle, schema), handle)
+            self._segments[key] = segment
+        return segment
+
+    def _rotate(self, everything: bool) -> None:
+        today = day_of(time.time())
+        for key, segment in list(self._segments.items()):
+            old = time.monotonic() - segment.opened >= self.rotate_s
+            if everything or old or segment.rows >= self.file_rows or key[2] != today:
+                del self._segments[key]
+                segment.writer.close()
+                self._publish(segment.path, segment.partition)
+                segment.handle.close()  # the lock goes with it, after the Parquet file is in place
+
+    def _publish(self, segment: Path, partition: str) -> None:
+        """One segment → one Parquet file, renamed into place whole; the segment is then removed."""
+        table = read_segment(segment)
+        if table.num_rows:
+            write_whole(self.location, table, f"{self.root}/{partition}", segment.name[1 : -len(SEGMENT)] + ".parquet")
+            self.counts.files += 1
+        segment.unlink()
+
+    def recover(self) -> None:
+        """Publish the segments of processes that died (their lock is free) as Parquet files."""
+        if not self.spool.is_dir():
+            return
+        for path in sorted(self.spool.glob(f"*/date=*/.*{SEGMENT}")):
+            with open(path, "rb") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process is writing it
+                if not path.exists():
+                    continue  # another worker just recovered it
+                log.warning("prediction log: recovering %s, left by a process that stopped", path)
+                self._publish(path, f"{path.parent.parent.name}/{path.parent.name}")
+
+
+def write_whole(location: LogLocation, table: pa.Table, folder: str, name: str) -> None:
+    """A Parquet file that readers see whole or not at all (a temporary name, then a rename)."""
+    location.fs.create_dir(folder, recursive=True)
+    final = f"{folder}/{name}"
+    temporary = f"{folder}/.{name}.tmp" if location.local else final  # an object store's PUT is whole
+    pq.write_table(table, temporary, filesystem=location.fs, compression="zstd")
+    if temporary != final:
+        location.fs.move(temporary, final)
+
+
+def read_segment(path: Path) -> pa.Table:
+    """The whole batches of a segment (one cut short by a crash ends at its last whole batch)."""
+    batches, schema = [], None
+    try:
+        with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
+            schema = reader.schema
+            for batch in reader:
+                batches.append(batch)
+    except (pa.ArrowInvalid, OSError):  # a batch cut short: the whole ones before it stand
+        pass
+    return pa.Table.from_batches(batches, schema=schema) if schema is not None else pa.table({})
+
+
+def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
+    """A log root as pyarrow's filesystem and the path inside it."""
+    text = str(root)
+    if "://" in text:
+        fs, path = pafs.FileSystem.from_uri(text)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(text).absolute())
+
+
+def day_of(at: float) -> str:
+    """The UTC day a timestamp falls on, as the partition names it."""
+    return time.strftime("%Y-%m-%d", time.gmtime(at))

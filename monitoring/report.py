@@ -1,0 +1,216 @@
+"""The log read in place with DuckDB: labelled predictions, the export for retraining, and
+`tabserve monitor`'s figures (PSI per feature per period, live metrics per period).
+
+Every query reads `<root>/<model>/date=*/*.parquet` (predictions) and
+`<root>/<model>/feedback/date=*/*.parquet` (outcomes); the SQL is plain enough to reuse by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from monitoring.accuracy import calibration, metrics_of
+from monitoring.feedback import FEEDBACK, outputs_of
+from monitoring.log import LogLocation
+from service import bundle
+from service.drift import population_stability, reading
+from service.features import CategoricalFeature, NumericFeature, Preprocess
+
+PERIODS = {"day": "day", "week": "week", "hour": "hour"}
+
+
+def quoted(name: str) -> str:
+    """A column name as SQL quotes it."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class LogReader:
+    """One model's log as DuckDB views: `predictions`, `feedback` and `labelled`."""
+
+    def __init__(self, root: str | Path, model: str, ids: list[str] | None = None) -> None:
+        self.location, self.model = LogLocation.of(root), model
+        if not self.location.local:
+            raise ValueError("tabserve monitor and log export read a local log folder (DuckDB's httpfs reads object stores)")
+        self.db = duckdb.connect()
+        base = Path(self.location.root) / model
+        if not self.location.files(model):
+            raise ValueError(f"no prediction log for {model} under {self.location.root}")
+        self.db.execute(
+            f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{base}/date=*/*.parquet', union_by_name = true)"
+        )
+        self.ids = ids if ids is not None else self._ids()
+        self.has_feedback = bool(self.location.files(model, FEEDBACK))
+        if self.has_feedback:
+            self.db.execute(
+                f"CREATE VIEW feedback AS SELECT * FROM read_parquet('{base}/{FEEDBACK}/date=*/*.parquet', union_by_name = true)"
+            )
+            self.db.execute(f"CREATE VIEW labelled AS {labelled_sql(self.ids)}")
+
+    def _ids(self) -> list[str]:
+        """The id columns: those the feedback files key on (every column of theirs not starting with _)."""
+        files = self.location.files(self.model, FEEDBACK)
+        if not files:
+            return []
+        names = self.db.execute(f"SELECT * FROM read_parquet('{files[0]}') LIMIT 0").to_arrow_table().column_names
+        return [n for n in names if not n.startswith("_")]
+
+    def export(self, output: Path, labelled: bool) -> int:
+        """The logged records (with `labelled`: those with an outcome, the outcome under the target's
+        name) in the original schema, to Parquet or CSV by extension; the rows written."""
+        if labelled:
+            if not self.has_feedback:
+                raise ValueError(f"no feedback for {self.model} yet: nothing is labelled")
+            target = self.db.execute("SELECT any_value(_target) FROM feedback").fetchone()[0]  # type: ignore[index]
+            names = [n for n in self._columns("labelled") if not n.startswith("_")]
+            select = ", ".join([*map(quoted, names), f"_outcome AS {quoted(target)}"])
+            query = f"SELECT {select} FROM labelled ORDER BY _at"
+        else:
+            query = "SELECT * FROM predictions ORDER BY _at"
+        kind = "CSV, HEADER" if output.suffix == ".csv" else "PARQUET"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.db.execute(f"COPY ({query}) TO '{output}' (FORMAT {kind})")
+        return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchone()[0])  # type: ignore[index]
+
+    def _columns(self, view: str) -> list[str]:
+        return list(self.db.execute(f"SELECT * FROM {view} LIMIT 0").to_arrow_table().column_names)
+
+
+def labelled_sql(ids: list[str]) -> str:
+    """Each id's latest outcome joined to its latest prediction logged before it (monitoring/feedback.py's rule)."""
+    keys = ", ".join(map(quoted, ids))
+    return f"""
+        WITH outcome AS (
+            SELECT {keys}, _outcome, _target, _at AS _labelled_at FROM feedback
+            QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _at DESC) = 1
+        )
+        SELECT p.*, outcome._outcome, outcome._target, outcome._labelled_at
+        FROM predictions p JOIN outcome USING ({keys})
+        WHERE p._at <= outcome._labelled_at
+        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY p._at DESC) = 1
+    """
+
+
+@dataclass
+class Report:
+    """What `tabserve monitor` shows: PSI per feature per period, rows, live metrics per period."""
+
+    model: str
+    version: int
+    periods: list[str]
+    rows: list[int]
+    psi: dict[str, list[float]]  # field (and "score") → PSI per period
+    missing: dict[str, list[float]]  # numeric field → missing share per period
+    score_shares: list[float]  # the score's bin shares over the whole range
+    score_reference: list[float]
+    score_edges: list[float]
+    live: list[dict[str, Any]] = field(default_factory=list)  # per period with outcomes: metrics
+    calibration: list[dict[str, float]] = field(default_factory=list)  # whole range (binary)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON, with each PSI's usual reading."""
+        doc = dict(vars(self))
+        doc["readings"] = {name: [reading(v) for v in values] for name, values in self.psi.items()}
+        return doc
+
+
+def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by: str) -> Report:
+    """PSI of every logged feature and of the score against the bundle's training reference, per
+    period, and the live metrics of the labelled predictions per period."""
+    pre = ref.preprocess
+    reference = json.loads((ref.path / bundle.DRIFT_FILE).read_text())
+    where = f"WHERE _at >= now() - INTERVAL '{interval(since)}'" if since else ""
+    present = set(reader._columns("predictions"))
+    bins, expected = [], {}
+    for feat in pre.features:
+        if feat.name in present:
+            bins.append((feat.name, bin_sql(feat, reference["features"][feat.name])))
+            expected[feat.name] = np.asarray(reference["features"][feat.name]["shares"])
+    score_edges = reference["score"]["edges"]
+    bins.append(("score", numeric_bins(score_sql(pre), score_edges)))
+    expected["score"] = np.asarray(reference["score"]["shares"])
+    hists = ", ".join(f"histogram({sql}) AS {quoted(name)}" for name, sql in bins)
+    period = f"date_trunc('{PERIODS[by]}', _at)"
+    rows = reader.db.execute(
+        f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, count(*) AS n, {hists} "
+        f"FROM predictions {where} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    report = Report(ref.name, ref.version, [r[0] for r in rows], [r[1] for r in rows], {}, {}, [], [], score_edges)
+    totals = {}
+    for j, (name, _) in enumerate(bins):
+        size = len(expected[name])
+        counts = [_counts(r[2 + j], size) for r in rows]
+        report.psi[name] = [population_stability(c, expected[name]) for c in counts]
+        totals[name] = np.sum(counts, axis=0) if counts else np.zeros(size)
+        if name in pre.kinds and pre.kinds[name] == "numeric":
+            report.missing[name] = [float(c[-1] / max(c.sum(), 1)) for c in counts]
+    whole = totals["score"]
+    report.score_shares = (whole / max(whole.sum(), 1)).tolist()
+    report.score_reference = expected["score"].tolist()
+    report.training = {"test": ref.metrics.get("test"), "positive_rate": ref.metrics.get("positive_rate")}
+    if reader.has_feedback:
+        live_by_period(reader, pre, period, where, report)
+    return report
+
+
+def live_by_period(reader: LogReader, pre: Preprocess, period: str, where: str, report: Report) -> None:
+    """The live metrics of each period's labelled predictions (and the whole range's calibration)."""
+    table = reader.db.execute(
+        f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, * FROM labelled {where} ORDER BY _at"
+    ).to_arrow_table()
+    if not table.num_rows:
+        return
+    outputs, outcomes = outputs_of(pre, table), table.column("_outcome").to_pylist()
+    periods = np.asarray(table.column("period").to_pylist())
+    for name in dict.fromkeys(periods.tolist()):
+        rows = periods == name
+        doc = metrics_of(pre, outputs[rows], [o for o, keep in zip(outcomes, rows, strict=True) if keep])
+        report.live.append({"period": name, **doc})
+    if pre.task == "binary":
+        positive = np.asarray([o == str(pre.labels[1]) for o in outcomes])
+        report.calibration = calibration(positive, outputs[:, 1].astype(np.float64))
+
+
+def _counts(hist: dict[int, int] | None, size: int) -> np.ndarray:
+    counts = np.zeros(size, np.int64)
+    for b, n in (hist or {}).items():
+        counts[min(int(b), size - 1)] += n
+    return counts
+
+
+def bin_sql(feat: NumericFeature | CategoricalFeature, reference: dict[str, Any]) -> str:
+    """A feature's bin, as service/drift.py counts it: numeric deciles (missing last), or the level's code."""
+    if isinstance(feat, CategoricalFeature):
+        levels = ", ".join("'" + v.replace("'", "''") + "'" for v in feat.vocab_)
+        return f"coalesce(list_position([{levels}]::VARCHAR[], {quoted(feat.name)}), 0)"
+    return numeric_bins(quoted(feat.name), reference["edges"], missing=True)
+
+
+def numeric_bins(value: str, edges: list[float], missing: bool = False) -> str:
+    """The count of edges at or below a value (numpy's searchsorted, side right); NaN or NULL after the last."""
+    found = " + ".join(f"({value} >= {float(e)!r})::INTEGER" for e in edges) or "0"
+    if not missing:
+        return f"({found})"
+    return f"CASE WHEN {value} IS NULL OR isnan({value}) THEN {len(edges) + 1} ELSE {found} END"
+
+
+def score_sql(pre: Preprocess) -> str:
+    """The watched score (service/drift.py's score_of) from the log's output columns."""
+    if pre.task == "binary":
+        return "_probability::DOUBLE"
+    return "list_max(_probabilities)::DOUBLE" if pre.task == "multiclass" else "_value::DOUBLE"
+
+
+def interval(since: str) -> str:
+    """`30d`, `12h`, `2w` → a DuckDB interval."""
+    units = {"d": "days", "h": "hours", "w": "weeks", "m": "minutes"}
+    number, unit = since[:-1], since[-1:]
+    if unit not in units or not number.isdigit():
+        raise ValueError(f"--since takes a number and a unit (d, h, w or m), such as 30d, not {since!r}")
+    return f"{int(number)} {units[unit]}"

@@ -1,0 +1,58 @@
+"""Delayed labels: outcomes posted against the ids of logged predictions (monitoring/feedback.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from monitoring.accuracy import LiveAccuracy
+from monitoring.feedback import Feedback, Stored, records_of
+from service.api.deps import PlaneDep, SettingsDep, TelemetryDep
+from service.errors import InputError
+from service.store import ModelNotFound
+
+router = APIRouter(prefix="/models", tags=["monitoring"])
+MEDIA_TYPES = ("application/json", "text/csv")
+STATUS = {"malformed": 400, "too_large": 413, "invalid": 422}
+
+
+@router.post("/{name}/feedback", responses={404: {}, 409: {}, 413: {}, 415: {}, 422: {}})
+async def feedback(
+    name: str, request: Request, plane: PlaneDep, settings: SettingsDep, telemetry: TelemetryDep, partial: bool = False
+) -> Any:
+    """Outcomes for logged predictions, keyed by the model's id column: `{"records": [{"customerID": "…",
+    "Churn": "Yes"}]}` or a CSV. A record whose id was never scored, or whose outcome is not a label, is
+    named; with `?partial=true` the others are stored, else nothing is."""
+    if plane.log is None:
+        raise HTTPException(409, "the service runs without a prediction log (--log DIR): feedback has nothing to join")
+    try:
+        model = plane.model(name)
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in MEDIA_TYPES:
+        raise HTTPException(415, f"Content-Type must be application/json or text/csv, not {media!r}")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > settings.max_body_bytes:
+        raise HTTPException(413, f"body of {length} bytes is over the {settings.max_body_bytes}-byte limit")
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise HTTPException(413, f"body is over the {settings.max_body_bytes}-byte limit")
+    log = plane.log
+
+    def store() -> Stored:
+        log.flush()  # what this process scored a moment ago is on disk to be found
+        return Feedback(log.location, model.name, model.pre).submit(records_of(body, media), partial)
+
+    try:
+        stored = await asyncio.to_thread(store)
+    except InputError as exc:
+        return JSONResponse(exc.to_json(), STATUS[exc.kind])
+    live = telemetry.accuracy.get(model.name)
+    if live is None:
+        live = telemetry.accuracy[model.name] = LiveAccuracy(model.pre, settings.monitor_window)
+    live.add_all(stored.labelled)
+    return {"model": model.name, "stored": stored.stored, "refused": stored.refused}
