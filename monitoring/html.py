@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from monitoring.report import Report  # noqa: E402
+from monitoring.report import Report
 
 # the usual PSI reading as colours: stable, moderate, act
 PSI_COLOURS = ListedColormap(["#d8f0d2", "#9fd39a", "#ffe08a", "#f4a259", "#d1495b"])

@@ -36,7 +36,9 @@ class LogReader:
     def __init__(self, root: str | Path, model: str, ids: list[str] | None = None) -> None:
         self.location, self.model = LogLocation.of(root), model
         if not self.location.local:
-            raise ValueError("tabserve monitor and log export read a local log folder (DuckDB's httpfs reads object stores)")
+            raise ValueError(
+                "tabserve monitor and log export read a local log folder (DuckDB's httpfs reads object stores)"
+            )
         self.db = duckdb.connect()
         base = Path(self.location.root) / model
         if not self.location.files(model):

@@ -30,7 +30,10 @@ def test_split() -> list[dict[str, object]]:
 
     prep = prepare_data(quick_config(TELCO, "Churn", Path("unused"), name="churn"), say=lambda _: None)
     rows = prep.df.iloc[prep.split.test].astype(str).to_dict("records")
-    return [{k: (float(v) if k in NUMERIC and v.strip() else None if k in NUMERIC else v) for k, v in r.items()} for r in rows]
+    return [
+        {k: (float(v) if k in NUMERIC and v.strip() else None if k in NUMERIC else v) for k, v in r.items()}
+        for r in rows
+    ]
 
 
 def test_live_auc_equals_offline_and_the_export_trains(
