@@ -65,13 +65,15 @@ def calibration(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_B
     return out
 
 
-def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """AUC (binary), log loss, Brier, ECE and accuracy of class probabilities against true label indices."""
+def classification_metrics(
+    probabilities: np.ndarray, truth: np.ndarray, labels: list[str], predicted: np.ndarray
+) -> dict[str, Any]:
+    """AUC (binary), log loss, Brier, ECE and accuracy (of the predicted label indices) of class
+    probabilities against true label indices."""
     n, k = probabilities.shape
     p = np.clip(probabilities.astype(np.float64), 1e-15, 1.0)
     onehot = np.zeros((n, k))
     onehot[np.arange(n), truth] = 1.0
-    predicted = probabilities.argmax(axis=1)
     doc: dict[str, Any] = {
         "rows": n,
         "log_loss": float(-np.log(p[np.arange(n), truth]).mean()),
@@ -88,7 +90,7 @@ def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels:
     else:
         doc["brier"] = float(((probabilities - onehot) ** 2).sum(axis=1).mean())
         top = probabilities.max(axis=1).astype(np.float64)
-        doc["ece"] = ece(predicted == truth, top)
+        doc["ece"] = ece(probabilities.argmax(axis=1) == truth, top)
     return doc
 
 
@@ -109,7 +111,8 @@ def metrics_of(pre: Preprocess, outputs: np.ndarray, outcomes: list[str]) -> dic
         return regression_metrics(outputs[:, 0], np.array([float(o) for o in outcomes]))
     index = {str(label): i for i, label in enumerate(pre.labels)}
     truth = np.array([index[o] for o in outcomes], np.int64)
-    return classification_metrics(outputs, truth, [str(label) for label in pre.labels])
+    labels = [str(label) for label in pre.labels]
+    return classification_metrics(outputs, truth, labels, pre.label_index(outputs))  # the served labels' rule
 
 
 class LiveAccuracy:

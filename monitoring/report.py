@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from monitoring.accuracy import calibration, metrics_of
 from monitoring.feedback import FEEDBACK, outputs_of
@@ -59,7 +60,7 @@ class LogReader:
         files = self.location.files(self.model, FEEDBACK)
         if not files:
             return []
-        names = self.db.execute(f"SELECT * FROM read_parquet('{files[0]}') LIMIT 0").to_arrow_table().column_names
+        names = self.table(f"SELECT * FROM read_parquet('{files[0]}') LIMIT 0").column_names
         return [n for n in names if not n.startswith("_")]
 
     def export(self, output: Path, labelled: bool) -> int:
@@ -80,7 +81,12 @@ class LogReader:
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchone()[0])  # type: ignore[index]
 
     def _columns(self, view: str) -> list[str]:
-        return list(self.db.execute(f"SELECT * FROM {view} LIMIT 0").to_arrow_table().column_names)
+        return list(self.table(f"SELECT * FROM {view} LIMIT 0").column_names)
+
+    def table(self, query: str) -> pa.Table:
+        """A query's answer as an Arrow table."""
+        result: pa.Table = self.db.sql(query).to_arrow_table()
+        return result
 
 
 def labelled_sql(ids: list[str]) -> str:
@@ -126,6 +132,8 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
     """PSI of every logged feature and of the score against the bundle's training reference, per
     period, and the live metrics of the labelled predictions per period."""
     pre = ref.preprocess
+    if not (ref.path / bundle.DRIFT_FILE).is_file():
+        raise ValueError(f"{ref.name} version {ref.version} has no {bundle.DRIFT_FILE}: retrain it for drift monitoring")
     reference = json.loads((ref.path / bundle.DRIFT_FILE).read_text())
     where = f"WHERE _at >= now() - INTERVAL '{interval(since)}'" if since else ""
     present = set(reader._columns("predictions"))
@@ -163,9 +171,7 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
 
 def live_by_period(reader: LogReader, pre: Preprocess, period: str, where: str, report: Report) -> None:
     """The live metrics of each period's labelled predictions (and the whole range's calibration)."""
-    table = reader.db.execute(
-        f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, * FROM labelled {where} ORDER BY _at"
-    ).to_arrow_table()
+    table = reader.table(f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, * FROM labelled {where} ORDER BY _at")
     if not table.num_rows:
         return
     outputs, outcomes = outputs_of(pre, table), table.column("_outcome").to_pylist()
