@@ -4,6 +4,7 @@
     python bench/compare.py /tmp/old .                         # single record, 64 connections
     python bench/compare.py /tmp/old . --records 100 --pairs 8 # 100-record requests
     python bench/compare.py /tmp/old . --score                 # `tabserve score` of a 1 M-row CSV
+    python bench/compare.py . . --b-flags "--log /tmp/tabserve-log" # one checkout: logging off (A) and on (B)
 
 On a shared machine, two benchmark runs minutes apart differ by more than most changes being
 measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import statistics
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from score import build, run_cli
@@ -30,12 +33,12 @@ def cli(checkout: Path) -> list[str]:
     return [sys.executable, "-c", start]
 
 
-def command(checkout: Path, models: Path, port: int) -> list[str]:
-    """`tabserve serve` with the code of `checkout` (it comes first on sys.path)."""
+def command(checkout: Path, models: Path, port: int, flags: str = "") -> list[str]:
+    """`tabserve serve` with the code of `checkout` (it comes first on sys.path) and extra flags."""
     return [
         *cli(checkout),
         *("serve", "--models", str(models), "--threads", "1"),
-        *("--log-level", "warning", "--port", str(port)),
+        *("--log-level", "warning", "--port", str(port), *shlex.split(flags)),
     ]
 
 
@@ -51,6 +54,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--score", action="store_true", help="time `tabserve score` of a CSV instead")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the CSV (--score)")
+    parser.add_argument("--a-flags", default="", help="extra `tabserve serve` flags for A")
+    parser.add_argument("--b-flags", default="", help="extra `tabserve serve` flags for B (e.g. --log DIR)")
     args = parser.parse_args()
     churn_bundle(args.models)
     if args.score:
@@ -61,9 +66,9 @@ def main() -> None:
     route = "/v2/models/churn/infer" if args.v2 else "/predict"
     urls = {}
     with contextlib.ExitStack() as stack:
-        for name, checkout in (("A", args.a.resolve()), ("B", args.b.resolve())):
+        for name, checkout, flags in (("A", args.a.resolve(), args.a_flags), ("B", args.b.resolve(), args.b_flags)):
             port = free_port()
-            stack.enter_context(server(command(checkout, args.models, port), port, {}, "/health/ready"))
+            stack.enter_context(server(command(checkout, args.models, port, flags), port, {}, "/health/ready"))
             urls[name] = f"http://127.0.0.1:{port}{route}"
             wrk(urls[name], script, 16, 1)  # warm-up
         ratios = []
@@ -76,6 +81,11 @@ def main() -> None:
                 f"B {got['B'][0]:,.0f} req/s (p99 {got['B'][2]:.1f} ms), B/A {ratios[-1]:.2f}",
                 flush=True,
             )
+        for name, url in urls.items():  # what a prediction log wrote and dropped, when one is on
+            scraped = urllib.request.urlopen(url[: url.index("/", 8)] + "/metrics").read().decode()
+            lines = [x for x in scraped.splitlines() if x.startswith("tabserve_log_")]
+            if lines:
+                print(f"{name}: " + "; ".join(lines))
     print(f"{args.records}-record requests, {args.conns} connections: B/A median {statistics.median(ratios):.2f}")
 
 

@@ -18,7 +18,6 @@ import secrets
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,22 +37,39 @@ SEGMENT = ".arrows"  # hidden (leading dot) while written: Parquet readers skip 
 META = ["_at", "_request", "_row", "_model", "_version"]  # outputs: _label, _probability(ies), _value
 
 
-@dataclass(slots=True)
-class Entry:
-    """One request's scored rows, as the request path hands them over (no copy, no conversion)."""
+class Buffer:
+    """One model version's rows waiting for the writer, column by column in preallocated arrays: a
+    request leaves no object of its own behind (thousands a second would keep the garbage collector
+    walking them), and the writer takes whole columns."""
 
-    model: str
-    version: int
-    pre: Preprocess
-    num: np.ndarray
-    cat: np.ndarray
-    out: np.ndarray
-    ids: Sequence[tuple[str, Sequence[Any]]]
-    levels: dict[str, Any] | None  # raw categorical values where the codes lost one (an unseen level)
-    request: str | None
-    seq: int
-    at: float
-    rows: np.ndarray | None = None  # each row's number in its file (CSV scoring); None: 0..n-1
+    def __init__(self, pre: Preprocess, capacity: int) -> None:
+        self.pre, self.capacity, self.size = pre, capacity, 0
+        self.num = np.empty((capacity, len(pre.numeric)), np.float32)
+        self.cat = np.empty((capacity, len(pre.categorical)), np.int64)
+        self.out = np.empty((capacity, pre.n_outputs), np.float32)
+        self.ids: list[list[Any]] = [[] for _ in pre.id_columns]
+        self.starts: list[int] = []  # each request's first row
+        self.ats: list[float] = []  # and its time
+        self.requests: list[str | None] = []  # and the client's request id
+        self.levels: dict[int, dict[str, Any]] = {}  # first row → levels as sent, where one was unseen (rare)
+        self.rows: dict[int, np.ndarray] = {}  # first row → row numbers in a scored file
+
+    def add(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, ids: Sequence[tuple[str, Sequence[Any]]],
+            levels: dict[str, Any] | None, request: str | None, rows: np.ndarray | None) -> None:  # fmt: skip
+        start = self.size
+        end = self.size = start + len(num)
+        self.num[start:end], self.cat[start:end], self.out[start:end] = num, cat, out
+        self.starts.append(start)
+        self.ats.append(time.time())
+        self.requests.append(request)
+        for values, (_, sent) in zip(self.ids, ids):  # noqa: B905 - a request may send none (V2)
+            values.extend(sent)
+        for values in self.ids[len(ids) :]:
+            values.extend(itertools.repeat(None, end - start))
+        if levels:
+            self.levels[start] = levels
+        if rows is not None:
+            self.rows[start] = rows
 
 
 def output_fields(pre: Preprocess) -> list[pa.Field]:
@@ -69,9 +85,10 @@ def output_fields(pre: Preprocess) -> list[pa.Field]:
 class LogSchema:
     """How one model version's scored rows become an Arrow table (excluded fields never become a column)."""
 
-    def __init__(self, pre: Preprocess, exclude: frozenset[str]) -> None:
-        self.pre = pre
+    def __init__(self, model: str, version: int, pre: Preprocess, exclude: frozenset[str]) -> None:
+        self.model, self.version, self.pre = model, version, pre
         self.ids = [c for c in pre.id_columns if c not in exclude]
+        self.id_positions = [pre.id_columns.index(c) for c in self.ids]
         self.numeric = [(j, f.name) for j, f in enumerate(pre.numeric) if f.name not in exclude]
         self.categorical = [(j, f.name) for j, f in enumerate(pre.categorical) if f.name not in exclude]
         # code 0 (missing or unseen) takes the null at the front
@@ -90,52 +107,47 @@ class LogSchema:
         ]
         self.schema = pa.schema(fields)
 
-    def table(self, entries: list[Entry], prefix: str) -> pa.Table:
-        """The rows of some requests of this model version, in the order they came."""
-        counts = np.array([len(e.num) for e in entries])
-        n = int(counts.sum())
-        num = np.concatenate([e.num for e in entries]) if self.numeric else None
-        cat = np.concatenate([e.cat for e in entries]) if self.categorical else None
-        out = np.concatenate([e.out for e in entries])
-        rows = np.concatenate([e.rows if e.rows is not None else np.arange(len(e.num)) for e in entries])
-        requests = [e.request if e.request is not None else f"{prefix}{e.seq:x}" for e in entries]
-        at = np.repeat(np.array([int(e.at * 1e6) for e in entries], np.int64), counts)
+    def table(self, buf: Buffer, first: int, last: int, made: int, prefix: str) -> pa.Table:
+        """The rows of requests `first` to `last` (exclusive) of a buffer; requests without an id of
+        their own are named `prefix` + a number counted from `made`."""
+        lo = buf.starts[first]
+        hi = buf.starts[last] if last < len(buf.starts) else buf.size
+        starts = np.asarray(buf.starts[first:last], np.int64)
+        counts = np.diff(np.append(starts, hi))
+        which = np.repeat(np.arange(len(starts)), counts)
+        rows = np.arange(lo, hi) - starts[which]
+        for start, numbers in buf.rows.items():
+            if lo <= start < hi:
+                rows[start - lo : start - lo + len(numbers)] = numbers
+        named = pc.binary_join_element_wise(prefix, pa.array(np.arange(made, made + len(starts))).cast(pa.string()), "")
+        sent = buf.requests[first:last]
+        if any(sent):
+            named = pc.coalesce(pa.array(sent, pa.string()), named)
+        n = hi - lo
         columns: list[pa.Array] = [
-            pa.array(at, pa.timestamp("us", tz="UTC")),
-            pa.array(np.repeat(np.array(requests, object), counts), pa.string()),
+            pa.array((np.asarray(buf.ats[first:last]) * 1e6).astype(np.int64)[which], pa.timestamp("us", tz="UTC")),
+            named.take(pa.array(which)),
             pa.array(rows, pa.int64()),
-            pa.array(np.full(n, entries[0].model, object), pa.string()),
-            pa.array(np.full(n, entries[0].version, np.int32)),
+            pa.array(np.full(n, self.model, object), pa.string()),
+            pa.array(np.full(n, self.version, np.int32)),
         ]
-        columns += [self._ids(col, entries) for col in self.ids]
-        if num is not None:
-            columns += [pa.array(num[:, j], mask=np.isnan(num[:, j])) for j, _ in self.numeric]
-        if cat is not None:
-            columns += [self._levels(j, name, cat[:, j], entries) for j, name in self.categorical]
-        columns += self._outputs(out)
+        columns += [id_texts(buf.ids[j][lo:hi]) for j in self.id_positions]
+        columns += [pa.array(buf.num[lo:hi, j], mask=np.isnan(buf.num[lo:hi, j])) for j, _ in self.numeric]
+        columns += [self._levels(buf, j, name, lo, hi) for j, name in self.categorical]
+        columns += self._outputs(buf.out[lo:hi])
         return pa.Table.from_arrays(columns, schema=self.schema)
 
-    def _ids(self, col: str, entries: list[Entry]) -> pa.Array:
-        values: list[Any] = []
-        for e in entries:
-            found = dict(e.ids).get(col)
-            values.extend(found if found is not None else itertools.repeat(None, len(e.num)))
-        if all(type(v) is str for v in values):
-            return pa.array(values, pa.string())
-        return pa.array([text_of(v) for v in values], pa.string())
-
-    def _levels(self, j: int, name: str, codes: np.ndarray, entries: list[Entry]) -> pa.Array:
-        taken = self.vocab[j].take(pa.array(codes))
-        if not any(e.levels and name in e.levels for e in entries):
+    def _levels(self, buf: Buffer, j: int, name: str, lo: int, hi: int) -> pa.Array:
+        taken = self.vocab[j].take(pa.array(buf.cat[lo:hi, j]))
+        sent = [(start, lv[name]) for start, lv in buf.levels.items() if lo <= start < hi and name in lv]
+        if not sent:
             return taken
-        raw = pa.concat_arrays(
-            [
-                level_texts(e.levels[name]) if e.levels and name in e.levels else pa.nulls(len(e.num), pa.string())
-                for e in entries
-            ]
-        )
+        texts: list[str | None] = [None] * (hi - lo)
+        for start, values in sent:
+            found = level_texts(values).to_pylist()
+            texts[start - lo : start - lo + len(found)] = found
         # where the code is 0 but a level was sent: the level as sent (the model saw "missing")
-        return pc.if_else(pc.is_null(taken), raw, taken)
+        return pc.if_else(pc.is_null(taken), pa.array(texts, pa.string()), taken)
 
     def _outputs(self, out: np.ndarray) -> list[pa.Array]:
         pre = self.pre
@@ -147,6 +159,13 @@ class LogSchema:
             return [label, pa.array(out[:, 1].astype(np.float32))]
         flat = pa.array(np.ascontiguousarray(out, np.float32).ravel())
         return [label, pa.FixedSizeListArray.from_arrays(flat, len(pre.labels))]
+
+
+def id_texts(values: list[Any]) -> pa.Array:
+    """Id values as a text column (anything but a string as JSON; absent as missing)."""
+    if all(type(v) is str for v in values):
+        return pa.array(values, pa.string())
+    return pa.array([text_of(v) for v in values], pa.string())
 
 
 def text_of(value: Any) -> str | None:
@@ -259,10 +278,10 @@ class PredictionLog:
         self.counts = LogCounts()
         self.prefix = f"{secrets.token_hex(4)}-"  # request ids this process makes up
         self._tag = f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(2)}"
-        self._queue: deque[Entry] = deque()
-        self._queued = 0
+        self._buffers: dict[tuple[str, int], Buffer] = {}
+        self._queued = 0  # rows in the buffers
         self._lock = threading.Lock()
-        self._seq = itertools.count()
+        self._made = 0  # request ids made up so far
         self._files = itertools.count()
         self._schemas: dict[tuple[str, int], LogSchema] = {}
         self._segments: dict[tuple[str, int, str], Segment] = {}
@@ -282,9 +301,9 @@ class PredictionLog:
         cat: np.ndarray,
         out: np.ndarray,
         ids: Sequence[tuple[str, Sequence[Any]]] = (),
-        *,
         levels: dict[str, Any] | None = None,
         request: str | None = None,
+        *,
         rows: np.ndarray | None = None,
         wait: bool = False,
     ) -> None:
@@ -293,23 +312,38 @@ class PredictionLog:
         if self.sample < 1.0 and random.random() >= self.sample:
             return
         n = len(num)
-        while True:
+        with self._lock:
+            if self._room(model, version, pre, n):  # the usual case, kept short
+                self._buffers[model, version].add(num, cat, out, ids, levels, request, rows)
+                self._queued += n
+                return
+        if wait:
+            self._wait_for_room(n)
             with self._lock:
-                fits = self._queued + n <= self.buffer_rows or (wait and self._queued == 0)
-                if fits and not self._closing:
+                if self._room(model, version, pre, n, alone=True):
+                    self._buffers[model, version].add(num, cat, out, ids, levels, request, rows)
                     self._queued += n
-                    at = time.time()
-                    self._queue.append(
-                        Entry(model, version, pre, num, cat, out, ids, levels, request, next(self._seq), at, rows)
-                    )
                     return
-                if not wait or self._closing:
-                    self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
-                    return
-            with self._wake:
-                self._wanted += 1  # the writer drains now rather than at its next flush
+        with self._lock:
+            self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
+
+    def _room(self, model: str, version: int, pre: Preprocess, n: int, alone: bool = False) -> bool:
+        """Whether `n` more rows fit (`alone`: or the queue is empty), making the model version's buffer
+        if it has none; the lock held."""
+        if self._closing or (self._queued + n > self.buffer_rows and not (alone and self._queued == 0)):
+            return False
+        buf = self._buffers.get((model, version))
+        if buf is None:
+            buf = self._buffers[model, version] = Buffer(pre, max(self.buffer_rows, n))
+        return buf.size + n <= buf.capacity
+
+    def _wait_for_room(self, n: int) -> None:
+        """Until the queue has room for `n` rows (or is empty), asking the writer to drain it now."""
+        with self._wake:
+            while not (self._queued == 0 or self._queued + n <= self.buffer_rows) and not self._closing:
+                self._wanted += 1
                 self._wake.notify_all()
-                self._wake.wait_for(lambda: self._queued + n <= self.buffer_rows, 1.0)
+                self._wake.wait(1.0)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before the call is in a segment on disk."""
@@ -345,29 +379,30 @@ class PredictionLog:
 
     def _write_queued(self) -> None:
         with self._lock:
-            entries, self._queue = list(self._queue), deque()
+            buffers, self._buffers = self._buffers, {}
             self._queued = 0
-        groups: dict[tuple[str, int, str], list[Entry]] = {}
-        for e in entries:
-            groups.setdefault((e.model, e.version, day_of(e.at)), []).append(e)
-        for (model, version, day), group in groups.items():
-            n = sum(len(e.num) for e in group)
+        for (model, version), buf in buffers.items():
+            done = 0
             try:
-                schema = self._schema(model, version, group[0].pre)
-                segment = self._segment(model, version, day, schema.schema)
-                for batch in schema.table(group, self.prefix).to_batches():
-                    segment.writer.write_batch(batch)
-                segment.handle.flush()
-                segment.rows += n
-                self.counts.written[model] = self.counts.written.get(model, 0) + n
+                schema = self._schema(model, version, buf.pre)
+                for day, first, last in days(buf.ats) if buf.starts else []:
+                    table = schema.table(buf, first, last, self._made, self.prefix)
+                    self._made += last - first
+                    segment = self._segment(model, version, day, schema.schema)
+                    for batch in table.to_batches():
+                        segment.writer.write_batch(batch)
+                    segment.handle.flush()
+                    segment.rows += table.num_rows
+                    self.counts.written[model] = self.counts.written.get(model, 0) + table.num_rows
+                    done += table.num_rows
             except Exception:  # one model's failure must not lose the others'
-                log.exception("prediction log: %d records of %s could not be written", n, model)
-                self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
+                log.exception("prediction log: records of %s could not be written", model)
+                self.counts.dropped[model] = self.counts.dropped.get(model, 0) + buf.size - done
 
     def _schema(self, model: str, version: int, pre: Preprocess) -> LogSchema:
         key = (model, version)
         if key not in self._schemas:
-            self._schemas[key] = LogSchema(pre, self.exclude)
+            self._schemas[key] = LogSchema(model, version, pre, self.exclude)
         return self._schemas[key]
 
     def _segment(self, model: str, version: int, day: str, schema: pa.Schema) -> Segment:
@@ -448,6 +483,15 @@ def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
         fs, path = pafs.FileSystem.from_uri(text)
         return fs, path.rstrip("/")
     return pafs.LocalFileSystem(), str(Path(text).absolute())
+
+
+def days(ats: list[float]) -> list[tuple[str, int, int]]:
+    """(day, first, last) of each run of requests on one UTC day (requests come in time order)."""
+    if day_of(ats[0]) == day_of(ats[-1]):
+        return [(day_of(ats[0]), 0, len(ats))]
+    number = (np.asarray(ats) // 86400).astype(np.int64)
+    cuts = [0, *(np.flatnonzero(np.diff(number)) + 1).tolist(), len(ats)]
+    return [(day_of(ats[a]), a, b) for a, b in itertools.pairwise(cuts)]
 
 
 def day_of(at: float) -> str:

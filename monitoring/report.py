@@ -69,7 +69,7 @@ class LogReader:
         if labelled:
             if not self.has_feedback:
                 raise ValueError(f"no feedback for {self.model} yet: nothing is labelled")
-            target = self.db.execute("SELECT any_value(_target) FROM feedback").fetchone()[0]  # type: ignore[index]
+            target = self.db.execute("SELECT any_value(_target) FROM feedback").fetchall()[0][0]
             names = [n for n in self._columns("labelled") if not n.startswith("_")]
             select = ", ".join([*map(quoted, names), f"_outcome AS {quoted(target)}"])
             query = f"SELECT {select} FROM labelled ORDER BY _at"
@@ -78,7 +78,7 @@ class LogReader:
         kind = "CSV, HEADER" if output.suffix == ".csv" else "PARQUET"
         output.parent.mkdir(parents=True, exist_ok=True)
         self.db.execute(f"COPY ({query}) TO '{output}' (FORMAT {kind})")
-        return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchone()[0])  # type: ignore[index]
+        return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
 
     def _columns(self, view: str) -> list[str]:
         return list(self.table(f"SELECT * FROM {view} LIMIT 0").column_names)
@@ -133,7 +133,9 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
     period, and the live metrics of the labelled predictions per period."""
     pre = ref.preprocess
     if not (ref.path / bundle.DRIFT_FILE).is_file():
-        raise ValueError(f"{ref.name} version {ref.version} has no {bundle.DRIFT_FILE}: retrain it for drift monitoring")
+        raise ValueError(
+            f"{ref.name} version {ref.version} has no {bundle.DRIFT_FILE}: retrain it for drift monitoring"
+        )
     reference = json.loads((ref.path / bundle.DRIFT_FILE).read_text())
     where = f"WHERE _at >= now() - INTERVAL '{interval(since)}'" if since else ""
     present = set(reader._columns("predictions"))

@@ -38,9 +38,16 @@ class DataPlane:
             enc = request.enc
             request_id = request.request_id or (request.id if type(request.id) is str else None)
             self.log.add(
-                model.name, model.version, model.pre, enc.num, enc.cat, result.out, request.ids,
-                levels=request.levels, request=request_id,
-            )  # fmt: skip
+                model.name,
+                model.version,
+                model.pre,
+                enc.num,
+                enc.cat,
+                result.out,
+                request.ids,
+                request.levels,
+                request_id,
+            )
         return result
 
     @staticmethod

@@ -148,9 +148,9 @@ class Telemetry(Collector):
         dropped = CounterMetricFamily(
             "tabserve_log_dropped", "Scored records the log dropped (its buffer was full)", labels=["model"]
         )
-        for family, counts in ((written, self.log.written), (dropped, self.log.dropped)):
-            for model, n in list(counts.items()):
-                family.add_metric([model], n)
+        for model in sorted({*self.log.written, *self.log.dropped}):  # a zero is said, not left out
+            written.add_metric([model], self.log.written.get(model, 0))
+            dropped.add_metric([model], self.log.dropped.get(model, 0))
         yield from (written, dropped)
 
     def _drift(self) -> Iterator[Metric]:
