@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
-from monitoring.log import LogLocation, day_of, read_segment, text_of, write_whole
+from monitoring.log import LogLocation, day_of, plain, read_segment, text_of, write_whole
 from service.errors import InputError
 from service.features import Preprocess, category_key
 
@@ -194,7 +194,7 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
         dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
         parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
     for segment in location.segments(model):
-        table = read_segment(segment)
+        table = plain(read_segment(segment))
         if table.num_rows and ids[0] in table.column_names:
             parts.append(table.filter(ds.field(ids[0]).isin(wanted)))
     if not parts:

@@ -34,6 +34,7 @@ from service.features import Preprocess, category_key
 
 log = logging.getLogger("tabserve.log")
 SEGMENT = ".arrows"  # hidden (leading dot) while written: Parquet readers skip it
+LEVELS = pa.dictionary(pa.int32(), pa.string())  # categoricals while in a segment; plain text in Parquet
 META = ["_at", "_request", "_row", "_model", "_version"]  # outputs: _label, _probability(ies), _value
 
 
@@ -92,17 +93,17 @@ class LogSchema:
         self.numeric = [(j, f.name) for j, f in enumerate(pre.numeric) if f.name not in exclude]
         self.categorical = [(j, f.name) for j, f in enumerate(pre.categorical) if f.name not in exclude]
         # code 0 (missing or unseen) takes the null at the front
-        self.vocab = [pa.array([None, *f.vocab_], pa.string()) for f in pre.categorical]
+        self.vocab = [pa.array(f.vocab_, pa.string()) for f in pre.categorical]
         self.labels = pa.array([str(label) for label in pre.labels], pa.string()) if pre.labels else None
         fields = [
             pa.field("_at", pa.timestamp("us", tz="UTC")),
             pa.field("_request", pa.string()),
             pa.field("_row", pa.int64()),
-            pa.field("_model", pa.string()),
+            pa.field("_model", LEVELS),
             pa.field("_version", pa.int32()),
             *(pa.field(c, pa.string()) for c in self.ids),
             *(pa.field(name, pa.float32()) for _, name in self.numeric),
-            *(pa.field(name, pa.string()) for _, name in self.categorical),
+            *(pa.field(name, LEVELS) for _, name in self.categorical),
             *output_fields(pre),
         ]
         self.schema = pa.schema(fields)
@@ -128,7 +129,7 @@ class LogSchema:
             pa.array((np.asarray(buf.ats[first:last]) * 1e6).astype(np.int64)[which], pa.timestamp("us", tz="UTC")),
             named.take(pa.array(which)),
             pa.array(rows, pa.int64()),
-            pa.array(np.full(n, self.model, object), pa.string()),
+            pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([self.model])),
             pa.array(np.full(n, self.version, np.int32)),
         ]
         columns += [id_texts(buf.ids[j][lo:hi]) for j in self.id_positions]
@@ -138,7 +139,8 @@ class LogSchema:
         return pa.Table.from_arrays(columns, schema=self.schema)
 
     def _levels(self, buf: Buffer, j: int, name: str, lo: int, hi: int) -> pa.Array:
-        taken = self.vocab[j].take(pa.array(buf.cat[lo:hi, j]))
+        codes = buf.cat[lo:hi, j]
+        taken = pa.DictionaryArray.from_arrays(pa.array(codes - 1, pa.int32(), mask=codes == 0), self.vocab[j])
         sent = [(start, lv[name]) for start, lv in buf.levels.items() if lo <= start < hi and name in lv]
         if not sent:
             return taken
@@ -147,7 +149,8 @@ class LogSchema:
             found = level_texts(values).to_pylist()
             texts[start - lo : start - lo + len(found)] = found
         # where the code is 0 but a level was sent: the level as sent (the model saw "missing")
-        return pc.if_else(pc.is_null(taken), pa.array(texts, pa.string()), taken)
+        merged = pc.if_else(pc.is_null(taken), pa.array(texts, pa.string()), taken.cast(pa.string()))
+        return merged.dictionary_encode().cast(LEVELS)
 
     def _outputs(self, out: np.ndarray) -> list[pa.Array]:
         pre = self.pre
@@ -280,6 +283,7 @@ class PredictionLog:
         self._tag = f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(2)}"
         self._buffers: dict[tuple[str, int], Buffer] = {}
         self._queued = 0  # rows in the buffers
+        self._hurried = False  # the writer was asked to start early
         self._lock = threading.Lock()
         self._made = 0  # request ids made up so far
         self._files = itertools.count()
@@ -316,6 +320,8 @@ class PredictionLog:
             if self._room(model, version, pre, n):  # the usual case, kept short
                 self._buffers[model, version].add(num, cat, out, ids, levels, request, rows)
                 self._queued += n
+                if self._queued > self.buffer_rows // 2 and not self._hurried:
+                    self._hurry()  # half full before the flush is due: the writer starts now
                 return
         if wait:
             self._wait_for_room(n)
@@ -326,6 +332,12 @@ class PredictionLog:
                     return
         with self._lock:
             self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
+
+    def _hurry(self) -> None:
+        self._hurried = True
+        with self._wake:
+            self._wanted += 1
+            self._wake.notify_all()
 
     def _room(self, model: str, version: int, pre: Preprocess, n: int, alone: bool = False) -> bool:
         """Whether `n` more rows fit (`alone`: or the queue is empty), making the model version's buffer
@@ -380,7 +392,7 @@ class PredictionLog:
     def _write_queued(self) -> None:
         with self._lock:
             buffers, self._buffers = self._buffers, {}
-            self._queued = 0
+            self._queued, self._hurried = 0, False
         for (model, version), buf in buffers.items():
             done = 0
             try:
@@ -431,7 +443,7 @@ class PredictionLog:
 
     def _publish(self, segment: Path, partition: str) -> None:
         """One segment → one Parquet file, renamed into place whole; the segment is then removed."""
-        table = read_segment(segment)
+        table = plain(read_segment(segment))
         if table.num_rows:
             write_whole(self.location, table, f"{self.root}/{partition}", segment.name[1 : -len(SEGMENT)] + ".parquet")
             self.counts.files += 1
@@ -461,6 +473,12 @@ def write_whole(location: LogLocation, table: pa.Table, folder: str, name: str) 
     pq.write_table(table, temporary, filesystem=location.fs, compression="zstd")
     if temporary != final:
         location.fs.move(temporary, final)
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded text as plain text: what Parquet readers (DuckDB, pandas, Spark) all read alike."""
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(fields))
 
 
 def read_segment(path: Path) -> pa.Table:

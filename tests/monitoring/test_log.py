@@ -77,12 +77,12 @@ def pre_path(pre: Preprocess, tmp_path: Path) -> Path:
 
 
 def test_a_full_buffer_drops_and_counts_never_blocks(pre: Preprocess, tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path, buffer_rows=100, flush_s=60)
-    for i in range(5):
-        log.add("churn", 1, pre, *rows(pre, 40, seed=i))  # the writer sleeps: 2 fit, 3 do not
+    log = PredictionLog(tmp_path, buffer_rows=100, flush_s=60)  # the writer sleeps until a flush is due
+    for n in (40, 70, 150):  # 40 fit (under half: no early flush); 40 + 70 do not; 150 never would
+        log.add("churn", 1, pre, *rows(pre, n))
     log.close()
-    assert log.counts.dropped == {"churn": 120} and log.counts.written == {"churn": 80}
-    assert pq.read_table(parquet(tmp_path)).num_rows == 80
+    assert log.counts.dropped == {"churn": 220} and log.counts.written == {"churn": 40}
+    assert pq.read_table(parquet(tmp_path)).num_rows == 40
 
 
 def test_sampling_logs_about_that_share_of_requests(pre: Preprocess, tmp_path: Path) -> None:
