@@ -134,13 +134,18 @@ class LogSchema:
         ]
         columns += [id_texts(buf.ids[j][lo:hi]) for j in self.id_positions]
         columns += [pa.array(buf.num[lo:hi, j], mask=np.isnan(buf.num[lo:hi, j])) for j, _ in self.numeric]
-        columns += [self._levels(buf, j, name, lo, hi) for j, name in self.categorical]
+        if self.categorical:
+            codes = np.ascontiguousarray(buf.cat[lo:hi].T)  # a row per feature: each column's codes contiguous
+            index = (codes - 1).astype(np.int32)
+            columns += [self._levels(buf, j, name, lo, hi, index[j], codes[j] == 0) for j, name in self.categorical]
         columns += self._outputs(buf.out[lo:hi])
         return pa.Table.from_arrays(columns, schema=self.schema)
 
-    def _levels(self, buf: Buffer, j: int, name: str, lo: int, hi: int) -> pa.Array:
-        codes = buf.cat[lo:hi, j]
-        taken = pa.DictionaryArray.from_arrays(pa.array(codes - 1, pa.int32(), mask=codes == 0), self.vocab[j])
+    def _levels(
+        self, buf: Buffer, j: int, name: str, lo: int, hi: int, index: np.ndarray, missing: np.ndarray
+    ) -> pa.Array:
+        """A categorical column: the vocabulary's index (code 0, missing or unseen, is null)."""
+        taken = pa.DictionaryArray.from_arrays(pa.array(index, mask=missing), self.vocab[j])
         sent = [(start, lv[name]) for start, lv in buf.levels.items() if lo <= start < hi and name in lv]
         if not sent:
             return taken
@@ -166,9 +171,10 @@ class LogSchema:
 
 def id_texts(values: list[Any]) -> pa.Array:
     """Id values as a text column (anything but a string as JSON; absent as missing)."""
-    if all(type(v) is str for v in values):
-        return pa.array(values, pa.string())
-    return pa.array([text_of(v) for v in values], pa.string())
+    try:
+        return pa.array(values, pa.string())  # the usual ids: text already
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array([text_of(v) for v in values], pa.string())
 
 
 def text_of(value: Any) -> str | None:
@@ -443,7 +449,7 @@ class PredictionLog:
 
     def _publish(self, segment: Path, partition: str) -> None:
         """One segment → one Parquet file, renamed into place whole; the segment is then removed."""
-        table = plain(read_segment(segment))
+        table = read_segment(segment)
         if table.num_rows:
             write_whole(self.location, table, f"{self.root}/{partition}", segment.name[1 : -len(SEGMENT)] + ".parquet")
             self.counts.files += 1
@@ -470,7 +476,15 @@ def write_whole(location: LogLocation, table: pa.Table, folder: str, name: str) 
     location.fs.create_dir(folder, recursive=True)
     final = f"{folder}/{name}"
     temporary = f"{folder}/.{name}.tmp" if location.local else final  # an object store's PUT is whole
-    pq.write_table(table, temporary, filesystem=location.fs, compression="zstd")
+    # no Arrow schema inside: every reader sees plain text columns; statistics where readers filter
+    pq.write_table(
+        table,
+        temporary,
+        filesystem=location.fs,
+        compression="zstd",
+        store_schema=False,
+        write_statistics=["_at", "_version"],
+    )
     if temporary != final:
         location.fs.move(temporary, final)
 
