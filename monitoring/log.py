@@ -46,7 +46,7 @@ class Buffer:
     def __init__(self, pre: Preprocess, capacity: int) -> None:
         self.pre, self.capacity, self.size = pre, capacity, 0
         self.num = np.empty((capacity, len(pre.numeric)), np.float32)
-        self.cat = np.empty((capacity, len(pre.categorical)), np.int64)
+        self.cat = np.empty((capacity, len(pre.categorical)), np.int32)
         self.out = np.empty((capacity, pre.n_outputs), np.float32)
         self.ids: list[list[Any]] = [[] for _ in pre.id_columns]
         self.starts: list[int] = []  # each request's first row
@@ -54,6 +54,17 @@ class Buffer:
         self.requests: list[str | None] = []  # and the client's request id
         self.levels: dict[int, dict[str, Any]] = {}  # first row → levels as sent, where one was unseen (rare)
         self.rows: dict[int, np.ndarray] = {}  # first row → row numbers in a scored file
+
+    def clear(self) -> Buffer:
+        """Empty, for reuse (its arrays' pages are already the process's: no page faults the next time)."""
+        self.size = 0
+        for values in self.ids:
+            values.clear()
+        for kept in (self.starts, self.ats, self.requests):
+            kept.clear()
+        self.levels.clear()
+        self.rows.clear()
+        return self
 
     def add(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, ids: Sequence[tuple[str, Sequence[Any]]],
             levels: dict[str, Any] | None, request: str | None, rows: np.ndarray | None) -> None:  # fmt: skip
@@ -97,7 +108,7 @@ class LogSchema:
         self.labels = pa.array([str(label) for label in pre.labels], pa.string()) if pre.labels else None
         fields = [
             pa.field("_at", pa.timestamp("us", tz="UTC")),
-            pa.field("_request", pa.string()),
+            pa.field("_request", LEVELS),
             pa.field("_row", pa.int64()),
             pa.field("_model", LEVELS),
             pa.field("_version", pa.int32()),
@@ -127,7 +138,7 @@ class LogSchema:
         n = hi - lo
         columns: list[pa.Array] = [
             pa.array((np.asarray(buf.ats[first:last]) * 1e6).astype(np.int64)[which], pa.timestamp("us", tz="UTC")),
-            named.take(pa.array(which)),
+            pa.DictionaryArray.from_arrays(pa.array(which.astype(np.int32)), named),
             pa.array(rows, pa.int64()),
             pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([self.model])),
             pa.array(np.full(n, self.version, np.int32)),
@@ -288,6 +299,7 @@ class PredictionLog:
         self.prefix = f"{secrets.token_hex(4)}-"  # request ids this process makes up
         self._tag = f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(2)}"
         self._buffers: dict[tuple[str, int], Buffer] = {}
+        self._spare: dict[tuple[str, int], Buffer] = {}  # written buffers, to fill again
         self._queued = 0  # rows in the buffers
         self._hurried = False  # the writer was asked to start early
         self._lock = threading.Lock()
@@ -352,7 +364,10 @@ class PredictionLog:
             return False
         buf = self._buffers.get((model, version))
         if buf is None:
-            buf = self._buffers[model, version] = Buffer(pre, max(self.buffer_rows, n))
+            spare = self._spare.pop((model, version), None)
+            if spare is None or spare.capacity < n or spare.pre is not pre:
+                spare = Buffer(pre, max(self.buffer_rows, n))
+            buf = self._buffers[model, version] = spare
         return buf.size + n <= buf.capacity
 
     def _wait_for_room(self, n: int) -> None:
@@ -416,6 +431,8 @@ class PredictionLog:
             except Exception:  # one model's failure must not lose the others'
                 log.exception("prediction log: records of %s could not be written", model)
                 self.counts.dropped[model] = self.counts.dropped.get(model, 0) + buf.size - done
+            with self._lock:
+                self._spare[model, version] = buf.clear()
 
     def _schema(self, model: str, version: int, pre: Preprocess) -> LogSchema:
         key = (model, version)
