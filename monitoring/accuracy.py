@@ -105,12 +105,18 @@ def regression_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, A
     }
 
 
-def metrics_of(pre: Preprocess, outputs: np.ndarray, outcomes: list[str]) -> dict[str, Any]:
-    """The task's live metrics for model outputs (as the ONNX graph gives them) and outcome texts."""
+def truth_of(pre: Preprocess, outcomes: list[str]) -> np.ndarray:
+    """Outcome texts as the metrics take them: label indices, or values (regression)."""
     if pre.task == "regression":
-        return regression_metrics(outputs[:, 0], np.array([float(o) for o in outcomes]))
+        return np.array([float(o) for o in outcomes])
     index = {str(label): i for i, label in enumerate(pre.labels)}
-    truth = np.array([index[o] for o in outcomes], np.int64)
+    return np.array([index[o] for o in outcomes], np.int64)
+
+
+def metrics_of(pre: Preprocess, outputs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The task's live metrics for model outputs (as the ONNX graph gives them) against `truth_of` outcomes."""
+    if pre.task == "regression":
+        return regression_metrics(outputs[:, 0], truth)
     labels = [str(label) for label in pre.labels]
     return classification_metrics(outputs, truth, labels, pre.label_index(outputs))  # the served labels' rule
 
@@ -145,5 +151,5 @@ class LiveAccuracy:
         versions = {}
         for version, pairs in sorted(snapshot.items()):
             outputs = np.stack([o for o, _ in pairs])
-            versions[str(version)] = metrics_of(self.pre, outputs, [t for _, t in pairs])
+            versions[str(version)] = metrics_of(self.pre, outputs, truth_of(self.pre, [t for _, t in pairs]))
         return versions

@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from monitoring.accuracy import calibration, metrics_of
+from monitoring.accuracy import calibration, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import LogLocation
 from service import bundle
@@ -147,51 +147,60 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
     score_edges = reference["score"]["edges"]
     bins.append(("score", numeric_bins(score_sql(pre), score_edges)))
     expected["score"] = np.asarray(reference["score"]["shares"])
-    hists = ", ".join(f"histogram({sql}) AS {quoted(name)}" for name, sql in bins)
-    period = f"date_trunc('{PERIODS[by]}', _at)"
-    rows = reader.db.execute(
-        f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, count(*) AS n, {hists} "
-        f"FROM predictions {where} GROUP BY 1 ORDER BY 1"
-    ).fetchall()
-    report = Report(ref.name, ref.version, [r[0] for r in rows], [r[1] for r in rows], {}, {}, [], [], score_edges)
+    periods, counts = bin_counts(reader, [sql for _, sql in bins], [len(expected[n]) for n, _ in bins], by, where)
+    report = Report(ref.name, ref.version, periods, [], {}, {}, [], [], score_edges)
+    report.rows = counts[-1].sum(axis=1).tolist()
     totals = {}
     for j, (name, _) in enumerate(bins):
-        size = len(expected[name])
-        counts = [_counts(r[2 + j], size) for r in rows]
-        report.psi[name] = [population_stability(c, expected[name]) for c in counts]
-        totals[name] = np.sum(counts, axis=0) if counts else np.zeros(size)
-        if name in pre.kinds and pre.kinds[name] == "numeric":
-            report.missing[name] = [float(c[-1] / max(c.sum(), 1)) for c in counts]
+        report.psi[name] = [population_stability(c, expected[name]) for c in counts[j]]
+        totals[name] = counts[j].sum(axis=0)
+        if pre.kinds.get(name) == "numeric":
+            report.missing[name] = [float(c[-1] / max(c.sum(), 1)) for c in counts[j]]
     whole = totals["score"]
     report.score_shares = (whole / max(whole.sum(), 1)).tolist()
     report.score_reference = expected["score"].tolist()
     report.training = {"test": ref.metrics.get("test"), "positive_rate": ref.metrics.get("positive_rate")}
     if reader.has_feedback:
-        live_by_period(reader, pre, period, where, report)
+        live_by_period(reader, pre, f"date_trunc('{PERIODS[by]}', _at)", where, report)
     return report
+
+
+def bin_counts(
+    reader: LogReader, bins: list[str], sizes: list[int], by: str, where: str
+) -> tuple[list[str], list[np.ndarray]]:
+    """The periods and, per bin expression, its counts per (period, bin): one scan, a grouping set each."""
+    picked = ", ".join(f"{sql}::INTEGER AS b{j}" for j, sql in enumerate(bins))
+    names = ", ".join(f"b{j}" for j in range(len(bins)))
+    sets = ", ".join(f"(period, b{j})" for j in range(len(bins)))
+    found = reader.db.sql(
+        f"SELECT period, {names}, count(*) FROM "
+        f"(SELECT strftime(date_trunc('{PERIODS[by]}', _at), '%Y-%m-%d %H:%M') AS period, {picked} "
+        f"FROM predictions {where}) GROUP BY GROUPING SETS ({sets})"
+    ).fetchall()
+    periods = sorted({row[0] for row in found})
+    at = {p: i for i, p in enumerate(periods)}
+    counts = [np.zeros((len(periods), size), np.int64) for size in sizes]
+    for row in found:
+        j = next(j for j, b in enumerate(row[1:-1]) if b is not None)  # the one field of this grouping set
+        counts[j][at[row[0]], min(row[1 + j], sizes[j] - 1)] += row[-1]
+    return periods, counts
 
 
 def live_by_period(reader: LogReader, pre: Preprocess, period: str, where: str, report: Report) -> None:
     """The live metrics of each period's labelled predictions (and the whole range's calibration)."""
-    table = reader.table(f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, * FROM labelled {where} ORDER BY _at")
+    outputs_sql = {"binary": "_probability", "multiclass": "_probabilities", "regression": "_value"}[pre.task]
+    table = reader.table(
+        f"SELECT strftime({period}, '%Y-%m-%d %H:%M') AS period, {outputs_sql}, _outcome FROM labelled {where} ORDER BY _at"
+    )
     if not table.num_rows:
         return
-    outputs, outcomes = outputs_of(pre, table), table.column("_outcome").to_pylist()
+    outputs, truth = outputs_of(pre, table), truth_of(pre, table.column("_outcome").to_pylist())
     periods = np.asarray(table.column("period").to_pylist())
     for name in dict.fromkeys(periods.tolist()):
         rows = periods == name
-        doc = metrics_of(pre, outputs[rows], [o for o, keep in zip(outcomes, rows, strict=True) if keep])
-        report.live.append({"period": name, **doc})
+        report.live.append({"period": name, **metrics_of(pre, outputs[rows], truth[rows])})
     if pre.task == "binary":
-        positive = np.asarray([o == str(pre.labels[1]) for o in outcomes])
-        report.calibration = calibration(positive, outputs[:, 1].astype(np.float64))
-
-
-def _counts(hist: dict[int, int] | None, size: int) -> np.ndarray:
-    counts = np.zeros(size, np.int64)
-    for b, n in (hist or {}).items():
-        counts[min(int(b), size - 1)] += n
-    return counts
+        report.calibration = calibration(truth == 1, outputs[:, 1].astype(np.float64))
 
 
 def bin_sql(feat: NumericFeature | CategoricalFeature, reference: dict[str, Any]) -> str:
