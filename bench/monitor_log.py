@@ -103,7 +103,9 @@ def main() -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         times.append(time.perf_counter() - t)
     print(done.stdout)
-    print(f"tabserve monitor --html over {args.rows:,} rows ({args.labelled:,} labelled): best {min(times):.1f} s of {times}")
+    print(
+        f"tabserve monitor --html over {args.rows:,} rows ({args.labelled:,} labelled): best {min(times):.1f} s of {times}"
+    )
 
 
 if __name__ == "__main__":
