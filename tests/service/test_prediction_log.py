@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import pyarrow.parquet as pq
 
 from service import bundle
@@ -126,3 +127,44 @@ def test_tabserve_score_logs_every_scored_row_by_its_row_number(churn_bundle: bu
     assert len(set(table.column("_request").to_pylist())) == 1  # one file, one request id
     first = table.filter(table.column("_row").to_numpy() == 1).to_pylist()[0]  # numbered as errors number rows
     assert first["customerID"] == "7590-VHVEG" and first["Contract"] == "Month-to-month"
+
+
+def test_every_scoring_route_logs_its_records(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    from tests.service.test_api import v2_body
+
+    store, log = copy_store(churn_bundle, tmp_path / "models"), tmp_path / "log"
+    records = RECORDS[:4]
+    columns = list(records[0])
+    csv_body = ",".join(columns) + "\n" + "".join(",".join(str(r[c] or "") for c in columns) + "\n" for r in records)
+    with running_server(store, "--log", str(log)) as server:
+        sent = {
+            "native": httpx.post(server.url + "/predict", json={"records": records}, headers={"x-request-id": "native-1"}),
+            "v2": httpx.post(server.url + "/v2/models/churn/infer", json={"id": "v2-1", **v2_body(records)}),
+            "mlflow": httpx.post(
+                server.url + "/invocations",
+                json={"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in records]}},
+                headers={"x-request-id": "mlflow-1"},
+            ),
+            "upload": httpx.post(
+                server.url + "/models/churn/score", content=csv_body, headers={"content-type": "text/csv"}
+            ),
+            "unseen": httpx.post(
+                server.url + "/predict",
+                json={"records": [{**records[0], "Contract": "Ten-year"}]},
+                headers={"x-request-id": "unseen-1"},
+            ),
+        }
+        assert all(r.status_code == 200 for r in sent.values()), {k: r.text for k, r in sent.items()}
+    table = pq.read_table(sorted(log.glob("churn/date=*/*.parquet")))
+    by_request: dict[str, list[dict[str, object]]] = {}
+    for row in table.to_pylist():
+        by_request.setdefault(str(row["_request"]), []).append(row)
+    assert [len(by_request[k]) for k in ("native-1", "v2-1", "mlflow-1", "unseen-1")] == [4, 4, 4, 1]
+    uploads = [rows for key, rows in by_request.items() if key.startswith("churn-")]
+    assert len(uploads) == 1 and sorted(r["_row"] for r in uploads[0]) == [1, 2, 3, 4]
+    for key in ("native-1", "mlflow-1"):  # the protocols that carry ids
+        assert [r["customerID"] for r in by_request[key]] == [r["customerID"] for r in records]
+    native = sent["native"].json()["predictions"]
+    assert [r["_probability"] for r in by_request["native-1"]] == pytest.approx([p["probability"] for p in native])
+    assert by_request["v2-1"][2]["Contract"] == records[2]["Contract"] and by_request["v2-1"][0]["customerID"] is None
+    assert by_request["unseen-1"][0]["Contract"] == "Ten-year"  # kept as sent, though scored as missing
