@@ -157,8 +157,11 @@ class Feedback:
     def _bad(record: int, column: str, message: str) -> dict[str, Any]:
         return {"record": record, "field": column, "message": message}
 
-    def latest(self, keys: set[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[int, np.ndarray]]:
-        """The version and outputs of each key's latest logged prediction."""
+    def latest(
+        self, keys: set[tuple[str, ...]] | dict[tuple[str, ...], Any]
+    ) -> dict[tuple[str, ...], tuple[int, np.ndarray]]:
+        """The version and outputs of each key's latest logged prediction (given a dict, the latest
+        logged at or before the key's time there)."""
         if not keys:
             return {}
         ids = self.pre.id_columns
@@ -168,12 +171,30 @@ class Feedback:
         table = table.sort_by("_at")
         outputs = outputs_of(self.pre, table)
         columns = [table.column(c).to_pylist() for c in ids]
-        versions = table.column("_version").to_pylist()
+        versions, ats = table.column("_version").to_pylist(), table.column("_at").to_pylist()
+        until = keys if isinstance(keys, dict) else None
         found = {}
         for row, key in enumerate(zip(*columns, strict=True)):
-            if key in keys:  # later rows (later predictions) overwrite earlier ones
+            if key in keys and (until is None or ats[row] <= until[key]):  # later predictions overwrite earlier
                 found[key] = (versions[row], outputs[row])
         return found
+
+    def stored(self, limit: int) -> list[Labelled]:
+        """The last `limit` outcomes stored (a later one for an id replaces an earlier), each with its
+        prediction: what a restarted service's live window starts from."""
+        files = self.location.files(self.model, FEEDBACK)
+        if not files:
+            return []
+        table = ds.dataset(files, format="parquet", filesystem=self.location.fs).to_table().sort_by("_at")
+        ids = [table.column(c).to_pylist() for c in self.pre.id_columns]
+        outcomes, ats = table.column("_outcome").to_pylist(), table.column("_at").to_pylist()
+        last: dict[tuple[str, ...], tuple[str, Any]] = {}
+        for key, outcome, at in zip(zip(*ids, strict=True), outcomes, ats, strict=True):
+            last.pop(key, None)  # re-inserted: the order is that of the latest outcome
+            last[key] = (outcome, at)
+        wanted = dict(list(last.items())[-limit:])
+        found = self.latest({key: at for key, (_, at) in wanted.items()})
+        return [Labelled(key, *found[key], outcome) for key, (outcome, _) in wanted.items() if key in found]
 
     def _write(self, keys: list[tuple[str, ...]], outcomes: list[str]) -> None:
         now = time.time()

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitoring.feedback import Feedback
 from monitoring.log import PredictionLog
 from service import accelerators
 from service.api import admin, feedback, health, metrics, models, openapi, protocols, score
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         providers_for(settings.device)  # device=cuda with no usable CUDA fails the start here
         log.info(describe_device(settings.device))
-        loader = asyncio.create_task(_load_then_poll(store, settings))
+        loader = asyncio.create_task(_load_then_poll(store, settings, prediction_log))
         yield
         loader.cancel()
         if prediction_log is not None:  # after the last request is answered: everything accepted is written
@@ -143,8 +144,10 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse({"error": details[0]["message"] if details else "invalid request", "details": details}, 422)
 
 
-async def _load_then_poll(store: ModelStore, settings: Settings) -> None:
+async def _load_then_poll(store: ModelStore, settings: Settings, prediction_log: PredictionLog | None) -> None:
     report = await store.refresh()
+    if prediction_log is not None:
+        await _restore_live_accuracy(store, prediction_log, settings.monitor_window)
     # everything alive now (modules, sessions, the app) lives as long as the process: moving
     # it out of the collector's reach keeps full collections short. Without it, request bodies
     # with many small objects (a V2 request holds one dict per feature) set off collections that
@@ -156,6 +159,20 @@ async def _load_then_poll(store: ModelStore, settings: Settings) -> None:
         log.warning("some bundles were refused: %s", report.failed)
     if settings.poll_interval_s > 0:
         await store.poll()
+
+
+async def _restore_live_accuracy(store: ModelStore, prediction_log: PredictionLog, window: int) -> None:
+    """Each model's live window as the stored outcomes left it (a restart forgets nothing)."""
+    for model in list(store.current.values()):
+        if not model.pre.id_columns:
+            continue
+        try:
+            found = Feedback(prediction_log.location, model.name, model.pre).stored
+            labelled = await asyncio.to_thread(found, window)
+        except Exception:  # the service starts either way; the window fills with new feedback
+            log.exception("live accuracy of %s could not be read back from the log", model.name)
+            continue
+        store.telemetry.live(model.name, model.pre, window).add_all(labelled)
 
 
 def app_from_env() -> FastAPI:

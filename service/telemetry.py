@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from service.drift import Drift
+from service.features import Preprocess
 
 if TYPE_CHECKING:
     from monitoring.accuracy import LiveAccuracy
@@ -67,6 +68,15 @@ class Telemetry(Collector):
         )
         self.reloads = Counter("tabserve_reloads", "Bundle loads by outcome", ["outcome"], registry=r)
         r.register(self)
+
+    def live(self, model: str, pre: Preprocess, window: int) -> LiveAccuracy:
+        """A model's live accuracy window (made on first use)."""
+        from monitoring.accuracy import LiveAccuracy
+
+        found = self.accuracy.get(model)
+        if found is None:
+            found = self.accuracy[model] = LiveAccuracy(pre, window)
+        return found
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)

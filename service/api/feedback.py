@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from monitoring.accuracy import LiveAccuracy
 from monitoring.feedback import Feedback, Stored, records_of
 from service.api.deps import PlaneDep, SettingsDep, TelemetryDep
 from service.errors import InputError
@@ -51,8 +50,5 @@ async def feedback(
         stored = await asyncio.to_thread(store)
     except InputError as exc:
         return JSONResponse(exc.to_json(), STATUS[exc.kind])
-    live = telemetry.accuracy.get(model.name)
-    if live is None:
-        live = telemetry.accuracy[model.name] = LiveAccuracy(model.pre, settings.monitor_window)
-    live.add_all(stored.labelled)
+    telemetry.live(model.name, model.pre, settings.monitor_window).add_all(stored.labelled)
     return {"model": model.name, "stored": stored.stored, "refused": stored.refused}

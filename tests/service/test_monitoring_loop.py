@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,13 @@ def test_live_auc_equals_offline_and_the_export_trains(
     assert abs(live["auc"] - offline) < 1e-6, (live["auc"], offline)
     line = next(x for x in metrics.splitlines() if x.startswith("tabserve_live_auc{"))
     assert abs(float(line.split()[-1]) - offline) < 1e-6
+
+    with running_server(store, "--log", str(log)) as restarted:  # the window is read back from the log
+        deadline, again = time.monotonic() + 20, {}
+        while again.get("rows") != len(ids) and time.monotonic() < deadline:  # read back just after start
+            time.sleep(0.2)
+            again = httpx.get(restarted.url + "/models/churn/monitor").json()["accuracy"]["versions"].get("1", {})
+    assert again["rows"] == len(ids) and abs(again["auc"] - offline) < 1e-6
 
     logged = pq.read_table(sorted(log.glob("churn/date=*/*.parquet")))
     assert logged.num_rows == len(ids)  # after SIGTERM: every scored record on disk
