@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import pyarrow.parquet as pq
+import pytest
 
 from service import bundle
 from tests.service.conftest import copy_store, running_server, telco_records
@@ -138,7 +138,9 @@ def test_every_scoring_route_logs_its_records(churn_bundle: bundle.BundleRef, tm
     csv_body = ",".join(columns) + "\n" + "".join(",".join(str(r[c] or "") for c in columns) + "\n" for r in records)
     with running_server(store, "--log", str(log)) as server:
         sent = {
-            "native": httpx.post(server.url + "/predict", json={"records": records}, headers={"x-request-id": "native-1"}),
+            "native": httpx.post(
+                server.url + "/predict", json={"records": records}, headers={"x-request-id": "native-1"}
+            ),
             "v2": httpx.post(server.url + "/v2/models/churn/infer", json={"id": "v2-1", **v2_body(records)}),
             "mlflow": httpx.post(
                 server.url + "/invocations",
