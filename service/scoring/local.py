@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from monitoring.log import PredictionLog
 from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, process_alive
+from service.drift import Drift
 from service.explain import Effects, Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss
 from service.runtime import Device, create_session
@@ -109,9 +110,11 @@ class Scorer:
         explain: Explain | None = None,
         explainer: Explainer | None = None,
         log: PredictionLog | None = None,
+        drift: Drift | None = None,
     ) -> None:
         self.name, self.version = ref.name, ref.version
         self.log, self.log_request = log, f"{self.name}-{secrets.token_hex(4)}"  # one request id per file
+        self.drift = drift  # the service's live window, which uploads count into too
         self.pre = pre if pre is not None else ref.preprocess
         self.reasons: ReasonColumns | None = None
         if explain is not None:  # before the model's session: a bundle without explain.onnx fails first
@@ -193,6 +196,8 @@ class Scorer:
         kept = [batch.column(name) for name in schema.names[:n_kept]]
         if self.log is not None:
             self._log(batch, enc, out, rows, failed)
+        if self.drift is not None:
+            self.drift.update(enc.num[~failed], enc.cat[~failed], out[~failed])
         label_index = self.pre.label_index(out) if self.pre.task != "regression" else None
         added = [] if self.reasons is None else self.reasons.columns(batch, enc.num, enc.cat, label_index, failed)
         columns = [*kept, *self._predictions(out, label_index, failed), *added, error_col]

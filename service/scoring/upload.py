@@ -280,6 +280,7 @@ class Upload:
                 explain=explain,
                 explainer=model.explainer,
                 log=self.log,
+                drift=model.drift,
             )
             source = CsvSource(stream, name="body")
             # one scoring thread per upload leaves cores to the service's requests

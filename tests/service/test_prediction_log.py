@@ -157,6 +157,8 @@ def test_every_scoring_route_logs_its_records(churn_bundle: bundle.BundleRef, tm
             ),
         }
         assert all(r.status_code == 200 for r in sent.values()), {k: r.text for k, r in sent.items()}
+        window = httpx.get(server.url + "/models/churn/monitor").json()["window_rows"]
+    assert window == 4 * 4 + 1  # the upload's rows count in the live drift window too
     table = pq.read_table(sorted(log.glob("churn/date=*/*.parquet")))
     by_request: dict[str, list[dict[str, object]]] = {}
     for row in table.to_pylist():
