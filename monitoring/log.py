@@ -46,7 +46,7 @@ class Buffer:
     def __init__(self, pre: Preprocess, capacity: int) -> None:
         self.pre, self.capacity, self.size = pre, capacity, 0
         self.num = np.empty((capacity, len(pre.numeric)), np.float32)
-        self.cat = np.empty((capacity, len(pre.categorical)), np.int32)
+        self.cat = np.empty((capacity, len(pre.categorical)), np.int64)
         self.out = np.empty((capacity, pre.n_outputs), np.float32)
         self.ids: list[list[Any]] = [[] for _ in pre.id_columns]
         self.starts: list[int] = []  # each request's first row
