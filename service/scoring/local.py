@@ -211,8 +211,10 @@ class Scorer:
         ok = ~failed
         keep = pa.array(ok)
         present = set(batch.schema.names)
-        ids = [
-            (c, batch.column(c).filter(keep).cast(pa.string()).to_pylist()) for c in self.pre.id_columns if c in present
+        n = int(ok.sum())
+        ids = [  # every id column, in the model's order (one the file lacks: missing)
+            (c, batch.column(c).filter(keep).cast(pa.string()).to_pylist() if c in present else [None] * n)
+            for c in self.pre.id_columns
         ]
         levels = {f.name: batch.column(f.name).filter(keep) for f in self.pre.categorical}
         self.log.add(
