@@ -7,6 +7,7 @@ replaces an earlier one. That one rule serves the live window, `tabserve monitor
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import math
@@ -53,13 +54,15 @@ class Stored:
 def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
     """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows)."""
     if media_type == "text/csv":
-        try:
+        header = body.split(b"\n", 1)[0].decode("utf-8", "replace")
+        names = next(csv.reader([header]), [])
+        try:  # every column as text: an id such as 007 or a label such as True stays as sent
             table = pacsv.read_csv(
-                io.BytesIO(body), convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True)
+                io.BytesIO(body),
+                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
             )
         except pa.ArrowInvalid as exc:
             raise InputError("malformed", f"malformed CSV: {exc}") from None
-        table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
         records: Any = table.to_pylist()
     elif media_type == "application/json":
         try:
@@ -120,7 +123,7 @@ class Feedback:
         target = self.pre.target
         for i, record in enumerate(records):
             key, outcome, problem = None, None, None
-            ids = [text_of(record.get(c)) for c in self.pre.id_columns]
+            ids = [text_of(record.get(c)) or None for c in self.pre.id_columns]  # empty is missing
             missing = [c for c, v in zip(self.pre.id_columns, ids, strict=True) if v is None]
             if missing:
                 problem = self._bad(i, missing[0], "the id column is missing")
@@ -210,14 +213,15 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
     """A model's logged rows whose first id column is one of `first_ids` (Parquet files and live segments)."""
     wanted = pa.array(sorted(set(first_ids)), pa.string())
     parts = []
-    files = location.files(model)
-    if files:
-        dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
-        parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
+    # segments read before the files are listed: one published meanwhile is then in one or both
     for segment in location.segments(model):
         table = plain(read_segment(segment))
         if table.num_rows and ids[0] in table.column_names:
             parts.append(table.filter(ds.field(ids[0]).isin(wanted)))
+    files = location.files(model)
+    if files:
+        dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
+        parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
     if not parts:
         return pa.table({})
     return pa.concat_tables(parts, promote_options="permissive")

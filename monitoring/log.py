@@ -310,6 +310,7 @@ class PredictionLog:
         self._wake = threading.Condition()
         self._wanted = self._done = 0  # flushes asked for and done, for flush() to wait on
         self._closing = False
+        self._retry = False  # a segment could not be published: try again next cycle
         self.recover()
         self._thread = threading.Thread(target=self._run, name="tabserve-log", daemon=True)
         self._thread.start()
@@ -402,6 +403,8 @@ class PredictionLog:
             try:
                 self._write_queued()
                 self._rotate(everything=closing)
+                if self._retry:
+                    self.recover()
             except Exception:  # the log never takes the service down; it says so
                 log.exception("prediction log: writing failed")
             with self._wake:
@@ -415,12 +418,13 @@ class PredictionLog:
             buffers, self._buffers = self._buffers, {}
             self._queued, self._hurried = 0, False
         for (model, version), buf in buffers.items():
-            done = 0
+            done, key = 0, None
             try:
                 schema = self._schema(model, version, buf.pre)
                 for day, first, last in days(buf.ats) if buf.starts else []:
                     table = schema.table(buf, first, last, self._made, self.prefix)
                     self._made += last - first
+                    key = (model, version, day)
                     segment = self._segment(model, version, day, schema.schema)
                     for batch in table.to_batches():
                         segment.writer.write_batch(batch)
@@ -431,6 +435,8 @@ class PredictionLog:
             except Exception:  # one model's failure must not lose the others'
                 log.exception("prediction log: records of %s could not be written", model)
                 self.counts.dropped[model] = self.counts.dropped.get(model, 0) + buf.size - done
+                if key in self._segments:  # a batch may be half written: that segment ends here
+                    self._close(self._segments.pop(key), publish=False)
             with self._lock:
                 self._spare[model, version] = buf.clear()
 
@@ -448,8 +454,10 @@ class PredictionLog:
             folder = self.spool / partition
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f".v{version}-{self._tag}-{next(self._files)}{SEGMENT}"
-            handle = open(path, "wb")  # noqa: SIM115 - open for the segment's life, closed on rotation
+            opening = path.with_name(path.name + ".new")  # not a segment to recovery until it is locked
+            handle = open(opening, "wb")  # noqa: SIM115 - open for the segment's life, closed on rotation
             fcntl.flock(handle, fcntl.LOCK_EX)  # held while alive: recovery leaves a live segment alone
+            os.rename(opening, path)
             segment = Segment(path, partition, pa.ipc.new_stream(handle, schema), handle)
             self._segments[key] = segment
         return segment
@@ -459,10 +467,20 @@ class PredictionLog:
         for key, segment in list(self._segments.items()):
             old = time.monotonic() - segment.opened >= self.rotate_s
             if everything or old or segment.rows >= self.file_rows or key[2] != today:
-                del self._segments[key]
-                segment.writer.close()
+                self._close(self._segments.pop(key), publish=True)
+
+    def _close(self, segment: Segment, publish: bool) -> None:
+        """End a segment: publish it as Parquet, or leave it (unlocked) for `recover`, which each
+        writer cycle runs after a failure (and every log at start)."""
+        try:
+            segment.writer.close()
+            if publish:
                 self._publish(segment.path, segment.partition)
-                segment.handle.close()  # the lock goes with it, after the Parquet file is in place
+        except Exception:  # a full disk, an object store away: the segment stays for the next try
+            log.exception("prediction log: %s could not be published; it will be tried again", segment.path)
+            self._retry = True
+        finally:
+            segment.handle.close()  # the lock goes with it, after the Parquet file is in place
 
     def _publish(self, segment: Path, partition: str) -> None:
         """One segment → one Parquet file, renamed into place whole; the segment is then removed."""
@@ -476,16 +494,22 @@ class PredictionLog:
         """Publish the segments of processes that died (their lock is free) as Parquet files."""
         if not self.spool.is_dir():
             return
+        self._retry = False
         for path in sorted(self.spool.glob(f"*/date=*/.*{SEGMENT}")):
-            with open(path, "rb") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live process is writing it
-                if not path.exists():
-                    continue  # another worker just recovered it
-                log.warning("prediction log: recovering %s, left by a process that stopped", path)
-                self._publish(path, f"{path.parent.parent.name}/{path.parent.name}")
+            try:
+                with open(path, "rb") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live process is writing it
+                    if not path.exists():
+                        continue  # another worker just recovered it
+                    log.warning("prediction log: publishing %s, left by a process that stopped or a failed try", path)
+                    self._publish(path, f"{path.parent.parent.name}/{path.parent.name}")
+            except FileNotFoundError:
+                continue  # another worker recovered it first
+            except Exception:  # the service starts either way; the next try comes after the next failure or start
+                log.exception("prediction log: %s could not be recovered", path)
 
 
 def write_whole(location: LogLocation, table: pa.Table, folder: str, name: str) -> None:

@@ -32,7 +32,8 @@ def quoted(name: str) -> str:
 
 
 class LogReader:
-    """One model's log as DuckDB views: `predictions`, `feedback` and `labelled`."""
+    """One model's log as DuckDB views: `predictions`, `feedback` and `labelled` (the `date=` folders
+    are not read as a column: a join on them would pair only same-day outcomes)."""
 
     def __init__(self, root: str | Path, model: str, ids: list[str] | None = None) -> None:
         self.location, self.model = LogLocation.of(root), model
@@ -45,13 +46,13 @@ class LogReader:
         if not self.location.files(model):
             raise ValueError(f"no prediction log for {model} under {self.location.root}")
         self.db.execute(
-            f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{base}/date=*/*.parquet', union_by_name = true)"
+            f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{base}/date=*/*.parquet', union_by_name = true, hive_partitioning = false)"
         )
         self.ids = ids if ids is not None else self._ids()
         self.has_feedback = bool(self.location.files(model, FEEDBACK))
         if self.has_feedback:
             self.db.execute(
-                f"CREATE VIEW feedback AS SELECT * FROM read_parquet('{base}/{FEEDBACK}/date=*/*.parquet', union_by_name = true)"
+                f"CREATE VIEW feedback AS SELECT * FROM read_parquet('{base}/{FEEDBACK}/date=*/*.parquet', union_by_name = true, hive_partitioning = false)"
             )
             self.db.execute(f"CREATE VIEW labelled AS {labelled_sql(self.ids)}")
 
@@ -60,7 +61,7 @@ class LogReader:
         files = self.location.files(self.model, FEEDBACK)
         if not files:
             return []
-        names = self.table(f"SELECT * FROM read_parquet('{files[0]}') LIMIT 0").column_names
+        names = self.table(f"SELECT * FROM read_parquet('{files[0]}', hive_partitioning = false) LIMIT 0").column_names
         return [n for n in names if not n.startswith("_")]
 
     def export(self, output: Path, labelled: bool) -> int:

@@ -28,8 +28,8 @@ log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
 V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/infer/?$")
 NO_SUCH_VERSION = -1  # a version path segment too long to be a version any store holds
-TIMEOUT_HEADER = b"x-request-timeout-ms"
-REQUEST_ID_HEADER = b"x-request-id"  # kept in the prediction log (a client's trace id)  # lowers the request's deadline (never raises it)
+TIMEOUT_HEADER = b"x-request-timeout-ms"  # lowers the request's deadline (never raises it)
+REQUEST_ID_HEADER = b"x-request-id"  # kept in the prediction log (a client's trace id)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 ROUTES_KEPT = 1024  # parsed request paths remembered (the same few paths come again and again)
 

@@ -281,6 +281,7 @@ class Upload:
                 explainer=model.explainer,
                 log=self.log,
                 drift=model.drift,
+                log_waits=False,  # logging never delays the service's answers
             )
             source = CsvSource(stream, name="body")
             # one scoring thread per upload leaves cores to the service's requests
