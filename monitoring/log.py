@@ -35,7 +35,6 @@ from service.features import Preprocess, category_key
 log = logging.getLogger("tabserve.log")
 SEGMENT = ".arrows"  # hidden (leading dot) while written: Parquet readers skip it
 LEVELS = pa.dictionary(pa.int32(), pa.string())  # categoricals while in a segment; plain text in Parquet
-META = ["_at", "_request", "_row", "_model", "_version"]  # outputs: _label, _probability(ies), _value
 
 
 class Buffer:
@@ -271,7 +270,6 @@ class LogCounts:
 
     written: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
-    files: int = 0
 
 
 class PredictionLog:
@@ -291,8 +289,6 @@ class PredictionLog:
     ) -> None:
         # segments sit beside the Parquet files on a local root; an object store gets a local spool
         self.location = LogLocation.of(root, spool)
-        location = self.location
-        self.fs, self.root, self.spool, self.local = location.fs, location.root, location.spool, location.local
         self.sample, self.exclude = sample, frozenset(exclude)
         self.flush_s, self.rotate_s, self.file_rows, self.buffer_rows = flush_s, rotate_s, file_rows, buffer_rows
         self.counts = LogCounts()
@@ -451,7 +447,7 @@ class PredictionLog:
         segment = self._segments.get(key)
         if segment is None:
             partition = f"{model}/date={day}"
-            folder = self.spool / partition
+            folder = self.location.spool / partition
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f".v{version}-{self._tag}-{next(self._files)}{SEGMENT}"
             opening = path.with_name(path.name + ".new")  # not a segment to recovery until it is locked
@@ -486,16 +482,17 @@ class PredictionLog:
         """One segment → one Parquet file, renamed into place whole; the segment is then removed."""
         table = read_segment(segment)
         if table.num_rows:
-            write_whole(self.location, table, f"{self.root}/{partition}", segment.name[1 : -len(SEGMENT)] + ".parquet")
-            self.counts.files += 1
+            name = segment.name[1 : -len(SEGMENT)] + ".parquet"
+            write_whole(self.location, table, f"{self.location.root}/{partition}", name)
         segment.unlink()
 
     def recover(self) -> None:
         """Publish the segments of processes that died (their lock is free) as Parquet files."""
-        if not self.spool.is_dir():
+        spool = self.location.spool
+        if not spool.is_dir():
             return
         self._retry = False
-        for path in sorted(self.spool.glob(f"*/date=*/.*{SEGMENT}")):
+        for path in sorted(spool.glob(f"*/date=*/.*{SEGMENT}")):
             try:
                 with open(path, "rb") as handle:
                     try:
