@@ -1,8 +1,8 @@
 """The prediction log: every scored record as Parquet under `<root>/<model>/date=YYYY-MM-DD/`.
 
-A request only appends a reference to its arrays to a bounded queue; a writer thread turns them
-into Arrow and appends them to a hidden Arrow IPC segment per (model, version, day), flushed every
-`flush_s` (what a `kill -9` can lose). A segment becomes one Parquet file, renamed into place
+A batch of answered requests (or a scored file's chunk) copies its rows into a bounded column
+buffer per model version; a writer thread turns the buffer into Arrow and appends it to a hidden
+Arrow IPC segment per (model, version, day), flushed every `flush_s` (what a `kill -9` can lose). A segment becomes one Parquet file, renamed into place
 whole, when it reaches `file_rows` or `rotate_s`, on a new day and on close. A segment a dead
 process left behind is turned into Parquet by the next log opened on that root.
 """
@@ -37,6 +37,10 @@ SEGMENT = ".arrows"  # hidden (leading dot) while written: Parquet readers skip 
 LEVELS = pa.dictionary(pa.int32(), pa.string())  # categoricals while in a segment; plain text in Parquet
 
 
+# one request's (ids, levels as sent where one was unseen, request id): what a log entry keeps beside its rows
+Note = tuple[Sequence[tuple[str, Sequence[Any]]], dict[str, Any] | None, str | None]
+
+
 class Buffer:
     """One model version's rows waiting for the writer, column by column in preallocated arrays: a
     request leaves no object of its own behind (thousands a second would keep the garbage collector
@@ -65,22 +69,27 @@ class Buffer:
         self.rows.clear()
         return self
 
-    def add(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, ids: Sequence[tuple[str, Sequence[Any]]],
-            levels: dict[str, Any] | None, request: str | None, rows: np.ndarray | None) -> None:  # fmt: skip
+    def add(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Note | None]],
+            rows: np.ndarray | None) -> None:  # fmt: skip
+        """Rows answered together, and each request's (rows, note)."""
         start = self.size
-        end = self.size = start + len(num)
-        self.num[start:end], self.cat[start:end], self.out[start:end] = num, cat, out
-        self.starts.append(start)
-        self.ats.append(time.time())
-        self.requests.append(request)
-        for values, (_, sent) in zip(self.ids, ids):  # noqa: B905 - a request may send none (V2)
-            values.extend(sent)
-        for values in self.ids[len(ids) :]:
-            values.extend(itertools.repeat(None, end - start))
-        if levels:
-            self.levels[start] = levels
+        self.size = start + len(num)
+        self.num[start : self.size], self.cat[start : self.size], self.out[start : self.size] = num, cat, out
         if rows is not None:
             self.rows[start] = rows
+        at = time.time()
+        for n, note in notes:
+            ids, levels, request = note or ((), None, None)
+            self.starts.append(start)
+            self.ats.append(at)
+            self.requests.append(request)
+            for values, (_, sent) in zip(self.ids, ids):  # noqa: B905 - a request may send none (V2)
+                values.extend(sent)
+            for values in self.ids[len(ids) :]:
+                values.extend(itertools.repeat(None, n))
+            if levels:
+                self.levels[start] = levels
+            start += n
 
 
 def output_fields(pre: Preprocess) -> list[pa.Field]:
@@ -326,14 +335,33 @@ class PredictionLog:
         rows: np.ndarray | None = None,
         wait: bool = False,
     ) -> None:
-        """Queue one request's scored rows; never raises. What does not fit is counted as dropped,
-        or (`wait`, for file scoring, which has no client waiting) waits for the writer to make room."""
-        if self.sample < 1.0 and random.random() >= self.sample:
-            return
+        """Queue one request's scored rows (`add_batch` of one)."""
+        self.add_batch(model, version, pre, num, cat, out, [(len(num), (ids, levels, request))], rows=rows, wait=wait)
+
+    def add_batch(
+        self,
+        model: str,
+        version: int,
+        pre: Preprocess,
+        num: np.ndarray,
+        cat: np.ndarray,
+        out: np.ndarray,
+        notes: list[tuple[int, Note | None]],
+        *,
+        rows: np.ndarray | None = None,
+        wait: bool = False,
+    ) -> None:
+        """Queue the scored rows of requests answered together, with each one's (rows, note); never
+        raises. What does not fit is counted as dropped, or (`wait`, for file scoring, which has no
+        client waiting) waits for the writer to make room."""
+        if self.sample < 1.0:
+            num, cat, out, notes, rows = self._sampled(num, cat, out, notes, rows)
         n = len(num)
+        if not n:
+            return
         with self._lock:
             if self._room(model, version, pre, n):  # the usual case, kept short
-                self._buffers[model, version].add(num, cat, out, ids, levels, request, rows)
+                self._buffers[model, version].add(num, cat, out, notes, rows)
                 self._queued += n
                 if self._queued > self.buffer_rows // 2 and not self._hurried:
                     self._hurry()  # half full before the flush is due: the writer starts now
@@ -342,11 +370,21 @@ class PredictionLog:
             self._wait_for_room(n)
             with self._lock:
                 if self._room(model, version, pre, n, alone=True):
-                    self._buffers[model, version].add(num, cat, out, ids, levels, request, rows)
+                    self._buffers[model, version].add(num, cat, out, notes, rows)
                     self._queued += n
                     return
         with self._lock:
             self.counts.dropped[model] = self.counts.dropped.get(model, 0) + n
+
+    def _sampled(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Note | None]],
+                 rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, Note | None]], np.ndarray | None]:  # fmt: skip
+        """The requests `sample` keeps (a request's rows stay together)."""
+        kept = [random.random() < self.sample for _ in notes]
+        if all(kept):
+            return num, cat, out, notes, rows
+        taken = np.repeat(kept, [n for n, _ in notes])
+        notes = [note for note, k in zip(notes, kept, strict=True) if k]
+        return num[taken], cat[taken], out[taken], notes, None if rows is None else rows[taken]
 
     def _hurry(self) -> None:
         self._hurried = True

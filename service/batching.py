@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import queue
 import threading
@@ -11,11 +12,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic, perf_counter
+from typing import Any
 
 import numpy as np
 
 RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BatchHook = Callable[[int, float], None]  # (rows, seconds) of every ORT call
+# (num, cat, out, [(rows, note)] of each request) of the requests a batch answered, in order: what a
+# prediction log (or a shadow model) takes a batch at a time, so that a request pays nothing for it
+AnsweredHook = Callable[[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, Any]]], None]
+log = logging.getLogger("tabserve.batching")
 
 
 class QueueFull(RuntimeError):
@@ -36,6 +42,7 @@ class _Pending:
     future: asyncio.Future[np.ndarray]
     deadline: float  # time.monotonic() after which the request is answered 504 (inf: none)
     timeout: float
+    note: Any = None  # handed back with the request's rows to `on_answered`
 
     def expire(self) -> None:
         if not self.future.done():
@@ -69,8 +76,9 @@ class AdaptiveBatcher:
         max_queue: int,
         enabled: bool = True,
         on_batch: BatchHook | None = None,
+        on_answered: AnsweredHook | None = None,
     ) -> None:
-        self._run, self._on_batch = run, on_batch
+        self._run, self._on_batch, self.on_answered = run, on_batch, on_answered
         self.max_batch_size, self.max_queue, self.enabled = max_batch_size, max_queue, enabled
         self._delay = max_delay_ms / 1000
         self._pending: deque[_Pending] = deque()
@@ -90,16 +98,19 @@ class AdaptiveBatcher:
         """Requests waiting for a batch (batching off: sent and not yet answered)."""
         return len(self._pending) + self._alone
 
-    async def predict(self, num: np.ndarray, cat: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        """Output rows for these input rows, in order; DeadlineExceeded after `timeout` s."""
+    async def predict(
+        self, num: np.ndarray, cat: np.ndarray, timeout: float | None = None, note: Any = None
+    ) -> np.ndarray:
+        """Output rows for these input rows, in order; DeadlineExceeded after `timeout` s. Once
+        answered, the rows go to `on_answered` with `note`."""
         loop = asyncio.get_running_loop()
         if len(self._pending) + self._alone >= self.max_queue:
             raise QueueFull(f"{self.depth} requests already queued")
         future: asyncio.Future[np.ndarray] = loop.create_future()
         if timeout is None:
-            pending = _Pending(num, cat, future, math.inf, math.inf)
+            pending = _Pending(num, cat, future, math.inf, math.inf, note)
         else:
-            pending = _Pending(num, cat, future, monotonic() + timeout, timeout)
+            pending = _Pending(num, cat, future, monotonic() + timeout, timeout, note)
             if self._sweep is None:
                 self._sweep = loop.call_later(SWEEP_S, self._expire_late, loop)
         if not self.enabled or self._closed:
@@ -202,6 +213,7 @@ class AdaptiveBatcher:
         """On the loop: split the output among the batch's requests; start the next batch."""
         self._running.discard(job)
         start, now = 0, monotonic()
+        answered: list[_Pending] = []
         for p in job.batch:
             end = start + len(p.num)
             if p.deadline < now:  # answered too late: as the sweep would have
@@ -211,15 +223,35 @@ class AdaptiveBatcher:
                     p.future.set_exception(error)
                 else:
                     p.future.set_result(out[start:end])  # type: ignore[index]
+                    answered.append(p)
             start = end
         if not job.batched:
             self._alone -= 1
-            return
-        self._busy = False
-        if self._pending:
-            self._schedule(job.loop)
-        elif self._closed:
-            self._stop()
+        else:
+            self._busy = False
+            if self._pending:
+                self._schedule(job.loop)
+            elif self._closed:
+                self._stop()
+        if answered and self.on_answered is not None:
+            self._hand_on(self.on_answered, job, out, answered)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _hand_on(hook: AnsweredHook, job: _Job, out: np.ndarray, answered: list[_Pending]) -> None:
+        """The answered requests' rows to the hook (the whole batch, the usual case, as it is)."""
+        num, cat = job.num, job.cat
+        if len(answered) < len(job.batch):  # some were late or gone: only the rows that were answered
+            kept, start, rows = {id(p) for p in answered}, 0, []
+            for p in job.batch:
+                if id(p) in kept:
+                    rows.append(np.arange(start, start + len(p.num)))
+                start += len(p.num)
+            taken = np.concatenate(rows)
+            num, cat, out = num[taken], cat[taken], out[taken]
+        try:
+            hook(num, cat, out, [(len(p.num), p.note) for p in answered])
+        except Exception:  # already answered: an observer's failure is logged, never theirs
+            log.exception("a batch observer failed")
 
     def _timed_run(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         if self._on_batch is None:

@@ -3,9 +3,11 @@ prediction should also pass through (a log, a shadow model) goes here, once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from monitoring.log import PredictionLog
+from monitoring.log import Note, PredictionLog
 from service.errors import InputError
 from service.protocols.base import InferenceRequest, InferenceResult
 from service.store import LoadedModel, ModelStore, NoExplainer
@@ -16,6 +18,8 @@ class DataPlane:
 
     def __init__(self, store: ModelStore, log: PredictionLog | None = None) -> None:
         self.store, self.log = store, log
+        if log is not None:  # plain requests reach the log a batch at a time, once answered
+            store.observer = self._log_batch
 
     def model(self, name: str | None) -> LoadedModel:
         """The serving version (name None: the default model); raises ModelNotFound."""
@@ -30,25 +34,26 @@ class DataPlane:
     ) -> InferenceResult:
         """The model's outputs for a request, through its batcher (with each feature's effect when
         the request asks for reasons: a batcher of their own, so other requests pay nothing)."""
-        if request.explain is None:
-            result = InferenceResult(model.name, model.version, await model.infer(request.enc, timeout), request)
-        else:
+        if request.explain is not None:
             result = await self._explained(model, request, timeout)
-        if self.log is not None:
-            enc = request.enc
-            request_id = request.request_id or (request.id if type(request.id) is str else None)
-            self.log.add(
-                model.name,
-                model.version,
-                model.pre,
-                enc.num,
-                enc.cat,
-                result.out,
-                request.ids,
-                request.levels,
-                request_id,
-            )
-        return result
+            if self.log is not None:  # logged once its reasons are checked
+                self.log.add(model.name, model.version, model.pre, request.enc.num, request.enc.cat, result.out,
+                             *self._note(request))  # fmt: skip
+            return result
+        note = self._note(request) if self.log is not None else None
+        return InferenceResult(model.name, model.version, await model.infer(request.enc, timeout, note), request)
+
+    @staticmethod
+    def _note(request: InferenceRequest) -> Note:
+        """What the log keeps of a request beside its rows: ids, levels as sent, request id."""
+        request_id = request.request_id or (request.id if type(request.id) is str else None)
+        return request.ids, request.levels, request_id
+
+    def _log_batch(
+        self, model: LoadedModel, num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Any]]
+    ) -> None:
+        assert self.log is not None
+        self.log.add_batch(model.name, model.version, model.pre, num, cat, out, notes)
 
     @staticmethod
     async def _explained(model: LoadedModel, request: InferenceRequest, timeout: float | None) -> InferenceResult:

@@ -29,6 +29,10 @@ from service.telemetry import Telemetry
 log = logging.getLogger("tabserve.store")
 
 
+# (model, num, cat, out, [(rows, note)] per request) of each batch of plain requests a model answered
+BatchObserver = Callable[["LoadedModel", np.ndarray, np.ndarray, np.ndarray, list[tuple[int, Any]]], None]
+
+
 class ModelNotFound(LookupError):
     """No loaded model answers to that name (or version)."""
 
@@ -60,9 +64,10 @@ class LoadedModel:
         """Model name."""
         return self.ref.name
 
-    async def infer(self, enc: Encoded, timeout: float | None = None) -> np.ndarray:
-        """Model outputs for encoded rows, through the batcher; their input warnings go to the metrics."""
-        out = await self.batcher.predict(enc.num, enc.cat, timeout)
+    async def infer(self, enc: Encoded, timeout: float | None = None, note: Any = None) -> np.ndarray:
+        """Model outputs for encoded rows, through the batcher (which hands them, with `note`, to the
+        store's observer once answered); their input warnings go to the metrics."""
+        out = await self.batcher.predict(enc.num, enc.cat, timeout, note)
         if enc.tally:
             self.report_warnings(enc.tally)
         return out
@@ -100,7 +105,9 @@ def _check_io(session: ort.InferenceSession, pre: Preprocess) -> None:
         raise bundle.BundleError(f"model.onnx input widths {widths} disagree with preprocess.json")
 
 
-def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) -> LoadedModel:
+def load_model(
+    ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry, observer: BatchObserver | None = None
+) -> LoadedModel:
     """Read, open and warm up a bundle; raises on anything broken (the caller keeps the old one)."""
     pre, metrics = ref.preprocess, ref.metrics
     session = create_session(ref.path / bundle.MODEL_FILE, settings.device, settings.threads)
@@ -118,7 +125,7 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
         if out.shape != (rows, pre.n_outputs) or not np.all(np.isfinite(out)):
             raise bundle.BundleError(f"warm-up output {out.shape} is not {(rows, pre.n_outputs)} finite values")
 
-    def batcher(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> AdaptiveBatcher:
+    def batcher(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], observed: bool = False) -> AdaptiveBatcher:
         return AdaptiveBatcher(
             fn,
             max_batch_size=settings.max_batch_size,
@@ -126,7 +133,12 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
             max_queue=settings.max_queue,
             enabled=settings.batching,
             on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
+            on_answered=answered if observed and observer is not None else None,
         )
+
+    def answered(num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Any]]) -> None:
+        assert observer is not None
+        observer(model, num, cat, out, notes)
 
     drift = load_drift(ref, pre, settings)
 
@@ -138,7 +150,7 @@ def load_model(ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry) 
 
     explainer = load_explainer(ref, pre, settings)
     codecs = codecs_for(pre, settings.max_records, explainer)
-    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(scored), codecs, explainer)
+    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(scored, True), codecs, explainer)
     model.drift = drift
     if explainer is not None:
 
@@ -214,6 +226,7 @@ class ModelStore:
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
         self.failed: dict[tuple[str, int], Refusal] = {}
         self.ready = False
+        self.observer: BatchObserver | None = None  # set before the first load (DataPlane)
         self._lock = asyncio.Lock()
         self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
 
@@ -262,7 +275,7 @@ class ModelStore:
         refused, files = self.failed.get(key), files_of(ref.path)
         if refused is None or refused.files != files:
             try:
-                model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
+                model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
             except Exception as exc:  # noqa: BLE001 - a broken old bundle is just not available
                 self._refuse(ref, exc, ReloadReport(), files)
             else:
@@ -296,7 +309,7 @@ class ModelStore:
             for ref in self._newest_unloaded():
                 files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
                 try:
-                    model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry)
+                    model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
                 except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
                     self._refuse(ref, exc, report, files)
                     continue

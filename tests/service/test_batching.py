@@ -178,3 +178,46 @@ def test_deadlines_answer_504_whether_queued_or_running(model: tuple[Run, np.nda
     assert isinstance(running, DeadlineExceeded) and isinstance(queued, DeadlineExceeded)
     assert took < 1.0  # the sweep answered them while the call was still stuck
     assert np.allclose(patient, run(num[:3], cat[:3]))  # type: ignore[arg-type]
+
+
+def test_answered_rows_reach_the_observer_with_their_notes(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
+    """The observer (the prediction log) gets each batch's answered rows, in order, with each
+    request's note; a request answered 504 is not among them; an observer that fails harms no one."""
+    run, num, cat = model
+    release = threading.Event()
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, object]]]] = []
+
+    def slow(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        release.wait(5)
+        return run(n, c)
+
+    async def scenario() -> list[object]:
+        b = batcher(slow, [], on_answered=lambda *batch: seen.append(batch))
+        # NOTE: one batch of three requests; the middle one's deadline passes while the call is stuck
+        first = asyncio.ensure_future(b.predict(num[:2], cat[:2], note="first"))
+        late = asyncio.ensure_future(b.predict(num[2:5], cat[2:5], timeout=0.1, note="late"))
+        last = asyncio.ensure_future(b.predict(num[5:6], cat[5:6], note="last"))
+        await asyncio.sleep(0.3)
+        release.set()
+        return await asyncio.gather(first, late, last, return_exceptions=True)
+
+    first, late, last = asyncio.run(scenario())
+    assert isinstance(late, DeadlineExceeded)
+    assert len(seen) == 1
+    got_num, got_cat, got_out, notes = seen[0]
+    assert notes == [(2, "first"), (1, "last")]
+    rows = [0, 1, 5]
+    assert np.array_equal(got_num, num[rows]) and np.array_equal(got_cat, cat[rows])
+    assert np.allclose(got_out, run(num[rows], cat[rows]), atol=1e-6)
+    assert np.allclose(np.concatenate([first, last]), got_out)  # type: ignore[list-item]
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("observer bug")
+
+    async def unharmed() -> list[np.ndarray]:
+        b = batcher(run, [], on_answered=broken)
+        once = await b.predict(num[:1], cat[:1], note=1)
+        return [once, await b.predict(num[1:3], cat[1:3], note=2)]  # the batcher goes on after the failure
+
+    once, twice = asyncio.run(unharmed())
+    assert np.allclose(np.concatenate([once, twice]), run(num[:3], cat[:3]), atol=1e-6)
