@@ -1,0 +1,216 @@
+"""Which version of a model serves: `models/<name>/release.json` names its champion (serves), at most
+one challenger (shadowed, or answering a canary share of the traffic) and every decision's who, when
+and why (the audit trail). Written whole (temporary file, then rename); no file: the newest
+published version is champion, as before releases existed (docs/releases.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service import bundle
+
+RELEASE_FILE = "release.json"
+LOCK_FILE = ".release.lock"
+HISTORY_SHOWN = 5  # the last decisions shown by GET /models/{name} and `tabserve models`
+
+
+class ReleaseError(ValueError):
+    """A release file that cannot be read, or a decision that cannot be taken."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One model name's release state."""
+
+    champion: int
+    challenger: int | None = None
+    canary: float = 0.0  # the share of traffic (0 to 1) the challenger answers
+    shadow: bool = False  # the challenger also scores every request off the request path
+    previous: tuple[int, ...] = ()  # earlier champions, most recent last: what rollback restores
+    history: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["previous"], doc["history"] = list(self.previous), list(self.history)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Release:
+        """A release from its file's JSON; ReleaseError naming the field that is wrong."""
+        if not isinstance(doc, dict):
+            raise ReleaseError("not a JSON object")
+        unknown = set(doc) - {"champion", "challenger", "canary", "shadow", "previous", "history"}
+        if unknown:
+            raise ReleaseError(f"unknown field(s) {sorted(unknown)}")
+        champion = doc.get("champion")
+        if not _is_version(champion):
+            raise ReleaseError(f"champion must be a version number, not {champion!r}")
+        challenger = doc.get("challenger")
+        if challenger is not None and not _is_version(challenger):
+            raise ReleaseError(f"challenger must be a version number or null, not {challenger!r}")
+        canary = doc.get("canary", 0.0)
+        if type(canary) not in (int, float) or not 0.0 <= canary < 1.0:
+            raise ReleaseError(f"canary must be a share from 0 to below 1, not {canary!r}")
+        if canary and challenger is None:
+            raise ReleaseError("canary is set but there is no challenger to answer it")
+        if challenger is not None and challenger == champion:
+            raise ReleaseError(f"version {champion} cannot be both champion and challenger")
+        shadow = doc.get("shadow", False)
+        if type(shadow) is not bool:
+            raise ReleaseError(f"shadow must be true or false, not {shadow!r}")
+        previous, history = doc.get("previous", []), doc.get("history", [])
+        if not isinstance(previous, list) or not all(_is_version(v) for v in previous):
+            raise ReleaseError("previous must be a list of version numbers")
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise ReleaseError("history must be a list of objects")
+        return cls(int(champion), challenger, float(canary), shadow, tuple(previous), tuple(history))  # type: ignore[arg-type]
+
+    def versions(self) -> dict[str, Any]:
+        """Champion, challenger and canary share, for listings."""
+        return {"champion": self.champion, "challenger": self.challenger, "canary": self.canary, "shadow": self.shadow}
+
+
+def _is_version(value: Any) -> bool:
+    return type(value) is int and value > 0
+
+
+def path_of(root: Path, name: str) -> Path:
+    return root / name / RELEASE_FILE
+
+
+def read(root: Path, name: str) -> Release | None:
+    """The name's release file; None when there is none (the newest version is champion)."""
+    path = path_of(root, name)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ReleaseError(f"{path}: {exc.strerror}") from None
+    try:
+        return Release.from_json(json.loads(text))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+    except ReleaseError as exc:
+        raise ReleaseError(f"{path}: {exc}") from None
+
+
+def current(root: Path, name: str, new: int | None = None) -> Release:
+    """The release file's state, or the implicit one of a store without it: the newest version is
+    champion (leaving out `new`, a version just published to be proposed, when it has an elder)."""
+    found = read(root, name)
+    if found is not None:
+        return found
+    published = bundle.versions(root, name)
+    if new is not None and [v for v in published if v != new]:
+        published = [v for v in published if v != new]
+    if not published:
+        raise ReleaseError(f"no model named {name!r} in {root}")
+    return Release(champion=published[-1])
+
+
+def write(root: Path, name: str, release: Release) -> None:
+    """Replace the file whole: a reader sees the old state or the new one, never half of either."""
+    path = path_of(root, name)
+    fd, tmp = tempfile.mkstemp(prefix=".release-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(release.to_json(), indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    """One decision at a time per name (two trainings finishing together, a CLI and the admin API)."""
+    (root / name).mkdir(parents=True, exist_ok=True)
+    with open(root / name / LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def who() -> str:
+    """Who takes a decision: TABSERVE_USER, else the login name."""
+    with contextlib.suppress(Exception):
+        return os.environ.get("TABSERVE_USER") or getpass.getuser()
+    return "unknown"
+
+
+def decide(root: Path, name: str, action: str, version: int | None = None, *, canary: float | None = None,
+           shadow: bool | None = None, why: str = "", by: str | None = None) -> Release:  # fmt: skip
+    """Take one decision and record it: `challenger` (a new version is proposed), `promote` (it, or
+    `version`, becomes champion; with `canary`, it answers that share instead), `rollback` (the
+    previous champion is back), `shadow` (on or off). Raises ReleaseError for one that cannot be."""
+    with _locked(root, name):
+        state = current(root, name, version if action == "challenger" else None)
+        published = bundle.versions(root, name)
+        if version is not None and version not in published:
+            raise ReleaseError(f"model {name!r} has no published version {version} (has {published})")
+        if action == "challenger":
+            assert version is not None
+            new = replace(state, challenger=version, canary=0.0) if version != state.champion else state
+        elif action == "promote":
+            new = _promote(state, name, version, canary)
+        elif action == "rollback":
+            new = _rollback(state, name, published)
+        elif action == "shadow":
+            if shadow and state.challenger is None:
+                raise ReleaseError(f"{name} has no challenger to shadow (train one, or promote one with --canary)")
+            new = replace(state, shadow=bool(shadow))
+        else:
+            raise ReleaseError(f"unknown decision {action!r}")
+        entry = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "who": by or who(),
+            "action": action,
+            "version": version,
+            "champion": new.champion,
+            "challenger": new.challenger,
+            "canary": new.canary,
+            "why": why,
+        }
+        new = replace(new, history=(*state.history, entry))
+        write(root, name, new)
+        return new
+
+
+def _promote(state: Release, name: str, version: int | None, canary: float | None) -> Release:
+    version = version if version is not None else state.challenger
+    if version is None:
+        raise ReleaseError(f"{name} has no challenger: say which version to promote ({name}@<version>)")
+    if canary is not None:
+        if not 0.0 < canary < 1.0:
+            raise ReleaseError(f"a canary share is above 0 and below 100 %, not {canary * 100:g} %")
+        if version == state.champion:
+            raise ReleaseError(f"version {version} is already the champion: a canary needs another version")
+        return replace(state, challenger=version, canary=canary)
+    if version == state.champion:
+        return replace(state, canary=0.0)
+    challenger = None if state.challenger == version else state.challenger
+    return Release(version, challenger, 0.0, state.shadow and challenger is not None, (*state.previous, state.champion))
+
+
+def _rollback(state: Release, name: str, published: list[int]) -> Release:
+    earlier = [v for v in state.previous if v in published and v != state.champion]
+    if not earlier:
+        raise ReleaseError(f"{name} has no earlier champion still published to roll back to")
+    back = earlier[-1]
+    previous = state.previous[: len(state.previous) - 1 - state.previous[::-1].index(back)]
+    challenger = None if state.challenger == back else state.challenger
+    return Release(back, challenger, 0.0, state.shadow and challenger is not None, previous)
