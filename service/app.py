@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = ModelStore(settings, telemetry)
     prediction_log = open_log(settings)
     telemetry.log = prediction_log.counts if prediction_log is not None else None
+    telemetry.releases = lambda: {name: store.release_state(name) for name in list(store.current)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -3,13 +3,16 @@ prediction should also pass through (a log, a shadow model) goes here, once."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 from typing import Any
 
 import numpy as np
+import orjson
 
 from monitoring.log import Note, PredictionLog
 from service.errors import InputError
-from service.protocols.base import InferenceRequest, InferenceResult
+from service.protocols.base import ABSENT, InferenceRequest, InferenceResult
 from service.store import LoadedModel, ModelStore, NoExplainer
 
 
@@ -18,8 +21,18 @@ class DataPlane:
 
     def __init__(self, store: ModelStore, log: PredictionLog | None = None) -> None:
         self.store, self.log = store, log
-        if log is not None:  # plain requests reach the log a batch at a time, once answered
-            store.observer = self._log_batch
+        store.observer = self._answered  # plain requests reach the log and the shadow a batch at a time
+
+    def canary(self, model: LoadedModel, request: InferenceRequest) -> LoadedModel:
+        """The version that answers a request: the champion, or its challenger for the canary share
+        of the ids (the same id always the same version; a request without ids by chance)."""
+        share = self.store.canary.get(model.name)
+        if share is None:
+            return model
+        challenger = self.store.challengers.get(model.name)
+        if challenger is None:
+            return model
+        return challenger if bucket(request) < share else model
 
     def model(self, name: str | None) -> LoadedModel:
         """The serving version (name None: the default model); raises ModelNotFound."""
@@ -49,11 +62,14 @@ class DataPlane:
         request_id = request.request_id or (request.id if type(request.id) is str else None)
         return request.ids, request.levels, request_id
 
-    def _log_batch(
+    def _answered(
         self, model: LoadedModel, num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Any]]
     ) -> None:
-        assert self.log is not None
-        self.log.add_batch(model.name, model.version, model.pre, num, cat, out, notes)
+        if self.log is not None:
+            self.log.add_batch(model.name, model.version, model.pre, num, cat, out, notes)
+        shadow = self.store.shadows.get(model.name)
+        if shadow is not None and shadow.champion is model:
+            shadow.offer(num, cat, out)
 
     @staticmethod
     async def _explained(model: LoadedModel, request: InferenceRequest, timeout: float | None) -> InferenceResult:
@@ -65,3 +81,15 @@ class DataPlane:
             row = int(np.argwhere(~np.isfinite(effects.effects))[0, 0])
             raise InputError("invalid", f"record {row} could not be explained: its values are too far from training")
         return InferenceResult(model.name, model.version, out, request, effects)
+
+
+def bucket(request: InferenceRequest) -> float:
+    """Where a request falls in [0, 1): its first record's first id hashed (stable across processes
+    and restarts), else at random."""
+    for _, values in request.ids:
+        value = values[0] if values else ABSENT
+        if value is not ABSENT and value is not None:
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+            return int.from_bytes(digest, "big") / 2**64
+    return random.random()

@@ -71,4 +71,11 @@ class Settings(BaseSettings):
     log_buffer_rows: int = Field(
         200_000, ge=1, description="records waiting for the log writer; beyond, dropped and counted (never a delay)"
     )
+    shadow: bool = Field(
+        False,
+        description="every model's challenger also scores each request off the request path (or per model: release.json)",
+    )
+    shadow_queue_rows: int = Field(
+        4096, ge=1, description="rows waiting for the shadow; beyond, shed and counted (the champion never waits)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")

@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service import bundle
+from service import bundle, release
 from service.batching import AdaptiveBatcher
 from service.drift import Drift
 from service.explain import Effects, Explainer
 from service.features import Encoded, Preprocess
 from service.protocols import codecs_for
 from service.protocols.base import Codec
+from service.release import Release, ReleaseError
 from service.runtime import active_provider, create_session
 from service.settings import Settings
+from service.shadow import NotComparable, Shadow
 from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.store")
@@ -58,6 +60,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda num, cat: num  # outside the batcher (shadow)
 
     @property
     def name(self) -> str:
@@ -132,7 +135,7 @@ def load_model(
             max_delay_ms=settings.max_delay_ms,
             max_queue=settings.max_queue,
             enabled=settings.batching,
-            on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs),
+            on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs, ref.version),
             on_answered=answered if observed and observer is not None else None,
         )
 
@@ -163,6 +166,7 @@ def load_model(
         explainer.run(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
         model.explain_batcher = batcher(run_both)
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
+    model.score = scored
     return model
 
 
@@ -218,11 +222,19 @@ class ReloadReport:
 
 
 class ModelStore:
-    """Current version per model name; new versions swap in atomically, broken ones are refused."""
+    """Per model name the champion that serves (its release file's, else the newest version) and
+    its challenger; new versions swap in atomically, broken ones (bundles or release files) are refused."""
 
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings, self.telemetry = settings, telemetry
-        self.current: dict[str, LoadedModel] = {}
+        self.current: dict[str, LoadedModel] = {}  # the champions
+        self.challengers: dict[str, LoadedModel] = {}
+        self.canary: dict[str, float] = {}  # name → the share of traffic its challenger answers (only when > 0)
+        self.shadows: dict[str, Shadow] = {}
+        self.releases: dict[str, Release] = {}  # the last good release file per name
+        self.release_errors: dict[str, str] = {}  # a release file refused, and why
+        self._release_seen: dict[str, tuple[int, int] | None] = {}
+        self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
         self.failed: dict[tuple[str, int], Refusal] = {}
         self.ready = False
@@ -250,6 +262,9 @@ class ModelStore:
         current = self.get(name)
         if version is None or version == current.version:
             return current
+        challenger = self.challengers.get(current.name)
+        if challenger is not None and challenger.version == version:
+            return challenger
         key = (current.name, version)
         model = self.older.get(key)
         if model is not None:
@@ -303,42 +318,154 @@ class ModelStore:
         return min(self.current) if self.current else None
 
     async def refresh(self) -> ReloadReport:
-        """Load every version newer than the current one; swap each in once it is warm."""
+        """Serve each name's champion and hold its challenger, loading what is not loaded; each
+        swaps in once it is warm."""
         async with self._lock:
             report = ReloadReport()
-            for ref in self._newest_unloaded():
-                files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
-                try:
-                    model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
-                except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
-                    self._refuse(ref, exc, report, files)
-                    continue
-                self._swap(model)
-                report.loaded.append(f"{ref.name}@{ref.version}")
+            for name, (champion, challenger) in self._plan().items():
+                current = self.current.get(name)
+                if champion is not None and (current is None or current.version != champion.version):
+                    model = await self._loaded(champion, report)
+                    if model is not None:
+                        self._swap(model)
+                        report.loaded.append(f"{name}@{model.version}")
+                held = self.challengers.get(name)
+                if (held.version if held else None) != (challenger.version if challenger else None):
+                    model = await self._loaded(challenger, report) if challenger is not None else None
+                    if model is not None or challenger is None:
+                        self._hold_challenger(name, model)
+                self._arrange(name)
             self.ready = bool(self.current)
             return report
 
-    def _newest_unloaded(self) -> list[bundle.BundleRef]:
-        """Per name, the newest loadable published version when it is not the one serving: a newer
-        one, or an older one when the current version was retired (or removed) from the store."""
-        newest: dict[str, bundle.BundleRef] = {}
+    async def _loaded(self, ref: bundle.BundleRef, report: ReloadReport) -> LoadedModel | None:
+        """The bundle's model: one already loaded, else loaded now (None: refused)."""
+        for model in (
+            self.current.get(ref.name),
+            self.challengers.get(ref.name),
+            self.older.get((ref.name, ref.version)),
+        ):
+            if model is not None and model.version == ref.version:
+                return model
+        files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
+        try:
+            return await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
+        except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
+            self._refuse(ref, exc, report, files)
+            return None
+
+    def _plan(self) -> dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]]:
+        """Per name: the version that should serve (None: keep the one serving) and its challenger."""
+        loadable: dict[str, dict[int, bundle.BundleRef]] = {}
         published: set[tuple[str, int]] = set()
         for ref in bundle.iter_bundles(self.settings.models_dir):
             key = (ref.name, ref.version)
             published.add(key)
             refused = self.failed.get(key)
             if refused is None or refused.files != files_of(ref.path):
-                newest[ref.name] = ref
+                loadable.setdefault(ref.name, {})[ref.version] = ref
         for key in [k for k in self.failed if k not in published]:  # gone from the store: nothing to report
             del self.failed[key]
-        changed = []
-        for name, ref in newest.items():
+        plan: dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]] = {}
+        for name, refs in loadable.items():
             current = self.current.get(name)
-            if current is None or ref.version > current.version:
-                changed.append(ref)
-            elif (name, current.version) not in published:
-                changed.append(ref)  # a rollback: the serving version left the store
-        return changed
+            state = self._release(name)
+            if state is None:  # no release file: the newest version serves
+                newest = refs[max(refs)]
+                # an older one only when the serving version left the store (retired: a rollback)
+                keep = current is not None and newest.version < current.version and (name, current.version) in published
+                plan[name] = (None if keep else newest, None)
+                continue
+            champion = refs.get(state.champion)
+            if champion is None and current is None:  # nothing serves yet: the newest rather than nothing
+                champion = refs[max(refs)]
+            said = self._unservable.get(name)
+            if champion is None and current is not None and current.version != state.champion:
+                if said != state.champion:  # once, not at every poll
+                    log.error("%s: release.json names version %d, which cannot be loaded; still serving version %d",
+                              name, state.champion, current.version)  # fmt: skip
+                self._unservable[name] = state.champion
+            else:
+                self._unservable.pop(name, None)
+            plan[name] = (champion, refs.get(state.challenger) if state.challenger is not None else None)
+        return plan
+
+    def _release(self, name: str) -> Release | None:
+        """A name's release state: its file when it changed and reads well, else the last good one."""
+        path = release.path_of(self.settings.models_dir, name)
+        try:
+            st = path.stat()
+            seen: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            seen = None
+        if name in self._release_seen and self._release_seen[name] == seen:
+            return self.releases.get(name)
+        self._release_seen[name] = seen
+        try:
+            found = release.read(self.settings.models_dir, name)
+        except ReleaseError as exc:
+            self.release_errors[name] = str(exc)
+            self.telemetry.reloads.labels("failed").inc()
+            kept = self.releases.get(name)
+            if kept is None and name in self.current:  # the last good state is what serves now
+                held = self.challengers.get(name)
+                kept = self.releases[name] = Release(self.current[name].version, held.version if held else None)
+            log.error("refusing %s: %s (keeping the last good state: %s)", path, exc, kept.versions() if kept else None)
+            return kept
+        self.release_errors.pop(name, None)
+        if found is None:
+            self.releases.pop(name, None)
+        else:
+            self.releases[name] = found
+        return found
+
+    def _hold_challenger(self, name: str, model: LoadedModel | None) -> None:
+        old = self.challengers.pop(name, None)
+        if model is not None:
+            self.challengers[name] = model
+            log.info("%s version %d is challenger", name, model.version)
+        if old is not None and old is not self.current.get(name) and old is not model:
+            old.close()
+
+    def _arrange(self, name: str) -> None:
+        """The canary share and the shadow of a name, as its release state and the settings say."""
+        state, champion, challenger = self.releases.get(name), self.current.get(name), self.challengers.get(name)
+        share = state.canary if state is not None and challenger is not None else 0.0
+        if share:
+            self.canary[name] = share
+        else:
+            self.canary.pop(name, None)
+        wanted = (
+            challenger is not None and champion is not None and (self.settings.shadow or bool(state and state.shadow))
+        )
+        shadow = self.shadows.get(name)
+        if shadow is not None and (
+            not wanted or shadow.champion is not champion or shadow.challenger is not challenger
+        ):
+            self.shadows.pop(name).close()
+            shadow = None
+        if wanted and shadow is None:
+            assert champion is not None and challenger is not None
+            try:
+                self.shadows[name] = Shadow(
+                    champion, challenger, self.settings.monitor_window, self.settings.shadow_queue_rows
+                )
+            except NotComparable as exc:
+                log.error("%s: no shadow for version %d: %s", name, challenger.version, exc)
+
+    def release_state(self, name: str) -> dict[str, Any]:
+        """Champion, challenger, canary share, shadow agreement and the last decisions, for GET /models/{name}."""
+        state, champion, challenger = self.releases.get(name), self.current.get(name), self.challengers.get(name)
+        shadow = self.shadows.get(name)
+        return {
+            "champion": champion.version if champion else None,
+            "challenger": challenger.version if challenger else None,
+            "canary": self.canary.get(name, 0.0),
+            "shadow": shadow.report() if shadow is not None else None,
+            "file": state is not None,
+            "refused": self.release_errors.get(name),
+            "history": list(state.history[-release.HISTORY_SHOWN :]) if state is not None else [],
+        }
 
     def _refuse(
         self, ref: bundle.BundleRef, exc: Exception, report: ReloadReport, files: tuple[tuple[str, int, int], ...]
@@ -363,13 +490,11 @@ class ModelStore:
         self.telemetry.model_info.labels(model.name, str(model.version), model.provider).set(1)
         self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)
         self.telemetry.drift[model.name] = model.drift  # a new version starts a new window
-        if old is not None:
+        if old is not None and old is not self.challengers.get(model.name):
             old.close()  # in-flight requests finish on the session they started on
             self.telemetry.model_info.labels(old.name, str(old.version), old.provider).set(0)
         if old is not None and old.version > model.version:
-            log.warning(
-                "rolled back %s: version %d left the store, serving version %d", model.name, old.version, model.version
-            )
+            log.warning("rolled back %s: version %d serves again (was %d)", model.name, model.version, old.version)
         log.info("serving %s version %d on %s", model.name, model.version, model.provider)
 
     async def poll(self) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -55,12 +55,14 @@ class Telemetry(Collector):
         self._requests: dict[tuple[str, int], int] = {}
         self._latency: dict[str, Histogram] = {}
         self._rows: dict[str, int] = {}
+        self._version_rows: dict[tuple[str, int], int] = {}
         self._batch_rows: dict[str, Histogram] = {}
         self._inference: dict[str, Histogram] = {}
         self._warnings: dict[tuple[str, str, str], int] = {}
         self.drift: dict[str, Drift | None] = {}  # model → its serving version's drift window
         self.log: LogCounts | None = None  # the prediction log's counts, when it is on
         self.accuracy: dict[str, LiveAccuracy] = {}  # model → its labelled predictions (feedback)
+        self.releases: Callable[[], dict[str, dict[str, Any]]] = dict  # model → its release state (the store's)
         self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
@@ -86,10 +88,11 @@ class Telemetry(Collector):
             hist = self._latency[route] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
 
-    def batch(self, model: str, rows: int, seconds: float) -> None:
+    def batch(self, model: str, rows: int, seconds: float, version: int = 0) -> None:
         """One ONNX Runtime call (called from inference threads)."""
         with self._lock:
             self._rows[model] = self._rows.get(model, 0) + rows
+            self._version_rows[model, version] = self._version_rows.get((model, version), 0) + rows
             self._batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
             self._inference.setdefault(model, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
@@ -118,6 +121,12 @@ class Telemetry(Collector):
             for model, n in self._rows.items():
                 rows.add_metric([model], n)
             yield rows
+            by_version = CounterMetricFamily(
+                "tabserve_version_rows_scored", "Rows scored by model version", labels=["model", "version"]
+            )
+            for (model, version), n in self._version_rows.items():
+                by_version.add_metric([model, str(version)], n)
+            yield by_version
             warnings = CounterMetricFamily(
                 "tabserve_input_warnings",
                 "Scored values the model did not see in training (unseen_level, out_of_range) or a "
@@ -132,6 +141,27 @@ class Telemetry(Collector):
         yield from self._drift()
         yield from self._log()
         yield from self._accuracy()
+        yield from self._release()
+
+    def _release(self) -> Iterator[Metric]:
+        """Champion and challenger versions, the canary share and the shadow's agreement per model."""
+        role = GaugeMetricFamily("tabserve_release_version", "Version by role", labels=["model", "role"])
+        canary = GaugeMetricFamily("tabserve_canary_share", "Share of traffic the challenger answers", labels=["model"])
+        shadow: dict[str, GaugeMetricFamily] = {}
+        for model, state in self.releases().items():
+            for name in ("champion", "challenger"):
+                if state[name] is not None:
+                    role.add_metric([model, name], state[name])
+            canary.add_metric([model], state["canary"])
+            for key, value in (state["shadow"] or {}).items():
+                if key != "challenger" and value is not None:
+                    family = shadow.get(key)
+                    if family is None:
+                        family = shadow[key] = GaugeMetricFamily(
+                            f"tabserve_shadow_{key}", f"Shadow: challenger vs champion, {key}", labels=["model"]
+                        )
+                    family.add_metric([model], float(value))
+        yield from (role, canary, *shadow.values())
 
     def _accuracy(self) -> Iterator[Metric]:
         """Live metrics per model and version over the labelled predictions (tabserve_live_auc, …)."""

@@ -136,29 +136,116 @@ app.command()(train)
 
 @app.command("models")
 def list_models(models_dir: ModelsDir = None) -> None:
-    """List the bundles in the model store."""
+    """List the bundles in the model store: which serves (champion), which is challenger, and the
+    last release decisions."""
+    from service import release
+
     root = bundle.models_dir(models_dir)
-    table = Table("name", "version", "task", "key metric", "created", title=f"models in {root}")
-    names: set[str] = set()
+    table = Table("name", "version", "role", "task", "key metric", "created", title=f"models in {root}")
+    states: dict[str, release.Release | str] = {}
     for ref in bundle.iter_bundles(root):
-        names.add(ref.name)
+        if ref.name not in states:
+            try:
+                states[ref.name] = release.current(root, ref.name)
+            except release.ReleaseError as exc:
+                states[ref.name] = str(exc)
+        state = states[ref.name]
+        role = _role(state, ref.version)
         try:
             m = ref.metrics
         except (OSError, ValueError) as exc:
-            table.add_row(ref.name, str(ref.version), "[red]unreadable[/]", str(exc)[:40], "")
+            table.add_row(ref.name, str(ref.version), role, "[red]unreadable[/]", str(exc)[:40], "")
             continue
         key = m.get("key_metric", "")
         value = m.get("test", {}).get(key)
         shown = f"{key} {value:.4f}" if isinstance(value, float) else key
-        table.add_row(ref.name, str(ref.version), m.get("task", "?"), shown, m.get("created", ""))
+        table.add_row(ref.name, str(ref.version), role, m.get("task", "?"), shown, m.get("created", ""))
     if not table.row_count:
         console.print(f"no models in {root}; train one with `tabserve train`")
         return
     console.print(table)
-    for name in sorted(names):
+    for name, state in sorted(states.items()):
         numbers = bundle.retired_versions(root, name)
         if numbers:
             console.print(f"{name}: retired version(s) {', '.join(map(str, numbers))} (kept, never served)")
+        if isinstance(state, str):
+            console.print(f"[red]{name}: {state}[/] (services keep their last good state)", soft_wrap=True)
+        for entry in state.history[-release.HISTORY_SHOWN :] if not isinstance(state, str) else []:
+            what = f"{entry.get('action')} {entry.get('version') or ''}".strip()
+            console.print(f"  {entry.get('at')}  {entry.get('who')}: {what} — {entry.get('why', '')}", soft_wrap=True)
+
+
+def _role(state: Any, version: int) -> str:
+    if isinstance(state, str):
+        return "[red]?[/]"
+    if version == state.champion:
+        return "[green]champion[/]"
+    if version == state.challenger:
+        canary = f", canary {state.canary * 100:g} %" if state.canary else ""
+        return f"challenger{canary}{', shadow' if state.shadow else ''}"
+    return "[dim]retired[/]" if version in state.previous else "[dim]not serving[/]"
+
+
+ModelSpec = Annotated[str, typer.Argument(help="name@version (promote: name alone promotes its challenger).")]
+Why = Annotated[str, typer.Option(help="Why: kept in the audit trail (release.json).")]
+
+
+def _decide(models_dir: Path | None, spec: str, action: str, **options: Any) -> None:
+    from service import release
+
+    root = bundle.models_dir(models_dir)
+    name, _, wanted = spec.partition("@")
+    if wanted and not wanted.isdigit():
+        _fail(f"{spec!r}: write name@version, such as churn@7")
+    if not bundle.versions(root, name):
+        _fail(f"no model named {name!r} in {root}")
+    try:
+        state = release.decide(root, name, action, int(wanted) if wanted else None, **options)
+    except (release.ReleaseError, OSError) as exc:
+        _fail(str(exc))
+    canary = f", canary {state.canary * 100:g} % to version {state.challenger}" if state.canary else ""
+    challenger = f", challenger {state.challenger}" if state.challenger and not state.canary else ""
+    console.print(
+        f"{name}: champion {state.champion}{challenger}{canary}{', shadow on' if state.shadow else ''} "
+        "(running services switch at their next poll or POST /admin/reload)",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def promote(
+    model: ModelSpec,
+    canary: Annotated[
+        float | None, typer.Option(min=0, max=100, help="Percent of traffic (sticky per id) instead of all of it.")
+    ] = None,
+    why: Why = "",
+    models_dir: ModelsDir = None,
+) -> None:
+    """Make a version champion (it serves), or with --canary let it answer that share of the traffic."""
+    if canary is not None and not 0 < canary < 100:
+        _fail("--canary takes a percent above 0 and below 100")
+    _decide(models_dir, model, "promote", canary=canary / 100 if canary is not None else None, why=why)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model name.")], why: Why = "", models_dir: ModelsDir = None
+) -> None:
+    """Put the previous champion back (and end any canary)."""
+    _decide(models_dir, model.partition("@")[0], "rollback", why=why)
+
+
+@app.command()
+def shadow(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    on: Annotated[str, typer.Argument(help="on or off.")],
+    why: Why = "",
+    models_dir: ModelsDir = None,
+) -> None:
+    """Let the challenger score every request off the request path (agreement in GET /models/NAME)."""
+    if on.lower() not in ("on", "off"):
+        _fail(f"say on or off, not {on!r}")
+    _decide(models_dir, model.partition("@")[0], "shadow", shadow=on.lower() == "on", why=why)
 
 
 @app.command()
@@ -166,17 +253,24 @@ def retire(
     model: Annotated[str, typer.Argument(help="name (its newest version) or name@version.")],
     models_dir: ModelsDir = None,
 ) -> None:
-    """Take a model version out of service (roll back): the newest remaining version becomes current
-    in running services at their next poll or `POST /admin/reload`; the folder is kept as
-    `<version>.retired` and its number is never reused (rename it back to restore it)."""
+    """Take a model version out of the store: the folder is kept as `<version>.retired` and its
+    number is never reused (rename it back to restore it). Without a release file the newest
+    remaining version serves; with one, retire a champion only after `tabserve rollback`."""
+    from service import release
+
     root = bundle.models_dir(models_dir)
+    name, _, wanted = model.partition("@")
     try:
+        state = release.read(root, name)
+        version = int(wanted) if wanted.isdigit() else (bundle.versions(root, name) or [0])[-1]
+        if state is not None and version == state.champion:
+            _fail(f"{name} version {version} is the champion: `tabserve rollback {name}` (or promote another) first")
         ref = bundle.retire(root, model)
-    except (bundle.BundleError, OSError) as exc:
+    except (bundle.BundleError, release.ReleaseError, OSError) as exc:
         _fail(str(exc))
-    current = bundle.versions(root, ref.name)[-1]
+    serving = state.champion if state is not None else bundle.versions(root, ref.name)[-1]
     console.print(
-        f"retired {ref.name} version {ref.version} → {ref.path}; version {current} is now current "
+        f"retired {ref.name} version {ref.version} → {ref.path}; version {serving} serves "
         "(running services switch at their next poll or POST /admin/reload)",
         soft_wrap=True,
     )

@@ -1,22 +1,24 @@
-"""Admin: reload the model store on demand (token required)."""
+"""Admin (token required): reload the model store on demand; promote, canary, roll back and shadow
+(the same decisions as `tabserve promote|rollback|shadow`, recorded in release.json)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
+from pydantic import BaseModel, Field
 
+from service import bundle, release
 from service.api.deps import SettingsDep, StoreDep
+from service.store import ModelStore
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-@router.post("/reload", responses={401: {}, 403: {}})
-async def reload(
-    store: StoreDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> dict[str, Any]:
-    """Load new bundle versions now; answers what was loaded, what serves, and what is refused."""
+def authorized(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """The admin token, or 403 (admin off) / 401."""
     if not settings.admin_token:
         raise HTTPException(403, "admin endpoints are disabled: set TABSERVE_ADMIN_TOKEN")
     scheme, _, token = (authorization or "").partition(" ")
@@ -26,6 +28,66 @@ async def reload(
             "a valid 'Authorization: Bearer <admin token>' header is required",
             headers={"WWW-Authenticate": 'Bearer realm="tabserve admin"'},
         )
+
+
+Admin = Annotated[None, Depends(authorized)]
+
+
+@router.post("/reload", responses={401: {}, 403: {}})
+async def reload(store: StoreDep, _: Admin) -> dict[str, Any]:
+    """Load new bundle versions now; answers what was loaded, what serves, and what is refused."""
     report = await store.refresh()
     current = {m.name: m.version for m in store.current.values()}
     return {**report.to_json(), "current": current, "refused": store.refused()}
+
+
+class Promotion(BaseModel):
+    version: int | None = Field(None, description="the version to promote (default: the challenger)")
+    canary: float | None = Field(None, gt=0, lt=100, description="percent of traffic instead of all of it")
+    why: str = Field("", max_length=500)
+
+
+class Reason(BaseModel):
+    why: str = Field("", max_length=500)
+
+
+class Shadowing(BaseModel):
+    on: bool
+    why: str = Field("", max_length=500)
+
+
+@router.post("/models/{name}/promote", responses={401: {}, 403: {}, 404: {}, 409: {}})
+async def promote(name: str, body: Promotion, store: StoreDep, _: Admin) -> dict[str, Any]:
+    """Make a version champion, or (`canary`) let it answer that percent of the traffic, sticky per id."""
+    canary = body.canary / 100 if body.canary is not None else None
+    return await _decide(store, name, "promote", body.version, canary=canary, why=body.why)
+
+
+@router.post("/models/{name}/rollback", responses={401: {}, 403: {}, 404: {}, 409: {}})
+async def rollback(name: str, body: Reason, store: StoreDep, _: Admin) -> dict[str, Any]:
+    """Put the previous champion back (and end any canary)."""
+    return await _decide(store, name, "rollback", why=body.why)
+
+
+@router.post("/models/{name}/shadow", responses={401: {}, 403: {}, 404: {}, 409: {}})
+async def shadow(name: str, body: Shadowing, store: StoreDep, _: Admin) -> dict[str, Any]:
+    """Turn the challenger's shadow scoring on or off for this model."""
+    return await _decide(store, name, "shadow", shadow=body.on, why=body.why)
+
+
+async def _decide(
+    store: ModelStore, name: str, action: str, version: int | None = None, **options: Any
+) -> dict[str, Any]:
+    root = store.settings.models_dir
+    try:
+        bundle.check_name(name)  # never a path outside the store
+    except bundle.BundleError:
+        raise HTTPException(404, f"no model named {name!r} in the store") from None
+    if not bundle.versions(root, name):
+        raise HTTPException(404, f"no model named {name!r} in the store")
+    try:
+        await asyncio.to_thread(release.decide, root, name, action, version, by="admin API", **options)
+    except release.ReleaseError as exc:
+        raise HTTPException(409, str(exc)) from None
+    report = await store.refresh()  # this worker now; the others at their next poll
+    return {"model": name, **store.release_state(name), "failed": report.failed}

@@ -78,4 +78,6 @@ def get_model(name: str, store: StoreDep) -> dict[str, Any]:
         "example": {"records": [example_record(pre)]},
         # mean |effect| per feature and top-4 shares on the test split (None: a bundle from before reason codes)
         "explanations": model.metrics.get("explanations") if model.explainer is not None else None,
+        # champion, challenger, canary share, the shadow's agreement and the last decisions
+        "release": store.release_state(model.name),
     }

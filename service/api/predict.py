@@ -119,6 +119,11 @@ class PredictEndpoint:
         model = await self._model(route)
         codec = model.codecs[route.protocol.name]
         request = codec.decode(body, headers, explain)
+        if route.version is None and self.plane.store.canary:  # a canary runs: its ids may go to the challenger
+            chosen = self.plane.canary(model, request)
+            if chosen is not model:  # the challenger reads the body with its own contract
+                model, codec = chosen, chosen.codecs[route.protocol.name]
+                request = codec.decode(body, headers, explain)
         del body  # freed before the wait for a batch
         if self.plane.log is not None:
             request.request_id = request_id(headers.get(REQUEST_ID_HEADER))

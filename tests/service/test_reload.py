@@ -68,7 +68,7 @@ def test_retire_rolls_back_and_never_reuses_the_number(churn_bundle: bundle.Bund
         reload = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()
         assert reload["current"] == {"churn": 1}
         assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()["version"] == 1
-        assert "rolled back churn: version 2 left the store, serving version 1" in server.output()
+        assert "rolled back churn: version 1 serves again (was 2)" in server.output()
         # the next training run gets a new number: "churn 2" keeps naming the retired model
         assert republish(store, churn_bundle).version == 3
         reload = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()

@@ -1,0 +1,166 @@
+"""Shadow traffic: the challenger scores the rows the champion answered, on a thread of its own.
+
+The champion's batcher hands each answered batch over (`DataPlane`); the rows are re-coded into
+the challenger's inputs (numbers by name, levels through the challenger's vocabulary) and queued.
+The request never waits for the challenger and never fails because of it: when the queue is full
+the batch is shed and counted. Agreement is read off the last `window` compared rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.drift import population_stability, score_of
+from service.features import Preprocess
+
+if TYPE_CHECKING:
+    from service.store import LoadedModel
+
+log = logging.getLogger("tabserve.shadow")
+
+
+class NotComparable(ValueError):
+    """The challenger reads a field the champion's inputs do not carry."""
+
+
+class Recode:
+    """The champion's encoded rows as the challenger's inputs: numeric columns taken by name, each
+    categorical's codes mapped through the challenger's vocabulary (a level the champion never saw
+    reaches it as missing, as it reached the champion)."""
+
+    def __init__(self, champion: Preprocess, challenger: Preprocess) -> None:
+        nums = {f.name: j for j, f in enumerate(champion.numeric)}
+        cats = {f.name: (j, f) for j, f in enumerate(champion.categorical)}
+        missing = [f.name for f in challenger.numeric if f.name not in nums]
+        missing += [f.name for f in challenger.categorical if f.name not in cats]
+        if missing:
+            raise NotComparable(f"the challenger reads {', '.join(missing)}, which the champion does not")
+        self.num = [nums[f.name] for f in challenger.numeric]
+        self.cat = []
+        for f in challenger.categorical:
+            j, old = cats[f.name]
+            codes = np.array([0, *(f.index_.get(level, 0) for level in old.vocab_)], np.int64)
+            self.cat.append((j, codes))
+
+    def __call__(self, num: np.ndarray, cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        new_num = np.ascontiguousarray(num[:, self.num], np.float32)
+        new_cat = np.empty((len(cat), len(self.cat)), np.int64)
+        for k, (j, codes) in enumerate(self.cat):
+            new_cat[:, k] = codes[cat[:, j]]
+        return new_num, new_cat
+
+
+class Shadow:
+    """One champion and its challenger: what they answer on the same rows."""
+
+    def __init__(self, champion: LoadedModel, challenger: LoadedModel, window: int, max_queued_rows: int) -> None:
+        self.champion, self.challenger = champion, challenger
+        self.window, self.max_queued_rows = window, max_queued_rows
+        self.recode = Recode(champion.pre, challenger.pre)
+        self.compared = self.shed = 0
+        self._queue: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._queued = 0
+        self._wake = threading.Condition()
+        self._closed = False
+        # the last `window` compared rows: both scores, |difference|, and whether the labels agree
+        self._mine: deque[np.ndarray] = deque()
+        self._theirs: deque[np.ndarray] = deque()
+        self._diff: deque[np.ndarray] = deque()
+        self._agree: deque[np.ndarray] = deque()
+        self._held = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="tabserve-shadow", daemon=True)
+        self._thread.start()
+
+    def offer(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray) -> None:
+        """A batch the champion answered (on the event loop: never waits)."""
+        n = len(num)
+        with self._wake:
+            if self._closed or self._queued + n > self.max_queued_rows:
+                self.shed += n  # the shadow falls behind: its work goes first
+                return
+            self._queue.append((num, cat, out))
+            self._queued += n
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def idle(self) -> bool:
+        """Nothing queued or being scored (tests wait for it)."""
+        with self._wake:
+            return not self._queue and self._queued == 0
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._queue or self._closed)
+                if self._closed:
+                    return
+                num, cat, out = self._queue.popleft()
+            try:
+                theirs = self.challenger.score(*self.recode(num, cat))
+                self._note(out, theirs)
+            except Exception:  # the shadow never takes the champion down; it says so
+                log.exception("shadow scoring on %s version %d failed", self.challenger.name, self.challenger.version)
+            with self._wake:
+                self._queued -= len(num)
+
+    def _note(self, mine: np.ndarray, theirs: np.ndarray) -> None:
+        pre, other = self.champion.pre, self.challenger.pre
+        if pre.task == "regression":
+            diff, agree = np.abs(mine[:, 0] - theirs[:, 0]), None
+        else:
+            diff = np.abs(mine - theirs).max(axis=1)  # binary: |Δ probability| of either class
+            labels = np.asarray(pre.labels, object)[pre.label_index(mine)]
+            agree = labels == np.asarray(other.labels, object)[other.label_index(theirs)]
+        with self._lock:
+            self.compared += len(mine)
+            self._mine.append(score_of(pre, mine))
+            self._theirs.append(score_of(other, theirs))
+            self._diff.append(diff)
+            self._agree.append(agree if agree is not None else np.zeros(0, bool))
+            self._held += len(mine)
+            while self._held - len(self._diff[0]) >= self.window:  # whole batches: between window and more
+                self._held -= len(self._diff[0])
+                for kept in (self._mine, self._theirs, self._diff, self._agree):
+                    kept.popleft()
+
+    def report(self) -> dict[str, Any]:
+        """Agreement over the last `window` compared rows (None where nothing was compared yet)."""
+        with self._lock:
+            parts = [list(kept) for kept in (self._mine, self._theirs, self._diff, self._agree)]
+            compared, shed = self.compared, self.shed
+        doc: dict[str, Any] = {
+            "challenger": self.challenger.version,
+            "compared": compared,
+            "shed": shed,
+            "window": 0,
+            "label_agreement": None,
+            "mean_abs_diff": None,
+            "p99_abs_diff": None,
+            "score_psi": None,
+        }
+        if not parts[0]:
+            return doc
+        mine, theirs, diff, agree = (np.concatenate(p) for p in parts)
+        doc.update(window=len(diff), mean_abs_diff=float(diff.mean()), p99_abs_diff=float(np.percentile(diff, 99)))
+        if self.champion.pre.task != "regression":
+            doc["label_agreement"] = float(agree.mean())
+        doc["score_psi"] = score_psi(mine, theirs)
+        return doc
+
+
+def score_psi(mine: np.ndarray, theirs: np.ndarray, bins: int = 10) -> float:
+    """PSI of the challenger's scores against the champion's on the same rows, in the champion's deciles."""
+    edges = np.unique(np.quantile(mine, np.linspace(0, 1, bins + 1)[1:-1]))
+    expected = np.bincount(np.searchsorted(edges, mine, side="right"), minlength=len(edges) + 1) / len(mine)
+    counts = np.bincount(np.searchsorted(edges, theirs, side="right"), minlength=len(edges) + 1)
+    return population_stability(counts, expected)

@@ -1,0 +1,237 @@
+"""Releases on a running service: canary share and stickiness, promote and rollback under load with
+zero failures, shadow agreement against an offline comparison, and a broken release file refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service import bundle, release
+from service.runtime import create_session
+from service.shadow import score_psi
+from tests.conftest import TELCO, quick_config
+from tests.service.conftest import copy_store, republish, running_server, telco_records
+
+ADMIN = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture(scope="module")
+def other_bundle(tmp_path_factory: pytest.TempPathFactory) -> bundle.BundleRef:
+    """A second, genuinely different churn model (another seed and width): a real challenger."""
+    from training.pipeline import train
+
+    store = tmp_path_factory.mktemp("other")
+    result = train(quick_config(TELCO, "Churn", store, name="churn", seed=7, hidden=[16]), say=lambda _: None)
+    assert result.bundle is not None
+    return result.bundle
+
+
+def two_versions(churn: bundle.BundleRef, second: bundle.BundleRef, root: Path) -> Path:
+    """A store with churn v1 and v2 (a copy of `second` under the same name)."""
+    store = copy_store(churn, root / "models")
+    shutil.copytree(second.path, store / "churn" / "2")
+    return store
+
+
+def admin(server_url: str, path: str, body: dict[str, object]) -> dict[str, object]:
+    answer = httpx.post(server_url + path, json=body, headers=ADMIN, timeout=30)
+    assert answer.status_code == 200, answer.text
+    doc: dict[str, object] = answer.json()
+    return doc
+
+
+class Load:
+    """Clients sending one-record requests with ids, noting (phase, id, version, status) of each."""
+
+    def __init__(self, url: str, clients: int = 6) -> None:
+        self.url, self.phase = url, "start"
+        self.seen: list[tuple[str, str, int, int]] = []
+        self.records = telco_records(7043)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            n = i * 997
+            while not self._stop.is_set():
+                record = self.records[n % len(self.records)]
+                n += 7
+                phase = self.phase
+                try:
+                    answer = client.post("/predict", json={"records": [record]})
+                    version = answer.json().get("version", -1) if answer.status_code == 200 else -1
+                    self.seen.append((phase, str(record["customerID"]), version, answer.status_code))
+                except httpx.HTTPError:
+                    self.seen.append((phase, str(record["customerID"]), -1, 0))
+
+    def count(self, phase: str) -> int:
+        return sum(1 for p, *_ in list(self.seen) if p == phase)
+
+    def wait_for(self, phase: str, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count(phase) < n:
+            assert time.monotonic() < deadline, f"only {self.count(phase)} requests in phase {phase}"
+            time.sleep(0.2)
+
+
+def test_canary_promote_rollback_under_load(
+    churn_bundle: bundle.BundleRef, other_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = two_versions(churn_bundle, other_bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1, why="the test starts on version 1")
+    with running_server(store, "--admin-token", "s3cret") as server, Load(server.url) as load:
+        load.wait_for("start", 500)
+        load.phase = "changing"
+        state = admin(server.url, "/admin/models/churn/promote", {"version": 2, "canary": 10, "why": "canary"})
+        assert (state["champion"], state["challenger"], state["canary"]) == (1, 2, 0.1)
+        load.phase = "canary"
+        load.wait_for("canary", 10_000)
+        load.phase = "changing"  # requests sent while a change is under way may see either side
+        state = admin(server.url, "/admin/models/churn/promote", {"why": "the canary looked fine"})
+        assert (state["champion"], state["challenger"]) == (2, None)
+        load.phase = "promoted"
+        load.wait_for("promoted", 1_000)
+        load.phase = "changing"
+        state = admin(server.url, "/admin/models/churn/rollback", {"why": "a bad week"})
+        assert state["champion"] == 1
+        load.phase = "rolled back"
+        load.wait_for("rolled back", 1_000)
+        metrics = httpx.get(server.url + "/metrics").text
+    seen = list(load.seen)
+    assert [s for s in seen if s[3] != 200] == []  # zero non-2xx through every change
+    versions: dict[str, Counter[int]] = defaultdict(Counter)
+    by_id: dict[str, set[int]] = defaultdict(set)
+    for phase, customer, version, _ in seen:
+        versions[phase][version] += 1
+        if phase == "canary":
+            by_id[customer].add(version)
+    assert set(versions["start"]) == {1}
+    canary = versions["canary"]
+    share = canary[2] / sum(canary.values())
+    assert sum(canary.values()) >= 10_000 and 0.085 <= share <= 0.115, canary
+    # the same id always the same version (phases begin once the change has answered)
+    assert all(len(v) == 1 for v in by_id.values())
+    # a request sent after a change answered is served as the change says
+    assert set(versions["promoted"]) == {2} and set(versions["rolled back"]) == {1}
+    assert 'tabserve_version_rows_scored_total{model="churn",version="2"}' in metrics
+    history = release.read(store, "churn")
+    assert history is not None
+    assert [h["action"] for h in history.history] == ["promote", "promote", "promote", "rollback"]
+    assert history.history[-1]["why"] == "a bad week" and history.history[-1]["who"] == "admin API"
+
+
+def test_shadow_agreement_matches_an_offline_comparison(
+    churn_bundle: bundle.BundleRef, other_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = two_versions(churn_bundle, other_bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1)
+    release.decide(store, "churn", "challenger", 2)
+    records = telco_records(600, start=3000)
+    with running_server(store, "--shadow") as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        start = 0
+        for size in [1, 3, 10, 50] * 100:  # requests of several sizes, so batches mix
+            if start >= len(records):
+                break
+            answer = client.post("/predict", json={"records": records[start : start + size]})
+            assert answer.status_code == 200 and answer.json()["version"] == 1
+            start += size
+        deadline = time.monotonic() + 30
+        while (shadow := client.get("/models/churn").json()["release"]["shadow"])["compared"] < len(records):
+            assert time.monotonic() < deadline, shadow
+            time.sleep(0.1)
+        metrics = client.get("/metrics").text
+    assert shadow["challenger"] == 2 and shadow["shed"] == 0 and shadow["window"] == len(records)
+    mine, theirs = (offline(ref, records) for ref in (churn_bundle, other_bundle))
+    pre_a, pre_b = churn_bundle.preprocess, other_bundle.preprocess
+    diff = np.abs(mine - theirs).max(axis=1)
+    agree = np.mean(
+        np.asarray(pre_a.labels)[pre_a.label_index(mine)] == np.asarray(pre_b.labels)[pre_b.label_index(theirs)]
+    )
+    assert shadow["label_agreement"] == pytest.approx(agree, abs=1e-9)
+    assert shadow["mean_abs_diff"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert shadow["p99_abs_diff"] == pytest.approx(np.percentile(diff, 99), abs=1e-6)
+    assert shadow["score_psi"] == pytest.approx(score_psi(mine[:, 1], theirs[:, 1]), abs=1e-6)
+    assert 0 < diff.mean() < 0.1  # two real models: close, not equal
+    assert 'tabserve_shadow_label_agreement{model="churn"}' in metrics
+
+
+def offline(ref: bundle.BundleRef, records: list[dict[str, object]]) -> np.ndarray:
+    """A bundle's outputs on records through its own encoding and a session of its own."""
+    enc = ref.preprocess.encode_records(records)
+    session = create_session(ref.path / bundle.MODEL_FILE, "cpu", 1)
+    out: np.ndarray = session.run(None, {"num": enc.num, "cat": enc.cat})[0]
+    return out
+
+
+def test_a_broken_release_file_is_refused_and_the_last_good_state_serves(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 1, why="pinned")
+    path = release.path_of(store, "churn")
+    one = {"records": telco_records(1)}
+    with running_server(store) as server:
+        assert httpx.post(server.url + "/predict", json=one).json()["version"] == 1
+        for broken, why in [
+            ("{not json", "not valid JSON"),
+            (json.dumps({"champion": "two"}), "champion must be a version number"),
+            (json.dumps({"champion": 1, "challenger": 1}), "cannot be both champion and challenger"),
+        ]:
+            path.write_text(broken)
+            deadline = time.monotonic() + 10
+            while (state := httpx.get(server.url + "/models/churn").json()["release"])["refused"] is None:
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.1)
+            assert why in state["refused"] and state["champion"] == 1
+            assert httpx.post(server.url + "/predict", json=one).json()["version"] == 1
+            assert why in server.output()
+            release.write(store, "churn", release.Release(champion=1))  # good again (a new size or time)
+            time.sleep(0.5)
+        # a version that is not in the store: said once, the serving one stays
+        path.write_text(json.dumps({"champion": 9}))
+        time.sleep(1.0)
+        assert httpx.post(server.url + "/predict", json=one).json()["version"] == 1
+        assert server.output().count("names version 9, which cannot be loaded") == 1
+        release.write(store, "churn", release.Release(champion=2))
+        wait_until_version(server.url, 2)
+
+
+def wait_until_version(url: str, version: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.post(url + "/predict", json={"records": telco_records(1)}).json()["version"] != version:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_admin_decisions_need_the_token_and_a_sensible_request(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--admin-token", "s3cret") as server:
+        url = server.url + "/admin/models/churn/"
+        assert httpx.post(url + "rollback", json={}).status_code == 401
+        no_earlier = httpx.post(url + "rollback", json={}, headers=ADMIN)
+        assert no_earlier.status_code == 409 and "no earlier champion" in no_earlier.json()["error"]
+        assert httpx.post(url + "promote", json={"version": 5}, headers=ADMIN).status_code == 409
+        assert httpx.post(url + "promote", json={"version": 1, "canary": 150}, headers=ADMIN).status_code == 422
+        assert httpx.post(server.url + "/admin/models/..%2Fx/rollback", json={}, headers=ADMIN).status_code == 404
+        shadow = httpx.post(url + "shadow", json={"on": True}, headers=ADMIN)
+        assert shadow.status_code == 409 and "no challenger" in shadow.json()["error"]
+    assert not (tmp_path / "x").exists()
