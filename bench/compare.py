@@ -5,6 +5,7 @@
     python bench/compare.py /tmp/old . --records 100 --pairs 8 # 100-record requests
     python bench/compare.py /tmp/old . --score                 # `tabserve score` of a 1 M-row CSV
     python bench/compare.py . . --b-flags "--log /tmp/tabserve-log" # one checkout: logging off (A) and on (B)
+    python bench/compare.py . . --models STORE --b-flags=--shadow  # a store with a challenger: shadow off / on
 
 On a shared machine, two benchmark runs minutes apart differ by more than most changes being
 measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
@@ -71,22 +72,26 @@ def main() -> None:
             stack.enter_context(server(command(checkout, args.models, port, flags), port, {}, "/health/ready"))
             urls[name] = f"http://127.0.0.1:{port}{route}"
             wrk(urls[name], script, 16, 1)  # warm-up
-        ratios = []
+        ratios, p99s = [], []
         for i in range(args.pairs):
             order = ["A", "B"] if i % 2 == 0 else ["B", "A"]
             got = {name: wrk(urls[name], script, args.conns, args.seconds) for name in order}
             ratios.append(got["B"][0] / got["A"][0])
+            p99s.append(got["B"][2] / got["A"][2])
             print(
                 f"pair {i + 1}: A {got['A'][0]:,.0f} req/s (p99 {got['A'][2]:.1f} ms), "
                 f"B {got['B'][0]:,.0f} req/s (p99 {got['B'][2]:.1f} ms), B/A {ratios[-1]:.2f}",
                 flush=True,
             )
-        for name, url in urls.items():  # what a prediction log wrote and dropped, when one is on
+        for name, url in urls.items():  # what a prediction log or a shadow did, when one is on
             scraped = urllib.request.urlopen(url[: url.index("/", 8)] + "/metrics").read().decode()
-            lines = [x for x in scraped.splitlines() if x.startswith("tabserve_log_")]
+            lines = [x for x in scraped.splitlines() if x.startswith(("tabserve_log_", "tabserve_shadow_"))]
             if lines:
                 print(f"{name}: " + "; ".join(lines))
-    print(f"{args.records}-record requests, {args.conns} connections: B/A median {statistics.median(ratios):.2f}")
+    print(
+        f"{args.records}-record requests, {args.conns} connections: B/A median {statistics.median(ratios):.2f}, "
+        f"p99 B/A median {statistics.median(p99s):.2f}"
+    )
 
 
 def compare_scoring(args: argparse.Namespace) -> None:
