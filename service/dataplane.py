@@ -69,7 +69,7 @@ class DataPlane:
             self.log.add_batch(model.name, model.version, model.pre, num, cat, out, notes)
         shadow = self.store.shadows.get(model.name)
         if shadow is not None and shadow.champion is model:
-            shadow.offer(num, cat, out)
+            shadow.offer(num, cat, out, notes)
 
     @staticmethod
     async def _explained(model: LoadedModel, request: InferenceRequest, timeout: float | None) -> InferenceResult:

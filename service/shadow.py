@@ -3,22 +3,28 @@
 The champion's batcher hands each answered batch over (`DataPlane`); the rows are re-coded into
 the challenger's inputs (numbers by name, levels through the challenger's vocabulary) and queued.
 The request never waits for the challenger and never fails because of it: when the queue is full
-the batch is shed and counted. Agreement is read off the last `window` compared rows.
+the batch is shed and counted. Agreement is read off the last `window` compared rows. With the
+prediction log on, both outputs are kept per id, so outcomes posted as feedback give both
+versions' live metrics on the same records.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from monitoring.accuracy import metrics_of, truth_of
+from monitoring.log import text_of
 from service.drift import population_stability, score_of
 from service.features import Preprocess
 
 if TYPE_CHECKING:
+    from monitoring.feedback import Labelled
     from service.store import LoadedModel
 
 log = logging.getLogger("tabserve.shadow")
@@ -58,12 +64,17 @@ class Recode:
 class Shadow:
     """One champion and its challenger: what they answer on the same rows."""
 
-    def __init__(self, champion: LoadedModel, challenger: LoadedModel, window: int, max_queued_rows: int) -> None:
+    def __init__(
+        self, champion: LoadedModel, challenger: LoadedModel, window: int, max_queued_rows: int, keyed: bool = False
+    ) -> None:
         self.champion, self.challenger = champion, challenger
         self.window, self.max_queued_rows = window, max_queued_rows
         self.recode = Recode(champion.pre, challenger.pre)
         self.compared = self.shed = 0
-        self._queue: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self.keyed = keyed and bool(champion.pre.id_columns)  # outputs kept per id, for outcomes to label
+        self._scored: OrderedDict[tuple[str | None, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._labelled: OrderedDict[tuple[str | None, ...], tuple[np.ndarray, np.ndarray, str]] = OrderedDict()
+        self._queue: deque[tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, Any]]]] = deque()
         self._queued = 0
         self._wake = threading.Condition()
         self._closed = False
@@ -77,14 +88,14 @@ class Shadow:
         self._thread = threading.Thread(target=self._run, name="tabserve-shadow", daemon=True)
         self._thread.start()
 
-    def offer(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray) -> None:
-        """A batch the champion answered (on the event loop: never waits)."""
+    def offer(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Any]]) -> None:
+        """A batch the champion answered, with each request's (rows, note) (on the event loop: never waits)."""
         n = len(num)
         with self._wake:
             if self._closed or self._queued + n > self.max_queued_rows:
                 self.shed += n  # the shadow falls behind: its work goes first
                 return
-            self._queue.append((num, cat, out))
+            self._queue.append((num, cat, out, notes))
             self._queued += n
             self._wake.notify()
 
@@ -104,10 +115,12 @@ class Shadow:
                 self._wake.wait_for(lambda: self._queue or self._closed)
                 if self._closed:
                     return
-                num, cat, out = self._queue.popleft()
+                num, cat, out, notes = self._queue.popleft()
             try:
                 theirs = self.challenger.score(*self.recode(num, cat))
                 self._note(out, theirs)
+                if self.keyed:
+                    self._keep(out, theirs, notes)
             except Exception:  # the shadow never takes the champion down; it says so
                 log.exception("shadow scoring on %s version %d failed", self.challenger.name, self.challenger.version)
             with self._wake:
@@ -133,6 +146,48 @@ class Shadow:
                 for kept in (self._mine, self._theirs, self._diff, self._agree):
                     kept.popleft()
 
+    def _keep(self, mine: np.ndarray, theirs: np.ndarray, notes: list[tuple[int, Any]]) -> None:
+        """Both outputs of each row, by its ids as the log writes them (the latest `window` ids)."""
+        row = 0
+        with self._lock:
+            for n, note in notes:
+                ids = note[0] if note else ()
+                if ids:
+                    texts = [[text_of(v) for v in values] for _, values in ids]
+                    for r in range(n):
+                        key = tuple(t[r] for t in texts)
+                        self._scored.pop(key, None)
+                        self._scored[key] = (mine[row + r], theirs[row + r])
+                row += n
+            while len(self._scored) > self.window:
+                self._scored.popitem(last=False)
+
+    def labelled(self, items: Iterable[Labelled]) -> None:
+        """Outcomes that came back (feedback): those of rows both versions scored are kept."""
+        with self._lock:
+            for item in items:
+                both = self._scored.get(item.key)
+                if both is not None:
+                    self._labelled.pop(item.key, None)
+                    self._labelled[item.key] = (*both, item.outcome)
+            while len(self._labelled) > self.window:
+                self._labelled.popitem(last=False)
+
+    def live(self) -> dict[str, Any] | None:
+        """Both versions' live metrics on the same labelled records (None: no outcome yet)."""
+        with self._lock:
+            found = list(self._labelled.values())
+        if not found:
+            return None
+        outcomes = [o for _, _, o in found]
+        mine, theirs = np.stack([m for m, _, _ in found]), np.stack([t for _, t, _ in found])
+        champion, challenger = self.champion, self.challenger
+        return {
+            "rows": len(found),
+            str(champion.version): metrics_of(champion.pre, mine, truth_of(champion.pre, outcomes)),
+            str(challenger.version): metrics_of(challenger.pre, theirs, truth_of(challenger.pre, outcomes)),
+        }
+
     def report(self) -> dict[str, Any]:
         """Agreement over the last `window` compared rows (None where nothing was compared yet)."""
         with self._lock:
@@ -147,6 +202,7 @@ class Shadow:
             "mean_abs_diff": None,
             "p99_abs_diff": None,
             "score_psi": None,
+            "live": self.live() if self.keyed else None,
         }
         if not parts[0]:
             return doc

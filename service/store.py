@@ -447,8 +447,9 @@ class ModelStore:
         if wanted and shadow is None:
             assert champion is not None and challenger is not None
             try:
+                keyed = self.settings.log is not None  # outcomes can come back: keep both outputs per id
                 self.shadows[name] = Shadow(
-                    champion, challenger, self.settings.monitor_window, self.settings.shadow_queue_rows
+                    champion, challenger, self.settings.monitor_window, self.settings.shadow_queue_rows, keyed
                 )
             except NotComparable as exc:
                 log.error("%s: no shadow for version %d: %s", name, challenger.version, exc)

@@ -154,7 +154,7 @@ class Telemetry(Collector):
                     role.add_metric([model, name], state[name])
             canary.add_metric([model], state["canary"])
             for key, value in (state["shadow"] or {}).items():
-                if key != "challenger" and value is not None:
+                if key != "challenger" and isinstance(value, int | float):
                     family = shadow.get(key)
                     if family is None:
                         family = shadow[key] = GaugeMetricFamily(

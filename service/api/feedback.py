@@ -51,4 +51,7 @@ async def feedback(
     except InputError as exc:
         return JSONResponse(exc.to_json(), STATUS[exc.kind])
     telemetry.live(model.name, model.pre, settings.monitor_window).add_all(stored.labelled)
+    shadow = plane.store.shadows.get(model.name)
+    if shadow is not None:  # the challenger's outputs on the same records, when it shadowed them
+        shadow.labelled(stored.labelled)
     return {"model": model.name, "stored": stored.stored, "refused": stored.refused}

@@ -3,6 +3,7 @@ zero failures, shadow agreement against an offline comparison, and a broken rele
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from service import bundle, release
 from service.runtime import create_session
@@ -145,7 +147,11 @@ def test_shadow_agreement_matches_an_offline_comparison(
     release.decide(store, "churn", "promote", 1)
     release.decide(store, "churn", "challenger", 2)
     records = telco_records(600, start=3000)
-    with running_server(store, "--shadow") as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    log = tmp_path / "log"
+    with (
+        running_server(store, "--shadow", "--log", str(log)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
         start = 0
         for size in [1, 3, 10, 50] * 100:  # requests of several sizes, so batches mix
             if start >= len(records):
@@ -158,6 +164,11 @@ def test_shadow_agreement_matches_an_offline_comparison(
             assert time.monotonic() < deadline, shadow
             time.sleep(0.1)
         metrics = client.get("/metrics").text
+        # the true outcomes come back: both versions' live metrics on the same records
+        truth = [row["Churn"] for row in csv.DictReader(TELCO.open(newline=""))][3000:3600]
+        outcomes = [{"customerID": r["customerID"], "Churn": y} for r, y in zip(records, truth, strict=True)]
+        assert client.post("/models/churn/feedback", json={"records": outcomes}).status_code == 200
+        live = client.get("/models/churn").json()["release"]["shadow"]["live"]
     assert shadow["challenger"] == 2 and shadow["shed"] == 0 and shadow["window"] == len(records)
     mine, theirs = (offline(ref, records) for ref in (churn_bundle, other_bundle))
     pre_a, pre_b = churn_bundle.preprocess, other_bundle.preprocess
@@ -171,6 +182,10 @@ def test_shadow_agreement_matches_an_offline_comparison(
     assert shadow["score_psi"] == pytest.approx(score_psi(mine[:, 1], theirs[:, 1]), abs=1e-6)
     assert 0 < diff.mean() < 0.1  # two real models: close, not equal
     assert 'tabserve_shadow_label_agreement{model="churn"}' in metrics
+    y = np.array([t == "Yes" for t in truth])
+    assert live["rows"] == len(records)
+    assert live["1"]["auc"] == pytest.approx(roc_auc_score(y, mine[:, 1]), abs=1e-6)
+    assert live["2"]["auc"] == pytest.approx(roc_auc_score(y, theirs[:, 1]), abs=1e-6)
 
 
 def offline(ref: bundle.BundleRef, records: list[dict[str, object]]) -> np.ndarray:
