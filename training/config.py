@@ -9,6 +9,7 @@ from typing import Any
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 TASKS = ("auto", "binary", "multiclass", "regression")
+PROMOTE = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,18 @@ class TrainConfig:
     threshold_rule: str = opt("f1", "binary decision threshold: f1 | youden | accuracy | a fixed number such as 0.5")
     seed: int = opt(0, "random seed: same seed and data → same model and metrics")
     report_plots: bool = opt(True, "PNG plots in the bundle (matplotlib); off saves ~1 s")
+    # --- release (training/gate.py, docs/releases.md) ---
+    promote: str = opt(
+        "auto",
+        f"{' | '.join(PROMOTE)}: make the new version champion; auto: only if, on this run's test rows, "
+        "no metric is worse than the champion's beyond the tolerance (95 % paired bootstrap)",
+    )
+    min_gain: float | None = opt(
+        None, "auto also needs the key metric to beat the champion's by at least this (AUC; multiclass: log loss; RMSE)"
+    )
+    gate_tolerance: float | None = opt(
+        None, "how much worse than the champion a metric may be (default 0.01; regression: 0.02 × its RMSE)"
+    )
 
     def validate(self) -> TrainConfig:
         """Check values that would otherwise fail deep inside training."""
@@ -91,6 +104,12 @@ class TrainConfig:
             raise ConfigError("class_weight must be 'none' or 'balanced'")
         if not 0 < self.test_fraction < 0.9 or not 0 < self.val_fraction < 0.9:
             raise ConfigError("test_fraction and val_fraction must be in (0, 0.9)")
+        if self.promote not in PROMOTE:
+            raise ConfigError(f"promote must be one of {', '.join(PROMOTE)}, not {self.promote!r}")
+        if self.gate_tolerance is not None and not 0 <= self.gate_tolerance < float("inf"):
+            raise ConfigError(f"gate_tolerance must be a number ≥ 0, not {self.gate_tolerance!r}")
+        if self.min_gain is not None and not abs(self.min_gain) < float("inf"):
+            raise ConfigError(f"min_gain must be a finite number, not {self.min_gain!r}")
         self.name = self.name or Path(self.data).stem
         return self
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from service import bundle
+from service import bundle, release
 from service.drift import reference_distribution, score_of
 from service.features import Encoded, Preprocess
 from training import data as D
-from training import export, report
+from training import export, gate, report
 from training.config import TrainConfig
 from training.evaluate import KEY_METRIC, Baseline, choose_threshold, task_metrics
 from training.explain import write_explainer
@@ -43,12 +43,16 @@ class TrainingData:
 
 @dataclass
 class TrainResult:
-    """What a run produced: metrics for the model and the baseline, and the published bundle."""
+    """What a run produced: metrics for the model and the baseline, the published bundle, and the
+    gate's comparison with the champion and the release decision taken on it."""
 
     pre: Preprocess
     metrics: dict[str, Any]
     histories: list[History] = field(default_factory=list)
     bundle: bundle.BundleRef | None = None
+    comparison: gate.Comparison | None = None
+    decision: str = ""  # one line: why the new version is champion or challenger
+    release: release.Release | None = None
 
 
 def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = print) -> TrainingData:
@@ -60,6 +64,10 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     schema = D.infer_schema(df, cfg)
     for col, why in schema.dropped.items():
         say(f"column {col!r} left out: {why}")
+    if test_rows is None:
+        test_rows = champion_test_rows(cfg, target)
+        if test_rows is not None:
+            say("split as the champion was (the same file): the gate compares both on rows neither trained on")
     split = D.split_rows(target, cfg, test_rows)
     fit_rows = fit_rows_of(split, cfg)
     pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
@@ -67,6 +75,28 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     if enc.errors:
         raise D.DataError(str(next(iter(enc.errors.values()))))
     return TrainingData(df, schema, target, split, pre, enc)
+
+
+def champion_test_rows(cfg: TrainConfig, target: D.Target) -> np.ndarray | None:
+    """The champion's own test rows when it was trained on this very file, so that the gate compares
+    the two on rows neither trained on (another seed would otherwise test the champion on rows it
+    learned from); None otherwise."""
+    root = bundle.models_dir(cfg.models_dir)
+    if not bundle.versions(root, cfg.name):
+        return None
+    try:
+        champion = release.current(root, cfg.name).champion
+        doc = bundle.BundleRef(cfg.name, champion, root / cfg.name / str(champion)).metrics
+    except (release.ReleaseError, OSError, ValueError):
+        return None  # the gate says why it cannot compare
+    data, config = doc.get("data", {}), doc.get("config", {})
+    same = data.get("sha256") == D.file_sha256(cfg.data) and config.get("target") == cfg.target
+    if not same or data.get("rows") != len(target.y) + target.dropped_missing or "seed" not in config:
+        return None
+    theirs = replace(cfg, seed=config["seed"], test_fraction=config.get("test_fraction", cfg.test_fraction))
+    if (theirs.seed, theirs.test_fraction) == (cfg.seed, cfg.test_fraction):
+        return None  # this run splits as the champion did anyway
+    return D.split_rows(target, theirs).test
 
 
 def fit_rows_of(split: D.Split, cfg: TrainConfig) -> np.ndarray:
@@ -110,7 +140,7 @@ def fit_ensemble(
 def _scorer_output(scorer: EnsembleModel, enc: Encoded, rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = scorer.eval()(torch.from_numpy(enc.num[rows]), torch.from_numpy(enc.cat[rows]))
-    return out.numpy()
+    return np.asarray(out.numpy())
 
 
 def train(
@@ -130,7 +160,7 @@ def train(
         pre.threshold = choose_threshold(y[val_rows], val_out[:, 1], cfg.threshold_rule)
     test_out = _scorer_output(scorer, prep.enc, split.test)
     base = _baseline(prep, cfg)
-    metrics = {
+    metrics: dict[str, Any] = {
         "task": pre.task,
         "key_metric": KEY_METRIC[pre.task],
         "test": task_metrics(pre, y[split.test], test_out),
@@ -146,10 +176,51 @@ def train(
         doc = _describe(prep, cfg, metrics, started)
         fit = fit_rows_of(split, cfg)
         reference = reference_distribution(pre, prep.enc.num[fit], prep.enc.cat[fit], score_of(pre, val_out))
+        root = bundle.models_dir(cfg.models_dir)
         write = _bundle_writer(prep, cfg, scorer, histories, test_out, doc, reference)
-        result.bundle = bundle.publish(bundle.models_dir(cfg.models_dir), cfg.name, write)
+        result.bundle = bundle.publish(root, cfg.name, write)
+        result.comparison = doc.get("comparison")
+        result.release, result.decision = _decide(root, cfg, result.bundle.version, result.comparison)
     metrics["train_seconds"] = time.perf_counter() - started
     return result
+
+
+def _decide(
+    root: Path, cfg: TrainConfig, version: int, comparison: gate.Comparison | None
+) -> tuple[release.Release, str]:
+    """Propose the published version, and promote it when the gate says so (docs/releases.md)."""
+    if comparison is None:  # nothing to compare with: the new version is champion
+        why = "first version" if version == 1 else "no other published version"
+        return release.decide(root, cfg.name, "challenger", version, why=why), why
+    proposed = f"trained on {Path(cfg.data).name} (seed {cfg.seed}); compared with v{comparison.champion}"
+    state = release.decide(root, cfg.name, "challenger", version, why=f"{proposed}: {comparison.reason}")
+    if comparison.promote:
+        state = release.decide(root, cfg.name, "promote", version, why=comparison.reason)
+    return state, comparison.reason
+
+
+def _compare(prep: TrainingData, cfg: TrainConfig, staged: Path) -> gate.Comparison | None:
+    """The staged bundle against the champion on this run's test rows; None for a name's first version."""
+    root = bundle.models_dir(cfg.models_dir)
+    published = bundle.versions(root, cfg.name)
+    if not published:
+        return None
+    champion = release.current(root, cfg.name).champion  # a broken release.json stops the run before publishing
+    if champion not in published:
+        why = f"champion v{champion} is not published (retired?)"
+        return gate.refused(champion, why, cfg.promote, cfg.min_gain)
+    test = prep.split.test
+    rows, y = prep.df.iloc[test], prep.target.y[test]
+    return gate.compare(
+        root / cfg.name / str(champion),
+        champion,
+        staged,
+        rows,
+        y,
+        mode=cfg.promote,
+        min_gain=cfg.min_gain,
+        tolerance=cfg.gate_tolerance,
+    )
 
 
 def _baseline(prep: TrainingData, cfg: TrainConfig) -> dict[str, float]:
@@ -215,6 +286,10 @@ def _bundle_writer(
             scorer, onnx_path, prep.enc.num[test], prep.enc.cat[test], tol
         )
         prep.pre.save(out / bundle.PREPROCESS_FILE)
+        comparison = _compare(prep, cfg, out)
+        if comparison is not None:
+            doc["comparison"] = comparison
+            doc["metrics"]["comparison"] = comparison.to_json()
         (out / bundle.DRIFT_FILE).write_text(json.dumps(reference) + "\n")
         fit_rows = fit_rows_of(prep.split, cfg)
         doc["metrics"]["explanations"] = write_explainer(fused, prep.pre, prep.enc, fit_rows, test, out)
@@ -223,6 +298,8 @@ def _bundle_writer(
         plots = report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out) if cfg.report_plots else []
         if cfg.report_plots:
             plots.append(report.importance_plot(out, doc["metrics"]["explanations"]))
+            if comparison is not None and comparison.outputs is not None and prep.pre.task == "binary":
+                plots.append(report.comparison_plot(out, comparison.champion, *comparison.outputs))
         report.write_model_card(out, cfg.name, doc["created"], doc, plots)
 
     return write

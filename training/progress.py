@@ -68,3 +68,32 @@ def _print_summary(result: TrainResult, console: Console) -> None:
             f"{result.bundle.path} in {m['train_seconds']:.1f} s "
             f"(ONNX parity {m.get('onnx_parity_max_abs_diff', float('nan')):.1e})"
         )
+    _print_release(result, console)
+
+
+def _print_release(result: TrainResult, console: Console) -> None:
+    """The gate's table (champion and this model on the same test rows) and the decision, in one line."""
+    c = result.comparison
+    if c is not None and c.metrics:
+        table = Table(
+            "metric",
+            f"champion v{c.champion}",
+            "this model",
+            "difference (+ better)",
+            "95 % interval",
+            "tolerance",
+            title=f"against the champion ({c.rows} test rows, paired bootstrap)",
+        )
+        for d in c.metrics:
+            table.add_row(
+                d.metric,
+                f"{d.champion:.4f}",
+                f"{d.challenger:.4f}",
+                f"{d.difference:+.4f}",
+                f"[{d.low:+.4f}, {d.high:+.4f}]",
+                f"{d.tolerance:.4g}",
+            )
+        console.print(table)
+    if result.bundle and result.release:
+        role = "champion" if result.release.champion == result.bundle.version else "challenger"
+        console.print(f"{result.bundle.name} v{result.bundle.version} is {role}: {result.decision}", markup=False)

@@ -50,6 +50,29 @@ def importance_plot(out: Path, explanations: dict[str, Any]) -> str:
     return "importance.png"
 
 
+def comparison_plot(out: Path, champion: int, y: np.ndarray, old: np.ndarray, new: np.ndarray) -> str:
+    """ROC and calibration of the champion and this model on the same test rows, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, (roc, cal) = plt.subplots(1, 2, figsize=(9, 4.5))
+    for label, probs, style in ((f"champion v{champion}", old, "--"), ("this model", new, "-")):
+        fpr, tpr, _ = roc_curve(y, probs[:, 1])
+        roc.plot(fpr, tpr, ls=style, label=label)
+        cal.plot(*_calibration_points(y, probs[:, 1]), ls=style, marker="o", label=label)
+    for ax in (roc, cal):
+        ax.plot([0, 1], [0, 1], ls=":", color="grey")
+        ax.legend()
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (same test rows)")
+    cal.set(xlabel="mean predicted probability", ylabel="observed rate", title="Calibration (same test rows)")
+    _save(fig, out / "comparison.png")
+    plt.close(fig)
+    return "comparison.png"
+
+
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -68,12 +91,17 @@ def _roc_plot(out: Path, y: np.ndarray, p: np.ndarray, plt: Any) -> str:
     return "roc.png"
 
 
-def _calibration_plot(out: Path, y: np.ndarray, p: np.ndarray, plt: Any) -> str:
+def _calibration_points(y: np.ndarray, p: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean predicted probability and observed rate in each non-empty tenth of [0, 1]."""
     edges = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
-    mids = [(p[which == b].mean(), y[which == b].mean()) for b in range(10) if (which == b).any()]
+    kept = [b for b in range(10) if (which == b).any()]
+    return [float(p[which == b].mean()) for b in kept], [float(y[which == b].mean()) for b in kept]
+
+
+def _calibration_plot(out: Path, y: np.ndarray, p: np.ndarray, plt: Any) -> str:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(*zip(*mids, strict=True), marker="o", label="model")
+    ax.plot(*_calibration_points(y, p), marker="o", label="model")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect")
     ax.set(xlabel="mean predicted probability", ylabel="observed rate", title="Calibration (test)")
     ax.legend()
@@ -106,6 +134,8 @@ def write_model_card(out: Path, name: str, version_hint: str, doc: dict[str, Any
     for key, value in m["test"].items():
         lines.append(f"| {key} | {value:.4f} | {m['baseline_test'].get(key, float('nan')):.4f} |")
     lines += ["", f"Baseline: {m['baseline']}. Training took {m['train_seconds']:.1f} s.", ""]
+    if m.get("comparison"):
+        lines += comparison_lines(m["comparison"])
     explained = m.get("explanations")
     if explained:
         lines += ["## What moves the score", "", f"Effects on the {explained['score']} ({explained['method']}).", ""]
@@ -115,3 +145,24 @@ def write_model_card(out: Path, name: str, version_hint: str, doc: dict[str, Any
         lines.append("")
     lines += [f"![{p}]({p})" for p in plots]
     (out / CARD_FILE).write_text("\n".join(lines) + "\n")
+
+
+def comparison_lines(c: dict[str, Any]) -> list[str]:
+    """The card's side-by-side table of the champion and this model (training/gate.py)."""
+    lines = ["## Against the champion", ""]
+    if c["refused"]:
+        return [*lines, f"Not compared: {c['refused']}.", "", f"Decision: {c['reason']}.", ""]
+    lines += [
+        f"Champion v{c['champion']} and this model on the same {c['rows']} test rows; difference signed so "
+        f"that + is better for this model, with its 95 % paired bootstrap interval ({c['resamples']} resamples).",
+        "",
+        "| metric | champion | this model | difference | 95 % interval | tolerance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, d in c["metrics"].items():
+        low, high = d["interval"]
+        lines.append(
+            f"| {key} | {d['champion']:.4f} | {d['challenger']:.4f} | {d['difference']:+.4f} "
+            f"| [{low:+.4f}, {high:+.4f}] | {d['tolerance']:.4g} |"
+        )
+    return [*lines, "", f"Decision: {c['reason']}.", ""]

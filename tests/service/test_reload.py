@@ -61,9 +61,7 @@ def test_retire_rolls_back_and_never_reuses_the_number(churn_bundle: bundle.Bund
             text=True,
             timeout=60,
         )
-        assert (
-            run.returncode == 0 and "retired churn version 2" in run.stdout and "version 1 is now current" in run.stdout
-        )
+        assert run.returncode == 0 and "retired churn version 2" in run.stdout and "version 1 serves" in run.stdout
         assert (store / "churn" / "2.retired" / bundle.MODEL_FILE).is_file() and bundle.versions(store, "churn") == [1]
         reload = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()
         assert reload["current"] == {"churn": 1}
