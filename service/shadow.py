@@ -70,6 +70,8 @@ class Shadow:
         self.champion, self.challenger = champion, challenger
         self.window, self.max_queued_rows = window, max_queued_rows
         self.recode = Recode(champion.pre, challenger.pre)
+        assert challenger.score is not None  # set by load_model
+        self._score = challenger.score
         self.compared = self.shed = 0
         self.keyed = keyed and bool(champion.pre.id_columns)  # outputs kept per id, for outcomes to label
         self._scored: OrderedDict[tuple[str | None, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -117,7 +119,7 @@ class Shadow:
                     return
                 num, cat, out, notes = self._queue.popleft()
             try:
-                theirs = self.challenger.score(*self.recode(num, cat))
+                theirs = self._score(*self.recode(num, cat))
                 self._note(out, theirs)
                 if self.keyed:
                     self._keep(out, theirs, notes)

@@ -60,7 +60,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
-    score: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda num, cat: num  # outside the batcher (shadow)
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # outside the batcher (the shadow)
 
     @property
     def name(self) -> str:
