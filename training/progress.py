@@ -56,9 +56,10 @@ def _print_members(result: TrainResult, console: Console) -> None:
 
 def _print_summary(result: TrainResult, console: Console) -> None:
     m = result.metrics
-    table = Table("test metric", "MLP", m["baseline"], title="summary (test split)")
+    table = Table("test metric", "MLP", m["baseline"], m["gbm"], title="summary (test split)")
     for key, value in m["test"].items():
-        table.add_row(key, f"{value:.4f}", f"{m['baseline_test'].get(key, float('nan')):.4f}")
+        others = [f"{m[which].get(key, float('nan')):.4f}" for which in ("baseline_test", "gbm_test")]
+        table.add_row(key, f"{value:.4f}", *others)
     console.print(table)
     if result.pre.threshold is not None:
         console.print(f"decision threshold {result.pre.threshold:.4f} for class {result.pre.positive!r}")

@@ -130,10 +130,12 @@ def write_model_card(out: Path, name: str, version_hint: str, doc: dict[str, Any
             f"- positive class: `{pre['positive']}`; decision threshold {pre['threshold']:.4f} "
             f"(rule: {doc['config']['threshold_rule']}, chosen on validation)"
         )
-    lines += ["", "## Test metrics", "", "| metric | model | baseline |", "|---|---|---|"]
+    lines += ["", "## Test metrics", "", "| metric | model | baseline | gradient boosting |", "|---|---|---|---|"]
     for key, value in m["test"].items():
-        lines.append(f"| {key} | {value:.4f} | {m['baseline_test'].get(key, float('nan')):.4f} |")
-    lines += ["", f"Baseline: {m['baseline']}. Training took {m['train_seconds']:.1f} s.", ""]
+        others = " | ".join(f"{m.get(which, {}).get(key, float('nan')):.4f}" for which in ("baseline_test", "gbm_test"))
+        lines.append(f"| {key} | {value:.4f} | {others} |")
+    gbm = f"; gradient boosting: {m['gbm']}" if "gbm" in m else ""
+    lines += ["", f"Baseline: {m['baseline']}{gbm}. Training took {m['train_seconds']:.1f} s.", ""]
     if m.get("comparison"):
         lines += comparison_lines(m["comparison"])
     explained = m.get("explanations")

@@ -121,6 +121,26 @@ def test_other_tasks_export_and_match(tmp_path: Path, target: str, task: str, wi
     assert out.shape == (5, width)
     key = "rmse" if task == "regression" else "log_loss"
     assert result.metrics["test"][key] > 0 and key in result.metrics["baseline_test"]
+    assert set(result.metrics["gbm_test"]) == set(result.metrics["test"])  # gradient boosting beside it, every task
+
+
+def test_gradient_boosting_is_scored_on_the_same_test_rows(churn_bundle: bundle.BundleRef) -> None:
+    """The LightGBM reference in metrics.json is LightGBM's own result on the run's test rows."""
+    import lightgbm
+    from sklearn.metrics import roc_auc_score
+
+    doc = json.loads((churn_bundle.path / bundle.METRICS_FILE).read_text())
+    cfg = quick_config(TELCO, "Churn", churn_bundle.path.parent.parent, name="churn")
+    prep = prepare_data(cfg, say=lambda _: None)
+    dev, test = prep.split.dev, prep.split.test
+    x = np.hstack([prep.enc.num, prep.enc.cat]).astype(np.float64)
+    cats = list(range(prep.enc.num.shape[1], x.shape[1]))
+    model = lightgbm.LGBMClassifier(n_jobs=torch.get_num_threads(), verbose=-1, random_state=0)
+    model.fit(x[dev], prep.target.y[dev], categorical_feature=cats)
+    expected = roc_auc_score(prep.target.y[test], model.predict_proba(x[test])[:, 1])
+    assert doc["gbm"] == "LightGBM (defaults)"
+    assert doc["gbm_test"]["roc_auc"] == pytest.approx(expected, abs=1e-9)
+    assert 0.75 < expected < 0.95
 
 
 def _one_kind_csv(path: Path, kind: str) -> Path:

@@ -1,0 +1,61 @@
+"""Training wall time of `tabserve train` on telco with default settings, idle and beside a
+competing CPU-bound process (a busy loop, as another tenant's job), alternating.
+
+    python bench/train_speed.py                   # default settings, 3 rounds
+    python bench/train_speed.py --flags "--threads 2" --rounds 2
+
+Each round runs the CLI as a user would (its own process, a fresh store) once idle and once with
+one busy-looping process beside it; the figures are the CLI's wall time and CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TELCO = ROOT / "data/telco_churn.csv"
+
+
+def train_once(flags: str) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one `tabserve train` run."""
+    store = tempfile.mkdtemp(prefix="tabserve-speed-")
+    cmd = [sys.executable, "-m", "tabserve.cli", "train", "--data", str(TELCO), "--target", "Churn"]
+    cmd += ["--models-dir", store, *shlex.split(flags)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--flags", default="", help="extra `tabserve train` flags")
+    args = parser.parse_args()
+    idle, busy = [], []
+    for i in range(args.rounds):
+        idle.append(train_once(args.flags))
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            busy.append(train_once(args.flags))
+        finally:
+            hog.kill()
+            hog.wait()
+        print(f"round {i + 1}: idle {idle[-1][0]:.1f} s wall ({idle[-1][1]:.1f} CPU s), "
+              f"beside a busy process {busy[-1][0]:.1f} s wall ({busy[-1][1]:.1f} CPU s)", flush=True)  # fmt: skip
+    mid = statistics.median(w for w, _ in idle), statistics.median(w for w, _ in busy)
+    print(f"`tabserve train {args.flags}`: median wall idle {mid[0]:.1f} s, beside a busy process {mid[1]:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
