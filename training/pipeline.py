@@ -153,6 +153,7 @@ def train(
 ) -> TrainResult:
     """The whole run; publishes the bundle only when the ONNX export matches PyTorch."""
     started = time.perf_counter()
+    torch.set_num_threads(cfg.threads)  # more threads than the work needs spin against other tenants
     prep = prepare_data(cfg, test_rows, say)
     pre, y, split = prep.pre, prep.target.y, prep.split
     scorer, histories, val_rows, val_out = fit_ensemble(prep, cfg, on_epoch)
@@ -241,7 +242,7 @@ def _gbm(prep: TrainingData, cfg: TrainConfig) -> dict[str, float]:
     decision threshold chosen as the linear baseline's is)."""
     pre, y, split = prep.pre, prep.target.y, prep.split
     dev_enc, test_enc = _rows(prep.enc, split.dev), _rows(prep.enc, split.test)
-    model = GradientBoosting(pre, torch.get_num_threads()).fit(dev_enc, y[split.dev])
+    model = GradientBoosting(pre, cfg.threads).fit(dev_enc, y[split.dev])
     gbm_pre = replace(pre)
     if pre.task == "binary":
         gbm_pre.threshold = choose_threshold(y[split.dev], model.predict(dev_enc)[:, 1], cfg.threshold_rule)
