@@ -73,7 +73,9 @@ def outer_split(cfg_kwargs: dict, seed: int) -> np.ndarray:
 
 def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
     path, target = dataset(name)
-    out: dict[str, list[float]] = {k: [] for k in ("auc", "ll", "base_auc", "base_ll", "gbm_auc", "gbm_ll", "secs")}
+    out: dict[str, list[float]] = {
+        k: [] for k in ("auc", "ll", "ece", "base_auc", "base_ll", "base_ece", "gbm_auc", "gbm_ll", "secs")
+    }
     for seed in range(seeds):
         kwargs = dict(data=str(path), target=target, seed=seed, report_plots=False, **overrides)
         test = outer_split(kwargs, seed)
@@ -83,6 +85,8 @@ def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
         m = result.metrics
         out["auc"].append(m["test"]["roc_auc"])
         out["ll"].append(m["test"]["log_loss"])
+        out["ece"].append(m["test"]["ece"])
+        out["base_ece"].append(m["baseline_test"]["ece"])
         out["base_auc"].append(m["baseline_test"]["roc_auc"])
         out["base_ll"].append(m["baseline_test"]["log_loss"])
         out["gbm_auc"].append(m["gbm_test"]["roc_auc"])
@@ -114,14 +118,16 @@ def main() -> None:
         r = run(name, args.seeds, overrides)
         rows.append((name, r))
     print(
-        "\n| data | MLP AUC | MLP log loss | LR AUC | LR log loss | GBM AUC | GBM log loss | MLP − best AUC | train s |"
+        "\n| data | MLP AUC | MLP log loss | LR AUC | LR log loss | GBM AUC | GBM log loss | MLP − best AUC "
+        "| ECE MLP / LR | train s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         gap = np.mean(r["auc"]) - max(np.mean(r["base_auc"]), np.mean(r["gbm_auc"]))
         print(
             f"| {name} | {_ms(r['auc'])} | {_ms(r['ll'])} | {_ms(r['base_auc'])} | {_ms(r['base_ll'])} | "
-            f"{_ms(r['gbm_auc'])} | {_ms(r['gbm_ll'])} | {gap:+.4f} | {np.mean(r['secs']):.1f} |"
+            f"{_ms(r['gbm_auc'])} | {_ms(r['gbm_ll'])} | {gap:+.4f} | "
+            f"{np.mean(r['ece']):.4f} / {np.mean(r['base_ece']):.4f} | {np.mean(r['secs']):.1f} |"
         )
 
 
