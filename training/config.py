@@ -62,7 +62,9 @@ class TrainConfig:
     max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---
     epochs: int = opt(200, "most epochs per member; early stopping usually ends far sooner")
-    batch_size: int = opt(256, "rows per step: enough for stable BatchNorm statistics")
+    batch_size: int = opt(
+        256, "rows per step at least: enough for stable BatchNorm; larger files take more, ≤ 256 steps an epoch"
+    )
     lr: float = opt(3e-3, "AdamW learning rate; the sweet spot for small MLPs")
     weight_decay: float = opt(1e-3, "AdamW decoupled decay: mild shrinkage, better calibrated outputs")
     patience: int = opt(12, "epochs without validation improvement before stopping")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -14,6 +15,13 @@ from service.features import Preprocess
 from training.config import TrainConfig
 from training.evaluate import fit_linear, linear_model, monitor_metric, one_hot_design
 from training.model import TabularMLP, to_output
+
+# larger files take larger batches, so that an epoch stays ≤ this many steps: a 500 k-row file
+# would otherwise spend minutes per epoch on 256-row steps (telco's 4.5 k training rows: 18 steps)
+MAX_STEPS_PER_EPOCH = 256
+# and a member stops after this many steps (telco never reaches it: 200 epochs are 3.6 k steps); a
+# file of repeated rows (validation rows that copy training rows) would otherwise never stop early
+MAX_STEPS = 8_000
 
 EpochCallback = Callable[[int, int, float, float, float], None]
 
@@ -84,8 +92,10 @@ def fit_member(
     # NOTE: validation is judged on the unweighted loss: class weights are a training device only
     val_loss_fn = loss_function(pre, replace(cfg, class_weight="none"), train.y)
     hist, best_loss, best_state = History(), float("inf"), copy.deepcopy(model.state_dict())
-    for epoch in range(cfg.epochs):
-        train_loss = _train_epoch(model, opt, loss_fn, train, cfg.batch_size, gen, pre.task)
+    batch_size = max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
+    epochs = min(cfg.epochs, max(1, MAX_STEPS // math.ceil(len(train) / batch_size)))
+    for epoch in range(epochs):
+        train_loss = _train_epoch(model, opt, loss_fn, train, batch_size, gen, pre.task)
         val_loss, val_metric = evaluate_member(model, val, pre, val_loss_fn)
         sched.step(val_loss)
         hist.train_loss.append(train_loss)
