@@ -22,21 +22,27 @@ ECE_BINS = 10  # equal-width probability bins, the usual choice for expected cal
 
 
 def auc(positive: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney with tied scores sharing their rank); None with one class."""
+    """Area under the ROC curve (tied scores count half); None with one class."""
     positive = positive.astype(bool)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         return None
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score), np.float64)
-    sorted_scores = score[order]
-    # ties: every member of a run of equal scores takes the run's mean rank
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(score)]
-    mean_rank = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(weighted_auc(positive, score)[0])
+
+
+def weighted_auc(y: np.ndarray, score: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """ROC AUC from one sort (tied scores count half), for each row of `counts` (rows' multiplicities:
+    one row per bootstrap resample, training/gate.py); None of counts: the rows once."""
+    order = np.argsort(score, kind="stable")
+    s, pos = score[order], y[order] == 1
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # the last row of each run of tied scores
+    w = np.ones((1, len(s))) if counts is None else counts[:, order]
+    pos_upto = np.cumsum(w * pos, axis=1)[:, last]
+    neg_upto = np.cumsum(w * ~pos, axis=1)[:, last]
+    pos_at = np.diff(pos_upto, axis=1, prepend=0)
+    neg_at = np.diff(neg_upto, axis=1, prepend=0)
+    wins = np.sum(pos_at * (neg_upto - 0.5 * neg_at), axis=1)  # negatives below, half of those tied
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class has no AUC
+        return np.asarray(wins / (pos_upto[:, -1] * neg_upto[:, -1]))
 
 
 def ece(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monitoring.accuracy import weighted_auc
 from service import bundle
 from service.features import Preprocess
 from service.runtime import create_session
@@ -200,7 +201,7 @@ def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
 def metric(name: str, task: str, y: np.ndarray, out: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """A metric on each resample, given as row counts [resamples, n] (all ones: the rows themselves)."""
     if name == "roc_auc":
-        return auc(y, out[:, 1], counts)
+        return weighted_auc(y, out[:, 1], counts)
     if name == "log_loss":
         return np.asarray(counts @ row_log_loss(task, y, out) / counts.sum(axis=1))
     return np.asarray(np.sqrt(counts @ (out[:, 0] - y) ** 2 / counts.sum(axis=1)))
@@ -214,21 +215,6 @@ def row_log_loss(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     clipped = np.clip(out, EPS, 1 - EPS)
     clipped /= clipped.sum(axis=1, keepdims=True)
     return np.asarray(-np.log(clipped[np.arange(len(y)), y]))
-
-
-def auc(y: np.ndarray, score: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-    """ROC AUC from one sort (tied scores count half), for each row of `counts` (rows' multiplicities)."""
-    order = np.argsort(score, kind="stable")
-    s, pos = score[order], y[order] == 1
-    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # the last row of each run of tied scores
-    w = np.ones((1, len(s))) if counts is None else counts[:, order]
-    pos_upto = np.cumsum(w * pos, axis=1)[:, last]
-    neg_upto = np.cumsum(w * ~pos, axis=1)[:, last]
-    pos_at = np.diff(pos_upto, axis=1, prepend=0)
-    neg_at = np.diff(neg_upto, axis=1, prepend=0)
-    wins = np.sum(pos_at * (neg_upto - 0.5 * neg_at), axis=1)  # negatives below, half of those tied
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class has no AUC
-        return np.asarray(wins / (pos_upto[:, -1] * neg_upto[:, -1]))
 
 
 def _signed_diff(name: str, champion: Any, challenger: Any) -> Any:

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 from sklearn.metrics import log_loss, roc_auc_score
 
+from monitoring.accuracy import weighted_auc
 from service import release
 from tests.conftest import QUICK, TELCO, quick_config
 from training import gate
@@ -154,12 +155,12 @@ def scores(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def test_rank_auc_equals_sklearn_on_the_rows_and_on_resamples() -> None:
     y, old, _ = scores()
-    assert abs(gate.auc(y, old[:, 1])[0] - roc_auc_score(y, old[:, 1])) < 1e-9
+    assert abs(weighted_auc(y, old[:, 1])[0] - roc_auc_score(y, old[:, 1])) < 1e-9
     rng = np.random.default_rng(3)
     picks = rng.integers(0, len(y), size=(5, len(y)))
     counts = np.stack([np.bincount(p, minlength=len(y)) for p in picks]).astype(float)
     expected = [roc_auc_score(y[p], old[p, 1]) for p in picks]
-    np.testing.assert_allclose(gate.auc(y, old[:, 1], counts), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(weighted_auc(y, old[:, 1], counts), expected, rtol=0, atol=1e-9)
 
 
 def test_paired_bootstrap_intervals_hold_the_point_difference() -> None:
