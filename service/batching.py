@@ -241,12 +241,8 @@ class AdaptiveBatcher:
         """The answered requests' rows to the hook (the whole batch, the usual case, as it is)."""
         num, cat = job.num, job.cat
         if len(answered) < len(job.batch):  # some were late or gone: only the rows that were answered
-            kept, start, rows = {id(p) for p in answered}, 0, []
-            for p in job.batch:
-                if id(p) in kept:
-                    rows.append(np.arange(start, start + len(p.num)))
-                start += len(p.num)
-            taken = np.concatenate(rows)
+            kept = {id(p) for p in answered}
+            taken = np.repeat([id(p) in kept for p in job.batch], [len(p.num) for p in job.batch])
             num, cat, out = num[taken], cat[taken], out[taken]
         try:
             hook(num, cat, out, [(len(p.num), p.note) for p in answered])

@@ -8,11 +8,10 @@ import random
 from typing import Any
 
 import numpy as np
-import orjson
 
-from monitoring.log import Note, PredictionLog
+from monitoring.log import Note, PredictionLog, text_of
 from service.errors import InputError
-from service.protocols.base import ABSENT, InferenceRequest, InferenceResult
+from service.protocols.base import InferenceRequest, InferenceResult
 from service.store import LoadedModel, ModelStore, NoExplainer
 
 
@@ -87,9 +86,8 @@ def bucket(request: InferenceRequest) -> float:
     """Where a request falls in [0, 1): its first record's first id hashed (stable across processes
     and restarts), else at random."""
     for _, values in request.ids:
-        value = values[0] if values else ABSENT
-        if value is not ABSENT and value is not None:
-            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        text = text_of(values[0]) if values else None  # the id as the log and the shadow write it
+        if text is not None:
             digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
             return int.from_bytes(digest, "big") / 2**64
     return random.random()
