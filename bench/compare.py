@@ -10,13 +10,15 @@
 On a shared machine, two benchmark runs minutes apart differ by more than most changes being
 measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
 runs A then B or B then A, alternating, 3 s each, so drift cancels out; the median of the B/A
-ratios is the figure. Both serve the same model store (`--models`, the churn bundle by default).
+ratios is the figure, beside the server's CPU time per request (A/B: what B's extra work would cost
+in throughput where the server has the CPU to itself, far steadier than req/s here). Both serve the same model store (`--models`, the churn bundle by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import statistics
 import sys
@@ -65,22 +67,28 @@ def main() -> None:
     body = telco_body(args.records)
     script = lua_script(v2_body(body) if args.v2 else body, Path(tempfile.mkdtemp(prefix="tabserve-ab-")), "body")
     route = "/v2/models/churn/infer" if args.v2 else "/predict"
-    urls = {}
+    urls, pids = {}, {}
     with contextlib.ExitStack() as stack:
         for name, checkout, flags in (("A", args.a.resolve(), args.a_flags), ("B", args.b.resolve(), args.b_flags)):
             port = free_port()
-            stack.enter_context(server(command(checkout, args.models, port, flags), port, {}, "/health/ready"))
+            proc = stack.enter_context(server(command(checkout, args.models, port, flags), port, {}, "/health/ready"))
+            pids[name] = proc.pid
             urls[name] = f"http://127.0.0.1:{port}{route}"
             wrk(urls[name], script, 16, 1)  # warm-up
-        ratios, p99s = [], []
+        ratios, p99s, costs = [], [], []
         for i in range(args.pairs):
             order = ["A", "B"] if i % 2 == 0 else ["B", "A"]
-            got = {name: wrk(urls[name], script, args.conns, args.seconds) for name in order}
+            got, cpu = {}, {}
+            for name in order:
+                before = cpu_s(pids[name])
+                got[name] = wrk(urls[name], script, args.conns, args.seconds)
+                cpu[name] = (cpu_s(pids[name]) - before) / (got[name][0] * args.seconds) * 1e6  # µs a request
             ratios.append(got["B"][0] / got["A"][0])
             p99s.append(got["B"][2] / got["A"][2])
+            costs.append(cpu["A"] / cpu["B"])
             print(
-                f"pair {i + 1}: A {got['A'][0]:,.0f} req/s (p99 {got['A'][2]:.1f} ms), "
-                f"B {got['B'][0]:,.0f} req/s (p99 {got['B'][2]:.1f} ms), B/A {ratios[-1]:.2f}",
+                f"pair {i + 1}: A {got['A'][0]:,.0f} req/s (p99 {got['A'][2]:.1f} ms, {cpu['A']:.0f} CPU-µs), "
+                f"B {got['B'][0]:,.0f} req/s (p99 {got['B'][2]:.1f} ms, {cpu['B']:.0f} CPU-µs), B/A {ratios[-1]:.2f}",
                 flush=True,
             )
         for name, url in urls.items():  # what a prediction log or a shadow did, when one is on
@@ -90,8 +98,15 @@ def main() -> None:
                 print(f"{name}: " + "; ".join(lines))
     print(
         f"{args.records}-record requests, {args.conns} connections: B/A median {statistics.median(ratios):.2f}, "
-        f"p99 B/A median {statistics.median(p99s):.2f}"
+        f"p99 B/A median {statistics.median(p99s):.2f}, server CPU per request A/B median {statistics.median(costs):.2f}"
     )
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used, all its threads (user + system): the server's cost per
+    request varies far less than its throughput on a shared machine."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def compare_scoring(args: argparse.Namespace) -> None:

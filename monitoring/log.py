@@ -49,7 +49,9 @@ class Buffer:
     def __init__(self, pre: Preprocess, capacity: int) -> None:
         self.pre, self.capacity, self.size = pre, capacity, 0
         self.num = np.empty((capacity, len(pre.numeric)), np.float32)
-        self.cat = np.empty((capacity, len(pre.categorical)), np.int64)
+        # codes as the narrowest integer that holds them: a quarter of int64's memory traffic on the request path
+        widest = max((len(f.vocab_) for f in pre.categorical), default=0)
+        self.cat = np.empty((capacity, len(pre.categorical)), np.int16 if widest < 2**15 - 1 else np.int32)
         self.out = np.empty((capacity, pre.n_outputs), np.float32)
         self.ids: list[list[Any]] = [[] for _ in pre.id_columns]
         self.starts: list[int] = []  # each request's first row
