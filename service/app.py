@@ -20,6 +20,7 @@ from monitoring.log import PredictionLog
 from service import accelerators
 from service.api import admin, feedback, health, metrics, models, openapi, protocols, score
 from service.api.predict import PredictEndpoint
+from service.cpus import cpu_budget
 from service.dataplane import DataPlane
 from service.http import protocol_for
 from service.runtime import describe_device, providers_for
@@ -73,6 +74,9 @@ class TabserveApp(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A FastAPI app serving every bundle in settings.models_dir."""
     settings = settings or Settings()
+    budget = cpu_budget(settings.cpus)
+    if settings.threads == 0:  # the worker's share of the budget: workers split it, never multiply it
+        settings = settings.model_copy(update={"threads": budget.per_worker(settings.workers)})
     telemetry = Telemetry()
     store = ModelStore(settings, telemetry)
     prediction_log = open_log(settings)
@@ -99,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
     app.state.accelerators = accelerators.report()  # a missing one is said once, at start
+    app.state.cpus = {**budget.to_json(), "workers": settings.workers, "threads_per_worker": settings.threads}
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for router in (

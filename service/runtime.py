@@ -60,15 +60,20 @@ def providers_for(device: Device, available: list[str] | None = None, gpus: int 
     return [CUDA_EP, CPU_EP]
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """`threads` intra-op threads (0: ORT's choice, one per physical core, pinned to them), whose
+    pool sleeps between calls: spin-waiting starves the event loop and anything sharing the CPUs."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1  # sequential execution: the inter-op pool would only wait
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # BENCHMARKS.md: CPU budget
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
 
 
-def create_session(path: Path | str, device: Device = "auto", threads: int = 0) -> ort.InferenceSession:
+def create_session(path: Path | str, device: Device = "auto", threads: int = 1) -> ort.InferenceSession:
     """A session on the best allowed provider (`cuda`: no CPU fallback)."""
     wanted = providers_for(device)
     if CUDA_EP in wanted:

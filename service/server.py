@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from service.cpus import CpuBudget, cpu_budget
 from service.http import protocol_for
 from service.runtime import ProviderError, providers_for
 from service.settings import Settings
@@ -34,6 +35,7 @@ def run_server(flags: dict[str, Any]) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     protocol, options = protocol_for(settings)
     _raise_file_limit(settings.max_connections)
+    _report_budget(cpu_budget(settings.cpus), settings)
     common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
@@ -69,4 +71,20 @@ def _raise_file_limit(connections: int) -> None:
             "open-file limit %d leaves little room for max_connections=%d: lower it, or raise the limit",
             hard,
             connections,
+        )
+
+
+def _report_budget(budget: CpuBudget, settings: Settings) -> None:
+    """Say once, at start, how many CPUs the service sizes itself by and how they are shared."""
+    import pyarrow as pa
+
+    pa.set_cpu_count(budget.per_worker(settings.workers))  # Arrow's pool sees the affinity, not the quota
+    threads = settings.threads or budget.per_worker(settings.workers)
+    say = logging.getLogger("tabserve")
+    say.info("CPU budget: %s; %d worker(s), %d ONNX Runtime thread(s) each", budget, settings.workers, threads)
+    if settings.workers > budget.cpus:
+        say.warning(
+            "workers=%d on a budget of %d CPU(s): they take turns on the same CPUs (memory for nothing)",
+            settings.workers,
+            budget.cpus,
         )

@@ -20,9 +20,20 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="loopback unless told otherwise: exposing a port is a deliberate act")
     port: int = Field(8000, description="TCP port to listen on")
-    workers: int = Field(1, description="processes; each loads every model (the service is stateless)")
+    workers: int = Field(
+        1, ge=1, description="processes; each loads every model and takes its share of the CPU budget (not a copy)"
+    )
+    cpus: int | None = Field(
+        None,
+        ge=1,
+        description="the CPU budget; None: the affinity mask and cgroup CPU quota decide (docs/operations.md)",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it can really run, else CPU")
-    threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 lets ORT pick (one per core)")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime threads per worker; 0: the worker's share of the CPU budget (never spin-waiting)",
+    )
     batching: bool = Field(True, description="gather concurrent requests into one ONNX Runtime call")
     max_batch_size: int = Field(
         1024, ge=1, description="rows per ORT call; past ~1k rows the call costs more than it saves"

@@ -36,6 +36,15 @@ LogDir = Annotated[
     typer.Option("--log", help="Prediction log folder (or a URI pyarrow reads): DIR/<model>/date=…/*.parquet."),
 ]
 LogExclude = Annotated[list[str] | None, typer.Option(help="A field never written to the log (repeatable).")]
+Cpus = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        envvar="TABSERVE_CPUS",
+        show_envvar=False,
+        help="CPUs to use (default: the affinity mask and cgroup CPU quota decide; $TABSERVE_CPUS).",
+    ),
+]
 SHOWN_WARNINGS = 8
 STDIO = "-"  # `--input -` / `--output -`: stdin / stdout
 
@@ -44,6 +53,46 @@ def _fail(message: str) -> NoReturn:
     """One line on stderr, exit status 2."""
     err_console.print(Text.assemble(("error: ", "bold red"), message.replace("\n", " ")), soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _size_arrow(cpus: int) -> None:
+    """Arrow's thread pool sees the affinity mask, not a cgroup quota."""
+    import pyarrow as pa
+
+    pa.set_cpu_count(cpus)
+
+
+def _version(shown: bool) -> None:
+    """`tabserve --version`: the version, the CPU budget, the device and the C accelerators built."""
+    if not shown:
+        return
+    from importlib.metadata import version
+
+    from service.accelerators import accelerators
+    from service.cpus import cpu_budget
+    from service.runtime import describe_device
+
+    setting = os.environ.get("TABSERVE_CPUS") or None
+    if setting is not None and not (setting.isdecimal() and int(setting) >= 1):
+        _fail(f"TABSERVE_CPUS takes a whole number of CPUs, 1 or more, not {setting!r}")
+    budget = cpu_budget(int(setting) if setting is not None else None)
+    quota = f"{budget.quota:g} CPUs" if budget.quota is not None else "none"
+    console.print(f"tabserve {version('tabserve')}")
+    console.print(f"CPU budget: {budget}; affinity {budget.affinity} CPU(s), cgroup quota {quota}", soft_wrap=True)
+    console.print(describe_device("auto"), soft_wrap=True)
+    built = accelerators()
+    console.print("C accelerators: " + ", ".join(f"{k} {'built' if ok else 'missing'}" for k, ok in built.items()))
+    raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Version, CPU budget, device; then exit."),
+    ] = False,
+) -> None:
+    """Train, serve and score tabular business models."""
 
 
 TRAIN_FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # the names users already type
@@ -358,10 +407,15 @@ def score(
     ] = None,
     log: LogDir = None,
     log_exclude: LogExclude = None,
+    cpus: Cpus = None,
 ) -> None:
     """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
+        from service.cpus import cpu_budget
         from service.explain import checked_explain
+
+        budget = cpu_budget(cpus)
+        _size_arrow(budget.cpus)
 
         reasons = checked_explain(explain, "--explain")
         ref = bundle.resolve(bundle.models_dir(models_dir), model)
@@ -382,10 +436,13 @@ def score(
                     chunk_rows=chunk_rows,
                     on_error=stack.enter_context(_errors_file(errors)),
                     explain=reasons,
+                    cpus=budget.cpus,
                 )
         elif engine == "local":
             with _prediction_log(log, log_exclude) as logged:
-                summary = _score_local(ref, input, output, keep, keep_all, errors, chunk_rows, device, reasons, logged)
+                summary = _score_local(
+                    ref, input, output, keep, keep_all, errors, chunk_rows, device, reasons, logged, budget.cpus
+                )
         else:
             raise ValueError(f"unknown engine {engine!r}: use local or ray")
     except (ValueError, RuntimeError, OSError) as exc:
@@ -414,12 +471,13 @@ def _score_local(
     chunk_rows: int,
     device: str,
     explain: Any,
-    log: Any = None,
+    log: Any,
+    cpus: int,
 ) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from service.scoring.files import CsvSink, open_source, open_stream
-    from service.scoring.local import Scorer, ScoringError, score_file, score_stream
+    from service.scoring.local import Scorer, ScoringError, score_file, score_stream, scoring_workers
 
     scorer = Scorer(ref, device, explain=explain, log=log)  # type: ignore[arg-type]
     from_stdin = str(input) == STDIO
@@ -446,6 +504,7 @@ def _score_local(
             bar.update(task, completed=position, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
 
         options: dict[str, Any] = {"keep": keep, "keep_all": keep_all, "progress": on_block, "on_error": on_error}
+        options["workers"] = scoring_workers(cpus)
         if str(output) == STDIO:
             return score_stream(scorer, source, lambda schema: CsvSink(sys.stdout.buffer, schema), **options)
         return score_file(scorer, source, output, **options)

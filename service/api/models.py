@@ -30,12 +30,14 @@ def summary(model: LoadedModel) -> dict[str, Any]:
 
 @router.get("")
 def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
-    """Served models, the one /predict uses, versions refused and why, and the C accelerators built."""
+    """Served models, the one /predict uses, versions refused and why, the C accelerators built and
+    the CPU budget (how many CPUs, why, and each worker's ONNX Runtime threads)."""
     return {
         "default": store.default_name,
         "models": [summary(m) for m in sorted(store.current.values(), key=lambda m: m.name)],
         "refused": store.refused(),
         "accelerators": request.app.state.accelerators,
+        "cpus": request.app.state.cpus,
     }
 
 

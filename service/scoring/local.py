@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from monitoring.log import PredictionLog
 from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, process_alive
+from service.cpus import cpu_budget
 from service.drift import Drift
 from service.explain import Effects, Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss
@@ -39,6 +40,7 @@ __all__ = [
     "remove_stale",
     "score_file",
     "score_stream",
+    "scoring_workers",
     "temporary",
 ]
 
@@ -47,6 +49,7 @@ OnError = Callable[[int, str], None]  # (row number, message)
 ORT_ROWS = 1024  # rows per ONNX Runtime call: small enough to stay in cache
 ALIGN_ROWS = 16  # explanation calls start where a row's number modulo this says (ORT_ROWS is a multiple)
 READ_AHEAD = 1  # blocks the reading thread may have ready before the scorers take them
+MAX_WORKERS = 2  # scoring threads: a third gained nothing on two cores (BENCHMARKS.md), beside the reader
 KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
 KEPT_SENTENCES = 1 << 14  # sentences remembered across blocks, per feature and outcome
@@ -389,7 +392,7 @@ def score_stream(
     except BaseException:
         source.close()
         raise
-    workers = workers or min(2, os.cpu_count() or 1)
+    workers = workers or scoring_workers(cpu_budget().cpus)
     sink = open_out(schema)
 
     def record(scored: Scored) -> None:
@@ -426,6 +429,11 @@ def score_stream(
     summary.rows_scored = summary.rows_in - summary.rows_failed
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def scoring_workers(cpus: int) -> int:
+    """Scoring threads for a CPU budget: one per CPU, up to MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, cpus))
 
 
 _T = TypeVar("_T")

@@ -21,6 +21,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from service.bundle import BundleRef, resolve
+from service.cpus import cpu_budget
 from service.explain import Explain
 from service.runtime import Device
 from service.scoring.files import CsvSource, ParquetSource, ScoringError, csv_write_options, format_of, numbered
@@ -129,9 +130,11 @@ def score_with_ray(
     chunk_rows: int = 16_384,
     on_error: Callable[[int, str], None] | None = None,
     explain: Explain | None = None,
+    cpus: int | None = None,
 ) -> Summary:
     """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row;
-    `explain` adds reason columns as the local engine does."""
+    `explain` adds reason columns as the local engine does; `cpus`: a local Ray's CPU budget
+    (default: this process's, service/cpus.py)."""
     started = time.perf_counter()
     files = input_files(input)
     fmt = format_of(output)
@@ -144,9 +147,11 @@ def score_with_ray(
             plans.append(scorer.plan(_open(path, raw, chunk_rows), keep, keep_all))
     wanted, schema = plans[0]
 
+    cpus = cpus or cpu_budget().cpus
     if not ray.is_initialized():
-        cpus = None if address else min(2, os.cpu_count() or 1)
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # a read task takes a whole logical CPU: fewer than two leaves none beside the actor (a hang)
+        logical = None if address else max(2, cpus)
+        ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # output rows in input order
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -154,7 +159,8 @@ def score_with_ray(
     if device == "cuda" and not gpus:
         raise ScoringError("device=cuda, but the Ray cluster has no GPUs (use --device auto or cpu)")
     local = address is None
-    pool = actors or (1 if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
+    # locally one actor per two CPUs of the budget: the reads and writes need the rest
+    pool = actors or (max(1, cpus // 2) if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
     blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows, name_files=len(files) > 1))
     tally = WarningTally.remote()  # type: ignore[attr-defined]
     scored = blocks.map_batches(

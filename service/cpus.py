@@ -1,0 +1,126 @@
+"""The CPU budget: how many CPUs this process may really use (docs/operations.md#cpu-budget).
+
+The affinity mask (taskset, a cpuset), the cgroup CPU quota (a container's CPU limit, v2 `cpu.max`
+or v1 `cpu.cfs_quota_us`) and an explicit setting (`--cpus`, `TABSERVE_CPUS`) that wins over both.
+A fractional quota is rounded down: a thread more than the quota pays for is stopped for the rest of
+each quota period, a latency spike, where a thread fewer only leaves the fraction unused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """CPUs to size thread pools and workers by, and where that figure came from."""
+
+    cpus: int  # whole CPUs, at least 1
+    source: str  # why: "affinity 1 of 2 cores", "cgroup quota 1.5 CPUs", "--cpus/TABSERVE_CPUS 2"
+    affinity: int  # CPUs in the affinity mask
+    quota: float | None  # the cgroup quota in CPUs (None: no limit found)
+    setting: int | None  # the explicit setting, if any
+
+    def per_worker(self, workers: int) -> int:
+        """Each of `workers` processes' share: the budget is split between them, never multiplied."""
+        return max(1, self.cpus // max(1, workers))
+
+    def to_json(self) -> dict[str, Any]:
+        """As GET /models shows it."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.cpus} CPU{'s' if self.cpus != 1 else ''} ({self.source})"
+
+
+def cpu_budget(setting: int | None = None, root: Path | str = "/") -> CpuBudget:
+    """The budget of this process: `setting` if given, else min(affinity, cgroup quota rounded down).
+
+    `root` is where /proc and /sys are looked up (a test's fake tree)."""
+    root = Path(root)
+    cores = os.cpu_count() or 1
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    quota, where = cgroup_quota(root)
+    if setting is not None:
+        return CpuBudget(setting, f"--cpus/TABSERVE_CPUS {setting}", affinity, quota, setting)
+    if quota is not None and math.floor(quota) < affinity:
+        cpus = max(1, math.floor(quota))
+        return CpuBudget(cpus, f"cgroup quota {quota:g} CPUs at {where}", affinity, quota, None)
+    reason = f"affinity {affinity} of {cores} cores" if affinity < cores else f"all {cores} cores"
+    return CpuBudget(affinity, reason, affinity, quota, None)
+
+
+def cgroup_quota(root: Path) -> tuple[float | None, str]:
+    """The tightest CPU quota on this process's cgroup and its parents, in CPUs, and the file it is in."""
+    found: list[tuple[float, str]] = []
+    for version, directory, top in _cpu_cgroups(root):
+        while True:
+            quota = _quota_v2(directory) if version == 2 else _quota_v1(directory)
+            if quota is not None:
+                found.append((quota, "/" + str(directory.relative_to(root))))
+            if directory == top:
+                break
+            directory = directory.parent
+    return min(found) if found else (None, "")
+
+
+def _cpu_cgroups(root: Path) -> list[tuple[int, Path, Path]]:
+    """(cgroup version, this process's directory, the mount's top) for each mounted CPU controller."""
+    try:
+        mountinfo = (root / "proc/self/mountinfo").read_text()
+        memberships = (root / "proc/self/cgroup").read_text()
+    except OSError:
+        return []
+    paths: dict[str, str] = {}  # "" for v2, else the v1 controller list ("cpu,cpuacct")
+    for line in memberships.splitlines():
+        if line.count(":") >= 2:
+            _, controllers, member = line.split(":", 2)
+            paths[controllers] = member
+    out = []
+    for line in mountinfo.splitlines():
+        fields, _, tail = line.partition(" - ")
+        parts, kinds = fields.split(), tail.split()
+        if len(parts) < 5 or len(kinds) < 3:
+            continue
+        mount_root, mount_point = parts[3], root / parts[4].lstrip("/")
+        path: str | None = None
+        if kinds[0] == "cgroup2":
+            path, version = paths.get(""), 2
+        elif kinds[0] == "cgroup" and "cpu" in kinds[2].split(","):
+            path, version = next((p for c, p in paths.items() if "cpu" in c.split(",")), None), 1
+        if path is None:
+            continue
+        out.append((version, _inside(mount_point, mount_root, path), mount_point))
+    return out
+
+
+def _inside(mount_point: Path, mount_root: str, path: str) -> Path:
+    """The process's cgroup directory under a mount (a container sees its own cgroup as the mount's top)."""
+    relative = os.path.relpath(path, mount_root) if path.startswith(mount_root) else "."
+    directory = (mount_point / relative).resolve() if relative != "." else mount_point
+    if not directory.is_relative_to(mount_point) or not directory.is_dir():
+        return mount_point
+    return directory
+
+
+def _quota_v2(directory: Path) -> float | None:
+    """`cpu.max`: "max 100000" is no limit, "150000 100000" is 1.5 CPUs."""
+    try:
+        limit, period = (directory / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else int(limit) / int(period)
+
+
+def _quota_v1(directory: Path) -> float | None:
+    """`cpu.cfs_quota_us` over `cpu.cfs_period_us`; -1 is no limit."""
+    try:
+        limit = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit <= 0 or period <= 0 else limit / period

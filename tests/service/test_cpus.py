@@ -1,0 +1,155 @@
+"""The CPU budget: affinity, cgroup v1/v2 quotas read from real files, the setting, and what uses it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import bundle
+from service.cpus import CpuBudget, cpu_budget
+from service.runtime import session_options
+from service.scoring.local import scoring_workers
+from tests.service.conftest import copy_store, running_server
+
+AFFINITY = len(os.sched_getaffinity(0))
+
+
+def fake_root(tmp: Path, version: int, member: str, quotas: dict[str, str], mount_root: str = "/") -> Path:
+    """A /proc and /sys/fs/cgroup tree as a container shows it: this process in cgroup `member`,
+    `quotas` the cpu.max (v2) or "quota period" (v1) text of cgroup directories."""
+    root = tmp / "root"
+    (root / "proc/self").mkdir(parents=True)
+    if version == 2:
+        mount = "/sys/fs/cgroup"
+        line = f"30 23 0:26 {mount_root} {mount} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate"
+        membership = f"0::{member}\n"
+    else:
+        mount = "/sys/fs/cgroup/cpu,cpuacct"
+        line = f"32 31 0:29 {mount_root} {mount} rw,relatime - cgroup cgroup rw,cpu,cpuacct"
+        membership = f"5:memory:{member}\n4:cpu,cpuacct:{member}\n"
+    tmpfs = "25 23 0:24 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755"
+    (root / "proc/self/mountinfo").write_text(f"22 1 0:21 / / rw - ext4 /dev/vda rw\n{tmpfs}\n{line}\n")
+    (root / "proc/self/cgroup").write_text(membership)
+    for directory, text in quotas.items():
+        folder = root / mount.lstrip("/") / directory.lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        if version == 2:
+            (folder / "cpu.max").write_text(text + "\n")
+        else:
+            quota, period = text.split()
+            (folder / "cpu.cfs_quota_us").write_text(quota + "\n")
+            (folder / "cpu.cfs_period_us").write_text(period + "\n")
+    return root
+
+
+def test_v2_no_limit_leaves_the_affinity(tmp_path: Path) -> None:
+    budget = cpu_budget(root=fake_root(tmp_path, 2, "/", {"/": "max 100000"}))
+    assert (budget.cpus, budget.quota, budget.setting) == (AFFINITY, None, None)
+    assert budget.affinity == AFFINITY
+
+
+def test_v2_half_a_cpu_is_one_cpu(tmp_path: Path) -> None:
+    budget = cpu_budget(root=fake_root(tmp_path, 2, "/", {"/": "50000 100000"}))
+    assert (budget.cpus, budget.quota) == (1, 0.5)
+    assert "cgroup quota 0.5 CPUs" in budget.source
+
+
+def test_v2_fraction_rounds_down(tmp_path: Path) -> None:
+    budget = cpu_budget(root=fake_root(tmp_path, 2, "/", {"/": "150000 100000"}))
+    assert budget.quota == 1.5
+    assert budget.cpus == min(AFFINITY, 1)  # a thread past the quota is throttled, not half-used
+
+
+def test_v2_tightest_limit_on_the_path_counts(tmp_path: Path) -> None:
+    quotas = {"/kubepods/pod1": "100000 100000", "/kubepods/pod1/app": "max 100000", "/": "max 100000"}
+    budget = cpu_budget(root=fake_root(tmp_path, 2, "/kubepods/pod1/app", quotas))
+    assert (budget.cpus, budget.quota) == (1, 1.0)
+    assert "/sys/fs/cgroup/kubepods/pod1" in budget.source
+
+
+def test_v2_container_sees_its_cgroup_as_the_mount(tmp_path: Path) -> None:
+    """No cgroup namespace: /proc/self/cgroup names the host's path, the mount is that path's folder."""
+    root = fake_root(tmp_path, 2, "/docker/abc", {"/": "100000 100000"}, mount_root="/docker/abc")
+    assert cpu_budget(root=root).quota == 1.0
+
+
+def test_v1_quota_over_period(tmp_path: Path) -> None:
+    budget = cpu_budget(root=fake_root(tmp_path, 1, "/kubepods/pod1", {"/kubepods/pod1": "50000 100000"}))
+    assert (budget.cpus, budget.quota) == (1, 0.5)
+    assert "cpu,cpuacct/kubepods/pod1" in budget.source
+
+
+def test_v1_minus_one_is_no_limit(tmp_path: Path) -> None:
+    budget = cpu_budget(root=fake_root(tmp_path, 1, "/", {"/": "-1 100000"}))
+    assert (budget.cpus, budget.quota) == (AFFINITY, None)
+
+
+def test_setting_wins_over_quota_and_affinity(tmp_path: Path) -> None:
+    budget = cpu_budget(3, root=fake_root(tmp_path, 2, "/", {"/": "50000 100000"}))
+    assert (budget.cpus, budget.quota, budget.setting) == (3, 0.5, 3)
+    assert "TABSERVE_CPUS 3" in budget.source
+
+
+def test_no_proc_files_means_no_quota(tmp_path: Path) -> None:
+    assert cpu_budget(root=tmp_path).quota is None
+
+
+def test_this_machine_against_its_affinity() -> None:
+    budget = cpu_budget()
+    assert budget.affinity == AFFINITY
+    assert 1 <= budget.cpus <= AFFINITY
+
+
+def test_a_pinned_process_has_one_cpu() -> None:
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from service.cpus import cpu_budget; b = cpu_budget(); print(b.cpus, b.source)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "1"
+
+
+@pytest.mark.parametrize(("cpus", "workers", "each"), [(8, 1, 8), (8, 3, 2), (2, 4, 1), (1, 1, 1)])
+def test_workers_split_the_budget(cpus: int, workers: int, each: int) -> None:
+    assert CpuBudget(cpus, "test", cpus, None, None).per_worker(workers) == each
+
+
+def test_scoring_threads_follow_the_budget() -> None:
+    assert [scoring_workers(n) for n in (1, 2, 16)] == [1, 2, 2]
+
+
+def test_onnx_runtime_pool_never_spins() -> None:
+    opts = session_options(4)
+    assert opts.intra_op_num_threads == 4
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_version_shows_the_budget() -> None:
+    env = {**os.environ, "TABSERVE_CPUS": "3"}
+    cmd = [sys.executable, "-m", "tabserve.cli", "--version"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("tabserve ")
+    assert "CPU budget: 3 CPUs" in run.stdout and "C accelerators:" in run.stdout
+
+
+def test_service_sizes_onnx_runtime_from_the_budget(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--cpus", "3") as server:
+        cpus = httpx.get(server.url + "/models").json()["cpus"]
+        assert (cpus["cpus"], cpus["setting"], cpus["workers"], cpus["threads_per_worker"]) == (3, 3, 1, 3)
+        assert "CPU budget: 3 CPUs" in server.output()
+
+
+def test_workers_split_the_budget_in_the_service(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--workers", "2", env={"TABSERVE_CPUS": "4"}) as server:
+        cpus = httpx.get(server.url + "/models").json()["cpus"]
+        assert (cpus["cpus"], cpus["workers"], cpus["threads_per_worker"]) == (4, 2, 2)
+        assert "2 worker(s), 2 ONNX Runtime thread(s) each" in server.output()
