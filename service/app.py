@@ -75,8 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A FastAPI app serving every bundle in settings.models_dir."""
     settings = settings or Settings()
     budget = cpu_budget(settings.cpus)
-    if settings.threads == 0:  # the worker's share of the budget: workers split it, never multiply it
-        settings = settings.model_copy(update={"threads": budget.per_worker(settings.workers)})
+    if settings.threads == 0:  # from the worker's share of the budget: workers split it, never multiply it
+        settings = settings.model_copy(update={"threads": budget.serving_threads(settings.workers)})
     telemetry = Telemetry()
     store = ModelStore(settings, telemetry)
     prediction_log = open_log(settings)

@@ -29,6 +29,11 @@ class CpuBudget:
         """Each of `workers` processes' share: the budget is split between them, never multiplied."""
         return max(1, self.cpus // max(1, workers))
 
+    def serving_threads(self, workers: int) -> int:
+        """ONNX Runtime threads for each of `workers` serving processes: its share less the CPU its
+        event loop keeps busy, at least one (BENCHMARKS.md: a second thread on two CPUs cost 10 %)."""
+        return max(1, self.per_worker(workers) - 1)
+
     def to_json(self) -> dict[str, Any]:
         """As GET /models shows it."""
         return asdict(self)

@@ -79,7 +79,7 @@ def _report_budget(budget: CpuBudget, settings: Settings) -> None:
     import pyarrow as pa
 
     pa.set_cpu_count(budget.per_worker(settings.workers))  # Arrow's pool sees the affinity, not the quota
-    threads = settings.threads or budget.per_worker(settings.workers)
+    threads = settings.threads or budget.serving_threads(settings.workers)
     say = logging.getLogger("tabserve")
     say.info("CPU budget: %s; %d worker(s), %d ONNX Runtime thread(s) each", budget, settings.workers, threads)
     if settings.workers > budget.cpus:

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     threads: int = Field(
         0,
         ge=0,
-        description="ONNX Runtime threads per worker; 0: the worker's share of the CPU budget (never spin-waiting)",
+        description="ONNX Runtime threads per worker; 0: its share of the CPU budget less one for the event loop, at least 1",
     )
     batching: bool = Field(True, description="gather concurrent requests into one ONNX Runtime call")
     max_batch_size: int = Field(

@@ -114,9 +114,12 @@ def test_a_pinned_process_has_one_cpu() -> None:
     assert out.split()[0] == "1"
 
 
-@pytest.mark.parametrize(("cpus", "workers", "each"), [(8, 1, 8), (8, 3, 2), (2, 4, 1), (1, 1, 1)])
-def test_workers_split_the_budget(cpus: int, workers: int, each: int) -> None:
-    assert CpuBudget(cpus, "test", cpus, None, None).per_worker(workers) == each
+@pytest.mark.parametrize(
+    ("cpus", "workers", "each", "threads"), [(8, 1, 8, 7), (8, 3, 2, 1), (2, 4, 1, 1), (2, 1, 2, 1), (1, 1, 1, 1)]
+)
+def test_workers_split_the_budget(cpus: int, workers: int, each: int, threads: int) -> None:
+    budget = CpuBudget(cpus, "test", cpus, None, None)
+    assert (budget.per_worker(workers), budget.serving_threads(workers)) == (each, threads)
 
 
 def test_scoring_threads_follow_the_budget() -> None:
@@ -143,13 +146,13 @@ def test_service_sizes_onnx_runtime_from_the_budget(churn_bundle: bundle.BundleR
     store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store, "--cpus", "3") as server:
         cpus = httpx.get(server.url + "/models").json()["cpus"]
-        assert (cpus["cpus"], cpus["setting"], cpus["workers"], cpus["threads_per_worker"]) == (3, 3, 1, 3)
+        assert (cpus["cpus"], cpus["setting"], cpus["workers"], cpus["threads_per_worker"]) == (3, 3, 1, 2)
         assert "CPU budget: 3 CPUs" in server.output()
 
 
 def test_workers_split_the_budget_in_the_service(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     store = copy_store(churn_bundle, tmp_path / "models")
-    with running_server(store, "--workers", "2", env={"TABSERVE_CPUS": "4"}) as server:
+    with running_server(store, "--workers", "2", env={"TABSERVE_CPUS": "6"}) as server:
         cpus = httpx.get(server.url + "/models").json()["cpus"]
-        assert (cpus["cpus"], cpus["workers"], cpus["threads_per_worker"]) == (4, 2, 2)
+        assert (cpus["cpus"], cpus["workers"], cpus["threads_per_worker"]) == (6, 2, 2)  # 3 each, 1 for the loop
         assert "2 worker(s), 2 ONNX Runtime thread(s) each" in server.output()
