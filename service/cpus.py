@@ -54,7 +54,9 @@ def cpu_budget(setting: int | None = None, root: Path | str = "/") -> CpuBudget:
         return CpuBudget(setting, f"--cpus/TABSERVE_CPUS {setting}", affinity, quota, setting)
     if quota is not None and math.floor(quota) < affinity:
         cpus = max(1, math.floor(quota))
-        return CpuBudget(cpus, f"cgroup quota {quota:g} CPUs at {where}", affinity, quota, None)
+        return CpuBudget(
+            cpus, f"cgroup quota {quota:g} CPU{'' if quota == 1 else 's'} at {where}", affinity, quota, None
+        )
     reason = f"affinity {affinity} of {cores} cores" if affinity < cores else f"all {cores} cores"
     return CpuBudget(affinity, reason, affinity, quota, None)
 
