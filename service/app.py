@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from time import perf_counter
 from typing import Any
 
+import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     budget = cpu_budget(settings.cpus)
     if settings.threads == 0:  # from the worker's share of the budget: workers split it, never multiply it
         settings = settings.model_copy(update={"threads": budget.serving_threads(settings.workers)})
+    pa.set_cpu_count(budget.per_worker(settings.workers))  # Arrow's pool sees the affinity, not the quota
     telemetry = Telemetry()
     store = ModelStore(settings, telemetry)
     prediction_log = open_log(settings)

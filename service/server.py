@@ -76,9 +76,6 @@ def _raise_file_limit(connections: int) -> None:
 
 def _report_budget(budget: CpuBudget, settings: Settings) -> None:
     """Say once, at start, how many CPUs the service sizes itself by and how they are shared."""
-    import pyarrow as pa
-
-    pa.set_cpu_count(budget.per_worker(settings.workers))  # Arrow's pool sees the affinity, not the quota
     threads = settings.threads or budget.serving_threads(settings.workers)
     say = logging.getLogger("tabserve")
     say.info("CPU budget: %s; %d worker(s), %d ONNX Runtime thread(s) each", budget, settings.workers, threads)
