@@ -76,8 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A FastAPI app serving every bundle in settings.models_dir."""
     settings = settings or Settings()
     budget = cpu_budget(settings.cpus)
-    if settings.threads == 0:  # from the worker's share of the budget: workers split it, never multiply it
-        settings = settings.model_copy(update={"threads": budget.serving_threads(settings.workers)})
+    settings = settings.sized(budget)
     pa.set_cpu_count(budget.per_worker(settings.workers))  # Arrow's pool sees the affinity, not the quota
     telemetry = Telemetry()
     store = ModelStore(settings, telemetry)
@@ -105,7 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.store, app.state.settings, app.state.telemetry = store, settings, telemetry
     app.state.accelerators = accelerators.report()  # a missing one is said once, at start
-    app.state.cpus = {**budget.to_json(), "workers": settings.workers, "threads_per_worker": settings.threads}
+    app.state.cpus = {
+        **budget.to_json(),
+        "workers": settings.workers,
+        "threads_per_worker": settings.threads,
+        "inference": settings.inference,
+    }
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for router in (

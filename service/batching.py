@@ -64,7 +64,8 @@ class AdaptiveBatcher:
     """Every request gets a future; a batch of them runs the model once, results split in order.
 
     One batch at a time runs on a dedicated thread, handed over by a plain queue and answered by one
-    `call_soon_threadsafe`: fewer event-loop turns than an executor (BENCHMARKS.md).
+    `call_soon_threadsafe`: fewer event-loop turns than an executor (BENCHMARKS.md). `on_loop`: on
+    the event loop instead, for a worker with one CPU (docs/operations.md#cpu-budget).
     """
 
     def __init__(
@@ -77,8 +78,9 @@ class AdaptiveBatcher:
         enabled: bool = True,
         on_batch: BatchHook | None = None,
         on_answered: AnsweredHook | None = None,
+        on_loop: bool = False,
     ) -> None:
-        self._run, self._on_batch, self.on_answered = run, on_batch, on_answered
+        self._run, self._on_batch, self.on_answered, self.on_loop = run, on_batch, on_answered, on_loop
         self.max_batch_size, self.max_queue, self.enabled = max_batch_size, max_queue, enabled
         self._delay = max_delay_ms / 1000
         self._pending: deque[_Pending] = deque()
@@ -184,6 +186,9 @@ class AdaptiveBatcher:
 
     def _submit(self, job: _Job) -> None:
         self._running.add(job)
+        if self.on_loop:  # answered as from the thread: by a callback on the loop's next turn
+            self._answer(job)
+            return
         if self._thread is None or not self._thread.is_alive():
             if self._closed and not job.batched:
                 threading.Thread(target=self._answer, args=(job,), daemon=True).start()

@@ -34,6 +34,12 @@ class CpuBudget:
         event loop keeps busy, at least one (BENCHMARKS.md: a second thread on two CPUs cost 10 %)."""
         return max(1, self.per_worker(workers) - 1)
 
+    def inference_on_loop(self, workers: int) -> bool:
+        """Whether a serving worker runs ORT on its event loop: with one CPU it gains nothing from a
+        second thread, and where more cores are in reach (a quota) the two would spend the CPU in
+        parallel and be throttled for the rest of the period (BENCHMARKS.md)."""
+        return self.per_worker(workers) == 1 and self.affinity > 1
+
     def to_json(self) -> dict[str, Any]:
         """As GET /models shows it."""
         return asdict(self)

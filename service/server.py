@@ -76,9 +76,15 @@ def _raise_file_limit(connections: int) -> None:
 
 def _report_budget(budget: CpuBudget, settings: Settings) -> None:
     """Say once, at start, how many CPUs the service sizes itself by and how they are shared."""
-    threads = settings.threads or budget.serving_threads(settings.workers)
+    each = settings.sized(budget)
     say = logging.getLogger("tabserve")
-    say.info("CPU budget: %s; %d worker(s), %d ONNX Runtime thread(s) each", budget, settings.workers, threads)
+    say.info(
+        "CPU budget: %s; %d worker(s), %d ONNX Runtime thread(s) each, run on the %s",
+        budget,
+        settings.workers,
+        each.threads,
+        "event loop" if each.inference == "loop" else "inference thread",
+    )
     if settings.workers > budget.cpus:
         say.warning(
             "workers=%d on a budget of %d CPU(s): they take turns on the same CPUs (memory for nothing)",

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import CpuBudget
+
 
 class Settings(BaseSettings):
     """Everything `tabserve serve` can be told. Each description says why the default is what it is."""
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="ONNX Runtime threads per worker; 0: its share of the CPU budget less one for the event loop, at least 1",
+    )
+    inference: Literal["auto", "thread", "loop"] = Field(
+        "auto",
+        description="where ORT runs; auto: on the event loop if the worker has one CPU of several cores (a quota), "
+        "where a thread beside it would spend the CPU in parallel and be throttled; else on a thread",
     )
     batching: bool = Field(True, description="gather concurrent requests into one ONNX Runtime call")
     max_batch_size: int = Field(
@@ -90,3 +97,12 @@ class Settings(BaseSettings):
         4096, ge=1, description="rows waiting for the shadow; beyond, shed and counted (the champion never waits)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")
+
+    def sized(self, budget: CpuBudget) -> Settings:
+        """These settings with what was left to the CPU budget (`threads` 0, `inference` auto) decided
+        from the worker's share of it: workers split the budget, never multiply it."""
+        threads = self.threads or budget.serving_threads(self.workers)
+        inference = self.inference
+        if inference == "auto":
+            inference = "loop" if budget.inference_on_loop(self.workers) else "thread"
+        return self.model_copy(update={"threads": threads, "inference": inference})

@@ -135,6 +135,7 @@ def load_model(
             max_delay_ms=settings.max_delay_ms,
             max_queue=settings.max_queue,
             enabled=settings.batching,
+            on_loop=settings.inference == "loop",
             on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs, ref.version),
             on_answered=answered if observed and observer is not None else None,
         )

@@ -53,6 +53,35 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows(model: tuple[Run
     assert len(batches) < 15, batches  # NOTE: 15 requests, far fewer ORT calls
 
 
+@pytest.mark.parametrize("batching", [True, False])
+def test_on_the_event_loop_same_answers_no_thread(model: tuple[Run, np.ndarray, np.ndarray], batching: bool) -> None:
+    """A worker with one CPU runs ORT on its loop: batches still form, answers and failures go
+    to their own requests, and no inference thread is started."""
+    run, num, cat = model
+    expected = run(num, cat)
+    batches: list[int] = []
+    bad = num[:1].copy()
+    bad[0, 0] = np.inf
+
+    def run_or_fail(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        if np.isinf(n).any():
+            raise RuntimeError("ORT refused the batch")
+        return run(n, c)
+
+    async def scenario() -> tuple[list[object], object]:
+        b = batcher(run_or_fail, batches, on_loop=True, enabled=batching)
+        outs = await asyncio.gather(*(b.predict(num[i : i + 2], cat[i : i + 2]) for i in range(0, 60, 2)))
+        failed = await asyncio.gather(b.predict(bad, cat[:1]), return_exceptions=True)
+        return list(outs), failed[0]
+
+    threads_before = {t.ident for t in threading.enumerate()}
+    outs, failed = asyncio.run(scenario())
+    assert all(np.allclose(out, expected[i : i + 2], atol=1e-6) for out, i in zip(outs, range(0, 60, 2), strict=True))
+    assert isinstance(failed, RuntimeError)
+    assert not [t for t in threading.enumerate() if t.ident not in threads_before and t.name == "tabserve-infer"]
+    assert len(batches) < 30 if batching else len(batches) == 30, batches  # the failed call is not timed
+
+
 def test_max_batch_size_and_max_delay(model: tuple[Run, np.ndarray, np.ndarray]) -> None:
     run, num, cat = model
     batches: list[int] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ from service import bundle
 from service.cpus import CpuBudget, cpu_budget
 from service.runtime import session_options
 from service.scoring.local import scoring_workers
-from tests.service.conftest import copy_store, running_server
+from tests.service.conftest import copy_store, running_server, telco_records
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -122,6 +123,13 @@ def test_workers_split_the_budget(cpus: int, workers: int, each: int, threads: i
     assert (budget.per_worker(workers), budget.serving_threads(workers)) == (each, threads)
 
 
+@pytest.mark.parametrize(
+    ("cpus", "affinity", "workers", "on_loop"), [(1, 8, 1, True), (1, 1, 1, False), (2, 2, 2, True), (4, 4, 1, False)]
+)
+def test_one_cpu_of_several_runs_inference_on_the_loop(cpus: int, affinity: int, workers: int, on_loop: bool) -> None:
+    assert CpuBudget(cpus, "test", affinity, None, None).inference_on_loop(workers) == on_loop
+
+
 def test_scoring_threads_follow_the_budget() -> None:
     assert [scoring_workers(n) for n in (1, 2, 16)] == [1, 2, 2]
 
@@ -147,6 +155,7 @@ def test_service_sizes_onnx_runtime_from_the_budget(churn_bundle: bundle.BundleR
     with running_server(store, "--cpus", "3") as server:
         cpus = httpx.get(server.url + "/models").json()["cpus"]
         assert (cpus["cpus"], cpus["setting"], cpus["workers"], cpus["threads_per_worker"]) == (3, 3, 1, 2)
+        assert cpus["inference"] == "thread"
         assert "CPU budget: 3 CPUs" in server.output()
 
 
@@ -155,4 +164,20 @@ def test_workers_split_the_budget_in_the_service(churn_bundle: bundle.BundleRef,
     with running_server(store, "--workers", "2", env={"TABSERVE_CPUS": "6"}) as server:
         cpus = httpx.get(server.url + "/models").json()["cpus"]
         assert (cpus["cpus"], cpus["workers"], cpus["threads_per_worker"]) == (6, 2, 2)  # 3 each, 1 for the loop
-        assert "2 worker(s), 2 ONNX Runtime thread(s) each" in server.output()
+        assert "2 worker(s), 2 ONNX Runtime thread(s) each, run on the inference thread" in server.output()
+
+
+@pytest.mark.skipif(AFFINITY < 2, reason="one CPU of several: needs two cores in the affinity mask")
+def test_one_cpu_of_two_serves_from_the_event_loop(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    records = telco_records(40)
+    with running_server(store, "--cpus", "1") as server:
+        cpus = httpx.get(server.url + "/models").json()["cpus"]
+        assert (cpus["cpus"], cpus["threads_per_worker"], cpus["inference"]) == (1, 1, "loop")
+        assert "run on the event loop" in server.output()
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests: batches form on the loop
+            answers = list(pool.map(lambda r: httpx.post(server.url + "/predict", json={"records": [r]}), records))
+        together = httpx.post(server.url + "/predict", json={"records": records}).json()["predictions"]
+    assert [a.json()["predictions"][0]["label"] for a in answers] == [p["label"] for p in together]
+    probabilities = [a.json()["predictions"][0]["probability"] for a in answers]
+    assert probabilities == pytest.approx([p["probability"] for p in together], abs=1e-6)
