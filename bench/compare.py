@@ -105,7 +105,7 @@ def main() -> None:
 def cpu_s(pid: int) -> float:
     """CPU seconds a process has used, all its threads (user + system): the server's cost per
     request varies far less than its throughput on a shared machine."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
