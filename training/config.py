@@ -72,6 +72,14 @@ class TrainConfig:
         "none", "none | balanced; none keeps probabilities calibrated, balanced helps rare positives"
     )
     ensemble: int = opt(5, "k-fold ensemble members, averaged: all non-test rows used, less variance; 1: one model")
+    refit: bool = opt(
+        True,
+        "publish members retrained on every row (test rows too) for the epochs the evaluation fit chose; "
+        "the report's figures come from the evaluation fit, which never saw the test rows",
+    )
+    calibrate: bool = opt(
+        True, "binary: Platt scaling fitted on out-of-fold outputs, inside model.onnx (an ensemble's average is timid)"
+    )
     threshold_rule: str = opt("f1", "binary decision threshold: f1 | youden | accuracy | a fixed number such as 0.5")
     seed: int = opt(0, "random seed: same seed and data → same model and metrics")
     threads: int = opt(

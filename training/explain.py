@@ -173,6 +173,9 @@ class Explainer(nn.Module):
             mult = (self.weights * _log_odds_slope(path)).sum(dim=0)
             score = _log_odds(logits)
             baseline = torch.zeros_like(score) + _log_odds(ref)
+            if self.fused.calibrated:  # Platt scaling: the calibrated log-odds are a·L + b
+                a, b = self.fused.platt.to(PATH)
+                mult, score, baseline = mult * a, score * a + b, baseline * a + b
             target = torch.ones_like(score).to(torch.int64)  # the positive class
         else:
             c = self.n_out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.model import EnsembleModel, Normalize, TabularMLP
+from training.model import EnsembleModel, Normalize, TabularMLP, calibrated
 
 # NOTE: up to this many (feature, level) rows the table is applied as a multi-hot MatMul (fast,
 # small); beyond it (free-text-like vocabularies) as Gather + ReduceSum (memory ∝ features).
@@ -72,6 +72,8 @@ class FusedEnsemble(nn.Module):
         self.task, self.n_members = scorer.task, len(members)
         self.register_buffer("target_mean", scorer.target_mean.clone())
         self.register_buffer("target_std", scorer.target_std.clone())
+        self.register_buffer("platt", scorer.platt.clone())
+        self.calibrated = scorer.calibrated
         cards = [e.num_embeddings for e in members[0].embeddings]
         self.n_num, self.n_cat = int(self.normalize.mean_.numel()), len(cards)
         folded = [fold_layers(m.deep) for m in members]
@@ -208,6 +210,8 @@ class FusedEnsemble(nn.Module):
         """[N, members × n_out] logits → averaged probabilities or values (means as MatMuls)."""
         if self.task == "binary":
             p = torch.sigmoid(logits) @ self.average
+            if self.calibrated:
+                p = calibrated(p, self.platt)
             return torch.cat([1 - p, p], dim=1)
         if self.task == "multiclass":
             return torch.softmax(logits.reshape(-1, self.n_members, self.n_out), dim=2).mean(dim=1)

@@ -1,7 +1,9 @@
-"""The promotion gate: a new bundle against the champion, on the new run's test rows.
+"""The promotion gate: a new model against the champion, on the new run's test rows.
 
-Both bundles score the same raw rows as serving does (each through its own preprocess.json, then
-its model.onnx on ONNX Runtime). Gate metrics: binary → ROC AUC and log loss; multiclass → log
+The new model is judged by its evaluation fit (trained without the test rows; the published bundle
+is refitted on every row). The champion scores the same raw rows as serving does (its
+preprocess.json, then its model.onnx on ONNX Runtime) — or, when it was trained on this very file
+and split (so its bundle has seen these rows), by the outputs its own evaluation fit gave them. Gate metrics: binary → ROC AUC and log loss; multiclass → log
 loss; regression → RMSE. Each difference is signed so that positive = better for the challenger
 (challenger − champion for AUC, champion − challenger for a loss), with a 95 % paired bootstrap
 interval (the same resampled rows for both models).
@@ -109,28 +111,39 @@ class Comparison:
 def compare(
     champion_dir: Path,
     champion: int,
-    challenger_dir: Path,
+    new_pre: Preprocess,
+    new_out: np.ndarray,
     rows: pd.DataFrame,
     y: np.ndarray,
     *,
+    champion_out: np.ndarray | None = None,
     mode: str = "auto",
     min_gain: float | None = None,
     tolerance: float | None = None,
 ) -> Comparison:
-    """Score both bundles on the raw rows, compare on the task's gate metrics, apply the rule."""
-    new_pre, new_out, new_ok = bundle_outputs(challenger_dir, rows)
+    """The challenger's outputs on the raw test rows (from its evaluation fit, which never saw them)
+    against the champion's — scored from its bundle, or `champion_out` (its own evaluation fit's,
+    when it was refitted on these very rows) — on the task's gate metrics; the rule applied."""
+    new_ok = np.ones(len(rows), dtype=bool)
     try:
-        old_pre, old_out, old_ok = bundle_outputs(champion_dir, rows)
+        if champion_out is not None:
+            old_pre, old_out, old_ok = (
+                Preprocess.load(champion_dir / bundle.PREPROCESS_FILE),
+                np.asarray(champion_out, np.float64),
+                new_ok,
+            )
+        else:
+            old_pre, old_out, old_ok = bundle_outputs(champion_dir, rows)
         old_out = aligned(old_pre, new_pre, old_out)
     except Refusal as exc:
         return refused(champion, f"champion v{champion} {exc}", mode, min_gain)
     except Exception as exc:  # noqa: BLE001 - an old or damaged champion bundle refuses, never ends the run
         first_line = next(iter(str(exc).splitlines()), type(exc).__name__)
         return refused(champion, f"champion v{champion} could not score the rows: {first_line}", mode, min_gain)
-    ok = old_ok & new_ok  # a row either bundle refuses (as serving would) is left out for both
+    ok = old_ok & new_ok  # a row the champion refuses (as serving would) is left out for both
     if not ok.any():
         return refused(champion, "no test row could be encoded by both bundles", mode, min_gain)
-    y, old_out, new_out = y[ok], old_out[ok], new_out[ok]
+    y, old_out, new_out = y[ok], old_out[ok], np.asarray(new_out, np.float64)[ok]
     diffs = paired_bootstrap(new_pre.task, y, old_out, new_out, tolerance)
     promote, reason = verdict(mode, *rule(diffs, min_gain))
     outputs = (y, old_out, new_out)

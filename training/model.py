@@ -119,6 +119,7 @@ class EnsembleModel(nn.Module):
         self.task = pre.task
         self.register_buffer("target_mean", torch.tensor(pre.target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(pre.target_std, dtype=torch.float32))
+        self.register_buffer("platt", torch.tensor(IDENTITY))  # binary calibration (a, b); identity: none
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         x = self.normalize(num)
@@ -126,7 +127,24 @@ class EnsembleModel(nn.Module):
         out = torch.stack(outs).mean(dim=0)
         if self.task == "regression":
             out = out * self.target_std + self.target_mean
+        if self.task == "binary" and self.calibrated:
+            p = calibrated(out[:, 1:], self.platt)
+            out = torch.cat([1 - p, p], dim=1)
         return out
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.platt.tolist() != list(IDENTITY))
+
+
+IDENTITY = (1.0, 0.0)
+EPS = 1e-7  # probabilities clipped before their log-odds are taken (float32: 1 - 1e-7 is still < 1)
+
+
+def calibrated(p: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:
+    """Platt scaling of a probability: σ(a · log-odds(p) + b), fitted on out-of-fold outputs."""
+    p = p.clamp(EPS, 1 - EPS)
+    return torch.sigmoid(platt[0] * (torch.log(p) - torch.log1p(-p)) + platt[1])
 
 
 def to_output(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -23,8 +23,8 @@ from training import export, gate, report
 from training.config import TrainConfig
 from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, choose_threshold, task_metrics
 from training.explain import write_explainer
-from training.model import EnsembleModel, Normalize
-from training.train import EpochCallback, History, Tensors, fit_member
+from training.model import EPS, EnsembleModel, Normalize, TabularMLP, calibrated
+from training.train import EpochCallback, History, Tensors, fit_member, refit_member
 
 Say = Callable[[str], None]
 
@@ -49,6 +49,7 @@ class TrainResult:
     pre: Preprocess
     metrics: dict[str, Any]
     histories: list[History] = field(default_factory=list)
+    model: EnsembleModel | None = None  # what is (or would be) published
     bundle: bundle.BundleRef | None = None
     comparison: gate.Comparison | None = None
     decision: str = ""  # one line: why the new version is champion or challenger
@@ -114,13 +115,28 @@ def _tensors(prep: TrainingData) -> Tensors:
     return Tensors(x, torch.from_numpy(prep.enc.cat), yt)
 
 
+@dataclass
+class Candidate:
+    """One model the run could publish: its evaluation members (one per fold), their out-of-fold
+    outputs, and the learning rate of each epoch a refit of each member replays."""
+
+    name: str
+    members: list[TabularMLP]
+    oof: np.ndarray
+    schedules: list[list[float]]
+
+    def scorer(self, pre: Preprocess) -> EnsembleModel:
+        return EnsembleModel(pre, self.members).eval()
+
+
 def fit_ensemble(
     prep: TrainingData, cfg: TrainConfig, on_epoch: EpochCallback | None = None
-) -> tuple[EnsembleModel, list[History], np.ndarray, np.ndarray]:
-    """One member per fold; returns the scorer, curves and out-of-fold validation outputs."""
+) -> tuple[list[Candidate], list[History], np.ndarray]:
+    """One member per fold; returns the candidates (the network; the linear path alone, where the
+    members start from it), the curves and the out-of-fold rows."""
     torch.use_deterministic_algorithms(True)
     data = _tensors(prep)
-    members, histories, val_rows, val_out = [], [], [], []
+    network, linear, histories, val_rows = [], [], [], []
     for i, (tr, va) in enumerate(prep.split.folds):
         model, hist = fit_member(
             prep.pre,
@@ -130,11 +146,65 @@ def fit_ensemble(
             seed=cfg.seed * 1000 + i,
             on_epoch=on_epoch,
         )
-        members.append(model)
+        network.append(model)
         histories.append(hist)
         val_rows.append(va)
-        val_out.append(_scorer_output(EnsembleModel(prep.pre, [model]), prep.enc, va))
-    return EnsembleModel(prep.pre, members).eval(), histories, np.concatenate(val_rows), np.concatenate(val_out)
+        if cfg.linear_skip and cfg.linear_init and hist.start is not None:
+            start = TabularMLP(prep.pre, cfg)
+            start.load_state_dict(hist.start)
+            linear.append(start.eval())
+    rows = np.concatenate(val_rows)
+    candidates = [Candidate("network", network, _oof(prep, network), [h.lrs[: h.best_epoch + 1] for h in histories])]
+    if linear:
+        candidates.append(Candidate("linear path alone", linear, _oof(prep, linear), [[] for _ in linear]))
+    return candidates, histories, rows
+
+
+def _oof(prep: TrainingData, members: list[TabularMLP]) -> np.ndarray:
+    """Each member's outputs on its own fold's validation rows, in fold order."""
+    folds = prep.split.folds
+    return np.concatenate(
+        [_scorer_output(EnsembleModel(prep.pre, [m]), prep.enc, va) for m, (_, va) in zip(members, folds, strict=True)]
+    )
+
+
+def choose(pre: Preprocess, candidates: list[Candidate], y: np.ndarray) -> tuple[Candidate, list[dict[str, Any]]]:
+    """The candidate with the best out-of-fold loss (log loss; regression: RMSE) — never the test
+    rows — and the leaderboard."""
+    loss = "rmse" if pre.task == "regression" else "log_loss"
+    board = [{"candidate": c.name, **task_metrics(pre, y, c.oof)} for c in candidates]
+    best = min(range(len(candidates)), key=lambda i: board[i][loss])
+    for i, row in enumerate(board):
+        row["chosen"] = i == best
+    return candidates[best], board
+
+
+def refit_ensemble(prep: TrainingData, cfg: TrainConfig, chosen: Candidate, platt: torch.Tensor) -> EnsembleModel:
+    """Each member again on every row (test rows too), replaying the epochs and learning rates its
+    evaluated counterpart took to its best (none: the linear path alone): what is published."""
+    data = _tensors(prep)
+    members = [
+        refit_member(prep.pre, cfg, data, schedule, seed=cfg.seed * 1000 + 500 + i)
+        for i, schedule in enumerate(chosen.schedules)
+    ]
+    refitted = EnsembleModel(prep.pre, members).eval()
+    refitted.platt = platt.clone()  # the calibration the evaluation fit's out-of-fold outputs gave
+    return refitted
+
+
+def fit_platt(y: np.ndarray, p: np.ndarray) -> torch.Tensor:
+    """Platt scaling's (a, b) for positive-class probabilities: a logistic regression on their log-odds."""
+    from sklearn.linear_model import LogisticRegression
+
+    clipped = np.clip(p, EPS, 1 - EPS)
+    logit = (np.log(clipped) - np.log1p(-clipped)).reshape(-1, 1)
+    fit = LogisticRegression(C=1e4).fit(logit, y)  # next to no penalty: two parameters, many rows
+    return torch.tensor([float(fit.coef_[0, 0]), float(fit.intercept_[0])])
+
+
+def _recalibrated(out: np.ndarray, platt: torch.Tensor) -> np.ndarray:
+    p = calibrated(torch.from_numpy(out[:, 1:].astype(np.float32)), platt).numpy()
+    return np.concatenate([1 - p, p], axis=1)
 
 
 def _scorer_output(scorer: EnsembleModel, enc: Encoded, rows: np.ndarray) -> np.ndarray:
@@ -156,10 +226,16 @@ def train(
     torch.set_num_threads(cfg.threads)  # more threads than the work needs spin against other tenants
     prep = prepare_data(cfg, test_rows, say)
     pre, y, split = prep.pre, prep.target.y, prep.split
-    scorer, histories, val_rows, val_out = fit_ensemble(prep, cfg, on_epoch)
+    candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
+    chosen, leaderboard = choose(pre, candidates, y[val_rows])
+    scorer, val_out = chosen.scorer(pre), chosen.oof
+    raw_test = _scorer_output(scorer, prep.enc, split.test)
+    if pre.task == "binary" and cfg.calibrate:
+        scorer.platt = fit_platt(y[val_rows], val_out[:, 1])
+        val_out = _recalibrated(val_out, scorer.platt)
     if pre.task == "binary":
         pre.threshold = choose_threshold(y[val_rows], val_out[:, 1], cfg.threshold_rule)
-    test_out = _scorer_output(scorer, prep.enc, split.test)
+    test_out = _scorer_output(scorer, prep.enc, split.test)  # the evaluation fit's: it never saw these rows
     base = _baseline(prep, cfg)
     metrics: dict[str, Any] = {
         "task": pre.task,
@@ -171,10 +247,25 @@ def train(
         "gbm": GradientBoosting.name,
         "gbm_test": _gbm(prep, cfg),
         "members": [{"best_epoch": h.best_epoch, "epochs": len(h.val_loss)} for h in histories],
+        "leaderboard": leaderboard,  # out-of-fold figures of each candidate; the chosen one is published
     }
     if pre.task == "binary":  # what live monitoring compares the served population's outcomes with
         metrics["positive_rate"] = float(np.mean(y[split.dev] == 1))
-    result = TrainResult(pre, metrics, histories)
+    if scorer.calibrated:  # on the test rows: the same members, before and after Platt scaling
+        a, b = scorer.platt.tolist()
+        metrics["calibration"] = {
+            "method": "Platt scaling of the ensemble's log-odds, fitted on the out-of-fold outputs",
+            "a": a,
+            "b": b,
+            "test_before": {k: task_metrics(pre, y[split.test], raw_test)[k] for k in ("ece", "brier", "log_loss")},
+            "test_after": {k: metrics["test"][k] for k in ("ece", "brier", "log_loss")},
+        }
+    metrics["fits"] = _fits(prep, cfg, chosen)
+    say(f"chosen on out-of-fold rows: {chosen.name} (" + ", ".join(_board_text(r) for r in leaderboard) + ")")
+    if cfg.refit:
+        say(f"refitting {len(histories)} member(s) on all {len(y):,} rows for the published model")
+        scorer = refit_ensemble(prep, cfg, chosen, scorer.platt)
+    result = TrainResult(pre, metrics, histories, scorer)
     if publish:
         doc = _describe(prep, cfg, metrics, started)
         fit = fit_rows_of(split, cfg)
@@ -186,6 +277,28 @@ def train(
         result.release, result.decision = _decide(root, cfg, result.bundle.version, result.comparison)
     metrics["train_seconds"] = time.perf_counter() - started
     return result
+
+
+def _board_text(row: dict[str, Any]) -> str:
+    figures = [f"{k} {row[k]:.4f}" for k in ("log_loss", "roc_auc", "rmse") if k in row]
+    return f"{row['candidate']}: " + " ".join(figures)
+
+
+def _fits(prep: TrainingData, cfg: TrainConfig, chosen: Candidate) -> dict[str, str]:
+    """Which model each figure comes from, in words (metrics.json, the model card)."""
+    split, n = prep.split, len(chosen.members)
+    evaluation = (
+        f"{chosen.name}: {n} member(s), each trained on {len(split.folds[0][0]):,} of the {len(split.dev):,} "
+        f"development rows and early-stopped on the rest; test and validation figures are theirs "
+        f"({len(split.test):,} test rows none of them saw)"
+    )
+    epochs = ", ".join(str(len(s)) for s in chosen.schedules)
+    published = (
+        f"the same {n} member(s) retrained on all {len(prep.target.y):,} rows for the epochs each took to its best ({epochs})"
+        if cfg.refit
+        else "the evaluation fit itself (refit off)"
+    )
+    return {"evaluation": evaluation, "published": published}
 
 
 def _decide(
@@ -202,8 +315,8 @@ def _decide(
     return state, comparison.reason
 
 
-def _compare(prep: TrainingData, cfg: TrainConfig, staged: Path) -> gate.Comparison | None:
-    """The staged bundle against the champion on this run's test rows; None for a name's first version."""
+def _compare(prep: TrainingData, cfg: TrainConfig, test_out: np.ndarray) -> gate.Comparison | None:
+    """This run's evaluation fit against the champion on this run's test rows; None for a name's first version."""
     root = bundle.models_dir(cfg.models_dir)
     published = bundle.versions(root, cfg.name)
     if not published:
@@ -214,16 +327,33 @@ def _compare(prep: TrainingData, cfg: TrainConfig, staged: Path) -> gate.Compari
         return gate.refused(champion, why, cfg.promote, cfg.min_gain)
     test = prep.split.test
     rows, y = prep.df.iloc[test], prep.target.y[test]
+    champion_dir = root / cfg.name / str(champion)
     return gate.compare(
-        root / cfg.name / str(champion),
+        champion_dir,
         champion,
-        staged,
+        prep.pre,
+        test_out,
         rows,
         y,
+        champion_out=champion_evaluation(champion_dir, cfg, test),
         mode=cfg.promote,
         min_gain=cfg.min_gain,
         tolerance=cfg.gate_tolerance,
     )
+
+
+def champion_evaluation(champion_dir: Path, cfg: TrainConfig, test: np.ndarray) -> np.ndarray | None:
+    """The champion's evaluation-fit outputs on these test rows when it was trained on this very file
+    with this split (its published bundle was refitted on them, so scoring it would flatter it)."""
+    try:
+        same_file = bundle.BundleRef("", 0, champion_dir).metrics.get("data", {}).get("sha256") == D.file_sha256(
+            cfg.data
+        )
+        saved = np.load(champion_dir / bundle.EVALUATION_FILE)
+        rows, out = saved["rows"], saved["out"]
+    except (OSError, ValueError, KeyError):
+        return None  # an older bundle (no refit): its own model.onnx never saw the rows
+    return out if same_file and np.array_equal(rows, test) else None
 
 
 def _baseline(prep: TrainingData, cfg: TrainConfig) -> dict[str, float]:
@@ -301,7 +431,8 @@ def _bundle_writer(
             scorer, onnx_path, prep.enc.num[test], prep.enc.cat[test], tol
         )
         prep.pre.save(out / bundle.PREPROCESS_FILE)
-        comparison = _compare(prep, cfg, out)
+        np.savez(out / bundle.EVALUATION_FILE, rows=test, out=test_out)
+        comparison = _compare(prep, cfg, test_out)
         if comparison is not None:
             doc["comparison"] = comparison
             doc["metrics"]["comparison"] = comparison.to_json()

@@ -49,7 +49,9 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_metric: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate of each epoch (a refit replays them)
     best_epoch: int = 0
+    start: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the weights before training
 
 
 def loss_function(pre: Preprocess, cfg: TrainConfig, y: torch.Tensor) -> nn.Module:
@@ -92,9 +94,11 @@ def fit_member(
     # NOTE: validation is judged on the unweighted loss: class weights are a training device only
     val_loss_fn = loss_function(pre, replace(cfg, class_weight="none"), train.y)
     hist, best_loss, best_state = History(), float("inf"), copy.deepcopy(model.state_dict())
+    hist.start = best_state  # warm-started: the linear path alone, a candidate of its own
     batch_size = max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
     epochs = min(cfg.epochs, max(1, MAX_STEPS // math.ceil(len(train) / batch_size)))
     for epoch in range(epochs):
+        hist.lrs.append(float(opt.param_groups[0]["lr"]))
         train_loss = _train_epoch(model, opt, loss_fn, train, batch_size, gen, pre.task)
         val_loss, val_metric = evaluate_member(model, val, pre, val_loss_fn)
         sched.step(val_loss)
@@ -110,6 +114,24 @@ def fit_member(
             break
     model.load_state_dict(best_state)
     return model.eval(), hist
+
+
+def refit_member(pre: Preprocess, cfg: TrainConfig, rows: Tensors, lrs: list[float], seed: int) -> TabularMLP:
+    """Train one network on `rows` for as many epochs as an evaluated member took to its best, with
+    that member's learning rates: the configuration early stopping chose, on every row."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = TabularMLP(pre, cfg)
+    if cfg.linear_skip and cfg.linear_init:
+        _warm_start(model, pre, rows)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = loss_function(pre, cfg, rows.y)
+    batch_size = max(cfg.batch_size, math.ceil(len(rows) / MAX_STEPS_PER_EPOCH))
+    for lr in lrs:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        _train_epoch(model, opt, loss_fn, rows, batch_size, gen, pre.task)
+    return model.eval()
 
 
 def _warm_start(model: TabularMLP, pre: Preprocess, train: Tensors) -> None:

@@ -53,7 +53,7 @@ def explained(data: Path, target: str, out: Path, **overrides: Any) -> Explained
     and run it on the first ROWS test records."""
     cfg = build_config(data=str(data), target=target, models_dir=str(out), report_plots=False, **overrides)
     prep = prepare_data(cfg, say=lambda _: None)
-    scorer, *_ = fit_ensemble(prep, cfg)
+    scorer = fit_ensemble(prep, cfg)[0][0].scorer(prep.pre)  # the network candidate
     fused = FusedEnsemble(scorer.eval()).eval()
     fit_rows, test = fit_rows_of(prep.split, cfg), prep.split.test
     summary = write_explainer(fused, prep.pre, prep.enc, fit_rows, test, out)

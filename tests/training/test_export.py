@@ -45,7 +45,7 @@ def test_onnx_matches_pytorch_at_batch(
 ) -> None:
     monkeypatch.setattr(fuse, "ONEHOT_MAX_LEVELS", onehot_max)  # NOTE: both ways of reading levels
     prep = _telco_prepared(tmp_path)
-    scorer, *_ = fit_ensemble(prep, quick_config(TELCO, "Churn", tmp_path))
+    scorer = fit_ensemble(prep, quick_config(TELCO, "Churn", tmp_path))[0][0].scorer(prep.pre)
     path = tmp_path / "m.onnx"
     export.export_onnx(scorer, prep.pre, path)
     rows = np.arange(batch) % len(prep.df)
@@ -168,7 +168,7 @@ def test_every_architecture_fuses_exactly(tmp_path: Path, hidden: list[int], lin
     between layers) hold for any depth, with and without the linear path."""
     prep = prepare_data(quick_config(GERMAN, "creditability", tmp_path), say=lambda _: None)
     cfg = quick_config(GERMAN, "creditability", tmp_path, hidden=hidden, linear_skip=linear_skip, linear_init=False)
-    scorer, *_ = fit_ensemble(prep, cfg)
+    scorer = fit_ensemble(prep, cfg)[0][0].scorer(prep.pre)  # the network candidate
     path = tmp_path / "m.onnx"
     export.export_onnx(scorer, prep.pre, path)
     missing = prep.enc.cat.copy()

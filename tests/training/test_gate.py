@@ -121,7 +121,7 @@ def test_a_champion_whose_column_the_new_data_lacks_is_refused_not_a_crash(
 
 
 def test_a_broken_champion_bundle_is_refused_not_a_crash(store: Path) -> None:
-    (store / "churn" / "1" / "model.onnx").write_bytes(b"not a model")
+    (store / "churn" / "1" / "preprocess.json").write_text("{not json")
     c = retrain(store, TELCO).comparison
     assert c is not None and not c.promote and c.reason.startswith("not promoted: champion v1 could not score the rows")
     assert release.current(store, "churn").champion == 1

@@ -1,0 +1,107 @@
+"""What the published model is: the candidate chosen on out-of-fold rows, calibrated inside the graph,
+refitted on every row — on real data, through real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from service import bundle
+from service.runtime import CPU, create_session
+from tests.conftest import GERMAN, TELCO, quick_config
+from training.evaluate import expected_calibration_error
+from training.pipeline import prepare_data, train
+
+
+def test_the_leaderboard_ships_the_candidate_with_the_lowest_out_of_fold_loss(tmp_path: Path) -> None:
+    result = train(quick_config(GERMAN, "creditability", tmp_path, refit=False), publish=False, say=lambda _: None)
+    board = result.metrics["leaderboard"]
+    assert [row["candidate"] for row in board] == ["network", "linear path alone"]
+    chosen = [row for row in board if row["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["log_loss"] == min(row["log_loss"] for row in board)
+
+
+def test_the_linear_candidate_is_the_logistic_regression_of_each_fold(tmp_path: Path) -> None:
+    """Trained for no epochs, the network is exactly its warm start: each fold's logistic regression."""
+    cfg = quick_config(GERMAN, "creditability", tmp_path, hidden=[8], calibrate=False, refit=False)
+    from training.evaluate import design_matrix, fit_linear, linear_model
+    from training.pipeline import _rows, fit_ensemble
+
+    prep = prepare_data(cfg, say=lambda _: None)
+    candidates, _, rows = fit_ensemble(prep, cfg)
+    linear = next(c for c in candidates if c.name == "linear path alone")
+    expected = []
+    for tr, va in prep.split.folds:
+        model = linear_model("binary")
+        fit_linear(model, design_matrix(prep.pre, _rows(prep.enc, tr)), prep.target.y[tr])
+        expected.append(model.predict_proba(design_matrix(prep.pre, _rows(prep.enc, va))))
+    assert np.abs(linear.oof - np.concatenate(expected)).max() < 1e-4
+    assert len(rows) == len(prep.split.dev)
+
+
+def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_path: Path) -> None:
+    result = train(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None)
+    assert result.bundle is not None
+    doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
+    cal = doc["calibration"]
+    assert set(cal["test_before"]) == set(cal["test_after"]) == {"ece", "brier", "log_loss"}
+    # the published graph applies σ(a·logit(p) + b) to the members' mean: ONNX Runtime equals it by hand
+    model = result.model
+    assert model is not None and model.calibrated
+    prep = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None)
+    num, cat = prep.enc.num[:500], prep.enc.cat[:500]
+    session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
+    got = session.run(None, {"num": num, "cat": cat})[0][:, 1]
+    model.platt = torch.tensor([1.0, 0.0])
+    with torch.no_grad():
+        raw = model(torch.from_numpy(num), torch.from_numpy(cat)).numpy()[:, 1].astype(np.float64)
+    logit = np.log(np.clip(raw, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(raw, 1e-7, 1 - 1e-7))
+    expected = 1 / (1 + np.exp(-(cal["a"] * logit + cal["b"])))
+    assert np.abs(got - expected).max() < 1e-5
+    assert not np.allclose(got, raw, atol=1e-3)  # the scaling did something
+
+
+def test_platt_parameters_are_a_logistic_regression_on_the_out_of_fold_log_odds(tmp_path: Path) -> None:
+    from training.pipeline import choose, fit_ensemble, fit_platt
+
+    cfg = quick_config(TELCO, "Churn", tmp_path)
+    prep = prepare_data(cfg, say=lambda _: None)
+    candidates, _, rows = fit_ensemble(prep, cfg)
+    chosen, _ = choose(prep.pre, candidates, prep.target.y[rows])
+    y, p = prep.target.y[rows], chosen.oof[:, 1]
+    a, b = fit_platt(y, p).tolist()
+    logit = np.log(p) - np.log1p(-p)
+    reference = LogisticRegression(C=1e6).fit(logit.reshape(-1, 1), y)
+    assert a == pytest.approx(reference.coef_[0, 0], abs=1e-2) and b == pytest.approx(reference.intercept_[0], abs=1e-2)
+    after = 1 / (1 + np.exp(-(a * logit + b)))
+    assert log_loss(y, after) <= log_loss(y, p) + 1e-9  # in-sample it can only help
+    assert expected_calibration_error(y, after) <= expected_calibration_error(y, p) + 0.01
+
+
+def test_the_published_model_is_refitted_on_every_row_and_the_gate_uses_the_evaluation_fit(tmp_path: Path) -> None:
+    result = train(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None)
+    assert result.bundle is not None
+    doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
+    assert "7,043 rows" in doc["fits"]["published"] and "none of them saw" in doc["fits"]["evaluation"]
+    saved = np.load(result.bundle.path / bundle.EVALUATION_FILE)
+    prep = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None)
+    assert np.array_equal(saved["rows"], prep.split.test)
+    session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
+    published = session.run(None, {"num": prep.enc.num[prep.split.test], "cat": prep.enc.cat[prep.split.test]})[0]
+    assert not np.allclose(published, saved["out"], atol=1e-4)  # another fit: it learned from the test rows
+    # the report's test figures are the evaluation fit's, never the refitted model's
+    from training.evaluate import task_metrics
+
+    y = prep.target.y[prep.split.test]
+    assert doc["test"]["roc_auc"] == pytest.approx(task_metrics(result.pre, y, saved["out"])["roc_auc"], abs=1e-9)
+    # the same file and split again: the champion is compared by its saved evaluation outputs
+    again = train(quick_config(TELCO, "Churn", tmp_path, name="churn", promote="never"), say=lambda _: None)
+    assert again.comparison is not None and again.comparison.outputs is not None
+    _, champion_out, _ = again.comparison.outputs
+    assert np.allclose(champion_out, saved["out"])
