@@ -78,7 +78,7 @@ class TrainConfig:
         "the report's figures come from the evaluation fit, which never saw the test rows",
     )
     calibrate: bool = opt(
-        True, "binary: Platt scaling fitted on out-of-fold outputs, inside model.onnx (an ensemble's average is timid)"
+        False, "binary: Platt scaling fitted on out-of-fold outputs, inside model.onnx (an ensemble's average is timid)"
     )
     threshold_rule: str = opt("f1", "binary decision threshold: f1 | youden | accuracy | a fixed number such as 0.5")
     seed: int = opt(0, "random seed: same seed and data → same model and metrics")

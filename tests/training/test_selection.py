@@ -46,7 +46,7 @@ def test_the_linear_candidate_is_the_logistic_regression_of_each_fold(tmp_path: 
 
 
 def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_path: Path) -> None:
-    result = train(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None)
+    result = train(quick_config(TELCO, "Churn", tmp_path, name="churn", calibrate=True), say=lambda _: None)
     assert result.bundle is not None
     doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
     cal = doc["calibration"]
@@ -54,7 +54,7 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     # the published graph applies σ(a·logit(p) + b) to the members' mean: ONNX Runtime equals it by hand
     model = result.model
     assert model is not None and model.calibrated
-    prep = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None)
+    prep = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn", calibrate=True), say=lambda _: None)
     num, cat = prep.enc.num[:500], prep.enc.cat[:500]
     session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
     got = session.run(None, {"num": num, "cat": cat})[0][:, 1]
