@@ -21,7 +21,9 @@ METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
 EXPLAIN_FILE = "explain.onnx"  # per-feature effects (optional: bundles from before it have none)
 EXPLAIN_STATS_FILE = "explain.json"  # what reasons place values against
-EVALUATION_FILE = "evaluation.npz"  # the evaluation fit's outputs on the test rows: what the gate compares a refitted champion by
+EVALUATION_FILE = (
+    "evaluation.npz"  # the evaluation fit's outputs on the test rows: what the gate compares a refitted champion by
+)
 DRIFT_FILE = "drift.json"  # the training population's distributions, for live drift (optional)
 REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
 DEFAULT_MODELS_DIR = "models"
