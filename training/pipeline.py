@@ -229,13 +229,12 @@ def train(
     candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
     chosen, leaderboard = choose(pre, candidates, y[val_rows])
     scorer, val_out = chosen.scorer(pre), chosen.oof
-    raw_test = _scorer_output(scorer, prep.enc, split.test)
+    test_out = raw_test = _scorer_output(scorer, prep.enc, split.test)  # the evaluation fit's: it never saw these rows
     if pre.task == "binary" and cfg.calibrate:
         scorer.platt = fit_platt(y[val_rows], val_out[:, 1])
-        val_out = _recalibrated(val_out, scorer.platt)
+        val_out, test_out = _recalibrated(val_out, scorer.platt), _recalibrated(raw_test, scorer.platt)
     if pre.task == "binary":
         pre.threshold = choose_threshold(y[val_rows], val_out[:, 1], cfg.threshold_rule)
-    test_out = _scorer_output(scorer, prep.enc, split.test)  # the evaluation fit's: it never saw these rows
     base = _baseline(prep, cfg)
     metrics: dict[str, Any] = {
         "task": pre.task,

@@ -83,19 +83,13 @@ def fit_member(
     on_epoch: EpochCallback | None = None,
 ) -> tuple[TabularMLP, History]:
     """Train one network; stop when validation has not improved for `patience` epochs."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = TabularMLP(pre, cfg)
-    if cfg.linear_skip and cfg.linear_init:
-        _warm_start(model, pre, train)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt, gen, batch_size = _new_member(pre, cfg, train, seed)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 3))
     loss_fn = loss_function(pre, cfg, train.y)
     # NOTE: validation is judged on the unweighted loss: class weights are a training device only
     val_loss_fn = loss_function(pre, replace(cfg, class_weight="none"), train.y)
     hist, best_loss, best_state = History(), float("inf"), copy.deepcopy(model.state_dict())
     hist.start = best_state  # warm-started: the linear path alone, a candidate of its own
-    batch_size = max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
     epochs = min(cfg.epochs, max(1, MAX_STEPS // math.ceil(len(train) / batch_size)))
     for epoch in range(epochs):
         hist.lrs.append(float(opt.param_groups[0]["lr"]))
@@ -119,19 +113,27 @@ def fit_member(
 def refit_member(pre: Preprocess, cfg: TrainConfig, rows: Tensors, lrs: list[float], seed: int) -> TabularMLP:
     """Train one network on `rows` for as many epochs as an evaluated member took to its best, with
     that member's learning rates: the configuration early stopping chose, on every row."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = TabularMLP(pre, cfg)
-    if cfg.linear_skip and cfg.linear_init:
-        _warm_start(model, pre, rows)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt, gen, batch_size = _new_member(pre, cfg, rows, seed)
     loss_fn = loss_function(pre, cfg, rows.y)
-    batch_size = max(cfg.batch_size, math.ceil(len(rows) / MAX_STEPS_PER_EPOCH))
     for lr in lrs:
         for group in opt.param_groups:
             group["lr"] = lr
         _train_epoch(model, opt, loss_fn, rows, batch_size, gen, pre.task)
     return model.eval()
+
+
+def _new_member(
+    pre: Preprocess, cfg: TrainConfig, train: Tensors, seed: int
+) -> tuple[TabularMLP, torch.optim.Optimizer, torch.Generator, int]:
+    """A member as training starts it (an evaluated one and its refit alike): seeded, warm-started
+    on its training rows, its optimizer and its batch size (larger files take larger batches)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = TabularMLP(pre, cfg)
+    if cfg.linear_skip and cfg.linear_init:
+        _warm_start(model, pre, train)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, opt, gen, max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
 
 
 def _warm_start(model: TabularMLP, pre: Preprocess, train: Tensors) -> None:
