@@ -59,7 +59,8 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
 
 
 def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict[str, float]:
-    """Binary: ROC/PR AUC, log loss, Brier, accuracy, F1, ECE; multiclass: accuracy, macro F1, log loss."""
+    """Binary: ROC/PR AUC, log loss, Brier, accuracy, F1, ECE; multiclass: accuracy, macro F1, log loss,
+    top-label ECE, Brier."""
     labels = list(range(probs.shape[1]))
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)
     if task == "multiclass":
@@ -68,6 +69,9 @@ def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshol
             "accuracy": float(np.mean(pred == y)),
             "macro_f1": float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
             "log_loss": float(skm.log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)),
+            # of the predicted class's probability (top-label ECE); Brier summed over classes
+            "ece": expected_calibration_error((pred == y).astype(float), probs.max(axis=1)),
+            "brier": float(np.mean(((np.eye(len(labels))[y] - probs) ** 2).sum(axis=1))),
         }
     p = probs[:, 1]
     pred = p >= (0.5 if threshold is None else threshold)

@@ -160,6 +160,11 @@ class Explainer(nn.Module):
         """The score's multipliers on each member logit [N, members × n_out], the score and its
         value at the reference (float64)."""
         ref = self.ref_logits
+        a = torch.ones((), dtype=PATH)
+        if self.fused.calibrated:  # the score is of the calibrated logits a·z + b: ∂/∂z is a times ∂/∂(a·z + b)
+            a, b = self.fused.platt[0].to(PATH), self.fused.platt[1:].to(PATH)
+            repeat = logits.shape[1] // len(b)
+            logits, ref = logits * a + b.repeat(repeat), ref * a + b.repeat(repeat)
         if self.task == "regression":
             scale = self.fused.target_std.to(PATH)
             mean = self.fused.target_mean.to(PATH)
@@ -173,9 +178,6 @@ class Explainer(nn.Module):
             mult = (self.weights * _log_odds_slope(path)).sum(dim=0)
             score = _log_odds(logits)
             baseline = torch.zeros_like(score) + _log_odds(ref)
-            if self.fused.calibrated:  # Platt scaling: the calibrated log-odds are a·L + b
-                a, b = self.fused.platt.to(PATH)
-                mult, score, baseline = mult * a, score * a + b, baseline * a + b
             target = torch.ones_like(score).to(torch.int64)  # the positive class
         else:
             c = self.n_out
@@ -192,7 +194,7 @@ class Explainer(nn.Module):
         linear = (mult * (logits - ref)).sum(dim=1, keepdim=True)
         change = (score - baseline).unsqueeze(1)
         scale = torch.where(linear.abs() > TINY, change / torch.where(linear.abs() > TINY, linear, 1.0), 1.0)
-        return mult * scale, score, baseline, target
+        return mult * scale * a, score, baseline, target
 
 
 def _log_odds(z: torch.Tensor) -> torch.Tensor:

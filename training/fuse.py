@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.model import EnsembleModel, Normalize, TabularMLP, calibrated
+from training.model import EnsembleModel, Normalize, TabularMLP, scaled
 
 # NOTE: up to this many (feature, level) rows the table is applied as a multi-hot MatMul (fast,
 # small); beyond it (free-text-like vocabularies) as Gather + ReduceSum (memory ∝ features).
@@ -209,12 +209,11 @@ class FusedEnsemble(nn.Module):
     def _output(self, logits: torch.Tensor) -> torch.Tensor:
         """[N, members × n_out] logits → averaged probabilities or values (means as MatMuls)."""
         if self.task == "binary":
-            p = torch.sigmoid(logits) @ self.average
-            if self.calibrated:
-                p = calibrated(p, self.platt)
+            p = torch.sigmoid(scaled(logits, self.platt) if self.calibrated else logits) @ self.average
             return torch.cat([1 - p, p], dim=1)
         if self.task == "multiclass":
-            return torch.softmax(logits.reshape(-1, self.n_members, self.n_out), dim=2).mean(dim=1)
+            z = logits.reshape(-1, self.n_members, self.n_out)
+            return torch.softmax(scaled(z, self.platt) if self.calibrated else z, dim=2).mean(dim=1)
         return (logits @ self.average) * self.target_std + self.target_mean
 
 

@@ -119,32 +119,37 @@ class EnsembleModel(nn.Module):
         self.task = pre.task
         self.register_buffer("target_mean", torch.tensor(pre.target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(pre.target_std, dtype=torch.float32))
-        self.register_buffer("platt", torch.tensor(IDENTITY))  # binary calibration (a, b); identity: none
+        # calibration of each member's logits, a·z + b (b per class), fitted after training; identity: none
+        self.register_buffer("platt", identity(0 if pre.task == "regression" else n_logits(pre.task, len(pre.labels))))
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         x = self.normalize(num)
-        outs = [to_output(m(x, cat), self.task) for m in self.members]
-        out = torch.stack(outs).mean(dim=0)
+        logits = [m(x, cat) for m in self.members]
+        if self.calibrated:
+            logits = [scaled(z, self.platt) for z in logits]
+        out = torch.stack([to_output(z, self.task) for z in logits]).mean(dim=0)
         if self.task == "regression":
             out = out * self.target_std + self.target_mean
-        if self.task == "binary" and self.calibrated:
-            p = calibrated(out[:, 1:], self.platt)
-            out = torch.cat([1 - p, p], dim=1)
         return out
 
     @property
     def calibrated(self) -> bool:
-        return bool(self.platt.tolist() != list(IDENTITY))
+        return self.task != "regression" and bool(not torch.equal(self.platt, identity(len(self.platt) - 1)))
 
 
-IDENTITY = (1.0, 0.0)
 EPS = 1e-7  # probabilities clipped before their log-odds are taken (float32: 1 - 1e-7 is still < 1)
 
 
-def calibrated(p: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:
-    """Platt scaling of a probability: σ(a · log-odds(p) + b), fitted on out-of-fold outputs."""
-    p = p.clamp(EPS, 1 - EPS)
-    return torch.sigmoid(platt[0] * (torch.log(p) - torch.log1p(-p)) + platt[1])
+def identity(n_out: int) -> torch.Tensor:
+    """No calibration: a = 1, b = 0 for each of `n_out` logits."""
+    return torch.tensor([1.0] + [0.0] * n_out)
+
+
+def scaled(logits: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:
+    """Calibrated member logits a·z + b (Platt scaling for binary; temperature with a bias per class
+    for multiclass). On each member's logits, not on the average: a multiply and an add, which ONNX
+    Runtime computes the same for a row whatever the batch (a log of the average did not)."""
+    return platt[0] * logits + platt[1:]
 
 
 def to_output(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -20,10 +20,10 @@ from service.drift import reference_distribution, score_of
 from service.features import Encoded, Preprocess
 from training import data as D
 from training import export, gate, report
-from training.config import TrainConfig
+from training.config import TrainConfig, parse_seconds
 from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, choose_threshold, task_metrics
 from training.explain import write_explainer
-from training.model import EPS, EnsembleModel, Normalize, TabularMLP, calibrated
+from training.model import EPS, EnsembleModel, Normalize, TabularMLP, scaled
 from training.train import EpochCallback, History, Tensors, fit_member, refit_member
 
 Say = Callable[[str], None]
@@ -124,6 +124,7 @@ class Candidate:
     members: list[TabularMLP]
     oof: np.ndarray
     schedules: list[list[float]]
+    cfg: TrainConfig | None = None  # its settings where they are not the run's (a search's find)
 
     def scorer(self, pre: Preprocess) -> EnsembleModel:
         return EnsembleModel(pre, self.members).eval()
@@ -168,6 +169,43 @@ def _oof(prep: TrainingData, members: list[TabularMLP]) -> np.ndarray:
     )
 
 
+def tune_candidate(
+    prep: TrainingData, cfg: TrainConfig, network: Candidate, deadline: float, say: Say
+) -> tuple[Candidate | None, dict[str, Any]]:
+    """`--tune`: the search's best finished trial as a candidate (training/tune.py), searched until
+    `deadline` (a time.perf_counter() value)."""
+    from training import tune
+
+    pre, y, folds = prep.pre, prep.target.y, prep.split.folds
+    loss = "rmse" if pre.task == "regression" else "log_loss"
+
+    def loss_of(rows: np.ndarray, out: np.ndarray) -> float:
+        return float(task_metrics(pre, y[rows], out)[loss])
+
+    def member_output(member: TabularMLP, rows: np.ndarray) -> np.ndarray:
+        return _scorer_output(EnsembleModel(pre, [member]), prep.enc, rows)
+
+    ends = np.cumsum([len(va) for _, va in folds])
+    rows = np.concatenate([va for _, va in folds])
+    running = [loss_of(rows[:end], network.oof[:end]) for end in ends]
+    say(f"searching for {deadline - time.perf_counter():.0f} s more (optuna TPE, pruning after each fold)")
+    best, summary = tune.search(
+        cfg,
+        folds,
+        _tensors(prep),
+        pre,
+        loss_of,
+        member_output,
+        (running[-1], running),
+        time.monotonic() + (deadline - time.perf_counter()),
+        say,
+    )
+    if best is None:
+        return None, summary
+    name = f"network, searched (trial {best.number})"
+    return Candidate(name, best.members, best.oof, best.schedules, best.cfg), summary
+
+
 def choose(pre: Preprocess, candidates: list[Candidate], y: np.ndarray) -> tuple[Candidate, list[dict[str, Any]]]:
     """The candidate with the best out-of-fold loss (log loss; regression: RMSE) — never the test
     rows — and the leaderboard."""
@@ -202,9 +240,35 @@ def fit_platt(y: np.ndarray, p: np.ndarray) -> torch.Tensor:
     return torch.tensor([float(fit.coef_[0, 0]), float(fit.intercept_[0])])
 
 
-def _recalibrated(out: np.ndarray, platt: torch.Tensor) -> np.ndarray:
-    p = calibrated(torch.from_numpy(out[:, 1:].astype(np.float32)), platt).numpy()
-    return np.concatenate([1 - p, p], axis=1)
+def fit_calibration(task: str, y: np.ndarray, oof: np.ndarray) -> torch.Tensor:
+    """(a, b…) for each member's logits a·z + b, fitted on out-of-fold outputs, each from the one
+    member that did not train on its row: Platt scaling (binary), a temperature and a bias per class
+    (multiclass; log-probabilities are the logits up to a shift softmax ignores)."""
+    if task == "binary":
+        return fit_platt(y, oof[:, 1])
+    z = torch.from_numpy(np.log(np.clip(oof, EPS, 1.0))).to(torch.float64)
+    target = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    params = torch.zeros(1 + z.shape[1], dtype=torch.float64, requires_grad=True)  # log a, then b
+    opt = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        value = torch.nn.functional.cross_entropy(params[0].exp() * z + params[1:], target)
+        value.backward()
+        return value
+
+    opt.step(loss)
+    a, b = params.detach()[0].exp(), params.detach()[1:]
+    return torch.cat([a.reshape(1), b - b.mean()]).to(torch.float32)  # a shift of every b changes nothing
+
+
+def _recalibrated(task: str, out: np.ndarray, platt: torch.Tensor) -> np.ndarray:
+    """One member's outputs (out-of-fold rows) as that member calibrated would give them."""
+    p = torch.from_numpy(np.clip(out, EPS, 1 - EPS)).to(torch.float64)
+    if task == "binary":
+        q = torch.sigmoid(scaled(torch.log(p[:, 1:]) - torch.log1p(-p[:, 1:]), platt.to(torch.float64)))
+        return torch.cat([1 - q, q], dim=1).numpy()
+    return torch.softmax(scaled(torch.log(p), platt.to(torch.float64)), dim=1).numpy()
 
 
 def _scorer_output(scorer: EnsembleModel, enc: Encoded, rows: np.ndarray) -> np.ndarray:
@@ -227,12 +291,17 @@ def train(
     prep = prepare_data(cfg, test_rows, say)
     pre, y, split = prep.pre, prep.target.y, prep.split
     candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
+    tuning = None
+    if parse_seconds(cfg.tune) > 0:
+        found, tuning = tune_candidate(prep, cfg, candidates[0], deadline=started + parse_seconds(cfg.tune), say=say)
+        candidates += [found] if found else []
     chosen, leaderboard = choose(pre, candidates, y[val_rows])
+    cfg = chosen.cfg or cfg  # what the published members are built with (metrics.json's config)
     scorer, val_out = chosen.scorer(pre), chosen.oof
     test_out = raw_test = _scorer_output(scorer, prep.enc, split.test)  # the evaluation fit's: it never saw these rows
-    if pre.task == "binary" and cfg.calibrate:
-        scorer.platt = fit_platt(y[val_rows], val_out[:, 1])
-        val_out, test_out = _recalibrated(val_out, scorer.platt), _recalibrated(raw_test, scorer.platt)
+    if pre.task != "regression" and cfg.calibrate:
+        scorer.platt = fit_calibration(pre.task, y[val_rows], val_out)
+        val_out, test_out = _recalibrated(pre.task, val_out, scorer.platt), _scorer_output(scorer, prep.enc, split.test)
     if pre.task == "binary":
         pre.threshold = choose_threshold(y[val_rows], val_out[:, 1], cfg.threshold_rule)
     base = _baseline(prep, cfg)
@@ -248,14 +317,17 @@ def train(
         "members": [{"best_epoch": h.best_epoch, "epochs": len(h.val_loss)} for h in histories],
         "leaderboard": leaderboard,  # out-of-fold figures of each candidate; the chosen one is published
     }
+    if tuning:
+        metrics["tuning"] = tuning
     if pre.task == "binary":  # what live monitoring compares the served population's outcomes with
         metrics["positive_rate"] = float(np.mean(y[split.dev] == 1))
-    if scorer.calibrated:  # on the test rows: the same members, before and after Platt scaling
-        a, b = scorer.platt.tolist()
+    if scorer.calibrated:  # on the test rows: the same members, before and after calibration
+        a, *b = scorer.platt.tolist()
+        method = "Platt scaling" if pre.task == "binary" else "temperature and a bias per class"
         metrics["calibration"] = {
-            "method": "Platt scaling of the ensemble's log-odds, fitted on the out-of-fold outputs",
+            "method": f"{method} of each member's logits (a·z + b), fitted on the out-of-fold outputs",
             "a": a,
-            "b": b,
+            "b": b[0] if pre.task == "binary" else b,
             "test_before": {k: task_metrics(pre, y[split.test], raw_test)[k] for k in ("ece", "brier", "log_loss")},
             "test_after": {k: metrics["test"][k] for k in ("ece", "brier", "log_loss")},
         }

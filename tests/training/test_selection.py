@@ -51,20 +51,44 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
     cal = doc["calibration"]
     assert set(cal["test_before"]) == set(cal["test_after"]) == {"ece", "brier", "log_loss"}
-    # the published graph applies σ(a·logit(p) + b) to the members' mean: ONNX Runtime equals it by hand
+    # the published graph averages σ(a·z + b) over the members' logits z: ONNX Runtime equals it by hand
     model = result.model
     assert model is not None and model.calibrated
     prep = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn", calibrate=True), say=lambda _: None)
     num, cat = prep.enc.num[:500], prep.enc.cat[:500]
     session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
     got = session.run(None, {"num": num, "cat": cat})[0][:, 1]
-    model.platt = torch.tensor([1.0, 0.0])
     with torch.no_grad():
-        raw = model(torch.from_numpy(num), torch.from_numpy(cat)).numpy()[:, 1].astype(np.float64)
-    logit = np.log(np.clip(raw, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(raw, 1e-7, 1 - 1e-7))
-    expected = 1 / (1 + np.exp(-(cal["a"] * logit + cal["b"])))
+        x, c = model.normalize(torch.from_numpy(num)), torch.from_numpy(cat)
+        logits = np.stack([m(x, c).numpy()[:, 0].astype(np.float64) for m in model.members])
+    expected = (1 / (1 + np.exp(-(cal["a"] * logits + cal["b"])))).mean(axis=0)
+    raw = (1 / (1 + np.exp(-logits))).mean(axis=0)
     assert np.abs(got - expected).max() < 1e-5
     assert not np.allclose(got, raw, atol=1e-3)  # the scaling did something
+    # a row's score does not depend on the rows scored beside it (the file scorer's batches vary)
+    alone = np.concatenate(
+        [session.run(None, {"num": num[i : i + 7], "cat": cat[i : i + 7]})[0][:, 1] for i in range(0, 500, 7)]
+    )
+    assert np.array_equal(alone, got)
+
+
+def test_multiclass_calibration_is_a_temperature_and_a_bias_per_class(tmp_path: Path) -> None:
+    # Contract as a three-class target
+    cfg = quick_config(TELCO, "Contract", tmp_path, name="contract", calibrate=True)
+    result = train(cfg, say=lambda _: None)
+    assert result.bundle is not None and result.model is not None and result.model.calibrated
+    doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
+    cal = doc["calibration"]
+    assert len(cal["b"]) == 3 and cal["a"] > 0
+    assert cal["test_after"]["log_loss"] <= cal["test_before"]["log_loss"] + 0.02
+    prep = prepare_data(cfg, say=lambda _: None)
+    num, cat = prep.enc.num[:300], prep.enc.cat[:300]
+    got = create_session(result.bundle.path / bundle.MODEL_FILE, CPU).run(None, {"num": num, "cat": cat})[0]
+    with torch.no_grad():
+        x, c = result.model.normalize(torch.from_numpy(num)), torch.from_numpy(cat)
+        z = torch.stack([m(x, c).to(torch.float64) for m in result.model.members])
+        expected = torch.softmax(cal["a"] * z + torch.tensor(cal["b"], dtype=torch.float64), dim=2).mean(dim=0)
+    assert np.abs(got - expected.numpy()).max() < 1e-5
 
 
 def test_platt_parameters_are_a_logistic_regression_on_the_out_of_fold_log_odds(tmp_path: Path) -> None:
@@ -105,3 +129,32 @@ def test_the_published_model_is_refitted_on_every_row_and_the_gate_uses_the_eval
     assert again.comparison is not None and again.comparison.outputs is not None
     _, champion_out, _ = again.comparison.outputs
     assert np.allclose(champion_out, saved["out"])
+
+
+def test_a_search_is_seeded_pruned_and_its_find_competes_on_out_of_fold_rows(tmp_path: Path) -> None:
+    def run(store: str) -> dict:
+        cfg = quick_config(GERMAN, "creditability", tmp_path / store, tune="600s", tune_trials=6, report_plots=False)
+        result = train(cfg, say=lambda _: None)
+        assert result.bundle is not None
+        return json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
+
+    first, second = run("a"), run("b")
+    tuning = first["tuning"]
+    assert tuning["trials"] == 6 and tuning["finished"] + tuning["pruned"] == 6 and tuning["finished"] >= 3
+    assert first["tuning"]["best"] == second["tuning"]["best"]  # same seed, same trials: the same find
+    board = {row["candidate"]: row for row in first["leaderboard"]}
+    searched = next(name for name in board if name.startswith("network, searched"))
+    assert board[searched]["log_loss"] == pytest.approx(tuning["best"]["loss"])
+    chosen = min(board.values(), key=lambda row: row["log_loss"])
+    assert chosen["chosen"]
+    if chosen is board[searched]:  # what ships is built with the find's settings
+        assert first["config"]["hidden"] == tuning["best"]["hidden"]
+        assert first["config"]["dropout"] == pytest.approx(tuning["best"]["dropout"])
+
+
+def test_tune_takes_a_duration() -> None:
+    from training.config import ConfigError, build_config, parse_seconds
+
+    assert [parse_seconds(t) for t in ("60s", "2m", "90", "0")] == [60, 120, 90, 0]
+    with pytest.raises(ConfigError, match="60s"):
+        build_config(data="x.csv", target="y", tune="soon")
