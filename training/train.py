@@ -13,7 +13,7 @@ from torch import nn
 
 from service.features import Preprocess
 from training.config import TrainConfig
-from training.evaluate import fit_linear, linear_model, monitor_metric, one_hot_design
+from training.evaluate import PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
 from training.model import TabularMLP, to_output
 
 # larger files take larger batches, so that an epoch stays ≤ this many steps: a 500 k-row file
@@ -131,20 +131,38 @@ def _new_member(
     gen = torch.Generator().manual_seed(seed)
     model = TabularMLP(pre, cfg)
     if cfg.linear_skip and cfg.linear_init:
-        _warm_start(model, pre, train)
+        _warm_start(model, pre, cfg, train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, opt, gen, max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
 
 
-def _warm_start(model: TabularMLP, pre: Preprocess, train: Tensors) -> None:
+def _warm_start(model: TabularMLP, pre: Preprocess, cfg: TrainConfig, train: Tensors) -> None:
     """Fit the linear reference on this member's training rows and start the network from it."""
     cards = [f.cardinality for f in pre.categorical]
     design = one_hot_design(train.x.numpy(), train.cat.numpy(), cards)
-    linear = linear_model(pre.task)
+    linear = linear_model(pre.task, cfg.linear_penalty if cfg.linear_penalty != "auto" else "l2:1")
     fit_linear(linear, design, train.y.numpy())
     coef = np.atleast_2d(linear.coef_)
     intercept = np.atleast_1d(linear.intercept_)
     model.warm_start(torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32))
+
+
+def choose_linear_penalty(pre: Preprocess, train: Tensors, val: Tensors) -> tuple[str, dict[str, float]]:
+    """`linear_penalty = "auto"`: each penalty of the grid fitted on one fold's training rows, judged by
+    its validation loss (log loss; regression: mean squared error); the best and each one's loss."""
+    cards = [f.cardinality for f in pre.categorical]
+    x, xv = (one_hot_design(t.x.numpy(), t.cat.numpy(), cards) for t in (train, val))
+    losses = {}
+    for penalty in PENALTIES:
+        model = linear_model(pre.task, penalty)
+        fit_linear(model, x, train.y.numpy())
+        if pre.task == "regression":
+            losses[penalty] = float(np.mean((model.predict(xv) - val.y.numpy()) ** 2))
+        else:
+            proba = np.full((len(val), len(pre.labels)), 1e-7)
+            proba[:, model.classes_] = model.predict_proba(xv)  # a class missing from the fold stays ~0
+            losses[penalty] = float(-np.mean(np.log(np.clip(proba[np.arange(len(val)), val.y.numpy()], 1e-7, 1))))
+    return min(losses, key=losses.__getitem__), losses
 
 
 def _train_epoch(
