@@ -108,9 +108,14 @@ KEY_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "rmse
 
 def one_hot_design(x: np.ndarray, cat: np.ndarray, cardinalities: list[int]) -> np.ndarray:
     """Normalized numerics plus one-hot categories (column 0 of each block: missing/unseen)."""
-    parts = [np.asarray(x, dtype=np.float64)]
-    parts += [np.eye(card)[cat[:, j]] for j, card in enumerate(cardinalities)]
-    return np.hstack(parts)
+    n, width = len(x), x.shape[1]
+    out = np.zeros((n, width + sum(cardinalities)))  # filled in place: no per-column copies to stack
+    out[:, :width] = x
+    rows = np.arange(n)
+    for j, card in enumerate(cardinalities):
+        out[rows, width + cat[:, j]] = 1.0
+        width += card
+    return out
 
 
 def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
