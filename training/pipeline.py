@@ -220,11 +220,14 @@ def train(
     publish: bool = True,
     on_epoch: EpochCallback | None = None,
     say: Say = print,
+    on_ready: Callable[[Preprocess], None] | None = None,
 ) -> TrainResult:
     """The whole run; publishes the bundle only when the ONNX export matches PyTorch."""
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads)  # more threads than the work needs spin against other tenants
     prep = prepare_data(cfg, test_rows, say)
+    if on_ready is not None:  # report: the task is known (the live bars name their figure by it)
+        on_ready(prep.pre)
     pre, y, split = prep.pre, prep.target.y, prep.split
     candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
     chosen, leaderboard = choose(pre, candidates, y[val_rows])
@@ -245,7 +248,8 @@ def train(
         "baseline_test": base,
         "gbm": GradientBoosting.name,
         "gbm_test": _gbm(prep, cfg),
-        "members": [{"best_epoch": h.best_epoch, "epochs": len(h.val_loss)} for h in histories],
+        # report: epochs counted from 1, as the console and the card count them (the epochs a refit replays)
+        "members": [{"best_epoch": h.best_epoch + 1, "epochs": len(h.val_loss)} for h in histories],
         "leaderboard": leaderboard,  # out-of-fold figures of each candidate; the chosen one is published
     }
     if pre.task == "binary":  # what live monitoring compares the served population's outcomes with
