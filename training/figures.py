@@ -30,7 +30,7 @@ def pyplot() -> Any:
 def save(fig: Any, path: Path) -> str:
     """Write a figure and close it; returns the file name."""
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # long tick labels are never cut off
     pyplot().close(fig)
     return path.name
 

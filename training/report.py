@@ -424,7 +424,9 @@ def metric_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
     lines = [
         "## How well it does",
         "",
-        "Validation: the out-of-fold rows (the threshold was chosen on them). Test: rows no model saw. The baselines "
+        "Validation: the out-of-fold rows"
+        + (" (the threshold was chosen on them)" if pre.task == "binary" else "")
+        + ". Test: rows no model saw. The baselines "
         "were fitted on the same development rows and scored on the same test rows"
         + (", each with its own threshold chosen by the same rule." if pre.task == "binary" else "."),
         "",
@@ -558,7 +560,8 @@ def explanation_lines(m: dict[str, Any]) -> list[str]:
     explained = m.get("explanations")
     if not explained:
         return []
-    lines = ["## What moves the score", "", f"Effects on the {explained['score']} ({explained['method']}).", ""]
+    score = str(explained["score"]).removeprefix("the ")
+    lines = ["## What moves the score", "", f"Effects on the {score} ({explained['method']}).", ""]
     lines += ["| feature | mean abs effect | among a record's top 4 reasons |", "|---|---|---|"]
     ranked = sorted(explained["mean_abs_effect"].items(), key=lambda item: -item[1])
     lines += [f"| {name} | {value:.4f} | {explained['top4_share'][name]:.0%} |" for name, value in ranked]
