@@ -37,6 +37,8 @@ def save(fig: Any, path: Path) -> str:
 
 def loss_curves(out: Path, histories: list[History], loss: str) -> str:
     """One panel per member: training and validation loss by epoch (from 1), the best epoch marked."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     cols = min(len(histories), 5)
     rows = math.ceil(len(histories) / cols)
@@ -49,6 +51,7 @@ def loss_curves(out: Path, histories: list[History], loss: str) -> str:
         ax.axvline(best, **GUIDE)
         ax.plot([best], [h.val_loss[h.best_epoch]], "o", color="C3", ms=5)
         ax.set(title=f"member {i + 1}: best epoch {best} of {len(epochs)}", xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.title.set_fontsize(9)
     for ax in axes.flat[len(histories) :]:
         ax.axis("off")
@@ -224,7 +227,8 @@ def importance(out: Path, explanations: dict[str, Any]) -> str:
     """Mean |effect| per feature on the test split, largest on top."""
     plt = pyplot()
     ranked = sorted(explanations["mean_abs_effect"].items(), key=lambda item: item[1])
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(ranked) + 1.2))
+    longest = max((len(name) for name, _ in ranked), default=0)  # the bars keep 4 inches beside long names
+    fig, ax = plt.subplots(figsize=(4 + 0.08 * longest, 0.3 * len(ranked) + 1.2))
     ax.barh([name for name, _ in ranked], [value for _, value in ranked])
     ax.set(xlabel=f"mean |effect| on the {explanations['score']}", title="What moves the score (test split)")
     return save(fig, out / "importance.png")

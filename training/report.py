@@ -530,7 +530,13 @@ def segment_lines(pre: Preprocess, ev: Evidence) -> list[str]:
         "",
         f"Test rows grouped by each level of every categorical feature and each quartile of every numeric one "
         f"(groups of at least {max(30, int(0.03 * len(ev.y)))} rows), worst {measure} first; "
-        f"all test rows: {measure} {_overall_error(pre, {'test': task_errors(pre, ev)}):.4f}.",
+        f"all test rows: {measure} {_overall_error(pre, {'test': task_errors(pre, ev)}):.4f}."
+        + (
+            " A group whose outcome is closer to a coin flip has a higher log loss even for a good model: "
+            "read its positive rate beside it."
+            if pre.task == "binary"
+            else ""
+        ),
         "",
     ]
     wrong = pre.task != "regression"
