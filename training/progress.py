@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.bundle import CARD_FILE
 from service.features import Preprocess
 from training.config import TrainConfig, build_config
 from training.pipeline import TrainResult, train
@@ -111,6 +112,7 @@ def _print_summary(result: TrainResult, console: Console) -> None:
             f"{result.bundle.path} in {m['train_seconds']:.1f} s "
             f"(ONNX parity {m.get('onnx_parity_max_abs_diff', float('nan')):.1e})"
         )
+        console.print(f"model card: {result.bundle.path / CARD_FILE}", soft_wrap=True)
     _print_release(result, console)
 
 

@@ -127,7 +127,7 @@ def segments(pre: Preprocess, ev: Evidence) -> list[dict[str, Any]]:
             error = float(errors[mask].mean())
             found.append(
                 {
-                    "segment": f"{name} {label}",
+                    "segment": f"{name} {label}".replace("|", "\\|"),  # a table cell
                     "rows": int(mask.sum()),
                     "error": float(np.sqrt(error)) if pre.task == "regression" else error,
                     "wrong": float(wrong[mask].mean()) if wrong is not None else float("nan"),
@@ -247,6 +247,12 @@ def write_model_card(
     lines += data_lines(pre, doc, ev) + figure("class_balance.png", "class balance")
     lines += figure("target_distribution.png", "target distribution")
     lines += fit_lines(pre, doc) + figure("loss_curves.png", "loss by epoch, one panel per member")
+    if "loss_curves.png" in plots and doc["config"].get("refit"):
+        lines += [
+            "The curves are the evaluation members'. The published members replay each one's epochs up to its "
+            "best on every row; with no rows left to validate on, they have no curve.",
+            "",
+        ]
     lines += metric_lines(pre, doc)
     if ev is not None and pre.task == "binary":
         lines += decision_lines(pre, ev) + figure("confusion.png", "confusion matrix")
@@ -275,8 +281,8 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
         "regression": f"the value of **{pre.target}**",
     }[pre.task]
     text = [
-        f"This model predicts {what} for a row of `{data['file']}`, from {len(pre.features)} columns, "
-        f"learned from {data['train_rows']:,} rows. On {data['test_rows']:,} test rows that no model saw while fitting, "
+        f"This model predicts {what} for a row of `{data['file']}`, from {len(pre.features)} columns. "
+        f"Fitted on {data['train_rows']:,} rows and tested on {data['test_rows']:,} rows that no model saw while fitting, "
         + _standing(pre, m)
     ]
     if pre.task == "binary" and ev is not None:
@@ -311,7 +317,8 @@ def _standing(pre: Preprocess, m: dict[str, Any]) -> str:
     lower_better = key in ("rmse", "log_loss")
     name = {"roc_auc": "ROC AUC", "accuracy": "accuracy", "rmse": "RMSE (in the target's units)"}.get(key, key)
     meaning = {
-        "roc_auc": f" (the chance that it scores a `{pre.positive}` row above another: 0.5 is guessing, 1 perfect)",
+        "roc_auc": f" (the chance that it scores a `{pre.positive}` row above a `{_negative(pre)}` one: "
+        "0.5 is guessing, 1 perfect)",
         "accuracy": " (the share of rows given their actual class)",
         "rmse": f" (the typical error; the target's standard deviation is {pre.target_std:.4g})",
     }.get(key, "")
@@ -327,6 +334,10 @@ def _standing(pre: Preprocess, m: dict[str, Any]) -> str:
     else:
         verdict = f"worse than {best_name}, by {abs(gain):.3f}: the baseline may serve as well"
     return f"its {name} is {ours:.3f}{meaning}, against {others}: {verdict}."
+
+
+def _negative(pre: Preprocess) -> str:
+    return str(next((label for label in pre.labels if label != pre.positive), "other"))
 
 
 def _overall_error(pre: Preprocess, m: dict[str, Any]) -> float:
