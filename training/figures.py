@@ -14,6 +14,7 @@ MODEL = "this model"
 MODEL_STYLE = {"color": "C0", "lw": 2}
 BASELINE_STYLES = [{"color": "C1", "ls": "--", "lw": 1.2}, {"color": "C2", "ls": "-.", "lw": 1.2}]
 GUIDE = {"color": "grey", "ls": ":", "lw": 1}
+SCATTER_ROWS = 5_000  # points in the predicted-against-actual cloud at most
 LIFT_FROM = 0.02  # lift is drawn from the top 2 % of rows on
 
 
@@ -193,10 +194,12 @@ def regression_fit(out: Path, y: np.ndarray, pred: np.ndarray, baselines: dict[s
     """Predicted against actual (the diagonal is perfect) and the residuals' distribution, beside the baselines'."""
     plt = pyplot()
     fig, (scatter, hist) = plt.subplots(1, 2, figsize=(10, 4.5))
-    scatter.scatter(y, pred, s=6, alpha=0.4, color="C0", label=MODEL)
+    shown = np.random.default_rng(0).permutation(len(y))[:SCATTER_ROWS]  # a readable (and quick) cloud
+    scatter.scatter(y[shown], pred[shown], s=6, alpha=0.4, color="C0", label=MODEL)
     low, high = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
     scatter.plot([low, high], [low, high], label="perfect", **GUIDE)
-    scatter.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title="Predicted against actual (test rows)")
+    which = "test rows" if len(y) <= SCATTER_ROWS else f"{SCATTER_ROWS:,} of {len(y):,} test rows"
+    scatter.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title=f"Predicted against actual ({which})")
     scatter.legend(fontsize=8)
     residuals = [(MODEL, pred - y, "C0")] + [
         (name, q[:, 0] - y, style["color"])

@@ -60,7 +60,7 @@ def example_row(pre: Preprocess, df: Any, enc: Encoded, rows: np.ndarray) -> dic
 def threshold_table(y: np.ndarray, p: np.ndarray, chosen: float) -> list[dict[str, float]]:
     """Per threshold: rows flagged per 1,000, precision, recall, positives caught per 1,000."""
     table = []
-    for t in sorted({*THRESHOLDS, round(chosen, 4)}):
+    for t in sorted([t for t in THRESHOLDS if abs(t - chosen) >= 5e-4] + [chosen]):
         flagged = p >= t
         tp = int((flagged & (y == 1)).sum())
         table.append(
@@ -70,7 +70,7 @@ def threshold_table(y: np.ndarray, p: np.ndarray, chosen: float) -> list[dict[st
                 "precision": tp / flagged.sum() if flagged.any() else float("nan"),
                 "recall": tp / max(int((y == 1).sum()), 1),
                 "caught_per_1000": 1000 * tp / len(y),
-                "chosen": t == round(chosen, 4),
+                "chosen": t == chosen,
             }
         )
     return table
@@ -120,7 +120,7 @@ def segments(pre: Preprocess, ev: Evidence) -> list[dict[str, Any]]:
     wrong = predictions(pre, ev.out) != ev.y if pre.task != "regression" else None
     least = max(30, int(0.03 * len(ev.y)))
     found = []
-    for name, masks in _groups(pre, ev.rows):
+    for name, masks in _groups(pre, ev.rows, least):
         for label, mask in masks:
             if mask.sum() < least:
                 continue
@@ -137,8 +137,8 @@ def segments(pre: Preprocess, ev: Evidence) -> list[dict[str, Any]]:
     return sorted(found, key=lambda s: -s["error"])
 
 
-def _groups(pre: Preprocess, rows: pd.DataFrame) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
-    """(feature, [(label, row mask)]) for every feature present in the rows."""
+def _groups(pre: Preprocess, rows: pd.DataFrame, least: int) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """(feature, [(label, row mask)]) for every feature present in the rows (levels with ≥ `least` rows)."""
     groups = []
     for f in pre.features:
         if f.name not in rows.columns:
@@ -149,7 +149,8 @@ def _groups(pre: Preprocess, rows: pd.DataFrame) -> list[tuple[str, list[tuple[s
             groups.append((f.name, _quartiles(values)))
         else:
             keys = np.array([category_key(v) or "(missing)" for v in raw], dtype=object)
-            groups.append((f.name, [(f"= {level}", keys == level) for level in dict.fromkeys(keys.tolist())]))
+            levels, counts = np.unique(keys, return_counts=True)
+            groups.append((f.name, [(f"= {level}", keys == level) for level in levels[counts >= least]]))
     return groups
 
 
