@@ -78,10 +78,8 @@ class EpochWatch:
             best, best_loss = epoch + 1, val_loss
             self.best[member] = (best, best_loss)
         stop = min(self.cfg.epochs, best + self.cfg.patience)
-        stats = (
-            f"val loss {val_loss:.4f}  {self.metric} {metric:.4f}  "
-            f"best epoch {best} ({best_loss:.4f}), {stop - epoch - 1} epoch(s) of patience left"
-        )
+        left = f"{stop - epoch - 1} epoch(s) " + ("of patience left" if stop < self.cfg.epochs else "to the cap")
+        stats = f"val loss {val_loss:.4f}  {self.metric} {metric:.4f}  best epoch {best} ({best_loss:.4f}), {left}"
         self.progress.update(self.bars[member], completed=epoch + 1, total=stop, stats=stats)
 
 
