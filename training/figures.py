@@ -50,7 +50,7 @@ def loss_curves(out: Path, histories: list[History], loss: str) -> str:
         ax.plot(epochs, h.val_loss, color="C3", ls="--", label="validation rows")
         best = h.best_epoch + 1
         ax.axvline(best, **GUIDE)
-        ax.plot([best], [h.val_loss[h.best_epoch]], "o", color="C3", ms=5)
+        ax.plot([best], [h.val_loss[h.best_epoch]], "o", color="C3", ms=5, label="best epoch: the weights kept")
         ax.set(title=f"member {i + 1}: best epoch {best} of {len(epochs)}", xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.title.set_fontsize(9)
@@ -58,7 +58,7 @@ def loss_curves(out: Path, histories: list[History], loss: str) -> str:
         ax.axis("off")
     axes[0, 0].set_ylabel(loss)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Loss by epoch (the dot: the weights kept, at the best validation loss)", fontsize=10)
+    fig.suptitle("Loss by epoch, one panel per member of the evaluation fit", fontsize=10)
     return save(fig, out / "loss_curves.png")
 
 
