@@ -21,9 +21,20 @@ from rich.text import Text
 
 from service import bundle
 
+PIPED_WIDTH = 200  # piped output: tables take their natural width up to this, text is never wrapped
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich's console; piped (CI, nohup, a file) it never wraps a line: one message stays one line."""
+    if (sys.stderr if stderr else sys.stdout).isatty():
+        return Console(stderr=stderr, highlight=False)
+    width = None if os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
 app = typer.Typer(help="Train, serve and score tabular business models.", no_args_is_help=True)
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = _console()
+err_console = _console(stderr=True)
 
 ModelsDir = Annotated[
     Path | None,
@@ -123,7 +134,7 @@ def _config_options() -> list[inspect.Parameter]:
                 extra["metavar"] = "N,N,…"
         else:
             plain, shown = next((t for t in typing.get_args(kind) if t is not type(None)), kind), default
-        text = field.metadata["help"] + ("" if shown in ("", None) else f" (default {shown})")
+        text = field.metadata["help"] + _default_text(field.metadata["help"], shown)
         option = typer.Option(flag, *TRAIN_ALIASES.get(field.name, []), help=text, show_default=False, **extra)
         options.append(
             inspect.Parameter(
@@ -136,11 +147,20 @@ def _config_options() -> list[inspect.Parameter]:
         default=None,
         annotation=Annotated[
             Path | None,
-            typer.Option(help="TOML or YAML file whose keys are these settings' field names; flags win over it"),
+            typer.Option(
+                help="TOML or YAML file whose keys are these settings' field names; flags win over it (default none)"
+            ),
         ],
     )
     at = [p.name for p in options].index("name") + 1
     return [*options[:at], config, *options[at:]]
+
+
+def _default_text(help: str, shown: Any) -> str:
+    """` (default …)` for a flag's help, unless its help already says it (or that it is required)."""
+    if "default" in help or "(required)" in help:
+        return ""
+    return f" (default {'none' if shown in ('', None) else shown})"
 
 
 def _int_list(flag: str, values: list[str]) -> list[int]:
@@ -156,11 +176,7 @@ def train(config: Path | None = None, **flags: Any) -> None:
     """Train an MLP on a CSV and publish it as the next version of a model bundle.
 
     A flag not given leaves the setting to the --config file, else to its default (training/config.py)."""
-    try:
-        from training.progress import run_training
-    except ImportError as exc:
-        _fail(f"training needs the train extra (pip install 'tabserve[train]'): {exc}")
-    from training.config import TrainConfig
+    from training.config import TrainConfig, build_config
 
     hints = typing.get_type_hints(TrainConfig)
     overrides: dict[str, Any] = {}
@@ -172,10 +188,29 @@ def train(config: Path | None = None, **flags: Any) -> None:
                 else list(value)
             )
         overrides[name] = value if value != [] else None  # an empty repeatable option means "not given"
+    try:  # NOTE: before torch is imported (seconds): a wrong argument is answered at once
+        cfg = build_config(config, **overrides)
+        _check_readable(Path(cfg.data))
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
     try:
-        run_training(config, overrides, console)
+        from training.progress import train_with_progress
+    except ImportError as exc:
+        _fail(f"training needs the train extra (pip install 'tabserve[train]'): {exc}")
+    try:
+        train_with_progress(cfg, console)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))
+
+
+def _check_readable(path: Path) -> None:
+    """The data file exists, is a file and can be read (its content is training's to judge)."""
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if not path.is_file():
+        raise IsADirectoryError(f"data file is not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"data file cannot be read (permissions): {path}")
 
 
 train.__signature__ = inspect.Signature(_config_options())  # type: ignore[attr-defined]
@@ -336,13 +371,13 @@ def _settings_options() -> list[inspect.Parameter]:
         flag = "--" + name.replace("_", "-")
         kind = field.annotation
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else ()
-        if kind is bool:
-            flag = f"{flag}/--no-{flag[2:]}"
         if typing.get_origin(kind) is list:
             plain, default = kind, "none"
         else:
             plain = str if choices else next((t for t in typing.get_args(kind) if t is not type(None)), kind)
             default = field.default if field.default is not None else "none"
+        if kind is bool:
+            flag, default = f"{flag}/--no-{flag[2:]}", "on" if field.default else "off"  # as `train --help` says it
         shown = f"{' | '.join(choices)}: " if choices else ""
         option = typer.Option(
             *([flag, "--models"] if name == "models_dir" else [flag]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,69 @@ def test_cli_pipes_stdin_to_stdout(churn_bundle: bundle.BundleRef, tmp_path: Pat
         assert run.returncode == 0, run.stderr
         assert run.stdout == (tmp_path / "file.csv").read_bytes()  # nothing but the scores on stdout
         assert b"40 rows in, 40 scored, 0 with errors" in run.stderr
+
+
+def _piped(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    """`tabserve` as CI or nohup runs it: stdout a pipe, no COLUMNS to size it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["TABSERVE_MODELS_DIR"] = str(store)
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_piped_training_output_keeps_each_line_whole_and_best_epochs_agree(tmp_path: Path) -> None:
+    run = _piped(
+        "train", *GERMAN_ARGS, "--name", "credit", "--epochs", "30", "--ensemble", "3", "--no-plots", store=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    member = re.compile(
+        r"^  member (\d): best epoch (\d+) of (\d+): train loss \d\.\d{4}, val loss \d\.\d{4}, val AUC \d\.\d{4}$"
+    )
+    found = [m.groups() for m in map(member.match, lines) if m]
+    assert len(found) == 3, run.stdout  # one whole line per member, none broken at 80 columns
+    intro = next(line for line in lines if "each stops" in line)
+    assert len(intro) > 80 and intro.endswith("unless validation improves")
+    assert any(len(line) > 80 and line.startswith("  chosen on out-of-fold rows") for line in lines)
+    members = bundle.resolve(tmp_path, "credit").metrics["members"]
+    assert [(int(best), int(of)) for _, best, of in found] == [(m["best_epoch"], m["epochs"]) for m in members]
+    assert all(m["epochs"] == min(m["best_epoch"] + 12, 30) for m in members)  # patience 12, counted from 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "missing.csv", "--target", "y"], "data file not found: missing.csv"),
+        (["--data", ".", "--target", "y"], "data file is not a file"),
+        (["--data", str(GERMAN)], "a data file and a target column are required"),
+        (["--data", str(GERMAN), "--target", "creditability", "--activation", "swish"], "activation"),
+        (["--data", str(GERMAN), "--target", "creditability", "--threads", "0"], "threads must be ≥ 1"),
+    ],
+)
+def test_bad_arguments_refused_before_torch_is_imported(args: list[str], message: str) -> None:
+    """A wrong argument is answered at once: torch (seconds to import) is never loaded for it."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('torch imported: %s\\n' % ('torch' in sys.modules)))\n"
+        "from tabserve.cli import main\n"
+        f"sys.argv = ['tabserve', 'train', *{args!r}]\n"
+        "main()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert "torch imported: False" in run.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "serve"])
+def test_every_flag_has_help_and_its_default(command: str) -> None:
+    import typer.main
+
+    from tabserve.cli import app
+
+    cli = typer.main.get_command(app)
+    for param in cli.commands[command].params:  # type: ignore[attr-defined]
+        if param.name == "help":
+            continue
+        assert param.help, param.name
+        assert "default" in param.help or "(required)" in param.help, (param.name, param.help)

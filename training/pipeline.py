@@ -325,11 +325,14 @@ def train(
     publish: bool = True,
     on_epoch: EpochCallback | None = None,
     say: Say = print,
+    on_ready: Callable[[Preprocess], None] | None = None,
 ) -> TrainResult:
     """The whole run; publishes the bundle only when the ONNX export matches PyTorch."""
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads)  # more threads than the work needs spin against other tenants
     prep = prepare_data(cfg, test_rows, say)
+    if on_ready is not None:  # report: the task is known (the live bars name their figure by it)
+        on_ready(prep.pre)
     pre, y, split = prep.pre, prep.target.y, prep.split
     cfg, penalties = resolve_linear_penalty(prep, cfg)
     candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
@@ -346,7 +349,7 @@ def train(
         val_out, test_out = _recalibrated(pre.task, val_out, scorer.platt), _scorer_output(scorer, prep.enc, split.test)
     if pre.task == "binary":
         pre.threshold = choose_threshold(y[val_rows], val_out[:, 1], cfg.threshold_rule)
-    base = _baseline(prep, cfg)
+    (base, base_out), (gbm, gbm_out) = _baseline(prep, cfg), _gbm(prep, cfg)  # report: their test outputs too
     metrics: dict[str, Any] = {
         "task": pre.task,
         "key_metric": KEY_METRIC[pre.task],
@@ -355,8 +358,9 @@ def train(
         "baseline": "linear regression" if pre.task == "regression" else "logistic regression",
         "baseline_test": base,
         "gbm": GradientBoosting.name,
-        "gbm_test": _gbm(prep, cfg),
-        "members": [{"best_epoch": h.best_epoch, "epochs": len(h.val_loss)} for h in histories],
+        "gbm_test": gbm,
+        # report: epochs counted from 1, as the console and the card count them (the epochs a refit replays)
+        "members": [{"best_epoch": h.best_epoch + 1, "epochs": len(h.val_loss)} for h in histories],
         "leaderboard": leaderboard,  # out-of-fold figures of each candidate; the chosen one is published
     }
     if tuning:
@@ -386,7 +390,15 @@ def train(
         fit = fit_rows_of(split, cfg)
         reference = reference_distribution(pre, prep.enc.num[fit], prep.enc.cat[fit], score_of(pre, val_out))
         root = bundle.models_dir(cfg.models_dir)
-        write = _bundle_writer(prep, cfg, scorer, histories, test_out, doc, reference)
+        evidence = report.Evidence(  # report: what the model card's figures are drawn from
+            y[split.test],
+            test_out,
+            {metrics["baseline"]: base_out, metrics["gbm"]: gbm_out},
+            prep.df.iloc[split.test],
+            histories,
+            y[split.dev],
+        )
+        write = _bundle_writer(prep, cfg, scorer, evidence, test_out, doc, reference)
         result.bundle = bundle.publish(root, cfg.name, write)
         result.comparison = doc.get("comparison")
         result.release, result.decision = _decide(root, cfg, result.bundle.version, result.comparison)
@@ -471,27 +483,29 @@ def champion_evaluation(champion_dir: Path, sha256: str, test: np.ndarray) -> np
     return out if same_file and np.array_equal(rows, test) else None
 
 
-def _baseline(prep: TrainingData, cfg: TrainConfig) -> dict[str, float]:
-    """Fit the linear baseline on the development rows and score the test rows."""
+def _baseline(prep: TrainingData, cfg: TrainConfig) -> tuple[dict[str, float], np.ndarray]:
+    """Fit the linear baseline on the development rows and score the test rows: metrics, outputs."""
     pre, y, split = prep.pre, prep.target.y, prep.split
     dev_enc, test_enc = _rows(prep.enc, split.dev), _rows(prep.enc, split.test)
     model = Baseline(pre).fit(dev_enc, y[split.dev])
     base_pre = replace(pre)
     if pre.task == "binary":
         base_pre.threshold = choose_threshold(y[split.dev], model.predict(dev_enc)[:, 1], cfg.threshold_rule)
-    return task_metrics(base_pre, y[split.test], model.predict(test_enc))
+    out = model.predict(test_enc)
+    return task_metrics(base_pre, y[split.test], out), out
 
 
-def _gbm(prep: TrainingData, cfg: TrainConfig) -> dict[str, float]:
+def _gbm(prep: TrainingData, cfg: TrainConfig) -> tuple[dict[str, float], np.ndarray]:
     """Gradient boosting with its defaults, fitted on the development rows, on the test rows (its
-    decision threshold chosen as the linear baseline's is)."""
+    decision threshold chosen as the linear baseline's is): metrics, outputs."""
     pre, y, split = prep.pre, prep.target.y, prep.split
     dev_enc, test_enc = _rows(prep.enc, split.dev), _rows(prep.enc, split.test)
     model = GradientBoosting(pre, cfg.threads).fit(dev_enc, y[split.dev])
     gbm_pre = replace(pre)
     if pre.task == "binary":
         gbm_pre.threshold = choose_threshold(y[split.dev], model.predict(dev_enc)[:, 1], cfg.threshold_rule)
-    return task_metrics(gbm_pre, y[split.test], model.predict(test_enc))
+    out = model.predict(test_enc)
+    return task_metrics(gbm_pre, y[split.test], out), out
 
 
 def _rows(enc: Encoded, rows: np.ndarray) -> Encoded:
@@ -515,6 +529,8 @@ def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], sta
             "train_rows": len(prep.split.dev),
             "test_rows": len(prep.split.test),
             "dropped_columns": prep.schema.dropped,
+            # report: a real training row, the example record of /docs and GET /models/{name}
+            "example": report.example_row(prep.pre, prep.df, prep.enc, fit_rows_of(prep.split, cfg)),
         },
         "versions": {
             "python": platform.python_version(),
@@ -531,7 +547,7 @@ def _bundle_writer(
     prep: TrainingData,
     cfg: TrainConfig,
     scorer: EnsembleModel,
-    histories: list[History],
+    evidence: report.Evidence,
     test_out: np.ndarray,
     doc: dict[str, Any],
     reference: dict[str, Any],
@@ -556,11 +572,9 @@ def _bundle_writer(
         doc["metrics"]["explanations"] = write_explainer(fused, prep.pre, prep.enc, fit_rows, test, out)
         metrics_doc = {**doc["metrics"], **{k: doc[k] for k in ("config", "data", "versions", "created")}}
         (out / bundle.METRICS_FILE).write_text(json.dumps(metrics_doc, indent=2, default=str) + "\n")
-        plots = report.write_plots(out, histories, prep.pre, prep.target.y[test], test_out) if cfg.report_plots else []
-        if cfg.report_plots:
-            plots.append(report.importance_plot(out, doc["metrics"]["explanations"]))
-            if comparison is not None and comparison.outputs is not None and prep.pre.task == "binary":
-                plots.append(report.comparison_plot(out, comparison.champion, *comparison.outputs))
-        report.write_model_card(out, cfg.name, doc["created"], doc, plots)
+        plots = report.write_plots(out, prep.pre, evidence, doc["metrics"]) if cfg.report_plots else []
+        if cfg.report_plots and comparison is not None and comparison.outputs is not None and prep.pre.task == "binary":
+            plots.append(report.comparison_plot(out, comparison.champion, *comparison.outputs))
+        report.write_model_card(out, cfg.name, doc["created"], doc, plots, evidence)
 
     return write

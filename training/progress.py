@@ -6,51 +6,92 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from training.config import build_config
+from service.bundle import CARD_FILE
+from service.features import Preprocess
+from training.config import TrainConfig, build_config
 from training.pipeline import TrainResult, train
 
-MONITOR_NAME = {"binary": "val AUC", "multiclass": "val acc", "regression": "val RMSE"}
+# the per-epoch figure (training/evaluate.py monitor_metric): regression's is on the standardized target
+MONITOR_NAME = {"binary": "val AUC", "multiclass": "val accuracy", "regression": "val RMSE (in std units)"}
+# NOTE: epochs are counted from 1 everywhere a person reads them (console, metrics.json, model card,
+# plots): best epoch N means the weights after N passes over the training rows, the epochs a refit replays
 
 
 def run_training(config_file: Path | None, overrides: dict[str, Any], console: Console) -> TrainResult:
     """Build the config, train with live progress, print the summary; returns the result."""
-    cfg = build_config(config_file, **overrides)
+    return train_with_progress(build_config(config_file, **overrides), console)
+
+
+def train_with_progress(cfg: TrainConfig, console: Console) -> TrainResult:
+    """Train with a live bar per member, then print the members and the summary; returns the result."""
     console.print(f"training [bold]{cfg.name}[/] on {cfg.data} → target [bold]{cfg.target}[/]")
+    console.print(
+        f"  {cfg.ensemble} member(s); each stops {cfg.patience} epochs after its best validation loss "
+        f"(at most {cfg.epochs} epochs): its bar ends at best epoch + {cfg.patience} unless validation improves",
+        soft_wrap=True,
+    )
     progress = Progress(
         TextColumn("[cyan]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("epoch {task.completed:>3.0f}/{task.total:<3.0f}"),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # piped: the member lines below say it once, not a frame per epoch
     )
-    bars: dict[int, Any] = {}
+    watch = EpochWatch(cfg, progress)
 
-    def on_epoch(member: int, epoch: int, train_loss: float, val_loss: float, metric: float) -> None:
-        if member not in bars:
-            bars[member] = progress.add_task(f"member {len(bars) + 1}/{cfg.ensemble}", total=cfg.epochs, stats="")
-        stats = f"train loss {train_loss:.4f}  val loss {val_loss:.4f}  {metric:.4f}"
-        progress.update(bars[member], completed=epoch + 1, stats=stats)
+    def say(message: str) -> None:
+        console.print(f"  {message}", markup=False, soft_wrap=True)
 
     with progress:
-        result = train(cfg, on_epoch=on_epoch, say=lambda msg: console.print(f"  {msg}", markup=False, soft_wrap=True))
+        result = train(cfg, on_epoch=watch, say=say, on_ready=watch.ready)
     _print_members(result, console)
     _print_summary(result, console)
     return result
 
 
+class EpochWatch:
+    """The live bars: one per member, whose end is where early stopping would stop it now (best epoch
+    + patience, at most the epoch cap), so the bar fills as the member really goes."""
+
+    def __init__(self, cfg: TrainConfig, progress: Progress) -> None:
+        self.cfg, self.progress = cfg, progress
+        self.bars: dict[int, Any] = {}
+        self.best: dict[int, tuple[int, float]] = {}  # member → (best epoch from 1, its val loss)
+        self.metric = "val metric"
+
+    def ready(self, pre: Preprocess) -> None:
+        """The task is known: name the per-epoch figure."""
+        self.metric = MONITOR_NAME[pre.task]
+
+    def __call__(self, member: int, epoch: int, train_loss: float, val_loss: float, metric: float) -> None:
+        if member not in self.bars:
+            label = f"member {len(self.bars) + 1}/{self.cfg.ensemble}"
+            self.bars[member] = self.progress.add_task(label, total=self.cfg.epochs, stats="")
+        best, best_loss = self.best.get(member, (0, float("inf")))
+        if val_loss < best_loss - 1e-6:  # the rule training/train.py stops by
+            best, best_loss = epoch + 1, val_loss
+            self.best[member] = (best, best_loss)
+        stop = min(self.cfg.epochs, best + self.cfg.patience)
+        left = f"{stop - epoch - 1} epoch(s) " + ("of patience left" if stop < self.cfg.epochs else "to the cap")
+        stats = f"val loss {val_loss:.4f}  {self.metric} {metric:.4f}  best epoch {best} ({best_loss:.4f}), {left}"
+        self.progress.update(self.bars[member], completed=epoch + 1, total=stop, stats=stats)
+
+
 def _print_members(result: TrainResult, console: Console) -> None:
+    """One line per member: where it stopped and its best epoch (counted from 1), with that epoch's figures."""
     name = MONITOR_NAME[result.pre.task]
     for i, h in enumerate(result.histories):
-        best = h.best_epoch
+        best = h.best_epoch  # an index: epoch best + 1
         console.print(
-            f"  member {i + 1}: {len(h.val_loss)} epochs, best epoch {best + 1}: "
-            f"train loss {h.train_loss[best]:.4f}, val loss {h.val_loss[best]:.4f}, "
-            f"{name} {h.val_metric[best]:.4f}"
+            f"  member {i + 1}: best epoch {best + 1} of {len(h.val_loss)}: train loss {h.train_loss[best]:.4f}, "
+            f"val loss {h.val_loss[best]:.4f}, {name} {h.val_metric[best]:.4f}",
+            soft_wrap=True,
         )
 
 
@@ -69,6 +110,7 @@ def _print_summary(result: TrainResult, console: Console) -> None:
             f"{result.bundle.path} in {m['train_seconds']:.1f} s "
             f"(ONNX parity {m.get('onnx_parity_max_abs_diff', float('nan')):.1e})"
         )
+        console.print(f"model card: {result.bundle.path / CARD_FILE}", soft_wrap=True)
     _print_release(result, console)
 
 

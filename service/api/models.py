@@ -77,7 +77,7 @@ def get_model(name: str, store: StoreDep) -> dict[str, Any]:
         "id_columns": pre.id_columns,
         "features": feature_doc(pre),
         "metrics": {"test": model.metrics.get("test"), "baseline_test": model.metrics.get("baseline_test")},
-        "example": {"records": [example_record(pre)]},
+        "example": {"records": [example_record(pre, model.metrics)]},
         # mean |effect| per feature and top-4 shares on the test split (None: a bundle from before reason codes)
         "explanations": model.metrics.get("explanations") if model.explainer is not None else None,
         # champion, challenger, canary share, the shadow's agreement and the last decisions

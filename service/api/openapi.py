@@ -88,7 +88,7 @@ def _operation(model: LoadedModel, max_records: int, summary: str) -> dict[str, 
                 "content": {
                     "application/json": {
                         "schema": schema,
-                        "example": {"records": [example_record(model.pre)]},
+                        "example": {"records": [example_record(model.pre, model.metrics)]},
                     }
                 },
             },
@@ -99,7 +99,7 @@ def _operation(model: LoadedModel, max_records: int, summary: str) -> dict[str, 
 
 def _v2_operation(model: LoadedModel) -> dict[str, Any]:
     """The Open Inference Protocol infer route of a model, with a ready-to-send example."""
-    record = example_record(model.pre)
+    record = example_record(model.pre, model.metrics)
     inputs = [{**meta, "shape": [1], "data": [record[meta["name"]]]} for meta in v2.input_metadata(model.pre)]
     names = [o["name"] for o in v2.output_metadata(model.pre)]
     outputs = ", ".join(f"`{o['name']}` ({o['datatype']})" for o in v2.output_metadata(model.pre))
@@ -137,7 +137,7 @@ def _mlflow_operation(model: LoadedModel) -> dict[str, Any]:
                 "content": {
                     "application/json": {
                         "schema": {"type": "object", "minProperties": 1},
-                        "example": {"dataframe_records": [example_record(model.pre)]},
+                        "example": {"dataframe_records": [example_record(model.pre, model.metrics)]},
                     },
                     "text/csv": {"schema": {"type": "string", "minLength": 1}},
                 },

@@ -40,8 +40,12 @@ def feature_doc(pre: Preprocess) -> list[dict[str, Any]]:
     return docs
 
 
-def example_record(pre: Preprocess) -> dict[str, Any]:
-    """A plausible record: each numeric at its training median, each category at its first level."""
+def example_record(pre: Preprocess, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A real training row when the bundle keeps one (metrics.json `data.example`); for an older
+    bundle, each numeric at its training median and each category at its first level."""
+    stored = ((metrics or {}).get("data") or {}).get("example")
+    if isinstance(stored, dict):
+        return stored
     record: dict[str, Any] = {col: "example-id" for col in pre.id_columns}
     for f in pre.features:
         if isinstance(f, NumericFeature):

@@ -238,3 +238,29 @@ def test_admin_reload_needs_the_token(churn_server: Server) -> None:
     assert httpx.post(url, headers={"authorization": "Bearer wrong"}).status_code == 401
     ok = httpx.post(url, headers={"authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["current"] == {"churn": 1}
+
+
+def test_example_record_is_a_real_training_row(churn_server: Server) -> None:
+    """/models/{name} and every /docs example show the same row of the training file, which scores."""
+    (record,) = httpx.get(churn_server.url + "/models/churn").json()["example"]["records"]
+    rows = {row["customerID"]: row for row in telco_records(10_000)}
+    assert record == {k: v for k, v in rows[record["customerID"]].items() if k in record}
+    assert set(record) == set(rows[record["customerID"]])  # every feature and the id, nothing else
+    spec = httpx.get(churn_server.url + "/openapi.json").json()["paths"]
+    body = spec["/models/churn/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert body == {"records": [record]}
+    assert spec["/invocations"]["post"]["requestBody"]["content"]["application/json"]["example"] == {
+        "dataframe_records": [record]
+    }
+    answer = httpx.post(churn_server.url + "/predict", json=body).json()["predictions"][0]
+    assert "warnings" not in answer and answer["customerID"] == record["customerID"]
+
+
+def test_a_bundle_without_an_example_row_keeps_the_made_up_record(churn_bundle: bundle.BundleRef) -> None:
+    from service.api.schema import example_record
+
+    pre = Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE)
+    old = {k: v for k, v in churn_bundle.metrics.items() if k != "data"}
+    made_up = example_record(pre, old)
+    assert made_up["customerID"] == "example-id" and made_up["Contract"] == "Month-to-month"
+    assert example_record(pre, churn_bundle.metrics) == churn_bundle.metrics["data"]["example"]
