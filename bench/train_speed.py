@@ -3,9 +3,12 @@ competing CPU-bound process (a busy loop, as another tenant's job), alternating.
 
     python bench/train_speed.py                   # default settings, 3 rounds
     python bench/train_speed.py --flags "--threads 2" --rounds 2
+    python bench/train_speed.py --big 500000      # one run on a 500 k-row telco-shaped file: wall, peak RSS
 
 Each round runs the CLI as a user would (its own process, a fresh store) once idle and once with
-one busy-looping process beside it; the figures are the CLI's wall time and CPU seconds.
+one busy-looping process beside it; the figures are the CLI's wall time and CPU seconds. `--big N`
+writes N telco rows drawn with replacement (seeded), each with a fresh customerID, and trains on it
+once (defaults, no plots).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data/telco_churn.csv"
 
 
-def train_once(flags: str) -> tuple[float, float]:
+def train_once(flags: str, data: Path = TELCO) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system) of one `tabserve train` run."""
     store = tempfile.mkdtemp(prefix="tabserve-speed-")
-    cmd = [sys.executable, "-m", "tabserve.cli", "train", "--data", str(TELCO), "--target", "Churn"]
+    cmd = [sys.executable, "-m", "tabserve.cli", "train", "--data", str(data), "--target", "Churn"]
     cmd += ["--models-dir", store, *shlex.split(flags)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -37,11 +40,33 @@ def train_once(flags: str) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def big_file(rows: int) -> Path:
+    """`rows` telco rows drawn with replacement (seed 0), customerID made unique; written once."""
+    import numpy as np
+    import pandas as pd
+
+    path = Path(tempfile.gettempdir()) / f"telco_{rows}.csv"
+    if not path.is_file():
+        df = pd.read_csv(TELCO, dtype=str, keep_default_na=False)
+        df = df.iloc[np.random.default_rng(0).integers(0, len(df), rows)].reset_index(drop=True)
+        df["customerID"] = [f"C{i:08d}" for i in range(rows)]
+        df.to_csv(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flags", default="", help="extra `tabserve train` flags")
+    parser.add_argument("--big", type=int, metavar="ROWS", help="one run on a telco-shaped file of ROWS rows")
     args = parser.parse_args()
+    if args.big:
+        data = big_file(args.big)
+        wall, cpu = train_once(f"--no-plots {args.flags}", data)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB → GiB
+        print(f"{args.big:,} rows: {wall:.0f} s wall ({wall / 60:.1f} min), {cpu:.0f} CPU s, peak RSS {peak:.2f} GiB")
+        return
     idle, busy = [], []
     for i in range(args.rounds):
         idle.append(train_once(args.flags))
