@@ -496,24 +496,27 @@ def confusion_lines(pre: Preprocess, ev: Evidence) -> list[str]:
 
 
 def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> list[str]:
-    """Whether a predicted probability means what it says: bins with their rows, and Platt scaling's effect."""
-    if pre.task != "binary" or ev is None:
+    """Whether a predicted probability means what it says: bins with their rows, and the calibration's effect."""
+    if pre.task == "regression" or ev is None:
         return []
-    lines = [
-        "## Calibration",
-        "",
-        "Of the test rows given a probability in each bin, the share that were positive:",
-        "",
-        "| predicted | rows | mean predicted | observed |",
-        "|---|---|---|---|",
-    ]
-    for b in calibration_bins(ev.y, ev.out[:, 1]):
-        lines.append(f"| {b['low']:.1f}–{b['high']:.1f} | {b['rows']:,} | {b['predicted']:.3f} | {b['observed']:.3f} |")
-    cal = doc["metrics"].get("calibration")
-    lines.append("")
-    if cal:
+    lines = ["## Calibration", ""]
+    if pre.task == "binary":
         lines += [
-            f"Platt scaling ({cal['method']}; a {cal['a']:.3f}, b {cal['b']:.3f}), on the test rows:",
+            "Of the test rows given a probability in each bin, the share that were positive:",
+            "",
+            "| predicted | rows | mean predicted | observed |",
+            "|---|---|---|---|",
+        ]
+        for b in calibration_bins(ev.y, ev.out[:, 1]):
+            lines.append(
+                f"| {b['low']:.1f}–{b['high']:.1f} | {b['rows']:,} | {b['predicted']:.3f} | {b['observed']:.3f} |"
+            )
+        lines.append("")
+    cal = doc["metrics"].get("calibration")
+    if cal:
+        b = cal["b"] if isinstance(cal["b"], list) else [cal["b"]]
+        lines += [
+            f"{cal['method']} (a {cal['a']:.3f}, b {', '.join(f'{v:.3f}' for v in b)}), on the test rows:",
             "",
             "| | ECE | Brier | log loss |",
             "|---|---|---|---|",
