@@ -22,6 +22,10 @@ MAX_STEPS_PER_EPOCH = 256
 # and a member stops after this many steps (telco never reaches it: 200 epochs are 3.6 k steps); a
 # file of repeated rows (validation rows that copy training rows) would otherwise never stop early
 MAX_STEPS = 8_000
+# and sees at most this many rows in all (a 320 k-row member: 16 epochs, half its step cap; measured
+# on 500 k rows: BENCHMARKS.md); never fewer than MIN_EPOCHS epochs
+MAX_ROW_PASSES = 5_000_000
+MIN_EPOCHS = 16
 
 EpochCallback = Callable[[int, int, float, float, float], None]
 
@@ -90,7 +94,8 @@ def fit_member(
     val_loss_fn = loss_function(pre, replace(cfg, class_weight="none"), train.y)
     hist, best_loss, best_state = History(), float("inf"), copy.deepcopy(model.state_dict())
     hist.start = best_state  # warm-started: the linear path alone, a candidate of its own
-    epochs = min(cfg.epochs, max(1, MAX_STEPS // math.ceil(len(train) / batch_size)))
+    steps_cap = max(1, MAX_STEPS // math.ceil(len(train) / batch_size))
+    epochs = min(cfg.epochs, steps_cap, max(MIN_EPOCHS, MAX_ROW_PASSES // len(train)))
     for epoch in range(epochs):
         hist.lrs.append(float(opt.param_groups[0]["lr"]))
         train_loss = _train_epoch(model, opt, loss_fn, train, batch_size, gen, pre.task)
