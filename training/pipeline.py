@@ -141,6 +141,7 @@ class Candidate:
     oof: np.ndarray
     schedules: list[list[float]]
     cfg: TrainConfig | None = None  # its settings where they are not the run's (a search's find)
+    histories: list[History] | None = None  # its members' curves where they are not the network's
 
     def scorer(self, pre: Preprocess) -> EnsembleModel:
         return EnsembleModel(pre, self.members).eval()
@@ -244,7 +245,7 @@ def tune_candidate(
     if best is None:
         return None, summary
     name = f"network, searched (trial {best.number})"
-    return Candidate(name, best.members, best.oof, best.schedules, best.cfg), summary
+    return Candidate(name, best.members, best.oof, best.schedules, best.cfg, best.histories), summary
 
 
 def choose(pre: Preprocess, candidates: list[Candidate], y: np.ndarray) -> tuple[Candidate, list[dict[str, Any]]]:
@@ -342,6 +343,7 @@ def train(
         candidates += [found] if found else []
     chosen, leaderboard = choose(pre, candidates, y[val_rows])
     cfg = chosen.cfg or cfg  # what the published members are built with (metrics.json's config)
+    histories = chosen.histories or histories
     scorer, val_out = chosen.scorer(pre), chosen.oof
     test_out = raw_test = _scorer_output(scorer, prep.enc, split.test)  # the evaluation fit's: it never saw these rows
     if pre.task != "regression" and cfg.calibrate:

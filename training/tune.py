@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from training.config import TrainConfig
-from training.train import Tensors, fit_member
+from training.train import History, Tensors, fit_member
 
 Say = Callable[[str], None]
 
@@ -66,6 +66,7 @@ class Trial:
     members: list[Any]
     oof: np.ndarray
     schedules: list[list[float]]
+    histories: list[History]
 
 
 def search(
@@ -105,7 +106,7 @@ def search(
 
     def objective(trial: optuna.Trial) -> float:
         trial_cfg = replace(cfg, **sample(trial))
-        members, outputs, schedules, rows = [], [], [], []
+        members, outputs, schedules, rows, histories = [], [], [], [], []
 
         def on_epoch(*_: Any) -> None:
             if time.monotonic() > deadline:
@@ -124,6 +125,7 @@ def search(
                 members.append(member)
                 outputs.append(member_output(member, va))
                 schedules.append(hist.lrs[: hist.best_epoch + 1])
+                histories.append(hist)
                 rows.append(va)
                 trial.report(loss_of(np.concatenate(rows), np.concatenate(outputs)), i)
                 if trial.should_prune():
@@ -133,7 +135,7 @@ def search(
             raise optuna.TrialPruned from None
         oof = np.concatenate(outputs)
         value = loss_of(np.concatenate(rows), oof)
-        finished[trial.number] = Trial(trial.number, trial_cfg, value, members, oof, schedules)
+        finished[trial.number] = Trial(trial.number, trial_cfg, value, members, oof, schedules, histories)
         best = min(value, study.best_value)
         say(f"  trial {trial.number}: {_describe(trial.params)} — loss {value:.4f} (best {best:.4f})")
         return value
