@@ -274,10 +274,10 @@ class CsvSource:
             stream = _Transcoded(head, stream, self.encoding, name)
             head = _header(stream, name)
         first = head.splitlines()[0]
-        line = first.decode("utf-8-sig", errors="replace")
-        self.sep = sniff_sep(line, reading.sep)
+        header = first.decode("utf-8-sig", errors="replace")
+        self.sep = sniff_sep(header, reading.sep)
         try:
-            self.columns = stripped(next(csv.reader([line], delimiter=self.sep), []))
+            self.columns = stripped(next(csv.reader([header], delimiter=self.sep), []))
         except csv.Error as exc:
             raise ScoringError(f"{name}: the header line cannot be read ({exc})") from None
         body = head[len(first) :]
@@ -407,7 +407,7 @@ class TableSource:
         return []
 
     def position(self) -> int:
-        return self._size * self._done // self._rows
+        return int(self._size * self._done // self._rows)
 
     def close(self) -> None:
         self._table = self._table.slice(0, 0)
