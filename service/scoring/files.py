@@ -68,18 +68,24 @@ def sniff_sep(header: str, prefer: str = ",") -> str:
 
 
 def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
-    """A file's encoding from its first bytes: UTF-8 when they are UTF-8 with something beyond ASCII,
-    the bundle's (`preferred`) when ASCII says nothing, else a detected one (charset-normalizer)."""
+    """A file's encoding from its first bytes: the bundle's (`preferred`) unless they say otherwise:
+    UTF-8 when they hold UTF-8 beyond ASCII; a detected one (charset-normalizer) when many lines are
+    not UTF-8. A stray bad byte here and there stays an error of its row, not a guess for the file."""
+    lines = head.splitlines()[:-1] or head.splitlines()  # the last may be cut mid-character
+    bad = sum(1 for line in lines if not _utf8(line))
+    if bad == 0:
+        return preferred if head.isascii() else "utf-8"
+    if codecs.lookup(preferred).name != "utf-8":
+        return preferred
+    return detect_encoding(head) if bad >= max(3, len(lines) // 10) else preferred
+
+
+def _utf8(line: bytes) -> bool:
     try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start >= len(head) - 3:  # a character cut at the probe's end
-            text = head[: exc.start].decode("utf-8", errors="replace")
-        elif codecs.lookup(preferred).name != "utf-8":
-            return preferred
-        else:
-            return detect_encoding(head)
-    return preferred if text.isascii() else "utf-8"
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def detect_encoding(data: bytes) -> str:
