@@ -160,17 +160,20 @@ def _encoding_of(raw: bytes) -> str:
 
 
 def sniff_sep(text: str) -> str:
-    """The delimiter that splits the first lines into the same number of fields, the most of them."""
+    """The delimiter that splits the first lines into the same, largest number of fields; on a tie,
+    the one that leaves no quote inside a field (`a;"b,c"` is `;`-separated)."""
     lines = text.splitlines()[:50]
-    best, widest = ",", 1
+    best, key = ",", (1, 0)
     for sep in files.SEPARATORS:
         try:
-            widths = {len(row) for row in csv.reader(lines, delimiter=sep) if row}
+            rows = [row for row in csv.reader(lines, delimiter=sep) if row]
         except csv.Error:
             continue
+        widths = {len(row) for row in rows}
         width = max(widths, default=0) if len(widths) <= 2 else 0  # a quoted newline may cut one line short
-        if width > widest:
-            best, widest = sep, width
+        stray = sum('"' in cell for row in rows for cell in row)
+        if (width, -stray) > key:
+            best, key = sep, (width, -stray)
     return best
 
 
