@@ -218,3 +218,20 @@ def test_predict_reads_money_percent_comma_and_case_as_the_clean_record(
 def _accounting(amount: str) -> str:
     value = int(amount)
     return f"({-value:,})" if value < 0 else f"€{value:,}"
+
+
+def test_ray_reads_a_file_as_training_did(files: dict[str, Variant], store: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    import ray
+
+    from service.scoring.ray_engine import output_files, score_with_ray
+
+    variant = files["semicolon_comma"]
+    _, local = trained(variant, store)
+    try:
+        summary = score_with_ray(bundle.resolve(store, variant.name), str(variant.path), tmp_path / "out.csv", cpus=2)
+    finally:
+        ray.shutdown()
+    assert summary.rows_failed == 0
+    got = [p for part in output_files(tmp_path / "out.csv") for p in probabilities(part)]
+    assert max(abs(a - b) for a, b in zip(got, probabilities(local), strict=True)) < SAME

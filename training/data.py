@@ -601,6 +601,12 @@ def _order_binary(levels: list[str], present: list[str], positive: str | None) -
     """[negative, positive]: the requested one, else a 'positive-sounding' one, else the minority."""
     if positive is not None:
         wanted = positive.strip()
+        # `--positive yes` names the class `Yes` that `yes`/`YES` were merged into
+        wanted = (
+            next((lv for lv in levels if lv.casefold() == wanted.casefold()), wanted)
+            if wanted not in levels
+            else wanted
+        )
         if wanted not in levels:
             raise DataError(f"--positive {positive!r} is not a target class (classes: {levels})")
     else:

@@ -62,9 +62,16 @@ def stripped(names: list[str]) -> list[str]:
 
 def sniff_sep(header: str, prefer: str = ",") -> str:
     """The delimiter that splits a header line into the most fields (`prefer` on a tie)."""
-    counts = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in SEPARATORS}
+    counts = {sep: _fields(header, sep) for sep in SEPARATORS}
     best = max(counts.values())
     return prefer if counts.get(prefer, 0) == best else max(SEPARATORS, key=lambda sep: counts[sep])
+
+
+def _fields(header: str, sep: str) -> int:
+    try:
+        return len(next(csv.reader([header], delimiter=sep), []))
+    except csv.Error:  # a field over the csv module's limit: the header's own reading says so
+        return 0
 
 
 def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
@@ -92,9 +99,15 @@ def detect_encoding(data: bytes) -> str:
     """The most likely encoding of bytes that are not UTF-8 (charset-normalizer), cp1252 if unsure."""
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
-    name = codecs.lookup(best.encoding).name if best is not None else "cp1252"
-    # NOTE: Latin-1 decodes any byte; cp1252 is what Windows exports mean by it (€, curly quotes)
+    found = from_bytes(data)
+    best = found.best()
+    if best is None:
+        return "cp1252"
+    # NOTE: on a few accented words single-byte code pages tie (cp1250 reads `è` as `č`): a tie goes
+    # to cp1252, what Western exports are; Latin-1 decodes any byte and means cp1252 there too
+    if any(m.encoding == "cp1252" and m.chaos <= best.chaos for m in found):
+        return "cp1252"
+    name = codecs.lookup(best.encoding).name
     return "cp1252" if name in ("iso8859-1", "latin-1", "iso8859-15") else name
 
 
