@@ -62,6 +62,7 @@ class Schema:
     dates: dict[str, str] = field(default_factory=dict)  # date column → its format
     merged: dict[str, dict[str, str]] = field(default_factory=dict)  # column → {spelling: level it joined}
     levels: dict[str, int] = field(default_factory=dict)  # categorical column → distinct levels (merged)
+    told: dict[str, str] = field(default_factory=dict)  # column → the override that typed it
     table: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -141,14 +142,16 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         raise DataError(f"feature column {col!r} has no values (all missing); use --drop {col!r}")
     decimal = schema.read.decimal
     if col in cfg.date_columns:
-        schema.dates[col] = _date_format(present, col, forced=True) or "iso"
+        schema.dates[col], schema.told[col] = _date_format(present, col, forced=True) or "iso", "--date-columns"
         schema.numeric.append(col)
         return
     if col in cfg.numeric:
         _numeric_or_fail(col, column, schema)
+        schema.told[col] = "--numeric"
         return
     if col in cfg.categorical:
         _categorical(col, present, schema)
+        schema.told[col] = "--categorical"
         return
     distinct = len(set(present))
     numbers = None if _has_leading_zeros(present) else numeric_values(column, decimal)
@@ -273,6 +276,13 @@ def _plain(text: str) -> bool:
 
 def _row(col: str, schema: Schema) -> dict[str, Any]:
     """The column table's line for one column: the type it got and why."""
+    row = _typed_row(col, schema)
+    if col in schema.told:
+        row["why"] = f"as told ({schema.told[col]}); " + row["why"]
+    return row
+
+
+def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
     if col in schema.dropped:
         kind = "identifier" if col in schema.id_columns else "left out"
         return {"column": col, "type": kind, "why": schema.dropped[col]}
