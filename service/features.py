@@ -208,7 +208,7 @@ class Reading:
     sep: str = ","
     decimal: str = "."
     encoding: str = "utf-8"
-    format: str = "csv"  # the training file's format: csv, parquet, jsonl, xlsx, xls
+    format: str = "csv"  # the training file's format: csv, parquet, jsonl or excel
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json entry."""
