@@ -68,11 +68,12 @@ class RecordEncoder:
 
     def encode_flat(self, numbers: Sequence[Any], levels: Sequence[Any], n_rows: int) -> Encoded:
         """Raw values row-major in `num` / `cat` order (None: missing) → model inputs."""
-        if n_rows == 1 and (plain := self._plain(numbers, levels)) is not None:
+        # a date feature's value is text to parse, never a plain number
+        if n_rows == 1 and not self.pre.dates and (plain := self._plain(numbers, levels)) is not None:
             return plain
         pre = self.pre
         enc = Encoded(num=_EMPTY_NUM, cat=_EMPTY_CAT)
-        enc.num = numbers_of(self.numbers.names, numbers, n_rows, enc)
+        enc.num = numbers_of(self.numbers.names, numbers, n_rows, enc, pre.parsers)
         enc.cat = codes_of(levels, pre.categorical, self._indexes, enc).reshape(n_rows, self.levels.k)
         self.check_ranges(enc)
         return enc

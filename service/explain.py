@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -137,11 +139,17 @@ class Explainer:
         feature = self._categorical.get(name)
         if feature is not None:
             return self._describe_level(feature, value)
-        number = _number(value)
+        number = _number(value, self._parsers.get(name, parse_number))
         if number is None:
             return f"{name} was missing and taken as the typical value"
         placed = _placed(number, self._percentiles.get(name, []))
-        return f"{name} is {_shown(number)}" + (f" — {placed}" if placed else "")
+        shown = f"{value} ({_shown(number)} days old)" if name in self.pre.dates else _shown(number)
+        return f"{name} is {shown}" + (f" — {placed}" if placed else "")
+
+    @cached_property
+    def _parsers(self) -> dict[str, Callable[[Any], float]]:
+        """Each numeric feature's parser (a decimal comma, a date's age), as the model read the value."""
+        return dict(zip([f.name for f in self.pre.numeric], self.pre.parsers or [], strict=False))
 
     def _describe_level(self, feature: CategoricalFeature, value: Any) -> str:
         mode = self._modes.get(feature.name)
@@ -172,10 +180,10 @@ def _mode(doc: dict[str, Any]) -> str | None:
     return max(levels, key=lambda level: levels[level]) if levels else None
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any, parse: Callable[[Any], float] = parse_number) -> float | None:
     """The value as the model read it (None: missing)."""
     try:
-        number = parse_number(value)
+        number = parse(value)
     except ValueError:
         return None
     return None if math.isnan(number) else number

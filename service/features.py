@@ -7,13 +7,15 @@ serving cannot drift apart.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,8 +56,9 @@ def near_miss(name: str, candidates: Sequence[str]) -> str | None:
     return close[0] if close else None
 
 
-def parse_number(value: Any) -> float:
-    """One raw value → float (NaN for missing); raises ValueError with a reason otherwise."""
+def parse_number(value: Any, decimal: str = ".") -> float:
+    """One raw value → float (NaN for missing); raises ValueError with a reason otherwise. Text may
+    carry a currency or percent sign, `(1,200)` negatives and thousands separators (`business_number`)."""
     if value is None:
         return math.nan
     if isinstance(value, bool):
@@ -69,10 +72,10 @@ def parse_number(value: Any) -> float:
         text = value.strip()
         if text.lower() in NUMERIC_MISSING:
             return math.nan
-        try:
-            number = float(text.replace(",", "")) if _is_grouped(text) else float(text)
+        try:  # the plain form first; with a decimal comma a point may be a thousands separator
+            number = float(text) if decimal == "." or "." not in text else business_number(text, decimal)[0]
         except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
+            number = business_number(text, decimal)[0]
     else:
         raise ValueError(f"expected a number, got {type(value).__name__}")
     if math.isinf(number):
@@ -80,11 +83,63 @@ def parse_number(value: Any) -> float:
     return number
 
 
-def _is_grouped(text: str) -> bool:
-    """True for thousands-grouped numbers such as '1,234.5' (never for '1,5')."""
-    head, _, _ = text.partition(".")
-    groups = head.lstrip("+-").split(",")
-    return len(groups) > 1 and groups[0].isdigit() and all(len(g) == 3 and g.isdigit() for g in groups[1:])
+CURRENCIES = ("$", "€", "£", "¥", "₹", "USD", "EUR", "GBP", "CHF", "JPY")
+_GROUPING = (" ", "\u00a0", "\u202f", "'")  # separators that only ever group thousands
+
+
+def business_number(text: str, decimal: str = ".") -> tuple[float, str]:
+    """`$1,234.50`, `12.5%`, `(1,200)`, `1.234,5` → (number, unit stripped: '$', '%' or '');
+    the unit is stripped and the number kept as written (12.5% is 12.5)."""
+    core, negative, unit = text, False, ""
+    if core.startswith("(") and core.endswith(")"):  # accounting negative
+        core, negative = core[1:-1].strip(), True
+    if core.endswith("%"):
+        core, unit = core[:-1].strip(), "%"
+    if core[:1] in ("+", "-"):
+        core, negative = core[1:].strip(), negative != (core[0] == "-")
+    for symbol in CURRENCIES:
+        if core.startswith(symbol) or core.endswith(symbol):
+            core, unit = (core[len(symbol) :] if core.startswith(symbol) else core[: -len(symbol)]).strip(), symbol
+            break
+    if core[:1] in ("+", "-") and not negative:
+        core, negative = core[1:].strip(), core[0] == "-"
+    digits = _plain_digits(core, decimal)
+    if digits is None:
+        raise ValueError(f"expected a number, got {text!r}")
+    number = float(digits)
+    return (-number if negative else number), unit
+
+
+def _plain_digits(core: str, decimal: str) -> str | None:
+    """`1.234,5` → `1234.5` (Python's form), or None when the separators do not group thousands."""
+    if any(sep in core for sep in _GROUPING):  # `1 234,50`, `1'234.50`: the other mark is the decimal one
+        if not _SPACED.fullmatch(core):
+            return None
+        return _SPACE.sub("", core).replace(",", ".")
+    marks = {ch for ch in core if ch in ".,"}
+    if not marks:
+        return core if core.isdigit() else None
+    if len(marks) == 2:
+        point = core[max(core.rfind("."), core.rfind(","))]  # the last one marks the decimals
+    elif core.count(next(iter(marks))) > 1:
+        point = ""  # the same mark more than once groups thousands
+    else:
+        mark = next(iter(marks))
+        head, _, tail = core.partition(mark)
+        # `1,234` is a thousand or one and a bit: the file's (or bundle's) decimal mark decides
+        ambiguous = len(tail) == 3 and 1 <= len(head) <= 3 and head != "0"
+        point = "" if ambiguous and decimal != mark else mark
+    whole, frac = core.rsplit(point, 1) if point else (core, "")
+    groups = whole.replace(".", ",").split(",")
+    if not groups[0].isdigit() or not all(len(g) == 3 and g.isdigit() for g in groups[1:]):
+        return None
+    if point and not frac.isdigit():
+        return None
+    return "".join(groups) + ("." + frac if point else "")
+
+
+_SPACED = re.compile(r"\d{1,3}(?:[ \u00a0\u202f']\d{3})+(?:[.,]\d+)?")
+_SPACE = re.compile(r"[ \u00a0\u202f']")
 
 
 def category_key(value: Any) -> str | None:
@@ -99,6 +154,72 @@ def category_key(value: Any) -> str | None:
     return text or None
 
 
+DATE_FORMATS = ("iso", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d.%m.%Y %H:%M", "%d/%m/%Y %H:%M")
+
+
+def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
+    """A date or datetime (text in `fmt`, or a date object) → naive UTC datetime; None for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, dt.datetime):
+        stamp = value
+    elif isinstance(value, dt.date):
+        stamp = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lower() in NUMERIC_MISSING:
+            return None
+        try:  # an ISO text is read whatever the training file's format was (JSON clients write it)
+            stamp = (
+                dt.datetime.fromisoformat(text) if fmt == "iso" or text[4:5] == "-" else dt.datetime.strptime(text, fmt)
+            )
+        except ValueError:
+            shown = "YYYY-MM-DD" if fmt == "iso" else fmt.replace("%d", "DD").replace("%m", "MM").replace("%Y", "YYYY")
+            raise ValueError(f"expected a date ({shown}), got {value!r}") from None
+    else:
+        raise ValueError(f"expected a date (text), got {type(value).__name__}")
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    return stamp
+
+
+@dataclass(frozen=True)
+class DateParse:
+    """A date feature's raw value → its age in days at the bundle's reference date (NaN: missing)."""
+
+    reference: str  # ISO datetime, the latest date in the training data
+    fmt: str = "iso"
+
+    def __call__(self, value: Any) -> float:
+        stamp = parse_date(value, self.fmt)
+        if stamp is None:
+            return math.nan
+        return (self.reference_ - stamp).total_seconds() / 86400.0
+
+    @cached_property
+    def reference_(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.reference)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the training file's text was read (preprocess.json `read`): scoring reads files the same way."""
+
+    sep: str = ","
+    decimal: str = "."
+    encoding: str = "utf-8"
+    format: str = "csv"  # the training file's format: csv, parquet, jsonl or excel
+
+    def to_json(self) -> dict[str, Any]:
+        """The preprocess.json entry."""
+        return {"sep": self.sep, "decimal": self.decimal, "encoding": self.encoding, "format": self.format}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any] | None) -> Reading:
+        """From preprocess.json (an older bundle has none: a plain UTF-8 CSV)."""
+        return cls(**{k: str(v) for k, v in (doc or {}).items() if k in ("sep", "decimal", "encoding", "format")})
+
+
 @dataclass(frozen=True)
 class NumericFeature:
     """A numeric input: imputed with `median_`, standardized with `mean_`/`std_` inside the graph."""
@@ -110,10 +231,18 @@ class NumericFeature:
     min_: float
     max_: float
     kind: Literal["numeric"] = "numeric"
+    unit: str = ""  # the currency or percent sign the training values carried (stripped)
+    date: DateParse | None = None  # a date column: the value is its age in days at date.reference
+
+    def parser(self, decimal: str) -> Callable[[Any], float]:
+        """Raw value → float for this feature: a date's age, or a number read with `decimal`."""
+        if self.date is not None:
+            return self.date
+        return parse_number if decimal == "." else partial(parse_number, decimal=decimal)
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json entry."""
-        return {
+        doc: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "mean": self.mean_,
@@ -122,6 +251,11 @@ class NumericFeature:
             "min": self.min_,
             "max": self.max_,
         }
+        if self.unit:
+            doc["unit"] = self.unit
+        if self.date is not None:
+            doc["date"] = {"reference": self.date.reference, "format": self.date.fmt, "value": "age in days"}
+        return doc
 
 
 @dataclass(frozen=True)
@@ -131,10 +265,23 @@ class CategoricalFeature:
     name: str
     vocab_: tuple[str, ...]
     kind: Literal["categorical"] = "categorical"
+    fold: bool = False  # a level is matched ignoring case (`YES` is `Yes`); older bundles match exactly
     index_: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index_", {v: i + 1 for i, v in enumerate(self.vocab_)})
+
+    @cached_property
+    def folded_(self) -> dict[str, int]:
+        """Case-folded level → code (levels that fold alike are left out: neither is meant)."""
+        folded: dict[str, int] = {}
+        clashes = set()
+        for level, code in self.index_.items():
+            key = level.casefold()
+            if key in folded:
+                clashes.add(key)
+            folded[key] = code
+        return {k: v for k, v in folded.items() if k not in clashes} if self.fold else {}
 
     @property
     def cardinality(self) -> int:
@@ -143,7 +290,10 @@ class CategoricalFeature:
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json entry."""
-        return {"name": self.name, "kind": self.kind, "vocab": list(self.vocab_)}
+        doc: dict[str, Any] = {"name": self.name, "kind": self.kind, "vocab": list(self.vocab_)}
+        if self.fold:
+            doc["match"] = "casefold"
+        return doc
 
 
 Feature = NumericFeature | CategoricalFeature
@@ -181,6 +331,20 @@ class Preprocess:
     threshold: float | None = None
     target_mean: float = 0.0
     target_std: float = 1.0
+    read: Reading = field(default_factory=Reading)
+    columns: list[dict[str, Any]] = field(default_factory=list)  # every training column: type and why
+
+    @cached_property
+    def parsers(self) -> list[Callable[[Any], float]] | None:
+        """Each numeric feature's text parser, in `num` order; None: plain numbers everywhere."""
+        if self.read.decimal == "." and not self.dates:
+            return None
+        return [f.parser(self.read.decimal) for f in self.numeric]
+
+    @cached_property
+    def dates(self) -> list[str]:
+        """Date features (their value is an age in days), by name."""
+        return [f.name for f in self.numeric if f.date is not None]
 
     @cached_property
     def numeric(self) -> list[NumericFeature]:
@@ -233,7 +397,11 @@ class Preprocess:
         )
         # every column's text parsed before any range is checked: a record's first error is then
         # the same whether its values are encoded by column or by record (service/encoders.py)
-        parsed = [parse_column(f.name, columns.get(f.name), enc) for f in self.numeric]
+        parsers = self.parsers or [parse_number] * len(self.numeric)
+        parsed = [
+            parse_column(f.name, columns.get(f.name), enc, p, f.date is not None)
+            for f, p in zip(self.numeric, parsers, strict=True)
+        ]
         for j, (feat, values) in enumerate(zip(self.numeric, parsed, strict=True)):
             enc.num[:, j] = encode_numeric(feat.name, values, n_rows, enc)
         for j, cfeat in enumerate(self.categorical):
@@ -319,6 +487,8 @@ class Preprocess:
             "target_std": self.target_std,
             "id_columns": self.id_columns,
             "features": [f.to_json() for f in self.features],
+            "read": self.read.to_json(),
+            "columns": self.columns,
         }
 
     @classmethod
@@ -336,6 +506,8 @@ class Preprocess:
             threshold=doc.get("threshold"),
             target_mean=float(doc.get("target_mean", 0.0)),
             target_std=float(doc.get("target_std", 1.0)),
+            read=Reading.from_json(doc.get("read")),
+            columns=list(doc.get("columns", [])),
         )
 
     def save(self, path: Path) -> None:
@@ -350,6 +522,7 @@ class Preprocess:
 
 def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
     if doc["kind"] == "numeric":
+        date = doc.get("date")
         return NumericFeature(
             doc["name"],
             float(doc["mean"]),
@@ -357,9 +530,11 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
             float(doc["median"]),
             float(doc["min"]),
             float(doc["max"]),
+            unit=str(doc.get("unit", "")),
+            date=DateParse(date["reference"], date.get("format", "iso")) if date else None,
         )
     if doc["kind"] == "categorical":
-        return CategoricalFeature(doc["name"], tuple(doc["vocab"]))
+        return CategoricalFeature(doc["name"], tuple(doc["vocab"]), fold=doc.get("match") == "casefold")
     raise ValueError(f"unknown feature kind {doc['kind']!r}")
 
 
@@ -367,9 +542,9 @@ _PLAIN_NUMBER_TYPES = frozenset({float, int, type(None)})
 F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _number(row: int, name: str, value: Any, enc: Encoded) -> float:
+def _number(row: int, name: str, value: Any, enc: Encoded, parse: Callable[[Any], float] = parse_number) -> float:
     try:
-        return parse_number(value)
+        return parse(value)
     except ValueError as exc:
         enc.errors.setdefault(row, EncodingError(row, name, str(exc)))
         return math.nan
@@ -384,7 +559,7 @@ def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, 
         return 0
     if key is None:
         return 0
-    found = index.get(key, 0)
+    found = index.get(key, 0) or feat.folded_.get(key.casefold(), 0)
     if found == 0:
         enc.warn(row, f"field '{feat.name}': unseen level {key!r} scored as missing", feat.name, "unseen_level")
     return found
@@ -425,34 +600,66 @@ def _clamp(value: Any) -> float:
 
 
 def parse_column(
-    name: str, values: Sequence[Any] | np.ndarray | None, enc: Encoded
+    name: str,
+    values: Sequence[Any] | np.ndarray | None,
+    enc: Encoded,
+    parse: Callable[[Any], float] = parse_number,
+    every: bool = False,
 ) -> Sequence[Any] | np.ndarray | None:
-    """A column with its text, booleans and objects parsed (errors recorded); numbers, NaN and None as they are."""
-    if values is None or (isinstance(values, np.ndarray) and values.dtype.kind in "fiu"):
+    """A column with its text, booleans and objects parsed (errors recorded); numbers, NaN and None
+    as they are, unless `every` value must be parsed (a date column)."""
+    if values is None or (not every and isinstance(values, np.ndarray) and values.dtype.kind in "fiu"):
         return values
-    return numbers_parsed([name], values if isinstance(values, list) else list(values), enc)
+    flat = values.tolist() if isinstance(values, np.ndarray) else values if isinstance(values, list) else list(values)
+    return numbers_parsed([name], flat, enc, [parse], every)
 
 
-def encode_numeric(name: str, values: Sequence[Any] | np.ndarray | None, n: int, enc: Encoded) -> np.ndarray:
+def encode_numeric(
+    name: str,
+    values: Sequence[Any] | np.ndarray | None,
+    n: int,
+    enc: Encoded,
+    parse: Callable[[Any], float] | None = None,
+) -> np.ndarray:
     """One column of raw numeric values → float32[n]; None (absent column) is all missing."""
     if values is None:
         return np.full(n, np.nan, dtype=np.float32)
-    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu" and not isinstance(parse, DateParse):
         return _finite_or_errors([name], values.astype(np.float64).reshape(n, 1), enc)[:, 0]
-    return numbers_of([name], values if isinstance(values, list) else list(values), n, enc)[:, 0]
+    flat = values.tolist() if isinstance(values, np.ndarray) else values if isinstance(values, list) else list(values)
+    return numbers_of([name], flat, n, enc, None if parse is None else [parse])[:, 0]
 
 
-def numbers_parsed(names: list[str], flat: Sequence[Any], enc: Encoded) -> Sequence[Any]:
-    """Row-major raw values with every one that is not a number or None parsed by parse_number."""
-    if set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
-        return flat
+def numbers_parsed(
+    names: list[str],
+    flat: Sequence[Any],
+    enc: Encoded,
+    parsers: list[Callable[[Any], float]] | None = None,
+    every: bool = False,
+) -> Sequence[Any]:
+    """Row-major raw values with every one that is not a number or None parsed (by `parsers`, one
+    per name; default parse_number); with `every`, numbers too (dates are never plain numbers)."""
     k = len(names)
-    return [v if type(v) in _PLAIN_NUMBER_TYPES else _number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)]
+    strict = [every or isinstance(parse, DateParse) for parse in parsers] if parsers else [every] * k
+    if not any(strict) and set(map(type, flat)) <= _PLAIN_NUMBER_TYPES:
+        return flat
+    if parsers is None:
+        return [
+            v if type(v) in _PLAIN_NUMBER_TYPES else _number(p // k, names[p % k], v, enc) for p, v in enumerate(flat)
+        ]
+    return [
+        v
+        if type(v) in _PLAIN_NUMBER_TYPES and not strict[p % k]
+        else _number(p // k, names[p % k], v, enc, parsers[p % k])
+        for p, v in enumerate(flat)
+    ]
 
 
-def numbers_of(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:
+def numbers_of(
+    names: list[str], flat: Sequence[Any], n: int, enc: Encoded, parsers: list[Callable[[Any], float]] | None = None
+) -> np.ndarray:
     """Row-major raw values → float32 [n, k]: parsed, then values beyond float32 are errors."""
-    return _float32(names, numbers_parsed(names, flat, enc), n, enc)
+    return _float32(names, numbers_parsed(names, flat, enc, parsers), n, enc)
 
 
 def _float32(names: list[str], flat: Sequence[Any], n: int, enc: Encoded) -> np.ndarray:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
 import inspect
 import os
+import re
 import sys
 import time
 import typing
@@ -414,7 +416,7 @@ def score(
         Path,
         typer.Option(
             "--input",
-            help="File to score: .csv, .csv.gz or .parquet; - reads CSV (or gzip) from stdin (Ray: a folder or glob).",
+            help="File to score: .csv (any delimiter), .csv.gz, .parquet, .jsonl or .xlsx/.xls; - reads CSV (or gzip) from stdin (Ray: a folder or glob).",
         ),
     ],
     output: Annotated[
@@ -443,6 +445,12 @@ def score(
     log: LogDir = None,
     log_exclude: LogExclude = None,
     cpus: Cpus = None,
+    sep: Annotated[
+        str | None, typer.Option(help="CSV delimiter (default: the training file's, else told by the header).")
+    ] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding of a CSV (default: the training file's, else detected).")
+    ] = None,
 ) -> None:
     """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
@@ -454,6 +462,7 @@ def score(
 
         reasons = checked_explain(explain, "--explain")
         ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        reading = _reading(ref, sep, encoding)
         if engine == "ray":
             if STDIO in (str(input), str(output)):
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
@@ -472,11 +481,23 @@ def score(
                     on_error=stack.enter_context(_errors_file(errors)),
                     explain=reasons,
                     cpus=budget.cpus,
+                    reading=reading,
                 )
         elif engine == "local":
             with _prediction_log(log, log_exclude) as logged:
                 summary = _score_local(
-                    ref, input, output, keep, keep_all, errors, chunk_rows, device, reasons, logged, budget.cpus
+                    ref,
+                    input,
+                    output,
+                    keep,
+                    keep_all,
+                    errors,
+                    chunk_rows,
+                    device,
+                    reasons,
+                    logged,
+                    budget.cpus,
+                    reading,
                 )
         else:
             raise ValueError(f"unknown engine {engine!r}: use local or ray")
@@ -494,6 +515,45 @@ def score(
             out.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
         if len(summary.warnings) > SHOWN_WARNINGS:
             out.print(f"  … and {len(summary.warnings) - SHOWN_WARNINGS:,} other kinds")
+    failing = _file_level_failure(summary)
+    if failing:
+        _fail(failing)
+
+
+def _reading(ref: bundle.BundleRef, sep: str | None, encoding: str | None) -> Any:
+    """How to read a CSV: the training file's way (preprocess.json), `--sep`/`--encoding` over it."""
+    import codecs
+
+    read = ref.preprocess.read
+    if encoding is not None:
+        codecs.lookup(encoding)  # LookupError is a ValueError: one line, exit 2
+    sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
+    if sep is not None and len(sep) != 1:
+        raise ValueError(f"--sep takes one character (, ; tab |), not {sep!r}")
+    return dataclasses.replace(read, sep=sep or read.sep, encoding=encoding or read.encoding)
+
+
+FILE_FAILURE_SHARE = 0.5  # most rows failing is a file-level problem (wrong encoding, file, model)
+
+
+def _file_level_failure(summary: Any) -> str | None:
+    """The reason to fail the whole run when most rows failed, mostly the same way; else None."""
+    if summary.rows_in < 10 or summary.rows_failed <= FILE_FAILURE_SHARE * summary.rows_in:
+        return None
+    kinds = collections.Counter(_error_kind(message) for _, message in summary.errors)
+    kind, seen = kinds.most_common(1)[0] if kinds else ("", 0)
+    example = next((m for _, m in summary.errors if _error_kind(m) == kind), "")
+    hint = " (pass --encoding, e.g. cp1252)" if "UTF-8" in kind else ""
+    return (
+        f"{summary.rows_failed:,} of {summary.rows_in:,} rows failed, {seen} of the first {len(summary.errors)} "
+        f"the same way: {example}{hint}. A file where most rows fail does not fit the model; the rows are in the output"
+    )
+
+
+def _error_kind(message: str) -> str:
+    """An error without its row and value: `field 'tenure': expected a number`."""
+    kind = re.sub(r"^(row|record) \d+,?\s*", "", message)
+    return re.sub(r",? got .*$", "", kind)
 
 
 def _score_local(
@@ -508,6 +568,7 @@ def _score_local(
     explain: Any,
     log: Any,
     cpus: int,
+    reading: Any = None,
 ) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -518,7 +579,10 @@ def _score_local(
     from_stdin = str(input) == STDIO
     if not from_stdin and not input.is_file():
         raise ScoringError(f"input file not found: {input}")
-    source = open_stream(sys.stdin.buffer, chunk_rows) if from_stdin else open_source(input, chunk_rows)
+    if from_stdin:
+        source = open_stream(sys.stdin.buffer, chunk_rows, reading=reading)
+    else:
+        source = open_source(input, chunk_rows, reading)
     bar = Progress(
         TextColumn("[cyan]scoring"),
         BarColumn(),

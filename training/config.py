@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,6 +45,19 @@ class TrainConfig:
     )
     drop: list[str] = field(
         default_factory=list, metadata={"help": "column to leave out, e.g. a leaky or useless one (repeatable)"}
+    )
+    # --- reading the file (training/data.py; detected when not given, saved in the bundle) ---
+    sep: str | None = opt(None, "CSV delimiter: , ; tab or | (default: detected from the file)")
+    decimal: str | None = opt(None, "decimal mark of numbers in the file: . or , (default: detected)")
+    encoding: str | None = opt(None, "text encoding, e.g. utf-8, cp1252, latin-1 (default: detected)")
+    date_columns: list[str] = field(
+        default_factory=list, metadata={"help": "column read as a date: its age in days is the feature (repeatable)"}
+    )
+    categorical: list[str] = field(
+        default_factory=list, metadata={"help": "column taken as categorical whatever it looks like (repeatable)"}
+    )
+    numeric: list[str] = field(
+        default_factory=list, metadata={"help": "column taken as numeric; a value that is no number fails (repeatable)"}
     )
     test_fraction: float = opt(0.2, "rows held out for the final report; 20% is the usual choice")
     val_fraction: float = opt(0.2, "of the rest, rows for early stopping when ensemble is 1")
@@ -149,6 +163,23 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
         if self.tune_trials < 0:
             raise ConfigError(f"tune_trials must be ≥ 0, not {self.tune_trials}")
+        if self.sep is not None:
+            self.sep = {"tab": "\t", "\\t": "\t"}.get(self.sep, self.sep)
+            if len(self.sep) != 1:
+                raise ConfigError(f"sep must be one character (, ; tab |), not {self.sep!r}")
+        if self.decimal not in (None, ".", ","):
+            raise ConfigError(f"decimal must be '.' or ',', not {self.decimal!r}")
+        if self.encoding is not None:
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ConfigError(f"unknown encoding {self.encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
+        for name in ("date_columns", "categorical", "numeric"):  # `--numeric a,b` as well as repeated flags
+            setattr(self, name, [c.strip() for v in getattr(self, name) for c in str(v).split(",") if c.strip()])
+        twice = sorted(set(self.date_columns) & set(self.categorical) | set(self.date_columns) & set(self.numeric))
+        twice += sorted(set(self.categorical) & set(self.numeric))
+        if twice:
+            raise ConfigError(f"column(s) given two types (date_columns, categorical, numeric): {', '.join(twice)}")
         self.name = self.name or Path(self.data).stem
         return self
 

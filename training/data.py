@@ -1,12 +1,12 @@
-"""Reading a business CSV, inferring its schema and target, splitting it, fitting preprocessing."""
+"""Inferring a training file's schema and target, splitting it, fitting preprocessing (reading it: training/reading.py)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,35 +15,56 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from service.features import (
+    DATE_FORMATS,
     CategoricalFeature,
+    DateParse,
     Feature,
     Label,
     NumericFeature,
     Preprocess,
+    Reading,
+    business_number,
     category_key,
     near_miss,
+    parse_date,
     parse_number,
 )
 from training.config import TrainConfig
 
+# reading lives in training/reading.py; these names stay here for `training.data` callers
+from training.reading import DataError as DataError
+from training.reading import read_csv as read_csv
+from training.reading import read_data as read_data
+from training.reading import sniff_sep as sniff_sep
+
 POSITIVE_WORDS = ("yes", "y", "true", "t", "1", "bad", "churn", "default", "positive", "fraud")
 MAX_CLASSES = 50
-ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid"})
+ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference"})
+# numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount
+CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
+# an id-named column with more distinct values than this share of its rows repeats per customer
+ID_SHARE = 0.5
+LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-
-
-class DataError(ValueError):
-    """The input data cannot be trained on; the message says why in one line."""
 
 
 @dataclass
 class Schema:
-    """What each column is: numeric or categorical feature, id, or dropped (with the reason)."""
+    """What each column is: numeric or categorical feature, id, or dropped (with the reason); how
+    the file was read; and every column's type with the reason (the table training prints)."""
 
     numeric: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     id_columns: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
+    read: Reading = field(default_factory=Reading)
+    units: dict[str, str] = field(default_factory=dict)  # numeric column → currency/percent sign stripped
+    dates: dict[str, str] = field(default_factory=dict)  # date column → its format
+    merged: dict[str, dict[str, str]] = field(default_factory=dict)  # column → {spelling: level it joined}
+    levels: dict[str, int] = field(default_factory=dict)  # categorical column → distinct levels (merged)
+    told: dict[str, str] = field(default_factory=dict)  # column → the override that typed it
+    table: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def features(self) -> list[str]:
@@ -60,64 +81,7 @@ class Target:
     labels: list[Label]
     positive: Label | None
     dropped_missing: int
-
-
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read every cell as text (types are inferred later, the same way scoring parses them); a
-    Parquet file (`.parquet`, or the PAR1 magic) is read the same way, each value as its text."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file not found: {p}")
-    head = p.open("rb").read(4096)
-    if p.suffix.lower() == ".parquet" or head[:4] == b"PAR1":
-        return _checked_frame(_read_parquet(p), p)
-    if b"\x00" in head:
-        raise DataError(f"{p} is not a CSV text file (binary content)")
-    try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{p} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-    with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
-        header = [c.strip() for c in next(csv.reader(fh), [])]
-    twice = sorted({c for c in header if header.count(c) > 1})
-    if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
-        raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
-    df.columns = [str(c).strip() for c in df.columns]
-    return _checked_frame(df, p)
-
-
-def _checked_frame(df: pd.DataFrame, p: Path) -> pd.DataFrame:
-    if df.empty:
-        raise DataError(f"{p} has a header but no data rows")
-    if df.shape[1] < 2:
-        raise DataError(f"{p} has {df.shape[1]} column; need a target and at least one feature")
-    return df
-
-
-def _read_parquet(p: Path) -> pd.DataFrame:
-    """Every column as text, nulls as empty cells: what the same data looks like read from a CSV."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(p)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{p} is not a readable Parquet file: {exc}") from None
-    names = [str(c).strip() for c in table.column_names]
-    twice = sorted({c for c in names if names.count(c) > 1})
-    if twice:
-        raise DataError(f"column(s) named more than once in {p}: {', '.join(twice)}")
-    columns = {}
-    for name, column in zip(names, table.columns, strict=True):
-        try:
-            text = pc.cast(column, pa.string())
-        except pa.ArrowException as exc:  # nested values (lists, structs) have no one text
-            raise DataError(f"{p}: column {name!r} ({column.type}) cannot be read as values: {exc}") from None
-        columns[name] = pc.fill_null(text, "").to_numpy(zero_copy_only=False).astype(object)
-    return pd.DataFrame(columns)
+    merged: dict[str, str] = field(default_factory=dict)  # label spellings that differ only in case → the one kept
 
 
 def file_sha256(path: str | Path) -> str:
@@ -129,10 +93,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def numeric_values(column: pd.Series) -> np.ndarray | None:
+def numeric_values(column: pd.Series, decimal: str = ".") -> np.ndarray | None:
     """The column parsed as numbers (NaN for missing), or None if any value is not a number."""
     try:
-        return np.array([parse_number(v) for v in column], dtype=np.float64)
+        return np.array([parse_number(v, decimal) for v in column], dtype=np.float64)
     except ValueError:
         return None
 
@@ -142,55 +106,275 @@ def category_values(column: pd.Series) -> list[str | None]:
     return [category_key(v) for v in column]
 
 
-def infer_schema(df: pd.DataFrame, cfg: TrainConfig) -> Schema:
+def infer_schema(
+    df: pd.DataFrame, cfg: TrainConfig, read: Reading | None = None, target: Target | None = None
+) -> Schema:
     """Classify every non-target column; raises DataError for all-missing or unknown columns."""
-    for col in [*cfg.id_columns, *cfg.drop]:
+    for col in [*cfg.id_columns, *cfg.drop, *cfg.date_columns, *cfg.categorical, *cfg.numeric]:
         if col not in df.columns:
-            raise _missing_column("column (named in id_columns/drop)", col, df)
-    schema = Schema(id_columns=list(cfg.id_columns))
+            raise _missing_column("column (named in id_columns/drop/date_columns/categorical/numeric)", col, df)
+    schema = Schema(id_columns=list(cfg.id_columns), read=read or df.attrs.get("read", Reading()))
     for col in df.columns:
-        if col == cfg.target or col in cfg.id_columns:
+        if col == cfg.target:
             continue
-        if col in cfg.drop:
+        if col in cfg.id_columns:
+            schema.dropped[col] = "identifier (--id-column); passed through scoring"
+        elif col in cfg.drop:
             schema.dropped[col] = "dropped by request"
-            continue
-        _classify(col, df[col], schema)
+        else:
+            _classify(col, df[col], schema, cfg)
+        schema.table.append(_row(col, schema))
     if not schema.features:
         raise DataError("no usable feature columns left after schema inference")
+    if target is not None:
+        schema.table.insert(0, _target_row(cfg.target, target))
+        schema.warnings = leakage_warnings(df, schema, target, cfg)
+        for warning in schema.warnings:
+            name = warning.split("'")[1]
+            next(r for r in schema.table if r["column"] == name)["warning"] = warning
     return schema
 
 
-def _classify(col: str, column: pd.Series, schema: Schema) -> None:
+def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> None:
     keys = category_values(column)
     present = [k for k in keys if k is not None]
     if not present:
         raise DataError(f"feature column {col!r} has no values (all missing); use --drop {col!r}")
+    decimal = schema.read.decimal
+    if col in cfg.date_columns:
+        schema.dates[col], schema.told[col] = _date_format(present, col, forced=True) or "iso", "--date-columns"
+        schema.numeric.append(col)
+        return
+    if col in cfg.numeric:
+        _numeric_or_fail(col, column, schema)
+        schema.told[col] = "--numeric"
+        return
+    if col in cfg.categorical:
+        _categorical(col, present, schema)
+        schema.told[col] = "--categorical"
+        return
     distinct = len(set(present))
+    numbers = None if _has_leading_zeros(present) else numeric_values(column, decimal)
     if distinct == 1 and len(present) == len(keys):
         schema.dropped[col] = "constant"
-    elif _looks_like_id(col, column, present, distinct):
+    elif (why := _id_reason(col, present, distinct, numbers)) is not None:
         schema.id_columns.append(col)
-        schema.dropped[col] = "identifier (a distinct value per row); passed through scoring"
-    elif numeric_values(column) is not None:
+        schema.dropped[col] = why
+    elif numbers is None and (fmt := _date_format(present, col)) is not None:
+        schema.dates[col] = fmt
         schema.numeric.append(col)
+    elif numbers is not None and not (_named(col, CODE_WORDS) and _integral(numbers)):
+        schema.numeric.append(col)
+        _record_unit(col, present, schema)
     else:
-        schema.categorical.append(col)
+        _categorical(col, present, schema)
 
 
-def _looks_like_id(col: str, column: pd.Series, present: list[str], distinct: int) -> bool:
-    if distinct != len(present) or len(present) < 20:
+def _numeric_or_fail(col: str, column: pd.Series, schema: Schema) -> None:
+    for row, value in enumerate(column):
+        try:
+            parse_number(value, schema.read.decimal)
+        except ValueError as exc:
+            raise DataError(f"--numeric {col!r}: row {row + 1}: {exc}") from None
+    schema.numeric.append(col)
+    _record_unit(col, [v for v in column if category_key(v) is not None], schema)
+
+
+def _categorical(col: str, present: list[str], schema: Schema) -> None:
+    schema.categorical.append(col)
+    merged = merged_levels(present)
+    if merged:
+        schema.merged[col] = merged
+    schema.levels[col] = len({merged.get(v, v) for v in present})
+
+
+def merged_levels(present: list[str]) -> dict[str, str]:
+    """Spellings that differ only by case → the most frequent of them (`YES`, `yes` → `Yes`)."""
+    counts = Counter(present)
+    groups: dict[str, list[str]] = {}
+    for level in counts:
+        groups.setdefault(level.casefold(), []).append(level)
+    merged = {}
+    for spellings in groups.values():
+        if len(spellings) > 1:
+            keep = min(spellings, key=lambda v: (-counts[v], v))
+            merged.update({v: keep for v in spellings if v != keep})
+    return merged
+
+
+def _has_leading_zeros(present: list[str]) -> bool:
+    """`000123`, `0421`: codes whose zeros matter, never amounts (`0`, `0.5` are numbers)."""
+    return any(len(v) > 1 and v[0] == "0" and v[1].isdigit() for v in present)
+
+
+def _integral(numbers: np.ndarray) -> bool:
+    finite = numbers[~np.isnan(numbers)]
+    return bool(np.all(np.mod(finite, 1) == 0))
+
+
+def _id_reason(col: str, present: list[str], distinct: int, numbers: np.ndarray | None) -> str | None:
+    """Why a column is an identifier (passed through scoring, never a feature), or None."""
+    if len(present) < 20:
+        return None
+    integral = numbers is not None and _integral(numbers)
+    if distinct == len(present) and (numbers is None or (integral and _named(col, ID_WORDS))):
+        # NOTE: a distinct text per row (customerID) carries no learnable signal
+        return "identifier (a distinct value per row); passed through scoring"
+    if (numbers is None or integral) and _named(col, ID_WORDS - {"no"}) and distinct > ID_SHARE * len(present):
+        return f"identifier ({distinct:,} distinct values in {len(present):,} rows: repeats per customer, not a feature); passed through scoring"
+    if numbers is None and distinct > ID_SHARE * len(present) and distinct > 100:
+        return f"identifier-like ({distinct:,} distinct values in {len(present):,} rows: too few rows per level to learn from); passed through scoring"
+    return None
+
+
+def _named(col: str, words: frozenset[str]) -> bool:
+    """'customerID', 'RowNumber', 'loan_no', 'zip_code' — the last word of the name says what it is."""
+    found = _WORD.findall(col)
+    return bool(found) and found[-1].lower() in words
+
+
+def _date_format(present: list[str], col: str, forced: bool = False) -> str | None:
+    """The one format every value of a date column is written in, or None (a refusal when `forced`)."""
+    sample = present[:: max(1, len(present) // 2000)]
+    if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
+        return None
+    for fmt in DATE_FORMATS:
+        try:
+            for v in present:
+                parse_date(v, fmt)
+        except ValueError:
+            continue
+        return fmt
+    if forced:
+        bad = next(v for v in present if not _parses_as_date(v))
+        raise DataError(f"--date-columns {col!r}: {bad!r} is not a date in any known format (e.g. 2023-04-17)")
+    return None
+
+
+def _parses_as_date(value: str) -> bool:
+    try:
+        parse_date(value)
+    except ValueError:
         return False
-    if numeric_values(column) is None:
-        return True  # NOTE: a distinct text per row (customerID) carries no learnable signal
-    values = numeric_values(column)
-    integral = values is not None and bool(np.all(np.mod(values[~np.isnan(values)], 1) == 0))
-    return integral and _named_like_id(col)
+    return True
 
 
-def _named_like_id(col: str) -> bool:
-    """'customerID', 'RowNumber', 'loan_no', 'Index' — the last word of the name says identifier."""
-    words = _WORD.findall(col)
-    return bool(words) and words[-1].lower() in ID_WORDS
+def _record_unit(col: str, present: list[str], schema: Schema) -> None:
+    units = Counter(business_number(v, schema.read.decimal)[1] for v in present[:5000] if not _plain(v))
+    units.pop("", None)
+    if units:
+        schema.units[col] = units.most_common(1)[0][0]
+
+
+def _plain(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text.strip().lower() in ("", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a")
+    return True
+
+
+def _row(col: str, schema: Schema) -> dict[str, Any]:
+    """The column table's line for one column: the type it got and why."""
+    row = _typed_row(col, schema)
+    if col in schema.told:
+        row["why"] = f"as told ({schema.told[col]}); " + row["why"]
+    return row
+
+
+def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
+    if col in schema.dropped:
+        kind = "identifier" if col in schema.id_columns else "left out"
+        return {"column": col, "type": kind, "why": schema.dropped[col]}
+    if col in schema.dates:
+        fmt = schema.dates[col]
+        return {
+            "column": col,
+            "type": "date",
+            "why": f"dates ({'ISO' if fmt == 'iso' else fmt}): age in days at the latest training date",
+        }
+    if col in schema.numeric:
+        unit = schema.units.get(col)
+        return {
+            "column": col,
+            "type": "numeric",
+            "why": "every value a number" + (f" ({unit!r} stripped)" if unit else ""),
+        }
+    merged = schema.merged.get(col, {})
+    why = "text values"
+    if merged:
+        shown = ", ".join(f"{k!r}→{v!r}" for k, v in list(merged.items())[:4])
+        why += f"; levels differing only in case merged: {shown}" + (" …" if len(merged) > 4 else "")
+    return {"column": col, "type": "categorical", "levels": schema.levels.get(col, 0), "why": why}
+
+
+def _target_row(name: str, target: Target) -> dict[str, Any]:
+    why = f"{target.task} target" + (f" (positive class {target.positive!r})" if target.positive is not None else "")
+    if target.merged:
+        why += "; labels differing only in case merged: " + ", ".join(f"{k!r}→{v!r}" for k, v in target.merged.items())
+    return {"column": name, "type": "target", "why": why}
+
+
+def column_lines(schema: Schema) -> list[str]:
+    """The table training prints: how the file was read, then every column with its type and why."""
+    r = schema.read
+    sep = {"\t": "tab"}.get(r.sep, r.sep)
+    lines = [f"read as {r.format}: delimiter {sep!r}, decimal mark {r.decimal!r}, encoding {r.encoding}"]
+    width = max(len(row["column"]) for row in schema.table)
+    for row in schema.table:
+        shown = row["type"] + (f" ({_levels_of(row)})" if row["type"] == "categorical" else "")
+        lines.append(f"  {row['column']:<{width}}  {shown:<26} {row['why']}")
+    lines += [f"WARNING: {w}" for w in schema.warnings]
+    return lines
+
+
+def _levels_of(row: dict[str, Any]) -> str:
+    return f"{row['levels']} levels" if "levels" in row else "levels"
+
+
+def leakage_warnings(df: pd.DataFrame, schema: Schema, target: Target, cfg: TrainConfig) -> list[str]:
+    """A warning for each feature that alone predicts the target almost perfectly (likely leakage)."""
+    warnings = []
+    majority = (
+        float(np.bincount(target.y.astype(np.int64)).max() / len(target.y)) if target.task != "regression" else 0.0
+    )
+    for col in schema.features:
+        score, what = _alone(df[col], col, schema, target, cfg)
+        if score >= LEAK_SCORE and (what != "purity" or majority < LEAK_SCORE):
+            warnings.append(
+                f"column '{col}' alone predicts {cfg.target} almost perfectly ({what} {score:.3f}): likely leakage "
+                f"(the target under another name, or known only after the outcome); --drop {col} unless it is known when predicting"
+            )
+    return warnings
+
+
+def _alone(column: pd.Series, col: str, schema: Schema, target: Target, cfg: TrainConfig) -> tuple[float, str]:
+    """How well one column alone predicts the target: AUC (binary, numeric), |correlation|
+    (regression, numeric) or purity (categorical: the share of rows whose level's majority class is theirs)."""
+    y = target.y
+    if col in schema.numeric and col not in schema.dates:
+        x = numeric_values(column, schema.read.decimal)
+        if x is None:
+            return 0.0, ""
+        x = np.where(np.isnan(x), np.nanmedian(x) if np.isfinite(x).any() else 0.0, x)
+        if target.task == "regression":
+            c = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else 0.0
+            return float(abs(c)), "|correlation|"
+        if target.task == "binary":
+            from sklearn.metrics import roc_auc_score
+
+            auc = float(roc_auc_score(y, x))
+            return max(auc, 1 - auc), "AUC"
+        return 0.0, ""
+    if col in schema.categorical and target.task != "regression":
+        merged = schema.merged.get(col, {})
+        keys = [merged.get(k, k) if k is not None else "" for k in category_values(column)]
+        table = pd.crosstab(pd.Series(keys), pd.Series(y))
+        table = table[table.sum(axis=1) >= cfg.min_category_count]
+        if table.empty or len(table) < 2:
+            return 0.0, ""
+        return float(table.max(axis=1).sum() / table.values.sum()), "purity"
+    return 0.0, ""
 
 
 def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Target]:
@@ -204,10 +388,16 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     present = [k for k in keys if k is not None]
     if not present:
         raise DataError(f"target column {cfg.target!r} has no values")
-    task = _decide_task(cfg.task, present, df[cfg.target])
+    decimal = df.attrs.get("read", Reading()).decimal
+    task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     if task == "regression":
-        y = np.array([parse_number(v) for v in df[cfg.target]], dtype=np.float64)
+        y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
         return df, Target(task, y, [], None, dropped)
+    # `yes`, `YES` and `Yes` are one class, never three: a binary target stays binary
+    merged = merged_levels(present)
+    present = [merged.get(k, k) for k in present]
+    if merged and cfg.task == "auto":
+        task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     levels = sorted(set(present), key=_level_sort_key)
     if len(levels) < 2:
         raise DataError(f"target {cfg.target!r} has one class only ({levels[0]!r}); nothing to learn")
@@ -219,7 +409,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     y = np.array([index[k] for k in present], dtype=np.int64)
     labels = [_typed_label(lv) for lv in levels]
     positive = labels[1] if task == "binary" else None
-    return df, Target(task, y, labels, positive, dropped)
+    return df, Target(task, y, labels, positive, dropped, merged)
 
 
 def _cols(df: pd.DataFrame) -> str:
@@ -237,8 +427,8 @@ def _missing_column(what: str, name: str, df: pd.DataFrame) -> DataError:
     return DataError(f"{what} {name!r} is not in the data{hint} (columns: {_cols(df)})")
 
 
-def _decide_task(requested: str, present: list[str], column: pd.Series) -> str:
-    numbers = _try_numbers(present)
+def _decide_task(requested: str, present: list[str], column: pd.Series, decimal: str = ".") -> str:
+    numbers = _try_numbers(present, decimal)
     distinct = len(set(present))
     if requested == "regression":
         if numbers is None:
@@ -256,9 +446,9 @@ def _decide_task(requested: str, present: list[str], column: pd.Series) -> str:
     return "multiclass" if integral and distinct <= 10 else "regression"
 
 
-def _try_numbers(values: list[str]) -> np.ndarray | None:
+def _try_numbers(values: list[str], decimal: str = ".") -> np.ndarray | None:
     try:
-        return np.array([parse_number(v) for v in values], dtype=np.float64)
+        return np.array([parse_number(v, decimal) for v in values], dtype=np.float64)
     except ValueError:
         return None
 
@@ -274,6 +464,12 @@ def _order_binary(levels: list[str], present: list[str], positive: str | None) -
     """[negative, positive]: the requested one, else a 'positive-sounding' one, else the minority."""
     if positive is not None:
         wanted = positive.strip()
+        # `--positive yes` names the class `Yes` that `yes`/`YES` were merged into
+        wanted = (
+            next((lv for lv in levels if lv.casefold() == wanted.casefold()), wanted)
+            if wanted not in levels
+            else wanted
+        )
         if wanted not in levels:
             raise DataError(f"--positive {positive!r} is not a target class (classes: {levels})")
     else:
@@ -326,12 +522,24 @@ def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig) -> list[Fea
     """Fit imputation, standardization and vocabularies on the given (training) rows only."""
     features: list[Feature] = []
     for col in schema.numeric:
-        values = numeric_values(df[col])
+        date = _fit_date(col, df[col], schema.dates[col]) if col in schema.dates else None
+        values = np.array([date(v) for v in df[col]]) if date else numeric_values(df[col], schema.read.decimal)
         assert values is not None  # NOTE: schema inference guarantees every value parses
-        features.append(_fit_numeric(col, values))
+        features.append(replace(_fit_numeric(col, values), unit=schema.units.get(col, ""), date=date))
     for col in schema.categorical:
-        features.append(_fit_categorical(col, category_values(df[col]), cfg))
+        merged = schema.merged.get(col, {})
+        keys = [merged.get(k, k) if k is not None else None for k in category_values(df[col])]
+        features.append(_fit_categorical(col, keys, cfg))
     return features
+
+
+def _fit_date(col: str, column: pd.Series, fmt: str) -> DateParse:
+    """A date column's parser: ages in days at the latest date of the training rows."""
+    stamps = [parse_date(v, fmt) for v in column]
+    latest = max((t for t in stamps if t is not None), default=None)
+    if latest is None:
+        raise DataError(f"date column {col!r} has no values in the training split")
+    return DateParse(latest.isoformat(), fmt)
 
 
 def _fit_numeric(col: str, values: np.ndarray) -> NumericFeature:
@@ -354,7 +562,7 @@ def _fit_categorical(col: str, keys: list[str | None], cfg: TrainConfig) -> Cate
     counts = pd.Series([k for k in keys if k is not None]).value_counts(sort=False)
     kept = counts[counts >= min(cfg.min_category_count, int(counts.max()))]
     kept = kept.sort_values(ascending=False, kind="stable").head(cfg.max_vocab)
-    return CategoricalFeature(col, tuple(sorted(str(k) for k in kept.index)))
+    return CategoricalFeature(col, tuple(sorted(str(k) for k in kept.index)), fold=True)
 
 
 def build_preprocess(
@@ -373,6 +581,8 @@ def build_preprocess(
         positive=target.positive,
         target_mean=mean,
         target_std=std if not math.isnan(std) else 1.0,
+        read=schema.read,
+        columns=schema.table,
     )
 
 

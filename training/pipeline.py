@@ -59,14 +59,14 @@ class TrainResult:
 
 def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = print) -> TrainingData:
     """Read, infer, split and fit preprocessing on the non-test rows (the training rows only)."""
-    df = D.read_csv(cfg.data)
+    df, reading = D.read_data(cfg)
     sha256 = D.file_sha256(cfg.data)
     df, target = D.encode_target(df, cfg)
     if target.dropped_missing:
         say(f"dropped {target.dropped_missing} rows with a missing target")
-    schema = D.infer_schema(df, cfg)
-    for col, why in schema.dropped.items():
-        say(f"column {col!r} left out: {why}")
+    schema = D.infer_schema(df, cfg, reading, target)
+    for line in D.column_lines(schema):  # every column's type and why; how the file was read
+        say(line)
     if test_rows is None:
         test_rows = champion_test_rows(cfg, target, sha256)
         if test_rows is not None:

@@ -17,7 +17,7 @@ import numpy as np
 from service.encoders import Fields, RecordEncoder
 from service.errors import InputError
 from service.explain import Explain, Explainer
-from service.features import CategoricalFeature, Encoded, Preprocess
+from service.features import CategoricalFeature, Encoded, NumericFeature, Preprocess
 from service.protocols.base import (
     ABSENT,
     Headers,
@@ -137,7 +137,8 @@ class TypedRecords:
         names = {f.name: f"f{i}" for i, f in enumerate(pre.features)}
         ids = {col: f"id{j}" for j, col in enumerate(pre.id_columns)}
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
-            (names[f.name], _level_type(f) if isinstance(f, CategoricalFeature) else float | None) for f in pre.features
+            (names[f.name], _level_type(f) if isinstance(f, CategoricalFeature) else _number_type(f))
+            for f in pre.features
         ]  # required: an absent feature takes the general path (imputed, maybe a warning)
         fields += [(attr, Any, msgspec.UNSET) for attr in ids.values()]
         rename = {attr: name for name, attr in [*names.items(), *ids.items()]}
@@ -187,7 +188,7 @@ class TypedRecords:
 
 def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
     """The C decoder of plain bodies for this model, or None where it is not built or cannot be."""
-    if PlainDecoder is None:
+    if PlainDecoder is None or pre.dates:  # a date is text the C decoder does not read
         return None
     try:
         return PlainDecoder(
@@ -198,6 +199,10 @@ def plain_decoder(pre: Preprocess) -> _records.Decoder | None:
         )
     except ValueError:  # a name or level JSON writes escaped, or an id column named as a feature
         return None
+
+
+def _number_type(feature: NumericFeature) -> Any:
+    return str | None if feature.date is not None else float | None
 
 
 def _level_type(feature: CategoricalFeature) -> Any:

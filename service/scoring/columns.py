@@ -17,12 +17,14 @@ import pyarrow.compute as pc
 from service.features import (
     NUMERIC_MISSING,
     CategoricalFeature,
+    DateParse,
     Encoded,
     EncodingError,
     Preprocess,
     encode_categorical,
     encode_numeric,
     level_code,
+    parse_number,
 )
 
 level_codes: Callable[..., bytearray] | None
@@ -87,6 +89,8 @@ class ArrowEncoder:
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
+        self._parsers = pre.parsers or [parse_number] * len(pre.numeric)
+        self._decimal = pre.read.decimal
         # numeric columns that once needed blanks cleared before Arrow's cast: later blocks
         # go straight there (a failing cast reads the whole block first)
         self._padded: set[str] = set()
@@ -113,7 +117,8 @@ class ArrowEncoder:
         cat = np.empty((len(self.pre.categorical), n), dtype=np.int64)
         enc = Encoded(num=num, cat=cat)
         for j, feat in enumerate(self.pre.numeric):
-            num[j] = _numeric(feat.name, _array(batch.column(feat.name)), n, enc, self._padded)
+            column = _array(batch.column(feat.name))
+            num[j] = _numeric(feat.name, column, n, enc, self._padded, self._parsers[j], self._decimal)
         for j, cfeat in enumerate(self.pre.categorical):
             cat[j] = _categorical(
                 cfeat, _array(batch.column(cfeat.name)), self._vocabs[j], n, enc, self._level_bytes[j]
@@ -129,17 +134,33 @@ def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return text_column(column)
 
 
-def _numeric(name: str, column: pa.Array, n: int, enc: Encoded, padded: set[str]) -> np.ndarray:
+def _numeric(
+    name: str, column: pa.Array, n: int, enc: Encoded, padded: set[str], parse: Any = parse_number, decimal: str = "."
+) -> np.ndarray:
     kind = column.type
+    if pa.types.is_null(kind):
+        return encode_numeric(name, None, n, enc)
+    if isinstance(parse, DateParse):  # a date: every value parsed, whatever its type (Arrow dates too)
+        return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc, parse)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return encode_numeric(name, column.to_numpy(zero_copy_only=False), n, enc)
     if pa.types.is_string(kind):  # values that parse here are ASCII, so valid UTF-8
-        fast = _parse_numbers(column, name, padded)
+        pointed = _with_point(column, decimal)
+        fast = _parse_numbers(pointed, name, padded) if pointed is not None else None
         if fast is not None:
             return encode_numeric(name, fast, n, enc)
-    if pa.types.is_null(kind):
-        return encode_numeric(name, None, n, enc)
-    return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc)  # the exact path decides
+    # the exact path decides (currency and percent signs, thousands separators, bad values)
+    return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc, parse)
+
+
+def _with_point(column: pa.Array, decimal: str) -> pa.Array | None:
+    """A decimal-comma column as Arrow's cast reads it (`29,85` → `29.85`); None for one with points
+    (thousands separators there, which the cast would read as decimals): the exact path reads it."""
+    if decimal != ",":
+        return column
+    if pc.any(pc.match_substring(column, ".")).as_py():
+        return None
+    return pc.replace_substring(column, ",", ".")
 
 
 def _parse_numbers(column: pa.Array, name: str, padded: set[str]) -> np.ndarray | None:

@@ -1,11 +1,14 @@
-"""Where rows come from and go to: CSV (plain or gzip) and Parquet, files or streams, as Arrow batches.
+"""Where rows come from and go to: CSV (plain or gzip, any delimiter and encoding), Parquet, JSON
+lines and Excel, files or streams, as Arrow batches; header names stripped as training strips them.
 
 Rows the CSV reader cannot split, and records over RECORD_LIMIT, go back in place, never dropped.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import datetime as dt
 import gzip
 import io
 from collections.abc import Iterator
@@ -17,13 +20,17 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-Format = Literal["csv", "csv.gz", "parquet"]
+from service.features import Reading
+
+Format = Literal["csv", "csv.gz", "parquet", "jsonl", "excel"]
+FORMATS_TEXT = ".csv (or .txt, .tsv), .csv.gz, .parquet, .jsonl (JSON lines) and .xlsx/.xls"
+SEPARATORS = (",", ";", "\t", "|")
 HEADER_PROBE = 1 << 16
 RECORD_LIMIT = 1 << 20  # bytes in one CSV record; reads are at least twice this, so a record's end is one read away
 LIMIT_TEXT = "1 MiB"
 _OVER_LIMIT = "\x00tabserve: record over the limit, bytes="  # the NUL keeps it apart from CSV text
 _SHORT = RECORD_LIMIT // 2  # a newline in every window this long: no line in it is over the limit
-_QUOTE, _COMMA, _LF, _CR = 34, 44, 10, 13
+_QUOTE, _LF, _CR = 34, 10, 13
 _NOT_A_QUOTE = 0  # what `_prev` holds after a quote that did not close a quoted field
 ROW = "_tabserve_row"  # 1-based input row number (header not counted)
 UNPARSED = "_tabserve_unparsed"  # why the reader could not split the row; null for good rows
@@ -39,9 +46,87 @@ def format_of(path: Path) -> Format:
         return "parquet"
     if name.endswith(".gz"):
         return "csv.gz"
-    if name.endswith(".csv") or name.endswith(".txt") or "." not in name:
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
+        return "excel"
+    if name.endswith((".csv", ".txt", ".tsv")) or "." not in name:
         return "csv"
-    raise ScoringError(f"{path}: unknown format (use .csv, .csv.gz or .parquet)")
+    raise ScoringError(f"{path}: unknown format; supported: {FORMATS_TEXT}")
+
+
+def stripped(names: list[str]) -> list[str]:
+    """Header names as training reads them (`  Contract  ` is `Contract`)."""
+    return [str(name).strip() for name in names]
+
+
+def sniff_sep(header: str, prefer: str = ",") -> str:
+    """The delimiter that splits a header line into the most fields (`prefer` on a tie)."""
+    counts = {sep: _fields(header, sep) for sep in SEPARATORS}
+    best = max(counts.values())
+    return prefer if counts.get(prefer, 0) == best else max(SEPARATORS, key=lambda sep: counts[sep])
+
+
+def _fields(header: str, sep: str) -> int:
+    try:
+        return len(next(csv.reader([header], delimiter=sep), []))
+    except csv.Error:  # a field over the csv module's limit: the header's own reading says so
+        return 0
+
+
+def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
+    """A file's encoding from its first bytes: the bundle's (`preferred`) unless they say otherwise:
+    UTF-8 when they hold UTF-8 beyond ASCII; a detected one (charset-normalizer) when many lines are
+    not UTF-8. A stray bad byte here and there stays an error of its row, not a guess for the file."""
+    lines = head.splitlines()[:-1] or head.splitlines()  # the last may be cut mid-character
+    bad = sum(1 for line in lines if not _utf8(line))
+    if bad == 0:
+        return preferred if head.isascii() else "utf-8"
+    if codecs.lookup(preferred).name != "utf-8":
+        return preferred
+    return detect_encoding(head) if bad >= max(3, len(lines) // 10) else preferred
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def detect_encoding(data: bytes) -> str:
+    """The most likely encoding of bytes that are not UTF-8 (charset-normalizer), cp1252 if unsure."""
+    from charset_normalizer import from_bytes
+
+    found = from_bytes(data)
+    best = found.best()
+    if best is None:
+        return "cp1252"
+    # NOTE: on a few accented words single-byte code pages tie (cp1250 reads `è` as `č`): a tie goes
+    # to cp1252, what Western exports are; Latin-1 decodes any byte and means cp1252 there too
+    if any(m.encoding == "cp1252" and m.chaos <= best.chaos for m in found):
+        return "cp1252"
+    name = codecs.lookup(best.encoding).name
+    return "cp1252" if name in ("iso8859-1", "latin-1", "iso8859-15") else name
+
+
+class _Transcoded:
+    """A byte stream in another encoding, read as UTF-8 (what Arrow's CSV reader takes)."""
+
+    def __init__(self, head: bytes, rest: Any, encoding: str, name: str) -> None:
+        self._head, self._rest, self._name = head, rest, name
+        self._decoder = codecs.getincrementaldecoder(encoding)("strict")
+        self.encoding = encoding
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._head = self._head, b""
+        if not data:
+            data = self._rest.read(size) or b""
+        try:
+            return self._decoder.decode(data, final=not data).encode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ScoringError(f"{self._name} is not valid {self.encoding} ({exc.reason}); pass --encoding") from None
 
 
 class Source(Protocol):
@@ -64,9 +149,10 @@ class _Records:
     """A CSV body as Arrow buffers of whole records, their ends found as Arrow's parser finds them; a
     record over RECORD_LIMIT is dropped as read, a marker row with one field too many in its place."""
 
-    def __init__(self, head: bytes, rest: Any, columns: int) -> None:
+    def __init__(self, head: bytes, rest: Any, columns: int, sep: str = ",") -> None:
         self._rest, self._unread = rest, head
-        self._marker_end = b"," * columns + b"\n"
+        self._sep = ord(sep)
+        self._marker_end = sep.encode() * columns + b"\n"
         self._held = b""  # the start of a record whose end is not read yet
         self._quoted = False  # whether the bytes scanned so far end inside a quoted field
         self._prev = _LF  # the byte before the next one scanned
@@ -157,7 +243,7 @@ class _Records:
         before = arr[opening - 1]  # at 0 this wraps to the last byte; the byte before is `_prev`
         if opening[0] == 0:
             before[0] = self._prev
-        at_start = (before == _COMMA) | (before == _LF) | (before == _CR) | (before == _QUOTE)
+        at_start = (before == self._sep) | (before == _LF) | (before == _CR) | (before == _QUOTE)
         if at_start.all():  # every quote pairs as Arrow pairs it (the usual case)
             return quotes
         return np.array(self._toggles_exact(data, quotes.tolist()), dtype=np.int64)
@@ -169,7 +255,7 @@ class _Records:
         for q in quotes:
             before = data[q - 1] if q else self._prev
             closed_just_before = before == _QUOTE and (q == 0 or (toggles and toggles[-1] == q - 1))
-            if quoted or before in (_COMMA, _LF, _CR) or closed_just_before:
+            if quoted or before in (self._sep, _LF, _CR) or closed_just_before:
                 toggles.append(q)
                 quoted = not quoted
         return toggles
@@ -191,17 +277,31 @@ class CsvSource:
     """A decompressed CSV stream, every column as text, parsed by a synchronous `read_csv` per block
     (Arrow's streaming reader reads far ahead on threads that call back into Python)."""
 
-    def __init__(self, stream: Any, raw: Any = None, chunk_rows: int = 16_384, name: str = "input") -> None:
+    def __init__(
+        self,
+        stream: Any,
+        raw: Any = None,
+        chunk_rows: int = 16_384,
+        name: str = "input",
+        reading: Reading | None = None,
+    ) -> None:
         self._raw = raw if raw is not None else stream
+        reading = reading or Reading()
         head = _header(stream, name)
+        self.encoding = choose_encoding(head, reading.encoding)
+        if codecs.lookup(self.encoding).name != "utf-8":
+            stream = _Transcoded(head, stream, self.encoding, name)
+            head = _header(stream, name)
         first = head.splitlines()[0]
+        header = first.decode("utf-8-sig", errors="replace")
+        self.sep = sniff_sep(header, reading.sep)
         try:
-            self.columns = next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])
+            self.columns = stripped(next(csv.reader([header], delimiter=self.sep), []))
         except csv.Error as exc:
             raise ScoringError(f"{name}: the header line cannot be read ({exc})") from None
         body = head[len(first) :]
         body = body[2:] if body.startswith(b"\r\n") else body[1:]
-        self._records = _Records(body, stream, len(self.columns))
+        self._records = _Records(body, stream, len(self.columns), self.sep)
         # reads of about chunk_rows rows, never under twice the record limit (batches are cut to chunk_rows)
         line = max(len(head) / max(head.count(b"\n"), 1), 16.0)
         self._block = int(min(max(chunk_rows * line, 2 * RECORD_LIMIT), 1 << 26))
@@ -224,7 +324,7 @@ class CsvSource:
         return "skip"
 
     def batches(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
-        parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=self._on_invalid)
+        parse = pcsv.ParseOptions(delimiter=self.sep, newlines_in_values=True, invalid_row_handler=self._on_invalid)
         convert = pcsv.ConvertOptions(
             column_types={c: pa.string() for c in wanted},
             include_columns=wanted,
@@ -282,18 +382,19 @@ class ParquetSource:
     def __init__(self, path: Path | pa.NativeFile, chunk_rows: int = 16_384) -> None:
         self._file = pq.ParquetFile(path)
         self._schema = self._file.schema_arrow
-        self.columns = list(self._schema.names)
+        self._names = dict(zip(stripped(self._schema.names), self._schema.names, strict=True))
+        self.columns = stripped(self._schema.names)
         self._chunk, self._done = chunk_rows, 0
         self._size = path.stat().st_size if isinstance(path, Path) else int(path.size())
         self._rows = max(self._file.metadata.num_rows, 1)
 
     def type_of(self, column: str) -> pa.DataType:
-        return self._schema.field(column).type
+        return self._schema.field(self._names.get(column, column)).type
 
     def batches(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
-        for batch in self._file.iter_batches(batch_size=self._chunk, columns=wanted):
+        for batch in self._file.iter_batches(batch_size=self._chunk, columns=[self._names.get(c, c) for c in wanted]):
             self._done += batch.num_rows
-            yield batch
+            yield batch.rename_columns(wanted)
 
     def take_invalid(self) -> list[tuple[int, str]]:
         return []
@@ -305,21 +406,95 @@ class ParquetSource:
         self._file.close()
 
 
-def open_source(path: Path, chunk_rows: int = 16_384) -> Source:
+class TableSource:
+    """A whole table read at once (JSON lines, Excel: formats without a streaming reader), in blocks."""
+
+    def __init__(self, table: pa.Table, chunk_rows: int = 16_384, size: int = 0) -> None:
+        self._table = table.rename_columns(stripped(table.column_names))
+        self.columns = list(self._table.column_names)
+        self._chunk, self._done, self._size, self._rows = chunk_rows, 0, size, max(table.num_rows, 1)
+
+    def type_of(self, column: str) -> pa.DataType:
+        return self._table.schema.field(column).type
+
+    def batches(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
+        for batch in self._table.select(wanted).to_batches(max_chunksize=self._chunk):
+            self._done += batch.num_rows
+            yield batch
+
+    def take_invalid(self) -> list[tuple[int, str]]:
+        return []
+
+    def position(self) -> int:
+        return int(self._size * self._done // self._rows)
+
+    def close(self) -> None:
+        self._table = self._table.slice(0, 0)
+
+
+def read_jsonl(path: Path | str) -> pa.Table:
+    """A JSON-lines file (one object per line) as Arrow's JSON reader types it."""
+    import pyarrow.json as pjson
+
+    try:
+        return pjson.read_json(str(path))
+    except pa.ArrowInvalid as exc:
+        raise ScoringError(f"{path} is not readable JSON lines (one object per line): {exc}") from None
+
+
+def read_excel(path: Path | str) -> pa.Table:
+    """An Excel workbook's first sheet (python-calamine), first row the header, every cell as its text
+    (whole numbers without `.0`, dates in ISO form): what the same sheet saved as CSV would hold."""
+    from python_calamine import CalamineError, CalamineWorkbook
+
+    try:
+        rows = CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0).to_python(skip_empty_area=True)
+    except (CalamineError, OSError, ValueError) as exc:
+        raise ScoringError(f"{path} is not a readable Excel workbook: {exc}") from None
+    if not rows:
+        raise ScoringError(f"{path}: the first sheet is empty")
+    header = [_cell_text(c) for c in rows[0]]
+    width = len(header)
+    columns = [[_cell_text(r[j]) if j < len(r) else "" for r in rows[1:]] for j in range(width)]
+    return pa.table([pa.array(c, pa.string()) for c in columns], names=header)
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ") if value.time() != dt.time() else value.date().isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def open_source(path: Path, chunk_rows: int = 16_384, reading: Reading | None = None) -> Source:
+    """A file's rows; a CSV read as `reading` says (the bundle's: delimiter, decimal, encoding)."""
     fmt = format_of(path)
     if fmt == "parquet":
         return ParquetSource(path, chunk_rows)
+    if fmt == "jsonl":
+        return TableSource(read_jsonl(path), chunk_rows, path.stat().st_size)
+    if fmt == "excel":
+        return TableSource(read_excel(path), chunk_rows, path.stat().st_size)
     raw = pa.OSFile(str(path), "rb")
     stream = pa.CompressedInputStream(raw, "gzip") if fmt == "csv.gz" else raw
-    return CsvSource(stream, raw, chunk_rows, name=str(path))
+    return CsvSource(stream, raw, chunk_rows, name=str(path), reading=reading)
 
 
-def open_stream(stream: IO[bytes], chunk_rows: int = 16_384, name: str = "stdin") -> CsvSource:
+def open_stream(
+    stream: IO[bytes], chunk_rows: int = 16_384, name: str = "stdin", reading: Reading | None = None
+) -> CsvSource:
     """A CSV source on a binary stream (stdin); gzip is told by its first bytes."""
     buffered: Any = stream if hasattr(stream, "peek") else io.BufferedReader(stream)
     if buffered.peek(2)[:2] == b"\x1f\x8b":
-        return CsvSource(gzip.GzipFile(fileobj=buffered, mode="rb"), buffered, chunk_rows, name=name)
-    return CsvSource(buffered, buffered, chunk_rows, name=name)
+        return CsvSource(gzip.GzipFile(fileobj=buffered, mode="rb"), buffered, chunk_rows, name=name, reading=reading)
+    return CsvSource(buffered, buffered, chunk_rows, name=name, reading=reading)
 
 
 def numbered(source: Source, wanted: list[str]) -> Iterator[pa.RecordBatch]:
@@ -327,21 +502,24 @@ def numbered(source: Source, wanted: list[str]) -> Iterator[pa.RecordBatch]:
     pending: list[tuple[int, str]] = []
     next_row = 0
     header = list(source.columns)
+    sep = getattr(source, "sep", ",")
     for batch in source.batches(wanted):
         pending += source.take_invalid()
         n = batch.num_rows
         skipped: list[tuple[int, str]] = []
         while pending and pending[0][0] < next_row + n + len(skipped):
             skipped.append(pending.pop(0))
-        yield _with_rows(batch, next_row, skipped, header)
+        yield _with_rows(batch, next_row, skipped, header, sep)
         next_row += n + len(skipped)
     pending += source.take_invalid()
     if pending:  # unparsable rows after the last good one
         empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(c, source.type_of(c)) for c in wanted]))
-        yield _with_rows(empty, next_row, [(next_row + i, why) for i, (_, why) in enumerate(pending)], header)
+        yield _with_rows(empty, next_row, [(next_row + i, why) for i, (_, why) in enumerate(pending)], header, sep)
 
 
-def _with_rows(batch: pa.RecordBatch, first: int, skipped: list[tuple[int, str]], header: list[str]) -> pa.RecordBatch:
+def _with_rows(
+    batch: pa.RecordBatch, first: int, skipped: list[tuple[int, str]], header: list[str], sep: str = ","
+) -> pa.RecordBatch:
     n = batch.num_rows
     rows = np.arange(first + 1, first + n + len(skipped) + 1, dtype=np.int64)
     if not skipped:
@@ -357,7 +535,7 @@ def _with_rows(batch: pa.RecordBatch, first: int, skipped: list[tuple[int, str]]
             )
         start = cut
         reason, _, text = why.partition("\0")
-        parts.append(_unparsed(batch.schema, header, text, position + 1, reason))
+        parts.append(_unparsed(batch.schema, header, text, position + 1, reason, sep))
     if start < n:
         parts.append(_append(batch.slice(start), good_rows[start:], pa.nulls(n - start, pa.string())))
     return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
@@ -369,10 +547,10 @@ def _append(batch: pa.RecordBatch, rows: np.ndarray, unparsed: pa.Array) -> pa.R
     )
 
 
-def _unparsed(schema: pa.Schema, header: list[str], text: str, row: int, reason: str) -> pa.RecordBatch:
+def _unparsed(schema: pa.Schema, header: list[str], text: str, row: int, reason: str, sep: str) -> pa.RecordBatch:
     """One row the reader skipped: its fields where they can be told apart, and why."""
     try:
-        fields = next(csv.reader([text]), [])
+        fields = next(csv.reader([text], delimiter=sep), [])
     except csv.Error:  # a field over the csv module's limit: the cells stay empty, the reason says why
         fields = []
     cells = []

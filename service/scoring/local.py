@@ -495,7 +495,7 @@ def score_file(
 ) -> Summary:
     """Score `source` into `target` (format by extension) under a temporary name, then rename."""
     fmt = format_of(target)
-    reader = open_source(source, chunk_rows) if isinstance(source, Path) else source
+    reader = open_source(source, chunk_rows, scorer.pre.read) if isinstance(source, Path) else source
     remove_stale(target)
     tmp = temporary(target)
     try:

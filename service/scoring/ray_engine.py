@@ -23,8 +23,18 @@ import pyarrow.parquet as pq
 from service.bundle import BundleRef, resolve
 from service.cpus import cpu_budget
 from service.explain import Explain
+from service.features import Reading
 from service.runtime import Device
-from service.scoring.files import CsvSource, ParquetSource, ScoringError, csv_write_options, format_of, numbered
+from service.scoring.files import (
+    CsvSource,
+    ParquetSource,
+    ScoringError,
+    Source,
+    csv_write_options,
+    format_of,
+    numbered,
+    open_source,
+)
 from service.scoring.local import KEPT_ERRORS, Scorer, Summary
 
 try:
@@ -34,7 +44,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the extra
     raise ImportError("the Ray engine needs Ray Data: pip install 'tabserve[ray]'") from exc
 
-INPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+INPUT_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq", ".jsonl", ".ndjson", ".xlsx", ".xls")
 FILE = "__tabserve_file__"  # with several input files, each row's file (for its error message)
 ROW_IN_MESSAGE = re.compile(r"\brow (\d+)")
 
@@ -56,23 +66,28 @@ def input_files(spec: str) -> list[str]:
     return found
 
 
-def _open(path: str, raw: Any, chunk_rows: int) -> CsvSource | ParquetSource:
-    if format_of(Path(path)) == "parquet":
+def _open(path: str, raw: Any, chunk_rows: int, reading: Reading | None = None) -> Source:
+    fmt = format_of(Path(path))
+    if fmt == "parquet":
         return ParquetSource(raw, chunk_rows)
-    return CsvSource(raw, chunk_rows=chunk_rows, name=path)
+    if fmt in ("jsonl", "excel"):  # no streaming reader: the file is read whole, where the task runs
+        return open_source(Path(path), chunk_rows)
+    return CsvSource(raw, chunk_rows=chunk_rows, name=path, reading=reading)
 
 
 class NumberedSource(FileBasedDatasource):
     """Ray read tasks giving `numbered` blocks; with `name_files`, each row names its file."""
 
-    def __init__(self, paths: list[str], wanted: list[str], chunk_rows: int, name_files: bool) -> None:
+    def __init__(
+        self, paths: list[str], wanted: list[str], chunk_rows: int, name_files: bool, reading: Reading | None = None
+    ) -> None:
         super().__init__(paths)
-        self.wanted, self.chunk_rows, self.name_files = wanted, chunk_rows, name_files
+        self.wanted, self.chunk_rows, self.name_files, self.reading = wanted, chunk_rows, name_files, reading
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         if format_of(Path(path)) == "parquet":
             f = self._filesystem.open_input_file(path)  # Parquet needs random access
-        source = _open(path, f, self.chunk_rows)
+        source = _open(path, f, self.chunk_rows, self.reading)
         name = pa.scalar(Path(path).name, pa.string())
         for batch in numbered(source, self.wanted):
             table = pa.Table.from_batches([batch])
@@ -131,6 +146,7 @@ def score_with_ray(
     on_error: Callable[[int, str], None] | None = None,
     explain: Explain | None = None,
     cpus: int | None = None,
+    reading: Reading | None = None,
 ) -> Summary:
     """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row;
     `explain` adds reason columns as the local engine does; `cpus`: a local Ray's CPU budget
@@ -144,7 +160,7 @@ def score_with_ray(
     for path in files:  # every file's header is checked before any work
         parquet = format_of(Path(path)) == "parquet"  # the input's format; gzip CSV decompressed
         with pa.OSFile(path) if parquet else pa.input_stream(path) as raw:
-            plans.append(scorer.plan(_open(path, raw, chunk_rows), keep, keep_all))
+            plans.append(scorer.plan(_open(path, raw, chunk_rows, reading or scorer.pre.read), keep, keep_all))
     wanted, schema = plans[0]
 
     cpus = cpus or cpu_budget().cpus
@@ -161,7 +177,8 @@ def score_with_ray(
     local = address is None
     # locally one actor per two CPUs of the budget: the reads and writes need the rest
     pool = actors or (max(1, cpus // 2) if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
-    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows, name_files=len(files) > 1))
+    read_as = reading or scorer.pre.read  # the training file's delimiter and encoding, unless told otherwise
+    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows, len(files) > 1, read_as))
     tally = WarningTally.remote()  # type: ignore[attr-defined]
     scored = blocks.map_batches(
         ScoreActor,

@@ -283,7 +283,7 @@ class Upload:
                 drift=model.drift,
                 log_waits=False,  # logging never delays the service's answers
             )
-            source = CsvSource(stream, name="body")
+            source = CsvSource(stream, name="body", reading=model.pre.read)  # read as the training file was
             # one scoring thread per upload leaves cores to the service's requests
             summary = score_stream(scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1)
         except BaseException as exc:  # noqa: BLE001 (reported to the client either way)

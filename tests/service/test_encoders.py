@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from service import bundle
 from service.encoders import RecordEncoder
-from service.features import Encoded
+from service.features import Encoded, Preprocess
 from tests.service.conftest import telco_records
 
 RECORDS = telco_records(40, start=200)
@@ -80,4 +80,35 @@ def test_odd_records_encode_alike(churn_bundle: bundle.BundleRef, records: list[
 def test_a_record_keeps_the_same_first_error(churn_bundle: bundle.BundleRef, changes: dict[str, Any]) -> None:
     pre = churn_bundle.preprocess
     records = [dict(RECORDS[0]), {**RECORDS[1], **changes}]
+    _same(RecordEncoder(pre).encode(records), pre.encode_records(records))
+
+
+def business_bundle(pre: Preprocess) -> Preprocess:
+    """The churn contract as a business file would have trained it: decimal commas, `tenure` a date
+    (an age in days), levels matched ignoring case."""
+    doc = pre.to_json()
+    doc["read"] = {**doc["read"], "decimal": ","}
+    for feature in doc["features"]:
+        if feature["name"] == "tenure":
+            feature["date"] = {"reference": "2024-06-30T00:00:00", "format": "%d.%m.%Y"}
+        if feature["kind"] == "categorical":
+            feature["match"] = "casefold"
+    return Preprocess.from_json(doc)
+
+
+business_values = st.one_of(
+    odd_values,
+    st.sampled_from(["2024-01-31", "31.01.2024", "2024-13-01", "$1,234.50", "1.234", "29,85", "(1,200)", "12%"]),
+    st.sampled_from(["YES", " no ", "month-TO-month", "ONE YEAR"]),
+)
+
+
+@SAME
+@given(records=mutated(), values=st.lists(business_values, min_size=3, max_size=3))
+def test_business_records_encode_alike(
+    churn_bundle: bundle.BundleRef, records: list[dict[str, Any]], values: list[Any]
+) -> None:
+    pre = business_bundle(churn_bundle.preprocess)
+    for record, name in zip(records * 3, ["tenure", "MonthlyCharges", "Partner"], strict=False):
+        record[name] = values.pop()
     _same(RecordEncoder(pre).encode(records), pre.encode_records(records))

@@ -37,6 +37,13 @@ def make_preprocess() -> Preprocess:
         ("NA", math.nan),
         ("?", math.nan),
         (2.0, 2.0),
+        ("$1,234.50", 1234.5),
+        ("12.5%", 12.5),
+        ("(1,200)", -1200.0),
+        ("-€5", -5.0),
+        ("1,5", 1.5),  # one comma, not three digits after it: a decimal comma
+        ("1.234,5", 1234.5),
+        ("1 234,50", 1234.5),
     ],
 )
 def test_parse_number(raw: object, expected: float) -> None:
@@ -44,10 +51,42 @@ def test_parse_number(raw: object, expected: float) -> None:
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
 
 
-@pytest.mark.parametrize("raw", ["abc", True, "inf", [1], "1,5"])
+@pytest.mark.parametrize("raw", ["abc", True, "inf", [1], "1,23,456", "1.2.3,4", "$"])
 def test_parse_number_rejects(raw: object) -> None:
     with pytest.raises(ValueError, match="expected"):
         parse_number(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "point", "comma"), [("1,234", 1234.0, 1.234), ("1.234", 1.234, 1234.0), ("0,123", 0.123, 0.123)]
+)
+def test_the_decimal_mark_decides_only_the_ambiguous_case(raw: str, point: float, comma: float) -> None:
+    assert parse_number(raw) == point
+    assert parse_number(raw, decimal=",") == comma
+
+
+def test_case_folded_levels_and_dates_follow_the_bundle() -> None:
+    pre = Preprocess.from_json(
+        {
+            **make_preprocess().to_json(),
+            "features": [
+                {
+                    "name": "start",
+                    "kind": "numeric",
+                    "mean": 0,
+                    "std": 1,
+                    "median": 0,
+                    "min": 0,
+                    "max": 9,
+                    "date": {"reference": "2024-01-10T00:00:00", "format": "iso"},
+                },
+                {"name": "plan", "kind": "categorical", "vocab": ["basic", "Gold"], "match": "casefold"},
+            ],
+        }
+    )
+    enc = pre.encode_records([{"start": "2024-01-01", "plan": " GOLD "}, {"start": 3, "plan": "gold"}])
+    assert enc.num[0, 0] == 9.0 and enc.cat[:, 0].tolist() == [2, 2]
+    assert "expected a date" in str(enc.errors[1])  # a number is not a date: never read as an age
 
 
 def test_missing_and_unseen_categories_go_to_index_zero_with_a_warning() -> None:

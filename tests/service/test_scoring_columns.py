@@ -47,3 +47,31 @@ def test_arrow_path_equals_the_record_path_value_for_value(churn_bundle: bundle.
     np.testing.assert_array_equal(fast.cat, exact.cat)
     assert {r: str(e) for r, e in fast.errors.items()} == {r: str(e) for r, e in exact.errors.items()}
     assert fast.errors and fast.warnings == exact.warnings and fast.warnings
+
+
+def test_arrow_path_reads_business_values_as_the_record_path(churn_bundle: bundle.BundleRef) -> None:
+    """Decimal commas (a column with points takes the exact path), money, dates and case as features.py."""
+    import numpy as np
+    import pyarrow as pa
+
+    from service.scoring.columns import ArrowEncoder
+    from tests.service.test_encoders import business_bundle
+
+    pre = business_bundle(churn_bundle.preprocess)
+    base = {k: str(v) for k, v in telco_records(1)[0].items()}
+    money = ["29,85", "1.234", "$1,234.50", "(1,200)", "12%", "", "lots", "1.234,5", "7"]
+    dates = ["31.01.2024", "2024-01-31", "", "2024-02-30", "12", "01.06.2024 ", "n/a", "30.06.2024", "x"]
+    levels = ["YES", " no ", "Yes", "maybe", "", "yes", "NO", "Yés", "No"]
+    records = [
+        {**base, "MonthlyCharges": m, "TotalCharges": m.replace(".", ""), "tenure": d, "Partner": lv}
+        for m, d, lv in zip(money, dates, levels, strict=True)
+    ]
+    table = pa.table({name: pa.array([r[name] for r in records], pa.string()) for name in records[0]})
+    fast, exact = ArrowEncoder(pre).encode(table), pre.encode_records(records)
+    np.testing.assert_array_equal(fast.num, exact.num)
+    np.testing.assert_array_equal(fast.cat, exact.cat)
+    assert {r: str(e) for r, e in fast.errors.items()} == {r: str(e) for r, e in exact.errors.items()}
+    assert fast.warnings == exact.warnings
+    monthly = [f.name for f in pre.numeric].index("MonthlyCharges")
+    # under this bundle's decimal comma `1.234` is a thousands-grouped 1234 and `(1,200)` is -1.2
+    assert exact.num[:5, monthly].tolist() == np.array([29.85, 1234, 1234.5, -1.2, 12], np.float32).tolist()

@@ -134,10 +134,46 @@ def test_a_parquet_file_trains_as_its_csv_does(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "telco.parquet")
     from_csv = prepare_data(quick_config(TELCO, "Churn", tmp_path / "a"), say=lambda _: None)
     from_parquet = prepare_data(quick_config(tmp_path / "telco.parquet", "Churn", tmp_path / "b"), say=lambda _: None)
-    assert from_parquet.pre.to_json() == from_csv.pre.to_json()
+    parquet_doc, csv_doc = from_parquet.pre.to_json(), from_csv.pre.to_json()
+    assert parquet_doc.pop("read")["format"] == "parquet" and csv_doc.pop("read")["format"] == "csv"
+    assert parquet_doc == csv_doc
     np.testing.assert_array_equal(from_parquet.enc.num, from_csv.enc.num)  # NaN (missing) compares equal
     np.testing.assert_array_equal(from_parquet.enc.cat, from_csv.enc.cat)
     nested = pa.table({"x": pa.array([[1], [2]]), "y": pa.array(["a", "b"])})
     pq.write_table(nested, tmp_path / "nested.parquet")
     with pytest.raises(D.DataError, match="column 'x'"):
         D.read_csv(tmp_path / "nested.parquet")
+
+
+def test_overrides_for_every_guess_from_flags_and_the_config_file(tmp_path: Path) -> None:
+    from tests.fixtures.make_business_files import telco
+
+    df = telco().head(300)
+    df["signup"] = [f"{2020 + i % 4}{(i % 12) + 1:02d}01" for i in range(len(df))]  # dates written as numbers
+    path = tmp_path / "t.csv"
+    df.to_csv(path, sep="|", index=False)
+    prep = _prepare(path, "Churn", tmp_path, categorical=["SeniorCitizen"], date_columns=["signup"])
+    assert "SeniorCitizen" in prep.schema.categorical and prep.schema.dates == {"signup": "iso"}
+    assert prep.pre.read.sep == "|"
+    config = tmp_path / "read.toml"
+    config.write_text('sep = ";"\nnumeric = ["tenure"]\ndate_columns = ["signup"]\n')
+    from training.config import build_config
+
+    cfg = build_config(config, data=str(path), target="Churn", models_dir=str(tmp_path))
+    assert (cfg.sep, cfg.numeric, cfg.date_columns) == (";", ["tenure"], ["signup"])
+    with pytest.raises(D.DataError, match=r"--numeric 'Contract': row 1: expected a number"):
+        _prepare(path, "Churn", tmp_path, numeric=["Contract"])
+    with pytest.raises(D.DataError, match="--date-columns 'gender': 'Female' is not a date"):
+        _prepare(path, "Churn", tmp_path, date_columns=["gender"])
+
+
+@pytest.mark.parametrize(
+    ("text", "sep"),
+    [("a,b,c\n1,2,3\n", ","), ("a;b;c\n1,5;2;3\n", ";"), ("a\tb\n1\t2\n", "\t"), ('a;"b,c"\n1;"2,5"\n', ";")],
+)
+def test_the_delimiter_is_the_one_that_splits_every_line_alike(text: str, sep: str) -> None:
+    assert D.sniff_sep(text) == sep
+
+
+def test_levels_merge_to_their_most_frequent_spelling() -> None:
+    assert D.merged_levels(["Yes", "Yes", "YES", "yes", "No", "no"]) == {"YES": "Yes", "yes": "Yes", "no": "No"}

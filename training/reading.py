@@ -1,0 +1,166 @@
+"""Reading a training file as text cells: CSV (delimiter, encoding and decimal mark detected or
+given), Parquet, JSON lines and Excel, header names stripped; how it was read is a `Reading`."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from service.features import Reading
+from service.scoring import files
+from training.config import TrainConfig
+
+
+class DataError(ValueError):
+    """The input data cannot be trained on; the message says why in one line."""
+
+
+def read_data(cfg: TrainConfig) -> tuple[pd.DataFrame, Reading]:
+    """The training file as text cells, and how it was read (detected, or as `cfg` says)."""
+    df = read_csv(cfg.data, sep=cfg.sep, decimal=cfg.decimal, encoding=cfg.encoding)
+    return df, df.attrs["read"]
+
+
+def read_csv(
+    path: str | Path, sep: str | None = None, decimal: str | None = None, encoding: str | None = None
+) -> pd.DataFrame:
+    """Read every cell as text (types are inferred later, the same way scoring parses them). A CSV's
+    delimiter, encoding and decimal mark are detected unless given; Parquet, JSON lines and Excel are
+    read as the same data written to a CSV would be. How it was read: `df.attrs["read"]`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}")
+    head = p.open("rb").read(4096)
+    suffix = p.name.lower()
+    try:
+        if suffix.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
+            return _with_reading(_checked_frame(_read_parquet(p), p), Reading(format="parquet"), decimal)
+        if suffix.endswith((".jsonl", ".ndjson")):
+            return _with_reading(
+                _checked_frame(_text_frame(files.read_jsonl(p), p), p), Reading(format="jsonl"), decimal
+            )
+        if suffix.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
+            return _with_reading(
+                _checked_frame(_text_frame(files.read_excel(p), p), p), Reading(format="excel"), decimal
+            )
+    except files.ScoringError as exc:
+        raise DataError(str(exc)) from None
+    if suffix.endswith((".json", ".xml", ".zip", ".gz")) or b"\x00" in head:
+        raise DataError(f"{p} is not a CSV text file; supported: {files.FORMATS_TEXT}")
+    return _read_text_csv(p, sep, decimal, encoding)
+
+
+def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd.DataFrame:
+    df.attrs["read"] = Reading(reading.sep, decimal or detect_decimal(df), reading.encoding, reading.format)
+    return df
+
+
+def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str | None) -> pd.DataFrame:
+    raw = p.read_bytes()
+    encoding = encoding or _encoding_of(raw)
+    try:
+        text = raw.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p} is not valid {encoding} at byte {exc.start}: pass --encoding (e.g. cp1252)") from None
+    if not text.strip():
+        raise DataError(f"{p} is empty")
+    sep = sep or sniff_sep(text)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p} is empty") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    header = files.stripped(next(csv.reader(io.StringIO(text), delimiter=sep), []))
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
+        raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
+    df.columns = files.stripped(list(df.columns))
+    df = _checked_frame(df, p)
+    reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
+    return _with_reading(df, reading, decimal)
+
+
+def _encoding_of(raw: bytes) -> str:
+    try:
+        raw.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        return files.detect_encoding(raw[: 1 << 20])
+
+
+def sniff_sep(text: str) -> str:
+    """The delimiter that splits the first lines into the same, largest number of fields; on a tie,
+    the one that leaves no quote inside a field (`a;"b,c"` is `;`-separated)."""
+    lines = text.splitlines()[:50]
+    best, key = ",", (1, 0)
+    for sep in files.SEPARATORS:
+        try:
+            rows = [row for row in csv.reader(lines, delimiter=sep) if row]
+        except csv.Error:
+            continue
+        widths = {len(row) for row in rows}
+        width = max(widths, default=0) if len(widths) <= 2 else 0  # a quoted newline may cut one line short
+        stray = sum('"' in cell for row in rows for cell in row)
+        if (width, -stray) > key:
+            best, key = sep, (width, -stray)
+    return best
+
+
+_COMMA_DECIMAL = re.compile(r"^[-+(]?\D{0,4}\d+,(?:\d{1,2}|\d{4,})\D{0,4}$|\d\.\d{3},\d")
+_POINT_DECIMAL = re.compile(r"^[-+(]?\D{0,4}\d+\.(?:\d{1,2}|\d{4,})\D{0,4}$|\d,\d{3}\.\d")
+
+
+def detect_decimal(df: pd.DataFrame) -> str:
+    """`,` when more number-like cells read `12,50` than `12.50` (a European export), else `.`."""
+    sample = df.head(2000)
+    comma = point = 0
+    for col in sample.columns:
+        values = sample[col].astype(str)
+        comma += int(values.str.contains(_COMMA_DECIMAL).sum())
+        point += int(values.str.contains(_POINT_DECIMAL).sum())
+    return "," if comma > point else "."
+
+
+def _checked_frame(df: pd.DataFrame, p: Path) -> pd.DataFrame:
+    if df.empty:
+        raise DataError(f"{p} has a header but no data rows")
+    if df.shape[1] < 2:
+        raise DataError(f"{p} has {df.shape[1]} column; need a target and at least one feature")
+    return df
+
+
+def _read_parquet(p: Path) -> pd.DataFrame:
+    """Every column as text, nulls as empty cells: what the same data looks like read from a CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{p} is not a readable Parquet file: {exc}") from None
+    return _text_frame(table, p)
+
+
+def _text_frame(table: Any, p: Path) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = [str(c).strip() for c in table.column_names]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataError(f"column(s) named more than once in {p}: {', '.join(twice)}")
+    columns = {}
+    for name, column in zip(names, table.columns, strict=True):
+        try:
+            text = pc.cast(column, pa.string())
+        except pa.ArrowException as exc:  # nested values (lists, structs) have no one text
+            raise DataError(f"{p}: column {name!r} ({column.type}) cannot be read as values: {exc}") from None
+        columns[name] = pc.fill_null(text, "").to_numpy(zero_copy_only=False).astype(object)
+    return pd.DataFrame(columns)
