@@ -235,3 +235,26 @@ def test_ray_reads_a_file_as_training_did(files: dict[str, Variant], store: Path
     assert summary.rows_failed == 0
     got = [p for part in output_files(tmp_path / "out.csv") for p in probabilities(part)]
     assert max(abs(a - b) for a, b in zip(got, probabilities(local), strict=True)) < SAME
+
+
+def test_a_date_feature_is_documented_and_exemplified_as_a_date(files: dict[str, Variant], store: Path) -> None:
+    """/docs describes a date column as a date, and a bundle without a stored example row gets a date
+    string that the model reads without a warning (not the age in days, which it would refuse)."""
+    from service.api.schema import example_record, feature_doc, record_schema
+    from service.features import Preprocess
+
+    trained(files["dates"], store)
+    pre = Preprocess.load(store / "dates" / "1" / bundle.PREPROCESS_FILE)
+    dated = [f.name for f in pre.numeric if f.date is not None]
+    assert dated
+    record = example_record(pre)  # no metrics: the fallback of an older bundle
+    enc = pre.encode_records([record])
+    assert not enc.errors and not enc.warnings
+    stored = json.loads((store / "dates" / "1" / bundle.METRICS_FILE).read_text())["data"]["example"]
+    enc = pre.encode_records([stored])  # the real row the bundle keeps, dates as the file wrote them
+    assert not enc.errors and not enc.warnings and all(isinstance(stored[name], str) for name in dated)
+    docs = {d["name"]: d for d in feature_doc(pre)}
+    schema = record_schema(pre)["properties"]
+    for name in dated:
+        assert isinstance(record[name], str) and docs[name]["kind"] == "date"
+        assert "date" in schema[name]["description"]

@@ -46,7 +46,11 @@ def example_row(pre: Preprocess, df: Any, enc: Encoded, rows: np.ndarray) -> dic
     row = df.iloc[int(rows[complete].min())]
     record: dict[str, Any] = {col: row[col] for col in pre.id_columns if col in row.index}
     for f in pre.features:
-        if isinstance(f, NumericFeature):
+        if isinstance(f, NumericFeature) and (f.date is not None or f.unit or pre.read.decimal != "."):
+            record[f.name] = str(
+                row[f.name]
+            ).strip()  # as the file writes it (a date, $1,234.50): the service reads it so
+        elif isinstance(f, NumericFeature):
             number = parse_number(row[f.name])
             record[f.name] = int(number) if number.is_integer() and abs(number) < 2**53 else number
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,11 @@ NUMERIC_TEXT = (
 
 def feature_doc(pre: Preprocess) -> list[dict[str, Any]]:
     """Features in input order with their type and training statistics or levels."""
-    docs = []
+    docs: list[dict[str, Any]] = []
     for f in pre.features:
-        if isinstance(f, NumericFeature):
+        if isinstance(f, NumericFeature) and f.date is not None:
+            docs.append({"name": f.name, "kind": "date", "type": "string", "reference": f.date.reference})
+        elif isinstance(f, NumericFeature):
             docs.append(
                 {
                     "name": f.name,
@@ -48,7 +51,9 @@ def example_record(pre: Preprocess, metrics: dict[str, Any] | None = None) -> di
         return stored
     record: dict[str, Any] = {col: "example-id" for col in pre.id_columns}
     for f in pre.features:
-        if isinstance(f, NumericFeature):
+        if isinstance(f, NumericFeature) and f.date is not None:  # the date as old as the median one
+            record[f.name] = (f.date.reference_ - dt.timedelta(days=f.median_)).date().isoformat()
+        elif isinstance(f, NumericFeature):
             record[f.name] = round(f.median_, 4)
         else:
             record[f.name] = f.vocab_[0] if f.vocab_ else None
@@ -59,7 +64,23 @@ def record_schema(pre: Preprocess) -> dict[str, Any]:
     """JSON schema of one record: every feature with its type and allowed levels."""
     props: dict[str, Any] = {col: {"description": "identifier; passed through to the answer"} for col in pre.id_columns}
     for f in pre.features:
-        if isinstance(f, NumericFeature):
+        if isinstance(f, NumericFeature) and f.date is not None:
+            props[f.name] = {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": f"date (e.g. 2023-04-17, as in the training file); the feature is its age in days "
+                f"at {f.date.reference[:10]}; null or absent → imputed",
+            }
+        elif isinstance(f, NumericFeature) and f.unit:
+            props[f.name] = {
+                "anyOf": [
+                    {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX},
+                    {"type": "null"},
+                    {"type": "string"},
+                ],
+                "description": f"numeric, in {f.unit} (numbers, or text such as '{f.unit}1,234.50' or '(1,200)'); "
+                f"trained on [{f.min_:g}, {f.max_:g}]; null or absent → imputed with the median {f.median_:g}",
+            }
+        elif isinstance(f, NumericFeature):
             props[f.name] = {
                 "anyOf": [
                     {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX},  # the model reads float32
