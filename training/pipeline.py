@@ -91,6 +91,7 @@ def _encoded(pre: Preprocess, df: pd.DataFrame) -> Encoded:
             error = next(iter(part.errors.values()))
             raise D.DataError(str(EncodingError(start + error.row, error.field, error.reason)))
         enc.num[start : start + len(block)], enc.cat[start : start + len(block)] = part.num, part.cat
+        enc.warnings.update({start + row: found for row, found in part.warnings.items()})
     return enc
 
 
