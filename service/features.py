@@ -233,6 +233,9 @@ class NumericFeature:
     kind: Literal["numeric"] = "numeric"
     unit: str = ""  # the currency or percent sign the training values carried (stripped)
     date: DateParse | None = None  # a date column: the value is its age in days at date.reference
+    # a heavy-tailed column: training quantiles; inside the graph the value becomes its (piecewise
+    # linear) quantile instead of a standardized value, so a few huge values do not squash the rest
+    knots: tuple[float, ...] = ()
 
     def parser(self, decimal: str) -> Callable[[Any], float]:
         """Raw value → float for this feature: a date's age, or a number read with `decimal`."""
@@ -255,6 +258,8 @@ class NumericFeature:
             doc["unit"] = self.unit
         if self.date is not None:
             doc["date"] = {"reference": self.date.reference, "format": self.date.fmt, "value": "age in days"}
+        if self.knots:
+            doc["knots"] = list(self.knots)
         return doc
 
 
@@ -532,6 +537,7 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
             float(doc["max"]),
             unit=str(doc.get("unit", "")),
             date=DateParse(date["reference"], date.get("format", "iso")) if date else None,
+            knots=tuple(float(k) for k in doc.get("knots", ())),
         )
     if doc["kind"] == "categorical":
         return CategoricalFeature(doc["name"], tuple(doc["vocab"]), fold=doc.get("match") == "casefold")

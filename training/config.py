@@ -78,6 +78,11 @@ class TrainConfig:
         "the linear path's start: l2:C or l1:C (C: inverse strength, l2:1 = plain logistic regression); "
         "auto: the best of l2:1, l2:0.1, l1:0.1, l1:0.03 on the first fold (files up to 50,000 rows)",
     )
+    robust_numerics: bool = opt(
+        True,
+        "a heavy-tailed numeric column (|skew| > 2) enters the network as its training quantile "
+        "(16 linear pieces), not standardized: a few huge values no longer squash the rest",
+    )
     max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---
     epochs: int = opt(200, "most epochs per member; early stopping usually ends far sooner")

@@ -525,7 +525,9 @@ def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig) -> list[Fea
         date = _fit_date(col, df[col], schema.dates[col]) if col in schema.dates else None
         values = np.array([date(v) for v in df[col]]) if date else numeric_values(df[col], schema.read.decimal)
         assert values is not None  # NOTE: schema inference guarantees every value parses
-        features.append(replace(_fit_numeric(col, values), unit=schema.units.get(col, ""), date=date))
+        features.append(
+            replace(_fit_numeric(col, values, cfg.robust_numerics), unit=schema.units.get(col, ""), date=date)
+        )
     for col in schema.categorical:
         merged = schema.merged.get(col, {})
         keys = [merged.get(k, k) if k is not None else None for k in category_values(df[col])]
@@ -542,7 +544,7 @@ def _fit_date(col: str, column: pd.Series, fmt: str) -> DateParse:
     return DateParse(latest.isoformat(), fmt)
 
 
-def _fit_numeric(col: str, values: np.ndarray) -> NumericFeature:
+def _fit_numeric(col: str, values: np.ndarray, robust: bool = False) -> NumericFeature:
     finite = values[~np.isnan(values)]
     if finite.size == 0:
         raise DataError(f"feature column {col!r} has no values in the training split")
@@ -555,7 +557,25 @@ def _fit_numeric(col: str, values: np.ndarray) -> NumericFeature:
         float(np.median(finite)),
         float(finite.min()),
         float(finite.max()),
+        knots=quantile_knots(finite) if robust else (),
     )
+
+
+HEAVY_SKEW = 2.0  # |skewness| beyond which a column's few extreme values would squash the rest
+KNOTS = 17  # quantiles 0, 1/16, …, 1: 16 linear pieces
+
+
+def quantile_knots(finite: np.ndarray) -> tuple[float, ...]:
+    """A heavy-tailed column's distinct training quantiles (no knots: the column is not heavy-tailed
+    or has too few distinct values to need it)."""
+    if finite.size < 50 or len(np.unique(finite[:10_000])) < 10:
+        return ()
+    centred = finite - finite.mean()
+    spread = float(np.sqrt(np.mean(centred**2)))
+    if spread == 0 or abs(float(np.mean(centred**3)) / spread**3) <= HEAVY_SKEW:
+        return ()
+    knots = np.unique(np.quantile(finite, np.linspace(0, 1, KNOTS)))
+    return tuple(float(k) for k in knots) if len(knots) >= 3 else ()
 
 
 def _fit_categorical(col: str, keys: list[str | None], cfg: TrainConfig) -> CategoricalFeature:

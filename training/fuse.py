@@ -204,7 +204,7 @@ class FusedEnsemble(nn.Module):
     def _centred(self, num: torch.Tensor) -> torch.Tensor:
         """Median-imputed numerics minus their means (`normalize` without the division)."""
         norm = self.normalize
-        return torch.where(torch.isnan(num), norm.median_, num) - norm.mean_
+        return norm.transformed(torch.where(torch.isnan(num), norm.median_, num)) - norm.mean_
 
     def _output(self, logits: torch.Tensor) -> torch.Tensor:
         """[N, members × n_out] logits → averaged probabilities or values (means as MatMuls)."""

@@ -17,19 +17,51 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+UNIFORM_STD = 12**-0.5  # a quantile of the training rows is about uniform on [0, 1]: mean 1/2, std 1/√12
+
+
 class Normalize(nn.Module):
-    """Raw `num` (NaN = missing) → median-imputed, standardized values, from preprocess stats."""
+    """Raw `num` (NaN = missing) → median-imputed, standardized values, from preprocess stats; a
+    heavy-tailed column (knots in preprocess.json) becomes its training quantile first."""
 
     def __init__(self, pre: Preprocess) -> None:
         super().__init__()
         feats = pre.numeric
+        robust = [bool(f.knots) for f in feats]
         self.register_buffer("median_", torch.tensor([f.median_ for f in feats], dtype=torch.float32))
-        self.register_buffer("mean_", torch.tensor([f.mean_ for f in feats], dtype=torch.float32))
-        self.register_buffer("std_", torch.tensor([f.std_ for f in feats], dtype=torch.float32))
+        mean = [0.5 if r else f.mean_ for f, r in zip(feats, robust, strict=True)]
+        std = [UNIFORM_STD if r else f.std_ for f, r in zip(feats, robust, strict=True)]
+        self.register_buffer("mean_", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std_", torch.tensor(std, dtype=torch.float32))
+        self.robust = any(robust)
+        if self.robust:
+            # piece i of a column runs from knot i to knot i+1 and adds up to 1/pieces; unused pieces
+            # (a column with fewer distinct knots) and plain columns have weight 0
+            pieces = max(len(f.knots) for f in feats) - 1
+            lo, inv, weight = (
+                torch.zeros(len(feats), pieces),
+                torch.zeros(len(feats), pieces),
+                torch.zeros(len(feats), pieces),
+            )
+            for j, f in enumerate(feats):
+                k = torch.tensor(f.knots, dtype=torch.float64)
+                n = len(k) - 1
+                if n > 0:
+                    lo[j, :n], inv[j, :n], weight[j, :n] = k[:-1], 1 / (k[1:] - k[:-1]), 1 / n
+            self.register_buffer("lo_", lo)
+            self.register_buffer("inv_width_", inv)
+            self.register_buffer("piece_weight_", weight)
+            self.register_buffer("robust_", torch.tensor(robust))
 
     def forward(self, num: torch.Tensor) -> torch.Tensor:
-        filled = torch.where(torch.isnan(num), self.median_, num)
-        return (filled - self.mean_) / self.std_
+        return (self.transformed(torch.where(torch.isnan(num), self.median_, num)) - self.mean_) / self.std_
+
+    def transformed(self, filled: torch.Tensor) -> torch.Tensor:
+        """Heavy-tailed columns as their training quantile (linear between knots), the rest as they are."""
+        if not self.robust:
+            return filled
+        pieces = ((filled.unsqueeze(2) - self.lo_) * self.inv_width_).clamp(0.0, 1.0)
+        return torch.where(self.robust_, (pieces * self.piece_weight_).sum(dim=2), filled)
 
 
 def n_logits(task: str, n_classes: int) -> int:
