@@ -3,6 +3,7 @@ inference bar: the shipped graph within 2× of the one before).
 
     python bench/graph_cost.py OLD_BUNDLE NEW_BUNDLE            # e.g. models/churn/1 from two checkouts
     python bench/graph_cost.py OLD NEW --rows 1 --rounds 20
+    python bench/graph_cost.py OLD NEW --data other.csv         # rows of another file
 
 Each round times `session.run` on the batch 200 times per bundle (one ORT thread, as a serving worker
 on one CPU), order alternating; the figure is the median over rounds of each bundle's best run, and
@@ -25,9 +26,9 @@ from service.features import Preprocess
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def inputs(bundle: Path, rows: int) -> dict[str, np.ndarray]:
+def inputs(bundle: Path, rows: int, data: Path) -> dict[str, np.ndarray]:
     pre = Preprocess.load(bundle / "preprocess.json")
-    df = pd.read_csv(ROOT / "data/telco_churn.csv", nrows=rows)
+    df = pd.read_csv(data, nrows=rows, dtype=str, keep_default_na=False)
     enc = pre.encode_columns({c: df[c].to_numpy() for c in df.columns}, len(df))
     return {"num": enc.num, "cat": enc.cat}
 
@@ -53,10 +54,11 @@ def main() -> None:
     parser.add_argument("new", type=Path)
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--data", type=Path, default=ROOT / "data/telco_churn.csv", help="rows to score (CSV)")
     args = parser.parse_args()
     bundles = {"old": args.old, "new": args.new}
     sessions = {k: session(b) for k, b in bundles.items()}
-    feeds = {k: inputs(b, args.rows) for k, b in bundles.items()}
+    feeds = {k: inputs(b, args.rows, args.data) for k, b in bundles.items()}
     times: dict[str, list[float]] = {"old": [], "new": []}
     for i in range(args.rounds):
         for k in ("old", "new") if i % 2 == 0 else ("new", "old"):
