@@ -29,8 +29,9 @@ def test_the_leaderboard_ships_the_candidate_with_the_lowest_out_of_fold_loss(tm
 
 def test_the_linear_candidate_is_the_logistic_regression_of_each_fold(tmp_path: Path) -> None:
     """Trained for no epochs, the network is exactly its warm start: each fold's logistic regression."""
-    from training.evaluate import PENALTIES, design_matrix, fit_linear, linear_model
-    from training.pipeline import _rows, fit_ensemble, resolve_linear_penalty
+    from training.evaluate import PENALTIES, fit_linear, linear_model, one_hot_design
+    from training.model import Normalize
+    from training.pipeline import fit_ensemble, resolve_linear_penalty
 
     cfg = quick_config(GERMAN, "creditability", tmp_path, hidden=[8], calibrate=False, refit=False)
     prep = prepare_data(cfg, say=lambda _: None)
@@ -38,11 +39,15 @@ def test_the_linear_candidate_is_the_logistic_regression_of_each_fold(tmp_path: 
     assert set(losses) == set(PENALTIES) and cfg.linear_penalty == min(losses, key=losses.__getitem__)
     candidates, _, rows = fit_ensemble(prep, cfg)
     linear = next(c for c in candidates if c.name == "linear path alone")
+    # on the network's own inputs: heavy-tailed columns as their quantiles (german: the credit amount)
+    x = Normalize(prep.pre)(torch.from_numpy(prep.enc.num)).numpy()
+    design = one_hot_design(x, prep.enc.cat, [f.cardinality for f in prep.pre.categorical])
+    assert any(f.knots for f in prep.pre.numeric)
     expected = []
     for tr, va in prep.split.folds:
         model = linear_model("binary", cfg.linear_penalty)
-        fit_linear(model, design_matrix(prep.pre, _rows(prep.enc, tr)), prep.target.y[tr])
-        expected.append(model.predict_proba(design_matrix(prep.pre, _rows(prep.enc, va))))
+        fit_linear(model, design[tr], prep.target.y[tr])
+        expected.append(model.predict_proba(design[va]))
     assert np.abs(linear.oof - np.concatenate(expected)).max() < 1e-4
     assert len(rows) == len(prep.split.dev)
 
@@ -177,3 +182,30 @@ def test_among_many_useless_columns_the_linear_path_starts_sparse(tmp_path: Path
     penalty = result.metrics["linear_penalty"]
     assert penalty["chosen"].startswith("l1:")
     assert penalty["fold_loss"][penalty["chosen"]] < penalty["fold_loss"]["l2:1"] - 0.01
+
+
+def test_a_heavy_tailed_column_enters_the_graph_as_its_training_quantile(tmp_path: Path) -> None:
+    from training.model import Normalize
+
+    result = train(quick_config(GERMAN, "creditability", tmp_path, name="german"), say=lambda _: None)
+    assert result.bundle is not None and result.model is not None
+    pre = result.pre
+    heavy = [j for j, f in enumerate(pre.numeric) if f.knots]
+    plain = [j for j, f in enumerate(pre.numeric) if not f.knots]
+    assert heavy and plain  # german: the credit amount is heavy-tailed, the age is not
+    norm = Normalize(pre)
+    for j in heavy:
+        knots = torch.tensor(pre.numeric[j].knots)
+        rows = torch.zeros(len(knots) + 2, len(pre.numeric))
+        rows[:, j] = torch.cat([knots, knots[:1] - 1e6, knots[-1:] * 100])  # beyond the range: 0 and 1
+        q = norm.transformed(rows)[:, j]
+        expected = torch.cat([torch.linspace(0, 1, len(knots)), torch.tensor([0.0, 1.0])])
+        assert torch.allclose(q, expected, atol=1e-6)
+    # the published graph: the same, far outside the training range too
+    prep = prepare_data(quick_config(GERMAN, "creditability", tmp_path, name="german"), say=lambda _: None)
+    num, cat = prep.enc.num[:200].copy(), prep.enc.cat[:200]
+    num[:100, heavy] *= 1000
+    session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
+    with torch.no_grad():
+        want = result.model(torch.from_numpy(num), torch.from_numpy(cat)).numpy()
+    assert np.abs(session.run(None, {"num": num, "cat": cat})[0] - want).max() < 1e-5
