@@ -33,7 +33,9 @@ def test_the_linear_candidate_is_the_logistic_regression_of_each_fold(tmp_path: 
     from training.model import Normalize
     from training.pipeline import fit_ensemble, resolve_linear_penalty
 
-    cfg = quick_config(GERMAN, "creditability", tmp_path, hidden=[8], calibrate=False, refit=False)
+    cfg = quick_config(
+        GERMAN, "creditability", tmp_path, hidden=[8], calibrate=False, refit=False, robust_numerics=True
+    )
     prep = prepare_data(cfg, say=lambda _: None)
     cfg, losses = resolve_linear_penalty(prep, cfg)  # the penalty chosen on the first fold
     assert set(losses) == set(PENALTIES) and cfg.linear_penalty == min(losses, key=losses.__getitem__)
@@ -187,7 +189,8 @@ def test_among_many_useless_columns_the_linear_path_starts_sparse(tmp_path: Path
 def test_a_heavy_tailed_column_enters_the_graph_as_its_training_quantile(tmp_path: Path) -> None:
     from training.model import Normalize
 
-    result = train(quick_config(GERMAN, "creditability", tmp_path, name="german"), say=lambda _: None)
+    cfg = quick_config(GERMAN, "creditability", tmp_path, name="german", robust_numerics=True)
+    result = train(cfg, say=lambda _: None)
     assert result.bundle is not None and result.model is not None
     pre = result.pre
     heavy = [j for j, f in enumerate(pre.numeric) if f.knots]
@@ -202,7 +205,7 @@ def test_a_heavy_tailed_column_enters_the_graph_as_its_training_quantile(tmp_pat
         expected = torch.cat([torch.linspace(0, 1, len(knots)), torch.tensor([0.0, 1.0])])
         assert torch.allclose(q, expected, atol=1e-6)
     # the published graph: the same, far outside the training range too
-    prep = prepare_data(quick_config(GERMAN, "creditability", tmp_path, name="german"), say=lambda _: None)
+    prep = prepare_data(cfg, say=lambda _: None)
     num, cat = prep.enc.num[:200].copy(), prep.enc.cat[:200]
     num[:100, heavy] *= 1000
     session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
