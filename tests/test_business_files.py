@@ -100,6 +100,9 @@ def test_each_file_trains_and_scores_as_its_clean_file(files: dict[str, Variant]
         assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < SAME
     elif name == "leaked":
         assert table["churn_flag"]["warning"].startswith("column 'churn_flag' alone predicts Churn")
+        ref = bundle.resolve(store, name)  # and the model card and metrics.json say it too
+        assert any(w.startswith("column 'churn_flag'") for w in ref.metrics["warnings"])
+        assert "**Warning:** column 'churn_flag' alone predicts Churn" in (ref.path / "model_card.md").read_text()
     else:
         trained(files["telco"], store)
         assert abs(auc_of(store, name) - auc_of(store, "telco")) < AUC_TOLERANCE

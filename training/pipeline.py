@@ -366,6 +366,8 @@ def train(
         "members": [{"best_epoch": h.best_epoch + 1, "epochs": len(h.val_loss)} for h in histories],
         "leaderboard": leaderboard,  # out-of-fold figures of each candidate; the chosen one is published
     }
+    if prep.schema.warnings:  # e.g. a column that predicts the target almost perfectly (likely leakage)
+        metrics["warnings"] = list(prep.schema.warnings)
     if tuning:
         metrics["tuning"] = tuning
     if penalties:  # the first fold's validation loss of each penalty the linear path could start from

@@ -368,6 +368,16 @@ def data_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> lis
             f"(rule: {cfg['threshold_rule']}, chosen on the validation rows)"
         )
     lines.append("")
+    lines += [f"**Warning:** {w}" for w in doc["metrics"].get("warnings", [])] + [""] * bool(
+        doc["metrics"].get("warnings")
+    )
+    if pre.columns:  # how each column of the file was read (the table the run printed)
+        lines += ["| column | type | why |", "|---|---|---|"]
+        for c in pre.columns:
+            kind = c["type"] + (f" ({c['levels']} levels)" if c.get("levels") else "")
+            warning = f" **{c['warning']}**" if c.get("warning") else ""
+            lines.append(f"| `{c['column']}` | {kind} | {c.get('why', '')}{warning} |")
+        lines.append("")
     if ev is not None and pre.task != "regression":
         lines += ["| class | development rows | test rows |", "|---|---|---|"]
         dev, test = (np.bincount(v.astype(np.int64), minlength=len(pre.labels)) for v in (ev.y_dev, ev.y))
