@@ -81,7 +81,7 @@ class TrainConfig:
     robust_numerics: bool = opt(
         False,
         "a heavy-tailed numeric column (|skew| > 2) enters the network as its training quantile (16 linear "
-        "pieces), not standardized; off: it helped 2 of 10 benchmark sets and hurt hotel prices (BENCHMARKS.md)",
+        "pieces), not standardized; off: it helped 2 of 10 benchmark sets and hurt 1 (BENCHMARKS.md)",
     )
     max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---
