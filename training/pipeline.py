@@ -24,7 +24,7 @@ from training.config import TrainConfig, parse_seconds
 from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, choose_threshold, task_metrics
 from training.explain import write_explainer
 from training.model import EPS, EnsembleModel, Normalize, TabularMLP, scaled
-from training.train import EpochCallback, History, Tensors, choose_linear_penalty, fit_member, refit_member
+from training.train import EpochCallback, History, Tensors, choose_linear_penalty, fit_fold, refit_member
 
 Say = Callable[[str], None]
 
@@ -157,14 +157,7 @@ def fit_ensemble(
     data = _tensors(prep)
     network, linear, histories, val_rows = [], [], [], []
     for i, (tr, va) in enumerate(prep.split.folds):
-        model, hist = fit_member(
-            prep.pre,
-            cfg,
-            data.rows(torch.from_numpy(tr)),
-            data.rows(torch.from_numpy(va)),
-            seed=cfg.seed * 1000 + i,
-            on_epoch=on_epoch,
-        )
+        model, hist = fit_fold(prep.pre, cfg, data, i, (tr, va), on_epoch)
         network.append(model)
         histories.append(hist)
         val_rows.append(va)

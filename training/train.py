@@ -115,6 +115,20 @@ def fit_member(
     return model.eval(), hist
 
 
+def fit_fold(
+    pre: Preprocess,
+    cfg: TrainConfig,
+    data: Tensors,
+    fold: int,
+    rows: tuple[np.ndarray, np.ndarray],
+    on_epoch: EpochCallback | None = None,
+) -> tuple[TabularMLP, History]:
+    """Member `fold` of a k-fold ensemble: trained on the fold's training rows, early-stopped on its
+    validation rows, seeded by the run's seed and the fold."""
+    tr, va = (torch.from_numpy(r) for r in rows)
+    return fit_member(pre, cfg, data.rows(tr), data.rows(va), seed=cfg.seed * 1000 + fold, on_epoch=on_epoch)
+
+
 def refit_member(pre: Preprocess, cfg: TrainConfig, rows: Tensors, lrs: list[float], seed: int) -> TabularMLP:
     """Train one network on `rows` for as many epochs as an evaluated member took to its best, with
     that member's learning rates: the configuration early stopping chose, on every row."""

@@ -17,10 +17,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from training.config import TrainConfig
-from training.train import History, Tensors, fit_member
+from training.train import History, Tensors, fit_fold
 
 Say = Callable[[str], None]
 
@@ -114,14 +113,7 @@ def search(
 
         try:
             for i, (tr, va) in enumerate(folds):
-                member, hist = fit_member(
-                    pre,
-                    trial_cfg,
-                    data.rows(torch.from_numpy(tr)),
-                    data.rows(torch.from_numpy(va)),
-                    seed=cfg.seed * 1000 + i,
-                    on_epoch=on_epoch,
-                )
+                member, hist = fit_fold(pre, trial_cfg, data, i, (tr, va), on_epoch)
                 members.append(member)
                 outputs.append(member_output(member, va))
                 schedules.append(hist.lrs[: hist.best_epoch + 1])
