@@ -27,26 +27,36 @@ Say = Callable[[str], None]
 HIDDEN = ("32,16", "64,32", "128,64", "256,128", "128", "128,64,32")
 
 
+# name → (low, high, log) for a float, or the choices of a categorical: the one statement of the space
+SPACE: dict[str, tuple[Any, ...]] = {
+    "hidden": HIDDEN,
+    "dropout": (0.0, 0.5, False),
+    "lr": (3e-4, 1e-2, True),
+    "weight_decay": (1e-5, 0.3, True),
+    "max_embedding_dim": (2, 4, 8, 16),
+}
+FLOATS = ("dropout", "lr", "weight_decay")
+
+
 def sample(trial: Any) -> dict[str, Any]:
     """One proposal: layer sizes, dropout, learning rate, weight decay, embedding width."""
-    return {
-        "hidden": [int(h) for h in trial.suggest_categorical("hidden", HIDDEN).split(",")],
-        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-        "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 0.3, log=True),
-        "max_embedding_dim": trial.suggest_categorical("max_embedding_dim", (2, 4, 8, 16)),
+    params = {
+        name: trial.suggest_float(name, *SPACE[name][:2], log=SPACE[name][2])
+        if name in FLOATS
+        else trial.suggest_categorical(name, SPACE[name])
+        for name in SPACE
     }
+    return {**params, "hidden": [int(h) for h in params["hidden"].split(",")]}
 
 
 def as_params(cfg: TrainConfig) -> dict[str, Any]:
-    """A configuration in the search space's terms (the default network as trial 0)."""
+    """A configuration in the search space's terms (the default network as trial 0), clipped into it."""
     hidden = ",".join(str(h) for h in cfg.hidden)
+    params = {name: min(max(getattr(cfg, name), SPACE[name][0]), SPACE[name][1]) for name in FLOATS}
     return {
         "hidden": hidden if hidden in HIDDEN else HIDDEN[0],
-        "dropout": min(max(cfg.dropout, 0.0), 0.5),
-        "lr": min(max(cfg.lr, 3e-4), 1e-2),
-        "weight_decay": min(max(cfg.weight_decay, 1e-5), 0.3),
-        "max_embedding_dim": cfg.max_embedding_dim if cfg.max_embedding_dim in (2, 4, 8, 16) else 4,
+        **params,
+        "max_embedding_dim": cfg.max_embedding_dim if cfg.max_embedding_dim in SPACE["max_embedding_dim"] else 4,
     }
 
 
@@ -152,11 +162,10 @@ def search(
 def _distributions(optuna: Any) -> dict[str, Any]:
     d = optuna.distributions
     return {
-        "hidden": d.CategoricalDistribution(HIDDEN),
-        "dropout": d.FloatDistribution(0.0, 0.5),
-        "lr": d.FloatDistribution(3e-4, 1e-2, log=True),
-        "weight_decay": d.FloatDistribution(1e-5, 0.3, log=True),
-        "max_embedding_dim": d.CategoricalDistribution((2, 4, 8, 16)),
+        name: d.FloatDistribution(*SPACE[name][:2], log=SPACE[name][2])
+        if name in FLOATS
+        else d.CategoricalDistribution(SPACE[name])
+        for name in SPACE
     }
 
 
