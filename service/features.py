@@ -236,6 +236,12 @@ class NumericFeature:
     # a heavy-tailed column: training quantiles; inside the graph the value becomes its (piecewise
     # linear) quantile instead of a standardized value, so a few huge values do not squash the rest
     knots: tuple[float, ...] = ()
+    # training quantiles: the deep path also reads the value as piecewise-linear pieces between
+    # them (Gorishniy et al. 2022), so it can bend at thresholds a tree would cut (inside the graph)
+    bins: tuple[float, ...] = ()
+    # a date's calendar cycles the deep path also reads ("weekday", "year"): seasonality an age in
+    # days alone cannot show (inside the graph)
+    cycles: tuple[str, ...] = ()
 
     def parser(self, decimal: str) -> Callable[[Any], float]:
         """Raw value → float for this feature: a date's age, or a number read with `decimal`."""
@@ -260,6 +266,10 @@ class NumericFeature:
             doc["date"] = {"reference": self.date.reference, "format": self.date.fmt, "value": "age in days"}
         if self.knots:
             doc["knots"] = list(self.knots)
+        if self.bins:
+            doc["bins"] = list(self.bins)
+        if self.cycles:
+            doc["cycles"] = list(self.cycles)
         return doc
 
 
@@ -538,6 +548,8 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
             unit=str(doc.get("unit", "")),
             date=DateParse(date["reference"], date.get("format", "iso")) if date else None,
             knots=tuple(float(k) for k in doc.get("knots", ())),
+            bins=tuple(float(k) for k in doc.get("bins", ())),
+            cycles=tuple(str(c) for c in doc.get("cycles", ())),
         )
     if doc["kind"] == "categorical":
         return CategoricalFeature(doc["name"], tuple(doc["vocab"]), fold=doc.get("match") == "casefold")

@@ -83,6 +83,11 @@ class TrainConfig:
         "a heavy-tailed numeric column (|skew| > 2) enters the network as its training quantile (16 linear "
         "pieces), not standardized; off: it helped 2 of 10 benchmark sets and hurt 1 (BENCHMARKS.md)",
     )
+    numeric_bins: int = opt(
+        16,
+        "the deep path also reads each numeric column as piecewise-linear pieces between this many training "
+        "quantiles (and a date as its weekday and time of year); 0: off (BENCHMARKS.md)",
+    )
     max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---
     epochs: int = opt(200, "most epochs per member; early stopping usually ends far sooner")
@@ -147,6 +152,8 @@ class TrainConfig:
             raise ConfigError("dropout must be in [0, 1)")
         if self.threads < 1:
             raise ConfigError(f"threads must be ≥ 1, not {self.threads}")
+        if self.numeric_bins < 0:
+            raise ConfigError(f"numeric_bins must be ≥ 0 (0: off), not {self.numeric_bins}")
         if self.ensemble < 1 or self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("ensemble and epochs must be ≥ 1, batch_size ≥ 2")
         if self.class_weight not in ("none", "balanced"):

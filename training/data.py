@@ -521,12 +521,23 @@ def _folds(dev: np.ndarray, target: Target, cfg: TrainConfig) -> list[tuple[np.n
 def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig) -> list[Feature]:
     """Fit imputation, standardization and vocabularies on the given (training) rows only."""
     features: list[Feature] = []
+    # NOTE: the pieces widen the first layer; a cap on them in all keeps a wide file's graph (and its
+    # noise columns' chances to overfit) near the plain one's
+    per_column = min(cfg.numeric_bins, MAX_PIECES // max(1, len(schema.numeric)))
     for col in schema.numeric:
         date = _fit_date(col, df[col], schema.dates[col]) if col in schema.dates else None
         values = np.array([date(v) for v in df[col]]) if date else numeric_values(df[col], schema.read.decimal)
         assert values is not None  # NOTE: schema inference guarantees every value parses
+        feat = _fit_numeric(col, values, cfg.robust_numerics and date is None)
+        finite = values[~np.isnan(values)]
         features.append(
-            replace(_fit_numeric(col, values, cfg.robust_numerics), unit=schema.units.get(col, ""), date=date)
+            replace(
+                feat,
+                unit=schema.units.get(col, ""),
+                date=date,
+                bins=bin_edges(finite, per_column),
+                cycles=date_cycles(finite) if date is not None and cfg.numeric_bins else (),
+            )
         )
     for col in schema.categorical:
         merged = schema.merged.get(col, {})
@@ -576,6 +587,27 @@ def quantile_knots(finite: np.ndarray) -> tuple[float, ...]:
         return ()
     knots = np.unique(np.quantile(finite, np.linspace(0, 1, KNOTS)))
     return tuple(float(k) for k in knots) if len(knots) >= 3 else ()
+
+
+MAX_PIECES = 256  # piece columns over all numeric features (--numeric-bins per column, fewer on wide files)
+
+
+def bin_edges(finite: np.ndarray, bins: int) -> tuple[float, ...]:
+    """A column's distinct training quantiles at `bins` equal steps; none for fewer than 2 pieces
+    (a 0/1 column: its one piece would be the value itself)."""
+    if bins < 2 or finite.size == 0:
+        return ()
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))
+    return tuple(float(e) for e in edges) if len(edges) >= 3 else ()
+
+
+def date_cycles(ages: np.ndarray) -> tuple[str, ...]:
+    """The calendar cycles a date column's training values can show: the weekday where dates fall on
+    more than one, the time of year where they span three months or more."""
+    if ages.size == 0:
+        return ()
+    cycles = ("weekday",) if np.unique(np.floor(ages[:100_000]) % 7).size > 1 else ()
+    return cycles + (("year",) if float(ages.max() - ages.min()) >= 90 else ())
 
 
 def _fit_categorical(col: str, keys: list[str | None], cfg: TrainConfig) -> CategoricalFeature:

@@ -47,7 +47,7 @@ class Explainer(nn.Module):
         self.fused, self.task = fused, fused.task
         self.m, self.n_out = fused.n_members, fused.n_out
         self.deep_layers = fused.out_weight is not None
-        w_in = torch.cat([fused.w_num / fused.normalize.std_.reshape(-1, 1), fused.w_levels])
+        w_in = torch.cat([fused.w_dense, fused.w_levels])
         self.register_buffer("w_in", w_in)
         feature_of = fused.spread.argmax(dim=0) if fused.spread.numel() else torch.zeros(0, dtype=torch.int64)
         level_of = fused.level_of.long()
@@ -55,9 +55,14 @@ class Explainer(nn.Module):
             [float(level_freq[j][lv]) for j, lv in zip(feature_of.tolist(), level_of.tolist(), strict=True)],
             dtype=torch.float32,
         )
-        self.register_buffer("reference", torch.cat([torch.zeros(fused.n_num), ref_levels]))
+        # the reference input: numerics at their means (centred: 0), their pieces there, the level shares
+        with torch.no_grad():
+            ref_pieces = fused.pieces(torch.zeros(1, fused.n_num))[0]
+        self.register_buffer("reference", torch.cat([torch.zeros(fused.n_num), ref_pieces, ref_levels]))
         index = {f.name: i for i, f in enumerate(pre.features)}
-        columns = [index[f.name] for f in pre.numeric] + [index[pre.categorical[j].name] for j in feature_of.tolist()]
+        numeric = [index[f.name] for f in pre.numeric]
+        columns = numeric + [numeric[j] for j in fused.pieces.source]  # a piece's effect is its column's
+        columns += [index[pre.categorical[j].name] for j in feature_of.tolist()]
         group = torch.zeros(len(columns), len(pre.features))
         group[torch.arange(len(columns)), torch.tensor(columns, dtype=torch.int64)] = 1.0
         self.register_buffer("group", group)
@@ -84,11 +89,11 @@ class Explainer(nn.Module):
             self.register_buffer(f"ref_act_{i}", fused.act(z).detach().clone())
 
     def _input(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        """[centred numerics | multi-hot levels]: the columns the first layer reads."""
+        """[centred numerics | their pieces | multi-hot levels]: the columns the first layer reads."""
         parts = []
         if self.fused.n_num:
-            parts.append(self.fused._centred(num))
-        if self.w_in.shape[0] > self.fused.n_num:
+            parts.append(self.fused._dense(num))
+        if self.w_in.shape[0] > self.fused.n_dense:
             parts.append(self.fused._multi_hot(cat))
         return torch.cat(parts, dim=1)
 

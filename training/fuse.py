@@ -46,9 +46,10 @@ def fold_layers(seq: nn.Sequential) -> tuple[list[Layer], type[nn.Module] | None
     return layers, act
 
 
-def _first_layer(member: TabularMLP, w1: torch.Tensor, n_num: int, cards: list[int]) -> torch.Tensor:
-    """[n_num + sum(cards), h1]: numeric rows of W1, then each level's embedding pushed through W1."""
-    rows, src = [w1[:n_num]], n_num
+def _first_layer(member: TabularMLP, w1: torch.Tensor, n_dense: int, cards: list[int]) -> torch.Tensor:
+    """[n_dense + sum(cards), h1]: the rows of W1 for the numerics and their pieces, then each
+    level's embedding pushed through W1."""
+    rows, src = [w1[:n_dense]], n_dense
     for emb in member.embeddings:
         d = emb.embedding_dim
         rows.append(emb.weight.detach() @ w1[src : src + d])
@@ -57,9 +58,11 @@ def _first_layer(member: TabularMLP, w1: torch.Tensor, n_num: int, cards: list[i
 
 
 def _wide_rows(member: TabularMLP, n_num: int, n_out: int) -> torch.Tensor:
-    """[n_num + sum(cards), n_out]: the linear path's weights over the same rows."""
+    """[n_num + pieces + sum(cards), n_out]: the linear path's weights over the same rows (none
+    over the pieces: the linear path reads the numerics alone)."""
     num = member.wide_num.weight.detach().T if member.wide_num is not None else torch.zeros(n_num, n_out)
-    return torch.cat([num] + [emb.weight.detach() for emb in member.wide_cat])
+    pieces = torch.zeros(member.pieces.width, n_out)
+    return torch.cat([num, pieces] + [emb.weight.detach() for emb in member.wide_cat])
 
 
 class FusedEnsemble(nn.Module):
@@ -76,6 +79,8 @@ class FusedEnsemble(nn.Module):
         self.calibrated = scorer.calibrated
         cards = [e.num_embeddings for e in members[0].embeddings]
         self.n_num, self.n_cat = int(self.normalize.mean_.numel()), len(cards)
+        self.pieces = members[0].pieces.rescaled(self.normalize.std_)  # read from the centred numerics
+        self.n_dense = self.n_num + self.pieces.width  # the first layer's numeric columns
         folded = [fold_layers(m.deep) for m in members]
         act = folded[0][1]
         self.act = act() if act is not None else nn.Identity()
@@ -100,7 +105,7 @@ class FusedEnsemble(nn.Module):
     ) -> None:
         """One matrix over [numerics, levels] → [first hidden layer of every member | wide logits],
         and the per-member pieces of it the graph uses when it can."""
-        cols = [_first_layer(m, w, self.n_num, cards) for m, (w, _) in zip(members, first, strict=True)]
+        cols = [_first_layer(m, w, self.n_dense, cards) for m, (w, _) in zip(members, first, strict=True)]
         bias = [b for _, b in first]
         if self.linear_skip:
             cols += [_wide_rows(m, self.n_num, self.n_out) for m in members]
@@ -110,7 +115,7 @@ class FusedEnsemble(nn.Module):
                 wide = [b + ob for b, ob in zip(wide, out_bias.split(self.n_out), strict=True)]
             bias += wide
         table, bias_all = torch.cat(cols, dim=1), torch.cat(bias)
-        levels = table[self.n_num :]
+        levels = table[self.n_dense :]
         offsets = torch.tensor([sum(cards[:j]) for j in range(len(cards))], dtype=torch.int64)
         self.register_buffer("offsets", offsets)
         self.multi_hot = sum(cards) <= ONEHOT_MAX_LEVELS
@@ -127,6 +132,7 @@ class FusedEnsemble(nn.Module):
             keep = level_of != 0
             levels, feature_of, level_of = (levels - base[feature_of])[keep], feature_of[keep], level_of[keep]
         self.register_buffer("w_num", table[: self.n_num].contiguous())
+        self.register_buffer("w_pieces", table[self.n_num : self.n_dense].contiguous())
         self.register_buffer("w_levels", levels.contiguous())
         self.register_buffer("bias", bias_all)
         # NOTE: spreading each feature's index over its levels' columns is a 0/1 MatMul, which ORT
@@ -142,7 +148,7 @@ class FusedEnsemble(nn.Module):
         # result is sliced, split, biased and activated in separate passes.
         self.per_member = self.one_input and out_bias is not None
         if self.one_input:
-            w_input = torch.cat([self.w_num / self.normalize.std_.reshape(-1, 1), self.w_levels])
+            w_input = torch.cat([self.w_dense, self.w_levels])
             if self.per_member:
                 self.first = nn.ParameterList(_frozen(w) for w in w_input[:, : self.hidden].split(self.width, dim=1))
                 self.first_bias = nn.ParameterList(_frozen(b) for b in bias_all[: self.hidden].split(self.width))
@@ -151,9 +157,14 @@ class FusedEnsemble(nn.Module):
             else:
                 self.register_buffer("w_input", w_input.contiguous())
 
+    @property
+    def w_dense(self) -> torch.Tensor:
+        """The first layer's rows for `_dense`'s columns (the division by std folded in)."""
+        return torch.cat([self.w_num / self.normalize.std_.reshape(-1, 1), self.w_pieces])
+
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         if self.per_member:
-            x = torch.cat([self._centred(num), self._multi_hot(cat)], dim=1)
+            x = torch.cat([self._dense(num), self._multi_hot(cat)], dim=1)
             hs = [x @ w + b for w, b in zip(self.first, self.first_bias, strict=True)]
             skip = x @ self.w_skip + self.b_skip if self.linear_skip else None
         else:
@@ -186,10 +197,10 @@ class FusedEnsemble(nn.Module):
             # NOTE: centred numerics and the multi-hot levels side by side through one MatMul, the
             # division by std folded into the numeric rows, rather than a separate small MatMul,
             # its Add and a Div
-            return z + torch.cat([self._centred(num), self._multi_hot(cat)], dim=1) @ self.w_input
+            return z + torch.cat([self._dense(num), self._multi_hot(cat)], dim=1) @ self.w_input
         # NOTE: an input with no columns still enters the graph (as a zero-width sum), so every
         # bundle has both `num` and `cat` inputs, as the contract says.
-        z = z + (self.normalize(num) @ self.w_num if self.n_num else num.sum(dim=1, keepdim=True))
+        z = z + (self._dense(num) @ self.w_dense if self.n_num else num.sum(dim=1, keepdim=True))
         return z + (self._levels(cat) if self.n_cat else cat.sum(dim=1, keepdim=True).to(z.dtype))
 
     def _levels(self, cat: torch.Tensor) -> torch.Tensor:
@@ -200,6 +211,11 @@ class FusedEnsemble(nn.Module):
     def _multi_hot(self, cat: torch.Tensor) -> torch.Tensor:
         """Column c is 1 where its feature's index equals its level."""
         return ((cat.to(torch.float32) @ self.spread) == self.level_of).to(torch.float32)
+
+    def _dense(self, num: torch.Tensor) -> torch.Tensor:
+        """The centred numerics, then their pieces (the first layer's numeric columns)."""
+        centred = self._centred(num)
+        return torch.cat([centred, self.pieces(centred)], dim=1) if self.pieces.width else centred
 
     def _centred(self, num: torch.Tensor) -> torch.Tensor:
         """Median-imputed numerics minus their means (`normalize` without the division)."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
+import itertools
+
+import numpy as np
 import torch
 from torch import nn
 
-from service.features import Preprocess
+from service.features import NumericFeature, Preprocess
 from training.config import TrainConfig
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -64,6 +69,73 @@ class Normalize(nn.Module):
         return torch.where(self.robust_, (pieces * self.piece_weight_).sum(dim=2), filled)
 
 
+EPOCH = dt.datetime(1970, 1, 1)  # a Thursday: weekday 3, Monday being 0
+MONTH_STARTS = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365.2425)
+# a calendar cycle: its period in days, the day of the cycle the epoch falls on, the pieces' edges
+# (the weekday: +0.5 so a whole day sits mid-piece, never on an edge float32 rounding could cross)
+CYCLES: dict[str, tuple[float, float, tuple[float, ...]]] = {
+    "weekday": (7.0, 3.5, tuple(float(d) for d in range(8))),
+    "year": (365.2425, 0.0, tuple(float(d) for d in MONTH_STARTS)),
+}
+
+
+class Pieces(nn.Module):
+    """Piecewise-linear encodings of the standardized numerics for the deep path (Gorishniy et al.
+    2022, "PLE"): piece i of a column is 0 below edge i, 1 above edge i+1, linear between, so a
+    first layer over the pieces can bend the column's effect at each training quantile. A date's
+    weekday and time of year are pieces too, of its day number modulo the cycle's period."""
+
+    def __init__(self, pre: Preprocess) -> None:
+        super().__init__()
+        norm = Normalize(pre)
+        rows: list[tuple[int, float, float, float, float, float]] = []  # column, scale, shift, period, lo, hi
+        for j, f in enumerate(pre.numeric):
+            if f.bins:
+                edges = _standardized(f, norm, j, np.asarray(f.bins, dtype=np.float64))
+                rows += [(j, 1.0, 0.0, 0.0, lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
+            if f.cycles and f.date is not None and not f.knots:
+                # day number = reference - age = reference - (mean + std·x), taken modulo the period
+                reference = (dt.datetime.fromisoformat(f.date.reference) - EPOCH).total_seconds() / 86400
+                for name in f.cycles:
+                    period, phase, edges = CYCLES[name]
+                    shift = (reference - f.mean_ + phase) % period
+                    rows += [(j, -f.std_, shift, period, lo, hi) for lo, hi in itertools.pairwise(edges)]
+        self.width, self.source = len(rows), [r[0] for r in rows]
+        mix = torch.zeros(len(pre.numeric), len(rows))
+        for p, (j, scale, *_) in enumerate(rows):
+            mix[j, p] = scale  # a column's value into each of its pieces: a 0/scale MatMul, no Gather
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+        self.register_buffer("mix", mix)
+        self.register_buffer("shift", torch.tensor(columns[2], dtype=torch.float32))
+        period = torch.tensor(columns[3], dtype=torch.float64)
+        self.cyclic = bool((period > 0).any())
+        self.register_buffer("period", period.float())
+        self.register_buffer("inv_period", torch.where(period > 0, 1 / period.clamp(min=1e-12), 0.0).float())
+        lo, hi = torch.tensor(columns[4], dtype=torch.float64), torch.tensor(columns[5], dtype=torch.float64)
+        self.register_buffer("lo", lo.float())
+        self.register_buffer("inv_width", (1 / (hi - lo)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x @ self.mix + self.shift
+        if self.cyclic:  # a plain piece has period 0 and inv_period 0: u - floor(0)·0 is u
+            u = u - torch.floor(u * self.inv_period) * self.period
+        return ((u - self.lo) * self.inv_width).clamp(0.0, 1.0)
+
+    def rescaled(self, std: torch.Tensor) -> Pieces:
+        """The same pieces read from centred numerics (x · std): the fused graph skips the division."""
+        moved = copy.deepcopy(self)
+        moved.mix = self.mix / std.reshape(-1, 1)
+        return moved
+
+
+def _standardized(f: NumericFeature, norm: Normalize, j: int, raw: np.ndarray) -> list[float]:
+    """Raw values of numeric column j as the network sees them (Normalize's transform)."""
+    with torch.no_grad():
+        column = torch.full((len(raw), norm.median_.numel()), 0.0, dtype=torch.float32)
+        column[:, j] = torch.from_numpy(raw.astype(np.float32))
+        return [float(v) for v in norm(column)[:, j]]
+
+
 def n_logits(task: str, n_classes: int) -> int:
     """One logit for binary (sigmoid) and regression, one per class for multiclass (softmax)."""
     return n_classes if task == "multiclass" else 1
@@ -82,7 +154,8 @@ class TabularMLP(nn.Module):
         cards = [f.cardinality for f in pre.categorical]
         n_num, n_out = len(pre.numeric), n_logits(pre.task, len(pre.labels))
         self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim(c, cfg.max_embedding_dim)) for c in cards)
-        width = n_num + sum(e.embedding_dim for e in self.embeddings)
+        self.pieces = Pieces(pre)
+        width = n_num + self.pieces.width + sum(e.embedding_dim for e in self.embeddings)
         self.deep = _mlp(width, cfg, n_out)
         self.linear_skip = cfg.linear_skip
         if cfg.linear_skip:
@@ -95,7 +168,8 @@ class TabularMLP(nn.Module):
                 nn.init.zeros_(emb.weight)
 
     def forward(self, x: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        parts = [x] + [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
+        parts = [x] + ([self.pieces(x)] if self.pieces.width else [])
+        parts += [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
         out: torch.Tensor = self.deep(torch.cat(parts, dim=1))
         if self.linear_skip:
             out = out + self.wide_bias

@@ -1,0 +1,138 @@
+"""Piecewise-linear pieces of the numerics (and a date's weekday and time of year) for the deep path:
+fitted on the training rows, inside the published graph, explained as their column."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from service import bundle
+from service.features import DateParse, NumericFeature, Preprocess
+from service.runtime import CPU, create_session
+from tests.conftest import GERMAN, TELCO, quick_config
+from training.config import TrainConfig
+from training.data import MAX_PIECES, fit_features, infer_schema
+from training.model import Normalize, Pieces
+from training.pipeline import fit_rows_of, prepare_data, train
+
+
+def test_each_numeric_is_cut_at_its_training_quantiles_inside_the_published_graph(tmp_path: Path) -> None:
+    cfg = quick_config(GERMAN, "creditability", tmp_path, name="german")
+    result = train(cfg, say=lambda _: None)
+    assert result.bundle is not None and result.model is not None
+    pre = Preprocess.load(result.bundle.path / bundle.PREPROCESS_FILE)
+    prep = prepare_data(cfg, say=lambda _: None)
+    fit = prep.enc.num[fit_rows_of(prep.split, cfg)]
+    cut = [j for j, f in enumerate(pre.numeric) if f.bins]
+    assert cut  # german: duration, amount and age have many values
+    for j in cut:  # the edges are the quantiles of the rows preprocessing was fitted on, never the test rows
+        edges = np.unique(np.quantile(fit[:, j].astype(np.float64), np.linspace(0, 1, cfg.numeric_bins + 1)))
+        assert np.allclose(pre.numeric[j].bins, edges, rtol=1e-6)
+    # at edge i the first i pieces are full and the others empty; halfway, piece i is half full
+    pieces, norm = Pieces(pre), Normalize(pre)
+    start = 0
+    for j, f in enumerate(pre.numeric):
+        n = max(len(f.bins) - 1, 0)
+        if not n:
+            continue
+        edges = torch.tensor(f.bins, dtype=torch.float32)
+        raw = torch.zeros(n + 1, len(pre.numeric))
+        raw[:, j] = edges
+        got = pieces(norm(raw))[:, start : start + n]
+        assert torch.allclose(got, torch.tril(torch.ones(n + 1, n), diagonal=-1), atol=1e-4)
+        raw[:-1, j] = (edges[:-1] + edges[1:]) / 2
+        half = pieces(norm(raw))[:-1, start : start + n]
+        assert torch.allclose(half, torch.tril(torch.ones(n, n), diagonal=-1) + torch.eye(n) / 2, atol=1e-4)
+        start += n
+    assert start == pieces.width
+    # the published graph matches the trained model, far outside the training range too
+    num, cat = prep.enc.num[:200].copy(), prep.enc.cat[:200]
+    num[:50, cut] *= 1000
+    num[50:100, cut] = -num[50:100, cut]
+    session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
+    with torch.no_grad():
+        want = result.model(torch.from_numpy(num), torch.from_numpy(cat)).numpy()
+    assert np.abs(session.run(None, {"num": num, "cat": cat})[0] - want).max() < 1e-5
+
+
+def _date_feature(reference: str, ages: np.ndarray) -> Preprocess:
+    feat = NumericFeature(
+        "day",
+        float(ages.mean()),
+        float(ages.std()),
+        float(np.median(ages)),
+        float(ages.min()),
+        float(ages.max()),
+        date=DateParse(reference),
+        cycles=("weekday", "year"),
+    )
+    return Preprocess(task="binary", target="y", labels=[0, 1], features=[feat])
+
+
+def test_a_date_reads_as_its_weekday_and_month() -> None:
+    days = [dt.date(1995, 1, 1) + dt.timedelta(days=i) for i in range(0, 40 * 365, 3)]
+    pre = _date_feature("2034-12-31T00:00:00", np.array([0.0, 14600.0]))
+    parse = pre.numeric[0].date
+    assert parse is not None
+    ages = torch.tensor([[parse(d.isoformat())] for d in days], dtype=torch.float32)
+    pieces = Pieces(pre)(Normalize(pre)(ages)).numpy()
+    assert pieces.shape == (len(days), 7 + 12)
+    # a weekday's pieces: the days before it full, its own half full (a whole day sits mid-piece)
+    weekday = pieces[:, :7].sum(axis=1) - 0.5
+    assert np.array_equal(np.round(weekday), [d.weekday() for d in days])
+    assert np.allclose(weekday, np.round(weekday), atol=1e-3)
+    # the time of year: a piece per month; within a day of the month's ends (the calendar's leap
+    # days against a mean year), the full pieces count the months before
+    year = pieces[:, 7:]
+    inside = np.array([2 <= d.day <= 26 for d in days])
+    month = (year > 0.999).sum(axis=1) + 1
+    assert np.array_equal(month[inside], np.array([d.month for d in days])[inside])
+
+
+def test_a_date_column_trains_with_its_cycles_and_explains_them_as_the_date(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    df = pd.read_csv(TELCO)
+    start = pd.Timestamp("2022-01-01")
+    df["signup"] = [(start + pd.Timedelta(days=int(d))).date().isoformat() for d in rng.integers(0, 900, len(df))]
+    path = tmp_path / "telco_dates.csv"
+    df.to_csv(path, index=False)
+    result = train(quick_config(path, "Churn", tmp_path, name="dated"), say=lambda _: None)
+    assert result.bundle is not None
+    pre = Preprocess.load(result.bundle.path / bundle.PREPROCESS_FILE)
+    signup = next(f for f in pre.numeric if f.name == "signup")
+    assert signup.date is not None and signup.cycles == ("weekday", "year")
+    doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
+    # the export checked that effects sum to the score; one effect per column, the date's included
+    effects = doc["explanations"]["mean_abs_effect"]
+    assert set(effects) == {f.name for f in pre.features} and effects["signup"] > 0
+
+
+def test_no_pieces_when_turned_off_and_at_most_max_pieces_on_a_wide_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    telco = pd.read_csv(TELCO)
+    noise = pd.DataFrame(rng.normal(size=(len(telco), 100)), columns=[f"noise_{i}" for i in range(100)])
+    df = pd.concat([telco, noise], axis=1)
+    path = tmp_path / "wide.csv"
+    df.to_csv(path, index=False)
+    for bins, expected in [(16, MAX_PIECES), (0, 0)]:
+        cfg = TrainConfig(data=path, target="Churn", numeric_bins=bins)
+        schema = infer_schema(df, cfg)
+        pre = Preprocess(task="binary", target="Churn", labels=["No", "Yes"], features=fit_features(df, schema, cfg))
+        width = Pieces(pre).width
+        assert width == sum(max(len(f.bins) - 1, 0) for f in pre.numeric)
+        assert (0 < width <= expected) if expected else width == 0
+
+
+@pytest.mark.parametrize("bins", [0, 16])
+def test_bins_round_trip_through_preprocess_json(bins: int, tmp_path: Path) -> None:
+    result = train(quick_config(TELCO, "Churn", tmp_path, numeric_bins=bins, refit=False), say=lambda _: None)
+    assert result.bundle is not None
+    doc = json.loads((result.bundle.path / bundle.PREPROCESS_FILE).read_text())
+    assert any("bins" in f for f in doc["features"]) == bool(bins)
+    assert Preprocess.from_json(doc).to_json() == doc
