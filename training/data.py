@@ -518,27 +518,21 @@ def _folds(dev: np.ndarray, target: Target, cfg: TrainConfig) -> list[tuple[np.n
     return [(dev[tr], dev[va]) for tr, va in kfold.split(dev, strat)]
 
 
-def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig) -> list[Feature]:
-    """Fit imputation, standardization and vocabularies on the given (training) rows only."""
+def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarray | None = None) -> list[Feature]:
+    """Fit imputation, standardization and vocabularies on the given (training) rows only (`y`, their
+    target, ranks the numerics for their pieces where not every column can have them)."""
     features: list[Feature] = []
-    # NOTE: the pieces widen the first layer; a cap on them in all keeps a wide file's graph (and its
-    # noise columns' chances to overfit) near the plain one's
-    per_column = min(cfg.numeric_bins, MAX_PIECES // max(1, len(schema.numeric)))
+    columns: list[tuple[NumericFeature, np.ndarray]] = []
     for col in schema.numeric:
         date = _fit_date(col, df[col], schema.dates[col]) if col in schema.dates else None
         values = np.array([date(v) for v in df[col]]) if date else numeric_values(df[col], schema.read.decimal)
         assert values is not None  # NOTE: schema inference guarantees every value parses
         feat = _fit_numeric(col, values, cfg.robust_numerics and date is None)
         finite = values[~np.isnan(values)]
-        features.append(
-            replace(
-                feat,
-                unit=schema.units.get(col, ""),
-                date=date,
-                bins=bin_edges(finite, per_column),
-                cycles=date_cycles(finite) if date is not None and cfg.numeric_bins else (),
-            )
-        )
+        cycles = date_cycles(finite) if date is not None and cfg.numeric_bins else ()
+        columns.append((replace(feat, unit=schema.units.get(col, ""), date=date, cycles=cycles), values))
+    edges = piece_edges([v for _, v in columns], cfg.numeric_bins, y)
+    features += [replace(feat, bins=e) for (feat, _), e in zip(columns, edges, strict=True)]
     for col in schema.categorical:
         merged = schema.merged.get(col, {})
         keys = [merged.get(k, k) if k is not None else None for k in category_values(df[col])]
@@ -601,6 +595,37 @@ def bin_edges(finite: np.ndarray, bins: int) -> tuple[float, ...]:
     return tuple(float(e) for e in edges) if len(edges) >= 3 else ()
 
 
+def piece_edges(columns: list[np.ndarray], bins: int, y: np.ndarray | None) -> list[tuple[float, ...]]:
+    """Each numeric column's bin edges, at most MAX_PIECES pieces in all: beyond that (a wide file),
+    the columns whose bins tell the target's values apart most keep theirs and the rest get none
+    (without a target: fewer bins for every column)."""
+    edges = [bin_edges(v[~np.isnan(v)], bins) for v in columns]
+    if sum(max(len(e) - 1, 0) for e in edges) <= MAX_PIECES:
+        return edges
+    if y is None:
+        return [bin_edges(v[~np.isnan(v)], min(bins, MAX_PIECES // len(columns))) for v in columns]
+    target = np.eye(int(y.max()) + 1)[y.astype(np.int64)] if y.dtype.kind in "iub" else y.reshape(-1, 1)
+    order = np.argsort([-separation(v, e, target) if e else 0.0 for v, e in zip(columns, edges, strict=True)])
+    kept, room = [()] * len(columns), MAX_PIECES
+    for j in order.tolist():
+        if 0 < len(edges[j]) - 1 <= room:
+            kept[j], room = edges[j], room - (len(edges[j]) - 1)
+    return kept
+
+
+def separation(values: np.ndarray, edges: tuple[float, ...], target: np.ndarray) -> float:
+    """The share of the target's variance between a column's bins (η², the correlation ratio):
+    about bins / rows for a noise column, more where the column tells the target apart."""
+    bin_of = np.where(np.isnan(values), len(edges), np.searchsorted(np.asarray(edges[1:-1]), values, side="right"))
+    counts = np.bincount(bin_of, minlength=len(edges) + 1).astype(np.float64)
+    sums = np.stack([np.bincount(bin_of, weights=t, minlength=len(edges) + 1) for t in target.T], axis=1)
+    centre = target.mean(axis=0)
+    used = counts > 0
+    between = (counts[used, None] * (sums[used] / counts[used, None] - centre) ** 2).sum()
+    total = ((target - centre) ** 2).sum()
+    return float(between / total) if total > 0 else 0.0
+
+
 def date_cycles(ages: np.ndarray) -> tuple[str, ...]:
     """The calendar cycles a date column's training values can show: the weekday where dates fall on
     more than one, the time of year where they span three months or more."""
@@ -628,7 +653,10 @@ def build_preprocess(
         task=target.task,  # type: ignore[arg-type]
         target=cfg.target,
         labels=target.labels,
-        features=fit_features(train_df, schema, cfg),
+        # a regression target as floats: piece_edges tells classes from values by the dtype
+        features=fit_features(
+            train_df, schema, cfg, y_train.astype(np.float64) if target.task == "regression" else y_train
+        ),
         id_columns=schema.id_columns,
         positive=target.positive,
         target_mean=mean,

@@ -113,20 +113,26 @@ def test_a_date_column_trains_with_its_cycles_and_explains_them_as_the_date(tmp_
     assert set(effects) == {f.name for f in pre.features} and effects["signup"] > 0
 
 
-def test_no_pieces_when_turned_off_and_at_most_max_pieces_on_a_wide_file(tmp_path: Path) -> None:
+def test_on_a_wide_file_the_columns_that_tell_the_target_apart_keep_their_pieces(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     telco = pd.read_csv(TELCO)
     noise = pd.DataFrame(rng.normal(size=(len(telco), 100)), columns=[f"noise_{i}" for i in range(100)])
     df = pd.concat([telco, noise], axis=1)
-    path = tmp_path / "wide.csv"
-    df.to_csv(path, index=False)
-    for bins, expected in [(16, MAX_PIECES), (0, 0)]:
-        cfg = TrainConfig(data=path, target="Churn", numeric_bins=bins)
-        schema = infer_schema(df, cfg)
-        pre = Preprocess(task="binary", target="Churn", labels=["No", "Yes"], features=fit_features(df, schema, cfg))
+    y = (df["Churn"] == "Yes").to_numpy().astype(np.int64)
+    real = {"tenure", "MonthlyCharges", "TotalCharges"}
+    for bins, target in [(16, y), (16, None), (0, y)]:
+        cfg = TrainConfig(data=tmp_path / "wide.csv", target="Churn", numeric_bins=bins)
+        feats = fit_features(df, infer_schema(df, cfg), cfg, target)
+        pre = Preprocess(task="binary", target="Churn", labels=["No", "Yes"], features=feats)
         width = Pieces(pre).width
-        assert width == sum(max(len(f.bins) - 1, 0) for f in pre.numeric)
-        assert (0 < width <= expected) if expected else width == 0
+        assert width == sum(max(len(f.bins) - 1, 0) for f in pre.numeric) <= MAX_PIECES
+        cut = {f.name for f in pre.numeric if f.bins}
+        if not bins:
+            assert width == 0
+        elif target is not None:  # 16 pieces for each of the real columns first, then noise columns
+            assert real <= cut and width == MAX_PIECES and len(cut) == MAX_PIECES // 16
+        else:  # no target to rank them by: two pieces for every column but the 0/1 one
+            assert cut == {f.name for f in pre.numeric} - {"SeniorCitizen"} and width == 2 * len(cut)
 
 
 @pytest.mark.parametrize("bins", [0, 16])
