@@ -1,8 +1,8 @@
 """Quality bar: the shipped model vs logistic regression (ridge for regression) and LightGBM defaults
-on nine real data sets (seven binary, one multiclass, one regression; and one widened with noise
-columns) over 5 seeded 80/20 splits.
+on nine real data sets (seven binary, one multiclass, one regression) and one of them widened with
+250 noise columns, over 5 seeded 80/20 splits.
 
-    python bench/quality.py                      # every data set, 5 seeds, default config (~4 min)
+    python bench/quality.py                      # every data set, 5 seeds, default config (~25 min)
     python bench/quality.py --set dropout=0.2    # try a setting (repeatable)
     python bench/quality.py --only telco --only german --seeds 3
     python bench/quality.py --bundled            # only the two data sets in data/
