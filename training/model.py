@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.features import NumericFeature, Preprocess
+from service.features import Preprocess
 from training.config import TrainConfig
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -91,7 +91,7 @@ class Pieces(nn.Module):
         rows: list[tuple[int, float, float, float, float, float]] = []  # column, scale, shift, period, lo, hi
         for j, f in enumerate(pre.numeric):
             if f.bins:
-                edges = _standardized(f, norm, j, np.asarray(f.bins, dtype=np.float64))
+                edges = _standardized(norm, j, np.asarray(f.bins, dtype=np.float64))
                 rows += [(j, 1.0, 0.0, 0.0, lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
             if f.cycles and f.date is not None and not f.knots:
                 # day number = reference - age = reference - (mean + std·x), taken modulo the period
@@ -128,10 +128,10 @@ class Pieces(nn.Module):
         return moved
 
 
-def _standardized(f: NumericFeature, norm: Normalize, j: int, raw: np.ndarray) -> list[float]:
+def _standardized(norm: Normalize, j: int, raw: np.ndarray) -> list[float]:
     """Raw values of numeric column j as the network sees them (Normalize's transform)."""
     with torch.no_grad():
-        column = torch.full((len(raw), norm.median_.numel()), 0.0, dtype=torch.float32)
+        column = torch.zeros((len(raw), norm.median_.numel()), dtype=torch.float32)
         column[:, j] = torch.from_numpy(raw.astype(np.float32))
         return [float(v) for v in norm(column)[:, j]]
 
