@@ -177,12 +177,15 @@ class Explainer(nn.Module):
             score = logits.mean(dim=1) * scale + mean
             base = torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
             return mult, score, base, torch.zeros_like(score).to(torch.int64)
+        # the score, its change and the rescaling below in float64: a change of 1e-5 with float32's
+        # rounding (~1e-7 of the logits) in it scaled large, cancelling effects by up to 10 %
+        wide, wide_ref = logits.double(), ref.double()
         if self.task == "binary":
             # the path's points first: ONNX Runtime reduces the outermost axis far faster than a middle one
             path = ref + self.nodes * (logits - ref)  # [nodes, N, members]
             mult = (self.weights * _log_odds_slope(path)).sum(dim=0)
-            score = _log_odds(logits)
-            baseline = torch.zeros_like(score) + _log_odds(ref)
+            score = _log_odds(wide)
+            baseline = torch.zeros_like(score) + _log_odds(wide_ref)
             target = torch.ones_like(score).to(torch.int64)  # the positive class
         else:
             c = self.n_out
@@ -193,13 +196,14 @@ class Explainer(nn.Module):
             k = torch.nn.functional.one_hot(target, c).to(PATH)
             path = zr + self.nodes.unsqueeze(3) * (z - zr)  # [nodes, N, members, classes]
             mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=0).reshape(-1, self.m * c)
-            score, baseline = _log_prob(z, k), _log_prob(zr.expand_as(z), k)
+            wz, wzr, wk = wide.reshape(-1, self.m, c), wide_ref.reshape(1, self.m, c), k.double()
+            score, baseline = _log_prob(wz, wk), _log_prob(wzr.expand_as(wz), wk)
         # the few-point integral is close, not exact, where members disagree far from the reference:
         # scaled so that the effects sum to the score's change exactly (completeness)
-        linear = (mult * (logits - ref)).sum(dim=1, keepdim=True)
+        linear = (mult.double() * (wide - wide_ref)).sum(dim=1, keepdim=True)
         change = (score - baseline).unsqueeze(1)
         scale = torch.where(linear.abs() > TINY, change / torch.where(linear.abs() > TINY, linear, 1.0), 1.0)
-        return mult * scale * a, score, baseline, target
+        return mult * scale.to(PATH) * a, score, baseline, target
 
 
 def _log_odds(z: torch.Tensor) -> torch.Tensor:

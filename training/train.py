@@ -151,7 +151,8 @@ def _new_member(
     model = TabularMLP(pre, cfg)
     if cfg.linear_skip and cfg.linear_init:
         _warm_start(model, pre, cfg, train)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for every parameter (telco: the optimizer step was a third of training)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     return model, opt, gen, max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
 
 

@@ -151,3 +151,37 @@ def test_reasons_agree_with_shap(tmp_path: Path, data: Path, target: str) -> Non
     assert figures["top4_3_of_4"] >= 0.9, figures
     assert figures["top4_mean_overlap"] >= 3.5, figures
     assert figures["spearman_median"] >= 0.95, figures
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_record_scored_at_the_reference_is_explained_alike_in_onnx_runtime(tmp_path: Path) -> None:
+    """A record whose score lies within 3e-5 of the reference's, its features far from it: large
+    effects that cancel. The rescaling to the score's change must not amplify rounding there."""
+    run = explained(TELCO, "Churn", tmp_path, epochs=EPOCHS)
+    cfg = build_config(data=str(TELCO), target="Churn", report_plots=False)
+    prep = prepare_data(cfg, say=lambda _: None)
+    col = [f.name for f in prep.pre.numeric].index("tenure")
+
+    def change(num: np.ndarray, cat: np.ndarray) -> float:
+        found = run.reasons.run(num, cat)
+        return float(found.score[0] - found.baseline[0])
+
+    for row in prep.split.test:
+        num, cat = prep.enc.num[row : row + 1].copy(), prep.enc.cat[row : row + 1].copy()
+        lo, hi = num.copy(), num.copy()
+        lo[0, col], hi[0, col] = 0.0, 72.0  # tenure's range, in months
+        if change(lo, cat) * change(hi, cat) < 0:
+            break
+    else:
+        pytest.fail("no test record's score crosses the reference's as tenure runs over its range")
+    for _ in range(60):  # bisection on tenure: the score's change is continuous in it
+        mid = (lo + hi) / 2
+        if abs(change(mid, cat)) < 3e-5:
+            break
+        lo, hi = (mid, hi) if change(mid, cat) * change(lo, cat) > 0 else (lo, mid)
+    found = run.reasons.run(mid, cat)
+    assert 1e-6 < abs(found.score[0] - found.baseline[0]) < 3e-5
+    assert np.abs(found.effects).sum() > 0.1  # the features do move the score; their effects cancel
+    with torch.no_grad():
+        expected = run.explainer(torch.from_numpy(mid), torch.from_numpy(cat))[0].numpy()
+    np.testing.assert_allclose(found.effects, expected, atol=1e-3)
