@@ -34,7 +34,9 @@ def train_once(flags: str, data: Path = TELCO) -> tuple[float, float]:
     cmd += ["--models-dir", store, *shlex.split(flags)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:  # the CLI's own error line, not a bare exit status
+        sys.exit(f"tabserve train failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
