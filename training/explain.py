@@ -163,7 +163,7 @@ class Explainer(nn.Module):
 
     def _combine(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The score's multipliers on each member logit [N, members × n_out], the score and its
-        value at the reference (float64)."""
+        value at the reference (float64; regression: float32)."""
         ref = self.ref_logits
         a = torch.ones((), dtype=PATH)
         if self.fused.calibrated:  # the score is of the calibrated logits a·z + b: ∂/∂z is a times ∂/∂(a·z + b)

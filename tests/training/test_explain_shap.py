@@ -174,14 +174,19 @@ def test_a_record_scored_at_the_reference_is_explained_alike_in_onnx_runtime(tmp
             break
     else:
         pytest.fail("no test record's score crosses the reference's as tenure runs over its range")
+    target = 1e-5 * np.sign(change(hi, cat))  # a change of 1e-5: small, yet rescaled (above 1e-6)
+
+    def gap(num: np.ndarray) -> float:
+        return change(num, cat) - target
+
     for _ in range(60):  # bisection on tenure: the score's change is continuous in it
         mid = (lo + hi) / 2
-        if abs(change(mid, cat)) < 3e-5:
+        if abs(gap(mid)) < 5e-6:
             break
-        lo, hi = (mid, hi) if change(mid, cat) * change(lo, cat) > 0 else (lo, mid)
+        lo, hi = (mid, hi) if gap(mid) * gap(lo) > 0 else (lo, mid)
     found = run.reasons.run(mid, cat)
-    assert 1e-6 < abs(found.score[0] - found.baseline[0]) < 3e-5
-    assert np.abs(found.effects).sum() > 0.1  # the features do move the score; their effects cancel
+    assert 5e-6 <= abs(found.score[0] - found.baseline[0]) <= 1.5e-5
+    assert np.abs(found.effects).max() > 0.5  # the features do move the score; their effects cancel
     with torch.no_grad():
         expected = run.explainer(torch.from_numpy(mid), torch.from_numpy(cat))[0].numpy()
     np.testing.assert_allclose(found.effects, expected, atol=1e-3)

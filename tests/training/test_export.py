@@ -84,7 +84,7 @@ def test_no_skew_between_training_and_service_encoding(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_metrics_and_model(tmp_path: Path) -> None:
-    # an L1 start: liblinear visits rows in a random order, which the run's seed must fix too
+    # an L1 start: liblinear visits rows in a random order, which must be seeded too
     cfg = dict(models_dir=tmp_path, ensemble=2, epochs=3, linear_penalty="l1:0.1")
     a = train(quick_config(GERMAN, "creditability", **cfg), publish=False, say=lambda _: None)
     b = train(quick_config(GERMAN, "creditability", **cfg), publish=False, say=lambda _: None)
