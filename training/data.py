@@ -6,7 +6,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -169,8 +169,9 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         _categorical(col, present, schema)
         schema.told[col] = "--categorical"
         return
-    distinct = len(set(present))
-    numbers = None if _has_leading_zeros(present) else numeric_values(column, decimal)
+    levels = set(present)
+    distinct = len(levels)
+    numbers = None if _has_leading_zeros(levels) else numeric_values(column, decimal)
     if distinct == 1 and len(present) == len(keys):
         schema.dropped[col] = "constant"
     elif (why := _id_reason(col, present, distinct, numbers)) is not None:
@@ -218,7 +219,7 @@ def merged_levels(present: list[str]) -> dict[str, str]:
     return merged
 
 
-def _has_leading_zeros(present: list[str]) -> bool:
+def _has_leading_zeros(present: Iterable[str]) -> bool:
     """`000123`, `0421`: codes whose zeros matter, never amounts (`0`, `0.5` are numbers)."""
     return any(len(v) > 1 and v[0] == "0" and v[1].isdigit() for v in present)
 
