@@ -177,8 +177,8 @@ class Explainer(nn.Module):
             score = logits.mean(dim=1) * scale + mean
             base = torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
             return mult, score, base, torch.zeros_like(score).to(torch.int64)
-        # the score, its change and the rescaling below in float64: a change of 1e-5 with float32's
-        # rounding (~1e-7 of the logits) in it scaled large, cancelling effects by up to 10 %
+        # the score, its change and the rescaling below in float64: float32's rounding (~1e-7 of the
+        # logits) in a change of 1e-5, rescaled, moved large cancelling effects by up to 0.04
         wide, wide_ref = logits.double(), ref.double()
         if self.task == "binary":
             # the path's points first: ONNX Runtime reduces the outermost axis far faster than a middle one
