@@ -145,12 +145,16 @@ def test_a_bundle_from_before_reason_codes_says_so(churn_bundle: bundle.BundleRe
 
 def test_far_values_are_explained_and_sentences_read_values_as_the_model_does(churn_server) -> None:
     far = {**_record(), "tenure": 500, "TotalCharges": 1e5, "SeniorCitizen": 1.0}
-    got = httpx.post(churn_server.url + "/predict", json={"records": [far], "explain": "all"})
+    # a log-odds past ±80 (the linear path is unbounded): the path's exp() would leave float32 there
+    beyond = {**_record(), "tenure": 5000, "MonthlyCharges": 5000, "TotalCharges": 1e5}
+    got = httpx.post(churn_server.url + "/predict", json={"records": [far, beyond], "explain": "all"})
     assert got.status_code == 200, got.text
+    for answer in got.json()["predictions"]:
+        effects = [r["effect"] for r in answer["reasons"]]
+        assert all(np.isfinite(effects)) and answer["explanation"]["score"] is not None
+        assert abs(sum(effects) - (answer["explanation"]["score"] - answer["explanation"]["reference"])) < 1e-3
+    assert abs(got.json()["predictions"][1]["explanation"]["score"]) > 80
     answer = got.json()["predictions"][0]
-    effects = [r["effect"] for r in answer["reasons"]]
-    assert all(np.isfinite(effects)) and answer["explanation"]["score"] is not None
-    assert abs(sum(effects) - (answer["explanation"]["score"] - answer["explanation"]["reference"])) < 1e-3
     texts = {r["field"]: r["text"] for r in answer["reasons"]}
     assert "higher than any training record" in texts["tenure"]
     low = {**_record(), "tenure": 0}  # the training minimum: many records share it, none is below
