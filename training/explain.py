@@ -35,6 +35,7 @@ PATH = torch.float32  # the path integral's precision
 TINY = 1e-6  # a change in score too small to rescale the integral by
 SMALL = 1e-5  # |Δz| below which an activation's multiplier is its slope (finite difference)
 STEP = 1e-3
+TINY_PRE = 1e-30  # a ReLU input at the reference of exactly 0, taken as this far below
 PATH_MAX = 80.0  # |logit| on the path held below this: exp() stays finite in float32 (and P is 0 or 1 to 1e-34)
 OUTPUTS = ["effects", "score", "baseline", "target"]  # target: the class whose score is explained
 
@@ -160,13 +161,17 @@ class Explainer(nn.Module):
 
     def _rescale(self, z: torch.Tensor, layer: int) -> torch.Tensor:
         """Δactivation / Δinput between record and reference; the slope where they (nearly) meet."""
-        act = self.fused.act
-        d = z - getattr(self, f"ref_pre_{layer}")
-        ratio = (act(z) - getattr(self, f"ref_act_{layer}")) / d  # inf or NaN where d is 0: not selected
-        if isinstance(act, nn.ReLU):  # the slope at the reference: a constant (z there is within SMALL of it)
-            slope = (getattr(self, f"ref_pre_{layer}") > 0).to(z.dtype)
-        else:
-            slope = (act(z + STEP) - act(z - STEP)) / (2 * STEP)
+        act, ref_pre, ref_act = self.fused.act, getattr(self, f"ref_pre_{layer}"), getattr(self, f"ref_act_{layer}")
+        if isinstance(act, nn.ReLU):
+            # the same ratio with no division by Δ: r / (r - min(z, 0)) where the reference r > 0,
+            # relu(z) / (relu(z) - r) where r ≤ 0 (1 and 0 as z meets r: ReLU's slopes there)
+            up = (ref_pre > 0).to(z.dtype)
+            below = torch.clamp(ref_pre, max=-TINY_PRE)  # r ≤ 0 moved off 0: no 0 / 0 at z = r = 0
+            relu = act(z)
+            return (ref_act + (1 - up) * relu) / (relu - up * z + (up * ref_act - (1 - up) * below))
+        d = z - ref_pre
+        ratio = (act(z) - ref_act) / d  # inf or NaN where d is 0: not selected
+        slope = (act(z + STEP) - act(z - STEP)) / (2 * STEP)
         return torch.where(d.abs() < SMALL, slope, ratio)
 
     def _binary_multipliers(self, logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -225,13 +230,11 @@ class Explainer(nn.Module):
 
 
 def _log_odds(z: torch.Tensor) -> torch.Tensor:
-    """log(P / (1 - P)) for P the mean of the members' sigmoids, in log space (finite for any logits)."""
-    return torch.logsumexp(_log_sigmoid(z), dim=-1) - torch.logsumexp(_log_sigmoid(-z), dim=-1)
-
-
-def _log_sigmoid(z: torch.Tensor) -> torch.Tensor:
-    """log σ(z) without overflow or underflow: -softplus(-z)."""
-    return -(torch.relu(-z) + torch.log1p(torch.exp(-z.abs())))
+    """log(P / (1 - P)) for P the mean of the members' sigmoids; float64, logits held within ±700
+    (σ through Exp, exact in float64, where ONNX Runtime's Sigmoid is 0 below -30 or so)."""
+    odds = torch.exp(z.clamp(-700.0, 700.0))
+    down = 1 / (1 + odds)
+    return torch.log((odds * down).sum(dim=-1) / down.sum(dim=-1))
 
 
 def _log_prob(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
