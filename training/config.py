@@ -108,7 +108,7 @@ class TrainConfig:
     )
     calibrate: bool = opt(
         True,
-        "classification: each member's logits scaled (Platt; multiclass: temperature and a bias per class), "
+        "classification: logits scaled (Platt on the members' mean; multiclass: temperature and a bias per class), "
         "fitted on out-of-fold outputs, inside model.onnx",
     )
     tune: str = opt(

@@ -4,9 +4,10 @@ Method: DeepLIFT's rescale rule (Shrikumar et al. 2017) against one reference, t
 population's mean input (numerics at their training mean, each categorical at its level
 frequencies). Through the layers, each activation's multiplier is Δoutput / Δinput between the
 record and the reference, so the effects telescope: they sum exactly to the explained score minus
-its value at the reference. Where the members' logits become the score (a mean of probabilities,
-then log-odds or a log probability) the multipliers are the score's gradient integrated along the
-straight path between the two sets of logits (4-point Gauss-Legendre), scaled to sum exactly. A categorical
+its value at the reference. Where the members' logits become the score: binary and regression, a
+mean of logits (the log-odds, the value), so a member logit's multiplier is its weight in the mean;
+multiclass (the log of averaged probabilities), the score's gradient integrated along the straight
+path between the two sets of logits (4-point Gauss-Legendre), scaled to sum exactly. A categorical
 feature's effect is the sum over its levels' columns: one effect per feature, never per level.
 docs/explain.md has the reasoning and the comparison with `shap`.
 """
@@ -36,7 +37,6 @@ TINY = 1e-6  # a change in score too small to rescale the integral by
 SMALL = 1e-5  # |Δz| below which an activation's multiplier is its slope (finite difference)
 STEP = 1e-3
 TINY_PRE = 1e-30  # a ReLU input at the reference of exactly 0, taken as this far below
-PATH_MAX = 80.0  # |logit| on the path held below this: exp() stays finite in float32 (and P is 0 or 1 to 1e-34)
 OUTPUTS = ["effects", "score", "baseline", "target"]  # target: the class whose score is explained
 
 
@@ -83,11 +83,6 @@ class Explainer(nn.Module):
         nodes, weights = np.polynomial.legendre.leggauss(NODES)
         self.register_buffer("nodes", torch.tensor((nodes + 1) / 2, dtype=PATH).reshape(-1, 1, 1))
         self.register_buffer("weights", torch.tensor(weights / 2, dtype=PATH).reshape(-1, 1, 1))
-        # binary: member logits → the path's points; a node's members summed; the nodes' weighted sum
-        eye = torch.eye(self.m, dtype=PATH)
-        self.register_buffer("to_path", torch.cat([float(t) * eye for t in (nodes + 1) / 2], dim=1))
-        self.register_buffer("node_sum", torch.block_diag(*[torch.ones(self.m, 1, dtype=PATH)] * NODES))
-        self.register_buffer("integrate", torch.cat([float(w) * eye for w in weights / 2], dim=0))
         with torch.no_grad():
             ref_logits, ref_pre = self._forward(self.reference.reshape(1, -1))
         self.register_buffer("ref_logits", ref_logits.to(PATH))
@@ -174,21 +169,9 @@ class Explainer(nn.Module):
         slope = (act(z + STEP) - act(z - STEP)) / (2 * STEP)
         return torch.where(d.abs() < SMALL, slope, ratio)
 
-    def _binary_multipliers(self, logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """∫ ∂ log-odds / ∂ member logit along the path, as [N, nodes × members] 2-D MatMuls: ONNX
-        Runtime runs small MatMuls far faster than broadcasting over a [nodes, N, members] tensor."""
-        path = (logits - ref) @ self.to_path + ref.repeat(1, NODES)  # node k's logits in columns k·m … k·m + m - 1
-        # σ through Exp: ONNX Runtime's float Sigmoid is approximate in its tails (0 below -18)
-        odds = torch.exp(path.clamp(-PATH_MAX, PATH_MAX))
-        down = 1 / (1 + odds)
-        up = odds * down
-        # ∂ log-odds / ∂ z_j = σ(z_j)·σ(-z_j)·(1/Σσ(z) + 1/Σσ(-z)), the sums over one node's members
-        inverse = (1 / (up @ self.node_sum) + 1 / (down @ self.node_sum)) @ self.node_sum.T
-        return (up * down * inverse) @ self.integrate
-
     def _combine(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The score's multipliers on each member logit [N, members × n_out], the score and its
-        value at the reference (float64; regression: float32)."""
+        value at the reference (multiclass: float64; else float32)."""
         ref = self.ref_logits
         a = torch.ones((), dtype=PATH)
         if self.fused.calibrated:  # the score is of the calibrated logits a·z + b: ∂/∂z is a times ∂/∂(a·z + b)
@@ -202,39 +185,31 @@ class Explainer(nn.Module):
             score = logits.mean(dim=1) * scale + mean
             base = torch.zeros_like(score) + (ref.mean(dim=1) * scale + mean)
             return mult, score, base, torch.zeros_like(score).to(torch.int64)
-        # the score, its change and the rescaling below in float64: float32's rounding (~1e-7 of the
-        # logits) in a change of 1e-5, rescaled, moved large cancelling effects by up to 0.04
-        wide, wide_ref = logits.double(), ref.double()
         if self.task == "binary":
-            mult = self._binary_multipliers(logits, ref)
-            score = _log_odds(wide)
-            baseline = torch.zeros_like(score) + _log_odds(wide_ref)
-            target = torch.ones_like(score).to(torch.int64)  # the positive class
-        else:
-            c = self.n_out
-            z = logits.reshape(-1, self.m, c)
-            zr = ref.reshape(1, self.m, c)
-            probs = torch.softmax(z, dim=2).mean(dim=1)
-            target = probs.argmax(dim=1)  # the predicted class
-            k = torch.nn.functional.one_hot(target, c).to(PATH)
-            path = zr + self.nodes.unsqueeze(3) * (z - zr)  # [nodes, N, members, classes]
-            mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=0).reshape(-1, self.m * c)
-            wz, wzr, wk = wide.reshape(-1, self.m, c), wide_ref.reshape(1, self.m, c), k.double()
-            score, baseline = _log_prob(wz, wk), _log_prob(wzr.expand_as(wz), wk)
+            # the log-odds is the members' calibrated mean logit: linear, so each member logit's
+            # multiplier is exactly a / members, with no path to integrate
+            score = logits.mean(dim=1)
+            base = torch.zeros_like(score) + ref.mean(dim=1)
+            return torch.ones_like(logits) * a / self.m, score, base, torch.ones_like(score).to(torch.int64)
+        # multiclass: the score, its change and the rescaling below in float64: float32's rounding
+        # (~1e-7 of the logits) in a change of 1e-5, rescaled, moved large cancelling effects by up to 0.04
+        wide, wide_ref = logits.double(), ref.double()
+        c = self.n_out
+        z = logits.reshape(-1, self.m, c)
+        zr = ref.reshape(1, self.m, c)
+        probs = torch.softmax(z, dim=2).mean(dim=1)
+        target = probs.argmax(dim=1)  # the predicted class
+        k = torch.nn.functional.one_hot(target, c).to(PATH)
+        path = zr + self.nodes.unsqueeze(3) * (z - zr)  # [nodes, N, members, classes]
+        mult = (self.weights.unsqueeze(3) * _log_prob_slope(path, k)).sum(dim=0).reshape(-1, self.m * c)
+        wz, wzr, wk = wide.reshape(-1, self.m, c), wide_ref.reshape(1, self.m, c), k.double()
+        score, baseline = _log_prob(wz, wk), _log_prob(wzr.expand_as(wz), wk)
         # the few-point integral is close, not exact, where members disagree far from the reference:
         # scaled so that the effects sum to the score's change exactly (completeness)
         linear = (mult.double() * (wide - wide_ref)).sum(dim=1, keepdim=True)
         change = (score - baseline).unsqueeze(1)
         scale = torch.where(linear.abs() > TINY, change / torch.where(linear.abs() > TINY, linear, 1.0), 1.0)
         return mult * scale.to(PATH) * a, score, baseline, target
-
-
-def _log_odds(z: torch.Tensor) -> torch.Tensor:
-    """log(P / (1 - P)) for P the mean of the members' sigmoids; float64, logits held within ±700
-    (σ through Exp, exact in float64, where ONNX Runtime's Sigmoid is 0 below -30 or so)."""
-    odds = torch.exp(z.clamp(-700.0, 700.0))
-    down = 1 / (1 + odds)
-    return torch.log((odds * down).sum(dim=-1) / down.sum(dim=-1))
 
 
 def _log_prob(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

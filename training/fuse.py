@@ -223,9 +223,10 @@ class FusedEnsemble(nn.Module):
         return norm.transformed(torch.where(torch.isnan(num), norm.median_, num)) - norm.mean_
 
     def _output(self, logits: torch.Tensor) -> torch.Tensor:
-        """[N, members × n_out] logits → averaged probabilities or values (means as MatMuls)."""
+        """[N, members × n_out] logits → probabilities or values, as EnsembleModel's (means as MatMuls)."""
         if self.task == "binary":
-            p = torch.sigmoid(scaled(logits, self.platt) if self.calibrated else logits) @ self.average
+            z = logits @ self.average
+            p = torch.sigmoid(scaled(z, self.platt) if self.calibrated else z)
             return torch.cat([1 - p, p], dim=1)
         if self.task == "multiclass":
             z = logits.reshape(-1, self.n_members, self.n_out)

@@ -216,7 +216,8 @@ def _mlp(width: int, cfg: TrainConfig, n_out: int) -> nn.Sequential:
 
 
 class EnsembleModel(nn.Module):
-    """The exported graph: raw `num`/`cat` → averaged member outputs (probabilities or values)."""
+    """The exported graph: raw `num`/`cat` → the members combined: binary, the sigmoid of their mean
+    logit; multiclass, their softmax probabilities averaged; regression, their mean value."""
 
     def __init__(self, pre: Preprocess, members: list[TabularMLP]) -> None:
         super().__init__()
@@ -225,12 +226,15 @@ class EnsembleModel(nn.Module):
         self.task = pre.task
         self.register_buffer("target_mean", torch.tensor(pre.target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(pre.target_std, dtype=torch.float32))
-        # calibration of each member's logits, a·z + b (b per class), fitted after training; identity: none
+        # calibration of the logits, a·z + b (b per class), fitted after training; identity: none
         self.register_buffer("platt", identity(0 if pre.task == "regression" else n_logits(pre.task, len(pre.labels))))
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         x = self.normalize(num)
         logits = [m(x, cat) for m in self.members]
+        if self.task == "binary":  # the members' log-odds averaged, then calibrated (BENCHMARKS.md: ECE)
+            z = torch.stack(logits).mean(dim=0)
+            return to_output(scaled(z, self.platt) if self.calibrated else z, self.task)
         if self.calibrated:
             logits = [scaled(z, self.platt) for z in logits]
         out = torch.stack([to_output(z, self.task) for z in logits]).mean(dim=0)
@@ -252,9 +256,10 @@ def identity(n_out: int) -> torch.Tensor:
 
 
 def scaled(logits: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:
-    """Calibrated member logits a·z + b (Platt scaling for binary; temperature with a bias per class
-    for multiclass). On each member's logits, not on the average: a multiply and an add, which ONNX
-    Runtime computes the same for a row whatever the batch (a log of the average did not)."""
+    """Calibrated logits a·z + b (Platt scaling of the members' mean logit for binary; temperature with
+    a bias per class of each member's logits for multiclass). Logits, not a log of averaged
+    probabilities: a multiply and an add, which ONNX Runtime computes the same for a row whatever
+    the batch (a log of the average did not)."""
     return platt[0] * logits + platt[1:]
 
 

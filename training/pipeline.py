@@ -277,8 +277,8 @@ def fit_platt(y: np.ndarray, p: np.ndarray) -> torch.Tensor:
 
 
 def fit_calibration(task: str, y: np.ndarray, oof: np.ndarray) -> torch.Tensor:
-    """(a, b…) for each member's logits a·z + b, fitted on out-of-fold outputs, each from the one
-    member that did not train on its row: Platt scaling (binary), a temperature and a bias per class
+    """(a, b…) for logits a·z + b (binary: the members' mean; multiclass: each member's), fitted on
+    out-of-fold outputs, each from the one member that did not train on its row: Platt scaling (binary), a temperature and a bias per class
     (multiclass; log-probabilities are the logits up to a shift softmax ignores)."""
     if task == "binary":
         return fit_platt(y, oof[:, 1])
@@ -370,8 +370,9 @@ def train(
     if scorer.calibrated:  # on the test rows: the same members, before and after calibration
         a, *b = scorer.platt.tolist()
         method = "Platt scaling" if pre.task == "binary" else "temperature and a bias per class"
+        logits = "the members' mean logit" if pre.task == "binary" else "each member's logits"
         metrics["calibration"] = {
-            "method": f"{method} of each member's logits (a·z + b), fitted on the out-of-fold outputs",
+            "method": f"{method} of {logits} (a·z + b), fitted on the out-of-fold outputs",
             "a": a,
             "b": b[0] if pre.task == "binary" else b,
             "test_before": {k: task_metrics(pre, y[split.test], raw_test)[k] for k in ("ece", "brier", "log_loss")},
