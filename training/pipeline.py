@@ -278,8 +278,9 @@ def fit_platt(y: np.ndarray, p: np.ndarray) -> torch.Tensor:
 
 def fit_calibration(task: str, y: np.ndarray, oof: np.ndarray) -> torch.Tensor:
     """(a, b…) for logits a·z + b (binary: the members' mean; multiclass: each member's), fitted on
-    out-of-fold outputs, each from the one member that did not train on its row: Platt scaling (binary), a temperature and a bias per class
-    (multiclass; log-probabilities are the logits up to a shift softmax ignores)."""
+    out-of-fold outputs, each from the one member that did not train on its row: Platt scaling
+    (binary), a temperature and a bias per class (multiclass; log-probabilities are the logits up to
+    a shift softmax ignores)."""
     if task == "binary":
         return fit_platt(y, oof[:, 1])
     z = torch.from_numpy(np.log(np.clip(oof, EPS, 1.0))).to(torch.float64)

@@ -541,7 +541,7 @@ def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None)
             "",
         ]
     else:
-        lines += ["Not recalibrated (`--calibrate` off): the ensemble's probabilities as its members give them.", ""]
+        lines += ["Not recalibrated (`--calibrate` off).", ""]
     return lines
 
 
