@@ -141,10 +141,19 @@ class Explainer:
             return self._describe_level(feature, value)
         number = _number(value, self._parsers.get(name, parse_number))
         if number is None:
+            share = self._missing.get(name)
+            if share:  # the model reads the blank itself (a missing indicator), not only the typical value
+                shown = f"{round(100 * share)} %" if share >= 0.005 else "under 1 %"
+                return f"{name} was missing — as in {shown} of training records"
             return f"{name} was missing and taken as the typical value"
         placed = _placed(number, self._percentiles.get(name, []))
         shown = f"{value} ({_shown(number)} days old)" if name in self.pre.dates else _shown(number)
         return f"{name} is {shown}" + (f" — {placed}" if placed else "")
+
+    @cached_property
+    def _missing(self) -> dict[str, float]:
+        """The share of training records each numeric with a missing indicator was missing in."""
+        return {f.name: f.missing_ for f in self.pre.numeric if f.missing_}
 
     @cached_property
     def _parsers(self) -> dict[str, Callable[[Any], float]]:

@@ -242,6 +242,10 @@ class NumericFeature:
     # a date's calendar cycles the deep path also reads ("weekday", "year"): seasonality an age in
     # days alone cannot show (inside the graph)
     cycles: tuple[str, ...] = ()
+    # the share of training rows it was missing in, where enough were to learn from: the network
+    # also reads whether it is missing (inside the graph), since a blank is often itself a signal
+    # (an income not given); 0: no such indicator
+    missing_: float = 0.0
 
     def parser(self, decimal: str) -> Callable[[Any], float]:
         """Raw value → float for this feature: a date's age, or a number read with `decimal`."""
@@ -270,6 +274,8 @@ class NumericFeature:
             doc["bins"] = list(self.bins)
         if self.cycles:
             doc["cycles"] = list(self.cycles)
+        if self.missing_:
+            doc["missing"] = self.missing_
         return doc
 
 
@@ -550,6 +556,7 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
             knots=tuple(float(k) for k in doc.get("knots", ())),
             bins=tuple(float(k) for k in doc.get("bins", ())),
             cycles=tuple(str(c) for c in doc.get("cycles", ())),
+            missing_=float(doc.get("missing", 0.0)),
         )
     if doc["kind"] == "categorical":
         return CategoricalFeature(doc["name"], tuple(doc["vocab"]), fold=doc.get("match") == "casefold")

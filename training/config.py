@@ -61,7 +61,11 @@ class TrainConfig:
     )
     test_fraction: float = opt(0.2, "rows held out for the final report; 20% is the usual choice")
     val_fraction: float = opt(0.2, "of the rest, rows for early stopping when ensemble is 1")
-    min_category_count: int = opt(3, "a level seen fewer times shares the unseen bucket: too few rows to learn from")
+    min_category_count: int = opt(
+        3,
+        "a level seen fewer times shares the unseen bucket, and a numeric column missing fewer times gets no "
+        "missing indicator: too few rows to learn from",
+    )
     max_vocab: int = opt(1000, "most frequent levels kept per column; keeps free-text columns from exploding")
     # --- model ---
     hidden: list[int] = field(

@@ -547,7 +547,14 @@ def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarr
         feat = _fit_numeric(col, values, cfg.robust_numerics and date is None)
         finite = values[~np.isnan(values)]
         cycles = date_cycles(finite) if date is not None and cfg.numeric_bins else ()
-        columns.append((replace(feat, unit=schema.units.get(col, ""), date=date, cycles=cycles), values))
+        # as for a rare level: a blank seen fewer times than this is too rare to learn from
+        missing = (
+            (len(values) - finite.size) / len(values)
+            if finite.size and len(values) - finite.size >= cfg.min_category_count
+            else 0.0
+        )
+        feat = replace(feat, unit=schema.units.get(col, ""), date=date, cycles=cycles, missing_=missing)
+        columns.append((feat, values))
     edges = piece_edges([v for _, v in columns], cfg.numeric_bins, y)
     features += [replace(feat, bins=e) for (feat, _), e in zip(columns, edges, strict=True)]
     for col in schema.categorical:

@@ -119,12 +119,15 @@ def one_hot_design(x: np.ndarray, cat: np.ndarray, cardinalities: list[int]) -> 
 
 
 def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
-    """Imputed, standardized numerics plus one-hot categories: the baseline's inputs."""
+    """Imputed, standardized numerics, the missing indicators the network reads too (centred), plus
+    one-hot categories: the baseline's inputs."""
     med = np.array([f.median_ for f in pre.numeric], dtype=np.float64)
     mean = np.array([f.mean_ for f in pre.numeric], dtype=np.float64)
     std = np.array([f.std_ for f in pre.numeric], dtype=np.float64)
     x = (np.where(np.isnan(enc.num), med, enc.num) - mean) / std
-    return one_hot_design(x, enc.cat, [f.cardinality for f in pre.categorical])
+    flagged = [j for j, f in enumerate(pre.numeric) if f.missing_]
+    missing = np.isnan(enc.num[:, flagged]) - np.array([pre.numeric[j].missing_ for j in flagged])
+    return one_hot_design(np.hstack([x, missing]), enc.cat, [f.cardinality for f in pre.categorical])
 
 
 PENALTIES = ("l2:1", "l2:0.1", "l1:0.1", "l1:0.03")  # what `linear_penalty = "auto"` picks from

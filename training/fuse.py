@@ -218,9 +218,9 @@ class FusedEnsemble(nn.Module):
         return torch.cat([centred, self.pieces(centred)], dim=1) if self.pieces.width else centred
 
     def _centred(self, num: torch.Tensor) -> torch.Tensor:
-        """Median-imputed numerics minus their means (`normalize` without the division)."""
-        norm = self.normalize
-        return norm.transformed(torch.where(torch.isnan(num), norm.median_, num)) - norm.mean_
+        """Median-imputed numerics and missing indicators minus their means (`normalize` without the
+        division)."""
+        return self.normalize.extended(num) - self.normalize.mean_
 
     def _output(self, logits: torch.Tensor) -> torch.Tensor:
         """[N, members × n_out] logits → probabilities or values, as EnsembleModel's (means as MatMuls)."""

@@ -25,17 +25,32 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 UNIFORM_STD = 12**-0.5  # a quantile of the training rows is about uniform on [0, 1]: mean 1/2, std 1/√12
 
 
+def n_inputs(pre: Preprocess) -> int:
+    """The network's numeric inputs: each numeric column, then a missing indicator for each column
+    that has one."""
+    return len(pre.numeric) + sum(1 for f in pre.numeric if f.missing_)
+
+
 class Normalize(nn.Module):
-    """Raw `num` (NaN = missing) → median-imputed, standardized values, from preprocess stats; a
-    heavy-tailed column (knots in preprocess.json) becomes its training quantile first."""
+    """Raw `num` (NaN = missing) → median-imputed, standardized values, from preprocess stats, then
+    the missing indicators (1 where missing, centred on the training share); a heavy-tailed column
+    (knots in preprocess.json) becomes its training quantile first."""
 
     def __init__(self, pre: Preprocess) -> None:
         super().__init__()
         feats = pre.numeric
         robust = [bool(f.knots) for f in feats]
+        flagged = [j for j, f in enumerate(feats) if f.missing_]
         self.register_buffer("median_", torch.tensor([f.median_ for f in feats], dtype=torch.float32))
-        mean = [0.5 if r else f.mean_ for f, r in zip(feats, robust, strict=True)]
-        std = [UNIFORM_STD if r else f.std_ for f, r in zip(feats, robust, strict=True)]
+        # an indicator is centred but not scaled: a rare blank would otherwise enter as a huge value
+        mean = [0.5 if r else f.mean_ for f, r in zip(feats, robust, strict=True)] + [
+            feats[j].missing_ for j in flagged
+        ]
+        std = [UNIFORM_STD if r else f.std_ for f, r in zip(feats, robust, strict=True)] + [1.0] * len(flagged)
+        self.flagged = flagged
+        pick = torch.zeros(len(feats), len(flagged))
+        pick[flagged, range(len(flagged))] = 1.0  # a 0/1 MatMul picks the flagged columns: no Gather
+        self.register_buffer("pick_", pick)
         self.register_buffer("mean_", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std_", torch.tensor(std, dtype=torch.float32))
         self.robust = any(robust)
@@ -59,7 +74,14 @@ class Normalize(nn.Module):
             self.register_buffer("robust_", torch.tensor(robust))
 
     def forward(self, num: torch.Tensor) -> torch.Tensor:
-        return (self.transformed(torch.where(torch.isnan(num), self.median_, num)) - self.mean_) / self.std_
+        return (self.extended(num) - self.mean_) / self.std_
+
+    def extended(self, num: torch.Tensor) -> torch.Tensor:
+        """Median-imputed (and transformed) numerics, then the missing indicators, not yet centred."""
+        filled = self.transformed(torch.where(torch.isnan(num), self.median_, num))
+        if not self.flagged:
+            return filled
+        return torch.cat([filled, torch.isnan(num).to(filled.dtype) @ self.pick_], dim=1)
 
     def transformed(self, filled: torch.Tensor) -> torch.Tensor:
         """Heavy-tailed columns as their training quantile (linear between knots), the rest as they are."""
@@ -101,7 +123,7 @@ class Pieces(nn.Module):
                     shift = (reference - f.mean_ + phase) % period
                     rows += [(j, -f.std_, shift, period, lo, hi) for lo, hi in itertools.pairwise(edges)]
         self.width, self.source = len(rows), [r[0] for r in rows]
-        mix = torch.zeros(len(pre.numeric), len(rows))
+        mix = torch.zeros(n_inputs(pre), len(rows))  # no pieces of a missing indicator
         for p, (j, scale, *_) in enumerate(rows):
             mix[j, p] = scale  # a column's value into each of its pieces: a 0/scale MatMul, no Gather
         columns = list(zip(*rows, strict=True)) if rows else [()] * 6
@@ -131,7 +153,7 @@ class Pieces(nn.Module):
 def _standardized(norm: Normalize, j: int, raw: np.ndarray) -> list[float]:
     """Raw values of numeric column j as the network sees them (Normalize's transform)."""
     with torch.no_grad():
-        column = torch.zeros((len(raw), norm.median_.numel()), dtype=torch.float32)
+        column = torch.zeros((len(raw), norm.median_.numel()), dtype=torch.float32)  # no NaN: indicators 0
         column[:, j] = torch.from_numpy(raw.astype(np.float32))
         return [float(v) for v in norm(column)[:, j]]
 
@@ -152,7 +174,7 @@ class TabularMLP(nn.Module):
     def __init__(self, pre: Preprocess, cfg: TrainConfig) -> None:
         super().__init__()
         cards = [f.cardinality for f in pre.categorical]
-        n_num, n_out = len(pre.numeric), n_logits(pre.task, len(pre.labels))
+        n_num, n_out = n_inputs(pre), n_logits(pre.task, len(pre.labels))
         self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim(c, cfg.max_embedding_dim)) for c in cards)
         self.pieces = Pieces(pre)
         width = n_num + self.pieces.width + sum(e.embedding_dim for e in self.embeddings)

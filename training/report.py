@@ -362,6 +362,9 @@ def data_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> lis
         f"- features: {', '.join(f.name for f in pre.features)}",
         f"- left out: {', '.join(f'{k} ({v})' for k, v in data['dropped_columns'].items()) or 'none'}",
     ]
+    flagged = [f"{f.name} ({f.missing_:.1%} blank)" for f in pre.numeric if f.missing_]
+    if flagged:  # a model-risk reader asks how blanks were treated
+        lines.append(f"- missing indicators (a blank read as a signal, beside the median): {', '.join(flagged)}")
     if pre.task == "binary":
         lines.append(
             f"- positive class: `{pre.positive}`; decision threshold {pre.threshold:.4f} "

@@ -167,7 +167,9 @@ def test_a_cell_reads_as_the_json_value_of_the_same_record(churn_bundle: bundle.
         for outcome, effect in ((0, 0.5), (1, -0.5)):
             assert sentence(at[name], cell, outcome) == text(name, sent, effect, None)
     assert sentence(at["tenure"], "1", 0).startswith("tenure is 1 — ")
-    assert sentence(at["TotalCharges"], " ", 0).startswith("TotalCharges was missing and taken as the typical value")
+    assert sentence(at["TotalCharges"], " ", 0).startswith(
+        "TotalCharges was missing — as in under 1 % of training records"
+    )
 
 
 def test_effects_add_up_and_reasons_stop_where_effects_turn(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
