@@ -212,9 +212,11 @@ def _placed(number: float, percentiles: list[float]) -> str:
     below, at_most = _share(number, percentiles, False), _share(number, percentiles, True)
     if at_most - below >= 10:
         return f"the same as {round(at_most - below)} % of training records"
+    # inside the training range some record is at or beyond it: never "lower than 100 %" (the
+    # percentiles cannot see the few records at a minimum)
     if 100 - at_most >= below:
-        return f"lower than {round(100 - at_most)} % of training records"
-    return f"higher than {round(below)} % of training records"
+        return f"lower than {min(round(100 - at_most), 99)} % of training records"
+    return f"higher than {min(round(below), 99)} % of training records"
 
 
 def _share(number: float, percentiles: list[float], inclusive: bool) -> float:

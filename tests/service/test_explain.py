@@ -165,3 +165,4 @@ def test_far_values_are_explained_and_sentences_read_values_as_the_model_does(ch
         ][0]["reasons"]
     }
     assert "than any" not in texts["tenure"]
+    assert "100 %" not in texts["tenure"]  # 11 records share it: "lower than 100 %" would overstate
