@@ -153,7 +153,7 @@ class Explainer:
     @cached_property
     def _missing(self) -> dict[str, float]:
         """The share of training records each numeric with a missing indicator was missing in."""
-        return {f.name: f.missing_ for f in self.pre.numeric if f.missing_}
+        return {self.pre.numeric[j].name: self.pre.numeric[j].missing_ for j in self.pre.indicated}
 
     @cached_property
     def _parsers(self) -> dict[str, Callable[[Any], float]]:

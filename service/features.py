@@ -373,6 +373,11 @@ class Preprocess:
         return [f for f in self.features if isinstance(f, NumericFeature)]
 
     @cached_property
+    def indicated(self) -> list[int]:
+        """The `num` columns with a missing indicator (blank in enough training rows), in order."""
+        return [j for j, f in enumerate(self.numeric) if f.missing_]
+
+    @cached_property
     def kinds(self) -> dict[str, str]:
         """Feature name → "numeric" or "categorical", in feature order."""
         return {f.name: f.kind for f in self.features}

@@ -125,7 +125,7 @@ def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
     mean = np.array([f.mean_ for f in pre.numeric], dtype=np.float64)
     std = np.array([f.std_ for f in pre.numeric], dtype=np.float64)
     x = (np.where(np.isnan(enc.num), med, enc.num) - mean) / std
-    flagged = [j for j, f in enumerate(pre.numeric) if f.missing_]
+    flagged = pre.indicated
     missing = np.isnan(enc.num[:, flagged]) - np.array([pre.numeric[j].missing_ for j in flagged])
     return one_hot_design(np.hstack([x, missing]), enc.cat, [f.cardinality for f in pre.categorical])
 

@@ -63,7 +63,7 @@ class Explainer(nn.Module):
         self.register_buffer("reference", torch.cat([torch.zeros(fused.n_num), ref_pieces, ref_levels]))
         index = {f.name: i for i, f in enumerate(pre.features)}
         numeric = [index[f.name] for f in pre.numeric]
-        numeric += [numeric[j] for j in fused.normalize.flagged]  # a missing indicator's effect is its column's
+        numeric += [numeric[j] for j in pre.indicated]  # a missing indicator's effect is its column's
         columns = numeric + [numeric[j] for j in fused.pieces.source]  # a piece's effect is its column's
         columns += [index[pre.categorical[j].name] for j in feature_of.tolist()]
         group = torch.zeros(len(columns), len(pre.features))

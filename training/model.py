@@ -28,7 +28,7 @@ UNIFORM_STD = 12**-0.5  # a quantile of the training rows is about uniform on [0
 def n_inputs(pre: Preprocess) -> int:
     """The network's numeric inputs: each numeric column, then a missing indicator for each column
     that has one."""
-    return len(pre.numeric) + sum(1 for f in pre.numeric if f.missing_)
+    return len(pre.numeric) + len(pre.indicated)
 
 
 class Normalize(nn.Module):
@@ -40,7 +40,7 @@ class Normalize(nn.Module):
         super().__init__()
         feats = pre.numeric
         robust = [bool(f.knots) for f in feats]
-        flagged = [j for j, f in enumerate(feats) if f.missing_]
+        flagged = pre.indicated
         self.register_buffer("median_", torch.tensor([f.median_ for f in feats], dtype=torch.float32))
         # an indicator is centred but not scaled: a rare blank would otherwise enter as a huge value
         mean = [0.5 if r else f.mean_ for f, r in zip(feats, robust, strict=True)] + [

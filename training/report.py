@@ -362,7 +362,7 @@ def data_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> lis
         f"- features: {', '.join(f.name for f in pre.features)}",
         f"- left out: {', '.join(f'{k} ({v})' for k, v in data['dropped_columns'].items()) or 'none'}",
     ]
-    flagged = [f"{f.name} ({f.missing_:.1%} blank)" for f in pre.numeric if f.missing_]
+    flagged = [f"{pre.numeric[j].name} ({pre.numeric[j].missing_:.1%} blank)" for j in pre.indicated]
     if flagged:  # a model-risk reader asks how blanks were treated
         lines.append(f"- missing indicators (a blank read as a signal, beside the median): {', '.join(flagged)}")
     if pre.task == "binary":

@@ -157,7 +157,7 @@ def test_far_values_are_explained_and_sentences_read_values_as_the_model_does(ch
     answer = got.json()["predictions"][0]
     texts = {r["field"]: r["text"] for r in answer["reasons"]}
     assert "higher than any training record" in texts["tenure"]
-    low = {**_record(), "tenure": 0}  # the training minimum: many records share it, none is below
+    low = {**_record(), "tenure": 0}  # the training minimum: records share it, none is below
     texts = {
         r["field"]: r["text"]
         for r in httpx.post(churn_server.url + "/predict", json={"records": [low], "explain": "all"}).json()[
