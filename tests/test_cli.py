@@ -60,7 +60,7 @@ def test_train_options_come_from_the_config_fields(tmp_path: Path) -> None:
     for field in fields(TrainConfig):
         assert renamed.get(field.name, "--" + field.name.replace("_", "-")) in run.stdout, field.name
         assert field.metadata["help"], field.name
-    for flag in ("--config", "--models", "--no-plots", "--no-batch-norm", "(default 32,16)", "(default 0.003)"):
+    for flag in ("--config", "--models", "--no-plots", "--no-batch-norm", "(default 64,32)", "(default 0.003)"):
         assert flag in run.stdout, flag
 
 

@@ -32,7 +32,7 @@ from training.pipeline import fit_ensemble, fit_rows_of, prepare_data
 
 ROWS = 200  # test-split records compared per data set
 TOP = 4  # reasons on an adverse-action notice
-EPOCHS = 20  # the default configuration (5 members) with fewer epochs: a few seconds of training
+EPOCHS = 20  # the default configuration (3 members) with fewer epochs: a few seconds of training
 # coalitions per record: every subset of one or two features (and their complements) and a weighted
 # sample of the rest; how close that comes to exact Shapley values: bench/explain_quality.py
 NSAMPLES = 2048
