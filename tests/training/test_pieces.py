@@ -116,7 +116,7 @@ def test_a_date_column_trains_with_its_cycles_and_explains_them_as_the_date(tmp_
 def test_on_a_wide_file_the_columns_that_tell_the_target_apart_keep_their_pieces(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     telco = pd.read_csv(TELCO)
-    noise = pd.DataFrame(rng.normal(size=(len(telco), 100)), columns=[f"noise_{i}" for i in range(100)])
+    noise = pd.DataFrame(rng.normal(size=(len(telco), 50)), columns=[f"noise_{i}" for i in range(50)])
     df = pd.concat([telco, noise], axis=1)
     y = (df["Churn"] == "Yes").to_numpy().astype(np.int64)
     real = {"tenure", "MonthlyCharges", "TotalCharges"}
