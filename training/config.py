@@ -72,7 +72,7 @@ class TrainConfig:
         default_factory=lambda: [64, 32],
         metadata={
             "help": "hidden layer sizes, e.g. 128,64; 64,32 (3 members) beat 32,16 (5 members) where trees lead "
-            "logistic regression by far, for 1.2x the serving cost (BENCHMARKS.md)"
+            "logistic regression by far, for a little more serving cost (BENCHMARKS.md)"
         },
     )
     activation: str = opt("relu", f"{' | '.join(ACTIVATIONS)}; relu: cheap, well-behaved with BatchNorm")

@@ -608,8 +608,7 @@ def quantile_knots(finite: np.ndarray) -> tuple[float, ...]:
 
 
 # piece columns over all numeric features (--numeric-bins per column); beyond it only the columns that
-# tell the target apart most get pieces: pieces of weak columns cost more than they gain (mlc_churn's
-# log loss .1803 at 256, .1608 at 128; no set got worse, BENCHMARKS.md)
+# tell the target apart most get pieces: pieces of weak columns cost more than they gain (BENCHMARKS.md)
 MAX_PIECES = 128
 
 
