@@ -11,6 +11,7 @@ from typing import Any
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 TASKS = ("auto", "binary", "multiclass", "regression")
 PROMOTE = ("auto", "always", "never")
+SCREENS = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,12 @@ class TrainConfig:
         "the deep path also reads each numeric column as piecewise-linear pieces between this many training "
         "quantiles (and a date as its weekday and time of year); 0: off (BENCHMARKS.md)",
     )
+    screen: str = opt(
+        "auto",
+        "on: the deep path reads only the columns whose bins (levels) tell the target apart at the 1 % level "
+        "(chi-square; regression: F) on each member's training rows, the linear path all of them; auto: such a "
+        "network is also trained, as a candidate, where the screen leaves out at least half the columns; off",
+    )
     max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---
     epochs: int = opt(200, "most epochs per member; early stopping usually ends far sooner")
@@ -161,6 +168,8 @@ class TrainConfig:
             raise ConfigError(f"threads must be ≥ 1, not {self.threads}")
         if self.numeric_bins < 0:
             raise ConfigError(f"numeric_bins must be ≥ 0 (0: off), not {self.numeric_bins}")
+        if self.screen not in SCREENS:
+            raise ConfigError(f"screen must be one of {', '.join(SCREENS)}, not {self.screen!r}")
         if self.ensemble < 1 or self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("ensemble and epochs must be ≥ 1, batch_size ≥ 2")
         if self.class_weight not in ("none", "balanced"):

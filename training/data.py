@@ -644,13 +644,59 @@ def separation(values: np.ndarray, edges: tuple[float, ...], target: np.ndarray)
     """The share of the target's variance between a column's bins (η², the correlation ratio):
     about bins / rows for a noise column, more where the column tells the target apart."""
     bin_of = np.where(np.isnan(values), len(edges), np.searchsorted(np.asarray(edges[1:-1]), values, side="right"))
-    counts = np.bincount(bin_of, minlength=len(edges) + 1).astype(np.float64)
-    sums = np.stack([np.bincount(bin_of, weights=t, minlength=len(edges) + 1) for t in target.T], axis=1)
+    return between_share(bin_of, target)
+
+
+def between_share(groups: np.ndarray, target: np.ndarray) -> float:
+    """η² of `target` [rows, k] (a class's one-hot column per class) over integer `groups`."""
+    counts = np.bincount(groups).astype(np.float64)
+    sums = np.stack([np.bincount(groups, weights=t, minlength=len(counts)) for t in target.T], axis=1)
     centre = target.mean(axis=0)
     used = counts > 0
     between = (counts[used, None] * (sums[used] / counts[used, None] - centre) ** 2).sum()
     total = ((target - centre) ** 2).sum()
     return float(between / total) if total > 0 else 0.0
+
+
+# the deep path's screen (--screen): a column whose groups tell the target apart less surely than
+# this (a p-value) stays out of it; ~1 in 100 noise columns gets through
+SCREEN_LEVEL = 0.01
+SCREEN_BINS = 10  # a numeric column's groups: its training deciles, and its missing values
+
+
+def screened(num: np.ndarray, missing: np.ndarray, cat: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
+    """Which columns (numeric, then categorical) tell the target apart at SCREEN_LEVEL on these rows:
+    a numeric column by its deciles (missing values a group of their own), a categorical one by its
+    levels; chi-square test of independence (regression: the F test of η²)."""
+    groups = []
+    for j in range(num.shape[1]):
+        edges = np.unique(np.quantile(num[:, j], np.linspace(0, 1, SCREEN_BINS + 1)))
+        groups.append(np.where(missing[:, j], SCREEN_BINS, np.searchsorted(edges[1:-1], num[:, j], side="right")))
+    groups += [cat[:, i] for i in range(cat.shape[1])]
+    return np.array([association_p_value(g, y, task) < SCREEN_LEVEL for g in groups], dtype=bool)
+
+
+def association_p_value(groups: np.ndarray, y: np.ndarray, task: str) -> float:
+    """The p-value of no association between integer `groups` and the target: Pearson's chi-square
+    over the groups × classes table; regression: the F test of the groups' η²."""
+    from scipy import stats  # scikit-learn's dependency
+
+    groups = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    k, n = int(groups.max()) + 1 if len(groups) else 0, len(groups)
+    if k < 2 or n <= k:
+        return 1.0
+    if task == "regression":
+        share = between_share(groups, y.reshape(-1, 1).astype(np.float64))
+        f = (share / (k - 1)) / max((1 - share) / (n - k), 1e-12)
+        return float(stats.f.sf(f, k - 1, n - k))
+    table = np.zeros((k, int(y.max()) + 1))
+    np.add.at(table, (groups, y.astype(np.int64)), 1)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return 1.0
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / n
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    return float(stats.chi2.sf(chi2, (k - 1) * (table.shape[1] - 1)))
 
 
 def date_cycles(ages: np.ndarray) -> tuple[str, ...]:

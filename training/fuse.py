@@ -48,7 +48,8 @@ def fold_layers(seq: nn.Sequential) -> tuple[list[Layer], type[nn.Module] | None
 
 def _first_layer(member: TabularMLP, w1: torch.Tensor, n_dense: int, cards: list[int]) -> torch.Tensor:
     """[n_dense + sum(cards), h1]: the rows of W1 for the numerics and their pieces, then each
-    level's embedding pushed through W1."""
+    level's embedding pushed through W1 (0 for a column the member's screen left out)."""
+    w1 = w1 * member.deep_keep.reshape(-1, 1)
     rows, src = [w1[:n_dense]], n_dense
     for emb in member.embeddings:
         d = emb.embedding_dim
@@ -61,8 +62,10 @@ def _wide_rows(member: TabularMLP, n_num: int, n_out: int) -> torch.Tensor:
     """[n_num + pieces + sum(cards), n_out]: the linear path's weights over the same rows (none
     over the pieces: the linear path reads the numerics alone)."""
     num = member.wide_num.weight.detach().T if member.wide_num is not None else torch.zeros(n_num, n_out)
+    num = num * member.deep_keep[:n_num].reshape(-1, 1)  # 0 for a column the member's screen left out
     pieces = torch.zeros(member.pieces.width, n_out)
-    return torch.cat([num, pieces] + [emb.weight.detach() for emb in member.wide_cat])
+    cats = [emb.weight.detach() * keep for emb, keep in zip(member.wide_cat, member.cat_keep, strict=True)]
+    return torch.cat([num, pieces, *cats])
 
 
 class FusedEnsemble(nn.Module):

@@ -188,6 +188,10 @@ class TabularMLP(nn.Module):
         self.pieces = Pieces(pre)
         width = n_num + self.pieces.width + sum(e.embedding_dim for e in self.embeddings)
         self.deep = _mlp(width, cfg, n_out)
+        # `screen`: 1 for each deep input (the first n_num: the numerics, read by the linear path too)
+        # and each categorical column that the member reads, 0 for the columns its screen left out
+        self.register_buffer("deep_keep", torch.ones(width))
+        self.register_buffer("cat_keep", torch.ones(len(cards)))
         self.linear_skip = cfg.linear_skip
         if cfg.linear_skip:
             # NOTE: the wide path is logistic regression on one-hot categories (an n_out-wide
@@ -201,14 +205,25 @@ class TabularMLP(nn.Module):
     def forward(self, x: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         parts = [x] + ([self.pieces(x)] if self.pieces.width else [])
         parts += [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
-        out: torch.Tensor = self.deep(torch.cat(parts, dim=1))
+        out: torch.Tensor = self.deep(torch.cat(parts, dim=1) * self.deep_keep)
         if self.linear_skip:
             out = out + self.wide_bias
             if self.wide_num is not None:
-                out = out + self.wide_num(x)
+                out = out + self.wide_num(x * self.deep_keep[: x.shape[1]])
             for i, emb in enumerate(self.wide_cat):
-                out = out + emb(cat[:, i])
+                out = out + emb(cat[:, i]) * self.cat_keep[i]
         return out
+
+    def screen(self, pre: Preprocess, keep: np.ndarray) -> None:
+        """Only the columns `keep` (numeric, then categorical) feed the member, both paths: the inputs
+        of the others (values, missing indicators, pieces, embeddings, levels) are multiplied by 0."""
+        n_numeric = len(pre.numeric)
+        numeric = [bool(keep[j]) for j in range(n_numeric)]
+        mask = numeric + [numeric[j] for j in pre.indicated] + [numeric[j] for j in self.pieces.source]
+        for i, emb in enumerate(self.embeddings):
+            mask += [bool(keep[n_numeric + i])] * emb.embedding_dim
+        self.deep_keep = torch.tensor(mask, dtype=torch.float32)
+        self.cat_keep = torch.tensor(keep[n_numeric:], dtype=torch.float32)
 
     @torch.no_grad()
     def warm_start(self, coef: torch.Tensor, intercept: torch.Tensor) -> None:

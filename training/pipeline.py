@@ -24,7 +24,15 @@ from training.config import TrainConfig, parse_seconds
 from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, choose_threshold, task_metrics
 from training.explain import write_explainer
 from training.model import EPS, EnsembleModel, Normalize, TabularMLP, scaled
-from training.train import EpochCallback, History, Tensors, choose_linear_penalty, fit_fold, refit_member
+from training.train import (
+    EpochCallback,
+    History,
+    Tensors,
+    choose_linear_penalty,
+    fit_fold,
+    refit_member,
+    screened_columns,
+)
 
 Say = Callable[[str], None]
 
@@ -170,6 +178,28 @@ def fit_ensemble(
     if linear:
         candidates.append(Candidate("linear path alone", linear, _oof(prep, linear), [[] for _ in linear]))
     return candidates, histories, rows
+
+
+# `screen = "auto"`: a wide file whose screen leaves out this share of the columns or more (many useless
+# ones) also trains a network on the rest; its members are screened on their own training rows
+SCREEN_SHARE = 0.5
+
+
+def screened_candidate(prep: TrainingData, cfg: TrainConfig, say: Say) -> list[Candidate]:
+    """The network on the screened columns, as a candidate beside the others (none where `screen` is
+    not auto or the screen keeps more than half the columns)."""
+    if cfg.screen != "auto":
+        return []
+    kept = screened_columns(prep.pre, _tensors(prep).rows(torch.from_numpy(prep.split.dev)))
+    if kept.all() or np.mean(~kept) < SCREEN_SHARE:
+        return []
+    say(f"training a network on the {kept.sum()} of {len(kept)} columns that tell the target apart, as a candidate")
+    screened = replace(cfg, screen="on")
+    found, histories, _ = fit_ensemble(prep, screened)
+    network = found[0]
+    return [
+        Candidate("network, screened columns", network.members, network.oof, network.schedules, screened, histories)
+    ]
 
 
 def _oof(prep: TrainingData, members: list[TabularMLP]) -> np.ndarray:
@@ -332,6 +362,7 @@ def train(
     pre, y, split = prep.pre, prep.target.y, prep.split
     cfg, penalties = resolve_linear_penalty(prep, cfg)
     candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
+    candidates += screened_candidate(prep, cfg, say)
     tuning = None
     if parse_seconds(cfg.tune) > 0:
         found, tuning = tune_candidate(prep, cfg, candidates[0], deadline=started + parse_seconds(cfg.tune), say=say)

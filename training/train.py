@@ -13,6 +13,7 @@ from torch import nn
 
 from service.features import Preprocess
 from training.config import TrainConfig
+from training.data import screened
 from training.evaluate import PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
 from training.model import TabularMLP, to_output
 
@@ -149,11 +150,26 @@ def _new_member(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = TabularMLP(pre, cfg)
+    if cfg.screen == "on":
+        model.screen(pre, screened_columns(pre, train))
     if cfg.linear_skip and cfg.linear_init:
-        _warm_start(model, pre, cfg, train)
+        # the linear start reads what the member reads: a left-out column constant (0, level 0)
+        n_num = train.x.shape[1]
+        _warm_start(
+            model, pre, cfg, Tensors(train.x * model.deep_keep[:n_num], train.cat * model.cat_keep.long(), train.y)
+        )
     # fused: one kernel for every parameter (telco: the optimizer step was a third of training)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     return model, opt, gen, max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
+
+
+def screened_columns(pre: Preprocess, rows: Tensors) -> np.ndarray:
+    """Which columns (numeric, then categorical) tell the target apart on `rows` (training/data.py)."""
+    x, n_numeric = rows.x.numpy(), len(pre.numeric)
+    missing = np.zeros((len(rows), n_numeric), dtype=bool)
+    for k, j in enumerate(pre.indicated):
+        missing[:, j] = x[:, n_numeric + k] > 0  # a centred indicator: 1 - share where missing, -share elsewhere
+    return screened(x[:, :n_numeric], missing, rows.cat.numpy(), rows.y.numpy(), pre.task)
 
 
 def _warm_start(model: TabularMLP, pre: Preprocess, cfg: TrainConfig, train: Tensors) -> None:
