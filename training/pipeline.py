@@ -415,6 +415,8 @@ def train(
     if refits(prep, cfg):
         say(f"refitting {len(histories)} member(s) on all {len(y):,} rows for the published model")
         scorer = refit_ensemble(prep, cfg, chosen, scorer.platt)
+    if cfg.screen == "on":  # model risk: which columns the published members read at all
+        metrics["screen"] = _screen_summary(pre, scorer)
     result = TrainResult(pre, metrics, histories, scorer)
     if publish:
         doc = _describe(prep, cfg, metrics, started)
@@ -435,6 +437,20 @@ def train(
         result.release, result.decision = _decide(root, cfg, result.bundle.version, result.comparison)
     metrics["train_seconds"] = time.perf_counter() - started
     return result
+
+
+def _screen_summary(pre: Preprocess, scorer: EnsembleModel) -> dict[str, Any]:
+    """The columns the published members read (any of them) and those every one left out."""
+    names = [f.name for f in pre.numeric] + [f.name for f in pre.categorical]
+    read = np.zeros(len(names), dtype=bool)
+    for m in scorer.members:
+        assert isinstance(m, TabularMLP)
+        read |= np.concatenate([m.deep_keep[: len(pre.numeric)].numpy(), m.cat_keep.numpy()]) > 0
+    return {
+        "level": D.SCREEN_LEVEL,
+        "read": [n for n, r in zip(names, read, strict=True) if r],
+        "left_out": [n for n, r in zip(names, read, strict=True) if not r],
+    }
 
 
 def _board_text(row: dict[str, Any]) -> str:

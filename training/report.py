@@ -408,6 +408,21 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
             f"- **the published model** (`model.onnx`) is {fits['published']}.",
             "",
         ]
+    screen = m.get("screen")
+    if screen:
+        left_out = screen["left_out"]
+        lines += [
+            f"- **columns read**: {len(screen['read'])} of {len(screen['read']) + len(left_out)}; the screen (no "
+            f"association with the target at p < {screen['level']}) left out "
+            + (
+                ", ".join(f"`{c}`" for c in left_out[:20])
+                + (f" and {len(left_out) - 20} more" if len(left_out) > 20 else "")
+                if left_out
+                else "none"
+            )
+            + ". A left-out column's value changes no score.",
+            "",
+        ]
     board = m.get("leaderboard") or []
     if board:
         keys = [k for k in ("log_loss", "roc_auc", "pr_auc", "brier", "accuracy", "rmse", "mae", "r2") if k in board[0]]

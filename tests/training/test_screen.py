@@ -1,0 +1,88 @@
+"""The screen (`--screen`): a network that reads only the columns that tell the target apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from service import bundle
+from service.runtime import CPU, create_session
+from tests.conftest import GERMAN, TELCO, quick_config
+from training.pipeline import _tensors, prepare_data, train
+from training.train import screened_columns
+
+STRONG = ["status_of_existing_checking_account", "duration_in_month", "credit_history", "savings_account_and_bonds"]
+
+
+def _widened(path: Path, tmp_path: Path, noise: int = 60) -> Path:
+    """The file with `noise` seeded noise columns beside its own, half numeric, half categorical."""
+    df = pd.read_csv(path)
+    rng = np.random.default_rng(0)
+    for j in range(noise):
+        df[f"noise_{j}"] = rng.normal(size=len(df)).round(3) if j % 2 else rng.choice(list("abcde"), len(df))
+    out = tmp_path / f"{path.stem}_wide.csv"
+    df.to_csv(out, index=False)
+    return out
+
+
+def _kept(cfg) -> dict[str, bool]:  # type: ignore[no-untyped-def]
+    prep = prepare_data(cfg, say=lambda _: None)
+    kept = screened_columns(prep.pre, _tensors(prep).rows(torch.from_numpy(prep.split.dev)))
+    names = [f.name for f in prep.pre.numeric] + [f.name for f in prep.pre.categorical]
+    return dict(zip(names, kept.tolist(), strict=True))
+
+
+def test_the_screen_keeps_the_columns_that_tell_the_target_apart_and_leaves_out_noise(tmp_path: Path) -> None:
+    kept = _kept(quick_config(_widened(GERMAN, tmp_path), "creditability", tmp_path))
+    assert all(kept[c] for c in STRONG)
+    noise = [c for c in kept if c.startswith("noise_")]
+    assert len(noise) == 60 and sum(kept[c] for c in noise) <= 3  # at the 1 % level: ~0.6 expected
+    # regression (the F test): what a telco customer pays depends on the internet service, not on noise
+    kept = _kept(quick_config(_widened(TELCO, tmp_path), "MonthlyCharges", tmp_path))
+    assert kept["InternetService"] and kept["StreamingTV"]
+    assert sum(kept[c] for c in kept if c.startswith("noise_")) <= 3
+
+
+def test_a_screened_member_ignores_the_left_out_columns_in_the_published_graph(tmp_path: Path) -> None:
+    cfg = quick_config(_widened(GERMAN, tmp_path), "creditability", tmp_path, name="wide", screen="on")
+    result = train(cfg, say=lambda _: None)
+    assert result.bundle is not None and result.model is not None
+    pre = result.pre
+    member = result.model.members[0]
+    left_out = [i for i, keep in enumerate(member.cat_keep.tolist()) if not keep]
+    assert len(left_out) >= 27  # of the 30 noise categoricals
+    prep = prepare_data(cfg, say=lambda _: None)
+    num, cat = prep.enc.num[:300].copy(), prep.enc.cat[:300].copy()
+    session = create_session(result.bundle.path / bundle.MODEL_FILE, CPU)
+    before = session.run(None, {"num": num, "cat": cat})[0]
+    # every member left these out: other levels change nothing in the published graph
+    ignored = [i for i in left_out if all(not m.cat_keep[i] for m in result.model.members)]
+    assert ignored
+    changed = cat.copy()
+    changed[:, ignored] = (changed[:, ignored] % 5) + 1
+    assert np.abs(session.run(None, {"num": num, "cat": changed})[0] - before).max() < 1e-6
+    # a column every member reads does change the output
+    status = [f.name for f in pre.categorical].index("status_of_existing_checking_account")
+    changed = cat.copy()
+    changed[:, status] = changed[:, status] % (pre.categorical[status].cardinality - 1) + 1  # another level
+    assert np.abs(session.run(None, {"num": num, "cat": changed})[0] - before).max() > 1e-3
+    # metrics.json and the card name the columns no published member reads
+    left_out = result.metrics["screen"]["left_out"]
+    assert sum(c.startswith("noise_") for c in left_out) >= 50 and not set(STRONG) & set(left_out)
+    card = (result.bundle.path / "model_card.md").read_text()
+    assert "the screen (no association with the target at p < 0.01) left out `noise_" in card
+
+
+def test_auto_adds_the_screened_network_as_a_candidate_only_among_many_useless_columns(tmp_path: Path) -> None:
+    wide = train(
+        quick_config(_widened(GERMAN, tmp_path), "creditability", tmp_path, refit=False),
+        publish=False,
+        say=lambda _: None,
+    )
+    names = [row["candidate"] for row in wide.metrics["leaderboard"]]
+    assert "network, screened columns" in names
+    telco = train(quick_config(TELCO, "Churn", tmp_path, refit=False), publish=False, say=lambda _: None)
+    assert [row["candidate"] for row in telco.metrics["leaderboard"]] == ["network", "linear path alone"]
