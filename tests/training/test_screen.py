@@ -73,7 +73,8 @@ def test_a_screened_member_ignores_the_left_out_columns_in_the_published_graph(t
     left_out = result.metrics["screen"]["left_out"]
     assert sum(c.startswith("noise_") for c in left_out) >= 50 and not set(STRONG) & set(left_out)
     card = (result.bundle.path / "model_card.md").read_text()
-    assert "the screen (no association with the target at p < 0.01) left out `noise_" in card
+    line = next(x for x in card.splitlines() if x.startswith("- **columns read**"))
+    assert f"{len(result.metrics['screen']['read'])} of 80" in line and "`noise_1`" in line
 
 
 def test_auto_adds_the_screened_network_as_a_candidate_only_among_many_useless_columns(tmp_path: Path) -> None:
