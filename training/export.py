@@ -16,7 +16,10 @@ from training.fuse import FusedEnsemble
 from training.model import EnsembleModel
 
 OPSET = 17
-PARITY_TOL = 1e-5  # max |ONNX Runtime − PyTorch| on probabilities (regression: × target std)
+# max |ONNX Runtime − PyTorch| on probabilities (regression: × target std). The fused graph's float32
+# rounding reached 1.2e-5 on a 500 k-row file (PyTorch's own, against float64: 3.5e-6); a wiring
+# error shows as 1e-3 or more
+PARITY_TOL = 5e-5
 PARITY_BATCHES = (1, 7, 4096)
 
 
