@@ -98,9 +98,9 @@ class TrainConfig:
     )
     screen: str = opt(
         "auto",
-        "on: the deep path reads only the columns whose bins (levels) tell the target apart at the 1 % level "
-        "(chi-square; regression: F) on each member's training rows, the linear path all of them; auto: such a "
-        "network is also trained, as a candidate, where the screen leaves out at least half the columns; off",
+        "on: each member reads only the columns whose deciles (levels) tell the target apart at the 1 % level "
+        "(chi-square; regression: F) on its training rows; auto: such a network is also trained, as a "
+        "candidate, where the screen leaves out at least half the columns (docs/training.md); off: never",
     )
     max_embedding_dim: int = opt(4, "widest categorical embedding; wider only added variance on both bundled sets")
     # --- optimisation ---

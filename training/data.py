@@ -658,8 +658,8 @@ def between_share(groups: np.ndarray, target: np.ndarray) -> float:
     return float(between / total) if total > 0 else 0.0
 
 
-# the deep path's screen (--screen): a column whose groups tell the target apart less surely than
-# this (a p-value) stays out of it; ~1 in 100 noise columns gets through
+# a screened member's test (--screen): a column whose groups tell the target apart less surely than
+# this (a p-value) is left out; about 1 noise column in 100 gets through
 SCREEN_LEVEL = 0.01
 SCREEN_BINS = 10  # a numeric column's groups: its training deciles, and its missing values
 
