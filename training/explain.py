@@ -283,6 +283,9 @@ def reference_stats(pre: Preprocess, enc: Encoded, rows: np.ndarray, freq: list[
 
 
 ADDITIVITY_TOL = 1e-4  # |effects.sum - (score - baseline)|, in the score's units (regression: × target std)
+# plus this share of the row's sum of |effects|: float32 rounding where large effects cancel (two
+# collinear date columns of a hotel_rates model: ±19,600 each for a price of 216, a gap of 3.4e-7 of it)
+ROUNDING = 1e-6
 
 
 CHECK_BLOCK = 8_192  # test rows explained at a time when the bundle is checked
@@ -304,20 +307,22 @@ def write_explainer(
     stats = reference_stats(pre, enc, fit_rows, freq)
     (out / EXPLAIN_STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
     reasons = Reasons(pre, create_session(out / EXPLAIN_FILE, CPU), stats)
-    gap = drift = 0.0
+    gap = drift = excess = 0.0
     top, total_abs = np.zeros(len(pre.features)), np.zeros(len(pre.features))
     for start in range(0, len(test_rows), CHECK_BLOCK):  # in blocks: 100 k test rows at once took ~1 GB
         rows = test_rows[start : start + CHECK_BLOCK]
         found = reasons.run(np.ascontiguousarray(enc.num[rows]), np.ascontiguousarray(enc.cat[rows]))
         with torch.no_grad():
             expected = explainer(torch.from_numpy(enc.num[rows]), torch.from_numpy(enc.cat[rows]))[0].numpy()
-        gap = max(gap, float(np.max(np.abs(found.effects.sum(axis=1) - (found.score - found.baseline)), initial=0.0)))
+        miss = np.abs(found.effects.sum(axis=1) - (found.score - found.baseline))
+        gap = max(gap, float(np.max(miss, initial=0.0)))
+        excess = max(excess, float(np.max(miss - ROUNDING * np.abs(found.effects).sum(axis=1), initial=0.0)))
         drift = max(drift, float(np.max(np.abs(found.effects - expected), initial=0.0)))
         order, keep = reasons.order(found, 4)
         top += np.bincount(order[keep], minlength=len(pre.features))
         total_abs += np.abs(found.effects).sum(axis=0)
     tol = ADDITIVITY_TOL * (max(1.0, pre.target_std) if pre.task == "regression" else 1.0)
-    if not (gap <= tol and drift <= 100 * tol):
+    if not (excess <= tol and drift <= 100 * tol):
         raise ExportError(f"explain.onnx: effects miss the score by {gap:.1e}, PyTorch by {drift:.1e} (> {tol:.0e})")
     top, mean_abs = top / max(len(test_rows), 1), total_abs / max(len(test_rows), 1)
     return {
