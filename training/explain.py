@@ -283,8 +283,8 @@ def reference_stats(pre: Preprocess, enc: Encoded, rows: np.ndarray, freq: list[
 
 
 ADDITIVITY_TOL = 1e-4  # |effects.sum - (score - baseline)|, in the score's units (regression: × target std)
-# plus this share of the row's sum of |effects|: float32 rounding where large effects cancel (two
-# collinear date columns of a hotel_rates model: ±19,600 each for a price of 216, a gap of 3.4e-7 of it)
+# plus this share of the row's sum of |effects|: where large effects cancel (collinear columns),
+# float32 rounds in proportion to them (docs/explain.md)
 ROUNDING = 1e-6
 
 

@@ -150,14 +150,13 @@ def _new_member(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = TabularMLP(pre, cfg)
+    start = train
     if cfg.screen == "on":
         model.screen(pre, screened_columns(pre, train))
-    if cfg.linear_skip and cfg.linear_init:
         # the linear start reads what the member reads: a left-out column constant (0, level 0)
-        n_num = train.x.shape[1]
-        _warm_start(
-            model, pre, cfg, Tensors(train.x * model.deep_keep[:n_num], train.cat * model.cat_keep.long(), train.y)
-        )
+        start = Tensors(train.x * model.deep_keep[: train.x.shape[1]], train.cat * model.cat_keep.long(), train.y)
+    if cfg.linear_skip and cfg.linear_init:
+        _warm_start(model, pre, cfg, start)
     # fused: one kernel for every parameter (telco: the optimizer step was a third of training)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     return model, opt, gen, max(cfg.batch_size, math.ceil(len(train) / MAX_STEPS_PER_EPOCH))
