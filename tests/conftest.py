@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data" / "telco_churn.csv"
 GERMAN = ROOT / "data" / "german_credit.csv"
 
-# NOTE: few epochs and two members keep each real training to a second or two.
-QUICK = dict(epochs=4, ensemble=2, patience=2, report_plots=False)
+# NOTE: few epochs and two members keep each real training to a second or two; no screened candidate
+# (german would train one in every test: tests/training/test_screen.py covers it)
+QUICK = dict(epochs=4, ensemble=2, patience=2, report_plots=False, screen="off")
 
 
 def quick_config(data: Path, target: str, models_dir: Path, **overrides: Any):

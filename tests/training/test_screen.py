@@ -79,11 +79,11 @@ def test_a_screened_member_ignores_the_left_out_columns_in_the_published_graph(t
 
 def test_auto_adds_the_screened_network_as_a_candidate_only_among_many_useless_columns(tmp_path: Path) -> None:
     wide = train(
-        quick_config(_widened(GERMAN, tmp_path), "creditability", tmp_path, refit=False),
+        quick_config(_widened(GERMAN, tmp_path), "creditability", tmp_path, refit=False, screen="auto"),
         publish=False,
         say=lambda _: None,
     )
     names = [row["candidate"] for row in wide.metrics["leaderboard"]]
     assert "network, screened columns" in names
-    telco = train(quick_config(TELCO, "Churn", tmp_path, refit=False), publish=False, say=lambda _: None)
+    telco = train(quick_config(TELCO, "Churn", tmp_path, refit=False, screen="auto"), publish=False, say=lambda _: None)
     assert [row["candidate"] for row in telco.metrics["leaderboard"]] == ["network", "linear path alone"]
