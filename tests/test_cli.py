@@ -17,7 +17,7 @@ from tests.conftest import GERMAN, write_csv
 from tests.service.conftest import copy_store
 from tests.service.test_scoring import _read, _telco_head, _write
 
-QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots"]
+QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots", "--screen", "off"]
 GERMAN_ARGS = ["--data", str(GERMAN), "--target", "creditability"]
 
 
@@ -169,7 +169,18 @@ def _piped(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
 
 def test_piped_training_output_keeps_each_line_whole_and_best_epochs_agree(tmp_path: Path) -> None:
     run = _piped(
-        "train", *GERMAN_ARGS, "--name", "credit", "--epochs", "30", "--ensemble", "3", "--no-plots", store=tmp_path
+        "train",
+        *GERMAN_ARGS,
+        "--name",
+        "credit",
+        "--epochs",
+        "30",
+        "--ensemble",
+        "3",
+        "--no-plots",
+        "--screen",
+        "off",
+        store=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()

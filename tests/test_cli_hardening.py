@@ -134,7 +134,7 @@ def test_a_failed_score_leaves_no_errors_file(store: Path, tmp_path: Path) -> No
 def test_kill_9_while_publishing_leaves_a_staging_dir_the_next_train_removes(tmp_path: Path) -> None:
     store, model_dir = tmp_path / "models", tmp_path / "models" / "credit"
     train = ["train", "--data", str(GERMAN), "--target", "creditability", "--name", "credit"]
-    quick = ["--epochs", "2", "--ensemble", "1", "--patience", "1"]
+    quick = ["--epochs", "2", "--ensemble", "1", "--patience", "1", "--screen", "off"]
     for _ in range(5):  # NOTE: the staging directory lives for as long as the bundle takes to write
         proc = subprocess.Popen(
             _command(store, *train, *quick, "--plots"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
