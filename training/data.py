@@ -631,7 +631,9 @@ def piece_edges(columns: list[np.ndarray], bins: int, y: np.ndarray | None) -> l
     if y is None:
         return [bin_edges(v[~np.isnan(v)], min(bins, MAX_PIECES // len(columns))) for v in columns]
     target = np.eye(int(y.max()) + 1)[y.astype(np.int64)] if y.dtype.kind in "iub" else y.reshape(-1, 1)
-    order = np.argsort([-separation(v, e, target) if e else 0.0 for v, e in zip(columns, edges, strict=True)])
+    order = np.argsort(
+        [-between_share(value_groups(v, bins), target) if e else 0.0 for v, e in zip(columns, edges, strict=True)]
+    )
     kept: list[tuple[float, ...]] = [()] * len(columns)
     room = MAX_PIECES
     for j in order.tolist():
@@ -640,11 +642,18 @@ def piece_edges(columns: list[np.ndarray], bins: int, y: np.ndarray | None) -> l
     return kept
 
 
-def separation(values: np.ndarray, edges: tuple[float, ...], target: np.ndarray) -> float:
-    """The share of the target's variance between a column's bins (η², the correlation ratio):
-    about bins / rows for a noise column, more where the column tells the target apart."""
-    bin_of = np.where(np.isnan(values), len(edges), np.searchsorted(np.asarray(edges[1:-1]), values, side="right"))
-    return between_share(bin_of, target)
+def value_groups(values: np.ndarray, bins: int) -> np.ndarray:
+    """A numeric column's rows in `bins` groups of about equal size by their rank, missing values
+    (NaN) a group of their own. Tied values share a rank and so a group: a column that is mostly 0 has
+    its 0s in one group and the rest in others (cut at its quantiles, it would be one group)."""
+    from scipy import stats  # scikit-learn's dependency
+
+    groups = np.full(len(values), bins, dtype=np.int64)
+    finite = ~np.isnan(values)
+    if finite.any():
+        ranks = stats.rankdata(values[finite])  # ties: their average rank
+        groups[finite] = np.minimum((ranks - 0.5) * bins / finite.sum(), bins - 1).astype(np.int64)
+    return groups
 
 
 def between_share(groups: np.ndarray, target: np.ndarray) -> float:
@@ -668,10 +677,7 @@ def screened(num: np.ndarray, missing: np.ndarray, cat: np.ndarray, y: np.ndarra
     """Which columns (numeric, then categorical) tell the target apart at SCREEN_LEVEL on these rows:
     a numeric column by its deciles (missing values a group of their own), a categorical one by its
     levels; chi-square test of independence (regression: the F test of η²)."""
-    groups = []
-    for j in range(num.shape[1]):
-        edges = np.unique(np.quantile(num[:, j], np.linspace(0, 1, SCREEN_BINS + 1)))
-        groups.append(np.where(missing[:, j], SCREEN_BINS, np.searchsorted(edges[1:-1], num[:, j], side="right")))
+    groups = [value_groups(np.where(missing[:, j], np.nan, num[:, j]), SCREEN_BINS) for j in range(num.shape[1])]
     groups += [cat[:, i] for i in range(cat.shape[1])]
     return np.array([association_p_value(g, y, task) < SCREEN_LEVEL for g in groups], dtype=bool)
 

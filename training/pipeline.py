@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,18 @@ class TrainingData:
     pre: Preprocess
     enc: Encoded
     sha256: str  # of the file, computed once (a 130 MB file takes ~0.3 s)
+
+    @cached_property
+    def tensors(self) -> Tensors:
+        """Every row as the network reads it (normalized numerics; regression: the scaled target),
+        built once for all the candidates and the refit."""
+        pre, y = self.pre, self.target.y
+        x = Normalize(pre)(torch.from_numpy(self.enc.num))
+        if pre.task == "regression":
+            yt = torch.from_numpy(((y - pre.target_mean) / pre.target_std).astype(np.float32))
+        else:
+            yt = torch.from_numpy(y)
+        return Tensors(x, torch.from_numpy(self.enc.cat), yt)
 
 
 @dataclass
@@ -130,16 +143,6 @@ def fit_rows_of(split: D.Split, cfg: TrainConfig) -> np.ndarray:
     return split.dev if cfg.ensemble > 1 else split.folds[0][0]
 
 
-def _tensors(prep: TrainingData) -> Tensors:
-    pre, y = prep.pre, prep.target.y
-    x = Normalize(pre)(torch.from_numpy(prep.enc.num))
-    if pre.task == "regression":
-        yt = torch.from_numpy(((y - pre.target_mean) / pre.target_std).astype(np.float32))
-    else:
-        yt = torch.from_numpy(y)
-    return Tensors(x, torch.from_numpy(prep.enc.cat), yt)
-
-
 @dataclass
 class Candidate:
     """One model the run could publish: its evaluation members (one per fold), their out-of-fold
@@ -162,7 +165,7 @@ def fit_ensemble(
     """One member per fold; returns the candidates (the network; the linear path alone, where the
     members start from it), the curves and the out-of-fold rows."""
     torch.use_deterministic_algorithms(True)
-    data = _tensors(prep)
+    data = prep.tensors
     network, linear, histories, val_rows = [], [], [], []
     for i, (tr, va) in enumerate(prep.split.folds):
         model, hist = fit_fold(prep.pre, cfg, data, i, (tr, va), on_epoch)
@@ -190,7 +193,7 @@ def screened_candidate(prep: TrainingData, cfg: TrainConfig, say: Say) -> list[C
     not auto or the screen keeps more than half the columns)."""
     if cfg.screen != "auto":
         return []
-    kept = screened_columns(prep.pre, _tensors(prep).rows(torch.from_numpy(prep.split.dev)))
+    kept = screened_columns(prep.pre, prep.tensors.rows(torch.from_numpy(prep.split.dev)))
     if kept.all() or np.mean(~kept) < SCREEN_SHARE:
         return []
     say(f"training a network on the {kept.sum()} of {len(kept)} columns that tell the target apart, as a candidate")
@@ -229,7 +232,7 @@ def resolve_linear_penalty(prep: TrainingData, cfg: TrainConfig) -> tuple[TrainC
         return cfg, {}
     if len(prep.split.dev) > AUTO_PENALTY_ROWS:
         return replace(cfg, linear_penalty="l2:1"), {}
-    data = _tensors(prep)
+    data = prep.tensors
     tr, va = prep.split.folds[0]
     chosen, losses = choose_linear_penalty(prep.pre, data.rows(torch.from_numpy(tr)), data.rows(torch.from_numpy(va)))
     return replace(cfg, linear_penalty=chosen), losses
@@ -258,7 +261,7 @@ def tune_candidate(
     best, summary = tune.search(
         cfg,
         folds,
-        _tensors(prep),
+        prep.tensors,
         pre,
         loss_of,
         member_output,
@@ -286,7 +289,7 @@ def choose(pre: Preprocess, candidates: list[Candidate], y: np.ndarray) -> tuple
 def refit_ensemble(prep: TrainingData, cfg: TrainConfig, chosen: Candidate, platt: torch.Tensor) -> EnsembleModel:
     """Each member again on every row (test rows too), replaying the epochs and learning rates its
     evaluated counterpart took to its best (none: the linear path alone): what is published."""
-    data = _tensors(prep)
+    data = prep.tensors
     members = [
         refit_member(prep.pre, cfg, data, schedule, seed=cfg.seed * 1000 + 500 + i)
         for i, schedule in enumerate(chosen.schedules)

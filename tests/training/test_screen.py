@@ -11,7 +11,7 @@ import torch
 from service import bundle
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
-from training.pipeline import _tensors, prepare_data, train
+from training.pipeline import prepare_data, train
 from training.train import screened_columns
 
 STRONG = ["status_of_existing_checking_account", "duration_in_month", "credit_history", "savings_account_and_bonds"]
@@ -30,7 +30,7 @@ def _widened(path: Path, tmp_path: Path, noise: int = 60) -> Path:
 
 def _kept(cfg) -> dict[str, bool]:  # type: ignore[no-untyped-def]
     prep = prepare_data(cfg, say=lambda _: None)
-    kept = screened_columns(prep.pre, _tensors(prep).rows(torch.from_numpy(prep.split.dev)))
+    kept = screened_columns(prep.pre, prep.tensors.rows(torch.from_numpy(prep.split.dev)))
     names = [f.name for f in prep.pre.numeric] + [f.name for f in prep.pre.categorical]
     return dict(zip(names, kept.tolist(), strict=True))
 
@@ -44,6 +44,12 @@ def test_the_screen_keeps_the_columns_that_tell_the_target_apart_and_leaves_out_
     kept = _kept(quick_config(_widened(TELCO, tmp_path), "MonthlyCharges", tmp_path))
     assert kept["InternetService"] and kept["StreamingTV"]
     assert sum(kept[c] for c in kept if c.startswith("noise_")) <= 3
+
+
+def test_the_screen_keeps_a_0_1_column_that_tells_the_target_apart(tmp_path: Path) -> None:
+    # SeniorCitizen is 0 or 1 (41 % of seniors churn, 24 % of the others): cut at its deciles it was one
+    # group, and always left out
+    assert _kept(quick_config(TELCO, "Churn", tmp_path))["SeniorCitizen"]
 
 
 def test_a_screened_member_ignores_the_left_out_columns_in_the_published_graph(tmp_path: Path) -> None:
