@@ -140,6 +140,12 @@ def infer_schema(
         else:
             _classify(col, df[col], schema, cfg)
         schema.table.append(_row(col, schema))
+    for col, why in restated_columns(df, schema).items():
+        schema.numeric.remove(col)
+        schema.dates.pop(col, None)
+        schema.dropped[col] = why
+        at = next(i for i, row in enumerate(schema.table) if row["column"] == col)
+        schema.table[at] = _row(col, schema)
     if not schema.features:
         raise DataError("no usable feature columns left after schema inference")
     if target is not None:
@@ -149,6 +155,52 @@ def infer_schema(
             name = warning.split("'")[1]
             next(r for r in schema.table if r["column"] == name)["warning"] = warning
     return schema
+
+
+# two numeric columns this correlated state one quantity twice (a date and its decimal year, a price
+# in two currencies): a network reading both splits the effect between them, and their reason codes
+# come out as large effects of opposite signs that cancel
+RESTATED = 1 - 1e-4  # the same quantity up to rounding (charges in cents: 1 - 7e-6)
+RESTATED_SAMPLE = 10_000  # rows that find candidate pairs; a candidate is then checked on every row
+
+
+def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, str]:
+    """Each numeric column that restates an earlier one (|correlation| ≥ RESTATED, missing in the same
+    rows) → why it is left out."""
+    if len(schema.numeric) < 2:
+        return {}
+
+    def values(col: str, rows: pd.DataFrame) -> np.ndarray:
+        if col in schema.dates:  # ages at any one reference date: the choice only shifts them
+            age = DateParse("2000-01-01T00:00:00", schema.dates[col])
+            return np.array([age(v) for v in rows[col]], dtype=np.float64)
+        found = numeric_values(rows[col], schema.read.decimal)
+        assert found is not None  # NOTE: typed numeric: every value parses
+        return found
+
+    sample = df.iloc[:RESTATED_SAMPLE]
+    x = np.stack([values(c, sample) for c in schema.numeric], axis=1)
+    filled = np.where(np.isnan(x), np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0), x)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a column constant on the sample: no candidate
+        close = np.abs(np.corrcoef(filled, rowvar=False)) >= RESTATED
+    restated: dict[str, str] = {}
+    for j, col in enumerate(schema.numeric):
+        for i in np.flatnonzero(close[j, :j]).tolist():
+            first = schema.numeric[i]
+            if first in restated:
+                continue
+            a, b = values(first, df), values(col, df)
+            both = ~np.isnan(a)
+            if not np.array_equal(both, ~np.isnan(b)) or both.sum() < 3:
+                continue
+            r = abs(float(np.corrcoef(a[both], b[both])[0, 1]))
+            if r >= RESTATED:
+                restated[col] = (
+                    f"restates '{first}' (correlation {r:.7f}): one quantity read twice would split its effect; "
+                    f"--drop {first} to keep this one instead"
+                )
+                break
+    return restated
 
 
 def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> None:
@@ -174,12 +226,13 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
     numbers = None if _has_leading_zeros(levels) else numeric_values(column, decimal)
     if distinct == 1 and len(present) == len(keys):
         schema.dropped[col] = "constant"
+    elif numbers is None and (fmt := _date_format(present, col)) is not None:
+        # before the identifier test: a signup date has many distinct values and is still a date
+        schema.dates[col] = fmt
+        schema.numeric.append(col)
     elif (why := _id_reason(col, present, distinct, numbers)) is not None:
         schema.id_columns.append(col)
         schema.dropped[col] = why
-    elif numbers is None and (fmt := _date_format(present, col)) is not None:
-        schema.dates[col] = fmt
-        schema.numeric.append(col)
     elif numbers is not None and not (_named(col, CODE_WORDS) and _integral(numbers)):
         schema.numeric.append(col)
         _record_unit(col, present, schema)

@@ -167,6 +167,28 @@ def test_overrides_for_every_guess_from_flags_and_the_config_file(tmp_path: Path
         _prepare(path, "Churn", tmp_path, date_columns=["gender"])
 
 
+def test_a_column_that_restates_another_is_left_out_and_says_which(tmp_path: Path) -> None:
+    from tests.fixtures.make_business_files import telco
+
+    df = telco().head(1000)
+    df["MonthlyCharges_eur"] = (df["MonthlyCharges"].astype(float) * 0.92).round(
+        2
+    )  # the same charge in another currency
+    days = np.arange(len(df)) % 700
+    df["signup"] = [str(np.datetime64("2020-01-01") + d) for d in days]
+    df["signup_year"] = (2020 + days / 365.25).round(4)  # the same date as a decimal year
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    prep = _prepare(path, "Churn", tmp_path)
+    table = {row["column"]: row for row in prep.schema.table}
+    for col, first in [("MonthlyCharges_eur", "MonthlyCharges"), ("signup_year", "signup")]:
+        assert table[col]["type"] == "left out" and table[col]["why"].startswith(f"restates '{first}'")
+        assert col not in [f.name for f in prep.pre.numeric]
+    # correlated, not restated: a customer's total is tenure times the monthly charge, give or take
+    assert {"tenure", "MonthlyCharges", "TotalCharges", "signup"} <= {f.name for f in prep.pre.numeric}
+    assert table["signup"]["type"] == "date"
+
+
 @pytest.mark.parametrize(
     ("text", "sep"),
     [("a,b,c\n1,2,3\n", ","), ("a;b;c\n1,5;2;3\n", ";"), ("a\tb\n1\t2\n", "\t"), ('a;"b,c"\n1;"2,5"\n', ";")],
