@@ -62,7 +62,9 @@ class Explainer(nn.Module):
             ref_pieces = fused.pieces(torch.zeros(1, fused.n_num))[0]
         self.register_buffer("reference", torch.cat([torch.zeros(fused.n_num), ref_pieces, ref_levels]))
         index = {f.name: i for i, f in enumerate(pre.features)}
-        numeric = [index[f.name] for f in pre.numeric]
+        # a column that restates another (training/data.py restated_columns): its effect is that one's
+        restates = {row["column"]: row["restates"] for row in pre.columns if "restates" in row}
+        numeric = [index[restates.get(f.name, f.name)] for f in pre.numeric]
         numeric += [numeric[j] for j in pre.indicated]  # a missing indicator's effect is its column's
         columns = numeric + [numeric[j] for j in fused.pieces.source]  # a piece's effect is its column's
         columns += [index[pre.categorical[j].name] for j in feature_of.tolist()]

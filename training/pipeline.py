@@ -188,9 +188,12 @@ def fit_ensemble(
 SCREEN_SHARE = 0.5
 
 
-def screened_candidate(prep: TrainingData, cfg: TrainConfig, say: Say) -> list[Candidate]:
+def screened_candidate(
+    prep: TrainingData, cfg: TrainConfig, say: Say, on_epoch: EpochCallback | None = None
+) -> list[Candidate]:
     """The network on the screened columns, as a candidate beside the others (none where `screen` is
-    not auto or the screen keeps more than half the columns)."""
+    not auto or the screen keeps more than half the columns). Its members report their epochs to
+    `on_epoch` as members ensemble, ensemble + 1, … (the live bars tell them from the network's)."""
     if cfg.screen != "auto":
         return []
     kept = screened_columns(prep.pre, prep.tensors.rows(torch.from_numpy(prep.split.dev)))
@@ -198,7 +201,8 @@ def screened_candidate(prep: TrainingData, cfg: TrainConfig, say: Say) -> list[C
         return []
     say(f"training a network on the {kept.sum()} of {len(kept)} columns that tell the target apart, as a candidate")
     screened = replace(cfg, screen="on")
-    found, histories, _ = fit_ensemble(prep, screened)
+    shifted = None if on_epoch is None else lambda m, *figures: on_epoch(cfg.ensemble + m, *figures)
+    found, histories, _ = fit_ensemble(prep, screened, shifted)
     network = found[0]
     return [
         Candidate("network, screened columns", network.members, network.oof, network.schedules, screened, histories)
@@ -365,7 +369,7 @@ def train(
     pre, y, split = prep.pre, prep.target.y, prep.split
     cfg, penalties = resolve_linear_penalty(prep, cfg)
     candidates, histories, val_rows = fit_ensemble(prep, cfg, on_epoch)
-    candidates += screened_candidate(prep, cfg, say)
+    candidates += screened_candidate(prep, cfg, say, on_epoch)
     tuning = None
     if parse_seconds(cfg.tune) > 0:
         found, tuning = tune_candidate(prep, cfg, candidates[0], deadline=started + parse_seconds(cfg.tune), say=say)

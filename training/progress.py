@@ -71,7 +71,9 @@ class EpochWatch:
 
     def __call__(self, member: int, epoch: int, train_loss: float, val_loss: float, metric: float) -> None:
         if member not in self.bars:
-            label = f"member {len(self.bars) + 1}/{self.cfg.ensemble}"
+            # members from `ensemble` on: the network on the screened columns (training/pipeline.py)
+            n = self.cfg.ensemble
+            label = f"member {member % n + 1}/{n}" + (", screened columns" if member >= n else "")
             self.bars[member] = self.progress.add_task(label, total=self.cfg.epochs, stats="")
         best, best_loss = self.best.get(member, (0, float("inf")))
         if val_loss < best_loss - 1e-6:  # the rule training/train.py stops by

@@ -167,26 +167,37 @@ def test_overrides_for_every_guess_from_flags_and_the_config_file(tmp_path: Path
         _prepare(path, "Churn", tmp_path, date_columns=["gender"])
 
 
-def test_a_column_that_restates_another_is_left_out_and_says_which(tmp_path: Path) -> None:
+def test_a_column_that_restates_another_is_named_and_explained_with_it(tmp_path: Path) -> None:
+    from service import bundle
+    from service.runtime import CPU, create_session
     from tests.fixtures.make_business_files import telco
+    from training.pipeline import train
 
-    df = telco().head(1000)
-    df["MonthlyCharges_eur"] = (df["MonthlyCharges"].astype(float) * 0.92).round(
-        2
-    )  # the same charge in another currency
+    df = telco().head(1500)
+    df["MonthlyCharges_eur"] = (df["MonthlyCharges"].astype(float) * 0.92).round(2)  # the same charge in euros
     days = np.arange(len(df)) % 700
-    df["signup"] = [str(np.datetime64("2020-01-01") + d) for d in days]
+    df["signup"] = [str(np.datetime64("2020-01-01") + d) for d in days]  # 700 distinct dates: still a date
     df["signup_year"] = (2020 + days / 365.25).round(4)  # the same date as a decimal year
     path = tmp_path / "t.csv"
     df.to_csv(path, index=False)
+    cfg = quick_config(path, "Churn", tmp_path)
     prep = _prepare(path, "Churn", tmp_path)
     table = {row["column"]: row for row in prep.schema.table}
     for col, first in [("MonthlyCharges_eur", "MonthlyCharges"), ("signup_year", "signup")]:
-        assert table[col]["type"] == "left out" and table[col]["why"].startswith(f"restates '{first}'")
-        assert col not in [f.name for f in prep.pre.numeric]
+        assert table[col]["restates"] == first and f"restates '{first}'" in table[col]["why"]
     # correlated, not restated: a customer's total is tenure times the monthly charge, give or take
-    assert {"tenure", "MonthlyCharges", "TotalCharges", "signup"} <= {f.name for f in prep.pre.numeric}
+    assert not {"tenure", "TotalCharges"} & {row.get("restates") for row in table.values()}
     assert table["signup"]["type"] == "date"
+    # the network reads both; explain.onnx gives the two one effect, under the first
+    result = train(cfg, say=lambda _: None)
+    assert result.bundle is not None
+    names = [f.name for f in result.pre.features]
+    assert {"MonthlyCharges_eur", "signup_year"} <= set(names)
+    session = create_session(result.bundle.path / bundle.EXPLAIN_FILE, CPU)
+    effects, score, baseline, _ = session.run(None, {"num": prep.enc.num[:500], "cat": prep.enc.cat[:500]})
+    for col, first in [("MonthlyCharges_eur", "MonthlyCharges"), ("signup_year", "signup")]:
+        assert np.all(effects[:, names.index(col)] == 0) and np.abs(effects[:, names.index(first)]).max() > 1e-3
+    assert np.abs(effects.sum(axis=1) - (score - baseline)).max() < 1e-4
 
 
 @pytest.mark.parametrize(

@@ -18,15 +18,23 @@ def test_each_bar_ends_where_its_member_stopped(tmp_path: Path) -> None:
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=220, color_system=None)
-    cfg = quick_config(GERMAN, "creditability", tmp_path, name="credit", epochs=60, patience=4, ensemble=3)
+    # screen auto: german also trains a network on its screened columns, with bars of its own
+    cfg = quick_config(
+        GERMAN, "creditability", tmp_path, name="credit", epochs=60, patience=4, ensemble=3, screen="auto"
+    )
     result = train_with_progress(cfg, console)
     frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
-    bar = re.compile(r"member (\d)/3 .*? epoch +(\d+)/(\d+) +val loss [\d.]+ +val AUC [\d.]+ +best epoch (\d+) \(")
-    last = {member: (done, total, best) for member, done, total, best in bar.findall(frames)}
-    assert len(last) == 3, frames[-3000:]
+    bar = re.compile(
+        r"member (\d)/3(, screened columns)? .*? epoch +(\d+)/(\d+) +val loss [\d.]+ +val AUC [\d.]+ +best epoch (\d+) \("
+    )
+    last = {
+        (member, bool(screened)): (done, total, best) for member, screened, done, total, best in bar.findall(frames)
+    }
+    assert len(last) == 6, frames[-3000:]
     assert result.bundle is not None
-    for i, row in enumerate(result.bundle.metrics["members"]):
-        done, total, best = last[str(i + 1)]
+    chosen = next(row["candidate"] for row in result.bundle.metrics["leaderboard"] if row["chosen"])
+    for i, row in enumerate(result.bundle.metrics["members"]):  # the chosen candidate's members
+        done, total, best = last[(str(i + 1), chosen == "network, screened columns")]
         assert int(done) == int(total) == row["epochs"] < cfg.epochs  # ended full, far from the cap
         assert int(best) == row["best_epoch"]
     assert "member 1: best epoch" in frames and "summary (test split)" in frames
