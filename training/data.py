@@ -719,13 +719,14 @@ def between_share(groups: np.ndarray, target: np.ndarray) -> float:
 # a screened member's test (--screen): a column whose groups tell the target apart less surely than
 # this (a p-value) is left out; about 1 noise column in 100 gets through
 SCREEN_LEVEL = 0.01
-SCREEN_BINS = 10  # a numeric column's groups: its training deciles, and its missing values
+SCREEN_BINS = 10  # a numeric column's groups: its deciles of rank, and its missing values
 
 
 def screened(num: np.ndarray, missing: np.ndarray, cat: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
     """Which columns (numeric, then categorical) tell the target apart at SCREEN_LEVEL on these rows:
-    a numeric column by its deciles (missing values a group of their own), a categorical one by its
-    levels; chi-square test of independence (regression: the F test of η²)."""
+    a numeric column by its deciles of rank (value_groups: tied values together, missing values a group
+    of their own), a categorical one by its levels; chi-square test of independence (regression: the
+    F test of η²)."""
     groups = [value_groups(np.where(missing[:, j], np.nan, num[:, j]), SCREEN_BINS) for j in range(num.shape[1])]
     groups += [cat[:, i] for i in range(cat.shape[1])]
     return np.array([association_p_value(g, y, task) < SCREEN_LEVEL for g in groups], dtype=bool)
