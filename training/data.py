@@ -157,9 +157,9 @@ def infer_schema(
 
 # two numeric columns this correlated state one quantity twice (a date and its decimal year, a price
 # in two currencies): the network splits the quantity's effect between them, and their reason codes
-# would come out as large effects of opposite signs that cancel. The network keeps reading both (left
-# out, mlc_churn's log loss went from .1559 to .1646); their explanations are one effect
-RESTATED = 1 - 1e-4  # the same quantity up to rounding (charges in cents: 1 - 7e-6)
+# would come out as large effects of opposite signs that cancel. The network keeps reading both
+# (leaving the copy out cost log loss: BENCHMARKS.md); their explanations are one effect
+RESTATED = 1 - 1e-4  # the same quantity up to rounding (a charge rounded to cents stays above it)
 RESTATED_SAMPLE = 10_000  # rows that find candidate pairs; a candidate is then checked on every row
 
 
