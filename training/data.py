@@ -165,7 +165,7 @@ RESTATED_SAMPLE = 10_000  # rows that find candidate pairs; a candidate is then 
 
 def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, tuple[str, float]]:
     """Each numeric column that restates an earlier one (|correlation| ≥ RESTATED, missing in the same
-    rows) → that column and the correlation."""
+    rows) → that column and the correlation (the earlier one may restate another in turn)."""
     if len(schema.numeric) < 2:
         return {}
 
@@ -177,18 +177,21 @@ def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, tuple[str, f
         assert found is not None  # NOTE: typed numeric: every value parses
         return found
 
-    sample = df.iloc[:RESTATED_SAMPLE]
+    # every k-th row: the first rows of a sorted file, or of a column blank at first, could be constant
+    sample = df.iloc[:: max(1, len(df) // RESTATED_SAMPLE)]
     x = np.stack([values(c, sample) for c in schema.numeric], axis=1)
     filled = np.where(np.isnan(x), np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0), x)
     with np.errstate(invalid="ignore", divide="ignore"):  # a column constant on the sample: no candidate
         close = np.abs(np.corrcoef(filled, rowvar=False)) >= RESTATED
+    whole: dict[str, np.ndarray] = {}  # a candidate's values on every row, parsed once
     restated: dict[str, tuple[str, float]] = {}
     for j, col in enumerate(schema.numeric):
         for i in np.flatnonzero(close[j, :j]).tolist():
             first = schema.numeric[i]
-            if first in restated:
-                continue
-            a, b = values(first, df), values(col, df)
+            for c in (first, col):
+                if c not in whole:
+                    whole[c] = values(c, df)
+            a, b = whole[first], whole[col]
             both = ~np.isnan(a)
             if not np.array_equal(both, ~np.isnan(b)) or both.sum() < 3:
                 continue
@@ -197,6 +200,19 @@ def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, tuple[str, f
                 restated[col] = (first, r)
                 break
     return restated
+
+
+def restated_roots(columns: list[dict[str, Any]]) -> dict[str, str]:
+    """From a column table (`restates` rows): each restated column → the column at the start of its
+    chain (c restates b, b restates a: c → a), the one its effect is explained under."""
+    restates = {row["column"]: row["restates"] for row in columns if "restates" in row}
+    roots = {}
+    for col in restates:
+        root = restates[col]
+        while root in restates:
+            root = restates[root]
+        roots[col] = root
+    return roots
 
 
 def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> None:
@@ -672,8 +688,8 @@ def bin_edges(finite: np.ndarray, bins: int) -> tuple[float, ...]:
 
 def piece_edges(columns: list[np.ndarray], bins: int, y: np.ndarray | None) -> list[tuple[float, ...]]:
     """Each numeric column's bin edges, at most MAX_PIECES pieces in all: beyond that (a wide file),
-    the columns whose bins tell the target's values apart most keep theirs and the rest get none
-    (without a target: fewer bins for every column)."""
+    the columns whose value groups (value_groups: `bins` deciles of rank) tell the target's values
+    apart most keep theirs and the rest get none (without a target: fewer bins for every column)."""
     edges = [bin_edges(v[~np.isnan(v)], bins) for v in columns]
     if sum(max(len(e) - 1, 0) for e in edges) <= MAX_PIECES:
         return edges
@@ -724,9 +740,9 @@ SCREEN_BINS = 10  # a numeric column's groups: its deciles of rank, and its miss
 
 def screened(num: np.ndarray, missing: np.ndarray, cat: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
     """Which columns (numeric, then categorical) tell the target apart at SCREEN_LEVEL on these rows:
-    a numeric column by its deciles of rank (value_groups: tied values together, missing values a group
-    of their own), a categorical one by its levels; chi-square test of independence (regression: the
-    F test of η²)."""
+    a numeric column by its deciles of rank (value_groups: tied values together; missing values, where
+    `missing` marks them, a group of their own), a categorical one by its levels; chi-square test of
+    independence (regression: the F test of η²)."""
     groups = [value_groups(np.where(missing[:, j], np.nan, num[:, j]), SCREEN_BINS) for j in range(num.shape[1])]
     groups += [cat[:, i] for i in range(cat.shape[1])]
     return np.array([association_p_value(g, y, task) < SCREEN_LEVEL for g in groups], dtype=bool)

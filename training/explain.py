@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from service.features import Encoded, Preprocess
+from training.data import restated_roots
 from training.export import ExportError
 from training.fuse import FusedEnsemble
 
@@ -63,8 +64,8 @@ class Explainer(nn.Module):
         self.register_buffer("reference", torch.cat([torch.zeros(fused.n_num), ref_pieces, ref_levels]))
         index = {f.name: i for i, f in enumerate(pre.features)}
         # a column that restates another (training/data.py restated_columns): its effect is that one's
-        restates = {row["column"]: row["restates"] for row in pre.columns if "restates" in row}
-        numeric = [index[restates.get(f.name, f.name)] for f in pre.numeric]
+        roots = restated_roots(pre.columns)
+        numeric = [index[roots.get(f.name, f.name)] for f in pre.numeric]
         numeric += [numeric[j] for j in pre.indicated]  # a missing indicator's effect is its column's
         columns = numeric + [numeric[j] for j in fused.pieces.source]  # a piece's effect is its column's
         columns += [index[pre.categorical[j].name] for j in feature_of.tolist()]

@@ -127,7 +127,9 @@ def fit_fold(
     """Member `fold` of a k-fold ensemble: trained on the fold's training rows, early-stopped on its
     validation rows, seeded by the run's seed and the fold."""
     tr, va = (torch.from_numpy(r) for r in rows)
-    return fit_member(pre, cfg, data.rows(tr), data.rows(va), seed=cfg.seed * 1000 + fold, on_epoch=on_epoch)
+    # fit_member reports its epochs by its seed; the callback counts members by their fold
+    by_fold = None if on_epoch is None else lambda _seed, *figures: on_epoch(fold, *figures)
+    return fit_member(pre, cfg, data.rows(tr), data.rows(va), seed=cfg.seed * 1000 + fold, on_epoch=by_fold)
 
 
 def refit_member(pre: Preprocess, cfg: TrainConfig, rows: Tensors, lrs: list[float], seed: int) -> TabularMLP:

@@ -175,8 +175,8 @@ def test_a_column_that_restates_another_is_named_and_explained_with_it(tmp_path:
 
     df = telco().head(1500)
     df["MonthlyCharges_eur"] = (df["MonthlyCharges"].astype(float) * 0.92).round(2)  # the same charge in euros
-    days = np.arange(len(df)) % 700
-    df["signup"] = [str(np.datetime64("2020-01-01") + d) for d in days]  # 700 distinct dates: still a date
+    days = np.arange(len(df))
+    df["signup"] = [str(np.datetime64("2020-01-01") + d) for d in days]  # a distinct date per row: still a date
     df["signup_year"] = (2020 + days / 365.25).round(4)  # the same date as a decimal year
     path = tmp_path / "t.csv"
     df.to_csv(path, index=False)
@@ -188,6 +188,18 @@ def test_a_column_that_restates_another_is_named_and_explained_with_it(tmp_path:
     # correlated, not restated: a customer's total is tenure times the monthly charge, give or take
     assert not {"tenure", "TotalCharges"} & {row.get("restates") for row in table.values()}
     assert table["signup"]["type"] == "date"
+    # a chain: c restates b, b restates a (a and c a little less alike) → both explained under a
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=4000)
+    b = a + rng.normal(scale=0.011, size=len(a))
+    chain = write_csv(
+        tmp_path / "chain.csv",
+        ["a", "b", "c", "y"],
+        [[*v, int(v[0] + rng.normal() > 0)] for v in zip(a, b, b + rng.normal(scale=0.011, size=len(a)), strict=True)],
+    )
+    chained = _prepare(chain, "y", tmp_path).schema.table
+    assert D.restated_roots(chained) == {"b": "a", "c": "a"}
+    assert [row.get("restates") for row in chained[1:]] == [None, "a", "b"]
     # the network reads both; explain.onnx gives the two one effect, under the first
     result = train(cfg, say=lambda _: None)
     assert result.bundle is not None
