@@ -170,12 +170,9 @@ def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, tuple[str, f
         return {}
 
     def values(col: str, rows: pd.DataFrame) -> np.ndarray:
-        if col in schema.dates:  # ages at any one reference date: the choice only shifts them
-            age = DateParse("2000-01-01T00:00:00", schema.dates[col])
-            return np.array([age(v) for v in rows[col]], dtype=np.float64)
-        found = numeric_values(rows[col], schema.read.decimal)
-        assert found is not None  # NOTE: typed numeric: every value parses
-        return found
+        # a date: ages at any one reference date (the choice only shifts them)
+        age = DateParse("2000-01-01T00:00:00", schema.dates[col]) if col in schema.dates else None
+        return numbers_of(rows[col], schema, age)
 
     # every k-th row: the first rows of a sorted file, or of a column blank at first, could be constant
     sample = df.iloc[:: max(1, len(df) // RESTATED_SAMPLE)]
@@ -200,6 +197,15 @@ def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, tuple[str, f
                 restated[col] = (first, r)
                 break
     return restated
+
+
+def numbers_of(column: pd.Series, schema: Schema, date: DateParse | None = None) -> np.ndarray:
+    """A numeric (or date: ages in days by `date`) column's values, NaN where missing."""
+    if date is not None:
+        return np.array([date(v) for v in column], dtype=np.float64)
+    values = numeric_values(column, schema.read.decimal)
+    assert values is not None  # NOTE: schema inference guarantees every value parses
+    return values
 
 
 def restated_roots(columns: list[dict[str, Any]]) -> dict[str, str]:
@@ -607,8 +613,7 @@ def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarr
     columns: list[tuple[NumericFeature, np.ndarray]] = []
     for col in schema.numeric:
         date = _fit_date(col, df[col], schema.dates[col]) if col in schema.dates else None
-        values = np.array([date(v) for v in df[col]]) if date else numeric_values(df[col], schema.read.decimal)
-        assert values is not None  # NOTE: schema inference guarantees every value parses
+        values = numbers_of(df[col], schema, date)
         feat = _fit_numeric(col, values, cfg.robust_numerics and date is None)
         finite = values[~np.isnan(values)]
         cycles = date_cycles(finite) if date is not None and cfg.numeric_bins else ()

@@ -28,7 +28,7 @@ MAX_STEPS = 8_000
 MAX_ROW_PASSES = 5_000_000
 MIN_EPOCHS = 16
 
-EpochCallback = Callable[[int, int, float, float, float], None]
+EpochCallback = Callable[[int, int, float, float, float], None]  # member, epoch, train loss, val loss, metric
 
 
 @dataclass
@@ -85,9 +85,10 @@ def fit_member(
     train: Tensors,
     val: Tensors,
     seed: int,
-    on_epoch: EpochCallback | None = None,
+    on_epoch: Callable[[int, float, float, float], None] | None = None,
 ) -> tuple[TabularMLP, History]:
-    """Train one network; stop when validation has not improved for `patience` epochs."""
+    """Train one network; stop when validation has not improved for `patience` epochs (`on_epoch`:
+    epoch, train loss, val loss, metric)."""
     model, opt, gen, batch_size = _new_member(pre, cfg, train, seed)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 3))
     loss_fn = loss_function(pre, cfg, train.y)
@@ -106,7 +107,7 @@ def fit_member(
         hist.val_loss.append(val_loss)
         hist.val_metric.append(val_metric)
         if on_epoch:
-            on_epoch(seed, epoch, train_loss, val_loss, val_metric)
+            on_epoch(epoch, train_loss, val_loss, val_metric)
         if val_loss < best_loss - 1e-6:
             best_loss, hist.best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -127,8 +128,7 @@ def fit_fold(
     """Member `fold` of a k-fold ensemble: trained on the fold's training rows, early-stopped on its
     validation rows, seeded by the run's seed and the fold."""
     tr, va = (torch.from_numpy(r) for r in rows)
-    # fit_member reports its epochs by its seed; the callback counts members by their fold
-    by_fold = None if on_epoch is None else lambda _seed, *figures: on_epoch(fold, *figures)
+    by_fold = None if on_epoch is None else lambda *figures: on_epoch(fold, *figures)
     return fit_member(pre, cfg, data.rows(tr), data.rows(va), seed=cfg.seed * 1000 + fold, on_epoch=by_fold)
 
 
