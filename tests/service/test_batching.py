@@ -205,7 +205,7 @@ def test_deadlines_answer_504_whether_queued_or_running(model: tuple[Run, np.nda
 
     (running, queued, patient), took = asyncio.run(scenario())
     assert isinstance(running, DeadlineExceeded) and isinstance(queued, DeadlineExceeded)
-    assert took < 1.0  # the sweep answered them while the call was still stuck
+    assert took < 4.0  # the sweep answered them while the call was still stuck (it is held for 5 s)
     assert np.allclose(patient, run(num[:3], cat[:3]))  # type: ignore[arg-type]
 
 

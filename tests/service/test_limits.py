@@ -117,7 +117,7 @@ def test_idle_connection_is_closed_after_the_header_timeout(limited: Server) -> 
     with connect(limited) as s:
         started = time.monotonic()
         assert read_all(s) == b""  # closed without a word: nothing was asked
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 8  # the 1 s timeout, a sweep, and room for a loaded machine
 
 
 def test_slow_head_gets_408(limited: Server) -> None:
@@ -132,7 +132,7 @@ def test_slow_head_gets_408(limited: Server) -> None:
             pass
         answer = read_all(s)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8  # the 1 s timeout, a sweep, and room for a loaded machine
 
 
 def test_stalled_body_is_cut(limited: Server) -> None:
@@ -142,23 +142,27 @@ def test_stalled_body_is_cut(limited: Server) -> None:
         s.sendall(predict_request(body)[: -len(body) // 2])  # half the body, then nothing
         answer = read_all(s)
     assert not answer.startswith(b"HTTP/1.1 200")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8  # the 1 s timeout, a sweep, and room for a loaded machine
 
 
-def test_connections_over_the_limit_get_503(limited: Server) -> None:
-    held = [connect(limited) for _ in range(8)]
-    try:
-        time.sleep(0.2)
-        with connect(limited) as extra:
-            extra.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
-            answer = read_all(extra)
-        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
-        assert b"retry-after: 1" in answer.lower()
-    finally:
-        for s in held:
-            s.close()
-    time.sleep(0.3)  # the server notices the closed connections
-    assert httpx.get(limited.url + "/health/live", timeout=5).status_code == 200
+def test_connections_over_the_limit_get_503(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    # a server of its own whose idle connections are not closed within a stall of this test's
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, env={**LIMITS, "TABSERVE_HEADER_TIMEOUT_S": "30"}) as server:
+        held = [connect(server) for _ in range(8)]
+        try:
+            with connect(server) as extra:
+                extra.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+                answer = read_all(extra)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+            assert b"retry-after: 1" in answer.lower()
+        finally:
+            for s in held:
+                s.close()
+        deadline = time.monotonic() + 10  # until the server notices the closed connections
+        while httpx.get(server.url + "/health/live", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 class Client(threading.Thread):
@@ -207,7 +211,10 @@ def test_sigterm_under_load_answers_every_request_sent(churn_bundle: bundle.Bund
         clients = [Client(server, body) for _ in range(16)]
         for c in clients:
             c.start()
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while sum(c.answered for c in clients) < 200:  # a count, not a fixed sleep: a loaded machine is slower
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
         server.proc.send_signal(signal.SIGTERM)
         for c in clients:
             c.join(timeout=20)

@@ -34,7 +34,7 @@ def test_new_version_swaps_in_under_load_with_zero_failures(churn_bundle: bundle
             clients = [asyncio.create_task(_hammer(server.url, stop, seen)) for _ in range(16)]
             await asyncio.sleep(0.5)
             await asyncio.to_thread(republish, store, churn_bundle)  # what a re-run of `train` does
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while not any(v == 2 for _, v in seen[-50:]) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)

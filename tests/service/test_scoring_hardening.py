@@ -350,9 +350,12 @@ def test_an_unread_answer_stays_under_max_spool_bytes(
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
         assert upload.status() == 200
-        biggest, deadline = 0, time.monotonic() + 4  # NOTE: the client reads nothing for a while
-        while time.monotonic() < deadline:
+        # the client reads nothing for a while: until the server has spooled some, then 2 s more
+        biggest, deadline, until = 0, time.monotonic() + 30, float("inf")
+        while time.monotonic() < min(deadline, until):
             biggest = max(biggest, _spool_bytes(server.proc.pid, spool))
+            if biggest and until == float("inf"):
+                until = time.monotonic() + 2
             time.sleep(0.01)
         assert 0 < biggest <= limit + (1 << 20), f"{biggest} bytes spooled unread"
         lines = 0
