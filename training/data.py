@@ -41,8 +41,9 @@ from training.reading import sniff_sep as sniff_sep
 POSITIVE_WORDS = ("yes", "y", "true", "t", "1", "bad", "churn", "default", "positive", "fraud")
 MAX_CLASSES = 50
 ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference"})
-# numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount
-CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
+# numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount;
+# so do an id's integers where they repeat (a household's purchases, a store's days): 17 is no more than 16
+CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"}) | (ID_WORDS - {"no", "number", "index"})
 # an id-named column with more distinct values than this share of its rows repeats per customer
 ID_SHARE = 0.5
 LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
@@ -64,6 +65,7 @@ class Schema:
     merged: dict[str, dict[str, str]] = field(default_factory=dict)  # column → {spelling: level it joined}
     levels: dict[str, int] = field(default_factory=dict)  # categorical column → distinct levels (merged)
     told: dict[str, str] = field(default_factory=dict)  # column → the override that typed it
+    codes: dict[str, str] = field(default_factory=dict)  # categorical column of digits → why not a number
     table: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -256,6 +258,10 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         _record_unit(col, present, schema)
     else:
         _categorical(col, present, schema)
+        if numbers is not None:
+            schema.codes[col] = "integers named as a code or an id: each value a level, not an amount"
+        elif _has_leading_zeros(levels):
+            schema.codes[col] = "codes with leading zeros: each a level"
 
 
 def _numeric_or_fail(col: str, column: pd.Series, schema: Schema) -> None:
@@ -389,7 +395,7 @@ def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
             "why": "every value a number" + (f" ({unit!r} stripped)" if unit else ""),
         }
     merged = schema.merged.get(col, {})
-    why = "text values"
+    why = schema.codes.get(col, "text values")
     if merged:
         shown = ", ".join(f"{k!r}→{v!r}" for k, v in list(merged.items())[:4])
         why += f"; levels differing only in case merged: {shown}" + (" …" if len(merged) > 4 else "")

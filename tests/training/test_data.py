@@ -74,6 +74,23 @@ def test_whitespace_levels_blank_numbers_ids_constants(tmp_path: Path) -> None:
     assert prep.pre.positive == "yes"
 
 
+def test_a_repeating_integer_id_is_a_category_not_an_amount(tmp_path: Path) -> None:
+    """A household's purchases: household 17 is no more than 16, so each id is a level; a unique
+    integer id is still an identifier, and a repeating `…no` stays a number (`store_no`: ambiguous)."""
+    rng = random.Random(0)
+    rows = [[i, 1 + i % 40, rng.randint(1, 5), round(rng.uniform(1, 3), 2), rng.choice("abc")] for i in range(400)]
+    path = write_csv(tmp_path / "panel.csv", ["order_id", "household_id", "store_no", "price", "brand"], rows)
+    prep = _prepare(path, "brand", tmp_path)
+    assert prep.schema.id_columns == ["order_id"]
+    assert prep.schema.numeric == ["store_no", "price"] and prep.schema.categorical == ["household_id"]
+    row = next(r for r in prep.schema.table if r["column"] == "household_id")
+    assert row["levels"] == 40 and "code or an id" in row["why"]
+    # what scoring sends: a JSON number or text name the same level; an id never seen is the unseen level
+    enc = prep.pre.encode_records([{"household_id": v, "store_no": 1, "price": 2.0} for v in (17, 17.0, "17", 41)])
+    j = [f.name for f in prep.pre.categorical].index("household_id")
+    assert enc.cat[0, j] == enc.cat[1, j] == enc.cat[2, j] != enc.cat[3, j]
+
+
 def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> None:
     rows = _messy_rows(120)
     for row in rows[:7]:
