@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from service.features import (
     DATE_FORMATS,
+    NUMERIC_MISSING,
     CategoricalFeature,
     DateParse,
     Feature,
@@ -41,13 +42,16 @@ from training.reading import sniff_sep as sniff_sep
 POSITIVE_WORDS = ("yes", "y", "true", "t", "1", "bad", "churn", "default", "positive", "fraud")
 MAX_CLASSES = 50
 ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference"})
-# numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount;
-# so do an id's integers where they repeat (a household's purchases, a store's days): 17 is no more than 16
-CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"}) | (ID_WORDS - {"no", "number", "index"})
+# numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount
+CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
+# so do an id's integers where they repeat (a household's purchases): 17 is no more than 16 (not `no`,
+# `number`, `nr`, `index`: `week_nr`, `floor_no` can be ordinal)
+REPEATED_ID_WORDS = ID_WORDS - {"no", "number", "nr", "index"}
 # an id-named column with more distinct values than this share of its rows repeats per customer
 ID_SHARE = 0.5
 LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_DIGITS = re.compile(r"-?\d+")
 
 
 @dataclass
@@ -240,6 +244,8 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
     if col in cfg.categorical:
         _categorical(col, present, schema)
         schema.told[col] = "--categorical"
+        if _digits(present):
+            schema.codes[col] = "each value a level"
         return
     levels = set(present)
     distinct = len(levels)
@@ -253,14 +259,14 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
     elif (why := _id_reason(col, present, distinct, numbers)) is not None:
         schema.id_columns.append(col)
         schema.dropped[col] = why
-    elif numbers is not None and not (_named(col, CODE_WORDS) and _integral(numbers)):
+    elif numbers is not None and (code := _code_reason(col, present, numbers)) is None:
         schema.numeric.append(col)
         _record_unit(col, present, schema)
     else:
         _categorical(col, present, schema)
         if numbers is not None:
-            schema.codes[col] = "integers named as a code or an id: each value a level, not an amount"
-        elif _has_leading_zeros(levels):
+            schema.codes[col] = code
+        elif _digits(v for v in levels if v.lower() not in NUMERIC_MISSING):
             schema.codes[col] = "codes with leading zeros: each a level"
 
 
@@ -319,6 +325,25 @@ def _id_reason(col: str, present: list[str], distinct: int, numbers: np.ndarray 
     if numbers is None and distinct > ID_SHARE * len(present) and distinct > 100:
         return f"identifier-like ({distinct:,} distinct values in {len(present):,} rows: too few rows per level to learn from); passed through scoring"
     return None
+
+
+def _code_reason(col: str, present: list[str], numbers: np.ndarray) -> str | None:
+    """Why a numeric-looking column is categorical (integer codes), or None. Only integers written as
+    digits: scoring matches levels as text, and `17.0` would not match `17`."""
+    if not _integral(numbers):
+        return None
+    written = [v for v in present if v.lower() not in NUMERIC_MISSING]
+    if not _digits(written):
+        return None
+    if _named(col, CODE_WORDS):
+        return "integers named as a code: each value a level, not an amount"
+    if _named(col, REPEATED_ID_WORDS) and len(set(written)) < len(written):
+        return "an id's integers, repeating: each value a level, not an amount"
+    return None
+
+
+def _digits(values: Iterable[str]) -> bool:
+    return all(_DIGITS.fullmatch(v) for v in values)
 
 
 def _named(col: str, words: frozenset[str]) -> bool:

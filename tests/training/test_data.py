@@ -76,15 +76,23 @@ def test_whitespace_levels_blank_numbers_ids_constants(tmp_path: Path) -> None:
 
 def test_a_repeating_integer_id_is_a_category_not_an_amount(tmp_path: Path) -> None:
     """A household's purchases: household 17 is no more than 16, so each id is a level; a unique
-    integer id is still an identifier, and a repeating `…no` stays a number (`store_no`: ambiguous)."""
+    integer id is still an identifier; a repeating `…no` or `…nr` stays a number (`week_nr` is
+    ordinal), and so does an id written `17.0` (scoring matches levels as text: 17 would not match)."""
     rng = random.Random(0)
-    rows = [[i, 1 + i % 40, rng.randint(1, 5), round(rng.uniform(1, 3), 2), rng.choice("abc")] for i in range(400)]
-    path = write_csv(tmp_path / "panel.csv", ["order_id", "household_id", "store_no", "price", "brand"], rows)
+    header = ["order_id", "household_id", "store_no", "week_nr", "visit_id", "price", "brand"]
+    rows = [
+        [i, 1 + i % 40, rng.randint(1, 5), i % 52, f"{i % 30}.0", round(rng.uniform(1, 3), 2), rng.choice("abc")]
+        for i in range(400)
+    ]
+    for row in rows[::7]:
+        row[1] = "NA"  # a missing spelling, not a digit: the rest are still digits
+    path = write_csv(tmp_path / "panel.csv", header, rows)
     prep = _prepare(path, "brand", tmp_path)
     assert prep.schema.id_columns == ["order_id"]
-    assert prep.schema.numeric == ["store_no", "price"] and prep.schema.categorical == ["household_id"]
+    assert prep.schema.numeric == ["store_no", "week_nr", "visit_id", "price"]
+    assert prep.schema.categorical == ["household_id"]
     row = next(r for r in prep.schema.table if r["column"] == "household_id")
-    assert row["levels"] == 40 and "code or an id" in row["why"]
+    assert "an id's integers, repeating" in row["why"]
     # what scoring sends: a JSON number or text name the same level; an id never seen is the unseen level
     enc = prep.pre.encode_records([{"household_id": v, "store_no": 1, "price": 2.0} for v in (17, 17.0, "17", 41)])
     j = [f.name for f in prep.pre.categorical].index("household_id")
@@ -171,6 +179,8 @@ def test_overrides_for_every_guess_from_flags_and_the_config_file(tmp_path: Path
     df.to_csv(path, sep="|", index=False)
     prep = _prepare(path, "Churn", tmp_path, categorical=["SeniorCitizen"], date_columns=["signup"])
     assert "SeniorCitizen" in prep.schema.categorical and prep.schema.dates == {"signup": "iso"}
+    row = next(r for r in prep.schema.table if r["column"] == "SeniorCitizen")
+    assert row["why"] == "as told (--categorical); each value a level"  # digits, not "text values"
     assert prep.pre.read.sep == "|"
     config = tmp_path / "read.toml"
     config.write_text('sep = ";"\nnumeric = ["tenure"]\ndate_columns = ["signup"]\n')
