@@ -168,11 +168,13 @@ class Explainer:
             text = None
         if not text:
             return f"{feature.name} was missing"
-        if text not in feature.index_:
+        code = feature.code_of(text)
+        if code == 0:
             return f"{feature.name} {text!r} was not seen in training and taken as missing"
-        if mode is None or text == mode:
-            return f"{feature.name} is {text} (the most common value in training)"
-        return f"{feature.name} is {text} (most common in training: {mode})"
+        level = feature.vocab_[code - 1]  # as matched: `YES` is `Yes`, `17.0` is `17`
+        if mode is None or level == mode:
+            return f"{feature.name} is {level} (the most common value in training)"
+        return f"{feature.name} is {level} (most common in training: {mode})"
 
     def outcome(self, effect: float, label: Any) -> str:
         """`raises the chance of Churn = Yes`, `lowers the predicted price`."""

@@ -29,6 +29,7 @@ WarningKind = Literal["unseen_level", "out_of_range", "lookalike_field"]
 
 # spreadsheets and exports write "missing" in many ways; for a *numeric* column all of these
 # mean "no value". Categorical columns only treat blanks as missing ("none" is a real level there).
+_WHOLE_FLOAT = re.compile(r"(-?\d+)\.0+")
 NUMERIC_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a"})
 
 
@@ -303,6 +304,14 @@ class CategoricalFeature:
                 clashes.add(key)
             folded[key] = code
         return {k: v for k, v in folded.items() if k not in clashes} if self.fold else {}
+
+    def code_of(self, key: str) -> int:
+        """A level's code (0: none): verbatim; ignoring case where the bundle says so; an integer
+        code written as a float (`17.0`: how pandas writes an integer column with gaps)."""
+        found = self.index_.get(key, 0) or self.folded_.get(key.casefold(), 0)
+        if found == 0 and (whole := _WHOLE_FLOAT.fullmatch(key)):
+            found = self.index_.get(whole[1], 0)
+        return found
 
     @property
     def cardinality(self) -> int:
@@ -580,7 +589,7 @@ def _number(row: int, name: str, value: Any, enc: Encoded, parse: Callable[[Any]
         return math.nan
 
 
-def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, int], enc: Encoded) -> int:
+def level_code(row: int, feat: CategoricalFeature, value: Any, enc: Encoded) -> int:
     """One raw level → its code (0: missing, or unseen with a warning; an error if not a level)."""
     try:
         key = category_key(value)
@@ -589,7 +598,7 @@ def level_code(row: int, feat: CategoricalFeature, value: Any, index: dict[str, 
         return 0
     if key is None:
         return 0
-    found = index.get(key, 0) or feat.folded_.get(key.casefold(), 0)
+    found = feat.code_of(key)
     if found == 0:
         enc.warn(row, f"field '{feat.name}': unseen level {key!r} scored as missing", feat.name, "unseen_level")
     return found
@@ -608,10 +617,7 @@ def codes_of(
     except TypeError:  # a None (missing, unseen, not a level); cheaper than `None in codes`
         pass
     k = len(feats)
-    codes = [
-        c if c is not None else level_code(p // k, feats[p % k], flat[p], indexes[p % k], enc)
-        for p, c in enumerate(codes)
-    ]
+    codes = [c if c is not None else level_code(p // k, feats[p % k], flat[p], enc) for p, c in enumerate(codes)]
     return np.array(codes, dtype=np.int64)
 
 

@@ -220,7 +220,7 @@ def _exact_codes(feat: CategoricalFeature, column: pa.Array, rows: list[int], co
     """Codes of these rows by the record path (unseen levels warned, bad text an error)."""
     values = _texts(feat.name, column.take(pa.array(rows, pa.int64())), rows, enc)
     for row, value in zip(rows, values, strict=True):
-        codes[row] = level_code(row, feat, value, feat.index_, enc)
+        codes[row] = level_code(row, feat, value, enc)
 
 
 def mark_rows(enc: Encoded, rows: list[int], field: str, reason: str) -> None:

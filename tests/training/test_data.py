@@ -93,10 +93,22 @@ def test_a_repeating_integer_id_is_a_category_not_an_amount(tmp_path: Path) -> N
     assert prep.schema.categorical == ["household_id"]
     row = next(r for r in prep.schema.table if r["column"] == "household_id")
     assert "an id's integers, repeating" in row["why"]
-    # what scoring sends: a JSON number or text name the same level; an id never seen is the unseen level
-    enc = prep.pre.encode_records([{"household_id": v, "store_no": 1, "price": 2.0} for v in (17, 17.0, "17", 41)])
+    # what scoring sends: a JSON number or text name the same level, and so does `17.0` (a float column
+    # with gaps, as pandas writes it); an id never seen is the unseen level, with a warning
+    import pyarrow as pa
+
+    from service.scoring.columns import ArrowEncoder
+
+    sent = [17, 17.0, "17", "17.0", 41]
+    enc = prep.pre.encode_records(
+        [{"household_id": v, "store_no": 1, "week_nr": 1, "visit_id": 1, "price": 2.0} for v in sent]
+    )
     j = [f.name for f in prep.pre.categorical].index("household_id")
-    assert enc.cat[0, j] == enc.cat[1, j] == enc.cat[2, j] != enc.cat[3, j]
+    assert len(set(enc.cat[:4, j])) == 1 and enc.cat[0, j] > 0 and enc.cat[4, j] == 0
+    assert list(enc.warnings) == [4]
+    columns = {"household_id": ["17", "17.0", "41"], "store_no": ["1"] * 3, "week_nr": ["1"] * 3}
+    file = ArrowEncoder(prep.pre).encode(pa.table({**columns, "visit_id": ["1"] * 3, "price": ["2"] * 3}))
+    assert file.cat[:, j].tolist() == [enc.cat[0, j], enc.cat[0, j], 0] and list(file.warnings) == [2]
 
 
 def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> None:
