@@ -329,7 +329,7 @@ def _id_reason(col: str, present: list[str], distinct: int, numbers: np.ndarray 
 
 def _code_reason(col: str, present: list[str], numbers: np.ndarray) -> str | None:
     """Why a numeric-looking column is categorical (integer codes), or None. Only integers written as
-    digits: scoring matches levels as text, and `17.0` would not match `17`."""
+    digits: levels are text, and a level `17.0` would not match a client's `17`."""
     if not _integral(numbers):
         return None
     written = [v for v in present if v.lower() not in NUMERIC_MISSING]
