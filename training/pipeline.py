@@ -76,6 +76,9 @@ class TrainResult:
     comparison: gate.Comparison | None = None
     decision: str = ""  # one line: why the new version is champion or challenger
     release: release.Release | None = None
+    # the development rows' targets and the chosen candidate's out-of-fold outputs, before calibration
+    # (what the calibration was fitted on; bench/calibration.py compares maps on them)
+    out_of_fold: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say = print) -> TrainingData:
@@ -424,7 +427,7 @@ def train(
         scorer = refit_ensemble(prep, cfg, chosen, scorer.platt)
     if cfg.screen == "on":  # model risk: which columns the published members read at all
         metrics["screen"] = _screen_summary(pre, scorer)
-    result = TrainResult(pre, metrics, histories, scorer)
+    result = TrainResult(pre, metrics, histories, scorer, out_of_fold=(y[val_rows], chosen.oof))
     if publish:
         doc = _describe(prep, cfg, metrics, started)
         fit = fit_rows_of(split, cfg)
