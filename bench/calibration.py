@@ -24,24 +24,22 @@ from sklearn.linear_model import LogisticRegression
 from training import data as D
 from training.config import build_config
 from training.evaluate import Baseline, expected_calibration_error, task_metrics
-from training.pipeline import train
+from training.model import EPS
+from training.pipeline import fit_platt, train
 
 BINARY = ["telco", "german", "mlc_churn", "credit_data", "attrition", "lending_club", "hmda"]
 MAPS = ("Platt", "none", "temperature", "isotonic")
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.asarray(np.log(p) - np.log1p(-p))
-
-
-def fitted_maps(z: np.ndarray, y: np.ndarray) -> dict[str, object]:
-    """Each map fitted on out-of-fold logits `z` and targets `y`, as a function of logits."""
-    platt = LogisticRegression(C=1e4).fit(z.reshape(-1, 1), y)
+def fitted_maps(p: np.ndarray, y: np.ndarray) -> dict[str, object]:
+    """Each map fitted on out-of-fold positive-class probabilities `p` and targets `y`, as a function
+    of logits; Platt scaling is training's own fit."""
+    a, b = fit_platt(y, p).tolist()
+    z = np.log(np.clip(p, EPS, 1 - EPS)) - np.log1p(-np.clip(p, EPS, 1 - EPS))
     temperature = LogisticRegression(C=1e4, fit_intercept=False).fit(z.reshape(-1, 1), y)
     iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4).fit(z, y)
     return {
-        "Platt": lambda t: platt.predict_proba(t.reshape(-1, 1))[:, 1],
+        "Platt": lambda t: 1 / (1 + np.exp(-(a * t + b))),
         "none": lambda t: 1 / (1 + np.exp(-t)),
         "temperature": lambda t: temperature.predict_proba(t.reshape(-1, 1))[:, 1],
         "isotonic": iso.predict,
@@ -65,7 +63,7 @@ def run(name: str, seeds: int) -> dict[str, list[float]]:
             x, cat = model.normalize(torch.from_numpy(enc.num)), torch.from_numpy(enc.cat)
             z = torch.stack([m(x, cat)[:, 0] for m in model.members]).mean(dim=0).numpy().astype(np.float64)
         oof_y, oof = result.out_of_fold
-        for m, f in fitted_maps(logit(oof[:, 1]), oof_y).items():
+        for m, f in fitted_maps(oof[:, 1], oof_y).items():
             p = np.clip(f(z), 1e-7, 1 - 1e-7)
             out[f"{m} ece"].append(expected_calibration_error(y, p))
             out[f"{m} loss"].append(task_metrics(pre, y, np.stack([1 - p, p], axis=1))["log_loss"])
