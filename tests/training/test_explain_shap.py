@@ -190,3 +190,31 @@ def test_a_record_scored_at_the_reference_is_explained_alike_in_onnx_runtime(tmp
     with torch.no_grad():
         expected = run.explainer(torch.from_numpy(mid), torch.from_numpy(cat))[0].numpy()
     np.testing.assert_allclose(found.effects, expected, atol=1e-3)
+
+
+def test_multiclass_effects_that_cancel_are_the_path_integrals(tmp_path: Path) -> None:
+    """Each member's logits all moved by 40 (softmax does not see it) and the predicted class's by a
+    hair: the score changes by about 1e-5, while each logit's share of that change is large and the
+    shares cancel. Each share must be the integral of the score's slope along the path (computed
+    here on 2,000 points), not those rescaled by a ratio of two near-zero numbers, which turns
+    float32's rounding into large errors (diamonds' cut: ONNX Runtime's effects 0.016 from PyTorch's)."""
+    explainer = explained(TELCO, "Contract", tmp_path, epochs=EPOCHS).explainer
+    m, c = explainer.m, explainer.n_out
+    a, b = explainer.fused.platt[0].double(), explainer.fused.platt[1:].double()
+    ref = explainer.ref_logits.double().reshape(m, c) * a + b  # calibrated, as the score reads them
+    k = int(torch.softmax(ref, dim=1).mean(dim=0).argmax())
+    end = ref + 40.0
+    end[:, k] += 5e-5
+    logits = ((end - b) / a).reshape(1, -1)
+    mult, score, baseline, target = explainer._combine(logits.to(PATH))
+    assert int(target[0]) == k and 2e-6 < float(score[0] - baseline[0]) < 1e-4
+    step = (logits - explainer.ref_logits.double()).reshape(-1)
+    terms = mult[0].double() * step
+    assert float(terms.abs().max()) > 1  # large shares that cancel
+    # the exact shares: ∂score/∂logit (members' softmax averaged, then log of class k) along the path
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64).reshape(-1, 1, 1)
+    path = (ref + t * (end - ref)).requires_grad_(True)
+    torch.logsumexp(torch.log_softmax(path, dim=2)[:, :, k], dim=1).sum().backward()
+    assert path.grad is not None
+    exact = torch.trapezoid(path.grad, dx=1 / 2000, dim=0).reshape(-1) * a * step  # ∂(a·z + b)/∂z = a
+    np.testing.assert_allclose(terms.numpy(), exact.numpy(), atol=1e-4 * float(exact.abs().max()))
