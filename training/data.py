@@ -41,6 +41,9 @@ from training.reading import sniff_sep as sniff_sep
 
 POSITIVE_WORDS = ("yes", "y", "true", "t", "1", "bad", "churn", "default", "positive", "fraud")
 MAX_CLASSES = 50
+# rows a class needs: one or more for the test split, the rest for training and validation (a
+# stratified split of fewer fails, and a class seen once can be neither learned nor evaluated)
+MIN_CLASS_ROWS = 3
 ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference"})
 # numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount
 CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
@@ -526,9 +529,23 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
         levels = _order_binary(levels, present, cfg.positive)
     index = {lv: i for i, lv in enumerate(levels)}
     y = np.array([index[k] for k in present], dtype=np.int64)
+    _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)), decimal)
     labels = [_typed_label(lv) for lv in levels]
     positive = labels[1] if task == "binary" else None
     return df, Target(task, y, labels, positive, dropped, merged)
+
+
+def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray, decimal: str) -> None:
+    rare = [
+        f"{lv!r} ({n} row{'' if n == 1 else 's'})" for lv, n in zip(levels, counts, strict=True) if n < MIN_CLASS_ROWS
+    ]
+    if not rare:
+        return
+    count = "; if it is a count, --task regression" if _try_numbers(levels, decimal) is not None else ""
+    raise DataError(
+        f"target {target!r}: too few rows in class {', '.join(rare)} to split into training, validation "
+        f"and test rows (each class needs {MIN_CLASS_ROWS}); merge it into another class or drop its rows{count}"
+    )
 
 
 def _cols(df: pd.DataFrame) -> str:

@@ -139,6 +139,11 @@ def test_id_column_flag_passes_through(tmp_path: Path) -> None:
         ),
         (lambda p: write_csv(p / "one.csv", ["a", "y"], [[i, "yes"] for i in range(30)]), "one class"),
         (
+            lambda p: write_csv(p / "rare.csv", ["a", "y"], [[i, 9 if i == 7 else i % 3] for i in range(30)]),
+            "target 'y': too few rows in class '9' (1 row) to split into training, validation and test rows "
+            "(each class needs 3); merge it into another class or drop its rows; if it is a count, --task regression",
+        ),
+        (
             lambda p: write_csv(p / "dup.csv", ["a", "b", "a", "y"], [[i, 1, 2, i % 2] for i in range(30)]),
             "column(s) named more than once in the header",
         ),
