@@ -20,6 +20,9 @@ OPSET = 17
 # max |ONNX Runtime − the model in float64| on probabilities (regression: × target std): above the
 # fused graph's float32 rounding on large files, far below what a wiring error shows (docs/training.md)
 PARITY_TOL = 5e-5
+# a file whose numbers float32 resolves coarsely (years, sums in the billions) rounds beyond PARITY_TOL
+# in PyTorch's own float32 pass too: the graph may differ by up to this many times that rounding
+FLOAT32_SLACK = 2.0
 PARITY_BATCHES = (1, 7, 4096)
 
 
@@ -59,20 +62,26 @@ def check_parity(scorer: EnsembleModel, path: Path, num: np.ndarray, cat: np.nda
     """ONNX Runtime vs PyTorch on the given rows and at batch 1, 7 and 4096; returns max |diff|.
 
     The reference is the model computed in float64: its float32 forward pass can round more than
-    the fused graph does."""
+    the fused graph does. The bound is `tol`, or FLOAT32_SLACK times that float32 pass's own
+    distance from float64 where the data's numbers make it larger (a wiring error is far larger)."""
     session = create_session(path, CPU)
     exact = copy.deepcopy(scorer).double().eval()
-    worst = 0.0
+    worst = rounding = 0.0
     batches = [(num, cat)] + [_tile(num, cat, n) for n in PARITY_BATCHES]
     for b_num, b_cat in batches:
         with torch.no_grad():
             expected = exact(torch.from_numpy(b_num).double(), torch.from_numpy(b_cat)).numpy()
+            single = scorer.eval()(torch.from_numpy(b_num), torch.from_numpy(b_cat)).numpy()
         got = session.run(None, {"num": b_num, "cat": b_cat})[0]
         if got.shape != expected.shape:
             raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
         worst = max(worst, float(np.max(np.abs(got - expected))) if got.size else 0.0)
-    if not worst <= tol:
-        raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tol:.0e})")
+        rounding = max(rounding, float(np.max(np.abs(single - expected))) if got.size else 0.0)
+    if not worst <= max(tol, FLOAT32_SLACK * rounding):
+        raise ExportError(
+            f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tol:.0e}, and > {FLOAT32_SLACK:g}× "
+            f"PyTorch's own float32 rounding, {rounding:.1e})"
+        )
     return worst
 
 
