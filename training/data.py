@@ -530,7 +530,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     index = {lv: i for i, lv in enumerate(levels)}
     y = np.array([index[k] for k in present], dtype=np.int64)
     _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)), decimal)
-    labels = [_typed_label(lv) for lv in levels]
+    labels = _typed_labels(levels)
     positive = labels[1] if task == "binary" else None
     return df, Target(task, y, labels, positive, dropped, merged)
 
@@ -590,10 +590,12 @@ def _try_numbers(values: list[str], decimal: str = ".") -> np.ndarray | None:
 
 
 def _level_sort_key(level: str) -> tuple[int, float, str]:
+    """Numbers by value, then text ('none', a missing number's spelling, is text here)."""
     try:
-        return (0, parse_number(level), level)
+        number = parse_number(level)
     except ValueError:
         return (1, 0.0, level)
+    return (1, 0.0, level) if math.isnan(number) else (0, number, level)
 
 
 def _order_binary(levels: list[str], present: list[str], positive: str | None) -> list[str]:
@@ -615,12 +617,20 @@ def _order_binary(levels: list[str], present: list[str], positive: str | None) -
     return [lv for lv in levels if lv != wanted] + [wanted]
 
 
-def _typed_label(level: str) -> Label:
-    try:
-        number = parse_number(level)
-    except ValueError:
-        return level
-    return int(number) if float(number).is_integer() else number
+def _typed_labels(levels: list[str]) -> list[Label]:
+    """The classes as numbers where every one is a number ('1', '2.5' → 1, 2.5), else as their text:
+    one type, as the scored file's label column needs. A class whose name reads as a missing number
+    ('none', 'NA') keeps its name, never NaN."""
+    numbers = []
+    for level in levels:
+        try:
+            number = parse_number(level)
+        except ValueError:
+            return list(levels)
+        if math.isnan(number):
+            return list(levels)
+        numbers.append(int(number) if number.is_integer() else number)
+    return numbers
 
 
 @dataclass

@@ -232,3 +232,29 @@ def test_multiclass_and_regression_files(tmp_path: Path, target: str, task: str)
         assert table.column("label").to_pylist() == pre.labels_for(expected)
         for k, label in enumerate(pre.labels):
             np.testing.assert_array_equal(table.column(f"probability_{label}").to_numpy(), expected[:, k])
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        {"Month-to-month": "none", "One year": "mild", "Two year": "severe"},
+        {"Month-to-month": "1", "One year": "2", "Two year": "other"},
+    ],
+    ids=["a class named none", "numbers and text"],
+)
+def test_classes_named_like_missing_or_numbers_score_as_their_names(tmp_path: Path, names: dict[str, str]) -> None:
+    """A class `none` (a missing number's spelling) or classes of digits beside one of text: one
+    label type, each class its own name (before: `none` became NaN and scoring failed on the file)."""
+    from tests.conftest import quick_config
+    from training.pipeline import train
+
+    rows = _read(_telco_head(tmp_path / "head.csv", 600))
+    for row in rows:
+        row["Contract"] = names[row["Contract"]]
+    source = _write(tmp_path / "renamed.csv", rows)
+    result = train(quick_config(source, "Contract", tmp_path / "models", name="contract"), say=lambda _: None)
+    assert result.bundle is not None and result.pre.labels == sorted(names.values())
+    out = tmp_path / "out.csv"
+    summary = score_file(Scorer(result.bundle, "cpu"), source, out)
+    assert summary.rows_in == summary.rows_scored == len(rows)
+    assert {row["label"] for row in _read(out)} <= set(names.values())
