@@ -529,19 +529,19 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
         levels = _order_binary(levels, present, cfg.positive)
     index = {lv: i for i, lv in enumerate(levels)}
     y = np.array([index[k] for k in present], dtype=np.int64)
-    _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)), decimal)
+    _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)))
     labels = _typed_labels(levels)
     positive = labels[1] if task == "binary" else None
     return df, Target(task, y, labels, positive, dropped, merged)
 
 
-def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray, decimal: str) -> None:
+def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray) -> None:
     rare = [
         f"{lv!r} ({n} row{'' if n == 1 else 's'})" for lv, n in zip(levels, counts, strict=True) if n < MIN_CLASS_ROWS
     ]
     if not rare:
         return
-    count = "; if it is a count, --task regression" if _try_numbers(levels, decimal) is not None else ""
+    count = "; if it is a count, --task regression" if all(_class_number(lv) is not None for lv in levels) else ""
     raise DataError(
         f"target {target!r}: too few rows in class {', '.join(rare)} to split into training, validation "
         f"and test rows (each class needs {MIN_CLASS_ROWS}); merge it into another class or drop its rows{count}"
@@ -589,13 +589,20 @@ def _try_numbers(values: list[str], decimal: str = ".") -> np.ndarray | None:
         return None
 
 
-def _level_sort_key(level: str) -> tuple[int, float, str]:
-    """Numbers by value, then text ('none', a missing number's spelling, is text here)."""
+def _class_number(level: str) -> float | None:
+    """A target class as a number, or None for text ('none', a missing number's spelling, is text:
+    a class is a name, never NaN)."""
     try:
         number = parse_number(level)
     except ValueError:
-        return (1, 0.0, level)
-    return (1, 0.0, level) if math.isnan(number) else (0, number, level)
+        return None
+    return None if math.isnan(number) else number
+
+
+def _level_sort_key(level: str) -> tuple[int, float, str]:
+    """Numbers by value, then text."""
+    number = _class_number(level)
+    return (1, 0.0, level) if number is None else (0, number, level)
 
 
 def _order_binary(levels: list[str], present: list[str], positive: str | None) -> list[str]:
@@ -619,18 +626,11 @@ def _order_binary(levels: list[str], present: list[str], positive: str | None) -
 
 def _typed_labels(levels: list[str]) -> list[Label]:
     """The classes as numbers where every one is a number ('1', '2.5' → 1, 2.5), else as their text:
-    one type, as the scored file's label column needs. A class whose name reads as a missing number
-    ('none', 'NA') keeps its name, never NaN."""
-    numbers = []
-    for level in levels:
-        try:
-            number = parse_number(level)
-        except ValueError:
-            return list(levels)
-        if math.isnan(number):
-            return list(levels)
-        numbers.append(int(number) if number.is_integer() else number)
-    return numbers
+    one type, as the scored file's label column needs."""
+    numbers = [_class_number(level) for level in levels]
+    if any(n is None for n in numbers):
+        return list(levels)
+    return [int(n) if n.is_integer() else n for n in numbers if n is not None]
 
 
 @dataclass

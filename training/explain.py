@@ -213,12 +213,12 @@ class Explainer(nn.Module):
         # score's change exactly (completeness). Not a scaling by change / integral: where the score
         # barely moves but large terms cancel, that ratio of two small numbers amplified float32's
         # rounding (diamonds' cut: ORT's effects 0.016 from PyTorch's)
-        step = wide - wide_ref
-        terms = mult.double() * step
+        step, wide_mult = wide - wide_ref, mult.double()
+        terms = wide_mult * step
         total = terms.abs().sum(dim=1, keepdim=True)
         residual = (score - baseline).unsqueeze(1) - terms.sum(dim=1, keepdim=True)
         share = torch.where(total > TINY, residual / torch.where(total > TINY, total, 1.0), 0.0)
-        mult = mult + (share * mult.double().abs() * torch.sign(step)).to(PATH)
+        mult = mult + (share * wide_mult.abs() * torch.sign(step)).to(PATH)
         return mult * a, score, baseline, target
 
 

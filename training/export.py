@@ -65,18 +65,18 @@ def check_parity(scorer: EnsembleModel, path: Path, num: np.ndarray, cat: np.nda
     the fused graph does. The bound is `tol`, or FLOAT32_SLACK times that float32 pass's own
     distance from float64 where the data's numbers make it larger (a wiring error is far larger)."""
     session = create_session(path, CPU)
-    exact = copy.deepcopy(scorer).double().eval()
+    exact, single = copy.deepcopy(scorer).double().eval(), scorer.eval()
     worst = rounding = 0.0
     batches = [(num, cat)] + [_tile(num, cat, n) for n in PARITY_BATCHES]
     for b_num, b_cat in batches:
         with torch.no_grad():
             expected = exact(torch.from_numpy(b_num).double(), torch.from_numpy(b_cat)).numpy()
-            single = scorer.eval()(torch.from_numpy(b_num), torch.from_numpy(b_cat)).numpy()
+            rounded = single(torch.from_numpy(b_num), torch.from_numpy(b_cat)).numpy()
         got = session.run(None, {"num": b_num, "cat": b_cat})[0]
         if got.shape != expected.shape:
             raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
         worst = max(worst, float(np.max(np.abs(got - expected))) if got.size else 0.0)
-        rounding = max(rounding, float(np.max(np.abs(single - expected))) if got.size else 0.0)
+        rounding = max(rounding, float(np.max(np.abs(rounded - expected))) if got.size else 0.0)
     if not worst <= max(tol, FLOAT32_SLACK * rounding):
         raise ExportError(
             f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tol:.0e}, and > {FLOAT32_SLACK:g}× "
