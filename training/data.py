@@ -233,8 +233,9 @@ def restated_roots(columns: list[dict[str, Any]]) -> dict[str, str]:
 def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> None:
     keys = category_values(column)
     present = [k for k in keys if k is not None]
-    if not present:
-        raise DataError(f"feature column {col!r} has no values (all missing); use --drop {col!r}")
+    if not present:  # as a constant column: it tells nothing (weeks a song never charted; a field never filled)
+        schema.dropped[col] = "no values (all missing)"
+        return
     decimal = schema.read.decimal
     if col in cfg.date_columns:
         schema.dates[col], schema.told[col] = _date_format(present, col, forced=True) or "iso", "--date-columns"
@@ -392,7 +393,7 @@ def _plain(text: str) -> bool:
     try:
         float(text)
     except ValueError:
-        return text.strip().lower() in ("", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a")
+        return text.strip().lower() in NUMERIC_MISSING
     return True
 
 

@@ -36,6 +36,7 @@ def make_preprocess() -> Preprocess:
         (None, math.nan),
         ("NA", math.nan),
         ("?", math.nan),
+        (".", math.nan),  # SAS's and Stata's missing number
         (2.0, 2.0),
         ("$1,234.50", 1234.5),
         ("12.5%", 12.5),

@@ -28,6 +28,7 @@ def test_arrow_path_equals_the_record_path_value_for_value(churn_bundle: bundle.
         "1e3",
         "+4",
         ".5",
+        ".",
         "٣",
         "lots",
         "1e400",
