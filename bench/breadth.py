@@ -65,6 +65,28 @@ SETS = {
     "taxi": ("modeldata", "taxi", "tip"),
     "hepatic": ("modeldata", "hepatic_injury_qsar", "class"),  # a class named `none`, 377 columns
     "permeability": ("modeldata", "permeability_qsar", "permeability"),  # 165 rows, 1,108 columns
+    "loan_status": ("openintro", "loans_full_schema", "loan_status"),  # 6 classes, 7 rows charged off; job titles
+    "interest_rate": ("openintro", "loans_full_schema", "interest_rate"),  # grade and sub_grade restate it
+    "resume": ("openintro", "resume", "received_callback"),  # 8 % called back; first names
+    "reddit_finance": ("openintro", "reddit_finance", "fin_indy"),  # 29 text columns, names from a digit
+    "births14": ("openintro", "births14", "lowbirthweight"),  # `weight` gives the target away
+    "covid_testing": ("medicaldata", "covid_testing", "result"),  # 3 classes, fake names
+    "opt": ("medicaldata", "opt", "Preg.ended...37.wk"),  # 823 rows, 171 columns, dotted names
+    "gestation": ("mosaicData", "Gestation", "wt"),  # coded answers, dates
+    "loanapp": ("wooldridge", "loanapp", "approve"),  # mortgage approval; `reject` restates it
+    "billboard": ("tidyr", "billboard", "wk1"),  # weeks 66-76 empty
+    "pizza": ("gt", "pizzaplace", "type"),  # 49,574 sales; dates, times of day
+    "forbes": ("HSAUR", "Forbes2000", "profits"),  # company names, heavy tails, missing targets
+    "doctor_contacts": ("Ecdat", "DoctorContacts", "mdu"),  # TRUE/FALSE columns, a count
+    "ucla": ("openintro", "ucla_f18", "seminar"),  # a TRUE/FALSE target
+    "police": ("openintro", "mn_police_use_of_force", "subject_injury"),  # "2016/01/01 00:47:36", target mostly empty
+    "cpu": ("openintro", "cpu", "tdp"),  # release dates, missing clocks
+    "nass": ("DAAG", "nassCDS", "dead"),  # 26,217 crashes; ids like 2:3:1
+    "brca": ("dslabs", "brca", "y"),  # 569 rows, 30 measurements
+    "yrbss": ("openintro", "yrbss", "helmet_12m"),  # answers like "5+", 13,583 rows
+    "weather": ("nycflights13", "weather", "precip"),  # hourly ISO timestamps with Z
+    "breaches": ("Ecdat", "breaches", "Type_of_Breach"),  # paragraphs of free text, US dates
+    "mlb_teams": ("openintro", "mlb_teams", "world_series_winner"),  # 41 columns, 4 % positives
 }
 
 
