@@ -1,7 +1,10 @@
 """Breadth: `tabserve train` with defaults, then `tabserve score` on the same file, on real data sets
 of every shape a user may bring (tiny or 54 k rows, 4 or 1,108 columns, 2 to 32 classes, counts,
 prices, dates, free text, empty columns), as a user runs them. A file must publish and score every
-row, or be refused with a clear error naming what to change; anything else is a bug.
+row, or be refused with a clear error naming what to change; anything else is a bug. Then the
+service serves every published model and the first rows of each file are sent to `POST
+/models/NAME/predict` as a JSON client writes them (numbers, text, true/false, null): each answer
+must be the scored file's row.
 
     python bench/breadth.py                  # every set (~10 min)
     python bench/breadth.py --only diamonds  # one (repeatable)
@@ -15,13 +18,18 @@ breadth check, not the quality bar (`bench/quality.py`).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
+import pandas as pd
 from quality import CACHE, packaged
+from serve import free_port, server
 
 from training.config import build_config
 from training.data import DataError
@@ -114,18 +122,59 @@ def run(name: str, models: Path) -> str:
     return f"| {name} | published, {rows:,} rows scored | {m['task']}; {figures}; {seconds:.1f} s |"
 
 
+SERVED_ROWS = 200  # of each file, sent in one request
+
+
+def served(name: str, models: Path, port: int) -> str:
+    """The file's first rows (those scoring took) over HTTP as JSON, against the scored file's rows."""
+    target = SETS[name][2]
+    scored = pd.read_csv(models / f"{name}.scored.csv", nrows=SERVED_ROWS, keep_default_na=False)
+    good = (scored["error"] == "").to_numpy()
+    sent = pd.read_csv(CACHE / f"breadth_{name}.csv", nrows=SERVED_ROWS).drop(columns=[target])[good]
+    records = json.loads(sent.to_json(orient="records"))  # NaN as null, True as true: as a JSON client writes them
+    answer = httpx.post(f"http://127.0.0.1:{port}/models/{name}/predict", json={"records": records}, timeout=300)
+    if answer.status_code != 200:
+        return f"| {name} | **HTTP {answer.status_code}** | {answer.text[:300]} |"
+    got = answer.json()["predictions"]
+    kept = scored[good].reset_index(drop=True)
+    figures = [c for c in kept.columns if c == "value" or c.startswith("probability")]
+    gap = max(float(np.max(np.abs(pd.to_numeric(kept[c]) - [_figure(p, c) for p in got]))) for c in figures)
+    labels = "label" not in kept or [str(p["label"]) for p in got] == kept["label"].astype(str).tolist()
+    verdict = "as scored" if gap <= 1e-5 and labels else "**differs from the scored file**"
+    return f"| {name} | {len(records)} records {verdict} | largest gap {gap:.1e}; labels {'alike' if labels else 'differ'} |"
+
+
+def _figure(prediction: dict, column: str) -> float:
+    """The answer's figure the scored file names `column` (`probability_Yes` is `probabilities["Yes"]`)."""
+    if column in prediction:
+        return float(prediction[column])
+    return float(prediction["probabilities"][column.removeprefix("probability_")])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--only", action="append", choices=sorted(SETS))
     args = parser.parse_args()
     print("| data | outcome | figures (one split) |\n|---|---|---|", flush=True)
-    with tempfile.TemporaryDirectory() as models:
+    with tempfile.TemporaryDirectory() as folder:
+        models, published = Path(folder), []
         for name in args.only or SETS:
             try:
-                row = run(name, Path(models))
+                row = run(name, models)
             except Exception as error:  # noqa: BLE001 - any other error is a bug this run reports
                 row = f"| {name} | **failed** | {type(error).__name__}: {error} |"
+            published += [name] if "rows scored" in row else []
             print(row, flush=True)
+        port = free_port()
+        serve = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(models), "--port", str(port)]
+        print("\n| data | served over HTTP | against the scored file |\n|---|---|---|", flush=True)
+        with server(serve, port, {}, "/health/ready"):
+            for name in published:
+                try:
+                    row = served(name, models, port)
+                except Exception as error:  # noqa: BLE001 - as above
+                    row = f"| {name} | **failed** | {type(error).__name__}: {error} |"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,10 @@ def test_sas_dots_are_missing_numbers_and_an_empty_column_is_left_out(tmp_path: 
     identifiers); a column never filled (tidyr `billboard`'s weeks 66-76) is left out as a constant is,
     with its reason, where it stopped the run."""
     rng = random.Random(0)
-    rows = [[f"{rng.uniform(1, 9):.3f}" if i % 9 else ".", "", rng.choice("ab"), rng.choice(["yes", "no"])] for i in range(200)]
+    rows = [
+        [f"{rng.uniform(1, 9):.3f}" if i % 9 else ".", "", rng.choice("ab"), rng.choice(["yes", "no"])]
+        for i in range(200)
+    ]
     prep = _prepare(write_csv(tmp_path / "sas.csv", ["lab", "week_66", "site", "y"], rows), "y", tmp_path)
     assert prep.schema.numeric == ["lab"]
     assert prep.schema.dropped == {"week_66": "no values (all missing)"}
