@@ -53,6 +53,9 @@ REPEATED_ID_WORDS = ID_WORDS - {"no", "number", "nr", "index"}
 # an id-named column with more distinct values than this share of its rows repeats per customer
 ID_SHARE = 0.5
 LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
+# how pandas names a column whose header cell is blank (`df.to_csv`'s index, a spreadsheet's trailing
+# empty columns): scoring would not find it by that name
+UNNAMED = re.compile(r"Unnamed: \d+")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _DIGITS = re.compile(r"-?\d+")
 
@@ -134,7 +137,7 @@ def _distinct(column: pd.Series) -> tuple[Sequence[Any], np.ndarray]:
 def infer_schema(
     df: pd.DataFrame, cfg: TrainConfig, read: Reading | None = None, target: Target | None = None
 ) -> Schema:
-    """Classify every non-target column; raises DataError for all-missing or unknown columns."""
+    """Classify every non-target column; raises DataError for unknown columns (named in `cfg`)."""
     for col in [*cfg.id_columns, *cfg.drop, *cfg.date_columns, *cfg.categorical, *cfg.numeric]:
         if col not in df.columns:
             raise _missing_column("column (named in id_columns/drop/date_columns/categorical/numeric)", col, df)
@@ -146,6 +149,10 @@ def infer_schema(
             schema.dropped[col] = "identifier (--id-column); passed through scoring"
         elif col in cfg.drop:
             schema.dropped[col] = "dropped by request"
+        elif UNNAMED.fullmatch(col):
+            schema.dropped[col] = (
+                "no name in the header (a written row index, a spreadsheet's empty column); name it to use it"
+            )
         else:
             _classify(col, df[col], schema, cfg)
         schema.table.append(_row(col, schema))

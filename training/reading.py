@@ -78,7 +78,7 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     except pd.errors.ParserError as exc:
         raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
     header = files.stripped(next(csv.reader(io.StringIO(text), delimiter=sep), []))
-    twice = sorted({c for c in header if header.count(c) > 1})
+    twice = sorted({c for c in header if c and header.count(c) > 1})  # blanks: "Unnamed: N", left out
     if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
         raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
     df.columns = files.stripped(list(df.columns))
@@ -152,7 +152,8 @@ def _text_frame(table: Any, p: Path) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    names = [str(c).strip() for c in table.column_names]
+    # a blank name as pandas names it in a CSV's header ("Unnamed: N"): left out, as there
+    names = [str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(table.column_names)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise DataError(f"column(s) named more than once in {p}: {', '.join(twice)}")

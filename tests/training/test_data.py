@@ -129,6 +129,27 @@ def test_sas_dots_are_missing_numbers_and_an_empty_column_is_left_out(tmp_path: 
     assert np.isnan(enc.num[0, lab]) and enc.num[1, lab] == 2.5 and not enc.errors
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_columns_without_a_header_name_are_left_out(tmp_path: Path, suffix: str) -> None:
+    """`df.to_csv()`'s index (a blank first header cell) and a spreadsheet's trailing empty columns
+    (`,,` at each line's end): left out by name, where two blanks were refused as one name twice."""
+    import pandas as pd
+
+    rng = random.Random(0)
+    rows = [[i, rng.randint(18, 80), rng.choice("abc"), rng.choice(["yes", "no"]), "", ""] for i in range(200)]
+    path = tmp_path / f"export{suffix}"
+    if suffix == ".csv":
+        lines = [",age,plan,y,,", *(",".join(map(str, row)) for row in rows)]
+        path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    else:
+        pd.DataFrame(rows, columns=["", "age", "plan", "y", " ", ""]).to_excel(path, index=False)
+    prep = _prepare(path, "y", tmp_path)
+    assert prep.schema.features == ["age", "plan"]
+    # the sheet's last column, blank to the end, is outside its used area: never read
+    assert sorted(prep.schema.dropped) == ["Unnamed: 0", "Unnamed: 4", "Unnamed: 5"][: 3 if suffix == ".csv" else 2]
+    assert all(why.startswith("no name in the header") for why in prep.schema.dropped.values())
+
+
 def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> None:
     rows = _messy_rows(120)
     for row in rows[:7]:
