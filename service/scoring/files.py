@@ -103,9 +103,11 @@ def detect_encoding(data: bytes) -> str:
     best = found.best()
     if best is None:
         return "cp1252"
-    # NOTE: on a few accented words single-byte code pages tie (cp1250 reads `è` as `č`): a tie goes
-    # to cp1252, what Western exports are; Latin-1 decodes any byte and means cp1252 there too
-    if any(m.encoding == "cp1252" and m.chaos <= best.chaos for m in found):
+    # NOTE: on a few accented words single-byte code pages tie (cp1250 reads `è` as `č`, cp775 `ü` as
+    # `³`): a tie goes to cp1252, what Western exports are, also where the detector left it out of its
+    # list; Latin-1 decodes any byte and means cp1252 there too
+    western = [m for m in found if m.encoding == "cp1252"] or list(from_bytes(data, cp_isolation=["cp1252"]))
+    if any(m.chaos <= best.chaos for m in western):
         return "cp1252"
     name = codecs.lookup(best.encoding).name
     return "cp1252" if name in ("iso8859-1", "latin-1", "iso8859-15") else name
