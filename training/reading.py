@@ -81,7 +81,10 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     twice = sorted({c for c in header if c and header.count(c) > 1})  # blanks: "Unnamed: N", left out
     if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
         raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
-    df.columns = files.stripped(list(df.columns))
+    names = files.stripped(list(df.columns))
+    if len(header) == len(names):  # a blank (or blank-looking) header cell named as pandas names a blank one
+        names = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
+    df.columns = names
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
     return _with_reading(df, reading, decimal)

@@ -139,7 +139,7 @@ def test_columns_without_a_header_name_are_left_out(tmp_path: Path, suffix: str)
     rows = [[i, rng.randint(18, 80), rng.choice("abc"), rng.choice(["yes", "no"]), "", ""] for i in range(200)]
     path = tmp_path / f"export{suffix}"
     if suffix == ".csv":
-        lines = [",age,plan,y,,", *(",".join(map(str, row)) for row in rows)]
+        lines = [", age,plan,y, ,", *(",".join(map(str, row)) for row in rows)]  # " ": blank too
         path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
     else:
         pd.DataFrame(rows, columns=["", "age", "plan", "y", " ", ""]).to_excel(path, index=False)
