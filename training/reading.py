@@ -77,17 +77,20 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
         raise DataError(f"{p} is empty") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-    header = files.stripped(next(csv.reader(io.StringIO(text), delimiter=sep), []))
-    twice = sorted({c for c in header if c and header.count(c) > 1})  # blanks: "Unnamed: N", left out
+    header = _header(next(csv.reader(io.StringIO(text), delimiter=sep), []))
+    twice = sorted({c for c in header if header.count(c) > 1})
     if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
         raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
-    names = files.stripped(list(df.columns))
-    if len(header) == len(names):  # a blank (or blank-looking) header cell named as pandas names a blank one
-        names = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
-    df.columns = names
+    df.columns = header if len(header) == df.shape[1] else files.stripped(list(df.columns))
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
     return _with_reading(df, reading, decimal)
+
+
+def _header(names: list[str]) -> list[str]:
+    """Header names stripped; a blank one (or spaces) named as pandas names a blank one, "Unnamed: N"
+    (training leaves such a column out)."""
+    return [name or f"Unnamed: {i}" for i, name in enumerate(files.stripped(names))]
 
 
 def _encoding_of(raw: bytes) -> str:
@@ -155,8 +158,7 @@ def _text_frame(table: Any, p: Path) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    # a blank name as pandas names it in a CSV's header ("Unnamed: N"): left out, as there
-    names = [str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(table.column_names)]
+    names = _header(table.column_names)
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise DataError(f"column(s) named more than once in {p}: {', '.join(twice)}")
