@@ -32,6 +32,7 @@ from service.features import (
     parse_number,
 )
 from training.config import TrainConfig
+from training.reading import UNNAMED
 
 # reading lives in training/reading.py; these names stay here for `training.data` callers
 from training.reading import DataError as DataError
@@ -53,9 +54,6 @@ REPEATED_ID_WORDS = ID_WORDS - {"no", "number", "nr", "index"}
 # an id-named column with more distinct values than this share of its rows repeats per customer
 ID_SHARE = 0.5
 LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
-# how pandas names a column whose header cell is blank (`df.to_csv`'s index, a spreadsheet's trailing
-# empty columns): scoring would not find it by that name
-UNNAMED = re.compile(r"Unnamed: \d+")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _DIGITS = re.compile(r"-?\d+")
 

@@ -87,9 +87,13 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     return _with_reading(df, reading, decimal)
 
 
+# how pandas names a column whose header cell is blank (`df.to_csv`'s index, a spreadsheet's trailing
+# empty columns): training leaves it out, as scoring would not find it by that name
+UNNAMED = re.compile(r"Unnamed: \d+")
+
+
 def _header(names: list[str]) -> list[str]:
-    """Header names stripped; a blank one (or spaces) named as pandas names a blank one, "Unnamed: N"
-    (training leaves such a column out)."""
+    """Header names stripped; a blank one (or spaces) named as pandas names a blank one (UNNAMED)."""
     return [name or f"Unnamed: {i}" for i, name in enumerate(files.stripped(names))]
 
 
