@@ -77,10 +77,7 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
         raise DataError(f"{p} is empty") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-    header = _header(next(csv.reader(io.StringIO(text), delimiter=sep), []))
-    twice = sorted({c for c in header if header.count(c) > 1})
-    if twice:  # NOTE: pandas would rename the second one silently ("tenure.1")
-        raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
+    header = _header(next(csv.reader(io.StringIO(text), delimiter=sep), []), p)
     df.columns = header if len(header) == df.shape[1] else files.stripped(list(df.columns))
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
@@ -92,9 +89,14 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
 UNNAMED = re.compile(r"Unnamed: \d+")
 
 
-def _header(names: list[str]) -> list[str]:
-    """Header names stripped; a blank one (or spaces) named as pandas names a blank one (UNNAMED)."""
-    return [name or f"Unnamed: {i}" for i, name in enumerate(files.stripped(names))]
+def _header(names: list[str], p: Path) -> list[str]:
+    """Header names stripped; a blank one (or spaces) named as pandas names a blank one (UNNAMED).
+    A name given twice is refused: pandas would rename the second one silently ("tenure.1")."""
+    header = [name or f"Unnamed: {i}" for i, name in enumerate(files.stripped(names))]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
+    return header
 
 
 def _encoding_of(raw: bytes) -> str:
@@ -162,10 +164,7 @@ def _text_frame(table: Any, p: Path) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    names = _header(table.column_names)
-    twice = sorted({c for c in names if names.count(c) > 1})
-    if twice:
-        raise DataError(f"column(s) named more than once in {p}: {', '.join(twice)}")
+    names = _header(table.column_names, p)
     columns = {}
     for name, column in zip(names, table.columns, strict=True):
         try:

@@ -150,6 +150,20 @@ def test_columns_without_a_header_name_are_left_out(tmp_path: Path, suffix: str)
     assert all(why.startswith("no name in the header") for why in prep.schema.dropped.values())
 
 
+@pytest.mark.parametrize("suffix", [".xlsx", ".parquet"])
+def test_a_name_given_twice_in_a_typed_file_is_refused_by_name(tmp_path: Path, suffix: str) -> None:
+    """As in a CSV: which of two `tenure` columns a record means is a guess (pandas and Arrow keep both)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [[i, i % 7, i % 5, ["yes", "no"][i % 2]] for i in range(60)], columns=["id", "tenure", "tenure ", "y"]
+    )
+    path = tmp_path / f"twice{suffix}"
+    frame.to_excel(path, index=False) if suffix == ".xlsx" else frame.to_parquet(path, index=False)
+    with pytest.raises(D.DataError, match=re.escape(f"column(s) named more than once in the header of {path}: tenure")):
+        _prepare(path, "y", tmp_path)
+
+
 def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> None:
     rows = _messy_rows(120)
     for row in rows[:7]:

@@ -11,6 +11,7 @@ import torch
 from service import bundle
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
+from training.data import columns_of
 from training.pipeline import prepare_data, train
 from training.train import screened_columns
 
@@ -93,3 +94,28 @@ def test_auto_adds_the_screened_network_as_a_candidate_only_among_many_useless_c
     assert "network, screened columns" in names
     telco = train(quick_config(TELCO, "Churn", tmp_path, refit=False, screen="auto"), publish=False, say=lambda _: None)
     assert [row["candidate"] for row in telco.metrics["leaderboard"]] == ["network", "linear path alone"]
+
+
+def test_a_target_no_column_tells_apart_has_the_base_rate_as_its_screened_candidate(tmp_path: Path) -> None:
+    """A coin-flip target: the screen keeps no column, and the candidate says what it is (not "a
+    network on the 0 of 6 columns"); that network gives every record the same probability, the base rate."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({f"x{j}": rng.normal(size=400).round(3) for j in range(3)})
+    for j in range(3):
+        df[f"c{j}"] = rng.choice(list("abcd"), 400)
+    df["y"] = rng.choice(["yes", "no"], 400)
+    path = tmp_path / "coin.csv"
+    df.to_csv(path, index=False)
+    lines: list[str] = []
+    result = train(quick_config(path, "y", tmp_path, refit=False, screen="auto"), publish=False, say=lines.append)
+    assert "none of the 6 columns tells the target apart: the base rate as a candidate" in lines
+    board = {row["candidate"]: row for row in result.metrics["leaderboard"]}
+    assert "base rate (no column tells the target apart)" in board and not any("0 of 6" in line for line in lines)
+    # the screened network itself (`--screen on`): it reads no column, so it answers the base rate
+    alone = train(quick_config(path, "y", tmp_path, refit=False, screen="on"), publish=False, say=lambda _: None)
+    assert alone.model is not None
+    enc = alone.pre.encode_columns(columns_of(df.head(50)), 50)
+    with torch.no_grad():
+        probs = alone.model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy()
+    assert np.ptp(probs, axis=0).max() < 1e-6
+    assert abs(probs[0, alone.pre.labels.index("yes")] - np.mean(df["y"] == "yes")) < 0.05
