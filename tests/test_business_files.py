@@ -76,6 +76,8 @@ def auc_of(store: Path, name: str) -> float:
         "mixed_case",
         "lookalike_target",
         "padded_header",
+        "trailing_delimiter",
+        "r_row_names",
         "xlsx",
         "jsonl",
         "parquet",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,18 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     if not text.strip():
         raise DataError(f"{p} is empty")
     sep = sep or sniff_sep(text)
+    first = list(itertools.islice(csv.reader(io.StringIO(text), delimiter=sep), files.PROBE_ROWS + 1)) or [[]]
+    names = files.header_for_rows(first[0], first[1:])
+    header = _header(names, p)
+    # a header one field short: named here, as the scorer names it (pandas would take a first field as the
+    # index, and a trailing delimiter's empty field shifts every value one column left)
+    widened = {"header": 0, "names": header} if len(names) > len(first[0]) else {}
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False, **widened)
     except pd.errors.EmptyDataError:
         raise DataError(f"{p} is empty") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-    header = _header(next(csv.reader(io.StringIO(text), delimiter=sep), []), p)
     df.columns = header if len(header) == df.shape[1] else files.stripped(list(df.columns))
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")

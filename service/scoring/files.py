@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import gzip
 import io
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -58,6 +59,19 @@ def format_of(path: Path) -> Format:
 def stripped(names: list[str]) -> list[str]:
     """Header names as training reads them (`  Contract  ` is `Contract`)."""
     return [str(name).strip() for name in names]
+
+
+PROBE_ROWS = 20  # the first data rows, read to tell a header one field short
+
+
+def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The header, with a blank name added where each of the first data rows has one field more: last
+    where that field is empty in each (a delimiter closing every line), else first (R's `write.table`
+    writes row names without a name). A blank name is read as any blank header cell is."""
+    rows = [row for row in rows if row][:PROBE_ROWS]
+    if not rows or any(len(row) != len(header) + 1 for row in rows):
+        return header
+    return [*header, ""] if all(not row[-1].strip() for row in rows) else ["", *header]
 
 
 def sniff_sep(header: str, prefer: str = ",") -> str:
@@ -298,11 +312,12 @@ class CsvSource:
         header = first.decode("utf-8-sig", errors="replace")
         self.sep = sniff_sep(header, reading.sep)
         try:
-            self.columns = stripped(next(csv.reader([header], delimiter=self.sep), []))
+            names = next(csv.reader([header], delimiter=self.sep), [])
         except csv.Error as exc:
             raise ScoringError(f"{name}: the header line cannot be read ({exc})") from None
         body = head[len(first) :]
         body = body[2:] if body.startswith(b"\r\n") else body[1:]
+        self.columns = stripped(header_for_rows(names, _first_rows(body, self.sep)))
         self._records = _Records(body, stream, len(self.columns), self.sep)
         # reads of about chunk_rows rows, never under twice the record limit (batches are cut to chunk_rows)
         line = max(len(head) / max(head.count(b"\n"), 1), 16.0)
@@ -358,6 +373,15 @@ class CsvSource:
 
     def close(self) -> None:
         self._raw.close()
+
+
+def _first_rows(body: bytes, sep: str) -> list[list[str]]:
+    """The first whole data rows in the bytes read after the header (none where they do not parse)."""
+    text = body[: body.rfind(b"\n") + 1].decode("utf-8", errors="replace")
+    try:
+        return list(itertools.islice(csv.reader(io.StringIO(text), delimiter=sep), PROBE_ROWS))
+    except csv.Error:
+        return []
 
 
 def _header(stream: Any, name: str) -> bytes:
