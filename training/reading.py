@@ -73,6 +73,11 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
         raise DataError(f"{p} is empty")
     sep = sep or sniff_sep(text)
     first = list(itertools.islice(csv.reader(io.StringIO(text), delimiter=sep), files.PROBE_ROWS + 1)) or [[]]
+    if above := _lines_above_the_table(first[0], first[1:]):
+        raise DataError(
+            f"{p}: line 1 has {len(first[0])} field(s) but the lines below it have {above[1]} (from line {above[0] + 1}):"
+            " is there a title above the header? The header must be the first line: remove the lines above it"
+        )
     names = files.header_for_rows(first[0], first[1:])
     header = _header(names, p)
     # a header one field short: named here, as the scorer names it (pandas would take a first field as the
@@ -88,6 +93,18 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
     return _with_reading(df, reading, decimal)
+
+
+def _lines_above_the_table(header: list[str], rows: list[list[str]]) -> tuple[int, int] | None:
+    """(the table's first line, 0-based; its width) where the first line has fewer fields than most
+    lines below it (a report's title above its header), else None. Rows one field longer than the
+    header from the next line on are the header's own shortfall (`files.header_for_rows`)."""
+    widths = [len(row) for row in rows if any(cell.strip() for cell in row)]
+    width = max(set(widths), key=widths.count, default=0)
+    if width <= max(len(header), 1):
+        return None
+    start = next(i for i, row in enumerate(rows) if len(row) == width)
+    return None if start == 0 and width == len(header) + 1 else (1 + start, width)
 
 
 # how pandas names a column whose header cell is blank (`df.to_csv`'s index, a spreadsheet's trailing

@@ -68,7 +68,9 @@ def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     """The header, with a blank name added where each of the first data rows has one field more: last
     where that field is empty in each (a delimiter closing every line), else first (R's `write.table`
     writes row names without a name). A blank name is read as any blank header cell is."""
-    rows = [row for row in rows if row][:PROBE_ROWS]
+    rows = rows[:PROBE_ROWS]
+    while rows and not rows[-1]:  # blank lines at the end of a short file (one between: not a table)
+        rows = rows[:-1]
     if not rows or any(len(row) != len(header) + 1 for row in rows):
         return header
     return [*header, ""] if all(not row[-1].strip() for row in rows) else ["", *header]

@@ -97,6 +97,12 @@ def test_missing_columns_fail_before_any_output(churn_bundle: bundle.BundleRef, 
     with pytest.raises(ScoringError, match="named more than once in the input's header: tenure"):
         score_file(Scorer(churn_bundle, "cpu"), twice, out)
     assert not out.exists()
+    titled = tmp_path / "titled.csv"  # a report's title above the header: the header is not line 1
+    titled.write_text("\n".join(["Churn report, November", "", *lines]) + "\n")
+    with pytest.raises(
+        ScoringError, match="its first line reads 'Churn report, November': is the header the first line"
+    ):
+        score_file(Scorer(churn_bundle, "cpu"), titled, out)
 
 
 def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

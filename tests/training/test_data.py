@@ -200,6 +200,13 @@ def test_id_column_flag_passes_through(tmp_path: Path) -> None:
             lambda p: write_csv(p / "dup.csv", ["a", "b", "a", "y"], [[i, 1, 2, i % 2] for i in range(30)]),
             "column(s) named more than once in the header",
         ),
+        (
+            lambda p: _write(
+                p / "titled.csv",
+                b"Loans report, November\n\na,b,y\n" + b"".join(b"%d,1,%d\n" % (i, i % 2) for i in range(30)),
+            ),
+            "line 1 has 2 field(s) but the lines below it have 3 (from line 3): is there a title above the header?",
+        ),
     ],
 )
 def test_bad_inputs_raise_one_clear_error(tmp_path: Path, make, message: str) -> None:
