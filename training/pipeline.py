@@ -202,17 +202,19 @@ def screened_candidate(
     kept = screened_columns(prep.pre, prep.tensors.rows(torch.from_numpy(prep.split.dev)))
     if kept.all() or np.mean(~kept) < SCREEN_SHARE:
         return []
-    name = "network, screened columns"
     if kept.any():
         say(f"training a network on the {kept.sum()} of {len(kept)} columns that tell the target apart, as a candidate")
-    else:  # a noise target: a network that reads no column learns the base rate, itself a fair candidate
-        name = "base rate (no column tells the target apart)"
-        say(f"none of the {len(kept)} columns tells the target apart: the base rate as a candidate")
+    else:  # a noise target: a member that reads no column learns the base rate, a fair candidate
+        say(
+            f"none of the {len(kept)} columns tells the target apart on the development rows: a screened network as a candidate"
+        )
     screened = replace(cfg, screen="on")
     shifted = None if on_epoch is None else lambda m, *figures: on_epoch(cfg.ensemble + m, *figures)
     found, histories, _ = fit_ensemble(prep, screened, shifted)
     network = found[0]
-    return [Candidate(name, network.members, network.oof, network.schedules, screened, histories)]
+    return [
+        Candidate("network, screened columns", network.members, network.oof, network.schedules, screened, histories)
+    ]
 
 
 def _oof(prep: TrainingData, members: list[TabularMLP]) -> np.ndarray:

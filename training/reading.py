@@ -6,7 +6,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -72,13 +71,10 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     if not text.strip():
         raise DataError(f"{p} is empty")
     sep = sep or sniff_sep(text)
-    first = list(itertools.islice(csv.reader(io.StringIO(text), delimiter=sep), files.PROBE_ROWS + 1)) or [[]]
-    if above := _lines_above_the_table(first[0], first[1:]):
-        raise DataError(
-            f"{p}: line 1 has {len(first[0])} field(s) but the lines below it have {above[1]} (from line {above[0] + 1}):"
-            " is there a title above the header? The header must be the first line: remove the lines above it"
-        )
+    first = files.first_rows(text, sep) or [[]]
     names = files.header_for_rows(first[0], first[1:])
+    if misfit := _misfit(names, first[1:]):
+        raise DataError(f"{p}: {misfit}")
     header = _header(names, p)
     # a header one field short: named here, as the scorer names it (pandas would take a first field as the
     # index, and a trailing delimiter's empty field shifts every value one column left)
@@ -95,16 +91,20 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     return _with_reading(df, reading, decimal)
 
 
-def _lines_above_the_table(header: list[str], rows: list[list[str]]) -> tuple[int, int] | None:
-    """(the table's first line, 0-based; its width) where the first line has fewer fields than most
-    lines below it (a report's title above its header), else None. Rows one field longer than the
-    header from the next line on are the header's own shortfall (`files.header_for_rows`)."""
+def _misfit(header: list[str], rows: list[list[str]]) -> str | None:
+    """What is wrong where most of the first rows have more fields than the header (as
+    `files.header_for_rows` names it): a report's title above the table, or cells past the header."""
     widths = [len(row) for row in rows if any(cell.strip() for cell in row)]
     width = max(set(widths), key=widths.count, default=0)
     if width <= max(len(header), 1):
         return None
     start = next(i for i, row in enumerate(rows) if len(row) == width)
-    return None if start == 0 and width == len(header) + 1 else (1 + start, width)
+    if start or files.names_above_values(rows[0], rows[1:]):
+        return (
+            f"line 1 has {len(header)} field(s) but the lines below it have {width} (from line {start + 2}): is "
+            "there a title above the header? The header must be the first line: remove the lines above it"
+        )
+    return f"the header has {len(header)} field(s) but the rows below it have {width}: name every column in the header"
 
 
 # how pandas names a column whose header cell is blank (`df.to_csv`'s index, a spreadsheet's trailing

@@ -11,7 +11,6 @@ import csv
 import datetime as dt
 import gzip
 import io
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -61,19 +60,58 @@ def stripped(names: list[str]) -> list[str]:
     return [str(name).strip() for name in names]
 
 
-PROBE_ROWS = 20  # the first data rows, read to tell a header one field short
+PROBE_ROWS = 20  # the first data rows, read to tell a header one field short or a title above it
+PROBE_BYTES = 1 << 22  # the scorer reads at most this far for them
+
+
+def first_rows(text: str, sep: str, whole: bool = True) -> list[list[str]]:
+    """CSV text's first line and up to PROBE_ROWS rows below it; not `whole` (a sample of a stream),
+    the last row read may be cut short and is left out. A row that does not parse ends them (a field
+    over the csv module's limit; the readers report it themselves)."""
+    rows: list[list[str]] = []
+    try:
+        for row in csv.reader(io.StringIO(text), delimiter=sep):
+            rows.append(row)
+            if len(rows) == PROBE_ROWS + 2:  # the one past them started: the ones before it are whole
+                break
+    except csv.Error:
+        pass
+    if not whole and len(rows) < PROBE_ROWS + 2:
+        rows = rows[:-1]
+    return rows[: PROBE_ROWS + 1]
 
 
 def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     """The header, with a blank name added where each of the first data rows has one field more: last
     where that field is empty in each (a delimiter closing every line), else first (R's `write.table`
-    writes row names without a name). A blank name is read as any blank header cell is."""
+    writes row names without a name), unless the first row reads as names over the values below it
+    (then line 1 is a title). A blank name is read as any blank header cell is."""
     rows = rows[:PROBE_ROWS]
     while rows and not rows[-1]:  # blank lines at the end of a short file (one between: not a table)
         rows = rows[:-1]
     if not rows or any(len(row) != len(header) + 1 for row in rows):
         return header
-    return [*header, ""] if all(not row[-1].strip() for row in rows) else ["", *header]
+    if all(not row[-1].strip() for row in rows):
+        return [*header, ""]
+    return header if names_above_values(rows[0], rows[1:]) else ["", *header]
+
+
+def names_above_values(row: list[str], below: list[list[str]]) -> bool:
+    """Whether `row` reads as a header over `below`: in some column it is not a number, and every
+    value below it is."""
+
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    for j, cell in enumerate(row):
+        values = [r[j].strip() for r in below if j < len(r) and r[j].strip()]
+        if values and not number(cell.strip()) and all(number(v) for v in values):
+            return True
+    return False
 
 
 def sniff_sep(header: str, prefer: str = ",") -> str:
@@ -317,9 +355,11 @@ class CsvSource:
             names = next(csv.reader([header], delimiter=self.sep), [])
         except csv.Error as exc:
             raise ScoringError(f"{name}: the header line cannot be read ({exc})") from None
+        head, whole = _with_first_rows(stream, head)
         body = head[len(first) :]
         body = body[2:] if body.startswith(b"\r\n") else body[1:]
-        self.columns = stripped(header_for_rows(names, _first_rows(body, self.sep)))
+        rows = first_rows(head.decode("utf-8-sig", errors="replace"), self.sep, whole)[1:]
+        self.columns = stripped(header_for_rows(names, rows))
         self._records = _Records(body, stream, len(self.columns), self.sep)
         # reads of about chunk_rows rows, never under twice the record limit (batches are cut to chunk_rows)
         line = max(len(head) / max(head.count(b"\n"), 1), 16.0)
@@ -377,13 +417,17 @@ class CsvSource:
         self._raw.close()
 
 
-def _first_rows(body: bytes, sep: str) -> list[list[str]]:
-    """The first whole data rows in the bytes read after the header (none where they do not parse)."""
-    text = body[: body.rfind(b"\n") + 1].decode("utf-8", errors="replace")
-    try:
-        return list(itertools.islice(csv.reader(io.StringIO(text), delimiter=sep), PROBE_ROWS))
-    except csv.Error:
-        return []
+def _with_first_rows(stream: Any, head: bytes) -> tuple[bytes, bool]:
+    """`head` read on until it holds the first PROBE_ROWS rows and one more line (or PROBE_BYTES);
+    whether it holds the whole stream."""
+    parts, size, lines = [head], len(head), head.count(b"\n")
+    while lines <= PROBE_ROWS + 1 and size < PROBE_BYTES:
+        more = stream.read(HEADER_PROBE)
+        if not more:
+            return b"".join(parts), True
+        parts.append(more)
+        size, lines = size + len(more), lines + more.count(b"\n")
+    return b"".join(parts), False
 
 
 def _header(stream: Any, name: str) -> bytes:

@@ -137,7 +137,7 @@ class Scorer:
             guesses = {n: near_miss(n, unused) for n in missing}
             hints = "; ".join(f"is {g!r} meant to be {n!r}?" for n, g in guesses.items() if g is not None)
             if len(missing) == len(self.names) and len(columns) < len(self.names):  # e.g. a report's title line
-                hints = f"its first line reads {', '.join(columns)[:80]!r}: is the header the first line?"
+                hints = f"its header reads {', '.join(columns)[:80]!r}: is the header the first line?"
             raise ScoringError(
                 f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}"
                 + (f" ({hints})" if hints else "")

@@ -99,9 +99,7 @@ def test_missing_columns_fail_before_any_output(churn_bundle: bundle.BundleRef, 
     assert not out.exists()
     titled = tmp_path / "titled.csv"  # a report's title above the header: the header is not line 1
     titled.write_text("\n".join(["Churn report, November", "", *lines]) + "\n")
-    with pytest.raises(
-        ScoringError, match="its first line reads 'Churn report, November': is the header the first line"
-    ):
+    with pytest.raises(ScoringError, match="its header reads 'Churn report, November': is the header the first line"):
         score_file(Scorer(churn_bundle, "cpu"), titled, out)
 
 

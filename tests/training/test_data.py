@@ -150,6 +150,40 @@ def test_columns_without_a_header_name_are_left_out(tmp_path: Path, suffix: str)
     assert all(why.startswith("no name in the header") for why in prep.schema.dropped.values())
 
 
+_NOTE = '"' + "a note\n" * 1500 + '"'  # 10 kB over many lines: 20 such rows are past the scorer's first read
+
+
+@pytest.mark.parametrize(
+    ("text", "columns"),
+    [
+        ("a,b,y\n1,2,0,", ["a", "b", "y", ""]),  # one row, a trailing delimiter, no final line break
+        ("a,b,y\r\n" + "".join(f"{i},1,{i % 2},\r\n" for i in range(30)), ["a", "b", "y", ""]),
+        ("id,note,y\n" + "".join(f"{i},{_NOTE},{i % 2},\n" for i in range(40)), ["id", "note", "y", ""]),
+        ("g,y\n" + "".join(f'"{i}","m",{i % 2}\n' for i in range(30)), ["", "g", "y"]),  # R's row names
+        ("a,b,y\n" + "".join(f"{i},1,{i % 2}\n" for i in range(30)) + "\n\n", ["a", "b", "y"]),
+        ("Sales report\nx,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)), ["Sales report"]),  # a title
+    ],
+)
+def test_training_and_the_scorer_read_a_header_alike(tmp_path: Path, text: str, columns: list[str]) -> None:
+    """Where a header is one field short of its rows, both readers name the rows' fields alike (the
+    scorer leaves an unnamed one blank, training calls it `Unnamed: N`); a title above the header is
+    refused by training, and the scorer finds none of the model's columns."""
+    from service.scoring.files import open_source
+
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode())
+    source = open_source(path)
+    scored = list(source.columns)
+    source.close()
+    assert scored == columns
+    if columns == ["Sales report"]:
+        with pytest.raises(D.DataError, match=r"line 1 has 1 field\(s\) but the lines below it have 2 \(from line 2\)"):
+            D.read_csv(path)
+        return
+    read = list(D.read_csv(path).columns)
+    assert read == [name or f"Unnamed: {i}" for i, name in enumerate(columns)]
+
+
 @pytest.mark.parametrize("suffix", [".xlsx", ".parquet"])
 def test_a_name_given_twice_in_a_typed_file_is_refused_by_name(tmp_path: Path, suffix: str) -> None:
     """As in a CSV: which of two `tenure` columns a record means is a guess (pandas and Arrow keep both)."""

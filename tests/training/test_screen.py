@@ -96,9 +96,9 @@ def test_auto_adds_the_screened_network_as_a_candidate_only_among_many_useless_c
     assert [row["candidate"] for row in telco.metrics["leaderboard"]] == ["network", "linear path alone"]
 
 
-def test_a_target_no_column_tells_apart_has_the_base_rate_as_its_screened_candidate(tmp_path: Path) -> None:
-    """A coin-flip target: the screen keeps no column, and the candidate says what it is (not "a
-    network on the 0 of 6 columns"); that network gives every record the same probability, the base rate."""
+def test_a_target_no_column_tells_apart_has_a_screened_network_that_answers_the_base_rate(tmp_path: Path) -> None:
+    """A coin-flip target: the screen keeps no column, and the console says so (not "a network on the
+    0 of 6 columns"); a member screened to no column gives every record one probability, the base rate."""
     rng = np.random.default_rng(3)
     df = pd.DataFrame({f"x{j}": rng.normal(size=400).round(3) for j in range(3)})
     for j in range(3):
@@ -108,12 +108,12 @@ def test_a_target_no_column_tells_apart_has_the_base_rate_as_its_screened_candid
     df.to_csv(path, index=False)
     lines: list[str] = []
     result = train(quick_config(path, "y", tmp_path, refit=False, screen="auto"), publish=False, say=lines.append)
-    assert "none of the 6 columns tells the target apart: the base rate as a candidate" in lines
-    board = {row["candidate"]: row for row in result.metrics["leaderboard"]}
-    assert "base rate (no column tells the target apart)" in board and not any("0 of 6" in line for line in lines)
-    # the screened network itself (`--screen on`): it reads no column, so it answers the base rate
+    said = "none of the 6 columns tells the target apart on the development rows: a screened network as a candidate"
+    assert said in lines and not any("0 of 6" in line for line in lines)
+    assert "network, screened columns" in [row["candidate"] for row in result.metrics["leaderboard"]]
+    # `--screen on`: each member screens its own training rows, and here none keeps a column
     alone = train(quick_config(path, "y", tmp_path, refit=False, screen="on"), publish=False, say=lambda _: None)
-    assert alone.model is not None
+    assert alone.model is not None and alone.metrics["screen"]["read"] == []
     enc = alone.pre.encode_columns(columns_of(df.head(50)), 50)
     with torch.no_grad():
         probs = alone.model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy()
