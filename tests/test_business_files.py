@@ -158,15 +158,18 @@ def _garbled(line: str) -> str:
     return buffer.getvalue().strip()
 
 
+UPLOADED = ["semicolon_comma", "cp1252", "money", "padded_header", "dates", "trailing_delimiter", "r_row_names"]
+
+
 @pytest.fixture(scope="module")
 def server(files: dict[str, Variant], store: Path) -> Iterator[Server]:
-    for name in ("telco", "german_signed", "semicolon_comma", "cp1252", "money", "padded_header", "dates"):
+    for name in ("telco", "german_signed", *UPLOADED):
         trained(files[name], store)
     with running_server(store) as running:
         yield running
 
 
-@pytest.mark.parametrize("name", ["semicolon_comma", "cp1252", "money", "padded_header", "dates"])
+@pytest.mark.parametrize("name", UPLOADED)
 def test_the_http_upload_reads_a_file_as_training_did(
     files: dict[str, Variant], store: Path, server: Server, name: str
 ) -> None:
