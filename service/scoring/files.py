@@ -525,6 +525,14 @@ def read_excel(path: Path | str) -> pa.Table:
         raise ScoringError(f"{path} is not a readable Excel workbook: {exc}") from None
     if not rows:
         raise ScoringError(f"{path}: the first sheet is empty")
+    filled = [sum(_cell_text(c).strip() != "" for c in row) for row in rows[: PROBE_ROWS + 1]]
+    start = next(i for i, n in enumerate(filled) if 2 * n > max(filled))
+    if start:  # a report's title (and blank rows) above the table: its header would be the title
+        raise ScoringError(
+            f"{path}: the first sheet's first filled row has {filled[0]} filled cell(s) but the table below it "
+            f"has {max(filled)} (from {start} row(s) further down): is there a title above the header? The "
+            "header must be the first row: remove the rows above it"
+        )
     header = [_cell_text(c) for c in rows[0]]
     width = len(header)
     columns = [[_cell_text(r[j]) if j < len(r) else "" for r in rows[1:]] for j in range(width)]

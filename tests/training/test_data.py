@@ -184,6 +184,25 @@ def test_training_and_the_scorer_read_a_header_alike(tmp_path: Path, text: str, 
     assert read == [name or f"Unnamed: {i}" for i, name in enumerate(columns)]
 
 
+def test_a_title_above_a_sheets_table_is_refused_by_training_and_the_scorer_alike(tmp_path: Path) -> None:
+    """A report's title row (and a blank one) above the header: the header would be the title."""
+    import pandas as pd
+
+    from service.scoring.files import ScoringError, open_source
+
+    path = tmp_path / "report.xlsx"
+    with pd.ExcelWriter(path) as sheet:
+        pd.DataFrame([["Churn report, November"]]).to_excel(sheet, index=False, header=False)
+        pd.DataFrame([[i, i % 7, ["yes", "no"][i % 2]] for i in range(40)], columns=["id", "tenure", "y"]).to_excel(
+            sheet, index=False, startrow=2
+        )
+    said = "first filled row has 1 filled cell(s) but the table below it has 3 (from 2 row(s) further down)"
+    with pytest.raises(D.DataError, match=re.escape(said)):
+        D.read_csv(path)
+    with pytest.raises(ScoringError, match=re.escape(said)):
+        open_source(path)
+
+
 @pytest.mark.parametrize("suffix", [".xlsx", ".parquet"])
 def test_a_name_given_twice_in_a_typed_file_is_refused_by_name(tmp_path: Path, suffix: str) -> None:
     """As in a CSV: which of two `tenure` columns a record means is a guess (pandas and Arrow keep both)."""
