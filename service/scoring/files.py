@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from service.features import Reading
+from service.features import Reading, parse_number
 
 Format = Literal["csv", "csv.gz", "parquet", "jsonl", "excel"]
 FORMATS_TEXT = ".csv (or .txt, .tsv), .csv.gz, .parquet, .jsonl (JSON lines) and .xlsx/.xls"
@@ -98,11 +98,11 @@ def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def names_above_values(row: list[str], below: list[list[str]]) -> bool:
     """Whether `row` reads as a header over `below`: in some column it is not a number, and every
-    value below it is."""
+    value below it is (as training reads numbers: `$1,200`, `12%`)."""
 
     def number(cell: str) -> bool:
         try:
-            float(cell)
+            parse_number(cell)
         except ValueError:
             return False
         return True
