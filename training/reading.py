@@ -71,7 +71,8 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     if not text.strip():
         raise DataError(f"{p} is empty")
     sep = sep or sniff_sep(text)
-    first = files.first_rows(text, sep) or [[]]
+    # the first rows as the scorer samples them (and no copy of a large file's whole text)
+    first = files.first_rows(text[: files.PROBE_BYTES], sep, whole=len(text) <= files.PROBE_BYTES) or [[]]
     names = files.header_for_rows(first[0], first[1:])
     if misfit := _misfit(names, first[1:]):
         raise DataError(f"{p}: {misfit}")
