@@ -178,7 +178,8 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
         entry = {
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "who": by or who(),
-            "action": action,
+            # a proposed version that is champion at once (a name's first) is recorded as what it became
+            "action": "champion" if action == "challenger" and version == new.champion else action,
             "version": version,
             "champion": new.champion,
             "challenger": new.challenger,

@@ -47,6 +47,8 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     config = bundle.resolve(tmp_path, "german_credit").metrics["config"]
     assert config["hidden"] == [16] and config["activation"] == "tanh" and config["dropout"] == 0.1
+    # 2 epochs under a patience of 12: no "its bar ends at best epoch + 12"
+    assert "1 member(s); each runs its 2 epoch(s), fewer than the patience (12), and keeps its best" in run.stdout
 
 
 def test_train_options_come_from_the_config_fields(tmp_path: Path) -> None:

@@ -147,10 +147,10 @@ def infer_schema(
             schema.dropped[col] = "identifier (--id-column); passed through scoring"
         elif col in cfg.drop:
             schema.dropped[col] = "dropped by request"
+        elif UNNAMED.fullmatch(col) and not df[col].str.strip().astype(bool).any():
+            schema.dropped[col] = "no name in the header and no values (a delimiter ending each line, an empty column)"
         elif UNNAMED.fullmatch(col):
-            schema.dropped[col] = (
-                "no name in the header (a written row index, a spreadsheet's empty column); name it to use it"
-            )
+            schema.dropped[col] = "no name in the header (a written row index); name it to use it"
         else:
             _classify(col, df[col], schema, cfg)
         schema.table.append(_row(col, schema))

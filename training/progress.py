@@ -28,11 +28,13 @@ def run_training(config_file: Path | None, overrides: dict[str, Any], console: C
 def train_with_progress(cfg: TrainConfig, console: Console) -> TrainResult:
     """Train with a live bar per member, then print the members and the summary; returns the result."""
     console.print(f"training [bold]{cfg.name}[/] on {cfg.data} → target [bold]{cfg.target}[/]")
-    console.print(
-        f"  {cfg.ensemble} member(s); each stops {cfg.patience} epochs after its best validation loss "
-        f"(at most {cfg.epochs} epochs): its bar ends at best epoch + {cfg.patience} unless validation improves",
-        soft_wrap=True,
+    stops = (
+        f"each stops {cfg.patience} epochs after its best validation loss (at most {cfg.epochs} epochs): its bar "
+        f"ends at best epoch + {cfg.patience} unless validation improves"
+        if cfg.epochs > cfg.patience
+        else f"each runs its {cfg.epochs} epoch(s), fewer than the patience ({cfg.patience}), and keeps its best"
     )
+    console.print(f"  {cfg.ensemble} member(s); {stops}", soft_wrap=True)
     progress = Progress(
         TextColumn("[cyan]{task.description}"),
         BarColumn(),

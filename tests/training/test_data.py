@@ -148,6 +148,9 @@ def test_columns_without_a_header_name_are_left_out(tmp_path: Path, suffix: str)
     # the sheet's last column, blank to the end, is outside its used area: never read
     assert sorted(prep.schema.dropped) == ["Unnamed: 0", "Unnamed: 4", "Unnamed: 5"][: 3 if suffix == ".csv" else 2]
     assert all(why.startswith("no name in the header") for why in prep.schema.dropped.values())
+    # the written index has values (name it to use it); the empty columns have none
+    assert prep.schema.dropped["Unnamed: 0"].endswith("name it to use it")
+    assert "no values" in prep.schema.dropped["Unnamed: 4"]
 
 
 _NOTE = '"' + "a note\n" * 1500 + '"'  # 10 kB over many lines: 20 such rows are past the scorer's first read

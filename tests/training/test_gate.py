@@ -68,7 +68,7 @@ def history(store: Path) -> list[dict[str, Any]]:
 def test_the_first_version_is_champion_with_nothing_compared(store: Path) -> None:
     state = release.current(store, "churn")
     assert (state.champion, state.challenger) == (1, None)
-    assert [(h["action"], h["version"], h["why"]) for h in state.history] == [("challenger", 1, "first version")]
+    assert [(h["action"], h["version"], h["why"]) for h in state.history] == [("champion", 1, "first version")]
     assert "comparison" not in json.loads((store / "churn" / "1" / "metrics.json").read_text())
 
 
