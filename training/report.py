@@ -558,6 +558,9 @@ def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None)
             ],
             "",
         ]
+        if "published" in cal:  # the refit's own map (training/pipeline.py: matched_platt)
+            pub = cal["published"]
+            lines += [f"The published refit: a {pub['a']:.3f}, b {pub['b']:.3f}, {pub['why']}.", ""]
     else:
         lines += ["Not recalibrated (`--calibrate` off).", ""]
     return lines

@@ -70,15 +70,39 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     with torch.no_grad():
         x, c = model.normalize(torch.from_numpy(num)), torch.from_numpy(cat)
         logits = np.stack([m(x, c).numpy()[:, 0].astype(np.float64) for m in model.members])
-    expected = 1 / (1 + np.exp(-(cal["a"] * logits.mean(axis=0) + cal["b"])))
+    pub = cal["published"]  # the refit's own a·z + b: the evaluation fit's, after matching its logits
+    expected = 1 / (1 + np.exp(-(pub["a"] * logits.mean(axis=0) + pub["b"])))
     raw = 1 / (1 + np.exp(-logits.mean(axis=0)))
     assert np.abs(got - expected).max() < 1e-5
     assert not np.allclose(got, raw, atol=1e-3)  # the scaling did something
+    # the refit's calibrated logits on the out-of-fold rows have the mean and spread of the evaluation
+    # fit's calibrated out-of-fold logits
+    assert result.out_of_fold is not None
+    oof = result.out_of_fold[1][:, 1].astype(np.float64)
+    evaluated = cal["a"] * (np.log(oof) - np.log1p(-oof)) + cal["b"]
+    rows = np.concatenate([va for _, va in prep.split.folds])
+    with torch.no_grad():
+        x, c = model.normalize(torch.from_numpy(prep.enc.num[rows])), torch.from_numpy(prep.enc.cat[rows])
+        refit = pub["a"] * torch.stack([m(x, c)[:, 0] for m in model.members]).mean(dim=0).double().numpy() + pub["b"]
+    assert refit.mean() == pytest.approx(evaluated.mean(), abs=1e-3)
+    assert refit.std() == pytest.approx(evaluated.std(), rel=1e-3)
+    assert (pub["a"], pub["b"]) != pytest.approx((cal["a"], cal["b"]), abs=1e-3)  # the refit's logits spread otherwise
     # a row's score does not depend on the rows scored beside it (the file scorer's batches vary)
     alone = np.concatenate(
         [session.run(None, {"num": num[i : i + 7], "cat": cat[i : i + 7]})[0][:, 1] for i in range(0, 500, 7)]
     )
     assert np.array_equal(alone, got)
+
+
+def test_a_refit_over_confident_and_shifted_is_mapped_onto_the_evaluation_fits_calibrated_logits() -> None:
+    from training.pipeline import matched_platt
+
+    z = np.random.default_rng(0).normal(-1.5, 1.2, 2_000)  # out-of-fold logits
+    refit = 1.4 * z + 0.5  # the same ranking, spread wider and shifted up
+    platt = torch.tensor([0.9, -0.1])
+    a, b = matched_platt(platt, 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-refit))).tolist()
+    assert np.abs((a * refit + b) - (0.9 * z - 0.1)).max() < 1e-4
+    assert torch.equal(matched_platt(platt, 1 / (1 + np.exp(-z)), np.full(2_000, 0.2)), platt)  # nothing to stretch
 
 
 def test_multiclass_calibration_is_a_temperature_and_a_bias_per_class(tmp_path: Path) -> None:
