@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# each pytest-xdist worker starts a Ray of its own: never one joining another's (ray.init's default
+# joins the latest local cluster, which the other worker may shut down under it)
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data" / "telco_churn.csv"
