@@ -15,7 +15,7 @@ import pytest
 from service import bundle
 from tests.fixtures.make_business_files import Variant, make_all
 from tests.service.conftest import Server, running_server, telco_records
-from tests.test_cli import tabserve
+from tests.test_cli import tabserve_here
 
 # the quick settings of tests/test_cli.py, without the refit: the published model is the evaluated one
 QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots", "--no-refit"]
@@ -40,13 +40,13 @@ def trained(variant: Variant, store: Path) -> tuple[str, Path]:
     """`tabserve train` on the variant (once per module): its output and the scores of its own file."""
     key = (store, variant.name)
     if key not in _runs:
-        run = tabserve(
+        run = tabserve_here(
             "train", "--data", str(variant.path), "--target", variant.target, "--name", variant.name, *QUICK_FLAGS,
             store=store,
         )  # fmt: skip
         assert run.returncode == 0, run.stdout + run.stderr
         out = store.parent / f"{store.name}-{variant.name}.csv"
-        scored = tabserve(
+        scored = tabserve_here(
             "score", "--model", variant.name, "--input", str(variant.path), "--output", str(out), store=store
         )
         assert scored.returncode == 0, scored.stdout + scored.stderr
@@ -113,7 +113,7 @@ def test_old_bundles_read_as_before(files: dict[str, Variant], store: Path) -> N
         feature.pop("match", None)
     (old / "preprocess.json").write_text(json.dumps(doc))
     out = store.parent / "old.csv"
-    run = tabserve(
+    run = tabserve_here(
         "score", "--model", "telco_old", "--input", str(files["telco"].path), "--output", str(out), store=store
     )
     assert run.returncode == 0, run.stderr
@@ -125,7 +125,7 @@ def test_unknown_format_and_failing_files_are_refused_with_the_reason(
 ) -> None:
     doc = tmp_path / "telco.json"
     doc.write_text("[]")
-    run = tabserve("train", "--data", str(doc), "--target", "Churn", store=store)
+    run = tabserve_here("train", "--data", str(doc), "--target", "Churn", store=store)
     assert run.returncode == 2 and ".jsonl (JSON lines)" in run.stderr and ".xlsx" in run.stderr
     trained(files["telco"], store)
     text = files["telco"].path.read_text().splitlines()
@@ -133,7 +133,7 @@ def test_unknown_format_and_failing_files_are_refused_with_the_reason(
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.csv"
-    run = tabserve("score", "--model", "telco", "--input", str(bad), "--output", str(out), store=store)
+    run = tabserve_here("score", "--model", "telco", "--input", str(bad), "--output", str(out), store=store)
     assert run.returncode == 2, run.stdout
     assert "rows failed" in run.stderr and "field 'MonthlyCharges': expected a number" in run.stderr
 

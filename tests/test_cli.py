@@ -29,6 +29,23 @@ def tabserve(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def tabserve_here(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    """The same command in this process (typer's runner): without the seconds a new process spends
+    importing torch and scikit-learn, for tests that run it on a dozen files. An exception it raises
+    comes back in stderr with its traceback."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from tabserve.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"TABSERVE_MODELS_DIR": str(store)})
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["tabserve", *args], result.exit_code, result.stdout, stderr)
+
+
 def test_train_then_list(tmp_path: Path) -> None:
     run = tabserve("train", *GERMAN_ARGS, "--name", "credit", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 0, run.stderr
