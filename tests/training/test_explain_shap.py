@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,27 +126,48 @@ def agreement(reasons: Reasons, ours: Effects, theirs: np.ndarray) -> dict[str, 
     }
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Torch on one thread: these small matrices gain nothing from two, and on a busy machine
     two threads wait on each other (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def telco_run(tmp_path_factory: pytest.TempPathFactory) -> Explained:
+    """A telco model trained once for the tests here that read one (training is most of their time)."""
+    with torch_threads(1):
+        return explained(TELCO, "Churn", tmp_path_factory.mktemp("telco"), epochs=EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def german_run(tmp_path_factory: pytest.TempPathFactory) -> Explained:
+    with torch_threads(1):
+        return explained(GERMAN, "creditability", tmp_path_factory.mktemp("german"), epochs=EPOCHS)
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize(("data", "target"), [(TELCO, "Churn"), (GERMAN, "creditability")], ids=["telco", "german"])
-def test_reasons_agree_with_shap(tmp_path: Path, data: Path, target: str) -> None:
-    run = explained(data, target, tmp_path, epochs=EPOCHS)
+@pytest.mark.parametrize("trained", ["telco_run", "german_run"])
+def test_reasons_agree_with_shap(request: pytest.FixtureRequest, trained: str) -> None:
+    run: Explained = request.getfixturevalue(trained)
     ours, n_features = run.effects, run.explainer.group.shape[1]
     # the switched function is the one ours explains: all on is the record's score, all off the reference's
     on_off = np.repeat([[1.0], [0.0]], n_features, axis=1)
     ends = np.array([switched(run.explainer, row)(on_off) for row in run.x])
     np.testing.assert_allclose(ends, np.stack([ours.score, ours.baseline], axis=1), atol=1e-4)
     figures = agreement(run.reasons, ours, shapley(run.explainer, run.x))
-    print(data.name, {k: float(f"{v:.4g}") for k, v in figures.items()})
+    print(trained, {k: float(f"{v:.4g}") for k, v in figures.items()})
     assert figures["records"] == ROWS
     assert figures["additivity_max_gap"] <= 1e-4
     assert figures["top4_3_of_4"] >= 0.9, figures
@@ -154,10 +176,10 @@ def test_reasons_agree_with_shap(tmp_path: Path, data: Path, target: str) -> Non
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_record_scored_at_the_reference_is_explained_alike_in_onnx_runtime(tmp_path: Path) -> None:
+def test_a_record_scored_at_the_reference_is_explained_alike_in_onnx_runtime(telco_run: Explained) -> None:
     """A record whose score lies about 1e-5 from the reference's, its features far from it: large
     effects that cancel. The rescaling to the score's change must not amplify rounding there."""
-    run = explained(TELCO, "Churn", tmp_path, epochs=EPOCHS)
+    run = telco_run
     cfg = build_config(data=str(TELCO), target="Churn", report_plots=False)
     prep = prepare_data(cfg, say=lambda _: None)
     col = [f.name for f in prep.pre.numeric].index("tenure")
@@ -198,7 +220,7 @@ def test_multiclass_effects_that_cancel_are_the_path_integrals(tmp_path: Path) -
     shares cancel. Each share must be the integral of the score's slope along the path (computed
     here on 2,000 points), not those rescaled by a ratio of two near-zero numbers, which turns
     float32's rounding into large errors (diamonds' cut: ONNX Runtime's effects 0.016 from PyTorch's)."""
-    explainer = explained(TELCO, "Contract", tmp_path, epochs=EPOCHS).explainer
+    explainer = explained(TELCO, "Contract", tmp_path, epochs=2).explainer  # its math, not its fit, is tested
     m, c = explainer.m, explainer.n_out
     a, b = explainer.fused.platt[0].double(), explainer.fused.platt[1:].double()
     ref = explainer.ref_logits.double().reshape(m, c) * a + b  # calibrated, as the score reads them
