@@ -4,6 +4,7 @@ sends, the answer is never a 5xx (503 and 504, the refusals under load, aside)."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -69,24 +70,31 @@ def bodies(draw: st.DrawFn) -> Any:
     return draw(json_values)
 
 
-def assert_no_server_error(server: Server, path: str, content: bytes, content_type: str = "application/json") -> None:
-    answer = httpx.post(server.url + path, content=content, headers={"content-type": content_type}, timeout=30)
+@pytest.fixture
+def client(churn_server: Server) -> Iterator[httpx.Client]:
+    """One client for a test's examples: a new one each time builds an SSL context (~60 ms)."""
+    with httpx.Client(base_url=churn_server.url, timeout=30) as client:
+        yield client
+
+
+def assert_no_server_error(client: httpx.Client, path: str, content: bytes, content_type: str) -> None:
+    answer = client.post(path, content=content, headers={"content-type": content_type})
     assert answer.status_code < 500 or answer.status_code in (503, 504), (path, content[:300], answer.text[:300])
     assert answer.headers["content-type"].startswith("application/json")
 
 
 @pytest.mark.parametrize("path", ROUTES)
-def test_no_json_body_gets_a_5xx(churn_server: Server, path: str) -> None:
+def test_no_json_body_gets_a_5xx(client: httpx.Client, path: str) -> None:
     @FUZZ
     @given(body=bodies())
     def check(body: Any) -> None:
-        assert_no_server_error(churn_server, path, json.dumps(body).encode())
+        assert_no_server_error(client, path, json.dumps(body).encode(), "application/json")
 
     check()
 
 
 @pytest.mark.parametrize("path", ROUTES)
-def test_no_damaged_body_gets_a_5xx(churn_server: Server, path: str) -> None:
+def test_no_damaged_body_gets_a_5xx(client: httpx.Client, path: str) -> None:
     valid = json.dumps({"records": RECORDS[:2]}).encode()
 
     @FUZZ
@@ -97,7 +105,7 @@ def test_no_damaged_body_gets_a_5xx(churn_server: Server, path: str) -> None:
     )
     def check(cut: int, junk: bytes, content_type: str) -> None:
         body = valid[:cut] + junk + valid[cut + len(junk) :]
-        answer = httpx.post(churn_server.url + path, content=body, headers={"content-type": content_type}, timeout=30)
+        answer = client.post(path, content=body, headers={"content-type": content_type})
         assert answer.status_code < 500 or answer.status_code in (503, 504), (path, body[:300], answer.text[:300])
 
     check()
