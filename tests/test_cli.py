@@ -1,4 +1,5 @@
-"""The `tabserve` command as a user runs it: a real subprocess on the real data sets."""
+"""The `tabserve` command as a user runs it: a real subprocess on the real data sets (its refusals of
+bad input: the same command in this process, without a new process's seconds of imports each)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def test_train_options_come_from_the_config_fields(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_one_line_error_nonzero_exit(tmp_path: Path, args: list[str], message: str) -> None:
-    run = tabserve("train", *args, "--name", "bad", *QUICK_FLAGS, store=tmp_path)
+    run = tabserve_here("train", *args, "--name", "bad", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 2
     assert message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
@@ -102,7 +103,7 @@ def test_bad_input_one_line_error_nonzero_exit(tmp_path: Path, args: list[str], 
 
 def test_one_class_target_publishes_nothing(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "one.csv", ["a", "b", "y"], [[i, i % 3, "yes"] for i in range(40)])
-    run = tabserve("train", "--data", str(data), "--target", "y", "--name", "one", *QUICK_FLAGS, store=tmp_path)
+    run = tabserve_here("train", "--data", str(data), "--target", "y", "--name", "one", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 2 and "one class" in run.stderr
     assert not (tmp_path / "one").exists() or bundle.versions(tmp_path, "one") == []
 
