@@ -434,7 +434,7 @@ def score(
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
     engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data).")] = "local",
     ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster to connect to (default: start a local Ray).")
+        str | None, typer.Option(help="Ray cluster to join: auto, host:port (default: $RAY_ADDRESS, else a local Ray).")
     ] = None,
     explain: Annotated[
         str | None,

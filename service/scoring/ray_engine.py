@@ -132,6 +132,13 @@ class ScoreActor:
         return out.set_column(out.schema.get_field_index("error"), "error", named)
 
 
+def cluster_address(address: str | None) -> str:
+    """The Ray to score on: the one named (--ray-address, else Ray's RAY_ADDRESS), else "local", a Ray
+    of our own. Not ray.init's default: that joins the last cluster started on this machine (`ray
+    start`, another job's), which refuses a CPU count."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def score_with_ray(
     ref: BundleRef,
     input: str,
@@ -164,9 +171,11 @@ def score_with_ray(
     wanted, schema = plans[0]
 
     cpus = cpus or cpu_budget().cpus
+    address = cluster_address(address)
+    local = address == "local"
     if not ray.is_initialized():
         # a read task takes a whole logical CPU: fewer than two leaves none beside the actor (a hang)
-        logical = None if address else max(2, cpus)
+        logical = max(2, cpus) if local else None
         ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # output rows in input order
@@ -174,7 +183,6 @@ def score_with_ray(
     gpus = resources.get("GPU", 0) if device != "cpu" else 0
     if device == "cuda" and not gpus:
         raise ScoringError("device=cuda, but the Ray cluster has no GPUs (use --device auto or cpu)")
-    local = address is None
     # locally one actor per two CPUs of the budget: the reads and writes need the rest
     pool = actors or (max(1, cpus // 2) if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
     read_as = reading or scorer.pre.read  # the training file's delimiter and encoding, unless told otherwise

@@ -76,3 +76,19 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
     distributed = [row for part in parts for row in _read(part)]
     assert (summary.rows_in, summary.rows_failed) == (local.rows_in, local.rows_failed) == (200, 2)
     assert distributed == _read(tmp_path / "local.csv")
+
+
+def test_without_an_address_ray_starts_its_own_and_never_joins_the_last_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ray.init's default joins the last cluster `ray start` left on the machine, which refuses the
+    CPU count a Ray of our own gets: no address means "local"; Ray's own variable still names one."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    from service.scoring.ray_engine import cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) == "local"
+    assert cluster_address("auto") == "auto"  # --ray-address auto: the running cluster, as Ray reads it
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert cluster_address(None) == "10.0.0.5:6379"
+    assert cluster_address("ray://head:10001") == "ray://head:10001"  # the flag over the variable
