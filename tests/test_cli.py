@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,16 +86,24 @@ def test_train_options_come_from_the_config_fields(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "command"),
     [
-        (["--data", "missing.csv", "--target", "y"], "not found"),
-        (["--data", str(GERMAN), "--target", "nope"], "target column 'nope' is not in the data (columns: "),
-        (["--data", str(GERMAN), "--target", "Creditability"], "did you mean 'creditability'?"),
-        (["--data", str(GERMAN), "--target", "creditability", "--activation", "swish"], "activation"),
+        (["--data", "missing.csv", "--target", "y"], "not found", tabserve_here),
+        (
+            ["--data", str(GERMAN), "--target", "nope"],
+            "target column 'nope' is not in the data (columns: ",
+            tabserve_here,
+        ),
+        # a new process: whatever its imports print on stderr would be seen too
+        (["--data", str(GERMAN), "--target", "Creditability"], "did you mean 'creditability'?", tabserve),
+        (["--data", str(GERMAN), "--target", "creditability", "--activation", "swish"], "activation", tabserve_here),
     ],
+    ids=["missing", "no-such-target", "did-you-mean", "activation"],
 )
-def test_bad_input_one_line_error_nonzero_exit(tmp_path: Path, args: list[str], message: str) -> None:
-    run = tabserve_here("train", *args, "--name", "bad", *QUICK_FLAGS, store=tmp_path)
+def test_bad_input_one_line_error_nonzero_exit(
+    tmp_path: Path, args: list[str], message: str, command: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    run = command("train", *args, "--name", "bad", *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 2
     assert message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -79,16 +79,34 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
 
 
 def test_without_an_address_ray_starts_its_own_and_never_joins_the_last_cluster(
-    monkeypatch: pytest.MonkeyPatch,
+    churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ray.init's default joins the last cluster `ray start` left on the machine, which refuses the
-    CPU count a Ray of our own gets: no address means "local"; Ray's own variable still names one."""
+    CPU count a Ray of our own gets: no address is "local"; Ray's own variable, or the flag, names one."""
     pytest.importorskip("ray.data", reason="the Ray extra is not installed")
-    from service.scoring.ray_engine import cluster_address
+    import ray
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert cluster_address(None) == "local"
-    assert cluster_address("auto") == "auto"  # --ray-address auto: the running cluster, as Ray reads it
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    assert cluster_address(None) == "10.0.0.5:6379"
-    assert cluster_address("ray://head:10001") == "ray://head:10001"  # the flag over the variable
+    from service.scoring.ray_engine import score_with_ray
+
+    class Started(Exception):
+        """ray.init reached: what it was given is all this test needs."""
+
+    calls: list[dict[str, object]] = []
+
+    def init(**options: object) -> None:
+        calls.append(options)
+        raise Started
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    source = _telco_head(tmp_path / "in.csv", 20)
+    runs = [(None, None, ("local", 3)), ("10.0.0.5:6379", None, ("10.0.0.5:6379", None))]
+    runs.append(("10.0.0.5:6379", "auto", ("auto", None)))  # the flag over the variable
+    for variable, flag, (address, cpus) in runs:
+        if variable is None:
+            monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        else:
+            monkeypatch.setenv("RAY_ADDRESS", variable)
+        with pytest.raises(Started):
+            score_with_ray(churn_bundle, str(source), tmp_path / "out.csv", address=flag, cpus=3)
+        assert (calls[-1]["address"], calls[-1]["num_cpus"]) == (address, cpus)
