@@ -1,5 +1,6 @@
-"""Business files as they really come (issue 21): each trains and scores with `tabserve` as a user runs
-it, to the same numbers as the clean file (or a clear refusal); the service reads them the same way."""
+"""Business files as they really come (issue 21): each trains and scores with the `tabserve` commands a
+user runs (in the test process: tests/test_cli.py's `tabserve_here`), to the same numbers as the clean
+file (or a clear refusal); the service reads them the same way."""
 
 from __future__ import annotations
 

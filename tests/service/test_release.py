@@ -24,7 +24,7 @@ from tests.conftest import TELCO, quick_config
 from tests.service.conftest import copy_store, republish, running_server, telco_records
 
 ADMIN = {"Authorization": "Bearer s3cret"}
-CANARY_REQUESTS = 4_000  # each checked against the id's own bucket: a count for the share, not for chance
+CANARY_REQUESTS = 4_000  # each one is checked against its id's bucket: enough ids, not a statistic
 
 
 def in_canary(customer: str, share: float) -> bool:
