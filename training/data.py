@@ -647,6 +647,11 @@ class Split:
     test: np.ndarray
     folds: list[tuple[np.ndarray, np.ndarray]]  # (train, val) index pairs into the frame
 
+    @property
+    def val_rows(self) -> np.ndarray:
+        """The folds' validation rows, fold after fold: the rows of the out-of-fold outputs, in order."""
+        return np.concatenate([va for _, va in self.folds])
+
 
 def split_rows(target: Target, cfg: TrainConfig, test: np.ndarray | None = None) -> Split:
     """Seeded, stratified (for classification) test split, then k folds or one validation split."""

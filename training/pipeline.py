@@ -180,21 +180,19 @@ def fit_ensemble(
     members start from it), the curves and the out-of-fold rows."""
     deterministic()
     data = prep.tensors
-    network, linear, histories, val_rows = [], [], [], []
+    network, linear, histories = [], [], []
     for i, (tr, va) in enumerate(prep.split.folds):
         model, hist = fit_fold(prep.pre, cfg, data, i, (tr, va), on_epoch)
         network.append(model)
         histories.append(hist)
-        val_rows.append(va)
         if cfg.linear_skip and cfg.linear_init and hist.start is not None:
             start = TabularMLP(prep.pre, cfg)
             start.load_state_dict(hist.start)
             linear.append(start.eval())
-    rows = np.concatenate(val_rows)
     candidates = [Candidate("network", network, _oof(prep, network), [h.lrs[: h.best_epoch + 1] for h in histories])]
     if linear:
         candidates.append(Candidate("linear path alone", linear, _oof(prep, linear), [[] for _ in linear]))
-    return candidates, histories, rows
+    return candidates, histories, prep.split.val_rows
 
 
 # `screen = "auto"`: a wide file whose screen leaves out this share of the columns or more (many useless
@@ -278,7 +276,7 @@ def tune_candidate(
         return _scorer_output(EnsembleModel(pre, [member]), prep.enc, rows)
 
     ends = np.cumsum([len(va) for _, va in folds])
-    rows = np.concatenate([va for _, va in folds])
+    rows = prep.split.val_rows
     running = [loss_of(rows[:end], network.oof[:end]) for end in ends]
     say(f"searching for {deadline - time.perf_counter():.0f} s more (optuna TPE, pruning after each fold)")
     best, summary = tune.search(
@@ -319,7 +317,7 @@ def refit_ensemble(prep: TrainingData, cfg: TrainConfig, chosen: Candidate, plat
     ]
     refitted = EnsembleModel(prep.pre, members).eval()
     if prep.pre.task == "binary" and not torch.equal(platt, identity(1)):
-        rows = np.concatenate([va for _, va in prep.split.folds])  # the out-of-fold rows, in their order
+        rows = prep.split.val_rows
         refitted.platt = matched_platt(platt, chosen.oof[:, 1], _scorer_output(refitted, prep.enc, rows)[:, 1])
     else:
         refitted.platt = platt.clone()  # the calibration the evaluation fit's out-of-fold outputs gave

@@ -80,7 +80,7 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     assert result.out_of_fold is not None
     oof = result.out_of_fold[1][:, 1].astype(np.float64)
     evaluated = cal["a"] * (np.log(oof) - np.log1p(-oof)) + cal["b"]
-    rows = np.concatenate([va for _, va in prep.split.folds])
+    rows = prep.split.val_rows
     with torch.no_grad():
         x, c = model.normalize(torch.from_numpy(prep.enc.num[rows])), torch.from_numpy(prep.enc.cat[rows])
         refit = pub["a"] * torch.stack([m(x, c)[:, 0] for m in model.members]).mean(dim=0).double().numpy() + pub["b"]
