@@ -466,6 +466,8 @@ def train(
         if "calibration" in metrics and pre.task == "binary":  # the refit's own a·z + b (matched_platt)
             a, b = scorer.platt.tolist()
             metrics["calibration"]["published"] = {"a": a, "b": b, "why": MATCHED}
+        # the published members trained on the test rows too: their values are not out of range
+        prep.pre = pre = D.widen_ranges(pre, prep.enc.num)
     if cfg.screen == "on":  # model risk: which columns the published members read at all
         metrics["screen"] = _screen_summary(pre, scorer)
     result = TrainResult(pre, metrics, histories, scorer, out_of_fold=(y[val_rows], chosen.oof))

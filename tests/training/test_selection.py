@@ -236,3 +236,28 @@ def test_a_heavy_tailed_column_enters_the_graph_as_its_training_quantile(tmp_pat
     with torch.no_grad():
         want = result.model(torch.from_numpy(num), torch.from_numpy(cat)).numpy()
     assert np.abs(session.run(None, {"num": num, "cat": cat})[0] - want).max() < 1e-5
+
+
+def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> None:
+    """The published range is the rows its members learnt from: every row after a refit, the fitted
+    rows without one (a test row beyond them is then rightly out of range)."""
+    import pandas as pd
+
+    from service.features import Preprocess
+
+    df = pd.read_csv(GERMAN, dtype=str, keep_default_na=False)
+    columns = {c: df[c].to_numpy() for c in df.columns}
+    flagged = {}
+    for refit in (False, True):
+        cfg = quick_config(GERMAN, "creditability", tmp_path / str(refit), refit=refit, epochs=1)
+        result = train(cfg, say=lambda _: None)
+        assert result.bundle is not None
+        pre = Preprocess.load(result.bundle.path / bundle.PREPROCESS_FILE)
+        split = prepare_data(cfg, say=lambda _: None).split
+        enc = pre.encode_columns(columns, len(df))
+        rows = np.arange(len(df)) if refit else split.dev
+        assert [f.min_ for f in pre.numeric] == np.nanmin(enc.num[rows], axis=0).tolist()
+        assert [f.max_ for f in pre.numeric] == np.nanmax(enc.num[rows], axis=0).tolist()
+        flagged[refit] = {row for row, found in enc.warnings.items() if any("seen in training" in w for w in found)}
+        assert flagged[refit] <= set(split.test.tolist())
+    assert flagged[False] and not flagged[True]  # german: test rows beyond the development rows' range
