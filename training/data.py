@@ -889,8 +889,6 @@ def widen_ranges(pre: Preprocess, num: np.ndarray) -> Preprocess:
     """`pre` with each numeric feature's range (`min_`, `max_`) widened to the values in `num` (rows ×
     numeric features, as the model reads them): what a refit on every row saw, so that a value it trained
     on is not called out of range. Every other figure stays the fitted rows' (the graph's scaling)."""
-    if not len(num):
-        return pre
     low, high = np.nanmin(num, axis=0), np.nanmax(num, axis=0)
     features, k = [], 0
     for f in pre.features:

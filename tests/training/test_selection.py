@@ -244,9 +244,10 @@ def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> No
     import pandas as pd
 
     from service.features import Preprocess
+    from training.data import columns_of
 
     df = pd.read_csv(GERMAN, dtype=str, keep_default_na=False)
-    columns = {c: df[c].to_numpy() for c in df.columns}
+    columns = columns_of(df)
     flagged = {}
     for refit in (False, True):
         cfg = quick_config(GERMAN, "creditability", tmp_path / str(refit), refit=refit, epochs=1)
