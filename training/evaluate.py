@@ -38,6 +38,17 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(ece)
 
 
+def calibration_slope(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Cox's calibration slope and intercept: the logistic regression of the outcome on the predicted
+    log-odds. Calibrated: 1 and 0; a slope above 1, predictions too timid; below 1, too sure."""
+    if len(np.unique(y)) < 2:
+        return {"slope": float("nan"), "intercept": float("nan")}
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    z = (np.log(clipped) - np.log1p(-clipped)).reshape(-1, 1)
+    fit = LogisticRegression(C=np.inf).fit(z, y)  # no penalty: the slope itself is the figure
+    return {"slope": float(fit.coef_[0, 0]), "intercept": float(fit.intercept_[0])}
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
     """The positive-class probability cut-off, chosen on validation predictions by `rule`."""
     try:

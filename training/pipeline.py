@@ -22,7 +22,7 @@ from service.features import Encoded, EncodingError, Preprocess
 from training import data as D
 from training import export, gate, report
 from training.config import TrainConfig, parse_seconds
-from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, choose_threshold, task_metrics
+from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, calibration_slope, choose_threshold, task_metrics
 from training.explain import write_explainer
 from training.model import EPS, EnsembleModel, Normalize, TabularMLP, identity, scaled
 from training.train import (
@@ -455,8 +455,8 @@ def train(
             "method": f"{method} of {logits} (a·z + b), fitted on the out-of-fold outputs",
             "a": a,
             "b": b[0] if pre.task == "binary" else b,
-            "test_before": {k: task_metrics(pre, y[split.test], raw_test)[k] for k in ("ece", "brier", "log_loss")},
-            "test_after": {k: metrics["test"][k] for k in ("ece", "brier", "log_loss")},
+            "test_before": _calibration_figures(pre, y[split.test], raw_test),
+            "test_after": _calibration_figures(pre, y[split.test], test_out),
         }
     metrics["fits"] = _fits(prep, cfg, chosen)
     say(f"chosen on out-of-fold rows: {chosen.name} (" + ", ".join(_board_text(r) for r in leaderboard) + ")")
@@ -490,6 +490,15 @@ def train(
         result.release, result.decision = _decide(root, cfg, result.bundle.version, result.comparison)
     metrics["train_seconds"] = time.perf_counter() - started
     return result
+
+
+def _calibration_figures(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """ECE, Brier and log loss of outputs; binary: Cox's calibration slope and intercept too."""
+    metrics = task_metrics(pre, y, out)
+    figures = {k: metrics[k] for k in ("ece", "brier", "log_loss")}
+    if pre.task == "binary":
+        figures |= calibration_slope(y, out[:, 1])
+    return figures
 
 
 def _screen_summary(pre: Preprocess, scorer: EnsembleModel) -> dict[str, Any]:

@@ -527,6 +527,15 @@ def confusion_lines(pre: Preprocess, ev: Evidence) -> list[str]:
     return [*lines, ""]
 
 
+CALIBRATION_FIGURES = {
+    "ece": "ECE",
+    "brier": "Brier",
+    "log_loss": "log loss",
+    "slope": "slope",
+    "intercept": "intercept",
+}
+
+
 def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> list[str]:
     """Whether a predicted probability means what it says: bins with their rows, and the calibration's effect."""
     if pre.task == "regression" or ev is None:
@@ -547,17 +556,25 @@ def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None)
     cal = doc["metrics"].get("calibration")
     if cal:
         b = cal["b"] if isinstance(cal["b"], list) else [cal["b"]]
+        # slope and intercept: binary only
+        keys = [k for k in CALIBRATION_FIGURES if k in cal["test_after"]]
         lines += [
             f"{cal['method']} (a {cal['a']:.3f}, b {', '.join(f'{v:.3f}' for v in b)}), on the test rows:",
             "",
-            "| | ECE | Brier | log loss |",
-            "|---|---|---|---|",
+            "| | " + " | ".join(CALIBRATION_FIGURES[k] for k in keys) + " |",
+            "|---|" + "---|" * len(keys),
             *[
-                f"| {when} | " + " | ".join(f"{cal[key][k]:.4f}" for k in ("ece", "brier", "log_loss")) + " |"
+                f"| {when} | " + " | ".join(f"{cal[key][k]:.4f}" for k in keys) + " |"
                 for when, key in (("before", "test_before"), ("after", "test_after"))
             ],
             "",
         ]
+        if "slope" in keys:
+            lines += [
+                "Slope and intercept: Cox's, the logistic regression of the outcome on the predicted log-odds; "
+                "1 and 0 when calibrated, a slope above 1 where the probabilities are too timid, below 1 too sure.",
+                "",
+            ]
         if "published" in cal:  # the refit's own map (training/pipeline.py: matched_platt)
             pub = cal["published"]
             lines += [f"The published refit: a {pub['a']:.3f}, b {pub['b']:.3f}, {pub['why']}.", ""]

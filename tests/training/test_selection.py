@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from service import bundle
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
-from training.evaluate import expected_calibration_error
+from training.evaluate import calibration_slope, expected_calibration_error
 from training.pipeline import prepare_data, train
 
 
@@ -59,7 +60,15 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     assert result.bundle is not None
     doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
     cal = doc["calibration"]
-    assert set(cal["test_before"]) == set(cal["test_after"]) == {"ece", "brier", "log_loss"}
+    assert set(cal["test_before"]) == set(cal["test_after"]) == {"ece", "brier", "log_loss", "slope", "intercept"}
+    # Cox's slope and intercept: the Bernoulli likelihood's maximum over (slope, intercept) on the test outputs
+    held = np.load(result.bundle.path / bundle.EVALUATION_FILE)
+    y = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None).target.y[held["rows"]]
+    p = np.clip(held["out"][:, 1], 1e-7, 1 - 1e-7)
+    z = np.log(p) - np.log1p(-p)
+    nll = lambda w: np.logaddexp(0, -(2 * y - 1) * (w[0] * z + w[1])).sum()  # noqa: E731
+    best = minimize(nll, [1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9}).x
+    assert (cal["test_after"]["slope"], cal["test_after"]["intercept"]) == pytest.approx(tuple(best), abs=1e-3)
     # the published graph is σ(a·z̄ + b), z̄ the members' mean logit: ONNX Runtime equals it by hand
     model = result.model
     assert model is not None and model.calibrated
@@ -236,6 +245,16 @@ def test_a_heavy_tailed_column_enters_the_graph_as_its_training_quantile(tmp_pat
     with torch.no_grad():
         want = result.model(torch.from_numpy(num), torch.from_numpy(cat)).numpy()
     assert np.abs(session.run(None, {"num": num, "cat": cat})[0] - want).max() < 1e-5
+
+
+def test_the_calibration_slope_tells_timid_from_sure_probabilities() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(-1.0, 1.5, 100_000)
+    y = (rng.random(len(z)) < 1 / (1 + np.exp(-z))).astype(int)  # outcomes drawn from σ(z)
+    for stretch, slope in ((1.0, 1.0), (2.0, 0.5), (0.5, 2.0)):  # σ(2z) is too sure, σ(z/2) too timid
+        got = calibration_slope(y, 1 / (1 + np.exp(-stretch * z)))
+        assert got["slope"] == pytest.approx(slope, rel=0.05) and got["intercept"] == pytest.approx(0.0, abs=0.03)
+    assert np.isnan(calibration_slope(np.zeros(10, dtype=int), np.full(10, 0.2))["slope"])  # one class: no fit
 
 
 def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> None:
