@@ -890,10 +890,12 @@ def widen_ranges(pre: Preprocess, num: np.ndarray) -> Preprocess:
     numeric features, as the model reads them): what a refit on every row saw, so that a value it trained
     on is not called out of range. Every other figure stays the fitted rows' (the graph's scaling)."""
     low, high = np.nanmin(num, axis=0), np.nanmax(num, axis=0)
+    # a float32's shortest decimal: 0.1 as the file wrote it, not 0.10000000149011612
+    decimal = lambda v: float(str(v))  # noqa: E731
     features, k = [], 0
     for f in pre.features:
         if isinstance(f, NumericFeature):
-            f = replace(f, min_=min(f.min_, float(low[k])), max_=max(f.max_, float(high[k])))
+            f = replace(f, min_=min(f.min_, decimal(low[k])), max_=max(f.max_, decimal(high[k])))
             k += 1
         features.append(f)
     return replace(pre, features=features)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from service.features import Encoded, Preprocess
@@ -41,11 +42,18 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 def calibration_slope(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Cox's calibration slope and intercept: the logistic regression of the outcome on the predicted
     log-odds. Calibrated: 1 and 0; a slope above 1, predictions too timid; below 1, too sure."""
-    if len(np.unique(y)) < 2:
-        return {"slope": float("nan"), "intercept": float("nan")}
+    none = {"slope": float("nan"), "intercept": float("nan")}
+    positive = y == 1
+    if positive.all() or not positive.any() or p[positive].min() >= p[~positive].max():
+        return none  # one class, or classes apart (a leaked column): the likelihood has no maximum
     clipped = np.clip(p, 1e-7, 1 - 1e-7)
     z = (np.log(clipped) - np.log1p(-clipped)).reshape(-1, 1)
-    fit = LogisticRegression(C=np.inf).fit(z, y)  # no penalty: the slope itself is the figure
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # nearly apart: a slope that never settled
+        try:
+            fit = LogisticRegression(C=np.inf).fit(z, y)  # no penalty: the slope itself is the figure
+        except ConvergenceWarning:
+            return none
     return {"slope": float(fit.coef_[0, 0]), "intercept": float(fit.intercept_[0])}
 
 
