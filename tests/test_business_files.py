@@ -17,6 +17,7 @@ from service import bundle
 from tests.fixtures.make_business_files import Variant, make_all
 from tests.service.conftest import Server, running_server, telco_records
 from tests.test_cli import tabserve_here
+from training.config import TrainConfig
 
 # the quick settings of tests/test_cli.py, without the refit: the published model is the evaluated one
 QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots", "--no-refit"]
@@ -265,3 +266,38 @@ def test_a_western_export_reads_as_cp1252_where_code_pages_tie(words: list[str])
 
     rows = "".join(f"C{i:04d}\t{words[i % len(words)]}\t{i * 7 % 100}.5%\n" for i in range(400))
     assert detect_encoding(("id\tregion\tutil\n" + rows).encode("cp1252")) == "cp1252"
+
+
+def _cyrillic_file(path: Path, words: list[str], encoding: str | None = "cp1251") -> Path:
+    rows = "".join(f"{i},{words[i % len(words)]},{i * 7 % 100},{'yes' if i % 3 else 'no'}\n" for i in range(300))
+    path.write_bytes(("id,answer,amount,churn\n" + rows).encode(encoding or "utf-8"))
+    return path
+
+
+def test_short_cyrillic_words_read_as_cp1251_not_a_dos_code_page() -> None:
+    """`да`, `нет` read as cleanly in several code pages (the detector put cp1125, Ukrainian DOS,
+    first): the better language fit, then the code page more files are written in."""
+    from service.scoring.files import detect_encoding
+
+    rows = "".join(f"{i},{['да', 'нет'][i % 2]},{i % 50}\n" for i in range(300))
+    assert detect_encoding(("id,answer,amount\n" + rows).encode("cp1251")) == "cp1251"
+
+
+def test_a_guessed_encoding_is_a_warning_that_shows_its_words_and_the_other_readings(tmp_path: Path) -> None:
+    """`м`, `ж` (cp1251) are `ì`, `æ` in cp1252, which wins the tie: no detector can tell from the
+    bytes, and the levels would become a vocabulary no UTF-8 request matches. Training says what it
+    read and what cp1251 reads; --encoding settles it, and a UTF-8 file raises no warning."""
+    from training.data import infer_schema
+    from training.reading import read_csv
+
+    cyrillic = _cyrillic_file(tmp_path / "gender.csv", ["м", "ж"])
+    df = read_csv(cyrillic)
+    (warning,) = df.attrs["warnings"]
+    assert "not UTF-8; its encoding was guessed: cp1252, reading" in warning and "'ì'" in warning
+    assert "cp1251 reads" in warning and "'м'" in warning and "'ж'" in warning
+    cfg = TrainConfig(data=str(cyrillic), target="churn")
+    assert infer_schema(df, cfg).warnings == [warning]  # printed, in metrics.json and the model card
+    given = read_csv(cyrillic, encoding="cp1251")
+    assert "warnings" not in given.attrs and set(given["answer"]) == {"м", "ж"}
+    utf8 = read_csv(_cyrillic_file(tmp_path / "utf8.csv", ["м", "ж"], encoding=None))
+    assert "warnings" not in utf8.attrs and set(utf8["answer"]) == {"м", "ж"}

@@ -140,6 +140,7 @@ def infer_schema(
         if col not in df.columns:
             raise _missing_column("column (named in id_columns/drop/date_columns/categorical/numeric)", col, df)
     schema = Schema(id_columns=list(cfg.id_columns), read=read or df.attrs.get("read", Reading()))
+    schema.warnings = list(df.attrs.get("warnings", []))  # how the file was read (a guessed encoding)
     for col in df.columns:
         if col == cfg.target:
             continue
@@ -162,10 +163,11 @@ def infer_schema(
         raise DataError("no usable feature columns left after schema inference")
     if target is not None:
         schema.table.insert(0, _target_row(cfg.target, target))
-        schema.warnings = leakage_warnings(df, schema, target, cfg)
-        for warning in schema.warnings:
+        leaks = leakage_warnings(df, schema, target, cfg)
+        for warning in leaks:
             name = warning.split("'")[1]
             next(r for r in schema.table if r["column"] == name)["warning"] = warning
+        schema.warnings += leaks
     return schema
 
 

@@ -16,6 +16,8 @@ from service.features import Reading
 from service.scoring import files
 from training.config import TrainConfig
 
+GUESS_BYTES = 1 << 20  # what an encoding is guessed from
+
 
 class DataError(ValueError):
     """The input data cannot be trained on; the message says why in one line."""
@@ -63,7 +65,8 @@ def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd
 
 def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str | None) -> pd.DataFrame:
     raw = p.read_bytes()
-    encoding = encoding or _encoding_of(raw)
+    guessed = encoding is None and not _is_utf8(raw)
+    encoding = encoding or ("utf-8" if not guessed else files.detect_encoding(raw[:GUESS_BYTES]))
     try:
         text = raw.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except UnicodeDecodeError as exc:
@@ -89,6 +92,8 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     df.columns = header if len(header) == df.shape[1] else files.stripped(list(df.columns))
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
+    if guessed:  # infer_schema lists it with the file's other warnings
+        df.attrs["warnings"] = [f"{p} is " + files.guessed_encoding_note(raw[:GUESS_BYTES], encoding)]
     return _with_reading(df, reading, decimal)
 
 
@@ -123,12 +128,12 @@ def _header(names: list[str], p: Path) -> list[str]:
     return header
 
 
-def _encoding_of(raw: bytes) -> str:
+def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
-        return "utf-8"
     except UnicodeDecodeError:
-        return files.detect_encoding(raw[: 1 << 20])
+        return False
+    return True
 
 
 def sniff_sep(text: str) -> str:

@@ -11,6 +11,8 @@ import csv
 import datetime as dt
 import gzip
 import io
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -163,8 +165,50 @@ def detect_encoding(data: bytes) -> str:
     western = [m for m in found if m.encoding == "cp1252"] or list(from_bytes(data, cp_isolation=["cp1252"]))
     if any(m.chaos <= best.chaos for m in western):
         return "cp1252"
-    name = codecs.lookup(best.encoding).name
+    # among the others that read the bytes as cleanly (`да`, `нет` are Cyrillic in several), the better
+    # language fit, then the code page more files are written in
+    tied = [m for m in found if m.chaos <= best.chaos]
+    name = min(tied, key=lambda m: (-m.coherence, _rank(m.encoding))).encoding
+    name = codecs.lookup(name).name
     return "cp1252" if name in ("iso8859-1", "latin-1", "iso8859-15") else name
+
+
+# the code pages business files are written in, most common first: Windows' (Western, Cyrillic,
+# Central European, Greek, Turkish, Baltic, Hebrew, Arabic, Vietnamese, Thai), then KOI8-R
+COMMON_CODE_PAGES = (
+    *("cp1252", "cp1251", "cp1250", "cp1253", "cp1254", "cp1257", "cp1255", "cp1256", "cp1258"),
+    *("cp874", "koi8-r"),
+)
+
+
+def _rank(encoding: str) -> int:
+    return next((i for i, c in enumerate(COMMON_CODE_PAGES) if _same(c, encoding)), len(COMMON_CODE_PAGES))
+
+
+def guessed_encoding_note(data: bytes, guessed: str, shown: int = 3) -> str:
+    """What the guess reads the file's most frequent words that are not ASCII as, and how the common
+    code pages the detector rates as clean read them where they differ: a few short words do not
+    settle it (`м`, `ж` in cp1251 are `ì`, `æ` in cp1252), and a training file's levels become the
+    model's vocabulary, so the user is shown the words to check."""
+    from charset_normalizer import from_bytes
+
+    counts = Counter(re.findall(r"\w*[^\x00-\x7f]\w*", data.decode(guessed, errors="replace")))
+    words = [word for word, _ in counts.most_common(shown)]
+    note = f"not UTF-8; its encoding was guessed: {guessed}, reading " + ", ".join(map(repr, words))
+    others = []
+    found = from_bytes(data, cp_isolation=list(COMMON_CODE_PAGES), threshold=1.0)
+    chaos = next((m.chaos for m in found if _same(m.encoding, guessed)), 0.0)
+    for match in sorted(found, key=lambda m: _rank(m.encoding)):
+        read = [w.encode(guessed, errors="replace").decode(match.encoding, errors="replace") for w in words]
+        if match.chaos <= chaos and read != words:  # as clean to the detector, yet other text
+            others.append(f"{match.encoding} reads " + ", ".join(map(repr, read)))
+    if others:
+        note += " (as cleanly, " + "; ".join(others[:2]) + ")"
+    return note + ": pass --encoding if that is wrong, or save the file as UTF-8"
+
+
+def _same(a: str, b: str) -> bool:
+    return codecs.lookup(a).name == codecs.lookup(b).name
 
 
 class _Transcoded:
