@@ -25,8 +25,7 @@ from sklearn.linear_model import LogisticRegression
 
 from training import data as D
 from training.config import build_config
-from training.evaluate import Baseline, expected_calibration_error, task_metrics
-from training.model import EPS
+from training.evaluate import EPS, Baseline, expected_calibration_error, task_metrics
 from training.pipeline import fit_platt, train
 
 BINARY = ["telco", "german", "mlc_churn", "credit_data", "attrition", "lending_club", "hmda"]

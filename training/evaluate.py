@@ -13,6 +13,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from service.features import Encoded, Preprocess
 
+EPS = 1e-7  # probabilities clipped before their logs are taken (float32: 1 - 1e-7 is still < 1)
+
 
 def monitor_metric(task: str, y: np.ndarray, out: np.ndarray) -> float:
     """The per-epoch validation metric shown to the user: ROC AUC, accuracy or RMSE."""
@@ -39,6 +41,11 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(ece)
 
 
+def log_odds(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, EPS, 1 - EPS)
+    return np.asarray(np.log(clipped) - np.log1p(-clipped), dtype=np.float64)
+
+
 def calibration_slope(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Cox's calibration slope and intercept: the logistic regression of the outcome on the predicted
     log-odds. Calibrated: 1 and 0; a slope above 1, predictions too timid; below 1, too sure."""
@@ -46,8 +53,7 @@ def calibration_slope(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     positive = y == 1
     if positive.all() or not positive.any() or p[positive].min() >= p[~positive].max():
         return none  # one class, or classes apart (a leaked column): the likelihood has no maximum
-    clipped = np.clip(p, 1e-7, 1 - 1e-7)
-    z = (np.log(clipped) - np.log1p(-clipped)).reshape(-1, 1)
+    z = log_odds(p).reshape(-1, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # nearly apart: a slope that never settled
         try:
@@ -82,7 +88,7 @@ def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshol
     """Binary: ROC/PR AUC, log loss, Brier, accuracy, F1, ECE; multiclass: accuracy, macro F1, log loss,
     top-label ECE, Brier."""
     labels = list(range(probs.shape[1]))
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    clipped = np.clip(probs, EPS, 1 - EPS)
     if task == "multiclass":
         pred = probs.argmax(axis=1)
         return {
@@ -98,7 +104,7 @@ def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshol
     return {
         "roc_auc": _safe_auc(y, p),
         "pr_auc": float(skm.average_precision_score(y, p)),
-        "log_loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "log_loss": float(skm.log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1])),
         "brier": float(skm.brier_score_loss(y, p)),
         "accuracy": float(np.mean(pred == y)),
         "f1": float(skm.f1_score(y, pred, zero_division=0)),

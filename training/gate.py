@@ -30,6 +30,7 @@ from service import bundle
 from service.features import Preprocess
 from service.runtime import create_session
 from training import data as D
+from training.evaluate import EPS
 
 MODES = ("auto", "always", "never")
 GATE_METRICS = {"binary": ("roc_auc", "log_loss"), "multiclass": ("log_loss",), "regression": ("rmse",)}
@@ -40,7 +41,6 @@ RMSE_TOLERANCE = 0.02  # a fraction of the champion's RMSE: RMSE is in the targe
 RESAMPLES = 1000
 SEED = 0  # fixed, not the training seed: the same rows and scores always give the same interval
 CELLS = 4_000_000  # resamples × rows held at once (float64: 32 MB), whatever the test split's size
-EPS = 1e-7  # probability clip, as training/evaluate.py
 
 
 class Refusal(ValueError):

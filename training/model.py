@@ -293,9 +293,6 @@ class EnsembleModel(nn.Module):
         return self.task != "regression" and bool(not torch.equal(self.platt, identity(len(self.platt) - 1)))
 
 
-EPS = 1e-7  # probabilities clipped before their log-odds are taken (float32: 1 - 1e-7 is still < 1)
-
-
 def identity(n_out: int) -> torch.Tensor:
     """No calibration: a = 1, b = 0 for each of `n_out` logits."""
     return torch.tensor([1.0] + [0.0] * n_out)

@@ -22,9 +22,18 @@ from service.features import Encoded, EncodingError, Preprocess
 from training import data as D
 from training import export, gate, report
 from training.config import TrainConfig, parse_seconds
-from training.evaluate import KEY_METRIC, Baseline, GradientBoosting, calibration_slope, choose_threshold, task_metrics
+from training.evaluate import (
+    EPS,
+    KEY_METRIC,
+    Baseline,
+    GradientBoosting,
+    calibration_slope,
+    choose_threshold,
+    log_odds,
+    task_metrics,
+)
 from training.explain import write_explainer
-from training.model import EPS, EnsembleModel, Normalize, TabularMLP, identity, scaled
+from training.model import EnsembleModel, Normalize, TabularMLP, identity, scaled
 from training.train import (
     EpochCallback,
     History,
@@ -327,17 +336,12 @@ def refit_ensemble(prep: TrainingData, cfg: TrainConfig, chosen: Candidate, plat
 MATCHED = "the refit's mean logit first matched to the out-of-fold logits' mean and spread on the same rows"
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    clipped = np.clip(p, EPS, 1 - EPS)
-    return np.asarray(np.log(clipped) - np.log1p(-clipped), dtype=np.float64)
-
-
 def matched_platt(platt: torch.Tensor, oof: np.ndarray, refit: np.ndarray) -> torch.Tensor:
     """The refit's Platt scaling: its mean logit moved and stretched to the out-of-fold logits' mean
     and spread on the same rows, then the evaluation fit's a·z + b, as one a·z + b. The refit takes
     more steps on more rows and one mean of several members: its logits spread otherwise than those
     the map was fitted on (attrition: over-confident, its mean p .18 for a rate of .16; BENCHMARKS.md)."""
-    z_oof, z_refit = _logit(oof), _logit(refit)
+    z_oof, z_refit = log_odds(oof), log_odds(refit)
     spread = float(z_refit.std())
     if spread < 1e-6:  # a refit that outputs one value (a noise target): nothing to stretch
         return platt.clone()
@@ -350,7 +354,7 @@ def fit_platt(y: np.ndarray, p: np.ndarray) -> torch.Tensor:
     """Platt scaling's (a, b) for positive-class probabilities: a logistic regression on their log-odds."""
     from sklearn.linear_model import LogisticRegression
 
-    fit = LogisticRegression(C=1e4).fit(_logit(p).reshape(-1, 1), y)  # next to no penalty: two parameters, many rows
+    fit = LogisticRegression(C=1e4).fit(log_odds(p).reshape(-1, 1), y)  # next to no penalty: two parameters, many rows
     return torch.tensor([float(fit.coef_[0, 0]), float(fit.intercept_[0])])
 
 
