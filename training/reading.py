@@ -65,7 +65,7 @@ def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd
 
 def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str | None) -> pd.DataFrame:
     raw = p.read_bytes()
-    guessed = encoding is None and not _is_utf8(raw)
+    guessed = encoding is None and not files.is_utf8(raw)
     encoding = encoding or ("utf-8" if not guessed else files.detect_encoding(raw[:GUESS_BYTES]))
     try:
         text = raw.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
@@ -126,14 +126,6 @@ def _header(names: list[str], p: Path) -> list[str]:
     if twice:
         raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
     return header
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def sniff_sep(text: str) -> str:

@@ -135,7 +135,7 @@ def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
     UTF-8 when they hold UTF-8 beyond ASCII; a detected one (charset-normalizer) when many lines are
     not UTF-8. A stray bad byte here and there stays an error of its row, not a guess for the file."""
     lines = head.splitlines()[:-1] or head.splitlines()  # the last may be cut mid-character
-    bad = sum(1 for line in lines if not _utf8(line))
+    bad = sum(1 for line in lines if not is_utf8(line))
     if bad == 0:
         return preferred if head.isascii() else "utf-8"
     if codecs.lookup(preferred).name != "utf-8":
@@ -143,9 +143,9 @@ def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
     return detect_encoding(head) if bad >= max(3, len(lines) // 10) else preferred
 
 
-def _utf8(line: bytes) -> bool:
+def is_utf8(data: bytes) -> bool:
     try:
-        line.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True
