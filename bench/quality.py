@@ -34,7 +34,14 @@ from sklearn.model_selection import train_test_split
 
 from training import data as D
 from training.config import build_config
-from training.evaluate import Baseline, GradientBoosting, expected_calibration_error, task_metrics
+from training.evaluate import (
+    Baseline,
+    GradientBoosting,
+    ece_floor,
+    ece_probability,
+    expected_calibration_error,
+    task_metrics,
+)
 from training.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +194,7 @@ def _ece(y: np.ndarray, probs: np.ndarray) -> float:
 def ece_gap(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int = 1000) -> tuple[float, ...]:
     """Mean over seeds of ECE(MLP) − ECE(LR) on the held rows, and its 95 % interval: each seed's held
     rows drawn again with replacement, the same rows for both models (seeded: repeatable); then each
-    model's ECE floor (`ece_floor`), mean over seeds."""
+    model's ECE floor (training/evaluate.py `ece_floor`), mean over seeds."""
     rng = np.random.default_rng(0)
     gap = float(np.mean([_ece(y, mlp) - _ece(y, lr) for y, mlp, lr in held]))
     draws = np.zeros(resamples)
@@ -196,16 +203,9 @@ def ece_gap(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: in
             i = rng.integers(0, len(y), len(y))
             draws[r] += (_ece(y[i], mlp[i]) - _ece(y[i], lr[i])) / len(held)
     low, high = np.percentile(draws, [2.5, 97.5])
-    mlp_floor = float(np.mean([ece_floor(mlp, rng) for _, mlp, _ in held]))
-    lr_floor = float(np.mean([ece_floor(lr, rng) for _, _, lr in held]))
+    mlp_floor = float(np.mean([ece_floor(ece_probability(mlp)) for _, mlp, _ in held]))
+    lr_floor = float(np.mean([ece_floor(ece_probability(lr)) for _, _, lr in held]))
     return gap, float(low), float(high), mlp_floor, lr_floor
-
-
-def ece_floor(probs: np.ndarray, rng: np.random.Generator, draws: int = 200) -> float:
-    """The ECE a perfectly calibrated model with these outputs would show on this many rows (outcomes
-    drawn from its own probabilities): what binning alone costs, more for sharper outputs."""
-    top = probs[:, 1] if probs.shape[1] == 2 else probs.max(axis=1)
-    return float(np.mean([expected_calibration_error(rng.binomial(1, top).astype(float), top) for _ in range(draws)]))
 
 
 def _ms(values: list[float]) -> str:

@@ -29,6 +29,8 @@ from training.evaluate import (
     GradientBoosting,
     calibration_slope,
     choose_threshold,
+    ece_floor,
+    ece_probability,
     log_odds,
     task_metrics,
 )
@@ -497,9 +499,11 @@ def train(
 
 
 def _calibration_figures(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """ECE, Brier and log loss of outputs; binary: Cox's calibration slope and intercept too."""
+    """ECE, what a calibrated model's would be on these rows, Brier and log loss of outputs; binary:
+    Cox's calibration slope and intercept too."""
     metrics = task_metrics(pre, y, out)
-    figures = {k: metrics[k] for k in ("ece", "brier", "log_loss")}
+    figures = {"ece": metrics["ece"], "ece_floor": ece_floor(ece_probability(out))}
+    figures |= {k: metrics[k] for k in ("brier", "log_loss")}
     if pre.task == "binary":
         figures |= calibration_slope(y, out[:, 1])
     return figures

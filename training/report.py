@@ -529,6 +529,7 @@ def confusion_lines(pre: Preprocess, ev: Evidence) -> list[str]:
 
 CALIBRATION_FIGURES = {
     "ece": "ECE",
+    "ece_floor": "ECE if calibrated",
     "brier": "Brier",
     "log_loss": "log loss",
     "slope": "slope",
@@ -569,6 +570,13 @@ def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None)
             ],
             "",
         ]
+        if "ece_floor" in keys:
+            lines += [
+                "ECE if calibrated: what a perfectly calibrated model with the same probabilities would show on "
+                "these rows (outcomes drawn from them); binning alone costs that much, so an ECE near or below it is no "
+                "sign of miscalibration.",
+                "",
+            ]
         if "slope" in keys:
             lines += [
                 "Slope and intercept: Cox's, the logistic regression of the outcome on the predicted log-odds; "

@@ -72,7 +72,8 @@ def test_metric_table_is_metrics_json(churn_card: bundle.BundleRef) -> None:
         row = f"| {key} | {m['validation'][key]:.4f} | {value:.4f} | {m['baseline_test'][key]:.4f} | {m['gbm_test'][key]:.4f} |"
         assert row in card, row
     cal = m["calibration"]
-    assert f"| after | {cal['test_after']['ece']:.4f} | {cal['test_after']['brier']:.4f} |" in card
+    after = cal["test_after"]
+    assert f"| after | {after['ece']:.4f} | {after['ece_floor']:.4f} | {after['brier']:.4f} |" in card
     assert f"| before | {cal['test_before']['ece']:.4f} |" in card
     assert m["fits"]["evaluation"] in card and m["fits"]["published"] in card
     chosen = [row for row in m["leaderboard"] if row["chosen"]]

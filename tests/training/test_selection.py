@@ -16,7 +16,7 @@ from sklearn.metrics import log_loss
 from service import bundle
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
-from training.evaluate import calibration_slope, expected_calibration_error
+from training.evaluate import calibration_slope, ece_floor, expected_calibration_error
 from training.pipeline import prepare_data, train
 
 
@@ -60,7 +60,11 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     assert result.bundle is not None
     doc = json.loads((result.bundle.path / bundle.METRICS_FILE).read_text())
     cal = doc["calibration"]
-    assert set(cal["test_before"]) == set(cal["test_after"]) == {"ece", "brier", "log_loss", "slope", "intercept"}
+    assert (
+        set(cal["test_before"])
+        == set(cal["test_after"])
+        == {"ece", "ece_floor", "brier", "log_loss", "slope", "intercept"}
+    )
     # Cox's slope and intercept: the Bernoulli likelihood's maximum over (slope, intercept) on the test outputs
     held = np.load(result.bundle.path / bundle.EVALUATION_FILE)
     y = prepare_data(quick_config(TELCO, "Churn", tmp_path, name="churn"), say=lambda _: None).target.y[held["rows"]]
@@ -69,6 +73,7 @@ def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_pat
     nll = lambda w: np.logaddexp(0, -(2 * y - 1) * (w[0] * z + w[1])).sum()  # noqa: E731
     best = minimize(nll, [1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9}).x
     assert (cal["test_after"]["slope"], cal["test_after"]["intercept"]) == pytest.approx(tuple(best), abs=1e-3)
+    assert cal["test_after"]["ece_floor"] == ece_floor(held["out"][:, 1])
     # the published graph is σ(a·z̄ + b), z̄ the members' mean logit: ONNX Runtime equals it by hand
     model = result.model
     assert model is not None and model.calibrated
@@ -257,6 +262,21 @@ def test_the_calibration_slope_tells_timid_from_sure_probabilities() -> None:
     assert np.isnan(calibration_slope(np.zeros(10, dtype=int), np.full(10, 0.2))["slope"])  # one class: no fit
     apart = calibration_slope(y, y * 0.6 + 0.2)  # the classes apart (a leaked column): no maximum, no figure
     assert np.isnan(apart["slope"]) and np.isnan(apart["intercept"])
+
+
+def test_the_ece_floor_is_what_a_calibrated_model_shows_on_so_many_rows() -> None:
+    """ECE as defined (each bin's |observed − predicted| weighted by its share), and its floor: the
+    mean ECE of outcomes drawn from the probabilities themselves, which falls as rows grow (~1/√n)."""
+    rng = np.random.default_rng(1)
+    p = rng.beta(1, 6, 476)  # hmda-like: few positives, 476 test rows
+    y = (rng.random(len(p)) < p).astype(float)
+    which = np.minimum((p * 10).astype(int), 9)
+    by_hand = sum((which == b).mean() * abs(y[which == b].mean() - p[which == b].mean()) for b in set(which))
+    assert expected_calibration_error(y, p) == pytest.approx(by_hand, rel=1e-9)
+    fresh = [expected_calibration_error((rng.random(len(p)) < p).astype(float), p) for _ in range(2000)]
+    assert ece_floor(p) == pytest.approx(np.mean(fresh), rel=0.05)
+    assert ece_floor(np.tile(p, 25)) < ece_floor(p) / 3  # 25× the rows: about a fifth
+    assert expected_calibration_error(y, np.clip(p * 2, 0, 1)) > 2 * ece_floor(np.clip(p * 2, 0, 1))  # too sure
 
 
 def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> None:
