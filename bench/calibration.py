@@ -19,13 +19,21 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from quality import dataset, ece_floor, outer_split
+from quality import dataset, outer_split
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from training import data as D
 from training.config import build_config
-from training.evaluate import EPS, Baseline, expected_calibration_error, task_metrics
+from training.evaluate import (
+    EPS,
+    Baseline,
+    calibration_outcomes,
+    ece_floor,
+    expected_calibration_error,
+    log_odds,
+    task_metrics,
+)
 from training.pipeline import fit_platt, train
 
 BINARY = ["telco", "german", "mlc_churn", "credit_data", "attrition", "lending_club", "hmda"]
@@ -36,7 +44,7 @@ def fitted_maps(p: np.ndarray, y: np.ndarray) -> dict[str, Callable[[np.ndarray]
     """Each map fitted on out-of-fold positive-class probabilities `p` and targets `y`, as a function
     of logits; Platt scaling is training's own fit."""
     a, b = fit_platt(y, p).tolist()
-    z = np.log(np.clip(p, EPS, 1 - EPS)) - np.log1p(-np.clip(p, EPS, 1 - EPS))
+    z = log_odds(p)
     temperature = LogisticRegression(C=1e4, fit_intercept=False).fit(z.reshape(-1, 1), y)
     iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4).fit(z, y)
     return {
@@ -50,7 +58,6 @@ def fitted_maps(p: np.ndarray, y: np.ndarray) -> dict[str, Callable[[np.ndarray]
 def run(name: str, seeds: int) -> dict[str, list[float]]:
     path, target = dataset(name)
     out: dict[str, list[float]] = {k: [] for k in ["lr", "floor", *(f"{m} {f}" for m in MAPS for f in ("ece", "loss"))]}
-    rng = np.random.default_rng(0)
     for seed in range(seeds):
         given, held, held_target = outer_split(path, target, seed)
         cfg = build_config(data=str(given), target=target, seed=seed, report_plots=False)
@@ -66,7 +73,7 @@ def run(name: str, seeds: int) -> dict[str, list[float]]:
         oof_y, oof = result.out_of_fold
         maps = fitted_maps(oof[:, 1], oof_y)
         for m, f in maps.items():
-            p = np.clip(f(z), 1e-7, 1 - 1e-7)
+            p = np.clip(f(z), EPS, 1 - EPS)
             out[f"{m} ece"].append(expected_calibration_error(y, p))
             out[f"{m} loss"].append(task_metrics(pre, y, np.stack([1 - p, p], axis=1))["log_loss"])
         given_df, given_target = D.encode_target(D.read_csv(given), cfg)
@@ -74,7 +81,7 @@ def run(name: str, seeds: int) -> dict[str, list[float]]:
         out["lr"].append(expected_calibration_error(y, base.predict(enc)[:, 1]))
         with torch.no_grad():  # the shipped outputs
             shipped = model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy().astype(np.float64)
-        out["floor"].append(ece_floor(shipped, rng))
+        out["floor"].append(ece_floor(calibration_outcomes(pre.task, y, shipped)[1]))
         print(f"  {name} seed {seed}: " + ", ".join(f"{m} {out[m + ' ece'][-1]:.4f}" for m in MAPS), flush=True)
     return out
 

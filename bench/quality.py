@@ -37,8 +37,8 @@ from training.config import build_config
 from training.evaluate import (
     Baseline,
     GradientBoosting,
+    calibration_outcomes,
     ece_floor,
-    ece_probability,
     expected_calibration_error,
     task_metrics,
 )
@@ -180,31 +180,31 @@ def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
             flush=True,
         )
     if held_outputs:
-        out["ece_gap"] = list(ece_gap(held_outputs))
+        out["ece_gap"] = list(ece_gap(str(out["task"]), held_outputs))
     return out
 
 
-def _ece(y: np.ndarray, probs: np.ndarray) -> float:
+def _ece(task: str, y: np.ndarray, probs: np.ndarray) -> float:
     """ECE as the training report computes it: binary, of the positive class; multiclass, top-label."""
-    if probs.shape[1] == 2:
-        return expected_calibration_error(y, probs[:, 1])
-    return expected_calibration_error((probs.argmax(axis=1) == y).astype(float), probs.max(axis=1))
+    return expected_calibration_error(*calibration_outcomes(task, y, probs))
 
 
-def ece_gap(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int = 1000) -> tuple[float, ...]:
+def ece_gap(
+    task: str, held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int = 1000
+) -> tuple[float, ...]:
     """Mean over seeds of ECE(MLP) − ECE(LR) on the held rows, and its 95 % interval: each seed's held
     rows drawn again with replacement, the same rows for both models (seeded: repeatable); then each
     model's ECE floor (training/evaluate.py `ece_floor`), mean over seeds."""
     rng = np.random.default_rng(0)
-    gap = float(np.mean([_ece(y, mlp) - _ece(y, lr) for y, mlp, lr in held]))
+    gap = float(np.mean([_ece(task, y, mlp) - _ece(task, y, lr) for y, mlp, lr in held]))
     draws = np.zeros(resamples)
     for y, mlp, lr in held:
         for r in range(resamples):
             i = rng.integers(0, len(y), len(y))
-            draws[r] += (_ece(y[i], mlp[i]) - _ece(y[i], lr[i])) / len(held)
+            draws[r] += (_ece(task, y[i], mlp[i]) - _ece(task, y[i], lr[i])) / len(held)
     low, high = np.percentile(draws, [2.5, 97.5])
-    mlp_floor = float(np.mean([ece_floor(ece_probability(mlp)) for _, mlp, _ in held]))
-    lr_floor = float(np.mean([ece_floor(ece_probability(lr)) for _, _, lr in held]))
+    mlp_floor = float(np.mean([ece_floor(calibration_outcomes(task, y, mlp)[1]) for y, mlp, _ in held]))
+    lr_floor = float(np.mean([ece_floor(calibration_outcomes(task, y, lr)[1]) for y, _, lr in held]))
     return gap, float(low), float(high), mlp_floor, lr_floor
 
 

@@ -34,15 +34,18 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return _binned_error(y, p, _bin_of(p, bins), bins)
 
 
-def ece_probability(probs: np.ndarray) -> np.ndarray:
-    """The probability ECE is of: binary, the positive class's; multiclass, the predicted class's."""
-    return probs[:, 1] if probs.shape[1] == 2 else probs.max(axis=1)
+def calibration_outcomes(task: str, y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What ECE compares: binary, the outcome and the positive class's probability; multiclass,
+    whether the predicted class was right and its probability (top-label)."""
+    if task == "multiclass":
+        return (probs.argmax(axis=1) == y).astype(float), probs.max(axis=1)
+    return y, probs[:, 1]
 
 
 def ece_floor(p: np.ndarray, draws: int = 200, seed: int = 0, bins: int = 10) -> float:
     """The ECE a perfectly calibrated model with these probabilities would show on this many rows
-    (each outcome drawn from its own probability; seeded): what binning alone costs, more on few rows
-    and for sharper outputs. An ECE near or below it is no sign of miscalibration."""
+    (each outcome drawn from its own probability; seeded): chance alone, in each bin's mean outcome,
+    more on few rows. An ECE near or below it is no sign of miscalibration."""
     rng, which = np.random.default_rng(seed), _bin_of(p, bins)
     return float(np.mean([_binned_error(rng.random(len(p)) < p, p, which, bins) for _ in range(draws)]))
 
@@ -113,7 +116,7 @@ def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshol
             "macro_f1": float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
             "log_loss": float(skm.log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)),
             # of the predicted class's probability (top-label ECE); Brier summed over classes
-            "ece": expected_calibration_error((pred == y).astype(float), probs.max(axis=1)),
+            "ece": expected_calibration_error(*calibration_outcomes(task, y, probs)),
             "brier": float(np.mean(((np.eye(len(labels))[y] - probs) ** 2).sum(axis=1))),
         }
     p = probs[:, 1]

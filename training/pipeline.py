@@ -27,10 +27,10 @@ from training.evaluate import (
     KEY_METRIC,
     Baseline,
     GradientBoosting,
+    calibration_outcomes,
     calibration_slope,
     choose_threshold,
     ece_floor,
-    ece_probability,
     log_odds,
     task_metrics,
 )
@@ -502,7 +502,7 @@ def _calibration_figures(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> dic
     """ECE, what a calibrated model's would be on these rows, Brier and log loss of outputs; binary:
     Cox's calibration slope and intercept too."""
     metrics = task_metrics(pre, y, out)
-    figures = {"ece": metrics["ece"], "ece_floor": ece_floor(ece_probability(out))}
+    figures = {"ece": metrics["ece"], "ece_floor": ece_floor(calibration_outcomes(pre.task, y, out)[1])}
     figures |= {k: metrics[k] for k in ("brier", "log_loss")}
     if pre.task == "binary":
         figures |= calibration_slope(y, out[:, 1])

@@ -93,7 +93,7 @@ def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str 
     df = _checked_frame(df, p)
     reading = Reading(sep, "", codecs.lookup(encoding).name, "csv")
     if guessed:  # infer_schema lists it with the file's other warnings
-        df.attrs["warnings"] = [f"{p} is " + files.guessed_encoding_note(raw[:GUESS_BYTES], encoding)]
+        df.attrs["warnings"] = [f"{p.name} is " + files.guessed_encoding_note(raw[:GUESS_BYTES], encoding)]
     return _with_reading(df, reading, decimal)
 
 

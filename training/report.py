@@ -13,6 +13,7 @@ import pandas as pd
 from service.bundle import CARD_FILE
 from service.features import Encoded, NumericFeature, Preprocess, category_key, parse_number
 from training import figures
+from training.evaluate import EPS
 from training.train import History
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the threshold table's rows, beside the chosen one
@@ -114,7 +115,7 @@ def row_errors(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Each test row's error: log loss of its true class; regression: squared error."""
     if pre.task == "regression":
         return np.asarray((out[:, 0] - y) ** 2)
-    return np.asarray(-np.log(np.clip(out[np.arange(len(y)), y.astype(np.int64)], 1e-7, 1)))
+    return np.asarray(-np.log(np.clip(out[np.arange(len(y)), y.astype(np.int64)], EPS, 1)))
 
 
 def segments(pre: Preprocess, ev: Evidence) -> list[dict[str, Any]]:
@@ -573,7 +574,7 @@ def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None)
         if "ece_floor" in keys:
             lines += [
                 "ECE if calibrated: what a perfectly calibrated model with the same probabilities would show on "
-                "these rows (outcomes drawn from them); binning alone costs that much, so an ECE near or below it is no "
+                "these rows (outcomes drawn from them), from chance alone; an ECE near or below it is no "
                 "sign of miscalibration.",
                 "",
             ]

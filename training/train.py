@@ -14,7 +14,7 @@ from torch import nn
 from service.features import Preprocess
 from training.config import TrainConfig
 from training.data import screened
-from training.evaluate import PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
+from training.evaluate import EPS, PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
 from training.model import TabularMLP, to_output
 
 # larger files take larger batches, so that an epoch stays ≤ this many steps: a 500 k-row file
@@ -196,9 +196,9 @@ def choose_linear_penalty(pre: Preprocess, train: Tensors, val: Tensors) -> tupl
         if pre.task == "regression":
             losses[penalty] = float(np.mean((model.predict(xv) - val.y.numpy()) ** 2))
         else:
-            proba = np.full((len(val), len(pre.labels)), 1e-7)
+            proba = np.full((len(val), len(pre.labels)), EPS)
             proba[:, model.classes_] = model.predict_proba(xv)  # a class missing from the fold stays ~0
-            losses[penalty] = float(-np.mean(np.log(np.clip(proba[np.arange(len(val)), val.y.numpy()], 1e-7, 1))))
+            losses[penalty] = float(-np.mean(np.log(np.clip(proba[np.arange(len(val)), val.y.numpy()], EPS, 1))))
     return min(losses, key=losses.__getitem__), losses
 
 

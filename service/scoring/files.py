@@ -165,10 +165,11 @@ def detect_encoding(data: bytes) -> str:
     western = [m for m in found if m.encoding == "cp1252"] or list(from_bytes(data, cp_isolation=["cp1252"]))
     if any(m.chaos <= best.chaos for m in western):
         return "cp1252"
-    # among the others that read the bytes as cleanly (`да`, `нет` are Cyrillic in several), the better
-    # language fit, then the code page more files are written in
+    # among the others that read the bytes as cleanly and fit a language as well (within 0.02, as
+    # the detector's own ranking; `да`, `нет` are Cyrillic in several), the more common code page
     tied = [m for m in found if m.chaos <= best.chaos]
-    name = min(tied, key=lambda m: (-m.coherence, _rank(m.encoding))).encoding
+    fit = max(m.coherence for m in tied)
+    name = min((m for m in tied if m.coherence >= fit - 0.02), key=lambda m: _rank(m.encoding)).encoding
     name = codecs.lookup(name).name
     return "cp1252" if name in ("iso8859-1", "latin-1", "iso8859-15") else name
 
