@@ -23,14 +23,13 @@ from quality import dataset, outer_split
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from monitoring.accuracy import ece, ece_floor
 from training import data as D
 from training.config import build_config
 from training.evaluate import (
     EPS,
     Baseline,
     calibration_outcomes,
-    ece_floor,
-    expected_calibration_error,
     log_odds,
     task_metrics,
 )
@@ -74,11 +73,11 @@ def run(name: str, seeds: int) -> dict[str, list[float]]:
         maps = fitted_maps(oof[:, 1], oof_y)
         for m, f in maps.items():
             p = np.clip(f(z), EPS, 1 - EPS)
-            out[f"{m} ece"].append(expected_calibration_error(y, p))
+            out[f"{m} ece"].append(ece(y, p))
             out[f"{m} loss"].append(task_metrics(pre, y, np.stack([1 - p, p], axis=1))["log_loss"])
         given_df, given_target = D.encode_target(D.read_csv(given), cfg)
         base = Baseline(pre).fit(pre.encode_columns(D.columns_of(given_df), len(given_df)), given_target.y)
-        out["lr"].append(expected_calibration_error(y, base.predict(enc)[:, 1]))
+        out["lr"].append(ece(y, base.predict(enc)[:, 1]))
         with torch.no_grad():  # the shipped outputs
             shipped = model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy().astype(np.float64)
         out["floor"].append(ece_floor(calibration_outcomes(pre.task, y, shipped)[1]))

@@ -32,14 +32,13 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
+from monitoring.accuracy import ece, ece_floor
 from training import data as D
 from training.config import build_config
 from training.evaluate import (
     Baseline,
     GradientBoosting,
     calibration_outcomes,
-    ece_floor,
-    expected_calibration_error,
     task_metrics,
 )
 from training.pipeline import train
@@ -186,7 +185,7 @@ def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
 
 def _ece(task: str, y: np.ndarray, probs: np.ndarray) -> float:
     """ECE as the training report computes it: binary, of the positive class; multiclass, top-label."""
-    return expected_calibration_error(*calibration_outcomes(task, y, probs))
+    return ece(*calibration_outcomes(task, y, probs))
 
 
 def ece_gap(
@@ -194,7 +193,7 @@ def ece_gap(
 ) -> tuple[float, ...]:
     """Mean over seeds of ECE(MLP) − ECE(LR) on the held rows, and its 95 % interval: each seed's held
     rows drawn again with replacement, the same rows for both models (seeded: repeatable); then each
-    model's ECE floor (training/evaluate.py `ece_floor`), mean over seeds."""
+    model's ECE floor (monitoring/accuracy.py `ece_floor`), mean over seeds."""
     rng = np.random.default_rng(0)
     gap = float(np.mean([_ece(task, y, mlp) - _ece(task, y, lr) for y, mlp, lr in held]))
     draws = np.zeros(resamples)

@@ -45,30 +45,47 @@ def weighted_auc(y: np.ndarray, score: np.ndarray, counts: np.ndarray | None = N
         return np.asarray(wins / (pos_upto[:, -1] * neg_upto[:, -1]))
 
 
+def bin_of(probability: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Each probability's equal-width bin, 0 to bins - 1 (a probability of 1 in the last)."""
+    return np.clip((probability * bins).astype(np.int64), 0, bins - 1)
+
+
 def ece(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: |mean probability - observed rate| per bin, weighted by the bin's rows."""
-    which = np.minimum((probability * bins).astype(np.int64), bins - 1)
-    total = 0.0
-    for b in np.unique(which):
-        rows = which == b
-        total += rows.sum() * abs(float(probability[rows].mean()) - float(positive[rows].mean()))
-    return total / max(len(probability), 1)
+    return _binned_error(positive, probability, bin_of(probability, bins), bins)
+
+
+def ece_floor(probability: np.ndarray, draws: int = 200, seed: int = 0, bins: int = ECE_BINS) -> float:
+    """The ECE a perfectly calibrated model with these probabilities would show on this many rows
+    (each outcome drawn from its own probability; seeded): chance alone, in each bin's mean outcome,
+    more on few rows. An ECE near or below it is no sign of miscalibration."""
+    rng, which = np.random.default_rng(seed), bin_of(probability, bins)
+    outcomes = (rng.random(len(probability)) < probability for _ in range(draws))
+    return float(np.mean([_binned_error(y, probability, which, bins) for y in outcomes]))
+
+
+def _binned_error(positive: np.ndarray, probability: np.ndarray, which: np.ndarray, bins: int) -> float:
+    """Σ over bins of |Σ (outcome − probability)| / rows: each bin's |observed − predicted| by its share."""
+    if not len(probability):
+        return 0.0
+    residual = np.asarray(positive, dtype=np.float64) - probability
+    return float(np.abs(np.bincount(which, weights=residual, minlength=bins)).sum() / len(probability))
 
 
 def calibration(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
-    """Per probability bin: rows, mean predicted probability and observed positive rate (a reliability diagram)."""
-    which = np.minimum((probability * bins).astype(np.int64), bins - 1)
-    out = []
-    for b in np.unique(which):
-        rows = which == b
-        out.append(
-            {
-                "rows": int(rows.sum()),
-                "predicted": float(probability[rows].mean()),
-                "observed": float(positive[rows].mean()),
-            }
-        )
-    return out
+    """Per non-empty probability bin: its range, rows, mean predicted probability and observed
+    positive rate (a reliability diagram)."""
+    which = bin_of(probability, bins)
+    return [
+        {
+            "low": b / bins,
+            "high": (b + 1) / bins,
+            "rows": int((which == b).sum()),
+            "predicted": float(probability[which == b].mean()),
+            "observed": float(positive[which == b].mean()),
+        }
+        for b in np.unique(which).tolist()
+    ]
 
 
 def classification_metrics(

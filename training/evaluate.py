@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from monitoring.accuracy import ece
 from service.features import Encoded, Preprocess
 
 EPS = 1e-7  # probabilities clipped before their logs are taken (float32: 1 - 1e-7 is still < 1)
@@ -29,36 +30,12 @@ def _safe_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Mean |observed rate − mean predicted| over equal-width probability bins, weighted by count."""
-    return _binned_error(y, p, _bin_of(p, bins), bins)
-
-
 def calibration_outcomes(task: str, y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What ECE compares: binary, the outcome and the positive class's probability; multiclass,
     whether the predicted class was right and its probability (top-label)."""
     if task == "multiclass":
         return (probs.argmax(axis=1) == y).astype(float), probs.max(axis=1)
     return y, probs[:, 1]
-
-
-def ece_floor(p: np.ndarray, draws: int = 200, seed: int = 0, bins: int = 10) -> float:
-    """The ECE a perfectly calibrated model with these probabilities would show on this many rows
-    (each outcome drawn from its own probability; seeded): chance alone, in each bin's mean outcome,
-    more on few rows. An ECE near or below it is no sign of miscalibration."""
-    rng, which = np.random.default_rng(seed), _bin_of(p, bins)
-    return float(np.mean([_binned_error(rng.random(len(p)) < p, p, which, bins) for _ in range(draws)]))
-
-
-def _bin_of(p: np.ndarray, bins: int) -> np.ndarray:
-    return np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
-
-
-def _binned_error(y: np.ndarray, p: np.ndarray, which: np.ndarray, bins: int) -> float:
-    """Σ over bins of |Σ (y − p)| / rows: each bin's |observed − predicted| weighted by its share."""
-    if not len(p):
-        return 0.0
-    return float(np.abs(np.bincount(which, weights=y - p, minlength=bins)).sum() / len(p))
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:
@@ -116,7 +93,7 @@ def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshol
             "macro_f1": float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
             "log_loss": float(skm.log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)),
             # of the predicted class's probability (top-label ECE); Brier summed over classes
-            "ece": expected_calibration_error(*calibration_outcomes(task, y, probs)),
+            "ece": ece(*calibration_outcomes(task, y, probs)),
             "brier": float(np.mean(((np.eye(len(labels))[y] - probs) ** 2).sum(axis=1))),
         }
     p = probs[:, 1]
@@ -128,7 +105,7 @@ def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshol
         "brier": float(skm.brier_score_loss(y, p)),
         "accuracy": float(np.mean(pred == y)),
         "f1": float(skm.f1_score(y, pred, zero_division=0)),
-        "ece": expected_calibration_error(y, p),
+        "ece": ece(y, p),
     }
 
 

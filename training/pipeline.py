@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from monitoring.accuracy import ece_floor
 from service import bundle, release
 from service.drift import reference_distribution, score_of
 from service.features import Encoded, EncodingError, Preprocess
@@ -30,7 +31,6 @@ from training.evaluate import (
     calibration_outcomes,
     calibration_slope,
     choose_threshold,
-    ece_floor,
     log_odds,
     task_metrics,
 )

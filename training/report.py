@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monitoring.accuracy import calibration
 from service.bundle import CARD_FILE
 from service.features import Encoded, NumericFeature, Preprocess, category_key, parse_number
 from training import figures
@@ -95,22 +96,6 @@ def predictions(pre: Preprocess, out: np.ndarray) -> np.ndarray:
     return np.asarray(out.argmax(axis=1))
 
 
-def calibration_bins(y: np.ndarray, p: np.ndarray) -> list[dict[str, Any]]:
-    """Per non-empty tenth of [0, 1]: its range, rows, mean predicted probability and observed rate."""
-    which = np.clip((p * 10).astype(int), 0, 9)
-    return [
-        {
-            "low": b / 10,
-            "high": (b + 1) / 10,
-            "rows": int((which == b).sum()),
-            "predicted": float(p[which == b].mean()),
-            "observed": float(y[which == b].mean()),
-        }
-        for b in range(10)
-        if (which == b).any()
-    ]
-
-
 def row_errors(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Each test row's error: log loss of its true class; regression: squared error."""
     if pre.task == "regression":
@@ -193,7 +178,7 @@ def write_plots(out: Path, pre: Preprocess, ev: Evidence, metrics: dict[str, Any
             figures.roc(out, ev.y, p, others, threshold),
             figures.precision_recall(out, ev.y, p, others, threshold),
             figures.gain_and_lift(out, ev.y, p, others, threshold),
-            figures.calibration(out, calibration_bins(ev.y, p)),
+            figures.calibration(out, calibration(ev.y, p)),
         ]
     if pre.task != "regression":
         title = (
@@ -222,7 +207,7 @@ def comparison_plot(out: Path, champion: int, y: np.ndarray, old: np.ndarray, ne
     for label, probs, style in ((f"champion v{champion}", old, "--"), ("this model", new, "-")):
         fpr, tpr, _ = roc_curve(y, probs[:, 1])
         roc.plot(fpr, tpr, ls=style, label=label)
-        bins = calibration_bins(y, probs[:, 1])
+        bins = calibration(y, probs[:, 1])
         cal.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], ls=style, marker="o", label=label)
     for ax in (roc, cal):
         ax.plot([0, 1], [0, 1], ls=":", color="grey")
@@ -550,7 +535,7 @@ def calibration_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None)
             "| predicted | rows | mean predicted | observed |",
             "|---|---|---|---|",
         ]
-        for b in calibration_bins(ev.y, ev.out[:, 1]):
+        for b in calibration(ev.y, ev.out[:, 1]):
             lines.append(
                 f"| {b['low']:.1f}–{b['high']:.1f} | {b['rows']:,} | {b['predicted']:.3f} | {b['observed']:.3f} |"
             )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from monitoring.accuracy import auc, classification_metrics, ece
+from monitoring.accuracy import auc, calibration, classification_metrics, ece, ece_floor
 
 
 def test_auc_equals_scikit_learn_with_ties() -> None:
@@ -26,3 +27,21 @@ def test_binary_metrics_equal_scikit_learn() -> None:
     assert abs(doc["brier"] - brier_score_loss(truth, p)) < 1e-12
     assert doc["ece"] < 0.05  # outcomes drawn at the predicted rate: well calibrated
     assert ece(truth.astype(bool), np.clip(p + 0.3, 0, 1)) > 0.2  # shifted: badly calibrated
+
+
+def test_the_ece_floor_is_what_a_calibrated_model_shows_on_so_many_rows() -> None:
+    """ECE as defined (each bin's |observed − predicted| weighted by its share), and its floor: the
+    mean ECE of outcomes drawn from the probabilities themselves, which falls as rows grow (~1/√n)."""
+    rng = np.random.default_rng(1)
+    p = rng.beta(1, 6, 476)  # hmda-like: few positives, 476 test rows
+    y = (rng.random(len(p)) < p).astype(float)
+    which = np.minimum((p * 10).astype(int), 9)
+    by_hand = sum((which == b).mean() * abs(y[which == b].mean() - p[which == b].mean()) for b in set(which))
+    assert ece(y, p) == pytest.approx(by_hand, rel=1e-9)
+    fresh = [ece((rng.random(len(p)) < p).astype(float), p) for _ in range(2000)]
+    assert ece_floor(p) == pytest.approx(np.mean(fresh), rel=0.05)
+    assert ece_floor(np.tile(p, 25)) < ece_floor(p) / 3  # 25× the rows: about a fifth
+    assert ece(y, np.clip(p * 2, 0, 1)) > 2 * ece_floor(np.clip(p * 2, 0, 1))  # too sure
+    bins = calibration(y, p)  # the reliability diagram the model card and `tabserve monitor` draw: ECE's bins
+    assert sum(b["rows"] for b in bins) == len(p) and all(b["low"] <= b["predicted"] < b["high"] for b in bins)
+    assert sum(b["rows"] * abs(b["observed"] - b["predicted"]) for b in bins) / len(p) == pytest.approx(ece(y, p))

@@ -13,10 +13,11 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
+from monitoring.accuracy import ece, ece_floor
 from service import bundle
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
-from training.evaluate import calibration_slope, ece_floor, expected_calibration_error
+from training.evaluate import calibration_slope
 from training.pipeline import prepare_data, train
 
 
@@ -152,7 +153,7 @@ def test_platt_parameters_are_a_logistic_regression_on_the_out_of_fold_log_odds(
     assert a == pytest.approx(reference.coef_[0, 0], abs=1e-2) and b == pytest.approx(reference.intercept_[0], abs=1e-2)
     after = 1 / (1 + np.exp(-(a * logit + b)))
     assert log_loss(y, after) <= log_loss(y, p) + 1e-9  # in-sample it can only help
-    assert expected_calibration_error(y, after) <= expected_calibration_error(y, p) + 0.01
+    assert ece(y, after) <= ece(y, p) + 0.01
 
 
 def test_the_published_model_is_refitted_on_every_row_and_the_gate_uses_the_evaluation_fit(tmp_path: Path) -> None:
@@ -262,21 +263,6 @@ def test_the_calibration_slope_tells_timid_from_sure_probabilities() -> None:
     assert np.isnan(calibration_slope(np.zeros(10, dtype=int), np.full(10, 0.2))["slope"])  # one class: no fit
     apart = calibration_slope(y, y * 0.6 + 0.2)  # the classes apart (a leaked column): no maximum, no figure
     assert np.isnan(apart["slope"]) and np.isnan(apart["intercept"])
-
-
-def test_the_ece_floor_is_what_a_calibrated_model_shows_on_so_many_rows() -> None:
-    """ECE as defined (each bin's |observed − predicted| weighted by its share), and its floor: the
-    mean ECE of outcomes drawn from the probabilities themselves, which falls as rows grow (~1/√n)."""
-    rng = np.random.default_rng(1)
-    p = rng.beta(1, 6, 476)  # hmda-like: few positives, 476 test rows
-    y = (rng.random(len(p)) < p).astype(float)
-    which = np.minimum((p * 10).astype(int), 9)
-    by_hand = sum((which == b).mean() * abs(y[which == b].mean() - p[which == b].mean()) for b in set(which))
-    assert expected_calibration_error(y, p) == pytest.approx(by_hand, rel=1e-9)
-    fresh = [expected_calibration_error((rng.random(len(p)) < p).astype(float), p) for _ in range(2000)]
-    assert ece_floor(p) == pytest.approx(np.mean(fresh), rel=0.05)
-    assert ece_floor(np.tile(p, 25)) < ece_floor(p) / 3  # 25× the rows: about a fifth
-    assert expected_calibration_error(y, np.clip(p * 2, 0, 1)) > 2 * ece_floor(np.clip(p * 2, 0, 1))  # too sure
 
 
 def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> None:
