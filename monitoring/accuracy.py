@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from monitoring.feedback import Labelled
 
 ECE_BINS = 10  # equal-width probability bins, the usual choice for expected calibration error
+EPS = 1e-7  # probabilities clipped before their logs are taken (float32: 1 - 1e-7 is still < 1)
 
 
 def auc(positive: np.ndarray, score: np.ndarray) -> float | None:
@@ -94,7 +95,7 @@ def classification_metrics(
     """AUC (binary), log loss, Brier, ECE and accuracy (of the predicted label indices) of class
     probabilities against true label indices."""
     n, k = probabilities.shape
-    p = np.clip(probabilities.astype(np.float64), 1e-15, 1.0)
+    p = np.clip(probabilities.astype(np.float64), EPS, 1.0)
     onehot = np.zeros((n, k))
     onehot[np.arange(n), truth] = 1.0
     doc: dict[str, Any] = {

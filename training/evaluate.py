@@ -11,10 +11,8 @@ from sklearn import metrics as skm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from monitoring.accuracy import ece
+from monitoring.accuracy import EPS, ece
 from service.features import Encoded, Preprocess
-
-EPS = 1e-7  # probabilities clipped before their logs are taken (float32: 1 - 1e-7 is still < 1)
 
 
 def monitor_metric(task: str, y: np.ndarray, out: np.ndarray) -> float:

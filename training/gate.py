@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.accuracy import weighted_auc
+from monitoring.accuracy import EPS, weighted_auc
 from service import bundle
 from service.features import Preprocess
 from service.runtime import create_session
 from training import data as D
-from training.evaluate import EPS
 
 MODES = ("auto", "always", "never")
 GATE_METRICS = {"binary": ("roc_auc", "log_loss"), "multiclass": ("log_loss",), "regression": ("rmse",)}

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monitoring.accuracy import ece_floor
+from monitoring.accuracy import EPS, ece_floor
 from service import bundle, release
 from service.drift import reference_distribution, score_of
 from service.features import Encoded, EncodingError, Preprocess
@@ -24,7 +24,6 @@ from training import data as D
 from training import export, gate, report
 from training.config import TrainConfig, parse_seconds
 from training.evaluate import (
-    EPS,
     KEY_METRIC,
     Baseline,
     GradientBoosting,

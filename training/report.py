@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.accuracy import calibration
+from monitoring.accuracy import EPS, calibration
 from service.bundle import CARD_FILE
 from service.features import Encoded, NumericFeature, Preprocess, category_key, parse_number
 from training import figures
-from training.evaluate import EPS
 from training.train import History
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the threshold table's rows, beside the chosen one

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from monitoring.accuracy import EPS
 from service.features import Preprocess
 from training.config import TrainConfig
 from training.data import screened
-from training.evaluate import EPS, PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
+from training.evaluate import PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
 from training.model import TabularMLP, to_output
 
 # larger files take larger batches, so that an epoch stays ≤ this many steps: a 500 k-row file
