@@ -45,7 +45,10 @@ MAX_CLASSES = 50
 # rows a class needs: one or more for the test split, the rest for training and validation (a
 # stratified split of fewer fails, and a class seen once can be neither learned nor evaluated)
 MIN_CLASS_ROWS = 3
-ID_WORDS = frozenset({"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference"})
+# `rownames`: R row names as a column, as R data packages export their CSVs
+ID_WORDS = frozenset(
+    {"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference", "rownames"}
+)
 # numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount
 CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
 # so do an id's integers where they repeat (a household's purchases): 17 is no more than 16 (not `no`,

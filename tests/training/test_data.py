@@ -74,6 +74,15 @@ def test_whitespace_levels_blank_numbers_ids_constants(tmp_path: Path) -> None:
     assert prep.pre.positive == "yes"
 
 
+def test_r_row_names_written_as_a_column_are_an_identifier(tmp_path: Path) -> None:
+    """R data packages export row names as a `rownames` column (1..n): in a file sorted by the
+    target it alone predicts the target, and it is no feature anywhere (Mroz, sorted by `work`)."""
+    rows = [[i + 1, round(random.Random(i).uniform(1, 9), 2), "yes" if i < 150 else "no"] for i in range(300)]
+    prep = _prepare(write_csv(tmp_path / "sorted.csv", ["rownames", "hours", "work"], rows), "work", tmp_path)
+    assert prep.schema.id_columns == ["rownames"] and prep.schema.numeric == ["hours"]
+    assert not prep.schema.warnings  # no leakage warning: it never reaches the model
+
+
 def test_a_repeating_integer_id_is_a_category_not_an_amount(tmp_path: Path) -> None:
     """A household's purchases: household 17 is no more than 16, so each id is a level; a unique
     integer id is still an identifier; a repeating `…no` or `…nr` stays a number (`week_nr` is
