@@ -23,12 +23,11 @@ from quality import dataset, outer_split
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from monitoring.accuracy import EPS, ece, ece_floor
+from monitoring.accuracy import EPS, calibration_outcomes, ece, ece_floor
 from training import data as D
 from training.config import build_config
 from training.evaluate import (
     Baseline,
-    calibration_outcomes,
     log_odds,
     task_metrics,
 )

@@ -32,13 +32,12 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from monitoring.accuracy import ece, ece_floor
+from monitoring.accuracy import calibration_outcomes, ece, ece_floor
 from training import data as D
 from training.config import build_config
 from training.evaluate import (
     Baseline,
     GradientBoosting,
-    calibration_outcomes,
     task_metrics,
 )
 from training.pipeline import train

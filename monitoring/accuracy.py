@@ -89,8 +89,16 @@ def calibration(positive: np.ndarray, probability: np.ndarray, bins: int = ECE_B
     ]
 
 
+def calibration_outcomes(task: str, y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What ECE compares: binary, the outcome and the positive class's probability; multiclass,
+    whether the predicted class was right and its probability (top-label), whatever the classes' number."""
+    if task == "multiclass":
+        return (probs.argmax(axis=1) == y).astype(float), probs.max(axis=1)
+    return y, probs[:, 1]
+
+
 def classification_metrics(
-    probabilities: np.ndarray, truth: np.ndarray, labels: list[str], predicted: np.ndarray
+    task: str, probabilities: np.ndarray, truth: np.ndarray, labels: list[str], predicted: np.ndarray
 ) -> dict[str, Any]:
     """AUC (binary), log loss, Brier, ECE and accuracy (of the predicted label indices) of class
     probabilities against true label indices."""
@@ -103,18 +111,16 @@ def classification_metrics(
         "log_loss": float(-np.log(p[np.arange(n), truth]).mean()),
         "accuracy": float((predicted == truth).mean()),
     }
-    if k == 2:
+    doc["ece"] = ece(*calibration_outcomes(task, truth, probabilities.astype(np.float64)))
+    if task == "binary":
         positive, score = truth == 1, probabilities[:, 1].astype(np.float64)
         doc["auc"] = auc(positive, score)
         doc["brier"] = float(((score - positive) ** 2).mean())
-        doc["ece"] = ece(positive, score)
         doc["positive_rate"] = float(positive.mean())
         doc["predicted_positive_rate"] = float(score.mean())
         doc["positive"] = labels[1]
     else:
         doc["brier"] = float(((probabilities - onehot) ** 2).sum(axis=1).mean())
-        top = probabilities.max(axis=1).astype(np.float64)
-        doc["ece"] = ece(probabilities.argmax(axis=1) == truth, top)
     return doc
 
 
@@ -142,7 +148,7 @@ def metrics_of(pre: Preprocess, outputs: np.ndarray, truth: np.ndarray) -> dict[
     if pre.task == "regression":
         return regression_metrics(outputs[:, 0], truth)
     labels = [str(label) for label in pre.labels]
-    return classification_metrics(outputs, truth, labels, pre.label_index(outputs))  # the served labels' rule
+    return classification_metrics(pre.task, outputs, truth, labels, pre.label_index(outputs))  # the served labels' rule
 
 
 class LiveAccuracy:

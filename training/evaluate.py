@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from monitoring.accuracy import EPS, ece
+from monitoring.accuracy import EPS, calibration_outcomes, ece
 from service.features import Encoded, Preprocess
 
 
@@ -26,14 +26,6 @@ def monitor_metric(task: str, y: np.ndarray, out: np.ndarray) -> float:
 
 def _safe_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-
-
-def calibration_outcomes(task: str, y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What ECE compares: binary, the outcome and the positive class's probability; multiclass,
-    whether the predicted class was right and its probability (top-label)."""
-    if task == "multiclass":
-        return (probs.argmax(axis=1) == y).astype(float), probs.max(axis=1)
-    return y, probs[:, 1]
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monitoring.accuracy import EPS, ece_floor
+from monitoring.accuracy import EPS, calibration_outcomes, ece_floor
 from service import bundle, release
 from service.drift import reference_distribution, score_of
 from service.features import Encoded, EncodingError, Preprocess
@@ -27,7 +27,6 @@ from training.evaluate import (
     KEY_METRIC,
     Baseline,
     GradientBoosting,
-    calibration_outcomes,
     calibration_slope,
     choose_threshold,
     log_odds,

@@ -22,11 +22,15 @@ def test_binary_metrics_equal_scikit_learn() -> None:
     p = rng.random(2000)
     truth = (rng.random(2000) < p).astype(np.int64)
     probabilities = np.stack([1 - p, p], axis=1)
-    doc = classification_metrics(probabilities, truth, ["No", "Yes"], (p >= 0.5).astype(np.intp))
+    doc = classification_metrics("binary", probabilities, truth, ["No", "Yes"], (p >= 0.5).astype(np.intp))
     assert abs(doc["log_loss"] - log_loss(truth, p)) < 1e-9
     assert abs(doc["brier"] - brier_score_loss(truth, p)) < 1e-12
     assert doc["ece"] < 0.05  # outcomes drawn at the predicted rate: well calibrated
     assert ece(truth.astype(bool), np.clip(p + 0.3, 0, 1)) > 0.2  # shifted: badly calibrated
+    # the same two classes as `--task multiclass`: top-label ECE, as training reports it, and no AUC
+    two = classification_metrics("multiclass", probabilities, truth, ["No", "Yes"], probabilities.argmax(axis=1))
+    assert two["ece"] == ece(probabilities.argmax(axis=1) == truth, probabilities.max(axis=1)) != doc["ece"]
+    assert "auc" not in two and two["log_loss"] == doc["log_loss"]
 
 
 def test_the_ece_floor_is_what_a_calibrated_model_shows_on_so_many_rows() -> None:
