@@ -26,11 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from monitoring.accuracy import EPS, calibration_outcomes, ece, ece_floor
 from training import data as D
 from training.config import build_config
-from training.evaluate import (
-    Baseline,
-    log_odds,
-    task_metrics,
-)
+from training.evaluate import Baseline, log_odds, task_metrics
 from training.pipeline import fit_platt, train
 
 BINARY = ["telco", "german", "mlc_churn", "credit_data", "attrition", "lending_club", "hmda"]

@@ -35,11 +35,7 @@ from sklearn.model_selection import train_test_split
 from monitoring.accuracy import calibration_outcomes, ece, ece_floor
 from training import data as D
 from training.config import build_config
-from training.evaluate import (
-    Baseline,
-    GradientBoosting,
-    task_metrics,
-)
+from training.evaluate import Baseline, GradientBoosting, task_metrics
 from training.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -97,18 +97,28 @@ def calibration_outcomes(task: str, y: np.ndarray, probs: np.ndarray) -> tuple[n
     return y, probs[:, 1]
 
 
+def row_log_loss(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Each row's log loss (its true class's), probabilities clipped to [EPS, 1 - EPS] (multiclass: then
+    renormalised), as scikit-learn's log_loss takes them in training/evaluate.py."""
+    if task == "binary":
+        p = np.clip(out[:, 1], EPS, 1 - EPS)
+        return np.asarray(-np.where(y == 1, np.log(p), np.log(1 - p)))
+    clipped = np.clip(out, EPS, 1 - EPS)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    return np.asarray(-np.log(clipped[np.arange(len(y)), y]))
+
+
 def classification_metrics(
     task: str, probabilities: np.ndarray, truth: np.ndarray, labels: list[str], predicted: np.ndarray
 ) -> dict[str, Any]:
     """AUC (binary), log loss, Brier, ECE and accuracy (of the predicted label indices) of class
     probabilities against true label indices."""
     n, k = probabilities.shape
-    p = np.clip(probabilities.astype(np.float64), EPS, 1.0)
     onehot = np.zeros((n, k))
     onehot[np.arange(n), truth] = 1.0
     doc: dict[str, Any] = {
         "rows": n,
-        "log_loss": float(-np.log(p[np.arange(n), truth]).mean()),
+        "log_loss": float(row_log_loss(task, truth, probabilities.astype(np.float64)).mean()),
         "accuracy": float((predicted == truth).mean()),
     }
     doc["ece"] = ece(*calibration_outcomes(task, truth, probabilities.astype(np.float64)))

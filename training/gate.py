@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.accuracy import EPS, weighted_auc
+from monitoring.accuracy import row_log_loss, weighted_auc
 from service import bundle
 from service.features import Preprocess
 from service.runtime import create_session
@@ -217,16 +217,6 @@ def metric(name: str, task: str, y: np.ndarray, out: np.ndarray, counts: np.ndar
     if name == "log_loss":
         return np.asarray(counts @ row_log_loss(task, y, out) / counts.sum(axis=1))
     return np.asarray(np.sqrt(counts @ (out[:, 0] - y) ** 2 / counts.sum(axis=1)))
-
-
-def row_log_loss(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Each row's log loss, with probabilities clipped as training/evaluate.py clips them."""
-    if task == "binary":
-        p = np.clip(out[:, 1], EPS, 1 - EPS)
-        return np.asarray(-np.where(y == 1, np.log(p), np.log(1 - p)))
-    clipped = np.clip(out, EPS, 1 - EPS)
-    clipped /= clipped.sum(axis=1, keepdims=True)
-    return np.asarray(-np.log(clipped[np.arange(len(y)), y]))
 
 
 def _signed_diff(name: str, champion: Any, challenger: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.accuracy import EPS, calibration
+from monitoring.accuracy import calibration, row_log_loss
 from service.bundle import CARD_FILE
 from service.features import Encoded, NumericFeature, Preprocess, category_key, parse_number
 from training import figures
@@ -99,7 +99,7 @@ def row_errors(pre: Preprocess, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Each test row's error: log loss of its true class; regression: squared error."""
     if pre.task == "regression":
         return np.asarray((out[:, 0] - y) ** 2)
-    return np.asarray(-np.log(np.clip(out[np.arange(len(y)), y.astype(np.int64)], EPS, 1)))
+    return row_log_loss(pre.task, y.astype(np.int64), out)
 
 
 def segments(pre: Preprocess, ev: Evidence) -> list[dict[str, Any]]:
