@@ -157,7 +157,20 @@ def category_key(value: Any) -> str | None:
     return text or None
 
 
-DATE_FORMATS = ("iso", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d.%m.%Y %H:%M", "%d/%m/%Y %H:%M")
+# tried in this order, the first that reads every value wins: day-first before month-first; with a
+# time of day as spreadsheets and databases export it (seconds or not; US 12-hour clock with AM/PM)
+DATE_FORMATS = (
+    "iso",
+    *(
+        f"{day}{time}"
+        for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y")
+        for time in ("", " %H:%M", " %H:%M:%S")
+    ),
+    "%m/%d/%Y %I:%M %p",
+    "%m/%d/%Y %I:%M:%S %p",
+)
+# how an error shows a format: 'expected a date (DD/MM/YYYY hh:mm)'
+_SHOWN = {"%d": "DD", "%m": "MM", "%Y": "YYYY", "%H": "hh", "%I": "hh", "%M": "mm", "%S": "ss", "%p": "AM/PM"}
 
 
 def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
@@ -177,7 +190,7 @@ def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
                 dt.datetime.fromisoformat(text) if fmt == "iso" or text[4:5] == "-" else dt.datetime.strptime(text, fmt)
             )
         except ValueError:
-            shown = "YYYY-MM-DD" if fmt == "iso" else fmt.replace("%d", "DD").replace("%m", "MM").replace("%Y", "YYYY")
+            shown = "YYYY-MM-DD" if fmt == "iso" else re.sub("%[a-zA-Z]", lambda m: _SHOWN[m.group()], fmt)
             raise ValueError(f"expected a date ({shown}), got {value!r}") from None
     else:
         raise ValueError(f"expected a date (text), got {type(value).__name__}")

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import re
 
 import numpy as np
 import pytest
 
-from service.features import CategoricalFeature, NumericFeature, Preprocess, near_miss, parse_number
+from service.features import (
+    DATE_FORMATS,
+    CategoricalFeature,
+    NumericFeature,
+    Preprocess,
+    near_miss,
+    parse_date,
+    parse_number,
+)
 
 
 def make_preprocess() -> Preprocess:
@@ -88,6 +98,22 @@ def test_case_folded_levels_and_dates_follow_the_bundle() -> None:
     enc = pre.encode_records([{"start": "2024-01-01", "plan": " GOLD "}, {"start": 3, "plan": "gold"}])
     assert enc.num[0, 0] == 9.0 and enc.cat[:, 0].tolist() == [2, 2]
     assert "expected a date" in str(enc.errors[1])  # a number is not a date: never read as an age
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("2016/01/31 00:47:36", "%Y/%m/%d %H:%M:%S"),  # a database export
+        ("1/31/2016 12:47 AM", "%m/%d/%Y %I:%M %p"),  # a US spreadsheet
+        ("31.01.2016 00:47:36", "%d.%m.%Y %H:%M:%S"),
+        ("31/01/2016 00:47", "%d/%m/%Y %H:%M"),
+    ],
+)
+def test_a_date_with_a_time_of_day_is_read_in_its_format(text: str, fmt: str) -> None:
+    assert fmt in DATE_FORMATS
+    assert parse_date(text, fmt) == dt.datetime(2016, 1, 31, 0, 47, 36 if text.count(":") == 2 else 0)
+    with pytest.raises(ValueError, match=re.escape("expected a date (") + ".*hh:mm.*got '2016-31-01'"):
+        parse_date("2016-31-01", fmt)  # the error names the format as a person reads it
 
 
 def test_missing_and_unseen_categories_go_to_index_zero_with_a_warning() -> None:
