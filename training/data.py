@@ -699,7 +699,8 @@ def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarr
         )
         feat = replace(feat, unit=schema.units.get(col, ""), date=date, cycles=cycles, missing_=missing)
         columns.append((feat, values))
-    edges = piece_edges([v for _, v in columns], cfg.numeric_bins, y)
+    finer = [feat.date is not None and y is not None and tells_apart(values, y) for feat, values in columns]
+    edges = piece_edges([v for _, v in columns], cfg.numeric_bins, y, finer)
     features += [replace(feat, bins=e) for (feat, _), e in zip(columns, edges, strict=True)]
     for col in schema.categorical:
         merged = schema.merged.get(col, {})
@@ -754,6 +755,9 @@ def quantile_knots(finite: np.ndarray) -> tuple[float, ...]:
 # piece columns over all numeric features (--numeric-bins per column); beyond it only the columns that
 # tell the target apart most get pieces: pieces of weak columns cost more than they gain (BENCHMARKS.md)
 MAX_PIECES = 128
+# a date that tells the target apart gets this many times the pieces: its age spans years, and what
+# changed at a date (a price, a rule, a season's peak) falls anywhere in them (BENCHMARKS.md)
+DATE_PIECES = 4
 
 
 def bin_edges(finite: np.ndarray, bins: int) -> tuple[float, ...]:
@@ -765,11 +769,15 @@ def bin_edges(finite: np.ndarray, bins: int) -> tuple[float, ...]:
     return tuple(float(e) for e in edges) if len(edges) >= 3 else ()
 
 
-def piece_edges(columns: list[np.ndarray], bins: int, y: np.ndarray | None) -> list[tuple[float, ...]]:
-    """Each numeric column's bin edges, at most MAX_PIECES pieces in all: beyond that (a wide file),
-    the columns whose value groups (value_groups: `bins` deciles of rank) tell the target's values
-    apart most keep theirs and the rest get none (without a target: fewer bins for every column)."""
-    edges = [bin_edges(v[~np.isnan(v)], bins) for v in columns]
+def piece_edges(
+    columns: list[np.ndarray], bins: int, y: np.ndarray | None, finer: Sequence[bool] = ()
+) -> list[tuple[float, ...]]:
+    """Each numeric column's bin edges (`bins`; DATE_PIECES × as many where `finer`), at most
+    MAX_PIECES pieces in all: beyond that (a wide file), the columns whose value groups (value_groups:
+    `bins` groups of rank) tell the target's values apart most keep theirs and the rest get none
+    (without a target: fewer bins for every column)."""
+    finer = finer or [False] * len(columns)
+    edges = [bin_edges(v[~np.isnan(v)], bins * DATE_PIECES if f else bins) for v, f in zip(columns, finer, strict=True)]
     if sum(max(len(e) - 1, 0) for e in edges) <= MAX_PIECES:
         return edges
     if y is None:
@@ -798,6 +806,13 @@ def value_groups(values: np.ndarray, bins: int) -> np.ndarray:
         ranks = stats.rankdata(values[finite])  # ties: their average rank
         groups[finite] = np.minimum((ranks - 0.5) * bins / finite.sum(), bins - 1).astype(np.int64)
     return groups
+
+
+def tells_apart(values: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a numeric column's deciles of rank tell the target apart at SCREEN_LEVEL (the screen's
+    test; a float target is a regression's)."""
+    task = "regression" if y.dtype.kind == "f" else "classification"
+    return association_p_value(value_groups(values, SCREEN_BINS), y, task) < SCREEN_LEVEL
 
 
 def between_share(groups: np.ndarray, target: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from service.features import DateParse, NumericFeature, Preprocess
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
 from training.config import TrainConfig
-from training.data import MAX_PIECES, fit_features, infer_schema
+from training.data import DATE_PIECES, MAX_PIECES, fit_features, infer_schema
 from training.model import Normalize, Pieces
 from training.pipeline import fit_rows_of, prepare_data, train
 
@@ -111,6 +111,26 @@ def test_a_date_column_trains_with_its_cycles_and_explains_them_as_the_date(tmp_
     # the export checked that effects sum to the score; one effect per column, the date's included
     effects = doc["explanations"]["mean_abs_effect"]
     assert set(effects) == {f.name for f in pre.features} and effects["signup"] > 0
+
+
+def test_a_date_that_tells_the_target_apart_gets_finer_pieces(tmp_path: Path) -> None:
+    """A signup date (tenure months back, which predicts churn) is cut at DATE_PIECES × as many
+    quantiles; a date drawn at random keeps --numeric-bins (finer pieces of noise overfit)."""
+    rng = np.random.default_rng(2)
+    df = pd.read_csv(TELCO)
+    end = pd.Timestamp("2024-06-30")
+    df["signup"] = [
+        (end - pd.Timedelta(days=30 * int(t) + int(d))).date().isoformat()
+        for t, d in zip(df["tenure"], rng.integers(0, 30, len(df)), strict=True)
+    ]
+    df["noise_date"] = [(end - pd.Timedelta(days=int(d))).date().isoformat() for d in rng.integers(0, 2000, len(df))]
+    y = (df["Churn"] == "Yes").to_numpy().astype(np.int64)
+    cfg = TrainConfig(data=tmp_path / "dated.csv", target="Churn")
+    feats = {f.name: f for f in fit_features(df, infer_schema(df, cfg), cfg, y) if isinstance(f, NumericFeature)}
+    assert feats["signup"].date is not None and feats["noise_date"].date is not None
+    assert len(feats["signup"].bins) - 1 == cfg.numeric_bins * DATE_PIECES
+    assert len(feats["noise_date"].bins) - 1 == cfg.numeric_bins
+    assert len(feats["MonthlyCharges"].bins) - 1 == cfg.numeric_bins  # not a date: as before
 
 
 def test_on_a_wide_file_the_columns_that_tell_the_target_apart_keep_their_pieces(tmp_path: Path) -> None:
