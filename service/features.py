@@ -158,19 +158,30 @@ def category_key(value: Any) -> str | None:
 
 
 # tried in this order, the first that reads every value wins: day-first before month-first; with a
-# time of day as spreadsheets and databases export it (seconds or not; US 12-hour clock with AM/PM)
+# time of day as spreadsheets and databases export it (seconds or not; US 12-hour clock with AM/PM);
+# 05-JAN-2024 as Oracle and Excel write months (English abbreviations, any case)
 DATE_FORMATS = (
     "iso",
     *(
         f"{day}{time}"
-        for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y")
+        for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d-%b-%Y")
         for time in ("", " %H:%M", " %H:%M:%S")
     ),
     "%m/%d/%Y %I:%M %p",
     "%m/%d/%Y %I:%M:%S %p",
 )
 # how an error shows a format: 'expected a date (DD/MM/YYYY hh:mm)'
-_SHOWN = {"%d": "DD", "%m": "MM", "%Y": "YYYY", "%H": "hh", "%I": "hh", "%M": "mm", "%S": "ss", "%p": "AM/PM"}
+_SHOWN = {
+    "%d": "DD",
+    "%m": "MM",
+    "%b": "Mon",
+    "%Y": "YYYY",
+    "%H": "hh",
+    "%I": "hh",
+    "%M": "mm",
+    "%S": "ss",
+    "%p": "AM/PM",
+}
 
 
 def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:

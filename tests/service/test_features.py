@@ -107,6 +107,7 @@ def test_case_folded_levels_and_dates_follow_the_bundle() -> None:
         ("1/31/2016 12:47 AM", "%m/%d/%Y %I:%M %p"),  # a US spreadsheet
         ("31.01.2016 00:47:36", "%d.%m.%Y %H:%M:%S"),
         ("31/01/2016 00:47", "%d/%m/%Y %H:%M"),
+        ("31-JAN-2016 00:47:36", "%d-%b-%Y %H:%M:%S"),  # Oracle's months
     ],
 )
 def test_a_date_with_a_time_of_day_is_read_in_its_format(text: str, fmt: str) -> None:
