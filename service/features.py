@@ -201,7 +201,9 @@ def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
                 dt.datetime.fromisoformat(text) if fmt == "iso" or text[4:5] == "-" else dt.datetime.strptime(text, fmt)
             )
         except ValueError:
-            shown = "YYYY-MM-DD" if fmt == "iso" else re.sub("%[a-zA-Z]", lambda m: _SHOWN[m.group()], fmt)
+            shown = (
+                "YYYY-MM-DD" if fmt == "iso" else re.sub("%[a-zA-Z]", lambda m: _SHOWN.get(m.group(), m.group()), fmt)
+            )
             raise ValueError(f"expected a date ({shown}), got {value!r}") from None
     else:
         raise ValueError(f"expected a date (text), got {type(value).__name__}")
