@@ -699,7 +699,8 @@ def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarr
         )
         feat = replace(feat, unit=schema.units.get(col, ""), date=date, cycles=cycles, missing_=missing)
         columns.append((feat, values))
-    finer = [feat.date is not None and y is not None and tells_apart(values, y) for feat, values in columns]
+    task = "regression" if y is not None and y.dtype.kind == "f" else "classification"  # as piece_edges reads it
+    finer = [feat.date is not None and y is not None and tells_apart(values, y, task) for feat, values in columns]
     edges = piece_edges([v for _, v in columns], cfg.numeric_bins, y, finer)
     features += [replace(feat, bins=e) for (feat, _), e in zip(columns, edges, strict=True)]
     for col in schema.categorical:
@@ -808,10 +809,9 @@ def value_groups(values: np.ndarray, bins: int) -> np.ndarray:
     return groups
 
 
-def tells_apart(values: np.ndarray, y: np.ndarray) -> bool:
-    """Whether a numeric column's deciles of rank tell the target apart at SCREEN_LEVEL (the screen's
-    test; a float target is a regression's)."""
-    task = "regression" if y.dtype.kind == "f" else "classification"
+def tells_apart(values: np.ndarray, y: np.ndarray, task: str) -> bool:
+    """Whether a numeric column's deciles of rank (missing values, NaN, a group of their own) tell the
+    target apart at SCREEN_LEVEL: the screen's test of a numeric column."""
     return association_p_value(value_groups(values, SCREEN_BINS), y, task) < SCREEN_LEVEL
 
 
@@ -837,9 +837,9 @@ def screened(num: np.ndarray, missing: np.ndarray, cat: np.ndarray, y: np.ndarra
     a numeric column by its deciles of rank (value_groups: tied values together; missing values, where
     `missing` marks them, a group of their own), a categorical one by its levels; chi-square test of
     independence (regression: the F test of η²)."""
-    groups = [value_groups(np.where(missing[:, j], np.nan, num[:, j]), SCREEN_BINS) for j in range(num.shape[1])]
-    groups += [cat[:, i] for i in range(cat.shape[1])]
-    return np.array([association_p_value(g, y, task) < SCREEN_LEVEL for g in groups], dtype=bool)
+    numeric = [tells_apart(np.where(missing[:, j], np.nan, num[:, j]), y, task) for j in range(num.shape[1])]
+    levels = [association_p_value(cat[:, i], y, task) < SCREEN_LEVEL for i in range(cat.shape[1])]
+    return np.array(numeric + levels, dtype=bool)
 
 
 def association_p_value(groups: np.ndarray, y: np.ndarray, task: str) -> float:
