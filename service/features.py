@@ -170,7 +170,7 @@ DATE_FORMATS = (
     "%m/%d/%Y %I:%M %p",
     "%m/%d/%Y %I:%M:%S %p",
 )
-# how an error shows a format: 'expected a date (DD/MM/YYYY hh:mm)'
+# how a person reads a format (shown_format): 'DD/MM/YYYY hh:mm'
 _SHOWN = {
     "%d": "DD",
     "%m": "MM",
@@ -182,6 +182,11 @@ _SHOWN = {
     "%S": "ss",
     "%p": "AM/PM",
 }
+
+
+def shown_format(fmt: str) -> str:
+    """A date format as a person reads it: '%d/%m/%Y %H:%M' → 'DD/MM/YYYY hh:mm'."""
+    return "YYYY-MM-DD" if fmt == "iso" else re.sub("%[a-zA-Z]", lambda m: _SHOWN.get(m.group(), m.group()), fmt)
 
 
 def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
@@ -201,10 +206,7 @@ def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
                 dt.datetime.fromisoformat(text) if fmt == "iso" or text[4:5] == "-" else dt.datetime.strptime(text, fmt)
             )
         except ValueError:
-            shown = (
-                "YYYY-MM-DD" if fmt == "iso" else re.sub("%[a-zA-Z]", lambda m: _SHOWN.get(m.group(), m.group()), fmt)
-            )
-            raise ValueError(f"expected a date ({shown}), got {value!r}") from None
+            raise ValueError(f"expected a date ({shown_format(fmt)}), got {value!r}") from None
     else:
         raise ValueError(f"expected a date (text), got {type(value).__name__}")
     if stamp.tzinfo is not None:

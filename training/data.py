@@ -30,6 +30,7 @@ from service.features import (
     near_miss,
     parse_date,
     parse_number,
+    shown_format,
 )
 from training.config import TrainConfig
 from training.reading import UNNAMED
@@ -424,7 +425,7 @@ def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
         return {
             "column": col,
             "type": "date",
-            "why": f"dates ({'ISO' if fmt == 'iso' else fmt}): age in days at the latest training date",
+            "why": f"dates ({'ISO' if fmt == 'iso' else shown_format(fmt)}): age in days at the latest training date",
         }
     if col in schema.numeric:
         unit = schema.units.get(col)

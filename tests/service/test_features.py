@@ -17,6 +17,7 @@ from service.features import (
     near_miss,
     parse_date,
     parse_number,
+    shown_format,
 )
 
 
@@ -115,6 +116,12 @@ def test_a_date_with_a_time_of_day_is_read_in_its_format(text: str, fmt: str) ->
     assert parse_date(text, fmt) == dt.datetime(2016, 1, 31, 0, 47, 36 if text.count(":") == 2 else 0)
     with pytest.raises(ValueError, match=re.escape("expected a date (") + ".*hh:mm.*got '2016-31-01'"):
         parse_date("2016-31-01", fmt)  # the error names the format as a person reads it
+
+
+def test_a_date_format_is_shown_as_a_person_reads_it() -> None:
+    assert shown_format("%m/%d/%Y %I:%M %p") == "MM/DD/YYYY hh:mm AM/PM"
+    assert shown_format("%d-%b-%Y %H:%M:%S") == "DD-Mon-YYYY hh:mm:ss"
+    assert shown_format("iso") == "YYYY-MM-DD"
 
 
 def test_missing_and_unseen_categories_go_to_index_zero_with_a_warning() -> None:
