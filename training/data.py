@@ -776,10 +776,13 @@ def piece_edges(
 ) -> list[tuple[float, ...]]:
     """Each numeric column's bin edges (`bins`; DATE_PIECES × as many where `finer`), at most
     MAX_PIECES pieces in all: beyond that (a wide file), the columns whose value groups (value_groups:
-    `bins` groups of rank) tell the target's values apart most keep theirs and the rest get none
-    (without a target: fewer bins for every column)."""
+    `bins` groups of rank) tell the target's values apart most keep theirs and the rest get none; a
+    finer column where its pieces no longer fit keeps `bins` if those do (without a target: fewer
+    bins for every column)."""
+    plain = [bin_edges(v[~np.isnan(v)], bins) for v in columns]
     finer = finer or [False] * len(columns)
-    edges = [bin_edges(v[~np.isnan(v)], bins * DATE_PIECES if f else bins) for v, f in zip(columns, finer, strict=True)]
+    fine = [bin_edges(v[~np.isnan(v)], bins * DATE_PIECES) if f else () for v, f in zip(columns, finer, strict=True)]
+    edges = [f or e for f, e in zip(fine, plain, strict=True)]
     if sum(max(len(e) - 1, 0) for e in edges) <= MAX_PIECES:
         return edges
     if y is None:
@@ -791,8 +794,10 @@ def piece_edges(
     kept: list[tuple[float, ...]] = [()] * len(columns)
     room = MAX_PIECES
     for j in order.tolist():
-        if 0 < len(edges[j]) - 1 <= room:
-            kept[j], room = edges[j], room - (len(edges[j]) - 1)
+        for choice in (edges[j], plain[j]):
+            if 0 < len(choice) - 1 <= room:
+                kept[j], room = choice, room - (len(choice) - 1)
+                break
     return kept
 
 

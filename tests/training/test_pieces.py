@@ -17,7 +17,7 @@ from service.features import DateParse, NumericFeature, Preprocess
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
 from training.config import TrainConfig
-from training.data import DATE_PIECES, MAX_PIECES, fit_features, infer_schema
+from training.data import DATE_PIECES, MAX_PIECES, fit_features, infer_schema, piece_edges
 from training.model import Normalize, Pieces
 from training.pipeline import fit_rows_of, prepare_data, train
 
@@ -131,6 +131,19 @@ def test_a_date_that_tells_the_target_apart_gets_finer_pieces(tmp_path: Path) ->
     assert len(feats["signup"].bins) - 1 == cfg.numeric_bins * DATE_PIECES
     assert len(feats["noise_date"].bins) - 1 == cfg.numeric_bins
     assert len(feats["MonthlyCharges"].bins) - 1 == cfg.numeric_bins  # not a date: as before
+
+
+def test_a_finer_date_that_no_longer_fits_under_the_cap_keeps_the_plain_pieces() -> None:
+    """Six numerics (96 pieces) and a date that asks for 64: over the cap, the columns that tell the
+    target apart most go first; a weak date still gets its 16 where 64 no longer fit, a strong one 64."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 4000)
+    strong = [y * 2.0 + rng.normal(size=len(y)) for _ in range(6)]
+    for signal, want in [(0.3, 16), (20.0, 64)]:
+        date = y * signal + rng.normal(size=len(y))
+        edges = piece_edges([*strong, date], 16, y, [False] * 6 + [True])
+        pieces = [len(e) - 1 for e in edges]
+        assert pieces[-1] == want and sum(pieces) <= MAX_PIECES, pieces
 
 
 def test_on_a_wide_file_the_columns_that_tell_the_target_apart_keep_their_pieces(tmp_path: Path) -> None:
