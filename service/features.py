@@ -203,7 +203,9 @@ def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
             return None
         try:  # an ISO text is read whatever the training file's format was (JSON clients write it)
             stamp = (
-                dt.datetime.fromisoformat(text) if fmt == "iso" or text[4:5] == "-" else dt.datetime.strptime(text, fmt)
+                dt.datetime.fromisoformat(text)
+                if fmt == "iso" or (text[4:5] == "-" and text[:4].isdigit())
+                else dt.datetime.strptime(text, fmt)
             )
         except ValueError:
             raise ValueError(f"expected a date ({shown_format(fmt)}), got {value!r}") from None
