@@ -15,7 +15,7 @@ from monitoring.accuracy import EPS
 from service.features import Preprocess
 from training.config import TrainConfig
 from training.data import screened
-from training.evaluate import PENALTIES, fit_linear, linear_model, monitor_metric, one_hot_design
+from training.evaluate import fit_linear, linear_model, monitor_metric, one_hot_design, penalties
 from training.model import TabularMLP, to_output
 
 # larger files take larger batches, so that an epoch stays ≤ this many steps: a 500 k-row file
@@ -191,7 +191,7 @@ def choose_linear_penalty(pre: Preprocess, train: Tensors, val: Tensors) -> tupl
     cards = [f.cardinality for f in pre.categorical]
     x, xv = (one_hot_design(t.x.numpy(), t.cat.numpy(), cards) for t in (train, val))
     losses = {}
-    for penalty in PENALTIES:
+    for penalty in penalties(pre.task):
         model = linear_model(pre.task, penalty)
         fit_linear(model, x, train.y.numpy())
         if pre.task == "regression":

@@ -4,6 +4,7 @@ refitted on every row — on real data, through real ONNX Runtime sessions."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,33 @@ def test_the_linear_candidate_is_the_logistic_regression_of_each_fold(tmp_path: 
         expected.append(model.predict_proba(design[va]))
     assert np.abs(linear.oof - np.concatenate(expected)).max() < 1e-4
     assert len(rows) == len(prep.split.dev)
+
+
+def test_a_regression_start_is_chosen_among_least_squares_and_a_small_ridge(tmp_path: Path) -> None:
+    """Least squares is unpenalized: `auto` also weighs a small ridge for regression, and a ridge start
+    is exactly each fold's ridge (telco's monthly charges, a sum of its services' prices)."""
+    from sklearn.linear_model import Ridge
+
+    from training.evaluate import fit_linear, one_hot_design, penalties
+    from training.model import Normalize
+    from training.pipeline import fit_ensemble, resolve_linear_penalty
+
+    cfg = quick_config(TELCO, "MonthlyCharges", tmp_path, hidden=[8], refit=False)
+    prep = prepare_data(cfg, say=lambda _: None)
+    _, losses = resolve_linear_penalty(prep, cfg)
+    assert set(losses) == set(penalties("regression")) and "l2:100" in losses
+    cfg = replace(cfg, linear_penalty="l2:100")
+    candidates, _, _ = fit_ensemble(prep, cfg)
+    linear = next(c for c in candidates if c.name == "linear path alone")
+    x = Normalize(prep.pre)(torch.from_numpy(prep.enc.num)).numpy()
+    design = one_hot_design(x, prep.enc.cat, [f.cardinality for f in prep.pre.categorical])
+    y = (prep.target.y - prep.pre.target_mean) / prep.pre.target_std
+    expected = []
+    for tr, va in prep.split.folds:
+        model = Ridge(alpha=0.01)
+        fit_linear(model, design[tr], y[tr])
+        expected.append(model.predict(design[va]) * prep.pre.target_std + prep.pre.target_mean)
+    assert np.abs(linear.oof.ravel() - np.concatenate(expected)).max() < 1e-3 * prep.pre.target_std
 
 
 def test_platt_scaling_is_in_the_graph_and_fitted_on_out_of_fold_outputs(tmp_path: Path) -> None:
