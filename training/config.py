@@ -54,6 +54,11 @@ class TrainConfig:
     date_columns: list[str] = field(
         default_factory=list, metadata={"help": "column read as a date: its age in days is the feature (repeatable)"}
     )
+    month_first: bool = opt(
+        False,
+        "a date column whose every value reads day first and month first alike (no day above 12) is month "
+        "first, as US exports write it (default: day first, with a warning)",
+    )
     categorical: list[str] = field(
         default_factory=list, metadata={"help": "column taken as categorical whatever it looks like (repeatable)"}
     )

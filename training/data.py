@@ -249,8 +249,10 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         return
     decimal = schema.read.decimal
     if col in cfg.date_columns:
-        schema.dates[col], schema.told[col] = _date_format(present, col, forced=True) or "iso", "--date-columns"
+        fmt = _date_format(present, col, cfg.month_first, forced=True) or "iso"
+        schema.dates[col], schema.told[col] = fmt, "--date-columns"
         schema.numeric.append(col)
+        _warn_if_either_order(col, present, fmt, schema)
         return
     if col in cfg.numeric:
         _numeric_or_fail(col, column, schema)
@@ -267,10 +269,11 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
     numbers = None if _has_leading_zeros(levels) else numeric_values(column, decimal)
     if distinct == 1 and len(present) == len(keys):
         schema.dropped[col] = "constant"
-    elif numbers is None and (fmt := _date_format(present, col)) is not None:
+    elif numbers is None and (fmt := _date_format(present, col, cfg.month_first)) is not None:
         # before the identifier test: a signup date has many distinct values and is still a date
         schema.dates[col] = fmt
         schema.numeric.append(col)
+        _warn_if_either_order(col, present, fmt, schema)
     elif (why := _id_reason(col, present, distinct, numbers)) is not None:
         schema.id_columns.append(col)
         schema.dropped[col] = why
@@ -367,22 +370,39 @@ def _named(col: str, words: frozenset[str]) -> bool:
     return bool(found) and found[-1].lower() in words
 
 
-def _date_format(present: list[str], col: str, forced: bool = False) -> str | None:
-    """The one format every value of a date column is written in, or None (a refusal when `forced`)."""
+def _date_format(present: list[str], col: str, month_first: bool, forced: bool = False) -> str | None:
+    """The one format every value of a date column is written in, or None (a refusal when `forced`);
+    `month_first`: MM/DD/YYYY tried before DD/MM/YYYY."""
     sample = present[:: max(1, len(present) // 2000)]
     if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
         return None
-    for fmt in DATE_FORMATS:
-        try:
-            for v in present:
-                parse_date(v, fmt)
-        except ValueError:
-            continue
+    formats = sorted(DATE_FORMATS, key=lambda f: not f.startswith("%m/%d")) if month_first else DATE_FORMATS
+    fmt = next((f for f in formats if _reads_every(present, f)), None)
+    if fmt is not None:
         return fmt
     if forced:
         bad = next(v for v in present if not _parses_as_date(v))
         raise DataError(f"--date-columns {col!r}: {bad!r} is not a date in any known format (e.g. 2023-04-17)")
     return None
+
+
+def _reads_every(present: list[str], fmt: str) -> bool:
+    try:
+        for v in present:
+            parse_date(v, fmt)
+    except ValueError:
+        return False
+    return True
+
+
+def _warn_if_either_order(col: str, present: list[str], fmt: str, schema: Schema) -> None:
+    """A week of US dates (12/01 to 12/07) reads day first too, as seven months: said, not silent."""
+    other = fmt.replace("%d/%m", "%m/%d", 1)
+    if other != fmt and other in DATE_FORMATS and _reads_every(present, other):
+        schema.warnings.append(
+            f"{col!r}: every date reads as {shown_format(fmt)} and as {shown_format(other)} (no day above 12): "
+            f"read day first; --month-first reads it as {shown_format(other)}"
+        )
 
 
 def _parses_as_date(value: str) -> bool:
