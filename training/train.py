@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitoring.accuracy import EPS
+from monitoring.accuracy import row_log_loss
 from service.features import Preprocess
 from training.config import TrainConfig
 from training.data import screened
@@ -197,9 +197,9 @@ def choose_linear_penalty(pre: Preprocess, train: Tensors, val: Tensors) -> tupl
         if pre.task == "regression":
             losses[penalty] = float(np.mean((model.predict(xv) - val.y.numpy()) ** 2))
         else:
-            proba = np.full((len(val), len(pre.labels)), EPS)
-            proba[:, model.classes_] = model.predict_proba(xv)  # a class missing from the fold stays ~0
-            losses[penalty] = float(-np.mean(np.log(np.clip(proba[np.arange(len(val)), val.y.numpy()], EPS, 1))))
+            proba = np.zeros((len(val), len(pre.labels)))
+            proba[:, model.classes_] = model.predict_proba(xv)  # a class missing from the fold stays 0
+            losses[penalty] = float(row_log_loss(pre.task, val.y.numpy(), proba).mean())
     return min(losses, key=losses.__getitem__), losses
 
 
