@@ -148,8 +148,8 @@ PENALTIES = ("l2:1", "l2:0.1", "l1:0.1", "l1:0.03")  # what `linear_penalty = "a
 def penalties(task: str) -> tuple[str, ...]:
     """The grid for `task`. Regression's "l2:1" is least squares, unpenalized: a small ridge ("l2:100",
     alpha 0.01) steadies it where a many-level column (a panel's state, 3 rows each) sits beside columns
-    nearly constant within each level (AER Fatalities: out of fold RMSE 69 → 39). Classification's
-    "l2:1" is already a ridge."""
+    nearly constant within each level (AER Fatalities; BENCHMARKS.md). Classification's "l2:1" is
+    already a ridge."""
     return ("l2:1", "l2:100", *PENALTIES[1:]) if task == "regression" else PENALTIES
 
 
