@@ -56,8 +56,8 @@ class TrainConfig:
     )
     month_first: bool = opt(
         False,
-        "a date column whose every value reads day first and month first alike (no day above 12) is month "
-        "first, as US exports write it (default: day first, with a warning)",
+        "a column of slash dates whose every value reads day first and month first alike (no day above 12) "
+        "is month first, as US exports write it (default: day first, with a warning)",
     )
     categorical: list[str] = field(
         default_factory=list, metadata={"help": "column taken as categorical whatever it looks like (repeatable)"}
@@ -88,8 +88,9 @@ class TrainConfig:
     linear_init: bool = opt(True, "start the linear path at a fitted logistic regression (see BENCHMARKS.md)")
     linear_penalty: str = opt(
         "auto",
-        "the linear path's start: l2:C or l1:C (C: inverse strength, l2:1 = plain logistic regression); "
-        "auto: the best of l2:1, l2:0.1, l1:0.1, l1:0.03 on the first fold (files up to 50,000 rows)",
+        "the linear path's start: l2:C or l1:C (C: inverse strength; l2:1 = plain logistic regression, "
+        "least squares for regression); auto: the best of l2:1, l2:0.1, l1:0.1, l1:0.03 (regression also "
+        "l2:100, a small ridge) on the first fold (files up to 50,000 rows)",
     )
     robust_numerics: bool = opt(
         False,

@@ -372,11 +372,11 @@ def _named(col: str, words: frozenset[str]) -> bool:
 
 def _date_format(present: list[str], col: str, month_first: bool, forced: bool = False) -> str | None:
     """The one format every value of a date column is written in, or None (a refusal when `forced`);
-    `month_first`: MM/DD/YYYY tried before DD/MM/YYYY."""
+    `month_first`: MM/DD/YYYY tried before DD/MM/YYYY (only those two overlap; ISO stays first)."""
     sample = present[:: max(1, len(present) // 2000)]
     if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
         return None
-    formats = sorted(DATE_FORMATS, key=lambda f: not f.startswith("%m/%d")) if month_first else DATE_FORMATS
+    formats = sorted(DATE_FORMATS, key=lambda f: f.startswith("%d/%m")) if month_first else DATE_FORMATS
     fmt = next((f for f in formats if _reads_every(present, f)), None)
     if fmt is not None:
         return fmt

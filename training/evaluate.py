@@ -142,12 +142,12 @@ def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
     return one_hot_design(np.hstack([x, missing]), enc.cat, [f.cardinality for f in pre.categorical])
 
 
-PENALTIES = ("l2:1", "l2:0.1", "l1:0.1", "l1:0.03")  # what `linear_penalty = "auto"` picks from
+PENALTIES = ("l2:1", "l2:0.1", "l1:0.1", "l1:0.03")  # what `linear_penalty = "auto"` picks from (penalties)
 
 
 def penalties(task: str) -> tuple[str, ...]:
     """The grid for `task`. Regression's "l2:1" is least squares, unpenalized: a small ridge ("l2:100",
-    alpha 0.01) steadies it where a many-level column (a panel's state, 3 rows each) sits beside columns
+    alpha 0.01) steadies it where a many-level column (a panel's state, few rows each) sits beside columns
     nearly constant within each level (AER Fatalities; BENCHMARKS.md). Classification's "l2:1" is
     already a ridge."""
     return ("l2:1", "l2:100", *PENALTIES[1:]) if task == "regression" else PENALTIES

@@ -408,3 +408,9 @@ def test_dates_that_read_either_way_are_read_day_first_with_a_warning_or_month_f
     rows[0][0] = "12/31/2024"
     settled = _prepare(write_csv(tmp_path / "month.csv", ["signed", "visits", "churn"], rows), "churn", tmp_path)
     assert settled.schema.dates["signed"] == "%m/%d/%Y" and not settled.schema.warnings
+    # ISO text stays ISO under --month-first, told to be a date or not
+    rows = [[f"2024-12-{i % 28 + 1:02d}", i % 5, ["yes", "no"][i % 2]] for i in range(40)]
+    iso = write_csv(tmp_path / "iso.csv", ["signed", "visits", "churn"], rows)
+    for told_date in ([], ["signed"]):
+        prep = _prepare(iso, "churn", tmp_path, month_first=True, date_columns=told_date)
+        assert prep.schema.dates["signed"] == "iso" and not prep.schema.warnings

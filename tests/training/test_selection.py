@@ -69,7 +69,9 @@ def test_a_regression_start_is_chosen_among_least_squares_and_a_small_ridge(tmp_
     cfg = quick_config(TELCO, "MonthlyCharges", tmp_path, hidden=[8], refit=False)
     prep = prepare_data(cfg, say=lambda _: None)
     _, losses = resolve_linear_penalty(prep, cfg)
-    assert set(losses) == set(penalties("regression")) and "l2:100" in losses
+    assert penalties("regression") == ("l2:1", "l2:100", "l2:0.1", "l1:0.1", "l1:0.03") and set(losses) == set(
+        penalties("regression")
+    )
     cfg = replace(cfg, linear_penalty="l2:100")
     candidates, _, _ = fit_ensemble(prep, cfg)
     linear = next(c for c in candidates if c.name == "linear path alone")
