@@ -157,14 +157,14 @@ def category_key(value: Any) -> str | None:
     return text or None
 
 
-# tried in this order, the first that reads every value wins: day-first before month-first; with a
+# tried in this order, the first that reads every value wins: day first before month first; with a
 # time of day as spreadsheets and databases export it (seconds or not; US 12-hour clock with AM/PM);
 # 05-JAN-2024 as Oracle and Excel write months (English abbreviations, any case)
 DATE_FORMATS = (
     "iso",
     *(
         f"{day}{time}"
-        for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d-%b-%Y")
+        for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y", "%d-%b-%Y")
         for time in ("", " %H:%M", " %H:%M:%S")
     ),
     "%m/%d/%Y %I:%M %p",

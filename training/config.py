@@ -56,8 +56,8 @@ class TrainConfig:
     )
     month_first: bool = opt(
         False,
-        "a column of slash dates whose every value reads day first and month first alike (no day above 12) "
-        "is month first, as US exports write it (default: day first, with a warning)",
+        "a column of dates (12/01/2024, 12-01-2024) whose every value reads day first and month first alike "
+        "(no day above 12) is month first, as US exports write it (default: day first, with a warning)",
     )
     categorical: list[str] = field(
         default_factory=list, metadata={"help": "column taken as categorical whatever it looks like (repeatable)"}

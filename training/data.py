@@ -370,13 +370,16 @@ def _named(col: str, words: frozenset[str]) -> bool:
     return bool(found) and found[-1].lower() in words
 
 
+DAY_FIRST = ("%d/%m", "%d-%m")  # the day-first formats a month-first one also reads (no day above 12)
+
+
 def _date_format(present: list[str], col: str, month_first: bool, forced: bool = False) -> str | None:
     """The one format every value of a date column is written in, or None (a refusal when `forced`);
-    `month_first`: MM/DD/YYYY tried before DD/MM/YYYY (only those two overlap; ISO stays first)."""
+    `month_first`: MM/DD/YYYY before DD/MM/YYYY, MM-DD-YYYY before DD-MM-YYYY (ISO stays first)."""
     sample = present[:: max(1, len(present) // 2000)]
     if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
         return None
-    formats = sorted(DATE_FORMATS, key=lambda f: f.startswith("%d/%m")) if month_first else DATE_FORMATS
+    formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
     fmt = next((f for f in formats if _reads_every(present, f)), None)
     if fmt is not None:
         return fmt
@@ -397,8 +400,10 @@ def _reads_every(present: list[str], fmt: str) -> bool:
 
 def _warn_if_either_order(col: str, present: list[str], fmt: str, schema: Schema) -> None:
     """A week of US dates (12/01 to 12/07) reads day first too, as seven months: said, not silent."""
-    other = fmt.replace("%d/%m", "%m/%d", 1)
-    if other != fmt and other in DATE_FORMATS and _reads_every(present, other):
+    if not fmt.startswith(DAY_FIRST):
+        return
+    other = f"%m{fmt[2]}%d{fmt[5:]}"
+    if other in DATE_FORMATS and _reads_every(present, other):
         schema.warnings.append(
             f"{col!r}: every date reads as {shown_format(fmt)} and as {shown_format(other)} (no day above 12): "
             f"read day first; --month-first reads it as {shown_format(other)}"

@@ -110,6 +110,7 @@ def test_case_folded_levels_and_dates_follow_the_bundle() -> None:
         ("31/01/2016 00:47", "%d/%m/%Y %H:%M"),
         ("31-JAN-2016 00:47:36", "%d-%b-%Y %H:%M:%S"),  # Oracle's months
         ("31-1-2016 00:47", "%d-%m-%Y %H:%M"),  # no leading zero: not ISO for its dash at [4]
+        ("1-31-2016 00:47", "%m-%d-%Y %H:%M"),  # US order with dashes
     ],
 )
 def test_a_date_with_a_time_of_day_is_read_in_its_format(text: str, fmt: str) -> None:

@@ -389,25 +389,28 @@ def test_levels_merge_to_their_most_frequent_spelling() -> None:
     assert D.merged_levels(["Yes", "Yes", "YES", "yes", "No", "no"]) == {"YES": "Yes", "yes": "Yes", "no": "No"}
 
 
-def test_dates_that_read_either_way_are_read_day_first_with_a_warning_or_month_first_as_told(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sep", ["/", "-"])
+def test_dates_that_read_either_way_are_read_day_first_with_a_warning_or_month_first_as_told(
+    tmp_path: Path, sep: str
+) -> None:
     """A week of a US export (12/01 to 12/07/2024): day first it is seven months of 2024, which nothing
     in the values contradicts; training says so and `--month-first` reads the week."""
-    rows = [[f"12/{i % 7 + 1:02d}/2024", i % 5, ["yes", "no"][i % 2]] for i in range(40)]
+    rows = [[f"12{sep}{i % 7 + 1:02d}{sep}2024", i % 5, ["yes", "no"][i % 2]] for i in range(40)]
     path = write_csv(tmp_path / "week.csv", ["signed", "visits", "churn"], rows)
     as_is = _prepare(path, "churn", tmp_path)
     (warning,) = as_is.schema.warnings
-    assert as_is.schema.dates["signed"] == "%d/%m/%Y"
-    assert "'signed'" in warning and "MM/DD/YYYY" in warning and "--month-first" in warning
+    assert as_is.schema.dates["signed"] == f"%d{sep}%m{sep}%Y"
+    assert "'signed'" in warning and f"MM{sep}DD{sep}YYYY" in warning and "--month-first" in warning
     told = _prepare(path, "churn", tmp_path, month_first=True)
-    assert told.schema.dates["signed"] == "%m/%d/%Y" and not told.schema.warnings
+    assert told.schema.dates["signed"] == f"%m{sep}%d{sep}%Y" and not told.schema.warnings
     ages = {
         name: prep.enc.num[:, prep.schema.numeric.index("signed")] for name, prep in (("as is", as_is), ("told", told))
     }
     assert np.ptp(ages["told"]) == 6 and np.ptp(ages["as is"]) > 150  # a week, or seven months
     # one day above 12 settles it: no warning either way
-    rows[0][0] = "12/31/2024"
+    rows[0][0] = f"12{sep}31{sep}2024"
     settled = _prepare(write_csv(tmp_path / "month.csv", ["signed", "visits", "churn"], rows), "churn", tmp_path)
-    assert settled.schema.dates["signed"] == "%m/%d/%Y" and not settled.schema.warnings
+    assert settled.schema.dates["signed"] == f"%m{sep}%d{sep}%Y" and not settled.schema.warnings
     # ISO text stays ISO under --month-first, told to be a date or not
     rows = [[f"2024-12-{i % 28 + 1:02d}", i % 5, ["yes", "no"][i % 2]] for i in range(40)]
     iso = write_csv(tmp_path / "iso.csv", ["signed", "visits", "churn"], rows)
