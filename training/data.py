@@ -384,7 +384,7 @@ def _date_format(present: list[str], col: str, month_first: bool, forced: bool =
     if fmt is not None:
         return fmt
     if forced:
-        bad = next(v for v in present if not _parses_as_date(v))
+        bad = next(v for v in present if not _reads_every([v], "iso"))
         raise DataError(f"--date-columns {col!r}: {bad!r} is not a date in any known format (e.g. 2023-04-17)")
     return None
 
@@ -408,14 +408,6 @@ def _warn_if_either_order(col: str, present: list[str], fmt: str, schema: Schema
             f"{col!r}: every date reads as {shown_format(fmt)} and as {shown_format(other)} (no day above 12): "
             f"read day first; --month-first reads it as {shown_format(other)}"
         )
-
-
-def _parses_as_date(value: str) -> bool:
-    try:
-        parse_date(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _record_unit(col: str, present: list[str], schema: Schema) -> None:

@@ -142,7 +142,7 @@ def design_matrix(pre: Preprocess, enc: Encoded) -> np.ndarray:
     return one_hot_design(np.hstack([x, missing]), enc.cat, [f.cardinality for f in pre.categorical])
 
 
-PENALTIES = ("l2:1", "l2:0.1", "l1:0.1", "l1:0.03")  # what `linear_penalty = "auto"` picks from (penalties)
+PENALTIES = ("l2:1", "l2:0.1", "l1:0.1", "l1:0.03")  # what `linear_penalty = "auto"` picks from; see penalties
 
 
 def penalties(task: str) -> tuple[str, ...]:

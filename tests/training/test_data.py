@@ -417,3 +417,10 @@ def test_dates_that_read_either_way_are_read_day_first_with_a_warning_or_month_f
     for told_date in ([], ["signed"]):
         prep = _prepare(iso, "churn", tmp_path, month_first=True, date_columns=told_date)
         assert prep.schema.dates["signed"] == "iso" and not prep.schema.warnings
+
+
+def test_a_column_told_to_be_a_date_names_its_first_value_that_is_none(tmp_path: Path) -> None:
+    rows = [[f"2024-12-{i % 28 + 1:02d}" if i != 7 else "soon", i % 5, ["yes", "no"][i % 2]] for i in range(40)]
+    path = write_csv(tmp_path / "told.csv", ["signed", "visits", "churn"], rows)
+    with pytest.raises(D.DataError, match=re.escape("--date-columns 'signed': 'soon' is not a date")):
+        _prepare(path, "churn", tmp_path, date_columns=["signed"])
