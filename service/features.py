@@ -160,8 +160,7 @@ def category_key(value: Any) -> str | None:
 # tried in this order, the first that reads every value wins: day first before month first; with a
 # time of day as spreadsheets and databases export it (seconds or not; US 12-hour clock with AM/PM);
 # 05-JAN-2024 as Oracle and Excel write months (English abbreviations, any case)
-DATE_FORMATS = (
-    "iso",
+_FOUR_DIGIT_YEARS = (
     *(
         f"{day}{time}"
         for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y", "%d-%b-%Y")
@@ -170,12 +169,20 @@ DATE_FORMATS = (
     "%m/%d/%Y %I:%M %p",
     "%m/%d/%Y %I:%M:%S %p",
 )
+# then the same with two-digit years (Excel's 1/5/24, Oracle's 05-JAN-24), which strptime reads as
+# 1969-1999 for 69-99 and 2000-2068 for 00-68 (POSIX); never year first (24/01/05 reads either way)
+DATE_FORMATS = (
+    "iso",
+    *_FOUR_DIGIT_YEARS,
+    *(f.replace("%Y", "%y") for f in _FOUR_DIGIT_YEARS if not f.startswith("%Y")),
+)
 # how a person reads a format (shown_format): 'DD/MM/YYYY hh:mm'
 _SHOWN = {
     "%d": "DD",
     "%m": "MM",
     "%b": "Mon",
     "%Y": "YYYY",
+    "%y": "YY",
     "%H": "hh",
     "%I": "hh",
     "%M": "mm",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 import re
@@ -249,7 +250,7 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         return
     decimal = schema.read.decimal
     if col in cfg.date_columns:
-        fmt = _date_format(present, col, cfg.month_first, forced=True) or "iso"
+        fmt = _date_format(present, col, cfg.month_first, schema.warnings, forced=True) or "iso"
         schema.dates[col], schema.told[col] = fmt, "--date-columns"
         schema.numeric.append(col)
         _warn_if_either_order(col, present, fmt, schema)
@@ -269,7 +270,7 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
     numbers = None if _has_leading_zeros(levels) else numeric_values(column, decimal)
     if distinct == 1 and len(present) == len(keys):
         schema.dropped[col] = "constant"
-    elif numbers is None and (fmt := _date_format(present, col, cfg.month_first)) is not None:
+    elif numbers is None and (fmt := _date_format(present, col, cfg.month_first, schema.warnings)) is not None:
         # before the identifier test: a signup date has many distinct values and is still a date
         schema.dates[col] = fmt
         schema.numeric.append(col)
@@ -373,20 +374,45 @@ def _named(col: str, words: frozenset[str]) -> bool:
 DAY_FIRST = ("%d/%m", "%d-%m")  # the day-first formats a month-first one also reads (no day above 12)
 
 
-def _date_format(present: list[str], col: str, month_first: bool, forced: bool = False) -> str | None:
+def _date_format(
+    present: list[str], col: str, month_first: bool, warnings: list[str], forced: bool = False
+) -> str | None:
     """The one format every value of a date column is written in, or None (a refusal when `forced`);
-    `month_first`: MM/DD/YYYY before DD/MM/YYYY, MM-DD-YYYY before DD-MM-YYYY (ISO stays first)."""
+    `month_first`: MM/DD/YYYY before DD/MM/YYYY, MM-DD-YYYY before DD-MM-YYYY (ISO stays first).
+    Two-digit years that would read as a later century are not taken for dates: said in `warnings`."""
     sample = present[:: max(1, len(present) // 2000)]
     if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
         return None
     formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
     fmt = next((f for f in formats if _reads_every(present, f)), None)
     if fmt is not None:
-        return fmt
+        if (late := _past_century(present, fmt)) is None:
+            return fmt
+        message = (
+            f"{col!r}: {late!r} as {shown_format(fmt)} is in {parse_date(late, fmt):%Y}, the two-digit year "
+            f"of an earlier century; write its years with four digits"
+        )
+        if forced:
+            raise DataError(f"--date-columns {message}")
+        warnings.append(f"{message} to read it as dates (now text)")
+        return None
     if forced:
         bad = next(v for v in present if not _reads_every([v], "iso"))
         raise DataError(f"--date-columns {col!r}: {bad!r} is not a date in any known format (e.g. 2023-04-17)")
     return None
+
+
+# a two-digit year more than this many years ahead of today is an earlier century's: strptime reads a
+# birth year of 55 as 2055, which would make the column's ages silently wrong
+FUTURE_YEARS = 10
+
+
+def _past_century(present: list[str], fmt: str) -> str | None:
+    """The first value whose two-digit year reads over FUTURE_YEARS ahead of today, if any."""
+    if "%y" not in fmt:
+        return None
+    limit = dt.datetime.now() + dt.timedelta(days=365.25 * FUTURE_YEARS)
+    return next((v for v in present if (parse_date(v, fmt) or limit) > limit), None)
 
 
 def _reads_every(present: list[str], fmt: str) -> bool:
@@ -439,10 +465,11 @@ def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
         return {"column": col, "type": kind, "why": schema.dropped[col]}
     if col in schema.dates:
         fmt = schema.dates[col]
+        century = "; two-digit years 69-99 as 19xx, 00-68 as 20xx" if "%y" in fmt else ""
         return {
             "column": col,
             "type": "date",
-            "why": f"dates ({'ISO' if fmt == 'iso' else shown_format(fmt)}): age in days at the latest training date",
+            "why": f"dates ({'ISO' if fmt == 'iso' else shown_format(fmt)}{century}): age in days at the latest training date",
         }
     if col in schema.numeric:
         unit = schema.units.get(col)

@@ -111,6 +111,8 @@ def test_case_folded_levels_and_dates_follow_the_bundle() -> None:
         ("31-JAN-2016 00:47:36", "%d-%b-%Y %H:%M:%S"),  # Oracle's months
         ("31-1-2016 00:47", "%d-%m-%Y %H:%M"),  # no leading zero: not ISO for its dash at [4]
         ("1-31-2016 00:47", "%m-%d-%Y %H:%M"),  # US order with dashes
+        ("31-JAN-16 00:47", "%d-%b-%y %H:%M"),  # Oracle's default, two-digit years
+        ("1/31/16 12:47 AM", "%m/%d/%y %I:%M %p"),  # Excel's short US date
     ],
 )
 def test_a_date_with_a_time_of_day_is_read_in_its_format(text: str, fmt: str) -> None:

@@ -424,3 +424,24 @@ def test_a_column_told_to_be_a_date_names_its_first_value_that_is_none(tmp_path:
     path = write_csv(tmp_path / "told.csv", ["signed", "visits", "churn"], rows)
     with pytest.raises(D.DataError, match=re.escape("--date-columns 'signed': 'soon' is not a date")):
         _prepare(path, "churn", tmp_path, date_columns=["signed"])
+
+
+def test_two_digit_years_are_dates_unless_they_would_land_in_a_later_century(tmp_path: Path) -> None:
+    """Excel's 1/25/24 and Oracle's 25-JAN-24 are dates (69-99 as 19xx, said in the table); birth
+    dates of the 1950s would read as the 2050s: text, with a warning, and refused when told."""
+    days = [f"{i % 12 + 1}/{i % 28 + 1}/{i % 20 + 5:02d}" for i in range(40)]  # 2005-2024
+    oracle = [f"{i % 28 + 1:02d}-{['JAN', 'FEB', 'MAR', 'APR'][i % 4]}-{i % 30 + 70}" for i in range(40)]  # 1970-1999
+    born = [f"{i % 28 + 1:02d}/{i % 12 + 1:02d}/{i % 40 + 40}" for i in range(40)]  # 1940-1979
+    rows = [[a, b, c, i % 5, ["yes", "no"][i % 2]] for i, (a, b, c) in enumerate(zip(days, oracle, born, strict=True))]
+    path = write_csv(tmp_path / "short.csv", ["signed", "opened", "born", "visits", "churn"], rows)
+    prep = _prepare(path, "churn", tmp_path)
+    assert prep.schema.dates == {"signed": "%m/%d/%y", "opened": "%d-%b-%y"}
+    opened = prep.enc.num[:, prep.schema.numeric.index("opened")]
+    assert opened.max() > 365 * 29  # 1970 to 1999: not 2070 to 2099
+    why = next(row["why"] for row in prep.schema.table if row["column"] == "opened")
+    assert "two-digit years 69-99 as 19xx" in why
+    (warning,) = prep.schema.warnings
+    assert "'born'" in warning and "'01/01/40'" in warning and "2040" in warning and "four digits" in warning
+    assert "born" not in prep.schema.numeric
+    with pytest.raises(D.DataError, match=re.escape("--date-columns 'born': '01/01/40'")):
+        _prepare(path, "churn", tmp_path, date_columns=["born"])
