@@ -196,6 +196,20 @@ def shown_format(fmt: str) -> str:
     return "YYYY-MM-DD" if fmt == "iso" else re.sub("%[a-zA-Z]", lambda m: _SHOWN.get(m.group(), m.group()), fmt)
 
 
+def is_iso(text: str) -> bool:
+    """Text that starts as ISO does (2024-01-05), never a day or month first."""
+    return text[4:5] == "-" and text[:4].isdigit()
+
+
+def _strptime(text: str, fmt: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(text, fmt)
+    except ValueError:
+        if "%y" not in fmt:
+            raise
+        return dt.datetime.strptime(text, fmt.replace("%y", "%Y"))  # 2024 for 24: no century to guess
+
+
 def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
     """A date or datetime (text in `fmt`, or a date object) → naive UTC datetime; None for missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -209,11 +223,7 @@ def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
         if text.lower() in NUMERIC_MISSING:
             return None
         try:  # an ISO text is read whatever the training file's format was (JSON clients write it)
-            stamp = (
-                dt.datetime.fromisoformat(text)
-                if fmt == "iso" or (text[4:5] == "-" and text[:4].isdigit())
-                else dt.datetime.strptime(text, fmt)
-            )
+            stamp = dt.datetime.fromisoformat(text) if fmt == "iso" or is_iso(text) else _strptime(text, fmt)
         except ValueError:
             raise ValueError(f"expected a date ({shown_format(fmt)}), got {value!r}") from None
     else:

@@ -28,6 +28,7 @@ from service.features import (
     Reading,
     business_number,
     category_key,
+    is_iso,
     near_miss,
     parse_date,
     parse_number,
@@ -384,22 +385,40 @@ def _date_format(
     if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
         return None
     formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
-    fmt = next((f for f in formats if _reads_every(present, f)), None)
+    fmt = next((f for f in formats if _reads_every(present, f) and (forced or _padded(present, f))), None)
     if fmt is not None:
         if (late := _past_century(present, fmt)) is None:
             return fmt
-        message = (
-            f"{col!r}: {late!r} as {shown_format(fmt)} is in {parse_date(late, fmt):%Y}, the two-digit year "
-            f"of an earlier century; write its years with four digits"
-        )
-        if forced:
-            raise DataError(f"--date-columns {message}")
-        warnings.append(f"{message} to read it as dates (now text)")
+        message = f"{col!r}: {late!r} as {shown_format(fmt)} reads as {parse_date(late, fmt):%Y}"
+        if forced:  # the user says these are dates: a year to come may be meant (a loan's maturity)
+            warnings.append(f"{message}; if an earlier century is meant, write the years with four digits")
+            return fmt
+        warnings.append(f"{message}, likely an earlier century's: not read as dates; write the years with four digits")
         return None
     if forced:
-        bad = next(v for v in present if not _reads_every([v], "iso"))
-        raise DataError(f"--date-columns {col!r}: {bad!r} is not a date in any known format (e.g. 2023-04-17)")
+        _refuse_as_dates(present, col)
     return None
+
+
+def _refuse_as_dates(present: list[str], col: str) -> None:
+    """The --date-columns error: the first value no format reads, or two values in different formats."""
+    bad = next((v for v in present if not any(_reads_every([v], f) for f in DATE_FORMATS)), None)
+    if bad is not None:
+        raise DataError(f"--date-columns {col!r}: {bad!r} is not a date in any known format (e.g. 2023-04-17)")
+    first = next(f for f in DATE_FORMATS if _reads_every(present[:1], f))
+    other = next(v for v in present if not _reads_every([v], first))
+    raise DataError(
+        f"--date-columns {col!r}: dates in more than one format ({present[0]!r}, {other!r}): write them in one"
+    )
+
+
+# dotted or dashed two-digit years only where day and month are padded (17.04.23, 05-JAN-24, as German
+# and Oracle exports write them): a version (1.2.10) or a range of codes is not a date
+_PADDED = re.compile(r"\d\d[.-](\d\d|[A-Za-z]{3})[.-]\d\d(\D|$)")
+
+
+def _padded(present: list[str], fmt: str) -> bool:
+    return "%y" not in fmt or "/" in fmt or all(_PADDED.match(v) or is_iso(v) for v in present)
 
 
 # a two-digit year more than this many years ahead of today is an earlier century's: strptime reads a
@@ -412,7 +431,7 @@ def _past_century(present: list[str], fmt: str) -> str | None:
     if "%y" not in fmt:
         return None
     limit = dt.datetime.now() + dt.timedelta(days=365.25 * FUTURE_YEARS)
-    return next((v for v in present if (parse_date(v, fmt) or limit) > limit), None)
+    return next((v for v in present if not is_iso(v) and (parse_date(v, fmt) or limit) > limit), None)
 
 
 def _reads_every(present: list[str], fmt: str) -> bool:

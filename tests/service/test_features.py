@@ -122,6 +122,12 @@ def test_a_date_with_a_time_of_day_is_read_in_its_format(text: str, fmt: str) ->
         parse_date("2016-31-01", fmt)  # the error names the format as a person reads it
 
 
+def test_a_four_digit_year_is_read_where_training_saw_two() -> None:
+    assert parse_date("12/25/2024", "%m/%d/%y") == parse_date("12/25/24", "%m/%d/%y") == dt.datetime(2024, 12, 25)
+    with pytest.raises(ValueError, match="MM/DD/YYYY"):
+        parse_date("12/25/24", "%m/%d/%Y")  # the other way the century would be a guess
+
+
 def test_a_date_format_is_shown_as_a_person_reads_it() -> None:
     assert shown_format("%m/%d/%Y %I:%M %p") == "MM/DD/YYYY hh:mm AM/PM"
     assert shown_format("%d-%b-%Y %H:%M:%S") == "DD-Mon-YYYY hh:mm:ss"

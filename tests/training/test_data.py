@@ -419,29 +419,40 @@ def test_dates_that_read_either_way_are_read_day_first_with_a_warning_or_month_f
         assert prep.schema.dates["signed"] == "iso" and not prep.schema.warnings
 
 
-def test_a_column_told_to_be_a_date_names_its_first_value_that_is_none(tmp_path: Path) -> None:
-    rows = [[f"2024-12-{i % 28 + 1:02d}" if i != 7 else "soon", i % 5, ["yes", "no"][i % 2]] for i in range(40)]
-    path = write_csv(tmp_path / "told.csv", ["signed", "visits", "churn"], rows)
-    with pytest.raises(D.DataError, match=re.escape("--date-columns 'signed': 'soon' is not a date")):
-        _prepare(path, "churn", tmp_path, date_columns=["signed"])
-
-
 def test_two_digit_years_are_dates_unless_they_would_land_in_a_later_century(tmp_path: Path) -> None:
     """Excel's 1/25/24 and Oracle's 25-JAN-24 are dates (69-99 as 19xx, said in the table); birth
-    dates of the 1950s would read as the 2050s: text, with a warning, and refused when told."""
+    dates of the 1950s would read as the 2050s: text with a warning, or dates with one when told;
+    versions (1.2.10) are no dates."""
     days = [f"{i % 12 + 1}/{i % 28 + 1}/{i % 20 + 5:02d}" for i in range(40)]  # 2005-2024
-    oracle = [f"{i % 28 + 1:02d}-{['JAN', 'FEB', 'MAR', 'APR'][i % 4]}-{i % 30 + 70}" for i in range(40)]  # 1970-1999
-    born = [f"{i % 28 + 1:02d}/{i % 12 + 1:02d}/{i % 40 + 40}" for i in range(40)]  # 1940-1979
-    rows = [[a, b, c, i % 5, ["yes", "no"][i % 2]] for i, (a, b, c) in enumerate(zip(days, oracle, born, strict=True))]
-    path = write_csv(tmp_path / "short.csv", ["signed", "opened", "born", "visits", "churn"], rows)
+    oracle = [f"{i % 28 + 1:02d}-{['JAN', 'FEB', 'MAR', 'APR'][i % 4]}-{i % 30 + 70}" for i in range(40)]  # 1970-99
+    born = [f"{i % 28 + 1:02d}/{i % 12 + 1:02d}/{i % 19 + 50}" for i in range(40)]  # 1950-1968
+    version = [f"1.{i % 3 + 1}.{i % 3 + 10}" for i in range(40)]
+    header = ["signed", "opened", "born", "version", "visits", "churn"]
+    rows = [
+        [*values, i % 5, ["yes", "no"][i % 2]] for i, values in enumerate(zip(days, oracle, born, version, strict=True))
+    ]
+    path = write_csv(tmp_path / "short.csv", header, rows)
     prep = _prepare(path, "churn", tmp_path)
     assert prep.schema.dates == {"signed": "%m/%d/%y", "opened": "%d-%b-%y"}
-    opened = prep.enc.num[:, prep.schema.numeric.index("opened")]
-    assert opened.max() > 365 * 29  # 1970 to 1999: not 2070 to 2099
+    assert "version" in prep.schema.categorical
+    opened = next(f for f in prep.pre.numeric if f.name == "opened")
+    assert opened.date is not None and opened.date.reference.startswith("1999-")  # not 2099
     why = next(row["why"] for row in prep.schema.table if row["column"] == "opened")
     assert "two-digit years 69-99 as 19xx" in why
     (warning,) = prep.schema.warnings
-    assert "'born'" in warning and "'01/01/40'" in warning and "2040" in warning and "four digits" in warning
+    assert "'born'" in warning and "'01/01/50'" in warning and "2050" in warning and "not read as dates" in warning
     assert "born" not in prep.schema.numeric
-    with pytest.raises(D.DataError, match=re.escape("--date-columns 'born': '01/01/40'")):
-        _prepare(path, "churn", tmp_path, date_columns=["born"])
+    told = _prepare(path, "churn", tmp_path, date_columns=["born"])
+    assert told.schema.dates["born"] == "%d/%m/%y" and "if an earlier century is meant" in told.schema.warnings[0]
+
+
+def test_a_column_told_to_be_a_date_names_a_value_no_format_reads(tmp_path: Path) -> None:
+    header = ["signed", "visits", "churn"]
+    for values, message in (
+        (["12/25/24", "soon"], "'soon' is not a date in any known format"),
+        (["12/25/2024", "25.12.2024"], "dates in more than one format ('12/25/2024', '25.12.2024')"),
+    ):
+        rows = [[values[i % 2], i % 5, ["yes", "no"][i % 2]] for i in range(40)]
+        path = write_csv(tmp_path / "told.csv", header, rows)
+        with pytest.raises(D.DataError, match=re.escape(f"--date-columns 'signed': {message}")):
+            _prepare(path, "churn", tmp_path, date_columns=["signed"])
