@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -400,7 +400,7 @@ def _date_format(
     return None
 
 
-def _refuse_as_dates(present: list[str], col: str) -> None:
+def _refuse_as_dates(present: list[str], col: str) -> NoReturn:
     """The --date-columns error: the first value no format reads, or two values in different formats."""
     bad = next((v for v in present if not any(_reads_every([v], f) for f in DATE_FORMATS)), None)
     if bad is not None:
