@@ -254,7 +254,6 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         fmt = _date_format(present, col, cfg.month_first, schema.warnings, forced=True) or "iso"
         schema.dates[col], schema.told[col] = fmt, "--date-columns"
         schema.numeric.append(col)
-        _warn_if_either_order(col, present, fmt, schema)
         return
     if col in cfg.numeric:
         _numeric_or_fail(col, column, schema)
@@ -275,7 +274,6 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         # before the identifier test: a signup date has many distinct values and is still a date
         schema.dates[col] = fmt
         schema.numeric.append(col)
-        _warn_if_either_order(col, present, fmt, schema)
     elif (why := _id_reason(col, present, distinct, numbers)) is not None:
         schema.id_columns.append(col)
         schema.dropped[col] = why
@@ -380,21 +378,25 @@ def _date_format(
 ) -> str | None:
     """The one format every value of a date column is written in, or None (a refusal when `forced`);
     `month_first`: MM/DD/YYYY before DD/MM/YYYY, MM-DD-YYYY before DD-MM-YYYY (ISO stays first).
-    Two-digit years that would read as a later century are not taken for dates: said in `warnings`."""
+    Said in `warnings`: two-digit years that would read as a later century (not taken for dates
+    unless `forced`), and dates that read day first and month first alike."""
     sample = present[:: max(1, len(present) // 2000)]
     if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
         return None
     formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
     fmt = next((f for f in formats if _reads_every(present, f) and (forced or _padded(present, f))), None)
     if fmt is not None:
-        if (late := _past_century(present, fmt)) is None:
-            return fmt
-        message = f"{col!r}: {late!r} as {shown_format(fmt)} reads as {parse_date(late, fmt):%Y}"
-        if forced:  # the user says these are dates: a year to come may be meant (a loan's maturity)
+        if (late := _past_century(present, fmt)) is not None:
+            message = f"{col!r}: {late!r} as {shown_format(fmt)} reads as {parse_date(late, fmt):%Y}"
+            if not forced:
+                warnings.append(
+                    f"{message}, likely an earlier century's: not read as dates; write the years with four digits"
+                )
+                return None
+            # the user says these are dates: a year to come may be meant (a loan's maturity)
             warnings.append(f"{message}; if an earlier century is meant, write the years with four digits")
-            return fmt
-        warnings.append(f"{message}, likely an earlier century's: not read as dates; write the years with four digits")
-        return None
+        _warn_if_either_order(col, present, fmt, warnings)
+        return fmt
     if forced:
         _refuse_as_dates(present, col)
     return None
@@ -443,13 +445,13 @@ def _reads_every(present: list[str], fmt: str) -> bool:
     return True
 
 
-def _warn_if_either_order(col: str, present: list[str], fmt: str, schema: Schema) -> None:
+def _warn_if_either_order(col: str, present: list[str], fmt: str, warnings: list[str]) -> None:
     """A week of US dates (12/01 to 12/07) reads day first too, as seven months: said, not silent."""
     if not fmt.startswith(DAY_FIRST):
         return
     other = f"%m{fmt[2]}%d{fmt[5:]}"
     if other in DATE_FORMATS and _reads_every(present, other):
-        schema.warnings.append(
+        warnings.append(
             f"{col!r}: every date reads as {shown_format(fmt)} and as {shown_format(other)} (no day above 12): "
             f"read day first; --month-first reads it as {shown_format(other)}"
         )
