@@ -610,16 +610,16 @@ def report(results: list[Result]) -> None:
 
 
 def churn_bundle(models: Path | None, tmp: Path) -> Path:
-    """The newest churn bundle in `models`, trained first (quickly) if there is none."""
+    """The churn champion in `models`, trained first (quickly) if there is none."""
     sys.path.insert(0, str(ROOT))
-    from service import bundle
+    from service import bundle, release
 
     store = models or tmp / "trained"
     if not (store / "churn").is_dir() or not bundle.versions(store, "churn"):
         cmd = [sys.executable, "-m", "tabserve.cli", "train", "--data", str(TELCO), "--target", "Churn"]
         cmd += ["--name", "churn", "--models-dir", str(store), "--ensemble", "1", "--no-plots"]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return Path(bundle.resolve(store, "churn").path)
+    return Path(release.resolve(store, "churn").path)
 
 
 def gzip_bombs(inflated: int) -> list[bytes]:

@@ -140,9 +140,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of (a)-(c); the best counts")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from service import bundle
+    from service import release
 
-    ref = bundle.resolve(args.models, args.model)
+    ref = release.resolve(args.models, args.model)
     args.workdir.mkdir(parents=True, exist_ok=True)
     small = build(args.workdir / f"telco_{args.rows}.csv", args.rows)
     print(f"model {ref.name} v{ref.version}; input {small} ({small.stat().st_size / 1e6:.0f} MB)", flush=True)

@@ -167,8 +167,8 @@ def rss_mb(pid: int) -> float:
 
 
 def churn_bundle(models: Path) -> Path:
-    """The newest churn bundle, training one first if the store has none."""
-    from service import bundle
+    """The churn champion, training one first if the store has none."""
+    from service import bundle, release
 
     if not bundle.versions(models, "churn"):
         subprocess.run(
@@ -188,7 +188,7 @@ def churn_bundle(models: Path) -> Path:
             ],
             check=True,
         )
-    return bundle.resolve(models, "churn").path
+    return release.resolve(models, "churn").path
 
 
 def main() -> None:

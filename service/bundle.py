@@ -114,21 +114,6 @@ def iter_bundles(root: Path) -> Iterator[BundleRef]:
             yield BundleRef(model_dir.name, version, model_dir / str(version))
 
 
-def resolve(root: Path, spec: str) -> BundleRef:
-    """`name`, `name@version` or a bundle directory → a BundleRef."""
-    path = Path(spec)
-    if (path / MODEL_FILE).is_file():
-        return BundleRef(path.parent.name, int(path.name) if path.name.isdigit() else 0, path)
-    name, _, wanted = spec.partition("@")
-    found = versions(root, name)
-    if not found:
-        raise BundleError(f"no model named {name!r} in {root}")
-    version = int(wanted) if wanted else found[-1]
-    if version not in found:
-        raise BundleError(f"model {name!r} has no version {version} (has {found})")
-    return BundleRef(name, version, root / name / str(version))
-
-
 def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
     """Write a bundle into a hidden staging directory, then rename it into place as the next version."""
     model_dir = root / check_name(name)

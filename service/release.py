@@ -119,6 +119,26 @@ def current(root: Path, name: str, new: int | None = None) -> Release:
     return Release(champion=published[-1])
 
 
+def resolve(root: Path, spec: str) -> bundle.BundleRef:
+    """What a user names → its bundle: `name` (its champion, the version that serves), `name@version`,
+    a bundle directory, or a model's directory (models/churn: its champion)."""
+    path = Path(spec)
+    if (path / bundle.MODEL_FILE).is_file():
+        return bundle.BundleRef(path.parent.name, int(path.name) if path.name.isdigit() else 0, path)
+    name, _, wanted = spec.partition("@")
+    if not bundle.versions(root, name) and bundle.versions(path.parent, path.name):
+        root, name = path.parent, path.name
+    found = bundle.versions(root, name)
+    if not found:
+        raise bundle.BundleError(f"no model named {name!r} in {root}")
+    if wanted and not wanted.isdigit():
+        raise bundle.BundleError(f"{spec!r}: write name@version, such as {name}@{found[-1]}")
+    version = int(wanted) if wanted else current(root, name).champion
+    if version not in found:
+        raise bundle.BundleError(f"model {name!r} has no version {version} (has {found})")
+    return bundle.BundleRef(name, version, root / name / str(version))
+
+
 def write(root: Path, name: str, release: Release) -> None:
     """Replace the file whole: a reader sees the old state or the new one, never half of either."""
     path = path_of(root, name)

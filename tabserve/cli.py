@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from service import bundle
+from service import bundle, release
 
 PIPED_WIDTH = 200  # piped output: tables take their natural width up to this, text is never wrapped
 
@@ -224,7 +224,6 @@ app.command()(train)
 def list_models(models_dir: ModelsDir = None) -> None:
     """List the bundles in the model store: which serves (champion), which is challenger, and the
     last release decisions."""
-    from service import release
 
     root = bundle.models_dir(models_dir)
     table = Table("name", "version", "role", "task", "key metric", "created", title=f"models in {root}")
@@ -277,7 +276,6 @@ Why = Annotated[str, typer.Option(help="Why: kept in the audit trail (release.js
 
 
 def _decide(models_dir: Path | None, spec: str, action: str, **options: Any) -> None:
-    from service import release
 
     root = bundle.models_dir(models_dir)
     name, _, wanted = spec.partition("@")
@@ -342,7 +340,6 @@ def retire(
     """Take a model version out of the store: the folder is kept as `<version>.retired` and its
     number is never reused (rename it back to restore it). Without a release file the newest
     remaining version serves; with one, retire a champion only after `tabserve rollback`."""
-    from service import release
 
     root = bundle.models_dir(models_dir)
     name, _, wanted = model.partition("@")
@@ -411,7 +408,7 @@ app.command()(serve)
 
 @app.command()
 def score(
-    model: Annotated[str, typer.Option(help="Model name, name@version, or a bundle directory.")],
+    model: Annotated[str, typer.Option(help="Model name (its champion, the version that serves), name@version, or a bundle directory.")],
     input: Annotated[
         Path,
         typer.Option(
@@ -461,7 +458,7 @@ def score(
         _size_arrow(budget.cpus)
 
         reasons = checked_explain(explain, "--explain")
-        ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        ref = release.resolve(bundle.models_dir(models_dir), model)
         reading = _reading(ref, sep, encoding)
         if engine == "ray":
             if STDIO in (str(input), str(output)):
@@ -640,7 +637,7 @@ def feedback(
     from service.errors import InputError
 
     try:
-        ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        ref = release.resolve(bundle.models_dir(models_dir), model)
         media = "application/json" if input.suffix == ".json" else "text/csv"
         stored = Feedback(LogLocation.of(log), ref.name, ref.preprocess).submit(
             records_of(input.read_bytes(), media), partial
@@ -700,7 +697,7 @@ def monitor(
 
         if by not in PERIODS:
             raise ValueError(f"--by takes {', '.join(PERIODS)}, not {by!r}")
-        ref = bundle.resolve(bundle.models_dir(models_dir), model)
+        ref = release.resolve(bundle.models_dir(models_dir), model)
         report = build_report(LogReader(log, ref.name, ref.preprocess.id_columns), ref, since, by)
         if json_out is not None:
             import json

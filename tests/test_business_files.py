@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import bundle
+from service import bundle, release
 from tests.fixtures.make_business_files import Variant, make_all
 from tests.service.conftest import Server, running_server, telco_records
 from tests.test_cli import tabserve_here
@@ -64,7 +64,7 @@ def probabilities(path: Path) -> list[float]:
 
 
 def auc_of(store: Path, name: str) -> float:
-    return float(bundle.resolve(store, name).metrics["test"]["roc_auc"])
+    return float(release.resolve(store, name).metrics["test"]["roc_auc"])
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def check_variant(files: dict[str, Variant], store: Path, name: str) -> None:
     said, scored = trained(variant, store)
     for text in variant.says:
         assert text in said, said
-    table = {row["column"]: row for row in bundle.resolve(store, name).preprocess.columns}
+    table = {row["column"]: row for row in release.resolve(store, name).preprocess.columns}
     for column, kind in variant.types.items():
         assert table[column]["type"] == kind, table[column]
     got = probabilities(scored)
@@ -92,7 +92,7 @@ def check_variant(files: dict[str, Variant], store: Path, name: str) -> None:
         assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < SAME
     elif name == "leaked":
         assert table["churn_flag"]["warning"].startswith("column 'churn_flag' alone predicts Churn")
-        ref = bundle.resolve(store, name)  # and the model card and metrics.json say it too
+        ref = release.resolve(store, name)  # and the model card and metrics.json say it too
         assert any(w.startswith("column 'churn_flag'") for w in ref.metrics["warnings"])
         assert "**Warning:** column 'churn_flag' alone predicts Churn" in (ref.path / "model_card.md").read_text()
     else:
@@ -103,7 +103,7 @@ def check_variant(files: dict[str, Variant], store: Path, name: str) -> None:
 def test_old_bundles_read_as_before(files: dict[str, Variant], store: Path) -> None:
     """A preprocess.json without the new fields (an older bundle) loads and scores the clean file."""
     trained(files["telco"], store)
-    ref = bundle.resolve(store, "telco")
+    ref = release.resolve(store, "telco")
     old = store / "telco_old" / "1"
     old.mkdir(parents=True)
     for item in ref.path.iterdir():
@@ -227,7 +227,7 @@ def test_ray_reads_a_file_as_training_did(files: dict[str, Variant], store: Path
     variant = files["semicolon_comma"]
     _, local = trained(variant, store)
     try:
-        summary = score_with_ray(bundle.resolve(store, variant.name), str(variant.path), tmp_path / "out.csv", cpus=2)
+        summary = score_with_ray(release.resolve(store, variant.name), str(variant.path), tmp_path / "out.csv", cpus=2)
     finally:
         ray.shutdown()
     assert summary.rows_failed == 0

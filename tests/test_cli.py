@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service import bundle
+from service import bundle, release
 from service.scoring.local import Scorer, score_file
 from tests.conftest import GERMAN, write_csv
 from tests.service.conftest import copy_store
@@ -64,7 +64,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     cfg.write_text('[train]\nhidden = [16]\nactivation = "tanh"\nepochs = 2\nensemble = 1\n')
     run = tabserve("train", *GERMAN_ARGS, "--config", str(cfg), "--no-plots", "--dropout", "0.1", store=tmp_path)
     assert run.returncode == 0, run.stderr
-    config = bundle.resolve(tmp_path, "german_credit").metrics["config"]
+    config = release.resolve(tmp_path, "german_credit").metrics["config"]
     assert config["hidden"] == [16] and config["activation"] == "tanh" and config["dropout"] == 0.1
     # 2 epochs under a patience of 12: no "its bar ends at best epoch + 12"
     assert "1 member(s); each runs its 2 epoch(s), fewer than the patience (12), and keeps its best" in run.stdout
@@ -221,7 +221,7 @@ def test_piped_training_output_keeps_each_line_whole_and_best_epochs_agree(tmp_p
     intro = next(line for line in lines if "each stops" in line)
     assert len(intro) > 80 and intro.endswith("unless validation improves")
     assert any(len(line) > 80 and line.startswith("  chosen on out-of-fold rows") for line in lines)
-    members = bundle.resolve(tmp_path, "credit").metrics["members"]
+    members = release.resolve(tmp_path, "credit").metrics["members"]
     assert [(int(best), int(of)) for _, best, of in found] == [(m["best_epoch"], m["epochs"]) for m in members]
     assert all(m["epochs"] == min(m["best_epoch"] + 12, 30) for m in members)  # patience 12, counted from 1
 

@@ -380,8 +380,9 @@ def _date_format(
     `month_first`: MM/DD/YYYY before DD/MM/YYYY, MM-DD-YYYY before DD-MM-YYYY (ISO stays first).
     Said in `warnings`: two-digit years that would read as a later century (not taken for dates
     unless `forced`), and dates that read day first and month first alike."""
+    present = [v for v in present if v.lower() not in NUMERIC_MISSING]  # NA, n/a: missing, as in scoring
     sample = present[:: max(1, len(present) // 2000)]
-    if not forced and not all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample):
+    if not forced and not (sample and all(("-" in v or "/" in v or "." in v) and v[:1].isdigit() for v in sample)):
         return None
     formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
     fmt = next((f for f in formats if _reads_every(present, f) and (forced or _padded(present, f))), None)
@@ -433,7 +434,15 @@ def _past_century(present: list[str], fmt: str) -> str | None:
     if "%y" not in fmt:
         return None
     limit = dt.datetime.now() + dt.timedelta(days=365.25 * FUTURE_YEARS)
-    return next((v for v in present if not is_iso(v) and (parse_date(v, fmt) or limit) > limit), None)
+    return next((v for v in present if (_two_digit_year(v, fmt) or limit) > limit), None)
+
+
+def _two_digit_year(text: str, fmt: str) -> dt.datetime | None:
+    """`text` read in `fmt` when its year has two digits (2050 written in full is meant), else None."""
+    try:
+        return dt.datetime.strptime(text.strip(), fmt)
+    except ValueError:
+        return None
 
 
 def _reads_every(present: list[str], fmt: str) -> bool:

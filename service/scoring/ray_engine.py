@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from service.bundle import BundleRef, resolve
+from service.bundle import BundleRef
 from service.cpus import cpu_budget
 from service.explain import Explain
 from service.features import Reading
+from service.release import resolve
 from service.runtime import Device
 from service.scoring.files import (
     CsvSource,

@@ -10,14 +10,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service import bundle
+from service import bundle, release
 from service.features import Preprocess
 from tests.service.conftest import Server, telco_records
 
 
 def direct(server: Server, records: list[dict[str, object]]) -> np.ndarray:
     """What one plain session.run gives for these records (the reference)."""
-    ref = bundle.resolve(server.store, "churn")
+    ref = release.resolve(server.store, "churn")
     pre = Preprocess.load(ref.path / bundle.PREPROCESS_FILE)
     enc = pre.encode_records(records)
     session = ort.InferenceSession(str(ref.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"])
@@ -33,7 +33,7 @@ def test_predict_answers_each_record(churn_server: Server) -> None:
     want = direct(churn_server, records)[:, 1]
     got = [p["probability"] for p in body["predictions"]]
     np.testing.assert_allclose(got, want, atol=1e-6)
-    threshold = Preprocess.load(bundle.resolve(churn_server.store, "churn").path / bundle.PREPROCESS_FILE).threshold
+    threshold = Preprocess.load(release.resolve(churn_server.store, "churn").path / bundle.PREPROCESS_FILE).threshold
     for p, rec in zip(body["predictions"], records, strict=True):
         assert p["label"] == ("Yes" if p["probability"] >= threshold else "No")
         assert p["customerID"] == rec["customerID"]  # the id column passes through

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service import bundle
+from service import bundle, release
 from service.explain import Effects
 from service.scoring.columns import ArrowEncoder
 from service.scoring.files import ROW, numbered, open_source
@@ -145,7 +145,7 @@ def test_bad_explain_values_and_old_bundles_fail_before_any_work(explain_server:
     run = _cli(explain_server.store, "--model", "old", "--input", str(source), "--output", str(out), "--explain", "4")
     assert run.returncode == 2 and "no explain.onnx" in run.stderr and not out.exists()
     with pytest.raises(ScoringError, match=r"explain\.onnx"):
-        Scorer(bundle.resolve(explain_server.store, "old"), "cpu", explain=4)
+        Scorer(release.resolve(explain_server.store, "old"), "cpu", explain=4)
 
 
 def test_a_cell_reads_as_the_json_value_of_the_same_record(churn_bundle: bundle.BundleRef) -> None:

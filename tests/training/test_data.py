@@ -446,6 +446,20 @@ def test_two_digit_years_are_dates_unless_they_would_land_in_a_later_century(tmp
     assert told.schema.dates["born"] == "%d/%m/%y" and "if an earlier century is meant" in told.schema.warnings[0]
 
 
+def test_a_date_column_with_missing_markers_is_a_date_and_full_years_are_not_flagged(tmp_path: Path) -> None:
+    """NA, n/a and - are missing in a date column as in a numeric one; a four-digit 2050 beside
+    two-digit years is meant as written (a maturity), not an earlier century."""
+    signed = [["NA", "n/a", "-", ""][i % 4] if i % 5 == 0 else f"{i % 28 + 1:02d}/04/2023" for i in range(40)]
+    matures = [f"1/{i % 28 + 1}/24" if i % 2 else f"1/{i % 28 + 1}/2050" for i in range(40)]
+    rows = [[a, b, i % 5, ["yes", "no"][i % 2]] for i, (a, b) in enumerate(zip(signed, matures, strict=True))]
+    prep = _prepare(write_csv(tmp_path / "na.csv", ["signed", "matures", "visits", "churn"], rows), "churn", tmp_path)
+    assert prep.schema.dates == {"signed": "%d/%m/%Y", "matures": "%m/%d/%y"} and not prep.schema.warnings
+    ages = prep.enc.num[:, prep.schema.numeric.index("signed")]
+    assert np.isnan(ages[::5]).all() and not np.isnan(np.delete(ages, np.s_[::5])).any()
+    years = prep.enc.num[:, prep.schema.numeric.index("matures")]
+    assert np.ptp(years) > 365 * 25  # 2024 and 2050, both as written
+
+
 def test_a_column_told_to_be_a_date_names_a_value_no_format_reads(tmp_path: Path) -> None:
     header = ["signed", "visits", "churn"]
     for values, message in (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from rich.console import Console
 from sklearn.metrics import log_loss, roc_auc_score
 
 from monitoring.accuracy import weighted_auc
-from service import release
+from service import bundle, release
 from tests.conftest import QUICK, TELCO, quick_config
 from training import gate
 from training.config import ConfigError
@@ -142,6 +144,14 @@ def test_promote_never_keeps_an_equal_model_challenger(store: Path) -> None:
     assert all(d.difference == d.low == d.high == 0 for d in c.metrics)
     assert c.reason.startswith("not promoted (--promote never); by the rule alone, promoted: ROC AUC +0.000")
     assert release.current(store, "churn").champion == 1
+    # a name means what serves: batch scoring, feedback and monitoring take the champion, not the newest
+    assert [release.resolve(store, spec).version for spec in ("churn", "churn@2", str(store / "churn"))] == [1, 2, 1]
+    out = store.parent / "scored.csv"
+    cli = [sys.executable, "-m", "tabserve.cli", "score", "--model", "churn", "--models-dir", str(store)]
+    done = subprocess.run([*cli, "--input", str(TELCO), "--output", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0 and "churn v1:" in done.stdout, done.stderr
+    with pytest.raises(bundle.BundleError, match="write name@version, such as churn@2"):
+        release.resolve(store, "churn@latest")
 
 
 def scores(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
