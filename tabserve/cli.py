@@ -408,7 +408,9 @@ app.command()(serve)
 
 @app.command()
 def score(
-    model: Annotated[str, typer.Option(help="Model name (its champion, the version that serves), name@version, or a bundle directory.")],
+    model: Annotated[
+        str, typer.Option(help="Name (its champion, the version that serves), name@version, or a bundle directory.")
+    ],
     input: Annotated[
         Path,
         typer.Option(

@@ -51,7 +51,9 @@ def calibration_slope(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
-    """The positive-class probability cut-off, chosen on validation predictions by `rule`."""
+    """The positive-class probability cut-off, chosen on validation predictions by `rule`: midway
+    between the lowest score the best cut flags and the score below it, so that a wide gap (classes
+    nearly apart) is cut in its middle, not at the edge of the validation positives."""
     try:
         return float(rule)
     except ValueError:
@@ -59,16 +61,19 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
     if rule == "f1":
         precision, recall, thr = skm.precision_recall_curve(y, p)
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        return float(thr[int(np.argmax(f1[:-1]))])
-    fpr, tpr, thr = skm.roc_curve(y, p)
-    if rule == "youden":
-        score = tpr - fpr
-    elif rule == "accuracy":
-        pos = float(np.mean(y))
-        score = tpr * pos + (1 - fpr) * (1 - pos)
+        cut = float(thr[int(np.argmax(f1[:-1]))])
     else:
-        raise ValueError(f"threshold rule must be f1, youden, accuracy or a number, not {rule!r}")
-    return float(np.clip(thr[int(np.argmax(score))], 0.0, 1.0))
+        fpr, tpr, thr = skm.roc_curve(y, p)
+        if rule == "youden":
+            score = tpr - fpr
+        elif rule == "accuracy":
+            pos = float(np.mean(y))
+            score = tpr * pos + (1 - fpr) * (1 - pos)
+        else:
+            raise ValueError(f"threshold rule must be f1, youden, accuracy or a number, not {rule!r}")
+        cut = float(np.clip(thr[int(np.argmax(score))], 0.0, 1.0))
+    below = p[p < cut]
+    return (cut + float(below.max())) / 2 if below.size else cut
 
 
 def classification_metrics(task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict[str, float]:

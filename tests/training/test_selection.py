@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
+from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
@@ -18,7 +19,7 @@ from monitoring.accuracy import ece, ece_floor
 from service import bundle
 from service.runtime import CPU, create_session
 from tests.conftest import GERMAN, TELCO, quick_config
-from training.evaluate import calibration_slope
+from training.evaluate import calibration_slope, choose_threshold
 from training.pipeline import prepare_data, train
 
 
@@ -293,6 +294,26 @@ def test_the_calibration_slope_tells_timid_from_sure_probabilities() -> None:
     assert np.isnan(calibration_slope(np.zeros(10, dtype=int), np.full(10, 0.2))["slope"])  # one class: no fit
     apart = calibration_slope(y, y * 0.6 + 0.2)  # the classes apart (a leaked column): no maximum, no figure
     assert np.isnan(apart["slope"]) and np.isnan(apart["intercept"])
+
+
+@pytest.mark.parametrize("rule", ["f1", "youden", "accuracy"])
+def test_the_decision_threshold_cuts_the_gap_its_rule_chose_in_the_middle(rule: str) -> None:
+    """On overlapping scores the cut flags the rows the rule's best cut flags; where the classes stand
+    apart (0.01-0.02 against 0.97-0.99) it sits halfway, not on the lowest validation positive."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(-1.0, 1.5, 20_000)
+    y = (rng.random(len(z)) < 1 / (1 + np.exp(-z))).astype(int)
+    p = 1 / (1 + np.exp(-z))
+    cut = choose_threshold(y, p, rule)
+    scores = np.unique(p)
+    lower, upper = scores[scores < cut].max(), scores[scores >= cut].min()
+    assert cut == pytest.approx((lower + upper) / 2)
+    best = {"f1": lambda f: skm.f1_score(y, f), "youden": lambda f: skm.balanced_accuracy_score(y, f)}
+    score = best.get(rule, lambda f: skm.accuracy_score(y, f))
+    assert score(p >= cut) >= max(score(p >= t) for t in np.quantile(p, np.linspace(0.01, 0.99, 99)))
+    apart = np.r_[np.linspace(0.01, 0.02, 50), np.linspace(0.97, 0.99, 50)]
+    assert choose_threshold(np.r_[np.zeros(50, int), np.ones(50, int)], apart, rule) == pytest.approx(0.495)
+    assert choose_threshold(y, p, "0.3") == 0.3
 
 
 def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> None:
