@@ -137,17 +137,31 @@ def champion_test_rows(cfg: TrainConfig, target: D.Target, sha256: str) -> np.nd
         return None
     try:
         champion = release.current(root, cfg.name).champion
-        doc = bundle.BundleRef(cfg.name, champion, root / cfg.name / str(champion)).metrics
+        champion_dir = root / cfg.name / str(champion)
+        doc = bundle.BundleRef(cfg.name, champion, champion_dir).metrics
     except (release.ReleaseError, OSError, ValueError):
         return None  # the gate says why it cannot compare
     data, config = doc.get("data", {}), doc.get("config", {})
     same = data.get("sha256") == sha256 and config.get("target") == cfg.target
     if not same or data.get("rows") != len(target.y) + target.dropped_missing or "seed" not in config:
         return None
-    theirs = replace(cfg, seed=config["seed"], test_fraction=config.get("test_fraction", cfg.test_fraction))
-    if (theirs.seed, theirs.test_fraction) == (cfg.seed, cfg.test_fraction):
+    theirs = _saved_test_rows(champion_dir, len(target.y))
+    if theirs is None:  # an older bundle: its split rebuilt from its seed (right unless it inherited rows)
+        split_as = replace(cfg, seed=config["seed"], test_fraction=config.get("test_fraction", cfg.test_fraction))
+        theirs = D.split_rows(target, split_as).test
+    if np.array_equal(theirs, D.split_rows(target, cfg).test):
         return None  # this run splits as the champion did anyway
-    return D.split_rows(target, theirs).test
+    return theirs
+
+
+def _saved_test_rows(champion_dir: Path, rows: int) -> np.ndarray | None:
+    """The rows the champion was tested on, as it saved them: its seed alone does not tell them when
+    it was itself split as an earlier champion was."""
+    try:
+        saved = np.load(champion_dir / bundle.EVALUATION_FILE)["rows"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return saved if saved.size and saved.max() < rows else None
 
 
 def fit_rows_of(split: D.Split, cfg: TrainConfig) -> np.ndarray:

@@ -109,6 +109,21 @@ def test_the_full_data_with_another_seed_is_promoted_or_not_by_the_rule(store: P
     assert doc["decision"] == ("promote" if c.promote else "challenger") and doc["reason"] == c.reason
 
 
+def test_retrains_of_one_file_keep_the_first_champions_test_rows_whatever_their_seeds(store: Path) -> None:
+    """v2 (seed 7) was tested on v1's rows (seed 0); v3 (seed 11) must be too, and the gate must score
+    v2 by its evaluation fit there, not by its refit that learnt from those rows."""
+    v1_rows = np.load(store / "churn" / "1" / "evaluation.npz")["rows"]
+    retrain(store, TELCO, seed=7, promote="always")
+    v2 = np.load(store / "churn" / "2" / "evaluation.npz")
+    v3 = retrain(store, TELCO, seed=11, promote="never")
+    assert np.array_equal(v2["rows"], v1_rows)
+    assert np.array_equal(np.load(store / "churn" / "3" / "evaluation.npz")["rows"], v1_rows)
+    c = v3.comparison
+    assert c is not None and c.champion == 2 and c.rows == len(v1_rows)
+    y = c.outputs[0] if c.outputs is not None else None
+    assert y is not None and c.metrics[0].champion == pytest.approx(roc_auc_score(y, v2["out"][:, 1]))
+
+
 @pytest.mark.parametrize(("mode", "champion"), [("auto", 1), ("always", 2)])
 def test_a_champion_whose_column_the_new_data_lacks_is_refused_not_a_crash(
     store: Path, tmp_path: Path, mode: str, champion: int
