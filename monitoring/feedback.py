@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
-from monitoring.log import LogLocation, day_of, plain, read_segment, text_of, write_whole
+from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
 from service.features import Preprocess, category_key
+from service.scoring.files import sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
@@ -54,11 +55,13 @@ class Stored:
 def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
     """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows)."""
     if media_type == "text/csv":
-        header = body.split(b"\n", 1)[0].decode("utf-8", "replace")
-        names = next(csv.reader([header]), [])
+        header = body.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
+        sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
+        names = next(csv.reader([header], delimiter=sep), [])
         try:  # every column as text: an id such as 007 or a label such as True stays as sent
             table = pacsv.read_csv(
                 io.BytesIO(body),
+                parse_options=pacsv.ParseOptions(delimiter=sep),
                 convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
             )
         except pa.ArrowInvalid as exc:
@@ -66,7 +69,7 @@ def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
         records: Any = table.to_pylist()
     elif media_type == "application/json":
         try:
-            doc = msgspec.json.decode(body)
+            doc = msgspec.json.decode(body.removeprefix(b"\xef\xbb\xbf"))  # a BOM, as Windows tools write
         except msgspec.DecodeError as exc:
             raise InputError("malformed", f"malformed JSON: {exc}") from None
         records = doc.get("records") if isinstance(doc, dict) else None
@@ -87,6 +90,11 @@ class Feedback:
     def __init__(self, location: LogLocation, model: str, pre: Preprocess) -> None:
         self.location, self.model, self.pre = location, model, pre
         self.labels = {str(label) for label in pre.labels}
+        # `yes` is `Yes`, as training merges labels that differ only in case; unless two labels do
+        folded: dict[str, list[str]] = {}
+        for label in self.labels:
+            folded.setdefault(label.casefold(), []).append(label)
+        self.folded = {key: found[0] for key, found in folded.items() if len(found) == 1}
 
     def submit(self, records: list[dict[str, Any]], partial: bool = False) -> Stored:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
@@ -152,7 +160,9 @@ class Feedback:
             text = category_key(value)
         except ValueError:
             text = None
-        if text not in self.labels:
+        if text is not None and text not in self.labels:
+            text = self.folded.get(text.casefold())
+        if text is None:
             return None, f"{value!r} is not a label of {self.model} (its labels: {', '.join(sorted(self.labels))})"
         return text, None
 
@@ -212,13 +222,8 @@ class Feedback:
 def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[str]) -> pa.Table:
     """A model's logged rows whose first id column is one of `first_ids` (Parquet files and live segments)."""
     wanted = pa.array(sorted(set(first_ids)), pa.string())
-    parts = []
-    # segments read before the files are listed: one published meanwhile is then in one or both
-    for segment in location.segments(model):
-        table = plain(read_segment(segment))
-        if table.num_rows and ids[0] in table.column_names:
-            parts.append(table.filter(ds.field(ids[0]).isin(wanted)))
-    files = location.files(model)
+    segments, files = logged_parts(location, model)
+    parts = [table.filter(ds.field(ids[0]).isin(wanted)) for table in segments if ids[0] in table.column_names]
     if files:
         dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
         parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))

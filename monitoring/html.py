@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from monitoring.report import Report
+from service.drift import NO_ROWS
 
 # the usual PSI reading as colours: stable, moderate, act
 PSI_COLOURS = ListedColormap(["#d8f0d2", "#9fd39a", "#ffe08a", "#f4a259", "#d1495b"])
@@ -23,13 +24,17 @@ PSI_BOUNDS = BoundaryNorm([0, 0.05, 0.1, 0.175, 0.25, 10], PSI_COLOURS.N)
 
 def write_html(report: Report, path: Path) -> None:
     """The report as a page: PSI heat map, score distribution against training, live metrics over time."""
-    figures = [("Which feature moved, and when (PSI by period)", heat_map(report))]
-    figures.append(("Score distribution: the log against training", score_distribution(report)))
+    figures = []
+    if not report.empty:  # an empty heat map would colour every feature "stable"
+        figures.append(("Which feature moved, and when (PSI by period)", heat_map(report)))
+        figures.append(("Score distribution: the log against training", score_distribution(report)))
     if report.live:
         figures.append(("Live metrics of labelled predictions over time", live_metrics(report)))
     if report.calibration:
         figures.append(("Calibration of labelled predictions", calibration_plot(report.calibration)))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n{svg}" for title, svg in figures)
+    if report.empty:
+        body = f"<p><b>{NO_ROWS}</b>: no row was logged in this span, so there is no drift verdict.</p>\n{body}"
     title = f"tabserve monitor: {report.model} v{report.version}"
     path.write_text(
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -522,8 +522,7 @@ class PredictionLog:
         """One segment → one Parquet file, renamed into place whole; the segment is then removed."""
         table = read_segment(segment)
         if table.num_rows:
-            name = segment.name[1 : -len(SEGMENT)] + ".parquet"
-            write_whole(self.location, table, f"{self.location.root}/{partition}", name)
+            write_whole(self.location, table, f"{self.location.root}/{partition}", published_name(segment))
         segment.unlink()
 
     def recover(self) -> None:
@@ -571,6 +570,22 @@ def plain(table: pa.Table) -> pa.Table:
     """Dictionary-encoded text as plain text: what Parquet readers (DuckDB, pandas, Spark) all read alike."""
     fields = [pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema]
     return table.cast(pa.schema(fields))
+
+
+def published_name(segment: Path) -> str:
+    """The name of the Parquet file a segment becomes (`.v1-….arrows` → `v1-….parquet`)."""
+    return segment.name[1 : -len(SEGMENT)] + ".parquet"
+
+
+def logged_parts(location: LogLocation, model: str) -> tuple[list[pa.Table], list[str]]:
+    """A model's logged rows: its open segments (plain tables) and its Parquet files, each row in one.
+
+    Segments are read before the files are listed, so one published meanwhile is among the files
+    and its segment is left out: no row is missed or counted twice."""
+    segments = [(path, plain(read_segment(path))) for path in location.segments(model)]
+    files = location.files(model)
+    published = {file.rsplit("/", 1)[-1] for file in files}
+    return [table for path, table in segments if table.num_rows and published_name(path) not in published], files
 
 
 def read_segment(path: Path) -> pa.Table:

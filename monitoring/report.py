@@ -1,7 +1,7 @@
 """The log read in place with DuckDB: labelled predictions, the export for retraining, and
 `tabserve monitor`'s figures (PSI per feature per period, live metrics per period).
 
-Every query reads `<root>/<model>/date=*/*.parquet` (predictions) and
+Every query reads `<root>/<model>/date=*/*.parquet` and the open segments (predictions) and
 `<root>/<model>/feedback/date=*/*.parquet` (outcomes); the SQL is plain enough to reuse by hand.
 """
 
@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from monitoring.accuracy import calibration, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
-from monitoring.log import LogLocation
+from monitoring.log import LogLocation, logged_parts
 from service import bundle
-from service.drift import population_stability, reading
+from service.drift import NO_ROWS, population_stability, reading
 from service.features import CategoricalFeature, NumericFeature, Preprocess
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
@@ -43,11 +43,7 @@ class LogReader:
             )
         self.db = duckdb.connect()
         base = Path(self.location.root) / model
-        if not self.location.files(model):
-            raise ValueError(f"no prediction log for {model} under {self.location.root}")
-        self.db.execute(
-            f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{base}/date=*/*.parquet', union_by_name = true, hive_partitioning = false)"
-        )
+        self.db.execute(f"CREATE VIEW predictions AS {self._predictions_sql()}")
         self.ids = ids if ids is not None else self._ids()
         self.has_feedback = bool(self.location.files(model, FEEDBACK))
         if self.has_feedback:
@@ -55,6 +51,23 @@ class LogReader:
                 f"CREATE VIEW feedback AS SELECT * FROM read_parquet('{base}/{FEEDBACK}/date=*/*.parquet', union_by_name = true, hive_partitioning = false)"
             )
             self.db.execute(f"CREATE VIEW labelled AS {labelled_sql(self.ids)}")
+
+    def _predictions_sql(self) -> str:
+        """The Parquet files and the open segments (what the server has written but not yet rotated
+        into Parquet), read as the feedback path reads them: each row once."""
+        segments, files = logged_parts(self.location, self.model)
+        if not segments and not files:
+            raise ValueError(f"no prediction log for {self.model} under {self.location.root}: nothing scored yet")
+        parts = []
+        if files:
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            parts.append(f"SELECT * FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false)")
+        if segments:
+            self.db.register(
+                "open_segments", as_parquet_reads(pa.concat_tables(segments, promote_options="permissive"))
+            )
+            parts.append("SELECT * FROM open_segments")
+        return " UNION ALL BY NAME ".join(parts)
 
     def _ids(self) -> list[str]:
         """The id columns: those the feedback files key on (every column of theirs not starting with _)."""
@@ -88,6 +101,15 @@ class LogReader:
         """A query's answer as an Arrow table."""
         result: pa.Table = self.db.sql(query).to_arrow_table()
         return result
+
+
+def as_parquet_reads(table: pa.Table) -> pa.Table:
+    """A segment's columns as DuckDB reads them back from Parquet (a fixed-size list is a list there)."""
+    fields = [
+        pa.field(f.name, pa.list_(f.type.value_type)) if pa.types.is_fixed_size_list(f.type) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
 
 
 def labelled_sql(ids: list[str]) -> str:
@@ -126,7 +148,13 @@ class Report:
         """The report as JSON, with each PSI's usual reading."""
         doc = dict(vars(self))
         doc["readings"] = {name: [reading(v) for v in values] for name, values in self.psi.items()}
+        doc["status"] = NO_ROWS if self.empty else "ok"
         return doc
+
+    @property
+    def empty(self) -> bool:
+        """No row logged in the span: nothing to compare, so no verdict."""
+        return not sum(self.rows)
 
 
 def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by: str) -> Report:
@@ -158,7 +186,7 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
         if pre.kinds.get(name) == "numeric":
             report.missing[name] = [float(c[-1] / max(c.sum(), 1)) for c in counts[j]]
     whole = totals["score"]
-    report.score_shares = (whole / max(whole.sum(), 1)).tolist()
+    report.score_shares = (whole / whole.sum()).tolist() if whole.sum() else []  # none, not all zero
     report.score_reference = expected["score"].tolist()
     report.training = {"test": ref.metrics.get("test"), "positive_rate": ref.metrics.get("positive_rate")}
     if reader.has_feedback:

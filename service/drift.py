@@ -39,8 +39,13 @@ def population_stability(counts: np.ndarray, expected: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log((actual + SMOOTH) / (expected + SMOOTH))))
 
 
-def reading(psi: float) -> str:
-    """The usual reading of a PSI."""
+NO_ROWS = "no rows yet"  # the reading of a window (or a report's span) with no scored row: no verdict
+
+
+def reading(psi: float | None) -> str:
+    """The usual reading of a PSI (None: nothing was compared)."""
+    if psi is None:
+        return NO_ROWS
     return "stable" if psi < 0.1 else "moderate" if psi <= 0.25 else "act"
 
 
@@ -85,6 +90,14 @@ class Drift:
         parts = self._pending
         num, cat, out = (np.concatenate([p[i] for p in parts]) for i in range(3))
         self._pending, self._pending_rows = [], 0
+        # blocks of at most a tenth of the window, so that dropping whole blocks keeps it under 1.1 x;
+        # rows before a big batch's last `window` would be dropped again at once
+        for lo in range(max(0, len(num) - self.window), len(num), self._count_rows):
+            hi = lo + self._count_rows
+            self._count(num[lo:hi], cat[lo:hi], out[lo:hi])
+
+    def _count(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray) -> None:
+        """Count one block into the window and drop the oldest blocks it no longer needs."""
         n = len(num)
         places = []
         for j, edges in enumerate(self._edges):
@@ -108,16 +121,15 @@ class Drift:
             self._count_pending()
             counts, rows = self._counts.copy(), self._rows
         features: dict[str, Any] = {}
-        psis = []
+        psis: list[float | None] = []
         for i, expected in enumerate(self._expected):
             part = counts[self._offsets[i] : self._offsets[i + 1]]
-            actual = part / rows if rows else np.zeros(len(part))
-            psi = population_stability(part, expected)
+            psi = population_stability(part, expected) if rows else None  # an empty window: no verdict
             psis.append(psi)
             if i < len(self._names):
                 doc: dict[str, Any] = {"psi": psi, "reading": reading(psi)}
                 if i < len(self._edges):
-                    doc["missing_rate"] = float(actual[-1])
+                    doc["missing_rate"] = float(part[-1] / rows) if rows else None
                 features[self._names[i]] = doc
         score = psis[-1]
         return {"window_rows": rows, "score": {"psi": score, "reading": reading(score)}, "features": features}

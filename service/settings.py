@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="queue wait plus inference; 504 beyond (header lowers it)")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM: time to answer what was accepted, then exit")
     older_versions: int = Field(
-        4, ge=0, description="older versions loaded on demand by V2 version routes (LRU); 0: off"
+        4, ge=0, description="other versions than champion and challenger, loaded on demand by V2 routes (LRU); 0: off"
     )
     poll_interval_s: float = Field(2.0, ge=0, description="how often to look for new versions; 0 turns polling off")
     admin_token: str | None = Field(

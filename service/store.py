@@ -257,9 +257,9 @@ class ModelStore:
         return model
 
     async def get_version(self, name: str | None, version: int | None) -> LoadedModel:
-        """A given version of `name` (None: the current one). Older versions in the store are loaded
-        on first use, once however many requests ask at the same time, and the `older_versions`
-        most recently used are kept."""
+        """A given version of `name` (None: the current one). Any other published version (older, or
+        newer than a rolled-back champion) is loaded on first use, once however many requests ask at
+        the same time, and the `older_versions` most recently used are kept."""
         current = self.get(name)
         if version is None or version == current.version:
             return current
@@ -271,18 +271,25 @@ class ModelStore:
         if model is not None:
             self.older.move_to_end(key)
             return model
-        if not self.settings.older_versions:
-            raise ModelNotFound(f"{current.name} serves only its current version ({current.version}) here")
         found = self.versions(current.name)
         if version not in found:
-            raise ModelNotFound(f"model {current.name!r} has no version {version} (has {found})")
-        if version > current.version:  # published, not picked up yet: the next scan makes it current
-            raise ModelNotFound(f"{current.name} version {version} is not served yet (serving {current.version})")
+            raise ModelNotFound(self._no_version(current.name, version, found))
+        if not self.settings.older_versions:
+            raise ModelNotFound(
+                f"{current.name} version {version} is in the store but not loaded: this service loads only its "
+                f"champion ({current.version}) and challenger (older_versions is 0)"
+            )
         loading = self._loading.get(key)
         if loading is None:
             loading = self._loading[key] = asyncio.ensure_future(self._load_older(key))
             loading.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(loading)
+
+    def _no_version(self, name: str, version: int, found: list[int]) -> str:
+        """Why a version is not addressable: retired (kept, never served) or never published."""
+        if version in bundle.retired_versions(self.settings.models_dir, name):
+            return f"{name} version {version} is retired (kept for audit, never served; has {found})"
+        return f"model {name!r} has no version {version} (has {found})"
 
     async def _load_older(self, key: tuple[str, int]) -> LoadedModel:
         """Load an older version from inside the store (never a path a client could name)."""
@@ -347,6 +354,8 @@ class ModelStore:
             self.older.get((ref.name, ref.version)),
         ):
             if model is not None and model.version == ref.version:
+                # champion or challenger now: the LRU must not close it when it evicts the entry
+                self.older.pop((ref.name, ref.version), None)
                 return model
         files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
         try:
@@ -367,6 +376,8 @@ class ModelStore:
                 loadable.setdefault(ref.name, {})[ref.version] = ref
         for key in [k for k in self.failed if k not in published]:  # gone from the store: nothing to report
             del self.failed[key]
+        for key in [k for k in self.older if k not in published]:  # retired (or removed): no longer answers
+            self.older.pop(key).close()
         plan: dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]] = {}
         for name, refs in loadable.items():
             current = self.current.get(name)

@@ -206,6 +206,8 @@ class Telemetry(Collector):
             if drift is None:
                 continue
             report = drift.report()
+            if not report["window_rows"]:
+                continue  # nothing scored yet: no series rather than a PSI of 0 that reads "stable"
             score.add_metric([model], report["score"]["psi"])
             for field, doc in report["features"].items():
                 feature.add_metric([model, field], doc["psi"])

@@ -268,7 +268,8 @@ def _role(state: Any, version: int) -> str:
     if version == state.challenger:
         canary = f", canary {state.canary * 100:g} %" if state.canary else ""
         return f"challenger{canary}{', shadow' if state.shadow else ''}"
-    return "[dim]retired[/]" if version in state.previous else "[dim]not serving[/]"
+    # an earlier champion is what rollback restores; "retired" is only a `tabserve retire` folder (never served)
+    return "[dim]previous champion[/]" if version in state.previous else "[dim]not serving[/]"
 
 
 ModelSpec = Annotated[str, typer.Argument(help="name@version (promote: name alone promotes its challenger).")]
@@ -455,7 +456,10 @@ def score(
     try:
         from service.cpus import cpu_budget
         from service.explain import checked_explain
+        from service.scoring.files import output_format_of
 
+        if str(output) != STDIO:  # an output format tabserve does not write is refused before any work
+            output_format_of(output)
         budget = cpu_budget(cpus)
         _size_arrow(budget.cpus)
 
@@ -514,6 +518,9 @@ def score(
             out.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
         if len(summary.warnings) > SHOWN_WARNINGS:
             out.print(f"  … and {len(summary.warnings) - SHOWN_WARNINGS:,} other kinds")
+    hint = summary.encoding_hint()  # rows lost to the encoding: name the flag that reads them
+    if hint:
+        out.print(hint, soft_wrap=True, markup=False)
     failing = _file_level_failure(summary)
     if failing:
         _fail(failing)

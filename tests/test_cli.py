@@ -17,7 +17,7 @@ from service import bundle, release
 from service.scoring.local import Scorer, score_file
 from tests.conftest import GERMAN, write_csv
 from tests.service.conftest import copy_store
-from tests.service.test_scoring import _read, _telco_head, _write
+from tests.service.test_scoring import _cp1252_telco, _read, _telco_head, _write
 
 QUICK_FLAGS = ["--epochs", "3", "--ensemble", "2", "--patience", "2", "--no-plots", "--screen", "off"]
 GERMAN_ARGS = ["--data", str(GERMAN), "--target", "creditability"]
@@ -262,3 +262,38 @@ def test_every_flag_has_help_and_its_default(command: str) -> None:
             continue
         assert param.help, param.name
         assert "default" in param.help or "(required)" in param.help, (param.name, param.help)
+
+
+def test_score_refuses_an_output_format_before_any_work(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    source = _telco_head(tmp_path / "in.csv", 20)
+    run = tabserve(
+        "score", "--model", "churn", "--input", str(source), "--output", str(tmp_path / "out.xlsx"), store=store
+    )
+    assert run.returncode == 2 and "rows in" not in run.stdout
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "out.xlsx: not an output format; tabserve writes .csv (or .txt), .csv.gz, .parquet, or - for" in run.stderr
+    # the output formats are listed, not the input ones (JSON lines, Excel)
+    for name in ["out.jsonl", "out.json", "out.tsv"]:
+        refused = tabserve_here(
+            "score", "--model", "churn", "--input", str(source), "--output", str(tmp_path / name), store=store
+        )
+        assert refused.returncode == 2 and "tabserve writes .csv" in refused.stderr, refused.stderr
+        assert ".xlsx" not in refused.stderr and "JSON lines" not in refused.stderr
+    assert not list(tmp_path.glob("*out*"))
+
+
+def test_score_names_the_encoding_that_reads_rows_not_utf8(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    source, bad = _cp1252_telco(tmp_path / "cp1252.csv")
+    out = tmp_path / "out.csv"
+    run = tabserve("score", "--model", "churn", "--input", str(source), "--output", str(out), store=store)
+    assert run.returncode == 0, run.stderr
+    assert f"{bad:,} with errors" in run.stdout
+    assert f"{bad:,} rows are not valid UTF-8: --encoding cp1252 reads them" in run.stdout
+    # the flag named does read them: every row scored, the accented ids as written
+    fixed = tabserve_here(
+        "score", "--model", "churn", "--input", str(source), "--output", str(out), "--encoding", "cp1252", store=store
+    )
+    assert fixed.returncode == 0 and "0 with errors" in fixed.stdout and "not valid UTF-8" not in fixed.stdout
+    assert sum("ü" in row["customerID"] for row in _read(out)) == bad

@@ -57,6 +57,21 @@ def format_of(path: Path) -> Format:
     raise ScoringError(f"{path}: unknown format; supported: {FORMATS_TEXT}")
 
 
+# what `open_sink` (and the Ray engine) write: CSV is always comma-separated, so no `.tsv`
+OUTPUT_FORMATS_TEXT = ".csv (or .txt), .csv.gz, .parquet, or - for CSV on stdout"
+
+
+def output_format_of(path: Path) -> Format:
+    """The format an output is written in, by its extension; ScoringError for one tabserve does not write."""
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    plain = name.removesuffix(".gz")
+    if plain.endswith((".csv", ".txt")) or "." not in plain.lstrip("."):  # no extension (`/dev/stdout`): CSV
+        return "csv" if plain == name else "csv.gz"
+    raise ScoringError(f"{path}: not an output format; tabserve writes {OUTPUT_FORMATS_TEXT}")
+
+
 def stripped(names: list[str]) -> list[str]:
     """Header names as training reads them (`  Contract  ` is `Contract`)."""
     return [str(name).strip() for name in names]
@@ -141,6 +156,14 @@ def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
     if codecs.lookup(preferred).name != "utf-8":
         return preferred
     return detect_encoding(head) if bad >= max(3, len(lines) // 10) else preferred
+
+
+def reads_as(values: list[bytes], encoding: str) -> list[str] | None:
+    """The values as `encoding` reads them; None when it cannot read one."""
+    try:
+        return [value.decode(encoding) for value in values]
+    except UnicodeDecodeError:
+        return None
 
 
 def is_utf8(data: bytes) -> bool:

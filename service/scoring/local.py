@@ -29,7 +29,18 @@ from service.explain import Effects, Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
-from service.scoring.files import ROW, UNPARSED, ScoringError, Sink, Source, format_of, numbered, open_sink, open_source
+from service.scoring.files import (
+    ROW,
+    UNPARSED,
+    ScoringError,
+    Sink,
+    Source,
+    numbered,
+    open_sink,
+    open_source,
+    output_format_of,
+    reads_as,
+)
 
 __all__ = [
     "ReasonColumns",
@@ -67,6 +78,25 @@ class Summary:
     errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS
     # warnings on scored rows: text → rows
     warnings: Counter[str] = field(default_factory=Counter)
+    rows_not_utf8: int = 0  # failed rows whose error is NOT_UTF8
+    not_utf8_values: list[bytes] = field(default_factory=list)  # the first KEPT_ERRORS such cells, raw
+
+    def count_not_utf8(self, values: list[bytes]) -> None:
+        """Add a block's cells that are not UTF-8 (one per failed row)."""
+        self.rows_not_utf8 += len(values)
+        self.not_utf8_values += values[: KEPT_ERRORS - len(self.not_utf8_values)]
+
+    def utf8_fix(self) -> str | None:
+        """The encoding that reads every kept cell that is not UTF-8: cp1252 (Western exports), or None."""
+        return "cp1252" if self.not_utf8_values and reads_as(self.not_utf8_values, "cp1252") else None
+
+    def encoding_hint(self, option: str = "--encoding") -> str | None:
+        """How many rows were not valid UTF-8 and the `option` that reads them; None when none were."""
+        if not self.rows_not_utf8:
+            return None
+        fix = self.utf8_fix()
+        how = f"{option} {fix} reads them" if fix else f"pass {option} with the file's encoding, or save it as UTF-8"
+        return f"{self.rows_not_utf8:,} rows are not valid UTF-8: {how}"
 
     def count_warnings(self, counts: Counter[str]) -> None:
         """Add a block's warning counts, past KEPT_WARNINGS texts under one entry."""
@@ -98,6 +128,7 @@ class Scored:
     errors: list[tuple[int, str]]
     rows: int
     warnings: Counter[str]
+    not_utf8: list[bytes] = field(default_factory=list)  # each failed row's cell that is not UTF-8
 
 
 class Scorer:
@@ -143,10 +174,12 @@ class Scorer:
                 + (f" ({hints})" if hints else "")
             )
 
-    def plan(self, source: Source, keep: list[str] | None, keep_all: bool) -> tuple[list[str], pa.Schema]:
+    def plan(
+        self, source: Source, keep: list[str] | None, keep_all: bool, keep_name: str = "--keep"
+    ) -> tuple[list[str], pa.Schema]:
         """Check a source's columns; the columns to read and the output schema."""
         self.check_columns(source.columns)
-        kept = kept_columns(source, self.pre, keep, keep_all)
+        kept = kept_columns(source, self.pre, keep, keep_all, keep_name)
         logged = [c for c in self.pre.id_columns if c in source.columns] if self.log is not None else []
         wanted = list(dict.fromkeys([*kept, *self.names, *logged]))
         twice = [name for name in wanted if source.columns.count(name) > 1]
@@ -210,7 +243,17 @@ class Scorer:
         columns = [*kept, *self._predictions(out, label_index, failed), *added, error_col]
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
         warnings = Counter(w for r, texts in enc.warnings.items() if r not in messages for w in texts)
-        return Scored(scored, [(int(rows[r]), messages[r]) for r in sorted(messages)], batch.num_rows, warnings)
+        errors = [(int(rows[r]), messages[r]) for r in sorted(messages)]
+        return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed))
+
+    @staticmethod
+    def _not_utf8(batch: pa.RecordBatch, enc: Encoded, unparsed: pa.Array) -> list[bytes]:
+        """The raw cell of each row whose error is NOT_UTF8 (at most 256 bytes of it): the summary's hint."""
+        cells = []
+        for r, error in sorted(enc.errors.items()):
+            if error.reason == NOT_UTF8 and error.field is not None and not unparsed[r].is_valid:
+                cells.append(batch.column(error.field).view(pa.binary())[r].as_py()[:256])
+        return cells
 
     def _log(self, batch: pa.RecordBatch, enc: Encoded, out: np.ndarray, rows: np.ndarray, failed: np.ndarray) -> None:
         """The scored rows to the prediction log, numbered by their row in the file; waits for room."""
@@ -365,14 +408,17 @@ def _padded(rows: np.ndarray, lead: int, size: int) -> np.ndarray:
     return out
 
 
-def kept_columns(source: Source, pre: Preprocess, keep: list[str] | None, keep_all: bool) -> list[str]:
-    """The pass-through columns: `keep`, all, or the id columns present."""
+def kept_columns(
+    source: Source, pre: Preprocess, keep: list[str] | None, keep_all: bool, keep_name: str = "--keep"
+) -> list[str]:
+    """The pass-through columns: `keep`, all, or the id columns present; `keep_name` is how the caller
+    spells `keep` (`?keep` over HTTP)."""
     if keep_all:
         return list(source.columns)
     wanted = keep if keep is not None else pre.id_columns
     missing = [c for c in wanted if c not in source.columns]
     if keep is not None and missing:
-        raise ScoringError(f"--keep names column(s) not in the input: {', '.join(missing)}")
+        raise ScoringError(f"{keep_name} names column(s) not in the input: {', '.join(missing)}")
     return [c for c in wanted if c in source.columns]
 
 
@@ -386,11 +432,12 @@ def score_stream(
     progress: Progress | None = None,
     on_error: OnError | None = None,
     workers: int = 0,
+    keep_name: str = "--keep",
 ) -> Summary:
     """Score `source` into the sink `open_out(schema)` gives; rows out == rows in."""
     started, summary = time.perf_counter(), Summary()
     try:
-        wanted, schema = scorer.plan(source, keep, keep_all)
+        wanted, schema = scorer.plan(source, keep, keep_all, keep_name)
     except BaseException:
         source.close()
         raise
@@ -402,6 +449,7 @@ def score_stream(
         summary.rows_in += scored.rows
         summary.rows_failed += len(scored.errors)
         summary.count_warnings(scored.warnings)
+        summary.count_not_utf8(scored.not_utf8)
         for row, message in scored.errors:
             if len(summary.errors) < KEPT_ERRORS:
                 summary.errors.append((row, message))
@@ -496,7 +544,7 @@ def score_file(
     workers: int = 0,
 ) -> Summary:
     """Score `source` into `target` (format by extension) under a temporary name, then rename."""
-    fmt = format_of(target)
+    fmt = output_format_of(target)
     reader = open_source(source, chunk_rows, scorer.pre.read) if isinstance(source, Path) else source
     remove_stale(target)
     tmp = temporary(target)

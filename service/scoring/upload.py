@@ -285,7 +285,9 @@ class Upload:
             )
             source = CsvSource(stream, name="body", reading=model.pre.read)  # read as the training file was
             # one scoring thread per upload leaves cores to the service's requests
-            summary = score_stream(scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1)
+            summary = score_stream(
+                scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1, keep_name="?keep"
+            )
         except BaseException as exc:  # noqa: BLE001 (reported to the client either way)
             error = exc
         self.loop.call_soon_threadsafe(self._settle, error or RuntimeError("the scorer wrote nothing"))
@@ -325,6 +327,13 @@ class Upload:
                 "; ".join(f"{n} × {text}" for text, n in summary.warnings.most_common(3)) or "none",
                 summary.seconds,
             )
+            if summary.rows_not_utf8:  # the body was read as UTF-8 (the training file's encoding)
+                fix = summary.utf8_fix()
+                log.warning(
+                    "upload: %d rows are not valid UTF-8 (%s): the client should send UTF-8",
+                    summary.rows_not_utf8,
+                    f"{fix} reads them" if fix else "nor cp1252",
+                )
         elif not isinstance(error, Cancelled):
             log.warning("upload scoring stopped: %s", error)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from service import bundle
+from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server, telco_records
 
 RECORDS = telco_records(3000, start=1000)
@@ -47,3 +48,17 @@ def test_a_bundle_without_a_reference_says_so(churn_bundle: bundle.BundleRef, tm
         got = httpx.get(server.url + "/models/churn/monitor")
         assert httpx.post(server.url + "/predict", json={"records": RECORDS[:3]}).status_code == 200
     assert got.status_code == 404 and "retrain" in got.json()["error"]
+
+
+def test_an_upload_larger_than_a_tenth_of_the_window_keeps_it_under_1_1x(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    body = TELCO.read_bytes()  # 7,043 rows in one upload: counted in blocks, not as one
+    with running_server(store) as server:
+        sizes = []
+        for _ in range(2):
+            url = server.url + "/models/churn/score"
+            assert httpx.post(url, content=body, headers={"content-type": "text/csv"}).status_code == 200
+            sizes.append(httpx.get(server.url + "/models/churn/monitor").json()["window_rows"])
+    assert sizes[0] == 7043 and 10_000 <= sizes[1] <= 11_000, sizes

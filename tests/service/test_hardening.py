@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -169,3 +170,34 @@ def test_a_half_copied_bundle_is_tried_again_once_complete(churn_bundle: bundle.
             time.sleep(0.2)
         assert httpx.get(server.url + "/models").json()["refused"] == {}
         wait_until(server, "/health/ready")
+
+
+BOM = b"\xef\xbb\xbf"  # what Windows tools (PowerShell 5, Notepad) put before the JSON they save
+
+
+@pytest.mark.parametrize("path", [*SCORING_ROUTES, V2_INFER, "/invocations"])
+@pytest.mark.parametrize("typed", [True, False])
+def test_a_byte_order_mark_before_the_json_is_ignored(churn_server: Server, path: str, typed: bool) -> None:
+    records = telco_records(3)
+    if not typed:  # a numeric string: the records decoder leaves its fast (C) path for the Python one
+        records[1]["tenure"] = str(records[1]["tenure"])
+    protocol = {V2_INFER: v2_body(records), "/invocations": {"dataframe_records": records}}
+    body = json.dumps(protocol.get(path, {"records": records})).encode()
+    plain, marked = post(churn_server, path, body), post(churn_server, path, BOM + body)
+    assert plain.status_code == 200, plain.text
+    assert marked.status_code == 200 and marked.json() == plain.json(), marked.text
+
+
+def test_a_byte_order_mark_before_a_v2_binary_request_is_ignored(churn_server: Server) -> None:
+    records = telco_records(2)
+    doc = v2_body(records)
+    raw = b""
+    for tensor in doc["inputs"]:  # type: ignore[attr-defined]
+        if tensor["datatype"] == "FP64":  # the numbers as raw little-endian doubles after the JSON
+            values = tensor.pop("data")
+            tensor["parameters"] = {"binary_data_size": 8 * len(values)}
+            raw += struct.pack(f"<{len(values)}d", *values)
+    head = BOM + json.dumps(doc).encode()  # the client counts the mark in the JSON part's length
+    answer = post(churn_server, V2_INFER, head + raw, **{"inference-header-content-length": str(len(head))})
+    plain = post(churn_server, V2_INFER, json.dumps(v2_body(records)).encode())
+    assert answer.status_code == 200 and answer.json()["outputs"] == plain.json()["outputs"], answer.text

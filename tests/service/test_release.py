@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -22,6 +25,7 @@ from service.runtime import create_session
 from service.shadow import score_psi
 from tests.conftest import TELCO, quick_config
 from tests.service.conftest import copy_store, republish, running_server, telco_records
+from tests.service.test_api import v2_body
 
 ADMIN = {"Authorization": "Bearer s3cret"}
 CANARY_REQUESTS = 4_000  # each one is checked against its id's bucket: enough ids, not a statistic
@@ -271,3 +275,74 @@ def test_admin_decisions_need_the_token_and_a_sensible_request(churn_bundle: bun
         shadow = httpx.post(url + "shadow", json={"on": True}, headers=ADMIN)
         assert shadow.status_code == 409 and "no challenger" in shadow.json()["error"]
     assert not (tmp_path / "x").exists()
+
+
+def tabserve(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, on a given store (wide enough that table cells do not wrap)."""
+    env = {**os.environ, "TABSERVE_MODELS_DIR": str(store), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def roles(listing: str) -> dict[str, str]:
+    """Version → role, from the rows of `tabserve models`."""
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in listing.splitlines() if "│ churn" in line]
+    return {row[1]: row[2] for row in cells}
+
+
+def test_a_rolled_back_version_still_answers_by_number_until_retired(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    release.decide(store, "churn", "promote", 1, why="first")
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 2, why="better")
+    # what rollback would restore is the previous champion, not "retired" (a `tabserve retire` folder)
+    assert roles(tabserve("models", store=store).stdout) == {"1": "previous champion", "2": "champion"}
+    release.decide(store, "churn", "rollback", why="complaints")
+    assert roles(tabserve("models", store=store).stdout) == {"1": "champion", "2": "not serving"}
+    body = v2_body(telco_records(2))
+    with running_server(store, "--older-versions", "1") as server:
+        newer = httpx.post(server.url + "/v2/models/churn/versions/2/infer", json=body)
+        assert newer.status_code == 200 and newer.json()["model_version"] == "2", newer.text
+        assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()["version"] == 1
+        bundle.retire(store, "churn@2")  # held in memory, but a retired version is never served
+        deadline = time.monotonic() + 10
+        while (gone := httpx.post(server.url + "/v2/models/churn/versions/2/infer", json=body)).status_code == 200:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        assert gone.status_code == 404 and "version 2 is retired" in gone.json()["error"]
+    listed = tabserve("models", store=store).stdout
+    assert roles(listed) == {"1": "champion"} and "retired version(s) 2" in listed
+
+
+def test_a_version_this_service_does_not_load_is_named_as_such(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    release.decide(store, "churn", "promote", 1, why="first")
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 2, why="better")
+    release.decide(store, "churn", "rollback", why="complaints")
+    body = v2_body(telco_records(1))
+    with running_server(store, "--older-versions", "0") as server:
+        answer = httpx.post(server.url + "/v2/models/churn/versions/2/infer", json=body)
+        assert answer.status_code == 404
+        assert "version 2 is in the store but not loaded" in answer.json()["error"]
+        assert "older_versions is 0" in answer.json()["error"]
+        unknown = httpx.post(server.url + "/v2/models/churn/versions/3/infer", json=body)
+        assert unknown.status_code == 404 and "has no version 3 (has [1, 2])" in unknown.json()["error"]
+
+
+def test_refused_release_commands_exit_2_and_leave_the_file(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    release.decide(store, "churn", "promote", 1, why="pinned")
+    before = release.path_of(store, "churn").read_bytes()
+    for args, why in [
+        (("rollback", "churn"), "no earlier champion"),
+        (("promote", "churn@9"), "no published version 9"),
+        (("shadow", "churn", "on"), "no challenger"),
+        (("promote", "churn@1", "--canary", "150"), "--canary"),
+    ]:
+        run = tabserve(*args, store=store)
+        assert run.returncode == 2 and why in run.stderr, (args, run.returncode, run.stderr)
+    assert release.path_of(store, "churn").read_bytes() == before

@@ -188,3 +188,32 @@ def test_cuda_provider_is_really_used(churn_bundle: bundle.BundleRef, tmp_path: 
         assert ready["models"]["churn"]["provider"] == CUDA_EP
         r = httpx.post(server.url + "/predict", json={"records": telco_records(64)})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 64
+
+
+def test_a_version_loaded_by_number_then_promoted_is_not_closed_by_the_cache(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    from service import release
+    from service.settings import Settings
+    from service.store import ModelStore
+    from service.telemetry import Telemetry
+
+    store_dir = copy_store(churn_bundle, tmp_path / "models")
+    release.decide(store_dir, "churn", "promote", 1, why="first")
+    republish(store_dir, churn_bundle)
+    store = ModelStore(Settings(models_dir=store_dir, older_versions=1, device="cpu"), Telemetry())
+
+    async def scenario() -> None:
+        await store.refresh()
+        asked = await store.get_version("churn", 2)  # held in the cache of versions asked for by number
+        release.decide(store_dir, "churn", "promote", 2, why="better")
+        await store.refresh()
+        assert store.current["churn"] is asked and asked not in store.older.values()
+        await store.get_version("churn", 1)  # fills the one-entry cache: must not close the champion
+        enc = asked.pre.encode_records(telco_records(2))
+        assert (await asked.infer(enc)).shape == (2, 2)
+        assert not asked.batcher._closed  # NOTE: a closed batcher still answers, one thread per request
+        for model in [*store.current.values(), *store.older.values()]:
+            model.close()
+
+    asyncio.run(scenario())

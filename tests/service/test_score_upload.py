@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from service import bundle
 from service.scoring.local import Scorer, score_file
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server
-from tests.service.test_scoring import _telco_head
+from tests.service.test_scoring import _cp1252_telco, _telco_head
 
 
 def test_http_score_streams_and_matches_the_cli(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
@@ -107,3 +108,26 @@ def test_http_score_body_limit(churn_bundle: bundle.BundleRef, tmp_path: Path) -
                 pass
         assert httpx.get(server.url + "/models/nope").json()["error"].startswith("no model named 'nope'")
         assert "upload scoring stopped: body is over the 1000000-byte limit" in server.output()
+
+
+def test_http_score_names_its_query_parameter_and_logs_rows_not_utf8(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    source, bad = _cp1252_telco(tmp_path / "cp1252.csv")
+    csv = {"content-type": "text/csv"}
+    with running_server(store) as server:
+        url = server.url + "/models/churn/score"
+        # over HTTP `keep` is a query parameter, not the command line's --keep
+        refused = httpx.post(url + "?keep=nope", content=_telco_head(tmp_path / "in.csv", 5).read_bytes(), headers=csv)
+        assert refused.status_code == 422
+        assert refused.json()["error"] == "?keep names column(s) not in the input: nope"
+        # the rows stay in the answer with their reason; the server's log says how many and what reads them
+        answer = httpx.post(url, content=source.read_bytes(), headers=csv, timeout=60)
+        assert answer.status_code == 200 and answer.text.count("not valid UTF-8") == bad
+        deadline = time.monotonic() + 10  # the summary is logged as the scorer's thread ends
+        while "not valid UTF-8 (" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert (
+        f"upload: {bad} rows are not valid UTF-8 (cp1252 reads them): the client should send UTF-8" in server.output()
+    )

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service import bundle
-from service.scoring.local import Scorer, ScoringError, score_file
+from service.scoring.local import KEPT_ERRORS, Scorer, ScoringError, score_file
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server, telco_records
 
@@ -262,3 +262,42 @@ def test_classes_named_like_missing_or_numbers_score_as_their_names(tmp_path: Pa
     summary = score_file(Scorer(result.bundle, "cpu"), source, out)
     assert summary.rows_in == summary.rows_scored == len(rows)
     assert {row["label"] for row in _read(out)} <= set(names.values())
+
+
+def _cp1252_telco(path: Path, every: int = 20, byte: bytes = "ü".encode("cp1252")) -> tuple[Path, int]:
+    """The telco file as a Windows export where every `every`-th row's customerID holds `byte` (not
+    UTF-8): too few such lines at the top for the file to be read as cp1252. The file and those rows."""
+    header, *rows = TELCO.read_bytes().splitlines(keepends=True)
+    changed = [i for i in range(len(rows)) if i % every == every // 2 and rows[i].strip()]
+    for i in changed:
+        rows[i] = rows[i].replace(b"-", byte, 1)
+    path.write_bytes(header + b"".join(rows))
+    return path, len(changed)
+
+
+def test_score_file_refuses_an_output_format_it_does_not_write(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    source = _telco_head(tmp_path / "in.csv", 20)
+    for name in ["out.xlsx", "out.jsonl", "out.json", "out.tsv", "out.parquet.gz"]:
+        with pytest.raises(ScoringError, match=r"not an output format; tabserve writes .*\.csv\.gz, \.parquet"):
+            score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / name)
+        assert not list(tmp_path.glob("*out*")), name  # nothing under the name or a temporary one
+    # the formats it does write keep working, gzip told by the name
+    score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.txt.gz")
+    assert len(_read(tmp_path / "out.txt.gz")) == 20
+
+
+def test_rows_not_utf8_are_counted_with_the_encoding_that_reads_them(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    source, bad = _cp1252_telco(tmp_path / "cp1252.csv")
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv")
+    assert summary.rows_failed == summary.rows_not_utf8 == bad > KEPT_ERRORS  # all counted, not the kept errors
+    assert summary.encoding_hint() == f"{bad:,} rows are not valid UTF-8: --encoding cp1252 reads them"
+    # 0x81 is no character in cp1252: the hint points at --encoding without naming one
+    source, bad = _cp1252_telco(tmp_path / "other.csv", byte=b"\x81")
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv")
+    assert summary.encoding_hint() == (
+        f"{bad:,} rows are not valid UTF-8: pass --encoding with the file's encoding, or save it as UTF-8"
+    )
+    clean = score_file(Scorer(churn_bundle, "cpu"), _telco_head(tmp_path / "in.csv", 20), tmp_path / "out.csv")
+    assert clean.encoding_hint() is None
