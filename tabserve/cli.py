@@ -257,6 +257,8 @@ def list_models(models_dir: ModelsDir = None) -> None:
             console.print(f"[red]{name}: {state}[/] (services keep their last good state)", soft_wrap=True)
         for entry in state.history[-release.HISTORY_SHOWN :] if not isinstance(state, str) else []:
             what = f"{entry.get('action')} {entry.get('version') or ''}".strip()
+            if entry.get("action") == "rollback":  # no version is named: say which one is back
+                what += f" to {entry.get('champion')}"
             console.print(f"  {entry.get('at')}  {entry.get('who')}: {what} — {entry.get('why', '')}", soft_wrap=True)
 
 

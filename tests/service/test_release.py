@@ -301,7 +301,9 @@ def test_a_rolled_back_version_still_answers_by_number_until_retired(
     # what rollback would restore is the previous champion, not "retired" (a `tabserve retire` folder)
     assert roles(tabserve("models", store=store).stdout) == {"1": "previous champion", "2": "champion"}
     release.decide(store, "churn", "rollback", why="complaints")
-    assert roles(tabserve("models", store=store).stdout) == {"1": "champion", "2": "not serving"}
+    listing = tabserve("models", store=store).stdout
+    assert roles(listing) == {"1": "champion", "2": "not serving"}
+    assert "rollback to 1 — complaints" in listing  # the history names the version that is back
     body = v2_body(telco_records(2))
     with running_server(store, "--older-versions", "1") as server:
         newer = httpx.post(server.url + "/v2/models/churn/versions/2/infer", json=body)
