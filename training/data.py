@@ -51,6 +51,7 @@ MIN_CLASS_ROWS = 3
 # `rownames`: R row names as a column, as R data packages export their CSVs
 ID_WORDS = frozenset(
     {"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference", "rownames"}
+    | {"rowid", "rownum", "objectid"}  # as databases export them (SQLite, Oracle, GIS): one word, no case break
 )
 # numeric-looking codes (zip codes, branch codes): their digits name a place or a thing, not an amount
 CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
@@ -306,18 +307,28 @@ def _categorical(col: str, present: list[str], schema: Schema) -> None:
     schema.levels[col] = len({merged.get(v, v) for v in present})
 
 
-def merged_levels(present: list[str]) -> dict[str, str]:
-    """Spellings that differ only by case → the most frequent of them (`YES`, `yes` → `Yes`)."""
+def merged_levels(present: list[str], by_value: bool = False) -> dict[str, str]:
+    """Spellings that differ only by case → the most frequent of them (`YES`, `yes` → `Yes`); with
+    `by_value`, numbers of equal value too (`1.0`, `1` → `1`, as a target exported by two tools)."""
     counts = Counter(present)
-    groups: dict[str, list[str]] = {}
+    groups: dict[str | float, list[str]] = {}
     for level in counts:
-        groups.setdefault(level.casefold(), []).append(level)
+        number = _plain_number(level) if by_value else None
+        groups.setdefault(level.casefold() if number is None else number, []).append(level)
     merged = {}
     for spellings in groups.values():
         if len(spellings) > 1:
             keep = min(spellings, key=lambda v: (-counts[v], v))
             merged.update({v: keep for v in spellings if v != keep})
     return merged
+
+
+def _plain_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _has_leading_zeros(present: Iterable[str]) -> bool:
@@ -519,7 +530,7 @@ def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
 def _target_row(name: str, target: Target) -> dict[str, Any]:
     why = f"{target.task} target" + (f" (positive class {target.positive!r})" if target.positive is not None else "")
     if target.merged:
-        why += "; labels differing only in case merged: " + ", ".join(f"{k!r}→{v!r}" for k, v in target.merged.items())
+        why += "; labels written two ways merged: " + ", ".join(f"{k!r}→{v!r}" for k, v in target.merged.items())
     return {"column": name, "type": "target", "why": why}
 
 
@@ -564,25 +575,32 @@ def _alone(column: pd.Series, col: str, schema: Schema, target: Target, cfg: Tra
         x = numeric_values(column, schema.read.decimal)
         if x is None:
             return 0.0, ""
-        x = np.where(np.isnan(x), np.nanmedian(x) if np.isfinite(x).any() else 0.0, x)
-        if target.task == "regression":
-            c = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else 0.0
-            return float(abs(c)), "|correlation|"
+        if target.task == "multiclass":  # groups of ~20 rows by rank, blanks their own: as pure as a leaked level?
+            return _purity(value_groups(x, max(10, min(100, len(x) // 20))), y, cfg)
+        missing = np.isnan(x)
         if target.task == "binary":
             from sklearn.metrics import roc_auc_score
 
-            auc = float(roc_auc_score(y, x))
-            return max(auc, 1 - auc), "AUC"
-        return 0.0, ""
+            # blanks below every value, then above: a field filled in only after the outcome tells it apart
+            ends = (np.nanmin(x) - 1, np.nanmax(x) + 1) if missing.any() else (0.0,)
+            aucs = [float(roc_auc_score(y, np.where(missing, end, x))) for end in ends]
+            return max(max(auc, 1 - auc) for auc in aucs), "AUC"
+        x = np.where(missing, np.nanmedian(x), x)
+        c = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else 0.0
+        return float(abs(c)), "|correlation|"
     if col in schema.categorical and target.task != "regression":
         merged = schema.merged.get(col, {})
-        keys = [merged.get(k, k) if k is not None else "" for k in category_values(column)]
-        table = pd.crosstab(pd.Series(keys), pd.Series(y))
-        table = table[table.sum(axis=1) >= cfg.min_category_count]
-        if table.empty or len(table) < 2:
-            return 0.0, ""
-        return float(table.max(axis=1).sum() / table.values.sum()), "purity"
+        return _purity(np.array([merged.get(k, k) if k is not None else "" for k in category_values(column)]), y, cfg)
     return 0.0, ""
+
+
+def _purity(groups: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[float, str]:
+    """The share of rows whose group's majority class is theirs (groups of min_category_count rows or more)."""
+    table = pd.crosstab(pd.Series(groups), pd.Series(y))
+    table = table[table.sum(axis=1) >= cfg.min_category_count]
+    if table.empty or len(table) < 2:
+        return 0.0, ""
+    return float(table.max(axis=1).sum() / table.values.sum()), "purity"
 
 
 def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Target]:
@@ -601,8 +619,8 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     if task == "regression":
         y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
         return df, Target(task, y, [], None, dropped)
-    # `yes`, `YES` and `Yes` are one class, never three: a binary target stays binary
-    merged = merged_levels(present)
+    # `yes`, `YES` and `Yes` are one class, never three, and so are `1` and `1.0`: a binary target stays binary
+    merged = merged_levels(present, by_value=True)
     present = [merged.get(k, k) for k in present]
     if merged and cfg.task == "auto":
         task = _decide_task(cfg.task, present, df[cfg.target], decimal)

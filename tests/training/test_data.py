@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import GERMAN, TELCO, quick_config, write_csv
@@ -74,12 +75,13 @@ def test_whitespace_levels_blank_numbers_ids_constants(tmp_path: Path) -> None:
     assert prep.pre.positive == "yes"
 
 
-def test_r_row_names_written_as_a_column_are_an_identifier(tmp_path: Path) -> None:
-    """R data packages export row names as a `rownames` column (1..n): in a file sorted by the
-    target it alone predicts the target, and it is no feature anywhere (Mroz, sorted by `work`)."""
+@pytest.mark.parametrize("name", ["rownames", "rowid", "ROWNUM", "OBJECTID"])
+def test_r_row_names_written_as_a_column_are_an_identifier(tmp_path: Path, name: str) -> None:
+    """R data packages export row names as a `rownames` column (1..n), databases as `rowid`: in a file
+    sorted by the target it alone predicts the target, and it is no feature anywhere (Mroz, sorted by `work`)."""
     rows = [[i + 1, round(random.Random(i).uniform(1, 9), 2), "yes" if i < 150 else "no"] for i in range(300)]
-    prep = _prepare(write_csv(tmp_path / "sorted.csv", ["rownames", "hours", "work"], rows), "work", tmp_path)
-    assert prep.schema.id_columns == ["rownames"] and prep.schema.numeric == ["hours"]
+    prep = _prepare(write_csv(tmp_path / "sorted.csv", [name, "hours", "work"], rows), "work", tmp_path)
+    assert prep.schema.id_columns == [name] and prep.schema.numeric == ["hours"]
     assert not prep.schema.warnings  # no leakage warning: it never reaches the model
 
 
@@ -237,6 +239,37 @@ def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> Non
     prep = _prepare(path, "y", tmp_path)
     assert prep.target.dropped_missing == 7
     assert len(prep.target.y) == 113
+
+
+def test_a_target_written_1_and_1_0_is_one_class(tmp_path: Path) -> None:
+    """Two tools exported the same 0/1 outcome (`1`, `1.0`): two classes, not four."""
+    df = pd.read_csv(TELCO).head(600)
+    df["Churn"] = [f"{int(v == 'Yes')}{'.0' if i % 3 == 0 else ''}" for i, v in enumerate(df["Churn"])]
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    prep = _prepare(path, "Churn", tmp_path)
+    assert prep.target.task == "binary" and prep.target.labels == [0, 1]
+    assert prep.target.merged == {"0.0": "0", "1.0": "1"}
+    assert np.array_equal(prep.target.y, (pd.read_csv(TELCO).head(600)["Churn"] == "Yes").to_numpy(int))
+    why = next(row["why"] for row in prep.schema.table if row["column"] == "Churn")
+    assert "labels written two ways merged: '0.0'→'0', '1.0'→'1'" in why
+
+
+def test_a_field_filled_in_only_after_the_outcome_is_called_a_leak(tmp_path: Path) -> None:
+    """Blank unless the customer churned (days since cancelling): the blanks tell the target; and a
+    number that alone tells a multiclass target apart is a leak too."""
+    rng = np.random.default_rng(0)
+    df = pd.read_csv(TELCO).head(1500)
+    df["days_since_cancel"] = np.where(df["Churn"] == "Yes", rng.integers(1, 60, len(df)), np.nan)
+    path = tmp_path / "leak.csv"
+    df.to_csv(path, index=False)
+    warnings = _prepare(path, "Churn", tmp_path).schema.warnings
+    assert [w.split("'")[1] for w in warnings] == ["days_since_cancel"] and "AUC 1.000" in warnings[0]
+    df = df.drop(columns="days_since_cancel")
+    df["plan_fee"] = df["Contract"].map({"Month-to-month": 10, "One year": 20, "Two year": 30}) + rng.random(len(df))
+    df.to_csv(path, index=False)
+    warnings = _prepare(path, "Contract", tmp_path).schema.warnings
+    assert [w.split("'")[1] for w in warnings] == ["plan_fee"] and "(purity 0.99" in warnings[0]
 
 
 def test_id_column_flag_passes_through(tmp_path: Path) -> None:
