@@ -722,7 +722,8 @@ def _order_binary(levels: list[str], present: list[str], positive: str | None) -
         if wanted not in levels:
             raise DataError(f"--positive {positive!r} is not a target class (classes: {levels})")
     else:
-        named = [lv for lv in levels if lv.lower() in POSITIVE_WORDS]
+        # `1` is a flag's positive against `0`; in a 1/2 code (German credit's 1 = good) it says nothing
+        named = [lv for lv in levels if lv.lower() in POSITIVE_WORDS and (lv != "1" or "0" in levels)]
         counts = {lv: present.count(lv) for lv in levels}
         wanted = named[0] if len(named) == 1 else min(levels, key=lambda lv: (counts[lv], lv))
     return [lv for lv in levels if lv != wanted] + [wanted]

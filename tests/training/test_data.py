@@ -38,6 +38,18 @@ def test_german_positive_class_is_bad(tmp_path: Path) -> None:
     assert prep.target.y.mean() == pytest.approx(0.3)
 
 
+def test_german_credit_coded_1_good_2_bad_takes_the_rarer_2_as_positive(tmp_path: Path) -> None:
+    """The UCI file codes creditability 1 = good, 2 = bad: `1` is a flag's positive only against `0`."""
+    df = pd.read_csv(GERMAN)
+    df["creditability"] = df["creditability"].map({"good": 1, "bad": 2})
+    df.to_csv(tmp_path / "coded.csv", index=False)
+    prep = _prepare(tmp_path / "coded.csv", "creditability", tmp_path)
+    assert prep.pre.labels == [1, 2] and prep.pre.positive == 2 and prep.target.y.mean() == pytest.approx(0.3)
+    df["creditability"] -= 1  # 0 = good, 1 = bad: a flag, 1 its positive
+    df.to_csv(tmp_path / "flag.csv", index=False)
+    assert _prepare(tmp_path / "flag.csv", "creditability", tmp_path).pre.positive == 1
+
+
 def test_positive_override(tmp_path: Path) -> None:
     prep = _prepare(GERMAN, "creditability", tmp_path, positive="good")
     assert prep.pre.labels == ["bad", "good"]
