@@ -174,8 +174,26 @@ def infer_schema(
         for warning in leaks:
             name = warning.split("'")[1]
             next(r for r in schema.table if r["column"] == name)["warning"] = warning
-        schema.warnings += leaks
+        schema.warnings += leaks + _stray_classes(cfg.target, target)
     return schema
+
+
+def _stray_classes(name: str, target: Target) -> list[str]:
+    """Two classes and a few rows of others (`Unknown`, `?`): a binary outcome with stray values, said
+    rather than silently trained as a multiclass model."""
+    if target.task != "multiclass":
+        return []
+    counts = np.bincount(target.y, minlength=len(target.labels))
+    stray = counts < 0.01 * len(target.y)
+    if (~stray).sum() != 2:
+        return []
+    shown = ", ".join(
+        f"{label!r} ({n} rows)" for label, n in zip(target.labels, counts, strict=True) if n < 0.01 * len(target.y)
+    )
+    return [
+        f"target {name!r}: two classes and a few rows of {shown}, so the model is multiclass; "
+        "if those are not outcomes, remove their rows (or blank their target: such rows are dropped)"
+    ]
 
 
 # two numeric columns this correlated state one quantity twice (a date and its decimal year, a price

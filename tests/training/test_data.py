@@ -50,6 +50,17 @@ def test_german_credit_coded_1_good_2_bad_takes_the_rarer_2_as_positive(tmp_path
     assert _prepare(tmp_path / "flag.csv", "creditability", tmp_path).pre.positive == 1
 
 
+def test_a_binary_target_with_a_few_stray_values_is_said(tmp_path: Path) -> None:
+    df = pd.read_csv(TELCO).head(1500)
+    df.loc[[3, 90, 400, 777, 1200], "Churn"] = "Unknown"
+    df.to_csv(tmp_path / "stray.csv", index=False)
+    prep = _prepare(tmp_path / "stray.csv", "Churn", tmp_path)
+    assert prep.pre.task == "multiclass"
+    (warning,) = prep.schema.warnings
+    assert "target 'Churn': two classes and a few rows of 'Unknown' (5 rows)" in warning
+    assert not _prepare(TELCO, "Contract", tmp_path).schema.warnings  # three real classes: nothing to say
+
+
 def test_positive_override(tmp_path: Path) -> None:
     prep = _prepare(GERMAN, "creditability", tmp_path, positive="good")
     assert prep.pre.labels == ["bad", "good"]
