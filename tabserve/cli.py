@@ -108,7 +108,6 @@ def main_options(
     """Train, serve and score tabular business models."""
 
 
-TRAIN_FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # the names users already type
 TRAIN_ALIASES = {"models_dir": ["--models"]}
 
 
@@ -116,20 +115,20 @@ def _config_options() -> list[inspect.Parameter]:
     """One `tabserve train` option per `TrainConfig` field: flag, type, help and default all come from
     training/config.py, so nothing is declared twice. A flag not given leaves the value to the
     `--config` file, else the field's default."""
-    from training.config import TrainConfig
+    from training.config import TrainConfig, flag
 
     hints = typing.get_type_hints(TrainConfig)
     options = []
     for field in dataclasses.fields(TrainConfig):
         kind = hints[field.name]
-        flag = TRAIN_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+        option_flag = flag(field.name)
         default: Any = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         extra: dict[str, Any] = {}
         plain: Any
         shown: Any
         if kind is bool:
             plain = bool
-            flag, shown = f"{flag}/--no-{flag[2:]}", "on" if default else "off"
+            option_flag, shown = f"{option_flag}/--no-{option_flag[2:]}", "on" if default else "off"
         elif typing.get_origin(kind) is list:
             plain, shown = list[str], ",".join(map(str, default))
             if typing.get_args(kind) == (int,):
@@ -137,7 +136,7 @@ def _config_options() -> list[inspect.Parameter]:
         else:
             plain, shown = next((t for t in typing.get_args(kind) if t is not type(None)), kind), default
         text = field.metadata["help"] + _default_text(field.metadata["help"], shown)
-        option = typer.Option(flag, *TRAIN_ALIASES.get(field.name, []), help=text, show_default=False, **extra)
+        option = typer.Option(option_flag, *TRAIN_ALIASES.get(field.name, []), help=text, show_default=False, **extra)
         options.append(
             inspect.Parameter(
                 field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[plain | None, option]
@@ -178,17 +177,13 @@ def train(config: Path | None = None, **flags: Any) -> None:
     """Train an MLP on a CSV and publish it as the next version of a model bundle.
 
     A flag not given leaves the setting to the --config file, else to its default (training/config.py)."""
-    from training.config import TrainConfig, build_config
+    from training.config import TrainConfig, build_config, flag
 
     hints = typing.get_type_hints(TrainConfig)
     overrides: dict[str, Any] = {}
     for name, value in flags.items():
         if value is not None and typing.get_origin(hints[name]) is list:
-            value = (
-                _int_list(TRAIN_FLAGS.get(name, "--" + name.replace("_", "-")), value)
-                if hints[name] == list[int]
-                else list(value)
-            )
+            value = _int_list(flag(name), value) if hints[name] == list[int] else list(value)
         overrides[name] = value if value != [] else None  # an empty repeatable option means "not given"
     try:  # NOTE: before torch is imported (seconds): a wrong argument is answered at once
         cfg = build_config(config, **overrides)

@@ -297,3 +297,57 @@ def test_score_names_the_encoding_that_reads_rows_not_utf8(churn_bundle: bundle.
     )
     assert fixed.returncode == 0 and "0 with errors" in fixed.stdout and "not valid UTF-8" not in fixed.stdout
     assert sum("ü" in row["customerID"] for row in _read(out)) == bad
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (
+            ["--threshold-rule", "1.5"],
+            None,
+            "--threshold-rule must be f1, youden, accuracy or a number between 0 and 1",
+        ),
+        (
+            ["--threshold-rule", "50%"],
+            None,
+            "--threshold-rule must be f1, youden, accuracy or a number between 0 and 1",
+        ),
+        (["--drop", "telephone,creditability"], None, "--drop names the target 'creditability'"),
+        ([], ("c.toml", 'ensemble = "two"\n'), "c.toml: ensemble must be a whole number, not 'two'"),
+        ([], ("c.yaml", "hidden: [32, 16\nepochs: 3\n"), "c.yaml is not valid YAML (line 2, column 7)"),
+    ],
+    ids=["threshold-above-1", "threshold-percent", "drop-target", "toml-type", "yaml-syntax"],
+)
+def test_bad_settings_refused_in_one_line_before_any_work(
+    tmp_path: Path, args: list[str], config: tuple[str, str] | None, message: str
+) -> None:
+    """A bad threshold rule or config file is answered at once: not after every member trained, no traceback."""
+    if config is not None:
+        (tmp_path / config[0]).write_text(config[1])
+        args = [*args, "--config", str(tmp_path / config[0])]
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('torch imported: %s\\n' % ('torch' in sys.modules)))\n"
+        "from tabserve.cli import main\n"
+        f"sys.argv = ['tabserve', 'train', *{[*GERMAN_ARGS, *args]!r}]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "TABSERVE_MODELS_DIR": str(tmp_path)}  # a run that wrongly trains publishes nowhere else
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert run.stderr.splitlines() == [run.stderr.splitlines()[0], "torch imported: False"]
+
+
+def test_column_lists_take_commas_and_a_spaced_target_names_its_column(tmp_path: Path) -> None:
+    """`--drop a,b` and `--id-column a,b` as the docs say; `--target "creditability  "` as the header was written."""
+    dropped, ids = ["telephone", "foreign_worker"], ["present_residence_since", "job"]
+    flags = ["--epochs", "3", "--ensemble", "1", "--patience", "2", "--no-plots", "--screen", "off"]
+    run = tabserve(
+        *["train", "--data", str(GERMAN), "--target", "creditability  ", "--name", "spaced", *flags],
+        *["--drop", ",".join(dropped), "--id-column", " , ".join(ids)],
+        store=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    pre = release.resolve(tmp_path, "spaced").preprocess
+    assert pre.target == "creditability" and pre.id_columns == ids
+    assert not {f.name for f in pre.features} & {*dropped, *ids}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,24 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 TASKS = ("auto", "binary", "multiclass", "regression")
 PROMOTE = ("auto", "always", "never")
 SCREENS = ("auto", "on", "off")
+THRESHOLD_RULES = ("f1", "youden", "accuracy")
+# settings that name columns: each repeatable or comma-separated, on the command line and in a file
+COLUMN_LISTS = ("id_columns", "drop", "date_columns", "categorical", "numeric")
+FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # the names users already type
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used."""
+
+
+def flag(name: str) -> str:
+    """The `tabserve train` flag of a field: `batch_size` is `--batch-size`."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def column_list(values: list[str]) -> list[str]:
+    """`["a,b", " c "]` → `["a", "b", "c"]`: repeated and comma-separated names alike, stripped as headers are."""
+    return [name.strip() for value in values for name in str(value).split(",") if name.strip()]
 
 
 def opt(default: Any, help: str) -> Any:
@@ -160,6 +176,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check values that would otherwise fail deep inside training."""
+        self.target = self.target.strip()  # headers are stripped when read: "Churn  " names Churn
         if not self.data or not self.target:
             raise ConfigError(
                 "a data file and a target column are required (--data and --target, or data and target in the config file)"
@@ -197,6 +214,7 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
         if self.tune_trials < 0:
             raise ConfigError(f"tune_trials must be ≥ 0, not {self.tune_trials}")
+        self.threshold_rule = _threshold_rule(self.threshold_rule)
         if self.sep is not None:
             self.sep = {"tab": "\t", "\\t": "\t"}.get(self.sep, self.sep)
             if len(self.sep) != 1:
@@ -208,14 +226,34 @@ class TrainConfig:
                 codecs.lookup(self.encoding)
             except LookupError:
                 raise ConfigError(f"unknown encoding {self.encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
-        for name in ("date_columns", "categorical", "numeric"):  # `--numeric a,b` as well as repeated flags
-            setattr(self, name, [c.strip() for v in getattr(self, name) for c in str(v).split(",") if c.strip()])
+        for name in COLUMN_LISTS:
+            setattr(self, name, column_list(getattr(self, name)))
+            if self.target in getattr(self, name):  # left out, a feature or an id: which was meant is a guess
+                raise ConfigError(
+                    f"{flag(name)} names the target {self.target!r}; name other columns or another target"
+                )
         twice = sorted(set(self.date_columns) & set(self.categorical) | set(self.date_columns) & set(self.numeric))
         twice += sorted(set(self.categorical) & set(self.numeric))
         if twice:
             raise ConfigError(f"column(s) given two types (date_columns, categorical, numeric): {', '.join(twice)}")
         self.name = self.name or Path(self.data).stem
         return self
+
+
+def _threshold_rule(rule: str) -> str:
+    """A rule's name, or a fixed cut-off that flags some rows and not all (NaN flags no one)."""
+    text = str(rule).strip().lower()
+    if text in THRESHOLD_RULES:
+        return text
+    try:
+        if 0 < float(text) < 1:
+            return text
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"{flag('threshold_rule')} must be {', '.join(THRESHOLD_RULES)} or a number between 0 and 1 "
+        f"(exclusive), not {rule!r}"
+    )
 
 
 def _positive(text: str) -> bool:
@@ -241,24 +279,93 @@ def parse_seconds(text: str | float | int) -> float:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (.toml) or YAML (.yaml/.yml) file into a flat dict of TrainConfig fields."""
+    """Read a TOML (.toml) or YAML (.yaml/.yml) file into a flat dict of TrainConfig fields, each of its type."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    if p.suffix == ".toml":
-        doc = tomllib.loads(p.read_text())
-    elif p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        doc = yaml.safe_load(p.read_text()) or {}
-    else:
+    if p.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"config file must be .toml, .yaml or .yml: {p}")
-    doc = doc.get("train", doc)  # NOTE: allow a [train] table so one file can hold more sections
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(doc) - known)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    doc = _parse_toml(p, text) if p.suffix == ".toml" else _parse_yaml(p, text)
+    if isinstance(doc, dict) and "train" in doc:  # NOTE: allow a [train] table so one file can hold more sections
+        doc = doc["train"]
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {p}: expected settings as `key = value` (TOML) or `key: value` (YAML)")
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(str(key) for key in doc if key not in hints)
     if unknown:
         raise ConfigError(f"unknown config keys in {p}: {', '.join(unknown)}")
-    return dict(doc)
+    return {key: _file_value(p, key, value, hints[key]) for key, value in doc.items()}
+
+
+def _parse_toml(p: Path, text: str) -> Any:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # its message ends "(at line 3, column 10)"
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def _parse_yaml(p: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:  # its own message spans lines: keep the problem and where
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def _file_value(p: Path, key: str, value: Any, kind: Any) -> Any:
+    """A file's value as its field's type, in the flag's syntax too ("32,16" for hidden, "a,b" for columns)."""
+    args = [t for t in typing.get_args(kind) if t is not type(None)]
+    if typing.get_origin(kind) is types.UnionType:  # `str | None`: YAML's null is the default
+        if value is None:
+            return None
+        kind = args[0]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and number and isinstance(value, int):
+        return value
+    if kind is float and number:
+        return float(value)
+    if kind is str and (isinstance(value, str) or number):  # `threshold_rule = 0.5`, `tune = 60`
+        return str(value)
+    names = value if isinstance(value, list) else [value]  # one name, or "a,b" split by validate() as the flag's
+    if kind == list[str] and all(isinstance(v, str | int) and not isinstance(v, bool) for v in names):
+        return [str(v) for v in names]
+    if kind == list[int]:
+        sizes = _int_list(value)
+        if sizes is not None:
+            return sizes
+    raise ConfigError(f"config file {p}: {key} must be {_kind_text(kind)}, not {value!r}")
+
+
+def _int_list(value: Any) -> list[int] | None:
+    """`[128, 64]`, `"128,64"` or `128` → `[128, 64]`; None when it is no list of whole numbers."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    sizes = []
+    for item in items:
+        if isinstance(item, str) and item.strip().isdecimal():
+            sizes.append(int(item))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            sizes.append(item)
+        else:
+            return None
+    return sizes
+
+
+def _kind_text(kind: Any) -> str:
+    """What a field takes, in a file's words."""
+    if kind == list[int]:
+        return 'whole numbers such as [64, 32] or "64,32"'
+    if kind == list[str]:
+        return 'a column name or a list of them (["a", "b"] or "a,b")'
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[kind]
 
 
 def build_config(file: str | Path | None = None, **overrides: Any) -> TrainConfig:

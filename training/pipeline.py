@@ -214,7 +214,7 @@ def fit_ensemble(
             linear.append(start.eval())
     candidates = [Candidate("network", network, _oof(prep, network), [h.lrs[: h.best_epoch + 1] for h in histories])]
     if linear:
-        candidates.append(Candidate("linear path alone", linear, _oof(prep, linear), [[] for _ in linear]))
+        candidates.append(Candidate(report.LINEAR_CANDIDATE, linear, _oof(prep, linear), [[] for _ in linear]))
     return candidates, histories, prep.split.val_rows
 
 
@@ -476,6 +476,7 @@ def train(
             "test_before": _calibration_figures(pre, y[split.test], raw_test),
             "test_after": _calibration_figures(pre, y[split.test], test_out),
         }
+    metrics["test_caution"] = report.split_caution(pre, y[split.test])  # a test split too small to tell
     metrics["fits"] = _fits(prep, cfg, chosen)
     say(f"chosen on out-of-fold rows: {chosen.name} (" + ", ".join(_board_text(r) for r in leaderboard) + ")")
     if refits(prep, cfg):
@@ -543,14 +544,17 @@ def _board_text(row: dict[str, Any]) -> str:
 def _fits(prep: TrainingData, cfg: TrainConfig, chosen: Candidate) -> dict[str, str]:
     """Which model each figure comes from, in words (metrics.json, the model card)."""
     split, n = prep.split, len(chosen.members)
+    linear = chosen.name == report.LINEAR_CANDIDATE  # fitted in one go: no epochs, no early stopping
+    how = "fitted on" if linear else "trained on"
     evaluation = (
-        f"{chosen.name}: {n} member(s), each trained on {len(split.folds[0][0]):,} of the {len(split.dev):,} "
-        f"development rows and early-stopped on the rest; test and validation figures are theirs "
+        f"{chosen.name}: {n} member(s), each {how} {len(split.folds[0][0]):,} of the {len(split.dev):,} "
+        f"development rows{'' if linear else ' and early-stopped on the rest'}; test and validation figures are theirs "
         f"({len(split.test):,} test rows none of them saw)"
     )
     epochs = ", ".join(str(len(s)) for s in chosen.schedules)
     published = (
-        f"the same {n} member(s) retrained on all {len(prep.target.y):,} rows for the epochs each took to its best ({epochs})"
+        f"the same {n} member(s) refitted on all {len(prep.target.y):,} rows"
+        + ("" if linear else f" for the epochs each took to its best ({epochs})")
         if refits(prep, cfg)
         else "the evaluation fit itself (refit off)"
         if not cfg.refit

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from service.bundle import CARD_FILE
 from service.features import Preprocess
+from training import report
 from training.config import TrainConfig, build_config
 from training.pipeline import TrainResult, train
 
@@ -101,11 +102,15 @@ def _print_members(result: TrainResult, console: Console) -> None:
 
 def _print_summary(result: TrainResult, console: Console) -> None:
     m = result.metrics
-    table = Table("test metric", "MLP", m["baseline"], m["gbm"], title="summary (test split)")
+    # the column is what ships: the network, or the linear path alone where it won on out-of-fold rows
+    shipped = f"shipped ({report.shipped_candidate(m) or 'network'})"
+    table = Table("test metric", shipped, m["baseline"], m["gbm"], title="summary (test split)")
     for key, value in m["test"].items():
         others = [f"{m[which].get(key, float('nan')):.4f}" for which in ("baseline_test", "gbm_test")]
         table.add_row(key, f"{value:.4f}", *others)
     console.print(table)
+    if m.get("test_caution"):  # the model card's caution (training/report.py split_caution)
+        console.print(m["test_caution"], markup=False, soft_wrap=True)
     if result.pre.threshold is not None:
         console.print(f"decision threshold {result.pre.threshold:.4f} for class {result.pre.positive!r}")
     if result.bundle:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from service.scoring import files
 from training.config import TrainConfig
 
 GUESS_BYTES = 1 << 20  # what an encoding is guessed from
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DataError(ValueError):
@@ -38,8 +41,10 @@ def read_csv(
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
-    head = p.open("rb").read(4096)
+    with p.open("rb") as fh:
+        head = fh.read(4096)
     suffix = p.name.lower()
+    gzipped = head[:2] == GZIP_MAGIC  # told by its first bytes, as scoring tells a gzip stream (files.open_stream)
     try:
         if suffix.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
             return _with_reading(_checked_frame(_read_parquet(p), p), Reading(format="parquet"), decimal)
@@ -53,9 +58,20 @@ def read_csv(
             )
     except files.ScoringError as exc:
         raise DataError(str(exc)) from None
-    if suffix.endswith((".json", ".xml", ".zip", ".gz")) or b"\x00" in head:
+    raw = _gunzipped(p) if gzipped else None
+    text_head = raw[:4096] if raw is not None else head
+    plain = suffix.removesuffix(".gz") if gzipped else suffix
+    if plain.endswith((".json", ".xml", ".zip", ".gz")) or b"\x00" in text_head:
         raise DataError(f"{p} is not a CSV text file; supported: {files.FORMATS_TEXT}")
-    return _read_text_csv(p, sep, decimal, encoding)
+    return _read_text_csv(p, sep, decimal, encoding, raw)
+
+
+def _gunzipped(p: Path) -> bytes:
+    """A gzip file's content (a .csv.gz trains as the CSV inside it, as `tabserve score` reads it)."""
+    try:
+        return gzip.decompress(p.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{p} is not a readable gzip file: {exc}") from None
 
 
 def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd.DataFrame:
@@ -63,8 +79,10 @@ def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd
     return df
 
 
-def _read_text_csv(p: Path, sep: str | None, decimal: str | None, encoding: str | None) -> pd.DataFrame:
-    raw = p.read_bytes()
+def _read_text_csv(
+    p: Path, sep: str | None, decimal: str | None, encoding: str | None, raw: bytes | None = None
+) -> pd.DataFrame:
+    raw = p.read_bytes() if raw is None else raw
     guessed = encoding is None and not files.is_utf8(raw)
     encoding = encoding or ("utf-8" if not guessed else files.detect_encoding(raw[:GUESS_BYTES]))
     try:

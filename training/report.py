@@ -20,6 +20,11 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the threshold table's r
 SEGMENTS_SHOWN = 5
 LOSS = {"binary": "log loss", "multiclass": "log loss", "regression": "mean squared error (standardized target)"}
 PER_EPOCH = {"binary": "val AUC", "multiclass": "val accuracy", "regression": "val RMSE (std units)"}
+# below these many test rows (classification: of the rarer class, or outside the commonest) a test
+# figure moves by more than the gaps the verdict names: one row of `bad` more or less swings the AUC
+FEW_TEST_ROWS = {"binary": 10, "multiclass": 10, "regression": 30}
+# training/pipeline.py's name for the candidate that is each member's warm start, trained for no epochs
+LINEAR_CANDIDATE = "linear path alone"
 
 
 @dataclass
@@ -57,6 +62,27 @@ def example_row(pre: Preprocess, df: Any, enc: Encoded, rows: np.ndarray) -> dic
         else:
             record[f.name] = category_key(row[f.name])
     return record
+
+
+def split_caution(pre: Preprocess, y: np.ndarray) -> str | None:
+    """One line where the test split is too small to tell models apart (FEW_TEST_ROWS), else None."""
+    if pre.task == "regression":
+        few = f"{len(y)} row{'s' * (len(y) != 1)}" if len(y) < FEW_TEST_ROWS["regression"] else None
+    else:
+        counts = np.bincount(y.astype(np.int64), minlength=len(pre.labels))
+        if pre.task == "binary":
+            rarer = int(counts.argmin())
+            n, which = int(counts[rarer]), f"of class '{pre.labels[rarer]}'"
+        else:  # multiclass: accuracy is decided by the rows outside the commonest class
+            common = int(counts.argmax())
+            n, which = int(counts.sum() - counts[common]), f"outside class '{pre.labels[common]}'"
+        few = f"{n} row{'s' * (n != 1)} {which}" if n < FEW_TEST_ROWS[pre.task] else None
+    return None if few is None else f"test split: {few} — these figures cannot tell models apart"
+
+
+def shipped_candidate(metrics: dict[str, Any]) -> str:
+    """The leaderboard's chosen candidate (what ships), or "" for a run without one."""
+    return next((str(row["candidate"]) for row in metrics.get("leaderboard") or [] if row.get("chosen")), "")
 
 
 # --- figures the card's tables and plots share ---------------------------------------------------
@@ -236,8 +262,10 @@ def write_model_card(
     lines = [f"# Model card: {name} ({version_hint})", "", summary(pre, doc, ev), ""]
     lines += data_lines(pre, doc, ev) + figure("class_balance.png", "class balance")
     lines += figure("target_distribution.png", "target distribution")
-    lines += fit_lines(pre, doc) + figure("loss_curves.png", "loss by epoch, one panel per member")
-    if "loss_curves.png" in plots and doc["config"].get("refit"):
+    by_epochs = shipped_candidate(doc["metrics"]) != LINEAR_CANDIDATE
+    curves = "loss by epoch, one panel per member" + ("" if by_epochs else " of the network (not shipped)")
+    lines += fit_lines(pre, doc) + figure("loss_curves.png", curves)
+    if "loss_curves.png" in plots and doc["config"].get("refit") and by_epochs:
         lines += [
             "The curves are the evaluation members'. The published members replay each one's epochs up to its "
             "best on every row; with no rows left to validate on, they have no curve.",
@@ -273,7 +301,7 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
     text = [
         f"This model predicts {what} for a row of `{data['file']}`, from {len(pre.features)} columns. "
         f"Fitted on {data['train_rows']:,} rows and tested on {data['test_rows']:,} rows that no model saw while fitting, "
-        + _standing(pre, m)
+        + _standing(pre, m, m.get("test_caution"))
     ]
     if pre.task == "binary" and ev is not None:
         flagged = ev.out[:, 1] >= pre.threshold
@@ -295,8 +323,8 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
     return " ".join(text)
 
 
-def _standing(pre: Preprocess, m: dict[str, Any]) -> str:
-    """How the key metric compares with the baselines', in words."""
+def _standing(pre: Preprocess, m: dict[str, Any], caution: str | None = None) -> str:
+    """How the key metric compares with the baselines', in words; with a caution, no verdict."""
     key = m["key_metric"]
     ours = m["test"][key]
     theirs = {
@@ -315,6 +343,8 @@ def _standing(pre: Preprocess, m: dict[str, Any]) -> str:
     others = ", ".join(f"{k} {v:.3f}" for k, v in theirs.items())
     if not theirs:
         return f"its {name} is {ours:.3f}{meaning}."
+    if caution:  # too few test rows: a gap between the figures is no finding
+        return f"its {name} is {ours:.3f}{meaning}, against {others}; {caution}."
     best_name, best = min(theirs.items(), key=lambda kv: kv[1] if lower_better else -kv[1])
     gain = (best - ours) if lower_better else (ours - best)
     if abs(gain) < 0.005 * (pre.target_std if key == "rmse" else 1):
@@ -387,10 +417,12 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
     m = doc["metrics"]
     lines = ["## How it was fitted", ""]
     fits = m.get("fits") or {}
+    by_epochs = shipped_candidate(m) != LINEAR_CANDIDATE
     if fits:
+        evaluation, published = (fits["evaluation"], fits["published"]) if by_epochs else _linear_fits(pre, doc)
         lines += [
-            f"- **figures on this card** come from the evaluation fit: {fits['evaluation']}.",
-            f"- **the published model** (`model.onnx`) is {fits['published']}.",
+            f"- **figures on this card** come from the evaluation fit: {evaluation}.",
+            f"- **the published model** (`model.onnx`) is {published}.",
             "",
         ]
     screen = m.get("screen")
@@ -427,10 +459,18 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
         lines.append("")
     members = m.get("members") or []
     if members:
+        cap, patience = doc["config"]["epochs"], doc["config"]["patience"]
         lines += [
-            f"Each member trains until its validation loss has not improved for {doc['config']['patience']} epochs "
-            f"(at most {doc['config']['epochs']}) and keeps the weights of its best epoch. Epochs are counted from 1: "
-            "best epoch N is the weights after N passes over the member's training rows, the epochs a refit replays.",
+            (
+                f"Each member trains until its validation loss has not improved for {patience} epochs (at most {cap}) "
+                "and keeps the weights of its best epoch. Epochs are counted from 1: best epoch N is the weights "
+                "after N passes over the member's training rows, the epochs a refit replays."
+            )
+            if by_epochs
+            else (
+                "The linear path trained for no epochs. The network it was chosen over (not shipped) trained each "
+                f"member until its validation loss had not improved for {patience} epochs (at most {cap}):"
+            ),
             "",
             "| member | epochs run | best epoch |",
             "|---|---|---|",
@@ -438,6 +478,22 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _linear_fits(pre: Preprocess, doc: dict[str, Any]) -> tuple[str, str]:
+    """The `fits` lines for the linear path: members fitted in one solve each, not early-stopped by epochs."""
+    data, n = doc["data"], doc["config"]["ensemble"]
+    model = "least squares" if pre.task == "regression" else "logistic regression"
+    evaluation = (
+        f"{LINEAR_CANDIDATE}: {n} member(s), each the {model} the network starts from, fitted on its "
+        f"training rows among the {data['train_rows']:,} development rows, with no epochs; test and validation figures are "
+        f"theirs ({data['test_rows']:,} test rows none of them saw)"
+    )
+    published = doc["metrics"]["fits"]["published"]
+    if not published.startswith("the evaluation fit itself"):  # refitted: each member's solve on every row
+        rows = data["rows"] - data["dropped_missing_target"]
+        published = f"the same {n} member(s), each that {model} fitted again on all {rows:,} rows"
+    return evaluation, published
 
 
 def metric_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:

@@ -64,6 +64,9 @@ class _OutOfTime(Exception):
     """The search's time is up in the middle of a trial."""
 
 
+DEADLINE = "stopped_at_deadline"  # the user attribute of a trial the time limit cut off
+
+
 @dataclass
 class Trial:
     """A finished trial: its configuration, members (one per fold), out-of-fold outputs and the
@@ -134,6 +137,11 @@ def search(
                     say(f"  trial {trial.number}: {_describe(trial.params)} — pruned after fold {i + 1}")
                     raise optuna.TrialPruned
         except _OutOfTime:
+            # optuna has no state for it: pruned in the study, told apart from a pruned trial by this mark
+            trial.set_user_attr(DEADLINE, True)
+            say(
+                f"  trial {trial.number}: {_describe(trial.params)} — stopped at the deadline after {len(rows)} fold(s)"
+            )
             raise optuna.TrialPruned from None
         oof = np.concatenate(outputs)
         value = loss_of(np.concatenate(rows), oof)
@@ -147,11 +155,13 @@ def search(
         study.optimize(objective, n_trials=cfg.tune_trials or None, timeout=remaining)
     best = min(finished.values(), key=lambda t: t.loss) if finished else None
     states = [t.state.name.lower() for t in study.trials[1:]]
+    stopped = sum(bool(t.user_attrs.get(DEADLINE)) for t in study.trials[1:])
     summary = {
         "seconds": round(time.monotonic() - started, 1),
         "trials": len(states),
         "finished": states.count("complete"),
-        "pruned": states.count("pruned"),
+        "pruned": states.count("pruned") - stopped,
+        "stopped_at_deadline": stopped,
         "default_loss": loss,
         "best": None if best is None else {"trial": best.number, "loss": best.loss, **_params_of(best.cfg)},
         "sampler": f"optuna TPE (seed {cfg.seed}); from the 4th trial, pruned from fold 2 on when worse than the median",

@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from monitoring.log import LogLocation, logged_parts
 from service import bundle
 from tests.conftest import TELCO
 from tests.service.conftest import Server, copy_store, running_server
@@ -46,6 +48,11 @@ def served(churn_bundle: bundle.BundleRef, tmp_path_factory: pytest.TempPathFact
             server.url + "/models/churn/score", content=TELCO.read_bytes(), headers={"content-type": "text/csv"}
         )
         assert answer.status_code == 200, answer.text
+        # the writer thread appends to the segment just after the answer: wait for every row to be there
+        location, deadline = LogLocation.of(store.parent / "log"), time.monotonic() + 30
+        while sum(table.num_rows for table in logged_parts(location, "churn")[0]) < ROWS:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
         yield server
 
 

@@ -133,3 +133,50 @@ def test_german_credit_card_names_its_positive_class(tmp_path: Path) -> None:
     pre = Preprocess.load(ref.path / bundle.PREPROCESS_FILE)
     summary = card_of(ref).split("\n\n")[1]
     assert f"whether **creditability** is `{pre.positive}`" in summary and "of every 1,000 rows" in summary
+
+
+def _console_run(tmp_path: Path, data: Path, **overrides: object) -> tuple[str, bundle.BundleRef]:
+    """A real `tabserve train` run as the console shows it (piped), and its bundle."""
+    import io
+
+    from rich.console import Console
+
+    from training.progress import train_with_progress
+
+    screen = io.StringIO()
+    cfg = quick_config(data, "creditability", tmp_path, name="credit", **overrides)
+    result = train_with_progress(cfg, Console(file=screen, width=200, color_system=None))
+    assert result.bundle is not None
+    return screen.getvalue(), result.bundle
+
+
+def test_a_test_split_with_one_row_of_a_class_states_no_verdict(tmp_path: Path) -> None:
+    """german credit's good rows and its first 5 bad ones: 1 bad row in the test split tells no model apart."""
+    with GERMAN.open(newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    bad = [row for row in rows if row[-1] == "bad"][:5]
+    data = tmp_path / "few_bad.csv"
+    with data.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *[row for row in rows if row[-1] == "good"], *bad])
+    console, ref = _console_run(tmp_path / "store", data)
+    caution = "test split: 1 row of class 'bad' — these figures cannot tell models apart"
+    summary = card_of(ref).split("\n\n")[1]
+    assert caution in summary and caution in console
+    assert not any(verdict in summary for verdict in ("on par with", "better than", "worse than"))
+
+
+def test_a_test_split_large_enough_keeps_its_verdict(churn_card: bundle.BundleRef) -> None:
+    summary = card_of(churn_card).split("\n\n")[1]
+    assert "cannot tell models apart" not in summary
+    assert any(verdict in summary for verdict in ("on par with", "better than", "worse than"))
+
+
+def test_a_shipped_linear_path_is_named_and_not_described_as_early_stopped(tmp_path: Path) -> None:
+    """A learning rate of 1 wrecks the network: the linear path alone ships, trained for no epochs."""
+    console, ref = _console_run(tmp_path, GERMAN, lr=1.0)
+    chosen = [row["candidate"] for row in ref.metrics["leaderboard"] if row["chosen"]]
+    assert chosen == ["linear path alone"]
+    assert "shipped (linear path alone)" in console and "MLP" not in console
+    fitted = card_of(ref).split("## How it was fitted")[1].split("## How well it does")[0]
+    assert "early-stopped" not in fitted and "epochs each took to its best" not in fitted
+    assert "The linear path trained for no epochs" in fitted
