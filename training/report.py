@@ -419,10 +419,9 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
     fits = m.get("fits") or {}
     by_epochs = shipped_candidate(m) != LINEAR_CANDIDATE
     if fits:
-        evaluation, published = (fits["evaluation"], fits["published"]) if by_epochs else _linear_fits(pre, doc)
         lines += [
-            f"- **figures on this card** come from the evaluation fit: {evaluation}.",
-            f"- **the published model** (`model.onnx`) is {published}.",
+            f"- **figures on this card** come from the evaluation fit: {fits['evaluation']}.",
+            f"- **the published model** (`model.onnx`) is {fits['published']}.",
             "",
         ]
     screen = m.get("screen")
@@ -478,22 +477,6 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
-
-
-def _linear_fits(pre: Preprocess, doc: dict[str, Any]) -> tuple[str, str]:
-    """The `fits` lines for the linear path: members fitted in one solve each, not early-stopped by epochs."""
-    data, n = doc["data"], doc["config"]["ensemble"]
-    model = "least squares" if pre.task == "regression" else "logistic regression"
-    evaluation = (
-        f"{LINEAR_CANDIDATE}: {n} member(s), each the {model} the network starts from, fitted on its "
-        f"training rows among the {data['train_rows']:,} development rows, with no epochs; test and validation figures are "
-        f"theirs ({data['test_rows']:,} test rows none of them saw)"
-    )
-    published = doc["metrics"]["fits"]["published"]
-    if not published.startswith("the evaluation fit itself"):  # refitted: each member's solve on every row
-        rows = data["rows"] - data["dropped_missing_target"]
-        published = f"the same {n} member(s), each that {model} fitted again on all {rows:,} rows"
-    return evaluation, published
 
 
 def metric_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:

@@ -180,3 +180,5 @@ def test_a_shipped_linear_path_is_named_and_not_described_as_early_stopped(tmp_p
     fitted = card_of(ref).split("## How it was fitted")[1].split("## How well it does")[0]
     assert "early-stopped" not in fitted and "epochs each took to its best" not in fitted
     assert "The linear path trained for no epochs" in fitted
+    fits = ref.metrics["fits"]  # metrics.json says the same as the card
+    assert "early-stopped" not in fits["evaluation"] and "epochs" not in fits["published"]
