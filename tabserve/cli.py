@@ -457,6 +457,8 @@ def score(
 
         if str(output) != STDIO:  # an output format tabserve does not write is refused before any work
             output_format_of(output)
+        if errors is not None and errors.suffix.lower() not in (".csv", ".txt", ""):  # written as plain CSV
+            raise ValueError(f"--errors {errors}: the failed rows are written as CSV; name the file .csv")
         budget = cpu_budget(cpus)
         _size_arrow(budget.cpus)
 
@@ -724,8 +726,11 @@ def monitor(
 
 def _print_report(report: Any, shown: int = 10) -> None:
     """PSI per field per period (the last `shown` periods), the fields that moved most first; then live metrics."""
-    from service.drift import reading
+    from service.drift import NO_ROWS, reading
 
+    if report.empty:  # an empty table would colour nothing and say nothing: no verdict without rows
+        console.print(f"{report.model} v{report.version}: {NO_ROWS} in this span (no drift verdict)")
+        return
     periods = report.periods[-shown:]
     table = Table(
         "field",

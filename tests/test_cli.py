@@ -280,6 +280,12 @@ def test_score_refuses_an_output_format_before_any_work(churn_bundle: bundle.Bun
         )
         assert refused.returncode == 2 and "tabserve writes .csv" in refused.stderr, refused.stderr
         assert ".xlsx" not in refused.stderr and "JSON lines" not in refused.stderr
+    for name in ["errors.xlsx", "errors.csv.gz", "errors.parquet"]:  # the failed rows are plain CSV
+        out, errors = str(tmp_path / "out.csv"), str(tmp_path / name)
+        refused = tabserve_here(
+            "score", "--model", "churn", "--input", str(source), "--output", out, "--errors", errors, store=store
+        )
+        assert refused.returncode == 2 and "name the file .csv" in refused.stderr, refused.stderr
     assert not list(tmp_path.glob("*out*"))
 
 

@@ -140,3 +140,4 @@ def test_a_span_without_rows_gives_no_verdict_in_json_or_html(served: Server, tm
     doc = json.loads(figures.read_text())
     assert doc["status"] == "no rows yet" and not any(doc["readings"].values()) and doc["score_shares"] == []
     assert "no rows yet" in page.read_text() and "<svg" not in page.read_text()  # no heat map coloured "stable"
+    assert "churn v1: no rows yet in this span" in done.stdout and "PSI of" not in done.stdout  # nor an empty table
