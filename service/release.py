@@ -126,9 +126,9 @@ def resolve(root: Path, spec: str) -> bundle.BundleRef:
     if (path / bundle.MODEL_FILE).is_file():
         return bundle.BundleRef(path.parent.name, int(path.name) if path.name.isdigit() else 0, path)
     name, _, wanted = spec.partition("@")
-    if not bundle.versions(root, name) and bundle.versions(path.parent, path.name):
-        root, name = path.parent, path.name
     found = bundle.versions(root, name)
+    if not found and (in_folder := bundle.versions(path.parent, path.name)):  # a model's directory
+        root, name, found = path.parent, path.name, in_folder
     if not found:
         raise bundle.BundleError(f"no model named {name!r} in {root}")
     if wanted and not wanted.isdigit():
