@@ -61,6 +61,10 @@ REPEATED_ID_WORDS = ID_WORDS - {"no", "number", "nr", "index"}
 # an id-named column with more distinct values than this share of its rows repeats per customer
 ID_SHARE = 0.5
 LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
+# a regression target this well restated, out of sample, by a sum of two or three numeric columns is
+# their total (casual + registered = rentals): no business relation is that exact
+PARTS_R2 = 0.999
+PARTS_ROWS = 5000  # rows the parts check reads (a seeded sample): enough to tell an identity from a trend
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _DIGITS = re.compile(r"-?\d+")
 
@@ -171,10 +175,11 @@ def infer_schema(
     if target is not None:
         schema.table.insert(0, _target_row(cfg.target, target))
         leaks = leakage_warnings(df, schema, target, cfg)
-        for warning in leaks:
-            name = warning.split("'")[1]
-            next(r for r in schema.table if r["column"] == name)["warning"] = warning
-        schema.warnings += leaks + _stray_classes(cfg.target, target)
+        for columns, warning in leaks:
+            for row in schema.table:
+                if row["column"] in columns:
+                    row["warning"] = warning
+        schema.warnings += [warning for _, warning in leaks] + _stray_classes(cfg.target, target)
     return schema
 
 
@@ -569,9 +574,10 @@ def _levels_of(row: dict[str, Any]) -> str:
     return f"{row['levels']} levels" if "levels" in row else "levels"
 
 
-def leakage_warnings(df: pd.DataFrame, schema: Schema, target: Target, cfg: TrainConfig) -> list[str]:
-    """A warning for each feature that alone predicts the target almost perfectly (likely leakage)."""
-    warnings = []
+def leakage_warnings(df: pd.DataFrame, schema: Schema, target: Target, cfg: TrainConfig) -> list[tuple[list[str], str]]:
+    """A warning, with the columns it names, for each feature that alone predicts the target almost
+    perfectly, and for numeric columns that sum to a regression target (likely leakage)."""
+    warnings: list[tuple[list[str], str]] = []
     majority = (
         float(np.bincount(target.y.astype(np.int64)).max() / len(target.y)) if target.task != "regression" else 0.0
     )
@@ -579,15 +585,65 @@ def leakage_warnings(df: pd.DataFrame, schema: Schema, target: Target, cfg: Trai
         score, what = _alone(df[col], col, schema, target, cfg)
         if score >= LEAK_SCORE and (what != "purity" or majority < LEAK_SCORE):
             warnings.append(
-                f"column '{col}' alone predicts {cfg.target} almost perfectly ({what} {score:.3f}): likely leakage "
-                f"(the target under another name, or known only after the outcome); --drop {col} unless it is known when predicting"
+                (
+                    [col],
+                    f"column '{col}' alone predicts {cfg.target} almost perfectly ({what} {score:.3f}): likely leakage "
+                    f"(the target under another name, or known only after the outcome); --drop {col} unless it is known when predicting",
+                )
+            )
+    if target.task == "regression" and not warnings:
+        parts, r2 = target_parts(df, schema, target.y)
+        if parts:
+            named = " + ".join(f"'{c}'" for c in parts)
+            warnings.append(
+                (
+                    parts,
+                    f"columns {named} together restate {cfg.target} almost exactly (a weighted sum of them: R² {r2:.4f} "
+                    f"on rows it was not fitted on): likely leakage (the target's parts, such as a total's "
+                    f"components); --drop {','.join(parts)} unless they are known when predicting",
+                )
             )
     return warnings
 
 
+def target_parts(df: pd.DataFrame, schema: Schema, y: np.ndarray) -> tuple[list[str], float]:
+    """Two or three numeric columns whose weighted sum is the target (R² ≥ PARTS_R2 on held rows), or [].
+    Chosen greedily, each step the column closest to what the chosen ones leave unexplained; fitted
+    on half of a seeded sample and judged on the other half, so many columns cannot fit noise."""
+    cols = [c for c in schema.numeric if c not in schema.dates]
+    rows = np.random.default_rng(0).permutation(len(y))[:PARTS_ROWS]
+    if len(cols) < 2 or len(rows) < 40:
+        return [], 0.0
+    values = [numeric_values(df[c].iloc[rows], schema.read.decimal) for c in cols]
+    x = np.column_stack([v if v is not None else np.full(len(rows), np.nan) for v in values])
+    filled = np.where(np.isnan(x), np.nanmedian(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0), x)
+    t = y[rows]
+    half = len(rows) // 2
+    scale = filled[:half].std(axis=0)
+    usable = scale > 0
+    if usable.sum() < 2 or t[:half].std() == 0 or t[half:].std() == 0:
+        return [], 0.0
+    z = (filled[:, usable] - filled[:half, usable].mean(axis=0)) / scale[usable]
+    names = [c for c, u in zip(cols, usable, strict=True) if u]
+    chosen: list[int] = []
+    left = t[:half] - t[:half].mean()
+    r2 = 0.0
+    for _ in range(3):
+        closeness = np.abs(z[:half].T @ left)
+        closeness[chosen] = -1.0
+        chosen.append(int(closeness.argmax()))
+        design = np.column_stack([z[:, chosen], np.ones(len(rows))])
+        coef, *_ = np.linalg.lstsq(design[:half], t[:half], rcond=None)
+        left = t[:half] - design[:half] @ coef
+        r2 = 1.0 - float(np.mean((t[half:] - design[half:] @ coef) ** 2) / t[half:].var())
+        if r2 >= PARTS_R2:
+            return ([names[j] for j in chosen], r2) if len(chosen) > 1 else ([], 0.0)
+    return [], r2
+
+
 def _alone(column: pd.Series, col: str, schema: Schema, target: Target, cfg: TrainConfig) -> tuple[float, str]:
-    """How well one column alone predicts the target: AUC (binary, numeric), |correlation|
-    (regression, numeric) or purity (categorical: the share of rows whose level's majority class is theirs)."""
+    """How well one column alone predicts the target: AUC (binary, numeric), |correlation| or |rank
+    correlation| (regression, numeric) or purity (categorical: the share of rows whose level's majority class is theirs)."""
     y = target.y
     if col in schema.numeric and col not in schema.dates:
         x = numeric_values(column, schema.read.decimal)
@@ -604,8 +660,14 @@ def _alone(column: pd.Series, col: str, schema: Schema, target: Target, cfg: Tra
             aucs = [float(roc_auc_score(y, np.where(missing, end, x))) for end in ends]
             return max(max(auc, 1 - auc) for auc in aucs), "AUC"
         x = np.where(missing, np.nanmedian(x), x)
-        c = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else 0.0
-        return float(abs(c)), "|correlation|"
+        if x.std() == 0 or y.std() == 0:
+            return 0.0, ""
+        from scipy import stats  # scikit-learn's dependency
+
+        linear = abs(float(np.corrcoef(x, y)[0, 1]))
+        # the target's logarithm, or the target rounded to bands, keeps its order but not its line
+        ranked = abs(float(stats.spearmanr(x, y).statistic))
+        return (linear, "|correlation|") if linear >= ranked else (ranked, "|rank correlation|")
     if col in schema.categorical and target.task != "regression":
         merged = schema.merged.get(col, {})
         return _purity(np.array([merged.get(k, k) if k is not None else "" for k in category_values(column)]), y, cfg)

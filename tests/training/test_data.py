@@ -295,6 +295,31 @@ def test_a_field_filled_in_only_after_the_outcome_is_called_a_leak(tmp_path: Pat
     assert [w.split("'")[1] for w in warnings] == ["plan_fee"] and "(purity 0.99" in warnings[0]
 
 
+def test_a_regression_target_restated_is_called_a_leak(tmp_path: Path) -> None:
+    """The target's logarithm (its order, not its line) and a total's parts (neither alone close to it)
+    are leaks; telco's own columns are not, for any of its numeric targets."""
+    df = pd.read_csv(TELCO).head(1500)
+    total = pd.to_numeric(df["TotalCharges"], errors="coerce")
+    logged = df.assign(log_total=np.log(total).round(6))
+    path = tmp_path / "t.csv"
+    logged.to_csv(path, index=False)
+    warnings = _prepare(path, "TotalCharges", tmp_path).schema.warnings
+    assert [w.split("'")[1] for w in warnings] == ["log_total"] and "|rank correlation| 1.000" in warnings[0]
+    share = np.random.default_rng(0).uniform(0.3, 0.7, len(df))
+    parts = df.assign(base_fee=(df["MonthlyCharges"] * share).round(2))
+    parts["extras_fee"] = (parts["MonthlyCharges"] - parts["base_fee"]).round(2)
+    assert abs(np.corrcoef(parts["base_fee"], parts["MonthlyCharges"])[0, 1]) < 0.9  # neither part alone
+    parts.to_csv(path, index=False)
+    prep = _prepare(path, "MonthlyCharges", tmp_path)
+    assert len(prep.schema.warnings) == 1
+    assert prep.schema.warnings[0].startswith("columns 'base_fee' + 'extras_fee' together restate MonthlyCharges")
+    assert "--drop base_fee,extras_fee" in prep.schema.warnings[0]
+    marked = {row["column"] for row in prep.schema.table if row.get("warning")}
+    assert marked == {"base_fee", "extras_fee"}
+    for target in ("MonthlyCharges", "TotalCharges", "tenure"):
+        assert not _prepare(TELCO, target, tmp_path).schema.warnings, target
+
+
 def test_id_column_flag_passes_through(tmp_path: Path) -> None:
     prep = _prepare(TELCO, "Churn", tmp_path, id_columns=["customerID"])
     assert prep.pre.id_columns == ["customerID"]
