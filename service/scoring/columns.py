@@ -142,6 +142,8 @@ def _numeric(
         return encode_numeric(name, None, n, enc)
     if isinstance(parse, DateParse):  # a date: every value parsed, whatever its type (Arrow dates too)
         return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc, parse)
+    if pa.types.is_decimal(kind):  # a database's NUMERIC(10, 2) amounts, read as their text would be
+        column, kind = column.cast(pa.float64()), pa.float64()
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return encode_numeric(name, column.to_numpy(zero_copy_only=False), n, enc)
     if pa.types.is_string(kind):  # values that parse here are ASCII, so valid UTF-8

@@ -206,6 +206,38 @@ def test_parquet_in_and_out_equals_csv(churn_bundle: bundle.BundleRef, tmp_path:
     ]
 
 
+def test_parquet_typed_as_a_database_writes_it_scores_as_its_text(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Amounts as DECIMAL(10, 2) (blanks null), small integers, dictionary-encoded text: the same
+    answers as the CSV of the same rows."""
+    import decimal
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv_in = _telco_head(tmp_path / "in.csv", 60)
+    frame = pd.read_csv(csv_in, dtype=str, keep_default_na=False)
+    columns = {}
+    for name in frame.columns:
+        values = frame[name].tolist()
+        if name in ("MonthlyCharges", "TotalCharges"):
+            amounts = [decimal.Decimal(v) if v.strip() else None for v in values]
+            columns[name] = pa.array(amounts, pa.decimal128(10, 2))
+        elif name in ("tenure", "SeniorCitizen"):
+            columns[name] = pa.array([int(v) for v in values], pa.int8() if name == "SeniorCitizen" else pa.int32())
+        else:
+            columns[name] = pa.array(values).dictionary_encode()
+    pq.write_table(pa.table(columns), tmp_path / "typed.parquet")
+    scorer = Scorer(churn_bundle, "cpu")
+    score_file(scorer, csv_in, tmp_path / "from_csv.csv")
+    summary = score_file(scorer, tmp_path / "typed.parquet", tmp_path / "typed.csv", chunk_rows=16)
+    assert (summary.rows_in, summary.rows_failed) == (60, 0)
+    expected, got = _read(tmp_path / "from_csv.csv"), _read(tmp_path / "typed.csv")
+    assert [r["probability"] for r in got] == [r["probability"] for r in expected]
+
+
 @pytest.mark.parametrize(("target", "task"), [("housing", "multiclass"), ("credit_amount", "regression")])
 def test_multiclass_and_regression_files(tmp_path: Path, target: str, task: str) -> None:
     import numpy as np
