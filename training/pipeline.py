@@ -454,7 +454,10 @@ def train(
         "gbm": GradientBoosting.name,
         "gbm_test": gbm,
         # report: epochs counted from 1, as the console and the card count them (the epochs a refit replays)
-        "members": [{"best_epoch": h.best_epoch + 1, "epochs": len(h.val_loss)} for h in histories],
+        "members": [
+            {"best_epoch": h.best_epoch + 1, "epochs": len(h.val_loss), **({"learnt": True} if h.learnt else {})}
+            for h in histories
+        ],
         "leaderboard": leaderboard,  # out-of-fold figures of each candidate; the chosen one is published
     }
     if prep.schema.warnings:  # e.g. a column that predicts the target almost perfectly (likely leakage)

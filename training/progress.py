@@ -95,7 +95,8 @@ def _print_members(result: TrainResult, console: Console) -> None:
         best = h.best_epoch  # an index: epoch best + 1
         console.print(
             f"  member {i + 1}: best epoch {best + 1} of {len(h.val_loss)}: train loss {h.train_loss[best]:.4f}, "
-            f"val loss {h.val_loss[best]:.4f}, {name} {h.val_metric[best]:.4f}",
+            f"val loss {h.val_loss[best]:.4f}, {name} {h.val_metric[best]:.4f}"
+            + (" (stopped: the target is learnt)" if h.learnt else ""),
             soft_wrap=True,
         )
 

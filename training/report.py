@@ -473,9 +473,18 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
             "",
             "| member | epochs run | best epoch |",
             "|---|---|---|",
-            *[f"| {i + 1} | {row['epochs']} | {row['best_epoch']} |" for i, row in enumerate(members)],
+            *[
+                f"| {i + 1} | {row['epochs']} | {row['best_epoch']}{' (learnt)' if row.get('learnt') else ''} |"
+                for i, row in enumerate(members)
+            ],
             "",
         ]
+        if any(row.get("learnt") for row in members):
+            lines += [
+                "A member marked learnt stopped once its validation loss fell below 0.1 % of the loss of "
+                "predicting the class shares: it tells the classes apart almost surely (a leaked column, a rule).",
+                "",
+            ]
     return lines
 
 

@@ -28,6 +28,9 @@ MAX_STEPS = 8_000
 # on 500 k rows: BENCHMARKS.md); never fewer than MIN_EPOCHS epochs
 MAX_ROW_PASSES = 5_000_000
 MIN_EPOCHS = 16
+# a classifier whose validation loss is below this share of the class shares' loss has learnt the
+# target (a leaked column, a rule): more epochs only push probabilities already at 0 or 1 further
+LEARNT = 1e-3
 
 EpochCallback = Callable[[int, int, float, float, float], None]  # member, epoch, train loss, val loss, metric
 
@@ -57,6 +60,7 @@ class History:
     val_metric: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)  # the learning rate of each epoch (a refit replays them)
     best_epoch: int = 0
+    learnt: bool = False  # stopped as its validation loss fell below LEARNT of the class shares' loss
     start: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the weights before training
 
 
@@ -96,6 +100,7 @@ def fit_member(
     # NOTE: validation is judged on the unweighted loss: class weights are a training device only
     val_loss_fn = loss_function(pre, replace(cfg, class_weight="none"), train.y)
     hist, best_loss, best_state = History(), float("inf"), copy.deepcopy(model.state_dict())
+    learnt = LEARNT * _prior_loss(pre, val_loss_fn, train.y, val.y)
     hist.start = best_state  # warm-started: the linear path alone, a candidate of its own
     steps_cap = max(1, MAX_STEPS // math.ceil(len(train) / batch_size))
     epochs = min(cfg.epochs, steps_cap, max(MIN_EPOCHS, MAX_ROW_PASSES // len(train)))
@@ -114,8 +119,20 @@ def fit_member(
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - hist.best_epoch >= cfg.patience:
             break
+        if best_loss < learnt:
+            hist.learnt = True
+            break
     model.load_state_dict(best_state)
     return model.eval(), hist
+
+
+def _prior_loss(pre: Preprocess, loss_fn: nn.Module, y_train: torch.Tensor, y_val: torch.Tensor) -> float:
+    """The validation loss of predicting the training rows' class shares for every row (0 for regression)."""
+    if pre.task == "regression" or len(y_val) == 0:
+        return 0.0
+    shares = torch.bincount(y_train, minlength=len(pre.labels)).double().clamp(min=1) / len(y_train)
+    logits = shares.log() if pre.task == "multiclass" else (shares[1:] / shares[0]).log()
+    return float(_loss(loss_fn, logits.float().expand(len(y_val), -1), y_val, pre.task))
 
 
 def fit_fold(

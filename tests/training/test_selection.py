@@ -341,3 +341,22 @@ def test_a_refit_calls_no_value_it_trained_on_out_of_range(tmp_path: Path) -> No
         flagged[refit] = {row for row, found in enc.warnings.items() if any("seen in training" in w for w in found)}
         assert flagged[refit] <= set(split.test.tolist())
     assert flagged[False] and not flagged[True]  # german: test rows beyond the development rows' range
+
+
+def test_a_member_that_has_learnt_the_target_stops_there(tmp_path: Path) -> None:
+    """The target under another name: validation loss falls toward 0 for as long as it trains; a
+    member stops once it is below 0.1 % of the class shares' loss, not after 60 epochs."""
+    import pandas as pd
+
+    df = pd.read_csv(TELCO).head(1500)
+    df["churn_flag"] = (df["Churn"] == "Yes").astype(int)
+    path = tmp_path / "leaked.csv"
+    df.to_csv(path, index=False)
+    cfg = quick_config(path, "Churn", tmp_path, epochs=60, patience=20, refit=False)
+    result = train(cfg, say=lambda _: None)
+    members = result.metrics["members"]
+    assert all(m.get("learnt") and m["epochs"] == m["best_epoch"] < 60 for m in members), members
+    for h in result.histories:
+        assert h.val_loss[-1] < 1e-3 * 0.6 and h.val_loss[h.best_epoch] == min(h.val_loss)
+    assert result.metrics["test"]["roc_auc"] == 1.0
+    assert result.bundle is not None and "(learnt) |" in (result.bundle.path / "model_card.md").read_text()
