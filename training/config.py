@@ -371,5 +371,19 @@ def _kind_text(kind: Any) -> str:
 def build_config(file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults ← file ← flags (flags given as non-None keyword arguments win)."""
     values: dict[str, Any] = load_config_file(file) if file else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values).validate()
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return TrainConfig(**{**values, **flags}).validate()
+    except ConfigError as e:
+        if str(e) in {_refusal(k, v) for k, v in values.items() if k not in flags}:
+            raise ConfigError(f"config file {file}: {e}") from None  # where to change it
+        raise
+
+
+def _refusal(key: str, value: Any) -> str | None:
+    """Why this one setting, beside the defaults, fails validation (None: it passes)."""
+    try:
+        TrainConfig(**{"data": "-", "target": "-", key: value}).validate()
+    except ConfigError as e:
+        return str(e)
+    return None

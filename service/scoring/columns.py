@@ -50,6 +50,26 @@ def text_column(column: pa.Array) -> pa.Array:
     return column
 
 
+def feature_column(column: pa.Array, numeric: bool = False) -> pa.Array:
+    """A feature's Arrow column as its text in a CSV reads (how training reads a Parquet): for the
+    encoder and the reason codes alike."""
+    column = text_column(column)
+    kind = column.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        # text without Parquet's UTF-8 annotation (older writers); a value that is not UTF-8 stays its row's error
+        texts = pa.string() if pa.types.is_binary(kind) else pa.large_string()
+        column = text_column(column.view(pa.string_view() if pa.types.is_binary_view(kind) else texts))
+    elif pa.types.is_duration(kind):  # its count in its unit, as its text reads
+        column = column.cast(pa.int64())
+    elif numeric and pa.types.is_decimal(kind):  # a database's NUMERIC(10, 2) amounts, read as their text would be
+        column = column.cast(pa.float64())
+    elif (pa.types.is_timestamp(kind) or pa.types.is_time64(kind)) and kind.unit == "ns":
+        # Python's datetime (and a text's reading) stops at microseconds; without pandas to_pylist refuses finer
+        unit = pa.timestamp("us", kind.tz) if pa.types.is_timestamp(kind) else pa.time64("us")
+        column = column.cast(unit, safe=False)
+    return column
+
+
 def invalid_utf8_rows(column: pa.Array) -> list[int]:
     """Rows of a string column that are not valid UTF-8."""
     if not pa.types.is_string(column.type):
@@ -117,7 +137,7 @@ class ArrowEncoder:
         cat = np.empty((len(self.pre.categorical), n), dtype=np.int64)
         enc = Encoded(num=num, cat=cat)
         for j, feat in enumerate(self.pre.numeric):
-            column = _array(batch.column(feat.name))
+            column = _array(batch.column(feat.name), numeric=True)
             num[j] = _numeric(feat.name, column, n, enc, self._padded, self._parsers[j], self._decimal)
         for j, cfeat in enumerate(self.pre.categorical):
             cat[j] = _categorical(
@@ -128,10 +148,10 @@ class ArrowEncoder:
         return enc
 
 
-def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+def _array(column: pa.Array | pa.ChunkedArray, numeric: bool = False) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    return text_column(column)
+    return feature_column(column, numeric)
 
 
 def _numeric(
@@ -142,8 +162,6 @@ def _numeric(
         return encode_numeric(name, None, n, enc)
     if isinstance(parse, DateParse):  # a date: every value parsed, whatever its type (Arrow dates too)
         return encode_numeric(name, _texts(name, column, list(range(n)), enc), n, enc, parse)
-    if pa.types.is_decimal(kind):  # a database's NUMERIC(10, 2) amounts, read as their text would be
-        column, kind = column.cast(pa.float64()), pa.float64()
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return encode_numeric(name, column.to_numpy(zero_copy_only=False), n, enc)
     if pa.types.is_string(kind):  # values that parse here are ASCII, so valid UTF-8

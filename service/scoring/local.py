@@ -28,7 +28,7 @@ from service.drift import Drift
 from service.explain import Effects, Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss
 from service.runtime import Device, create_session
-from service.scoring.columns import NOT_UTF8, ArrowEncoder, invalid_utf8_rows, mark_rows, text_column
+from service.scoring.columns import NOT_UTF8, ArrowEncoder, feature_column, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import (
     ROW,
     UNPARSED,
@@ -185,6 +185,9 @@ class Scorer:
         twice = [name for name in wanted if source.columns.count(name) > 1]
         if twice:  # which of the two holds the value is a guess: refuse rather than pick one
             raise ScoringError(f"column(s) named more than once in the input's header: {', '.join(twice)}")
+        nested = [f"{n} ({source.type_of(n)})" for n in self.names if pa.types.is_nested(source.type_of(n))]
+        if nested:  # a list or a struct is no one value (training refuses such a column too)
+            raise ScoringError(f"feature column(s) holding lists or structs, not values: {', '.join(nested)}")
         return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
 
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:
@@ -371,9 +374,8 @@ class ReasonColumns:
         texts: list[str] = []
         for j in (j for j in range(len(names)) if bounds[j] < bounds[j + 1]):
             where = at[bounds[j] : bounds[j + 1]]
-            values = pc.dictionary_encode(
-                text_column(batch.column(names[j])).take(pa.array(where // k)), null_encoding="encode"
-            )
+            column = feature_column(batch.column(names[j]), self.explainer.pre.kinds[names[j]] == "numeric")
+            values = pc.dictionary_encode(column.take(pa.array(where // k)), null_encoding="encode")
             pair = values.indices.to_numpy(zero_copy_only=False).astype(np.int64) * n_out + outcome.ravel()[where]
             seen = np.zeros(len(values.dictionary) * n_out, bool)
             seen[pair] = True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from service import bundle
 from tests.service.conftest import telco_records
 
@@ -76,3 +79,53 @@ def test_arrow_path_reads_business_values_as_the_record_path(churn_bundle: bundl
     monthly = [f.name for f in pre.numeric].index("MonthlyCharges")
     # under this bundle's decimal comma `1.234` is a thousands-grouped 1234 and `(1,200)` is -1.2
     assert exact.num[:5, monthly].tolist() == np.array([29.85, 1234, 1234.5, -1.2, 12], np.float32).tolist()
+
+
+def _telco_text(n: int) -> dict[str, list[str]]:
+    """The first n telco rows as the CSV's text cells, column by column."""
+    import csv
+
+    from tests.conftest import TELCO
+
+    with TELCO.open(newline="") as fh:
+        rows = [row for _, row in zip(range(n), csv.DictReader(fh), strict=False)]
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def _scored(scorer: Any, table: Any, path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    from service.scoring.local import score_file
+
+    pq.write_table(table, path.with_suffix(".in.parquet"))
+    score_file(scorer, path.with_suffix(".in.parquet"), path)
+    return pq.read_table(path).to_pylist()
+
+
+def test_parquet_binary_text_durations_and_decimals_score_and_explain_as_their_text(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Text as BYTE_ARRAY without a UTF-8 annotation (older writers), a count as a duration, amounts
+    as DECIMAL: training reads a Parquet's cells as Arrow writes them as text, so scoring (predictions
+    and reason codes) must too; before, binary levels were silently unseen and durations failed."""
+    import decimal
+
+    import pyarrow as pa
+
+    from service.scoring.local import Scorer
+
+    text = _telco_text(40)
+    typed = {name: pa.array(values) for name, values in text.items()}
+    typed["Partner"] = pa.array([v.encode() for v in text["Partner"]], pa.binary())
+    typed["Contract"] = pa.array([v.encode() for v in text["Contract"]], pa.large_binary())
+    typed["PaymentMethod"] = typed["PaymentMethod"].cast(pa.binary()).dictionary_encode()
+    typed["tenure"] = pa.array([int(v) for v in text["tenure"]], pa.int64()).cast(pa.duration("s"))
+    typed["MonthlyCharges"] = pa.array([decimal.Decimal(v) for v in text["MonthlyCharges"]], pa.decimal128(10, 2))
+    typed["gender"] = pa.array([b"\xff" if i == 3 else v.encode() for i, v in enumerate(text["gender"])], pa.binary())
+    scorer = Scorer(churn_bundle, "cpu", explain=19)
+    got = _scored(scorer, pa.table(typed), tmp_path / "typed.parquet")
+    expected = _scored(scorer, pa.table({k: pa.array(v) for k, v in text.items()}), tmp_path / "text.parquet")
+    assert got[3]["error"] == "row 4, field 'gender': not valid UTF-8"  # a row's error, never a crash
+    del got[3], expected[3]
+    assert [r["error"] for r in got] == [None] * 39
+    assert got == expected  # probabilities and every reason's sentence and effect

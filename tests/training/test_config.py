@@ -99,3 +99,14 @@ def test_the_target_is_stripped_as_headers_are() -> None:
     assert build_config(data=str(TELCO), target="Churn  ").target == "Churn"
     with pytest.raises(ConfigError, match=r"^--drop names the target 'Churn'"):
         build_config(data=str(TELCO), target=" Churn ", drop=["Churn"])
+
+
+def test_an_out_of_range_value_names_the_config_file_it_came_from(tmp_path: Path) -> None:
+    """Named where it was written: the file, or no file when the bad value is a flag's."""
+    path = tmp_path / "train.toml"
+    path.write_text("threads = 0\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=rf"^config file {path}: threads must be ≥ 1, not 0$"):
+        build_config(path, data=str(TELCO), target="Churn")
+    with pytest.raises(ConfigError, match=r"^dropout must be in \[0, 1\)$"):
+        build_config(path, data=str(TELCO), target="Churn", dropout=1.5)
+    assert build_config(path, data=str(TELCO), target="Churn", threads=2).epochs == 3  # a flag wins
