@@ -129,3 +129,71 @@ def test_parquet_binary_text_durations_and_decimals_score_and_explain_as_their_t
     del got[3], expected[3]
     assert [r["error"] for r in got] == [None] * 39
     assert got == expected  # probabilities and every reason's sentence and effect
+
+
+def test_a_list_feature_column_is_refused_before_any_work(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A list has no one value per row: the file is refused naming the column, as training refuses it
+    (before, every row failed with 'expected a number, got list')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from service.scoring.local import Scorer, ScoringError, score_file
+
+    text = _telco_text(5)
+    table = pa.table(
+        {**{k: pa.array(v) for k, v in text.items()}, "tenure": pa.array([[int(v)] for v in text["tenure"]])}
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    with pytest.raises(ScoringError, match=r"lists or structs, not values: tenure \(list<"):
+        score_file(Scorer(churn_bundle, "cpu"), tmp_path / "in.parquet", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+_WITHOUT_PANDAS = """
+import json, sys
+from pathlib import Path
+class NoPandas:  # a serving install: pandas comes only with the train extra
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, NoPandas())
+import pyarrow as pa
+from service.features import Preprocess
+from service.scoring.columns import ArrowEncoder
+pre = Preprocess.load(Path(sys.argv[1]))
+stamps = pa.array([1704462310123456789, 0], pa.int64()).cast(pa.timestamp("ns", "UTC"))
+table = pa.table({f.name: pa.array(["1", "1"]) for f in pre.features}).set_column(
+    [f.name for f in pre.features].index("tenure"), "tenure", stamps)
+enc = ArrowEncoder(pre).encode(table)
+print(json.dumps([enc.num[:, [f.name for f in pre.numeric].index("tenure")].tolist(), len(enc.errors)]))
+"""
+
+
+def test_nanosecond_timestamps_read_as_dates_without_pandas(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A date feature from a timestamp[ns] column (pandas writes them) in a serving install, which has no
+    pandas: Arrow's to_pylist refuses sub-microsecond values there, which stopped the whole file."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from service.scoring.columns import ArrowEncoder
+    from tests.conftest import ROOT
+    from tests.service.test_encoders import business_bundle
+
+    pre = business_bundle(churn_bundle.preprocess)  # `tenure` a date
+    pre.save(tmp_path / "preprocess.json")
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PANDAS, str(tmp_path / "preprocess.json")],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = pa.table({f.name: pa.array(["1", "1"]) for f in pre.features})
+    table = table.set_column(
+        table.column_names.index("tenure"), "tenure", pa.array(["2024-01-05 13:45:10.123456789", "1970-01-01"])
+    )
+    text = ArrowEncoder(pre).encode(table)
+    tenure = [f.name for f in pre.numeric].index("tenure")
+    assert json.loads(run.stdout) == [text.num[:, tenure].tolist(), len(text.errors)]
