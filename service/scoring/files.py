@@ -750,7 +750,18 @@ class ParquetSink:
         self._writer.close()
 
 
+def check_writable(schema: pa.Schema, fmt: Format) -> None:
+    """Refuse, before any work, kept columns the output format cannot hold (CSV has no lists)."""
+    nested = [f"{f.name} ({f.type})" for f in schema if pa.types.is_nested(f.type)]
+    if nested and fmt != "parquet":
+        raise ScoringError(
+            f"kept column(s) holding lists or structs, which CSV cannot write: {', '.join(nested)}; "
+            "write .parquet, or keep other columns"
+        )
+
+
 def open_sink(path: Path, schema: pa.Schema, fmt: Format) -> Sink:
+    check_writable(schema, fmt)
     if fmt == "parquet":
         return ParquetSink(str(path), schema)
     return CsvSink(str(path), schema, gzip=fmt == "csv.gz")

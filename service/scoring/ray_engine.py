@@ -31,6 +31,7 @@ from service.scoring.files import (
     ParquetSource,
     ScoringError,
     Source,
+    check_writable,
     csv_write_options,
     format_of,
     numbered,
@@ -170,6 +171,7 @@ def score_with_ray(
         with pa.OSFile(path) if parquet else pa.input_stream(path) as raw:
             plans.append(scorer.plan(_open(path, raw, chunk_rows, reading or scorer.pre.read), keep, keep_all))
     wanted, schema = plans[0]
+    check_writable(schema, fmt)
 
     cpus = cpus or cpu_budget().cpus
     address = cluster_address(address)

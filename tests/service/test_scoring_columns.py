@@ -148,6 +148,19 @@ def test_a_list_feature_column_is_refused_before_any_work(churn_bundle: bundle.B
     with pytest.raises(ScoringError, match=r"lists or structs, not values: tenure \(list<"):
         score_file(Scorer(churn_bundle, "cpu"), tmp_path / "in.parquet", tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+    # kept, not read: Parquet holds it as it came; CSV cannot, and says which column before any work
+    tagged = pa.table({**{k: pa.array(v) for k, v in text.items()}, "tags": pa.array([["a", "b"]] * 5)})
+    pq.write_table(tagged, tmp_path / "tagged.parquet")
+    summary = score_file(
+        Scorer(churn_bundle, "cpu"), tmp_path / "tagged.parquet", tmp_path / "out.parquet", keep_all=True
+    )
+    assert summary.rows_scored == 5 and pq.read_table(tmp_path / "out.parquet").column("tags").to_pylist()[0] == [
+        "a",
+        "b",
+    ]
+    with pytest.raises(ScoringError, match=r"lists or structs, which CSV cannot write: tags \(list<"):
+        score_file(Scorer(churn_bundle, "cpu"), tmp_path / "tagged.parquet", tmp_path / "out.csv", keep_all=True)
+    assert not (tmp_path / "out.csv").exists()
 
 
 _WITHOUT_PANDAS = """
