@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
-from service.features import Preprocess, category_key
+from service.features import Preprocess, category_key, parse_number
 from service.scoring.files import sniff_sep
 
 FEEDBACK = "feedback"
@@ -95,6 +95,9 @@ class Feedback:
         for label in self.labels:
             folded.setdefault(label.casefold(), []).append(label)
         self.folded = {key: found[0] for key, found in folded.items() if len(found) == 1}
+        # `2.0` is the class `2`, as training merges a target's numbers of equal value (pandas writes
+        # an integer column with gaps as floats)
+        self.by_value = {number: label for label in self.labels if (number := _plain_number(label)) is not None}
 
     def submit(self, records: list[dict[str, Any]], partial: bool = False) -> Stored:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
@@ -151,17 +154,24 @@ class Feedback:
     def _outcome(self, value: Any) -> tuple[str | None, str | None]:
         """An outcome as text, or why it cannot be one of this model's."""
         if self.pre.task == "regression":
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                return None, f"{value!r} is not a number"
-            return (repr(number), None) if math.isfinite(number) else (None, f"{value!r} is not a finite number")
+            try:  # read as training read the target: `$1,200`, and `12,5` where the file's decimal mark is a comma
+                number = parse_number(value, self.pre.read.decimal)
+            except ValueError as exc:  # `expected a number, got 'abc'`, as scoring says it
+                return None, str(exc)
+            if math.isnan(number):
+                return None, f"the outcome ({self.pre.target}) is missing"
+            return repr(number), None
         try:
-            text = category_key(value)
+            key = category_key(value)
         except ValueError:
-            text = None
+            key = None
+        if key is None and isinstance(value, str):  # an empty or blank cell in a CSV
+            return None, f"the outcome ({self.pre.target}) is missing"
+        text = key
         if text is not None and text not in self.labels:
             text = self.folded.get(text.casefold())
+        if text is None and key is not None and (as_number := _plain_number(key)) is not None:
+            text = self.by_value.get(as_number)
         if text is None:
             return None, f"{value!r} is not a label of {self.model} (its labels: {', '.join(sorted(self.labels))})"
         return text, None
@@ -241,3 +251,12 @@ def outputs_of(pre: Preprocess, table: pa.Table) -> np.ndarray:
         return np.stack([1 - p, p], axis=1)
     flat = np.asarray(table.column("_probabilities").combine_chunks().flatten().to_numpy())
     return flat.reshape(-1, len(pre.labels))
+
+
+def _plain_number(text: str) -> float | None:
+    """A label as a number (`2`, `2.0`: one value), or None for text."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

@@ -47,7 +47,9 @@ def write_html(report: Report, path: Path) -> None:
 def heat_map(report: Report) -> str:
     names = sorted(report.psi, key=lambda n: -max(report.psi[n], default=0.0))
     values = np.array([report.psi[n] for n in names]) if report.periods else np.zeros((len(names), 1))
-    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * len(report.periods), 14), 1 + 0.3 * len(names)))
+    # room for the longest name (german's run to 56 characters): else tight_layout gives up with a warning
+    labels = 0.08 * max((len(n) for n in names), default=0)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * len(report.periods), 14) + labels, 1 + 0.3 * len(names)))
     shown = ax.imshow(values, cmap=PSI_COLOURS, norm=PSI_BOUNDS, aspect="auto")
     ax.set_yticks(range(len(names)), names)
     ax.set_xticks(range(len(report.periods)), [p[:10] for p in report.periods], rotation=60, ha="right")

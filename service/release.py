@@ -204,6 +204,7 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
             "champion": new.champion,
             "challenger": new.challenger,
             "canary": new.canary,
+            "shadow": new.shadow,  # a `shadow` decision's entry says which way it went
             "why": why,
         }
         new = replace(new, history=(*state.history, entry))

@@ -254,7 +254,16 @@ def list_models(models_dir: ModelsDir = None) -> None:
             what = f"{entry.get('action')} {entry.get('version') or ''}".strip()
             if entry.get("action") == "rollback":  # no version is named: say which one is back
                 what += f" to {entry.get('champion')}"
-            console.print(f"  {entry.get('at')}  {entry.get('who')}: {what} — {entry.get('why', '')}", soft_wrap=True)
+            if entry.get("action") == "promote" and entry.get("canary"):  # a share of traffic, not champion
+                what += f" as canary ({entry['canary'] * 100:g} %)"
+            if entry.get("action") == "shadow" and "shadow" in entry:  # older files did not record which way
+                what += " on" if entry["shadow"] else " off"
+            # named: with several models in the store, their decisions follow one another
+            console.print(
+                f"  {name}  {entry.get('at')}  {entry.get('who')}: {what} — {entry.get('why', '')}",
+                soft_wrap=True,
+                markup=False,
+            )
 
 
 def _role(state: Any, version: int) -> str:

@@ -59,6 +59,16 @@ def test_train_then_list(tmp_path: Path) -> None:
     assert "credit" in listed.stdout and "roc_auc" in listed.stdout
 
 
+def test_an_integer_target_trained_as_classes_says_why_and_how_to_predict_a_number(tmp_path: Path) -> None:
+    count = ["--data", str(GERMAN), "--target", "number_of_existing_credits_at_this_bank", "--name", "credits"]
+    run = tabserve("train", *count, *QUICK_FLAGS, store=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # the column table said only "multiclass target": a count of 1 to 4 became four classes, unexplained
+    assert "multiclass target: 4 whole numbers (at most 10 are classes; --task regression predicts" in run.stdout
+    duration = tabserve("train", *count[:3], "duration_in_month", "--name", "months", *QUICK_FLAGS, store=tmp_path)
+    assert duration.returncode == 0 and "whole numbers" not in duration.stdout  # many values: regression
+
+
 def test_config_file_and_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "train.toml"
     cfg.write_text('[train]\nhidden = [16]\nactivation = "tanh"\nepochs = 2\nensemble = 1\n')

@@ -45,6 +45,7 @@ from training.reading import sniff_sep as sniff_sep
 
 POSITIVE_WORDS = ("yes", "y", "true", "t", "1", "bad", "churn", "default", "positive", "fraud")
 MAX_CLASSES = 50
+INTEGER_CLASSES = 10  # a numeric target of at most this many whole numbers (a rating, a small count) is classes
 # rows a class needs: one or more for the test split, the rest for training and validation (a
 # stratified split of fewer fails, and a class seen once can be neither learned nor evaluated)
 MIN_CLASS_ROWS = 3
@@ -173,7 +174,7 @@ def infer_schema(
     if not schema.features:
         raise DataError("no usable feature columns left after schema inference")
     if target is not None:
-        schema.table.insert(0, _target_row(cfg.target, target))
+        schema.table.insert(0, _target_row(cfg.target, target, cfg.task))
         leaks = leakage_warnings(df, schema, target, cfg)
         for columns, warning in leaks:
             for row in schema.table:
@@ -550,8 +551,15 @@ def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
     return {"column": col, "type": "categorical", "levels": schema.levels.get(col, 0), "why": why}
 
 
-def _target_row(name: str, target: Target) -> dict[str, Any]:
+def _target_row(name: str, target: Target, requested: str) -> dict[str, Any]:
     why = f"{target.task} target" + (f" (positive class {target.positive!r})" if target.positive is not None else "")
+    numbers = [label for label in target.labels if isinstance(label, int | float) and not isinstance(label, bool)]
+    if requested == "auto" and target.task == "multiclass" and len(numbers) == len(target.labels):
+        # a count or a rating became classes: say so, and how to predict it as a number instead
+        why += (
+            f": {len(numbers)} whole numbers (at most {INTEGER_CLASSES} are classes; "
+            "--task regression predicts it as a number)"
+        )
     if target.merged:
         why += "; labels written two ways merged: " + ", ".join(f"{k!r}→{v!r}" for k, v in target.merged.items())
     return {"column": name, "type": "target", "why": why}
@@ -763,7 +771,7 @@ def _decide_task(requested: str, present: list[str], column: pd.Series, decimal:
             raise DataError(f"target has {distinct} text classes (> {MAX_CLASSES}); is it an id?")
         return "multiclass"
     integral = bool(np.all(np.mod(numbers, 1) == 0))
-    return "multiclass" if integral and distinct <= 10 else "regression"
+    return "multiclass" if integral and distinct <= INTEGER_CLASSES else "regression"
 
 
 def _try_numbers(values: list[str], decimal: str = ".") -> np.ndarray | None:

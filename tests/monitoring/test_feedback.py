@@ -3,13 +3,19 @@ arrives days after its prediction still labels it in the export."""
 
 from __future__ import annotations
 
+import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from monitoring.feedback import records_of
+from monitoring.feedback import Feedback, records_of
+from monitoring.log import LogLocation
 from monitoring.report import LogReader
+from service import bundle
+from tests.conftest import GERMAN, quick_config
 
 
 def test_csv_outcomes_stay_as_sent() -> None:
@@ -42,3 +48,57 @@ def test_an_outcome_days_later_labels_its_prediction(tmp_path: Path) -> None:
     out = tmp_path / "train.parquet"
     assert LogReader(tmp_path, "churn").export(out, labelled=True) == 1
     assert pq.read_table(out).to_pylist() == [{"customerID": "a", "tenure": 3.0, "Churn": "Yes"}]
+
+
+def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
+    """A real german model (an id column added; `amounts="comma"`: credit_amount in hundreds with a
+    decimal comma, as a European export writes it), trained, then its file scored into a log."""
+    from training.pipeline import train
+
+    with GERMAN.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["loan_id"] = f"L{i:04d}"
+        if amounts == "comma":
+            row["credit_amount"] = f"{int(row['credit_amount']) / 100:.2f}".replace(".", ",")
+    data = tmp_path / "german.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["loan_id", *(k for k in rows[0] if k != "loan_id")], delimiter=sep)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = train(quick_config(data, target, tmp_path / "models", name="m"), say=lambda _: None)
+    assert result.bundle is not None
+    log = tmp_path / "log"
+    score = ["score", "--model", "m", "--models", str(tmp_path / "models"), "--input", str(data)]
+    done = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *score, "--output", str(tmp_path / "scored.csv"), "--log", str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return result.bundle, log
+
+
+def test_regression_outcomes_are_read_as_the_training_file_wrote_the_target(tmp_path: Path) -> None:
+    ref, log = _scored(tmp_path, "credit_amount", ";", amounts="comma")
+    assert ref.preprocess.task == "regression" and ref.preprocess.read.decimal == ","
+    feedback = Feedback(LogLocation.of(log), "m", ref.preprocess)
+    # `11,69` is 11.69 in the file the model learnt from (float() refused it as "not a number")
+    body = "loan_id;credit_amount\nL0000;11,69\nL0001; 59,51 \nL0002;1.234,50\nL0003;\n"
+    stored = feedback.submit(records_of(body.encode(), "text/csv"), partial=True)
+    assert [float(item.outcome) for item in stored.labelled] == [11.69, 59.51, 1234.5]
+    assert stored.refused == [
+        {"record": 3, "field": "credit_amount", "message": "the outcome (credit_amount) is missing"}
+    ]
+
+
+def test_an_integer_class_written_as_a_float_is_that_class(tmp_path: Path) -> None:
+    ref, log = _scored(tmp_path, "number_of_existing_credits_at_this_bank", ",")
+    assert ref.preprocess.task == "multiclass" and 2 in ref.preprocess.labels
+    feedback = Feedback(LogLocation.of(log), "m", ref.preprocess)
+    # pandas writes an integer column with gaps as `2.0`; training merges it with `2` (it was refused)
+    body = "loan_id,number_of_existing_credits_at_this_bank\nL0000,2.0\nL0001,1\nL0002,2.5\n"
+    stored = feedback.submit(records_of(body.encode(), "text/csv"), partial=True)
+    assert [item.outcome for item in stored.labelled] == ["2", "1"]
+    assert [(d["record"], d["field"]) for d in stored.refused] == [(2, "number_of_existing_credits_at_this_bank")]

@@ -291,6 +291,23 @@ def roles(listing: str) -> dict[str, str]:
     return {row[1]: row[2] for row in cells}
 
 
+def test_listed_decisions_name_their_model_a_canary_and_the_shadow(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    shutil.copytree(store / "churn", store / "other")  # a second name: its decisions are listed after churn's
+    for name in ("churn", "other"):
+        release.decide(store, name, "promote", 1, why="first")
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 2, canary=0.1, why="try it")
+    release.decide(store, "churn", "shadow", shadow=True)
+    lines = [line.strip() for line in tabserve("models", store=store).stdout.splitlines() if " — " in line]
+    # each line named its version only: two models' "promote 1 — first" read alike, a canary as a promotion
+    assert lines[0].startswith("churn ") and lines[-1].startswith("other ") and lines[-1].endswith("promote 1 — first")
+    assert any(line.startswith("churn ") and "promote 2 as canary (10 %) — try it" in line for line in lines)
+    assert any(line.startswith("churn ") and line.endswith("shadow on —") for line in lines)
+
+
 def test_a_rolled_back_version_still_answers_by_number_until_retired(
     churn_bundle: bundle.BundleRef, tmp_path: Path
 ) -> None:
