@@ -143,6 +143,7 @@ class Report:
     live: list[dict[str, Any]] = field(default_factory=list)  # per period with outcomes: metrics
     calibration: list[dict[str, float]] = field(default_factory=list)  # whole range (binary)
     training: dict[str, Any] = field(default_factory=dict)
+    other_versions: dict[int, int] = field(default_factory=dict)  # version → its rows in the span, left out
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON, with each PSI's usual reading."""
@@ -166,8 +167,14 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
             f"{ref.name} version {ref.version} has no {bundle.DRIFT_FILE}: retrain it for drift monitoring"
         )
     reference = json.loads((ref.path / bundle.DRIFT_FILE).read_text())
-    where = f"WHERE _at >= now() - INTERVAL '{interval(since)}'" if since else ""
+    span = f"_at >= now() - INTERVAL '{interval(since)}'" if since else "true"
     present = set(reader._columns("predictions"))
+    # this version's rows only: its training is the reference, and a canary's or a former champion's
+    # scores are another model's (their own reports: name@version)
+    others = dict(
+        reader.db.sql(f"SELECT _version, count(*) FROM predictions WHERE {span} GROUP BY _version").fetchall()
+    )
+    where = f"WHERE {span} AND _version = {int(ref.version)}"
     bins, expected = [], {}
     for feat in pre.features:
         if feat.name in present:
@@ -178,6 +185,7 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
     expected["score"] = np.asarray(reference["score"]["shares"])
     periods, counts = bin_counts(reader, [sql for _, sql in bins], [len(expected[n]) for n, _ in bins], by, where)
     report = Report(ref.name, ref.version, periods, [], {}, {}, [], [], score_edges)
+    report.other_versions = {int(v): int(n) for v, n in sorted(others.items()) if v != ref.version}
     report.rows = counts[-1].sum(axis=1).tolist()
     totals = {}
     for j, (name, _) in enumerate(bins):

@@ -737,6 +737,8 @@ def _print_report(report: Any, shown: int = 10) -> None:
     """PSI per field per period (the last `shown` periods), the fields that moved most first; then live metrics."""
     from service.drift import NO_ROWS, reading
 
+    for version, rows in report.other_versions.items():  # a canary's, a former champion's: not this reference's
+        console.print(f"left out: {rows:,} rows scored by v{version} (their report: --model {report.model}@{version})")
     if report.empty:  # an empty table would colour nothing and say nothing: no verdict without rows
         console.print(f"{report.model} v{report.version}: {NO_ROWS} in this span (no drift verdict)")
         return

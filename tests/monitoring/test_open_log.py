@@ -69,6 +69,31 @@ def test_monitor_and_export_read_the_open_segment(served: Server, tmp_path: Path
     assert pq.read_table(exported).num_rows == ROWS
 
 
+def test_monitor_reports_one_version_and_names_the_rows_it_left_out(
+    served: Server, churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """After v2 is promoted, `--model churn` is v2 against v2's training: v1's rows are another
+    model's scores, left out and counted (they were pooled with v2's reference)."""
+    import shutil
+
+    from service import release
+    from tests.service.conftest import republish
+
+    store = tmp_path / "models"
+    shutil.copytree(served.store, store)
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 2, why="retrained")
+    log = str(served.store.parent / "log")
+    figures = tmp_path / "v2.json"
+    now = tabserve("monitor", "--model", "churn", "--log", log, "--models", str(store), "--json", str(figures))
+    assert now.returncode == 0, now.stderr
+    assert f"left out: {ROWS:,} rows scored by v1 (their report: --model churn@1)" in now.stdout
+    assert "churn v2: no rows yet" in now.stdout and sum(json.loads(figures.read_text())["rows"]) == 0
+    before = tabserve("monitor", "--model", "churn@1", "--log", log, "--models", str(store), "--json", str(figures))
+    assert before.returncode == 0 and "left out" not in before.stdout, before.stderr
+    assert sum(json.loads(figures.read_text())["rows"]) == ROWS
+
+
 def test_semicolon_outcomes_are_stored_by_the_route_and_the_cli(served: Server, tmp_path: Path) -> None:
     answer = httpx.post(
         served.url + "/models/churn/feedback", content=outcomes(20, ";"), headers={"content-type": "text/csv"}
