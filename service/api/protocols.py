@@ -48,7 +48,13 @@ async def _model_doc(store: ModelStore, name: str, version: int | None) -> dict[
         "platform": "onnxruntime_onnx",
         "inputs": v2.input_metadata(model.pre),
         "outputs": v2.output_metadata(model.pre, model.explainer is not None),
-        "parameters": {"version": str(model.version), "task": model.pre.task, "provider": model.provider},
+        "parameters": {
+            "version": str(model.version),
+            "task": model.pre.task,
+            "provider": model.provider,
+            # the order of `probabilities`' columns: a client has no other way to tell them apart
+            **({"labels": [str(label) for label in model.pre.labels]} if model.pre.labels else {}),
+        },
     }
 
 

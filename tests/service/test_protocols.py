@@ -38,6 +38,7 @@ def test_v2_server_and_model_metadata(churn_server: Server) -> None:
     assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "probabilities", "attributions"]
     assert meta["outputs"][3]["shape"] == [-1, 19]
     assert meta["outputs"][2]["shape"] == [-1, 2] and meta["versions"] == ["1"]
+    assert meta["parameters"]["labels"] == ["No", "Yes"]  # the columns of `probabilities`, in order
     assert httpx.get(url + "/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
     assert httpx.get(url + "/v2/models/churn/versions/1/ready").status_code == 200
     assert httpx.get(url + "/v2/models/nope").status_code == 404
