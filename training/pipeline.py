@@ -480,6 +480,8 @@ def train(
             "test_after": _calibration_figures(pre, y[split.test], test_out),
         }
     metrics["test_caution"] = report.split_caution(pre, y[split.test])  # a test split too small to tell
+    if not metrics["test_caution"]:  # enough test rows to tell: has the model learnt anything at all?
+        metrics["signal_caution"] = report.no_signal(pre, y[split.dev], y[split.test], test_out)
     metrics["fits"] = _fits(prep, cfg, chosen)
     say(f"chosen on out-of-fold rows: {chosen.name} (" + ", ".join(_board_text(r) for r in leaderboard) + ")")
     if refits(prep, cfg):

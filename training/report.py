@@ -80,6 +80,27 @@ def split_caution(pre: Preprocess, y: np.ndarray) -> str | None:
     return None if few is None else f"test split: {few} — these figures cannot tell models apart"
 
 
+def no_signal(pre: Preprocess, y_dev: np.ndarray, y_test: np.ndarray, out: np.ndarray) -> str | None:
+    """One line where the model's per-row test loss is no lower than a constant's (the development
+    rows' class shares, or their mean) beyond noise: the columns may not predict the target at all."""
+    if pre.task == "regression":
+        ours, theirs = (y_test - out[:, 0]) ** 2, (y_test - y_dev.mean()) ** 2
+        measure, constant = "squared error", "predicting the mean"
+    else:
+        shares = np.bincount(y_dev.astype(np.int64), minlength=len(pre.labels)) / len(y_dev)
+        ours = row_log_loss(pre.task, y_test, out)
+        theirs = row_log_loss(pre.task, y_test, np.broadcast_to(shares, out.shape).copy())
+        measure, constant = "log loss", "predicting the class shares"
+    gain = theirs - ours
+    if len(gain) < 2 or gain.mean() - 1.96 * gain.std(ddof=1) / np.sqrt(len(gain)) > 0:
+        return None
+    return (
+        f"no signal: on the {len(gain):,} test rows its {measure} ({ours.mean():.4g}) is no lower than "
+        f"{constant} ({theirs.mean():.4g}) beyond noise, so these columns may not predict {pre.target}; "
+        "check the target and the data before serving it"
+    )
+
+
 def shipped_candidate(metrics: dict[str, Any]) -> str:
     """The leaderboard's chosen candidate (what ships), or "" for a run without one."""
     return next((str(row["candidate"]) for row in metrics.get("leaderboard") or [] if row.get("chosen")), "")
@@ -301,7 +322,7 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
     text = [
         f"This model predicts {what} for a row of `{data['file']}`, from {len(pre.features)} columns. "
         f"Fitted on {data['train_rows']:,} rows and tested on {data['test_rows']:,} rows that no model saw while fitting, "
-        + _standing(pre, m, m.get("test_caution"))
+        + _standing(pre, m, m.get("test_caution") or m.get("signal_caution"))
     ]
     if pre.task == "binary" and ev is not None:
         flagged = ev.out[:, 1] >= pre.threshold
@@ -343,7 +364,7 @@ def _standing(pre: Preprocess, m: dict[str, Any], caution: str | None = None) ->
     others = ", ".join(f"{k} {v:.3f}" for k, v in theirs.items())
     if not theirs:
         return f"its {name} is {ours:.3f}{meaning}."
-    if caution:  # too few test rows: a gap between the figures is no finding
+    if caution:  # too few test rows, or no signal: a gap between the figures is no finding
         return f"its {name} is {ours:.3f}{meaning}, against {others}; {caution}."
     best_name, best = min(theirs.items(), key=lambda kv: kv[1] if lower_better else -kv[1])
     gain = (best - ours) if lower_better else (ours - best)

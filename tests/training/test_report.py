@@ -135,7 +135,9 @@ def test_german_credit_card_names_its_positive_class(tmp_path: Path) -> None:
     assert f"whether **creditability** is `{pre.positive}`" in summary and "of every 1,000 rows" in summary
 
 
-def _console_run(tmp_path: Path, data: Path, **overrides: object) -> tuple[str, bundle.BundleRef]:
+def _console_run(
+    tmp_path: Path, data: Path, target: str = "creditability", **overrides: object
+) -> tuple[str, bundle.BundleRef]:
     """A real `tabserve train` run as the console shows it (piped), and its bundle."""
     import io
 
@@ -144,7 +146,7 @@ def _console_run(tmp_path: Path, data: Path, **overrides: object) -> tuple[str, 
     from training.progress import train_with_progress
 
     screen = io.StringIO()
-    cfg = quick_config(data, "creditability", tmp_path, name="credit", **overrides)
+    cfg = quick_config(data, target, tmp_path, name="credit", **overrides)
     result = train_with_progress(cfg, Console(file=screen, width=200, color_system=None))
     assert result.bundle is not None
     return screen.getvalue(), result.bundle
@@ -167,8 +169,27 @@ def test_a_test_split_with_one_row_of_a_class_states_no_verdict(tmp_path: Path) 
 
 def test_a_test_split_large_enough_keeps_its_verdict(churn_card: bundle.BundleRef) -> None:
     summary = card_of(churn_card).split("\n\n")[1]
-    assert "cannot tell models apart" not in summary
+    assert "cannot tell models apart" not in summary and "no signal" not in summary
     assert any(verdict in summary for verdict in ("on par with", "better than", "worse than"))
+    assert churn_card.metrics.get("signal_caution") is None
+
+
+def test_a_target_the_columns_do_not_predict_is_said_loudly(tmp_path: Path) -> None:
+    """Churn shuffled across customers: the model published is the class shares in disguise, and
+    the console and the card say so instead of ranking it against the baselines."""
+    with TELCO.open(newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    churn = [row[-1] for row in rows]
+    np.random.default_rng(0).shuffle(churn)
+    data = tmp_path / "shuffled.csv"
+    with data.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *[[*row[:-1], c] for row, c in zip(rows, churn, strict=True)]])
+    console, ref = _console_run(tmp_path / "store", data, "Churn")
+    caution = ref.metrics["signal_caution"]
+    assert caution.startswith("no signal: on the 1,409 test rows its log loss") and "may not predict Churn" in caution
+    assert f"WARNING: {caution}" in console.replace("\n", " ")
+    summary = card_of(ref).split("\n\n")[1]
+    assert caution in summary and not any(v in summary for v in ("on par with", "better than", "worse than"))
 
 
 def test_a_shipped_linear_path_is_named_and_not_described_as_early_stopped(tmp_path: Path) -> None:
