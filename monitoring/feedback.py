@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
-from service.features import Preprocess, category_key, parse_number
+from service.features import Preprocess, category_key, parse_number, plain_number
 from service.scoring.files import sniff_sep
 
 FEEDBACK = "feedback"
@@ -97,7 +97,7 @@ class Feedback:
         self.folded = {key: found[0] for key, found in folded.items() if len(found) == 1}
         # `2.0` is the class `2`, as training merges a target's numbers of equal value (pandas writes
         # an integer column with gaps as floats)
-        self.by_value = {number: label for label in self.labels if (number := _plain_number(label)) is not None}
+        self.by_value = {number: label for label in self.labels if (number := plain_number(label)) is not None}
 
     def submit(self, records: list[dict[str, Any]], partial: bool = False) -> Stored:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
@@ -170,7 +170,7 @@ class Feedback:
         text = key
         if text is not None and text not in self.labels:
             text = self.folded.get(text.casefold())
-        if text is None and key is not None and (as_number := _plain_number(key)) is not None:
+        if text is None and key is not None and (as_number := plain_number(key)) is not None:
             text = self.by_value.get(as_number)
         if text is None:
             return None, f"{value!r} is not a label of {self.model} (its labels: {', '.join(sorted(self.labels))})"
@@ -251,12 +251,3 @@ def outputs_of(pre: Preprocess, table: pa.Table) -> np.ndarray:
         return np.stack([1 - p, p], axis=1)
     flat = np.asarray(table.column("_probabilities").combine_chunks().flatten().to_numpy())
     return flat.reshape(-1, len(pre.labels))
-
-
-def _plain_number(text: str) -> float | None:
-    """A label as a number (`2`, `2.0`: one value), or None for text."""
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None

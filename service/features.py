@@ -86,6 +86,16 @@ def parse_number(value: Any, decimal: str = ".") -> float:
     return number
 
 
+def plain_number(text: str) -> float | None:
+    """A label written as a plain number (`2`, `2.0`: one value), or None for text: how a target's
+    classes written two ways are merged (training) and how an outcome finds its class (feedback)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 CURRENCIES = ("$", "€", "£", "¥", "₹", "USD", "EUR", "GBP", "CHF", "JPY")
 _GROUPING = (" ", "\u00a0", "\u202f", "'")  # separators that only ever group thousands
 

@@ -32,6 +32,7 @@ from service.features import (
     near_miss,
     parse_date,
     parse_number,
+    plain_number,
     shown_format,
 )
 from training.config import TrainConfig
@@ -337,7 +338,7 @@ def merged_levels(present: list[str], by_value: bool = False) -> dict[str, str]:
     counts = Counter(present)
     groups: dict[str | float, list[str]] = {}
     for level in counts:
-        number = _plain_number(level) if by_value else None
+        number = plain_number(level) if by_value else None
         groups.setdefault(level.casefold() if number is None else number, []).append(level)
     merged = {}
     for spellings in groups.values():
@@ -345,14 +346,6 @@ def merged_levels(present: list[str], by_value: bool = False) -> dict[str, str]:
             keep = min(spellings, key=lambda v: (-counts[v], v))
             merged.update({v: keep for v in spellings if v != keep})
     return merged
-
-
-def _plain_number(text: str) -> float | None:
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _has_leading_zeros(present: Iterable[str]) -> bool:
