@@ -64,7 +64,9 @@ def test_an_integer_target_trained_as_classes_says_why_and_how_to_predict_a_numb
     run = tabserve("train", *count, *QUICK_FLAGS, store=tmp_path)
     assert run.returncode == 0, run.stderr
     # the column table said only "multiclass target": a count of 1 to 4 became four classes, unexplained
-    assert "multiclass target: 4 whole numbers (at most 10 are classes; --task regression predicts" in run.stdout
+    assert (
+        "multiclass target: 4 whole-number values, taken as classes (a number with at most 10 is); --task" in run.stdout
+    )
     duration = tabserve("train", *count[:3], "duration_in_month", "--name", "months", *QUICK_FLAGS, store=tmp_path)
     assert duration.returncode == 0 and "whole numbers" not in duration.stdout  # many values: regression
 

@@ -375,8 +375,11 @@ def build_config(file: str | Path | None = None, **overrides: Any) -> TrainConfi
     try:
         return TrainConfig(**{**values, **flags}).validate()
     except ConfigError as e:
-        if str(e) in {_refusal(k, v) for k, v in values.items() if k not in flags}:
-            raise ConfigError(f"config file {file}: {e}") from None  # where to change it
+        # where to change it: the file, when one of its settings alone is refused so and no flag is
+        # (two settings can share a message: "ensemble and epochs must be ≥ 1, batch_size ≥ 2")
+        in_file = {_refusal(k, v) for k, v in values.items() if k not in flags}
+        if str(e) in in_file and str(e) not in {_refusal(k, v) for k, v in flags.items()}:
+            raise ConfigError(f"config file {file}: {e}") from None
         raise
 
 

@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -106,6 +107,14 @@ class Target:
     positive: Label | None
     dropped_missing: int
     merged: dict[str, str] = field(default_factory=dict)  # label spellings that differ only in case → the one kept
+
+    @cached_property
+    def ranks(self) -> np.ndarray:
+        """The target's ranks (ties averaged), once for every column's rank correlation with it."""
+        from scipy import stats  # scikit-learn's dependency
+
+        ranked: np.ndarray = stats.rankdata(self.y)
+        return ranked
 
 
 def file_sha256(path: str | Path) -> str:
@@ -226,7 +235,7 @@ def restated_columns(df: pd.DataFrame, schema: Schema) -> dict[str, tuple[str, f
     sample = df.iloc[:: max(1, len(df) // RESTATED_SAMPLE)]
     x = np.stack([values(c, sample) for c in schema.numeric], axis=1)
     filled = np.where(np.isnan(x), np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0), x)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a column constant on the sample: no candidate
+    with np.errstate(all="ignore"):  # a column constant on the sample, or past 1e154 (overflows): no candidate
         close = np.abs(np.corrcoef(filled, rowvar=False)) >= RESTATED
     whole: dict[str, np.ndarray] = {}  # a candidate's values on every row, parsed once
     restated: dict[str, tuple[str, float]] = {}
@@ -550,8 +559,8 @@ def _target_row(name: str, target: Target, requested: str) -> dict[str, Any]:
     if requested == "auto" and target.task == "multiclass" and len(numbers) == len(target.labels):
         # a count or a rating became classes: say so, and how to predict it as a number instead
         why += (
-            f": {len(numbers)} whole numbers (at most {INTEGER_CLASSES} are classes; "
-            "--task regression predicts it as a number)"
+            f": {len(numbers)} whole-number values, taken as classes (a number with at most {INTEGER_CLASSES} is); "
+            "--task regression predicts it as a number"
         )
     if target.merged:
         why += "; labels written two ways merged: " + ", ".join(f"{k!r}→{v!r}" for k, v in target.merged.items())
@@ -592,8 +601,8 @@ def leakage_warnings(df: pd.DataFrame, schema: Schema, target: Target, cfg: Trai
                     f"(the target under another name, or known only after the outcome); --drop {col} unless it is known when predicting",
                 )
             )
-    if target.task == "regression" and not warnings:
-        parts, r2 = target_parts(df, schema, target.y)
+    if target.task == "regression":  # the columns already named alone are no one's parts
+        parts, r2 = target_parts(df, schema, target.y, {c for columns, _ in warnings for c in columns})
         if parts:
             named = " + ".join(f"'{c}'" for c in parts)
             warnings.append(
@@ -607,11 +616,11 @@ def leakage_warnings(df: pd.DataFrame, schema: Schema, target: Target, cfg: Trai
     return warnings
 
 
-def target_parts(df: pd.DataFrame, schema: Schema, y: np.ndarray) -> tuple[list[str], float]:
+def target_parts(df: pd.DataFrame, schema: Schema, y: np.ndarray, named: set[str]) -> tuple[list[str], float]:
     """Two or three numeric columns whose weighted sum is the target (R² ≥ PARTS_R2 on held rows), or [].
     Chosen greedily, each step the column closest to what the chosen ones leave unexplained; fitted
     on half of a seeded sample and judged on the other half, so many columns cannot fit noise."""
-    cols = [c for c in schema.numeric if c not in schema.dates]
+    cols = [c for c in schema.numeric if c not in schema.dates and c not in named]
     rows = np.random.default_rng(0).permutation(len(y))[:PARTS_ROWS]
     if len(cols) < 2 or len(rows) < 40:
         return [], 0.0
@@ -620,11 +629,15 @@ def target_parts(df: pd.DataFrame, schema: Schema, y: np.ndarray) -> tuple[list[
     filled = np.where(np.isnan(x), np.nanmedian(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0), x)
     t = y[rows]
     half = len(rows) // 2
-    scale = filled[:half].std(axis=0)
-    usable = scale > 0
-    if usable.sum() < 2 or t[:half].std() == 0 or t[half:].std() == 0:
+    with np.errstate(all="ignore"):  # values near float64's limit (a 1e308 placeholder) overflow: not parts
+        scale = filled[:half].std(axis=0)
+        usable = np.isfinite(scale) & (scale > 0)
+        spread = t[:half].std(), t[half:].std()
+        if usable.sum() < 2 or not all(np.isfinite(s) and s > 0 for s in spread):
+            return [], 0.0
+        z = (filled[:, usable] - filled[:half, usable].mean(axis=0)) / scale[usable]
+    if not np.isfinite(z).all():
         return [], 0.0
-    z = (filled[:, usable] - filled[:half, usable].mean(axis=0)) / scale[usable]
     names = [c for c, u in zip(cols, usable, strict=True) if u]
     chosen: list[int] = []
     left = t[:half] - t[:half].mean()
@@ -661,13 +674,14 @@ def _alone(column: pd.Series, col: str, schema: Schema, target: Target, cfg: Tra
             aucs = [float(roc_auc_score(y, np.where(missing, end, x))) for end in ends]
             return max(max(auc, 1 - auc) for auc in aucs), "AUC"
         x = np.where(missing, np.nanmedian(x), x)
-        if x.std() == 0 or y.std() == 0:
-            return 0.0, ""
+        with np.errstate(all="ignore"):  # values past 1e154 overflow (NaN: no leak); training refuses them later
+            if not x.std() > 0 or y.std() == 0:
+                return 0.0, ""
+            linear = float(np.nan_to_num(abs(np.corrcoef(x, y)[0, 1])))
         from scipy import stats  # scikit-learn's dependency
 
-        linear = abs(float(np.corrcoef(x, y)[0, 1]))
         # the target's logarithm, or the target rounded to bands, keeps its order but not its line
-        ranked = abs(float(stats.spearmanr(x, y).statistic))
+        ranked = abs(float(np.corrcoef(stats.rankdata(x), target.ranks)[0, 1]))
         return (linear, "|correlation|") if linear >= ranked else (ranked, "|rank correlation|")
     if col in schema.categorical and target.task != "regression":
         merged = schema.merged.get(col, {})

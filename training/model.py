@@ -94,7 +94,7 @@ class Normalize(nn.Module):
 EPOCH = dt.datetime(1970, 1, 1)  # a Thursday: weekday 3, Monday being 0
 MONTH_STARTS = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365.2425)
 # a calendar cycle: its period in days, the day of the cycle the epoch falls on, the pieces' edges
-# (the weekday: +0.5 so a whole day sits mid-piece, never on an edge float32 rounding could cross)
+# (the weekday: +0.5 so a whole day sits at its hat's middle, never where float32 rounding could tip it)
 CYCLES: dict[str, tuple[float, float, tuple[float, ...]]] = {
     "weekday": (7.0, 3.5, tuple(float(d) for d in range(8))),
     "year": (365.2425, 0.0, tuple(float(d) for d in MONTH_STARTS)),
@@ -109,12 +109,12 @@ class Pieces(nn.Module):
     """Piecewise-linear encodings of the standardized numerics for the deep path (Gorishniy et al.
     2022, "PLE"): piece i of a column is 0 below edge i, 1 above edge i+1, linear between, so a
     first layer over the pieces can bend the column's effect at each training quantile. A date's
-    weekday and time of year are pieces too, of its day number modulo the cycle's period."""
+    weekday (hats: HATS) and time of year are pieces too, of its day number modulo the cycle's period."""
 
     def __init__(self, pre: Preprocess) -> None:
         super().__init__()
         norm = Normalize(pre)
-        # column, scale, shift, period, lo, hi, whether a hat (then lo is its middle, hi - lo its half-width)
+        # column, scale, shift, period, lo, hi, whether a hat (then lo is its middle, hi its half-width)
         rows: list[tuple[int, float, float, float, float, float, bool]] = []
         for j, f in enumerate(pre.numeric):
             if f.bins:

@@ -14,7 +14,7 @@ from monitoring.accuracy import calibration, row_log_loss
 from service.bundle import CARD_FILE
 from service.features import Encoded, NumericFeature, Preprocess, category_key, parse_number
 from training import figures
-from training.train import History
+from training.train import LEARNT, History
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the threshold table's rows, beside the chosen one
 SEGMENTS_SHOWN = 5
@@ -362,10 +362,10 @@ def _standing(pre: Preprocess, m: dict[str, Any], caution: str | None = None) ->
         "rmse": f" (the typical error; the target's standard deviation is {pre.target_std:.4g})",
     }.get(key, "")
     others = ", ".join(f"{k} {v:.3f}" for k, v in theirs.items())
+    if caution:  # too few test rows, or no signal: a gap between the figures is no finding
+        return f"its {name} is {ours:.3f}{meaning}" + (f", against {others}" if theirs else "") + f"; {caution}."
     if not theirs:
         return f"its {name} is {ours:.3f}{meaning}."
-    if caution:  # too few test rows, or no signal: a gap between the figures is no finding
-        return f"its {name} is {ours:.3f}{meaning}, against {others}; {caution}."
     best_name, best = min(theirs.items(), key=lambda kv: kv[1] if lower_better else -kv[1])
     gain = (best - ours) if lower_better else (ours - best)
     if abs(gain) < 0.005 * (pre.target_std if key == "rmse" else 1):
@@ -502,7 +502,7 @@ def fit_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
         ]
         if any(row.get("learnt") for row in members):
             lines += [
-                "A member marked learnt stopped once its validation loss fell below 0.1 % of the loss of "
+                f"A member marked learnt stopped once its validation loss fell below {LEARNT:.1%} of the loss of "
                 "predicting the class shares: it tells the classes apart almost surely (a leaked column, a rule).",
                 "",
             ]

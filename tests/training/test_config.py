@@ -110,3 +110,6 @@ def test_an_out_of_range_value_names_the_config_file_it_came_from(tmp_path: Path
     with pytest.raises(ConfigError, match=r"^dropout must be in \[0, 1\)$"):
         build_config(path, data=str(TELCO), target="Churn", dropout=1.5)
     assert build_config(path, data=str(TELCO), target="Churn", threads=2).epochs == 3  # a flag wins
+    path.write_text("epochs = 0\n")  # a message two settings share: the flag's mistake is not the file's
+    with pytest.raises(ConfigError, match=r"^ensemble and epochs must be ≥ 1, batch_size ≥ 2$"):
+        build_config(path, data=str(TELCO), target="Churn", batch_size=1)
