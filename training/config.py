@@ -56,6 +56,11 @@ class TrainConfig:
     positive: str | None = opt(
         None, "positive class of a binary target (default: 'yes'/'true'/'1'/'bad'…, else the minority)"
     )
+    group_column: str | None = opt(
+        None,
+        "rows sharing this column's value (a customer's several rows, one incident's records) stay on one "
+        "side of every split, so test figures are for groups never seen",
+    )
     id_columns: list[str] = field(
         default_factory=list,
         metadata={"help": "identifier column, passed through scoring, never a feature (repeatable)"},
@@ -231,6 +236,12 @@ class TrainConfig:
             if self.target in getattr(self, name):  # left out, a feature or an id: which was meant is a guess
                 raise ConfigError(
                     f"{flag(name)} names the target {self.target!r}; name other columns or another target"
+                )
+        if self.group_column is not None:
+            self.group_column = self.group_column.strip()
+            if self.group_column == self.target:  # every group one class: nothing would be left to learn
+                raise ConfigError(
+                    f"{flag('group_column')} names the target {self.target!r}; name the column rows share"
                 )
         twice = sorted(set(self.date_columns) & set(self.categorical) | set(self.date_columns) & set(self.numeric))
         twice += sorted(set(self.categorical) & set(self.numeric))

@@ -7,7 +7,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -142,6 +142,17 @@ def category_values(column: pd.Series) -> list[str | None]:
     distinct, codes = _distinct(column)
     keys: list[str | None] = np.array([category_key(v) for v in distinct], dtype=object)[codes].tolist()
     return keys
+
+
+def group_keys(df: pd.DataFrame, cfg: TrainConfig) -> np.ndarray | None:
+    """Each row's group under --group-column (a blank is a group of its own row), or None without it."""
+    if cfg.group_column is None:
+        return None
+    if cfg.group_column not in df.columns:
+        raise _missing_column("--group-column", cfg.group_column, df)
+    keys = category_values(df[cfg.group_column])
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(k, len(index)) if k is not None else -1 - i for i, k in enumerate(keys)])
 
 
 def _distinct(column: pd.Series) -> tuple[Sequence[Any], np.ndarray]:
@@ -847,26 +858,65 @@ class Split:
         return np.concatenate([va for _, va in self.folds])
 
 
-def split_rows(target: Target, cfg: TrainConfig, test: np.ndarray | None = None) -> Split:
-    """Seeded, stratified (for classification) test split, then k folds or one validation split."""
+def split_rows(
+    target: Target, cfg: TrainConfig, test: np.ndarray | None = None, groups: np.ndarray | None = None
+) -> Split:
+    """Seeded, stratified (for classification) test split, then k folds or one validation split;
+    with `groups` (--group-column), a group's rows all on one side of each."""
     rows = np.arange(len(target.y))
     strat = target.y if target.task != "regression" else None
-    if test is None:
+    if test is None and groups is not None:
+        dev, test = _group_split(rows, target, groups, cfg.test_fraction, cfg)
+    elif test is None:
         dev, test = train_test_split(rows, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=strat)
     else:
         dev = np.setdiff1d(rows, test)
-    return Split(np.sort(dev), np.sort(test), _folds(dev, target, cfg))
+    return Split(np.sort(dev), np.sort(test), _folds(dev, target, cfg, groups))
 
 
-def _folds(dev: np.ndarray, target: Target, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+def _folds(
+    dev: np.ndarray, target: Target, cfg: TrainConfig, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     strat = target.y[dev] if target.task != "regression" else None
     if cfg.ensemble == 1:
+        if groups is not None:
+            return [_group_split(dev, target, groups, cfg.val_fraction, cfg)]
         tr, va = train_test_split(dev, test_size=cfg.val_fraction, random_state=cfg.seed, stratify=strat)
         return [(np.sort(tr), np.sort(va))]
     if strat is None:
         strat = np.zeros(len(dev), dtype=np.int64)
+    if groups is not None:
+        return [(dev[tr], dev[va]) for tr, va in _group_folds(dev, strat, groups, cfg.ensemble, cfg)]
     kfold = StratifiedKFold(n_splits=cfg.ensemble, shuffle=True, random_state=cfg.seed)
     return [(dev[tr], dev[va]) for tr, va in kfold.split(dev, strat)]
+
+
+def _group_split(
+    rows: np.ndarray, target: Target, groups: np.ndarray, fraction: float, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` cut in two with whole groups on each side, about `fraction` of them held (the first of
+    round(1 / fraction) stratified group folds)."""
+    strat = target.y[rows] if target.task != "regression" else np.zeros(len(rows), dtype=np.int64)
+    kept, held = next(_group_folds(rows, strat, groups, max(2, round(1 / fraction)), cfg))
+    if target.task != "regression" and len(np.unique(target.y[rows[held]])) < len(np.unique(target.y[rows])):
+        raise DataError(
+            f"--group-column {cfg.group_column}: no split of whole groups holds every class of {cfg.target} "
+            "on both sides (a class lives in a few groups); drop the option or merge rare classes"
+        )
+    return np.sort(rows[kept]), np.sort(rows[held])
+
+
+def _group_folds(rows: np.ndarray, strat: np.ndarray, groups: np.ndarray, k: int, cfg: TrainConfig) -> Iterator[Any]:
+    """StratifiedGroupKFold over `rows`: a group never on both sides; refused by name with too few groups."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    found = len(np.unique(groups[rows]))
+    if found < k:
+        raise DataError(
+            f"--group-column {cfg.group_column}: {found} group(s), fewer than the {k} parts it is split into"
+        )
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
+    return iter(list(folds.split(rows, strat, groups[rows])))
 
 
 def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarray | None = None) -> list[Feature]:

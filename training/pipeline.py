@@ -100,11 +100,12 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     schema = D.infer_schema(df, cfg, reading, target)
     for line in D.column_lines(schema):  # every column's type and why; how the file was read
         say(line)
+    groups = D.group_keys(df, cfg)
     if test_rows is None:
-        test_rows = champion_test_rows(cfg, target, sha256)
+        test_rows = champion_test_rows(cfg, target, sha256, groups)
         if test_rows is not None:
             say("split as the champion was (the same file): the gate compares both on rows neither trained on")
-    split = D.split_rows(target, cfg, test_rows)
+    split = D.split_rows(target, cfg, test_rows, groups)
     fit_rows = fit_rows_of(split, cfg)
     pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
     return TrainingData(df, schema, target, split, pre, _encoded(pre, df), sha256)
@@ -128,7 +129,9 @@ def _encoded(pre: Preprocess, df: pd.DataFrame) -> Encoded:
     return enc
 
 
-def champion_test_rows(cfg: TrainConfig, target: D.Target, sha256: str) -> np.ndarray | None:
+def champion_test_rows(
+    cfg: TrainConfig, target: D.Target, sha256: str, groups: np.ndarray | None = None
+) -> np.ndarray | None:
     """The champion's own test rows when it was trained on this very file, so that the gate compares
     the two on rows neither trained on (another seed would otherwise test the champion on rows it
     learned from); None otherwise."""
@@ -149,7 +152,7 @@ def champion_test_rows(cfg: TrainConfig, target: D.Target, sha256: str) -> np.nd
     if theirs is None:  # an older bundle: its split rebuilt from its seed (right unless it inherited rows)
         split_as = replace(cfg, seed=config["seed"], test_fraction=config.get("test_fraction", cfg.test_fraction))
         theirs = D.split_rows(target, split_as).test
-    if np.array_equal(theirs, D.split_rows(target, cfg).test):
+    if np.array_equal(theirs, D.split_rows(target, cfg, groups=groups).test):
         return None  # this run splits as the champion did anyway
     return theirs
 

@@ -113,3 +113,9 @@ def test_an_out_of_range_value_names_the_config_file_it_came_from(tmp_path: Path
     path.write_text("epochs = 0\n")  # a message two settings share: the flag's mistake is not the file's
     with pytest.raises(ConfigError, match=r"^ensemble and epochs must be ≥ 1, batch_size ≥ 2$"):
         build_config(path, data=str(TELCO), target="Churn", batch_size=1)
+
+
+def test_a_group_column_naming_the_target_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--group-column names the target 'Churn'"):
+        build_config(data=str(TELCO), target="Churn", group_column=" Churn ")
+    assert build_config(data=str(TELCO), target="Churn", group_column=" customerID ").group_column == "customerID"
