@@ -63,6 +63,7 @@ CODE_WORDS = frozenset({"zip", "zipcode", "postcode", "postal", "plz", "code"})
 REPEATED_ID_WORDS = ID_WORDS - {"no", "number", "nr", "index"}
 # an id-named column with more distinct values than this share of its rows repeats per customer
 ID_SHARE = 0.5
+REPEATED_GROUPS = 20  # shared values a column needs before its repeats can tell records from chance
 LEAK_SCORE = 0.99  # one feature alone this good (AUC, purity, |correlation|) is almost surely leakage
 # a regression target this well restated, out of sample, by a sum of two or three numeric columns is
 # their total (casual + registered = rentals): no business relation is that exact
@@ -202,7 +203,42 @@ def infer_schema(
                 if row["column"] in columns:
                     row["warning"] = warning
         schema.warnings += [warning for _, warning in leaks] + _stray_classes(cfg.target, target)
+        schema.warnings += repeated_records(df, target, cfg, {c for columns, _ in leaks for c in columns})
     return schema
+
+
+def repeated_records(df: pd.DataFrame, target: Target, cfg: TrainConfig, leaked: set[str]) -> list[str]:
+    """A warning for a column whose repeated values tie rows of one outcome together (one incident's
+    records, a customer's rows): split by row, a test row's twins are in training and the figures
+    flatter the model. Such a column's shared values have one class far more often than chance gives.
+    A leaked column (`leaked`: the target follows its value) shows the same, and is said as a leak."""
+    if target.task == "regression" or cfg.group_column is not None:
+        return []
+    shares = np.bincount(target.y, minlength=len(target.labels)) / len(target.y)
+    found = []
+    for col in df.columns:
+        if col == cfg.target or col in leaked:
+            continue
+        keys = df[col].astype(str).str.strip()
+        codes, uniques = pd.factorize(keys.where(keys != "", None))
+        shared = np.flatnonzero(np.bincount(codes[codes >= 0]) >= 2)
+        if len(shared) < REPEATED_GROUPS or len(uniques) < len(df) / 10:  # a few levels repeat by nature
+            continue
+        rows = np.isin(codes, shared)
+        table = pd.crosstab(codes[rows], target.y[rows])
+        sizes = table.sum(axis=1).to_numpy()
+        pure = (table.to_numpy().max(axis=1) == sizes).mean()
+        chance = (shares[None, :] ** sizes[:, None]).sum(axis=1)  # a group of m rows all one class by chance
+        # far purer than chance, with enough mixed groups expected for that to mean something
+        if (1 - chance).sum() >= 5 and 1 - pure <= 0.1 * (1 - chance).mean():
+            found.append((1 - pure, col, len(shared), int(rows.sum())))
+    return [
+        f"rows sharing a value of '{col}' have one {cfg.target} ({groups:,} values shared by {rows:,} rows, "
+        f"{1 - impure:.0%} of them with one outcome each): if they are one record repeated (an incident's, a "
+        f"customer's), a split by row puts its twins on both sides and flatters the test figures; "
+        f"--group-column {col} keeps each value's rows on one side"
+        for impure, col, groups, rows in sorted(found)[:1]
+    ]
 
 
 def _stray_classes(name: str, target: Target) -> list[str]:

@@ -329,24 +329,29 @@ def test_a_group_column_keeps_each_group_on_one_side_of_every_split(tmp_path: Pa
     """A customer's three rows (one outcome, as repeated records have): never split between training
     and test, nor between a fold's training and validation rows; too few groups is refused by name."""
     df = pd.read_csv(TELCO).head(900)
-    df["account"] = [f"A{i // 3}" for i in range(len(df))]
-    df["Churn"] = df.groupby("account")["Churn"].transform("first")
+    df["account_id"] = [f"A{i // 3}" for i in range(len(df))]
+    df["Churn"] = df.groupby("account_id")["Churn"].transform("first")
     path = tmp_path / "accounts.csv"
     df.to_csv(path, index=False)
-    prep = _prepare(path, "Churn", tmp_path, group_column="account", ensemble=3)
-    groups = df["account"].to_numpy()
+    ids = ["account_id"]  # an identifier: as a feature, each account's one outcome would read as a leak
+    prep = _prepare(path, "Churn", tmp_path, group_column="account_id", ensemble=3, id_columns=ids)
+    groups = df["account_id"].to_numpy()
     split = prep.split
     assert not set(groups[split.dev]) & set(groups[split.test]) and 0.15 < len(split.test) / len(df) < 0.25
     assert sorted(np.concatenate([va for _, va in split.folds]).tolist()) == split.dev.tolist()
     for tr, va in split.folds:
         assert not set(groups[tr]) & set(groups[va])
     assert set(prep.target.y[split.test]) == {0, 1}  # stratified: both classes held
-    plain = _prepare(path, "Churn", tmp_path, ensemble=3).split  # without the option rows split freely
-    assert set(groups[plain.dev]) & set(groups[plain.test])
-    df["account"] = [f"A{i % 2}" for i in range(len(df))]
+    assert not prep.schema.warnings
+    plain = _prepare(path, "Churn", tmp_path, ensemble=3, id_columns=ids)  # rows split freely, and it says so
+    assert set(groups[plain.split.dev]) & set(groups[plain.split.test])
+    assert [w.split("'")[1] for w in plain.schema.warnings] == ["account_id"]
+    assert "(300 values shared by 900 rows, 100% of them with one outcome each)" in plain.schema.warnings[0]
+    assert "--group-column account_id keeps each value's rows on one side" in plain.schema.warnings[0]
+    df["account_id"] = [f"A{i % 2}" for i in range(len(df))]
     df.to_csv(path, index=False)
-    with pytest.raises(D.DataError, match="--group-column account: 2 group"):
-        _prepare(path, "Churn", tmp_path, group_column="account")
+    with pytest.raises(D.DataError, match="--group-column account_id: 2 group"):
+        _prepare(path, "Churn", tmp_path, group_column="account_id")
 
 
 def test_id_column_flag_passes_through(tmp_path: Path) -> None:
