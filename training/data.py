@@ -934,7 +934,8 @@ def _group_split(
     round(1 / fraction) stratified group folds)."""
     strat = target.y[rows] if target.task != "regression" else np.zeros(len(rows), dtype=np.int64)
     kept, held = next(_group_folds(rows, strat, groups, max(2, round(1 / fraction)), cfg))
-    if target.task != "regression" and len(np.unique(target.y[rows[held]])) < len(np.unique(target.y[rows])):
+    classes = len(np.unique(target.y[rows]))
+    if target.task != "regression" and any(len(np.unique(target.y[rows[side]])) < classes for side in (kept, held)):
         raise DataError(
             f"--group-column {cfg.group_column}: no split of whole groups holds every class of {cfg.target} "
             "on both sides (a class lives in a few groups); drop the option or merge rare classes"
