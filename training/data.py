@@ -934,17 +934,12 @@ def _group_split(
     round(1 / fraction) stratified group folds)."""
     strat = target.y[rows] if target.task != "regression" else np.zeros(len(rows), dtype=np.int64)
     kept, held = next(_group_folds(rows, strat, groups, max(2, round(1 / fraction)), cfg))
-    classes = len(np.unique(target.y[rows]))
-    if target.task != "regression" and any(len(np.unique(target.y[rows[side]])) < classes for side in (kept, held)):
-        raise DataError(
-            f"--group-column {cfg.group_column}: no split of whole groups holds every class of {cfg.target} "
-            "on both sides (a class lives in a few groups); drop the option or merge rare classes"
-        )
     return np.sort(rows[kept]), np.sort(rows[held])
 
 
 def _group_folds(rows: np.ndarray, strat: np.ndarray, groups: np.ndarray, k: int, cfg: TrainConfig) -> Iterator[Any]:
-    """StratifiedGroupKFold over `rows`: a group never on both sides; refused by name with too few groups."""
+    """StratifiedGroupKFold over `rows`: a group never on both sides; refused by name with too few
+    groups, or where a side would lack a class (its rows in too few groups)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     found = len(np.unique(groups[rows]))
@@ -952,8 +947,14 @@ def _group_folds(rows: np.ndarray, strat: np.ndarray, groups: np.ndarray, k: int
         raise DataError(
             f"--group-column {cfg.group_column}: {found} group(s), fewer than the {k} parts it is split into"
         )
-    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
-    return iter(list(folds.split(rows, strat, groups[rows])))
+    folds = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed).split(rows, strat, groups[rows]))
+    classes = len(np.unique(strat))
+    if any(len(np.unique(strat[side])) < classes for fold in folds for side in fold):
+        raise DataError(
+            f"--group-column {cfg.group_column}: no split of whole groups holds every class of {cfg.target} "
+            "on both sides (a class lives in a few groups); drop the option or merge rare classes"
+        )
+    return iter(folds)
 
 
 def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarray | None = None) -> list[Feature]:

@@ -348,6 +348,10 @@ def test_a_group_column_keeps_each_group_on_one_side_of_every_split(tmp_path: Pa
     assert [w.split("'")[1] for w in plain.schema.warnings] == ["account_id"]
     assert "(300 values shared by 900 rows, 100% of them with one outcome each)" in plain.schema.warnings[0]
     assert "--group-column account_id keeps each value's rows on one side" in plain.schema.warnings[0]
+    df["Churn"] = np.where(df["account_id"].isin(["A0", "A1"]), "Yes", "No")  # churners: two accounts
+    df.to_csv(path, index=False)
+    with pytest.raises(D.DataError, match="no split of whole groups holds every class of Churn on both sides"):
+        _prepare(path, "Churn", tmp_path, group_column="account_id", id_columns=ids)
     df["account_id"] = [f"A{i % 2}" for i in range(len(df))]
     df.to_csv(path, index=False)
     with pytest.raises(D.DataError, match="--group-column account_id: 2 group"):
