@@ -7,7 +7,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -251,7 +251,7 @@ def _stray_classes(name: str, target: Target) -> list[str]:
     if (~stray).sum() != 2:
         return []
     shown = ", ".join(
-        f"{label!r} ({n} rows)" for label, n in zip(target.labels, counts, strict=True) if n < 0.01 * len(target.y)
+        f"{label!r} ({n} rows)" for label, n, few in zip(target.labels, counts, stray, strict=True) if few
     )
     return [
         f"target {name!r}: two classes and a few rows of {shown}, so the model is multiclass; "
@@ -602,11 +602,11 @@ def _typed_row(col: str, schema: Schema) -> dict[str, Any]:
 
 def _target_row(name: str, target: Target, requested: str) -> dict[str, Any]:
     why = f"{target.task} target" + (f" (positive class {target.positive!r})" if target.positive is not None else "")
-    numbers = [label for label in target.labels if isinstance(label, int | float) and not isinstance(label, bool)]
-    if requested == "auto" and target.task == "multiclass" and len(numbers) == len(target.labels):
+    numeric = all(isinstance(label, int | float) and not isinstance(label, bool) for label in target.labels)
+    if requested == "auto" and target.task == "multiclass" and numeric:
         # a count or a rating became classes: say so, and how to predict it as a number instead
         why += (
-            f": {len(numbers)} whole-number values, taken as classes (a number with at most {INTEGER_CLASSES} is); "
+            f": {len(target.labels)} whole-number values, taken as classes (a number with at most {INTEGER_CLASSES} is); "
             "--task regression predicts it as a number"
         )
     if target.merged:
@@ -933,11 +933,13 @@ def _group_split(
     """`rows` cut in two with whole groups on each side, about `fraction` of them held (the first of
     round(1 / fraction) stratified group folds)."""
     strat = target.y[rows] if target.task != "regression" else np.zeros(len(rows), dtype=np.int64)
-    kept, held = next(_group_folds(rows, strat, groups, max(2, round(1 / fraction)), cfg))
+    kept, held = _group_folds(rows, strat, groups, max(2, round(1 / fraction)), cfg)[0]
     return np.sort(rows[kept]), np.sort(rows[held])
 
 
-def _group_folds(rows: np.ndarray, strat: np.ndarray, groups: np.ndarray, k: int, cfg: TrainConfig) -> Iterator[Any]:
+def _group_folds(
+    rows: np.ndarray, strat: np.ndarray, groups: np.ndarray, k: int, cfg: TrainConfig
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """StratifiedGroupKFold over `rows`: a group never on both sides; refused by name with too few
     groups, or where a side would lack a class (its rows in too few groups)."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -954,7 +956,7 @@ def _group_folds(rows: np.ndarray, strat: np.ndarray, groups: np.ndarray, k: int
             f"--group-column {cfg.group_column}: no split of whole groups holds every class of {cfg.target} "
             "on both sides (a class lives in a few groups); drop the option or merge rare classes"
         )
-    return iter(folds)
+    return folds
 
 
 def fit_features(df: pd.DataFrame, schema: Schema, cfg: TrainConfig, y: np.ndarray | None = None) -> list[Feature]:

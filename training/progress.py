@@ -110,11 +110,10 @@ def _print_summary(result: TrainResult, console: Console) -> None:
         others = [f"{m[which].get(key, float('nan')):.4f}" for which in ("baseline_test", "gbm_test")]
         table.add_row(key, f"{value:.4f}", *others)
     console.print(table)
-    for caution in ("test_caution", "signal_caution"):  # the model card's (training/report.py)
-        if m.get(caution):
-            console.print(
-                f"WARNING: {m[caution]}" if caution == "signal_caution" else m[caution], markup=False, soft_wrap=True
-            )
+    if m.get("test_caution"):  # the model card's cautions (training/report.py)
+        console.print(m["test_caution"], markup=False, soft_wrap=True)
+    if m.get("signal_caution"):
+        console.print(f"WARNING: {m['signal_caution']}", markup=False, soft_wrap=True)
     if result.pre.threshold is not None:
         console.print(f"decision threshold {result.pre.threshold:.4f} for class {result.pre.positive!r}")
     if result.bundle:
