@@ -165,12 +165,13 @@ def _default_text(help: str, shown: Any) -> str:
 
 
 def _int_list(flag: str, values: list[str]) -> list[int]:
-    """`--hidden 128,64` (or `--hidden 128 --hidden 64`) → [128, 64]."""
-    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    try:
-        return [int(part) for part in parts]
-    except ValueError:
+    """`--hidden 128,64` (or `--hidden 128 --hidden 64`) → [128, 64], read as a config file's value."""
+    from training.config import int_list
+
+    sizes = int_list(",".join(values))
+    if sizes is None:
         _fail(f"{flag} takes whole numbers separated by commas, such as 128,64, not {','.join(values)!r}")
+    return sizes
 
 
 def train(config: Path | None = None, **flags: Any) -> None:

@@ -333,8 +333,15 @@ def test_score_names_the_encoding_that_reads_rows_not_utf8(churn_bundle: bundle.
         (["--drop", "telephone,creditability"], None, "--drop names the target 'creditability'"),
         ([], ("c.toml", 'ensemble = "two"\n'), "c.toml: ensemble must be a whole number, not 'two'"),
         ([], ("c.yaml", "hidden: [32, 16\nepochs: 3\n"), "c.yaml is not valid YAML (line 2, column 7)"),
+        (["--hidden", "64,0"], None, "hidden layer sizes must be ≥ 1, not 64,0"),
+        (["--hidden=-5"], None, "hidden layer sizes must be ≥ 1, not -5"),
+        ([], ("c.toml", 'hidden = "32,-1"\n'), "c.toml: hidden layer sizes must be ≥ 1, not 32,-1"),
+        (["--hidden", "64,x"], None, "--hidden takes whole numbers separated by commas, such as 128,64, not '64,x'"),
     ],
-    ids=["threshold-above-1", "threshold-percent", "drop-target", "toml-type", "yaml-syntax"],
+    ids=[
+        *["threshold-above-1", "threshold-percent", "drop-target", "toml-type", "yaml-syntax"],
+        *["hidden-zero", "hidden-negative", "hidden-file-negative", "hidden-text"],
+    ],
 )
 def test_bad_settings_refused_in_one_line_before_any_work(
     tmp_path: Path, args: list[str], config: tuple[str, str] | None, message: str

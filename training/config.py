@@ -198,6 +198,8 @@ class TrainConfig:
             raise ConfigError(f"numeric_bins must be ≥ 0 (0: off), not {self.numeric_bins}")
         if self.screen not in SCREENS:
             raise ConfigError(f"screen must be one of {', '.join(SCREENS)}, not {self.screen!r}")
+        if any(size < 1 for size in self.hidden):
+            raise ConfigError(f"hidden layer sizes must be ≥ 1, not {','.join(map(str, self.hidden))}")
         if self.ensemble < 1 or self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("ensemble and epochs must be ≥ 1, batch_size ≥ 2")
         if self.class_weight not in ("none", "balanced"):
@@ -350,18 +352,21 @@ def _file_value(p: Path, key: str, value: Any, kind: Any) -> Any:
     if kind == list[str] and all(isinstance(v, str | int) and not isinstance(v, bool) for v in names):
         return [str(v) for v in names]
     if kind == list[int]:
-        sizes = _int_list(value)
+        sizes = int_list(value)
         if sizes is not None:
             return sizes
     raise ConfigError(f"config file {p}: {key} must be {_kind_text(kind)}, not {value!r}")
 
 
-def _int_list(value: Any) -> list[int] | None:
-    """`[128, 64]`, `"128,64"` or `128` → `[128, 64]`; None when it is no list of whole numbers."""
+def int_list(value: Any) -> list[int] | None:
+    """`[128, 64]`, `"128,64"`, `"64,"` or `128` → `[128, 64]`; None when it is no list of whole numbers.
+    The one reading of `hidden`, a file's or a flag's; validate() then checks the sizes."""
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
     sizes = []
     for item in items:
-        if isinstance(item, str) and item.strip().isdecimal():
+        if isinstance(item, str) and not item.strip():  # "64," or "128, ,64": a stray comma
+            continue
+        if isinstance(item, str) and item.strip().lstrip("-").isdecimal():
             sizes.append(int(item))
         elif isinstance(item, int) and not isinstance(item, bool):
             sizes.append(item)
