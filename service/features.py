@@ -555,11 +555,13 @@ class Preprocess:
 
     @cached_property
     def ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """The smallest and largest value of each numeric feature seen in training, as float32."""
-        return (
-            np.array([f.min_ for f in self.numeric], dtype=np.float32),
-            np.array([f.max_ for f in self.numeric], dtype=np.float32),
-        )
+        """The smallest and largest value of each numeric feature seen in training, as float32 (one past
+        its range: ±inf, while training refuses that value's row by name)."""
+        with np.errstate(over="ignore"):
+            return (
+                np.array([f.min_ for f in self.numeric], dtype=np.float32),
+                np.array([f.max_ for f in self.numeric], dtype=np.float32),
+            )
 
     @cached_property
     def range_messages(self) -> tuple[list[str], list[str]]:

@@ -108,6 +108,8 @@ class Target:
     positive: Label | None
     dropped_missing: int
     merged: dict[str, str] = field(default_factory=dict)  # label spellings that differ only in case → the one kept
+    # each kept row's place among the file's rows (None: every row kept): errors name the file's row
+    file_rows: np.ndarray | None = None
 
     @cached_property
     def ranks(self) -> np.ndarray:
@@ -753,6 +755,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     keep = np.array([k is not None for k in keys])
     dropped = int((~keep).sum())
     df = df.loc[keep].reset_index(drop=True)
+    file_rows = np.flatnonzero(keep) if dropped else None
     present = [k for k in keys if k is not None]
     if not present:
         raise DataError(f"target column {cfg.target!r} has no values")
@@ -760,7 +763,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     if task == "regression":
         y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
-        return df, Target(task, y, [], None, dropped)
+        return df, Target(task, y, [], None, dropped, file_rows=file_rows)
     # `yes`, `YES` and `Yes` are one class, never three, and so are `1` and `1.0`: a binary target stays binary
     merged = merged_levels(present, by_value=True)
     present = [merged.get(k, k) for k in present]
@@ -778,7 +781,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)))
     labels = _typed_labels(levels)
     positive = labels[1] if task == "binary" else None
-    return df, Target(task, y, labels, positive, dropped, merged)
+    return df, Target(task, y, labels, positive, dropped, merged, file_rows)
 
 
 def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray) -> None:
@@ -1002,11 +1005,12 @@ def _fit_numeric(col: str, values: np.ndarray, robust: bool = False) -> NumericF
     finite = values[~np.isnan(values)]
     if finite.size == 0:
         raise DataError(f"feature column {col!r} has no values in the training split")
-    std = float(finite.std())
+    with np.errstate(over="ignore", invalid="ignore"):  # a value past float32's range: refused by row at encoding
+        std, mean = float(finite.std()), float(finite.mean())
     # NOTE: zero variance guarded: a constant column standardizes to 0, never to inf/NaN
     return NumericFeature(
         col,
-        float(finite.mean()),
+        mean,
         std if std > 1e-12 else 1.0,
         float(np.median(finite)),
         float(finite.min()),

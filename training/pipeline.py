@@ -19,7 +19,7 @@ import torch
 from monitoring.accuracy import EPS, calibration_outcomes, ece_floor
 from service import bundle, release
 from service.drift import reference_distribution, score_of
-from service.features import Encoded, EncodingError, Preprocess
+from service.features import Encoded, Preprocess
 from training import data as D
 from training import export, gate, report
 from training.config import TrainConfig, parse_seconds
@@ -108,14 +108,15 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     split = D.split_rows(target, cfg, test_rows, groups)
     fit_rows = fit_rows_of(split, cfg)
     pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
-    return TrainingData(df, schema, target, split, pre, _encoded(pre, df), sha256)
+    return TrainingData(df, schema, target, split, pre, _encoded(pre, df, target.file_rows), sha256)
 
 
 ENCODE_BLOCK = 65_536  # rows encoded at a time: a 500 k-row frame at once held ~600 MB of temporaries
 
 
-def _encoded(pre: Preprocess, df: pd.DataFrame) -> Encoded:
-    """Every row as model inputs, block by block; the first bad value stops the run, by its row."""
+def _encoded(pre: Preprocess, df: pd.DataFrame, file_rows: np.ndarray | None) -> Encoded:
+    """Every row as model inputs, block by block; the first bad value stops the run, named by its row
+    in the file, counted from 1 as `tabserve score` counts them (`file_rows`: rows kept, if not all)."""
     n = len(df)
     enc = Encoded(np.empty((n, len(pre.numeric)), np.float32), np.empty((n, len(pre.categorical)), np.int64))
     for start in range(0, n, ENCODE_BLOCK):
@@ -123,7 +124,9 @@ def _encoded(pre: Preprocess, df: pd.DataFrame) -> Encoded:
         part = pre.encode_columns(D.columns_of(block), len(block))
         if part.errors:
             error = next(iter(part.errors.values()))
-            raise D.DataError(str(EncodingError(start + error.row, error.field, error.reason)))
+            row = start + error.row if file_rows is None else int(file_rows[start + error.row])
+            field = "" if error.field is None else f", field '{error.field}'"
+            raise D.DataError(f"row {row + 1}{field}: {error.reason}")
         enc.num[start : start + len(block)], enc.cat[start : start + len(block)] = part.num, part.cat
         enc.warnings.update({start + row: found for row, found in part.warnings.items()})
     return enc

@@ -262,6 +262,12 @@ def test_rows_with_missing_target_are_dropped_and_counted(tmp_path: Path) -> Non
     prep = _prepare(path, "y", tmp_path)
     assert prep.target.dropped_missing == 7
     assert len(prep.target.y) == 113
+    # a bad value is named by its row in the file, counted from 1 as `tabserve score` counts them,
+    # not by its place among the rows kept
+    rows[10][3] = "1e300"
+    path = write_csv(tmp_path / "t.csv", ["customer", "RowNumber", "plan", "charges", "region", "y"], rows)
+    with pytest.raises(D.DataError, match=r"^row 11, field 'charges': expected a finite number within float32"):
+        _prepare(path, "y", tmp_path)
 
 
 def test_a_target_written_1_and_1_0_is_one_class(tmp_path: Path) -> None:
@@ -295,6 +301,7 @@ def test_a_field_filled_in_only_after_the_outcome_is_called_a_leak(tmp_path: Pat
     assert [w.split("'")[1] for w in warnings] == ["plan_fee"] and "(purity 0.99" in warnings[0]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a value past float32 is refused, not warned about on the way
 def test_a_regression_target_restated_is_called_a_leak(tmp_path: Path) -> None:
     """The target's logarithm (its order, not its line) and a total's parts (neither alone close to it)
     are leaks; telco's own columns are not, for any of its numeric targets."""
@@ -321,7 +328,7 @@ def test_a_regression_target_restated_is_called_a_leak(tmp_path: Path) -> None:
     # a placeholder near float64's limit overflows any sum: the leak checks pass it by (they crashed in
     # an SVD) and the row is refused by name, as any value past float32's range is
     df.assign(placeholder=np.where(np.arange(len(df)) % 2, 1e306, -1e306)).to_csv(path, index=False)
-    with pytest.raises(D.DataError, match="record 0, field 'placeholder': expected a finite number within float32"):
+    with pytest.raises(D.DataError, match="row 1, field 'placeholder': expected a finite number within float32"):
         _prepare(path, "MonthlyCharges", tmp_path)
 
 
