@@ -92,24 +92,25 @@ class Normalize(nn.Module):
 
 
 EPOCH = dt.datetime(1970, 1, 1)  # a Thursday: weekday 3, Monday being 0
-MONTH_STARTS = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365.2425)
-# a calendar cycle: its period in days, the day of the cycle the epoch falls on, the pieces' edges
-# (the weekday: +0.5 so a whole day sits at its hat's middle, never where float32 rounding could tip it)
+YEAR = 365.2425  # the Gregorian calendar's mean year, in days
+# a calendar cycle: its period in days, the day of the cycle the epoch falls on, the hats' edges
+# (the weekday: +0.5 so a whole day sits at its hat's middle, never where float32 rounding could tip it;
+# the year: twelve equal parts, about a month each)
 CYCLES: dict[str, tuple[float, float, tuple[float, ...]]] = {
     "weekday": (7.0, 3.5, tuple(float(d) for d in range(8))),
-    "year": (365.2425, 0.0, tuple(float(d) for d in MONTH_STARTS)),
+    "year": (YEAR, 0.0, tuple(YEAR * m / 12 for m in range(13))),
 }
-# cycles read as hats, one per piece, 1 at its middle and 0 at its neighbours' around the circle: a
-# date is its weekday one-hot, a time of day lies between two days, and nothing jumps where the week
-# wraps (as pieces that fill up, Sunday noon's rows sat on a cliff float32 rounding decided)
-HATS = frozenset({"weekday"})
+# each cycle is read as hats, one per part, 1 at its middle and 0 at its neighbours' around the circle:
+# a date is its weekday one-hot, a time of day lies between two days, and nothing jumps where a cycle
+# wraps (as pieces that filled up, Sunday noon's rows sat on a cliff float32 rounding decided, and the
+# year's wrap fell on 2020-01-01 03:00 exactly: an hourly file's row there scored by rounding)
 
 
 class Pieces(nn.Module):
     """Piecewise-linear encodings of the standardized numerics for the deep path (Gorishniy et al.
     2022, "PLE"): piece i of a column is 0 below edge i, 1 above edge i+1, linear between, so a
     first layer over the pieces can bend the column's effect at each training quantile. A date's
-    weekday (hats: HATS) and time of year are pieces too, of its day number modulo the cycle's period."""
+    weekday and time of year are hats (CYCLES), of its day number modulo the cycle's period."""
 
     def __init__(self, pre: Preprocess) -> None:
         super().__init__()
@@ -126,21 +127,11 @@ class Pieces(nn.Module):
                 for name in f.cycles:
                     period, phase, edges = CYCLES[name]
                     shift = (reference - f.mean_ + phase) % period
-                    if name in HATS:  # each hat's middle moved to the period's, where no wrap can reach it
-                        rows += [
-                            (
-                                j,
-                                -f.std_,
-                                (shift - (lo + hi) / 2 + period / 2) % period,
-                                period,
-                                period / 2,
-                                hi - lo,
-                                True,
-                            )
-                            for lo, hi in itertools.pairwise(edges)
-                        ]
-                    else:
-                        rows += [(j, -f.std_, shift, period, lo, hi, False) for lo, hi in itertools.pairwise(edges)]
+                    # each hat's middle moved to the period's, where no wrap can reach it
+                    rows += [
+                        (j, -f.std_, (shift - (lo + hi) / 2 + period / 2) % period, period, period / 2, hi - lo, True)
+                        for lo, hi in itertools.pairwise(edges)
+                    ]
         self.width, self.source = len(rows), [r[0] for r in rows]
         mix = torch.zeros(n_inputs(pre), len(rows))  # no pieces of a missing indicator
         for p, (j, scale, *_) in enumerate(rows):

@@ -87,26 +87,29 @@ def test_a_date_reads_as_its_weekday_and_month() -> None:
     weekday = pieces[:, :7]
     assert np.array_equal(weekday.argmax(axis=1), [d.weekday() for d in days])
     assert np.allclose(weekday, np.eye(7)[weekday.argmax(axis=1)], atol=1e-3)
-    # the time of year: a piece per month; within a day of the month's ends (the calendar's leap
-    # days against a mean year), the full pieces count the months before
+    # the time of year: twelve hats, one per twelfth of the year; away from a month's ends (a twelfth
+    # against a month, the calendar's leap days against a mean year) the highest is the date's month
     year = pieces[:, 7:]
-    inside = np.array([2 <= d.day <= 26 for d in days])
-    month = (year > 0.999).sum(axis=1) + 1
-    assert np.array_equal(month[inside], np.array([d.month for d in days])[inside])
+    assert np.allclose(year.sum(axis=1), 1.0, atol=1e-3)
+    inside = np.array([4 <= d.day <= 26 for d in days])
+    assert np.array_equal(year.argmax(axis=1)[inside] + 1, np.array([d.month for d in days])[inside])
 
 
-def test_a_time_of_day_moves_the_weekday_smoothly_around_the_week() -> None:
-    """Timestamps a minute apart over two weeks: the weekday's hats always add up to 1 and move by a
-    minute's share, Sunday to Monday and at every hour included: no jump for rounding to decide."""
-    start = dt.datetime(2024, 3, 2, 0, 0)
+def test_a_time_of_day_moves_the_calendar_smoothly_around_the_week_and_the_year() -> None:
+    """Timestamps a minute apart over two weeks across a new year: the weekday's hats and the year's
+    always add up to 1 and move by a minute's share, Sunday to Monday, at every hour and where the
+    year wraps (2020-01-01 03:00 exactly, as the mean year falls): no jump for rounding to decide."""
+    start = dt.datetime(2019, 12, 25, 0, 0)
     times = [start + dt.timedelta(minutes=m) for m in range(0, 14 * 24 * 60)]
-    pre = _date_feature("2024-06-30T00:00:00", np.array([0.0, 2000.0]))
+    pre = _date_feature("2021-06-30T00:00:00", np.array([0.0, 2000.0]))
     parse = pre.numeric[0].date
     assert parse is not None
     ages = torch.tensor([[parse(t.isoformat())] for t in times], dtype=torch.float32)
-    weekday = Pieces(pre)(Normalize(pre)(ages)).numpy()[:, :7]
-    assert np.allclose(weekday.sum(axis=1), 1.0, atol=1e-3)
+    pieces = Pieces(pre)(Normalize(pre)(ages)).numpy()
+    weekday, year = pieces[:, :7], pieces[:, 7:]
+    assert np.allclose(weekday.sum(axis=1), 1.0, atol=1e-3) and np.allclose(year.sum(axis=1), 1.0, atol=1e-3)
     assert np.abs(np.diff(weekday, axis=0)).max() < 3 / (24 * 60)  # a minute of a day, with float32's slack
+    assert np.abs(np.diff(year, axis=0)).max() < 1e-3  # a minute of a twelfth of a year is 2e-5
     noon = [i for i, t in enumerate(times) if t.hour == 12 and t.minute == 0]
     assert np.allclose(weekday[noon].max(axis=1), 0.5, atol=1e-3)  # halfway between its day and the next
 
