@@ -6,9 +6,11 @@ import collections
 import contextlib
 import csv
 import dataclasses
+import errno
 import inspect
 import os
 import re
+import signal
 import sys
 import time
 import typing
@@ -513,7 +515,11 @@ def score(
                 )
         else:
             raise ValueError(f"unknown engine {engine!r}: use local or ray")
-    except (ValueError, RuntimeError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EPIPE and str(output) == STDIO:
+            _reader_gone()
+        _fail(str(exc))
+    except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     out = err_console if str(output) == STDIO else console  # NOTE: stdout may be the scores themselves
     out.print(
@@ -533,6 +539,13 @@ def score(
     failing = _file_level_failure(summary)
     if failing:
         _fail(failing)
+
+
+def _reader_gone() -> NoReturn:
+    """`--output - | head`: the reader stopped early, as with any Unix filter, so exit as `cat` does
+    there (128 + SIGPIPE), silently; the rest of stdout goes nowhere (no second error at exit)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(128 + signal.SIGPIPE)
 
 
 def _reading(ref: bundle.BundleRef, sep: str | None, encoding: str | None) -> Any:

@@ -197,6 +197,16 @@ def test_cli_pipes_stdin_to_stdout(churn_bundle: bundle.BundleRef, tmp_path: Pat
         assert run.returncode == 0, run.stderr
         assert run.stdout == (tmp_path / "file.csv").read_bytes()  # nothing but the scores on stdout
         assert b"40 rows in, 40 scored, 0 with errors" in run.stderr
+    # `--output - | head -1`: the reader stops early; the command stops as `cat` does there (128 +
+    # SIGPIPE), with no error of its own (it said "error: [Errno 32] Broken pipe" and exited 2)
+    big = tmp_path / "big.csv"
+    big.write_bytes(source.read_bytes() + b"".join([source.read_bytes().split(b"\n", 1)[1]] * 2000))
+    with open(big, "rb") as data:
+        piped = subprocess.Popen(command, stdin=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert piped.stdout is not None and piped.stdout.readline().startswith(b'"customerID"')
+        piped.stdout.close()
+        _, stderr = piped.communicate(timeout=120)
+    assert piped.returncode == 141 and b"error" not in stderr, stderr
 
 
 def _piped(*args: str, store: Path) -> subprocess.CompletedProcess[str]:

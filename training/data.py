@@ -620,7 +620,11 @@ def column_lines(schema: Schema) -> list[str]:
     """The table training prints: how the file was read, then every column with its type and why."""
     r = schema.read
     sep = {"\t": "tab"}.get(r.sep, r.sep)
-    lines = [f"read as {r.format}: delimiter {sep!r}, decimal mark {r.decimal!r}, encoding {r.encoding}"]
+    lines = [
+        f"read as {r.format}: delimiter {sep!r}, decimal mark {r.decimal!r}, encoding {r.encoding}"
+        if r.format == "csv"  # a typed file has no delimiter nor encoding to guess; text numbers may still have a mark
+        else f"read as {r.format}: decimal mark {r.decimal!r} (numbers written as text)"
+    ]
     width = max(len(row["column"]) for row in schema.table)
     for row in schema.table:
         shown = row["type"] + (f" ({_levels_of(row)})" if row["type"] == "categorical" else "")

@@ -426,6 +426,9 @@ def test_a_parquet_file_trains_as_its_csv_does(tmp_path: Path) -> None:
     parquet_doc, csv_doc = from_parquet.pre.to_json(), from_csv.pre.to_json()
     assert parquet_doc.pop("read")["format"] == "parquet" and csv_doc.pop("read")["format"] == "csv"
     assert parquet_doc == csv_doc
+    # what training prints: a typed file has no delimiter nor encoding to guess (it said "delimiter ','")
+    assert D.column_lines(from_parquet.schema)[0] == "read as parquet: decimal mark '.' (numbers written as text)"
+    assert D.column_lines(from_csv.schema)[0] == "read as csv: delimiter ',', decimal mark '.', encoding utf-8"
     np.testing.assert_array_equal(from_parquet.enc.num, from_csv.enc.num)  # NaN (missing) compares equal
     np.testing.assert_array_equal(from_parquet.enc.cat, from_csv.enc.cat)
     nested = pa.table({"x": pa.array([[1], [2]]), "y": pa.array(["a", "b"])})
