@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from monitoring.report import Report
-from service.drift import NO_ROWS
+from service.drift import FEW_ROWS, NO_ROWS
 
 # the usual PSI reading as colours: stable, moderate, act
 PSI_COLOURS = ListedColormap(["#d8f0d2", "#9fd39a", "#ffe08a", "#f4a259", "#d1495b"])
@@ -39,7 +39,8 @@ def write_html(report: Report, path: Path) -> None:
     path.write_text(
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}</style>"
-        f"<h1>{html.escape(title)}</h1><p>PSI &lt; 0.1 stable, 0.1–0.25 moderate, &gt; 0.25 act. "
+        f"<h1>{html.escape(title)}</h1><p>PSI &lt; 0.1 stable, 0.1–0.25 moderate, &gt; 0.25 act; grey: "
+        f"{FEW_ROWS} in that period to tell. "
         f"{sum(report.rows):,} logged rows over {len(report.periods)} period(s).</p>\n{body}\n"
     )
 
@@ -47,10 +48,12 @@ def write_html(report: Report, path: Path) -> None:
 def heat_map(report: Report) -> str:
     names = sorted(report.psi, key=lambda n: -max(report.psi[n], default=0.0))
     values = np.array([report.psi[n] for n in names]) if report.periods else np.zeros((len(names), 1))
+    few = np.array([[r == FEW_ROWS for r in report.readings(n)] for n in names]) if report.periods else False
+    values = np.ma.masked_array(values, mask=few)  # a period too small to tell: grey, not a colour
     # room for the longest name (german's run to 56 characters): else tight_layout gives up with a warning
     labels = 0.08 * max((len(n) for n in names), default=0)
     fig, ax = plt.subplots(figsize=(min(2 + 0.5 * len(report.periods), 14) + labels, 1 + 0.3 * len(names)))
-    shown = ax.imshow(values, cmap=PSI_COLOURS, norm=PSI_BOUNDS, aspect="auto")
+    shown = ax.imshow(values, cmap=PSI_COLOURS.with_extremes(bad="#dddddd"), norm=PSI_BOUNDS, aspect="auto")
     ax.set_yticks(range(len(names)), names)
     ax.set_xticks(range(len(report.periods)), [p[:10] for p in report.periods], rotation=60, ha="right")
     fig.colorbar(shown, ax=ax, label="PSI")

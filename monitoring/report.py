@@ -20,7 +20,7 @@ from monitoring.accuracy import calibration, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import LogLocation, logged_parts
 from service import bundle
-from service.drift import NO_ROWS, population_stability, reading
+from service.drift import NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, NumericFeature, Preprocess
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
@@ -144,13 +144,19 @@ class Report:
     calibration: list[dict[str, float]] = field(default_factory=list)  # whole range (binary)
     training: dict[str, Any] = field(default_factory=dict)
     other_versions: dict[int, int] = field(default_factory=dict)  # version → its rows in the span, left out
+    noise: dict[str, list[float]] = field(default_factory=dict)  # field → psi_noise per period (its rows, its bins)
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON, with each PSI's usual reading."""
         doc = dict(vars(self))
-        doc["readings"] = {name: [reading(v) for v in values] for name, values in self.psi.items()}
+        doc["readings"] = {name: self.readings(name) for name in self.psi}
         doc["status"] = NO_ROWS if self.empty else "ok"
         return doc
+
+    def readings(self, name: str) -> list[str]:
+        """Each period's reading of a field's PSI: too few rows where noise alone would pass 0.1."""
+        noise = self.noise.get(name) or [0.0] * len(self.psi[name])  # none given: each PSI read as it is
+        return [reading(v, n) for v, n in zip(self.psi[name], noise, strict=True)]
 
     @property
     def empty(self) -> bool:
@@ -190,6 +196,7 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
     totals = {}
     for j, (name, _) in enumerate(bins):
         report.psi[name] = [population_stability(c, expected[name]) for c in counts[j]]
+        report.noise[name] = [psi_noise(expected[name], int(c.sum())) for c in counts[j]]
         totals[name] = counts[j].sum(axis=0)
         if pre.kinds.get(name) == "numeric":
             report.missing[name] = [float(c[-1] / max(c.sum(), 1)) for c in counts[j]]

@@ -5,7 +5,7 @@ deciles and their shares plus the missing share, categorical level shares, the s
 Here each batch's rows are counted into the same bins (a few numpy calls per batch, on the
 inference thread) over a sliding window of the last `monitor_window` records, and the population
 stability index (PSI) of each feature and of the score is read off the counts: < 0.1 stable,
-0.1–0.25 moderate, > 0.25 act.
+0.1–0.25 moderate, > 0.25 act; too few rows where noise alone would read moderate or worse.
 """
 
 from __future__ import annotations
@@ -40,13 +40,23 @@ def population_stability(counts: np.ndarray, expected: np.ndarray) -> float:
 
 
 NO_ROWS = "no rows yet"  # the reading of a window (or a report's span) with no scored row: no verdict
+FEW_ROWS = "too few rows"  # a window so small that an unchanged population would read moderate or worse
+STABLE, ACT = 0.1, 0.25  # the usual bounds: < 0.1 stable, 0.1–0.25 moderate, > 0.25 act
 
 
-def reading(psi: float | None) -> str:
-    """The usual reading of a PSI (None: nothing was compared)."""
+def psi_noise(expected: np.ndarray, rows: int) -> float:
+    """About the PSI an unchanged population shows on `rows` rows: (bins − 1) / rows, as PSI is
+    near χ² / rows (a 3-row window of deciles reads 3, "act", with nothing moved)."""
+    return (np.count_nonzero(expected) - 1) / rows if rows else float("inf")
+
+
+def reading(psi: float | None, noise: float = 0.0) -> str:
+    """The usual reading of a PSI (None: nothing was compared; `noise`: its psi_noise)."""
     if psi is None:
         return NO_ROWS
-    return "stable" if psi < 0.1 else "moderate" if psi <= 0.25 else "act"
+    if noise >= STABLE:
+        return FEW_ROWS
+    return "stable" if psi < STABLE else "moderate" if psi <= ACT else "act"
 
 
 class Drift:
@@ -127,12 +137,12 @@ class Drift:
             psi = population_stability(part, expected) if rows else None  # an empty window: no verdict
             psis.append(psi)
             if i < len(self._names):
-                doc: dict[str, Any] = {"psi": psi, "reading": reading(psi)}
+                doc: dict[str, Any] = {"psi": psi, "reading": reading(psi, psi_noise(expected, rows))}
                 if i < len(self._edges):
                     doc["missing_rate"] = float(part[-1] / rows) if rows else None
                 features[self._names[i]] = doc
-        score = psis[-1]
-        return {"window_rows": rows, "score": {"psi": score, "reading": reading(score)}, "features": features}
+        score = {"psi": psis[-1], "reading": reading(psis[-1], psi_noise(self._expected[-1], rows))}
+        return {"window_rows": rows, "score": score, "features": features}
 
 
 def reference_distribution(pre: Preprocess, num: np.ndarray, cat: np.ndarray, scores: np.ndarray) -> dict[str, Any]:

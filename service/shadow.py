@@ -20,7 +20,7 @@ import numpy as np
 
 from monitoring.accuracy import metrics_of, truth_of
 from monitoring.log import text_of
-from service.drift import population_stability, score_of
+from service.drift import NO_ROWS, population_stability, psi_noise, reading, score_of
 from service.features import Preprocess
 
 if TYPE_CHECKING:
@@ -204,6 +204,7 @@ class Shadow:
             "mean_abs_diff": None,
             "p99_abs_diff": None,
             "score_psi": None,
+            "score_psi_reading": NO_ROWS,
             "live": self.live() if self.keyed else None,
         }
         if not parts[0]:
@@ -213,6 +214,7 @@ class Shadow:
         if self.champion.pre.task != "regression":
             doc["label_agreement"] = float(agree.mean())
         doc["score_psi"] = score_psi(mine, theirs)
+        doc["score_psi_reading"] = reading(doc["score_psi"], psi_noise(np.ones(10), len(mine)))  # ~deciles
         return doc
 
 

@@ -749,7 +749,7 @@ def monitor(
 
 def _print_report(report: Any, shown: int = 10) -> None:
     """PSI per field per period (the last `shown` periods), the fields that moved most first; then live metrics."""
-    from service.drift import NO_ROWS, reading
+    from service.drift import FEW_ROWS, NO_ROWS
 
     for version, rows in report.other_versions.items():  # a canary's, a former champion's: not this reference's
         console.print(f"left out: {rows:,} rows scored by v{version} (their report: --model {report.model}@{version})")
@@ -762,13 +762,20 @@ def _print_report(report: Any, shown: int = 10) -> None:
         *[p[:10] if p.endswith("00:00") else p for p in periods],
         title=f"PSI of {report.model} v{report.version} against training (rows per period in the last line)",
     )
-    colour = {"stable": "green", "moderate": "yellow", "act": "bold red"}
-    order = sorted(report.psi, key=lambda name: -max(report.psi[name][-shown:], default=0.0))
-    for name in order:
+    colour = {"stable": "green", "moderate": "yellow", "act": "bold red", FEW_ROWS: "dim"}
+    said = {name: report.readings(name)[-shown:] for name in report.psi}
+
+    def moved(name: str) -> float:  # most moved first, by the periods with rows enough to tell
+        told = [v for v, r in zip(report.psi[name][-shown:], said[name], strict=True) if r != FEW_ROWS]
+        return max(told, default=0.0)
+
+    for name in sorted(report.psi, key=lambda name: -moved(name)):
         values = report.psi[name][-shown:]
-        table.add_row(name, *[f"[{colour[reading(v)]}]{v:.3f}[/]" for v in values])
+        table.add_row(name, *[f"[{colour[r]}]{v:.3f}[/]" for v, r in zip(values, said[name], strict=True)])
     table.add_row("rows", *[f"{n:,}" for n in report.rows[-shown:]])
     console.print(table)
+    if any(FEW_ROWS in readings for readings in said.values()):
+        console.print(f"dim: {FEW_ROWS} in that period to tell (an unchanged population would read 0.1 or more)")
     if report.live:
         keys = [
             k

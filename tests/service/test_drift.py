@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from service import bundle
+from service.drift import population_stability, psi_noise, reading
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server, telco_records
 
@@ -38,6 +40,35 @@ def test_a_shifted_feature_crosses_the_threshold_and_the_others_stay(
     line = next(x for x in metrics.splitlines() if x.startswith('tabserve_feature_psi{field="Contract"'))
     assert abs(float(line.split()[-1]) - shifted["psi"]) < 1e-9
     assert 'tabserve_missing_rate{field="TotalCharges",model="churn"}' in metrics
+
+
+def test_a_window_of_a_few_rows_reads_too_few_rows_not_act(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """Three records like training's: their PSIs are noise (a numeric's deciles read about 3 with
+    nothing moved), so the reading says so rather than "act"; the PSI itself is still given."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store) as server:
+        _send(server.url, RECORDS[:3])
+        few = httpx.get(server.url + "/models/churn/monitor").json()
+    assert few["window_rows"] == 3
+    assert few["features"]["tenure"]["psi"] > 0.25 and few["features"]["tenure"]["reading"] == "too few rows"
+    assert few["score"]["reading"] == "too few rows"
+    assert {doc["reading"] for doc in few["features"].values()} == {"too few rows"}
+
+
+def test_psi_noise_is_what_an_unchanged_population_reads() -> None:
+    """Rows drawn from the reference itself: at a window's size psi_noise says the PSI they read
+    (within a factor of 2 over 200 draws), and the reading turns from "too few rows" to "stable"."""
+    rng = np.random.default_rng(0)
+    expected = np.full(10, 0.1)
+    for rows in (30, 300, 3000):
+        psis = [
+            population_stability(np.bincount(rng.integers(0, 10, rows), minlength=10), expected) for _ in range(200)
+        ]
+        assert 0.5 < np.mean(psis) / psi_noise(expected, rows) < 2, rows
+    assert reading(0.3, psi_noise(expected, 30)) == "too few rows" and reading(0.3, psi_noise(expected, 3000)) == "act"
+    assert (
+        reading(0.05, psi_noise(expected, 3000)) == "stable" and reading(None, psi_noise(expected, 0)) == "no rows yet"
+    )
 
 
 def test_a_bundle_without_a_reference_says_so(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
