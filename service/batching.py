@@ -32,6 +32,15 @@ class DeadlineExceeded(TimeoutError):
     """Not answered within the deadline (queue wait plus inference): answer 504."""
 
 
+class NotFinite(ValueError):
+    """A request whose outputs are not numbers at these rows (values far beyond training's overflow
+    float32 inside the graph): refused, never answered NaN, logged or shadowed."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        super().__init__(f"outputs that are not numbers at rows {rows.tolist()[:5]}")
+        self.rows = rows
+
+
 SWEEP_S = 0.1  # how often requests are checked against their deadlines (no timer per request)
 
 
@@ -224,10 +233,12 @@ class AdaptiveBatcher:
             if p.deadline < now:  # answered too late: as the sweep would have
                 p.expire()
             elif not p.future.done():  # a client that went away cancelled its future
-                if error is not None:
-                    p.future.set_exception(error)
+                if error is not None or out is None:
+                    p.future.set_exception(error or RuntimeError("no output"))
+                elif len(bad := np.flatnonzero(~np.isfinite(out[start:end]).all(axis=1))):
+                    p.future.set_exception(NotFinite(bad))
                 else:
-                    p.future.set_result(out[start:end])  # type: ignore[index]
+                    p.future.set_result(out[start:end])
                     answered.append(p)
             start = end
         if not job.batched:

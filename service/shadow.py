@@ -72,7 +72,7 @@ class Shadow:
         self.recode = Recode(champion.pre, challenger.pre)
         assert challenger.score is not None  # set by load_model
         self._score = challenger.score
-        self.compared = self.shed = 0
+        self.compared = self.shed = self.unscored = 0  # unscored: rows whose challenger outputs were not numbers
         self.keyed = keyed and bool(champion.pre.id_columns)  # outputs kept per id, for outcomes to label
         self._scored: OrderedDict[tuple[str | None, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._labelled: OrderedDict[tuple[str | None, ...], tuple[np.ndarray, np.ndarray, str]] = OrderedDict()
@@ -120,7 +120,9 @@ class Shadow:
                 num, cat, out, notes = self._queue.popleft()
             try:
                 theirs = self._score(*self.recode(num, cat))
-                self._note(out, theirs)
+                finite = np.isfinite(theirs).all(axis=1)  # a value its graph overflows on: no figure to compare
+                self.unscored += int((~finite).sum())
+                self._note(out[finite], theirs[finite])
                 if self.keyed:
                     self._keep(out, theirs, notes)
             except Exception:  # the shadow never takes the champion down; it says so
@@ -159,7 +161,8 @@ class Shadow:
                     for r in range(n):
                         key = tuple(t[r] for t in texts)
                         self._scored.pop(key, None)
-                        self._scored[key] = (mine[row + r], theirs[row + r])
+                        if np.isfinite(theirs[row + r]).all():
+                            self._scored[key] = (mine[row + r], theirs[row + r])
                 row += n
             while len(self._scored) > self.window:
                 self._scored.popitem(last=False)
@@ -194,11 +197,12 @@ class Shadow:
         """Agreement over the last `window` compared rows (None where nothing was compared yet)."""
         with self._lock:
             parts = [list(kept) for kept in (self._mine, self._theirs, self._diff, self._agree)]
-            compared, shed = self.compared, self.shed
+            compared, shed, unscored = self.compared, self.shed, self.unscored
         doc: dict[str, Any] = {
             "challenger": self.challenger.version,
             "compared": compared,
             "shed": shed,
+            "unscored": unscored,
             "window": 0,
             "label_agreement": None,
             "mean_abs_diff": None,

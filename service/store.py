@@ -16,8 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from service import bundle, release
-from service.batching import AdaptiveBatcher
+from service.batching import AdaptiveBatcher, NotFinite
 from service.drift import Drift
+from service.errors import InputError
 from service.explain import Effects, Explainer
 from service.features import Encoded, Preprocess
 from service.protocols import codecs_for
@@ -70,7 +71,10 @@ class LoadedModel:
     async def infer(self, enc: Encoded, timeout: float | None = None, note: Any = None) -> np.ndarray:
         """Model outputs for encoded rows, through the batcher (which hands them, with `note`, to the
         store's observer once answered); their input warnings go to the metrics."""
-        out = await self.batcher.predict(enc.num, enc.cat, timeout, note)
+        try:
+            out = await self.batcher.predict(enc.num, enc.cat, timeout, note)
+        except NotFinite as exc:
+            raise self._too_far(enc, exc) from None
         if enc.tally:
             self.report_warnings(enc.tally)
         return out
@@ -79,13 +83,21 @@ class LoadedModel:
         """Model outputs and each feature's effect, through the explaining batcher."""
         if self.explainer is None or self.explain_batcher is None:
             raise NoExplainer(f"{self.name} version {self.version} has no explain.onnx: retrain it for reason codes")
-        both = await self.explain_batcher.predict(enc.num, enc.cat, timeout)
+        try:
+            both = await self.explain_batcher.predict(enc.num, enc.cat, timeout)
+        except NotFinite as exc:
+            raise self._too_far(enc, exc) from None
         if enc.tally:
             self.report_warnings(enc.tally)
         n_out, n_feat = self.pre.n_outputs, len(self.pre.features)
         effects = both[:, n_out : n_out + n_feat]
         score, baseline, target = (both[:, n_out + n_feat + i] for i in range(3))
         return both[:, :n_out], Effects(effects, score, baseline, target.astype(np.int64))
+
+    def _too_far(self, enc: Encoded, exc: NotFinite) -> InputError:
+        """The first record whose outputs are not numbers, and the field that took it there."""
+        row = int(exc.rows[0])
+        return InputError("invalid", f"record {row}, {self.pre.too_far(enc.num[row])}")
 
     def close(self) -> None:
         """No new batches; in-flight requests finish on the sessions they started on."""

@@ -228,6 +228,8 @@ class Scorer:
         if unparsed.null_count < batch.num_rows:
             for r in np.flatnonzero(unparsed.is_valid().to_numpy(zero_copy_only=False)).tolist():
                 messages[r] = f"row {rows[r]}: {unparsed[r].as_py()}"
+        for r in np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist():  # never a NaN score written
+            messages.setdefault(r, f"row {rows[r]}, {self.pre.too_far(enc.num[r])}")
         failed = np.zeros(batch.num_rows, dtype=bool)
         failed[list(messages)] = True
         error_col = pa.nulls(batch.num_rows, pa.string())

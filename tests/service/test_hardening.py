@@ -7,12 +7,14 @@ import json
 import shutil
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service import bundle
+from tests.conftest import TELCO
 from tests.service.conftest import Server, copy_store, running_server, telco_records, wait_until
 from tests.service.test_api import v2_body
 
@@ -201,3 +203,40 @@ def test_a_byte_order_mark_before_a_v2_binary_request_is_ignored(churn_server: S
     answer = post(churn_server, V2_INFER, head + raw, **{"inference-header-content-length": str(len(head))})
     plain = post(churn_server, V2_INFER, json.dumps(v2_body(records)).encode())
     assert answer.status_code == 200 and answer.json()["outputs"] == plain.json()["outputs"], answer.text
+
+
+@pytest.mark.parametrize("path", [*SCORING_ROUTES, V2_INFER, "/invocations"])
+def test_a_value_that_overflows_inside_the_graph_is_refused_by_name_never_answered_nan(
+    churn_server: Server, path: str
+) -> None:
+    """SeniorCitizen -3e38 is within float32's range, but standardized it overflows inside the graph:
+    the outputs were NaN, answered 200 with a null probability on every route (and logged). Now the
+    request is refused naming the record and the field; requests batched beside it are answered."""
+    records = telco_records(12)
+    records[1]["SeniorCitizen"] = -3e38
+
+    def body(rows: list[dict[str, object]]) -> bytes:
+        protocol = {V2_INFER: v2_body(rows), "/invocations": {"dataframe_records": rows}}
+        return json.dumps(protocol.get(path, {"records": rows})).encode()
+
+    with ThreadPoolExecutor(8) as pool:  # the bad request among good ones, to share their batches
+        good = [pool.submit(post, churn_server, path, body([r])) for r in records[2:]]
+        answer = post(churn_server, path, body(records[:2]))
+        assert all(g.result().status_code == 200 for g in good)
+    assert answer.status_code == (422 if path in SCORING_ROUTES else 400), answer.text  # as any bad value there
+    assert "record 1, field 'SeniorCitizen': -3e+38 is too far from training's values (0 to 1) to score" in answer.text
+
+
+def test_a_file_row_that_overflows_inside_the_graph_fails_by_name_and_the_others_are_scored(
+    churn_server: Server,
+) -> None:
+    head = TELCO.read_text().splitlines()[:4]
+    cells = head[2].split(",")
+    cells[2] = "-3e38"  # SeniorCitizen
+    body = "\n".join([head[0], head[1], ",".join(cells), head[3]]) + "\n"
+    answer = httpx.post(churn_server.url + "/models/churn/score", content=body, headers={"content-type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    lines = answer.text.splitlines()
+    assert len(lines) == 4 and "nan" not in answer.text.lower()
+    assert "row 2, field 'SeniorCitizen': -3e+38 is too far from training's values (0 to 1) to score" in lines[2]
+    assert lines[1].split(",")[-1] == "" and lines[3].split(",")[-1] == ""  # its neighbours scored
