@@ -72,6 +72,8 @@ def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
             doc = msgspec.json.decode(body.removeprefix(b"\xef\xbb\xbf"))  # a BOM, as Windows tools write
         except msgspec.DecodeError as exc:
             raise InputError("malformed", f"malformed JSON: {exc}") from None
+        except RecursionError:  # arrays or objects nested thousands deep, as /predict refuses them
+            raise InputError("malformed", "malformed JSON: nested too deeply") from None
         records = doc.get("records") if isinstance(doc, dict) else None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise InputError("malformed", 'body must be a JSON object with a "records" list of objects')
@@ -82,6 +84,10 @@ def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
     if len(records) > MAX_RECORDS:
         raise InputError("too_large", f"{len(records)} records in one call; the limit is {MAX_RECORDS}")
     return list(records)
+
+
+# what /predict says of such an id: it could never have been scored, so no outcome can match it
+UNREADABLE_ID = "an id beyond 64 bits or nested this deep was never scored; send the id as a string"
 
 
 class Feedback:
@@ -134,9 +140,11 @@ class Feedback:
         target = self.pre.target
         for i, record in enumerate(records):
             key, outcome, problem = None, None, None
-            ids = [text_of(record.get(c)) or None for c in self.pre.id_columns]  # empty is missing
+            ids, unreadable = self._ids(record)
             missing = [c for c, v in zip(self.pre.id_columns, ids, strict=True) if v is None]
-            if missing:
+            if unreadable:
+                problem = self._bad(i, unreadable, UNREADABLE_ID)
+            elif missing:
                 problem = self._bad(i, missing[0], "the id column is missing")
             elif target not in record or record[target] is None:
                 problem = self._bad(i, target, f"the outcome ({target}) is missing")
@@ -150,6 +158,18 @@ class Feedback:
             keys.append(key)
             outcomes.append(outcome)
         return keys, outcomes, refused
+
+    def _ids(self, record: dict[str, Any]) -> tuple[list[str | None], str | None]:
+        """A record's ids as the log writes them (empty is missing), and the first that has no such text."""
+        ids: list[str | None] = []
+        unreadable = None
+        for column in self.pre.id_columns:
+            try:
+                ids.append(text_of(record.get(column)) or None)
+            except TypeError:  # orjson: an integer beyond 64 bits, or nesting past its limit
+                ids.append(None)
+                unreadable = unreadable or column
+        return ids, unreadable
 
     def _outcome(self, value: Any) -> tuple[str | None, str | None]:
         """An outcome as text, or why it cannot be one of this model's."""
@@ -232,8 +252,12 @@ class Feedback:
 def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[str]) -> pa.Table:
     """A model's logged rows whose first id column is one of `first_ids` (Parquet files and live segments)."""
     wanted = pa.array(sorted(set(first_ids)), pa.string())
-    segments, files = logged_parts(location, model)
-    parts = [table.filter(ds.field(ids[0]).isin(wanted)) for table in segments if ids[0] in table.column_names]
+
+    def where(table: pa.Table) -> pa.Table:  # an empty table lacks the column
+        return table.filter(ds.field(ids[0]).isin(wanted)) if ids[0] in table.column_names else table.slice(0, 0)
+
+    segments, files = logged_parts(location, model, where)
+    parts = [table for table in segments if ids[0] in table.column_names]
     if files:
         dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
         parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))

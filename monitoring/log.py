@@ -18,7 +18,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -577,12 +577,17 @@ def published_name(segment: Path) -> str:
     return segment.name[1 : -len(SEGMENT)] + ".parquet"
 
 
-def logged_parts(location: LogLocation, model: str) -> tuple[list[pa.Table], list[str]]:
-    """A model's logged rows: its open segments (plain tables) and its Parquet files, each row in one.
+def logged_parts(
+    location: LogLocation, model: str, where: Callable[[pa.Table], pa.Table] | None = None
+) -> tuple[list[pa.Table], list[str]]:
+    """A model's logged rows: its open segments (plain tables, `where` applied first) and its Parquet
+    files, each row in one.
 
     Segments are read before the files are listed, so one published meanwhile is among the files
-    and its segment is left out: no row is missed or counted twice."""
-    segments = [(path, plain(read_segment(path))) for path in location.segments(model)]
+    and its segment is left out: no row is missed or counted twice. `where` runs on the mapped
+    segment before its text is made plain: a few ids' rows, not a copy of every text column."""
+    keep = where or (lambda table: table)
+    segments = [(path, plain(keep(read_segment(path)))) for path in location.segments(model)]
     files = location.files(model)
     published = {file.rsplit("/", 1)[-1] for file in files}
     return [table for path, table in segments if table.num_rows and published_name(path) not in published], files

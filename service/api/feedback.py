@@ -16,6 +16,9 @@ from service.store import ModelNotFound
 router = APIRouter(prefix="/models", tags=["monitoring"])
 MEDIA_TYPES = ("application/json", "text/csv")
 STATUS = {"malformed": 400, "too_large": 413, "invalid": 422}
+# feedback calls looked up at once per process: each reads the log for its ids, and fifty at once
+# held fifty reads (8.9 GB); the rest wait their turn, bounded by the client's own timeout
+LOOKUPS_AT_ONCE = 2
 
 
 @router.post("/{name}/feedback", responses={404: {}, 409: {}, 413: {}, 415: {}, 422: {}})
@@ -47,7 +50,8 @@ async def feedback(
         return Feedback(log.location, model.name, model.pre).submit(records_of(body, media), partial)
 
     try:
-        stored = await asyncio.to_thread(store)
+        async with _lookups(request):
+            stored = await asyncio.to_thread(store)
     except InputError as exc:
         return JSONResponse(exc.to_json(), STATUS[exc.kind])
     telemetry.live(model.name, model.pre, settings.monitor_window).add_all(stored.labelled)
@@ -55,3 +59,12 @@ async def feedback(
     if shadow is not None:  # the challenger's outputs on the same records, when it shadowed them
         shadow.labelled(stored.labelled)
     return {"model": model.name, "stored": stored.stored, "refused": stored.refused}
+
+
+def _lookups(request: Request) -> asyncio.Semaphore:
+    """The app's feedback slots (made on its loop, at its first feedback call)."""
+    state = request.app.state
+    if getattr(state, "feedback_lookups", None) is None:
+        state.feedback_lookups = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+    slots: asyncio.Semaphore = state.feedback_lookups
+    return slots

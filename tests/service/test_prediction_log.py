@@ -12,6 +12,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from monitoring.feedback import UNREADABLE_ID
 from service import bundle
 from tests.service.conftest import copy_store, running_server, telco_records
 
@@ -68,6 +69,13 @@ def test_sigterm_under_load_loses_no_accepted_record_and_excluded_fields_never_a
         assert b"gender" not in f.read_bytes()
 
 
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     store, log = copy_store(churn_bundle, tmp_path / "models"), tmp_path / "log"
     scored = RECORDS[:5]
@@ -81,8 +89,13 @@ def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bu
             {"customerID": scored[1]["customerID"], "Churn": "Maybe"},
             {"Churn": "Yes"},
             {"customerID": scored[2]["customerID"]},
+            {"customerID": 10**29, "Churn": "Yes"},  # these two were a 500 (orjson could not write them)
+            {"customerID": nested(300), "Churn": "Yes"},
         ]
         answer = httpx.post(url, json={"records": bad})
+        too_deep = httpx.post(
+            url, content=b'{"records": ' + b"[" * 100_000, headers={"content-type": "application/json"}
+        )
         wrong_type = httpx.post(url, content=b"customerID,Churn\nx,Yes\n", headers={"content-type": "text/plain"})
         malformed = httpx.post(url, content=b'{"records": [', headers={"content-type": "application/json"})
         unknown_model = httpx.post(server.url + "/models/nope/feedback", json={"records": [ok]})
@@ -98,15 +111,19 @@ def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bu
         (2, "Churn"),
         (3, "customerID"),
         (4, "Churn"),
+        (5, "customerID"),
+        (6, "customerID"),
     ]
     assert "never scored" in details[0]["message"] and "'Maybe' is not a label" in details[1]["message"]
     assert "id column is missing" in details[2]["message"] and "outcome (Churn) is missing" in details[3]["message"]
+    assert details[4]["message"] == details[5]["message"] == UNREADABLE_ID
+    assert too_deep.status_code == 400 and "nested too deeply" in too_deep.json()["error"]
     assert wrong_type.status_code == 415 and "text/csv" in wrong_type.json()["error"]
     assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
     assert unknown_model.status_code == 404
     assert not stored_after_refusals  # refused: nothing stored
     # with ?partial=true the good record is stored, the bad ones named, the predictions untouched
-    assert partial.status_code == 200 and partial.json()["stored"] == 1 and len(partial.json()["refused"]) == 4
+    assert partial.status_code == 200 and partial.json()["stored"] == 1 and len(partial.json()["refused"]) == 6
     assert all(f.read_bytes() == data for f, data in before.items() if f.exists())
     assert monitor["accuracy"]["versions"]["1"]["rows"] == 1
 
