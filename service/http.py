@@ -117,6 +117,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._state, self._deadline = WAITING, 0.0
         self._head_bytes = self._chunk = 0
         self._refusal: Refused | None = None
+        self._deferred: Refused | None = None  # garbage after a whole request: refused once that one is answered
         self._draining = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -128,7 +129,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._wait_for_request()
 
     def data_received(self, data: bytes) -> None:
-        if self._state == CLOSING:
+        if self._state == CLOSING or self._deferred is not None:
             return  # a refused connection's input is read and dropped until it closes
         self._chunk = len(data)
         super().data_received(data)
@@ -184,8 +185,19 @@ class HttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         idle = self._state == BUSY and not self.pipeline  # (uvicorn starts the next pipelined request)
         super().on_response_complete()
-        if idle and not self.transport.is_closing():
+        if self._deferred is not None and self.cycle is not None and self.cycle.response_complete:
+            refusal, self._deferred = self._deferred, None  # every whole request before it is answered
+            self._refuse(refusal)
+        elif idle and not self.transport.is_closing():
             self._wait_for_request()
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's: True keeps writing
+        """A client that half-closes after its request (`nc -N`, HTTP/1.0 scripts) still gets its
+        answer: the socket stays open for writing until it is sent, then closes."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return True
+        return None
 
     def shutdown(self) -> None:
         """Drain: answer what was sent (with Connection: close), then close idle connections."""
@@ -200,8 +212,20 @@ class HttpProtocol(HttpToolsProtocol):
         self._deadline = self.loop.time() + (DRAIN_IDLE_S if self._draining else self.limits.header_timeout_s)
 
     def _refuse(self, refusal: Refused) -> None:
-        """Answer the refusal, then half-close (the sweep closes after LINGER_S) or close."""
-        if self.cycle is None or self.cycle.response_complete:
+        """Answer the refusal, then half-close (the sweep closes after LINGER_S) or close. Bytes that
+        break the parser after a whole request wait for its answer; a request whose own body breaks
+        it gets the refusal as its answer (the app's goes nowhere)."""
+        cycle = self.cycle
+        answer = cycle is None or cycle.response_complete
+        if cycle is not None and not answer:
+            if not cycle.more_body and not self.transport.is_closing():  # whole, being answered
+                self._deferred = refusal
+                return
+            if not cycle.response_started:
+                cycle.disconnected = True  # its receive() says so; its send() writes nothing
+                cycle.message_event.set()
+                answer = True
+        if answer:
             body = orjson.dumps({"error": str(refusal)})
             retry = b"retry-after: 1\r\n" if refusal.status == 503 else b""
             self.transport.write(
@@ -215,7 +239,7 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _check_deadline(self, now: float) -> None:
-        if now < self._deadline or self._state == BUSY or self.transport.is_closing():
+        if now < self._deadline or self._state == BUSY or self._deferred is not None or self.transport.is_closing():
             return
         if self._state in (WAITING, HEAD) and self.cycle is not None and not self.cycle.response_complete:
             return  # the server is still answering the request before: the head's time starts after it

@@ -131,3 +131,37 @@ def test_stock_protocol_serves_when_ours_is_turned_off(churn_bundle: bundle.Bund
 
 def test_protocol_check_accepts_the_installed_uvicorn() -> None:
     assert unsupported() is None
+
+
+def _half_closed(server: Server, payload: bytes) -> bytes:
+    """Send raw bytes, then shut the socket's sending side (as `nc -N` does); read until EOF."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_bytes_that_break_the_parser_are_answered_never_a_silent_close(churn_server: Server) -> None:
+    """A broken chunk size in a request's own body: 400 is its answer (it was EOF, no bytes). Bytes past
+    a Content-Length that break the parser: the whole request is answered first, then 400 (both lost)."""
+    head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    broken = _exchange(churn_server, head + b"zz\r\nabc\r\n0\r\n\r\n")
+    assert broken.startswith(b"HTTP/1.1 400") and b"connection: close" in broken, broken
+    body = json.dumps({"records": telco_records(1)}).encode()
+    request = _request(body, False)
+    answers = _exchange(churn_server, request + b"\x00\x01 not http\r\n\r\n").split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"400"], answers
+    assert json.loads(answers[0].partition(b"\r\n\r\n")[2])["predictions"][0]["customerID"] == "7590-VHVEG"
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(churn_server: Server) -> None:
+    """HTTP/1.0 scripts and `nc -N` shut their side once the request is sent: the answer still comes."""
+    live = _half_closed(churn_server, b"GET /health/live HTTP/1.0\r\n\r\n")
+    assert live.startswith(b"HTTP/1.1 200"), live
+    body = json.dumps({"records": telco_records(1)}).encode()
+    scored = _half_closed(churn_server, _request(body, False))
+    assert scored.startswith(b"HTTP/1.1 200") and b"7590-VHVEG" in scored, scored
