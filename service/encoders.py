@@ -101,6 +101,7 @@ class RecordEncoder:
         if enc.num.shape[0] != 1:
             self.pre.check_ranges(enc)
             return
+        self.pre.check_known(enc)
         names = self.numbers.names
         for j, v in enumerate(enc.num[0].tolist()):
             if v < self._lo[j]:

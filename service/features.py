@@ -35,6 +35,9 @@ NUMERIC_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "
 _WHOLE_FLOAT = re.compile(r"(-?\d+)\.0+")
 
 
+NOTHING_KNOWN = "every feature is blank or null: it would be scored as the all-median record"
+
+
 class EncodingError(ValueError):
     """A raw value that cannot be encoded; names the record and the field (None: the record)."""
 
@@ -524,7 +527,7 @@ class Preprocess:
             if len(absent) == len(kinds):
                 sent = f"; it has only {', '.join(map(repr, ignored[:10]))}" if ignored else ""
                 reason = f"none of the model's {len(kinds)} features is present{sent}"
-                enc.errors.setdefault(row, EncodingError(row, None, reason))
+                enc.errors[row] = EncodingError(row, None, reason)  # said more exactly than check_known
                 continue
             for name in absent:
                 guess = near_miss(name, ignored) if ignored else None
@@ -542,9 +545,20 @@ class Preprocess:
         """Feature and id column names: the fields of a record that are not ignored."""
         return frozenset([*self.kinds, *self.id_columns])
 
+    def check_known(self, enc: Encoded) -> None:
+        """A record whose every feature is blank or null is an error: its score would be the
+        all-median record's, whoever it is (`{}` is refused the same way, by check_absent). One with
+        an unseen level is scored, its warning saying so."""
+        empty = np.isnan(enc.num).all(axis=1) & (enc.cat == 0).all(axis=1)  # code 0: missing or unseen
+        for row in np.flatnonzero(empty).tolist():
+            if row not in enc.warnings:
+                enc.errors.setdefault(row, EncodingError(row, None, NOTHING_KNOWN))
+
     def check_ranges(self, enc: Encoded) -> None:
         """A per-record warning for each numeric value outside the range seen in training (the
-        model extrapolates there); compared in float32, as the model sees the values."""
+        model extrapolates there); compared in float32, as the model sees the values. Then
+        check_known."""
+        self.check_known(enc)
         lo, hi = self.ranges
         low, high = enc.num < lo, enc.num > hi  # NaN is neither
         if not (low.any() or high.any()):

@@ -19,7 +19,7 @@ import torch
 from monitoring.accuracy import EPS, calibration_outcomes, ece_floor
 from service import bundle, release
 from service.drift import reference_distribution, score_of
-from service.features import Encoded, Preprocess
+from service.features import NOTHING_KNOWN, Encoded, Preprocess
 from training import data as D
 from training import export, gate, report
 from training.config import TrainConfig, parse_seconds
@@ -122,8 +122,10 @@ def _encoded(pre: Preprocess, df: pd.DataFrame, file_rows: np.ndarray | None) ->
     for start in range(0, n, ENCODE_BLOCK):
         block = df.iloc[start : start + ENCODE_BLOCK]
         part = pre.encode_columns(D.columns_of(block), len(block))
-        if part.errors:
-            error = next(iter(part.errors.values()))
+        # a row of blanks is refused when scored (its score is no one's); in training it is a row like others
+        errors = [e for e in part.errors.values() if e.reason != NOTHING_KNOWN]
+        if errors:
+            error = min(errors, key=lambda e: e.row)
             row = start + error.row if file_rows is None else int(file_rows[start + error.row])
             field = "" if error.field is None else f", field '{error.field}'"
             raise D.DataError(f"row {row + 1}{field}: {error.reason}")

@@ -223,7 +223,10 @@ class Scorer:
                 mark_rows(enc, invalid_utf8_rows(text_column(batch.column(name))), name, NOT_UTF8)
         out = self.predict(enc.num, enc.cat)
         rows = batch.column(ROW).to_numpy()
-        messages = {r: f"row {rows[r]}, field '{e.field}': {e.reason}" for r, e in enc.errors.items()}
+        messages = {
+            r: f"row {rows[r]}{'' if e.field is None else f', field {e.field!r}'}: {e.reason}"
+            for r, e in enc.errors.items()
+        }
         unparsed = batch.column(UNPARSED)
         if unparsed.null_count < batch.num_rows:
             for r in np.flatnonzero(unparsed.is_valid().to_numpy(zero_copy_only=False)).tolist():

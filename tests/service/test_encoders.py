@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from service import bundle
 from service.encoders import RecordEncoder
-from service.features import Encoded, Preprocess
+from service.features import NOTHING_KNOWN, Encoded, Preprocess
 from tests.service.conftest import telco_records
 
 RECORDS = telco_records(40, start=200)
@@ -112,3 +112,25 @@ def test_business_records_encode_alike(
     for record, name in zip(records * 3, ["tenure", "MonthlyCharges", "Partner"], strict=False):
         record[name] = values.pop()
     _same(RecordEncoder(pre).encode(records), pre.encode_records(records))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_record_of_blanks_and_nulls_is_refused_on_every_path(churn_bundle: bundle.BundleRef, n: int) -> None:
+    """Every feature null, blank or "n/a": the all-median record's score, whoever it is, was answered
+    with no word (only `{}` was refused). Now the record is named; one unseen level is scored with its
+    warning, and `{}` keeps its own message."""
+    pre = churn_bundle.preprocess
+    names = [f.name for f in pre.features]
+    numeric = {f.name for f in pre.numeric}  # "n/a" is missing there; a level elsewhere
+    blanks = {name: [None, "", " n/a " if name in numeric else " "][i % 3] for i, name in enumerate(names)}
+    unseen = {**dict.fromkeys(names), "Contract": "Fortnightly"}
+    records = [{**dict(r), **blanks} for r in RECORDS[:n]]  # ids kept: only the features are empty
+    for encoded in (RecordEncoder(pre).encode(records), pre.encode_records(records)):
+        assert {r: e.reason for r, e in encoded.errors.items()} == dict.fromkeys(range(n), NOTHING_KNOWN)
+    for encoded in (RecordEncoder(pre).encode([unseen] * n), pre.encode_records([unseen] * n)):
+        assert not encoded.errors and "unseen level 'Fortnightly'" in encoded.warnings[0][0]
+    assert "none of the model's 19 features is present" in str(RecordEncoder(pre).encode([{}] * n).errors[0])
+    column = {name: [blanks[name]] * n for name in names}
+    assert {r: e.reason for r, e in pre.encode_columns(column, n).errors.items()} == dict.fromkeys(
+        range(n), NOTHING_KNOWN
+    )

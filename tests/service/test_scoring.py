@@ -65,14 +65,16 @@ def test_every_malformed_row_is_still_written_with_its_reason(churn_bundle: bund
     fields = lines[7].decode().split(",")
     fields[5] = "lots"  # tenure: not a number
     lines[7] = ",".join(fields).encode()
+    lines[9] = lines[9].split(b",")[0] + b"," * 20 + b"\n"  # an id and nothing else: blanks to score
     source = tmp_path / "bad.csv"
     source.write_bytes(b"".join(lines))
     out = tmp_path / "out.csv"
     summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=4)
     scored = _read(out)
-    assert len(scored) == summary.rows_in == 12 and summary.rows_failed == 3
+    assert len(scored) == summary.rows_in == 12 and summary.rows_failed == 4
     errors = {i: r["error"] for i, r in enumerate(scored) if r["error"]}
-    assert sorted(errors) == [2, 4, 6]
+    assert sorted(errors) == [2, 4, 6, 8]
+    assert errors[8] == "row 9: every feature is blank or null: it would be scored as the all-median record"
     assert "expected 21 fields, got 3" in errors[2]
     assert "UTF-8" in errors[4]
     assert "field 'tenure'" in errors[6] and "lots" in errors[6]
