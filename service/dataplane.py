@@ -37,7 +37,7 @@ class DataPlane:
         """The serving version (name None: the default model); raises ModelNotFound."""
         return self.store.get(name)
 
-    async def model_version(self, name: str | None, version: int | None) -> LoadedModel:
+    async def model_version(self, name: str | None, version: int | str | None) -> LoadedModel:
         """A given version; raises ModelNotFound."""
         return await self.store.get_version(name, version)
 

@@ -268,11 +268,16 @@ class ModelStore:
             raise ModelNotFound(f"no model named {name!r} (serving: {', '.join(sorted(self.current))})")
         return model
 
-    async def get_version(self, name: str | None, version: int | None) -> LoadedModel:
-        """A given version of `name` (None: the current one). Any other published version (older, or
-        newer than a rolled-back champion) is loaded on first use, once however many requests ask at
-        the same time, and the `older_versions` most recently used are kept."""
+    async def get_version(self, name: str | None, version: int | str | None) -> LoadedModel:
+        """A given version of `name` (None: the current one; text: a path segment that names none,
+        see version_in_path). Any other published version (older, or newer than a rolled-back
+        champion) is loaded on first use, once however many requests ask at the same time, and the
+        `older_versions` most recently used are kept."""
         current = self.get(name)
+        if isinstance(version, str):
+            found = self.versions(current.name)
+            shown = version if len(version) <= 40 else version[:40] + "…"
+            raise ModelNotFound(f"model {current.name!r} has no version {shown!r}: versions are numbers (has {found})")
         if version is None or version == current.version:
             return current
         challenger = self.challengers.get(current.name)
@@ -530,3 +535,10 @@ class ModelStore:
                 await self.refresh()
             except Exception:
                 log.exception("model store scan failed")
+
+
+def version_in_path(text: str) -> int | str:
+    """A version as a URL names it: its number where it is digits (as the store names versions),
+    else the text itself, which no version matches (`1.0`, `+1`, `abc` and 19 digits or more: a 404
+    naming it, on every route alike)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else text

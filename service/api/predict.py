@@ -21,13 +21,12 @@ from service.explain import Explain
 from service.protocols import MEDIA_TYPES
 from service.protocols.base import explain_of
 from service.settings import Settings
-from service.store import LoadedModel, ModelNotFound
+from service.store import LoadedModel, ModelNotFound, version_in_path
 from service.telemetry import Telemetry
 
 log = logging.getLogger("tabserve.api")
 PREDICT_PATH = re.compile(r"^/(?:models/(?P<name>[^/]+)/)?predict/?$")
-V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/infer/?$")
-NO_SUCH_VERSION = -1  # a version path segment too long to be a version any store holds
+V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer/?$")
 TIMEOUT_HEADER = b"x-request-timeout-ms"  # lowers the request's deadline (never raises it)
 REQUEST_ID_HEADER = b"x-request-id"  # kept in the prediction log (a client's trace id)
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -70,7 +69,7 @@ class Route:
     protocol: ScoringProtocol
     template: str  # the route as metrics name it
     name: str | None = None
-    version: int | None = None
+    version: int | str | None = None  # text: a segment that names no version (store.version_in_path)
 
 
 class PredictEndpoint:
@@ -160,9 +159,7 @@ def parse_route(path: str) -> Route | None:
         match = V2_INFER_PATH.match(path)
         if not match:
             return None
-        version = match["version"]
-        if version is not None:
-            version = int(version) if len(version) <= 18 else NO_SUCH_VERSION
+        version = None if match["version"] is None else version_in_path(match["version"])
         return Route(V2, "/v2/models/{name}/infer", match["name"], version)
     if path in ("/invocations", "/invocations/"):
         return Route(MLFLOW, "/invocations")

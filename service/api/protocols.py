@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.api.deps import StoreDep
 from service.protocols import v2
-from service.store import ModelNotFound, ModelStore
+from service.store import ModelNotFound, ModelStore, version_in_path
 
 router = APIRouter(tags=["protocols"])
 VERSION = "0.1.0"
@@ -37,7 +37,7 @@ def server_ready(store: StoreDep) -> JSONResponse:
     return JSONResponse({"ready": store.ready}, status_code=200 if store.ready else 503)
 
 
-async def _model_doc(store: ModelStore, name: str, version: int | None) -> dict[str, Any] | JSONResponse:
+async def _model_doc(store: ModelStore, name: str, version: int | str | None) -> dict[str, Any] | JSONResponse:
     try:
         model = await store.get_version(name, version)
     except ModelNotFound as exc:
@@ -65,12 +65,12 @@ async def model_metadata(name: str, store: StoreDep) -> dict[str, Any] | JSONRes
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=None, responses={404: {}})
-async def model_version_metadata(name: str, version: int, store: StoreDep) -> dict[str, Any] | JSONResponse:
+async def model_version_metadata(name: str, version: str, store: StoreDep) -> dict[str, Any] | JSONResponse:
     """Inputs and outputs of a given version (older versions in the store included)."""
-    return await _model_doc(store, name, version)
+    return await _model_doc(store, name, version_in_path(version))
 
 
-async def _ready(store: ModelStore, name: str, version: int | None) -> JSONResponse:
+async def _ready(store: ModelStore, name: str, version: int | str | None) -> JSONResponse:
     try:
         model = await store.get_version(name, version)
     except ModelNotFound as exc:
@@ -85,9 +85,9 @@ async def model_ready(name: str, store: StoreDep) -> JSONResponse:
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", responses={404: {}})
-async def model_version_ready(name: str, version: int, store: StoreDep) -> JSONResponse:
+async def model_version_ready(name: str, version: str, store: StoreDep) -> JSONResponse:
     """Ready: that version is loaded (older ones load on this call) and warm."""
-    return await _ready(store, name, version)
+    return await _ready(store, name, version_in_path(version))
 
 
 @router.get("/ping", response_class=PlainTextResponse)

@@ -77,6 +77,16 @@ def test_huge_numbers_in_paths_and_headers_are_4xx(churn_server: Server) -> None
     assert answer.status_code == 404 and answer.json()["error"]
     for path in (f"/v2/models/churn/versions/{digits}", f"/v2/models/churn/versions/{digits}/ready"):
         assert httpx.get(churn_server.url + path).status_code in (404, 422)
+    # one reading of a version on every route: digits name one; `1.0`, `+1`, `abc` and 19 digits name
+    # none, said with the text (19 digits said "no version -1"; the others got a bare Not Found)
+    for text in ("9" * 19, "1.0", "+1", "abc"):
+        base = f"/v2/models/churn/versions/{text}"
+        answers = [
+            post(churn_server, base + "/infer", body),
+            *(httpx.get(churn_server.url + base + end) for end in ("", "/ready")),
+        ]
+        for answer in answers:
+            assert answer.status_code == 404 and f"has no version '{text}'" in answer.json()["error"], answer.text
     answer = post(churn_server, V2_INFER, body, **{"inference-header-content-length": digits})
     assert answer.status_code == 400 and "Inference-Header-Content-Length" in answer.json()["error"]
 
