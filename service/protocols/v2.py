@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import struct
 from typing import Any, Literal
@@ -41,7 +42,43 @@ NUMERIC_TYPES = {
 }
 CATEGORICAL_TYPES = {"BYTES", *(t for t in NUMERIC_TYPES if t.startswith(("INT", "UINT")))}
 NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
+INT_RANGES = {t: (int(np.iinfo(c).min), int(np.iinfo(c).max)) for t, c in NUMERIC_TYPES.items() if "INT" in t}
+FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max), "FP64": math.inf}
 ATTRIBUTIONS = "attributions"  # the output of each feature's effect (service/explain.py)
+
+
+def misfit(datatype: str, value: Any) -> str | None:
+    """Why a JSON value is not of its tensor's declared datatype (None: it is, or it is null, taken as
+    missing; BYTES holds text or a coded level's number, read as sent)."""
+    if value is None or datatype == "BYTES":
+        return None
+    if datatype == "BOOL":
+        return None if isinstance(value, bool) else f"{value!r} is not true or false ({datatype})"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{value!r} is not a number ({datatype} declared)"
+    if datatype in INT_RANGES:
+        low, high = INT_RANGES[datatype]
+        return None if isinstance(value, int) and low <= value <= high else f"{value!r} is not an {datatype} value"
+    return None if abs(value) <= FLOAT_MAX[datatype] else f"{value!r} is beyond {datatype}'s range"
+
+
+def check_typed(name: str, datatype: str, values: list[Any]) -> None:
+    """A tensor's JSON data against its declared datatype (INT8 [1000], INT64 [70.9] and FP64 ["$1,000"]
+    were read as numbers anyway); the usual all-number column costs one array's check."""
+    if datatype == "BYTES" or not values:
+        return
+    array = np.asarray(values) if all(type(v) in (int, float) for v in values[:1]) else None
+    if array is not None and array.dtype.kind in "iuf":
+        if datatype in INT_RANGES:
+            low, high = INT_RANGES[datatype]
+            if array.dtype.kind != "f" and low <= array.min() and array.max() <= high:
+                return
+        elif datatype in FLOAT_MAX and not np.abs(array[np.isfinite(array)]).max(initial=0) > FLOAT_MAX[datatype]:
+            return
+    for row, value in enumerate(values):
+        problem = misfit(datatype, value)
+        if problem:
+            raise bad(f"input '{name}', element {row}: {problem}")
 
 
 def bad(message: str) -> InputError:
@@ -134,6 +171,7 @@ def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, 
         if "data" not in tensor:
             raise bad(f"input '{name}' has no data")
         values = _flatten(name, tensor["data"])
+        check_typed(name, datatype, values)
     if len(values) != rows:
         raise bad(f"input '{name}': shape {shape} says {rows} values, data holds {len(values)}")
     return values, offset
@@ -234,6 +272,10 @@ class V2Codec:
         if request.parameters is not None or (outputs is not None and ATTRIBUTIONS in outputs):
             return None  # parameters (`explain`) and attributions: the full path reads them
         values = [data[0] for data in map(_DATA, inputs)]
+        for name, datatype, value in zip(key[0], key[1], values, strict=True):
+            problem = misfit(datatype, value)
+            if problem:
+                raise bad(f"input '{name}', element 0: {problem}")
         num_at, cat_at = layout
         request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
         enc = self._checked(self.encoder.encode_flat(num_at(values), cat_at(values), 1))
@@ -243,7 +285,8 @@ class V2Codec:
     def _checked(enc: Encoded) -> Encoded:
         if enc.errors:
             first = enc.errors[min(enc.errors)]
-            raise bad(f"input '{first.field}', element {first.row}: {first.reason}")
+            where = f"element {first.row}" if first.field is None else f"input '{first.field}', element {first.row}"
+            raise bad(f"{where}: {first.reason}")
         return enc
 
     def encode(self, result: InferenceResult) -> dict[str, Any]:

@@ -196,6 +196,9 @@ def test_a_byte_order_mark_before_the_json_is_ignored(churn_server: Server, path
     protocol = {V2_INFER: v2_body(records), "/invocations": {"dataframe_records": records}}
     body = json.dumps(protocol.get(path, {"records": records})).encode()
     plain, marked = post(churn_server, path, body), post(churn_server, path, BOM + body)
+    if path == V2_INFER and not typed:  # a V2 tensor's data must be of its declared type
+        assert plain.status_code == marked.status_code == 400 and "is not a number (FP64 declared)" in marked.text
+        return
     assert plain.status_code == 200, plain.text
     assert marked.status_code == 200 and marked.json() == plain.json(), marked.text
 

@@ -107,7 +107,20 @@ def test_v2_errors_name_the_input(churn_server: Server) -> None:
         return {"inputs": [{**t, **change} if t["name"] == name else t for t in one]}
 
     assert "input 'tenure', element 0" in _v2_error(churn_server, single("tenure", data=["lots"]))
-    assert "boolean" in _v2_error(churn_server, single("tenure", data=[True]))
+    assert "True is not a number (FP64 declared)" in _v2_error(churn_server, single("tenure", data=[True]))
+    # data of another type than its tensor declares (they were read as numbers anyway)
+    assert "input 'SeniorCitizen', element 0: 1000 is not an INT8 value" in _v2_error(
+        churn_server, single("SeniorCitizen", datatype="INT8", data=[1000])
+    )
+    assert "input 'tenure', element 1: 70.9 is not an INT64 value" in _v2_error(
+        churn_server, variant("tenure", datatype="INT64", data=[1, 70.9])
+    )
+    assert "input 'tenure', element 0: '$1,000' is not a number (FP64 declared)" in _v2_error(
+        churn_server, variant("tenure", data=["$1,000", 3])
+    )
+    assert "70000 is beyond FP16's range" in _v2_error(
+        churn_server, variant("tenure", datatype="FP16", data=[1, 70000])
+    )
     assert "tenure" in _v2_error(churn_server, single("tenure", datatype="BYTES"))
     assert "given twice" in _v2_error(churn_server, {"inputs": [*one[:-1], one[0]]})
     assert "unknown output" in _v2_error(churn_server, {"inputs": one, "outputs": [{"name": "nope"}]})
