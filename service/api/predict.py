@@ -18,6 +18,7 @@ from service.batching import DeadlineExceeded, QueueFull
 from service.dataplane import DataPlane
 from service.errors import InputError
 from service.explain import Explain
+from service.features import EncodingError
 from service.protocols import MEDIA_TYPES
 from service.protocols.base import explain_of
 from service.settings import Settings
@@ -202,7 +203,7 @@ def mlflow_error(status: int, doc: dict[str, Any]) -> dict[str, Any]:
     message = doc["error"]
     if len(doc.get("details", ())) > 1:  # the first detail is the message itself
         message += "; " + "; ".join(
-            f"record {d['record']}, field '{d['field']}': {d['message']}" for d in doc["details"][1:6]
+            str(EncodingError(d["record"], d["field"], d["message"])) for d in doc["details"][1:6]
         )
     return {"error_code": code, "message": message}
 

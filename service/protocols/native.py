@@ -182,8 +182,8 @@ class TypedRecords:
             np.frombuffer(num, np.float32).reshape(n, len(pre.numeric)),
             np.frombuffer(cat, np.int64).reshape(n, len(pre.categorical)),
         )
-        self.encoder.check_ranges(enc)
-        return InferenceRequest(enc, list(zip(pre.id_columns, ids, strict=True)))
+        self.encoder.check_ranges(enc)  # and check_known: the C decoder takes nulls as missing
+        return InferenceRequest(checked(enc), list(zip(pre.id_columns, ids, strict=True)))
 
 
 def plain_decoder(pre: Preprocess) -> _records.Decoder | None:

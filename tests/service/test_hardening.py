@@ -253,3 +253,14 @@ def test_a_file_row_that_overflows_inside_the_graph_fails_by_name_and_the_others
     assert len(lines) == 4 and "nan" not in answer.text.lower()
     assert "row 2, field 'SeniorCitizen': -3e+38 is too far from training's values (0 to 1) to score" in lines[2]
     assert lines[1].split(",")[-1] == "" and lines[3].split(",")[-1] == ""  # its neighbours scored
+
+
+@pytest.mark.parametrize("path", [*SCORING_ROUTES, V2_INFER, "/invocations"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_record_of_nulls_is_refused_by_name_on_every_route(churn_server: Server, path: str, n: int) -> None:
+    """Every feature null: answered 200 as the all-median customer (on /predict's C decoder path too)."""
+    records = [{k: (v if k == "customerID" else None) for k, v in r.items()} for r in telco_records(n)]
+    body = {V2_INFER: v2_body(records), "/invocations": {"dataframe_records": records}}.get(path, {"records": records})
+    answer = post(churn_server, path, json.dumps(body).encode())
+    assert answer.status_code == (422 if path in SCORING_ROUTES else 400), answer.text
+    assert "every feature is blank or null" in answer.text and "None" not in answer.text
