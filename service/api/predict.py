@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -117,7 +118,7 @@ class PredictEndpoint:
         check_head(headers, route.protocol.media_types, self.settings.max_body_bytes)
         timeout = self._timeout(headers.get(TIMEOUT_HEADER))
         explain = explain_in_query(scope["query_string"]) if scope.get("query_string") else None
-        body = await read_body(receive, self.settings.max_body_bytes)
+        body = inflated(await read_body(receive, self.settings.max_body_bytes), headers, self.settings.max_body_bytes)
         if body.startswith(UTF8_BOM):  # one prefix test: the usual body pays nothing more
             body = without_bom(body, headers)
         model = await self._model(route)
@@ -227,6 +228,27 @@ def without_bom(body: bytes, headers: dict[bytes, bytes]) -> bytes:
     if length is not None and length.isdigit() and len(length) <= 18:
         headers[BINARY_HEADER] = b"%d" % (int(length) - len(UTF8_BOM))
     return body[len(UTF8_BOM) :]
+
+
+def inflated(body: bytes, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The body as sent under its Content-Encoding: gzip inflated (to at most `limit` bytes), identity
+    as is, anything else 415 (a gzip body was parsed as JSON, and a claimed one not read as such)."""
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding in (b"identity", b""):
+        return body
+    if encoding not in (b"gzip", b"x-gzip"):
+        shown = encoding[:40].decode("latin-1")
+        raise HttpError(415, f"Content-Encoding {shown!r} is not supported: send the body as is, or gzip")
+    inflater = zlib.decompressobj(wbits=31)  # the gzip container
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HttpError(400, f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
+    if len(out) > limit:
+        raise HttpError(413, f"body inflates past the {limit}-byte limit")
+    if not inflater.eof:
+        raise HttpError(400, "Content-Encoding gzip: the body ends inside a gzip member (truncated)")
+    return out
 
 
 async def read_body(receive: Any, limit: int) -> bytes:

@@ -3,6 +3,7 @@ real server."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import struct
@@ -264,3 +265,22 @@ def test_a_record_of_nulls_is_refused_by_name_on_every_route(churn_server: Serve
     answer = post(churn_server, path, json.dumps(body).encode())
     assert answer.status_code == (422 if path in SCORING_ROUTES else 400), answer.text
     assert "every feature is blank or null" in answer.text and "None" not in answer.text
+
+
+@pytest.mark.parametrize("path", [*SCORING_ROUTES, V2_INFER, "/invocations"])
+def test_a_gzip_body_is_read_as_gzip_and_other_encodings_are_refused(churn_server: Server, path: str) -> None:
+    """Content-Encoding was ignored on these routes: a gzip body failed as "malformed JSON", and a
+    plain body claimed as gzip or br was scored as if nothing were said."""
+    records = telco_records(3)
+    body = json.dumps(
+        {V2_INFER: v2_body(records), "/invocations": {"dataframe_records": records}}.get(path, {"records": records})
+    ).encode()
+    plain = post(churn_server, path, body)
+    zipped = post(churn_server, path, gzip.compress(body), **{"content-encoding": "gzip"})
+    assert plain.status_code == zipped.status_code == 200 and zipped.json() == plain.json(), zipped.text
+    claimed = post(churn_server, path, body, **{"content-encoding": "gzip"})
+    assert claimed.status_code == 400 and "not valid gzip" in claimed.text, claimed.text
+    cut = post(churn_server, path, gzip.compress(body)[:-12], **{"content-encoding": "gzip"})
+    assert cut.status_code == 400 and "truncated" in cut.text, cut.text
+    other = post(churn_server, path, body, **{"content-encoding": "br"})
+    assert other.status_code == 415 and "'br' is not supported" in other.text, other.text
