@@ -58,6 +58,9 @@ def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
         header = body.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
         sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
         names = next(csv.reader([header], delimiter=sep), [])
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
+            raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
         try:  # every column as text: an id such as 007 or a label such as True stays as sent
             table = pacsv.read_csv(
                 io.BytesIO(body),
@@ -113,6 +116,12 @@ class Feedback:
                 "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
             )
         keys, outcomes, refused = self._checked(records)
+        seen: dict[tuple[str, ...], int] = {}
+        for i, key in enumerate(keys):  # one id, two outcomes in one submission: which is meant is a guess
+            if key is not None and outcomes[seen.setdefault(key, i)] != outcomes[i]:
+                message = f"id {', '.join(key)} has another outcome in record {seen[key]} of this submission"
+                refused.append(self._bad(i, self.pre.id_columns[0], message))
+                keys[i] = None
         found = self.latest({k for k in keys if k is not None})
         for i, key in enumerate(keys):
             if key is not None and key not in found:

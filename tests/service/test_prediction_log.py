@@ -91,6 +91,7 @@ def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bu
             {"customerID": scored[2]["customerID"]},
             {"customerID": 10**29, "Churn": "Yes"},  # these two were a 500 (orjson could not write them)
             {"customerID": nested(300), "Churn": "Yes"},
+            {"customerID": scored[0]["customerID"], "Churn": "No"},  # record 0's id, another outcome
         ]
         answer = httpx.post(url, json={"records": bad})
         too_deep = httpx.post(
@@ -98,6 +99,7 @@ def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bu
         )
         wrong_type = httpx.post(url, content=b"customerID,Churn\nx,Yes\n", headers={"content-type": "text/plain"})
         malformed = httpx.post(url, content=b'{"records": [', headers={"content-type": "application/json"})
+        twice = httpx.post(url, content=b"customerID,Churn,Churn\nx,Yes,No\n", headers={"content-type": "text/csv"})
         unknown_model = httpx.post(server.url + "/models/nope/feedback", json={"records": [ok]})
         time.sleep(1.5)  # past a flush
         stored_after_refusals = list(log.glob("churn/feedback/**/*.parquet"))
@@ -113,17 +115,20 @@ def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bu
         (4, "Churn"),
         (5, "customerID"),
         (6, "customerID"),
+        (7, "customerID"),
     ]
     assert "never scored" in details[0]["message"] and "'Maybe' is not a label" in details[1]["message"]
     assert "id column is missing" in details[2]["message"] and "outcome (Churn) is missing" in details[3]["message"]
     assert details[4]["message"] == details[5]["message"] == UNREADABLE_ID
+    assert details[6]["message"] == f"id {scored[0]['customerID']} has another outcome in record 0 of this submission"
     assert too_deep.status_code == 400 and "nested too deeply" in too_deep.json()["error"]
     assert wrong_type.status_code == 415 and "text/csv" in wrong_type.json()["error"]
     assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
+    assert twice.status_code == 400 and "named more than once in the CSV header: Churn" in twice.json()["error"]
     assert unknown_model.status_code == 404
     assert not stored_after_refusals  # refused: nothing stored
     # with ?partial=true the good record is stored, the bad ones named, the predictions untouched
-    assert partial.status_code == 200 and partial.json()["stored"] == 1 and len(partial.json()["refused"]) == 6
+    assert partial.status_code == 200 and partial.json()["stored"] == 1 and len(partial.json()["refused"]) == 7
     assert all(f.read_bytes() == data for f, data in before.items() if f.exists())
     assert monitor["accuracy"]["versions"]["1"]["rows"] == 1
 
