@@ -78,6 +78,8 @@ def parse_number(value: Any, decimal: str = ".") -> float:
         text = value.strip()
         if text.lower() in NUMERIC_MISSING:
             return math.nan
+        if "_" in text:  # Python's float() reads `2023_01` as 202301: a code, not a number
+            raise ValueError(f"expected a number, got {value!r}")
         try:  # the plain form first; with a decimal comma a point may be a thousands separator
             number = float(text) if decimal == "." or "." not in text else business_number(text, decimal)[0]
         except ValueError:
@@ -93,7 +95,7 @@ def plain_number(text: str) -> float | None:
     """A label written as a plain number (`2`, `2.0`: one value), or None for text: how a target's
     classes written two ways are merged (training) and how an outcome finds its class (feedback)."""
     try:
-        number = float(text)
+        number = float(text) if "_" not in text else math.nan  # `1_0` is no way of writing 10
     except ValueError:
         return None
     return number if math.isfinite(number) else None

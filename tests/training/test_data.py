@@ -599,3 +599,12 @@ def test_a_column_told_to_be_a_date_names_a_value_no_format_reads(tmp_path: Path
         path = write_csv(tmp_path / "told.csv", header, rows)
         with pytest.raises(D.DataError, match=re.escape(f"--date-columns 'signed': {message}")):
             _prepare(path, "churn", tmp_path, date_columns=["signed"])
+
+
+def test_codes_with_underscores_are_levels_not_numbers(tmp_path: Path) -> None:
+    """`2021_03` read as the number 202103 by Python's float(): a period code made a numeric feature."""
+    df = pd.read_csv(GERMAN).head(300)
+    df["period"] = [f"20{20 + i % 5}_{1 + i % 12:02d}" for i in range(len(df))]
+    df.to_csv(tmp_path / "periods.csv", index=False)
+    prep = _prepare(tmp_path / "periods.csv", "creditability", tmp_path)
+    assert "period" in prep.schema.categorical and "period" not in prep.schema.numeric
