@@ -43,7 +43,9 @@ async def reload(store: StoreDep, _: Admin) -> dict[str, Any]:
 
 class Promotion(BaseModel):
     version: int | None = Field(None, description="the version to promote (default: the challenger)")
-    canary: float | None = Field(None, gt=0, lt=100, description="percent of traffic instead of all of it")
+    canary: float | None = Field(
+        None, gt=0, lt=100, allow_inf_nan=False, description="percent of traffic instead of all of it"
+    )
     why: str = Field("", max_length=500)
 
 

@@ -34,6 +34,8 @@ class MlflowCodec:
             params = doc.get("params")
             if explain is None and isinstance(params, dict):
                 explain = explain_of(params.get("explain"), '"params.explain"')
+        if not records:  # said in MLflow's words, not the native protocol's ("records" is empty)
+            raise bad(f"no rows to score: send 1 to {self.native.max_records}")
         return self.native.from_records(records_of({"records": records}, self.native.max_records), explain)
 
     def encode(self, result: InferenceResult) -> dict[str, Any]:

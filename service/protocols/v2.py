@@ -163,7 +163,9 @@ def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, 
     parameters = tensor.get("parameters")
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad(f"input '{name}': binary_data_size must be a byte count, not {size!r}")
+        if offset + size > len(binary):
             raise bad(f"input '{name}': binary_data_size {size!r} runs past the body")
         values = _from_binary(name, datatype, binary[offset : offset + size])
         offset += size

@@ -284,3 +284,17 @@ def test_a_gzip_body_is_read_as_gzip_and_other_encodings_are_refused(churn_serve
     assert cut.status_code == 400 and "truncated" in cut.text, cut.text
     other = post(churn_server, path, body, **{"content-encoding": "br"})
     assert other.status_code == 415 and "'br' is not supported" in other.text, other.text
+
+
+def test_empty_mlflow_bodies_and_odd_binary_sizes_are_said_in_their_own_words(churn_server: Server) -> None:
+    """MLflow without rows said '"records" is empty' (a key MLflow clients never send); a V2
+    binary_data_size of -4, 4.0 or "4" said it "runs past the body"."""
+    for doc in ({"dataframe_records": []}, {"dataframe_split": {"columns": ["tenure"], "data": []}}):
+        answer = post(churn_server, "/invocations", json.dumps(doc).encode())
+        assert answer.status_code == 400 and "no rows to score" in answer.text and "records" not in answer.text
+    for size in (-4, 4.0, "4"):
+        doc = v2_body(telco_records(1))
+        doc["inputs"][0]["parameters"] = {"binary_data_size": size}  # type: ignore[index]
+        head = json.dumps(doc).encode()
+        answer = post(churn_server, V2_INFER, head + b"\0" * 8, **{"inference-header-content-length": str(len(head))})
+        assert answer.status_code == 400 and f"binary_data_size must be a byte count, not {size!r}" in answer.text

@@ -271,6 +271,12 @@ def test_admin_decisions_need_the_token_and_a_sensible_request(churn_bundle: bun
         assert no_earlier.status_code == 409 and "no earlier champion" in no_earlier.json()["error"]
         assert httpx.post(url + "promote", json={"version": 5}, headers=ADMIN).status_code == 409
         assert httpx.post(url + "promote", json={"version": 1, "canary": 150}, headers=ADMIN).status_code == 422
+        nan = httpx.post(
+            url + "promote",
+            content=b'{"version": 1, "canary": NaN}',
+            headers={**ADMIN, "content-type": "application/json"},
+        )
+        assert nan.status_code == 422 and "finite" in nan.text, nan.text  # it said "less than 100"
         assert httpx.post(server.url + "/admin/models/..%2Fx/rollback", json={}, headers=ADMIN).status_code == 404
         shadow = httpx.post(url + "shadow", json={"on": True}, headers=ADMIN)
         assert shadow.status_code == 409 and "no challenger" in shadow.json()["error"]
