@@ -98,6 +98,7 @@ def _split(value: Any) -> list[dict[str, Any]]:
     for i, name in enumerate(columns):
         if not isinstance(name, str):
             raise bad(f"dataframe_split column {i} must be a name (a string), not {name!r}")
+    named_twice(columns, "dataframe_split columns")
     records = []
     for i, row in enumerate(value["data"]):
         if not isinstance(row, list) or len(row) != len(columns):
@@ -125,6 +126,14 @@ def _instances(key: str, value: Any) -> list[dict[str, Any]]:
     raise bad(f"{key} must be a list of row objects or an object of columns")
 
 
+def named_twice(names: list[str], where: str) -> None:
+    """A column named twice: which of the two holds the value is a guess (the last one won), so it is
+    refused, as `tabserve score` and the upload route refuse such a header."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise bad(f"column(s) named more than once in the {where}: {', '.join(twice)}")
+
+
 def records_from_csv(body: bytes) -> list[dict[str, Any]]:
     """A CSV body (header row first) as records of strings (blank cells are missing values)."""
     try:
@@ -135,6 +144,7 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
     header = next(rows, None)
     if not header:
         raise bad("CSV body is empty")
+    named_twice(header, "CSV header")
     records = []
     for i, row in enumerate(rows):
         if not row:

@@ -298,3 +298,16 @@ def test_empty_mlflow_bodies_and_odd_binary_sizes_are_said_in_their_own_words(ch
         head = json.dumps(doc).encode()
         answer = post(churn_server, V2_INFER, head + b"\0" * 8, **{"inference-header-content-length": str(len(head))})
         assert answer.status_code == 400 and f"binary_data_size must be a byte count, not {size!r}" in answer.text
+
+
+def test_a_column_named_twice_is_refused_on_mlflow_as_on_the_upload_route(churn_server: Server) -> None:
+    """`dataframe_split` columns ["tenure", "tenure"] and a CSV header naming tenure twice were
+    scored with the last value (the upload route refuses such a header)."""
+    record = telco_records(1)[0]
+    names = [*record, "tenure"]
+    split = {"dataframe_split": {"columns": names, "data": [[*record.values(), 70]]}}
+    answer = post(churn_server, "/invocations", json.dumps(split).encode())
+    assert answer.status_code == 400 and "named more than once in the dataframe_split columns: tenure" in answer.text
+    csv_body = ",".join(names) + "\n" + ",".join(map(str, [*record.values(), 70])) + "\n"
+    answer = post(churn_server, "/invocations", csv_body.encode(), **{"content-type": "text/csv"})
+    assert answer.status_code == 400 and "named more than once in the CSV header: tenure" in answer.text
