@@ -311,3 +311,16 @@ def test_a_column_named_twice_is_refused_on_mlflow_as_on_the_upload_route(churn_
     csv_body = ",".join(names) + "\n" + ",".join(map(str, [*record.values(), 70])) + "\n"
     answer = post(churn_server, "/invocations", csv_body.encode(), **{"content-type": "text/csv"})
     assert answer.status_code == 400 and "named more than once in the CSV header: tenure" in answer.text
+
+
+@pytest.mark.parametrize("path", [*SCORING_ROUTES, "/invocations"])
+def test_a_number_beyond_float64_is_named_by_its_path(churn_server: Server, path: str) -> None:
+    """`"tenure": 1e309` was "Number out of range - at `$[...][0][...]`": now the field's path."""
+    records = telco_records(2)
+    key = "dataframe_records" if path == "/invocations" else "records"
+    text = json.dumps({key: records}).replace('"tenure": 34.0', '"tenure": 1e309')
+    assert "1e309" in text
+    answer = post(churn_server, path, text.encode())
+    assert answer.status_code in (400, 422) and f"beyond float64's range at $.{key}[1].tenure" in answer.text, (
+        answer.text
+    )
