@@ -139,6 +139,8 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     missing = [n for n in kinds if n not in columns]
     if missing:
         raise bad(f"missing input(s): {', '.join(missing)}")
+    if offset < len(binary):  # sizes that do not add up: which bytes belong to which input is a guess
+        raise bad(f"the binary part holds {len(binary) - offset} bytes past the last input's binary_data_size")
     assert rows is not None
     if rows == 0:
         raise bad("inputs hold no rows")

@@ -217,6 +217,9 @@ def test_a_byte_order_mark_before_a_v2_binary_request_is_ignored(churn_server: S
     answer = post(churn_server, V2_INFER, head + raw, **{"inference-header-content-length": str(len(head))})
     plain = post(churn_server, V2_INFER, json.dumps(v2_body(records)).encode())
     assert answer.status_code == 200 and answer.json()["outputs"] == plain.json()["outputs"], answer.text
+    # bytes past the last input's binary_data_size: sizes that do not add up were ignored
+    junk = post(churn_server, V2_INFER, head + raw + b"\0" * 8, **{"inference-header-content-length": str(len(head))})
+    assert junk.status_code == 400 and "8 bytes past the last input's binary_data_size" in junk.text, junk.text
 
 
 @pytest.mark.parametrize("path", [*SCORING_ROUTES, V2_INFER, "/invocations"])
