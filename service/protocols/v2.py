@@ -67,7 +67,7 @@ def check_typed(name: str, datatype: str, values: list[Any]) -> None:
     were read as numbers anyway); the usual all-number column costs one array's check."""
     if datatype == "BYTES" or not values:
         return
-    array = np.asarray(values) if all(type(v) in (int, float) for v in values[:1]) else None
+    array = np.asarray(values) if type(values[0]) in (int, float) else None  # else: text, null or nested
     if array is not None and array.dtype.kind in "iuf":
         if datatype in INT_RANGES:
             low, high = INT_RANGES[datatype]
