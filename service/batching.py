@@ -41,6 +41,7 @@ class NotFinite(ValueError):
         self.rows = rows
 
 
+_NONE = np.empty(0, np.int64)
 SWEEP_S = 0.1  # how often requests are checked against their deadlines (no timer per request)
 
 
@@ -228,6 +229,9 @@ class AdaptiveBatcher:
         self._running.discard(job)
         start, now = 0, monotonic()
         answered: list[_Pending] = []
+        # rows whose outputs are not numbers (values that overflow inside the graph): once per batch,
+        # one sum to rule them out (a sum that overflows only costs the exact look)
+        bad = _NONE if out is None or np.isfinite(out.sum()) else np.flatnonzero(~np.isfinite(out).all(axis=1))
         for p in job.batch:
             end = start + len(p.num)
             if p.deadline < now:  # answered too late: as the sweep would have
@@ -235,8 +239,8 @@ class AdaptiveBatcher:
             elif not p.future.done():  # a client that went away cancelled its future
                 if error is not None or out is None:
                     p.future.set_exception(error or RuntimeError("no output"))
-                elif len(bad := np.flatnonzero(~np.isfinite(out[start:end]).all(axis=1))):
-                    p.future.set_exception(NotFinite(bad))
+                elif len(bad) and len(mine := bad[(bad >= start) & (bad < end)]):
+                    p.future.set_exception(NotFinite(mine - start))
                 else:
                     p.future.set_result(out[start:end])
                     answered.append(p)

@@ -101,9 +101,10 @@ class RecordEncoder:
         if enc.num.shape[0] != 1:
             self.pre.check_ranges(enc)
             return
-        self.pre.check_known(enc)
-        names = self.numbers.names
-        for j, v in enumerate(enc.num[0].tolist()):
+        names, values = self.numbers.names, enc.num[0].tolist()
+        if all(v != v for v in values) and not enc.cat.any():  # every number NaN (stops at the first that is not)
+            self.pre.check_known(enc)
+        for j, v in enumerate(values):
             if v < self._lo[j]:
                 enc.warn(0, self._below[j], names[j], "out_of_range")
             elif v > self._hi[j]:

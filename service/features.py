@@ -551,8 +551,12 @@ class Preprocess:
         """A record whose every feature is blank or null is an error: its score would be the
         all-median record's, whoever it is (`{}` is refused the same way, by check_absent). One with
         an unseen level is scored, its warning saying so."""
-        empty = np.isnan(enc.num).all(axis=1) & (enc.cat == 0).all(axis=1)  # code 0: missing or unseen
-        for row in np.flatnonzero(empty).tolist():
+        first = np.isnan(enc.num[:, 0]) if enc.num.shape[1] else enc.cat[:, 0] == 0  # one column rules most out
+        rows = np.flatnonzero(first)
+        if not len(rows):
+            return
+        empty = np.isnan(enc.num[rows]).all(axis=1) & (enc.cat[rows] == 0).all(axis=1)  # code 0: missing or unseen
+        for row in rows[empty].tolist():
             if row not in enc.warnings:
                 enc.errors.setdefault(row, EncodingError(row, None, NOTHING_KNOWN))
 

@@ -231,7 +231,7 @@ class V2Codec:
         self.outputs = [o["name"] for o in output_metadata(pre, explainer is not None)]
         self.encoder = RecordEncoder(pre)
         self._single = _single_row_decoder(pre)
-        self._layouts: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any]] = {}
+        self._layouts: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any, Any]] = {}
 
     def decode(self, body: bytes, headers: Headers, explain: Explain | None = None) -> InferenceRequest:
         """A request body (JSON, or JSON then binary tensors) → model inputs, its id and outputs;
@@ -276,11 +276,11 @@ class V2Codec:
         if request.parameters is not None or (outputs is not None and ATTRIBUTIONS in outputs):
             return None  # parameters (`explain`) and attributions: the full path reads them
         values = [data[0] for data in map(_DATA, inputs)]
-        for name, datatype, value in zip(key[0], key[1], values, strict=True):
-            problem = misfit(datatype, value)
+        num_at, cat_at, typed = layout
+        for i, datatype in typed:  # the inputs whose data has a type to check (not BYTES)
+            problem = misfit(datatype, values[i])
             if problem:
-                raise bad(f"input '{name}', element 0: {problem}")
-        num_at, cat_at = layout
+                raise bad(f"input '{key[0][i]}', element 0: {problem}")
         request_id = NO_ID if request.id is msgspec.UNSET else checked_id(request.id)
         enc = self._checked(self.encoder.encode_flat(num_at(values), cat_at(values), 1))
         return InferenceRequest(enc, [], request_id, outputs)
@@ -367,8 +367,9 @@ _SHAPE, _DATA = operator.attrgetter("shape"), operator.attrgetter("data")
 LAYOUTS_KEPT = 64
 
 
-def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any] | None:
-    """Pickers of the `num` and `cat` values, if every feature is there once with a fitting datatype."""
+def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any, Any] | None:
+    """Pickers of the `num` and `cat` values, if every feature is there once with a fitting datatype,
+    and the (position, datatype) of each input whose data is typed."""
     kinds = pre.kinds
     at = {name: i for i, name in enumerate(names)}
     if len(at) != len(names) or at.keys() != kinds.keys():
@@ -376,7 +377,8 @@ def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...])
     for name, datatype in zip(names, datatypes, strict=True):
         if datatype not in (NUMERIC_FEATURE_TYPES if kinds[name] == "numeric" else CATEGORICAL_TYPES):
             return None
-    return _picker([at[f.name] for f in pre.numeric]), _picker([at[f.name] for f in pre.categorical])
+    typed = [(i, datatype) for i, datatype in enumerate(datatypes) if datatype != "BYTES"]
+    return _picker([at[f.name] for f in pre.numeric]), _picker([at[f.name] for f in pre.categorical]), typed
 
 
 def _picker(positions: list[int]) -> Any:
