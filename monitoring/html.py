@@ -46,7 +46,7 @@ def write_html(report: Report, path: Path) -> None:
 
 
 def heat_map(report: Report) -> str:
-    names = sorted(report.psi, key=lambda n: -max(report.psi[n], default=0.0))
+    names = sorted(report.psi, key=lambda n: -report.moved(n))
     values = np.array([report.psi[n] for n in names]) if report.periods else np.zeros((len(names), 1))
     few = np.array([[r == FEW_ROWS for r in report.readings(n)] for n in names]) if report.periods else False
     values = np.ma.masked_array(values, mask=few)  # a period too small to tell: grey, not a colour

@@ -20,7 +20,7 @@ from monitoring.accuracy import calibration, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import LogLocation, logged_parts
 from service import bundle
-from service.drift import NO_ROWS, population_stability, psi_noise, reading
+from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, NumericFeature, Preprocess
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
@@ -157,6 +157,12 @@ class Report:
         """Each period's reading of a field's PSI: too few rows where noise alone would pass 0.1."""
         noise = self.noise.get(name) or [0.0] * len(self.psi[name])  # none given: each PSI read as it is
         return [reading(v, n) for v, n in zip(self.psi[name], noise, strict=True)]
+
+    def moved(self, name: str, last: int = 0) -> float:
+        """A field's largest PSI over the periods with rows enough to tell (the last `last`; 0: all):
+        how the table and the page put the fields that moved most first."""
+        periods = list(zip(self.psi[name], self.readings(name), strict=True))[-last:]  # [-0:]: all
+        return max((v for v, r in periods if r != FEW_ROWS), default=0.0)
 
     @property
     def empty(self) -> bool:

@@ -765,11 +765,7 @@ def _print_report(report: Any, shown: int = 10) -> None:
     colour = {"stable": "green", "moderate": "yellow", "act": "bold red", FEW_ROWS: "dim"}
     said = {name: report.readings(name)[-shown:] for name in report.psi}
 
-    def moved(name: str) -> float:  # most moved first, by the periods with rows enough to tell
-        told = [v for v, r in zip(report.psi[name][-shown:], said[name], strict=True) if r != FEW_ROWS]
-        return max(told, default=0.0)
-
-    for name in sorted(report.psi, key=lambda name: -moved(name)):
+    for name in sorted(report.psi, key=lambda name: -report.moved(name, shown)):
         values = report.psi[name][-shown:]
         table.add_row(name, *[f"[{colour[r]}]{v:.3f}[/]" for v, r in zip(values, said[name], strict=True)])
     table.add_row("rows", *[f"{n:,}" for n in report.rows[-shown:]])

@@ -16,3 +16,18 @@ def test_long_feature_names_fit_the_heat_map_without_a_warning(tmp_path: Path) -
         warnings.simplefilter("error")  # matplotlib's "Tight layout not applied" reached the user's console
         write_html(report, tmp_path / "report.html")
     assert "number_of_people_being_liable_to_provide_maintenance_for" in (tmp_path / "report.html").read_text()
+
+
+def test_a_period_of_a_few_rows_reads_too_few_rows_and_does_not_order_the_fields(tmp_path: Path) -> None:
+    """A 3-row day's PSIs are noise (about 3 with nothing moved): read "too few rows", drawn grey, and
+    the field that moved on a full day comes first, not the one the small day's noise put highest."""
+    periods = ["2026-12-01 00:00", "2026-12-02 00:00", "2026-12-03 00:00"]
+    psi = {"tenure": [0.02, 2.9, 0.05], "Contract": [0.02, 0.4, 0.31], "score": [0.01, 1.5, 0.04]}
+    report = Report("churn", 1, periods, [5000, 3, 4800], psi, {}, [1.0], [1.0], [])
+    report.noise = {n: [9 / 5000, 9 / 3, 9 / 4800] for n in psi}
+    assert report.to_json()["readings"]["tenure"] == ["stable", "too few rows", "stable"]
+    assert report.to_json()["readings"]["Contract"] == ["stable", "too few rows", "act"]
+    assert sorted(psi, key=lambda n: -report.moved(n)) == ["Contract", "tenure", "score"]
+    write_html(report, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "too few rows" in page and page.index("<!-- Contract -->") < page.index("<!-- tenure -->")
