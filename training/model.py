@@ -115,12 +115,12 @@ class Pieces(nn.Module):
     def __init__(self, pre: Preprocess) -> None:
         super().__init__()
         norm = Normalize(pre)
-        # column, scale, shift, period, lo, hi, whether a hat (then lo is its middle, hi its half-width)
-        rows: list[tuple[int, float, float, float, float, float, bool]] = []
+        # column, scale, shift, period, lo, hi; a cycle's (period > 0) is a hat: lo its middle, hi its half-width
+        rows: list[tuple[int, float, float, float, float, float]] = []
         for j, f in enumerate(pre.numeric):
             if f.bins:
                 edges = _standardized(norm, j, np.asarray(f.bins, dtype=np.float64))
-                rows += [(j, 1.0, 0.0, 0.0, lo, hi, False) for lo, hi in itertools.pairwise(edges) if hi > lo]
+                rows += [(j, 1.0, 0.0, 0.0, lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
             if f.cycles and f.date is not None and not f.knots:
                 # day number = reference - age = reference - (mean + std·x), taken modulo the period
                 reference = (dt.datetime.fromisoformat(f.date.reference) - EPOCH).total_seconds() / 86400
@@ -129,14 +129,14 @@ class Pieces(nn.Module):
                     shift = (reference - f.mean_ + phase) % period
                     # each hat's middle moved to the period's, where no wrap can reach it
                     rows += [
-                        (j, -f.std_, (shift - (lo + hi) / 2 + period / 2) % period, period, period / 2, hi - lo, True)
+                        (j, -f.std_, (shift - (lo + hi) / 2 + period / 2) % period, period, period / 2, hi - lo)
                         for lo, hi in itertools.pairwise(edges)
                     ]
         self.width, self.source = len(rows), [r[0] for r in rows]
         mix = torch.zeros(n_inputs(pre), len(rows))  # no pieces of a missing indicator
         for p, (j, scale, *_) in enumerate(rows):
             mix[j, p] = scale  # a column's value into each of its pieces: a 0/scale MatMul, no Gather
-        columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 6
         self.register_buffer("mix", mix)
         self.register_buffer("shift", torch.tensor(columns[2], dtype=torch.float32))
         period = torch.tensor(columns[3], dtype=torch.float64)
@@ -144,10 +144,9 @@ class Pieces(nn.Module):
         self.register_buffer("period", period.float())
         self.register_buffer("inv_period", torch.where(period > 0, 1 / period.clamp(min=1e-12), 0.0).float())
         lo, hi = torch.tensor(columns[4], dtype=torch.float64), torch.tensor(columns[5], dtype=torch.float64)
-        hat = torch.tensor(columns[6], dtype=torch.bool)
+        hat = period > 0
         self.register_buffer("lo", lo.float())
         self.register_buffer("inv_width", torch.where(hat, 1 / hi.clamp(min=1e-12), 1 / (hi - lo)).float())
-        self.hats = bool(hat.any())
         self.register_buffer("hat", hat)
         self.folded = False  # (u - lo) · inv_width already inside mix and shift (`rescaled`)
 
@@ -158,7 +157,7 @@ class Pieces(nn.Module):
         if self.cyclic:  # a plain piece has period 0 and inv_period 0: u - floor(0)·0 is u
             u = u - torch.floor(u * self.inv_period) * self.period
         v = (u - self.lo) * self.inv_width
-        if self.hats:
+        if self.cyclic:
             v = torch.where(self.hat, 1.0 - v.abs(), v)
         return v.clamp(0.0, 1.0)
 
