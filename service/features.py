@@ -42,9 +42,13 @@ class EncodingError(ValueError):
     """A raw value that cannot be encoded; names the record and the field (None: the record)."""
 
     def __init__(self, row: int, field_name: str | None, reason: str) -> None:
-        where = f"record {row}" if field_name is None else f"record {row}, field '{field_name}'"
-        super().__init__(f"{where}: {reason}")
+        super().__init__(self.at(f"record {row}", field_name, reason))
         self.row, self.field, self.reason = row, field_name, reason
+
+    @staticmethod
+    def at(place: str, field_name: str | None, reason: str) -> str:
+        """`record 3, field 'tenure': reason` (`row 4` in a file): the one wording of where a value failed."""
+        return f"{place}: {reason}" if field_name is None else f"{place}, field '{field_name}': {reason}"
 
 
 def _squashed(name: str) -> str:

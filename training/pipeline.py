@@ -19,7 +19,7 @@ import torch
 from monitoring.accuracy import EPS, calibration_outcomes, ece_floor
 from service import bundle, release
 from service.drift import reference_distribution, score_of
-from service.features import NOTHING_KNOWN, Encoded, Preprocess
+from service.features import NOTHING_KNOWN, Encoded, EncodingError, Preprocess
 from training import data as D
 from training import export, gate, report
 from training.config import TrainConfig, parse_seconds
@@ -127,8 +127,7 @@ def _encoded(pre: Preprocess, df: pd.DataFrame, file_rows: np.ndarray | None) ->
         if errors:
             error = min(errors, key=lambda e: e.row)
             row = start + error.row if file_rows is None else int(file_rows[start + error.row])
-            field = "" if error.field is None else f", field '{error.field}'"
-            raise D.DataError(f"row {row + 1}{field}: {error.reason}")
+            raise D.DataError(EncodingError.at(f"row {row + 1}", error.field, error.reason))
         enc.num[start : start + len(block)], enc.cat[start : start + len(block)] = part.num, part.cat
         enc.warnings.update({start + row: found for row, found in part.warnings.items()})
     return enc

@@ -26,7 +26,7 @@ from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleR
 from service.cpus import cpu_budget
 from service.drift import Drift
 from service.explain import Effects, Explain, Explainer
-from service.features import Encoded, Preprocess, near_miss
+from service.features import Encoded, EncodingError, Preprocess, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, feature_column, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import (
@@ -223,10 +223,7 @@ class Scorer:
                 mark_rows(enc, invalid_utf8_rows(text_column(batch.column(name))), name, NOT_UTF8)
         out = self.predict(enc.num, enc.cat)
         rows = batch.column(ROW).to_numpy()
-        messages = {
-            r: f"row {rows[r]}{'' if e.field is None else f', field {e.field!r}'}: {e.reason}"
-            for r, e in enc.errors.items()
-        }
+        messages = {r: EncodingError.at(f"row {rows[r]}", e.field, e.reason) for r, e in enc.errors.items()}
         unparsed = batch.column(UNPARSED)
         if unparsed.null_count < batch.num_rows:
             for r in np.flatnonzero(unparsed.is_valid().to_numpy(zero_copy_only=False)).tolist():
