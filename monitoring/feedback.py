@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
-from service.features import Preprocess, category_key, parse_number, plain_number
+from service.features import Preprocess, category_key, named_twice, parse_number, plain_number
 from service.scoring.files import sniff_sep
 
 FEEDBACK = "feedback"
@@ -58,7 +58,7 @@ def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
         header = body.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
         sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
         names = next(csv.reader([header], delimiter=sep), [])
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = named_twice(names)
         if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
             raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
         try:  # every column as text: an id such as 007 or a label such as True stays as sent

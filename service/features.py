@@ -55,6 +55,11 @@ def _squashed(name: str) -> str:
     return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
+def named_twice(names: Sequence[str]) -> list[str]:
+    """The names a header gives more than once, sorted: which of the two holds a value is a guess."""
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 def near_miss(name: str, candidates: Sequence[str]) -> str | None:
     """The candidate that is most likely `name` mistyped (case, spacing, punctuation or a close
     spelling), or None: how a misspelt field or column gets a "did you mean" instead of silence."""

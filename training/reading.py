@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from service.features import Reading
+from service.features import Reading, named_twice
 from service.scoring import files
 from training.config import TrainConfig
 
@@ -140,7 +140,7 @@ def _header(names: list[str], p: Path) -> list[str]:
     """Header names stripped; a blank one (or spaces) named as pandas names a blank one (UNNAMED).
     A name given twice is refused: pandas would rename the second one silently ("tenure.1")."""
     header = [name or f"Unnamed: {i}" for i, name in enumerate(files.stripped(names))]
-    twice = sorted({c for c in header if header.count(c) > 1})
+    twice = named_twice(header)
     if twice:
         raise DataError(f"column(s) named more than once in the header of {p}: {', '.join(twice)}")
     return header

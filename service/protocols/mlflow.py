@@ -9,6 +9,7 @@ from typing import Any
 
 from service.errors import InputError
 from service.explain import Explain
+from service.features import named_twice
 from service.protocols.base import Headers, InferenceRequest, InferenceResult, explain_of, media_type, parse_json
 from service.protocols.native import NativeCodec, records_of
 
@@ -98,7 +99,7 @@ def _split(value: Any) -> list[dict[str, Any]]:
     for i, name in enumerate(columns):
         if not isinstance(name, str):
             raise bad(f"dataframe_split column {i} must be a name (a string), not {name!r}")
-    named_twice(columns, "dataframe_split columns")
+    refuse_twice(columns, "dataframe_split columns")
     records = []
     for i, row in enumerate(value["data"]):
         if not isinstance(row, list) or len(row) != len(columns):
@@ -126,10 +127,10 @@ def _instances(key: str, value: Any) -> list[dict[str, Any]]:
     raise bad(f"{key} must be a list of row objects or an object of columns")
 
 
-def named_twice(names: list[str], where: str) -> None:
+def refuse_twice(names: list[str], where: str) -> None:
     """A column named twice: which of the two holds the value is a guess (the last one won), so it is
     refused, as `tabserve score` and the upload route refuse such a header."""
-    twice = sorted({name for name in names if names.count(name) > 1})
+    twice = named_twice(names)
     if twice:
         raise bad(f"column(s) named more than once in the {where}: {', '.join(twice)}")
 
@@ -144,7 +145,7 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
     header = next(rows, None)
     if not header:
         raise bad("CSV body is empty")
-    named_twice(header, "CSV header")
+    refuse_twice(header, "CSV header")
     records = []
     for i, row in enumerate(rows):
         if not row:
