@@ -197,6 +197,8 @@ class HttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
             return True
+        # asyncio closes the socket itself on None: an answer held for the loop's next turn goes out first
+        self.transport.flush()  # type: ignore[attr-defined]  # a OneWriteTransport (connection_made)
         return None
 
     def shutdown(self) -> None:
