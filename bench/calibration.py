@@ -30,7 +30,7 @@ from training.evaluate import Baseline, log_odds, task_metrics
 from training.pipeline import fit_platt, train
 
 BINARY = ["telco", "german", "mlc_churn", "credit_data", "attrition", "lending_club", "hmda"]
-MAPS = ("Platt", "none", "temperature", "isotonic")
+MAPS = ("Platt", "beta", "none", "temperature", "isotonic")
 
 
 def fitted_maps(p: np.ndarray, y: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -39,13 +39,20 @@ def fitted_maps(p: np.ndarray, y: np.ndarray) -> dict[str, Callable[[np.ndarray]
     a, b = fit_platt(y, p).tolist()
     z = log_odds(p)
     temperature = LogisticRegression(C=1e4, fit_intercept=False).fit(z.reshape(-1, 1), y)
+    beta = LogisticRegression(C=1e4).fit(_beta_features(z), y)
     iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4).fit(z, y)
     return {
         "Platt": lambda t: 1 / (1 + np.exp(-(a * t + b))),
+        "beta": lambda t: beta.predict_proba(_beta_features(t))[:, 1],
         "none": lambda t: 1 / (1 + np.exp(-t)),
         "temperature": lambda t: temperature.predict_proba(t.reshape(-1, 1))[:, 1],
         "isotonic": iso.predict,
     }
+
+
+def _beta_features(z: np.ndarray) -> np.ndarray:
+    """Beta calibration's inputs (Kull et al. 2017): ln p and ln(1 − p) of the logit z, apart."""
+    return np.stack([-np.logaddexp(0, -z), -np.logaddexp(0, z)], axis=1)
 
 
 def run(name: str, seeds: int) -> dict[str, list[float]]:

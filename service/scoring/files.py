@@ -101,8 +101,8 @@ def first_rows(text: str, sep: str, whole: bool = True) -> list[list[str]]:
 def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     """The header, with a blank name added where each of the first data rows has one field more: last
     where that field is empty in each (a delimiter closing every line), else first (R's `write.table`
-    writes row names without a name), unless the first row reads as names over the values below it
-    (then line 1 is a title). A blank name is read as any blank header cell is."""
+    writes row names without a name) when two rows or more show it, unless the first row reads as
+    names over the values below it (then line 1 is a title). A blank name is read as any blank header cell is."""
     rows = rows[:PROBE_ROWS]
     while rows and not rows[-1]:  # blank lines at the end of a short file (one between: not a table)
         rows = rows[:-1]
@@ -110,6 +110,8 @@ def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
         return header
     if all(not row[-1].strip() for row in rows):
         return [*header, ""]
+    if len(rows) == 1:  # row names or a stray delimiter: one row cannot tell, its field count is reported
+        return header
     return header if names_above_values(rows[0], rows[1:]) else ["", *header]
 
 

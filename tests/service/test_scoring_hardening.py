@@ -446,3 +446,20 @@ def test_a_full_spool_gives_up_on_a_client_that_reads_nothing() -> None:
         assert time.monotonic() - started < 5
     finally:
         loop.close()
+
+
+def test_one_row_with_a_field_too_many_is_reported_not_read_as_row_names(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """R's row names (a field more than the header on every row) are told from a stray delimiter by two
+    rows or more; a file of one such row fails that row by its field count (its values were shifted)."""
+    header, rows = _telco(1)
+    stray = _field(rows[0], 18, b"29.85,1")  # MonthlyCharges typed twice
+    source = tmp_path / "in.csv"
+    source.write_bytes(header + stray)
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv")
+    assert (summary.rows_in, summary.rows_failed) == (1, 1)
+    assert summary.errors[0][1] == "row 1: expected 21 fields, got 22"
+    source.write_bytes(header + b"".join(b'"r%d",' % i + row for i, row in enumerate(_telco(2)[1])))
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv")
+    assert (summary.rows_in, summary.rows_failed) == (2, 0)  # two rows of R's row names: read as such
