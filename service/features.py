@@ -82,13 +82,13 @@ def parse_number(value: Any, decimal: str = ".") -> float:
         try:
             number = float(value)
         except OverflowError:
-            raise ValueError(f"expected a finite number, got {value!r}") from None
+            raise ValueError(f"expected a finite number, got {shown(value)}") from None
     elif isinstance(value, str):
         text = value.strip()
         if text.lower() in NUMERIC_MISSING:
             return math.nan
         if "_" in text:  # Python's float() reads `2023_01` as 202301: a code, not a number
-            raise ValueError(f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, got {shown(value)}")
         try:  # the plain form first; with a decimal comma a point may be a thousands separator
             number = float(text) if decimal == "." or "." not in text else business_number(text, decimal)[0]
         except ValueError:
@@ -96,8 +96,17 @@ def parse_number(value: Any, decimal: str = ".") -> float:
     else:
         raise ValueError(f"expected a number, got {type(value).__name__}")
     if math.isinf(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
+        raise ValueError(f"expected a finite number, got {shown(value)}")
     return number
+
+
+SHOWN = 80  # characters of a value a message quotes: a file's field may hold a megabyte
+
+
+def shown(value: Any) -> str:
+    """A value as an error or warning quotes it: its repr, cut to SHOWN characters with its length."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}… ({len(str(value)):,} characters)"
 
 
 def plain_number(text: str) -> float | None:
@@ -132,7 +141,7 @@ def business_number(text: str, decimal: str = ".") -> tuple[float, str]:
         core, negative = core[1:].strip(), core[0] == "-"
     digits = _plain_digits(core, decimal)
     if digits is None:
-        raise ValueError(f"expected a number, got {text!r}")
+        raise ValueError(f"expected a number, got {shown(text)}")
     number = float(digits)
     return (-number if negative else number), unit
 
@@ -249,7 +258,7 @@ def parse_date(value: Any, fmt: str = "iso") -> dt.datetime | None:
         try:  # an ISO text is read whatever the training file's format was (JSON clients write it)
             stamp = dt.datetime.fromisoformat(text) if fmt == "iso" or is_iso(text) else _strptime(text, fmt)
         except ValueError:
-            raise ValueError(f"expected a date ({shown_format(fmt)}), got {value!r}") from None
+            raise ValueError(f"expected a date ({shown_format(fmt)}), got {shown(value)}") from None
     else:
         raise ValueError(f"expected a date (text), got {type(value).__name__}")
     if stamp.tzinfo is not None:
@@ -536,7 +545,7 @@ class Preprocess:
                 continue
             ignored = [key for key in record if key not in known]
             if len(absent) == len(kinds):
-                sent = f"; it has only {', '.join(map(repr, ignored[:10]))}" if ignored else ""
+                sent = f"; it has only {', '.join(map(shown, ignored[:10]))}" if ignored else ""
                 reason = f"none of the model's {len(kinds)} features is present{sent}"
                 enc.errors[row] = EncodingError(row, None, reason)  # said more exactly than check_known
                 continue
@@ -700,7 +709,7 @@ def level_code(row: int, feat: CategoricalFeature, value: Any, enc: Encoded) -> 
         return 0
     found = feat.code_of(key)
     if found == 0:
-        enc.warn(row, f"field '{feat.name}': unseen level {key!r} scored as missing", feat.name, "unseen_level")
+        enc.warn(row, f"field '{feat.name}': unseen level {shown(key)} scored as missing", feat.name, "unseen_level")
     return found
 
 

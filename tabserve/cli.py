@@ -528,7 +528,9 @@ def score(
         soft_wrap=True,
     )
     if summary.warnings:
-        out.print(f"warnings on scored rows ({summary.warnings.total():,}; the rows are scored):")
+        out.print(
+            f"warnings on scored rows ({summary.warnings.total():,}; the rows are scored; see each row's warning column):"
+        )
         for message, rows in summary.warnings.most_common(SHOWN_WARNINGS):
             out.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
         if len(summary.warnings) > SHOWN_WARNINGS:

@@ -160,10 +160,10 @@ def test_cli_scores_and_reports(churn_bundle: bundle.BundleRef, tmp_path: Path) 
     assert run.returncode == 0, run.stderr
     assert "30 rows in, 30 scored, 0 with errors" in run.stdout
     # values the model never saw in training are scored, and the summary says how often
-    assert "warnings on scored rows (3; the rows are scored):" in run.stdout
+    assert "warnings on scored rows (3; the rows are scored; see each row's warning column):" in run.stdout
     assert "2 × field 'Contract': unseen level 'Ten-year' scored as missing" in run.stdout
     assert "1 × field 'tenure': above the largest value seen in training (72)" in run.stdout
-    assert list(_read(out)[0]) == ["gender", "label", "probability", "error"]
+    assert list(_read(out)[0]) == ["gender", "label", "probability", "warning", "error"]
     assert _read(errs) == []
     missing = subprocess.run(
         [

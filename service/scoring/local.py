@@ -191,7 +191,7 @@ class Scorer:
         return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
 
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:
-        """Kept columns, predictions, `error`; the scoring model in the metadata."""
+        """Kept columns, predictions, reasons, `warning`, `error`; the scoring model in the metadata."""
         fields = [pa.field(name, kind) for name, kind in kept]
         if self.pre.task == "regression":
             fields.append(pa.field("value", pa.float64()))
@@ -203,7 +203,8 @@ class Scorer:
             threshold = self.pre.threshold if self.pre.threshold is not None else 0.5
             provenance["tabserve.threshold"] = repr(threshold)
         added = self.reasons.fields() if self.reasons is not None else []
-        return pa.schema([*fields, *added, pa.field("error", pa.string())], metadata=provenance)
+        notes = [pa.field("warning", pa.string()), pa.field("error", pa.string())]
+        return pa.schema([*fields, *added, *notes], metadata=provenance)
 
     def predict(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         """ONNX Runtime over the rows, ORT_ROWS at a time."""
@@ -217,7 +218,7 @@ class Scorer:
         """Score one `numbered` block; failed rows get empty predictions and the reason."""
         enc = self.encoder.encode(batch)  # checks the UTF-8 of every feature value it reads
         n_added = len(self.reasons.fields()) if self.reasons is not None else 0
-        n_kept = len(schema) - len(prediction_columns(self.pre)) - n_added - 1
+        n_kept = len(schema) - len(prediction_columns(self.pre)) - n_added - 2
         for name in schema.names[:n_kept]:
             if name not in self.names:
                 mark_rows(enc, invalid_utf8_rows(text_column(batch.column(name))), name, NOT_UTF8)
@@ -232,12 +233,7 @@ class Scorer:
             messages.setdefault(r, f"row {rows[r]}, {self.pre.too_far(enc.num[r])}")
         failed = np.zeros(batch.num_rows, dtype=bool)
         failed[list(messages)] = True
-        error_col = pa.nulls(batch.num_rows, pa.string())
-        if messages:
-            texts = np.full(batch.num_rows, None, dtype=object)
-            for r, message in messages.items():
-                texts[r] = message
-            error_col = pa.array(texts, pa.string())
+        warned = {r: "; ".join(texts) for r, texts in enc.warnings.items() if r not in messages}
         kept = [batch.column(name) for name in schema.names[:n_kept]]
         if self.log is not None:
             self._log(batch, enc, out, rows, failed)
@@ -245,9 +241,10 @@ class Scorer:
             self.drift.update(enc.num[~failed], enc.cat[~failed], out[~failed])
         label_index = self.pre.label_index(out) if self.pre.task != "regression" else None
         added = [] if self.reasons is None else self.reasons.columns(batch, enc.num, enc.cat, label_index, failed)
-        columns = [*kept, *self._predictions(out, label_index, failed), *added, error_col]
+        notes = [_text_column(batch.num_rows, warned), _text_column(batch.num_rows, messages)]
+        columns = [*kept, *self._predictions(out, label_index, failed), *added, *notes]
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
-        warnings = Counter(w for r, texts in enc.warnings.items() if r not in messages for w in texts)
+        warnings = Counter(w for r, texts in enc.warnings.items() if r in warned for w in texts)
         errors = [(int(rows[r]), messages[r]) for r in sorted(messages)]
         return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed))
 
@@ -284,6 +281,16 @@ class Scorer:
         if self.pre.task == "binary":
             return [labels, pa.array(out[:, 1].astype(np.float64), mask=failed)]
         return [labels, *(pa.array(out[:, k].astype(np.float64), mask=failed) for k in range(out.shape[1]))]
+
+
+def _text_column(n: int, texts: dict[int, str]) -> pa.Array:
+    """`n` rows of text, null but at the given rows (most batches have none: no array of Nones built)."""
+    if not texts:
+        return pa.nulls(n, pa.string())
+    column = np.full(n, None, dtype=object)
+    for r, text in texts.items():
+        column[r] = text
+    return pa.array(column, pa.string())
 
 
 def open_explainer(ref: BundleRef, pre: Preprocess, device: Device = "auto", threads: int = 1) -> Explainer:

@@ -39,19 +39,27 @@ def _telco_head(path: Path, n: int) -> Path:
 
 
 def test_output_equals_predict_and_keeps_order_across_chunks(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
-    source = _telco_head(tmp_path / "in.csv", 50)
-    out = tmp_path / "out.csv"
+    """Scores, labels and each row's warnings (an unseen level, a value past training's range) as
+    `/predict` answers the same records."""
+    records = telco_records(50)
+    records[3]["Contract"], records[10]["tenure"] = "Weekly", 900.0
+    records[10]["PaymentMethod"] = "Bitcoin"
+    rows = _read(_telco_head(tmp_path / "head.csv", 50))
+    rows[3]["Contract"], rows[10]["tenure"], rows[10]["PaymentMethod"] = "Weekly", "900", "Bitcoin"
+    source, out = _write(tmp_path / "in.csv", rows), tmp_path / "out.csv"
     summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=7)  # NOTE: many chunk boundaries
     assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (50, 50, 0)
+    assert sum(summary.warnings.values()) == 3
     scored = _read(out)
-    assert list(scored[0]) == ["customerID", "label", "probability", "error"]
+    assert list(scored[0]) == ["customerID", "label", "probability", "warning", "error"]
     store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store) as server:
-        served = httpx.post(server.url + "/predict", json={"records": telco_records(50)}).json()["predictions"]
+        served = httpx.post(server.url + "/predict", json={"records": records}).json()["predictions"]
     assert [r["customerID"] for r in scored] == [p["customerID"] for p in served]
     for row, answer in zip(scored, served, strict=True):
         assert row["label"] == answer["label"] and abs(float(row["probability"]) - answer["probability"]) < 1e-6
-        assert row["error"] == ""
+        assert row["warning"] == "; ".join(answer.get("warnings", [])) and row["error"] == ""
+    assert "unseen level 'Weekly'" in scored[3]["warning"] and scored[10]["warning"].count("; ") == 1
 
 
 def test_every_malformed_row_is_still_written_with_its_reason(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
@@ -185,7 +193,7 @@ def test_parquet_in_and_out_equals_csv(churn_bundle: bundle.BundleRef, tmp_path:
     summary = score_file(scorer, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=16)
     assert summary.rows_in == 60 and summary.rows_failed == 0
     table = pq.read_table(tmp_path / "out.parquet")
-    assert table.column_names == ["customerID", "label", "probability", "error"]
+    assert table.column_names == ["customerID", "label", "probability", "warning", "error"]
     assert table.schema.field("probability").type == "double"
     provenance = table.schema.metadata  # which model scored the file travels with it
     assert (
@@ -200,12 +208,8 @@ def test_parquet_in_and_out_equals_csv(churn_bundle: bundle.BundleRef, tmp_path:
     score_file(scorer, tmp_path / "in.parquet", tmp_path / "back.csv.gz", keep_all=True)  # Parquet → CSV.gz
     back = _read(tmp_path / "back.csv.gz")
     assert [r["probability"] for r in back] == [r["probability"] for r in expected]
-    assert back[0]["tenure"] == str(frame["tenure"][0]) and list(back[0])[-4:] == [
-        "Churn",
-        "label",
-        "probability",
-        "error",
-    ]
+    assert back[0]["tenure"] == str(frame["tenure"][0])
+    assert list(back[0])[-5:] == ["Churn", "label", "probability", "warning", "error"]
 
 
 def test_parquet_typed_as_a_database_writes_it_scores_as_its_text(
@@ -263,10 +267,10 @@ def test_multiclass_and_regression_files(tmp_path: Path, target: str, task: str)
     session = ort.InferenceSession(str(result.bundle.path / bundle.MODEL_FILE), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"num": enc.num, "cat": enc.cat})[0]
     if task == "regression":
-        assert table.column_names == ["value", "error"]
+        assert table.column_names == ["value", "warning", "error"]
         np.testing.assert_array_equal(table.column("value").to_numpy(), expected[:, 0].astype(np.float64))
     else:
-        assert table.column_names == ["label", *(f"probability_{label}" for label in pre.labels), "error"]
+        assert table.column_names == ["label", *(f"probability_{label}" for label in pre.labels), "warning", "error"]
         assert table.column("label").to_pylist() == pre.labels_for(expected)
         for k, label in enumerate(pre.labels):
             np.testing.assert_array_equal(table.column(f"probability_{label}").to_numpy(), expected[:, k])

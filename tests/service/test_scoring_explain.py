@@ -82,7 +82,7 @@ def test_cli_reasons_equal_predict(explain_server: Server, churn_bundle: bundle.
             added = [f"effect_{f.name}" for f in churn_bundle.preprocess.features]
         else:
             added = [f"{kind}_{i}" for i in range(1, 5) for kind in ("reason", "effect")]
-        assert list(scored[0]) == ["customerID", "label", "probability", *added, "error"]
+        assert list(scored[0]) == ["customerID", "label", "probability", *added, "warning", "error"]
         for row, answer in zip(scored, served, strict=True):
             assert row["customerID"] == answer["customerID"] and row["error"] == ""
             if explain == "all":  # every feature's effect, no sentences
