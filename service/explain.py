@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.features import CategoricalFeature, Preprocess, category_key, parse_number
+from service.features import CategoricalFeature, Preprocess, category_key, parse_number, shown
 
 Explain = int | Literal["all"]  # reasons per record, or every feature's effect
 EXPLAIN_OUTPUTS = ["effects", "score", "baseline", "target"]
@@ -170,7 +170,7 @@ class Explainer:
             return f"{feature.name} was missing"
         code = feature.code_of(text)
         if code == 0:
-            return f"{feature.name} {text!r} was not seen in training and taken as missing"
+            return f"{feature.name} {shown(text)} was not seen in training and taken as missing"
         level = feature.vocab_[code - 1]  # as matched: `YES` is `Yes`, `17.0` is `17`
         if mode is None or level == mode:
             return f"{feature.name} is {level} (the most common value in training)"

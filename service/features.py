@@ -554,7 +554,7 @@ class Preprocess:
                 if guess is not None:
                     enc.warn(
                         row,
-                        f"field {guess!r} is not a feature and was ignored: did you mean {name!r}? "
+                        f"field {shown(guess)} is not a feature and was ignored: did you mean {name!r}? "
                         f"'{name}' is absent and was scored as missing",
                         name,
                         "lookalike_field",

@@ -83,7 +83,8 @@ async def score(
     ] = None,
 ) -> Any:
     """Score a CSV upload (`Content-Type: text/csv`): one output row per input row, in order, with
-    the id columns (or `keep`), the predictions, any reason columns and `error`; streamed both ways."""
+    the id columns (or `keep`), the predictions, any reason columns, `warning` and `error`; streamed
+    both ways."""
     gzip = _check_upload(request, settings)
     try:
         reasons = checked_explain(explain, "?explain")

@@ -9,7 +9,7 @@ from typing import Any
 
 from service.errors import InputError
 from service.explain import Explain
-from service.features import named_twice
+from service.features import named_twice, shown
 from service.protocols.base import Headers, InferenceRequest, InferenceResult, explain_of, media_type, parse_json
 from service.protocols.native import NativeCodec, records_of
 
@@ -98,7 +98,7 @@ def _split(value: Any) -> list[dict[str, Any]]:
     columns = value["columns"]
     for i, name in enumerate(columns):
         if not isinstance(name, str):
-            raise bad(f"dataframe_split column {i} must be a name (a string), not {name!r}")
+            raise bad(f"dataframe_split column {i} must be a name (a string), not {shown(name)}")
     refuse_twice(columns, "dataframe_split columns")
     records = []
     for i, row in enumerate(value["data"]):

@@ -14,7 +14,7 @@ import numpy as np
 from service.encoders import RecordEncoder
 from service.errors import InputError
 from service.explain import Explain, Explainer
-from service.features import Encoded, Preprocess, near_miss
+from service.features import Encoded, Preprocess, near_miss, shown
 from service.protocols.base import (
     NO_ID,
     Headers,
@@ -53,13 +53,13 @@ def misfit(datatype: str, value: Any) -> str | None:
     if value is None or datatype == "BYTES":
         return None
     if datatype == "BOOL":
-        return None if isinstance(value, bool) else f"{value!r} is not true or false ({datatype})"
+        return None if isinstance(value, bool) else f"{shown(value)} is not true or false ({datatype})"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{value!r} is not a number ({datatype} declared)"
+        return f"{shown(value)} is not a number ({datatype} declared)"
     if datatype in INT_RANGES:
         low, high = INT_RANGES[datatype]
-        return None if isinstance(value, int) and low <= value <= high else f"{value!r} is not an {datatype} value"
-    return None if abs(value) <= FLOAT_MAX[datatype] else f"{value!r} is beyond {datatype}'s range"
+        return None if isinstance(value, int) and low <= value <= high else f"{shown(value)} is not an {datatype} value"
+    return None if abs(value) <= FLOAT_MAX[datatype] else f"{shown(value)} is beyond {datatype}'s range"
 
 
 def check_typed(name: str, datatype: str, values: list[Any]) -> None:
@@ -127,7 +127,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
         if name not in kinds:
             guess = near_miss(name, list(kinds))
             hint = f"did you mean {guess!r}? " if guess else ""
-            raise bad(f"unknown input '{name}'; {hint}the model's inputs are: {', '.join(kinds)}")
+            raise bad(f"unknown input {shown(name)}; {hint}the model's inputs are: {', '.join(kinds)}")
         values, offset = _tensor_values(name, kinds[name], tensor, binary, offset)
         if name in columns:
             raise bad(f"input '{name}' is given twice")

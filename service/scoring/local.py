@@ -188,7 +188,15 @@ class Scorer:
         nested = [f"{n} ({source.type_of(n)})" for n in self.names if pa.types.is_nested(source.type_of(n))]
         if nested:  # a list or a struct is no one value (training refuses such a column too)
             raise ScoringError(f"feature column(s) holding lists or structs, not values: {', '.join(nested)}")
-        return wanted, self.output_schema([(c, source.type_of(c)) for c in kept])
+        schema = self.output_schema([(c, source.type_of(c)) for c in kept])
+        clash = [c for c in kept if c in schema.names[len(kept) :]]
+        if clash:  # two columns of one name: a reader takes either, or refuses the file
+            how = f"keep others with {keep_name}" if keep_all else f"leave them out of {keep_name}"
+            raise ScoringError(
+                f"input column(s) {', '.join(clash)} would be written twice, kept and as the output's own "
+                f"(a scored file scored again?): rename them or {how}"
+            )
+        return wanted, schema
 
     def output_schema(self, kept: list[tuple[str, pa.DataType]]) -> pa.Schema:
         """Kept columns, predictions, reasons, `warning`, `error`; the scoring model in the metadata."""
@@ -315,7 +323,7 @@ class ReasonColumns:
         self._sentences: list[dict[Any, str]] = [{} for _ in range(len(explainer.names) * 2 * len(self._labels))]
 
     def fields(self) -> list[pa.Field]:
-        """The columns added before `error`."""
+        """The columns added before `warning` and `error`."""
         if self.explain == "all":
             return [pa.field(f"effect_{name}", pa.float64()) for name in self.explainer.names]
         slots = range(1, self.k + 1)

@@ -122,6 +122,12 @@ def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: 
     scored = _read(out)
     assert summary.rows_in == 20 and len(scored) == 20
     assert list(scored[0])[:2] == ["customerID", "gender"] and "Churn" in scored[0] and "probability" in scored[0]
+    again = Scorer(churn_bundle, "cpu")  # a scored file scored again: its label, probability… are not kept twice
+    with pytest.raises(ScoringError, match=r"label, probability, warning, error would be written twice.*--keep"):
+        score_file(again, out, tmp_path / "again.csv", keep_all=True)
+    with pytest.raises(ScoringError, match=r"input column\(s\) error would be written twice"):
+        score_file(again, out, tmp_path / "again.csv", keep=["customerID", "error"])
+    assert score_file(again, out, tmp_path / "again.csv", keep=["customerID", "Churn"]).rows_scored == 20
 
 
 def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

@@ -78,6 +78,8 @@ def _check_scored(scored: list[dict[str, str]], rows: list[bytes], errors: dict[
     ids = [r.split(b",", 1)[0].decode() for r in rows]
     assert all(scored[i]["customerID"] == ids[i] for i in range(len(rows)) if i + 1 not in errors)
     assert all(r["label"] in ("Yes", "No") for i, r in enumerate(scored) if i + 1 not in errors)
+    quoted = scored[2500]["warning"]  # row 2501's unseen level of a megabyte, quoted in 80 characters
+    assert quoted.endswith(f"… ({RECORD_LIMIT - 300:,} characters) scored as missing") and len(quoted) < 200
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
