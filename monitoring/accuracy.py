@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -163,18 +163,25 @@ def metrics_of(pre: Preprocess, outputs: np.ndarray, truth: np.ndarray) -> dict[
 
 class LiveAccuracy:
     """One model's labelled predictions, the latest `window` per version (a later label for an id replaces
-    the earlier one), and their metrics."""
+    the earlier one, whichever version scored it), and their metrics, each version by its own contract
+    (`pre_of`: its threshold and labels; the current `pre` for a version no longer in the store)."""
 
-    def __init__(self, pre: Preprocess, window: int) -> None:
-        self.pre, self.window = pre, window
+    def __init__(self, pre: Preprocess, window: int, pre_of: Callable[[int], Preprocess | None] | None = None) -> None:
+        self.pre, self.window, self._pre_of = pre, window, pre_of
         self._pairs: dict[int, OrderedDict[tuple[Any, ...], tuple[np.ndarray, str]]] = {}
+        self._pres: dict[int, Preprocess] = {}
         self._lock = threading.Lock()
 
     def add(self, version: int, key: tuple[Any, ...], outputs: np.ndarray, outcome: str) -> None:
         """One prediction (its model outputs) and the outcome that came back for it."""
+        if version not in self._pres:  # read once per version
+            found = self._pre_of(version) if self._pre_of is not None else None
+            same = found is not None and found.task == self.pre.task and found.labels == self.pre.labels
+            self._pres[version] = found if found is not None and same else self.pre  # outcomes are the current's labels
         with self._lock:
+            for other in self._pairs.values():
+                other.pop(key, None)
             pairs = self._pairs.setdefault(version, OrderedDict())
-            pairs.pop(key, None)
             pairs[key] = (outputs, outcome)
             while len(pairs) > self.window:
                 pairs.popitem(last=False)
@@ -190,6 +197,8 @@ class LiveAccuracy:
             snapshot = {v: list(pairs.values()) for v, pairs in self._pairs.items()}
         versions = {}
         for version, pairs in sorted(snapshot.items()):
-            outputs = np.stack([o for o, _ in pairs])
-            versions[str(version)] = metrics_of(self.pre, outputs, truth_of(self.pre, [t for _, t in pairs]))
+            if not pairs:  # every id it scored was labelled again under another version
+                continue
+            pre, outputs = self._pres[version], np.stack([o for o, _ in pairs])
+            versions[str(version)] = metrics_of(pre, outputs, truth_of(pre, [t for _, t in pairs]))
         return versions

@@ -220,7 +220,7 @@ class Feedback:
         table = logged(self.location, self.model, ids, [k[0] for k in keys])
         if not table.num_rows:
             return {}
-        table = table.sort_by("_at")
+        table = table.sort_by([("_at", "ascending"), ("_row", "ascending")])  # a request's rows share `_at`
         outputs = outputs_of(self.pre, table)
         columns = [table.column(c).to_pylist() for c in ids]
         versions, ats = table.column("_version").to_pylist(), table.column("_at").to_pylist()

@@ -42,6 +42,7 @@ class LogReader:
                 "tabserve monitor and log export read a local log folder (DuckDB's httpfs reads object stores)"
             )
         self.db = duckdb.connect()
+        self.db.execute("SET TimeZone = 'UTC'")  # periods are UTC days, as the date= folders, wherever it runs
         base = Path(self.location.root) / model
         self.db.execute(f"CREATE VIEW predictions AS {self._predictions_sql()}")
         self.ids = ids if ids is not None else self._ids()
@@ -123,7 +124,7 @@ def labelled_sql(ids: list[str]) -> str:
         SELECT p.*, outcome._outcome, outcome._target, outcome._labelled_at
         FROM predictions p JOIN outcome USING ({keys})
         WHERE p._at <= outcome._labelled_at
-        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY p._at DESC) = 1
+        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY p._at DESC, p._row DESC) = 1
     """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator, MutableMapping
@@ -184,7 +185,8 @@ async def _restore_live_accuracy(store: ModelStore, prediction_log: PredictionLo
         except Exception:  # the service starts either way; the window fills with new feedback
             log.exception("live accuracy of %s could not be read back from the log", model.name)
             continue
-        store.telemetry.live(model.name, model.pre, window).add_all(labelled)
+        pre_of = functools.partial(store.preprocess_of, model.name)
+        store.telemetry.live(model.name, model.pre, window, pre_of).add_all(labelled)
 
 
 def app_from_env() -> FastAPI:

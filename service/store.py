@@ -327,6 +327,20 @@ class ModelStore:
         # the reason is in the server log and /models; OS error text is not for clients
         raise ModelNotFound(f"{name} version {version} cannot be loaded (see the server log)")
 
+    def preprocess_of(self, name: str, version: int) -> Preprocess | None:
+        """A version's contract (threshold, labels) for the metrics of what it served: loaded, else
+        read from its bundle, retired or not; None when it is gone from the store."""
+        for model in (self.current.get(name), self.challengers.get(name), self.older.get((name, version))):
+            if model is not None and model.version == version:
+                return model.pre
+        for folder in (str(version), f"{version}{bundle.RETIRED_SUFFIX}"):
+            path = self.settings.models_dir / name / folder / bundle.PREPROCESS_FILE
+            try:
+                return Preprocess.load(path)
+            except (OSError, ValueError):
+                continue
+        return None
+
     def refused(self) -> dict[str, str]:
         """Versions in the store that could not be loaded, and why."""
         return {f"{name}@{version}": r.message for (name, version), r in sorted(self.failed.items())}

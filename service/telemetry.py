@@ -71,13 +71,15 @@ class Telemetry(Collector):
         self.reloads = Counter("tabserve_reloads", "Bundle loads by outcome", ["outcome"], registry=r)
         r.register(self)
 
-    def live(self, model: str, pre: Preprocess, window: int) -> LiveAccuracy:
-        """A model's live accuracy window (made on first use)."""
+    def live(
+        self, model: str, pre: Preprocess, window: int, pre_of: Callable[[int], Preprocess | None] | None = None
+    ) -> LiveAccuracy:
+        """A model's live accuracy window (made on first use); `pre_of` gives a version's contract."""
         from monitoring.accuracy import LiveAccuracy
 
         found = self.accuracy.get(model)
         if found is None:
-            found = self.accuracy[model] = LiveAccuracy(pre, window)
+            found = self.accuracy[model] = LiveAccuracy(pre, window, pre_of)
         return found
 
     def request(self, route: str, status: int, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -54,7 +55,8 @@ async def feedback(
             stored = await asyncio.to_thread(store)
     except InputError as exc:
         return JSONResponse(exc.to_json(), STATUS[exc.kind])
-    telemetry.live(model.name, model.pre, settings.monitor_window).add_all(stored.labelled)
+    pre_of = functools.partial(plane.store.preprocess_of, model.name)
+    telemetry.live(model.name, model.pre, settings.monitor_window, pre_of).add_all(stored.labelled)
     shadow = plane.store.shadows.get(model.name)
     if shadow is not None:  # the challenger's outputs on the same records, when it shadowed them
         shadow.labelled(stored.labelled)

@@ -102,3 +102,45 @@ def test_a_level_the_model_never_saw_is_kept_as_sent(pre: Preprocess, tmp_path: 
     log.add("churn", 1, pre, num, cat, out, levels={field.name: [" Brand new ", None, field.vocab_[0]]})
     log.close()
     assert pq.read_table(parquet(tmp_path)).column(field.name).to_pylist() == ["Brand new", None, field.vocab_[0]]
+
+
+def test_report_periods_are_utc_days_in_any_time_zone(
+    pre: Preprocess, churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows a second either side of midnight UTC are two days, as their `date=` folders, in Tokyo too."""
+    import json
+    import os
+    import time
+
+    from tests.service.conftest import copy_store
+
+    log = PredictionLog(tmp_path / "log", flush_s=0.05)
+    for i, at in enumerate((1796342399.0, 1796342400.0)):  # 2026-12-03 23:59:59 and 12-04 00:00:00 UTC
+        monkeypatch.setattr(time, "time", lambda at=at: at)
+        num, cat, out = rows(pre, 300 - 100 * i, seed=i)
+        log.add("churn", 1, pre, num, cat, out, [("customerID", [f"{i}-{j}" for j in range(300 - 100 * i)])])
+        log.flush()
+    monkeypatch.undo()
+    log.close()
+    assert [p.parent.name for p in parquet(tmp_path / "log")] == ["date=2026-12-03", "date=2026-12-04"]
+    store, figures = copy_store(churn_bundle, tmp_path / "models"), tmp_path / "figures.json"
+    args = [
+        "monitor",
+        "--model",
+        "churn",
+        "--log",
+        str(tmp_path / "log"),
+        "--models",
+        str(store),
+        "--json",
+        str(figures),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TZ": "Asia/Tokyo"},
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(figures.read_text())
+    assert doc["rows"] == [300, 200], doc["periods"] if "periods" in doc else list(doc)

@@ -98,3 +98,55 @@ def test_live_auc_equals_offline_and_the_export_trains(
     assert report.returncode == 0, report.stderr
     assert "PSI of churn v1" in report.stdout and "live metrics" in report.stdout
     assert (tmp_path / "r.html").read_text().count("<svg") >= 3
+
+
+def test_each_version_is_scored_by_its_own_threshold_and_a_later_outcome_replaces_an_earlier(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """v1 scores and is labelled on 200 ids; v2 (its copy with threshold 0.5) scores 100 of them again,
+    labelled again: v1's window keeps the other 100 (as after a restart), and each version's accuracy
+    is that of the labels it served. Two copies of one id in a request: the later one is the latest."""
+    import json
+
+    from service import release
+    from tests.service.conftest import republish, telco_records
+
+    store, log = copy_store(churn_bundle, tmp_path / "models"), tmp_path / "log"
+    records = telco_records(200)
+    truth = {r["customerID"]: r["Churn"] for r in _telco_rows(200)}
+    outcomes = [{"customerID": c, "Churn": truth[c]} for c in truth]
+    with running_server(store, "--log", str(log)) as server:
+        v1 = httpx.post(server.url + "/predict", json={"records": records}).json()["predictions"]
+        assert httpx.post(server.url + "/models/churn/feedback", json={"records": outcomes}).status_code == 200
+        v2 = republish(store, churn_bundle)
+        contract = json.loads((v2.path / "preprocess.json").read_text())
+        contract["threshold"] = 0.5
+        (v2.path / "preprocess.json").write_text(json.dumps(contract))
+        release.decide(store, "churn", "promote", 2, why="retrained")
+        deadline = time.monotonic() + 20
+        while httpx.get(server.url + "/models/churn").json()["version"] != 2:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        again = records[:100]
+        twice = [*again[:99], {**again[99], "tenure": 1.0}, again[99]]  # the last copy of an id is the latest
+        answer = httpx.post(server.url + "/predict", json={"records": twice}).json()["predictions"]
+        served = answer[:99] + answer[100:]
+        assert httpx.post(server.url + "/models/churn/feedback", json={"records": outcomes[:100]}).status_code == 200
+        live = httpx.get(server.url + "/models/churn/monitor").json()["accuracy"]["versions"]
+    assert {v: live[v]["rows"] for v in live} == {"1": 100, "2": 100}
+    for version, answers in (("1", v1[100:]), ("2", served)):
+        right = sum(a["label"] == truth[a["customerID"]] for a in answers) / len(answers)
+        assert abs(live[version]["accuracy"] - right) < 1e-9, (version, live[version]["accuracy"], right)
+    assert any(a["label"] != b["label"] for a, b in zip(v1[:100], served, strict=True))  # the thresholds differ
+    figures = tmp_path / "v2.json"
+    report = tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store), "--json", str(figures))
+    assert report.returncode == 0, report.stderr
+    offline = json.loads(figures.read_text())
+    assert abs(offline["live"][0]["accuracy"] - live["2"]["accuracy"]) < 1e-9, offline["live"]
+
+
+def _telco_rows(n: int) -> list[dict[str, str]]:
+    import csv
+
+    with TELCO.open(newline="") as fh:
+        return list(csv.DictReader(fh))[:n]
