@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -177,6 +178,7 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
     """Take one decision and record it: `challenger` (a new version is proposed), `promote` (it, or
     `version`, becomes champion; with `canary`, it answers that share instead), `rollback` (the
     previous champion is back), `shadow` (on or off). Raises ReleaseError for one that cannot be."""
+    refuse_control_characters(why)
     with _locked(root, name):
         state = current(root, name, version if action == "challenger" else None)
         published = bundle.versions(root, name)
@@ -195,21 +197,63 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
             new = replace(state, shadow=bool(shadow))
         else:
             raise ReleaseError(f"unknown decision {action!r}")
-        entry = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "who": by or who(),
-            # a proposed version that is champion at once (a name's first) is recorded as what it became
-            "action": "champion" if action == "challenger" and version == new.champion else action,
-            "version": version,
-            "champion": new.champion,
-            "challenger": new.challenger,
-            "canary": new.canary,
-            "shadow": new.shadow,  # a `shadow` decision's entry says which way it went
-            "why": why,
-        }
-        new = replace(new, history=(*state.history, entry))
-        write(root, name, new)
-        return new
+        for role, named in (("champion", new.champion), ("challenger", new.challenger)):
+            if named is not None and named not in published:  # a challenger retired by hand, say
+                raise ReleaseError(f"{name} version {named} would be {role} but is not published (has {published})")
+        # a proposed version that is champion at once (a name's first) is recorded as what it became
+        recorded = "champion" if action == "challenger" and version == new.champion else action
+        return _record(root, name, state, new, recorded, version, why, by)
+
+
+def retire(root: Path, spec: str, why: str = "", by: str | None = None) -> tuple[bundle.BundleRef, Release | None]:
+    """`bundle.retire` under the release lock (a promote cannot slip in between the check and the
+    rename): never the champion, nor a challenger answering a canary share; a challenger otherwise
+    stops being one (its shadow ends). Recorded in the history where the model has a release file."""
+    refuse_control_characters(why)
+    name, _, wanted = spec.partition("@")
+    with _locked(root, name):
+        state = read(root, name)
+        found = bundle.versions(root, name)
+        version = int(wanted) if wanted.isdigit() else (found or [0])[-1]
+        if state is not None and version == state.champion:
+            raise ReleaseError(
+                f"{name} version {version} is the champion: `tabserve rollback {name}` (or promote another) first"
+            )
+        if state is not None and version == state.challenger and state.canary:
+            raise ReleaseError(
+                f"{name} version {version} answers {state.canary * 100:g} % of requests as a canary: "
+                f"`tabserve promote {name}@{state.champion}` ends the canary first"
+            )
+        ref = bundle.retire(root, spec)
+        if state is None:
+            return ref, None
+        new = replace(state, challenger=None, shadow=False) if version == state.challenger else state
+        return ref, _record(root, name, state, new, "retire", version, why, by)
+
+
+def _record(root: Path, name: str, state: Release, new: Release, action: str, version: int | None, why: str,
+            by: str | None) -> Release:  # fmt: skip
+    """Write `new` with the decision appended to the history (under the caller's lock)."""
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "who": by or who(),
+        "action": action,
+        "version": version,
+        "champion": new.champion,
+        "challenger": new.challenger,
+        "canary": new.canary,
+        "shadow": new.shadow,  # a `shadow` decision's entry says which way it went
+        "why": why,
+    }
+    new = replace(new, history=(*state.history, entry))
+    write(root, name, new)
+    return new
+
+
+def refuse_control_characters(why: str) -> None:
+    """A reason is one line of text: a line break or an escape would forge or hide lines of the history."""
+    if any(unicodedata.category(c) == "Cc" for c in why):
+        raise ReleaseError(f"the reason holds control characters (line breaks, escapes): {why[:60]!r}; write one line")
 
 
 def _promote(state: Release, name: str, version: int | None, canary: float | None) -> Release:

@@ -413,6 +413,8 @@ class ModelStore:
         for name, refs in loadable.items():
             current = self.current.get(name)
             state = self._release(name)
+            if state is None and name in self.release_errors:  # a broken file and no last good state:
+                continue  # which version was approved is unknown, so none serves (the error is logged)
             if state is None:  # no release file: the newest version serves
                 newest = refs[max(refs)]
                 # an older one only when the serving version left the store (retired: a rollback)
@@ -420,8 +422,15 @@ class ModelStore:
                 plan[name] = (None if keep else newest, None)
                 continue
             champion = refs.get(state.champion)
-            if champion is None and current is None:  # nothing serves yet: the newest rather than nothing
-                champion = refs[max(refs)]
+            if champion is None and current is None:  # nothing serves yet: the last earlier champion, never
+                earlier = [v for v in reversed(state.previous) if v in refs]  # a version never promoted
+                champion = refs[earlier[0]] if earlier else None
+                if champion is None:
+                    if self._unservable.get(name) != state.champion:
+                        log.error("%s: release.json names version %d, which cannot be loaded, and no earlier "
+                                  "champion can: not serving %s", name, state.champion, name)  # fmt: skip
+                    self._unservable[name] = state.champion
+                    continue
             said = self._unservable.get(name)
             if champion is None and current is not None and current.version != state.champion:
                 if said != state.champion:  # once, not at every poll

@@ -345,20 +345,17 @@ def shadow(
 @app.command()
 def retire(
     model: Annotated[str, typer.Argument(help="name (its newest version) or name@version.")],
+    why: Why = "",
     models_dir: ModelsDir = None,
 ) -> None:
     """Take a model version out of the store: the folder is kept as `<version>.retired` and its
     number is never reused (rename it back to restore it). Without a release file the newest
-    remaining version serves; with one, retire a champion only after `tabserve rollback`."""
+    remaining version serves; with one, retire a champion only after `tabserve rollback`, a
+    canary's version after promoting the champion again; a challenger stops being one."""
 
     root = bundle.models_dir(models_dir)
-    name, _, wanted = model.partition("@")
     try:
-        state = release.read(root, name)
-        version = int(wanted) if wanted.isdigit() else (bundle.versions(root, name) or [0])[-1]
-        if state is not None and version == state.champion:
-            _fail(f"{name} version {version} is the champion: `tabserve rollback {name}` (or promote another) first")
-        ref = bundle.retire(root, model)
+        ref, state = release.retire(root, model, why=why)
     except (bundle.BundleError, release.ReleaseError, OSError) as exc:
         _fail(str(exc))
     serving = state.champion if state is not None else bundle.versions(root, ref.name)[-1]

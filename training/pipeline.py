@@ -583,10 +583,14 @@ def _decide(
     if comparison is None:  # nothing to compare with: the new version is champion
         why = "first version" if version == 1 else "no other published version"
         return release.decide(root, cfg.name, "challenger", version, why=why), why
+    before = release.read(root, cfg.name)
     proposed = f"trained on {Path(cfg.data).name} (seed {cfg.seed}); compared with v{comparison.champion}"
     state = release.decide(root, cfg.name, "challenger", version, why=f"{proposed}: {comparison.reason}")
     if comparison.promote:
         state = release.decide(root, cfg.name, "promote", version, why=comparison.reason)
+    if before is not None and before.canary and before.challenger != version:  # one challenger at a time
+        share = f"{before.canary * 100:g} %"
+        return state, f"{comparison.reason}; v{before.challenger}'s {share} canary ended, v{version} replaces it"
     return state, comparison.reason
 
 

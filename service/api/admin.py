@@ -8,7 +8,7 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from service import bundle, release
 from service.api.deps import SettingsDep, StoreDep
@@ -42,7 +42,9 @@ async def reload(store: StoreDep, _: Admin) -> dict[str, Any]:
 
 
 class Promotion(BaseModel):
-    version: int | None = Field(None, description="the version to promote (default: the challenger)")
+    version: StrictInt | None = Field(
+        None, description="the version to promote (default: the challenger)"
+    )  # not true, "2"
     canary: float | None = Field(
         None, gt=0, lt=100, allow_inf_nan=False, description="percent of traffic instead of all of it"
     )
@@ -87,6 +89,10 @@ async def _decide(
         raise HTTPException(404, f"no model named {name!r} in the store") from None
     if not bundle.versions(root, name):
         raise HTTPException(404, f"no model named {name!r} in the store")
+    try:
+        release.refuse_control_characters(options.get("why", ""))
+    except release.ReleaseError as exc:
+        raise HTTPException(422, str(exc)) from None
     try:
         await asyncio.to_thread(release.decide, root, name, action, version, by="admin API", **options)
     except release.ReleaseError as exc:

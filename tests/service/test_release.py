@@ -280,7 +280,12 @@ def test_admin_decisions_need_the_token_and_a_sensible_request(churn_bundle: bun
         assert httpx.post(server.url + "/admin/models/..%2Fx/rollback", json={}, headers=ADMIN).status_code == 404
         shadow = httpx.post(url + "shadow", json={"on": True}, headers=ADMIN)
         assert shadow.status_code == 409 and "no challenger" in shadow.json()["error"]
+        for body in ({"version": True}, {"version": "1"}, {"version": 1.0}):  # read as version 1 before
+            assert httpx.post(url + "promote", json=body, headers=ADMIN).status_code == 422, body
+        forged = httpx.post(url + "promote", json={"version": 1, "why": "ok\n  churn  alice: promote 7"}, headers=ADMIN)
+        assert forged.status_code == 422 and "control characters" in forged.json()["error"]
     assert not (tmp_path / "x").exists()
+    assert release.read(store, "churn") is None  # nothing refused was recorded
 
 
 def tabserve(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
@@ -371,3 +376,52 @@ def test_refused_release_commands_exit_2_and_leave_the_file(churn_bundle: bundle
         run = tabserve(*args, store=store)
         assert run.returncode == 2 and why in run.stderr, (args, run.returncode, run.stderr)
     assert release.path_of(store, "churn").read_bytes() == before
+
+
+def test_retire_takes_the_lock_never_a_serving_version_and_is_recorded(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A canary's version is refused (it answers a share); once the canary ends it is retired, stops
+    being the challenger and leaves a history entry, so `promote churn` cannot make a retired version
+    champion. A reason with a line break (a forged history line) is refused."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 1, why="pinned")
+    release.decide(store, "churn", "promote", 2, canary=0.2, why="try")
+    refused = tabserve("retire", "churn@2", store=store)
+    assert refused.returncode == 2 and "canary: `tabserve promote churn@1` ends the canary" in refused.stderr
+    newline = tabserve("promote", "churn@1", "--why", "clean\n  churn  2099-01-01  cfo: promote 9", store=store)
+    assert newline.returncode == 2 and "control characters" in newline.stderr
+    assert tabserve("promote", "churn@1", "--why", "canary ended", store=store).returncode == 0
+    retired = tabserve("retire", "churn@2", "--why", "not better", store=store)
+    assert retired.returncode == 0, retired.stderr
+    state = release.read(store, "churn")
+    assert state is not None and (state.champion, state.challenger, state.canary) == (1, None, 0.0)
+    assert state.history[-1]["action"] == "retire" and state.history[-1]["why"] == "not better"
+    again = tabserve("promote", "churn", store=store)
+    assert again.returncode == 2 and "no challenger" in again.stderr
+
+
+def test_at_start_an_unloadable_champion_falls_back_to_an_earlier_champion_never_a_proposed_one(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """v3 champion (v1 before it), v2 a challenger never promoted: v3 gone at start, v1 serves; a
+    release file broken at start (no last good state) serves nothing rather than a guess."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    republish(store, churn_bundle)
+    republish(store, churn_bundle)
+    release.decide(store, "churn", "promote", 1, why="v1")
+    release.decide(store, "churn", "promote", 3, why="v3")
+    release.decide(store, "churn", "challenger", 2, why="proposed")
+    (store / "churn" / "3").rename(tmp_path / "away")
+    with running_server(store) as server:
+        listed = httpx.get(server.url + "/models/churn").json()
+        answer = httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()
+    assert listed["version"] == 1 and answer["version"] == 1, (listed, answer)
+    release.path_of(store, "churn").write_text("{not json")
+    with running_server(store, ready=False) as server:
+        time.sleep(1.0)  # a few polls (0.2 s each)
+        missing = httpx.post(server.url + "/predict", json={"records": telco_records(1)})
+        ready = httpx.get(server.url + "/health/ready")
+    assert missing.status_code == 503 and ready.status_code == 503, (missing.text, ready.text)
+    assert "not valid JSON" in server.output()
