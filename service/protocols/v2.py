@@ -16,10 +16,12 @@ from service.errors import InputError
 from service.explain import Explain, Explainer
 from service.features import Encoded, Preprocess, near_miss, shown
 from service.protocols.base import (
+    ABSENT,
     NO_ID,
     Headers,
     InferenceRequest,
     InferenceResult,
+    checked_ids,
     explain_of,
     parse_json,
     unechoable,
@@ -113,10 +115,11 @@ def split_binary(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
 
 
 def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) -> tuple[dict[str, Any], int]:
-    """The request's input tensors → one column per feature, checked against the model."""
+    """The request's input tensors → one column per feature, checked against the model; an id
+    column's tensor (optional, BYTES or integers) is kept under its name too."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise bad('request must be a JSON object with a non-empty "inputs" list')
-    kinds = pre.kinds
+    kinds = {**pre.kinds, **{c: "id" for c in pre.id_columns if c not in pre.kinds}}
     columns: dict[str, Any] = {}
     rows: int | None = None
     offset = 0
@@ -136,7 +139,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
         elif len(values) != rows:
             raise bad(f"input '{name}' has {len(values)} rows; earlier inputs have {rows}")
         columns[name] = values
-    missing = [n for n in kinds if n not in columns]
+    missing = [n for n in kinds if n not in columns and kinds[n] != "id"]
     if missing:
         raise bad(f"missing input(s): {', '.join(missing)}")
     if offset < len(binary):  # sizes that do not add up: which bytes belong to which input is a guess
@@ -151,7 +154,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
 
 def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    allowed = NUMERIC_FEATURE_TYPES if kind == "numeric" else CATEGORICAL_TYPES
+    allowed = NUMERIC_FEATURE_TYPES if kind == "numeric" else CATEGORICAL_TYPES  # an id as a level
     if not isinstance(datatype, str) or datatype not in allowed:
         want = "a numeric type (FP32, FP64, INT64, ...)" if kind == "numeric" else "BYTES (or an integer type)"
         raise bad(f"input '{name}' is {kind}: datatype must be {want}, not {datatype!r}")
@@ -249,7 +252,9 @@ class V2Codec:
             explain = "all"
         columns, rows = input_columns(self.pre, doc, binary, self.max_records)
         enc = self._checked(self.pre.encode_columns(columns, rows))
-        request = InferenceRequest(enc, [], checked_id(doc.get("id", NO_ID)), outputs, explain)
+        ids = [(c, columns[c] if c in columns else [ABSENT] * rows) for c in self.pre.id_columns]
+        sent = checked_ids(ids) if any(c in columns for c in self.pre.id_columns) else []  # log, canary
+        request = InferenceRequest(enc, sent, checked_id(doc.get("id", NO_ID)), outputs, explain)
         request.levels = unseen_levels(enc, columns.get)
         return request
 
