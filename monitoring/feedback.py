@@ -220,7 +220,8 @@ class Feedback:
         table = logged(self.location, self.model, ids, [k[0] for k in keys])
         if not table.num_rows:
             return {}
-        table = table.sort_by([("_at", "ascending"), ("_row", "ascending")])  # a request's rows share `_at`
+        later = [("_row", "ascending")] if "_row" in table.column_names else []  # a request's rows share `_at`
+        table = table.sort_by([("_at", "ascending"), *later])
         outputs = outputs_of(self.pre, table)
         columns = [table.column(c).to_pylist() for c in ids]
         versions, ats = table.column("_version").to_pylist(), table.column("_at").to_pylist()

@@ -51,7 +51,8 @@ class LogReader:
             self.db.execute(
                 f"CREATE VIEW feedback AS SELECT * FROM read_parquet('{base}/{FEEDBACK}/date=*/*.parquet', union_by_name = true, hive_partitioning = false)"
             )
-            self.db.execute(f"CREATE VIEW labelled AS {labelled_sql(self.ids)}")
+            rows = "_row" in self._columns("predictions")  # a log written by hand may lack it
+            self.db.execute(f"CREATE VIEW labelled AS {labelled_sql(self.ids, rows)}")
 
     def _predictions_sql(self) -> str:
         """The Parquet files and the open segments (what the server has written but not yet rotated
@@ -113,9 +114,11 @@ def as_parquet_reads(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def labelled_sql(ids: list[str]) -> str:
-    """Each id's latest outcome joined to its latest prediction logged before it (monitoring/feedback.py's rule)."""
+def labelled_sql(ids: list[str], rows: bool = True) -> str:
+    """Each id's latest outcome joined to its latest prediction logged before it (monitoring/feedback.py's
+    rule; a request's rows share `_at`: with `rows`, the later row of a request is the later prediction)."""
     keys = ", ".join(map(quoted, ids))
+    later = ", p._row DESC" if rows else ""
     return f"""
         WITH outcome AS (
             SELECT {keys}, _outcome, _target, _at AS _labelled_at FROM feedback
@@ -124,7 +127,7 @@ def labelled_sql(ids: list[str]) -> str:
         SELECT p.*, outcome._outcome, outcome._target, outcome._labelled_at
         FROM predictions p JOIN outcome USING ({keys})
         WHERE p._at <= outcome._labelled_at
-        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY p._at DESC, p._row DESC) = 1
+        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY p._at DESC{later}) = 1
     """
 
 
