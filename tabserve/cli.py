@@ -262,11 +262,9 @@ def list_models(models_dir: ModelsDir = None) -> None:
             if entry.get("action") == "shadow" and "shadow" in entry:  # older files did not record which way
                 what += " on" if entry["shadow"] else " off"
             # named: with several models in the store, their decisions follow one another
-            console.print(
-                f"  {name}  {entry.get('at')}  {entry.get('who')}: {what} — {entry.get('why', '')}",
-                soft_wrap=True,
-                markup=False,
-            )
+            line = f"  {name}  {entry.get('at')}  {entry.get('who')}: {what} — {entry.get('why', '')}"
+            # one line each: a file edited by hand may hold line breaks or terminal escapes in a reason
+            console.print("".join(c if c.isprintable() else repr(c)[1:-1] for c in line), soft_wrap=True, markup=False)
 
 
 def _role(state: Any, version: int) -> str:
