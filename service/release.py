@@ -184,6 +184,8 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
         published = bundle.versions(root, name)
         if version is not None and version not in published:
             raise ReleaseError(f"model {name!r} has no published version {version} (has {published})")
+        if state.challenger is not None and state.challenger not in published:  # retired by hand: no challenger
+            state = replace(state, challenger=None, canary=0.0, shadow=False)
         if action == "challenger":
             assert version is not None
             new = replace(state, challenger=version, canary=0.0) if version != state.champion else state
@@ -197,9 +199,10 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
             new = replace(state, shadow=bool(shadow))
         else:
             raise ReleaseError(f"unknown decision {action!r}")
-        for role, named in (("champion", new.champion), ("challenger", new.challenger)):
-            if named is not None and named not in published:  # a challenger retired by hand, say
-                raise ReleaseError(f"{name} version {named} would be {role} but is not published (has {published})")
+        if new.champion not in published:  # its folder moved away by hand
+            raise ReleaseError(
+                f"{name} version {new.champion} would be champion but is not published (has {published})"
+            )
         # a proposed version that is champion at once (a name's first) is recorded as what it became
         recorded = "champion" if action == "challenger" and version == new.champion else action
         return _record(root, name, state, new, recorded, version, why, by)
