@@ -245,10 +245,13 @@ class TrainConfig:
                 raise ConfigError(
                     f"{flag('group_column')} names the target {self.target!r}; name the column rows share"
                 )
-        twice = sorted(set(self.date_columns) & set(self.categorical) | set(self.date_columns) & set(self.numeric))
-        twice += sorted(set(self.categorical) & set(self.numeric))
+        roles: dict[str, list[str]] = {}  # left out, an id, a date, a category or a number: one each
+        for name in COLUMN_LISTS:
+            for column in getattr(self, name):
+                roles.setdefault(column, []).append(flag(name))
+        twice = [f"{column} ({' and '.join(given)})" for column, given in roles.items() if len(set(given)) > 1]
         if twice:
-            raise ConfigError(f"column(s) given two types (date_columns, categorical, numeric): {', '.join(twice)}")
+            raise ConfigError(f"column(s) given two roles, which was meant is a guess: {', '.join(twice)}")
         self.name = self.name or Path(self.data).stem
         return self
 

@@ -941,6 +941,14 @@ def _group_split(
     round(1 / fraction) stratified group folds)."""
     strat = target.y[rows] if target.task != "regression" else np.zeros(len(rows), dtype=np.int64)
     kept, held = _group_folds(rows, strat, groups, max(2, round(1 / fraction)), cfg)[0]
+    share = len(held) / len(rows)
+    if not fraction / 2 <= share <= 2 * fraction:  # a few groups hold most rows: no figure means what it says
+        sizes = np.sort(np.unique(groups[rows], return_counts=True)[1])[::-1]
+        raise DataError(
+            f"--group-column {cfg.group_column}: whole groups cannot hold about {fraction:.0%} of {len(rows):,} rows "
+            f"(the held part would be {share:.0%}; the largest groups have {', '.join(f'{n:,}' for n in sizes[:3])} "
+            "rows): name a column of more, smaller groups, or drop the option"
+        )
     return np.sort(rows[kept]), np.sort(rows[held])
 
 

@@ -314,6 +314,7 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
     """The card's opening paragraph, in plain words: what it predicts, how good it is against the
     baselines, and for whom it is less reliable."""
     m, data = doc["metrics"], doc["data"]
+    refit = bool((m.get("fits") or {}).get("refit"))
     what = {
         "binary": f"whether **{pre.target}** is `{pre.positive}`",
         "multiclass": f"which of {len(pre.labels)} classes **{pre.target}** takes ({', '.join(map(str, pre.labels))})",
@@ -321,7 +322,8 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
     }[pre.task]
     text = [
         f"This model predicts {what} for a row of `{data['file']}`, from {len(pre.features)} columns. "
-        f"Fitted on {data['train_rows']:,} rows and tested on {data['test_rows']:,} rows that no model saw while fitting, "
+        f"Fitted on {data['train_rows']:,} rows and tested on {data['test_rows']:,} rows that fit never saw"
+        + (" (the published model is refit on all the rows: *How it was fitted*), " if refit else ", ")
         + _standing(pre, m, m.get("test_caution") or m.get("signal_caution"))
     ]
     if pre.task == "binary" and ev is not None:
@@ -368,7 +370,7 @@ def _standing(pre: Preprocess, m: dict[str, Any], caution: str | None = None) ->
         return f"its {name} is {ours:.3f}{meaning}."
     best_name, best = min(theirs.items(), key=lambda kv: kv[1] if lower_better else -kv[1])
     gain = (best - ours) if lower_better else (ours - best)
-    if abs(gain) < 0.005 * (pre.target_std if key == "rmse" else 1):
+    if abs(gain) < (0.01 * best if key == "rmse" else 0.005):  # RMSE: within 1 % of the better one
         verdict = f"on par with the better baseline, {best_name}"
     elif gain > 0:
         verdict = f"better than both baselines, by {abs(gain):.3f} over {best_name}"

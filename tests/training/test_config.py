@@ -119,3 +119,17 @@ def test_a_group_column_naming_the_target_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"--group-column names the target 'Churn'"):
         build_config(data=str(TELCO), target="Churn", group_column=" Churn ")
     assert build_config(data=str(TELCO), target="Churn", group_column=" customerID ").group_column == "customerID"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"id_columns": ["tenure"], "numeric": ["tenure"]}, r"tenure \(--id-column and --numeric\)"),
+        ({"drop": ["customerID"], "id_columns": ["customerID"]}, r"customerID \(--id-column and --drop\)"),
+        ({"drop": ["gender"], "categorical": ["gender"]}, r"gender \(--drop and --categorical\)"),
+    ],
+)
+def test_a_column_given_two_roles_is_refused(options: dict[str, list[str]], message: str) -> None:
+    """An id that is also a number, a dropped column also kept: which was meant is a guess."""
+    with pytest.raises(ConfigError, match=message):
+        build_config(data=str(TELCO), target="Churn", **options)

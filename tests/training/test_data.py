@@ -363,6 +363,28 @@ def test_a_group_column_keeps_each_group_on_one_side_of_every_split(tmp_path: Pa
     df.to_csv(path, index=False)
     with pytest.raises(D.DataError, match="--group-column account_id: 2 group"):
         _prepare(path, "Churn", tmp_path, group_column="account_id")
+    uneven = pd.read_csv(TELCO).head(900)  # one branch of 600 rows: whole groups cannot hold a fifth
+    uneven["branch"] = ["big" if i < 600 else f"B{i // 60}" for i in range(len(uneven))]
+    uneven.to_csv(path, index=False)
+    with pytest.raises(D.DataError, match=r"whole groups cannot hold about 20% of 900 rows .*largest groups have 600"):
+        _prepare(path, "Churn", tmp_path, group_column="branch")
+
+
+def test_a_grouped_retrain_does_not_take_the_champions_row_split(tmp_path: Path) -> None:
+    """The champion was split by row: a retrain by account must not reuse its test rows (accounts on
+    both sides), which it did to compare the two on the same rows."""
+    from training.pipeline import train
+
+    df = pd.read_csv(TELCO).head(900)
+    df["account_id"] = [f"A{i // 3}" for i in range(len(df))]
+    df["Churn"] = df.groupby("account_id")["Churn"].transform("first")
+    path = tmp_path / "accounts.csv"
+    df.to_csv(path, index=False)
+    ids = ["account_id"]
+    assert train(quick_config(path, "Churn", tmp_path, id_columns=ids), say=lambda _: None).bundle is not None
+    prep = _prepare(path, "Churn", tmp_path, group_column="account_id", id_columns=ids)
+    groups = df["account_id"].to_numpy()
+    assert not set(groups[prep.split.dev]) & set(groups[prep.split.test])
 
 
 def test_id_column_flag_passes_through(tmp_path: Path) -> None:
@@ -608,3 +630,12 @@ def test_codes_with_underscores_are_levels_not_numbers(tmp_path: Path) -> None:
     df.to_csv(tmp_path / "periods.csv", index=False)
     prep = _prepare(tmp_path / "periods.csv", "creditability", tmp_path)
     assert "period" in prep.schema.categorical and "period" not in prep.schema.numeric
+
+
+@pytest.mark.parametrize(("target", "task"), [("MonthlyCharges", "regression"), ("Contract", "multiclass")])
+def test_a_threshold_rule_for_a_target_without_a_positive_class_is_refused(
+    tmp_path: Path, target: str, task: str
+) -> None:
+    """It was saved in the config and ignored: the run did not do what it was told."""
+    with pytest.raises(D.DataError, match=f"--threshold-rule is for a two-class target; '{target}' is read as {task}"):
+        _prepare(TELCO, target, tmp_path, threshold_rule="0.4")
