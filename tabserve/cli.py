@@ -455,6 +455,9 @@ def score(
     encoding: Annotated[
         str | None, typer.Option(help="Text encoding of a CSV (default: the training file's, else detected).")
     ] = None,
+    decimal: Annotated[
+        str | None, typer.Option(help="Decimal mark of the file's numbers, . or , (default: the training file's).")
+    ] = None,
 ) -> None:
     """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
@@ -471,7 +474,7 @@ def score(
 
         reasons = checked_explain(explain, "--explain")
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        reading = _reading(ref, sep, encoding)
+        reading = _reading(ref, sep, encoding, decimal)
         if engine == "ray":
             if STDIO in (str(input), str(output)):
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
@@ -545,8 +548,8 @@ def _reader_gone() -> NoReturn:
     raise SystemExit(128 + signal.SIGPIPE)
 
 
-def _reading(ref: bundle.BundleRef, sep: str | None, encoding: str | None) -> Any:
-    """How to read a CSV: the training file's way (preprocess.json), `--sep`/`--encoding` over it."""
+def _reading(ref: bundle.BundleRef, sep: str | None, encoding: str | None, decimal: str | None = None) -> Any:
+    """How to read a file: the training file's way (preprocess.json), `--sep`/`--encoding`/`--decimal` over it."""
     import codecs
 
     read = ref.preprocess.read
@@ -555,7 +558,11 @@ def _reading(ref: bundle.BundleRef, sep: str | None, encoding: str | None) -> An
     sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
     if sep is not None and len(sep) != 1:
         raise ValueError(f"--sep takes one character (, ; tab |), not {sep!r}")
-    return dataclasses.replace(read, sep=sep or read.sep, encoding=encoding or read.encoding)
+    if decimal not in (None, ".", ","):
+        raise ValueError(f"--decimal is . or , not {decimal!r}")
+    return dataclasses.replace(
+        read, sep=sep or read.sep, encoding=encoding or read.encoding, decimal=decimal or read.decimal
+    )
 
 
 FILE_FAILURE_SHARE = 0.5  # most rows failing is a file-level problem (wrong encoding, file, model)
@@ -600,7 +607,7 @@ def _score_local(
     from service.scoring.files import CsvSink, open_source, open_stream
     from service.scoring.local import Scorer, ScoringError, score_file, score_stream, scoring_workers
 
-    scorer = Scorer(ref, device, explain=explain, log=log)  # type: ignore[arg-type]
+    scorer = Scorer(ref, device, explain=explain, log=log, reading=reading)  # type: ignore[arg-type]
     from_stdin = str(input) == STDIO
     if not from_stdin and not input.is_file():
         raise ScoringError(f"input file not found: {input}")

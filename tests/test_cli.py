@@ -3,6 +3,7 @@ bad input: the same command in this process, without a new process's seconds of 
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import re
@@ -386,3 +387,52 @@ def test_column_lists_take_commas_and_a_spaced_target_names_its_column(tmp_path:
     pre = release.resolve(tmp_path, "spaced").preprocess
     assert pre.target == "creditability" and pre.id_columns == ids
     assert not {f.name for f in pre.features} & {*dropped, *ids}
+
+
+def test_decimal_reads_a_european_export_of_a_file_trained_with_points(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """`1.890` (thousands) and `29,85` in a `;` file: with `--decimal ,` each row scores as the plain
+    file's (without it, `1.890` is 1.89: no mark in it says otherwise); an unknown mark is refused."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    rows = _read(_telco_head(tmp_path / "head.csv", 30))
+    for row in rows:  # whole amounts: a European export writes 1890 as `1.890`
+        row["TotalCharges"] = str(round(float(row["TotalCharges"]))) if row["TotalCharges"].strip() else ""
+    plain = _write(tmp_path / "plain.csv", rows)
+    for row in rows:
+        row["MonthlyCharges"] = row["MonthlyCharges"].replace(".", ",")
+        row["TotalCharges"] = f"{int(row['TotalCharges']):,}".replace(",", ".") if row["TotalCharges"] else ""
+    with (tmp_path / "de.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]), delimiter=";")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert any("." in r["TotalCharges"] for r in rows)  # thousands written with a point
+    for source, extra in ((plain, []), (tmp_path / "de.csv", ["--decimal", ","])):
+        done = tabserve(
+            "score",
+            "--model",
+            "churn",
+            "--input",
+            str(source),
+            "--output",
+            str(source.with_suffix(".out.csv")),
+            *extra,
+            store=store,
+        )
+        assert done.returncode == 0 and "30 scored" in done.stdout, done.stderr
+    assert _read(tmp_path / "plain.out.csv") == _read(tmp_path / "de.out.csv")
+    as_trained = tabserve(
+        "score",
+        "--model",
+        "churn",
+        "--input",
+        str(tmp_path / "de.csv"),
+        "--output",
+        str(tmp_path / "pt.csv"),
+        store=store,
+    )
+    assert as_trained.returncode == 0 and _read(tmp_path / "pt.csv") != _read(tmp_path / "de.out.csv")
+    refused = tabserve(
+        "score", "--model", "churn", "--input", str(plain), "--output", "x.csv", "--decimal", "x", store=store
+    )
+    assert refused.returncode == 2 and "--decimal is . or ," in refused.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -26,7 +27,7 @@ from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleR
 from service.cpus import cpu_budget
 from service.drift import Drift
 from service.explain import Effects, Explain, Explainer
-from service.features import Encoded, EncodingError, Preprocess, near_miss
+from service.features import Encoded, EncodingError, Preprocess, Reading, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, feature_column, invalid_utf8_rows, mark_rows, text_column
 from service.scoring.files import (
@@ -146,12 +147,15 @@ class Scorer:
         log: PredictionLog | None = None,
         drift: Drift | None = None,
         log_waits: bool = True,
+        reading: Reading | None = None,
     ) -> None:
         self.name, self.version = ref.name, ref.version
         self.log, self.log_request = log, f"{self.name}-{secrets.token_hex(4)}"  # one request id per file
         self.drift = drift  # the service's live window, which uploads count into too
         self.log_waits = log_waits  # a file waits for the log's writer; an upload in the service drops and counts
         self.pre = pre if pre is not None else ref.preprocess
+        if reading is not None and reading.decimal != self.pre.read.decimal:  # `--decimal`: this file's mark
+            self.pre = dataclasses.replace(self.pre, read=dataclasses.replace(self.pre.read, decimal=reading.decimal))
         self.reasons: ReasonColumns | None = None
         if explain is not None:  # before the model's session: a bundle without explain.onnx fails first
             self.reasons = ReasonColumns(explainer or open_explainer(ref, self.pre, device, threads), explain)

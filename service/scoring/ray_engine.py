@@ -114,10 +114,17 @@ class ScoreActor:
     """Scores blocks into the output schema with its own ONNX Runtime session."""
 
     def __init__(
-        self, bundle_path: str, device: Device, schema: pa.Schema, tally: Any, explain: Explain | None
+        self,
+        bundle_path: str,
+        device: Device,
+        schema: pa.Schema,
+        tally: Any,
+        explain: Explain | None,
+        reading: Reading | None = None,
     ) -> None:
         ref = resolve(Path(bundle_path).parent.parent, bundle_path)
-        self.scorer, self.schema, self.tally = Scorer(ref, device, threads=1, explain=explain), schema, tally
+        self.scorer = Scorer(ref, device, threads=1, explain=explain, reading=reading)
+        self.schema, self.tally = schema, tally
 
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = table.combine_chunks().to_batches()
@@ -164,7 +171,7 @@ def score_with_ray(
     files = input_files(input)
     fmt = format_of(output)
     # only for the header checks and the output schema (and a bundle without explain.onnx fails here)
-    scorer = Scorer(ref, "cpu", threads=1, explain=explain)
+    scorer = Scorer(ref, "cpu", threads=1, explain=explain, reading=reading)
     plans = []
     for path in files:  # every file's header is checked before any work
         parquet = format_of(Path(path)) == "parquet"  # the input's format; gzip CSV decompressed
@@ -193,7 +200,7 @@ def score_with_ray(
     tally = WarningTally.remote()  # type: ignore[attr-defined]
     scored = blocks.map_batches(
         ScoreActor,
-        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally, explain),
+        fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally, explain, reading),
         batch_format="pyarrow",
         batch_size=None,
         concurrency=pool,
@@ -240,7 +247,8 @@ def _count(folder: Path, fmt: str, on_error: Callable[[int, str], None] | None) 
             errors = pq.read_table(part, columns=["error"]).column("error")
         else:
             opts = pcsv.ConvertOptions(include_columns=["error"], column_types={"error": pa.string()})
-            errors = pcsv.read_csv(part, convert_options=opts).column("error")
+            quoted = pcsv.ParseOptions(newlines_in_values=True)  # a kept column's text may hold line breaks
+            errors = pcsv.read_csv(part, parse_options=quoted, convert_options=opts).column("error")
         summary.rows_in += len(errors)
         failed = errors.filter(pc.fill_null(pc.not_equal(errors, ""), False))
         summary.rows_failed += len(failed)
