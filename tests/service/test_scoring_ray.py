@@ -110,3 +110,24 @@ def test_without_an_address_ray_starts_its_own_and_never_joins_the_last_cluster(
         with pytest.raises(Started):
             score_with_ray(churn_bundle, str(source), tmp_path / "out.csv", address=flag, cpus=3)
         assert (calls[-1]["address"], calls[-1]["num_cpus"]) == (address, cpus)
+
+
+def test_the_row_count_reads_parts_whose_kept_text_holds_line_breaks(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Ray's writers report nothing: the summary reads the parts back. A kept column of multi-line
+    notes put quoted line breaks across Arrow's blocks there, and the count failed after every row
+    was scored (`Expected 25 columns`); here a part as the local engine writes the same rows."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    from service.scoring.ray_engine import _count
+
+    lines = _telco_head(tmp_path / "head.csv", 7000).read_bytes().splitlines()
+    notes = [b'"called twice,\nthen wrote"' if i % 3 == 0 else b"ok" for i in range(len(lines) - 1)]
+    rows = [lines[0] + b",note\n"] + [line + b"," + note + b"\n" for line, note in zip(lines[1:], notes, strict=True)]
+    source = tmp_path / "notes.csv"
+    source.write_bytes(b"".join(rows * 1)[:None] + b"".join(rows[1:] * 4))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    local = score_file(Scorer(churn_bundle, "cpu"), source, parts / "part-0.csv", keep_all=True)
+    counted = _count(parts, "csv", None)
+    assert counted.rows_in == local.rows_in == 35_000 and counted.rows_failed == local.rows_failed == 0
