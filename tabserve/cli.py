@@ -171,7 +171,7 @@ def _int_list(flag: str, values: list[str]) -> list[int]:
     from training.config import int_list
 
     sizes = int_list(",".join(values))
-    if sizes is None:
+    if not sizes:  # `--hidden ''` read as no flag at all ran with the default sizes
         _fail(f"{flag} takes whole numbers separated by commas, such as 128,64, not {','.join(values)!r}")
     return sizes
 

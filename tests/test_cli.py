@@ -348,10 +348,11 @@ def test_score_names_the_encoding_that_reads_rows_not_utf8(churn_bundle: bundle.
         (["--hidden=-5"], None, "hidden layer sizes must be ≥ 1, not -5"),
         ([], ("c.toml", 'hidden = "32,-1"\n'), "c.toml: hidden layer sizes must be ≥ 1, not 32,-1"),
         (["--hidden", "64,x"], None, "--hidden takes whole numbers separated by commas, such as 128,64, not '64,x'"),
+        (["--hidden", ""], None, "--hidden takes whole numbers separated by commas, such as 128,64, not ''"),
     ],
     ids=[
         *["threshold-above-1", "threshold-percent", "drop-target", "toml-type", "yaml-syntax"],
-        *["hidden-zero", "hidden-negative", "hidden-file-negative", "hidden-text"],
+        *["hidden-zero", "hidden-negative", "hidden-file-negative", "hidden-text", "hidden-empty"],
     ],
 )
 def test_bad_settings_refused_in_one_line_before_any_work(

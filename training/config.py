@@ -221,6 +221,8 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
         if self.tune_trials < 0:
             raise ConfigError(f"tune_trials must be ≥ 0, not {self.tune_trials}")
+        if self.tune_trials and not parse_seconds(self.tune):  # it ran no search at all, without a word
+            raise ConfigError(f"{flag('tune_trials')} counts the trials of {flag('tune')}: give it a time, such as 60s")
         self.threshold_rule = _threshold_rule(self.threshold_rule)
         if self.sep is not None:
             self.sep = {"tab": "\t", "\\t": "\t"}.get(self.sep, self.sep)

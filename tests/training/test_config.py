@@ -133,3 +133,10 @@ def test_a_column_given_two_roles_is_refused(options: dict[str, list[str]], mess
     """An id that is also a number, a dropped column also kept: which was meant is a guess."""
     with pytest.raises(ConfigError, match=message):
         build_config(data=str(TELCO), target="Churn", **options)
+
+
+def test_search_trials_without_a_search_time_are_refused() -> None:
+    """`--tune-trials 3` alone ran no search at all, without a word."""
+    with pytest.raises(ConfigError, match="--tune-trials counts the trials of --tune"):
+        build_config(data=str(TELCO), target="Churn", tune_trials=3)
+    assert build_config(data=str(TELCO), target="Churn", tune="30s", tune_trials=3).tune_trials == 3
