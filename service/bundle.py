@@ -87,6 +87,15 @@ def retired_versions(root: Path, name: str) -> list[int]:
 def retire(root: Path, spec: str) -> BundleRef:
     """Take `name` (its newest) or `name@version` out of service: renamed `<version>.retired`, the
     number is never reused (docs/service.md#rolling-back)."""
+    name, version = retiring(root, spec)
+    source = root / name / str(version)
+    target = source.with_name(f"{version}{RETIRED_SUFFIX}")
+    os.rename(source, target)
+    return BundleRef(name, version, target)
+
+
+def retiring(root: Path, spec: str) -> tuple[str, int]:
+    """The name and version `retire` would take out (BundleError: none, or the only one left)."""
     name, _, wanted = spec.partition("@")
     found = versions(root, name)
     if not found:
@@ -99,10 +108,7 @@ def retire(root: Path, spec: str) -> BundleRef:
         raise BundleError(f"model {name!r} has no published version {wanted!r} (has {found})")
     if len(found) == 1:
         raise BundleError(f"{name} version {version} is its only published version: nothing would be left to serve")
-    source = root / name / str(version)
-    target = source.with_name(f"{version}{RETIRED_SUFFIX}")
-    os.rename(source, target)
-    return BundleRef(name, version, target)
+    return name, version
 
 
 def iter_bundles(root: Path) -> Iterator[BundleRef]:

@@ -213,11 +213,10 @@ def retire(root: Path, spec: str, why: str = "", by: str | None = None) -> tuple
     rename): never the champion, nor a challenger answering a canary share; a challenger otherwise
     stops being one (its shadow ends). Recorded in the history where the model has a release file."""
     refuse_control_characters(why)
-    name, _, wanted = spec.partition("@")
+    name, _ = bundle.retiring(root, spec)  # an unknown name fails here, before the lock makes its folder
     with _locked(root, name):
+        name, version = bundle.retiring(root, spec)  # again under the lock: what is published now
         state = read(root, name)
-        found = bundle.versions(root, name)
-        version = int(wanted) if wanted.isdigit() else (found or [0])[-1]
         if state is not None and version == state.champion:
             raise ReleaseError(
                 f"{name} version {version} is the champion: `tabserve rollback {name}` (or promote another) first"
