@@ -330,15 +330,22 @@ class ModelStore:
     def preprocess_of(self, name: str, version: int) -> Preprocess | None:
         """A version's contract (threshold, labels) for the metrics of what it served: loaded, else
         read from its bundle, retired or not; None when it is gone from the store."""
-        for model in (self.current.get(name), self.challengers.get(name), self.older.get((name, version))):
-            if model is not None and model.version == version:
-                return model.pre
+        model = self._in_memory(name, version)
+        if model is not None:
+            return model.pre
         for folder in (str(version), f"{version}{bundle.RETIRED_SUFFIX}"):
             path = self.settings.models_dir / name / folder / bundle.PREPROCESS_FILE
             try:
                 return Preprocess.load(path)
             except (OSError, ValueError):
                 continue
+        return None
+
+    def _in_memory(self, name: str, version: int) -> LoadedModel | None:
+        """The version if loaded: champion, challenger or an older one."""
+        for model in (self.current.get(name), self.challengers.get(name), self.older.get((name, version))):
+            if model is not None and model.version == version:
+                return model
         return None
 
     def refused(self) -> dict[str, str]:
@@ -379,15 +386,11 @@ class ModelStore:
 
     async def _loaded(self, ref: bundle.BundleRef, report: ReloadReport) -> LoadedModel | None:
         """The bundle's model: one already loaded, else loaded now (None: refused)."""
-        for model in (
-            self.current.get(ref.name),
-            self.challengers.get(ref.name),
-            self.older.get((ref.name, ref.version)),
-        ):
-            if model is not None and model.version == ref.version:
-                # champion or challenger now: the LRU must not close it when it evicts the entry
-                self.older.pop((ref.name, ref.version), None)
-                return model
+        model = self._in_memory(ref.name, ref.version)
+        if model is not None:
+            # champion or challenger now: the LRU must not close it when it evicts the entry
+            self.older.pop((ref.name, ref.version), None)
+            return model
         files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
         try:
             return await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
