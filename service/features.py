@@ -552,13 +552,24 @@ class Preprocess:
             for name in absent:
                 guess = near_miss(name, ignored) if ignored else None
                 if guess is not None:
-                    enc.warn(
-                        row,
-                        f"field {shown(guess)} is not a feature and was ignored: did you mean {name!r}? "
-                        f"'{name}' is absent and was scored as missing",
-                        name,
-                        "lookalike_field",
-                    )
+                    self.warn_lookalike(enc, row, name, guess)
+
+    @staticmethod
+    def warn_lookalike(enc: Encoded, row: int, name: str, guess: str) -> None:
+        """The "did you mean" warning of a record whose feature is missing beside a look-alike field."""
+        enc.warn(
+            row,
+            f"field {shown(guess)} is not a feature and was ignored: did you mean {name!r}? "
+            f"'{name}' is absent and was scored as missing",
+            name,
+            "lookalike_field",
+        )
+
+    def lookalikes(self, fields: Sequence[str]) -> dict[str, str]:
+        """Each feature's look-alike among fields that are neither features nor ids (a table's columns)."""
+        ignored = [f for f in fields if f not in self.known_fields]
+        guesses = {name: near_miss(name, ignored) for name in self.kinds} if ignored else {}
+        return {name: guess for name, guess in guesses.items() if guess is not None}
 
     @cached_property
     def known_fields(self) -> frozenset[str]:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -549,12 +550,16 @@ class ParquetSource:
 
 
 class TableSource:
-    """A whole table read at once (JSON lines, Excel: formats without a streaming reader), in blocks."""
+    """A whole table read at once (JSON lines, Excel: formats without a streaming reader), in blocks;
+    `invalid`: the (row, why) of records that could not be read, put back in place by `numbered`."""
 
-    def __init__(self, table: pa.Table, chunk_rows: int = 16_384, size: int = 0) -> None:
+    def __init__(
+        self, table: pa.Table, chunk_rows: int = 16_384, size: int = 0, invalid: list[tuple[int, str]] | None = None
+    ) -> None:
         self._table = table.rename_columns(stripped(table.column_names))
         self.columns = list(self._table.column_names)
         self._chunk, self._done, self._size, self._rows = chunk_rows, 0, size, max(table.num_rows, 1)
+        self._invalid = list(invalid or [])
 
     def type_of(self, column: str) -> pa.DataType:
         return self._table.schema.field(column).type
@@ -565,7 +570,8 @@ class TableSource:
             yield batch
 
     def take_invalid(self) -> list[tuple[int, str]]:
-        return []
+        taken, self._invalid = self._invalid, []
+        return taken
 
     def position(self) -> int:
         return int(self._size * self._done // self._rows)
@@ -574,14 +580,58 @@ class TableSource:
         self._table = self._table.slice(0, 0)
 
 
-def read_jsonl(path: Path | str) -> pa.Table:
-    """A JSON-lines file (one object per line) as Arrow's JSON reader types it."""
+def read_jsonl(path: Path | str) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """A JSON-lines file (one object per line) as Arrow's JSON reader types it, and no invalid rows;
+    where Arrow refuses the file (a column holding numbers and text, one broken line), line by line:
+    a column of mixed types as its values' text, each line that is no JSON object its row's error."""
     import pyarrow.json as pjson
 
     try:
-        return pjson.read_json(str(path))
+        return pjson.read_json(str(path)), []
     except pa.ArrowInvalid as exc:
-        raise ScoringError(f"{path} is not readable JSON lines (one object per line): {exc}") from None
+        refused = exc
+    columns: dict[str, list[Any]] = {}
+    invalid: list[tuple[int, str]] = []  # (its place among all records, why)
+    read = 0  # records in the table
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue  # as Arrow's reader and CSV do: a blank line is no record
+            try:
+                record = msgspec.json.decode(line)
+            except (msgspec.DecodeError, RecursionError) as exc:
+                record = exc
+            if not isinstance(record, dict):
+                if not read and not invalid:  # the first line decides whether this is JSON lines at all
+                    raise ScoringError(f"{path} is not readable JSON lines (one object per line): {refused}") from None
+                why = f"{record}" if isinstance(record, Exception) else f"a JSON {type(record).__name__}"
+                invalid.append((read + len(invalid), f"line {number} is not a JSON object: {why}"))
+                continue
+            for name, value in record.items():
+                columns.setdefault(name, [None] * read).append(value)
+            read += 1
+            for values in columns.values():
+                if len(values) < read:  # a field this record lacks
+                    values.append(None)
+    return pa.table({name: _json_column(values) for name, values in columns.items()}), invalid
+
+
+def _json_column(values: list[Any]) -> pa.Array:
+    """One JSON-lines column: typed as Arrow infers it, or, where its values mix types (numbers and
+    text), each value as the text a CSV would hold, which the feature readers take as they take a CSV."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else _json_text(v) for v in values], pa.string())
+
+
+def _json_text(value: Any) -> str:
+    """A value's text as `features.category_key` makes it (JSON 2.0 and CSV "2" name one level)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return msgspec.json.encode(value).decode()
+    return str(value)
 
 
 def read_excel(path: Path | str) -> pa.Table:
@@ -605,7 +655,9 @@ def read_excel(path: Path | str) -> pa.Table:
         )
     header = [_cell_text(c) for c in rows[0]]
     width = len(header)
-    columns = [[_cell_text(r[j]) if j < len(r) else "" for r in rows[1:]] for j in range(width)]
+    # a blank row between the data is no record, as a blank line in a CSV is none
+    body = [r for r in rows[1:] if any(_cell_text(c).strip() for c in r)]
+    columns = [[_cell_text(r[j]) if j < len(r) else "" for r in body] for j in range(width)]
     return pa.table([pa.array(c, pa.string()) for c in columns], names=header)
 
 
@@ -629,7 +681,8 @@ def open_source(path: Path, chunk_rows: int = 16_384, reading: Reading | None = 
     if fmt == "parquet":
         return ParquetSource(path, chunk_rows)
     if fmt == "jsonl":
-        return TableSource(read_jsonl(path), chunk_rows, path.stat().st_size)
+        table, invalid = read_jsonl(path)
+        return TableSource(table, chunk_rows, path.stat().st_size, invalid)
     if fmt == "excel":
         return TableSource(read_excel(path), chunk_rows, path.stat().st_size)
     raw = pa.OSFile(str(path), "rb")

@@ -162,6 +162,7 @@ class Scorer:
         self.session = session or create_session(ref.path / MODEL_FILE, device, threads)
         self.names = [f.name for f in self.pre.features]
         self.encoder = ArrowEncoder(self.pre)
+        self._lookalikes: dict[tuple[str, ...], dict[str, str]] = {}
         self._labels = pa.array(self.pre.labels)
 
     def check_columns(self, columns: list[str]) -> None:
@@ -185,7 +186,9 @@ class Scorer:
         self.check_columns(source.columns)
         kept = kept_columns(source, self.pre, keep, keep_all, keep_name)
         logged = [c for c in self.pre.id_columns if c in source.columns] if self.log is not None else []
-        wanted = list(dict.fromkeys([*kept, *self.names, *logged]))
+        # a look-alike column (JSON lines' `Tenure` beside `tenure`) is read for its rows' warnings
+        lookalikes = [g for g in self.pre.lookalikes(source.columns).values() if source.columns.count(g) == 1]
+        wanted = list(dict.fromkeys([*kept, *self.names, *logged, *lookalikes]))
         twice = [name for name in wanted if source.columns.count(name) > 1]
         if twice:  # which of the two holds the value is a guess: refuse rather than pick one
             raise ScoringError(f"column(s) named more than once in the input's header: {', '.join(twice)}")
@@ -229,6 +232,7 @@ class Scorer:
     def score_batch(self, batch: pa.RecordBatch, schema: pa.Schema) -> Scored:
         """Score one `numbered` block; failed rows get empty predictions and the reason."""
         enc = self.encoder.encode(batch)  # checks the UTF-8 of every feature value it reads
+        self._warn_lookalikes(batch, enc)
         n_added = len(self.reasons.fields()) if self.reasons is not None else 0
         n_kept = len(schema) - len(prediction_columns(self.pre)) - n_added - 2
         for name in schema.names[:n_kept]:
@@ -259,6 +263,16 @@ class Scorer:
         warnings = Counter(w for r, texts in enc.warnings.items() if r in warned for w in texts)
         errors = [(int(rows[r]), messages[r]) for r in sorted(messages)]
         return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed))
+
+    def _warn_lookalikes(self, batch: pa.RecordBatch, enc: Encoded) -> None:
+        """As `/predict` warns a record: a feature missing in a row where a look-alike column has a value."""
+        names = tuple(batch.schema.names)
+        if names not in self._lookalikes:  # difflib once per set of columns, not per block
+            self._lookalikes[names] = self.pre.lookalikes([n for n in names if n not in (ROW, UNPARSED)])
+        for name, guess in self._lookalikes[names].items():
+            rows = np.flatnonzero(_blank(batch.column(name)) & ~_blank(batch.column(guess)))
+            for row in rows.tolist():
+                self.pre.warn_lookalike(enc, row, name, guess)
 
     @staticmethod
     def _not_utf8(batch: pa.RecordBatch, enc: Encoded, unparsed: pa.Array) -> list[bytes]:
@@ -293,6 +307,14 @@ class Scorer:
         if self.pre.task == "binary":
             return [labels, pa.array(out[:, 1].astype(np.float64), mask=failed)]
         return [labels, *(pa.array(out[:, k].astype(np.float64), mask=failed) for k in range(out.shape[1]))]
+
+
+def _blank(column: pa.Array) -> np.ndarray:
+    """Rows with no value: null, or text of nothing but spaces."""
+    blank = column.is_null()
+    if pa.types.is_string(text_column(column).type):
+        blank = pc.or_(blank, pc.equal(pc.utf8_trim_whitespace(text_column(column)), ""))
+    return np.asarray(blank.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _text_column(n: int, texts: dict[int, str]) -> pa.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import threading
 import time
 from pathlib import Path
@@ -60,6 +61,54 @@ def test_output_equals_predict_and_keeps_order_across_chunks(churn_bundle: bundl
         assert row["label"] == answer["label"] and abs(float(row["probability"]) - answer["probability"]) < 1e-6
         assert row["warning"] == "; ".join(answer.get("warnings", [])) and row["error"] == ""
     assert "unseen level 'Weekly'" in scored[3]["warning"] and scored[10]["warning"].count("; ") == 1
+
+
+def test_json_lines_as_they_come_score_as_predict_answers_each_record(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Arrow's reader refuses a whole file for a column of numbers and text, or one broken line: each
+    record is scored as `/predict` answers it (warnings too), a broken line is its row's error."""
+    records: list[dict[str, object]] = [dict(r) for r in telco_records(8)]
+    records[1]["tenure"] = " "  # a blank in a numeric column
+    records[2]["MonthlyCharges"] = "29.5"  # a number as text
+    records[3]["Tenure"] = records[3].pop("tenure")  # a look-alike field: `/predict` warns
+    records[4]["Contract"] = 2  # a number in a column of text: an unseen level
+    lines = [json.dumps(r) for r in records]
+    lines[5:5] = ['{"customerID": "broken", ', "", "[1, 2]"]  # a broken line, a blank one, a list
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
+    source.write_text("\n".join(lines) + "\n")
+    summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=3)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (10, 8, 2)
+    scored = _read(out)
+    assert scored[5]["error"].startswith("row 6: line 6 is not a JSON object") and scored[5]["label"] == ""
+    assert scored[6]["error"] == "row 7: line 8 is not a JSON object: a JSON list"
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store) as server:
+        served = httpx.post(server.url + "/predict", json={"records": records}).json()["predictions"]
+    good = scored[:5] + scored[7:]
+    for row, answer in zip(good, served, strict=True):
+        assert row["customerID"] == answer["customerID"] and row["label"] == answer["label"]
+        assert abs(float(row["probability"]) - answer["probability"]) < 1e-6
+        assert row["warning"] == "; ".join(answer.get("warnings", [])) and row["error"] == ""
+    assert "did you mean 'tenure'?" in good[3]["warning"] and "unseen level '2'" in good[4]["warning"]
+
+    (tmp_path / "array.jsonl").write_text(json.dumps(records, indent=1))  # a JSON array, not JSON lines
+    with pytest.raises(ScoringError, match="not readable JSON lines"):
+        score_file(Scorer(churn_bundle, "cpu"), tmp_path / "array.jsonl", out)
+
+
+def test_blank_rows_between_a_sheets_data_are_no_records(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """As a CSV's blank lines: a spreadsheet's empty rows were error rows ("every feature is blank")."""
+    import pandas as pd
+
+    head = pd.read_csv(_telco_head(tmp_path / "head.csv", 10), dtype=str)
+    blank = pd.DataFrame([[None] * head.shape[1]] * 2, columns=head.columns)
+    pd.concat([head[:4], blank, head[4:]]).to_excel(tmp_path / "in.xlsx", index=False)
+    out_sheet, out_csv = tmp_path / "sheet.csv", tmp_path / "csv.csv"
+    summary = score_file(Scorer(churn_bundle, "cpu"), tmp_path / "in.xlsx", out_sheet)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (10, 10, 0)
+    score_file(Scorer(churn_bundle, "cpu"), tmp_path / "head.csv", out_csv)
+    assert out_sheet.read_text() == out_csv.read_text()
 
 
 def test_every_malformed_row_is_still_written_with_its_reason(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

@@ -240,6 +240,25 @@ def test_a_title_above_a_sheets_table_is_refused_by_training_and_the_scorer_alik
         open_source(path)
 
 
+def test_json_lines_with_numbers_and_text_in_one_column_train_and_a_broken_line_is_named(tmp_path: Path) -> None:
+    """Arrow refuses a JSON-lines column that holds numbers and text: its values are read as their text
+    (a CSV's cells); a line that is no JSON object stops training by its number, as a broken CSV row does."""
+    import json
+
+    rows = [{"id": i, "tenure": i % 7, "plan": "abc"[i % 3], "y": ["yes", "no"][i % 2]} for i in range(60)]
+    rows[5]["tenure"], rows[9]["tenure"], rows[12]["plan"] = " ", "3.0", 2  # blank, text, a number
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = D.read_csv(path)
+    assert df.shape == (60, 4) and df.loc[5, "tenure"] == " " and df.loc[9, "tenure"] == "3.0"
+    assert df.loc[12, "plan"] == "2" and df.loc[6, "tenure"] == "6"
+    prep = _prepare(path, "y", tmp_path)
+    assert "tenure" in prep.schema.numeric and np.isnan(prep.enc.num[5, prep.schema.numeric.index("tenure")])
+    path.write_text(path.read_text() + '{"id": 60, "tenure": \n')
+    with pytest.raises(D.DataError, match=r"line 61 is not a JSON object: .*\(1 such line\(s\)\)"):
+        D.read_csv(path)
+
+
 @pytest.mark.parametrize("suffix", [".xlsx", ".parquet"])
 def test_a_name_given_twice_in_a_typed_file_is_refused_by_name(tmp_path: Path, suffix: str) -> None:
     """As in a CSV: which of two `tenure` columns a record means is a guess (pandas and Arrow keep both)."""
