@@ -297,6 +297,23 @@ class Reading:
         """The preprocess.json entry."""
         return {"sep": self.sep, "decimal": self.decimal, "encoding": self.encoding, "format": self.format}
 
+    def but(self, sep: str | None, encoding: str | None, decimal: str | None, flag: str = "--") -> Reading:
+        """This reading with a file's own delimiter, encoding or decimal mark over it (`--sep`, `?sep=`);
+        a value that cannot be one is a ValueError naming the option (`flag` + its name)."""
+        import codecs
+
+        if encoding is not None:
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                raise ValueError(f"{flag}encoding: unknown encoding {encoding!r}") from None
+        sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
+        if sep is not None and len(sep) != 1:
+            raise ValueError(f"{flag}sep takes one character (, ; tab |), not {sep!r}")
+        if decimal not in (None, ".", ","):
+            raise ValueError(f"{flag}decimal is . or , not {decimal!r}")
+        return Reading(sep or self.sep, decimal or self.decimal, encoding or self.encoding, self.format)
+
     @classmethod
     def from_json(cls, doc: Mapping[str, Any] | None) -> Reading:
         """From preprocess.json (an older bundle has none: a plain UTF-8 CSV)."""

@@ -474,7 +474,7 @@ def score(
 
         reasons = checked_explain(explain, "--explain")
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        reading = _reading(ref, sep, encoding, decimal)
+        reading = ref.preprocess.read.but(sep, encoding, decimal)
         if engine == "ray":
             if STDIO in (str(input), str(output)):
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
@@ -546,23 +546,6 @@ def _reader_gone() -> NoReturn:
     there (128 + SIGPIPE), silently; the rest of stdout goes nowhere (no second error at exit)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise SystemExit(128 + signal.SIGPIPE)
-
-
-def _reading(ref: bundle.BundleRef, sep: str | None, encoding: str | None, decimal: str | None = None) -> Any:
-    """How to read a file: the training file's way (preprocess.json), `--sep`/`--encoding`/`--decimal` over it."""
-    import codecs
-
-    read = ref.preprocess.read
-    if encoding is not None:
-        codecs.lookup(encoding)  # LookupError is a ValueError: one line, exit 2
-    sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
-    if sep is not None and len(sep) != 1:
-        raise ValueError(f"--sep takes one character (, ; tab |), not {sep!r}")
-    if decimal not in (None, ".", ","):
-        raise ValueError(f"--decimal is . or , not {decimal!r}")
-    return dataclasses.replace(
-        read, sep=sep or read.sep, encoding=encoding or read.encoding, decimal=decimal or read.decimal
-    )
 
 
 FILE_FAILURE_SHARE = 0.5  # most rows failing is a file-level problem (wrong encoding, file, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 from typing import Annotated, Any
 
@@ -40,18 +41,25 @@ class PipeResponse(StreamingResponse):
             self.answer.close_reader()  # also when the client left before the first chunk
 
 
-def _check_upload(request: Request, settings: Settings) -> bool:
-    """415 or 413 from the headers; whether the body is gzip."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+def _check_upload(request: Request, settings: Settings) -> tuple[bool, str | None]:
+    """415 or 413 from the headers; whether the body is gzip, and the charset the Content-Type names."""
+    content_type, *params = request.headers.get("content-type", "").split(";")
+    content_type = content_type.strip().lower()
     if content_type not in ("text/csv", "application/csv"):
         raise HTTPException(415, f"Content-Type must be text/csv, not {content_type or 'missing'!r}")
+    named = [p.split("=", 1) for p in params if "=" in p]
+    charset = next((v.strip().strip('"') for k, v in named if k.strip().lower() == "charset"), None)
+    try:
+        codecs.lookup(charset or "utf-8")
+    except LookupError:
+        raise HTTPException(415, f"Content-Type charset {charset!r} is not an encoding tabserve reads") from None
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported: send the CSV as is, or gzip")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > settings.max_score_bytes:
         raise HTTPException(413, f"body of {length} bytes is over the {settings.max_score_bytes}-byte limit")
-    return encoding != "identity"
+    return encoding != "identity", charset or None
 
 
 def _refused(exc: Exception) -> JSONResponse:
@@ -81,22 +89,32 @@ async def score(
         str | None,
         Query(description="Reason codes: N (1-100) adds reason_1, effect_1 … per row; `all`, effect_<feature>."),
     ] = None,
+    sep: Annotated[str | None, Query(description="CSV delimiter (default: told by the header).")] = None,
+    decimal: Annotated[
+        str | None, Query(description="Decimal mark of the file's numbers, . or , (default: the training file's).")
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        Query(description="Text encoding (default: the Content-Type's charset, else the training file's)."),
+    ] = None,
 ) -> Any:
     """Score a CSV upload (`Content-Type: text/csv`): one output row per input row, in order, with
     the id columns (or `keep`), the predictions, any reason columns, `warning` and `error`; streamed
     both ways."""
-    gzip = _check_upload(request, settings)
+    gzip, charset = _check_upload(request, settings)
     try:
         reasons = checked_explain(explain, "?explain")
+        model = plane.model(name)
+        reading = model.pre.read.but(sep, encoding or charset, decimal, flag="?")
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     try:
-        upload = uploads.open(plane.model(name), gzip)
-    except ModelNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+        upload = uploads.open(model, gzip)
     except UploadsBusy as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-    upload.start(request.stream(), keep, keep_all, reasons)
+    upload.start(request.stream(), keep, keep_all, reasons, reading)
     try:
         await upload.started
     except BaseException as exc:  # before the first byte: a JSON error; cancelling is raised

@@ -13,6 +13,7 @@ from typing import Any
 
 from monitoring.log import PredictionLog
 from service.explain import Explain
+from service.features import Reading
 from service.scoring.files import CsvSink, CsvSource
 from service.scoring.local import Scorer, Summary, score_stream
 from service.settings import Settings
@@ -259,15 +260,21 @@ class Upload:
         self._open, self._lock = 2, threading.Lock()  # the scorer and the answer's reader
 
     def start(
-        self, chunks: AsyncIterator[bytes], keep: list[str] | None, keep_all: bool, explain: Explain | None = None
+        self,
+        chunks: AsyncIterator[bytes],
+        keep: list[str] | None,
+        keep_all: bool,
+        explain: Explain | None = None,
+        reading: Reading | None = None,
     ) -> None:
-        """Start feeding and scoring; `started` settles at the first output byte."""
+        """Start feeding and scoring; `started` settles at the first output byte. `reading`: how to read
+        the body (default: as the training file was read)."""
         self.feeder = asyncio.create_task(self.body.feed(chunks, self.limit))
-        args = (keep, keep_all, explain)
+        args = (keep, keep_all, explain, reading or self.model.pre.read)
         work = threading.Thread(target=self._work, args=args, name="tabserve-score-upload", daemon=True)
         work.start()
 
-    def _work(self, keep: list[str] | None, keep_all: bool, explain: Explain | None) -> None:
+    def _work(self, keep: list[str] | None, keep_all: bool, explain: Explain | None, reading: Reading) -> None:
         error: BaseException | None = None
         summary = Summary()
         try:
@@ -282,8 +289,9 @@ class Upload:
                 log=self.log,
                 drift=model.drift,
                 log_waits=False,  # logging never delays the service's answers
+                reading=reading,
             )
-            source = CsvSource(stream, name="body", reading=model.pre.read)  # read as the training file was
+            source = CsvSource(stream, name="body", reading=reading)
             # one scoring thread per upload leaves cores to the service's requests
             summary = score_stream(
                 scorer, source, self._open_out, keep=keep, keep_all=keep_all, workers=1, keep_name="?keep"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from service import bundle
+from service.scoring.files import open_source
 from service.scoring.local import Scorer, score_file
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server
@@ -131,3 +133,48 @@ def test_http_score_names_its_query_parameter_and_logs_rows_not_utf8(
     assert (
         f"upload: {bad} rows are not valid UTF-8 (cp1252 reads them): the client should send UTF-8" in server.output()
     )
+
+
+def test_http_score_reads_a_body_as_its_charset_and_query_say(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """`tabserve score`'s --encoding, --sep and --decimal over HTTP: the Content-Type's charset (or
+    ?encoding=), ?sep= and ?decimal=. A European export was read with the training file's points."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    source, _ = _cp1252_telco(tmp_path / "cp1252.csv")
+    cli = tmp_path / "cli.csv"
+    cp1252 = churn_bundle.preprocess.read.but(None, "cp1252", None)
+    score_file(Scorer(churn_bundle, "cpu", reading=cp1252), open_source(source, reading=cp1252), cli)
+    rows = list(csv.DictReader(_telco_head(tmp_path / "in.csv", 60).open()))
+    for row in rows:  # whole amounts: a European `1.890` (one thousand eight hundred and ninety) reads as 1.89
+        row["TotalCharges"] = str(round(float(row["TotalCharges"]))) if row["TotalCharges"].strip() else ""
+    plain = ",".join(rows[0]) + "\n" + "".join(",".join(row.values()) + "\n" for row in rows)
+
+    def european(row: dict[str, str]) -> str:
+        total = row["TotalCharges"]
+        grouped = f"{int(total):,}".replace(",", ".") if total else ""
+        return ";".join(
+            {**row, "TotalCharges": grouped, "MonthlyCharges": row["MonthlyCharges"].replace(".", ",")}.values()
+        )
+
+    european_text = ";".join(rows[0]) + "\n" + "".join(european(row) + "\n" for row in rows)
+    with running_server(store) as server:
+        url = server.url + "/models/churn/score"
+        for headers, query in [({"content-type": "text/csv; charset=cp1252"}, ""), ({}, "?encoding=cp1252")]:
+            answer = httpx.post(
+                url + query, content=source.read_bytes(), headers=headers or {"content-type": "text/csv"}
+            )
+            assert answer.status_code == 200 and "not valid UTF-8" not in answer.text
+            assert answer.content == cli.read_bytes()
+        text_csv = {"content-type": "text/csv"}
+        expected = httpx.post(url, content=plain.encode(), headers=text_csv).content
+        read_as_points = httpx.post(url, content=european_text.encode(), headers=text_csv)
+        assert read_as_points.status_code == 200 and read_as_points.content != expected
+        answer = httpx.post(url + "?sep=%3B&decimal=%2C", content=european_text.encode(), headers=text_csv)
+        assert answer.status_code == 200 and answer.content == expected
+        for query, headers, status, said in [
+            ("?decimal=x", text_csv, 422, "?decimal is . or , not 'x'"),
+            ("?sep=ab", text_csv, 422, "?sep takes one character"),
+            ("?encoding=nope", text_csv, 422, "?encoding: unknown encoding 'nope'"),
+            ("", {"content-type": "text/csv; charset=nope"}, 415, "charset 'nope' is not an encoding"),
+        ]:
+            refused = httpx.post(url + query, content=plain.encode(), headers=headers)
+            assert refused.status_code == status and said in refused.json()["error"], refused.text
