@@ -17,6 +17,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev p
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY service ./service
+COPY monitoring ./monitoring
 COPY tabserve ./tabserve
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
@@ -27,10 +28,11 @@ COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-# Then the service (service + CLI only; training/ is not in the wheel, so torch can never be imported).
+# Then the service (service, its prediction log and feedback in monitoring/, and the CLI; training/ is
+# not in the wheel, so torch can never be imported). The check imports the app as `tabserve serve` does.
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels \
-    && python -c "import service.protocols._records, service.scoring._levels" && useradd --create-home --uid 10001 tabserve
+    && python -c "import service.app, service.protocols._records, service.scoring._levels" && useradd --create-home --uid 10001 tabserve
 
 USER tabserve
 ENV TABSERVE_MODELS_DIR=/models TABSERVE_HOST=0.0.0.0 TABSERVE_PORT=8000

@@ -213,9 +213,18 @@ def _check_readable(path: Path) -> None:
         raise PermissionError(f"data file cannot be read (permissions): {path}")
 
 
-train.__signature__ = inspect.Signature(_config_options())  # type: ignore[attr-defined]
-train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
-app.command()(train)
+def _no_training() -> None:
+    """Train a model: not in this install (the serving image carries no training code)."""
+    _fail("this install has no training code (the serving image): train where tabserve[train] is installed")
+
+
+try:
+    train.__signature__ = inspect.Signature(_config_options())  # type: ignore[attr-defined]
+except ModuleNotFoundError:  # the serving image (Dockerfile): serve and score, but `train` says why not
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_no_training)
+else:
+    train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    app.command()(train)
 
 
 @app.command("models")
