@@ -251,6 +251,7 @@ class ModelStore:
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
         self.failed: dict[tuple[str, int], Refusal] = {}
         self.ready = False
+        self.refreshed = False  # the store has been read once: not ready then means nothing to serve
         self.observer: BatchObserver | None = None  # set before the first load (DataPlane)
         self._lock = asyncio.Lock()
         self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
@@ -381,7 +382,7 @@ class ModelStore:
                     if model is not None or challenger is None:
                         self._hold_challenger(name, model)
                 self._arrange(name)
-            self.ready = bool(self.current)
+            self.ready, self.refreshed = bool(self.current), True
             return report
 
     async def _loaded(self, ref: bundle.BundleRef, report: ReloadReport) -> LoadedModel | None:

@@ -317,7 +317,7 @@ def _decide(models_dir: Path | None, spec: str, action: str, **options: Any) -> 
 def promote(
     model: ModelSpec,
     canary: Annotated[
-        float | None, typer.Option(min=0, max=100, help="Percent of traffic (sticky per id) instead of all of it.")
+        float | None, typer.Option(help="Percent of traffic (above 0, below 100; sticky per id) instead of all of it.")
     ] = None,
     why: Why = "",
     models_dir: ModelsDir = None,

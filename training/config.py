@@ -46,7 +46,7 @@ class TrainConfig:
     """Everything one training run needs; every default says why it is the default."""
 
     # --- data ---
-    data: str = opt("", "CSV (or Parquet) file to train on (required)")
+    data: str = opt("", "file to train on: CSV (any delimiter), .csv.gz, Parquet, JSON lines or Excel (required)")
     target: str = opt("", "column to predict (required)")
     name: str = opt("", "model name in the store (default: the CSV's file stem)")
     models_dir: str | None = opt(None, "model store (default: $TABSERVE_MODELS_DIR or ./models)")

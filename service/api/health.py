@@ -22,5 +22,10 @@ def live() -> dict[str, str]:
 def ready(store: StoreDep) -> JSONResponse:
     """Ready once every model is loaded and warm, with the provider each really runs on."""
     models: dict[str, Any] = {m.name: {"version": m.version, "provider": m.provider} for m in store.current.values()}
-    status = "ready" if store.ready else "loading"
-    return JSONResponse({"status": status, "models": models}, status_code=200 if store.ready else 503)
+    if store.ready:
+        return JSONResponse({"status": "ready", "models": models})
+    if not store.refreshed:
+        return JSONResponse({"status": "loading", "models": models}, status_code=503)
+    where = store.settings.models_dir  # read, and nothing in it loads: not a wait, a store to fill
+    why = f"{where} holds no servable bundle (publish one with tabserve train; refused ones: GET /models)"
+    return JSONResponse({"status": "no models", "models": models, "why": why}, status_code=503)

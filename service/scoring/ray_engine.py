@@ -186,7 +186,13 @@ def score_with_ray(
     if not ray.is_initialized():
         # a read task takes a whole logical CPU: fewer than two leaves none beside the actor (a hang)
         logical = max(2, cpus) if local else None
-        ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as exc:  # Ray's own text names its flag (`--address`), not ours
+            raise ScoringError(
+                f"no Ray cluster at {address!r} (--ray-address or RAY_ADDRESS): {str(exc).split('. ')[0]}; "
+                "start one (`ray start --head`), or leave both out for a Ray of this process's own"
+            ) from None
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # output rows in input order
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]

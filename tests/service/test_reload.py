@@ -137,7 +137,14 @@ def test_empty_store_is_live_but_not_ready_until_a_bundle_appears(
     store = tmp_path / "models"
     store.mkdir()
     with running_server(store, ready=False) as server:
-        assert httpx.get(server.url + "/health/ready").status_code == 503
+        empty = httpx.get(server.url + "/health/ready")  # the store read, nothing in it: not "loading"
+        for _ in range(50):  # the first read of the store runs beside the server's start
+            if empty.json()["status"] != "loading":
+                break
+            time.sleep(0.1)
+            empty = httpx.get(server.url + "/health/ready")
+        assert empty.status_code == 503 and empty.json()["status"] == "no models"
+        assert f"{store} holds no servable bundle" in empty.json()["why"]
         assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).status_code == 503
         republish(store, churn_bundle)
         wait_until(server, "/health/ready")
