@@ -1,9 +1,10 @@
 /* The usual /predict body, {"records": [...]}, decoded straight into the model's input arrays.
  *
  * An accelerator with an exact fallback, never a second contract: it accepts only the plain form of
- * the body (every record holds every feature and nothing but features and id columns; numbers as
- * JSON numbers or null; categories as known levels or null, with no escapes; ids as strings with no
- * escapes, or null) and answers None for anything else, which then takes the msgspec path and,
+ * the body (every record holds every feature, each once; numbers as JSON numbers or null; categories
+ * as known levels or null, with no escapes; ids as strings with no escapes, or null; other fields,
+ * which every path ignores, skipped where name and value are plain: a string with no escapes, a
+ * number, true, false or null) and answers None for anything else, which then takes the msgspec path and,
  * failing that, the general one (service/protocols/native.py). It never raises for a bad body and
  * never decides what a value means: numbers are read as Python reads them (correctly rounded to a
  * double, then rounded to float32 as NumPy does), levels are matched byte for byte against the
@@ -25,6 +26,7 @@
 
 #define MAX_NUMBER_TEXT 64
 #define MAX_FIELDS 4096
+#define MAX_TOP_KEYS 16
 
 enum { KIND_NUMERIC = 0, KIND_CATEGORICAL = 1, KIND_ID = 2 };
 
@@ -95,6 +97,38 @@ static int plain_string(Cursor *c, const char **start, Py_ssize_t *len) {
         c->p++;
     }
     return 0;
+}
+
+/* Skip a plain string (as `plain_string`) that is valid UTF-8, as every other path requires. */
+static int skip_plain_string(Cursor *c) {
+    const char *text;
+    Py_ssize_t len;
+    if (!plain_string(c, &text, &len)) return 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if ((unsigned char)text[i] >= 0x80) { /* rare: let Python's strict decoder judge it */
+            PyObject *s = PyUnicode_DecodeUTF8(text, len, NULL);
+            if (s == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(s);
+            return 1;
+        }
+    }
+    return 1;
+}
+
+static int json_number(Cursor *c, double *out);
+
+/* Skip the value of a field that is not a feature or an id: a plain string, a finite number, true,
+ * false or null. 0 for anything else (an object, an array, an escape): the other paths read it. */
+static int skip_plain_value(Cursor *c) {
+    skip_ws(c);
+    if (c->p >= c->end) return 0;
+    if (*c->p == '"') return skip_plain_string(c);
+    if (eat_word(c, "null", 4) || eat_word(c, "true", 4) || eat_word(c, "false", 5)) return 1;
+    double v;
+    return json_number(c, &v) && isfinite(v);
 }
 
 /* Whether `n` bytes at a and b are equal (short strings: no call into libc). */
@@ -262,8 +296,15 @@ static int record(const Decoder *d, Cursor *c, Work *w) {
     if (eat(c, '}')) goto done;
     for (;;) {
         skip_ws(c);
+        const char *key = c->p;
         const Field *f = key_field(d, c, w->next[previous]);
-        if (f == NULL) goto done; /* a field that is not a feature: the other paths ignore (or warn) */
+        if (f == NULL) { /* a field that is not a feature: ignored (with every feature present, unwarned) */
+            c->p = key;
+            if (!skip_plain_string(c) || !eat(c, ':') || !skip_plain_value(c)) goto done;
+            if (eat(c, ',')) continue;
+            if (eat(c, '}')) break;
+            goto done;
+        }
         if (!eat(c, ':')) goto done;
         Py_ssize_t index = f - d->fields;
         w->next[previous] = index;
@@ -347,26 +388,46 @@ static PyObject *Decoder_decode(Decoder *d, PyObject *const *args, Py_ssize_t na
     const char *key;
     Py_ssize_t key_len;
     Py_ssize_t rows = 0;
+    int seen_records = 0;
+    const char *other[MAX_TOP_KEYS]; /* the other top-level keys: one given twice is the general path's to refuse */
+    Py_ssize_t other_len[MAX_TOP_KEYS], n_other = 0;
     if (!eat(&c, '{')) goto plain_fails;
-    skip_ws(&c);
-    if (!plain_string(&c, &key, &key_len) || key_len != 7 || memcmp(key, "records", 7) != 0) goto plain_fails;
-    if (!eat(&c, ':') || !eat(&c, '[')) goto plain_fails;
-    for (;;) {
-        if (!eat(&c, '{')) goto plain_fails;
-        c.p--;
-        if (rows >= max_records) goto plain_fails;
-        if (!reserve(&w.num, d->n_num * (Py_ssize_t)sizeof(float)) ||
-            !reserve(&w.cat, d->n_cat * (Py_ssize_t)sizeof(int64_t))) {
-            PyErr_NoMemory();
-            goto out;
+    for (;;) { /* "records" once; other top-level keys (not "explain") skipped where plain */
+        skip_ws(&c);
+        const char *at = c.p;
+        if (!plain_string(&c, &key, &key_len)) goto plain_fails;
+        if (key_len == 7 && memcmp(key, "explain", 7) == 0) goto plain_fails; /* reasons: the general path */
+        if (key_len != 7 || memcmp(key, "records", 7) != 0) {
+            if (n_other == MAX_TOP_KEYS) goto plain_fails;
+            for (Py_ssize_t i = 0; i < n_other; i++) {
+                if (other_len[i] == key_len && same(other[i], key, key_len)) goto plain_fails;
+            }
+            other[n_other] = key, other_len[n_other++] = key_len;
+            c.p = at;
+            if (!skip_plain_string(&c) || !eat(&c, ':') || !skip_plain_value(&c)) goto plain_fails;
+        } else {
+            if (seen_records++ || !eat(&c, ':') || !eat(&c, '[')) goto plain_fails;
+            for (;;) {
+                if (!eat(&c, '{')) goto plain_fails;
+                c.p--;
+                if (rows >= max_records) goto plain_fails;
+                if (!reserve(&w.num, d->n_num * (Py_ssize_t)sizeof(float)) ||
+                    !reserve(&w.cat, d->n_cat * (Py_ssize_t)sizeof(int64_t))) {
+                    PyErr_NoMemory();
+                    goto out;
+                }
+                if (!record(d, &c, &w)) goto plain_fails;
+                rows++;
+                if (eat(&c, ',')) continue;
+                if (eat(&c, ']')) break;
+                goto plain_fails;
+            }
         }
-        if (!record(d, &c, &w)) goto plain_fails;
-        rows++;
         if (eat(&c, ',')) continue;
-        if (eat(&c, ']')) break;
+        if (eat(&c, '}')) break;
         goto plain_fails;
     }
-    if (!eat(&c, '}')) goto plain_fails;
+    if (!seen_records) goto plain_fails;
     skip_ws(&c);
     if (c.p != c.end) goto plain_fails;
     {

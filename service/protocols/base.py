@@ -14,7 +14,7 @@ import orjson
 
 from service.errors import InputError
 from service.explain import Effects, Explain, checked_explain
-from service.features import Encoded
+from service.features import Encoded, shown
 
 Headers = Mapping[bytes, bytes]  # lower-case names, as ASGI gives them
 ABSENT = object()  # an id column a record does not have
@@ -61,10 +61,12 @@ class Codec(Protocol):
     def encode(self, result: InferenceResult) -> dict[str, Any]: ...
 
 
-def parse_json(raw: bytes) -> Any:
-    """The body as Python values; msgspec keeps integers beyond 64 bits exact (never a silent float)."""
+def parse_json(raw: bytes, record_fields: frozenset[str] | None = None) -> Any:
+    """The body as Python values; msgspec keeps integers beyond 64 bits exact (never a silent float).
+    A key given twice in one object is refused (a parser keeps one of the two values silently), but
+    for a record's field outside `record_fields` (a field every path ignores, once or twice)."""
     try:
-        return msgspec.json.decode(raw)
+        doc = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         where = _beyond_float64(raw) if "out of range" in str(exc) else None
         if where:  # msgspec says `$[...][0][...]`: the field, by its path
@@ -72,6 +74,108 @@ def parse_json(raw: bytes) -> Any:
         raise InputError("malformed", f"malformed JSON: {exc}") from None
     except RecursionError:
         raise InputError("malformed", "malformed JSON: nested too deeply") from None
+    if maybe_twice(raw, doc):
+        refuse_keys_twice(raw, record_fields)
+    return doc
+
+
+def colons(raw: bytes) -> int:
+    """One per key in a JSON text, and any inside strings: more than its keys could mean a key twice."""
+    if len(raw) < 4096:
+        return raw.count(b":")
+    return int(np.count_nonzero(np.frombuffer(raw, np.uint8) == ord(":")))  # 7x bytes.count on large bodies
+
+
+def maybe_twice(raw: bytes, doc: Any) -> bool:
+    """Whether a key may appear twice in the text `doc` was decoded from. Every key is followed by a
+    colon and a kept key was counted once: more colons than keys means a key twice or a colon inside
+    a string, which the second count (strings' colons) tells apart; only then the exact search."""
+    found = colons(raw)
+    if found <= _quick_keys(doc):
+        return False
+    if b"\\u003" in raw.lower():  # an escaped colon reads as one but is none in the text: no count then
+        return True
+    keys, inside = _keys_and_colons(doc)
+    return found - inside > keys
+
+
+def _quick_keys(doc: Any) -> int:
+    """A count of the keys `doc` holds, exact for the usual bodies, never more than there are."""
+    if type(doc) is not dict:
+        return 0
+    n = len(doc)
+    for value in doc.values():
+        if type(value) is dict:
+            n += len(value)
+        elif type(value) is list and all(type(item) is dict for item in value):  # records
+            n += sum(map(len, value))
+    return n
+
+
+def _keys_and_colons(doc: Any) -> tuple[int, int]:
+    """Every key, and the colons inside every key and string, anywhere in `doc`."""
+    keys = inside = 0
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict:
+            keys += len(value)
+            inside += sum(key.count(":") for key in value)
+            stack.extend(value.values())
+        elif type(value) is list:
+            stack.extend(value)
+        elif type(value) is str:
+            inside += value.count(":")
+    return keys, inside
+
+
+class _Twice(dict[str, Any]):
+    """An object whose `twice` keys appeared more than once."""
+
+    twice: list[str]
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    twice = _Twice(obj)
+    twice.twice = []
+    for key, _ in pairs:
+        if key in seen and key not in twice.twice:
+            twice.twice.append(key)
+        seen.add(key)
+    return twice
+
+
+def refuse_keys_twice(raw: bytes, record_fields: frozenset[str] | None) -> None:
+    """The error naming a key given twice (a record's field by record), if there is one that counts."""
+    try:
+        doc = json.loads(raw, object_pairs_hook=_pairs)
+    except RecursionError:
+        raise InputError("malformed", "malformed JSON: nested too deeply") from None
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            record = len(path) == 2 and isinstance(path[1], int)  # `$.records[3]`, `$.dataframe_records[3]`
+            for key in getattr(value, "twice", []):
+                if record and record_fields is not None and key not in record_fields:
+                    continue  # an ignored field, given twice: ignored all the same
+                where = (
+                    f"record {path[1]}"
+                    if record
+                    else "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+                )
+                raise InputError(
+                    "invalid",
+                    f"{where}: field {shown(key)} is given twice: which value is meant is a guess; send it once",
+                    [{"record": path[1] if record else None, "field": key, "message": "given twice"}],
+                )
+            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
 
 
 def _beyond_float64(raw: bytes) -> str | None:

@@ -30,7 +30,7 @@ class MlflowCodec:
         if media_type(headers) == b"text/csv":
             records = records_from_csv(body)
         else:
-            doc = parse_json(body)
+            doc = parse_json(body, self.native.pre.known_fields)
             records = records_from_json(doc)
             params = doc.get("params")
             if explain is None and isinstance(params, dict):

@@ -25,6 +25,7 @@ from service.protocols.base import (
     InferenceResult,
     checked,
     checked_ids,
+    colons,
     explain_of,
     parse_json,
     unseen_levels,
@@ -55,7 +56,7 @@ class NativeCodec:
             request = self.typed.decode(body, self.max_records)
             if request is not None:
                 return request
-        doc = parse_json(body)
+        doc = parse_json(body, self.pre.known_fields)
         records = records_of(doc, self.max_records)
         if explain is None:
             explain = explain_of(doc.get("explain"))
@@ -167,12 +168,15 @@ class TypedRecords:
         n = len(records)
         if not 0 < n <= max_records:
             return None
+        ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
+        keys = 1 + n * len(self.pre.features) + sum(v is not ABSENT for _, values in ids for v in values)
+        if colons(raw) != keys:  # a field twice (msgspec keeps the last), or one it skipped: the general path
+            return None
         if n == 1:  # the most frequent request: its fields picked, not flattened
             numbers, levels = self._numbers.one(records[0]), self._levels.one(records[0])
         else:
             numbers, levels = self._numbers.flat(records), self._levels.flat(records)
         enc = self.encoder.encode_flat(numbers, levels, n)
-        ids = [(col, [ABSENT if v is msgspec.UNSET else v for v in map(get, records)]) for col, get in self._ids]
         return InferenceRequest(checked(enc), checked_ids(ids))
 
     def from_plain(self, num: bytearray, cat: bytearray, n: int, ids: list[list[Any]]) -> InferenceRequest:

@@ -22,6 +22,7 @@ from service.protocols.base import (
     InferenceRequest,
     InferenceResult,
     checked_ids,
+    colons,
     explain_of,
     parse_json,
     unechoable,
@@ -266,6 +267,11 @@ class V2Codec:
         except (msgspec.MsgspecError, RecursionError):  # a deep "id": the full path explains it
             return None
         inputs = request.inputs
+        keys = 1 + 4 * len(inputs) + (request.id is not msgspec.UNSET)
+        if request.outputs is not None:
+            keys += 1 + sum(output.keys() for output in request.outputs)
+        if colons(text) != keys:  # a key twice (msgspec keeps the last), or one it skipped: the full path
+            return None
         shapes = list(map(_SHAPE, inputs))
         if shapes.count([1]) + shapes.count([1, 1]) != len(inputs):
             return None
@@ -344,6 +350,11 @@ class V2Codec:
 
 class _Output(msgspec.Struct, gc=False):
     name: str
+    parameters: dict[str, Any] | None = None  # `binary_data`, which JSON answers leave aside
+
+    def keys(self) -> int:
+        """The keys it was written with (flat parameters): for the count of a body's keys."""
+        return 1 if self.parameters is None else 2 + len(self.parameters)
 
 
 def _single_row_decoder(pre: Preprocess) -> msgspec.json.Decoder[Any]:

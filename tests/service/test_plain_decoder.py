@@ -146,3 +146,22 @@ def test_a_bundle_with_a_level_json_must_escape_gets_no_c_decoder(churn_bundle: 
             break
     pre = Preprocess.from_json(doc)
     assert native.plain_decoder(pre) is None and native.NativeCodec(pre, 1000).typed is not None
+
+
+def test_fields_every_path_ignores_are_skipped_where_plain(churn_bundle: bundle.BundleRef) -> None:
+    """A client's extra columns (the target, a note) no longer send the body to a slower path; what
+    the C decoder cannot skip exactly (an object, an escape, bytes that are not UTF-8, a top-level key
+    twice, `explain`) is handed back."""
+    pre = churn_bundle.preprocess
+    decoder = native.plain_decoder(pre)
+    record = orjson.dumps(telco_records(1, start=5)[0])[1:-1]
+    extras = b'"Churn": "No", "score": -1.5e3, "ok": true, "gone": null, "name": "Jos\xc3\xa9", "n": 0, "n": 1'
+    for body in [
+        b'{"records": [{' + extras + b", " + record + b"}]}",
+        b'{"note": "x", "records": [{' + record + b'}], "count": 1}',
+    ]:
+        assert _check(pre, body), body
+    for extra in [b'"e": {"a": 1}', b'"e": [1]', b'"e": "a\\"b"', b'"e": "\xff"', b'"\\u0065": 1', b'"e": 1e999']:
+        assert decoder.decode(b'{"records": [{' + extra + b", " + record + b"}]}", 10) is None, extra
+    for top in [b'"note": 1, "note": 2, ', b'"explain": 2, ', b'"records": [], ']:
+        assert decoder.decode(b"{" + top + b'"records": [{' + record + b"}]}", 10) is None, top

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -243,3 +245,43 @@ def test_docs_declare_every_request_body_and_status(churn_server: Server) -> Non
     # every status the spec names for MLflow is one the route gives: 415 for a missing content type
     r = httpx.post(churn_server.url + "/invocations", content=b"{}")
     assert r.status_code == 415 and r.json()["error_code"] == "BAD_REQUEST"
+
+
+def test_a_key_given_twice_is_refused_on_every_protocol_but_an_ignored_field(churn_server: Server) -> None:
+    """JSON parsers keep one of two values for a key (msgspec the last) without a word: a feature, an
+    id or a protocol's own key given twice in one object is refused by name, on every decoding path
+    (the C decoder's plain bodies, msgspec's, the general one with reasons); a field every path
+    ignores stays ignored, once or twice."""
+    records = _records(3)
+    plain = _compact({"records": records})
+    url = churn_server.url
+
+    def twice(text: str, field: str, value: str) -> str:
+        return text.replace(f'"{field}":', f'"{field}":{value},"{field}":', 1)
+
+    second = plain.split("},{", 1)
+    body = second[0] + "},{" + twice(second[1], "tenure", "999")  # record 1's tenure twice
+    for query, text in [("", body), ("", body.replace('"Yes"', '"Y\\u0065s"')), ("?explain=2", body)]:
+        r = httpx.post(url + "/predict" + query, content=text, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (query, r.text)
+        assert r.json()["error"].startswith("record 1: field 'tenure' is given twice")
+        assert r.json()["details"] == [{"record": 1, "field": "tenure", "message": "given twice"}]
+    same = httpx.post(url + "/predict", content=plain, headers={"content-type": "application/json"}).json()
+    for text in [twice(plain, "customerID", '"x"'), plain.replace('"records":', '"records":[],"records":', 1)]:
+        r = httpx.post(url + "/predict", content=text, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "given twice" in r.json()["error"], r.text
+    noted = plain.replace('"tenure":', '"note":"a","note":"b","tenure":')  # ignored, twice: still ignored
+    for text in [noted, noted.replace('"note":"a"', '"note":"caf\\u00e9"')]:
+        r = httpx.post(url + "/predict", content=text, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json() == same, r.text
+
+    v2 = _compact(v2_body(records[:1]))
+    r = httpx.post(url + "/v2/models/churn/infer", content=twice(v2, "data", "[0]"))
+    assert r.status_code == 400 and "field 'data' is given twice" in r.json()["error"], r.text
+    mlflow = twice(_compact({"dataframe_records": records}), "MonthlyCharges", "1")
+    r = httpx.post(url + "/invocations", content=mlflow, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "field 'MonthlyCharges' is given twice" in r.json()["message"], r.text
+
+
+def _compact(doc: object) -> str:
+    return json.dumps(doc, separators=(",", ":"))
