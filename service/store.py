@@ -510,6 +510,15 @@ class ModelStore:
             except NotComparable as exc:
                 log.error("%s: no shadow for version %d: %s", name, challenger.version, exc)
 
+    def release_brief(self, name: str) -> dict[str, Any]:
+        """Challenger, canary share and shadowing, for GET /models: who else answers during a canary."""
+        challenger = self.challengers.get(name)
+        return {
+            "challenger": challenger.version if challenger else None,
+            "canary": self.canary.get(name, 0.0),
+            "shadow": name in self.shadows,
+        }
+
     def release_state(self, name: str) -> dict[str, Any]:
         """Champion, challenger, canary share, shadow agreement and the last decisions, for GET /models/{name}."""
         state, champion, challenger = self.releases.get(name), self.current.get(name), self.challengers.get(name)

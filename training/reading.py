@@ -100,8 +100,10 @@ def _read_text_csv(
         raise DataError(f"{p}: {misfit}")
     header = _header(names, p)
     # a header one field short: named here, as the scorer names it (pandas would take a first field as the
-    # index, and a trailing delimiter's empty field shifts every value one column left)
-    widened = {"header": 0, "names": header} if len(names) > len(first[0]) else {}
+    # index, and a trailing delimiter's empty field shifts every value one column left); one field long
+    # (a delimiter closing the header line alone): its blank last name dropped, as the scorer drops it
+    fitted = {"header": 0, "names": header, "usecols": list(range(len(header)))}
+    widened = fitted if len(names) != len(first[0]) else {}
     try:
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False, **widened)
     except pd.errors.EmptyDataError:

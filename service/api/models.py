@@ -30,11 +30,13 @@ def summary(model: LoadedModel) -> dict[str, Any]:
 
 @router.get("")
 def list_models(store: StoreDep, request: Request) -> dict[str, Any]:
-    """Served models, the one /predict uses, versions refused and why, the C accelerators built and
-    the CPU budget (how many CPUs, why, and each worker's ONNX Runtime threads)."""
+    """Served models (each with its challenger, canary share and whether it is shadowed), the one
+    /predict uses, versions refused and why, the C accelerators built and the CPU budget (how many
+    CPUs, why, and each worker's ONNX Runtime threads)."""
+    models = sorted(store.current.values(), key=lambda m: m.name)
     return {
         "default": store.default_name,
-        "models": [summary(m) for m in sorted(store.current.values(), key=lambda m: m.name)],
+        "models": [{**summary(m), "release": store.release_brief(m.name)} for m in models],
         "refused": store.refused(),
         "accelerators": request.app.state.accelerators,
         "cpus": request.app.state.cpus,

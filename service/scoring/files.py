@@ -103,10 +103,14 @@ def header_for_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     """The header, with a blank name added where each of the first data rows has one field more: last
     where that field is empty in each (a delimiter closing every line), else first (R's `write.table`
     writes row names without a name) when two rows or more show it, unless the first row reads as
-    names over the values below it (then line 1 is a title). A blank name is read as any blank header cell is."""
+    names over the values below it (then line 1 is a title). A blank name is read as any blank header
+    cell is. A blank last name where each row has one field less (a delimiter closing the header
+    line alone) is dropped."""
     rows = rows[:PROBE_ROWS]
     while rows and not rows[-1]:  # blank lines at the end of a short file (one between: not a table)
         rows = rows[:-1]
+    if rows and len(header) > 1 and not header[-1].strip() and all(len(row) == len(header) - 1 for row in rows):
+        return header[:-1]
     if not rows or any(len(row) != len(header) + 1 for row in rows):
         return header
     if all(not row[-1].strip() for row in rows):

@@ -118,6 +118,8 @@ def test_canary_promote_rollback_under_load(
         load.phase = "changing"
         state = admin(server.url, "/admin/models/churn/promote", {"version": 2, "canary": 10, "why": "canary"})
         assert (state["champion"], state["challenger"], state["canary"]) == (1, 2, 0.1)
+        listed = httpx.get(server.url + "/models").json()["models"][0]  # the listing says who else answers
+        assert (listed["version"], listed["release"]) == (1, {"challenger": 2, "canary": 0.1, "shadow": False})
         load.phase = "canary"
         load.wait_for("canary", CANARY_REQUESTS)
         load.phase = "changing"  # requests sent while a change is under way may see either side

@@ -199,6 +199,7 @@ _NOTE = '"' + "a note\n" * 1500 + '"'  # 10 kB over many lines: 20 such rows are
         ("g,y\n" + "".join(f'"{i}","m",{i % 2}\n' for i in range(30)), ["", "g", "y"]),  # R's row names
         ("a,b,y\n" + "".join(f"{i},1,{i % 2}\n" for i in range(30)) + "\n\n", ["a", "b", "y"]),
         ("Sales report\nx,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)), ["Sales report"]),  # a title
+        ("a,b,y,\n" + "".join(f"{i},1,{i % 2}\n" for i in range(30)), ["a", "b", "y"]),  # the header's own delimiter
     ],
 )
 def test_training_and_the_scorer_read_a_header_alike(tmp_path: Path, text: str, columns: list[str]) -> None:
@@ -217,8 +218,10 @@ def test_training_and_the_scorer_read_a_header_alike(tmp_path: Path, text: str, 
         with pytest.raises(D.DataError, match=r"line 1 has 1 field\(s\) but the lines below it have 2 \(from line 2\)"):
             D.read_csv(path)
         return
-    read = list(D.read_csv(path).columns)
-    assert read == [name or f"Unnamed: {i}" for i, name in enumerate(columns)]
+    frame = D.read_csv(path)
+    assert list(frame.columns) == [name or f"Unnamed: {i}" for i, name in enumerate(columns)]
+    if "y" in columns and "note" not in columns:  # the values under their names, not shifted by one
+        assert frame["y"].tolist()[:3] == ["0", "1", "0"][: len(frame)]
 
 
 def test_a_title_above_a_sheets_table_is_refused_by_training_and_the_scorer_alike(tmp_path: Path) -> None:
