@@ -592,13 +592,15 @@ def read_jsonl(path: Path | str) -> tuple[pa.Table, list[tuple[int, str]]]:
 
     try:
         return pjson.read_json(str(path)), []
-    except pa.ArrowInvalid as exc:
-        refused = exc
+    except pa.ArrowInvalid:
+        pass
     columns: dict[str, list[Any]] = {}
     invalid: list[tuple[int, str]] = []  # (its place among all records, why)
     read = 0  # records in the table
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
+            if number == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)  # as Arrow's reader skips it (Windows tools write one)
             if not line.strip():
                 continue  # as Arrow's reader and CSV do: a blank line is no record
             try:
@@ -606,9 +608,11 @@ def read_jsonl(path: Path | str) -> tuple[pa.Table, list[tuple[int, str]]]:
             except (msgspec.DecodeError, RecursionError) as exc:
                 record = exc
             if not isinstance(record, dict):
-                if not read and not invalid:  # the first line decides whether this is JSON lines at all
-                    raise ScoringError(f"{path} is not readable JSON lines (one object per line): {refused}") from None
                 why = f"{record}" if isinstance(record, Exception) else f"a JSON {type(record).__name__}"
+                if not read and not invalid:  # the first line decides whether this is JSON lines at all
+                    raise ScoringError(
+                        f"{path} is not readable JSON lines (one object per line): line {number}: {why}"
+                    ) from None
                 invalid.append((read + len(invalid), f"line {number} is not a JSON object: {why}"))
                 continue
             for name, value in record.items():
