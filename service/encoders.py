@@ -46,6 +46,7 @@ class RecordEncoder:
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
+        self._known = len(pre.features)  # fields a record with every feature holds, ids aside
         self.numbers = Fields([f.name for f in pre.numeric])
         self.levels = Fields([f.name for f in pre.categorical])
         self._indexes = [f.index_ for f in pre.categorical]
@@ -64,7 +65,10 @@ class RecordEncoder:
             enc = self.encode_flat(nums.flat_lenient(records), cats.flat_lenient(records), len(records))
             self.pre.check_absent(records, enc)
             return enc
-        return self.encode_flat(numbers, levels, len(records))
+        enc = self.encode_flat(numbers, levels, len(records))
+        if any(len(r) > self._known + sum(c in r for c in self.pre.id_columns) for r in records):
+            self.pre.check_lookalikes(records, enc)  # fields beside every feature: a null one may be mistyped
+        return enc
 
     def encode_flat(self, numbers: Sequence[Any], levels: Sequence[Any], n_rows: int) -> Encoded:
         """Raw values row-major in `num` / `cat` order (None: missing) → model inputs."""

@@ -60,6 +60,13 @@ def named_twice(names: Sequence[str]) -> list[str]:
     return sorted({name for name in names if names.count(name) > 1})
 
 
+def has_value(value: Any) -> bool:
+    """Not null, NaN or blank text: a field that says something."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return not isinstance(value, str) or bool(value.strip())
+
+
 def near_miss(name: str, candidates: Sequence[str]) -> str | None:
     """The candidate that is most likely `name` mistyped (case, spacing, punctuation or a close
     spelling), or None: how a misspelt field or column gets a "did you mean" instead of silence."""
@@ -553,21 +560,28 @@ class Preprocess:
 
     def check_absent(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:
         """Absent features are imputed like nulls, except where that is surely a client mistake: a
-        record with none of the features is an error, and an absent feature next to an ignored
-        field that looks like it (`Tenure` for `tenure`) gets a "did you mean" warning."""
+        record with none of the features is an error; then `check_lookalikes`."""
         kinds, known = self.kinds, self.known_fields
         for row, record in enumerate(records):
-            absent = [name for name in kinds if name not in record]
-            if not absent:
+            if any(name in record for name in kinds):
                 continue
             ignored = [key for key in record if key not in known]
-            if len(absent) == len(kinds):
-                sent = f"; it has only {', '.join(map(shown, ignored[:10]))}" if ignored else ""
-                reason = f"none of the model's {len(kinds)} features is present{sent}"
-                enc.errors[row] = EncodingError(row, None, reason)  # said more exactly than check_known
+            sent = f"; it has only {', '.join(map(shown, ignored[:10]))}" if ignored else ""
+            reason = f"none of the model's {len(kinds)} features is present{sent}"
+            enc.errors[row] = EncodingError(row, None, reason)  # said more exactly than check_known
+        self.check_lookalikes(records, enc)
+
+    def check_lookalikes(self, records: Sequence[Mapping[str, Any]], enc: Encoded) -> None:
+        """A feature with no value (absent, null or blank) beside an ignored field with one that looks
+        like it (`Tenure` for `tenure`) gets a "did you mean" warning; a file's row the same
+        (service/scoring/local.py)."""
+        kinds, known = self.kinds, self.known_fields
+        for row, record in enumerate(records):
+            if row in enc.errors:
                 continue
-            for name in absent:
-                guess = near_miss(name, ignored) if ignored else None
+            ignored = [key for key, value in record.items() if key not in known and has_value(value)]
+            for name in kinds if ignored else ():
+                guess = None if has_value(record.get(name)) else near_miss(name, ignored)
                 if guess is not None:
                     self.warn_lookalike(enc, row, name, guess)
 
@@ -577,7 +591,7 @@ class Preprocess:
         enc.warn(
             row,
             f"field {shown(guess)} is not a feature and was ignored: did you mean {name!r}? "
-            f"'{name}' is absent and was scored as missing",
+            f"'{name}' has no value and was scored as missing",
             name,
             "lookalike_field",
         )

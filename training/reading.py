@@ -49,10 +49,14 @@ def read_csv(
         if suffix.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
             return _with_reading(_checked_frame(_read_parquet(p), p), Reading(format="parquet"), decimal)
         if suffix.endswith((".jsonl", ".ndjson")):
-            table, invalid = files.read_jsonl(p)
-            if invalid:  # as a CSV row that cannot be split: training data is fixed, not guessed at
-                raise DataError(f"{p}: {invalid[0][1]} ({len(invalid)} such line(s)): fix or remove them")
-            return _with_reading(_checked_frame(_text_frame(table, p), p), Reading(format="jsonl"), decimal)
+            lines = files.read_jsonl(p, decimal or ".")
+            # as a CSV row that cannot be split: training data is fixed, not guessed at
+            if lines.invalid:
+                raise DataError(f"{p}: {lines.invalid[0][1]} ({len(lines.invalid)} such line(s)): fix or remove them")
+            if lines.twice:
+                _, _, line, keys = lines.twice[0]
+                raise DataError(f"{p}: line {line} gives {keys[0]!r} twice: which value is meant is a guess")
+            return _with_reading(_checked_frame(_text_frame(lines.table, p), p), Reading(format="jsonl"), decimal)
         if suffix.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
             return _with_reading(
                 _checked_frame(_text_frame(files.read_excel(p), p), p), Reading(format="excel"), decimal

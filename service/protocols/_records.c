@@ -291,7 +291,7 @@ static int record(const Decoder *d, Cursor *c, Work *w) {
     PyObject *id_values[64];
     for (Py_ssize_t k = 0; k < d->n_ids; k++) id_values[k] = NULL;
     Py_ssize_t found = 0, previous = d->n_fields; /* slot n_fields: the first field */
-    int ok = 0;
+    int ok = 0, skipped = 0, nulls = 0;
     c->p++; /* '{' */
     if (eat(c, '}')) goto done;
     for (;;) {
@@ -301,6 +301,7 @@ static int record(const Decoder *d, Cursor *c, Work *w) {
         if (f == NULL) { /* a field that is not a feature: ignored (with every feature present, unwarned) */
             c->p = key;
             if (!skip_plain_string(c) || !eat(c, ':') || !skip_plain_value(c)) goto done;
+            skipped = 1;
             if (eat(c, ',')) continue;
             if (eat(c, '}')) break;
             goto done;
@@ -313,6 +314,7 @@ static int record(const Decoder *d, Cursor *c, Work *w) {
         w->seen[index] = 1;
         skip_ws(c);
         if (eat_word(c, "null", 4)) {
+            nulls |= f->kind != KIND_ID;
             if (f->kind == KIND_NUMERIC) num[f->column] = NAN;
             else if (f->kind == KIND_CATEGORICAL) cat[f->column] = 0;
             else id_values[f->column] = Py_NewRef(Py_None);
@@ -341,6 +343,7 @@ static int record(const Decoder *d, Cursor *c, Work *w) {
         goto done;
     }
     if (found != d->n_num + d->n_cat) goto done; /* a feature absent: imputed (and maybe warned) elsewhere */
+    if (skipped && nulls) goto done; /* a null feature beside another field: is that field it, mistyped? */
     for (Py_ssize_t k = 0; k < d->n_ids; k++) {
         PyObject *v = id_values[k] ? id_values[k] : Py_NewRef(d->absent);
         id_values[k] = NULL;

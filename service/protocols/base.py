@@ -149,33 +149,41 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return twice
 
 
-def refuse_keys_twice(raw: bytes, record_fields: frozenset[str] | None) -> None:
-    """The error naming a key given twice (a record's field by record), if there is one that counts."""
+def keys_twice(raw: bytes) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each key given twice in one object of a JSON text, with the path of that object (`()`: the root)."""
     try:
         doc = json.loads(raw, object_pairs_hook=_pairs)
     except RecursionError:
         raise InputError("malformed", "malformed JSON: nested too deeply") from None
+    found: list[tuple[tuple[str | int, ...], str]] = []
     stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict):
-            record = len(path) == 2 and isinstance(path[1], int)  # `$.records[3]`, `$.dataframe_records[3]`
-            for key in getattr(value, "twice", []):
-                if record and record_fields is not None and key not in record_fields:
-                    continue  # an ignored field, given twice: ignored all the same
-                where = (
-                    f"record {path[1]}"
-                    if record
-                    else "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
-                )
-                raise InputError(
-                    "invalid",
-                    f"{where}: field {shown(key)} is given twice: which value is meant is a guess; send it once",
-                    [{"record": path[1] if record else None, "field": key, "message": "given twice"}],
-                )
+            found += [(path, key) for key in getattr(value, "twice", [])]
             stack.extend(((*path, k), v) for k, v in reversed(value.items()))
         elif isinstance(value, list):
             stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
+    return found
+
+
+def refuse_keys_twice(raw: bytes, record_fields: frozenset[str] | None) -> None:
+    """The error naming a key given twice (a record's field by record), if there is one that counts:
+    with `record_fields`, an object in a top-level list (`$.records[3]`) is a record, and a field of
+    it outside them is ignored, once or twice."""
+    for path, key in keys_twice(raw):
+        inside = record_fields is not None and len(path) >= 2 and isinstance(path[1], int)
+        if inside and (key if len(path) == 2 else path[2]) not in record_fields:  # type: ignore[operator]
+            continue  # in a field no path reads
+        record = inside and len(path) == 2
+        where = (
+            f"record {path[1]}" if record else "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+        )
+        raise InputError(
+            "invalid",
+            f"{where}: field {shown(key)} is given twice: which value is meant is a guess; send it once",
+            [{"record": path[1] if record else None, "field": key, "message": "given twice"}],
+        )
 
 
 def _beyond_float64(raw: bytes) -> str | None:

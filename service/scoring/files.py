@@ -14,6 +14,7 @@ import io
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
@@ -23,7 +24,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from service.features import Reading, parse_number
+from service.features import Reading, parse_number, shown
+from service.protocols.base import keys_twice, maybe_twice
 
 Format = Literal["csv", "csv.gz", "parquet", "jsonl", "excel"]
 FORMATS_TEXT = ".csv (or .txt, .tsv), .csv.gz, .parquet, .jsonl (JSON lines) and .xlsx/.xls"
@@ -558,18 +560,39 @@ class TableSource:
     `invalid`: the (row, why) of records that could not be read, put back in place by `numbered`."""
 
     def __init__(
-        self, table: pa.Table, chunk_rows: int = 16_384, size: int = 0, invalid: list[tuple[int, str]] | None = None
+        self,
+        table: pa.Table,
+        chunk_rows: int = 16_384,
+        size: int = 0,
+        invalid: list[tuple[int, str]] | None = None,
+        twice: list[tuple[int, int, int, list[str]]] | None = None,
     ) -> None:
         self._table = table.rename_columns(stripped(table.column_names))
         self.columns = list(self._table.column_names)
         self._chunk, self._done, self._size, self._rows = chunk_rows, 0, size, max(table.num_rows, 1)
         self._invalid = list(invalid or [])
+        self._twice = twice or []
 
     def type_of(self, column: str) -> pa.DataType:
         return self._table.schema.field(column).type
 
     def batches(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
-        for batch in self._table.select(wanted).to_batches(max_chunksize=self._chunk):
+        table = self._table.select(wanted)
+        read = set(wanted)  # a key given twice fails its record where it is read (an ignored one is ignored)
+        failed = {
+            row: (place, line, hit) for row, place, line, keys in self._twice if (hit := [k for k in keys if k in read])
+        }
+        if failed:
+            self._invalid = sorted(
+                self._invalid
+                + [
+                    (place, f"line {line}: field {shown(hit[0])} is given twice: which value is meant is a guess")
+                    for place, line, hit in failed.values()
+                ]
+            )
+            table = table.filter(pa.array([row not in failed for row in range(table.num_rows)]))
+            self._rows = max(table.num_rows, 1)
+        for batch in table.to_batches(max_chunksize=self._chunk):
             self._done += batch.num_rows
             yield batch
 
@@ -584,25 +607,32 @@ class TableSource:
         self._table = self._table.slice(0, 0)
 
 
-def read_jsonl(path: Path | str) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """A JSON-lines file (one object per line) as Arrow's JSON reader types it, and no invalid rows;
-    where Arrow refuses the file (a column holding numbers and text, one broken line), line by line:
-    a column of mixed types as its values' text, each line that is no JSON object its row's error."""
-    import pyarrow.json as pjson
+@dataclass
+class JsonLines:
+    """A JSON-lines file read record by record: the records as a table, the lines that are no JSON
+    object (their place among all records, why), and the records that give a key twice (their row in
+    the table, their place, line number and keys): whether that matters depends on the key."""
 
-    try:
-        return pjson.read_json(str(path)), []
-    except pa.ArrowInvalid:
-        pass
+    table: pa.Table
+    invalid: list[tuple[int, str]]
+    twice: list[tuple[int, int, int, list[str]]]
+
+
+def read_jsonl(path: Path | str, decimal: str = ".") -> JsonLines:
+    """A JSON-lines file (one object per line), each line decoded as `/predict` decodes a record (not
+    by Arrow's reader, which refuses a whole file for a column of numbers and text or one broken line,
+    and keeps one value of a key given twice without a word). A column of one JSON type is typed as
+    Arrow would; one of mixed types holds each value's text (`_json_text`). A blank line is no record."""
     columns: dict[str, list[Any]] = {}
-    invalid: list[tuple[int, str]] = []  # (its place among all records, why)
+    invalid: list[tuple[int, str]] = []
+    twice: list[tuple[int, int, int, list[str]]] = []
     read = 0  # records in the table
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             if number == 1:
-                line = line.removeprefix(codecs.BOM_UTF8)  # as Arrow's reader skips it (Windows tools write one)
+                line = line.removeprefix(codecs.BOM_UTF8)  # Windows tools write one
             if not line.strip():
-                continue  # as Arrow's reader and CSV do: a blank line is no record
+                continue
             try:
                 record = msgspec.json.decode(line)
             except (msgspec.DecodeError, RecursionError) as exc:
@@ -615,28 +645,40 @@ def read_jsonl(path: Path | str) -> tuple[pa.Table, list[tuple[int, str]]]:
                     ) from None
                 invalid.append((read + len(invalid), f"line {number} is not a JSON object: {why}"))
                 continue
+            if maybe_twice(line, record):
+                keys = [key for where, key in keys_twice(line) if not where]  # a record's own keys
+                if keys:
+                    twice.append((read, read + len(invalid), number, keys))
             for name, value in record.items():
-                columns.setdefault(name, [None] * read).append(value)
+                values = columns.get(name)
+                if values is None:  # a field first seen here: missing in the records before
+                    values = columns[name] = [None] * read
+                values.append(value)
             read += 1
             for values in columns.values():
                 if len(values) < read:  # a field this record lacks
                     values.append(None)
-    return pa.table({name: _json_column(values) for name, values in columns.items()}), invalid
+    table = pa.table({name: _json_column(values, decimal) for name, values in columns.items()})
+    return JsonLines(table, invalid, twice)
 
 
-def _json_column(values: list[Any]) -> pa.Array:
+def _json_column(values: list[Any], decimal: str) -> pa.Array:
     """One JSON-lines column: typed as Arrow infers it, or, where its values mix types (numbers and
-    text), each value as the text a CSV would hold, which the feature readers take as they take a CSV."""
+    text) or a number fits no Arrow type, each value as its text, which the feature readers take as
+    they take a CSV's cells."""
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else _json_text(v) for v in values], pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else _json_text(v, decimal) for v in values], pa.string())
 
 
-def _json_text(value: Any) -> str:
-    """A value's text as `features.category_key` makes it (JSON 2.0 and CSV "2" name one level)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+def _json_text(value: Any, decimal: str) -> str:
+    """A value's text as `features.category_key` makes it (JSON 2.0 and CSV "2" name one level); a
+    fraction with the file's decimal mark, so that a numeric feature reads the number the JSON held."""
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value))
+        return repr(value) if decimal == "." else np.format_float_positional(value, trim="-").replace(".", decimal)
     if isinstance(value, dict | list):
         return msgspec.json.encode(value).decode()
     return str(value)
@@ -664,7 +706,7 @@ def read_excel(path: Path | str) -> pa.Table:
     header = [_cell_text(c) for c in rows[0]]
     width = len(header)
     # a blank row between the data is no record, as a blank line in a CSV is none
-    body = [r for r in rows[1:] if any(_cell_text(c).strip() for c in r)]
+    body = [r for r in rows[1:] if any(_cell_text(c) for c in r)]
     columns = [[_cell_text(r[j]) if j < len(r) else "" for r in body] for j in range(width)]
     return pa.table([pa.array(c, pa.string()) for c in columns], names=header)
 
@@ -689,8 +731,8 @@ def open_source(path: Path, chunk_rows: int = 16_384, reading: Reading | None = 
     if fmt == "parquet":
         return ParquetSource(path, chunk_rows)
     if fmt == "jsonl":
-        table, invalid = read_jsonl(path)
-        return TableSource(table, chunk_rows, path.stat().st_size, invalid)
+        lines = read_jsonl(path, (reading or Reading()).decimal)
+        return TableSource(lines.table, chunk_rows, path.stat().st_size, lines.invalid, lines.twice)
     if fmt == "excel":
         return TableSource(read_excel(path), chunk_rows, path.stat().st_size)
     raw = pa.OSFile(str(path), "rb")

@@ -310,8 +310,8 @@ class Scorer:
 
 
 def _blank(column: pa.Array) -> np.ndarray:
-    """Rows with no value: null, or text of nothing but spaces."""
-    blank = column.is_null()
+    """Rows with no value (`features.has_value`): null, NaN, or text of nothing but spaces."""
+    blank = column.is_null(nan_is_null=True)
     if pa.types.is_string(text_column(column).type):
         blank = pc.or_(blank, pc.equal(pc.utf8_trim_whitespace(text_column(column)), ""))
     return np.asarray(blank.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)

@@ -73,7 +73,7 @@ def _open(path: str, raw: Any, chunk_rows: int, reading: Reading | None = None) 
     if fmt == "parquet":
         return ParquetSource(raw, chunk_rows)
     if fmt in ("jsonl", "excel"):  # no streaming reader: the file is read whole, where the task runs
-        return open_source(Path(path), chunk_rows)
+        return open_source(Path(path), chunk_rows, reading)
     return CsvSource(raw, chunk_rows=chunk_rows, name=path, reading=reading)
 
 

@@ -50,6 +50,8 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
         {**rec, "Contract": "Ten-year"},
         {**{k: v for k, v in rec.items() if k != "Contract"}, "contract": rec["Contract"]},  # a typo
         {**rec, "tenure": 500},  # beyond anything seen in training
+        {**rec, "Contract": None, "contract ": "One year"},  # null beside a look-alike: the C decoder hands it on
+        {**rec, "Contract": " ", "contract": None},  # a look-alike with no value says nothing
     ]
     r = httpx.post(churn_server.url + "/predict", json={"records": variants})
     assert r.status_code == 200, r.text
@@ -60,9 +62,11 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
     assert "Ten-year" in preds[3]["warnings"][0] and "Contract" in preds[3]["warnings"][0]
     assert preds[4]["warnings"] == [
         "field 'contract' is not a feature and was ignored: did you mean 'Contract'? "
-        "'Contract' is absent and was scored as missing"
+        "'Contract' has no value and was scored as missing"
     ]
     assert preds[5]["warnings"] == ["field 'tenure': above the largest value seen in training (72)"]
+    assert preds[6]["warnings"] == [preds[4]["warnings"][0].replace("'contract'", "'contract '")]
+    assert "warnings" not in preds[7]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from service import bundle
+from service.scoring.files import open_source
 from service.scoring.local import KEPT_ERRORS, Scorer, ScoringError, score_file
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server, telco_records
@@ -66,37 +67,60 @@ def test_output_equals_predict_and_keeps_order_across_chunks(churn_bundle: bundl
 def test_json_lines_as_they_come_score_as_predict_answers_each_record(
     churn_bundle: bundle.BundleRef, tmp_path: Path
 ) -> None:
-    """Arrow's reader refuses a whole file for a column of numbers and text, or one broken line: each
-    record is scored as `/predict` answers it (warnings too), a broken line is its row's error."""
-    records: list[dict[str, object]] = [dict(r) for r in telco_records(8)]
+    """Arrow's reader refuses a whole file for a column of numbers and text, or one broken line, and
+    keeps one value of a key given twice: each record is scored as `/predict` answers it (warnings
+    too); a broken line, or a feature given twice, is its row's error, as `/predict` refuses it."""
+    records: list[dict[str, object]] = [dict(r) for r in telco_records(9)]
     records[1]["tenure"] = " "  # a blank in a numeric column
     records[2]["MonthlyCharges"] = "29.5"  # a number as text
     records[3]["Tenure"] = records[3].pop("tenure")  # a look-alike field: `/predict` warns
-    records[4]["Contract"] = 2  # a number in a column of text: an unseen level
+    records[4]["Contract"], records[5]["tenure"] = 2, 2**70  # a number for a level; one no Arrow type holds
     lines = [json.dumps(r) for r in records]
+    lines[6] = lines[6].replace('"tenure":', '"note": 1, "note": 2, "tenure":')  # an ignored field, twice
     lines[5:5] = ['{"customerID": "broken", ', "", "[1, 2]"]  # a broken line, a blank one, a list
+    lines.append(lines[0].replace('"tenure":', '"tenure": 5, "tenure":'))  # a feature twice: refused
     source, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
     source.write_text("\ufeff" + "\n".join(lines) + "\n")  # with the byte-order mark Windows tools write
     summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=3)
-    assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (10, 8, 2)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (12, 9, 3)
     scored = _read(out)
     assert scored[5]["error"].startswith("row 6: line 6 is not a JSON object") and scored[5]["label"] == ""
     assert scored[6]["error"] == "row 7: line 8 is not a JSON object: a JSON list"
+    assert scored[11]["error"] == "row 12: line 13: field 'tenure' is given twice: which value is meant is a guess"
     store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store) as server:
         served = httpx.post(server.url + "/predict", json={"records": records}).json()["predictions"]
-    good = scored[:5] + scored[7:]
+    good = scored[:5] + scored[7:11]
     for row, answer in zip(good, served, strict=True):
         assert row["customerID"] == answer["customerID"] and row["label"] == answer["label"]
         assert abs(float(row["probability"]) - answer["probability"]) < 1e-6
         assert row["warning"] == "; ".join(answer.get("warnings", [])) and row["error"] == ""
     assert "did you mean 'tenure'?" in good[3]["warning"] and "unseen level '2'" in good[4]["warning"]
+    assert "above the largest value" in good[5]["warning"]
 
     (tmp_path / "array.jsonl").write_text(json.dumps(records, indent=1))  # a JSON array, not JSON lines
     with pytest.raises(
         ScoringError, match=r"not readable JSON lines \(one object per line\): line 1: Input data was truncated"
     ):
         score_file(Scorer(churn_bundle, "cpu"), tmp_path / "array.jsonl", out)
+
+
+def test_json_lines_numbers_keep_their_value_under_a_decimal_comma(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A column of JSON numbers and text, read for a model trained on decimal commas: the JSON number
+    1.234 is that number (it was re-read as text, `1.234` → 1234), the text `56,95` is 56.95."""
+    records: list[dict[str, object]] = [dict(r) for r in telco_records(2)]
+    records[0]["TotalCharges"], records[1]["TotalCharges"] = 1.234, "56,95"
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    comma = churn_bundle.preprocess.read.but(None, None, ",")
+    score_file(Scorer(churn_bundle, "cpu", reading=comma), open_source(source, reading=comma), out)
+    plain = [{**records[0]}, {**records[1], "TotalCharges": 56.95}]
+    points = tmp_path / "points.jsonl"
+    points.write_text("".join(json.dumps(r) + "\n" for r in plain))
+    score_file(Scorer(churn_bundle, "cpu"), points, tmp_path / "points.csv")
+    assert out.read_text() == (tmp_path / "points.csv").read_text()
 
 
 def test_blank_rows_between_a_sheets_data_are_no_records(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
