@@ -291,6 +291,16 @@ class DateParse:
         return dt.datetime.fromisoformat(self.reference)
 
 
+def text_encoding(name: str) -> bool:
+    """Whether `name` is a codec that turns bytes into text (`base64` and `rot13` are codecs, not that)."""
+    import codecs
+
+    try:
+        return bool(getattr(codecs.lookup(name), "_is_text_encoding", True))
+    except LookupError:
+        return False
+
+
 @dataclass(frozen=True)
 class Reading:
     """How the training file's text was read (preprocess.json `read`): scoring reads files the same way."""
@@ -307,13 +317,9 @@ class Reading:
     def but(self, sep: str | None, encoding: str | None, decimal: str | None, flag: str = "--") -> Reading:
         """This reading with a file's own delimiter, encoding or decimal mark over it (`--sep`, `?sep=`);
         a value that cannot be one is a ValueError naming the option (`flag` + its name)."""
-        import codecs
 
-        if encoding is not None:
-            try:
-                codecs.lookup(encoding)
-            except LookupError:
-                raise ValueError(f"{flag}encoding: unknown encoding {encoding!r}") from None
+        if encoding is not None and not text_encoding(encoding):
+            raise ValueError(f"{flag}encoding: {encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252)")
         sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
         if sep is not None and len(sep) != 1:
             raise ValueError(f"{flag}sep takes one character (, ; tab |), not {sep!r}")

@@ -13,8 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _PROBE = """
 import json, sys
-for absent in ("training", "torch"):  # not in the image: importing one fails as it would there
-    sys.modules[absent] = None
+ABSENT = {"training", "torch", "onnx", "pandas", "sklearn", "lightgbm", "optuna", "duckdb", "matplotlib", "ray"}
+
+class NotInstalled:  # not in the image (training, every extra's packages): importing one fails as it would there
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
 import service.app, tabserve.cli
 from typer.testing import CliRunner
 root = sys.argv[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import logging
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.deps import PlaneDep, SettingsDep, UploadsDep
 from service.explain import checked_explain
+from service.features import text_encoding
 from service.scoring.upload import BodyTooLarge, ResponsePipe, UploadsBusy
 from service.settings import Settings
 from service.store import ModelNotFound
@@ -49,10 +49,8 @@ def _check_upload(request: Request, settings: Settings) -> tuple[bool, str | Non
         raise HTTPException(415, f"Content-Type must be text/csv, not {content_type or 'missing'!r}")
     named = [p.split("=", 1) for p in params if "=" in p]
     charset = next((v.strip().strip('"') for k, v in named if k.strip().lower() == "charset"), None)
-    try:
-        codecs.lookup(charset or "utf-8")
-    except LookupError:
-        raise HTTPException(415, f"Content-Type charset {charset!r} is not an encoding tabserve reads") from None
+    if charset is not None and not text_encoding(charset):
+        raise HTTPException(415, f"Content-Type charset {charset!r} is not an encoding tabserve reads")
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported: send the CSV as is, or gzip")

@@ -173,8 +173,10 @@ def test_http_score_reads_a_body_as_its_charset_and_query_say(churn_bundle: bund
         for query, headers, status, said in [
             ("?decimal=x", text_csv, 422, "?decimal is . or , not 'x'"),
             ("?sep=ab", text_csv, 422, "?sep takes one character"),
-            ("?encoding=nope", text_csv, 422, "?encoding: unknown encoding 'nope'"),
+            ("?encoding=nope", text_csv, 422, "?encoding: 'nope' is not a text encoding"),
+            ("?encoding=base64", text_csv, 422, "?encoding: 'base64' is not a text encoding"),  # a codec, not text
             ("", {"content-type": "text/csv; charset=nope"}, 415, "charset 'nope' is not an encoding"),
+            ("", {"content-type": "text/csv; charset=rot13"}, 415, "charset 'rot13' is not an encoding"),
         ]:
             refused = httpx.post(url + query, content=plain.encode(), headers=headers)
             assert refused.status_code == status and said in refused.json()["error"], refused.text
