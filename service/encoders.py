@@ -66,9 +66,14 @@ class RecordEncoder:
             self.pre.check_absent(records, enc)
             return enc
         enc = self.encode_flat(numbers, levels, len(records))
-        if any(len(r) > self._known + sum(c in r for c in self.pre.id_columns) for r in records):
+        if self._has_extras(records):
             self.pre.check_lookalikes(records, enc)  # fields beside every feature: a null one may be mistyped
         return enc
+
+    def _has_extras(self, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether records holding every feature hold more than features and ids (counted in C-level maps)."""
+        ids = sum(sum(map(operator.contains, records, itertools.repeat(c))) for c in self.pre.id_columns)
+        return sum(map(len, records)) > len(records) * self._known + ids
 
     def encode_flat(self, numbers: Sequence[Any], levels: Sequence[Any], n_rows: int) -> Encoded:
         """Raw values row-major in `num` / `cat` order (None: missing) → model inputs."""

@@ -317,7 +317,6 @@ class Reading:
     def but(self, sep: str | None, encoding: str | None, decimal: str | None, flag: str = "--") -> Reading:
         """This reading with a file's own delimiter, encoding or decimal mark over it (`--sep`, `?sep=`);
         a value that cannot be one is a ValueError naming the option (`flag` + its name)."""
-
         if encoding is not None and not text_encoding(encoding):
             raise ValueError(f"{flag}encoding: {encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252)")
         sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
