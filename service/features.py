@@ -601,11 +601,12 @@ class Preprocess:
             "lookalike_field",
         )
 
-    def lookalikes(self, fields: Sequence[str]) -> dict[str, str]:
-        """Each feature's look-alike among fields that are neither features nor ids (a table's columns)."""
+    def lookalikes(self, fields: Sequence[str]) -> dict[str, list[str]]:
+        """Each feature's look-alikes among fields that are neither features nor ids (a table's
+        columns): every one `near_miss` could answer, as a row's values decide which it does."""
         ignored = [f for f in fields if f not in self.known_fields]
-        guesses = {name: near_miss(name, ignored) for name in self.kinds} if ignored else {}
-        return {name: guess for name, guess in guesses.items() if guess is not None}
+        found = {name: [f for f in ignored if near_miss(name, [f]) is not None] for name in self.kinds}
+        return {name: fields for name, fields in found.items() if fields}
 
     @cached_property
     def known_fields(self) -> frozenset[str]:

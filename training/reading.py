@@ -55,7 +55,7 @@ def read_csv(
                 raise DataError(f"{p}: {lines.invalid[0][1]} ({len(lines.invalid)} such line(s)): fix or remove them")
             if lines.twice:
                 _, _, line, keys = lines.twice[0]
-                raise DataError(f"{p}: line {line} gives {keys[0]!r} twice: which value is meant is a guess")
+                raise DataError(f"{p}: line {line}: {files.twice_text(*keys[0])}: which value is meant is a guess")
             return _with_reading(_checked_frame(_text_frame(lines.table, p), p), Reading(format="jsonl"), decimal)
         if suffix.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
             return _with_reading(

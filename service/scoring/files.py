@@ -565,7 +565,7 @@ class TableSource:
         chunk_rows: int = 16_384,
         size: int = 0,
         invalid: list[tuple[int, str]] | None = None,
-        twice: list[tuple[int, int, int, list[str]]] | None = None,
+        twice: list[tuple[int, int, int, list[tuple[str, bool]]]] | None = None,
     ) -> None:
         self._table = table.rename_columns(stripped(table.column_names))
         self.columns = list(self._table.column_names)
@@ -580,13 +580,15 @@ class TableSource:
         table = self._table.select(wanted)
         read = set(wanted)  # a key given twice fails its record where it is read (an ignored one is ignored)
         failed = {
-            row: (place, line, hit) for row, place, line, keys in self._twice if (hit := [k for k in keys if k in read])
+            row: (place, line, hit)
+            for row, place, line, keys in self._twice
+            if (hit := [(k, nested) for k, nested in keys if k in read])
         }
         if failed:
             self._invalid = sorted(
                 self._invalid
                 + [
-                    (place, f"line {line}: field {shown(hit[0])} is given twice: which value is meant is a guess")
+                    (place, f"line {line}: {twice_text(*hit[0])}: which value is meant is a guess")
                     for place, line, hit in failed.values()
                 ]
             )
@@ -607,15 +609,20 @@ class TableSource:
         self._table = self._table.slice(0, 0)
 
 
+def twice_text(field: str, nested: bool) -> str:
+    return f"field {shown(field)} " + ("holds a key given twice" if nested else "is given twice")
+
+
 @dataclass
 class JsonLines:
     """A JSON-lines file read record by record: the records as a table, the lines that are no JSON
     object (their place among all records, why), and the records that give a key twice (their row in
-    the table, their place, line number and keys): whether that matters depends on the key."""
+    the table, their place, line number, and each field given twice or holding an object that gives a
+    key twice): whether that matters depends on the field."""
 
     table: pa.Table
     invalid: list[tuple[int, str]]
-    twice: list[tuple[int, int, int, list[str]]]
+    twice: list[tuple[int, int, int, list[tuple[str, bool]]]]
 
 
 def read_jsonl(path: Path | str, decimal: str = ".") -> JsonLines:
@@ -625,7 +632,7 @@ def read_jsonl(path: Path | str, decimal: str = ".") -> JsonLines:
     Arrow would; one of mixed types holds each value's text (`_json_text`). A blank line is no record."""
     columns: dict[str, list[Any]] = {}
     invalid: list[tuple[int, str]] = []
-    twice: list[tuple[int, int, int, list[str]]] = []
+    twice: list[tuple[int, int, int, list[tuple[str, bool]]]] = []
     read = 0  # records in the table
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
@@ -645,8 +652,10 @@ def read_jsonl(path: Path | str, decimal: str = ".") -> JsonLines:
                     ) from None
                 invalid.append((read + len(invalid), f"line {number} is not a JSON object: {why}"))
                 continue
-            if maybe_twice(line, record):
-                keys = [key for where, key in keys_twice(line) if not where]  # a record's own keys
+            if maybe_twice(line, record):  # a field given twice, or one holding an object with a key twice
+                keys = list(
+                    dict.fromkeys((str(where[0]), True) if where else (key, False) for where, key in keys_twice(line))
+                )
                 if keys:
                     twice.append((read, read + len(invalid), number, keys))
             for name, value in record.items():
@@ -664,12 +673,15 @@ def read_jsonl(path: Path | str, decimal: str = ".") -> JsonLines:
 
 def _json_column(values: list[Any], decimal: str) -> pa.Array:
     """One JSON-lines column: typed as Arrow infers it, or, where its values mix types (numbers and
-    text) or a number fits no Arrow type, each value as its text, which the feature readers take as
-    they take a CSV's cells."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([None if v is None else _json_text(v, decimal) for v in values], pa.string())
+    text; true beside numbers, which Arrow would read as 1) or a number fits no Arrow type, each value
+    as its text, which the feature readers take as they take a CSV's cells."""
+    kinds = {type(v) for v in values if v is not None}
+    if not (bool in kinds and len(kinds) > 1):
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+    return pa.array([None if v is None else _json_text(v, decimal) for v in values], pa.string())
 
 
 def _json_text(value: Any, decimal: str) -> str:

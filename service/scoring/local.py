@@ -162,7 +162,7 @@ class Scorer:
         self.session = session or create_session(ref.path / MODEL_FILE, device, threads)
         self.names = [f.name for f in self.pre.features]
         self.encoder = ArrowEncoder(self.pre)
-        self._lookalikes: dict[tuple[str, ...], dict[str, str]] = {}
+        self._lookalikes: dict[tuple[str, ...], dict[str, list[str]]] = {}
         self._labels = pa.array(self.pre.labels)
 
     def check_columns(self, columns: list[str]) -> None:
@@ -187,7 +187,9 @@ class Scorer:
         kept = kept_columns(source, self.pre, keep, keep_all, keep_name)
         logged = [c for c in self.pre.id_columns if c in source.columns] if self.log is not None else []
         # a look-alike column (JSON lines' `Tenure` beside `tenure`) is read for its rows' warnings
-        lookalikes = [g for g in self.pre.lookalikes(source.columns).values() if source.columns.count(g) == 1]
+        lookalikes = [
+            g for gs in self.pre.lookalikes(source.columns).values() for g in gs if source.columns.count(g) == 1
+        ]
         wanted = list(dict.fromkeys([*kept, *self.names, *logged, *lookalikes]))
         twice = [name for name in wanted if source.columns.count(name) > 1]
         if twice:  # which of the two holds the value is a guess: refuse rather than pick one
@@ -265,14 +267,17 @@ class Scorer:
         return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed))
 
     def _warn_lookalikes(self, batch: pa.RecordBatch, enc: Encoded) -> None:
-        """As `/predict` warns a record: a feature missing in a row where a look-alike column has a value."""
+        """As `/predict` warns a record: a feature with no value in a row where a look-alike column has
+        one (the guess among the row's look-alikes with a value, as `near_miss` picks among a record's)."""
         names = tuple(batch.schema.names)
         if names not in self._lookalikes:  # difflib once per set of columns, not per block
             self._lookalikes[names] = self.pre.lookalikes([n for n in names if n not in (ROW, UNPARSED)])
-        for name, guess in self._lookalikes[names].items():
-            rows = np.flatnonzero(_blank(batch.column(name)) & ~_blank(batch.column(guess)))
-            for row in rows.tolist():
-                self.pre.warn_lookalike(enc, row, name, guess)
+        for name, guesses in self._lookalikes[names].items():
+            valued = np.stack([~_blank(batch.column(g)) for g in guesses])
+            for row in np.flatnonzero(_blank(batch.column(name)) & valued.any(axis=0)).tolist():
+                guess = near_miss(name, [g for g, has in zip(guesses, valued[:, row], strict=True) if has])
+                if guess is not None:
+                    self.pre.warn_lookalike(enc, row, name, guess)
 
     @staticmethod
     def _not_utf8(batch: pa.RecordBatch, enc: Encoded, unparsed: pa.Array) -> list[bytes]:

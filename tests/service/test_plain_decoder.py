@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import orjson
@@ -165,3 +166,12 @@ def test_fields_every_path_ignores_are_skipped_where_plain(churn_bundle: bundle.
         assert decoder.decode(b'{"records": [{' + extra + b", " + record + b"}]}", 10) is None, extra
     for top in [b'"note": 1, "note": 2, ', b'"explain": 2, ', b'"records": [], ']:
         assert decoder.decode(b"{" + top + b'"records": [{' + record + b"}]}", 10) is None, top
+    # a null feature beside a skipped field: is that field the feature, mistyped? The general path says
+    nulled = (
+        b'{"records": [{'
+        + re.sub(rb'"Contract": ?"[^"]*"', b'"Contract": null', record)
+        + b', "contract ": "One year"}]}'
+    )
+    assert decoder.decode(nulled, 10) is None
+    warned = native.NativeCodec(pre, 1000).decode(nulled).enc.warnings
+    assert "did you mean 'Contract'?" in warned[0][0]

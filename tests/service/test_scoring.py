@@ -75,18 +75,21 @@ def test_json_lines_as_they_come_score_as_predict_answers_each_record(
     records[2]["MonthlyCharges"] = "29.5"  # a number as text
     records[3]["Tenure"] = records[3].pop("tenure")  # a look-alike field: `/predict` warns
     records[4]["Contract"], records[5]["tenure"] = 2, 2**70  # a number for a level; one no Arrow type holds
+    records[7].update(tenure=None, Tenure=None, tenur=5)  # of two look-alikes, the one with a value
     lines = [json.dumps(r) for r in records]
     lines[6] = lines[6].replace('"tenure":', '"note": 1, "note": 2, "tenure":')  # an ignored field, twice
     lines[5:5] = ['{"customerID": "broken", ', "", "[1, 2]"]  # a broken line, a blank one, a list
     lines.append(lines[0].replace('"tenure":', '"tenure": 5, "tenure":'))  # a feature twice: refused
+    lines.append(lines[0].replace('"customerID": "', '"customerID": {"a": 1, "a": 2}, "x": "'))  # twice inside
     source, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
     source.write_text("\ufeff" + "\n".join(lines) + "\n")  # with the byte-order mark Windows tools write
     summary = score_file(Scorer(churn_bundle, "cpu"), source, out, chunk_rows=3)
-    assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (12, 9, 3)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_failed) == (13, 9, 4)
     scored = _read(out)
     assert scored[5]["error"].startswith("row 6: line 6 is not a JSON object") and scored[5]["label"] == ""
     assert scored[6]["error"] == "row 7: line 8 is not a JSON object: a JSON list"
     assert scored[11]["error"] == "row 12: line 13: field 'tenure' is given twice: which value is meant is a guess"
+    assert scored[12]["error"].startswith("row 13: line 14: field 'customerID' holds a key given twice")
     store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store) as server:
         served = httpx.post(server.url + "/predict", json={"records": records}).json()["predictions"]
@@ -96,7 +99,12 @@ def test_json_lines_as_they_come_score_as_predict_answers_each_record(
         assert abs(float(row["probability"]) - answer["probability"]) < 1e-6
         assert row["warning"] == "; ".join(answer.get("warnings", [])) and row["error"] == ""
     assert "did you mean 'tenure'?" in good[3]["warning"] and "unseen level '2'" in good[4]["warning"]
-    assert "above the largest value" in good[5]["warning"]
+    assert "above the largest value" in good[5]["warning"] and "field 'tenur' is not a feature" in good[7]["warning"]
+
+    booleans = tmp_path / "booleans.jsonl"  # true beside numbers: refused as /predict refuses it, not read as 1
+    booleans.write_text("".join(json.dumps({**records[0], "SeniorCitizen": v}) + "\n" for v in (0.0, True)))
+    score_file(Scorer(churn_bundle, "cpu"), booleans, out)
+    assert [row["error"].startswith("row 2, field 'SeniorCitizen'") for row in _read(out)] == [False, True]
 
     (tmp_path / "array.jsonl").write_text(json.dumps(records, indent=1))  # a JSON array, not JSON lines
     with pytest.raises(

@@ -257,7 +257,11 @@ def test_json_lines_with_numbers_and_text_in_one_column_train_and_a_broken_line_
     assert df.loc[12, "plan"] == "2" and df.loc[6, "tenure"] == "6"
     prep = _prepare(path, "y", tmp_path)
     assert "tenure" in prep.schema.numeric and np.isnan(prep.enc.num[5, prep.schema.numeric.index("tenure")])
-    path.write_text(path.read_text() + '{"id": 60, "tenure": \n')
+    twice = path.read_text() + '{"id": 60, "tenure": 1, "tenure": 2, "plan": "a", "y": "no"}\n'
+    path.write_text(twice)
+    with pytest.raises(D.DataError, match=r"line 61: field 'tenure' is given twice"):
+        D.read_csv(path)
+    path.write_text(twice.rsplit("{", 1)[0] + '{"id": 60, "tenure": \n')
     with pytest.raises(D.DataError, match=r"line 61 is not a JSON object: .*\(1 such line\(s\)\)"):
         D.read_csv(path)
 
