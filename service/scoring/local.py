@@ -274,10 +274,13 @@ class Scorer:
             self._lookalikes[names] = self.pre.lookalikes([n for n in names if n not in (ROW, UNPARSED)])
         for name, guesses in self._lookalikes[names].items():
             valued = np.stack([~_blank(batch.column(g)) for g in guesses])
+            picked: dict[tuple[bool, ...], str | None] = {}  # rows with the same look-alikes filled: one pick
             for row in np.flatnonzero(_blank(batch.column(name)) & valued.any(axis=0)).tolist():
-                guess = near_miss(name, [g for g, has in zip(guesses, valued[:, row], strict=True) if has])
-                if guess is not None:
-                    self.pre.warn_lookalike(enc, row, name, guess)
+                key = tuple(valued[:, row].tolist())
+                if key not in picked:
+                    picked[key] = near_miss(name, [g for g, has in zip(guesses, key, strict=True) if has])
+                if picked[key] is not None:
+                    self.pre.warn_lookalike(enc, row, name, picked[key])  # type: ignore[arg-type]
 
     @staticmethod
     def _not_utf8(batch: pa.RecordBatch, enc: Encoded, unparsed: pa.Array) -> list[bytes]:
