@@ -146,9 +146,18 @@ class Explainer:
                 shown = f"{round(100 * share)} %" if share >= 0.005 else "under 1 %"
                 return f"{name} was missing — as in {shown} of training records"
             return f"{name} was missing and taken as the typical value"
-        placed = _placed(number, self._percentiles.get(name, []))
-        shown = f"{value} ({_shown(number)} days old)" if name in self.pre.dates else _shown(number)
+        percentiles = self._percentiles.get(name, [])
+        if name in self.pre.dates:  # the model reads a date's age in days: a lower age is a later date
+            age = f"{_shown(number)} days old" if number >= 0 else f"{_shown(-number)} days ahead"
+            shown, placed = f"{value} ({age})", _placed(number, percentiles, ("later", "earlier"))
+        else:
+            shown, placed = _with_unit(_shown(number), self._units.get(name, "")), _placed(number, percentiles)
         return f"{name} is {shown}" + (f" — {placed}" if placed else "")
+
+    @cached_property
+    def _units(self) -> dict[str, str]:
+        """Each numeric's currency or percent sign, as its training values carried it."""
+        return {f.name: f.unit for f in self.pre.numeric if f.unit}
 
     @cached_property
     def _missing(self) -> dict[str, float]:
@@ -179,7 +188,7 @@ class Explainer:
     def outcome(self, effect: float, label: Any) -> str:
         """`raises the chance of Churn = Yes`, `lowers the predicted price`."""
         pre = self.pre
-        verb = "raises" if effect > 0 else "lowers"
+        verb = "raises" if effect > 0 else "lowers" if effect < 0 else "does not move"  # 0: a restated copy
         if pre.task == "regression":
             return f"{verb} the predicted {pre.target}"
         explained = pre.labels[1] if pre.task == "binary" else label
@@ -204,21 +213,30 @@ def _shown(number: float) -> str:
     return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
 
 
-def _placed(number: float, percentiles: list[float]) -> str:
+def _with_unit(number: str, unit: str) -> str:
+    """`$1029.85`, `18.5%`, `120 EUR`: the number with the sign its training values carried."""
+    if unit == "%":
+        return f"{number}%"
+    return f"{unit}{number}" if len(unit) == 1 else f"{number} {unit}" if unit else number
+
+
+def _placed(number: float, percentiles: list[float], words: tuple[str, str] = ("lower", "higher")) -> str:
     """`lower than 95 % of training records` from the training percentiles (empty: unknown); a
-    value many records share (a minimum of 0, say) is placed as such."""
+    value many records share (a minimum of 0, say) is placed as such. `words`: how a lower and a
+    higher value read (a date's age: later, earlier)."""
     if not percentiles:
         return ""
+    lower, higher = words
     if number < percentiles[0] or number > percentiles[-1]:
-        return f"{'lower' if number < percentiles[0] else 'higher'} than any training record"
+        return f"{lower if number < percentiles[0] else higher} than any training record"
     below, at_most = _share(number, percentiles, False), _share(number, percentiles, True)
     if at_most - below >= 10:
         return f"the same as {round(at_most - below)} % of training records"
     # inside the training range some record is at or beyond it: never "lower than 100 %" (the
     # percentiles cannot see the few records at a minimum)
     if 100 - at_most >= below:
-        return f"lower than {min(round(100 - at_most), 99)} % of training records"
-    return f"higher than {min(round(below), 99)} % of training records"
+        return f"{lower} than {min(round(100 - at_most), 99)} % of training records"
+    return f"{higher} than {min(round(below), 99)} % of training records"
 
 
 def _share(number: float, percentiles: list[float], inclusive: bool) -> float:

@@ -656,15 +656,16 @@ class Preprocess:
         above = [f"field '{f.name}': above the largest value seen in training ({f.max_:g})" for f in self.numeric]
         return below, above
 
-    def too_far(self, num: np.ndarray) -> str:
-        """Why a row's outputs are not numbers: its numeric value the most standard deviations from
-        training's mean, named with training's range (a value near float32's limit overflows inside)."""
+    def too_far(self, num: np.ndarray, to: str = "score") -> str:
+        """Why a row's outputs (or effects) are not numbers: its numeric value the most standard
+        deviations from training's mean, named with training's range (a value near float32's limit
+        overflows inside)."""
         if not self.numeric or np.isnan(num).all():
-            return "its values are too far from training's to score"
+            return f"its values are too far from training's to {to}"
         mean, std = (np.array([getattr(f, k) for f in self.numeric]) for k in ("mean_", "std_"))
         j = int(np.nanargmax(np.abs(num.astype(np.float64) - mean) / std))
         f = self.numeric[j]
-        return f"field '{f.name}': {num[j]:g} is too far from training's values ({f.min_:g} to {f.max_:g}) to score"
+        return f"field '{f.name}': {num[j]:g} is too far from training's values ({f.min_:g} to {f.max_:g}) to {to}"
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json document."""

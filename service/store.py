@@ -85,8 +85,11 @@ class LoadedModel:
             raise NoExplainer(f"{self.name} version {self.version} has no explain.onnx: retrain it for reason codes")
         try:
             both = await self.explain_batcher.predict(enc.num, enc.cat, timeout)
-        except NotFinite as exc:
-            raise self._too_far(enc, exc) from None
+        except NotFinite as exc:  # scored without reasons, it may be a number: say which failed
+            row = int(exc.rows[0])
+            raise InputError(
+                "invalid", f"record {row} could not be explained: {self.pre.too_far(enc.num[row], 'explain')}"
+            ) from None
         if enc.tally:
             self.report_warnings(enc.tally)
         n_out, n_feat = self.pre.n_outputs, len(self.pre.features)

@@ -249,6 +249,14 @@ class Scorer:
                 messages[r] = f"row {rows[r]}: {unparsed[r].as_py()}"
         for r in np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist():  # never a NaN score written
             messages.setdefault(r, f"row {rows[r]}, {self.pre.too_far(enc.num[r])}")
+        found = None
+        if self.reasons is not None:  # as /predict refuses a record it cannot explain: never an empty reason
+            found = self.reasons.effects(enc.num, enc.cat, int(rows[0]) - 1 if batch.num_rows else 0)
+            unexplained = ~np.isfinite(found.effects).all(axis=1) | ~np.isfinite(found.score)
+            for r in np.flatnonzero(unexplained).tolist():
+                messages.setdefault(
+                    r, f"row {rows[r]} could not be explained: {self.pre.too_far(enc.num[r], 'explain')}"
+                )
         failed = np.zeros(batch.num_rows, dtype=bool)
         failed[list(messages)] = True
         warned = {r: "; ".join(texts) for r, texts in enc.warnings.items() if r not in messages}
@@ -258,7 +266,7 @@ class Scorer:
         if self.drift is not None:
             self.drift.update(enc.num[~failed], enc.cat[~failed], out[~failed])
         label_index = self.pre.label_index(out) if self.pre.task != "regression" else None
-        added = [] if self.reasons is None else self.reasons.columns(batch, enc.num, enc.cat, label_index, failed)
+        added = [] if self.reasons is None or found is None else self.reasons.columns(batch, found, label_index, failed)
         notes = [_text_column(batch.num_rows, warned), _text_column(batch.num_rows, messages)]
         columns = [*kept, *self._predictions(out, label_index, failed), *added, *notes]
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
@@ -383,15 +391,10 @@ class ReasonColumns:
         return Effects(*(np.concatenate([getattr(p, name) for p in parts])[lead : lead + n] for name in outputs))
 
     def columns(
-        self,
-        batch: pa.RecordBatch,
-        num: np.ndarray,
-        cat: np.ndarray,
-        label_index: np.ndarray | None,
-        failed: np.ndarray,
+        self, batch: pa.RecordBatch, found: Effects, label_index: np.ndarray | None, failed: np.ndarray
     ) -> list[pa.Array]:
-        """A block's added columns; empty cells for failed rows and for reasons past the last one found."""
-        found = self.effects(num, cat, int(batch.column(ROW)[0].as_py()) - 1 if batch.num_rows else 0)
+        """A block's added columns from its rows' `effects`; empty cells for failed rows and for reasons
+        past the last one found."""
         if self.explain == "all":
             return [
                 pa.array(found.effects[:, j].astype(np.float64), mask=failed) for j in range(found.effects.shape[1])
@@ -400,7 +403,7 @@ class ReasonColumns:
         keep &= ~failed[:, None]
         picked = np.take_along_axis(found.effects, order, axis=1)
         label = label_index if label_index is not None and len(self._labels) > 1 else np.zeros(len(order), np.intp)
-        outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: effect > 0 raises
+        outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: effect > 0 raises (0: none, apart)
         sentence, texts = self._sentences_of(batch, order, keep, outcome)
         out = []
         for i in range(order.shape[1]):

@@ -166,3 +166,31 @@ def test_far_values_are_explained_and_sentences_read_values_as_the_model_does(ch
     }
     assert "than any" not in texts["tenure"]
     assert "100 %" not in texts["tenure"]  # 11 records share it: "lower than 100 %" would overstate
+
+
+def test_sentences_give_a_sign_its_unit_a_date_its_direction_and_no_effect_no_direction(
+    churn_bundle: bundle.BundleRef,
+) -> None:
+    """Read by a model-risk reviewer: `MonthlyCharges is 1029.85` for `$1,029.85` dropped the sign;
+    a date's age was placed as a number (a recent date "lower than 98 %"; a future one "-2011 days
+    old"); a restated copy's effect of exactly 0 "lowers the chance"."""
+    import dataclasses
+
+    from service.features import DateParse, Preprocess
+    from service.scoring.local import open_explainer
+
+    pre = churn_bundle.preprocess
+    features = [dataclasses.replace(f, unit="$") if f.name == "MonthlyCharges" else f for f in pre.features]
+    features = [
+        dataclasses.replace(f, date=DateParse("2024-06-30T00:00:00")) if f.name == "tenure" else f for f in features
+    ]
+    changed = Preprocess(**{**{f.name: getattr(pre, f.name) for f in dataclasses.fields(pre)}, "features": features})
+    explainer = open_explainer(churn_bundle, changed, "cpu")
+    assert explainer.describe("MonthlyCharges", "$1,029.85").startswith("MonthlyCharges is $1029.85 — ")
+    recent = explainer.describe("tenure", "2024-06-29")  # 1 day old: younger than nearly every tenure
+    assert recent.startswith("tenure is 2024-06-29 (1 days old) — later than ") and "lower" not in recent
+    assert explainer.describe("tenure", "2030-01-01").startswith(
+        "tenure is 2030-01-01 (2011 days ahead) — later than any"
+    )
+    assert explainer.outcome(0.0, None) == "does not move the chance of Churn = Yes"
+    assert explainer.outcome(-0.1, None).startswith("lowers") and explainer.outcome(0.1, None).startswith("raises")
