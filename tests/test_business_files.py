@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from service import bundle, release
@@ -256,6 +257,21 @@ def test_a_date_feature_is_documented_and_exemplified_as_a_date(files: dict[str,
     for name in dated:
         assert isinstance(record[name], str) and docs[name]["kind"] == "date"
         assert "date" in schema[name]["description"]
+
+    # KServe V2: a date is a BYTES tensor of text (it was declared FP64 and refused both a number and a date)
+    from service.protocols.v2 import V2Codec, input_metadata
+
+    assert {m["name"]: m["datatype"] for m in input_metadata(pre) if m["name"] in dated} == dict.fromkeys(
+        dated, "BYTES"
+    )
+    numeric = {f.name for f in pre.numeric} - set(dated)
+    inputs = [
+        {"name": k, "shape": [1], "datatype": "FP64" if k in numeric else "BYTES", "data": [stored[k]]}
+        for k in pre.kinds
+    ]
+    for body in ({"inputs": inputs}, {"inputs": inputs, "id": "two rows", "outputs": [{"name": "label"}]}):
+        got = V2Codec(pre, 10).decode(json.dumps(body).encode(), {})
+        np.testing.assert_array_equal(got.enc.num, enc.num)
 
 
 @pytest.mark.parametrize("words", [["Süd", "Nord", "Ost", "West"], ["Café", "Crème", "Thé"]])

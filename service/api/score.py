@@ -101,7 +101,7 @@ async def score(
     both ways."""
     gzip, charset = _check_upload(request, settings)
     try:
-        reasons = checked_explain(explain, "?explain")
+        reasons = checked_explain(explain or None, "?explain")  # `?explain=` asks nothing, as on /predict
         model = plane.model(name)
         reading = model.pre.read.but(sep, encoding or charset, decimal, flag="?")
     except ModelNotFound as exc:

@@ -33,6 +33,8 @@ class MlflowCodec:
             doc = parse_json(body, self.native.pre.known_fields)
             records = records_from_json(doc)
             params = doc.get("params")
+            if params is not None and not isinstance(params, dict):  # `"params": 4` meant reasons, or nothing
+                raise bad(f'"params" must be an object such as {{"explain": 4}}, not {shown(params)}')
             if explain is None and isinstance(params, dict):
                 explain = explain_of(params.get("explain"), '"params.explain"')
         if not records:  # said in MLflow's words, not the native protocol's ("records" is empty)

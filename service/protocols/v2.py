@@ -120,7 +120,7 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     column's tensor (optional, BYTES or integers) is kept under its name too."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise bad('request must be a JSON object with a non-empty "inputs" list')
-    kinds = {**pre.kinds, **{c: "id" for c in pre.id_columns if c not in pre.kinds}}
+    kinds = {**input_kinds(pre), **{c: "id" for c in pre.id_columns if c not in pre.kinds}}
     columns: dict[str, Any] = {}
     rows: int | None = None
     offset = 0
@@ -153,11 +153,17 @@ def input_columns(pre: Preprocess, doc: Any, binary: bytes, max_records: int) ->
     return columns, rows
 
 
+def datatypes_of(kind: str) -> set[str]:
+    """The datatypes an input of this kind takes: a date is text (its age is the model's number)."""
+    return NUMERIC_FEATURE_TYPES if kind == "numeric" else {"BYTES"} if kind == "date" else CATEGORICAL_TYPES
+
+
 def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    allowed = NUMERIC_FEATURE_TYPES if kind == "numeric" else CATEGORICAL_TYPES  # an id as a level
-    if not isinstance(datatype, str) or datatype not in allowed:
-        want = "a numeric type (FP32, FP64, INT64, ...)" if kind == "numeric" else "BYTES (or an integer type)"
+    if not isinstance(datatype, str) or datatype not in datatypes_of(kind):  # an id as a level
+        want = {"numeric": "a numeric type (FP32, FP64, INT64, ...)", "date": "BYTES (the date as text)"}.get(
+            kind, "BYTES (or an integer type)"
+        )
         raise bad(f"input '{name}' is {kind}: datatype must be {want}, not {datatype!r}")
     if (
         not isinstance(shape, list)
@@ -251,6 +257,8 @@ class V2Codec:
             explain = explain_of(parameters.get("explain"), 'parameter "explain"')
         if explain is None and outputs is not None and ATTRIBUTIONS in outputs:
             explain = "all"
+        elif explain is not None and outputs is not None and ATTRIBUTIONS not in outputs:
+            outputs = [*outputs, ATTRIBUTIONS]  # the reasons asked for, beside the outputs picked
         columns, rows = input_columns(self.pre, doc, binary, self.max_records)
         enc = self._checked(self.pre.encode_columns(columns, rows))
         ids = [(c, columns[c] if c in columns else [ABSENT] * rows) for c in self.pre.id_columns]
@@ -386,12 +394,12 @@ LAYOUTS_KEPT = 64
 def _layout(pre: Preprocess, names: tuple[Any, ...], datatypes: tuple[Any, ...]) -> tuple[Any, Any, Any] | None:
     """Pickers of the `num` and `cat` values, if every feature is there once with a fitting datatype,
     and the (position, datatype) of each input whose data is typed."""
-    kinds = pre.kinds
+    kinds = input_kinds(pre)
     at = {name: i for i, name in enumerate(names)}
     if len(at) != len(names) or at.keys() != kinds.keys():
         return None
     for name, datatype in zip(names, datatypes, strict=True):
-        if datatype not in (NUMERIC_FEATURE_TYPES if kinds[name] == "numeric" else CATEGORICAL_TYPES):
+        if datatype not in datatypes_of(kinds[name]):
             return None
     typed = [(i, datatype) for i, datatype in enumerate(datatypes) if datatype != "BYTES"]
     return _picker([at[f.name] for f in pre.numeric]), _picker([at[f.name] for f in pre.categorical]), typed
@@ -439,8 +447,15 @@ def output_metadata(pre: Preprocess, explainable: bool = False) -> list[dict[str
     return outputs
 
 
+def input_kinds(pre: Preprocess) -> dict[str, str]:
+    """Each feature's kind as an input: numeric, categorical, or date (a numeric the model reads from text)."""
+    return {name: "date" if name in pre.dates else kind for name, kind in pre.kinds.items()}
+
+
 def input_metadata(pre: Preprocess) -> list[dict[str, Any]]:
     """The input tensors a client sends: one per feature, batch axis -1."""
+    kinds = input_kinds(pre)
     return [
-        {"name": f.name, "datatype": "FP64" if f.kind == "numeric" else "BYTES", "shape": [-1]} for f in pre.features
+        {"name": f.name, "datatype": "FP64" if kinds[f.name] == "numeric" else "BYTES", "shape": [-1]}
+        for f in pre.features
     ]

@@ -88,6 +88,16 @@ def test_every_route_gives_the_same_effects(churn_bundle: bundle.BundleRef, tmp_
         v2_param = httpx.post(
             server.url + "/v2/models/churn/infer", json=_v2_body(pre, record, parameters={"explain": 4})
         ).json()
+        v2_picked = httpx.post(  # reasons asked for beside outputs picked without them: both answered
+            server.url + "/v2/models/churn/infer",
+            json=_v2_body(pre, record, parameters={"explain": 4}, outputs=[{"name": "label"}]),
+        ).json()
+        mlflow_params = httpx.post(server.url + "/invocations", json={"dataframe_records": [record], "params": 4})
+        upload = httpx.post(  # `?explain=` asks for nothing, as on /predict
+            server.url + "/models/churn/score?explain=",
+            content=",".join(record) + "\n" + ",".join(map(str, record.values())) + "\n",
+            headers={"content-type": "text/csv"},
+        )
         mlflow = httpx.post(
             server.url + "/invocations", json={"dataframe_records": [record], "params": {"explain": "all"}}
         ).json()
@@ -110,6 +120,9 @@ def test_every_route_gives_the_same_effects(churn_bundle: bundle.BundleRef, tmp_
         effects, abs=1e-6
     )
     assert "attributions" in {o["name"] for o in v2_param["outputs"]}
+    assert [o["name"] for o in v2_picked["outputs"]] == ["label", "attributions"]
+    assert mlflow_params.status_code == 400 and '"params" must be an object' in mlflow_params.json()["message"]
+    assert upload.status_code == 200 and "reason_1" not in upload.text.splitlines()[0]
     row = mlflow["predictions"][0]
     assert {k[len("effect_") :]: v for k, v in row.items() if k.startswith("effect_")} == pytest.approx(
         effects, abs=1e-6
