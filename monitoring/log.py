@@ -223,6 +223,22 @@ def level_texts(values: Any) -> pa.Array:
     return pa.array(texts, pa.string())
 
 
+def writable_folder(root: str, what: str) -> None:
+    """A local folder that exists (made here) and can be written, or a ValueError naming it: a log that
+    cannot be written lost every record it was given, the run itself answering 0."""
+    if not root.strip():
+        raise ValueError(f"{what}: an empty path (name a folder)")
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {root}: a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what} {root}: cannot be made ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {root}: not writable by this user")
+
+
 @dataclass(frozen=True)
 class LogLocation:
     """Where a log lives: its filesystem and root, and the local folder of its open segments."""
@@ -300,6 +316,8 @@ class PredictionLog:
     ) -> None:
         # segments sit beside the Parquet files on a local root; an object store gets a local spool
         self.location = LogLocation.of(root, spool)
+        if self.location.local:
+            writable_folder(str(root), "prediction log")
         self.sample, self.exclude = sample, frozenset(exclude)
         self.flush_s, self.rotate_s, self.file_rows, self.buffer_rows = flush_s, rotate_s, file_rows, buffer_rows
         self.counts = LogCounts()

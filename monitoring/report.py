@@ -8,6 +8,7 @@ Every query reads `<root>/<model>/date=*/*.parquet` and the open segments (predi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,15 @@ class LogReader:
             query = f"SELECT {select} FROM labelled ORDER BY _at"
         else:
             query = "SELECT * FROM predictions ORDER BY _at"
-        kind = "CSV, HEADER" if output.suffix == ".csv" else "PARQUET"
+        if output.suffix.lower() not in (".parquet", ".csv") or output.is_dir():
+            raise ValueError(f"--output {output}: name a .parquet or .csv file (it is written as its name says)")
+        logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
+        if self.location.local and Path(os.path.realpath(output)).is_relative_to(logged):
+            raise ValueError(f"--output {output} is inside the log's {self.model}/: it would be read as logged rows")
+        kind = "CSV, HEADER" if output.suffix.lower() == ".csv" else "PARQUET"
         output.parent.mkdir(parents=True, exist_ok=True)
-        self.db.execute(f"COPY ({query}) TO '{output}' (FORMAT {kind})")
+        target = str(output).replace("'", "''")  # a quote in the name stays part of it
+        self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
 
     def _columns(self, view: str) -> list[str]:

@@ -191,6 +191,14 @@ def train(config: Path | None = None, **flags: Any) -> None:
     try:  # NOTE: before torch is imported (seconds): a wrong argument is answered at once
         cfg = build_config(config, **overrides)
         _check_readable(Path(cfg.data))
+        try:  # before any training: a name the store refuses failed only at publishing, minutes later
+            bundle.check_name(cfg.name)
+        except bundle.BundleError as exc:
+            default = "" if flags.get("name") else " (it defaults to the data file's name: pass --name)"
+            raise ValueError(f"{exc}{default}") from None
+        root = bundle.models_dir(cfg.models_dir)
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"model store {root} is a file, not a folder")
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     try:
@@ -333,7 +341,7 @@ def rollback(
     model: Annotated[str, typer.Argument(help="Model name.")], why: Why = "", models_dir: ModelsDir = None
 ) -> None:
     """Put the previous champion back (and end any canary)."""
-    _decide(models_dir, model.partition("@")[0], "rollback", why=why)
+    _decide(models_dir, _name_only(model, "rollback"), "rollback", why=why)
 
 
 @app.command()
@@ -346,7 +354,16 @@ def shadow(
     """Let the challenger score every request off the request path (agreement in GET /models/NAME)."""
     if on.lower() not in ("on", "off"):
         _fail(f"say on or off, not {on!r}")
-    _decide(models_dir, model.partition("@")[0], "shadow", shadow=on.lower() == "on", why=why)
+    _decide(models_dir, _name_only(model, "shadow"), "shadow", shadow=on.lower() == "on", why=why)
+
+
+def _name_only(model: str, command: str) -> str:
+    """A model name; `churn@7` is refused: the command picks its versions itself (a version was ignored)."""
+    if "@" in model:
+        _fail(
+            f"tabserve {command} takes a model name, not a version ({model!r}): it acts on the release file's versions"
+        )
+    return model
 
 
 @app.command()
@@ -443,7 +460,7 @@ def score(
     keep: Annotated[list[str] | None, typer.Option(help="Input column to copy to the output (repeatable).")] = None,
     keep_all: Annotated[bool, typer.Option("--keep-all", help="Copy every input column.")] = False,
     errors: Annotated[Path | None, typer.Option(help="Also write the rows that failed (row, error) here.")] = None,
-    chunk_rows: Annotated[int, typer.Option(help="Rows per block (memory stays bounded by this).")] = 16_384,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows per block (memory stays bounded by this).")] = 16_384,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
     engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data).")] = "local",
     ray_address: Annotated[
@@ -478,6 +495,14 @@ def score(
             output_format_of(output)
         if errors is not None and errors.suffix.lower() not in (".csv", ".txt", ""):  # written as plain CSV
             raise ValueError(f"--errors {errors}: the failed rows are written as CSV; name the file .csv")
+        if device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"--device is auto, cuda or cpu, not {device!r}")
+        output, errors = (
+            _written(input, output, "--output", folder=engine == "ray"),
+            _written(input, errors, "--errors"),
+        )
+        if errors is not None and str(output) != STDIO and errors == output:
+            raise ValueError(f"--errors {errors} is the --output file: name another")
         budget = cpu_budget(cpus)
         _size_arrow(budget.cpus)
 
@@ -487,7 +512,10 @@ def score(
         if engine == "ray":
             if STDIO in (str(input), str(output)):
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
-            from service.scoring.ray_engine import score_with_ray
+            try:
+                from service.scoring.ray_engine import score_with_ray
+            except ImportError as exc:
+                raise ValueError(f"--engine ray needs the ray extra (pip install 'tabserve[ray]'): {exc}") from None
 
             with contextlib.ExitStack() as stack:
                 summary = score_with_ray(
@@ -633,6 +661,30 @@ def _score_local(
         return score_file(scorer, source, output, **options)
 
 
+def _written(input: Path, path: Path | None, flag: str, folder: bool = False) -> Path | None:
+    """A file `tabserve score` writes (renamed into place at the end), checked before any work: never
+    the input, a folder (but Ray's output), a device or pipe (a rename would replace it), or in a
+    folder that is not there or not writable. A link is written through, to the file it names."""
+    if path is None or str(path) == STDIO:
+        return path
+    if not path.name:
+        raise ValueError(f"{flag} {str(path)!r}: name a file")
+    path = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if path.exists():
+        if path.is_dir() and not folder:
+            raise ValueError(f"{flag} {path} is a folder: name a file in it")
+        if not path.is_dir() and not path.is_file():
+            raise ValueError(f"{flag} {path} is not a regular file (a device or a pipe); --output - writes to stdout")
+        if str(input) != STDIO and input.exists() and os.path.samefile(input, path):
+            raise ValueError(f"{flag} {path} is the input file: writing it would replace the rows being read")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the folder {parent} is not writable by this user")
+    return path
+
+
 @contextlib.contextmanager
 def _prediction_log(root: str | None, exclude: list[str] | None) -> Iterator[Any]:
     """`--log DIR`: a prediction log for the scored rows, closed (everything written) at the end."""
@@ -675,7 +727,7 @@ def feedback(
                 f"  record {detail['record']}, field '{detail['field']}': {detail['message']}", markup=False
             )
         _fail(f"nothing stored: {exc} ({len(exc.details) or 1} record(s) refused)")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
     console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored, {len(stored.refused):,} refused")
     for detail in stored.refused[:SHOWN_WARNINGS]:
@@ -736,7 +788,7 @@ def monitor(
             write_html(report, html)
     except ImportError as exc:
         _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
     _print_report(report)
     if html is not None:

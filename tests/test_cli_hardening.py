@@ -171,3 +171,44 @@ def test_a_full_disk_is_a_one_line_error_every_time(store: Path, tmp_path: Path,
         assert run.returncode == 2, f"run {attempt}: exit {run.returncode}\n{run.stderr[-2000:]}"
         assert "No space left on device" in run.stderr and len(run.stderr.strip().splitlines()) == 1
         assert list(full_disk.iterdir()) == []
+
+
+def test_what_score_writes_is_checked_before_any_work(store: Path, tmp_path: Path) -> None:
+    """Found by a CLI audit: `--output` the input replaced the rows being read (exit 0); a device
+    (`/dev/full`) was swapped for a plain file by the final rename; `--errors` the output left a mix;
+    a folder or a missing one failed after the work, naming a temporary file; `--device gpu` ran as
+    auto; a log that is a file lost every record with exit 0. Each is one line and exit 2, first."""
+    source = _telco_file(tmp_path / "in.csv", 20)
+    before = source.read_bytes()
+    out = tmp_path / "out.csv"
+    cases = [
+        (["--output", str(source)], "--output", "is the input file"),
+        (["--output", str(out), "--errors", str(source)], "--errors", "is the input file"),
+        (["--output", str(out), "--errors", str(out)], "--errors", "is the --output file"),
+        (["--output", "/dev/full"], "--output /dev/full", "not a regular file"),
+        (["--output", str(tmp_path)], "--output", "is a folder"),
+        (["--output", str(tmp_path / "nowhere" / "out.csv")], "--output", "does not exist"),
+        (["--output", str(out), "--device", "gpu"], "--device", "auto, cuda or cpu"),
+        (["--output", str(out), "--log", str(source)], "prediction log", "a file, not a folder"),
+    ]
+    for extra, named, said in cases:
+        run = _run(store, "score", "--model", "churn", "--input", str(source), *extra)
+        assert run.returncode == 2 and named in run.stderr and said in run.stderr, (extra, run.stderr)
+        assert "Traceback" not in run.stderr and not out.exists()
+    assert source.read_bytes() == before and Path("/dev/full").is_char_device()
+    link = tmp_path / "link.csv"
+    link.symlink_to(out)  # a link is written through, to the file it names
+    assert _run(store, "score", "--model", "churn", "--input", str(source), "--output", str(link)).returncode == 0
+    assert link.is_symlink() and out.read_text().count("\n") == 21
+
+
+def test_release_commands_refuse_a_version_they_would_ignore_and_train_a_name_before_training(
+    store: Path, tmp_path: Path
+) -> None:
+    rollback = _run(store, "rollback", "churn@7")  # answered "champion 1", exit 0
+    assert rollback.returncode == 2 and "takes a model name, not a version" in rollback.stderr
+    monitor = _run(store, "monitor", "--model", "nosuch", "--log", str(tmp_path / "log"))  # a traceback
+    assert monitor.returncode == 2 and "no model named 'nosuch'" in monitor.stderr
+    named = _run(store, "train", "--data", str(TELCO), "--target", "Churn", "--name", "a/b")
+    assert named.returncode == 2 and "model name 'a/b'" in named.stderr  # before training, not after it
+    assert "Traceback" not in named.stderr and "epoch" not in named.stdout.lower() and named.stdout == ""

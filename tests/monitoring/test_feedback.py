@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from monitoring.feedback import Feedback, records_of
 from monitoring.log import LogLocation
@@ -48,6 +49,11 @@ def test_an_outcome_days_later_labels_its_prediction(tmp_path: Path) -> None:
     out = tmp_path / "train.parquet"
     assert LogReader(tmp_path, "churn").export(out, labelled=True) == 1
     assert pq.read_table(out).to_pylist() == [{"customerID": "a", "tenure": 3.0, "Churn": "Yes"}]
+    quoted = tmp_path / "it's.csv"  # the name went into DuckDB's SQL as written: a syntax error
+    assert LogReader(tmp_path, "churn").export(quoted, labelled=True) == 1 and quoted.read_text().count("\n") == 2
+    for wrong, said in [("out.json", "name a .parquet or .csv"), ("churn/again.parquet", "inside the log's churn/")]:
+        with pytest.raises(ValueError, match=said):  # JSON was written as Parquet; a file in the log counted twice
+            LogReader(tmp_path, "churn").export(tmp_path / wrong, labelled=False)
 
 
 def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
