@@ -21,7 +21,7 @@ class Settings(BaseSettings):
         None, description="served at POST /predict (None: the only model, or first by name)"
     )
     host: str = Field("127.0.0.1", description="loopback unless told otherwise: exposing a port is a deliberate act")
-    port: int = Field(8000, description="TCP port to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free one)")
     workers: int = Field(
         1, ge=1, description="processes; each loads every model and takes its share of the CPU budget (not a copy)"
     )

@@ -257,6 +257,9 @@ def test_piped_training_output_keeps_each_line_whole_and_best_epochs_agree(tmp_p
         (["--data", str(GERMAN)], "a data file and a target column are required"),
         (["--data", str(GERMAN), "--target", "creditability", "--activation", "swish"], "activation"),
         (["--data", str(GERMAN), "--target", "creditability", "--threads", "0"], "threads must be ≥ 1"),
+        (["--data", str(GERMAN), "--target", "creditability", "--lr", "0"], "--lr must be a number above 0"),
+        (["--data", str(GERMAN), "--target", "creditability", "--max-vocab", "0"], "--max-vocab must be ≥ 1, not 0"),
+        (["--data", str(GERMAN), "--target", "creditability", "--name", "a/b"], "model name 'a/b'"),
     ],
 )
 def test_bad_arguments_refused_before_torch_is_imported(args: list[str], message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import math
 import tomllib
 import types
 import typing
@@ -22,6 +23,10 @@ FLAGS = {"id_columns": "--id-column", "report_plots": "--plots"}  # the names us
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used."""
+
+
+# the least value each count takes: below it, nothing a user can mean
+LEAST = {"patience": 1, "max_vocab": 1, "min_category_count": 1, "max_embedding_dim": 1}
 
 
 def flag(name: str) -> str:
@@ -202,6 +207,14 @@ class TrainConfig:
             raise ConfigError(f"hidden layer sizes must be ≥ 1, not {','.join(map(str, self.hidden))}")
         if self.ensemble < 1 or self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("ensemble and epochs must be ≥ 1, batch_size ≥ 2")
+        # each published a model (or failed deep in torch) that no one can have meant
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"{flag('lr')} must be a number above 0, not {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"{flag('weight_decay')} must be a number ≥ 0, not {self.weight_decay!r}")
+        small = [(name, floor) for name, floor in LEAST.items() if getattr(self, name) < floor]
+        if small:
+            raise ConfigError(", ".join(f"{flag(n)} must be ≥ {floor}, not {getattr(self, n)}" for n, floor in small))
         if self.class_weight not in ("none", "balanced"):
             raise ConfigError("class_weight must be 'none' or 'balanced'")
         if not 0 < self.test_fraction < 0.9 or not 0 < self.val_fraction < 0.9:
