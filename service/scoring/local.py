@@ -403,7 +403,7 @@ class ReasonColumns:
         keep &= ~failed[:, None]
         picked = np.take_along_axis(found.effects, order, axis=1)
         label = label_index if label_index is not None and len(self._labels) > 1 else np.zeros(len(order), np.intp)
-        outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: effect > 0 raises (0: none, apart)
+        outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: > 0 raises (a kept effect is never 0)
         sentence, texts = self._sentences_of(batch, order, keep, outcome)
         out = []
         for i in range(order.shape[1]):
