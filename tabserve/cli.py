@@ -469,7 +469,7 @@ def score(
     explain: Annotated[
         str | None,
         typer.Option(
-            help="Reason codes: N (1-100) adds reason_1, effect_1 … reason_N, effect_N; all adds effect_<feature> for every feature."
+            help="Reason codes: N (1-100) adds reason_1, effect_1 … reason_N, effect_N; all adds effect_<feature> for every feature; 0 adds none."
         ),
     ] = None,
     log: LogDir = None,
@@ -489,6 +489,7 @@ def score(
     try:
         from service.cpus import cpu_budget
         from service.explain import checked_explain
+        from service.features import near_miss
         from service.scoring.files import output_format_of
 
         if str(output) != STDIO:  # an output format tabserve does not write is refused before any work
@@ -509,6 +510,11 @@ def score(
         reasons = checked_explain(explain, "--explain")
         ref = release.resolve(bundle.models_dir(models_dir), model)
         reading = ref.preprocess.read.but(sep, encoding, decimal)
+        unknown = [f for f in log_exclude or [] if f not in ref.preprocess.known_fields]
+        if log is not None and unknown:  # a misspelt field kept out of the log is a field logged
+            guess = near_miss(unknown[0], sorted(ref.preprocess.known_fields))
+            hint = f" (did you mean {guess!r}?)" if guess else ""
+            raise ValueError(f"--log-exclude {unknown[0]!r} is no field of {ref.name}'s records{hint}")
         if engine == "ray":
             if STDIO in (str(input), str(output)):
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
