@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,6 +129,26 @@ def _keys_and_colons(doc: Any) -> tuple[int, int]:
     return keys, inside
 
 
+JsonPath = tuple[str | int, ...]
+
+
+def _walk(doc: Any) -> Iterator[tuple[JsonPath, Any]]:
+    """Every value of a decoded JSON document with its path (keys and indexes), in document order."""
+    stack: list[tuple[JsonPath, Any]] = [((), doc)]
+    while stack:
+        path, value = stack.pop()
+        yield path, value
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
+
+
+def json_path(path: JsonPath) -> str:
+    """`$.records[0].tenure`: how an error names where in the body a value is."""
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
 class _Twice(dict[str, Any]):
     """An object whose `twice` keys appeared more than once."""
 
@@ -149,22 +169,13 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return twice
 
 
-def keys_twice(raw: bytes) -> list[tuple[tuple[str | int, ...], str]]:
+def keys_twice(raw: bytes) -> list[tuple[JsonPath, str]]:
     """Each key given twice in one object of a JSON text, with the path of that object (`()`: the root)."""
     try:
         doc = json.loads(raw, object_pairs_hook=_pairs)
     except RecursionError:
         raise InputError("malformed", "malformed JSON: nested too deeply") from None
-    found: list[tuple[tuple[str | int, ...], str]] = []
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            found += [(path, key) for key in getattr(value, "twice", [])]
-            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
-    return found
+    return [(path, key) for path, value in _walk(doc) for key in getattr(value, "twice", [])]
 
 
 def refuse_keys_twice(raw: bytes, record_fields: frozenset[str] | None) -> None:
@@ -176,9 +187,7 @@ def refuse_keys_twice(raw: bytes, record_fields: frozenset[str] | None) -> None:
         if inside and (key if len(path) == 2 else path[2]) not in record_fields:  # type: ignore[operator]
             continue  # in a field no path reads
         record = inside and len(path) == 2
-        where = (
-            f"record {path[1]}" if record else "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
-        )
+        where = f"record {path[1]}" if record else json_path(path)
         raise InputError(
             "invalid",
             f"{where}: field {shown(key)} is given twice: which value is meant is a guess; send it once",
@@ -190,18 +199,10 @@ def _beyond_float64(raw: bytes) -> str | None:
     """The JSON path (`$.records[0].tenure`) of the first number too large for a float64, which
     Python's own parser reads as inf (only on this error's path: it is slower)."""
     try:
-        stack: list[tuple[str, Any]] = [("$", json.loads(raw))]
+        doc = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, float) and math.isinf(value):
-            return path
-        if isinstance(value, dict):
-            stack.extend((f"{path}.{key}", item) for key, item in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
-    return None
+    return next((json_path(path) for path, value in _walk(doc) if isinstance(value, float) and math.isinf(value)), None)
 
 
 def checked(enc: Encoded) -> Encoded:
