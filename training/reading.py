@@ -9,9 +9,11 @@ import gzip
 import io
 import re
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from service.features import Reading, named_twice
@@ -47,20 +49,12 @@ def read_csv(
     gzipped = head[:2] == GZIP_MAGIC  # told by its first bytes, as scoring tells a gzip stream (files.open_stream)
     try:
         if suffix.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
-            return _with_reading(_checked_frame(_read_parquet(p), p), Reading(format="parquet"), decimal)
+            table = _read_parquet(p)
+            return _typed_file(p, "parquet", decimal, lambda _: table)
         if suffix.endswith((".jsonl", ".ndjson")):
-            lines = files.read_jsonl(p, decimal or ".")
-            # as a CSV row that cannot be split: training data is fixed, not guessed at
-            if lines.invalid:
-                raise DataError(f"{p}: {lines.invalid[0][1]} ({len(lines.invalid)} such line(s)): fix or remove them")
-            if lines.twice:
-                _, _, line, keys = lines.twice[0]
-                raise DataError(f"{p}: line {line}: {files.twice_text(*keys[0])}: which value is meant is a guess")
-            return _with_reading(_checked_frame(_text_frame(lines.table, p), p), Reading(format="jsonl"), decimal)
+            return _typed_file(p, "jsonl", decimal, lambda mark: _read_jsonl(p, mark))
         if suffix.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
-            return _with_reading(
-                _checked_frame(_text_frame(files.read_excel(p), p), p), Reading(format="excel"), decimal
-            )
+            return _typed_file(p, "excel", decimal, lambda mark: files.read_excel(p, mark))
     except files.ScoringError as exc:
         raise DataError(str(exc)) from None
     raw = _gunzipped(p) if gzipped else None
@@ -77,6 +71,33 @@ def _gunzipped(p: Path) -> bytes:
         return gzip.decompress(p.read_bytes())
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{p} is not a readable gzip file: {exc}") from None
+
+
+def _typed_file(p: Path, fmt: str, decimal: str | None, table_for: Callable[[str], Any]) -> pd.DataFrame:
+    """A Parquet, JSON-lines or Excel file as text cells, its numbers' fractions written with the
+    decimal mark its text cells are read with (given, or detected from them): written `1.234`, a
+    number read with a comma mark would be 1234."""
+    import pyarrow as pa
+
+    table = table_for(decimal or ".")
+    df = _checked_frame(_text_frame(table, p, decimal or "."), p)
+    # typed numbers are no evidence: they are written with whichever mark is chosen
+    texts = [i for i, f in enumerate(table.schema) if not (pa.types.is_floating(f.type) or pa.types.is_decimal(f.type))]
+    mark = decimal or detect_decimal(df.iloc[:, texts])
+    if mark != (decimal or "."):
+        df = _checked_frame(_text_frame(table_for(mark), p, mark), p)
+    return _with_reading(df, Reading(format=fmt), mark)
+
+
+def _read_jsonl(p: Path, decimal: str) -> Any:
+    lines = files.read_jsonl(p, decimal)
+    # as a CSV row that cannot be split: training data is fixed, not guessed at
+    if lines.invalid:
+        raise DataError(f"{p}: {lines.invalid[0][1]} ({len(lines.invalid)} such line(s)): fix or remove them")
+    if lines.twice:
+        _, _, line, keys = lines.twice[0]
+        raise DataError(f"{p}: line {line}: {files.twice_text(*keys[0])}: which value is meant is a guess")
+    return lines.table
 
 
 def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd.DataFrame:
@@ -194,19 +215,19 @@ def _checked_frame(df: pd.DataFrame, p: Path) -> pd.DataFrame:
     return df
 
 
-def _read_parquet(p: Path) -> pd.DataFrame:
-    """Every column as text, nulls as empty cells: what the same data looks like read from a CSV."""
+def _read_parquet(p: Path) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(p)
+        return pq.read_table(p)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{p} is not a readable Parquet file: {exc}") from None
-    return _text_frame(table, p)
 
 
-def _text_frame(table: Any, p: Path) -> pd.DataFrame:
+def _text_frame(table: Any, p: Path, decimal: str) -> pd.DataFrame:
+    """Every column as text, nulls as empty cells: what the same data looks like read from a CSV
+    whose decimal mark is `decimal`."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -217,5 +238,19 @@ def _text_frame(table: Any, p: Path) -> pd.DataFrame:
             text = pc.cast(column, pa.string())
         except pa.ArrowException as exc:  # nested values (lists, structs) have no one text
             raise DataError(f"{p}: column {name!r} ({column.type}) cannot be read as values: {exc}") from None
+        if decimal != "." and (pa.types.is_floating(column.type) or pa.types.is_decimal(column.type)):
+            text = _with_mark(column, text, decimal)
         columns[name] = pc.fill_null(text, "").to_numpy(zero_copy_only=False).astype(object)
     return pd.DataFrame(columns)
+
+
+def _with_mark(column: Any, text: Any, decimal: str) -> Any:
+    """A number column's text with `decimal` for its point; Arrow's exponent form (`1.5e-7`) written
+    out, as a decimal-comma reader refuses it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cells = pc.replace_substring(text, ".", decimal).to_pylist()
+    for i in np.flatnonzero(pc.fill_null(pc.match_substring(text, "e"), False).to_numpy(zero_copy_only=False)):
+        cells[i] = files.fraction_text(column[int(i)].as_py(), decimal)
+    return pa.array(cells, pa.string())

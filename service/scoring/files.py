@@ -688,17 +688,22 @@ def _json_text(value: Any, decimal: str) -> str:
     """A value's text as `features.category_key` makes it (JSON 2.0 and CSV "2" name one level); a
     fraction with the file's decimal mark, so that a numeric feature reads the number the JSON held."""
     if isinstance(value, float):
-        if value.is_integer():
-            return str(int(value))
-        return repr(value) if decimal == "." else np.format_float_positional(value, trim="-").replace(".", decimal)
+        return str(int(value)) if value.is_integer() else fraction_text(value, decimal)
     if isinstance(value, dict | list):
         return msgspec.json.encode(value).decode()
     return str(value)
 
 
-def read_excel(path: Path | str) -> pa.Table:
+def fraction_text(value: float, decimal: str) -> str:
+    """A fraction's text with the file's decimal mark, never an exponent (which a decimal-comma reader
+    refuses): `1.234` read with a comma mark would be 1234."""
+    return repr(value) if decimal == "." else np.format_float_positional(value, trim="-").replace(".", decimal)
+
+
+def read_excel(path: Path | str, decimal: str = ".") -> pa.Table:
     """An Excel workbook's first sheet (python-calamine), first row the header, every cell as its text
-    (whole numbers without `.0`, dates in ISO form): what the same sheet saved as CSV would hold."""
+    (whole numbers without `.0`, fractions with `decimal` as their mark, dates in ISO form): what the
+    same sheet saved as CSV would hold."""
     from python_calamine import CalamineError, CalamineWorkbook
 
     try:
@@ -719,17 +724,17 @@ def read_excel(path: Path | str) -> pa.Table:
     width = len(header)
     # a blank row between the data is no record, as a blank line in a CSV is none
     body = [r for r in rows[1:] if any(_cell_text(c) for c in r)]
-    columns = [[_cell_text(r[j]) if j < len(r) else "" for r in body] for j in range(width)]
+    columns = [[_cell_text(r[j], decimal) if j < len(r) else "" for r in body] for j in range(width)]
     return pa.table([pa.array(c, pa.string()) for c in columns], names=header)
 
 
-def _cell_text(value: Any) -> str:
+def _cell_text(value: Any, decimal: str = ".") -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else fraction_text(value, decimal)
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ") if value.time() != dt.time() else value.date().isoformat()
     if isinstance(value, dt.date | dt.time):
@@ -746,7 +751,7 @@ def open_source(path: Path, chunk_rows: int = 16_384, reading: Reading | None = 
         lines = read_jsonl(path, (reading or Reading()).decimal)
         return TableSource(lines.table, chunk_rows, path.stat().st_size, lines.invalid, lines.twice)
     if fmt == "excel":
-        return TableSource(read_excel(path), chunk_rows, path.stat().st_size)
+        return TableSource(read_excel(path, (reading or Reading()).decimal), chunk_rows, path.stat().st_size)
     raw = pa.OSFile(str(path), "rb")
     stream = pa.CompressedInputStream(raw, "gzip") if fmt == "csv.gz" else raw
     return CsvSource(stream, raw, chunk_rows, name=str(path), reading=reading)

@@ -113,15 +113,22 @@ def test_json_lines_as_they_come_score_as_predict_answers_each_record(
         score_file(Scorer(churn_bundle, "cpu"), tmp_path / "array.jsonl", out)
 
 
-def test_json_lines_numbers_keep_their_value_under_a_decimal_comma(
-    churn_bundle: bundle.BundleRef, tmp_path: Path
+@pytest.mark.parametrize("suffix", [".jsonl", ".xlsx"])
+def test_typed_numbers_keep_their_value_under_a_decimal_comma(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, suffix: str
 ) -> None:
-    """A column of JSON numbers and text, read for a model trained on decimal commas: the JSON number
-    1.234 is that number (it was re-read as text, `1.234` → 1234), the text `56,95` is 56.95."""
+    """A column of numbers and text (JSON lines) or number cells (Excel), read for a model trained on
+    decimal commas: the number 1.234 is that number (it was re-read as text, `1.234` → 1234), the
+    text `56,95` is 56.95."""
+    import pandas as pd
+
     records: list[dict[str, object]] = [dict(r) for r in telco_records(2)]
     records[0]["TotalCharges"], records[1]["TotalCharges"] = 1.234, "56,95"
-    source, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
-    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    source, out = tmp_path / f"in{suffix}", tmp_path / "out.csv"
+    if suffix == ".jsonl":
+        source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        pd.DataFrame(records).to_excel(source, index=False)
     comma = churn_bundle.preprocess.read.but(None, None, ",")
     score_file(Scorer(churn_bundle, "cpu", reading=comma), open_source(source, reading=comma), out)
     plain = [{**records[0]}, {**records[1], "TotalCharges": 56.95}]

@@ -665,3 +665,38 @@ def test_a_threshold_rule_for_a_target_without_a_positive_class_is_refused(
     """It was saved in the config and ignored: the run did not do what it was told."""
     with pytest.raises(D.DataError, match=f"--threshold-rule is for a two-class target; '{target}' is read as {task}"):
         _prepare(TELCO, target, tmp_path, threshold_rule="0.4")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".xlsx"])
+@pytest.mark.parametrize("given", [None, ","])
+def test_typed_fractions_keep_their_value_where_a_comma_marks_decimals(
+    tmp_path: Path, suffix: str, given: str | None
+) -> None:
+    """A typed file whose text cells use a decimal comma (`"12,50"`, given or detected): its typed
+    numbers are read as the numbers they are. Written as text with a point, 1.234 was read as 1234
+    and 1.5e-7 refused."""
+    import pandas as pd
+
+    rate = [1.234, 0.5, 1.5e-7, 2.25] * 15
+    frame = pd.DataFrame(
+        {
+            "rate": rate,
+            "fee": [f"{i % 9},{(i * 7) % 90 + 10}" for i in range(60)],  # a European export's amounts, as text
+            "plan": ["abc"[i % 3] for i in range(60)],
+            "y": [["yes", "no"][i % 2] for i in range(60)],
+        }
+    )
+    path = tmp_path / f"comma{suffix}"
+    if suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_excel(path, index=False)
+    prep = _prepare(path, "y", tmp_path, decimal=given)
+    assert prep.pre.read.decimal == ","
+    num = prep.enc.num  # every row, in the file's order
+    np.testing.assert_allclose(num[:, prep.schema.numeric.index("rate")], rate, rtol=1e-6)
+    np.testing.assert_allclose(
+        num[:8, prep.schema.numeric.index("fee")], [0.1, 1.17, 2.24, 3.31, 4.38, 5.45, 6.52, 7.59], rtol=1e-6
+    )
