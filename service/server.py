@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
+from service.bundle import BundleError, iter_bundles
 from service.cpus import CpuBudget, cpu_budget
+from service.features import near_miss
 from service.http import protocol_for
 from service.runtime import ProviderError, providers_for
 from service.settings import Settings
@@ -22,7 +25,9 @@ def settings_from(flags: dict[str, Any]) -> Settings:
         return Settings(**flags)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ValueError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        name = str(first["loc"][0]) if first["loc"] else ""
+        given = f"--{name.replace('_', '-')}" if name in flags else f"TABSERVE_{name.upper()}"  # where to change it
+        raise ValueError(f"{given}: {first['msg']}") from None
 
 
 def run_server(flags: dict[str, Any]) -> None:
@@ -32,6 +37,7 @@ def run_server(flags: dict[str, Any]) -> None:
         providers_for(settings.device)
     except ProviderError as exc:
         raise RuntimeError(str(exc)) from None
+    _check_names(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     protocol, options = protocol_for(settings)
     _raise_file_limit(settings.max_connections)
@@ -57,6 +63,33 @@ def run_server(flags: dict[str, Any]) -> None:
     from service.app import create_app
 
     uvicorn.run(create_app(settings), **common)
+
+
+def _check_names(settings: Settings) -> None:
+    """Names the flags give, checked against the store's models where it has some (an empty store is
+    filled later): a misspelt `--default-model` answers 404 to every /predict, and a misspelt
+    `--log-exclude` field is a field logged."""
+    models: dict[str, frozenset[str]] = {}
+    for ref in iter_bundles(settings.models_dir):  # the newest version of each name last
+        try:
+            models[ref.name] = frozenset(ref.preprocess.known_fields)
+        except (BundleError, OSError, ValueError, KeyError, TypeError):
+            continue  # the store says why, by version, when it loads
+    if not models:
+        return
+    if settings.default_model is not None and settings.default_model not in models:
+        raise ValueError(
+            f"--default-model {settings.default_model!r} is no model in {settings.models_dir}{_hint(settings.default_model, models)}"
+        )
+    fields = frozenset().union(*models.values())
+    unknown = [f for f in settings.log_exclude if f not in fields] if settings.log else []
+    if unknown:
+        raise ValueError(f"--log-exclude {unknown[0]!r} is no field of any model's records{_hint(unknown[0], fields)}")
+
+
+def _hint(name: str, names: Iterable[str]) -> str:
+    guess = near_miss(name, sorted(names))
+    return f" (did you mean {guess!r}?)" if guess else ""
 
 
 def _raise_file_limit(connections: int) -> None:

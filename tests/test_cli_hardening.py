@@ -217,3 +217,36 @@ def test_release_commands_refuse_a_version_they_would_ignore_and_train_a_name_be
     named = _run(store, "train", "--data", str(TELCO), "--target", "Churn", "--name", "a/b")
     assert named.returncode == 2 and "model name 'a/b'" in named.stderr  # before training, not after it
     assert "Traceback" not in named.stderr and "epoch" not in named.stdout.lower() and named.stdout == ""
+
+
+def test_serve_refuses_a_model_or_log_field_its_store_does_not_have(store: Path, tmp_path: Path) -> None:
+    """Found by a CLI audit: `--default-model` misspelt started and answered 404 to every /predict;
+    `--log-exclude` misspelt logged the field it meant to keep out. Both are refused before serving;
+    an empty store (filled later) takes any name."""
+    log = ["--log", str(tmp_path / "log"), "--port", "1"]  # port 1: a start that got past the check fails
+    cases = [
+        (["--default-model", "Churn"], "--default-model 'Churn' is no model in", "did you mean 'churn'?"),
+        ([*log, "--log-exclude", "customerId"], "--log-exclude 'customerId' is no field", "did you mean 'customerID'?"),
+    ]
+    for extra, named, said in cases:
+        run = _run(store, "serve", *extra)
+        assert run.returncode == 2 and named in run.stderr and said in run.stderr, (extra, run.stderr)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = _run(
+        empty,
+        "serve",
+        "--default-model",
+        "Churn",
+        *log,
+        "--log-exclude",
+        "customerId",
+        "--host",
+        "no.such.host.invalid",
+    )
+    assert "is no model" not in run.stderr and "is no field" not in run.stderr and run.returncode != 0
+    # a bad value is named where it was given: the flag, or the variable (TABSERVE_CPUS=0 was "--cpus")
+    env = {**os.environ, "TABSERVE_CPUS": "0"}
+    run = subprocess.run(_command(empty, "serve"), capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 2 and "TABSERVE_CPUS: Input should be greater than or equal to 1" in run.stderr
+    assert "--cpus: Input" in _run(empty, "serve", "--cpus", "0").stderr

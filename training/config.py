@@ -160,7 +160,7 @@ class TrainConfig:
     tune: str = opt(
         "0",
         "search hyper-parameters for this long (60s, 5m; optuna TPE with pruning) against the default network "
-        "and the linear path; 0: off",
+        "and the linear path; 0: off (default)",
     )
     tune_trials: int = opt(
         0, "most search trials (0: as many as the time allows); a fixed count makes a run repeatable"
@@ -217,8 +217,9 @@ class TrainConfig:
             raise ConfigError(", ".join(f"{flag(n)} must be ≥ {floor}, not {getattr(self, n)}" for n, floor in small))
         if self.class_weight not in ("none", "balanced"):
             raise ConfigError("class_weight must be 'none' or 'balanced'")
-        if not 0 < self.test_fraction < 0.9 or not 0 < self.val_fraction < 0.9:
-            raise ConfigError("test_fraction and val_fraction must be in (0, 0.9)")
+        for name in ("test_fraction", "val_fraction"):
+            if not 0 < getattr(self, name) < 0.9:
+                raise ConfigError(f"{flag(name)} must be above 0 and below 0.9, not {getattr(self, name)!r}")
         kind, _, strength = self.linear_penalty.partition(":")
         if self.linear_penalty != "auto" and (kind not in ("l1", "l2") or not _positive(strength)):
             raise ConfigError(f"linear_penalty must be auto, l2:C or l1:C with C > 0, not {self.linear_penalty!r}")
