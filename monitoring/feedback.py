@@ -267,9 +267,17 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
         return table.filter(ds.field(ids[0]).isin(wanted)) if ids[0] in table.column_names else table.slice(0, 0)
 
     segments, files = logged_parts(location, model, where)
+    dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
+    names = {n for table in segments if table.num_columns for n in table.column_names}
+    names |= set(dataset.schema.names) if dataset is not None else set()
+    if missing := [c for c in ids if names and c not in names]:  # it was a 500 (or "never scored")
+        raise InputError(
+            "invalid",
+            f"the prediction log of {model} holds no {missing[0]!r} (kept out of it with --log-exclude?): "
+            "outcomes are matched to predictions by their ids",
+        )
     parts = [table for table in segments if ids[0] in table.column_names]
-    if files:
-        dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
+    if dataset is not None:
         parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
     if not parts:
         return pa.table({})

@@ -518,6 +518,8 @@ def score(
         if engine == "ray":
             if STDIO in (str(input), str(output)):
                 raise ValueError("the Ray engine reads and writes files and folders, not stdin/stdout")
+            if log is not None:  # it was ignored: every record left out of the log, without a word
+                raise ValueError("--log is not written by the Ray engine: score with --engine local to log the records")
             try:
                 from service.scoring.ray_engine import score_with_ray
             except ImportError as exc:

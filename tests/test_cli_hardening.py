@@ -190,6 +190,7 @@ def test_what_score_writes_is_checked_before_any_work(store: Path, tmp_path: Pat
         (["--output", str(tmp_path / "nowhere" / "out.csv")], "--output", "does not exist"),
         (["--output", str(out), "--device", "gpu"], "--device", "auto, cuda or cpu"),
         (["--output", str(out), "--log", str(source)], "prediction log", "a file, not a folder"),
+        (["--output", str(out), "--engine", "ray", "--log", str(tmp_path)], "--log", "not written by the Ray engine"),
         (
             ["--output", str(out), "--log", str(tmp_path / "log"), "--log-exclude", "customerId"],
             "--log-exclude",

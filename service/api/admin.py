@@ -42,10 +42,10 @@ async def reload(store: StoreDep, _: Admin) -> dict[str, Any]:
 
 
 class Promotion(BaseModel):
-    # strict: `true` or "2" is no version number (a lax int read them as 1 and 2)
+    # strict: `true` or "2" is no version number (a lax int read them as 1 and 2), nor a share
     version: StrictInt | None = Field(None, description="the version to promote (default: the challenger)")
     canary: float | None = Field(
-        None, gt=0, lt=100, allow_inf_nan=False, description="percent of traffic instead of all of it"
+        None, gt=0, lt=100, allow_inf_nan=False, strict=True, description="percent of traffic instead of all of it"
     )
     why: str = Field("", max_length=500)
 

@@ -67,6 +67,21 @@ def test_sigterm_under_load_loses_no_accepted_record_and_excluded_fields_never_a
         assert "Partner" in table.column_names  # only what was excluded is missing
     for f in files:  # not even in a file's metadata or a string somewhere
         assert b"gender" not in f.read_bytes()
+    # outcomes for a log without its id column: said so (a 500 with a second id, "never scored" with one)
+    import subprocess
+    import sys
+
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text("customerID,Churn\n0-0-0,Yes\n")
+    command = ["feedback", "--model", "churn", "--input", str(outcomes), "--log", str(log), "--models-dir", str(store)]
+    run = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "the prediction log of churn holds no 'customerID'" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not (log / "churn" / "feedback").exists()
 
 
 def nested(depth: int) -> object:

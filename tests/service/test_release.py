@@ -282,7 +282,8 @@ def test_admin_decisions_need_the_token_and_a_sensible_request(churn_bundle: bun
         assert httpx.post(server.url + "/admin/models/..%2Fx/rollback", json={}, headers=ADMIN).status_code == 404
         shadow = httpx.post(url + "shadow", json={"on": True}, headers=ADMIN)
         assert shadow.status_code == 409 and "no challenger" in shadow.json()["error"]
-        for body in ({"version": True}, {"version": "1"}, {"version": 1.0}):  # read as version 1 before
+        # read as version 1 before; a canary of `true` as 1 % and of "50" as 50 %
+        for body in ({"version": True}, {"version": "1"}, {"version": 1.0}, {"canary": True}, {"canary": "50"}):
             assert httpx.post(url + "promote", json=body, headers=ADMIN).status_code == 422, body
         forged = httpx.post(url + "promote", json={"version": 1, "why": "ok\n  churn  alice: promote 7"}, headers=ADMIN)
         assert forged.status_code == 422 and "control characters" in forged.json()["error"]
