@@ -169,7 +169,8 @@ def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:
     # rename(2) onto an existing non-empty directory fails, so two concurrent publishers
     # cannot both take the same version: the loser retries with the next number.
     while True:
-        version = max([0, *versions(model_dir.parent, name), *retired_versions(model_dir.parent, name)]) + 1
+        taken = [*versions(model_dir.parent, name), *retired_versions(model_dir.parent, name), *_recorded(model_dir)]
+        version = max([0, *taken]) + 1
         target = model_dir / str(version)
         try:
             os.rename(staging, target)
@@ -178,3 +179,18 @@ def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:
                 continue
             raise
         return BundleRef(name, version, target)
+
+
+def _recorded(model_dir: Path) -> list[int]:
+    """Versions the release file names (its state and history): a number deleted by hand is not
+    given again, as a service still holding that version would serve the old model under it."""
+    try:
+        doc = json.loads((model_dir / "release.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    entries = [doc, *(h for h in doc.get("history", []) if isinstance(h, dict))]
+    named = [e.get(k) for e in entries for k in ("champion", "challenger", "version")]
+    named += doc.get("previous", []) if isinstance(doc.get("previous"), list) else []
+    return [v for v in named if type(v) is int and v > 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import bundle
+from service import bundle, release
 from service.runtime import CPU_EP, CUDA_EP, ProviderError, cuda_devices, providers_for
 from tests.service.conftest import copy_store, republish, running_server, telco_records, wait_until
 
@@ -73,6 +74,11 @@ def test_retire_rolls_back_and_never_reuses_the_number(churn_bundle: bundle.Bund
         assert reload["current"] == {"churn": 3}
     with pytest.raises(bundle.BundleError, match="no published version '2'"):
         bundle.retire(store, "churn@2")
+    # nor a number deleted by hand once the release file has named it (a running service still
+    # held the deleted model under it, and a gate decision on it was taken for the champion's)
+    release.decide(store, "churn", "promote", 3)
+    shutil.rmtree(store / "churn" / "3")
+    assert republish(store, churn_bundle).version == 4
     bundle.retire(store, "churn@1")
     with pytest.raises(bundle.BundleError, match="only published version"):
         bundle.retire(store, "churn")
