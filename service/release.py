@@ -199,6 +199,8 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
             new = replace(state, shadow=bool(shadow))
         else:
             raise ReleaseError(f"unknown decision {action!r}")
+        if (action == "shadow" and shadow) or (action == "promote" and canary is not None):
+            _check_contracts(root, name, new, canary=action == "promote")
         if new.champion not in published:  # its folder moved away by hand
             raise ReleaseError(
                 f"{name} version {new.champion} would be champion but is not published (has {published})"
@@ -206,6 +208,40 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
         # a proposed version that is champion at once (a name's first) is recorded as what it became
         recorded = "champion" if action == "challenger" and version == new.champion else action
         return _record(root, name, state, new, recorded, version, why, by)
+
+
+def _check_contracts(root: Path, name: str, state: Release, canary: bool) -> None:
+    """A canary answers the champion's requests, so it must read the same fields (V2 refused a field
+    it dropped; /predict imputed one it added, without a word); a shadow scores the champion's
+    encoded rows, so it must read no field they lack. Both were accepted and then failed."""
+    from service.shadow import NotComparable, Recode
+
+    assert state.challenger is not None
+    try:
+        champion, challenger = (
+            bundle.BundleRef(name, v, root / name / str(v)).preprocess for v in (state.champion, state.challenger)
+        )
+        if not canary:
+            Recode(champion, challenger)
+            return
+    except NotComparable as exc:
+        raise ReleaseError(f"{name} version {state.challenger} cannot shadow version {state.champion}: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"{name}: a bundle cannot be read: {exc}") from None
+    added, dropped = (
+        sorted(set(challenger.kinds) - set(champion.kinds)),
+        sorted(set(champion.kinds) - set(challenger.kinds)),
+    )
+    if added or dropped:
+        differ = "; ".join(
+            f"{what} {', '.join(fields)}"
+            for what, fields in (("it reads", added), ("it leaves out", dropped))
+            if fields
+        )
+        raise ReleaseError(
+            f"{name} version {state.challenger} cannot answer a canary of version {state.champion}'s requests "
+            f"({differ}): promote it outright{'' if added else ', or shadow it'}"
+        )
 
 
 def retire(root: Path, spec: str, why: str = "", by: str | None = None) -> tuple[bundle.BundleRef, Release | None]:

@@ -21,7 +21,7 @@ import numpy as np
 from monitoring.accuracy import metrics_of, truth_of
 from monitoring.log import text_of
 from service.drift import NO_ROWS, population_stability, psi_noise, reading, score_of
-from service.features import Preprocess
+from service.features import NumericFeature, Preprocess
 
 if TYPE_CHECKING:
     from monitoring.feedback import Labelled
@@ -47,6 +47,10 @@ class Recode:
         if missing:
             raise NotComparable(f"the challenger reads {', '.join(missing)}, which the champion does not")
         self.num = [nums[f.name] for f in challenger.numeric]
+        # a date's number is its age at its bundle's reference date (the latest in its training data):
+        # the challenger's ages are the champion's moved by the days between the two references
+        shift = [_days_apart(champion.numeric[nums[f.name]], f) for f in challenger.numeric]
+        self.shift = np.array(shift, np.float32) if any(shift) else None
         self.cat = []
         for f in challenger.categorical:
             j, old = cats[f.name]
@@ -55,10 +59,21 @@ class Recode:
 
     def __call__(self, num: np.ndarray, cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new_num = np.ascontiguousarray(num[:, self.num], np.float32)
+        if self.shift is not None:
+            new_num += self.shift
         new_cat = np.empty((len(cat), len(self.cat)), np.int64)
         for k, (j, codes) in enumerate(self.cat):
             new_cat[:, k] = codes[cat[:, j]]
         return new_num, new_cat
+
+
+def _days_apart(old: NumericFeature, new: NumericFeature) -> float:
+    """Days from the champion's reference date to the challenger's, for a date feature (0 for a number)."""
+    if old.date is None and new.date is None:
+        return 0.0
+    if old.date is None or new.date is None:
+        raise NotComparable(f"{new.name} is a date to one version and a number to the other")
+    return float((new.date.reference_ - old.date.reference_).total_seconds() / 86400.0)
 
 
 class Shadow:

@@ -454,3 +454,46 @@ def test_a_v2_request_with_its_id_tensor_is_sticky_and_logged(churn_bundle: bund
     assert {c: v for c, v in seen.items() if len(v) != 1} == {}
     assert {c: v.pop() for c, v in seen.items()} == {c: "2" if in_canary(c, 0.5) else "1" for c in seen}
     assert stored["stored"] == 40 and not stored["refused"], stored
+
+
+def test_a_canary_or_shadow_whose_fields_differ_is_refused(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """Found by a release audit: a canary leaving out `gender` answered its share of V2 requests 400
+    ("unknown input 'gender'"), and one reading a field the champion's clients do not send imputed it
+    without a word; a shadow reading such a field was switched on and then never ran."""
+    from training.pipeline import train
+
+    result = train(quick_config(TELCO, "Churn", tmp_path / "other", name="churn", drop=["gender"]), say=lambda _: None)
+    assert result.bundle is not None
+    store = two_versions(churn_bundle, result.bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1)
+    canary = tabserve("promote", "churn@2", "--canary", "30", store=store)
+    assert canary.returncode == 2 and "cannot answer a canary" in canary.stderr, canary.stderr
+    assert "it leaves out gender): promote it outright, or shadow it" in canary.stderr
+    release.decide(store, "churn", "challenger", 2)
+    assert release.decide(store, "churn", "shadow", shadow=True).shadow  # it reads less: the shadow can run
+    release.decide(store, "churn", "promote", 2)
+    release.decide(store, "churn", "challenger", 1)
+    with pytest.raises(release.ReleaseError, match="cannot shadow version 2: the challenger reads gender"):
+        release.decide(store, "churn", "shadow", shadow=True)
+    with pytest.raises(release.ReleaseError, match=r"\(it reads gender\): promote it outright$"):
+        release.decide(store, "churn", "promote", 1, canary=0.3)
+
+
+def test_the_shadow_reads_a_date_at_its_own_reference_date() -> None:
+    """A date's number is its age at its bundle's reference date, which a retrain on newer rows moves:
+    copied by name, every challenger age was off by the days between them (agreement looked high)."""
+    from service.features import Preprocess
+    from service.shadow import Recode
+    from tests.service.test_features import make_preprocess
+
+    def dated(reference: str) -> Preprocess:
+        start = {"name": "start", "kind": "numeric", "mean": 0, "std": 1, "median": 0, "min": 0, "max": 9}
+        start["date"] = {"reference": reference, "format": "iso"}
+        return Preprocess.from_json({**make_preprocess().to_json(), "features": [start]})
+
+    champion, challenger = dated("2024-01-10T00:00:00"), dated("2026-01-10T00:00:00")
+    records = [{"start": "2023-12-01"}, {"start": "2025-06-30"}, {"start": None}]
+    old, new = champion.encode_records(records), challenger.encode_records(records)
+    num, _ = Recode(champion, challenger)(old.num, old.cat)
+    np.testing.assert_allclose(num, new.num, rtol=1e-6)
+    assert not np.allclose(old.num[:2], new.num[:2])
