@@ -199,6 +199,8 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
             new = replace(state, shadow=bool(shadow))
         else:
             raise ReleaseError(f"unknown decision {action!r}")
+        if action in ("promote", "rollback"):  # what will answer traffic: a broken bundle was accepted
+            _check_loads(root, name, new.challenger if canary is not None else new.champion)
         if (action == "shadow" and shadow) or (action == "promote" and canary is not None):
             _check_contracts(root, name, new, canary=action == "promote")
         if new.champion not in published:  # its folder moved away by hand
@@ -208,6 +210,23 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
         # a proposed version that is champion at once (a name's first) is recorded as what it became
         recorded = "champion" if action == "challenger" and version == new.champion else action
         return _record(root, name, state, new, recorded, version, why, by)
+
+
+def _check_loads(root: Path, name: str, version: int | None) -> None:
+    """The version opens as the service opens it (its contract and its ONNX graph on this machine's
+    CPU): rolled back to a damaged bundle, the service kept the version it rolled back from, and a
+    restart served an older one."""
+    from service.runtime import create_session
+
+    if version is None:
+        return
+    ref = bundle.BundleRef(name, version, root / name / str(version))
+    try:
+        ref.preprocess  # noqa: B018 (read for its errors)
+        create_session(ref.path / bundle.MODEL_FILE, "cpu")
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own kinds for a damaged graph
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ReleaseError(f"{name} version {version} cannot be loaded ({why}): it would not serve") from None
 
 
 def _check_contracts(root: Path, name: str, state: Release, canary: bool) -> None:

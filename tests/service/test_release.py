@@ -497,3 +497,19 @@ def test_the_shadow_reads_a_date_at_its_own_reference_date() -> None:
     num, _ = Recode(champion, challenger)(old.num, old.cat)
     np.testing.assert_allclose(num, new.num, rtol=1e-6)
     assert not np.allclose(old.num[:2], new.num[:2])
+
+
+def test_a_damaged_version_is_never_made_the_one_that_serves(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """Found by a release audit: rolled back to a bundle whose model.onnx was cut short, the service
+    kept serving the version rolled back from while the file named the damaged one, and a restart
+    served an older one still. Promote, canary and rollback now open the version first."""
+    store = two_versions(churn_bundle, churn_bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1)
+    release.decide(store, "churn", "promote", 2)
+    graph = store / "churn" / "1" / bundle.MODEL_FILE
+    graph.write_bytes(graph.read_bytes()[:500])
+    before = release.path_of(store, "churn").read_bytes()
+    for args in (("rollback", "churn"), ("promote", "churn@1"), ("promote", "churn@1", "--canary", "10")):
+        run = tabserve(*args, store=store)
+        assert run.returncode == 2 and "churn version 1 cannot be loaded" in run.stderr, (args, run.stderr)
+    assert release.path_of(store, "churn").read_bytes() == before
