@@ -72,14 +72,14 @@ class Buffer:
         return self
 
     def add(self, num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Note | None]],
-            rows: np.ndarray | None) -> None:  # fmt: skip
-        """Rows answered together, and each request's (rows, note)."""
+            rows: np.ndarray | None, at: float | None = None) -> None:  # fmt: skip
+        """Rows answered together, and each request's (rows, note); `at`, their time (default: now)."""
         start = self.size
         self.size = start + len(num)
         self.num[start : self.size], self.cat[start : self.size], self.out[start : self.size] = num, cat, out
         if rows is not None:
             self.rows[start] = rows
-        at = time.time()
+        at = time.time() if at is None else at
         for n, note in notes:
             ids, levels, request = note or ((), None, None)
             self.starts.append(start)
@@ -354,9 +354,11 @@ class PredictionLog:
         *,
         rows: np.ndarray | None = None,
         wait: bool = False,
+        at: float | None = None,
     ) -> None:
         """Queue one request's scored rows (`add_batch` of one)."""
-        self.add_batch(model, version, pre, num, cat, out, [(len(num), (ids, levels, request))], rows=rows, wait=wait)
+        notes: list[tuple[int, Note | None]] = [(len(num), (ids, levels, request))]
+        self.add_batch(model, version, pre, num, cat, out, notes, rows=rows, wait=wait, at=at)
 
     def add_batch(
         self,
@@ -370,10 +372,12 @@ class PredictionLog:
         *,
         rows: np.ndarray | None = None,
         wait: bool = False,
+        at: float | None = None,
     ) -> None:
         """Queue the scored rows of requests answered together, with each one's (rows, note); never
         raises. What does not fit is counted as dropped, or (`wait`, for file scoring, which has no
-        client waiting) waits for the writer to make room."""
+        client waiting) waits for the writer to make room. `at`: their time, default now (a file's
+        blocks share its start, so that its row numbers order them, not which block finished first)."""
         if self.sample < 1.0:
             num, cat, out, notes, rows = self._sampled(num, cat, out, notes, rows)
         n = len(num)
@@ -381,7 +385,7 @@ class PredictionLog:
             return
         with self._lock:
             if self._room(model, version, pre, n):  # the usual case, kept short
-                self._buffers[model, version].add(num, cat, out, notes, rows)
+                self._buffers[model, version].add(num, cat, out, notes, rows, at)
                 self._queued += n
                 if self._queued > self.buffer_rows // 2 and not self._hurried:
                     self._hurry()  # half full before the flush is due: the writer starts now
@@ -390,7 +394,7 @@ class PredictionLog:
             self._wait_for_room(n)
             with self._lock:
                 if self._room(model, version, pre, n, alone=True):
-                    self._buffers[model, version].add(num, cat, out, notes, rows)
+                    self._buffers[model, version].add(num, cat, out, notes, rows, at)
                     self._queued += n
                     return
         with self._lock:

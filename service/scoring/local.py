@@ -151,6 +151,7 @@ class Scorer:
     ) -> None:
         self.name, self.version = ref.name, ref.version
         self.log, self.log_request = log, f"{self.name}-{secrets.token_hex(4)}"  # one request id per file
+        self.log_at = time.time()  # and one time: blocks finish out of order, and `_row` orders a file's rows
         self.drift = drift  # the service's live window, which uploads count into too
         self.log_waits = log_waits  # a file waits for the log's writer; an upload in the service drops and counts
         self.pre = pre if pre is not None else ref.preprocess
@@ -313,7 +314,7 @@ class Scorer:
         levels = {f.name: batch.column(f.name).filter(keep) for f in self.pre.categorical}
         self.log.add(
             self.name, self.version, self.pre, enc.num[ok], enc.cat[ok], out[ok], ids,
-            levels=levels, request=self.log_request, rows=rows[ok], wait=self.log_waits,
+            levels=levels, request=self.log_request, rows=rows[ok], wait=self.log_waits, at=self.log_at,
         )  # fmt: skip
 
     def _predictions(self, out: np.ndarray, label_index: np.ndarray | None, failed: np.ndarray) -> list[pa.Array]:
