@@ -22,7 +22,7 @@ from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import LogLocation, logged_parts
 from service import bundle
 from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
-from service.features import CategoricalFeature, NumericFeature, Preprocess
+from service.features import CategoricalFeature, DateParse, NumericFeature, Preprocess
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
 
@@ -80,18 +80,23 @@ class LogReader:
         names = self.table(f"SELECT * FROM read_parquet('{files[0]}', hive_partitioning = false) LIMIT 0").column_names
         return [n for n in names if not n.startswith("_")]
 
-    def export(self, output: Path, labelled: bool) -> int:
+    def export(self, output: Path, labelled: bool, store: Path | None = None) -> int:
         """The logged records (with `labelled`: those with an outcome, the outcome under the target's
-        name) in the original schema, to Parquet or CSV by extension; the rows written."""
+        name) in the original schema, to Parquet or CSV by extension; the rows written. A date feature
+        is written as the date it was (the log holds its age at its version's reference date, found in
+        `store`): a model retrained on the export reads it as a date again."""
+        dates = self._dates(store) if store is not None else {}
         if labelled:
             if not self.has_feedback:
                 raise ValueError(f"no feedback for {self.model} yet: nothing is labelled")
             target = self.db.execute("SELECT any_value(_target) FROM feedback").fetchall()[0][0]
             names = [n for n in self._columns("labelled") if not n.startswith("_")]
-            select = ", ".join([*map(quoted, names), f"_outcome AS {quoted(target)}"])
+            cells = [f"{dates[n]} AS {quoted(n)}" if n in dates else quoted(n) for n in names]
+            select = ", ".join([*cells, f"_outcome AS {quoted(target)}"])
             query = f"SELECT {select} FROM labelled ORDER BY _at"
         else:
-            query = "SELECT * FROM predictions ORDER BY _at"
+            replaced = ", ".join(f"{sql} AS {quoted(n)}" for n, sql in dates.items())
+            query = f"SELECT * {f'REPLACE ({replaced}) ' if dates else ''}FROM predictions ORDER BY _at"
         if output.suffix.lower() not in (".parquet", ".csv") or output.is_dir():
             raise ValueError(f"--output {output}: name a .parquet or .csv file (it is written as its name says)")
         logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
@@ -102,6 +107,28 @@ class LogReader:
         target = str(output).replace("'", "''")  # a quote in the name stays part of it
         self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
+
+    def _dates(self, store: Path) -> dict[str, str]:
+        """Each logged date feature → SQL for the date its age counts back from, written as its version
+        read it (`31.05.2024` stays so: a retrained model then reads the same files)."""
+        dates: dict[str, dict[int, DateParse]] = {}
+        missing = []
+        logged = self._columns("predictions")
+        for (version,) in self.db.execute("SELECT DISTINCT _version FROM predictions ORDER BY 1").fetchall():
+            folders = [store / self.model / f"{version}{suffix}" for suffix in ("", bundle.RETIRED_SUFFIX)]
+            found = next((p for p in folders if (p / bundle.PREPROCESS_FILE).is_file()), None)
+            if found is None:
+                missing.append(version)
+                continue
+            for feature in Preprocess.load(found / bundle.PREPROCESS_FILE).numeric:
+                if feature.date is not None and feature.name in logged:
+                    dates.setdefault(feature.name, {})[version] = feature.date
+        if dates and missing:
+            raise ValueError(
+                f"{self.model} version(s) {', '.join(map(str, missing))} are not in {store} (--models-dir): their "
+                f"dates ({', '.join(dates)}) cannot be written back from the ages logged"
+            )
+        return {name: _date_sql(name, by_version) for name, by_version in dates.items()}
 
     def _columns(self, view: str) -> list[str]:
         return list(self.table(f"SELECT * FROM {view} LIMIT 0").column_names)
@@ -119,6 +146,22 @@ def as_parquet_reads(table: pa.Table) -> pa.Table:
         for f in table.schema
     ]
     return table.cast(pa.schema(fields))
+
+
+def _date_sql(name: str, by_version: dict[int, DateParse]) -> str:
+    """The date a logged age counts back from, as text in its version's format (ISO: a date, or a date
+    and time where it has one)."""
+    texts = []
+    for version, date in by_version.items():
+        at = f"(TIMESTAMP '{date.reference_.isoformat(sep=' ')}' - to_microseconds(CAST(round({quoted(name)} * 86400e6) AS BIGINT)))"
+        if date.fmt == "iso":
+            text = (
+                f"strftime({at}, CASE WHEN {at} = date_trunc('day', {at}) THEN '%Y-%m-%d' ELSE '%Y-%m-%d %H:%M:%S' END)"
+            )
+        else:
+            text = f"strftime({at}, '{date.fmt.replace(chr(39), chr(39) * 2)}')"
+        texts.append(f"WHEN {version} THEN {text}")
+    return f"CASE _version {' '.join(texts)} END"
 
 
 def labelled_sql(ids: list[str], rows: bool = True) -> str:

@@ -754,12 +754,13 @@ def log_export(
     labelled: Annotated[
         bool, typer.Option(help="Only records with an outcome, the outcome under the target's name: a training file.")
     ] = False,
+    models_dir: ModelsDir = None,
 ) -> None:
     """Write logged records to one file (with --labelled, ready for `tabserve train --data`)."""
     try:
         from monitoring.report import LogReader
 
-        rows = LogReader(log, model).export(output, labelled)
+        rows = LogReader(log, model).export(output, labelled, bundle.models_dir(models_dir))
     except ImportError as exc:
         _fail(f"the log commands need the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError) as exc:

@@ -150,3 +150,48 @@ def _telco_rows(n: int) -> list[dict[str, str]]:
 
     with TELCO.open(newline="") as fh:
         return list(csv.DictReader(fh))[:n]
+
+
+def test_a_date_feature_is_exported_as_the_date_it_was_and_the_retrain_scores_the_file(tmp_path: Path) -> None:
+    """Found by a monitoring audit: the log holds a date's age in days at its version's reference date,
+    and the export wrote that number, so a model retrained on it took the date for a number and
+    refused every row of the file the first one scored ("expected a number, got '30.05.2024'")."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from training.pipeline import train
+
+    frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(800)
+    start = dt.date(2024, 6, 30)
+    frame["signup"] = [(start - dt.timedelta(days=30 * int(t))).strftime("%d.%m.%Y") for t in frame["tenure"]]
+    frame = frame.drop(columns=["tenure"])
+    source, store, log = tmp_path / "dated.csv", tmp_path / "models", tmp_path / "log"
+    frame.to_csv(source, index=False)
+    first = train(quick_config(source, "Churn", store, name="churn"), say=lambda _: None)
+    assert first.bundle is not None and any(f.date is not None for f in first.bundle.preprocess.numeric)
+    done = tabserve(
+        "score", "--model", "churn", "--models-dir", str(store), "--input", str(source),
+        "--output", str(tmp_path / "scores.csv"), "--log", str(log),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    outcomes = tmp_path / "outcomes.csv"
+    frame[["customerID", "Churn"]].to_csv(outcomes, index=False)
+    stored = tabserve(
+        "feedback", "--model", "churn", "--models-dir", str(store), "--input", str(outcomes), "--log", str(log)
+    )
+    assert stored.returncode == 0, stored.stderr
+    exported = tmp_path / "train.csv"
+    done = tabserve(
+        "log", "export", "--model", "churn", "--log", str(log), "--labelled", "--output", str(exported),
+        "--models-dir", str(store),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    back = pd.read_csv(exported, dtype=str).set_index("customerID")
+    assert back.loc[frame["customerID"], "signup"].tolist() == frame["signup"].tolist()  # as it was sent
+    retrained = train(quick_config(exported, "Churn", tmp_path / "next", name="churn"), say=lambda _: None)
+    assert retrained.bundle is not None
+    again = tabserve(
+        "score", "--model", str(retrained.bundle.path), "--input", str(source), "--output", str(tmp_path / "again.csv")
+    )
+    assert again.returncode == 0 and "800 scored" in again.stdout + again.stderr, again.stdout + again.stderr
