@@ -126,7 +126,12 @@ class Feedback:
         for i, key in enumerate(keys):
             if key is not None and key not in found:
                 refused.append(
-                    self._bad(i, self.pre.id_columns[0], f"id {', '.join(key)} was never scored by {self.model}")
+                    self._bad(
+                        i,
+                        self.pre.id_columns[0],
+                        f"id {', '.join(key)} is not in the prediction log of {self.model} "
+                        "(never scored, or its request not logged: --log-sample)",
+                    )
                 )
         refused.sort(key=lambda d: d["record"])
         if refused and not partial:
@@ -267,6 +272,8 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
         return table.filter(ds.field(ids[0]).isin(wanted)) if ids[0] in table.column_names else table.slice(0, 0)
 
     segments, files = logged_parts(location, model, where)
+    if not segments and not files:  # a mistyped --log read as 200 records "never scored"
+        raise InputError("invalid", f"no prediction log for {model} under {location.root}: nothing scored into it yet")
     dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
     names = {n for table in segments if table.num_columns for n in table.column_names}
     names |= set(dataset.schema.names) if dataset is not None else set()
