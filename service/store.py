@@ -249,6 +249,8 @@ class ModelStore:
         self.shadows: dict[str, Shadow] = {}
         self.releases: dict[str, Release] = {}  # the last good release file per name
         self.release_errors: dict[str, str] = {}  # a release file refused, and why
+        self.published: set[str] = set()  # every name with a published version, loaded or not
+        self._scanned: set[str] = set()
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
@@ -268,6 +270,11 @@ class ModelStore:
             )
         name = name or self.default_name
         model = self.current.get(name) if name else None
+        if model is None and name in self.published:
+            why = self.release_errors.get(name) or next(
+                (r.message for (n, _), r in sorted(self.failed.items()) if n == name), "no version of it loads"
+            )
+            raise ModelNotFound(f"model {name!r} is in the store but not served: {why}")
         if model is None:
             raise ModelNotFound(f"no model named {name!r} (serving: {', '.join(sorted(self.current))})")
         return model
@@ -365,7 +372,10 @@ class ModelStore:
         """settings.default_model, else the only model, else the first by name."""
         if self.settings.default_model:
             return self.settings.default_model
-        return min(self.current) if self.current else None
+        # among every name in the store, not only those loaded: with churn unservable (a broken
+        # release file), /predict went to the next name's model, which scored churn's records
+        names = self.published | set(self.current)
+        return min(names) if names else None
 
     async def refresh(self) -> ReloadReport:
         """Serve each name's champion and hold its challenger, loading what is not loaded; each
@@ -386,6 +396,7 @@ class ModelStore:
                         self._hold_challenger(name, model)
                 self._arrange(name)
             self.ready, self.refreshed = bool(self.current), True
+            self.published = self._scanned  # once tried: a name being loaded the first time is not refused
             return report
 
     async def _loaded(self, ref: bundle.BundleRef, report: ReloadReport) -> LoadedModel | None:
@@ -412,6 +423,7 @@ class ModelStore:
             refused = self.failed.get(key)
             if refused is None or refused.files != files_of(ref.path):
                 loadable.setdefault(ref.name, {})[ref.version] = ref
+        self._scanned = {name for name, _ in published}
         for key in [k for k in self.failed if k not in published]:  # gone from the store: nothing to report
             del self.failed[key]
         for key in [k for k in self.older if k not in published]:  # retired (or removed): no longer answers

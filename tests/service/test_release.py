@@ -513,3 +513,19 @@ def test_a_damaged_version_is_never_made_the_one_that_serves(churn_bundle: bundl
         run = tabserve(*args, store=store)
         assert run.returncode == 2 and "churn version 1 cannot be loaded" in run.stderr, (args, run.stderr)
     assert release.path_of(store, "churn").read_bytes() == before
+
+
+def test_the_default_model_unservable_is_said_not_answered_by_another(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Found by a release audit: with churn's release file broken (and no good state to keep), a
+    `/predict` without a model name was answered by the next model by name, which scored churn's record."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    shutil.copytree(store / "churn", store / "zeta")
+    release.path_of(store, "churn").write_text('{"champion": "2"')
+    with running_server(store) as server:
+        answer = httpx.post(server.url + "/predict", json={"records": telco_records(1)})
+        named = httpx.post(server.url + "/models/zeta/predict", json={"records": telco_records(1)})
+    assert answer.status_code == 404, answer.text
+    assert "model 'churn' is in the store but not served" in answer.json()["error"] and "not valid JSON" in answer.text
+    assert named.status_code == 200 and named.json()["model"] == "zeta"
