@@ -272,7 +272,7 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
         return table.filter(ds.field(ids[0]).isin(wanted)) if ids[0] in table.column_names else table.slice(0, 0)
 
     segments, files = logged_parts(location, model, where)
-    if not segments and not files:  # a mistyped --log read as 200 records "never scored"
+    if not files and not location.segments(model):  # a mistyped --log read as 200 records "never scored"
         raise InputError("invalid", f"no prediction log for {model} under {location.root}: nothing scored into it yet")
     dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
     names = {n for table in segments if table.num_columns for n in table.column_names}

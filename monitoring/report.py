@@ -123,7 +123,8 @@ class LogReader:
             for feature in Preprocess.load(found / bundle.PREPROCESS_FILE).numeric:
                 if feature.date is not None and feature.name in logged:
                     dates.setdefault(feature.name, {})[version] = feature.date
-        if dates and missing:
+        versions = self.db.execute("SELECT count(DISTINCT _version) FROM predictions").fetchall()[0][0]
+        if missing and (dates or len(missing) == versions):  # which columns are dates is then unknown
             raise ValueError(
                 f"{self.model} version(s) {', '.join(map(str, missing))} are not in {store} (--models-dir): their "
                 f"dates ({', '.join(dates)}) cannot be written back from the ages logged"
@@ -150,18 +151,31 @@ def as_parquet_reads(table: pa.Table) -> pa.Table:
 
 def _date_sql(name: str, by_version: dict[int, DateParse]) -> str:
     """The date a logged age counts back from, as text in its version's format (ISO: a date, or a date
-    and time where it has one)."""
+    and time where it has one). The age is float32 (about 10 s over years): it is rounded to the
+    format's finest unit, so `18:45` is not written back as `18:44`."""
     texts = []
     for version, date in by_version.items():
-        at = f"(TIMESTAMP '{date.reference_.isoformat(sep=' ')}' - to_microseconds(CAST(round({quoted(name)} * 86400e6) AS BIGINT)))"
+        fmt = date.fmt if date.fmt != "iso" else "%Y-%m-%d %H:%M:%S"
+        # ISO seconds are below float32's resolution at ages of years: the minute is what is kept
+        unit = (
+            "second"
+            if "%S" in fmt and date.fmt != "iso"
+            else "minute"
+            if "%M" in fmt
+            else "hour"
+            if "%H" in fmt or "%I" in fmt
+            else "day"
+        )
+        half = {"second": 500_000, "minute": 30_000_000, "hour": 1_800_000_000, "day": 43_200_000_000}[unit]
+        micros = f"CAST(round({quoted(name)} * 86400e6) AS BIGINT)"
+        at = f"date_trunc('{unit}', TIMESTAMP '{date.reference_.isoformat(sep=' ')}' - to_microseconds({micros} - {half}))"
         if date.fmt == "iso":
-            text = (
-                f"strftime({at}, CASE WHEN {at} = date_trunc('day', {at}) THEN '%Y-%m-%d' ELSE '%Y-%m-%d %H:%M:%S' END)"
-            )
+            text = f"CASE WHEN {at} = date_trunc('day', {at}) THEN strftime({at}, '%Y-%m-%d') ELSE strftime({at}, '{fmt}') END"
         else:
-            text = f"strftime({at}, '{date.fmt.replace(chr(39), chr(39) * 2)}')"
+            text = f"strftime({at}, '{fmt.replace(chr(39), chr(39) * 2)}')"
         texts.append(f"WHEN {version} THEN {text}")
-    return f"CASE _version {' '.join(texts)} END"
+    # a version that read the column as a number (or no date) writes its number
+    return f"CASE _version {' '.join(texts)} ELSE CAST({quoted(name)} AS VARCHAR) END"
 
 
 def labelled_sql(ids: list[str], rows: bool = True) -> str:

@@ -77,16 +77,16 @@ def _typed_file(p: Path, fmt: str, decimal: str | None, table_for: Callable[[str
     """A Parquet, JSON-lines or Excel file as text cells, its numbers' fractions written with the
     decimal mark its text cells are read with (given, or detected from them): written `1.234`, a
     number read with a comma mark would be 1234."""
-    import pyarrow as pa
-
-    table = table_for(decimal or ".")
-    df = _checked_frame(_text_frame(table, p, decimal or "."), p)
-    # typed numbers are no evidence: they are written with whichever mark is chosen
-    texts = [i for i, f in enumerate(table.schema) if not (pa.types.is_floating(f.type) or pa.types.is_decimal(f.type))]
-    mark = decimal or detect_decimal(df.iloc[:, texts])
-    if mark != (decimal or "."):
-        df = _checked_frame(_text_frame(table_for(mark), p, mark), p)
-    return _with_reading(df, Reading(format=fmt), mark)
+    if decimal is not None:
+        return _with_reading(
+            _checked_frame(_text_frame(table_for(decimal), p, decimal), p), Reading(format=fmt), decimal
+        )
+    point = _checked_frame(_text_frame(table_for("."), p, "."), p)
+    comma = _text_frame(table_for(","), p, ",")
+    # typed numbers (a Parquet float column, an Excel number cell, a JSON number beside text) are no
+    # evidence: they are the cells written differently under the two marks
+    mark = detect_decimal(point.where(point == comma, ""))
+    return _with_reading(point if mark == "." else _checked_frame(comma, p), Reading(format=fmt), mark)
 
 
 def _read_jsonl(p: Path, decimal: str) -> Any:

@@ -166,3 +166,13 @@ def test_a_span_without_rows_gives_no_verdict_in_json_or_html(served: Server, tm
     assert doc["status"] == "no rows yet" and not any(doc["readings"].values()) and doc["score_shares"] == []
     assert "no rows yet" in page.read_text() and "<svg" not in page.read_text()  # no heat map coloured "stable"
     assert "churn v1: no rows yet in this span" in done.stdout and "PSI of" not in done.stdout  # nor an empty table
+
+
+def test_an_unknown_id_against_an_open_log_is_refused_by_record(served: Server) -> None:
+    """The log is only open segments yet: an id not in them is that record's refusal, not "no log"."""
+    answer = httpx.post(
+        served.url + "/models/churn/feedback?partial=true",
+        json={"records": [{"customerID": "nobody", "Churn": "Yes"}, {"customerID": "7590-VHVEG", "Churn": "No"}]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 1 and "not in the prediction log of churn" in answer.text

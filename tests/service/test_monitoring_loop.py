@@ -152,7 +152,10 @@ def _telco_rows(n: int) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))[:n]
 
 
-def test_a_date_feature_is_exported_as_the_date_it_was_and_the_retrain_scores_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["%d.%m.%Y", "%Y-%m-%d"])
+def test_a_date_feature_is_exported_as_the_date_it_was_and_the_retrain_scores_the_file(
+    tmp_path: Path, fmt: str
+) -> None:
     """Found by a monitoring audit: the log holds a date's age in days at its version's reference date,
     and the export wrote that number, so a model retrained on it took the date for a number and
     refused every row of the file the first one scored ("expected a number, got '30.05.2024'")."""
@@ -164,7 +167,7 @@ def test_a_date_feature_is_exported_as_the_date_it_was_and_the_retrain_scores_th
 
     frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(800)
     start = dt.date(2024, 6, 30)
-    frame["signup"] = [(start - dt.timedelta(days=30 * int(t))).strftime("%d.%m.%Y") for t in frame["tenure"]]
+    frame["signup"] = [(start - dt.timedelta(days=30 * int(t))).strftime(fmt) for t in frame["tenure"]]
     frame = frame.drop(columns=["tenure"])
     source, store, log = tmp_path / "dated.csv", tmp_path / "models", tmp_path / "log"
     frame.to_csv(source, index=False)

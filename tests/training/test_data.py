@@ -681,6 +681,7 @@ def test_typed_fractions_keep_their_value_where_a_comma_marks_decimals(
     frame = pd.DataFrame(
         {
             "rate": rate,
+            "cost": [0.25, 1.75, 12.5] * 20,  # more typed fractions than text cells: still no evidence
             "fee": [f"{i % 9},{(i * 7) % 90 + 10}" for i in range(60)],  # a European export's amounts, as text
             "plan": ["abc"[i % 3] for i in range(60)],
             "y": [["yes", "no"][i % 2] for i in range(60)],
