@@ -69,10 +69,11 @@ def _check_names(settings: Settings) -> None:
     """Names the flags give, checked against the store's models where it has some (an empty store is
     filled later): a misspelt `--default-model` answers 404 to every /predict, and a misspelt
     `--log-exclude` field is a field logged."""
-    models: dict[str, frozenset[str]] = {}
-    for ref in iter_bundles(settings.models_dir):  # the newest version of each name last
+    models: dict[str, set[str]] = {}
+    for ref in iter_bundles(settings.models_dir):  # each version's fields: an older one may serve
+        fields = models.setdefault(ref.name, set())
         try:
-            models[ref.name] = frozenset(ref.preprocess.known_fields)
+            fields.update(ref.preprocess.known_fields)
         except (BundleError, OSError, ValueError, KeyError, TypeError):
             continue  # the store says why, by version, when it loads
     if not models:
@@ -81,7 +82,7 @@ def _check_names(settings: Settings) -> None:
         raise ValueError(
             f"--default-model {settings.default_model!r} is no model in {settings.models_dir}{_hint(settings.default_model, models)}"
         )
-    fields = frozenset().union(*models.values())
+    fields = set().union(*models.values())
     unknown = [f for f in settings.log_exclude if f not in fields] if settings.log else []
     if unknown:
         raise ValueError(f"--log-exclude {unknown[0]!r} is no field of any model's records{_hint(unknown[0], fields)}")
