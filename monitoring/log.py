@@ -638,8 +638,9 @@ def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
 
 
 def days(ats: list[float]) -> list[tuple[str, int, int]]:
-    """(day, first, last) of each run of requests on one UTC day (requests come in time order)."""
-    if day_of(ats[0]) == day_of(ats[-1]):
+    """(day, first, last) of each run of requests on one UTC day (a scored file's rows carry its start,
+    so the times are not always in order: the runs are found, not assumed)."""
+    if day_of(min(ats)) == day_of(max(ats)):
         return [(day_of(ats[0]), 0, len(ats))]
     number = (np.asarray(ats) // 86400).astype(np.int64)
     cuts = [0, *(np.flatnonzero(np.diff(number)) + 1).tolist(), len(ats)]

@@ -203,6 +203,11 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
             _check_loads(root, name, new.challenger if canary is not None else new.champion)
         if (action == "shadow" and shadow) or (action == "promote" and canary is not None):
             _check_contracts(root, name, new, canary=action == "promote")
+        elif new.shadow and new.challenger is not None and new != state:
+            try:  # a new pair the shadow cannot run on: it stops, and the decision's entry says so
+                _check_contracts(root, name, new, canary=False)
+            except ReleaseError:
+                new = replace(new, shadow=False)
         if new.champion not in published:  # its folder moved away by hand
             raise ReleaseError(
                 f"{name} version {new.champion} would be champion but is not published (has {published})"

@@ -144,3 +144,13 @@ def test_report_periods_are_utc_days_in_any_time_zone(
     assert done.returncode == 0, done.stderr
     doc = json.loads(figures.read_text())
     assert doc["rows"] == [300, 200], doc["periods"] if "periods" in doc else list(doc)
+
+
+def test_rows_of_two_days_in_one_buffer_go_to_their_days_in_any_order() -> None:
+    """A scored file's rows carry its start, /predict's rows the time they came: a buffer's times are
+    not in order, and a run on another day between two of the same day was filed under theirs."""
+    from monitoring.log import days
+
+    midnight = 1_764_806_400.0  # 2025-12-04 00:00 UTC
+    ats = [midnight - 10, midnight + 5, midnight - 3]  # an upload started before midnight, a request after
+    assert days(ats) == [("2025-12-03", 0, 1), ("2025-12-04", 1, 2), ("2025-12-03", 2, 3)]

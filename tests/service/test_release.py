@@ -472,7 +472,11 @@ def test_a_canary_or_shadow_whose_fields_differ_is_refused(churn_bundle: bundle.
     release.decide(store, "churn", "challenger", 2)
     assert release.decide(store, "churn", "shadow", shadow=True).shadow  # it reads less: the shadow can run
     release.decide(store, "churn", "promote", 2)
-    release.decide(store, "churn", "challenger", 1)
+    shutil.copytree(result.bundle.path, store / "churn" / "3")  # reads what version 2 reads: shadowed
+    release.decide(store, "churn", "challenger", 3)
+    assert release.decide(store, "churn", "shadow", shadow=True).shadow
+    # a new challenger the shadow cannot run on stops it (it stayed on, and never ran)
+    assert not release.decide(store, "churn", "challenger", 1).shadow
     with pytest.raises(release.ReleaseError, match="cannot shadow version 2: the challenger reads gender"):
         release.decide(store, "churn", "shadow", shadow=True)
     with pytest.raises(release.ReleaseError, match=r"\(it reads gender\): promote it outright$"):
