@@ -94,6 +94,14 @@ class Buffer:
             start += n
 
 
+# the log's and the feedback's own columns, beside the model's fields: a feature or id of one of these
+# names would be a second column of that name (training leaves such a feature out, refuses such an id)
+OWN_COLUMNS = frozenset(
+    {"_at", "_request", "_row", "_model", "_version", "_label", "_probability", "_probabilities", "_value"}
+    | {"_outcome", "_target", "_labelled_at"}
+)
+
+
 def output_fields(pre: Preprocess) -> list[pa.Field]:
     """The logged outputs of a model: label and positive-class probability, class probabilities, or value."""
     if pre.task == "regression":

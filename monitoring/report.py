@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from monitoring.accuracy import calibration, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
-from monitoring.log import LogLocation, logged_parts
+from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
 from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, DateParse, NumericFeature, Preprocess
@@ -73,12 +73,13 @@ class LogReader:
         return " UNION ALL BY NAME ".join(parts)
 
     def _ids(self) -> list[str]:
-        """The id columns: those the feedback files key on (every column of theirs not starting with _)."""
+        """The id columns: those the feedback files key on (every column of theirs but its own: an id
+        may start with _, as MongoDB's `_id` does)."""
         files = self.location.files(self.model, FEEDBACK)
         if not files:
             return []
         names = self.table(f"SELECT * FROM read_parquet('{files[0]}', hive_partitioning = false) LIMIT 0").column_names
-        return [n for n in names if not n.startswith("_")]
+        return [n for n in names if n not in OWN_COLUMNS]
 
     def export(self, output: Path, labelled: bool, store: Path | None = None) -> int:
         """The logged records (with `labelled`: those with an outcome, the outcome under the target's
@@ -90,7 +91,7 @@ class LogReader:
             if not self.has_feedback:
                 raise ValueError(f"no feedback for {self.model} yet: nothing is labelled")
             target = self.db.execute("SELECT any_value(_target) FROM feedback").fetchall()[0][0]
-            names = [n for n in self._columns("labelled") if not n.startswith("_")]
+            names = [n for n in self._columns("labelled") if n not in OWN_COLUMNS]
             cells = [f"{dates[n]} AS {quoted(n)}" if n in dates else quoted(n) for n in names]
             select = ", ".join([*cells, f"_outcome AS {quoted(target)}"])
             query = f"SELECT {select} FROM labelled ORDER BY _at"

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from monitoring.log import OWN_COLUMNS
 from service.features import (
     DATE_FORMATS,
     NUMERIC_MISSING,
@@ -175,6 +176,8 @@ def infer_schema(
     for col in [*cfg.id_columns, *cfg.drop, *cfg.date_columns, *cfg.categorical, *cfg.numeric]:
         if col not in df.columns:
             raise _missing_column("column (named in id_columns/drop/date_columns/categorical/numeric)", col, df)
+    if clash := [c for c in cfg.id_columns if c in OWN_COLUMNS]:
+        raise DataError(f"--id-column {clash[0]!r} is named as a column the prediction log writes itself: rename it")
     schema = Schema(id_columns=list(cfg.id_columns), read=read or df.attrs.get("read", Reading()))
     schema.warnings = list(df.attrs.get("warnings", []))  # how the file was read (a guessed encoding)
     for col in df.columns:
@@ -184,6 +187,8 @@ def infer_schema(
             schema.dropped[col] = "identifier (--id-column); passed through scoring"
         elif col in cfg.drop:
             schema.dropped[col] = "dropped by request"
+        elif col in OWN_COLUMNS:  # it would be a second column of its name in the log (a wrong drift figure)
+            schema.dropped[col] = "named as a column the prediction log writes itself: rename it to use it"
         elif UNNAMED.fullmatch(col) and not df[col].str.strip().astype(bool).any():
             schema.dropped[col] = "no name in the header and no values (a delimiter ending each line, an empty column)"
         elif UNNAMED.fullmatch(col):

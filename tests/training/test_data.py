@@ -701,3 +701,19 @@ def test_typed_fractions_keep_their_value_where_a_comma_marks_decimals(
     np.testing.assert_allclose(
         num[:8, prep.schema.numeric.index("fee")], [0.1, 1.17, 2.24, 3.31, 4.38, 5.45, 6.52, 7.59], rtol=1e-6
     )
+
+
+def test_a_column_named_as_the_logs_own_is_left_out_and_an_id_so_named_refused(tmp_path: Path) -> None:
+    """Found by a monitoring audit: a feature `_version` was a second `_version` column in the prediction
+    log (unreadable by pyarrow; `tabserve monitor` reported a PSI of 8.46 for it). MongoDB's `_id` is fine."""
+    import pandas as pd
+
+    frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(300)
+    frame = frame.rename(columns={"tenure": "_version", "customerID": "_id"})
+    path = tmp_path / "own.csv"
+    frame.to_csv(path, index=False)
+    prep = _prepare(path, "Churn", tmp_path, id_columns=["_id"])
+    assert "_version" not in prep.schema.features and "_id" in prep.schema.id_columns
+    assert "prediction log writes itself" in prep.schema.dropped["_version"]
+    with pytest.raises(D.DataError, match="--id-column '_version' is named as a column the prediction log writes"):
+        _prepare(path, "Churn", tmp_path, id_columns=["_version"])
