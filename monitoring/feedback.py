@@ -8,12 +8,14 @@ replaces an earlier one. That one rule serves the live window, `tabserve monitor
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import itertools
 import math
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
@@ -29,6 +32,8 @@ from service.scoring.files import sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
+COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
+MERGED = "merged-"
 _files = itertools.count()
 _tag = secrets.token_hex(4)
 
@@ -262,6 +267,32 @@ class Feedback:
         columns["_at"] = pa.array(np.full(len(keys), int(now * 1e6), np.int64), pa.timestamp("us", tz="UTC"))
         folder = f"{self.location.root}/{self.model}/{FEEDBACK}/date={day_of(now)}"
         write_whole(self.location, pa.table(columns), folder, f"{_tag}-{int(now)}-{next(_files)}.parquet")
+        if self.location.local:
+            compact(self.location, folder)
+
+
+def compact(location: LogLocation, folder: str) -> None:
+    """A day's feedback files merged into one once there are more than COMPACT_FILES: a client sending one
+    outcome per call made a file each (86,000 a day at one a second), and every reader lists and opens them
+    all. A reader between the merged file's rename and the removals sees a row twice, which the rule
+    "an id's latest outcome" reads once. One process merges at a time; the others go on."""
+    small = sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith(MERGED))
+    if len(small) <= COMPACT_FILES:
+        return
+    with open(Path(folder) / ".compact.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        small = [p for p in small if p.exists()]  # another process merged them just before
+        if len(small) <= COMPACT_FILES:
+            return
+        merged = pa.concat_tables([pq.read_table(p) for p in small], promote_options="permissive")
+        write_whole(
+            location, merged.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet"
+        )
+        for p in small:
+            p.unlink(missing_ok=True)
 
 
 def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[str]) -> pa.Table:

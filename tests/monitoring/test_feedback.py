@@ -108,3 +108,24 @@ def test_an_integer_class_written_as_a_float_is_that_class(tmp_path: Path) -> No
     stored = feedback.submit(records_of(body.encode(), "text/csv"), partial=True)
     assert [item.outcome for item in stored.labelled] == ["2", "1"]
     assert [(d["record"], d["field"]) for d in stored.refused] == [(2, "number_of_existing_credits_at_this_bank")]
+
+
+def test_one_outcome_per_call_is_merged_into_few_files_and_reads_the_same(tmp_path: Path) -> None:
+    """Found by a monitoring audit: every call wrote a Parquet file (300 calls, 303 files; 86,000 a day
+    at one a second) which every reader lists and opens. Past COMPACT_FILES a day's are merged."""
+    from monitoring.feedback import COMPACT_FILES
+
+    ref, log = _scored(tmp_path, "creditability", ",")
+    feedback = Feedback(LogLocation.of(log), "m", ref.preprocess)
+    sent = COMPACT_FILES * 2 + 5
+    for i in range(sent):  # the last outcome for L0000 is "bad": a later one replaces an earlier
+        outcome = "bad" if i == sent - 1 else "good"
+        feedback.submit([{"loan_id": "L0000" if i in (0, sent - 1) else f"L{i:04d}", "creditability": outcome}])
+    files = sorted((log / "m" / "feedback").rglob("*.parquet"))
+    assert len(files) <= COMPACT_FILES + 2, len(files)
+    rows = pa.concat_tables([pq.read_table(f) for f in files])
+    assert rows.num_rows == sent  # every outcome kept, once
+    exported = tmp_path / "labelled.csv"
+    assert LogReader(log, "m").export(exported, labelled=True) == sent - 1
+    labelled = {r["loan_id"]: r["creditability"] for r in csv.DictReader(exported.open())}
+    assert labelled["L0000"] == "bad" and len(labelled) == sent - 1
