@@ -124,8 +124,7 @@ class LogReader:
             for feature in Preprocess.load(found / bundle.PREPROCESS_FILE).numeric:
                 if feature.date is not None and feature.name in logged:
                     dates.setdefault(feature.name, {})[version] = feature.date
-        versions = self.db.execute("SELECT count(DISTINCT _version) FROM predictions").fetchall()[0][0]
-        if missing and (dates or len(missing) == versions):  # which columns are dates is then unknown
+        if missing and dates:
             raise ValueError(
                 f"{self.model} version(s) {', '.join(map(str, missing))} are not in {store} (--models-dir): their "
                 f"dates ({', '.join(dates)}) cannot be written back from the ages logged"

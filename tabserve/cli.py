@@ -760,7 +760,14 @@ def log_export(
     try:
         from monitoring.report import LogReader
 
-        rows = LogReader(log, model).export(output, labelled, bundle.models_dir(models_dir))
+        store: Path | None = bundle.models_dir(models_dir)
+        if store is not None and not (store / model).is_dir():  # said, not silent: which columns are dates is unknown
+            err_console.print(
+                f"warning: {model} is not in {store} (--models-dir): a date feature is written as its age in days",
+                markup=False,
+            )
+            store = None
+        rows = LogReader(log, model).export(output, labelled, store)
     except ImportError as exc:
         _fail(f"the log commands need the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError) as exc:
