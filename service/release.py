@@ -174,13 +174,17 @@ def who() -> str:
 
 
 def decide(root: Path, name: str, action: str, version: int | None = None, *, canary: float | None = None,
-           shadow: bool | None = None, why: str = "", by: str | None = None) -> Release:  # fmt: skip
+           shadow: bool | None = None, why: str = "", by: str | None = None,
+           over: int | None = None) -> Release:  # fmt: skip
     """Take one decision and record it: `challenger` (a new version is proposed), `promote` (it, or
-    `version`, becomes champion; with `canary`, it answers that share instead), `rollback` (the
-    previous champion is back), `shadow` (on or off). Raises ReleaseError for one that cannot be."""
+    `version`, becomes champion; with `canary`, it answers that share instead; with `over`, only if
+    that version is still champion), `rollback` (the previous champion is back), `shadow` (on or
+    off). Raises ReleaseError for one that cannot be."""
     refuse_control_characters(why)
     with _locked(root, name):
         state = current(root, name, version if action == "challenger" else None)
+        if over is not None and state.champion != over:  # the gate judged against a champion since replaced
+            raise ReleaseError(f"v{state.champion} became champion after this version was compared with v{over}")
         published = bundle.versions(root, name)
         if version is not None and version not in published:
             raise ReleaseError(f"model {name!r} has no published version {version} (has {published})")

@@ -592,7 +592,13 @@ def _decide(
     proposed = f"trained on {Path(cfg.data).name} (seed {cfg.seed}); compared with v{comparison.champion}"
     state = release.decide(root, cfg.name, "challenger", version, why=f"{proposed}: {comparison.reason}")
     if comparison.promote:
-        state = release.decide(root, cfg.name, "promote", version, why=comparison.reason)
+        # two runs finishing together were both judged against the old champion: the later one's
+        # promotion would replace the earlier without a comparison (`--promote always` means always)
+        over = comparison.champion if cfg.promote != "always" else None
+        try:
+            state = release.decide(root, cfg.name, "promote", version, why=comparison.reason, over=over)
+        except release.ReleaseError as exc:
+            return state, f"{comparison.reason}; not promoted: {exc} (compare again, or promote it by hand)"
     if before is not None and before.canary and before.challenger != version:  # one challenger at a time
         share = f"{before.canary * 100:g} %"
         return state, f"{comparison.reason}; v{before.challenger}'s {share} canary ended, v{version} replaces it"

@@ -233,3 +233,25 @@ def test_promote_must_be_auto_always_or_never(tmp_path: Path) -> None:
         quick_config(TELCO, "Churn", tmp_path, promote="sometimes")
     with pytest.raises(ConfigError, match="gate_tolerance"):
         quick_config(TELCO, "Churn", tmp_path, gate_tolerance=-0.1)
+
+
+def test_a_version_judged_against_a_champion_since_replaced_is_not_promoted(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Found by a release audit: two runs finishing together were both compared with v1 and both
+    promoted, so the later replaced the earlier without ever being compared with it."""
+    from tests.service.conftest import copy_store
+    from training.pipeline import _decide
+
+    store = copy_store(churn_bundle, tmp_path / "models")
+    for version in (2, 3):
+        shutil.copytree(churn_bundle.path, store / "churn" / str(version))
+    release.decide(store, "churn", "promote", 1)
+    release.decide(store, "churn", "promote", 2)  # the other run, finished first
+    judged = gate.Comparison(champion=1, mode="auto", promote=True, reason="ROC AUC +0.004 over v1")
+    state, said = _decide(store, quick_config(TELCO, "Churn", store, name="churn"), 3, judged)
+    assert state.champion == 2 and state.challenger == 3
+    assert "not promoted: v2 became champion after this version was compared with v1" in said
+    forced = gate.Comparison(champion=1, mode="always", promote=True, reason="--promote always")
+    always = quick_config(TELCO, "Churn", store, name="churn", promote="always")
+    assert _decide(store, always, 3, forced)[0].champion == 3  # always means always
