@@ -17,6 +17,7 @@ from service.features import Preprocess
 
 MODEL_FILE = "model.onnx"
 PREPROCESS_FILE = "preprocess.json"
+RELEASE_FILE = "release.json"  # which version serves: service/release.py
 METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
 EXPLAIN_FILE = "explain.onnx"  # per-feature effects (optional: bundles from before it have none)
@@ -185,7 +186,7 @@ def _recorded(model_dir: Path) -> list[int]:
     """Versions the release file names (its state and history): a number deleted by hand is not
     given again, as a service still holding that version would serve the old model under it."""
     try:
-        doc = json.loads((model_dir / "release.json").read_text())
+        doc = json.loads((model_dir / RELEASE_FILE).read_text())
     except (OSError, ValueError):
         return []
     if not isinstance(doc, dict):

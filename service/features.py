@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -76,6 +76,12 @@ def near_miss(name: str, candidates: Sequence[str]) -> str | None:
             return candidate
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
     return close[0] if close else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'tenure'?)` for a flag's misspelt name, or nothing where no candidate is close."""
+    guess = near_miss(name, sorted(candidates))
+    return f" (did you mean {guess!r}?)" if guess else ""
 
 
 def parse_number(value: Any, decimal: str = ".") -> float:

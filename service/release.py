@@ -20,7 +20,7 @@ from typing import Any
 
 from service import bundle
 
-RELEASE_FILE = "release.json"
+RELEASE_FILE = bundle.RELEASE_FILE
 LOCK_FILE = ".release.lock"
 HISTORY_SHOWN = 5  # the last decisions shown by GET /models/{name} and `tabserve models`
 

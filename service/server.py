@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
 from typing import Any
 
 import uvicorn
@@ -13,7 +12,7 @@ from pydantic import ValidationError
 
 from service.bundle import BundleError, iter_bundles
 from service.cpus import CpuBudget, cpu_budget
-from service.features import near_miss
+from service.features import did_you_mean
 from service.http import protocol_for
 from service.runtime import ProviderError, providers_for
 from service.settings import Settings
@@ -80,17 +79,14 @@ def _check_names(settings: Settings) -> None:
         return
     if settings.default_model is not None and settings.default_model not in models:
         raise ValueError(
-            f"--default-model {settings.default_model!r} is no model in {settings.models_dir}{_hint(settings.default_model, models)}"
+            f"--default-model {settings.default_model!r} is no model in {settings.models_dir}{did_you_mean(settings.default_model, models)}"
         )
     fields = set().union(*models.values())
     unknown = [f for f in settings.log_exclude if f not in fields] if settings.log else []
     if unknown:
-        raise ValueError(f"--log-exclude {unknown[0]!r} is no field of any model's records{_hint(unknown[0], fields)}")
-
-
-def _hint(name: str, names: Iterable[str]) -> str:
-    guess = near_miss(name, sorted(names))
-    return f" (did you mean {guess!r}?)" if guess else ""
+        raise ValueError(
+            f"--log-exclude {unknown[0]!r} is no field of any model's records{did_you_mean(unknown[0], fields)}"
+        )
 
 
 def _raise_file_limit(connections: int) -> None:

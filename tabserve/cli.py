@@ -489,7 +489,7 @@ def score(
     try:
         from service.cpus import cpu_budget
         from service.explain import checked_explain
-        from service.features import near_miss
+        from service.features import did_you_mean
         from service.scoring.files import output_format_of
 
         if str(output) != STDIO:  # an output format tabserve does not write is refused before any work
@@ -512,8 +512,7 @@ def score(
         reading = ref.preprocess.read.but(sep, encoding, decimal)
         unknown = [f for f in log_exclude or [] if f not in ref.preprocess.known_fields]
         if log is not None and unknown:  # a misspelt field kept out of the log is a field logged
-            guess = near_miss(unknown[0], sorted(ref.preprocess.known_fields))
-            hint = f" (did you mean {guess!r}?)" if guess else ""
+            hint = did_you_mean(unknown[0], ref.preprocess.known_fields)
             raise ValueError(f"--log-exclude {unknown[0]!r} is no field of {ref.name}'s records{hint}")
         if engine == "ray":
             if STDIO in (str(input), str(output)):
