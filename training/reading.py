@@ -9,7 +9,7 @@ import gzip
 import io
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,21 @@ class DataError(ValueError):
 
 def read_data(cfg: TrainConfig) -> tuple[pd.DataFrame, Reading]:
     """The training file as text cells, and how it was read (detected, or as `cfg` says)."""
-    df = read_csv(cfg.data, sep=cfg.sep, decimal=cfg.decimal, encoding=cfg.encoding)
+    df = read_csv(cfg.data, sep=cfg.sep, decimal=cfg.decimal, encoding=cfg.encoding, categorical=cfg.categorical)
     return df, df.attrs["read"]
 
 
 def read_csv(
-    path: str | Path, sep: str | None = None, decimal: str | None = None, encoding: str | None = None
+    path: str | Path,
+    sep: str | None = None,
+    decimal: str | None = None,
+    encoding: str | None = None,
+    categorical: Collection[str] = (),
 ) -> pd.DataFrame:
     """Read every cell as text (types are inferred later, the same way scoring parses them). A CSV's
     delimiter, encoding and decimal mark are detected unless given; Parquet, JSON lines and Excel are
-    read as the same data written to a CSV would be. How it was read: `df.attrs["read"]`."""
+    read as the same data written to a CSV would be, a typed number in a `categorical` column keyed as scoring
+    keys it (`1.5` whatever the mark). How it was read: `df.attrs["read"]`."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
@@ -50,11 +55,11 @@ def read_csv(
     try:
         if suffix.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
             table = _read_parquet(p)
-            return _typed_file(p, "parquet", decimal, lambda _: table)
+            return _typed_file(p, "parquet", decimal, lambda _: table, categorical)
         if suffix.endswith((".jsonl", ".ndjson")):
-            return _typed_file(p, "jsonl", decimal, lambda mark: _read_jsonl(p, mark))
+            return _typed_file(p, "jsonl", decimal, lambda mark: _read_jsonl(p, mark), categorical)
         if suffix.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
-            return _typed_file(p, "excel", decimal, lambda mark: files.read_excel(p, mark))
+            return _typed_file(p, "excel", decimal, lambda mark: files.read_excel(p, mark), categorical)
     except files.ScoringError as exc:
         raise DataError(str(exc)) from None
     raw = _gunzipped(p) if gzipped else None
@@ -73,20 +78,25 @@ def _gunzipped(p: Path) -> bytes:
         raise DataError(f"{p} is not a readable gzip file: {exc}") from None
 
 
-def _typed_file(p: Path, fmt: str, decimal: str | None, table_for: Callable[[str], Any]) -> pd.DataFrame:
+def _typed_file(
+    p: Path, fmt: str, decimal: str | None, table_for: Callable[[str], Any], categorical: Collection[str]
+) -> pd.DataFrame:
     """A Parquet, JSON-lines or Excel file as text cells, its numbers' fractions written with the
     decimal mark its text cells are read with (given, or detected from them): written `1.234`, a
     number read with a comma mark would be 1234."""
     if decimal is not None:
         return _with_reading(
-            _checked_frame(_text_frame(table_for(decimal), p, decimal), p), Reading(format=fmt), decimal
+            _checked_frame(_text_frame(table_for(decimal), p, decimal, categorical), p), Reading(format=fmt), decimal
         )
     point = _checked_frame(_text_frame(table_for("."), p, "."), p)
-    comma = _text_frame(table_for(","), p, ",")
+    commas = table_for(",")
+    comma = _text_frame(commas, p, ",")
     # typed numbers (a Parquet float column, an Excel number cell, a JSON number beside text) are no
     # evidence: they are the cells written differently under the two marks
     mark = detect_decimal(point.where(point == comma, ""))
-    return _with_reading(point if mark == "." else _checked_frame(comma, p), Reading(format=fmt), mark)
+    if mark == ".":
+        return _with_reading(point, Reading(format=fmt), mark)
+    return _with_reading(_checked_frame(_text_frame(commas, p, ",", categorical), p), Reading(format=fmt), mark)
 
 
 def _read_jsonl(p: Path, decimal: str) -> Any:
@@ -225,9 +235,10 @@ def _read_parquet(p: Path) -> Any:
         raise DataError(f"{p} is not a readable Parquet file: {exc}") from None
 
 
-def _text_frame(table: Any, p: Path, decimal: str) -> pd.DataFrame:
+def _text_frame(table: Any, p: Path, decimal: str, categorical: Collection[str] = ()) -> pd.DataFrame:
     """Every column as text, nulls as empty cells: what the same data looks like read from a CSV
-    whose decimal mark is `decimal`."""
+    whose decimal mark is `decimal`. A typed column taken as categorical keeps its point: scoring
+    keys the number 1.5 as level `1.5`, so `1,5` would be unseen on the very file trained on."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -238,7 +249,11 @@ def _text_frame(table: Any, p: Path, decimal: str) -> pd.DataFrame:
             text = pc.cast(column, pa.string())
         except pa.ArrowException as exc:  # nested values (lists, structs) have no one text
             raise DataError(f"{p}: column {name!r} ({column.type}) cannot be read as values: {exc}") from None
-        if decimal != "." and (pa.types.is_floating(column.type) or pa.types.is_decimal(column.type)):
+        if (
+            decimal != "."
+            and name not in categorical
+            and (pa.types.is_floating(column.type) or pa.types.is_decimal(column.type))
+        ):
             text = _with_mark(column, text, decimal)
         columns[name] = pc.fill_null(text, "").to_numpy(zero_copy_only=False).astype(object)
     return pd.DataFrame(columns)

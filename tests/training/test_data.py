@@ -703,6 +703,39 @@ def test_typed_fractions_keep_their_value_where_a_comma_marks_decimals(
     )
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".xlsx"])
+def test_a_typed_number_taken_as_categorical_is_keyed_as_scoring_reads_it(tmp_path: Path, suffix: str) -> None:
+    """Found by a diff review: `--categorical cost` on a Parquet file with a decimal comma trained levels
+    `0,25` while scoring that very file keyed the number 0.25 as `0.25`: every row an unseen level."""
+    import pandas as pd
+
+    from service.features import Encoded, encode_categorical
+    from service.scoring import files
+
+    frame = pd.DataFrame(
+        {
+            "cost": [0.25, 1.75, 12.5] * 20,
+            "fee": [f"{i % 9},{(i * 7) % 90 + 10}" for i in range(60)],
+            "y": [["yes", "no"][i % 2] for i in range(60)],
+        }
+    )
+    path = tmp_path / f"comma{suffix}"
+    if suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_excel(path, index=False)
+    prep = _prepare(path, "y", tmp_path, categorical=["cost"])
+    assert prep.pre.read.decimal == ","
+    (feat,) = [f for f in prep.pre.features if f.name == "cost"]
+    source = files.open_source(path, reading=prep.pre.read)
+    cells = [v for batch in source.batches(["cost"]) for v in batch.column("cost").to_pylist()]
+    enc = Encoded(num=np.zeros((60, 0), np.float32), cat=np.zeros((60, 1), np.int64))
+    codes = encode_categorical(feat, cells, len(cells), enc)
+    assert len(cells) == 60 and not enc.warnings and (codes > 0).all()
+
+
 def test_a_column_named_as_the_logs_own_is_left_out_and_an_id_so_named_refused(tmp_path: Path) -> None:
     """Found by a monitoring audit: a feature `_version` was a second `_version` column in the prediction
     log (unreadable by pyarrow; `tabserve monitor` reported a PSI of 8.46 for it). MongoDB's `_id` is fine."""
