@@ -360,8 +360,10 @@ class ModelStore:
         return None
 
     def refused(self) -> dict[str, str]:
-        """Versions in the store that could not be loaded, and why."""
-        return {f"{name}@{version}": r.message for (name, version), r in sorted(self.failed.items())}
+        """Versions in the store that could not be loaded, and release files refused (`churn/release.json`:
+        its model serves its last good state, or nothing), and why."""
+        versions = {f"{name}@{version}": r.message for (name, version), r in sorted(self.failed.items())}
+        return versions | {f"{name}/{bundle.RELEASE_FILE}": why for name, why in sorted(self.release_errors.items())}
 
     def versions(self, name: str) -> list[int]:
         """Every version of `name` in the store directory."""
@@ -492,8 +494,11 @@ class ModelStore:
 
     def _hold_challenger(self, name: str, model: LoadedModel | None) -> None:
         old = self.challengers.pop(name, None)
+        if old is not None and old is not model:
+            self.telemetry.model_info.labels(old.name, str(old.version), old.provider, "challenger").set(0)
         if model is not None:
             self.challengers[name] = model
+            self.telemetry.model_info.labels(model.name, str(model.version), model.provider, "challenger").set(1)
             log.info("%s version %d is challenger", name, model.version)
         if old is not None and old is not self.current.get(name) and old is not model:
             old.close()
@@ -568,12 +573,13 @@ class ModelStore:
         old = self.current.get(model.name)
         self.current[model.name] = model  # one dict assignment: requests see old or new
         self.telemetry.reloads.labels("loaded").inc()
-        self.telemetry.model_info.labels(model.name, str(model.version), model.provider).set(1)
+        self.telemetry.model_info.labels(model.name, str(model.version), model.provider, "champion").set(1)
         self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)
         self.telemetry.drift[model.name] = model.drift  # a new version starts a new window
+        if old is not None:
+            self.telemetry.model_info.labels(old.name, str(old.version), old.provider, "champion").set(0)
         if old is not None and old is not self.challengers.get(model.name):
             old.close()  # in-flight requests finish on the session they started on
-            self.telemetry.model_info.labels(old.name, str(old.version), old.provider).set(0)
         if old is not None and old.version > model.version:
             log.warning("rolled back %s: version %d serves again (was %d)", model.name, model.version, old.version)
         log.info("serving %s version %d on %s", model.name, model.version, model.provider)

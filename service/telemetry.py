@@ -66,7 +66,10 @@ class Telemetry(Collector):
         self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
-            "tabserve_model_info", "Loaded model versions (1 = current)", ["model", "version", "provider"], registry=r
+            "tabserve_model_info",
+            "Loaded model versions (1 = serving in that role: champion, or challenger in canary or shadow)",
+            ["model", "version", "provider", "role"],
+            registry=r,
         )
         self.reloads = Counter("tabserve_reloads", "Bundle loads by outcome", ["outcome"], registry=r)
         r.register(self)

@@ -199,7 +199,7 @@ def test_metrics_move_when_requests_are_served(churn_server: Server) -> None:
     assert _metric(after, bad) == _metric(before, bad) + 1
     rows = 'tabserve_rows_scored_total{model="churn"}'
     assert _metric(after, rows) == _metric(before, rows) + 12
-    assert 'tabserve_model_info{model="churn",provider="CPUExecutionProvider",version="1"} 1.0' in after
+    assert 'tabserve_model_info{model="churn",provider="CPUExecutionProvider",role="champion",version="1"} 1.0' in after
     for name in ("tabserve_request_seconds_bucket", "tabserve_inference_seconds_bucket", "tabserve_queue_depth"):
         assert name in after
     assert 'tabserve_requests_total{route="/metrics",status="200"}' in after

@@ -120,6 +120,9 @@ def test_canary_promote_rollback_under_load(
         assert (state["champion"], state["challenger"], state["canary"]) == (1, 2, 0.1)
         listed = httpx.get(server.url + "/models").json()["models"][0]  # the listing says who else answers
         assert (listed["version"], listed["release"]) == (1, {"challenger": 2, "canary": 0.1, "shadow": False})
+        info = 'tabserve_model_info{model="churn",provider="CPUExecutionProvider",role="%s",version="%d"}'
+        during = httpx.get(server.url + "/metrics").text  # the challenger answering its share is listed too
+        assert f"{info % ('champion', 1)} 1.0" in during and f"{info % ('challenger', 2)} 1.0" in during
         load.phase = "canary"
         load.wait_for("canary", CANARY_REQUESTS)
         load.phase = "changing"  # requests sent while a change is under way may see either side
@@ -155,6 +158,8 @@ def test_canary_promote_rollback_under_load(
     # a request sent after a change answered is served as the change says
     assert set(versions["promoted"]) == {2} and set(versions["rolled back"]) == {1}
     assert 'tabserve_version_rows_scored_total{model="churn",version="2"}' in metrics
+    assert f"{info % ('champion', 1)} 1.0" in metrics and f"{info % ('champion', 2)} 0.0" in metrics
+    assert f"{info % ('challenger', 2)} 0.0" in metrics
     history = release.read(store, "churn")
     assert history is not None
     assert [h["action"] for h in history.history] == ["promote", "promote", "promote", "rollback"]
@@ -242,6 +247,10 @@ def test_a_broken_release_file_is_refused_and_the_last_good_state_serves(
             assert state["champion"] == 1
             assert httpx.post(server.url + "/predict", json=one).json()["version"] == 1
             assert why in server.output()
+            # the listing and the readiness probe name it too (ready: the model serves its last good state)
+            assert why in httpx.get(server.url + "/models").json()["refused"]["churn/release.json"]
+            ready = httpx.get(server.url + "/health/ready")
+            assert ready.status_code == 200 and why in ready.json()["refused"]["churn/release.json"]
             release.write(store, "churn", release.Release(champion=1))  # good again (a new size or time)
             time.sleep(0.5)
         # a version that is not in the store: said once, the serving one stays
