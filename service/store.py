@@ -59,6 +59,7 @@ class LoadedModel:
     explain_batcher: AdaptiveBatcher | None = None  # model and explain graphs together, apart from plain requests
     drift: Drift | None = None  # the live drift window (None: a bundle from before drift.json)
     loaded_at: float = field(default_factory=time.time)
+    files: tuple[tuple[str, int, int], ...] = ()  # the bundle's files as loaded (`files_of`)
     # (field, kind) → count of a scored request's input warnings, to the metrics
     report_warnings: Callable[[dict[tuple[str, str], int]], None] = lambda tally: None
     score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # outside the batcher (the shadow)
@@ -127,6 +128,7 @@ def load_model(
     ref: bundle.BundleRef, settings: Settings, telemetry: Telemetry, observer: BatchObserver | None = None
 ) -> LoadedModel:
     """Read, open and warm up a bundle; raises on anything broken (the caller keeps the old one)."""
+    files = files_of(ref.path)  # before reading: a copy that goes on meanwhile is loaded again
     pre, metrics = ref.preprocess, ref.metrics
     session = create_session(ref.path / bundle.MODEL_FILE, settings.device, settings.threads)
     _check_io(session, pre)
@@ -170,7 +172,7 @@ def load_model(
     explainer = load_explainer(ref, pre, settings)
     codecs = codecs_for(pre, settings.max_records, explainer)
     model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(scored, True), codecs, explainer)
-    model.drift = drift
+    model.drift, model.files = drift, files
     if explainer is not None:
 
         def run_both(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
@@ -215,6 +217,12 @@ class Refusal:
 
     message: str
     files: tuple[tuple[str, int, int], ...]
+
+
+def _serves(model: LoadedModel | None, ref: bundle.BundleRef) -> bool:
+    """Whether `model` is `ref` as its files are now. A bundle copied in by hand can be loaded before
+    its copy ends (explain.onnx, drift.json still to come): it is loaded again once they change."""
+    return model is not None and model.version == ref.version and model.files == files_of(ref.path)
 
 
 def files_of(path: Path) -> tuple[tuple[str, int, int], ...]:
@@ -386,13 +394,13 @@ class ModelStore:
             report = ReloadReport()
             for name, (champion, challenger) in self._plan().items():
                 current = self.current.get(name)
-                if champion is not None and (current is None or current.version != champion.version):
+                if champion is not None and not _serves(current, champion):
                     model = await self._loaded(champion, report)
                     if model is not None:
                         self._swap(model)
                         report.loaded.append(f"{name}@{model.version}")
                 held = self.challengers.get(name)
-                if (held.version if held else None) != (challenger.version if challenger else None):
+                if (held is None) != (challenger is None) or (challenger is not None and not _serves(held, challenger)):
                     model = await self._loaded(challenger, report) if challenger is not None else None
                     if model is not None or challenger is None:
                         self._hold_challenger(name, model)
@@ -404,7 +412,7 @@ class ModelStore:
     async def _loaded(self, ref: bundle.BundleRef, report: ReloadReport) -> LoadedModel | None:
         """The bundle's model: one already loaded, else loaded now (None: refused)."""
         model = self._in_memory(ref.name, ref.version)
-        if model is not None:
+        if model is not None and model.files == files_of(ref.path):
             # champion or challenger now: the LRU must not close it when it evicts the entry
             self.older.pop((ref.name, ref.version), None)
             return model
@@ -573,11 +581,11 @@ class ModelStore:
         old = self.current.get(model.name)
         self.current[model.name] = model  # one dict assignment: requests see old or new
         self.telemetry.reloads.labels("loaded").inc()
+        if old is not None:  # first: the same version loaded again (a copy completed) keeps its 1
+            self.telemetry.model_info.labels(old.name, str(old.version), old.provider, "champion").set(0)
         self.telemetry.model_info.labels(model.name, str(model.version), model.provider, "champion").set(1)
         self.telemetry.queue_depth.labels(model.name).set_function(lambda: model.batcher.depth)
         self.telemetry.drift[model.name] = model.drift  # a new version starts a new window
-        if old is not None:
-            self.telemetry.model_info.labels(old.name, str(old.version), old.provider, "champion").set(0)
         if old is not None and old is not self.challengers.get(model.name):
             old.close()  # in-flight requests finish on the session they started on
         if old is not None and old.version > model.version:

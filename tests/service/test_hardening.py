@@ -185,6 +185,35 @@ def test_a_half_copied_bundle_is_tried_again_once_complete(churn_bundle: bundle.
         wait_until(server, "/health/ready")
 
 
+def test_a_bundle_loaded_before_its_copy_ends_is_loaded_again_once_complete(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Found by a release audit: a copy that wrote the three files a bundle needs first was loaded,
+    and explain.onnx and drift.json arriving after were never read (no reason codes, no drift)."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--admin-token", "t") as server:
+        partial = store / "churn" / "2"
+        partial.mkdir()
+        for name in bundle.REQUIRED_FILES:
+            shutil.copy2(churn_bundle.path / name, partial / name)
+        auth = {"authorization": "Bearer t"}
+        assert httpx.post(server.url + "/admin/reload", headers=auth).json()["current"] == {"churn": 2}
+        one = {"records": telco_records(1)}
+        assert httpx.post(server.url + "/predict?explain=2", json=one).status_code == 422  # no explain.onnx yet
+        assert httpx.get(server.url + "/models/churn/monitor").status_code == 404  # no drift.json yet
+        for item in churn_bundle.path.iterdir():  # ... and now the copy ends
+            if not (partial / item.name).exists():
+                shutil.copy2(item, partial / item.name)
+        assert httpx.post(server.url + "/admin/reload", headers=auth).json()["loaded"] == ["churn@2"]
+        explained = httpx.post(server.url + "/predict?explain=2", json=one)
+        assert explained.status_code == 200 and len(explained.json()["predictions"][0]["reasons"]) == 2
+        assert httpx.get(server.url + "/models/churn/monitor").status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'role="champion",version="2"} 1.0' in metrics
+        again = httpx.post(server.url + "/admin/reload", headers=auth).json()  # unchanged: not loaded again
+        assert again["loaded"] == [] and again["current"] == {"churn": 2}
+
+
 BOM = b"\xef\xbb\xbf"  # what Windows tools (PowerShell 5, Notepad) put before the JSON they save
 
 
