@@ -528,6 +528,20 @@ def test_a_damaged_version_is_never_made_the_one_that_serves(churn_bundle: bundl
     assert release.path_of(store, "churn").read_bytes() == before
 
 
+def test_a_canary_is_ended_with_its_champion_damaged(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """Found by a diff review: ending a canary (promoting the champion again) opened the champion first
+    and was refused when its file was damaged, though it changes no champion: the challenger kept its share."""
+    store = two_versions(churn_bundle, churn_bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1)
+    release.decide(store, "churn", "promote", 2, canary=0.1)
+    graph = store / "churn" / "1" / bundle.MODEL_FILE
+    graph.write_bytes(graph.read_bytes()[:500])
+    run = tabserve("promote", "churn@1", store=store)
+    assert run.returncode == 0, run.stderr
+    state = release.read(store, "churn")
+    assert state is not None and (state.champion, state.challenger, state.canary) == (1, 2, 0.0)
+
+
 def test_the_default_model_unservable_is_said_not_answered_by_another(
     churn_bundle: bundle.BundleRef, tmp_path: Path
 ) -> None:
