@@ -244,18 +244,20 @@ class Feedback:
 
     def stored(self, limit: int) -> list[Labelled]:
         """The last `limit` outcomes stored (a later one for an id replaces an earlier), each with its
-        prediction: what a restarted service's live window starts from."""
-        files = self.location.files(self.model, FEEDBACK)
-        if not files:
-            return []
-        table = ds.dataset(files, format="parquet", filesystem=self.location.fs).to_table().sort_by("_at")
-        ids = [table.column(c).to_pylist() for c in self.pre.id_columns]
-        outcomes, ats = table.column("_outcome").to_pylist(), table.column("_at").to_pylist()
-        last: dict[tuple[str, ...], tuple[str, Any]] = {}
-        for key, outcome, at in zip(zip(*ids, strict=True), outcomes, ats, strict=True):
-            last.pop(key, None)  # re-inserted: the order is that of the latest outcome
-            last[key] = (outcome, at)
-        wanted = dict(list(last.items())[-limit:])
+        prediction: what a restarted service's live window starts from. Days are read newest first
+        until `limit` ids are found: a year of outcomes held in memory at start-up was not bounded."""
+        ids, last = self.pre.id_columns, dict[tuple[str, ...], tuple[str, Any]]()
+        folders = itertools.groupby(self.location.files(self.model, FEEDBACK), key=lambda f: f.rsplit("/", 1)[0])
+        for _, files in reversed([(day, list(group)) for day, group in folders]):
+            dataset = ds.dataset(files, format="parquet", filesystem=self.location.fs)
+            table = dataset.to_table(columns=[*ids, "_outcome", "_at"]).sort_by("_at")  # stable: file order on ties
+            keys = zip(*(table.column(c).to_pylist() for c in ids), strict=True)
+            rows = zip(keys, table.column("_outcome").to_pylist(), table.column("_at").to_pylist(), strict=True)
+            for key, outcome, at in reversed(list(rows)):  # newest first: an id's first is its latest
+                last.setdefault(key, (outcome, at))
+            if len(last) >= limit:
+                break
+        wanted = dict(reversed(list(last.items())[:limit]))  # oldest first, as the window fills
         found = self.latest({key: at for key, (_, at) in wanted.items()})
         return [Labelled(key, *found[key], outcome) for key, (outcome, _) in wanted.items() if key in found]
 

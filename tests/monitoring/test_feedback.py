@@ -56,6 +56,35 @@ def test_an_outcome_days_later_labels_its_prediction(tmp_path: Path) -> None:
             LogReader(tmp_path, "churn").export(tmp_path / wrong, labelled=False)
 
 
+def test_a_restart_reads_the_newest_outcomes_and_no_older_day_than_it_needs(
+    tmp_path: Path, churn_bundle: bundle.BundleRef
+) -> None:
+    """Found by a monitoring audit: a restart read every outcome ever stored into memory to keep the
+    newest `window` of them (a year's feedback at start-up). Days are read newest first until enough."""
+    from service.features import Preprocess
+
+    def at(day: str, hour: int = 10) -> pa.Array:
+        return pa.array([f"2024-01-{day}T{hour:02d}:00:00"]).cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
+
+    def write(folder: Path, name: str, table: pa.Table) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / name)
+
+    for customer, p in [("a", 0.9), ("b", 0.2), ("c", 0.6)]:
+        predicted = {"_at": at("01"), "_version": [1], "customerID": [customer], "_probability": [p]}
+        write(tmp_path / "churn" / "date=2024-01-01", f"{customer}.parquet", pa.table(predicted))
+    feedback = tmp_path / "churn" / "feedback"
+    for day, hour, customer, outcome in [("02", 9, "b", "No"), ("02", 11, "a", "Yes"), ("03", 8, "c", "Yes"), ("03", 9, "a", "No")]:  # fmt: skip
+        sent = {"customerID": [customer], "_outcome": [outcome], "_target": ["Churn"], "_at": at(day, hour)}
+        write(feedback / f"date=2024-01-{day}", f"{customer}{hour}.parquet", pa.table(sent))
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    assert [(x.key, x.outcome) for x in reader.stored(3)] == [(("b",), "No"), (("c",), "Yes"), (("a",), "No")]
+    (feedback / "date=2024-01-02" / "b9.parquet").write_bytes(b"not parquet")  # a day it need not open
+    window = reader.stored(2)
+    assert [(x.key, x.outcome, x.version) for x in window] == [(("c",), "Yes", 1), (("a",), "No", 1)]
+    assert [float(x.outputs[1]) for x in window] == pytest.approx([0.6, 0.9])
+
+
 def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
     """A real german model (an id column added; `amounts="comma"`: credit_amount in hundreds with a
     decimal comma, as a European export writes it), trained, then its file scored into a log."""
