@@ -57,8 +57,9 @@ class Stored:
     refused: list[dict[str, Any]] = field(default_factory=list)
 
 
-def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
-    """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows)."""
+def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) -> list[dict[str, Any]]:
+    """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows);
+    at most `limit` (a request's bound; the CLI submits a file in chunks)."""
     if media_type == "text/csv":
         header = body.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
         sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
@@ -89,8 +90,8 @@ def records_of(body: bytes, media_type: str) -> list[dict[str, Any]]:
         raise InputError("malformed", f"Content-Type must be application/json or text/csv, not {media_type!r}")
     if not records:
         raise InputError("invalid", "no feedback records")
-    if len(records) > MAX_RECORDS:
-        raise InputError("too_large", f"{len(records)} records in one call; the limit is {MAX_RECORDS}")
+    if limit is not None and len(records) > limit:
+        raise InputError("too_large", f"{len(records)} records in one call; the limit is {limit}")
     return list(records)
 
 
@@ -113,9 +114,10 @@ class Feedback:
         # an integer column with gaps as floats)
         self.by_value = {number: label for label in self.labels if (number := plain_number(label)) is not None}
 
-    def submit(self, records: list[dict[str, Any]], partial: bool = False) -> Stored:
+    def submit(self, records: list[dict[str, Any]], partial: bool = False, write: bool = True) -> Stored:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
-        submission that has bad ones (else nothing is stored and every bad record is named)."""
+        submission that has bad ones (else nothing is stored and every bad record is named); without
+        `write`, only say what would be stored."""
         if not self.pre.id_columns:
             raise InputError(
                 "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
@@ -146,10 +148,36 @@ class Feedback:
             )
         bad = {d["record"] for d in refused}
         good = [i for i in range(len(records)) if i not in bad]
-        if good:
+        if good and write:
             self._write([keys[i] for i in good], [outcomes[i] for i in good])
         labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
         return Stored(len(good), labelled, refused)
+
+    def submit_file(self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS) -> Stored:
+        """A file's outcomes, `chunk` records per call (a call's bound on memory): every chunk is checked
+        before any is stored, so without `partial` one bad record stores nothing, as in one call; an id
+        given two outcomes in different chunks is refused as within one. Records are numbered in the file."""
+        refused: list[dict[str, Any]] = []
+        good: list[list[int]] = []
+        first: dict[tuple[str, ...], tuple[int, str]] = {}
+        for start in range(0, len(records), chunk):
+            part = self.submit(records[start : start + chunk], partial=True, write=False)
+            bad = {d["record"] for d in part.refused}
+            refused += [{**d, "record": start + d["record"]} for d in part.refused]
+            kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
+            for i, item in zip(list(kept), part.labelled, strict=True):
+                seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
+                if outcome != item.outcome:
+                    message = f"id {', '.join(item.key)} has another outcome in record {seen} of this submission"
+                    refused.append(self._bad(start + i, self.pre.id_columns[0], message))
+                    kept.remove(i)
+            good.append([start + i for i in kept])
+        refused.sort(key=lambda d: d["record"])
+        if refused and not partial:
+            head = refused[0]
+            raise InputError("invalid", f"record {head['record']}, field '{head['field']}': {head['message']}", refused)
+        stored = sum(self.submit([records[i] for i in rows], partial=True).stored for rows in good if rows)
+        return Stored(stored, [], refused)
 
     def _checked(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
         """Each record's id key and outcome text (None where the record is bad) and what is wrong."""

@@ -722,23 +722,27 @@ def feedback(
     from monitoring.log import LogLocation
     from service.errors import InputError
 
+    media = "application/json" if input.suffix == ".json" else "text/csv"
+
+    def where(detail: dict[str, Any]) -> str:  # a CSV's data rows counted from 1, as scoring's errors file does
+        place = f"row {detail['record'] + 1}" if media == "text/csv" else f"record {detail['record']}"
+        return f"  {place}, field '{detail['field']}': {detail['message']}"
+
     try:
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        media = "application/json" if input.suffix == ".json" else "text/csv"
-        stored = Feedback(LogLocation.of(log), ref.name, ref.preprocess).submit(
-            records_of(input.read_bytes(), media), partial
+        stored = Feedback(LogLocation.of(log), ref.name, ref.preprocess).submit_file(
+            records_of(input.read_bytes(), media, limit=None), partial
         )
     except InputError as exc:
         for detail in exc.details[:SHOWN_WARNINGS]:
-            err_console.print(
-                f"  record {detail['record']}, field '{detail['field']}': {detail['message']}", markup=False
-            )
-        _fail(f"nothing stored: {exc} ({len(exc.details) or 1} record(s) refused)")
+            err_console.print(where(detail), markup=False)
+        first = where(exc.details[0]).strip() if exc.details else str(exc)
+        _fail(f"nothing stored: {first} ({len(exc.details) or 1} record(s) refused)")
     except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
     console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored, {len(stored.refused):,} refused")
     for detail in stored.refused[:SHOWN_WARNINGS]:
-        console.print(f"  record {detail['record']}, field '{detail['field']}': {detail['message']}", markup=False)
+        console.print(where(detail), markup=False)
 
 
 log_app = typer.Typer(help="The prediction log.", no_args_is_help=True)

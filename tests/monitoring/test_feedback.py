@@ -85,6 +85,35 @@ def test_a_restart_reads_the_newest_outcomes_and_no_older_day_than_it_needs(
     assert [float(x.outputs[1]) for x in window] == pytest.approx([0.6, 0.9])
 
 
+def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
+    tmp_path: Path, churn_bundle: bundle.BundleRef
+) -> None:
+    """The CLI read a file as one call and refused one of more than 100,000 outcomes; in chunks, a bad
+    record in the last still stores nothing, and an id given two outcomes in two chunks is refused."""
+    from service.errors import InputError
+    from service.features import Preprocess
+
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    at = pa.array(["2024-01-01T10:00:00"] * 3).cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
+    logged = {"_at": at, "_version": [1] * 3, "customerID": ["a", "b", "c"], "_probability": [0.9, 0.2, 0.6]}
+    pq.write_table(pa.table(logged), predicted / "p.parquet")
+    sent = [("a", "Yes"), ("b", "No"), ("x", "Yes"), ("c", "Yes"), ("a", "No")]
+    records = [{"customerID": customer, "Churn": outcome} for customer, outcome in sent]
+    feedback = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    with pytest.raises(InputError) as refused:
+        feedback.submit_file(records, chunk=2)
+    assert [(d["record"], d["field"]) for d in refused.value.details] == [(2, "customerID"), (4, "customerID")]
+    assert "has another outcome in record 0" in refused.value.details[1]["message"]
+    assert not (tmp_path / "churn" / "feedback").exists()
+    done = feedback.submit_file(records, partial=True, chunk=2)
+    assert done.stored == 3 and [d["record"] for d in done.refused] == [2, 4]
+    stored = pa.concat_tables(pq.read_table(f) for f in sorted((tmp_path / "churn" / "feedback").rglob("*.parquet")))
+    assert sorted(zip(stored["customerID"].to_pylist(), stored["_outcome"].to_pylist(), strict=True)) == [
+        ("a", "Yes"), ("b", "No"), ("c", "Yes")
+    ]  # fmt: skip
+
+
 def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
     """A real german model (an id column added; `amounts="comma"`: credit_amount in hundreds with a
     decimal comma, as a European export writes it), trained, then its file scored into a log."""

@@ -106,6 +106,13 @@ def test_semicolon_outcomes_are_stored_by_the_route_and_the_cli(served: Server, 
         "feedback", "--model", "churn", "--input", str(semicolons), "--log", log, "--models", str(served.store)
     )
     assert done.returncode == 0 and "30 outcome(s) stored" in done.stdout, done.stdout + done.stderr
+    # a bad data row is named as counted in the file from 1 (it said "record 1" for the second row)
+    lines = outcomes(3, ";").decode().splitlines()
+    semicolons.write_text("\n".join([lines[0], lines[1], "0000-NEVER;Yes", lines[2]]) + "\n")
+    done = tabserve(
+        "feedback", "--model", "churn", "--input", str(semicolons), "--log", log, "--models", str(served.store)
+    )
+    assert done.returncode != 0 and "row 2, field 'customerID': id 0000-NEVER is not in" in done.stderr, done.stderr
 
 
 def test_outcomes_after_a_byte_order_mark_are_read(served: Server) -> None:
