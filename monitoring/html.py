@@ -52,10 +52,12 @@ def heat_map(report: Report) -> str:
     values = np.ma.masked_array(values, mask=few)  # a period too small to tell: grey, not a colour
     # room for the longest name (german's run to 56 characters): else tight_layout gives up with a warning
     labels = 0.08 * max((len(n) for n in names), default=0)
-    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * len(report.periods), 14) + labels, 1 + 0.3 * len(names)))
+    ticks = period_labels(report.periods)
+    below = 0.07 * max((len(t) for t in ticks), default=0)  # the periods' slanted labels under the map
+    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * len(report.periods), 14) + labels, 1 + 0.3 * len(names) + below))
     shown = ax.imshow(values, cmap=PSI_COLOURS.with_extremes(bad="#dddddd"), norm=PSI_BOUNDS, aspect="auto")
     ax.set_yticks(range(len(names)), names)
-    ax.set_xticks(range(len(report.periods)), [p[:10] for p in report.periods], rotation=60, ha="right")
+    ax.set_xticks(range(len(report.periods)), ticks, rotation=60, ha="right")
     fig.colorbar(shown, ax=ax, label="PSI")
     return _svg(fig)
 
@@ -75,7 +77,7 @@ def score_distribution(report: Report) -> str:
 def live_metrics(report: Report) -> str:
     keys = [k for k in ("auc", "ece", "brier", "rmse", "mae") if report.live[0].get(k) is not None]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    periods = [doc["period"][:10] for doc in report.live]
+    periods = period_labels([doc["period"] for doc in report.live])
     test = (report.training or {}).get("test") or {}
     for ax, key in zip(axes[0], keys, strict=True):
         ax.plot(periods, [doc[key] for doc in report.live], marker="o")
@@ -86,6 +88,12 @@ def live_metrics(report: Report) -> str:
         ax.set_title(key)
         ax.tick_params(axis="x", rotation=60)
     return _svg(fig)
+
+
+def period_labels(periods: list[str]) -> list[str]:
+    """Days (and weeks) by their date; hours with their time, else every hour of a day was one label."""
+    hourly = any(not p.endswith(" 00:00") for p in periods if len(p) > 10)
+    return [p if hourly else p[:10] for p in periods]
 
 
 def calibration_plot(bins: list[dict[str, Any]]) -> str:

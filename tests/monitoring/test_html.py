@@ -31,3 +31,19 @@ def test_a_period_of_a_few_rows_reads_too_few_rows_and_does_not_order_the_fields
     write_html(report, tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
     assert "too few rows" in page and page.index("<!-- Contract -->") < page.index("<!-- tenure -->")
+
+
+def test_hours_are_labelled_with_their_time_and_days_by_their_date(tmp_path: Path) -> None:
+    """`--by hour` drew every hour of a day under the same label (the date alone)."""
+    hours = ["2026-12-01 23:00", "2026-12-02 00:00", "2026-12-02 01:00"]
+    psi = {"tenure": [0.02, 0.03, 0.01], "score": [0.01, 0.02, 0.01]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied": the slanted times had no room
+        write_html(Report("churn", 1, hours, [900, 900, 900], psi, {}, [1.0], [1.0], []), tmp_path / "hours.html")
+    page = (tmp_path / "hours.html").read_text()
+    assert all(f"<!-- {hour} -->" in page for hour in hours)
+    days = ["2026-12-01 00:00", "2026-12-02 00:00"]
+    two = {n: v[:2] for n, v in psi.items()}
+    write_html(Report("churn", 1, days, [900, 900], two, {}, [1.0], [1.0], []), tmp_path / "days.html")
+    page = (tmp_path / "days.html").read_text()
+    assert "<!-- 2026-12-01 -->" in page and "<!-- 2026-12-02 00:00 -->" not in page
