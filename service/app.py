@@ -26,7 +26,7 @@ from service.cpus import cpu_budget
 from service.dataplane import DataPlane
 from service.http import protocol_for
 from service.runtime import describe_device, providers_for
-from service.scoring.upload import Uploads
+from service.scoring.upload import QUIET_CUT_SHORT, Uploads
 from service.settings import Settings
 from service.store import ModelStore
 from service.telemetry import Telemetry
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     budget = cpu_budget(settings.cpus)
     settings = settings.sized(budget)
     pa.set_cpu_count(budget.per_worker(settings.workers))  # Arrow's pool sees the affinity, not the quota
+    logging.getLogger("uvicorn.error").addFilter(QUIET_CUT_SHORT)  # an upload's stop is logged once, by us
     telemetry = Telemetry()
     store = ModelStore(settings, telemetry)
     prediction_log = open_log(settings)

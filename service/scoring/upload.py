@@ -38,6 +38,20 @@ class UploadsBusy(Exception):
     """Every upload slot is taken."""
 
 
+class AnswerCutShort(Exception):
+    """Ends an answer the client must see as incomplete (the connection closes before its last chunk).
+    Its cause is logged once, as a warning, so the server's "Exception in ASGI application" traceback
+    for it is left out (`QUIET_CUT_SHORT`)."""
+
+
+class _QuietCutShort(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], AnswerCutShort))
+
+
+QUIET_CUT_SHORT = _QuietCutShort()  # on uvicorn's error logger: one instance, added once
+
+
 class _Stream:
     """A blocking binary stream that `_fill` fills."""
 
@@ -228,8 +242,8 @@ class ResponsePipe:
                 if chunk:
                     yield chunk
                 elif finished:
-                    if error is not None:
-                        raise error  # a body cut short tells the client the answer is incomplete
+                    if error is not None:  # a body cut short tells the client the answer is incomplete
+                        raise AnswerCutShort(str(error)) from error
                     return
                 else:
                     await self.ready.wait()
