@@ -12,13 +12,13 @@ import fcntl
 import io
 import itertools
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
 from service.features import Preprocess, category_key, named_twice, parse_number, plain_number
+from service.protocols.base import EVERY_FIELD, parse_json
 from service.scoring.files import sniff_sep
 
 FEEDBACK = "feedback"
@@ -61,9 +62,13 @@ def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) ->
     """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows);
     at most `limit` (a request's bound; the CLI submits a file in chunks)."""
     if media_type == "text/csv":
-        header = body.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
+        # a line ends in \n, \r\n or a bare \r (old Mac exports): that header was a 500 from csv.reader
+        header = re.split(rb"\r\n?|\n", body, maxsplit=1)[0].decode("utf-8-sig", "replace")
         sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
-        names = next(csv.reader([header], delimiter=sep), [])
+        try:
+            names = next(csv.reader([header], delimiter=sep), [])
+        except csv.Error as exc:  # a NUL byte: a 500 from csv.reader
+            raise InputError("malformed", f"malformed CSV header: {exc}") from None
         twice = named_twice(names)
         if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
             raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
@@ -77,12 +82,8 @@ def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) ->
             raise InputError("malformed", f"malformed CSV: {exc}") from None
         records: Any = table.to_pylist()
     elif media_type == "application/json":
-        try:
-            doc = msgspec.json.decode(body.removeprefix(b"\xef\xbb\xbf"))  # a BOM, as Windows tools write
-        except msgspec.DecodeError as exc:
-            raise InputError("malformed", f"malformed JSON: {exc}") from None
-        except RecursionError:  # arrays or objects nested thousands deep, as /predict refuses them
-            raise InputError("malformed", "malformed JSON: nested too deeply") from None
+        # a BOM, as Windows tools write; a key given twice refused by record (the last value won)
+        doc = parse_json(body.removeprefix(b"\xef\xbb\xbf"), EVERY_FIELD)
         records = doc.get("records") if isinstance(doc, dict) else None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise InputError("malformed", 'body must be a JSON object with a "records" list of objects')

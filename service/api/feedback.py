@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from monitoring.feedback import Feedback, Stored, records_of
 from service.api.deps import PlaneDep, SettingsDep, TelemetryDep
+from service.api.predict import HttpError, inflated
 from service.errors import InputError
 from service.store import ModelNotFound
 
@@ -44,6 +45,11 @@ async def feedback(
     body = await request.body()
     if len(body) > settings.max_body_bytes:
         raise HTTPException(413, f"body is over the {settings.max_body_bytes}-byte limit")
+    encoding = request.headers.get("content-encoding", "identity").encode("latin-1")
+    try:  # as the scoring routes read it: a gzip body was read as CSV (a 500) or JSON
+        body = inflated(body, {b"content-encoding": encoding}, settings.max_body_bytes)
+    except HttpError as exc:
+        raise HTTPException(exc.status, exc.message) from None
     log = plane.log
 
     def store() -> Stored:

@@ -239,16 +239,20 @@ def inflated(body: bytes, headers: dict[bytes, bytes], limit: int) -> bytes:
     if encoding not in (b"gzip", b"x-gzip"):
         shown = encoding[:40].decode("latin-1")
         raise HttpError(415, f"Content-Encoding {shown!r} is not supported: send the body as is, or gzip")
-    inflater = zlib.decompressobj(wbits=31)  # the gzip container
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise HttpError(400, f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
-    if len(out) > limit:
-        raise HttpError(413, f"body inflates past the {limit}-byte limit")
-    if not inflater.eof:
-        raise HttpError(400, "Content-Encoding gzip: the body ends inside a gzip member (truncated)")
-    return out
+    out, rest = bytearray(), body
+    while True:  # member after member, as `cat a.gz b.gz` makes and gunzip reads
+        inflater = zlib.decompressobj(wbits=31)  # the gzip container
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise HttpError(400, f"Content-Encoding gzip: the body is not valid gzip ({exc})") from None
+        if len(out) > limit:
+            raise HttpError(413, f"body inflates past the {limit}-byte limit")
+        if not inflater.eof:
+            raise HttpError(400, "Content-Encoding gzip: the body ends inside a gzip member (truncated)")
+        rest = inflater.unused_data
+        if not rest.strip(b"\0"):  # the end, or the zero padding some tape and block tools add
+            return bytes(out)
 
 
 async def read_body(receive: Any, limit: int) -> bytes:

@@ -79,6 +79,14 @@ def parse_json(raw: bytes, record_fields: frozenset[str] | None = None) -> Any:
     return doc
 
 
+class _EveryField(frozenset[str]):
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+EVERY_FIELD = _EveryField()  # as `record_fields`: every field of a record counts (feedback: ids and outcome)
+
+
 def colons(raw: bytes) -> int:
     """One per key in a JSON text, and any inside strings: more than its keys could mean a key twice."""
     if len(raw) < 4096:
@@ -197,9 +205,10 @@ def refuse_keys_twice(raw: bytes, record_fields: frozenset[str] | None) -> None:
 
 def _beyond_float64(raw: bytes) -> str | None:
     """The JSON path (`$.records[0].tenure`) of the first number too large for a float64, which
-    Python's own parser reads as inf (only on this error's path: it is slower)."""
+    Python's own parser reads as inf (only on this error's path: it is slower). Integers are read as
+    floats: as ints, past 4,300 digits Python refuses them and no path was named."""
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_int=float)
     except (ValueError, RecursionError):
         return None
     return next((json_path(path) for path, value in _walk(doc) if isinstance(value, float) and math.isinf(value)), None)

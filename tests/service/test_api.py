@@ -78,6 +78,8 @@ def test_missing_nulls_strings_extras_and_unseen_levels(churn_server: Server) ->
         (b'{"records": [{"tenure": 1}, {"Tenure": 1}]}', {}, 422, "record 1: none of the model's 19 features"),
         # valid JSON (numbers have no range there) with a value no float holds: named, as any bad value
         (b'{"records": [{"tenure": 1e999}]}', {}, 422, "beyond float64's range at $.records[0].tenure"),
+        # past Python's 4,300-digit limit for ints: it was "malformed JSON" with no record or field
+        (b'{"records": [{"tenure": 1' + b"0" * 5000 + b"}]}", {}, 422, "beyond float64's range at $.records[0].tenure"),
         (b'{"records": []}', {}, 422, "empty"),
         (b'{"records": [1, 2]}', {}, 422, "record 0 is not a JSON object"),
         (b'{"rows": []}', {}, 422, '"records"'),

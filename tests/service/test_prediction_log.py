@@ -3,6 +3,7 @@ excluded fields never reach a file, bad feedback is refused per record and chang
 
 from __future__ import annotations
 
+import gzip
 import signal
 import threading
 import time
@@ -121,6 +122,19 @@ def test_bad_feedback_is_refused_per_record_and_changes_nothing(churn_bundle: bu
         before = {f: f.read_bytes() for f in all_files(log)}
         partial = httpx.post(url + "?partial=true", json={"records": bad})
         monitor = httpx.get(server.url + "/models/churn/monitor").json()
+        # found by an HTTP audit: a CSV with bare CRs (old Mac) was a 500, a gzip body was not inflated
+        # (a 500 as CSV), and a key given twice kept its last value without a word
+        csv_type = {"content-type": "text/csv"}
+        mac = httpx.post(url, content=f"customerID,Churn\r{scored[3]['customerID']},No\r".encode(), headers=csv_type)
+        zipped = gzip.compress(f"customerID,Churn\n{scored[4]['customerID']},Yes\n".encode())
+        gz = httpx.post(url, content=zipped, headers={**csv_type, "content-encoding": "gzip"})
+        dup = f'{{"records": [{{"customerID": "{scored[1]["customerID"]}", "Churn": "Yes", "Churn": "No"}}]}}'
+        twice_key = httpx.post(url, content=dup.encode(), headers={"content-type": "application/json"})
+    assert (mac.status_code, mac.json().get("stored")) == (200, 1), mac.text
+    assert (gz.status_code, gz.json().get("stored")) == (200, 1), gz.text
+    assert twice_key.status_code == 422 and twice_key.json()["details"][0] == {
+        "record": 0, "field": "Churn", "message": "given twice"
+    }  # fmt: skip
     assert answer.status_code == 422
     details = answer.json()["details"]
     assert [(d["record"], d["field"]) for d in details] == [
