@@ -145,7 +145,16 @@ def load_model(
         if out.shape != (rows, pre.n_outputs) or not np.all(np.isfinite(out)):
             raise bundle.BundleError(f"warm-up output {out.shape} is not {(rows, pre.n_outputs)} finite values")
 
+    drift = load_drift(ref, pre, settings)
+
     def batcher(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], observed: bool = False) -> AdaptiveBatcher:
+        def answered(num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Any]]) -> None:
+            # the rows answered: a request refused (outputs not numbers) or too late is no traffic served
+            if drift is not None:
+                drift.update(num, cat, out[:, : pre.n_outputs])  # an explanation's columns follow the outputs
+            if observed and observer is not None:
+                observer(model, num, cat, out, notes)
+
         return AdaptiveBatcher(
             fn,
             max_batch_size=settings.max_batch_size,
@@ -154,37 +163,25 @@ def load_model(
             enabled=settings.batching,
             on_loop=settings.inference == "loop",
             on_batch=lambda rows, secs: telemetry.batch(ref.name, rows, secs, ref.version),
-            on_answered=answered if observed and observer is not None else None,
+            on_answered=answered if drift is not None or (observed and observer is not None) else None,
         )
-
-    def answered(num: np.ndarray, cat: np.ndarray, out: np.ndarray, notes: list[tuple[int, Any]]) -> None:
-        assert observer is not None
-        observer(model, num, cat, out, notes)
-
-    drift = load_drift(ref, pre, settings)
-
-    def scored(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
-        out = run(num, cat)
-        if drift is not None:
-            drift.update(num, cat, out)
-        return out
 
     explainer = load_explainer(ref, pre, settings)
     codecs = codecs_for(pre, settings.max_records, explainer)
-    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(scored, True), codecs, explainer)
+    model = LoadedModel(ref, pre, metrics, session, active_provider(session), batcher(run, True), codecs, explainer)
     model.drift, model.files = drift, files
     if explainer is not None:
 
         def run_both(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
             found = explainer.run(num, cat)
             extra = [found.score[:, None], found.baseline[:, None], np.asarray(found.target, np.float32)[:, None]]
-            parts = [scored(num, cat), found.effects, *extra]
+            parts = [run(num, cat), found.effects, *extra]
             return np.concatenate(parts, axis=1)
 
         explainer.run(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
         model.explain_batcher = batcher(run_both)
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
-    model.score = scored
+    model.score = run
     return model
 
 

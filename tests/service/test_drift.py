@@ -47,9 +47,15 @@ def test_a_window_of_a_few_rows_reads_too_few_rows_not_act(churn_bundle: bundle.
     nothing moved), so the reading says so rather than "act"; the PSI itself is still given."""
     store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store) as server:
-        _send(server.url, RECORDS[:3])
+        # found by an HTTP audit: refused requests (outputs no number: 422) filled the window, PSI 8.3
+        overflow = [{**r, "SeniorCitizen": -3e38} for r in RECORDS[:30]]
+        for path, query in [("/predict", ""), ("/predict", "?explain=2")]:
+            refused = httpx.post(server.url + path + query, json={"records": overflow})
+            assert refused.status_code == 422 and "too far" in refused.text, refused.text
+        _send(server.url, RECORDS[:2])
+        assert httpx.post(server.url + "/predict?explain=2", json={"records": RECORDS[2:3]}).status_code == 200
         few = httpx.get(server.url + "/models/churn/monitor").json()
-    assert few["window_rows"] == 3
+    assert few["window_rows"] == 3  # the answered rows, explained or not
     assert few["features"]["tenure"]["psi"] > 0.25 and few["features"]["tenure"]["reading"] == "too few rows"
     assert few["score"]["reading"] == "too few rows"
     assert {doc["reading"] for doc in few["features"].values()} == {"too few rows"}
