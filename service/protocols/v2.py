@@ -179,6 +179,8 @@ def _tensor_values(name: str, kind: str, tensor: dict[str, Any], binary: bytes, 
             raise bad(f"input '{name}': binary_data_size must be a byte count, not {size!r}")
         if offset + size > len(binary):
             raise bad(f"input '{name}': binary_data_size {size!r} runs past the body")
+        if "data" in tensor:  # two values for one input: the JSON one was dropped without a word
+            raise bad(f"input '{name}' has both data and binary_data_size: which values are meant is a guess")
         values = _from_binary(name, datatype, binary[offset : offset + size])
         offset += size
     else:

@@ -249,6 +249,13 @@ def test_a_byte_order_mark_before_a_v2_binary_request_is_ignored(churn_server: S
     # bytes past the last input's binary_data_size: sizes that do not add up were ignored
     junk = post(churn_server, V2_INFER, head + raw + b"\0" * 8, **{"inference-header-content-length": str(len(head))})
     assert junk.status_code == 400 and "8 bytes past the last input's binary_data_size" in junk.text, junk.text
+    # an input given both ways (an HTTP audit: the JSON data was dropped without a word)
+    both = json.loads(head.removeprefix(BOM))
+    sized = next(t for t in both["inputs"] if "parameters" in t)
+    sized["data"] = [1.0] * len(records)
+    head = json.dumps(both).encode()
+    twice = post(churn_server, V2_INFER, head + raw, **{"inference-header-content-length": str(len(head))})
+    assert twice.status_code == 400 and f"input '{sized['name']}' has both data and binary_data_size" in twice.text
 
 
 @pytest.mark.parametrize("path", [*SCORING_ROUTES, V2_INFER, "/invocations"])
