@@ -150,24 +150,24 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
     refuse_twice(header, "CSV header")
     records = []
     for i, row in enumerate(rows):
-        if not row:
-            continue
         if len(row) != len(header):
-            raise bad(f"CSV row {i}: expected {len(header)} fields, got {len(row)}")
+            raise bad(f"CSV record {i}: expected {len(header)} fields, got {len(row)}")
         records.append({k: (v if v.strip() else None) for k, v in zip(header, row, strict=True)})
     return records
 
 
 def _csv_rows(text: str) -> Iterator[list[str]]:
-    """The rows of a CSV text; a row the csv module refuses (a field over its 128 KiB limit) is a 400."""
+    """The rows of a CSV text, blank lines left out; a row the csv module refuses (a field over its
+    128 KiB limit) is a 400."""
     reader = csv.reader(io.StringIO(text, newline=""))
-    row = -1  # the header; data rows count from 0, as in the other messages
+    row = -1  # the header; records count from 0, blank lines not counted, as the other messages do
     while True:
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise bad(f"CSV {'header' if row < 0 else f'row {row}'}: {exc}") from None
-        yield fields
-        row += 1
+            raise bad(f"CSV {'header' if row < 0 else f'record {row}'}: {exc}") from None
+        if fields:
+            yield fields
+            row += 1
