@@ -64,6 +64,9 @@ class TabserveApp(FastAPI):
     predict_endpoint: PredictEndpoint | None = None
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":  # a load balancer's probe of a GET route:
+            await self._head(scope, receive, send)  # 405 left it marking the service down
+            return
         endpoint = self.predict_endpoint
         if endpoint is not None:
             route = endpoint.route(scope)
@@ -71,6 +74,19 @@ class TabserveApp(FastAPI):
                 await endpoint.handle(scope, receive, send, route)
                 return
         await super().__call__(scope, receive, send)
+
+
+    async def _head(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """HEAD as the GET it names, answered without its body (its headers, Content-Length too, kept)."""
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self(dict(scope, method="GET"), receive, headers_only)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -106,6 +106,15 @@ def test_scoring_routes_answer_other_methods_with_405(churn_server: Server, path
     assert f"{method} is not allowed on {path}" in body.get("error", body.get("message", ""))
 
 
+@pytest.mark.parametrize("path", ["/health/live", "/health/ready", "/v2/health/ready", "/models/churn", "/ping"])
+def test_head_answers_as_get_without_the_body(churn_server: Server, path: str) -> None:
+    """An HTTP audit: HEAD was 405 on every GET route, so a load balancer probing by HEAD marked the service down."""
+    got, head = httpx.get(churn_server.url + path), httpx.head(churn_server.url + path)
+    assert got.status_code == head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert httpx.head(churn_server.url + "/predict").headers["allow"] == "POST"  # still no way to score
+
+
 def test_error_details_name_record_and_field(churn_server: Server) -> None:
     records = telco_records(3)
     records[2]["MonthlyCharges"] = "twelve"
