@@ -75,7 +75,6 @@ class TabserveApp(FastAPI):
                 return
         await super().__call__(scope, receive, send)
 
-
     async def _head(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         """HEAD as the GET it names, answered without its body (its headers, Content-Length too, kept)."""
 

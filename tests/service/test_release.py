@@ -296,6 +296,18 @@ def test_admin_decisions_need_the_token_and_a_sensible_request(churn_bundle: bun
             assert httpx.post(url + "promote", json=body, headers=ADMIN).status_code == 422, body
         forged = httpx.post(url + "promote", json={"version": 1, "why": "ok\n  churn  alice: promote 7"}, headers=ADMIN)
         assert forged.status_code == 422 and "control characters" in forged.json()["error"]
+        # an HTTP audit: the last of a key given twice won, a misspelt key was ignored (the challenger
+        # promoted instead of version 5), `"on": "yes"` was true; a docs audit: no body at all was a 422
+        json_type = {**ADMIN, "content-type": "application/json"}
+        twice = httpx.post(url + "promote", content=b'{"version": 1, "version": 9}', headers=json_type)
+        assert twice.status_code == 422 and "'version' is given twice" in twice.json()["error"], twice.text
+        assert httpx.post(url + "promote", content=b'{"version": 1, "version": 9}').status_code == 401  # token first
+        for path, body in [("promote", {"versoin": 5}), ("rollback", {"reason": "x"}), ("shadow", {"on": "yes"})]:
+            assert httpx.post(url + path, json=body, headers=ADMIN).status_code == 422, (path, body)
+        bare = httpx.post(url + "rollback", headers=ADMIN)
+        assert bare.status_code == 409 and "no earlier champion" in bare.json()["error"], bare.text
+        bare = httpx.post(url + "promote", headers=ADMIN)
+        assert bare.status_code == 409 and "no challenger" in bare.json()["error"], bare.text
     assert not (tmp_path / "x").exists()
     assert release.read(store, "churn") is None  # nothing refused was recorded
 
