@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -131,6 +132,8 @@ class HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._state == CLOSING or self._deferred is not None:
             return  # a refused connection's input is read and dropped until it closes
+        if self._state in (WAITING, HEAD):
+            data = without_upgrade(data)
         self._chunk = len(data)
         super().data_received(data)
         if self._state == HEAD:
@@ -257,6 +260,20 @@ class HttpProtocol(HttpToolsProtocol):
             HttpProtocol._sweeps[id(self.connections)] = self.loop.call_later(
                 SWEEP_S, _sweep, self.loop, self.connections
             )
+
+
+_UPGRADE = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
+
+
+def without_upgrade(data: bytes) -> bytes:
+    """A head's `Upgrade` header renamed `X-Upgrade-Ignored`. Nothing here upgrades (no HTTP/2, no
+    WebSocket), and httptools skips the body of a request asking to: `curl --http2` and Java's
+    RestClient (`Upgrade: h2c`) had every POST read as empty (uvicorn#2722). Only the head is looked at."""
+    end = data.find(b"\r\n\r\n")
+    head_end = len(data) if end < 0 else end
+    if _UPGRADE.search(data, 0, head_end) is None:
+        return data
+    return _UPGRADE.sub(b"\r\nx-upgrade-ignored:", data[:head_end]) + data[head_end:]
 
 
 def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:

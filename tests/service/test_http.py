@@ -115,6 +115,35 @@ def test_pipelined_requests_and_connection_close(churn_server: Server) -> None:
     assert bad.startswith(b"HTTP/1.1 400") and b"malformed JSON" in bad
 
 
+def test_a_request_asking_to_upgrade_is_answered_as_http_1_1_with_its_body(churn_server: Server) -> None:
+    """An HTTP audit: with `Upgrade: h2c` (curl --http2, Java's RestClient) httptools skipped the body,
+    so every POST read as empty ("malformed JSON"), chunked or not (uvicorn#2722)."""
+    record = telco_records(1)[0]
+    body = json.dumps({"records": [record]}).encode()
+    upgrade = (
+        b"upgrade: h2c\r\nconnection: Upgrade, HTTP2-Settings, close\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    )
+    head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" + upgrade
+    sized = head + b"content-length: %d\r\n\r\n" % len(body) + body
+    chunked = head + b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    for payload in (sized, chunked):
+        answer = _exchange(churn_server, payload)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["predictions"][0]["customerID"] == record["customerID"]
+
+
+def test_only_the_head_loses_its_upgrade_header() -> None:
+    from service.http import without_upgrade
+
+    head = b"POST /x HTTP/1.1\r\nUPGRADE: h2c\r\nconnection: upgrade\r\n\r\n"
+    body = b'id,note\r\n1,"a\r\nupgrade: kept"\r\n'  # a quoted CSV cell: the body is never touched
+    assert without_upgrade(head + body) == head.replace(b"UPGRADE:", b"x-upgrade-ignored:") + body
+    rest = b"host: x\r\nUpgrade: h2c\r\n"  # a head's second piece (no end yet): all of it is head
+    assert without_upgrade(rest) == b"host: x\r\nx-upgrade-ignored: h2c\r\n"
+    plain = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+    assert without_upgrade(plain) is plain
+
+
 def test_stock_protocol_serves_when_ours_is_turned_off(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     store = copy_store(churn_bundle, tmp_path / "models")
     with running_server(store, env={"TABSERVE_HTTP": "stock"}) as server:
