@@ -23,7 +23,7 @@ ERRORS = {
     "400": {"description": "Malformed JSON, or an X-Request-Timeout-Ms that is not a positive number"},
     "404": {"description": "No such model"},
     "413": {"description": "Too many records or body too large"},
-    "415": {"description": "Content-Type is not application/json"},
+    "415": {"description": "Content-Type is not application/json, or a Content-Encoding other than gzip"},
     "422": {"description": "Invalid records: `details` name the record index and field"},
     **BUSY,
 }
@@ -33,13 +33,16 @@ V2_ERRORS = {
     "400": {"description": "Malformed JSON, or a tensor that does not fit the model (the error names it)"},
     "404": {"description": "No such model or version"},
     "413": {"description": "Too many rows or body too large"},
+    "415": {"description": "A Content-Encoding other than gzip"},
     **BUSY,
 }
 MLFLOW_ERRORS = {
     "400": {"description": "BAD_REQUEST: the body or a value cannot be scored (the message names it)"},
     "404": {"description": "No default model"},
     "413": {"description": "Too many rows or body too large"},
-    "415": {"description": "Content-Type is neither application/json nor text/csv"},
+    "415": {
+        "description": "Content-Type is neither application/json nor text/csv, or a Content-Encoding other than gzip"
+    },
     **BUSY,
 }
 
@@ -124,6 +127,20 @@ def _v2_operation(model: LoadedModel) -> dict[str, Any]:
     }
 
 
+def _v2_versioned(model: LoadedModel) -> dict[str, Any]:
+    """The same infer route for one version (older, or newer than a rolled-back champion)."""
+    doc = _v2_operation(model)
+    post = doc["post"]
+    post["summary"] = f"Open Inference Protocol infer with one version of {model.name}"
+    post["description"] = post["description"].replace(
+        "Add `/versions/{v}` before `/infer` for an older version.", "The example is the serving version's."
+    )
+    post["parameters"] = [
+        {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    ]
+    return doc
+
+
 def _mlflow_operation(model: LoadedModel) -> dict[str, Any]:
     """MLflow's scoring route (the default model)."""
     return {
@@ -160,6 +177,7 @@ def install(app: FastAPI, store: ModelStore, max_records: int) -> None:
         for name, model in sorted(store.current.items()):
             paths[f"/models/{name}/predict"] = _operation(model, max_records, f"Predict with {name}")
             paths[f"/v2/models/{name}/infer"] = _v2_operation(model)
+            paths[f"/v2/models/{name}/versions/{{version}}/infer"] = _v2_versioned(model)
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
