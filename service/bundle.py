@@ -58,6 +58,11 @@ class BundleRef:
     version: int
     path: Path
 
+    @classmethod
+    def of(cls, root: Path, name: str, version: int) -> BundleRef:
+        """A version's bundle in the store at `root` (`root/name/version`)."""
+        return cls(name, version, root / name / str(version))
+
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess.load(self.path / PREPROCESS_FILE)
@@ -118,7 +123,7 @@ def iter_bundles(root: Path) -> Iterator[BundleRef]:
         return
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
         for version in versions(root, model_dir.name):
-            yield BundleRef(model_dir.name, version, model_dir / str(version))
+            yield BundleRef.of(root, model_dir.name, version)
 
 
 def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:

@@ -137,7 +137,7 @@ def resolve(root: Path, spec: str) -> bundle.BundleRef:
     version = int(wanted) if wanted else current(root, name).champion
     if version not in found:
         raise bundle.BundleError(f"model {name!r} has no version {version} (has {found})")
-    return bundle.BundleRef(name, version, root / name / str(version))
+    return bundle.BundleRef.of(root, name, version)
 
 
 def write(root: Path, name: str, release: Release) -> None:
@@ -230,7 +230,7 @@ def _check_loads(root: Path, name: str, version: int | None) -> None:
 
     if version is None:
         return
-    ref = bundle.BundleRef(name, version, root / name / str(version))
+    ref = bundle.BundleRef.of(root, name, version)
     try:
         ref.preprocess  # noqa: B018 (read for its errors)
         create_session(ref.path / bundle.MODEL_FILE, "cpu")
@@ -248,7 +248,7 @@ def _check_contracts(root: Path, name: str, state: Release, canary: bool) -> Non
     assert state.challenger is not None
     try:
         champion, challenger = (
-            bundle.BundleRef(name, v, root / name / str(v)).preprocess for v in (state.champion, state.challenger)
+            bundle.BundleRef.of(root, name, v).preprocess for v in (state.champion, state.challenger)
         )
         if not canary:
             Recode(champion, challenger)

@@ -327,7 +327,7 @@ class ModelStore:
     async def _load_older(self, key: tuple[str, int]) -> LoadedModel:
         """Load an older version from inside the store (never a path a client could name)."""
         name, version = key
-        ref = bundle.BundleRef(name, version, self.settings.models_dir / name / str(version))
+        ref = bundle.BundleRef.of(self.settings.models_dir, name, version)
         refused, files = self.failed.get(key), files_of(ref.path)
         if refused is None or refused.files != files:
             try:
