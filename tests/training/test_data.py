@@ -667,6 +667,17 @@ def test_a_threshold_rule_for_a_target_without_a_positive_class_is_refused(
         _prepare(TELCO, target, tmp_path, threshold_rule="0.4")
 
 
+def _typed_file(frame: pd.DataFrame, path: Path) -> Path:
+    """`frame` written as the JSON-lines, Parquet or Excel file `path` names."""
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_excel(path, index=False)
+    return path
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".xlsx"])
 @pytest.mark.parametrize("given", [None, ","])
 def test_typed_fractions_keep_their_value_where_a_comma_marks_decimals(
@@ -687,13 +698,7 @@ def test_typed_fractions_keep_their_value_where_a_comma_marks_decimals(
             "y": [["yes", "no"][i % 2] for i in range(60)],
         }
     )
-    path = tmp_path / f"comma{suffix}"
-    if suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    elif suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_excel(path, index=False)
+    path = _typed_file(frame, tmp_path / f"comma{suffix}")
     prep = _prepare(path, "y", tmp_path, decimal=given)
     assert prep.pre.read.decimal == ","
     num = prep.enc.num  # every row, in the file's order
@@ -719,13 +724,7 @@ def test_a_typed_number_taken_as_categorical_is_keyed_as_scoring_reads_it(tmp_pa
             "y": [["yes", "no"][i % 2] for i in range(60)],
         }
     )
-    path = tmp_path / f"comma{suffix}"
-    if suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    elif suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_excel(path, index=False)
+    path = _typed_file(frame, tmp_path / f"comma{suffix}")
     prep = _prepare(path, "y", tmp_path, categorical=["cost"])
     assert prep.pre.read.decimal == ","
     (feat,) = [f for f in prep.pre.features if f.name == "cost"]
