@@ -204,7 +204,8 @@ def decide(root: Path, name: str, action: str, version: int | None = None, *, ca
         else:
             raise ReleaseError(f"unknown decision {action!r}")
         # what will answer traffic: a broken bundle was accepted. Ending a canary changes no champion
-        if action in ("promote", "rollback") and (canary is not None or new.champion != state.champion):
+        ending = action == "promote" and canary is None and new.champion == state.champion and state.canary > 0
+        if action in ("promote", "rollback") and not ending:
             _check_loads(root, name, new.challenger if canary is not None else new.champion)
         if (action == "shadow" and shadow) or (action == "promote" and canary is not None):
             _check_contracts(root, name, new, canary=action == "promote")

@@ -552,6 +552,12 @@ def test_a_canary_is_ended_with_its_champion_damaged(churn_bundle: bundle.Bundle
     assert run.returncode == 0, run.stderr
     state = release.read(store, "churn")
     assert state is not None and (state.champion, state.challenger, state.canary) == (1, 2, 0.0)
+    # but naming a damaged newest version champion, with no release file yet, is still refused
+    release.path_of(store, "churn").unlink()
+    (store / "churn" / "1").rename(store / "churn" / "3")
+    run = tabserve("promote", "churn@3", store=store)
+    assert run.returncode == 2 and "churn version 3 cannot be loaded" in run.stderr, run.stderr
+    assert not release.path_of(store, "churn").exists()
 
 
 def test_the_default_model_unservable_is_said_not_answered_by_another(
