@@ -27,6 +27,9 @@ EVALUATION_FILE = (
 )
 DRIFT_FILE = "drift.json"  # the training population's distributions, for live drift (optional)
 REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
+# what the service reads of a bundle: a change to one of them (a copy ending) loads it again; the
+# card, its plots or an editor's swap file beside them do not
+LOADED_FILES = frozenset({*REQUIRED_FILES, EXPLAIN_FILE, EXPLAIN_STATS_FILE, DRIFT_FILE})
 DEFAULT_MODELS_DIR = "models"
 RETIRED_SUFFIX = ".retired"  # `<version>.retired/`: kept for audit, never served, never renumbered
 STAGING = ".staging-"  # `.staging-<pid>-<random>/`: a bundle being written, invisible to readers

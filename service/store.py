@@ -216,16 +216,11 @@ class Refusal:
     files: tuple[tuple[str, int, int], ...]
 
 
-def _serves(model: LoadedModel | None, ref: bundle.BundleRef) -> bool:
-    """Whether `model` is `ref` as its files are now. A bundle copied in by hand can be loaded before
-    its copy ends (explain.onnx, drift.json still to come): it is loaded again once they change."""
-    return model is not None and model.version == ref.version and model.files == files_of(ref.path)
-
-
 def files_of(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and modification time of each file in a bundle directory."""
+    """Name, size and modification time of each file the service reads in a bundle directory."""
     try:
-        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in path.iterdir() for st in [p.stat()]))
+        found = (p for p in path.iterdir() if p.name in bundle.LOADED_FILES)
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in found for st in [p.stat()]))
     except OSError:
         return ()
 
@@ -391,13 +386,13 @@ class ModelStore:
             report = ReloadReport()
             for name, (champion, challenger) in self._plan().items():
                 current = self.current.get(name)
-                if champion is not None and not _serves(current, champion):
+                if champion is not None and self._due(current, champion):
                     model = await self._loaded(champion, report)
                     if model is not None:
                         self._swap(model)
                         report.loaded.append(f"{name}@{model.version}")
                 held = self.challengers.get(name)
-                if (held is None) != (challenger is None) or (challenger is not None and not _serves(held, challenger)):
+                if (held is None) != (challenger is None) or (challenger is not None and self._due(held, challenger)):
                     model = await self._loaded(challenger, report) if challenger is not None else None
                     if model is not None or challenger is None:
                         self._hold_challenger(name, model)
@@ -405,6 +400,16 @@ class ModelStore:
             self.ready, self.refreshed = bool(self.current), True
             self.published = self._scanned  # once tried: a name being loaded the first time is not refused
             return report
+
+    def _due(self, model: LoadedModel | None, ref: bundle.BundleRef) -> bool:
+        """Whether `ref` is to be loaded: `model` is none or another version, or its files changed since
+        it loaded and were not refused as they now are. A bundle copied in by hand can be loaded before
+        its copy ends (explain.onnx, drift.json still to come): it is loaded again once they arrive."""
+        if model is None or model.version != ref.version:
+            return True
+        files = files_of(ref.path)
+        refused = self.failed.get((ref.name, ref.version))
+        return model.files != files and (refused is None or refused.files != files)
 
     async def _loaded(self, ref: bundle.BundleRef, report: ReloadReport) -> LoadedModel | None:
         """The bundle's model: one already loaded, else loaded now (None: refused)."""
@@ -465,7 +470,11 @@ class ModelStore:
                 self._unservable[name] = state.champion
             else:
                 self._unservable.pop(name, None)
-            plan[name] = (champion, refs.get(state.challenger) if state.challenger is not None else None)
+            challenger = refs.get(state.challenger) if state.challenger is not None else None
+            held = self.challengers.get(name)
+            if challenger is None and held is not None and held.version == state.challenger:
+                challenger = held.ref  # refused since it loaded (a file of it changed): it stays, as a champion does
+            plan[name] = (champion, challenger)
         return plan
 
     def _release(self, name: str) -> Release | None:
@@ -502,6 +511,7 @@ class ModelStore:
         if old is not None and old is not model:
             self.telemetry.model_info.labels(old.name, str(old.version), old.provider, "challenger").set(0)
         if model is not None:
+            self.failed.pop((model.name, model.version), None)
             self.challengers[name] = model
             self.telemetry.model_info.labels(model.name, str(model.version), model.provider, "challenger").set(1)
             log.info("%s version %d is challenger", name, model.version)

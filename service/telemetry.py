@@ -67,7 +67,7 @@ class Telemetry(Collector):
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
             "tabserve_model_info",
-            "Loaded model versions (1 = serving in that role: champion, or challenger in canary or shadow)",
+            "Loaded model versions (1 = loaded in that role: champion, or the challenger release.json names)",
             ["model", "version", "provider", "role"],
             registry=r,
         )

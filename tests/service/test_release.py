@@ -574,3 +574,32 @@ def test_the_default_model_unservable_is_said_not_answered_by_another(
     assert answer.status_code == 404, answer.text
     assert "model 'churn' is in the store but not served" in answer.json()["error"] and "not valid JSON" in answer.text
     assert named.status_code == 200 and named.json()["model"] == "zeta"
+
+
+def test_a_loaded_challenger_whose_file_breaks_keeps_its_place_and_a_card_edit_loads_nothing(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """Found by a diff review: a canary whose explain.onnx was then cut short was dropped (challenger
+    None, canary 0) though the loaded one was sound, and stayed listed as refused once mended; any file
+    in a bundle (the card, an editor's swap file) loaded the serving version again."""
+    store = two_versions(churn_bundle, churn_bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1)
+    release.decide(store, "churn", "promote", 2, canary=0.5)
+    auth = {"authorization": "Bearer s3cret"}
+    with running_server(store, "--admin-token", "s3cret") as server:
+        (store / "churn" / "1" / bundle.CARD_FILE).write_text("edited")
+        (store / "churn" / "1" / ".model_card.md.swp").write_bytes(b"vim")
+        assert httpx.post(server.url + "/admin/reload", headers=auth).json()["loaded"] == []
+        graph = store / "churn" / "2" / bundle.EXPLAIN_FILE
+        whole = graph.read_bytes()
+        graph.write_bytes(whole[:300])
+        for _ in range(2):  # refused once, then left alone while its files stay so
+            broken = httpx.post(server.url + "/admin/reload", headers=auth).json()
+            assert "churn@2" in broken["refused"] and broken["loaded"] == [], broken
+        state = httpx.get(server.url + "/models/churn").json()["release"]
+        assert (state["champion"], state["challenger"], state["canary"]) == (1, 2, 0.5), state
+        assert server.output().count("refusing bundle") == 1
+        graph.write_bytes(whole)
+        mended = httpx.post(server.url + "/admin/reload", headers=auth).json()
+        assert mended["loaded"] == [] and mended["refused"] == {}, mended  # held again (a challenger)
+        assert httpx.get(server.url + "/health/ready").json()["refused"] == {}
