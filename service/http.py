@@ -120,6 +120,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._refusal: Refused | None = None
         self._deferred: Refused | None = None  # garbage after a whole request: refused once that one is answered
         self._draining = False
+        self._head_tail = b""  # the last bytes of a head that goes on in the next chunk
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(OneWriteTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -132,8 +133,9 @@ class HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._state == CLOSING or self._deferred is not None:
             return  # a refused connection's input is read and dropped until it closes
-        if self._state in (WAITING, HEAD):
-            data = without_upgrade(data)
+        if self._state in (WAITING, HEAD):  # (a request pipelined behind another keeps its Upgrade)
+            data = without_upgrade(data, self._head_tail if self._state == HEAD else b"")
+            self._head_tail = data[-3:]
         self._chunk = len(data)
         super().data_received(data)
         if self._state == HEAD:
@@ -263,17 +265,25 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 _UPGRADE = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
+_NAME = len(b"\r\n")  # where the header's name starts in a match
 
 
-def without_upgrade(data: bytes) -> bytes:
+def without_upgrade(data: bytes, before: bytes = b"") -> bytes:
     """A head's `Upgrade` header renamed `X-Upgrade-Ignored`. Nothing here upgrades (no HTTP/2, no
     WebSocket), and httptools skips the body of a request asking to: `curl --http2` and Java's
-    RestClient (`Upgrade: h2c`) had every POST read as empty (uvicorn#2722). Only the head is looked at."""
-    end = data.find(b"\r\n\r\n")
-    head_end = len(data) if end < 0 else end
-    if _UPGRADE.search(data, 0, head_end) is None:
+    RestClient (`Upgrade: h2c`) had every POST read as empty (uvicorn#2722). `data` is where a head
+    begins or goes on; `before`, the last bytes of the head so far, tells a line or the head's end
+    that began in the chunk before. Only the head is looked at, up to its blank line."""
+    text = before + data
+    end = text.find(b"\r\n\r\n")
+    found = [m.start() + _NAME - len(before) for m in _UPGRADE.finditer(text, 0, len(text) if end < 0 else end)]
+    if not found:
         return data
-    return _UPGRADE.sub(b"\r\nx-upgrade-ignored:", data[:head_end]) + data[head_end:]
+    parts, at = [], 0
+    for name in (n for n in found if n >= 0):
+        parts += [data[at:name], b"x-upgrade-ignored:"]
+        at = name + len(b"upgrade:")
+    return b"".join([*parts, data[at:]])
 
 
 def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:

@@ -40,8 +40,8 @@ class UploadsBusy(Exception):
 
 class AnswerCutShort(Exception):
     """Ends an answer the client must see as incomplete (the connection closes before its last chunk).
-    Its cause is logged once, as a warning, so the server's "Exception in ASGI application" traceback
-    for it is left out (`QUIET_CUT_SHORT`)."""
+    Its cause is logged once by the upload (a warning for the body's fault, an error with its traceback
+    for ours), so the server's "Exception in ASGI application" for it is left out (`QUIET_CUT_SHORT`)."""
 
 
 class _QuietCutShort(logging.Filter):
@@ -356,8 +356,10 @@ class Upload:
                     summary.rows_not_utf8,
                     f"{fix} reads them" if fix else "nor cp1252",
                 )
-        elif not isinstance(error, Cancelled):
+        elif isinstance(error, ValueError):  # the body's doing (cut short, too large, not the model's CSV)
             log.warning("upload scoring stopped: %s", error)
+        elif not isinstance(error, Cancelled):  # ours (a bug, memory, ONNX Runtime): with its traceback
+            log.error("upload scoring failed: %s", error, exc_info=error)
 
 
 class Uploads:
