@@ -41,6 +41,9 @@ ROW = "_tabserve_row"  # 1-based input row number (header not counted)
 UNPARSED = "_tabserve_unparsed"  # why the reader could not split the row; null for good rows
 
 
+UNCLOSED = 'a quote (") is never closed'  # an error that lost the rows after it: the run fails
+
+
 class ScoringError(ValueError):
     """The input cannot be scored at all (e.g. a missing column)."""
 
@@ -455,6 +458,9 @@ class CsvSource:
         length = text.startswith(_OVER_LIMIT) and text[len(_OVER_LIMIT) :].split(",", 1)[0]
         if length and length.isdigit():  # the marker `_Records` put in place of an over-long record
             reason, text = f"the record is {int(length):,} bytes, over the {LIMIT_TEXT} limit for one record", ""
+        elif "\n" in text and text.count('"') % 2:  # the rest of the file read into one field, silently
+            lines = text.rstrip("\r\n").count("\n")
+            reason += f": {UNCLOSED} in this row, so the {lines:,} line(s) after it were read as part of it"
         self._invalid.append((index, f"{reason}\0{text}"))
         self._block_invalid += 1
         return "skip"
