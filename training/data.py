@@ -111,6 +111,7 @@ class Target:
     merged: dict[str, str] = field(default_factory=dict)  # label spellings that differ only in case → the one kept
     # each kept row's place among the file's rows (None: every row kept): errors name the file's row
     file_rows: np.ndarray | None = None
+    header_rows: list[int] = field(default_factory=list)  # rows (from 1) that repeat the header: left out
 
     @cached_property
     def ranks(self) -> np.ndarray:
@@ -194,7 +195,7 @@ def infer_schema(
         elif UNNAMED.fullmatch(col):
             schema.dropped[col] = "no name in the header (a written row index); name it to use it"
         else:
-            _classify(col, df[col], schema, cfg)
+            _classify(col, df[col], schema, cfg, target.file_rows if target is not None else None)
         schema.table.append(_row(col, schema))
     for col, (first, r) in restated_columns(df, schema).items():
         row = next(row for row in schema.table if row["column"] == col)
@@ -332,7 +333,7 @@ def restated_roots(columns: list[dict[str, Any]]) -> dict[str, str]:
     return roots
 
 
-def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> None:
+def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig, file_rows: np.ndarray | None) -> None:
     keys = category_values(column)
     present = [k for k in keys if k is not None]
     if not present:  # as a constant column: it tells nothing (weeks a song never charted; a field never filled)
@@ -345,7 +346,7 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
         schema.numeric.append(col)
         return
     if col in cfg.numeric:
-        _numeric_or_fail(col, column, schema)
+        _numeric_or_fail(col, column, schema, file_rows)
         schema.told[col] = "--numeric"
         return
     if col in cfg.categorical:
@@ -377,12 +378,13 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig) -> 
             schema.codes[col] = "codes with leading zeros: each a level"
 
 
-def _numeric_or_fail(col: str, column: pd.Series, schema: Schema) -> None:
+def _numeric_or_fail(col: str, column: pd.Series, schema: Schema, file_rows: np.ndarray | None) -> None:
     for row, value in enumerate(column):
         try:
             parse_number(value, schema.read.decimal)
-        except ValueError as exc:
-            raise DataError(f"--numeric {col!r}: row {row + 1}: {exc}") from None
+        except ValueError as exc:  # the row as the file numbers it (rows without a target were left out)
+            shown = int(file_rows[row]) if file_rows is not None else row
+            raise DataError(f"--numeric {col!r}: row {shown + 1}: {exc}") from None
     schema.numeric.append(col)
     _record_unit(col, [v for v in column if category_key(v) is not None], schema)
 
@@ -412,8 +414,9 @@ def merged_levels(present: list[str], by_value: bool = False) -> dict[str, str]:
 
 
 def _has_leading_zeros(present: Iterable[str]) -> bool:
-    """`000123`, `0421`: codes whose zeros matter, never amounts (`0`, `0.5` are numbers)."""
-    return any(len(v) > 1 and v[0] == "0" and v[1].isdigit() for v in present)
+    """`000123`, `0421`: codes whose zeros matter, never amounts (`0`, `0.5` are numbers, and so is
+    `00029.85`, an amount a fixed-width export padded: it was 1,198 levels)."""
+    return any(len(v) > 1 and v[0] == "0" and v.isdigit() for v in present)
 
 
 def _integral(numbers: np.ndarray) -> bool:
@@ -761,18 +764,24 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     if cfg.target not in df.columns:
         raise _missing_column("target column", cfg.target, df)
     keys = category_values(df[cfg.target])
-    keep = np.array([k is not None for k in keys])
-    dropped = int((~keep).sum())
+    # exports stacked into one file repeat their header line: such a row is never data (its target read
+    # `Churn` made a third class, and one text cell made each numeric column categorical)
+    header = np.zeros(len(df), dtype=bool)
+    for row in np.flatnonzero((df[cfg.target].str.strip() == cfg.target).to_numpy()):
+        header[row] = [str(v).strip() for v in df.iloc[row]] == list(df.columns)
+    keep = np.array([k is not None for k in keys]) & ~header
+    dropped = int((~keep).sum()) - int(header.sum())
     df = df.loc[keep].reset_index(drop=True)
-    file_rows = np.flatnonzero(keep) if dropped else None
-    present = [k for k in keys if k is not None]
+    file_rows = np.flatnonzero(keep) if not keep.all() else None
+    header_rows = (np.flatnonzero(header) + 1).tolist()
+    present = [k for k, kept in zip(keys, keep, strict=True) if kept]
     if not present:
         raise DataError(f"target column {cfg.target!r} has no values")
     decimal = df.attrs.get("read", Reading()).decimal
     task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     if task == "regression":
         y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
-        return df, Target(task, y, [], None, dropped, file_rows=file_rows)
+        return df, Target(task, y, [], None, dropped, file_rows=file_rows, header_rows=header_rows)
     # `yes`, `YES` and `Yes` are one class, never three, and so are `1` and `1.0`: a binary target stays binary
     merged = merged_levels(present, by_value=True)
     present = [merged.get(k, k) for k in present]
@@ -790,7 +799,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)))
     labels = _typed_labels(levels)
     positive = labels[1] if task == "binary" else None
-    return df, Target(task, y, labels, positive, dropped, merged, file_rows)
+    return df, Target(task, y, labels, positive, dropped, merged, file_rows, header_rows)
 
 
 def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray) -> None:

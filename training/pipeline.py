@@ -100,6 +100,11 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
         raise D.DataError(f"--threshold-rule is for a two-class target; {cfg.target!r} is read as {target.task}")
     if target.dropped_missing:
         say(f"dropped {target.dropped_missing} rows with a missing target")
+    if target.header_rows:  # stacked exports
+        shown = ", ".join(map(str, target.header_rows[:5])) + (", …" if len(target.header_rows) > 5 else "")
+        say(
+            f"left out {len(target.header_rows)} row(s) repeating the header (row {shown}): exports stacked in one file"
+        )
     schema = D.infer_schema(df, cfg, reading, target)
     for line in D.column_lines(schema):  # every column's type and why; how the file was read
         say(line)
@@ -155,7 +160,11 @@ def champion_test_rows(
     # split by other groups (or by row before): its test rows would share groups with this run's training
     same = data.get("sha256") == sha256 and config.get("target") == cfg.target
     same = same and config.get("group_column") == cfg.group_column
-    if not same or data.get("rows") != len(target.y) + target.dropped_missing or "seed" not in config:
+    if (
+        not same
+        or data.get("rows") != len(target.y) + target.dropped_missing + len(target.header_rows)
+        or "seed" not in config
+    ):
         return None
     theirs = _saved_test_rows(champion_dir, len(target.y))
     if theirs is None:  # an older bundle: its split rebuilt from its seed (right unless it inherited rows)
@@ -696,7 +705,7 @@ def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], sta
         "data": {
             "file": Path(cfg.data).name,
             "sha256": prep.sha256,
-            "rows": len(prep.df) + prep.target.dropped_missing,
+            "rows": len(prep.df) + prep.target.dropped_missing + len(prep.target.header_rows),
             "dropped_missing_target": prep.target.dropped_missing,
             "train_rows": len(prep.split.dev),
             "test_rows": len(prep.split.test),

@@ -749,3 +749,37 @@ def test_a_column_named_as_the_logs_own_is_left_out_and_an_id_so_named_refused(t
     assert "prediction log writes itself" in prep.schema.dropped["_version"]
     with pytest.raises(D.DataError, match="--id-column '_version' is named as a column the prediction log writes"):
         _prepare(path, "Churn", tmp_path, id_columns=["_version"])
+
+
+def test_rows_repeating_the_header_are_left_out_and_rows_keep_their_numbers(tmp_path: Path) -> None:
+    """A business-files audit: monthly exports stacked into one file repeat the header line; its
+    `Churn` cell made a third class and its text made tenure and MonthlyCharges categorical."""
+    lines = TELCO.read_text().splitlines(keepends=True)[:601]
+    stacked = [*lines[:201], lines[0], *lines[201:401], " " + lines[0], *lines[401:]]
+    fields = stacked[450].split(",")
+    fields[5] = "lots"  # tenure of the file's row 450, counting the header copy before it as tabserve score does
+    stacked[450] = ",".join(fields)
+    path = tmp_path / "stacked.csv"
+    path.write_text("".join(stacked))
+    with pytest.raises(D.DataError, match=r"--numeric 'tenure': row 450: "):  # it said 448
+        _prepare(path, "Churn", tmp_path, numeric=["tenure"])
+    stacked[450] = lines[448]
+    path.write_text("".join(stacked))
+    prep = _prepare(path, "Churn", tmp_path)
+    assert prep.target.header_rows == [201, 402] and prep.target.labels == ["No", "Yes"]
+    assert {"tenure", "MonthlyCharges"} <= set(prep.schema.numeric) and len(prep.target.y) == 600
+
+
+def test_an_amount_padded_with_zeros_is_a_number_and_a_padded_code_a_level(tmp_path: Path) -> None:
+    """A business-files audit: MonthlyCharges as a fixed-width export writes it (`00029.85`) trained
+    as 1,198 levels; codes such as `0421` keep their zeros as levels."""
+    frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(400)
+    frame["MonthlyCharges"] = [f"{float(v):08.2f}" for v in frame["MonthlyCharges"]]
+    frame["branch"] = [f"{i % 37:04d}" for i in range(len(frame))]
+    path = tmp_path / "padded.csv"
+    frame.to_csv(path, index=False)
+    prep = _prepare(path, "Churn", tmp_path)
+    assert frame["MonthlyCharges"][0] == "00029.85" and "MonthlyCharges" in prep.schema.numeric
+    column = prep.enc.num[:, prep.schema.numeric.index("MonthlyCharges")]
+    np.testing.assert_allclose(column[:3], [29.85, 56.95, 53.85], rtol=1e-6)
+    assert "branch" in prep.schema.categorical
