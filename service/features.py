@@ -422,12 +422,25 @@ class CategoricalFeature:
             folded[key] = code
         return {k: v for k, v in folded.items() if k not in clashes} if self.fold else {}
 
+    @cached_property
+    def numbered_(self) -> dict[int, int]:
+        """A code of digits by its number (`0013` → 13), where no other level has that number."""
+        by_number: dict[int, list[int]] = {}
+        for level, code in self.index_.items():
+            if level.isascii() and level.isdigit():
+                by_number.setdefault(int(level), []).append(code)
+        return {number: codes[0] for number, codes in by_number.items() if len(codes) == 1}
+
     def code_of(self, key: str) -> int:
         """A level's code (0: none): verbatim; ignoring case where the bundle says so; an integer
-        code written as a float (`17.0`: how pandas writes an integer column with gaps)."""
+        code written as a float (`17.0`: how pandas writes an integer column with gaps); a code of
+        digits without its leading zeros or with others (`13` for `0013`: Excel, Parquet and JSON
+        hold it as the number)."""
         found = self.index_.get(key, 0) or self.folded_.get(key.casefold(), 0)
         if found == 0 and (whole := _WHOLE_FLOAT.fullmatch(key)):
-            found = self.index_.get(whole[1], 0)
+            found = self.index_.get(whole[1], 0) or self.numbered_.get(int(whole[1]), 0)
+        if found == 0 and key.isascii() and key.isdigit() and len(key) < 19:
+            found = self.numbered_.get(int(key), 0)
         return found
 
     @property

@@ -12,8 +12,10 @@ import pytest
 from service.features import (
     DATE_FORMATS,
     CategoricalFeature,
+    Encoded,
     NumericFeature,
     Preprocess,
+    encode_categorical,
     near_miss,
     parse_date,
     parse_number,
@@ -257,3 +259,18 @@ def test_a_record_alone_encodes_as_it_does_in_a_batch(record: dict[str, object])
     if record.get("charges") in (100.000001, -1e-46):
         assert not alone.warnings
     assert str(alone.errors.get(0)).replace("record 0", "record 1") == str(batch.errors.get(1))
+
+
+def test_a_code_of_digits_matches_without_or_with_leading_zeros_where_no_other_level_clashes() -> None:
+    """A business-files audit: `branch_code` trained as `0013` from a CSV was an unseen level on every
+    row of the same data from Excel, Parquet or JSON lines, where it is the number 13."""
+    feat = CategoricalFeature("branch", ("0013", "0420", "7", "07", "x1"))
+    found = {key: feat.code_of(key) for key in ("0013", "13", "13.0", "013", "420", "7", "07", "007", "1", "x01")}
+    assert found == {
+        "0013": 1, "13": 1, "13.0": 1, "013": 1, "420": 2,
+        "7": 3, "07": 4,  # verbatim first
+        "007": 0,  # both 7 and 07 are the number 7: which one is meant is a guess
+        "1": 0, "x01": 0,
+    }  # fmt: skip
+    enc = Encoded(num=np.zeros((3, 0), np.float32), cat=np.zeros((3, 1), np.int64))
+    assert encode_categorical(feat, [13, 13.0, 420], 3, enc).tolist() == [1, 1, 2] and not enc.warnings
