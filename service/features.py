@@ -30,7 +30,11 @@ WarningKind = Literal["unseen_level", "out_of_range", "lookalike_field"]
 # spreadsheets and exports write "missing" in many ways; for a *numeric* column all of these
 # mean "no value" ("." is SAS's and Stata's). Categorical columns only treat blanks as missing
 # ("none" is a real level there).
-NUMERIC_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a", "."})
+NUMERIC_MISSING = frozenset(
+    {"", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a", "."}
+    # a spreadsheet's error cells, and the zero dates SAP and MySQL write for "no date"
+    | {"#div/0!", "#value!", "#ref!", "#name?", "#num!", "#null!", "00.00.0000", "0000-00-00"}
+)
 # an integer written as a float (`17.0`): how pandas writes an integer column with gaps
 _WHOLE_FLOAT = re.compile(r"(-?\d+)\.0+")
 

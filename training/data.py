@@ -376,6 +376,46 @@ def _classify(col: str, column: pd.Series, schema: Schema, cfg: TrainConfig, fil
             schema.codes[col] = code
         elif _digits(v for v in levels if v.lower() not in NUMERIC_MISSING):
             schema.codes[col] = "codes with leading zeros: each a level"
+        elif distinct > ALMOST_LEVELS:
+            schema.warnings += _almost(col, column, present, decimal, cfg.month_first)
+
+
+ALMOST_LEVELS = 50  # a column of this many levels is looked at for a few cells that kept it from numbers or dates
+ALMOST_SHARE = 0.95  # of its cells numbers (or dates in one format): the rest are likely slips, said
+
+
+def _almost(col: str, column: pd.Series, present: list[str], decimal: str, month_first: bool) -> list[str]:
+    """A warning for a column read as levels because a few of its cells are no number (`unknown`) or
+    no date in the format the others share (`31.02.2024`): one such cell made a column of amounts 1,199
+    levels, without a word."""
+    distinct, codes = _distinct(column)
+    counts = np.bincount(codes, minlength=len(distinct))
+    readable = [_is_number(v, decimal) for v in distinct]
+    kind, rows = "numbers", len(column)
+    if sum(n for n, ok in zip(counts, readable, strict=True) if ok) < ALMOST_SHARE * rows:
+        sample = present[:: max(1, len(present) // 500)]
+        formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
+        fmt = max(formats, key=lambda f: sum(_reads_every([v], f) for v in sample))
+        missing = [category_key(v) is None or str(v).strip().lower() in NUMERIC_MISSING for v in distinct]
+        readable = [gone or _reads_every([str(v)], fmt) for v, gone in zip(distinct, missing, strict=True)]
+        kind = f"dates ({shown_format(fmt)})"
+        if sum(n for n, ok in zip(counts, readable, strict=True) if ok) < ALMOST_SHARE * rows:
+            return []
+    bad = [(int(n), str(v)) for v, n, ok in zip(distinct, counts, readable, strict=True) if not ok]
+    odd = sum(n for n, _ in bad)
+    shown = ", ".join(repr(v) for _, v in sorted(bad, reverse=True)[:3]) + (", …" if len(bad) > 3 else "")
+    return [
+        f"{col!r} is read as categorical though all but {odd:,} of its {rows:,} values are {kind} ({shown}): "
+        "if those mean missing, blank or correct them and the column is read as the others are"
+    ]
+
+
+def _is_number(value: Any, decimal: str) -> bool:
+    try:
+        parse_number(value, decimal)
+    except ValueError:
+        return False
+    return True
 
 
 def _numeric_or_fail(col: str, column: pd.Series, schema: Schema, file_rows: np.ndarray | None) -> None:

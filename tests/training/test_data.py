@@ -783,3 +783,31 @@ def test_an_amount_padded_with_zeros_is_a_number_and_a_padded_code_a_level(tmp_p
     column = prep.enc.num[:, prep.schema.numeric.index("MonthlyCharges")]
     np.testing.assert_allclose(column[:3], [29.85, 56.95, 53.85], rtol=1e-6)
     assert "branch" in prep.schema.categorical
+
+
+def test_a_few_cells_that_keep_a_column_from_numbers_or_dates_are_said_and_error_cells_are_missing(
+    tmp_path: Path,
+) -> None:
+    """A business-files audit: one `unknown` made tenure 74 levels, one `31.02.2024` a date column 1,480
+    levels, one Excel `#DIV/0!` MonthlyCharges 1,199 levels, all without a word; SAP's `00.00.0000`
+    (no date) did the same to a date column."""
+    frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(600)
+    frame["signup"] = [f"{1 + i % 28:02d}.{1 + i % 12:02d}.20{20 + i % 4}" for i in range(len(frame))]
+    frame.loc[7, "tenure"] = "unknown"
+    frame.loc[8, "MonthlyCharges"] = "#DIV/0!"
+    frame.loc[9, "signup"] = "31.02.2024"
+    frame.loc[10:12, "TotalCharges"] = "#VALUE!"
+    path = tmp_path / "slips.csv"
+    frame.to_csv(path, index=False)
+    prep = _prepare(path, "Churn", tmp_path)
+    assert {"MonthlyCharges", "TotalCharges"} <= set(prep.schema.numeric)  # error cells are missing values
+    assert np.isnan(prep.enc.num[8, prep.schema.numeric.index("MonthlyCharges")])
+    said = " ".join(prep.schema.warnings)
+    assert "'tenure' is read as categorical though all but 1 of its 600 values are numbers ('unknown')" in said
+    assert (
+        "'signup' is read as categorical though all but 1 of its 600 values are dates (DD.MM.YYYY) ('31.02.2024')"
+        in said
+    )
+    frame.loc[9, "signup"] = "00.00.0000"  # SAP's empty date: a missing one
+    frame.to_csv(path, index=False)
+    assert "signup" in _prepare(path, "Churn", tmp_path).schema.dates
