@@ -112,7 +112,28 @@ def _read_jsonl(p: Path, decimal: str) -> Any:
 
 def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd.DataFrame:
     df.attrs["read"] = Reading(reading.sep, decimal or detect_decimal(df), reading.encoding, reading.format)
+    if decimal is None and df.attrs["read"].decimal == ".":
+        df.attrs["warnings"] = [*df.attrs.get("warnings", []), *_grouped_or_not(df)]
     return df
+
+
+_GROUPED = re.compile(r"^[-+]?\d{1,3}(?:\.\d{3})+$")
+
+
+def _grouped_or_not(df: pd.DataFrame) -> list[str]:
+    """A warning for each column whose every number with a point has three digits after it (`1.169`,
+    `5.951`, `250`): a German export's thousands, or fractions of three decimals? Nothing in the file
+    tells; read as fractions, said rather than guessed silently (credit amounts were read as 1.169)."""
+    found = []
+    for col in df.columns:
+        values = df[col].head(2000).astype(str).str.strip()
+        pointed = values[values.str.contains(".", regex=False)]
+        if len(pointed) and pointed.str.fullmatch(_GROUPED).all() and not pointed.str.startswith("0").any():
+            found.append(
+                f"{col!r}: every value with a point has three digits after it ({pointed.iloc[0]!r}), read as "
+                f"{float(pointed.iloc[0]):g}: if the point groups thousands (a European export), pass --decimal ','"
+            )
+    return found[:3]
 
 
 def _read_text_csv(

@@ -811,3 +811,20 @@ def test_a_few_cells_that_keep_a_column_from_numbers_or_dates_are_said_and_error
     frame.loc[9, "signup"] = "00.00.0000"  # SAP's empty date: a missing one
     frame.to_csv(path, index=False)
     assert "signup" in _prepare(path, "Churn", tmp_path).schema.dates
+
+
+def test_amounts_whose_points_could_group_thousands_are_said(tmp_path: Path) -> None:
+    """A business-files audit: german credit written as a German export (`1.169`, `5.951`, `250`) was
+    read as fractions, silently; nothing in the file tells, so it is said, with the flag that reads them."""
+    frame = pd.read_csv(GERMAN, dtype=str, keep_default_na=False)
+    amounts = [f"{int(v):,}".replace(",", ".") for v in frame["credit_amount"]]
+    frame["credit_amount"] = amounts
+    path = tmp_path / "german_eu.csv"
+    frame.to_csv(path, sep=";", index=False)
+    said = " ".join(_prepare(path, "creditability", tmp_path).schema.warnings)
+    assert f"'credit_amount': every value with a point has three digits after it ('{amounts[0]}')" in said
+    assert "pass --decimal ','" in said
+    told = _prepare(path, "creditability", tmp_path, decimal=",")
+    assert not any("three digits" in w for w in told.schema.warnings)
+    amount = told.enc.num[:, told.schema.numeric.index("credit_amount")]
+    assert amount.max() > 10_000  # thousands, as the flag says
