@@ -577,6 +577,14 @@ def score(
             out.print(f"  {rows:>10,} × {message}", soft_wrap=True, markup=False)
         if len(summary.warnings) > SHOWN_WARNINGS:
             out.print(f"  … and {len(summary.warnings) - SHOWN_WARNINGS:,} other kinds")
+    if summary.unvalued:  # a column an export left empty: no row's warning says it
+        fields = ", ".join(repr(name) for name in summary.unvalued)
+        out.print(
+            f"warning: no row has a value the model can use for {fields} (blank, missing or an unseen level): "
+            "every row was scored as if it were missing",
+            soft_wrap=True,
+            markup=False,
+        )
     hint = summary.encoding_hint()  # rows lost to the encoding: name the flag that reads them
     if hint:
         out.print(hint, soft_wrap=True, markup=False)

@@ -81,6 +81,12 @@ class Summary:
     warnings: Counter[str] = field(default_factory=Counter)
     rows_not_utf8: int = 0  # failed rows whose error is NOT_UTF8
     not_utf8_values: list[bytes] = field(default_factory=list)  # the first KEPT_ERRORS such cells, raw
+    valued: np.ndarray | None = None  # per feature (num, then cat): a value the model can use, in some row
+    unvalued: list[str] = field(default_factory=list)  # features with none in any row: said once for the file
+
+    def count_valued(self, valued: np.ndarray) -> None:
+        """Add a block's features that had a value in some row."""
+        self.valued = valued if self.valued is None else self.valued | valued
 
     def count_not_utf8(self, values: list[bytes]) -> None:
         """Add a block's cells that are not UTF-8 (one per failed row)."""
@@ -130,6 +136,7 @@ class Scored:
     rows: int
     warnings: Counter[str]
     not_utf8: list[bytes] = field(default_factory=list)  # each failed row's cell that is not UTF-8
+    valued: np.ndarray | None = None  # per feature: a value the model can use in some row of the block
 
 
 class Scorer:
@@ -273,7 +280,8 @@ class Scorer:
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
         warnings = Counter(w for r, texts in enc.warnings.items() if r in warned for w in texts)
         errors = [(int(rows[r]), messages[r]) for r in sorted(messages)]
-        return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed))
+        valued = np.concatenate([~np.isnan(enc.num).all(axis=0), (enc.cat != 0).any(axis=0)])
+        return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed), valued)
 
     def _warn_lookalikes(self, batch: pa.RecordBatch, enc: Encoded) -> None:
         """As `/predict` warns a record: a feature with no value in a row where a look-alike column has
@@ -507,6 +515,8 @@ def score_stream(
         summary.rows_failed += len(scored.errors)
         summary.count_warnings(scored.warnings)
         summary.count_not_utf8(scored.not_utf8)
+        if scored.valued is not None and scored.rows:
+            summary.count_valued(scored.valued)
         for row, message in scored.errors:
             if len(summary.errors) < KEPT_ERRORS:
                 summary.errors.append((row, message))
@@ -535,6 +545,9 @@ def score_stream(
         sink.close()
     summary.rows_scored = summary.rows_in - summary.rows_failed
     summary.seconds = time.perf_counter() - started
+    if summary.valued is not None and summary.rows_in > 1:  # a column left empty by an export: no row says so
+        names = [*(f.name for f in scorer.pre.numeric), *(f.name for f in scorer.pre.categorical)]
+        summary.unvalued = [name for name, seen in zip(names, summary.valued, strict=True) if not seen]
     return summary
 
 

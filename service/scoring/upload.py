@@ -349,6 +349,10 @@ class Upload:
                 "; ".join(f"{n} × {text}" for text, n in summary.warnings.most_common(3)) or "none",
                 summary.seconds,
             )
+            if summary.unvalued:
+                log.warning(
+                    "upload: no row has a value for %s: every row scored as if it were missing", summary.unvalued
+                )
             if summary.rows_not_utf8:  # the body was read as UTF-8 (the training file's encoding)
                 fix = summary.utf8_fix()
                 log.warning(

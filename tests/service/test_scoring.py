@@ -435,3 +435,23 @@ def test_rows_not_utf8_are_counted_with_the_encoding_that_reads_them(
     )
     clean = score_file(Scorer(churn_bundle, "cpu"), _telco_head(tmp_path / "in.csv", 20), tmp_path / "out.csv")
     assert clean.encoding_hint() is None
+
+
+def test_a_feature_with_no_value_in_any_row_is_said_once_for_the_file(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A business-files audit: next month's export with tenure (or Contract) left empty scored every row
+    as if tenure were missing, exit 0 and not a word, where a missing column is refused."""
+    with TELCO.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))[:300]
+    for row in rows:
+        row["tenure"], row["Contract"] = "", "n/a" if int(row["SeniorCitizen"]) else "Two-year-ish"
+    source = tmp_path / "empty.csv"
+    with source.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    scorer = Scorer(churn_bundle, "cpu")
+    summary = score_file(scorer, source, tmp_path / "out.csv", chunk_rows=64)  # several blocks
+    assert summary.rows_scored == 300 and summary.unvalued == ["tenure", "Contract"]
+    assert score_file(scorer, TELCO, tmp_path / "whole.csv").unvalued == []
