@@ -65,7 +65,9 @@ def read_csv(
     raw = _gunzipped(p) if gzipped else None
     text_head = raw[:4096] if raw is not None else head
     plain = suffix.removesuffix(".gz") if gzipped else suffix
-    if plain.endswith((".json", ".xml", ".zip", ".gz")) or b"\x00" in text_head:
+    encoding = encoding or files.bom_encoding(text_head)  # UTF-16 text has NUL bytes: no binary file
+    wide = encoding is not None and codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    if plain.endswith((".json", ".xml", ".zip", ".gz")) or (b"\x00" in text_head and not wide):
         raise DataError(f"{p} is not a CSV text file; supported: {files.FORMATS_TEXT}")
     return _read_text_csv(p, sep, decimal, encoding, raw)
 

@@ -157,10 +157,25 @@ def _fields(header: str, sep: str) -> int:
         return 0
 
 
+def bom_encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32 when the bytes begin with its byte-order mark (Excel's "Unicode Text" export
+    is UTF-16): its NUL bytes read as no text at all, and its header as no column the model has."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
+
+
 def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
-    """A file's encoding from its first bytes: the bundle's (`preferred`) unless they say otherwise:
-    UTF-8 when they hold UTF-8 beyond ASCII; a detected one (charset-normalizer) when many lines are
-    not UTF-8. A stray bad byte here and there stays an error of its row, not a guess for the file."""
+    """A file's encoding from its first bytes: the one its byte-order mark names; else the bundle's
+    (`preferred`) unless they say otherwise: UTF-8 when they hold UTF-8 beyond ASCII; a detected one
+    (charset-normalizer) when many lines are not UTF-8. A stray bad byte here and there stays an error
+    of its row, not a guess for the file."""
+    if marked := bom_encoding(head):
+        return marked
+    if codecs.lookup(preferred).name.startswith(("utf-16", "utf-32")) and b"\x00" not in head:
+        preferred = "utf-8"  # a model trained on a UTF-16 file scoring one saved as UTF-8 (no NUL bytes)
     lines = head.splitlines()[:-1] or head.splitlines()  # the last may be cut mid-character
     bad = sum(1 for line in lines if not is_utf8(line))
     if bad == 0:

@@ -455,3 +455,21 @@ def test_a_feature_with_no_value_in_any_row_is_said_once_for_the_file(
     summary = score_file(scorer, source, tmp_path / "out.csv", chunk_rows=64)  # several blocks
     assert summary.rows_scored == 300 and summary.unvalued == ["tenure", "Contract"]
     assert score_file(scorer, TELCO, tmp_path / "whole.csv").unvalued == []
+
+
+def test_a_utf16_file_is_read_by_its_byte_order_mark(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A business-files audit: Excel's "Unicode Text" export (UTF-16 with a BOM) failed as "missing 19
+    columns … is '\\x00S\\x00e\\x00n…' meant to be 'SeniorCitizen'?"; training refused it as no CSV file."""
+    from training.reading import read_csv
+
+    text = "".join(TELCO.read_text().splitlines(keepends=True)[:200])
+    wide = tmp_path / "unicode.csv"
+    wide.write_bytes(text.encode("utf-16"))  # with its BOM, little-endian here
+    plain = tmp_path / "plain.csv"
+    plain.write_text(text)
+    scorer = Scorer(churn_bundle, "cpu")
+    score_file(scorer, wide, tmp_path / "wide_out.csv")
+    score_file(scorer, plain, tmp_path / "plain_out.csv")
+    assert _read(tmp_path / "wide_out.csv") == _read(tmp_path / "plain_out.csv")
+    frame = read_csv(wide)
+    assert frame.attrs["read"].encoding == "utf-16" and list(frame.columns)[:2] == ["customerID", "gender"]
