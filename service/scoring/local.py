@@ -478,8 +478,8 @@ def kept_columns(
 ) -> list[str]:
     """The pass-through columns: `keep`, all, or the id columns present; `keep_name` is how the caller
     spells `keep` (`?keep` over HTTP)."""
-    if keep_all:
-        return list(source.columns)
+    if keep_all:  # but columns with no name (a delimiter ending each line): they cannot be told apart
+        return [c for c in source.columns if c.strip()]
     wanted = keep if keep is not None else pre.id_columns
     missing = [c for c in wanted if c not in source.columns]
     if keep is not None and missing:

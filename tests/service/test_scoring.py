@@ -218,6 +218,11 @@ def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: 
     with pytest.raises(ScoringError, match=r"input column\(s\) error would be written twice"):
         score_file(again, out, tmp_path / "again.csv", keep=["customerID", "error"])
     assert score_file(again, out, tmp_path / "again.csv", keep=["customerID", "Churn"]).rows_scored == 20
+    # every line ending in two delimiters (two columns with no name): kept out, never "named twice" (an audit)
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("".join(line.rstrip("\r\n") + ",,\n" for line in plain.read_text().splitlines()))
+    assert score_file(again, trailing, tmp_path / "trailing_out.csv", keep_all=True).rows_scored == 20
+    assert list(_read(tmp_path / "trailing_out.csv")[0]) == list(scored[0])
 
 
 def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
