@@ -114,8 +114,8 @@ def _read_jsonl(p: Path, decimal: str) -> Any:
 
 def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd.DataFrame:
     df.attrs["read"] = Reading(reading.sep, decimal or detect_decimal(df), reading.encoding, reading.format)
-    if decimal is None and df.attrs["read"].decimal == ".":
-        df.attrs["warnings"] = [*df.attrs.get("warnings", []), *_grouped_or_not(df)]
+    if decimal is None and df.attrs["read"].decimal == "." and (grouped := _grouped_or_not(df)):
+        df.attrs["warnings"] = [*df.attrs.get("warnings", []), *grouped]
     return df
 
 
