@@ -33,7 +33,7 @@ WarningKind = Literal["unseen_level", "out_of_range", "lookalike_field"]
 NUMERIC_MISSING = frozenset(
     {"", "na", "n/a", "nan", "null", "none", "?", "-", "--", "#n/a", "."}
     # a spreadsheet's error cells, and the zero dates SAP and MySQL write for "no date"
-    | {"#div/0!", "#value!", "#ref!", "#name?", "#num!", "#null!", "00.00.0000", "0000-00-00"}
+    | {"#div/0!", "#value!", "#ref!", "#name?", "#num!", "#null!", "00.00.0000", "0000-00-00", "0000-00-00 00:00:00"}
 )
 # an integer written as a float (`17.0`): how pandas writes an integer column with gaps
 _WHOLE_FLOAT = re.compile(r"(-?\d+)\.0+")
@@ -442,7 +442,7 @@ class CategoricalFeature:
         hold it as the number)."""
         found = self.index_.get(key, 0) or self.folded_.get(key.casefold(), 0)
         if found == 0 and (whole := _WHOLE_FLOAT.fullmatch(key)):
-            found = self.index_.get(whole[1], 0) or self.numbered_.get(int(whole[1]), 0)
+            found = self.index_.get(whole[1], 0) or (len(whole[1]) < 19 and self.numbered_.get(int(whole[1]), 0))
         if found == 0 and key.isascii() and key.isdigit() and len(key) < 19:
             found = self.numbered_.get(int(key), 0)
         return found

@@ -472,7 +472,12 @@ class ModelStore:
                 self._unservable.pop(name, None)
             challenger = refs.get(state.challenger) if state.challenger is not None else None
             held = self.challengers.get(name)
-            if challenger is None and held is not None and held.version == state.challenger:
+            if (
+                challenger is None
+                and held is not None
+                and (name, held.version) in published
+                and held.version == state.challenger
+            ):
                 challenger = held.ref  # refused since it loaded (a file of it changed): it stays, as a champion does
             plan[name] = (champion, challenger)
         return plan

@@ -605,11 +605,11 @@ FILE_FAILURE_SHARE = 0.5  # most rows failing is a file-level problem (wrong enc
 
 def _file_level_failure(summary: Any) -> str | None:
     """The reason to fail the whole run when most rows failed, mostly the same way; else None."""
-    from service.scoring.files import UNCLOSED
-
-    unclosed = next((m for _, m in summary.errors if UNCLOSED in m), None)
-    if unclosed:  # the rows after it are in no output: not a row's error but the file's
-        return f"{unclosed}: fix the quote and score the file again (the rows before it are in the output)"
+    if summary.unclosed_row is not None:  # the rows after it are in no output: the file's fault, not a row's
+        return (
+            f'a quote (") opened in row {summary.unclosed_row:,} is never closed: the rest of the file was read '
+            "into that row, so the rows after it are in no output. Fix the quote and score the file again"
+        )
     if summary.rows_in < 10 or summary.rows_failed <= FILE_FAILURE_SHARE * summary.rows_in:
         return None
     kinds = collections.Counter(_error_kind(message) for _, message in summary.errors)

@@ -387,25 +387,30 @@ ALMOST_SHARE = 0.95  # of its cells numbers (or dates in one format): the rest a
 def _almost(col: str, column: pd.Series, present: list[str], decimal: str, month_first: bool) -> list[str]:
     """A warning for a column read as levels because a few of its cells are no number (`unknown`) or
     no date in the format the others share (`31.02.2024`): one such cell made a column of amounts 1,199
-    levels, without a word."""
+    levels, without a word. Missing cells count for neither side."""
     distinct, codes = _distinct(column)
     counts = np.bincount(codes, minlength=len(distinct))
-    readable = [_is_number(v, decimal) for v in distinct]
-    kind, rows = "numbers", len(column)
-    if sum(n for n, ok in zip(counts, readable, strict=True) if ok) < ALMOST_SHARE * rows:
+    given = np.array([category_key(v) is not None and str(v).strip().lower() not in NUMERIC_MISSING for v in distinct])
+    values = int(counts[given].sum())
+    if not values:
+        return []
+    readable = np.array([_is_number(v, decimal) for v in distinct]) & given
+    kind = "numbers"
+    if counts[readable].sum() < ALMOST_SHARE * values:
         sample = present[:: max(1, len(present) // 500)]
         formats = sorted(DATE_FORMATS, key=lambda f: f.startswith(DAY_FIRST)) if month_first else DATE_FORMATS
         fmt = max(formats, key=lambda f: sum(_reads_every([v], f) for v in sample))
-        missing = [category_key(v) is None or str(v).strip().lower() in NUMERIC_MISSING for v in distinct]
-        readable = [gone or _reads_every([str(v)], fmt) for v, gone in zip(distinct, missing, strict=True)]
+        readable = np.array([_reads_every([str(v)], fmt) for v in distinct]) & given
         kind = f"dates ({shown_format(fmt)})"
-        if sum(n for n, ok in zip(counts, readable, strict=True) if ok) < ALMOST_SHARE * rows:
+        if counts[readable].sum() < ALMOST_SHARE * values:
             return []
-    bad = [(int(n), str(v)) for v, n, ok in zip(distinct, counts, readable, strict=True) if not ok]
+    bad = [(int(n), str(v)) for v, n, no in zip(distinct, counts, given & ~readable, strict=True) if no]
     odd = sum(n for n, _ in bad)
+    if not odd:  # every value reads: kept from it for another reason (a two-digit year), said where it was
+        return []
     shown = ", ".join(repr(v) for _, v in sorted(bad, reverse=True)[:3]) + (", …" if len(bad) > 3 else "")
     return [
-        f"{col!r} is read as categorical though all but {odd:,} of its {rows:,} values are {kind} ({shown}): "
+        f"{col!r} is read as categorical though all but {odd:,} of its {values:,} values are {kind} ({shown}): "
         "if those mean missing, blank or correct them and the column is read as the others are"
     ]
 
@@ -454,9 +459,10 @@ def merged_levels(present: list[str], by_value: bool = False) -> dict[str, str]:
 
 
 def _has_leading_zeros(present: Iterable[str]) -> bool:
-    """`000123`, `0421`: codes whose zeros matter, never amounts (`0`, `0.5` are numbers, and so is
-    `00029.85`, an amount a fixed-width export padded: it was 1,198 levels)."""
-    return any(len(v) > 1 and v[0] == "0" and v.isdigit() for v in present)
+    """`000123`, `0421`, `01.11` (NACE), `0101.21` (HS): codes whose zeros matter, never amounts (`0`,
+    `0.5` are numbers). An amount a fixed-width export padded (`00029.85`) reads as codes too: the two
+    cannot be told apart; `--numeric` reads it."""
+    return any(len(v) > 1 and v[0] == "0" and v[1].isdigit() for v in present)
 
 
 def _integral(numbers: np.ndarray) -> bool:
@@ -808,7 +814,9 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     # `Churn` made a third class, and one text cell made each numeric column categorical)
     header = np.zeros(len(df), dtype=bool)
     for row in np.flatnonzero((df[cfg.target].str.strip() == cfg.target).to_numpy()):
-        header[row] = [str(v).strip() for v in df.iloc[row]] == list(df.columns)
+        # each copy of an Excel "CSV UTF-8" export keeps its BOM; a column with no name has a blank cell
+        cells = [str(v).strip().lstrip("\ufeff") for v in df.iloc[row]]
+        header[row] = all(c == n or (c == "" and UNNAMED.fullmatch(n)) for c, n in zip(cells, df.columns, strict=True))
     keep = np.array([k is not None for k in keys]) & ~header
     dropped = int((~keep).sum()) - int(header.sum())
     df = df.loc[keep].reset_index(drop=True)
@@ -821,6 +829,10 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     if task == "regression":
         y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
+        if (unknown := np.isnan(y)).any():  # `n/a`, `#DIV/0!`: a missing target too (it was sklearn's NaN error)
+            rows = file_rows if file_rows is not None else np.arange(len(keep))
+            df, y, file_rows = df.loc[~unknown].reset_index(drop=True), y[~unknown], rows[~unknown]
+            dropped += int(unknown.sum())
         return df, Target(task, y, [], None, dropped, file_rows=file_rows, header_rows=header_rows)
     # `yes`, `YES` and `Yes` are one class, never three, and so are `1` and `1.0`: a binary target stays binary
     merged = merged_levels(present, by_value=True)

@@ -119,7 +119,7 @@ def _with_reading(df: pd.DataFrame, reading: Reading, decimal: str | None) -> pd
     return df
 
 
-_GROUPED = re.compile(r"^[-+]?\d{1,3}(?:\.\d{3})+$")
+_GROUPED = re.compile(r"^[-+]?[1-9]\d{0,2}\.\d{3}$")  # `1.234.567` is no number under a point: no question
 
 
 def _grouped_or_not(df: pd.DataFrame) -> list[str]:

@@ -258,9 +258,12 @@ def inflated(body: bytes, headers: dict[bytes, bytes], limit: int) -> bytes:
         if not inflater.eof:
             raise HttpError(400, "Content-Encoding gzip: the body ends inside a gzip member (truncated)")
         at -= len(inflater.unused_data)
-        # the end, or the zero padding some tape and block tools add (counted, not copied)
-        if body.count(b"\0", at) == len(body) - at:
+        if at == len(body):
             return bytes(out)
+        if body[at] == 0:  # the zero padding some tape and block tools add, once: nothing may follow it
+            if body.count(b"\0", at) == len(body) - at:
+                return bytes(out)
+            raise HttpError(400, "Content-Encoding gzip: the body is not valid gzip (bytes after its zero padding)")
     raise HttpError(400, f"Content-Encoding gzip: more than {GZIP_MEMBERS} gzip members in one body")
 
 

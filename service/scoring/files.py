@@ -41,9 +41,6 @@ ROW = "_tabserve_row"  # 1-based input row number (header not counted)
 UNPARSED = "_tabserve_unparsed"  # why the reader could not split the row; null for good rows
 
 
-UNCLOSED = 'a quote (") is never closed'  # an error that lost the rows after it: the run fails
-
-
 class ScoringError(ValueError):
     """The input cannot be scored at all (e.g. a missing column)."""
 
@@ -308,12 +305,14 @@ class _Records:
         self._quoted = False  # whether the bytes scanned so far end inside a quoted field
         self._prev = _LF  # the byte before the next one scanned
         self._dropped = 0  # bytes of an over-long record dropped so far (0: none is being dropped)
+        self.unclosed = False  # the input ended inside a quoted field: its last record holds the rest
 
     def blocks(self, size: int) -> Iterator[pa.Buffer]:
         while data := self._take(size):
             pieces = self._drop(data) if self._dropped else self._pass(data)
             if pieces:
                 yield _arrow_buffer(pieces)
+        self.unclosed = self._quoted
         tail = self._marker(self._dropped) if self._dropped else self._held
         if tail:
             yield _arrow_buffer([tail])
@@ -466,6 +465,12 @@ class CsvSource:
     def type_of(self, column: str) -> pa.DataType:
         return pa.string()
 
+    @property
+    def unclosed_quote(self) -> bool:
+        """Whether the file ended inside a quoted field: a quote never closed read the rest of it into
+        its row (whose field count may even come out right), so those rows are in no output."""
+        return self._records.unclosed
+
     def _on_invalid(self, row: pcsv.InvalidRow) -> str:
         # `number` counts the block's rows from 1 (known as each block is parsed serially)
         index = self._rows_before + row.number - 1 if row.number is not None else -1
@@ -473,9 +478,6 @@ class CsvSource:
         length = text.startswith(_OVER_LIMIT) and text[len(_OVER_LIMIT) :].split(",", 1)[0]
         if length and length.isdigit():  # the marker `_Records` put in place of an over-long record
             reason, text = f"the record is {int(length):,} bytes, over the {LIMIT_TEXT} limit for one record", ""
-        elif "\n" in text and text.count('"') % 2:  # the rest of the file read into one field, silently
-            lines = text.rstrip("\r\n").count("\n")
-            reason += f": {UNCLOSED} in this row, so the {lines:,} line(s) after it were read as part of it"
         self._invalid.append((index, f"{reason}\0{text}"))
         self._block_invalid += 1
         return "skip"

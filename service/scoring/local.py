@@ -83,6 +83,7 @@ class Summary:
     not_utf8_values: list[bytes] = field(default_factory=list)  # the first KEPT_ERRORS such cells, raw
     valued: np.ndarray | None = None  # per feature (num, then cat): a value the model can use, in some row
     unvalued: list[str] = field(default_factory=list)  # features with none in any row: said once for the file
+    unclosed_row: int | None = None  # the row whose quote is never closed: the file's rest went into it
 
     def count_valued(self, valued: np.ndarray) -> None:
         """Add a block's features that had a value in some row."""
@@ -478,8 +479,8 @@ def kept_columns(
 ) -> list[str]:
     """The pass-through columns: `keep`, all, or the id columns present; `keep_name` is how the caller
     spells `keep` (`?keep` over HTTP)."""
-    if keep_all:  # but columns with no name (a delimiter ending each line): they cannot be told apart
-        return [c for c in source.columns if c.strip()]
+    if keep_all:  # but columns with no name given more than once (delimiters ending each line): no one is meant
+        return [c for c in source.columns if c.strip() or source.columns.count(c) == 1]
     wanted = keep if keep is not None else pre.id_columns
     missing = [c for c in wanted if c not in source.columns]
     if keep is not None and missing:
@@ -545,6 +546,8 @@ def score_stream(
         sink.close()
     summary.rows_scored = summary.rows_in - summary.rows_failed
     summary.seconds = time.perf_counter() - started
+    if getattr(source, "unclosed_quote", False):
+        summary.unclosed_row = summary.rows_in
     if summary.valued is not None and summary.rows_in > 1:  # a column left empty by an export: no row says so
         names = [*(f.name for f in scorer.pre.numeric), *(f.name for f in scorer.pre.categorical)]
         summary.unvalued = [name for name, seen in zip(names, summary.valued, strict=True) if not seen]

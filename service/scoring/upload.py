@@ -349,6 +349,9 @@ class Upload:
                 "; ".join(f"{n} × {text}" for text, n in summary.warnings.most_common(3)) or "none",
                 summary.seconds,
             )
+            if summary.unclosed_row is not None:
+                log.warning("upload: a quote opened in row %d is never closed: the body's rest was read into it",
+                            summary.unclosed_row)  # fmt: skip
             if summary.unvalued:
                 log.warning(
                     "upload: no row has a value for %s: every row scored as if it were missing", summary.unvalued

@@ -274,3 +274,4 @@ def test_a_code_of_digits_matches_without_or_with_leading_zeros_where_no_other_l
     }  # fmt: skip
     enc = Encoded(num=np.zeros((3, 0), np.float32), cat=np.zeros((3, 1), np.int64))
     assert encode_categorical(feat, [13, 13.0, 420], 3, enc).tolist() == [1, 1, 2] and not enc.warnings
+    assert feat.code_of("1" * 5000 + ".0") == 0  # no int() of 5,000 digits (a review: a 500 on /predict)

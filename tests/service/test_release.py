@@ -603,3 +603,10 @@ def test_a_loaded_challenger_whose_file_breaks_keeps_its_place_and_a_card_edit_l
         mended = httpx.post(server.url + "/admin/reload", headers=auth).json()
         assert mended["loaded"] == [] and mended["refused"] == {}, mended  # held again (a challenger)
         assert httpx.get(server.url + "/health/ready").json()["refused"] == {}
+        # retired by hand: no longer held (a second review: it was kept and refused at every poll)
+        (store / "churn" / "2").rename(store / "churn" / "2.retired")
+        for _ in range(2):
+            gone = httpx.post(server.url + "/admin/reload", headers=auth).json()
+            assert gone["refused"] == {}, gone
+        assert httpx.get(server.url + "/models/churn").json()["release"]["challenger"] is None
+        assert server.output().count("refusing bundle") == 1

@@ -223,6 +223,12 @@ def test_gzip_in_and_out_and_keep_all(churn_bundle: bundle.BundleRef, tmp_path: 
     trailing.write_text("".join(line.rstrip("\r\n") + ",,\n" for line in plain.read_text().splitlines()))
     assert score_file(again, trailing, tmp_path / "trailing_out.csv", keep_all=True).rows_scored == 20
     assert list(_read(tmp_path / "trailing_out.csv")[0]) == list(scored[0])
+    indexed = tmp_path / "indexed.csv"  # pandas' to_csv: one column with no name, the index, is kept
+    indexed.write_text(
+        "".join(f"{'' if i == 0 else i}," + line for i, line in enumerate(plain.read_text().splitlines(True)))
+    )
+    score_file(again, indexed, tmp_path / "indexed_out.csv", keep_all=True)
+    assert list(_read(tmp_path / "indexed_out.csv")[0])[:2] == ["", "customerID"]
 
 
 def test_interrupted_run_leaves_no_truncated_output(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

@@ -768,21 +768,27 @@ def test_rows_repeating_the_header_are_left_out_and_rows_keep_their_numbers(tmp_
     prep = _prepare(path, "Churn", tmp_path)
     assert prep.target.header_rows == [201, 402] and prep.target.labels == ["No", "Yes"]
     assert {"tenure", "MonthlyCharges"} <= set(prep.schema.numeric) and len(prep.target.y) == 600
+    # each copy an Excel "CSV UTF-8" export with its BOM, lines ending in a delimiter (a diff review)
+    bom = [line.rstrip("\r\n") + ",\n" for line in [*lines[:201], "\ufeff" + lines[0], *lines[201:]]]
+    path.write_text("".join(bom))
+    prep = _prepare(path, "Churn", tmp_path)
+    assert prep.target.header_rows == [201] and prep.target.labels == ["No", "Yes"]
 
 
-def test_an_amount_padded_with_zeros_is_a_number_and_a_padded_code_a_level(tmp_path: Path) -> None:
-    """A business-files audit: MonthlyCharges as a fixed-width export writes it (`00029.85`) trained
-    as 1,198 levels; codes such as `0421` keep their zeros as levels."""
+def test_codes_with_leading_zeros_are_levels_and_numeric_reads_a_padded_amount(tmp_path: Path) -> None:
+    """NACE's `01.11` and `0421` keep their zeros as levels (a diff review: reading `00029.85` as a
+    number made `01.11` the number 1.11); a padded amount looks the same, and `--numeric` reads it."""
     frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(400)
     frame["MonthlyCharges"] = [f"{float(v):08.2f}" for v in frame["MonthlyCharges"]]
     frame["branch"] = [f"{i % 37:04d}" for i in range(len(frame))]
+    frame["nace"] = [["01.11", "01.13", "45.20", "62.01"][i % 4] for i in range(len(frame))]
     path = tmp_path / "padded.csv"
     frame.to_csv(path, index=False)
     prep = _prepare(path, "Churn", tmp_path)
-    assert frame["MonthlyCharges"][0] == "00029.85" and "MonthlyCharges" in prep.schema.numeric
-    column = prep.enc.num[:, prep.schema.numeric.index("MonthlyCharges")]
+    assert {"branch", "nace"} <= set(prep.schema.categorical) and "MonthlyCharges" not in prep.schema.numeric
+    told = _prepare(path, "Churn", tmp_path, numeric=["MonthlyCharges"])
+    column = told.enc.num[:, told.schema.numeric.index("MonthlyCharges")]
     np.testing.assert_allclose(column[:3], [29.85, 56.95, 53.85], rtol=1e-6)
-    assert "branch" in prep.schema.categorical
 
 
 def test_a_few_cells_that_keep_a_column_from_numbers_or_dates_are_said_and_error_cells_are_missing(
@@ -811,6 +817,12 @@ def test_a_few_cells_that_keep_a_column_from_numbers_or_dates_are_said_and_error
     frame.loc[9, "signup"] = "00.00.0000"  # SAP's empty date: a missing one
     frame.to_csv(path, index=False)
     assert "signup" in _prepare(path, "Churn", tmp_path).schema.dates
+    # a free-text column blank but in 3 % of rows: its blanks are no numbers (a diff review: "all but 60
+    # of its 2,000 values are numbers")
+    notes = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(2000)
+    notes["note"] = ["" if i % 33 else f"call back on day {i}" for i in range(len(notes))]
+    notes.to_csv(path, index=False)
+    assert not any("'note'" in w for w in _prepare(path, "Churn", tmp_path).schema.warnings)
 
 
 def test_amounts_whose_points_could_group_thousands_are_said(tmp_path: Path) -> None:
@@ -828,3 +840,24 @@ def test_amounts_whose_points_could_group_thousands_are_said(tmp_path: Path) -> 
     assert not any("three digits" in w for w in told.schema.warnings)
     amount = told.enc.num[:, told.schema.numeric.index("credit_amount")]
     assert amount.max() > 10_000  # thousands, as the flag says
+
+
+def test_a_regression_target_written_as_missing_is_dropped_and_counted(tmp_path: Path) -> None:
+    """A diff review: `n/a` or `#DIV/0!` as a regression target reached scikit-learn as NaN ("Input y
+    contains NaN") where a blank one is dropped and counted; rows keep their file numbers."""
+    frame = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(400)
+    frame.loc[3, "MonthlyCharges"], frame.loc[5, "MonthlyCharges"], frame.loc[6, "MonthlyCharges"] = (
+        "n/a",
+        "#DIV/0!",
+        "",
+    )
+    frame.loc[9, "tenure"] = "lots"
+    path = tmp_path / "charges.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(D.DataError, match=r"--numeric 'tenure': row 10: "):  # the file's row, three dropped before
+        _prepare(path, "MonthlyCharges", tmp_path, numeric=["tenure"])
+    frame.loc[9, "tenure"] = "7"
+    frame.to_csv(path, index=False)
+    prep = _prepare(path, "MonthlyCharges", tmp_path)
+    assert prep.target.task == "regression" and prep.target.dropped_missing == 3 and len(prep.target.y) == 397
+    assert not np.isnan(prep.target.y).any()
