@@ -392,7 +392,7 @@ class ModelStore:
                         self._swap(model)
                         report.loaded.append(f"{name}@{model.version}")
                 held = self.challengers.get(name)
-                if (held is None) != (challenger is None) or (challenger is not None and self._due(held, challenger)):
+                if self._due(held, challenger) if challenger is not None else held is not None:
                     model = await self._loaded(challenger, report) if challenger is not None else None
                     if model is not None or challenger is None:
                         self._hold_challenger(name, model)
