@@ -738,7 +738,8 @@ def feedback(
     media = "application/json" if input.suffix == ".json" else "text/csv"
 
     def where(detail: dict[str, Any]) -> str:  # a CSV's data rows counted from 1, as scoring's errors file does
-        place = f"row {detail['record'] + 1}" if media == "text/csv" else f"record {detail['record']}"
+        record = detail["record"]
+        place = f"row {record + 1}" if media == "text/csv" and isinstance(record, int) else f"record {record}"
         return f"  {place}, field '{detail['field']}': {detail['message']}"
 
     try:
