@@ -166,13 +166,13 @@ class Feedback:
             bad = {d["record"] for d in part.refused}
             refused += [{**d, "record": start + d["record"]} for d in part.refused]
             kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
-            for i, item in zip(list(kept), part.labelled, strict=True):
+            for i, item in zip(kept, part.labelled, strict=True):
                 seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
                 if outcome != item.outcome:
                     message = f"id {', '.join(item.key)} has another outcome in record {seen} of this submission"
                     refused.append(self._bad(start + i, self.pre.id_columns[0], message))
-                    kept.remove(i)
-            good.append([start + i for i in kept])
+                    bad.add(i)
+            good.append([start + i for i in kept if i not in bad])
         refused.sort(key=lambda d: d["record"])
         if refused and not partial:
             head = refused[0]

@@ -442,7 +442,8 @@ class CategoricalFeature:
         hold it as the number)."""
         found = self.index_.get(key, 0) or self.folded_.get(key.casefold(), 0)
         if found == 0 and (whole := _WHOLE_FLOAT.fullmatch(key)):
-            found = self.index_.get(whole[1], 0) or (len(whole[1]) < 19 and self.numbered_.get(int(whole[1]), 0))
+            key = whole[1]
+            found = self.index_.get(key, 0)
         if found == 0 and key.isascii() and key.isdigit() and len(key) < 19:
             found = self.numbered_.get(int(key), 0)
         return found

@@ -113,6 +113,11 @@ class Target:
     file_rows: np.ndarray | None = None
     header_rows: list[int] = field(default_factory=list)  # rows (from 1) that repeat the header: left out
 
+    @property
+    def file_row_count(self) -> int:
+        """The file's data rows: kept, without a target, and repeating the header."""
+        return len(self.y) + self.dropped_missing + len(self.header_rows)
+
     @cached_property
     def ranks(self) -> np.ndarray:
         """The target's ranks (ties averaged), once for every column's rank correlation with it."""
@@ -817,8 +822,9 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
         # each copy of an Excel "CSV UTF-8" export keeps its BOM; a column with no name has a blank cell
         cells = [str(v).strip().lstrip("\ufeff") for v in df.iloc[row]]
         header[row] = all(c == n or (c == "" and UNNAMED.fullmatch(n)) for c, n in zip(cells, df.columns, strict=True))
-    keep = np.array([k is not None for k in keys]) & ~header
-    dropped = int((~keep).sum()) - int(header.sum())
+    given = np.array([k is not None for k in keys])
+    keep = given & ~header
+    dropped = int((~given).sum())  # a repeated header's target is given: its own name
     df = df.loc[keep].reset_index(drop=True)
     file_rows = np.flatnonzero(keep) if not keep.all() else None
     header_rows = (np.flatnonzero(header) + 1).tolist()

@@ -160,11 +160,7 @@ def champion_test_rows(
     # split by other groups (or by row before): its test rows would share groups with this run's training
     same = data.get("sha256") == sha256 and config.get("target") == cfg.target
     same = same and config.get("group_column") == cfg.group_column
-    if (
-        not same
-        or data.get("rows") != len(target.y) + target.dropped_missing + len(target.header_rows)
-        or "seed" not in config
-    ):
+    if not same or data.get("rows") != target.file_row_count or "seed" not in config:
         return None
     theirs = _saved_test_rows(champion_dir, len(target.y))
     if theirs is None:  # an older bundle: its split rebuilt from its seed (right unless it inherited rows)
@@ -705,7 +701,7 @@ def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], sta
         "data": {
             "file": Path(cfg.data).name,
             "sha256": prep.sha256,
-            "rows": len(prep.df) + prep.target.dropped_missing + len(prep.target.header_rows),
+            "rows": prep.target.file_row_count,
             "dropped_missing_target": prep.target.dropped_missing,
             "train_rows": len(prep.split.dev),
             "test_rows": len(prep.split.test),

@@ -130,7 +130,7 @@ def _grouped_or_not(df: pd.DataFrame) -> list[str]:
     for col in df.columns:
         values = df[col].head(2000).astype(str).str.strip()
         pointed = values[values.str.contains(".", regex=False)]
-        if len(pointed) and pointed.str.fullmatch(_GROUPED).all() and not pointed.str.startswith("0").any():
+        if len(pointed) and pointed.str.fullmatch(_GROUPED).all():
             found.append(
                 f"{col!r}: every value with a point has three digits after it ({pointed.iloc[0]!r}), read as "
                 f"{float(pointed.iloc[0]):g}: if the point groups thousands (a European export), pass --decimal ','"
