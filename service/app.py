@@ -26,7 +26,7 @@ from service.cpus import cpu_budget
 from service.dataplane import DataPlane
 from service.http import protocol_for
 from service.runtime import describe_device, providers_for
-from service.scoring.upload import QUIET_CUT_SHORT, Uploads
+from service.scoring.upload import QUIET_CUT_SHORT, AnswerCutShort, Uploads
 from service.settings import Settings
 from service.store import ModelStore
 from service.telemetry import Telemetry
@@ -53,6 +53,9 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_and_note)
+        except AnswerCutShort as exc:
+            status[0] = exc.status
+            raise
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.telemetry.request(route, status[0], perf_counter() - started)

@@ -11,6 +11,8 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from monitoring.log import PredictionLog
 from service.explain import Explain
 from service.features import Reading
@@ -30,6 +32,10 @@ class Cancelled(Exception):
     """The other side of a pipe went away."""
 
 
+class BodyStopped(Cancelled):
+    """The body ended before its end: the client left, or paused past `body_timeout_s`."""
+
+
 class BodyTooLarge(ValueError):
     """The upload grew past `max_score_bytes`."""
 
@@ -42,6 +48,16 @@ class AnswerCutShort(Exception):
     """Ends an answer the client must see as incomplete (the connection closes before its last chunk).
     Its cause is logged once by the upload (a warning for the body's fault, an error with its traceback
     for ours), so the server's "Exception in ASGI application" for it is left out (`QUIET_CUT_SHORT`)."""
+
+    @property
+    def status(self) -> int:
+        """What the metrics count it as: the 200 already sent would hide it among answers served."""
+        cause = self.__cause__
+        if isinstance(cause, BodyTooLarge):
+            return 413
+        if isinstance(cause, Cancelled):
+            return 499  # nginx's "client closed request": it left, or read nothing for body_timeout_s
+        return 400 if isinstance(cause, ValueError) else 500  # the body's fault, else ours
 
 
 class _QuietCutShort(logging.Filter):
@@ -101,11 +117,16 @@ class BodyPipe(_Stream):
             await self.queue.put(_END)
         except asyncio.CancelledError:  # the scorer has stopped, or will: never wait for it here
             self._cancel()
+        except ClientDisconnect:  # the client's doing, logged as a warning (not an error of ours)
+            await self._put(BodyStopped("the body stopped before its end: the client went away or paused too long"))
         except Exception as exc:  # noqa: BLE001 (raised on the reading thread, after the chunks before it)
-            try:
-                await self.queue.put(exc)
-            except asyncio.CancelledError:
-                self._cancel()
+            await self._put(exc)
+
+    async def _put(self, error: BaseException) -> None:
+        try:
+            await self.queue.put(error)
+        except asyncio.CancelledError:
+            self._cancel()
 
     def _cancel(self) -> None:
         """End the pipe now, dropping unread chunks."""
@@ -363,7 +384,7 @@ class Upload:
                     summary.rows_not_utf8,
                     f"{fix} reads them" if fix else "nor cp1252",
                 )
-        elif isinstance(error, ValueError):  # the body's doing (cut short, too large, not the model's CSV)
+        elif isinstance(error, ValueError | BodyStopped):  # the body's doing (stopped, too large, not CSV)
             log.warning("upload scoring stopped: %s", error)
         elif not isinstance(error, Cancelled):  # ours (a bug, memory, ONNX Runtime): with its traceback
             log.error("upload scoring failed: %s", error, exc_info=error)

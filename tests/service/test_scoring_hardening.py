@@ -469,3 +469,36 @@ def test_one_row_with_a_field_too_many_is_reported_not_read_as_row_names(
     source.write_bytes(header + b"".join(b'"r%d",' % i + row for i, row in enumerate(_telco(2)[1])))
     summary = score_file(Scorer(churn_bundle, "cpu"), source, tmp_path / "out.csv")
     assert (summary.rows_in, summary.rows_failed) == (2, 0)  # two rows of R's row names: read as such
+
+
+def test_an_upload_cut_short_is_counted_by_its_cause_not_as_served(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = copy_store(churn_bundle, tmp_path / "models")
+    header, rows = _telco(2000)
+    body = header + b"".join(rows)
+    monkeypatch.setenv("TABSERVE_BODY_TIMEOUT_S", "1")
+    with running_server(store, "--max-score-bytes", str(len(body))) as server:
+        stalled = RawUpload(server)
+        stalled.send(body[: len(body) // 2])  # NOTE: enough to start answering, then nothing more
+        assert stalled.status() == 200
+        with pytest.raises(http.client.IncompleteRead):
+            stalled.answer.read()
+        stalled.close()
+        grown = RawUpload(server)
+        grown.send(body)
+        assert grown.status() == 200
+        grown.send(rows[0])  # past --max-score-bytes, found mid-way: no Content-Length
+        with pytest.raises(http.client.IncompleteRead):
+            grown.answer.read()
+        grown.close()
+        deadline = time.monotonic() + 10
+        while "upload scoring stopped: body is over" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        metrics = httpx.get(server.url + "/metrics").text
+        route = 'tabserve_requests_total{route="/models/{name}/score",status='
+        assert route + '"499"} 1.0' in metrics and route + '"413"} 1.0' in metrics
+        assert route + '"200"}' not in metrics  # NOTE: the 200 sent first is not what they got
+        # the stall is the client's doing: a warning, never an error with a traceback
+        assert "upload scoring stopped: the body stopped" in server.output()
+        assert "Traceback" not in server.output() and "upload scoring failed" not in server.output()
