@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import threading
 import time
 from collections import Counter, deque
@@ -84,6 +85,7 @@ class Summary:
     valued: np.ndarray | None = None  # per feature (num, then cat): a value the model can use, in some row
     unvalued: list[str] = field(default_factory=list)  # features with none in any row: said once for the file
     unclosed_row: int | None = None  # the row whose quote is never closed: the file's rest went into it
+    unclosed_file: str | None = None  # its file's name, when a run (Ray's) reads several
 
     def count_valued(self, valued: np.ndarray) -> None:
         """Add a block's features that had a value in some row."""
@@ -640,17 +642,18 @@ def score_file(
     return summary
 
 
-def temporary(target: Path) -> Path:
-    """Where `target` is written before the rename (with this process's id)."""
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+def temporary(target: Path, tag: str = "") -> Path:
+    """Where `target` is written before the rename (with this process's id); `tag` names another
+    of the run's temporaries (`.old`: the Ray engine's previous output, set aside until replaced)."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}{tag}")
 
 
 def remove_stale(target: Path) -> None:
-    """Remove `target`'s temporaries whose processes no longer run."""
+    """Remove `target`'s temporaries (files, or the Ray engine's folders) whose processes no longer run."""
     prefix = f".{target.name}.tmp-"
     with suppress(OSError):
         for path in target.parent.iterdir():
-            pid = path.name[len(prefix) :]
+            pid = path.name[len(prefix) :].removesuffix(".old")
             if path.name.startswith(prefix) and pid.isdecimal() and not process_alive(int(pid)):
                 with suppress(OSError):
-                    path.unlink()
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
