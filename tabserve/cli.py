@@ -606,9 +606,10 @@ FILE_FAILURE_SHARE = 0.5  # most rows failing is a file-level problem (wrong enc
 def _file_level_failure(summary: Any) -> str | None:
     """The reason to fail the whole run when most rows failed, mostly the same way; else None."""
     if summary.unclosed_row is not None:  # the rows after it are in no output: the file's fault, not a row's
+        where = f" of {summary.unclosed_file}" if summary.unclosed_file else ""  # one of a Ray run's files
         return (
-            f'a quote (") opened in row {summary.unclosed_row:,} is never closed: the rest of the file was read '
-            "into that row, so the rows after it are in no output. Fix the quote and score the file again"
+            f'a quote (") opened in row {summary.unclosed_row:,}{where} is never closed: the rest of the file was '
+            "read into that row, so the rows after it are in no output. Fix the quote and score the file again"
         )
     if summary.rows_in < 10 or summary.rows_failed <= FILE_FAILURE_SHARE * summary.rows_in:
         return None
@@ -623,8 +624,8 @@ def _file_level_failure(summary: Any) -> str | None:
 
 
 def _error_kind(message: str) -> str:
-    """An error without its row and value: `field 'tenure': expected a number`."""
-    kind = re.sub(r"^(row|record) \d+,?\s*", "", message)
+    """An error without its file, row and value: `field 'tenure': expected a number`."""
+    kind = re.sub(r"^(.*?: )?(row|record) \d+,?\s*", "", message)  # a Ray run's `b.csv: row 3` too
     return re.sub(r",? got .*$", "", kind)
 
 
@@ -649,6 +650,8 @@ def _score_local(
 
     scorer = Scorer(ref, device, explain=explain, log=log, reading=reading)  # type: ignore[arg-type]
     from_stdin = str(input) == STDIO
+    if not from_stdin and (input.is_dir() or (not input.exists() and any(c in str(input) for c in "*?["))):
+        raise ScoringError(f"{input}: the local engine scores one file; a folder or a glob needs --engine ray")
     if not from_stdin and not input.is_file():
         raise ScoringError(f"input file not found: {input}")
     if from_stdin:

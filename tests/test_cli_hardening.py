@@ -230,6 +230,33 @@ def test_what_score_writes_is_checked_before_any_work(store: Path, tmp_path: Pat
     assert link.is_symlink() and out.read_text().count("\n") == 21
 
 
+def test_the_ray_engine_refuses_an_output_whose_replacing_would_delete_files(store: Path, tmp_path: Path) -> None:
+    """An audit: `--output precious` deleted the folder's notes.txt, and `--input 'gm/*.csv' --output gm`
+    deleted the inputs (the check for the input ran only on a path that exists, never a glob's)."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    inputs = tmp_path / "gm"
+    inputs.mkdir()
+    for name in ("a.csv", "b.csv"):
+        _telco_file(inputs / name, 5)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    cases = [(str(inputs / "a.csv"), precious, "did not write"), (str(inputs / "*.csv"), inputs, "holds the input")]
+    for source, output, said in cases:
+        run = _run(store, "score", "--model", "churn", "--engine", "ray", "--input", source, "--output", str(output))
+        assert run.returncode == 2 and said in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert (precious / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in inputs.iterdir()) == ["a.csv", "b.csv"]
+
+
+def test_the_local_engine_says_a_folder_or_a_glob_needs_ray(store: Path, tmp_path: Path) -> None:
+    _telco_file(tmp_path / "a.csv", 5)
+    for source in (tmp_path, tmp_path / "*.csv"):  # was `input file not found: …`
+        run = _run(store, "score", "--model", "churn", "--input", str(source), "--output", str(tmp_path / "o.csv"))
+        assert run.returncode == 2, run.stderr
+        assert "the local engine scores one file; a folder or a glob needs --engine ray" in run.stderr
+
+
 def test_release_commands_refuse_a_version_they_would_ignore_and_train_a_name_before_training(
     store: Path, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from service.protocols.base import keys_twice, maybe_twice
 Format = Literal["csv", "csv.gz", "parquet", "jsonl", "excel"]
 FORMATS_TEXT = ".csv (or .txt, .tsv), .csv.gz, .parquet, .jsonl (JSON lines) and .xlsx/.xls"
 SEPARATORS = (",", ";", "\t", "|")
+EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")  # what python-calamine reads
 HEADER_PROBE = 1 << 16
 RECORD_LIMIT = 1 << 20  # bytes in one CSV record; reads are at least twice this, so a record's end is one read away
 LIMIT_TEXT = "1 MiB"
@@ -53,7 +54,7 @@ def format_of(path: Path) -> Format:
         return "csv.gz"
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    if name.endswith((".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")):
+    if name.endswith(EXCEL_SUFFIXES):
         return "excel"
     if name.endswith((".csv", ".txt", ".tsv")) or "." not in name:
         return "csv"

@@ -27,7 +27,11 @@ from service.features import Reading
 from service.release import resolve
 from service.runtime import Device
 from service.scoring.files import (
+    EXCEL_SUFFIXES,
+    ROW,
+    UNPARSED,
     CsvSource,
+    Format,
     ParquetSource,
     ScoringError,
     Source,
@@ -35,9 +39,10 @@ from service.scoring.files import (
     csv_write_options,
     format_of,
     numbered,
+    open_sink,
     open_source,
 )
-from service.scoring.local import KEPT_ERRORS, Scorer, Summary
+from service.scoring.local import KEPT_ERRORS, Scorer, Summary, remove_stale, temporary
 
 try:
     import ray
@@ -46,18 +51,19 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the extra
     raise ImportError("the Ray engine needs Ray Data: pip install 'tabserve[ray]'") from exc
 
-INPUT_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq", ".jsonl", ".ndjson", ".xlsx", ".xls")
+INPUT_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq", ".jsonl", ".ndjson", *EXCEL_SUFFIXES)
 FILE = "__tabserve_file__"  # with several input files, each row's file (for its error message)
 ROW_IN_MESSAGE = re.compile(r"\brow (\d+)")
+MARKER = ".tabserve-output"  # in every folder this engine writes: the only folders it replaces
 
 
 def input_files(spec: str) -> list[str]:
-    """A file, a folder's CSV/Parquet files, or a glob's matches; sorted, never empty."""
+    """A file, a folder's input files, or a glob's matching files; sorted, never empty."""
     path = Path(spec)
-    if path.is_dir():
-        found = sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(INPUT_SUFFIXES))
+    if path.is_dir():  # not hidden files (macOS's `._a.csv`), nor folders (a previous output, `scored.csv/`)
+        found = sorted(str(p) for p in path.iterdir() if _is_input(p))
     elif any(c in spec for c in "*?["):
-        found = sorted(glob.glob(spec))
+        found = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
     else:
         found = [spec] if path.is_file() else []
     if not found:
@@ -66,6 +72,36 @@ def input_files(spec: str) -> list[str]:
     if len(formats) > 1:
         raise ScoringError(f"{spec} mixes CSV and Parquet files; score them separately")
     return found
+
+
+def _is_input(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(INPUT_SUFFIXES)
+
+
+def check_output(output: Path, input: str, files: list[str]) -> None:
+    """Refuse, before any work, an output folder whose replacing would delete what this engine did not
+    write: the input or a folder holding it, a file, or a folder neither empty nor marked as its output."""
+    target = Path(os.path.realpath(output))
+    folder = Path(input) if Path(input).is_dir() else None
+    for source in [Path(f) for f in files] + ([folder] if folder is not None else []):
+        real = Path(os.path.realpath(source))
+        if target == real or target in real.parents:
+            raise ScoringError(f"--output {output} holds the input {source}: name another folder")
+    if folder is not None and Path(os.path.realpath(folder)) in target.parents:
+        raise ScoringError(f"--output {output} is inside the input folder {folder}: name a folder outside it")
+    _check_replaceable(output)
+
+
+def _check_replaceable(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise ScoringError(
+            f"--output {output} is a file; the Ray engine writes a folder of part files: name a new folder"
+        )
+    if output.is_dir() and any(output.iterdir()) and not (output / MARKER).is_file():
+        raise ScoringError(
+            f"--output {output} is a folder the Ray engine did not write (no {MARKER} in it), "
+            "so replacing it could delete other files: name a new or empty folder"
+        )
 
 
 def _open(path: str, raw: Any, chunk_rows: int, reading: Reading | None = None) -> Source:
@@ -81,33 +117,55 @@ class NumberedSource(FileBasedDatasource):
     """Ray read tasks giving `numbered` blocks; with `name_files`, each row names its file."""
 
     def __init__(
-        self, paths: list[str], wanted: list[str], chunk_rows: int, name_files: bool, reading: Reading | None = None
+        self,
+        paths: list[str],
+        wanted: list[str],
+        chunk_rows: int,
+        name_files: bool,
+        tally: Any,
+        reading: Reading | None = None,
     ) -> None:
         super().__init__(paths)
         self.wanted, self.chunk_rows, self.name_files, self.reading = wanted, chunk_rows, name_files, reading
+        self.tally = tally
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         if format_of(Path(path)) == "parquet":
             f = self._filesystem.open_input_file(path)  # Parquet needs random access
         source = _open(path, f, self.chunk_rows, self.reading)
         name = pa.scalar(Path(path).name, pa.string())
-        for batch in numbered(source, self.wanted):
+        # a look-alike column (`Tenure`) one file lacks is read as empty there: every block has one schema
+        absent = [c for c in self.wanted if c not in source.columns]
+        last_row = 0
+        for batch in numbered(source, [c for c in self.wanted if c in source.columns]):
             table = pa.Table.from_batches([batch])
+            for column in absent:
+                table = table.append_column(column, pa.nulls(table.num_rows, pa.string()))
+            table = table.select([*self.wanted, ROW, UNPARSED])
+            last_row = table.column(ROW)[-1].as_py() if table.num_rows else last_row
             yield table.append_column(FILE, pa.repeat(name, table.num_rows)) if self.name_files else table
+        if getattr(source, "unclosed_quote", False):  # waited for, so the driver's count after the run is complete
+            ray.get(self.tally.unclosed.remote(name.as_py() if self.name_files else None, last_row))
 
 
 @ray.remote(num_cpus=0)
-class WarningTally:
-    """Every actor's warning counts, for the run's summary."""
+class Tally:
+    """What the read tasks and actors saw beside the rows, for the run's summary."""
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.summary = Summary()
 
-    def add(self, counts: dict[str, int]) -> None:
-        self.counts.update(counts)
+    def add(self, warnings: dict[str, int], not_utf8: list[bytes]) -> None:
+        self.summary.count_warnings(Counter(warnings))
+        self.summary.count_not_utf8(not_utf8)
 
-    def total(self) -> Counter[str]:
-        return self.counts
+    def unclosed(self, file: str | None, row: int) -> None:
+        seen = (self.summary.unclosed_file or "", self.summary.unclosed_row or 0)
+        if self.summary.unclosed_row is None or (file or "", row) < seen:  # the run names one: the first file's
+            self.summary.unclosed_row, self.summary.unclosed_file = row, file
+
+    def total(self) -> Summary:
+        return self.summary
 
 
 class ScoreActor:
@@ -131,8 +189,8 @@ class ScoreActor:
         if not batch:
             return self.schema.empty_table()
         scored = self.scorer.score_batch(batch[0], self.schema)
-        if scored.warnings:  # waited for, so the driver's count after the run is complete
-            ray.get(self.tally.add.remote(dict(scored.warnings)))
+        if scored.warnings or scored.not_utf8:  # waited for, so the driver's count after the run is complete
+            ray.get(self.tally.add.remote(dict(scored.warnings), scored.not_utf8))
         out = pa.Table.from_batches([scored.batch])
         if FILE not in table.column_names:
             return out
@@ -168,16 +226,14 @@ def score_with_ray(
     `explain` adds reason columns as the local engine does; `cpus`: a local Ray's CPU budget
     (default: this process's, service/cpus.py)."""
     started = time.perf_counter()
+    output = Path(os.path.realpath(output)) if output.is_symlink() else output  # replaced where the link points
     files = input_files(input)
+    check_output(output, input, files)
     fmt = format_of(output)
     # only for the header checks and the output schema (and a bundle without explain.onnx fails here)
     scorer = Scorer(ref, "cpu", threads=1, explain=explain, reading=reading)
-    plans = []
-    for path in files:  # every file's header is checked before any work
-        parquet = format_of(Path(path)) == "parquet"  # the input's format; gzip CSV decompressed
-        with pa.OSFile(path) if parquet else pa.input_stream(path) as raw:
-            plans.append(scorer.plan(_open(path, raw, chunk_rows, reading or scorer.pre.read), keep, keep_all))
-    wanted, schema = plans[0]
+    read_as = reading or scorer.pre.read  # the training file's delimiter and encoding, unless told otherwise
+    wanted, schema = _plan(scorer, files, keep, keep_all, chunk_rows, read_as)
     check_writable(schema, fmt)
 
     cpus = cpus or cpu_budget().cpus
@@ -201,9 +257,8 @@ def score_with_ray(
         raise ScoringError("device=cuda, but the Ray cluster has no GPUs (use --device auto or cpu)")
     # locally one actor per two CPUs of the budget: the reads and writes need the rest
     pool = actors or (max(1, cpus // 2) if local else max(1, int(gpus) or int(resources.get("CPU", 1))))
-    read_as = reading or scorer.pre.read  # the training file's delimiter and encoding, unless told otherwise
-    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows, len(files) > 1, read_as))
-    tally = WarningTally.remote()  # type: ignore[attr-defined]
+    tally = Tally.remote()  # type: ignore[attr-defined]
+    blocks = ray.data.read_datasource(NumberedSource(files, wanted, chunk_rows, len(files) > 1, tally, read_as))
     scored = blocks.map_batches(
         ScoreActor,
         fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally, explain, reading),
@@ -214,25 +269,14 @@ def score_with_ray(
         num_cpus=0.5 if local else 1,
         num_gpus=1 if gpus else 0,
     )
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    remove_stale(output)  # what killed runs left, as the local engine does
+    tmp = temporary(output)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        if fmt == "parquet":
-            scored.write_parquet(str(tmp))
-        else:
-            scored.write_csv(
-                str(tmp),
-                arrow_csv_args_fn=lambda: {"write_options": csv_write_options()},
-                **({"arrow_open_stream_args": {"compression": "gzip"}} if fmt == "csv.gz" else {}),
-            )
-        if fmt == "csv.gz":  # Ray names parts by format ("….csv"); these hold gzip
-            for part in output_files(tmp):
-                part.rename(part.with_name(part.name + ".gz"))
-        summary = _count(tmp, fmt, on_error)
-        summary.count_warnings(ray.get(tally.total.remote()))
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(tmp, output)
+        _write(scored, tmp, fmt, schema)
+        (tmp / MARKER).write_text(f"{ref.name} v{ref.version}\n")
+        summary = _count(tmp, fmt, on_error, ray.get(tally.total.remote()))
+        _replace(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -240,14 +284,87 @@ def score_with_ray(
     return summary
 
 
+def _plan(
+    scorer: Scorer, files: list[str], keep: list[str] | None, keep_all: bool, chunk_rows: int, reading: Reading
+) -> tuple[list[str], pa.Schema]:
+    """Every file's header checked before any work: the columns to read (any file's) and the one output schema."""
+    plans = []
+    for path in files:
+        parquet = format_of(Path(path)) == "parquet"  # the input's format; gzip CSV decompressed
+        with pa.OSFile(path) if parquet else pa.input_stream(path) as raw:
+            source = _open(path, raw, chunk_rows, reading)
+            try:
+                plans.append(scorer.plan(source, keep, keep_all))
+            except ScoringError as exc:  # which of the files
+                raise ScoringError(f"{path}: {exc}" if len(files) > 1 else str(exc)) from None
+    schema = plans[0][1]
+    for path, (_, other) in zip(files[1:], plans[1:], strict=True):
+        # one output holds every file's rows: one set of columns (in any order: they are taken by name)
+        if dict(zip(other.names, other.types, strict=True)) != dict(zip(schema.names, schema.types, strict=True)):
+            raise ScoringError(_unlike(files[0], schema, path, other))
+    return list(dict.fromkeys(name for wanted, _ in plans for name in wanted)), schema
+
+
+def _unlike(first: str, schema: pa.Schema, path: str, other: pa.Schema) -> str:
+    """How two files' output columns differ, and what to do."""
+    lacks = [n for n in schema.names if n not in other.names]
+    adds = [n for n in other.names if n not in schema.names]
+    shared = [n for n in schema.names if n in other.names]
+    typed = [f"{n} as {other.field(n).type}" for n in shared if other.field(n).type != schema.field(n).type]
+    said = [
+        *([f"lacks {', '.join(lacks)}"] if lacks else []),
+        *([f"adds {', '.join(adds)}"] if adds else []),
+        *([f"holds {', '.join(typed)}"] if typed else []),
+    ]
+    return (
+        f"{path} {'; '.join(said)} beside {first}: the output has one set of columns for every file; "
+        "score the files apart, or --keep columns each has"
+    )
+
+
+def _write(scored: Any, tmp: Path, fmt: Format, schema: pa.Schema) -> None:
+    """Ray writes the parts into the folder `tmp`; no rows, one part of no rows, as the local engine writes."""
+    if fmt == "parquet":
+        scored.write_parquet(str(tmp))
+    else:
+        scored.write_csv(
+            str(tmp),
+            arrow_csv_args_fn=lambda: {"write_options": csv_write_options()},
+            **({"arrow_open_stream_args": {"compression": "gzip"}} if fmt == "csv.gz" else {}),
+        )
+    tmp.mkdir(exist_ok=True)  # Ray writes nothing for no rows
+    if fmt == "csv.gz":  # Ray names parts by format ("….csv"); these hold gzip
+        for part in output_files(tmp):
+            part.rename(part.with_name(part.name + ".gz"))
+    if not output_files(tmp):
+        open_sink(tmp / f"part-0.{fmt}", schema, fmt).close()
+
+
+def _replace(tmp: Path, output: Path) -> None:
+    """`tmp` in `output`'s place; a previous output is set aside first, so a crash in between leaves one."""
+    _check_replaceable(output)  # again: checked before the work, which took a while
+    aside = temporary(output, ".old")
+    if output.exists():
+        os.replace(output, aside)
+    try:
+        os.replace(tmp, output)
+    except BaseException:
+        if aside.exists():
+            os.replace(aside, output)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def output_files(folder: Path) -> list[Path]:
     """The part files Ray wrote, in output order."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_")))
 
 
-def _count(folder: Path, fmt: str, on_error: Callable[[int, str], None] | None) -> Summary:
-    """Rows and errors read back from the parts (Ray's writers report nothing)."""
-    summary = Summary()
+def _count(
+    folder: Path, fmt: str, on_error: Callable[[int, str], None] | None, summary: Summary | None = None
+) -> Summary:
+    """Rows and errors read back from the parts (Ray's writers report nothing), into `summary`."""
+    summary = summary or Summary()
     for part in output_files(folder):
         if fmt == "parquet":
             errors = pq.read_table(part, columns=["error"]).column("error")
@@ -270,4 +387,4 @@ def _count(folder: Path, fmt: str, on_error: Callable[[int, str], None] | None) 
     return summary
 
 
-__all__ = ["input_files", "output_files", "score_with_ray"]
+__all__ = ["MARKER", "check_output", "input_files", "output_files", "score_with_ray"]

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service import bundle
+from service.scoring.files import ScoringError
 from service.scoring.local import Scorer, score_file
+from tabserve.cli import _file_level_failure
 from tests.service.test_scoring import _read, _telco_head
+
+
+@pytest.fixture(scope="module")
+def ray_up() -> Iterator[None]:
+    """One small Ray for this module's runs: starting one takes seconds."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def _score_to_rows(ref: bundle.BundleRef, source: Path, work: Path) -> list[dict[str, str]]:
@@ -18,10 +35,7 @@ def _score_to_rows(ref: bundle.BundleRef, source: Path, work: Path) -> list[dict
     return _read(out)
 
 
-def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
-    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
-    import ray
-
+def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_path: Path, ray_up: None) -> None:
     from service.scoring.ray_engine import output_files, score_with_ray
 
     lines = _telco_head(tmp_path / "in.csv", 200).read_bytes().splitlines(keepends=True)
@@ -49,19 +63,15 @@ def test_ray_engine_equals_the_local_engine(churn_bundle: bundle.BundleRef, tmp_
     expected = [
         row for name in ("a", "b") for row in _score_to_rows(churn_bundle, folder / f"{name}.parquet", tmp_path / name)
     ]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        summary = score_with_ray(churn_bundle, str(source), tmp_path / "ray.csv", keep_all=True, chunk_rows=32)
-        parquet = score_with_ray(churn_bundle, str(folder), tmp_path / "ray_pq.csv.gz")
-        gz = tmp_path / "in.csv.gz"  # NOTE: the input's format decides how it is opened, not the output's
-        gz.write_bytes(gzip.compress(source.read_bytes()))
-        zipped = score_with_ray(churn_bundle, str(gz), tmp_path / "ray_gz.parquet")
-        failures: list[tuple[int, str]] = []
-        split = score_with_ray(
-            churn_bundle, str(halves), tmp_path / "halves.csv", on_error=lambda *failure: failures.append(failure)
-        )
-    finally:
-        ray.shutdown()
+    summary = score_with_ray(churn_bundle, str(source), tmp_path / "ray.csv", keep_all=True, chunk_rows=32)
+    parquet = score_with_ray(churn_bundle, str(folder), tmp_path / "ray_pq.csv.gz")
+    gz = tmp_path / "in.csv.gz"  # NOTE: the input's format decides how it is opened, not the output's
+    gz.write_bytes(gzip.compress(source.read_bytes()))
+    zipped = score_with_ray(churn_bundle, str(gz), tmp_path / "ray_gz.parquet")
+    failures: list[tuple[int, str]] = []
+    split = score_with_ray(
+        churn_bundle, str(halves), tmp_path / "halves.csv", on_error=lambda *failure: failures.append(failure)
+    )
     # several files: row numbers count within each file, and the message names the file
     assert (split.rows_in, split.rows_failed) == (200, 3)
     assert [(row, message.split(":")[0]) for row, message in failures] == [(10, "a.csv"), (20, "a.csv"), (51, "b.csv")]
@@ -131,3 +141,174 @@ def test_the_row_count_reads_parts_whose_kept_text_holds_line_breaks(
     local = score_file(Scorer(churn_bundle, "cpu"), source, parts / "part-0.csv", keep_all=True)
     counted = _count(parts, "csv", None)
     assert counted.rows_in == local.rows_in == 35_000 and counted.rows_failed == local.rows_failed == 0
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended: what a `kill -9`ed run leaves its temporaries under."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(ended.stdout)
+
+
+def _folder(path: Path, files: dict[str, bytes]) -> Path:
+    path.mkdir()
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return path
+
+
+def test_input_files_are_a_folders_or_globs_input_files_only(tmp_path: Path) -> None:
+    """An audit: a folder's hidden `._a.csv` (macOS) and a previous output folder `scored.csv/` were
+    taken as input, and `.ods`/`.xlsm`, which the Excel reader reads, were left out."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    from service.scoring.ray_engine import input_files
+
+    lines = _telco_head(tmp_path / "head.csv", 5).read_bytes()
+    folder = _folder(tmp_path / "in", {"a.csv": lines, "._a.csv": b"\x00\x05", "b.xlsm": b"", "c.ods": b""})
+    (folder / "scored.csv").mkdir()
+    (folder / "scored.csv" / "part-0.csv").write_bytes(lines)
+    assert [Path(f).name for f in input_files(str(folder))] == ["a.csv", "b.xlsm", "c.ods"]
+    assert [Path(f).name for f in input_files(str(folder / "*.csv"))] == ["a.csv"]
+
+
+def test_every_files_header_is_checked_before_any_work(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """An audit: only the first file's header planned the run; a later file without the kept
+    `customerID` failed in a Ray task (59 lines of traceback), and with --keep-all a later file's extra
+    column was dropped without a word. Now one line names the file and the column, before Ray starts."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    from service.scoring.ray_engine import score_with_ray
+
+    header, *rows = _telco_head(tmp_path / "head.csv", 10).read_bytes().splitlines(keepends=True)
+    cut = [b",".join(line.rstrip(b"\r\n").split(b",")[1:]) + b"\n" for line in [header, *rows]]  # no customerID
+    extra = [header.replace(b"Churn", b"Churn,notes"), *(line.rstrip(b"\r\n") + b",x\n" for line in rows)]
+    cases = [
+        ({"b.csv": b"".join(cut)}, {}, r"b\.csv lacks customerID beside .*a\.csv"),
+        ({"b.csv": b"".join(extra)}, {"keep_all": True}, r"b\.csv adds notes beside .*a\.csv"),
+        ({"b.csv": b"gender,tenure\nMale,3\n"}, {}, r"b\.csv: input is missing 17 column"),
+    ]
+    for i, (files, options, said) in enumerate(cases):
+        folder = _folder(tmp_path / f"in{i}", {"a.csv": header + b"".join(rows), **files})
+        with pytest.raises(ScoringError, match=said):
+            score_with_ray(churn_bundle, str(folder), tmp_path / f"out{i}.csv", **options)
+    assert not list(tmp_path.glob("*out*"))
+
+
+def test_a_folder_the_engine_did_not_write_is_never_replaced(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """An audit: `--output precious` deleted precious/notes.txt, and a glob's output set to its own
+    folder deleted the inputs. Refused before any work, whatever the folder holds."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    from service.scoring.ray_engine import MARKER, score_with_ray
+
+    lines = _telco_head(tmp_path / "head.csv", 5).read_bytes()
+    inputs = _folder(tmp_path / "in", {"a.csv": lines, "b.csv": lines})
+    precious = _folder(tmp_path / "precious", {"notes.txt": b"keep"})
+    marked = _folder(tmp_path / "marked", {MARKER: b"", "a.csv": lines})  # an output someone put the input in
+    cases = [
+        (str(inputs / "a.csv"), precious, "is a folder the Ray engine did not write"),
+        (str(inputs / "*.csv"), inputs, "holds the input"),
+        (str(marked / "a.csv"), marked, "holds the input"),
+        (str(inputs), inputs / "out.csv", "is inside the input folder"),
+        (str(inputs), tmp_path / "head.csv", "is a file; the Ray engine writes a folder"),
+    ]
+    for source, output, said in cases:
+        with pytest.raises(ScoringError, match=said):
+            score_with_ray(churn_bundle, source, output)
+    assert (precious / "notes.txt").read_bytes() == b"keep" and (marked / "a.csv").read_bytes() == lines
+    assert sorted(p.name for p in inputs.iterdir()) == ["a.csv", "b.csv"]
+
+
+def test_a_previous_output_is_replaced_and_killed_runs_leftovers_removed(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, ray_up: None
+) -> None:
+    """An empty folder, or one this engine wrote (its marker), is replaced whole; a killed run's
+    temporary folders go, as the local engine's files do, and a running process's stay."""
+    from service.scoring.ray_engine import MARKER, output_files, score_with_ray
+
+    source = _telco_head(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.csv"
+    out.mkdir()
+    score_with_ray(churn_bundle, str(source), out)
+    assert (out / MARKER).is_file() and sum(len(_read(p)) for p in output_files(out)) == 20
+    (out / "part-from-before.csv").write_bytes(source.read_bytes())
+    dead, alive = _dead_pid(), os.getppid()
+    left = [
+        tmp_path / f".out.csv.tmp-{dead}",
+        tmp_path / f".out.csv.tmp-{dead}.old",
+        tmp_path / f".out.csv.tmp-{alive}",
+    ]
+    for folder in left:
+        _folder(folder, {"part.csv": b"x"})
+    score_with_ray(churn_bundle, str(source), out)
+    assert not (out / "part-from-before.csv").exists() and sum(len(_read(p)) for p in output_files(out)) == 20
+    assert [p.exists() for p in left] == [False, False, True]
+
+
+def test_a_failed_replace_puts_the_previous_output_back(tmp_path: Path) -> None:
+    """The previous output is set aside, not deleted, until the new one is in its place."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    from service.scoring.ray_engine import MARKER, _replace
+
+    out = _folder(tmp_path / "out.csv", {MARKER: b"", "part-0.csv": b"a\n1\n"})
+    with pytest.raises(FileNotFoundError):
+        _replace(tmp_path / ".out.csv.tmp-gone", out)  # the rename fails: a crash's stand-in
+    assert (out / "part-0.csv").read_bytes() == b"a\n1\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    new = _folder(tmp_path / ".new", {MARKER: b"", "part-0.csv": b"a\n2\n"})
+    _replace(new, out)
+    assert (out / "part-0.csv").read_bytes() == b"a\n2\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_a_file_of_no_rows_gives_an_output_of_no_rows(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, ray_up: None
+) -> None:
+    """An audit: a header-only CSV or a Parquet file of no rows failed (`No such file or directory:
+    '.r.csv.tmp-…'`: Ray writes no part); the local engine writes the header alone."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from service.scoring.ray_engine import output_files, score_with_ray
+
+    header = _telco_head(tmp_path / "head.csv", 0)
+    local = tmp_path / "local.csv"
+    score_file(Scorer(churn_bundle, "cpu"), header, local)
+    summary = score_with_ray(churn_bundle, str(header), tmp_path / "out.csv")
+    parts = output_files(tmp_path / "out.csv")
+    assert summary.rows_in == 0 and [p.read_bytes() for p in parts] == [local.read_bytes()]
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pcsv.read_csv(_telco_head(tmp_path / "five.csv", 5)).slice(0, 0), empty)
+    assert score_with_ray(churn_bundle, str(empty), tmp_path / "out.parquet").rows_in == 0
+    (part,) = output_files(tmp_path / "out.parquet")
+    assert pq.read_table(part).num_rows == 0 and "probability" in pq.read_schema(part).names
+
+
+def test_what_the_read_tasks_see_reaches_the_summary(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, ray_up: None
+) -> None:
+    """An audit: Ray exited 0 on a quote never closed (the rows after it in no output), never said
+    how many rows were not UTF-8 and what reads them, and counted "1 of the first 20 the same way"
+    where every message began with its file's name. All as the local engine says them now."""
+    from service.scoring.ray_engine import score_with_ray
+
+    header, *rows = _telco_head(tmp_path / "head.csv", 30).read_bytes().splitlines(keepends=True)
+    windows = [row.replace(b"-", "ü".encode("cp1252"), 1) if i % 15 == 0 else row for i, row in enumerate(rows)]
+    fields = rows[10].split(b",")
+    fields[1] = b'"' + fields[1]
+    quoted = [*rows[:10], b",".join(fields), *rows[11:]]
+    folder = _folder(tmp_path / "in", {"a.csv": header + b"".join(windows), "b.csv": header + b"".join(quoted)})
+    summary = score_with_ray(churn_bundle, str(folder), tmp_path / "out.csv")
+    assert (summary.unclosed_row, summary.unclosed_file) == (11, "b.csv")
+    assert _file_level_failure(summary).startswith('a quote (") opened in row 11 of b.csv is never closed')  # type: ignore[union-attr]
+    assert summary.encoding_hint() == "2 rows are not valid UTF-8: --encoding cp1252 reads them"
+
+    charges = header.split(b",").index(b"MonthlyCharges")
+    bad = [b",".join(f if j != charges else b"x" + f for j, f in enumerate(row.split(b","))) for row in rows[:20]]
+    # a look-alike column in one file of two: read where it is, empty in the other (which failed in Ray)
+    at = header.split(b",").index(b"tenure")
+    near = [
+        b",".join([*f[:at], b"" if i == 0 else f[at], *f[at:]]) for i, f in enumerate(r.split(b",") for r in rows[:5])
+    ]
+    twice = header.replace(b"tenure", b"tenure,Tenure")  # the first row's value only under `Tenure`
+    folder = _folder(tmp_path / "most", {"a.csv": twice + b"".join(near), "b.csv": header + b"".join(bad)})
+    summary = score_with_ray(churn_bundle, str(folder), tmp_path / "most.csv")
+    assert list(summary.warnings.values()) == [1] and "did you mean 'tenure'?" in next(iter(summary.warnings))
+    assert (_file_level_failure(summary) or "").startswith(
+        "20 of 25 rows failed, 20 of the first 20 the same way: b.csv: row 1, field 'MonthlyCharges'"
+    )
