@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
-from service.features import Preprocess, category_key, named_twice, parse_number, plain_number
+from service.features import Preprocess, category_key, missing_outcomes, named_twice, parse_number, plain_number
 from service.protocols.base import EVERY_FIELD, parse_json
 from service.scoring.files import sniff_sep
 
@@ -240,6 +240,8 @@ class Feedback:
             text = self.folded.get(text.casefold())
         if text is None and key is not None and (as_number := plain_number(key)) is not None:
             text = self.by_value.get(as_number)
+        if text is None and key is not None and missing_outcomes([key])[0]:  # `NA`, `?`: as training read its target
+            return None, f"the outcome ({self.pre.target}) is missing"
         if text is None:
             return None, f"{value!r} is not a label of {self.model} (its labels: {', '.join(sorted(self.labels))})"
         return text, None

@@ -117,6 +117,20 @@ def parse_number(value: Any, decimal: str = ".") -> float:
     return number
 
 
+def missing_outcomes(keys: Sequence[str | None], decimal: str = ".") -> np.ndarray:
+    """Which target (outcome) cells hold no outcome: blank, or what a numeric column reads as missing
+    (`NA`, `?`, `NULL`, `#DIV/0!`); as a class, `NA` made a 0/1 target a regression. `none` only
+    beside numbers: a text target's `None` is a class (no symptoms, no collateral)."""
+    distinct = set(keys)
+    tokens = {k for k in distinct if k is None or k.lower() in NUMERIC_MISSING}
+    try:
+        for key in distinct - tokens:
+            parse_number(key, decimal)
+    except ValueError:  # text classes
+        tokens = {k for k in tokens if k is None or k.lower() != "none"}
+    return np.array([k in tokens for k in keys], dtype=bool)
+
+
 SHOWN = 80  # characters of a value a message quotes: a file's field may hold a megabyte
 
 
@@ -331,7 +345,7 @@ class Reading:
             raise ValueError(f"{flag}encoding: {encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252)")
         sep = {"tab": "\t", "\\t": "\t"}.get(sep or "", sep)
         if sep is not None and len(sep) != 1:
-            raise ValueError(f"{flag}sep takes one character (, ; tab |), not {sep!r}")
+            raise ValueError(f"{flag}sep takes one character (such as , ; tab |), not {sep!r}")
         if decimal not in (None, ".", ","):
             raise ValueError(f"{flag}decimal is . or , not {decimal!r}")
         return Reading(sep or self.sep, decimal or self.decimal, encoding or self.encoding, self.format)

@@ -352,10 +352,17 @@ def test_score_names_the_encoding_that_reads_rows_not_utf8(churn_bundle: bundle.
         ([], ("c.toml", 'hidden = "32,-1"\n'), "c.toml: hidden layer sizes must be ≥ 1, not 32,-1"),
         (["--hidden", "64,x"], None, "--hidden takes whole numbers separated by commas, such as 128,64, not '64,x'"),
         (["--hidden", ""], None, "--hidden takes whole numbers separated by commas, such as 128,64, not ''"),
+        # a file's empty list published a network of no hidden layer, which the flag refuses
+        ([], ("c.toml", "hidden = []\n"), "c.toml: --hidden takes whole numbers separated by commas, such as 128,64"),
+        ([], ("c.toml", 'hidden = ""\n'), "c.toml: --hidden takes whole numbers separated by commas, such as 128,64"),
+        # scikit-learn's random_state message came after the column table
+        (["--seed=-1"], None, "--seed must be a whole number from 0 to 4294967295, not -1"),
+        (["--seed", "99999999999999"], None, "--seed must be a whole number from 0 to 4294967295"),
     ],
     ids=[
         *["threshold-above-1", "threshold-percent", "drop-target", "toml-type", "yaml-syntax"],
         *["hidden-zero", "hidden-negative", "hidden-file-negative", "hidden-text", "hidden-empty"],
+        *["hidden-file-empty-list", "hidden-file-empty-text", "seed-negative", "seed-too-large"],
     ],
 )
 def test_bad_settings_refused_in_one_line_before_any_work(

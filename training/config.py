@@ -25,6 +25,7 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used."""
 
 
+SEEDS = 2**32  # scikit-learn's random_state takes seeds below this
 # the least value each count takes: below it, nothing a user can mean
 LEAST = {"patience": 1, "max_vocab": 1, "min_category_count": 1, "max_embedding_dim": 1}
 
@@ -53,7 +54,7 @@ class TrainConfig:
     # --- data ---
     data: str = opt("", "file to train on: CSV (any delimiter), .csv.gz, Parquet, JSON lines or Excel (required)")
     target: str = opt("", "column to predict (required)")
-    name: str = opt("", "model name in the store (default: the CSV's file stem)")
+    name: str = opt("", "model name in the store (default: the file's name, german for german.csv.gz)")
     models_dir: str | None = opt(None, "model store (default: $TABSERVE_MODELS_DIR or ./models)")
     task: str = opt(
         "auto", f"{' | '.join(TASKS)}; auto: text/boolean or two-valued → classification, many floats → regression"
@@ -74,7 +75,7 @@ class TrainConfig:
         default_factory=list, metadata={"help": "column to leave out, e.g. a leaky or useless one (repeatable)"}
     )
     # --- reading the file (training/data.py; detected when not given, saved in the bundle) ---
-    sep: str | None = opt(None, "CSV delimiter: , ; tab or | (default: detected from the file)")
+    sep: str | None = opt(None, "CSV delimiter, one character: , ; tab | or another (default: detected from the file)")
     decimal: str | None = opt(None, "decimal mark of numbers in the file: . or , (default: detected)")
     encoding: str | None = opt(None, "text encoding, e.g. utf-8, cp1252, latin-1 (default: detected)")
     date_columns: list[str] = field(
@@ -203,8 +204,14 @@ class TrainConfig:
             raise ConfigError(f"numeric_bins must be ≥ 0 (0: off), not {self.numeric_bins}")
         if self.screen not in SCREENS:
             raise ConfigError(f"screen must be one of {', '.join(SCREENS)}, not {self.screen!r}")
+        if not self.hidden:  # no hidden layer: no network beside the linear path, as `--hidden ''` is refused
+            raise ConfigError(
+                f"{flag('hidden')} takes whole numbers separated by commas, such as 128,64, not an empty list"
+            )
         if any(size < 1 for size in self.hidden):
             raise ConfigError(f"hidden layer sizes must be ≥ 1, not {','.join(map(str, self.hidden))}")
+        if not 0 <= self.seed < SEEDS:
+            raise ConfigError(f"{flag('seed')} must be a whole number from 0 to {SEEDS - 1}, not {self.seed}")
         if self.ensemble < 1 or self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("ensemble and epochs must be ≥ 1, batch_size ≥ 2")
         # each published a model (or failed deep in torch) that no one can have meant
@@ -241,7 +248,7 @@ class TrainConfig:
         if self.sep is not None:
             self.sep = {"tab": "\t", "\\t": "\t"}.get(self.sep, self.sep)
             if len(self.sep) != 1:
-                raise ConfigError(f"sep must be one character (, ; tab |), not {self.sep!r}")
+                raise ConfigError(f"sep must be one character (such as , ; tab |), not {self.sep!r}")
         if self.decimal not in (None, ".", ","):
             raise ConfigError(f"decimal must be '.' or ',', not {self.decimal!r}")
         if self.encoding is not None:
@@ -268,8 +275,14 @@ class TrainConfig:
         twice = [f"{column} ({' and '.join(given)})" for column, given in roles.items() if len(set(given)) > 1]
         if twice:
             raise ConfigError(f"column(s) given two roles, which was meant is a guess: {', '.join(twice)}")
-        self.name = self.name or Path(self.data).stem
+        self.name = self.name or default_name(self.data)
         return self
+
+
+def default_name(data: str) -> str:
+    """A model's name from its file: `german.csv.gz` is `german`, as `german.csv` is."""
+    path = Path(data)
+    return Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
 
 
 def _threshold_rule(rule: str) -> str:

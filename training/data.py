@@ -31,13 +31,14 @@ from service.features import (
     business_number,
     category_key,
     is_iso,
+    missing_outcomes,
     near_miss,
     parse_date,
     parse_number,
     plain_number,
     shown_format,
 )
-from training.config import TrainConfig
+from training.config import COLUMN_LISTS, TrainConfig, flag
 from training.reading import UNNAMED
 
 # reading lives in training/reading.py; these names stay here for `training.data` callers
@@ -52,6 +53,7 @@ INTEGER_CLASSES = 10  # a numeric target of at most this many whole numbers (a r
 # rows a class needs: one or more for the test split, the rest for training and validation (a
 # stratified split of fewer fails, and a class seen once can be neither learned nor evaluated)
 MIN_CLASS_ROWS = 3
+SHOWN_CLASSES = 5  # classes an error names before "and N more"
 # `rownames`: R row names as a column, as R data packages export their CSVs
 ID_WORDS = frozenset(
     {"id", "key", "number", "no", "nr", "index", "uuid", "guid", "code", "ref", "reference", "rownames"}
@@ -179,9 +181,9 @@ def infer_schema(
     df: pd.DataFrame, cfg: TrainConfig, read: Reading | None = None, target: Target | None = None
 ) -> Schema:
     """Classify every non-target column; raises DataError for unknown columns (named in `cfg`)."""
-    for col in [*cfg.id_columns, *cfg.drop, *cfg.date_columns, *cfg.categorical, *cfg.numeric]:
-        if col not in df.columns:
-            raise _missing_column("column (named in id_columns/drop/date_columns/categorical/numeric)", col, df)
+    for name in COLUMN_LISTS:
+        if missing := [col for col in getattr(cfg, name) if col not in df.columns]:
+            raise _missing_column(flag(name), missing[0], df)
     if clash := [c for c in cfg.id_columns if c in OWN_COLUMNS]:
         raise DataError(f"--id-column {clash[0]!r} is named as a column the prediction log writes itself: rename it")
     schema = Schema(id_columns=list(cfg.id_columns), read=read or df.attrs.get("read", Reading()))
@@ -822,7 +824,8 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
         # each copy of an Excel "CSV UTF-8" export keeps its BOM; a column with no name has a blank cell
         cells = [str(v).strip().lstrip("\ufeff") for v in df.iloc[row]]
         header[row] = all(c == n or (c == "" and UNNAMED.fullmatch(n)) for c, n in zip(cells, df.columns, strict=True))
-    given = np.array([k is not None for k in keys])
+    decimal = df.attrs.get("read", Reading()).decimal
+    given = ~missing_outcomes(keys, decimal)
     keep = given & ~header
     dropped = int((~given).sum())  # a repeated header's target is given: its own name
     df = df.loc[keep].reset_index(drop=True)
@@ -831,14 +834,9 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     present = [k for k, kept in zip(keys, keep, strict=True) if kept]
     if not present:
         raise DataError(f"target column {cfg.target!r} has no values")
-    decimal = df.attrs.get("read", Reading()).decimal
     task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     if task == "regression":
         y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
-        if (unknown := np.isnan(y)).any():  # `n/a`, `#DIV/0!`: a missing target too (it was sklearn's NaN error)
-            rows = file_rows if file_rows is not None else np.arange(len(keep))
-            df, y, file_rows = df.loc[~unknown].reset_index(drop=True), y[~unknown], rows[~unknown]
-            dropped += int(unknown.sum())
         return df, Target(task, y, [], None, dropped, file_rows=file_rows, header_rows=header_rows)
     # `yes`, `YES` and `Yes` are one class, never three, and so are `1` and `1.0`: a binary target stays binary
     merged = merged_levels(present, by_value=True)
@@ -866,6 +864,8 @@ def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray) -> No
     ]
     if not rare:
         return
+    if len(rare) > SHOWN_CLASSES:  # 2,000 numbers taken for classes made a 59 KB line
+        rare = [*rare[:SHOWN_CLASSES], f"and {len(rare) - SHOWN_CLASSES:,} more"]
     count = "; if it is a count, --task regression" if all(_class_number(lv) is not None for lv in levels) else ""
     raise DataError(
         f"target {target!r}: too few rows in class {', '.join(rare)} to split into training, validation "
@@ -1002,6 +1002,10 @@ def _folds(
         strat = np.zeros(len(dev), dtype=np.int64)
     if groups is not None:
         return [(dev[tr], dev[va]) for tr, va in _group_folds(dev, strat, groups, cfg.ensemble, cfg)]
+    most = int(np.bincount(strat).max())  # StratifiedKFold refuses more folds than the largest class has rows
+    if cfg.ensemble > most:
+        rows = f"{len(dev):,} development rows" + (f", {most:,} of the largest class" if most < len(dev) else "")
+        raise DataError(f"--ensemble {cfg.ensemble} is more folds than the data allow: at most {most:,} here ({rows})")
     kfold = StratifiedKFold(n_splits=cfg.ensemble, shuffle=True, random_state=cfg.seed)
     return [(dev[tr], dev[va]) for tr, va in kfold.split(dev, strat)]
 

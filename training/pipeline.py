@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -96,8 +97,10 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     df, reading = D.read_data(cfg)
     sha256 = D.file_sha256(cfg.data)
     df, target = D.encode_target(df, cfg)
-    if target.task != "binary" and cfg.threshold_rule != "f1":  # one class's cut-off: no meaning here
-        raise D.DataError(f"--threshold-rule is for a two-class target; {cfg.target!r} is read as {target.task}")
+    # one class's cut-off, or which class is positive: no meaning here, and ignored it did not do as told
+    told = [f for f, given in (("--threshold-rule", cfg.threshold_rule != "f1"), ("--positive", cfg.positive)) if given]
+    if target.task != "binary" and told:
+        raise D.DataError(f"{told[0]} is for a two-class target; {cfg.target!r} is read as {target.task}")
     if target.dropped_missing:
         say(f"dropped {target.dropped_missing} rows with a missing target")
     if target.header_rows:  # stacked exports
@@ -318,7 +321,15 @@ def tune_candidate(
     ends = np.cumsum([len(va) for _, va in folds])
     rows = prep.split.val_rows
     running = [loss_of(rows[:end], network.oof[:end]) for end in ends]
-    say(f"searching for {deadline - time.perf_counter():.0f} s more (optuna TPE, pruning after each fold)")
+    left = deadline - time.perf_counter()
+    if left > 0:
+        say(f"searching for {math.ceil(left)} s more (optuna TPE, pruning after each fold)")
+    else:  # the time counts from the start of the run: the fits before the search can use it all
+        spent = parse_seconds(cfg.tune) - left
+        say(
+            f"--tune {cfg.tune} was spent before the search could start (the fits before it took {spent:.0f} s): "
+            "no trial ran; give it more time, such as 5m"
+        )
     best, summary = tune.search(
         cfg,
         folds,

@@ -198,7 +198,11 @@ def _warm_start(model: TabularMLP, pre: Preprocess, cfg: TrainConfig, train: Ten
     linear = linear_model(pre.task, cfg.linear_penalty if cfg.linear_penalty != "auto" else "l2:1")
     fit_linear(linear, design, train.y.numpy())
     coef = np.atleast_2d(linear.coef_)
-    intercept = np.atleast_1d(linear.intercept_)
+    # a screened member reads its left-out columns as 0, where the fit saw them constant (0, level 0): their
+    # share moves to the bias (an L1 fit, penalising its intercept, put the base rate on a level-0 column)
+    kept = np.concatenate([model.deep_keep[: train.x.shape[1]].numpy(), np.repeat(model.cat_keep.numpy(), cards)])
+    gone = kept == 0
+    intercept = np.atleast_1d(linear.intercept_) + coef[:, gone] @ design[0, gone]
     model.warm_start(torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32))
 
 

@@ -162,10 +162,14 @@ def test_an_integer_class_written_as_a_float_is_that_class(tmp_path: Path) -> No
     assert ref.preprocess.task == "multiclass" and 2 in ref.preprocess.labels
     feedback = Feedback(LogLocation.of(log), "m", ref.preprocess)
     # pandas writes an integer column with gaps as `2.0`; training merges it with `2` (it was refused)
-    body = "loan_id,number_of_existing_credits_at_this_bank\nL0000,2.0\nL0001,1\nL0002,2.5\n"
+    body = "loan_id,number_of_existing_credits_at_this_bank\nL0000,2.0\nL0001,1\nL0002,2.5\nL0003,NA\n"
     stored = feedback.submit(records_of(body.encode(), "text/csv"), partial=True)
     assert [item.outcome for item in stored.labelled] == ["2", "1"]
-    assert [(d["record"], d["field"]) for d in stored.refused] == [(2, "number_of_existing_credits_at_this_bank")]
+    # `NA` is a missing outcome, as training read its target (not "not a label")
+    assert [(d["record"], d["message"]) for d in stored.refused] == [
+        (2, "'2.5' is not a label of m (its labels: 1, 2, 3, 4)"),
+        (3, "the outcome (number_of_existing_credits_at_this_bank) is missing"),
+    ]
 
 
 def test_one_outcome_per_call_is_merged_into_few_files_and_reads_the_same(tmp_path: Path) -> None:

@@ -140,3 +140,23 @@ def test_search_trials_without_a_search_time_are_refused() -> None:
     with pytest.raises(ConfigError, match="--tune-trials counts the trials of --tune"):
         build_config(data=str(TELCO), target="Churn", tune_trials=3)
     assert build_config(data=str(TELCO), target="Churn", tune="30s", tune_trials=3).tune_trials == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "name"), [("german.csv.gz", "german"), ("sales.2024.csv", "sales.2024"), ("x.parquet", "x")]
+)
+def test_the_default_name_is_the_files_without_its_suffixes(data: str, name: str) -> None:
+    """`german.csv.gz` was published as `german.csv`."""
+    assert build_config(data=data, target="y").name == name
+
+
+@pytest.mark.parametrize("sep", [":", "^", "tab"])
+def test_any_one_character_is_a_delimiter_as_the_help_says(sep: str) -> None:
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+
+    assert "one character" in next(f.metadata["help"] for f in fields(TrainConfig) if f.name == "sep")
+    assert len(build_config(data=str(TELCO), target="Churn", sep=sep).sep or "") == 1
+    with pytest.raises(ConfigError, match=r"^sep must be one character \(such as , ; tab \|\), not '::'$"):
+        build_config(data=str(TELCO), target="Churn", sep="::")

@@ -659,12 +659,14 @@ def test_codes_with_underscores_are_levels_not_numbers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("target", "task"), [("MonthlyCharges", "regression"), ("Contract", "multiclass")])
-def test_a_threshold_rule_for_a_target_without_a_positive_class_is_refused(
-    tmp_path: Path, target: str, task: str
+@pytest.mark.parametrize(("option", "value"), [("threshold_rule", "0.4"), ("positive", "Month-to-month")])
+def test_a_threshold_rule_or_positive_class_for_a_target_without_one_is_refused(
+    tmp_path: Path, target: str, task: str, option: str, value: str
 ) -> None:
     """It was saved in the config and ignored: the run did not do what it was told."""
-    with pytest.raises(D.DataError, match=f"--threshold-rule is for a two-class target; '{target}' is read as {task}"):
-        _prepare(TELCO, target, tmp_path, threshold_rule="0.4")
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(D.DataError, match=f"^{flag} is for a two-class target; '{target}' is read as {task}$"):
+        _prepare(TELCO, target, tmp_path, **{option: value})
 
 
 def _typed_file(frame: pd.DataFrame, path: Path) -> Path:
@@ -861,3 +863,76 @@ def test_a_regression_target_written_as_missing_is_dropped_and_counted(tmp_path:
     prep = _prepare(path, "MonthlyCharges", tmp_path)
     assert prep.target.task == "regression" and prep.target.dropped_missing == 3 and len(prep.target.y) == 397
     assert not np.isnan(prep.target.y).any()
+
+
+def _german_with_target(tmp_path: Path, values: list[str], token: str, n: int = 300) -> Path:
+    """German credit's first `n` rows with `values` (cycled) as the target and `token` in every 20th row."""
+    df = pd.read_csv(GERMAN, dtype=str, keep_default_na=False).head(n)
+    df["creditability"] = [token if i % 20 == 7 else values[i % len(values)] for i in range(n)]
+    path = tmp_path / "target.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("token", ["NA", "?", "n/a", "NULL"])
+@pytest.mark.parametrize(
+    ("values", "task", "labels"),
+    [
+        (["0", "1", "0"], "binary", [0, 1]),
+        ([str(k) for k in range(10)], "multiclass", list(range(10))),
+        (["good", "bad", "good"], "binary", ["good", "bad"]),
+    ],
+)
+def test_a_target_written_as_missing_is_dropped_and_counted_for_every_kind(
+    tmp_path: Path, token: str, values: list[str], task: str, labels: list[object]
+) -> None:
+    """`NA` in a 0/1 target trained a regression (parsed as NaN, it was "not integral"); in a text
+    target it was a class of its own."""
+    target = _prepare(_german_with_target(tmp_path, values, token), "creditability", tmp_path).target
+    assert (target.task, target.labels, target.dropped_missing, len(target.y)) == (task, labels, 15, 285)
+
+
+def test_none_is_a_class_of_a_text_target_and_missing_beside_numbers(tmp_path: Path) -> None:
+    text = _prepare(_german_with_target(tmp_path, ["mild", "severe"], "None"), "creditability", tmp_path).target
+    assert text.labels == ["None", "mild", "severe"] and text.dropped_missing == 0
+    coded = _prepare(_german_with_target(tmp_path, ["0", "1"], "None"), "creditability", tmp_path).target
+    assert (coded.task, coded.labels, coded.dropped_missing) == ("binary", [0, 1], 15)
+
+
+def test_ensemble_beyond_what_the_rows_allow_is_one_line_naming_it(tmp_path: Path) -> None:
+    """It was scikit-learn's "Cannot have number of splits n_splits=1000 greater than the number of samples"."""
+    path = _german_with_target(tmp_path, [str(k) for k in range(30)], "7.5", n=100)  # a number, 30 values
+    with pytest.raises(
+        D.DataError,
+        match=r"^--ensemble 1000 is more folds than the data allow: at most 80 here \(80 development rows\)$",
+    ):
+        _prepare(path, "creditability", tmp_path, task="regression", ensemble=1000)
+    path = _german_with_target(tmp_path, ["good", "bad", "good"], "good", n=100)
+    with pytest.raises(
+        D.DataError, match=r"^--ensemble 60 .* at most (\d\d) here \(80 development rows, \1 of the largest"
+    ):
+        _prepare(path, "creditability", tmp_path, ensemble=60)
+
+
+def test_many_rare_classes_are_cut_in_the_message(tmp_path: Path) -> None:
+    """`--task multiclass` on a continuous target listed each of 2,000 values: a 59 KB line."""
+    df = pd.read_csv(TELCO, dtype=str, keep_default_na=False).head(400)
+    df.to_csv(tmp_path / "charges.csv", index=False)
+    with pytest.raises(D.DataError) as info:
+        _prepare(tmp_path / "charges.csv", "MonthlyCharges", tmp_path, task="multiclass")
+    assert re.search(r"too few rows in class ('[\d.]+' \(\d rows?\), ){5}and \d+ more to split", str(info.value))
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("option", ["drop", "categorical", "id_columns"])
+def test_a_column_option_naming_no_column_names_its_flag(tmp_path: Path, option: str) -> None:
+    flag = {"drop": "--drop", "categorical": "--categorical", "id_columns": "--id-column"}[option]
+    with pytest.raises(D.DataError, match=rf"^{flag} 'contrat' is not in the data; did you mean 'Contract'\?"):
+        _prepare(TELCO, "Churn", tmp_path, **{option: ["contrat"]})
+
+
+def test_a_file_of_another_delimiter_reads_with_sep(tmp_path: Path) -> None:
+    df = pd.read_csv(GERMAN, dtype=str, keep_default_na=False).head(200)
+    df.to_csv(tmp_path / "colons.csv", index=False, sep=":")
+    prep = _prepare(tmp_path / "colons.csv", "creditability", tmp_path, sep=":")
+    assert "duration_in_month" in prep.schema.numeric and prep.target.labels == ["good", "bad"]

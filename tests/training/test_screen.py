@@ -119,3 +119,28 @@ def test_a_target_no_column_tells_apart_has_a_screened_network_that_answers_the_
         probs = alone.model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy()
     assert np.ptp(probs, axis=0).max() < 1e-6
     assert abs(probs[0, alone.pre.labels.index("yes")] - np.mean(df["y"] == "yes")) < 0.05
+
+
+def test_a_screened_member_starts_exactly_at_its_fitted_linear_model(tmp_path: Path) -> None:
+    """The start was fitted with left-out levels at 0, a real always-1 column, which the member reads as 0:
+    with an L1 fit (liblinear penalises the intercept) the base rate was on that column and lost."""
+    from training.evaluate import fit_linear, linear_model, one_hot_design
+    from training.model import to_output
+    from training.train import _new_member
+
+    df = pd.read_csv(GERMAN)
+    df["creditability"] = df["creditability"].sample(frac=1, random_state=0).to_numpy()  # no column tells it
+    df.to_csv(tmp_path / "shuffled.csv", index=False)
+    cfg = quick_config(tmp_path / "shuffled.csv", "creditability", tmp_path, screen="on", linear_penalty="l1:0.03")
+    prep = prepare_data(cfg, say=lambda _: None)
+    train_rows = prep.tensors.rows(torch.from_numpy(prep.split.folds[0][0]))
+    model, *_ = _new_member(prep.pre, cfg, train_rows, seed=0)
+    assert not model.cat_keep.any()  # every categorical left out
+    cards = [f.cardinality for f in prep.pre.categorical]
+    x, cat = train_rows.x * model.deep_keep[: train_rows.x.shape[1]], train_rows.cat * model.cat_keep.long()
+    design = one_hot_design(x.numpy(), cat.numpy(), cards)
+    linear = linear_model("binary", "l1:0.03")
+    fit_linear(linear, design, train_rows.y.numpy())
+    with torch.no_grad():
+        start = to_output(model.eval()(train_rows.x, train_rows.cat), "binary").numpy()
+    assert np.abs(start - linear.predict_proba(design)).max() < 1e-5
