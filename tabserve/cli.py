@@ -538,6 +538,7 @@ def score(
                     explain=reasons,
                     cpus=budget.cpus,
                     reading=reading,
+                    errors=errors,
                 )
         elif engine == "local":
             with _prediction_log(log, log_exclude) as logged:

@@ -245,8 +245,16 @@ def test_the_ray_engine_refuses_an_output_whose_replacing_would_delete_files(sto
     for source, output, said in cases:
         run = _run(store, "score", "--model", "churn", "--engine", "ray", "--input", source, "--output", str(output))
         assert run.returncode == 2 and said in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    # nor an --errors file that is an input (a glob's) or inside the folder the run replaces
+    out = tmp_path / "out"
+    out.mkdir()  # empty: a folder the run may replace
+    for errors, said in ((inputs / "b.csv", "is an input file"), (out / "errors.csv", "inside the --output folder")):
+        args = ("--input", str(inputs / "*.csv"), "--output", str(out), "--errors", str(errors))
+        run = _run(store, "score", "--model", "churn", "--engine", "ray", *args)
+        assert run.returncode == 2 and said in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert (precious / "notes.txt").read_text() == "keep"
     assert sorted(p.name for p in inputs.iterdir()) == ["a.csv", "b.csv"]
+    assert (inputs / "b.csv").read_text() == (inputs / "a.csv").read_text()
 
 
 def test_the_local_engine_says_a_folder_or_a_glob_needs_ray(store: Path, tmp_path: Path) -> None:

@@ -78,10 +78,17 @@ def _is_input(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(INPUT_SUFFIXES)
 
 
-def check_output(output: Path, input: str, files: list[str]) -> None:
+def check_output(output: Path, input: str, files: list[str], errors: Path | None = None) -> None:
     """Refuse, before any work, an output folder whose replacing would delete what this engine did not
-    write: the input or a folder holding it, a file, or a folder neither empty nor marked as its output."""
+    write: the input or a folder holding it, a file, or a folder neither empty nor marked as its output;
+    and an `--errors` file that is an input, or inside the output (replaced, its file with it)."""
     target = Path(os.path.realpath(output))
+    if errors is not None:
+        real = Path(os.path.realpath(errors))
+        if target == real or target in real.parents:
+            raise ScoringError(f"--errors {errors} is inside the --output folder, which the run replaces: name another")
+        if any(real == Path(os.path.realpath(f)) for f in files):
+            raise ScoringError(f"--errors {errors} is an input file: writing it would replace its rows")
     folder = Path(input) if Path(input).is_dir() else None
     for source in [Path(f) for f in files] + ([folder] if folder is not None else []):
         real = Path(os.path.realpath(source))
@@ -221,14 +228,16 @@ def score_with_ray(
     explain: Explain | None = None,
     cpus: int | None = None,
     reading: Reading | None = None,
+    errors: Path | None = None,
 ) -> Summary:
-    """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row;
+    """Score `input` (file, folder or glob) into the folder `output`; `on_error` gets each failed row
+    (written to `errors`, which is checked before any work);
     `explain` adds reason columns as the local engine does; `cpus`: a local Ray's CPU budget
     (default: this process's, service/cpus.py)."""
     started = time.perf_counter()
     output = Path(os.path.realpath(output)) if output.is_symlink() else output  # replaced where the link points
     files = input_files(input)
-    check_output(output, input, files)
+    check_output(output, input, files, errors)
     fmt = format_of(output)
     # only for the header checks and the output schema (and a bundle without explain.onnx fails here)
     scorer = Scorer(ref, "cpu", threads=1, explain=explain, reading=reading)
