@@ -20,7 +20,7 @@ class DataPlane:
 
     def __init__(self, store: ModelStore, log: PredictionLog | None = None) -> None:
         self.store, self.log = store, log
-        store.observer = self._answered  # plain requests reach the log and the shadow a batch at a time
+        store.observer = self._answered  # requests reach the log and the shadow a batch at a time
 
     def canary(self, model: LoadedModel, request: InferenceRequest) -> LoadedModel:
         """The version that answers a request: the champion, or its challenger for the canary share
@@ -46,13 +46,13 @@ class DataPlane:
     ) -> InferenceResult:
         """The model's outputs for a request, through its batcher (with each feature's effect when
         the request asks for reasons: a batcher of their own, so other requests pay nothing)."""
-        if request.explain is not None:
-            result = await self._explained(model, request, timeout)
-            if self.log is not None:  # logged once its reasons are checked
-                self.log.add(model.name, model.version, model.pre, request.enc.num, request.enc.cat, result.out,
-                             *self._note(request))  # fmt: skip
-            return result
         note = self._note(request) if self.log is not None else None
+        if request.explain is not None:
+            try:
+                out, effects = await model.explain(request.enc, timeout, note)
+            except NoExplainer as exc:
+                raise InputError("invalid", str(exc)) from None
+            return InferenceResult(model.name, model.version, out, request, effects)
         return InferenceResult(model.name, model.version, await model.infer(request.enc, timeout, note), request)
 
     @staticmethod
@@ -69,17 +69,6 @@ class DataPlane:
         shadow = self.store.shadows.get(model.name)
         if shadow is not None and shadow.champion is model:
             shadow.offer(num, cat, out, notes)
-
-    @staticmethod
-    async def _explained(model: LoadedModel, request: InferenceRequest, timeout: float | None) -> InferenceResult:
-        try:
-            out, effects = await model.explain(request.enc, timeout)
-        except NoExplainer as exc:
-            raise InputError("invalid", str(exc)) from None
-        if not np.isfinite(effects.effects).all():  # never a silently wrong reason
-            row = int(np.argwhere(~np.isfinite(effects.effects))[0, 0])
-            raise InputError("invalid", f"record {row} could not be explained: its values are too far from training")
-        return InferenceResult(model.name, model.version, out, request, effects)
 
 
 def bucket(request: InferenceRequest) -> float:

@@ -23,6 +23,16 @@ from service.features import CategoricalFeature, Preprocess, category_key, parse
 
 Explain = int | Literal["all"]  # reasons per record, or every feature's effect
 EXPLAIN_OUTPUTS = ["effects", "score", "baseline", "target"]
+ADDITIVITY_TOL = 1e-4  # |effects.sum - (score - baseline)|, in the score's units (regression: × target std)
+# plus this share of the row's sum of |effects|: where large effects cancel (collinear columns),
+# float32 rounds in proportion to them (docs/explain.md)
+ROUNDING = 1e-6
+
+
+def explanation_keys(task: str, explain: Explain | None) -> list[str]:
+    """What a row's flat columns (a file, MLflow, V2's tensors) say of its effects, as `explanation_<key>`:
+    the class explained (multiclass), and beside every effect the score and reference they add up to."""
+    return (["class"] if task == "multiclass" else []) + (["score", "reference"] if explain == "all" else [])
 
 
 def checked_explain(value: Any, where: str = '"explain"') -> Explain | None:
@@ -31,9 +41,9 @@ def checked_explain(value: Any, where: str = '"explain"') -> Explain | None:
         return "all"
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
-    if value is None or (value == 0 and not isinstance(value, bool)):
+    if value is None or (type(value) is int and value == 0):  # 0.0 and 4.0 alike: not a count
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
+    if type(value) is int and 1 <= value <= 100:
         return value
     raise ValueError(f'{where} must be a number of reasons from 1 to 100, or "all"; got {value!r}')
 
@@ -66,6 +76,22 @@ class Explainer:
         """Effects of these rows (ONNX Runtime, on the caller's thread)."""
         effects, score, baseline, target = self.session.run(EXPLAIN_OUTPUTS, {"num": num, "cat": cat})
         return Effects(effects, score, baseline, target)
+
+    @cached_property
+    def tolerance(self) -> float:
+        """How far a row's effects may miss score - reference, past float32's rounding of them."""
+        return ADDITIVITY_TOL * (max(1.0, self.pre.target_std) if self.pre.task == "regression" else 1.0)
+
+    def excess(self, found: Effects) -> np.ndarray:
+        """Per row, by how much the effects miss score - reference beyond their rounding (NaN: not numbers)."""
+        miss = np.abs(found.effects.sum(axis=1, dtype=np.float64) - (found.score - found.baseline))
+        excess: np.ndarray = miss - ROUNDING * np.abs(found.effects).sum(axis=1, dtype=np.float64)
+        return excess
+
+    def unexplained(self, found: Effects) -> np.ndarray:
+        """The rows whose effects are not numbers or do not add up (a graph exported before a fix):
+        refused by name, never answered wrong."""
+        return np.flatnonzero(~(self.excess(found) <= self.tolerance))
 
     def order(self, found: Effects, k: Explain) -> tuple[np.ndarray, np.ndarray]:
         """Per row, the features to name (indices [N, k]) and which of them to keep: those whose

@@ -59,6 +59,11 @@ def _squashed(name: str) -> str:
     return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
+def stripped(names: list[str]) -> list[str]:
+    """Header names as training reads them (`  Contract  ` is `Contract`)."""
+    return [str(name).strip() for name in names]
+
+
 def named_twice(names: Sequence[str]) -> list[str]:
     """The names a header gives more than once, sorted: which of the two holds a value is a guess."""
     return sorted({name for name in names if names.count(name) > 1})
@@ -698,12 +703,19 @@ class Preprocess:
         """Why a row's outputs (or effects) are not numbers: its numeric value the most standard
         deviations from training's mean, named with training's range (a value near float32's limit
         overflows inside)."""
+        return self.farthest(num, to)[1]
+
+    def farthest(self, num: np.ndarray, to: str = "score") -> tuple[str | None, str]:
+        """`too_far`, with the field it names (None: no numeric value to blame)."""
         if not self.numeric or np.isnan(num).all():
-            return f"its values are too far from training's to {to}"
+            return None, f"its values are too far from training's to {to}"
         mean, std = (np.array([getattr(f, k) for f in self.numeric]) for k in ("mean_", "std_"))
         j = int(np.nanargmax(np.abs(num.astype(np.float64) - mean) / std))
         f = self.numeric[j]
-        return f"field '{f.name}': {num[j]:g} is too far from training's values ({f.min_:g} to {f.max_:g}) to {to}"
+        return (
+            f.name,
+            f"field '{f.name}': {num[j]:g} is too far from training's values ({f.min_:g} to {f.max_:g}) to {to}",
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json document."""

@@ -32,7 +32,7 @@ from service.telemetry import Telemetry
 log = logging.getLogger("tabserve.store")
 
 
-# (model, num, cat, out, [(rows, note)] per request) of each batch of plain requests a model answered
+# (model, num, cat, out, [(rows, note)] per request) of each batch a model answered (its outputs, not effects)
 BatchObserver = Callable[["LoadedModel", np.ndarray, np.ndarray, np.ndarray, list[tuple[int, Any]]], None]
 
 
@@ -75,22 +75,20 @@ class LoadedModel:
         try:
             out = await self.batcher.predict(enc.num, enc.cat, timeout, note)
         except NotFinite as exc:
-            raise self._too_far(enc, exc) from None
+            raise self._too_far(enc, exc, "score") from None
         if enc.tally:
             self.report_warnings(enc.tally)
         return out
 
-    async def explain(self, enc: Encoded, timeout: float | None = None) -> tuple[np.ndarray, Effects]:
-        """Model outputs and each feature's effect, through the explaining batcher."""
+    async def explain(self, enc: Encoded, timeout: float | None = None, note: Any = None) -> tuple[np.ndarray, Effects]:
+        """Model outputs and each feature's effect, through the explaining batcher (which hands the
+        outputs, with `note`, to the store's observer once answered)."""
         if self.explainer is None or self.explain_batcher is None:
             raise NoExplainer(f"{self.name} version {self.version} has no explain.onnx: retrain it for reason codes")
         try:
-            both = await self.explain_batcher.predict(enc.num, enc.cat, timeout)
+            both = await self.explain_batcher.predict(enc.num, enc.cat, timeout, note)
         except NotFinite as exc:  # scored without reasons, it may be a number: say which failed
-            row = int(exc.rows[0])
-            raise InputError(
-                "invalid", f"record {row} could not be explained: {self.pre.too_far(enc.num[row], 'explain')}"
-            ) from None
+            raise self._too_far(enc, exc, "explain") from None
         if enc.tally:
             self.report_warnings(enc.tally)
         n_out, n_feat = self.pre.n_outputs, len(self.pre.features)
@@ -98,10 +96,12 @@ class LoadedModel:
         score, baseline, target = (both[:, n_out + n_feat + i] for i in range(3))
         return both[:, :n_out], Effects(effects, score, baseline, target.astype(np.int64))
 
-    def _too_far(self, enc: Encoded, exc: NotFinite) -> InputError:
-        """The first record whose outputs are not numbers, and the field that took it there."""
+    def _too_far(self, enc: Encoded, exc: NotFinite, to: str) -> InputError:
+        """The first record that could not be scored (or explained), and the field that took it there."""
         row = int(exc.rows[0])
-        return InputError("invalid", f"record {row}, {self.pre.too_far(enc.num[row])}")
+        field, why = self.pre.farthest(enc.num[row], to)
+        message = f"record {row}, {why}" if to == "score" else f"record {row} could not be explained: {why}"
+        return InputError("invalid", message, [{"record": row, "field": field, "message": why}])
 
     def close(self) -> None:
         """No new batches; in-flight requests finish on the sessions they started on."""
@@ -153,7 +153,7 @@ def load_model(
             if drift is not None:
                 drift.update(num, cat, out[:, : pre.n_outputs])  # an explanation's columns follow the outputs
             if observed and observer is not None:
-                observer(model, num, cat, out, notes)
+                observer(model, num, cat, out[:, : pre.n_outputs], notes)
 
         return AdaptiveBatcher(
             fn,
@@ -174,12 +174,14 @@ def load_model(
 
         def run_both(num: np.ndarray, cat: np.ndarray) -> np.ndarray:
             found = explainer.run(num, cat)
+            # effects that do not add up are no answer: not numbers, so the batcher refuses their rows
+            found.effects[explainer.unexplained(found)] = np.nan
             extra = [found.score[:, None], found.baseline[:, None], np.asarray(found.target, np.float32)[:, None]]
             parts = [run(num, cat), found.effects, *extra]
             return np.concatenate(parts, axis=1)
 
         explainer.run(np.zeros((1, len(pre.numeric)), np.float32), np.zeros((1, len(pre.categorical)), np.int64))
-        model.explain_batcher = batcher(run_both)
+        model.explain_batcher = batcher(run_both, True)  # logged and shadowed as plain requests are
     model.report_warnings = lambda tally: telemetry.warnings(ref.name, tally)
     model.score = run
     return model

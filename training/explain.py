@@ -215,10 +215,15 @@ class Explainer(nn.Module):
         # rounding (diamonds' cut: ORT's effects 0.016 from PyTorch's)
         step, wide_mult = wide - wide_ref, mult.double()
         terms = wide_mult * step
-        total = terms.abs().sum(dim=1, keepdim=True)
         residual = (score - baseline).unsqueeze(1) - terms.sum(dim=1, keepdim=True)
+        # softmax saturated at every node (a value far beyond training): the integral is 0 and the
+        # whole change is residual, shared by the slope at the reference's end of the path instead
+        at_ref = _log_prob_slope(zr.unsqueeze(0), k).reshape(-1, self.m * c).double()
+        vanished = terms.abs().sum(dim=1, keepdim=True) <= TINY
+        slope = torch.where(vanished, at_ref, wide_mult)
+        total = (slope * step).abs().sum(dim=1, keepdim=True)
         share = torch.where(total > TINY, residual / torch.where(total > TINY, total, 1.0), 0.0)
-        mult = mult + (share * wide_mult.abs() * torch.sign(step)).to(PATH)
+        mult = mult + (share * slope.abs() * torch.sign(step)).to(PATH)
         return mult * a, score, baseline, target
 
 
@@ -291,12 +296,6 @@ def reference_stats(pre: Preprocess, enc: Encoded, rows: np.ndarray, freq: list[
     }
 
 
-ADDITIVITY_TOL = 1e-4  # |effects.sum - (score - baseline)|, in the score's units (regression: × target std)
-# plus this share of the row's sum of |effects|: where large effects cancel (collinear columns),
-# float32 rounds in proportion to them (docs/explain.md)
-ROUNDING = 1e-6
-
-
 CHECK_BLOCK = 8_192  # test rows explained at a time when the bundle is checked
 
 
@@ -325,12 +324,12 @@ def write_explainer(
             expected = explainer(torch.from_numpy(enc.num[rows]), torch.from_numpy(enc.cat[rows]))[0].numpy()
         miss = np.abs(found.effects.sum(axis=1) - (found.score - found.baseline))
         gap = max(gap, float(np.max(miss, initial=0.0)))
-        excess = max(excess, float(np.max(miss - ROUNDING * np.abs(found.effects).sum(axis=1), initial=0.0)))
+        excess = max(excess, float(np.max(reasons.excess(found), initial=0.0)))
         drift = max(drift, float(np.max(np.abs(found.effects - expected), initial=0.0)))
         order, keep = reasons.order(found, 4)
         top += np.bincount(order[keep], minlength=len(pre.features))
         total_abs += np.abs(found.effects).sum(axis=0)
-    tol = ADDITIVITY_TOL * (max(1.0, pre.target_std) if pre.task == "regression" else 1.0)
+    tol = reasons.tolerance
     if not (excess <= tol and drift <= 100 * tol):
         raise ExportError(f"explain.onnx: effects miss the score by {gap:.1e}, PyTorch by {drift:.1e} (> {tol:.0e})")
     top, mean_abs = top / max(len(test_rows), 1), total_abs / max(len(test_rows), 1)

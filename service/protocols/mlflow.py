@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from service.errors import InputError
-from service.explain import Explain
-from service.features import named_twice, shown
+from service.explain import Explain, explanation_keys
+from service.features import named_twice, shown, stripped
 from service.protocols.base import Headers, InferenceRequest, InferenceResult, explain_of, media_type, parse_json
 from service.protocols.native import NativeCodec, records_of
 
@@ -47,8 +47,11 @@ class MlflowCodec:
         answers = self.native.answers(result)
         doc: dict[str, Any] = {"predictions": [{k: a[k] for k in PREDICTION_KEYS if k in a} for a in answers]}
         if result.effects is not None:  # reasons as columns, as `tabserve score --explain` writes them
+            explain = result.request.explain
+            keys = explanation_keys(self.native.pre.task, explain)
             for row, answer in zip(doc["predictions"], answers, strict=True):
-                row.update(reason_columns(answer.get("reasons", []), result.request.explain))
+                row.update(reason_columns(answer.get("reasons", []), explain))
+                row.update({f"explanation_{key}": answer["explanation"][key] for key in keys})
         noted = [{"row": i, "warnings": a["warnings"]} for i, a in enumerate(answers) if "warnings" in a]
         if noted:
             doc["warnings"] = noted
@@ -147,6 +150,7 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
     header = next(rows, None)
     if not header:
         raise bad("CSV body is empty")
+    header = stripped(header)  # as `tabserve score` and the upload route read a header
     refuse_twice(header, "CSV header")
     records = []
     for i, row in enumerate(rows):

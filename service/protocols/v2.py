@@ -13,7 +13,7 @@ import numpy as np
 
 from service.encoders import RecordEncoder
 from service.errors import InputError
-from service.explain import Explain, Explainer
+from service.explain import Effects, Explain, Explainer, explanation_keys
 from service.features import Encoded, Preprocess, near_miss, shown
 from service.protocols.base import (
     ABSENT,
@@ -48,6 +48,8 @@ NUMERIC_FEATURE_TYPES = {t for t in NUMERIC_TYPES if t != "BOOL"}
 INT_RANGES = {t: (int(np.iinfo(c).min), int(np.iinfo(c).max)) for t, c in NUMERIC_TYPES.items() if "INT" in t}
 FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max), "FP64": math.inf}
 ATTRIBUTIONS = "attributions"  # the output of each feature's effect (service/explain.py)
+# the outputs that come with it, saying what the effects explain (the class: multiclass only)
+EXPLANATION = [ATTRIBUTIONS, *(f"explanation_{key}" for key in explanation_keys("multiclass", "all"))]
 
 
 def misfit(datatype: str, value: Any) -> str | None:
@@ -255,12 +257,14 @@ class V2Codec:
         doc = parse_json(text)
         outputs = check_outputs(self.outputs, doc)
         parameters = doc.get("parameters") if isinstance(doc, dict) else None
+        if parameters is not None and not isinstance(parameters, dict):  # `[1]`, `"explain"`: meant something
+            raise bad(f'"parameters" must be an object such as {{"explain": 4}}, not {shown(parameters)}')
         if explain is None and isinstance(parameters, dict):
             explain = explain_of(parameters.get("explain"), 'parameter "explain"')
-        if explain is None and outputs is not None and ATTRIBUTIONS in outputs:
+        if explain is None and outputs is not None and any(name in EXPLANATION for name in outputs):
             explain = "all"
-        elif explain is not None and outputs is not None and ATTRIBUTIONS not in outputs:
-            outputs = [*outputs, ATTRIBUTIONS]  # the reasons asked for, beside the outputs picked
+        if explain is not None and outputs is not None:  # the effects and what they explain, beside the outputs picked
+            outputs = [*outputs, *(n for n in self.outputs if n in EXPLANATION and n not in outputs)]
         columns, rows = input_columns(self.pre, doc, binary, self.max_records)
         enc = self._checked(self.pre.encode_columns(columns, rows))
         ids = [(c, columns[c] if c in columns else [ABSENT] * rows) for c in self.pre.id_columns]
@@ -294,7 +298,7 @@ class V2Codec:
             if len(self._layouts) < LAYOUTS_KEPT:
                 self._layouts[key] = layout
         outputs = None if request.outputs is None else known_outputs(self.outputs, [o.name for o in request.outputs])
-        if request.parameters is not None or (outputs is not None and ATTRIBUTIONS in outputs):
+        if request.parameters is not None or (outputs is not None and any(n in EXPLANATION for n in outputs)):
             return None  # parameters (`explain`) and attributions: the full path reads them
         values = [data[0] for data in map(_DATA, inputs)]
         num_at, cat_at, typed = layout
@@ -336,14 +340,7 @@ class V2Codec:
             tensors["probabilities"] = {"name": "probabilities", "datatype": "FP32", "shape": shape, "data": flat}
         outputs = request.outputs
         if result.effects is not None:
-            effects = result.effects.effects
-            data = effects.ravel().tolist()
-            tensors[ATTRIBUTIONS] = {
-                "name": ATTRIBUTIONS,
-                "datatype": "FP32",
-                "shape": list(effects.shape),
-                "data": data,
-            }
+            tensors.update(self._explanation(result.effects, tensors.get("label", {}).get("data", [])))
         answer: dict[str, Any] = {
             "model_name": result.model,
             "model_version": str(result.version),
@@ -356,6 +353,30 @@ class V2Codec:
             notes = [f"element {row}: {text}" for row in sorted(warnings) for text in warnings[row]]
             answer["parameters"] = {"warnings": "; ".join(notes)}
         return answer
+
+    def _explanation(self, found: Effects, labels: list[str]) -> dict[str, dict[str, Any]]:
+        """`attributions` [N, features] and what they explain: the score, its reference, the class."""
+        rows = len(found.score)
+        tensors = {
+            ATTRIBUTIONS: {
+                "name": ATTRIBUTIONS,
+                "datatype": "FP32",
+                "shape": list(found.effects.shape),
+                "data": found.effects.ravel().tolist(),
+            }
+        }
+        for key, values in (("score", found.score), ("reference", found.baseline)):
+            name = f"explanation_{key}"
+            tensors[name] = {"name": name, "datatype": "FP32", "shape": [rows], "data": values.tolist()}
+        if self.pre.task == "multiclass" and self.explainer is not None:
+            classes = list(map(str, self.explainer.explained_labels(found, labels)))
+            tensors["explanation_class"] = {
+                "name": "explanation_class",
+                "datatype": "BYTES",
+                "shape": [rows],
+                "data": classes,
+            }
+        return tensors
 
 
 class _Output(msgspec.Struct, gc=False):
@@ -429,7 +450,8 @@ def known_outputs(known: list[str], names: list[str] | None) -> list[str] | None
     """Output names a request asks for (None or none: all), which must be the model's."""
     if not names:
         return None
-    unknown = [name for name in names if name not in known]
+    # attributions asked of a bundle without explain.onnx: the data plane refuses them, saying so
+    unknown = [name for name in names if name not in known and name != ATTRIBUTIONS]
     if unknown:
         raise bad(f"unknown output(s) {', '.join(unknown)}; the model gives: {', '.join(known)}")
     return names
@@ -446,6 +468,9 @@ def output_metadata(pre: Preprocess, explainable: bool = False) -> list[dict[str
         outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(pre.labels)]})
     if explainable:
         outputs.append({"name": ATTRIBUTIONS, "datatype": "FP32", "shape": [-1, len(pre.features)]})
+        for key in explanation_keys(pre.task, "all"):
+            datatype = "BYTES" if key == "class" else "FP32"
+            outputs.append({"name": f"explanation_{key}", "datatype": datatype, "shape": [-1]})
     return outputs
 
 

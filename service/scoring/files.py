@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from service.features import Reading, parse_number, shown
+from service.features import Reading, parse_number, shown, stripped
 from service.protocols.base import keys_twice, maybe_twice
 
 Format = Literal["csv", "csv.gz", "parquet", "jsonl", "excel"]
@@ -74,11 +74,6 @@ def output_format_of(path: Path) -> Format:
     if plain.endswith((".csv", ".txt")) or "." not in plain.lstrip("."):  # no extension (`/dev/stdout`): CSV
         return "csv" if plain == name else "csv.gz"
     raise ScoringError(f"{path}: not an output format; tabserve writes {OUTPUT_FORMATS_TEXT}")
-
-
-def stripped(names: list[str]) -> list[str]:
-    """Header names as training reads them (`  Contract  ` is `Contract`)."""
-    return [str(name).strip() for name in names]
 
 
 PROBE_ROWS = 20  # the first data rows, read to tell a header one field short or a title above it

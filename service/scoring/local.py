@@ -27,7 +27,7 @@ from monitoring.log import PredictionLog
 from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, process_alive
 from service.cpus import cpu_budget
 from service.drift import Drift
-from service.explain import Effects, Explain, Explainer
+from service.explain import Effects, Explain, Explainer, explanation_keys
 from service.features import Encoded, EncodingError, Preprocess, Reading, near_miss
 from service.runtime import Device, create_session
 from service.scoring.columns import NOT_UTF8, ArrowEncoder, feature_column, invalid_utf8_rows, mark_rows, text_column
@@ -263,8 +263,7 @@ class Scorer:
         found = None
         if self.reasons is not None:  # as /predict refuses a record it cannot explain: never an empty reason
             found = self.reasons.effects(enc.num, enc.cat, int(rows[0]) - 1 if batch.num_rows else 0)
-            unexplained = ~np.isfinite(found.effects).all(axis=1) | ~np.isfinite(found.score)
-            for r in np.flatnonzero(unexplained).tolist():
+            for r in self.reasons.explainer.unexplained(found).tolist():  # not numbers, or not adding up
                 messages.setdefault(
                     r, f"row {rows[r]} could not be explained: {self.pre.too_far(enc.num[r], 'explain')}"
                 )
@@ -277,7 +276,7 @@ class Scorer:
         if self.drift is not None:
             self.drift.update(enc.num[~failed], enc.cat[~failed], out[~failed])
         label_index = self.pre.label_index(out) if self.pre.task != "regression" else None
-        added = [] if self.reasons is None or found is None else self.reasons.columns(batch, found, label_index, failed)
+        added = [] if self.reasons is None or found is None else self.reasons.columns(batch, found, failed)
         notes = [_text_column(batch.num_rows, warned), _text_column(batch.num_rows, messages)]
         columns = [*kept, *self._predictions(out, label_index, failed), *added, *notes]
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
@@ -365,26 +364,36 @@ def open_explainer(ref: BundleRef, pre: Preprocess, device: Device = "auto", thr
 
 
 class ReasonColumns:
-    """`explain`: `reason_i`/`effect_i` per row (or `effect_<feature>` with "all"). Each sentence is
-    `Explainer.text`'s, made once per feature, value as read and outcome, not once per row and reason."""
+    """`explain`: `reason_i`/`effect_i` per row (or `effect_<feature>` with "all"), then
+    `explanation_class` (multiclass) and with "all" `explanation_score` and `explanation_reference`.
+    Each sentence is `Explainer.text`'s, made once per feature, value as read and outcome, not once
+    per row and reason."""
 
     def __init__(self, explainer: Explainer, explain: Explain) -> None:
         self.explainer, self.explain = explainer, explain
         self.k = len(explainer.names) if explain == "all" else min(explain, len(explainer.names))
         # the outcomes a sentence can end with: per label (multiclass; else one), raises then lowers
         self._labels = explainer.pre.labels if explainer.pre.task == "multiclass" else [None]
+        self._classes = pa.array(explainer.pre.labels)
+        self.keys = explanation_keys(explainer.pre.task, explain)
         # per feature and outcome: value as read → sentence
         self._sentences: list[dict[Any, str]] = [{} for _ in range(len(explainer.names) * 2 * len(self._labels))]
 
     def fields(self) -> list[pa.Field]:
         """The columns added before `warning` and `error`."""
+        said = [
+            pa.field(f"explanation_{key}", self._classes.type if key == "class" else pa.float64()) for key in self.keys
+        ]
         if self.explain == "all":
-            return [pa.field(f"effect_{name}", pa.float64()) for name in self.explainer.names]
+            return [*(pa.field(f"effect_{name}", pa.float64()) for name in self.explainer.names), *said]
         slots = range(1, self.k + 1)
         return [
-            pa.field(f"{kind}_{i}", pa.float64() if kind == "effect" else pa.string())
-            for i in slots
-            for kind in ("reason", "effect")
+            *(
+                pa.field(f"{kind}_{i}", pa.float64() if kind == "effect" else pa.string())
+                for i in slots
+                for kind in ("reason", "effect")
+            ),
+            *said,
         ]
 
     def effects(self, num: np.ndarray, cat: np.ndarray, first: int = 0) -> Effects:
@@ -398,23 +407,30 @@ class ReasonColumns:
         parts = [self.explainer.run(num[i : i + ORT_ROWS], cat[i : i + ORT_ROWS]) for i in range(0, size, ORT_ROWS)]
         if not parts:
             empty = np.empty(0, np.float32)
-            return Effects(np.empty((0, len(self.explainer.names)), np.float32), empty, empty)
-        outputs = ("effects", "score", "baseline")
+            return Effects(np.empty((0, len(self.explainer.names)), np.float32), empty, empty, np.empty(0, np.int64))
+        outputs = ("effects", "score", "baseline", "target")
         return Effects(*(np.concatenate([getattr(p, name) for p in parts])[lead : lead + n] for name in outputs))
 
-    def columns(
-        self, batch: pa.RecordBatch, found: Effects, label_index: np.ndarray | None, failed: np.ndarray
-    ) -> list[pa.Array]:
+    def columns(self, batch: pa.RecordBatch, found: Effects, failed: np.ndarray) -> list[pa.Array]:
         """A block's added columns from its rows' `effects`; empty cells for failed rows and for reasons
         past the last one found."""
+        numbers = {"score": found.score, "reference": found.baseline}
+        explanation = [
+            self._classes.take(pa.array(found.target, mask=failed))
+            if key == "class"
+            else pa.array(numbers[key].astype(np.float64), mask=failed)
+            for key in self.keys
+        ]
         if self.explain == "all":
-            return [
-                pa.array(found.effects[:, j].astype(np.float64), mask=failed) for j in range(found.effects.shape[1])
+            effects = [
+                pa.array(found.effects[:, j].astype(np.float64), mask=failed) for j in range(len(self.explainer.names))
             ]
+            return [*effects, *explanation]
         order, keep = self.explainer.order(found, self.k)
         keep &= ~failed[:, None]
         picked = np.take_along_axis(found.effects, order, axis=1)
-        label = label_index if label_index is not None and len(self._labels) > 1 else np.zeros(len(order), np.intp)
+        # the class the effects explain (the graph's: the label served but on a near-tie), as /predict names it
+        label = found.target if len(self._labels) > 1 and found.target is not None else np.zeros(len(order), np.intp)
         outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: > 0 raises (a kept effect is never 0)
         sentence, texts = self._sentences_of(batch, order, keep, outcome)
         out = []
@@ -424,7 +440,7 @@ class ReasonColumns:
                 texts.take(pa.array(sentence[:, i], mask=empty)),
                 pa.array(picked[:, i].astype(np.float64), mask=empty),
             ]
-        return out
+        return [*out, *explanation]
 
     def _sentences_of(
         self, batch: pa.RecordBatch, order: np.ndarray, keep: np.ndarray, outcome: np.ndarray

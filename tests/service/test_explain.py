@@ -4,6 +4,8 @@ route gives the same effects for the same record, and a bad `explain` is refused
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -120,17 +122,23 @@ def test_every_route_gives_the_same_effects(churn_bundle: bundle.BundleRef, tmp_
         effects, abs=1e-6
     )
     assert "attributions" in {o["name"] for o in v2_param["outputs"]}
-    assert [o["name"] for o in v2_picked["outputs"]] == ["label", "attributions"]
+    explained = ["attributions", "explanation_score", "explanation_reference"]  # the effects and what they add up to
+    assert [o["name"] for o in v2_picked["outputs"]] == ["label", *explained]
+    said = {o["name"]: o["data"][0] for o in v2["outputs"] if o["name"] in explained[1:]}
+    assert said == pytest.approx({f"explanation_{k}": answer["explanation"][k] for k in ("score", "reference")})
     assert mlflow_params.status_code == 400 and '"params" must be an object' in mlflow_params.json()["message"]
     assert upload.status_code == 200 and "reason_1" not in upload.text.splitlines()[0]
     row = mlflow["predictions"][0]
+    assert (row["explanation_score"], row["explanation_reference"]) == pytest.approx(
+        (answer["explanation"]["score"], answer["explanation"]["reference"])
+    )
     assert {k[len("effect_") :]: v for k, v in row.items() if k.startswith("effect_")} == pytest.approx(
         effects, abs=1e-6
     )
     assert model["explanations"]["mean_abs_effect"].keys() == effects.keys()
 
 
-@pytest.mark.parametrize("bad", ["abc", -1, 101, True, 0.5, [4], {"n": 4}])
+@pytest.mark.parametrize("bad", ["abc", -1, 101, True, 0.5, 0.0, 4.0, [4], {"n": 4}])
 def test_a_bad_explain_is_refused_naming_it(churn_server, bad: object) -> None:
     record = _record()
     got = httpx.post(churn_server.url + "/predict", json={"records": [record], "explain": bad})
@@ -151,9 +159,62 @@ def test_a_bundle_from_before_reason_codes_says_so(churn_bundle: bundle.BundleRe
         plain = httpx.post(server.url + "/predict", json={"records": [_record()]})
         asked = httpx.post(server.url + "/predict", json={"records": [_record()], "explain": 4})
         meta = httpx.get(server.url + "/v2/models/churn").json()
+        v2 = httpx.post(
+            server.url + "/v2/models/churn/infer",
+            json=_v2_body(churn_bundle.preprocess, _record(), outputs=[{"name": "attributions"}]),
+        )
     assert plain.status_code == 200 and "reasons" not in plain.json()["predictions"][0]
     assert asked.status_code == 422 and "retrain" in asked.json()["error"]
     assert "attributions" not in {o["name"] for o in meta["outputs"]}
+    # asked as the V2 output: not an unknown output, the same reason
+    assert v2.status_code == 400 and "has no explain.onnx: retrain" in v2.json()["error"], v2.text
+
+
+@pytest.mark.parametrize("parameters", [[1], "explain", 4])
+def test_v2_parameters_that_are_not_an_object_are_refused(
+    churn_server, churn_bundle: bundle.BundleRef, parameters: object
+) -> None:
+    body = _v2_body(churn_bundle.preprocess, _record(), parameters=parameters)
+    got = httpx.post(churn_server.url + "/v2/models/churn/infer", json=body)
+    assert got.status_code == 400 and '"parameters" must be an object' in got.json()["error"], got.text
+
+
+def test_effects_that_do_not_add_up_are_refused_by_name(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A multiclass explain.onnx exported before softmax saturation was handled gave effects summing to
+    ~0 while the score moved by 3, with a 200. However a graph misses, the service checks the sum:
+    here a graph whose score is off by 1."""
+    import onnx
+
+    store = copy_store(churn_bundle, tmp_path / "models")
+    path = next(store.glob(f"churn/*/{bundle.EXPLAIN_FILE}"))
+    graph = onnx.load(path)
+    for node in graph.graph.node:
+        node.output[:] = ["score_raw" if name == "score" else name for name in node.output]
+    one = onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [], [1.0])
+    graph.graph.initializer.append(one)
+    graph.graph.node.append(onnx.helper.make_node("Add", ["score_raw", "one"], ["score"]))
+    onnx.save(graph, path)
+    record = _record()
+    with running_server(store) as server:
+        plain = httpx.post(server.url + "/predict", json={"records": [record]})
+        asked = httpx.post(server.url + "/predict", json={"records": [record, record], "explain": 4})
+        v2 = httpx.post(
+            server.url + "/v2/models/churn/infer",
+            json=_v2_body(churn_bundle.preprocess, record, parameters={"explain": 4}),
+        )
+    assert plain.status_code == 200
+    assert asked.status_code == 422 and asked.json()["error"].startswith("record 0 could not be explained"), asked.text
+    assert asked.json()["details"][0]["record"] == 0 and asked.json()["details"][0]["field"] in record
+    assert v2.status_code == 400 and "could not be explained" in v2.json()["error"]
+    source = tmp_path / "in.csv"
+    source.write_text("".join(TELCO.read_text().splitlines(keepends=True)[:3]))
+    scored = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", "score", "--models-dir", str(store), "--model", "churn",
+         "--input", str(source), "--output", str(tmp_path / "out.csv"), "--explain", "all"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(rows) == 3 and all("could not be explained" in row for row in rows[1:]), scored.stderr
 
 
 def test_far_values_are_explained_and_sentences_read_values_as_the_model_does(churn_server) -> None:

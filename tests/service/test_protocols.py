@@ -36,8 +36,9 @@ def test_v2_server_and_model_metadata(churn_server: Server) -> None:
     inputs = {i["name"]: i for i in meta["inputs"]}
     assert inputs["tenure"] == {"name": "tenure", "datatype": "FP64", "shape": [-1]}
     assert inputs["Contract"]["datatype"] == "BYTES" and "customerID" not in inputs and len(inputs) == 19
-    # attributions: each feature's effect, sent only when asked for (reason codes)
-    assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "probabilities", "attributions"]
+    # attributions: each feature's effect, and the score and reference they add up to, sent only when asked for
+    explained = ["attributions", "explanation_score", "explanation_reference"]
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "probabilities", *explained]
     assert meta["outputs"][3]["shape"] == [-1, 19]
     assert meta["outputs"][2]["shape"] == [-1, 2] and meta["versions"] == ["1"]
     assert meta["parameters"]["labels"] == ["No", "Yes"]  # the columns of `probabilities`, in order
@@ -173,6 +174,18 @@ def test_older_versions_are_addressable(churn_bundle: bundle.BundleRef, tmp_path
     assert current["model_version"] == "2" and older["model_version"] == "1"
     assert _outputs(older)["probability"]["data"] == _outputs(current)["probability"]["data"]  # same weights
     assert meta["versions"] == ["1", "2"] and meta["parameters"]["version"] == "1"
+
+
+def test_mlflow_csv_headers_are_stripped_as_the_other_routes_strip_them(churn_server: Server) -> None:
+    """` tenure ` was ignored with a warning (and tenure scored as missing) where /score and the CLI strip it."""
+    records = _records(2, start=80)
+    columns = list(records[0])
+    lines = [",".join(f" {c} " for c in columns)] + [",".join(str(r[c]) for c in columns) for r in records]
+    r = httpx.post(churn_server.url + "/invocations", content="\n".join(lines), headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and "warnings" not in r.json(), r.text
+    assert [p["probability"] for p in r.json()["predictions"]] == [
+        p["probability"] for p in _native(churn_server, records)
+    ]
 
 
 @pytest.mark.parametrize("form", ["dataframe_split", "dataframe_records", "instances", "inputs", "csv"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -212,6 +213,40 @@ def test_shadow_agreement_matches_an_offline_comparison(
     assert live["rows"] == len(records)
     assert live["1"]["auc"] == pytest.approx(roc_auc_score(y, mine[:, 1]), abs=1e-6)
     assert live["2"]["auc"] == pytest.approx(roc_auc_score(y, theirs[:, 1]), abs=1e-6)
+
+
+def test_requests_asking_for_reasons_are_shadowed_and_logged(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """Requests with `explain` ran through a batcher of their own that handed nothing to the shadow:
+    never compared, on any route. The challenger is a copy of the champion: every row agrees."""
+    store = two_versions(churn_bundle, churn_bundle, tmp_path)
+    release.decide(store, "churn", "promote", 1)
+    release.decide(store, "churn", "challenger", 2)
+    records, log = telco_records(6, start=100), tmp_path / "log"
+    with (
+        running_server(store, "--shadow", "--log", str(log)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        sent = [
+            client.post("/predict", json={"records": records[:2], "explain": 4}, headers={"x-request-id": "native"}),
+            client.post(
+                "/v2/models/churn/infer", json={"id": "v2", **v2_body(records[2:4]), "parameters": {"explain": 2}}
+            ),
+            client.post(
+                "/invocations",
+                json={"dataframe_records": records[4:], "params": {"explain": "all"}},
+                headers={"x-request-id": "mlflow"},
+            ),
+        ]
+        assert all(r.status_code == 200 for r in sent), [r.text for r in sent]
+        deadline = time.monotonic() + 30
+        while (shadow := client.get("/models/churn").json()["release"]["shadow"])["compared"] < len(records):
+            assert time.monotonic() < deadline, shadow
+            time.sleep(0.1)
+    assert shadow["label_agreement"] == 1.0 and shadow["mean_abs_diff"] == 0.0
+    table = pq.read_table(sorted(log.glob("churn/date=*/*.parquet")))
+    assert Counter(table.column("_request").to_pylist()) == {"native": 2, "v2": 2, "mlflow": 2}
+    expected = offline(churn_bundle, records)[:, 1]  # the model's outputs, not an explanation's columns
+    assert sorted(table.column("_probability").to_pylist()) == pytest.approx(sorted(expected.tolist()), rel=1e-6)
 
 
 def offline(ref: bundle.BundleRef, records: list[dict[str, object]]) -> np.ndarray:

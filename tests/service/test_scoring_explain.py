@@ -80,6 +80,7 @@ def test_cli_reasons_equal_predict(explain_server: Server, churn_bundle: bundle.
         assert len(scored) == len(served) == ROWS
         if explain == "all":
             added = [f"effect_{f.name}" for f in churn_bundle.preprocess.features]
+            added += ["explanation_score", "explanation_reference"]
         else:
             added = [f"{kind}_{i}" for i in range(1, 5) for kind in ("reason", "effect")]
         assert list(scored[0]) == ["customerID", "label", "probability", *added, "warning", "error"]
@@ -88,6 +89,8 @@ def test_cli_reasons_equal_predict(explain_server: Server, churn_bundle: bundle.
             if explain == "all":  # every feature's effect, no sentences
                 for reason in answer["reasons"]:
                     assert abs(float(row[f"effect_{reason['field']}"]) - reason["effect"]) <= TOL
+                assert float(row["explanation_score"]) == pytest.approx(answer["explanation"]["score"], abs=1e-6)
+                assert float(row["explanation_reference"]) == answer["explanation"]["reference"]
                 continue
             cells = _reason_cells(row)
             assert [text for text, _ in cells] == [r["text"] for r in answer["reasons"]]
@@ -185,6 +188,10 @@ def test_effects_add_up_and_reasons_stop_where_effects_turn(churn_bundle: bundle
     rows = _read(tmp_path / "all.csv")
     effects = np.array([[float(row[f"effect_{name}"]) for name in names] for row in rows])
     np.testing.assert_allclose(effects.sum(axis=1), found.score - found.baseline, atol=1e-4)
+    # the score and reference they add up to are written beside them (docs/scoring.md said so; they were not)
+    gap = [float(row["explanation_score"]) - float(row["explanation_reference"]) for row in rows]
+    np.testing.assert_allclose(effects.sum(axis=1), gap, atol=1e-4)
+    assert "explanation_class" not in rows[0]  # binary: the positive class, always
     for row, these in zip(_read(tmp_path / "19.csv"), effects, strict=True):
         cells = _reason_cells(row)  # the features that raise the risk, largest first; then empty cells
         assert [e for _, e in cells] == sorted((e for e in these if e > 0), reverse=True)
@@ -232,6 +239,10 @@ def test_multiclass_and_regression_reasons(tmp_path: Path, target: str, task: st
         assert [text for text, _ in cells] == [r["text"] for r in reasons]
         assert [e for _, e in cells] == [r["effect"] for r in reasons]  # exact: the same ORT calls
     assert any("lowers" in row["reason_1"] for row in scored) == (task == "regression")
+    if task == "multiclass":  # the class the reasons are about: the label, but on a near-tie
+        assert sum(row["explanation_class"] == row["label"] for row in scored) >= len(scored) - 1
+        assert all(row["explanation_class"] in row["reason_1"] for row in scored if row["reason_1"])
+    assert "explanation_score" not in scored[0]  # with "all" only
 
 
 def test_ray_reasons_equal_local(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

@@ -214,13 +214,48 @@ def test_a_record_scored_at_the_reference_is_explained_alike_in_onnx_runtime(tel
     np.testing.assert_allclose(found.effects, expected, atol=1e-3)
 
 
-def test_multiclass_effects_that_cancel_are_the_path_integrals(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def contract_run(tmp_path_factory: pytest.TempPathFactory) -> Explained:
+    """A multiclass model (telco's Contract), briefly trained: its math, not its fit, is tested."""
+    with torch_threads(1):
+        return explained(TELCO, "Contract", tmp_path_factory.mktemp("contract"), epochs=2)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_multiclass_effects_add_up_where_softmax_saturates(contract_run: Explained) -> None:
+    """A value far beyond training (tenure 10,000) saturates the softmax at every node of the path:
+    the integral was 0, the whole change in the score was dropped and the effects summed to ~1e-18
+    while the score moved by 3. The change is now shared by the slope at the reference's end."""
+    explainer, reasons = contract_run.explainer, contract_run.reasons
+    m, c = explainer.m, explainer.n_out
+    a, b = explainer.fused.platt[0].double(), explainer.fused.platt[1:].double()
+    ref = explainer.ref_logits.double().reshape(m, c) * a + b
+    k = int(torch.softmax(ref, dim=1).mean(dim=0).argmin())  # the least likely class at the reference
+    end = ref.clone()
+    end[:, k] += 1000.0  # each member sure of it at every node
+    mult, score, baseline, target = explainer._combine(((end - b) / a).reshape(1, -1).to(PATH))
+    step = ((end - b) / a).reshape(-1) - explainer.ref_logits.double().reshape(-1)
+    assert int(target[0]) == k and float(score[0] - baseline[0]) > 0.5
+    assert float((mult[0].double() * step).sum()) == pytest.approx(float(score[0] - baseline[0]), abs=1e-6)
+    pre = reasons.pre
+    for j, feature in enumerate(pre.numeric):  # and in ONNX Runtime, on records far out on each numeric
+        num = np.tile(np.array([f.mean_ for f in pre.numeric], np.float32), (3, 1))
+        num[:, j] = [1e4, -1e4, 1e6]
+        found = reasons.run(num, np.ones((3, len(pre.categorical)), np.int64))
+        assert reasons.unexplained(found).size == 0, (
+            feature.name,
+            found.effects.sum(axis=1),
+            found.score - found.baseline,
+        )
+
+
+def test_multiclass_effects_that_cancel_are_the_path_integrals(contract_run: Explained) -> None:
     """Each member's logits all moved by 40 (softmax does not see it) and the predicted class's by a
     hair: the score changes by about 1e-5, while each logit's share of that change is large and the
     shares cancel. Each share must be the integral of the score's slope along the path (computed
     here on 2,000 points), not those rescaled by a ratio of two near-zero numbers, which turns
     float32's rounding into large errors (diamonds' cut: ONNX Runtime's effects 0.016 from PyTorch's)."""
-    explainer = explained(TELCO, "Contract", tmp_path, epochs=2).explainer  # its math, not its fit, is tested
+    explainer = contract_run.explainer
     m, c = explainer.m, explainer.n_out
     a, b = explainer.fused.platt[0].double(), explainer.fused.platt[1:].double()
     ref = explainer.ref_logits.double().reshape(m, c) * a + b  # calibrated, as the score reads them
