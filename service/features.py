@@ -122,18 +122,22 @@ def parse_number(value: Any, decimal: str = ".") -> float:
     return number
 
 
+# beside text classes only words that say "no value": `-`, `.` and `None` can be classes (`+`/`-`)
+TEXT_MISSING = frozenset({"", "na", "n/a", "nan", "null", "?", "#n/a"})
+
+
 def missing_outcomes(keys: Sequence[str | None], decimal: str = ".") -> np.ndarray:
-    """Which target (outcome) cells hold no outcome: blank, or what a numeric column reads as missing
-    (`NA`, `?`, `NULL`, `#DIV/0!`); as a class, `NA` made a 0/1 target a regression. `none` only
-    beside numbers: a text target's `None` is a class (no symptoms, no collateral)."""
-    distinct = set(keys)
-    tokens = {k for k in distinct if k is None or k.lower() in NUMERIC_MISSING}
+    """Which target (outcome) cells hold no outcome: blank, or beside numbers what a numeric column
+    reads as missing (`NA`, `?`, `#DIV/0!`, `-nan`: as a class, `NA` made a 0/1 target a regression),
+    beside text classes the words of TEXT_MISSING."""
+    distinct = {k for k in keys if k is not None}
     try:
-        for key in distinct - tokens:
-            parse_number(key, decimal)
+        nan = {k for k in distinct if k.lower() not in NUMERIC_MISSING and np.isnan(parse_number(k, decimal))}
     except ValueError:  # text classes
-        tokens = {k for k in tokens if k is None or k.lower() != "none"}
-    return np.array([k in tokens for k in keys], dtype=bool)
+        gone = {k for k in distinct if k.lower() in TEXT_MISSING}
+    else:
+        gone = nan | {k for k in distinct if k.lower() in NUMERIC_MISSING}
+    return np.array([k is None or k in gone for k in keys], dtype=bool)
 
 
 SHOWN = 80  # characters of a value a message quotes: a file's field may hold a megabyte

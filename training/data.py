@@ -114,6 +114,7 @@ class Target:
     # each kept row's place among the file's rows (None: every row kept): errors name the file's row
     file_rows: np.ndarray | None = None
     header_rows: list[int] = field(default_factory=list)  # rows (from 1) that repeat the header: left out
+    missing_as: list[str] = field(default_factory=list)  # how the dropped targets were written, blank aside (`NA`)
 
     @property
     def file_row_count(self) -> int:
@@ -826,6 +827,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
         header[row] = all(c == n or (c == "" and UNNAMED.fullmatch(n)) for c, n in zip(cells, df.columns, strict=True))
     decimal = df.attrs.get("read", Reading()).decimal
     given = ~missing_outcomes(keys, decimal)
+    missing_as = sorted({k for k, g in zip(keys, given, strict=True) if not g and k})
     keep = given & ~header
     dropped = int((~given).sum())  # a repeated header's target is given: its own name
     df = df.loc[keep].reset_index(drop=True)
@@ -837,7 +839,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     task = _decide_task(cfg.task, present, df[cfg.target], decimal)
     if task == "regression":
         y = np.array([parse_number(v, decimal) for v in df[cfg.target]], dtype=np.float64)
-        return df, Target(task, y, [], None, dropped, file_rows=file_rows, header_rows=header_rows)
+        return df, Target(task, y, [], None, dropped, {}, file_rows, header_rows, missing_as)
     # `yes`, `YES` and `Yes` are one class, never three, and so are `1` and `1.0`: a binary target stays binary
     merged = merged_levels(present, by_value=True)
     present = [merged.get(k, k) for k in present]
@@ -855,7 +857,7 @@ def encode_target(df: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Tar
     _check_class_sizes(cfg.target, levels, np.bincount(y, minlength=len(levels)))
     labels = _typed_labels(levels)
     positive = labels[1] if task == "binary" else None
-    return df, Target(task, y, labels, positive, dropped, merged, file_rows, header_rows)
+    return df, Target(task, y, labels, positive, dropped, merged, file_rows, header_rows, missing_as)
 
 
 def _check_class_sizes(target: str, levels: list[str], counts: np.ndarray) -> None:

@@ -102,7 +102,8 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     if target.task != "binary" and told:
         raise D.DataError(f"{told[0]} is for a two-class target; {cfg.target!r} is read as {target.task}")
     if target.dropped_missing:
-        say(f"dropped {target.dropped_missing} rows with a missing target")
+        written = f" (written {', '.join(map(repr, target.missing_as))}: a class so named, rename it)"
+        say(f"dropped {target.dropped_missing} rows with a missing target{written if target.missing_as else ''}")
     if target.header_rows:  # stacked exports
         shown = ", ".join(map(str, target.header_rows[:5])) + (", …" if len(target.header_rows) > 5 else "")
         say(

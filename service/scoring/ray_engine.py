@@ -55,6 +55,8 @@ INPUT_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq", ".jsonl"
 FILE = "__tabserve_file__"  # with several input files, each row's file (for its error message)
 ROW_IN_MESSAGE = re.compile(r"\brow (\d+)")
 MARKER = ".tabserve-output"  # in every folder this engine writes: the only folders it replaces
+# a Ray Data part (`<write id>_<dataset uuid>_000000.csv`): a folder of nothing else is a run's from before MARKER
+RAY_PART = re.compile(r"[0-9A-Za-z]+_[0-9a-f]{32}_\d{6}(_\d{6})?\.(csv|parquet)(\.gz)?")
 
 
 def input_files(spec: str) -> list[str]:
@@ -81,15 +83,17 @@ def _is_input(path: Path) -> bool:
 def check_output(output: Path, input: str, files: list[str], errors: Path | None = None) -> None:
     """Refuse, before any work, an output folder whose replacing would delete what this engine did not
     write: the input or a folder holding it, a file, or a folder neither empty nor marked as its output;
-    and an `--errors` file that is an input, or inside the output (replaced, its file with it)."""
+    and an `--errors` file that is an input, inside the input folder, or inside the output (replaced with it)."""
     target = Path(os.path.realpath(output))
-    if errors is not None:
-        real = Path(os.path.realpath(errors))
-        if target == real or target in real.parents:
-            raise ScoringError(f"--errors {errors} is inside the --output folder, which the run replaces: name another")
-        if any(real == Path(os.path.realpath(f)) for f in files):
-            raise ScoringError(f"--errors {errors} is an input file: writing it would replace its rows")
     folder = Path(input) if Path(input).is_dir() else None
+    if errors is not None:
+        written = Path(os.path.realpath(errors))
+        if target == written or target in written.parents:
+            raise ScoringError(f"--errors {errors} is inside the --output folder, which the run replaces: name another")
+        if any(written == Path(os.path.realpath(f)) for f in files):
+            raise ScoringError(f"--errors {errors} is an input file: writing it would replace its rows")
+        if folder is not None and Path(os.path.realpath(folder)) in written.parents:
+            raise ScoringError(f"--errors {errors} is inside the input folder {folder}: the next run would read it")
     for source in [Path(f) for f in files] + ([folder] if folder is not None else []):
         real = Path(os.path.realpath(source))
         if target == real or target in real.parents:
@@ -104,11 +108,18 @@ def _check_replaceable(output: Path) -> None:
         raise ScoringError(
             f"--output {output} is a file; the Ray engine writes a folder of part files: name a new folder"
         )
-    if output.is_dir() and any(output.iterdir()) and not (output / MARKER).is_file():
+    if output.is_dir() and any(output.iterdir()) and not _ours(output):
         raise ScoringError(
             f"--output {output} is a folder the Ray engine did not write (no {MARKER} in it), "
             "so replacing it could delete other files: name a new or empty folder"
         )
+
+
+def _ours(folder: Path) -> bool:
+    """A folder this engine wrote: marked, or (written before the marker) only Ray's part files."""
+    if (folder / MARKER).is_file():
+        return True
+    return all(p.is_file() and not p.is_symlink() and RAY_PART.fullmatch(p.name) for p in folder.iterdir())
 
 
 def _open(path: str, raw: Any, chunk_rows: int, reading: Reading | None = None) -> Source:
@@ -353,6 +364,7 @@ def _replace(tmp: Path, output: Path) -> None:
     """`tmp` in `output`'s place; a previous output is set aside first, so a crash in between leaves one."""
     _check_replaceable(output)  # again: checked before the work, which took a while
     aside = temporary(output, ".old")
+    shutil.rmtree(aside, ignore_errors=True)  # one a run of this pid left (a container's pid is often 1)
     if output.exists():
         os.replace(output, aside)
     try:

@@ -890,6 +890,18 @@ def test_a_target_written_as_missing_is_dropped_and_counted_for_every_kind(
     target it was a class of its own."""
     target = _prepare(_german_with_target(tmp_path, values, token), "creditability", tmp_path).target
     assert (target.task, target.labels, target.dropped_missing, len(target.y)) == (task, labels, 15, 285)
+    assert target.missing_as == [token]  # named in the summary: a class really called `NA` is seen
+
+
+def test_punctuation_is_a_class_beside_text_and_missing_beside_numbers(tmp_path: Path) -> None:
+    """A review: `-` was dropped as missing from UCI crx's `+`/`-` target (one class left); and a
+    regression target's `-nan` (glibc's printf), parsed as NaN, reached scikit-learn."""
+    signs = _prepare(_german_with_target(tmp_path, ["+", "-"], "-"), "creditability", tmp_path).target
+    assert (signs.task, sorted(signs.labels), signs.dropped_missing) == ("binary", ["+", "-"], 0)
+    amounts = [f"{k * 1.37:.2f}" for k in range(40)]
+    values = _prepare(_german_with_target(tmp_path, amounts, "-nan"), "creditability", tmp_path).target
+    assert (values.task, values.dropped_missing, values.missing_as) == ("regression", 15, ["-nan"])
+    assert np.isfinite(values.y).all()
 
 
 def test_none_is_a_class_of_a_text_target_and_missing_beside_numbers(tmp_path: Path) -> None:

@@ -163,7 +163,7 @@ def test_only_numeric_or_only_categorical_features_export(tmp_path: Path, kind: 
     assert len(result.pre.numeric if kind == "numeric" else result.pre.categorical) == 2
 
 
-@pytest.mark.parametrize("hidden", [[], [8], [16, 8, 4]], ids=["no-hidden", "one-hidden", "three-hidden"])
+@pytest.mark.parametrize("hidden", [[8], [16, 8, 4]], ids=["one-hidden", "three-hidden"])  # none is refused
 @pytest.mark.parametrize("linear_skip", [True, False], ids=["wide", "deep-only"])
 def test_every_architecture_fuses_exactly(tmp_path: Path, hidden: list[int], linear_skip: bool) -> None:
     """The fused graph's shortcuts (per-member layers, the implied level-0 column, biases moved
