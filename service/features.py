@@ -122,8 +122,8 @@ def parse_number(value: Any, decimal: str = ".") -> float:
     return number
 
 
-# beside text classes only words that say "no value": `-`, `.` and `None` can be classes (`+`/`-`)
-TEXT_MISSING = frozenset({"", "na", "n/a", "nan", "null", "?", "#n/a"})
+# beside text classes, what a numeric column reads as missing but marks that can be classes (`+`/`-`)
+TEXT_MISSING = NUMERIC_MISSING - {"-", ".", "none"}
 
 
 def missing_outcomes(keys: Sequence[str | None], decimal: str = ".") -> np.ndarray:

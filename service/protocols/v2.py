@@ -243,6 +243,8 @@ class V2Codec:
     def __init__(self, pre: Preprocess, max_records: int, explainer: Explainer | None = None) -> None:
         self.pre, self.max_records, self.explainer = pre, max_records, explainer
         self.outputs = [o["name"] for o in output_metadata(pre, explainer is not None)]
+        # what an explain.onnx would add: asked of a bundle without one, refused as such by the data plane
+        self.explained = [o["name"] for o in output_metadata(pre, True) if o["name"] not in self.outputs]
         self.encoder = RecordEncoder(pre)
         self._single = _single_row_decoder(pre)
         self._layouts: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any, Any]] = {}
@@ -255,7 +257,7 @@ class V2Codec:
         if single is not None:
             return single
         doc = parse_json(text)
-        outputs = check_outputs(self.outputs, doc)
+        outputs = check_outputs(self.outputs, doc, self.explained)
         parameters = doc.get("parameters") if isinstance(doc, dict) else None
         if parameters is not None and not isinstance(parameters, dict):  # `[1]`, `"explain"`: meant something
             raise bad(f'"parameters" must be an object such as {{"explain": 4}}, not {shown(parameters)}')
@@ -297,7 +299,11 @@ class V2Codec:
                 return None
             if len(self._layouts) < LAYOUTS_KEPT:
                 self._layouts[key] = layout
-        outputs = None if request.outputs is None else known_outputs(self.outputs, [o.name for o in request.outputs])
+        outputs = (
+            None
+            if request.outputs is None
+            else known_outputs(self.outputs, [o.name for o in request.outputs], self.explained)
+        )
         if request.parameters is not None or (outputs is not None and any(n in EXPLANATION for n in outputs)):
             return None  # parameters (`explain`) and attributions: the full path reads them
         values = [data[0] for data in map(_DATA, inputs)]
@@ -436,22 +442,22 @@ def _picker(positions: list[int]) -> Any:
     return lambda values: [values[i] for i in positions]
 
 
-def check_outputs(known: list[str], doc: Any) -> list[str] | None:
+def check_outputs(known: list[str], doc: Any, explained: list[str]) -> list[str] | None:
     """The outputs a request names (None: all), which must be the model's; checked before any work."""
     wanted = doc.get("outputs") if isinstance(doc, dict) else None
     if wanted is None:
         return None
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise bad('"outputs" must be a list of objects with a name')
-    return known_outputs(known, [o["name"] for o in wanted]) if wanted else None
+    return known_outputs(known, [o["name"] for o in wanted], explained) if wanted else None
 
 
-def known_outputs(known: list[str], names: list[str] | None) -> list[str] | None:
-    """Output names a request asks for (None or none: all), which must be the model's."""
+def known_outputs(known: list[str], names: list[str] | None, explained: list[str]) -> list[str] | None:
+    """Output names a request asks for (None or none: all), which must be the model's, or `explained`:
+    reasons asked of a bundle without explain.onnx, which the data plane refuses, saying so."""
     if not names:
         return None
-    # attributions asked of a bundle without explain.onnx: the data plane refuses them, saying so
-    unknown = [name for name in names if name not in known and name != ATTRIBUTIONS]
+    unknown = [name for name in names if name not in known and name not in explained]
     if unknown:
         raise bad(f"unknown output(s) {', '.join(unknown)}; the model gives: {', '.join(known)}")
     return names

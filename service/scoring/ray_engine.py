@@ -5,6 +5,7 @@ Reading through the same sources keeps unsplittable rows in place, as on one mac
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import re
@@ -92,8 +93,11 @@ def check_output(output: Path, input: str, files: list[str], errors: Path | None
             raise ScoringError(f"--errors {errors} is inside the --output folder, which the run replaces: name another")
         if any(written == Path(os.path.realpath(f)) for f in files):
             raise ScoringError(f"--errors {errors} is an input file: writing it would replace its rows")
-        if folder is not None and Path(os.path.realpath(folder)) in written.parents:
-            raise ScoringError(f"--errors {errors} is inside the input folder {folder}: the next run would read it")
+        inside = folder is not None and Path(os.path.realpath(folder)) in written.parents
+        if inside or (
+            any(c in input for c in "*?[") and fnmatch.fnmatch(os.path.abspath(errors), os.path.abspath(input))
+        ):
+            raise ScoringError(f"--errors {errors} is among the input's files: the next run would read it")
     for source in [Path(f) for f in files] + ([folder] if folder is not None else []):
         real = Path(os.path.realpath(source))
         if target == real or target in real.parents:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from service import bundle
@@ -159,15 +160,19 @@ def test_a_bundle_from_before_reason_codes_says_so(churn_bundle: bundle.BundleRe
         plain = httpx.post(server.url + "/predict", json={"records": [_record()]})
         asked = httpx.post(server.url + "/predict", json={"records": [_record()], "explain": 4})
         meta = httpx.get(server.url + "/v2/models/churn").json()
-        v2 = httpx.post(
-            server.url + "/v2/models/churn/infer",
-            json=_v2_body(churn_bundle.preprocess, _record(), outputs=[{"name": "attributions"}]),
-        )
+        v2 = [
+            httpx.post(
+                server.url + "/v2/models/churn/infer",
+                json=_v2_body(churn_bundle.preprocess, _record(), outputs=[{"name": name}]),
+            )
+            for name in ("attributions", "explanation_score")  # a review: the second was an unknown output
+        ]
     assert plain.status_code == 200 and "reasons" not in plain.json()["predictions"][0]
     assert asked.status_code == 422 and "retrain" in asked.json()["error"]
     assert "attributions" not in {o["name"] for o in meta["outputs"]}
     # asked as the V2 output: not an unknown output, the same reason
-    assert v2.status_code == 400 and "has no explain.onnx: retrain" in v2.json()["error"], v2.text
+    for answer in v2:
+        assert answer.status_code == 400 and "has no explain.onnx: retrain" in answer.json()["error"], answer.text
 
 
 @pytest.mark.parametrize("parameters", [[1], "explain", 4])
@@ -268,3 +273,29 @@ def test_sentences_give_a_sign_its_unit_a_date_its_direction_and_no_effect_no_di
     )
     assert explainer.outcome(0.0, None) == "does not move the chance of Churn = Yes"
     assert explainer.outcome(-0.1, None).startswith("lowers") and explainer.outcome(0.1, None).startswith("raises")
+
+
+def test_a_regression_score_past_a_float32_step_is_not_refused(tmp_path: Path) -> None:
+    """A review: a year-like target (2,040 ± 1) explained past 2,048, where float32's step doubles,
+    missed by a step of rounding and the check refused the record as too far from training. Past
+    8,192 a step (9.8e-4) is 8 times the tolerance of a target whose spread is 1."""
+    from training.pipeline import train
+
+    df = pd.read_csv(GERMAN, dtype=str, keep_default_na=False)
+    df["year"] = [f"{8180 + int(d) / 10 + (i % 7) / 100:.2f}" for i, d in enumerate(df["duration_in_month"])]
+    df.drop(columns=["creditability"]).to_csv(tmp_path / "years.csv", index=False)
+    result = train(quick_config(tmp_path / "years.csv", "year", tmp_path / "models", name="m"), say=lambda _: None)
+    assert result.bundle is not None and result.pre.task == "regression"
+    ref = result.bundle
+    explainer = Explainer(
+        ref.preprocess,
+        create_session(ref.path / bundle.EXPLAIN_FILE, CPU),
+        json.loads((ref.path / bundle.EXPLAIN_STATS_FILE).read_text()),
+    )
+    rows = 400
+    num = np.full((rows, len(result.pre.numeric)), np.nan, np.float32)  # others missing: their typical value
+    column = [f.name for f in result.pre.numeric].index("duration_in_month")
+    num[:, column] = np.linspace(0, 400, rows)  # scores from about 8,180 to past 8,192
+    found = explainer.run(num, np.zeros((rows, len(result.pre.categorical)), np.int64))
+    assert found.score.max() > 8192 + 1 and found.score.min() < 8192 - 1
+    assert explainer.unexplained(found).size == 0

@@ -274,8 +274,10 @@ def test_a_folder_of_ray_parts_from_before_the_marker_is_replaced_an_errors_file
     (before / "notes.txt").write_text("keep")
     with pytest.raises(ScoringError, match="did not write"):
         check_output(before, str(source), [str(source)])
-    with pytest.raises(ScoringError, match="is inside the input folder"):
-        check_output(tmp_path / "out", str(tmp_path / "in"), [str(source)], errors=tmp_path / "in" / "errors.csv")
+    errors = tmp_path / "in" / "errors.csv"
+    for spec in ("in", "in/*.csv"):  # a folder, or a glob that would match it (a second review)
+        with pytest.raises(ScoringError, match="is among the input's files"):
+            check_output(tmp_path / "out", str(tmp_path / spec), [str(source)], errors=errors)
 
 
 def test_a_file_of_no_rows_gives_an_output_of_no_rows(

@@ -874,7 +874,7 @@ def _german_with_target(tmp_path: Path, values: list[str], token: str, n: int = 
     return path
 
 
-@pytest.mark.parametrize("token", ["NA", "?", "n/a", "NULL"])
+@pytest.mark.parametrize("token", ["NA", "?", "n/a", "NULL", "#VALUE!", "--"])
 @pytest.mark.parametrize(
     ("values", "task", "labels"),
     [
