@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -255,6 +256,19 @@ def test_the_ray_engine_refuses_an_output_whose_replacing_would_delete_files(sto
     assert (precious / "notes.txt").read_text() == "keep"
     assert sorted(p.name for p in inputs.iterdir()) == ["a.csv", "b.csv"]
     assert (inputs / "b.csv").read_text() == (inputs / "a.csv").read_text()
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_in_seconds(store: Path, tmp_path: Path) -> None:
+    """An audit: ray.init retried 127.0.0.1:1 for minutes (killed at 120 s), printing only Ray's warnings."""
+    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
+    with socket.socket() as probe:  # a port nothing listens on: bound, then let go
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ("--input", str(_telco_file(tmp_path / "a.csv", 5)), "--output", str(tmp_path / "out"))
+    started = time.monotonic()
+    run = _run(store, "score", "--model", "churn", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", *args)
+    assert run.returncode == 2 and f"no Ray cluster at '127.0.0.1:{port}'" in run.stderr, run.stderr
+    assert "nothing answers" in run.stderr and time.monotonic() - started < 60
 
 
 def test_the_local_engine_says_a_folder_or_a_glob_needs_ray(store: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -228,6 +229,18 @@ def cluster_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) that answers no connection is refused in seconds: ray.init
+    retried such an address for minutes, printing only its own warnings."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdecimal():  # `auto`, `local`: Ray finds them itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
+
+
 def score_with_ray(
     ref: BundleRef,
     input: str,
@@ -267,6 +280,7 @@ def score_with_ray(
         # a read task takes a whole logical CPU: fewer than two leaves none beside the actor (a hang)
         logical = max(2, cpus) if local else None
         try:
+            _reachable(address)
             ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False)
         except ConnectionError as exc:  # Ray's own text names its flag (`--address`), not ours
             raise ScoringError(
