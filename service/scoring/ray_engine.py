@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 import re
 import shutil
@@ -281,12 +282,15 @@ def score_with_ray(
         logical = max(2, cpus) if local else None
         try:
             _reachable(address)
-            ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, num_cpus=logical, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)  # fmt: skip
         except ConnectionError as exc:  # Ray's own text names its flag (`--address`), not ours
             raise ScoringError(
                 f"no Ray cluster at {address!r} (--ray-address or RAY_ADDRESS): {str(exc).split('. ')[0]}; "
                 "start one (`ray start --head`), or leave both out for a Ray of this process's own"
             ) from None
+    # Ray Data's INFO lines (its plan; progress as log lines off a terminal) buried the run's summary
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # output rows in input order
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -302,7 +306,7 @@ def score_with_ray(
         fn_constructor_args=(str(ref.path), "cuda" if gpus else "cpu", schema, tally, explain, reading),
         batch_format="pyarrow",
         batch_size=None,
-        concurrency=pool,
+        compute=ray.data.ActorPoolStrategy(size=pool),  # `concurrency=` is deprecated since Ray 2.51
         # on a small local Ray an actor pool holding every CPU starves the read tasks
         num_cpus=0.5 if local else 1,
         num_gpus=1 if gpus else 0,
