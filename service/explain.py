@@ -27,9 +27,9 @@ ADDITIVITY_TOL = 1e-4  # |effects.sum - (score - baseline)|, in the score's unit
 # plus this share of the row's sum of |effects|: where large effects cancel (collinear columns),
 # float32 rounds in proportion to them (docs/explain.md)
 ROUNDING = 1e-6
-# and this share of |score| + |reference|: a regression's score near 2,048 (a year) has float32 steps of
-# 2.4e-4, so a miss of a step or two is rounding (a review: 13 of 121 such records were refused)
-SCORE_ROUNDING = 4 * float(np.finfo(np.float32).eps)
+# and this share of |score| + |reference|: each is float32, rounded by half a step (a year-like score
+# past 2,048 has steps of 2.4e-4: 13 of 121 such records were refused); the worst seen, 0.27 of it
+SCORE_ROUNDING = float(np.finfo(np.float32).eps)
 
 
 def explanation_keys(task: str, explain: Explain | None) -> list[str]:
@@ -89,7 +89,7 @@ class Explainer:
         """Per row, by how much the effects miss score - reference beyond their rounding (NaN: not numbers)."""
         miss = np.abs(found.effects.sum(axis=1, dtype=np.float64) - (found.score - found.baseline))
         rounding = ROUNDING * np.abs(found.effects).sum(axis=1, dtype=np.float64)
-        rounding += SCORE_ROUNDING * (np.abs(found.score) + np.abs(found.baseline))
+        rounding += SCORE_ROUNDING * (np.abs(found.score, dtype=np.float64) + np.abs(found.baseline, dtype=np.float64))
         excess: np.ndarray = miss - rounding
         return excess
 

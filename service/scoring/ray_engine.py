@@ -79,8 +79,25 @@ def input_files(spec: str) -> list[str]:
     return found
 
 
+def _taken_in(spec: str, path: Path) -> bool:
+    """Whether a file written at `path` (a real path) is one a later run of `input_files(spec)` reads:
+    a folder's input file, or a glob's match (a name matched in a folder the glob's folder part names)."""
+    if Path(spec).is_dir():
+        return path.parent == Path(os.path.realpath(spec)) and _input_name(path.name)
+    if not any(c in spec for c in "*?["):
+        return False
+    folder, name = os.path.split(spec)
+    folders = {Path(os.path.realpath(f)) for f in glob.glob(folder or ".") if os.path.isdir(f)}
+    hidden_ok = name.startswith(".")  # glob's `*` matches no leading dot
+    return path.parent in folders and fnmatch.fnmatch(path.name, name) and (hidden_ok or not path.name.startswith("."))
+
+
+def _input_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(INPUT_SUFFIXES)
+
+
 def _is_input(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(INPUT_SUFFIXES)
+    return path.is_file() and _input_name(path.name)
 
 
 def check_output(output: Path, input: str, files: list[str], errors: Path | None = None) -> None:
@@ -95,10 +112,7 @@ def check_output(output: Path, input: str, files: list[str], errors: Path | None
             raise ScoringError(f"--errors {errors} is inside the --output folder, which the run replaces: name another")
         if any(written == Path(os.path.realpath(f)) for f in files):
             raise ScoringError(f"--errors {errors} is an input file: writing it would replace its rows")
-        inside = folder is not None and Path(os.path.realpath(folder)) in written.parents
-        if inside or (
-            any(c in input for c in "*?[") and fnmatch.fnmatch(os.path.abspath(errors), os.path.abspath(input))
-        ):
+        if _taken_in(input, written):
             raise ScoringError(f"--errors {errors} is among the input's files: the next run would read it")
     for source in [Path(f) for f in files] + ([folder] if folder is not None else []):
         real = Path(os.path.realpath(source))
@@ -289,8 +303,11 @@ def score_with_ray(
                 f"no Ray cluster at {address!r} (--ray-address or RAY_ADDRESS): {str(exc).split('. ')[0]}; "
                 "start one (`ray start --head`), or leave both out for a Ray of this process's own"
             ) from None
-    # Ray Data's INFO lines (its plan; progress as log lines off a terminal) buried the run's summary
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data's INFO lines (its plan; progress as log lines off a terminal) buried the run's summary;
+    # its log files keep them
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # output rows in input order
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]

@@ -274,10 +274,13 @@ def test_a_folder_of_ray_parts_from_before_the_marker_is_replaced_an_errors_file
     (before / "notes.txt").write_text("keep")
     with pytest.raises(ScoringError, match="did not write"):
         check_output(before, str(source), [str(source)])
-    errors = tmp_path / "in" / "errors.csv"
-    for spec in ("in", "in/*.csv"):  # a folder, or a glob that would match it (a second review)
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    taken = [("in", "in/errors.csv"), ("in/*.csv", "in/errors.csv"), ("in/*.csv", "link/errors.csv")]
+    for spec, errors in taken:  # a folder's, or a glob's match, by any path (second and third reviews)
         with pytest.raises(ScoringError, match="is among the input's files"):
-            check_output(tmp_path / "out", str(tmp_path / spec), [str(source)], errors=errors)
+            check_output(tmp_path / "out", str(tmp_path / spec), [str(source)], errors=tmp_path / errors)
+    for spec, errors in [("in/*.csv", "in/.errors.csv"), ("in/*.csv", "in/sub/errors.csv"), ("in", "in/errors")]:
+        check_output(tmp_path / "out", str(tmp_path / spec), [str(source)], errors=tmp_path / errors)  # never read
 
 
 def test_a_file_of_no_rows_gives_an_output_of_no_rows(
