@@ -102,7 +102,7 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     if target.task != "binary" and told:
         raise D.DataError(f"{told[0]} is for a two-class target; {cfg.target!r} is read as {target.task}")
     if target.dropped_missing:
-        written = f" (written {', '.join(map(repr, target.missing_as))}: a class so named, rename it)"
+        written = f" (blank or written {', '.join(map(repr, target.missing_as))}; a class really so named: rename it)"
         say(f"dropped {target.dropped_missing} rows with a missing target{written if target.missing_as else ''}")
     if target.header_rows:  # stacked exports
         shown = ", ".join(map(str, target.header_rows[:5])) + (", …" if len(target.header_rows) > 5 else "")
@@ -512,7 +512,8 @@ def train(
     if not metrics["test_caution"]:  # enough test rows to tell: has the model learnt anything at all?
         metrics["signal_caution"] = report.no_signal(pre, y[split.dev], y[split.test], test_out)
     metrics["fits"] = _fits(prep, cfg, chosen)
-    say(f"chosen on out-of-fold rows: {chosen.name} (" + ", ".join(_board_text(r) for r in leaderboard) + ")")
+    held = "out-of-fold rows" if cfg.ensemble > 1 else "validation rows"  # one member: no folds
+    say(f"chosen on {held}: {chosen.name} (" + ", ".join(_board_text(r) for r in leaderboard) + ")")
     if refits(prep, cfg):
         say(f"refitting {len(histories)} member(s) on all {len(y):,} rows for the published model")
         scorer = refit_ensemble(prep, cfg, chosen, scorer.platt)

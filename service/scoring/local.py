@@ -282,7 +282,8 @@ class Scorer:
         scored = pa.RecordBatch.from_arrays(columns, schema=schema)
         warnings = Counter(w for r, texts in enc.warnings.items() if r in warned for w in texts)
         errors = [(int(rows[r]), messages[r]) for r in sorted(messages)]
-        valued = np.concatenate([~np.isnan(enc.num).all(axis=0), (enc.cat != 0).any(axis=0)])
+        num, cat = enc.num[~failed], enc.cat[~failed]  # the rows scored: a failed row's cell is its error's
+        valued = np.concatenate([~np.isnan(num).all(axis=0), (cat != 0).any(axis=0)])
         return Scored(scored, errors, batch.num_rows, warnings, self._not_utf8(batch, enc, unparsed), valued)
 
     def _warn_lookalikes(self, batch: pa.RecordBatch, enc: Encoded) -> None:
@@ -566,7 +567,7 @@ def score_stream(
     summary.seconds = time.perf_counter() - started
     if getattr(source, "unclosed_quote", False):
         summary.unclosed_row = summary.rows_in
-    if summary.valued is not None and summary.rows_in > 1:  # a column left empty by an export: no row says so
+    if summary.valued is not None and summary.rows_scored > 1:  # a column left empty by an export: no row says so
         names = [*(f.name for f in scorer.pre.numeric), *(f.name for f in scorer.pre.categorical)]
         summary.unvalued = [name for name, seen in zip(names, summary.valued, strict=True) if not seen]
     return summary

@@ -466,6 +466,15 @@ def test_a_feature_with_no_value_in_any_row_is_said_once_for_the_file(
     summary = score_file(scorer, source, tmp_path / "out.csv", chunk_rows=64)  # several blocks
     assert summary.rows_scored == 300 and summary.unvalued == ["tenure", "Contract"]
     assert score_file(scorer, TELCO, tmp_path / "whole.csv").unvalued == []
+    # a newcomer's run: a column of text in every row fails every row; no row was scored as missing
+    for row in rows:
+        row["tenure"], row["MonthlyCharges"] = "12", "abc"
+    with source.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    failed = score_file(scorer, source, tmp_path / "out.csv")
+    assert (failed.rows_failed, failed.unvalued) == (300, [])
 
 
 def test_a_utf16_file_is_read_by_its_byte_order_mark(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:

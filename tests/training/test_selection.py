@@ -360,3 +360,11 @@ def test_a_member_that_has_learnt_the_target_stops_there(tmp_path: Path) -> None
         assert h.val_loss[-1] < 1e-3 * 0.6 and h.val_loss[h.best_epoch] == min(h.val_loss)
     assert result.metrics["test"]["roc_auc"] == 1.0
     assert result.bundle is not None and "(learnt) |" in (result.bundle.path / "model_card.md").read_text()
+
+
+@pytest.mark.parametrize(("ensemble", "held"), [(1, "validation rows"), (2, "out-of-fold rows")])
+def test_the_run_says_which_rows_chose_the_model(tmp_path: Path, ensemble: int, held: str) -> None:
+    """A newcomer's run: one member has no folds, yet the line said `chosen on out-of-fold rows`."""
+    said: list[str] = []
+    train(quick_config(GERMAN, "creditability", tmp_path, ensemble=ensemble), publish=False, say=said.append)
+    assert any(line.startswith(f"chosen on {held}: ") for line in said), said
