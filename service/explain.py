@@ -59,7 +59,7 @@ class Effects:
     effects: np.ndarray
     score: np.ndarray
     baseline: np.ndarray
-    target: np.ndarray | None = None  # the class whose score is explained (multiclass: the graph's predicted class)
+    target: np.ndarray  # the class whose score is explained (multiclass: the graph's predicted class)
 
 
 class Explainer:
@@ -157,7 +157,7 @@ class Explainer:
     def explained_labels(self, found: Effects, labels: list[Any]) -> list[Any]:
         """The class each record's effects explain: multiclass, the graph's own pick (the served
         label but on a near-tie, which a computation in another order may break the other way)."""
-        if self.pre.task != "multiclass" or found.target is None:
+        if self.pre.task != "multiclass":
             return labels
         return [self.pre.labels[int(i)] for i in found.target.tolist()]
 

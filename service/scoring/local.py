@@ -431,7 +431,7 @@ class ReasonColumns:
         keep &= ~failed[:, None]
         picked = np.take_along_axis(found.effects, order, axis=1)
         # the class the effects explain (the graph's: the label served but on a near-tie), as /predict names it
-        label = found.target if len(self._labels) > 1 and found.target is not None else np.zeros(len(order), np.intp)
+        label = found.target if len(self._labels) > 1 else np.zeros(len(order), np.intp)
         outcome = 2 * label[:, None] + (picked <= 0)  # as Explainer.outcome: > 0 raises (a kept effect is never 0)
         sentence, texts = self._sentences_of(batch, order, keep, outcome)
         out = []

@@ -67,7 +67,7 @@ def input_files(spec: str) -> list[str]:
     path = Path(spec)
     if path.is_dir():  # not hidden files (macOS's `._a.csv`), nor folders (a previous output, `scored.csv/`)
         found = sorted(str(p) for p in path.iterdir() if _is_input(p))
-    elif any(c in spec for c in "*?["):
+    elif _is_glob(spec):
         found = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
     else:
         found = [spec] if path.is_file() else []
@@ -84,12 +84,16 @@ def _taken_in(spec: str, path: Path) -> bool:
     a folder's input file, or a glob's match (a name matched in a folder the glob's folder part names)."""
     if Path(spec).is_dir():
         return path.parent == Path(os.path.realpath(spec)) and _input_name(path.name)
-    if not any(c in spec for c in "*?["):
+    if not _is_glob(spec):
         return False
     folder, name = os.path.split(spec)
     folders = {Path(os.path.realpath(f)) for f in glob.glob(folder or ".") if os.path.isdir(f)}
     hidden_ok = name.startswith(".")  # glob's `*` matches no leading dot
     return path.parent in folders and fnmatch.fnmatch(path.name, name) and (hidden_ok or not path.name.startswith("."))
+
+
+def _is_glob(spec: str) -> bool:
+    return any(c in spec for c in "*?[")
 
 
 def _input_name(name: str) -> bool:
@@ -103,7 +107,7 @@ def _is_input(path: Path) -> bool:
 def check_output(output: Path, input: str, files: list[str], errors: Path | None = None) -> None:
     """Refuse, before any work, an output folder whose replacing would delete what this engine did not
     write: the input or a folder holding it, a file, or a folder neither empty nor marked as its output;
-    and an `--errors` file that is an input, inside the input folder, or inside the output (replaced with it)."""
+    and an `--errors` file that is an input, one a later run of the same input reads, or inside the output."""
     target = Path(os.path.realpath(output))
     folder = Path(input) if Path(input).is_dir() else None
     if errors is not None:

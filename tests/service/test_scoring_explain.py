@@ -202,7 +202,7 @@ def test_fast_order_equals_the_explainer_with_ties(churn_bundle: bundle.BundleRe
     rng = np.random.default_rng(0)
     effects = rng.normal(size=(500, len(columns.explainer.names))).astype(np.float32).round(1)  # NOTE: many ties
     effects[:5] = 0.0
-    found = Effects(effects, np.zeros(500, np.float32), np.zeros(500, np.float32))
+    found = Effects(effects, np.zeros(500, np.float32), np.zeros(500, np.float32), np.zeros(500, np.int64))
     toward = effects * columns.explainer.direction(found)[:, None]  # the rule: a stable sort, ties first-feature-first
     want = np.argsort(-toward, axis=1, kind="stable")[:, :4]
     for got, expected in zip(

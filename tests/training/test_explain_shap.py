@@ -107,7 +107,10 @@ def shapley(explainer: Explainer, x: np.ndarray, nsamples: int = NSAMPLES) -> np
 
 def agreement(reasons: Reasons, ours: Effects, theirs: np.ndarray) -> dict[str, float]:
     """Top-4 overlap (as `Reasons.order` picks them) and Spearman rank correlation of |effects|."""
-    mine, shaps = reasons.order(ours, TOP)[0], reasons.order(Effects(theirs, ours.score, ours.baseline), TOP)[0]
+    mine, shaps = (
+        reasons.order(ours, TOP)[0],
+        reasons.order(Effects(theirs, ours.score, ours.baseline, ours.target), TOP)[0],
+    )
     overlap = np.array([len(set(a) & set(b)) for a, b in zip(mine.tolist(), shaps.tolist(), strict=True)])
     ra, rb = rankdata(np.abs(ours.effects), axis=1), rankdata(np.abs(theirs), axis=1)
     ra, rb = ra - ra.mean(axis=1, keepdims=True), rb - rb.mean(axis=1, keepdims=True)
