@@ -82,7 +82,8 @@ class Explainer:
 
     @cached_property
     def tolerance(self) -> float:
-        """How far a row's effects may miss score - reference, past float32's rounding of them."""
+        """How far a row's effects may miss score - reference, past float32's rounding of them; an
+        effect no larger is not named as a reason (it is zero to the effects' accuracy)."""
         return ADDITIVITY_TOL * (max(1.0, self.pre.target_std) if self.pre.task == "regression" else 1.0)
 
     def excess(self, found: Effects) -> np.ndarray:
@@ -100,7 +101,7 @@ class Explainer:
 
     def order(self, found: Effects, k: Explain) -> tuple[np.ndarray, np.ndarray]:
         """Per row, the features to name (indices [N, k]) and which of them to keep: those whose
-        effect points toward the outcome explained (all of them with "all")."""
+        effect points toward the outcome explained by more than `tolerance` (all of them with "all")."""
         toward = found.effects * self.direction(found)[:, None]
         n = toward.shape[1] if k == "all" else min(k, toward.shape[1])
         if k == "all" or not np.isfinite(toward).all():  # argmax would place a NaN differently
@@ -111,7 +112,7 @@ class Explainer:
             for i in range(n):
                 order[:, i] = top = left.argmax(axis=1)
                 left[rows, top] = -np.inf
-        keep = np.take_along_axis(toward, order, axis=1) > 0
+        keep = np.take_along_axis(toward, order, axis=1) > self.tolerance
         return order, keep | (k == "all")
 
     def _picked(self, found: Effects, k: Explain) -> list[list[int]]:
@@ -123,12 +124,12 @@ class Explainer:
                 [j for j, ok in zip(o, kk, strict=True) if ok]
                 for o, kk in zip(order.tolist(), keep.tolist(), strict=True)
             ]
-        signs = self.direction(found).tolist()
+        signs, least = self.direction(found).tolist(), self.tolerance
         n = len(self.names) if k == "all" else min(k, len(self.names))
         picked = []
         for sign, row in zip(signs, found.effects.tolist(), strict=True):
             ranked = sorted(range(len(row)), key=lambda j: -row[j] * sign)[:n]
-            picked.append(ranked if k == "all" else [j for j in ranked if row[j] * sign > 0])
+            picked.append(ranked if k == "all" else [j for j in ranked if row[j] * sign > least])
         return picked
 
     def direction(self, found: Effects) -> np.ndarray:

@@ -181,7 +181,7 @@ def test_effects_add_up_and_reasons_stop_where_effects_turn(churn_bundle: bundle
     score_file(scorer, source, tmp_path / "all.csv", chunk_rows=64)  # NOTE: many blocks
     score_file(Scorer(churn_bundle, "cpu", explain=19), source, tmp_path / "19.csv", chunk_rows=64)
     assert scorer.reasons is not None
-    names = scorer.reasons.explainer.names
+    names, least = scorer.reasons.explainer.names, scorer.reasons.explainer.tolerance
     batch = next(numbered(open_source(source), names))
     enc = ArrowEncoder(churn_bundle.preprocess).encode(batch)
     found: Effects = scorer.reasons.explainer.run(enc.num, enc.cat)
@@ -194,7 +194,7 @@ def test_effects_add_up_and_reasons_stop_where_effects_turn(churn_bundle: bundle
     assert "explanation_class" not in rows[0]  # binary: the positive class, always
     for row, these in zip(_read(tmp_path / "19.csv"), effects, strict=True):
         cells = _reason_cells(row)  # the features that raise the risk, largest first; then empty cells
-        assert [e for _, e in cells] == sorted((e for e in these if e > 0), reverse=True)
+        assert [e for _, e in cells] == sorted((e for e in these if e > least), reverse=True)
 
 
 def test_fast_order_equals_the_explainer_with_ties(churn_bundle: bundle.BundleRef) -> None:
@@ -209,6 +209,18 @@ def test_fast_order_equals_the_explainer_with_ties(churn_bundle: bundle.BundleRe
         columns.explainer.order(found, 4), (want, np.take_along_axis(toward, want, axis=1) > 0), strict=True
     ):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_an_effect_within_the_effects_accuracy_is_no_reason(churn_bundle: bundle.BundleRef) -> None:
+    # telco had 2 of 27,505 reasons of 6e-5 log-odds: zero to the 1e-4 the effects are checked to
+    explainer = Scorer(churn_bundle, "cpu", explain=4).reasons.explainer  # type: ignore[union-attr]
+    n = len(explainer.names)
+    for rows in (3, 40):  # a request's few rows (plain Python) and a file's block (numpy) take two paths
+        effects = np.zeros((rows, n), np.float32)
+        effects[:, 0], effects[:, 1], effects[:, 2] = 0.3, 6e-5, 2e-4
+        found = Effects(effects, effects.sum(axis=1), np.zeros(rows, np.float32), np.zeros(rows, np.int64))
+        reasons = explainer.reasons(found, 4, [], [None] * rows)
+        assert [[r["field"] for r in these] for these in reasons] == [[explainer.names[0], explainer.names[2]]] * rows
 
 
 @pytest.mark.parametrize(("target", "task"), [("housing", "multiclass"), ("credit_amount", "regression")])
