@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,8 +33,11 @@ REQUIRED_FILES = (MODEL_FILE, PREPROCESS_FILE, METRICS_FILE)
 LOADED_FILES = frozenset({*REQUIRED_FILES, EXPLAIN_FILE, EXPLAIN_STATS_FILE, DRIFT_FILE})
 DEFAULT_MODELS_DIR = "models"
 RETIRED_SUFFIX = ".retired"  # `<version>.retired/`: kept for audit, never served, never renumbered
-STAGING = ".staging-"  # `.staging-<pid>-<random>/`: a bundle being written, invisible to readers
-LEGACY_STAGING_S = 3600  # a staging directory named without a pid counts as abandoned after this
+STAGING = ".staging-"  # `.staging-<host>@<pid>-<random>/`: a bundle being written, invisible to readers
+# a staging directory named without a pid, or by another machine (a store on a shared filesystem: its
+# pid means nothing here), counts as abandoned once untouched this long
+LEGACY_STAGING_S = 3600
+HOST = socket.gethostname()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -134,7 +138,7 @@ def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
     model_dir = root / check_name(name)
     model_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(model_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=model_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{writer()}-", dir=model_dir))
     try:
         write(staging)
         missing = [f for f in REQUIRED_FILES if not (staging / f).is_file()]
@@ -145,6 +149,20 @@ def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def writer() -> str:
+    """This process as its temporaries name it: `<host>@<pid>` (a pid alone is taken for this host's)."""
+    return f"{HOST}@{os.getpid()}"
+
+
+def writer_ended(name: str) -> bool | None:
+    """Whether the writer a temporary names has ended: None where this process cannot tell (another
+    host's, or no writer named)."""
+    host, at, pid = name.rpartition("@")
+    if not pid.isdecimal() or (at and host != HOST):
+        return None
+    return not process_alive(int(pid))
 
 
 def process_alive(pid: int) -> bool:
@@ -161,9 +179,10 @@ def process_alive(pid: int) -> bool:
 def _remove_stale_staging(model_dir: Path) -> None:
     """Remove the staging directories of dead publishers (`kill -9`, a crash)."""
     for path in model_dir.glob(f"{STAGING}*"):
-        pid, dash, _ = path.name.removeprefix(STAGING).partition("-")
+        owner, dash, _ = path.name.removeprefix(STAGING).rpartition("-")  # mkdtemp's suffix has no dash
+        ended = writer_ended(owner) if dash else None
         try:
-            stale = not process_alive(int(pid)) if dash and pid.isdecimal() else _age_s(path) > LEGACY_STAGING_S
+            stale = ended if ended is not None else _age_s(path) > LEGACY_STAGING_S
         except OSError:
             continue
         if stale:

@@ -113,7 +113,8 @@ def test_kill_9_while_scoring_leaves_nothing_under_the_final_names(store: Path, 
     out, errors = tmp_path / "out.csv", tmp_path / "errors.csv"
     args = ["score", "--model", "churn", "--input", str(source), "--output", str(out), "--errors", str(errors)]
     proc = subprocess.Popen(_command(store, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tmp_out, tmp_errors = tmp_path / f".out.csv.tmp-{proc.pid}", tmp_path / f".errors.csv.tmp-{proc.pid}"
+    at = f"{socket.gethostname()}@{proc.pid}"
+    tmp_out, tmp_errors = tmp_path / f".out.csv.tmp-{at}", tmp_path / f".errors.csv.tmp-{at}"
 
     def scoring() -> bool:  # NOTE: both files open and the output half-way written
         return tmp_out.exists() and tmp_out.stat().st_size > 1_000_000 and (tmp_errors.exists() or errors.exists())
@@ -123,12 +124,19 @@ def test_kill_9_while_scoring_leaves_nothing_under_the_final_names(store: Path, 
     assert tmp_out.exists() and tmp_errors.exists()
     alive = tmp_path / f".out.csv.tmp-{os.getpid()}"  # NOTE: a live process's temporary is left alone
     alive.write_text("in use")
+    # a store or output on a shared filesystem: another host's pid means nothing here, so its
+    # temporary is left alone until it has gone a day unwritten
+    elsewhere, abandoned = tmp_path / ".out.csv.tmp-other-host@1", tmp_path / ".out.csv.tmp-other-host@2"
+    elsewhere.write_text("in use")
+    abandoned.write_text("killed")
+    os.utime(abandoned, (time.time() - 90_000, time.time() - 90_000))
     small = _telco_file(tmp_path / "small.csv", 3000, bad_every=1000)
     again = _run(
         store, "score", "--model", "churn", "--input", str(small), "--output", str(out), "--errors", str(errors)
     )
     assert again.returncode == 0, again.stderr
     assert not tmp_out.exists() and not tmp_errors.exists() and alive.exists()
+    assert elsewhere.exists() and not abandoned.exists()
     assert len(out.read_text().splitlines()) == 3001
     with errors.open(newline="") as fh:
         assert list(csv.reader(fh))[1:] == [[str(n), f"row {n}: expected 21 fields, got 2"] for n in (1000, 2000, 3000)]
@@ -167,16 +175,18 @@ def test_kill_9_while_publishing_leaves_a_staging_dir_the_next_train_removes(tmp
     else:
         pytest.fail("every training published before it could be killed")
     left = [p.name for p in model_dir.glob(".staging-*")]
-    assert len(left) == 1 and left[0].startswith(f".staging-{proc.pid}-"), left
+    assert len(left) == 1 and left[0].startswith(f".staging-{socket.gethostname()}@{proc.pid}-"), left
     old, fresh = model_dir / ".staging-abcd1234", model_dir / ".staging-efgh5678"  # NOTE: names before the pid
     old.mkdir()
     fresh.mkdir()
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     alive = model_dir / f".staging-{os.getpid()}-inuse"
-    alive.mkdir()
+    elsewhere = model_dir / ".staging-other-host@1-inuse"  # NOTE: its pid is not this host's to test
+    for live in (alive, elsewhere):
+        live.mkdir()
     run = _run(store, *train, *quick, "--no-plots")
     assert run.returncode == 0 and "published credit version" in run.stdout, run.stderr
-    assert sorted(p.name for p in model_dir.glob(".staging-*")) == sorted([fresh.name, alive.name])
+    assert sorted(p.name for p in model_dir.glob(".staging-*")) == sorted([fresh.name, alive.name, elsewhere.name])
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from monitoring.log import PredictionLog
-from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, process_alive
+from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, writer, writer_ended
 from service.cpus import cpu_budget
 from service.drift import Drift
 from service.explain import Effects, Explain, Explainer, explanation_keys
@@ -67,6 +67,7 @@ KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
 KEPT_SENTENCES = 1 << 14  # sentences remembered across blocks, per feature and outcome
 OTHER_WARNINGS = "other warnings"
+OTHER_HOST_STALE_S = 86_400  # another host's temporary untouched this long is a killed run's (a live one is written to)
 
 
 @dataclass
@@ -660,17 +661,20 @@ def score_file(
 
 
 def temporary(target: Path, tag: str = "") -> Path:
-    """Where `target` is written before the rename (with this process's id); `tag` names another
-    of the run's temporaries (`.old`: the Ray engine's previous output, set aside until replaced)."""
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}{tag}")
+    """Where `target` is written before the rename (named by this host and process); `tag` names
+    another of the run's temporaries (`.old`: the Ray engine's previous output, set aside until replaced)."""
+    return target.with_name(f".{target.name}.tmp-{writer()}{tag}")
 
 
 def remove_stale(target: Path) -> None:
-    """Remove `target`'s temporaries (files, or the Ray engine's folders) whose processes no longer run."""
+    """Remove `target`'s temporaries (files, or the Ray engine's folders) whose processes no longer
+    run; another host's only once untouched for a day (on a shared filesystem its pid means nothing here)."""
     prefix = f".{target.name}.tmp-"
     with suppress(OSError):
         for path in target.parent.iterdir():
-            pid = path.name[len(prefix) :].removesuffix(".old")
-            if path.name.startswith(prefix) and pid.isdecimal() and not process_alive(int(pid)):
+            if not path.name.startswith(prefix):
+                continue
+            ended = writer_ended(path.name[len(prefix) :].removesuffix(".old"))
+            if ended or (ended is None and time.time() - path.lstat().st_mtime > OTHER_HOST_STALE_S):
                 with suppress(OSError):
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
