@@ -27,9 +27,17 @@ import pyarrow.parquet as pq
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
-from service.features import Preprocess, category_key, missing_outcomes, named_twice, parse_number, plain_number
+from service.features import (
+    Preprocess,
+    category_key,
+    missing_outcomes,
+    named_twice,
+    parse_number,
+    plain_number,
+    stripped,
+)
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import sniff_sep
+from service.scoring.files import bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
@@ -62,25 +70,7 @@ def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) ->
     """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows);
     at most `limit` (a request's bound; the CLI submits a file in chunks)."""
     if media_type == "text/csv":
-        # a line ends in \n, \r\n or a bare \r (old Mac exports): that header was a 500 from csv.reader
-        header = re.split(rb"\r\n?|\n", body, maxsplit=1)[0].decode("utf-8-sig", "replace")
-        sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
-        try:
-            names = next(csv.reader([header], delimiter=sep), [])
-        except csv.Error as exc:  # a NUL byte: a 500 from csv.reader
-            raise InputError("malformed", f"malformed CSV header: {exc}") from None
-        twice = named_twice(names)
-        if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
-            raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
-        try:  # every column as text: an id such as 007 or a label such as True stays as sent
-            table = pacsv.read_csv(
-                io.BytesIO(body),
-                parse_options=pacsv.ParseOptions(delimiter=sep),
-                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
-            )
-        except pa.ArrowInvalid as exc:
-            raise InputError("malformed", f"malformed CSV: {exc}") from None
-        records: Any = table.to_pylist()
+        records: Any = csv_records(body)
     elif media_type == "application/json":
         # a BOM, as Windows tools write; a key given twice refused by record (the last value won)
         doc = parse_json(body.removeprefix(b"\xef\xbb\xbf"), EVERY_FIELD)
@@ -94,6 +84,56 @@ def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) ->
     if limit is not None and len(records) > limit:
         raise InputError("too_large", f"{len(records)} records in one call; the limit is {limit}")
     return list(records)
+
+
+class NotUtf8(InputError):
+    """A CSV that is not UTF-8; `bom` names the encoding its byte-order mark says (UTF-16), if any."""
+
+    def __init__(self, where: str, bom: str | None = None) -> None:
+        super().__init__("malformed", f"the CSV is not UTF-8 ({where}): save it as UTF-8")
+        self.where, self.bom = where, bom
+
+
+def csv_records(body: bytes) -> list[dict[str, Any]]:
+    """A CSV's rows, every column as text (an id such as 007 or a label such as True stays as sent),
+    under its header's names stripped (`customerID ` is `customerID`, as training and scoring read them)."""
+    if bom := bom_encoding(body[:4]):  # Excel's "Unicode Text": its NUL bytes are no header at all
+        raise NotUtf8(f"its byte-order mark says {bom}", bom)
+    # a line ends in \n, \r\n or a bare \r (old Mac exports): that header was a 500 from csv.reader
+    lines = re.split(rb"\r\n?|\n", body, maxsplit=1)
+    header = _utf8(lines[0], body).removeprefix("\ufeff")
+    sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
+    try:
+        names = stripped(next(csv.reader([header], delimiter=sep), []))
+    except csv.Error as exc:  # a NUL byte: a 500 from csv.reader
+        raise InputError("malformed", f"malformed CSV header: {exc}") from None
+    if not names:
+        raise InputError("invalid", "the CSV is empty: no header, no feedback records")
+    twice = named_twice(names)
+    if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
+        raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
+    try:  # one thread: pyarrow then names the line of a ragged row
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=sep),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
+        )
+    except pa.ArrowInvalid as exc:
+        if "invalid UTF8" in str(exc):
+            _utf8(body, body)
+        raise InputError("malformed", "malformed CSV: " + re.sub(r"Row #(\d+): E", r"line \1: e", str(exc))) from None
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def _utf8(data: bytes, body: bytes) -> str:
+    """`data` (the start of `body`) as text; NotUtf8 naming the line and byte where it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len(re.findall(rb"\r\n?|\n", body[: exc.start])) + 1
+        raise NotUtf8(f"line {line} holds the byte 0x{body[exc.start]:02x}") from None
 
 
 # what /predict says of such an id: it could never have been scored, so no outcome can match it
