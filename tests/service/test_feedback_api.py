@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import gzip
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from monitoring.log import LogLocation
 from service import bundle
 from tests.service.conftest import Server, copy_store, running_server, telco_records
 
@@ -21,6 +27,10 @@ def served(churn_bundle: bundle.BundleRef, tmp_path_factory: pytest.TempPathFact
     with running_server(store, "--log", str(store.parent / "log")) as server:
         answer = httpx.post(server.url + "/predict", json={"records": telco_records(SCORED)})
         assert answer.status_code == 200, answer.text
+        location, deadline = LogLocation.of(store.parent / "log"), time.monotonic() + 20
+        while not location.segments("churn") and not location.files("churn"):  # on disk for the CLI
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
         yield server
 
 
@@ -52,3 +62,46 @@ def test_header_names_are_stripped_and_one_named_twice_after_stripping_is_refuse
     assert spaced.status_code == 200 and spaced.json()["stored"] == 1, spaced.text
     twice = post_csv(served, f"customerID,Churn,Churn \n{first},No,Yes\n".encode())
     assert twice.status_code == 400 and "named more than once in the CSV header: Churn" in twice.json()["error"]
+
+
+def feedback_cli(server: Server, path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`tabserve feedback` on a file, against the service's store and log."""
+    log = str(server.store.parent / "log")
+    args = ["feedback", "--model", "churn", "--models-dir", str(server.store), "--input", str(path), "--log", log]
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args, *flags], capture_output=True, text=True, check=False
+    )
+
+
+def test_the_cli_names_the_file_when_the_whole_file_is_wrong_and_reads_gzip(served: Server, tmp_path: Path) -> None:
+    """An empty, header-only or binary file and a missing log each said "(1 record(s) refused)"; a
+    cp1252 file said only a codec's message; `.csv.gz` was read as CSV (garbage); `.JSON` as CSV."""
+    first = ids(1)[0]
+    good = f"customerID,Churn\n{first},No\n"
+    files = {
+        "empty.csv": b"",
+        "header.csv": b"customerID,Churn\n",
+        "cp1252.csv": f"customerID,Churn,R\xe9sum\xe9\n{first},No,x\n".encode("cp1252"),
+        "ragged.csv": (good + f"{first},No,x\n").encode(),
+        "outcomes.csv.gz": gzip.compress(good.encode()),
+        "OUTCOMES.JSON": b'{"records": [{"customerID": "%s", "Churn": "No"}]}' % first.encode(),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    said = {name: feedback_cli(served, tmp_path / name) for name in files}
+    for name in ("empty.csv", "header.csv", "cp1252.csv", "ragged.csv"):
+        assert said[name].returncode == 2 and "record(s) refused" not in said[name].stderr, (name, said[name].stderr)
+        assert name in said[name].stderr, said[name].stderr
+    assert "is not UTF-8 (line 1 holds the byte 0xe9): pass --encoding" in said["cp1252.csv"].stderr
+    assert "line 3: expected 2 columns, got 3" in said["ragged.csv"].stderr
+    for name in ("outcomes.csv.gz", "OUTCOMES.JSON"):
+        assert said[name].returncode == 0 and "1 outcome(s) stored" in said[name].stdout, said[name].stderr
+    read = feedback_cli(served, tmp_path / "cp1252.csv", "--encoding", "cp1252")
+    assert read.returncode == 0 and "1 outcome(s) stored" in read.stdout, read.stderr
+    no_log = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", "feedback", "--model", "churn", "--models-dir", str(served.store),
+         "--input", str(tmp_path / "outcomes.csv.gz"), "--log", str(tmp_path / "nolog")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert no_log.returncode == 2 and "no prediction log for churn" in no_log.stderr
+    assert "record(s) refused" not in no_log.stderr
