@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import io
 import itertools
 import math
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,17 @@ def _utf8(data: bytes, body: bytes) -> str:
         raise NotUtf8(f"line {line} holds the byte 0x{body[exc.start]:02x}") from None
 
 
+Place = Callable[[int], str]  # how a message names a record by its index: `record 3`, or a file's `row 4`
+
+
+def in_record(index: int) -> str:
+    return f"record {index}"
+
+
+def _offset(place: Place, start: int, index: int) -> str:
+    return place(start + index)
+
+
 # what /predict says of such an id: it could never have been scored, so no outcome can match it
 UNREADABLE_ID = "an id beyond 64 bits or nested this deep was never scored; send the id as a string"
 
@@ -155,10 +168,12 @@ class Feedback:
         # an integer column with gaps as floats)
         self.by_value = {number: label for label in self.labels if (number := plain_number(label)) is not None}
 
-    def submit(self, records: list[dict[str, Any]], partial: bool = False, write: bool = True) -> Stored:
+    def submit(
+        self, records: list[dict[str, Any]], partial: bool = False, write: bool = True, place: Place = in_record
+    ) -> Stored:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
         submission that has bad ones (else nothing is stored and every bad record is named); without
-        `write`, only say what would be stored."""
+        `write`, only say what would be stored. A message names another record as `place` words it."""
         if not self.pre.id_columns:
             raise InputError(
                 "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
@@ -167,7 +182,7 @@ class Feedback:
         seen: dict[tuple[str, ...], int] = {}
         for i, key in enumerate(keys):  # one id, two outcomes in one submission: which is meant is a guess
             if key is not None and outcomes[seen.setdefault(key, i)] != outcomes[i]:
-                message = f"id {', '.join(key)} has another outcome in record {seen[key]} of this submission"
+                message = f"id {', '.join(key)} has another outcome in {place(seen[key])} of this submission"
                 refused.append(self._bad(i, self.pre.id_columns[0], message))
                 keys[i] = None
         found = self.latest({k for k in keys if k is not None})
@@ -194,7 +209,9 @@ class Feedback:
         labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
         return Stored(len(good), labelled, refused)
 
-    def submit_file(self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS) -> Stored:
+    def submit_file(
+        self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS, place: Place = in_record
+    ) -> Stored:
         """A file's outcomes, `chunk` records per call (a call's bound on memory): every chunk is checked
         before any is stored, so without `partial` one bad record stores nothing, as in one call; an id
         given two outcomes in different chunks is refused as within one. Records are numbered in the file."""
@@ -202,14 +219,15 @@ class Feedback:
         good: list[list[int]] = []
         first: dict[tuple[str, ...], tuple[int, str]] = {}
         for start in range(0, len(records), chunk):
-            part = self.submit(records[start : start + chunk], partial=True, write=False)
+            numbered = functools.partial(_offset, place, start)  # a chunk's record i is the file's start + i
+            part = self.submit(records[start : start + chunk], partial=True, write=False, place=numbered)
             bad = {d["record"] for d in part.refused}
             refused += [{**d, "record": start + d["record"]} for d in part.refused]
             kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
             for i, item in zip(kept, part.labelled, strict=True):
                 seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
                 if outcome != item.outcome:
-                    message = f"id {', '.join(item.key)} has another outcome in record {seen} of this submission"
+                    message = f"id {', '.join(item.key)} has another outcome in {place(seen)} of this submission"
                     refused.append(self._bad(start + i, self.pre.id_columns[0], message))
                     bad.add(i)
             good.append([start + i for i in kept if i not in bad])

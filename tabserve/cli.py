@@ -736,21 +736,25 @@ def feedback(
     encoding: Annotated[str, typer.Option(help="Text encoding of a CSV that is not UTF-8 (e.g. cp1252).")] = "utf-8",
 ) -> None:
     """Store delayed outcomes beside the prediction log, keyed by the model's id column."""
-    from monitoring.feedback import Feedback, NotUtf8, records_of
+    from monitoring.feedback import Feedback, NotUtf8, in_record, records_of
     from monitoring.log import LogLocation
     from service.errors import InputError
 
     media = "application/json" if input.name.lower().removesuffix(".gz").endswith(".json") else "text/csv"
 
-    def where(detail: dict[str, Any]) -> str:  # a CSV's data rows counted from 1, as scoring's errors file does
+    def row(record: int) -> str:  # a CSV's data rows counted from 1, as scoring's errors file does
+        return f"row {record + 1}"
+
+    def where(detail: dict[str, Any]) -> str:
         record = detail["record"]
-        place = f"row {record + 1}" if media == "text/csv" and isinstance(record, int) else f"record {record}"
+        place = row(record) if media == "text/csv" and isinstance(record, int) else f"record {record}"
         return f"  {place}, field '{detail['field']}': {detail['message']}"
 
     try:
         ref = release.resolve(bundle.models_dir(models_dir), model)
         records = records_of(_feedback_bytes(input, encoding), media, limit=None)
-        stored = Feedback(LogLocation.of(log), ref.name, ref.preprocess).submit_file(records, partial)
+        feedback = Feedback(LogLocation.of(log), ref.name, ref.preprocess)
+        stored = feedback.submit_file(records, partial, place=row if media == "text/csv" else in_record)
     except NotUtf8 as exc:
         how = f"--encoding {exc.bom}" if exc.bom else "--encoding with its encoding (e.g. cp1252)"
         _fail(f"nothing stored: {input} is not UTF-8 ({exc.where}): pass {how}, or save the file as UTF-8")

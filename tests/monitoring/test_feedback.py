@@ -112,6 +112,15 @@ def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     assert sorted(zip(stored["customerID"].to_pylist(), stored["_outcome"].to_pylist(), strict=True)) == [
         ("a", "Yes"), ("b", "No"), ("c", "Yes")
     ]  # fmt: skip
+    # a conflict within a later chunk named the other record by its place in the chunk (`record 0`), and
+    # the CLI's file rows (`row 4`) sat beside record indices: each is named as the caller numbers them
+    late = [{"customerID": c, "Churn": o} for c, o in [("b", "No"), ("c", "Yes"), ("a", "Yes"), ("a", "No")]]
+    with pytest.raises(InputError) as refused:
+        feedback.submit_file(late, chunk=2, place=lambda i: f"row {i + 1}")
+    assert refused.value.details[0]["message"] == "id a has another outcome in row 3 of this submission"
+    with pytest.raises(InputError) as refused:
+        feedback.submit_file(records, chunk=2, place=lambda i: f"row {i + 1}")
+    assert "has another outcome in row 1 of" in refused.value.details[1]["message"]
 
 
 def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:

@@ -105,3 +105,12 @@ def test_the_cli_names_the_file_when_the_whole_file_is_wrong_and_reads_gzip(serv
     )  # fmt: skip
     assert no_log.returncode == 2 and "no prediction log for churn" in no_log.stderr
     assert "record(s) refused" not in no_log.stderr
+
+
+def test_the_cli_names_the_other_row_of_a_conflict_by_its_file_row(served: Server, tmp_path: Path) -> None:
+    """The CLI said `row 3 …: id X has another outcome in record 0`: the other is the file's row 1."""
+    first, second = ids(2)
+    (tmp_path / "two.csv").write_text(f"customerID,Churn\n{first},Yes\n{second},No\n{first},No\n")
+    said = feedback_cli(served, tmp_path / "two.csv")
+    assert said.returncode == 2, said.stderr
+    assert f"row 3, field 'customerID': id {first} has another outcome in row 1 of this submission" in said.stderr
