@@ -61,11 +61,13 @@ class Labelled:
 
 @dataclass
 class Stored:
-    """What one submission did: rows stored, the predictions they label, the records refused."""
+    """What one submission did: rows stored, the predictions they label, the records refused, and the
+    records that repeated an earlier record's id and outcome (stored once, by the earlier one)."""
 
     stored: int
     labelled: list[Labelled] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
 
 
 def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) -> list[dict[str, Any]]:
@@ -180,11 +182,16 @@ class Feedback:
             )
         keys, outcomes, refused = self._checked(records)
         seen: dict[tuple[str, ...], int] = {}
+        duplicates = []
         for i, key in enumerate(keys):  # one id, two outcomes in one submission: which is meant is a guess
-            if key is not None and outcomes[seen.setdefault(key, i)] != outcomes[i]:
+            if key is None or seen.setdefault(key, i) == i:
+                continue
+            if outcomes[seen[key]] != outcomes[i]:
                 message = f"id {', '.join(key)} has another outcome in {place(seen[key])} of this submission"
                 refused.append(self._bad(i, self.pre.id_columns[0], message))
-                keys[i] = None
+            else:  # the same outcome again (`yes` for `Yes` too): stored and counted once, as the window counts it
+                duplicates.append(i)
+            keys[i] = None
         found = self.latest({k for k in keys if k is not None})
         for i, key in enumerate(keys):
             if key is not None and key not in found:
@@ -202,12 +209,12 @@ class Feedback:
             raise InputError(
                 "invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused
             )
-        bad = {d["record"] for d in refused}
+        bad = {d["record"] for d in refused} | set(duplicates)
         good = [i for i in range(len(records)) if i not in bad]
         if good and write:
             self._write([keys[i] for i in good], [outcomes[i] for i in good])
         labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
-        return Stored(len(good), labelled, refused)
+        return Stored(len(good), labelled, refused, duplicates)
 
     def submit_file(
         self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS, place: Place = in_record
@@ -216,19 +223,24 @@ class Feedback:
         before any is stored, so without `partial` one bad record stores nothing, as in one call; an id
         given two outcomes in different chunks is refused as within one. Records are numbered in the file."""
         refused: list[dict[str, Any]] = []
+        duplicates: list[int] = []
         good: list[list[int]] = []
         first: dict[tuple[str, ...], tuple[int, str]] = {}
         for start in range(0, len(records), chunk):
             numbered = functools.partial(_offset, place, start)  # a chunk's record i is the file's start + i
             part = self.submit(records[start : start + chunk], partial=True, write=False, place=numbered)
-            bad = {d["record"] for d in part.refused}
+            bad = {d["record"] for d in part.refused} | set(part.duplicates)
             refused += [{**d, "record": start + d["record"]} for d in part.refused]
+            duplicates += [start + i for i in part.duplicates]
             kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
             for i, item in zip(kept, part.labelled, strict=True):
                 seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
                 if outcome != item.outcome:
                     message = f"id {', '.join(item.key)} has another outcome in {place(seen)} of this submission"
                     refused.append(self._bad(start + i, self.pre.id_columns[0], message))
+                elif seen != start + i:
+                    duplicates.append(start + i)
+                if seen != start + i:
                     bad.add(i)
             good.append([start + i for i in kept if i not in bad])
         refused.sort(key=lambda d: d["record"])
@@ -236,7 +248,7 @@ class Feedback:
             head = refused[0]
             raise InputError("invalid", f"record {head['record']}, field '{head['field']}': {head['message']}", refused)
         stored = sum(self.submit([records[i] for i in rows], partial=True).stored for rows in good if rows)
-        return Stored(stored, [], refused)
+        return Stored(stored, [], refused, sorted(duplicates))
 
     def _checked(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
         """Each record's id key and outcome text (None where the record is bad) and what is wrong."""

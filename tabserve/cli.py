@@ -768,7 +768,9 @@ def feedback(
         _fail(f"--encoding {encoding}: no such encoding")
     except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
-    console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored, {len(stored.refused):,} refused")
+    twice = len(stored.duplicates)
+    again = f" ({twice:,} repeated an earlier row's id and outcome: stored once)" if twice else ""
+    console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored{again}, {len(stored.refused):,} refused")
     for detail in stored.refused[:SHOWN_WARNINGS]:
         console.print(where(detail), markup=False)
 

@@ -66,7 +66,7 @@ async def feedback(
     shadow = plane.store.shadows.get(model.name)
     if shadow is not None:  # the challenger's outputs on the same records, when it shadowed them
         shadow.labelled(stored.labelled)
-    return {"model": model.name, "stored": stored.stored, "refused": stored.refused}
+    return {"model": model.name, "stored": stored.stored, "duplicates": stored.duplicates, "refused": stored.refused}
 
 
 def _lookups(request: Request) -> asyncio.Semaphore:

@@ -121,6 +121,9 @@ def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     with pytest.raises(InputError) as refused:
         feedback.submit_file(records, chunk=2, place=lambda i: f"row {i + 1}")
     assert "has another outcome in row 1 of" in refused.value.details[1]["message"]
+    again = [{"customerID": c, "Churn": o} for c, o in [("a", "Yes"), ("a", "yes"), ("b", "No"), ("a", "Yes")]]
+    done = feedback.submit_file(again, chunk=2)  # a repeat within a chunk and across chunks: stored once
+    assert (done.stored, done.duplicates, done.refused) == (2, [1, 3], [])
 
 
 def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:

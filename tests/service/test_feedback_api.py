@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pytest
 
 from monitoring.log import LogLocation
@@ -114,3 +116,22 @@ def test_the_cli_names_the_other_row_of_a_conflict_by_its_file_row(served: Serve
     said = feedback_cli(served, tmp_path / "two.csv")
     assert said.returncode == 2, said.stderr
     assert f"row 3, field 'customerID': id {first} has another outcome in row 1 of this submission" in said.stderr
+
+
+def test_one_id_sent_twice_with_one_outcome_is_stored_and_counted_once(served: Server, tmp_path: Path) -> None:
+    """`yes` and `Yes` for one id in one call answered `stored: 2` and wrote two rows, while the live
+    window counted one: what is stored and what is counted now agree, and the repeat is named."""
+    last = ids(SCORED)[-1]
+    before = httpx.get(served.url + "/models/churn/monitor").json()["accuracy"]["versions"].get("1", {}).get("rows", 0)
+    sent = {"records": [{"customerID": last, "Churn": "Yes"}, {"customerID": last, "Churn": "yes"}]}
+    answer = httpx.post(served.url + "/models/churn/feedback", json=sent).json()
+    assert (answer["stored"], answer["duplicates"], answer["refused"]) == (1, [1], []), answer
+    stored = ds.dataset(served.store.parent / "log" / "churn" / "feedback", format="parquet").to_table()
+    assert pc.sum(pc.equal(stored["customerID"], last)).as_py() == 1
+    after = httpx.get(served.url + "/models/churn/monitor").json()["accuracy"]["versions"]["1"]["rows"]
+    assert after == before + 1
+    (tmp_path / "twice.csv").write_text(f"customerID,Churn\n{last},No\n{last},no\n")
+    said = feedback_cli(served, tmp_path / "twice.csv")
+    assert said.returncode == 0 and "1 outcome(s) stored (1 repeated an earlier row's id" in said.stdout, said.stdout
+    stored = ds.dataset(served.store.parent / "log" / "churn" / "feedback", format="parquet").to_table()
+    assert pc.sum(pc.equal(stored["customerID"], last)).as_py() == 2  # one per call
