@@ -408,7 +408,10 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
     segments, files = logged_parts(location, model, where)
     if not files and not location.segments(model):  # a mistyped --log read as 200 records "never scored"
         raise InputError("invalid", f"no prediction log for {model} under {location.root}: nothing scored into it yet")
-    dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
+    try:
+        dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise unreadable(location, files, exc) from None
     names = {n for table in segments if table.num_columns for n in table.column_names}
     names |= set(dataset.schema.names) if dataset is not None else set()
     if missing := [c for c in ids if names and c not in names]:  # it was a 500 (or "never scored")
@@ -419,10 +422,32 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
         )
     parts = [table for table in segments if ids[0] in table.column_names]
     if dataset is not None:
-        parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
+        try:
+            parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise unreadable(location, files, exc) from None
     if not parts:
         return pa.table({})
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+class LogUnreadable(OSError):
+    """A file in the prediction log that is not readable Parquet: the server's fault, not the request's."""
+
+
+def unreadable(location: LogLocation, files: list[str], exc: Exception) -> LogUnreadable:
+    """The error naming the first of `files` whose footer cannot be read (else pyarrow's own words)."""
+    for path in files:
+        try:
+            pq.read_metadata(path, filesystem=location.fs)
+        except (pa.ArrowInvalid, OSError):
+            break
+    else:
+        path = "a file"
+    return LogUnreadable(
+        f"the prediction log holds {path}, which is not readable Parquet ({exc}): nothing was stored; "
+        "move that file out of the log and send the outcomes again"
+    )
 
 
 def outputs_of(pre: Preprocess, table: pa.Table) -> np.ndarray:

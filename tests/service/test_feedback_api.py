@@ -135,3 +135,22 @@ def test_one_id_sent_twice_with_one_outcome_is_stored_and_counted_once(served: S
     assert said.returncode == 0 and "1 outcome(s) stored (1 repeated an earlier row's id" in said.stdout, said.stdout
     stored = ds.dataset(served.store.parent / "log" / "churn" / "feedback", format="parquet").to_table()
     assert pc.sum(pc.equal(stored["customerID"], last)).as_py() == 2  # one per call
+
+
+def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Server, tmp_path: Path) -> None:
+    """One `.parquet` that is not Parquet in the log made every feedback call a 500 with a traceback."""
+    first = ids(1)[0]
+    bad = served.store.parent / "log" / "churn" / "date=2099-12-04" / "x.parquet"
+    bad.parent.mkdir()
+    bad.write_bytes(b"x\n")
+    (tmp_path / "one.csv").write_text(f"customerID,Churn\n{first},No\n")
+    try:
+        answer = post_csv(served, f"customerID,Churn\n{first},No\n".encode())
+        said = feedback_cli(served, tmp_path / "one.csv")
+    finally:
+        bad.unlink()
+        bad.parent.rmdir()
+    assert answer.status_code == 500 and "Traceback" not in answer.text, answer.text
+    assert f"the prediction log holds {bad}, which is not readable Parquet" in answer.json()["error"]
+    assert said.returncode == 2 and str(bad) in said.stderr and "nothing was stored" in said.stderr, said.stderr
+    assert post_csv(served, f"customerID,Churn\n{first},No\n".encode()).status_code == 200
