@@ -44,6 +44,7 @@ from service.scoring.files import bom_encoding, sniff_sep
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
 COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
+MERGED_FILES = 8  # a day's merged files at which the next merge takes them in too: the day's file count is bounded
 MERGED = "merged-"
 _files = itertools.count()
 _tag = secrets.token_hex(4)
@@ -375,11 +376,12 @@ class Feedback:
 
 
 def compact(location: LogLocation, folder: str) -> None:
-    """A day's feedback files merged into one once there are more than COMPACT_FILES: a client sending one
-    outcome per call made a file each (86,000 a day at one a second), and every reader lists and opens them
-    all. A reader between the merged file's rename and the removals sees a row twice, which the rule
+    """A day's feedback files merged into one once there are more than COMPACT_FILES small ones (a client
+    sending one outcome per call made a file each, which every reader lists and opens), together with the
+    merged ones once there are MERGED_FILES of them: a day holds at most about COMPACT_FILES + MERGED_FILES
+    files. A reader between the merged file's rename and the removals sees a row twice, which the rule
     "an id's latest outcome" reads once. One process merges at a time; the others go on."""
-    small = sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith(MERGED))
+    small, _ = _day_files(folder)
     if len(small) <= COMPACT_FILES:
         return
     with open(Path(folder) / ".compact.lock", "a") as lock:
@@ -387,15 +389,20 @@ def compact(location: LogLocation, folder: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return
-        small = [p for p in small if p.exists()]  # another process merged them just before
+        small, merged = _day_files(folder)  # listed again: another process may have merged them just before
         if len(small) <= COMPACT_FILES:
             return
-        merged = pa.concat_tables([pq.read_table(p) for p in small], promote_options="permissive")
-        write_whole(
-            location, merged.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet"
-        )
-        for p in small:
+        sources = small + (merged if len(merged) >= MERGED_FILES else [])  # only the lock holder removes merged
+        table = pa.concat_tables([pq.read_table(p) for p in sources], promote_options="permissive")
+        write_whole(location, table.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet")
+        for p in sources:
             p.unlink(missing_ok=True)
+
+
+def _day_files(folder: str) -> tuple[list[Path], list[Path]]:
+    """A day's feedback files: those written by one call each, and those merged from them."""
+    files = sorted(Path(folder).glob("*.parquet"))
+    return [p for p in files if not p.name.startswith(MERGED)], [p for p in files if p.name.startswith(MERGED)]
 
 
 def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[str]) -> pa.Table:

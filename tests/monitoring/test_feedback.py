@@ -203,3 +203,31 @@ def test_one_outcome_per_call_is_merged_into_few_files_and_reads_the_same(tmp_pa
     assert LogReader(log, "m").export(exported, labelled=True) == sent - 1
     labelled = {r["loan_id"]: r["creditability"] for r in csv.DictReader(exported.open())}
     assert labelled["L0000"] == "bad" and len(labelled) == sent - 1
+
+
+def test_merged_files_are_merged_again_so_a_day_holds_few_files(tmp_path: Path) -> None:
+    """Found by a feedback audit: merged files were never merged again (844 one-outcome calls left 31
+    files; ~1,300 a day at one a second). Two writers at once, one outcome a call: the day's files stay
+    bounded, and every outcome is on disk exactly once."""
+    import threading
+
+    from monitoring.feedback import COMPACT_FILES, MERGED_FILES
+
+    ref, log = _scored(tmp_path, "creditability", ",")
+    sent = (COMPACT_FILES + 1) * (MERGED_FILES + 2)
+
+    def send(ids: range) -> None:
+        feedback = Feedback(LogLocation.of(log), "m", ref.preprocess)
+        for i in ids:
+            feedback.submit([{"loan_id": f"L{i:04d}", "creditability": "good"}])
+
+    writers = [threading.Thread(target=send, args=(range(k, sent, 2),)) for k in (0, 1)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    files = sorted((log / "m" / "feedback").rglob("*.parquet"))
+    merged = [f for f in files if f.name.startswith("merged-")]
+    assert len(merged) < MERGED_FILES and len(files) <= COMPACT_FILES + MERGED_FILES, [f.name for f in files]
+    ids = pa.concat_tables([pq.read_table(f) for f in files])["loan_id"].to_pylist()
+    assert sorted(ids) == [f"L{i:04d}" for i in range(sent)]  # none lost, none twice
