@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import io
 import itertools
 import math
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,22 @@ import pyarrow.parquet as pq
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
 from service.errors import InputError
-from service.features import Preprocess, category_key, missing_outcomes, named_twice, parse_number, plain_number
+from service.features import (
+    Preprocess,
+    category_key,
+    missing_outcomes,
+    named_twice,
+    parse_number,
+    plain_number,
+    stripped,
+)
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import sniff_sep
+from service.scoring.files import bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
 COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
+MERGED_FILES = 8  # a day's merged files at which the next merge takes them in too: the day's file count is bounded
 MERGED = "merged-"
 _files = itertools.count()
 _tag = secrets.token_hex(4)
@@ -51,36 +62,20 @@ class Labelled:
 
 @dataclass
 class Stored:
-    """What one submission did: rows stored, the predictions they label, the records refused."""
+    """What one submission did: rows stored, the predictions they label, the records refused, and the
+    records that repeated an earlier record's id and outcome (stored once, by the earlier one)."""
 
     stored: int
     labelled: list[Labelled] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
 
 
 def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) -> list[dict[str, Any]]:
     """Feedback records from a JSON body (`{"records": [...]}`) or a CSV one (a header, then rows);
     at most `limit` (a request's bound; the CLI submits a file in chunks)."""
     if media_type == "text/csv":
-        # a line ends in \n, \r\n or a bare \r (old Mac exports): that header was a 500 from csv.reader
-        header = re.split(rb"\r\n?|\n", body, maxsplit=1)[0].decode("utf-8-sig", "replace")
-        sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
-        try:
-            names = next(csv.reader([header], delimiter=sep), [])
-        except csv.Error as exc:  # a NUL byte: a 500 from csv.reader
-            raise InputError("malformed", f"malformed CSV header: {exc}") from None
-        twice = named_twice(names)
-        if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
-            raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
-        try:  # every column as text: an id such as 007 or a label such as True stays as sent
-            table = pacsv.read_csv(
-                io.BytesIO(body),
-                parse_options=pacsv.ParseOptions(delimiter=sep),
-                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
-            )
-        except pa.ArrowInvalid as exc:
-            raise InputError("malformed", f"malformed CSV: {exc}") from None
-        records: Any = table.to_pylist()
+        records: Any = csv_records(body)
     elif media_type == "application/json":
         # a BOM, as Windows tools write; a key given twice refused by record (the last value won)
         doc = parse_json(body.removeprefix(b"\xef\xbb\xbf"), EVERY_FIELD)
@@ -94,6 +89,67 @@ def records_of(body: bytes, media_type: str, limit: int | None = MAX_RECORDS) ->
     if limit is not None and len(records) > limit:
         raise InputError("too_large", f"{len(records)} records in one call; the limit is {limit}")
     return list(records)
+
+
+class NotUtf8(InputError):
+    """A CSV that is not UTF-8; `bom` names the encoding its byte-order mark says (UTF-16), if any."""
+
+    def __init__(self, where: str, bom: str | None = None) -> None:
+        super().__init__("malformed", f"the CSV is not UTF-8 ({where}): save it as UTF-8")
+        self.where, self.bom = where, bom
+
+
+def csv_records(body: bytes) -> list[dict[str, Any]]:
+    """A CSV's rows, every column as text (an id such as 007 or a label such as True stays as sent),
+    under its header's names stripped (`customerID ` is `customerID`, as training and scoring read them)."""
+    if bom := bom_encoding(body[:4]):  # Excel's "Unicode Text": its NUL bytes are no header at all
+        raise NotUtf8(f"its byte-order mark says {bom}", bom)
+    # a line ends in \n, \r\n or a bare \r (old Mac exports): that header was a 500 from csv.reader
+    lines = re.split(rb"\r\n?|\n", body, maxsplit=1)
+    header = _utf8(lines[0], body).removeprefix("\ufeff")
+    sep = sniff_sep(header)  # `;` or tab as spreadsheets export them, as scoring and training read them
+    try:
+        names = stripped(next(csv.reader([header], delimiter=sep), []))
+    except csv.Error as exc:  # a NUL byte: a 500 from csv.reader
+        raise InputError("malformed", f"malformed CSV header: {exc}") from None
+    if not names:
+        raise InputError("invalid", "the CSV is empty: no header, no feedback records")
+    twice = named_twice(names)
+    if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
+        raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
+    try:  # one thread: pyarrow then names the line of a ragged row
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=sep),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
+        )
+    except pa.ArrowInvalid as exc:
+        if "invalid UTF8" in str(exc):
+            _utf8(body, body)
+        raise InputError("malformed", "malformed CSV: " + re.sub(r"Row #(\d+): E", r"line \1: e", str(exc))) from None
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def _utf8(data: bytes, body: bytes) -> str:
+    """`data` (the start of `body`) as text; NotUtf8 naming the line and byte where it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len(re.findall(rb"\r\n?|\n", body[: exc.start])) + 1
+        raise NotUtf8(f"line {line} holds the byte 0x{body[exc.start]:02x}") from None
+
+
+Place = Callable[[int], str]  # how a message names a record by its index: `record 3`, or a file's `row 4`
+
+
+def in_record(index: int) -> str:
+    return f"record {index}"
+
+
+def _offset(place: Place, start: int, index: int) -> str:
+    return place(start + index)
 
 
 # what /predict says of such an id: it could never have been scored, so no outcome can match it
@@ -115,21 +171,28 @@ class Feedback:
         # an integer column with gaps as floats)
         self.by_value = {number: label for label in self.labels if (number := plain_number(label)) is not None}
 
-    def submit(self, records: list[dict[str, Any]], partial: bool = False, write: bool = True) -> Stored:
+    def submit(
+        self, records: list[dict[str, Any]], partial: bool = False, write: bool = True, place: Place = in_record
+    ) -> Stored:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
         submission that has bad ones (else nothing is stored and every bad record is named); without
-        `write`, only say what would be stored."""
+        `write`, only say what would be stored. A message names another record as `place` words it."""
         if not self.pre.id_columns:
             raise InputError(
                 "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
             )
         keys, outcomes, refused = self._checked(records)
         seen: dict[tuple[str, ...], int] = {}
+        duplicates = []
         for i, key in enumerate(keys):  # one id, two outcomes in one submission: which is meant is a guess
-            if key is not None and outcomes[seen.setdefault(key, i)] != outcomes[i]:
-                message = f"id {', '.join(key)} has another outcome in record {seen[key]} of this submission"
+            if key is None or seen.setdefault(key, i) == i:
+                continue
+            if outcomes[seen[key]] != outcomes[i]:
+                message = f"id {', '.join(key)} has another outcome in {place(seen[key])} of this submission"
                 refused.append(self._bad(i, self.pre.id_columns[0], message))
-                keys[i] = None
+            else:  # the same outcome again (`yes` for `Yes` too): stored and counted once, as the window counts it
+                duplicates.append(i)
+            keys[i] = None
         found = self.latest({k for k in keys if k is not None})
         for i, key in enumerate(keys):
             if key is not None and key not in found:
@@ -147,30 +210,38 @@ class Feedback:
             raise InputError(
                 "invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused
             )
-        bad = {d["record"] for d in refused}
+        bad = {d["record"] for d in refused} | set(duplicates)
         good = [i for i in range(len(records)) if i not in bad]
         if good and write:
             self._write([keys[i] for i in good], [outcomes[i] for i in good])
         labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
-        return Stored(len(good), labelled, refused)
+        return Stored(len(good), labelled, refused, duplicates)
 
-    def submit_file(self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS) -> Stored:
+    def submit_file(
+        self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS, place: Place = in_record
+    ) -> Stored:
         """A file's outcomes, `chunk` records per call (a call's bound on memory): every chunk is checked
         before any is stored, so without `partial` one bad record stores nothing, as in one call; an id
         given two outcomes in different chunks is refused as within one. Records are numbered in the file."""
         refused: list[dict[str, Any]] = []
+        duplicates: list[int] = []
         good: list[list[int]] = []
         first: dict[tuple[str, ...], tuple[int, str]] = {}
         for start in range(0, len(records), chunk):
-            part = self.submit(records[start : start + chunk], partial=True, write=False)
-            bad = {d["record"] for d in part.refused}
+            numbered = functools.partial(_offset, place, start)  # a chunk's record i is the file's start + i
+            part = self.submit(records[start : start + chunk], partial=True, write=False, place=numbered)
+            bad = {d["record"] for d in part.refused} | set(part.duplicates)
             refused += [{**d, "record": start + d["record"]} for d in part.refused]
+            duplicates += [start + i for i in part.duplicates]
             kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
             for i, item in zip(kept, part.labelled, strict=True):
                 seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
                 if outcome != item.outcome:
-                    message = f"id {', '.join(item.key)} has another outcome in record {seen} of this submission"
+                    message = f"id {', '.join(item.key)} has another outcome in {place(seen)} of this submission"
                     refused.append(self._bad(start + i, self.pre.id_columns[0], message))
+                elif seen != start + i:
+                    duplicates.append(start + i)
+                if seen != start + i:
                     bad.add(i)
             good.append([start + i for i in kept if i not in bad])
         refused.sort(key=lambda d: d["record"])
@@ -178,7 +249,7 @@ class Feedback:
             head = refused[0]
             raise InputError("invalid", f"record {head['record']}, field '{head['field']}': {head['message']}", refused)
         stored = sum(self.submit([records[i] for i in rows], partial=True).stored for rows in good if rows)
-        return Stored(stored, [], refused)
+        return Stored(stored, [], refused, sorted(duplicates))
 
     def _checked(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
         """Each record's id key and outcome text (None where the record is bad) and what is wrong."""
@@ -305,11 +376,12 @@ class Feedback:
 
 
 def compact(location: LogLocation, folder: str) -> None:
-    """A day's feedback files merged into one once there are more than COMPACT_FILES: a client sending one
-    outcome per call made a file each (86,000 a day at one a second), and every reader lists and opens them
-    all. A reader between the merged file's rename and the removals sees a row twice, which the rule
+    """A day's feedback files merged into one once there are more than COMPACT_FILES small ones (a client
+    sending one outcome per call made a file each, which every reader lists and opens), together with the
+    merged ones once there are MERGED_FILES of them: a day holds at most about COMPACT_FILES + MERGED_FILES
+    files. A reader between the merged file's rename and the removals sees a row twice, which the rule
     "an id's latest outcome" reads once. One process merges at a time; the others go on."""
-    small = sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith(MERGED))
+    small, _ = _day_files(folder)
     if len(small) <= COMPACT_FILES:
         return
     with open(Path(folder) / ".compact.lock", "a") as lock:
@@ -317,15 +389,20 @@ def compact(location: LogLocation, folder: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return
-        small = [p for p in small if p.exists()]  # another process merged them just before
+        small, merged = _day_files(folder)  # listed again: another process may have merged them just before
         if len(small) <= COMPACT_FILES:
             return
-        merged = pa.concat_tables([pq.read_table(p) for p in small], promote_options="permissive")
-        write_whole(
-            location, merged.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet"
-        )
-        for p in small:
+        sources = small + (merged if len(merged) >= MERGED_FILES else [])  # only the lock holder removes merged
+        table = pa.concat_tables([pq.read_table(p) for p in sources], promote_options="permissive")
+        write_whole(location, table.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet")
+        for p in sources:
             p.unlink(missing_ok=True)
+
+
+def _day_files(folder: str) -> tuple[list[Path], list[Path]]:
+    """A day's feedback files: those written by one call each, and those merged from them."""
+    files = sorted(Path(folder).glob("*.parquet"))
+    return [p for p in files if not p.name.startswith(MERGED)], [p for p in files if p.name.startswith(MERGED)]
 
 
 def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[str]) -> pa.Table:
@@ -338,7 +415,10 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
     segments, files = logged_parts(location, model, where)
     if not files and not location.segments(model):  # a mistyped --log read as 200 records "never scored"
         raise InputError("invalid", f"no prediction log for {model} under {location.root}: nothing scored into it yet")
-    dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
+    try:
+        dataset = ds.dataset(files, format="parquet", filesystem=location.fs) if files else None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise unreadable(location, files, exc) from None
     names = {n for table in segments if table.num_columns for n in table.column_names}
     names |= set(dataset.schema.names) if dataset is not None else set()
     if missing := [c for c in ids if names and c not in names]:  # it was a 500 (or "never scored")
@@ -349,10 +429,32 @@ def logged(location: LogLocation, model: str, ids: list[str], first_ids: list[st
         )
     parts = [table for table in segments if ids[0] in table.column_names]
     if dataset is not None:
-        parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
+        try:
+            parts.append(dataset.to_table(filter=ds.field(ids[0]).isin(wanted)))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise unreadable(location, files, exc) from None
     if not parts:
         return pa.table({})
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+class LogUnreadable(OSError):
+    """A file in the prediction log that is not readable Parquet: the server's fault, not the request's."""
+
+
+def unreadable(location: LogLocation, files: list[str], exc: Exception) -> LogUnreadable:
+    """The error naming the first of `files` whose footer cannot be read (else pyarrow's own words)."""
+    for path in files:
+        try:
+            pq.read_metadata(path, filesystem=location.fs)
+        except (pa.ArrowInvalid, OSError):
+            break
+    else:
+        path = "a file"
+    return LogUnreadable(
+        f"the prediction log holds {path}, which is not readable Parquet ({exc}): nothing was stored; "
+        "move that file out of the log and send the outcomes again"
+    )
 
 
 def outputs_of(pre: Preprocess, table: pa.Table) -> np.ndarray:

@@ -728,39 +728,71 @@ def _prediction_log(root: str | None, exclude: list[str] | None) -> Iterator[Any
 def feedback(
     model: Annotated[str, typer.Option(help="Model name (its serving version's contract checks the outcomes).")],
     input: Annotated[
-        Path, typer.Option("--input", help="CSV (or JSON {records: [...]}) of id columns and the outcome.")
+        Path, typer.Option("--input", help="CSV, .csv.gz (or JSON {records: [...]}) of id columns and the outcome.")
     ],
     log: Annotated[str, typer.Option("--log", help="The prediction log the ids were scored into.")],
     models_dir: ModelsDir = None,
     partial: Annotated[bool, typer.Option(help="Store the good records even when some are refused.")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV that is not UTF-8 (e.g. cp1252).")] = "utf-8",
 ) -> None:
     """Store delayed outcomes beside the prediction log, keyed by the model's id column."""
-    from monitoring.feedback import Feedback, records_of
+    from monitoring.feedback import Feedback, NotUtf8, in_record, records_of
     from monitoring.log import LogLocation
     from service.errors import InputError
 
-    media = "application/json" if input.suffix == ".json" else "text/csv"
+    media = "application/json" if input.name.lower().removesuffix(".gz").endswith(".json") else "text/csv"
 
-    def where(detail: dict[str, Any]) -> str:  # a CSV's data rows counted from 1, as scoring's errors file does
+    def row(record: int) -> str:  # a CSV's data rows counted from 1, as scoring's errors file does
+        return f"row {record + 1}"
+
+    def where(detail: dict[str, Any]) -> str:
         record = detail["record"]
-        place = f"row {record + 1}" if media == "text/csv" and isinstance(record, int) else f"record {record}"
+        place = row(record) if media == "text/csv" and isinstance(record, int) else f"record {record}"
         return f"  {place}, field '{detail['field']}': {detail['message']}"
 
     try:
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        stored = Feedback(LogLocation.of(log), ref.name, ref.preprocess).submit_file(
-            records_of(input.read_bytes(), media, limit=None), partial
-        )
+        records = records_of(_feedback_bytes(input, encoding), media, limit=None)
+        feedback = Feedback(LogLocation.of(log), ref.name, ref.preprocess)
+        stored = feedback.submit_file(records, partial, place=row if media == "text/csv" else in_record)
+    except NotUtf8 as exc:
+        how = f"--encoding {exc.bom}" if exc.bom else "--encoding with its encoding (e.g. cp1252)"
+        _fail(f"nothing stored: {input} is not UTF-8 ({exc.where}): pass {how}, or save the file as UTF-8")
     except InputError as exc:
         for detail in exc.details[:SHOWN_WARNINGS]:
             err_console.print(where(detail), markup=False)
-        first = where(exc.details[0]).strip() if exc.details else str(exc)
-        _fail(f"nothing stored: {first} ({len(exc.details) or 1} record(s) refused)")
+        if not exc.details:  # the file as a whole (empty, not CSV) or the log: no record was looked at
+            _fail(f"nothing stored: {input}: {exc}")
+        _fail(f"nothing stored: {where(exc.details[0]).strip()} ({len(exc.details):,} record(s) refused)")
+    except LookupError:
+        _fail(f"--encoding {encoding}: no such encoding")
     except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
-    console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored, {len(stored.refused):,} refused")
+    twice = len(stored.duplicates)
+    again = f" ({twice:,} repeated an earlier row's id and outcome: stored once)" if twice else ""
+    console.print(f"{ref.name}: {stored.stored:,} outcome(s) stored{again}, {len(stored.refused):,} refused")
     for detail in stored.refused[:SHOWN_WARNINGS]:
         console.print(where(detail), markup=False)
+
+
+def _feedback_bytes(path: Path, encoding: str) -> bytes:
+    """A feedback file's bytes as UTF-8: gzip inflated (`.csv.gz`, as `tabserve score` reads it), and
+    text in another `encoding` re-encoded."""
+    import codecs
+    import gzip
+
+    data = path.read_bytes()
+    if data.startswith(b"\x1f\x8b"):  # gzip's magic bytes, whatever the name says
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path} is not a whole gzip file: {exc}") from None
+    if codecs.lookup(encoding).name == "utf-8":
+        return data
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not {encoding} either (byte 0x{data[exc.start]:02x} at {exc.start:,})") from None
 
 
 log_app = typer.Typer(help="The prediction log.", no_args_is_help=True)

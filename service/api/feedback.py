@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from monitoring.feedback import Feedback, Stored, records_of
+from monitoring.feedback import Feedback, LogUnreadable, Stored, records_of
 from service.api.deps import PlaneDep, SettingsDep, TelemetryDep
 from service.api.predict import HttpError, inflated
 from service.errors import InputError
 from service.store import ModelNotFound
 
 router = APIRouter(prefix="/models", tags=["monitoring"])
+logger = logging.getLogger("tabserve.feedback")
 MEDIA_TYPES = ("application/json", "text/csv")
 STATUS = {"malformed": 400, "too_large": 413, "invalid": 422}
 # feedback calls looked up at once per process: each reads the log for its ids, and fifty at once
@@ -23,7 +25,7 @@ STATUS = {"malformed": 400, "too_large": 413, "invalid": 422}
 LOOKUPS_AT_ONCE = 2
 
 
-@router.post("/{name}/feedback", responses={404: {}, 409: {}, 413: {}, 415: {}, 422: {}})
+@router.post("/{name}/feedback", responses={404: {}, 409: {}, 413: {}, 415: {}, 422: {}, 500: {}})
 async def feedback(
     name: str, request: Request, plane: PlaneDep, settings: SettingsDep, telemetry: TelemetryDep, partial: bool = False
 ) -> Any:
@@ -61,12 +63,15 @@ async def feedback(
             stored = await asyncio.to_thread(store)
     except InputError as exc:
         return JSONResponse(exc.to_json(), STATUS[exc.kind])
+    except LogUnreadable as exc:  # the log is the server's to mend: a 500 that says what to mend
+        logger.error("feedback for %s: %s", model.name, exc)
+        return JSONResponse({"error": str(exc)}, 500)
     pre_of = functools.partial(plane.store.preprocess_of, model.name)
     telemetry.live(model.name, model.pre, settings.monitor_window, pre_of).add_all(stored.labelled)
     shadow = plane.store.shadows.get(model.name)
     if shadow is not None:  # the challenger's outputs on the same records, when it shadowed them
         shadow.labelled(stored.labelled)
-    return {"model": model.name, "stored": stored.stored, "refused": stored.refused}
+    return {"model": model.name, "stored": stored.stored, "duplicates": stored.duplicates, "refused": stored.refused}
 
 
 def _lookups(request: Request) -> asyncio.Semaphore:

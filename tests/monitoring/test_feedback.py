@@ -112,6 +112,18 @@ def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     assert sorted(zip(stored["customerID"].to_pylist(), stored["_outcome"].to_pylist(), strict=True)) == [
         ("a", "Yes"), ("b", "No"), ("c", "Yes")
     ]  # fmt: skip
+    # a conflict within a later chunk named the other record by its place in the chunk (`record 0`), and
+    # the CLI's file rows (`row 4`) sat beside record indices: each is named as the caller numbers them
+    late = [{"customerID": c, "Churn": o} for c, o in [("b", "No"), ("c", "Yes"), ("a", "Yes"), ("a", "No")]]
+    with pytest.raises(InputError) as refused:
+        feedback.submit_file(late, chunk=2, place=lambda i: f"row {i + 1}")
+    assert refused.value.details[0]["message"] == "id a has another outcome in row 3 of this submission"
+    with pytest.raises(InputError) as refused:
+        feedback.submit_file(records, chunk=2, place=lambda i: f"row {i + 1}")
+    assert "has another outcome in row 1 of" in refused.value.details[1]["message"]
+    again = [{"customerID": c, "Churn": o} for c, o in [("a", "Yes"), ("a", "yes"), ("b", "No"), ("a", "Yes")]]
+    done = feedback.submit_file(again, chunk=2)  # a repeat within a chunk and across chunks: stored once
+    assert (done.stored, done.duplicates, done.refused) == (2, [1, 3], [])
 
 
 def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
@@ -191,3 +203,31 @@ def test_one_outcome_per_call_is_merged_into_few_files_and_reads_the_same(tmp_pa
     assert LogReader(log, "m").export(exported, labelled=True) == sent - 1
     labelled = {r["loan_id"]: r["creditability"] for r in csv.DictReader(exported.open())}
     assert labelled["L0000"] == "bad" and len(labelled) == sent - 1
+
+
+def test_merged_files_are_merged_again_so_a_day_holds_few_files(tmp_path: Path) -> None:
+    """Found by a feedback audit: merged files were never merged again (844 one-outcome calls left 31
+    files; ~1,300 a day at one a second). Two writers at once, one outcome a call: the day's files stay
+    bounded, and every outcome is on disk exactly once."""
+    import threading
+
+    from monitoring.feedback import COMPACT_FILES, MERGED_FILES
+
+    ref, log = _scored(tmp_path, "creditability", ",")
+    sent = (COMPACT_FILES + 1) * (MERGED_FILES + 2)
+
+    def send(ids: range) -> None:
+        feedback = Feedback(LogLocation.of(log), "m", ref.preprocess)
+        for i in ids:
+            feedback.submit([{"loan_id": f"L{i:04d}", "creditability": "good"}])
+
+    writers = [threading.Thread(target=send, args=(range(k, sent, 2),)) for k in (0, 1)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    files = sorted((log / "m" / "feedback").rglob("*.parquet"))
+    merged = [f for f in files if f.name.startswith("merged-")]
+    assert len(merged) < MERGED_FILES and len(files) <= COMPACT_FILES + MERGED_FILES, [f.name for f in files]
+    ids = pa.concat_tables([pq.read_table(f) for f in files])["loan_id"].to_pylist()
+    assert sorted(ids) == [f"L{i:04d}" for i in range(sent)]  # none lost, none twice

@@ -1,0 +1,156 @@
+"""Outcomes through the front doors as users send them: the route of a real service with a log, and
+`tabserve feedback` on real files (found by a feedback audit)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+
+from monitoring.log import LogLocation
+from service import bundle
+from tests.service.conftest import Server, copy_store, running_server, telco_records
+
+SCORED = 20  # the first telco rows, scored into the service's log
+
+
+@pytest.fixture(scope="module")
+def served(churn_bundle: bundle.BundleRef, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A service with a prediction log that has scored the first SCORED telco customers."""
+    store = copy_store(churn_bundle, tmp_path_factory.mktemp("feedback") / "models")
+    with running_server(store, "--log", str(store.parent / "log")) as server:
+        answer = httpx.post(server.url + "/predict", json={"records": telco_records(SCORED)})
+        assert answer.status_code == 200, answer.text
+        location, deadline = LogLocation.of(store.parent / "log"), time.monotonic() + 20
+        while not location.segments("churn") and not location.files("churn"):  # on disk for the CLI
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        yield server
+
+
+def ids(n: int) -> list[str]:
+    return [str(r["customerID"]) for r in telco_records(n)]
+
+
+def post_csv(server: Server, body: bytes) -> httpx.Response:
+    return httpx.post(server.url + "/models/churn/feedback", content=body, headers={"content-type": "text/csv"})
+
+
+def test_a_csv_that_is_not_utf8_is_a_400_naming_the_line(served: Server) -> None:
+    """A cp1252 header (`Résumé`) or a UTF-16 file was a 500 with a UnicodeDecodeError traceback."""
+    first = ids(1)[0]
+    cp1252 = post_csv(served, f"customerID,Churn,R\xe9sum\xe9\n{first},No,x\n".encode("cp1252"))
+    assert cp1252.status_code == 400 and "not UTF-8 (line 1 holds the byte 0xe9)" in cp1252.json()["error"]
+    later = post_csv(served, f"customerID,Churn,note\n{first},No,ok\n{first},No,caf\xe9\n".encode("cp1252"))
+    assert later.status_code == 400 and "line 3" in later.json()["error"], later.text
+    utf16 = post_csv(served, f"customerID,Churn\n{first},No\n".encode("utf-16"))
+    assert utf16.status_code == 400 and "byte-order mark says utf-16" in utf16.json()["error"]
+    ragged = post_csv(served, f"customerID,Churn\n{first},No\n{first},No,x\n".encode())
+    assert ragged.status_code == 400 and "line 3: expected 2 columns, got 3" in ragged.json()["error"]
+
+
+def test_header_names_are_stripped_and_one_named_twice_after_stripping_is_refused(served: Server) -> None:
+    """`customerID ,Churn` refused every row as "the id column is missing"; scoring strips names."""
+    first = ids(1)[0]
+    spaced = post_csv(served, f" customerID ,Churn \n{first},No\n".encode())
+    assert spaced.status_code == 200 and spaced.json()["stored"] == 1, spaced.text
+    twice = post_csv(served, f"customerID,Churn,Churn \n{first},No,Yes\n".encode())
+    assert twice.status_code == 400 and "named more than once in the CSV header: Churn" in twice.json()["error"]
+
+
+def feedback_cli(server: Server, path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`tabserve feedback` on a file, against the service's store and log."""
+    log = str(server.store.parent / "log")
+    args = ["feedback", "--model", "churn", "--models-dir", str(server.store), "--input", str(path), "--log", log]
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args, *flags], capture_output=True, text=True, check=False
+    )
+
+
+def test_the_cli_names_the_file_when_the_whole_file_is_wrong_and_reads_gzip(served: Server, tmp_path: Path) -> None:
+    """An empty, header-only or binary file and a missing log each said "(1 record(s) refused)"; a
+    cp1252 file said only a codec's message; `.csv.gz` was read as CSV (garbage); `.JSON` as CSV."""
+    first = ids(1)[0]
+    good = f"customerID,Churn\n{first},No\n"
+    files = {
+        "empty.csv": b"",
+        "header.csv": b"customerID,Churn\n",
+        "cp1252.csv": f"customerID,Churn,R\xe9sum\xe9\n{first},No,x\n".encode("cp1252"),
+        "ragged.csv": (good + f"{first},No,x\n").encode(),
+        "outcomes.csv.gz": gzip.compress(good.encode()),
+        "OUTCOMES.JSON": b'{"records": [{"customerID": "%s", "Churn": "No"}]}' % first.encode(),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    said = {name: feedback_cli(served, tmp_path / name) for name in files}
+    for name in ("empty.csv", "header.csv", "cp1252.csv", "ragged.csv"):
+        assert said[name].returncode == 2 and "record(s) refused" not in said[name].stderr, (name, said[name].stderr)
+        assert name in said[name].stderr, said[name].stderr
+    assert "is not UTF-8 (line 1 holds the byte 0xe9): pass --encoding" in said["cp1252.csv"].stderr
+    assert "line 3: expected 2 columns, got 3" in said["ragged.csv"].stderr
+    for name in ("outcomes.csv.gz", "OUTCOMES.JSON"):
+        assert said[name].returncode == 0 and "1 outcome(s) stored" in said[name].stdout, said[name].stderr
+    read = feedback_cli(served, tmp_path / "cp1252.csv", "--encoding", "cp1252")
+    assert read.returncode == 0 and "1 outcome(s) stored" in read.stdout, read.stderr
+    no_log = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", "feedback", "--model", "churn", "--models-dir", str(served.store),
+         "--input", str(tmp_path / "outcomes.csv.gz"), "--log", str(tmp_path / "nolog")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert no_log.returncode == 2 and "no prediction log for churn" in no_log.stderr
+    assert "record(s) refused" not in no_log.stderr
+
+
+def test_the_cli_names_the_other_row_of_a_conflict_by_its_file_row(served: Server, tmp_path: Path) -> None:
+    """The CLI said `row 3 …: id X has another outcome in record 0`: the other is the file's row 1."""
+    first, second = ids(2)
+    (tmp_path / "two.csv").write_text(f"customerID,Churn\n{first},Yes\n{second},No\n{first},No\n")
+    said = feedback_cli(served, tmp_path / "two.csv")
+    assert said.returncode == 2, said.stderr
+    assert f"row 3, field 'customerID': id {first} has another outcome in row 1 of this submission" in said.stderr
+
+
+def test_one_id_sent_twice_with_one_outcome_is_stored_and_counted_once(served: Server, tmp_path: Path) -> None:
+    """`yes` and `Yes` for one id in one call answered `stored: 2` and wrote two rows, while the live
+    window counted one: what is stored and what is counted now agree, and the repeat is named."""
+    last = ids(SCORED)[-1]
+    before = httpx.get(served.url + "/models/churn/monitor").json()["accuracy"]["versions"].get("1", {}).get("rows", 0)
+    sent = {"records": [{"customerID": last, "Churn": "Yes"}, {"customerID": last, "Churn": "yes"}]}
+    answer = httpx.post(served.url + "/models/churn/feedback", json=sent).json()
+    assert (answer["stored"], answer["duplicates"], answer["refused"]) == (1, [1], []), answer
+    stored = ds.dataset(served.store.parent / "log" / "churn" / "feedback", format="parquet").to_table()
+    assert pc.sum(pc.equal(stored["customerID"], last)).as_py() == 1
+    after = httpx.get(served.url + "/models/churn/monitor").json()["accuracy"]["versions"]["1"]["rows"]
+    assert after == before + 1
+    (tmp_path / "twice.csv").write_text(f"customerID,Churn\n{last},No\n{last},no\n")
+    said = feedback_cli(served, tmp_path / "twice.csv")
+    assert said.returncode == 0 and "1 outcome(s) stored (1 repeated an earlier row's id" in said.stdout, said.stdout
+    stored = ds.dataset(served.store.parent / "log" / "churn" / "feedback", format="parquet").to_table()
+    assert pc.sum(pc.equal(stored["customerID"], last)).as_py() == 2  # one per call
+
+
+def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Server, tmp_path: Path) -> None:
+    """One `.parquet` that is not Parquet in the log made every feedback call a 500 with a traceback."""
+    first = ids(1)[0]
+    bad = served.store.parent / "log" / "churn" / "date=2099-12-04" / "x.parquet"
+    bad.parent.mkdir()
+    bad.write_bytes(b"x\n")
+    (tmp_path / "one.csv").write_text(f"customerID,Churn\n{first},No\n")
+    try:
+        answer = post_csv(served, f"customerID,Churn\n{first},No\n".encode())
+        said = feedback_cli(served, tmp_path / "one.csv")
+    finally:
+        bad.unlink()
+        bad.parent.rmdir()
+    assert answer.status_code == 500 and "Traceback" not in answer.text, answer.text
+    assert f"the prediction log holds {bad}, which is not readable Parquet" in answer.json()["error"]
+    assert said.returncode == 2 and str(bad) in said.stderr and "nothing was stored" in said.stderr, said.stderr
+    assert post_csv(served, f"customerID,Churn\n{first},No\n".encode()).status_code == 200
