@@ -23,6 +23,7 @@ from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
 from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, DateParse, NumericFeature, Preprocess
+from service.scoring.local import written_whole
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
 
@@ -105,8 +106,9 @@ class LogReader:
             raise ValueError(f"--output {output} is inside the log's {self.model}/: it would be read as logged rows")
         kind = "CSV, HEADER" if output.suffix.lower() == ".csv" else "PARQUET"
         output.parent.mkdir(parents=True, exist_ok=True)
-        target = str(output).replace("'", "''")  # a quote in the name stays part of it
-        self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
+        with written_whole(output) as tmp:  # killed half-way, a valid-looking file cut short would be retrained on
+            target = str(tmp).replace("'", "''")  # a quote in the name stays part of it
+            self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
 
     def _dates(self, store: Path) -> dict[str, str]:

@@ -886,20 +886,12 @@ def _errors_file(path: Path | None) -> Iterator[Callable[[int, str], None] | Non
     if path is None:
         yield None
         return
-    from service.scoring.local import remove_stale, temporary
+    from service.scoring.local import written_whole
 
-    remove_stale(path)
-    tmp = temporary(path)
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["row", "error"])
-            yield lambda row, message: writer.writerow([row, message])
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with written_whole(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "error"])
+        yield lambda row, message: writer.writerow([row, message])
 
 
 def main() -> None:

@@ -1,0 +1,70 @@
+"""`tabserve monitor` and `tabserve log export` on real logs, as a monitoring audit found them: what
+they write is whole or absent, and a bad file or a bad flag is one line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from monitoring.log import PredictionLog
+from service import bundle
+from service.features import Preprocess
+from tests.monitoring.test_log import rows
+from tests.service.conftest import copy_store
+
+
+def tabserve(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def logged(root: Path, pre: Preprocess, n: int = 2_000, copies: int = 1) -> Path:
+    """A churn log of `n` scored rows (with `copies`, a file of them repeated that many times)."""
+    log = PredictionLog(root, flush_s=0.05)
+    num, cat, out = rows(pre, n)
+    log.add("churn", 1, pre, num, cat, out, [("customerID", [f"c{j}" for j in range(n)])])
+    log.close()
+    if copies > 1:
+        (written,) = root.glob("churn/date=*/*.parquet")
+        pq.write_table(pa.concat_tables([pq.read_table(written)] * copies), written)
+    return root
+
+
+@pytest.fixture
+def store(churn_bundle: bundle.BundleRef, tmp_path: Path) -> Path:
+    return copy_store(churn_bundle, tmp_path / "models")
+
+
+def test_kill_9_while_exporting_leaves_nothing_under_the_final_name(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """The audit: COPY wrote straight to --output; killed, it left a valid-looking CSV cut short."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess, copies=500)
+    out = tmp_path / "served.csv"
+    command = [sys.executable, "-m", "tabserve.cli", "log", "export", "--model", "churn", "--log", str(log)]
+    proc = subprocess.Popen([*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = tmp_path / f".served.csv.tmp-{proc.pid}"
+    killed = False
+    while proc.poll() is None and not killed:
+        if tmp.exists() and tmp.stat().st_size > 1_000_000:  # half-way through the rows
+            proc.send_signal(signal.SIGKILL)
+            killed = proc.wait(timeout=30) == -signal.SIGKILL
+        time.sleep(0.002)
+    assert killed, "the export ended before it could be killed (or wrote no temporary): make the log bigger"
+    assert not out.exists() and tmp.exists()
+    alive = tmp_path / f".served.csv.tmp-{os.getpid()}"  # a live process's temporary is left alone
+    alive.write_text("in use")
+    again = tabserve(*command[3:], "--output", str(out))
+    assert again.returncode == 0, again.stderr
+    assert not tmp.exists() and alive.exists()
+    assert sum(1 for _ in out.open()) == 2_000 * 500 + 1
