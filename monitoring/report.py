@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from monitoring.accuracy import calibration, metrics_of, truth_of
+from monitoring.accuracy import calibration, finite, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
@@ -217,11 +217,11 @@ class Report:
     noise: dict[str, list[float]] = field(default_factory=dict)  # field → psi_noise per period (its rows, its bins)
 
     def to_json(self) -> dict[str, Any]:
-        """The report as JSON, with each PSI's usual reading."""
+        """The report as JSON, with each PSI's usual reading (a non-finite figure: null)."""
         doc = dict(vars(self))
         doc["readings"] = {name: self.readings(name) for name in self.psi}
         doc["status"] = NO_ROWS if self.empty else "ok"
-        return doc
+        return dict(finite(doc))
 
     def readings(self, name: str) -> list[str]:
         """Each period's reading of a field's PSI: too few rows where noise alone would pass 0.1."""

@@ -818,7 +818,7 @@ def monitor(
         if json_out is not None:
             import json
 
-            json_out.write_text(json.dumps(report.to_json(), indent=1))
+            json_out.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
         if html is not None:
             from monitoring.html import write_html
 

@@ -3,6 +3,7 @@ they write is whole or absent, and a bad file or a bad flag is one line, not a t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,3 +69,30 @@ def test_kill_9_while_exporting_leaves_nothing_under_the_final_name(
     assert again.returncode == 0, again.stderr
     assert not tmp.exists() and alive.exists()
     assert sum(1 for _ in out.open()) == 2_000 * 500 + 1
+
+
+def test_an_infinite_figure_is_null_in_the_route_and_in_monitor_json(tmp_path: Path) -> None:
+    """The audit: an outcome of 1e308 (finite, accepted) made `"rmse": Infinity` in --json, which no
+    strict JSON reader takes; the route said null."""
+    import httpx
+
+    from tests.monitoring.test_feedback import _scored
+    from tests.service.conftest import running_server
+
+    ref, log = _scored(tmp_path, "credit_amount", ",")
+    assert ref.preprocess.task == "regression"
+    store, figures = tmp_path / "models", tmp_path / "figures.json"
+    with running_server(store, "--log", str(log)) as server:
+        sent = {"records": [{"loan_id": "L0001", "credit_amount": 1e308}, {"loan_id": "L0002", "credit_amount": 900}]}
+        answer = httpx.post(server.url + "/models/m/feedback", json=sent)
+        assert answer.status_code == 200 and answer.json()["stored"] == 2, answer.text
+        live = httpx.get(server.url + "/models/m/monitor").json()["accuracy"]["versions"]["1"]
+    done = tabserve("monitor", "--model", "m", "--log", str(log), "--models", str(store), "--json", str(figures))
+    assert done.returncode == 0, done.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    doc = json.loads(figures.read_text(), parse_constant=refuse)
+    assert live["rmse"] is None and doc["live"][0]["rmse"] is None
+    assert doc["live"][0]["rows"] == live["rows"] == 2
