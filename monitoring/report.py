@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from monitoring.accuracy import calibration, finite, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
@@ -140,6 +144,35 @@ class LogReader:
         """A query's answer as an Arrow table."""
         result: pa.Table = self.db.sql(query).to_arrow_table()
         return result
+
+
+@contextmanager
+def readable(root: str | Path, model: str) -> Iterator[None]:
+    """DuckDB's error for a file of the log it cannot read (not Parquet, cut short, not readable) as a
+    ValueError naming the file and what to do; any other error as it was."""
+    try:
+        yield
+    except (duckdb.InvalidInputException, duckdb.IOException) as exc:
+        location = LogLocation.of(root)
+        files = [*location.files(model), *location.files(model, FEEDBACK)]
+        named = [f for f in re.findall(r"'([^']+)'", str(exc)) if f in files]
+        found = named[0] if named else next((f for f in files if not _opens(f)), None)
+        if found is None:
+            raise
+        reason = re.sub(r"^[\w ]*Error: ", "", str(exc).splitlines()[0]).replace(f" '{found}'", "")
+        raise ValueError(
+            f"cannot read {found} as Parquet ({reason}): a file the log did not write, or one cut short; "
+            f"move it out of {root} and run again"
+        ) from None
+
+
+def _opens(path: str) -> bool:
+    """Whether a Parquet file's footer reads (DuckDB's message did not name the file)."""
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True
 
 
 def as_parquet_reads(table: pa.Table) -> pa.Table:

@@ -779,7 +779,7 @@ def log_export(
 ) -> None:
     """Write logged records to one file (with --labelled, ready for `tabserve train --data`)."""
     try:
-        from monitoring.report import LogReader
+        from monitoring.report import LogReader, readable
 
         store: Path | None = bundle.models_dir(models_dir)
         if store is not None and not (store / model).is_dir():  # said, not silent: which columns are dates is unknown
@@ -788,7 +788,8 @@ def log_export(
                 markup=False,
             )
             store = None
-        rows = LogReader(log, model).export(output, labelled, store)
+        with readable(log, model):
+            rows = LogReader(log, model).export(output, labelled, store)
     except ImportError as exc:
         _fail(f"the log commands need the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError) as exc:
@@ -809,12 +810,13 @@ def monitor(
     """Drift and live accuracy over the whole prediction log: PSI per feature per period against
     training (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act) and the labelled predictions' metrics."""
     try:
-        from monitoring.report import PERIODS, LogReader, build_report
+        from monitoring.report import PERIODS, LogReader, build_report, readable
 
         if by not in PERIODS:
             raise ValueError(f"--by takes {', '.join(PERIODS)}, not {by!r}")
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        report = build_report(LogReader(log, ref.name, ref.preprocess.id_columns), ref, since, by)
+        with readable(log, ref.name):
+            report = build_report(LogReader(log, ref.name, ref.preprocess.id_columns), ref, since, by)
         if json_out is not None:
             import json
 

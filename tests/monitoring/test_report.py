@@ -96,3 +96,32 @@ def test_an_infinite_figure_is_null_in_the_route_and_in_monitor_json(tmp_path: P
     doc = json.loads(figures.read_text(), parse_constant=refuse)
     assert live["rmse"] is None and doc["live"][0]["rmse"] is None
     assert doc["live"][0]["rows"] == live["rows"] == 2
+
+
+@pytest.mark.parametrize("folder", ["date=2026-12-04", "feedback/date=2026-12-04"])
+def test_a_file_that_is_not_parquet_is_named_in_one_line(
+    churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path, folder: str
+) -> None:
+    """The audit: `echo x > LOG/churn/date=…/x.parquet` ended monitor and export in a DuckDB traceback."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess)
+    outcomes = log / "churn" / "feedback" / "date=2026-12-03"
+    outcomes.mkdir(parents=True)
+    at = pa.array([time.time() * 1e6], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    pq.write_table(
+        pa.table({"customerID": ["c1"], "_outcome": ["Yes"], "_target": ["Churn"], "_at": at}), outcomes / "f.parquet"
+    )
+    bad = log / "churn" / folder / "x.parquet"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text("x\n")
+    monitor = tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store))
+    out = tmp_path / "labelled.csv"
+    export = tabserve(
+        "log", "export", "--model", "churn", "--log", str(log), "--models", str(store), "--output", str(out)
+    )
+    for done in (monitor, export):
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: cannot read {bad} as Parquet") and "move it out of" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    bad.unlink()
+    assert tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store)).returncode == 0
