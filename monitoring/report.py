@@ -282,7 +282,8 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
             f"{ref.name} version {ref.version} has no {bundle.DRIFT_FILE}: retrain it for drift monitoring"
         )
     reference = json.loads((ref.path / bundle.DRIFT_FILE).read_text())
-    span = f"_at >= now() - INTERVAL '{interval(since)}'" if since else "true"
+    ago = interval(since) if since else None
+    span = f"_at >= now() - INTERVAL '{ago}'" if ago else "true"
     present = set(reader._columns("predictions"))
     # this version's rows only: its training is the reference, and a canary's or a former champion's
     # scores are another model's (their own reports: name@version)
@@ -379,10 +380,14 @@ def score_sql(pre: Preprocess) -> str:
     return "list_max(_probabilities)::DOUBLE" if pre.task == "multiclass" else "_value::DOUBLE"
 
 
-def interval(since: str) -> str:
-    """`30d`, `12h`, `2w` → a DuckDB interval."""
-    units = {"d": "days", "h": "hours", "w": "weeks", "m": "minutes"}
+SINCE_UNITS = {"m": ("minutes", 1), "h": ("hours", 60), "d": ("days", 1440), "w": ("weeks", 10080)}  # in minutes
+WHOLE_LOG_MINUTES = 10_000 * 525_960  # a span over 10,000 years reads the whole log (DuckDB overflows far past it)
+
+
+def interval(since: str) -> str | None:
+    """`30d`, `12h`, `2w`, `90m` (minutes) → a DuckDB interval; None for a span longer than any log."""
     number, unit = since[:-1], since[-1:]
-    if unit not in units or not number.isdigit():
-        raise ValueError(f"--since takes a number and a unit (d, h, w or m), such as 30d, not {since!r}")
-    return f"{int(number)} {units[unit]}"
+    if unit not in SINCE_UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"--since takes a whole number and a unit, m (minutes), h, d or w, such as 30d, not {since!r}")
+    name, minutes = SINCE_UNITS[unit]
+    return f"{int(number)} {name}" if int(number) * minutes <= WHOLE_LOG_MINUTES else None

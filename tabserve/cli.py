@@ -802,7 +802,13 @@ def monitor(
     model: Annotated[str, typer.Option(help="Model name, or name@version: its training is the reference.")],
     log: Annotated[str, typer.Option("--log", help="The prediction log folder.")],
     models_dir: ModelsDir = None,
-    since: Annotated[str | None, typer.Option(help="Only the last span: 30d, 12h, 2w.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the last span: a whole number and m (minutes), h, d or w: 90m, 12h, 30d, 2w. "
+            "Over 10,000 years: the whole log."
+        ),
+    ] = None,
     by: Annotated[str, typer.Option(help="Period: day | week | hour.")] = "day",
     html: Annotated[Path | None, typer.Option(help="Also write an HTML report with plots here.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,

@@ -125,3 +125,26 @@ def test_a_file_that_is_not_parquet_is_named_in_one_line(
     assert not out.exists()
     bad.unlink()
     assert tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store)).returncode == 0
+
+
+def test_since_longer_than_any_log_reads_it_all_and_m_is_minutes(
+    churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path
+) -> None:
+    """The audit: `--since 99999999999999999999d` and `1000000000w` were DuckDB overflow tracebacks;
+    `1m` (a minute, read as a month) was in no help text."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess)
+    (scored,) = log.glob("churn/date=*/*.parquet")
+    table = pq.read_table(scored)
+    earlier = pa.array([(time.time() - 7200) * 1e6] * table.num_rows, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    pq.write_table(table.set_column(table.schema.get_field_index("_at"), "_at", earlier), scored.with_name("e.parquet"))
+    figures = tmp_path / "figures.json"
+    counted = {}
+    for since in ("99999999999999999999d", "1000000000w", "90m", "3h"):
+        done = tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store),
+                        "--since", since, "--json", str(figures))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        counted[since] = sum(json.loads(figures.read_text())["rows"])
+    assert counted == {"99999999999999999999d": 4_000, "1000000000w": 4_000, "90m": 2_000, "3h": 4_000}
+    assert "m (minutes), h, d or w" in " ".join(tabserve("monitor", "--help").stdout.split())
+    refused = tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store), "--since", "1mo")
+    assert refused.returncode == 2 and "m (minutes), h, d or w" in refused.stderr
