@@ -105,15 +105,20 @@ class LogReader:
             query = f"SELECT * {f'REPLACE ({replaced}) ' if dates else ''}FROM predictions ORDER BY _at"
         if output.suffix.lower() not in (".parquet", ".csv") or output.is_dir():
             raise ValueError(f"--output {output}: name a .parquet or .csv file (it is written as its name says)")
-        logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
-        if self.location.local and Path(os.path.realpath(output)).is_relative_to(logged):
-            raise ValueError(f"--output {output} is inside the log's {self.model}/: it would be read as logged rows")
+        self.check_output(output, "--output")
         kind = "CSV, HEADER" if output.suffix.lower() == ".csv" else "PARQUET"
         output.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(output) as tmp:  # killed half-way, a valid-looking file cut short would be retrained on
             target = str(tmp).replace("'", "''")  # a quote in the name stays part of it
             self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
+
+    def check_output(self, output: Path, flag: str) -> None:
+        """Refuse a file to write inside the model's folder of the log: it would be read as logged rows,
+        or replace a log file."""
+        logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
+        if Path(os.path.realpath(output)).is_relative_to(logged):
+            raise ValueError(f"{flag} {output} is inside the log's {self.model}/: it would be read as logged rows")
 
     def _dates(self, store: Path) -> dict[str, str]:
         """Each logged date feature → SQL for the date its age counts back from, written as its version

@@ -822,15 +822,12 @@ def monitor(
             raise ValueError(f"--by takes {', '.join(PERIODS)}, not {by!r}")
         ref = release.resolve(bundle.models_dir(models_dir), model)
         with readable(log, ref.name):
-            report = build_report(LogReader(log, ref.name, ref.preprocess.id_columns), ref, since, by)
-        if json_out is not None:
-            import json
-
-            json_out.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
-        if html is not None:
-            from monitoring.html import write_html
-
-            write_html(report, html)
+            reader = LogReader(log, ref.name, ref.preprocess.id_columns)
+            for flag, path in (("--json", json_out), ("--html", html)):
+                if path is not None:
+                    reader.check_output(path, flag)
+            report = build_report(reader, ref, since, by)
+        _write_report(report, json_out, html)
     except ImportError as exc:
         _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError, bundle.BundleError) as exc:
@@ -838,6 +835,21 @@ def monitor(
     _print_report(report)
     if html is not None:
         console.print(f"report → {html}")
+
+
+def _write_report(report: Any, json_out: Path | None, html: Path | None) -> None:
+    """`--json` and `--html`, each written under a temporary name and renamed when whole."""
+    import json
+
+    from monitoring.html import write_html
+    from service.scoring.local import written_whole
+
+    if json_out is not None:
+        with written_whole(json_out) as tmp:
+            tmp.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
+    if html is not None:
+        with written_whole(html) as tmp:
+            write_html(report, tmp)
 
 
 def _print_report(report: Any, shown: int = 10) -> None:

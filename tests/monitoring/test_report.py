@@ -148,3 +148,36 @@ def test_since_longer_than_any_log_reads_it_all_and_m_is_minutes(
     assert "m (minutes), h, d or w" in " ".join(tabserve("monitor", "--help").stdout.split())
     refused = tabserve("monitor", "--model", "churn", "--log", str(log), "--models", str(store), "--since", "1mo")
     assert refused.returncode == 2 and "m (minutes), h, d or w" in refused.stderr
+
+
+def test_monitor_writes_json_and_html_whole_and_never_into_the_log(
+    churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path
+) -> None:
+    """The audit: --json and --html were written in place (a reader, or a link to the last report, saw
+    them half-written) and could be pointed at a file of the log, which export refuses."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess)
+    (scored,) = log.glob("churn/date=*/*.parquet")
+    before = scored.read_bytes()
+    monitor = ["monitor", "--model", "churn", "--log", str(log), "--models", str(store)]
+    for flag, path in (("--json", scored), ("--html", log / "churn" / "report.html")):
+        done = tabserve(*monitor, flag, str(path))
+        assert done.returncode == 2 and f"{flag} {path} is inside the log's churn/" in done.stderr, done.stderr
+    assert scored.read_bytes() == before and not (log / "churn" / "report.html").exists()
+    figures, page, last = tmp_path / "figures.json", tmp_path / "report.html", tmp_path / "last-week.json"
+    last.write_text("last week's figures")
+    os.link(last, figures)  # a file kept from the last run: a new report replaces the name, not its bytes
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".report.html.tmp-{dead.pid}"  # what a killed run left
+    stale.write_text("<html>cut sh")
+    done = tabserve(*monitor, "--json", str(figures), "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    assert last.read_text() == "last week's figures" and json.loads(figures.read_text())["rows"] == [2_000]
+    assert page.read_text().startswith("<!doctype html>") and "<svg" in page.read_text() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "figures.json",
+        "last-week.json",
+        "log",
+        "models",
+        "report.html",
+    ]
