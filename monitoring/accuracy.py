@@ -6,6 +6,7 @@ test split reading, so a figure means one thing wherever it is shown.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -20,6 +21,18 @@ if TYPE_CHECKING:
 
 ECE_BINS = 10  # equal-width probability bins, the usual choice for expected calibration error
 EPS = 1e-7  # probabilities clipped before their logs are taken (float32: 1 - 1e-7 is still < 1)
+
+
+def finite(doc: Any) -> Any:
+    """A document for JSON with each non-finite number as None: JSON has no Infinity (an outcome of
+    1e308 makes an infinite RMSE), and the route and `tabserve monitor --json` must say the same."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {key: finite(value) for key, value in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [finite(value) for value in doc]
+    return doc
 
 
 def auc(positive: np.ndarray, score: np.ndarray) -> float | None:

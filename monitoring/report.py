@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,15 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from monitoring.accuracy import calibration, metrics_of, truth_of
+from monitoring.accuracy import calibration, finite, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
 from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, DateParse, NumericFeature, Preprocess
+from service.scoring.local import written_whole
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
 
@@ -100,14 +105,20 @@ class LogReader:
             query = f"SELECT * {f'REPLACE ({replaced}) ' if dates else ''}FROM predictions ORDER BY _at"
         if output.suffix.lower() not in (".parquet", ".csv") or output.is_dir():
             raise ValueError(f"--output {output}: name a .parquet or .csv file (it is written as its name says)")
-        logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
-        if self.location.local and Path(os.path.realpath(output)).is_relative_to(logged):
-            raise ValueError(f"--output {output} is inside the log's {self.model}/: it would be read as logged rows")
+        self.check_output(output, "--output")
         kind = "CSV, HEADER" if output.suffix.lower() == ".csv" else "PARQUET"
         output.parent.mkdir(parents=True, exist_ok=True)
-        target = str(output).replace("'", "''")  # a quote in the name stays part of it
-        self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
+        with written_whole(output) as tmp:  # killed half-way, a valid-looking file cut short would be retrained on
+            target = str(tmp).replace("'", "''")  # a quote in the name stays part of it
+            self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
+
+    def check_output(self, output: Path, flag: str) -> None:
+        """Refuse a file to write inside the model's folder of the log: it would be read as logged rows,
+        or replace a log file."""
+        logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
+        if Path(os.path.realpath(output)).is_relative_to(logged):
+            raise ValueError(f"{flag} {output} is inside the log's {self.model}/: it would be read as logged rows")
 
     def _dates(self, store: Path) -> dict[str, str]:
         """Each logged date feature → SQL for the date its age counts back from, written as its version
@@ -138,6 +149,35 @@ class LogReader:
         """A query's answer as an Arrow table."""
         result: pa.Table = self.db.sql(query).to_arrow_table()
         return result
+
+
+@contextmanager
+def readable(root: str | Path, model: str) -> Iterator[None]:
+    """DuckDB's error for a file of the log it cannot read (not Parquet, cut short, not readable) as a
+    ValueError naming the file and what to do; any other error as it was."""
+    try:
+        yield
+    except (duckdb.InvalidInputException, duckdb.IOException) as exc:
+        location = LogLocation.of(root)
+        files = [*location.files(model), *location.files(model, FEEDBACK)]
+        named = [f for f in re.findall(r"'([^']+)'", str(exc)) if f in files]
+        found = named[0] if named else next((f for f in files if not _opens(f)), None)
+        if found is None:
+            raise
+        reason = re.sub(r"^[\w ]*Error: ", "", str(exc).splitlines()[0]).replace(f" '{found}'", "")
+        raise ValueError(
+            f"cannot read {found} as Parquet ({reason}): a file the log did not write, or one cut short; "
+            f"move it out of {root} and run again"
+        ) from None
+
+
+def _opens(path: str) -> bool:
+    """Whether a Parquet file's footer reads (DuckDB's message did not name the file)."""
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True
 
 
 def as_parquet_reads(table: pa.Table) -> pa.Table:
@@ -215,11 +255,11 @@ class Report:
     noise: dict[str, list[float]] = field(default_factory=dict)  # field → psi_noise per period (its rows, its bins)
 
     def to_json(self) -> dict[str, Any]:
-        """The report as JSON, with each PSI's usual reading."""
+        """The report as JSON, with each PSI's usual reading (a non-finite figure: null)."""
         doc = dict(vars(self))
         doc["readings"] = {name: self.readings(name) for name in self.psi}
         doc["status"] = NO_ROWS if self.empty else "ok"
-        return doc
+        return dict(finite(doc))
 
     def readings(self, name: str) -> list[str]:
         """Each period's reading of a field's PSI: too few rows where noise alone would pass 0.1."""
@@ -247,7 +287,8 @@ def build_report(reader: LogReader, ref: bundle.BundleRef, since: str | None, by
             f"{ref.name} version {ref.version} has no {bundle.DRIFT_FILE}: retrain it for drift monitoring"
         )
     reference = json.loads((ref.path / bundle.DRIFT_FILE).read_text())
-    span = f"_at >= now() - INTERVAL '{interval(since)}'" if since else "true"
+    ago = interval(since) if since else None
+    span = f"_at >= now() - INTERVAL '{ago}'" if ago else "true"
     present = set(reader._columns("predictions"))
     # this version's rows only: its training is the reference, and a canary's or a former champion's
     # scores are another model's (their own reports: name@version)
@@ -344,10 +385,14 @@ def score_sql(pre: Preprocess) -> str:
     return "list_max(_probabilities)::DOUBLE" if pre.task == "multiclass" else "_value::DOUBLE"
 
 
-def interval(since: str) -> str:
-    """`30d`, `12h`, `2w` → a DuckDB interval."""
-    units = {"d": "days", "h": "hours", "w": "weeks", "m": "minutes"}
+SINCE_UNITS = {"m": ("minutes", 1), "h": ("hours", 60), "d": ("days", 1440), "w": ("weeks", 10080)}  # in minutes
+WHOLE_LOG_MINUTES = 10_000 * 525_960  # a span over 10,000 years reads the whole log (DuckDB overflows far past it)
+
+
+def interval(since: str) -> str | None:
+    """`30d`, `12h`, `2w`, `90m` (minutes) → a DuckDB interval; None for a span longer than any log."""
     number, unit = since[:-1], since[-1:]
-    if unit not in units or not number.isdigit():
-        raise ValueError(f"--since takes a number and a unit (d, h, w or m), such as 30d, not {since!r}")
-    return f"{int(number)} {units[unit]}"
+    if unit not in SINCE_UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"--since takes a whole number and a unit, m (minutes), h, d or w, such as 30d, not {since!r}")
+    name, minutes = SINCE_UNITS[unit]
+    return f"{int(number)} {name}" if int(number) * minutes <= WHOLE_LOG_MINUTES else None

@@ -811,7 +811,7 @@ def log_export(
 ) -> None:
     """Write logged records to one file (with --labelled, ready for `tabserve train --data`)."""
     try:
-        from monitoring.report import LogReader
+        from monitoring.report import LogReader, readable
 
         store: Path | None = bundle.models_dir(models_dir)
         if store is not None and not (store / model).is_dir():  # said, not silent: which columns are dates is unknown
@@ -820,7 +820,8 @@ def log_export(
                 markup=False,
             )
             store = None
-        rows = LogReader(log, model).export(output, labelled, store)
+        with readable(log, model):
+            rows = LogReader(log, model).export(output, labelled, store)
     except ImportError as exc:
         _fail(f"the log commands need the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError) as exc:
@@ -833,7 +834,13 @@ def monitor(
     model: Annotated[str, typer.Option(help="Model name, or name@version: its training is the reference.")],
     log: Annotated[str, typer.Option("--log", help="The prediction log folder.")],
     models_dir: ModelsDir = None,
-    since: Annotated[str | None, typer.Option(help="Only the last span: 30d, 12h, 2w.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the last span: a whole number and m (minutes), h, d or w: 90m, 12h, 30d, 2w. "
+            "Over 10,000 years: the whole log."
+        ),
+    ] = None,
     by: Annotated[str, typer.Option(help="Period: day | week | hour.")] = "day",
     html: Annotated[Path | None, typer.Option(help="Also write an HTML report with plots here.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
@@ -841,20 +848,18 @@ def monitor(
     """Drift and live accuracy over the whole prediction log: PSI per feature per period against
     training (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act) and the labelled predictions' metrics."""
     try:
-        from monitoring.report import PERIODS, LogReader, build_report
+        from monitoring.report import PERIODS, LogReader, build_report, readable
 
         if by not in PERIODS:
             raise ValueError(f"--by takes {', '.join(PERIODS)}, not {by!r}")
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        report = build_report(LogReader(log, ref.name, ref.preprocess.id_columns), ref, since, by)
-        if json_out is not None:
-            import json
-
-            json_out.write_text(json.dumps(report.to_json(), indent=1))
-        if html is not None:
-            from monitoring.html import write_html
-
-            write_html(report, html)
+        with readable(log, ref.name):
+            reader = LogReader(log, ref.name, ref.preprocess.id_columns)
+            for flag, path in (("--json", json_out), ("--html", html)):
+                if path is not None:
+                    reader.check_output(path, flag)
+            report = build_report(reader, ref, since, by)
+        _write_report(report, json_out, html)
     except ImportError as exc:
         _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError, bundle.BundleError) as exc:
@@ -862,6 +867,21 @@ def monitor(
     _print_report(report)
     if html is not None:
         console.print(f"report → {html}")
+
+
+def _write_report(report: Any, json_out: Path | None, html: Path | None) -> None:
+    """`--json` and `--html`, each written under a temporary name and renamed when whole."""
+    import json
+
+    from monitoring.html import write_html
+    from service.scoring.local import written_whole
+
+    if json_out is not None:
+        with written_whole(json_out) as tmp:
+            tmp.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
+    if html is not None:
+        with written_whole(html) as tmp:
+            write_html(report, tmp)
 
 
 def _print_report(report: Any, shown: int = 10) -> None:
@@ -918,20 +938,12 @@ def _errors_file(path: Path | None) -> Iterator[Callable[[int, str], None] | Non
     if path is None:
         yield None
         return
-    from service.scoring.local import remove_stale, temporary
+    from service.scoring.local import written_whole
 
-    remove_stale(path)
-    tmp = temporary(path)
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["row", "error"])
-            yield lambda row, message: writer.writerow([row, message])
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with written_whole(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "error"])
+        yield lambda row, message: writer.writerow([row, message])
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
+from monitoring.accuracy import finite
 from service.api.deps import StoreDep, TelemetryDep
 from service.api.schema import example_record, feature_doc
 from service.store import LoadedModel, ModelNotFound
@@ -59,7 +60,7 @@ def monitor(name: str, store: StoreDep, telemetry: TelemetryDep) -> dict[str, An
         "versions": live.report() if live is not None else {},
         "training": {"test": model.metrics.get("test"), "positive_rate": model.metrics.get("positive_rate")},
     }
-    return {"model": model.name, "version": model.version, **model.drift.report(), "accuracy": accuracy}
+    return dict(finite({"model": model.name, "version": model.version, **model.drift.report(), "accuracy": accuracy}))
 
 
 @router.get("/{name}", responses={404: {}})

@@ -13,7 +13,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +55,7 @@ __all__ = [
     "score_stream",
     "scoring_workers",
     "temporary",
+    "written_whole",
 ]
 
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
@@ -639,10 +640,8 @@ def score_file(
     """Score `source` into `target` (format by extension) under a temporary name, then rename."""
     fmt = output_format_of(target)
     reader = open_source(source, chunk_rows, scorer.pre.read) if isinstance(source, Path) else source
-    remove_stale(target)
-    tmp = temporary(target)
-    try:
-        summary = score_stream(
+    with written_whole(target) as tmp:
+        return score_stream(
             scorer,
             reader,
             lambda schema: open_sink(tmp, schema, fmt),
@@ -652,12 +651,23 @@ def score_file(
             on_error=on_error,
             workers=workers,
         )
+
+
+@contextmanager
+def written_whole(target: Path) -> Iterator[Path]:
+    """A temporary name beside `target` to write, renamed onto it when the block ends and removed if
+    it fails (what killed runs left is removed first): a reader never sees a half-written file. A
+    link is written through, to the file it names."""
+    target = Path(os.path.realpath(target)) if target.is_symlink() else target
+    remove_stale(target)
+    tmp = temporary(target)
+    try:
+        yield tmp
         os.replace(tmp, target)
     except BaseException:
         with suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    return summary
 
 
 def temporary(target: Path, tag: str = "") -> Path:
