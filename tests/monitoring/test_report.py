@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def test_kill_9_while_exporting_leaves_nothing_under_the_final_name(
     out = tmp_path / "served.csv"
     command = [sys.executable, "-m", "tabserve.cli", "log", "export", "--model", "churn", "--log", str(log)]
     proc = subprocess.Popen([*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tmp = tmp_path / f".served.csv.tmp-{proc.pid}"
+    tmp = tmp_path / f".served.csv.tmp-{socket.gethostname()}@{proc.pid}"
     killed = False
     while proc.poll() is None and not killed:
         if tmp.exists() and tmp.stat().st_size > 1_000_000:  # half-way through the rows
