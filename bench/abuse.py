@@ -611,7 +611,6 @@ def report(results: list[Result]) -> None:
 
 def churn_bundle(models: Path | None, tmp: Path) -> Path:
     """The churn champion in `models`, trained first (quickly) if there is none."""
-    sys.path.insert(0, str(ROOT))
     from service import bundle, release
 
     store = models or tmp / "trained"

@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from checkout import ROOT
 from score import build, run_cli
 from serve import TELCO, churn_bundle, free_port, lua_script, server, telco_body, uvicorn_cmd, wrk
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("whole", "pinned", "quota", "busy")
 CGROUP = "tabserve-bench"
 TABSERVE = [sys.executable, "-m", "tabserve.cli"]

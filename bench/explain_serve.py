@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve import ROOT, churn_bundle, free_port, lua_script, server, telco_body, wrk
+from serve import churn_bundle, free_port, lua_script, server, telco_body, wrk
 
 
 def main() -> None:
@@ -26,7 +26,6 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--explain", default="4", help="reasons per record, or all")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     churn_bundle(args.models)
     plain = telco_body(1)
     explain: int | str = int(args.explain) if args.explain.isdigit() else args.explain

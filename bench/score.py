@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pcsv
+from checkout import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data" / "telco_churn.csv"
 
 
@@ -139,7 +139,6 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="runs of (a)-(c); the best counts")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from service import release
 
     ref = release.resolve(args.models, args.model)

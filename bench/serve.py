@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from checkout import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data" / "telco_churn.csv"
 NUMERIC = {"SeniorCitizen", "tenure", "MonthlyCharges", "TotalCharges"}
 
