@@ -96,7 +96,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("a", type=Path, help="checkout A (the baseline)")
     parser.add_argument("b", type=Path, help="checkout B (the change)")
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=ROOT / "models",
+        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
+    )
     parser.add_argument("--records", type=int, default=1, help="records per request")
     parser.add_argument("--v2", action="store_true", help="send KServe V2 requests instead of /predict")
     parser.add_argument("--conns", type=int, default=64)
