@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import checkout  # noqa: F401 - this checkout's code, not the editable install's
 import httpx
 import numpy as np
 import pandas as pd
@@ -110,8 +111,8 @@ def run(name: str, models: Path) -> str:
         return f"| {name} | refused | {error} |"
     seconds = time.perf_counter() - started
     scored = models / f"{name}.scored.csv"
-    tabserve = Path(sys.executable).with_name("tabserve")
-    score = [str(tabserve), "score", "--models-dir", str(models), "--model", name, "--input", str(path)]
+    cmd = [sys.executable, "-m", "tabserve.cli", "score", "--models-dir", str(models), "--model", name]
+    score = [*cmd, "--input", str(path)]
     done = subprocess.run([*score, "--output", str(scored)], capture_output=True, text=True)
     if done.returncode:
         return f"| {name} | **scoring failed** | {done.stderr.strip().splitlines()[-1]} |"

@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from checkout import ROOT
 from score import build, run_cli
 from serve import TELCO, churn_bundle, free_port, lua_script, server, telco_body, uvicorn_cmd, wrk
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("whole", "pinned", "quota", "busy")
 CGROUP = "tabserve-bench"
 TABSERVE = [sys.executable, "-m", "tabserve.cli"]
@@ -158,10 +158,9 @@ def serve_part(prefix: Prefix, driver: Prefix, store: Path, script: Path, args: 
 
 def score_part(prefix: Prefix, driver: Prefix, store: Path, source: Path, args: argparse.Namespace) -> dict[str, float]:
     """Best rows/s `tabserve score` reports for the CSV, and its wall seconds with start-up."""
-    target = Path(tempfile.mkdtemp(prefix="tabserve-budget-score-")) / "scored.csv"
-    with driver_on(driver):
+    with tempfile.TemporaryDirectory(prefix="tabserve-budget-score-") as folder, driver_on(driver):
+        target = Path(folder) / "scored.csv"
         runs = [run_cli("churn", store, source, target, command=[*prefix, *TABSERVE]) for _ in range(args.repeats)]
-    shutil.rmtree(target.parent, ignore_errors=True)
     best = max(runs)
     return {"score rows/s": best[0], "score wall s": best[1]}
 
@@ -170,13 +169,11 @@ def train_part(prefix: Prefix, driver: Prefix, args: argparse.Namespace) -> dict
     """Median wall seconds of `tabserve train` on telco with the default configuration."""
     walls = []
     for _ in range(args.train_repeats):
-        store = tempfile.mkdtemp(prefix="tabserve-budget-train-")
         cmd = [*prefix, *TABSERVE, "train", "--data", str(TELCO), "--target", "Churn", "--name", "churn"]
         started = time.perf_counter()
-        with driver_on(driver):
+        with tempfile.TemporaryDirectory(prefix="tabserve-budget-train-") as store, driver_on(driver):
             subprocess.run([*cmd, "--models-dir", store], check=True, capture_output=True, cwd=ROOT, env=_env())
         walls.append(time.perf_counter() - started)
-        shutil.rmtree(store, ignore_errors=True)
     return {"train s": statistics.median(walls)}
 
 
@@ -216,7 +213,10 @@ def main() -> None:
     parser.add_argument("--only", choices=("serve", "score", "train"), action="append", help="a part (repeatable)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of " + ", ".join(SCENARIOS))
     parser.add_argument(
-        "--models", type=Path, default=ROOT / "models", help="store with (or to train) the churn bundle"
+        "--models",
+        type=Path,
+        default=ROOT / "models",
+        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="serve: rotating rounds of the three servers")
     parser.add_argument("--seconds", type=int, default=5, help="serve: seconds per wrk run")
@@ -228,37 +228,40 @@ def main() -> None:
         sys.exit("wrk not found: apt-get install wrk")
     parts = args.only or ["serve", "score", "train"]
     names = [s for s in args.scenarios.split(",") if s]
-    work = Path(tempfile.mkdtemp(prefix="tabserve-budget-"))
-    store = work / "models"
-    shutil.copytree(churn_bundle(args.models), store / "churn" / "1")
-    script = lua_script(telco_body(1), work, "body1")
-    source = (
-        build(Path("/tmp/tabserve-bench-score") / f"telco_{args.rows}.csv", args.rows) if "score" in parts else None
-    )
-    results: dict[str, dict[str, dict[str, float]]] = {part: {} for part in parts}
-    budgets: dict[str, str] = {}
-    print(f"machine: {os.cpu_count()} CPUs; parts {', '.join(parts)}; scenarios {', '.join(names)}", flush=True)
-    for name in names:
-        with scenario(name) as constraint:
-            if constraint is None:
-                continue
-            prefix, driver = constraint
-            budgets[name] = budget_seen(prefix)
-            print(f"{name}: tabserve's CPU budget {budgets[name]}", flush=True)
-            for part in parts:
-                if part == "serve":
-                    results[part][name] = serve_part(prefix, driver, store, script, args)
-                elif part == "score":
-                    assert source is not None
-                    results[part][name] = score_part(prefix, driver, store, source, args)
-                else:
-                    results[part][name] = train_part(prefix, driver, args)
-                print(f"  {part}: " + ", ".join(f"{k} {v:,.2f}" for k, v in results[part][name].items()), flush=True)
-    for part in parts:
-        if results[part]:
-            report(part, results[part], budgets)
-    bars(results)
-    shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="tabserve-budget-") as folder:
+        work = Path(folder)
+        store = work / "models"
+        if "serve" in parts or "score" in parts:  # training makes its own store
+            shutil.copytree(churn_bundle(args.models), store / "churn" / "1")
+        script = lua_script(telco_body(1), work, "body1")
+        source = (
+            build(Path("/tmp/tabserve-bench-score") / f"telco_{args.rows}.csv", args.rows) if "score" in parts else None
+        )
+        results: dict[str, dict[str, dict[str, float]]] = {part: {} for part in parts}
+        budgets: dict[str, str] = {}
+        print(f"machine: {os.cpu_count()} CPUs; parts {', '.join(parts)}; scenarios {', '.join(names)}", flush=True)
+        for name in names:
+            with scenario(name) as constraint:
+                if constraint is None:
+                    continue
+                prefix, driver = constraint
+                budgets[name] = budget_seen(prefix)
+                print(f"{name}: tabserve's CPU budget {budgets[name]}", flush=True)
+                for part in parts:
+                    if part == "serve":
+                        results[part][name] = serve_part(prefix, driver, store, script, args)
+                    elif part == "score":
+                        assert source is not None
+                        results[part][name] = score_part(prefix, driver, store, source, args)
+                    else:
+                        results[part][name] = train_part(prefix, driver, args)
+                    print(
+                        f"  {part}: " + ", ".join(f"{k} {v:,.2f}" for k, v in results[part][name].items()), flush=True
+                    )
+        for part in parts:
+            if results[part]:
+                report(part, results[part], budgets)
+        bars(results)
 
 
 if __name__ == "__main__":

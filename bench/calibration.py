@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import checkout  # noqa: F401 - this checkout's code, not the editable install's
 import numpy as np
 import torch
 from quality import dataset, outer_split

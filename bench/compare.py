@@ -1,6 +1,7 @@
 """A/B: the service from two checkouts under the same wrk load, alternating, on this machine.
 
     git worktree add /tmp/old HEAD~3                           # a checkout of the baseline
+    (cd /tmp/old && python setup.py build_ext --inplace)       # its C accelerators (refused without)
     python bench/compare.py /tmp/old .                         # single record, 64 connections
     python bench/compare.py /tmp/old . --records 100 --pairs 8 # 100-record requests
     python bench/compare.py /tmp/old . --score                 # `tabserve score` of a 1 M-row CSV
@@ -11,16 +12,21 @@ On a shared machine, two benchmark runs minutes apart differ by more than most c
 measured (±20 %). Here both servers run side by side (the idle one costs nothing) and each pair
 runs A then B or B then A, alternating, 3 s each, so drift cancels out; the median of the B/A
 ratios is the figure, beside the server's CPU time per request (A/B: what B's extra work would cost
-in throughput where the server has the CPU to itself, far steadier than req/s here). Both serve the same model store (`--models`, the churn bundle by default).
+in throughput where the server has the CPU to itself, far steadier than req/s here). Both serve the
+same model store (`--models`: by default this checkout's models/, the churn bundle trained into it
+first if absent). A checkout with a C accelerator's source but not its module built (`*.so` files are
+not in git: a fresh worktree has none) runs the Python path: refused unless A and B miss the same ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -36,6 +42,47 @@ def cli(checkout: Path) -> list[str]:
     return [sys.executable, "-c", start]
 
 
+# which of a checkout's C accelerators (`service/**/*.c`, built by setup.py) import, the checkout first on sys.path
+PROBE = """
+import importlib, json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+sys.path.insert(0, str(root))
+built = {}
+for source in sorted(root.glob("service/**/*.c")):
+    module = ".".join(source.relative_to(root).with_suffix("").parts)
+    try:
+        importlib.import_module(module)
+        built[module] = True
+    except ImportError:
+        built[module] = False
+print(json.dumps(built))
+"""
+
+
+def accelerators(checkout: Path) -> dict[str, bool]:
+    """Whether each C accelerator `checkout` has the source of imports, as its servers would load it."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(checkout)], capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout))
+
+
+def same_accelerators(checkouts: dict[str, Path]) -> None:
+    """Refuse to compare a checkout that falls back to a Python path with one that does not."""
+    built = {name: accelerators(path) for name, path in checkouts.items()}
+    missing = {name: sorted(m for m, ok in found.items() if not ok) for name, found in built.items()}
+    for name, found in built.items():
+        print(
+            f"{name} ({checkouts[name]}): C accelerators " + (", ".join(m for m, ok in found.items() if ok) or "none")
+        )
+    if missing["A"] != missing["B"]:
+        lines = [
+            f"{name} ({checkouts[name]}) has not built {', '.join(gone)}: "
+            f"(cd {checkouts[name]} && {sys.executable} setup.py build_ext --inplace)"
+            for name, gone in missing.items()
+            if gone
+        ]
+        sys.exit("refused: A and B would not run the same C accelerators\n" + "\n".join(lines))
+
+
 def command(checkout: Path, models: Path, port: int, flags: str = "") -> list[str]:
     """`tabserve serve` with the code of `checkout` (it comes first on sys.path) and extra flags."""
     return [
@@ -49,7 +96,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("a", type=Path, help="checkout A (the baseline)")
     parser.add_argument("b", type=Path, help="checkout B (the change)")
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=ROOT / "models",
+        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
+    )
     parser.add_argument("--records", type=int, default=1, help="records per request")
     parser.add_argument("--v2", action="store_true", help="send KServe V2 requests instead of /predict")
     parser.add_argument("--conns", type=int, default=64)
@@ -57,18 +109,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--score", action="store_true", help="time `tabserve score` of a CSV instead")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the CSV (--score)")
-    parser.add_argument("--a-flags", default="", help="extra `tabserve serve` flags for A")
-    parser.add_argument("--b-flags", default="", help="extra `tabserve serve` flags for B (e.g. --log DIR)")
+    parser.add_argument("--a-flags", default="", help="extra flags for A's `tabserve serve` (`score` with --score)")
+    parser.add_argument("--b-flags", default="", help="extra flags for B's `tabserve serve` (e.g. --log DIR)")
     args = parser.parse_args()
+    same_accelerators({"A": args.a.resolve(), "B": args.b.resolve()})
     churn_bundle(args.models)
     if args.score:
         compare_scoring(args)
         return
     body = telco_body(args.records)
-    script = lua_script(v2_body(body) if args.v2 else body, Path(tempfile.mkdtemp(prefix="tabserve-ab-")), "body")
     route = "/v2/models/churn/infer" if args.v2 else "/predict"
     urls, pids = {}, {}
     with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tabserve-ab-")))
+        script = lua_script(v2_body(body) if args.v2 else body, folder, "body")
         for name, checkout, flags in (("A", args.a.resolve(), args.a_flags), ("B", args.b.resolve(), args.b_flags)):
             port = free_port()
             proc = stack.enter_context(server(command(checkout, args.models, port, flags), port, {}, "/health/ready"))
@@ -110,20 +164,23 @@ def cpu_s(pid: int) -> float:
 
 
 def compare_scoring(args: argparse.Namespace) -> None:
-    """B/A of the rows/s `tabserve score` reports for one CSV, runs alternating as for the service."""
-    work = Path(tempfile.mkdtemp(prefix="tabserve-ab-score-"))
+    """B/A of the rows/s `tabserve score` reports for one CSV, runs alternating as for the service
+    (--a-flags and --b-flags go to each side's `tabserve score`)."""
     source = build(Path("/tmp/tabserve-bench-score") / f"telco_{args.rows}.csv", args.rows)
     checkouts = {"A": args.a.resolve(), "B": args.b.resolve()}
-
-    def rate(name: str) -> float:
-        return run_cli("churn", args.models, source, work / f"{name}.csv", command=cli(checkouts[name]))[0]
-
+    flags = {"A": shlex.split(args.a_flags), "B": shlex.split(args.b_flags)}
     ratios = []
-    for i in range(args.pairs):
-        order = ["A", "B"] if i % 2 == 0 else ["B", "A"]
-        got = {name: rate(name) for name in order}
-        ratios.append(got["B"] / got["A"])
-        print(f"pair {i + 1}: A {got['A']:,.0f} rows/s, B {got['B']:,.0f} rows/s, B/A {ratios[-1]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tabserve-ab-score-") as work:
+
+        def rate(name: str) -> float:
+            target = Path(work) / f"{name}.csv"
+            return run_cli("churn", args.models, source, target, flags[name], command=cli(checkouts[name]))[0]
+
+        for i in range(args.pairs):
+            order = ["A", "B"] if i % 2 == 0 else ["B", "A"]
+            got = {name: rate(name) for name in order}
+            ratios.append(got["B"] / got["A"])
+            print(f"pair {i + 1}: A {got['A']:,.0f} rows/s, B {got['B']:,.0f} rows/s, B/A {ratios[-1]:.2f}", flush=True)
     print(f"CSV scoring, {args.rows:,} rows: B/A median {statistics.median(ratios):.2f}")
 
 

@@ -14,7 +14,6 @@ The measurement is tests/training/test_explain_shap.py's, which asserts on it wi
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from checkout import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the measurement lives in the test module
-
-from tests.training.test_explain_shap import Explained, agreement, explained, shapley, switched  # noqa: E402
+from tests.training.test_explain_shap import Explained, agreement, explained, shapley, switched
 
 DATASETS = {
     "telco": (ROOT / "data/telco_churn.csv", "Churn"),

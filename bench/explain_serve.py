@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve import ROOT, churn_bundle, free_port, lua_script, server, telco_body, wrk
+from serve import churn_bundle, free_port, lua_script, server, telco_body, wrk
 
 
 def main() -> None:
@@ -26,38 +26,38 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--explain", default="4", help="reasons per record, or all")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     churn_bundle(args.models)
     plain = telco_body(1)
     explain: int | str = int(args.explain) if args.explain.isdigit() else args.explain
     explained = json.dumps({**json.loads(plain), "explain": explain})
-    folder = Path(tempfile.mkdtemp(prefix="tabserve-explain-"))
-    scripts = {"plain": lua_script(plain, folder, "plain"), "explain": lua_script(explained, folder, "explain")}
-    port = free_port()
-    cmd = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(args.models), "--threads", "1"]
-    cmd += ["--log-level", "warning", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}/predict"
-    with server(cmd, port, {}, "/health/ready"):
-        for script in scripts.values():
-            wrk(url, script, 16, 1)  # warm-up
-        ratios, p99s = [], []
-        for i in range(args.pairs):
-            order = ["plain", "explain"] if i % 2 == 0 else ["explain", "plain"]
-            got = {name: wrk(url, scripts[name], args.conns, args.seconds) for name in order}
-            ratios.append(got["explain"][0] / got["plain"][0])
-            p99s.append(got["explain"][2])
-            errors = got["plain"][3] + got["explain"][3]
-            print(
-                f"pair {i + 1}: plain {got['plain'][0]:,.0f} req/s (p99 {got['plain'][2]:.1f} ms), "
-                f"explain {got['explain'][0]:,.0f} req/s (p99 {got['explain'][2]:.1f} ms), "
-                f"ratio {ratios[-1]:.2f}, errors {errors}",
-                flush=True,
-            )
-    print(
-        f"single record, explain={args.explain}, {args.conns} connections: explain / plain median "
-        f"{statistics.median(ratios):.2f} (required ≥ 0.5); explain p99 median {statistics.median(p99s):.1f} ms "
-        "(required ≤ 15 ms)"
-    )
+    with tempfile.TemporaryDirectory(prefix="tabserve-explain-") as tmp:
+        folder = Path(tmp)
+        scripts = {"plain": lua_script(plain, folder, "plain"), "explain": lua_script(explained, folder, "explain")}
+        port = free_port()
+        cmd = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(args.models), "--threads", "1"]
+        cmd += ["--log-level", "warning", "--port", str(port)]
+        url = f"http://127.0.0.1:{port}/predict"
+        with server(cmd, port, {}, "/health/ready"):
+            for script in scripts.values():
+                wrk(url, script, 16, 1)  # warm-up
+            ratios, p99s = [], []
+            for i in range(args.pairs):
+                order = ["plain", "explain"] if i % 2 == 0 else ["explain", "plain"]
+                got = {name: wrk(url, scripts[name], args.conns, args.seconds) for name in order}
+                ratios.append(got["explain"][0] / got["plain"][0])
+                p99s.append(got["explain"][2])
+                errors = got["plain"][3] + got["explain"][3]
+                print(
+                    f"pair {i + 1}: plain {got['plain'][0]:,.0f} req/s (p99 {got['plain'][2]:.1f} ms), "
+                    f"explain {got['explain'][0]:,.0f} req/s (p99 {got['explain'][2]:.1f} ms), "
+                    f"ratio {ratios[-1]:.2f}, errors {errors}",
+                    flush=True,
+                )
+        print(
+            f"single record, explain={args.explain}, {args.conns} connections: explain / plain median "
+            f"{statistics.median(ratios):.2f} (required ≥ 0.5); explain p99 median {statistics.median(p99s):.1f} ms "
+            "(required ≤ 15 ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+from checkout import ROOT
 
 from service.features import Preprocess
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def inputs(bundle: Path, rows: int, data: Path) -> dict[str, np.ndarray]:

@@ -87,7 +87,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--labelled", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=ROOT / "models",
+        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tabserve-bench-monitor"))
     args = parser.parse_args()
     churn_bundle(args.models)

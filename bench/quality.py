@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from checkout import ROOT
 from sklearn.model_selection import train_test_split
 
 from monitoring.accuracy import calibration_outcomes, ece, ece_floor
@@ -38,7 +39,6 @@ from training.config import build_config
 from training.evaluate import Baseline, GradientBoosting, task_metrics
 from training.pipeline import train
 
-ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = {
     "telco": (ROOT / "data/telco_churn.csv", "Churn"),
     "german": (ROOT / "data/german_credit.csv", "creditability"),

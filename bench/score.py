@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pcsv
+from checkout import ROOT
+from serve import churn_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data" / "telco_churn.csv"
 
 
@@ -131,7 +132,12 @@ def naive(model_dir: Path, source: Path, target: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=ROOT / "models",
+        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
+    )
     parser.add_argument("--model", default="churn", help="name or name@version in --models")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tabserve-bench-score"))
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -139,9 +145,10 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="runs of (a)-(c); the best counts")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from service import release
 
+    if args.model == "churn":
+        churn_bundle(args.models)
     ref = release.resolve(args.models, args.model)
     args.workdir.mkdir(parents=True, exist_ok=True)
     small = build(args.workdir / f"telco_{args.rows}.csv", args.rows)

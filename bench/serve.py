@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from checkout import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TELCO = ROOT / "data" / "telco_churn.csv"
 NUMERIC = {"SeniorCitizen", "tenure", "MonthlyCharges", "TotalCharges"}
 
@@ -193,7 +193,12 @@ def churn_bundle(models: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=ROOT / "models",
+        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
+    )
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--conns", default="1,16,64")
     parser.add_argument("--pairs", type=int, default=4, help="interleaved predict/V2 pairs for the V2 ratio")
@@ -204,8 +209,13 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
+    with tempfile.TemporaryDirectory(prefix="tabserve-bench-") as tmp:
+        benchmark(args, Path(tmp))
+
+
+def benchmark(args: argparse.Namespace, tmp: Path) -> None:
+    """Every server in turn, then the interleaved rounds and pairs; the report."""
     path = churn_bundle(args.models)
-    tmp = Path(tempfile.mkdtemp(prefix="tabserve-bench-"))
     store = tmp / "models"
     shutil.copytree(path, store / "churn" / "1")
     scripts = {n: lua_script(telco_body(n), tmp, f"body{n}") for n in (1, 100)}

@@ -23,21 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT
+
 TELCO = ROOT / "data/telco_churn.csv"
 
 
 def train_once(flags: str, data: Path = TELCO) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system) of one `tabserve train` run."""
-    store = tempfile.mkdtemp(prefix="tabserve-speed-")
     cmd = [sys.executable, "-m", "tabserve.cli", "train", "--data", str(data), "--target", "Churn"]
-    cmd += ["--models-dir", store, *shlex.split(flags)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="tabserve-speed-") as store:
+        cmd += ["--models-dir", store, *shlex.split(flags)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - started
     if done.returncode:  # the CLI's own error line, not a bare exit status
         sys.exit(f"tabserve train failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
