@@ -9,3 +9,5 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+# children's `python -m` would put the current directory (maybe another checkout) ahead of PYTHONPATH
+os.environ["PYTHONSAFEPATH"] = "1"

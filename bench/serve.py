@@ -126,6 +126,7 @@ def uvicorn_cmd(target: str, port: int, workers: int, factory: bool = False) -> 
     cmd = [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--http", "httptools", "--loop", "uvloop"]
     return [
         *cmd,
+        *("--app-dir", str(ROOT)),  # uvicorn puts it (default: the current directory) first on sys.path
         "--workers",
         str(workers),
         "--no-access-log",
