@@ -118,12 +118,12 @@ def budget_seen(prefix: Prefix) -> str:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "COLUMNS": "200"}
 
 
 def serve_part(prefix: Prefix, driver: Prefix, store: Path, script: Path, args: argparse.Namespace) -> dict[str, float]:
     """Median req/s and p99 of tabserve and both references, side by side, rounds rotating."""
-    env = {"TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1"), "PYTHONPATH": str(ROOT)}
+    env = {"TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1")}
     commands: dict[str, tuple[Callable[[int], list[str]], str]] = {
         "bare": (lambda port: uvicorn_cmd("bench.refs:bare", port, 1), "/"),
         "plain": (lambda port: uvicorn_cmd("bench.refs:plain_app", port, 1, factory=True), "/docs"),

@@ -224,7 +224,7 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> None:
     conns = [int(c) for c in args.conns.split(",")]
     results: list[Result] = []
     memory: dict[str, float] = {}
-    env = {"TABSERVE_THREADS": "1", "TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1"), "PYTHONPATH": str(ROOT)}
+    env = {"TABSERVE_THREADS": "1", "TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1")}
     tabserve = [
         sys.executable,
         "-m",
