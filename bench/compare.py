@@ -15,7 +15,8 @@ ratios is the figure, beside the server's CPU time per request (A/B: what B's ex
 in throughput where the server has the CPU to itself, far steadier than req/s here). Both serve the
 same model store (`--models`: by default this checkout's models/, the churn bundle trained into it
 first if absent). A checkout with a C accelerator's source but not its module built (`*.so` files are
-not in git: a fresh worktree has none) runs the Python path: refused unless A and B miss the same ones.
+not in git: a fresh worktree has none) runs the Python path: refused unless A and B miss the same ones;
+one built before its source's last edit runs the older code: refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -42,45 +44,56 @@ def cli(checkout: Path) -> list[str]:
     return [sys.executable, "-c", start]
 
 
-# which of a checkout's C accelerators (`service/**/*.c`, built by setup.py) import, the checkout first on sys.path
+# the checkout's own report of its C accelerators (service/accelerators.py), the checkout first on sys.path;
+# null where it has no such file (the editable install's finder would answer from the checkout it maps to)
 PROBE = """
-import importlib, json, pathlib, sys
-root = pathlib.Path(sys.argv[1])
-sys.path.insert(0, str(root))
-built = {}
-for source in sorted(root.glob("service/**/*.c")):
-    module = ".".join(source.relative_to(root).with_suffix("").parts)
-    try:
-        importlib.import_module(module)
-        built[module] = True
-    except ImportError:
-        built[module] = False
-print(json.dumps(built))
+import json, pathlib, sys
+sys.path.insert(0, sys.argv[1])
+own = pathlib.Path(sys.argv[1], "service", "accelerators.py").exists()
+if own:
+    from service.accelerators import accelerators
+print(json.dumps(accelerators() if own else None))
 """
 
 
 def accelerators(checkout: Path) -> dict[str, bool]:
-    """Whether each C accelerator `checkout` has the source of imports, as its servers would load it."""
+    """Whether each C accelerator of `checkout` imports, by its own service.accelerators ({} before it existed)."""
     done = subprocess.run([sys.executable, "-c", PROBE, str(checkout)], capture_output=True, text=True, check=True)
-    return dict(json.loads(done.stdout))
+    return dict(json.loads(done.stdout) or {})
+
+
+def unbuilt(checkout: Path) -> dict[str, str]:
+    """C sources with no module built for this Python, or one built before the source's last edit."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    found = {}
+    for source in sorted(checkout.glob("service/**/*.c")):
+        module = source.with_name(source.stem + suffix)
+        if not module.exists():
+            found[str(source.relative_to(checkout))] = "not built"
+        elif module.stat().st_mtime < source.stat().st_mtime:
+            found[str(source.relative_to(checkout))] = "built before its last edit"
+    return found
 
 
 def same_accelerators(checkouts: dict[str, Path]) -> None:
-    """Refuse to compare a checkout that falls back to a Python path with one that does not."""
-    built = {name: accelerators(path) for name, path in checkouts.items()}
-    missing = {name: sorted(m for m, ok in found.items() if not ok) for name, found in built.items()}
-    for name, found in built.items():
-        print(
-            f"{name} ({checkouts[name]}): C accelerators " + (", ".join(m for m, ok in found.items() if ok) or "none")
-        )
-    if missing["A"] != missing["B"]:
-        lines = [
-            f"{name} ({checkouts[name]}) has not built {', '.join(gone)}: "
-            f"(cd {checkouts[name]} && {sys.executable} setup.py build_ext --inplace)"
-            for name, gone in missing.items()
-            if gone
-        ]
-        sys.exit("refused: A and B would not run the same C accelerators\n" + "\n".join(lines))
+    """Refuse checkouts that run different C code: a module missing on one side only (its Python path
+    runs instead), or built before its source was edited (it imports, but runs the older code)."""
+    problems: dict[str, list[str]] = {}
+    for name, path in checkouts.items():
+        built = accelerators(path)
+        print(f"{name} ({path}): C accelerators " + (", ".join(m for m, ok in built.items() if ok) or "none"))
+        problems[name] = [f"{m} missing" for m, ok in built.items() if not ok]
+        problems[name] += [f"{source} {why}" for source, why in unbuilt(path).items()]
+    outdated = any("before" in problem for found in problems.values() for problem in found)
+    if len({repr(found) for found in problems.values()}) == 1 and not outdated:
+        return  # the same ones missing on every side (or none): the same code
+    lines = [
+        f"{name} ({checkouts[name]}): {', '.join(found)}: "
+        f"(cd {checkouts[name]} && {sys.executable} setup.py build_ext --inplace)"
+        for name, found in problems.items()
+        if found
+    ]
+    sys.exit(f"refused: {' and '.join(checkouts)} would not run the same C code\n" + "\n".join(lines))
 
 
 def command(checkout: Path, models: Path, port: int, flags: str = "") -> list[str]:
