@@ -3,6 +3,9 @@
     python bench/feedback_memory.py                    # this checkout
     python bench/feedback_memory.py --checkout /tmp/a  # another one (a `git worktree`), same machine
 
+A --checkout that would run other C code than this one (a fresh worktree has no `*.so`: `python
+setup.py build_ext --inplace` there) is refused, by bench/compare.py's check.
+
 A served churn model logs 400 requests of 50 records whose `gender` is a 5,000-character unseen
 level (logged as sent: 20,000 rows, ~100 MB of text in the open segment), then 20 one-record
 `POST /models/churn/feedback` calls arrive at once. Each call looks its ids up in the log; the
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
-from compare import cli
+from compare import cli, same_accelerators
 from score import TELCO
 from serve import ROOT, churn_bundle, free_port, server
 
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the code to serve (default: this one)")
     parser.add_argument("--calls", type=int, default=20)
     args = parser.parse_args()
+    same_accelerators({"this checkout": ROOT, "--checkout": args.checkout.resolve()})  # else not comparable
     with tempfile.TemporaryDirectory(prefix="tabserve-feedback-") as folder:
         measure(Path(folder), args)
 
