@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import httpx
 import numpy as np
 import pandas as pd
 from quality import CACHE, packaged
-from serve import free_port, server
+from serve import TABSERVE, free_port, server
 
 from training.config import build_config
 from training.data import DataError
@@ -111,7 +110,7 @@ def run(name: str, models: Path) -> str:
         return f"| {name} | refused | {error} |"
     seconds = time.perf_counter() - started
     scored = models / f"{name}.scored.csv"
-    cmd = [sys.executable, "-m", "tabserve.cli", "score", "--models-dir", str(models), "--model", name]
+    cmd = [*TABSERVE, "score", "--models-dir", str(models), "--model", name]
     score = [*cmd, "--input", str(path)]
     done = subprocess.run([*score, "--output", str(scored)], capture_output=True, text=True)
     if done.returncode:
@@ -167,7 +166,7 @@ def main() -> None:
             published += [name] if "rows scored" in row else []
             print(row, flush=True)
         port = free_port()
-        serve = [sys.executable, "-m", "tabserve.cli", "serve", "--models", str(models), "--port", str(port)]
+        serve = [*TABSERVE, "serve", "--models", str(models), "--port", str(port)]
         print("\n| data | served over HTTP | against the scored file |\n|---|---|---|", flush=True)
         with server(serve, port, {}, "/health/ready"):
             for name in published:

@@ -34,11 +34,10 @@ from pathlib import Path
 import httpx
 from checkout import ROOT
 from score import build, run_cli
-from serve import TELCO, churn_bundle, free_port, lua_script, server, telco_body, uvicorn_cmd, wrk
+from serve import TABSERVE, TELCO, add_models, churn_bundle, free_port, lua_script, server, telco_body, uvicorn_cmd, wrk
 
 SCENARIOS = ("whole", "pinned", "quota", "busy")
 CGROUP = "tabserve-bench"
-TABSERVE = [sys.executable, "-m", "tabserve.cli"]
 Prefix = list[str]
 UNRATIOED = {"ORT threads"}  # figures shown without their ratio to the whole machine
 
@@ -212,12 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--only", choices=("serve", "score", "train"), action="append", help="a part (repeatable)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of " + ", ".join(SCENARIOS))
-    parser.add_argument(
-        "--models",
-        type=Path,
-        default=ROOT / "models",
-        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
-    )
+    add_models(parser)
     parser.add_argument("--rounds", type=int, default=3, help="serve: rotating rounds of the three servers")
     parser.add_argument("--seconds", type=int, default=5, help="serve: seconds per wrk run")
     parser.add_argument("--rows", type=int, default=1_000_000, help="score: rows of the CSV")

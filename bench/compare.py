@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from score import build, run_cli
-from serve import ROOT, churn_bundle, free_port, lua_script, server, telco_body, v2_body, wrk
+from serve import add_models, churn_bundle, free_port, lua_script, server, telco_body, v2_body, wrk
 
 
 def cli(checkout: Path) -> list[str]:
@@ -109,12 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("a", type=Path, help="checkout A (the baseline)")
     parser.add_argument("b", type=Path, help="checkout B (the change)")
-    parser.add_argument(
-        "--models",
-        type=Path,
-        default=ROOT / "models",
-        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
-    )
+    add_models(parser)
     parser.add_argument("--records", type=int, default=1, help="records per request")
     parser.add_argument("--v2", action="store_true", help="send KServe V2 requests instead of /predict")
     parser.add_argument("--conns", type=int, default=64)

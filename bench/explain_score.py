@@ -13,26 +13,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from score import ROOT, build, run_cli
-from serve import churn_bundle
+from score import build, named_bundle, run_cli
+from serve import add_models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument(
-        "--models",
-        type=Path,
-        default=ROOT / "models",
-        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
-    )
+    add_models(parser)
     parser.add_argument("--model", default="churn", help="name or name@version in --models")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tabserve-bench-score"))
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--pairs", type=int, default=3, help="plain/explain pairs; the best of each counts")
     parser.add_argument("--explain", default="4", help="reasons per row, or all")
     args = parser.parse_args()
-    if args.model == "churn":
-        churn_bundle(args.models)
+    named_bundle(args.models, args.model)
     args.workdir.mkdir(parents=True, exist_ok=True)
     source = build(args.workdir / f"telco_{args.rows}.csv", args.rows)
     target = args.workdir / "scored.csv"

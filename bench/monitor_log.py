@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from score import TELCO
-from serve import ROOT, churn_bundle
+from serve import add_models, churn_bundle
 
 DAY = 86_400 * 1_000_000  # in the log's microseconds
 FILE_ROWS = 500_000
@@ -87,12 +87,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--labelled", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--models",
-        type=Path,
-        default=ROOT / "models",
-        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
-    )
+    add_models(parser)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tabserve-bench-monitor"))
     args = parser.parse_args()
     churn_bundle(args.models)

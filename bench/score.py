@@ -19,15 +19,18 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.csv as pcsv
 from checkout import ROOT
-from serve import churn_bundle
+from serve import TABSERVE, add_models, churn_bundle
+
+if TYPE_CHECKING:
+    from service.bundle import BundleRef
 
 TELCO = ROOT / "data" / "telco_churn.csv"
 
@@ -76,7 +79,7 @@ def run_cli(
     source: Path,
     target: Path,
     extra: Sequence[str] = (),
-    command: Sequence[str] = (sys.executable, "-m", "tabserve.cli"),
+    command: Sequence[str] = TABSERVE,
 ) -> tuple[float, float, float]:
     """(rows/s the CLI reports, wall seconds, peak RSS MB) of one `tabserve score` process
     (`command`: how to run `tabserve`, e.g. another checkout's code)."""
@@ -107,6 +110,15 @@ def _hwm_kb(pid: int) -> int:
     return int(found.group(1)) if found else 0
 
 
+def named_bundle(models: Path, model: str) -> BundleRef:
+    """The bundle `model` names in `models`; the churn bundle trained first if it is the one and absent."""
+    from service import release
+
+    if model == "churn":
+        churn_bundle(models)
+    return release.resolve(models, model)
+
+
 def naive(model_dir: Path, source: Path, target: Path) -> float:
     """rows/s of what a quick script does: pandas, per-row encoding, one session.run, to_csv."""
     import onnxruntime as ort
@@ -132,12 +144,7 @@ def naive(model_dir: Path, source: Path, target: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument(
-        "--models",
-        type=Path,
-        default=ROOT / "models",
-        help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
-    )
+    add_models(parser)
     parser.add_argument("--model", default="churn", help="name or name@version in --models")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tabserve-bench-score"))
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -145,11 +152,7 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="runs of (a)-(c); the best counts")
     args = parser.parse_args()
-    from service import release
-
-    if args.model == "churn":
-        churn_bundle(args.models)
-    ref = release.resolve(args.models, args.model)
+    ref = named_bundle(args.models, args.model)
     args.workdir.mkdir(parents=True, exist_ok=True)
     small = build(args.workdir / f"telco_{args.rows}.csv", args.rows)
     print(f"model {ref.name} v{ref.version}; input {small} ({small.stat().st_size / 1e6:.0f} MB)", flush=True)

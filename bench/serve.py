@@ -39,6 +39,7 @@ import httpx
 from checkout import ROOT
 
 TELCO = ROOT / "data" / "telco_churn.csv"
+TABSERVE = (sys.executable, "-m", "tabserve.cli")  # this checkout's, by checkout.py's PYTHONPATH
 NUMERIC = {"SeniorCitizen", "tenure", "MonthlyCharges", "TotalCharges"}
 
 
@@ -174,9 +175,7 @@ def churn_bundle(models: Path) -> Path:
     if not bundle.versions(models, "churn"):
         subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "tabserve.cli",
+                *TABSERVE,
                 "train",
                 "--data",
                 str(TELCO),
@@ -192,14 +191,19 @@ def churn_bundle(models: Path) -> Path:
     return release.resolve(models, "churn").path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_models(parser: argparse.ArgumentParser) -> None:
+    """The --models option: a store with the churn bundle (see churn_bundle), by default this checkout's."""
     parser.add_argument(
         "--models",
         type=Path,
         default=ROOT / "models",
         help="store with the churn bundle, trained into it first if absent (default: this checkout's models/)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_models(parser)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--conns", default="1,16,64")
     parser.add_argument("--pairs", type=int, default=4, help="interleaved predict/V2 pairs for the V2 ratio")
@@ -226,9 +230,7 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> None:
     memory: dict[str, float] = {}
     env = {"TABSERVE_THREADS": "1", "TABSERVE_BENCH_BUNDLE": str(store / "churn" / "1")}
     tabserve = [
-        sys.executable,
-        "-m",
-        "tabserve.cli",
+        *TABSERVE,
         "serve",
         "--models",
         str(store),
