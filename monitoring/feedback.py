@@ -12,6 +12,7 @@ import fcntl
 import functools
 import io
 import itertools
+import logging
 import math
 import re
 import secrets
@@ -46,6 +47,7 @@ MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call hol
 COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
 MERGED_FILES = 8  # a day's merged files at which the next merge takes them in too: the day's file count is bounded
 MERGED = "merged-"
+logger = logging.getLogger("tabserve.feedback")
 _files = itertools.count()
 _tag = secrets.token_hex(4)
 
@@ -372,7 +374,10 @@ class Feedback:
         folder = f"{self.location.root}/{self.model}/{FEEDBACK}/date={day_of(now)}"
         write_whole(self.location, pa.table(columns), folder, f"{_tag}-{int(now)}-{next(_files)}.parquet")
         if self.location.local:
-            compact(self.location, folder)
+            try:  # housekeeping: the outcomes are stored; a failed merge failing the call made clients store them twice
+                compact(self.location, folder)
+            except Exception:
+                logger.exception("merging the feedback files of %s failed (the outcomes are stored)", folder)
 
 
 def compact(location: LogLocation, folder: str) -> None:
@@ -392,11 +397,28 @@ def compact(location: LogLocation, folder: str) -> None:
         small, merged = _day_files(folder)  # listed again: another process may have merged them just before
         if len(small) <= COMPACT_FILES:
             return
-        sources = small + (merged if len(merged) >= MERGED_FILES else [])  # only the lock holder removes merged
-        table = pa.concat_tables([pq.read_table(p) for p in sources], promote_options="permissive")
+        # only the lock holder removes merged files
+        sources, tables = _readable(small + (merged if len(merged) >= MERGED_FILES else []))
+        if not tables:
+            return
+        table = pa.concat_tables(tables, promote_options="permissive")
         write_whole(location, table.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet")
         for p in sources:
             p.unlink(missing_ok=True)
+
+
+def _readable(paths: list[Path]) -> tuple[list[Path], list[pa.Table]]:
+    """The files that read as Parquet, and their tables; one that does not is logged and left where it is
+    for a person to look at (merged, its rows would be lost to the removal), never merged or removed."""
+    read, tables = [], []
+    for path in paths:
+        try:
+            tables.append(pq.read_table(path))
+        except (pa.ArrowException, OSError) as exc:
+            logger.error("feedback file %s is not readable Parquet (%s): left out of the merge; move it out", path, exc)
+            continue
+        read.append(path)
+    return read, tables
 
 
 def _day_files(folder: str) -> tuple[list[Path], list[Path]]:

@@ -154,3 +154,44 @@ def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Se
     assert f"the prediction log holds {bad}, which is not readable Parquet" in answer.json()["error"]
     assert said.returncode == 2 and str(bad) in said.stderr and "nothing was stored" in said.stderr, said.stderr
     assert post_csv(served, f"customerID,Churn\n{first},No\n".encode()).status_code == 200
+
+
+def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(served: Server) -> None:
+    """A feedback file cut short made compaction raise after the call's outcome was stored: a 500 with
+    a traceback, the client sent it again (stored twice), and every later call that day failed too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from monitoring.feedback import COMPACT_FILES
+    from monitoring.log import day_of
+
+    first = ids(1)[0]
+    day = served.store.parent / "log" / "churn" / "feedback" / f"date={day_of(time.time())}"
+    day.mkdir(parents=True, exist_ok=True)
+
+    def sent(customer: str) -> int:
+        files = [f for f in day.glob("*.parquet") if f.name != "cut.parquet"]
+        stored = pa.concat_tables(
+            [pq.read_table(f, columns=["customerID"]) for f in files]
+            or [pa.table({"customerID": pa.array([], pa.string())})]
+        )
+        return int(pc.sum(pc.equal(stored["customerID"], customer)).as_py() or 0)
+
+    before = sent(first)
+    at = pa.array([time.time_ns() // 1000], pa.timestamp("us", tz="UTC"))
+    one = pa.table({"customerID": ["z-old"], "_outcome": ["No"], "_target": ["Churn"], "_at": at})
+    for i in range(COMPACT_FILES):  # the next call's own file makes more than COMPACT_FILES: a merge
+        pq.write_table(one, day / f"old-{i:03d}.parquet")
+    whole = (day / "old-000.parquet").read_bytes()
+    bad = day / "cut.parquet"
+    bad.write_bytes(whole[: len(whole) // 2])  # a disk that filled mid-write
+    try:
+        answers = [post_csv(served, f"customerID,Churn\n{first},Yes\n".encode()) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200], answers[0].text
+        assert [a.json()["stored"] for a in answers] == [1, 1]
+        assert bad.exists() and str(bad) in served.output()  # left where it is, and named in the log
+        readable = [pq.read_table(f) for f in sorted(day.glob("*.parquet")) if f != bad]
+        assert len(readable) < COMPACT_FILES  # the readable ones were merged all the same
+        assert sent(first) == before + 2 and sent("z-old") == COMPACT_FILES  # once per call, never more
+    finally:
+        bad.unlink(missing_ok=True)
