@@ -739,6 +739,10 @@ def feedback(
     from monitoring.feedback import Feedback, NotUtf8, in_record, records_of
     from monitoring.log import LogLocation
     from service.errors import InputError
+    from service.features import text_encoding
+
+    if not text_encoding(encoding):  # checked alone: a LookupError caught around the work hid its bugs as this
+        _fail(f"--encoding: {encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252)")
 
     media = "application/json" if input.name.lower().removesuffix(".gz").endswith(".json") else "text/csv"
 
@@ -764,8 +768,6 @@ def feedback(
         if not exc.details:  # the file as a whole (empty, not CSV) or the log: no record was looked at
             _fail(f"nothing stored: {input}: {exc}")
         _fail(f"nothing stored: {where(exc.details[0]).strip()} ({len(exc.details):,} record(s) refused)")
-    except LookupError:
-        _fail(f"--encoding {encoding}: no such encoding")
     except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
     twice = len(stored.duplicates)

@@ -195,3 +195,12 @@ def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(serv
         assert sent(first) == before + 2 and sent("z-old") == COMPACT_FILES  # once per call, never more
     finally:
         bad.unlink(missing_ok=True)
+
+
+def test_an_encoding_that_is_no_text_encoding_is_refused_as_score_refuses_it(served: Server, tmp_path: Path) -> None:
+    """`--encoding` was checked by catching LookupError around the whole command, which also caught any
+    KeyError or IndexError as "no such encoding"; `base64` (a codec, not a text encoding) was said not to exist."""
+    (tmp_path / "one.csv").write_text(f"customerID,Churn\n{ids(1)[0]},No\n")
+    for name in ("nope", "base64"):
+        said = feedback_cli(served, tmp_path / "one.csv", "--encoding", name)
+        assert said.returncode == 2 and f"--encoding: '{name}' is not a text encoding Python knows" in said.stderr
