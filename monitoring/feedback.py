@@ -158,6 +158,23 @@ def _offset(place: Place, start: int, index: int) -> str:
 UNREADABLE_ID = "an id beyond 64 bits or nested this deep was never scored; send the id as a string"
 
 
+@dataclass
+class _First:
+    """An id's first record in a submission: a later one with another outcome is refused, one with the
+    same outcome shares its fate (stored once, or refused with it)."""
+
+    record: int
+    outcome: str
+    refusal: dict[str, Any] | None = None
+
+
+def _refuse_unless(partial: bool, refused: list[dict[str, Any]]) -> None:
+    """Without `partial`, any refused record refuses the submission, named by the first."""
+    if refused and not partial:
+        first = refused[0]
+        raise InputError("invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused)
+
+
 class Feedback:
     """One model's feedback: checked against its contract and its log, then stored."""
 
@@ -179,45 +196,57 @@ class Feedback:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
         submission that has bad ones (else nothing is stored and every bad record is named); without
         `write`, only say what would be stored. A message names another record as `place` words it."""
+        done = self._chunk(records, 0, {}, place)
+        _refuse_unless(partial, done.refused)
+        if done.labelled and write:
+            self._write([item.key for item in done.labelled], [item.outcome for item in done.labelled])
+        return done
+
+    def _chunk(
+        self, records: list[dict[str, Any]], start: int, firsts: dict[tuple[str, ...], _First], place: Place
+    ) -> Stored:
+        """Records numbered from `start` in their submission checked, nothing stored; `firsts` holds the
+        first record of each id in the submission so far, and is added to."""
         if not self.pre.id_columns:
             raise InputError(
                 "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
             )
         keys, outcomes, refused = self._checked(records)
-        seen: dict[tuple[str, ...], int] = {}
-        duplicates = []
-        for i, key in enumerate(keys):  # one id, two outcomes in one submission: which is meant is a guess
-            if key is None or seen.setdefault(key, i) == i:
-                continue
-            if outcomes[seen[key]] != outcomes[i]:
-                message = f"id {', '.join(key)} has another outcome in {place(seen[key])} of this submission"
-                refused.append(self._bad(i, self.pre.id_columns[0], message))
-            else:  # the same outcome again (`yes` for `Yes` too): stored and counted once, as the window counts it
-                duplicates.append(i)
-            keys[i] = None
-        found = self.latest({k for k in keys if k is not None})
+        refused = [{**d, "record": start + d["record"]} for d in refused]
+        column = self.pre.id_columns[0]
+        new, repeats = [], []
         for i, key in enumerate(keys):
-            if key is not None and key not in found:
-                refused.append(
-                    self._bad(
-                        i,
-                        self.pre.id_columns[0],
-                        f"id {', '.join(key)} is not in the prediction log of {self.model} "
-                        "(never scored, or its request not logged: --log-sample)",
-                    )
-                )
-        refused.sort(key=lambda d: d["record"])
-        if refused and not partial:
-            first = refused[0]
-            raise InputError(
-                "invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused
+            if key is None:
+                continue
+            first = firsts.setdefault(key, _First(start + i, outcomes[i]))
+            if first.record == start + i:
+                new.append(i)
+            elif first.outcome != outcomes[i]:  # one id, two outcomes in one submission: which is meant is a guess
+                message = f"id {', '.join(key)} has another outcome in {place(first.record)} of this submission"
+                refused.append(self._bad(start + i, column, message))
+            else:
+                repeats.append(i)
+        found = self.latest({keys[i] for i in new})
+        labelled = []
+        for i in new:
+            if keys[i] in found:
+                labelled.append(Labelled(keys[i], *found[keys[i]], outcomes[i]))
+                continue
+            message = (
+                f"id {', '.join(keys[i])} is not in the prediction log of {self.model} "
+                "(never scored, or its request not logged: --log-sample)"
             )
-        bad = {d["record"] for d in refused} | set(duplicates)
-        good = [i for i in range(len(records)) if i not in bad]
-        if good and write:
-            self._write([keys[i] for i in good], [outcomes[i] for i in good])
-        labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
-        return Stored(len(good), labelled, refused, duplicates)
+            refusal = firsts[keys[i]].refusal = self._bad(start + i, column, message)
+            refused.append(refusal)
+        duplicates = []
+        for i in repeats:  # the same outcome again (`yes` for `Yes` too): stored once, as the window counts it
+            why = firsts[keys[i]].refusal  # or refused as its first copy was, never said "stored once"
+            if why is None:
+                duplicates.append(start + i)
+            else:
+                refused.append({**why, "record": start + i})
+        refused.sort(key=lambda d: d["record"])
+        return Stored(len(labelled), labelled, refused, duplicates)
 
     def submit_file(
         self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS, place: Place = in_record

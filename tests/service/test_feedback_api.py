@@ -204,3 +204,18 @@ def test_an_encoding_that_is_no_text_encoding_is_refused_as_score_refuses_it(ser
     for name in ("nope", "base64"):
         said = feedback_cli(served, tmp_path / "one.csv", "--encoding", name)
         assert said.returncode == 2 and f"--encoding: '{name}' is not a text encoding Python knows" in said.stderr
+
+
+def test_a_repeat_of_a_refused_record_is_refused_with_it_not_stored_once(served: Server, tmp_path: Path) -> None:
+    """Two records for an id never scored, with `partial`, answered `stored 0, duplicates [1], refused [0]`,
+    and the CLI said the repeat was "stored once": it is refused with its first copy's message."""
+    sent = {"records": [{"customerID": "never-scored", "Churn": "Yes"}, {"customerID": "never-scored", "Churn": "yes"}]}
+    answer = httpx.post(served.url + "/models/churn/feedback", params={"partial": "true"}, json=sent).json()
+    assert (answer["stored"], answer["duplicates"]) == (0, []), answer
+    assert [d["record"] for d in answer["refused"]] == [0, 1]
+    assert answer["refused"][0]["message"] == answer["refused"][1]["message"]
+    assert "is not in the prediction log of churn" in answer["refused"][1]["message"]
+    (tmp_path / "twice.csv").write_text("customerID,Churn\nnever-scored,No\nnever-scored,no\n")
+    said = feedback_cli(served, tmp_path / "twice.csv", "--partial")
+    assert said.returncode == 0 and "0 outcome(s) stored, 2 refused" in said.stdout, said.stdout
+    assert "repeated" not in said.stdout and said.stdout.count("is not in the prediction log") == 2
