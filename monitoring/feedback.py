@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import functools
 import io
 import itertools
 import logging
@@ -150,10 +149,6 @@ def in_record(index: int) -> str:
     return f"record {index}"
 
 
-def _offset(place: Place, start: int, index: int) -> str:
-    return place(start + index)
-
-
 # what /predict says of such an id: it could never have been scored, so no outcome can match it
 UNREADABLE_ID = "an id beyond 64 bits or nested this deep was never scored; send the id as a string"
 
@@ -252,35 +247,20 @@ class Feedback:
         self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS, place: Place = in_record
     ) -> Stored:
         """A file's outcomes, `chunk` records per call (a call's bound on memory): every chunk is checked
-        before any is stored, so without `partial` one bad record stores nothing, as in one call; an id
-        given two outcomes in different chunks is refused as within one. Records are numbered in the file."""
-        refused: list[dict[str, Any]] = []
-        duplicates: list[int] = []
-        good: list[list[int]] = []
-        first: dict[tuple[str, ...], tuple[int, str]] = {}
+        before any is stored, and each id's first record is kept across chunks, so the answer is the one
+        a single call would give whatever the chunk size. Records are numbered in the file."""
+        firsts: dict[tuple[str, ...], _First] = {}
+        refused, duplicates, good = [], [], []
         for start in range(0, len(records), chunk):
-            numbered = functools.partial(_offset, place, start)  # a chunk's record i is the file's start + i
-            part = self.submit(records[start : start + chunk], partial=True, write=False, place=numbered)
-            bad = {d["record"] for d in part.refused} | set(part.duplicates)
-            refused += [{**d, "record": start + d["record"]} for d in part.refused]
-            duplicates += [start + i for i in part.duplicates]
-            kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
-            for i, item in zip(kept, part.labelled, strict=True):
-                seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
-                if outcome != item.outcome:
-                    message = f"id {', '.join(item.key)} has another outcome in {place(seen)} of this submission"
-                    refused.append(self._bad(start + i, self.pre.id_columns[0], message))
-                elif seen != start + i:
-                    duplicates.append(start + i)
-                if seen != start + i:
-                    bad.add(i)
-            good.append([start + i for i in kept if i not in bad])
+            part = self._chunk(records[start : start + chunk], start, firsts, place)
+            refused += part.refused
+            duplicates += part.duplicates
+            good.append([(item.key, item.outcome) for item in part.labelled])  # not their outputs: a file's worth
         refused.sort(key=lambda d: d["record"])
-        if refused and not partial:
-            head = refused[0]
-            raise InputError("invalid", f"record {head['record']}, field '{head['field']}': {head['message']}", refused)
-        stored = sum(self.submit([records[i] for i in rows], partial=True).stored for rows in good if rows)
-        return Stored(stored, [], refused, sorted(duplicates))
+        _refuse_unless(partial, refused)
+        for pairs in filter(None, good):
+            self._write([key for key, _ in pairs], [outcome for _, outcome in pairs])
+        return Stored(sum(map(len, good)), [], refused, duplicates)
 
     def _checked(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
         """Each record's id key and outcome text (None where the record is bad) and what is wrong."""
