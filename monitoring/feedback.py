@@ -31,6 +31,7 @@ from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_who
 from service.errors import InputError
 from service.features import (
     Preprocess,
+    Reading,
     category_key,
     missing_outcomes,
     named_twice,
@@ -39,7 +40,7 @@ from service.features import (
     stripped,
 )
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import bom_encoding, sniff_sep
+from service.scoring.files import CsvSource, bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
@@ -118,19 +119,31 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
     twice = named_twice(names)
     if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
         raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
-    try:  # one thread: pyarrow then names the line of a ragged row
+    try:
         table = pacsv.read_csv(
             io.BytesIO(body),
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter=sep),
+            parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),  # a quoted line break, as scoring
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
     except pa.ArrowInvalid as exc:
         if "invalid UTF8" in str(exc):
             _utf8(body, body)
-        raise InputError("malformed", "malformed CSV: " + re.sub(r"Row #(\d+): E", r"line \1: e", str(exc))) from None
+        raise _ragged(body, sep, exc) from None
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
+
+
+def _ragged(body: bytes, sep: str, exc: pa.ArrowInvalid) -> InputError:
+    """The rows a CSV reader cannot split, each a detail numbered as `tabserve score` numbers its rows (read
+    again by its reader: data rows from 0 here, blank lines not counted), which pyarrow's `Row #` was not."""
+    source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
+    for _ in source.batches(source.columns):
+        pass
+    details = [{"record": row, "field": None, "message": why.partition("\0")[0]} for row, why in source.take_invalid()]
+    if not details:  # what scoring's reader reads (a column of row names) this one did not
+        return InputError("malformed", f"malformed CSV: {exc}")
+    return InputError("malformed", f"malformed CSV: record {details[0]['record']}: {details[0]['message']}", details)
 
 
 def _utf8(data: bytes, body: bytes) -> str:

@@ -752,7 +752,8 @@ def feedback(
     def where(detail: dict[str, Any]) -> str:
         record = detail["record"]
         place = row(record) if media == "text/csv" and isinstance(record, int) else f"record {record}"
-        return f"  {place}, field '{detail['field']}': {detail['message']}"
+        field = f", field '{detail['field']}'" if detail.get("field") is not None else ""  # none: a row not read
+        return f"  {place}{field}: {detail['message']}"
 
     try:
         ref = release.resolve(bundle.models_dir(models_dir), model)
@@ -767,6 +768,8 @@ def feedback(
             err_console.print(where(detail), markup=False)
         if not exc.details:  # the file as a whole (empty, not CSV) or the log: no record was looked at
             _fail(f"nothing stored: {input}: {exc}")
+        if exc.kind == "malformed":  # rows the reader cannot split: the whole file is refused, --partial or not
+            _fail(f"nothing stored: {input}: {where(exc.details[0]).strip()} ({len(exc.details):,} row(s) not read)")
         _fail(f"nothing stored: {where(exc.details[0]).strip()} ({len(exc.details):,} record(s) refused)")
     except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))

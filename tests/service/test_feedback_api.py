@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
@@ -54,7 +55,7 @@ def test_a_csv_that_is_not_utf8_is_a_400_naming_the_line(served: Server) -> None
     utf16 = post_csv(served, f"customerID,Churn\n{first},No\n".encode("utf-16"))
     assert utf16.status_code == 400 and "byte-order mark says utf-16" in utf16.json()["error"]
     ragged = post_csv(served, f"customerID,Churn\n{first},No\n{first},No,x\n".encode())
-    assert ragged.status_code == 400 and "line 3: expected 2 columns, got 3" in ragged.json()["error"]
+    assert ragged.status_code == 400 and "record 1: expected 2 fields, got 3" in ragged.json()["error"]
 
 
 def test_header_names_are_stripped_and_one_named_twice_after_stripping_is_refused(served: Server) -> None:
@@ -95,7 +96,7 @@ def test_the_cli_names_the_file_when_the_whole_file_is_wrong_and_reads_gzip(serv
         assert said[name].returncode == 2 and "record(s) refused" not in said[name].stderr, (name, said[name].stderr)
         assert name in said[name].stderr, said[name].stderr
     assert "is not UTF-8 (line 1 holds the byte 0xe9): pass --encoding" in said["cp1252.csv"].stderr
-    assert "line 3: expected 2 columns, got 3" in said["ragged.csv"].stderr
+    assert "row 2: expected 2 fields, got 3 (1 row(s) not read)" in said["ragged.csv"].stderr
     for name in ("outcomes.csv.gz", "OUTCOMES.JSON"):
         assert said[name].returncode == 0 and "1 outcome(s) stored" in said[name].stdout, said[name].stderr
     read = feedback_cli(served, tmp_path / "cp1252.csv", "--encoding", "cp1252")
@@ -159,7 +160,6 @@ def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Se
 def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(served: Server) -> None:
     """A feedback file cut short made compaction raise after the call's outcome was stored: a 500 with
     a traceback, the client sent it again (stored twice), and every later call that day failed too."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from monitoring.feedback import COMPACT_FILES
@@ -219,3 +219,21 @@ def test_a_repeat_of_a_refused_record_is_refused_with_it_not_stored_once(served:
     said = feedback_cli(served, tmp_path / "twice.csv", "--partial")
     assert said.returncode == 0 and "0 outcome(s) stored, 2 refused" in said.stdout, said.stdout
     assert "repeated" not in said.stdout and said.stdout.count("is not in the prediction log") == 2
+
+
+def test_a_ragged_row_is_numbered_as_score_numbers_it_and_named_by_record(served: Server, tmp_path: Path) -> None:
+    """A ragged row was named by pyarrow's `Row #`, counting the header but not blank lines or a quoted
+    line break: the bad row on line 6 was "line 3", while `tabserve score` names it row 2."""
+    first, second = ids(2)
+    body = f'customerID,Churn,note\n{first},No,"two\nlines"\n\n{second},No,x,extra\n'.encode()
+    answer = post_csv(served, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["details"] == [{"record": 1, "field": None, "message": "expected 3 fields, got 4"}]
+    (tmp_path / "ragged.csv").write_bytes(body)
+    said = feedback_cli(served, tmp_path / "ragged.csv")
+    assert said.returncode == 2 and "ragged.csv: row 2: expected 3 fields, got 4" in said.stderr, said.stderr
+    from service.scoring.files import ROW, UNPARSED, numbered, open_source
+
+    source = open_source(tmp_path / "ragged.csv")  # the reader `tabserve score` reads the file with
+    rows = pa.Table.from_batches(list(numbered(source, source.columns))).to_pylist()
+    assert [(r[ROW], r[UNPARSED]) for r in rows] == [(1, None), (2, "expected 3 fields, got 4")]
