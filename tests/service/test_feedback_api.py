@@ -237,3 +237,16 @@ def test_a_ragged_row_is_numbered_as_score_numbers_it_and_named_by_record(served
     source = open_source(tmp_path / "ragged.csv")  # the reader `tabserve score` reads the file with
     rows = pa.Table.from_batches(list(numbered(source, source.columns))).to_pylist()
     assert [(r[ROW], r[UNPARSED]) for r in rows] == [(1, None), (2, "expected 3 fields, got 4")]
+
+
+def test_the_cli_chooses_a_csvs_encoding_as_score_does(served: Server, tmp_path: Path) -> None:
+    """`--encoding` defaulted to utf-8, so a cp1252 export `tabserve score` reads (its encoding detected)
+    was refused; now it is read, the guess said with the words it reads, as scoring chooses it."""
+    rows = "".join(f"{customer},No,caf\xe9 cr\xe8me\n" for customer in ids(4))
+    (tmp_path / "cp1252.csv").write_bytes(f"customerID,Churn,note\n{rows}".encode("cp1252"))
+    said = feedback_cli(served, tmp_path / "cp1252.csv")
+    assert said.returncode == 0 and "4 outcome(s) stored" in said.stdout, said.stderr
+    assert "its encoding was guessed: cp1252, reading 'café'" in said.stderr, said.stderr
+    (tmp_path / "utf16.csv").write_bytes(f"customerID,Churn\n{ids(1)[0]},No\n".encode("utf-16"))
+    said = feedback_cli(served, tmp_path / "utf16.csv")  # Excel's "Unicode Text": its byte-order mark says so
+    assert said.returncode == 0 and "1 outcome(s) stored" in said.stdout and "guessed" not in said.stderr, said.stderr
