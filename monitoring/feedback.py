@@ -119,10 +119,10 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
     twice = named_twice(names)
     if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
         raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
-    try:
+    try:  # on threads; a body that fails is read again, on one, by `_ragged` to number its bad rows
         table = pacsv.read_csv(
             io.BytesIO(body),
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
             parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),  # a quoted line break, as scoring
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
