@@ -223,7 +223,7 @@ def test_a_repeat_of_a_refused_record_is_refused_with_it_not_stored_once(served:
 
 def test_a_ragged_row_is_numbered_as_score_numbers_it_and_named_by_record(served: Server, tmp_path: Path) -> None:
     """A ragged row was named by pyarrow's `Row #`, counting the header but not blank lines or a quoted
-    line break: the bad row on line 6 was "line 3", while `tabserve score` names it row 2."""
+    line break: the bad row on line 5 was "line 3", while `tabserve score` names it row 2."""
     first, second = ids(2)
     body = f'customerID,Churn,note\n{first},No,"two\nlines"\n\n{second},No,x,extra\n'.encode()
     answer = post_csv(served, body)
