@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import functools
 import io
 import itertools
+import logging
 import math
 import re
 import secrets
@@ -31,6 +31,7 @@ from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_who
 from service.errors import InputError
 from service.features import (
     Preprocess,
+    Reading,
     category_key,
     missing_outcomes,
     named_twice,
@@ -39,13 +40,14 @@ from service.features import (
     stripped,
 )
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import bom_encoding, sniff_sep
+from service.scoring.files import CsvSource, bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
 COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
 MERGED_FILES = 8  # a day's merged files at which the next merge takes them in too: the day's file count is bounded
 MERGED = "merged-"
+logger = logging.getLogger("tabserve.feedback")
 _files = itertools.count()
 _tag = secrets.token_hex(4)
 
@@ -117,19 +119,31 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
     twice = named_twice(names)
     if twice:  # which of the two holds the id or the outcome is a guess: refused, as scoring does
         raise InputError("malformed", f"column(s) named more than once in the CSV header: {', '.join(twice)}")
-    try:  # one thread: pyarrow then names the line of a ragged row
+    try:  # on threads; a body that fails is read again, on one, by `_ragged` to number its bad rows
         table = pacsv.read_csv(
             io.BytesIO(body),
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter=sep),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),  # a quoted line break, as scoring
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
     except pa.ArrowInvalid as exc:
         if "invalid UTF8" in str(exc):
             _utf8(body, body)
-        raise InputError("malformed", "malformed CSV: " + re.sub(r"Row #(\d+): E", r"line \1: e", str(exc))) from None
+        raise _ragged(body, sep, exc) from None
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
+
+
+def _ragged(body: bytes, sep: str, exc: pa.ArrowInvalid) -> InputError:
+    """The rows a CSV reader cannot split, each a detail numbered as `tabserve score` numbers its rows (read
+    again by its reader: data rows from 0 here, blank lines not counted), which pyarrow's `Row #` was not."""
+    source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
+    for _ in source.batches(source.columns):
+        pass
+    details = [{"record": row, "field": None, "message": why.partition("\0")[0]} for row, why in source.take_invalid()]
+    if not details:  # what scoring's reader reads (a column of row names) this one did not
+        return InputError("malformed", f"malformed CSV: {exc}")
+    return InputError("malformed", f"malformed CSV: record {details[0]['record']}: {details[0]['message']}", details)
 
 
 def _utf8(data: bytes, body: bytes) -> str:
@@ -148,12 +162,25 @@ def in_record(index: int) -> str:
     return f"record {index}"
 
 
-def _offset(place: Place, start: int, index: int) -> str:
-    return place(start + index)
-
-
 # what /predict says of such an id: it could never have been scored, so no outcome can match it
 UNREADABLE_ID = "an id beyond 64 bits or nested this deep was never scored; send the id as a string"
+
+
+@dataclass
+class _First:
+    """An id's first record in a submission: a later one with another outcome is refused, one with the
+    same outcome shares its fate (stored once, or refused with it)."""
+
+    record: int
+    outcome: str
+    refusal: dict[str, Any] | None = None
+
+
+def _refuse_unless(partial: bool, refused: list[dict[str, Any]]) -> None:
+    """Without `partial`, any refused record refuses the submission, named by the first."""
+    if refused and not partial:
+        first = refused[0]
+        raise InputError("invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused)
 
 
 class Feedback:
@@ -177,79 +204,76 @@ class Feedback:
         """Store the outcomes of records whose ids were scored; with `partial`, the good ones of a
         submission that has bad ones (else nothing is stored and every bad record is named); without
         `write`, only say what would be stored. A message names another record as `place` words it."""
+        done = self._chunk(records, 0, {}, place)
+        _refuse_unless(partial, done.refused)
+        if done.labelled and write:
+            self._write([item.key for item in done.labelled], [item.outcome for item in done.labelled])
+        return done
+
+    def _chunk(
+        self, records: list[dict[str, Any]], start: int, firsts: dict[tuple[str, ...], _First], place: Place
+    ) -> Stored:
+        """Records numbered from `start` in their submission checked, nothing stored; `firsts` holds the
+        first record of each id in the submission so far, and is added to."""
         if not self.pre.id_columns:
             raise InputError(
                 "invalid", f"{self.model} has no id column to match outcomes to predictions: train it with --id-column"
             )
         keys, outcomes, refused = self._checked(records)
-        seen: dict[tuple[str, ...], int] = {}
-        duplicates = []
-        for i, key in enumerate(keys):  # one id, two outcomes in one submission: which is meant is a guess
-            if key is None or seen.setdefault(key, i) == i:
-                continue
-            if outcomes[seen[key]] != outcomes[i]:
-                message = f"id {', '.join(key)} has another outcome in {place(seen[key])} of this submission"
-                refused.append(self._bad(i, self.pre.id_columns[0], message))
-            else:  # the same outcome again (`yes` for `Yes` too): stored and counted once, as the window counts it
-                duplicates.append(i)
-            keys[i] = None
-        found = self.latest({k for k in keys if k is not None})
+        refused = [{**d, "record": start + d["record"]} for d in refused]
+        column = self.pre.id_columns[0]
+        new, repeats = [], []
         for i, key in enumerate(keys):
-            if key is not None and key not in found:
-                refused.append(
-                    self._bad(
-                        i,
-                        self.pre.id_columns[0],
-                        f"id {', '.join(key)} is not in the prediction log of {self.model} "
-                        "(never scored, or its request not logged: --log-sample)",
-                    )
-                )
-        refused.sort(key=lambda d: d["record"])
-        if refused and not partial:
-            first = refused[0]
-            raise InputError(
-                "invalid", f"record {first['record']}, field '{first['field']}': {first['message']}", refused
+            if key is None:
+                continue
+            first = firsts.setdefault(key, _First(start + i, outcomes[i]))
+            if first.record == start + i:
+                new.append(i)
+            elif first.outcome != outcomes[i]:  # one id, two outcomes in one submission: which is meant is a guess
+                message = f"id {', '.join(key)} has another outcome in {place(first.record)} of this submission"
+                refused.append(self._bad(start + i, column, message))
+            else:
+                repeats.append(i)
+        found = self.latest({keys[i] for i in new})
+        labelled = []
+        for i in new:
+            if keys[i] in found:
+                labelled.append(Labelled(keys[i], *found[keys[i]], outcomes[i]))
+                continue
+            message = (
+                f"id {', '.join(keys[i])} is not in the prediction log of {self.model} "
+                "(never scored, or its request not logged: --log-sample)"
             )
-        bad = {d["record"] for d in refused} | set(duplicates)
-        good = [i for i in range(len(records)) if i not in bad]
-        if good and write:
-            self._write([keys[i] for i in good], [outcomes[i] for i in good])
-        labelled = [Labelled(keys[i], *found[keys[i]], outcomes[i]) for i in good]
-        return Stored(len(good), labelled, refused, duplicates)
+            refusal = firsts[keys[i]].refusal = self._bad(start + i, column, message)
+            refused.append(refusal)
+        duplicates = []
+        for i in repeats:  # the same outcome again (`yes` for `Yes` too): stored once, as the window counts it
+            why = firsts[keys[i]].refusal  # or refused as its first copy was, never said "stored once"
+            if why is None:
+                duplicates.append(start + i)
+            else:
+                refused.append({**why, "record": start + i})
+        refused.sort(key=lambda d: d["record"])
+        return Stored(len(labelled), labelled, refused, duplicates)
 
     def submit_file(
         self, records: list[dict[str, Any]], partial: bool = False, chunk: int = MAX_RECORDS, place: Place = in_record
     ) -> Stored:
         """A file's outcomes, `chunk` records per call (a call's bound on memory): every chunk is checked
-        before any is stored, so without `partial` one bad record stores nothing, as in one call; an id
-        given two outcomes in different chunks is refused as within one. Records are numbered in the file."""
-        refused: list[dict[str, Any]] = []
-        duplicates: list[int] = []
-        good: list[list[int]] = []
-        first: dict[tuple[str, ...], tuple[int, str]] = {}
+        before any is stored, and each id's first record is kept across chunks, so the answer is the one
+        a single call would give whatever the chunk size. Records are numbered in the file."""
+        firsts: dict[tuple[str, ...], _First] = {}
+        refused, duplicates, good = [], [], []
         for start in range(0, len(records), chunk):
-            numbered = functools.partial(_offset, place, start)  # a chunk's record i is the file's start + i
-            part = self.submit(records[start : start + chunk], partial=True, write=False, place=numbered)
-            bad = {d["record"] for d in part.refused} | set(part.duplicates)
-            refused += [{**d, "record": start + d["record"]} for d in part.refused]
-            duplicates += [start + i for i in part.duplicates]
-            kept = [i for i in range(min(chunk, len(records) - start)) if i not in bad]
-            for i, item in zip(kept, part.labelled, strict=True):
-                seen, outcome = first.setdefault(item.key, (start + i, item.outcome))
-                if outcome != item.outcome:
-                    message = f"id {', '.join(item.key)} has another outcome in {place(seen)} of this submission"
-                    refused.append(self._bad(start + i, self.pre.id_columns[0], message))
-                elif seen != start + i:
-                    duplicates.append(start + i)
-                if seen != start + i:
-                    bad.add(i)
-            good.append([start + i for i in kept if i not in bad])
+            part = self._chunk(records[start : start + chunk], start, firsts, place)
+            refused += part.refused
+            duplicates += part.duplicates
+            good.append([(item.key, item.outcome) for item in part.labelled])  # not their outputs: a file's worth
         refused.sort(key=lambda d: d["record"])
-        if refused and not partial:
-            head = refused[0]
-            raise InputError("invalid", f"record {head['record']}, field '{head['field']}': {head['message']}", refused)
-        stored = sum(self.submit([records[i] for i in rows], partial=True).stored for rows in good if rows)
-        return Stored(stored, [], refused, sorted(duplicates))
+        _refuse_unless(partial, refused)
+        for pairs in filter(None, good):
+            self._write([key for key, _ in pairs], [outcome for _, outcome in pairs])
+        return Stored(sum(map(len, good)), [], refused, duplicates)
 
     def _checked(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
         """Each record's id key and outcome text (None where the record is bad) and what is wrong."""
@@ -372,7 +396,10 @@ class Feedback:
         folder = f"{self.location.root}/{self.model}/{FEEDBACK}/date={day_of(now)}"
         write_whole(self.location, pa.table(columns), folder, f"{_tag}-{int(now)}-{next(_files)}.parquet")
         if self.location.local:
-            compact(self.location, folder)
+            try:  # housekeeping: the outcomes are stored; a failed merge failing the call made clients store them twice
+                compact(self.location, folder)
+            except Exception:
+                logger.exception("merging the feedback files of %s failed (the outcomes are stored)", folder)
 
 
 def compact(location: LogLocation, folder: str) -> None:
@@ -392,11 +419,28 @@ def compact(location: LogLocation, folder: str) -> None:
         small, merged = _day_files(folder)  # listed again: another process may have merged them just before
         if len(small) <= COMPACT_FILES:
             return
-        sources = small + (merged if len(merged) >= MERGED_FILES else [])  # only the lock holder removes merged
-        table = pa.concat_tables([pq.read_table(p) for p in sources], promote_options="permissive")
+        # only the lock holder removes merged files
+        sources, tables = _readable(small + (merged if len(merged) >= MERGED_FILES else []))
+        if not tables:
+            return
+        table = pa.concat_tables(tables, promote_options="permissive")
         write_whole(location, table.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet")
         for p in sources:
             p.unlink(missing_ok=True)
+
+
+def _readable(paths: list[Path]) -> tuple[list[Path], list[pa.Table]]:
+    """The files that read as Parquet, and their tables; one that does not is logged and left where it is
+    for a person to look at (merged, its rows would be lost to the removal), never merged or removed."""
+    read, tables = [], []
+    for path in paths:
+        try:
+            tables.append(pq.read_table(path))
+        except (pa.ArrowException, OSError) as exc:
+            logger.error("feedback file %s is not readable Parquet (%s): left out of the merge; move it out", path, exc)
+            continue
+        read.append(path)
+    return read, tables
 
 
 def _day_files(folder: str) -> tuple[list[Path], list[Path]]:

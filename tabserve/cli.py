@@ -733,12 +733,20 @@ def feedback(
     log: Annotated[str, typer.Option("--log", help="The prediction log the ids were scored into.")],
     models_dir: ModelsDir = None,
     partial: Annotated[bool, typer.Option(help="Store the good records even when some are refused.")] = False,
-    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV that is not UTF-8 (e.g. cp1252).")] = "utf-8",
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding of a CSV (default: the training file's, else detected).")
+    ] = None,
 ) -> None:
     """Store delayed outcomes beside the prediction log, keyed by the model's id column."""
     from monitoring.feedback import Feedback, NotUtf8, in_record, records_of
     from monitoring.log import LogLocation
     from service.errors import InputError
+    from service.features import text_encoding
+
+    if encoding is not None and not text_encoding(
+        encoding
+    ):  # checked alone: a LookupError caught around the work hid its bugs as this
+        _fail(f"--encoding: {encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252)")
 
     media = "application/json" if input.name.lower().removesuffix(".gz").endswith(".json") else "text/csv"
 
@@ -748,11 +756,15 @@ def feedback(
     def where(detail: dict[str, Any]) -> str:
         record = detail["record"]
         place = row(record) if media == "text/csv" and isinstance(record, int) else f"record {record}"
-        return f"  {place}, field '{detail['field']}': {detail['message']}"
+        field = f", field '{detail['field']}'" if detail.get("field") is not None else ""  # none: a row not read
+        return f"  {place}{field}: {detail['message']}"
 
     try:
         ref = release.resolve(bundle.models_dir(models_dir), model)
-        records = records_of(_feedback_bytes(input, encoding), media, limit=None)
+        data = _feedback_bytes(input)
+        if media == "text/csv":  # as `tabserve score` reads a CSV: the training file's encoding, else detected
+            data = _as_utf8(input, data, encoding, ref.preprocess.read.encoding)
+        records = records_of(data, media, limit=None)
         feedback = Feedback(LogLocation.of(log), ref.name, ref.preprocess)
         stored = feedback.submit_file(records, partial, place=row if media == "text/csv" else in_record)
     except NotUtf8 as exc:
@@ -763,9 +775,9 @@ def feedback(
             err_console.print(where(detail), markup=False)
         if not exc.details:  # the file as a whole (empty, not CSV) or the log: no record was looked at
             _fail(f"nothing stored: {input}: {exc}")
+        if exc.kind == "malformed":  # rows the reader cannot split: the whole file is refused, --partial or not
+            _fail(f"nothing stored: {input}: {where(exc.details[0]).strip()} ({len(exc.details):,} row(s) not read)")
         _fail(f"nothing stored: {where(exc.details[0]).strip()} ({len(exc.details):,} record(s) refused)")
-    except LookupError:
-        _fail(f"--encoding {encoding}: no such encoding")
     except (ValueError, OSError, bundle.BundleError) as exc:
         _fail(str(exc))
     twice = len(stored.duplicates)
@@ -775,10 +787,8 @@ def feedback(
         console.print(where(detail), markup=False)
 
 
-def _feedback_bytes(path: Path, encoding: str) -> bytes:
-    """A feedback file's bytes as UTF-8: gzip inflated (`.csv.gz`, as `tabserve score` reads it), and
-    text in another `encoding` re-encoded."""
-    import codecs
+def _feedback_bytes(path: Path) -> bytes:
+    """A feedback file's bytes, gzip inflated (`.csv.gz`, as `tabserve score` reads it)."""
     import gzip
 
     data = path.read_bytes()
@@ -787,12 +797,26 @@ def _feedback_bytes(path: Path, encoding: str) -> bytes:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
             raise ValueError(f"{path} is not a whole gzip file: {exc}") from None
-    if codecs.lookup(encoding).name == "utf-8":
-        return data
+    return data
+
+
+def _as_utf8(path: Path, data: bytes, encoding: str | None, trained: str) -> bytes:
+    """A CSV's bytes as UTF-8, read in `encoding`, else chosen as `tabserve score` chooses it (the training
+    file's encoding, `trained`, unless the bytes say otherwise); a guess is said with the words it reads."""
+    import codecs
+
+    from service.scoring.files import HEADER_PROBE, choose_encoding, guessed_encoding_note
+
+    chosen = encoding or choose_encoding(data[:HEADER_PROBE], trained)
+    if codecs.lookup(chosen).name == "utf-8":
+        return data  # a byte that is not UTF-8 is refused naming its line (NotUtf8)
     try:
-        return data.decode(encoding).encode("utf-8")
+        text = data.decode(chosen)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not {encoding} either (byte 0x{data[exc.start]:02x} at {exc.start:,})") from None
+        raise ValueError(f"{path} is not {chosen} either (byte 0x{data[exc.start]:02x} at {exc.start:,})") from None
+    if encoding is None and codecs.lookup(chosen).name not in (codecs.lookup(trained).name, "utf-16", "utf-32"):
+        err_console.print(f"warning: {path} is " + guessed_encoding_note(data[:HEADER_PROBE], chosen), markup=False)
+    return text.encode("utf-8")
 
 
 log_app = typer.Typer(help="The prediction log.", no_args_is_help=True)

@@ -231,3 +231,38 @@ def test_merged_files_are_merged_again_so_a_day_holds_few_files(tmp_path: Path) 
     assert len(merged) < MERGED_FILES and len(files) <= COMPACT_FILES + MERGED_FILES, [f.name for f in files]
     ids = pa.concat_tables([pq.read_table(f) for f in files])["loan_id"].to_pylist()
     assert sorted(ids) == [f"L{i:04d}" for i in range(sent)]  # none lost, none twice
+
+
+def test_a_file_gets_the_same_answer_whatever_its_chunk_size(tmp_path: Path, churn_bundle: bundle.BundleRef) -> None:
+    """Found by review: `[a Yes, b No, a No, a no]` in chunks of 2 refused record 2 (a conflict with record 0,
+    an earlier chunk) but listed record 3, its repeat within its chunk, as a duplicate stored once; one call
+    refused both. A repeat shares its first copy's fate however the file is cut."""
+    from service.errors import InputError
+    from service.features import Preprocess
+
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    at = pa.array(["2024-01-01T10:00:00"] * 2).cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
+    logged = {"_at": at, "_version": [1] * 2, "customerID": ["a", "b"], "_probability": [0.9, 0.2]}
+    pq.write_table(pa.table(logged), predicted / "p.parquet")
+    feedback = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    sent = [("a", "Yes"), ("b", "No"), ("a", "No"), ("a", "no"), ("x", "Yes"), ("x", "yes"), ("a", "Yes"), ("b", "No")]
+    records = [{"customerID": customer, "Churn": outcome} for customer, outcome in sent]
+
+    def answer(chunk: int | None) -> tuple[int, list[int], list[tuple[int, str]], list[tuple[int, str]]]:
+        """What one call (None) or a file in chunks answers, with `partial` and without."""
+        with pytest.raises(InputError) as whole:
+            feedback.submit(records) if chunk is None else feedback.submit_file(records, chunk=chunk)
+        if chunk is None:
+            got = feedback.submit(records, partial=True)
+        else:
+            got = feedback.submit_file(records, partial=True, chunk=chunk)
+        said = [(d["record"], d["message"]) for d in whole.value.details]
+        return got.stored, got.duplicates, [(d["record"], d["message"]) for d in got.refused], said
+
+    single = answer(None)
+    assert single[:2] == (2, [6, 7]) and [record for record, _ in single[2]] == [2, 3, 4, 5]
+    assert single[2][1][1] == "id a has another outcome in record 0 of this submission"
+    assert single[2][2][1] == single[2][3][1]  # the repeat of a never-scored id: refused as its first was
+    for chunk in (1, 2, 3, len(records)):
+        assert answer(chunk) == single, chunk

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
@@ -54,7 +55,7 @@ def test_a_csv_that_is_not_utf8_is_a_400_naming_the_line(served: Server) -> None
     utf16 = post_csv(served, f"customerID,Churn\n{first},No\n".encode("utf-16"))
     assert utf16.status_code == 400 and "byte-order mark says utf-16" in utf16.json()["error"]
     ragged = post_csv(served, f"customerID,Churn\n{first},No\n{first},No,x\n".encode())
-    assert ragged.status_code == 400 and "line 3: expected 2 columns, got 3" in ragged.json()["error"]
+    assert ragged.status_code == 400 and "record 1: expected 2 fields, got 3" in ragged.json()["error"]
 
 
 def test_header_names_are_stripped_and_one_named_twice_after_stripping_is_refused(served: Server) -> None:
@@ -95,7 +96,7 @@ def test_the_cli_names_the_file_when_the_whole_file_is_wrong_and_reads_gzip(serv
         assert said[name].returncode == 2 and "record(s) refused" not in said[name].stderr, (name, said[name].stderr)
         assert name in said[name].stderr, said[name].stderr
     assert "is not UTF-8 (line 1 holds the byte 0xe9): pass --encoding" in said["cp1252.csv"].stderr
-    assert "line 3: expected 2 columns, got 3" in said["ragged.csv"].stderr
+    assert "row 2: expected 2 fields, got 3 (1 row(s) not read)" in said["ragged.csv"].stderr
     for name in ("outcomes.csv.gz", "OUTCOMES.JSON"):
         assert said[name].returncode == 0 and "1 outcome(s) stored" in said[name].stdout, said[name].stderr
     read = feedback_cli(served, tmp_path / "cp1252.csv", "--encoding", "cp1252")
@@ -154,3 +155,98 @@ def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Se
     assert f"the prediction log holds {bad}, which is not readable Parquet" in answer.json()["error"]
     assert said.returncode == 2 and str(bad) in said.stderr and "nothing was stored" in said.stderr, said.stderr
     assert post_csv(served, f"customerID,Churn\n{first},No\n".encode()).status_code == 200
+
+
+def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(served: Server) -> None:
+    """A feedback file cut short made compaction raise after the call's outcome was stored: a 500 with
+    a traceback, the client sent it again (stored twice), and every later call that day failed too."""
+    import pyarrow.parquet as pq
+
+    from monitoring.feedback import COMPACT_FILES
+    from monitoring.log import day_of
+
+    first = ids(1)[0]
+    day = served.store.parent / "log" / "churn" / "feedback" / f"date={day_of(time.time())}"
+    day.mkdir(parents=True, exist_ok=True)
+
+    def sent(customer: str) -> int:
+        files = [f for f in day.glob("*.parquet") if f.name != "cut.parquet"]
+        stored = pa.concat_tables(
+            [pq.read_table(f, columns=["customerID"]) for f in files]
+            or [pa.table({"customerID": pa.array([], pa.string())})]
+        )
+        return int(pc.sum(pc.equal(stored["customerID"], customer)).as_py() or 0)
+
+    before = sent(first)
+    at = pa.array([time.time_ns() // 1000], pa.timestamp("us", tz="UTC"))
+    one = pa.table({"customerID": ["z-old"], "_outcome": ["No"], "_target": ["Churn"], "_at": at})
+    for i in range(COMPACT_FILES):  # the next call's own file makes more than COMPACT_FILES: a merge
+        pq.write_table(one, day / f"old-{i:03d}.parquet")
+    whole = (day / "old-000.parquet").read_bytes()
+    bad = day / "cut.parquet"
+    bad.write_bytes(whole[: len(whole) // 2])  # a disk that filled mid-write
+    try:
+        answers = [post_csv(served, f"customerID,Churn\n{first},Yes\n".encode()) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200], answers[0].text
+        assert [a.json()["stored"] for a in answers] == [1, 1]
+        assert bad.exists() and str(bad) in served.output()  # left where it is, and named in the log
+        readable = [pq.read_table(f) for f in sorted(day.glob("*.parquet")) if f != bad]
+        assert len(readable) < COMPACT_FILES  # the readable ones were merged all the same
+        assert sent(first) == before + 2 and sent("z-old") == COMPACT_FILES  # once per call, never more
+    finally:
+        bad.unlink(missing_ok=True)
+
+
+def test_an_encoding_that_is_no_text_encoding_is_refused_as_score_refuses_it(served: Server, tmp_path: Path) -> None:
+    """`--encoding` was checked by catching LookupError around the whole command, which also caught any
+    KeyError or IndexError as "no such encoding"; `base64` (a codec, not a text encoding) was said not to exist."""
+    (tmp_path / "one.csv").write_text(f"customerID,Churn\n{ids(1)[0]},No\n")
+    for name in ("nope", "base64"):
+        said = feedback_cli(served, tmp_path / "one.csv", "--encoding", name)
+        assert said.returncode == 2 and f"--encoding: '{name}' is not a text encoding Python knows" in said.stderr
+
+
+def test_a_repeat_of_a_refused_record_is_refused_with_it_not_stored_once(served: Server, tmp_path: Path) -> None:
+    """Two records for an id never scored, with `partial`, answered `stored 0, duplicates [1], refused [0]`,
+    and the CLI said the repeat was "stored once": it is refused with its first copy's message."""
+    sent = {"records": [{"customerID": "never-scored", "Churn": "Yes"}, {"customerID": "never-scored", "Churn": "yes"}]}
+    answer = httpx.post(served.url + "/models/churn/feedback", params={"partial": "true"}, json=sent).json()
+    assert (answer["stored"], answer["duplicates"]) == (0, []), answer
+    assert [d["record"] for d in answer["refused"]] == [0, 1]
+    assert answer["refused"][0]["message"] == answer["refused"][1]["message"]
+    assert "is not in the prediction log of churn" in answer["refused"][1]["message"]
+    (tmp_path / "twice.csv").write_text("customerID,Churn\nnever-scored,No\nnever-scored,no\n")
+    said = feedback_cli(served, tmp_path / "twice.csv", "--partial")
+    assert said.returncode == 0 and "0 outcome(s) stored, 2 refused" in said.stdout, said.stdout
+    assert "repeated" not in said.stdout and said.stdout.count("is not in the prediction log") == 2
+
+
+def test_a_ragged_row_is_numbered_as_score_numbers_it_and_named_by_record(served: Server, tmp_path: Path) -> None:
+    """A ragged row was named by pyarrow's `Row #`, counting the header but not blank lines or a quoted
+    line break: the bad row on line 5 was "line 3", while `tabserve score` names it row 2."""
+    first, second = ids(2)
+    body = f'customerID,Churn,note\n{first},No,"two\nlines"\n\n{second},No,x,extra\n'.encode()
+    answer = post_csv(served, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["details"] == [{"record": 1, "field": None, "message": "expected 3 fields, got 4"}]
+    (tmp_path / "ragged.csv").write_bytes(body)
+    said = feedback_cli(served, tmp_path / "ragged.csv")
+    assert said.returncode == 2 and "ragged.csv: row 2: expected 3 fields, got 4" in said.stderr, said.stderr
+    from service.scoring.files import ROW, UNPARSED, numbered, open_source
+
+    source = open_source(tmp_path / "ragged.csv")  # the reader `tabserve score` reads the file with
+    rows = pa.Table.from_batches(list(numbered(source, source.columns))).to_pylist()
+    assert [(r[ROW], r[UNPARSED]) for r in rows] == [(1, None), (2, "expected 3 fields, got 4")]
+
+
+def test_the_cli_chooses_a_csvs_encoding_as_score_does(served: Server, tmp_path: Path) -> None:
+    """`--encoding` defaulted to utf-8, so a cp1252 export `tabserve score` reads (its encoding detected)
+    was refused; now it is read, the guess said with the words it reads, as scoring chooses it."""
+    rows = "".join(f"{customer},No,caf\xe9 cr\xe8me\n" for customer in ids(4))
+    (tmp_path / "cp1252.csv").write_bytes(f"customerID,Churn,note\n{rows}".encode("cp1252"))
+    said = feedback_cli(served, tmp_path / "cp1252.csv")
+    assert said.returncode == 0 and "4 outcome(s) stored" in said.stdout, said.stderr
+    assert "its encoding was guessed: cp1252, reading 'café'" in said.stderr, said.stderr
+    (tmp_path / "utf16.csv").write_bytes(f"customerID,Churn\n{ids(1)[0]},No\n".encode("utf-16"))
+    said = feedback_cli(served, tmp_path / "utf16.csv")  # Excel's "Unicode Text": its byte-order mark says so
+    assert said.returncode == 0 and "1 outcome(s) stored" in said.stdout and "guessed" not in said.stderr, said.stderr
