@@ -25,9 +25,9 @@ from monitoring.accuracy import calibration, finite, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
+from service.atomic import written_whole
 from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, DateParse, NumericFeature, Preprocess
-from service.scoring.local import written_whole
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
 

@@ -874,7 +874,7 @@ def _write_report(report: Any, json_out: Path | None, html: Path | None) -> None
     import json
 
     from monitoring.html import write_html
-    from service.scoring.local import written_whole
+    from service.atomic import written_whole
 
     if json_out is not None:
         with written_whole(json_out) as tmp:
@@ -938,7 +938,7 @@ def _errors_file(path: Path | None) -> Iterator[Callable[[int, str], None] | Non
     if path is None:
         yield None
         return
-    from service.scoring.local import written_whole
+    from service.atomic import written_whole
 
     with written_whole(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from monitoring.log import PredictionLog
-from service import bundle
+from service import atomic, bundle
 from service.features import Preprocess
 from tests.monitoring.test_log import rows
 from tests.service.conftest import copy_store
@@ -55,20 +55,21 @@ def test_kill_9_while_exporting_leaves_nothing_under_the_final_name(
     out = tmp_path / "served.csv"
     command = [sys.executable, "-m", "tabserve.cli", "log", "export", "--model", "churn", "--log", str(log)]
     proc = subprocess.Popen([*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tmp = tmp_path / f".served.csv.tmp-{socket.gethostname()}@{proc.pid}"
+    written = f".served.csv.tmp-{socket.gethostname()}@{proc.pid}-*"
     killed = False
     while proc.poll() is None and not killed:
-        if tmp.exists() and tmp.stat().st_size > 1_000_000:  # half-way through the rows
+        tmp = next((p for p in tmp_path.glob(written) if not p.name.endswith(atomic.LOCK)), None)
+        if tmp is not None and tmp.stat().st_size > 1_000_000:  # half-way through the rows
             proc.send_signal(signal.SIGKILL)
             killed = proc.wait(timeout=30) == -signal.SIGKILL
         time.sleep(0.002)
     assert killed, "the export ended before it could be killed (or wrote no temporary): make the log bigger"
-    assert not out.exists() and tmp.exists()
-    alive = tmp_path / f".served.csv.tmp-{os.getpid()}"  # a live process's temporary is left alone
-    alive.write_text("in use")
-    again = tabserve(*command[3:], "--output", str(out))
-    assert again.returncode == 0, again.stderr
-    assert not tmp.exists() and alive.exists()
+    assert not out.exists() and len(list(tmp_path.glob(written))) == 2  # the temporary and its lock
+    with atomic.temporary(tmp_path, atomic.prefix_of(out)) as alive:  # a live writer's is left alone
+        alive.write_text("in use")
+        again = tabserve(*command[3:], "--output", str(out))
+        assert again.returncode == 0, again.stderr
+        assert not list(tmp_path.glob(written)) and alive.exists()
     assert sum(1 for _ in out.open()) == 2_000 * 500 + 1
 
 
@@ -167,10 +168,9 @@ def test_monitor_writes_json_and_html_whole_and_never_into_the_log(
     figures, page, last = tmp_path / "figures.json", tmp_path / "report.html", tmp_path / "last-week.json"
     last.write_text("last week's figures")
     os.link(last, figures)  # a file kept from the last run: a new report replaces the name, not its bytes
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = tmp_path / f".report.html.tmp-{dead.pid}"  # what a killed run left
+    stale = tmp_path / f".report.html.tmp-{socket.gethostname()}@1-0a1b2c3d"  # what a killed run left
     stale.write_text("<html>cut sh")
+    stale.with_name(stale.name + atomic.LOCK).touch()  # its lock, which no process holds now
     done = tabserve(*monitor, "--json", str(figures), "--html", str(page))
     assert done.returncode == 0, done.stderr
     assert last.read_text() == "last week's figures" and json.loads(figures.read_text())["rows"] == [2_000]
