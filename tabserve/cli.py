@@ -855,11 +855,12 @@ def monitor(
         ref = release.resolve(bundle.models_dir(models_dir), model)
         with readable(log, ref.name):
             reader = LogReader(log, ref.name, ref.preprocess.id_columns)
-            for flag, path in (("--json", json_out), ("--html", html)):
-                if path is not None:
-                    reader.check_output(path, flag)
+            json_to, html_to = (
+                reader.check_output(path, flag) if path is not None else None  # before any work
+                for flag, path in (("--json", json_out), ("--html", html))
+            )
             report = build_report(reader, ref, since, by)
-        _write_report(report, json_out, html)
+        _write_report(report, json_to, html_to)
     except ImportError as exc:
         _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError, bundle.BundleError) as exc:
