@@ -76,7 +76,7 @@ def test_kill_9_while_exporting_leaves_nothing_under_the_final_name(
 
 def test_an_infinite_figure_is_null_in_the_route_and_in_monitor_json(tmp_path: Path) -> None:
     """The audit: an outcome of 1e308 (finite, accepted) made `"rmse": Infinity` in --json, which no
-    strict JSON reader takes; the route said null."""
+    strict JSON reader takes; the route said null (FastAPI's encoder writes a non-finite float so)."""
     import httpx
 
     from tests.monitoring.test_feedback import _scored
