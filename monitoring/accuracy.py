@@ -25,7 +25,7 @@ EPS = 1e-7  # probabilities clipped before their logs are taken (float32: 1 - 1e
 
 def finite(doc: Any) -> Any:
     """A document for JSON with each non-finite number as None: JSON has no Infinity (an outcome of
-    1e308 makes an infinite RMSE), and the route and `tabserve monitor --json` must say the same."""
+    1e308 makes an infinite RMSE): `tabserve monitor --json` says null, as FastAPI's encoder does for the route."""
     if isinstance(doc, float):
         return doc if math.isfinite(doc) else None
     if isinstance(doc, dict):

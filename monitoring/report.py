@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,9 @@ from monitoring.accuracy import calibration, finite, metrics_of, truth_of
 from monitoring.feedback import FEEDBACK, outputs_of
 from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
+from service.atomic import written_whole
 from service.drift import FEW_ROWS, NO_ROWS, population_stability, psi_noise, reading
 from service.features import CategoricalFeature, DateParse, NumericFeature, Preprocess
-from service.scoring.local import written_whole
 
 PERIODS = {"day": "day", "week": "week", "hour": "hour"}
 
@@ -91,6 +91,9 @@ class LogReader:
         name) in the original schema, to Parquet or CSV by extension; the rows written. A date feature
         is written as the date it was (the log holds its age at its version's reference date, found in
         `store`): a model retrained on the export reads it as a date again."""
+        if output.suffix.lower() not in (".parquet", ".csv") or output.is_dir():
+            raise ValueError(f"--output {output}: name a .parquet or .csv file (it is written as its name says)")
+        written = self.check_output(output, "--output")  # before any work
         dates = self._dates(store) if store is not None else {}
         if labelled:
             if not self.has_feedback:
@@ -103,22 +106,31 @@ class LogReader:
         else:
             replaced = ", ".join(f"{sql} AS {quoted(n)}" for n, sql in dates.items())
             query = f"SELECT * {f'REPLACE ({replaced}) ' if dates else ''}FROM predictions ORDER BY _at"
-        if output.suffix.lower() not in (".parquet", ".csv") or output.is_dir():
-            raise ValueError(f"--output {output}: name a .parquet or .csv file (it is written as its name says)")
-        self.check_output(output, "--output")
         kind = "CSV, HEADER" if output.suffix.lower() == ".csv" else "PARQUET"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with written_whole(output) as tmp:  # killed half-way, a valid-looking file cut short would be retrained on
+        with written_whole(written) as tmp:  # killed half-way, a valid-looking file cut short would be retrained on
             target = str(tmp).replace("'", "''")  # a quote in the name stays part of it
-            self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
+            try:
+                self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
+            except duckdb.Error as exc:  # a full disk is a duckdb.IOException, not an OSError
+                reason = _reason(exc).replace(str(tmp), str(output))
+                raise ValueError(f"--output {output}: cannot write it ({reason})") from None
         return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
 
-    def check_output(self, output: Path, flag: str) -> None:
-        """Refuse a file to write inside the model's folder of the log: it would be read as logged rows,
-        or replace a log file."""
+    def check_output(self, output: Path, flag: str) -> Path:
+        """Where to write `output` (a link: the file it names), its folder made; refused inside the
+        model's folder of the log (it would be read as logged rows, or replace a log file) or where
+        this user cannot write."""
         logged = Path(os.path.realpath(self.location.root)) / self.model  # where the model's rows are read from
-        if Path(os.path.realpath(output)).is_relative_to(logged):
+        written = Path(os.path.realpath(output))
+        if written.is_relative_to(logged):
             raise ValueError(f"{flag} {output} is inside the log's {self.model}/: it would be read as logged rows")
+        try:
+            written.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{flag} {output}: cannot make the folder {written.parent} ({exc.strerror})") from None
+        if not os.access(written.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {output}: {written.parent} is not writable by this user")
+        return written
 
     def _dates(self, store: Path) -> dict[str, str]:
         """Each logged date feature → SQL for the date its age counts back from, written as its version
@@ -153,31 +165,46 @@ class LogReader:
 
 @contextmanager
 def readable(root: str | Path, model: str) -> Iterator[None]:
-    """DuckDB's error for a file of the log it cannot read (not Parquet, cut short, not readable) as a
-    ValueError naming the file and what to do; any other error as it was."""
+    """DuckDB's error for a file of the log it cannot read as a ValueError naming the file and what
+    to do (not Parquet or cut short: move it out; not readable by this user); any other error as it was."""
     try:
         yield
     except (duckdb.InvalidInputException, duckdb.IOException) as exc:
         location = LogLocation.of(root)
         files = [*location.files(model), *location.files(model, FEEDBACK)]
         named = [f for f in re.findall(r"'([^']+)'", str(exc)) if f in files]
-        found = named[0] if named else next((f for f in files if not _opens(f)), None)
+        found = named[0] if named else next((f for f in files if _fault(f) is not None), None)
         if found is None:
             raise
-        reason = re.sub(r"^[\w ]*Error: ", "", str(exc).splitlines()[0]).replace(f" '{found}'", "")
+        fault = _fault(found)
+        if isinstance(fault, PermissionError):
+            raise ValueError(f"cannot read {found}: not readable by this user") from None
+        if isinstance(fault, OSError):  # an I/O error: no advice about the file's contents
+            raise ValueError(f"cannot read {found}: {fault.strerror or fault}") from None
+        reason = _reason(exc).replace(f" '{found}'", "")
         raise ValueError(
             f"cannot read {found} as Parquet ({reason}): a file the log did not write, or one cut short; "
             f"move it out of {root} and run again"
         ) from None
 
 
-def _opens(path: str) -> bool:
-    """Whether a Parquet file's footer reads (DuckDB's message did not name the file)."""
+def _reason(exc: duckdb.Error) -> str:
+    """DuckDB's message in one line: its first, less the error's kind, or the message of the JSON
+    detail it may carry (`Async write failed …: {"exception_message": …}`)."""
+    line = re.sub(r"^[\w ]*Error: ", "", str(exc).splitlines()[0])
+    with suppress(ValueError, KeyError, TypeError):
+        return str(json.loads(line[line.index("{") :])["exception_message"])
+    return line
+
+
+def _fault(path: str) -> Exception | None:
+    """What reading a Parquet file's footer raises: an OSError (permission, I/O), Arrow's error (not
+    Parquet, cut short), or None where it reads."""
     try:
         pq.read_metadata(path)
-    except (OSError, pa.ArrowException):
-        return False
-    return True
+    except (OSError, pa.ArrowException) as exc:
+        return exc
+    return None
 
 
 def as_parquet_reads(table: pa.Table) -> pa.Table:
@@ -394,5 +421,10 @@ def interval(since: str) -> str | None:
     number, unit = since[:-1], since[-1:]
     if unit not in SINCE_UNITS or not (number.isascii() and number.isdigit()):
         raise ValueError(f"--since takes a whole number and a unit, m (minutes), h, d or w, such as 30d, not {since!r}")
+    digits = number.lstrip("0")
+    if not digits:
+        raise ValueError(f"--since {since}: a span of 0 holds no rows; name a span of at least 1{unit}")
+    if len(digits) > 12:  # far past the whole log, and past what int() reads beyond 4,300 digits
+        return None
     name, minutes = SINCE_UNITS[unit]
-    return f"{int(number)} {name}" if int(number) * minutes <= WHOLE_LOG_MINUTES else None
+    return f"{int(digits)} {name}" if int(digits) * minutes <= WHOLE_LOG_MINUTES else None

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.atomic import temporary
 from service.features import Preprocess
 
 MODEL_FILE = "model.onnx"
@@ -34,10 +31,6 @@ LOADED_FILES = frozenset({*REQUIRED_FILES, EXPLAIN_FILE, EXPLAIN_STATS_FILE, DRI
 DEFAULT_MODELS_DIR = "models"
 RETIRED_SUFFIX = ".retired"  # `<version>.retired/`: kept for audit, never served, never renumbered
 STAGING = ".staging-"  # `.staging-<host>@<pid>-<random>/`: a bundle being written, invisible to readers
-# a staging directory named without a pid, or by another machine (a store on a shared filesystem: its
-# pid means nothing here), counts as abandoned once untouched this long
-LEGACY_STAGING_S = 3600
-HOST = socket.gethostname()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -134,63 +127,18 @@ def iter_bundles(root: Path) -> Iterator[BundleRef]:
 
 
 def publish(root: Path, name: str, write: Callable[[Path], None]) -> BundleRef:
-    """Write a bundle into a hidden staging directory, then rename it into place as the next version."""
+    """Write a bundle into a hidden staging directory, then rename it into place as the next version
+    (the staging directories of dead publishers are removed first: service/atomic.py)."""
     model_dir = root / check_name(name)
     model_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(model_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{writer()}-", dir=model_dir))
-    try:
+    with temporary(model_dir, STAGING) as staging:  # removed if anything fails
+        staging.mkdir(mode=0o700)
         write(staging)
         missing = [f for f in REQUIRED_FILES if not (staging / f).is_file()]
         if missing:
             raise BundleError(f"bundle is missing {', '.join(missing)}")
         staging.chmod(0o755)
         return _rename_into_place(model_dir, name, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def writer() -> str:
-    """This process as its temporaries name it: `<host>@<pid>` (a pid alone is taken for this host's)."""
-    return f"{HOST}@{os.getpid()}"
-
-
-def writer_ended(name: str) -> bool | None:
-    """Whether the writer a temporary names has ended: None where this process cannot tell (another
-    host's, or no writer named)."""
-    host, at, pid = name.rpartition("@")
-    if not pid.isdecimal() or (at and host != HOST):
-        return None
-    return not process_alive(int(pid))
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):  # another user's process, or no valid id: leave its files alone
-        return True
-    return True
-
-
-def _remove_stale_staging(model_dir: Path) -> None:
-    """Remove the staging directories of dead publishers (`kill -9`, a crash)."""
-    for path in model_dir.glob(f"{STAGING}*"):
-        owner, dash, _ = path.name.removeprefix(STAGING).rpartition("-")  # mkdtemp's suffix has no dash
-        ended = writer_ended(owner) if dash else None
-        try:
-            stale = ended if ended is not None else _age_s(path) > LEGACY_STAGING_S
-        except OSError:
-            continue
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _age_s(path: Path) -> float:
-    return time.time() - path.stat().st_mtime
 
 
 def _rename_into_place(model_dir: Path, name: str, staging: Path) -> BundleRef:

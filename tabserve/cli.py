@@ -879,11 +879,12 @@ def monitor(
         ref = release.resolve(bundle.models_dir(models_dir), model)
         with readable(log, ref.name):
             reader = LogReader(log, ref.name, ref.preprocess.id_columns)
-            for flag, path in (("--json", json_out), ("--html", html)):
-                if path is not None:
-                    reader.check_output(path, flag)
+            json_to, html_to = (
+                reader.check_output(path, flag) if path is not None else None  # before any work
+                for flag, path in (("--json", json_out), ("--html", html))
+            )
             report = build_report(reader, ref, since, by)
-        _write_report(report, json_out, html)
+        _write_report(report, json_to, html_to)
     except ImportError as exc:
         _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError, bundle.BundleError) as exc:
@@ -898,7 +899,7 @@ def _write_report(report: Any, json_out: Path | None, html: Path | None) -> None
     import json
 
     from monitoring.html import write_html
-    from service.scoring.local import written_whole
+    from service.atomic import written_whole
 
     if json_out is not None:
         with written_whole(json_out) as tmp:
@@ -962,7 +963,7 @@ def _errors_file(path: Path | None) -> Iterator[Callable[[int, str], None] | Non
     if path is None:
         yield None
         return
-    from service.scoring.local import written_whole
+    from service.atomic import written_whole
 
     with written_whole(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)

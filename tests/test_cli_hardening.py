@@ -113,19 +113,23 @@ def test_kill_9_while_scoring_leaves_nothing_under_the_final_names(store: Path, 
     out, errors = tmp_path / "out.csv", tmp_path / "errors.csv"
     args = ["score", "--model", "churn", "--input", str(source), "--output", str(out), "--errors", str(errors)]
     proc = subprocess.Popen(_command(store, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    at = f"{socket.gethostname()}@{proc.pid}"
-    tmp_out, tmp_errors = tmp_path / f".out.csv.tmp-{at}", tmp_path / f".errors.csv.tmp-{at}"
+    at = f"{socket.gethostname()}@{proc.pid}-"
+
+    def temporaries(name: str) -> list[Path]:  # the run's temporary of `name` and its lock
+        return sorted(tmp_path.glob(f".{name}.tmp-{at}*"))
 
     def scoring() -> bool:  # NOTE: both files open and the output half-way written
-        return tmp_out.exists() and tmp_out.stat().st_size > 1_000_000 and (tmp_errors.exists() or errors.exists())
+        tmp_out = [p for p in temporaries("out.csv") if not p.name.endswith(".lock")]
+        return bool(tmp_out) and tmp_out[0].stat().st_size > 1_000_000 and len(temporaries("errors.csv")) == 2
 
     assert _kill_when(proc, scoring), "the run ended before it could be killed: make the input bigger"
     assert not out.exists() and not errors.exists()  # NOTE: nothing half-written under a final name
-    assert tmp_out.exists() and tmp_errors.exists()
-    alive = tmp_path / f".out.csv.tmp-{os.getpid()}"  # NOTE: a live process's temporary is left alone
+    left = [*temporaries("out.csv"), *temporaries("errors.csv")]
+    assert len(left) == 4, left  # each temporary beside the lock its writer held
+    alive = tmp_path / f".out.csv.tmp-{os.getpid()}"  # NOTE: an older version's name: a live pid, left alone
     alive.write_text("in use")
-    # a store or output on a shared filesystem: another host's pid means nothing here, so its
-    # temporary is left alone until it has gone a day unwritten
+    # a store or output on a shared filesystem, written by an older version (no lock): another host's
+    # pid means nothing here, so its temporary is left alone until it has gone a day unwritten
     elsewhere, abandoned = tmp_path / ".out.csv.tmp-other-host@1", tmp_path / ".out.csv.tmp-other-host@2"
     elsewhere.write_text("in use")
     abandoned.write_text("killed")
@@ -135,7 +139,7 @@ def test_kill_9_while_scoring_leaves_nothing_under_the_final_names(store: Path, 
         store, "score", "--model", "churn", "--input", str(small), "--output", str(out), "--errors", str(errors)
     )
     assert again.returncode == 0, again.stderr
-    assert not tmp_out.exists() and not tmp_errors.exists() and alive.exists()
+    assert not any(p.exists() for p in left) and alive.exists()
     assert elsewhere.exists() and not abandoned.exists()
     assert len(out.read_text().splitlines()) == 3001
     with errors.open(newline="") as fh:
@@ -174,16 +178,18 @@ def test_kill_9_while_publishing_leaves_a_staging_dir_the_next_train_removes(tmp
             break
     else:
         pytest.fail("every training published before it could be killed")
-    left = [p.name for p in model_dir.glob(".staging-*")]
-    assert len(left) == 1 and left[0].startswith(f".staging-{socket.gethostname()}@{proc.pid}-"), left
-    old, fresh = model_dir / ".staging-abcd1234", model_dir / ".staging-efgh5678"  # NOTE: names before the pid
-    old.mkdir()
-    fresh.mkdir()
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    left = sorted(p.name for p in model_dir.glob(".staging-*"))
+    assert len(left) == 2 and left[0].startswith(f".staging-{socket.gethostname()}@{proc.pid}-"), left
+    assert left[1] == left[0] + ".lock", left  # the lock the killed run held: free now
+    # NOTE: what older versions left, without a lock: names before the pid, or another host's, go
+    # after a day untouched; this host's by its pid
+    old, fresh = model_dir / ".staging-abcd1234", model_dir / ".staging-efgh5678"
     alive = model_dir / f".staging-{os.getpid()}-inuse"
-    elsewhere = model_dir / ".staging-other-host@1-inuse"  # NOTE: its pid is not this host's to test
-    for live in (alive, elsewhere):
-        live.mkdir()
+    elsewhere, abandoned = model_dir / ".staging-other-host@1-inuse", model_dir / ".staging-other-host@2-gone"
+    for folder in (old, fresh, alive, elsewhere, abandoned):
+        folder.mkdir()
+    for folder in (old, abandoned):
+        os.utime(folder, (time.time() - 90_000, time.time() - 90_000))
     run = _run(store, *train, *quick, "--no-plots")
     assert run.returncode == 0 and "published credit version" in run.stdout, run.stderr
     assert sorted(p.name for p in model_dir.glob(".staging-*")) == sorted([fresh.name, alive.name, elsewhere.name])

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import queue
 import secrets
-import shutil
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from monitoring.log import PredictionLog
-from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef, writer, writer_ended
+from service.atomic import written_whole
+from service.bundle import EXPLAIN_FILE, EXPLAIN_STATS_FILE, MODEL_FILE, BundleRef
 from service.cpus import cpu_budget
 from service.drift import Drift
 from service.explain import Effects, Explain, Explainer, explanation_keys
@@ -50,12 +49,9 @@ __all__ = [
     "ScoringError",
     "Summary",
     "prediction_columns",
-    "remove_stale",
     "score_file",
     "score_stream",
     "scoring_workers",
-    "temporary",
-    "written_whole",
 ]
 
 Progress = Callable[[int, int], None]  # (rows done, bytes read)
@@ -68,7 +64,6 @@ KEPT_ERRORS = 100
 KEPT_WARNINGS = 1000  # distinct warning texts counted (unseen free-text levels could be endless)
 KEPT_SENTENCES = 1 << 14  # sentences remembered across blocks, per feature and outcome
 OTHER_WARNINGS = "other warnings"
-OTHER_HOST_STALE_S = 86_400  # another host's temporary untouched this long is a killed run's (a live one is written to)
 
 
 @dataclass
@@ -651,40 +646,3 @@ def score_file(
             on_error=on_error,
             workers=workers,
         )
-
-
-@contextmanager
-def written_whole(target: Path) -> Iterator[Path]:
-    """A temporary name beside `target` to write, renamed onto it when the block ends and removed if
-    it fails (what killed runs left is removed first): a reader never sees a half-written file. A
-    link is written through, to the file it names."""
-    target = Path(os.path.realpath(target)) if target.is_symlink() else target
-    remove_stale(target)
-    tmp = temporary(target)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def temporary(target: Path, tag: str = "") -> Path:
-    """Where `target` is written before the rename (named by this host and process); `tag` names
-    another of the run's temporaries (`.old`: the Ray engine's previous output, set aside until replaced)."""
-    return target.with_name(f".{target.name}.tmp-{writer()}{tag}")
-
-
-def remove_stale(target: Path) -> None:
-    """Remove `target`'s temporaries (files, or the Ray engine's folders) whose processes no longer
-    run; another host's only once untouched for a day (on a shared filesystem its pid means nothing here)."""
-    prefix = f".{target.name}.tmp-"
-    with suppress(OSError):
-        for path in target.parent.iterdir():
-            if not path.name.startswith(prefix):
-                continue
-            ended = writer_ended(path.name[len(prefix) :].removesuffix(".old"))
-            if ended or (ended is None and time.time() - path.lstat().st_mtime > OTHER_HOST_STALE_S):
-                with suppress(OSError):
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()

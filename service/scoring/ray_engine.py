@@ -10,7 +10,6 @@ import glob
 import logging
 import os
 import re
-import shutil
 import socket
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from service.atomic import folder_written_whole
 from service.bundle import BundleRef
 from service.cpus import cpu_budget
 from service.explain import Explain
@@ -45,7 +45,7 @@ from service.scoring.files import (
     open_sink,
     open_source,
 )
-from service.scoring.local import KEPT_ERRORS, Scorer, Summary, remove_stale, temporary
+from service.scoring.local import KEPT_ERRORS, Scorer, Summary
 
 try:
     import ray
@@ -332,17 +332,11 @@ def score_with_ray(
         num_cpus=0.5 if local else 1,
         num_gpus=1 if gpus else 0,
     )
-    remove_stale(output)  # what killed runs left, as the local engine does
-    tmp = temporary(output)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with folder_written_whole(output) as tmp:  # what killed runs left is removed first, as the local engine does
         _write(scored, tmp, fmt, schema)
         (tmp / MARKER).write_text(f"{ref.name} v{ref.version}\n")
         summary = _count(tmp, fmt, on_error, ray.get(tally.total.remote()))
-        _replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _check_replaceable(output)  # again: checked before the work, which took a while
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -401,22 +395,6 @@ def _write(scored: Any, tmp: Path, fmt: Format, schema: pa.Schema) -> None:
             part.rename(part.with_name(part.name + ".gz"))
     if not output_files(tmp):
         open_sink(tmp / f"part-0.{fmt}", schema, fmt).close()
-
-
-def _replace(tmp: Path, output: Path) -> None:
-    """`tmp` in `output`'s place; a previous output is set aside first, so a crash in between leaves one."""
-    _check_replaceable(output)  # again: checked before the work, which took a while
-    aside = temporary(output, ".old")
-    shutil.rmtree(aside, ignore_errors=True)  # one a run of this pid left (a container's pid is often 1)
-    if output.exists():
-        os.replace(output, aside)
-    try:
-        os.replace(tmp, output)
-    except BaseException:
-        if aside.exists():
-            os.replace(aside, output)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def output_files(folder: Path) -> list[Path]:

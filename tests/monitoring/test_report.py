@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from monitoring.log import PredictionLog
-from service import bundle
+from service import atomic, bundle
 from service.features import Preprocess
 from tests.monitoring.test_log import rows
 from tests.service.conftest import copy_store
@@ -55,26 +56,27 @@ def test_kill_9_while_exporting_leaves_nothing_under_the_final_name(
     out = tmp_path / "served.csv"
     command = [sys.executable, "-m", "tabserve.cli", "log", "export", "--model", "churn", "--log", str(log)]
     proc = subprocess.Popen([*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tmp = tmp_path / f".served.csv.tmp-{socket.gethostname()}@{proc.pid}"
+    written = f".served.csv.tmp-{socket.gethostname()}@{proc.pid}-*"
     killed = False
     while proc.poll() is None and not killed:
-        if tmp.exists() and tmp.stat().st_size > 1_000_000:  # half-way through the rows
+        tmp = next((p for p in tmp_path.glob(written) if not p.name.endswith(atomic.LOCK)), None)
+        if tmp is not None and tmp.stat().st_size > 1_000_000:  # half-way through the rows
             proc.send_signal(signal.SIGKILL)
             killed = proc.wait(timeout=30) == -signal.SIGKILL
         time.sleep(0.002)
     assert killed, "the export ended before it could be killed (or wrote no temporary): make the log bigger"
-    assert not out.exists() and tmp.exists()
-    alive = tmp_path / f".served.csv.tmp-{os.getpid()}"  # a live process's temporary is left alone
-    alive.write_text("in use")
-    again = tabserve(*command[3:], "--output", str(out))
-    assert again.returncode == 0, again.stderr
-    assert not tmp.exists() and alive.exists()
+    assert not out.exists() and len(list(tmp_path.glob(written))) == 2  # the temporary and its lock
+    with atomic.temporary(tmp_path, atomic.prefix_of(out)) as alive:  # a live writer's is left alone
+        alive.write_text("in use")
+        again = tabserve(*command[3:], "--output", str(out))
+        assert again.returncode == 0, again.stderr
+        assert not list(tmp_path.glob(written)) and alive.exists()
     assert sum(1 for _ in out.open()) == 2_000 * 500 + 1
 
 
 def test_an_infinite_figure_is_null_in_the_route_and_in_monitor_json(tmp_path: Path) -> None:
     """The audit: an outcome of 1e308 (finite, accepted) made `"rmse": Infinity` in --json, which no
-    strict JSON reader takes; the route said null."""
+    strict JSON reader takes; the route said null (FastAPI's encoder writes a non-finite float so)."""
     import httpx
 
     from tests.monitoring.test_feedback import _scored
@@ -167,10 +169,9 @@ def test_monitor_writes_json_and_html_whole_and_never_into_the_log(
     figures, page, last = tmp_path / "figures.json", tmp_path / "report.html", tmp_path / "last-week.json"
     last.write_text("last week's figures")
     os.link(last, figures)  # a file kept from the last run: a new report replaces the name, not its bytes
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = tmp_path / f".report.html.tmp-{dead.pid}"  # what a killed run left
+    stale = tmp_path / f".report.html.tmp-{socket.gethostname()}@1-0a1b2c3d"  # what a killed run left
     stale.write_text("<html>cut sh")
+    stale.with_name(stale.name + atomic.LOCK).touch()  # its lock, which no process holds now
     done = tabserve(*monitor, "--json", str(figures), "--html", str(page))
     assert done.returncode == 0, done.stderr
     assert last.read_text() == "last week's figures" and json.loads(figures.read_text())["rows"] == [2_000]
@@ -182,3 +183,89 @@ def test_monitor_writes_json_and_html_whole_and_never_into_the_log(
         "models",
         "report.html",
     ]
+
+
+def _export(log: Path, store: Path, out: Path, fsize: int = 0) -> subprocess.CompletedProcess[str]:
+    """`tabserve log export` (with `fsize`: no file it writes may grow past that many bytes, a full disk's stand-in)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))) if fsize else None
+    command = ["log", "export", "--model", "churn", "--log", str(log), "--models", str(store), "--output", str(out)]
+    return subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=limit,
+        check=False,
+    )
+
+
+def test_export_onto_a_full_disk_or_through_a_link_to_a_missing_folder(
+    churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path
+) -> None:
+    """The review: a full disk (DuckDB's IOException is no OSError) was a traceback after every footer
+    was scanned; through a link to a missing folder, the link's own folder was made, not the one written."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess, copies=50)
+    out = tmp_path / "out" / "served.csv"
+    full = _export(log, store, out, fsize=1_000_000)
+    assert full.returncode == 2 and full.stderr.startswith(f"error: --output {out}: cannot write it ("), full.stderr
+    assert len(full.stderr.strip().splitlines()) == 1 and ".tmp-" not in full.stderr
+    assert list(out.parent.iterdir()) == []  # neither the temporary nor its lock
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "missing" / "served.csv")
+    done = _export(log, store, link)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and sum(1 for _ in link.open()) == 2_000 * 50 + 1
+
+
+def test_monitor_output_in_a_folder_it_cannot_make_fails_first_naming_it(
+    churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path
+) -> None:
+    """The review: `--json` into a missing folder failed after all the work, naming `.x.json.tmp-…`."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess)
+    (tmp_path / "a-file").write_text("")
+    monitor = ["monitor", "--model", "churn", "--log", str(log), "--models", str(store)]
+    refused = tabserve(*monitor, "--json", str(tmp_path / "a-file" / "x.json"))
+    assert refused.returncode == 2 and f"--json {tmp_path / 'a-file' / 'x.json'}: cannot make" in refused.stderr
+    assert ".tmp-" not in refused.stderr, refused.stderr
+    figures = tmp_path / "new" / "figures.json"  # a missing folder is made, as export makes its own
+    assert tabserve(*monitor, "--json", str(figures)).returncode == 0 and json.loads(figures.read_text())["rows"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        (PermissionError(13, "Permission denied"), "not readable by this user"),
+        (OSError(5, "Input/output error"), "Input/output error"),
+        (pa.ArrowInvalid("Parquet magic bytes not found"), "as Parquet"),
+    ],
+)
+def test_a_log_file_that_cannot_be_read_gets_the_advice_that_fits(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: Exception, said: str
+) -> None:
+    """The review: a permission or I/O error was read as "not Parquet", and the advice was to move the file out."""
+    import duckdb
+
+    from monitoring import report
+
+    log = logged(tmp_path / "log", churn_bundle.preprocess)
+    (scored,) = log.glob("churn/date=*/*.parquet")
+
+    def read_metadata(path: str) -> None:
+        raise raised
+
+    monkeypatch.setattr(report.pq, "read_metadata", read_metadata)
+    with pytest.raises(ValueError, match="cannot read") as caught, report.readable(log, "churn"):
+        raise duckdb.IOException("IO Error: a file DuckDB did not name")
+    assert str(caught.value).startswith(f"cannot read {scored}") and said in str(caught.value)
+    assert ("move it out" in str(caught.value)) == (said == "as Parquet")
+
+
+def test_since_of_thousands_of_digits_reads_the_whole_log_and_a_span_of_0_is_refused() -> None:
+    """The review: over 4,300 digits gave Python's int-limit message; `0d` read an empty span."""
+    from monitoring.report import interval
+
+    assert interval("9" * 5_000 + "d") is None and interval("0" * 5_000 + "7d") == "7 days"
+    for zero in ("0d", "000h"):
+        with pytest.raises(ValueError, match=f"--since {zero}: a span of 0"):
+            interval(zero)

@@ -13,7 +13,7 @@ import pytest
 
 from service import bundle
 from service.scoring.files import ScoringError
-from service.scoring.local import Scorer, score_file, temporary
+from service.scoring.local import Scorer, score_file
 from tabserve.cli import _file_level_failure
 from tests.service.test_scoring import _read, _telco_head
 
@@ -230,32 +230,21 @@ def test_a_previous_output_is_replaced_and_killed_runs_leftovers_removed(
     assert (out / MARKER).is_file() and sum(len(_read(p)) for p in output_files(out)) == 20
     (out / "part-from-before.csv").write_bytes(source.read_bytes())
     dead, alive = _dead_pid(), os.getppid()
+    killed = tmp_path / ".out.csv.tmp-host@1-0a1b2c3d"  # a run's, with the lock it held (free now)
     left = [
-        tmp_path / f".out.csv.tmp-{dead}",
+        tmp_path / f".out.csv.tmp-{dead}",  # older versions': no lock, judged by pid
         tmp_path / f".out.csv.tmp-{dead}.old",
         tmp_path / f".out.csv.tmp-{alive}",
+        killed,
+        killed.with_name(killed.name + ".old"),
     ]
     for folder in left:
         _folder(folder, {"part.csv": b"x"})
+    killed.with_name(killed.name + ".lock").touch()
     score_with_ray(churn_bundle, str(source), out)
     assert not (out / "part-from-before.csv").exists() and sum(len(_read(p)) for p in output_files(out)) == 20
-    assert [p.exists() for p in left] == [False, False, True]
-
-
-def test_a_failed_replace_puts_the_previous_output_back(tmp_path: Path) -> None:
-    """The previous output is set aside, not deleted, until the new one is in its place."""
-    pytest.importorskip("ray.data", reason="the Ray extra is not installed")
-    from service.scoring.ray_engine import MARKER, _replace
-
-    out = _folder(tmp_path / "out.csv", {MARKER: b"", "part-0.csv": b"a\n1\n"})
-    with pytest.raises(FileNotFoundError):
-        _replace(tmp_path / ".out.csv.tmp-gone", out)  # the rename fails: a crash's stand-in
-    assert (out / "part-0.csv").read_bytes() == b"a\n1\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
-    new = _folder(tmp_path / ".new", {MARKER: b"", "part-0.csv": b"a\n2\n"})
-    # a review: one set aside by a killed run of this pid (a container's is often 1) made every later rename fail
-    _folder(temporary(out, ".old"), {"part-0.csv": b"a\n0\n"})
-    _replace(new, out)
-    assert (out / "part-0.csv").read_bytes() == b"a\n2\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    assert [p.exists() for p in left] == [False, False, True, False, False]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.csv.tmp-")) == [left[2].name]
 
 
 def test_a_folder_of_ray_parts_from_before_the_marker_is_replaced_an_errors_file_never_among_inputs(

@@ -1,0 +1,184 @@
+"""Files and folders written beside their target and renamed into place, and the sweep of what
+dead writers left (docs/scoring.md, "Atomic output").
+
+A writer holds an exclusive flock(2) on `<temporary>.lock` for as long as its temporary exists; a
+sweep removes a temporary only when it can take that lock, which the kernel releases when the
+writer ends, whatever its host name, pid namespace or clock. (Over NFS, Linux emulates flock with
+POSIX locks that the server holds: the rule carries over.) A temporary without a lock file, as
+versions before this module wrote them, is judged by the pid in its name where that names this
+host, and otherwise by age.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HOST = socket.gethostname()
+LOCK = ".lock"  # `<temporary>.lock`: held by the writer for as long as the temporary exists
+ASIDE = ".old"  # `<temporary>.old`: a folder's previous version, set aside until the new one is in place
+LEGACY_AGE_S = 86_400  # an unlocked temporary of another host's counts as abandoned once untouched this long
+
+
+def prefix_of(target: Path) -> str:
+    """How the temporaries of `target` are named: `.NAME.tmp-…`."""
+    return f".{target.name}.tmp-"
+
+
+def new_name(prefix: str) -> str:
+    """A new temporary's name: `<prefix><host>@<pid>-<random>` (the host and pid for people; the lock decides)."""
+    return f"{prefix}{HOST}@{os.getpid()}-{secrets.token_hex(4)}"
+
+
+@contextmanager
+def written_whole(target: Path) -> Iterator[Path]:
+    """A temporary name beside `target` to write, renamed onto it when the block ends and removed if
+    it fails: a reader never sees a half-written file. A link is written through, to the file it names."""
+    target = Path(os.path.realpath(target)) if target.is_symlink() else target
+    with temporary(target.parent, prefix_of(target)) as tmp:
+        yield tmp
+        os.replace(tmp, target)
+
+
+@contextmanager
+def folder_written_whole(target: Path) -> Iterator[Path]:
+    """A temporary folder name beside `target` to write, put in `target`'s place when the block ends
+    (the previous folder set aside first: a crash in between leaves one of them); removed if it fails."""
+    with temporary(target.parent, prefix_of(target)) as tmp:
+        yield tmp
+        replace_folder(tmp, target)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """`new` in `target`'s place; a previous `target` is set aside (`<new>.old`) and put back if the rename fails."""
+    aside = new.with_name(new.name + ASIDE)
+    if target.exists():
+        os.replace(target, aside)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if aside.exists():
+            os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def temporary(folder: Path, prefix: str) -> Iterator[Path]:
+    """A new name in `folder` (nothing created there but its lock), locked for the block and removed
+    at its end if still there; what dead writers left under `prefix` is removed first."""
+    sweep(folder, prefix)
+    path, fd = _locked(folder, prefix)
+    try:
+        yield path
+    finally:
+        _remove(path)
+        _remove(path.with_name(path.name + ASIDE))
+        _remove(path.with_name(path.name + LOCK))
+        os.close(fd)
+
+
+def _locked(folder: Path, prefix: str) -> tuple[Path, int]:
+    """A new temporary name and the open descriptor of its lock, taken."""
+    while True:
+        path = folder / new_name(prefix)
+        lock = path.with_name(path.name + LOCK)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a sweep holds it: it found the new file before the lock was taken
+            os.close(fd)
+            continue
+        except OSError:  # a filesystem without locks: a sweep cannot take it either, so leaves the temporary
+            return path, fd
+        if _same(fd, lock):
+            return path, fd
+        os.close(fd)  # a sweep removed it before the lock was taken: another name
+
+
+def sweep(folder: Path, prefix: str) -> None:
+    """Remove the temporaries named `prefix…` in `folder` (files or folders) whose writers have ended."""
+    try:
+        names = [p.name for p in folder.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        path = folder / name
+        if name.endswith(LOCK):
+            _sweep_locked(path.with_name(name.removesuffix(LOCK)))
+            continue
+        stem = name.removesuffix(ASIDE)
+        # the lock is made before the temporary: looked for now, not in a listing that may predate it
+        if not path.with_name(stem + LOCK).exists() and _unlocked_ended(stem[len(prefix) :], path):
+            _remove(path)
+
+
+def _sweep_locked(path: Path) -> None:
+    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended)."""
+    lock = path.with_name(path.name + LOCK)
+    try:
+        fd = os.open(lock, os.O_RDWR)  # written to: NFS's emulation takes an exclusive lock only so
+    except OSError:  # gone meanwhile, or another user's
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same(fd, lock) and _remove(path) and _remove(path.with_name(path.name + ASIDE)):
+            _remove(lock)
+    except OSError:  # held (BlockingIOError): its writer runs; or a filesystem without locks
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlocked_ended(writer: str, path: Path) -> bool:
+    """Whether an unlocked temporary's writer (`<host>@<pid>…` or `<pid>…` in its name) has ended:
+    this host's by its pid; another host's, or one named without a pid, once untouched for a day."""
+    host, at, rest = writer.rpartition("@")
+    pid = rest.partition("-")[0]
+    if pid.isdecimal() and (not at or host == HOST):
+        return not process_alive(int(pid))
+    try:
+        return time.time() - path.lstat().st_mtime > LEGACY_AGE_S
+    except OSError:
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (in this pid namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process, or no valid id: leave its files alone
+        return True
+    return True
+
+
+def _same(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        found, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _remove(path: Path) -> bool:
+    """Remove a file or a folder (a link itself, not what it names); whether it is gone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,131 @@
+"""service/atomic.py: a temporary is removed by a later run only once its writer's lock is free,
+whatever the pid in its name says; older versions' unlocked temporaries by pid or age."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service import atomic
+
+HOLD = """
+import sys
+from pathlib import Path
+from service.atomic import folder_written_whole, written_whole
+target = Path(sys.argv[1])
+with (folder_written_whole if sys.argv[2] == "folder" else written_whole)(target) as tmp:
+    tmp.mkdir() if sys.argv[2] == "folder" else tmp.write_text("live")
+    print(tmp, flush=True)
+    sys.stdin.readline()  # held until told
+    (tmp / "part-0.csv").write_text("live") if sys.argv[2] == "folder" else None
+"""
+
+
+def holding(target: Path, kind: str = "file") -> tuple[subprocess.Popen[str], Path]:
+    """A process in the middle of writing `target` (a file or a folder), and its temporary."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(target), kind],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def unshared() -> list[str]:
+    """The command prefix that runs a process in a pid namespace of its own; the test skips without one."""
+    prefix = ["unshare", "--user", "--map-root-user", "--pid", "--fork"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.skip("unshare cannot make a pid namespace here")
+    return prefix
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_live_writers_temporary_stays_when_its_pid_looks_dead_and_goes_once_it_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The review: a writer in another pid namespace (same host name) looked dead by its pid, and its
+    live temporary was deleted under it. Its lock, not its pid, now says whether it runs."""
+    target = tmp_path / "out.csv"
+    proc, tmp = holding(target, kind)
+    monkeypatch.setattr(atomic, "process_alive", lambda pid: False)  # every pid looks dead, as from elsewhere
+    atomic.sweep(tmp_path, atomic.prefix_of(target))
+    assert tmp.exists() and tmp.with_name(tmp.name + atomic.LOCK).exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    monkeypatch.undo()
+    with atomic.written_whole(target) as mine:  # the next run into that name sweeps what the dead one left
+        mine.write_text("next")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"] and target.read_text() == "next"
+
+
+def test_a_run_in_another_pid_namespace_leaves_a_live_temporary_and_its_writer_finishes(tmp_path: Path) -> None:
+    """The fault as found (docker --network host, hostNetwork): the same host name, another pid table."""
+    prefix = unshared()
+    target = tmp_path / "out.csv"
+    proc, tmp = holding(target)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    sweep = (
+        "import sys; from pathlib import Path; from service.atomic import sweep; sweep(Path(sys.argv[1]), sys.argv[2])"
+    )
+    other = [*prefix, sys.executable, "-c", sweep, str(tmp_path), atomic.prefix_of(target)]
+    done = subprocess.run(other, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert tmp.exists()
+    assert proc.communicate("go\n", timeout=30)[0] == "" and proc.returncode == 0
+    assert target.read_text() == "live" and sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_a_kill_9ed_folder_writer_leaves_its_previous_output_set_aside_until_the_next_run(tmp_path: Path) -> None:
+    """Killed between setting the previous output aside and renaming the new one in: both go with the lock."""
+    target = tmp_path / "out.csv"
+    name = atomic.new_name(atomic.prefix_of(target)).replace(f"@{os.getpid()}-", "@1-")
+    for left in (name, name + atomic.ASIDE):
+        (tmp_path / left).mkdir()
+    (tmp_path / (name + atomic.LOCK)).touch()  # a lock file no process holds
+    with atomic.folder_written_whole(target) as tmp:
+        tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_unlocked_temporaries_of_older_versions_by_pid_here_and_by_age_elsewhere(tmp_path: Path) -> None:
+    """Names written before the lock: this host's pid decides; another host's (or no pid) after a day."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host, day_ago = socket.gethostname(), time.time() - atomic.LEGACY_AGE_S - 60
+    names = {
+        f".x.tmp-{host}@{dead.stdout.strip()}": False,
+        f".x.tmp-{dead.stdout.strip()}.old": False,
+        f".x.tmp-{host}@{os.getpid()}": True,
+        f".x.tmp-{os.getpid()}": True,
+        ".x.tmp-other-host@1": True,  # fresh: its pid means nothing here
+        ".x.tmp-other-host@2": False,  # a day untouched
+    }
+    for name in names:
+        (tmp_path / name).write_text("")
+    os.utime(tmp_path / ".x.tmp-other-host@2", (day_ago, day_ago))
+    atomic.sweep(tmp_path, ".x.tmp-")
+    assert {name: (tmp_path / name).exists() for name in names} == names
+
+
+def test_a_failed_replace_puts_the_previous_folder_back(tmp_path: Path) -> None:
+    """The previous output is set aside, not deleted, until the new one is in its place."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-0.csv").write_text("a\n1\n")
+    with pytest.raises(FileNotFoundError):
+        atomic.replace_folder(tmp_path / ".out.tmp-gone", out)  # the rename fails: a crash's stand-in
+    assert (out / "part-0.csv").read_text() == "a\n1\n" and [p.name for p in tmp_path.iterdir()] == ["out"]
