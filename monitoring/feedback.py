@@ -40,7 +40,7 @@ from service.features import (
     stripped,
 )
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import CsvSource, bom_encoding, sniff_sep
+from service.scoring.files import CsvSource, ScoringError, bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
@@ -127,8 +127,7 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
     except pa.ArrowInvalid as exc:
-        if "invalid UTF8" in str(exc):
-            _utf8(body, body)
+        _utf8(body, body)  # first, whatever else fails: another encoding is what is wrong with such a body
         raise _ragged(body, sep, exc) from None
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
@@ -137,9 +136,12 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
 def _ragged(body: bytes, sep: str, exc: pa.ArrowInvalid) -> InputError:
     """The rows a CSV reader cannot split, each a detail numbered as `tabserve score` numbers its rows (read
     again by its reader: data rows from 0 here, blank lines not counted), which pyarrow's `Row #` was not."""
-    source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
-    for _ in source.batches(source.columns):
-        pass
+    try:
+        source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
+        for _ in source.batches(source.columns):
+            pass
+    except ScoringError:  # a header scoring's reader cannot read either: pyarrow's words are all there is
+        return InputError("malformed", f"malformed CSV: {exc}")
     details = [{"record": row, "field": None, "message": why.partition("\0")[0]} for row, why in source.take_invalid()]
     if not details:  # what scoring's reader reads (a column of row names) this one did not
         return InputError("malformed", f"malformed CSV: {exc}")

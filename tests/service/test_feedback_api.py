@@ -58,6 +58,20 @@ def test_a_csv_that_is_not_utf8_is_a_400_naming_the_line(served: Server) -> None
     assert ragged.status_code == 400 and "record 1: expected 2 fields, got 3" in ragged.json()["error"]
 
 
+def test_a_body_not_utf8_with_a_ragged_row_is_the_not_utf8_400(served: Server) -> None:
+    """The review: the ragged-row reader ran before any UTF-8 check. Many cp1252 rows, a ragged one and a
+    byte cp1252 has no character for were a 500 (scoring's transcoder raised); fewer were a "ragged" 400."""
+    first = ids(1)[0]
+    for many in (5_000, 1):
+        rows = f"{first},No,caf\xe9\n" * many
+        body = f"customerID,Churn,note\n{rows}{first},No,a,b\n".encode("cp1252") + f"{first},No,\x81\n".encode(
+            "latin-1"
+        )
+        answer = post_csv(served, body)
+        assert answer.status_code == 400, answer.text
+        assert "not UTF-8 (line 2 holds the byte 0xe9)" in answer.json()["error"], answer.text
+
+
 def test_header_names_are_stripped_and_one_named_twice_after_stripping_is_refused(served: Server) -> None:
     """`customerID ,Churn` refused every row as "the id column is missing"; scoring strips names."""
     first = ids(1)[0]
