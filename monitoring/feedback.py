@@ -128,23 +128,31 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
         )
     except pa.ArrowInvalid as exc:
         _utf8(body, body)  # first, whatever else fails: another encoding is what is wrong with such a body
-        raise _ragged(body, sep, exc) from None
+        raise _read_again(body, sep) or InputError("malformed", f"malformed CSV: {exc}") from None
+    if b'"' in body and (error := _read_again(body, sep)):  # pyarrow reads a quote never closed to the end
+        raise error
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
 
 
-def _ragged(body: bytes, sep: str, exc: pa.ArrowInvalid) -> InputError:
-    """The rows a CSV reader cannot split, each a detail numbered as `tabserve score` numbers its rows (read
-    again by its reader: data rows from 0 here, blank lines not counted), which pyarrow's `Row #` was not."""
+UNCLOSED = 'a quote (") opened in this row is never closed: the rest of the CSV was read into it'
+
+
+def _read_again(body: bytes, sep: str) -> InputError | None:
+    """What `tabserve score`'s reader finds wrong in a CSV (rows it cannot split, a quote never closed), each a
+    detail numbered as it numbers rows (data rows from 0 here, blank lines not counted; pyarrow's `Row #` was not)."""
     try:
         source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
-        for _ in source.batches(source.columns):
-            pass
+        rows = sum(batch.num_rows for batch in source.batches(source.columns))
     except ScoringError:  # a header scoring's reader cannot read either: pyarrow's words are all there is
-        return InputError("malformed", f"malformed CSV: {exc}")
-    details = [{"record": row, "field": None, "message": why.partition("\0")[0]} for row, why in source.take_invalid()]
+        return None
+    invalid = source.take_invalid()
+    details: list[dict[str, Any]] = [{"record": r, "field": None, "message": w.partition("\0")[0]} for r, w in invalid]
+    if source.unclosed_quote:  # the last row read holds the rest of the body
+        details.append({"record": rows + len(invalid) - 1, "field": None, "message": UNCLOSED})
     if not details:  # what scoring's reader reads (a column of row names) this one did not
-        return InputError("malformed", f"malformed CSV: {exc}")
+        return None
+    details.sort(key=lambda d: d["record"])
     return InputError("malformed", f"malformed CSV: record {details[0]['record']}: {details[0]['message']}", details)
 
 

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from monitoring.feedback import UNCLOSED
 from monitoring.log import LogLocation
 from service import bundle
 from tests.service.conftest import Server, copy_store, running_server, telco_records
@@ -251,6 +252,21 @@ def test_a_ragged_row_is_numbered_as_score_numbers_it_and_named_by_record(served
     source = open_source(tmp_path / "ragged.csv")  # the reader `tabserve score` reads the file with
     rows = pa.Table.from_batches(list(numbered(source, source.columns))).to_pylist()
     assert [(r[ROW], r[UNPARSED]) for r in rows] == [(1, None), (2, "expected 3 fields, got 4")]
+
+
+def test_a_quote_never_closed_is_refused_naming_its_row(served: Server, tmp_path: Path) -> None:
+    """The review: the rows after a quote never closed were read into its row: `stored 1, refused 0`, the
+    two outcomes after it neither stored nor refused (`tabserve score` says `unclosed_quote`)."""
+    first, second, third, fourth = ids(4)
+    body = f'customerID,Churn,note\n{first},No,ok\n\n{second},Yes,"x\n{third},No,y\n{fourth},Yes,z\n'.encode()
+    answer = post_csv(served, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["details"] == [{"record": 1, "field": None, "message": UNCLOSED}]
+    (tmp_path / "unclosed.csv").write_bytes(body)
+    said = feedback_cli(served, tmp_path / "unclosed.csv", "--partial")
+    assert said.returncode == 2 and f"unclosed.csv: row 2: {UNCLOSED}" in said.stderr, said.stderr
+    closed = body.replace(b'"x\n', b'"x"\n')
+    assert post_csv(served, closed).json()["stored"] == 4
 
 
 def test_the_cli_chooses_a_csvs_encoding_as_score_does(served: Server, tmp_path: Path) -> None:
