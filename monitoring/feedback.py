@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
@@ -385,8 +386,11 @@ class Feedback:
         ids, last = self.pre.id_columns, dict[tuple[str, ...], tuple[str, Any]]()
         folders = itertools.groupby(self.location.files(self.model, FEEDBACK), key=lambda f: f.rsplit("/", 1)[0])
         for _, files in reversed([(day, list(group)) for day, group in folders]):
-            dataset = ds.dataset(files, format="parquet", filesystem=self.location.fs)
-            table = dataset.to_table(columns=[*ids, "_outcome", "_at"]).sort_by("_at")  # stable: file order on ties
+            tables = [table for path in files if (table := feedback_table(self.location, path)) is not None]
+            if not tables:
+                continue
+            table = pa.concat_tables(tables, promote_options="permissive").select([*ids, "_outcome", "_at"])
+            table = table.sort_by("_at")  # stable: file order on ties
             keys = zip(*(table.column(c).to_pylist() for c in ids), strict=True)
             rows = zip(keys, table.column("_outcome").to_pylist(), table.column("_at").to_pylist(), strict=True)
             for key, outcome, at in reversed(list(rows)):  # newest first: an id's first is its latest
@@ -430,27 +434,67 @@ def compact(location: LogLocation, folder: str) -> None:
         if len(small) <= COMPACT_FILES:
             return
         # only the lock holder removes merged files
-        sources, tables = _readable(small + (merged if len(merged) >= MERGED_FILES else []))
-        if not tables:
+        sources = small + (merged if len(merged) >= MERGED_FILES else [])
+        read = [(path, table) for path in sources if (table := feedback_table(location, str(path))) is not None]
+        if not read:
             return
-        table = pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables([table for _, table in read], promote_options="permissive")
         write_whole(location, table.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet")
-        for p in sources:
-            p.unlink(missing_ok=True)
+        for path, _ in read:
+            path.unlink(missing_ok=True)
 
 
-def _readable(paths: list[Path]) -> tuple[list[Path], list[pa.Table]]:
-    """The files that read as Parquet, and their tables; one that does not is logged and left where it is
-    for a person to look at (merged, its rows would be lost to the removal), never merged or removed."""
-    read, tables = [], []
-    for path in paths:
+ASIDE = ".unreadable"  # a feedback file no reader can use is renamed `.<name>.unreadable`: in no reader's listing
+
+
+def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
+    """A feedback file's table; None when it is gone (merged meanwhile) or unreadable, then set aside."""
+    try:
+        return pq.read_table(path, filesystem=location.fs)
+    except FileNotFoundError:
+        return None
+    except OSError:  # the disk's or the user's fault, not the file's: nothing is moved
+        raise
+    except pa.ArrowException as exc:  # cut short by a full disk, or not Parquet at all
+        set_aside(location, path, f"is not readable Parquet ({exc})")
+        return None
+
+
+def feedback_files(location: LogLocation, model: str) -> list[str]:
+    """A model's feedback files whose footer reads (one that cannot be read by this user is kept, for the
+    reader to name); the others set aside."""
+    kept = []
+    for path in location.files(model, FEEDBACK):
         try:
-            tables.append(pq.read_table(path))
-        except (pa.ArrowException, OSError) as exc:
-            logger.error("feedback file %s is not readable Parquet (%s): left out of the merge; move it out", path, exc)
+            pq.read_schema(path, filesystem=location.fs)
+        except FileNotFoundError:
             continue
-        read.append(path)
-    return read, tables
+        except OSError:
+            pass
+        except pa.ArrowException as exc:
+            set_aside(location, path, f"is not readable Parquet ({exc})")
+            continue
+        kept.append(path)
+    return kept
+
+
+def set_aside(location: LogLocation, path: str, why: str) -> None:
+    """A feedback file no reader can use renamed out of every reader's listing (`.<name>.unreadable` in its
+    folder; never removed: it is the user's data), and logged by name."""
+    folder, _, name = path.rpartition("/")
+    aside = f"{folder}/.{name}{ASIDE}"
+    for n in itertools.count(2):  # one set aside before under that name is kept too
+        if location.fs.get_file_info(aside).type == pafs.FileType.NotFound:
+            break
+        aside = f"{folder}/.{name}.{n}{ASIDE}"
+    try:
+        location.fs.move(path, aside)
+    except FileNotFoundError:  # another reader set it aside first
+        return
+    except OSError as exc:
+        logger.error("feedback file %s %s and could not be set aside (%s): move it out of %s", path, why, exc, folder)
+        return
+    logger.error("feedback file %s %s: set aside as %s, read by nothing (docs/monitoring.md)", path, why, aside)
 
 
 def _day_files(folder: str) -> tuple[list[Path], list[Path]]:

@@ -4,11 +4,14 @@ arrives days after its prediction still labels it in the export."""
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -83,6 +86,45 @@ def test_a_restart_reads_the_newest_outcomes_and_no_older_day_than_it_needs(
     window = reader.stored(2)
     assert [(x.key, x.outcome, x.version) for x in window] == [(("c",), "Yes", 1), (("a",), "No", 1)]
     assert [float(x.outputs[1]) for x in window] == pytest.approx([0.6, 0.9])
+
+
+def test_a_feedback_file_cut_short_is_set_aside_by_any_reader_and_read_by_nothing(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review: a cut-short file in a day's feedback folder made `stored()` raise (a restarted service's
+    live window started empty) and the export fail until someone removed it; only a merge logged it. Each
+    reader renames it `.<name>.unreadable` beside it, logs it, and reads the rest."""
+    from service.features import Preprocess
+
+    at = pa.array([time.time_ns() // 1000], pa.timestamp("us", tz="UTC"))
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"_at": at, "_version": [1], "customerID": ["a"], "_probability": [0.9]}), predicted / "p.parquet"
+    )
+    day = tmp_path / "churn" / "feedback" / "date=2024-01-02"
+    day.mkdir(parents=True)
+    sent = pa.table(
+        {
+            "customerID": ["a"],
+            "_outcome": ["Yes"],
+            "_target": ["Churn"],
+            "_at": pc.add(at, pa.scalar(1, pa.duration("us"))),
+        }
+    )
+    pq.write_table(sent, day / "a.parquet")
+    cut = day / "cut.parquet"
+    half = (day / "a.parquet").read_bytes()[:100]  # a disk that filled mid-write
+    cut.write_bytes(half)
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    with caplog.at_level(logging.ERROR, "tabserve.feedback"):
+        assert [(x.key, x.outcome) for x in reader.stored(5)] == [(("a",), "Yes")]
+    aside = day / ".cut.parquet.unreadable"
+    assert not cut.exists() and aside.read_bytes() == half
+    assert f"{cut} is not readable Parquet" in caplog.text and str(aside) in caplog.text
+    cut.write_bytes(half)  # another, under the same name: the export sets it aside beside the first
+    assert LogReader(tmp_path, "churn").export(tmp_path / "out.csv", labelled=True) == 1
+    assert not cut.exists() and (day / ".cut.parquet.2.unreadable").read_bytes() == aside.read_bytes() == half
 
 
 def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(

@@ -172,9 +172,10 @@ def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Se
     assert post_csv(served, f"customerID,Churn\n{first},No\n".encode()).status_code == 200
 
 
-def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(served: Server) -> None:
+def test_an_unreadable_feedback_file_fails_no_call_and_is_set_aside(served: Server) -> None:
     """A feedback file cut short made compaction raise after the call's outcome was stored: a 500 with
-    a traceback, the client sent it again (stored twice), and every later call that day failed too."""
+    a traceback, the client sent it again (stored twice), and every later call that day failed too. It is
+    set aside (`.cut.parquet.unreadable`), out of every reader's listing, never removed."""
     import pyarrow.parquet as pq
 
     from monitoring.feedback import COMPACT_FILES
@@ -204,12 +205,14 @@ def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(serv
         answers = [post_csv(served, f"customerID,Churn\n{first},Yes\n".encode()) for _ in range(2)]
         assert [a.status_code for a in answers] == [200, 200], answers[0].text
         assert [a.json()["stored"] for a in answers] == [1, 1]
-        assert bad.exists() and str(bad) in served.output()  # left where it is, and named in the log
-        readable = [pq.read_table(f) for f in sorted(day.glob("*.parquet")) if f != bad]
+        aside = day / ".cut.parquet.unreadable"
+        assert not bad.exists() and aside.read_bytes() == whole[: len(whole) // 2]  # set aside, as it was
+        assert f"{bad} is not readable Parquet" in served.output() and str(aside) in served.output()
+        readable = [pq.read_table(f) for f in sorted(day.glob("*.parquet"))]
         assert len(readable) < COMPACT_FILES  # the readable ones were merged all the same
         assert sent(first) == before + 2 and sent("z-old") == COMPACT_FILES  # once per call, never more
     finally:
-        bad.unlink(missing_ok=True)
+        (day / ".cut.parquet.unreadable").unlink(missing_ok=True)
 
 
 def test_an_encoding_that_is_no_text_encoding_is_refused_as_score_refuses_it(served: Server, tmp_path: Path) -> None:
