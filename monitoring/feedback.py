@@ -448,9 +448,10 @@ ASIDE = ".unreadable"  # a feedback file no reader can use is renamed `.<name>.u
 
 
 def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
-    """A feedback file's table; None when it is gone (merged meanwhile) or unreadable, then set aside."""
+    """A feedback file's table; None when it is gone (merged meanwhile), or unreadable or not of feedback's
+    columns (`misfit`), then set aside."""
     try:
-        return pq.read_table(path, filesystem=location.fs)
+        table = pq.read_table(path, filesystem=location.fs)
     except FileNotFoundError:
         return None
     except OSError:  # the disk's or the user's fault, not the file's: nothing is moved
@@ -458,24 +459,47 @@ def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
     except pa.ArrowException as exc:  # cut short by a full disk, or not Parquet at all
         set_aside(location, path, f"is not readable Parquet ({exc})")
         return None
+    if why := misfit(table.schema):  # it cannot be merged with the day's others: no merge that day
+        set_aside(location, path, why)
+        return None
+    return table
 
 
 def feedback_files(location: LogLocation, model: str) -> list[str]:
-    """A model's feedback files whose footer reads (one that cannot be read by this user is kept, for the
-    reader to name); the others set aside."""
+    """A model's feedback files whose footer reads and whose columns are feedback's (one this user cannot
+    read is kept, for the reader to name); the others set aside."""
     kept = []
     for path in location.files(model, FEEDBACK):
         try:
-            pq.read_schema(path, filesystem=location.fs)
+            why = misfit(pq.read_schema(path, filesystem=location.fs))
         except FileNotFoundError:
             continue
         except OSError:
-            pass
+            why = None
         except pa.ArrowException as exc:
-            set_aside(location, path, f"is not readable Parquet ({exc})")
-            continue
-        kept.append(path)
+            why = f"is not readable Parquet ({exc})"
+        if why:
+            set_aside(location, path, why)
+        else:
+            kept.append(path)
     return kept
+
+
+WRITTEN = {"_outcome": pa.string(), "_target": pa.string(), "_at": pa.timestamp("us", tz="UTC")}  # as `_write` does
+
+
+def misfit(schema: pa.Schema) -> str | None:
+    """How a feedback file's columns differ from those `_write` writes (text ids, then WRITTEN); None if not."""
+    for name, kind in WRITTEN.items():
+        if name not in schema.names:
+            return f"has no {name} column"
+        if schema.field(name).type != kind:
+            return f"holds {name} as {schema.field(name).type}, not {kind} as feedback writes it"
+    ids = [f for f in schema if f.name not in WRITTEN]
+    if not ids:
+        return "has no id column"
+    wrong = next((f for f in ids if f.type != pa.string()), None)
+    return f"holds the id {wrong.name} as {wrong.type}, not text as feedback writes it" if wrong else None
 
 
 def set_aside(location: LogLocation, path: str, why: str) -> None:

@@ -127,6 +127,36 @@ def test_a_feedback_file_cut_short_is_set_aside_by_any_reader_and_read_by_nothin
     assert not cut.exists() and (day / ".cut.parquet.2.unreadable").read_bytes() == aside.read_bytes() == half
 
 
+def test_a_feedback_file_of_other_columns_is_set_aside_and_the_day_merged(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review: a hand-written file with `customerID` as int64 read, but could not be merged ("Unable to
+    merge … int64 vs string") on every call: no merge that day, its files kept growing. Checked against
+    the columns feedback writes, it is set aside as a file cut short is, and the rest are merged."""
+    from monitoring.feedback import COMPACT_FILES
+    from service.features import Preprocess
+
+    at = pa.array([time.time_ns() // 1000 - 10**6], pa.timestamp("us", tz="UTC"))
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"_at": at, "_version": [1], "customerID": ["a"], "_probability": [0.9]}), predicted / "p.parquet"
+    )
+    day = tmp_path / "churn" / "feedback" / f"date={time.strftime('%Y-%m-%d', time.gmtime())}"
+    day.mkdir(parents=True)
+    one = {"customerID": ["z"], "_outcome": ["No"], "_target": ["Churn"], "_at": at}
+    for i in range(COMPACT_FILES):
+        pq.write_table(pa.table(one), day / f"old-{i:03d}.parquet")
+    pq.write_table(pa.table({**one, "customerID": pa.array([7], pa.int64())}), day / "by-hand.parquet")
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    with caplog.at_level(logging.ERROR, "tabserve.feedback"):
+        assert reader.submit([{"customerID": "a", "Churn": "Yes"}]).stored == 1
+    assert len(list(day.glob("*.parquet"))) == 1 and (day / ".by-hand.parquet.unreadable").exists()
+    assert f"{day / 'by-hand.parquet'} holds the id customerID as int64, not text" in caplog.text
+    assert "failed" not in caplog.text  # the merge itself went through
+    assert pq.read_table(next(day.glob("*.parquet")))["customerID"].to_pylist() == ["z"] * COMPACT_FILES + ["a"]
+
+
 def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     tmp_path: Path, churn_bundle: bundle.BundleRef
 ) -> None:
