@@ -215,6 +215,37 @@ def test_an_unreadable_feedback_file_fails_no_call_and_is_set_aside(served: Serv
         (day / ".cut.parquet.unreadable").unlink(missing_ok=True)
 
 
+def test_a_merge_that_fails_for_another_reason_fails_no_call(served: Server) -> None:
+    """The review: the catch-all around the merge was untested. With every file's faults set aside, what
+    reaches it is the disk's (a full disk on the merged file's write; here the lock file cannot be opened):
+    the call's outcome is stored, the call answers 200 once, the failure is logged, the next call merges."""
+    import pyarrow.parquet as pq
+
+    from monitoring.feedback import COMPACT_FILES
+    from monitoring.log import day_of
+
+    first = ids(1)[0]
+    day = served.store.parent / "log" / "churn" / "feedback" / f"date={day_of(time.time())}"
+    day.mkdir(parents=True, exist_ok=True)
+    at = pa.array([time.time_ns() // 1000], pa.timestamp("us", tz="UTC"))
+    for i in range(COMPACT_FILES):
+        pq.write_table(
+            pa.table({"customerID": ["z"], "_outcome": ["No"], "_target": ["Churn"], "_at": at}), day / f"z-{i}.parquet"
+        )
+    lock = day / ".compact.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # open(…, "a") raises IsADirectoryError, as a write to a full disk raises OSError
+    try:
+        answer = post_csv(served, f"customerID,Churn\n{first},Yes\n".encode())
+        assert answer.status_code == 200 and answer.json()["stored"] == 1, answer.text
+        assert f"merging the feedback files of {day} failed (the outcomes are stored)" in served.output()
+        assert len(list(day.glob("*.parquet"))) > COMPACT_FILES  # not merged, nothing lost
+    finally:
+        lock.rmdir()
+    assert post_csv(served, f"customerID,Churn\n{first},Yes\n".encode()).status_code == 200
+    assert len(list(day.glob("*.parquet"))) < COMPACT_FILES
+
+
 def test_an_encoding_that_is_no_text_encoding_is_refused_as_score_refuses_it(served: Server, tmp_path: Path) -> None:
     """`--encoding` was checked by catching LookupError around the whole command, which also caught any
     KeyError or IndexError as "no such encoding"; `base64` (a codec, not a text encoding) was said not to exist."""
