@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -198,9 +199,10 @@ def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     assert (done.stored, done.duplicates, done.refused) == (2, [1, 3], [])
 
 
-def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
+def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "", **config: Any) -> tuple[bundle.BundleRef, Path]:
     """A real german model (an id column added; `amounts="comma"`: credit_amount in hundreds with a
-    decimal comma, as a European export writes it), trained, then its file scored into a log."""
+    decimal comma, as a European export writes it; `config`: training options), trained, then its file
+    scored into a log."""
     from training.pipeline import train
 
     with GERMAN.open(newline="") as fh:
@@ -214,7 +216,7 @@ def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[b
         writer = csv.DictWriter(fh, ["loan_id", *(k for k in rows[0] if k != "loan_id")], delimiter=sep)
         writer.writeheader()
         writer.writerows(rows)
-    result = train(quick_config(data, target, tmp_path / "models", name="m"), say=lambda _: None)
+    result = train(quick_config(data, target, tmp_path / "models", name="m", **config), say=lambda _: None)
     assert result.bundle is not None
     log = tmp_path / "log"
     score = ["score", "--model", "m", "--models", str(tmp_path / "models"), "--input", str(data)]
@@ -338,3 +340,22 @@ def test_a_file_gets_the_same_answer_whatever_its_chunk_size(tmp_path: Path, chu
     assert single[2][2][1] == single[2][3][1]  # the repeat of a never-scored id: refused as its first was
     for chunk in (1, 2, 3, len(records)):
         assert answer(chunk) == single, chunk
+
+
+def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(tmp_path: Path) -> None:
+    """The review: a model trained on cp1252 given a UTF-8 file whose first 64 KiB are ASCII read it all as
+    cp1252 without a word (`café` came out `cafÃ©`; a non-ASCII id refused as never scored). A file that is
+    not ASCII, read without --encoding, is said with the encoding used, the words it reads, how to choose."""
+    ref, log = _scored(tmp_path, "creditability", ",", encoding="cp1252")
+    assert ref.preprocess.read.encoding == "cp1252"
+    pad = "x" * 80  # the first 64 KiB ASCII: choose_encoding keeps the training file's encoding
+    rows = [f"L{i:04d},good,{pad}" for i in range(999)] + ["L0999,good,caf\u00e9"]
+    (tmp_path / "utf8.csv").write_text("loan_id,creditability,note\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    feedback = ["feedback", "--model", "m", "--models-dir", str(tmp_path / "models"), "--log", str(log)]
+    run = [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")]
+    said = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
+    assert "was read as cp1252, the training file's encoding, reading 'caf\u00c3\u00a9'" in said.stderr, said.stderr
+    assert "--encoding utf-8 (the file is valid UTF-8)" in said.stderr
+    said = subprocess.run([*run, "--encoding", "utf-8"], capture_output=True, text=True, check=False)
+    assert said.returncode == 0 and "warning" not in said.stderr, said.stderr
