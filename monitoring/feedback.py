@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from monitoring.log import LogLocation, day_of, logged_parts, text_of, write_whole
@@ -40,7 +41,7 @@ from service.features import (
     stripped,
 )
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import CsvSource, bom_encoding, sniff_sep
+from service.scoring.files import CsvSource, ScoringError, bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
@@ -127,22 +128,32 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
     except pa.ArrowInvalid as exc:
-        if "invalid UTF8" in str(exc):
-            _utf8(body, body)
-        raise _ragged(body, sep, exc) from None
+        _utf8(body, body)  # first, whatever else fails: another encoding is what is wrong with such a body
+        raise _read_again(body, sep) or InputError("malformed", f"malformed CSV: {exc}") from None
+    if b'"' in body and (error := _read_again(body, sep)):  # pyarrow reads a quote never closed to the end
+        raise error
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
 
 
-def _ragged(body: bytes, sep: str, exc: pa.ArrowInvalid) -> InputError:
-    """The rows a CSV reader cannot split, each a detail numbered as `tabserve score` numbers its rows (read
-    again by its reader: data rows from 0 here, blank lines not counted), which pyarrow's `Row #` was not."""
-    source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
-    for _ in source.batches(source.columns):
-        pass
-    details = [{"record": row, "field": None, "message": why.partition("\0")[0]} for row, why in source.take_invalid()]
+UNCLOSED = 'a quote (") opened in this row is never closed: the rest of the CSV was read into it'
+
+
+def _read_again(body: bytes, sep: str) -> InputError | None:
+    """What `tabserve score`'s reader finds wrong in a CSV (rows it cannot split, a quote never closed), each a
+    detail numbered as it numbers rows (data rows from 0 here, blank lines not counted; pyarrow's `Row #` was not)."""
+    try:
+        source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
+        rows = sum(batch.num_rows for batch in source.batches(source.columns))
+    except ScoringError:  # a header scoring's reader cannot read either: pyarrow's words are all there is
+        return None
+    invalid = source.take_invalid()
+    details: list[dict[str, Any]] = [{"record": r, "field": None, "message": w.partition("\0")[0]} for r, w in invalid]
+    if source.unclosed_quote:  # the last row read holds the rest of the body
+        details.append({"record": rows + len(invalid) - 1, "field": None, "message": UNCLOSED})
     if not details:  # what scoring's reader reads (a column of row names) this one did not
-        return InputError("malformed", f"malformed CSV: {exc}")
+        return None
+    details.sort(key=lambda d: d["record"])
     return InputError("malformed", f"malformed CSV: record {details[0]['record']}: {details[0]['message']}", details)
 
 
@@ -375,8 +386,11 @@ class Feedback:
         ids, last = self.pre.id_columns, dict[tuple[str, ...], tuple[str, Any]]()
         folders = itertools.groupby(self.location.files(self.model, FEEDBACK), key=lambda f: f.rsplit("/", 1)[0])
         for _, files in reversed([(day, list(group)) for day, group in folders]):
-            dataset = ds.dataset(files, format="parquet", filesystem=self.location.fs)
-            table = dataset.to_table(columns=[*ids, "_outcome", "_at"]).sort_by("_at")  # stable: file order on ties
+            tables = [table for path in files if (table := feedback_table(self.location, path)) is not None]
+            if not tables:
+                continue
+            table = pa.concat_tables(tables, promote_options="permissive").select([*ids, "_outcome", "_at"])
+            table = table.sort_by("_at")  # stable: file order on ties
             keys = zip(*(table.column(c).to_pylist() for c in ids), strict=True)
             rows = zip(keys, table.column("_outcome").to_pylist(), table.column("_at").to_pylist(), strict=True)
             for key, outcome, at in reversed(list(rows)):  # newest first: an id's first is its latest
@@ -420,27 +434,91 @@ def compact(location: LogLocation, folder: str) -> None:
         if len(small) <= COMPACT_FILES:
             return
         # only the lock holder removes merged files
-        sources, tables = _readable(small + (merged if len(merged) >= MERGED_FILES else []))
-        if not tables:
+        sources = small + (merged if len(merged) >= MERGED_FILES else [])
+        read = [(path, table) for path in sources if (table := feedback_table(location, str(path))) is not None]
+        if not read:
             return
-        table = pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables([table for _, table in read], promote_options="permissive")
         write_whole(location, table.sort_by("_at"), folder, f"{MERGED}{_tag}-{int(time.time())}-{next(_files)}.parquet")
-        for p in sources:
-            p.unlink(missing_ok=True)
+        for path, _ in read:
+            path.unlink(missing_ok=True)
 
 
-def _readable(paths: list[Path]) -> tuple[list[Path], list[pa.Table]]:
-    """The files that read as Parquet, and their tables; one that does not is logged and left where it is
-    for a person to look at (merged, its rows would be lost to the removal), never merged or removed."""
-    read, tables = [], []
-    for path in paths:
+ASIDE = ".unreadable"  # a feedback file no reader can use is renamed `.<name>.unreadable`: in no reader's listing
+
+
+def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
+    """A feedback file's table; None when it is gone (merged meanwhile), or unreadable or not of feedback's
+    columns (`misfit`), then set aside."""
+    try:
+        table = pq.read_table(path, filesystem=location.fs)
+    except FileNotFoundError:
+        return None
+    except OSError:  # the disk's or the user's fault, not the file's: nothing is moved
+        raise
+    except pa.ArrowException as exc:  # cut short by a full disk, or not Parquet at all
+        set_aside(location, path, f"is not readable Parquet ({exc})")
+        return None
+    if why := misfit(table.schema):  # it cannot be merged with the day's others: no merge that day
+        set_aside(location, path, why)
+        return None
+    return table
+
+
+def feedback_files(location: LogLocation, model: str) -> list[str]:
+    """A model's feedback files whose footer reads and whose columns are feedback's (one this user cannot
+    read is kept, for the reader to name); the others set aside."""
+    kept = []
+    for path in location.files(model, FEEDBACK):
         try:
-            tables.append(pq.read_table(path))
-        except (pa.ArrowException, OSError) as exc:
-            logger.error("feedback file %s is not readable Parquet (%s): left out of the merge; move it out", path, exc)
+            why = misfit(pq.read_schema(path, filesystem=location.fs))
+        except FileNotFoundError:
             continue
-        read.append(path)
-    return read, tables
+        except OSError:
+            why = None
+        except pa.ArrowException as exc:
+            why = f"is not readable Parquet ({exc})"
+        if why:
+            set_aside(location, path, why)
+        else:
+            kept.append(path)
+    return kept
+
+
+WRITTEN = {"_outcome": pa.string(), "_target": pa.string(), "_at": pa.timestamp("us", tz="UTC")}  # as `_write` does
+
+
+def misfit(schema: pa.Schema) -> str | None:
+    """How a feedback file's columns differ from those `_write` writes (text ids, then WRITTEN); None if not."""
+    for name, kind in WRITTEN.items():
+        if name not in schema.names:
+            return f"has no {name} column"
+        if schema.field(name).type != kind:
+            return f"holds {name} as {schema.field(name).type}, not {kind} as feedback writes it"
+    ids = [f for f in schema if f.name not in WRITTEN]
+    if not ids:
+        return "has no id column"
+    wrong = next((f for f in ids if f.type != pa.string()), None)
+    return f"holds the id {wrong.name} as {wrong.type}, not text as feedback writes it" if wrong else None
+
+
+def set_aside(location: LogLocation, path: str, why: str) -> None:
+    """A feedback file no reader can use renamed out of every reader's listing (`.<name>.unreadable` in its
+    folder; never removed: it is the user's data), and logged by name."""
+    folder, _, name = path.rpartition("/")
+    aside = f"{folder}/.{name}{ASIDE}"
+    for n in itertools.count(2):  # one set aside before under that name is kept too
+        if location.fs.get_file_info(aside).type == pafs.FileType.NotFound:
+            break
+        aside = f"{folder}/.{name}.{n}{ASIDE}"
+    try:
+        location.fs.move(path, aside)
+    except FileNotFoundError:  # another reader set it aside first
+        return
+    except OSError as exc:
+        logger.error("feedback file %s %s and could not be set aside (%s): move it out of %s", path, why, exc, folder)
+        return
+    logger.error("feedback file %s %s: set aside as %s, read by nothing (docs/monitoring.md)", path, why, aside)
 
 
 def _day_files(folder: str) -> tuple[list[Path], list[Path]]:

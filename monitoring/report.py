@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from monitoring.accuracy import calibration, finite, metrics_of, truth_of
-from monitoring.feedback import FEEDBACK, outputs_of
+from monitoring.feedback import FEEDBACK, feedback_files, outputs_of
 from monitoring.log import OWN_COLUMNS, LogLocation, logged_parts
 from service import bundle
 from service.atomic import written_whole
@@ -51,8 +51,9 @@ class LogReader:
         self.db.execute("SET TimeZone = 'UTC'")  # periods are UTC days, as the date= folders, wherever it runs
         base = Path(self.location.root) / model
         self.db.execute(f"CREATE VIEW predictions AS {self._predictions_sql()}")
-        self.ids = ids if ids is not None else self._ids()
-        self.has_feedback = bool(self.location.files(model, FEEDBACK))
+        feedback = feedback_files(self.location, model)  # one cut short is set aside, out of the view's glob
+        self.ids = ids if ids is not None else self._ids(feedback)
+        self.has_feedback = bool(feedback)
         if self.has_feedback:
             self.db.execute(
                 f"CREATE VIEW feedback AS SELECT * FROM read_parquet('{base}/{FEEDBACK}/date=*/*.parquet', union_by_name = true, hive_partitioning = false)"
@@ -77,10 +78,9 @@ class LogReader:
             parts.append("SELECT * FROM open_segments")
         return " UNION ALL BY NAME ".join(parts)
 
-    def _ids(self) -> list[str]:
-        """The id columns: those the feedback files key on (every column of theirs but its own: an id
+    def _ids(self, files: list[str]) -> list[str]:
+        """The id columns: those the feedback `files` key on (every column of theirs but its own: an id
         may start with _, as MongoDB's `_id` does)."""
-        files = self.location.files(self.model, FEEDBACK)
         if not files:
             return []
         names = self.table(f"SELECT * FROM read_parquet('{files[0]}', hive_partitioning = false) LIMIT 0").column_names

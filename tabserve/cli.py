@@ -805,7 +805,7 @@ def _as_utf8(path: Path, data: bytes, encoding: str | None, trained: str) -> byt
     file's encoding, `trained`, unless the bytes say otherwise); a guess is said with the words it reads."""
     import codecs
 
-    from service.scoring.files import HEADER_PROBE, choose_encoding, guessed_encoding_note
+    from service.scoring.files import HEADER_PROBE, choose_encoding, guessed_encoding_note, is_utf8
 
     chosen = encoding or choose_encoding(data[:HEADER_PROBE], trained)
     if codecs.lookup(chosen).name == "utf-8":
@@ -814,8 +814,19 @@ def _as_utf8(path: Path, data: bytes, encoding: str | None, trained: str) -> byt
         text = data.decode(chosen)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not {chosen} either (byte 0x{data[exc.start]:02x} at {exc.start:,})") from None
-    if encoding is None and codecs.lookup(chosen).name not in (codecs.lookup(trained).name, "utf-16", "utf-32"):
+    name = codecs.lookup(chosen).name
+    if encoding is not None or name in ("utf-16", "utf-32") or data.isascii():  # given, a byte-order mark's, or moot
+        return text.encode("utf-8")
+    if name != codecs.lookup(trained).name:
         err_console.print(f"warning: {path} is " + guessed_encoding_note(data[:HEADER_PROBE], chosen), markup=False)
+    else:  # an ASCII start says nothing: the rest was read in the training file's encoding, unchecked
+        words = collections.Counter(re.findall(r"\w*[^\x00-\x7f]\w*", text)).most_common(3)
+        utf8 = ", e.g. --encoding utf-8 (the file is valid UTF-8)" if is_utf8(data) else ""
+        err_console.print(
+            f"warning: {path} was read as {chosen}, the training file's encoding, reading "
+            f"{', '.join(repr(w) for w, _ in words)}: pass --encoding if that is wrong{utf8}",
+            markup=False,
+        )
     return text.encode("utf-8")
 
 

@@ -4,11 +4,15 @@ arrives days after its prediction still labels it in the export."""
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -85,6 +89,75 @@ def test_a_restart_reads_the_newest_outcomes_and_no_older_day_than_it_needs(
     assert [float(x.outputs[1]) for x in window] == pytest.approx([0.6, 0.9])
 
 
+def test_a_feedback_file_cut_short_is_set_aside_by_any_reader_and_read_by_nothing(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review: a cut-short file in a day's feedback folder made `stored()` raise (a restarted service's
+    live window started empty) and the export fail until someone removed it; only a merge logged it. Each
+    reader renames it `.<name>.unreadable` beside it, logs it, and reads the rest."""
+    from service.features import Preprocess
+
+    at = pa.array([time.time_ns() // 1000], pa.timestamp("us", tz="UTC"))
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"_at": at, "_version": [1], "customerID": ["a"], "_probability": [0.9]}), predicted / "p.parquet"
+    )
+    day = tmp_path / "churn" / "feedback" / "date=2024-01-02"
+    day.mkdir(parents=True)
+    sent = pa.table(
+        {
+            "customerID": ["a"],
+            "_outcome": ["Yes"],
+            "_target": ["Churn"],
+            "_at": pc.add(at, pa.scalar(1, pa.duration("us"))),
+        }
+    )
+    pq.write_table(sent, day / "a.parquet")
+    cut = day / "cut.parquet"
+    half = (day / "a.parquet").read_bytes()[:100]  # a disk that filled mid-write
+    cut.write_bytes(half)
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    with caplog.at_level(logging.ERROR, "tabserve.feedback"):
+        assert [(x.key, x.outcome) for x in reader.stored(5)] == [(("a",), "Yes")]
+    aside = day / ".cut.parquet.unreadable"
+    assert not cut.exists() and aside.read_bytes() == half
+    assert f"{cut} is not readable Parquet" in caplog.text and str(aside) in caplog.text
+    cut.write_bytes(half)  # another, under the same name: the export sets it aside beside the first
+    assert LogReader(tmp_path, "churn").export(tmp_path / "out.csv", labelled=True) == 1
+    assert not cut.exists() and (day / ".cut.parquet.2.unreadable").read_bytes() == aside.read_bytes() == half
+
+
+def test_a_feedback_file_of_other_columns_is_set_aside_and_the_day_merged(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review: a hand-written file with `customerID` as int64 read, but could not be merged ("Unable to
+    merge … int64 vs string") on every call: no merge that day, its files kept growing. Checked against
+    the columns feedback writes, it is set aside as a file cut short is, and the rest are merged."""
+    from monitoring.feedback import COMPACT_FILES
+    from service.features import Preprocess
+
+    at = pa.array([time.time_ns() // 1000 - 10**6], pa.timestamp("us", tz="UTC"))
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"_at": at, "_version": [1], "customerID": ["a"], "_probability": [0.9]}), predicted / "p.parquet"
+    )
+    day = tmp_path / "churn" / "feedback" / f"date={time.strftime('%Y-%m-%d', time.gmtime())}"
+    day.mkdir(parents=True)
+    one = {"customerID": ["z"], "_outcome": ["No"], "_target": ["Churn"], "_at": at}
+    for i in range(COMPACT_FILES):
+        pq.write_table(pa.table(one), day / f"old-{i:03d}.parquet")
+    pq.write_table(pa.table({**one, "customerID": pa.array([7], pa.int64())}), day / "by-hand.parquet")
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    with caplog.at_level(logging.ERROR, "tabserve.feedback"):
+        assert reader.submit([{"customerID": "a", "Churn": "Yes"}]).stored == 1
+    assert len(list(day.glob("*.parquet"))) == 1 and (day / ".by-hand.parquet.unreadable").exists()
+    assert f"{day / 'by-hand.parquet'} holds the id customerID as int64, not text" in caplog.text
+    assert "failed" not in caplog.text  # the merge itself went through
+    assert pq.read_table(next(day.glob("*.parquet")))["customerID"].to_pylist() == ["z"] * COMPACT_FILES + ["a"]
+
+
 def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     tmp_path: Path, churn_bundle: bundle.BundleRef
 ) -> None:
@@ -126,9 +199,10 @@ def test_a_file_is_submitted_in_chunks_all_checked_before_any_is_stored(
     assert (done.stored, done.duplicates, done.refused) == (2, [1, 3], [])
 
 
-def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[bundle.BundleRef, Path]:
+def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "", **config: Any) -> tuple[bundle.BundleRef, Path]:
     """A real german model (an id column added; `amounts="comma"`: credit_amount in hundreds with a
-    decimal comma, as a European export writes it), trained, then its file scored into a log."""
+    decimal comma, as a European export writes it; `config`: training options), trained, then its file
+    scored into a log."""
     from training.pipeline import train
 
     with GERMAN.open(newline="") as fh:
@@ -142,7 +216,7 @@ def _scored(tmp_path: Path, target: str, sep: str, amounts: str = "") -> tuple[b
         writer = csv.DictWriter(fh, ["loan_id", *(k for k in rows[0] if k != "loan_id")], delimiter=sep)
         writer.writeheader()
         writer.writerows(rows)
-    result = train(quick_config(data, target, tmp_path / "models", name="m"), say=lambda _: None)
+    result = train(quick_config(data, target, tmp_path / "models", name="m", **config), say=lambda _: None)
     assert result.bundle is not None
     log = tmp_path / "log"
     score = ["score", "--model", "m", "--models", str(tmp_path / "models"), "--input", str(data)]
@@ -266,3 +340,22 @@ def test_a_file_gets_the_same_answer_whatever_its_chunk_size(tmp_path: Path, chu
     assert single[2][2][1] == single[2][3][1]  # the repeat of a never-scored id: refused as its first was
     for chunk in (1, 2, 3, len(records)):
         assert answer(chunk) == single, chunk
+
+
+def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(tmp_path: Path) -> None:
+    """The review: a model trained on cp1252 given a UTF-8 file whose first 64 KiB are ASCII read it all as
+    cp1252 without a word (`café` came out `cafÃ©`; a non-ASCII id refused as never scored). A file that is
+    not ASCII, read without --encoding, is said with the encoding used, the words it reads, how to choose."""
+    ref, log = _scored(tmp_path, "creditability", ",", encoding="cp1252")
+    assert ref.preprocess.read.encoding == "cp1252"
+    pad = "x" * 80  # the first 64 KiB ASCII: choose_encoding keeps the training file's encoding
+    rows = [f"L{i:04d},good,{pad}" for i in range(999)] + ["L0999,good,caf\u00e9"]
+    (tmp_path / "utf8.csv").write_text("loan_id,creditability,note\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    feedback = ["feedback", "--model", "m", "--models-dir", str(tmp_path / "models"), "--log", str(log)]
+    run = [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")]
+    said = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
+    assert "was read as cp1252, the training file's encoding, reading 'caf\u00c3\u00a9'" in said.stderr, said.stderr
+    assert "--encoding utf-8 (the file is valid UTF-8)" in said.stderr
+    said = subprocess.run([*run, "--encoding", "utf-8"], capture_output=True, text=True, check=False)
+    assert said.returncode == 0 and "warning" not in said.stderr, said.stderr

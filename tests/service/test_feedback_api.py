@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from monitoring.feedback import UNCLOSED
 from monitoring.log import LogLocation
 from service import bundle
 from tests.service.conftest import Server, copy_store, running_server, telco_records
@@ -56,6 +57,20 @@ def test_a_csv_that_is_not_utf8_is_a_400_naming_the_line(served: Server) -> None
     assert utf16.status_code == 400 and "byte-order mark says utf-16" in utf16.json()["error"]
     ragged = post_csv(served, f"customerID,Churn\n{first},No\n{first},No,x\n".encode())
     assert ragged.status_code == 400 and "record 1: expected 2 fields, got 3" in ragged.json()["error"]
+
+
+def test_a_body_not_utf8_with_a_ragged_row_is_the_not_utf8_400(served: Server) -> None:
+    """The review: the ragged-row reader ran before any UTF-8 check. Many cp1252 rows, a ragged one and a
+    byte cp1252 has no character for were a 500 (scoring's transcoder raised); fewer were a "ragged" 400."""
+    first = ids(1)[0]
+    for many in (5_000, 1):
+        rows = f"{first},No,caf\xe9\n" * many
+        body = f"customerID,Churn,note\n{rows}{first},No,a,b\n".encode("cp1252") + f"{first},No,\x81\n".encode(
+            "latin-1"
+        )
+        answer = post_csv(served, body)
+        assert answer.status_code == 400, answer.text
+        assert "not UTF-8 (line 2 holds the byte 0xe9)" in answer.json()["error"], answer.text
 
 
 def test_header_names_are_stripped_and_one_named_twice_after_stripping_is_refused(served: Server) -> None:
@@ -157,9 +172,10 @@ def test_an_unreadable_file_in_the_log_is_named_and_nothing_is_stored(served: Se
     assert post_csv(served, f"customerID,Churn\n{first},No\n".encode()).status_code == 200
 
 
-def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(served: Server) -> None:
+def test_an_unreadable_feedback_file_fails_no_call_and_is_set_aside(served: Server) -> None:
     """A feedback file cut short made compaction raise after the call's outcome was stored: a 500 with
-    a traceback, the client sent it again (stored twice), and every later call that day failed too."""
+    a traceback, the client sent it again (stored twice), and every later call that day failed too. It is
+    set aside (`.cut.parquet.unreadable`), out of every reader's listing, never removed."""
     import pyarrow.parquet as pq
 
     from monitoring.feedback import COMPACT_FILES
@@ -189,12 +205,45 @@ def test_an_unreadable_feedback_file_fails_no_call_and_is_left_for_a_person(serv
         answers = [post_csv(served, f"customerID,Churn\n{first},Yes\n".encode()) for _ in range(2)]
         assert [a.status_code for a in answers] == [200, 200], answers[0].text
         assert [a.json()["stored"] for a in answers] == [1, 1]
-        assert bad.exists() and str(bad) in served.output()  # left where it is, and named in the log
-        readable = [pq.read_table(f) for f in sorted(day.glob("*.parquet")) if f != bad]
+        aside = day / ".cut.parquet.unreadable"
+        assert not bad.exists() and aside.read_bytes() == whole[: len(whole) // 2]  # set aside, as it was
+        assert f"{bad} is not readable Parquet" in served.output() and str(aside) in served.output()
+        readable = [pq.read_table(f) for f in sorted(day.glob("*.parquet"))]
         assert len(readable) < COMPACT_FILES  # the readable ones were merged all the same
         assert sent(first) == before + 2 and sent("z-old") == COMPACT_FILES  # once per call, never more
     finally:
-        bad.unlink(missing_ok=True)
+        (day / ".cut.parquet.unreadable").unlink(missing_ok=True)
+
+
+def test_a_merge_that_fails_for_another_reason_fails_no_call(served: Server) -> None:
+    """The review: the catch-all around the merge was untested. With every file's faults set aside, what
+    reaches it is the disk's (a full disk on the merged file's write; here the lock file cannot be opened):
+    the call's outcome is stored, the call answers 200 once, the failure is logged, the next call merges."""
+    import pyarrow.parquet as pq
+
+    from monitoring.feedback import COMPACT_FILES
+    from monitoring.log import day_of
+
+    first = ids(1)[0]
+    day = served.store.parent / "log" / "churn" / "feedback" / f"date={day_of(time.time())}"
+    day.mkdir(parents=True, exist_ok=True)
+    at = pa.array([time.time_ns() // 1000], pa.timestamp("us", tz="UTC"))
+    for i in range(COMPACT_FILES):
+        pq.write_table(
+            pa.table({"customerID": ["z"], "_outcome": ["No"], "_target": ["Churn"], "_at": at}), day / f"z-{i}.parquet"
+        )
+    lock = day / ".compact.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # open(…, "a") raises IsADirectoryError, as a write to a full disk raises OSError
+    try:
+        answer = post_csv(served, f"customerID,Churn\n{first},Yes\n".encode())
+        assert answer.status_code == 200 and answer.json()["stored"] == 1, answer.text
+        assert f"merging the feedback files of {day} failed (the outcomes are stored)" in served.output()
+        assert len(list(day.glob("*.parquet"))) > COMPACT_FILES  # not merged, nothing lost
+    finally:
+        lock.rmdir()
+    assert post_csv(served, f"customerID,Churn\n{first},Yes\n".encode()).status_code == 200
+    assert len(list(day.glob("*.parquet"))) < COMPACT_FILES
 
 
 def test_an_encoding_that_is_no_text_encoding_is_refused_as_score_refuses_it(served: Server, tmp_path: Path) -> None:
@@ -237,6 +286,21 @@ def test_a_ragged_row_is_numbered_as_score_numbers_it_and_named_by_record(served
     source = open_source(tmp_path / "ragged.csv")  # the reader `tabserve score` reads the file with
     rows = pa.Table.from_batches(list(numbered(source, source.columns))).to_pylist()
     assert [(r[ROW], r[UNPARSED]) for r in rows] == [(1, None), (2, "expected 3 fields, got 4")]
+
+
+def test_a_quote_never_closed_is_refused_naming_its_row(served: Server, tmp_path: Path) -> None:
+    """The review: the rows after a quote never closed were read into its row: `stored 1, refused 0`, the
+    two outcomes after it neither stored nor refused (`tabserve score` says `unclosed_quote`)."""
+    first, second, third, fourth = ids(4)
+    body = f'customerID,Churn,note\n{first},No,ok\n\n{second},Yes,"x\n{third},No,y\n{fourth},Yes,z\n'.encode()
+    answer = post_csv(served, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["details"] == [{"record": 1, "field": None, "message": UNCLOSED}]
+    (tmp_path / "unclosed.csv").write_bytes(body)
+    said = feedback_cli(served, tmp_path / "unclosed.csv", "--partial")
+    assert said.returncode == 2 and f"unclosed.csv: row 2: {UNCLOSED}" in said.stderr, said.stderr
+    closed = body.replace(b'"x\n', b'"x"\n')
+    assert post_csv(served, closed).json()["stored"] == 4
 
 
 def test_the_cli_chooses_a_csvs_encoding_as_score_does(served: Server, tmp_path: Path) -> None:
