@@ -79,9 +79,8 @@ def temporary(folder: Path, prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        _remove(path)
-        _remove(path.with_name(path.name + ASIDE))
-        _remove(path.with_name(path.name + LOCK))
+        if _remove(path) and _remove(path.with_name(path.name + ASIDE)):  # else the lock stays: a sweep retries
+            _remove(path.with_name(path.name + LOCK))
         os.close(fd)
 
 

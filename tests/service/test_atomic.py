@@ -129,3 +129,20 @@ def test_a_failed_replace_puts_the_previous_folder_back(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic.replace_folder(tmp_path / ".out.tmp-gone", out)  # the rename fails: a crash's stand-in
     assert (out / "part-0.csv").read_text() == "a\n1\n" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_temporary_that_cannot_be_removed_keeps_its_lock_for_the_next_sweep(tmp_path: Path) -> None:
+    """The review: the lock went even when the temporary stayed, which the pid rule then judged (pid 1
+    in a container always looks alive: never swept). A mount inside it makes its removal fail (EBUSY)."""
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic.folder_written_whole(target) as tmp:
+        (tmp / "mnt").mkdir(parents=True)
+        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmp / "mnt")], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        raise RuntimeError("the run fails")
+    try:
+        assert tmp.exists() and tmp.with_name(tmp.name + atomic.LOCK).exists()
+    finally:
+        subprocess.run(["umount", str(tmp / "mnt")], check=False)
+    atomic.sweep(tmp_path, atomic.prefix_of(target))  # its writer is done: the lock is free
+    assert list(tmp_path.iterdir()) == []
