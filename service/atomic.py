@@ -5,8 +5,8 @@ A writer holds an exclusive flock(2) on `<temporary>.lock` for as long as its te
 sweep removes a temporary only when it can take that lock, which the kernel releases when the
 writer ends, whatever its host name, pid namespace or clock. (Over NFS, Linux emulates flock with
 POSIX locks that the server holds: the rule carries over.) A temporary without a lock file, as
-versions before this module wrote them, is judged by the pid in its name where that names this
-host, and otherwise by age.
+versions before this module wrote them and as a writer leaves where flock fails (ENOLCK…), is judged
+by the pid in its name where that names this host, and otherwise by age.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 HOST = socket.gethostname()
@@ -81,11 +81,13 @@ def temporary(folder: Path, prefix: str) -> Iterator[Path]:
     finally:
         if _remove(path) and _remove(path.with_name(path.name + ASIDE)):  # else the lock stays: a sweep retries
             _remove(path.with_name(path.name + LOCK))
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-def _locked(folder: Path, prefix: str) -> tuple[Path, int]:
-    """A new temporary name and the open descriptor of its lock, taken."""
+def _locked(folder: Path, prefix: str) -> tuple[Path, int | None]:
+    """A new temporary name and the open descriptor of its lock, taken; None, and no lock file, where
+    the filesystem cannot lock: the temporary is then judged by its pid or age, as an older version's."""
     while True:
         path = folder / new_name(prefix)
         lock = path.with_name(path.name + LOCK)
@@ -95,8 +97,10 @@ def _locked(folder: Path, prefix: str) -> tuple[Path, int]:
         except BlockingIOError:  # a sweep holds it: it found the new file before the lock was taken
             os.close(fd)
             continue
-        except OSError:  # a filesystem without locks: a sweep cannot take it either, so leaves the temporary
-            return path, fd
+        except OSError:  # ENOLCK, EOPNOTSUPP…: a lock file nobody holds could be taken by a later sweep
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            return path, None
         if _same(fd, lock):
             return path, fd
         os.close(fd)  # a sweep removed it before the lock was taken: another name
@@ -111,16 +115,17 @@ def sweep(folder: Path, prefix: str) -> None:
     for name in names:
         path = folder / name
         if name.endswith(LOCK):
-            _sweep_locked(path.with_name(name.removesuffix(LOCK)))
+            _sweep_locked(path.with_name(name.removesuffix(LOCK)), name.removesuffix(LOCK)[len(prefix) :])
             continue
         stem = name.removesuffix(ASIDE)
         # the lock is made before the temporary: looked for now, not in a listing that may predate it
-        if not path.with_name(stem + LOCK).exists() and _unlocked_ended(stem[len(prefix) :], path):
+        if not path.with_name(stem + LOCK).exists() and _unlocked_ended(stem[len(prefix) :], [path]):
             _remove(path)
 
 
-def _sweep_locked(path: Path) -> None:
-    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended)."""
+def _sweep_locked(path: Path, writer: str) -> None:
+    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended);
+    where the filesystem cannot lock, if its pid or age says so."""
     lock = path.with_name(path.name + LOCK)
     try:
         fd = os.open(lock, os.O_RDWR)  # written to: NFS's emulation takes an exclusive lock only so
@@ -128,25 +133,35 @@ def _sweep_locked(path: Path) -> None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if _same(fd, lock) and _remove(path) and _remove(path.with_name(path.name + ASIDE)):
+        ended = _same(fd, lock)
+    except BlockingIOError:  # held: its writer runs
+        ended = False
+    except OSError:  # ENOLCK, EOPNOTSUPP…: a lock file left where locks fail (by an older version)
+        ended = _unlocked_ended(writer, [path, lock])
+    try:
+        if ended and _remove(path) and _remove(path.with_name(path.name + ASIDE)):
             _remove(lock)
-    except OSError:  # held (BlockingIOError): its writer runs; or a filesystem without locks
-        pass
     finally:
         os.close(fd)
 
 
-def _unlocked_ended(writer: str, path: Path) -> bool:
+def _unlocked_ended(writer: str, paths: list[Path]) -> bool:
     """Whether an unlocked temporary's writer (`<host>@<pid>…` or `<pid>…` in its name) has ended:
-    this host's by its pid; another host's, or one named without a pid, once untouched for a day."""
+    this host's by its pid; another host's, or one named without a pid, once `paths` are untouched for a day."""
     host, at, rest = writer.rpartition("@")
     pid = rest.partition("-")[0]
     if pid.isdecimal() and (not at or host == HOST):
         return not process_alive(int(pid))
-    try:
-        return time.time() - path.lstat().st_mtime > LEGACY_AGE_S
-    except OSError:
-        return False
+    return _untouched_s(paths) > LEGACY_AGE_S
+
+
+def _untouched_s(paths: list[Path]) -> float:
+    """Seconds since the newest of `paths` that exist was modified (0 when none does)."""
+    touched = []
+    for path in paths:
+        with suppress(OSError):  # gone meanwhile
+            touched.append(path.lstat().st_mtime)
+    return time.time() - max(touched) if touched else 0.0
 
 
 def process_alive(pid: int) -> bool:

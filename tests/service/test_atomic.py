@@ -3,6 +3,8 @@ whatever the pid in its name says; older versions' unlocked temporaries by pid o
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import socket
@@ -146,3 +148,48 @@ def test_a_temporary_that_cannot_be_removed_keeps_its_lock_for_the_next_sweep(tm
         subprocess.run(["umount", str(tmp / "mnt")], check=False)
     atomic.sweep(tmp_path, atomic.prefix_of(target))  # its writer is done: the lock is free
     assert list(tmp_path.iterdir()) == []
+
+
+def no_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock(2) failing as on a filesystem mounted without locks (Lustre `noflock`, NFS with lockd down)."""
+
+    def refused(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+
+
+def test_a_writer_whose_lock_fails_leaves_no_lock_file_a_later_sweep_could_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review: the writer ran on with a lock file it did not hold; once locks worked again (a
+    transient ENOLCK) a sweep took it and deleted the live temporary. Without one, its pid judges it."""
+    target = tmp_path / "out.csv"
+    no_flock(monkeypatch)
+    with atomic.written_whole(target) as tmp:
+        tmp.write_text("live")
+        assert [p.name for p in tmp_path.iterdir()] == [tmp.name]
+        monkeypatch.undo()  # locks work again
+        atomic.sweep(tmp_path, atomic.prefix_of(target))
+        assert tmp.read_text() == "live"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"] and target.read_text() == "live"
+
+
+def test_where_flock_fails_the_sweep_judges_lock_files_by_pid_or_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review: lock files left where locks fail (by a writer before this fix) were never swept."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    mine = atomic.new_name(".x.tmp-")
+    names = {
+        mine.replace(f"@{os.getpid()}-", f"@{dead.stdout.strip()}-"): False,
+        mine: True,  # this process: alive
+        ".x.tmp-other-host@1-00": True,  # another host's, fresh
+    }
+    for name in names:
+        (tmp_path / name).write_text("")
+        (tmp_path / (name + atomic.LOCK)).write_text("")
+    no_flock(monkeypatch)
+    atomic.sweep(tmp_path, ".x.tmp-")
+    assert {name: (tmp_path / name).exists() for name in names} == names
+    assert {name: (tmp_path / (name + atomic.LOCK)).exists() for name in names} == names
