@@ -3,8 +3,9 @@ dead writers left (docs/scoring.md, "Atomic output").
 
 A writer holds an exclusive flock(2) on `<temporary>.lock` for as long as its temporary exists; a
 sweep removes a temporary only when it can take that lock, which the kernel releases when the
-writer ends, whatever its host name, pid namespace or clock. (Over NFS, Linux emulates flock with
-POSIX locks that the server holds: the rule carries over.) A temporary without a lock file, as
+writer ends, whatever its pid namespace. Another host's temporary must also be a day untouched: a
+mount may keep locks local to each host (NFS `nolock`, Lustre `localflock`, a lease lost in a
+partition), and a lock taken there says nothing of a writer elsewhere. A temporary without a lock file, as
 versions before this module wrote them and as a writer leaves where flock fails (ENOLCK…), is judged
 by the pid in its name where that names this host, and otherwise by age.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 HOST = socket.gethostname()
 LOCK = ".lock"  # `<temporary>.lock`: held by the writer for as long as the temporary exists
 ASIDE = ".old"  # `<temporary>.old`: a folder's previous version, set aside until the new one is in place
-LEGACY_AGE_S = 86_400  # an unlocked temporary of another host's counts as abandoned once untouched this long
+LEGACY_AGE_S = 86_400  # another host's temporary counts as abandoned once untouched this long (and unlocked)
 
 
 def prefix_of(target: Path) -> str:
@@ -124,8 +125,8 @@ def sweep(folder: Path, prefix: str) -> None:
 
 
 def _sweep_locked(path: Path, writer: str) -> None:
-    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended);
-    where the filesystem cannot lock, if its pid or age says so."""
+    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended)
+    and, another host's, it is a day untouched; where the filesystem cannot lock, if its pid or age says so."""
     lock = path.with_name(path.name + LOCK)
     try:
         fd = os.open(lock, os.O_RDWR)  # written to: NFS's emulation takes an exclusive lock only so
@@ -133,7 +134,8 @@ def _sweep_locked(path: Path, writer: str) -> None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        ended = _same(fd, lock)
+        here = writer.rpartition("@")[0] == HOST  # elsewhere, the lock may have been local to that host
+        ended = _same(fd, lock) and (here or _untouched_s([path, lock]) > LEGACY_AGE_S)
     except BlockingIOError:  # held: its writer runs
         ended = False
     except OSError:  # ENOLCK, EOPNOTSUPP…: a lock file left where locks fail (by an older version)

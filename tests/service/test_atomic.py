@@ -193,3 +193,18 @@ def test_where_flock_fails_the_sweep_judges_lock_files_by_pid_or_age(
     atomic.sweep(tmp_path, ".x.tmp-")
     assert {name: (tmp_path / name).exists() for name in names} == names
     assert {name: (tmp_path / (name + atomic.LOCK)).exists() for name in names} == names
+
+
+def test_another_hosts_temporary_needs_its_lock_free_and_a_day_untouched(tmp_path: Path) -> None:
+    """The review: where locks are local to each host (NFS `nolock`, Lustre `localflock`), a lock
+    file another host's live writer holds looks free here, and its staging folder was deleted."""
+    day_ago = time.time() - atomic.LEGACY_AGE_S - 60
+    names = {".x.tmp-other-host@7-aa": True, ".x.tmp-other-host@7-bb": False}  # fresh; a day untouched
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / (name + atomic.LOCK)).touch()  # no process here holds it
+    for old in (".x.tmp-other-host@7-bb", ".x.tmp-other-host@7-bb" + atomic.LOCK):
+        os.utime(tmp_path / old, (day_ago, day_ago))
+    atomic.sweep(tmp_path, ".x.tmp-")
+    assert {name: (tmp_path / name).exists() for name in names} == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.tmp-other-host@7-aa", ".x.tmp-other-host@7-aa.lock"]
