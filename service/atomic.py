@@ -51,8 +51,9 @@ def written_whole(target: Path) -> Iterator[Path]:
 @contextmanager
 def folder_written_whole(target: Path) -> Iterator[Path]:
     """A temporary folder name beside `target` to write, put in `target`'s place when the block ends
-    (the previous folder set aside first: a crash in between leaves one of them); removed if it fails."""
-    with temporary(target.parent, prefix_of(target)) as tmp:
+    (the previous folder set aside first: a crash in between leaves one of them, and the next run puts a
+    dead writer's set-aside back before it sweeps); removed if it fails."""
+    with temporary(target.parent, prefix_of(target), target) as tmp:
         yield tmp
         replace_folder(tmp, target)
 
@@ -72,15 +73,17 @@ def replace_folder(new: Path, target: Path) -> None:
 
 
 @contextmanager
-def temporary(folder: Path, prefix: str) -> Iterator[Path]:
+def temporary(folder: Path, prefix: str, target: Path | None = None) -> Iterator[Path]:
     """A new name in `folder` (nothing created there but its lock), locked for the block and removed
-    at its end if still there; what dead writers left under `prefix` is removed first."""
-    sweep(folder, prefix)
+    at its end if still there; what dead writers left under `prefix` is removed first (see `sweep`)."""
+    sweep(folder, prefix, target)
     path, fd = _locked(folder, prefix)
     try:
         yield path
     finally:
-        if _remove(path) and _remove(path.with_name(path.name + ASIDE)):  # else the lock stays: a sweep retries
+        aside = path.with_name(path.name + ASIDE)
+        _put_back(aside, target)
+        if _remove(path) and _remove(aside):  # else the lock stays: a sweep retries
             _remove(path.with_name(path.name + LOCK))
         if fd is not None:
             os.close(fd)
@@ -107,8 +110,9 @@ def _locked(folder: Path, prefix: str) -> tuple[Path, int | None]:
         os.close(fd)  # a sweep removed it before the lock was taken: another name
 
 
-def sweep(folder: Path, prefix: str) -> None:
-    """Remove the temporaries named `prefix…` in `folder` (files or folders) whose writers have ended."""
+def sweep(folder: Path, prefix: str, target: Path | None = None) -> None:
+    """Remove the temporaries named `prefix…` in `folder` (files or folders) whose writers have ended;
+    where `target` is missing, a dead writer's set-aside previous version is put back there first."""
     try:
         names = [p.name for p in folder.iterdir() if p.name.startswith(prefix)]
     except OSError:
@@ -116,15 +120,17 @@ def sweep(folder: Path, prefix: str) -> None:
     for name in names:
         path = folder / name
         if name.endswith(LOCK):
-            _sweep_locked(path.with_name(name.removesuffix(LOCK)), name.removesuffix(LOCK)[len(prefix) :])
+            _sweep_locked(path.with_name(name.removesuffix(LOCK)), name.removesuffix(LOCK)[len(prefix) :], target)
             continue
         stem = name.removesuffix(ASIDE)
         # the lock is made before the temporary: looked for now, not in a listing that may predate it
         if not path.with_name(stem + LOCK).exists() and _unlocked_ended(stem[len(prefix) :], [path]):
+            if name.endswith(ASIDE):
+                _put_back(path, target)
             _remove(path)
 
 
-def _sweep_locked(path: Path, writer: str) -> None:
+def _sweep_locked(path: Path, writer: str, target: Path | None) -> None:
     """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended)
     and, another host's, it is a day untouched; where the filesystem cannot lock, if its pid or age says so."""
     lock = path.with_name(path.name + LOCK)
@@ -140,11 +146,22 @@ def _sweep_locked(path: Path, writer: str) -> None:
         ended = False
     except OSError:  # ENOLCK, EOPNOTSUPP…: a lock file left where locks fail (by an older version)
         ended = _unlocked_ended(writer, [path, lock])
+    aside = path.with_name(path.name + ASIDE)
     try:
-        if ended and _remove(path) and _remove(path.with_name(path.name + ASIDE)):
+        if ended:
+            _put_back(aside, target)
+        if ended and _remove(path) and _remove(aside):
             _remove(lock)
     finally:
         os.close(fd)
+
+
+def _put_back(aside: Path, target: Path | None) -> None:
+    """A set-aside previous version renamed back to `target` if nothing is there: killed between its
+    two renames, a writer left no output, and sweeping its set-aside would lose the last one."""
+    if target is not None and aside.is_dir() and not os.path.lexists(target):
+        with suppress(OSError):  # another run's output is there now
+            os.rename(aside, target)
 
 
 def _unlocked_ended(writer: str, paths: list[Path]) -> bool:

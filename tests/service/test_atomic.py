@@ -104,6 +104,62 @@ def test_a_kill_9ed_folder_writer_leaves_its_previous_output_set_aside_until_the
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+from service.atomic import folder_written_whole
+renamed = os.replace
+def then_killed(src, dst):
+    renamed(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)  # the previous output set aside, the new one not yet in place
+os.replace = then_killed
+with folder_written_whole(Path(sys.argv[1])) as tmp:
+    tmp.mkdir()
+    (tmp / "part-0.csv").write_text("new")
+"""
+
+
+def test_a_kill_between_the_renames_then_a_failed_run_still_leaves_the_previous_output(tmp_path: Path) -> None:
+    """The review: the next run swept the killed one's new folder and set-aside before writing, and
+    when that run failed too, both outputs were gone. It now puts the set-aside back first."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "part-0.csv").write_text("previous")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(target)], env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL and not target.exists()
+    assert sum(1 for p in tmp_path.iterdir() if p.name.endswith(atomic.ASIDE)) == 1
+    with pytest.raises(RuntimeError), atomic.folder_written_whole(target) as tmp:
+        tmp.mkdir()
+        raise RuntimeError("the next run fails")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "part-0.csv").read_text() == "previous"
+    with atomic.folder_written_whole(target) as tmp:
+        tmp.mkdir()
+        (tmp / "part-0.csv").write_text("next")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "part-0.csv").read_text() == "next"
+
+
+def test_an_interrupt_between_the_renames_puts_the_previous_output_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right after the previous output is set aside (outside the rename's rollback): the
+    writer's own clean-up puts it back rather than deleting it with the temporary."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "part-0.csv").write_text("previous")
+    renamed = os.replace
+
+    def then_interrupted(src: Path, dst: Path) -> None:
+        renamed(src, dst)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), atomic.folder_written_whole(target) as tmp:
+        tmp.mkdir()
+        monkeypatch.setattr(os, "replace", then_interrupted)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "part-0.csv").read_text() == "previous"
+
+
 def test_unlocked_temporaries_of_older_versions_by_pid_here_and_by_age_elsewhere(tmp_path: Path) -> None:
     """Names written before the lock: this host's pid decides; another host's (or no pid) after a day."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
