@@ -12,6 +12,7 @@ by the pid in its name where that names this host, and otherwise by age.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import secrets
@@ -61,13 +62,18 @@ def folder_written_whole(target: Path) -> Iterator[Path]:
 def replace_folder(new: Path, target: Path) -> None:
     """`new` in `target`'s place; a previous `target` is set aside (`<new>.old`) and put back if the rename fails."""
     aside = new.with_name(new.name + ASIDE)
-    if target.exists():
-        os.replace(target, aside)
+    try:
+        if target.exists():
+            os.replace(target, aside)
+    except FileNotFoundError:  # set aside by another writer after it was looked for
+        raise OSError(f"another run replaced {target} meanwhile") from None
     try:
         os.replace(new, target)
-    except BaseException:
-        if aside.exists():
+    except BaseException as exc:
+        with suppress(OSError):  # another writer's output is there now: the temporary's clean-up removes ours
             os.replace(aside, target)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise OSError(f"another run replaced {target} meanwhile") from None
         raise
     shutil.rmtree(aside, ignore_errors=True)
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,46 @@ def test_an_interrupt_between_the_renames_puts_the_previous_output_back(
         monkeypatch.setattr(os, "replace", then_interrupted)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "part-0.csv").read_text() == "previous"
+
+
+def meanwhile(rename: int, other_run: Callable[[], object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`other_run` done just before this process's `rename`-th os.replace: two writers into one target."""
+    renamed, calls = os.replace, []
+
+    def replace(src: Path, dst: Path) -> None:
+        calls.append(src)
+        if len(calls) == rename:
+            monkeypatch.setattr(os, "replace", renamed)
+            other_run()
+        renamed(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def whole_run(target: Path) -> None:
+    with atomic.folder_written_whole(target) as tmp:
+        tmp.mkdir()
+        (tmp / "part-0.csv").write_text("theirs")
+
+
+@pytest.mark.parametrize("rename", [1, 2])
+def test_two_folder_writers_into_one_target_fail_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rename: int
+) -> None:
+    """The review: the loser saw the rollback's ENOTEMPTY (naming its `.old`), or a FileNotFoundError
+    from between its look and its rename. Another run sets the target aside before our first rename
+    (1), or writes it whole between our two (2)."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "part-0.csv").write_text("previous")
+    other_run = (lambda: os.replace(target, tmp_path / "theirs.old")) if rename == 1 else (lambda: whole_run(target))
+    meanwhile(rename, other_run, monkeypatch)
+    with pytest.raises(OSError) as raised, atomic.folder_written_whole(target) as tmp:
+        tmp.mkdir()
+        (tmp / "part-0.csv").write_text("ours")
+    assert str(raised.value) == f"another run replaced {target} meanwhile"
+    left = {p.name: (p / "part-0.csv").read_text() for p in tmp_path.iterdir()}
+    assert left == ({"theirs.old": "previous"} if rename == 1 else {"out": "theirs"})
 
 
 def test_unlocked_temporaries_of_older_versions_by_pid_here_and_by_age_elsewhere(tmp_path: Path) -> None:
