@@ -3,14 +3,16 @@ dead writers left (docs/scoring.md, "Atomic output").
 
 A writer holds an exclusive flock(2) on `<temporary>.lock` for as long as its temporary exists; a
 sweep removes a temporary only when it can take that lock, which the kernel releases when the
-writer ends, whatever its host name, pid namespace or clock. (Over NFS, Linux emulates flock with
-POSIX locks that the server holds: the rule carries over.) A temporary without a lock file, as
-versions before this module wrote them, is judged by the pid in its name where that names this
-host, and otherwise by age.
+writer ends, whatever its pid namespace. Another host's temporary must also be a day untouched: a
+mount may keep locks local to each host (NFS `nolock`, Lustre `localflock`, a lease lost in a
+partition), and a lock taken there says nothing of a writer elsewhere. A temporary without a lock file, as
+versions before this module wrote them and as a writer leaves where flock fails (ENOLCK…), is judged
+by the pid in its name where that names this host, and otherwise by age.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import secrets
@@ -18,13 +20,13 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 HOST = socket.gethostname()
 LOCK = ".lock"  # `<temporary>.lock`: held by the writer for as long as the temporary exists
 ASIDE = ".old"  # `<temporary>.old`: a folder's previous version, set aside until the new one is in place
-LEGACY_AGE_S = 86_400  # an unlocked temporary of another host's counts as abandoned once untouched this long
+LEGACY_AGE_S = 86_400  # another host's temporary counts as abandoned once untouched this long (and unlocked)
 
 
 def prefix_of(target: Path) -> str:
@@ -50,8 +52,9 @@ def written_whole(target: Path) -> Iterator[Path]:
 @contextmanager
 def folder_written_whole(target: Path) -> Iterator[Path]:
     """A temporary folder name beside `target` to write, put in `target`'s place when the block ends
-    (the previous folder set aside first: a crash in between leaves one of them); removed if it fails."""
-    with temporary(target.parent, prefix_of(target)) as tmp:
+    (the previous folder set aside first: a crash in between leaves one of them, and the next run puts a
+    dead writer's set-aside back before it sweeps); removed if it fails."""
+    with temporary(target.parent, prefix_of(target), target) as tmp:
         yield tmp
         replace_folder(tmp, target)
 
@@ -59,34 +62,42 @@ def folder_written_whole(target: Path) -> Iterator[Path]:
 def replace_folder(new: Path, target: Path) -> None:
     """`new` in `target`'s place; a previous `target` is set aside (`<new>.old`) and put back if the rename fails."""
     aside = new.with_name(new.name + ASIDE)
-    if target.exists():
-        os.replace(target, aside)
+    try:
+        if target.exists():
+            os.replace(target, aside)
+    except FileNotFoundError:  # set aside by another writer after it was looked for
+        raise OSError(f"another run replaced {target} meanwhile") from None
     try:
         os.replace(new, target)
-    except BaseException:
-        if aside.exists():
+    except BaseException as exc:
+        with suppress(OSError):  # another writer's output is there now: the temporary's clean-up removes ours
             os.replace(aside, target)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise OSError(f"another run replaced {target} meanwhile") from None
         raise
     shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager
-def temporary(folder: Path, prefix: str) -> Iterator[Path]:
+def temporary(folder: Path, prefix: str, target: Path | None = None) -> Iterator[Path]:
     """A new name in `folder` (nothing created there but its lock), locked for the block and removed
-    at its end if still there; what dead writers left under `prefix` is removed first."""
-    sweep(folder, prefix)
+    at its end if still there; what dead writers left under `prefix` is removed first (see `sweep`)."""
+    sweep(folder, prefix, target)
     path, fd = _locked(folder, prefix)
     try:
         yield path
     finally:
-        _remove(path)
-        _remove(path.with_name(path.name + ASIDE))
-        _remove(path.with_name(path.name + LOCK))
-        os.close(fd)
+        aside = path.with_name(path.name + ASIDE)
+        _put_back(aside, target)
+        if _remove(path) and _remove(aside):  # else the lock stays: a sweep retries
+            _remove(path.with_name(path.name + LOCK))
+        if fd is not None:
+            os.close(fd)
 
 
-def _locked(folder: Path, prefix: str) -> tuple[Path, int]:
-    """A new temporary name and the open descriptor of its lock, taken."""
+def _locked(folder: Path, prefix: str) -> tuple[Path, int | None]:
+    """A new temporary name and the open descriptor of its lock, taken; None, and no lock file, where
+    the filesystem cannot lock: the temporary is then judged by its pid or age, as an older version's."""
     while True:
         path = folder / new_name(prefix)
         lock = path.with_name(path.name + LOCK)
@@ -96,15 +107,18 @@ def _locked(folder: Path, prefix: str) -> tuple[Path, int]:
         except BlockingIOError:  # a sweep holds it: it found the new file before the lock was taken
             os.close(fd)
             continue
-        except OSError:  # a filesystem without locks: a sweep cannot take it either, so leaves the temporary
-            return path, fd
+        except OSError:  # ENOLCK, EOPNOTSUPP…: a lock file nobody holds could be taken by a later sweep
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            return path, None
         if _same(fd, lock):
             return path, fd
         os.close(fd)  # a sweep removed it before the lock was taken: another name
 
 
-def sweep(folder: Path, prefix: str) -> None:
-    """Remove the temporaries named `prefix…` in `folder` (files or folders) whose writers have ended."""
+def sweep(folder: Path, prefix: str, target: Path | None = None) -> None:
+    """Remove the temporaries named `prefix…` in `folder` (files or folders) whose writers have ended;
+    where `target` is missing, a dead writer's set-aside previous version is put back there first."""
     try:
         names = [p.name for p in folder.iterdir() if p.name.startswith(prefix)]
     except OSError:
@@ -112,16 +126,19 @@ def sweep(folder: Path, prefix: str) -> None:
     for name in names:
         path = folder / name
         if name.endswith(LOCK):
-            _sweep_locked(path.with_name(name.removesuffix(LOCK)))
+            _sweep_locked(path.with_name(name.removesuffix(LOCK)), name.removesuffix(LOCK)[len(prefix) :], target)
             continue
         stem = name.removesuffix(ASIDE)
         # the lock is made before the temporary: looked for now, not in a listing that may predate it
-        if not path.with_name(stem + LOCK).exists() and _unlocked_ended(stem[len(prefix) :], path):
+        if not path.with_name(stem + LOCK).exists() and _unlocked_ended(stem[len(prefix) :], [path]):
+            if name.endswith(ASIDE):
+                _put_back(path, target)
             _remove(path)
 
 
-def _sweep_locked(path: Path) -> None:
-    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended)."""
+def _sweep_locked(path: Path, writer: str, target: Path | None) -> None:
+    """Remove a temporary, its set-aside and its lock if the lock can be taken (its writer has ended)
+    and, another host's, it is a day untouched; where the filesystem cannot lock, if its pid or age says so."""
     lock = path.with_name(path.name + LOCK)
     try:
         fd = os.open(lock, os.O_RDWR)  # written to: NFS's emulation takes an exclusive lock only so
@@ -129,25 +146,47 @@ def _sweep_locked(path: Path) -> None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if _same(fd, lock) and _remove(path) and _remove(path.with_name(path.name + ASIDE)):
+        here = writer.rpartition("@")[0] == HOST  # elsewhere, the lock may have been local to that host
+        ended = _same(fd, lock) and (here or _untouched_s([path, lock]) > LEGACY_AGE_S)
+    except BlockingIOError:  # held: its writer runs
+        ended = False
+    except OSError:  # ENOLCK, EOPNOTSUPP…: a lock file left where locks fail (by an older version)
+        ended = _unlocked_ended(writer, [path, lock])
+    aside = path.with_name(path.name + ASIDE)
+    try:
+        if ended:
+            _put_back(aside, target)
+        if ended and _remove(path) and _remove(aside):
             _remove(lock)
-    except OSError:  # held (BlockingIOError): its writer runs; or a filesystem without locks
-        pass
     finally:
         os.close(fd)
 
 
-def _unlocked_ended(writer: str, path: Path) -> bool:
+def _put_back(aside: Path, target: Path | None) -> None:
+    """A set-aside previous version renamed back to `target` if nothing is there: killed between its
+    two renames, a writer left no output, and sweeping its set-aside would lose the last one."""
+    if target is not None and aside.is_dir() and not os.path.lexists(target):
+        with suppress(OSError):  # another run's output is there now
+            os.rename(aside, target)
+
+
+def _unlocked_ended(writer: str, paths: list[Path]) -> bool:
     """Whether an unlocked temporary's writer (`<host>@<pid>…` or `<pid>…` in its name) has ended:
-    this host's by its pid; another host's, or one named without a pid, once untouched for a day."""
+    this host's by its pid; another host's, or one named without a pid, once `paths` are untouched for a day."""
     host, at, rest = writer.rpartition("@")
     pid = rest.partition("-")[0]
     if pid.isdecimal() and (not at or host == HOST):
         return not process_alive(int(pid))
-    try:
-        return time.time() - path.lstat().st_mtime > LEGACY_AGE_S
-    except OSError:
-        return False
+    return _untouched_s(paths) > LEGACY_AGE_S
+
+
+def _untouched_s(paths: list[Path]) -> float:
+    """Seconds since the newest of `paths` that exist was modified (0 when none does)."""
+    touched = []
+    for path in paths:
+        with suppress(OSError):  # gone meanwhile
+            touched.append(path.lstat().st_mtime)
+    return time.time() - max(touched) if touched else 0.0
 
 
 def process_alive(pid: int) -> bool:

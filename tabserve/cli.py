@@ -890,12 +890,13 @@ def monitor(
         ref = release.resolve(bundle.models_dir(models_dir), model)
         with readable(log, ref.name):
             reader = LogReader(log, ref.name, ref.preprocess.id_columns)
-            json_to, html_to = (
-                reader.check_output(path, flag) if path is not None else None  # before any work
+            outputs = {
+                flag: (path, reader.check_output(path, flag))  # before any work
                 for flag, path in (("--json", json_out), ("--html", html))
-            )
+                if path is not None
+            }
             report = build_report(reader, ref, since, by)
-        _write_report(report, json_to, html_to)
+        _write_report(report, outputs)
     except ImportError as exc:
         _fail(f"tabserve monitor needs the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError, bundle.BundleError) as exc:
@@ -905,19 +906,24 @@ def monitor(
         console.print(f"report → {html}")
 
 
-def _write_report(report: Any, json_out: Path | None, html: Path | None) -> None:
-    """`--json` and `--html`, each written under a temporary name and renamed when whole."""
+def _write_report(report: Any, outputs: dict[str, tuple[Path, Path]]) -> None:
+    """`--json` and `--html` (flag → the path given, the file it names), each written under a temporary
+    name and renamed when whole; a write that fails names its flag and path."""
     import json
 
     from monitoring.html import write_html
     from service.atomic import written_whole
 
-    if json_out is not None:
-        with written_whole(json_out) as tmp:
-            tmp.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
-    if html is not None:
-        with written_whole(html) as tmp:
-            write_html(report, tmp)
+    write: dict[str, Callable[[Path], object]] = {
+        "--json": lambda tmp: tmp.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False)),
+        "--html": lambda tmp: write_html(report, tmp),
+    }
+    for flag, (given, written) in outputs.items():
+        try:
+            with written_whole(written) as tmp:
+                write[flag](tmp)
+        except OSError as exc:  # a full disk, a file-size limit: not the temporary's name, the flag's
+            raise ValueError(f"{flag} {given}: cannot write it ({exc.strerror or exc})") from None
 
 
 def _print_report(report: Any, shown: int = 10) -> None:

@@ -226,6 +226,27 @@ def test_export_onto_a_full_disk_or_through_a_link_to_a_missing_folder(
     assert link.is_symlink() and sum(1 for _ in link.open()) == 2_000 * 50 + 1
 
 
+@pytest.mark.parametrize("flag", ["--json", "--html"])
+def test_monitor_output_onto_a_full_disk_names_its_flag_and_file(
+    churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path, flag: str
+) -> None:
+    """The review: a write that failed after all the work said only `error: [Errno 27] File too large`."""
+    log = logged(tmp_path / "log", churn_bundle.preprocess)
+    out = tmp_path / "out" / "report"
+    command = ["monitor", "--model", "churn", "--log", str(log), "--models", str(store), flag, str(out)]
+    env = {**os.environ, "COLUMNS": "200"}
+    full = subprocess.run(
+        [sys.executable, "-m", "tabserve.cli", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (500, 500)),  # a full disk's stand-in
+    )
+    said = f"error: {flag} {out}: cannot write it (File too large)\n"
+    assert full.returncode == 2 and full.stderr == said, full.stderr
+    assert list(out.parent.iterdir()) == []  # neither the temporary nor its lock
+
+
 def test_monitor_output_in_a_folder_it_cannot_make_fails_first_naming_it(
     churn_bundle: bundle.BundleRef, store: Path, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service import bundle
+from service import atomic, bundle
 from service.scoring.files import ScoringError
 from service.scoring.local import Scorer, score_file
 from tabserve.cli import _file_level_failure
@@ -230,7 +230,7 @@ def test_a_previous_output_is_replaced_and_killed_runs_leftovers_removed(
     assert (out / MARKER).is_file() and sum(len(_read(p)) for p in output_files(out)) == 20
     (out / "part-from-before.csv").write_bytes(source.read_bytes())
     dead, alive = _dead_pid(), os.getppid()
-    killed = tmp_path / ".out.csv.tmp-host@1-0a1b2c3d"  # a run's, with the lock it held (free now)
+    killed = tmp_path / f".out.csv.tmp-{atomic.HOST}@1-0a1b2c3d"  # a run here, its lock free now
     left = [
         tmp_path / f".out.csv.tmp-{dead}",  # older versions': no lock, judged by pid
         tmp_path / f".out.csv.tmp-{dead}.old",
