@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -448,8 +449,8 @@ ASIDE = ".unreadable"  # a feedback file no reader can use is renamed `.<name>.u
 
 
 def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
-    """A feedback file's table; None when it is gone (merged meanwhile), or unreadable or not of feedback's
-    columns (`misfit`), then set aside."""
+    """A feedback file's table in the types `_write` writes; None when it is gone (merged meanwhile), or
+    unreadable or not of feedback's columns (`misfit`), then set aside."""
     try:
         table = pq.read_table(path, filesystem=location.fs)
     except FileNotFoundError:
@@ -459,10 +460,14 @@ def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
     except pa.ArrowException as exc:  # cut short by a full disk, or not Parquet at all
         set_aside(location, path, f"is not readable Parquet ({exc})")
         return None
-    if why := misfit(table.schema):  # it cannot be merged with the day's others: no merge that day
-        set_aside(location, path, why)
-        return None
-    return table
+    why = misfit(table.schema)
+    if why is None:
+        try:
+            return conformed(table)
+        except pa.ArrowInvalid as exc:
+            why = f"holds a value feedback cannot read ({exc})"
+    set_aside(location, path, why)  # it cannot be merged with the day's others: no merge that day
+    return None
 
 
 def feedback_files(location: LogLocation, model: str) -> list[str]:
@@ -488,18 +493,39 @@ def feedback_files(location: LogLocation, model: str) -> list[str]:
 WRITTEN = {"_outcome": pa.string(), "_target": pa.string(), "_at": pa.timestamp("us", tz="UTC")}  # as `_write` does
 
 
+def _text(kind: pa.DataType) -> bool:
+    """Whether a column of this type is read as text (pandas writes `large_string`; others a dictionary)."""
+    if pa.types.is_dictionary(kind):
+        return _text(kind.value_type)
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
+
+
 def misfit(schema: pa.Schema) -> str | None:
-    """How a feedback file's columns differ from those `_write` writes (text ids, then WRITTEN); None if not."""
-    for name, kind in WRITTEN.items():
+    """Why a feedback file's columns cannot be read as those `_write` writes (text ids, text `_outcome` and
+    `_target`, `_at` a time with a zone, any unit); None if they can (`conformed` casts them)."""
+    for name in WRITTEN:
         if name not in schema.names:
             return f"has no {name} column"
-        if schema.field(name).type != kind:
-            return f"holds {name} as {schema.field(name).type}, not {kind} as feedback writes it"
-    ids = [f for f in schema if f.name not in WRITTEN]
-    if not ids:
+    kind = schema.field("_at").type
+    if not (pa.types.is_timestamp(kind) and kind.tz):  # a time without a zone: which instant is a guess
+        return f"holds _at as {kind}, not a time with a zone (timestamp[us, UTC]) as feedback writes it"
+    if wrong := next((f for f in schema if f.name != "_at" and not _text(f.type)), None):
+        what = f"the id {wrong.name}" if wrong.name not in WRITTEN else wrong.name
+        return f"holds {what} as {wrong.type}, not text as feedback writes it"
+    if len(schema.names) == len(WRITTEN):
         return "has no id column"
-    wrong = next((f for f in ids if f.type != pa.string()), None)
-    return f"holds the id {wrong.name} as {wrong.type}, not text as feedback writes it" if wrong else None
+    return None
+
+
+def conformed(table: pa.Table) -> pa.Table:
+    """A table that `misfit` passed in the types `_write` writes; ArrowInvalid if a value will not cast."""
+    types = [WRITTEN.get(name, pa.string()) for name in table.column_names]
+    # below a microsecond is dropped, as `_write` keeps none (pandas writes nanoseconds)
+    cast = [
+        pc.cast(c, options=pc.CastOptions(k, allow_time_truncate=True))
+        for c, k in zip(table.columns, types, strict=True)
+    ]
+    return pa.table(cast, names=table.column_names)
 
 
 def set_aside(location: LogLocation, path: str, why: str) -> None:

@@ -359,3 +359,48 @@ def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(
     assert "--encoding utf-8 (the file is valid UTF-8)" in said.stderr
     said = subprocess.run([*run, "--encoding", "utf-8"], capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "warning" not in said.stderr, said.stderr
+
+
+def _logged(tmp_path: Path, customers: list[str]) -> pa.Array:
+    """A prediction of each customer logged a second ago; its time."""
+    at = pa.array([time.time_ns() // 1000 - 10**6], pa.timestamp("us", tz="UTC"))
+    predicted = tmp_path / "churn" / "date=2024-01-01"
+    predicted.mkdir(parents=True)
+    for customer in customers:
+        sent = {"_at": at, "_version": [1], "customerID": [customer], "_probability": [0.9]}
+        pq.write_table(pa.table(sent), predicted / f"{customer}.parquet")
+    return at
+
+
+def test_feedback_files_written_by_pandas_or_with_other_string_and_time_types_are_read(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review: the check wanted string and timestamp[us, UTC] exactly, so a file pandas wrote (large_string,
+    nanoseconds), as the docs advise rewriting one, was set aside where the log was writable, read where not.
+    Text of any Arrow kind and a time with any zone and unit are read as feedback writes them."""
+    import pandas as pd
+
+    from service.features import Preprocess
+
+    _logged(tmp_path, ["a", "b", "c"])
+    day = tmp_path / "churn" / "feedback" / f"date={time.strftime('%Y-%m-%d', time.gmtime())}"
+    day.mkdir(parents=True)
+    now = pd.Timestamp.now(tz="UTC")
+    frame = pd.DataFrame({"customerID": ["a"], "_outcome": ["Yes"], "_target": ["Churn"], "_at": [now]})
+    frame.to_parquet(day / "pandas.parquet")
+    assert pq.read_schema(day / "pandas.parquet").field("_outcome").type == pa.large_string()
+    other = {
+        "customerID": pa.array(["b"]).dictionary_encode(),
+        "_outcome": pa.array(["No"], pa.string_view()),
+        "_target": ["Churn"],
+        "_at": pa.array([now.value + 7], pa.timestamp("ns", tz="Europe/Paris")),
+    }
+    pq.write_table(pa.table(other), day / "other.parquet")
+    naive = {"customerID": ["c"], "_outcome": ["No"], "_target": ["Churn"], "_at": pa.array([0], pa.timestamp("us"))}
+    pq.write_table(pa.table(naive), day / "naive.parquet")  # which instant it is is a guess: set aside
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    with caplog.at_level(logging.ERROR, "tabserve.feedback"):
+        assert sorted((x.key, x.outcome) for x in reader.stored(5)) == [(("a",), "Yes"), (("b",), "No")]
+        assert LogReader(tmp_path, "churn").export(tmp_path / "out.csv", labelled=True) == 2
+    assert sorted(p.name for p in day.iterdir()) == [".naive.parquet.unreadable", "other.parquet", "pandas.parquet"]
+    assert "holds _at as timestamp[us], not a time with a zone" in caplog.text
