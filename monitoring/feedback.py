@@ -455,11 +455,10 @@ def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
         table = pq.read_table(path, filesystem=location.fs)
     except FileNotFoundError:
         return None
-    except OSError:  # the disk's or the user's fault, not the file's: nothing is moved
-        raise
-    except pa.ArrowException as exc:  # cut short by a full disk, or not Parquet at all
+    except pa.ArrowInvalid as exc:  # cut short by a full disk, or not Parquet at all
         set_aside(location, path, f"is not readable Parquet ({exc})")
         return None
+    # anything else (the disk's or the user's fault, memory) is not the file's: nothing is moved
     why = misfit(table.schema)
     if why is None:
         try:
@@ -479,10 +478,10 @@ def feedback_files(location: LogLocation, model: str) -> list[str]:
             why = misfit(pq.read_schema(path, filesystem=location.fs))
         except FileNotFoundError:
             continue
-        except OSError:
-            why = None
-        except pa.ArrowException as exc:
+        except pa.ArrowInvalid as exc:
             why = f"is not readable Parquet ({exc})"
+        except OSError:  # one this user cannot read is kept, for the reader to name
+            why = None
         if why:
             set_aside(location, path, why)
         else:

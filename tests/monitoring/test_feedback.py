@@ -404,3 +404,31 @@ def test_feedback_files_written_by_pandas_or_with_other_string_and_time_types_ar
         assert LogReader(tmp_path, "churn").export(tmp_path / "out.csv", labelled=True) == 2
     assert sorted(p.name for p in day.iterdir()) == [".naive.parquet.unreadable", "other.parquet", "pandas.parquet"]
     assert "holds _at as timestamp[us], not a time with a zone" in caplog.text
+
+
+def test_a_failure_that_is_not_the_files_sets_nothing_aside(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review: any ArrowException set a file aside for good, so a valid file read under memory pressure
+    (ArrowMemoryError) was renamed out of every reader. Only a file pyarrow finds invalid is."""
+    from service.features import Preprocess
+
+    at = _logged(tmp_path, ["a"])
+    day = tmp_path / "churn" / "feedback" / "date=2024-01-02"
+    day.mkdir(parents=True)
+    sent = {"customerID": ["a"], "_outcome": ["Yes"], "_target": ["Churn"], "_at": at}
+    pq.write_table(pa.table(sent), day / "a.parquet")
+
+    def out_of_memory(*_: Any, **__: Any) -> None:
+        raise pa.ArrowMemoryError("malloc of size 64 failed")
+
+    reader = Feedback(LogLocation.of(tmp_path), "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    monkeypatch.setattr(pq, "read_table", out_of_memory)
+    with pytest.raises(pa.ArrowMemoryError):
+        reader.stored(5)
+    monkeypatch.setattr(pq, "read_schema", out_of_memory)
+    with pytest.raises(pa.ArrowMemoryError):
+        LogReader(tmp_path, "churn")
+    monkeypatch.undo()
+    assert [p.name for p in day.iterdir()] == ["a.parquet"]
+    assert [(x.key, x.outcome) for x in reader.stored(5)] == [(("a",), "Yes")]
