@@ -49,6 +49,7 @@ MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call hol
 COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
 MERGED_FILES = 8  # a day's merged files at which the next merge takes them in too: the day's file count is bounded
 MERGED = "merged-"
+READ_TRIES = 5  # listings of a day a reader tries while other workers merge it: each merge is rare
 logger = logging.getLogger("tabserve.feedback")
 _files = itertools.count()
 _tag = secrets.token_hex(4)
@@ -386,8 +387,8 @@ class Feedback:
         until `limit` ids are found: a year of outcomes held in memory at start-up was not bounded."""
         ids, last = self.pre.id_columns, dict[tuple[str, ...], tuple[str, Any]]()
         folders = itertools.groupby(self.location.files(self.model, FEEDBACK), key=lambda f: f.rsplit("/", 1)[0])
-        for _, files in reversed([(day, list(group)) for day, group in folders]):
-            tables = [table for path in files if (table := feedback_table(self.location, path)) is not None]
+        for day, files in reversed([(day, list(group)) for day, group in folders]):
+            tables = self._day(day, files)
             if not tables:
                 continue
             table = pa.concat_tables(tables, promote_options="permissive").select([*ids, "_outcome", "_at"])
@@ -401,6 +402,16 @@ class Feedback:
         wanted = dict(reversed(list(last.items())[:limit]))  # oldest first, as the window fills
         found = self.latest({key: at for key, (_, at) in wanted.items()})
         return [Labelled(key, *found[key], outcome) for key, (outcome, _) in wanted.items() if key in found]
+
+    def _day(self, folder: str, files: list[str]) -> list[pa.Table]:
+        """A day's feedback tables. A file gone since `files` was listed was merged by another worker (or
+        set aside by another reader): the day is listed again and read again, until a listing reads whole."""
+        for _ in range(READ_TRIES):
+            try:
+                return [t for path in files if (t := feedback_table(self.location, path, missing_ok=False)) is not None]
+            except FileNotFoundError:
+                files = _listed(self.location, folder)
+        raise OSError(f"the feedback files of {folder} changed under each of {READ_TRIES} readings: none read")
 
     def _write(self, keys: list[tuple[str, ...]], outcomes: list[str]) -> None:
         now = time.time()
@@ -448,12 +459,14 @@ def compact(location: LogLocation, folder: str) -> None:
 ASIDE = ".unreadable"  # a feedback file no reader can use is renamed `.<name>.unreadable`: in no reader's listing
 
 
-def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
-    """A feedback file's table in the types `_write` writes; None when it is gone (merged meanwhile), or
-    unreadable or not of feedback's columns (`misfit`), then set aside."""
+def feedback_table(location: LogLocation, path: str, missing_ok: bool = True) -> pa.Table | None:
+    """A feedback file's table in the types `_write` writes; None when it is gone (merged meanwhile; without
+    `missing_ok`, FileNotFoundError), or unreadable or not of feedback's columns (`misfit`), then set aside."""
     try:
         table = pq.read_table(path, filesystem=location.fs)
     except FileNotFoundError:
+        if not missing_ok:
+            raise
         return None
     except pa.ArrowInvalid as exc:  # cut short by a full disk, or not Parquet at all
         set_aside(location, path, f"is not readable Parquet ({exc})")
@@ -544,6 +557,16 @@ def set_aside(location: LogLocation, path: str, why: str) -> None:
         logger.error("feedback file %s %s and could not be set aside (%s): move it out of %s", path, why, exc, folder)
         return
     logger.error("feedback file %s %s: set aside as %s, read by nothing (docs/monitoring.md)", path, why, aside)
+
+
+def _listed(location: LogLocation, folder: str) -> list[str]:
+    """A day folder's feedback files, as `LogLocation.files` lists them."""
+    infos = location.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+    )
 
 
 def _day_files(folder: str) -> tuple[list[Path], list[Path]]:

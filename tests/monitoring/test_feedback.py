@@ -432,3 +432,39 @@ def test_a_failure_that_is_not_the_files_sets_nothing_aside(
     monkeypatch.undo()
     assert [p.name for p in day.iterdir()] == ["a.parquet"]
     assert [(x.key, x.outcome) for x in reader.stored(5)] == [(("a",), "Yes")]
+
+
+def test_a_day_merged_by_another_worker_while_read_is_read_again(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review: a file gone between the listing and its reading was skipped, so a day another worker merged
+    meanwhile read as no outcomes at all (70 files listed, merged: a restart's live window empty, nothing said).
+    The day is listed again and read again."""
+    from monitoring.feedback import COMPACT_FILES, compact
+    from service.features import Preprocess
+
+    customers = [f"c{i:02d}" for i in range(COMPACT_FILES + 6)]
+    at = _logged(tmp_path, customers)
+    day = tmp_path / "churn" / "feedback" / f"date={time.strftime('%Y-%m-%d', time.gmtime())}"
+    day.mkdir(parents=True)
+    for customer in customers:
+        sent = {
+            "customerID": [customer],
+            "_outcome": ["Yes"],
+            "_target": ["Churn"],
+            "_at": pc.add(at, pa.scalar(1, pa.duration("us"))),
+        }
+        pq.write_table(pa.table(sent), day / f"{customer}.parquet")
+    location = LogLocation.of(tmp_path)
+    listing = LogLocation.files
+
+    def listed_then_merged(self: LogLocation, model: str, kind: str = "") -> list[str]:
+        files = listing(self, model, kind)
+        compact(location, str(day))  # another worker, just after this one listed the day
+        return files
+
+    monkeypatch.setattr(LogLocation, "files", listed_then_merged)
+    reader = Feedback(location, "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    assert len(list(day.glob("*.parquet"))) == COMPACT_FILES + 6
+    assert sorted(x.key[0] for x in reader.stored(100)) == customers
+    assert len(list(day.glob("*.parquet"))) == 1  # it was merged under the reader
