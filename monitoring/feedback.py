@@ -42,7 +42,7 @@ from service.features import (
     stripped,
 )
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import CsvSource, ScoringError, bom_encoding, sniff_sep
+from service.scoring.files import LIMIT_TEXT, CsvSource, ScoringError, bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
@@ -132,31 +132,38 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
     except pa.ArrowInvalid as exc:
         _utf8(body, body)  # first, whatever else fails: another encoding is what is wrong with such a body
         raise _read_again(body, sep) or InputError("malformed", f"malformed CSV: {exc}") from None
-    if b'"' in body and (error := _read_again(body, sep)):  # pyarrow reads a quote never closed to the end
+    if b'"' in body and (error := _read_again(body, sep, parsed=True)):  # pyarrow reads a quote never closed to the end
         raise error
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
 
 
+OVER_LIMIT = f"over the {LIMIT_TEXT} limit for one record"  # how scoring's reader words a record too long
 UNCLOSED = 'a quote (") opened in this row is never closed: the rest of the CSV was read into it'
 
 
-def _read_again(body: bytes, sep: str) -> InputError | None:
+def _read_again(body: bytes, sep: str, parsed: bool = False) -> InputError | None:
     """What `tabserve score`'s reader finds wrong in a CSV (rows it cannot split, a quote never closed), each a
-    detail numbered as it numbers rows (data rows from 0 here, blank lines not counted; pyarrow's `Row #` was not)."""
+    detail numbered as it numbers rows (data rows from 0 here, blank lines not counted; pyarrow's `Row #` was not).
+    A body pyarrow `parsed` is not refused for a record over scoring's size limit: only scoring has one."""
     try:
         source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
         rows = sum(batch.num_rows for batch in source.batches(source.columns))
     except ScoringError:  # a header scoring's reader cannot read either: pyarrow's words are all there is
         return None
     invalid = source.take_invalid()
-    details: list[dict[str, Any]] = [{"record": r, "field": None, "message": w.partition("\0")[0]} for r, w in invalid]
-    if source.unclosed_quote:  # the last row read holds the rest of the body
-        details.append({"record": rows + len(invalid) - 1, "field": None, "message": UNCLOSED})
+    details: dict[int, dict[str, Any]] = {
+        r: {"record": r, "field": None, "message": w.partition("\0")[0]} for r, w in invalid
+    }
+    if parsed:
+        details = {r: d for r, d in details.items() if OVER_LIMIT not in d["message"]}
+    if source.unclosed_quote:  # the last row read holds the rest of the body: its one detail says so
+        last = rows + len(invalid) - 1
+        details[last] = {"record": last, "field": None, "message": UNCLOSED}
     if not details:  # what scoring's reader reads (a column of row names) this one did not
         return None
-    details.sort(key=lambda d: d["record"])
-    return InputError("malformed", f"malformed CSV: record {details[0]['record']}: {details[0]['message']}", details)
+    found = sorted(details.values(), key=lambda d: d["record"])
+    return InputError("malformed", f"malformed CSV: record {found[0]['record']}: {found[0]['message']}", found)
 
 
 def _utf8(data: bytes, body: bytes) -> str:
