@@ -355,8 +355,12 @@ def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(
     run = [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")]
     said = subprocess.run(run, capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
-    assert "was read as cp1252, the training file's encoding, reading 'caf\u00c3\u00a9'" in said.stderr, said.stderr
-    assert "--encoding utf-8 (the file is valid UTF-8)" in said.stderr
+    assert "warning" not in said.stderr and "is valid UTF-8: read as UTF-8, not as cp1252" in said.stderr
+    (tmp_path / "cp.csv").write_bytes((tmp_path / "utf8.csv").read_text(encoding="utf-8").encode("cp1252"))
+    said = subprocess.run([*run[:-1], str(tmp_path / "cp.csv")], capture_output=True, text=True, check=False)
+    assert (
+        said.returncode == 0 and "was read as cp1252, the training file's encoding, reading 'caf\u00e9'" in said.stderr
+    )
     said = subprocess.run([*run, "--encoding", "utf-8"], capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "warning" not in said.stderr, said.stderr
 
@@ -468,3 +472,16 @@ def test_a_day_merged_by_another_worker_while_read_is_read_again(
     assert len(list(day.glob("*.parquet"))) == COMPACT_FILES + 6
     assert sorted(x.key[0] for x in reader.stored(100)) == customers
     assert len(list(day.glob("*.parquet"))) == 1  # it was merged under the reader
+
+
+def test_a_model_trained_on_utf8_sig_reads_utf8_without_a_warning(tmp_path: Path) -> None:
+    """The review: `utf-8-sig` (UTF-8 with a byte-order mark) was not UTF-8 to the warning: a UTF-8 file past an
+    ASCII start was said to be read in the training file's encoding, and told to pass --encoding."""
+    _, log = _scored(tmp_path, "creditability", ",", encoding="utf-8-sig")
+    rows = [f"L{i:04d},good,{'x' * 80}" for i in range(999)] + ["L0999,good,caf\u00e9"]
+    (tmp_path / "utf8.csv").write_text("loan_id,creditability,note\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    feedback = ["feedback", "--model", "m", "--models-dir", str(tmp_path / "models"), "--log", str(log)]
+    run = [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")]
+    said = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
+    assert said.stderr == "", said.stderr
