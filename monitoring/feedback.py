@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -41,13 +42,14 @@ from service.features import (
     stripped,
 )
 from service.protocols.base import EVERY_FIELD, parse_json
-from service.scoring.files import CsvSource, ScoringError, bom_encoding, sniff_sep
+from service.scoring.files import LIMIT_TEXT, CsvSource, ScoringError, bom_encoding, sniff_sep
 
 FEEDBACK = "feedback"
 MAX_RECORDS = 100_000  # per request or file chunk: a bound on what one call holds in memory
 COMPACT_FILES = 64  # a day's feedback files beyond which they are merged into one (`compact`)
 MERGED_FILES = 8  # a day's merged files at which the next merge takes them in too: the day's file count is bounded
 MERGED = "merged-"
+READ_TRIES = 5  # listings of a day a reader tries while other workers merge it: each merge is rare
 logger = logging.getLogger("tabserve.feedback")
 _files = itertools.count()
 _tag = secrets.token_hex(4)
@@ -130,31 +132,38 @@ def csv_records(body: bytes) -> list[dict[str, Any]]:
     except pa.ArrowInvalid as exc:
         _utf8(body, body)  # first, whatever else fails: another encoding is what is wrong with such a body
         raise _read_again(body, sep) or InputError("malformed", f"malformed CSV: {exc}") from None
-    if b'"' in body and (error := _read_again(body, sep)):  # pyarrow reads a quote never closed to the end
+    if b'"' in body and (error := _read_again(body, sep, parsed=True)):  # pyarrow reads a quote never closed to the end
         raise error
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
 
 
+OVER_LIMIT = f"over the {LIMIT_TEXT} limit for one record"  # how scoring's reader words a record too long
 UNCLOSED = 'a quote (") opened in this row is never closed: the rest of the CSV was read into it'
 
 
-def _read_again(body: bytes, sep: str) -> InputError | None:
+def _read_again(body: bytes, sep: str, parsed: bool = False) -> InputError | None:
     """What `tabserve score`'s reader finds wrong in a CSV (rows it cannot split, a quote never closed), each a
-    detail numbered as it numbers rows (data rows from 0 here, blank lines not counted; pyarrow's `Row #` was not)."""
+    detail numbered as it numbers rows (data rows from 0 here, blank lines not counted; pyarrow's `Row #` was not).
+    A body pyarrow `parsed` is not refused for a record over scoring's size limit: only scoring has one."""
     try:
         source = CsvSource(io.BytesIO(body), name="the CSV", reading=Reading(sep=sep))
         rows = sum(batch.num_rows for batch in source.batches(source.columns))
     except ScoringError:  # a header scoring's reader cannot read either: pyarrow's words are all there is
         return None
     invalid = source.take_invalid()
-    details: list[dict[str, Any]] = [{"record": r, "field": None, "message": w.partition("\0")[0]} for r, w in invalid]
-    if source.unclosed_quote:  # the last row read holds the rest of the body
-        details.append({"record": rows + len(invalid) - 1, "field": None, "message": UNCLOSED})
+    details: dict[int, dict[str, Any]] = {
+        r: {"record": r, "field": None, "message": w.partition("\0")[0]} for r, w in invalid
+    }
+    if parsed:
+        details = {r: d for r, d in details.items() if OVER_LIMIT not in d["message"]}
+    if source.unclosed_quote:  # the last row read holds the rest of the body: its one detail says so
+        last = rows + len(invalid) - 1
+        details[last] = {"record": last, "field": None, "message": UNCLOSED}
     if not details:  # what scoring's reader reads (a column of row names) this one did not
         return None
-    details.sort(key=lambda d: d["record"])
-    return InputError("malformed", f"malformed CSV: record {details[0]['record']}: {details[0]['message']}", details)
+    found = sorted(details.values(), key=lambda d: d["record"])
+    return InputError("malformed", f"malformed CSV: record {found[0]['record']}: {found[0]['message']}", found)
 
 
 def _utf8(data: bytes, body: bytes) -> str:
@@ -385,8 +394,8 @@ class Feedback:
         until `limit` ids are found: a year of outcomes held in memory at start-up was not bounded."""
         ids, last = self.pre.id_columns, dict[tuple[str, ...], tuple[str, Any]]()
         folders = itertools.groupby(self.location.files(self.model, FEEDBACK), key=lambda f: f.rsplit("/", 1)[0])
-        for _, files in reversed([(day, list(group)) for day, group in folders]):
-            tables = [table for path in files if (table := feedback_table(self.location, path)) is not None]
+        for day, files in reversed([(day, list(group)) for day, group in folders]):
+            tables = self._day(day, files)
             if not tables:
                 continue
             table = pa.concat_tables(tables, promote_options="permissive").select([*ids, "_outcome", "_at"])
@@ -400,6 +409,16 @@ class Feedback:
         wanted = dict(reversed(list(last.items())[:limit]))  # oldest first, as the window fills
         found = self.latest({key: at for key, (_, at) in wanted.items()})
         return [Labelled(key, *found[key], outcome) for key, (outcome, _) in wanted.items() if key in found]
+
+    def _day(self, folder: str, files: list[str]) -> list[pa.Table]:
+        """A day's feedback tables. A file gone since `files` was listed was merged by another worker (or
+        set aside by another reader): the day is listed again and read again, until a listing reads whole."""
+        for _ in range(READ_TRIES):
+            try:
+                return [t for path in files if (t := feedback_table(self.location, path, missing_ok=False)) is not None]
+            except FileNotFoundError:
+                files = _listed(self.location, folder)
+        raise OSError(f"the feedback files of {folder} changed under each of {READ_TRIES} readings: none read")
 
     def _write(self, keys: list[tuple[str, ...]], outcomes: list[str]) -> None:
         now = time.time()
@@ -447,22 +466,27 @@ def compact(location: LogLocation, folder: str) -> None:
 ASIDE = ".unreadable"  # a feedback file no reader can use is renamed `.<name>.unreadable`: in no reader's listing
 
 
-def feedback_table(location: LogLocation, path: str) -> pa.Table | None:
-    """A feedback file's table; None when it is gone (merged meanwhile), or unreadable or not of feedback's
-    columns (`misfit`), then set aside."""
+def feedback_table(location: LogLocation, path: str, missing_ok: bool = True) -> pa.Table | None:
+    """A feedback file's table in the types `_write` writes; None when it is gone (merged meanwhile; without
+    `missing_ok`, FileNotFoundError), or unreadable or not of feedback's columns (`misfit`), then set aside."""
     try:
         table = pq.read_table(path, filesystem=location.fs)
     except FileNotFoundError:
+        if not missing_ok:
+            raise
         return None
-    except OSError:  # the disk's or the user's fault, not the file's: nothing is moved
-        raise
-    except pa.ArrowException as exc:  # cut short by a full disk, or not Parquet at all
+    except pa.ArrowInvalid as exc:  # cut short by a full disk, or not Parquet at all
         set_aside(location, path, f"is not readable Parquet ({exc})")
         return None
-    if why := misfit(table.schema):  # it cannot be merged with the day's others: no merge that day
-        set_aside(location, path, why)
-        return None
-    return table
+    # anything else (the disk's or the user's fault, memory) is not the file's: nothing is moved
+    why = misfit(table.schema)
+    if why is None:
+        try:
+            return conformed(table)
+        except pa.ArrowInvalid as exc:
+            why = f"holds a value feedback cannot read ({exc})"
+    set_aside(location, path, why)  # it cannot be merged with the day's others: no merge that day
+    return None
 
 
 def feedback_files(location: LogLocation, model: str) -> list[str]:
@@ -474,10 +498,10 @@ def feedback_files(location: LogLocation, model: str) -> list[str]:
             why = misfit(pq.read_schema(path, filesystem=location.fs))
         except FileNotFoundError:
             continue
-        except OSError:
-            why = None
-        except pa.ArrowException as exc:
+        except pa.ArrowInvalid as exc:
             why = f"is not readable Parquet ({exc})"
+        except OSError:  # one this user cannot read is kept, for the reader to name
+            why = None
         if why:
             set_aside(location, path, why)
         else:
@@ -488,18 +512,39 @@ def feedback_files(location: LogLocation, model: str) -> list[str]:
 WRITTEN = {"_outcome": pa.string(), "_target": pa.string(), "_at": pa.timestamp("us", tz="UTC")}  # as `_write` does
 
 
+def _text(kind: pa.DataType) -> bool:
+    """Whether a column of this type is read as text (pandas writes `large_string`; others a dictionary)."""
+    if pa.types.is_dictionary(kind):
+        return _text(kind.value_type)
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
+
+
 def misfit(schema: pa.Schema) -> str | None:
-    """How a feedback file's columns differ from those `_write` writes (text ids, then WRITTEN); None if not."""
-    for name, kind in WRITTEN.items():
+    """Why a feedback file's columns cannot be read as those `_write` writes (text ids, text `_outcome` and
+    `_target`, `_at` a time with a zone, any unit); None if they can (`conformed` casts them)."""
+    for name in WRITTEN:
         if name not in schema.names:
             return f"has no {name} column"
-        if schema.field(name).type != kind:
-            return f"holds {name} as {schema.field(name).type}, not {kind} as feedback writes it"
-    ids = [f for f in schema if f.name not in WRITTEN]
-    if not ids:
+    kind = schema.field("_at").type
+    if not (pa.types.is_timestamp(kind) and kind.tz):  # a time without a zone: which instant is a guess
+        return f"holds _at as {kind}, not a time with a zone (timestamp[us, UTC]) as feedback writes it"
+    if wrong := next((f for f in schema if f.name != "_at" and not _text(f.type)), None):
+        what = f"the id {wrong.name}" if wrong.name not in WRITTEN else wrong.name
+        return f"holds {what} as {wrong.type}, not text as feedback writes it"
+    if len(schema.names) == len(WRITTEN):
         return "has no id column"
-    wrong = next((f for f in ids if f.type != pa.string()), None)
-    return f"holds the id {wrong.name} as {wrong.type}, not text as feedback writes it" if wrong else None
+    return None
+
+
+def conformed(table: pa.Table) -> pa.Table:
+    """A table that `misfit` passed in the types `_write` writes; ArrowInvalid if a value will not cast."""
+    types = [WRITTEN.get(name, pa.string()) for name in table.column_names]
+    # below a microsecond is dropped, as `_write` keeps none (pandas writes nanoseconds)
+    cast = [
+        pc.cast(c, options=pc.CastOptions(k, allow_time_truncate=True))
+        for c, k in zip(table.columns, types, strict=True)
+    ]
+    return pa.table(cast, names=table.column_names)
 
 
 def set_aside(location: LogLocation, path: str, why: str) -> None:
@@ -519,6 +564,16 @@ def set_aside(location: LogLocation, path: str, why: str) -> None:
         logger.error("feedback file %s %s and could not be set aside (%s): move it out of %s", path, why, exc, folder)
         return
     logger.error("feedback file %s %s: set aside as %s, read by nothing (docs/monitoring.md)", path, why, aside)
+
+
+def _listed(location: LogLocation, folder: str) -> list[str]:
+    """A day folder's feedback files, as `LogLocation.files` lists them."""
+    infos = location.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+    )
 
 
 def _day_files(folder: str) -> tuple[list[Path], list[Path]]:

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import errno
 import inspect
+import itertools
 import os
 import re
 import signal
@@ -805,29 +806,53 @@ def _as_utf8(path: Path, data: bytes, encoding: str | None, trained: str) -> byt
     file's encoding, `trained`, unless the bytes say otherwise); a guess is said with the words it reads."""
     import codecs
 
-    from service.scoring.files import HEADER_PROBE, choose_encoding, guessed_encoding_note, is_utf8
+    from service.scoring.files import HEADER_PROBE, choose_encoding, guessed_encoding_note
 
+    if codecs.lookup(trained).name == "utf-8-sig":  # UTF-8 whose byte-order mark training dropped
+        trained = "utf-8"
     chosen = encoding or choose_encoding(data[:HEADER_PROBE], trained)
-    if codecs.lookup(chosen).name == "utf-8":
+    name = codecs.lookup(chosen).name
+    if name in ("utf-8", "utf-8-sig"):
         return data  # a byte that is not UTF-8 is refused naming its line (NotUtf8)
+    moot = data.isascii()
+    if encoding is None and name not in ("utf-16", "utf-32") and not moot and _valid_utf8(data):
+        # past an ASCII start the guess kept the training file's encoding; the whole file says otherwise
+        err_console.print(f"note: {path} is valid UTF-8: read as UTF-8, not as {chosen}", markup=False)
+        return data
     try:
         text = data.decode(chosen)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not {chosen} either (byte 0x{data[exc.start]:02x} at {exc.start:,})") from None
-    name = codecs.lookup(chosen).name
-    if encoding is not None or name in ("utf-16", "utf-32") or data.isascii():  # given, a byte-order mark's, or moot
+    if encoding is not None or name in ("utf-16", "utf-32") or moot:  # given, a byte-order mark's, or moot
         return text.encode("utf-8")
     if name != codecs.lookup(trained).name:
         err_console.print(f"warning: {path} is " + guessed_encoding_note(data[:HEADER_PROBE], chosen), markup=False)
     else:  # an ASCII start says nothing: the rest was read in the training file's encoding, unchecked
-        words = collections.Counter(re.findall(r"\w*[^\x00-\x7f]\w*", text)).most_common(3)
-        utf8 = ", e.g. --encoding utf-8 (the file is valid UTF-8)" if is_utf8(data) else ""
+        found = itertools.islice(re.finditer(r"\w*[^\x00-\x7f]\w*", text), SAMPLED_WORDS)
+        words = collections.Counter(m.group() for m in found).most_common(3)
         err_console.print(
             f"warning: {path} was read as {chosen}, the training file's encoding, reading "
-            f"{', '.join(repr(w) for w, _ in words)}: pass --encoding if that is wrong{utf8}",
+            f"{', '.join(repr(w) for w, _ in words)}: pass --encoding if that is wrong",
             markup=False,
         )
     return text.encode("utf-8")
+
+
+SAMPLED_WORDS = 10_000  # words that are not ASCII the warning's examples are counted among: a bound on its time
+
+
+def _valid_utf8(data: bytes, block: int = 1 << 20) -> bool:
+    """Whether `data` is UTF-8, decoded a block at a time (no second copy of a large file)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for at in range(0, len(data), block):
+            decoder.decode(data[at : at + block])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 log_app = typer.Typer(help="The prediction log.", no_args_is_help=True)

@@ -303,6 +303,26 @@ def test_a_quote_never_closed_is_refused_naming_its_row(served: Server, tmp_path
     assert post_csv(served, closed).json()["stored"] == 4
 
 
+def test_a_quoted_record_over_scorings_limit_is_stored_and_an_unclosed_row_named_once(
+    served: Server, tmp_path: Path
+) -> None:
+    """The review: the quote re-read refused a body pyarrow had read, for a quoted record over scoring's 1 MiB
+    limit for one record (stored before); and a row both ragged and with a quote never closed had two
+    details, the ragged one first. The limit is scoring's alone; the unclosed quote is that row's one detail."""
+    first, second, third = ids(3)
+    long = "x" * (1 << 20)
+    body = f'customerID,Churn,note\n{first},No,"{long}"\n{second},Yes,ok\n'.encode()
+    answer = post_csv(served, body)
+    assert answer.status_code == 200 and answer.json()["stored"] == 2, answer.text
+    body = f'customerID,Churn,note\n{first},No,ok\n{second},Yes,extra,"x\n{third},No,y\n'.encode()
+    answer = post_csv(served, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["details"] == [{"record": 1, "field": None, "message": UNCLOSED}]
+    (tmp_path / "both.csv").write_bytes(body)
+    said = feedback_cli(served, tmp_path / "both.csv")
+    assert said.returncode == 2 and f"both.csv: row 2: {UNCLOSED} (1 row(s) not read)" in said.stderr, said.stderr
+
+
 def test_the_cli_chooses_a_csvs_encoding_as_score_does(served: Server, tmp_path: Path) -> None:
     """`--encoding` defaulted to utf-8, so a cp1252 export `tabserve score` reads (its encoding detected)
     was refused; now it is read, the guess said with the words it reads, as scoring chooses it."""
