@@ -233,7 +233,8 @@ def rule(diffs: list[MetricDiff], min_gain: float | None) -> tuple[bool, str]:
     """`--promote auto`: no gate metric worse beyond its tolerance, 95 % sure; the key metric gains ≥ min_gain."""
     worse = [d for d in diffs if not d.passes]
     if worse:
-        return False, "not promoted: " + "; ".join(f"{d.text()} is worse than the tolerance {_tol(d)}" for d in worse)
+        # the rule reads the interval's low end: a difference inside the tolerance may still fail it
+        return False, "not promoted: " + "; ".join(f"{d.text()} reaches below the tolerance −{_tol(d)}" for d in worse)
     key = diffs[0]
     if min_gain is not None and not key.difference >= min_gain:
         return False, f"not promoted: {key.text()} gains less than the minimum {min_gain:g}"

@@ -218,7 +218,7 @@ def test_the_rule_in_words() -> None:
     worse = [diff("roc_auc", -0.041, -0.058, -0.025), diff("log_loss", 0.0, -0.005, 0.005)]
     assert gate.rule(worse, None) == (
         False,
-        "not promoted: ROC AUC −0.041 [−0.058, −0.025] is worse than the tolerance 0.01",
+        "not promoted: ROC AUC −0.041 [−0.058, −0.025] reaches below the tolerance −0.01",
     )
     near = [diff("roc_auc", 0.002, -0.006, 0.01), diff("log_loss", 0.0, -0.005, 0.005)]
     assert gate.rule(near, None)[0] and not gate.rule(near, 0.005)[0]
