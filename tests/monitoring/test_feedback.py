@@ -363,6 +363,11 @@ def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(
     )
     said = subprocess.run([*run, "--encoding", "utf-8"], capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "warning" not in said.stderr, said.stderr
+    # a review: the words were found by \w*[^ascii]\w*, quadratic on a long run of letters (100,000: ~50 s)
+    long = [*rows[:-2], "L0998,good," + "a" * 100_000, "L0999,good," + "ab" * 30 + "\u00e9"]
+    (tmp_path / "long.csv").write_bytes(("loan_id,creditability,note\n" + "\n".join(long) + "\n").encode("cp1252"))
+    said = subprocess.run([*run[:-1], str(tmp_path / "long.csv")], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and f"reading '{'ab' * 20}\u00e9'" in said.stderr, said.stderr  # 40 letters a side
 
 
 def _logged(tmp_path: Path, customers: list[str]) -> pa.Array:
