@@ -342,17 +342,22 @@ def test_a_file_gets_the_same_answer_whatever_its_chunk_size(tmp_path: Path, chu
         assert answer(chunk) == single, chunk
 
 
+def _utf8_feedback(tmp_path: Path, trained: str) -> tuple[list[str], list[str]]:
+    """A model trained on a file in `trained`, and `tabserve feedback` on a UTF-8 file of its outcomes whose
+    first 64 KiB are ASCII (choose_encoding keeps the training file's encoding), its last note `café`."""
+    ref, log = _scored(tmp_path, "creditability", ",", encoding=trained)
+    assert ref.preprocess.read.encoding == trained
+    rows = [f"L{i:04d},good,{'x' * 80}" for i in range(999)] + ["L0999,good,caf\u00e9"]
+    (tmp_path / "utf8.csv").write_text("loan_id,creditability,note\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    feedback = ["feedback", "--model", "m", "--models-dir", str(tmp_path / "models"), "--log", str(log)]
+    return [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")], rows
+
+
 def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(tmp_path: Path) -> None:
     """The review: a model trained on cp1252 given a UTF-8 file whose first 64 KiB are ASCII read it all as
     cp1252 without a word (`café` came out `cafÃ©`; a non-ASCII id refused as never scored). A file that is
     not ASCII, read without --encoding, is said with the encoding used, the words it reads, how to choose."""
-    ref, log = _scored(tmp_path, "creditability", ",", encoding="cp1252")
-    assert ref.preprocess.read.encoding == "cp1252"
-    pad = "x" * 80  # the first 64 KiB ASCII: choose_encoding keeps the training file's encoding
-    rows = [f"L{i:04d},good,{pad}" for i in range(999)] + ["L0999,good,caf\u00e9"]
-    (tmp_path / "utf8.csv").write_text("loan_id,creditability,note\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    feedback = ["feedback", "--model", "m", "--models-dir", str(tmp_path / "models"), "--log", str(log)]
-    run = [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")]
+    run, rows = _utf8_feedback(tmp_path, "cp1252")
     said = subprocess.run(run, capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
     assert "warning" not in said.stderr and "is valid UTF-8: read as UTF-8, not as cp1252" in said.stderr
@@ -482,11 +487,7 @@ def test_a_day_merged_by_another_worker_while_read_is_read_again(
 def test_a_model_trained_on_utf8_sig_reads_utf8_without_a_warning(tmp_path: Path) -> None:
     """The review: `utf-8-sig` (UTF-8 with a byte-order mark) was not UTF-8 to the warning: a UTF-8 file past an
     ASCII start was said to be read in the training file's encoding, and told to pass --encoding."""
-    _, log = _scored(tmp_path, "creditability", ",", encoding="utf-8-sig")
-    rows = [f"L{i:04d},good,{'x' * 80}" for i in range(999)] + ["L0999,good,caf\u00e9"]
-    (tmp_path / "utf8.csv").write_text("loan_id,creditability,note\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    feedback = ["feedback", "--model", "m", "--models-dir", str(tmp_path / "models"), "--log", str(log)]
-    run = [sys.executable, "-m", "tabserve.cli", *feedback, "--input", str(tmp_path / "utf8.csv")]
+    run, _ = _utf8_feedback(tmp_path, "utf-8-sig")
     said = subprocess.run(run, capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
     assert said.stderr == "", said.stderr
