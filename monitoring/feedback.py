@@ -396,7 +396,7 @@ class Feedback:
         folders = itertools.groupby(self.location.files(self.model, FEEDBACK), key=lambda f: f.rsplit("/", 1)[0])
         for day, files in reversed([(day, list(group)) for day, group in folders]):
             tables = self._day(day, files)
-            if not tables:
+            if not tables:  # none, or a day that never read whole (logged)
                 continue
             table = pa.concat_tables(tables, promote_options="permissive").select([*ids, "_outcome", "_at"])
             table = table.sort_by("_at")  # stable: file order on ties
@@ -410,15 +410,24 @@ class Feedback:
         found = self.latest({key: at for key, (_, at) in wanted.items()})
         return [Labelled(key, *found[key], outcome) for key, (outcome, _) in wanted.items() if key in found]
 
-    def _day(self, folder: str, files: list[str]) -> list[pa.Table]:
-        """A day's feedback tables. A file gone since `files` was listed was merged by another worker (or
-        set aside by another reader): the day is listed again and read again, until a listing reads whole."""
+    def _day(self, folder: str, files: list[str]) -> list[pa.Table] | None:
+        """A day's feedback tables. A file gone since `files` was listed was merged by another worker (or set
+        aside by another reader): the day is listed again and the files not yet read are read, so a merge
+        need only be slower than a file's reading, not the day's. A merged file repeats rows already read,
+        which `stored`'s rule (an id's latest outcome) reads once. None if the day never reads whole."""
+        read: dict[str, pa.Table | None] = {}
         for _ in range(READ_TRIES):
             try:
-                return [t for path in files if (t := feedback_table(self.location, path, missing_ok=False)) is not None]
+                for path in files:
+                    if path not in read:
+                        read[path] = feedback_table(self.location, path, missing_ok=False)
+                return [t for t in read.values() if t is not None]
             except FileNotFoundError:
                 files = _listed(self.location, folder)
-        raise OSError(f"the feedback files of {folder} changed under each of {READ_TRIES} readings: none read")
+        logger.error(
+            "the feedback files of %s changed under each of %d readings: that day is not read", folder, READ_TRIES
+        )
+        return None
 
     def _write(self, keys: list[tuple[str, ...]], outcomes: list[str]) -> None:
         now = time.time()

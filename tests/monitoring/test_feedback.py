@@ -484,6 +484,53 @@ def test_a_day_merged_by_another_worker_while_read_is_read_again(
     assert len(list(day.glob("*.parquet"))) == 1  # it was merged under the reader
 
 
+def test_a_day_merged_faster_than_it_is_read_whole_is_read_from_what_is_new(
+    tmp_path: Path, churn_bundle: bundle.BundleRef, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review: every try read the whole day again, so merges coming faster than one reading of the day
+    failed all READ_TRIES and the OSError emptied the whole live window. Files read are kept; only the files
+    new to a listing are read; a day that never reads whole is skipped, named in the log."""
+    from monitoring import feedback
+    from service.features import Preprocess
+
+    monkeypatch.setattr(feedback, "COMPACT_FILES", 0)  # every merge takes the small files, leaves merged ones
+    customers = [f"c{i:03d}" for i in range(100)]
+    at = pc.add(_logged(tmp_path, customers), pa.scalar(1, pa.duration("us")))
+    day = tmp_path / "churn" / "feedback" / f"date={time.strftime('%Y-%m-%d', time.gmtime())}"
+    day.mkdir(parents=True)
+    waiting = iter(customers)
+
+    def write(name: str, n: int) -> None:
+        sent = [next(waiting) for _ in range(n)]
+        table = {"customerID": sent, "_outcome": ["Yes"] * n, "_target": ["Churn"] * n, "_at": pa.repeat(at[0], n)}
+        pq.write_table(pa.table(table), day / name)
+
+    for name in ("merged-!a", "merged-!b", "merged-!c", "s-d", "s-e", "s-f"):  # listed before a new merged file
+        write(f"{name}.parquet", 2)
+    location, reading, merges = LogLocation.of(tmp_path), feedback.feedback_table, iter(range(100))
+
+    def read_while_merged(location: LogLocation, path: str, missing_ok: bool = True) -> pa.Table | None:
+        table = reading(location, path, missing_ok)
+        if path.endswith("merged-!c.parquet"):  # another worker: an outcome and a merge in each reading of the day
+            write(f"s-new{next(merges)}.parquet", 1)
+            feedback.compact(location, str(day))
+            write(f"s-next{next(merges)}.parquet", 1)  # a day of more than one file, as each merge leaves it
+        return table
+
+    monkeypatch.setattr(feedback, "feedback_table", read_while_merged)
+    reader = Feedback(location, "churn", Preprocess.load(churn_bundle.path / bundle.PREPROCESS_FILE))
+    found = [x.key[0] for x in reader.stored(100)]
+    assert sorted(found) == customers[:14], found  # the 12 first, the 2 the merge left: each once
+
+    def always_merged(location: LogLocation, path: str, missing_ok: bool = True) -> pa.Table | None:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(feedback, "feedback_table", always_merged)
+    with caplog.at_level(logging.ERROR, "tabserve.feedback"):
+        assert reader.stored(100) == []  # not an OSError: the other days would still be read
+    assert f"the feedback files of {day} changed under each of 5 readings" in caplog.text
+
+
 def test_a_model_trained_on_utf8_sig_reads_utf8_without_a_warning(tmp_path: Path) -> None:
     """The review: `utf-8-sig` (UTF-8 with a byte-order mark) was not UTF-8 to the warning: a UTF-8 file past an
     ASCII start was said to be read in the training file's encoding, and told to pass --encoding."""
