@@ -817,7 +817,10 @@ def _as_utf8(path: Path, data: bytes, encoding: str | None, trained: str) -> byt
     moot = data.isascii()
     if encoding is None and name not in ("utf-16", "utf-32") and not moot and _valid_utf8(data):
         # past an ASCII start the guess kept the training file's encoding; the whole file says otherwise
-        err_console.print(f"note: {path} is valid UTF-8: read as UTF-8, not as {chosen}", markup=False)
+        err_console.print(
+            f"note: {path} is valid UTF-8: read as UTF-8, not as {chosen} (pass --encoding {chosen} if that is wrong)",
+            markup=False,
+        )
         return data
     try:
         text = data.decode(chosen)

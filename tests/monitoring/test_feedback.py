@@ -360,7 +360,10 @@ def test_a_file_read_in_the_training_files_encoding_past_an_ascii_start_is_said(
     run, rows = _utf8_feedback(tmp_path, "cp1252")
     said = subprocess.run(run, capture_output=True, text=True, check=False)
     assert said.returncode == 0 and "1,000 outcome(s) stored" in said.stdout, said.stderr
-    assert "warning" not in said.stderr and "is valid UTF-8: read as UTF-8, not as cp1252" in said.stderr
+    assert (
+        "warning" not in said.stderr
+        and "is valid UTF-8: read as UTF-8, not as cp1252 (pass --encoding cp1252 if that is wrong)" in said.stderr
+    )
     (tmp_path / "cp.csv").write_bytes((tmp_path / "utf8.csv").read_text(encoding="utf-8").encode("cp1252"))
     said = subprocess.run([*run[:-1], str(tmp_path / "cp.csv")], capture_output=True, text=True, check=False)
     assert (
