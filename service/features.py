@@ -342,6 +342,8 @@ class Reading:
     decimal: str = "."
     encoding: str = "utf-8"
     format: str = "csv"  # the training file's format: csv, parquet, jsonl or excel
+    # the encoding was named for this file (`--encoding`, `?encoding=`): read as named, never guessed
+    encoding_given: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The preprocess.json entry."""
@@ -357,12 +359,14 @@ class Reading:
             raise ValueError(f"{flag}sep takes one character (such as , ; tab |), not {sep!r}")
         if decimal not in (None, ".", ","):
             raise ValueError(f"{flag}decimal is . or , not {decimal!r}")
-        return Reading(sep or self.sep, decimal or self.decimal, encoding or self.encoding, self.format)
+        chosen = encoding or self.encoding
+        return Reading(sep or self.sep, decimal or self.decimal, chosen, self.format, encoding is not None)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any] | None) -> Reading:
         """From preprocess.json (an older bundle has none: a plain UTF-8 CSV)."""
-        return cls(**{k: str(v) for k, v in (doc or {}).items() if k in ("sep", "decimal", "encoding", "format")})
+        read, plain = {k: str(v) for k, v in (doc or {}).items()}, cls()
+        return cls(*(read.get(k, getattr(plain, k)) for k in ("sep", "decimal", "encoding", "format")))
 
 
 @dataclass(frozen=True)

@@ -587,6 +587,15 @@ def score(
             soft_wrap=True,
             markup=False,
         )
+    if summary.read_as_utf8:  # an ASCII start kept the training file's encoding; the bytes past it said otherwise
+        was = next(iter(summary.read_as_utf8.values()))
+        files = ", ".join(sorted(name for name in summary.read_as_utf8 if name)) or str(input)
+        out.print(
+            f"note: {files} read as UTF-8, not as {was} (the training file's encoding): its first bytes beyond "
+            f"ASCII are UTF-8 (pass --encoding {was} if that is wrong)",
+            soft_wrap=True,
+            markup=False,
+        )
     hint = summary.encoding_hint()  # rows lost to the encoding: name the flag that reads them
     if hint:
         out.print(hint, soft_wrap=True, markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import re
 import subprocess
@@ -447,3 +448,24 @@ def test_decimal_reads_a_european_export_of_a_file_trained_with_points(
         "score", "--model", "churn", "--input", str(plain), "--output", "x.csv", "--decimal", "x", store=store
     )
     assert refused.returncode == 2 and "--decimal is . or ," in refused.stderr
+
+
+def test_score_says_a_file_read_as_utf8_over_the_training_files_encoding(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A review: a model trained on a cp1252 file read a UTF-8 file whose first 64 KiB are ASCII as cp1252.
+    It is read as UTF-8 now, and said with the flag that reads it the other way."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    saved = store / "churn" / "1" / bundle.PREPROCESS_FILE
+    doc = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**doc, "read": {**doc["read"], "encoding": "cp1252"}}))
+    header, *rows = _telco_head(tmp_path / "head.csv", 1200).read_text().splitlines(keepends=True)
+    source, out = tmp_path / "utf8.csv", tmp_path / "out.csv"
+    source.write_text(header + "".join(rows[:1000]) + "".join(r.replace("-", "\u00fc", 1) for r in rows[1000:]))
+    run = tabserve_here("score", "--model", "churn", "--input", str(source), "--output", str(out), store=store)
+    assert run.returncode == 0 and "1,200 scored" in run.stdout, run.stderr
+    assert (
+        f"note: {source} read as UTF-8, not as cp1252 (the training file's encoding): its first bytes beyond ASCII "
+        "are UTF-8 (pass --encoding cp1252 if that is wrong)" in run.stdout
+    )
+    assert sum("\u00fc" in row["customerID"] for row in _read(out)) == 200

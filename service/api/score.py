@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -103,7 +104,9 @@ async def score(
     try:
         reasons = checked_explain(explain or None, "?explain")  # `?explain=` asks nothing, as on /predict
         model = plane.model(name)
-        reading = model.pre.read.but(sep, encoding or charset, decimal, flag="?")
+        reading = model.pre.read.but(sep, encoding, decimal, flag="?")
+        if encoding is None and charset:  # a label clients often set by default: preferred, as the bundle's is
+            reading = replace(reading, encoding=charset)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ValueError as exc:

@@ -251,22 +251,48 @@ def guessed_encoding_note(data: bytes, guessed: str, shown: int = 3) -> str:
     return note + ": pass --encoding if that is wrong, or save the file as UTF-8"
 
 
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether ASCII bytes read as the same text in `encoding` (not so in UTF-16, UTF-32, UTF-7…)."""
+    try:
+        return bytes(range(128)).decode(encoding) == bytes(range(128)).decode("ascii")
+    except UnicodeDecodeError:
+        return False
+
+
 def _same(a: str, b: str) -> bool:
     return codecs.lookup(a).name == codecs.lookup(b).name
 
 
 class _Transcoded:
-    """A byte stream in another encoding, read as UTF-8 (what Arrow's CSV reader takes)."""
+    """A byte stream in another encoding, read as UTF-8 (what Arrow's CSV reader takes).
 
-    def __init__(self, head: bytes, rest: Any, encoding: str, name: str) -> None:
+    `tentative`: the encoding was kept over an ASCII start (the training file's), which says nothing of
+    it; the first bytes beyond ASCII decide as they would have in the head: valid UTF-8, and the rest
+    is passed through as UTF-8 (the bytes before were ASCII, which both read alike)."""
+
+    def __init__(self, head: bytes, rest: Any, encoding: str, name: str, tentative: bool = False) -> None:
         self._head, self._rest, self._name = head, rest, name
         self._decoder = codecs.getincrementaldecoder(encoding)("strict")
         self.encoding = encoding
+        self._tentative = tentative
+        self.switched = False  # the tentative encoding was given up for UTF-8
 
     def read(self, size: int = -1) -> bytes:
         data, self._head = self._head, b""
         if not data:
             data = self._rest.read(size) or b""
+        if self.switched:
+            return data
+        if self._tentative and not data.isascii():
+            self._tentative = False
+            data += self._rest.read(3) or b""  # a character the read cut is completed (UTF-8's take ≤ 4 bytes)
+            try:
+                text = codecs.getincrementaldecoder("utf-8")("strict").decode(data, final=False)
+            except UnicodeDecodeError:
+                text = ""
+            if not text.isascii():  # a whole character beyond ASCII, and UTF-8 up to the end
+                self.switched = True
+                return data
         try:
             return self._decoder.decode(data, final=not data).encode("utf-8")
         except UnicodeDecodeError as exc:
@@ -434,9 +460,11 @@ class CsvSource:
         self._raw = raw if raw is not None else stream
         reading = reading or Reading()
         head = _header(stream, name)
-        self.encoding = choose_encoding(head, reading.encoding)
+        self.encoding = reading.encoding if reading.encoding_given else choose_encoding(head, reading.encoding)
+        self._transcoded: _Transcoded | None = None
         if codecs.lookup(self.encoding).name != "utf-8":
-            stream = _Transcoded(head, stream, self.encoding, name)
+            kept = not reading.encoding_given and head.isascii() and _ascii_compatible(self.encoding)
+            stream = self._transcoded = _Transcoded(head, stream, self.encoding, name, tentative=kept)
             head = _header(stream, name)
         first = head.splitlines()[0]
         header = first.decode("utf-8-sig", errors="replace")
@@ -460,6 +488,11 @@ class CsvSource:
 
     def type_of(self, column: str) -> pa.DataType:
         return pa.string()
+
+    @property
+    def read_as_utf8(self) -> str | None:
+        """The encoding given up for UTF-8 past an ASCII start (the training file's), or None."""
+        return self._transcoded.encoding if self._transcoded and self._transcoded.switched else None
 
     @property
     def unclosed_quote(self) -> bool:

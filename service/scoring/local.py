@@ -83,6 +83,8 @@ class Summary:
     unvalued: list[str] = field(default_factory=list)  # features with none in any row: said once for the file
     unclosed_row: int | None = None  # the row whose quote is never closed: the file's rest went into it
     unclosed_file: str | None = None  # its file's name, when a run (Ray's) reads several
+    # file (or "": the one input) → the training file's encoding, given up for UTF-8 past an ASCII start
+    read_as_utf8: dict[str, str] = field(default_factory=dict)
 
     def count_valued(self, valued: np.ndarray) -> None:
         """Add a block's features that had a value in some row."""
@@ -564,6 +566,8 @@ def score_stream(
     summary.seconds = time.perf_counter() - started
     if getattr(source, "unclosed_quote", False):
         summary.unclosed_row = summary.rows_in
+    if given_up := getattr(source, "read_as_utf8", None):
+        summary.read_as_utf8[""] = given_up
     if summary.valued is not None and summary.rows_scored > 1:  # a column left empty by an export: no row says so
         names = [*(f.name for f in scorer.pre.numeric), *(f.name for f in scorer.pre.categorical)]
         summary.unvalued = [name for name, seen in zip(names, summary.valued, strict=True) if not seen]

@@ -188,6 +188,8 @@ class NumberedSource(FileBasedDatasource):
             yield table.append_column(FILE, pa.repeat(name, table.num_rows)) if self.name_files else table
         if getattr(source, "unclosed_quote", False):  # waited for, so the driver's count after the run is complete
             ray.get(self.tally.unclosed.remote(name.as_py() if self.name_files else None, last_row))
+        if given_up := getattr(source, "read_as_utf8", None):
+            ray.get(self.tally.read_as_utf8.remote(name.as_py() if self.name_files else "", given_up))
 
 
 @ray.remote(num_cpus=0)
@@ -205,6 +207,9 @@ class Tally:
         seen = (self.summary.unclosed_file or "", self.summary.unclosed_row or 0)
         if self.summary.unclosed_row is None or (file or "", row) < seen:  # the run names one: the first file's
             self.summary.unclosed_row, self.summary.unclosed_file = row, file
+
+    def read_as_utf8(self, file: str, encoding: str) -> None:
+        self.summary.read_as_utf8[file] = encoding
 
     def total(self) -> Summary:
         return self.summary

@@ -377,6 +377,9 @@ class Upload:
                 log.warning(
                     "upload: no row has a value for %s: every row scored as if it were missing", summary.unvalued
                 )
+            if summary.read_as_utf8:
+                log.info("upload: read as UTF-8, not as %s (the training file's encoding): its first bytes beyond "
+                         "ASCII are UTF-8", summary.read_as_utf8[""])  # fmt: skip
             if summary.rows_not_utf8:  # the body was read as UTF-8 (the training file's encoding)
                 fix = summary.utf8_fix()
                 log.warning(

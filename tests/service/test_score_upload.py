@@ -167,6 +167,12 @@ def test_http_score_reads_a_body_as_its_charset_and_query_say(churn_bundle: bund
             assert answer.status_code == 200 and "not valid UTF-8" not in answer.text
             assert answer.content == cli.read_bytes()
         text_csv = {"content-type": "text/csv"}
+        # ?encoding= is read as named; a charset, which clients often set by default, gives way to a UTF-8 start
+        utf8 = source.read_bytes().decode("cp1252").encode("utf-8")
+        labelled = httpx.post(url, content=utf8, headers={"content-type": "text/csv; charset=cp1252"})
+        assert labelled.status_code == 200 and labelled.content == cli.read_bytes()
+        named = httpx.post(url + "?encoding=cp1252", content=utf8, headers=text_csv)
+        assert named.status_code == 200 and "\u00c3\u00bc".encode() in named.content
         expected = httpx.post(url, content=plain.encode(), headers=text_csv).content
         read_as_points = httpx.post(url, content=european_text.encode(), headers=text_csv)
         assert read_as_points.status_code == 200 and read_as_points.content != expected

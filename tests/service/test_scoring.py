@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
+import io
 import json
 import threading
 import time
@@ -13,7 +15,8 @@ import httpx
 import pytest
 
 from service import bundle
-from service.scoring.files import open_source
+from service.features import Reading
+from service.scoring.files import HEADER_PROBE, _Transcoded, open_source
 from service.scoring.local import KEPT_ERRORS, Scorer, ScoringError, score_file
 from tests.conftest import TELCO
 from tests.service.conftest import copy_store, running_server, telco_records
@@ -493,3 +496,47 @@ def test_a_utf16_file_is_read_by_its_byte_order_mark(churn_bundle: bundle.Bundle
     assert _read(tmp_path / "wide_out.csv") == _read(tmp_path / "plain_out.csv")
     frame = read_csv(wide)
     assert frame.attrs["read"].encoding == "utf-16" and list(frame.columns)[:2] == ["customerID", "gender"]
+
+
+def test_a_file_kept_in_the_training_files_encoding_turns_utf8_at_its_first_bytes_beyond_ascii(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A review: a model trained on a cp1252 file read a UTF-8 file whose first 64 KiB are ASCII all as
+    cp1252 (`ü` came out `Ã¼`: ids rewritten, levels unseen and scored as missing). The first bytes beyond
+    ASCII decide, as they do in the first 64 KiB; an encoding named for the file is read as named."""
+    header, *rows = TELCO.read_text().splitlines(keepends=True)
+    rows = [row.replace("-", "\u00fc", 1) if i >= 1000 else row for i, row in enumerate(rows)]
+    ids = [row.split(",", 1)[0] for row in rows]
+    source, out = tmp_path / "utf8.csv", tmp_path / "out.csv"
+    source.write_text(header + "".join(rows), encoding="utf-8")
+    assert source.read_bytes()[:HEADER_PROBE].isascii()
+    scorer, trained = Scorer(churn_bundle, "cpu"), Reading(encoding="cp1252")
+
+    def scored(reading: Reading) -> tuple[dict[str, str], list[str]]:
+        summary = score_file(scorer, open_source(source, reading=reading), out)
+        assert summary.rows_scored == len(rows)
+        return summary.read_as_utf8, [row["customerID"] for row in _read(out)]
+
+    assert scored(trained) == ({"": "cp1252"}, ids)
+    named = scored(trained.but(None, "cp1252", None))
+    assert named[0] == {} and sum("\u00c3\u00bc" in i for i in named[1]) == len(rows) - 1000
+    source.write_bytes(source.read_text(encoding="utf-8").encode("cp1252"))  # a cp1252 file stays cp1252
+    assert scored(trained) == ({}, ids)
+    # a UTF-8 start chose UTF-8 even where cp1252 was named for the file
+    source.write_text(header + "".join(r.replace("-", "\u00fc", 1) for r in rows[:1000]) + "".join(rows[1000:]))
+    assert not source.read_bytes()[:HEADER_PROBE].isascii()
+    assert sum("\u00c3\u00bc" in i for i in scored(trained.but(None, "cp1252", None))[1]) == len(rows)
+
+
+@pytest.mark.parametrize("cut", range(1, 8))
+def test_the_first_character_beyond_ascii_decides_wherever_a_read_cuts_it(cut: int) -> None:
+    """A UTF-8 character cut by a read is completed before it decides; a cp1252 byte at a read's end is no
+    UTF-8 lead, whatever follows it."""
+    for text, encoding, utf8 in [
+        ("abcd\u00fc\u00e9,x\n", "utf-8", True),
+        ("abcd\u00e9,\u00e9t\u00e9\n", "cp1252", False),
+    ]:
+        data = text.encode(encoding)
+        stream = _Transcoded(b"", io.BytesIO(data), "cp1252", "x", tentative=True)
+        read = b"".join(iter(functools.partial(stream.read, cut), b""))
+        assert (read.decode("utf-8"), stream.switched) == (text, utf8), (cut, encoding)

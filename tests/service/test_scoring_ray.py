@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from service import atomic, bundle
 from service.scoring.files import ScoringError
 from service.scoring.local import Scorer, score_file
 from tabserve.cli import _file_level_failure
+from tests.conftest import TELCO
 from tests.service.test_scoring import _read, _telco_head
 
 
@@ -313,6 +315,12 @@ def test_what_the_read_tasks_see_reaches_the_summary(
     assert (summary.unclosed_row, summary.unclosed_file) == (11, "b.csv")
     assert _file_level_failure(summary).startswith('a quote (") opened in row 11 of b.csv is never closed')  # type: ignore[union-attr]
     assert summary.encoding_hint() == "2 rows are not valid UTF-8: --encoding cp1252 reads them"
+    # a file kept in the training file's encoding over an ASCII start, UTF-8 past it: said by its name
+    ascii_start = b"".join(TELCO.read_bytes().splitlines(keepends=True)[1:1000])
+    folder = _folder(tmp_path / "utf8", {"a.csv": header + ascii_start + b"".join(windows).decode("cp1252").encode()})
+    trained = replace(churn_bundle.preprocess.read, encoding="cp1252")
+    summary = score_with_ray(churn_bundle, str(folder), tmp_path / "utf8.csv", reading=trained)
+    assert summary.read_as_utf8 == {"": "cp1252"} and summary.rows_failed == 0
 
     charges = header.split(b",").index(b"MonthlyCharges")
     bad = [b",".join(f if j != charges else b"x" + f for j, f in enumerate(row.split(b","))) for row in rows[:20]]
