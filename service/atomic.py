@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -46,6 +47,7 @@ def written_whole(target: Path) -> Iterator[Path]:
     target = Path(os.path.realpath(target)) if target.is_symlink() else target
     with temporary(target.parent, prefix_of(target)) as tmp:
         yield tmp
+        _same_mode(tmp, target)
         os.replace(tmp, target)
 
 
@@ -56,7 +58,15 @@ def folder_written_whole(target: Path) -> Iterator[Path]:
     dead writer's set-aside back before it sweeps); removed if it fails."""
     with temporary(target.parent, prefix_of(target), target) as tmp:
         yield tmp
+        _same_mode(tmp, target)
         replace_folder(tmp, target)
+
+
+def _same_mode(new: Path, target: Path) -> None:
+    """The permissions a previous `target` had, on what replaces it (as a file written over keeps
+    them): a group-readable report stays so; a new one gets the umask's, as any new file."""
+    with suppress(FileNotFoundError):  # no previous target
+        os.chmod(new, stat.S_IMODE(target.stat().st_mode))
 
 
 def replace_folder(new: Path, target: Path) -> None:

@@ -305,3 +305,17 @@ def test_another_hosts_temporary_needs_its_lock_free_and_a_day_untouched(tmp_pat
     atomic.sweep(tmp_path, ".x.tmp-")
     assert {name: (tmp_path / name).exists() for name in names} == names
     assert sorted(p.name for p in tmp_path.iterdir()) == [".x.tmp-other-host@7-aa", ".x.tmp-other-host@7-aa.lock"]
+
+
+def test_a_replaced_file_or_folder_keeps_the_permissions_its_previous_version_had(tmp_path: Path) -> None:
+    """A review: the rename put a file of the writer's umask in place, so a report kept group-readable (or
+    private) changed its permissions on each run. A new target gets the umask's, as any new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for write, target in [(atomic.written_whole, tmp_path / "out.csv"), (atomic.folder_written_whole, tmp_path / "d")]:
+        fresh = (0o777 if target.name == "d" else 0o666) & ~umask
+        for mode in (fresh, 0o640, 0o600):
+            with write(target) as tmp:
+                tmp.mkdir() if target.name == "d" else tmp.write_text("scores")
+            assert target.stat().st_mode & 0o777 == mode, (target, oct(mode))
+            os.chmod(target, 0o640 if mode == fresh else 0o600)
