@@ -109,12 +109,12 @@ class LogReader:
         kind = "CSV, HEADER" if output.suffix.lower() == ".csv" else "PARQUET"
         with written_whole(written) as tmp:  # killed half-way, a valid-looking file cut short would be retrained on
             target = str(tmp).replace("'", "''")  # a quote in the name stays part of it
-            try:
-                self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})")
+            try:  # COPY answers the rows it wrote (counted again, the query would see what was logged since)
+                written_rows = self.db.execute(f"COPY ({query}) TO '{target}' (FORMAT {kind})").fetchall()
             except duckdb.Error as exc:  # a full disk is a duckdb.IOException, not an OSError
                 reason = _reason(exc).replace(str(tmp), str(output))
                 raise ValueError(f"--output {output}: cannot write it ({reason})") from None
-        return int(self.db.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0])
+        return int(written_rows[0][0])
 
     def check_output(self, output: Path, flag: str) -> Path:
         """Where to write `output` (a link: the file it names), its folder made; refused inside the
