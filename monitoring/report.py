@@ -41,13 +41,14 @@ class LogReader:
     """One model's log as DuckDB views: `predictions`, `feedback` and `labelled` (the `date=` folders
     are not read as a column: a join on them would pair only same-day outcomes)."""
 
-    def __init__(self, root: str | Path, model: str, ids: list[str] | None = None) -> None:
+    def __init__(self, root: str | Path, model: str, ids: list[str] | None = None, threads: int = 0) -> None:
         self.location, self.model = LogLocation.of(root), model
         if not self.location.local:
             raise ValueError(
                 "tabserve monitor and log export read a local log folder (DuckDB's httpfs reads object stores)"
             )
-        self.db = duckdb.connect()
+        # DuckDB sizes itself by the host's cores, not the affinity mask or quota: `threads`, the CPU budget
+        self.db = duckdb.connect(config={"threads": threads} if threads else {})
         self.db.execute("SET TimeZone = 'UTC'")  # periods are UTC days, as the date= folders, wherever it runs
         base = Path(self.location.root) / model
         self.db.execute(f"CREATE VIEW predictions AS {self._predictions_sql()}")

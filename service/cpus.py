@@ -1,18 +1,23 @@
 """The CPU budget: how many CPUs this process may really use (docs/operations.md#cpu-budget).
 
 The affinity mask (taskset, a cpuset), the cgroup CPU quota (a container's CPU limit, v2 `cpu.max`
-or v1 `cpu.cfs_quota_us`) and an explicit setting (`--cpus`, `TABSERVE_CPUS`) that wins over both.
+or v1 `cpu.cfs_quota_us`) and an explicit setting (`--cpus`, `TABSERVE_CPUS`) that wins over the
+quota, up to the affinity.
 A fractional quota is rounded down: a thread more than the quota pays for is stopped for the rest of
 each quota period, a latency spike, where a thread fewer only leaves the fraction unused.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("tabserve.cpus")
+_said: set[str] = set()  # warnings given: the budget is read once per process and worker, said once
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,9 @@ class CpuBudget:
 
     def inference_on_loop(self, workers: int) -> bool:
         """Whether a serving worker runs ORT on its event loop: with one CPU it gains nothing from a
-        second thread, and where more cores are in reach (a quota) the two would spend the CPU in
-        parallel and be throttled for the rest of the period (BENCHMARKS.md)."""
+        second thread, and where more cores are in reach (a quota, `--cpus 1`, workers splitting the
+        budget) the two would spend that CPU in parallel, under a quota throttled for the rest of the period
+        (BENCHMARKS.md)."""
         return self.per_worker(workers) == 1 and self.affinity > 1
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +62,13 @@ def cpu_budget(setting: int | None = None, root: Path | str = "/") -> CpuBudget:
     cores = os.cpu_count() or 1
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     quota, where = cgroup_quota(root)
+    if setting is not None and setting > affinity:  # threads past the cores in reach only take turns on them
+        _warn(
+            f"--cpus/TABSERVE_CPUS {setting} is more than the {affinity} CPU(s) in reach (the affinity mask): {affinity} used"
+        )
+        return CpuBudget(
+            affinity, f"--cpus/TABSERVE_CPUS {setting}, the affinity's {affinity}", affinity, quota, setting
+        )
     if setting is not None:
         return CpuBudget(setting, f"--cpus/TABSERVE_CPUS {setting}", affinity, quota, setting)
     if quota is not None and math.floor(quota) < affinity:
@@ -84,8 +97,8 @@ def cgroup_quota(root: Path) -> tuple[float | None, str]:
 def _cpu_cgroups(root: Path) -> list[tuple[int, Path, Path]]:
     """(cgroup version, this process's directory, the mount's top) for each mounted CPU controller."""
     try:
-        mountinfo = (root / "proc/self/mountinfo").read_text()
-        memberships = (root / "proc/self/cgroup").read_text()
+        mountinfo = (root / "proc/self/mountinfo").read_text(errors="replace")
+        memberships = (root / "proc/self/cgroup").read_text(errors="replace")
     except OSError:
         return []
     paths: dict[str, str] = {}  # "" for v2, else the v1 controller list ("cpu,cpuacct")
@@ -115,25 +128,51 @@ def _inside(mount_point: Path, mount_root: str, path: str) -> Path:
     """The process's cgroup directory under a mount (a container sees its own cgroup as the mount's top)."""
     relative = os.path.relpath(path, mount_root) if path.startswith(mount_root) else "."
     directory = (mount_point / relative).resolve() if relative != "." else mount_point
-    if not directory.is_relative_to(mount_point) or not directory.is_dir():
-        return mount_point
-    return directory
+    try:
+        inside = directory.is_relative_to(mount_point.resolve()) and directory.is_dir()
+    except OSError:  # a folder this user may not enter
+        inside = False
+    return directory if inside else mount_point
 
 
 def _quota_v2(directory: Path) -> float | None:
     """`cpu.max`: "max 100000" is no limit, "150000 100000" is 1.5 CPUs."""
-    try:
-        limit, period = (directory / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
+    text = _read(directory / "cpu.max")
+    if text is None or text.split()[:1] == ["max"]:
         return None
-    return None if limit == "max" else int(limit) / int(period)
+    return _ratio(directory / "cpu.max", *text.split()[:2])
 
 
 def _quota_v1(directory: Path) -> float | None:
     """`cpu.cfs_quota_us` over `cpu.cfs_period_us`; -1 is no limit."""
+    limit, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+    return None if limit is None or period is None else _ratio(directory / "cpu.cfs_quota_us", limit, period)
+
+
+def _read(path: Path) -> str | None:
+    """A cgroup file's text; None where there is none, said where there is one this process cannot read."""
     try:
-        limit = int((directory / "cpu.cfs_quota_us").read_text())
-        period = int((directory / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
+        return path.read_text(errors="replace")
+    except FileNotFoundError:  # no controller file at this level: no limit set here
         return None
-    return None if limit <= 0 or period <= 0 else limit / period
+    except OSError as exc:
+        _warn(f"cannot read {path} ({exc.strerror}): a CPU quota there is not known; set --cpus or TABSERVE_CPUS")
+        return None
+
+
+def _ratio(path: Path, *fields: str) -> float | None:
+    """Quota over period in CPUs; None (no limit) for -1 or 0, said for what is no number."""
+    try:
+        limit, period = (int(f) for f in fields)
+    except ValueError:  # also fewer than two fields
+        _warn(
+            f"{path} holds {' '.join(f.strip() for f in fields)!r}, no quota and period: read as no limit; set --cpus or TABSERVE_CPUS"
+        )
+        return None
+    return limit / period if limit > 0 and period > 0 else None
+
+
+def _warn(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)

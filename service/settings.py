@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     )
     inference: Literal["auto", "thread", "loop"] = Field(
         "auto",
-        description="where ORT runs; auto: on the event loop if the worker has one CPU of several cores (a quota), "
-        "where a thread beside it would spend the CPU in parallel and be throttled; else on a thread",
+        description="where ORT runs; auto: on the event loop if the worker's share is one CPU of several cores (a quota, "
+        "--cpus 1, workers splitting the budget), where a thread beside it would spend that CPU in parallel; else on a thread",
     )
     batching: bool = Field(True, description="gather concurrent requests into one ONNX Runtime call")
     max_batch_size: int = Field(

@@ -71,11 +71,16 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _size_arrow(cpus: int) -> None:
-    """Arrow's thread pool sees the affinity mask, not a cgroup quota."""
+def _cpu_budget(cpus: int | None) -> int:
+    """The command's CPU budget (`--cpus`, else the affinity mask and quota), Arrow's pool sized to it
+    (Arrow sees the affinity mask, not a cgroup quota)."""
     import pyarrow as pa
 
-    pa.set_cpu_count(cpus)
+    from service.cpus import cpu_budget
+
+    budget = cpu_budget(cpus)
+    pa.set_cpu_count(budget.cpus)
+    return budget.cpus
 
 
 def _version(shown: bool) -> None:
@@ -488,7 +493,6 @@ def score(
 ) -> None:
     """Score a file: one output row per input row, in input order, failures kept with the reason in `error`."""
     try:
-        from service.cpus import cpu_budget
         from service.explain import checked_explain
         from service.features import did_you_mean
         from service.scoring.files import output_format_of
@@ -505,8 +509,7 @@ def score(
         )
         if errors is not None and str(output) != STDIO and errors == output:
             raise ValueError(f"--errors {errors} is the --output file: name another")
-        budget = cpu_budget(cpus)
-        _size_arrow(budget.cpus)
+        budget = _cpu_budget(cpus)
 
         reasons = checked_explain(explain, "--explain")
         ref = release.resolve(bundle.models_dir(models_dir), model)
@@ -537,7 +540,7 @@ def score(
                     chunk_rows=chunk_rows,
                     on_error=stack.enter_context(_errors_file(errors)),
                     explain=reasons,
-                    cpus=budget.cpus,
+                    cpus=budget,
                     reading=reading,
                     errors=errors,
                 )
@@ -554,7 +557,7 @@ def score(
                     device,
                     reasons,
                     logged,
-                    budget.cpus,
+                    budget,
                     reading,
                 )
         else:
@@ -746,6 +749,7 @@ def feedback(
     encoding: Annotated[
         str | None, typer.Option(help="Text encoding of a CSV (default: the training file's, else detected).")
     ] = None,
+    cpus: Cpus = None,
 ) -> None:
     """Store delayed outcomes beside the prediction log, keyed by the model's id column."""
     from monitoring.feedback import Feedback, NotUtf8, in_record, records_of
@@ -770,6 +774,7 @@ def feedback(
         return f"  {place}{field}: {detail['message']}"
 
     try:
+        _cpu_budget(cpus)
         ref = release.resolve(bundle.models_dir(models_dir), model)
         data = _feedback_bytes(input)
         if media == "text/csv":  # as `tabserve score` reads a CSV: the training file's encoding, else detected
@@ -893,6 +898,7 @@ def log_export(
         bool, typer.Option(help="Only records with an outcome, the outcome under the target's name: a training file.")
     ] = False,
     models_dir: ModelsDir = None,
+    cpus: Cpus = None,
 ) -> None:
     """Write logged records to one file (with --labelled, ready for `tabserve train --data`)."""
     try:
@@ -906,7 +912,7 @@ def log_export(
             )
             store = None
         with readable(log, model):
-            rows = LogReader(log, model).export(output, labelled, store)
+            rows = LogReader(log, model, threads=_cpu_budget(cpus)).export(output, labelled, store)
     except ImportError as exc:
         _fail(f"the log commands need the monitor extra (pip install 'tabserve[monitor]'): {exc}")
     except (ValueError, OSError) as exc:
@@ -929,6 +935,7 @@ def monitor(
     by: Annotated[str, typer.Option(help="Period: day | week | hour.")] = "day",
     html: Annotated[Path | None, typer.Option(help="Also write an HTML report with plots here.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    cpus: Cpus = None,
 ) -> None:
     """Drift and live accuracy over the whole prediction log: PSI per feature per period against
     training (< 0.1 stable, 0.1–0.25 moderate, > 0.25 act) and the labelled predictions' metrics."""
@@ -939,7 +946,7 @@ def monitor(
             raise ValueError(f"--by takes {', '.join(PERIODS)}, not {by!r}")
         ref = release.resolve(bundle.models_dir(models_dir), model)
         with readable(log, ref.name):
-            reader = LogReader(log, ref.name, ref.preprocess.id_columns)
+            reader = LogReader(log, ref.name, ref.preprocess.id_columns, threads=_cpu_budget(cpus))
             outputs = {
                 flag: (path, reader.check_output(path, flag))  # before any work
                 for flag, path in (("--json", json_out), ("--html", html))

@@ -53,6 +53,10 @@ def test_an_outcome_days_later_labels_its_prediction(tmp_path: Path) -> None:
     out = tmp_path / "train.parquet"
     assert LogReader(tmp_path, "churn").export(out, labelled=True) == 1
     assert pq.read_table(out).to_pylist() == [{"customerID": "a", "tenure": 3.0, "Churn": "Yes"}]
+    # an audit: DuckDB took a thread per host core whatever the CPU budget (`--cpus`, affinity, quota)
+    reader = LogReader(tmp_path, "churn", threads=1)
+    assert reader.db.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+    assert reader.export(out, labelled=True) == 1
     quoted = tmp_path / "it's.csv"  # the name went into DuckDB's SQL as written: a syntax error
     assert LogReader(tmp_path, "churn").export(quoted, labelled=True) == 1 and quoted.read_text().count("\n") == 2
     for wrong, said in [("out.json", "name a .parquet or .csv"), ("churn/again.parquet", "inside the log's churn/")]:

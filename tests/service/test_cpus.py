@@ -90,10 +90,53 @@ def test_v1_minus_one_is_no_limit(tmp_path: Path) -> None:
     assert (budget.cpus, budget.quota) == (AFFINITY, None)
 
 
-def test_setting_wins_over_quota_and_affinity(tmp_path: Path) -> None:
-    budget = cpu_budget(3, root=fake_root(tmp_path, 2, "/", {"/": "50000 100000"}))
-    assert (budget.cpus, budget.quota, budget.setting) == (3, 0.5, 3)
-    assert "TABSERVE_CPUS 3" in budget.source
+def test_setting_wins_over_the_quota_up_to_the_affinity(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An audit: `--cpus 1000` on two cores sized each ONNX Runtime session 999 threads (2,007 in the
+    process): threads past the cores in reach only take turns. The setting is capped there, and said."""
+    root = fake_root(tmp_path, 2, "/", {"/": "50000 100000"})
+    budget = cpu_budget(AFFINITY, root=root)
+    assert (budget.cpus, budget.quota, budget.setting) == (AFFINITY, 0.5, AFFINITY)
+    assert f"TABSERVE_CPUS {AFFINITY}" in budget.source and not caplog.text
+    budget = cpu_budget(1000, root=root)
+    assert (budget.cpus, budget.setting) == (AFFINITY, 1000)
+    assert f"--cpus/TABSERVE_CPUS 1000 is more than the {AFFINITY} CPU(s) in reach" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("version", "text"),
+    [(v, t) for v in (1, 2) for t in ["abc 100000", "100000 abc", "1e5 100000", ""]] + [(2, "50000")],
+)
+def test_a_quota_file_that_holds_no_numbers_is_no_limit_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int, text: str
+) -> None:
+    """An audit: these were a ZeroDivisionError or ValueError traceback from every command, `--cpus` or not."""
+    root = fake_root(tmp_path, version, "/", {"/": "50000 100000"})
+    quota = next(root.rglob("cpu.max" if version == 2 else "cpu.cfs_quota_us"))
+    quota.write_text(text if version == 2 else text.split(" ")[0])
+    if version == 1 and " " in text:
+        quota.with_name("cpu.cfs_period_us").write_text(text.split(" ")[1])
+    assert (cpu_budget(root=root).quota, cpu_budget(1, root=root).cpus) == (None, 1)
+    assert "no quota and period: read as no limit; set --cpus or TABSERVE_CPUS" in caplog.text
+
+
+@pytest.mark.parametrize("text", ["100000 0", "0 100000", "-50000 100000"])
+def test_a_quota_of_no_time_is_no_limit_in_v2_as_in_v1(tmp_path: Path, text: str) -> None:
+    assert cpu_budget(root=fake_root(tmp_path, 2, "/", {"/": text})).quota is None
+
+
+def test_a_cgroup_that_cannot_be_read_is_said_and_the_rest_still_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Membership that is not UTF-8 was a UnicodeDecodeError; a quota file that cannot be read (here a
+    folder in its place) dropped the limit without a word."""
+    root = fake_root(tmp_path, 2, "/app", {"/app": "50000 100000", "/": "max 100000"})
+    (root / "proc/self/cgroup").write_bytes(b"0::/app\n1:name=\xff\xfe:/x\n".decode("unicode_escape").encode("latin-1"))
+    assert cpu_budget(root=root).quota == 0.5
+    cpu_max = root / "sys/fs/cgroup/app/cpu.max"
+    cpu_max.unlink()
+    cpu_max.mkdir()
+    assert cpu_budget(root=root).quota is None
+    assert f"cannot read {cpu_max} (Is a directory): a CPU quota there is not known" in caplog.text
 
 
 def test_no_proc_files_means_no_quota(tmp_path: Path) -> None:
@@ -142,29 +185,39 @@ def test_onnx_runtime_pool_never_spins() -> None:
 
 
 def test_version_shows_the_budget() -> None:
-    env = {**os.environ, "TABSERVE_CPUS": "3"}
     cmd = [sys.executable, "-m", "tabserve.cli", "--version"]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("tabserve ")
-    assert "CPU budget: 3 CPUs" in run.stdout and "C accelerators:" in run.stdout
+    for setting, said in [
+        ("1", "CPU budget: 1 CPU "),
+        ("1000", f"CPU budget: {AFFINITY} CPUs (--cpus/TABSERVE_CPUS 1000"),
+    ]:
+        run = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "TABSERVE_CPUS": setting}, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith("tabserve ")
+        assert said in run.stdout and "C accelerators:" in run.stdout
 
 
+@pytest.mark.skipif(AFFINITY < 2, reason="a setting of several CPUs: needs two cores in the affinity mask")
 def test_service_sizes_onnx_runtime_from_the_budget(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     store = copy_store(churn_bundle, tmp_path / "models")
-    with running_server(store, "--cpus", "3") as server:
+    with running_server(store, "--cpus", str(AFFINITY)) as server:
         cpus = httpx.get(server.url + "/models").json()["cpus"]
-        assert (cpus["cpus"], cpus["setting"], cpus["workers"], cpus["threads_per_worker"]) == (3, 3, 1, 2)
+        setting = (cpus["cpus"], cpus["setting"], cpus["workers"], cpus["threads_per_worker"])
+        assert setting == (AFFINITY, AFFINITY, 1, AFFINITY - 1)  # one CPU for the event loop
         assert cpus["inference"] == "thread"
-        assert "CPU budget: 3 CPUs" in server.output()
+        assert f"CPU budget: {AFFINITY} CPUs (--cpus/TABSERVE_CPUS {AFFINITY})" in server.output()
 
 
+@pytest.mark.skipif(AFFINITY < 2, reason="two workers' share: needs two cores in the affinity mask")
 def test_workers_split_the_budget_in_the_service(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
     store = copy_store(churn_bundle, tmp_path / "models")
-    with running_server(store, "--workers", "2", env={"TABSERVE_CPUS": "6"}) as server:
+    with running_server(store, "--workers", "2", env={"TABSERVE_CPUS": str(AFFINITY)}) as server:
         cpus = httpx.get(server.url + "/models").json()["cpus"]
-        assert (cpus["cpus"], cpus["workers"], cpus["threads_per_worker"]) == (6, 2, 2)  # 3 each, 1 for the loop
-        assert "2 worker(s), 2 ONNX Runtime thread(s) each, run on the inference thread" in server.output()
+        each = AFFINITY // 2
+        assert (cpus["cpus"], cpus["workers"], cpus["threads_per_worker"]) == (AFFINITY, 2, max(1, each - 1))
+        where = "the event loop" if each == 1 else "the inference thread"
+        assert f"2 worker(s), {max(1, each - 1)} ONNX Runtime thread(s) each, run on {where}" in server.output()
 
 
 @pytest.mark.skipif(AFFINITY < 2, reason="one CPU of several: needs two cores in the affinity mask")
