@@ -210,6 +210,8 @@ def text_of(value: Any) -> str | None:
     """An id value as text (JSON for anything but a string); None stays missing."""
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, np.generic):  # a binary V2 tensor's integer id (np.int64): lost as absent before
+        value = value.item()
     if not isinstance(value, int | float | bool | list | dict):  # the codecs' "absent" marker
         return None
     return orjson.dumps(value).decode()

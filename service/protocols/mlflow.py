@@ -162,8 +162,9 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
 
 def _csv_rows(text: str) -> Iterator[list[str]]:
     """The rows of a CSV text, blank lines left out; a row the csv module refuses (a field over its
-    128 KiB limit) is a 400."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    128 KiB limit, text after a closing quote) is a 400. Strict: a quote never closed read the rest of the
+    body into one field without a word (MLflow's pandas reader refuses it too)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     row = -1  # the header; records count from 0, blank lines not counted, as the other messages do
     while True:
         try:
@@ -171,7 +172,8 @@ def _csv_rows(text: str) -> Iterator[list[str]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise bad(f"CSV {'header' if row < 0 else f'record {row}'}: {exc}") from None
+            reason = 'a quote (") opened in it is never closed' if str(exc) == "unexpected end of data" else exc
+            raise bad(f"CSV {'header' if row < 0 else f'record {row}'}: {reason}") from None
         if fields:
             yield fields
             row += 1

@@ -55,8 +55,10 @@ EXPLANATION = [ATTRIBUTIONS, *(f"explanation_{key}" for key in explanation_keys(
 def misfit(datatype: str, value: Any) -> str | None:
     """Why a JSON value is not of its tensor's declared datatype (None: it is, or it is null, taken as
     missing; BYTES holds text or a coded level's number, read as sent)."""
-    if value is None or datatype == "BYTES":
+    if value is None:
         return None
+    if datatype == "BYTES":  # true was read as the level 'True', an object as its JSON text
+        return f"{shown(value)} is not text or a number (BYTES)" if isinstance(value, bool | dict) else None
     if datatype == "BOOL":
         return None if isinstance(value, bool) else f"{shown(value)} is not true or false ({datatype})"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -70,7 +72,7 @@ def misfit(datatype: str, value: Any) -> str | None:
 def check_typed(name: str, datatype: str, values: list[Any]) -> None:
     """A tensor's JSON data against its declared datatype (INT8 [1000], INT64 [70.9] and FP64 ["$1,000"]
     were read as numbers anyway); the usual all-number column costs one array's check."""
-    if datatype == "BYTES" or not values:
+    if not values or (datatype == "BYTES" and all(type(v) is str for v in values)):
         return
     array = np.asarray(values) if type(values[0]) in (int, float) else None  # else: text, null or nested
     if array is not None and array.dtype.kind in "iuf":
@@ -460,6 +462,9 @@ def known_outputs(known: list[str], names: list[str] | None, explained: list[str
     unknown = [name for name in names if name not in known and name not in explained]
     if unknown:
         raise bad(f"unknown output(s) {', '.join(unknown)}; the model gives: {', '.join(known)}")
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:  # the answer held it twice: a response's outputs are named once each
+        raise bad(f"output '{twice}' is asked for twice")
     return names
 
 

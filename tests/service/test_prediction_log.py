@@ -4,7 +4,9 @@ excluded fields never reach a file, bad feedback is refused per record and chang
 from __future__ import annotations
 
 import gzip
+import json
 import signal
+import struct
 import threading
 import time
 from pathlib import Path
@@ -193,12 +195,22 @@ def test_every_scoring_route_logs_its_records(churn_bundle: bundle.BundleRef, tm
     records = RECORDS[:4]
     columns = list(records[0])
     csv_body = ",".join(columns) + "\n" + "".join(",".join(str(r[c] or "") for c in columns) + "\n" for r in records)
+    # integer ids as a binary tensor (tritonclient's way): np.int64 values were logged as absent
+    binary_ids = {"id": "v2-ids", **v2_body(records)}
+    sized = {"binary_data_size": 8 * len(records)}
+    binary_ids["inputs"].append({"name": "customerID", "datatype": "INT64", "shape": [4], "parameters": sized})  # type: ignore[attr-defined]
+    head = json.dumps(binary_ids).encode()
     with running_server(store, "--log", str(log)) as server:
         sent = {
             "native": httpx.post(
                 server.url + "/predict", json={"records": records}, headers={"x-request-id": "native-1"}
             ),
             "v2": httpx.post(server.url + "/v2/models/churn/infer", json={"id": "v2-1", **v2_body(records)}),
+            "v2-ids": httpx.post(
+                server.url + "/v2/models/churn/infer",
+                content=head + struct.pack("<4q", 7, 8, 9, 2**62),
+                headers={"inference-header-content-length": str(len(head)), "content-type": "application/json"},
+            ),
             "mlflow": httpx.post(
                 server.url + "/invocations",
                 json={"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in records]}},
@@ -215,7 +227,7 @@ def test_every_scoring_route_logs_its_records(churn_bundle: bundle.BundleRef, tm
         }
         assert all(r.status_code == 200 for r in sent.values()), {k: r.text for k, r in sent.items()}
         window = httpx.get(server.url + "/models/churn/monitor").json()["window_rows"]
-    assert window == 4 * 4 + 1  # the upload's rows count in the live drift window too
+    assert window == 5 * 4 + 1  # the upload's rows count in the live drift window too
     table = pq.read_table(sorted(log.glob("churn/date=*/*.parquet")))
     by_request: dict[str, list[dict[str, object]]] = {}
     for row in table.to_pylist():
@@ -225,6 +237,7 @@ def test_every_scoring_route_logs_its_records(churn_bundle: bundle.BundleRef, tm
     assert len(uploads) == 1 and sorted(r["_row"] for r in uploads[0]) == [1, 2, 3, 4]
     for key in ("native-1", "mlflow-1"):  # the protocols that carry ids
         assert [r["customerID"] for r in by_request[key]] == [r["customerID"] for r in records]
+    assert [r["customerID"] for r in by_request["v2-ids"]] == ["7", "8", "9", str(2**62)]
     native = sent["native"].json()["predictions"]
     assert [r["_probability"] for r in by_request["native-1"]] == pytest.approx([p["probability"] for p in native])
     assert by_request["v2-1"][2]["Contract"] == records[2]["Contract"] and by_request["v2-1"][0]["customerID"] is None

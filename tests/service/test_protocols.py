@@ -305,3 +305,25 @@ def test_a_key_given_twice_is_refused_on_every_protocol_but_an_ignored_field(chu
 
 def _compact(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"))
+
+
+def test_what_a_protocols_audit_found_read_without_a_word_is_refused_by_name(churn_server: Server) -> None:
+    """A protocols audit: MLflow CSV with a quote never closed read the rest of the body into one field (one
+    prediction for three rows); a V2 answer held `label` twice when asked twice; BYTES `true` was the level 'True'."""
+    url = churn_server.url
+    body = 'tenure,Contract\n1,"Two year\n60,Month-to-month\n5,One year\n'
+    unclosed = httpx.post(url + "/invocations", content=body, headers={"content-type": "text/csv"})
+    said = unclosed.json()["message"]
+    assert unclosed.status_code == 400 and said == 'CSV record 0: a quote (") opened in it is never closed'
+    trailing = httpx.post(url + "/invocations", content='tenure\n"1"2\n', headers={"content-type": "text/csv"})
+    assert trailing.status_code == 400 and trailing.json()["message"] == "CSV record 0: ',' expected after '\"'"
+    records = _records(2)
+    twice = httpx.post(url + "/v2/models/churn/infer", json={**v2_body(records), "outputs": [{"name": "label"}] * 2})
+    assert twice.status_code == 400 and "output 'label' is asked for twice" in twice.text
+    for odd, said in [(True, "True is not text or a number (BYTES)"), ({"a": 1}, "is not text or a number")]:
+        doc = v2_body(records)
+        contract = next(t for t in doc["inputs"] if t["name"] == "Contract")  # type: ignore[attr-defined]
+        contract["data"] = [contract["data"][0], odd]
+        refused = httpx.post(url + "/v2/models/churn/infer", json=doc)
+        assert refused.status_code == 400 and "input 'Contract', element 1: " in refused.text, refused.text
+        assert said in refused.text
