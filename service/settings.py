@@ -14,7 +14,9 @@ from service.cpus import CpuBudget
 class Settings(BaseSettings):
     """Everything `tabserve serve` can be told. Each description says why the default is what it is."""
 
-    model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TABSERVE_", extra="ignore", env_ignore_empty=True
+    )  # empty: unset, as the CLI reads it
 
     models_dir: Path = Field(Path("models"), description="the store `tabserve train` publishes to")
     default_model: str | None = Field(

@@ -93,8 +93,8 @@ def _version(shown: bool) -> None:
     from service.cpus import cpu_budget
     from service.runtime import describe_device
 
-    setting = os.environ.get("TABSERVE_CPUS") or None
-    if setting is not None and not (setting.isdecimal() and int(setting) >= 1):
+    setting = os.environ.get("TABSERVE_CPUS", "").strip() or None  # as `serve` and `score` read it
+    if setting is not None and not (setting.isascii() and setting.isdecimal() and int(setting) >= 1):
         _fail(f"TABSERVE_CPUS takes a whole number of CPUs, 1 or more, not {setting!r}")
     budget = cpu_budget(int(setting) if setting is not None else None)
     quota = f"{budget.quota:g} CPUs" if budget.quota is not None else "none"

@@ -186,10 +186,10 @@ def test_onnx_runtime_pool_never_spins() -> None:
 
 def test_version_shows_the_budget() -> None:
     cmd = [sys.executable, "-m", "tabserve.cli", "--version"]
-    for setting, said in [
-        ("1", "CPU budget: 1 CPU "),
-        ("1000", f"CPU budget: {AFFINITY} CPUs (--cpus/TABSERVE_CPUS 1000"),
-    ]:
+    cases = [("1", "CPU budget: 1 CPU "), ("1000", f"CPU budget: {AFFINITY} CPUs (--cpus/TABSERVE_CPUS 1000")]
+    # an audit: ' 1' was refused here and read by `serve`, and '' read as unset here and refused by `serve`
+    cases += [(" 1 ", "CPU budget: 1 CPU "), ("", f"CPU budget: {AFFINITY} CPU")]
+    for setting, said in cases:
         run = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "TABSERVE_CPUS": setting}, timeout=60
         )
@@ -234,3 +234,13 @@ def test_one_cpu_of_two_serves_from_the_event_loop(churn_bundle: bundle.BundleRe
     assert [a.json()["predictions"][0]["label"] for a in answers] == [p["label"] for p in together]
     probabilities = [a.json()["predictions"][0]["probability"] for a in answers]
     assert probabilities == pytest.approx([p["probability"] for p in together], abs=1e-6)
+
+
+def test_an_empty_setting_is_unset_for_the_service_as_for_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.setenv("TABSERVE_CPUS", "")
+    monkeypatch.setenv("TABSERVE_PORT", "")
+    assert (Settings().cpus, Settings().port) == (None, 8000)
+    monkeypatch.setenv("TABSERVE_CPUS", " 2 ")
+    assert Settings().cpus == 2
