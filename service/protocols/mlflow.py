@@ -110,6 +110,10 @@ def _split(value: Any) -> list[dict[str, Any]]:
         if not isinstance(row, list) or len(row) != len(columns):
             raise bad(f"dataframe_split row {i} must be a list of {len(columns)} values")
         records.append(dict(zip(columns, row, strict=True)))
+    index = value.get("index")  # not used, but one that does not fit says the rows are not what was meant
+    if index is not None and (not isinstance(index, list) or len(index) != len(records)):
+        held = f"{len(index)} labels" if isinstance(index, list) else shown(index)
+        raise bad(f"dataframe_split index must be a list of one label per row ({len(records)}), not {held}")
     return records
 
 

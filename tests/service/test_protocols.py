@@ -318,6 +318,14 @@ def test_what_a_protocols_audit_found_read_without_a_word_is_refused_by_name(chu
     trailing = httpx.post(url + "/invocations", content='tenure\n"1"2\n', headers={"content-type": "text/csv"})
     assert trailing.status_code == 400 and trailing.json()["message"] == "CSV record 0: ',' expected after '\"'"
     records = _records(2)
+    columns = list(records[0])
+    split = {"columns": columns, "data": [[r[c] for c in columns] for r in records]}
+    for index in ([0], [0, 1, 2], "0,1"):  # pandas refuses an index that does not fit the rows
+        misfit = httpx.post(url + "/invocations", json={"dataframe_split": {**split, "index": index}})
+        assert (
+            misfit.status_code == 400 and "dataframe_split index must be a list of one label per row (2)" in misfit.text
+        )
+    assert httpx.post(url + "/invocations", json={"dataframe_split": {**split, "index": [7, 9]}}).status_code == 200
     twice = httpx.post(url + "/v2/models/churn/infer", json={**v2_body(records), "outputs": [{"name": "label"}] * 2})
     assert twice.status_code == 400 and "output 'label' is asked for twice" in twice.text
     for odd, said in [(True, "True is not text or a number (BYTES)"), ({"a": 1}, "is not text or a number")]:
