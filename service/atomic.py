@@ -65,7 +65,7 @@ def folder_written_whole(target: Path) -> Iterator[Path]:
 def _same_mode(new: Path, target: Path) -> None:
     """The permissions a previous `target` had, on what replaces it (as a file written over keeps
     them): a group-readable report stays so; a new one gets the umask's, as any new file."""
-    with suppress(FileNotFoundError):  # no previous target
+    with suppress(OSError):  # no previous target; a mount that refuses chmod keeps the output all the same
         os.chmod(new, stat.S_IMODE(target.stat().st_mode))
 
 

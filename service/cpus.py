@@ -61,7 +61,10 @@ def cpu_budget(setting: int | None = None, root: Path | str = "/") -> CpuBudget:
     root = Path(root)
     cores = os.cpu_count() or 1
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    quota, where = cgroup_quota(root)
+    problems: list[str] = []
+    quota, where = cgroup_quota(root, problems)
+    for problem in problems if setting is None else []:  # with a setting, what the quota files hold is moot
+        _warn(problem + ": set --cpus or TABSERVE_CPUS")
     if setting is not None and setting > affinity:  # threads past the cores in reach only take turns on them
         _warn(
             f"--cpus/TABSERVE_CPUS {setting} is more than the {affinity} CPU(s) in reach (the affinity mask): {affinity} used"
@@ -80,12 +83,14 @@ def cpu_budget(setting: int | None = None, root: Path | str = "/") -> CpuBudget:
     return CpuBudget(affinity, reason, affinity, quota, None)
 
 
-def cgroup_quota(root: Path) -> tuple[float | None, str]:
-    """The tightest CPU quota on this process's cgroup and its parents, in CPUs, and the file it is in."""
+def cgroup_quota(root: Path, problems: list[str] | None = None) -> tuple[float | None, str]:
+    """The tightest CPU quota on this process's cgroup and its parents, in CPUs, and the file it is in;
+    a quota file that cannot be read, or holds no numbers, is read as no limit and added to `problems`."""
     found: list[tuple[float, str]] = []
+    problems = [] if problems is None else problems
     for version, directory, top in _cpu_cgroups(root):
         while True:
-            quota = _quota_v2(directory) if version == 2 else _quota_v1(directory)
+            quota = _quota_v2(directory, problems) if version == 2 else _quota_v1(directory, problems)
             if quota is not None:
                 found.append((quota, "/" + str(directory.relative_to(root))))
             if directory == top:
@@ -135,39 +140,41 @@ def _inside(mount_point: Path, mount_root: str, path: str) -> Path:
     return directory if inside else mount_point
 
 
-def _quota_v2(directory: Path) -> float | None:
+def _quota_v2(directory: Path, problems: list[str]) -> float | None:
     """`cpu.max`: "max 100000" is no limit, "150000 100000" is 1.5 CPUs."""
-    text = _read(directory / "cpu.max")
+    text = _read(directory / "cpu.max", problems)
     if text is None or text.split()[:1] == ["max"]:
         return None
-    return _ratio(directory / "cpu.max", *text.split()[:2])
+    return _ratio(directory / "cpu.max", text.split()[:2], problems)
 
 
-def _quota_v1(directory: Path) -> float | None:
+def _quota_v1(directory: Path, problems: list[str]) -> float | None:
     """`cpu.cfs_quota_us` over `cpu.cfs_period_us`; -1 is no limit."""
-    limit, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
-    return None if limit is None or period is None else _ratio(directory / "cpu.cfs_quota_us", limit, period)
+    limit = _read(directory / "cpu.cfs_quota_us", problems)
+    period = _read(directory / "cpu.cfs_period_us", problems)
+    if limit is None or period is None:
+        return None
+    return _ratio(directory / "cpu.cfs_quota_us", [limit, period], problems)
 
 
-def _read(path: Path) -> str | None:
-    """A cgroup file's text; None where there is none, said where there is one this process cannot read."""
+def _read(path: Path, problems: list[str]) -> str | None:
+    """A cgroup file's text; None where there is none, or it cannot be read (a problem)."""
     try:
         return path.read_text(errors="replace")
     except FileNotFoundError:  # no controller file at this level: no limit set here
         return None
     except OSError as exc:
-        _warn(f"cannot read {path} ({exc.strerror}): a CPU quota there is not known; set --cpus or TABSERVE_CPUS")
+        problems.append(f"cannot read {path} ({exc.strerror}): a CPU quota there is not known")
         return None
 
 
-def _ratio(path: Path, *fields: str) -> float | None:
-    """Quota over period in CPUs; None (no limit) for -1 or 0, said for what is no number."""
+def _ratio(path: Path, fields: list[str], problems: list[str]) -> float | None:
+    """Quota over period in CPUs; None (no limit) for -1 or 0, and for what is no number (a problem)."""
     try:
         limit, period = (int(f) for f in fields)
     except ValueError:  # also fewer than two fields
-        _warn(
-            f"{path} holds {' '.join(f.strip() for f in fields)!r}, no quota and period: read as no limit; set --cpus or TABSERVE_CPUS"
-        )
+        shown = " ".join(f.strip() for f in fields)
+        problems.append(f"{path} holds {shown!r}, no quota and period: read as no limit")
         return None
     return limit / period if limit > 0 and period > 0 else None
 

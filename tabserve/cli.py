@@ -594,7 +594,7 @@ def score(
         was = next(iter(summary.read_as_utf8.values()))
         files = ", ".join(sorted(name for name in summary.read_as_utf8 if name)) or str(input)
         out.print(
-            f"note: {files} read as UTF-8, not as {was} (the training file's encoding): its first bytes beyond "
+            f"note: {files} read as UTF-8, not as {was} (the training file's encoding): the first bytes beyond "
             f"ASCII are UTF-8 (pass --encoding {was} if that is wrong)",
             soft_wrap=True,
             markup=False,

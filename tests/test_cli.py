@@ -465,7 +465,7 @@ def test_score_says_a_file_read_as_utf8_over_the_training_files_encoding(
     run = tabserve_here("score", "--model", "churn", "--input", str(source), "--output", str(out), store=store)
     assert run.returncode == 0 and "1,200 scored" in run.stdout, run.stderr
     assert (
-        f"note: {source} read as UTF-8, not as cp1252 (the training file's encoding): its first bytes beyond ASCII "
+        f"note: {source} read as UTF-8, not as cp1252 (the training file's encoding): the first bytes beyond ASCII "
         "are UTF-8 (pass --encoding cp1252 if that is wrong)" in run.stdout
     )
     assert sum("\u00fc" in row["customerID"] for row in _read(out)) == 200

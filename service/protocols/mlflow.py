@@ -166,18 +166,41 @@ def records_from_csv(body: bytes) -> list[dict[str, Any]]:
 
 def _csv_rows(text: str) -> Iterator[list[str]]:
     """The rows of a CSV text, blank lines left out; a row the csv module refuses (a field over its
-    128 KiB limit, text after a closing quote) is a 400. Strict: a quote never closed read the rest of the
-    body into one field without a word (MLflow's pandas reader refuses it too)."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    128 KiB limit) is a 400, and so is a quote never closed, which read the rest of the body into one
+    field without a word (MLflow's pandas reader refuses it too)."""
+    lines = _Lines(text)
+    reader = csv.reader(lines)  # lenient, as pandas: `"x" ,y` is `x ,y`
     row = -1  # the header; records count from 0, blank lines not counted, as the other messages do
     while True:
+        start = lines.offset
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            reason = 'a quote (") opened in it is never closed' if str(exc) == "unexpected end of data" else exc
-            raise bad(f"CSV {'header' if row < 0 else f'record {row}'}: {reason}") from None
+            raise bad(f"CSV {'header' if row < 0 else f'record {row}'}: {exc}") from None
+        if lines.offset == len(text) and fields:  # the last record: read again strictly, it may hold the rest
+            try:
+                list(csv.reader(io.StringIO(text[start:], newline=""), strict=True))
+            except csv.Error as exc:
+                if str(exc) == "unexpected end of data":
+                    where = "header" if row < 0 else f"record {row}"
+                    raise bad(f'CSV {where}: a quote (") opened in it is never closed') from None
         if fields:
             yield fields
             row += 1
+
+
+class _Lines:
+    """A text's lines, as the csv module reads them, and the offset of the next."""
+
+    def __init__(self, text: str) -> None:
+        self._lines, self.offset = iter(io.StringIO(text, newline="")), 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.offset += len(line)
+        return line

@@ -57,8 +57,8 @@ def misfit(datatype: str, value: Any) -> str | None:
     missing; BYTES holds text or a coded level's number, read as sent)."""
     if value is None:
         return None
-    if datatype == "BYTES":  # true was read as the level 'True', an object as its JSON text
-        return f"{shown(value)} is not text or a number (BYTES)" if isinstance(value, bool | dict) else None
+    if datatype == "BYTES":  # an object was read as its JSON text; true is matched by its text, as on /predict
+        return f"{shown(value)} is not text, a number or true/false (BYTES)" if isinstance(value, dict) else None
     if datatype == "BOOL":
         return None if isinstance(value, bool) else f"{shown(value)} is not true or false ({datatype})"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -72,7 +72,7 @@ def misfit(datatype: str, value: Any) -> str | None:
 def check_typed(name: str, datatype: str, values: list[Any]) -> None:
     """A tensor's JSON data against its declared datatype (INT8 [1000], INT64 [70.9] and FP64 ["$1,000"]
     were read as numbers anyway); the usual all-number column costs one array's check."""
-    if not values or (datatype == "BYTES" and all(type(v) is str for v in values)):
+    if not values or (datatype == "BYTES" and dict not in set(map(type, values))):
         return
     array = np.asarray(values) if type(values[0]) in (int, float) else None  # else: text, null or nested
     if array is not None and array.dtype.kind in "iuf":

@@ -32,6 +32,7 @@ FORMATS_TEXT = ".csv (or .txt, .tsv), .csv.gz, .parquet, .jsonl (JSON lines) and
 SEPARATORS = (",", ";", "\t", "|")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")  # what python-calamine reads
 HEADER_PROBE = 1 << 16
+UTF8_WINDOW = 64  # bytes from the first beyond ASCII that decide whether a file kept in a code page is UTF-8
 RECORD_LIMIT = 1 << 20  # bytes in one CSV record; reads are at least twice this, so a record's end is one read away
 LIMIT_TEXT = "1 MiB"
 _OVER_LIMIT = "\x00tabserve: record over the limit, bytes="  # the NUL keeps it apart from CSV text
@@ -251,12 +252,16 @@ def guessed_encoding_note(data: bytes, guessed: str, shown: int = 3) -> str:
     return note + ": pass --encoding if that is wrong, or save the file as UTF-8"
 
 
-def _ascii_compatible(encoding: str) -> bool:
-    """Whether ASCII bytes read as the same text in `encoding` (not so in UTF-16, UTF-32, UTF-7…)."""
+def _single_byte(encoding: str) -> bool:
+    """Whether `encoding` reads ASCII as ASCII and every other byte alone as one character (cp1252,
+    cp1251, KOI8-R…; not UTF-16, GB18030 or Shift-JIS, whose lead bytes wait for the next)."""
     try:
-        return bytes(range(128)).decode(encoding) == bytes(range(128)).decode("ascii")
+        if bytes(range(128)).decode(encoding) != bytes(range(128)).decode("ascii"):
+            return False
     except UnicodeDecodeError:
         return False
+    decoder = codecs.getincrementaldecoder(encoding)("replace")
+    return all(len(decoder.decode(bytes([b]))) == 1 for b in range(128, 256))
 
 
 def _same(a: str, b: str) -> bool:
@@ -266,9 +271,10 @@ def _same(a: str, b: str) -> bool:
 class _Transcoded:
     """A byte stream in another encoding, read as UTF-8 (what Arrow's CSV reader takes).
 
-    `tentative`: the encoding was kept over an ASCII start (the training file's), which says nothing of
-    it; the first bytes beyond ASCII decide as they would have in the head: valid UTF-8, and the rest
-    is passed through as UTF-8 (the bytes before were ASCII, which both read alike)."""
+    `tentative`: the encoding, a single-byte code page, was kept over an ASCII start (the training
+    file's), which says nothing of it; the first bytes beyond ASCII decide as they would have in the
+    head: valid UTF-8, and the rest is passed through as UTF-8 (the bytes before were ASCII, which both
+    read alike). A multi-byte encoding (GB18030: `职员` is valid UTF-8 too) is kept."""
 
     def __init__(self, head: bytes, rest: Any, encoding: str, name: str, tentative: bool = False) -> None:
         self._head, self._rest, self._name = head, rest, name
@@ -286,11 +292,12 @@ class _Transcoded:
         if self._tentative and not data.isascii():
             self._tentative = False
             data += self._rest.read(3) or b""  # a character the read cut is completed (UTF-8's take ≤ 4 bytes)
-            try:
-                text = codecs.getincrementaldecoder("utf-8")("strict").decode(data, final=False)
+            first = re.search(rb"[\x80-\xff]", data).start()  # type: ignore[union-attr]
+            try:  # the first bytes beyond ASCII, not the block: a stray byte further on is its row's error
+                text = codecs.getincrementaldecoder("utf-8")("strict").decode(data[first : first + UTF8_WINDOW])
             except UnicodeDecodeError:
                 text = ""
-            if not text.isascii():  # a whole character beyond ASCII, and UTF-8 up to the end
+            if not text.isascii():  # a whole character beyond ASCII, and UTF-8 up to the window's end
                 self.switched = True
                 return data
         try:
@@ -460,10 +467,12 @@ class CsvSource:
         self._raw = raw if raw is not None else stream
         reading = reading or Reading()
         head = _header(stream, name)
-        self.encoding = reading.encoding if reading.encoding_given else choose_encoding(head, reading.encoding)
+        marked = bom_encoding(head) or ("utf-8" if head.startswith(codecs.BOM_UTF8) else None)
+        given = reading.encoding_given and not marked  # a byte-order mark says more than a flag
+        self.encoding = reading.encoding if given else choose_encoding(head, reading.encoding)
         self._transcoded: _Transcoded | None = None
         if codecs.lookup(self.encoding).name != "utf-8":
-            kept = not reading.encoding_given and head.isascii() and _ascii_compatible(self.encoding)
+            kept = not given and head.isascii() and _single_byte(self.encoding)
             stream = self._transcoded = _Transcoded(head, stream, self.encoding, name, tentative=kept)
             head = _header(stream, name)
         first = head.splitlines()[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import gzip
@@ -540,3 +541,35 @@ def test_the_first_character_beyond_ascii_decides_wherever_a_read_cuts_it(cut: i
         stream = _Transcoded(b"", io.BytesIO(data), "cp1252", "x", tentative=True)
         read = b"".join(iter(functools.partial(stream.read, cut), b""))
         assert (read.decode("utf-8"), stream.switched) == (text, utf8), (cut, encoding)
+
+
+def test_what_decides_the_switch_to_utf8_is_the_first_bytes_beyond_ascii_of_a_single_byte_code_page(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A review: GB18030 text can be valid UTF-8 (`职员`), and was switched; one stray cp1252 byte anywhere in a
+    64 MiB block kept a UTF-8 file in cp1252; a flag named over a byte-order mark read the mark as text."""
+    header, *rows = TELCO.read_text().splitlines(keepends=True)
+    ids = [row.split(",", 1)[0] for row in rows]
+    source, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    scorer = Scorer(churn_bundle, "cpu")
+
+    def scored(reading: Reading) -> tuple[dict[str, str], list[str]]:
+        summary = score_file(scorer, open_source(source, reading=reading), out)
+        return summary.read_as_utf8, [row["customerID"] for row in _read(out)]
+
+    late = [row.replace("-", "\u804c\u5458", 1) if i >= 1000 else row for i, row in enumerate(rows)]
+    source.write_bytes((header + "".join(late)).encode("gb18030"))
+    assert "\u804c\u5458".encode("gb18030").decode("utf-8") != "\u804c\u5458"  # valid UTF-8, other text
+    assert scored(Reading(encoding="gb18030")) == ({}, [row.split(",", 1)[0] for row in late])
+    # UTF-8 from the first bytes beyond ASCII; a cp1252 byte 500 rows on is that row's error, not the file's
+    late = [row.replace("-", "\u00fc", 1) if i >= 1000 else row for i, row in enumerate(rows)]
+    data = (header + "".join(late)).encode()
+    stray = data.index(late[1500].encode())
+    source.write_bytes(data[:stray] + data[stray:].replace("\u00fc".encode(), b"\xfc", 1))
+    summary = score_file(scorer, open_source(source, reading=Reading(encoding="cp1252")), out)
+    assert summary.read_as_utf8 == {"": "cp1252"} and summary.rows_not_utf8 == 1
+    # a byte-order mark wins over a flag: the header is not read as `ï»¿customerID`
+    source.write_bytes(codecs.BOM_UTF8 + (header + "".join(rows)).encode())
+    assert scored(Reading().but(None, "cp1252", None))[1] == ids
+    source.write_bytes((header + "".join(rows)).encode("utf-16"))
+    assert scored(Reading().but(None, "utf-8", None))[1] == ids
