@@ -8,10 +8,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.atomic import temporary
 from service.features import Preprocess
+
+_T = TypeVar("_T")
 
 MODEL_FILE = "model.onnx"
 PREPROCESS_FILE = "preprocess.json"
@@ -65,12 +67,31 @@ class BundleRef:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess.load(self.path / PREPROCESS_FILE)
+        return self._read(PREPROCESS_FILE, Preprocess.load)
 
     @property
     def metrics(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads((self.path / METRICS_FILE).read_text())
+        doc: dict[str, Any] = self._read(METRICS_FILE, lambda path: json.loads(path.read_text()))
+        if not isinstance(doc, dict):
+            raise BundleError(f"{self.path / METRICS_FILE}: a JSON object expected, not {type(doc).__name__}")
         return doc
+
+    def _read(self, name: str, read: Callable[[Path], _T]) -> _T:
+        """A bundle file read by `read`; what is wrong with it names the file (`KeyError: 'features'` did not)."""
+        path = self.path / name
+        if path.exists() and not path.is_file():  # a FIFO's read blocked the loader, and every reload, for good
+            raise BundleError(f"{path} is not a regular file")
+        try:
+            return read(path)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+            raise BundleError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+def is_version(text: str) -> bool:
+    """Whether `text` names a version as `publish` writes it: 1 to 18 ASCII digits, no leading zero. Other
+    folders are not versions: `²` is a digit to Python that int() refuses, 20 digits passed no JSON
+    encoder, and `007` was read as 7 at a path (`7/`) that does not exist."""
+    return text.isascii() and text.isdigit() and len(text) <= 18 and not text.startswith("0")
 
 
 def versions(root: Path, name: str) -> list[int]:
@@ -78,7 +99,7 @@ def versions(root: Path, name: str) -> list[int]:
     model_dir = root / name
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in model_dir.iterdir() if is_version(p.name) and p.is_dir())
 
 
 def retired_versions(root: Path, name: str) -> list[int]:
@@ -87,7 +108,7 @@ def retired_versions(root: Path, name: str) -> list[int]:
     if not model_dir.is_dir():
         return []
     stems = (p.name.removesuffix(RETIRED_SUFFIX) for p in model_dir.iterdir() if p.name.endswith(RETIRED_SUFFIX))
-    return sorted(int(stem) for stem in stems if stem.isdigit())
+    return sorted(int(stem) for stem in stems if is_version(stem))
 
 
 def retire(root: Path, spec: str) -> BundleRef:
@@ -108,7 +129,7 @@ def retiring(root: Path, spec: str) -> tuple[str, int]:
         raise BundleError(f"no model named {name!r} in {root}")
     if not wanted:
         version = found[-1]
-    elif wanted.isdigit() and int(wanted) in found:
+    elif is_version(wanted) and int(wanted) in found:
         version = int(wanted)
     else:
         raise BundleError(f"model {name!r} has no published version {wanted!r} (has {found})")

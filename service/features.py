@@ -747,14 +747,23 @@ class Preprocess:
         """Parse a preprocess.json document (refuses unknown format versions)."""
         if doc.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported preprocess format_version {doc.get('format_version')!r}")
+        task, positive, threshold = doc["task"], doc.get("positive"), doc.get("threshold")
+        # checked, not trusted: a hand-edited `"labels": "NY"` served classes N and Y, `"task": "foo"` a regression
+        if task not in ("binary", "multiclass", "regression"):
+            raise ValueError(f"task is binary, multiclass or regression, not {task!r}")
+        labels: list[Label] = _listed(doc, "labels", (str, int, float, bool))
+        if positive is not None and positive not in labels:
+            raise ValueError(f"positive {positive!r} is not one of the labels {labels}")
+        if threshold is not None and (type(threshold) not in (int, float) or not 0 <= threshold <= 1):
+            raise ValueError(f"threshold is a number from 0 to 1, not {threshold!r}")
         return cls(
-            task=doc["task"],
+            task=task,
             target=doc["target"],
-            labels=list(doc["labels"]),
+            labels=labels,
             features=[_feature_from_json(f) for f in doc["features"]],
-            id_columns=list(doc.get("id_columns", [])),
-            positive=doc.get("positive"),
-            threshold=doc.get("threshold"),
+            id_columns=_texts(doc, "id_columns"),
+            positive=positive,
+            threshold=threshold,
             target_mean=float(doc.get("target_mean", 0.0)),
             target_std=float(doc.get("target_std", 1.0)),
             read=Reading.from_json(doc.get("read")),
@@ -789,8 +798,21 @@ def _feature_from_json(doc: Mapping[str, Any]) -> Feature:
             missing_=float(doc.get("missing", 0.0)),
         )
     if doc["kind"] == "categorical":
-        return CategoricalFeature(doc["name"], tuple(doc["vocab"]), fold=doc.get("match") == "casefold")
+        return CategoricalFeature(doc["name"], tuple(_texts(doc, "vocab")), fold=doc.get("match") == "casefold")
     raise ValueError(f"unknown feature kind {doc['kind']!r}")
+
+
+def _texts(doc: Mapping[str, Any], key: str) -> list[str]:
+    """`doc[key]`, a list of text (absent: empty); a string is refused, not read as its letters."""
+    return _listed(doc, key, (str,))
+
+
+def _listed(doc: Mapping[str, Any], key: str, kinds: tuple[type, ...]) -> list[Any]:
+    """`doc[key]`, a list of values of `kinds` (absent: empty)."""
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, kinds) for v in value):
+        raise ValueError(f"{key} is a list of {'text' if kinds == (str,) else 'values'}, not {shown(value)}")
+    return value
 
 
 _PLAIN_NUMBER_TYPES = frozenset({float, int, type(None)})

@@ -125,14 +125,14 @@ def resolve(root: Path, spec: str) -> bundle.BundleRef:
     a bundle directory, or a model's directory (models/churn: its champion)."""
     path = Path(spec)
     if (path / bundle.MODEL_FILE).is_file():
-        return bundle.BundleRef(path.parent.name, int(path.name) if path.name.isdigit() else 0, path)
+        return bundle.BundleRef(path.parent.name, int(path.name) if bundle.is_version(path.name) else 0, path)
     name, _, wanted = spec.partition("@")
     found = bundle.versions(root, name)
     if not found and (in_folder := bundle.versions(path.parent, path.name)):  # a model's directory
         root, name, found = path.parent, path.name, in_folder
     if not found:
         raise bundle.BundleError(f"no model named {name!r} in {root}")
-    if wanted and not wanted.isdigit():
+    if wanted and not bundle.is_version(wanted):
         raise bundle.BundleError(f"{spec!r}: write name@version, such as {name}@{found[-1]}")
     version = int(wanted) if wanted else current(root, name).champion
     if version not in found:

@@ -129,6 +129,9 @@ def load_model(
 ) -> LoadedModel:
     """Read, open and warm up a bundle; raises on anything broken (the caller keeps the old one)."""
     files = files_of(ref.path)  # before reading: a copy that goes on meanwhile is loaded again
+    odd = sorted(p.name for p in ref.path.iterdir() if p.name in bundle.LOADED_FILES and not p.is_file())
+    if odd:  # a FIFO's read blocked the loader, holding the store's lock: no reload ever again
+        raise bundle.BundleError(f"{ref.path / odd[0]} is not a regular file")
     pre, metrics = ref.preprocess, ref.metrics
     session = create_session(ref.path / bundle.MODEL_FILE, settings.device, settings.threads)
     _check_io(session, pre)
@@ -386,22 +389,31 @@ class ModelStore:
         swaps in once it is warm."""
         async with self._lock:
             report = ReloadReport()
-            for name, (champion, challenger) in self._plan().items():
-                current = self.current.get(name)
-                if champion is not None and self._due(current, champion):
-                    model = await self._loaded(champion, report)
-                    if model is not None:
-                        self._swap(model)
-                        report.loaded.append(f"{name}@{model.version}")
-                held = self.challengers.get(name)
-                if self._due(held, challenger) if challenger is not None else held is not None:
-                    model = await self._loaded(challenger, report) if challenger is not None else None
-                    if model is not None or challenger is None:
-                        self._hold_challenger(name, model)
-                self._arrange(name)
+            refused = -1
+            while refused != len(report.failed):  # a version refused: plan again now, not a poll later (the
+                refused = len(report.failed)  # next newest may serve; 1,000 broken ones took 17 minutes)
+                await self._apply(self._plan(), report)
             self.ready, self.refreshed = bool(self.current), True
             self.published = self._scanned  # once tried: a name being loaded the first time is not refused
             return report
+
+    async def _apply(
+        self, plan: dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]], report: ReloadReport
+    ) -> None:
+        """Load what `plan` says each name should serve and hold, each swapped in once warm."""
+        for name, (champion, challenger) in plan.items():
+            current = self.current.get(name)
+            if champion is not None and self._due(current, champion):
+                model = await self._loaded(champion, report)
+                if model is not None:
+                    self._swap(model)
+                    report.loaded.append(f"{name}@{model.version}")
+            held = self.challengers.get(name)
+            if self._due(held, challenger) if challenger is not None else held is not None:
+                model = await self._loaded(challenger, report) if challenger is not None else None
+                if model is not None or challenger is None:
+                    self._hold_challenger(name, model)
+            self._arrange(name)
 
     def _due(self, model: LoadedModel | None, ref: bundle.BundleRef) -> bool:
         """Whether `ref` is to be loaded: `model` is none or another version, or its files changed since

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -84,14 +85,31 @@ def test_retire_rolls_back_and_never_reuses_the_number(churn_bundle: bundle.Bund
         bundle.retire(store, "churn")
 
 
+def _edited(path: Path, **changes: object) -> None:
+    """preprocess.json with `changes` (a hand edit)."""
+    doc = json.loads((path / bundle.PREPROCESS_FILE).read_text())
+    (path / bundle.PREPROCESS_FILE).write_text(json.dumps({**doc, **changes}))
+
+
+def _fifo(path: Path) -> None:
+    (path / bundle.PREPROCESS_FILE).unlink()
+    os.mkfifo(path / bundle.PREPROCESS_FILE)
+
+
 @pytest.mark.parametrize(
     "damage",
     [
         lambda p: (p / bundle.MODEL_FILE).write_bytes(b"this is not onnx"),
         lambda p: (p / bundle.PREPROCESS_FILE).write_text("{ not json"),
         lambda p: (p / bundle.PREPROCESS_FILE).unlink(),
+        # a store audit: these loaded, and served classes N and Y, a regression, or a 500 on every request
+        lambda p: _edited(p, labels="NY"),
+        lambda p: _edited(p, task="foo"),
+        lambda p: _edited(p, threshold="0.5"),
+        lambda p: _edited(p, positive="Maybe"),
+        _fifo,  # its read blocked the loader for good, holding the store's lock
     ],
-    ids=["corrupt-onnx", "bad-json", "missing-file"],
+    ids=["corrupt-onnx", "bad-json", "missing-file", "labels-text", "task", "threshold-text", "positive", "fifo"],
 )
 def test_broken_bundle_is_refused_and_old_version_keeps_serving(
     churn_bundle: bundle.BundleRef, tmp_path: Path, damage: object
@@ -103,8 +121,9 @@ def test_broken_bundle_is_refused_and_old_version_keeps_serving(
         for item in churn_bundle.path.iterdir():
             (broken / item.name).write_bytes(item.read_bytes())
         damage(broken)  # type: ignore[operator]
-        report = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}).json()
+        report = httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"}, timeout=30).json()
         assert list(report["failed"]) == ["churn@2"] and report["current"] == {"churn": 1}
+        assert bundle.MODEL_FILE in report["failed"]["churn@2"] or bundle.PREPROCESS_FILE in report["failed"]["churn@2"]
         r = httpx.post(server.url + "/predict", json={"records": telco_records(2)})
         assert r.status_code == 200 and r.json()["version"] == 1
         assert "refusing bundle" in server.output()
@@ -230,3 +249,21 @@ def test_a_version_loaded_by_number_then_promoted_is_not_closed_by_the_cache(
             model.close()
 
     asyncio.run(scenario())
+
+
+def test_broken_newest_versions_and_folders_that_are_no_versions_leave_the_last_good_one_serving_at_start(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """A store audit: each broken newest version cost a poll before the next was tried (503 meanwhile);
+    a folder `²` (a digit to Python, not to int()) stopped the service from starting, one of 20 digits
+    loaded as champion and failed every request with a 500, and `007` was version 7 at `7/`."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    for name in ["2", "3", "\u00b2", "007", "9" * 20]:
+        shutil.copytree(churn_bundle.path, store / "churn" / name)
+    for broken in ["2", "3"]:
+        (store / "churn" / broken / bundle.MODEL_FILE).write_bytes(b"")
+    assert bundle.versions(store, "churn") == [1, 2, 3]
+    with running_server(store, "--poll-interval-s", "3600") as server:  # the first scan alone
+        answer = httpx.post(server.url + "/predict", json={"records": telco_records(2)})
+        assert answer.status_code == 200 and answer.json()["version"] == 1, answer.text
+        assert "Traceback" not in server.output()
