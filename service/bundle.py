@@ -94,6 +94,12 @@ def is_version(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 18 and not text.startswith("0")
 
 
+def version_given(text: str) -> int | None:
+    """A version as a user names it (`churn@07`, a URL's `/versions/7`): its number where it is 1 to 18
+    ASCII digits, leading zeros allowed as in any number; else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def versions(root: Path, name: str) -> list[int]:
     """Published versions of a model, ascending."""
     model_dir = root / name
@@ -129,7 +135,7 @@ def retiring(root: Path, spec: str) -> tuple[str, int]:
         raise BundleError(f"no model named {name!r} in {root}")
     if not wanted:
         version = found[-1]
-    elif is_version(wanted) and int(wanted) in found:
+    elif version_given(wanted) in found:
         version = int(wanted)
     else:
         raise BundleError(f"model {name!r} has no published version {wanted!r} (has {found})")

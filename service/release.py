@@ -92,6 +92,8 @@ def path_of(root: Path, name: str) -> Path:
 def read(root: Path, name: str) -> Release | None:
     """The name's release file; None when there is none (the newest version is champion)."""
     path = path_of(root, name)
+    if path.exists() and not path.is_file():  # a FIFO's read blocked the event loop for good
+        raise ReleaseError(f"{path} is not a regular file")
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -132,9 +134,10 @@ def resolve(root: Path, spec: str) -> bundle.BundleRef:
         root, name, found = path.parent, path.name, in_folder
     if not found:
         raise bundle.BundleError(f"no model named {name!r} in {root}")
-    if wanted and not bundle.is_version(wanted):
+    given = bundle.version_given(wanted)
+    if wanted and given is None:
         raise bundle.BundleError(f"{spec!r}: write name@version, such as {name}@{found[-1]}")
-    version = int(wanted) if wanted else current(root, name).champion
+    version = given if given is not None else current(root, name).champion
     if version not in found:
         raise bundle.BundleError(f"model {name!r} has no version {version} (has {found})")
     return bundle.BundleRef.of(root, name, version)

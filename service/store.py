@@ -256,6 +256,7 @@ class ModelStore:
         self.release_errors: dict[str, str] = {}  # a release file refused, and why
         self.published: set[str] = set()  # every name with a published version, loaded or not
         self._scanned: set[str] = set()
+        self._files: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}  # files_of, per refresh
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
@@ -389,10 +390,14 @@ class ModelStore:
         swaps in once it is warm."""
         async with self._lock:
             report = ReloadReport()
-            refused = -1
-            while refused != len(report.failed):  # a version refused: plan again now, not a poll later (the
-                refused = len(report.failed)  # next newest may serve; 1,000 broken ones took 17 minutes)
-                await self._apply(self._plan(), report)
+            self._files = {}
+            published = self._scan()
+            plan = self._plan(published)
+            while plan:  # a version refused: its name planned again from the same scan, not a poll later
+                before = set(report.failed)  # (the next newest may serve; 1,000 broken ones took 17 minutes)
+                await self._apply(plan, report)
+                again = {key.rpartition("@")[0] for key in report.failed if key not in before}
+                plan = {name: p for name, p in self._plan(published).items() if name in again} if again else {}
             self.ready, self.refreshed = bool(self.current), True
             self.published = self._scanned  # once tried: a name being loaded the first time is not refused
             return report
@@ -439,21 +444,32 @@ class ModelStore:
             self._refuse(ref, exc, report, files)
             return None
 
-    def _plan(self) -> dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]]:
-        """Per name: the version that should serve (None: keep the one serving) and its challenger."""
-        loadable: dict[str, dict[int, bundle.BundleRef]] = {}
-        published: set[tuple[str, int]] = set()
-        for ref in bundle.iter_bundles(self.settings.models_dir):
-            key = (ref.name, ref.version)
-            published.add(key)
-            refused = self.failed.get(key)
-            if refused is None or refused.files != files_of(ref.path):
-                loadable.setdefault(ref.name, {})[ref.version] = ref
+    def _scan(self) -> dict[tuple[str, int], bundle.BundleRef]:
+        """The store's bundles by (name, version); what left it is forgotten."""
+        published = {(ref.name, ref.version): ref for ref in bundle.iter_bundles(self.settings.models_dir)}
         self._scanned = {name for name, _ in published}
         for key in [k for k in self.failed if k not in published]:  # gone from the store: nothing to report
             del self.failed[key]
         for key in [k for k in self.older if k not in published]:  # retired (or removed): no longer answers
             self.older.pop(key).close()
+        return published
+
+    def _files_now(self, ref: bundle.BundleRef) -> tuple[tuple[str, int, int], ...]:
+        """`files_of`, once per refresh."""
+        key = (ref.name, ref.version)
+        if key not in self._files:
+            self._files[key] = files_of(ref.path)
+        return self._files[key]
+
+    def _plan(
+        self, published: dict[tuple[str, int], bundle.BundleRef]
+    ) -> dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]]:
+        """Per name: the version that should serve (None: keep the one serving) and its challenger."""
+        loadable: dict[str, dict[int, bundle.BundleRef]] = {}
+        for key, ref in published.items():
+            refused = self.failed.get(key)
+            if refused is None or refused.files != self._files_now(ref):
+                loadable.setdefault(ref.name, {})[ref.version] = ref
         plan: dict[str, tuple[bundle.BundleRef | None, bundle.BundleRef | None]] = {}
         for name, refs in loadable.items():
             current = self.current.get(name)
@@ -632,4 +648,5 @@ def version_in_path(text: str) -> int | str:
     """A version as a URL names it: its number where it is digits (as the store names versions),
     else the text itself, which no version matches (`1.0`, `+1`, `abc` and 19 digits or more: a 404
     naming it, on every route alike)."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else text
+    number = bundle.version_given(text)
+    return text if number is None else number

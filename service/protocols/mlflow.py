@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -179,16 +180,29 @@ def _csv_rows(text: str) -> Iterator[list[str]]:
             return
         except csv.Error as exc:
             raise bad(f"CSV {'header' if row < 0 else f'record {row}'}: {exc}") from None
-        if lines.offset == len(text) and fields:  # the last record: read again strictly, it may hold the rest
-            try:
-                list(csv.reader(io.StringIO(text[start:], newline=""), strict=True))
-            except csv.Error as exc:
-                if str(exc) == "unexpected end of data":
-                    where = "header" if row < 0 else f"record {row}"
-                    raise bad(f'CSV {where}: a quote (") opened in it is never closed') from None
+        if lines.offset == len(text) and fields and _ends_quoted(text[start:]):  # the last record held the rest
+            raise bad(f'CSV {"header" if row < 0 else f"record {row}"}: a quote (") opened in it is never closed')
         if fields:
             yield fields
             row += 1
+
+
+def _ends_quoted(record: str) -> bool:
+    """Whether a record, read as the csv module reads it, ends inside a quoted field: a quote opens one
+    only at a field's start, `""` inside is a quote, and text after a closing quote joins the field."""
+    quoted, skip = False, -1
+    for found in re.finditer(r'[",\r\n]', record):
+        i = found.start()
+        if i == skip:
+            continue
+        if quoted and record[i] == '"':
+            if record.startswith('"', i + 1):
+                skip = i + 1
+            else:
+                quoted = False
+        elif not quoted and record[i] == '"' and (i == 0 or record[i - 1] in ",\r\n"):
+            quoted = True
+    return quoted
 
 
 class _Lines:

@@ -315,6 +315,10 @@ def test_what_a_protocols_audit_found_read_without_a_word_is_refused_by_name(chu
     unclosed = httpx.post(url + "/invocations", content=body, headers={"content-type": "text/csv"})
     said = unclosed.json()["message"]
     assert unclosed.status_code == 400 and said == 'CSV record 0: a quote (") opened in it is never closed'
+    # a review: text after a closing quote before the unclosed one hid it from a strict re-read of the record
+    hidden = 'tenure,Contract\n"1" ,"Two year\n60,Month-to-month\n'
+    unclosed = httpx.post(url + "/invocations", content=hidden, headers={"content-type": "text/csv"})
+    assert unclosed.status_code == 400 and unclosed.json()["message"] == said
     # a review: read strictly, a space after a closing quote was refused too, which pandas (so MLflow) reads
     spaced = 'tenure,Contract\n"1" ,Two year\n60,"Month-to-month" \n'
     lenient = httpx.post(url + "/invocations", content=spaced, headers={"content-type": "text/csv"})

@@ -267,3 +267,15 @@ def test_broken_newest_versions_and_folders_that_are_no_versions_leave_the_last_
         answer = httpx.post(server.url + "/predict", json={"records": telco_records(2)})
         assert answer.status_code == 200 and answer.json()["version"] == 1, answer.text
         assert "Traceback" not in server.output()
+        # a version as a user names it may have leading zeros, as a URL's may (`churn@01` was refused)
+        assert release.resolve(store, "churn@01").version == 1
+        assert httpx.get(server.url + "/v2/models/churn/versions/01/ready").status_code == 200
+    # a review: a release.json that is no regular file blocked the event loop at its read
+    os.mkfifo(release.path_of(store, "churn"))
+    with running_server(store, "--poll-interval-s", "3600", ready=False) as server:
+        deadline = time.monotonic() + 30
+        while "release.json is not a regular file" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "release.json is not a regular file" in server.output()
+        ready = httpx.get(server.url + "/health/ready")
+        assert ready.status_code == 503  # nothing serves: which version was approved is unknown
