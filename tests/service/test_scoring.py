@@ -571,5 +571,11 @@ def test_what_decides_the_switch_to_utf8_is_the_first_bytes_beyond_ascii_of_a_si
     # a byte-order mark wins over a flag: the header is not read as `ï»¿customerID`
     source.write_bytes(codecs.BOM_UTF8 + (header + "".join(rows)).encode())
     assert scored(Reading().but(None, "cp1252", None))[1] == ids
+    # the mark wins over the bundle's code page too, a stray byte in the first lines or not (that row's error)
+    source.write_bytes(
+        codecs.BOM_UTF8 + (header + rows[0].replace("-", "\u00fc", 1)).encode("cp1252") + "".join(rows[1:]).encode()
+    )
+    summary = score_file(scorer, open_source(source, reading=Reading(encoding="cp1252")), out)
+    assert (summary.rows_in, summary.rows_failed, summary.rows_not_utf8) == (len(rows), 1, 1)
     source.write_bytes((header + "".join(rows)).encode("utf-16"))
     assert scored(Reading().but(None, "utf-8", None))[1] == ids
