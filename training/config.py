@@ -167,7 +167,11 @@ class TrainConfig:
         0, "most search trials (0: as many as the time allows); a fixed count makes a run repeatable"
     )
     threshold_rule: str = opt("f1", "binary decision threshold: f1 | youden | accuracy | a fixed number such as 0.5")
-    seed: int = opt(0, "random seed: same seed and data → same model and metrics")
+    seed: int = opt(
+        0,
+        "random seed: same seed, data and store → same model and metrics (a retrain of the champion's file "
+        "keeps the champion's test rows: the model card says so)",
+    )
     threads: int = opt(
         1, "CPU threads for torch and LightGBM; 1: as fast on telco idle, 2.6x faster beside a busy process"
     )

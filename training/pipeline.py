@@ -60,6 +60,8 @@ class TrainingData:
     pre: Preprocess
     enc: Encoded
     sha256: str  # of the file, computed once (a 130 MB file takes ~0.3 s)
+    # where the test rows came from when not from this run's seed: "champion v3", "given" (None: the seed)
+    test_rows_from: str | None = None
 
     @cached_property
     def tensors(self) -> Tensors:
@@ -113,14 +115,19 @@ def prepare_data(cfg: TrainConfig, test_rows: np.ndarray | None = None, say: Say
     for line in D.column_lines(schema):  # every column's type and why; how the file was read
         say(line)
     groups = D.group_keys(df, cfg)
-    if test_rows is None:
-        test_rows = champion_test_rows(cfg, target, sha256, groups)
-        if test_rows is not None:
-            say("split as the champion was (the same file): the gate compares both on rows neither trained on")
+    test_rows_from = None if test_rows is None else "given"
+    if test_rows is None and (inherited := champion_test_rows(cfg, target, sha256, groups)) is not None:
+        test_rows, champion = inherited
+        test_rows_from = f"{cfg.name} v{champion}"
+        say(
+            f"split as the champion was (the same file): {test_rows_from}'s test rows, not seed {cfg.seed}'s; "
+            "the gate compares both on rows neither trained on"
+        )
     split = D.split_rows(target, cfg, test_rows, groups)
     fit_rows = fit_rows_of(split, cfg)
     pre = D.build_preprocess(df.iloc[fit_rows], target.y[fit_rows], schema, target, cfg)
-    return TrainingData(df, schema, target, split, pre, _encoded(pre, df, target.file_rows), sha256)
+    enc = _encoded(pre, df, target.file_rows)
+    return TrainingData(df, schema, target, split, pre, enc, sha256, test_rows_from)
 
 
 ENCODE_BLOCK = 65_536  # rows encoded at a time: a 500 k-row frame at once held ~600 MB of temporaries
@@ -147,10 +154,10 @@ def _encoded(pre: Preprocess, df: pd.DataFrame, file_rows: np.ndarray | None) ->
 
 def champion_test_rows(
     cfg: TrainConfig, target: D.Target, sha256: str, groups: np.ndarray | None = None
-) -> np.ndarray | None:
-    """The champion's own test rows when it was trained on this very file, so that the gate compares
-    the two on rows neither trained on (another seed would otherwise test the champion on rows it
-    learned from); None otherwise."""
+) -> tuple[np.ndarray, int] | None:
+    """The champion's own test rows, and its version, when it was trained on this very file, so that the
+    gate compares the two on rows neither trained on (another seed would otherwise test the champion on
+    rows it learned from); None otherwise."""
     root = bundle.models_dir(cfg.models_dir)
     if not bundle.versions(root, cfg.name):
         return None
@@ -172,7 +179,7 @@ def champion_test_rows(
         theirs = D.split_rows(target, split_as).test
     if np.array_equal(theirs, D.split_rows(target, cfg, groups=groups).test):
         return None  # this run splits as the champion did anyway
-    return theirs
+    return theirs, champion
 
 
 def _saved_test_rows(champion_dir: Path, rows: int) -> np.ndarray | None:
@@ -702,6 +709,15 @@ def _rows(enc: Encoded, rows: np.ndarray) -> Encoded:
     return Encoded(enc.num[rows], enc.cat[rows])
 
 
+def _version_of(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # LightGBM is optional: its baseline is left out without it
+        return None
+
+
 def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], started: float) -> dict[str, Any]:
     import onnx
     import onnxruntime
@@ -718,6 +734,8 @@ def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], sta
             "dropped_missing_target": prep.target.dropped_missing,
             "train_rows": len(prep.split.dev),
             "test_rows": len(prep.split.test),
+            # a validator re-running the seed gets other test rows where they were the champion's
+            "test_rows_from": prep.test_rows_from or f"seed {cfg.seed}",
             "dropped_columns": prep.schema.dropped,
             # report: a real training row, the example record of /docs and GET /models/{name}
             "example": report.example_row(prep.pre, prep.df, prep.enc, fit_rows_of(prep.split, cfg)),
@@ -728,6 +746,9 @@ def _describe(prep: TrainingData, cfg: TrainConfig, metrics: dict[str, Any], sta
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
+            # the baselines, the calibration fit and the threshold depend on these too
+            "scikit-learn": _version_of("scikit-learn"),
+            "lightgbm": _version_of("lightgbm"),
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -103,13 +103,21 @@ def _print_members(result: TrainResult, console: Console) -> None:
 
 def _print_summary(result: TrainResult, console: Console) -> None:
     m = result.metrics
-    # the column is what ships: the network, or the linear path alone where it won on out-of-fold rows
-    shipped = f"shipped ({report.shipped_candidate(m) or 'network'})"
+    # the column is the candidate that ships (the network, or the linear path alone where it won on
+    # out-of-fold rows) as the evaluation fit gave it: a refit on every row has no rows left to test on
+    refit = bool((m.get("fits") or {}).get("refit"))
+    shipped = f"shipped ({report.shipped_candidate(m) or 'network'}{', evaluation fit' if refit else ''})"
     table = Table("test metric", shipped, m["baseline"], m["gbm"], title="summary (test split)")
     for key, value in m["test"].items():
         others = [f"{m[which].get(key, float('nan')):.4f}" for which in ("baseline_test", "gbm_test")]
         table.add_row(key, f"{value:.4f}", *others)
     console.print(table)
+    if refit:  # the published model.onnx is not the one the column tested (a review: the header said it was)
+        console.print(
+            "the published model is the same candidate refit on every row, test rows too: these figures are "
+            "its evaluation fit's, on rows it did not train on (model card: How it was fitted)",
+            soft_wrap=True,
+        )
     if m.get("test_caution"):  # the model card's cautions (training/report.py)
         console.print(m["test_caution"], markup=False, soft_wrap=True)
     if m.get("signal_caution"):

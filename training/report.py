@@ -387,6 +387,15 @@ def _overall_error(pre: Preprocess, m: dict[str, Any]) -> float:
     return float(m["test"]["rmse"] if pre.task == "regression" else m["test"]["log_loss"])
 
 
+def _split_by(data: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """What chose the test rows: the seed, or a champion's (a retrain on the same file, for the gate)."""
+    source = data.get("test_rows_from") or f"seed {cfg['seed']}"  # older bundles: the seed
+    if source.startswith("seed "):
+        return source
+    rows = "test rows given to the run" if source == "given" else f"the test rows of {source}"
+    return f"{rows} (seed {cfg['seed']} split the rest into folds)"
+
+
 def data_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> list[str]:
     """Where the rows came from, how they were split, what was left out, and the class balance."""
     data, cfg = doc["data"], doc["config"]
@@ -396,7 +405,7 @@ def data_lines(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> lis
         f"- file: `{data['file']}` (sha256 `{data['sha256'][:16]}…`), {data['rows']:,} rows "
         f"({data['dropped_missing_target']} dropped for a missing target)",
         f"- split: {data['train_rows']:,} development rows (training and validation), "
-        f"{data['test_rows']:,} test rows, seed {cfg['seed']}",
+        f"{data['test_rows']:,} test rows, {_split_by(data, cfg)}",
         f"- features: {', '.join(f.name for f in pre.features)}",
         f"- left out: {', '.join(f'{k} ({v})' for k, v in data['dropped_columns'].items()) or 'none'}",
     ]
@@ -525,8 +534,10 @@ def metric_lines(pre: Preprocess, doc: dict[str, Any]) -> list[str]:
         "## How well it does",
         "",
         "Validation: the out-of-fold rows"
-        + (" (the threshold was chosen on them)" if pre.task == "binary" else "")
-        + ". Test: rows no model saw. The baselines "
+        + (" (the threshold was chosen on them" if pre.task == "binary" else "")
+        + (", the calibration fitted on them: its figures there are in-sample" if m.get("calibration") else "")
+        + (")" if pre.task == "binary" else "")
+        + ". Test: rows no model saw (the evaluation fit's). The baselines "
         "were fitted on the same development rows and scored on the same test rows"
         + (", each with its own threshold chosen by the same rule." if pre.task == "binary" else "."),
         "",

@@ -120,6 +120,14 @@ def test_retrains_of_one_file_keep_the_first_champions_test_rows_whatever_their_
     assert np.array_equal(np.load(store / "churn" / "3" / "evaluation.npz")["rows"], v1_rows)
     c = v3.comparison
     assert c is not None and c.champion == 2 and c.rows == len(v1_rows)
+    # a training-report audit: the card said "seed 11", which does not make these rows
+    v3_dir = store / "churn" / "3"
+    assert json.loads((v3_dir / "metrics.json").read_text())["data"]["test_rows_from"] == "churn v2"
+    assert (
+        "test rows, the test rows of churn v2 (seed 11 split the rest into folds)"
+        in (v3_dir / "model_card.md").read_text()
+    )
+    assert json.loads((store / "churn" / "1" / "metrics.json").read_text())["data"]["test_rows_from"] == "seed 0"
     y = c.outputs[0] if c.outputs is not None else None
     assert y is not None and c.metrics[0].champion == pytest.approx(roc_auc_score(y, v2["out"][:, 1]))
 

@@ -4,6 +4,7 @@ the evaluation fit's own test outputs (evaluation.npz)."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -197,7 +198,12 @@ def test_a_shipped_linear_path_is_named_and_not_described_as_early_stopped(tmp_p
     console, ref = _console_run(tmp_path, GERMAN, lr=1.0)
     chosen = [row["candidate"] for row in ref.metrics["leaderboard"] if row["chosen"]]
     assert chosen == ["linear path alone"]
-    assert "shipped (linear path alone)" in console and "MLP" not in console
+    assert "MLP" not in console
+    # a training-report audit: the column was headed as what ships, though the refit shipped was never tested
+    assert "shipped (linear path alone, evaluation fit)" in console
+    assert "the published model is the same candidate refit on every row" in console.replace("\n", " ")
+    versions = json.loads((ref.path / "metrics.json").read_text())["versions"]
+    assert versions["scikit-learn"] and versions["lightgbm"]  # the baselines and calibration depend on them
     fitted = card_of(ref).split("## How it was fitted")[1].split("## How well it does")[0]
     assert "early-stopped" not in fitted and "epochs each took to its best" not in fitted
     assert "The linear path trained for no epochs" in fitted
