@@ -100,12 +100,19 @@ def version_given(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-def versions(root: Path, name: str) -> list[int]:
-    """Published versions of a model, ascending."""
+def versions(root: Path, name: str, odd: list[Path] | None = None) -> list[int]:
+    """Published versions of a model, ascending; folders that are no version (`007`, `v2`) are added
+    to `odd` when given (hidden ones and retired versions are not: they are tabserve's own)."""
     model_dir = root / name
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if is_version(p.name) and p.is_dir())
+    found = []
+    for p in model_dir.iterdir():
+        if is_version(p.name) and p.is_dir():
+            found.append(int(p.name))
+        elif odd is not None and not p.name.startswith(".") and not p.name.endswith(RETIRED_SUFFIX) and p.is_dir():
+            odd.append(p)
+    return sorted(found)
 
 
 def retired_versions(root: Path, name: str) -> list[int]:
@@ -144,12 +151,18 @@ def retiring(root: Path, spec: str) -> tuple[str, int]:
     return name, version
 
 
-def iter_bundles(root: Path) -> Iterator[BundleRef]:
-    """Every published bundle, by name then version."""
+def iter_bundles(root: Path, odd: list[Path] | None = None) -> Iterator[BundleRef]:
+    """Every published bundle, by name then version; folders that are no model (`My Model`) or no
+    version are added to `odd` when given."""
     if not root.is_dir():
         return
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
-        for version in versions(root, model_dir.name):
+    folders = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    for model_dir in folders:
+        if not _NAME.match(model_dir.name):
+            if odd is not None:
+                odd.append(model_dir)
+            continue
+        for version in versions(root, model_dir.name, odd):
             yield BundleRef.of(root, model_dir.name, version)
 
 

@@ -257,6 +257,7 @@ class ModelStore:
         self.published: set[str] = set()  # every name with a published version, loaded or not
         self._scanned: set[str] = set()
         self._files: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}  # files_of, per refresh
+        self._odd: set[Path] = set()  # folders in the store that are no model or version, said once
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
@@ -446,7 +447,12 @@ class ModelStore:
 
     def _scan(self) -> dict[tuple[str, int], bundle.BundleRef]:
         """The store's bundles by (name, version); what left it is forgotten."""
-        published = {(ref.name, ref.version): ref for ref in bundle.iter_bundles(self.settings.models_dir)}
+        odd: list[Path] = []
+        published = {(ref.name, ref.version): ref for ref in bundle.iter_bundles(self.settings.models_dir, odd)}
+        for path in set(odd) - self._odd:  # once each: a folder copied in under a name nothing reads
+            what = "model name" if path.parent == self.settings.models_dir else "version (1 to 18 digits, no leading 0)"
+            log.warning("%s is no %s: left alone", path, what)
+        self._odd = set(odd)
         self._scanned = {name for name, _ in published}
         for key in [k for k in self.failed if k not in published]:  # gone from the store: nothing to report
             del self.failed[key]

@@ -262,11 +262,15 @@ def test_broken_newest_versions_and_folders_that_are_no_versions_leave_the_last_
         shutil.copytree(churn_bundle.path, store / "churn" / name)
     for broken in ["2", "3"]:
         (store / "churn" / broken / bundle.MODEL_FILE).write_bytes(b"")
+    shutil.copytree(churn_bundle.path, store / "My Model" / "1")
     assert bundle.versions(store, "churn") == [1, 2, 3]
     with running_server(store, "--poll-interval-s", "3600") as server:  # the first scan alone
         answer = httpx.post(server.url + "/predict", json={"records": telco_records(2)})
         assert answer.status_code == 200 and answer.json()["version"] == 1, answer.text
         assert "Traceback" not in server.output()
+        for name in ["\u00b2", "007", "9" * 20]:  # said once each, not left without a word
+            assert server.output().count(f"{store / 'churn' / name} is no version (1 to 18 digits") == 1
+        assert f"{store / 'My Model'} is no model name: left alone" in server.output()
         # a version as a user names it may have leading zeros, as a URL's may (`churn@01` was refused)
         assert release.resolve(store, "churn@01").version == 1
         assert httpx.get(server.url + "/v2/models/churn/versions/01/ready").status_code == 200
