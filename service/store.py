@@ -258,6 +258,7 @@ class ModelStore:
         self._scanned: set[str] = set()
         self._files: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}  # files_of, per refresh
         self._odd: set[Path] = set()  # folders in the store that are no model or version, said once
+        self._gone: set[str] = set()  # names serving whose folder left the store, said once
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
@@ -401,6 +402,10 @@ class ModelStore:
                 plan = {name: p for name, p in self._plan(published).items() if name in again} if again else {}
             self.ready, self.refreshed = bool(self.current), True
             self.published = self._scanned  # once tried: a name being loaded the first time is not refused
+            for name in set(self.current) - self._scanned - self._gone:  # it serves on, as a broken bundle's would
+                log.warning("%s: its folder left %s; still serving version %d, as loaded",
+                            name, self.settings.models_dir, self.current[name].version)  # fmt: skip
+            self._gone = set(self.current) - self._scanned
             return report
 
     async def _apply(

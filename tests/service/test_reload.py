@@ -264,7 +264,7 @@ def test_broken_newest_versions_and_folders_that_are_no_versions_leave_the_last_
         (store / "churn" / broken / bundle.MODEL_FILE).write_bytes(b"")
     shutil.copytree(churn_bundle.path, store / "My Model" / "1")
     assert bundle.versions(store, "churn") == [1, 2, 3]
-    with running_server(store, "--poll-interval-s", "3600") as server:  # the first scan alone
+    with running_server(store, "--poll-interval-s", "3600", "--admin-token", "t") as server:  # the first scan alone
         answer = httpx.post(server.url + "/predict", json={"records": telco_records(2)})
         assert answer.status_code == 200 and answer.json()["version"] == 1, answer.text
         assert "Traceback" not in server.output()
@@ -274,6 +274,13 @@ def test_broken_newest_versions_and_folders_that_are_no_versions_leave_the_last_
         # a version as a user names it may have leading zeros, as a URL's may (`churn@01` was refused)
         assert release.resolve(store, "churn@01").version == 1
         assert httpx.get(server.url + "/v2/models/churn/versions/01/ready").status_code == 200
+        # the model's folder moved away: it serves on as loaded, said (it was without a word)
+        shutil.move(store / "churn", tmp_path / "churn-away")
+        for _ in range(2):
+            httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"})
+        assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()["version"] == 1
+        assert server.output().count("churn: its folder left") == 1
+        shutil.move(tmp_path / "churn-away", store / "churn")
     # a review: a release.json that is no regular file blocked the event loop at its read
     os.mkfifo(release.path_of(store, "churn"))
     with running_server(store, "--poll-interval-s", "3600", ready=False) as server:
