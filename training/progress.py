@@ -105,7 +105,7 @@ def _print_summary(result: TrainResult, console: Console) -> None:
     m = result.metrics
     # the column is the candidate that ships (the network, or the linear path alone where it won on
     # out-of-fold rows) as the evaluation fit gave it: a refit on every row has no rows left to test on
-    refit = bool((m.get("fits") or {}).get("refit"))
+    refit = report.published_is_refit(m)
     shipped = f"shipped ({report.shipped_candidate(m) or 'network'}{', evaluation fit' if refit else ''})"
     table = Table("test metric", shipped, m["baseline"], m["gbm"], title="summary (test split)")
     for key, value in m["test"].items():

@@ -101,6 +101,11 @@ def no_signal(pre: Preprocess, y_dev: np.ndarray, y_test: np.ndarray, out: np.nd
     )
 
 
+def published_is_refit(metrics: dict[str, Any]) -> bool:
+    """Whether the published model is the chosen candidate refit on every row (none above 100,000 rows)."""
+    return bool((metrics.get("fits") or {}).get("refit"))
+
+
 def shipped_candidate(metrics: dict[str, Any]) -> str:
     """The leaderboard's chosen candidate (what ships), or "" for a run without one."""
     return next((str(row["candidate"]) for row in metrics.get("leaderboard") or [] if row.get("chosen")), "")
@@ -314,7 +319,7 @@ def summary(pre: Preprocess, doc: dict[str, Any], ev: Evidence | None) -> str:
     """The card's opening paragraph, in plain words: what it predicts, how good it is against the
     baselines, and for whom it is less reliable."""
     m, data = doc["metrics"], doc["data"]
-    refit = bool((m.get("fits") or {}).get("refit"))
+    refit = published_is_refit(m)
     what = {
         "binary": f"whether **{pre.target}** is `{pre.positive}`",
         "multiclass": f"which of {len(pre.labels)} classes **{pre.target}** takes ({', '.join(map(str, pre.labels))})",

@@ -161,12 +161,17 @@ def bom_encoding(head: bytes) -> str | None:
     return None
 
 
+def marked_encoding(head: bytes) -> str | None:
+    """The encoding a byte-order mark names, UTF-8's too (what `choose_encoding` and a named encoding yield to)."""
+    return bom_encoding(head) or ("utf-8" if head.startswith(codecs.BOM_UTF8) else None)
+
+
 def choose_encoding(head: bytes, preferred: str = "utf-8") -> str:
     """A file's encoding from its first bytes: the one its byte-order mark names (UTF-8's too); else the bundle's
     (`preferred`) unless they say otherwise: UTF-8 when they hold UTF-8 beyond ASCII; a detected one
     (charset-normalizer) when many lines are not UTF-8. A stray bad byte here and there stays an error
     of its row, not a guess for the file."""
-    if marked := bom_encoding(head) or ("utf-8" if head.startswith(codecs.BOM_UTF8) else None):
+    if marked := marked_encoding(head):
         return marked  # a UTF-8 mark over a stray byte that is not: the mark, not the bundle's code page
     if codecs.lookup(preferred).name.startswith(("utf-16", "utf-32")) and b"\x00" not in head:
         preferred = "utf-8"  # a model trained on a UTF-16 file scoring one saved as UTF-8 (no NUL bytes)
@@ -467,8 +472,7 @@ class CsvSource:
         self._raw = raw if raw is not None else stream
         reading = reading or Reading()
         head = _header(stream, name)
-        marked = bom_encoding(head) or head.startswith(codecs.BOM_UTF8)
-        given = reading.encoding_given and not marked  # a byte-order mark says more than a flag
+        given = reading.encoding_given and not marked_encoding(head)  # a byte-order mark says more than a flag
         self.encoding = reading.encoding if given else choose_encoding(head, reading.encoding)
         self._transcoded: _Transcoded | None = None
         if codecs.lookup(self.encoding).name != "utf-8":
