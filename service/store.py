@@ -396,7 +396,7 @@ class ModelStore:
             published = self._scan()
             plan = self._plan(published)
             while plan:  # a version refused: its name planned again from the same scan, not a poll later
-                before = set(report.failed)  # (the next newest may serve; 1,000 broken ones took 17 minutes)
+                before = set(report.failed)  # (the next newest may serve: each broken one cost a poll of 503s)
                 await self._apply(plan, report)
                 again = {key.rpartition("@")[0] for key in report.failed if key not in before}
                 plan = {name: p for name, p in self._plan(published).items() if name in again} if again else {}
