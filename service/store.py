@@ -261,6 +261,7 @@ class ModelStore:
         self._gone: set[str] = set()  # names serving whose folder left the store, said once
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
+        self._no_challenger: dict[str, int] = {}  # a release file's challenger not in the store (said once)
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
         self.failed: dict[tuple[str, int], Refusal] = {}
         self.ready = False
@@ -512,6 +513,7 @@ class ModelStore:
             else:
                 self._unservable.pop(name, None)
             challenger = refs.get(state.challenger) if state.challenger is not None else None
+            self._say_missing_challenger(name, state, published)
             held = self.challengers.get(name)
             if (
                 challenger is None
@@ -522,6 +524,22 @@ class ModelStore:
                 challenger = held.ref  # refused since it loaded (a file of it changed): it stays, as a champion does
             plan[name] = (champion, challenger)
         return plan
+
+    def _say_missing_challenger(
+        self, name: str, state: Release, published: dict[tuple[str, int], bundle.BundleRef]
+    ) -> None:
+        """Once per file: its challenger is not in the store, so no canary or shadow runs (a refused
+        one is said by its refusal)."""
+        missing = state.challenger is not None and (name, state.challenger) not in published
+        if not missing:
+            self._no_challenger.pop(name, None)
+        elif self._no_challenger.get(name) != state.challenger:
+            assert state.challenger is not None
+            self._no_challenger[name] = state.challenger
+            doing = f"; its canary share {state.canary:g} answers nothing" if state.canary else ""
+            doing += "; no shadow" if state.shadow else ""
+            log.error("%s: release.json names challenger version %d, which is not in the store%s",
+                      name, state.challenger, doing)  # fmt: skip
 
     def _release(self, name: str) -> Release | None:
         """A name's release state: its file when it changed and reads well, else the last good one."""

@@ -299,6 +299,17 @@ def test_a_broken_release_file_is_refused_and_the_last_good_state_serves(
         assert server.output().count("names version 9, which cannot be loaded") == 1
         release.write(store, "churn", release.Release(champion=2))
         wait_until_version(server.url, 2)
+        # a challenger that is not in the store: said once (its canary answers nothing), the champion answers all
+        release.write(store, "churn", release.Release(champion=2, challenger=7, canary=0.5))
+        deadline = time.monotonic() + 10
+        while "names challenger version 7" not in server.output():
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        time.sleep(1.0)  # more polls of the same file
+        answers = httpx.post(server.url + "/predict", json={"records": telco_records(1)}).json()
+        assert answers["version"] == 2
+        said = "names challenger version 7, which is not in the store; its canary share 0.5 answers nothing"
+        assert server.output().count(said) == 1, server.output()
 
 
 def wait_until_version(url: str, version: int, timeout: float = 15) -> None:
