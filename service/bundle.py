@@ -33,7 +33,7 @@ LOADED_FILES = frozenset({*REQUIRED_FILES, EXPLAIN_FILE, EXPLAIN_STATS_FILE, DRI
 DEFAULT_MODELS_DIR = "models"
 RETIRED_SUFFIX = ".retired"  # `<version>.retired/`: kept for audit, never served, never renumbered
 STAGING = ".staging-"  # `.staging-<host>@<pid>-<random>/`: a bundle being written, invisible to readers
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` let a trailing newline through
 
 
 class BundleError(RuntimeError):

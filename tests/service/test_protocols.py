@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -343,3 +345,32 @@ def test_what_a_protocols_audit_found_read_without_a_word_is_refused_by_name(chu
     contract["data"] = [contract["data"][0], True]  # matched by its text, as /predict matches it
     answer = httpx.post(url + "/v2/models/churn/infer", json=doc)
     assert answer.status_code == 200 and "unseen level 'True'" in answer.text, answer.text
+
+
+def test_mlflow_ping_follows_the_default_model_that_invocations_scores_with(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """An audit: with the default model (first by name) broken beside a good one, /ping and /health said
+    200 while every /invocations failed; an MLflow client's probe kept sending it traffic."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    shutil.copytree(churn_bundle.path, store / "aaa" / "1")
+    (store / "aaa" / "1" / bundle.MODEL_FILE).write_bytes(b"broken")
+    with running_server(store) as server:  # ready: churn serves, aaa is listed as refused
+        assert httpx.post(server.url + "/invocations", json={"dataframe_records": _records(1)}).status_code == 404
+        for path in ("/ping", "/health"):
+            assert httpx.get(server.url + path).status_code == 503, path
+        assert httpx.get(server.url + "/health/ready").json()["refused"]  # the store's readiness is unchanged
+    with running_server(store, "--default-model", "churn") as server:
+        assert httpx.post(server.url + "/invocations", json={"dataframe_records": _records(1)}).status_code == 200
+        assert httpx.get(server.url + "/ping").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["churn\n", "\nchurn", "churn\r"])
+def test_a_model_name_with_a_newline_is_no_model_name(churn_bundle: bundle.BundleRef, tmp_path: Path, name: str) -> None:
+    """An audit: `$` matched before a trailing newline, so `churn\\n` was published and served, its name
+    in every metric label and log line."""
+    with pytest.raises(bundle.BundleError):
+        bundle.check_name(name)
+    store = tmp_path / "models"
+    shutil.copytree(churn_bundle.path, store / name / "1")
+    assert [ref.name for ref in bundle.iter_bundles(store)] == []
