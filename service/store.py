@@ -339,6 +339,7 @@ class ModelStore:
             except Exception as exc:  # noqa: BLE001 - a broken old bundle is just not available
                 self._refuse(ref, exc, ReloadReport(), files)
             else:
+                self.telemetry.reloads.labels("loaded").inc()
                 self.failed.pop(key, None)
                 self.older[key] = model
                 while len(self.older) > self.settings.older_versions:
@@ -446,10 +447,12 @@ class ModelStore:
             return model
         files = files_of(ref.path)  # before loading: a copy that ends meanwhile is tried again
         try:
-            return await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
+            model = await asyncio.to_thread(load_model, ref, self.settings, self.telemetry, self.observer)
         except Exception as exc:  # noqa: BLE001 - any broken bundle is refused, never fatal
             self._refuse(ref, exc, report, files)
             return None
+        self.telemetry.reloads.labels("loaded").inc()  # champion or challenger: a load, not a swap
+        return model
 
     def _scan(self) -> dict[tuple[str, int], bundle.BundleRef]:
         """The store's bundles by (name, version); what left it is forgotten."""
@@ -651,7 +654,6 @@ class ModelStore:
         self.failed.pop((model.name, model.version), None)
         old = self.current.get(model.name)
         self.current[model.name] = model  # one dict assignment: requests see old or new
-        self.telemetry.reloads.labels("loaded").inc()
         if old is not None:  # first: the same version loaded again (a copy completed) keeps its 1
             self.telemetry.model_info.labels(old.name, str(old.version), old.provider, "champion").set(0)
         self.telemetry.model_info.labels(model.name, str(model.version), model.provider, "champion").set(1)

@@ -290,3 +290,34 @@ def test_broken_newest_versions_and_folders_that_are_no_versions_leave_the_last_
         assert "release.json is not a regular file" in server.output()
         ready = httpx.get(server.url + "/health/ready")
         assert ready.status_code == 503  # nothing serves: which version was approved is unknown
+
+
+def test_reloads_loaded_counts_each_bundle_load_and_only_those(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """An audit: `tabserve_reloads_total{outcome="loaded"}` was counted where a champion was swapped in,
+    so a challenger's load and an older version's load by number went uncounted (their failures were
+    counted), and promoting the challenger already in memory counted a load that never ran."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    release.decide(store, "churn", "promote", 1, why="first")
+
+    def loaded(server: object) -> float:
+        for line in httpx.get(server.url + "/metrics").text.splitlines():  # type: ignore[attr-defined]
+            if line.startswith('tabserve_reloads_total{outcome="loaded"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    auth = {"authorization": "Bearer t"}
+    with running_server(store, "--admin-token", "t", "--poll-interval-s", "0") as server:
+        assert loaded(server) == 1  # the champion at start
+        republish(store, churn_bundle)
+        release.decide(store, "churn", "challenger", 2, why="proposed")
+        httpx.post(server.url + "/admin/reload", headers=auth, timeout=30).raise_for_status()
+        assert httpx.get(server.url + "/models/churn").json()["release"]["challenger"] == 2
+        assert loaded(server) == 2  # the challenger's load
+        release.decide(store, "churn", "promote", 2, why="better")
+        httpx.post(server.url + "/admin/reload", headers=auth, timeout=30).raise_for_status()
+        r = httpx.post(server.url + "/predict", json={"records": telco_records(1)})
+        assert r.json()["version"] == 2
+        assert loaded(server) == 2  # promoted from memory: nothing was loaded
+        old = httpx.get(server.url + "/v2/models/churn/versions/1/ready")
+        assert old.status_code == 200, old.text
+        assert loaded(server) == 3  # version 1 loaded again, by number
