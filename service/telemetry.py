@@ -101,10 +101,11 @@ class Telemetry(Collector):
             self._batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
             self._inference.setdefault(model, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
-    def rows_scored(self, model: str, rows: int) -> None:
-        """Rows scored outside the batcher (CSV uploads)."""
+    def rows_scored(self, model: str, rows: int, version: int) -> None:
+        """Rows scored outside the batcher (CSV uploads): by model and by version, as batches are."""
         with self._lock:
             self._rows[model] = self._rows.get(model, 0) + rows
+            self._version_rows[model, version] = self._version_rows.get((model, version), 0) + rows
 
     def warnings(self, model: str, tally: dict[tuple[str, str], int] | None) -> None:
         """Input warnings by (field, kind): a drift signal."""

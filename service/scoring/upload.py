@@ -361,7 +361,7 @@ class Upload:
 
     def _log(self, summary: Summary, error: BaseException | None) -> None:
         if error is None:
-            self.telemetry.rows_scored(self.model.name, summary.rows_scored)
+            self.telemetry.rows_scored(self.model.name, summary.rows_scored, self.model.version)
             log.info(
                 "scored upload: %d rows, %d with errors, %d warnings on scored rows (%s), %.1f s",
                 summary.rows_in,

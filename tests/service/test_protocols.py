@@ -366,7 +366,9 @@ def test_mlflow_ping_follows_the_default_model_that_invocations_scores_with(
 
 
 @pytest.mark.parametrize("name", ["churn\n", "\nchurn", "churn\r"])
-def test_a_model_name_with_a_newline_is_no_model_name(churn_bundle: bundle.BundleRef, tmp_path: Path, name: str) -> None:
+def test_a_model_name_with_a_newline_is_no_model_name(
+    churn_bundle: bundle.BundleRef, tmp_path: Path, name: str
+) -> None:
     """An audit: `$` matched before a trailing newline, so `churn\\n` was published and served, its name
     in every metric label and log line."""
     with pytest.raises(bundle.BundleError):

@@ -188,3 +188,28 @@ def test_http_score_reads_a_body_as_its_charset_and_query_say(churn_bundle: bund
         ]:
             refused = httpx.post(url + query, content=plain.encode(), headers=headers)
             assert refused.status_code == status and said in refused.json()["error"], refused.text
+
+
+def test_an_upload_counts_its_rows_by_version_as_by_model(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """An audit: an upload's rows moved tabserve_rows_scored_total but not
+    tabserve_version_rows_scored_total, so the per-version series did not add up to the model's."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    small = _telco_head(tmp_path / "small.csv", 40)
+
+    def series(server_url: str) -> dict[str, float]:
+        lines = httpx.get(server_url + "/metrics").text.splitlines()
+        return {
+            k: float(v)
+            for k, v in (
+                line.rsplit(" ", 1) for line in lines if line.startswith("tabserve_") and "rows_scored" in line
+            )
+        }
+
+    with running_server(store) as server:
+        answer = httpx.post(
+            server.url + "/models/churn/score", content=small.read_bytes(), headers={"content-type": "text/csv"}
+        )
+        assert answer.status_code == 200
+        found = series(server.url)
+        assert found['tabserve_rows_scored_total{model="churn"}'] == 40, found
+        assert found['tabserve_version_rows_scored_total{model="churn",version="1"}'] == 40, found
