@@ -24,7 +24,7 @@ from service.api import admin, feedback, health, metrics, models, openapi, proto
 from service.api.predict import PredictEndpoint
 from service.cpus import cpu_budget
 from service.dataplane import DataPlane
-from service.http import protocol_for
+from service.http import HttpProtocol, protocol_for
 from service.runtime import describe_device, providers_for
 from service.scoring.upload import QUIET_CUT_SHORT, AnswerCutShort, Uploads
 from service.settings import Settings
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     prediction_log = open_log(settings)
     telemetry.log = prediction_log.counts if prediction_log is not None else None
     telemetry.releases = lambda: {name: store.release_state(name) for name in list(store.current)}
+    telemetry.refused = lambda: dict(HttpProtocol.refused)  # the HTTP layer's own answers (process-wide)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -111,6 +112,7 @@ class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a `OneWriteTransport`, with limits and deadlines."""
 
     limits: ClassVar[Limits] = Limits()
+    refused: ClassVar[Counter[int]] = Counter()  # answers by status `_refuse` wrote in this process (/metrics)
     _sweeps: ClassVar[dict[int, asyncio.TimerHandle]] = {}  # one per server (its set of connections)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -233,6 +235,7 @@ class HttpProtocol(HttpToolsProtocol):
                 cycle.message_event.set()
                 answer = True
         if answer:
+            HttpProtocol.refused[refusal.status] += 1
             body = orjson.dumps({"error": str(refusal)})
             retry = b"retry-after: 1\r\n" if refusal.status == 503 else b""
             self.transport.write(

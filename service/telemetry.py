@@ -63,6 +63,7 @@ class Telemetry(Collector):
         self.log: LogCounts | None = None  # the prediction log's counts, when it is on
         self.accuracy: dict[str, LiveAccuracy] = {}  # model → its labelled predictions (feedback)
         self.releases: Callable[[], dict[str, dict[str, Any]]] = dict  # model → its release state (the store's)
+        self.refused: Callable[[], dict[int, int]] = dict  # status → answers the HTTP layer gave itself
         self._lock = threading.Lock()
         self.queue_depth = Gauge("tabserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.model_info = Gauge(
@@ -121,6 +122,15 @@ class Telemetry(Collector):
         for (route, status), n in list(self._requests.items()):
             requests.add_metric([route, str(status)], n)
         yield requests
+        refused = CounterMetricFamily(
+            "tabserve_http_refused",
+            "Answers the HTTP layer gave without the app (too many connections, a head over a limit or "
+            "too slow, bytes that are no HTTP), by status; not in tabserve_requests",
+            labels=["status"],
+        )
+        for status, n in sorted(self.refused().items()):
+            refused.add_metric([str(status)], n)
+        yield refused
         yield _histograms("tabserve_request_seconds", "Request latency", "route", self._latency)
         with self._lock:
             rows = CounterMetricFamily("tabserve_rows_scored", "Rows scored", labels=["model"])
@@ -153,7 +163,7 @@ class Telemetry(Collector):
         """Champion and challenger versions, the canary share and the shadow's agreement per model."""
         role = GaugeMetricFamily("tabserve_release_version", "Version by role", labels=["model", "role"])
         canary = GaugeMetricFamily("tabserve_canary_share", "Share of traffic the challenger answers", labels=["model"])
-        shadow: dict[str, GaugeMetricFamily] = {}
+        shadow: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for model, state in self.releases().items():
             for name in ("champion", "challenger"):
                 if state[name] is not None:
@@ -163,9 +173,7 @@ class Telemetry(Collector):
                 if key != "challenger" and isinstance(value, int | float):
                     family = shadow.get(key)
                     if family is None:
-                        family = shadow[key] = GaugeMetricFamily(
-                            f"tabserve_shadow_{key}", f"Shadow: challenger vs champion, {key}", labels=["model"]
-                        )
+                        family = shadow[key] = _shadow_family(key)
                     family.add_metric([model], float(value))
         yield from (role, canary, *shadow.values())
 
@@ -223,6 +231,19 @@ class Telemetry(Collector):
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+SHADOW_COUNTS = {  # counted since the shadow began (a counter: rate() reads them); the rest describe its window
+    "compared": "Shadow: rows both champion and challenger scored",
+    "shed": "Shadow: rows the challenger never scored, its queue full (the shadow fell behind)",
+    "unscored": "Shadow: rows whose challenger outputs were not numbers",
+}
+
+
+def _shadow_family(key: str) -> GaugeMetricFamily | CounterMetricFamily:
+    if key in SHADOW_COUNTS:
+        return CounterMetricFamily(f"tabserve_shadow_{key}", SHADOW_COUNTS[key], labels=["model"])
+    return GaugeMetricFamily(f"tabserve_shadow_{key}", f"Shadow: challenger vs champion, {key}", labels=["model"])
 
 
 def _histograms(name: str, doc: str, label: str, series: dict[str, Histogram]) -> HistogramMetricFamily:

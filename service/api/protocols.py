@@ -93,9 +93,7 @@ async def model_version_ready(name: str, version: str, store: StoreDep) -> JSONR
 @router.get("/ping", response_class=PlainTextResponse)
 @router.get("/health", response_class=PlainTextResponse)
 def mlflow_ping(store: StoreDep) -> PlainTextResponse:
-    """MLflow's health check: 200 once the default model is ready. The default model, not any model:
-    /invocations scores with it alone, and with it unservable (a broken bundle beside a good one)
-    /ping said 200 while every /invocations failed."""
+    """MLflow's health check: 200 once the default model serves (/invocations scores with it alone)."""
     name = store.default_name
     ready = store.ready and name is not None and name in store.current
     return PlainTextResponse("\n", status_code=200 if ready else 503)

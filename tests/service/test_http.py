@@ -211,3 +211,31 @@ def test_a_client_that_half_closes_after_its_request_gets_the_answer(churn_serve
     pauses = [i * 0.004 / 400 for i in range(400)]
     lost = sum(not _half_closed(churn_server, _request(body, False), p).startswith(b"HTTP/1.1 200") for p in pauses)
     assert lost == 0, f"{lost} of {len(pauses)} answers lost"
+
+
+def _refused(server: Server) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = _exchange(server, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").partition(b"\r\n\r\n")
+    families = {f.name: f for f in text_string_to_metric_families(scraped[2].decode())}
+    return {s.labels["status"]: s.value for s in families["tabserve_http_refused"].samples if s.name.endswith("_total")}
+
+
+def test_answers_the_http_layer_gives_itself_are_counted(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A head over its limit, bytes that are no HTTP and a connection past the limit never reach the app
+    (tabserve_requests): they are counted by status, so an overload of connections shows in /metrics."""
+    store = copy_store(churn_bundle, tmp_path)
+    with running_server(store, "--max-connections", "2") as server:
+        assert _refused(server) == {}
+        huge = b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 40_000 + b"\r\n\r\n"
+        assert _exchange(server, huge).startswith(b"HTTP/1.1 431")
+        assert _exchange(server, b"\x00\x01 not http\r\n\r\n").startswith(b"HTTP/1.1 400")
+        host, port = server.url.removeprefix("http://").split(":")
+        with contextlib.ExitStack() as held:
+            for _ in range(2):
+                held.enter_context(socket.create_connection((host, int(port)), timeout=10))
+            time.sleep(0.2)
+            with socket.create_connection((host, int(port)), timeout=10) as third:
+                assert third.recv(65536).startswith(b"HTTP/1.1 503")
+        time.sleep(0.2)  # the held connections close
+        assert _refused(server) == {"400": 1.0, "431": 1.0, "503": 1.0}

@@ -209,6 +209,9 @@ def test_shadow_agreement_matches_an_offline_comparison(
     assert shadow["score_psi"] == pytest.approx(score_psi(mine[:, 1], theirs[:, 1]), abs=1e-6)
     assert 0 < diff.mean() < 0.1  # two real models: close, not equal
     assert 'tabserve_shadow_label_agreement{model="churn"}' in metrics
+    # counts since the shadow began are counters (rate() reads them), its window's figures gauges
+    assert f'tabserve_shadow_compared_total{{model="churn"}} {float(len(records))}' in metrics
+    assert "tabserve_shadow_shed_total counter" in metrics and "# TYPE tabserve_shadow_window gauge" in metrics
     y = np.array([t == "Yes" for t in truth])
     assert live["rows"] == len(records)
     assert live["1"]["auc"] == pytest.approx(roc_auc_score(y, mine[:, 1]), abs=1e-6)
