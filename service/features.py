@@ -323,6 +323,15 @@ class DateParse:
     def reference_(self) -> dt.datetime:
         return dt.datetime.fromisoformat(self.reference)
 
+    def at(self, age: float) -> str:
+        """The date of an age in days, as a person reads it (`2024-06-30`, or with the time of day)."""
+        try:
+            stamp = self.reference_ - dt.timedelta(days=age)
+        except OverflowError:  # an age past year 1 or 9999
+            return f"{age:g} days before {self.reference_.date().isoformat()}"
+        stamp = (stamp + dt.timedelta(microseconds=500_000)).replace(microsecond=0)
+        return stamp.date().isoformat() if stamp.time() == dt.time() else stamp.isoformat(sep=" ")
+
 
 def text_encoding(name: str) -> bool:
     """Whether `name` is a codec that turns bytes into text (`base64` and `rot13` are codecs, not that)."""
@@ -703,8 +712,18 @@ class Preprocess:
     @cached_property
     def range_messages(self) -> tuple[list[str], list[str]]:
         """The out-of-range warnings of each numeric feature: (below, above)."""
-        below = [f"field '{f.name}': below the smallest value seen in training ({f.min_:g})" for f in self.numeric]
-        above = [f"field '{f.name}': above the largest value seen in training ({f.max_:g})" for f in self.numeric]
+        below = [
+            f"field '{f.name}': after the latest date seen in training ({f.date.at(f.min_)})"
+            if f.date is not None  # the value is an age in days: a small age is a late date
+            else f"field '{f.name}': below the smallest value seen in training ({f.min_:g})"
+            for f in self.numeric
+        ]
+        above = [
+            f"field '{f.name}': before the earliest date seen in training ({f.date.at(f.max_)})"
+            if f.date is not None
+            else f"field '{f.name}': above the largest value seen in training ({f.max_:g})"
+            for f in self.numeric
+        ]
         return below, above
 
     def too_far(self, num: np.ndarray, to: str = "score") -> str:

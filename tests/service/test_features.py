@@ -230,6 +230,34 @@ def test_values_outside_the_training_range_are_scored_with_a_warning() -> None:
     assert pre.encode_columns(columns, len(records)).warnings == enc.warnings
 
 
+def test_a_date_outside_the_training_range_is_named_as_a_date() -> None:
+    """A date feature's value is its age in days at the reference: a date after training's latest
+    is a small age, and was warned of as 'below the smallest value seen in training (0)', one
+    before the earliest as 'above the largest value (2183)' — the direction inverted, in days the
+    client never sent. The warning names the dates."""
+    import dataclasses
+
+    from service.features import DateParse
+
+    pre = make_preprocess()
+    dated = dataclasses.replace(pre.features[0], date=DateParse("2024-06-30T00:00:00"))
+    pre = dataclasses.replace(pre, features=[dated, pre.features[1]])  # ages 0 to 100 days
+    records = [
+        {"charges": "2024-06-01"},
+        {"charges": "2025-01-01"},
+        {"charges": "2023-01-01"},
+        {"charges": "0001-01-01"},
+    ]
+    enc = pre.encode_records(records)
+    late = ["field 'charges': after the latest date seen in training (2024-06-30)"]
+    early = ["field 'charges': before the earliest date seen in training (2024-03-22)"]
+    assert enc.warnings == {1: late, 2: early, 3: early}
+    assert pre.encode_records([records[1]]).warnings == {0: late}  # one record: its own code path
+    columns = {"charges": [r["charges"] for r in records], "plan": [None] * len(records)}
+    assert pre.encode_columns(columns, len(records)).warnings == enc.warnings
+    assert DateParse("2024-06-30T00:00:00").at(0.25) == "2024-06-29 18:00:00"
+
+
 @pytest.mark.parametrize(
     "record",
     [
