@@ -20,7 +20,8 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(Path("models"), description="the store `tabserve train` publishes to")
     default_model: str | None = Field(
-        None, description="served at POST /predict (None: the only model, or first by name)"
+        None,
+        description="served at POST /predict (None: the only model, or first by name when the store is first read)",
     )
     host: str = Field("127.0.0.1", description="loopback unless told otherwise: exposing a port is a deliberate act")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free one)")

@@ -262,6 +262,10 @@ class ModelStore:
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self._no_challenger: dict[str, int] = {}  # a release file's challenger not in the store (said once)
+        # the default model, pinned when the store is first read with a name in it: a name published
+        # later that sorts first (`cancel` beside `churn`) took /predict's and MLflow's traffic without a word
+        self._default: str | None = None
+        self._not_default: set[str] = set()  # names sorting before the pinned default, said once
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
         self.failed: dict[tuple[str, int], Refusal] = {}
         self.ready = False
@@ -384,10 +388,31 @@ class ModelStore:
         """settings.default_model, else the only model, else the first by name."""
         if self.settings.default_model:
             return self.settings.default_model
+        if self._default is not None:
+            return self._default
         # among every name in the store, not only those loaded: with churn unservable (a broken
         # release file), /predict went to the next name's model, which scored churn's records
-        names = self.published | set(self.current)
+        names = self.published | self._scanned | set(self.current)
         return min(names) if names else None
+
+    def _pin_default(self) -> None:
+        """Pin the default model once the store has been read with a name in it; a name published
+        later that sorts before it is said once in the log, and does not take its place (a restart
+        or --default-model does)."""
+        if self.settings.default_model:
+            return
+        names = self.published | set(self.current)
+        if self._default is None:
+            if names:
+                self._default = min(names)
+                if len(names) > 1:
+                    log.info("POST /predict and /invocations answer with %s, the first model by name "
+                             "(--default-model chooses another)", self._default)  # fmt: skip
+            return
+        for name in sorted(n for n in names - self._not_default if n < self._default):
+            log.warning("%s sorts before %s, the default model: /predict and /invocations stay with %s "
+                        "until a restart (--default-model chooses)", name, self._default, self._default)  # fmt: skip
+            self._not_default.add(name)
 
     async def refresh(self) -> ReloadReport:
         """Serve each name's champion and hold its challenger, loading what is not loaded; each
@@ -408,6 +433,7 @@ class ModelStore:
                 log.warning("%s: its folder left %s; still serving version %d, as loaded",
                             name, self.settings.models_dir, self.current[name].version)  # fmt: skip
             self._gone = set(self.current) - self._scanned
+            self._pin_default()
             return report
 
     async def _apply(

@@ -321,3 +321,27 @@ def test_reloads_loaded_counts_each_bundle_load_and_only_those(churn_bundle: bun
         old = httpx.get(server.url + "/v2/models/churn/versions/1/ready")
         assert old.status_code == 200, old.text
         assert loaded(server) == 3  # version 1 loaded again, by number
+
+
+def test_a_model_published_later_that_sorts_first_does_not_take_the_default_routes(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """An audit: without --default-model, /predict and /invocations answered with the first model
+    by name, looked up per request, so publishing `cancel` beside a serving `churn` moved their
+    traffic to it at the next poll without a word (MLflow's answer names no model). The default is
+    pinned when the store is first read; the newcomer is said once in the log."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--poll-interval-s", "3600", "--admin-token", "t") as server:
+        records = telco_records(2)
+        before = httpx.post(server.url + "/predict", json={"records": records}).json()
+        assert before["model"] == "churn"
+        shutil.copytree(churn_bundle.path, store / "cancel" / "1")
+        for _ in range(2):
+            httpx.post(server.url + "/admin/reload", headers={"authorization": "Bearer t"})
+        assert httpx.get(server.url + "/models/cancel").status_code == 200  # it serves by its own name
+        after = httpx.post(server.url + "/predict", json={"records": records}).json()
+        assert after["model"] == "churn", after
+        assert httpx.get(server.url + "/models").json()["default"] == "churn"
+        mlflow = httpx.post(server.url + "/invocations", json={"dataframe_records": records}).json()
+        assert [p["probability"] for p in mlflow["predictions"]] == [p["probability"] for p in before["predictions"]]
+        assert server.output().count("cancel sorts before churn, the default model") == 1
