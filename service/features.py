@@ -668,6 +668,22 @@ class Preprocess:
         found = {name: [f for f in ignored if near_miss(name, [f]) is not None] for name in self.kinds}
         return {name: fields for name, fields in found.items() if fields}
 
+    def missing_columns(self, columns: Sequence[str]) -> str | None:
+        """Why a table with these columns cannot be scored (None: it has every feature): the ones it
+        lacks, with the look-alike each was probably meant to be."""
+        names = [f.name for f in self.features]
+        missing = [n for n in names if n not in columns]
+        if not missing:
+            return None
+        unused = [c for c in columns if c not in names]
+        guesses = {n: near_miss(n, unused) for n in missing}
+        hints = "; ".join(f"is {g!r} meant to be {n!r}?" for n, g in guesses.items() if g is not None)
+        if len(missing) == len(names) and len(columns) < len(names):  # e.g. a report's title line
+            hints = f"its header reads {', '.join(columns)[:80]!r}: is the header the first line?"
+        return f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}" + (
+            f" ({hints})" if hints else ""
+        )
+
     @cached_property
     def known_fields(self) -> frozenset[str]:
         """Feature and id column names: the fields of a record that are not ignored."""

@@ -28,11 +28,13 @@ class MlflowCodec:
 
     def decode(self, body: bytes, headers: Headers, explain: Explain | None = None) -> InferenceRequest:
         """A JSON or CSV body → records → model inputs; `params.explain` asks for reasons."""
-        if media_type(headers) == b"text/csv":
+        columnar = media_type(headers) == b"text/csv"  # a table: a column it lacks is lacking in every row
+        if columnar:
             records = records_from_csv(body)
         else:
             doc = parse_json(body, self.native.pre.known_fields)
             records = records_from_json(doc)
+            columnar = "dataframe_split" in doc or any(isinstance(doc.get(k), dict) for k in ("instances", "inputs"))
             params = doc.get("params")
             if params is not None and not isinstance(params, dict):  # `"params": 4` meant reasons, or nothing
                 raise bad(f'"params" must be an object such as {{"explain": 4}}, not {shown(params)}')
@@ -40,6 +42,8 @@ class MlflowCodec:
                 explain = explain_of(params.get("explain"), '"params.explain"')
         if not records:  # said in MLflow's words, not the native protocol's ("records" is empty)
             raise bad(f"no rows to score: send 1 to {self.native.max_records}")
+        if columnar and (why := self.native.pre.missing_columns(list(records[0]))):  # as files are refused
+            raise bad(why)
         return self.native.from_records(records_of({"records": records}, self.native.max_records), explain)
 
     def encode(self, result: InferenceResult) -> dict[str, Any]:

@@ -177,17 +177,9 @@ class Scorer:
 
     def check_columns(self, columns: list[str]) -> None:
         """Fail early when the input lacks feature columns."""
-        missing = [n for n in self.names if n not in columns]
-        if missing:
-            unused = [c for c in columns if c not in self.names]
-            guesses = {n: near_miss(n, unused) for n in missing}
-            hints = "; ".join(f"is {g!r} meant to be {n!r}?" for n, g in guesses.items() if g is not None)
-            if len(missing) == len(self.names) and len(columns) < len(self.names):  # e.g. a report's title line
-                hints = f"its header reads {', '.join(columns)[:80]!r}: is the header the first line?"
-            raise ScoringError(
-                f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}"
-                + (f" ({hints})" if hints else "")
-            )
+        why = self.pre.missing_columns(columns)
+        if why:
+            raise ScoringError(why)
 
     def plan(
         self, source: Source, keep: list[str] | None, keep_all: bool, keep_name: str = "--keep"
