@@ -327,7 +327,7 @@ class DateParse:
         """The date of an age in days, as a person reads it (`2024-06-30`, or with the time of day)."""
         try:
             stamp = self.reference_ - dt.timedelta(days=age)
-        except OverflowError:  # an age past year 1 or 9999
+        except (OverflowError, ValueError):  # an age past year 1 or 9999, or none (a hand-edited bundle)
             return f"{age:g} days before {self.reference_.date().isoformat()}"
         stamp = (stamp + dt.timedelta(microseconds=500_000)).replace(microsecond=0)
         return stamp.date().isoformat() if stamp.time() == dt.time() else stamp.isoformat(sep=" ")
@@ -668,9 +668,10 @@ class Preprocess:
         found = {name: [f for f in ignored if near_miss(name, [f]) is not None] for name in self.kinds}
         return {name: fields for name, fields in found.items() if fields}
 
-    def missing_columns(self, columns: Sequence[str]) -> str | None:
+    def missing_columns(self, columns: Sequence[str], header: bool = True) -> str | None:
         """Why a table with these columns cannot be scored (None: it has every feature): the ones it
-        lacks, with the look-alike each was probably meant to be."""
+        lacks, with the look-alike each was probably meant to be (a file's `header` line: or that it
+        is not the first line)."""
         names = [f.name for f in self.features]
         missing = [n for n in names if n not in columns]
         if not missing:
@@ -678,7 +679,7 @@ class Preprocess:
         unused = [c for c in columns if c not in names]
         guesses = {n: near_miss(n, unused) for n in missing}
         hints = "; ".join(f"is {g!r} meant to be {n!r}?" for n, g in guesses.items() if g is not None)
-        if len(missing) == len(names) and len(columns) < len(names):  # e.g. a report's title line
+        if header and len(missing) == len(names) and len(columns) < len(names):  # e.g. a report's title line
             hints = f"its header reads {', '.join(columns)[:80]!r}: is the header the first line?"
         return f"input is missing {len(missing)} column(s) the model needs: {', '.join(missing)}" + (
             f" ({hints})" if hints else ""

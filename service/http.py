@@ -225,7 +225,7 @@ class HttpProtocol(HttpToolsProtocol):
         break the parser after a whole request wait for its answer; a request whose own body breaks
         it gets the refusal as its answer (the app's goes nowhere)."""
         cycle = self.cycle
-        answer = cycle is None or cycle.response_complete
+        answer = unseen = cycle is None or cycle.response_complete
         if cycle is not None and not answer:
             if not cycle.more_body and not self.transport.is_closing():  # whole, being answered
                 self._deferred = refusal
@@ -235,7 +235,8 @@ class HttpProtocol(HttpToolsProtocol):
                 cycle.message_event.set()
                 answer = True
         if answer:
-            HttpProtocol.refused[refusal.status] += 1
+            if unseen:  # a request whose own body broke the parser is the app's to count
+                HttpProtocol.refused[refusal.status] += 1
             body = orjson.dumps({"error": str(refusal)})
             retry = b"retry-after: 1\r\n" if refusal.status == 503 else b""
             self.transport.write(

@@ -36,8 +36,10 @@ def run_server(flags: dict[str, Any]) -> None:
         providers_for(settings.device)
     except ProviderError as exc:
         raise RuntimeError(str(exc)) from None
-    _check_names(settings)
+    names = _check_names(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1 and not settings.default_model:
+        settings = _one_default(settings, names)
     protocol, options = protocol_for(settings)
     _raise_file_limit(settings.max_connections)
     _report_budget(cpu_budget(settings.cpus), settings)
@@ -64,10 +66,24 @@ def run_server(flags: dict[str, Any]) -> None:
     uvicorn.run(create_app(settings), **common)
 
 
-def _check_names(settings: Settings) -> None:
+def _one_default(settings: Settings, names: set[str]) -> Settings:
+    """The default model of every worker: each would pin its own at its first read of the store (two
+    could differ, and one restarted after a crash picks anew), so the first name by name now is theirs."""
+    say = logging.getLogger("tabserve")
+    if not names:
+        say.warning("--workers %d on an empty store: each worker takes the first model it finds for /predict "
+                    "and /invocations, and they may differ; --default-model names one", settings.workers)  # fmt: skip
+        return settings
+    first = min(names)
+    if len(names) > 1:
+        say.info("POST /predict and /invocations answer with %s in every worker (--default-model chooses)", first)
+    return settings.model_copy(update={"default_model": first})
+
+
+def _check_names(settings: Settings) -> set[str]:
     """Names the flags give, checked against the store's models where it has some (an empty store is
     filled later): a misspelt `--default-model` answers 404 to every /predict, and a misspelt
-    `--log-exclude` field is a field logged."""
+    `--log-exclude` field is a field logged. The store's model names."""
     models: dict[str, set[str]] = {}
     for ref in iter_bundles(settings.models_dir):  # each version's fields: an older one may serve
         fields = models.setdefault(ref.name, set())
@@ -76,7 +92,7 @@ def _check_names(settings: Settings) -> None:
         except (BundleError, OSError, ValueError, KeyError, TypeError):
             continue  # the store says why, by version, when it loads
     if not models:
-        return
+        return set()
     if settings.default_model is not None and settings.default_model not in models:
         raise ValueError(
             f"--default-model {settings.default_model!r} is no model in {settings.models_dir}{did_you_mean(settings.default_model, models)}"
@@ -87,6 +103,7 @@ def _check_names(settings: Settings) -> None:
         raise ValueError(
             f"--log-exclude {unknown[0]!r} is no field of any model's records{did_you_mean(unknown[0], fields)}"
         )
+    return set(models)
 
 
 def _raise_file_limit(connections: int) -> None:

@@ -262,8 +262,8 @@ class ModelStore:
         self._release_seen: dict[str, tuple[int, int] | None] = {}
         self._unservable: dict[str, int] = {}  # a release file's champion that cannot be loaded (said once)
         self._no_challenger: dict[str, int] = {}  # a release file's challenger not in the store (said once)
-        # the default model, pinned when the store is first read with a name in it: a name published
-        # later that sorts first (`cancel` beside `churn`) took /predict's and MLflow's traffic without a word
+        # the default model (no --default-model), pinned at the first read that finds a name: clients of
+        # /predict keep their model when another name that sorts first is published
         self._default: str | None = None
         self._not_default: set[str] = set()  # names sorting before the pinned default, said once
         self.older: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()  # least recently used first
@@ -385,7 +385,7 @@ class ModelStore:
 
     @property
     def default_name(self) -> str | None:
-        """settings.default_model, else the only model, else the first by name."""
+        """settings.default_model, else the one pinned (`_pin_default`), else the first by name."""
         if self.settings.default_model:
             return self.settings.default_model
         if self._default is not None:
@@ -396,12 +396,16 @@ class ModelStore:
         return min(names) if names else None
 
     def _pin_default(self) -> None:
-        """Pin the default model once the store has been read with a name in it; a name published
-        later that sorts before it is said once in the log, and does not take its place (a restart
-        or --default-model does)."""
+        """Pin the first name by name once the store has one; a name published later that sorts
+        before it is said once and does not take its place. A pinned name that left the store (never
+        served, or every version retired) gives way to the next, said once."""
         if self.settings.default_model:
             return
         names = self.published | set(self.current)
+        if self._default is not None and self._default not in names:
+            log.warning("%s, the default model, left the store: /predict and /invocations answer with %s",
+                        self._default, min(names) if names else "no model")  # fmt: skip
+            self._default = None
         if self._default is None:
             if names:
                 self._default = min(names)
@@ -411,7 +415,7 @@ class ModelStore:
             return
         for name in sorted(n for n in names - self._not_default if n < self._default):
             log.warning("%s sorts before %s, the default model: /predict and /invocations stay with %s "
-                        "until a restart (--default-model chooses)", name, self._default, self._default)  # fmt: skip
+                        "until the service restarts (--default-model chooses)", name, self._default, self._default)  # fmt: skip
             self._not_default.add(name)
 
     async def refresh(self) -> ReloadReport:

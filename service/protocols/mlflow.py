@@ -28,8 +28,8 @@ class MlflowCodec:
 
     def decode(self, body: bytes, headers: Headers, explain: Explain | None = None) -> InferenceRequest:
         """A JSON or CSV body → records → model inputs; `params.explain` asks for reasons."""
-        columnar = media_type(headers) == b"text/csv"  # a table: a column it lacks is lacking in every row
-        if columnar:
+        is_csv = columnar = media_type(headers) == b"text/csv"  # a table: a column it lacks is lacking in every row
+        if is_csv:
             records = records_from_csv(body)
         else:
             doc = parse_json(body, self.native.pre.known_fields)
@@ -42,7 +42,7 @@ class MlflowCodec:
                 explain = explain_of(params.get("explain"), '"params.explain"')
         if not records:  # said in MLflow's words, not the native protocol's ("records" is empty)
             raise bad(f"no rows to score: send 1 to {self.native.max_records}")
-        if columnar and (why := self.native.pre.missing_columns(list(records[0]))):  # as files are refused
+        if columnar and (why := self.native.pre.missing_columns(list(records[0]), header=is_csv)):  # as files are
             raise bad(why)
         return self.native.from_records(records_of({"records": records}, self.native.max_records), explain)
 

@@ -238,4 +238,9 @@ def test_answers_the_http_layer_gives_itself_are_counted(churn_bundle: bundle.Bu
             with socket.create_connection((host, int(port)), timeout=10) as third:
                 assert third.recv(65536).startswith(b"HTTP/1.1 503")
         time.sleep(0.2)  # the held connections close
+        # a request whose own body breaks the parser reached the app, which counts it: not counted twice
+        head = (
+            b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        assert _exchange(server, head + b"zz\r\nabc\r\n0\r\n\r\n").startswith(b"HTTP/1.1 400")
         assert _refused(server) == {"400": 1.0, "431": 1.0, "503": 1.0}

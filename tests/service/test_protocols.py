@@ -255,6 +255,8 @@ def test_mlflow_tables_need_every_feature_column_as_files_do(churn_server: Serve
     for payload in ({"dataframe_split": split}, {"inputs": few}):
         r = httpx.post(url, json=payload)
         assert r.status_code == 400 and "missing 17 column(s) the model needs" in r.json()["message"], r.text
+    ids = httpx.post(url, json={"inputs": {"customerID": ["a"]}})  # JSON has no header line to blame
+    assert ids.status_code == 400 and "missing 19 column(s)" in ids.text and "header" not in ids.text, ids.text
     rows = [{k: r[k] for k in few} for r in records]
     partial = httpx.post(url, json={"dataframe_records": rows})
     assert partial.status_code == 200 and len(partial.json()["predictions"]) == 3, partial.text

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -342,6 +343,51 @@ def test_a_model_published_later_that_sorts_first_does_not_take_the_default_rout
         after = httpx.post(server.url + "/predict", json={"records": records}).json()
         assert after["model"] == "churn", after
         assert httpx.get(server.url + "/models").json()["default"] == "churn"
-        mlflow = httpx.post(server.url + "/invocations", json={"dataframe_records": records}).json()
-        assert [p["probability"] for p in mlflow["predictions"]] == [p["probability"] for p in before["predictions"]]
+        assert httpx.post(server.url + "/invocations", json={"dataframe_records": records}).status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text  # cancel is churn's copy: its rows tell who answered
+        assert 'tabserve_rows_scored_total{model="churn"} 6.0' in metrics
+        assert 'tabserve_rows_scored_total{model="cancel"}' not in metrics
         assert server.output().count("cancel sorts before churn, the default model") == 1
+
+
+def test_a_pinned_default_that_leaves_the_store_gives_way(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A review: `aaa` (never served: its model is broken) pinned as the default kept /predict on
+    `no model named 'aaa'` after its folder was removed, until a restart."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    shutil.copytree(churn_bundle.path, store / "aaa" / "1")
+    (store / "aaa" / "1" / bundle.MODEL_FILE).write_bytes(b"not onnx")
+    with running_server(store) as server:
+        records = {"records": telco_records(1)}
+        assert httpx.post(server.url + "/predict", json=records).status_code != 200
+        shutil.rmtree(store / "aaa")
+        deadline = time.monotonic() + 10
+        while (answer := httpx.post(server.url + "/predict", json=records)).status_code != 200:
+            assert time.monotonic() < deadline, (answer.text, server.output())
+            time.sleep(0.1)
+        assert answer.json()["model"] == "churn"
+        assert "aaa, the default model, left the store: /predict and /invocations answer with churn" in server.output()
+
+
+def test_workers_share_one_default_model_a_restarted_one_too(churn_bundle: bundle.BundleRef, tmp_path: Path) -> None:
+    """A review: each worker pinned its own default at its first read, so one restarted after a crash
+    took `aaa`, published since, and /predict answered with two models by turns."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    with running_server(store, "--workers", "2") as server:
+        shutil.copytree(churn_bundle.path, store / "aaa" / "1")
+        time.sleep(1.0)  # both workers have seen it (polls of 0.2 s)
+        first = workers(server.proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(now := workers(server.proc.pid)) < len(first) or first[0] in now:  # uvicorn starts another
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        time.sleep(2.0)  # its first read of the store
+        records = {"records": telco_records(1)}
+        models = {httpx.post(server.url + "/predict", json=records).json().get("model") for _ in range(20)}
+        assert models == {"churn"}, (models, server.output())
+
+
+def workers(pid: int) -> list[int]:
+    """The worker processes of `tabserve serve --workers N` (its children but multiprocessing's tracker)."""
+    children = (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
