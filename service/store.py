@@ -276,6 +276,12 @@ class ModelStore:
 
     def get(self, name: str | None = None) -> LoadedModel:
         """The current version of `name` (None: the default model)."""
+        if not self.refreshed and (not self.current or (name or self.default_name) not in self.current):
+            # the first read of the store is under way (a worker restarted beside others that serve
+            # takes connections now): "holds no servable bundle" or "no model named" was false
+            raise ModelNotFound(
+                "no model is loaded yet: the store is still being read (the service or this worker just started): retry in a moment"
+            )
         if not self.current:
             where = self.settings.models_dir
             raise ModelNotFound(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -391,3 +393,40 @@ def workers(pid: int) -> list[int]:
     """The worker processes of `tabserve serve --workers N` (its children but multiprocessing's tracker)."""
     children = (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text().split()
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker pids from /proc")
+def test_requests_while_a_restarted_worker_reads_the_store_are_told_it_is_loading(
+    churn_bundle: bundle.BundleRef, tmp_path: Path
+) -> None:
+    """An audit: a worker restarted beside another that serves takes connections while it first reads
+    the store, and answered them "no model is loaded yet: … holds no servable bundle" or "no model
+    named 'churn' (serving: a)": false of a store with both in it."""
+    store = copy_store(churn_bundle, tmp_path / "models")
+    for name in "abcdefghijkl":  # a first read that takes a while
+        shutil.copytree(churn_bundle.path, store / name / "1")
+    records = telco_records(1)
+    with running_server(store, "--workers", "2") as server:
+        deadline = time.monotonic() + 20
+        while len(before := workers(server.proc.pid)) != 2:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        os.kill(min(before), 9)
+        said: set[str] = set()
+        end = time.monotonic() + 5
+
+        def client() -> None:  # several at once, a new connection each: the new worker takes some
+            while time.monotonic() < end:
+                for path in ("/predict", "/models/churn/predict"):
+                    with contextlib.suppress(httpx.TransportError):  # the killed worker's own connections
+                        answer = httpx.post(server.url + path, json={"records": records})
+                        said.add(answer.json().get("error", "") if answer.status_code != 200 else "")
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        assert "" in said
+        for error in said - {""}:
+            assert error.startswith("no model is loaded yet: the store is still being read"), said
