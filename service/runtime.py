@@ -14,6 +14,9 @@ log = logging.getLogger("tabserve.runtime")
 Device = Literal["auto", "cuda", "cpu"]
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 CPU: Device = "cpu"
+# full float32 on the GPU: TF32 matrix products (ORT's default on Ampere and later) round their inputs
+# to 10 bits, and the answers left the exported model's checked tolerance (BENCHMARKS.md)
+CUDA_OPTIONS = {"use_tf32": "0"}
 _preloaded = False
 
 
@@ -78,7 +81,8 @@ def create_session(path: Path | str, device: Device = "auto", threads: int = 1) 
     wanted = providers_for(device)
     if CUDA_EP in wanted:
         _preload_cuda_dlls()
-    session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=wanted)
+    providers = [(p, CUDA_OPTIONS) if p == CUDA_EP else p for p in wanted]
+    session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     active = active_provider(session)
     if device == "cuda" and active != CUDA_EP:
         raise ProviderError(f"device=cuda but the session runs on {active}: the CUDA EP cannot start")

@@ -12,6 +12,7 @@ import pytest
 
 from service import bundle, release
 from service.features import Preprocess
+from service.runtime import providers_for
 from tests.service.conftest import Server, telco_records
 
 
@@ -210,7 +211,8 @@ def test_metrics_move_when_requests_are_served(churn_server: Server) -> None:
     assert _metric(after, bad) == _metric(before, bad) + 1
     rows = 'tabserve_rows_scored_total{model="churn"}'
     assert _metric(after, rows) == _metric(before, rows) + 12
-    assert 'tabserve_model_info{model="churn",provider="CPUExecutionProvider",role="champion",version="1"} 1.0' in after
+    served_on = providers_for("auto")[0]  # CUDA on a GPU machine
+    assert f'tabserve_model_info{{model="churn",provider="{served_on}",role="champion",version="1"}} 1.0' in after
     for name in ("tabserve_request_seconds_bucket", "tabserve_inference_seconds_bucket", "tabserve_queue_depth"):
         assert name in after
     assert 'tabserve_requests_total{route="/metrics",status="200"}' in after
@@ -233,7 +235,7 @@ def test_metrics_move_when_requests_are_served(churn_server: Server) -> None:
 def test_health_models_and_docs(churn_server: Server) -> None:
     assert httpx.get(churn_server.url + "/health/live").json() == {"status": "live"}
     ready = httpx.get(churn_server.url + "/health/ready").json()
-    assert ready["status"] == "ready" and ready["models"]["churn"]["provider"] == "CPUExecutionProvider"
+    assert ready["status"] == "ready" and ready["models"]["churn"]["provider"] == providers_for("auto")[0]
     listing = httpx.get(churn_server.url + "/models").json()
     assert listing["default"] == "churn" and listing["models"][0]["version"] == 1
     meta = httpx.get(churn_server.url + "/models/churn").json()
