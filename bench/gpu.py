@@ -4,9 +4,11 @@ each provider, the largest difference of their outputs, and `tabserve serve --de
 
     python bench/gpu.py models/churn/1                 # rows from data/telco_churn.csv
     python bench/gpu.py models/churn/1 --seconds 5     # each serving measurement's length
+    python bench/gpu.py models/churn/1 --no-serving    # ONNX Runtime figures only
 
 ORT: each batch size's median of repeated runs, after a warm-up; CPU with one thread (a serving
-worker on one CPU) and with every core. Serving: 16 keep-alive clients, each sending its next request
+worker on one CPU) and with every core; CUDA as the service runs it (full float32) and with ORT's
+default TF32 products, each one's largest difference from the CPU's outputs. Serving: 16 keep-alive clients, each sending its next request
 when the last is answered, for single records and 100-record requests.
 """
 
