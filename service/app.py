@@ -187,7 +187,8 @@ async def _load_then_poll(store: ModelStore, settings: Settings, prediction_log:
     # walk the whole heap, which shows in the p99 (BENCHMARKS.md).
     gc.freeze()
     if not store.current:
-        log.warning("no loadable bundles in %s yet; not ready until one is published", settings.models_dir)
+        absent = "" if settings.models_dir.is_dir() else " (no such folder: a typo?)"
+        log.warning("no loadable bundles in %s%s yet; not ready until one is published", settings.models_dir, absent)
     elif report.failed:
         log.warning("some bundles were refused: %s", report.failed)
     if settings.poll_interval_s > 0:

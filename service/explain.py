@@ -48,7 +48,7 @@ def checked_explain(value: Any, where: str = '"explain"') -> Explain | None:
         return None
     if type(value) is int and 1 <= value <= 100:
         return value
-    raise ValueError(f'{where} must be a number of reasons from 1 to 100, or "all"; got {value!r}')
+    raise ValueError(f'{where} must be a number of reasons from 1 to 100 (0: none), or "all"; got {value!r}')
 
 
 @dataclass

@@ -500,7 +500,7 @@ def score(
         if str(output) != STDIO:  # an output format tabserve does not write is refused before any work
             output_format_of(output)
         if errors is not None and errors.suffix.lower() not in (".csv", ".txt", ""):  # written as plain CSV
-            raise ValueError(f"--errors {errors}: the failed rows are written as CSV; name the file .csv")
+            raise ValueError(f"--errors {errors}: the failed rows are written as CSV; name the file .csv or .txt")
         if device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"--device is auto, cuda or cpu, not {device!r}")
         output, errors = (

@@ -163,8 +163,7 @@ def test_batching_off_still_answers(churn_bundle: bundle.BundleRef, tmp_path: Pa
 def test_empty_store_is_live_but_not_ready_until_a_bundle_appears(
     churn_bundle: bundle.BundleRef, tmp_path: Path
 ) -> None:
-    store = tmp_path / "models"
-    store.mkdir()
+    store = tmp_path / "models"  # not made yet: a typo in the path is said in the log
     with running_server(store, ready=False) as server:
         empty = httpx.get(server.url + "/health/ready")  # the store read, nothing in it: not "loading"
         for _ in range(50):  # the first read of the store runs beside the server's start
@@ -175,6 +174,7 @@ def test_empty_store_is_live_but_not_ready_until_a_bundle_appears(
         assert empty.status_code == 503 and empty.json()["status"] == "no models"
         assert f"{store} holds no servable bundle" in empty.json()["why"]
         assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).status_code == 503
+        assert f"no loadable bundles in {store} (no such folder: a typo?) yet" in server.output()
         republish(store, churn_bundle)
         wait_until(server, "/health/ready")
         assert httpx.post(server.url + "/predict", json={"records": telco_records(1)}).status_code == 200
