@@ -396,10 +396,14 @@ class ModelStore:
             return self.settings.default_model
         if self._default is not None:
             return self._default
-        # among every name in the store, not only those loaded: with churn unservable (a broken
-        # release file), /predict went to the next name's model, which scored churn's records
-        names = self.published | self._scanned | set(self.current)
+        names = self._names
         return min(names) if names else None
+
+    @property
+    def _names(self) -> set[str]:
+        """Every name in the store, not only those loaded: with churn unservable (a broken release
+        file), /predict went to the next name's model, which scored churn's records."""
+        return self.published | self._scanned | set(self.current)
 
     def _pin_default(self) -> None:
         """Pin the first name by name once the store has one; a name published later that sorts
@@ -407,7 +411,7 @@ class ModelStore:
         served, or every version retired) gives way to the next, said once."""
         if self.settings.default_model:
             return
-        names = self.published | set(self.current)
+        names = self._names
         if self._default is not None and self._default not in names:
             log.warning("%s, the default model, left the store: /predict and /invocations answer with %s",
                         self._default, min(names) if names else "no model")  # fmt: skip
