@@ -175,7 +175,7 @@ class TrainConfig:
     threads: int = opt(
         1, "CPU threads for torch and LightGBM; 1: as fast on telco idle, 2.6x faster beside a busy process"
     )
-    report_plots: bool = opt(True, "PNG plots in the bundle (matplotlib); off saves ~1 s")
+    report_plots: bool = opt(True, "PNG plots in the bundle (matplotlib); off saves ~5 s on telco (BENCHMARKS.md)")
     # --- release (training/gate.py, docs/releases.md) ---
     promote: str = opt(
         "auto",
