@@ -22,7 +22,6 @@ a perfectly calibrated model with the same outputs would show on those rows.
 from __future__ import annotations
 
 import argparse
-import ast
 import tempfile
 import time
 from pathlib import Path
@@ -128,7 +127,7 @@ FIGURES = {
 }
 
 
-def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
+def run(name: str, seeds: int, settings: Path | None) -> dict[str, list[float]]:
     path, target = dataset(name)
     out: dict[str, list[float]] = {
         k: [] for k in ("key", "loss", "ece", "base_key", "base_loss", "base_ece", "gbm_key", "gbm_loss", "secs")
@@ -136,9 +135,10 @@ def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
     held_outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # classification: y, MLP's, LR's
     for seed in range(seeds):
         given, held, held_target = outer_split(path, target, seed)
-        kwargs = dict(data=str(given), target=target, seed=seed, report_plots=False, **overrides)
+        kwargs = dict(data=str(given), target=target, seed=seed, report_plots=False)
+        cfg = build_config(settings, **kwargs)
         started = time.perf_counter()
-        result = train(build_config(**kwargs), publish=False, say=lambda _: None)
+        result = train(cfg, publish=False, say=lambda _: None)
         out["secs"].append(time.perf_counter() - started)
         pre, model = result.pre, result.model
         assert model is not None
@@ -148,7 +148,7 @@ def run(name: str, seeds: int, overrides: dict) -> dict[str, list[float]]:
             labels = [str(label) for label in pre.labels]
             y = np.array([labels.index(str(label)) for label in held_target])
         enc = pre.encode_columns(D.columns_of(held), len(held))
-        given_df, given_target = D.encode_target(D.read_csv(given), build_config(**kwargs))
+        given_df, given_target = D.encode_target(D.read_csv(given), build_config(settings, **kwargs))
         given_enc = pre.encode_columns(D.columns_of(given_df), len(given_df))
         with torch.no_grad():
             shipped = model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy()
@@ -213,11 +213,11 @@ def main() -> None:
     parser.add_argument("--bundled", action="store_true", help="only the data sets in data/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    settings = settings_file(args.set)
     rows = []
     names = args.only or [*BUNDLED, *([] if args.bundled else [*PACKAGED, *WIDE])]
     for name in names:
-        r = run(name, args.seeds, overrides)
+        r = run(name, args.seeds, settings)
         rows.append((name, r))
     print(
         "\n| data | metric | MLP | LR (ridge) | LightGBM | MLP − best | MLP loss | LR loss | LightGBM loss "
@@ -245,11 +245,16 @@ def main() -> None:
             print(f"  {name}: {gap:+.4f} [{low:+.4f}, {high:+.4f}], floor {mlp_floor:.4f} / {lr_floor:.4f}")
 
 
-def _value(text: str) -> object:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def settings_file(pairs: list[str]) -> Path | None:
+    """`--set KEY=VALUE` pairs as a YAML config file, so each value is typed and checked as a config
+    file's is (`refit=false` is False: read as text it had been the string "false", which is true)."""
+    if not pairs:
+        return None
+    if bad := [pair for pair in pairs if "=" not in pair]:
+        raise SystemExit(f"--set takes KEY=VALUE, not {bad[0]!r}")
+    path = Path(tempfile.mkdtemp(prefix="tabserve-bench-")) / "settings.yaml"
+    path.write_text("".join(f"{key.strip()}: {value}\n" for key, value in (p.split("=", 1) for p in pairs)))
+    return path
 
 
 if __name__ == "__main__":
