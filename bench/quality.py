@@ -135,8 +135,7 @@ def run(name: str, seeds: int, settings: Path | None) -> dict[str, list[float]]:
     held_outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # classification: y, MLP's, LR's
     for seed in range(seeds):
         given, held, held_target = outer_split(path, target, seed)
-        kwargs = dict(data=str(given), target=target, seed=seed, report_plots=False)
-        cfg = build_config(settings, **kwargs)
+        cfg = build_config(settings, data=str(given), target=target, seed=seed, report_plots=False)
         started = time.perf_counter()
         result = train(cfg, publish=False, say=lambda _: None)
         out["secs"].append(time.perf_counter() - started)
@@ -148,7 +147,7 @@ def run(name: str, seeds: int, settings: Path | None) -> dict[str, list[float]]:
             labels = [str(label) for label in pre.labels]
             y = np.array([labels.index(str(label)) for label in held_target])
         enc = pre.encode_columns(D.columns_of(held), len(held))
-        given_df, given_target = D.encode_target(D.read_csv(given), build_config(settings, **kwargs))
+        given_df, given_target = D.encode_target(D.read_csv(given), cfg)
         given_enc = pre.encode_columns(D.columns_of(given_df), len(given_df))
         with torch.no_grad():
             shipped = model(torch.from_numpy(enc.num), torch.from_numpy(enc.cat)).numpy()
